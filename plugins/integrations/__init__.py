@@ -1,0 +1,1 @@
+"""Optional integrations (off by default): eigenda, lagrange, othentic, composio."""

@@ -1,0 +1,1 @@
+"""composio integration."""

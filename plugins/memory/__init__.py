@@ -1,0 +1,1 @@
+"""Memory plugin: persistent per-agent memory anchored to the chain."""

@@ -1,0 +1,1 @@
+"""RAG plugin: chain data and documents as searchable knowledge."""

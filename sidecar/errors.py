@@ -1,0 +1,60 @@
+"""Small named exceptions, one per way things go wrong. Every message names the problem."""
+
+from __future__ import annotations
+
+
+class MonmouthError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ChainError(MonmouthError, ValueError):
+    """A chain or notification is malformed (empty, not contiguous, no common fork point)."""
+
+
+class CodecError(MonmouthError, ValueError):
+    """A frame or message could not be decoded: truncated, wrong type, missing field."""
+
+
+class ConfigError(MonmouthError, ValueError):
+    """The configuration is invalid. The message names the file and the key."""
+
+
+class ContinuityError(MonmouthError):
+    """A notification does not connect to the cursor (a gap or an unknown fork).
+
+    Attributes:
+        expected: the engine's head, as ``BlockRef`` (or ``None`` on an empty database).
+        got: the block the notification builds on.
+    """
+
+    def __init__(self, message: str, expected: object = None, got: object = None) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.got = got
+
+
+class ReorgTooDeepError(MonmouthError):
+    """A revert reaches below the oldest block whose undo data is still held."""
+
+
+class PluginError(MonmouthError):
+    """A plugin hook raised; the whole notification was rolled back.
+
+    Attributes:
+        plugin: the plugin's name.
+        hook: the hook's name.
+    """
+
+    def __init__(self, plugin: str, hook: str, cause: BaseException) -> None:
+        super().__init__(f"plugin {plugin!r} failed in {hook}: {type(cause).__name__}: {cause}")
+        self.plugin = plugin
+        self.hook = hook
+        self.__cause__ = cause
+
+
+class MigrationError(MonmouthError):
+    """A plugin's migration failed or created a table the engine cannot journal."""
+
+
+class SourceError(MonmouthError):
+    """A source failed in a way retrying will not fix (bad file, protocol mismatch)."""

@@ -1,0 +1,1 @@
+"""Sources: exex (ZeroMQ bridge), rpc (JSON-RPC polling), replay (recorded file)."""
