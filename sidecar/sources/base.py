@@ -11,13 +11,25 @@ them idempotently).
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
-from ..types import BlockRef, Notification
+from ..types import Block, BlockRef, Notification
 
-HeadProvider = Callable[[], "BlockRef | None"]
+
+class ChainView(Protocol):
+    """What a source may read of the engine's durable state (read again on every reconnection)."""
+
+    def head(self) -> BlockRef | None:
+        """The engine's durable head, ``None`` on an empty database."""
+
+    def canonical(self, number: int) -> Block | None:
+        """The engine's canonical block at ``number`` (header fields only), if still in its hash history."""
+
+    def source_token(self) -> Any:
+        """The ``Delivery.token`` stored with the last committed notification (JSON value), or ``None``.
+        The ``exex`` source stores ``{"epoch": e, "seq": s}`` and drops re-sent ``seq <= s`` of the same epoch."""
 
 
 @dataclass(slots=True)
@@ -26,8 +38,9 @@ class Delivery:
 
     Attributes:
         notification: the ``ChainCommitted`` / ``ChainReorged`` / ``ChainReverted`` to apply.
-        token: source-specific acknowledgement handle (the wire ``seq`` for ``exex``, a frame index for
-            ``replay``), opaque to the engine.
+        token: the source's position of this notification, a JSON-able value the engine stores in the same
+            transaction (``{"epoch": e, "seq": s}`` for ``exex``, ``{"file": ..., "frame": i}`` for ``replay``),
+            or ``None``.
         size_bytes: encoded size when known (for throughput metrics), else 0.
     """
 
@@ -54,9 +67,10 @@ class Source(abc.ABC):
     finalized: int | None = None
 
     @abc.abstractmethod
-    def stream(self, head: HeadProvider) -> AsyncIterator[Delivery]:
-        """Yield deliveries, in order, starting after ``head()``: the engine's durable head, read
-        again on every (re)connection. Runs until cancelled or, for finite sources, until the end.
+    def stream(self, view: ChainView) -> AsyncIterator[Delivery]:
+        """Yield deliveries, in order, starting after ``view.head()`` / ``view.source_token()``: the engine's
+        durable state, read again on every (re)connection. Runs until cancelled or, for finite sources,
+        until the end.
 
         Raises:
             SourceError: a failure retrying cannot fix (unreadable file, protocol version mismatch).

@@ -1,0 +1,340 @@
+"""``config.toml``: loading, validation, ``MONMOUTH_`` environment overrides, and comment-preserving edits.
+
+Layout (see the commented default ``config.toml`` at the repository root)::
+
+    [source]   kind, url, path, confirmations, poll_interval, ...
+    [storage]  path, synchronous
+    [engine]   undo_window, history, ...
+    [http]     enabled, host, port, ready_lag
+    [logging]  level
+    [plugins.<name>]  enabled, module (third-party plugins), and the plugin's own keys
+
+Validation refuses unknown keys and bad types with a :class:`~sidecar.errors.ConfigError` that names the
+file and the dotted key. Relative paths (``storage.path``, ``source.path``, plugin paths) are resolved
+against the config file's directory.
+
+Environment overrides: ``MONMOUTH_<SECTION>__<KEY>=value`` (double underscore between levels), e.g.
+``MONMOUTH_SOURCE__URL=http://node:8545`` or ``MONMOUTH_PLUGINS__RAG__ENABLED=true``. The value is read as a
+TOML literal when it parses as one (``true``, ``42``, ``"x"``, ``[1, 2]``), else as a plain string.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import tomlkit
+import tomlkit.exceptions
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+ENV_PREFIX = "MONMOUTH_"
+DEFAULT_CONFIG = "config.toml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceConfig(_Section):
+    """``[source]``: where notifications come from."""
+
+    kind: Literal["exex", "rpc", "replay"] = "rpc"
+    #: rpc: the node's HTTP JSON-RPC endpoint; exex: the bridge's ZeroMQ endpoint.
+    url: str = "http://127.0.0.1:8545"
+    #: replay: the replay file to read.
+    path: str = ""
+    #: rpc: blocks to stay behind the node's latest block (0 follows the tip, reorgs included).
+    confirmations: int = Field(0, ge=0, le=1024)
+    #: rpc: seconds between polls when caught up.
+    poll_interval: float = Field(1.0, gt=0, le=3600)
+    #: rpc: blocks fetched per JSON-RPC batch while catching up; also the largest ChainCommitted emitted.
+    batch_size: int = Field(16, ge=1, le=1000)
+    #: rpc: first block to index on an empty database, or "latest".
+    start_block: int | Literal["latest"] = 0
+    #: rpc/exex: seconds of backoff cap when the node or bridge is unreachable.
+    max_backoff: float = Field(30.0, gt=0, le=3600)
+    #: rpc: seconds before an HTTP request is abandoned.
+    timeout: float = Field(10.0, gt=0, le=600)
+    #: exex: credit window, the most notifications un-acked at once.
+    window: int = Field(64, ge=1, le=1024)
+    #: exex: heartbeat interval, seconds.
+    heartbeat: float = Field(1.0, gt=0, le=600)
+
+
+class StorageConfig(_Section):
+    """``[storage]``: the SQLite database."""
+
+    path: str = "data/monmouth.sqlite"
+    #: FULL survives power loss; NORMAL survives a process crash (kill -9) and is faster.
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+
+
+class EngineConfig(_Section):
+    """``[engine]``: the exactly-once engine."""
+
+    #: Blocks behind the head whose undo data is kept even when the source reports no finalized block.
+    undo_window: int = Field(256, ge=1, le=1_000_000)
+    #: Blocks behind the head whose hashes are kept for idempotent skipping of re-delivered notifications.
+    history: int = Field(4096, ge=1, le=10_000_000)
+    #: Seconds of backoff cap while a notification keeps failing in a plugin.
+    retry_max_backoff: float = Field(30.0, gt=0, le=3600)
+    #: Seconds between progress log lines while catching up.
+    progress_interval: float = Field(5.0, gt=0)
+
+
+class HttpConfig(_Section):
+    """``[http]``: health, metrics, status and plugin routes."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    #: /ready answers 200 while the head is within this many blocks of the source head.
+    ready_lag: int = Field(3, ge=0)
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class PluginSettings(BaseModel):
+    """``[plugins.<name>]``: ``enabled``, ``module`` (third-party plugins loaded by module path or file) and
+    ``config``, the rest of the section validated by the plugin's own model."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    enabled: bool = False
+    module: str | None = None
+    config: Any = None
+
+
+class Settings(BaseModel):
+    """The whole, validated configuration."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    source: SourceConfig = SourceConfig()
+    storage: StorageConfig = StorageConfig()
+    engine: EngineConfig = EngineConfig()
+    http: HttpConfig = HttpConfig()
+    logging: LoggingConfig = LoggingConfig()
+    plugins: dict[str, PluginSettings] = {}
+    #: Where the settings came from (for messages and relative paths); not a config key.
+    origin: str = Field("<defaults>", exclude=True)
+
+    def plugin_enabled(self, name: str) -> bool:
+        p = self.plugins.get(name)
+        return bool(p and p.enabled)
+
+    def digest(self) -> str:
+        """sha256 of the settings as JSON: identifies a config in checkpoints and ``/status``."""
+        dumped = self.model_dump(mode="json", exclude={"origin"})
+        for name, p in self.plugins.items():
+            cfg = p.config
+            dumped["plugins"][name]["config"] = cfg.model_dump(mode="json") if isinstance(cfg, BaseModel) else cfg
+        return hashlib.sha256(json.dumps(dumped, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _fmt_errors(origin: str, prefix: str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{origin}: unknown key {key!r}")
+        else:
+            lines.append(f"{origin}: {key}: {e['msg']} (got {e.get('input')!r})"[:300])
+    return "; ".join(lines)
+
+
+def _env_value(raw: str) -> Any:
+    try:
+        return tomlkit.parse(f"v = {raw}")["v"].unwrap()  # type: ignore[union-attr]
+    except (tomlkit.exceptions.TOMLKitError, ValueError):
+        return raw
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Nested mapping built from ``MONMOUTH_A__B=value`` variables (names without ``__`` are ignored)."""
+    environ = os.environ if environ is None else environ
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"environment {name}: {p!r} is both a value and a section")
+        node[parts[-1]] = _env_value(raw)
+    return out
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+def read_document(path: str | Path) -> tomlkit.TOMLDocument:
+    """Parse ``path`` with tomlkit (comments and layout kept).
+
+    Raises:
+        ConfigError: missing file or TOML syntax error, naming the file and line.
+    """
+    p = Path(path)
+    try:
+        return tomlkit.parse(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except tomlkit.exceptions.ParseError as e:
+        raise ConfigError(f"{p}: invalid TOML: {e}") from None
+
+
+def validate(
+    data: Mapping[str, Any],
+    origin: str,
+    plugin_models: Mapping[str, type[BaseModel] | None],
+    base_dir: Path | None = None,
+) -> Settings:
+    """Validate a plain mapping into :class:`Settings`.
+
+    Args:
+        data: the parsed TOML (plus overrides) as plain Python values.
+        origin: the file name used in error messages.
+        plugin_models: ``{plugin_name: config model or None}`` for every installed plugin.
+        base_dir: directory that relative paths are resolved against (the config file's).
+
+    Raises:
+        ConfigError: unknown key, bad type or value, or a section for a plugin that is not installed.
+    """
+    data = dict(data)
+    raw_plugins = data.pop("plugins", {}) or {}
+    if not isinstance(raw_plugins, Mapping):
+        raise ConfigError(f"{origin}: 'plugins' must be a table of [plugins.<name>] sections")
+    try:
+        settings = Settings(**data, origin=origin)
+    except ValidationError as e:
+        raise ConfigError(_fmt_errors(origin, "", e)) from None
+    except TypeError as e:
+        raise ConfigError(f"{origin}: {e}") from None
+
+    plugins: dict[str, PluginSettings] = {}
+    for name, section in raw_plugins.items():
+        if not isinstance(section, Mapping):
+            raise ConfigError(f"{origin}: plugins.{name} must be a table")
+        section = dict(section)
+        enabled = section.pop("enabled", False)
+        module = section.pop("module", None)
+        if not isinstance(enabled, bool):
+            raise ConfigError(f"{origin}: plugins.{name}.enabled: must be true or false (got {enabled!r})")
+        if module is not None and not isinstance(module, str):
+            raise ConfigError(f"{origin}: plugins.{name}.module: must be a string (got {module!r})")
+        if name not in plugin_models:
+            known = ", ".join(sorted(plugin_models)) or "none"
+            raise ConfigError(f"{origin}: plugins.{name}: no such plugin is installed (installed: {known})")
+        model = plugin_models[name]
+        if model is None:
+            if section:
+                raise ConfigError(f"{origin}: unknown key 'plugins.{name}.{next(iter(section))}'")
+            cfg: Any = None
+        else:
+            try:
+                cfg = model(**section)
+            except ValidationError as e:
+                raise ConfigError(_fmt_errors(origin, f"plugins.{name}", e)) from None
+        plugins[name] = PluginSettings(enabled=enabled, module=module, config=cfg)
+    for name, model in plugin_models.items():
+        if name not in plugins:
+            plugins[name] = PluginSettings(enabled=False, config=model() if model is not None else None)
+    settings.plugins = plugins
+
+    if base_dir is not None:
+        settings.storage.path = str(_resolve(base_dir, settings.storage.path))
+        if settings.source.path:
+            settings.source.path = str(_resolve(base_dir, settings.source.path))
+    return settings
+
+
+def _resolve(base: Path, p: str) -> Path:
+    path = Path(p).expanduser()
+    return path if path.is_absolute() else (base / path)
+
+
+def module_paths(data: Mapping[str, Any]) -> dict[str, str]:
+    """``{plugin_name: module}`` for sections that name a third-party plugin by module path or file."""
+    out: dict[str, str] = {}
+    for name, section in (data.get("plugins") or {}).items():
+        if isinstance(section, Mapping) and isinstance(section.get("module"), str):
+            out[name] = section["module"]
+    return out
+
+
+def load_data(path: str | Path | None, environ: Mapping[str, str] | None = None) -> tuple[dict[str, Any], str, Path]:
+    """Read the config file (if any) and apply environment overrides; returns ``(data, origin, base_dir)``."""
+    if path is None:
+        data: dict[str, Any] = {}
+        origin, base = "<defaults>", Path.cwd()
+    else:
+        p = Path(path)
+        data = read_document(p).unwrap()
+        origin, base = str(p), p.resolve().parent
+    return _merge(data, env_overrides(environ)), origin, base
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Editing (monmouth config get|set)
+
+
+def _split_key(key: str) -> list[str]:
+    parts = key.split(".")
+    if not key or any(not p for p in parts):
+        raise ConfigError(f"bad key {key!r}: use dotted names such as source.url or plugins.rag.enabled")
+    return parts
+
+
+def get_value(doc: Mapping[str, Any], key: str) -> Any:
+    """The value at dotted ``key``. Raises ConfigError when absent."""
+    node: Any = doc
+    for p in _split_key(key):
+        if not isinstance(node, Mapping) or p not in node:
+            raise ConfigError(f"key {key!r} is not set in the config file")
+        node = node[p]
+    return node.unwrap() if hasattr(node, "unwrap") else node
+
+
+def parse_value(raw: str) -> Any:
+    """Read a command-line value as a TOML literal when it is one, else as a string."""
+    return _env_value(raw)
+
+
+def set_value(doc: tomlkit.TOMLDocument, key: str, value: Any) -> None:
+    """Set dotted ``key`` in ``doc``, creating tables as needed and keeping comments and layout."""
+    parts = _split_key(key)
+    node: Any = doc
+    for p in parts[:-1]:
+        if p not in node:
+            node[p] = tomlkit.table()
+        node = node[p]
+        if not isinstance(node, Mapping):
+            raise ConfigError(f"cannot set {key!r}: {p!r} is a value, not a table")
+    node[parts[-1]] = value
+
+
+def write_document(path: str | Path, doc: tomlkit.TOMLDocument) -> None:
+    """Write atomically (temporary file + rename), so a hot reload never sees half a file."""
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.tmp")
+    tmp.write_text(tomlkit.dumps(doc), encoding="utf-8")
+    os.replace(tmp, p)

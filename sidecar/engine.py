@@ -1,0 +1,338 @@
+"""The exactly-once, reorg-safe engine.
+
+Invariants (each is tested; ``tests/test_engine.py`` checks them property-based with hypothesis):
+
+1. **One transaction per notification.** :meth:`Engine.apply` opens one ``BEGIN IMMEDIATE`` transaction,
+   reverts the old chain newest block first, applies the new chain oldest block first, moves the cursor,
+   prunes undo data, and commits. A failure anywhere rolls everything back: nothing is half-applied and the
+   cursor does not move.
+2. **Exact reverts.** Every change a plugin makes in ``monmouth_block_applied`` to a journaled table is
+   undone exactly when that block is reverted (see :mod:`sidecar.journal`). Hence after any sequence of
+   commits, reorgs and reverts, the plugin tables equal what applying only the final canonical chain to an
+   empty database produces.
+3. **Continuity.** A notification is applied only if it connects to the cursor: its reverted chain ends at
+   the head, and its committed chain builds on the head (after the revert). Otherwise
+   :class:`~sidecar.errors.ContinuityError` names both hashes and nothing is written.
+4. **Idempotence.** A notification whose committed tip is already canonical (or, for a revert, whose blocks
+   are already gone) is skipped without writing; a committed chain that overlaps the head is applied from
+   the first new block.
+5. **Bounded undo.** Undo data is kept for blocks above ``max(finalized, head - undo_window)``; a revert below
+   that raises :class:`~sidecar.errors.ReorgTooDeepError` before anything is written.
+
+The engine is synchronous (apsw); the runner calls it from a worker thread (``anyio.to_thread``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+import apsw
+
+from .config import EngineConfig
+from .errors import ContinuityError, PluginError, ReorgTooDeepError
+from .journal import Journal, JournalConflictError
+from .metrics import Metrics
+from .plugins import PluginHost
+from .store import Database
+from .types import Block, BlockRef, ChainCommitted, ChainReverted, Notification
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """Outcome of :meth:`Engine.apply`: ``applied`` is False when the notification was skipped as already
+    applied; ``reverted``/``committed`` count blocks; ``head`` is the head afterwards."""
+
+    applied: bool
+    reverted: int
+    committed: int
+    head: BlockRef | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBlock:
+    """A canonical block as the engine remembers it (header fields only)."""
+
+    number: int
+    hash: bytes
+    parent_hash: bytes
+    timestamp: int
+    revertible: bool
+
+    @property
+    def ref(self) -> BlockRef:
+        return BlockRef(self.number, self.hash)
+
+    def as_block(self) -> Block:
+        """A header-only :class:`Block` (no transactions), as handed to revert hooks by the ``rpc`` source."""
+        return Block(self.number, self.hash, self.parent_hash, self.timestamp, b"\x00" * 20, 0, 0)
+
+
+class Engine:
+    """Applies notifications to the database exactly once.
+
+    Args:
+        db: the database.
+        host: the plugin host (its enabled plugins receive chain hooks).
+        config: ``[engine]`` settings (undo window and hash history, in blocks).
+        metrics: core metrics, or ``None``.
+    """
+
+    def __init__(self, db: Database, host: PluginHost, config: EngineConfig | None = None,
+                 metrics: Metrics | None = None) -> None:
+        self.db = db
+        self.host = host
+        self.config = config or EngineConfig()
+        self.metrics = metrics
+        self.conn = db.connect()
+        self.journal = Journal(self.conn, lambda: self.host.trimmed_tables)
+        row = self.conn.execute(
+            "SELECT number, hash, finalized, notifications, reorgs, source_token FROM monmouth_cursor"
+        ).fetchone()
+        self._head: BlockRef | None = BlockRef(row[0], row[1]) if row[0] is not None else None
+        self.finalized: int | None = row[2]
+        self.notifications_seen: int = row[3]
+        self.reorgs_seen: int = row[4]
+        self._token: object = json.loads(row[5]) if row[5] else None
+
+    # ------------------------------------------------------------------------------------------------ queries
+    @property
+    def head(self) -> BlockRef | None:
+        """The durable head (block number and hash), ``None`` on an empty database."""
+        return self._head
+
+    @property
+    def source_token(self) -> object:
+        """The delivery token stored with the last committed notification (JSON value), or ``None``."""
+        return self._token
+
+    def canonical(self, number: int) -> StoredBlock | None:
+        """The canonical block at ``number`` if still in the hash history (``engine.history`` blocks)."""
+        row = self.conn.execute(
+            "SELECT number, hash, parent_hash, timestamp, changeset IS NOT NULL FROM monmouth_blocks WHERE number = ?",
+            (number,),
+        ).fetchone()
+        return StoredBlock(row[0], row[1], row[2], row[3], bool(row[4])) if row else None
+
+    def oldest_revertible(self) -> int | None:
+        row = self.conn.execute("SELECT min(number) FROM monmouth_blocks WHERE changeset IS NOT NULL").fetchone()
+        return row[0]
+
+    # ------------------------------------------------------------------------------------------------ apply
+    def apply(self, notification: Notification, token: object = None) -> ApplyResult:
+        """Apply one notification in one transaction.
+
+        ``token`` is the source's position of this notification (a JSON-able value, e.g. the bridge's
+        ``{"epoch": e, "seq": s}`` or a replay frame index). It is stored in the same transaction as the
+        cursor, so a source can resume exactly after the last committed notification and drop stale
+        re-deliveries without applying them (see :attr:`source_token`). A skipped notification still
+        records its token.
+
+        Raises:
+            ContinuityError: it does not connect to the head (gap or unknown fork); nothing written.
+            ReorgTooDeepError: it reverts a block whose undo data was pruned; nothing written.
+            PluginError: a chain hook raised; everything rolled back.
+            JournalConflictError: undo data did not match the tables; everything rolled back.
+        """
+        t0 = time.perf_counter()
+        conn = self.conn
+        self.journal.refresh()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = self._apply(conn, notification)
+            if token is not None:
+                conn.execute("UPDATE monmouth_cursor SET source_token = ? WHERE id = 1", (json.dumps(token),))
+            if result.applied or token is not None:
+                conn.execute("COMMIT")
+            else:
+                conn.execute("ROLLBACK")
+        except BaseException as e:
+            conn.execute("ROLLBACK")
+            self._count_error(e)
+            raise
+        if token is not None:
+            self._token = token
+        if result.applied:
+            self._head = result.head
+            self.notifications_seen += 1
+            if result.reverted:
+                self.reorgs_seen += 1
+        if self.metrics is not None:
+            m = self.metrics
+            m.notifications.labels(notification.kind, "applied" if result.applied else "skipped").inc()
+            m.notification_seconds.observe(time.perf_counter() - t0)
+            if result.applied:
+                m.blocks.labels("applied").inc(result.committed)
+                if result.reverted:
+                    m.blocks.labels("reverted").inc(result.reverted)
+                    m.reorg_depth.observe(result.reverted)
+                if result.head is not None:
+                    m.head.set(result.head.number)
+        return result
+
+    def _count_error(self, e: BaseException) -> None:
+        if self.metrics is None:
+            return
+        kind = {
+            ContinuityError: "continuity", ReorgTooDeepError: "reorg_too_deep", PluginError: "plugin",
+            JournalConflictError: "journal_conflict",
+        }.get(type(e), "engine")
+        self.metrics.errors.labels(kind).inc()
+
+    def _is_canonical(self, ref: BlockRef) -> bool:
+        head = self._head
+        if head is None or ref.number > head.number:
+            return False
+        row = self.conn.execute("SELECT hash FROM monmouth_blocks WHERE number = ?", (ref.number,)).fetchone()
+        if row is None:
+            # Older than the hash history: only a re-delivery of long-applied blocks can reach here.
+            oldest = self.conn.execute("SELECT min(number) FROM monmouth_blocks").fetchone()[0]
+            return oldest is not None and ref.number < oldest
+        return bool(row[0] == ref.hash)
+
+    def _apply(self, conn: apsw.Connection, n: Notification) -> ApplyResult:
+        head = self._head
+        old = None if isinstance(n, ChainCommitted) else n.old
+        new = None if isinstance(n, ChainReverted) else n.new
+
+        # Idempotence: already applied?
+        if new is not None and self._is_canonical(new.tip.ref):
+            return ApplyResult(False, 0, 0, head)
+        if new is None and old is not None and head == old.fork_point and not self._is_canonical(old.first.ref):
+            return ApplyResult(False, 0, 0, head)
+
+        reverted = 0
+        if old is not None and head != old.fork_point:
+            if head is None or head != old.tip.ref:
+                raise ContinuityError(
+                    f"{n.kind} reverts up to {old.tip.ref} but the head is {head or 'empty'}; refusing an unknown fork",
+                    expected=head, got=old.tip.ref,
+                )
+            rows = {
+                r[0]: (r[1], r[2]) for r in conn.execute(
+                    "SELECT number, hash, changeset FROM monmouth_blocks WHERE number BETWEEN ? AND ?",
+                    (old.first.number, old.tip.number),
+                )
+            }
+            for b in old.blocks:
+                stored = rows.get(b.number)
+                if stored is None or stored[1] is None:
+                    oldest = self.oldest_revertible()
+                    raise ReorgTooDeepError(
+                        f"{n.kind} of depth {len(old)} reverts block {b.ref}, but undo data is held only from block "
+                        f"{oldest} (finalized {self.finalized}, undo_window {self.config.undo_window}); "
+                        "restore a checkpoint or re-index"
+                    )
+                if stored[0] != b.hash:
+                    raise ContinuityError(
+                        f"{n.kind} reverts {b.ref} but the canonical block at that height is "
+                        f"0x{stored[0].hex()}; refusing an unknown fork",
+                        expected=BlockRef(b.number, stored[0]), got=b.ref,
+                    )
+            for b in reversed(old.blocks):
+                self._revert_block(conn, b, rows[b.number][1], n)
+            reverted = len(old)
+            head = old.fork_point
+
+        committed = 0
+        if new is not None:
+            blocks = new.blocks
+            i = 0
+            while i < len(blocks) and head is not None and blocks[i].number <= head.number and self._is_canonical(
+                    blocks[i].ref):
+                i += 1
+            blocks = blocks[i:]
+            first = blocks[0]
+            if head is not None and first.parent != head:
+                what = "gap" if first.number > head.number + 1 else "unknown fork"
+                raise ContinuityError(
+                    f"{n.kind} does not connect ({what}): its block {first.ref} builds on "
+                    f"#{first.number - 1} 0x{first.parent_hash.hex()}, but the head is {head}",
+                    expected=head, got=first.parent,
+                )
+            for b in blocks:
+                self._apply_block(conn, b, n)
+            committed = len(blocks)
+            head = blocks[-1].ref
+
+        now = time.time()
+        conn.execute(
+            "UPDATE monmouth_cursor SET number = ?, hash = ?, notifications = notifications + 1, "
+            "reorgs = reorgs + ?, updated_at = ? WHERE id = 1",
+            (head.number if head else None, head.hash if head else None, 1 if reverted else 0, now),
+        )
+        if head is not None:
+            self._prune(conn, head.number, self.finalized)
+        return ApplyResult(True, reverted, committed, head)
+
+    def _apply_block(self, conn: apsw.Connection, b: Block, n: Notification) -> None:
+        hook = self.host.hook.monmouth_block_applied
+
+        def run() -> None:
+            try:
+                hook(conn=conn, block=b, notification=n)
+            except Exception as e:
+                raise self.host.blame(e, "monmouth_block_applied") from e
+
+        changeset = self.journal.record(run)
+        conn.execute(
+            "INSERT INTO monmouth_blocks (number, hash, parent_hash, timestamp, changeset, applied_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (b.number, b.hash, b.parent_hash, b.timestamp, changeset, time.time()),
+        )
+
+    def _revert_block(self, conn: apsw.Connection, b: Block, changeset: bytes, n: Notification) -> None:
+        self.journal.undo(changeset)
+        self.journal.trim(b.number)
+        try:
+            self.host.hook.monmouth_block_reverted(conn=conn, block=b, notification=n)
+        except Exception as e:
+            raise self.host.blame(e, "monmouth_block_reverted") from e
+        conn.execute("DELETE FROM monmouth_blocks WHERE number = ?", (b.number,))
+
+    def _prune(self, conn: apsw.Connection, head_number: int, finalized: int | None) -> None:
+        horizon = head_number - self.config.undo_window
+        if finalized is not None:
+            horizon = max(horizon, min(finalized, head_number))
+        # The partial index monmouth_blocks_revertible makes this touch only the rows it prunes.
+        conn.execute(
+            "UPDATE monmouth_blocks SET changeset = NULL WHERE changeset IS NOT NULL AND number <= ?", (horizon,)
+        )
+        conn.execute("DELETE FROM monmouth_blocks WHERE number <= ?", (head_number - self.config.history,))
+
+    # ------------------------------------------------------------------------------------------------ finalized
+    def set_finalized(self, number: int) -> bool:
+        """Record the source's finalized block, prune undo data at or below it, and call ``monmouth_finalized``
+        in one transaction. Returns False (and writes nothing) unless ``number`` advanced.
+
+        Raises:
+            PluginError: a ``monmouth_finalized`` hook raised; nothing written.
+        """
+        if self.finalized is not None and number <= self.finalized:
+            return False
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("UPDATE monmouth_cursor SET finalized = ? WHERE id = 1", (number,))
+            if self._head is not None:
+                self._prune(conn, self._head.number, number)
+            try:
+                self.host.hook.monmouth_finalized(conn=conn, number=number)
+            except Exception as e:
+                raise self.host.blame(e, "monmouth_finalized") from e
+        except BaseException as e:
+            conn.execute("ROLLBACK")
+            self._count_error(e)
+            raise
+        conn.execute("COMMIT")
+        self.finalized = number
+        if self.metrics is not None:
+            self.metrics.finalized.set(number)
+        return True
+
+    def close(self) -> None:
+        self.conn.close()

@@ -1,0 +1,174 @@
+"""Every hook a Monmouth plugin can implement.
+
+A plugin is any object (usually a module) with functions decorated by ``@monmouth.hookimpl`` whose
+names match the specs below. Plugins are found through the ``monmouth.plugins`` entry-point group
+(the built-in ``rag``, ``memory`` and integration plugins are registered exactly that way) or through
+``plugins.<name>.module = "package.module"`` in ``config.toml``. The plugin's *name* is its entry-point
+name (or its config section name) and its config lives in ``[plugins.<name>]``.
+
+Hook kinds:
+
+* **Declaration hooks** (``monmouth_config_model``, ``monmouth_migrations``, ``monmouth_trimmed_tables``,
+  ``monmouth_status``) are called by the host *for one plugin at a time*, so their results are
+  attributed to that plugin.
+* **Chain hooks** (``monmouth_block_applied``, ``monmouth_block_reverted``, ``monmouth_finalized``) run
+  inside the engine's single write transaction for the notification. They must only write SQL through
+  the ``conn`` they are given, must not commit, and must not keep state outside SQLite. If one raises,
+  the whole notification is rolled back for every plugin, retried, and never half-applied.
+* **Lifecycle hooks** (``monmouth_startup``, ``monmouth_shutdown``, ``monmouth_notification_committed``)
+  run outside the transaction; exceptions there are logged and counted, never fatal to ingestion.
+* **Surface hooks** (``monmouth_http_router``, ``monmouth_register_commands``) add HTTP routes and CLI
+  commands.
+
+What the engine guarantees about plugin tables: every change a chain hook makes to an ordinary table
+(one with a PRIMARY KEY) is recorded per block in the reorg journal (SQLite session changesets) and
+inverted exactly when that block is reverted. Tables declared in ``monmouth_trimmed_tables`` are not
+journaled; the engine deletes their rows by block number instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import apsw
+    import click
+    from fastapi import APIRouter
+    from pydantic import BaseModel
+
+    from .plugins import PluginContext
+    from .types import Block, BlockRef, Notification
+
+hookspec = pluggy.HookspecMarker("monmouth")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Declarations (called once per plugin)
+
+
+@hookspec(firstresult=True)
+def monmouth_config_model() -> type[BaseModel] | None:
+    """Return the pydantic model of this plugin's ``[plugins.<name>]`` config section.
+
+    Called once per plugin when the config is loaded or reloaded. The host validates the section
+    against it (with ``extra="forbid"`` recommended, so that unknown keys are refused naming the key
+    and the file). The ``enabled`` and ``module`` keys belong to the host and are removed before
+    validation. Return ``None`` (or do not implement) for a plugin without settings.
+    """
+
+
+@hookspec(firstresult=True)
+def monmouth_migrations() -> Sequence[str] | None:
+    """Return this plugin's schema migrations: an ordered list of SQL scripts.
+
+    Migration ``i`` (1-based) runs once, in its own transaction, when the plugin is first enabled on a
+    database whose recorded version for the plugin is below ``i``. Append new scripts; never edit old
+    ones. Table names should start with the plugin's name (``rag_``, ``memory_``).
+
+    Every ordinary table must have a PRIMARY KEY (the reorg journal needs one); every virtual table
+    (FTS5, ``vec0``) must be named in :func:`monmouth_trimmed_tables`. Otherwise enabling the plugin
+    fails with ``MigrationError`` naming the table.
+    """
+
+
+@hookspec(firstresult=True)
+def monmouth_trimmed_tables() -> Mapping[str, str | None] | None:
+    """Return ``{table: block_number_column}`` for bulky derived tables that are *not* journaled.
+
+    On a revert of block ``n`` the engine runs ``DELETE FROM table WHERE column >= n``. A value of
+    ``None`` means the plugin removes that table's rows itself in :func:`monmouth_block_reverted`
+    (for example a ``vec0`` table keyed by rowid). Typical use: vectors, FTS indexes.
+    """
+
+
+@hookspec(firstresult=True)
+def monmouth_status() -> Mapping[str, Any] | None:
+    """Return a JSON-able mapping shown under ``plugins.<name>`` in ``/status`` and ``monmouth status``.
+
+    Called once per plugin, from the HTTP server's thread pool; keep it fast (it may read SQLite through
+    ``ctx.db``). Example: ``{"backlog": 12, "embeddings_per_s": 310.5}``.
+    """
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Lifecycle
+
+
+@hookspec
+def monmouth_startup(ctx: PluginContext) -> None:
+    """Called when the plugin is enabled: at start, or when a hot reload enables it; and again with a
+    fresh ``ctx`` whenever a hot reload changes its settings (after ``monmouth_shutdown``).
+
+    ``ctx`` carries the plugin's validated config (``ctx.config``), the whole settings (``ctx.settings``),
+    the database (``ctx.db``), the metrics registry (``ctx.metrics``), the host (``ctx.host``, to look
+    up other plugins) and a task group for background work (``ctx.spawn``). Migrations have already run.
+    """
+
+
+@hookspec
+def monmouth_shutdown(ctx: PluginContext) -> None:
+    """Called when the plugin is disabled, its settings change, or the sidecar stops. Stop background
+    work started in :func:`monmouth_startup`."""
+
+
+@hookspec
+def monmouth_notification_committed(notification: Notification, head: BlockRef | None) -> None:
+    """Called after a notification is durably committed (and before it is acknowledged upstream).
+
+    ``head`` is the engine's head after it. Runs on the engine's thread: do only quick work here (wake a
+    worker, enqueue a delivery). Exceptions are logged and counted; they do not undo the commit.
+    """
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Chain hooks (inside the engine's write transaction)
+
+
+@hookspec
+def monmouth_block_applied(conn: apsw.Connection, block: Block, notification: Notification) -> None:
+    """Index ``block``: it has just become canonical. Called oldest block first, once per block, inside the
+    engine's write transaction for ``notification``.
+
+    Write with plain SQL through ``conn`` (never commit or roll back). Changes to journaled tables are
+    recorded so that a later revert restores them exactly. Raising rolls the whole notification back.
+    """
+
+
+@hookspec
+def monmouth_block_reverted(conn: apsw.Connection, block: Block, notification: Notification) -> None:
+    """``block`` is leaving the canonical chain (a reorg or revert). Called newest block first, inside the
+    engine's write transaction, *after* the engine restored the plugin's journaled tables to their state
+    before the block and trimmed its declared trimmed tables.
+
+    Use it only for state the engine cannot restore itself (rows of tables declared with ``None`` in
+    :func:`monmouth_trimmed_tables`, pending work). ``block`` may carry only header fields (the ``rpc``
+    source cannot fetch orphaned bodies): do not rely on ``block.transactions`` here.
+    """
+
+
+@hookspec
+def monmouth_finalized(conn: apsw.Connection, number: int) -> None:
+    """The source's finalized block advanced to ``number`` (blocks at or below it will not be reorged).
+
+    Runs inside a write transaction between notifications; the engine prunes its own undo data in the same
+    transaction. Use it to prune or compact plugin data.
+    """
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Surfaces
+
+
+@hookspec
+def monmouth_http_router() -> APIRouter | None:
+    """Return a FastAPI ``APIRouter`` to mount on the sidecar's HTTP app (paths should start with
+    ``/<name>/``). Requests to it answer 503 while the plugin is disabled."""
+
+
+@hookspec
+def monmouth_register_commands(cli: click.Group) -> None:
+    """Add commands to the ``monmouth`` CLI (for example ``cli.add_command(group, "rag")``). Called for every
+    installed plugin, enabled or not, when the CLI starts."""

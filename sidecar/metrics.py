@@ -1,0 +1,55 @@
+"""Prometheus metrics of the core, all prefixed ``monmouth_`` and kept in one registry per sidecar (served at
+``/metrics``). Plugins add theirs to the same registry (``PluginContext.metrics``)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+#: Latency buckets in seconds, from 100 µs to 10 s.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+
+
+class Metrics:
+    """The core's metrics.
+
+    Attributes:
+        notifications: ``monmouth_notifications_total{kind, outcome}``; kind is the ExEx variant, outcome
+            ``applied`` or ``skipped`` (already applied, idempotent re-delivery).
+        blocks: ``monmouth_blocks_total{direction}``, blocks applied and reverted.
+        reorg_depth: ``monmouth_reorg_depth_blocks``, blocks reverted per reorg or revert.
+        notification_seconds: ``monmouth_notification_seconds``, engine time per notification (transaction
+            included).
+        errors: ``monmouth_errors_total{kind}``; kinds: ``plugin``, ``continuity``, ``reorg_too_deep``,
+            ``codec``, ``source``, ``config``, ``hook``.
+        head, finalized, source_head, lag: gauges in blocks.
+        config_reloads: ``monmouth_config_reloads_total{outcome}``, ``applied`` or ``rejected``.
+        source_reconnects: ``monmouth_source_reconnects_total{source}``.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.notifications = Counter(
+            "monmouth_notifications", "Notifications processed, by ExEx kind and outcome.", ["kind", "outcome"],
+            registry=r,
+        )
+        self.blocks = Counter("monmouth_blocks", "Blocks applied or reverted.", ["direction"], registry=r)
+        self.reorg_depth = Histogram(
+            "monmouth_reorg_depth_blocks", "Blocks reverted by one reorg or revert.",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64, 128, 256), registry=r,
+        )
+        self.notification_seconds = Histogram(
+            "monmouth_notification_seconds", "Engine time per notification, commit included, seconds.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.errors = Counter("monmouth_errors", "Errors, by kind.", ["kind"], registry=r)
+        self.head = Gauge("monmouth_head_block", "Engine head block number.", registry=r)
+        self.finalized = Gauge("monmouth_finalized_block", "Finalized block number reported by the source.", registry=r)
+        self.source_head = Gauge("monmouth_source_head_block", "Newest block number the source knows.", registry=r)
+        self.lag = Gauge("monmouth_source_lag_blocks", "Source head minus engine head, blocks.", registry=r)
+        self.config_reloads = Counter(
+            "monmouth_config_reloads", "config.toml reloads, by outcome.", ["outcome"], registry=r
+        )
+        self.source_reconnects = Counter(
+            "monmouth_source_reconnects", "Reconnections to the node or bridge.", ["source"], registry=r
+        )

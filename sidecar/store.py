@@ -1,0 +1,184 @@
+"""SQLite access (apsw): connections with the project's pragmas, sqlite-vec loaded, and plugin migrations.
+
+One database file holds everything: the engine's cursor and reorg journal (``monmouth_*`` tables) and
+every plugin's tables. WAL mode lets the HTTP API read while the engine writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import apsw
+
+from .errors import MigrationError
+
+log = logging.getLogger(__name__)
+
+ENGINE_PREFIX = "monmouth_"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS monmouth_cursor (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    number INTEGER,            -- head block number (NULL on an empty database)
+    hash BLOB,                 -- head block hash (32 bytes)
+    finalized INTEGER,         -- last finalized block number the source reported
+    notifications INTEGER NOT NULL DEFAULT 0,
+    reorgs INTEGER NOT NULL DEFAULT 0,
+    source_token TEXT,         -- JSON: the source's position of the last notification committed (see Engine.apply)
+    updated_at REAL
+);
+INSERT OR IGNORE INTO monmouth_cursor (id, number, hash) VALUES (1, NULL, NULL);
+-- Recent canonical blocks and, while still revertible, their undo changeset (SQLite session
+-- changeset of every journaled plugin table, recorded while the block was applied).
+CREATE TABLE IF NOT EXISTS monmouth_blocks (
+    number INTEGER PRIMARY KEY,
+    hash BLOB NOT NULL,
+    parent_hash BLOB NOT NULL,
+    timestamp INTEGER NOT NULL,
+    changeset BLOB,             -- NULL once pruned (finalized or outside the undo window)
+    applied_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS monmouth_blocks_revertible ON monmouth_blocks (number) WHERE changeset IS NOT NULL;
+CREATE TABLE IF NOT EXISTS monmouth_migrations (
+    plugin TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    applied_at REAL NOT NULL
+);
+"""
+
+
+def _load_vec(conn: apsw.Connection) -> None:
+    try:
+        import sqlite_vec
+    except ImportError:  # pragma: no cover - sqlite-vec is a core dependency
+        return
+    conn.enable_load_extension(True)
+    conn.load_extension(sqlite_vec.loadable_path())
+    conn.enable_load_extension(False)
+
+
+class Database:
+    """The sidecar's SQLite file.
+
+    Args:
+        path: file path; parent directories are created. ``":memory:"`` is refused (the engine and the
+            API need to share the file).
+        synchronous: SQLite ``synchronous`` pragma for writers, ``"FULL"`` (default: a commit survives
+            power loss) or ``"NORMAL"`` (survives a process crash, ``kill -9`` included).
+        busy_timeout_ms: how long a writer waits for another writer (milliseconds).
+    """
+
+    def __init__(self, path: str | Path, synchronous: str = "FULL", busy_timeout_ms: int = 10_000) -> None:
+        if str(path) == ":memory:":
+            raise ValueError("storage.path must be a file, not ':memory:'")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.synchronous = synchronous
+        self.busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+        with contextlib.closing(self.connect()) as conn, conn:
+            conn.execute(_SCHEMA)
+
+    def connect(self, readonly: bool = False) -> apsw.Connection:
+        """A new connection with WAL, the busy timeout, and sqlite-vec loaded."""
+        flags = apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+        conn = apsw.Connection(str(self.path), flags=flags)
+        conn.set_busy_timeout(self.busy_timeout_ms)
+        if not readonly:
+            conn.pragma("journal_mode", "wal")
+            conn.pragma("synchronous", self.synchronous)
+        conn.pragma("foreign_keys", 1)
+        _load_vec(conn)
+        return conn
+
+    def reader(self) -> apsw.Connection:
+        """A per-thread read connection, reused (for the HTTP API's worker threads)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self.connect()
+            self._local.conn = conn
+        return conn
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[apsw.Connection]:
+        """A short ``BEGIN IMMEDIATE`` write transaction on a per-thread connection, for work outside the
+        engine (background workers). It commits on success and rolls back on error."""
+        conn = self.reader()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+
+def table_kinds(conn: apsw.Connection) -> dict[str, str]:
+    """``{table_name: type}`` for the main schema, where type is ``table``, ``virtual`` or ``shadow``
+    (``PRAGMA table_list``, SQLite >= 3.37)."""
+    return {
+        name: kind
+        for _schema, name, kind, *_ in conn.execute("PRAGMA main.table_list")
+        if not name.startswith("sqlite_")
+    }
+
+
+def has_primary_key(conn: apsw.Connection, table: str) -> bool:
+    """Whether ``table`` declares a PRIMARY KEY (needed for the session extension to journal it)."""
+    return any(row[5] for row in conn.execute(f'PRAGMA main.table_info("{table}")'))
+
+
+def migration_version(conn: apsw.Connection, plugin: str) -> int:
+    row = conn.execute("SELECT version FROM monmouth_migrations WHERE plugin = ?", (plugin,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def migrate(conn: apsw.Connection, plugin: str, scripts: Sequence[str], trimmed: set[str]) -> int:
+    """Run ``plugin``'s pending migrations, each in its own transaction, and check the tables they create.
+
+    Returns the plugin's schema version afterwards.
+
+    Raises:
+        MigrationError: a script failed (its transaction is rolled back), or it created an ordinary table
+            without a PRIMARY KEY, or a virtual table not declared in ``monmouth_trimmed_tables``.
+    """
+    import time
+
+    current = migration_version(conn, plugin)
+    for version, script in enumerate(scripts, start=1):
+        if version <= current:
+            continue
+        before = set(table_kinds(conn))
+        try:
+            with conn:
+                conn.execute(script)
+                after = table_kinds(conn)
+                for name in sorted(set(after) - before):
+                    kind = after[name]
+                    if name.startswith(ENGINE_PREFIX):
+                        raise MigrationError(f"plugin {plugin!r} migration {version} created {name!r}: "
+                                             f"the {ENGINE_PREFIX}* names belong to the engine")
+                    if kind == "table" and name not in trimmed and not has_primary_key(conn, name):
+                        raise MigrationError(
+                            f"plugin {plugin!r} migration {version}: table {name!r} has no PRIMARY KEY, so the "
+                            "reorg journal cannot restore it; add one or declare it in monmouth_trimmed_tables"
+                        )
+                    if kind == "virtual" and name not in trimmed:
+                        raise MigrationError(
+                            f"plugin {plugin!r} migration {version}: virtual table {name!r} must be declared in "
+                            "monmouth_trimmed_tables (the reorg journal cannot record virtual tables)"
+                        )
+                conn.execute(
+                    "INSERT INTO monmouth_migrations (plugin, version, applied_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (plugin) DO UPDATE SET version = excluded.version, applied_at = excluded.applied_at",
+                    (plugin, version, time.time()),
+                )
+        except apsw.Error as e:
+            raise MigrationError(f"plugin {plugin!r} migration {version} failed: {e}") from e
+        log.info("plugin %s: applied migration %d", plugin, version)
+        current = version
+    return current

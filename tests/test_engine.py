@@ -1,0 +1,213 @@
+"""The engine's invariants, on real SQLite files: exactly once, exact reverts, continuity, bounded undo."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from monmouth import hookimpl
+from monmouth.errors import ContinuityError, PluginError, ReorgTooDeepError
+from monmouth.testing import chain, extend
+from monmouth.types import Block, ChainCommitted, ChainReorged, ChainReverted
+
+from tests.plugins import ledger
+
+PLUGIN_TABLES = ("ledger_transfers", "ledger_balances", "ledger_block_stats")
+
+
+def dump(conn) -> dict[str, list[tuple]]:
+    return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall()) for t in PLUGIN_TABLES}
+
+
+def reference(engine_factory, blocks: list[Block], name: str) -> dict[str, list[tuple]]:
+    """What applying only ``blocks`` (the final canonical chain) to an empty database produces."""
+    ref = engine_factory(name)
+    if blocks:
+        ref.apply(ChainCommitted(chain(blocks)))
+    return dump(ref.conn)
+
+
+# ------------------------------------------------------------------------------------------- property-based
+
+op = st.one_of(
+    st.tuples(st.just("commit"), st.integers(1, 4)),
+    st.tuples(st.just("reorg"), st.integers(1, 6), st.integers(1, 6)),
+    st.tuples(st.just("revert"), st.integers(1, 6)),
+    st.tuples(st.just("redeliver")),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(op, min_size=1, max_size=14), txs=st.integers(0, 4))
+def test_random_commits_reorgs_reverts_equal_fresh_index_of_final_chain(engine_factory, ops, txs):
+    import uuid
+
+    run = uuid.uuid4().hex
+    engine = engine_factory(f"live-{run}.sqlite")
+    canonical: list[Block] = extend(None, 3, number=1, salt=run, n_txs=txs)
+    engine.apply(ChainCommitted(chain(canonical)))
+    delivered: list = []
+    for i, o in enumerate(ops):
+        kind = o[0]
+        if kind == "commit":
+            new = extend(canonical[-1], o[1], salt=(run, i), n_txs=txs)
+            n = ChainCommitted(chain(new))
+            canonical += new
+        elif kind in ("reorg", "revert"):
+            depth = min(o[1], len(canonical) - 1)
+            if depth < 1:
+                continue
+            old = canonical[-depth:]
+            base = canonical[:-depth]
+            if kind == "reorg":
+                new = extend(base[-1], o[2], salt=(run, i, "fork"), n_txs=txs)
+                n = ChainReorged(chain(old), chain(new))
+                canonical = base + new
+            else:
+                n = ChainReverted(chain(old))
+                canonical = base
+        else:  # a source re-sends its newest notification (its ack was lost): skipped, nothing written
+            if not delivered:
+                continue
+            before, head = dump(engine.conn), engine.head
+            assert not engine.apply(delivered[-1]).applied
+            assert dump(engine.conn) == before and engine.head == head
+            continue
+        res = engine.apply(n)
+        assert res.applied
+        delivered.append(n)
+        assert engine.head == canonical[-1].ref
+    assert dump(engine.conn) == reference(engine_factory, canonical, f"ref-{run}.sqlite")
+    # The engine's block table is exactly the canonical chain.
+    stored = engine.conn.execute("SELECT number, hash FROM monmouth_blocks ORDER BY number").fetchall()
+    assert stored == [(b.number, b.hash) for b in canonical]
+
+
+# ------------------------------------------------------------------------------------------- examples
+
+
+def test_redelivery_is_skipped_and_overlap_applies_only_new_blocks(engine_factory):
+    e = engine_factory()
+    bs = extend(None, 6, number=1, n_txs=3)
+    assert e.apply(ChainCommitted(chain(bs[:4]))).committed == 4
+    again = e.apply(ChainCommitted(chain(bs[:4])))
+    assert not again.applied
+    overlap = e.apply(ChainCommitted(chain(bs[2:])))
+    assert overlap.applied and overlap.committed == 2
+    assert e.conn.execute("SELECT count(*) FROM ledger_transfers").fetchone()[0] == 18
+    assert e.notifications_seen == 2
+
+
+def test_gap_is_refused_naming_both_hashes_and_nothing_moves(engine_factory):
+    e = engine_factory()
+    bs = extend(None, 5, number=1)
+    e.apply(ChainCommitted(chain(bs[:2])))
+    before = dump(e.conn)
+    with pytest.raises(ContinuityError) as ei:
+        e.apply(ChainCommitted(chain(bs[3:])))
+    msg = str(ei.value)
+    assert "gap" in msg and bs[1].hash.hex() in msg and bs[3].hash.hex() in msg and bs[2].hash.hex() in msg
+    assert e.head == bs[1].ref and dump(e.conn) == before
+    assert e.conn.execute("SELECT number, hash FROM monmouth_cursor").fetchone() == (2, bs[1].hash)
+
+
+def test_unknown_fork_is_refused(engine_factory):
+    e = engine_factory()
+    bs = extend(None, 3, number=1)
+    e.apply(ChainCommitted(chain(bs)))
+    other = extend(bs[0], 3, salt="other")
+    with pytest.raises(ContinuityError, match="unknown fork"):
+        e.apply(ChainReorged(chain(other[:2]), chain(extend(bs[0], 1, salt="x"))))
+    with pytest.raises(ContinuityError, match="unknown fork"):
+        e.apply(ChainCommitted(chain(other[1:])))
+    assert e.head == bs[-1].ref
+
+
+def test_reorg_deeper_than_undo_window_is_refused_whole(engine_factory):
+    e = engine_factory(undo_window=4)
+    bs = extend(None, 12, number=1, n_txs=2)
+    e.apply(ChainCommitted(chain(bs)))
+    before = dump(e.conn)
+    fork = extend(bs[5], 3, salt="deep")
+    with pytest.raises(ReorgTooDeepError, match="undo data is held only from block 9"):
+        e.apply(ChainReorged(chain(bs[6:]), chain(fork)))
+    assert dump(e.conn) == before and e.head == bs[-1].ref
+    # Within the window, it works.
+    fork = extend(bs[8], 2, salt="ok")
+    assert e.apply(ChainReorged(chain(bs[9:]), chain(fork))).reverted == 3
+
+
+def test_finalized_prunes_undo_and_calls_hook(engine_factory, tmp_path):
+    seen = []
+
+    class Watcher:
+        @hookimpl
+        def monmouth_finalized(self, conn, number):
+            seen.append(number)
+
+    e = engine_factory(plugins={"ledger": ledger, "watcher": Watcher()})
+    bs = extend(None, 10, number=1)
+    e.apply(ChainCommitted(chain(bs)))
+    assert e.set_finalized(6)
+    assert not e.set_finalized(5)
+    assert seen == [6]
+    assert e.oldest_revertible() == 7
+    with pytest.raises(ReorgTooDeepError):
+        e.apply(ChainReverted(chain(bs[5:])))
+    e.apply(ChainReverted(chain(bs[6:])))
+    assert e.head == bs[5].ref
+
+
+class Exploding:
+    """Raises on a chosen block, after writing to its own table: the write must be rolled back too."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    @hookimpl
+    def monmouth_migrations(self):
+        return ["CREATE TABLE boom_rows (n INTEGER PRIMARY KEY)"]
+
+    @hookimpl
+    def monmouth_block_applied(self, conn, block, notification):
+        conn.execute("INSERT INTO boom_rows (n) VALUES (?)", (block.number,))
+        if block.number == self.at:
+            raise RuntimeError("kaboom")
+
+
+def test_failing_plugin_rolls_back_every_plugin_and_is_named(engine_factory):
+    e = engine_factory(plugins={"ledger": ledger, "boom": Exploding(at=3)})
+    bs = extend(None, 4, number=1, n_txs=2)
+    e.apply(ChainCommitted(chain(bs[:1])))
+    before = dump(e.conn)
+    with pytest.raises(PluginError) as ei:
+        e.apply(ChainCommitted(chain(bs[1:])))
+    assert ei.value.plugin == "boom" and "kaboom" in str(ei.value)
+    assert dump(e.conn) == before
+    assert e.conn.execute("SELECT count(*) FROM boom_rows").fetchone()[0] == 1
+    assert e.head == bs[0].ref
+
+
+def test_revert_hook_sees_blocks_newest_first_after_journal_restore(engine_factory):
+    order = []
+
+    class Rev:
+        @hookimpl
+        def monmouth_block_reverted(self, conn, block, notification):
+            n = conn.execute("SELECT count(*) FROM ledger_transfers WHERE block_number >= ?", (block.number,)).fetchone()
+            order.append((block.number, n[0]))
+
+    e = engine_factory(plugins={"ledger": ledger, "rev": Rev()})
+    bs = extend(None, 5, number=1, n_txs=2)
+    e.apply(ChainCommitted(chain(bs)))
+    e.apply(ChainReverted(chain(bs[2:])))
+    assert order == [(5, 0), (4, 0), (3, 0)]
+
+
+def test_cursor_is_durable_across_reopen(engine_factory):
+    e = engine_factory("durable.sqlite")
+    bs = extend(None, 3, number=1)
+    e.apply(ChainCommitted(chain(bs)))
+    e2 = engine_factory("durable.sqlite")
+    assert e2.head == bs[-1].ref and e2.notifications_seen == 1
+    assert not e2.apply(ChainCommitted(chain(bs))).applied
