@@ -1,0 +1,485 @@
+//! The six session messages of `docs/wire.md` and their encoding.
+//!
+//! Encoding is `rmp_serde::to_vec_named` of a struct whose first field is `type`, so every frame is
+//! one msgpack map with the keys in the order of the spec. Decoding first reads only the `type` key,
+//! then the message's own fields; unknown keys are ignored, keys may come in any order.
+
+use std::fmt;
+use std::io::Cursor;
+
+use serde::de::{DeserializeOwned, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::error::WireError;
+use crate::types::{Block, BlockRef, Notification, NotificationKind};
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u64 = 1;
+/// Largest frame accepted by default (bytes): 64 MiB.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+/// Smallest and largest credit window a `hello` may ask for.
+pub const WINDOW_RANGE: std::ops::RangeInclusive<u64> = 1..=1024;
+
+/// `hello` (sidecar → bridge).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// Protocol version the sidecar speaks.
+    pub version: u64,
+    /// The sidecar's durable head; `None` on an empty database.
+    pub head: Option<BlockRef>,
+    /// Credit window: most notifications un-acked at once (1–1024).
+    pub window: u64,
+    /// Free text naming the client.
+    pub client: String,
+}
+
+/// `welcome` (bridge → sidecar).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Welcome {
+    /// Protocol version the bridge speaks.
+    pub version: u64,
+    /// EIP-155 chain id of the node.
+    pub chain_id: u64,
+    /// Node name and version.
+    pub node: String,
+    /// Heartbeat interval of both sides (milliseconds).
+    pub heartbeat_ms: u64,
+}
+
+/// `ack` (sidecar → bridge). Cumulative: acknowledges every `seq` up to and including this one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ack {
+    /// The notification durably committed (or skipped as already applied).
+    pub seq: u64,
+    /// The sidecar's head after that commit.
+    pub head: BlockRef,
+}
+
+/// `heartbeat` (both ways).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Sender's wall clock (milliseconds since the Unix epoch).
+    pub ts_ms: u64,
+}
+
+/// The `code` of an `error` message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The peer speaks a newer protocol version.
+    UnsupportedVersion,
+    /// Not msgpack, not a map, a missing or mistyped field.
+    Malformed,
+    /// Frame larger than the receiver's limit.
+    FrameTooLarge,
+    /// `type` names no message of this version.
+    UnknownType,
+    /// A valid message at the wrong time (no session, ack of an unsent seq, ...).
+    Unexpected,
+    /// A sequence number was skipped.
+    Gap,
+}
+
+impl ErrorCode {
+    /// The wire spelling.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::UnsupportedVersion => "unsupported_version",
+            Self::Malformed => "malformed",
+            Self::FrameTooLarge => "frame_too_large",
+            Self::UnknownType => "unknown_type",
+            Self::Unexpected => "unexpected",
+            Self::Gap => "gap",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `error` (both ways). `code` is kept as text so that codes added by a later minor revision still
+/// decode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorMsg {
+    /// One of [`ErrorCode`]'s spellings.
+    pub code: String,
+    /// A sentence naming the problem.
+    pub message: String,
+}
+
+impl ErrorMsg {
+    /// Build from a known code.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code: code.as_str().to_owned(), message: message.into() }
+    }
+}
+
+/// `notification` (bridge → sidecar).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotificationMsg {
+    /// Sequence number, +1 per notification on a bridge, from 1.
+    pub seq: u64,
+    /// The notification.
+    pub notification: Notification,
+}
+
+/// Any protocol message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// See [`Hello`].
+    Hello(Hello),
+    /// See [`Welcome`].
+    Welcome(Welcome),
+    /// See [`NotificationMsg`].
+    Notification(NotificationMsg),
+    /// See [`Ack`].
+    Ack(Ack),
+    /// See [`Heartbeat`].
+    Heartbeat(Heartbeat),
+    /// See [`ErrorMsg`].
+    Error(ErrorMsg),
+}
+
+impl Message {
+    /// The `type` string.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Hello(_) => "hello",
+            Self::Welcome(_) => "welcome",
+            Self::Notification(_) => "notification",
+            Self::Ack(_) => "ack",
+            Self::Heartbeat(_) => "heartbeat",
+            Self::Error(_) => "error",
+        }
+    }
+}
+
+// ------------------------------------------------------------------ wire structs (encode order)
+
+#[derive(Serialize)]
+struct HelloOut<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    version: u64,
+    head: &'a Option<BlockRef>,
+    window: u64,
+    client: &'a str,
+}
+
+#[derive(Serialize)]
+struct WelcomeOut<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    version: u64,
+    chain_id: u64,
+    node: &'a str,
+    heartbeat_ms: u64,
+}
+
+#[derive(Serialize)]
+struct NotificationOut<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    seq: u64,
+    kind: NotificationKind,
+    old: &'a Option<Vec<Block>>,
+    new: &'a Option<Vec<Block>>,
+}
+
+#[derive(Serialize)]
+struct AckOut<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    seq: u64,
+    head: &'a BlockRef,
+}
+
+#[derive(Serialize)]
+struct HeartbeatOut {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    ts_ms: u64,
+}
+
+#[derive(Serialize)]
+struct ErrorOut<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    code: &'a str,
+    message: &'a str,
+}
+
+// ------------------------------------------------------------------ wire structs (decode)
+
+#[derive(Deserialize)]
+struct HelloIn {
+    version: u64,
+    #[serde(default)]
+    head: Option<BlockRef>,
+    window: u64,
+    #[serde(default)]
+    client: String,
+}
+
+#[derive(Deserialize)]
+struct WelcomeIn {
+    version: u64,
+    chain_id: u64,
+    #[serde(default)]
+    node: String,
+    heartbeat_ms: u64,
+}
+
+#[derive(Deserialize)]
+struct NotificationIn {
+    seq: u64,
+    kind: NotificationKind,
+    #[serde(default)]
+    old: Option<Vec<Block>>,
+    #[serde(default)]
+    new: Option<Vec<Block>>,
+}
+
+#[derive(Deserialize)]
+struct AckIn {
+    seq: u64,
+    head: BlockRef,
+}
+
+#[derive(Deserialize)]
+struct HeartbeatIn {
+    ts_ms: u64,
+}
+
+#[derive(Deserialize)]
+struct ErrorIn {
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// Reads only the `type` key of a top-level map (skipping every other value without building it).
+struct Envelope(Option<String>);
+
+impl<'de> Deserialize<'de> for Envelope {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Envelope;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map with a `type` key")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope, A::Error> {
+                let mut ty = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "type" && ty.is_none() {
+                        ty = Some(map.next_value::<String>()?);
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(Envelope(ty))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+fn to_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>, WireError> {
+    rmp_serde::to_vec_named(value).map_err(|e| WireError::Encode(e.to_string()))
+}
+
+/// Encode one message into a frame.
+///
+/// # Errors
+/// [`WireError::Encode`] only if serialization itself fails (it does not for well-formed values).
+pub fn encode(msg: &Message) -> Result<Vec<u8>, WireError> {
+    match msg {
+        Message::Hello(m) => to_bytes(&HelloOut {
+            ty: "hello",
+            version: m.version,
+            head: &m.head,
+            window: m.window,
+            client: &m.client,
+        }),
+        Message::Welcome(m) => to_bytes(&WelcomeOut {
+            ty: "welcome",
+            version: m.version,
+            chain_id: m.chain_id,
+            node: &m.node,
+            heartbeat_ms: m.heartbeat_ms,
+        }),
+        Message::Notification(m) => encode_notification(m.seq, &m.notification),
+        Message::Ack(m) => to_bytes(&AckOut { ty: "ack", seq: m.seq, head: &m.head }),
+        Message::Heartbeat(m) => to_bytes(&HeartbeatOut { ty: "heartbeat", ts_ms: m.ts_ms }),
+        Message::Error(m) => to_bytes(&ErrorOut { ty: "error", code: &m.code, message: &m.message }),
+    }
+}
+
+/// Encode a `notification` message without cloning the notification.
+///
+/// # Errors
+/// As [`encode`].
+pub fn encode_notification(seq: u64, n: &Notification) -> Result<Vec<u8>, WireError> {
+    to_bytes(&NotificationOut { ty: "notification", seq, kind: n.kind, old: &n.old, new: &n.new })
+}
+
+fn from_frame<T: DeserializeOwned>(frame: &[u8], what: &str) -> Result<T, WireError> {
+    let mut cursor = Cursor::new(frame);
+    let value = {
+        let mut de = rmp_serde::Deserializer::new(&mut cursor);
+        T::deserialize(&mut de).map_err(|e| WireError::Malformed(format!("{what}: {e}")))?
+    };
+    let used = usize::try_from(cursor.position()).unwrap_or(usize::MAX);
+    if used != frame.len() {
+        return Err(WireError::Malformed(format!(
+            "{what}: {} trailing bytes after the message",
+            frame.len().saturating_sub(used)
+        )));
+    }
+    Ok(value)
+}
+
+fn is_map_marker(byte: u8) -> bool {
+    (0x80..=0x8f).contains(&byte) || byte == 0xde || byte == 0xdf
+}
+
+/// Decode one frame.
+///
+/// # Errors
+/// * [`WireError::FrameTooLarge`] when `frame` exceeds `max_bytes`;
+/// * [`WireError::Malformed`] when it is not one msgpack map with a string `type` and the fields of
+///   that message (the text names the field);
+/// * [`WireError::UnknownType`] when `type` names no message of this version;
+/// * [`WireError::InvalidNotification`] when a notification's chains break an invariant.
+pub fn decode(frame: &[u8], max_bytes: usize) -> Result<Message, WireError> {
+    if frame.len() > max_bytes {
+        return Err(WireError::FrameTooLarge { size: frame.len(), limit: max_bytes });
+    }
+    match frame.first() {
+        None => return Err(WireError::Malformed("empty frame".to_owned())),
+        Some(b) if !is_map_marker(*b) => {
+            return Err(WireError::Malformed(format!("frame is not a msgpack map (first byte 0x{b:02x})")));
+        }
+        Some(_) => {}
+    }
+    let Envelope(ty) = from_frame::<Envelope>(frame, "message")?;
+    let ty = ty.ok_or_else(|| WireError::Malformed("message has no `type` key".to_owned()))?;
+    Ok(match ty.as_str() {
+        "hello" => {
+            let m: HelloIn = from_frame(frame, "hello")?;
+            Message::Hello(Hello { version: m.version, head: m.head, window: m.window, client: m.client })
+        }
+        "welcome" => {
+            let m: WelcomeIn = from_frame(frame, "welcome")?;
+            Message::Welcome(Welcome {
+                version: m.version,
+                chain_id: m.chain_id,
+                node: m.node,
+                heartbeat_ms: m.heartbeat_ms,
+            })
+        }
+        "notification" => {
+            let m: NotificationIn = from_frame(frame, "notification")?;
+            let notification = Notification { kind: m.kind, old: m.old, new: m.new };
+            notification.validate().map_err(WireError::InvalidNotification)?;
+            Message::Notification(NotificationMsg { seq: m.seq, notification })
+        }
+        "ack" => {
+            let m: AckIn = from_frame(frame, "ack")?;
+            Message::Ack(Ack { seq: m.seq, head: m.head })
+        }
+        "heartbeat" => {
+            let m: HeartbeatIn = from_frame(frame, "heartbeat")?;
+            Message::Heartbeat(Heartbeat { ts_ms: m.ts_ms })
+        }
+        "error" => {
+            let m: ErrorIn = from_frame(frame, "error")?;
+            Message::Error(ErrorMsg { code: m.code, message: m.message })
+        }
+        other => {
+            let mut shown: String = other.chars().take(64).collect();
+            if shown.len() < other.len() {
+                shown.push('…');
+            }
+            return Err(WireError::UnknownType(shown));
+        }
+    })
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before 1970).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{FixedBytes, B256};
+
+    fn roundtrip(msg: Message) {
+        let frame = encode(&msg).expect("encode");
+        assert_eq!(decode(&frame, MAX_FRAME_BYTES).expect("decode"), msg);
+    }
+
+    #[test]
+    fn session_messages_roundtrip() {
+        let head = BlockRef { number: 7, hash: FixedBytes([9u8; 32]) };
+        roundtrip(Message::Hello(Hello { version: 1, head: Some(head), window: 64, client: "t".into() }));
+        roundtrip(Message::Hello(Hello { version: 1, head: None, window: 1, client: String::new() }));
+        roundtrip(Message::Welcome(Welcome { version: 1, chain_id: 1, node: "n".into(), heartbeat_ms: 1000 }));
+        roundtrip(Message::Ack(Ack { seq: u64::MAX, head }));
+        roundtrip(Message::Heartbeat(Heartbeat { ts_ms: 1_700_000_000_000 }));
+        roundtrip(Message::Error(ErrorMsg::new(ErrorCode::Gap, "seq 3 after 1")));
+    }
+
+    #[test]
+    fn key_order_is_the_spec_order() {
+        let frame = encode(&Message::Heartbeat(Heartbeat { ts_ms: 5 })).expect("encode");
+        // fixmap(2) "type" "heartbeat" "ts_ms" 5
+        let mut want = vec![0x82, 0xa4];
+        want.extend(b"type");
+        want.push(0xa9);
+        want.extend(b"heartbeat");
+        want.push(0xa5);
+        want.extend(b"ts_ms");
+        want.push(5);
+        assert_eq!(frame, want);
+    }
+
+    #[test]
+    fn refuses_bad_frames() {
+        assert!(matches!(decode(&[], MAX_FRAME_BYTES), Err(WireError::Malformed(_))));
+        assert!(matches!(decode(&[0x93, 1, 2, 3], MAX_FRAME_BYTES), Err(WireError::Malformed(_))));
+        assert!(matches!(decode(&[0x80], MAX_FRAME_BYTES), Err(WireError::Malformed(_))));
+        assert!(matches!(decode(&[0x81, 0xa1], MAX_FRAME_BYTES), Err(WireError::Malformed(_))));
+        let frame = encode(&Message::Heartbeat(Heartbeat { ts_ms: 5 })).expect("encode");
+        assert!(matches!(decode(&frame[..frame.len() - 1], MAX_FRAME_BYTES), Err(WireError::Malformed(_))));
+        let mut trailing = frame.clone();
+        trailing.push(0xc0);
+        assert!(matches!(decode(&trailing, MAX_FRAME_BYTES), Err(WireError::Malformed(_))));
+        assert!(matches!(decode(&frame, 3), Err(WireError::FrameTooLarge { .. })));
+        let unknown = rmp_serde::to_vec_named(&HeartbeatOut { ty: "bogus", ts_ms: 1 }).expect("encode");
+        assert!(matches!(decode(&unknown, MAX_FRAME_BYTES), Err(WireError::UnknownType(t)) if t == "bogus"));
+    }
+
+    #[test]
+    fn ignores_unknown_keys_and_any_order() {
+        #[derive(Serialize)]
+        struct Reordered {
+            extra: u8,
+            seq: u64,
+            head: BlockRef,
+            #[serde(rename = "type")]
+            ty: &'static str,
+        }
+        let head = BlockRef { number: 3, hash: B256::ZERO };
+        let frame = rmp_serde::to_vec_named(&Reordered { extra: 1, seq: 4, head, ty: "ack" }).expect("encode");
+        assert_eq!(decode(&frame, MAX_FRAME_BYTES).expect("decode"), Message::Ack(Ack { seq: 4, head }));
+    }
+}

@@ -1,0 +1,685 @@
+//! The ROUTER session server: hello/welcome, credit window, re-send buffer, heartbeats, acks.
+//!
+//! One sidecar session is served at a time (the *consumer*): a `hello` from a new ZeroMQ identity
+//! replaces the current session, because a restarted sidecar reconnects with a new identity and
+//! `FinishedHeight` only makes sense for a single consumer. The superseded peer is told so with an
+//! `error` (`unexpected`).
+//!
+//! State machine, per loop iteration ([`Server::step`]):
+//! 1. wait on the socket (at most until the next heartbeat or the source's retry hint);
+//! 2. handle every incoming frame (decode errors are answered with `error`, never fatal);
+//! 3. pull from the [`NotificationSource`] while fewer than `window` notifications are buffered
+//!    (so a slow sidecar slows the source; nothing is dropped);
+//! 4. send buffered notifications while fewer than `window` are in flight;
+//! 5. send a heartbeat when due; drop the session after 3 silent heartbeat intervals.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+
+use crate::error::{BridgeError, SourceError};
+use crate::message::{
+    decode, encode, encode_notification, now_ms, ErrorCode, ErrorMsg, Heartbeat, Hello, Message, Welcome,
+    MAX_FRAME_BYTES, PROTOCOL_VERSION, WINDOW_RANGE,
+};
+use crate::types::{BlockRef, Notification, NotificationKind};
+
+/// What a source has for the server right now.
+#[derive(Debug)]
+pub enum Next {
+    /// The next notification, in order.
+    Ready(Notification),
+    /// Nothing yet; ask again after at most this long.
+    Pending(Duration),
+    /// The source is finished (a replay file's end). Live sources never return this.
+    End,
+}
+
+/// An acknowledged notification, as handed to [`NotificationSource::acked`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Acked {
+    /// The acknowledged sequence number (acks are cumulative).
+    pub seq: u64,
+    /// The notification's variant.
+    pub kind: NotificationKind,
+    /// Tip of the notification's committed chain, if it has one.
+    pub committed_tip: Option<BlockRef>,
+    /// The chain head after the notification (the committed tip, or the fork point of a revert).
+    pub resulting_head: Option<BlockRef>,
+    /// The head the sidecar reported in its `ack`.
+    pub sidecar_head: BlockRef,
+}
+
+/// Where notifications come from: Reth's ExEx stream in production, a replay file in tests.
+///
+/// The server calls [`start`](Self::start) once, on the first valid `hello`, then
+/// [`poll_next`](Self::poll_next) only while it has credit, and [`acked`](Self::acked) for every
+/// acknowledged notification (in `seq` order, once each).
+pub trait NotificationSource {
+    /// The first sidecar said hello with `head` (its durable head, `None` on an empty database).
+    /// A Reth adapter passes it to `set_notifications_with_head`.
+    ///
+    /// # Errors
+    /// A failure that should stop the server.
+    fn start(&mut self, head: Option<BlockRef>) -> Result<(), SourceError>;
+
+    /// The next notification, without blocking.
+    ///
+    /// # Errors
+    /// A failure that should stop the server.
+    fn poll_next(&mut self) -> Result<Next, SourceError>;
+
+    /// The sidecar durably committed the notification described by `ack`.
+    ///
+    /// # Errors
+    /// A failure that should stop the server.
+    fn acked(&mut self, ack: &Acked) -> Result<(), SourceError>;
+}
+
+/// Server settings.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// ZeroMQ endpoint to bind, e.g. `tcp://127.0.0.1:5555` or `ipc:///tmp/monmouth.sock`.
+    pub endpoint: String,
+    /// EIP-155 chain id announced in `welcome`.
+    pub chain_id: u64,
+    /// Node name and version announced in `welcome`.
+    pub node: String,
+    /// Heartbeat interval of both sides.
+    pub heartbeat: Duration,
+    /// Largest frame accepted or sent (bytes).
+    pub max_frame_bytes: usize,
+    /// End [`Server::run`] once the source is finished and every notification is acked.
+    pub exit_when_drained: bool,
+    /// Test aid: before every `n`-th new notification, send a garbage frame (0 = never).
+    pub garbage_every: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: "tcp://127.0.0.1:5555".to_owned(),
+            chain_id: 1,
+            node: format!("monmouth-bridge/{}", env!("CARGO_PKG_VERSION")),
+            heartbeat: Duration::from_secs(1),
+            max_frame_bytes: MAX_FRAME_BYTES,
+            exit_when_drained: false,
+            garbage_every: 0,
+        }
+    }
+}
+
+/// Counters, for logs and the replay binary's summary.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    /// Distinct notifications sent at least once.
+    pub sent: u64,
+    /// Re-sends (after a new `hello`).
+    pub resent: u64,
+    /// Notifications acknowledged.
+    pub acked: u64,
+    /// Payload bytes of distinct notifications sent.
+    pub bytes_sent: u64,
+    /// Sessions opened (valid `hello`s).
+    pub sessions: u64,
+    /// Sessions lost to heartbeat timeout or an unreachable peer.
+    pub sessions_lost: u64,
+    /// `error` messages received from sidecars.
+    pub errors_received: u64,
+    /// Bad frames received (each answered with `error`).
+    pub bad_frames: u64,
+    /// Garbage frames sent (test aid).
+    pub garbage_sent: u64,
+    /// Time from the last send of a notification to its ack (microseconds), capped at 1,000,000
+    /// samples.
+    pub ack_latency_us: Vec<u64>,
+    /// First notification sent.
+    pub first_send: Option<Instant>,
+    /// Last ack received.
+    pub last_ack: Option<Instant>,
+}
+
+/// How [`Server::run`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunEnd {
+    /// The stop flag was set.
+    Stopped,
+    /// `exit_when_drained` and everything was acked.
+    Drained,
+}
+
+struct Pending {
+    seq: u64,
+    frame: Vec<u8>,
+    kind: NotificationKind,
+    committed_tip: Option<BlockRef>,
+    resulting_head: Option<BlockRef>,
+    last_sent: Option<Instant>,
+}
+
+struct Session {
+    identity: Vec<u8>,
+    window: u64,
+    /// Next seq to send to this session.
+    next_send: u64,
+    last_heard: Instant,
+    last_beat: Instant,
+}
+
+/// The session server. Owns one ROUTER socket.
+pub struct Server {
+    cfg: ServerConfig,
+    socket: zmq::Socket,
+    _ctx: zmq::Context,
+    endpoint: String,
+    session: Option<Session>,
+    buffer: VecDeque<Pending>,
+    /// Seq to assign to the next notification pulled from the source.
+    next_seq: u64,
+    /// Highest acknowledged seq (0 = none).
+    acked: u64,
+    /// Window of the last session, bounding the buffer while no session is connected.
+    window_limit: u64,
+    started: bool,
+    source_done: bool,
+    retry_at: Option<Instant>,
+    stats: Stats,
+}
+
+fn zerr(op: impl Into<String>) -> impl FnOnce(zmq::Error) -> BridgeError {
+    let op = op.into();
+    move |source| BridgeError::Zmq { op, source }
+}
+
+impl Server {
+    /// Create the ROUTER socket and bind it.
+    ///
+    /// # Errors
+    /// [`BridgeError::Config`] for a zero heartbeat, [`BridgeError::Zmq`] when binding fails.
+    pub fn bind(cfg: ServerConfig) -> Result<Self, BridgeError> {
+        if cfg.heartbeat.is_zero() {
+            return Err(BridgeError::Config("heartbeat interval must be positive".to_owned()));
+        }
+        let ctx = zmq::Context::new();
+        let socket = ctx.socket(zmq::ROUTER).map_err(zerr("create ROUTER socket"))?;
+        socket.set_router_mandatory(true).map_err(zerr("set ROUTER_MANDATORY"))?;
+        socket.set_linger(0).map_err(zerr("set LINGER"))?;
+        socket.set_sndhwm(0).map_err(zerr("set SNDHWM"))?;
+        let max = i64::try_from(cfg.max_frame_bytes).unwrap_or(i64::MAX).saturating_add(1024);
+        socket.set_maxmsgsize(max).map_err(zerr("set MAXMSGSIZE"))?;
+        socket.bind(&cfg.endpoint).map_err(zerr(format!("bind {}", cfg.endpoint)))?;
+        let endpoint = match socket.get_last_endpoint() {
+            Ok(Ok(s)) => s,
+            _ => cfg.endpoint.clone(),
+        };
+        info!(endpoint = %endpoint, "bridge listening");
+        Ok(Self {
+            cfg,
+            socket,
+            _ctx: ctx,
+            endpoint,
+            session: None,
+            buffer: VecDeque::new(),
+            next_seq: 1,
+            acked: 0,
+            window_limit: 1,
+            started: false,
+            source_done: false,
+            retry_at: None,
+            stats: Stats::default(),
+        })
+    }
+
+    /// The bound endpoint (with the actual port when bound to `:*` or `:0`).
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Highest acknowledged sequence number (0 = none).
+    pub fn acked_seq(&self) -> u64 {
+        self.acked
+    }
+
+    /// Notifications buffered and not yet acknowledged.
+    pub fn unacked(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Whether a sidecar session is live.
+    pub fn has_session(&self) -> bool {
+        self.session.is_some()
+    }
+
+    /// Serve until `stop` returns true or, with `exit_when_drained`, until the source is finished
+    /// and everything is acknowledged.
+    ///
+    /// # Errors
+    /// Source failures, socket failures other than a vanished peer, an unencodable notification.
+    pub fn run<S: NotificationSource>(
+        &mut self,
+        source: &mut S,
+        mut stop: impl FnMut() -> bool,
+    ) -> Result<RunEnd, BridgeError> {
+        loop {
+            if stop() {
+                return Ok(RunEnd::Stopped);
+            }
+            if let Some(end) = self.step(source, Duration::from_millis(50))? {
+                return Ok(end);
+            }
+        }
+    }
+
+    /// One loop iteration, waiting on the socket at most `max_wait`.
+    ///
+    /// # Errors
+    /// As [`run`](Self::run).
+    pub fn step<S: NotificationSource>(
+        &mut self,
+        source: &mut S,
+        max_wait: Duration,
+    ) -> Result<Option<RunEnd>, BridgeError> {
+        let now = Instant::now();
+        let wait = self.wait_time(now, max_wait);
+        let ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+        let ready = self.socket.poll(zmq::POLLIN, ms).map_err(zerr("poll"))?;
+        if ready > 0 {
+            self.drain_incoming(source)?;
+        }
+        self.pull(source)?;
+        self.send_pending()?;
+        self.housekeeping()?;
+        if self.cfg.exit_when_drained && self.source_done && self.buffer.is_empty() {
+            info!(acked = self.acked, "source finished and every notification acknowledged");
+            return Ok(Some(RunEnd::Drained));
+        }
+        Ok(None)
+    }
+
+    fn can_pull(&self) -> bool {
+        self.started && !self.source_done && (self.buffer.len() as u64) < self.window_limit
+    }
+
+    fn can_send(&self) -> bool {
+        match &self.session {
+            Some(s) => s.next_send < self.next_seq && s.next_send.saturating_sub(self.acked + 1) < s.window,
+            None => false,
+        }
+    }
+
+    fn wait_time(&self, now: Instant, max_wait: Duration) -> Duration {
+        if self.can_send() {
+            return Duration::ZERO;
+        }
+        let mut wait = max_wait;
+        if self.can_pull() {
+            match self.retry_at {
+                Some(at) => wait = wait.min(at.saturating_duration_since(now)),
+                None => return Duration::ZERO,
+            }
+        }
+        if let Some(s) = &self.session {
+            wait = wait.min((s.last_beat + self.cfg.heartbeat).saturating_duration_since(now));
+        }
+        wait
+    }
+
+    // ------------------------------------------------------------------ incoming
+
+    fn drain_incoming<S: NotificationSource>(&mut self, source: &mut S) -> Result<(), BridgeError> {
+        // Bounded so that a flood of frames cannot starve sending.
+        for _ in 0..4096 {
+            let parts = match self.socket.recv_multipart(zmq::DONTWAIT) {
+                Ok(p) => p,
+                Err(zmq::Error::EAGAIN) => return Ok(()),
+                Err(zmq::Error::EINTR) => continue,
+                Err(e) => return Err(BridgeError::Zmq { op: "recv".to_owned(), source: e }),
+            };
+            let mut parts = parts.into_iter();
+            let Some(identity) = parts.next() else { continue };
+            let Some(frame) = parts.next() else {
+                self.bad_frame(&identity, ErrorCode::Malformed, "message has no payload frame".to_owned())?;
+                continue;
+            };
+            if parts.next().is_some() {
+                self.bad_frame(&identity, ErrorCode::Malformed, "message has more than one payload frame".to_owned())?;
+                continue;
+            }
+            match decode(&frame, self.cfg.max_frame_bytes) {
+                Ok(msg) => self.handle(&identity, msg, source)?,
+                Err(e) => self.bad_frame(&identity, e.code(), e.to_string())?,
+            }
+        }
+        Ok(())
+    }
+
+    fn bad_frame(&mut self, identity: &[u8], code: ErrorCode, message: String) -> Result<(), BridgeError> {
+        self.stats.bad_frames += 1;
+        warn!(peer = %crate::types::hex_string(identity), %code, %message, "refused a frame from a sidecar");
+        self.touch(identity);
+        self.send_error(identity, code, message)
+    }
+
+    fn touch(&mut self, identity: &[u8]) {
+        if let Some(s) = self.session.as_mut().filter(|s| s.identity == identity) {
+            s.last_heard = Instant::now();
+        }
+    }
+
+    fn is_session(&self, identity: &[u8]) -> bool {
+        self.session.as_ref().is_some_and(|s| s.identity == identity)
+    }
+
+    /// Whether `seq` was sent at least once (in any session) or is already acknowledged.
+    fn was_sent(&self, seq: u64) -> bool {
+        if seq <= self.acked {
+            return true;
+        }
+        let idx = usize::try_from(seq - self.acked - 1).unwrap_or(usize::MAX);
+        self.buffer.get(idx).is_some_and(|p| p.last_sent.is_some())
+    }
+
+    fn handle<S: NotificationSource>(&mut self, identity: &[u8], msg: Message, source: &mut S) -> Result<(), BridgeError> {
+        match msg {
+            Message::Hello(h) => self.on_hello(identity, h, source),
+            Message::Ack(a) => {
+                if !self.is_session(identity) {
+                    return self.send_error(identity, ErrorCode::Unexpected, "no session: send hello first".to_owned());
+                }
+                self.touch(identity);
+                if !self.was_sent(a.seq) {
+                    let msg = format!("ack for seq {} which was not sent", a.seq);
+                    return self.bad_frame(identity, ErrorCode::Unexpected, msg);
+                }
+                self.on_ack(a.seq, a.head, source)?;
+                if let Some(s) = self.session.as_mut() {
+                    s.next_send = s.next_send.max(self.acked + 1);
+                }
+                Ok(())
+            }
+            Message::Heartbeat(_) => {
+                if !self.is_session(identity) {
+                    return self.send_error(identity, ErrorCode::Unexpected, "no session: send hello first".to_owned());
+                }
+                self.touch(identity);
+                Ok(())
+            }
+            Message::Error(e) => {
+                self.stats.errors_received += 1;
+                self.touch(identity);
+                warn!(code = %e.code, message = %e.message, "sidecar reported an error");
+                Ok(())
+            }
+            Message::Welcome(_) | Message::Notification(_) => {
+                let text = format!("a sidecar may not send {:?}", msg.type_name());
+                self.bad_frame(identity, ErrorCode::Unexpected, text)
+            }
+        }
+    }
+
+    fn on_hello<S: NotificationSource>(&mut self, identity: &[u8], h: Hello, source: &mut S) -> Result<(), BridgeError> {
+        if h.version != PROTOCOL_VERSION {
+            if self.is_session(identity) {
+                self.session = None;
+            }
+            let text = format!(
+                "protocol version {} is not supported; this bridge speaks version {PROTOCOL_VERSION}",
+                h.version
+            );
+            warn!(client = %h.client, "{text}");
+            return self.send_error(identity, ErrorCode::UnsupportedVersion, text);
+        }
+        if !WINDOW_RANGE.contains(&h.window) {
+            let text = format!("window {} is outside {}..={}", h.window, WINDOW_RANGE.start(), WINDOW_RANGE.end());
+            return self.bad_frame(identity, ErrorCode::Malformed, text);
+        }
+        if let Some(old) = self.session.take() {
+            if old.identity != identity {
+                info!("a new sidecar session replaces the current one");
+                self.send_error(&old.identity, ErrorCode::Unexpected, "session superseded by a newer hello".to_owned())?;
+            }
+        }
+        if !self.started {
+            source.start(h.head)?;
+            self.started = true;
+        }
+        let now = Instant::now();
+        let resend_from = self.acked + 1;
+        info!(
+            client = %h.client,
+            head = ?h.head.map(|r| r.to_string()),
+            window = h.window,
+            resend = self.next_seq.saturating_sub(resend_from),
+            "sidecar session opened"
+        );
+        self.session = Some(Session {
+            identity: identity.to_vec(),
+            window: h.window,
+            next_send: resend_from,
+            last_heard: now,
+            last_beat: now,
+        });
+        self.window_limit = h.window;
+        self.stats.sessions += 1;
+        let welcome = Message::Welcome(Welcome {
+            version: PROTOCOL_VERSION,
+            chain_id: self.cfg.chain_id,
+            node: self.cfg.node.clone(),
+            heartbeat_ms: u64::try_from(self.cfg.heartbeat.as_millis()).unwrap_or(u64::MAX),
+        });
+        let frame = encode(&welcome)?;
+        self.send_to(identity, &frame)?;
+        Ok(())
+    }
+
+    fn on_ack<S: NotificationSource>(&mut self, seq: u64, head: BlockRef, source: &mut S) -> Result<(), BridgeError> {
+        if seq <= self.acked {
+            debug!(seq, "duplicate ack ignored");
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut last = None;
+        while let Some(front) = self.buffer.front() {
+            if front.seq > seq {
+                break;
+            }
+            let Some(p) = self.buffer.pop_front() else { break };
+            if let Some(sent) = p.last_sent {
+                if self.stats.ack_latency_us.len() < 1_000_000 {
+                    let us = u64::try_from(now.saturating_duration_since(sent).as_micros()).unwrap_or(u64::MAX);
+                    self.stats.ack_latency_us.push(us);
+                }
+            }
+            self.stats.acked += 1;
+            last = Some(p);
+        }
+        self.acked = seq;
+        self.stats.last_ack = Some(now);
+        if let Some(p) = last {
+            source.acked(&Acked {
+                seq: p.seq,
+                kind: p.kind,
+                committed_tip: p.committed_tip,
+                resulting_head: p.resulting_head,
+                sidecar_head: head,
+            })?;
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ outgoing
+
+    fn pull<S: NotificationSource>(&mut self, source: &mut S) -> Result<(), BridgeError> {
+        if let Some(at) = self.retry_at {
+            if Instant::now() < at {
+                return Ok(());
+            }
+            self.retry_at = None;
+        }
+        while self.can_pull() {
+            match source.poll_next()? {
+                Next::Ready(n) => {
+                    let seq = self.next_seq;
+                    let frame = encode_notification(seq, &n)?;
+                    if frame.len() > self.cfg.max_frame_bytes {
+                        return Err(BridgeError::Wire(crate::error::WireError::FrameTooLarge {
+                            size: frame.len(),
+                            limit: self.cfg.max_frame_bytes,
+                        }));
+                    }
+                    self.buffer.push_back(Pending {
+                        seq,
+                        frame,
+                        kind: n.kind,
+                        committed_tip: n.committed_tip(),
+                        resulting_head: n.resulting_head(),
+                        last_sent: None,
+                    });
+                    self.next_seq += 1;
+                }
+                Next::Pending(after) => {
+                    self.retry_at = Some(Instant::now() + after);
+                    break;
+                }
+                Next::End => {
+                    info!(last_seq = self.next_seq - 1, "source finished");
+                    self.source_done = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn send_pending(&mut self) -> Result<(), BridgeError> {
+        while self.can_send() {
+            let Some(session) = self.session.as_ref() else { return Ok(()) };
+            let seq = session.next_send;
+            let identity = session.identity.clone();
+            let idx = usize::try_from(seq.saturating_sub(self.acked + 1)).unwrap_or(usize::MAX);
+            let garbage_every = self.cfg.garbage_every;
+            let Some(p) = self.buffer.get(idx) else { return Ok(()) };
+            let first_time = p.last_sent.is_none();
+            if first_time && garbage_every > 0 && seq % garbage_every == 0 {
+                let garbage = garbage_frame(seq, &p.frame);
+                self.stats.garbage_sent += 1;
+                if !self.send_to(&identity, &garbage)? {
+                    return Ok(());
+                }
+            }
+            let Some(p) = self.buffer.get(idx) else { return Ok(()) };
+            let len = p.frame.len() as u64;
+            let frame = p.frame.clone();
+            if !self.send_to(&identity, &frame)? {
+                return Ok(());
+            }
+            if first_time {
+                self.stats.sent += 1;
+                self.stats.bytes_sent += len;
+                self.stats.first_send.get_or_insert_with(Instant::now);
+            } else {
+                self.stats.resent += 1;
+            }
+            if let Some(p) = self.buffer.get_mut(idx) {
+                p.last_sent = Some(Instant::now());
+            }
+            if let Some(s) = self.session.as_mut() {
+                s.next_send = seq + 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn housekeeping(&mut self) -> Result<(), BridgeError> {
+        let now = Instant::now();
+        let hb = self.cfg.heartbeat;
+        let Some(s) = self.session.as_ref() else { return Ok(()) };
+        if now.saturating_duration_since(s.last_heard) > hb * 3 {
+            warn!(unacked = self.buffer.len(), "sidecar silent for 3 heartbeat intervals; session lost");
+            self.session = None;
+            self.stats.sessions_lost += 1;
+            return Ok(());
+        }
+        if now.saturating_duration_since(s.last_beat) >= hb {
+            let identity = s.identity.clone();
+            let frame = encode(&Message::Heartbeat(Heartbeat { ts_ms: now_ms() }))?;
+            self.send_to(&identity, &frame)?;
+            if let Some(s) = self.session.as_mut() {
+                s.last_beat = now;
+            }
+        }
+        Ok(())
+    }
+
+    fn send_error(&mut self, identity: &[u8], code: ErrorCode, message: String) -> Result<(), BridgeError> {
+        let frame = encode(&Message::Error(ErrorMsg::new(code, message)))?;
+        self.send_to(identity, &frame).map(|_| ())
+    }
+
+    /// Send one payload to a peer. `Ok(false)` when the peer is gone or not writable (the session,
+    /// if it was this peer, is dropped when gone).
+    fn send_to(&mut self, identity: &[u8], frame: &[u8]) -> Result<bool, BridgeError> {
+        let result = self
+            .socket
+            .send(identity, zmq::SNDMORE | zmq::DONTWAIT)
+            .and_then(|()| self.socket.send(frame, zmq::DONTWAIT));
+        match result {
+            Ok(()) => Ok(true),
+            Err(zmq::Error::EHOSTUNREACH) => {
+                if self.is_session(identity) {
+                    warn!("sidecar unreachable; session lost");
+                    self.session = None;
+                    self.stats.sessions_lost += 1;
+                }
+                Ok(false)
+            }
+            Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => Ok(false),
+            Err(e) => Err(BridgeError::Zmq { op: "send".to_owned(), source: e }),
+        }
+    }
+}
+
+/// A frame that is not a valid message, cycling through the kinds of damage a sidecar must refuse.
+fn garbage_frame(seq: u64, real: &[u8]) -> Vec<u8> {
+    match seq % 4 {
+        // Never-used msgpack marker.
+        0 => vec![0xc1, 0xc1, 0xc1],
+        // A truncated copy of the real notification.
+        1 => real[..real.len() / 2].to_vec(),
+        // A map with an unknown type.
+        2 => {
+            let mut v = vec![0x82, 0xa4];
+            v.extend(b"type");
+            v.push(0xa5);
+            v.extend(b"bogus");
+            v.push(0xa3);
+            v.extend(b"seq");
+            v.push(0x00);
+            v
+        }
+        // A notification missing everything but its type.
+        _ => {
+            let mut v = vec![0x81, 0xa4];
+            v.extend(b"type");
+            v.push(0xac);
+            v.extend(b"notification");
+            v
+        }
+    }
+}
+
+/// Percentile (0–100) of unsorted samples, by nearest rank; `None` when empty.
+pub fn percentile(samples: &[u64], pct: f64) -> Option<u64> {
+    if samples.is_empty() {
+        return None;
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    let rank = ((pct / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
+}

@@ -1,0 +1,217 @@
+//! Two [`NotificationSource`]s: [`ChannelSource`] (fed by an async task, e.g. the Reth ExEx) and
+//! [`ReplaySource`] (a replay file, for `bridge-replay`).
+
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::{Duration, Instant};
+
+use tracing::{error, info};
+
+use crate::error::{ReplayError, SourceError};
+use crate::replay::ReplayReader;
+use crate::server::{Acked, Next, NotificationSource};
+use crate::types::{BlockRef, Notification};
+
+/// Something that hands out notifications without blocking.
+pub trait Inbox {
+    /// The next notification if one is queued, `Ok(None)` if not yet.
+    ///
+    /// # Errors
+    /// [`SourceError::Closed`] when the sending side is gone.
+    fn try_next(&mut self) -> Result<Option<Notification>, SourceError>;
+}
+
+impl Inbox for Receiver<Notification> {
+    fn try_next(&mut self) -> Result<Option<Notification>, SourceError> {
+        match self.try_recv() {
+            Ok(n) => Ok(Some(n)),
+            Err(TryRecvError::Empty) => Ok(None),
+            Err(TryRecvError::Disconnected) => Err(SourceError::Closed("the notification channel was closed".to_owned())),
+        }
+    }
+}
+
+/// Called once with the first sidecar's head.
+pub type OnStart = Box<dyn FnOnce(Option<BlockRef>) -> Result<(), SourceError> + Send>;
+/// Called for every acknowledged notification.
+pub type OnAck = Box<dyn FnMut(&Acked) -> Result<(), SourceError> + Send>;
+
+/// A source fed through a channel by another task; start and ack are forwarded to callbacks.
+///
+/// This is how the Reth adapter plugs in: its async task waits for the head given to `on_start`,
+/// configures Reth's notification stream with it, converts each notification and sends it into the
+/// channel (a bounded channel gives backpressure); `on_ack` emits `FinishedHeight`.
+pub struct ChannelSource<I: Inbox> {
+    inbox: I,
+    on_start: Option<OnStart>,
+    on_ack: OnAck,
+    poll_interval: Duration,
+}
+
+impl<I: Inbox> ChannelSource<I> {
+    /// Build from an inbox and the two callbacks. `poll_interval` bounds how long the server waits
+    /// before looking at the inbox again when it was empty.
+    pub fn new(inbox: I, on_start: OnStart, on_ack: OnAck, poll_interval: Duration) -> Self {
+        Self { inbox, on_start: Some(on_start), on_ack, poll_interval }
+    }
+}
+
+impl<I: Inbox> NotificationSource for ChannelSource<I> {
+    fn start(&mut self, head: Option<BlockRef>) -> Result<(), SourceError> {
+        match self.on_start.take() {
+            Some(f) => f(head),
+            None => Ok(()),
+        }
+    }
+
+    fn poll_next(&mut self) -> Result<Next, SourceError> {
+        Ok(match self.inbox.try_next()? {
+            Some(n) => Next::Ready(n),
+            None => Next::Pending(self.poll_interval),
+        })
+    }
+
+    fn acked(&mut self, ack: &Acked) -> Result<(), SourceError> {
+        (self.on_ack)(ack)
+    }
+}
+
+/// Serves the notifications of a replay file, optionally paced.
+///
+/// On [`start`](NotificationSource::start) with a head, the file is scanned for the last
+/// notification after which the chain head equals that head, and serving starts after it, the way
+/// Reth's `set_notifications_with_head` resumes. When no notification matches (an empty database,
+/// or a head the file does not know), serving starts at the first notification and the sidecar
+/// skips what it already has.
+///
+/// A damaged frame ends the stream (everything before it is served); the error is kept in
+/// [`ReplaySource::error`].
+pub struct ReplaySource {
+    path: PathBuf,
+    reader: Option<ReplayReader<std::io::BufReader<std::fs::File>>>,
+    interval: Option<Duration>,
+    next_due: Option<Instant>,
+    /// The first damaged frame met, if any.
+    pub error: Option<ReplayError>,
+    /// Index of the first notification served (after the resume scan).
+    pub start_index: u64,
+    /// Notifications read from the file so far.
+    pub served: u64,
+    acked: Vec<Acked>,
+    keep_acks: bool,
+}
+
+impl ReplaySource {
+    /// Open `path` (header checked now). `rate` is notifications per second (`None`: as fast as the
+    /// window allows).
+    ///
+    /// # Errors
+    /// The file cannot be opened or has a bad header.
+    pub fn open(path: PathBuf, rate: Option<f64>) -> Result<Self, ReplayError> {
+        let reader = ReplayReader::open(&path)?;
+        let interval = rate.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(1.0 / r));
+        Ok(Self {
+            path,
+            reader: Some(reader),
+            interval,
+            next_due: None,
+            error: None,
+            start_index: 0,
+            served: 0,
+            acked: Vec::new(),
+            keep_acks: false,
+        })
+    }
+
+    /// Keep every [`Acked`] (for tests).
+    pub fn keep_acks(mut self) -> Self {
+        self.keep_acks = true;
+        self
+    }
+
+    /// The acks received, when [`keep_acks`](Self::keep_acks) was set.
+    pub fn acks(&self) -> &[Acked] {
+        &self.acked
+    }
+
+    fn resume_index(&self, head: BlockRef) -> Result<Option<u64>, ReplayError> {
+        let mut reader = ReplayReader::open(&self.path)?;
+        let mut found = None;
+        while let Some(frame) = reader.next_frame()? {
+            if frame.notification.resulting_head() == Some(head) {
+                found = Some(frame.index + 1);
+            }
+        }
+        Ok(found)
+    }
+}
+
+impl NotificationSource for ReplaySource {
+    fn start(&mut self, head: Option<BlockRef>) -> Result<(), SourceError> {
+        let Some(head) = head else { return Ok(()) };
+        let skip = match self.resume_index(head) {
+            Ok(Some(n)) => n,
+            Ok(None) => {
+                info!(head = %head, "sidecar head not found in the replay file; serving from the start");
+                0
+            }
+            // The damage will be met and reported while serving.
+            Err(_) => 0,
+        };
+        if skip > 0 {
+            info!(head = %head, skip, "resuming after the sidecar's head");
+        }
+        if let Some(reader) = self.reader.as_mut() {
+            for _ in 0..skip {
+                match reader.next_frame() {
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(e) => {
+                        error!("{e}");
+                        self.error = Some(e);
+                        self.reader = None;
+                        break;
+                    }
+                }
+            }
+        }
+        self.start_index = skip;
+        Ok(())
+    }
+
+    fn poll_next(&mut self) -> Result<Next, SourceError> {
+        if let (Some(interval), Some(due)) = (self.interval, self.next_due) {
+            let now = Instant::now();
+            if now < due {
+                return Ok(Next::Pending(due - now));
+            }
+            self.next_due = Some(due.max(now - interval) + interval);
+        } else if let Some(interval) = self.interval {
+            self.next_due = Some(Instant::now() + interval);
+        }
+        let Some(reader) = self.reader.as_mut() else { return Ok(Next::End) };
+        match reader.next_frame() {
+            Ok(Some(frame)) => {
+                self.served += 1;
+                Ok(Next::Ready(frame.notification))
+            }
+            Ok(None) => {
+                self.reader = None;
+                Ok(Next::End)
+            }
+            Err(e) => {
+                error!("{e}; serving stops here");
+                self.error = Some(e);
+                self.reader = None;
+                Ok(Next::End)
+            }
+        }
+    }
+
+    fn acked(&mut self, ack: &Acked) -> Result<(), SourceError> {
+        if self.keep_acks {
+            self.acked.push(ack.clone());
+        }
+        Ok(())
+    }
+}
