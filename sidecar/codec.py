@@ -183,7 +183,8 @@ def unpackb(frame: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Any:
     if len(frame) > max_bytes:
         raise CodecError(f"frame of {len(frame)} bytes exceeds the limit of {max_bytes} bytes")
     try:
-        return msgpack.unpackb(frame, raw=False, strict_map_key=True, max_buffer_size=max_bytes)
+        # The size is checked above; unpackb() has no max_buffer_size (that is Unpacker's).
+        return msgpack.unpackb(frame, raw=False, strict_map_key=True)
     except msgpack.ExtraData as e:
         raise CodecError(f"frame has {len(e.extra)} trailing bytes after the message") from None
     except (ValueError, msgpack.UnpackException, TypeError) as e:
