@@ -1,0 +1,269 @@
+//! Session server tests over real ZeroMQ sockets (loopback TCP), with a DEALER client in the test.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use monmouth_wire::sample::sample_chain;
+use monmouth_wire::{
+    decode, encode, Ack, Acked, BlockRef, ChannelSource, Hello, Message, Next, Notification, NotificationSource,
+    RunEnd, Server, ServerConfig, SourceError, MAX_FRAME_BYTES,
+};
+
+#[derive(Default)]
+struct Log {
+    start: Option<Option<BlockRef>>,
+    acks: Vec<Acked>,
+}
+
+struct VecSource {
+    items: std::vec::IntoIter<Notification>,
+    log: Arc<Mutex<Log>>,
+}
+
+impl NotificationSource for VecSource {
+    fn start(&mut self, head: Option<BlockRef>) -> Result<(), SourceError> {
+        self.log.lock().unwrap().start = Some(head);
+        Ok(())
+    }
+    fn poll_next(&mut self) -> Result<Next, SourceError> {
+        Ok(self.items.next().map_or(Next::End, Next::Ready))
+    }
+    fn acked(&mut self, ack: &Acked) -> Result<(), SourceError> {
+        self.log.lock().unwrap().acks.push(ack.clone());
+        Ok(())
+    }
+}
+
+fn commits(n: u64) -> Vec<Notification> {
+    sample_chain(1, n, 2, 0).into_iter().map(|b| Notification::committed(vec![b])).collect()
+}
+
+struct Bridge {
+    endpoint: String,
+    stop: Arc<AtomicBool>,
+    handle: Option<thread::JoinHandle<RunEnd>>,
+    log: Arc<Mutex<Log>>,
+}
+
+impl Bridge {
+    fn start(items: Vec<Notification>, heartbeat_ms: u64, exit_when_drained: bool) -> Self {
+        let log = Arc::new(Mutex::new(Log::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        let (log2, stop2) = (Arc::clone(&log), Arc::clone(&stop));
+        let handle = thread::spawn(move || {
+            let cfg = ServerConfig {
+                endpoint: "tcp://127.0.0.1:*".into(),
+                heartbeat: Duration::from_millis(heartbeat_ms),
+                exit_when_drained,
+                ..ServerConfig::default()
+            };
+            let mut server = Server::bind(cfg).unwrap();
+            tx.send(server.endpoint().to_owned()).unwrap();
+            let mut src = VecSource { items: items.into_iter(), log: log2 };
+            server.run(&mut src, || stop2.load(Ordering::Relaxed)).unwrap()
+        });
+        let endpoint = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        Self { endpoint, stop, handle: Some(handle), log }
+    }
+
+    fn join(mut self) -> RunEnd {
+        self.handle.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+struct Client {
+    _ctx: zmq::Context,
+    sock: zmq::Socket,
+}
+
+impl Client {
+    fn connect(endpoint: &str) -> Self {
+        let ctx = zmq::Context::new();
+        let sock = ctx.socket(zmq::DEALER).unwrap();
+        sock.set_linger(0).unwrap();
+        sock.connect(endpoint).unwrap();
+        Self { _ctx: ctx, sock }
+    }
+    fn send(&self, m: &Message) {
+        self.sock.send(encode(m).unwrap(), 0).unwrap();
+    }
+    fn send_raw(&self, b: &[u8]) {
+        self.sock.send(b, 0).unwrap();
+    }
+    fn hello(&self, head: Option<BlockRef>, window: u64) {
+        self.send(&Message::Hello(Hello { version: 1, head, window, client: "test".into() }));
+    }
+    /// Next message that is not a heartbeat, or None after `ms`.
+    fn recv(&self, ms: i64) -> Option<Message> {
+        let deadline = Instant::now() + Duration::from_millis(ms as u64);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now()).as_millis() as i64;
+            if self.sock.poll(zmq::POLLIN, left).unwrap() == 0 {
+                return None;
+            }
+            let frame = self.sock.recv_bytes(0).unwrap();
+            let m = decode(&frame, MAX_FRAME_BYTES).unwrap();
+            if !matches!(m, Message::Heartbeat(_)) {
+                return Some(m);
+            }
+        }
+    }
+    fn expect_seq(&self, ms: i64) -> (u64, Notification) {
+        match self.recv(ms) {
+            Some(Message::Notification(n)) => (n.seq, n.notification),
+            other => panic!("expected a notification, got {other:?}"),
+        }
+    }
+    fn ack(&self, seq: u64, n: &Notification) {
+        let head = n.resulting_head().unwrap();
+        self.send(&Message::Ack(Ack { seq, head }));
+    }
+}
+
+#[test]
+fn window_limits_in_flight_and_acks_release_more() {
+    let items = commits(5);
+    let bridge = Bridge::start(items.clone(), 1000, true);
+    let c = Client::connect(&bridge.endpoint);
+    c.hello(None, 2);
+    assert!(matches!(c.recv(2000), Some(Message::Welcome(w)) if w.version == 1 && w.chain_id == 1));
+    let (s1, n1) = c.expect_seq(2000);
+    let (s2, _) = c.expect_seq(2000);
+    assert_eq!((s1, s2), (1, 2));
+    assert_eq!(n1, items[0]);
+    assert!(c.recv(200).is_none(), "window of 2 exceeded");
+    c.ack(1, &items[0]);
+    assert_eq!(c.expect_seq(2000).0, 3);
+    assert!(c.recv(200).is_none());
+    // Cumulative ack of 2 and 3.
+    c.ack(3, &items[2]);
+    assert_eq!(c.expect_seq(2000).0, 4);
+    assert_eq!(c.expect_seq(2000).0, 5);
+    c.ack(5, &items[4]);
+    let log = Arc::clone(&bridge.log);
+    assert_eq!(bridge.join(), RunEnd::Drained);
+    let log = log.lock().unwrap();
+    assert_eq!(log.start, Some(None));
+    let seqs: Vec<u64> = log.acks.iter().map(|a| a.seq).collect();
+    assert_eq!(seqs, vec![1, 3, 5]);
+    assert_eq!(log.acks[2].committed_tip, items[4].committed_tip());
+}
+
+#[test]
+fn reconnect_resends_every_unacked_notification() {
+    let items = commits(4);
+    let bridge = Bridge::start(items.clone(), 1000, false);
+    let c = Client::connect(&bridge.endpoint);
+    let head = BlockRef { number: 0, hash: items[0].new.as_ref().unwrap()[0].parent_hash };
+    c.hello(Some(head), 64);
+    assert!(matches!(c.recv(2000), Some(Message::Welcome(_))));
+    for want in 1..=4 {
+        assert_eq!(c.expect_seq(2000).0, want);
+    }
+    c.ack(2, &items[1]);
+    // A new sidecar process (new identity) takes over; the old one is told it was superseded.
+    let c2 = Client::connect(&bridge.endpoint);
+    c2.hello(Some(items[1].resulting_head().unwrap()), 1);
+    assert!(matches!(c2.recv(2000), Some(Message::Welcome(_))));
+    assert!(matches!(c.recv(2000), Some(Message::Error(e)) if e.code == "unexpected"));
+    let (seq, n) = c2.expect_seq(2000);
+    assert_eq!((seq, &n), (3, &items[2]));
+    assert!(c2.recv(200).is_none(), "window of 1 exceeded");
+    c2.ack(3, &items[2]);
+    assert_eq!(c2.expect_seq(2000).0, 4);
+    // The old identity is no longer a session.
+    c.ack(4, &items[3]);
+    assert!(matches!(c.recv(2000), Some(Message::Error(e)) if e.code == "unexpected"));
+    assert_eq!(bridge.log.lock().unwrap().start, Some(Some(head)), "start is called once, with the first head");
+}
+
+#[test]
+fn refuses_bad_input_and_keeps_the_session() {
+    let items = commits(2);
+    let bridge = Bridge::start(items.clone(), 1000, false);
+    let c = Client::connect(&bridge.endpoint);
+    // Newer version refused.
+    c.send(&Message::Hello(Hello { version: 2, head: None, window: 8, client: "future".into() }));
+    assert!(matches!(c.recv(2000), Some(Message::Error(e)) if e.code == "unsupported_version"));
+    // No session yet.
+    c.send(&Message::Ack(Ack { seq: 1, head: items[0].resulting_head().unwrap() }));
+    assert!(matches!(c.recv(2000), Some(Message::Error(e)) if e.code == "unexpected"));
+    // Window out of range.
+    c.hello(None, 0);
+    assert!(matches!(c.recv(2000), Some(Message::Error(e)) if e.code == "malformed"));
+    c.hello(None, 1);
+    assert!(matches!(c.recv(2000), Some(Message::Welcome(_))));
+    assert_eq!(c.expect_seq(2000).0, 1);
+    for (garbage, code) in [
+        (&[0xc1u8, 0x00][..], "malformed"),
+        (&[0x81, 0xa4, b't', b'y', b'p', b'e', 0xa3, b'f', b'o', b'o'][..], "unknown_type"),
+        (&[0x82, 0xa4][..], "malformed"),
+    ] {
+        c.send_raw(garbage);
+        assert!(matches!(c.recv(2000), Some(Message::Error(e)) if e.code == code), "{garbage:?}");
+    }
+    // Ack of something never sent.
+    c.send(&Message::Ack(Ack { seq: 2, head: items[1].resulting_head().unwrap() }));
+    assert!(matches!(c.recv(2000), Some(Message::Error(e)) if e.code == "unexpected"));
+    // The session is intact.
+    c.ack(1, &items[0]);
+    assert_eq!(c.expect_seq(2000).0, 2);
+}
+
+#[test]
+fn silent_sidecar_loses_its_session_and_gets_everything_again() {
+    let items = commits(2);
+    let bridge = Bridge::start(items.clone(), 100, false);
+    let c = Client::connect(&bridge.endpoint);
+    c.hello(None, 4);
+    assert!(matches!(c.recv(2000), Some(Message::Welcome(_))));
+    assert_eq!(c.expect_seq(2000).0, 1);
+    assert_eq!(c.expect_seq(2000).0, 2);
+    // Heartbeats arrive while we stay silent, then stop after 3 intervals.
+    thread::sleep(Duration::from_millis(600));
+    c.sock.set_rcvtimeo(0).unwrap();
+    while c.sock.recv_bytes(zmq::DONTWAIT).is_ok() {}
+    assert!(c.sock.poll(zmq::POLLIN, 300).unwrap() == 0, "bridge still talks to a lost session");
+    c.hello(None, 4);
+    assert!(matches!(c.recv(2000), Some(Message::Welcome(_))));
+    assert_eq!(c.expect_seq(2000).0, 1);
+    assert_eq!(c.expect_seq(2000).0, 2);
+}
+
+#[test]
+fn channel_source_forwards_start_and_acks() {
+    let (tx, rx) = mpsc::sync_channel::<Notification>(1);
+    let (head_tx, head_rx) = mpsc::channel();
+    let (ack_tx, ack_rx) = mpsc::channel();
+    let mut src = ChannelSource::new(
+        rx,
+        Box::new(move |h| head_tx.send(h).map_err(|e| SourceError::Other(e.to_string()))),
+        Box::new(move |a| ack_tx.send(a.clone()).map_err(|e| SourceError::Other(e.to_string()))),
+        Duration::from_millis(1),
+    );
+    assert!(matches!(src.poll_next(), Ok(Next::Pending(_))));
+    let items = commits(1);
+    tx.send(items[0].clone()).unwrap();
+    assert!(matches!(src.poll_next(), Ok(Next::Ready(n)) if n == items[0]));
+    src.start(None).unwrap();
+    assert_eq!(head_rx.recv().unwrap(), None);
+    let head = items[0].resulting_head().unwrap();
+    let ack = Acked { seq: 1, kind: items[0].kind, committed_tip: Some(head), resulting_head: Some(head), sidecar_head: head };
+    src.acked(&ack).unwrap();
+    assert_eq!(ack_rx.recv().unwrap(), ack);
+    drop(tx);
+    assert!(matches!(src.poll_next(), Err(SourceError::Closed(_))));
+}
