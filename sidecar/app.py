@@ -1,0 +1,180 @@
+"""The assembled sidecar, without its event loop: settings, database, metrics, plugin host and engine.
+
+:func:`open_app` is what the CLI, the runner, tests and plugin commands use to open a sidecar (online or
+offline). Data flows one way: source -> engine -> plugins -> store -> API.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import DEFAULT_CONFIG, Settings, load_data, module_paths, validate
+from .engine import Engine
+from .metrics import Metrics
+from .plugins import PluginHost, config_models, discover
+from .sources.base import Source
+from .store import Database
+from .types import Block
+
+log = logging.getLogger(__name__)
+
+
+def default_config_path() -> Path | None:
+    """``$MONMOUTH_CONFIG``, else ``./config.toml`` when it exists, else ``None`` (built-in defaults)."""
+    env = os.environ.get("MONMOUTH_CONFIG")
+    if env:
+        return Path(env)
+    p = Path(DEFAULT_CONFIG)
+    return p if p.exists() else None
+
+
+def load_settings(config_path: str | Path | None, extra_plugins: Mapping[str, object] | None = None,
+                  environ: Mapping[str, str] | None = None) -> tuple[Settings, dict[str, object]]:
+    """Read, override from the environment, and validate the config; discover the plugins it needs.
+
+    Returns ``(settings, installed_plugins)``.
+
+    Raises:
+        ConfigError: invalid file, key or value, naming the file and the key.
+    """
+    data, origin, base = load_data(config_path, environ)
+    plugins = discover(module_paths(data), extra_plugins)
+    return validate(data, origin, config_models(plugins), base), plugins
+
+
+@dataclass
+class App:
+    """One sidecar's parts. Close with :meth:`close`."""
+
+    settings: Settings
+    config_path: Path | None
+    plugins: dict[str, object]
+    db: Database
+    metrics: Metrics
+    host: PluginHost
+    engine: Engine
+    extra_plugins: dict[str, object] = field(default_factory=dict)
+
+    def reload(self, environ: Mapping[str, str] | None = None) -> Settings:
+        """Re-read the config file; validate; apply plugin changes. Call only between notifications.
+
+        Raises:
+            ConfigError: the new config is invalid; the running config is kept unchanged.
+        """
+        data, origin, base = load_data(self.config_path, environ)
+        plugins = discover(module_paths(data), self.extra_plugins)
+        settings = validate(data, origin, config_models(plugins), base)
+        for name, p in plugins.items():
+            if name not in self.host.installed:
+                self.host.installed[name] = p
+                self.host.states[name] = "disabled"
+        changes = self.host.apply_settings(settings)
+        self.engine.config = settings.engine
+        for section in ("source", "storage", "http"):
+            if getattr(settings, section) != getattr(self.settings, section):
+                log.warning("config: [%s] changed; it takes effect at the next restart", section)
+        self.settings = settings
+        if changes:
+            log.info("config reloaded: %s", ", ".join(changes))
+        return settings
+
+    def status(self, source: Source | None = None) -> dict[str, Any]:
+        """The ``/status`` object: head, finalized, source head, lag, counters, source and plugin states."""
+        head = self.engine.head
+        source_head = source.source_head if source else None
+        finalized = self.engine.finalized
+        if source is not None and source.finalized is not None:
+            finalized = max(finalized or 0, source.finalized)
+        lag = (source_head - head.number) if (source_head is not None and head is not None) else None
+        return {
+            "version": __version__,
+            "head": head.to_json() if head else None,
+            "finalized": finalized,
+            "source_head": source_head,
+            "lag": lag,
+            "notifications": self.engine.notifications_seen,
+            "reorgs": self.engine.reorgs_seen,
+            "source": source.status() if source else {"kind": self.settings.source.kind, "state": "not running"},
+            "plugins": self.host.status(),
+            "config": {"path": str(self.config_path) if self.config_path else None, "digest": self.settings.digest()},
+        }
+
+    def close(self) -> None:
+        self.host.shutdown()
+        self.engine.close()
+
+
+class EngineView:
+    """The engine's durable state as sources see it (:class:`~sidecar.sources.base.ChainView`)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def head(self):  # type: ignore[no-untyped-def]
+        return self.engine.head
+
+    def canonical(self, number: int) -> Block | None:
+        stored = self.engine.canonical(number)
+        return stored.as_block() if stored else None
+
+    def source_token(self) -> Any:
+        return self.engine.source_token
+
+
+def open_app(config_path: str | Path | None = None, *, extra_plugins: Mapping[str, object] | None = None,
+             settings: Settings | None = None, environ: Mapping[str, str] | None = None) -> App:
+    """Open a sidecar: validate config, open the database, enable plugins (migrations, ``monmouth_startup``).
+
+    Args:
+        config_path: the config file (``None``: :func:`default_config_path`, else built-in defaults).
+        extra_plugins: plugin objects registered in code (tests, embedding), ``{name: object}``.
+        settings: already validated settings (skips reading the file).
+
+    Raises:
+        ConfigError: invalid configuration.
+    """
+    path = Path(config_path) if config_path is not None else default_config_path()
+    if settings is None:
+        settings, plugins = load_settings(path, extra_plugins, environ)
+    else:
+        plugins = discover({}, extra_plugins)
+    db = Database(settings.storage.path, synchronous=settings.storage.synchronous)
+    metrics = Metrics()
+    host = PluginHost(plugins, db, metrics.registry)
+    engine = Engine(db, host, settings.engine, metrics)
+    host.apply_settings(settings)
+    if engine.head is not None:
+        metrics.head.set(engine.head.number)
+    return App(settings, path, plugins, db, metrics, host, engine, dict(extra_plugins or {}))
+
+
+def make_source(settings: Settings, metrics: Metrics | None = None) -> Source:
+    """The source ``[source]`` selects.
+
+    Raises:
+        ConfigError: ``source.path`` missing for replay.
+    """
+    from .errors import ConfigError
+
+    s = settings.source
+    if s.kind == "rpc":
+        from .sources.rpc import RpcSource
+
+        return RpcSource(s.url, confirmations=s.confirmations, poll_interval=s.poll_interval,
+                         batch_size=s.batch_size, start_block=s.start_block, max_backoff=s.max_backoff,
+                         timeout=s.timeout, metrics=metrics)
+    if s.kind == "replay":
+        from .sources.replay import ReplaySource
+
+        if not s.path:
+            raise ConfigError(f"{settings.origin}: source.path: required when source.kind = 'replay'")
+        return ReplaySource(s.path)
+    from .sources.exex import ExExSource  # type: ignore[import-not-found]
+
+    return ExExSource(s.url, window=s.window, heartbeat_s=s.heartbeat, metrics=metrics)

@@ -1,0 +1,255 @@
+"""The ``monmouth`` command line (click). Thin: every command calls the library layer."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import click
+
+from . import __version__
+from .errors import MonmouthError
+
+CONFIG_OPTION = click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="config.toml to use (default: $MONMOUTH_CONFIG, else ./config.toml, else built-in defaults).",
+)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _fail(e: Exception) -> None:
+    raise click.ClickException(str(e)) from e
+
+
+@click.group()
+@click.version_option(__version__, prog_name="monmouth")
+def cli() -> None:
+    """Monmouth: a reorg-safe knowledge base and memory for AI agents, fed by a Reth node."""
+
+
+# ---------------------------------------------------------------------------------------------------- run
+
+
+def _run(config_path: Path | None, source_override: Any = None, serve_http: bool | None = None) -> None:
+    from .app import make_source, open_app
+    from .runner import run_sidecar
+
+    try:
+        app = open_app(config_path)
+    except MonmouthError as e:
+        _fail(e)
+    _setup_logging(app.settings.logging.level)
+    try:
+        source = source_override or make_source(app.settings, app.metrics)
+        head = app.engine.head
+        logging.getLogger("monmouth").info(
+            "monmouth %s: source %s, database %s, head %s, plugins enabled: %s", __version__, source.kind,
+            app.settings.storage.path, head or "empty", ", ".join(app.host.enabled) or "none")
+        anyio.run(lambda: run_sidecar(app, source, serve_http=serve_http))
+    except KeyboardInterrupt:
+        pass
+    except MonmouthError as e:
+        _fail(e)
+    finally:
+        app.close()
+
+
+@cli.command()
+@CONFIG_OPTION
+def run(config_path: Path | None) -> None:
+    """Run the sidecar: follow the configured source, serve HTTP, hot-reload config.toml."""
+    _run(config_path)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@CONFIG_OPTION
+@click.option("--rate", type=float, default=0.0, help="Notifications per second (0: as fast as possible).")
+@click.option("--http/--no-http", "serve_http", default=False, help="Also serve the HTTP API while replaying.")
+def replay(file: Path, config_path: Path | None, rate: float, serve_http: bool) -> None:
+    """Apply the notifications recorded in FILE, then exit. Progress is logged every few seconds."""
+    from .sources.replay import ReplaySource
+
+    _run(config_path, ReplaySource(file, rate=rate), serve_http=serve_http)
+    click.echo(f"replayed {file}")
+
+
+@cli.command()
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@CONFIG_OPTION
+@click.option("--count", type=int, default=None, help="Stop after this many notifications.")
+@click.option("--until-block", type=int, default=None, help="Stop once the recorded head reaches this block.")
+@click.option("--url", default=None, help="Override source.url.")
+def record(out: Path, config_path: Path | None, count: int | None, until_block: int | None, url: str | None) -> None:
+    """Record what the configured source delivers into a replay file OUT (appending)."""
+    from .app import load_settings, make_source
+    from .recorder import record_source
+
+    try:
+        settings, _ = load_settings(config_path)
+        if url:
+            settings.source.url = url
+        _setup_logging(settings.logging.level)
+        source = make_source(settings)
+        n = anyio.run(lambda: record_source(source, out, count=count, until_block=until_block))
+    except KeyboardInterrupt:
+        return
+    except MonmouthError as e:
+        _fail(e)
+    click.echo(f"recorded {n} notifications into {out}")
+
+
+# ---------------------------------------------------------------------------------------------------- status
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the /status object as JSON.")
+def status(config_path: Path | None, as_json: bool) -> None:
+    """Show head, finalized, source head, lag and plugin states (from the running sidecar if it answers,
+    else from the database)."""
+    import httpx
+
+    from .app import load_settings, open_app
+
+    try:
+        settings, _ = load_settings(config_path)
+    except MonmouthError as e:
+        _fail(e)
+    obj: dict[str, Any] | None = None
+    if settings.http.enabled:
+        host = "127.0.0.1" if settings.http.host in ("0.0.0.0", "::") else settings.http.host
+        try:
+            r = httpx.get(f"http://{host}:{settings.http.port}/status", timeout=2.0)
+            if r.status_code == 200:
+                obj = r.json()
+        except httpx.HTTPError:
+            obj = None
+    if obj is None:
+        app = open_app(config_path, settings=settings)
+        try:
+            obj = app.status()
+        finally:
+            app.close()
+    if as_json:
+        click.echo(json.dumps(obj, indent=2))
+        return
+    head = obj["head"]
+    click.echo(f"head:        {head['number']} {head['hash']}" if head else "head:        (empty)")
+    click.echo(f"finalized:   {obj['finalized']}")
+    click.echo(f"source head: {obj['source_head']}  lag: {obj['lag']}")
+    click.echo(f"notifications: {obj['notifications']}  reorgs: {obj['reorgs']}")
+    for name, p in obj["plugins"].items():
+        click.echo(f"plugin {name}: {p.get('state')}" + (f" ({p['error']})" if p.get("error") else ""))
+
+
+@cli.command()
+@CONFIG_OPTION
+def plugins(config_path: Path | None) -> None:
+    """List installed plugins, where they come from, and whether config.toml enables them."""
+    import importlib.metadata
+
+    from .app import load_settings
+
+    try:
+        settings, installed = load_settings(config_path)
+    except MonmouthError as e:
+        _fail(e)
+    eps = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="monmouth.plugins")}
+    for name in sorted(installed):
+        origin = f"entry point {eps[name]}" if name in eps else f"module {settings.plugins[name].module}"
+        state = "enabled" if settings.plugin_enabled(name) else "disabled"
+        click.echo(f"{name:<16} {state:<9} {origin}")
+
+
+# ---------------------------------------------------------------------------------------------------- config
+
+
+@cli.group()
+def config() -> None:
+    """Read and edit config.toml (comments and layout are kept)."""
+
+
+def _config_file(config_path: Path | None) -> Path:
+    from .app import default_config_path
+
+    p = config_path or default_config_path()
+    if p is None:
+        raise click.ClickException("no config file: pass --config PATH or create ./config.toml")
+    return p
+
+
+@config.command("get")
+@click.argument("key")
+@CONFIG_OPTION
+def config_get(key: str, config_path: Path | None) -> None:
+    """Print the value of KEY (dotted, e.g. source.url)."""
+    from .config import get_value, read_document
+
+    try:
+        value = get_value(read_document(_config_file(config_path)), key)
+    except MonmouthError as e:
+        _fail(e)
+    click.echo(json.dumps(value) if not isinstance(value, str) else value)
+
+
+@config.command("set")
+@click.argument("key")
+@click.argument("value")
+@CONFIG_OPTION
+def config_set(key: str, value: str, config_path: Path | None) -> None:
+    """Set KEY to VALUE (read as a TOML literal when it is one: true, 42, "text"); refuses invalid configs."""
+    import tomlkit
+
+    from .app import load_settings
+    from .config import parse_value, read_document, set_value, write_document
+
+    path = _config_file(config_path)
+    try:
+        doc = read_document(path)
+        set_value(doc, key, parse_value(value))
+        tmp = path.with_name(f".{path.name}.check")
+        tmp.write_text(tomlkit.dumps(doc), encoding="utf-8")
+        try:
+            load_settings(tmp)
+        finally:
+            tmp.unlink(missing_ok=True)
+        write_document(path, doc)
+    except MonmouthError as e:
+        _fail(e)
+    click.echo(f"{key} = {value}")
+
+
+# ---------------------------------------------------------------------------------------------------- plugins' commands
+
+
+def _register_plugin_commands() -> None:
+    from .plugins import declared, discover
+
+    try:
+        found = discover()
+    except MonmouthError:
+        return
+    for name, plugin in found.items():
+        try:
+            declared(plugin, "monmouth_register_commands", cli=cli)
+        except Exception as e:  # a broken plugin must not break the CLI
+            logging.getLogger(__name__).error("plugin %s: monmouth_register_commands failed: %s", name, e)
+
+
+def main() -> None:
+    _register_plugin_commands()
+    start = time.monotonic()
+    try:
+        cli(standalone_mode=True)
+    finally:
+        logging.getLogger(__name__).debug("done in %.2fs", time.monotonic() - start)

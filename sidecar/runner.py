@@ -1,0 +1,203 @@
+"""The event loop: source -> engine -> ack, plus the HTTP server, config hot reload and progress reporting.
+
+Ordering guarantees: a notification is acknowledged upstream only after :meth:`Engine.apply` committed it;
+config reloads are applied between notifications (they take the same lock); a notification that fails in a
+plugin is retried, with backoff, until it succeeds (an operator can disable the failing plugin in
+``config.toml`` meanwhile: the reload is applied before the next retry).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from .app import App, EngineView
+from .errors import ConfigError, ContinuityError, PluginError, ReorgTooDeepError, SourceError
+from .sources.base import Delivery, Source
+
+log = logging.getLogger(__name__)
+
+
+class Runner:
+    """Runs one sidecar.
+
+    Args:
+        app: the opened sidecar (:func:`sidecar.app.open_app`).
+        source: the source to follow.
+        serve_http: start the HTTP server (``[http]``).
+        watch_config: hot-reload ``config.toml`` with watchfiles.
+    """
+
+    def __init__(self, app: App, source: Source, *, serve_http: bool | None = None, watch_config: bool = True) -> None:
+        self.app = app
+        self.source = source
+        self.serve_http = app.settings.http.enabled if serve_http is None else serve_http
+        self.watch_config = watch_config and app.config_path is not None
+        self.lock = anyio.Lock()
+        self.last_error: str | None = None
+        self.started_at = time.time()
+        self.blocks_done = 0
+        self.done = False
+        self.http_port: int | None = None
+        self._rate = 0.0
+
+    # ------------------------------------------------------------------------------------------------ status
+    def status(self) -> dict[str, Any]:
+        st = self.app.status(self.source)
+        st["last_error"] = self.last_error
+        st["blocks_per_s"] = round(self._rate, 1)
+        if st["lag"] is not None:
+            self.app.metrics.lag.set(st["lag"])
+        return st
+
+    def ready(self) -> tuple[bool, str]:
+        st = self.app.status(self.source)
+        if st["lag"] is None:
+            return False, "source head unknown"
+        if st["lag"] > self.app.settings.http.ready_lag:
+            return False, f"lagging {st['lag']} blocks behind the source (ready_lag {self.app.settings.http.ready_lag})"
+        return True, "caught up"
+
+    # ------------------------------------------------------------------------------------------------ main
+    async def run(self) -> None:
+        """Run until the source ends (replay) or the task is cancelled.
+
+        Raises:
+            SourceError: the source failed for good (damaged replay file, protocol mismatch).
+            ReorgTooDeepError: a reorg reached below the undo data held.
+            ContinuityError: a finite source delivered a notification that does not connect.
+        """
+        async with anyio.create_task_group() as tg:
+            if self.serve_http:
+                await tg.start(self._serve_http)
+            if self.watch_config:
+                tg.start_soon(self._watch_config)
+            tg.start_soon(self._progress)
+            try:
+                await self._ingest()
+            finally:
+                self.done = True
+                tg.cancel_scope.cancel()
+
+    async def _ingest(self) -> None:
+        view = EngineView(self.app.engine)
+        backoff = 0.5
+        while True:
+            try:
+                async for delivery in self.source.stream(view):
+                    await self._handle(delivery)
+                    backoff = 0.5
+                return
+            except ContinuityError as e:
+                self.last_error = str(e)
+                if self.source.kind == "replay":
+                    raise
+                log.error("%s; restarting the %s source from the engine head in %.1fs", e, self.source.kind, backoff)
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, self.app.settings.source.max_backoff)
+            except (SourceError, ReorgTooDeepError) as e:
+                self.last_error = str(e)
+                self.app.metrics.errors.labels("source" if isinstance(e, SourceError) else "reorg_too_deep").inc()
+                log.error("%s", e)
+                raise
+
+    async def _handle(self, d: Delivery) -> None:
+        engine = self.app.engine
+        backoff = 0.5
+        while True:
+            async with self.lock:
+                try:
+                    res = await anyio.to_thread.run_sync(engine.apply, d.notification, d.token)
+                    break
+                except PluginError as e:
+                    self.last_error = str(e)
+                    log.error("%s; the notification was rolled back and will be retried in %.1fs", e, backoff)
+            await anyio.sleep(backoff)
+            backoff = min(backoff * 2, self.app.settings.engine.retry_max_backoff)
+        self.last_error = None
+        if res.applied:
+            self.app.host.committed(d.notification, res.head)
+            self.blocks_done += res.committed
+        await self.source.ack(d, res.head)
+        fin = self.source.finalized
+        if fin is not None and (engine.finalized is None or fin > engine.finalized) and res.head is not None:
+            async with self.lock:
+                try:
+                    await anyio.to_thread.run_sync(engine.set_finalized, min(fin, res.head.number))
+                except PluginError as e:
+                    log.error("%s (finalized %d not recorded; will retry)", e, fin)
+
+    # ------------------------------------------------------------------------------------------------ helpers
+    async def reload_config(self) -> bool:
+        """Re-read config.toml and apply it between notifications. Returns False if the new file is invalid
+        (the last good config keeps running; the reason is logged and ``monmouth_config_reloads_total
+        {outcome="rejected"}`` counted)."""
+        async with self.lock:
+            try:
+                await anyio.to_thread.run_sync(self.app.reload)
+            except ConfigError as e:
+                self.app.metrics.config_reloads.labels("rejected").inc()
+                self.app.metrics.errors.labels("config").inc()
+                log.error("config reload rejected, keeping the last good config: %s", e)
+                return False
+        self.app.metrics.config_reloads.labels("applied").inc()
+        return True
+
+    async def _watch_config(self) -> None:
+        import watchfiles
+
+        path = Path(self.app.config_path).resolve()  # type: ignore[arg-type]
+        async for changes in watchfiles.awatch(path.parent, debounce=200, step=50,
+                                               watch_filter=lambda _c, p: Path(p).name == path.name):
+            if changes and path.exists():
+                log.info("config: %s changed; reloading", path)
+                await self.reload_config()
+
+    async def _progress(self) -> None:
+        interval = self.app.settings.engine.progress_interval
+        last_t, last_blocks = time.monotonic(), self.blocks_done
+        while True:
+            await anyio.sleep(interval)
+            now = time.monotonic()
+            self._rate = (self.blocks_done - last_blocks) / (now - last_t)
+            last_t, last_blocks = now, self.blocks_done
+            head = self.app.engine.head
+            sh = self.source.source_head
+            if head is not None and sh is not None and sh - head.number > 0:
+                remaining = sh - head.number
+                eta = remaining / self._rate if self._rate > 0 else float("inf")
+                log.info("catching up: head %d, source head %d, %d blocks remaining, %.1f blocks/s, eta %.0fs",
+                         head.number, sh, remaining, self._rate, eta)
+
+    async def _serve_http(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        import uvicorn
+
+        from .api import create_api
+
+        http = self.app.settings.http
+        config = uvicorn.Config(create_api(self.app, self), host=http.host, port=http.port, log_level="warning",
+                                lifespan="off")
+        server = uvicorn.Server(config)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.serve)
+            while not server.started:
+                if server.should_exit:
+                    raise SourceError(f"http: could not serve on {http.host}:{http.port}")
+                await anyio.sleep(0.02)
+            self.http_port = server.servers[0].sockets[0].getsockname()[1]
+            log.info("http: serving on http://%s:%s", http.host, self.http_port)
+            task_status.started()
+
+
+async def run_sidecar(app: App, source: Source, **kw: Any) -> Runner:
+    runner = Runner(app, source, **kw)
+    try:
+        await runner.run()
+    finally:
+        await source.aclose()
+    return runner
