@@ -44,3 +44,38 @@ def engine_factory(tmp_path):
     for e in engines:
         e.host.shutdown()
         e.close()
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture
+def anvil():
+    from tests.anvil import Anvil, anvil_binary
+
+    if anvil_binary() is None:
+        pytest.fail("anvil is missing: run `npm ci` at the repository root")
+    with Anvil() as node:
+        yield node
+
+
+def settings_for(db_path: Path, plugins: dict[str, object], enabled: tuple[str, ...] = ("ledger",), **sections):
+    """Validated settings for an in-process sidecar on ``db_path`` with ``plugins`` installed."""
+    from monmouth.plugins import discover
+
+    installed = discover({}, plugins)
+    data = {"storage": {"path": str(db_path), "synchronous": "NORMAL"}, "http": {"enabled": False},
+            "plugins": {n: {"enabled": n in enabled} for n in plugins}}
+    for k, v in sections.items():
+        data.setdefault(k, {}).update(v)
+    return validate(data, "<test>", config_models(installed))
+
+
+async def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
+    import anyio
+
+    with anyio.fail_after(timeout):
+        while not predicate():
+            await anyio.sleep(interval)

@@ -1,0 +1,82 @@
+"""The rpc source against a real node (anvil): real transactions from several accounts, real reorgs of
+depth 1 to 10 with ``anvil_reorg``, the node going away and coming back."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from monmouth.app import open_app
+from monmouth.runner import Runner
+from monmouth.sources.rpc import RpcSource
+from tests.conftest import settings_for, wait_for
+from tests.plugins import ledger
+from tests.test_engine import dump
+
+pytestmark = [pytest.mark.anyio, pytest.mark.anvil]
+
+
+def synced(app, anvil) -> bool:
+    n, h = anvil.head()
+    head = app.engine.head
+    return head is not None and head.number == n and "0x" + head.hash.hex() == h
+
+
+async def index_fresh(tmp_path, anvil, name: str):
+    """A fresh sidecar that indexes anvil's final chain from block 0."""
+    app = open_app(settings=settings_for(tmp_path / name, {"ledger": ledger}), extra_plugins={"ledger": ledger})
+    runner = Runner(app, RpcSource(anvil.url, poll_interval=0.05, batch_size=32), serve_http=False, watch_config=False)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runner.run)
+        await wait_for(lambda: synced(app, anvil), what="fresh index")
+        tg.cancel_scope.cancel()
+    return app
+
+
+async def test_follows_anvil_through_reorgs_of_depth_1_to_10(tmp_path, anvil):
+    app = open_app(settings=settings_for(tmp_path / "live.sqlite", {"ledger": ledger}), extra_plugins={"ledger": ledger})
+    source = RpcSource(anvil.url, poll_interval=0.05, batch_size=4)
+    runner = Runner(app, source, serve_http=False, watch_config=False)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runner.run)
+        anvil.traffic(14, txs_per_block=3)
+        await wait_for(lambda: synced(app, anvil))
+        for depth in (1, 2, 3, 5, 8, 10):
+            anvil.reorg(depth, txs=3, seed=depth)
+            await wait_for(lambda: synced(app, anvil))
+            anvil.traffic(1, seed=depth)
+            await wait_for(lambda: synced(app, anvil))
+        tg.cancel_scope.cancel()
+    assert source.reorgs_detected >= 6
+    assert app.engine.reorgs_seen >= 6
+    stored = app.engine.conn.execute("SELECT number, hash FROM monmouth_blocks ORDER BY number").fetchall()
+    assert stored == anvil.block_hashes()
+    fresh = await index_fresh(tmp_path, anvil, "fresh.sqlite")
+    assert dump(app.engine.conn) == dump(fresh.engine.conn)
+    assert app.engine.conn.execute("SELECT count(*) FROM ledger_transfers").fetchone()[0] >= 20
+    app.close()
+    fresh.close()
+
+
+async def test_node_going_away_and_coming_back(tmp_path, anvil):
+    app = open_app(settings=settings_for(tmp_path / "db.sqlite", {"ledger": ledger}), extra_plugins={"ledger": ledger})
+    source = RpcSource(anvil.url, poll_interval=0.05, batch_size=4, max_backoff=0.5, metrics=app.metrics)
+    runner = Runner(app, source, serve_http=False, watch_config=False)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runner.run)
+        anvil.traffic(3)
+        await wait_for(lambda: synced(app, anvil))
+        state = anvil.rpc("anvil_dumpState")
+        head_before = app.engine.head
+        anvil.stop()
+        await wait_for(lambda: source.reconnects >= 2, what="reconnect attempts")
+        assert not source.connected and "ConnectError" in (source.last_error or "")
+        assert app.engine.head == head_before  # the cursor does not move while the node is away
+        anvil.start()
+        anvil.rpc("anvil_loadState", state)
+        anvil.traffic(2)
+        await wait_for(lambda: synced(app, anvil))
+        tg.cancel_scope.cancel()
+    assert source.connected
+    assert app.metrics.registry.get_sample_value("monmouth_source_reconnects_total", {"source": "rpc"}) >= 2
+    app.close()
