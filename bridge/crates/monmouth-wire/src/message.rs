@@ -44,6 +44,9 @@ pub struct Welcome {
     pub node: String,
     /// Heartbeat interval of both sides (milliseconds).
     pub heartbeat_ms: u64,
+    /// Identifies this bridge run's sequence space (the bridge's start time, milliseconds since the
+    /// Unix epoch): `seq` values are comparable only within one epoch. 0 when unknown.
+    pub epoch: u64,
 }
 
 /// `ack` (sidecar → bridge). Cumulative: acknowledges every `seq` up to and including this one.
@@ -51,8 +54,8 @@ pub struct Welcome {
 pub struct Ack {
     /// The notification durably committed (or skipped as already applied).
     pub seq: u64,
-    /// The sidecar's head after that commit.
-    pub head: BlockRef,
+    /// The sidecar's head after that commit; `None` only when its database is empty again.
+    pub head: Option<BlockRef>,
 }
 
 /// `heartbeat` (both ways).
@@ -176,6 +179,7 @@ struct WelcomeOut<'a> {
     chain_id: u64,
     node: &'a str,
     heartbeat_ms: u64,
+    epoch: u64,
 }
 
 #[derive(Serialize)]
@@ -193,7 +197,7 @@ struct AckOut<'a> {
     #[serde(rename = "type")]
     ty: &'static str,
     seq: u64,
-    head: &'a BlockRef,
+    head: &'a Option<BlockRef>,
 }
 
 #[derive(Serialize)]
@@ -230,6 +234,8 @@ struct WelcomeIn {
     #[serde(default)]
     node: String,
     heartbeat_ms: u64,
+    #[serde(default)]
+    epoch: u64,
 }
 
 #[derive(Deserialize)]
@@ -245,7 +251,7 @@ struct NotificationIn {
 #[derive(Deserialize)]
 struct AckIn {
     seq: u64,
-    head: BlockRef,
+    head: Option<BlockRef>,
 }
 
 #[derive(Deserialize)]
@@ -310,6 +316,7 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, WireError> {
             chain_id: m.chain_id,
             node: &m.node,
             heartbeat_ms: m.heartbeat_ms,
+            epoch: m.epoch,
         }),
         Message::Notification(m) => encode_notification(m.seq, &m.notification),
         Message::Ack(m) => to_bytes(&AckOut { ty: "ack", seq: m.seq, head: &m.head }),
@@ -379,6 +386,7 @@ pub fn decode(frame: &[u8], max_bytes: usize) -> Result<Message, WireError> {
                 chain_id: m.chain_id,
                 node: m.node,
                 heartbeat_ms: m.heartbeat_ms,
+                epoch: m.epoch,
             })
         }
         "notification" => {
@@ -432,8 +440,9 @@ mod tests {
         let head = BlockRef { number: 7, hash: FixedBytes([9u8; 32]) };
         roundtrip(Message::Hello(Hello { version: 1, head: Some(head), window: 64, client: "t".into() }));
         roundtrip(Message::Hello(Hello { version: 1, head: None, window: 1, client: String::new() }));
-        roundtrip(Message::Welcome(Welcome { version: 1, chain_id: 1, node: "n".into(), heartbeat_ms: 1000 }));
-        roundtrip(Message::Ack(Ack { seq: u64::MAX, head }));
+        roundtrip(Message::Welcome(Welcome { version: 1, chain_id: 1, node: "n".into(), heartbeat_ms: 1000, epoch: 5 }));
+        roundtrip(Message::Ack(Ack { seq: u64::MAX, head: Some(head) }));
+        roundtrip(Message::Ack(Ack { seq: 1, head: None }));
         roundtrip(Message::Heartbeat(Heartbeat { ts_ms: 1_700_000_000_000 }));
         roundtrip(Message::Error(ErrorMsg::new(ErrorCode::Gap, "seq 3 after 1")));
     }
@@ -474,11 +483,11 @@ mod tests {
         struct Reordered {
             extra: u8,
             seq: u64,
-            head: BlockRef,
+            head: Option<BlockRef>,
             #[serde(rename = "type")]
             ty: &'static str,
         }
-        let head = BlockRef { number: 3, hash: B256::ZERO };
+        let head = Some(BlockRef { number: 3, hash: B256::ZERO });
         let frame = rmp_serde::to_vec_named(&Reordered { extra: 1, seq: 4, head, ty: "ack" }).expect("encode");
         assert_eq!(decode(&frame, MAX_FRAME_BYTES).expect("decode"), Message::Ack(Ack { seq: 4, head }));
     }

@@ -47,8 +47,8 @@ pub struct Acked {
     pub committed_tip: Option<BlockRef>,
     /// The chain head after the notification (the committed tip, or the fork point of a revert).
     pub resulting_head: Option<BlockRef>,
-    /// The head the sidecar reported in its `ack`.
-    pub sidecar_head: BlockRef,
+    /// The head the sidecar reported in its `ack` (`None`: its database is empty).
+    pub sidecar_head: Option<BlockRef>,
 }
 
 /// Where notifications come from: Reth's ExEx stream in production, a replay file in tests.
@@ -184,6 +184,7 @@ pub struct Server {
     started: bool,
     source_done: bool,
     retry_at: Option<Instant>,
+    epoch: u64,
     stats: Stats,
 }
 
@@ -227,6 +228,7 @@ impl Server {
             started: false,
             source_done: false,
             retry_at: None,
+            epoch: now_ms(),
             stats: Stats::default(),
         })
     }
@@ -239,6 +241,11 @@ impl Server {
     /// Counters so far.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// This run's epoch (announced in `welcome`).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// Highest acknowledged sequence number (0 = none).
@@ -472,13 +479,14 @@ impl Server {
             chain_id: self.cfg.chain_id,
             node: self.cfg.node.clone(),
             heartbeat_ms: u64::try_from(self.cfg.heartbeat.as_millis()).unwrap_or(u64::MAX),
+            epoch: self.epoch,
         });
         let frame = encode(&welcome)?;
         self.send_to(identity, &frame)?;
         Ok(())
     }
 
-    fn on_ack<S: NotificationSource>(&mut self, seq: u64, head: BlockRef, source: &mut S) -> Result<(), BridgeError> {
+    fn on_ack<S: NotificationSource>(&mut self, seq: u64, head: Option<BlockRef>, source: &mut S) -> Result<(), BridgeError> {
         if seq <= self.acked {
             debug!(seq, "duplicate ack ignored");
             return Ok(());

@@ -128,8 +128,7 @@ impl Client {
         }
     }
     fn ack(&self, seq: u64, n: &Notification) {
-        let head = n.resulting_head().unwrap();
-        self.send(&Message::Ack(Ack { seq, head }));
+        self.send(&Message::Ack(Ack { seq, head: n.resulting_head() }));
     }
 }
 
@@ -199,7 +198,7 @@ fn refuses_bad_input_and_keeps_the_session() {
     c.send(&Message::Hello(Hello { version: 2, head: None, window: 8, client: "future".into() }));
     assert!(matches!(c.recv(2000), Some(Message::Error(e)) if e.code == "unsupported_version"));
     // No session yet.
-    c.send(&Message::Ack(Ack { seq: 1, head: items[0].resulting_head().unwrap() }));
+    c.send(&Message::Ack(Ack { seq: 1, head: items[0].resulting_head() }));
     assert!(matches!(c.recv(2000), Some(Message::Error(e)) if e.code == "unexpected"));
     // Window out of range.
     c.hello(None, 0);
@@ -216,7 +215,7 @@ fn refuses_bad_input_and_keeps_the_session() {
         assert!(matches!(c.recv(2000), Some(Message::Error(e)) if e.code == code), "{garbage:?}");
     }
     // Ack of something never sent.
-    c.send(&Message::Ack(Ack { seq: 2, head: items[1].resulting_head().unwrap() }));
+    c.send(&Message::Ack(Ack { seq: 2, head: items[1].resulting_head() }));
     assert!(matches!(c.recv(2000), Some(Message::Error(e)) if e.code == "unexpected"));
     // The session is intact.
     c.ack(1, &items[0]);
@@ -261,7 +260,7 @@ fn channel_source_forwards_start_and_acks() {
     src.start(None).unwrap();
     assert_eq!(head_rx.recv().unwrap(), None);
     let head = items[0].resulting_head().unwrap();
-    let ack = Acked { seq: 1, kind: items[0].kind, committed_tip: Some(head), resulting_head: Some(head), sidecar_head: head };
+    let ack = Acked { seq: 1, kind: items[0].kind, committed_tip: Some(head), resulting_head: Some(head), sidecar_head: Some(head) };
     src.acked(&ack).unwrap();
     assert_eq!(ack_rx.recv().unwrap(), ack);
     drop(tx);

@@ -88,13 +88,13 @@ fn message_json(m: &Message) -> Value {
         }),
         Message::Welcome(w) => json!({
             "type": "welcome", "version": w.version, "chain_id": w.chain_id, "node": w.node,
-            "heartbeat_ms": w.heartbeat_ms,
+            "heartbeat_ms": w.heartbeat_ms, "epoch": w.epoch,
         }),
         Message::Notification(n) => json!({
             "type": "notification", "seq": n.seq, "kind": n.notification.kind.as_str(),
             "old": chain_json(&n.notification.old), "new": chain_json(&n.notification.new),
         }),
-        Message::Ack(a) => json!({"type": "ack", "seq": a.seq, "head": block_ref(&a.head)}),
+        Message::Ack(a) => json!({"type": "ack", "seq": a.seq, "head": a.head.as_ref().map(block_ref)}),
         Message::Heartbeat(h) => json!({"type": "heartbeat", "ts_ms": h.ts_ms}),
         Message::Error(e) => json!({"type": "error", "code": e.code, "message": e.message}),
     }
@@ -203,7 +203,7 @@ fn vectors() -> Vec<(&'static str, Message)> {
         ("hello_empty", Message::Hello(Hello { version: 1, head: None, window: 1, client: "monmouth/0.1.0".into() })),
         (
             "welcome",
-            Message::Welcome(Welcome { version: 1, chain_id: 1, node: "reth/v1.9.0".into(), heartbeat_ms: 1000 }),
+            Message::Welcome(Welcome { version: 1, chain_id: 1, node: "reth/v1.9.0".into(), heartbeat_ms: 1000, epoch: 1_700_000_000_000 }),
         ),
         (
             "notification_committed",
@@ -226,7 +226,8 @@ fn vectors() -> Vec<(&'static str, Message)> {
                 notification: Notification::reverted(vec![b2_fork, b3_fork]),
             }),
         ),
-        ("ack", Message::Ack(Ack { seq: 3, head })),
+        ("ack", Message::Ack(Ack { seq: 3, head: Some(head) })),
+        ("ack_empty", Message::Ack(Ack { seq: 4, head: None })),
         ("heartbeat", Message::Heartbeat(Heartbeat { ts_ms: 1_700_000_000_123 })),
         (
             "error_version",
