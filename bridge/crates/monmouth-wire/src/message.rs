@@ -44,8 +44,8 @@ pub struct Welcome {
     pub node: String,
     /// Heartbeat interval of both sides (milliseconds).
     pub heartbeat_ms: u64,
-    /// Identifies this bridge run's sequence space (the bridge's start time, milliseconds since the
-    /// Unix epoch): `seq` values are comparable only within one epoch. 0 when unknown.
+    /// Random u64 chosen when the bridge starts: `seq` values are unique only within one epoch.
+    /// Decoded as 0 when absent.
     pub epoch: u64,
 }
 

@@ -228,7 +228,7 @@ impl Server {
             started: false,
             source_done: false,
             retry_at: None,
-            epoch: now_ms(),
+            epoch: random_epoch(),
             stats: Stats::default(),
         })
     }
@@ -679,6 +679,15 @@ fn garbage_frame(seq: u64, real: &[u8]) -> Vec<u8> {
             v
         }
     }
+}
+
+/// A random u64 for `welcome.epoch` (std's per-process random hash keys, mixed with the clock).
+fn random_epoch() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_ms());
+    h.write_u32(std::process::id());
+    h.finish()
 }
 
 /// Percentile (0–100) of unsorted samples, by nearest rank; `None` when empty.
