@@ -72,6 +72,7 @@ class Runner:
             ReorgTooDeepError: a reorg reached below the undo data held.
             ContinuityError: a finite source delivered a notification that does not connect.
         """
+        error: Exception | None = None
         async with anyio.create_task_group() as tg:
             if self.serve_http:
                 await tg.start(self._serve_http)
@@ -80,9 +81,13 @@ class Runner:
             tg.start_soon(self._progress)
             try:
                 await self._ingest()
+            except Exception as e:  # re-raised below, unwrapped from the task group's ExceptionGroup
+                error = e
             finally:
                 self.done = True
                 tg.cancel_scope.cancel()
+        if error is not None:
+            raise error
 
     async def _ingest(self) -> None:
         view = EngineView(self.app.engine)
