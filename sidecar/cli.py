@@ -208,21 +208,15 @@ def config_get(key: str, config_path: Path | None) -> None:
 @CONFIG_OPTION
 def config_set(key: str, value: str, config_path: Path | None) -> None:
     """Set KEY to VALUE (read as a TOML literal when it is one: true, 42, "text"); refuses invalid configs."""
-    import tomlkit
-
-    from .app import load_settings
-    from .config import parse_value, read_document, set_value, write_document
+    from .config import module_paths, parse_value, read_document, set_value, validate, write_document
+    from .plugins import config_models, discover
 
     path = _config_file(config_path)
     try:
         doc = read_document(path)
         set_value(doc, key, parse_value(value))
-        tmp = path.with_name(f".{path.name}.check")
-        tmp.write_text(tomlkit.dumps(doc), encoding="utf-8")
-        try:
-            load_settings(tmp)
-        finally:
-            tmp.unlink(missing_ok=True)
+        data = doc.unwrap()
+        validate(data, str(path), config_models(discover(module_paths(data))), path.resolve().parent)
         write_document(path, doc)
     except MonmouthError as e:
         _fail(e)

@@ -156,7 +156,7 @@ def _fmt_errors(origin: str, prefix: str, err: ValidationError) -> str:
 
 def _env_value(raw: str) -> Any:
     try:
-        return tomlkit.parse(f"v = {raw}")["v"].unwrap()  # type: ignore[union-attr]
+        return tomlkit.parse(f"v = {raw}").unwrap()["v"]
     except (tomlkit.exceptions.TOMLKitError, ValueError):
         return raw
 
