@@ -143,7 +143,8 @@ def open_app(config_path: str | Path | None = None, *, extra_plugins: Mapping[st
     if settings is None:
         settings, plugins = load_settings(path, extra_plugins, environ)
     else:
-        plugins = discover({}, extra_plugins)
+        modules = {name: p.module for name, p in settings.plugins.items() if p.module}
+        plugins = discover(modules, extra_plugins)
     db = Database(settings.storage.path, synchronous=settings.storage.synchronous)
     metrics = Metrics()
     host = PluginHost(plugins, db, metrics.registry)

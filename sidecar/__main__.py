@@ -1,0 +1,5 @@
+"""``python -m monmouth`` runs the CLI."""
+
+from .cli import main
+
+main()

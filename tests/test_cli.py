@@ -1,0 +1,136 @@
+"""The ``monmouth`` command as a real subprocess: kill -9 at arbitrary moments loses nothing and duplicates
+nothing; ``status --json`` and ``plugins`` print what operators rely on; ``record`` captures a real node."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from monmouth.replayfile import ReplayWriter, read_notifications
+from monmouth.testing import chain, extend
+from monmouth.types import ChainCommitted, ChainReorged
+from tests.conftest import make_engine
+from tests.plugins import ledger
+from tests.test_engine import dump
+
+ROOT = Path(__file__).resolve().parents[1]
+MONMOUTH = [sys.executable, "-m", "monmouth"]
+
+
+def config(tmp_path: Path, source: str) -> Path:
+    p = tmp_path / "config.toml"
+    p.write_text(f"""
+[source]
+{source}
+
+[storage]
+path = "db.sqlite"
+
+[http]
+enabled = false
+
+[engine]
+progress_interval = 0.5
+
+[plugins.ledger]
+enabled = true
+module = "{ROOT / 'tests' / 'plugins' / 'ledger.py'}"
+""")
+    return p
+
+
+def long_history(path: Path):
+    """120 notifications: 1-block commits with a reorg every 15."""
+    canonical = extend(None, 1, number=1, n_txs=5)
+    notes = [ChainCommitted(chain(canonical))]
+    i = 0
+    while len(notes) < 120:
+        i += 1
+        if i % 15 == 0:
+            old = canonical[-3:]
+            new = extend(canonical[-4], 4, salt=("r", i), n_txs=5)
+            notes.append(ChainReorged(chain(old), chain(new)))
+            canonical = canonical[:-3] + new
+        else:
+            b = extend(canonical[-1], 1, salt=i, n_txs=5)
+            notes.append(ChainCommitted(chain(b)))
+            canonical += b
+    with ReplayWriter(path) as w:
+        for n in notes:
+            w.write(n)
+    return notes, canonical
+
+
+def test_kill_9_at_any_moment_loses_and_duplicates_nothing(tmp_path):
+    notes, canonical = long_history(tmp_path / "history.mnr")
+    cfg = config(tmp_path, 'kind = "replay"\npath = "history.mnr"')
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    kills = 0
+    for delay in (0.9, 1.3, 1.1, 1.6, 1.2):
+        proc = subprocess.Popen([*MONMOUTH, "run", "--config", str(cfg)], env=env, cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(delay)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait(10)
+    final = subprocess.run([*MONMOUTH, "replay", str(tmp_path / "history.mnr"), "--config", str(cfg)], env=env,
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert final.returncode == 0, final.stderr
+    assert kills >= 2
+    live = make_engine(tmp_path / "db.sqlite", {"ledger": ledger})
+    ref = make_engine(tmp_path / "ref.sqlite", {"ledger": ledger})
+    for n in notes:
+        ref.apply(n)
+    assert live.head == canonical[-1].ref
+    assert dump(live.conn) == dump(ref.conn)
+    assert live.notifications_seen == len(notes)  # each notification committed exactly once
+
+
+def test_status_json_and_plugins_offline(tmp_path):
+    _, canonical = long_history(tmp_path / "history.mnr")
+    cfg = config(tmp_path, 'kind = "replay"\npath = "history.mnr"')
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([*MONMOUTH, "replay", "history.mnr", "--config", str(cfg)], env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    st = json.loads(subprocess.run([*MONMOUTH, "status", "--json", "--config", str(cfg)], env=env, cwd=tmp_path,
+                                   capture_output=True, text=True, check=True).stdout)
+    assert st["head"] == {"number": canonical[-1].number, "hash": "0x" + canonical[-1].hash.hex()}
+    assert {"finalized", "source_head", "lag", "plugins"} <= set(st)
+    assert st["plugins"]["ledger"]["state"] == "enabled"
+    out = subprocess.run([*MONMOUTH, "plugins", "--config", str(cfg)], env=env, cwd=tmp_path, capture_output=True,
+                         text=True, check=True).stdout
+    assert "ledger" in out and "enabled" in out
+
+
+def test_bad_config_is_refused_naming_key_and_file(tmp_path):
+    p = tmp_path / "config.toml"
+    p.write_text("[source]\nkind = 'smoke-signals'\n")
+    r = subprocess.run([*MONMOUTH, "run", "--config", str(p)], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "source.kind" in r.stderr and str(p) in r.stderr
+
+
+@pytest.mark.anvil
+def test_record_from_a_real_node_then_replay(tmp_path, anvil):
+    anvil.traffic(6, txs_per_block=2)
+    anvil.reorg(2, txs=1)
+    cfg = config(tmp_path, f'kind = "rpc"\nurl = "{anvil.url}"\npoll_interval = 0.05\nbatch_size = 3')
+    n, _ = anvil.head()
+    r = subprocess.run([*MONMOUTH, "record", "rec.mnr", "--config", str(cfg), "--until-block", str(n)],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    notes = [x for _, x, _ in read_notifications(tmp_path / "rec.mnr")]
+    assert notes[-1].new.tip.number == n and notes[0].new.first.number == 0
+    r = subprocess.run([*MONMOUTH, "replay", "rec.mnr", "--config", str(cfg)], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    live = make_engine(tmp_path / "db.sqlite", {"ledger": ledger})
+    assert live.head.number == n and "0x" + live.head.hash.hex() == anvil.head()[1]
