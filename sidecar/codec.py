@@ -31,7 +31,8 @@ from .types import (
     Transaction,
 )
 
-#: Largest frame accepted by default (bytes). A 30M-gas block full of calldata is ~2 MB; this leaves room for long chains.
+#: Largest frame accepted by default (bytes). A 30M-gas block full of calldata is ~2 MB; this leaves room
+#: for long chains.
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 
 KINDS = ("ChainCommitted", "ChainReorged", "ChainReverted")
@@ -200,52 +201,93 @@ def encode_notification(n: Notification, seq: int = 0) -> bytes:
 # ---------------------------------------------------------------------------- decode
 
 
-def log_from_wire(raw: Any, path: str) -> Log:
+# Decoding has a fast path (plain type and length checks, no string formatting) and a slow path that runs
+# only when the fast path finds something wrong, to build a message naming the exact field.
+
+_B = bytes
+
+
+def log_from_wire(raw: Any, parent: str, i: int) -> Log:
+    if type(raw) is dict:
+        addr, topics, data = raw.get("address"), raw.get("topics"), raw.get("data")
+        if (type(addr) is _B and len(addr) == 20 and type(data) is _B and type(topics) is list and len(topics) <= 4
+                and all(type(t) is _B and len(t) == 32 for t in topics)):
+            return Log(addr, tuple(topics), data)
+    path = f"{parent}[{i}]"
     m = _map(raw, path)
     try:
-        topics = tuple(_fixed(t, 32, f"{path}.topics[{i}]") for i, t in enumerate(_list(m["topics"], path + ".topics")))
+        topics = [_fixed(t, 32, f"{path}.topics[{i}]") for i, t in enumerate(_list(m["topics"], path + ".topics"))]
         if len(topics) > 4:
             raise CodecError(f"{path}.topics: {len(topics)} topics, at most 4 allowed")
-        return Log(_fixed(m["address"], 20, path + ".address"), topics, _bin(m["data"], path + ".data"))
+        return Log(_fixed(m["address"], 20, path + ".address"), tuple(topics), _bin(m["data"], path + ".data"))
     except KeyError as e:
         raise CodecError(f"{path}: missing field {e.args[0]!r}") from None
 
 
-def receipt_from_wire(raw: Any, path: str) -> Receipt:
-    m = _map(raw, path)
+def receipt_from_wire(raw: Any, parent: str, i: int) -> Receipt:
+    m = _map(raw, f"{parent}[{i}]")
     try:
-        logs = tuple(log_from_wire(lg, f"{path}.logs[{i}]") for i, lg in enumerate(_list(m["logs"], path + ".logs")))
+        raw_logs = m["logs"]
+        if type(raw_logs) is not list:
+            _list(raw_logs, f"{parent}[{i}].logs")
+        lp = f"{parent}[{i}].logs" if raw_logs else ""
+        logs = tuple([log_from_wire(lg, lp, k) for k, lg in enumerate(raw_logs)])
         ca = m.get("contract_address")
-        return Receipt(
-            _opt_uint(m["status"], path + ".status"),
-            _uint(m["cumulative_gas_used"], path + ".cumulative_gas_used"),
-            logs,
-            None if ca is None else _fixed(ca, 20, path + ".contract_address"),
-        )
+        status = m["status"]
+        cum = m["cumulative_gas_used"]
+        if not ((status is None or (type(status) is int and status >= 0)) and type(cum) is int and cum >= 0
+                and (ca is None or (type(ca) is _B and len(ca) == 20))):
+            path = f"{parent}[{i}]"
+            _opt_uint(status, path + ".status")
+            _uint(cum, path + ".cumulative_gas_used")
+            _fixed(ca, 20, path + ".contract_address")
+        return Receipt(status, cum, logs, ca)
     except KeyError as e:
-        raise CodecError(f"{path}: missing field {e.args[0]!r}") from None
+        raise CodecError(f"{parent}[{i}]: missing field {e.args[0]!r}") from None
 
 
-def tx_from_wire(raw: Any, path: str) -> Transaction:
-    m = _map(raw, path)
+def _fast_u256(raw: Any) -> int | None:
+    if type(raw) is _B and len(raw) <= 32 and raw[:1] != b"\x00":
+        return int.from_bytes(raw, "big")
+    return None
+
+
+def tx_from_wire(raw: Any, parent: str, i: int) -> Transaction:
+    m = _map(raw, f"{parent}[{i}]") if type(raw) is not dict else raw
     try:
-        to = m["to"]
-        return Transaction(
-            hash=_fixed(m["hash"], 32, path + ".hash"),
-            type=_uint(m["type"], path + ".type"),
-            sender=_fixed(m["sender"], 20, path + ".sender"),
-            to=None if to is None else _fixed(to, 20, path + ".to"),
-            value=_u256(m["value"], path + ".value"),
-            input=_bin(m["input"], path + ".input"),
-            nonce=_uint(m["nonce"], path + ".nonce"),
-            gas_limit=_uint(m["gas_limit"], path + ".gas_limit"),
-            gas_price=_opt_u256(m.get("gas_price"), path + ".gas_price"),
-            max_fee_per_gas=_opt_u256(m.get("max_fee_per_gas"), path + ".max_fee_per_gas"),
-            max_priority_fee_per_gas=_opt_u256(m.get("max_priority_fee_per_gas"), path + ".max_priority_fee_per_gas"),
-            chain_id=_opt_uint(m.get("chain_id"), path + ".chain_id"),
-        )
+        h, sender, to, inp = m["hash"], m["sender"], m["to"], m["input"]
+        type_, nonce, gas = m["type"], m["nonce"], m["gas_limit"]
+        value = _fast_u256(m["value"])
+        gp, mf, mp, cid = (m.get("gas_price"), m.get("max_fee_per_gas"), m.get("max_priority_fee_per_gas"),
+                           m.get("chain_id"))
+        ok = (type(h) is _B and len(h) == 32 and type(sender) is _B and len(sender) == 20
+              and (to is None or (type(to) is _B and len(to) == 20)) and type(inp) is _B and value is not None
+              and type(type_) is int and type_ >= 0 and type(nonce) is int and nonce >= 0
+              and type(gas) is int and gas >= 0 and (cid is None or (type(cid) is int and cid >= 0)))
+        fees = [None if f is None else _fast_u256(f) for f in (gp, mf, mp)]
+        if not ok or any(f is None and r is not None for f, r in zip(fees, (gp, mf, mp), strict=True)):
+            return _tx_slow(m, f"{parent}[{i}]")
+        return Transaction(h, type_, sender, to, value, inp, nonce, gas, fees[0], fees[1], fees[2], cid)
     except KeyError as e:
-        raise CodecError(f"{path}: missing field {e.args[0]!r}") from None
+        raise CodecError(f"{parent}[{i}]: missing field {e.args[0]!r}") from None
+
+
+def _tx_slow(m: dict[str, Any], path: str) -> Transaction:
+    to = m["to"]
+    return Transaction(
+        hash=_fixed(m["hash"], 32, path + ".hash"),
+        type=_uint(m["type"], path + ".type"),
+        sender=_fixed(m["sender"], 20, path + ".sender"),
+        to=None if to is None else _fixed(to, 20, path + ".to"),
+        value=_u256(m["value"], path + ".value"),
+        input=_bin(m["input"], path + ".input"),
+        nonce=_uint(m["nonce"], path + ".nonce"),
+        gas_limit=_uint(m["gas_limit"], path + ".gas_limit"),
+        gas_price=_opt_u256(m.get("gas_price"), path + ".gas_price"),
+        max_fee_per_gas=_opt_u256(m.get("max_fee_per_gas"), path + ".max_fee_per_gas"),
+        max_priority_fee_per_gas=_opt_u256(m.get("max_priority_fee_per_gas"), path + ".max_priority_fee_per_gas"),
+        chain_id=_opt_uint(m.get("chain_id"), path + ".chain_id"),
+    )
 
 
 def block_from_wire(raw: Any, path: str = "block") -> Block:
@@ -256,6 +298,7 @@ def block_from_wire(raw: Any, path: str = "block") -> Block:
         rcs = _list(m["receipts"], path + ".receipts")
         if len(txs) != len(rcs):
             raise CodecError(f"{path}: {len(txs)} transactions but {len(rcs)} receipts")
+        tp, rp = path + ".transactions", path + ".receipts"
         return Block(
             number=_uint(m["number"], path + ".number"),
             hash=_fixed(m["hash"], 32, path + ".hash"),
@@ -265,8 +308,8 @@ def block_from_wire(raw: Any, path: str = "block") -> Block:
             gas_limit=_uint(m["gas_limit"], path + ".gas_limit"),
             gas_used=_uint(m["gas_used"], path + ".gas_used"),
             base_fee_per_gas=_opt_u256(m.get("base_fee_per_gas"), path + ".base_fee_per_gas"),
-            transactions=tuple(tx_from_wire(t, f"{path}.transactions[{i}]") for i, t in enumerate(txs)),
-            receipts=tuple(receipt_from_wire(r, f"{path}.receipts[{i}]") for i, r in enumerate(rcs)),
+            transactions=tuple([tx_from_wire(t, tp, i) for i, t in enumerate(txs)]),
+            receipts=tuple([receipt_from_wire(r, rp, i) for i, r in enumerate(rcs)]),
         )
     except KeyError as e:
         raise CodecError(f"{path}: missing field {e.args[0]!r}") from None

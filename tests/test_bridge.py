@@ -1,0 +1,415 @@
+"""Cross-language tests: the Python sidecar (engine + ``exex`` source) against the Rust ``bridge-replay``
+binary over real ZeroMQ sockets.
+
+Every scenario ends by comparing the sidecar's database with a fresh index of the final canonical chain:
+a lost block or a block applied twice (or a reorg applied wrong) shows up as a difference in the ledger
+plugin's balances and transfers.
+
+The binary is ``bridge/target/release/bridge-replay``; it is built once per session with
+``cargo build --release`` if missing (the tests are skipped, with the reason, only when cargo is absent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+from monmouth import wire
+from monmouth.app import EngineView
+from monmouth.replayfile import ReplayWriter
+from monmouth.sources.exex import ExExSource
+from monmouth.testing import chain, extend
+from monmouth.types import Block, ChainCommitted, ChainReorged, ChainReverted, Notification
+
+from tests.conftest import make_engine
+from tests.plugins import ledger
+
+pytestmark = pytest.mark.bridge
+
+ROOT = Path(__file__).resolve().parents[1]
+BRIDGE_DIR = ROOT / "bridge"
+BINARY = BRIDGE_DIR / "target" / "release" / "bridge-replay"
+PLUGIN_TABLES = ("ledger_transfers", "ledger_balances", "ledger_block_stats")
+
+
+@pytest.fixture(scope="session")
+def bridge_bin() -> Path:
+    if not BINARY.exists() or os.environ.get("MONMOUTH_REBUILD_BRIDGE"):
+        if shutil.which("cargo") is None:
+            pytest.skip("cargo is not installed, so bridge-replay cannot be built (see bridge/README.md)")
+        subprocess.run(["cargo", "build", "--release", "--bin", "bridge-replay"], cwd=BRIDGE_DIR, check=True,
+                       timeout=1200)
+    return BINARY
+
+
+# ------------------------------------------------------------------------------------------------ chains
+
+
+def scenario(steps: int, *, seed: str, txs: int = 2, forks: bool = True) -> tuple[list[Notification], list[Block]]:
+    """A notification stream (commits, and with ``forks`` reorgs and reverts) and the final canonical chain."""
+    rng = random.Random(seed)
+    canonical = extend(None, 2, number=1, salt=seed, n_txs=txs)
+    out: list[Notification] = [ChainCommitted(chain(canonical))]
+    for i in range(steps):
+        r = rng.random()
+        if forks and r < 0.15 and len(canonical) > 4:
+            depth = rng.randint(1, 3)
+            old, base = canonical[-depth:], canonical[-depth - 1]
+            new = extend(base, rng.randint(1, 4), salt=(seed, "fork", i), n_txs=txs)
+            out.append(ChainReorged(chain(old), chain(new)))
+            canonical = canonical[:-depth] + new
+        elif forks and r < 0.22 and len(canonical) > 4:
+            depth = rng.randint(1, 2)
+            out.append(ChainReverted(chain(canonical[-depth:])))
+            canonical = canonical[:-depth]
+        else:
+            new = extend(canonical[-1], rng.randint(1, 3), salt=(seed, i), n_txs=txs)
+            out.append(ChainCommitted(chain(new)))
+            canonical += new
+    return out, canonical
+
+
+def write_replay(path: Path, notifications: list[Notification]) -> Path:
+    with ReplayWriter(path) as w:
+        for i, n in enumerate(notifications, 1):
+            w.write(n, i)
+    return path
+
+
+def dump(conn: Any) -> dict[str, list[tuple[Any, ...]]]:
+    return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall()) for t in PLUGIN_TABLES}
+
+
+def reference(tmp: Path, canonical: list[Block]) -> dict[str, list[tuple[Any, ...]]]:
+    eng = make_engine(tmp / "reference.sqlite", {"ledger": ledger})
+    try:
+        eng.apply(ChainCommitted(chain(canonical)))
+        return dump(eng.conn)
+    finally:
+        eng.host.shutdown()
+        eng.close()
+
+
+def assert_same_as_fresh_index(db: Path, tmp: Path, canonical: list[Block]) -> None:
+    eng = make_engine(db, {"ledger": ledger})
+    try:
+        assert eng.head == canonical[-1].ref
+        assert dump(eng.conn) == reference(tmp, canonical)
+    finally:
+        eng.host.shutdown()
+        eng.close()
+
+
+# ------------------------------------------------------------------------------------------------ processes
+
+
+class Bridge:
+    """A ``bridge-replay`` process."""
+
+    def __init__(self, binary: Path, file: Path, endpoint: str, *extra: str, heartbeat_ms: int = 200) -> None:
+        args = [str(binary), "--file", str(file), "--endpoint", endpoint, "--heartbeat-ms", str(heartbeat_ms),
+                "--log-level", "warn", *extra]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line, f"bridge-replay did not start: {self.proc.stderr.read() if self.proc.stderr else ''}"
+        self.listening = json.loads(line)
+        self.endpoint = self.listening["endpoint"]
+
+    def summary(self, timeout: float = 30) -> dict[str, Any]:
+        self.proc.wait(timeout)
+        assert self.proc.stdout is not None
+        lines = [json.loads(x) for x in self.proc.stdout.read().splitlines() if x.strip()]
+        return next(x for x in lines if x.get("event") == "summary")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def bridges() -> Iterator[list[Bridge]]:
+    started: list[Bridge] = []
+    yield started
+    for b in started:
+        b.kill()
+
+
+async def follow(db: Path, url: str, window: int, done: Any, timeout: float = 60, **kw: Any) -> ExExSource:
+    """Run an in-process sidecar (engine + exex source) until ``done()`` is true."""
+    eng = make_engine(db, {"ledger": ledger})
+    src = ExExSource(url, window=window, heartbeat_s=0.2, max_backoff=0.4, **kw)
+    view = EngineView(eng)
+
+    async def consume() -> None:
+        async for d in src.stream(view):
+            res = eng.apply(d.notification, d.token)
+            await src.ack(d, res.head)
+
+    task = asyncio.get_running_loop().create_task(consume())
+    try:
+        deadline = time.monotonic() + timeout
+        while not done():
+            if task.done():
+                task.result()
+                raise AssertionError("the sidecar stopped early")
+            assert time.monotonic() < deadline, f"timed out; source status: {src.status()}"
+            await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await src.aclose()
+        eng.host.shutdown()
+        eng.close()
+    return src
+
+
+# ------------------------------------------------------------------------------------------------ tests
+
+
+@pytest.mark.parametrize("window", [1, 64])
+def test_commit_stream(bridge_bin: Path, tmp_path: Path, bridges: list[Bridge], window: int) -> None:
+    ns, canonical = scenario(40, seed=f"commit-{window}", forks=False)
+    b = Bridge(bridge_bin, write_replay(tmp_path / "r.mnmrp", ns), f"ipc://{tmp_path}/b.sock", "--exit-when-acked")
+    bridges.append(b)
+    src = asyncio.run(follow(tmp_path / "db.sqlite", b.endpoint, window, lambda: b.proc.poll() is not None))
+    s = b.summary()
+    assert s["end"] == "drained" and s["acked"] == len(ns) and s["resent"] == 0 and s["bad_frames"] == 0
+    assert src.received == len(ns) and src.acks_sent == len(ns) and src.refused == {}
+    assert_same_as_fresh_index(tmp_path / "db.sqlite", tmp_path, canonical)
+
+
+@pytest.mark.parametrize("window", [1, 64])
+def test_reorgs_and_reverts(bridge_bin: Path, tmp_path: Path, bridges: list[Bridge], window: int) -> None:
+    ns, canonical = scenario(80, seed=f"forks-{window}")
+    kinds = {n.kind for n in ns}
+    assert kinds == {"ChainCommitted", "ChainReorged", "ChainReverted"}
+    b = Bridge(bridge_bin, write_replay(tmp_path / "r.mnmrp", ns), f"ipc://{tmp_path}/b.sock", "--exit-when-acked")
+    bridges.append(b)
+    asyncio.run(follow(tmp_path / "db.sqlite", b.endpoint, window, lambda: b.proc.poll() is not None))
+    assert b.summary()["acked"] == len(ns)
+    assert_same_as_fresh_index(tmp_path / "db.sqlite", tmp_path, canonical)
+
+
+def test_garbage_frames_from_the_bridge_are_refused_and_never_applied(
+        bridge_bin: Path, tmp_path: Path, bridges: list[Bridge]) -> None:
+    ns, canonical = scenario(30, seed="garbage")
+    b = Bridge(bridge_bin, write_replay(tmp_path / "r.mnmrp", ns), f"ipc://{tmp_path}/b.sock", "--exit-when-acked",
+               "--garbage-every", "3")
+    bridges.append(b)
+    errors: list[tuple[str, str]] = []
+    src = asyncio.run(follow(tmp_path / "db.sqlite", b.endpoint, 8, lambda: b.proc.poll() is not None,
+                             on_error=lambda code, msg: errors.append((code, msg))))
+    s = b.summary()
+    assert s["garbage_sent"] == len(ns) // 3
+    assert sum(src.refused.values()) == s["garbage_sent"] == s["errors_received"]
+    assert set(src.refused) == {"malformed", "unknown_type"}
+    assert len(errors) == s["garbage_sent"] and all(msg for _, msg in errors)
+    assert_same_as_fresh_index(tmp_path / "db.sqlite", tmp_path, canonical)
+
+
+def test_garbage_frames_to_the_bridge_are_answered_with_error(bridge_bin: Path, tmp_path: Path,
+                                                               bridges: list[Bridge]) -> None:
+    ns, _ = scenario(3, seed="to-bridge", forks=False)
+    b = Bridge(bridge_bin, write_replay(tmp_path / "r.mnmrp", ns), f"ipc://{tmp_path}/b.sock")
+    bridges.append(b)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 5000)
+    sock.connect(b.endpoint)
+
+    def next_non_heartbeat() -> wire.Message:
+        while True:
+            msg = wire.decode(sock.recv())
+            if not isinstance(msg, wire.Heartbeat):
+                return msg
+
+    try:
+        for garbage, code in [(b"\xc1", "malformed"), (b"\x81\xa4type\xa3foo", "unknown_type"),
+                              (wire.encode(wire.Hello(2, None, 8, "future")), "unsupported_version"),
+                              (wire.encode(wire.Ack(1, None)), "unexpected")]:
+            sock.send(garbage)
+            msg = next_non_heartbeat()
+            assert isinstance(msg, wire.Error) and msg.code == code, msg
+        sock.send(wire.encode(wire.Hello(1, None, 4, "test")))
+        welcome = next_non_heartbeat()
+        assert isinstance(welcome, wire.Welcome) and welcome.version == 1 and welcome.epoch
+        first = next_non_heartbeat()
+        assert isinstance(first, wire.NotificationMsg) and first.seq == 1
+    finally:
+        sock.close(0)
+        ctx.term()
+
+
+CHILD = textwrap.dedent("""
+    import asyncio, json, sys
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[1])
+    from tests.conftest import make_engine
+    from tests.plugins import ledger
+    from monmouth.app import EngineView
+    from monmouth.sources.exex import ExExSource
+
+    db, url, window = Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+    engine = make_engine(db, {"ledger": ledger})
+    src = ExExSource(url, window=window, heartbeat_s=0.2, max_backoff=0.4)
+
+    async def main():
+        async for d in src.stream(EngineView(engine)):
+            res = engine.apply(d.notification, d.token)
+            print(json.dumps({"seq": d.token["seq"], "applied": res.applied}), flush=True)
+            await src.ack(d, res.head)
+
+    asyncio.run(main())
+""")
+
+
+class Sidecar:
+    """A sidecar in a child process (so that it can be killed with SIGKILL)."""
+
+    def __init__(self, db: Path, url: str, window: int) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", CHILD, str(ROOT), str(db), url, str(window)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+        self.lines: list[dict[str, Any]] = []
+
+    def read_until(self, n: int, timeout: float = 60) -> None:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while len(self.lines) < n:
+            assert time.monotonic() < deadline, f"only {len(self.lines)} notifications applied"
+            line = self.proc.stdout.readline()
+            assert line, "the sidecar exited"
+            self.lines.append(json.loads(line))
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+
+@pytest.mark.parametrize("window", [1, 64])
+def test_sidecar_killed_and_restarted_mid_stream(bridge_bin: Path, tmp_path: Path, bridges: list[Bridge],
+                                                  window: int) -> None:
+    ns, canonical = scenario(120, seed=f"kill-{window}")
+    b = Bridge(bridge_bin, write_replay(tmp_path / "r.mnmrp", ns), f"ipc://{tmp_path}/b.sock", "--exit-when-acked",
+               "--rate", "400")
+    bridges.append(b)
+    db = tmp_path / "db.sqlite"
+    applied: list[dict[str, Any]] = []
+    try:
+        for kill_after in (15, 30):
+            sc = Sidecar(db, b.endpoint, window)
+            sc.read_until(kill_after)
+            sc.kill()
+            applied += sc.lines
+        sc = Sidecar(db, b.endpoint, window)
+        b.proc.wait(60)
+        sc.kill()
+        assert sc.proc.stdout is not None
+        applied += sc.lines + [json.loads(x) for x in sc.proc.stdout.read().splitlines() if x.strip()]
+    finally:
+        b.kill()
+    s = b.summary()
+    print(s)
+    assert s["end"] == "drained" and s["acked"] == len(ns) and s["sessions"] >= 3
+    # Every notification was applied exactly once (re-deliveries are skipped, never re-applied).
+    assert sorted(x["seq"] for x in applied if x["applied"]) == list(range(1, len(ns) + 1))
+    assert_same_as_fresh_index(db, tmp_path, canonical)
+
+
+def test_bridge_restarted_mid_stream(bridge_bin: Path, tmp_path: Path, bridges: list[Bridge]) -> None:
+    ns, canonical = scenario(100, seed="bridge-restart")
+    file = write_replay(tmp_path / "r.mnmrp", ns)
+    endpoint = f"ipc://{tmp_path}/b.sock"
+    first = Bridge(bridge_bin, file, endpoint, "--rate", "300")
+    bridges.append(first)
+    seen: dict[str, Any] = {}
+
+    async def run() -> ExExSource:
+        loop = asyncio.get_running_loop()
+
+        async def restart() -> None:
+            await asyncio.sleep(0.12)
+            first.kill()
+            await asyncio.sleep(0.3)
+            second = Bridge(bridge_bin, file, endpoint, "--exit-when-acked")
+            bridges.append(second)
+            seen["second"] = second
+
+        task = loop.create_task(restart())
+        src = await follow(tmp_path / "db.sqlite", endpoint, 16,
+                           lambda: "second" in seen and seen["second"].proc.poll() is not None)
+        await task
+        return src
+
+    src = asyncio.run(run())
+    s = seen["second"].summary()
+    print(s, src.status())
+    assert s["end"] == "drained"
+    assert s["start_index"] > 0, "the restarted bridge resumed after the sidecar's head"
+    assert src.sessions >= 2 and src.reconnects >= 1
+    assert_same_as_fresh_index(tmp_path / "db.sqlite", tmp_path, canonical)
+
+
+def test_newer_bridge_version_is_refused(tmp_path: Path) -> None:
+    """A bridge that answers with a newer protocol version stops the source with a clear SourceError."""
+    from monmouth.errors import SourceError
+
+    endpoint = f"ipc://{tmp_path}/fake.sock"
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind(endpoint)
+
+    def fake_bridge() -> None:
+        ident, frame = router.recv_multipart()
+        assert isinstance(wire.decode(frame), wire.Hello)
+        router.send_multipart([ident, wire.codec.packb({"type": "welcome", "version": 2, "chain_id": 1,
+                                                        "node": "future", "heartbeat_ms": 1000, "epoch": 1})])
+        ident, frame = router.recv_multipart()
+        err = wire.decode(frame)
+        assert isinstance(err, wire.Error) and err.code == "unsupported_version"
+
+    async def run() -> None:
+        eng = make_engine(tmp_path / "db.sqlite", {"ledger": ledger})
+        src = ExExSource(endpoint, window=4)
+        t = asyncio.get_running_loop().run_in_executor(None, fake_bridge)
+        try:
+            with pytest.raises(SourceError, match="version 2"):
+                async for _ in src.stream(EngineView(eng)):
+                    pass
+            await asyncio.wait_for(t, 5)
+        finally:
+            await src.aclose()
+            eng.host.shutdown()
+            eng.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        router.close(0)
+        ctx.term()
