@@ -1,0 +1,1271 @@
+"""The memory runtime: agents, items, chain-derived episodes, anchoring, roots, proofs, recall and forget.
+
+One :class:`Memory` exists per enabled plugin instance (per database). The chain hooks call
+:meth:`Memory.apply_block` / :meth:`Memory.revert_block` with the engine's connection; everything else
+(API, CLI, workers) runs outside the engine and writes only off-chain tables (see :mod:`.schema`).
+
+Anchoring: an API write appends an op to ``memory_ops`` and is visible at once through get/list/recall, but it
+enters the agent's Merkle root at the next applied block, whose chain hook anchors every pending op (the item's
+*anchor* is that block). If that block is reverted, the journal rewinds ``memory_sync`` and the op is anchored
+again by the next block of the new chain.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import apsw
+import msgpack
+import numpy as np
+from eth_hash.auto import keccak
+
+from . import merkle
+from .config import MemoryConfig
+from .crypto import AgentKey, KeyStore, MissingKeyError
+from .errors import ConflictError, GoneError, MemoryRequestError, NotFoundError, UnknownAgentError
+from .schema import (
+    END_DELETED,
+    END_EXPIRED,
+    END_NAMES,
+    END_SUPERSEDED,
+    EPISODE_SHIFT,
+    KIND_NAMES,
+    KINDS,
+    OP_DELETE,
+    OP_PUT,
+    ORIGINS,
+)
+
+log = logging.getLogger(__name__)
+
+TRANSFER_TOPIC = keccak(b"Transfer(address,address,uint256)")
+TX_LOG_INDEX = 0xFFFFFFFF
+MAX_TAGS = 32
+MAX_TAG_LEN = 64
+MAX_KEY_LEN = 256
+EMBED_DIM = 384
+
+#: Journaled tables and the column index of their agent (for scrubbing undo changesets on forget).
+AGENT_COLUMN = {
+    "memory_items": 2, "memory_tags": 0, "memory_ops": 1, "memory_leaves": 0, "memory_roots": 0, "memory_heads": 0,
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def parse_address(value: str, field: str = "agent") -> bytes:
+    """``0x``-prefixed 20-byte hex address to bytes.
+
+    Raises:
+        MemoryRequestError: malformed (400, naming ``field``).
+    """
+    v = value.strip()
+    if v[:2].lower() == "0x":
+        v = v[2:]
+    if len(v) != 40:
+        raise MemoryRequestError(field, f"{value!r} is not a 20-byte hex address")
+    try:
+        return bytes.fromhex(v)
+    except ValueError:
+        raise MemoryRequestError(field, f"{value!r} is not a 20-byte hex address") from None
+
+
+def parse_id(value: str, field: str = "id") -> bytes:
+    """``0x``-prefixed 32-byte hex item id to bytes.
+
+    Raises:
+        MemoryRequestError: malformed (400 naming ``field``).
+    """
+    v = value[2:] if value[:2].lower() == "0x" else value
+    try:
+        b = bytes.fromhex(v)
+    except ValueError:
+        b = b""
+    if len(b) != 32:
+        raise MemoryRequestError(field, f"{value!r} is not a 32-byte hex id")
+    return b
+
+
+def hx(b: bytes | None) -> str | None:
+    return None if b is None else "0x" + b.hex()
+
+
+def canonical_json(value: Any) -> str:
+    """Canonical JSON (sorted keys, no spaces, UTF-8 kept): the metadata encoding inside commitments."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def aad(agent: bytes, item_id: bytes, version: int) -> bytes:
+    """AES-GCM associated data binding a ciphertext to its row."""
+    return agent + item_id + version.to_bytes(4, "big")
+
+
+def episode_id(agent: bytes, tx_hash: bytes, log_index: int) -> bytes:
+    """The stable id of a chain-derived episode: ``keccak256("monmouth.memory.episode.v1" || agent || tx hash ||
+    uint32 log index)`` (log index ``0xffffffff`` for the transaction itself)."""
+    return keccak(b"monmouth.memory.episode.v1" + agent + tx_hash + log_index.to_bytes(4, "big"))
+
+
+def _eth(wei: int) -> str:
+    whole, frac = divmod(wei, 10**18)
+    s = f"{whole}.{frac:018d}".rstrip("0").rstrip(".")
+    return f"{s} ETH"
+
+
+def plain_render_tx(block: Any, index: int) -> str:
+    """A plain, deterministic English rendering of transaction ``index`` of ``block`` (used when the rag
+    plugin, which decodes calldata and events, is not enabled)."""
+    tx = block.transactions[index]
+    rc = block.receipts[index] if index < len(block.receipts) else None
+    status = "unknown status" if rc is None or rc.status is None else ("succeeded" if rc.status else "failed")
+    to = f"to 0x{tx.to.hex()}" if tx.to is not None else "creating a contract"
+    sel = f"; calls selector 0x{tx.selector.hex()}" if tx.selector else ""
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(block.timestamp))
+    return (f"Block {block.number} at {when}: transaction 0x{tx.hash.hex()} from 0x{tx.sender.hex()} {to}, "
+            f"value {_eth(tx.value)}, nonce {tx.nonce}{sel}; it {status}.")
+
+
+def render_transfer(block: Any, index: int, log_index: int, frm: bytes, to: bytes, lg: Any) -> str:
+    """A plain rendering of an ERC-20 (3 topics) or ERC-721 (4 topics) ``Transfer`` event."""
+    tx = block.transactions[index]
+    if len(lg.topics) == 4:
+        what = f"token id {int.from_bytes(lg.topics[3], 'big')} of collection 0x{lg.address.hex()}"
+    else:
+        amount = int.from_bytes(lg.data[:32], "big") if lg.data else 0
+        what = f"{amount} base units of token 0x{lg.address.hex()}"
+    return (f"Block {block.number}: token transfer (log {log_index} of transaction 0x{tx.hash.hex()}) of {what} "
+            f"from 0x{frm.hex()} to 0x{to.hex()}.")
+
+
+@dataclass(slots=True)
+class Episode:
+    agent: bytes
+    item_id: bytes
+    text: str
+    tags: list[str]
+    meta: dict[str, Any]
+
+
+class _LRU(OrderedDict[Any, Any]):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+        self.lock = threading.Lock()
+
+    def get_(self, key: Any) -> Any:
+        with self.lock:
+            v = self.get(key)
+            if v is not None:
+                self.move_to_end(key)
+            return v
+
+    def put(self, key: Any, value: Any) -> None:
+        with self.lock:
+            self[key] = value
+            self.move_to_end(key)
+            while len(self) > self.size:
+                self.popitem(last=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class Memory:
+    """The memory plugin's runtime for one database.
+
+    Args:
+        config: the validated ``[plugins.memory]`` section.
+        db: the sidecar database (``monmouth.store.Database``).
+        host: the plugin host (to find the rag plugin), or ``None``.
+        settings: the whole settings (config hash in checkpoint manifests), or ``None``.
+    """
+
+    def __init__(self, config: MemoryConfig, db: Any, host: Any = None, settings: Any = None) -> None:
+        self.config = config
+        self.db = db
+        self.host = host
+        self.settings = settings
+        base = Path(db.path).resolve().parent
+        self.key_dir = self._resolve(base, config.key_dir)
+        self.checkpoint_dir = self._resolve(base, config.checkpoint_dir)
+        self.keys = KeyStore(config.key_source, self.key_dir, config.key_env_prefix)
+        self._trees = _LRU(512)
+        self._vec_cache = _LRU(64)
+        self.stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._wake = threading.Event()
+        self.embedded = 0
+        self.key_errors = 0
+        self._ckpt_lock = threading.Lock()
+        self._last_auto_ckpt: int | None = None
+
+    @staticmethod
+    def _resolve(base: Path, p: str) -> Path:
+        path = Path(p).expanduser()
+        return path if path.is_absolute() else base / path
+
+    # ------------------------------------------------------------------------------------------------ lifecycle
+    def start(self, workers: bool = True) -> None:
+        """Register config agents, re-apply forget tombstones, and start the embedding worker."""
+        with self._write() as conn:
+            for a in self.config.agents:
+                agent = parse_address(a, "plugins.memory.agents")
+                row = conn.execute("SELECT forgotten_at FROM memory_agents WHERE address = ?", (agent,)).fetchone()
+                if row is None:
+                    self.keys.create(agent)
+                    conn.execute("INSERT INTO memory_agents (address, label, source, created_at) VALUES (?, ?, ?, ?)",
+                                 (agent, None, "config", time.time()))
+                elif row[0] is not None:
+                    log.warning("agent 0x%s in config.toml was forgotten; not re-registering it", agent.hex())
+        for agent in self.tombstones():
+            row = self.db.reader().execute(
+                "SELECT forgotten_at FROM memory_agents WHERE address = ?", (agent,)).fetchone()
+            if row is not None and row[0] is None:
+                log.warning("agent 0x%s was forgotten after this database was taken; purging it again", agent.hex())
+                self._purge(agent)
+        if workers and self.config.embed:
+            t = threading.Thread(target=self._embed_loop, name="memory-embed", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        """Stop background threads (waits up to 5 s each)."""
+        self.stopping.set()
+        self._wake.set()
+        for t in self._threads:
+            t.join(timeout=5)
+        self._threads.clear()
+
+    @property
+    def rag(self) -> Any:
+        return self.host.get("rag") if self.host is not None else None
+
+    # ------------------------------------------------------------------------------------------------ db helpers
+    class _Write:
+        def __init__(self, mem: Memory) -> None:
+            self.mem = mem
+
+        def __enter__(self) -> apsw.Connection:
+            conn = self.mem.db.reader()
+            conn.pragma("secure_delete", 1)
+            conn.execute("BEGIN IMMEDIATE")
+            self.conn = conn
+            return conn
+
+        def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
+            self.conn.execute("ROLLBACK" if et is not None else "COMMIT")
+
+    def _write(self) -> Memory._Write:
+        return Memory._Write(self)
+
+    def _read(self) -> apsw.Connection:
+        return self.db.reader()
+
+    def head(self, conn: apsw.Connection | None = None) -> tuple[int | None, bytes | None]:
+        """The engine's durable head ``(number, hash)``."""
+        row = (conn or self._read()).execute("SELECT number, hash FROM monmouth_cursor WHERE id = 1").fetchone()
+        return (row[0], row[1]) if row else (None, None)
+
+    def key(self, agent: bytes) -> AgentKey:
+        """The agent's key.
+
+        Raises:
+            UnknownAgentError: not registered, forgotten, or its key is missing.
+        """
+        try:
+            return self.keys.get(agent)
+        except MissingKeyError as e:
+            raise UnknownAgentError("agent", str(e)) from None
+
+    def check_agent(self, agent: bytes, conn: apsw.Connection | None = None) -> None:
+        """Raises :class:`UnknownAgentError` (404, field ``agent``) unless ``agent`` is registered and not forgotten."""
+        row = (conn or self._read()).execute(
+            "SELECT forgotten_at FROM memory_agents WHERE address = ?", (agent,)).fetchone()
+        if row is None:
+            raise UnknownAgentError("agent", f"0x{agent.hex()} is not a registered agent")
+        if row[0] is not None:
+            raise UnknownAgentError("agent", f"0x{agent.hex()} was forgotten")
+
+    # ------------------------------------------------------------------------------------------------ agents
+    def register(self, agent: bytes, label: str | None = None, source: str = "api") -> dict[str, Any]:
+        """Register an agent (idempotent) and create its key. A forgotten agent may be registered again: it gets
+        a fresh key and an empty memory.
+
+        Raises:
+            MemoryRequestError: ``env`` key source and no key in the environment (field ``agent``).
+        """
+        try:
+            self.keys.create(agent)
+        except MissingKeyError as e:
+            raise MemoryRequestError("agent", str(e)) from None
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO memory_agents (address, label, source, created_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (address) DO UPDATE SET forgotten_at = NULL, label = coalesce(excluded.label, label)",
+                (agent, label, source, time.time()))
+        if self.config.key_source == "file":
+            self._untombstone(agent)
+        return self.agent_info(agent)
+
+    def agent_info(self, agent: bytes) -> dict[str, Any]:
+        conn = self._read()
+        row = conn.execute("SELECT label, source, created_at, forgotten_at FROM memory_agents WHERE address = ?",
+                           (agent,)).fetchone()
+        if row is None:
+            raise UnknownAgentError("agent", f"0x{agent.hex()} is not a registered agent")
+        items = conn.execute("SELECT count(*) FROM memory_items WHERE agent = ?", (agent,)).fetchone()[0]
+        h = conn.execute("SELECT root, count, block_number FROM memory_heads WHERE agent = ?", (agent,)).fetchone()
+        return {"address": hx(agent), "label": row[0], "source": row[1], "created_at": row[2],
+                "forgotten_at": row[3], "items": items,
+                "root": hx(h[0]) if h else hx(merkle.EMPTY_ROOT), "visible": h[1] if h else 0,
+                "root_block": h[2] if h else None}
+
+    def agents(self) -> list[dict[str, Any]]:
+        rows = self._read().execute(
+            "SELECT address FROM memory_agents WHERE forgotten_at IS NULL ORDER BY created_at, address").fetchall()
+        return [self.agent_info(r[0]) for r in rows]
+
+    # ------------------------------------------------------------------------------------------------ validation
+    def _validate(self, kind: str | None, content: bytes | None, key: str | None, tags: Sequence[str] | None,
+                  metadata: Any, ttl_seconds: int | None, ttl_blocks: int | None) -> None:
+        c = self.config
+        if kind is not None and kind not in KINDS:
+            raise MemoryRequestError("kind", f"must be one of {', '.join(KINDS)} (got {kind!r})", 422)
+        if content is not None and len(content) > c.max_content_bytes:
+            raise MemoryRequestError("content", f"{len(content)} bytes exceeds the limit of {c.max_content_bytes}",
+                                     413)
+        if key is not None and len(key) > MAX_KEY_LEN:
+            raise MemoryRequestError("key", f"longer than {MAX_KEY_LEN} characters", 422)
+        if tags is not None:
+            if not isinstance(tags, list | tuple) or not all(isinstance(t, str) for t in tags):
+                raise MemoryRequestError("tags", "must be a list of strings", 422)
+            if len(tags) > MAX_TAGS or any(len(t) > MAX_TAG_LEN or not t for t in tags):
+                raise MemoryRequestError("tags", f"at most {MAX_TAGS} non-empty tags of up to {MAX_TAG_LEN} characters",
+                                         422)
+        if metadata is not None:
+            if not isinstance(metadata, dict):
+                raise MemoryRequestError("metadata", "must be a JSON object", 422)
+            if len(canonical_json(metadata).encode()) > c.max_content_bytes:
+                raise MemoryRequestError("metadata", f"larger than {c.max_content_bytes} bytes", 413)
+        for name, v, mx in (("ttl_seconds", ttl_seconds, c.max_ttl_seconds), ("ttl_blocks", ttl_blocks,
+                                                                              c.max_ttl_blocks)):
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0 or v > mx:
+                raise MemoryRequestError(name, f"must be an integer between 1 and {mx} (got {v!r})", 422)
+            if kind is not None and kind != "working":
+                raise MemoryRequestError(name, "only working memory expires", 422)
+        if ttl_seconds and ttl_blocks:
+            raise MemoryRequestError("ttl_blocks", "give ttl_seconds or ttl_blocks, not both", 422)
+
+    # ------------------------------------------------------------------------------------------------ items (API)
+    def _seal(self, k: AgentKey, agent: bytes, item_id: bytes, version: int, content: bytes, ctype: int, key: str,
+              tags: list[str], meta_json: str, ttl_s: int, ttl_b: int,
+              nonce: bytes | None = None) -> tuple[bytes, bytes, bytes]:
+        """``(commitment, nonce, ciphertext)`` of one item version."""
+        com = merkle.commitment(k.salt(item_id, version), ctype, content, key, tags, meta_json, ttl_s, ttl_b)
+        payload = msgpack.packb({"c": content, "t": ctype, "k": key, "g": tags, "m": meta_json})
+        n, ct = k.encrypt(payload, aad(agent, item_id, version), nonce)
+        return com, n, ct
+
+    def _index(self, conn: apsw.Connection, k: AgentKey, agent: bytes, n: int, text: str | None,
+               tags: Sequence[str]) -> None:
+        for t in dict.fromkeys(tags):
+            conn.execute("INSERT OR IGNORE INTO memory_tags (agent, tag, n) VALUES (?, ?, ?)",
+                         (agent, k.tag_hash(t), n))
+        if text:
+            conn.execute("INSERT INTO memory_fts (rowid, tokens) VALUES (?, ?)", (n, k.tokens(text)))
+        conn.execute("INSERT OR IGNORE INTO memory_embed_queue (n) VALUES (?)", (n,))
+
+    def _unindex(self, conn: apsw.Connection, agent: bytes, n: int) -> None:
+        conn.execute("DELETE FROM memory_tags WHERE n = ? AND agent = ?", (n, agent))
+        conn.execute("DELETE FROM memory_fts WHERE rowid = ?", (n,))
+        conn.execute("DELETE FROM memory_vectors WHERE n = ?", (n,))
+        conn.execute("DELETE FROM memory_embed_queue WHERE n = ?", (n,))
+
+    def store(self, agent: bytes, kind: str, content: bytes | str, *, key: str | None = None,
+              tags: Sequence[str] | None = None, metadata: dict[str, Any] | None = None,
+              ttl_seconds: int | None = None, ttl_blocks: int | None = None, item_id: bytes | None = None,
+              origin: int = 0) -> dict[str, Any]:
+        """Store a new memory item (off-chain; anchored at the next block).
+
+        Args:
+            content: text (``str``) or bytes.
+            item_id: keep a given id (imports); a random 32-byte id otherwise.
+
+        Raises:
+            UnknownAgentError: agent not registered (404, ``agent``).
+            MemoryRequestError: bad kind, oversized content, bad tags/metadata/TTL (4xx naming the field).
+            ConflictError: ``item_id`` already exists (409, ``id``).
+        """
+        ctype = 0 if isinstance(content, str) else 1
+        raw = content.encode() if isinstance(content, str) else bytes(content)
+        tags = list(tags or [])
+        self._validate(kind, raw, key, tags, metadata, ttl_seconds, ttl_blocks)
+        self.check_agent(agent)
+        k = self.key(agent)
+        item_id = item_id or os.urandom(32)
+        meta_json = canonical_json(metadata or {})
+        ttl_s, ttl_b = ttl_seconds or 0, ttl_blocks or 0
+        com, nonce, ct = self._seal(k, agent, item_id, 1, raw, ctype, key or "", tags, meta_json, ttl_s, ttl_b)
+        now = time.time()
+        expires_at = now + ttl_s if ttl_s else None
+        kind_i = KINDS[kind]
+        with self._write() as conn:
+            self.check_agent(agent, conn)
+            if conn.execute("SELECT 1 FROM memory_items WHERE id = ?", (item_id,)).fetchone():
+                raise ConflictError("id", f"item {hx(item_id)} already exists")
+            number, bhash = self.head(conn)
+            seq = conn.execute(
+                "INSERT INTO memory_ops (agent, item_id, op, kind, version, commitment, ttl_blocks, expires_at, "
+                "written_at) VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?) RETURNING seq",
+                (agent, item_id, OP_PUT, kind_i, com, ttl_b, expires_at, now)).fetchone()[0]
+            n = -seq
+            conn.execute(
+                "INSERT INTO memory_items (n, id, agent, kind, origin, version, key_hash, nonce, ct, commitment, "
+                "ttl_seconds, ttl_blocks, expires_at, created_at, updated_at, head_number, head_hash) "
+                "VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (n, item_id, agent, kind_i, origin, k.key_hash(key) if key else None, nonce, ct, com, ttl_s, ttl_b,
+                 expires_at, now, now, number, bhash))
+            self._index(conn, k, agent, n, raw.decode() if ctype == 0 else None, tags)
+        self._vec_cache.pop(agent, None)
+        self._wake.set()
+        return {"id": hx(item_id), "agent": hx(agent), "kind": kind, "version": 1, "commitment": hx(com),
+                "written_at_head": {"number": number, "hash": hx(bhash)}, "anchor": None}
+
+    _COLS = ("n, id, agent, kind, origin, version, key_hash, nonce, ct, commitment, ttl_seconds, ttl_blocks, "
+             "expires_at, created_at, updated_at, head_number, head_hash")
+
+    def _row(self, conn: apsw.Connection, agent: bytes, item_id: bytes) -> tuple[Any, ...]:
+        row = conn.execute(f"SELECT {self._COLS} FROM memory_items WHERE id = ? AND agent = ?",
+                           (item_id, agent)).fetchone()
+        if row is None:
+            raise NotFoundError("id", f"no item {hx(item_id)} for agent {hx(agent)}")
+        return row
+
+    def _open(self, k: AgentKey, row: Sequence[Any]) -> dict[str, Any]:
+        payload = msgpack.unpackb(k.decrypt(row[7], row[8], aad(row[2], row[1], row[5])))
+        return payload
+
+    def _expired(self, conn: apsw.Connection, row: Sequence[Any], now: float) -> bool:
+        if row[12] is not None and row[12] <= now:
+            return True
+        if row[11]:
+            leaf = conn.execute(
+                "SELECT end_reason FROM memory_leaves WHERE agent = ? AND item_id = ? ORDER BY from_block DESC "
+                "LIMIT 1", (row[2], row[1])).fetchone()
+            if leaf is not None and leaf[0] == END_EXPIRED:
+                return True
+        return False
+
+    def _item_json(self, conn: apsw.Connection, k: AgentKey, row: Sequence[Any],
+                   payload: dict[str, Any] | None = None) -> dict[str, Any]:
+        p = payload or self._open(k, row)
+        anchor = conn.execute(
+            "SELECT from_block, anchor_hash, version FROM memory_leaves WHERE agent = ? AND item_id = ? "
+            "AND to_block IS NULL", (row[2], row[1])).fetchone()
+        content = p["c"]
+        out: dict[str, Any] = {
+            "id": hx(row[1]), "agent": hx(row[2]), "kind": KIND_NAMES[row[3]], "origin": ORIGINS[row[4]],
+            "version": row[5], "key": p["k"] or None, "content_type": "text" if p["t"] == 0 else "bytes",
+            "tags": list(p["g"]), "metadata": json.loads(p["m"]), "commitment": hx(row[9]),
+            "ttl_seconds": row[10] or None, "ttl_blocks": row[11] or None, "expires_at": row[12],
+            "created_at": row[13], "updated_at": row[14],
+            "written_at_head": {"number": row[15], "hash": hx(row[16])},
+            "anchor": ({"block": anchor[0], "hash": hx(anchor[1]), "version": anchor[2]} if anchor else None),
+            "pending": anchor is None or anchor[2] != row[5],
+        }
+        if p["t"] == 0:
+            out["content"] = content.decode()
+        else:
+            out["content_b64"] = base64.b64encode(content).decode()
+        return out
+
+    def get(self, agent: bytes, item_id: bytes) -> dict[str, Any]:
+        """One item, decrypted.
+
+        Raises:
+            UnknownAgentError, NotFoundError: unknown agent or item (404); an expired working item is not found.
+        """
+        self.check_agent(agent)
+        k = self.key(agent)
+        conn = self._read()
+        row = self._row(conn, agent, item_id)
+        if self._expired(conn, row, time.time()):
+            raise NotFoundError("id", f"item {hx(item_id)} has expired")
+        return self._item_json(conn, k, row)
+
+    def list(self, agent: bytes, *, kind: str | None = None, tags: Sequence[str] | None = None,
+             key: str | None = None, origin: str | None = None, from_block: int | None = None,
+             to_block: int | None = None, since: float | None = None, until: float | None = None,
+             limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+        """Items of an agent, newest first, filtered by kind, tags (all must match), key, origin, block range
+        (the item's block: its chain block, or the head when written) and time range (seconds since the epoch).
+
+        Raises:
+            UnknownAgentError, MemoryRequestError: unknown agent, bad filter (4xx naming the field).
+        """
+        self._validate(kind, None, key, list(tags) if tags else None, None, None, None)
+        if not 1 <= limit <= 1000:
+            raise MemoryRequestError("limit", "must be between 1 and 1000", 422)
+        if offset < 0:
+            raise MemoryRequestError("offset", "must be >= 0", 422)
+        self.check_agent(agent)
+        k = self.key(agent)
+        where, args = self._filters(k, agent, kind, tags, from_block, to_block, since, until)
+        if key is not None:
+            where.append("i.key_hash = ?")
+            args.append(k.key_hash(key))
+        if origin is not None:
+            inv = {v: k_ for k_, v in ORIGINS.items()}
+            if origin not in inv:
+                raise MemoryRequestError("origin", f"must be one of {', '.join(inv)}", 422)
+            where.append("i.origin = ?")
+            args.append(inv[origin])
+        conn = self._read()
+        rows = conn.execute(
+            f"SELECT {', '.join('i.' + c.strip() for c in self._COLS.split(','))} FROM memory_items i "
+            f"WHERE {' AND '.join(where)} ORDER BY i.created_at DESC, i.n DESC LIMIT ? OFFSET ?",
+            (*args, limit, offset)).fetchall()
+        now = time.time()
+        return [self._item_json(conn, k, r) for r in rows if not self._expired(conn, r, now)]
+
+    def _filters(self, k: AgentKey, agent: bytes, kind: str | None, tags: Sequence[str] | None,
+                 from_block: int | None, to_block: int | None, since: float | None,
+                 until: float | None) -> tuple[list[str], list[Any]]:
+        where = ["i.agent = ?"]
+        args: list[Any] = [agent]
+        if kind is not None:
+            if kind not in KINDS:
+                raise MemoryRequestError("kind", f"must be one of {', '.join(KINDS)} (got {kind!r})", 422)
+            where.append("i.kind = ?")
+            args.append(KINDS[kind])
+        for t in tags or ():
+            where.append("EXISTS (SELECT 1 FROM memory_tags t WHERE t.agent = i.agent AND t.tag = ? AND t.n = i.n)")
+            args.append(k.tag_hash(t))
+        if from_block is not None:
+            where.append("i.head_number >= ?")
+            args.append(from_block)
+        if to_block is not None:
+            where.append("i.head_number <= ?")
+            args.append(to_block)
+        if since is not None:
+            where.append("i.created_at >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("i.created_at <= ?")
+            args.append(until)
+        return where, args
+
+    def update(self, agent: bytes, item_id: bytes, *, content: bytes | str | None = None, key: str | None = None,
+               tags: Sequence[str] | None = None, metadata: dict[str, Any] | None = None,
+               ttl_seconds: int | None = None, ttl_blocks: int | None = None) -> dict[str, Any]:
+        """Replace fields of an API-written item; its version increases and is anchored at the next block.
+
+        Raises:
+            NotFoundError, UnknownAgentError: 404.
+            ConflictError: a chain-derived item (409, ``id``): those change only with the chain.
+            MemoryRequestError: bad field (4xx naming it).
+        """
+        raw = None if content is None else (content.encode() if isinstance(content, str) else bytes(content))
+        self.check_agent(agent)
+        k = self.key(agent)
+        with self._write() as conn:
+            row = self._row(conn, agent, item_id)
+            if row[4] == 1:
+                raise ConflictError("id", "chain-derived memories change only with the chain; use forget to erase")
+            if self._expired(conn, row, time.time()):
+                raise NotFoundError("id", f"item {hx(item_id)} has expired")
+            kind = KIND_NAMES[row[3]]
+            self._validate(kind, raw, key, list(tags) if tags is not None else None, metadata, ttl_seconds,
+                           ttl_blocks)
+            p = self._open(k, row)
+            ctype = p["t"] if content is None else (0 if isinstance(content, str) else 1)
+            new_raw = p["c"] if raw is None else raw
+            new_key = p["k"] if key is None else key
+            new_tags = list(p["g"]) if tags is None else list(tags)
+            meta_json = p["m"] if metadata is None else canonical_json(metadata)
+            ttl_s = row[10] if ttl_seconds is None else ttl_seconds
+            ttl_b = row[11] if ttl_blocks is None else ttl_blocks
+            if ttl_seconds is not None:
+                ttl_b = 0
+            if ttl_blocks is not None:
+                ttl_s = 0
+            version = row[5] + 1
+            com, nonce, ct = self._seal(k, agent, item_id, version, new_raw, ctype, new_key, new_tags, meta_json,
+                                        ttl_s, ttl_b)
+            now = time.time()
+            expires_at = (now + ttl_s if ttl_seconds is not None else row[12]) if ttl_s else None
+            n = row[0]
+            conn.execute(
+                "INSERT INTO memory_ops (agent, item_id, op, kind, version, commitment, ttl_blocks, expires_at, "
+                "written_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (agent, item_id, OP_PUT, row[3], version, com, ttl_b, expires_at, now))
+            conn.execute(
+                "UPDATE memory_items SET version = ?, key_hash = ?, nonce = ?, ct = ?, commitment = ?, "
+                "ttl_seconds = ?, ttl_blocks = ?, expires_at = ?, updated_at = ? WHERE n = ?",
+                (version, k.key_hash(new_key) if new_key else None, nonce, ct, com, ttl_s, ttl_b, expires_at, now, n))
+            self._unindex(conn, agent, n)
+            self._index(conn, k, agent, n, new_raw.decode() if ctype == 0 else None, new_tags)
+            row2 = self._row(conn, agent, item_id)
+            out = self._item_json(conn, k, row2)
+        self._vec_cache.pop(agent, None)
+        self._wake.set()
+        return out
+
+    def delete(self, agent: bytes, item_id: bytes) -> dict[str, Any]:
+        """Delete an API-written item now; it leaves the agent's root at the next block.
+
+        Raises:
+            NotFoundError, UnknownAgentError: 404. ConflictError: chain-derived item (409).
+        """
+        self.check_agent(agent)
+        with self._write() as conn:
+            row = self._row(conn, agent, item_id)
+            if row[4] == 1:
+                raise ConflictError("id", "chain-derived memories change only with the chain; use forget to erase")
+            conn.execute(
+                "INSERT INTO memory_ops (agent, item_id, op, kind, version, commitment, ttl_blocks, expires_at, "
+                "written_at) VALUES (?, ?, ?, ?, ?, NULL, 0, NULL, ?)",
+                (agent, item_id, OP_DELETE, row[3], row[5], time.time()))
+            self._unindex(conn, agent, row[0])
+            conn.execute("DELETE FROM memory_items WHERE n = ?", (row[0],))
+        self._vec_cache.pop(agent, None)
+        return {"id": hx(item_id), "deleted": True}
+
+    # ------------------------------------------------------------------------------------------------ recall
+    def embedder(self) -> Any:
+        """The rag plugin's embedder when that plugin is enabled (and ``embed`` is on), else ``None``."""
+        if not self.config.embed:
+            return None
+        rag = self.rag
+        fn = getattr(rag, "get_embedder", None) if rag is not None else None
+        try:
+            return fn() if fn is not None else None
+        except Exception as e:  # the rag plugin failing must not break recall: FTS5 still answers
+            log.warning("rag embedder unavailable: %s", e)
+            return None
+
+    def recall(self, agent: bytes, query: str, *, k: int = 10, kind: str | None = None,
+               tags: Sequence[str] | None = None, from_block: int | None = None, to_block: int | None = None,
+               since: float | None = None, until: float | None = None, recency_weight: float = 0.0,
+               half_life_s: float | None = None, mode: str | None = None) -> dict[str, Any]:
+        """Recall the ``k`` items most related to ``query``.
+
+        Scoring: relevance is the cosine similarity of the rag embedder's vectors when the rag plugin is enabled
+        (``mode="vector"``), else FTS5 BM25 over keyed tokens (``mode="fts"``), scaled to [0, 1] by the best
+        candidate. With ``recency_weight`` w in [0, 1] the score is ``(1 - w) * relevance + w * 0.5 ** (age /
+        half_life)``, age in seconds since the item was written (chain items: the block time).
+
+        Raises:
+            UnknownAgentError, MemoryRequestError: unknown agent, bad parameter (4xx naming the field).
+        """
+        if not isinstance(query, str) or not query.strip():
+            raise MemoryRequestError("query", "must be a non-empty string", 422)
+        if len(query.encode()) > self.config.max_content_bytes:
+            raise MemoryRequestError("query", "too long", 413)
+        if not 1 <= k <= 1000:
+            raise MemoryRequestError("k", "must be between 1 and 1000", 422)
+        if not 0.0 <= recency_weight <= 1.0:
+            raise MemoryRequestError("recency_weight", "must be between 0 and 1", 422)
+        if mode not in (None, "vector", "fts"):
+            raise MemoryRequestError("mode", "must be vector or fts", 422)
+        self._validate(kind, None, None, list(tags) if tags else None, None, None, None)
+        self.check_agent(agent)
+        key = self.key(agent)
+        half = half_life_s or self.config.recency_half_life_s
+        emb = self.embedder() if mode != "fts" else None
+        if mode == "vector" and emb is None:
+            raise MemoryRequestError("mode", "vector recall needs the rag plugin enabled", 422)
+        conn = self._read()
+        where, args = self._filters(key, agent, kind, tags, from_block, to_block, since, until)
+        cands: dict[int, float] = {}
+        if emb is not None:
+            used = "vector"
+            ns, mat = self._vectors(conn, key, agent)
+            if len(ns):
+                q = np.asarray(emb.embed([query]), dtype=np.float32)[0]
+                sims = mat @ q
+                top = min(len(ns), max(k * 20, 200))
+                idx = np.argpartition(-sims, top - 1)[:top] if top < len(ns) else np.arange(len(ns))
+                cands = {int(ns[i]): float(max(sims[i], 0.0)) for i in idx}
+        else:
+            used = "fts"
+            toks = key.token_list(query)
+            if toks:
+                match = " OR ".join(f'"{t}"' for t in toks)
+                for n, score in conn.execute(
+                        "SELECT f.rowid, bm25(memory_fts) FROM memory_fts f JOIN memory_items i ON i.n = f.rowid "
+                        "WHERE memory_fts MATCH ? AND i.agent = ? ORDER BY rank LIMIT ?",
+                        (match, agent, max(k * 20, 200))):
+                    cands[n] = -score
+        if not cands:
+            return {"mode": used, "results": []}
+        best = max(cands.values()) or 1.0
+        ph = ",".join("?" * len(cands))
+        rows = conn.execute(
+            f"SELECT {', '.join('i.' + c.strip() for c in self._COLS.split(','))} FROM memory_items i "
+            f"WHERE {' AND '.join(where)} AND i.n IN ({ph})", (*args, *cands)).fetchall()
+        now = time.time()
+        scored = []
+        for r in rows:
+            if self._expired(conn, r, now):
+                continue
+            rel = cands[r[0]] / best
+            rec = 0.5 ** (max(now - r[13], 0.0) / half)
+            scored.append(((1 - recency_weight) * rel + recency_weight * rec, rel, r))
+        scored.sort(key=lambda s: -s[0])
+        out = []
+        for score, rel, r in scored[:k]:
+            item = self._item_json(conn, key, r)
+            item["score"] = round(score, 6)
+            item["relevance"] = round(rel, 6)
+            out.append(item)
+        return {"mode": used, "results": out}
+
+    def _vectors(self, conn: apsw.Connection, k: AgentKey, agent: bytes) -> tuple[np.ndarray, np.ndarray]:
+        """``(row ids, matrix)`` of the agent's decrypted embedding vectors (cached until the agent's next write)."""
+        stamp = conn.execute("SELECT count(*), max(n), min(n) FROM memory_vectors WHERE agent = ?", (agent,)).fetchone()
+        cached = self._vec_cache.get_(agent)
+        if cached is not None and cached[0] == stamp:
+            return cached[1], cached[2]
+        ns, vecs = [], []
+        for n, nonce, ct, item_id, version in conn.execute(
+                "SELECT v.n, v.nonce, v.ct, i.id, i.version FROM memory_vectors v JOIN memory_items i ON i.n = v.n "
+                "WHERE v.agent = ?", (agent,)):
+            try:
+                vecs.append(np.frombuffer(k.decrypt(nonce, ct, aad(agent, item_id, version)), dtype=np.float32))
+                ns.append(n)
+            except Exception:  # a vector of an older version (being re-embedded): skip
+                continue
+        arr = np.asarray(ns, dtype=np.int64)
+        mat = np.vstack(vecs) if vecs else np.zeros((0, EMBED_DIM), np.float32)
+        self._vec_cache.put(agent, (stamp, arr, mat))
+        return arr, mat
+
+    def embed_pending(self, batch: int = 64) -> int:
+        """Embed up to ``batch`` queued items with the rag embedder; returns how many were embedded (0 when no
+        embedder). Vectors are encrypted like content. Safe against concurrent reverts: each vector is written only
+        if its item still has the id and version that were embedded."""
+        emb = self.embedder()
+        if emb is None:
+            return 0
+        conn = self._read()
+        rows = conn.execute(
+            "SELECT q.n, i.id, i.agent, i.version, i.nonce, i.ct FROM memory_embed_queue q "
+            "LEFT JOIN memory_items i ON i.n = q.n ORDER BY q.n LIMIT ?", (batch,)).fetchall()
+        if not rows:
+            return 0
+        texts, keep, gone = [], [], []
+        for n, item_id, agent, version, nonce, ct in rows:
+            if item_id is None:
+                gone.append(n)
+                continue
+            try:
+                k = self.keys.get(agent)
+                p = msgpack.unpackb(k.decrypt(nonce, ct, aad(agent, item_id, version)))
+            except Exception:
+                gone.append(n)
+                continue
+            if p["t"] != 0:
+                gone.append(n)
+                continue
+            texts.append(p["c"].decode())
+            keep.append((n, item_id, agent, version, k))
+        vecs = np.asarray(emb.embed(texts), dtype=np.float32) if texts else np.zeros((0, EMBED_DIM), np.float32)
+        with self._write() as w:
+            for n in gone:
+                w.execute("DELETE FROM memory_embed_queue WHERE n = ?", (n,))
+            for (n, item_id, agent, version, k), v in zip(keep, vecs, strict=True):
+                cur = w.execute("SELECT id, version FROM memory_items WHERE n = ?", (n,)).fetchone()
+                if cur is None or cur[0] != item_id:
+                    w.execute("DELETE FROM memory_embed_queue WHERE n = ?", (n,))
+                    continue
+                if cur[1] != version:
+                    continue  # updated meanwhile: stays queued for the new version
+                nonce, ct = k.encrypt(np.ascontiguousarray(v, dtype=np.float32).tobytes(), aad(agent, item_id, version))
+                w.execute("INSERT OR REPLACE INTO memory_vectors (n, agent, nonce, ct) VALUES (?, ?, ?, ?)",
+                          (n, agent, nonce, ct))
+                w.execute("DELETE FROM memory_embed_queue WHERE n = ?", (n,))
+                self._vec_cache.pop(agent, None)
+        self.embedded += len(keep)
+        return len(keep)
+
+    def _embed_loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                done = self.embed_pending()
+            except Exception as e:
+                log.warning("memory embedding failed: %s", e)
+                done = 0
+            if not done:
+                self._wake.wait(1.0)
+                self._wake.clear()
+
+    # ------------------------------------------------------------------------------------------------ chain hooks
+    def apply_block(self, conn: apsw.Connection, block: Any) -> None:
+        """The ``monmouth_block_applied`` work: chain-derived episodes, anchoring of pending ops, expiry, per-agent
+        roots of touched agents, the global root, and periodic pruning. Writes only through ``conn``."""
+        conn.pragma("secure_delete", 1)
+        number = block.number
+        touched: set[bytes] = set()
+        if self.config.chain_episodes and block.transactions:
+            self._episodes(conn, block, touched)
+        self._anchor(conn, block, touched)
+        self._expire(conn, block, touched)
+        for agent in sorted(touched):
+            leaves = [r[0] for r in conn.execute(
+                "SELECT leaf FROM memory_leaves WHERE agent = ? AND to_block IS NULL", (agent,))]
+            root = merkle.root_of(leaves)
+            conn.execute("INSERT OR REPLACE INTO memory_roots (agent, block_number, root, count) VALUES (?, ?, ?, ?)",
+                         (agent, number, root, len(leaves)))
+            conn.execute(
+                "INSERT INTO memory_heads (agent, root, count, leaf, block_number) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (agent) DO UPDATE SET root = excluded.root, count = excluded.count, leaf = excluded.leaf, "
+                "block_number = excluded.block_number",
+                (agent, root, len(leaves), merkle.agent_leaf(agent, root) if leaves else None, number))
+        prev = conn.execute(
+            "SELECT root, agents FROM memory_global_roots ORDER BY block_number DESC LIMIT 1").fetchone()
+        if touched or prev is None:
+            gl = [r[0] for r in conn.execute("SELECT leaf FROM memory_heads WHERE leaf IS NOT NULL")]
+            groot, nagents = merkle.root_of(gl), len(gl)
+        else:
+            groot, nagents = prev
+        seq = conn.execute("SELECT ops_seq FROM memory_sync WHERE id = 1").fetchone()[0]
+        conn.execute("INSERT OR REPLACE INTO memory_global_roots (block_number, block_hash, root, agents, ops_seq) "
+                     "VALUES (?, ?, ?, ?, ?)", (number, block.hash, groot, nagents, seq))
+        if number % self.config.prune_every == 0:
+            self._prune(conn, number - self.config.retention_blocks)
+
+    def _registered(self, conn: apsw.Connection, addrs: Iterable[bytes]) -> set[bytes]:
+        addrs = list(set(addrs))
+        out: set[bytes] = set()
+        for i in range(0, len(addrs), 500):
+            chunk = addrs[i:i + 500]
+            out.update(r[0] for r in conn.execute(
+                f"SELECT address FROM memory_agents WHERE forgotten_at IS NULL AND address IN "
+                f"({','.join('?' * len(chunk))})", chunk))
+        return out
+
+    def _episodes(self, conn: apsw.Connection, block: Any, touched: set[bytes]) -> None:
+        if conn.execute("SELECT 1 FROM memory_agents WHERE forgotten_at IS NULL LIMIT 1").fetchone() is None:
+            return
+        addrs: list[bytes] = []
+        for i, tx in enumerate(block.transactions):
+            addrs.append(tx.sender)
+            if tx.to is not None:
+                addrs.append(tx.to)
+            rc = block.receipts[i] if i < len(block.receipts) else None
+            for lg in rc.logs if rc is not None else ():
+                if len(lg.topics) in (3, 4) and lg.topics[0] == TRANSFER_TOPIC:
+                    addrs.append(lg.topics[1][12:])
+                    addrs.append(lg.topics[2][12:])
+        agents = self._registered(conn, addrs)
+        if not agents:
+            return
+        rag = self.rag
+        render = getattr(rag, "render_transaction", None) if rag is not None else None
+        eps: list[Episode] = []
+        log_index = 0
+        for i, tx in enumerate(block.transactions):
+            rc = block.receipts[i] if i < len(block.receipts) else None
+            involved = [a for a in dict.fromkeys([tx.sender, tx.to]) if a in agents]
+            if involved:
+                text = None
+                if render is not None:
+                    try:
+                        text = render(block, i)
+                    except Exception as e:
+                        log.warning("rag render_transaction failed for block %d tx %d: %s", block.number, i, e)
+                text = text or plain_render_tx(block, i)
+                for a in involved:
+                    direction = "self" if tx.sender == tx.to else ("sent" if a == tx.sender else "received")
+                    meta = {"type": "transaction", "tx": hx(tx.hash), "block": block.number, "index": i,
+                            "direction": direction, "from": hx(tx.sender), "to": hx(tx.to), "value": str(tx.value)}
+                    eps.append(Episode(a, episode_id(a, tx.hash, TX_LOG_INDEX), text,
+                                       ["chain", "transaction", direction], meta))
+            for lg in rc.logs if rc is not None else ():
+                li = log_index
+                log_index += 1
+                if not (len(lg.topics) in (3, 4) and lg.topics[0] == TRANSFER_TOPIC):
+                    continue
+                frm, to = lg.topics[1][12:], lg.topics[2][12:]
+                for a in dict.fromkeys([frm, to]):
+                    if a not in agents:
+                        continue
+                    direction = "self" if frm == to else ("sent" if a == frm else "received")
+                    meta = {"type": "transfer", "tx": hx(tx.hash), "block": block.number, "log_index": li,
+                            "token": hx(lg.address), "from": hx(frm), "to": hx(to),
+                            "amount": str(int.from_bytes(lg.data[:32], "big")) if len(lg.topics) == 3 and lg.data
+                            else None,
+                            "token_id": str(int.from_bytes(lg.topics[3], "big")) if len(lg.topics) == 4 else None}
+                    eps.append(Episode(a, episode_id(a, tx.hash, li), render_transfer(block, i, li, frm, to, lg),
+                                       ["chain", "transfer", direction], meta))
+        base = block.number << EPISODE_SHIFT
+        for j, ep in enumerate(eps):
+            try:
+                k = self.keys.get(ep.agent)
+            except MissingKeyError as e:
+                self.key_errors += 1
+                log.error("no key for agent 0x%s, its episode in block %d is skipped: %s", ep.agent.hex(),
+                          block.number, e)
+                continue
+            n = base | j
+            raw = ep.text.encode()
+            meta_json = canonical_json(ep.meta)
+            com, nonce, ct = self._seal(k, ep.agent, ep.item_id, 1, raw, 0, "", ep.tags, meta_json, 0, 0,
+                                        nonce=k.det_nonce(ep.item_id, 1))
+            conn.execute(
+                "INSERT INTO memory_items (n, id, agent, kind, origin, version, key_hash, nonce, ct, commitment, "
+                "ttl_seconds, ttl_blocks, expires_at, created_at, updated_at, head_number, head_hash) "
+                "VALUES (?, ?, ?, ?, 1, 1, NULL, ?, ?, ?, 0, 0, NULL, ?, ?, ?, ?)",
+                (n, ep.item_id, ep.agent, KINDS["episodic"], nonce, ct, com, block.timestamp, block.timestamp,
+                 block.number, block.hash))
+            self._index(conn, k, ep.agent, n, ep.text, ep.tags)
+            conn.execute(
+                "INSERT INTO memory_leaves (agent, item_id, from_block, to_block, version, kind, commitment, "
+                "anchor_hash, leaf, expires_block, expires_ts, end_reason) VALUES (?, ?, ?, NULL, 1, ?, ?, ?, ?, "
+                "NULL, NULL, NULL)",
+                (ep.agent, ep.item_id, block.number, KINDS["episodic"], com, block.hash,
+                 merkle.item_leaf(ep.item_id, ep.agent, KINDS["episodic"], 1, block.number, com)))
+            touched.add(ep.agent)
+
+    def _anchor(self, conn: apsw.Connection, block: Any, touched: set[bytes]) -> None:
+        seq0 = conn.execute("SELECT ops_seq FROM memory_sync WHERE id = 1").fetchone()[0]
+        rows = conn.execute(
+            "SELECT seq, agent, item_id, op, kind, version, commitment, ttl_blocks, expires_at FROM memory_ops "
+            "WHERE seq > ? ORDER BY seq", (seq0,)).fetchall()
+        if not rows:
+            return
+        final: dict[tuple[bytes, bytes], tuple[Any, ...]] = {}
+        for r in rows:
+            final[(r[1], r[2])] = r
+        number = block.number
+        for (agent, item_id), r in final.items():
+            _seq, _a, _i, op, kind, version, com, ttl_b, expires_at = r
+            conn.execute("UPDATE memory_leaves SET to_block = ?, end_reason = ? WHERE agent = ? AND item_id = ? "
+                         "AND to_block IS NULL", (number, END_SUPERSEDED if op == OP_PUT else END_DELETED, agent,
+                                                  item_id))
+            if op == OP_PUT:
+                conn.execute(
+                    "INSERT INTO memory_leaves (agent, item_id, from_block, to_block, version, kind, commitment, "
+                    "anchor_hash, leaf, expires_block, expires_ts, end_reason) VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?, "
+                    "?, ?, NULL)",
+                    (agent, item_id, number, version, kind, com, block.hash,
+                     merkle.item_leaf(item_id, agent, kind, version, number, com),
+                     number + ttl_b if ttl_b else None, expires_at))
+            touched.add(agent)
+        conn.execute("UPDATE memory_sync SET ops_seq = ? WHERE id = 1", (rows[-1][0],))
+
+    def _expire(self, conn: apsw.Connection, block: Any, touched: set[bytes]) -> None:
+        gone = conn.execute(
+            "SELECT agent, item_id, from_block FROM memory_leaves WHERE to_block IS NULL AND expires_block <= ? "
+            "UNION SELECT agent, item_id, from_block FROM memory_leaves WHERE to_block IS NULL AND expires_ts <= ?",
+            (block.number, block.timestamp)).fetchall()
+        for agent, item_id, fb in gone:
+            conn.execute("UPDATE memory_leaves SET to_block = ?, end_reason = ? WHERE agent = ? AND item_id = ? "
+                         "AND from_block = ?", (block.number, END_EXPIRED, agent, item_id, fb))
+            touched.add(agent)
+
+    def _prune(self, conn: apsw.Connection, horizon: int) -> None:
+        """Drop roots and leaf history older than ``horizon`` (keeping, per agent, the root in force at it)."""
+        if horizon <= 0:
+            return
+        conn.execute("DELETE FROM memory_global_roots WHERE block_number < ?", (horizon,))
+        conn.execute(
+            "DELETE FROM memory_roots WHERE block_number < ? AND EXISTS (SELECT 1 FROM memory_roots r2 WHERE "
+            "r2.agent = memory_roots.agent AND r2.block_number > memory_roots.block_number AND r2.block_number <= ?)",
+            (horizon, horizon))
+        conn.execute("DELETE FROM memory_leaves WHERE to_block IS NOT NULL AND to_block <= ?", (horizon,))
+
+    def revert_block(self, conn: apsw.Connection, block: Any) -> None:
+        """The ``monmouth_block_reverted`` work: the journal already restored the chain tables; remove the
+        derived rows (FTS5 entries, vectors, embedding queue) of the block's chain-derived items."""
+        lo = block.number << EPISODE_SHIFT
+        conn.execute("DELETE FROM memory_fts WHERE rowid >= ?", (lo,))
+        conn.execute("DELETE FROM memory_vectors WHERE n >= ?", (lo,))
+        conn.execute("DELETE FROM memory_embed_queue WHERE n >= ?", (lo,))
+        self._vec_cache.clear()
+
+    # ------------------------------------------------------------------------------------------------ roots, proofs
+    def _horizon(self, conn: apsw.Connection) -> int | None:
+        row = conn.execute("SELECT min(block_number) FROM memory_global_roots").fetchone()
+        return row[0]
+
+    def _check_block(self, conn: apsw.Connection, block: int | None) -> tuple[int, bytes]:
+        number, _ = self.head(conn)
+        if block is None:
+            if number is None:
+                raise NotFoundError("block", "no block has been applied yet")
+            block = number
+        if isinstance(block, bool) or not isinstance(block, int) or block < 0:
+            raise MemoryRequestError("block", f"must be a block number (got {block!r})", 422)
+        row = conn.execute("SELECT block_hash FROM memory_global_roots WHERE block_number = ?", (block,)).fetchone()
+        if row is None:
+            if number is None or block > number:
+                raise NotFoundError("block", f"block {block} has not been applied (head is {number})")
+            low = self._horizon(conn)
+            if low is not None and block < low:
+                raise GoneError("block", f"block {block} is older than the retained roots (from block {low})")
+            raise NotFoundError("block", f"no memory roots for block {block} (the plugin was not enabled then)")
+        return block, row[0]
+
+    def global_root(self, block: int | None = None) -> dict[str, Any]:
+        """The global root at ``block`` (default: the head).
+
+        Raises:
+            NotFoundError: not applied or no roots for it (404); GoneError: pruned (410).
+        """
+        conn = self._read()
+        block, bhash = self._check_block(conn, block)
+        root, agents = conn.execute("SELECT root, agents FROM memory_global_roots WHERE block_number = ?",
+                                    (block,)).fetchone()
+        return {"block": block, "hash": hx(bhash), "root": hx(root), "agents": agents,
+                "leaf_encoding": list(merkle.AGENT_LEAF_TYPES)}
+
+    def _agent_root_at(self, conn: apsw.Connection, agent: bytes, block: int) -> tuple[bytes, int, int | None]:
+        row = conn.execute("SELECT root, count, block_number FROM memory_roots WHERE agent = ? AND block_number <= ? "
+                           "ORDER BY block_number DESC LIMIT 1", (agent, block)).fetchone()
+        return (row[0], row[1], row[2]) if row else (merkle.EMPTY_ROOT, 0, None)
+
+    def agent_root(self, agent: bytes, block: int | None = None, with_global_proof: bool = False) -> dict[str, Any]:
+        """The agent's root at ``block`` (default: the head), with the global root of that block and, optionally,
+        the proof of the agent's global leaf ``(agent, root)`` under it.
+
+        Raises:
+            UnknownAgentError, NotFoundError (404), GoneError (410).
+        """
+        self.check_agent(agent)
+        conn = self._read()
+        block, bhash = self._check_block(conn, block)
+        root, count, since = self._agent_root_at(conn, agent, block)
+        groot = conn.execute("SELECT root FROM memory_global_roots WHERE block_number = ?", (block,)).fetchone()[0]
+        out: dict[str, Any] = {"agent": hx(agent), "block": block, "hash": hx(bhash), "root": hx(root),
+                               "count": count, "since_block": since, "global_root": hx(groot),
+                               "leaf_encoding": list(merkle.ITEM_LEAF_TYPES)}
+        if with_global_proof and count:
+            pairs = conn.execute(
+                "SELECT r.agent, r.root FROM memory_roots r WHERE r.block_number = (SELECT max(block_number) FROM "
+                "memory_roots WHERE agent = r.agent AND block_number <= ?)", (block,)).fetchall()
+            leaves = [merkle.agent_leaf(a, r) for a, r in pairs if r != merkle.EMPTY_ROOT]
+            tree = merkle.Tree.of(leaves)
+            if tree.root == groot:
+                leaf = merkle.agent_leaf(agent, root)
+                out["global_leaf"] = hx(leaf)
+                out["global_proof"] = [hx(p) for p in tree.proof(leaf)]
+            else:
+                out["global_proof"] = None
+                out["global_proof_error"] = ("the agent roots of that block are no longer all held "
+                                             "(an agent was forgotten)")
+        return out
+
+    def _leaves_at(self, conn: apsw.Connection, agent: bytes, block: int) -> list[tuple[Any, ...]]:
+        return conn.execute(
+            "SELECT item_id, kind, version, from_block, commitment, leaf FROM memory_leaves WHERE agent = ? AND "
+            "from_block <= ? AND (to_block IS NULL OR to_block > ?)", (agent, block, block)).fetchall()
+
+    def _tree_at(self, conn: apsw.Connection, agent: bytes, block: int) -> tuple[merkle.Tree | None, list[Any]]:
+        root, _count, since = self._agent_root_at(conn, agent, block)
+        cache_key = (agent, since, root)
+        hit = self._trees.get_(cache_key)
+        if hit is not None:
+            return hit
+        rows = self._leaves_at(conn, agent, block)
+        tree = merkle.Tree.of([r[5] for r in rows]) if rows else None
+        if tree is not None and tree.root != root:  # cannot happen unless the tables were edited by hand
+            raise RuntimeError(f"leaf history of 0x{agent.hex()} at block {block} does not give its stored root")
+        self._trees.put(cache_key, (tree, rows))
+        return tree, rows
+
+    @staticmethod
+    def leaf_values(agent: bytes, r: Sequence[Any]) -> list[Any]:
+        """JSON values of a per-agent leaf in :data:`merkle.ITEM_LEAF_TYPES` order (as the npm package takes)."""
+        return [hx(r[0]), hx(agent), r[1], r[2], r[3], hx(r[4])]
+
+    def proof(self, agent: bytes, item_id: bytes, block: int | None = None) -> dict[str, Any]:
+        """The inclusion proof of an item's leaf under the agent's root at ``block`` (default: the head).
+
+        Raises:
+            UnknownAgentError, NotFoundError: unknown agent, or the item was not visible at that block (404);
+            GoneError: pruned (410).
+        """
+        self.check_agent(agent)
+        conn = self._read()
+        block, bhash = self._check_block(conn, block)
+        tree, rows = self._tree_at(conn, agent, block)
+        row = next((r for r in rows if r[0] == item_id), None)
+        if row is None or tree is None:
+            pending = conn.execute("SELECT 1 FROM memory_items WHERE id = ? AND agent = ?", (item_id, agent)).fetchone()
+            why = "is not anchored yet (it enters the root at the next block)" if pending else "was not visible"
+            raise NotFoundError("id", f"item {hx(item_id)} {why} at block {block}")
+        proof = tree.proof(row[5])
+        return {"agent": hx(agent), "id": hx(item_id), "block": block, "hash": hx(bhash), "root": hx(tree.root),
+                "leaf": hx(row[5]), "leaf_encoding": list(merkle.ITEM_LEAF_TYPES),
+                "values": self.leaf_values(agent, row), "proof": [hx(p) for p in proof]}
+
+    def leaves(self, agent: bytes, block: int | None = None) -> dict[str, Any]:
+        """Every leaf (values and hash, no content) of the agent's tree at ``block``: a verifier's starting set."""
+        self.check_agent(agent)
+        conn = self._read()
+        block, bhash = self._check_block(conn, block)
+        rows = self._leaves_at(conn, agent, block)
+        root, _count, _ = self._agent_root_at(conn, agent, block)
+        return {"agent": hx(agent), "block": block, "hash": hx(bhash), "root": hx(root),
+                "leaf_encoding": list(merkle.ITEM_LEAF_TYPES),
+                "leaves": [{"values": self.leaf_values(agent, r), "leaf": hx(r[5])} for r in rows]}
+
+    def changes(self, agent: bytes, since_block: int, limit: int = 100) -> dict[str, Any]:
+        """The leaf changes of the agent after ``since_block``, block by block, each with the root after it, so a
+        remote party holding the leaves at ``since_block`` (see :meth:`leaves`) can check every step.
+
+        Raises:
+            UnknownAgentError (404), MemoryRequestError (bad ``since_block``/``limit``), GoneError (410).
+        """
+        if isinstance(since_block, bool) or not isinstance(since_block, int) or since_block < 0:
+            raise MemoryRequestError("since_block", "must be a block number", 422)
+        if not 1 <= limit <= 10_000:
+            raise MemoryRequestError("limit", "must be between 1 and 10000", 422)
+        self.check_agent(agent)
+        conn = self._read()
+        low = self._horizon(conn)
+        if low is not None and since_block < low - 1:
+            raise GoneError("since_block", f"changes are retained only from block {low}")
+        base_root, base_count, _ = self._agent_root_at(conn, agent, since_block)
+        steps = []
+        for b, root, count in conn.execute(
+                "SELECT block_number, root, count FROM memory_roots WHERE agent = ? AND block_number > ? "
+                "ORDER BY block_number LIMIT ?", (agent, since_block, limit)).fetchall():
+            bh = conn.execute("SELECT block_hash FROM memory_global_roots WHERE block_number = ?", (b,)).fetchone()
+            ops = []
+            for r in conn.execute(
+                    "SELECT item_id, kind, version, from_block, commitment, leaf, end_reason FROM memory_leaves "
+                    "WHERE agent = ? AND to_block = ?", (agent, b)):
+                ops.append({"op": "remove", "reason": END_NAMES.get(r[6], "?"), "id": hx(r[0]), "leaf": hx(r[5]),
+                            "values": self.leaf_values(agent, r)})
+            for r in conn.execute(
+                    "SELECT item_id, kind, version, from_block, commitment, leaf FROM memory_leaves WHERE agent = ? "
+                    "AND from_block = ?", (agent, b)):
+                ops.append({"op": "add", "id": hx(r[0]), "leaf": hx(r[5]), "values": self.leaf_values(agent, r)})
+            steps.append({"block": b, "hash": hx(bh[0]) if bh else None, "root": hx(root), "count": count,
+                          "ops": ops})
+        head, _ = self.head(conn)
+        return {"agent": hx(agent), "since_block": since_block, "root_at_since": hx(base_root),
+                "count_at_since": base_count, "head": head, "changes": steps,
+                "complete": len(steps) < limit}
+
+    # ------------------------------------------------------------------------------------------------ forget
+    def tombstones(self) -> list[bytes]:
+        """Agents forgotten on this sidecar (``<key_dir>/forgotten``), re-purged if a restore brings them back."""
+        p = self.key_dir / "forgotten"
+        if not p.exists():
+            return []
+        return [bytes.fromhex(line.strip()) for line in p.read_text().splitlines() if line.strip()]
+
+    def _tombstone(self, agent: bytes) -> None:
+        self.key_dir.mkdir(parents=True, exist_ok=True)
+        if agent not in self.tombstones():
+            with open(self.key_dir / "forgotten", "a") as f:
+                f.write(agent.hex() + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+
+    def _untombstone(self, agent: bytes) -> None:
+        ts = self.tombstones()
+        if agent in ts:
+            (self.key_dir / "forgotten").write_text("".join(a.hex() + "\n" for a in ts if a != agent))
+
+    def forget(self, agent: bytes) -> dict[str, Any]:
+        """Forget an agent for good: destroy its key, delete its items, tags, FTS entries, vectors, op log, leaves
+        and roots, and drop its changes from the engine's undo changesets; with ``secure_delete`` on, and the WAL
+        checkpointed and truncated afterwards.
+
+        Raises:
+            UnknownAgentError: never registered (404).
+        """
+        row = self._read().execute("SELECT 1 FROM memory_agents WHERE address = ?", (agent,)).fetchone()
+        if row is None:
+            raise UnknownAgentError("agent", f"0x{agent.hex()} is not a registered agent")
+        # The key goes first: from this moment no copy of the data (checkpoints included) can be read.
+        self._tombstone(agent)
+        destroyed = self.keys.destroy(agent)
+        stats = self._purge(agent)
+        stats.update({"agent": hx(agent), "forgotten": True, "key_destroyed": destroyed})
+        if not destroyed:
+            stats["warning"] = (f"the key comes from the environment: unset {self.keys.env_name(agent)} "
+                                "so old checkpoints cannot be read")
+        return stats
+
+    def _purge(self, agent: bytes) -> dict[str, Any]:
+        stats: dict[str, Any] = {}
+        with self._write() as conn:
+            ns = [r[0] for r in conn.execute("SELECT n FROM memory_items WHERE agent = ?", (agent,))]
+            for i in range(0, len(ns), 500):
+                chunk = ns[i:i + 500]
+                ph = ",".join("?" * len(chunk))
+                conn.execute(f"DELETE FROM memory_fts WHERE rowid IN ({ph})", chunk)
+                conn.execute(f"DELETE FROM memory_embed_queue WHERE n IN ({ph})", chunk)
+            stats["items"] = len(ns)
+            conn.execute("DELETE FROM memory_vectors WHERE agent = ?", (agent,))
+            for table in ("memory_items", "memory_tags", "memory_ops", "memory_leaves", "memory_roots",
+                          "memory_heads"):
+                conn.execute(f"DELETE FROM {table} WHERE agent = ?", (agent,))
+            stats["undo_records"] = self._scrub_changesets(conn, agent)
+            conn.execute("UPDATE memory_agents SET forgotten_at = ?, label = NULL WHERE address = ?",
+                         (time.time(), agent))
+        conn = self._read()
+        conn.execute("INSERT INTO memory_fts (memory_fts) VALUES ('optimize')")
+        conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+        self._vec_cache.pop(agent, None)
+        self._trees.clear()
+        return stats
+
+    @staticmethod
+    def _scrub_changesets(conn: apsw.Connection, agent: bytes) -> int:
+        """Rewrite every stored undo changeset without the changes to ``agent``'s rows; returns how many changes
+        were dropped. Keeps later reverts conflict-free after the rows were deleted."""
+        dropped = 0
+        for number, cs in conn.execute(
+                "SELECT number, changeset FROM monmouth_blocks WHERE changeset IS NOT NULL AND length(changeset) > 0"
+        ).fetchall():
+            builder = apsw.ChangesetBuilder()
+            hit = 0
+            for ch in apsw.Changeset.iter(cs):
+                idx = AGENT_COLUMN.get(ch.name)
+                if idx is not None:
+                    vals = ch.new if ch.op == "INSERT" else ch.old
+                    if vals is not None and vals[idx] == agent:
+                        hit += 1
+                        continue
+                builder.add_change(ch)
+            if hit:
+                conn.execute("UPDATE monmouth_blocks SET changeset = ? WHERE number = ?", (builder.output(), number))
+                dropped += hit
+            builder.close()
+        return dropped
+
+    # ------------------------------------------------------------------------------------------------ status
+    def status(self) -> dict[str, Any]:
+        conn = self._read()
+        agents = conn.execute("SELECT count(*) FROM memory_agents WHERE forgotten_at IS NULL").fetchone()[0]
+        items = conn.execute("SELECT count(*) FROM memory_items").fetchone()[0]
+        queue = conn.execute("SELECT count(*) FROM memory_embed_queue").fetchone()[0]
+        seq = conn.execute("SELECT ops_seq FROM memory_sync").fetchone()[0]
+        pending = conn.execute("SELECT count(*) FROM memory_ops WHERE seq > ?", (seq,)).fetchone()[0]
+        g = conn.execute("SELECT block_number, root FROM memory_global_roots ORDER BY block_number DESC LIMIT 1"
+                         ).fetchone()
+        return {"agents": agents, "items": items, "pending_ops": pending, "embed_backlog": queue,
+                "embedded": self.embedded, "key_errors": self.key_errors,
+                "global_root": {"block": g[0], "root": hx(g[1])} if g else None}
+

@@ -1,0 +1,192 @@
+"""OpenZeppelin ``StandardMerkleTree`` in Python: roots, proofs and verification, byte-for-byte compatible.
+
+The algorithm is the one of the npm package ``@openzeppelin/merkle-tree`` v1 (``src/core.ts``,
+``src/hashes.ts``, ``src/merkletree.ts``) and of Solidity's ``MerkleProof.verify``:
+
+* a leaf is ``keccak256(keccak256(abi.encode(types, values)))`` (double hashing prevents second-preimage
+  attacks with 64-byte leaves);
+* leaves are sorted ascending by hash (``sortLeaves: true``, the package's default);
+* the tree is a complete binary tree in an array of ``2n - 1`` nodes: leaf ``i`` (in sorted order) sits at
+  index ``2n - 2 - i``; node ``i`` is ``keccak256(sort(tree[2i+1], tree[2i+2]))`` (sorted pairs);
+* a proof is the list of siblings from the leaf up to (not including) the root.
+
+Hashing uses ``eth-hash`` (keccak256); ABI encoding of static types is done by hand for speed and
+cross-checked against ``eth-abi`` in the tests. The tests also compare roots and proofs with the npm
+package itself, and verify proofs on chain with OpenZeppelin's ``MerkleProof.verify``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from eth_abi import encode as abi_encode
+from eth_hash.auto import keccak
+
+#: ``bytes32(0)``: the root this project reports for an empty set (the npm package refuses to build an empty tree).
+EMPTY_ROOT = b"\x00" * 32
+
+
+def leaf_hash(encoded: bytes) -> bytes:
+    """``keccak256(keccak256(encoded))`` where ``encoded`` is ``abi.encode(values)``."""
+    return keccak(keccak(encoded))
+
+
+def standard_leaf_hash(types: Sequence[str], values: Sequence[Any]) -> bytes:
+    """The StandardMerkleTree leaf hash of ``values`` ABI-encoded as ``types`` (uses eth-abi; slow path)."""
+    return leaf_hash(abi_encode(list(types), list(values)))
+
+
+def node_hash(a: bytes, b: bytes) -> bytes:
+    """``keccak256`` of the two 32-byte children concatenated in ascending order (OpenZeppelin ``_hashPair``)."""
+    return keccak(a + b) if a < b else keccak(b + a)
+
+
+def build(leaves: Sequence[bytes]) -> list[bytes]:
+    """The tree array (length ``2n - 1``) for leaf hashes **already sorted** ascending.
+
+    Raises:
+        ValueError: no leaves.
+    """
+    n = len(leaves)
+    if n == 0:
+        raise ValueError("a Merkle tree needs at least one leaf")
+    size = 2 * n - 1
+    tree: list[bytes] = [b""] * size
+    for i, leaf in enumerate(leaves):
+        tree[size - 1 - i] = leaf
+    for i in range(size - 1 - n, -1, -1):
+        a, b = tree[2 * i + 1], tree[2 * i + 2]
+        tree[i] = keccak(a + b) if a < b else keccak(b + a)
+    return tree
+
+
+def root_of(leaves: Sequence[bytes]) -> bytes:
+    """The root over leaf hashes in any order (sorted here); :data:`EMPTY_ROOT` for none."""
+    if not leaves:
+        return EMPTY_ROOT
+    return build(sorted(leaves))[0]
+
+
+def proof_at(tree: Sequence[bytes], index: int) -> list[bytes]:
+    """Siblings from tree node ``index`` (a leaf) up to the root."""
+    proof: list[bytes] = []
+    while index > 0:
+        sibling = index + 1 if index % 2 else index - 1
+        proof.append(tree[sibling])
+        index = (index - 1) // 2
+    return proof
+
+
+def process_proof(leaf: bytes, proof: Sequence[bytes]) -> bytes:
+    """Fold ``proof`` onto ``leaf`` (OpenZeppelin ``MerkleProof.processProof``)."""
+    h = leaf
+    for p in proof:
+        h = node_hash(h, p)
+    return h
+
+
+def verify(root: bytes, leaf: bytes, proof: Sequence[bytes]) -> bool:
+    """Whether ``proof`` proves ``leaf`` under ``root`` (OpenZeppelin ``MerkleProof.verify``)."""
+    return process_proof(leaf, proof) == root
+
+
+@dataclass(slots=True)
+class Tree:
+    """A built tree: ``leaves`` sorted ascending, ``nodes`` the ``2n - 1`` array, ``root``."""
+
+    leaves: list[bytes]
+    nodes: list[bytes]
+
+    @classmethod
+    def of(cls, leaves: Sequence[bytes]) -> Tree:
+        """Build from leaf hashes in any order.
+
+        Raises:
+            ValueError: no leaves.
+        """
+        s = sorted(leaves)
+        return cls(s, build(s))
+
+    @property
+    def root(self) -> bytes:
+        return self.nodes[0]
+
+    def tree_index(self, leaf: bytes) -> int:
+        """The node index of ``leaf`` (``2n - 2 - position in sorted order``).
+
+        Raises:
+            KeyError: the leaf is not in the tree.
+        """
+        import bisect
+
+        i = bisect.bisect_left(self.leaves, leaf)
+        if i == len(self.leaves) or self.leaves[i] != leaf:
+            raise KeyError("leaf not in tree")
+        return len(self.nodes) - 1 - i
+
+    def proof(self, leaf: bytes) -> list[bytes]:
+        """The inclusion proof of ``leaf``.
+
+        Raises:
+            KeyError: the leaf is not in the tree.
+        """
+        return proof_at(self.nodes, self.tree_index(leaf))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The memory lattice's two leaf encodings (documented in docs/memory.md).
+
+#: Per-agent tree leaf: ``(item id, agent, kind, version, anchor block, content commitment)``.
+ITEM_LEAF_TYPES: tuple[str, ...] = ("bytes32", "address", "uint8", "uint32", "uint64", "bytes32")
+#: Global tree leaf: ``(agent, agent root)``.
+AGENT_LEAF_TYPES: tuple[str, ...] = ("address", "bytes32")
+#: The content commitment: ``keccak256(abi.encode(COMMITMENT_TYPES, values))``.
+COMMITMENT_TYPES: tuple[str, ...] = ("bytes32", "uint8", "bytes", "string", "string[]", "string", "uint64", "uint64")
+
+_Z12 = b"\x00" * 12
+
+
+def _u(n: int) -> bytes:
+    return n.to_bytes(32, "big")
+
+
+def item_leaf_encoded(item_id: bytes, agent: bytes, kind: int, version: int, anchor_block: int,
+                      commitment: bytes) -> bytes:
+    """``abi.encode(ITEM_LEAF_TYPES, values)`` (all static types: six 32-byte words)."""
+    return item_id + _Z12 + agent + _u(kind) + _u(version) + _u(anchor_block) + commitment
+
+
+def item_leaf(item_id: bytes, agent: bytes, kind: int, version: int, anchor_block: int, commitment: bytes) -> bytes:
+    """The per-agent tree leaf hash of one visible item version."""
+    return leaf_hash(item_leaf_encoded(item_id, agent, kind, version, anchor_block, commitment))
+
+
+def agent_leaf(agent: bytes, root: bytes) -> bytes:
+    """The global tree leaf hash of one agent's root."""
+    return leaf_hash(_Z12 + agent + root)
+
+
+def commitment(salt: bytes, content_type: int, content: bytes, key: str, tags: Sequence[str], metadata_json: str,
+               ttl_seconds: int, ttl_blocks: int) -> bytes:
+    """The salted content commitment of one item version (see :data:`COMMITMENT_TYPES`)."""
+    return keccak(abi_encode(list(COMMITMENT_TYPES),
+                             [salt, content_type, content, key, list(tags), metadata_json, ttl_seconds, ttl_blocks]))
+
+
+def dump(types: Sequence[str], values: Sequence[Sequence[Any]], tree: Tree, leaf_of: Sequence[bytes]) -> dict[str, Any]:
+    """The ``StandardMerkleTree.dump()`` JSON (format ``standard-v1``) that ``StandardMerkleTree.load`` accepts.
+
+    Args:
+        types: the leaf encoding.
+        values: JSON-ready leaf values (hex strings for bytes, decimal strings or ints for integers).
+        tree: the built tree.
+        leaf_of: the leaf hash of each value, same order as ``values``.
+    """
+    return {
+        "format": "standard-v1",
+        "leafEncoding": list(types),
+        "tree": ["0x" + n.hex() for n in tree.nodes],
+        "values": [{"value": list(v), "treeIndex": tree.tree_index(h)} for v, h in zip(values, leaf_of, strict=True)],
+    }

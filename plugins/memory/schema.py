@@ -1,0 +1,147 @@
+"""The memory plugin's tables.
+
+Which code writes which table matters for the reorg journal (see ``docs/memory.md``):
+
+* **chain tables** are written only by the chain hooks and journaled: ``memory_leaves`` (the visible item
+  versions, per block), ``memory_roots`` (per-agent roots when they change), ``memory_heads`` (each agent's
+  current root), ``memory_global_roots`` (one row per applied block), ``memory_sync`` (how far the op log has
+  been anchored), and the chain-derived rows of ``memory_items`` / ``memory_tags`` (inserted only);
+* **off-chain tables** are written by the API and the CLI and never by chain hooks: ``memory_agents``,
+  ``memory_ops`` (the op log of API writes, anchored by the chain hook at the next block), and the API rows of
+  ``memory_items`` / ``memory_tags``;
+* **derived tables** are declared trimmed (not journaled): the FTS5 index ``memory_fts`` and the encrypted
+  vectors ``memory_vectors``, cleaned by ``monmouth_block_reverted`` by row id range, and the embedding queue.
+
+Every journaled table that a chain hook UPDATEs has the agent in its PRIMARY KEY, so that forgetting an agent
+can drop its changes from the stored undo changesets.
+
+Row ids ``n`` of ``memory_items``: chain-derived items get ``(block_number << 20) | i`` (so a revert of block
+``b`` removes derived rows with ``n >= b << 20``); API items get negative ids ``-seq``.
+"""
+
+from __future__ import annotations
+
+EPISODE_SHIFT = 20
+
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE memory_agents (
+        address BLOB PRIMARY KEY,          -- 20 bytes
+        label TEXT,
+        source TEXT NOT NULL,              -- config | api | cli | import
+        created_at REAL NOT NULL,
+        forgotten_at REAL                  -- tombstone: set by forget
+    );
+    CREATE TABLE memory_items (
+        n INTEGER PRIMARY KEY,             -- see module docs
+        id BLOB NOT NULL UNIQUE,           -- 32 bytes
+        agent BLOB NOT NULL,
+        kind INTEGER NOT NULL,             -- 0 working, 1 episodic, 2 semantic, 3 procedural
+        origin INTEGER NOT NULL,           -- 0 api, 1 chain, 2 import
+        version INTEGER NOT NULL,
+        key_hash BLOB,                     -- HMAC of the item key (lookup)
+        nonce BLOB NOT NULL,
+        ct BLOB NOT NULL,                  -- AES-GCM(msgpack {c, t, k, g, m})
+        commitment BLOB NOT NULL,          -- salted content commitment (32 bytes)
+        ttl_seconds INTEGER NOT NULL DEFAULT 0,
+        ttl_blocks INTEGER NOT NULL DEFAULT 0,
+        expires_at REAL,                   -- wall clock, seconds (working memory with ttl_seconds)
+        created_at REAL NOT NULL,          -- wall clock (chain items: the block timestamp)
+        updated_at REAL NOT NULL,
+        head_number INTEGER,               -- sidecar head when written (chain items: their block)
+        head_hash BLOB
+    );
+    CREATE INDEX memory_items_agent ON memory_items (agent, n);
+    CREATE INDEX memory_items_key ON memory_items (agent, key_hash) WHERE key_hash IS NOT NULL;
+    CREATE INDEX memory_items_expiry ON memory_items (expires_at) WHERE expires_at IS NOT NULL;
+    CREATE TABLE memory_tags (
+        agent BLOB NOT NULL,
+        tag BLOB NOT NULL,                 -- HMAC of the tag
+        n INTEGER NOT NULL,
+        PRIMARY KEY (agent, tag, n)
+    ) WITHOUT ROWID;
+    CREATE INDEX memory_tags_n ON memory_tags (n);
+    CREATE TABLE memory_ops (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        agent BLOB NOT NULL,
+        item_id BLOB NOT NULL,
+        op INTEGER NOT NULL,               -- 1 put, 2 delete
+        kind INTEGER NOT NULL,
+        version INTEGER NOT NULL,
+        commitment BLOB,
+        ttl_blocks INTEGER NOT NULL DEFAULT 0,
+        expires_at REAL,
+        written_at REAL NOT NULL
+    );
+    CREATE INDEX memory_ops_agent ON memory_ops (agent);
+    CREATE TABLE memory_sync (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        ops_seq INTEGER NOT NULL           -- last op anchored
+    );
+    INSERT INTO memory_sync (id, ops_seq) VALUES (1, 0);
+    CREATE TABLE memory_leaves (
+        agent BLOB NOT NULL,
+        item_id BLOB NOT NULL,
+        from_block INTEGER NOT NULL,       -- visible from this block ...
+        to_block INTEGER,                  -- ... up to (excluding) this one; NULL while visible
+        version INTEGER NOT NULL,
+        kind INTEGER NOT NULL,
+        commitment BLOB NOT NULL,
+        anchor_hash BLOB NOT NULL,         -- hash of from_block
+        leaf BLOB NOT NULL,                -- StandardMerkleTree leaf hash
+        expires_block INTEGER,
+        expires_ts REAL,
+        end_reason INTEGER,                -- 1 superseded, 2 deleted, 3 expired
+        PRIMARY KEY (agent, item_id, from_block)
+    ) WITHOUT ROWID;
+    CREATE INDEX memory_leaves_open ON memory_leaves (agent) WHERE to_block IS NULL;
+    CREATE INDEX memory_leaves_from ON memory_leaves (agent, from_block);
+    CREATE INDEX memory_leaves_to ON memory_leaves (agent, to_block) WHERE to_block IS NOT NULL;
+    CREATE INDEX memory_leaves_eb ON memory_leaves (expires_block) WHERE to_block IS NULL AND expires_block IS NOT NULL;
+    CREATE INDEX memory_leaves_et ON memory_leaves (expires_ts) WHERE to_block IS NULL AND expires_ts IS NOT NULL;
+    CREATE TABLE memory_roots (
+        agent BLOB NOT NULL,
+        block_number INTEGER NOT NULL,
+        root BLOB NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (agent, block_number)
+    ) WITHOUT ROWID;
+    CREATE TABLE memory_heads (
+        agent BLOB PRIMARY KEY,
+        root BLOB NOT NULL,
+        count INTEGER NOT NULL,
+        leaf BLOB,                         -- global tree leaf; NULL when the agent holds no visible item
+        block_number INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE memory_global_roots (
+        block_number INTEGER PRIMARY KEY,
+        block_hash BLOB NOT NULL,
+        root BLOB NOT NULL,
+        agents INTEGER NOT NULL,
+        ops_seq INTEGER NOT NULL
+    );
+    CREATE VIRTUAL TABLE memory_fts USING fts5 (tokens, tokenize = 'ascii');
+    CREATE TABLE memory_vectors (
+        n INTEGER PRIMARY KEY,
+        agent BLOB NOT NULL,
+        nonce BLOB NOT NULL,
+        ct BLOB NOT NULL                   -- AES-GCM(float32[384])
+    );
+    CREATE INDEX memory_vectors_agent ON memory_vectors (agent);
+    CREATE TABLE memory_embed_queue (n INTEGER PRIMARY KEY);
+    """,
+]
+
+#: Derived tables, not journaled; ``monmouth_block_reverted`` removes their rows by row id range.
+TRIMMED: dict[str, str | None] = {
+    "memory_fts": None,
+    "memory_vectors": None,
+    "memory_embed_queue": None,
+}
+
+KINDS = {"working": 0, "episodic": 1, "semantic": 2, "procedural": 3}
+KIND_NAMES = {v: k for k, v in KINDS.items()}
+ORIGINS = {0: "api", 1: "chain", 2: "import"}
+OP_PUT, OP_DELETE = 1, 2
+END_SUPERSEDED, END_DELETED, END_EXPIRED = 1, 2, 3
+END_NAMES = {END_SUPERSEDED: "superseded", END_DELETED: "deleted", END_EXPIRED: "expired"}

@@ -1,0 +1,35 @@
+"""Shared helpers of the memory plugin's tests: engines with the memory plugin on real SQLite files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from monmouth.config import validate
+from monmouth.engine import Engine
+from monmouth.metrics import Metrics
+from monmouth.plugins import PluginHost, config_models
+from monmouth.store import Database
+from monmouth_memory.plugin import MemoryPlugin
+from prometheus_client import CollectorRegistry
+
+
+def make_memory_engine(path: Path, memory: dict[str, Any] | None = None, extra: dict[str, object] | None = None,
+                       workers: bool = False, **engine_cfg: Any) -> tuple[Engine, MemoryPlugin]:
+    """An engine on ``path`` with a fresh memory plugin instance (config ``memory``) and ``extra`` plugins."""
+    plugin = MemoryPlugin(workers=workers)
+    plugins: dict[str, object] = {"memory": plugin, **(extra or {})}
+    db = Database(path)
+    metrics = Metrics(CollectorRegistry())
+    host = PluginHost(plugins, db, metrics.registry)
+    data: dict[str, Any] = {"plugins": {n: {"enabled": True} for n in plugins}, "engine": engine_cfg}
+    data["plugins"]["memory"].update(memory or {})
+    settings = validate(data, "<test>", config_models(plugins))
+    host.apply_settings(settings)
+    assert host.is_enabled("memory"), host.errors
+    return Engine(db, host, settings.engine, metrics), plugin
+
+
+def close(engine: Engine) -> None:
+    engine.host.shutdown()
+    engine.close()

@@ -1,0 +1,285 @@
+"""Memory plugin core: items through the real engine, chain-derived episodes, exact reorg behaviour, anchoring."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from monmouth.testing import address, chain, extend
+from monmouth.types import Block, ChainCommitted, ChainReorged, ChainReverted
+from monmouth_memory import merkle
+from monmouth_memory.errors import ConflictError, MemoryRequestError, NotFoundError, UnknownAgentError
+
+from tests.memory_helpers import close, make_memory_engine
+
+A1, A2, OUTSIDER = address(1), address(2), address(7)
+CHAIN_TABLES = {
+    "memory_items": "SELECT n, id, agent, kind, origin, version, nonce, ct, commitment, created_at, head_number, "
+                    "head_hash FROM memory_items WHERE origin = 1",
+    "memory_tags": "SELECT * FROM memory_tags WHERE n >= 0",
+    "memory_leaves": "SELECT * FROM memory_leaves",
+    "memory_roots": "SELECT * FROM memory_roots",
+    "memory_heads": "SELECT * FROM memory_heads",
+    "memory_global_roots": "SELECT * FROM memory_global_roots",
+    "memory_fts": "SELECT rowid, tokens FROM memory_fts WHERE rowid >= 0",
+}
+
+
+def dump(conn) -> dict[str, list[tuple]]:
+    return {t: sorted(conn.execute(q).fetchall()) for t, q in CHAIN_TABLES.items()}
+
+
+@pytest.fixture
+def mk(tmp_path):
+    engines = []
+
+    def factory(name="db.sqlite", memory=None, **kw):
+        cfg = {"key_dir": str(tmp_path / "keys"), "agents": ["0x" + A1.hex(), "0x" + A2.hex()]}
+        cfg.update(memory or {})
+        e, p = make_memory_engine(tmp_path / name, cfg, **kw)
+        engines.append(e)
+        return e, p.memory
+
+    yield factory
+    for e in engines:
+        close(e)
+
+
+def test_hooks_declared_and_config_agents_registered(mk):
+    e, mem = mk()
+    assert {a["address"] for a in mem.agents()} == {"0x" + A1.hex(), "0x" + A2.hex()}
+    kinds = dict(e.conn.execute("SELECT name, type FROM pragma_table_list WHERE name LIKE 'memory_%'").fetchall())
+    assert kinds["memory_fts"] == "virtual"
+    assert "memory_fts" in e.host.trimmed_tables and "memory_vectors" in e.host.trimmed_tables
+    st_ = e.host.status()["memory"]
+    assert st_["state"] == "enabled" and st_["agents"] == 2
+
+
+def test_store_get_list_update_delete(mk):
+    e, mem = mk()
+    e.apply(ChainCommitted(chain(extend(None, 1, number=1, n_txs=0))))
+    r = mem.store(A1, "semantic", "the vault key rotates on fridays", key="vault", tags=["ops", "keys"],
+                  metadata={"source": "runbook"})
+    iid = bytes.fromhex(r["id"][2:])
+    got = mem.get(A1, iid)
+    assert got["content"] == "the vault key rotates on fridays" and got["tags"] == ["ops", "keys"]
+    assert got["metadata"] == {"source": "runbook"} and got["key"] == "vault" and got["pending"]
+    assert got["written_at_head"]["number"] == 1
+    b = mem.store(A1, "procedural", b"\x00\x01binary", tags=["bin"])
+    assert mem.get(A1, bytes.fromhex(b["id"][2:]))["content_b64"] == "AAFiaW5hcnk="
+    assert [i["id"] for i in mem.list(A1, tags=["ops"])] == [r["id"]]
+    assert [i["id"] for i in mem.list(A1, key="vault")] == [r["id"]]
+    assert {i["id"] for i in mem.list(A1)} == {r["id"], b["id"]}
+    assert mem.list(A1, kind="procedural")[0]["id"] == b["id"]
+    assert mem.list(A2) == []
+    up = mem.update(A1, iid, content="the vault key rotates on mondays", tags=["ops"])
+    assert up["version"] == 2 and up["content"].endswith("mondays") and up["tags"] == ["ops"]
+    assert mem.list(A1, tags=["keys"]) == []
+    mem.delete(A1, bytes.fromhex(b["id"][2:]))
+    with pytest.raises(NotFoundError):
+        mem.get(A1, bytes.fromhex(b["id"][2:]))
+    # Other agents cannot read it.
+    with pytest.raises(NotFoundError):
+        mem.get(A2, iid)
+
+
+def test_bad_requests_name_the_field(mk):
+    _e, mem = mk(memory={"max_content_bytes": 100})
+    cases = [
+        (lambda: mem.store(OUTSIDER, "semantic", "x"), UnknownAgentError, "agent", 404),
+        (lambda: mem.store(A1, "dream", "x"), MemoryRequestError, "kind", 422),
+        (lambda: mem.store(A1, "semantic", "x" * 101), MemoryRequestError, "content", 413),
+        (lambda: mem.store(A1, "semantic", "x", ttl_seconds=5), MemoryRequestError, "ttl_seconds", 422),
+        (lambda: mem.store(A1, "working", "x", ttl_seconds=-1), MemoryRequestError, "ttl_seconds", 422),
+        (lambda: mem.store(A1, "working", "x", ttl_blocks=0), MemoryRequestError, "ttl_blocks", 422),
+        (lambda: mem.store(A1, "working", "x", tags=[""]), MemoryRequestError, "tags", 422),
+        (lambda: mem.store(A1, "working", "x", metadata=[1]), MemoryRequestError, "metadata", 422),
+        (lambda: mem.recall(A1, ""), MemoryRequestError, "query", 422),
+    ]
+    for fn, exc, field, status in cases:
+        with pytest.raises(exc) as ei:
+            fn()
+        assert ei.value.field == field and ei.value.status == status, (field, ei.value)
+
+
+def test_chain_episodes_for_agents_only_and_encrypted(mk):
+    e, mem = mk()
+    bs = extend(None, 4, number=1, n_txs=4)
+    e.apply(ChainCommitted(chain(bs)))
+    expected = set()
+    for b in bs:
+        for i, tx in enumerate(b.transactions):
+            for a in {tx.sender, tx.to} & {A1, A2}:
+                expected.add((a, tx.hash, "transaction"))
+            for lg in b.receipts[i].logs:
+                for a in {lg.topics[1][12:], lg.topics[2][12:]} & {A1, A2}:
+                    expected.add((a, tx.hash, "transfer"))
+    assert expected, "the synthetic chain should touch the agents"
+    got = set()
+    for a in (A1, A2):
+        for it in mem.list(a, limit=1000):
+            assert it["origin"] == "chain" and it["kind"] == "episodic" and not it["pending"]
+            got.add((a, bytes.fromhex(it["metadata"]["tx"][2:]), it["metadata"]["type"]))
+            assert it["content"].startswith("Block ")
+    assert got == expected
+    # Ciphertext only: no rendered text is stored in the clear.
+    some = mem.list(A1, limit=1)[0]["content"].encode()
+    for (ct,) in e.conn.execute("SELECT ct FROM memory_items"):
+        assert some not in ct
+    # Chain-derived memories are immutable through the API.
+    with pytest.raises(ConflictError):
+        mem.delete(A1, bytes.fromhex(mem.list(A1, limit=1)[0]["id"][2:]))
+
+
+def test_roots_match_leaves_and_proofs_verify(mk):
+    e, mem = mk()
+    bs = extend(None, 3, number=1, n_txs=4)
+    e.apply(ChainCommitted(chain(bs)))
+    for a in (A1, A2):
+        for b in bs:
+            r = mem.agent_root(a, b.number)
+            leaves = mem.leaves(a, b.number)
+            assert merkle.root_of([bytes.fromhex(x["leaf"][2:]) for x in leaves["leaves"]]).hex() == r["root"][2:] \
+                or (not leaves["leaves"] and r["root"] == "0x" + "00" * 32)
+            for x in leaves["leaves"]:
+                p = mem.proof(a, bytes.fromhex(x["values"][0][2:]), b.number)
+                assert merkle.verify(bytes.fromhex(p["root"][2:]), bytes.fromhex(p["leaf"][2:]),
+                                     [bytes.fromhex(s[2:]) for s in p["proof"]])
+    g = mem.global_root()
+    heads = [merkle.agent_leaf(a, bytes.fromhex(mem.agent_root(a)["root"][2:])) for a in (A1, A2)
+             if mem.agent_root(a)["count"]]
+    assert g["root"] == "0x" + merkle.root_of(heads).hex()
+    r = mem.agent_root(A1, with_global_proof=True)
+    assert merkle.verify(bytes.fromhex(g["root"][2:]), bytes.fromhex(r["global_leaf"][2:]),
+                         [bytes.fromhex(s[2:]) for s in r["global_proof"]])
+
+
+def test_api_items_anchor_at_next_block_and_reanchor_after_reorg(mk):
+    e, mem = mk()
+    bs = extend(None, 2, number=1, n_txs=0)
+    e.apply(ChainCommitted(chain(bs)))
+    r = mem.store(A1, "semantic", "re-anchor me")
+    iid = bytes.fromhex(r["id"][2:])
+    with pytest.raises(NotFoundError, match="not anchored yet"):
+        mem.proof(A1, iid)
+    b3 = extend(bs[-1], 1, salt="a", n_txs=0)
+    e.apply(ChainCommitted(chain(b3)))
+    got = mem.get(A1, iid)
+    assert got["anchor"] == {"block": 3, "hash": "0x" + b3[0].hash.hex(), "version": 1} and not got["pending"]
+    root_a = mem.agent_root(A1, 3)["root"]
+    # Updates and a new item between blocks, then a reorg of block 3: no journal conflict, and everything is
+    # anchored again on the new chain.
+    mem.update(A1, iid, content="re-anchor me, version two")
+    r2 = mem.store(A1, "working", "short-lived", ttl_blocks=2)
+    fork = extend(bs[-1], 2, salt="b", n_txs=0)
+    e.apply(ChainReorged(chain(b3), chain(fork)))
+    got = mem.get(A1, iid)
+    assert got["anchor"]["hash"] == "0x" + fork[0].hash.hex() and got["anchor"]["version"] == 2
+    assert mem.agent_root(A1, 3)["root"] != root_a
+    p = mem.proof(A1, iid, 3)
+    assert p["values"][3] == 2 and p["values"][4] == 3
+    # Working memory with a TTL of 2 blocks: anchored at 3, gone from the root at block 5.
+    assert mem.proof(A1, bytes.fromhex(r2["id"][2:]), 4)
+    e.apply(ChainCommitted(chain(extend(fork[-1], 1, salt="c", n_txs=0))))
+    with pytest.raises(NotFoundError):
+        mem.proof(A1, bytes.fromhex(r2["id"][2:]), 5)
+    with pytest.raises(NotFoundError, match="expired"):
+        mem.get(A1, bytes.fromhex(r2["id"][2:]))
+    assert mem.agent_root(A1, 5)["count"] == 1
+    # Deleting takes the item out of the root at the next block.
+    mem.delete(A1, iid)
+    e.apply(ChainCommitted(chain(extend(e_block(e, 5), 1, salt="d", n_txs=0))))
+    assert mem.agent_root(A1, 6)["count"] == 0
+    assert mem.agent_root(A1, 6)["root"] == "0x" + "00" * 32
+    assert mem.proof(A1, iid, 5)["values"][3] == 2  # history is still provable
+
+
+def e_block(engine, number) -> Block:
+    sb = engine.canonical(number)
+    return Block(sb.number, sb.hash, sb.parent_hash, sb.timestamp, b"\x00" * 20, 0, 0)
+
+
+def test_revert_removes_roots_and_derived_rows(mk):
+    e, mem = mk()
+    bs = extend(None, 5, number=1, n_txs=4)
+    e.apply(ChainCommitted(chain(bs[:2])))
+    before = dump(e.conn)
+    e.apply(ChainCommitted(chain(bs[2:])))
+    e.apply(ChainReverted(chain(bs[2:])))
+    assert dump(e.conn) == before
+    assert e.conn.execute("SELECT count(*) FROM memory_fts WHERE rowid >= ?", (3 << 20,)).fetchone()[0] == 0
+    with pytest.raises(NotFoundError):
+        mem.global_root(3)
+
+
+op = st.one_of(
+    st.tuples(st.just("commit"), st.integers(1, 3)),
+    st.tuples(st.just("reorg"), st.integers(1, 4), st.integers(1, 4)),
+    st.tuples(st.just("revert"), st.integers(1, 4)),
+    st.tuples(st.just("api"), st.integers(0, 3)),
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(op, min_size=1, max_size=10), txs=st.integers(1, 4))
+def test_random_reorgs_leave_chain_memory_equal_to_fresh_run(mk, ops, txs):
+    """Chain-derived memory after any commits/reorgs/reverts (with API writes interleaved) equals a fresh run of
+    the final chain; API items survive, each anchored on the final chain."""
+    run = uuid.uuid4().hex
+    e, mem = mk(f"live-{run}.sqlite")
+    canonical = extend(None, 2, number=1, salt=run, n_txs=txs)
+    e.apply(ChainCommitted(chain(canonical)))
+    api_ids = []
+    for i, o in enumerate(ops):
+        if o[0] == "commit":
+            new = extend(canonical[-1], o[1], salt=(run, i), n_txs=txs)
+            e.apply(ChainCommitted(chain(new)))
+            canonical += new
+        elif o[0] in ("reorg", "revert"):
+            depth = min(o[1], len(canonical) - 1)
+            if depth < 1:
+                continue
+            old, base = canonical[-depth:], canonical[:-depth]
+            if o[0] == "reorg":
+                new = extend(base[-1], o[2], salt=(run, i, "f"), n_txs=txs)
+                e.apply(ChainReorged(chain(old), chain(new)))
+                canonical = base + new
+            else:
+                e.apply(ChainReverted(chain(old)))
+                canonical = base
+        else:
+            if o[1] == 0 or not api_ids:
+                api_ids.append((A1, bytes.fromhex(mem.store(A1, "semantic", f"note {i}")["id"][2:])))
+            elif o[1] == 1:
+                with contextlib.suppress(NotFoundError):  # an expired working item
+                    mem.update(*api_ids[-1], content=f"note {i} updated")
+            elif o[1] == 2:
+                with contextlib.suppress(NotFoundError):
+                    mem.delete(*api_ids.pop())
+            else:
+                api_ids.append((A2, bytes.fromhex(mem.store(A2, "working", f"tmp {i}", ttl_blocks=3)["id"][2:])))
+        assert e.head == canonical[-1].ref
+    # Compare the chain-derived rows with a fresh run (API writes excluded by anchoring one more block on both).
+    ref, _ = mk(f"ref-{run}.sqlite")
+    ref.apply(ChainCommitted(chain(canonical)))
+    live = dump(e.conn)
+    fresh = dump(ref.conn)
+    assert live["memory_items"] == fresh["memory_items"]
+    assert live["memory_fts"] == fresh["memory_fts"]
+    assert live["memory_tags"] == fresh["memory_tags"]
+    chain_ids = {r[1] for r in live["memory_items"]}
+    assert [r for r in live["memory_leaves"] if r[1] in chain_ids] == \
+        [r for r in fresh["memory_leaves"] if r[1] in chain_ids]
+    # Every surviving API item is visible and, after one more block, anchored on the final chain.
+    nxt = extend(canonical[-1], 1, salt=(run, "last"), n_txs=0)
+    e.apply(ChainCommitted(chain(nxt)))
+    for agent, iid in api_ids:
+        try:
+            it = mem.get(agent, iid)
+        except NotFoundError:
+            continue  # an expired working item
+        assert it["anchor"] is not None and not it["pending"]
+        assert e.canonical(it["anchor"]["block"]).hash.hex() == it["anchor"]["hash"][2:]
