@@ -1,0 +1,188 @@
+"""Bridge transport benchmark: ``bridge-replay`` → ZeroMQ → ``exex`` source → engine (no-op plugin) → ack.
+
+Blocks are mainnet-shaped (200 transactions each, taken in rotation from the real blocks in
+``../shared/data/mainnet/`` and re-chained), one ``ChainCommitted`` per block.
+
+Phases:
+
+1. **throughput**: the bridge serves ``--count`` notifications as fast as the credit window (64) allows;
+   notifications/s and MB/s are acked notifications and payload bytes over the time from the first send to
+   the last ack, as measured by the bridge;
+2. **transport only**: the same, but the sidecar acks right after decoding, without the engine (shows the
+   transport's own ceiling);
+3. **latency**: ``--latency-count`` notifications at ``--rate`` per second (1 by default, a mainnet-like
+   pace); ack latency is the time from the bridge's send to its receipt of the ack (p50, p99).
+
+Prints a line per phase; the last line is JSON with ``notifications_per_s``, ``mb_per_s``, ``ack_p50_ms`` and
+``ack_p99_ms`` (plus the other figures). Usage: ``python bench/bridge.py [--count N] [--latency-count N]``.
+Needs ``bridge/target/release/bridge-replay`` (built with ``cargo build --release`` in ``bridge/`` if missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from prometheus_client import CollectorRegistry  # noqa: E402
+
+from monmouth import hookimpl  # noqa: E402
+from monmouth.app import EngineView  # noqa: E402
+from monmouth.config import validate  # noqa: E402
+from monmouth.engine import Engine  # noqa: E402
+from monmouth.metrics import Metrics  # noqa: E402
+from monmouth.plugins import PluginHost, config_models  # noqa: E402
+from monmouth.replayfile import ReplayWriter  # noqa: E402
+from monmouth.sources.exex import ExExSource  # noqa: E402
+from monmouth.store import Database  # noqa: E402
+from monmouth.testing import chain, load_mainnet_blocks, mainnet_shaped  # noqa: E402
+from monmouth.types import ChainCommitted  # noqa: E402
+
+BINARY = ROOT / "bridge" / "target" / "release" / "bridge-replay"
+
+
+class NoopPlugin:
+    """Implements the per-block hooks and does nothing (hook dispatch is part of the cost measured)."""
+
+    @hookimpl
+    def monmouth_block_applied(self, conn: Any, block: Any, notification: Any) -> None:
+        return None
+
+    @hookimpl
+    def monmouth_block_reverted(self, conn: Any, block: Any, notification: Any) -> None:
+        return None
+
+
+def make_engine(path: Path) -> Engine:
+    plugins = {"noop": NoopPlugin()}
+    db = Database(path)
+    metrics = Metrics(CollectorRegistry())
+    host = PluginHost(plugins, db, metrics.registry)
+    settings = validate({"plugins": {"noop": {"enabled": True}}}, "<bench>", config_models(plugins))
+    host.apply_settings(settings)
+    return Engine(db, host, settings.engine, metrics)
+
+
+def build_file(path: Path, count: int, txs: int) -> int:
+    templates = load_mainnet_blocks()
+    size = 0
+    with ReplayWriter(path) as w:
+        for i, b in enumerate(mainnet_shaped(templates, count, txs_per_block=txs), 1):
+            size += w.write(ChainCommitted(chain([b])), i) or 0
+    return path.stat().st_size
+
+
+def ensure_binary() -> Path:
+    if not BINARY.exists():
+        subprocess.run(["cargo", "build", "--release", "--bin", "bridge-replay"], cwd=ROOT / "bridge", check=True)
+    return BINARY
+
+
+async def run_phase(file: Path, endpoint: str, *, engine: Engine | None, window: int, rate: float) -> dict[str, Any]:
+    args = [str(ensure_binary()), "--file", str(file), "--endpoint", endpoint, "--exit-when-acked",
+            "--log-level", "warn"]
+    if rate:
+        args += ["--rate", str(rate)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    json.loads(proc.stdout.readline())
+    src = ExExSource(endpoint, window=window)
+
+    class NullView:
+        head_ref = None
+
+        def head(self) -> Any:
+            return self.head_ref
+
+        def canonical(self, number: int) -> None:
+            return None
+
+        def source_token(self) -> None:
+            return None
+
+    view: Any = EngineView(engine) if engine is not None else NullView()
+
+    async def consume() -> None:
+        async for d in src.stream(view):
+            if engine is not None:
+                res = await asyncio.to_thread(engine.apply, d.notification, d.token)
+                head = res.head
+            else:
+                head = d.notification.new.tip.ref  # type: ignore[union-attr]
+                view.head_ref = head
+            await src.ack(d, head)
+
+    task = asyncio.get_running_loop().create_task(consume())
+    while proc.poll() is None:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    await src.aclose()
+    lines = [json.loads(x) for x in proc.stdout.read().splitlines() if x.strip()]
+    return next(x for x in lines if x.get("event") == "summary")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--count", type=int, default=1000, help="notifications in the throughput phases")
+    ap.add_argument("--txs", type=int, default=200, help="transactions per block")
+    ap.add_argument("--latency-count", type=int, default=20, help="notifications in the latency phase")
+    ap.add_argument("--rate", type=float, default=1.0, help="notifications per second in the latency phase")
+    ap.add_argument("--window", type=int, default=64)
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="monmouth-bench-") as tmp:
+        d = Path(tmp)
+        t0 = time.perf_counter()
+        size = build_file(d / "bench.mnmrp", a.count, a.txs)
+        print(f"built {a.count} blocks x {a.txs} txs: {size / 1e6:.1f} MB replay file in {time.perf_counter() - t0:.1f}s")
+
+        engine = make_engine(d / "tp.sqlite")
+        tp = asyncio.run(run_phase(d / "bench.mnmrp", f"ipc://{d}/tp.sock", engine=engine, window=a.window, rate=0))
+        engine.close()
+        print(f"throughput (engine, no-op plugin): {tp['notifications_per_s']:.0f} notifications/s, "
+              f"{tp['mb_per_s']:.1f} MB/s, ack p50 {tp['ack_p50_ms']:.1f} ms p99 {tp['ack_p99_ms']:.1f} ms "
+              f"(window {a.window})")
+
+        tr = asyncio.run(run_phase(d / "bench.mnmrp", f"ipc://{d}/tr.sock", engine=None, window=a.window, rate=0))
+        print(f"transport only (decode + ack, no engine): {tr['notifications_per_s']:.0f} notifications/s, "
+              f"{tr['mb_per_s']:.1f} MB/s")
+
+        lat_file = d / "lat.mnmrp"
+        build_file(lat_file, a.latency_count, a.txs)
+        engine = make_engine(d / "lat.sqlite")
+        lat = asyncio.run(run_phase(lat_file, f"ipc://{d}/lat.sock", engine=engine, window=a.window, rate=a.rate))
+        engine.close()
+        print(f"latency at {a.rate:g} block/s ({lat['acked']} blocks): ack p50 {lat['ack_p50_ms']:.2f} ms, "
+              f"p99 {lat['ack_p99_ms']:.2f} ms, max {lat['ack_max_ms']:.2f} ms")
+
+    print(json.dumps({
+        "notifications_per_s": round(tp["notifications_per_s"], 1),
+        "mb_per_s": round(tp["mb_per_s"], 2),
+        "ack_p50_ms": lat["ack_p50_ms"],
+        "ack_p99_ms": lat["ack_p99_ms"],
+        "transport_only_notifications_per_s": round(tr["notifications_per_s"], 1),
+        "transport_only_mb_per_s": round(tr["mb_per_s"], 2),
+        "throughput_ack_p99_ms": tp["ack_p99_ms"],
+        "txs_per_block": a.txs,
+        "count": a.count,
+        "latency_rate_per_s": a.rate,
+        "latency_count": lat["acked"],
+    }))
+
+
+if __name__ == "__main__":
+    main()
