@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -32,8 +33,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-from prometheus_client import CollectorRegistry  # noqa: E402
 
 from monmouth import hookimpl  # noqa: E402
 from monmouth.app import EngineView  # noqa: E402
@@ -46,6 +45,7 @@ from monmouth.sources.exex import ExExSource  # noqa: E402
 from monmouth.store import Database  # noqa: E402
 from monmouth.testing import chain, load_mainnet_blocks, mainnet_shaped  # noqa: E402
 from monmouth.types import ChainCommitted  # noqa: E402
+from prometheus_client import CollectorRegistry  # noqa: E402
 
 BINARY = ROOT / "bridge" / "target" / "release" / "bridge-replay"
 
@@ -127,10 +127,8 @@ async def run_phase(file: Path, endpoint: str, *, engine: Engine | None, window:
             task.result()
         await asyncio.sleep(0.01)
     task.cancel()
-    try:
+    with contextlib.suppress(asyncio.CancelledError):
         await task
-    except asyncio.CancelledError:
-        pass
     await src.aclose()
     lines = [json.loads(x) for x in proc.stdout.read().splitlines() if x.strip()]
     return next(x for x in lines if x.get("event") == "summary")
@@ -148,7 +146,8 @@ def main() -> None:
         d = Path(tmp)
         t0 = time.perf_counter()
         size = build_file(d / "bench.mnmrp", a.count, a.txs)
-        print(f"built {a.count} blocks x {a.txs} txs: {size / 1e6:.1f} MB replay file in {time.perf_counter() - t0:.1f}s")
+        took = time.perf_counter() - t0
+        print(f"built {a.count} blocks x {a.txs} txs: {size / 1e6:.1f} MB replay file in {took:.1f}s")
 
         engine = make_engine(d / "tp.sqlite")
         tp = asyncio.run(run_phase(d / "bench.mnmrp", f"ipc://{d}/tp.sock", engine=engine, window=a.window, rate=0))
