@@ -6,6 +6,7 @@ its routes answer 503 naming the plugin, so a hot reload that enables it needs n
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
@@ -15,6 +16,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import __version__
 from .plugins import declared
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .app import App
@@ -62,7 +65,12 @@ def create_api(app: App, runner: Runner | None = None) -> FastAPI:
         return Response(generate_latest(app.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     for name, plugin in app.host.installed.items():
-        router = declared(plugin, "monmouth_http_router")
+        try:
+            router = declared(plugin, "monmouth_http_router")
+        except Exception as e:  # one plugin's broken routes must not take the API down
+            log.error("plugin %s: monmouth_http_router failed, its routes are not served: %s", name, e)
+            app.host.errors[name] = f"monmouth_http_router failed: {type(e).__name__}: {e}"
+            continue
         if router is not None:
             api.include_router(router, dependencies=[_plugin_guard(app, name)])
     return api

@@ -110,7 +110,7 @@ def block_from_rpc(raw: Mapping[str, Any], receipts: Sequence[Mapping[str, Any]]
         if len(receipts) != len(txs):
             raise CodecError(f"{path}: {len(txs)} transactions but {len(receipts)} receipts")
         rcs = tuple(receipt_from_rpc(r, f"{path}.receipts[{i}]") for i, r in enumerate(receipts))
-        for i, (t, r) in enumerate(zip(txs, rcs, strict=True)):
+        for i, t in enumerate(txs):
             rh = receipts[i].get("transactionHash")
             if rh is not None and data(rh, f"{path}.receipts[{i}].transactionHash", 32) != t.hash:
                 raise CodecError(f"{path}: receipt {i} belongs to {rh}, not to transaction 0x{t.hash.hex()}")

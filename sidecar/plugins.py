@@ -96,7 +96,8 @@ def load_module(spec: str) -> types.ModuleType:
         raise ConfigError(f"plugin module {spec!r} failed to import: {type(e).__name__}: {e}") from e
 
 
-def discover(module_paths: Mapping[str, str] | None = None, extra: Mapping[str, object] | None = None) -> dict[str, object]:
+def discover(module_paths: Mapping[str, str] | None = None,
+             extra: Mapping[str, object] | None = None) -> dict[str, object]:
     """``{name: plugin object}`` from entry points, then config module paths, then ``extra`` (tests, embedding).
 
     Raises:

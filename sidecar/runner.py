@@ -8,6 +8,7 @@ plugin is retried, with backoff, until it succeeds (an operator can disable the 
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from pathlib import Path
@@ -21,6 +22,18 @@ from .errors import ConfigError, ContinuityError, PluginError, ReorgTooDeepError
 from .sources.base import Delivery, Source
 
 log = logging.getLogger(__name__)
+
+
+def tune_gc() -> None:
+    """Freeze start-up objects and raise the young-generation threshold of the cyclic GC.
+
+    Decoding a 200-transaction block allocates ~1,000 short-lived, acyclic objects (freed by reference
+    counting); with CPython's default threshold (700) the collector scans them over and over, which costs about
+    a third of decode time. Long-lived start-up objects are moved out of its way with ``gc.freeze()``.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
 
 class Runner:
@@ -73,6 +86,7 @@ class Runner:
             ContinuityError: a finite source delivered a notification that does not connect.
         """
         error: Exception | None = None
+        tune_gc()
         async with anyio.create_task_group() as tg:
             if self.serve_http:
                 await tg.start(self._serve_http)

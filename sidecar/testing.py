@@ -7,12 +7,12 @@ consensus-valid; use the mainnet files themselves where real hashes matter.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+import msgspec
 from eth_hash.auto import keccak
 
 from .jsonrpc import block_from_rpc
@@ -52,8 +52,8 @@ def make_block(parent: Block | None, *, salt: object = 0, n_txs: int = 2, rng: r
             max_priority_fee_per_gas=10**9, chain_id=1,
         )
         gas += 51_000
-        log = Log(address(100 + rng.randrange(3)), (TRANSFER_TOPIC, b"\x00" * 12 + address(a), b"\x00" * 12 + address(b)),
-                  value.to_bytes(32, "big"))
+        topics = (TRANSFER_TOPIC, b"\x00" * 12 + address(a), b"\x00" * 12 + address(b))
+        log = Log(address(100 + rng.randrange(3)), topics, value.to_bytes(32, "big"))
         txs.append(tx)
         rcs.append(Receipt(1, gas, (log,)))
     return Block(num, bh, ph, 1_700_000_000 + 12 * num, address(999), 30_000_000, gas, 7 * 10**9,
@@ -113,10 +113,10 @@ def mainnet_shaped(templates: Sequence[Block], count: int, *, txs_per_block: int
         for j in range(txs_per_block):
             t, r = pool_tx[k % len(pool_tx)], pool_rc[k % len(pool_rc)]
             k += 1
-            txs.append(dataclasses.replace(t, hash=h("tx", bh, j)))
+            txs.append(msgspec.structs.replace(t, hash=h("tx", bh, j)))
             prev = pool_rc[(k - 2) % len(pool_rc)].cumulative_gas_used if j else 0
             cum += max(r.cumulative_gas_used - prev, 21_000)
-            rcs.append(dataclasses.replace(r, cumulative_gas_used=cum))
+            rcs.append(msgspec.structs.replace(r, cumulative_gas_used=cum))
         tpl = templates[i % len(templates)]
         yield Block(num, bh, parent_hash, tpl.timestamp + 12 * i, tpl.beneficiary, 30_000_000, cum,
                     tpl.base_fee_per_gas or 10**9, tuple(txs), tuple(rcs))

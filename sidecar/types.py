@@ -1,5 +1,10 @@
 """The data model: blocks, chains and the three ExEx notification variants.
 
+Everything is immutable. ``Block``, ``Transaction``, ``Receipt`` and ``Log`` are frozen ``msgspec.Struct``s:
+the wire decoder (:mod:`sidecar.codec`) builds them straight from msgpack in C, validating types and byte
+lengths, which is an order of magnitude faster than building Python objects field by field (a mainnet block
+carries hundreds of them). ``Chain`` and the notifications are frozen dataclasses.
+
 Representation at the boundary (documented once, here, and in ``docs/wire.md``):
 
 * hashes (32 bytes), addresses (20 bytes), calldata, log data and topics are raw ``bytes``;
@@ -17,7 +22,9 @@ The three notification variants mirror Reth's ``ExExNotification``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple, Union
+from typing import Annotated, Literal, NamedTuple
+
+import msgspec
 
 from .errors import ChainError
 
@@ -35,17 +42,29 @@ class BlockRef(NamedTuple):
         return {"number": self.number, "hash": "0x" + self.hash.hex()}
 
 
-@dataclass(slots=True, frozen=True)
-class Log:
+class U256(int):
+    """An unsigned 256-bit quantity (wei). Decoded from the wire's big-endian bytes; behaves as ``int``.
+
+    Model fields typed ``U256`` accept plain ``int`` values too when built in Python.
+    """
+
+
+#: Exactly 32 bytes (block/transaction hash, topic).
+Hash32 = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+#: Exactly 20 bytes (address).
+Address = Annotated[bytes, msgspec.Meta(min_length=20, max_length=20)]
+_UInt = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class Log(msgspec.Struct, frozen=True, gc=False):
     """An event log: emitting contract ``address``, up to 4 32-byte ``topics``, and ``data``."""
 
-    address: bytes
-    topics: tuple[bytes, ...]
+    address: Address
+    topics: Annotated[tuple[Hash32, ...], msgspec.Meta(max_length=4)]
     data: bytes
 
 
-@dataclass(slots=True, frozen=True)
-class Receipt:
+class Receipt(msgspec.Struct, frozen=True, gc=False):
     """A transaction receipt.
 
     ``status`` is 1 (success) or 0 (failure) since Byzantium (EIP-658) and ``None`` before it.
@@ -53,14 +72,13 @@ class Receipt:
     when the source knows it.
     """
 
-    status: int | None
-    cumulative_gas_used: int
+    status: _UInt | None
+    cumulative_gas_used: _UInt
     logs: tuple[Log, ...] = ()
-    contract_address: bytes | None = None
+    contract_address: Address | None = None
 
 
-@dataclass(slots=True, frozen=True)
-class Transaction:
+class Transaction(msgspec.Struct, frozen=True, gc=False):
     """A signed transaction with its recovered ``sender``.
 
     ``to`` is ``None`` for contract creation. ``value`` and every fee field are in wei.
@@ -68,18 +86,18 @@ class Transaction:
     ``chain_id`` is ``None`` for pre-EIP-155 legacy transactions.
     """
 
-    hash: bytes
-    type: int
-    sender: bytes
-    to: bytes | None
-    value: int
+    hash: Hash32
+    type: _UInt
+    sender: Address
+    to: Address | None
+    value: U256
     input: bytes
-    nonce: int
-    gas_limit: int
-    gas_price: int | None = None
-    max_fee_per_gas: int | None = None
-    max_priority_fee_per_gas: int | None = None
-    chain_id: int | None = None
+    nonce: _UInt
+    gas_limit: _UInt
+    gas_price: U256 | None = None
+    max_fee_per_gas: U256 | None = None
+    max_priority_fee_per_gas: U256 | None = None
+    chain_id: _UInt | None = None
 
     @property
     def selector(self) -> bytes | None:
@@ -87,20 +105,19 @@ class Transaction:
         return self.input[:4] if len(self.input) >= 4 else None
 
 
-@dataclass(slots=True, frozen=True)
-class Block:
+class Block(msgspec.Struct, frozen=True, gc=False):
     """An executed block: header fields, transactions and their receipts (``receipts[i]`` is the
     receipt of ``transactions[i]``). ``gas_limit``/``gas_used`` are in gas, ``base_fee_per_gas``
     in wei (``None`` before London, EIP-1559), ``timestamp`` in seconds."""
 
-    number: int
-    hash: bytes
-    parent_hash: bytes
-    timestamp: int
-    beneficiary: bytes
-    gas_limit: int
-    gas_used: int
-    base_fee_per_gas: int | None = None
+    number: _UInt
+    hash: Hash32
+    parent_hash: Hash32
+    timestamp: _UInt
+    beneficiary: Address
+    gas_limit: _UInt
+    gas_used: _UInt
+    base_fee_per_gas: U256 | None = None
     transactions: tuple[Transaction, ...] = ()
     receipts: tuple[Receipt, ...] = ()
 
@@ -191,7 +208,7 @@ class ChainReverted:
     kind: Literal["ChainReverted"] = field(default="ChainReverted", init=False)
 
 
-Notification = Union[ChainCommitted, ChainReorged, ChainReverted]
+Notification = ChainCommitted | ChainReorged | ChainReverted
 
 
 def reverted_chain(n: Notification) -> Chain | None:

@@ -11,8 +11,6 @@ import httpx
 import pytest
 from click.testing import CliRunner
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict
-
 from monmouth import hookimpl
 from monmouth.app import open_app
 from monmouth.errors import MigrationError
@@ -23,6 +21,8 @@ from monmouth.sources.replay import ReplaySource
 from monmouth.store import Database
 from monmouth.testing import chain, extend
 from monmouth.types import ChainCommitted, ChainReorged
+from pydantic import BaseModel, ConfigDict
+
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.anyio

@@ -1,0 +1,123 @@
+"""Ingest benchmark: blocks per second through decode -> engine -> no-op plugin -> commit -> ack, and the time
+to revert a 64-block reorg.
+
+Blocks are mainnet-shaped: the transactions and receipts of the 10 real blocks in ../shared/data/mainnet/,
+re-chained into contiguous 200-transaction blocks. Each block travels as one msgpack ``notification`` frame
+(the wire encoding) and is decoded in the timed loop.
+
+Run:  python bench/ingest.py [--blocks 600] [--txs 200] [--synchronous FULL]
+Prints its figures; the last line is JSON with ``blocks_per_s`` and ``revert_64_s`` (no-op plugin), plus the
+same for a plugin that writes one journaled row per transaction (``indexing_*``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from monmouth import hookimpl
+from monmouth.codec import decode_notification, encode_notification
+from monmouth.config import validate
+from monmouth.engine import Engine
+from monmouth.metrics import Metrics
+from monmouth.plugins import PluginHost, config_models
+from monmouth.runner import tune_gc
+from monmouth.store import Database
+from monmouth.testing import load_mainnet_blocks, mainnet_shaped
+from monmouth.types import Chain, ChainCommitted, ChainReverted
+from prometheus_client import CollectorRegistry
+
+
+class NoOp:
+    """A plugin that is called for every block and does nothing."""
+
+    @hookimpl
+    def monmouth_block_applied(self, conn, block, notification):
+        return None
+
+
+class Indexer:
+    """A plugin that writes one journaled row per transaction (so a revert has real undo work)."""
+
+    @hookimpl
+    def monmouth_migrations(self):
+        return ["CREATE TABLE idx_txs (hash BLOB PRIMARY KEY, block INTEGER NOT NULL, sender BLOB, value TEXT)"]
+
+    @hookimpl
+    def monmouth_block_applied(self, conn, block, notification):
+        conn.executemany(
+            "INSERT INTO idx_txs (hash, block, sender, value) VALUES (?, ?, ?, ?)",
+            [(t.hash, block.number, t.sender, str(t.value)) for t in block.transactions],
+        )
+
+
+def make_engine(path: Path, plugin: object, synchronous: str) -> Engine:
+    db = Database(path, synchronous=synchronous)
+    metrics = Metrics(CollectorRegistry())
+    host = PluginHost({"p": plugin}, db, metrics.registry)
+    settings = validate({"plugins": {"p": {"enabled": True}}}, "<bench>", config_models({"p": plugin}))
+    host.apply_settings(settings)
+    return Engine(db, host, settings.engine, metrics)
+
+
+def run(plugin: object, frames: list[bytes], synchronous: str, label: str) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as d:
+        engine = make_engine(Path(d) / "bench.sqlite", plugin, synchronous)
+        acked = []
+        t0 = time.perf_counter()
+        decode_s = 0.0
+        for frame in frames:
+            td = time.perf_counter()
+            seq, n = decode_notification(frame)
+            decode_s += time.perf_counter() - td
+            res = engine.apply(n, {"seq": seq})
+            acked.append(res.head)  # acknowledgement: what the exex source sends upstream
+        elapsed = time.perf_counter() - t0
+        bps = len(frames) / elapsed
+        # Revert the newest 64 blocks (a 64-block reorg's revert half), headers only as the rpc source sends them.
+        old = tuple(engine.canonical(n).as_block() for n in range(engine.head.number - 63, engine.head.number + 1))
+        t1 = time.perf_counter()
+        engine.apply(ChainReverted(Chain(old)))
+        revert_s = time.perf_counter() - t1
+        size = Path(d, "bench.sqlite").stat().st_size
+        engine.close()
+    print(f"[{label}] {len(frames)} blocks in {elapsed:.2f}s = {bps:.0f} blocks/s "
+          f"(decode {decode_s / len(frames) * 1e3:.2f} ms/block); revert of 64 blocks {revert_s * 1e3:.1f} ms; "
+          f"db {size / 1e6:.1f} MB")
+    return {"blocks_per_s": round(bps, 1), "revert_64_s": round(revert_s, 4),
+            "decode_ms_per_block": round(decode_s / len(frames) * 1e3, 3)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--blocks", type=int, default=600)
+    ap.add_argument("--txs", type=int, default=200)
+    ap.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL")
+    args = ap.parse_args()
+
+    templates = load_mainnet_blocks()
+    blocks = list(mainnet_shaped(templates, args.blocks, txs_per_block=args.txs))
+    frames = [encode_notification(ChainCommitted(Chain((b,))), seq=i + 1) for i, b in enumerate(blocks)]
+    mb = sum(map(len, frames)) / 1e6
+    del blocks
+    tune_gc()  # as `monmouth run` does
+    print(f"{args.blocks} mainnet-shaped blocks of {args.txs} transactions, {mb:.1f} MB of msgpack "
+          f"({mb * 1e3 / args.blocks:.0f} kB/block), synchronous={args.synchronous}")
+    noop = run(NoOp(), frames, args.synchronous, "no-op plugin")
+    indexing = run(Indexer(), frames, args.synchronous, "indexing plugin")
+    print(json.dumps({
+        "blocks_per_s": noop["blocks_per_s"], "revert_64_s": noop["revert_64_s"],
+        "txs_per_block": args.txs, "blocks": args.blocks, "synchronous": args.synchronous,
+        "decode_ms_per_block": noop["decode_ms_per_block"],
+        "indexing_blocks_per_s": indexing["blocks_per_s"], "indexing_revert_64_s": indexing["revert_64_s"],
+    }))
+
+
+if __name__ == "__main__":
+    main()
