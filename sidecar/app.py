@@ -44,7 +44,7 @@ def load_settings(config_path: str | Path | None, extra_plugins: Mapping[str, ob
         ConfigError: invalid file, key or value, naming the file and the key.
     """
     data, origin, base = load_data(config_path, environ)
-    plugins = discover(module_paths(data), extra_plugins)
+    plugins = discover(module_paths(data, base), extra_plugins)
     return validate(data, origin, config_models(plugins), base), plugins
 
 
@@ -68,7 +68,7 @@ class App:
             ConfigError: the new config is invalid; the running config is kept unchanged.
         """
         data, origin, base = load_data(self.config_path, environ)
-        plugins = discover(module_paths(data), self.extra_plugins)
+        plugins = discover(module_paths(data, base), self.extra_plugins)
         settings = validate(data, origin, config_models(plugins), base)
         for name, p in plugins.items():
             if name not in self.host.installed:

@@ -216,7 +216,8 @@ def config_set(key: str, value: str, config_path: Path | None) -> None:
         doc = read_document(path)
         set_value(doc, key, parse_value(value))
         data = doc.unwrap()
-        validate(data, str(path), config_models(discover(module_paths(data))), path.resolve().parent)
+        validate(data, str(path), config_models(discover(module_paths(data, path.resolve().parent))),
+                 path.resolve().parent)
         write_document(path, doc)
     except MonmouthError as e:
         _fail(e)

@@ -264,6 +264,9 @@ def validate(
         settings.storage.path = str(_resolve(base_dir, settings.storage.path))
         if settings.source.path:
             settings.source.path = str(_resolve(base_dir, settings.source.path))
+        for p in settings.plugins.values():
+            if p.module and (p.module.endswith(".py") or "/" in p.module):
+                p.module = str(_resolve(base_dir, p.module))
     return settings
 
 
@@ -272,12 +275,16 @@ def _resolve(base: Path, p: str) -> Path:
     return path if path.is_absolute() else (base / path)
 
 
-def module_paths(data: Mapping[str, Any]) -> dict[str, str]:
-    """``{plugin_name: module}`` for sections that name a third-party plugin by module path or file."""
+def module_paths(data: Mapping[str, Any], base_dir: Path | None = None) -> dict[str, str]:
+    """``{plugin_name: module}`` for sections that name a third-party plugin by module path or file (file paths
+    resolved against ``base_dir``, the config file's directory)."""
     out: dict[str, str] = {}
     for name, section in (data.get("plugins") or {}).items():
         if isinstance(section, Mapping) and isinstance(section.get("module"), str):
-            out[name] = section["module"]
+            mod = section["module"]
+            if base_dir is not None and (mod.endswith(".py") or "/" in mod):
+                mod = str(_resolve(base_dir, mod))
+            out[name] = mod
     return out
 
 
