@@ -21,6 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from prometheus_client import CollectorRegistry
+
 from monmouth import hookimpl
 from monmouth.codec import decode_notification, encode_notification
 from monmouth.config import validate
@@ -31,7 +33,6 @@ from monmouth.runner import tune_gc
 from monmouth.store import Database
 from monmouth.testing import load_mainnet_blocks, mainnet_shaped
 from monmouth.types import Chain, ChainCommitted, ChainReverted
-from prometheus_client import CollectorRegistry
 
 
 class NoOp:

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+
 from monmouth.replayfile import ReplayWriter, read_notifications
 from monmouth.testing import chain, extend
 from monmouth.types import ChainCommitted, ChainReorged
-
 from tests.conftest import make_engine
 from tests.plugins import ledger
 from tests.test_engine import dump

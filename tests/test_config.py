@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from pydantic import BaseModel, ConfigDict
+
 from monmouth import hookimpl
 from monmouth.app import load_settings
 from monmouth.cli import cli
 from monmouth.config import env_overrides
 from monmouth.errors import ConfigError
-from pydantic import BaseModel, ConfigDict
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from monmouth import hookimpl
 from monmouth.errors import ContinuityError, PluginError, ReorgTooDeepError
 from monmouth.testing import chain, extend
 from monmouth.types import Block, ChainCommitted, ChainReorged, ChainReverted
-
 from tests.plugins import ledger
 
 PLUGIN_TABLES = ("ledger_transfers", "ledger_balances", "ledger_block_stats")

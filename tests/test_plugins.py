@@ -11,6 +11,8 @@ import httpx
 import pytest
 from click.testing import CliRunner
 from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict
+
 from monmouth import hookimpl
 from monmouth.app import open_app
 from monmouth.errors import MigrationError
@@ -21,8 +23,6 @@ from monmouth.sources.replay import ReplaySource
 from monmouth.store import Database
 from monmouth.testing import chain, extend
 from monmouth.types import ChainCommitted, ChainReorged
-from pydantic import BaseModel, ConfigDict
-
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.anyio

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import anyio
 import pytest
+
 from monmouth.app import open_app
 from monmouth.runner import Runner
 from monmouth.sources.rpc import RpcSource
-
 from tests.conftest import settings_for, wait_for
 from tests.plugins import ledger
 from tests.test_engine import dump

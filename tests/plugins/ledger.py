@@ -4,6 +4,7 @@ upsert (balances), DELETE (balances that reach zero are removed), and a trimmed 
 from __future__ import annotations
 
 import apsw
+
 from monmouth import hookimpl
 from monmouth.types import Block
 
