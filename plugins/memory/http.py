@@ -1,0 +1,199 @@
+"""HTTP routes of the memory plugin (mounted by the sidecar's FastAPI app under ``/memory/...``).
+
+Until the auth work lands these routes serve loopback clients only (``request.client.host`` in 127.0.0.0/8 or
+``::1``); others get 403. Refused requests answer ``{"detail": {"field": ..., "error": ...}}`` with a 4xx status
+naming the field (FastAPI's own 422 validation errors name it in ``loc``).
+"""
+
+import base64
+import binascii
+import ipaddress
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+
+from .core import Memory, parse_address, parse_id
+from .errors import MemoryRequestError
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AgentIn(_Body):
+    address: str
+    label: str | None = None
+
+
+class ItemIn(_Body):
+    kind: str
+    content: str | None = None
+    content_b64: str | None = None
+    key: str | None = None
+    tags: list[str] | None = None
+    metadata: dict[str, Any] | None = None
+    ttl_seconds: int | None = None
+    ttl_blocks: int | None = None
+
+
+class ItemPatch(_Body):
+    content: str | None = None
+    content_b64: str | None = None
+    key: str | None = None
+    tags: list[str] | None = None
+    metadata: dict[str, Any] | None = None
+    ttl_seconds: int | None = None
+    ttl_blocks: int | None = None
+
+
+class RecallIn(_Body):
+    query: str
+    k: int = 10
+    kind: str | None = None
+    tags: list[str] | None = None
+    from_block: int | None = None
+    to_block: int | None = None
+    since: float | None = None
+    until: float | None = None
+    recency_weight: float = 0.0
+    half_life_s: float | None = None
+    mode: str | None = None
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` (a client address) is a loopback address."""
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _content(body: ItemIn | ItemPatch) -> str | bytes | None:
+    if body.content is not None and body.content_b64 is not None:
+        raise MemoryRequestError("content_b64", "give content or content_b64, not both", 422)
+    if body.content_b64 is not None:
+        try:
+            return base64.b64decode(body.content_b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise MemoryRequestError("content_b64", "is not valid base64", 422) from None
+    return body.content
+
+
+def make_router(get_memory: Callable[[], Memory | None]) -> APIRouter:
+    """The ``/memory`` router; ``get_memory`` returns the running :class:`Memory` (``None`` while disabled)."""
+
+    def loopback(request: Request) -> None:
+        host = request.client.host if request.client else None
+        if not is_loopback(host):
+            raise HTTPException(403, {"field": "client", "error": "memory routes serve loopback clients only "
+                                                                  "until authentication is configured"})
+
+    def mem() -> Memory:
+        m = get_memory()
+        if m is None:
+            raise HTTPException(503, {"field": "plugin", "error": "the memory plugin is not enabled"})
+        return m
+
+    router = APIRouter(prefix="/memory", tags=["memory"], dependencies=[Depends(loopback)])
+    M = Annotated[Memory, Depends(mem)]
+
+    def call(fn: Callable[[], Any], status: int = 200) -> Any:
+        try:
+            out = fn()
+        except MemoryRequestError as e:
+            return JSONResponse({"detail": e.to_json()}, status_code=e.status)
+        return JSONResponse(out, status_code=status)
+
+    # -- agents
+    @router.get("/agents")
+    def list_agents(m: M) -> Any:
+        return call(lambda: {"agents": m.agents()})
+
+    @router.post("/agents")
+    def register_agent(body: AgentIn, m: M) -> Any:
+        return call(lambda: m.register(parse_address(body.address, "address"), body.label, "api"), 201)
+
+    @router.get("/agents/{agent}")
+    def agent_info(agent: str, m: M) -> Any:
+        return call(lambda: m.agent_info(parse_address(agent)))
+
+    @router.delete("/agents/{agent}")
+    def forget(agent: str, m: M) -> Any:
+        return call(lambda: m.forget(parse_address(agent)))
+
+    # -- items
+    @router.post("/agents/{agent}/items")
+    def store(agent: str, body: ItemIn, m: M) -> Any:
+        def run() -> Any:
+            content = _content(body)
+            if content is None:
+                raise MemoryRequestError("content", "is required (or content_b64)", 422)
+            return m.store(parse_address(agent), body.kind, content, key=body.key, tags=body.tags,
+                           metadata=body.metadata, ttl_seconds=body.ttl_seconds, ttl_blocks=body.ttl_blocks)
+        return call(run, 201)
+
+    @router.get("/agents/{agent}/items")
+    def list_items(agent: str, m: M, kind: str | None = None,
+                   tag: Annotated[list[str] | None, Query()] = None, key: str | None = None, origin: str | None = None,
+                   from_block: int | None = None, to_block: int | None = None, since: float | None = None,
+                   until: float | None = None, limit: int = 50, offset: int = 0) -> Any:
+        return call(lambda: {"items": m.list(parse_address(agent), kind=kind, tags=tag, key=key, origin=origin,
+                                             from_block=from_block, to_block=to_block, since=since, until=until,
+                                             limit=limit, offset=offset)})
+
+    @router.get("/agents/{agent}/items/{item_id}")
+    def get_item(agent: str, item_id: str, m: M) -> Any:
+        return call(lambda: m.get(parse_address(agent), parse_id(item_id)))
+
+    @router.patch("/agents/{agent}/items/{item_id}")
+    def update_item(agent: str, item_id: str, body: ItemPatch, m: M) -> Any:
+        return call(lambda: m.update(parse_address(agent), parse_id(item_id), content=_content(body), key=body.key,
+                                     tags=body.tags, metadata=body.metadata, ttl_seconds=body.ttl_seconds,
+                                     ttl_blocks=body.ttl_blocks))
+
+    @router.delete("/agents/{agent}/items/{item_id}")
+    def delete_item(agent: str, item_id: str, m: M) -> Any:
+        return call(lambda: m.delete(parse_address(agent), parse_id(item_id)))
+
+    @router.post("/agents/{agent}/recall")
+    def recall(agent: str, body: RecallIn, m: M) -> Any:
+        return call(lambda: m.recall(parse_address(agent), body.query, k=body.k, kind=body.kind, tags=body.tags,
+                                     from_block=body.from_block, to_block=body.to_block, since=body.since,
+                                     until=body.until, recency_weight=body.recency_weight,
+                                     half_life_s=body.half_life_s, mode=body.mode))
+
+    # -- commitments
+    @router.get("/root")
+    def global_root(m: M, block: int | None = None) -> Any:
+        return call(lambda: m.global_root(block))
+
+    @router.get("/agents/{agent}/root")
+    def agent_root(agent: str, m: M, block: int | None = None, global_proof: bool = False) -> Any:
+        return call(lambda: m.agent_root(parse_address(agent), block, global_proof))
+
+    @router.get("/agents/{agent}/items/{item_id}/proof")
+    def proof(agent: str, item_id: str, m: M, block: int | None = None) -> Any:
+        return call(lambda: m.proof(parse_address(agent), parse_id(item_id), block))
+
+    @router.get("/agents/{agent}/leaves")
+    def leaves(agent: str, m: M, block: int | None = None) -> Any:
+        return call(lambda: m.leaves(parse_address(agent), block))
+
+    @router.get("/agents/{agent}/changes")
+    def changes(agent: str, since_block: int, m: M, limit: int = 100) -> Any:
+        return call(lambda: m.changes(parse_address(agent), since_block, limit))
+
+    @router.get("/agents/{agent}/export")
+    def export(agent: str, m: M) -> Any:
+        from .portable import export_agent
+
+        return call(lambda: export_agent(m, parse_address(agent)))
+
+    return router
