@@ -114,3 +114,17 @@ def read_notifications(path: str | Path) -> Iterator[tuple[int, Notification, in
         except CodecError as e:
             raise ReplayFormatError(str(path), index, offset, str(e)) from None
         yield index, n, len(payload)
+
+
+def count_frames(path: str | Path) -> int:
+    """How many frames the file holds, reading only frame headers (stops quietly at a damaged tail)."""
+    n = 0
+    with open(path, "rb") as f:
+        f.seek(len(HEADER))
+        while True:
+            fh = f.read(_FRAME.size)
+            if len(fh) < _FRAME.size:
+                return n
+            length, _crc = _FRAME.unpack(fh)
+            f.seek(length, 1)
+            n += 1

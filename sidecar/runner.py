@@ -69,6 +69,8 @@ class Runner:
         return st
 
     def ready(self) -> tuple[bool, str]:
+        if getattr(self.source, "connected", True) is False:
+            return False, f"source disconnected: {getattr(self.source, 'last_error', None)}"
         st = self.app.status(self.source)
         if st["lag"] is None:
             return False, "source head unknown"
@@ -187,7 +189,12 @@ class Runner:
             last_t, last_blocks = now, self.blocks_done
             head = self.app.engine.head
             sh = self.source.source_head
-            if head is not None and sh is not None and sh - head.number > 0:
+            total = getattr(self.source, "total_frames", None)
+            if total:
+                done = getattr(self.source, "frames_delivered", 0)
+                log.info("replay: %d of %d notifications, %d remaining, %.1f blocks/s", done, total, total - done,
+                         self._rate)
+            elif head is not None and sh is not None and sh - head.number > 0:
                 remaining = sh - head.number
                 eta = remaining / self._rate if self._rate > 0 else float("inf")
                 log.info("catching up: head %d, source head %d, %d blocks remaining, %.1f blocks/s, eta %.0fs",

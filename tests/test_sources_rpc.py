@@ -4,6 +4,7 @@ depth 1 to 10 with ``anvil_reorg``, the node going away and coming back."""
 from __future__ import annotations
 
 import anyio
+import httpx
 import pytest
 
 from monmouth.app import open_app
@@ -61,21 +62,29 @@ async def test_follows_anvil_through_reorgs_of_depth_1_to_10(tmp_path, anvil):
 async def test_node_going_away_and_coming_back(tmp_path, anvil):
     app = open_app(settings=settings_for(tmp_path / "db.sqlite", {"ledger": ledger}), extra_plugins={"ledger": ledger})
     source = RpcSource(anvil.url, poll_interval=0.05, batch_size=4, max_backoff=0.5, metrics=app.metrics)
-    runner = Runner(app, source, serve_http=False, watch_config=False)
+    app.settings.http.enabled, app.settings.http.port = True, 0
+    runner = Runner(app, source, watch_config=False)
     async with anyio.create_task_group() as tg:
         tg.start_soon(runner.run)
         anvil.traffic(3)
         await wait_for(lambda: synced(app, anvil))
+        http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{runner.http_port}")
+        assert (await http.get("/ready")).status_code == 200
         state = anvil.rpc("anvil_dumpState")
         head_before = app.engine.head
         anvil.stop()
         await wait_for(lambda: source.reconnects >= 2, what="reconnect attempts")
         assert not source.connected and "ConnectError" in (source.last_error or "")
         assert app.engine.head == head_before  # the cursor does not move while the node is away
+        r = await http.get("/ready")
+        assert r.status_code == 503 and "source disconnected" in r.json()["reason"]
+        assert (await http.get("/health")).status_code == 200
         anvil.start()
         anvil.rpc("anvil_loadState", state)
         anvil.traffic(2)
         await wait_for(lambda: synced(app, anvil))
+        assert (await http.get("/ready")).status_code == 200
+        await http.aclose()
         tg.cancel_scope.cancel()
     assert source.connected
     assert app.metrics.registry.get_sample_value("monmouth_source_reconnects_total", {"source": "rpc"}) >= 2

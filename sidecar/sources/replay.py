@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 
 from ..errors import SourceError
-from ..replayfile import ReplayFormatError, read_notifications
+from ..replayfile import ReplayFormatError, count_frames, read_notifications
 from .base import ChainView, Delivery, Source
 
 
@@ -46,6 +46,7 @@ class ReplaySource(Source):
         skip_through = -1
         if isinstance(token, dict) and token.get("file") == str(self.path):
             skip_through = int(token.get("frame", -1))
+        self.total_frames = await anyio.to_thread.run_sync(count_frames, self.path)
         interval = 1.0 / self.rate if self.rate > 0 else 0.0
         frames = read_notifications(self.path)
         while True:
