@@ -89,3 +89,51 @@ async def test_node_going_away_and_coming_back(tmp_path, anvil):
     assert source.connected
     assert app.metrics.registry.get_sample_value("monmouth_source_reconnects_total", {"source": "rpc"}) >= 2
     app.close()
+
+
+async def test_restart_mid_stream_resumes_from_durable_head(tmp_path, anvil):
+    anvil.traffic(20, txs_per_block=2)
+    db = tmp_path / "db.sqlite"
+    app = open_app(settings=settings_for(db, {"ledger": ledger}), extra_plugins={"ledger": ledger})
+    runner = Runner(app, RpcSource(anvil.url, poll_interval=0.05, batch_size=2), serve_http=False, watch_config=False)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runner.run)
+        await wait_for(lambda: app.engine.head is not None and app.engine.head.number >= 6)
+        tg.cancel_scope.cancel()  # stop mid-stream
+    stopped_at = app.engine.head.number
+    app.close()
+    assert stopped_at < 20
+    anvil.reorg(3, txs=2)
+    anvil.traffic(2)
+    app = open_app(settings=settings_for(db, {"ledger": ledger}), extra_plugins={"ledger": ledger})
+    assert app.engine.head.number == stopped_at  # the cursor is durable
+    runner = Runner(app, RpcSource(anvil.url, poll_interval=0.05, batch_size=2), serve_http=False, watch_config=False)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runner.run)
+        await wait_for(lambda: synced(app, anvil))
+        tg.cancel_scope.cancel()
+    fresh = await index_fresh(tmp_path, anvil, "fresh.sqlite")
+    assert dump(app.engine.conn) == dump(fresh.engine.conn)
+    app.close()
+    fresh.close()
+
+
+async def test_finalized_tag_prunes_undo_data(tmp_path):
+    from tests.anvil import Anvil
+
+    with Anvil(slots_in_an_epoch=1) as node:
+        app = open_app(settings=settings_for(tmp_path / "db.sqlite", {"ledger": ledger}),
+                       extra_plugins={"ledger": ledger})
+        source = RpcSource(node.url, poll_interval=0.05, batch_size=4)
+        runner = Runner(app, source, serve_http=False, watch_config=False)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(runner.run)
+            node.traffic(12)
+            await wait_for(lambda: synced(app, node))
+            await wait_for(lambda: app.engine.finalized is not None and app.engine.finalized >= 8)
+            tg.cancel_scope.cancel()
+        fin = app.engine.finalized
+        assert fin == source.finalized
+        # Undo data at or below the finalized block is pruned; above it, kept.
+        assert app.engine.oldest_revertible() == fin + 1
+        app.close()
