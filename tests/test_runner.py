@@ -1,0 +1,74 @@
+"""The runner: a failing plugin holds the notification (retried with backoff, nothing half-applied, nothing
+acknowledged) until an operator disables the plugin in config.toml; the hot reload lands between retries."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from monmouth import hookimpl
+from monmouth.app import open_app
+from monmouth.replayfile import ReplayWriter
+from monmouth.runner import Runner
+from monmouth.sources.replay import ReplaySource
+from monmouth.testing import chain, extend
+from monmouth.types import ChainCommitted
+from tests.conftest import wait_for
+from tests.plugins import ledger
+
+pytestmark = pytest.mark.anyio
+
+
+class Broken:
+    @hookimpl
+    def monmouth_block_applied(self, conn, block, notification):
+        if block.number == 3:
+            raise ValueError("cannot index block 3")
+
+
+async def test_failing_plugin_is_retried_until_disabled_by_hot_reload(tmp_path):
+    bs = extend(None, 4, number=1, n_txs=2)
+    with ReplayWriter(tmp_path / "h.mnr") as w:
+        for b in bs:
+            w.write(ChainCommitted(chain([b])))
+    cfg = tmp_path / "config.toml"
+    text = f"""
+[source]
+kind = "replay"
+path = "h.mnr"
+[storage]
+path = "db.sqlite"
+[http]
+enabled = false
+[engine]
+retry_max_backoff = 0.2
+[plugins.ledger]
+enabled = true
+[plugins.broken]
+enabled = true
+"""
+    cfg.write_text(text)
+    app = open_app(cfg, extra_plugins={"ledger": ledger, "broken": Broken()})
+    source = ReplaySource(tmp_path / "h.mnr")
+    acked = []
+    orig_ack = source.ack
+
+    async def ack(d, head):
+        acked.append(head.number)
+        await orig_ack(d, head)
+
+    source.ack = ack  # type: ignore[method-assign]
+    runner = Runner(app, source, watch_config=True)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runner.run)
+        errors = lambda: app.metrics.registry.get_sample_value("monmouth_errors_total", {"kind": "plugin"}) or 0  # noqa: E731
+        await wait_for(lambda: errors() >= 3, timeout=20)
+        assert app.engine.head == bs[1].ref and acked == [1, 2]  # held at block 2, block 3 not acknowledged
+        assert "plugin 'broken' failed in monmouth_block_applied" in runner.status()["last_error"]
+        assert app.engine.conn.execute("SELECT max(block_number) FROM ledger_transfers").fetchone()[0] == 2
+        cfg.write_text(text.replace("[plugins.broken]\nenabled = true", "[plugins.broken]\nenabled = false"))
+        await wait_for(lambda: runner.done, timeout=20)
+    assert acked == [1, 2, 3, 4] and app.engine.head == bs[-1].ref
+    assert app.engine.conn.execute("SELECT count(*) FROM ledger_transfers").fetchone()[0] == 8
+    assert runner.status()["last_error"] is None
+    app.close()
