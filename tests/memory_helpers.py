@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from monmouth.config import validate
 from monmouth.engine import Engine
 from monmouth.metrics import Metrics
 from monmouth.plugins import PluginHost, config_models
 from monmouth.store import Database
 from monmouth_memory.plugin import MemoryPlugin
-from prometheus_client import CollectorRegistry
 
 
 def make_memory_engine(path: Path, memory: dict[str, Any] | None = None, extra: dict[str, object] | None = None,
