@@ -32,7 +32,7 @@ async def test_failing_plugin_is_retried_until_disabled_by_hot_reload(tmp_path):
         for b in bs:
             w.write(ChainCommitted(chain([b])))
     cfg = tmp_path / "config.toml"
-    text = f"""
+    text = """
 [source]
 kind = "replay"
 path = "h.mnr"
