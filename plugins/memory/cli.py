@@ -252,8 +252,9 @@ def register(cli: click.Group) -> None:
 
     @memory.command("verify")
     @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-    def verify_(file: Path) -> None:
-        """Verify an archive offline (no sidecar needed)."""
+    @CONFIG_OPTION
+    def verify_(file: Path, config_path: Path | None) -> None:
+        """Verify an archive offline (no sidecar needed; --config is accepted and ignored)."""
         from .portable import verify_archive
 
         try:
