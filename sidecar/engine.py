@@ -28,6 +28,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import apsw
 
@@ -93,6 +94,7 @@ class Engine:
         row = self.conn.execute(
             "SELECT number, hash, finalized, notifications, reorgs, source_token FROM monmouth_cursor"
         ).fetchone()
+        assert row is not None, "monmouth_cursor is created with its row by Database()"
         self._head: BlockRef | None = BlockRef(row[0], row[1]) if row[0] is not None else None
         self.finalized: int | None = row[2]
         self.notifications_seen: int = row[3]
@@ -119,8 +121,11 @@ class Engine:
         return StoredBlock(row[0], row[1], row[2], row[3], bool(row[4])) if row else None
 
     def oldest_revertible(self) -> int | None:
-        row = self.conn.execute("SELECT min(number) FROM monmouth_blocks WHERE changeset IS NOT NULL").fetchone()
-        return row[0]
+        return self._scalar("SELECT min(number) FROM monmouth_blocks WHERE changeset IS NOT NULL")
+
+    def _scalar(self, sql: str, params: tuple[object, ...] = ()) -> Any:
+        row = self.conn.execute(sql, params).fetchone()
+        return None if row is None else row[0]
 
     # ------------------------------------------------------------------------------------------------ apply
     def apply(self, notification: Notification, token: object = None) -> ApplyResult:
@@ -190,7 +195,7 @@ class Engine:
         row = self.conn.execute("SELECT hash FROM monmouth_blocks WHERE number = ?", (ref.number,)).fetchone()
         if row is None:
             # Older than the hash history: only a re-delivery of long-applied blocks can reach here.
-            oldest = self.conn.execute("SELECT min(number) FROM monmouth_blocks").fetchone()[0]
+            oldest = self._scalar("SELECT min(number) FROM monmouth_blocks")
             return oldest is not None and ref.number < oldest
         return bool(row[0] == ref.hash)
 

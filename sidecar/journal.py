@@ -42,7 +42,7 @@ class Journal:
 
     def refresh(self) -> None:
         """Re-read the schema if it changed (a plugin migration ran)."""
-        version = self.conn.execute("PRAGMA schema_version").fetchone()[0]
+        version = int(self.conn.execute("PRAGMA schema_version").fetchall()[0][0])  # type: ignore[arg-type]
         trimmed = self._trimmed()
         if version == self._schema_version and set(trimmed) <= self._excluded:
             return

@@ -117,7 +117,7 @@ def discover(module_paths: Mapping[str, str] | None = None,
 
 def declared(plugin: object, hook: str, **kwargs: Any) -> Any:
     """Call one plugin's implementation of a declaration hook, or return ``None`` if it has none."""
-    fn = getattr(plugin, hook, None)
+    fn: Any = getattr(plugin, hook, None)
     return fn(**kwargs) if _is_impl(fn) else None
 
 
@@ -212,9 +212,9 @@ class PluginHost:
         culprit = "?"
         tb = exc.__traceback__
         while tb is not None:
-            name = codes.get(tb.tb_frame.f_code)
-            if name is not None:
-                culprit = name
+            found = codes.get(tb.tb_frame.f_code)
+            if found is not None:
+                culprit = found
             tb = tb.tb_next
         return PluginError(culprit, hook, exc)
 

@@ -22,7 +22,7 @@ The three notification variants mirror Reth's ``ExExNotification``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Literal, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Literal, NamedTuple
 
 import msgspec
 
@@ -42,11 +42,16 @@ class BlockRef(NamedTuple):
         return {"number": self.number, "hash": "0x" + self.hash.hex()}
 
 
-class U256(int):
-    """An unsigned 256-bit quantity (wei). Decoded from the wire's big-endian bytes; behaves as ``int``.
+if TYPE_CHECKING:
+    U256 = int
+else:
 
-    Model fields typed ``U256`` accept plain ``int`` values too when built in Python.
-    """
+    class U256(int):
+        """An unsigned 256-bit quantity (wei). Decoded from the wire's big-endian bytes; behaves as ``int``.
+
+        Model fields typed ``U256`` accept plain ``int`` values too when built in Python (for type checkers it
+        is ``int``).
+        """
 
 
 #: Exactly 32 bytes (block/transaction hash, topic).
