@@ -1,4 +1,4 @@
-# ruff: noqa: E501  (golden texts are long lines)
+
 """Decoder golden tests on the real mainnet blocks in ``../shared/data/mainnet`` and robustness on malformed input.
 
 The goldens were produced by the decoder and checked by hand against the raw calldata and logs (several facts are also
@@ -12,6 +12,7 @@ import json
 import os
 
 import pytest
+
 from monmouth.testing import load_mainnet_blocks
 from monmouth.types import Block, Log, Receipt, Transaction
 from monmouth_rag.abi import build_registry, parse_signature

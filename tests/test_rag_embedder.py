@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from monmouth.testing import load_mainnet_blocks
 from monmouth_rag.config import RagConfig
 from monmouth_rag.decoder import render_transaction

@@ -20,6 +20,7 @@ from typing import Any
 
 from eth_abi import decode as abi_decode
 from eth_hash.auto import keccak
+
 from monmouth.types import Block, Log, Receipt, Transaction
 
 from .abi import AbiEntry, Param, Registry, build_registry

@@ -1,0 +1,264 @@
+"""In-memory vector index over ``rag_vec``: a binary-quantised prefilter (Hamming distance on sign bits) followed by an
+exact rerank, kept in step with SQLite through the ``rag_changes`` log.
+
+SQLite stays the source of truth: this index is rebuilt from ``rag_vec`` when a process starts (nothing is
+re-embedded) and then follows ``rag_changes`` (vector adds and deletes, in commit order), so it also sees vectors
+written by other processes. A search first applies the changes committed since the last one.
+
+Method: each unit vector ``x`` is reduced to the bits ``x > 0`` (``dim/8`` bytes). The Hamming distance between codes
+estimates the angle between vectors (Charikar 2002, sign random projections; here the projection is the identity, as
+in "binary quantization" of embedding models). The ``C`` codes nearest to the query's code are reranked by exact
+cosine similarity on the stored vectors (float16 in memory, ``2 * dim`` bytes per vector). Metadata columns (kind,
+block, time, intent) are kept as arrays, so filters are boolean masks applied before the prefilter.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+
+import apsw
+import numpy as np
+
+from .decoder import INTENTS
+from .store import OP_ADD, OP_DEL
+
+log = logging.getLogger(__name__)
+
+KINDS = ("tx", "document", "memory")
+_KIND_CODE = {k: i for i, k in enumerate(KINDS)}
+_INTENT_CODE = {k: i + 1 for i, k in enumerate(INTENTS)}  # 0: none
+
+
+def binary_codes(x: np.ndarray) -> np.ndarray:
+    """Sign bits of ``x`` (shape ``(n, dim)``) packed into uint64 words: shape ``(n, ceil(dim / 64))``."""
+    x = np.atleast_2d(x)
+    bits = np.packbits(x > 0, axis=1, bitorder="little")
+    pad = (-bits.shape[1]) % 8
+    if pad:
+        bits = np.pad(bits, ((0, 0), (0, pad)))
+    return np.ascontiguousarray(bits).view(np.uint64)
+
+
+def hamming(codes: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Hamming distances (uint16, shape ``(n,)``) between ``codes`` ``(n, w)`` and one code ``q`` ``(w,)``."""
+    return np.bitwise_count(np.bitwise_xor(codes, q)).sum(axis=1, dtype=np.uint16)
+
+
+class VectorIndex:
+    """The in-memory index (thread-safe).
+
+    Args:
+        dim: vector dimension.
+        min_candidates: fewest candidates handed to the rerank.
+        candidates_per_k: candidates per wanted result (``C = max(min_candidates, k * candidates_per_k)``).
+
+    Attributes:
+        seq: the last ``rag_changes.seq`` applied.
+    """
+
+    def __init__(self, dim: int = 384, *, min_candidates: int = 400, candidates_per_k: int = 40) -> None:
+        self.dim = dim
+        self.words = (dim + 63) // 64
+        self.min_candidates = min_candidates
+        self.candidates_per_k = candidates_per_k
+        self._lock = threading.RLock()
+        self.loaded = False
+        self.seq = 0
+        self._reset(1024)
+
+    def _reset(self, cap: int) -> None:
+        self.n = 0
+        self.ids = np.zeros(cap, np.int64)
+        self.codes = np.zeros((cap, self.words), np.uint64)
+        self.vecs = np.zeros((cap, self.dim), np.float16)
+        self.block = np.zeros(cap, np.int64)
+        self.ts = np.zeros(cap, np.int64)
+        self.kind = np.zeros(cap, np.uint8)
+        self.intent = np.zeros(cap, np.uint8)
+        self.alive = np.zeros(cap, bool)
+        self.dead = 0
+
+    def __len__(self) -> int:
+        return self.n - self.dead
+
+    # -------------------------------------------------------------------------------------------- maintenance
+    def _grow(self, extra: int) -> None:
+        need = self.n + extra
+        cap = len(self.ids)
+        if need <= cap:
+            return
+        new = max(need, cap * 2)
+        for name in ("ids", "codes", "vecs", "block", "ts", "kind", "intent", "alive"):
+            old = getattr(self, name)
+            arr = np.zeros((new, *old.shape[1:]), old.dtype)
+            arr[:self.n] = old[:self.n]
+            setattr(self, name, arr)
+
+    def add(self, ids: Sequence[int], vecs: np.ndarray, kinds: Sequence[str], blocks: Sequence[int],
+            timestamps: Sequence[int], intents: Sequence[str]) -> None:
+        """Append vectors (shape ``(n, dim)``, unit norm) with their metadata."""
+        m = len(ids)
+        if m == 0:
+            return
+        with self._lock:
+            self._grow(m)
+            s = slice(self.n, self.n + m)
+            v = np.asarray(vecs, np.float32).reshape(m, self.dim)
+            self.ids[s] = ids
+            self.vecs[s] = v
+            self.codes[s] = binary_codes(v)
+            self.block[s] = blocks
+            self.ts[s] = timestamps
+            self.kind[s] = [_KIND_CODE.get(k, 0) for k in kinds]
+            self.intent[s] = [_INTENT_CODE.get(i, 0) for i in intents]
+            self.alive[s] = True
+            self.n += m
+
+    def remove(self, ids: Sequence[int]) -> int:
+        """Mark ``ids`` deleted; returns how many were live."""
+        if not len(ids):
+            return 0
+        with self._lock:
+            hit = np.isin(self.ids[:self.n], np.asarray(ids, np.int64)) & self.alive[:self.n]
+            k = int(hit.sum())
+            self.alive[:self.n][hit] = False
+            self.dead += k
+            if self.dead > 1024 and self.dead > self.n // 4:
+                self._compact()
+            return k
+
+    def _compact(self) -> None:
+        keep = np.flatnonzero(self.alive[:self.n])
+        for name in ("ids", "codes", "vecs", "block", "ts", "kind", "intent", "alive"):
+            arr = getattr(self, name)
+            arr[:len(keep)] = arr[keep]
+        self.n = len(keep)
+        self.alive[self.n:] = False
+        self.dead = 0
+
+    _COLS = "rowid, embedding, kind, block_number, timestamp, intent"
+
+    def _ingest_rows(self, rows: list[tuple]) -> None:
+        if not rows:
+            return
+        vecs = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), self.dim)
+        self.add([r[0] for r in rows], vecs, [r[2] for r in rows], [r[3] for r in rows], [r[4] for r in rows],
+                 [r[5] for r in rows])
+
+    def load(self, conn: apsw.Connection) -> None:
+        """Rebuild from ``rag_vec`` (one consistent read snapshot)."""
+        t0 = time.perf_counter()
+        with self._lock:
+            self._reset(1024)
+            conn.execute("BEGIN")
+            try:
+                self.seq = int(conn.execute("SELECT coalesce(max(seq), 0) FROM rag_changes").fetchone()[0])
+                batch: list[tuple] = []
+                for row in conn.execute(f"SELECT {self._COLS} FROM rag_vec"):
+                    batch.append(row)
+                    if len(batch) >= 20_000:
+                        self._ingest_rows(batch)
+                        batch = []
+                self._ingest_rows(batch)
+            finally:
+                conn.execute("COMMIT")
+            self.loaded = True
+        log.info("rag: vector index loaded, %d vectors in %.1f s", len(self), time.perf_counter() - t0)
+
+    def sync(self, conn: apsw.Connection) -> int:
+        """Apply the ``rag_changes`` committed since the last call (loading first if needed). Returns how many
+        changes were applied."""
+        with self._lock:
+            if not self.loaded:
+                self.load(conn)
+                return 0
+            conn.execute("BEGIN")
+            try:
+                changes = conn.execute("SELECT seq, id, op FROM rag_changes WHERE seq > ? ORDER BY seq",
+                                       (self.seq,)).fetchall()
+                if not changes:
+                    return 0
+                if changes[0][0] != self.seq + 1:
+                    # entries we never saw were pruned: start over
+                    conn.execute("COMMIT")
+                    self.load(conn)
+                    return len(changes)
+                final: dict[int, int] = {}
+                for _seq, doc, op in changes:
+                    final[doc] = op
+                dels = [d for _s, d, op in changes if op == OP_DEL]
+                adds = [d for d, op in final.items() if op == OP_ADD]
+                rows: list[tuple] = []
+                for i in range(0, len(adds), 500):
+                    part = adds[i:i + 500]
+                    rows += conn.execute(
+                        f"SELECT {self._COLS} FROM rag_vec WHERE rowid IN ({','.join('?' * len(part))})", part
+                    ).fetchall()
+                self.seq = changes[-1][0]
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+            # a re-added id (re-embedding) replaces its old vector
+            self.remove(dels + [r[0] for r in rows])
+            self._ingest_rows(rows)
+            return len(changes)
+
+    # -------------------------------------------------------------------------------------------- search
+    def mask(self, *, kinds: Sequence[str] | None = None, intents: Sequence[str] | None = None,
+             block_from: int | None = None, block_to: int | None = None, time_from: int | None = None,
+             time_to: int | None = None, ids: Sequence[int] | None = None) -> np.ndarray:
+        """A boolean mask over the stored rows (live rows matching every given filter)."""
+        n = self.n
+        m = self.alive[:n].copy()
+        if kinds is not None:
+            m &= np.isin(self.kind[:n], [_KIND_CODE[k] for k in kinds if k in _KIND_CODE])
+        if intents is not None:
+            m &= np.isin(self.intent[:n], [_INTENT_CODE[i] for i in intents if i in _INTENT_CODE])
+        if block_from is not None or block_to is not None:
+            m &= self.block[:n] >= max(0, block_from or 0)
+            if block_to is not None:
+                m &= self.block[:n] <= block_to
+        if time_from is not None:
+            m &= self.ts[:n] >= time_from
+        if time_to is not None:
+            m &= self.ts[:n] <= time_to
+        if ids is not None:
+            m &= np.isin(self.ids[:n], np.asarray(ids, np.int64))
+        return m
+
+    def search(self, q: np.ndarray, k: int, mask: np.ndarray | None = None, *,
+               candidates: int | None = None, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` best rows for unit query ``q`` (shape ``(dim,)``).
+
+        Args:
+            mask: rows allowed (from :meth:`mask`); ``None`` allows every live row.
+            candidates: prefilter size (default ``max(min_candidates, k * candidates_per_k)``).
+            exact: skip the prefilter (rank every allowed row exactly).
+
+        Returns:
+            ``(ids, scores)``: int64 ids and float32 cosine similarities, best first.
+        """
+        with self._lock:
+            n = self.n
+            q = np.asarray(q, np.float32).reshape(self.dim)
+            allowed = self.alive[:n] if mask is None else mask
+            count = int(allowed.sum())
+            if count == 0 or k <= 0:
+                return np.zeros(0, np.int64), np.zeros(0, np.float32)
+            c = candidates or max(self.min_candidates, k * self.candidates_per_k)
+            if exact or count <= c:
+                rows = np.flatnonzero(allowed)
+            else:
+                qcode = binary_codes(q[None, :])[0]
+                dist = hamming(self.codes[:n], qcode)
+                if count < n:
+                    dist[~allowed] = np.iinfo(np.uint16).max
+                rows = np.argpartition(dist, c)[:c]
+            scores = self.vecs[rows].astype(np.float32) @ q
+            kk = min(k, len(rows))
+            top = np.argpartition(-scores, kk - 1)[:kk] if kk < len(rows) else np.arange(len(rows))
+            top = top[np.argsort(-scores[top], kind="stable")]
+            return self.ids[rows[top]].copy(), scores[top]

@@ -1,0 +1,396 @@
+"""The RAG plugin's tables, and every write to them: chain indexing (inside the engine's transaction), reverts,
+document chunks, and the embedding worker's guarded vector inserts.
+
+Layout (one row per searchable unit, a transaction or a document chunk, in ``rag_docs``; its id is the rowid of
+``rag_fts``, ``rag_vec`` and ``rag_index``)::
+
+    rag_docs        trimmed by block_number   text + structured metadata (kind tx | document | memory)
+    rag_addresses   trimmed by block_number   (address, role, doc): sender, recipient, contract, log, transfer
+    rag_tokens      trimmed by block_number   (token, doc): symbols (upper case) and 0x token addresses
+    rag_pending     trimmed by block_number   documents waiting for a vector
+    rag_index       self-managed              which ids have FTS/vector rows, and their block (for reverts)
+    rag_fts         self-managed (FTS5)       BM25 keyword index, contentless with deletes
+    rag_vec         self-managed (vec0)       float[dim] embeddings + metadata columns for filtered KNN
+    rag_changes     self-managed              append-only log of vector adds/deletes (keeps in-memory indexes in sync)
+    rag_meta        self-managed              key/value (embedding model identity)
+    rag_edges       journaled                 address graph: (src, dst, token) → count, value, first/last block
+
+Reorg safety: the engine deletes the trimmed tables' rows of a reverted block (even while the plugin is disabled)
+and restores ``rag_edges`` exactly from its journal; :func:`revert_block` removes the FTS and vector rows of the
+reverted block's documents via ``rag_index``. ``rag_docs`` ids come from ``AUTOINCREMENT``, so an id is never
+reused after a revert (``sqlite_sequence`` has no primary key and is not journaled): a vector computed for a reverted
+document can never be attached to a newer one. The embedding worker deletes the ``rag_pending`` row and inserts the
+vector in one transaction, only if that row still existed (:func:`store_vectors`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import apsw
+import numpy as np
+
+from monmouth.types import Block
+
+from .abi import Registry
+from .decoder import ZERO, DecodedTx, decode_transaction, render
+
+DIM = 384
+
+MIGRATIONS: tuple[str, ...] = (
+    f"""
+    CREATE TABLE rag_docs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,               -- tx | document | memory
+        block_number INTEGER,             -- tx: its block; NULL for documents and memories (never trimmed)
+        block_hash BLOB,
+        timestamp INTEGER,                -- Unix seconds: block time, or ingest time for documents
+        tx_hash BLOB,
+        tx_index INTEGER,
+        log_index INTEGER,                -- block-wide index of the transaction's first log
+        doc_id TEXT,                      -- documents: the caller's id
+        chunk INTEGER,                    -- documents: chunk number, from 0
+        sender BLOB,
+        recipient BLOB,
+        contract BLOB,
+        intent TEXT,
+        token TEXT,
+        title TEXT,
+        text TEXT NOT NULL,
+        meta TEXT NOT NULL DEFAULT '{{}}'   -- JSON
+    );
+    CREATE INDEX rag_docs_block ON rag_docs (block_number);
+    CREATE INDEX rag_docs_tx ON rag_docs (tx_hash);
+    CREATE INDEX rag_docs_doc ON rag_docs (doc_id, chunk);
+    CREATE INDEX rag_docs_time ON rag_docs (timestamp);
+    CREATE INDEX rag_docs_kind_intent ON rag_docs (kind, intent);
+    CREATE TABLE rag_addresses (
+        address BLOB NOT NULL, role TEXT NOT NULL, doc INTEGER NOT NULL, block_number INTEGER,
+        PRIMARY KEY (address, role, doc)
+    ) WITHOUT ROWID;
+    CREATE INDEX rag_addresses_block ON rag_addresses (block_number);
+    CREATE TABLE rag_tokens (
+        token TEXT NOT NULL, doc INTEGER NOT NULL, block_number INTEGER, PRIMARY KEY (token, doc)
+    ) WITHOUT ROWID;
+    CREATE INDEX rag_tokens_block ON rag_tokens (block_number);
+    CREATE TABLE rag_pending (doc INTEGER PRIMARY KEY, block_number INTEGER, length INTEGER NOT NULL);
+    CREATE INDEX rag_pending_block ON rag_pending (block_number);
+    CREATE TABLE rag_index (id INTEGER PRIMARY KEY, block_number INTEGER, has_vec INTEGER NOT NULL DEFAULT 0);
+    CREATE INDEX rag_index_block ON rag_index (block_number);
+    CREATE TABLE rag_changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, id INTEGER NOT NULL, op INTEGER NOT NULL);
+    CREATE TABLE rag_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE VIRTUAL TABLE rag_fts USING fts5(text, content='', contentless_delete=1, tokenize='porter unicode61');
+    CREATE VIRTUAL TABLE rag_vec USING vec0(
+        embedding float[{DIM}] distance_metric=cosine,
+        kind text, block_number integer, timestamp integer, intent text, token text
+    );
+    CREATE TABLE rag_edges (
+        src BLOB NOT NULL, dst BLOB NOT NULL, token TEXT NOT NULL,
+        count INTEGER NOT NULL, value TEXT NOT NULL, first_block INTEGER NOT NULL, last_block INTEGER NOT NULL,
+        PRIMARY KEY (src, dst, token)
+    ) WITHOUT ROWID;
+    CREATE INDEX rag_edges_dst ON rag_edges (dst);
+    """,
+)
+
+#: ``monmouth_trimmed_tables``: ``None`` means this plugin removes the rows itself (see :func:`revert_block`).
+TRIMMED: dict[str, str | None] = {
+    "rag_docs": "block_number",
+    "rag_addresses": "block_number",
+    "rag_tokens": "block_number",
+    "rag_pending": "block_number",
+    "rag_index": None,
+    "rag_changes": None,
+    "rag_meta": None,
+    "rag_fts": None,
+    "rag_vec": None,
+}
+
+#: ``rag_changes.op`` values.
+OP_ADD, OP_DEL = 1, -1
+#: vec0 metadata columns refuse NULL: documents get block_number -1 and empty intent/token.
+NO_BLOCK = -1
+
+
+def _hx(b: bytes | None) -> str | None:
+    return None if b is None else "0x" + b.hex()
+
+
+# ------------------------------------------------------------------------------------------------- chain indexing
+
+
+@dataclass
+class ChainIndexer:
+    """Turns blocks into documents inside the engine's transaction.
+
+    Args:
+        registry: ABI/contract tables for the decoder.
+        scope: ``all`` or ``watched``.
+        watched: addresses for ``watched`` scope (20-byte).
+        graph: also maintain ``rag_edges``.
+        labels: extra labels passed to the renderer.
+    """
+
+    registry: Registry
+    scope: str = "all"
+    watched: frozenset[bytes] = frozenset()
+    graph: bool = True
+    labels: Mapping[bytes, str] | None = None
+
+    def in_scope(self, d: DecodedTx, extra_watched: frozenset[bytes] = frozenset()) -> bool:
+        if self.scope == "all":
+            return True
+        watched = self.watched | extra_watched
+        return any(a in watched for a in d.roles)
+
+    def apply_block(self, conn: apsw.Connection, block: Block, extra_watched: frozenset[bytes] = frozenset()) -> int:
+        """Index every in-scope transaction of ``block``; returns how many documents were recorded."""
+        offset = 0
+        n = 0
+        edges: dict[tuple[bytes, bytes, str], int] = {}
+        for i, tx in enumerate(block.transactions):
+            receipt_logs = len(block.receipts[i].logs) if i < len(block.receipts) else 0
+            d = decode_transaction(block, i, registry=self.registry, first_log_index=offset)
+            offset += receipt_logs
+            if not self.in_scope(d, extra_watched):
+                continue
+            text = render(d, self.labels, self.registry)
+            insert_tx_doc(conn, d, text)
+            n += 1
+            if self.graph:
+                if tx.to is not None and tx.value:
+                    key = (tx.sender, tx.to, "ETH")
+                    edges[key] = edges.get(key, 0) + tx.value
+                elif tx.to is not None:
+                    key = (tx.sender, tx.to, "CALL")
+                    edges[key] = edges.get(key, 0)
+                for t in d.transfers:
+                    if t.sender == ZERO and t.recipient == ZERO:
+                        continue
+                    key = (t.sender, t.recipient, "0x" + t.token.hex())
+                    edges[key] = edges.get(key, 0) + t.amount
+        if edges:
+            add_edges(conn, block.number, edges)
+        return n
+
+
+def insert_tx_doc(conn: apsw.Connection, d: DecodedTx, text: str) -> int:
+    """Record one transaction document (row, FTS, addresses, tokens, pending) and return its id."""
+    meta = d.to_meta()
+    conn.execute(
+        "INSERT INTO rag_docs (kind, block_number, block_hash, timestamp, tx_hash, tx_index, log_index, sender, "
+        "recipient, contract, intent, token, text, meta) VALUES ('tx', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (d.block_number, d.block_hash, d.timestamp, d.hash, d.index, d.first_log_index if d.events else None,
+         d.sender, d.to, d.contract, d.intent, d.token or "", text, json.dumps(meta, separators=(",", ":"))),
+    )
+    doc = conn.last_insert_rowid()
+    conn.execute("INSERT INTO rag_index (id, block_number) VALUES (?, ?)", (doc, d.block_number))
+    conn.execute("INSERT INTO rag_fts (rowid, text) VALUES (?, ?)", (doc, text))
+    conn.executemany(
+        "INSERT OR IGNORE INTO rag_addresses (address, role, doc, block_number) VALUES (?, ?, ?, ?)",
+        [(a, role, doc, d.block_number) for a, roles in d.roles.items() for role in roles],
+    )
+    toks = {t.upper() if not t.startswith("0x") else t.lower() for t in d.tokens}
+    conn.executemany("INSERT OR IGNORE INTO rag_tokens (token, doc, block_number) VALUES (?, ?, ?)",
+                     [(t, doc, d.block_number) for t in toks])
+    conn.execute("INSERT INTO rag_pending (doc, block_number, length) VALUES (?, ?, ?)",
+                 (doc, d.block_number, len(text)))
+    return doc
+
+
+def add_edges(conn: apsw.Connection, block_number: int, edges: Mapping[tuple[bytes, bytes, str], int]) -> None:
+    """Add one block's edges to ``rag_edges`` (count +1 per transaction or transfer, value summed as a decimal
+    string because wei and token amounts exceed 64 bits). Journaled: a revert restores the previous rows exactly."""
+    for (src, dst, token), value in edges.items():
+        row = conn.execute("SELECT count, value FROM rag_edges WHERE src = ? AND dst = ? AND token = ?",
+                           (src, dst, token)).fetchone()
+        if row is None:
+            conn.execute("INSERT INTO rag_edges (src, dst, token, count, value, first_block, last_block) "
+                         "VALUES (?, ?, ?, 1, ?, ?, ?)", (src, dst, token, str(value), block_number, block_number))
+        else:
+            conn.execute("UPDATE rag_edges SET count = ?, value = ?, last_block = ? WHERE src = ? AND dst = ? "
+                         "AND token = ?", (row[0] + 1, str(int(row[1]) + value), block_number, src, dst, token))
+
+
+def revert_block(conn: apsw.Connection, number: int) -> int:
+    """Remove the FTS and vector rows of documents of block ``number`` and above (the engine has already deleted
+    their ``rag_docs``/``rag_pending`` rows). Returns the number of documents removed."""
+    rows = conn.execute("SELECT id, has_vec FROM rag_index WHERE block_number >= ?", (number,)).fetchall()
+    _drop_index_rows(conn, rows)
+    conn.execute("DELETE FROM rag_index WHERE block_number >= ?", (number,))
+    return len(rows)
+
+
+def _drop_index_rows(conn: apsw.Connection, rows: Sequence[tuple[int, int]]) -> None:
+    for doc, has_vec in rows:
+        conn.execute("DELETE FROM rag_fts WHERE rowid = ?", (doc,))
+        if has_vec:
+            conn.execute("DELETE FROM rag_vec WHERE rowid = ?", (doc,))
+            conn.execute("INSERT INTO rag_changes (id, op) VALUES (?, ?)", (doc, OP_DEL))
+
+
+def reconcile(conn: apsw.Connection) -> int:
+    """Remove FTS/vector rows whose chain document is gone (blocks reverted while the plugin was disabled: the engine
+    trimmed ``rag_docs`` but could not call this plugin). Run in a write transaction at startup; returns the count."""
+    rows = conn.execute(
+        "SELECT i.id, i.has_vec FROM rag_index i WHERE i.block_number IS NOT NULL "
+        "AND NOT EXISTS (SELECT 1 FROM rag_docs d WHERE d.id = i.id)"
+    ).fetchall()
+    _drop_index_rows(conn, rows)
+    conn.executemany("DELETE FROM rag_index WHERE id = ?", [(r[0],) for r in rows])
+    return len(rows)
+
+
+# ------------------------------------------------------------------------------------------------- documents
+
+
+def insert_chunks(conn: apsw.Connection, doc_id: str, chunks: Sequence[str], *, kind: str = "document",
+                  title: str | None = None, meta: Mapping[str, Any] | None = None,
+                  timestamp: int | None = None) -> list[int]:
+    """Record the chunks of document ``doc_id`` (not tied to a block; reorgs never touch them). Returns row ids."""
+    ts = int(time.time()) if timestamp is None else timestamp
+    meta_json = json.dumps(dict(meta or {}), separators=(",", ":"), default=str)
+    ids = []
+    for i, text in enumerate(chunks):
+        conn.execute(
+            "INSERT INTO rag_docs (kind, timestamp, doc_id, chunk, intent, token, title, text, meta) "
+            "VALUES (?, ?, ?, ?, '', '', ?, ?, ?)", (kind, ts, doc_id, i, title, text, meta_json))
+        row = conn.last_insert_rowid()
+        conn.execute("INSERT INTO rag_index (id, block_number) VALUES (?, NULL)", (row,))
+        conn.execute("INSERT INTO rag_fts (rowid, text) VALUES (?, ?)", (row, text))
+        conn.execute("INSERT INTO rag_pending (doc, block_number, length) VALUES (?, NULL, ?)", (row, len(text)))
+        ids.append(row)
+    return ids
+
+
+def delete_document(conn: apsw.Connection, doc_id: str, kind: str | None = None) -> int:
+    """Delete every chunk of document ``doc_id`` (rows, FTS, vectors, pending). Returns the chunks removed."""
+    sql = "SELECT d.id, coalesce(i.has_vec, 0) FROM rag_docs d LEFT JOIN rag_index i ON i.id = d.id " \
+          "WHERE d.doc_id = ? AND d.block_number IS NULL"
+    params: tuple[Any, ...] = (doc_id,)
+    if kind is not None:
+        sql += " AND d.kind = ?"
+        params += (kind,)
+    rows = conn.execute(sql, params).fetchall()
+    _drop_index_rows(conn, rows)
+    for doc, _ in rows:
+        conn.execute("DELETE FROM rag_index WHERE id = ?", (doc,))
+        conn.execute("DELETE FROM rag_pending WHERE doc = ?", (doc,))
+        conn.execute("DELETE FROM rag_docs WHERE id = ?", (doc,))
+    return len(rows)
+
+
+# ------------------------------------------------------------------------------------------------- vectors
+
+
+@dataclass(frozen=True)
+class PendingDoc:
+    """A document waiting for its vector (what the worker needs to embed and store it)."""
+
+    id: int
+    text: str
+    kind: str
+    block_number: int | None
+    timestamp: int
+    intent: str
+    token: str
+
+
+def take_pending(conn: apsw.Connection, limit: int) -> list[PendingDoc]:
+    """Up to ``limit`` pending documents: user documents and memories first (they were just sent by someone), then
+    chain documents oldest first."""
+    cols = ("SELECT d.id, d.text, d.kind, d.block_number, coalesce(d.timestamp, 0), coalesce(d.intent, ''), "
+            "coalesce(d.token, '') FROM rag_pending p JOIN rag_docs d ON d.id = p.doc ")
+    rows = conn.execute(cols + "WHERE p.block_number IS NULL ORDER BY p.doc LIMIT ?", (limit,)).fetchall()
+    if len(rows) < limit:
+        rows += conn.execute(cols + "WHERE p.block_number IS NOT NULL ORDER BY p.doc LIMIT ?",
+                             (limit - len(rows),)).fetchall()
+    return [PendingDoc(*r) for r in rows]
+
+
+def store_vectors(conn: apsw.Connection, docs: Sequence[PendingDoc], vectors: np.ndarray) -> int:
+    """Store vectors for ``docs`` (inside a write transaction). A document whose ``rag_pending`` row is gone (its
+    block was reverted, or it was deleted or replaced, meanwhile) is skipped: the pending delete and the vector insert
+    are one conditional step. Returns the number stored."""
+    stored = 0
+    for doc, vec in zip(docs, vectors, strict=True):
+        conn.execute("DELETE FROM rag_pending WHERE doc = ?", (doc.id,))
+        if conn.changes() == 0:
+            continue
+        conn.execute(
+            "INSERT INTO rag_vec (rowid, embedding, kind, block_number, timestamp, intent, token) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (doc.id, np.ascontiguousarray(vec, dtype=np.float32).tobytes(), doc.kind,
+             NO_BLOCK if doc.block_number is None else doc.block_number, doc.timestamp, doc.intent, doc.token))
+        conn.execute("UPDATE rag_index SET has_vec = 1 WHERE id = ?", (doc.id,))
+        conn.execute("INSERT INTO rag_changes (id, op) VALUES (?, ?)", (doc.id, OP_ADD))
+        stored += 1
+    return stored
+
+
+def requeue_all(conn: apsw.Connection) -> int:
+    """Drop every vector and queue every document again (after the embedding model changed). Returns the count."""
+    conn.execute("DELETE FROM rag_vec")
+    conn.execute("INSERT INTO rag_changes (id, op) SELECT id, ? FROM rag_index WHERE has_vec = 1", (OP_DEL,))
+    conn.execute("UPDATE rag_index SET has_vec = 0 WHERE has_vec = 1")
+    conn.execute("INSERT OR IGNORE INTO rag_pending (doc, block_number, length) "
+                 "SELECT id, block_number, length(text) FROM rag_docs")
+    return int(conn.execute("SELECT count(*) FROM rag_pending").fetchone()[0])
+
+
+def text_key(text: str) -> bytes:
+    """Key of a text for de-duplication (sha1, 20 bytes)."""
+    return hashlib.sha1(text.encode("utf-8")).digest()
+
+
+def get_meta(conn: apsw.Connection, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM rag_meta WHERE key = ?", (key,)).fetchone()
+    return row[0] if row else None
+
+
+def set_meta(conn: apsw.Connection, key: str, value: str) -> None:
+    conn.execute("INSERT INTO rag_meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = "
+                 "excluded.value", (key, value))
+
+
+def counts(conn: apsw.Connection) -> dict[str, int]:
+    """``{"documents": rows in rag_docs, "vectors": ..., "backlog": pending}``."""
+    docs = conn.execute("SELECT count(*) FROM rag_docs").fetchone()[0]
+    vecs = conn.execute("SELECT count(*) FROM rag_index WHERE has_vec = 1").fetchone()[0]
+    backlog = conn.execute("SELECT count(*) FROM rag_pending").fetchone()[0]
+    return {"documents": int(docs), "vectors": int(vecs), "backlog": int(backlog)}
+
+
+def addresses(values: Iterable[str | bytes]) -> frozenset[bytes]:
+    """20-byte addresses from hex strings or bytes (invalid ones are skipped)."""
+    out = set()
+    for v in values:
+        if isinstance(v, bytes) and len(v) == 20:
+            out.add(v)
+        elif isinstance(v, str):
+            h = v.lower().removeprefix("0x")
+            if len(h) == 40:
+                try:
+                    out.add(bytes.fromhex(h))
+                except ValueError:
+                    continue
+    return frozenset(out)
+
+
+def prune_changes(conn: apsw.Connection, keep: int = 1_000_000) -> int:
+    """Drop the oldest ``rag_changes`` entries beyond ``keep`` (an in-memory index further behind reloads fully)."""
+    top = conn.execute("SELECT max(seq) FROM rag_changes").fetchone()[0]
+    if top is None or top <= keep:
+        return 0
+    conn.execute("DELETE FROM rag_changes WHERE seq <= ?", (top - keep,))
+    return conn.changes()
+
+
+def hx(b: bytes | None) -> str | None:
+    """``0x``-hex of bytes, ``None`` stays ``None``."""
+    return _hx(b)

@@ -1,0 +1,160 @@
+"""The background embedding worker: takes pending documents, embeds them in length-bucketed batches (identical texts
+once, recent texts from a cache), and stores the vectors with guarded writes (see
+:func:`monmouth_rag.store.store_vectors`). It runs off the engine's commit path, on its own thread and connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from monmouth.store import Database
+
+from .store import PendingDoc, counts, prune_changes, store_vectors, take_pending, text_key
+
+log = logging.getLogger(__name__)
+
+
+class EmbedWorker:
+    """Embeds pending documents until stopped.
+
+    Args:
+        db: the database (the worker uses its own per-thread connection through ``db.reader()``/``db.write()``).
+        embed: texts → unit vectors ``(n, dim)`` float32.
+        batch: pending documents per round.
+        poll_interval: seconds to sleep when idle (``wake()`` ends the sleep early).
+        stopping: set to stop.
+        on_round: called with ``(stored, seconds, backlog)`` after each round (metrics).
+        cache_size: recently embedded texts kept (by sha1) so that a text seen again is not re-embedded.
+    """
+
+    def __init__(self, db: Database, embed: Callable[[list[str]], np.ndarray], *, batch: int = 256,
+                 poll_interval: float = 1.0, stopping: threading.Event | None = None,
+                 on_round: Callable[[int, float, int], None] | None = None, cache_size: int = 4096) -> None:
+        self.db = db
+        self.embed = embed
+        self.batch = batch
+        self.poll_interval = poll_interval
+        self.stopping = stopping or threading.Event()
+        self.on_round = on_round
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
+        self._recent: deque[tuple[float, int]] = deque()
+        self.stored_total = 0
+        self.errors = 0
+        self.last_error: str | None = None
+        self._rounds = 0
+
+    # ------------------------------------------------------------------------------------------------ control
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="monmouth-rag-embed", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """End the idle sleep now (called after every committed notification and document ingest)."""
+        self._wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        backoff = 0.5
+        while not self.stopping.is_set():
+            try:
+                n = self.step()
+                backoff = 0.5
+            except Exception as e:  # keep going: a failed round is retried, nothing was half-written
+                self.errors += 1
+                self.last_error = f"{type(e).__name__}: {e}"
+                log.exception("rag: embedding round failed")
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            if n == 0:
+                self._wake.wait(self.poll_interval)
+                self._wake.clear()
+
+    # ------------------------------------------------------------------------------------------------ work
+    def _vectors(self, docs: list[PendingDoc]) -> np.ndarray:
+        keys = [text_key(d.text) for d in docs]
+        todo: dict[bytes, str] = {}
+        for k, d in zip(keys, docs, strict=True):
+            if k not in self._cache and k not in todo:
+                todo[k] = d.text
+        if todo:
+            vecs = self.embed(list(todo.values()))
+            for k, v in zip(todo, vecs, strict=True):
+                self._cache[k] = v
+        out = np.stack([self._cache[k] for k in keys])
+        for k in keys:
+            self._cache.move_to_end(k)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return out
+
+    def step(self) -> int:
+        """One round: embed and store up to ``batch`` pending documents. Returns how many were taken."""
+        docs = take_pending(self.db.reader(), self.batch)
+        if not docs:
+            return 0
+        t0 = time.perf_counter()
+        vecs = self._vectors(docs)
+        with self.db.write() as conn:
+            stored = store_vectors(conn, docs, vecs)
+        dt = time.perf_counter() - t0
+        self.stored_total += stored
+        now = time.monotonic()
+        self._recent.append((now, stored))
+        while self._recent and now - self._recent[0][0] > 60:
+            self._recent.popleft()
+        self._rounds += 1
+        if self._rounds % 1000 == 0:
+            with self.db.write() as conn:
+                prune_changes(conn)
+        if self.on_round is not None:
+            self.on_round(stored, dt, self.backlog())
+        return len(docs)
+
+    def drain(self, timeout: float | None = None) -> int:
+        """Run rounds on the calling thread until nothing is pending (or ``timeout`` seconds). Returns documents
+        taken."""
+        t0 = time.monotonic()
+        total = 0
+        while timeout is None or time.monotonic() - t0 < timeout:
+            n = self.step()
+            total += n
+            if n == 0:
+                break
+        return total
+
+    # ------------------------------------------------------------------------------------------------ figures
+    def backlog(self) -> int:
+        return int(self.db.reader().execute("SELECT count(*) FROM rag_pending").fetchone()[0])
+
+    def embeddings_per_s(self) -> float:
+        """Vectors stored per second over the last minute (0 when idle that long)."""
+        if not self._recent:
+            return 0.0
+        span = max(time.monotonic() - self._recent[0][0], 1.0)
+        return sum(n for _, n in self._recent) / span
+
+    def status(self) -> dict[str, Any]:
+        c = counts(self.db.reader())
+        return {**c, "embeddings_per_s": round(self.embeddings_per_s(), 2), "worker_running": self.running,
+                "worker_errors": self.errors, **({"worker_last_error": self.last_error} if self.last_error else {})}
