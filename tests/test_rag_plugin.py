@@ -1,0 +1,301 @@
+"""The RAG plugin through the real engine on real SQLite files, with the real model and mainnet-shaped blocks:
+hooks, reorg exactness (pending and stored documents of reverted blocks disappear, stale vectors never land), scope,
+status, the worker, and the address graph."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+import monmouth_rag.plugin as rag
+from monmouth.config import validate
+from monmouth.engine import Engine
+from monmouth.errors import ConfigError
+from monmouth.metrics import Metrics
+from monmouth.plugins import PluginHost, config_models
+from monmouth.store import Database
+from monmouth.testing import chain, h, load_mainnet_blocks, mainnet_shaped
+from monmouth.types import Block, ChainCommitted, ChainReorged, ChainReverted
+from monmouth_rag.ann import VectorIndex
+from monmouth_rag.store import store_vectors, take_pending
+
+TEMPLATES = load_mainnet_blocks()
+PLUGINS = {"rag": rag}
+
+
+def settings_for(**cfg):
+    return validate({"plugins": {"rag": {"enabled": True, **cfg}}}, "<test>", config_models(PLUGINS))
+
+
+class Rig:
+    """An engine with the rag plugin on one SQLite file (only one runs at a time: the plugin is a module)."""
+
+    def __init__(self, path: Path, **cfg) -> None:
+        self.db = Database(path)
+        self.metrics = Metrics(CollectorRegistry())
+        self.host = PluginHost(PLUGINS, self.db, self.metrics.registry)
+        self.settings = settings_for(**cfg)
+        self.host.apply_settings(self.settings)
+        assert self.host.errors == {}, self.host.errors
+        self.engine = Engine(self.db, self.host, self.settings.engine, self.metrics)
+
+    def close(self) -> None:
+        self.host.shutdown()
+        self.engine.close()
+
+
+@pytest.fixture
+def rig(tmp_path):
+    rigs: list[Rig] = []
+
+    def make(name: str = "db.sqlite", **cfg) -> Rig:
+        for r in rigs:
+            r.close()
+        rigs.clear()
+        cfg.setdefault("worker", False)
+        r = Rig(tmp_path / name, **cfg)
+        rigs.append(r)
+        return r
+
+    yield make
+    for r in rigs:
+        r.close()
+
+
+def blocks(count: int, txs: int = 6, salt: str = "A", start: int = 20_000_000) -> list[Block]:
+    return list(mainnet_shaped(TEMPLATES, count, txs_per_block=txs, start=start, salt=salt))
+
+
+def relink(bs: list[Block], parent: Block, salt: str) -> list[Block]:
+    """``bs`` re-chained on top of ``parent`` (new numbers and hashes)."""
+    out: list[Block] = []
+    prev = parent
+    for b in bs:
+        nb = msgspec.structs.replace(b, number=prev.number + 1, parent_hash=prev.hash,
+                                     hash=h("fork", prev.hash, salt))
+        out.append(nb)
+        prev = nb
+    return out
+
+
+def dump(conn) -> dict[str, object]:
+    """The plugin's state, keyed by transaction hash instead of row ids (ids differ between databases)."""
+    docs = conn.execute(
+        "SELECT kind, block_number, block_hash, timestamp, tx_hash, tx_index, log_index, sender, recipient, contract, "
+        "intent, token, text, meta FROM rag_docs ORDER BY block_number, tx_index").fetchall()
+    ids = {r[0] for r in conn.execute("SELECT id FROM rag_docs")}
+    fts = {r[0] for r in conn.execute("SELECT rowid FROM rag_fts")}
+    index = {r[0] for r in conn.execute("SELECT id FROM rag_index")}
+    assert fts == ids and index == ids, "FTS and index rows must match the documents exactly"
+    vec_ids = {r[0] for r in conn.execute("SELECT rowid FROM rag_vec")}
+    flagged = {r[0] for r in conn.execute("SELECT id FROM rag_index WHERE has_vec = 1")}
+    assert vec_ids == flagged and vec_ids <= ids, "vectors must belong to live documents"
+    vectors = {r[0]: np.frombuffer(r[1], np.float32) for r in conn.execute(
+        "SELECT d.tx_hash, v.embedding FROM rag_vec v JOIN rag_docs d ON d.id = v.rowid")}
+    return {
+        "docs": docs,
+        "pending": sorted(r[0] for r in conn.execute(
+            "SELECT d.tx_hash FROM rag_pending p JOIN rag_docs d ON d.id = p.doc")),
+        "orphan_pending": conn.execute(
+            "SELECT count(*) FROM rag_pending WHERE doc NOT IN (SELECT id FROM rag_docs)").fetchone()[0],
+        "addresses": sorted(conn.execute(
+            "SELECT a.address, a.role, d.tx_hash, a.block_number FROM rag_addresses a JOIN rag_docs d ON d.id = a.doc"
+        ).fetchall()),
+        "n_addresses": conn.execute("SELECT count(*) FROM rag_addresses").fetchone()[0],
+        "tokens": sorted(conn.execute(
+            "SELECT t.token, d.tx_hash FROM rag_tokens t JOIN rag_docs d ON d.id = t.doc").fetchall()),
+        "n_tokens": conn.execute("SELECT count(*) FROM rag_tokens").fetchone()[0],
+        "edges": sorted(conn.execute("SELECT * FROM rag_edges").fetchall()),
+        "vectors": vectors,
+    }
+
+
+def assert_same(live: dict, ref: dict) -> None:
+    lv, rv = live.pop("vectors"), ref.pop("vectors")
+    assert live == ref
+    assert lv.keys() == rv.keys()
+    for k in lv:
+        assert np.allclose(lv[k], rv[k], atol=2e-3), "same text, same vector"
+
+
+# ------------------------------------------------------------------------------------------------ reorg exactness
+
+
+def test_reorg_removes_pending_and_stored_docs_and_equals_fresh_index(rig):
+    a = blocks(6, salt="A")
+    r = rig("live.sqlite")
+    e = r.engine
+    e.apply(ChainCommitted(chain(a[:4])))
+    assert rag.drain() == 24  # blocks 0-3 embedded (block 3 will be reverted with its vectors)
+    e.apply(ChainCommitted(chain(a[4:])))
+    reader = r.db.reader()
+    index = VectorIndex(384)
+    index.sync(reader)
+    assert len(index) == 24
+
+    # The worker has read the pending documents of blocks 4-5 and is embedding them when the reorg lands.
+    in_flight = take_pending(reader, 100)
+    assert {d.block_number for d in in_flight} == {a[4].number, a[5].number}
+    vecs = rag.get_embedder().embed([d.text for d in in_flight])
+
+    b = relink(blocks(3, salt="B", start=1), a[2], "B")
+    res = e.apply(ChainReorged(chain(a[3:]), chain(b)))
+    assert res.reverted == 3 and res.committed == 3
+
+    with r.db.write() as conn:
+        assert store_vectors(conn, in_flight, vecs) == 0, "a vector for a reverted block must never be stored"
+    reverted_hashes = {t.hash for blk in a[3:] for t in blk.transactions}
+    conn = r.db.reader()
+    assert not conn.execute(
+        f"SELECT count(*) FROM rag_docs WHERE tx_hash IN ({','.join('?' * len(reverted_hashes))})",
+        tuple(reverted_hashes)).fetchone()[0]
+    index.sync(conn)
+    assert len(index) == 18, "the in-memory index follows the deletes"
+    assert rag.drain() == 18
+    live = dump(conn)
+    assert live["pending"] == [] and live["orphan_pending"] == 0
+    assert len(live["docs"]) == 36 and len(live["vectors"]) == 36
+    index.sync(conn)
+    assert len(index) == 36
+
+    ref_rig = rig("ref.sqlite")
+    ref_rig.engine.apply(ChainCommitted(chain(a[:3] + b)))
+    rag.drain()
+    assert_same(live, dump(ref_rig.db.reader()))
+
+
+def test_revert_then_recommit_same_blocks_gets_new_ids_and_no_stale_vectors(rig):
+    a = blocks(3, salt="R")
+    r = rig()
+    r.engine.apply(ChainCommitted(chain(a)))
+    rag.drain()
+    conn = r.db.reader()
+    old_ids = {x[0] for x in conn.execute("SELECT id FROM rag_docs WHERE block_number = ?", (a[2].number,))}
+    r.engine.apply(ChainReverted(chain(a[2:])))
+    assert {x[0] for x in conn.execute("SELECT rowid FROM rag_vec")}.isdisjoint(old_ids), "vectors removed"
+    assert conn.execute("SELECT count(*) FROM rag_docs WHERE block_number = ?", (a[2].number,)).fetchone()[0] == 0
+    r.engine.apply(ChainCommitted(chain(a[2:])))
+    new_ids = {x[0] for x in conn.execute("SELECT id FROM rag_docs WHERE block_number = ?", (a[2].number,))}
+    assert new_ids and not (new_ids & old_ids) and min(new_ids) > max(old_ids), "ids are never reused"
+    assert {x[0] for x in conn.execute("SELECT rowid FROM rag_vec")}.isdisjoint(old_ids)
+    rag.drain()
+    assert dump(conn)["pending"] == []
+
+
+def test_blocks_reverted_while_disabled_are_reconciled_when_enabled(rig):
+    a = blocks(3, salt="D")
+    r = rig()
+    r.engine.apply(ChainCommitted(chain(a)))
+    rag.drain()
+    off = validate({"plugins": {"rag": {"enabled": False}}}, "<test>", config_models(PLUGINS))
+    r.host.apply_settings(off)
+    r.engine.apply(ChainReverted(chain(a[1:])))  # the engine trims rag_docs/pending even with rag off
+    conn = r.db.reader()
+    assert conn.execute("SELECT count(*) FROM rag_docs").fetchone()[0] == 6
+    assert conn.execute("SELECT count(*) FROM rag_vec").fetchone()[0] == 18  # orphans until reconciled
+    r.host.apply_settings(settings_for(worker=False))
+    assert conn.execute("SELECT count(*) FROM rag_vec").fetchone()[0] == 6
+    assert conn.execute("SELECT count(*) FROM rag_index").fetchone()[0] == 6
+    dump(conn)  # consistency assertions
+
+
+# ------------------------------------------------------------------------------------------------ hooks
+
+
+def test_config_model_refuses_unknown_keys_and_bad_values():
+    with pytest.raises(ConfigError, match="plugins.rag.bogus"):
+        settings_for(bogus=1)
+    with pytest.raises(ConfigError, match="plugins.rag.scope"):
+        settings_for(scope="some")
+    with pytest.raises(ConfigError, match="plugins.rag.watched"):
+        settings_for(watched=["0x123"])
+
+
+def test_migrations_and_trimmed_tables_pass_the_host_checks(rig):
+    r = rig()
+    kinds = {n: k for _s, n, k, *_ in r.db.reader().execute("PRAGMA main.table_list")}
+    assert kinds["rag_fts"] == "virtual" and kinds["rag_vec"] == "virtual"
+    assert set(rag.monmouth_trimmed_tables()) >= {"rag_docs", "rag_fts", "rag_vec", "rag_pending"}
+    assert "rag_edges" not in rag.monmouth_trimmed_tables(), "the graph is journaled"
+
+
+def test_startup_shutdown_start_and_stop_the_worker(rig):
+    r = rig(worker=True)
+    st = rag.state()
+    assert st.worker.running and rag.get_embedder() is not None
+    r.host.shutdown()
+    assert not st.worker.running and rag.get_embedder() is None
+    with pytest.raises(RuntimeError, match="not running"):
+        rag.search("x")
+
+
+def test_notification_committed_wakes_the_worker(rig):
+    r = rig(worker=True, poll_interval=3600)
+    n = ChainCommitted(chain(blocks(1, txs=4, salt="W")))
+    res = r.engine.apply(n)
+    r.host.committed(n, res.head)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and rag.monmouth_status()["vectors"] < 4:
+        time.sleep(0.05)
+    status = rag.monmouth_status()
+    assert status["vectors"] == 4 and status["backlog"] == 0 and status["embeddings_per_s"] > 0
+
+
+def test_status_and_metrics_show_backlog_and_rate(rig):
+    r = rig()
+    r.engine.apply(ChainCommitted(chain(blocks(2, txs=3, salt="S"))))
+    s = rag.monmouth_status()
+    assert s["backlog"] == 6 and s["vectors"] == 0 and s["documents"] == 6 and "embeddings_per_s" in s
+    rag.drain()
+    s = rag.monmouth_status()
+    assert s["backlog"] == 0 and s["vectors"] == 6
+    reg = r.metrics.registry
+    assert reg.get_sample_value("monmouth_rag_embeddings_total") == 6
+    assert reg.get_sample_value("monmouth_rag_backlog") == 0
+    assert r.host.status()["rag"]["state"] == "enabled"
+
+
+def test_watched_scope_indexes_only_transactions_touching_watched_addresses(rig):
+    bs = blocks(2, txs=20, salt="X")
+    watched = bs[0].transactions[5].to  # a contract several of these transactions touch
+    r = rig(scope="watched", watched=["0x" + watched.hex()])
+    r.engine.apply(ChainCommitted(chain(bs)))
+    conn = r.db.reader()
+    n = conn.execute("SELECT count(*) FROM rag_docs").fetchone()[0]
+    touching = sum(1 for b in bs for i in range(len(b.transactions)) if watched in rag.decode_transaction(b, i).roles)
+    assert 0 < n == touching < 40
+
+
+def test_block_applied_records_text_metadata_and_fts_immediately(rig):
+    r = rig()
+    b = blocks(1, txs=10, salt="F")
+    r.engine.apply(ChainCommitted(chain(b)))
+    conn = r.db.reader()
+    tx = b[0].transactions[3]
+    row = conn.execute("SELECT text, intent, block_number FROM rag_docs WHERE tx_hash = ?", (tx.hash,)).fetchone()
+    assert row[0] == rag.render_transaction(b[0], 3) and row[2] == b[0].number
+    hits = rag.search("0x" + tx.hash.hex(), 3, mode="keyword")  # keyword search works before any embedding
+    assert hits and hits[0].provenance["tx_hash"] == "0x" + tx.hash.hex()
+    got = rag.transaction(tx.hash)
+    assert got is not None and got["embedded"] is False and got["metadata"]["intent"] == row[1]
+
+
+def test_address_graph_is_exact_across_reorgs_and_queryable(rig):
+    a = blocks(4, txs=8, salt="G")
+    r = rig()
+    r.engine.apply(ChainCommitted(chain(a)))
+    fork = relink(blocks(2, txs=8, salt="H", start=5), a[1], "H")
+    r.engine.apply(ChainReorged(chain(a[2:]), chain(fork)))
+    live = sorted(r.db.reader().execute("SELECT * FROM rag_edges").fetchall())
+    sender = a[0].transactions[0].sender
+    g = rag.graph(sender, depth=2)
+    assert g["nodes"][0]["address"] == "0x" + sender.hex() and g["edges"]
+    assert all(e["count"] >= 1 for e in g["edges"])
+    ref = rig("graph-ref.sqlite")
+    ref.engine.apply(ChainCommitted(chain(a[:2] + fork)))
+    assert live == sorted(ref.db.reader().execute("SELECT * FROM rag_edges").fetchall())
