@@ -1,0 +1,160 @@
+"""Search pieces: reciprocal rank fusion, FTS5 query building, the binary-prefilter vector index (recall against exact
+search, filters, following SQLite), context packing, and document chunking."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from monmouth.store import Database, migrate
+from monmouth_rag.ann import VectorIndex, binary_codes, hamming
+from monmouth_rag.config import RagConfig
+from monmouth_rag.documents import chunk_text
+from monmouth_rag.embedder import load_embedder
+from monmouth_rag.search import Filters, Hit, build_context, fts_query, rrf
+from monmouth_rag.store import MIGRATIONS, OP_ADD, TRIMMED, PendingDoc, prune_changes, store_vectors
+
+
+def test_rrf_matches_hand_computation():
+    fused = rrf({"a": [1, 2, 3], "b": [3, 1]}, k=60)
+    s = {d: sc for d, sc, _ in fused}
+    assert s[1] == pytest.approx(1 / 61 + 1 / 62)
+    assert s[3] == pytest.approx(1 / 63 + 1 / 61)
+    assert s[2] == pytest.approx(1 / 62)
+    assert [d for d, _, _ in fused] == [1, 3, 2]
+    assert fused[0][2] == {"a": 1, "b": 2}
+
+
+def test_fts_query_quotes_words_so_operators_are_inert():
+    assert fts_query('USDT "transfers" AND NOT * (x)') == '"USDT" OR "transfers" OR "AND" OR "NOT" OR "x"'
+    assert fts_query("  ...  ") == ""
+
+
+def test_binary_codes_and_hamming():
+    x = np.array([[1.0, -1.0] * 192, [-1.0, 1.0] * 192], np.float32)
+    c = binary_codes(x)
+    assert c.shape == (2, 6) and c.dtype == np.uint64
+    assert hamming(c, c[0]).tolist() == [0, 384]
+
+
+def clustered(n: int, dim: int = 384, centers: int = 200, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centers, dim)).astype(np.float32)
+    x = c[rng.integers(0, centers, n)] + 0.6 * rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_index_recall_against_exact_search_and_filters():
+    both = clustered(20_050)  # queries come from the same distribution as the data, as real queries do
+    x, q = both[:20_000], both[20_000:]
+    idx = VectorIndex(384)
+    kinds = ["tx" if i % 3 else "document" for i in range(len(x))]
+    idx.add(list(range(1, len(x) + 1)), x, kinds, [i if k == "tx" else -1 for i, k in enumerate(kinds)],
+            [1000 + i for i in range(len(x))], ["swap" if i % 2 else "transfer" for i in range(len(x))])
+    recall = []
+    for v in q:
+        exact = set(np.argsort(-(x @ v))[:10] + 1)
+        ids, scores = idx.search(v, 10)
+        assert np.all(np.diff(scores) <= 1e-6)
+        recall.append(len(exact & set(ids.tolist())) / 10)
+    assert np.mean(recall) >= 0.95
+    m = idx.mask(kinds=["tx"], intents=["swap"], block_from=100, block_to=5000)
+    ids, _ = idx.search(q[0], 10, m)
+    for d in ids:
+        i = d - 1
+        assert kinds[i] == "tx" and i % 2 == 1 and 100 <= i <= 5000
+    ids, _ = idx.search(q[0], 5, idx.mask(ids=[7, 8, 9]))
+    assert set(ids.tolist()) <= {7, 8, 9}
+    assert idx.remove([int(ids[0])]) == 1
+    assert int(ids[0]) not in idx.search(q[0], 5, idx.mask(ids=[7, 8, 9]))[0].tolist()
+
+
+def test_index_follows_sqlite_adds_deletes_and_pruned_log(tmp_path):
+    db = Database(tmp_path / "db.sqlite")
+    conn = db.connect()
+    migrate(conn, "rag", MIGRATIONS, {t for t in TRIMMED})
+    x = clustered(30)
+    docs = []
+    with conn:
+        for i in range(30):
+            conn.execute("INSERT INTO rag_docs (kind, timestamp, intent, token, text) VALUES ('document', ?, '', '', ?)",
+                         (i, f"t{i}"))
+            d = conn.last_insert_rowid()
+            conn.execute("INSERT INTO rag_index (id) VALUES (?)", (d,))
+            conn.execute("INSERT INTO rag_pending (doc, length) VALUES (?, 1)", (d,))
+            docs.append(PendingDoc(d, f"t{i}", "document", None, i, "", ""))
+    idx = VectorIndex(384)
+    with conn:
+        assert store_vectors(conn, docs[:20], x[:20]) == 20
+    idx.sync(conn)
+    assert len(idx) == 20
+    with conn:
+        store_vectors(conn, docs[20:], x[20:])
+        conn.execute("DELETE FROM rag_vec WHERE rowid = ?", (docs[0].id,))
+        conn.execute("INSERT INTO rag_changes (id, op) VALUES (?, -1)", (docs[0].id,))
+    assert idx.sync(conn) == 11 and len(idx) == 29
+    ids, scores = idx.search(x[5], 1)
+    assert ids[0] == docs[5].id and scores[0] == pytest.approx(1.0, abs=1e-3)
+    # entries the index never saw are pruned: it reloads from rag_vec
+    with conn:
+        conn.executemany("INSERT INTO rag_changes (id, op) VALUES (?, ?)", [(docs[1].id, OP_ADD)] * 5)
+        prune_changes(conn, keep=2)
+    idx.sync(conn)
+    assert len(idx) == 29 and idx.seq == conn.execute("SELECT max(seq) FROM rag_changes").fetchone()[0]
+    conn.close()
+
+
+class FakeSearcher:
+    def __init__(self, hits):
+        self.hits = hits
+
+    def search(self, query, k, mode, filters):
+        return self.hits[:k]
+
+
+def test_context_packs_greedily_within_budget_and_reports_omissions():
+    emb = load_embedder(RagConfig())
+
+    def count(t: str) -> int:
+        return len(emb.counter.encode(t, add_special_tokens=False).ids)
+
+    def hit(i: int, text: str, block: int) -> Hit:
+        return Hit(i, 1.0 - i / 10, "tx", text, {"timestamp": block}, {"block_number": block}, f"block {block}")
+
+    hits = [hit(1, "alpha " * 30, 9), hit(2, "alpha " * 30, 9), hit(3, "beta " * 200, 8), hit(4, "gamma delta", 7)]
+    out = build_context(FakeSearcher(hits), count, "q", 60)
+    assert [c["citation"] for c in out["chunks"]] == ["block 9", "block 7"]
+    assert out["used_tokens"] == count(out["context"]) <= 60
+    assert [(o["citation"], o["reason"]) for o in out["omitted"]] == [("block 9", "duplicate"), ("block 8", "budget")]
+    chrono = build_context(FakeSearcher(hits), count, "q", 60, order="chronological")
+    assert [c["citation"] for c in chrono["chunks"]] == ["block 7", "block 9"]
+    assert chrono["context"].startswith("[1] block 7\ngamma delta")
+
+
+def test_chunking_by_tokens_with_overlap_and_markdown_sections():
+    tok = load_embedder(RagConfig()).counter
+    words = " ".join(f"w{i}" for i in range(300))
+    chunks = chunk_text(words, tok, chunk_tokens=50, overlap=10)
+    lens = [len(tok.encode(c, add_special_tokens=False).ids) for c in chunks]
+    assert all(n <= 50 for n in lens) and len(chunks) > 5
+    # consecutive chunks share their boundary tokens
+    a = tok.encode(chunks[0], add_special_tokens=False).ids
+    b = tok.encode(chunks[1], add_special_tokens=False).ids
+    assert a[-10:] == b[:10]
+    assert chunks[0].startswith("w0") and chunks[-1].endswith("w299")
+    md = "# One\n\nshort a\n\n# Two\n\nshort b\n\n# Three\n\n" + " ".join(["long"] * 120)
+    parts = chunk_text(md, tok, chunk_tokens=40, overlap=5, markdown=True)
+    assert parts[0].startswith("# One") and "# Two" in parts[0] and "# Three" not in parts[0]
+    with pytest.raises(ValueError, match="chunk_overlap"):
+        chunk_text("x", tok, 10, 10)
+    assert chunk_text("   ", tok) == []
+
+
+def test_filters_sql_and_vec0_clauses():
+    f = Filters(block_from=5, block_to=9, intents=("swap",), tokens=("usdt", "0xAB"), address=b"\x01" * 20,
+                roles=("sender",), kinds=("tx",))
+    clauses, params = f.sql()
+    assert "USDT" in params and "0xab" in params and b"\x01" * 20 in params and "sender" in params
+    assert f.needs_candidates and not Filters().needs_candidates and Filters().empty
+    c, p = Filters(block_to=9).vec0()
+    assert c == ["block_number >= ?", "block_number <= ?"] and p == [0, 9], "documents (block -1) are excluded"
