@@ -33,7 +33,7 @@ def test_malformed_rpc_objects_are_named():
     block, receipts = raw["block"], raw["receipts"]
     with pytest.raises(CodecError, match="7 transactions but 6 receipts"):
         block_from_rpc(block, receipts[:-1])
-    bad = dict(block, transactions=[dict(block["transactions"][0], **{"from": "0x1234"})] + block["transactions"][1:])
+    bad = dict(block, transactions=[dict(block["transactions"][0], **{"from": "0x1234"}), *block["transactions"][1:]])
     with pytest.raises(CodecError, match=r"transactions\[0\].from: expected 20 bytes"):
         block_from_rpc(bad, receipts)
     with pytest.raises(CodecError, match="transactions are hashes"):

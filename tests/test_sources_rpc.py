@@ -137,3 +137,38 @@ async def test_finalized_tag_prunes_undo_data(tmp_path):
         # Undo data at or below the finalized block is pruned; above it, kept.
         assert app.engine.oldest_revertible() == fin + 1
         app.close()
+
+
+class NoBlockReceipts(httpx.AsyncBaseTransport):
+    """In front of the real node: answers eth_getBlockReceipts as nodes without it do (-32601), forwards the rest."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.refused = 0
+
+    async def handle_async_request(self, request):
+        import json
+
+        body = json.loads(request.content)
+        calls = body if isinstance(body, list) else [body]
+        if any(c["method"] == "eth_getBlockReceipts" for c in calls):
+            self.refused += 1
+            errs = [{"jsonrpc": "2.0", "id": c["id"], "error": {"code": -32601, "message": "the method "
+                     "eth_getBlockReceipts does not exist/is not available"}} for c in calls]
+            return httpx.Response(200, json=errs if isinstance(body, list) else errs[0])
+        return await self.inner.handle_async_request(request)
+
+
+async def test_receipts_fall_back_to_per_transaction_calls(tmp_path, anvil):
+    proxy = NoBlockReceipts()
+    app = open_app(settings=settings_for(tmp_path / "db.sqlite", {"ledger": ledger}), extra_plugins={"ledger": ledger})
+    source = RpcSource(anvil.url, poll_interval=0.05, batch_size=4, transport=proxy)
+    runner = Runner(app, source, serve_http=False, watch_config=False)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runner.run)
+        anvil.traffic(5, txs_per_block=3)
+        await wait_for(lambda: synced(app, anvil))
+        tg.cancel_scope.cancel()
+    assert proxy.refused == 1 and source.status()["block_receipts"] is False
+    assert app.engine.conn.execute("SELECT count(*) FROM ledger_transfers").fetchone()[0] == 15
+    app.close()

@@ -55,9 +55,9 @@ class JsonRpcClient:
     Raises ``httpx.HTTPError`` on transport failures and :class:`RpcError` on error objects.
     """
 
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, timeout: float = 10.0, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.url = url
-        self._client = httpx.AsyncClient(timeout=timeout)
+        self._client = httpx.AsyncClient(timeout=timeout, transport=transport)
         self._ids = itertools.count(1)
 
     async def call(self, method: str, *params: Any) -> Any:
@@ -100,13 +100,14 @@ class RpcSource(Source):
         max_backoff: cap of the reconnect backoff, seconds.
         timeout: HTTP timeout, seconds.
         metrics: core metrics (reconnect counter, source head gauge), optional.
+        transport: an httpx transport (default: real HTTP), e.g. to route through a proxy in tests.
     """
 
     kind = "rpc"
 
     def __init__(self, url: str, *, confirmations: int = 0, poll_interval: float = 1.0, batch_size: int = 16,
                  start_block: int | str = 0, max_backoff: float = 30.0, timeout: float = 10.0,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.url = url
         self.confirmations = confirmations
         self.poll_interval = poll_interval
@@ -120,7 +121,7 @@ class RpcSource(Source):
         self.last_error: str | None = None
         self.reorgs_detected = 0
         self._block_receipts: bool | None = None  # does the node support eth_getBlockReceipts?
-        self.rpc = JsonRpcClient(url, timeout)
+        self.rpc = JsonRpcClient(url, timeout, transport)
 
     # ------------------------------------------------------------------------------------------------ fetching
     async def _receipts(self, blocks_raw: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
