@@ -24,6 +24,8 @@ CONFIG_OPTION = click.option(
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpcore", "watchfiles"):  # one line per request or file event is noise at INFO
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, getattr(logging, level)))
 
 
 def _fail(e: Exception) -> None:

@@ -163,14 +163,21 @@ class RpcSource(Source):
         b = await self.rpc.call("eth_getBlockByNumber", hex(number), False)
         return bytes.fromhex(b["hash"][2:]) if b else None
 
-    async def _poll_heads(self) -> int:
-        latest, fin = await self.rpc.batch([("eth_blockNumber", []), ("eth_getBlockByNumber", ["finalized", False])])
-        self.source_head = qty(latest, "eth_blockNumber")
+    async def _poll_heads(self, check: int | None = None) -> tuple[int, bytes | None]:
+        """One batch: latest block number, the finalized block, and (optionally) the node's hash at height
+        ``check``. Returns ``(latest, hash_at_check)``."""
+        calls: list[tuple[str, list[Any]]] = [("eth_blockNumber", []), ("eth_getBlockByNumber", ["finalized", False])]
+        if check is not None:
+            calls.append(("eth_getBlockByNumber", [hex(check), False]))
+        res = await self.rpc.batch(calls)
+        self.source_head = qty(res[0], "eth_blockNumber")
+        fin = res[1]
         if isinstance(fin, dict) and fin.get("number"):
             self.finalized = qty(fin["number"], "finalized.number")
         if self.metrics is not None:
             self.metrics.source_head.set(self.source_head)
-        return self.source_head
+        checked = res[2] if check is not None else None
+        return self.source_head, (bytes.fromhex(checked["hash"][2:]) if isinstance(checked, dict) else None)
 
     # ------------------------------------------------------------------------------------------------ stream
     async def stream(self, view: ChainView) -> AsyncIterator[Delivery]:  # type: ignore[override]
@@ -193,10 +200,10 @@ class RpcSource(Source):
 
     async def _follow(self, view: ChainView) -> AsyncIterator[Delivery]:
         while True:
-            latest = await self._poll_heads()
+            head = view.head()
+            latest, node_hash = await self._poll_heads(head.number if head is not None else None)
             self.connected = True
             target = latest - self.confirmations
-            head = view.head()
             if head is None:
                 start = target if self.start_block == "latest" else int(self.start_block)
                 if start > target:
@@ -205,14 +212,13 @@ class RpcSource(Source):
                 blocks = await self.fetch_blocks(start, min(start + self.batch_size - 1, target))
                 yield Delivery(ChainCommitted(Chain(tuple(blocks))), None, 0, time.monotonic())
                 continue
-            if head.number >= target:
-                # Caught up: is our head still the node's block at that height?
-                node_hash = await self.block_hash(head.number) if head.number <= latest else None
-                if node_hash == head.hash:
-                    await anyio.sleep(self.poll_interval)
-                    continue
+            if node_hash != head.hash:
+                # The node's block at our head's height changed (or vanished): a reorg.
                 async for d in self._reorg(view, head, target):
                     yield d
+                continue
+            if head.number >= target:
+                await anyio.sleep(self.poll_interval)
                 continue
             last = min(head.number + self.batch_size, target)
             blocks = await self.fetch_blocks(head.number + 1, last)
