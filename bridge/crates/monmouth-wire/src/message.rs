@@ -333,6 +333,123 @@ pub fn encode_notification(seq: u64, n: &Notification) -> Result<Vec<u8>, WireEr
     to_bytes(&NotificationOut { ty: "notification", seq, kind: n.kind, old: &n.old, new: &n.new })
 }
 
+/// The bytes every canonically encoded `notification` frame starts with: a 5-entry map, `"type"`,
+/// `"notification"`, `"seq"`; the `seq` value follows.
+const NOTIFICATION_PREFIX: &[u8] = b"\x85\xa4type\xacnotification\xa3seq";
+
+/// A `notification` frame encoded once and re-numbered cheaply: the bytes after the `seq` value
+/// (from the `kind` key on), plus what the server needs to know about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreEncoded {
+    /// The variant.
+    pub kind: NotificationKind,
+    /// Tip of the committed chain, if any.
+    pub committed_tip: Option<BlockRef>,
+    /// Chain head after the notification.
+    pub resulting_head: Option<BlockRef>,
+    /// Encoded `kind`, `old` and `new` entries, exactly as they follow `seq` in a frame.
+    pub tail: Vec<u8>,
+}
+
+impl PreEncoded {
+    /// The complete frame with sequence number `seq`.
+    pub fn frame(&self, seq: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(NOTIFICATION_PREFIX.len() + 9 + self.tail.len());
+        out.extend_from_slice(NOTIFICATION_PREFIX);
+        // Writing into a Vec cannot fail.
+        let _ = rmp::encode::write_uint(&mut out, seq);
+        out.extend_from_slice(&self.tail);
+        out
+    }
+
+    /// Split a canonically encoded `notification` frame (as written by this crate or the Python
+    /// codec) into its `seq` and a [`PreEncoded`]. Reads only the block identities of the chains,
+    /// skipping transactions and receipts without building them.
+    ///
+    /// # Errors
+    /// [`WireError::Malformed`] when the frame does not start with the canonical prefix (the caller
+    /// falls back to [`decode`]) or its chains cannot be read; [`WireError::InvalidNotification`]
+    /// when they break an invariant.
+    pub fn from_frame(frame: &[u8]) -> Result<(u64, Self), WireError> {
+        let rest = frame
+            .strip_prefix(NOTIFICATION_PREFIX)
+            .ok_or_else(|| WireError::Malformed("not a canonical notification frame".to_owned()))?;
+        let (seq, used) = read_uint(rest).ok_or_else(|| WireError::Malformed("notification.seq: not an unsigned int".to_owned()))?;
+        let tail = &rest[used..];
+        if !tail.starts_with(b"\xa4kind") {
+            return Err(WireError::Malformed("not a canonical notification frame (kind does not follow seq)".to_owned()));
+        }
+        let meta: NotificationMeta = from_frame_ref(frame, "notification")?;
+        let n = Notification {
+            kind: meta.kind,
+            old: meta.old.map(|c| c.into_iter().map(BlockMeta::into_block).collect()),
+            new: meta.new.map(|c| c.into_iter().map(BlockMeta::into_block).collect()),
+        };
+        n.validate().map_err(WireError::InvalidNotification)?;
+        Ok((
+            seq,
+            Self { kind: n.kind, committed_tip: n.committed_tip(), resulting_head: n.resulting_head(), tail: tail.to_vec() },
+        ))
+    }
+}
+
+fn read_uint(b: &[u8]) -> Option<(u64, usize)> {
+    let first = *b.first()?;
+    let be = |n: usize| -> Option<u64> {
+        let bytes = b.get(1..1 + n)?;
+        Some(bytes.iter().fold(0u64, |acc, x| (acc << 8) | u64::from(*x)))
+    };
+    match first {
+        0x00..=0x7f => Some((u64::from(first), 1)),
+        0xcc => Some((be(1)?, 2)),
+        0xcd => Some((be(2)?, 3)),
+        0xce => Some((be(4)?, 5)),
+        0xcf => Some((be(8)?, 9)),
+        _ => None,
+    }
+}
+
+/// Only what the server needs of a notification; everything else is skipped.
+#[derive(Deserialize)]
+struct NotificationMeta {
+    kind: NotificationKind,
+    #[serde(default)]
+    old: Option<Vec<BlockMeta>>,
+    #[serde(default)]
+    new: Option<Vec<BlockMeta>>,
+}
+
+#[derive(Deserialize)]
+struct BlockMeta {
+    number: u64,
+    hash: crate::types::B256,
+    parent_hash: crate::types::B256,
+}
+
+impl BlockMeta {
+    fn into_block(self) -> Block {
+        Block {
+            number: self.number,
+            hash: self.hash,
+            parent_hash: self.parent_hash,
+            timestamp: 0,
+            beneficiary: crate::types::Address::ZERO,
+            gas_limit: 0,
+            gas_used: 0,
+            base_fee_per_gas: None,
+            transactions: Vec::new(),
+            receipts: Vec::new(),
+        }
+    }
+}
+
+/// Like [`from_frame`] but borrowing from the frame (skipped `bin` values are not copied).
+fn from_frame_ref<'a, T: Deserialize<'a>>(frame: &'a [u8], what: &str) -> Result<T, WireError> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(frame);
+    let value = T::deserialize(&mut de).map_err(|e| WireError::Malformed(format!("{what}: {e}")))?;
+    Ok(value)
+}
+
 fn from_frame<T: DeserializeOwned>(frame: &[u8], what: &str) -> Result<T, WireError> {
     let mut cursor = Cursor::new(frame);
     let value = {
@@ -459,6 +576,28 @@ mod tests {
         want.extend(b"ts_ms");
         want.push(5);
         assert_eq!(frame, want);
+    }
+
+    #[test]
+    fn pre_encoded_frames_equal_fresh_encodings() {
+        let chain = crate::sample::sample_chain(5, 3, 3, 0);
+        let fork = crate::sample::sample_chain(6, 2, 1, 1);
+        for n in [
+            Notification::committed(chain.clone()),
+            Notification::reorged(chain[1..].to_vec(), fork.clone()),
+            Notification::reverted(chain[1..].to_vec()),
+        ] {
+            let frame = encode_notification(7, &n).expect("encode");
+            let (seq, pre) = PreEncoded::from_frame(&frame).expect("canonical");
+            assert_eq!(seq, 7);
+            assert_eq!(pre.kind, n.kind);
+            assert_eq!(pre.committed_tip, n.committed_tip());
+            assert_eq!(pre.resulting_head, n.resulting_head());
+            for s in [0, 1, 127, 128, 255, 256, 65_535, 65_536, u64::from(u32::MAX) + 1, u64::MAX] {
+                assert_eq!(pre.frame(s), encode_notification(s, &n).expect("encode"), "seq {s}");
+            }
+        }
+        assert!(PreEncoded::from_frame(&encode(&Message::Heartbeat(Heartbeat { ts_ms: 1 })).expect("e")).is_err());
     }
 
     #[test]

@@ -27,10 +27,29 @@ pub struct ReplayFrame {
     pub offset: u64,
     /// The `seq` stored in the file (the bridge assigns its own).
     pub seq: u64,
-    /// The notification.
-    pub notification: Notification,
+    /// The notification, decoded, or pre-encoded when the frame was canonical (the common case).
+    pub body: FrameBody,
     /// Payload size (bytes).
     pub size: usize,
+}
+
+/// A replay frame's notification.
+#[derive(Clone, Debug)]
+pub enum FrameBody {
+    /// Canonically encoded: kept as bytes, only block identities read (and validated).
+    Encoded(crate::message::PreEncoded),
+    /// Decoded in full (a frame with keys in another order).
+    Decoded(Notification),
+}
+
+impl FrameBody {
+    /// The chain head after this notification.
+    pub fn resulting_head(&self) -> Option<crate::types::BlockRef> {
+        match self {
+            Self::Encoded(p) => p.resulting_head,
+            Self::Decoded(n) => n.resulting_head(),
+        }
+    }
 }
 
 /// Streaming reader of a replay file.
@@ -124,6 +143,11 @@ impl<R: Read> ReplayReader<R> {
         if computed != stored {
             return Err(ReplayError::Crc { path: self.path.clone(), index, offset, stored, computed });
         }
+        if let Ok((seq, pre)) = crate::message::PreEncoded::from_frame(&payload) {
+            self.index += 1;
+            self.offset += 8 + len as u64;
+            return Ok(Some(ReplayFrame { index, offset, seq, body: FrameBody::Encoded(pre), size: len }));
+        }
         let msg = decode(&payload, MAX_FRAME_BYTES).map_err(|source| ReplayError::Decode {
             path: self.path.clone(),
             index,
@@ -140,7 +164,7 @@ impl<R: Read> ReplayReader<R> {
         };
         self.index += 1;
         self.offset += 8 + len as u64;
-        Ok(Some(ReplayFrame { index, offset, seq: n.seq, notification: n.notification, size: len }))
+        Ok(Some(ReplayFrame { index, offset, seq: n.seq, body: FrameBody::Decoded(n.notification), size: len }))
     }
 }
 
@@ -237,9 +261,10 @@ mod tests {
         let mut r = ReplayReader::new("mem".into(), bytes.as_slice()).expect("open");
         let a = r.next_frame().expect("frame").expect("some");
         assert_eq!((a.index, a.offset, a.seq), (0, 6, 1));
-        assert_eq!(a.notification, ns[0]);
+        let FrameBody::Encoded(pa) = &a.body else { panic!("canonical frame not pre-encoded") };
+        assert_eq!(pa.frame(1), encode_notification(1, &ns[0]).unwrap());
         let b = r.next_frame().expect("frame").expect("some");
-        assert_eq!(b.notification, ns[1]);
+        assert_eq!(b.body.resulting_head(), ns[1].resulting_head());
         assert!(r.next_frame().expect("eof").is_none());
     }
 

@@ -30,6 +30,9 @@ use crate::types::{BlockRef, Notification, NotificationKind};
 pub enum Next {
     /// The next notification, in order.
     Ready(Notification),
+    /// The next notification, already encoded (see [`crate::message::PreEncoded`]); the server only
+    /// writes its `seq`. Replay files use this to avoid decoding and re-encoding every block.
+    Encoded(crate::message::PreEncoded),
     /// Nothing yet; ask again after at most this long.
     Pending(Duration),
     /// The source is finished (a replay file's end). Live sources never return this.
@@ -551,6 +554,25 @@ impl Server {
                     });
                     self.next_seq += 1;
                 }
+                Next::Encoded(p) => {
+                    let seq = self.next_seq;
+                    let frame = p.frame(seq);
+                    if frame.len() > self.cfg.max_frame_bytes {
+                        return Err(BridgeError::Wire(crate::error::WireError::FrameTooLarge {
+                            size: frame.len(),
+                            limit: self.cfg.max_frame_bytes,
+                        }));
+                    }
+                    self.buffer.push_back(Pending {
+                        seq,
+                        frame,
+                        kind: p.kind,
+                        committed_tip: p.committed_tip,
+                        resulting_head: p.resulting_head,
+                        last_sent: None,
+                    });
+                    self.next_seq += 1;
+                }
                 Next::Pending(after) => {
                     self.retry_at = Some(Instant::now() + after);
                     break;
@@ -582,8 +604,8 @@ impl Server {
             }
             let Some(p) = self.buffer.get(idx) else { return Ok(()) };
             let len = p.frame.len() as u64;
-            let frame = p.frame.clone();
-            if !self.send_to(&identity, &frame)? {
+            let outcome = send_raw(&self.socket, &identity, &p.frame);
+            if !self.sent_or_gone(&identity, outcome)? {
                 return Ok(());
             }
             if first_time {
@@ -632,10 +654,11 @@ impl Server {
     /// Send one payload to a peer. `Ok(false)` when the peer is gone or not writable (the session,
     /// if it was this peer, is dropped when gone).
     fn send_to(&mut self, identity: &[u8], frame: &[u8]) -> Result<bool, BridgeError> {
-        let result = self
-            .socket
-            .send(identity, zmq::SNDMORE | zmq::DONTWAIT)
-            .and_then(|()| self.socket.send(frame, zmq::DONTWAIT));
+        let result = send_raw(&self.socket, identity, frame);
+        self.sent_or_gone(identity, result)
+    }
+
+    fn sent_or_gone(&mut self, identity: &[u8], result: Result<(), zmq::Error>) -> Result<bool, BridgeError> {
         match result {
             Ok(()) => Ok(true),
             Err(zmq::Error::EHOSTUNREACH) => {
@@ -650,6 +673,11 @@ impl Server {
             Err(e) => Err(BridgeError::Zmq { op: "send".to_owned(), source: e }),
         }
     }
+}
+
+fn send_raw(socket: &zmq::Socket, identity: &[u8], frame: &[u8]) -> Result<(), zmq::Error> {
+    socket.send(identity, zmq::SNDMORE | zmq::DONTWAIT)?;
+    socket.send(frame, zmq::DONTWAIT)
 }
 
 /// A frame that is not a valid message, cycling through the kinds of damage a sidecar must refuse.

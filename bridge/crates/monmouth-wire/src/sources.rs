@@ -138,7 +138,7 @@ impl ReplaySource {
         let mut reader = ReplayReader::open(&self.path)?;
         let mut found = None;
         while let Some(frame) = reader.next_frame()? {
-            if frame.notification.resulting_head() == Some(head) {
+            if frame.body.resulting_head() == Some(head) {
                 found = Some(frame.index + 1);
             }
         }
@@ -193,7 +193,10 @@ impl NotificationSource for ReplaySource {
         match reader.next_frame() {
             Ok(Some(frame)) => {
                 self.served += 1;
-                Ok(Next::Ready(frame.notification))
+                Ok(match frame.body {
+                    crate::replay::FrameBody::Encoded(p) => Next::Encoded(p),
+                    crate::replay::FrameBody::Decoded(n) => Next::Ready(n),
+                })
             }
             Ok(None) => {
                 self.reader = None;
