@@ -410,40 +410,66 @@ class Memory:
             MemoryRequestError: bad kind, oversized content, bad tags/metadata/TTL (4xx naming the field).
             ConflictError: ``item_id`` already exists (409, ``id``).
         """
-        ctype = 0 if isinstance(content, str) else 1
-        raw = content.encode() if isinstance(content, str) else bytes(content)
-        tags = list(tags or [])
-        self._validate(kind, raw, key, tags, metadata, ttl_seconds, ttl_blocks)
+        return self.store_batch(agent, [{"kind": kind, "content": content, "key": key, "tags": tags,
+                                         "metadata": metadata, "ttl_seconds": ttl_seconds, "ttl_blocks": ttl_blocks,
+                                         "item_id": item_id}], origin=origin)[0]
+
+    def store_batch(self, agent: bytes, items: Sequence[dict[str, Any]], origin: int = 0) -> list[dict[str, Any]]:
+        """Store several items of one agent in one transaction (all or none). Each item is a mapping with the
+        keyword arguments of :meth:`store` (``kind`` and ``content`` required).
+
+        Raises:
+            as :meth:`store`, naming the field (and, for batches, the item index in the message).
+        """
         self.check_agent(agent)
         k = self.key(agent)
-        item_id = item_id or os.urandom(32)
-        meta_json = canonical_json(metadata or {})
-        ttl_s, ttl_b = ttl_seconds or 0, ttl_blocks or 0
-        com, nonce, ct = self._seal(k, agent, item_id, 1, raw, ctype, key or "", tags, meta_json, ttl_s, ttl_b)
+        prepared = []
+        for idx, it in enumerate(items):
+            content = it["content"]
+            ctype = 0 if isinstance(content, str) else 1
+            raw = content.encode() if isinstance(content, str) else bytes(content)
+            tags = list(it.get("tags") or [])
+            kind, key = it["kind"], it.get("key")
+            ttl_seconds, ttl_blocks = it.get("ttl_seconds"), it.get("ttl_blocks")
+            try:
+                self._validate(kind, raw, key, tags, it.get("metadata"), ttl_seconds, ttl_blocks)
+            except MemoryRequestError as e:
+                if len(items) > 1:
+                    e.message = f"item {idx}: {e.message}"
+                raise
+            item_id = it.get("item_id") or os.urandom(32)
+            meta_json = canonical_json(it.get("metadata") or {})
+            ttl_s, ttl_b = ttl_seconds or 0, ttl_blocks or 0
+            com, nonce, ct = self._seal(k, agent, item_id, 1, raw, ctype, key or "", tags, meta_json, ttl_s, ttl_b)
+            prepared.append((item_id, KINDS[kind], key, nonce, ct, com, ttl_s, ttl_b,
+                             raw.decode() if ctype == 0 else None, tags))
         now = time.time()
-        expires_at = now + ttl_s if ttl_s else None
-        kind_i = KINDS[kind]
+        out = []
         with self._write() as conn:
             self.check_agent(agent, conn)
-            if conn.execute("SELECT 1 FROM memory_items WHERE id = ?", (item_id,)).fetchone():
-                raise ConflictError("id", f"item {hx(item_id)} already exists")
             number, bhash = self.head(conn)
-            seq = conn.execute(
-                "INSERT INTO memory_ops (agent, item_id, op, kind, version, commitment, ttl_blocks, expires_at, "
-                "written_at) VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?) RETURNING seq",
-                (agent, item_id, OP_PUT, kind_i, com, ttl_b, expires_at, now)).fetchone()[0]
-            n = -seq
-            conn.execute(
-                "INSERT INTO memory_items (n, id, agent, kind, origin, version, key_hash, nonce, ct, commitment, "
-                "ttl_seconds, ttl_blocks, expires_at, created_at, updated_at, head_number, head_hash) "
-                "VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (n, item_id, agent, kind_i, origin, k.key_hash(key) if key else None, nonce, ct, com, ttl_s, ttl_b,
-                 expires_at, now, now, number, bhash))
-            self._index(conn, k, agent, n, raw.decode() if ctype == 0 else None, tags)
+            for item_id, kind_i, key, nonce, ct, com, ttl_s, ttl_b, text, tags in prepared:
+                if conn.execute("SELECT 1 FROM memory_items WHERE id = ?", (item_id,)).fetchone():
+                    raise ConflictError("id", f"item {hx(item_id)} already exists")
+                expires_at = now + ttl_s if ttl_s else None
+                seq = conn.execute(
+                    "INSERT INTO memory_ops (agent, item_id, op, kind, version, commitment, ttl_blocks, expires_at, "
+                    "written_at) VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?) RETURNING seq",
+                    (agent, item_id, OP_PUT, kind_i, com, ttl_b, expires_at, now)).fetchone()[0]
+                n = -seq
+                conn.execute(
+                    "INSERT INTO memory_items (n, id, agent, kind, origin, version, key_hash, nonce, ct, commitment, "
+                    "ttl_seconds, ttl_blocks, expires_at, created_at, updated_at, head_number, head_hash) "
+                    "VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (n, item_id, agent, kind_i, origin, k.key_hash(key) if key else None, nonce, ct, com, ttl_s,
+                     ttl_b, expires_at, now, now, number, bhash))
+                self._index(conn, k, agent, n, text, tags)
+                out.append({"id": hx(item_id), "agent": hx(agent), "kind": KIND_NAMES[kind_i], "version": 1,
+                            "commitment": hx(com), "written_at_head": {"number": number, "hash": hx(bhash)},
+                            "anchor": None})
         self._vec_cache.pop(agent, None)
         self._wake.set()
-        return {"id": hx(item_id), "agent": hx(agent), "kind": kind, "version": 1, "commitment": hx(com),
-                "written_at_head": {"number": number, "hash": hx(bhash)}, "anchor": None}
+        return out
 
     _COLS = ("n, id, agent, kind, origin, version, key_hash, nonce, ct, commitment, ttl_seconds, ttl_blocks, "
              "expires_at, created_at, updated_at, head_number, head_hash")
@@ -971,9 +997,12 @@ class Memory:
 
     def _expire(self, conn: apsw.Connection, block: Any, touched: set[bytes]) -> None:
         gone = conn.execute(
-            "SELECT agent, item_id, from_block FROM memory_leaves WHERE to_block IS NULL AND expires_block <= ? "
-            "UNION SELECT agent, item_id, from_block FROM memory_leaves WHERE to_block IS NULL AND expires_ts <= ?",
-            (block.number, block.timestamp)).fetchall()
+            "SELECT agent, item_id, from_block FROM memory_leaves INDEXED BY memory_leaves_eb WHERE to_block IS NULL "
+            "AND expires_block IS NOT NULL AND expires_block <= ?", (block.number,)).fetchall()
+        gone += conn.execute(
+            "SELECT agent, item_id, from_block FROM memory_leaves INDEXED BY memory_leaves_et WHERE to_block IS NULL "
+            "AND expires_ts IS NOT NULL AND expires_ts <= ?", (block.timestamp,)).fetchall()
+        gone = list(dict.fromkeys(gone))
         for agent, item_id, fb in gone:
             conn.execute("UPDATE memory_leaves SET to_block = ?, end_reason = ? WHERE agent = ? AND item_id = ? "
                          "AND from_block = ?", (block.number, END_EXPIRED, agent, item_id, fb))

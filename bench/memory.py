@@ -1,0 +1,241 @@
+"""Memory plugin benchmark (issue 5): store, get, recall, root and proof latencies, and block apply time.
+
+Setup: ``--agents`` agents (default 10,000) x ``--items`` items (default 100) written through the plugin's batch
+store and anchored by one block, plus one agent with ``--recall-items`` (default 1,000) items for recall.
+Everything runs in-process on a real SQLite file (``--synchronous``, default NORMAL).
+
+Measured (milliseconds, p50 and p99):
+
+* ``store``: one API store (encrypt, commit, index, one write transaction);
+* ``get``: one API get of a random item (read, decrypt);
+* ``recall``: top 10 by meaning among the recall agent's items (the rag plugin's MiniLM embedder when it loads,
+  query embedding included; FTS5 otherwise: see ``recall_mode``);
+* ``root`` / ``proof``: an agent's root and an item's proof at the head right after a write was anchored;
+* ``block_200_agents``: applying one block whose chain hook anchors writes of 200 agents (and recomputes their
+  roots and the global root); ``episodes_200_agents``: one block of 200 transactions each touching a different
+  agent (chain-derived memories). Compared with the core ingest goal (300 blocks/s, i.e. 3.3 ms per block).
+
+Usage: ``python bench/memory.py [--agents N] [--items N] [--quick]``. The last line printed is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from monmouth.config import validate  # noqa: E402
+from monmouth.engine import Engine  # noqa: E402
+from monmouth.metrics import Metrics  # noqa: E402
+from monmouth.plugins import PluginHost, config_models  # noqa: E402
+from monmouth.store import Database  # noqa: E402
+from monmouth.testing import h  # noqa: E402
+from monmouth.types import Block, Chain, ChainCommitted, Receipt, Transaction  # noqa: E402
+from monmouth_memory.plugin import MemoryPlugin  # noqa: E402
+
+_TEXT = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa quebec "
+         "romeo sierra tango uniform victor whiskey xray yankee zulu vault ledger bridge token swap pool stake "
+         "reward oracle price feed governance vote proposal treasury grant audit risk hedge yield loan")
+WORDS = _TEXT.split(" ")
+
+
+class _Rag:
+    """The rag plugin's embedder as the memory plugin looks it up (``ctx.host.get("rag").get_embedder()``)."""
+
+    def __init__(self, emb: Any) -> None:
+        self.emb = emb
+
+    def get_embedder(self) -> Any:
+        return self.emb
+
+
+def load_embedder() -> Any:
+    try:
+        from monmouth_rag.config import RagConfig
+        from monmouth_rag.embedder import load_embedder as load
+
+        return load(RagConfig())
+    except Exception as e:  # no model installed: recall falls back to FTS5
+        print(f"rag embedder unavailable ({type(e).__name__}: {e}); recall uses FTS5", file=sys.stderr)
+        return None
+
+
+def pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))] * 1000
+
+
+def summary(name: str, xs: list[float]) -> dict[str, float]:
+    out = {f"{name}_p50_ms": round(pct(xs, 50), 3), f"{name}_p99_ms": round(pct(xs, 99), 3),
+           f"{name}_mean_ms": round(statistics.fmean(xs) * 1000, 3)}
+    print(f"{name:>22}: p50 {out[f'{name}_p50_ms']:8.3f} ms   p99 {out[f'{name}_p99_ms']:8.3f} ms   "
+          f"(n={len(xs)})")
+    return out
+
+
+def sentence(rng: random.Random, n: int = 12) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def addr(i: int) -> bytes:
+    return h("bench-agent", i)[:20]
+
+
+class Bench:
+    def __init__(self, path: Path, synchronous: str, embedder: Any) -> None:
+        self.plugin = MemoryPlugin(workers=False)
+        plugins: dict[str, object] = {"memory": self.plugin}
+        if embedder is not None:
+            plugins["rag"] = _Rag(embedder)
+        self.db = Database(path, synchronous=synchronous)
+        metrics = Metrics(CollectorRegistry())
+        self.host = PluginHost(plugins, self.db, metrics.registry)
+        data = {"plugins": {n: {"enabled": True} for n in plugins}, "storage": {"synchronous": synchronous}}
+        data["plugins"]["memory"].update({"key_dir": str(path.parent / "keys"), "embed": embedder is not None})
+        settings = validate(data, "<bench>", config_models(plugins))
+        self.host.apply_settings(settings)
+        self.engine = Engine(self.db, self.host, settings.engine, metrics)
+        self.mem = self.plugin.memory
+        self.parent: Block | None = None
+        self.number = 1
+
+    def block(self, txs: tuple[Transaction, ...] = (), receipts: tuple[Receipt, ...] = ()) -> float:
+        ph = self.parent.hash if self.parent else b"\x00" * 32
+        b = Block(self.number, h("bench-block", self.number), ph, 1_700_000_000 + 12 * self.number, b"\x00" * 20,
+                  30_000_000, 0, 10**9, txs, receipts)
+        t0 = time.perf_counter()
+        self.engine.apply(ChainCommitted(Chain((b,))))
+        dt = time.perf_counter() - t0
+        self.parent, self.number = b, self.number + 1
+        return dt
+
+    def close(self) -> None:
+        self.host.shutdown()
+        self.engine.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--agents", type=int, default=10_000)
+    ap.add_argument("--items", type=int, default=100)
+    ap.add_argument("--recall-items", type=int, default=1_000)
+    ap.add_argument("--samples", type=int, default=1_000)
+    ap.add_argument("--synchronous", choices=("NORMAL", "FULL"), default="NORMAL")
+    ap.add_argument("--quick", action="store_true", help="1,000 agents x 100 items, fewer samples")
+    ap.add_argument("--no-embedder", action="store_true", help="recall with FTS5 even if the rag model loads")
+    args = ap.parse_args()
+    if args.quick:
+        args.agents, args.samples = 1_000, 300
+    rng = random.Random(5)
+    emb = None if args.no_embedder else load_embedder()
+    with tempfile.TemporaryDirectory(prefix="monmouth-bench-memory-") as tmp:
+        b = Bench(Path(tmp) / "db.sqlite", args.synchronous, emb)
+        mem = b.mem
+        b.block()
+        agents = [addr(i) for i in range(args.agents)]
+        t0 = time.perf_counter()
+        with mem._write() as conn:
+            for a in agents:
+                mem.keys.create(a)
+                conn.execute("INSERT INTO memory_agents (address, label, source, created_at) VALUES (?, NULL, "
+                             "'bench', ?)", (a, time.time()))
+        t_reg = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ids: list[tuple[bytes, bytes]] = []
+        for i, a in enumerate(agents):
+            n = args.recall_items if i == 0 else args.items
+            out = mem.store_batch(a, [{"kind": "semantic", "content": sentence(rng), "tags": [rng.choice(WORDS)]}
+                                      for _ in range(n)])
+            ids.extend((a, bytes.fromhex(o["id"][2:])) for o in out)
+            if (i + 1) % 1000 == 0:
+                print(f"  loaded {i + 1}/{len(agents)} agents ({len(ids)} items, "
+                      f"{len(ids) / (time.perf_counter() - t0):.0f} items/s)", file=sys.stderr)
+        t_load = time.perf_counter() - t0
+        t_anchor = b.block()
+        print(f"setup: {len(agents)} agents registered in {t_reg:.1f} s; {len(ids)} items stored in {t_load:.1f} s "
+              f"({len(ids) / t_load:.0f}/s); anchored by one block in {t_anchor:.1f} s")
+        db_mb = (Path(tmp) / "db.sqlite").stat().st_size / 2**20
+        wal = Path(tmp) / "db.sqlite-wal"
+        print(f"database: {db_mb:.0f} MiB (+ WAL {wal.stat().st_size / 2**20 if wal.exists() else 0:.0f} MiB)")
+        if emb is not None:
+            t0 = time.perf_counter()
+            while mem.embed_pending(256):
+                pass
+            print(f"embedded the recall agent's items and the rest in {time.perf_counter() - t0:.1f} s")
+        res: dict[str, Any] = {"agents": len(agents), "items": len(ids), "synchronous": args.synchronous,
+                               "load_items_per_s": round(len(ids) / t_load), "anchor_all_s": round(t_anchor, 2)}
+
+        stores = []
+        for _ in range(args.samples):
+            a = rng.choice(agents)
+            t0 = time.perf_counter()
+            mem.store(a, "semantic", sentence(rng), tags=["bench"])
+            stores.append(time.perf_counter() - t0)
+        res.update(summary("store", stores))
+        gets = []
+        for _ in range(args.samples):
+            a, i = rng.choice(ids)
+            t0 = time.perf_counter()
+            mem.get(a, i)
+            gets.append(time.perf_counter() - t0)
+        res.update(summary("get", gets))
+        b.block()  # anchor the stores above
+
+        recalls = []
+        for _ in range(min(args.samples, 300)):
+            q = sentence(rng, 6)
+            t0 = time.perf_counter()
+            r = mem.recall(agents[0], q, k=10)
+            recalls.append(time.perf_counter() - t0)
+        res["recall_mode"] = r["mode"]
+        res.update(summary("recall", recalls))
+
+        roots, proofs, applies = [], [], []
+        for _ in range(min(args.samples, 200)):
+            a = rng.choice(agents[1:])
+            iid = bytes.fromhex(mem.store(a, "semantic", sentence(rng))["id"][2:])
+            applies.append(b.block())
+            t0 = time.perf_counter()
+            mem.agent_root(a)
+            roots.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            mem.proof(a, iid)
+            proofs.append(time.perf_counter() - t0)
+        res.update(summary("root", roots))
+        res.update(summary("proof", proofs))
+        res.update(summary("block_1_agent", applies))
+
+        blocks = []
+        for _ in range(20):
+            for a in rng.sample(agents[1:], min(200, len(agents) - 1)):
+                mem.store(a, "semantic", sentence(rng))
+            blocks.append(b.block())
+        res.update(summary("block_200_agents", blocks))
+        eps = []
+        for _ in range(20):
+            sample = rng.sample(agents[1:], min(200, len(agents) - 1))
+            txs = tuple(Transaction(h("bench-tx", b.number, i), 2, h("sender", i)[:20], a, 10**15, b"", i, 21_000,
+                                    None, 10**10, 10**9, 1) for i, a in enumerate(sample))
+            rcs = tuple(Receipt(1, 21_000 * (i + 1)) for i in range(len(txs)))
+            eps.append(b.block(txs, rcs))
+        res.update(summary("episodes_200_agents", eps))
+        res["core_goal_block_ms"] = round(1000 / 300, 2)
+        b.close()
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    main()
