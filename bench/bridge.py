@@ -34,6 +34,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from prometheus_client import CollectorRegistry  # noqa: E402
+
 from monmouth import hookimpl  # noqa: E402
 from monmouth.app import EngineView  # noqa: E402
 from monmouth.config import validate  # noqa: E402
@@ -45,7 +47,6 @@ from monmouth.sources.exex import ExExSource  # noqa: E402
 from monmouth.store import Database  # noqa: E402
 from monmouth.testing import chain, load_mainnet_blocks, mainnet_shaped  # noqa: E402
 from monmouth.types import ChainCommitted  # noqa: E402
-from prometheus_client import CollectorRegistry  # noqa: E402
 
 BINARY = ROOT / "bridge" / "target" / "release" / "bridge-replay"
 

@@ -31,6 +31,10 @@ MAX_FRAME_BYTES = codec.MAX_FRAME_BYTES
 ERROR_CODES = ("unsupported_version", "malformed", "frame_too_large", "unknown_type", "unexpected", "gap")
 
 
+#: How every canonically encoded ``notification`` frame starts: a 5-entry map, ``"type": "notification"``, ``"seq"``.
+_NOTIFICATION_PREFIX = b"\x85\xa4type\xacnotification\xa3seq"
+
+
 class WireError(CodecError):
     """A frame could not be decoded. ``code`` is the ``error`` code to answer with."""
 
@@ -234,6 +238,13 @@ def decode(frame: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Message:
     """
     if len(frame) > max_bytes:
         raise WireError("frame_too_large", f"frame of {len(frame)} bytes exceeds the limit of {max_bytes} bytes")
+    if frame.startswith(_NOTIFICATION_PREFIX):
+        # The common case, in canonical key order: decode straight into the data model.
+        try:
+            seq, n = codec.decode_notification(frame, max_bytes)
+        except CodecError as e:
+            raise WireError("malformed", f"notification: {e}") from None
+        return NotificationMsg(seq, n)
     try:
         raw = codec.unpackb(frame, max_bytes)
     except CodecError as e:

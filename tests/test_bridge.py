@@ -12,6 +12,7 @@ The binary is ``bridge/target/release/bridge-replay``; it is built once per sess
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -27,13 +28,13 @@ from typing import Any
 
 import pytest
 import zmq
+
 from monmouth import wire
 from monmouth.app import EngineView
 from monmouth.replayfile import ReplayWriter
 from monmouth.sources.exex import ExExSource
 from monmouth.testing import chain, extend
 from monmouth.types import Block, ChainCommitted, ChainReorged, ChainReverted, Notification
-
 from tests.conftest import make_engine
 from tests.plugins import ledger
 
@@ -306,9 +307,14 @@ class Sidecar:
             self.lines.append(json.loads(line))
 
     def kill(self) -> None:
+        """SIGKILL, then collect the lines it printed before dying."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout.read().splitlines():
+            with contextlib.suppress(ValueError):  # a line cut by the kill
+                self.lines.append(json.loads(line))
 
 
 @pytest.mark.parametrize("window", [1, 64])
@@ -329,15 +335,18 @@ def test_sidecar_killed_and_restarted_mid_stream(bridge_bin: Path, tmp_path: Pat
         sc = Sidecar(db, b.endpoint, window)
         b.proc.wait(60)
         sc.kill()
-        assert sc.proc.stdout is not None
-        applied += sc.lines + [json.loads(x) for x in sc.proc.stdout.read().splitlines() if x.strip()]
+        applied += sc.lines
     finally:
         b.kill()
     s = b.summary()
     print(s)
     assert s["end"] == "drained" and s["acked"] == len(ns) and s["sessions"] >= 3
-    # Every notification was applied exactly once (re-deliveries are skipped, never re-applied).
-    assert sorted(x["seq"] for x in applied if x["applied"]) == list(range(1, len(ns) + 1))
+    # No notification was applied twice (re-deliveries are acked or skipped, never re-applied) ...
+    seqs = [x["seq"] for x in applied if x["applied"]]
+    assert len(seqs) == len(set(seqs)), "a notification was applied twice"
+    # ... and each one was applied: a seq may be missing from the log only when the kill landed between
+    # its commit and the print (at most one per kill); the database comparison below proves it is there.
+    assert len(set(range(1, len(ns) + 1)) - set(seqs)) <= 2
     assert_same_as_fresh_index(db, tmp_path, canonical)
 
 

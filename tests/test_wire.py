@@ -10,6 +10,7 @@ from typing import Any
 
 import msgpack
 import pytest
+
 from monmouth import codec, wire
 from monmouth.types import (
     Block,
