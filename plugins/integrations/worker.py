@@ -1,4 +1,5 @@
-"""The deliverer: one background thread per integration that sends outbox jobs after commit.
+"""The deliverer: one background thread per integration (a ``monmouth.worker.BackgroundWorker``) that sends
+outbox jobs after commit.
 
 It never touches the engine's transaction: it reads due jobs on its own connection, talks to the service with no
 transaction open, and records each outcome in a short write transaction of its own (a few row updates), so
@@ -17,12 +18,13 @@ One job at a time, in outbox order. For each due job:
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import apsw
+
+from monmouth.worker import BackgroundWorker
 
 from .errors import NotReady, PermanentError, StaleRequest, TransientError
 from .metrics import IntegrationMetrics
@@ -61,7 +63,7 @@ class Handler(Protocol):
         """Write the integration's result rows on ``conn`` (the completion transaction; the job still exists)."""
 
 
-class Deliverer:
+class Deliverer(BackgroundWorker):
     """Delivers one integration's outbox.
 
     Args:
@@ -80,61 +82,24 @@ class Deliverer:
     def __init__(self, name: str, outbox: Outbox, handler: Handler, breaker: Any, backoff: Backoff,
                  metrics: IntegrationMetrics, *, poll_interval_s: float = 1.0, max_attempts: int = 0,
                  keep_delivered_s: float = 7 * 86_400.0, poll: Callable[[], None] | None = None) -> None:
-        self.name = name
+        super().__init__(f"{name}-deliverer", idle_s=poll_interval_s, max_backoff_s=30.0)
+        self.integration = name
         self.outbox = outbox
         self.handler = handler
         self.breaker = breaker
         self.backoff = backoff
         self.metrics = metrics
-        self.poll_interval_s = poll_interval_s
         self.max_attempts = max_attempts
         self.keep_delivered_s = keep_delivered_s
         self.poll = poll
-        self.stopping = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.last_error: str | None = None
         self.last_delivery_at: float | None = None
         self.delivered = 0
         self._last_prune = 0.0
 
-    # -- lifecycle ------------------------------------------------------------------------------------------
-    def start(self) -> None:
-        """Start the background thread."""
-        self._thread = threading.Thread(target=self._loop, name=f"{self.name}-deliverer", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop the thread (waits up to ``timeout`` seconds; a request in flight is finished or abandoned, and an
-        abandoned one is sent again after a restart under the same key)."""
-        self.stopping.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def wake(self) -> None:
-        """Look for due work now (called after each committed notification; cheap)."""
-        self._wake.set()
-
-    def _loop(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                self.run_once()
-                wait = self.poll_interval_s
-                nxt = self.outbox.next_due_in(time.time())
-                if nxt is not None:
-                    wait = min(wait, max(nxt, 0.01))
-            except Exception as e:  # a bug or a locked database must not kill the thread
-                self.last_error = f"{type(e).__name__}: {e}"
-                log.exception("%s deliverer: round failed", self.name)
-                wait = self.poll_interval_s
-            self._wake.wait(wait)
-            self._wake.clear()
+    def step(self) -> int:
+        """One round (:meth:`run_once`); the base class waits ``poll_interval_s`` (or a :meth:`wake`) when it
+        attempted nothing."""
+        return self.run_once()
 
     # -- one round ------------------------------------------------------------------------------------------
     def run_once(self, limit: int = 32) -> int:
@@ -144,7 +109,7 @@ class Deliverer:
                 self.poll()
             except Exception as e:
                 self.last_error = f"trigger: {type(e).__name__}: {e}"
-                log.error("%s: trigger poll failed: %s", self.name, e)
+                log.error("%s: trigger poll failed: %s", self.integration, e)
         now = time.time()
         done = 0
         for job in self.outbox.due(now, limit):
@@ -219,7 +184,7 @@ class Deliverer:
             self._fail(job, str(e))
             return True
         except Exception as e:  # a bug in a handler: keep the job, retry with backoff, say so
-            log.exception("%s: delivering %s failed unexpectedly", self.name, job.key)
+            log.exception("%s: delivering %s failed unexpectedly", self.integration, job.key)
             self._retry(job, state.get("attempts", job.attempts), f"{type(e).__name__}: {e}")
             return True
         self.metrics.attempts.labels("ok").inc()
@@ -232,12 +197,13 @@ class Deliverer:
             self._fail(job, f"gave up after {attempts} attempts: {error}")
             return
         delay = self.backoff.delay(attempts)
-        log.warning("%s: %s failed (attempt %d), retrying in %.1fs: %s", self.name, job.key, attempts, delay, error)
+        log.warning("%s: %s failed (attempt %d), retrying in %.1fs: %s", self.integration, job.key, attempts, delay,
+                    error)
         self.outbox.retry(job, delay, error)
 
     def _fail(self, job: Job, error: str) -> None:
         self.last_error = error
-        log.error("%s: %s failed permanently: %s", self.name, job.key, error)
+        log.error("%s: %s failed permanently: %s", self.integration, job.key, error)
         self.outbox.fail(job, error)
         self.metrics.deliveries.labels("failed").inc()
 
