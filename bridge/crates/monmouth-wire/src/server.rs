@@ -152,6 +152,11 @@ pub enum RunEnd {
     Drained,
 }
 
+/// Longest heartbeat interval accepted (keeps every deadline computation far from overflow).
+const MAX_HEARTBEAT: Duration = Duration::from_secs(3600);
+/// Longest a source's [`Next::Pending`] hint is honoured before asking again.
+const MAX_RETRY: Duration = Duration::from_secs(1);
+
 struct Pending {
     seq: u64,
     frame: Vec<u8>,
@@ -202,8 +207,11 @@ impl Server {
     /// # Errors
     /// [`BridgeError::Config`] for a zero heartbeat, [`BridgeError::Zmq`] when binding fails.
     pub fn bind(cfg: ServerConfig) -> Result<Self, BridgeError> {
-        if cfg.heartbeat.is_zero() {
-            return Err(BridgeError::Config("heartbeat interval must be positive".to_owned()));
+        if cfg.heartbeat.is_zero() || cfg.heartbeat > MAX_HEARTBEAT {
+            return Err(BridgeError::Config(format!(
+                "heartbeat interval must be between 1 ms and {} s",
+                MAX_HEARTBEAT.as_secs()
+            )));
         }
         let ctx = zmq::Context::new();
         let socket = ctx.socket(zmq::ROUTER).map_err(zerr("create ROUTER socket"))?;
@@ -574,7 +582,7 @@ impl Server {
                     self.next_seq += 1;
                 }
                 Next::Pending(after) => {
-                    self.retry_at = Some(Instant::now() + after);
+                    self.retry_at = Some(Instant::now() + after.min(MAX_RETRY));
                     break;
                 }
                 Next::End => {

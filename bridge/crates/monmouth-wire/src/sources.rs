@@ -109,7 +109,11 @@ impl ReplaySource {
     /// The file cannot be opened or has a bad header.
     pub fn open(path: PathBuf, rate: Option<f64>) -> Result<Self, ReplayError> {
         let reader = ReplayReader::open(&path)?;
-        let interval = rate.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(1.0 / r));
+        // At most one notification per day; a rate that gives no finite interval means "unpaced".
+        let interval = rate
+            .filter(|r| r.is_finite() && *r > 0.0)
+            .and_then(|r| Duration::try_from_secs_f64(1.0 / r).ok())
+            .map(|d| d.min(Duration::from_secs(86_400)));
         Ok(Self {
             path,
             reader: Some(reader),
@@ -185,7 +189,9 @@ impl NotificationSource for ReplaySource {
             if now < due {
                 return Ok(Next::Pending(due - now));
             }
-            self.next_due = Some(due.max(now - interval) + interval);
+            // Catch up at most one interval after a stall (no burst), without underflowing Instant.
+            let floor = now.checked_sub(interval).unwrap_or(now);
+            self.next_due = Some(due.max(floor) + interval);
         } else if let Some(interval) = self.interval {
             self.next_due = Some(Instant::now() + interval);
         }
