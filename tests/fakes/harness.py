@@ -44,3 +44,31 @@ def close(engine: Engine) -> None:
 def sample(engine: Engine, name: str, labels: dict[str, str] | None = None) -> float:
     """A metric's current value (0 if it has no sample yet)."""
     return engine.host.metrics.get_sample_value(name, labels or {}) or 0.0
+
+
+def open_test_app(db_path: Path, plugins: dict[str, object], config: dict[str, dict[str, Any]] | None = None,
+                  **sections: Any) -> Any:
+    """A whole sidecar (``monmouth.app.open_app``) on ``db_path`` with ``plugins`` (instances, overriding the entry
+    points) enabled and configured by ``config``; every other installed plugin disabled."""
+    from monmouth.app import open_app
+    from monmouth.plugins import discover
+
+    installed = discover({}, plugins)
+    data: dict[str, Any] = {"storage": {"path": str(db_path), "synchronous": "NORMAL"}, "http": {"enabled": False},
+                            "plugins": {n: {"enabled": n in plugins, **(config or {}).get(n, {})} for n in installed}}
+    for k, v in sections.items():
+        data.setdefault(k, {}).update(v)
+    settings = validate(data, "<test>", config_models(installed))
+    app = open_app(settings=settings, extra_plugins=plugins)
+    for name in plugins:
+        assert app.host.is_enabled(name), app.host.errors
+    return app
+
+
+def loopback_client(app: Any) -> Any:
+    """A FastAPI TestClient on the sidecar's API, calling from loopback (an open loopback client is admin)."""
+    from fastapi.testclient import TestClient
+
+    from monmouth.api import create_api
+
+    return TestClient(create_api(app), client=("127.0.0.1", 40000), base_url="http://127.0.0.1")

@@ -14,7 +14,9 @@ tool through Composio's v3 API (:mod:`.client`) and answers ``{"id", "tool", "su
   (tenacity, at most ``attempts``) happen only when the request cannot have reached Composio: connection
   failures, 429 and 503. A read timeout or another 5xx is reported (502/504), never retried blindly.
 * **Breaker.** While the circuit is open the route answers 503 at once with ``Retry-After``.
-* Until authentication lands, the route serves loopback clients only (``loopback_only``).
+* **Access.** With the sidecar's access control (``monmouth.auth``) the route requires an admin token or a
+  signed-in agent, and an agent acts as itself (``agent`` defaults to, and must equal, its address). Without it,
+  the route serves loopback clients only (``loopback_only``).
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ class ComposioConfig(IntegrationConfig):
     max_arguments_bytes: int = Field(256 * 1024, ge=1)
     #: Store each call and its result as the agent's episodic memory (memory plugin enabled, ``agent`` given).
     store_memory: bool = True
-    #: Serve loopback clients only (until the API has authentication).
+    #: Without the sidecar's access control (``monmouth.auth``): serve loopback clients only.
     loopback_only: bool = True
 
     @field_validator("api_key_env")
@@ -286,6 +288,57 @@ class ComposioPlugin(IntegrationPlugin):
     # -- surfaces ------------------------------------------------------------------------------------------
     @hookimpl
     def monmouth_http_router(self) -> APIRouter:
+        try:  # the sidecar's access control, where it exists: agents act as themselves, operators as anyone
+            from monmouth.auth import Principal, check_agent, require
+        except ImportError:
+            return self._loopback_router()
+
+        router = APIRouter(prefix="/integrations/composio", tags=["composio"])
+        agents_and_admins = require("agent")
+        readers = require("read", "agent")
+
+        @router.post("/execute")
+        def execute(body: ExecuteIn, principal: Principal = agents_and_admins,
+                    idempotency_key: str | None = Header(None, alias="Idempotency-Key")) -> JSONResponse:
+            """Execute a Composio tool for an agent (a signed-in agent: itself); the call and its result become the
+            agent's episodic memory."""
+            if principal.role == "agent":
+                if body.agent is not None:
+                    check_agent(principal, body.agent, write=True)
+                body = body.model_copy(update={"agent": principal.agent})
+            return JSONResponse(self.execute(body, idempotency_key))
+
+        @router.get("/calls/{call_id}")
+        def call(call_id: str, principal: Principal = readers) -> dict[str, Any]:
+            """A recorded call: its state and the answer given (agents: their own calls only)."""
+            found = self.recorded(call_id)
+            if principal.role == "agent" and found.pop("_agent") != principal.agent:
+                raise _refuse(404, "call_id", f"no call {call_id}")
+            found.pop("_agent", None)
+            return found
+
+        return router
+
+    def recorded(self, call_id: str) -> dict[str, Any]:
+        """A recorded call as JSON (with ``_agent``, the agent's address or ``None``).
+
+        Raises:
+            HTTPException: 503 while stopped, 404 for an unknown id.
+        """
+        rt = self.rt
+        if rt is None:
+            raise _refuse(503, "plugin", "the composio plugin is not running")
+        row = rt.db.reader().execute("SELECT tool, state, response, error, attempts, created_at, finished_at, agent "
+                                     "FROM composio_calls WHERE id = ?", (call_id,)).fetchone()
+        if row is None:
+            raise _refuse(404, "call_id", f"no call {call_id}")
+        return {"id": call_id, "tool": row[0], "state": row[1], "response": json.loads(row[2]) if row[2] else None,
+                "error": row[3], "attempts": row[4], "created_at": row[5], "finished_at": row[6],
+                "_agent": "0x" + row[7].hex() if row[7] else None}
+
+    def _loopback_router(self) -> APIRouter:
+        """Routes for a sidecar without access control: loopback clients only (``loopback_only``)."""
+
         def loopback(request: Request) -> None:
             rt = self.rt
             if rt is None or rt.config.loopback_only:
@@ -299,22 +352,15 @@ class ComposioPlugin(IntegrationPlugin):
         @router.post("/execute")
         def execute(body: ExecuteIn,
                     idempotency_key: str | None = Header(None, alias="Idempotency-Key")) -> JSONResponse:
-            """Execute a Composio tool for an agent; the call and result become its episodic memory."""
+            """Execute a Composio tool for an agent; the call and its result become its episodic memory."""
             return JSONResponse(self.execute(body, idempotency_key))
 
         @router.get("/calls/{call_id}")
         def call(call_id: str) -> dict[str, Any]:
             """A recorded call: its state and the answer given."""
-            rt = self.rt
-            if rt is None:
-                raise _refuse(503, "plugin", "the composio plugin is not running")
-            row = rt.db.reader().execute("SELECT tool, state, response, error, attempts, created_at, finished_at "
-                                         "FROM composio_calls WHERE id = ?", (call_id,)).fetchone()
-            if row is None:
-                raise _refuse(404, "call_id", f"no call {call_id}")
-            return {"id": call_id, "tool": row[0], "state": row[1],
-                    "response": json.loads(row[2]) if row[2] else None, "error": row[3], "attempts": row[4],
-                    "created_at": row[5], "finished_at": row[6]}
+            found = self.recorded(call_id)
+            found.pop("_agent", None)
+            return found
 
         return router
 
