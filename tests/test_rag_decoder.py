@@ -154,7 +154,7 @@ GOLDEN: dict[tuple[int, int], str] = {
         '- log 93: Transfer of token 0xaea4fa9451f527d5f36e65f833d88dbb56a0c264 #3011 from 0x5af61fbc90e843bddc5a3424ee4cf34f8c14878a to 0x213ee0b96eb023f92b825c34e65c593e91ce160c'
     ),
     (15753009, 68): (
-        'Deposit of 0.2 ETH into Wrapped Ether.\n'
+        'Deposit of 0.2 ETH into WETH (Wrapped Ether).\n'
         'Transaction 0x484cf5e89b2d7053f71b618203ef8658a3ebad7f3de3530f1594e8449bee8a37 in block 15753009 at 2022-10-15 10:46:35 UTC, index 68, status success, intent deposit.\n'
         'From 0x11f299be854c1a7c16b4217a69ae88291d33332a.\n'
         'To 0xc02aaa39b223fe8d0a0e5c4f27ead9083c756cc2 (Wrapped Ether).\n'
@@ -329,6 +329,22 @@ def test_bad_abi_dir_file_names_the_file(tmp_path):
     (tmp_path / "broken.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"broken\.json"):
         build_registry(tmp_path)
+
+
+def test_embed_text_is_compact_and_keeps_the_meaning():
+    from monmouth_rag.decoder import embed_text
+
+    d = decode_transaction(BLOCKS[18000000], 4)
+    t = embed_text(d)
+    assert t == (
+        "USDT transfer of 337.095759 USDT to 0x7e7b…4e90.\n"
+        "Transfer transaction, succeeded, block 18000000, 2023-08-26.\n"
+        "From 0x28c6…1d60 to USDT (Tether USD).\n"
+        "Function transfer.\n"
+        "Token transfers: 337.095759 USDT."
+    )
+    swap = embed_text(decode_transaction(BLOCKS[18000000], 10))
+    assert swap.startswith("Swap on Uniswap V2: Router 2: sent 0.04 ETH") and "Events: Deposit, Sync, Swap." in swap
 
 
 def test_failed_and_pre_byzantium_status():

@@ -38,7 +38,7 @@ import numpy as np
 from monmouth.types import Block
 
 from .abi import Registry
-from .decoder import ZERO, DecodedTx, decode_transaction, render
+from .decoder import ZERO, DecodedTx, decode_transaction, embed_text, render
 
 DIM = 384
 
@@ -95,6 +95,10 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (src, dst, token)
     ) WITHOUT ROWID;
     CREATE INDEX rag_edges_dst ON rag_edges (dst);
+    """,
+    # 2: a compact text for the embedding model (NULL: embed ``text``); see decoder.embed_text.
+    """
+    ALTER TABLE rag_docs ADD COLUMN embed_text TEXT;
     """,
 )
 
@@ -160,7 +164,7 @@ class ChainIndexer:
             if not self.in_scope(d, extra_watched):
                 continue
             text = render(d, self.labels, self.registry)
-            insert_tx_doc(conn, d, text)
+            insert_tx_doc(conn, d, text, embed_text(d, self.labels, self.registry))
             n += 1
             if self.graph:
                 if tx.to is not None and tx.value:
@@ -179,14 +183,17 @@ class ChainIndexer:
         return n
 
 
-def insert_tx_doc(conn: apsw.Connection, d: DecodedTx, text: str) -> int:
-    """Record one transaction document (row, FTS, addresses, tokens, pending) and return its id."""
+def insert_tx_doc(conn: apsw.Connection, d: DecodedTx, text: str, compact: str | None = None) -> int:
+    """Record one transaction document (row, FTS, addresses, tokens, pending) and return its id. ``text`` is shown
+    and keyword-indexed; ``compact`` (if given) is what gets embedded."""
     meta = d.to_meta()
     conn.execute(
         "INSERT INTO rag_docs (kind, block_number, block_hash, timestamp, tx_hash, tx_index, log_index, sender, "
-        "recipient, contract, intent, token, text, meta) VALUES ('tx', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "recipient, contract, intent, token, text, embed_text, meta) "
+        "VALUES ('tx', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (d.block_number, d.block_hash, d.timestamp, d.hash, d.index, d.first_log_index if d.events else None,
-         d.sender, d.to, d.contract, d.intent, d.token or "", text, json.dumps(meta, separators=(",", ":"))),
+         d.sender, d.to, d.contract, d.intent, d.token or "", text, compact,
+         json.dumps(meta, separators=(",", ":"))),
     )
     doc = conn.last_insert_rowid()
     conn.execute("INSERT INTO rag_index (id, block_number) VALUES (?, ?)", (doc, d.block_number))
@@ -199,7 +206,7 @@ def insert_tx_doc(conn: apsw.Connection, d: DecodedTx, text: str) -> int:
     conn.executemany("INSERT OR IGNORE INTO rag_tokens (token, doc, block_number) VALUES (?, ?, ?)",
                      [(t, doc, d.block_number) for t in toks])
     conn.execute("INSERT INTO rag_pending (doc, block_number, length) VALUES (?, ?, ?)",
-                 (doc, d.block_number, len(text)))
+                 (doc, d.block_number, len(compact or text)))
     return doc
 
 
@@ -290,7 +297,8 @@ def delete_document(conn: apsw.Connection, doc_id: str, kind: str | None = None)
 
 @dataclass(frozen=True)
 class PendingDoc:
-    """A document waiting for its vector (what the worker needs to embed and store it)."""
+    """A document waiting for its vector (what the worker needs to embed and store it); ``text`` is what gets
+    embedded."""
 
     id: int
     text: str
@@ -304,8 +312,8 @@ class PendingDoc:
 def take_pending(conn: apsw.Connection, limit: int) -> list[PendingDoc]:
     """Up to ``limit`` pending documents: user documents and memories first (they were just sent by someone), then
     chain documents oldest first."""
-    cols = ("SELECT d.id, d.text, d.kind, d.block_number, coalesce(d.timestamp, 0), coalesce(d.intent, ''), "
-            "coalesce(d.token, '') FROM rag_pending p JOIN rag_docs d ON d.id = p.doc ")
+    cols = ("SELECT d.id, coalesce(d.embed_text, d.text), d.kind, d.block_number, coalesce(d.timestamp, 0), "
+            "coalesce(d.intent, ''), coalesce(d.token, '') FROM rag_pending p JOIN rag_docs d ON d.id = p.doc ")
     rows = conn.execute(cols + "WHERE p.block_number IS NULL ORDER BY p.doc LIMIT ?", (limit,)).fetchall()
     if len(rows) < limit:
         rows += conn.execute(cols + "WHERE p.block_number IS NOT NULL ORDER BY p.doc LIMIT ?",
@@ -339,7 +347,7 @@ def requeue_all(conn: apsw.Connection) -> int:
     conn.execute("INSERT INTO rag_changes (id, op) SELECT id, ? FROM rag_index WHERE has_vec = 1", (OP_DEL,))
     conn.execute("UPDATE rag_index SET has_vec = 0 WHERE has_vec = 1")
     conn.execute("INSERT OR IGNORE INTO rag_pending (doc, block_number, length) "
-                 "SELECT id, block_number, length(text) FROM rag_docs")
+                 "SELECT id, block_number, length(coalesce(embed_text, text)) FROM rag_docs")
     return int(conn.execute("SELECT count(*) FROM rag_pending").fetchone()[0])
 
 
