@@ -1,21 +1,42 @@
-"""The HTTP app (FastAPI): ``/health``, ``/ready``, ``/status``, ``/metrics``, and every plugin's routes.
+"""The HTTP app (FastAPI): core routes, agent sign-in, the audit log, every plugin's routes, ``/mcp`` and
+``/dashboard``.
 
-Plugin routers (``monmouth_http_router``) are mounted for every installed plugin; while a plugin is disabled
-its routes answer 503 naming the plugin, so a hot reload that enables it needs no restart.
+* Core: ``/health`` and ``/ready`` (public), ``/status`` (read, agents), ``/metrics`` (read).
+* Auth: ``GET /auth/nonce`` and ``POST /auth/siwe`` (agents sign in with Ethereum, EIP-4361), ``GET /auth/whoami``.
+* ``GET /audit`` (admin): the audit log, newest first, paged with ``before``.
+* Plugin routers (``monmouth_http_router``) are mounted for every installed plugin behind the default access
+  policy (:func:`monmouth.auth.default_policy`) unless a route declares its own (``require(...)``); while a plugin is
+  disabled its routes answer 503 naming the plugin, so a hot reload that enables it needs no restart.
+* ``/mcp``: the MCP server (streamable HTTP), same auth. ``/dashboard``: the live dashboard (no CDN).
+
+Every error is an RFC 9457 problem details object (:mod:`monmouth.problems`); request bodies are limited to
+``http.max_body_bytes`` (413); rate limits answer 429 with ``Retry-After`` (:mod:`monmouth.ratelimit`).
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+import secrets
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio.to_thread
-from fastapi import Depends, FastAPI, HTTPException
-from fastapi.responses import JSONResponse, Response
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import __version__
+from . import __version__, problems
+from .audit import Audit
+from .auth import Authenticator, Principal, check_bind, current_principal, default_policy, require
 from .plugins import declared
+from .problems import ProblemError, problem
+from .ratelimit import RateLimitMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -23,47 +44,277 @@ if TYPE_CHECKING:
     from .app import App
     from .runner import Runner
 
+DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboard"
+#: Header carrying a per-process secret on the MCP server's in-process calls (not rate-limited twice).
+INTERNAL_HEADER = "x-monmouth-internal"
+
 
 def _plugin_guard(app: App, name: str) -> Any:
     def guard() -> None:
         if not app.host.is_enabled(name):
-            raise HTTPException(503, detail=f"plugin {name!r} is disabled (set plugins.{name}.enabled = true)")
+            raise ProblemError(503, f"plugin {name!r} is disabled (set plugins.{name}.enabled = true)",
+                               field=f"plugins.{name}.enabled")
 
     return Depends(guard)
 
 
+class BodyLimitMiddleware:
+    """413 for request bodies larger than ``limit()`` bytes (by Content-Length, or counted while streaming)."""
+
+    def __init__(self, app: ASGIApp, limit: Any) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit()
+        too_big = problem(413, f"request body larger than {limit} bytes (http.max_body_bytes)", field="body")
+        for k, v in scope.get("headers", []):
+            if k == b"content-length":
+                try:
+                    if int(v) > limit:
+                        await too_big(scope, receive, send)
+                        return
+                except ValueError:
+                    await problem(400, "bad Content-Length header", field="content-length")(scope, receive, send)
+                    return
+        seen = 0
+        exceeded = False
+
+        async def counted() -> Message:
+            nonlocal seen, exceeded
+            if exceeded:
+                return {"type": "http.request", "body": b"", "more_body": False}
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > limit:  # stop reading; the app's answer (to a truncated body) is replaced by 413
+                    exceeded = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
+            return msg
+
+        async def tracked(msg: Message) -> None:
+            if not exceeded:
+                await send(msg)
+
+        try:
+            await self.app(scope, counted, tracked)
+        except Exception:
+            if not exceeded:
+                raise
+        if exceeded:
+            await too_big(scope, receive, send)
+
+
+class AuditMiddleware:
+    """Audits denials (401/403), rate limiting, and successful forget/export/import routes (by route template)."""
+
+    def __init__(self, app: ASGIApp, audit: Audit) -> None:
+        self.app = app
+        self.audit = audit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 0
+
+        async def watch(msg: Message) -> None:
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+            await send(msg)
+
+        await self.app(scope, receive, watch)
+        p = (scope.get("state") or {}).get("principal")
+        who = p.name if p is not None else None
+        client = scope.get("client")
+        ip = client[0] if client else None
+        method = scope["method"]
+        route = scope.get("route")
+        path = getattr(route, "path", scope["path"])
+        if status in (401, 403):
+            self.audit.denied(status, who, ip, method, scope["path"])
+        elif status < 400 and route is not None:
+            event = None
+            if method == "DELETE" and path.endswith("/agents/{agent}"):
+                event = "forget"
+            elif path.endswith("/export"):
+                event = "export"
+            elif "/import" in path:
+                event = "import"
+            if event:
+                self.audit.record(event, who, ip, path=scope["path"], status=status)
+
+
+class ReorgLog:
+    """Wraps ``metrics.reorg_depth`` to remember the last reorgs (time, depth, new head) for the dashboard."""
+
+    def __init__(self, app: App, keep: int = 50) -> None:
+        self.app = app
+        self.inner = app.metrics.reorg_depth
+        self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=keep)
+
+    def observe(self, depth: float, *a: Any, **kw: Any) -> None:
+        self.inner.observe(depth, *a, **kw)
+        head = self.app.engine.head
+        self.recent.appendleft({"at": time.time(), "depth": int(depth), "head": head.number if head else None})
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class SiweIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    message: str = Field(..., min_length=1, max_length=4096, description="The EIP-4361 message, as signed.")
+    signature: str = Field(..., pattern=r"^0x[0-9a-fA-F]{130}$", description="0x + 65-byte signature (hex).")
+
+
 def create_api(app: App, runner: Runner | None = None) -> FastAPI:
-    """Build the ASGI app for a sidecar. ``runner`` supplies live source state (``None`` for offline use)."""
-    api = FastAPI(title="Monmouth sidecar", version=__version__)
+    """Build the ASGI app for a sidecar. ``runner`` supplies live source state (``None`` for offline use).
+
+    Raises:
+        ConfigError: serving (``runner`` given) on a non-loopback ``http.host`` with no operator token.
+    """
+    if runner is not None:
+        check_bind(app.settings)
+    auth = Authenticator(lambda: app.settings, app.settings.http.host)
+    audit = Audit(app)
+    auth.on_token_use = audit.token_use
+    if not isinstance(app.metrics.reorg_depth, ReorgLog):
+        app.metrics.reorg_depth = ReorgLog(app)  # type: ignore[assignment]
+    reorgs: ReorgLog = app.metrics.reorg_depth  # type: ignore[assignment]
+    internal_secret = secrets.token_hex(16)
+
+    mcp_server = None
+    try:
+        from .mcp_server import build_http_mcp
+    except ImportError:  # the mcp package is a core dependency; keep the API up without it
+        build_http_mcp = None  # type: ignore[assignment]
+    if build_http_mcp is not None:
+        mcp_server = build_http_mcp(internal_secret)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_api: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            if mcp_server is not None:
+                await stack.enter_async_context(mcp_server.session_manager.run())
+            yield
+        audit.flush()
+
+    api = FastAPI(
+        title="Monmouth sidecar", version=__version__, lifespan=lifespan,
+        description="A reorg-safe knowledge base and memory for AI agents, fed by an Ethereum node. Errors are RFC "
+                    "9457 problem details. Authenticate with `Authorization: Bearer <token>`: an operator token "
+                    "(admin or read) or an agent token from `POST /auth/siwe`. The MCP server (streamable HTTP) is "
+                    "at `/mcp`, the dashboard at `/dashboard`.",
+        responses=problems.responses(401, 403, 413, 422, 429),
+    )
     api.state.monmouth = app
     api.state.runner = runner
+    api.state.auth = auth
+    api.state.audit = audit
+    api.state.reorgs = reorgs
+    api.state.policy_cache = {}
+    api.state.internal_secret = internal_secret
+    problems.install(api)
 
     def status_obj() -> dict[str, Any]:
         return runner.status() if runner is not None else app.status()
 
+    # ------------------------------------------------------------------------------------------------ core
     @api.get("/health", tags=["core"])
     def health() -> dict[str, str]:
         """Liveness: the process is up and serving."""
         return {"status": "ok"}
 
-    @api.get("/ready", tags=["core"])
+    @api.get("/ready", tags=["core"], responses=problems.responses(503))
     def ready() -> JSONResponse:
         """200 while the head is within ``http.ready_lag`` blocks of the source head, else 503 with the reason."""
         ok, reason = runner.ready() if runner is not None else (False, "not running")
         return JSONResponse({"ready": ok, "reason": reason}, status_code=200 if ok else 503)
 
-    @api.get("/status", tags=["core"])
+    @api.get("/status", tags=["core"], dependencies=[require("read", "agent")])
     async def status() -> dict[str, Any]:
         """Head (number, hash), finalized, source head, lag (blocks), counters, source and plugin states."""
         return await anyio.to_thread.run_sync(status_obj)
 
-    @api.get("/metrics", tags=["core"])
+    @api.get("/metrics", tags=["core"], dependencies=[require("read")],
+             responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}})
     def metrics() -> Response:
         """Prometheus text exposition of every ``monmouth_*`` metric."""
         if runner is not None:
             runner.status()  # refresh the lag gauge
         return Response(generate_latest(app.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    # ------------------------------------------------------------------------------------------------ auth
+    @api.get("/auth/nonce", tags=["auth"])
+    def nonce(request: Request) -> dict[str, Any]:
+        """A fresh sign-in nonce (used once, valid ``auth.nonce_ttl`` seconds) and what the EIP-4361 message must
+        name: domain and chain id."""
+        n, exp = auth.new_nonce()
+        cfg = app.settings.auth
+        domain = cfg.domain or request.headers.get("host", "")
+        from .auth import iso
+
+        return {"nonce": n, "expires_at": iso(exp), "domain": domain, "chain_id": cfg.chain_id,
+                "uri": f"{request.url.scheme}://{domain}"}
+
+    @api.post("/auth/siwe", tags=["auth"])
+    def siwe(body: SiweIn, request: Request) -> dict[str, Any]:
+        """Sign in with Ethereum: send the signed EIP-4361 message; get a short-lived bearer token scoped to the
+        signing address. 401 (naming the part) for a forged, expired, replayed or mismatched message."""
+        ip = request.client.host if request.client else None
+        try:
+            out = auth.sign_in(body.message, body.signature, request.headers.get("host"))
+        except ProblemError as e:
+            audit.record("sign_in", None, ip, outcome="failed", reason=str(e.detail)[:200])
+            raise
+        audit.record("sign_in", f"agent:{out['agent']}", ip, outcome="ok", expires_at=out["expires_at"])
+        return out
+
+    @api.get("/auth/whoami", tags=["auth"])
+    def whoami(p: Annotated[Principal, Depends(current_principal)]) -> dict[str, Any]:
+        """The caller: role (admin, read, agent), agent address, how it authenticated."""
+        return {"principal": p.name, "role": p.role, "agent": p.agent, "via": p.via}
+
+    @api.get("/audit", tags=["auth"], dependencies=[require()])
+    def audit_log(limit: int = Query(50, ge=1, le=500), before: int | None = Query(None, ge=1),
+                  event: str | None = Query(None, pattern=r"^[a-z_]{1,32}$")) -> dict[str, Any]:
+        """The audit log (admin), newest first; pass ``next_before`` back as ``before`` for the next page."""
+        rows = audit.query(limit, before, event)
+        return {"events": rows, "next_before": rows[-1]["id"] if len(rows) == limit else None}
+
+    # ------------------------------------------------------------------------------------------------ dashboard
+    @api.get("/dashboard", tags=["dashboard"], include_in_schema=True,
+             responses={200: {"content": {"text/html": {"schema": {"type": "string"}}}}})
+    def dashboard() -> FileResponse:
+        """The live dashboard (HTML; it calls the API with the caller's token, or none from loopback)."""
+        return FileResponse(DASHBOARD_DIR / "index.html", media_type="text/html")
+
+    @api.get("/dashboard/assets/{name}", tags=["dashboard"],
+             responses={200: {"content": {"application/javascript": {"schema": {"type": "string"}},
+                                          "text/css": {"schema": {"type": "string"}}}}, 404: {}})
+    def dashboard_asset(name: str) -> FileResponse:
+        """The dashboard's scripts and styles."""
+        f = DASHBOARD_DIR / name
+        if "/" in name or name.startswith(".") or not f.is_file() or f.suffix not in (".js", ".css", ".svg"):
+            raise ProblemError(404, f"no dashboard asset {name!r}", field="path.name")
+        media = {".js": "application/javascript", ".css": "text/css", ".svg": "image/svg+xml"}[f.suffix]
+        return FileResponse(f, media_type=media)
+
+    @api.get("/dashboard/summary", tags=["dashboard"], dependencies=[require("read")])
+    async def dashboard_summary() -> dict[str, Any]:
+        """What the dashboard shows: the ``/status`` object, recent reorgs with their depth, and the embedding
+        backlog of the plugins that report one."""
+        st = await anyio.to_thread.run_sync(status_obj)
+        backlog = {n: p["backlog"] for n, p in st.get("plugins", {}).items() if isinstance(p, dict) and "backlog" in p}
+        return {"status": st, "reorgs": list(reorgs.recent), "backlog": backlog, "time": time.time()}
+
+    # ------------------------------------------------------------------------------------------------ plugins
     for name, plugin in app.host.installed.items():
         try:
             router = declared(plugin, "monmouth_http_router")
@@ -72,5 +323,20 @@ def create_api(app: App, runner: Runner | None = None) -> FastAPI:
             app.host.errors[name] = f"monmouth_http_router failed: {type(e).__name__}: {e}"
             continue
         if router is not None:
-            api.include_router(router, dependencies=[_plugin_guard(app, name)])
+            api.include_router(router, dependencies=[Depends(default_policy), _plugin_guard(app, name)],
+                               responses=problems.responses(401, 403, 503))
+
+    # ------------------------------------------------------------------------------------------------ mcp
+    if mcp_server is not None:
+        from .mcp_server import MCPEndpoint
+
+        api.router.add_route("/mcp", MCPEndpoint(mcp_server, auth), methods=["GET", "POST", "DELETE"],
+                             include_in_schema=False)
+
+    # Outermost last: problems -> audit -> rate limit -> body limit -> app.
+    api.add_middleware(BodyLimitMiddleware, limit=lambda: app.settings.http.max_body_bytes)
+    api.add_middleware(RateLimitMiddleware, get_settings=lambda: app.settings, internal_secret=internal_secret,
+                       on_limited=lambda path, ip: audit.denied(429, None, ip, "*", path))
+    api.add_middleware(AuditMiddleware, audit=audit)
+    api.add_middleware(problems.ProblemMiddleware)
     return api

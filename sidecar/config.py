@@ -5,7 +5,8 @@ Layout (see the commented default ``config.toml`` at the repository root)::
     [source]   kind, url, path, confirmations, poll_interval, ...
     [storage]  path, synchronous
     [engine]   undo_window, history, ...
-    [http]     enabled, host, port, ready_lag
+    [http]     enabled, host, port, ready_lag, max_body_bytes
+    [auth]     operator tokens (hashed), agent sign-in (SIWE), rate limits
     [logging]  level
     [plugins.<name>]  enabled, module (third-party plugins), and the plugin's own keys
 
@@ -23,13 +24,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import tomlkit
 import tomlkit.exceptions
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
 
@@ -96,6 +98,77 @@ class HttpConfig(_Section):
     port: int = Field(8080, ge=0, le=65535)
     #: /ready answers 200 while the head is within this many blocks of the source head.
     ready_lag: int = Field(3, ge=0)
+    #: Largest request body accepted, bytes (413 beyond).
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, le=1024**3)
+
+
+_TOKEN_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def _token_entries(v: list[str]) -> list[str]:
+    """Operator tokens as ``sha256:<hex>`` hashes; a plain token (>= 24 characters) is hashed at once."""
+    out = []
+    for t in v:
+        if not isinstance(t, str) or not t.strip():
+            raise ValueError("tokens must be non-empty strings")
+        t = t.strip()
+        if t.startswith("sha256:"):
+            if not _TOKEN_HASH.match(t):
+                raise ValueError("a hashed token is 'sha256:' followed by 64 lowercase hex digits")
+            out.append(t)
+        elif len(t) < 24:
+            raise ValueError("a plain token must be at least 24 characters (prefer its sha256: hash)")
+        else:
+            out.append("sha256:" + hashlib.sha256(t.encode()).hexdigest())
+    return out
+
+
+class AuthConfig(_Section):
+    """``[auth]``: operator tokens, agent sign-in (SIWE, EIP-4361) and rate limits (see docs/security.md)."""
+
+    #: Operator tokens, stored as "sha256:<hex>" (``python -m monmouth.auth new-token`` prints one and its hash).
+    admin_tokens: list[str] = []
+    read_tokens: list[str] = []
+    #: Loopback clients without a token act as admin, but only while http.host is a loopback address.
+    loopback_open: bool = True
+    #: Agents sign in with Ethereum (GET /auth/nonce, POST /auth/siwe) and get a short-lived bearer token.
+    siwe: bool = True
+    #: The domain SIWE messages must name ("" = the request's Host header).
+    domain: str = ""
+    #: The chain id SIWE messages must name.
+    chain_id: int = Field(1, ge=1)
+    #: Lifetime of an agent's bearer token and of a sign-in nonce, seconds.
+    token_ttl: int = Field(3600, ge=30, le=7 * 86_400)
+    nonce_ttl: int = Field(300, ge=10, le=86_400)
+    #: HMAC key of agent tokens (hex, >= 32 bytes); "" = random at each start (tokens end with the process).
+    secret: str = ""
+    #: Token buckets: requests per second and burst, per client IP (loopback exempt when rate_exempt_loopback)
+    #: and per bearer token. 0 disables that limit.
+    rate_ip: float = Field(20.0, ge=0)
+    burst_ip: int = Field(60, ge=1)
+    rate_token: float = Field(50.0, ge=0)
+    burst_token: int = Field(100, ge=1)
+    rate_exempt_loopback: bool = True
+
+    _hash_admin = field_validator("admin_tokens")(classmethod(lambda cls, v: _token_entries(v)))
+    _hash_read = field_validator("read_tokens")(classmethod(lambda cls, v: _token_entries(v)))
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, v: str) -> str:
+        if v:
+            try:
+                raw = bytes.fromhex(v.removeprefix("0x"))
+            except ValueError:
+                raise ValueError("must be hex") from None
+            if len(raw) < 32:
+                raise ValueError("must be at least 32 bytes (64 hex digits)")
+        return v
+
+    @property
+    def enabled(self) -> bool:
+        """Whether anything but loopback can authenticate (an operator token is set)."""
+        return bool(self.admin_tokens or self.read_tokens)
 
 
 class LoggingConfig(_Section):
@@ -122,6 +195,7 @@ class Settings(BaseModel):
     storage: StorageConfig = StorageConfig()
     engine: EngineConfig = EngineConfig()
     http: HttpConfig = HttpConfig()
+    auth: AuthConfig = AuthConfig()
     logging: LoggingConfig = LoggingConfig()
     plugins: dict[str, PluginSettings] = {}
     #: Where the settings came from (for messages and relative paths); not a config key.
@@ -149,6 +223,8 @@ def _fmt_errors(origin: str, prefix: str, err: ValidationError) -> str:
         key = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
         if e["type"] == "extra_forbidden":
             lines.append(f"{origin}: unknown key {key!r}")
+        elif "token" in key or "secret" in key:  # never echo a secret
+            lines.append(f"{origin}: {key}: {e['msg']}"[:300])
         else:
             lines.append(f"{origin}: {key}: {e['msg']} (got {e.get('input')!r})"[:300])
     return "; ".join(lines)

@@ -88,6 +88,10 @@ class Runner:
             ContinuityError: a finite source delivered a notification that does not connect.
         """
         error: Exception | None = None
+        if self.serve_http:
+            from .auth import check_bind
+
+            check_bind(self.app.settings)  # refuse a public bind without auth before starting anything
         tune_gc()
         async with anyio.create_task_group() as tg:
             if self.serve_http:
@@ -206,10 +210,11 @@ class Runner:
         from .api import create_api
 
         http = self.app.settings.http
-        config = uvicorn.Config(create_api(self.app, self), host=http.host, port=http.port, log_level="warning",
-                                lifespan="off")
+        api = create_api(self.app, self)
+        config = uvicorn.Config(api, host=http.host, port=http.port, log_level="warning", lifespan="off")
         server = uvicorn.Server(config)
-        async with anyio.create_task_group() as tg:
+        # The app's lifespan (the MCP session manager) runs here, inside the runner's task group, not in uvicorn.
+        async with api.router.lifespan_context(api), anyio.create_task_group() as tg:
             tg.start_soon(server.serve)
             while not server.started:
                 if server.should_exit:

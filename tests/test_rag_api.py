@@ -55,7 +55,7 @@ def env(tmp_path_factory):
 
 
 def errors_name(resp, field: str) -> bool:
-    return any(field in [str(x) for x in e["loc"]] for e in resp.json()["detail"])
+    return any(field in [str(x) for x in e["loc"]] for e in resp.json()["errors"])  # RFC 9457 problem details
 
 
 def test_search_modes_return_cited_hits(env):

@@ -1,0 +1,625 @@
+"""Who is calling, and what may they touch: operator tokens, agent sign-in with Ethereum (SIWE), access policies.
+
+Principals (:class:`Principal`):
+
+* ``admin``: an operator token from ``auth.admin_tokens`` (or a loopback client without a token, while the server
+  binds to loopback and ``auth.loopback_open`` is on): everything.
+* ``read``: an operator token from ``auth.read_tokens``: every ``GET``, and ``POST`` routes that only read
+  (declared with ``require("read")``).
+* ``agent:<address>``: an agent signed in with Ethereum (EIP-4361): its own memory only (routes whose path has an
+  ``{agent}`` parameter equal to its address), plus routes that declare ``require(..., "agent")``.
+
+Operator tokens are kept only as ``sha256:`` hashes. Agent tokens are short-lived, HMAC-signed, scoped to one
+address and one chain id (``mma_<payload>.<mac>``); they die with their expiry (``auth.token_ttl``).
+
+For plugin authors (see docs/plugins.md, "Access control"):
+
+* ``Depends(require("admin"))``, ``require("read")``, ``require("read", "agent")``: a route's own policy (it replaces
+  the default policy below);
+* ``principal: Principal = Depends(current_principal)``: who is calling;
+* ``check_agent(principal, address, write=...)`` or ``principal.may_access(address, write=...)``: may the caller
+  touch agent ``address`` (admin: yes; read: reads only; agent: its own address only). ``check_agent`` raises 403.
+
+Default policy of plugin routes that declare none: admin everything; read ``GET``/``HEAD`` (plus the known
+read-only ``POST`` routes in :data:`READ_ONLY_POSTS`); agents only routes with an ``{agent}`` path parameter equal
+to their own address (plus :data:`AGENT_ROUTES`).
+
+Run ``python -m monmouth.auth new-token`` to make an operator token and the hash to put in config.toml.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import json
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from .errors import ConfigError
+from .problems import ProblemError
+
+if TYPE_CHECKING:
+    from .config import Settings
+
+Role = Literal["admin", "read", "agent"]
+_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
+AGENT_TOKEN_PREFIX = "mma_"
+OPERATOR_TOKEN_PREFIX = "mmo_"
+
+#: POST routes of the built-in plugins that only read: a read token may call them (until the plugins declare
+#: ``require("read", ...)`` themselves).
+READ_ONLY_POSTS: set[str] = {"/rag/search", "/rag/context", "/rag/answer", "/memory/agents/{agent}/recall"}
+#: Routes without an ``{agent}`` parameter that agents may call: chain data. ``/rag/search`` and ``/rag/context``
+#: only with ``filters.kind`` limited to ``tx``/``document`` (other agents' RAG "memory" documents stay hidden).
+AGENT_ROUTES: dict[tuple[str, str], str] = {
+    ("POST", "/rag/search"): "chain-only",
+    ("POST", "/rag/context"): "chain-only",
+    ("GET", "/rag/tx/{tx_hash}"): "ok",
+    ("GET", "/rag/graph/{address}"): "ok",
+}
+_SAFE = {"GET", "HEAD", "OPTIONS"}
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` (a client or bind address) is loopback. ``testclient`` is Starlette's in-process client."""
+    if not host:
+        return False
+    if host in ("localhost", "testclient"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def normalize_address(value: str | bytes) -> str | None:
+    """``0x`` + 40 lowercase hex digits, or ``None`` when ``value`` is not an address."""
+    if isinstance(value, bytes):
+        return "0x" + value.hex() if len(value) == 20 else None
+    return value.lower() if isinstance(value, str) and _ADDRESS.match(value) else None
+
+
+def hash_token(token: str) -> str:
+    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_operator_token() -> tuple[str, str]:
+    """A fresh operator token and its ``sha256:`` hash (the hash goes in config.toml)."""
+    t = OPERATOR_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    return t, hash_token(t)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling.
+
+    Attributes:
+        role: ``admin``, ``read`` or ``agent``.
+        agent: the agent's address (``0x`` + 40 lowercase hex) when ``role == "agent"``.
+        via: ``token`` (operator token), ``siwe`` (agent token) or ``loopback`` (no token, loopback open).
+        token_id: a short, non-secret id of the token (first 12 hex digits of its hash), for audit and limits.
+    """
+
+    role: Role
+    agent: str | None = None
+    via: str = "token"
+    token_id: str | None = None
+
+    @property
+    def name(self) -> str:
+        if self.role == "agent":
+            return f"agent:{self.agent}"
+        return f"{self.role}@loopback" if self.via == "loopback" else self.role
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    @property
+    def reads_all(self) -> bool:
+        """Operators (admin and read) see every agent's data."""
+        return self.role in ("admin", "read")
+
+    def may_access(self, agent: str | bytes, *, write: bool = False) -> bool:
+        """May this principal read (or, with ``write``, change) agent ``agent``'s data?"""
+        if self.role == "admin":
+            return True
+        if self.role == "read":
+            return not write
+        return self.agent is not None and normalize_address(agent) == self.agent
+
+
+def check_agent(principal: Principal, agent: str | bytes, *, write: bool = False) -> None:
+    """Raise 403 unless ``principal`` may touch agent ``agent`` (see :meth:`Principal.may_access`)."""
+    if not principal.may_access(agent, write=write):
+        raise ProblemError(403, f"{principal.name} may not {'change' if write else 'read'} agent {agent!s}'s data",
+                           field="agent")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# SIWE (EIP-4361)
+
+
+@dataclass
+class SiweMessage:
+    domain: str
+    address: str
+    uri: str
+    version: str
+    chain_id: int
+    nonce: str
+    issued_at: str
+    statement: str | None = None
+    expiration_time: str | None = None
+    not_before: str | None = None
+    request_id: str | None = None
+    resources: list[str] = field(default_factory=list)
+    scheme: str | None = None
+
+    def text(self) -> str:
+        """The EIP-4361 text to sign."""
+        head = f"{self.scheme}://{self.domain}" if self.scheme else self.domain
+        lines = [f"{head} wants you to sign in with your Ethereum account:", self.address, ""]
+        if self.statement:
+            lines += [self.statement, ""]
+        lines += [f"URI: {self.uri}", f"Version: {self.version}", f"Chain ID: {self.chain_id}",
+                  f"Nonce: {self.nonce}", f"Issued At: {self.issued_at}"]
+        if self.expiration_time:
+            lines.append(f"Expiration Time: {self.expiration_time}")
+        if self.not_before:
+            lines.append(f"Not Before: {self.not_before}")
+        if self.request_id is not None:
+            lines.append(f"Request ID: {self.request_id}")
+        if self.resources:
+            lines.append("Resources:")
+            lines += [f"- {r}" for r in self.resources]
+        return "\n".join(lines)
+
+
+class SiweError(ValueError):
+    """A SIWE message that cannot be accepted; ``field`` names the part at fault."""
+
+    def __init__(self, field: str, msg: str) -> None:
+        super().__init__(f"{field}: {msg}")
+        self.field = field
+
+
+_HEADER = re.compile(r"^(?:(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*)://)?(?P<domain>[^\s/]+) wants you to sign in with "
+                     r"your Ethereum account:$")
+_FIELDS = {"URI": "uri", "Version": "version", "Chain ID": "chain_id", "Nonce": "nonce", "Issued At": "issued_at",
+           "Expiration Time": "expiration_time", "Not Before": "not_before", "Request ID": "request_id"}
+
+
+def parse_siwe(text: str) -> SiweMessage:
+    """Parse an EIP-4361 message.
+
+    Raises:
+        SiweError: malformed, naming the part.
+    """
+    lines = text.split("\n")
+    if len(lines) < 7:
+        raise SiweError("message", "is not an EIP-4361 message (too short)")
+    m = _HEADER.match(lines[0])
+    if not m:
+        raise SiweError("message", "the first line must be '<domain> wants you to sign in with your Ethereum "
+                                   "account:'")
+    address = lines[1]
+    if not _ADDRESS.match(address):
+        raise SiweError("address", "must be a 0x-prefixed 20-byte hex address")
+    from eth_utils import is_checksum_address
+
+    if not is_checksum_address(address):
+        raise SiweError("address", "must be EIP-55 checksummed")
+    i = 2
+    if lines[i] != "":
+        raise SiweError("message", "an empty line must follow the address")
+    i += 1
+    statement = None
+    if i < len(lines) and not lines[i].startswith("URI: "):
+        statement = lines[i]
+        i += 1
+        if i >= len(lines) or lines[i] != "":
+            raise SiweError("statement", "must be one line followed by an empty line")
+        i += 1
+    values: dict[str, Any] = {}
+    resources: list[str] = []
+    order = list(_FIELDS)
+    pos = 0
+    while i < len(lines):
+        line = lines[i]
+        i += 1
+        if line == "Resources:":
+            while i < len(lines) and lines[i].startswith("- "):
+                resources.append(lines[i][2:])
+                i += 1
+            if i != len(lines):
+                raise SiweError("resources", "must come last, one '- <uri>' per line")
+            break
+        key, sep, value = line.partition(": ")
+        if not sep or key not in _FIELDS:
+            raise SiweError("message", f"unexpected line {line[:60]!r}")
+        if key not in order[pos:]:
+            raise SiweError(_FIELDS[key], "out of order or repeated")
+        pos = order.index(key) + 1
+        values[_FIELDS[key]] = value
+    for req in ("uri", "version", "chain_id", "nonce", "issued_at"):
+        if req not in values:
+            raise SiweError(req, "is required")
+    if values["version"] != "1":
+        raise SiweError("version", "must be 1")
+    try:
+        chain_id = int(values["chain_id"])
+    except ValueError:
+        raise SiweError("chain_id", "must be an integer") from None
+    if not re.fullmatch(r"[A-Za-z0-9]{8,}", values["nonce"]):
+        raise SiweError("nonce", "must be at least 8 alphanumeric characters")
+    for k in ("issued_at", "expiration_time", "not_before"):
+        if k in values:
+            _ts(values[k], k)
+    return SiweMessage(domain=m["domain"], scheme=m["scheme"], address=address, statement=statement,
+                       uri=values["uri"], version="1", chain_id=chain_id, nonce=values["nonce"],
+                       issued_at=values["issued_at"], expiration_time=values.get("expiration_time"),
+                       not_before=values.get("not_before"), request_id=values.get("request_id"), resources=resources)
+
+
+def _ts(value: str, name: str) -> float:
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise SiweError(name, "must be an RFC 3339 date-time") from None
+    if dt.tzinfo is None:
+        raise SiweError(name, "must carry a time zone (RFC 3339)")
+    return dt.timestamp()
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def siwe_message(address: str, nonce: str, *, domain: str, chain_id: int, uri: str | None = None,
+                 statement: str | None = "Sign in to the Monmouth sidecar.", ttl: float = 300,
+                 now: float | None = None) -> str:
+    """Build the EIP-4361 text an agent signs (for clients, tests, the demo)."""
+    from eth_utils import to_checksum_address
+
+    now = time.time() if now is None else now
+    return SiweMessage(domain=domain, address=to_checksum_address(address), statement=statement,
+                       uri=uri or f"http://{domain}", version="1", chain_id=chain_id, nonce=nonce,
+                       issued_at=iso(now), expiration_time=iso(now + ttl)).text()
+
+
+def sign_in_with_key(private_key: Any, nonce: str, *, domain: str, chain_id: int, **kw: Any) -> tuple[str, str]:
+    """``(message, signature)`` signed with ``private_key`` (eth-account), for clients and tests."""
+    from eth_account import Account
+    from eth_account.messages import encode_defunct
+
+    acct = Account.from_key(private_key)
+    msg = siwe_message(acct.address, nonce, domain=domain, chain_id=chain_id, **kw)
+    sig = Account.sign_message(encode_defunct(text=msg), private_key=acct.key).signature
+    return msg, "0x" + bytes(sig).hex()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The authenticator
+
+
+def _b64(b: bytes) -> str:
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def _unb64(s: str) -> bytes:
+    return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+
+
+class Authenticator:
+    """Checks bearer tokens and signs agents in. Reads ``settings.auth`` on every call, so a hot reload that
+    adds or removes an operator token applies at once.
+
+    Args:
+        get_settings: the current settings (``lambda: app.settings``).
+        bind_host: the address the server binds (loopback clients without a token act as admin only while it is
+            loopback).
+    """
+
+    MAX_NONCES = 10_000
+    SKEW = 60.0
+
+    def __init__(self, get_settings: Callable[[], Settings], bind_host: str) -> None:
+        self.get_settings = get_settings
+        self.bind_loopback = is_loopback(bind_host)
+        s = get_settings().auth
+        self._secret = bytes.fromhex(s.secret.removeprefix("0x")) if s.secret else secrets.token_bytes(32)
+        self._nonces: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._hash_cache: tuple[int, int, dict[str, str]] = (0, 0, {})
+        self.on_token_use: Callable[[Principal, str | None], None] | None = None
+
+    # -- operator tokens
+    def _operator_hashes(self) -> dict[str, str]:
+        a = self.get_settings().auth
+        key = (id(a.admin_tokens), id(a.read_tokens))
+        if self._hash_cache[:2] != key:
+            table = {h: "read" for h in a.read_tokens}
+            table.update({h: "admin" for h in a.admin_tokens})
+            self._hash_cache = (*key, table)
+        return self._hash_cache[2]
+
+    def loopback_open(self) -> bool:
+        return self.bind_loopback and self.get_settings().auth.loopback_open
+
+    def authenticate(self, authorization: str | None, client_host: str | None, host_header: str | None = None,
+                     origin: str | None = None) -> Principal | None:
+        """The caller's principal, ``None`` when anonymous and not allowed in as loopback.
+
+        A request without a token is an admin only when the loopback rule holds: the server binds to loopback,
+        ``auth.loopback_open``, the client address is loopback, and (against DNS rebinding and cross-site requests
+        from a browser) the ``Host`` header names a loopback host and any ``Origin`` is a loopback origin.
+
+        Raises:
+            ProblemError: 401 for a malformed, unknown, forged or expired token.
+        """
+        if not authorization:
+            if (self.loopback_open() and is_loopback(client_host) and _loopback_host(host_header)
+                    and (not origin or _loopback_origin(origin))):
+                return Principal("admin", via="loopback")
+            return None
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise _unauthorized("Authorization must be 'Bearer <token>'")
+        if token.startswith(AGENT_TOKEN_PREFIX):
+            return self._agent_token(token)
+        h = hash_token(token)
+        role = self._operator_hashes().get(h)
+        if role is None:
+            raise _unauthorized("unknown token")
+        return Principal(role, via="token", token_id=h[7:19])  # type: ignore[arg-type]
+
+    def _agent_token(self, token: str) -> Principal:
+        body, _, mac = token[len(AGENT_TOKEN_PREFIX):].partition(".")
+        try:
+            want = _b64(hmac.new(self._secret, body.encode(), hashlib.sha256).digest())
+            if not hmac.compare_digest(want, mac):
+                raise ValueError("mac")
+            claims = json.loads(_unb64(body))
+            addr, chain, exp = claims["a"], int(claims["c"]), float(claims["e"])
+        except (ValueError, KeyError, TypeError):
+            raise _unauthorized("invalid agent token") from None
+        if exp < time.time():
+            raise _unauthorized("agent token expired: sign in again (GET /auth/nonce, POST /auth/siwe)")
+        if chain != self.get_settings().auth.chain_id:
+            raise _unauthorized("agent token was issued for another chain id")
+        return Principal("agent", agent=addr, via="siwe", token_id=hashlib.sha256(token.encode()).hexdigest()[:12])
+
+    # -- sign-in
+    def new_nonce(self) -> tuple[str, float]:
+        now = time.time()
+        ttl = self.get_settings().auth.nonce_ttl
+        with self._lock:
+            if len(self._nonces) >= self.MAX_NONCES:
+                for n, exp in list(self._nonces.items()):
+                    if exp < now:
+                        del self._nonces[n]
+            if len(self._nonces) >= self.MAX_NONCES:
+                raise ProblemError(503, "too many sign-ins in progress; retry shortly", headers={"Retry-After": "5"})
+            nonce = secrets.token_hex(16)
+            self._nonces[nonce] = now + ttl
+        return nonce, now + ttl
+
+    def sign_in(self, message: str, signature: str, request_host: str | None) -> dict[str, Any]:
+        """Verify a signed EIP-4361 message and issue an agent token.
+
+        Raises:
+            ProblemError: 401 naming what failed (message, nonce, domain, chain_id, expiration_time, signature).
+        """
+        cfg = self.get_settings().auth
+        if not cfg.siwe:
+            raise ProblemError(403, "agent sign-in is disabled (auth.siwe = false)", field="auth.siwe")
+        try:
+            msg = parse_siwe(message)
+        except SiweError as e:
+            raise _unauthorized(str(e), field=e.field) from None
+        now = time.time()
+        with self._lock:
+            exp = self._nonces.pop(msg.nonce, None)  # used once, whatever happens next
+        if exp is None or exp < now:
+            raise _unauthorized("nonce: unknown, already used or expired (GET /auth/nonce)", field="nonce")
+        want_domain = cfg.domain or (request_host or "")
+        if msg.domain.lower() != want_domain.lower():
+            raise _unauthorized(f"domain: the message names {msg.domain!r}, this server is {want_domain!r}",
+                                field="domain")
+        if msg.chain_id != cfg.chain_id:
+            raise _unauthorized(f"chain_id: the message names {msg.chain_id}, this server serves {cfg.chain_id}",
+                                field="chain_id")
+        if msg.expiration_time and _ts(msg.expiration_time, "expiration_time") <= now:
+            raise _unauthorized("expiration_time: the message has expired", field="expiration_time")
+        if msg.not_before and _ts(msg.not_before, "not_before") > now + self.SKEW:
+            raise _unauthorized("not_before: the message is not valid yet", field="not_before")
+        if _ts(msg.issued_at, "issued_at") > now + self.SKEW:
+            raise _unauthorized("issued_at: in the future", field="issued_at")
+        try:
+            from eth_account import Account
+            from eth_account.messages import encode_defunct
+
+            signer = Account.recover_message(encode_defunct(text=message), signature=signature)
+        except Exception:
+            raise _unauthorized("signature: malformed", field="signature") from None
+        if signer.lower() != msg.address.lower():
+            raise _unauthorized("signature: not signed by the message's address", field="signature")
+        expires = now + cfg.token_ttl
+        addr = msg.address.lower()
+        body = _b64(json.dumps({"a": addr, "c": cfg.chain_id, "e": round(expires, 3),
+                                "j": secrets.token_hex(8)}, separators=(",", ":")).encode())
+        mac = _b64(hmac.new(self._secret, body.encode(), hashlib.sha256).digest())
+        return {"token": f"{AGENT_TOKEN_PREFIX}{body}.{mac}", "token_type": "Bearer", "agent": addr,
+                "expires_at": iso(expires), "expires_in": int(expires - now)}
+
+
+def _loopback_host(host: str | None) -> bool:
+    if host is None:
+        return True  # HTTP/1.0 without Host: nothing a browser would send
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    if host.startswith("["):
+        name = host[1:].split("]")[0]
+    return name in ("testserver",) or is_loopback(name)
+
+
+def _loopback_origin(origin: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        return is_loopback(urlsplit(origin).hostname)
+    except ValueError:
+        return False
+
+
+def current_principal_from_scope(auth: Authenticator, scope: Any) -> Principal:
+    """The caller of an ASGI request (see :meth:`Authenticator.authenticate`); 401 when anonymous."""
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
+    client = scope.get("client")
+    host = client[0] if client else None
+    p = auth.authenticate(headers.get("authorization"), host, headers.get("host"), headers.get("origin"))
+    if p is None:
+        raise _unauthorized("authentication required: send 'Authorization: Bearer <token>' (an operator token, or "
+                            "an agent token from POST /auth/siwe)")
+    if auth.on_token_use is not None and p.via != "loopback":
+        auth.on_token_use(p, host)
+    return p
+
+
+def _unauthorized(detail: str, field: str | None = None) -> ProblemError:
+    return ProblemError(401, detail, field=field, headers={"WWW-Authenticate": 'Bearer realm="monmouth"'})
+
+
+def check_bind(settings: Settings) -> None:
+    """Refuse to serve on a non-loopback address without an operator token configured.
+
+    Raises:
+        ConfigError: naming http.host and the auth keys.
+    """
+    if not is_loopback(settings.http.host) and not settings.auth.enabled:
+        raise ConfigError(
+            f"{settings.origin}: http.host = {settings.http.host!r} is not a loopback address and no operator "
+            "token is set (auth.admin_tokens / auth.read_tokens): refusing to serve without authentication. "
+            "Set a token (python -m monmouth.auth new-token) or bind to 127.0.0.1.")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# FastAPI dependencies
+
+bearer = HTTPBearer(auto_error=False, description="An operator token (admin or read) or an agent token from "
+                                                  "POST /auth/siwe.")
+
+
+def current_principal(request: Request,
+                      _cred: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
+    """The caller (authenticated once per request). 401 when anonymous and not an open loopback client."""
+    cached = getattr(request.state, "principal", None)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    p = current_principal_from_scope(request.app.state.auth, request.scope)
+    request.state.principal = p
+    return p
+
+
+def require(*roles: str) -> Any:
+    """A dependency enforcing a route's own access policy: the caller's role must be one of ``roles``
+    (``"admin"`` is always allowed). ``"agent"`` admits any signed-in agent: the route must then keep it to its own
+    data (``check_agent``). Use as ``dependencies=[require("read")]`` or ``p: Principal = require("read", "agent")``.
+    """
+    allowed = set(roles) | {"admin"}
+    bad = allowed - {"admin", "read", "agent"}
+    if bad:
+        raise ValueError(f"require(): unknown roles {sorted(bad)}")
+
+    def dependency(request: Request, p: Annotated[Principal, Depends(current_principal)]) -> Principal:
+        if p.role not in allowed:
+            raise ProblemError(403, f"{p.name} may not call {request.method} {request.url.path} "
+                                    f"(needs {' or '.join(sorted(allowed))})")
+        return p
+
+    dependency.__monmouth_policy__ = True  # type: ignore[attr-defined]
+    return Depends(dependency)
+
+
+def _declares_policy(route: Any) -> bool:
+    dep = getattr(route, "dependant", None)
+    stack = list(getattr(dep, "dependencies", []) or [])
+    while stack:
+        d = stack.pop()
+        if getattr(d.call, "__monmouth_policy__", False):
+            return True
+        stack.extend(d.dependencies or [])
+    return False
+
+
+async def default_policy(request: Request, p: Annotated[Principal, Depends(current_principal)]) -> Principal:
+    """The policy of plugin routes that declare none (see the module docstring)."""
+    route = request.scope.get("route")
+    path = getattr(route, "path", request.url.path)
+    method = request.method
+    if route is not None:
+        cache = request.app.state.policy_cache
+        declared = cache.get(id(route))
+        if declared is None:
+            declared = cache[id(route)] = _declares_policy(route)
+        if declared:
+            return p
+    if p.role == "admin":
+        return p
+    if p.role == "read":
+        if method in _SAFE or (method == "POST" and path in READ_ONLY_POSTS):
+            return p
+        raise ProblemError(403, f"a read token may not call {method} {path}")
+    # agent
+    params = request.path_params
+    if "agent" in params:
+        if normalize_address(str(params["agent"])) == p.agent:
+            return p
+        raise ProblemError(403, f"{p.name} may not touch agent {params['agent']}'s data", field="path.agent")
+    rule = AGENT_ROUTES.get((method, path))
+    if rule == "ok":
+        return p
+    if rule == "chain-only":
+        try:
+            body = await request.json()
+        except ValueError:
+            return p  # the route's own validation answers 422
+        kinds = (body.get("filters") or {}).get("kind") if isinstance(body, dict) else None
+        kinds = [kinds] if isinstance(kinds, str) else kinds
+        if isinstance(kinds, list) and kinds and "memory" not in kinds:
+            return p
+        raise ProblemError(403, f"an agent token may call {path} only with filters.kind limited to 'tx' and "
+                                "'document' (RAG memory documents are private to their agent)", field="filters.kind")
+    raise ProblemError(403, f"{p.name} may not call {method} {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m monmouth.auth new-token`` | ``hash-token TOKEN``."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["new-token"]:
+        t, h = new_operator_token()
+        print(f"token: {t}\nhash:  {h}\n\nPut the hash in config.toml, e.g. auth.admin_tokens = [\"{h}\"], and give "
+              "the token to the operator (it is not stored anywhere).")
+    elif args[:1] == ["hash-token"] and len(args) == 2:
+        print(hash_token(args[1]))
+    else:
+        print("usage: python -m monmouth.auth new-token | hash-token TOKEN", file=sys.stderr)
+        raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    main()
