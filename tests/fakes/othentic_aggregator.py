@@ -33,6 +33,8 @@ class FakeOthenticAggregator(FakeService):
     def __init__(self, **kw: Any) -> None:
         self.tasks: dict[str, dict[str, Any]] = {}
         self.received_keys: list[str] = []
+        #: Task definitions this AVS has (``None``: any); others answer -32602.
+        self.task_definitions: set[int] | None = None
         super().__init__(**kw)
 
     def serve(self, req: Request) -> Response:
@@ -53,6 +55,8 @@ class FakeOthenticAggregator(FakeService):
                 and isinstance(tdid, int) and 0 <= tdid <= 0xFFFF and isinstance(performer, str)
                 and isinstance(sig_hex, str) and sig_hex.startswith("0x")):
             return _err(id_, -32602, "invalid sendTask params")
+        if self.task_definitions is not None and tdid not in self.task_definitions:
+            return _err(id_, -32602, f"unknown taskDefinitionId {tdid}")
         data = bytes.fromhex(data_hex[2:])
         sig = bytes.fromhex(sig_hex[2:])
         digest = keccak(encode(["string", "bytes", "address", "uint16"], [proof, data, performer, tdid]))
