@@ -226,6 +226,25 @@ def config_set(key: str, value: str, config_path: Path | None) -> None:
     click.echo(f"{key} = {value}")
 
 
+# ---------------------------------------------------------------------------------------------------- mcp, demo
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.option("--url", default=None, help="The running sidecar (default: http.host and http.port of the config).")
+@click.option("--token", envvar="MONMOUTH_TOKEN", default=None,
+              help="Bearer token for the sidecar (operator or agent); env MONMOUTH_TOKEN.")
+def mcp(config_path: Path | None, url: str | None, token: str | None) -> None:
+    """Serve the MCP tools over stdio (for an LLM agent runtime). Uses the running sidecar when one answers,
+    else opens the database in-process."""
+    from .mcp_server import serve_stdio
+
+    try:
+        serve_stdio(config_path, url, token)
+    except MonmouthError as e:
+        _fail(e)
+
+
 # ---------------------------------------------------------------------------------------------------- plugins' commands
 
 

@@ -267,3 +267,40 @@ async def run_stdio(backend: Backend) -> None:
         await server.run_stdio_async()
     finally:
         await backend.aclose()
+
+
+def serve_stdio(config_path: Any, url: str | None, token: str | None) -> None:
+    """``monmouth mcp``: serve the tools over stdio. Calls the running sidecar at ``url`` (default: the config's
+    ``http.host``/``http.port``) when it answers, else opens the database in-process as the local operator."""
+    import sys
+
+    import anyio
+
+    from .app import load_settings, open_app
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)  # stdout carries the protocol
+    settings, _ = load_settings(config_path)
+    if url is None and settings.http.enabled:
+        host = "127.0.0.1" if settings.http.host in ("0.0.0.0", "::") else settings.http.host
+        url = f"http://{host}:{settings.http.port}"
+    if url is not None:
+        try:
+            if httpx.get(f"{url.rstrip('/')}/health", timeout=1.0).status_code == 200:
+                log.warning("monmouth mcp: serving the sidecar at %s", url)
+                anyio.run(run_stdio, url_backend(url, token))
+                return
+        except httpx.HTTPError:
+            pass
+    from .api import create_api
+
+    app = open_app(config_path, settings=settings)
+    try:
+        api = create_api(app)
+        log.warning("monmouth mcp: no sidecar answers%s; serving %s in-process", f" at {url}" if url else "",
+                    settings.storage.path)
+        backend = asgi_backend(api, authorization=f"Bearer {token}" if token else None, client=("127.0.0.1", 0),
+                               internal_secret=api.state.internal_secret)
+        anyio.run(run_stdio, backend)
+    finally:
+        api.state.audit.close()
+        app.close()
