@@ -569,7 +569,7 @@ def _moved(ctx: _Ctx, t: TokenTransfer) -> str:
     """What one transfer moved: a scaled amount, or an NFT id."""
     if t.standard == "erc20":
         return ctx.amount(t.token, t.amount)
-    what = f"{ctx.token_name(t.token)} #{t.token_id}"
+    what = f"NFT {ctx.token_name(t.token)} #{t.token_id}"
     return what if t.standard == "erc721" or t.amount == 1 else f"{t.amount} x {what}"
 
 
