@@ -61,8 +61,10 @@ class FakeService:
 
     name = "fake"
 
-    def __init__(self, hang_s: float = 5.0) -> None:
+    def __init__(self, hang_s: float = 5.0, latency_s: float = 0.0) -> None:
         self.hang_s = hang_s
+        #: Seconds every request takes before it is served (a service that is slow but up).
+        self.latency_s = latency_s
         self.requests: list[Request] = []
         self.lock = threading.RLock()
         self._mode: str | None = None
@@ -100,7 +102,11 @@ class FakeService:
 
             do_GET = do_POST = do_PUT = _handle
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass  # a client killed mid-request (the kill -9 tests) is expected, not news
+
+        self.server = Server(("127.0.0.1", 0), H)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -147,6 +153,8 @@ class FakeService:
             return mode
 
     def _dispatch(self, req: Request) -> Response | None:
+        if self.latency_s:
+            time.sleep(self.latency_s)
         mode = self._fault()
         with self.lock:
             self.requests.append(req)
