@@ -306,7 +306,12 @@ impl Server {
         let now = Instant::now();
         let wait = self.wait_time(now, max_wait);
         let ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
-        let ready = self.socket.poll(zmq::POLLIN, ms).map_err(zerr("poll"))?;
+        let ready = match self.socket.poll(zmq::POLLIN, ms) {
+            Ok(n) => n,
+            // A signal (e.g. SIGTERM, whose handler sets the stop flag) interrupted the wait.
+            Err(zmq::Error::EINTR) => return Ok(None),
+            Err(e) => return Err(BridgeError::Zmq { op: "poll".to_owned(), source: e }),
+        };
         if ready > 0 {
             self.drain_incoming(source)?;
         }
