@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import tomlkit
 import tomlkit.exceptions
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -100,6 +100,15 @@ class HttpConfig(_Section):
     ready_lag: int = Field(3, ge=0)
     #: Largest request body accepted, bytes (413 beyond).
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, le=1024**3)
+    #: Serve HTTPS with uvicorn's own TLS: PEM certificate (chain) and private key files; both or neither.
+    tls_cert: str = ""
+    tls_key: str = ""
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> HttpConfig:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key: set both (HTTPS) or neither")
+        return self
 
 
 _TOKEN_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -338,6 +347,9 @@ def validate(
 
     if base_dir is not None:
         settings.storage.path = str(_resolve(base_dir, settings.storage.path))
+        if settings.http.tls_cert:
+            settings.http.tls_cert = str(_resolve(base_dir, settings.http.tls_cert))
+            settings.http.tls_key = str(_resolve(base_dir, settings.http.tls_key))
         if settings.source.path:
             settings.source.path = str(_resolve(base_dir, settings.source.path))
         for p in settings.plugins.values():

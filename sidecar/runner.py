@@ -211,7 +211,8 @@ class Runner:
 
         http = self.app.settings.http
         api = create_api(self.app, self)
-        config = uvicorn.Config(api, host=http.host, port=http.port, log_level="warning", lifespan="off")
+        config = uvicorn.Config(api, host=http.host, port=http.port, log_level="warning", lifespan="off",
+                                ssl_certfile=http.tls_cert or None, ssl_keyfile=http.tls_key or None)
         server = uvicorn.Server(config)
         # The app's lifespan (the MCP session manager) runs here, inside the runner's task group, not in uvicorn.
         async with api.router.lifespan_context(api), anyio.create_task_group() as tg:
@@ -221,7 +222,7 @@ class Runner:
                     raise SourceError(f"http: could not serve on {http.host}:{http.port}")
                 await anyio.sleep(0.02)
             self.http_port = server.servers[0].sockets[0].getsockname()[1]
-            log.info("http: serving on http://%s:%s", http.host, self.http_port)
+            log.info("http: serving on %s://%s:%s", "https" if http.tls_cert else "http", http.host, self.http_port)
             task_status.started()
 
 
