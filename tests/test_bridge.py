@@ -422,3 +422,102 @@ def test_newer_bridge_version_is_refused(tmp_path: Path) -> None:
     finally:
         router.close(0)
         ctx.term()
+
+
+def test_exex_source_refuses_bad_frames_and_resets_on_gap_and_silence(tmp_path: Path) -> None:
+    """A scripted fake bridge: oversized and multi-part frames are refused (never yielded), a skipped seq
+    makes the source answer ``gap`` and reconnect, and a silent bridge makes it reconnect too."""
+    endpoint = f"ipc://{tmp_path}/fake.sock"
+    ns, _ = scenario(3, seed="fake", forks=False)
+    small = wire.encode(wire.NotificationMsg(1, ns[0]))
+    big_n = ChainCommitted(chain(extend(ns[0].new.tip, 1, salt="big", n_txs=40)))  # type: ignore[union-attr]
+    big = wire.encode(wire.NotificationMsg(2, big_n))
+    limit = len(big) - 1
+    assert len(small) < limit
+    gap = wire.encode(wire.NotificationMsg(3, ns[1]))
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.setsockopt(zmq.RCVTIMEO, 5000)
+    router.bind(endpoint)
+    seen: list[Any] = []
+
+    def recv() -> tuple[bytes, wire.Message]:
+        while True:
+            ident, frame = router.recv_multipart()
+            msg = wire.decode(frame)
+            if not isinstance(msg, wire.Heartbeat):
+                seen.append(msg)
+                return ident, msg
+
+    def welcome(ident: bytes) -> None:
+        router.send_multipart([ident, wire.encode(wire.Welcome(1, 1, "fake", 200, 7))])
+
+    def fake_bridge() -> None:
+        ident, hello = recv()
+        assert isinstance(hello, wire.Hello) and hello.head is None and hello.window == 4
+        welcome(ident)
+        router.send_multipart([ident, small])
+        _, ack = recv()
+        assert ack == wire.Ack(1, ns[0].new.tip.ref)  # type: ignore[union-attr]
+        router.send_multipart([ident, big])
+        _, err = recv()
+        assert isinstance(err, wire.Error) and err.code == "frame_too_large"
+        router.send_multipart([ident, small, small])
+        _, err = recv()
+        assert isinstance(err, wire.Error) and err.code == "malformed"
+        router.send_multipart([ident, gap])
+        _, err = recv()
+        assert isinstance(err, wire.Error) and err.code == "gap"
+        ident2, hello2 = recv()  # the source reconnected, with the head it committed
+        assert isinstance(hello2, wire.Hello) and hello2.head == ns[0].new.tip.ref  # type: ignore[union-attr]
+        assert ident2 != ident
+        welcome(ident2)
+        # Now stay silent: no heartbeats. The source must give up on this session and say hello again.
+        ident3, hello3 = recv()
+        assert isinstance(hello3, wire.Hello) and ident3 != ident2
+
+    async def run() -> ExExSource:
+        eng = make_engine(tmp_path / "db.sqlite", {"ledger": ledger})
+        src = ExExSource(endpoint, window=4, heartbeat_s=0.2, max_frame_bytes=limit, max_backoff=0.2)
+        fake = asyncio.get_running_loop().run_in_executor(None, fake_bridge)
+        delivered: list[Any] = []
+
+        async def consume() -> None:
+            async for d in src.stream(EngineView(eng)):
+                delivered.append(d)
+                res = eng.apply(d.notification, d.token)
+                await src.ack(d, res.head)
+
+        task = asyncio.get_running_loop().create_task(consume())
+        try:
+            await asyncio.wait_for(fake, 15)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await src.aclose()
+            eng.host.shutdown()
+            eng.close()
+        assert [d.token for d in delivered] == [{"epoch": 7, "seq": 1}]
+        return src
+
+    try:
+        src = asyncio.run(run())
+    finally:
+        router.close(0)
+        ctx.term()
+    assert src.refused == {"frame_too_large": 1, "malformed": 1}
+    assert src.sessions >= 2 and src.reconnects >= 2
+    st = src.status()
+    assert st["kind"] == "exex" and st["bridge"]["epoch"] == 7 and st["state"] == "closed"
+
+
+def test_bridge_replay_stops_cleanly_on_sigterm(bridge_bin: Path, tmp_path: Path, bridges: list[Bridge]) -> None:
+    ns, _ = scenario(2, seed="sigterm", forks=False)
+    b = Bridge(bridge_bin, write_replay(tmp_path / "r.mnmrp", ns), f"ipc://{tmp_path}/b.sock")
+    bridges.append(b)
+    time.sleep(0.2)
+    b.stop()
+    assert b.proc.returncode == 0
+    assert b.summary()["end"] == "stopped"
