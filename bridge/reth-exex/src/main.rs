@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alloy_consensus::{BlockHeader, Transaction as _};
-use alloy_eips::BlockNumHash;
+use alloy_eips::{BlockNumHash, Typed2718 as _};
 use alloy_primitives::{Address, B256};
 use clap::Parser;
 use eyre::eyre;
@@ -174,7 +174,7 @@ where
     let cfg = ServerConfig {
         endpoint: args.endpoint.clone(),
         chain_id: ctx.config.chain.chain_id(),
-        node: format!("reth/{}+monmouth/{}", reth::version::version_metadata().cargo_pkg_version, env!("CARGO_PKG_VERSION")),
+        node: format!("reth+monmouth-reth/{}", env!("CARGO_PKG_VERSION")),
         heartbeat: Duration::from_millis(args.heartbeat_ms.max(1)),
         ..ServerConfig::default()
     };
