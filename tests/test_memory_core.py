@@ -283,3 +283,16 @@ def test_random_reorgs_leave_chain_memory_equal_to_fresh_run(mk, ops, txs):
             continue  # an expired working item
         assert it["anchor"] is not None and not it["pending"]
         assert e.canonical(it["anchor"]["block"]).hash.hex() == it["anchor"]["hash"][2:]
+
+
+def test_sweep_deletes_expired_working_memory_rows(mk):
+    e, mem = mk()
+    e.apply(ChainCommitted(chain(extend(None, 1, number=1, n_txs=0))))
+    r = mem.store(A1, "working", "gone soon", ttl_seconds=60)
+    keep = mem.store(A1, "semantic", "stays")
+    e.conn.execute("UPDATE memory_items SET expires_at = 1 WHERE id = ?", (bytes.fromhex(r["id"][2:]),))
+    with pytest.raises(NotFoundError, match="expired"):
+        mem.get(A1, bytes.fromhex(r["id"][2:]))
+    assert mem.sweep() == 1
+    assert [i["id"] for i in mem.list(A1)] == [keep["id"]]
+    assert e.conn.execute("SELECT count(*) FROM memory_fts").fetchone()[0] == 1
