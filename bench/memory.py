@@ -9,7 +9,7 @@ Measured (milliseconds, p50 and p99):
 * ``store``: one API store (encrypt, commit, index, one write transaction);
 * ``get``: one API get of a random item (read, decrypt);
 * ``recall``: top 10 by meaning among the recall agent's items (the rag plugin's MiniLM embedder when it loads,
-  query embedding included; FTS5 otherwise: see ``recall_mode``);
+  query embedding included; FTS5 otherwise: see ``recall_mode``); ``query_embed`` is the embedder's share;
 * ``root`` / ``proof``: an agent's root and an item's proof at the head right after a write was anchored;
 * ``block_200_agents``: applying one block whose chain hook anchors writes of 200 agents (and recomputes their
   roots and the global root); ``episodes_200_agents``: one block of 200 transactions each touching a different
@@ -206,6 +206,14 @@ def main() -> None:
             recalls.append(time.perf_counter() - t0)
         res["recall_mode"] = r["mode"]
         res.update(summary("recall", recalls))
+        if emb is not None:  # the rag embedder's share of recall: embedding the query alone
+            embeds = []
+            for _ in range(min(args.samples, 300)):
+                q = sentence(rng, 6)
+                t0 = time.perf_counter()
+                emb.embed([q])
+                embeds.append(time.perf_counter() - t0)
+            res.update(summary("query_embed", embeds))
 
         roots, proofs, applies = [], [], []
         for _ in range(min(args.samples, 200)):
