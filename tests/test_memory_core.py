@@ -296,3 +296,26 @@ def test_sweep_deletes_expired_working_memory_rows(mk):
     assert mem.sweep() == 1
     assert [i["id"] for i in mem.list(A1)] == [keep["id"]]
     assert e.conn.execute("SELECT count(*) FROM memory_fts").fetchone()[0] == 1
+
+
+def test_config_model_refuses_unknown_keys_and_bad_agents(tmp_path):
+    from monmouth.config import validate
+    from monmouth.errors import ConfigError
+    from monmouth_memory.plugin import MemoryPlugin
+
+    models = {"memory": MemoryPlugin().monmouth_config_model()}
+    with pytest.raises(ConfigError, match="plugins.memory.colour"):
+        validate({"plugins": {"memory": {"colour": "red"}}}, "config.toml", models)
+    with pytest.raises(ConfigError, match="plugins.memory.agents"):
+        validate({"plugins": {"memory": {"agents": ["0x12"]}}}, "config.toml", models)
+    s = validate({"plugins": {"memory": {"enabled": True, "retention_blocks": 10}}}, "config.toml", models)
+    assert s.plugins["memory"].config.retention_blocks == 10
+
+
+def test_agent_addresses_for_other_plugins(mk):
+    e, mem = mk()
+    from monmouth_memory import plugin as module
+
+    assert set(module.agent_addresses(e.conn)) == {A1, A2}
+    mem.forget(A2)
+    assert module.agent_addresses(e.conn) == [A1]

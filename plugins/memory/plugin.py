@@ -29,6 +29,11 @@ class MemoryPlugin:
         self.memory: Memory | None = None
         self.workers = workers
 
+    @staticmethod
+    def agent_addresses(conn: Any) -> list[bytes]:
+        """Registered, not forgotten agents (20-byte addresses), read on ``conn``."""
+        return [r[0] for r in conn.execute("SELECT address FROM memory_agents WHERE forgotten_at IS NULL")]
+
     # -- declarations
     @hookimpl
     def monmouth_config_model(self) -> type[MemoryConfig]:
@@ -151,6 +156,11 @@ def monmouth_http_router() -> Any:
 @hookimpl
 def monmouth_register_commands(cli: Any) -> None:
     _default.monmouth_register_commands(cli)
+
+
+def agent_addresses(conn: Any) -> list[bytes]:
+    """Registered, not forgotten agents (20-byte addresses), read on ``conn`` (the rag plugin labels them)."""
+    return MemoryPlugin.agent_addresses(conn)
 
 
 def memory() -> Memory | None:
