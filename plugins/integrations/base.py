@@ -208,12 +208,12 @@ class IntegrationPlugin:
         return self.rt
 
     def enqueue_root_job(self, conn: apsw.Connection, block: Any) -> bool:
-        """``trigger = "blocks"``: on every ``every_blocks``-th block, enqueue a job carrying the block and the
-        memory global root at it. Called from a chain hook with the engine's connection."""
+        """``trigger = "blocks"``: on every ``every_blocks``-th block (not genesis), enqueue a job carrying the block
+        and the memory global root at it. Called from a chain hook with the engine's connection."""
         rt = self.runtime()
         cfg = rt.config
         assert isinstance(cfg, TriggerConfig) and rt.outbox is not None
-        if cfg.trigger != "blocks" or block.number % cfg.every_blocks:
+        if cfg.trigger != "blocks" or block.number == 0 or block.number % cfg.every_blocks:
             return False
         root, agents = global_root(conn, block.number)
         bh = hx(block.hash)

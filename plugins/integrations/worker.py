@@ -148,14 +148,14 @@ class Deliverer(BackgroundWorker):
 
         def attempt() -> Any:
             j: Job = state["job"]
+            if not self.outbox.mark_sending(j):  # durably: attempts + 1, in flight
+                raise _Gone()
+            state["attempts"] = j.attempts + 1
             body = j.body
             if body is None:
                 body = self.handler.prepare(j)
                 if not self.outbox.save_body(j, body):
                     raise _Gone()
-            if not self.outbox.mark_sending(j):
-                raise _Gone()
-            state["attempts"] = j.attempts + 1
             t0 = time.perf_counter()
             try:
                 return self.handler.deliver(j, body)

@@ -26,6 +26,7 @@ from typing import Any
 
 import apsw
 from eth_account import Account
+from eth_utils import to_checksum_address
 from fastapi import APIRouter, HTTPException
 from pydantic import Field, field_validator
 
@@ -182,8 +183,8 @@ class LagrangeHandler:
             tip = self._qty("eth_maxPriorityFeePerGas")
         except (PermanentError, MalformedResponse):
             tip = 10**9
-        tx = {"type": 2, "chainId": chain_id, "nonce": nonce, "to": cfg.registry, "value": fee, "data": data,
-              "gas": cfg.gas_limit, "maxPriorityFeePerGas": tip, "maxFeePerGas": 2 * base + tip}
+        tx = {"type": 2, "chainId": chain_id, "nonce": nonce, "to": to_checksum_address(cfg.registry), "value": fee,
+              "data": data, "gas": cfg.gas_limit, "maxPriorityFeePerGas": tip, "maxFeePerGas": 2 * base + tip}
         signed = Account.sign_transaction(tx, self.rt.state["private_key"])
         return dumps({"raw": "0x" + bytes(signed.raw_transaction).hex(), "hash": "0x" + bytes(signed.hash).hex(),
                       "nonce": nonce, "from": sender, "start_block": start, "end_block": end, "fee": fee}).encode()
