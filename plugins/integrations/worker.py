@@ -18,6 +18,7 @@ One job at a time, in outbox order. For each due job:
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -95,6 +96,7 @@ class Deliverer(BackgroundWorker):
         self.last_delivery_at: float | None = None
         self.delivered = 0
         self._last_prune = 0.0
+        self._round = threading.Lock()  # one round at a time (the thread, or a test calling run_once)
 
     def step(self) -> int:
         """One round (:meth:`run_once`); the base class waits ``poll_interval_s`` (or a :meth:`wake`) when it
@@ -104,6 +106,10 @@ class Deliverer(BackgroundWorker):
     # -- one round ------------------------------------------------------------------------------------------
     def run_once(self, limit: int = 32) -> int:
         """Attempt every due job (at most ``limit``); returns how many were attempted. Tests call it directly."""
+        with self._round:
+            return self._round_locked(limit)
+
+    def _round_locked(self, limit: int) -> int:
         if self.poll is not None:
             try:
                 self.poll()
