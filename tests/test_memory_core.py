@@ -319,3 +319,23 @@ def test_agent_addresses_for_other_plugins(mk):
     assert set(module.agent_addresses(e.conn)) == {A1, A2}
     mem.forget(A2)
     assert module.agent_addresses(e.conn) == [A1]
+
+
+def test_retention_prunes_old_roots_and_answers_410(mk):
+    from monmouth_memory.errors import GoneError
+
+    e, mem = mk(memory={"retention_blocks": 5, "prune_every": 2})
+    bs = extend(None, 20, number=1, n_txs=3)
+    e.apply(ChainCommitted(chain(bs)))
+    low = e.conn.execute("SELECT min(block_number) FROM memory_global_roots").fetchone()[0]
+    assert low == 15
+    with pytest.raises(GoneError) as ei:
+        mem.global_root(3)
+    assert ei.value.status == 410 and ei.value.field == "block"
+    for b in range(15, 21):  # every retained block still answers roots and proofs
+        for a in (A1, A2):
+            r = mem.agent_root(a, b)
+            for x in mem.leaves(a, b)["leaves"]:
+                assert mem.proof(a, bytes.fromhex(x["values"][0][2:]), b)["root"] == r["root"]
+    with pytest.raises(GoneError):
+        mem.changes(A1, 2)
