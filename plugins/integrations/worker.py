@@ -96,6 +96,7 @@ class Deliverer(BackgroundWorker):
         self.last_delivery_at: float | None = None
         self.delivered = 0
         self._last_prune = 0.0
+        self._last_gauges = 0.0
         self._round = threading.Lock()  # one round at a time (the thread, or a test calling run_once)
 
     def step(self) -> int:
@@ -127,7 +128,9 @@ class Deliverer(BackgroundWorker):
         if now - self._last_prune > 60.0:
             self._last_prune = now
             self.outbox.prune(self.keep_delivered_s, now)
-        self.refresh_gauges()
+        if done or now - self._last_gauges > 1.0:  # counting the outbox is O(rows): at most once a second when idle
+            self._last_gauges = now
+            self.refresh_gauges()
         return done
 
     def refresh_gauges(self) -> None:

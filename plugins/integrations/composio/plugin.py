@@ -341,7 +341,7 @@ class ComposioPlugin(IntegrationPlugin):
 
         def loopback(request: Request) -> None:
             rt = self.rt
-            if rt is None or rt.config.loopback_only:
+            if rt is None or getattr(rt.config, "loopback_only", True):
                 host = request.client.host if request.client else None
                 if not _is_loopback(host):
                     raise _refuse(403, "client", "composio routes serve loopback clients only until "

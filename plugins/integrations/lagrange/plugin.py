@@ -299,7 +299,7 @@ class LagrangePlugin(IntegrationPlugin):
         @router.get("/requests")
         def requests(limit: int = 50) -> list[dict[str, Any]]:
             """Our query requests seen on chain, newest first, with their results when they arrived."""
-            rows = conn().execute(
+            rows: list[Any] = conn().execute(
                 "SELECT q.request_id, q.tx_hash, q.block_number, q.query_hash, q.placeholders, q.start_block, "
                 "q.end_block, r.block_number, r.total_matched_rows, r.rows, r.error FROM lagrange_requests q "
                 "LEFT JOIN lagrange_results r USING (request_id) ORDER BY q.block_number DESC LIMIT ?",
