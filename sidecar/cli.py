@@ -245,6 +245,26 @@ def mcp(config_path: Path | None, url: str | None, token: str | None) -> None:
         _fail(e)
 
 
+@cli.command()
+@click.option("--dir", "workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("monmouth-demo"),
+              show_default=True, help="Where the demo's config, database and artifacts go (its database is reset).")
+@click.option("--port", type=int, default=8080, show_default=True, help="HTTP port of the sidecar (0: any free).")
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds (default: Ctrl-C).")
+@click.option("--reorg-every", type=int, default=30, show_default=True, help="anvil_reorg every N blocks (0: never).")
+@click.option("--rate", type=float, default=4.0, show_default=True, help="Traffic actions per second.")
+def demo(workdir: Path, port: int, duration: float | None, reorg_every: int, rate: float) -> None:
+    """Run everything on a local anvil chain: real contracts (OpenZeppelin ERC-20s, Uniswap V2), agents, traffic
+    with reorgs, and the sidecar with RAG, memory, the dashboard and MCP. Ctrl-C stops it cleanly."""
+    from .demo import run_demo
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        run_demo(workdir, port=port, duration=duration, reorg_every=reorg_every, rate=rate)
+    except MonmouthError as e:
+        _fail(e)
+
+
 # ---------------------------------------------------------------------------------------------------- plugins' commands
 
 
