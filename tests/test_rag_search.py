@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from monmouth.store import Database, migrate
-from monmouth_rag.ann import VectorIndex, binary_codes, hamming
+from monmouth_rag.ann import VectorIndex, binary_codes, hamming, hamming_words, nearest_by_histogram
 from monmouth_rag.config import RagConfig
 from monmouth_rag.documents import chunk_text
 from monmouth_rag.embedder import load_embedder
@@ -35,6 +35,11 @@ def test_binary_codes_and_hamming():
     c = binary_codes(x)
     assert c.shape == (2, 6) and c.dtype == np.uint64
     assert hamming(c, c[0]).tolist() == [0, 384]
+    assert hamming_words(np.ascontiguousarray(c.T), c[1], 2).tolist() == [384, 0]
+    d = np.array([5, 1, 3, 1, 9, 2], np.uint16)
+    assert sorted(nearest_by_histogram(d, 3, 384).tolist()) == [1, 3, 5]
+    assert sorted(nearest_by_histogram(d, 2, 384).tolist()) == [1, 3]
+    assert sorted(nearest_by_histogram(np.array([385, 1, 385], np.uint16), 2, 384).tolist()) == [1]
 
 
 def clustered(n: int, dim: int = 384, centers: int = 200, seed: int = 0) -> np.ndarray:

@@ -5,11 +5,15 @@ SQLite stays the source of truth: this index is rebuilt from ``rag_vec`` when a 
 re-embedded) and then follows ``rag_changes`` (vector adds and deletes, in commit order), so it also sees vectors
 written by other processes. A search first applies the changes committed since the last one.
 
-Method: each unit vector ``x`` is reduced to the bits ``x > 0`` (``dim/8`` bytes). The Hamming distance between codes
-estimates the angle between vectors (Charikar 2002, sign random projections; here the projection is the identity, as
-in "binary quantization" of embedding models). The ``C`` codes nearest to the query's code are reranked by exact
-cosine similarity on the stored vectors (float16 in memory, ``2 * dim`` bytes per vector). Metadata columns (kind,
-block, time, intent) are kept as arrays, so filters are boolean masks applied before the prefilter.
+Method: each unit vector ``x`` is reduced to the bits ``x - mu > 0`` (``dim/8`` bytes), where ``mu`` is the mean of
+the stored vectors (sentence embeddings are anisotropic: centring makes every bit informative). The Hamming distance
+between codes estimates the angle between vectors (Charikar 2002, sign random projections; here the projection is the
+identity, as in "binary quantization" of embedding models). The ``C`` codes nearest to the query's code (``C`` grows
+with the collection: ``max(400, 40 k, n / 250)``) are reranked by exact cosine similarity on the stored vectors
+(float16 in memory, ``2 * dim`` bytes per vector). Codes are stored word-major (one contiguous array per 64-bit word)
+so the scan is a few streaming passes, and the ``C`` nearest are cut from a histogram of distances instead of a sort.
+Metadata columns (kind, block, time, intent) are kept as arrays, so filters are boolean masks applied before the
+prefilter.
 """
 
 from __future__ import annotations
@@ -47,6 +51,32 @@ def hamming(codes: np.ndarray, q: np.ndarray) -> np.ndarray:
     return np.bitwise_count(np.bitwise_xor(codes, q)).sum(axis=1, dtype=np.uint16)
 
 
+def hamming_words(codes_t: np.ndarray, q: np.ndarray, n: int) -> np.ndarray:
+    """Hamming distances (uint16, ``(n,)``) between word-major codes ``codes_t`` ``(w, cap)`` (first ``n`` columns)
+    and one code ``q`` ``(w,)``: one streaming pass per word, no ``(n, w)`` temporaries."""
+    acc = np.zeros(n, np.uint16)
+    buf = np.empty(n, np.uint64)
+    cnt = np.empty(n, np.uint8)
+    for w in range(codes_t.shape[0]):
+        np.bitwise_xor(codes_t[w, :n], q[w], out=buf)
+        np.bitwise_count(buf, out=cnt)
+        np.add(acc, cnt, out=acc)
+    return acc
+
+
+def nearest_by_histogram(dist: np.ndarray, c: int, limit: int) -> np.ndarray:
+    """Indices of ``c`` smallest values of ``dist`` (small non-negative ints, at most ``limit``; larger values are
+    excluded): all below the cut-off distance, then as many at it as needed."""
+    hist = np.bincount(dist, minlength=limit + 2)[:limit + 1]
+    cum = np.cumsum(hist)
+    cut = int(np.searchsorted(cum, c))
+    if cut > limit:
+        return np.flatnonzero(dist <= limit)
+    below = np.flatnonzero(dist < cut)
+    at = np.flatnonzero(dist == cut)[:c - len(below)]
+    return np.concatenate([below, at])
+
+
 class VectorIndex:
     """The in-memory index (thread-safe).
 
@@ -59,8 +89,12 @@ class VectorIndex:
         seq: the last ``rag_changes.seq`` applied.
     """
 
-    def __init__(self, dim: int = 384, *, min_candidates: int = 400, candidates_per_k: int = 40) -> None:
+    def __init__(self, dim: int = 384, *, min_candidates: int = 400, candidates_per_k: int = 40,
+                 candidates_fraction: float = 1 / 250) -> None:
         self.dim = dim
+        self.candidates_fraction = candidates_fraction
+        self.center = np.zeros(dim, np.float32)
+        self._centered_at = 0
         self.words = (dim + 63) // 64
         self.min_candidates = min_candidates
         self.candidates_per_k = candidates_per_k
@@ -72,7 +106,7 @@ class VectorIndex:
     def _reset(self, cap: int) -> None:
         self.n = 0
         self.ids = np.zeros(cap, np.int64)
-        self.codes = np.zeros((cap, self.words), np.uint64)
+        self.codes = np.zeros((self.words, cap), np.uint64)  # word-major
         self.vecs = np.zeros((cap, self.dim), np.float16)
         self.block = np.zeros(cap, np.int64)
         self.ts = np.zeros(cap, np.int64)
@@ -91,11 +125,14 @@ class VectorIndex:
         if need <= cap:
             return
         new = max(need, cap * 2)
-        for name in ("ids", "codes", "vecs", "block", "ts", "kind", "intent", "alive"):
+        for name in ("ids", "vecs", "block", "ts", "kind", "intent", "alive"):
             old = getattr(self, name)
             arr = np.zeros((new, *old.shape[1:]), old.dtype)
             arr[:self.n] = old[:self.n]
             setattr(self, name, arr)
+        codes = np.zeros((self.words, new), np.uint64)
+        codes[:, :self.n] = self.codes[:, :self.n]
+        self.codes = codes
 
     def add(self, ids: Sequence[int], vecs: np.ndarray, kinds: Sequence[str], blocks: Sequence[int],
             timestamps: Sequence[int], intents: Sequence[str]) -> None:
@@ -109,7 +146,7 @@ class VectorIndex:
             v = np.asarray(vecs, np.float32).reshape(m, self.dim)
             self.ids[s] = ids
             self.vecs[s] = v
-            self.codes[s] = binary_codes(v)
+            self.codes[:, s] = binary_codes(v - self.center).T
             self.block[s] = blocks
             self.ts[s] = timestamps
             self.kind[s] = [_KIND_CODE.get(k, 0) for k in kinds]
@@ -132,12 +169,32 @@ class VectorIndex:
 
     def _compact(self) -> None:
         keep = np.flatnonzero(self.alive[:self.n])
-        for name in ("ids", "codes", "vecs", "block", "ts", "kind", "intent", "alive"):
+        for name in ("ids", "vecs", "block", "ts", "kind", "intent", "alive"):
             arr = getattr(self, name)
             arr[:len(keep)] = arr[keep]
+        self.codes[:, :len(keep)] = self.codes[:, keep]
         self.n = len(keep)
         self.alive[self.n:] = False
         self.dead = 0
+
+    def recenter(self) -> None:
+        """Recompute the centre ``mu`` from the live vectors and re-derive every code (done after a load, and when
+        the collection has doubled since the last centring)."""
+        with self._lock:
+            n = self.n
+            if n == 0:
+                return
+            live = self.alive[:n]
+            mu = np.zeros(self.dim, np.float64)
+            step = 65_536
+            for s in range(0, n, step):
+                e = min(s + step, n)
+                mu += self.vecs[s:e][live[s:e]].astype(np.float32).sum(axis=0, dtype=np.float64)
+            self.center = (mu / max(int(live.sum()), 1)).astype(np.float32)
+            for s in range(0, n, step):
+                e = min(s + step, n)
+                self.codes[:, s:e] = binary_codes(self.vecs[s:e].astype(np.float32) - self.center).T
+            self._centered_at = n
 
     _COLS = "rowid, embedding, kind, block_number, timestamp, intent"
 
@@ -165,6 +222,7 @@ class VectorIndex:
                 self._ingest_rows(batch)
             finally:
                 conn.execute("COMMIT")
+            self.recenter()
             self.loaded = True
         log.info("rag: vector index loaded, %d vectors in %.1f s", len(self), time.perf_counter() - t0)
 
@@ -204,6 +262,8 @@ class VectorIndex:
             # a re-added id (re-embedding) replaces its old vector
             self.remove(dels + [r[0] for r in rows])
             self._ingest_rows(rows)
+            if self.n >= 10_000 and self.n > 2 * self._centered_at:
+                self.recenter()
             return len(changes)
 
     # -------------------------------------------------------------------------------------------- search
@@ -248,15 +308,15 @@ class VectorIndex:
             count = int(allowed.sum())
             if count == 0 or k <= 0:
                 return np.zeros(0, np.int64), np.zeros(0, np.float32)
-            c = candidates or max(self.min_candidates, k * self.candidates_per_k)
+            c = candidates or max(self.min_candidates, k * self.candidates_per_k, int(n * self.candidates_fraction))
             if exact or count <= c:
                 rows = np.flatnonzero(allowed)
             else:
-                qcode = binary_codes(q[None, :])[0]
-                dist = hamming(self.codes[:n], qcode)
+                qcode = binary_codes((q - self.center)[None, :])[0]
+                dist = hamming_words(self.codes, qcode, n)
                 if count < n:
-                    dist[~allowed] = np.iinfo(np.uint16).max
-                rows = np.argpartition(dist, c)[:c]
+                    dist[~allowed] = self.dim + 1
+                rows = nearest_by_histogram(dist, c, self.dim)
             scores = self.vecs[rows].astype(np.float32) @ q
             kk = min(k, len(rows))
             top = np.argpartition(-scores, kk - 1)[:kk] if kk < len(rows) else np.arange(len(rows))
