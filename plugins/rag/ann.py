@@ -9,7 +9,7 @@ Method: each unit vector ``x`` is reduced to the bits ``x - mu > 0`` (``dim/8`` 
 the stored vectors (sentence embeddings are anisotropic: centring makes every bit informative). The Hamming distance
 between codes estimates the angle between vectors (Charikar 2002, sign random projections; here the projection is the
 identity, as in "binary quantization" of embedding models). The ``C`` codes nearest to the query's code (``C`` grows
-with the collection: ``max(400, 40 k, n / 250)``) are reranked by exact cosine similarity on the stored vectors
+with the collection: ``max(1000, 40 k, n / 500)``) are reranked by exact cosine similarity on the stored vectors
 (float16 in memory, ``2 * dim`` bytes per vector). Codes are stored word-major (one contiguous array per 64-bit word)
 so the scan is a few streaming passes, and the ``C`` nearest are cut from a histogram of distances instead of a sort.
 Metadata columns (kind, block, time, intent) are kept as arrays, so filters are boolean masks applied before the
@@ -19,9 +19,11 @@ prefilter.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import apsw
 import numpy as np
@@ -51,17 +53,37 @@ def hamming(codes: np.ndarray, q: np.ndarray) -> np.ndarray:
     return np.bitwise_count(np.bitwise_xor(codes, q)).sum(axis=1, dtype=np.uint16)
 
 
-def hamming_words(codes_t: np.ndarray, q: np.ndarray, n: int) -> np.ndarray:
+def hamming_words(codes_t: np.ndarray, q: np.ndarray, n: int, workers: int = 1) -> np.ndarray:
     """Hamming distances (uint16, ``(n,)``) between word-major codes ``codes_t`` ``(w, cap)`` (first ``n`` columns)
-    and one code ``q`` ``(w,)``: one streaming pass per word, no ``(n, w)`` temporaries."""
+    and one code ``q`` ``(w,)``: one streaming pass per word, no ``(n, w)`` temporaries. ``workers > 1`` splits the
+    columns over threads (numpy releases the GIL in these loops)."""
     acc = np.zeros(n, np.uint16)
-    buf = np.empty(n, np.uint64)
-    cnt = np.empty(n, np.uint8)
-    for w in range(codes_t.shape[0]):
-        np.bitwise_xor(codes_t[w, :n], q[w], out=buf)
-        np.bitwise_count(buf, out=cnt)
-        np.add(acc, cnt, out=acc)
+
+    def part(lo: int, hi: int) -> None:
+        buf = np.empty(hi - lo, np.uint64)
+        cnt = np.empty(hi - lo, np.uint8)
+        out = acc[lo:hi]
+        for w in range(codes_t.shape[0]):
+            np.bitwise_xor(codes_t[w, lo:hi], q[w], out=buf)
+            np.bitwise_count(buf, out=cnt)
+            np.add(out, cnt, out=out)
+
+    if workers <= 1 or n < 200_000:
+        part(0, n)
+        return acc
+    bounds = np.linspace(0, n, workers + 1).astype(int)
+    list(_pool(workers).map(lambda i: part(int(bounds[i]), int(bounds[i + 1])), range(workers)))
     return acc
+
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    pool = _pools.get(workers)
+    if pool is None:
+        pool = _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="monmouth-rag-ann")
+    return pool
 
 
 def nearest_by_histogram(dist: np.ndarray, c: int, limit: int) -> np.ndarray:
@@ -83,16 +105,20 @@ class VectorIndex:
     Args:
         dim: vector dimension.
         min_candidates: fewest candidates handed to the rerank.
-        candidates_per_k: candidates per wanted result (``C = max(min_candidates, k * candidates_per_k)``).
+        candidates_per_k: candidates per wanted result.
+        candidates_fraction: candidates per stored vector; ``C = max(min_candidates, k * candidates_per_k,
+            n * candidates_fraction)``.
 
     Attributes:
         seq: the last ``rag_changes.seq`` applied.
     """
 
-    def __init__(self, dim: int = 384, *, min_candidates: int = 400, candidates_per_k: int = 40,
-                 candidates_fraction: float = 1 / 250) -> None:
+    def __init__(self, dim: int = 384, *, min_candidates: int = 1000, candidates_per_k: int = 40,
+                 candidates_fraction: float = 1 / 500) -> None:
         self.dim = dim
         self.candidates_fraction = candidates_fraction
+        #: threads for the Hamming scan of large collections
+        self.workers = min(4, os.cpu_count() or 1)
         self.center = np.zeros(dim, np.float32)
         self._centered_at = 0
         self.words = (dim + 63) // 64
@@ -295,7 +321,7 @@ class VectorIndex:
 
         Args:
             mask: rows allowed (from :meth:`mask`); ``None`` allows every live row.
-            candidates: prefilter size (default ``max(min_candidates, k * candidates_per_k)``).
+            candidates: prefilter size (default: see the class docstring).
             exact: skip the prefilter (rank every allowed row exactly).
 
         Returns:
@@ -313,11 +339,12 @@ class VectorIndex:
                 rows = np.flatnonzero(allowed)
             else:
                 qcode = binary_codes((q - self.center)[None, :])[0]
-                dist = hamming_words(self.codes, qcode, n)
+                dist = hamming_words(self.codes, qcode, n, self.workers)
                 if count < n:
                     dist[~allowed] = self.dim + 1
                 rows = nearest_by_histogram(dist, c, self.dim)
-            scores = self.vecs[rows].astype(np.float32) @ q
+            # einsum, not BLAS: a matrix-vector product this small is dominated by BLAS thread start-up
+            scores = np.einsum("ij,j->i", self.vecs[rows].astype(np.float32), q)
             kk = min(k, len(rows))
             top = np.argpartition(-scores, kk - 1)[:kk] if kk < len(rows) else np.arange(len(rows))
             top = top[np.argsort(-scores[top], kind="stable")]
