@@ -263,6 +263,7 @@ class Memory:
             # No WAL auto-checkpoint inside API writes (it made 1 write in 8 wait ~20 ms for an fsync of the
             # database): the engine's commits and this plugin's worker thread checkpoint instead.
             conn.wal_autocheckpoint(0)
+            conn.pragma("journal_size_limit", 64 * 1024 * 1024)  # shrink the WAL file when it restarts
             conn.execute("BEGIN IMMEDIATE")
             self.conn = conn
             return conn
