@@ -33,6 +33,9 @@ def test_non_loopback_clients_are_refused(env):
     r = far.get("/memory/agents")
     assert r.status_code == 403 and r.json()["detail"]["field"] == "client"
     assert TestClient(app, client=("::1", 1)).get("/memory/agents").status_code == 200
+    # Once the sidecar's access control is installed, it (not the loopback rule) decides.
+    app.state.auth = object()
+    assert far.get("/memory/agents").status_code == 200
 
 
 def test_crud_recall_roots_proofs_changes_over_http(env):

@@ -1,8 +1,10 @@
 """HTTP routes of the memory plugin (mounted by the sidecar's FastAPI app under ``/memory/...``).
 
-Until the auth work lands these routes serve loopback clients only (``request.client.host`` in 127.0.0.0/8 or
-``::1``); others get 403. Refused requests answer ``{"detail": {"field": ..., "error": ...}}`` with a 4xx status
-naming the field (FastAPI's own 422 validation errors name it in ``loc``).
+Where the sidecar's access control is installed (``app.state.auth``, see ``monmouth.auth``) it guards these routes
+with its default policy for plugin routes: operators see everything, a signed-in agent only routes whose
+``{agent}`` is its own address. Without it these routes serve loopback clients only (``request.client.host`` in
+127.0.0.0/8 or ``::1``); others get 403. Refused requests answer ``{"detail": {"field": ..., "error": ...}}`` with
+a 4xx status naming the field (FastAPI's own 422 validation errors name it in ``loc``).
 """
 
 import base64
@@ -90,6 +92,8 @@ def make_router(get_memory: Callable[[], Memory | None]) -> APIRouter:
     """The ``/memory`` router; ``get_memory`` returns the running :class:`Memory` (``None`` while disabled)."""
 
     def loopback(request: Request) -> None:
+        if getattr(request.app.state, "auth", None) is not None:
+            return  # the sidecar's access control (monmouth.auth) guards plugin routes: agents see only their own
         host = request.client.host if request.client else None
         if not is_loopback(host):
             raise HTTPException(403, {"field": "client", "error": "memory routes serve loopback clients only "
