@@ -129,3 +129,24 @@ def test_disabled_plugin_answers_503(env):
     app.include_router(make_router(lambda: None))
     r = TestClient(app, client=("127.0.0.1", 1)).get("/memory/agents")
     assert r.status_code == 503
+
+
+def test_mounted_on_the_sidecar_api(tmp_path):
+    """Through the sidecar's own FastAPI app (monmouth.api.create_api) with its default access policy."""
+    from monmouth.api import create_api
+    from monmouth.app import open_app
+
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[storage]\npath = "{tmp_path / "db.sqlite"}"\n\n[plugins.memory]\nenabled = true\n'
+                   f'agents = ["{A1}"]\nembed = false\n')
+    app = open_app(cfg)
+    try:
+        c = TestClient(create_api(app), client=("127.0.0.1", 40000))
+        r = c.post(f"/memory/agents/{A1}/items", json={"kind": "semantic", "content": "through the real API"})
+        assert r.status_code == 201, r.text
+        got = c.get(f"/memory/agents/{A1}/items/{r.json()['id']}")
+        assert got.status_code == 200 and got.json()["content"] == "through the real API"
+        bad = c.post(f"/memory/agents/{A1}/items", json={"kind": "dream", "content": "x"})
+        assert bad.status_code == 422 and "kind" in bad.text
+    finally:
+        app.close()
