@@ -282,7 +282,7 @@ def create_api(app: App, runner: Runner | None = None) -> FastAPI:
         return {"principal": p.name, "role": p.role, "agent": p.agent, "via": p.via}
 
     @api.get("/audit", tags=["auth"], dependencies=[require()])
-    def audit_log(limit: int = Query(50, ge=1, le=500), before: int | None = Query(None, ge=1),
+    def audit_log(limit: int = Query(50, ge=1, le=500), before: int | None = Query(None, ge=1, le=2**63 - 1),
                   event: str | None = Query(None, pattern=r"^[a-z_]{1,32}$")) -> dict[str, Any]:
         """The audit log (admin), newest first; pass ``next_before`` back as ``before`` for the next page."""
         rows = audit.query(limit, before, event)
@@ -324,7 +324,7 @@ def create_api(app: App, runner: Runner | None = None) -> FastAPI:
             continue
         if router is not None:
             api.include_router(router, dependencies=[Depends(default_policy), _plugin_guard(app, name)],
-                               responses=problems.responses(401, 403, 503))
+                               responses=problems.responses(400, 401, 403, 404, 409, 410, 503))
 
     # ------------------------------------------------------------------------------------------------ mcp
     if mcp_server is not None:

@@ -142,6 +142,13 @@ def install(api: FastAPI) -> None:
             e.pop("url", None)
         return problem(422, errors, title="Unprocessable Content")
 
+    @api.exception_handler(OverflowError)
+    async def _overflow(request: Request, exc: OverflowError) -> JSONResponse:
+        # A number from the request too large for SQLite (64-bit) or numpy: the client's error, not ours.
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        return problem(422, f"a number in the request is out of range ({exc}); integers must fit in 64 bits",
+                       title="Unprocessable Content", type=VALIDATION_TYPE)
+
     @api.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("%s %s: unhandled %s", request.method, request.url.path, type(exc).__name__)
