@@ -11,7 +11,11 @@ Phases:
 2. **transport only**: the same, but the sidecar acks right after decoding, without the engine (shows the
    transport's own ceiling);
 3. **latency**: ``--latency-count`` notifications at ``--rate`` per second (1 by default, a mainnet-like
-   pace); ack latency is the time from the bridge's send to its receipt of the ack (p50, p99).
+   pace) through the engine; ack latency is the time from the bridge's send to its receipt of the ack
+   (p50, p99), so it includes decoding and the engine's SQLite commit;
+4. **transport latency**: the same without the engine (what the transport itself adds).
+
+The sidecar's GC tuning (``monmouth.runner.tune_gc``) is applied, as in ``monmouth run``.
 
 Prints a line per phase; the last line is JSON with ``notifications_per_s``, ``mb_per_s``, ``ack_p50_ms`` and
 ``ack_p99_ms`` (plus the other figures). Usage: ``python bench/bridge.py [--count N] [--latency-count N]``.
@@ -24,6 +28,8 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -43,6 +49,7 @@ from monmouth.engine import Engine  # noqa: E402
 from monmouth.metrics import Metrics  # noqa: E402
 from monmouth.plugins import PluginHost, config_models  # noqa: E402
 from monmouth.replayfile import ReplayWriter  # noqa: E402
+from monmouth.runner import tune_gc  # noqa: E402
 from monmouth.sources.exex import ExExSource  # noqa: E402
 from monmouth.store import Database  # noqa: E402
 from monmouth.testing import chain, load_mainnet_blocks, mainnet_shaped  # noqa: E402
@@ -139,10 +146,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--count", type=int, default=1000, help="notifications in the throughput phases")
     ap.add_argument("--txs", type=int, default=200, help="transactions per block")
-    ap.add_argument("--latency-count", type=int, default=20, help="notifications in the latency phase")
+    ap.add_argument("--latency-count", type=int, default=30, help="notifications in each latency phase")
     ap.add_argument("--rate", type=float, default=1.0, help="notifications per second in the latency phase")
     ap.add_argument("--window", type=int, default=64)
     a = ap.parse_args()
+    tune_gc()
     with tempfile.TemporaryDirectory(prefix="monmouth-bench-") as tmp:
         d = Path(tmp)
         t0 = time.perf_counter()
@@ -157,17 +165,25 @@ def main() -> None:
               f"{tp['mb_per_s']:.1f} MB/s, ack p50 {tp['ack_p50_ms']:.1f} ms p99 {tp['ack_p99_ms']:.1f} ms "
               f"(window {a.window})")
 
+        cpu0, kids0 = time.process_time(), resource.getrusage(resource.RUSAGE_CHILDREN)
         tr = asyncio.run(run_phase(d / "bench.mnmrp", f"ipc://{d}/tr.sock", engine=None, window=a.window, rate=0))
+        kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        side_ms = (time.process_time() - cpu0) / a.count * 1000
+        bridge_ms = ((kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)) / a.count * 1000
         print(f"transport only (decode + ack, no engine): {tr['notifications_per_s']:.0f} notifications/s, "
-              f"{tr['mb_per_s']:.1f} MB/s")
+              f"{tr['mb_per_s']:.1f} MB/s; CPU per notification: sidecar {side_ms:.2f} ms, bridge {bridge_ms:.2f} ms "
+              f"(ceiling on idle cores ~{1000 / max(side_ms, bridge_ms):.0f}/s)")
 
         lat_file = d / "lat.mnmrp"
         build_file(lat_file, a.latency_count, a.txs)
         engine = make_engine(d / "lat.sqlite")
         lat = asyncio.run(run_phase(lat_file, f"ipc://{d}/lat.sock", engine=engine, window=a.window, rate=a.rate))
         engine.close()
-        print(f"latency at {a.rate:g} block/s ({lat['acked']} blocks): ack p50 {lat['ack_p50_ms']:.2f} ms, "
+        print(f"latency at {a.rate:g} block/s ({lat['acked']} blocks, engine): ack p50 {lat['ack_p50_ms']:.2f} ms, "
               f"p99 {lat['ack_p99_ms']:.2f} ms, max {lat['ack_max_ms']:.2f} ms")
+        tl = asyncio.run(run_phase(lat_file, f"ipc://{d}/tl.sock", engine=None, window=a.window, rate=a.rate))
+        print(f"transport latency at {a.rate:g} block/s ({tl['acked']} blocks, no engine): ack p50 "
+              f"{tl['ack_p50_ms']:.2f} ms, p99 {tl['ack_p99_ms']:.2f} ms, max {tl['ack_max_ms']:.2f} ms")
 
     print(json.dumps({
         "notifications_per_s": round(tp["notifications_per_s"], 1),
@@ -176,7 +192,12 @@ def main() -> None:
         "ack_p99_ms": lat["ack_p99_ms"],
         "transport_only_notifications_per_s": round(tr["notifications_per_s"], 1),
         "transport_only_mb_per_s": round(tr["mb_per_s"], 2),
+        "sidecar_cpu_ms_per_notification": round(side_ms, 3),
+        "bridge_cpu_ms_per_notification": round(bridge_ms, 3),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
         "throughput_ack_p99_ms": tp["ack_p99_ms"],
+        "transport_ack_p50_ms": tl["ack_p50_ms"],
+        "transport_ack_p99_ms": tl["ack_p99_ms"],
         "txs_per_block": a.txs,
         "count": a.count,
         "latency_rate_per_s": a.rate,

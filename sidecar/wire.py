@@ -33,6 +33,7 @@ ERROR_CODES = ("unsupported_version", "malformed", "frame_too_large", "unknown_t
 
 #: How every canonically encoded ``notification`` frame starts: a 5-entry map, ``"type": "notification"``, ``"seq"``.
 _NOTIFICATION_PREFIX = b"\x85\xa4type\xacnotification\xa3seq"
+_PREFIX_LEN = len(_NOTIFICATION_PREFIX)
 
 
 class WireError(CodecError):
@@ -228,8 +229,8 @@ def from_wire(m: Any) -> Message:
     raise WireError("unknown_type", f"unknown message type {shown!r}")
 
 
-def decode(frame: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Message:
-    """Decode one frame.
+def decode(frame: bytes | memoryview, max_bytes: int = MAX_FRAME_BYTES) -> Message:
+    """Decode one frame (``bytes`` or a ``memoryview`` of them).
 
     Raises:
         WireError: ``frame_too_large`` (over ``max_bytes``), ``malformed`` (not one msgpack map, truncated,
@@ -238,7 +239,7 @@ def decode(frame: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Message:
     """
     if len(frame) > max_bytes:
         raise WireError("frame_too_large", f"frame of {len(frame)} bytes exceeds the limit of {max_bytes} bytes")
-    if frame.startswith(_NOTIFICATION_PREFIX):
+    if frame[:_PREFIX_LEN] == _NOTIFICATION_PREFIX:
         # The common case, in canonical key order: decode straight into the data model.
         try:
             seq, n = codec.decode_notification(frame, max_bytes)

@@ -251,7 +251,9 @@ class ExExSource(Source):
             if events:
                 for _ in range(1024):
                     try:
-                        parts = await sock.recv_multipart(flags=zmq.NOBLOCK)
+                        # copy=False: notifications are large; decode straight from libzmq's buffer.
+                        frames = await sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                        parts = [f.buffer for f in frames]
                     except zmq.Again:
                         break
                     self._last_heard = time.monotonic()
@@ -263,7 +265,7 @@ class ExExSource(Source):
                 await self._send(sock, wire.Heartbeat(wire.now_ms()))
                 last_beat = now
 
-    async def _on_frame(self, sock: zmq.asyncio.Socket, parts: list[bytes],
+    async def _on_frame(self, sock: zmq.asyncio.Socket, parts: list[memoryview],
                         queue: asyncio.Queue[Delivery | BaseException], view: ChainView, epoch: int,
                         last_seq: int | None) -> int | None:
         msg = await self._decode(sock, parts)
@@ -308,7 +310,7 @@ class ExExSource(Source):
         await self._refuse(sock, "unexpected", f"the bridge may not send {type(msg).__name__.lower()} now")
         return last_seq
 
-    async def _decode(self, sock: zmq.asyncio.Socket, parts: list[bytes]) -> wire.Message | None:
+    async def _decode(self, sock: zmq.asyncio.Socket, parts: list[bytes] | list[memoryview]) -> wire.Message | None:
         """Decode one ZeroMQ message; refuse (and return ``None`` for) anything that is not one valid frame."""
         if self._bm:
             self._bm.frames.labels("raw").inc()
