@@ -208,6 +208,38 @@ def test_watched_scope_indexes_only_transactions_touching_watched_addresses(rig)
     assert 0 < n == touching < 40
 
 
+def test_memory_agents_are_watched_and_labelled(tmp_path):
+    import types
+
+    from prometheus_client import CollectorRegistry
+
+    from monmouth.engine import Engine
+    from monmouth.metrics import Metrics
+    from monmouth.plugins import PluginHost
+    from monmouth.store import Database
+
+    bs = blocks(1, txs=20, salt="M")
+    agent = bs[0].transactions[3].sender
+    memory = types.SimpleNamespace(agent_addresses=lambda conn: [agent])
+    plugins = {"rag": rag, "memory": memory}
+    db = Database(tmp_path / "m.sqlite")
+    metrics = Metrics(CollectorRegistry())
+    host = PluginHost(plugins, db, metrics.registry)
+    settings = validate({"plugins": {"rag": {"enabled": True, "worker": False, "scope": "watched"},
+                                     "memory": {"enabled": True}}}, "<test>", config_models(plugins))
+    host.apply_settings(settings)
+    engine = Engine(db, host, settings.engine, metrics)
+    try:
+        engine.apply(ChainCommitted(chain(bs)))
+        rows = db.reader().execute("SELECT text FROM rag_docs").fetchall()
+        expected = sum(1 for i in range(20) if agent in rag.decode_transaction(bs[0], i).roles)
+        assert len(rows) == expected >= 1
+        assert all(f"0x{agent.hex()} (agent)" in r[0] for r in rows)
+    finally:
+        host.shutdown()
+        engine.close()
+
+
 def test_block_applied_records_text_metadata_and_fts_immediately(rig):
     r = rig()
     b = blocks(1, txs=10, salt="F")

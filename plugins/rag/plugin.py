@@ -353,8 +353,7 @@ def _memory_agents(conn: apsw.Connection) -> frozenset[bytes]:
 @hookimpl
 def monmouth_block_applied(conn: apsw.Connection, block: Block, notification: Any) -> None:
     st = state()
-    extra = _memory_agents(conn) if st.indexer.scope == "watched" else frozenset()
-    st.indexer.apply_block(conn, block, extra)
+    st.indexer.apply_block(conn, block, _memory_agents(conn))
 
 
 @hookimpl

@@ -153,7 +153,12 @@ class ChainIndexer:
         return any(a in watched for a in d.roles)
 
     def apply_block(self, conn: apsw.Connection, block: Block, extra_watched: frozenset[bytes] = frozenset()) -> int:
-        """Index every in-scope transaction of ``block``; returns how many documents were recorded."""
+        """Index every in-scope transaction of ``block``; returns how many documents were recorded.
+
+        ``extra_watched``: the agents known to the memory plugin; they are in the watched scope and are labelled
+        ``agent`` (unless a configured label names them)."""
+        labels: dict[bytes, str] = {a: "agent" for a in extra_watched}
+        labels.update(self.labels or {})
         offset = 0
         n = 0
         edges: dict[tuple[bytes, bytes, str], int] = {}
@@ -163,8 +168,8 @@ class ChainIndexer:
             offset += receipt_logs
             if not self.in_scope(d, extra_watched):
                 continue
-            text = render(d, self.labels, self.registry)
-            insert_tx_doc(conn, d, text, embed_text(d, self.labels, self.registry))
+            text = render(d, labels, self.registry)
+            insert_tx_doc(conn, d, text, embed_text(d, labels, self.registry))
             n += 1
             if self.graph:
                 if tx.to is not None and tx.value:
