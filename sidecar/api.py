@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
+import anyio
 import anyio.to_thread
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -147,6 +148,92 @@ class AuditMiddleware:
                 event = "import"
             if event:
                 self.audit.record(event, who, ip, path=scope["path"], status=status)
+
+
+class AdmissionMiddleware:
+    """Ingest first. At most ``http.max_concurrency`` requests are handled at once. While the engine is applying
+    notifications (it applied one in the last ``BUSY_WINDOW`` seconds: catching up, a burst of blocks), at most
+    ``http.busy_concurrency`` at once, and request handling may take only ``http.busy_share`` of wall time (a budget
+    that refills at that rate), so ingestion keeps the CPU. Waiting requests queue in order on the event loop, using
+    no CPU (only the head of the queue waits on a timer). ``/health``, ``/ready``, the dashboard's assets and
+    ``/mcp`` itself (its tool calls come back through here) are never held."""
+
+    BUSY_WINDOW = 0.5
+    EXEMPT = ("/health", "/ready", "/mcp", "/dashboard/assets/")
+
+    def __init__(self, app: ASGIApp, sidecar: App, runner: Runner | None) -> None:
+        self.app = app
+        self.sidecar = sidecar
+        self.runner = runner
+        self.inflight = 0
+        self.waiting = 0
+        self.held = 0  # requests that had to wait (for /status and the tests)
+        self._seen = -1
+        self._busy_at = 0.0
+        self._debt = 0.0
+        self._debt_t = 0.0
+        self._gate: anyio.Lock | None = None
+        self._released: anyio.Event | None = None
+
+    def busy(self, now: float) -> bool:
+        n = self.sidecar.engine.notifications_seen
+        if n != self._seen or (self.runner is not None and self.runner.lock.locked()):
+            self._seen = n
+            self._busy_at = now
+        return now - self._busy_at < self.BUSY_WINDOW
+
+    def debt(self, now: float) -> float:
+        share = self.sidecar.settings.http.busy_share
+        self._debt = max(0.0, self._debt - (now - self._debt_t) * share)
+        self._debt_t = now
+        return self._debt
+
+    async def _admit(self) -> None:
+        http = self.sidecar.settings.http
+        now = time.monotonic()
+        if self._gate is None:
+            self._gate, self._released = anyio.Lock(), anyio.Event()
+        if not self.waiting and self.inflight < http.max_concurrency and not self.busy(now):
+            self._debt = 0.0
+            self.inflight += 1
+            return
+        self.waiting += 1
+        self.held += 1
+        try:
+            async with self._gate:  # FIFO: only the head of the queue checks and sleeps
+                while True:
+                    now = time.monotonic()
+                    busy = self.busy(now)
+                    limit = http.busy_concurrency if busy else http.max_concurrency
+                    debt = self.debt(now) if busy else 0.0
+                    if self.inflight < limit and debt <= 0.0:
+                        self.inflight += 1
+                        return
+                    wait = debt / http.busy_share if debt > 0 else self.BUSY_WINDOW
+                    assert self._released is not None
+                    released = self._released
+                    with anyio.move_on_after(min(max(wait, 0.002), self.BUSY_WINDOW)):
+                        await released.wait()
+        finally:
+            self.waiting -= 1
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(self.EXEMPT):
+            await self.app(scope, receive, send)
+            return
+        await self._admit()
+        t0 = time.monotonic()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.inflight -= 1
+            now = time.monotonic()
+            if self.busy(now):
+                self.debt(now)
+                self._debt += now - t0
+            if self._released is not None:
+                self._released.set()
+                self._released = anyio.Event()
 
 
 class ReorgLog:
@@ -333,7 +420,8 @@ def create_api(app: App, runner: Runner | None = None) -> FastAPI:
         api.router.add_route("/mcp", MCPEndpoint(mcp_server, auth), methods=["GET", "POST", "DELETE"],
                              include_in_schema=False)
 
-    # Outermost last: problems -> audit -> rate limit -> body limit -> app.
+    # Outermost last: problems -> audit -> rate limit -> body limit -> admission -> app.
+    api.add_middleware(AdmissionMiddleware, sidecar=app, runner=runner)
     api.add_middleware(BodyLimitMiddleware, limit=lambda: app.settings.http.max_body_bytes)
     api.add_middleware(RateLimitMiddleware, get_settings=lambda: app.settings, internal_secret=internal_secret,
                        on_limited=lambda path, ip: audit.denied(429, None, ip, "*", path))

@@ -100,6 +100,12 @@ class HttpConfig(_Section):
     ready_lag: int = Field(3, ge=0)
     #: Largest request body accepted, bytes (413 beyond).
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, le=1024**3)
+    #: Requests handled at once (others wait their turn); while the engine is applying notifications (catching up,
+    #: a burst of blocks) only busy_concurrency at once, for at most busy_share of the time: ingestion comes first.
+    max_concurrency: int = Field(16, ge=1, le=10_000)
+    busy_concurrency: int = Field(1, ge=1, le=10_000)
+    #: While the engine is busy, the share of wall time request handling may take (the rest is the engine's).
+    busy_share: float = Field(0.3, gt=0, le=1)
     #: Serve HTTPS with uvicorn's own TLS: PEM certificate (chain) and private key files; both or neither.
     tls_cert: str = ""
     tls_key: str = ""

@@ -58,6 +58,9 @@ class Runner:
         self.done = False
         self.http_port: int | None = None
         self._rate = 0.0
+        # The engine's own worker thread: HTTP requests (FastAPI's sync endpoints use anyio's default limiter) must
+        # never make a notification wait for a free thread.
+        self._engine_limiter = anyio.CapacityLimiter(1)
 
     # ------------------------------------------------------------------------------------------------ status
     def status(self) -> dict[str, Any]:
@@ -137,7 +140,8 @@ class Runner:
         while True:
             async with self.lock:
                 try:
-                    res = await anyio.to_thread.run_sync(engine.apply, d.notification, d.token)
+                    res = await anyio.to_thread.run_sync(engine.apply, d.notification, d.token,
+                                                         limiter=self._engine_limiter)
                     break
                 except PluginError as e:
                     self.last_error = str(e)
@@ -153,7 +157,8 @@ class Runner:
         if fin is not None and (engine.finalized is None or fin > engine.finalized) and res.head is not None:
             async with self.lock:
                 try:
-                    await anyio.to_thread.run_sync(engine.set_finalized, min(fin, res.head.number))
+                    await anyio.to_thread.run_sync(engine.set_finalized, min(fin, res.head.number),
+                                                   limiter=self._engine_limiter)
                 except PluginError as e:
                     log.error("%s (finalized %d not recorded; will retry)", e, fin)
 
