@@ -260,6 +260,35 @@ class SiweIn(BaseModel):
     signature: str = Field(..., pattern=r"^0x[0-9a-fA-F]{130}$", description="0x + 65-byte signature (hex).")
 
 
+def _document_mcp(api: FastAPI) -> None:
+    """Add ``/mcp`` (an ASGI endpoint, not a FastAPI route) to the OpenAPI spec, so it covers every route."""
+    base = api.openapi
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is None:
+            spec = base()
+            problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+            op = {
+                "tags": ["mcp"], "security": [{"HTTPBearer": []}, {}],
+                "responses": {"200": {"description": "JSON-RPC response",
+                                      "content": {"application/json": {"schema": {"type": "object"}}}},
+                              "202": {"description": "Accepted (notification)"},
+                              **{str(c): {"description": d, "content": problem}
+                                 for c, d in ((401, "Unauthorized"), (429, "Too Many Requests"))}},
+            }
+            spec["paths"]["/mcp"] = {"post": {
+                **op, "summary": "MCP (streamable HTTP)", "operationId": "mcp_post",
+                "description": "The Model Context Protocol endpoint (stateless, JSON responses): tools search_chain, "
+                               "get_context, remember, recall, forget, memory_root, memory_proof, status. Send "
+                               "JSON-RPC 2.0 with `Accept: application/json, text/event-stream`. Same auth as "
+                               "every route; each tool acts as the caller.",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}}}
+            api.openapi_schema = spec
+        return api.openapi_schema
+
+    api.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_api(app: App, runner: Runner | None = None) -> FastAPI:
     """Build the ASGI app for a sidecar. ``runner`` supplies live source state (``None`` for offline use).
 
@@ -419,6 +448,8 @@ def create_api(app: App, runner: Runner | None = None) -> FastAPI:
 
         api.router.add_route("/mcp", MCPEndpoint(mcp_server, auth), methods=["GET", "POST", "DELETE"],
                              include_in_schema=False)
+
+    _document_mcp(api)
 
     # Outermost last: problems -> audit -> rate limit -> body limit -> admission -> app.
     api.add_middleware(AdmissionMiddleware, sidecar=app, runner=runner)
