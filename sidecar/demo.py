@@ -439,7 +439,7 @@ Monmouth demo is running on a local anvil chain (Ctrl-C stops everything).
 
   dashboard   {base}/dashboard
   status      curl -s {base}/status
-  OpenAPI     {base}/docs
+  OpenAPI     {base}/openapi.json
   MCP (HTTP)  {base}/mcp        MCP (stdio)  monmouth mcp --config {cfg}
 
 Contracts: tokens {", ".join(f"{s} {t['address']}" for s, t in dep.tokens.items())}

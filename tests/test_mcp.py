@@ -167,3 +167,18 @@ async def test_mcp_over_stdio_with_the_sdk_client(tmp_path):
         st = payload(await c.call_tool("status", {}))
         assert st["plugins"]["memory"]["state"] == "enabled"
         assert "agent: required" in error_text(await c.call_tool("recall", {"query": "x"}))
+
+
+async def test_mcp_stdio_against_a_running_sidecar_as_an_agent(tmp_path):
+    """`monmouth mcp --url <sidecar>` with an agent token (MONMOUTH_TOKEN): the tools act as that agent."""
+    async with live_sidecar(tmp_path, config(tmp_path), {"memory": MemoryPlugin(workers=False)}) as (app, runner, base,
+                                                                                                     source):
+        await source.push(ChainCommitted(chain(extend(None, 1, number=1))))
+        ta = await agent_token(base, KEY_A)
+        params = StdioServerParameters(command=sys.executable, args=["-m", "monmouth", "mcp", "--url", base],
+                                       env={**os.environ, "MONMOUTH_TOKEN": ta}, cwd=str(tmp_path))
+        async with Client(stdio_client(params)) as c:
+            item = payload(await c.call_tool("remember", {"content": "via stdio, as agent A"}))
+            assert item["agent"] == A
+            assert "403" in error_text(await c.call_tool("recall", {"query": "x", "agent": B}))
+            assert payload(await c.call_tool("status", {}))["head"]["number"] == 1
