@@ -61,7 +61,7 @@ class RagConfig(BaseModel):
     #: Tokens per text given to the model (longer texts are truncated); includes [CLS] and [SEP].
     max_tokens: int = Field(256, ge=8, le=8192)
     #: Texts per ONNX run.
-    batch_size: int = Field(32, ge=1, le=4096)
+    batch_size: int = Field(8, ge=1, le=4096)
     #: onnxruntime intra-op threads; 0 lets onnxruntime choose (one per core).
     threads: int = Field(0, ge=0, le=256)
     #: How token vectors become one text vector: mean over real tokens (all-MiniLM-L6-v2), [CLS], or max.
