@@ -70,7 +70,8 @@ def main() -> None:
     from monmouth.app import open_app
 
     corpus, queries, qrels = load(args.limit_docs)
-    work = args.keep or Path(tempfile.mkdtemp(prefix="scifact-"))
+    tmp = None if args.keep else tempfile.TemporaryDirectory(prefix="scifact-")
+    work = args.keep or Path(tmp.name)
     work.mkdir(parents=True, exist_ok=True)
     cfg = work / "config.toml"
     cfg.write_text(f'[storage]\npath = "db.sqlite"\nsynchronous = "NORMAL"\n\n[plugins.rag]\nenabled = true\n'
@@ -129,6 +130,8 @@ def main() -> None:
         }))
     finally:
         app.close()
+        if tmp is not None:
+            tmp.cleanup()
 
 
 if __name__ == "__main__":

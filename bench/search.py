@@ -81,7 +81,8 @@ def main() -> None:
     seeds, queries = seeds_and_queries(args.seeds, args.queries)
     print(f"{len(seeds)} real seed embeddings, {len(queries)} real query embeddings ({time.perf_counter() - t0:.1f} s)")
     sizes = [int(s) for s in args.sizes.split(",")]
-    work = Path(tempfile.mkdtemp(prefix="rag-search-"))
+    tmp = tempfile.TemporaryDirectory(prefix="rag-search-")  # removed at exit (1M vectors take ~1.6 GB)
+    work = Path(tmp.name)
     db = Database(work / "db.sqlite", synchronous="NORMAL")
     conn = db.connect()
     migrate(conn, "rag", MIGRATIONS, set(TRIMMED))
@@ -149,6 +150,7 @@ def main() -> None:
         reader.close()
         del index
     conn.close()
+    tmp.cleanup()
     result["data"] = "synthetic mixtures of real MiniLM embeddings; real query embeddings"
     print(json.dumps(result))
 
