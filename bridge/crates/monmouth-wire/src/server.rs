@@ -517,6 +517,7 @@ impl Server {
             if let Some(sent) = p.last_sent {
                 if self.stats.ack_latency_us.len() < 1_000_000 {
                     let us = u64::try_from(now.saturating_duration_since(sent).as_micros()).unwrap_or(u64::MAX);
+                    debug!(seq = p.seq, latency_us = us, "acknowledged");
                     self.stats.ack_latency_us.push(us);
                 }
             }
@@ -617,6 +618,8 @@ impl Server {
             }
             let Some(p) = self.buffer.get(idx) else { return Ok(()) };
             let len = p.frame.len() as u64;
+            // Taken before the send: a thread preempted right after it must not shorten the latency.
+            let sent_at = Instant::now();
             let outcome = send_raw(&self.socket, &identity, &p.frame);
             if !self.sent_or_gone(&identity, outcome)? {
                 return Ok(());
@@ -624,13 +627,14 @@ impl Server {
             if first_time {
                 self.stats.sent += 1;
                 self.stats.bytes_sent += len;
-                self.stats.first_send.get_or_insert_with(Instant::now);
+                self.stats.first_send.get_or_insert(sent_at);
             } else {
                 self.stats.resent += 1;
             }
             if let Some(p) = self.buffer.get_mut(idx) {
-                p.last_sent = Some(Instant::now());
+                p.last_sent = Some(sent_at);
             }
+            debug!(seq, "sent");
             if let Some(s) = self.session.as_mut() {
                 s.next_send = seq + 1;
             }
