@@ -135,7 +135,7 @@ class AuditMiddleware:
         ip = client[0] if client else None
         method = scope["method"]
         route = scope.get("route")
-        path = getattr(route, "path", scope["path"])
+        path = str(getattr(route, "path", None) or scope["path"])
         if status in (401, 403):
             self.audit.denied(status, who, ip, method, scope["path"])
         elif status < 400 and route is not None:
@@ -446,8 +446,8 @@ def create_api(app: App, runner: Runner | None = None) -> FastAPI:
     if mcp_server is not None:
         from .mcp_server import MCPEndpoint
 
-        api.router.add_route("/mcp", MCPEndpoint(mcp_server, auth), methods=["GET", "POST", "DELETE"],
-                             include_in_schema=False)
+        api.router.add_route("/mcp", MCPEndpoint(mcp_server, auth),  # type: ignore[arg-type]  # an ASGI app
+                             methods=["GET", "POST", "DELETE"], include_in_schema=False)
 
     _document_mcp(api)
 

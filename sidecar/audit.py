@@ -153,5 +153,5 @@ class Audit:
         sql += " ORDER BY id DESC LIMIT ?"
         args.append(limit)
         rows = self.app.db.reader().execute(sql, args).fetchall()
-        return [{"id": i, "ts": ts, "event": ev, "principal": p, "ip": ip, "detail": json.loads(d or "{}")}
+        return [{"id": i, "ts": ts, "event": ev, "principal": p, "ip": ip, "detail": json.loads(str(d or "{}"))}
                 for i, ts, ev, p, ip, d in rows]
