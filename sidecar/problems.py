@@ -160,11 +160,14 @@ class ProblemMiddleware:
     problem details. Responses that already are ``application/problem+json``, non-JSON responses and successes
     pass through untouched (streamed, never buffered)."""
 
+    #: Paths whose JSON errors follow another protocol: the MCP endpoint answers JSON-RPC error objects.
+    PASS_THROUGH = ("/mcp",)
+
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in self.PASS_THROUGH:
             await self.app(scope, receive, send)
             return
         start: Message | None = None

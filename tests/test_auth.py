@@ -442,3 +442,37 @@ def test_audit_log_records_security_events_without_secrets(env, caplog):
     dump = json.dumps(app.db.reader().execute("SELECT * FROM monmouth_audit").fetchall(), default=str)
     for secret in (ADMIN, ta, ta.split(".")[1], sig[2:40], msg):
         assert secret not in dump and secret not in caplog.text
+
+
+def test_agents_on_rag_routes_see_chain_data_not_others_memory_documents(tmp_path):
+    """Until the rag plugin scopes "memory" documents per agent, agent tokens reach /rag/search and /rag/context only
+    with filters.kind limited to tx/document, may read chain data, and may not list, add or delete documents."""
+    cfg = write_config(tmp_path)
+    cfg.write_text(cfg.read_text() + '\n[plugins.rag]\nenabled = true\nworker = false\n')
+    app = open_app(cfg, extra_plugins={"memory": MemoryPlugin(workers=False)})
+    api = create_api(app)
+    try:
+        assert app.host.is_enabled("rag"), app.host.errors
+        ad = client(api, token=ADMIN)
+        r = ad.post("/rag/documents", json={"id": "b-private", "text": "agent B's private plan: buy the dip",
+                                            "kind": "memory"})
+        assert r.status_code == 201, r.text
+        a = client(api, token=sign_in(api, KEY_A))
+        for body in ({"query": "private plan"}, {"query": "private plan", "filters": {"kind": "memory"}},
+                     {"query": "private plan", "filters": {"kind": ["tx", "memory"]}}):
+            b = is_problem(a.post("/rag/search", json=body), 403)
+            assert b["field"] == "filters.kind"
+        r = a.post("/rag/search", json={"query": "private plan", "filters": {"kind": ["tx", "document"]}})
+        assert r.status_code == 200 and all(h["kind"] != "memory" for h in r.json()["hits"])
+        assert a.post("/rag/context", json={"query": "x", "filters": {"kind": "tx"}}).status_code == 200
+        is_problem(a.get("/rag/documents"), 403)
+        is_problem(a.post("/rag/documents", json={"text": "mine", "kind": "memory"}), 403)
+        is_problem(a.delete("/rag/documents/b-private"), 403)
+        assert a.get("/rag/graph/" + "0x" + "00" * 20).status_code in (200, 404)
+        # a read token may search (a read-only POST) but not write
+        rd = client(api, token=READ)
+        assert rd.post("/rag/search", json={"query": "plan"}).status_code == 200
+        is_problem(rd.post("/rag/documents", json={"text": "x"}), 403)
+    finally:
+        api.state.audit.close()
+        app.close()

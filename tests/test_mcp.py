@@ -182,3 +182,19 @@ async def test_mcp_stdio_against_a_running_sidecar_as_an_agent(tmp_path):
             assert item["agent"] == A
             assert "403" in error_text(await c.call_tool("recall", {"query": "x", "agent": B}))
             assert payload(await c.call_tool("status", {}))["head"]["number"] == 1
+
+
+async def test_mcp_protocol_errors_stay_json_rpc(tmp_path):
+    """The MCP endpoint's own errors are JSON-RPC error objects (what MCP clients parse), not rewritten; auth errors
+    before it are problem details."""
+    async with live_sidecar(tmp_path, config(tmp_path), {"memory": MemoryPlugin(workers=False)}) as (_a, _r, base,
+                                                                                                     _s), \
+            httpx.AsyncClient(base_url=base) as http:
+        r = await http.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                            headers={"accept": "text/html"})
+        assert 400 <= r.status_code < 500 and "jsonrpc" in r.json(), r.text
+        r = await http.post("/mcp", content=b"{not json", headers={"accept": "application/json, text/event-stream",
+                                                                   "content-type": "application/json"})
+        assert 400 <= r.status_code < 500 and "jsonrpc" in r.json(), r.text
+        r = await http.post("/mcp", json={}, headers={"authorization": "Bearer nope-nope-nope"})
+        assert r.status_code == 401 and r.headers["content-type"].startswith("application/problem+json")
