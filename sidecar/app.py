@@ -176,6 +176,6 @@ def make_source(settings: Settings, metrics: Metrics | None = None) -> Source:
         if not s.path:
             raise ConfigError(f"{settings.origin}: source.path: required when source.kind = 'replay'")
         return ReplaySource(s.path)
-    from .sources.exex import ExExSource  # type: ignore[import-not-found]
+    from .sources.exex import ExExSource
 
-    return ExExSource(s.url, window=s.window, heartbeat_s=s.heartbeat, metrics=metrics)
+    return ExExSource(s.url, window=s.window, heartbeat_s=s.heartbeat, metrics=metrics, max_backoff=s.max_backoff)
