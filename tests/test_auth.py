@@ -67,7 +67,7 @@ def env(tmp_path):
 
 def client(api, peer=LOOP, token: str | None = None) -> TestClient:
     """A client from a loopback peer naming host monmouth.test: anonymous unless it sends a token (like behind a
-    local reverse proxy). The memory plugin still serves loopback peers only, so memory tests use this."""
+    local reverse proxy)."""
     c = TestClient(api, client=peer, base_url="http://monmouth.test")
     if token:
         c.headers["authorization"] = f"Bearer {token}"
@@ -322,7 +322,7 @@ def test_every_memory_route_refuses_another_agents_token(env):
     ad = client(api, token=ADMIN)
     item = ad.post(f"/memory/agents/{A}/items", json={"kind": "semantic", "content": "A's secret"}).json()["id"]
     tb = sign_in(api, KEY_B)
-    b_client = client(api, peer=LOOP, token=tb)  # loopback peer: the memory plugin's own check passes
+    b_client = client(api, peer=LOOP, token=tb)
     routes = memory_routes(api)
     assert len(routes) >= 14, routes
     checked = 0
