@@ -322,17 +322,22 @@ def test_every_memory_route_refuses_another_agents_token(env):
     ad = client(api, token=ADMIN)
     item = ad.post(f"/memory/agents/{A}/items", json={"kind": "semantic", "content": "A's secret"}).json()["id"]
     tb = sign_in(api, KEY_B)
-    b_client = client(api, peer=LOOP, token=tb)
     routes = memory_routes(api)
     assert len(routes) >= 14, routes
     checked = 0
-    for method, path in routes:
-        params = {"since_block": 0} if path.endswith("/changes") else None
-        r = b_client.request(method, fill(path, A, item), json=BODIES.get((method, path)), params=params)
-        b = is_problem(r, 403)
-        assert "agent:" + B in b["detail"], (method, path, b)
-        checked += 1
-    assert checked == len(routes)
+    for peer in (LOOP, FAR):  # behind a local proxy, and straight from the network
+        b_client = client(api, peer=peer, token=tb)
+        for method, path in routes:
+            params = {"since_block": 0} if path.endswith("/changes") else None
+            r = b_client.request(method, fill(path, A, item), json=BODIES.get((method, path)), params=params)
+            b = is_problem(r, 403)
+            assert "agent:" + B in b["detail"], (peer, method, path, b)
+            checked += 1
+    assert checked == 2 * len(routes)
+    # and from the network, B reaches its own memory
+    mine = client(api, peer=FAR, token=tb).post(f"/memory/agents/{B}/items", json={"kind": "semantic",
+                                                                                   "content": "B's own"})
+    assert mine.status_code == 201, mine.text
     # nothing leaked or changed
     assert ad.get(f"/memory/agents/{A}/items/{item}").json()["content"] == "A's secret"
     assert ad.get(f"/memory/agents/{A}").status_code == 200
