@@ -129,7 +129,7 @@ def packb(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
-def unpackb(frame: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Any:
+def unpackb(frame: bytes | memoryview, max_bytes: int = MAX_FRAME_BYTES) -> Any:
     """Decode one msgpack frame.
 
     Raises:
@@ -239,7 +239,7 @@ def notification_from_wire(raw: Any) -> tuple[int, Notification]:
     return _finish(w)
 
 
-def decode_notification(frame: bytes, max_bytes: int = MAX_FRAME_BYTES) -> tuple[int, Notification]:
+def decode_notification(frame: bytes | memoryview, max_bytes: int = MAX_FRAME_BYTES) -> tuple[int, Notification]:
     """Decode one ``notification`` frame into ``(seq, notification)``.
 
     Raises:

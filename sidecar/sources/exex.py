@@ -207,7 +207,7 @@ class ExExSource(Source):
         deadline = time.monotonic() + self.handshake_timeout_s
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not await sock.poll(int(left * 1000) + 1, zmq.POLLIN):
+            if left <= 0 or not await sock.poll(int(left * 1000) + 1):
                 raise _Reset(f"no welcome from the bridge within {self.handshake_timeout_s:.1f}s")
             parts = await sock.recv_multipart()
             msg = await self._decode(sock, parts)
@@ -247,7 +247,7 @@ class ExExSource(Source):
             now = time.monotonic()
             heard = self._last_heard or now
             wait = min(last_beat + hb - now, heard + 3 * hb - now)
-            events = await sock.poll(max(0, int(wait * 1000)) + 1, zmq.POLLIN)
+            events = await sock.poll(max(0, int(wait * 1000)) + 1)  # flags default to POLLIN
             if events:
                 for _ in range(1024):
                     try:
