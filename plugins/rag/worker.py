@@ -15,14 +15,16 @@ from typing import Any
 import numpy as np
 
 from monmouth.store import Database
+from monmouth.worker import BackgroundWorker
 
 from .store import PendingDoc, counts, prune_changes, store_vectors, take_pending, text_key
 
 log = logging.getLogger(__name__)
 
 
-class EmbedWorker:
-    """Embeds pending documents until stopped.
+class EmbedWorker(BackgroundWorker):
+    """Embeds pending documents until stopped (a :class:`monmouth.worker.BackgroundWorker`: woken after every
+    committed notification and document ingest, idle otherwise, backing off after a failed round).
 
     Args:
         db: the database (the worker uses its own per-thread connection through ``db.reader()``/``db.write()``).
@@ -37,58 +39,18 @@ class EmbedWorker:
     def __init__(self, db: Database, embed: Callable[[list[str]], np.ndarray], *, batch: int = 256,
                  poll_interval: float = 1.0, stopping: threading.Event | None = None,
                  on_round: Callable[[int, float, int], None] | None = None, cache_size: int = 4096) -> None:
+        super().__init__("monmouth-rag-embed", idle_s=poll_interval)
+        if stopping is not None:
+            self.stopping = stopping
         self.db = db
         self.embed = embed
         self.batch = batch
-        self.poll_interval = poll_interval
-        self.stopping = stopping or threading.Event()
         self.on_round = on_round
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
         self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
         self._recent: deque[tuple[float, int]] = deque()
         self.stored_total = 0
-        self.errors = 0
-        self.last_error: str | None = None
         self._rounds = 0
-
-    # ------------------------------------------------------------------------------------------------ control
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="monmouth-rag-embed", daemon=True)
-        self._thread.start()
-
-    def wake(self) -> None:
-        """End the idle sleep now (called after every committed notification and document ingest)."""
-        self._wake.set()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self.stopping.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def _run(self) -> None:
-        backoff = 0.5
-        while not self.stopping.is_set():
-            try:
-                n = self.step()
-                backoff = 0.5
-            except Exception as e:  # keep going: a failed round is retried, nothing was half-written
-                self.errors += 1
-                self.last_error = f"{type(e).__name__}: {e}"
-                log.exception("rag: embedding round failed")
-                self.stopping.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
-                continue
-            if n == 0:
-                self._wake.wait(self.poll_interval)
-                self._wake.clear()
 
     # ------------------------------------------------------------------------------------------------ work
     def _vectors(self, docs: list[PendingDoc]) -> np.ndarray:
