@@ -9,13 +9,14 @@ a 4xx status naming the field (FastAPI's own 422 validation errors name it in ``
 
 import base64
 import binascii
-import ipaddress
 from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
+
+from monmouth.auth import is_loopback
 
 from .core import Memory, parse_address, parse_id
 from .errors import MemoryRequestError
@@ -63,18 +64,6 @@ class RecallIn(_Body):
     recency_weight: float = 0.0
     half_life_s: float | None = None
     mode: str | None = None
-
-
-def is_loopback(host: str | None) -> bool:
-    """Whether ``host`` (a client address) is a loopback address."""
-    if not host:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _content(body: ItemIn | ItemPatch) -> str | bytes | None:

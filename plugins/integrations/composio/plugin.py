@@ -22,7 +22,6 @@ tool through Composio's v3 API (:mod:`.client`) and answers ``{"id", "tool", "su
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import re
 import time
@@ -34,6 +33,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from monmouth import hookimpl
+from monmouth.auth import is_loopback
 
 from ..base import IntegrationPlugin, Runtime
 from ..config import IntegrationConfig, check_env_name, secret
@@ -107,17 +107,6 @@ CREATE TABLE composio_calls (
 
 def _refuse(status: int, field: str, error: str, headers: dict[str, str] | None = None) -> HTTPException:
     return HTTPException(status, {"field": field, "error": error}, headers=headers)
-
-
-def _is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class ComposioPlugin(IntegrationPlugin):
@@ -343,7 +332,7 @@ class ComposioPlugin(IntegrationPlugin):
             rt = self.rt
             if rt is None or getattr(rt.config, "loopback_only", True):
                 host = request.client.host if request.client else None
-                if not _is_loopback(host):
+                if not is_loopback(host):
                     raise _refuse(403, "client", "composio routes serve loopback clients only until "
                                                  "authentication is configured")
 
