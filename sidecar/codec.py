@@ -215,14 +215,6 @@ def _finish(w: _WireNotification) -> tuple[int, Notification]:
     raise CodecError(f"unknown notification kind {kind!r}; expected one of {', '.join(KINDS)}")
 
 
-def block_from_wire(raw: Any, path: str = "block") -> Block:
-    """Decode one unpacked block map. Raises :class:`CodecError` naming the field path."""
-    try:
-        return msgspec.convert(raw, Block, dec_hook=_dec_hook)
-    except msgspec.ValidationError as e:
-        raise CodecError(f"{path}.{_validation_message(e)}") from None
-
-
 def notification_from_wire(raw: Any) -> tuple[int, Notification]:
     """Decode an unpacked ``notification`` message map into ``(seq, notification)``.
 

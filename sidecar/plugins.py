@@ -33,7 +33,7 @@ from pydantic import BaseModel
 
 from . import hookspecs
 from .config import Settings
-from .errors import ConfigError, MigrationError, PluginError
+from .errors import ConfigError, PluginError
 from .store import Database, migrate
 
 log = logging.getLogger(__name__)
@@ -261,8 +261,6 @@ class PluginHost:
         conn = self.db.connect()
         try:
             migrate(conn, name, scripts, set(trimmed))
-        except MigrationError:
-            raise
         finally:
             conn.close()
         ctx = PluginContext(name, settings.plugins[name].config, settings, self.db, self.metrics, self)

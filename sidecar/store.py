@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -146,8 +147,6 @@ def migrate(conn: apsw.Connection, plugin: str, scripts: Sequence[str], trimmed:
         MigrationError: a script failed (its transaction is rolled back), or it created an ordinary table
             without a PRIMARY KEY, or a virtual table not declared in ``monmouth_trimmed_tables``.
     """
-    import time
-
     current = migration_version(conn, plugin)
     for version, script in enumerate(scripts, start=1):
         if version <= current:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import msgspec
@@ -121,7 +121,3 @@ def mainnet_shaped(templates: Sequence[Block], count: int, *, txs_per_block: int
         yield Block(num, bh, parent_hash, tpl.timestamp + 12 * i, tpl.beneficiary, 30_000_000, cum,
                     tpl.base_fee_per_gas or 10**9, tuple(txs), tuple(rcs))
         parent_hash = bh
-
-
-def as_blocks(it: Iterable[Block]) -> list[Block]:
-    return list(it)

@@ -215,12 +215,3 @@ class ChainReverted:
 
 Notification = ChainCommitted | ChainReorged | ChainReverted
 
-
-def reverted_chain(n: Notification) -> Chain | None:
-    """The chain a notification reverts, if any."""
-    return None if isinstance(n, ChainCommitted) else n.old
-
-
-def committed_chain(n: Notification) -> Chain | None:
-    """The chain a notification commits, if any."""
-    return None if isinstance(n, ChainReverted) else n.new
