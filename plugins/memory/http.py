@@ -31,17 +31,6 @@ class AgentIn(_Body):
     label: str | None = None
 
 
-class ItemIn(_Body):
-    kind: str
-    content: str | None = None
-    content_b64: str | None = None
-    key: str | None = None
-    tags: list[str] | None = None
-    metadata: dict[str, Any] | None = None
-    ttl_seconds: int | None = None
-    ttl_blocks: int | None = None
-
-
 class ItemPatch(_Body):
     content: str | None = None
     content_b64: str | None = None
@@ -50,6 +39,10 @@ class ItemPatch(_Body):
     metadata: dict[str, Any] | None = None
     ttl_seconds: int | None = None
     ttl_blocks: int | None = None
+
+
+class ItemIn(ItemPatch):
+    kind: str
 
 
 class RecallIn(_Body):
