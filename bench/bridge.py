@@ -40,18 +40,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from prometheus_client import CollectorRegistry  # noqa: E402
 
 from monmouth import hookimpl  # noqa: E402
-from monmouth.app import EngineView  # noqa: E402
-from monmouth.config import validate  # noqa: E402
-from monmouth.engine import Engine  # noqa: E402
-from monmouth.metrics import Metrics  # noqa: E402
-from monmouth.plugins import PluginHost, config_models  # noqa: E402
+from monmouth.app import App, open_app  # noqa: E402
 from monmouth.replayfile import ReplayWriter  # noqa: E402
-from monmouth.runner import tune_gc  # noqa: E402
+from monmouth.runner import Runner, tune_gc  # noqa: E402
 from monmouth.sources.exex import ExExSource  # noqa: E402
-from monmouth.store import Database  # noqa: E402
 from monmouth.testing import chain, load_mainnet_blocks, mainnet_shaped  # noqa: E402
 from monmouth.types import ChainCommitted  # noqa: E402
 
@@ -70,14 +64,19 @@ class NoopPlugin:
         return None
 
 
-def make_engine(path: Path) -> Engine:
-    plugins = {"noop": NoopPlugin()}
-    db = Database(path)
-    metrics = Metrics(CollectorRegistry())
-    host = PluginHost(plugins, db, metrics.registry)
-    settings = validate({"plugins": {"noop": {"enabled": True}}}, "<bench>", config_models(plugins))
-    host.apply_settings(settings)
-    return Engine(db, host, settings.engine, metrics)
+def make_app(directory: Path) -> App:
+    """A sidecar with only the no-op plugin enabled, its database in ``directory``."""
+    cfg = directory / "config.toml"
+    cfg.write_text(f"""
+[storage]
+path = "db.sqlite"
+synchronous = "{os.environ.get("MONMOUTH_BENCH_SYNCHRONOUS", "FULL")}"
+[http]
+enabled = false
+[plugins.noop]
+enabled = true
+""")
+    return open_app(cfg, extra_plugins={"noop": NoopPlugin()})
 
 
 def build_file(path: Path, count: int, txs: int) -> int:
@@ -95,7 +94,10 @@ def ensure_binary() -> Path:
     return BINARY
 
 
-async def run_phase(file: Path, endpoint: str, *, engine: Engine | None, window: int, rate: float) -> dict[str, Any]:
+async def run_phase(file: Path, endpoint: str, *, app: App | None, window: int, rate: float) -> dict[str, Any]:
+    """Serve ``file`` with ``bridge-replay`` and consume it: through the sidecar's own :class:`Runner` (decode on
+    the engine's thread, apply, commit, ack) when ``app`` is given, else decode and ack only. Returns the bridge's
+    summary line."""
     args = [str(ensure_binary()), "--file", str(file), "--endpoint", endpoint, "--exit-when-acked",
             "--log-level", "warn"]
     if rate:
@@ -117,19 +119,15 @@ async def run_phase(file: Path, endpoint: str, *, engine: Engine | None, window:
         def source_token(self) -> None:
             return None
 
-    view: Any = EngineView(engine) if engine is not None else NullView()
-
-    async def consume() -> None:
-        async for d in src.stream(view):
-            if engine is not None:
-                res = await asyncio.to_thread(engine.apply, d.notification, d.token)
-                head = res.head
-            else:
-                head = d.notification.new.tip.ref  # type: ignore[union-attr]
-                view.head_ref = head
+    async def transport_only() -> None:
+        view = NullView()
+        async for d in src.stream(view):  # type: ignore[arg-type]
+            head = d.notification.new.tip.ref  # type: ignore[union-attr]  # decodes the body, on this loop
+            view.head_ref = head
             await src.ack(d, head)
 
-    task = asyncio.get_running_loop().create_task(consume())
+    job = Runner(app, src, serve_http=False, watch_config=False).run() if app is not None else transport_only()
+    task = asyncio.get_running_loop().create_task(job)
     while proc.poll() is None:
         if task.done():
             task.result()
@@ -158,15 +156,16 @@ def main() -> None:
         took = time.perf_counter() - t0
         print(f"built {a.count} blocks x {a.txs} txs: {size / 1e6:.1f} MB replay file in {took:.1f}s")
 
-        engine = make_engine(d / "tp.sqlite")
-        tp = asyncio.run(run_phase(d / "bench.mnmrp", f"ipc://{d}/tp.sock", engine=engine, window=a.window, rate=0))
-        engine.close()
+        (d / "tp").mkdir()
+        app = make_app(d / "tp")
+        tp = asyncio.run(run_phase(d / "bench.mnmrp", f"ipc://{d}/tp.sock", app=app, window=a.window, rate=0))
+        app.close()
         print(f"throughput (engine, no-op plugin): {tp['notifications_per_s']:.0f} notifications/s, "
               f"{tp['mb_per_s']:.1f} MB/s, ack p50 {tp['ack_p50_ms']:.1f} ms p99 {tp['ack_p99_ms']:.1f} ms "
               f"(window {a.window})")
 
         cpu0, kids0 = time.process_time(), resource.getrusage(resource.RUSAGE_CHILDREN)
-        tr = asyncio.run(run_phase(d / "bench.mnmrp", f"ipc://{d}/tr.sock", engine=None, window=a.window, rate=0))
+        tr = asyncio.run(run_phase(d / "bench.mnmrp", f"ipc://{d}/tr.sock", app=None, window=a.window, rate=0))
         kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         side_ms = (time.process_time() - cpu0) / a.count * 1000
         bridge_ms = ((kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)) / a.count * 1000
@@ -176,12 +175,13 @@ def main() -> None:
 
         lat_file = d / "lat.mnmrp"
         build_file(lat_file, a.latency_count, a.txs)
-        engine = make_engine(d / "lat.sqlite")
-        lat = asyncio.run(run_phase(lat_file, f"ipc://{d}/lat.sock", engine=engine, window=a.window, rate=a.rate))
-        engine.close()
+        (d / "lat").mkdir()
+        app = make_app(d / "lat")
+        lat = asyncio.run(run_phase(lat_file, f"ipc://{d}/lat.sock", app=app, window=a.window, rate=a.rate))
+        app.close()
         print(f"latency at {a.rate:g} block/s ({lat['acked']} blocks, engine): ack p50 {lat['ack_p50_ms']:.2f} ms, "
               f"p99 {lat['ack_p99_ms']:.2f} ms, max {lat['ack_max_ms']:.2f} ms")
-        tl = asyncio.run(run_phase(lat_file, f"ipc://{d}/tl.sock", engine=None, window=a.window, rate=a.rate))
+        tl = asyncio.run(run_phase(lat_file, f"ipc://{d}/tl.sock", app=None, window=a.window, rate=a.rate))
         print(f"transport latency at {a.rate:g} block/s ({tl['acked']} blocks, no engine): ack p50 "
               f"{tl['ack_p50_ms']:.2f} ms, p99 {tl['ack_p99_ms']:.2f} ms, max {tl['ack_max_ms']:.2f} ms")
 

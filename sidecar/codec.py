@@ -22,7 +22,6 @@ import msgspec
 
 from .errors import ChainError, CodecError
 from .types import (
-    U256,
     Block,
     Chain,
     ChainCommitted,
@@ -156,15 +155,39 @@ def encode_notification(n: Notification, seq: int = 0) -> bytes:
 
 
 # Decoding: msgspec builds the model's Structs straight from msgpack (or from already-unpacked Python values),
-# validating every type and byte length in C; ``_dec_hook`` turns uint256 bytes into ints.
+# validating every type and byte length in C. uint256 fields arrive as ``bytes`` (see ``types.U256``);
+# ``_wei_to_int`` then checks and converts them all in one Python pass over the chain.
+
+_U256_RULE = "expected a uint256: bin of at most 32 big-endian bytes with no leading zero byte"
+_TX_WEI = ("value", "gas_price", "max_fee_per_gas", "max_priority_fee_per_gas")
+_set = msgspec.structs.force_setattr
+_from_bytes = int.from_bytes
 
 
-def _dec_hook(tp: type, obj: Any) -> Any:
-    if tp is U256:
-        if type(obj) is bytes and len(obj) <= 32 and obj[:1] != b"\x00":
-            return U256(int.from_bytes(obj, "big"))
-        raise ValueError("expected a uint256: bin of at most 32 big-endian bytes with no leading zero byte")
-    raise NotImplementedError(f"cannot decode {tp}")
+def _u256(v: Any, path: str) -> int:
+    if type(v) is not bytes or len(v) > 32 or v[:1] == b"\x00":
+        raise CodecError(f"{path}: {_U256_RULE}, got {type(v).__name__} {v!r:.80}")
+    return _from_bytes(v, "big")
+
+
+def _wei_to_int(blocks: list[Block], name: str) -> None:
+    """Replace the raw uint256 ``bytes`` of freshly decoded blocks by ``int`` (in place, before anyone sees them).
+
+    Raises:
+        CodecError: a value wider than 32 bytes, with a leading zero byte, or not ``bin``, naming its path.
+    """
+    for i, b in enumerate(blocks):
+        v = b.base_fee_per_gas
+        if v is not None:
+            _set(b, "base_fee_per_gas", _u256(v, f"{name}[{i}].base_fee_per_gas"))
+        for j, tx in enumerate(b.transactions):
+            for f in _TX_WEI:
+                v = getattr(tx, f)
+                if v is not None:
+                    if type(v) is bytes and len(v) <= 32 and v[:1] != b"\x00":
+                        _set(tx, f, _from_bytes(v, "big"))
+                    else:
+                        _u256(v, f"{name}[{i}].transactions[{j}].{f}")
 
 
 class _WireNotification(msgspec.Struct):
@@ -175,7 +198,22 @@ class _WireNotification(msgspec.Struct):
     new: list[Block] | None = None
 
 
-_DECODER = msgspec.msgpack.Decoder(_WireNotification, dec_hook=_dec_hook)
+_DECODER = msgspec.msgpack.Decoder(_WireNotification)
+
+
+class _Header(msgspec.Struct):
+    number: Annotated[int, msgspec.Meta(ge=0)]
+
+
+class _Envelope(msgspec.Struct):
+    type: str
+    seq: Annotated[int, msgspec.Meta(ge=0)] = 0
+    kind: str = ""
+    old: list[_Header] | None = None
+    new: list[_Header] | None = None
+
+
+_ENVELOPE = msgspec.msgpack.Decoder(_Envelope)
 _AT = re.compile(r"^(?P<msg>.*) - at `\$(?P<path>[^`]*)`$", re.S)
 
 
@@ -190,6 +228,7 @@ def _validation_message(e: msgspec.ValidationError) -> str:
 def _chain(blocks: list[Block] | None, name: str, kind: str) -> Chain:
     if not blocks:
         raise CodecError(f"{kind}: `{name}` must hold at least one block")
+    _wei_to_int(blocks, name)
     for i, b in enumerate(blocks):
         if len(b.transactions) != len(b.receipts):
             raise CodecError(f"{name}[{i}]: {len(b.transactions)} transactions but {len(b.receipts)} receipts")
@@ -225,7 +264,7 @@ def notification_from_wire(raw: Any) -> tuple[int, Notification]:
     if type(raw) is not dict:
         raise CodecError(f"notification: expected map, got {type(raw).__name__}")
     try:
-        w = msgspec.convert(raw, _WireNotification, dec_hook=_dec_hook)
+        w = msgspec.convert(raw, _WireNotification)
     except msgspec.ValidationError as e:
         raise CodecError(_validation_message(e)) from None
     return _finish(w)
@@ -247,3 +286,34 @@ def decode_notification(frame: bytes | memoryview, max_bytes: int = MAX_FRAME_BY
     except msgspec.DecodeError as e:
         raise CodecError(f"frame is not valid msgpack ({len(frame)} bytes): {e}") from None
     return _finish(w)
+
+
+def peek_notification(frame: bytes | memoryview, max_bytes: int = MAX_FRAME_BYTES) -> tuple[int, str, int | None]:
+    """Read a ``notification`` frame's envelope without building its blocks: ``(seq, kind, tip)``, where ``tip``
+    is the block number of the newest block of ``new`` (``None`` for ``ChainReverted``).
+
+    Costs a sixth of :func:`decode_notification` (it still parses the whole frame, so it also refuses
+    truncated or non-msgpack frames); the body is validated only by a later :func:`decode_notification`.
+
+    Raises:
+        CodecError: oversized, not msgpack, not a notification, an unknown kind, or a missing chain.
+    """
+    if len(frame) > max_bytes:
+        raise CodecError(f"frame of {len(frame)} bytes exceeds the limit of {max_bytes} bytes")
+    try:
+        e = _ENVELOPE.decode(frame)
+    except msgspec.ValidationError as err:
+        raise CodecError(_validation_message(err)) from None
+    except msgspec.DecodeError as err:
+        raise CodecError(f"frame is not valid msgpack ({len(frame)} bytes): {err}") from None
+    if e.type != "notification":
+        raise CodecError(f"expected a 'notification' message, got type {e.type!r}")
+    if e.kind not in KINDS:
+        raise CodecError(f"unknown notification kind {e.kind!r}; expected one of {', '.join(KINDS)}")
+    if e.kind != "ChainCommitted" and not e.old:
+        raise CodecError(f"{e.kind}: `old` must hold at least one block")
+    if e.kind == "ChainReverted":
+        return e.seq, e.kind, None
+    if not e.new:
+        raise CodecError(f"{e.kind}: `new` must hold at least one block")
+    return e.seq, e.kind, e.new[-1].number

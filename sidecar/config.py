@@ -88,6 +88,9 @@ class EngineConfig(_Section):
     retry_max_backoff: float = Field(30.0, gt=0, le=3600)
     #: Seconds between progress log lines while catching up.
     progress_interval: float = Field(5.0, gt=0)
+    #: Most notifications applied in one SQLite transaction (group commit) when the source has several waiting
+    #: (catching up, a backlog); each still commits or fails on its own. 1 turns group commit off.
+    group_commit: int = Field(32, ge=1, le=1024)
 
 
 class HttpConfig(_Section):

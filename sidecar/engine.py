@@ -2,10 +2,11 @@
 
 Invariants (each is tested; ``tests/test_engine.py`` checks them property-based with hypothesis):
 
-1. **One transaction per notification.** :meth:`Engine.apply` opens one ``BEGIN IMMEDIATE`` transaction,
+1. **All of a notification or nothing.** :meth:`Engine.apply` opens one ``BEGIN IMMEDIATE`` transaction,
    reverts the old chain newest block first, applies the new chain oldest block first, moves the cursor,
    prunes undo data, and commits. A failure anywhere rolls everything back: nothing is half-applied and the
-   cursor does not move.
+   cursor does not move. :meth:`Engine.apply_many` (group commit) does the same for each of several
+   notifications inside one transaction, each in a savepoint, committing those before the first failure.
 2. **Exact reverts.** Every change a plugin makes in ``monmouth_block_applied`` to a journaled table is
    undone exactly when that block is reverted (see :mod:`sidecar.journal`). Hence after any sequence of
    commits, reorgs and reverts, the plugin tables equal what applying only the final canonical chain to an
@@ -27,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,41 +145,91 @@ class Engine:
             PluginError: a chain hook raised; everything rolled back.
             JournalConflictError: undo data did not match the tables; everything rolled back.
         """
-        t0 = time.perf_counter()
+        results, error = self.apply_many(((notification, token),))
+        if error is not None:
+            raise error
+        return results[0]
+
+    def apply_many(self, items: Iterable[tuple[Notification, object]]) -> tuple[list[ApplyResult], Exception | None]:
+        """Apply notifications in order, in one transaction (group commit), each inside its own savepoint.
+
+        Exactly as if each ``(notification, token)`` were passed to :meth:`apply` in turn, except that they share
+        one ``COMMIT`` (one WAL fsync) and one trip to the worker thread: the way to keep up with a backlog. The
+        first item that fails is rolled back to its savepoint, the items before it are committed, and iteration
+        stops there. ``items`` is consumed lazily, so it may decode as it goes; what it raises counts as that
+        item's failure.
+
+        Returns:
+            ``(results, error)``: the results of the committed items, in order, and the exception that stopped
+            the batch (``None`` if every item was applied or skipped). The error is one :meth:`apply` raises,
+            or whatever ``items`` raised (e.g. :class:`~monmouth.errors.CodecError`).
+
+        Raises:
+            apsw.Error: the ``COMMIT`` itself failed (disk full, I/O error); nothing of the batch is written.
+        """
         conn = self.conn
         self.journal.refresh()
+        state = (self._head, self._token, self.notifications_seen, self.reorgs_seen)
+        results: list[ApplyResult] = []
+        done: list[tuple[Notification, ApplyResult, float]] = []
+        error: Exception | None = None
+        wrote = False
         conn.execute("BEGIN IMMEDIATE")
         try:
-            result = self._apply(conn, notification)
-            if token is not None:
-                conn.execute("UPDATE monmouth_cursor SET source_token = ? WHERE id = 1", (json.dumps(token),))
-            if result.applied or token is not None:
-                conn.execute("COMMIT")
-            else:
-                conn.execute("ROLLBACK")
-        except BaseException as e:
+            for notification, token in items:
+                t0 = time.perf_counter()
+                conn.execute("SAVEPOINT monmouth_notification")
+                try:
+                    result = self._apply(conn, notification)
+                    if token is not None:
+                        conn.execute("UPDATE monmouth_cursor SET source_token = ? WHERE id = 1", (json.dumps(token),))
+                except Exception as e:
+                    conn.execute("ROLLBACK TO monmouth_notification")
+                    conn.execute("RELEASE monmouth_notification")
+                    self._count_error(e)
+                    raise
+                conn.execute("RELEASE monmouth_notification")
+                wrote = wrote or result.applied or token is not None
+                if token is not None:
+                    self._token = token
+                if result.applied:
+                    self._head = result.head
+                    self.notifications_seen += 1
+                    if result.reverted:
+                        self.reorgs_seen += 1
+                results.append(result)
+                done.append((notification, result, t0))
+        except Exception as e:
+            error = e
+        except BaseException:
             conn.execute("ROLLBACK")
-            self._count_error(e)
+            self._head, self._token, self.notifications_seen, self.reorgs_seen = state
             raise
-        if token is not None:
-            self._token = token
-        if result.applied:
-            self._head = result.head
-            self.notifications_seen += 1
-            if result.reverted:
-                self.reorgs_seen += 1
+        try:
+            conn.execute("COMMIT" if wrote else "ROLLBACK")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._head, self._token, self.notifications_seen, self.reorgs_seen = state
+            raise
         if self.metrics is not None:
-            m = self.metrics
-            m.notifications.labels(notification.kind, "applied" if result.applied else "skipped").inc()
-            m.notification_seconds.observe(time.perf_counter() - t0)
-            if result.applied:
-                m.blocks.labels("applied").inc(result.committed)
-                if result.reverted:
-                    m.blocks.labels("reverted").inc(result.reverted)
-                    m.reorg_depth.observe(result.reverted)
-                if result.head is not None:
-                    m.head.set(result.head.number)
-        return result
+            now = time.perf_counter()
+            for notification, result, t0 in done:
+                self._observe(notification, result, now - t0)
+        return results, error
+
+    def _observe(self, notification: Notification, result: ApplyResult, seconds: float) -> None:
+        m = self.metrics
+        assert m is not None
+        m.notifications.labels(notification.kind, "applied" if result.applied else "skipped").inc()
+        m.notification_seconds.observe(seconds)
+        if result.applied:
+            m.blocks.labels("applied").inc(result.committed)
+            if result.reverted:
+                m.blocks.labels("reverted").inc(result.reverted)
+                m.reorg_depth.observe(result.reverted)
+            if result.head is not None:
+                m.head.set(result.head.number)
 
     def _count_error(self, e: BaseException) -> None:
         if self.metrics is None:

@@ -1,9 +1,10 @@
 """The event loop: source -> engine -> ack, plus the HTTP server, config hot reload and progress reporting.
 
-Ordering guarantees: a notification is acknowledged upstream only after :meth:`Engine.apply` committed it;
-config reloads are applied between notifications (they take the same lock); a notification that fails in a
-plugin is retried, with backoff, until it succeeds (an operator can disable the failing plugin in
-``config.toml`` meanwhile: the reload is applied before the next retry).
+Ordering guarantees: a notification is acknowledged upstream only after the engine committed it (when the
+source has several waiting, up to ``engine.group_commit`` of them share one transaction, each in its own
+savepoint, see :meth:`Engine.apply_many`); config reloads are applied between transactions (they take the same
+lock); a notification that fails in a plugin is retried, with backoff, until it succeeds (an operator can
+disable the failing plugin in ``config.toml`` meanwhile: the reload is applied before the next retry).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import anyio
 import anyio.to_thread
 
 from .app import App, EngineView
-from .errors import ConfigError, ContinuityError, PluginError, ReorgTooDeepError, SourceError
+from .engine import ApplyResult
+from .errors import CodecError, ConfigError, ContinuityError, PluginError, ReorgTooDeepError, SourceError
 from .sources.base import Delivery, Source
 
 log = logging.getLogger(__name__)
@@ -118,7 +120,8 @@ class Runner:
         while True:
             try:
                 async for delivery in self.source.stream(view):
-                    await self._handle(delivery)
+                    more = self.source.take_ready(self.app.settings.engine.group_commit - 1)
+                    await self._handle([delivery, *more])
                     backoff = 0.5
                 return
             except ContinuityError as e:
@@ -134,30 +137,45 @@ class Runner:
                 log.error("%s", e)
                 raise
 
-    async def _handle(self, d: Delivery) -> None:
+    def _apply(self, batch: list[Delivery]) -> tuple[list[ApplyResult], Exception | None]:
+        # On the engine's worker thread: a source may defer decoding to the first access of d.notification.
+        return self.app.engine.apply_many((d.notification, d.token) for d in batch)
+
+    async def _handle(self, batch: list[Delivery]) -> None:
+        """Apply ``batch`` (in order, group-committed), acknowledging each delivery once committed."""
         engine = self.app.engine
         backoff = 0.5
-        while True:
+        head = None
+        while batch:
             async with self.lock:
-                try:
-                    res = await anyio.to_thread.run_sync(engine.apply, d.notification, d.token,
-                                                         limiter=self._engine_limiter)
-                    break
-                except PluginError as e:
-                    self.last_error = str(e)
-                    log.error("%s; the notification was rolled back and will be retried in %.1fs", e, backoff)
+                results, error = await anyio.to_thread.run_sync(self._apply, batch, limiter=self._engine_limiter)
+            done, batch = batch[:len(results)], batch[len(results):]
+            for d, res in zip(done, results, strict=True):
+                if res.applied:
+                    self.app.host.committed(d.notification, res.head)
+                    self.blocks_done += res.committed
+                await self.source.ack(d, res.head)
+                head = res.head
+            if error is None:
+                self.last_error = None
+                break
+            self.last_error = str(error)
+            if isinstance(error, CodecError):
+                # A deferred body that does not decode: nothing of it was applied, the cursor did not move. The
+                # source counts it, reports it upstream and re-delivers from there; the rest of the batch is dropped.
+                log.error("%s; refused, nothing applied", error)
+                await self.source.refuse(batch[0], error)
+                return
+            if not isinstance(error, PluginError):
+                raise error
+            log.error("%s; the notification was rolled back and will be retried in %.1fs", error, backoff)
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, self.app.settings.engine.retry_max_backoff)
-        self.last_error = None
-        if res.applied:
-            self.app.host.committed(d.notification, res.head)
-            self.blocks_done += res.committed
-        await self.source.ack(d, res.head)
         fin = self.source.finalized
-        if fin is not None and (engine.finalized is None or fin > engine.finalized) and res.head is not None:
+        if fin is not None and (engine.finalized is None or fin > engine.finalized) and head is not None:
             async with self.lock:
                 try:
-                    await anyio.to_thread.run_sync(engine.set_finalized, min(fin, res.head.number),
+                    await anyio.to_thread.run_sync(engine.set_finalized, min(fin, head.number),
                                                    limiter=self._engine_limiter)
                 except PluginError as e:
                     log.error("%s (finalized %d not recorded; will retry)", e, fin)

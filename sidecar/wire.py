@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 from . import codec
 from .errors import CodecError
@@ -84,6 +84,33 @@ class NotificationMsg:
 
     seq: int
     notification: Notification
+
+
+@dataclass(frozen=True, slots=True)
+class PendingNotification:
+    """A ``notification`` whose envelope is read but whose blocks are not decoded yet (``decode(defer=True)``).
+
+    ``tip`` is the number of the newest committed block (``None`` for ``ChainReverted``). :meth:`load` decodes
+    and validates the blocks: ~0.3 ms for a 200-transaction mainnet block, so a receiver can do it on the thread
+    that applies the notification rather than on its network loop.
+    """
+
+    seq: int
+    kind: str
+    tip: int | None
+    frame: bytes | memoryview
+    size: int
+
+    def load(self) -> Notification:
+        """The decoded notification.
+
+        Raises:
+            WireError: ``malformed``: a bad field (named by its path) or chains that do not fit together.
+        """
+        try:
+            return codec.decode_notification(self.frame, max(self.size, 1))[1]
+        except CodecError as e:
+            raise WireError("malformed", f"notification {self.seq}: {e}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,8 +256,20 @@ def from_wire(m: Any) -> Message:
     raise WireError("unknown_type", f"unknown message type {shown!r}")
 
 
-def decode(frame: bytes | memoryview, max_bytes: int = MAX_FRAME_BYTES) -> Message:
+@overload
+def decode(frame: bytes | memoryview, max_bytes: int = ..., *, defer: Literal[False] = ...) -> Message: ...
+
+
+@overload
+def decode(frame: bytes | memoryview, max_bytes: int = ..., *, defer: bool) -> Message | PendingNotification: ...
+
+
+def decode(frame: bytes | memoryview, max_bytes: int = MAX_FRAME_BYTES, *,
+           defer: bool = False) -> Message | PendingNotification:
     """Decode one frame (``bytes`` or a ``memoryview`` of them).
+
+    With ``defer``, a canonically encoded ``notification`` comes back as a :class:`PendingNotification`: only
+    its envelope is checked here, its blocks when it is loaded.
 
     Raises:
         WireError: ``frame_too_large`` (over ``max_bytes``), ``malformed`` (not one msgpack map, truncated,
@@ -241,6 +280,12 @@ def decode(frame: bytes | memoryview, max_bytes: int = MAX_FRAME_BYTES) -> Messa
         raise WireError("frame_too_large", f"frame of {len(frame)} bytes exceeds the limit of {max_bytes} bytes")
     if frame[:_PREFIX_LEN] == _NOTIFICATION_PREFIX:
         # The common case, in canonical key order: decode straight into the data model.
+        if defer:
+            try:
+                seq, kind, tip = codec.peek_notification(frame, max_bytes)
+            except CodecError as e:
+                raise WireError("malformed", f"notification: {e}") from None
+            return PendingNotification(seq, kind, tip, frame, len(frame))
         try:
             seq, n = codec.decode_notification(frame, max_bytes)
         except CodecError as e:

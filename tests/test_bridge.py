@@ -29,8 +29,10 @@ import pytest
 import zmq
 
 from monmouth import wire
-from monmouth.app import EngineView
+from monmouth.app import EngineView, open_app
+from monmouth.errors import CodecError
 from monmouth.replayfile import ReplayWriter
+from monmouth.runner import Runner
 from monmouth.sources.exex import ExExSource
 from monmouth.testing import chain, extend
 from monmouth.types import Block, ChainCommitted, ChainReorged, ChainReverted, Notification
@@ -166,8 +168,13 @@ async def follow(db: Path, url: str, window: int, done: Any, timeout: float = 60
 
     async def consume() -> None:
         async for d in src.stream(view):
-            # In a worker thread, as the runner does, so heartbeats keep flowing on a loaded machine.
-            res = await asyncio.to_thread(eng.apply, d.notification, d.token)
+            # In a worker thread, as the runner does (decoding the deferred body there too), so heartbeats keep
+            # flowing on a loaded machine.
+            try:
+                res = await asyncio.to_thread(lambda: eng.apply(d.notification, d.token))
+            except CodecError as e:
+                await src.refuse(d, e)
+                continue
             await src.ack(d, res.head)
 
     task = asyncio.get_running_loop().create_task(consume())
@@ -523,3 +530,84 @@ def test_bridge_replay_stops_cleanly_on_sigterm(bridge_bin: Path, tmp_path: Path
     b.stop()
     assert b.proc.returncode == 0
     assert b.summary()["end"] == "stopped"
+
+
+def test_malformed_notification_body_is_refused_by_the_runner_without_moving_the_cursor(tmp_path: Path) -> None:
+    """The exex source reads only a notification's envelope on its loop; the body is decoded by the runner on the
+    engine's thread. A body that does not decode (a 19-byte sender) is answered with ``error`` ``malformed``,
+    nothing is applied, the cursor stays, and the session is reset so the bridge re-sends from there."""
+    endpoint = f"ipc://{tmp_path}/fake.sock"
+    ns, _ = scenario(2, seed="body", forks=False)
+    good1 = wire.encode(wire.NotificationMsg(1, ns[0]))
+    raw = wire.to_wire(wire.NotificationMsg(2, ns[1]))
+    raw["new"][0]["transactions"][0]["sender"] = b"\x01" * 19
+    bad2 = wire.codec.packb(raw)
+    assert wire.decode(bad2, defer=True).seq == 2  # type: ignore[union-attr]  # the envelope is fine
+    good2 = wire.encode(wire.NotificationMsg(2, ns[1]))
+    (tmp_path / "config.toml").write_text(textwrap.dedent(f"""
+        [source]
+        kind = "exex"
+        url = "{endpoint}"
+        [storage]
+        path = "db.sqlite"
+        [http]
+        enabled = false
+        [plugins.ledger]
+        enabled = true
+    """))
+    app = open_app(tmp_path / "config.toml", extra_plugins={"ledger": ledger})
+    src = ExExSource(endpoint, window=4, heartbeat_s=0.2, max_backoff=0.2, metrics=app.metrics)
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.setsockopt(zmq.RCVTIMEO, 5000)
+    router.bind(endpoint)
+    heads_at_error: list[Any] = []
+
+    def recv() -> tuple[bytes, wire.Message]:
+        while True:
+            ident, frame = router.recv_multipart()
+            msg = wire.decode(frame)
+            if not isinstance(msg, wire.Heartbeat):
+                return ident, msg
+
+    def fake_bridge() -> None:
+        ident, hello = recv()
+        assert isinstance(hello, wire.Hello) and hello.head is None
+        router.send_multipart([ident, wire.encode(wire.Welcome(1, 1, "fake", 200, 9))])
+        router.send_multipart([ident, good1])
+        assert recv()[1] == wire.Ack(1, ns[0].new.tip.ref)  # type: ignore[union-attr]
+        router.send_multipart([ident, bad2])
+        _, err = recv()
+        assert isinstance(err, wire.Error) and err.code == "malformed"
+        assert "new[0].transactions[0].sender" in err.message
+        heads_at_error.append(app.engine.head)
+        ident2, hello2 = recv()  # reset: hello again from the committed head
+        assert isinstance(hello2, wire.Hello) and hello2.head == ns[0].new.tip.ref  # type: ignore[union-attr]
+        router.send_multipart([ident2, wire.encode(wire.Welcome(1, 1, "fake", 200, 9))])
+        router.send_multipart([ident2, good2])
+        assert recv()[1] == wire.Ack(2, ns[1].new.tip.ref)  # type: ignore[union-attr]
+
+    async def run() -> None:
+        runner = Runner(app, src, serve_http=False, watch_config=False)
+        fake = asyncio.get_running_loop().run_in_executor(None, fake_bridge)
+        task = asyncio.get_running_loop().create_task(runner.run())
+        try:
+            await asyncio.wait_for(fake, 20)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await src.aclose()
+
+    try:
+        asyncio.run(run())
+    finally:
+        router.close(0)
+        ctx.term()
+    assert heads_at_error == [ns[0].new.tip.ref]  # type: ignore[union-attr]
+    assert app.engine.head == ns[1].new.tip.ref  # type: ignore[union-attr]
+    assert app.engine.notifications_seen == 2
+    assert src.refused == {"malformed": 1} and src.sessions == 2
+    assert app.metrics.registry.get_sample_value("monmouth_errors_total", {"kind": "codec"}) == 1
+    app.close()

@@ -83,6 +83,76 @@ def test_random_commits_reorgs_reverts_equal_fresh_index_of_final_chain(engine_f
     assert stored == [(b.number, b.hash) for b in canonical]
 
 
+def notifications_for(ops, txs: int, run: str) -> tuple[list, list[Block]]:
+    """The notifications ``ops`` describe after three genesis-side blocks, and the final canonical chain."""
+    canonical: list[Block] = extend(None, 3, number=1, salt=run, n_txs=txs)
+    ns: list = [ChainCommitted(chain(canonical))]
+    for i, o in enumerate(ops):
+        kind = o[0]
+        if kind == "commit":
+            new = extend(canonical[-1], o[1], salt=(run, i), n_txs=txs)
+            ns.append(ChainCommitted(chain(new)))
+            canonical = canonical + new
+        elif kind in ("reorg", "revert"):
+            depth = min(o[1], len(canonical) - 1)
+            if depth < 1:
+                continue
+            old, base = canonical[-depth:], canonical[:-depth]
+            if kind == "reorg":
+                new = extend(base[-1], o[2], salt=(run, i, "fork"), n_txs=txs)
+                ns.append(ChainReorged(chain(old), chain(new)))
+                canonical = base + new
+            else:
+                ns.append(ChainReverted(chain(old)))
+                canonical = base
+        else:
+            ns.append(ns[-1])  # a re-delivery: skipped
+    return ns, canonical
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(op, min_size=1, max_size=14), txs=st.integers(0, 3),
+       cuts=st.lists(st.integers(1, 6), min_size=1, max_size=16))
+def test_group_commit_in_random_batches_equals_fresh_index(engine_factory, ops, txs, cuts):
+    """``apply_many`` over any partition of the stream gives the same tables, head and tokens as one at a time."""
+    import uuid
+
+    run = uuid.uuid4().hex
+    ns, canonical = notifications_for(ops, txs, run)
+    engine = engine_factory(f"batch-{run}.sqlite")
+    items = [(n, {"seq": i}) for i, n in enumerate(ns, 1)]
+    i = 0
+    for size in cuts * (len(items) // len(cuts) + 1):
+        if i >= len(items):
+            break
+        results, error = engine.apply_many(items[i:i + size])
+        assert error is None and len(results) == len(items[i:i + size])
+        i += size
+    assert engine.head == canonical[-1].ref and engine.source_token == {"seq": len(items)}
+    assert dump(engine.conn) == reference(engine_factory, canonical, f"batch-ref-{run}.sqlite")
+
+
+def test_group_commit_commits_the_prefix_before_a_failure_and_stops(engine_factory, tmp_path):
+    e = engine_factory("gc.sqlite")
+    bs = extend(None, 6, number=1, n_txs=2)
+    good = [ChainCommitted(chain(bs[:2])), ChainCommitted(chain(bs[2:3]))]
+    gap = ChainCommitted(chain(bs[4:5]))
+    results, error = e.apply_many([(good[0], 1), (good[1], 2), (gap, 3), (ChainCommitted(chain(bs[3:4])), 4)])
+    assert [r.head for r in results] == [bs[1].ref, bs[2].ref]
+    assert isinstance(error, ContinuityError) and e.head == bs[2].ref and e.source_token == 2
+    assert dump(e.conn) == reference(engine_factory, bs[:3], "gc-ref.sqlite")
+
+    def decoding():  # an iterator that fails while producing its second item, as a lazy decoder does
+        yield ChainCommitted(chain(bs[3:4])), 4
+        raise ValueError("body does not decode")
+
+    results, error = e.apply_many(decoding())
+    assert len(results) == 1 and isinstance(error, ValueError) and e.head == bs[3].ref
+    e.close()
+    reopened = engine_factory("gc.sqlite")  # the committed prefix is durable
+    assert reopened.head == bs[3].ref and reopened.source_token == 4 and reopened.notifications_seen == 3
+
+
 # ------------------------------------------------------------------------------------------- examples
 
 

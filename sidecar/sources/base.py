@@ -11,10 +11,10 @@ them idempotently).
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar, Protocol
 
+from ..errors import SourceError
 from ..types import Block, BlockRef, Notification
 
 
@@ -32,22 +32,54 @@ class ChainView(Protocol):
         The ``exex`` source stores ``{"epoch": e, "seq": s}`` and drops re-sent ``seq <= s`` of the same epoch."""
 
 
-@dataclass(slots=True)
 class Delivery:
     """One notification from a source.
 
     Attributes:
-        notification: the ``ChainCommitted`` / ``ChainReorged`` / ``ChainReverted`` to apply.
+        notification: the ``ChainCommitted`` / ``ChainReorged`` / ``ChainReverted`` to apply. A source may hand
+            over a ``load`` callable instead, which decodes it on first access: the runner touches
+            ``notification`` only on the engine's worker thread, so decoding a large block never stalls the
+            event loop. Access then raises :class:`~monmouth.errors.CodecError` for a malformed body, and the
+            runner hands the delivery back to the source with :meth:`Source.refuse`, applying nothing.
         token: the source's position of this notification, a JSON-able value the engine stores in the same
             transaction (``{"epoch": e, "seq": s}`` for ``exex``, ``{"file": ..., "frame": i}`` for ``replay``),
             or ``None``.
         size_bytes: encoded size when known (for throughput metrics), else 0.
+        received_at: ``time.monotonic()`` when the source received it (seconds), else 0.
     """
 
-    notification: Notification
-    token: Any = None
-    size_bytes: int = 0
-    received_at: float = field(default=0.0)
+    __slots__ = ("_load", "_notification", "received_at", "size_bytes", "token")
+
+    def __init__(self, notification: Notification | None = None, token: Any = None, size_bytes: int = 0,
+                 received_at: float = 0.0, *, load: Callable[[], Notification] | None = None) -> None:
+        if (notification is None) == (load is None):
+            raise TypeError("Delivery needs exactly one of notification and load")
+        self._notification = notification
+        self._load = load
+        self.token = token
+        self.size_bytes = size_bytes
+        self.received_at = received_at
+
+    @property
+    def notification(self) -> Notification:
+        """The notification, decoded on first access when the source deferred it.
+
+        Raises:
+            CodecError: the deferred body is malformed (every access raises again; nothing is cached).
+        """
+        n = self._notification
+        if n is None:
+            n = self._notification = self._load()  # type: ignore[misc]
+        return n
+
+    @property
+    def loaded(self) -> bool:
+        """Whether :attr:`notification` is decoded already."""
+        return self._notification is not None
+
+    def __repr__(self) -> str:
+        what = self._notification.kind if self._notification is not None else "not yet decoded"
+        return f"Delivery({what}, token={self.token!r}, size_bytes={self.size_bytes})"
 
 
 class Source(abc.ABC):
@@ -75,6 +107,22 @@ class Source(abc.ABC):
         Raises:
             SourceError: a failure retrying cannot fix (unreadable file, protocol version mismatch).
         """
+
+    def take_ready(self, limit: int) -> list[Delivery]:
+        """Up to ``limit`` deliveries that follow the one just yielded and are already at hand, removed from the
+        stream without waiting. The runner applies them together with it in one transaction (group commit) when
+        it is behind; a source that cannot tell returns none (the default)."""
+        return []
+
+    async def refuse(self, delivery: Delivery, error: Exception) -> None:
+        """Called instead of :meth:`ack` when ``delivery``'s deferred notification fails to decode (nothing was
+        applied). A source that defers decoding must report it upstream and re-deliver from there; the base
+        implementation, for sources that never defer, gives up.
+
+        Raises:
+            SourceError: always, here.
+        """
+        raise SourceError(f"{self.kind} source delivered a malformed notification: {error}")
 
     async def ack(self, delivery: Delivery, head: BlockRef | None) -> None:  # noqa: B027 - optional hook
         """Called after the engine durably committed (or idempotently skipped) ``delivery``;

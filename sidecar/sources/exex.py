@@ -24,6 +24,7 @@ Failure handling:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -35,7 +36,7 @@ import zmq.asyncio
 
 from .. import __version__, wire
 from ..errors import ConfigError, SourceError
-from ..types import BlockRef
+from ..types import BlockRef, ChainReverted, Notification
 from .base import ChainView, Delivery, Source
 
 log = logging.getLogger("monmouth.sources.exex")
@@ -46,6 +47,10 @@ ErrorCallback = Callable[[str, str], None]
 
 class _Reset(Exception):
     """The session must be torn down and opened again (after a backoff)."""
+
+
+def _tip(n: Notification) -> int | None:
+    return None if isinstance(n, ChainReverted) else n.new.tip.number
 
 
 class _BridgeMetrics:
@@ -125,6 +130,9 @@ class ExExSource(Source):
         self._sock: zmq.asyncio.Socket | None = None
         self._reader: asyncio.Task[None] | None = None
         self._inflight: dict[int, Delivery] = {}
+        # Received, not yet yielded: deliveries in seq order, or the exception that ends the session.
+        self._pending: collections.deque[Delivery | BaseException] = collections.deque()
+        self._wake = asyncio.Event()
         self._closed = False
         #: Connection state: ``idle``, ``connecting``, ``streaming``, ``backoff`` or ``closed``.
         self.state = "idle"
@@ -195,10 +203,14 @@ class ExExSource(Source):
         log.info("bridge session open at %s: %s, chain %d, epoch %d, head %s, window %d", self.url, welcome.node,
                  welcome.chain_id, welcome.epoch, head, self.window)
         hb = welcome.heartbeat_ms / 1000 if welcome.heartbeat_ms > 0 else self.heartbeat_s
-        queue: asyncio.Queue[Delivery | BaseException] = asyncio.Queue()
-        self._reader = asyncio.get_running_loop().create_task(self._read(sock, queue, hb, view, welcome.epoch))
+        pending = self._pending = collections.deque()
+        self._wake = asyncio.Event()
+        self._reader = asyncio.get_running_loop().create_task(self._read(sock, hb, view, welcome.epoch))
         while True:
-            item = await queue.get()
+            while not pending:
+                self._wake.clear()
+                await self._wake.wait()
+            item = pending.popleft()
             if isinstance(item, BaseException):
                 raise item
             yield item
@@ -225,21 +237,25 @@ class ExExSource(Source):
                 await self._refuse(sock, "unexpected", f"{type(msg).__name__.lower()} before welcome")
 
     # -------------------------------------------------------------------------------------------- reader
-    async def _read(self, sock: zmq.asyncio.Socket, queue: asyncio.Queue[Delivery | BaseException], hb: float,
+    def _put(self, item: Delivery | BaseException) -> None:
+        self._pending.append(item)
+        self._wake.set()
+
+    async def _read(self, sock: zmq.asyncio.Socket, hb: float,
                     view: ChainView, epoch: int) -> None:
         try:
-            await self._read_loop(sock, queue, hb, view, epoch)
+            await self._read_loop(sock, hb, view, epoch)
         except asyncio.CancelledError:
             raise
         except (_Reset, SourceError) as e:
-            queue.put_nowait(e)
+            self._put(e)
         except zmq.ZMQError as e:
-            queue.put_nowait(_Reset(f"socket error: {e}"))
+            self._put(_Reset(f"socket error: {e}"))
         except Exception as e:  # a bug here must not hang the stream
             log.exception("bridge reader failed")
-            queue.put_nowait(_Reset(f"reader failed: {type(e).__name__}: {e}"))
+            self._put(_Reset(f"reader failed: {type(e).__name__}: {e}"))
 
-    async def _read_loop(self, sock: zmq.asyncio.Socket, queue: asyncio.Queue[Delivery | BaseException], hb: float,
+    async def _read_loop(self, sock: zmq.asyncio.Socket, hb: float,
                          view: ChainView, epoch: int) -> None:
         last_beat = time.monotonic()
         last_seq: int | None = None
@@ -257,7 +273,7 @@ class ExExSource(Source):
                     except zmq.Again:
                         break
                     self._last_heard = time.monotonic()
-                    last_seq = await self._on_frame(sock, parts, queue, view, epoch, last_seq)
+                    last_seq = await self._on_frame(sock, parts, view, epoch, last_seq)
             now = time.monotonic()
             if now - (self._last_heard or now) > 3 * hb:
                 raise _Reset(f"bridge silent for {now - (self._last_heard or now):.1f}s (3 heartbeat intervals)")
@@ -266,12 +282,14 @@ class ExExSource(Source):
                 last_beat = now
 
     async def _on_frame(self, sock: zmq.asyncio.Socket, parts: list[memoryview],
-                        queue: asyncio.Queue[Delivery | BaseException], view: ChainView, epoch: int,
+                        view: ChainView, epoch: int,
                         last_seq: int | None) -> int | None:
-        msg = await self._decode(sock, parts)
+        # Notification bodies are decoded later, by the runner on the engine's worker thread (Delivery.load):
+        # only the envelope is read on this loop.
+        msg = await self._decode(sock, parts, defer=True)
         if msg is None:
             return last_seq
-        if isinstance(msg, wire.NotificationMsg):
+        if isinstance(msg, wire.NotificationMsg | wire.PendingNotification):
             seq = msg.seq
             if last_seq is not None and seq <= last_seq:
                 log.debug("duplicate notification seq %d ignored", seq)
@@ -287,9 +305,9 @@ class ExExSource(Source):
             self.last_seq = seq
             if self._bm:
                 self._bm.bytes.inc(size)
-            new = None if msg.notification.kind == "ChainReverted" else msg.notification.new  # type: ignore[union-attr]
-            if new is not None:
-                self.source_head = max(self.source_head or 0, new.tip.number)
+            tip = msg.tip if isinstance(msg, wire.PendingNotification) else _tip(msg.notification)
+            if tip is not None:
+                self.source_head = max(self.source_head or 0, tip)
             token = view.source_token()
             if (epoch and isinstance(token, dict) and token.get("epoch") == epoch
                     and isinstance(token.get("seq"), int) and seq <= token["seq"]):
@@ -297,10 +315,14 @@ class ExExSource(Source):
                 self.resends_acked += 1
                 await self._send_ack(sock, seq, view.head())
                 return seq
-            d = Delivery(msg.notification, {"epoch": epoch, "seq": seq}, size, time.monotonic())
+            token = {"epoch": epoch, "seq": seq}
+            if isinstance(msg, wire.PendingNotification):
+                d = Delivery(None, token, size, time.monotonic(), load=msg.load)
+            else:
+                d = Delivery(msg.notification, token, size, time.monotonic())
             self._inflight[seq] = d
             self._set_inflight_gauge()
-            queue.put_nowait(d)
+            self._put(d)
             return seq
         if isinstance(msg, wire.Heartbeat):
             return last_seq
@@ -310,20 +332,23 @@ class ExExSource(Source):
         await self._refuse(sock, "unexpected", f"the bridge may not send {type(msg).__name__.lower()} now")
         return last_seq
 
-    async def _decode(self, sock: zmq.asyncio.Socket, parts: list[bytes] | list[memoryview]) -> wire.Message | None:
-        """Decode one ZeroMQ message; refuse (and return ``None`` for) anything that is not one valid frame."""
+    async def _decode(self, sock: zmq.asyncio.Socket, parts: list[bytes] | list[memoryview], *,
+                      defer: bool = False) -> wire.Message | wire.PendingNotification | None:
+        """Decode one ZeroMQ message; refuse (and return ``None`` for) anything that is not one valid frame.
+        With ``defer``, a notification's blocks are left for :meth:`wire.PendingNotification.load`."""
         if self._bm:
             self._bm.frames.labels("raw").inc()
         if len(parts) != 1:
             await self._refuse(sock, "malformed", f"message has {len(parts)} frames, expected 1")
             return None
         try:
-            msg = wire.decode(parts[0], self.max_frame_bytes)
+            msg = wire.decode(parts[0], self.max_frame_bytes, defer=defer)
         except wire.WireError as e:
             await self._refuse(sock, e.code, str(e))
             return None
         if self._bm:
-            self._bm.frames.labels(type(msg).__name__.lower()).inc()
+            kind = wire.NotificationMsg if isinstance(msg, wire.PendingNotification) else type(msg)
+            self._bm.frames.labels(kind.__name__.lower()).inc()
         return msg
 
     def _on_bridge_error(self, msg: wire.Error) -> None:
@@ -381,6 +406,32 @@ class ExExSource(Source):
             self._bm.connected.set(0)
 
     # -------------------------------------------------------------------------------------------- ack
+    def take_ready(self, limit: int) -> list[Delivery]:
+        """Up to ``limit`` further deliveries already received, in order, without waiting (for group commit)."""
+        out: list[Delivery] = []
+        pending = self._pending
+        while pending and len(out) < limit and isinstance(pending[0], Delivery):
+            out.append(pending.popleft())  # type: ignore[arg-type]
+        return out
+
+    async def refuse(self, delivery: Delivery, error: Exception) -> None:
+        """``delivery``'s notification did not decode (the runner applied nothing): answer ``error`` (code
+        ``malformed``), count it like any refused frame, and reset the session so that nothing after it is
+        applied; the bridge re-sends from the first un-acknowledged notification."""
+        token = delivery.token
+        seq = token.get("seq") if isinstance(token, dict) else None
+        if not isinstance(seq, int) or self._inflight.get(seq) is not delivery or self._sock is None:
+            log.debug("refusal of seq %s not sent: its session is gone", seq)
+            return
+        await self._refuse(self._sock, getattr(error, "code", "malformed"), str(error))
+        self._inflight.clear()
+        self._set_inflight_gauge()
+        if self._reader is not None:
+            self._reader.cancel()
+            self._reader = None
+        self._pending.clear()
+        self._put(_Reset(f"notification seq {seq} refused: {error}"))
+
     async def ack(self, delivery: Delivery, head: BlockRef | None) -> None:
         """Send ``ack`` for ``delivery`` (the engine committed or skipped it; ``head`` is its head after).
 
