@@ -171,7 +171,7 @@ async def follow(db: Path, url: str, window: int, done: Any, timeout: float = 60
             # In a worker thread, as the runner does (decoding the deferred body there too), so heartbeats keep
             # flowing on a loaded machine.
             try:
-                res = await asyncio.to_thread(lambda: eng.apply(d.notification, d.token))
+                res = await asyncio.to_thread(lambda d=d: eng.apply(d.notification, d.token))
             except CodecError as e:
                 await src.refuse(d, e)
                 continue
