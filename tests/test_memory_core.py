@@ -21,8 +21,9 @@ CHAIN_TABLES = {
                     "head_hash FROM memory_items WHERE origin = 1",
     "memory_tags": "SELECT * FROM memory_tags WHERE n >= 0",
     "memory_leaves": "SELECT * FROM memory_leaves",
-    "memory_roots": "SELECT * FROM memory_roots",
+    "memory_marks": "SELECT agent, block_number, count FROM memory_marks",
     "memory_heads": "SELECT * FROM memory_heads",
+    "memory_blocks": "SELECT block_number, block_hash, agents, ops_seq FROM memory_blocks",
     "memory_global_roots": "SELECT * FROM memory_global_roots",
     "memory_fts": "SELECT rowid, tokens FROM memory_fts WHERE rowid >= 0",
 }
@@ -339,3 +340,60 @@ def test_retention_prunes_old_roots_and_answers_410(mk):
                 assert mem.proof(a, bytes.fromhex(x["values"][0][2:]), b)["root"] == r["root"]
     with pytest.raises(GoneError):
         mem.changes(A1, 2)
+
+
+def test_lazy_roots_are_not_stale_after_a_revert_and_reapply_of_the_same_block(mk):
+    """Roots are computed on demand and cached by (block, stamp): re-applying the same block hash with other
+    content (an API write made between the revert and the re-apply) must give the new roots, in memory and after
+    the cache rows were persisted."""
+    e, mem = mk()
+    bs = extend(None, 5, number=1, n_txs=0)
+    e.apply(ChainCommitted(chain(bs[:2])))
+    mem.store(A1, "semantic", "first")
+    e.apply(ChainCommitted(chain(bs[2:3])))
+    r1, g1 = mem.agent_root(A1, 3), mem.global_root(3)
+    assert r1["count"] == 1
+    e.apply(ChainReverted(chain(bs[2:3])))
+    mem.store(A1, "semantic", "second")
+    e.apply(ChainCommitted(chain(bs[2:3])))  # the same block 3 anchors both writes now
+    e.apply(ChainCommitted(chain(bs[3:4])))  # flushes cached rows (the stale ones must be refused)
+    for i in range(2):
+        r2, g2 = mem.agent_root(A1, 3), mem.global_root(3)
+        assert r2["count"] == 2 and r2["root"] != r1["root"] and g2["root"] != g1["root"]
+        leaves = [bytes.fromhex(x["leaf"][2:]) for x in mem.leaves(A1, 3)["leaves"]]
+        assert r2["root"] == "0x" + merkle.root_of(leaves).hex()
+        assert g2["root"] == "0x" + merkle.root_of([merkle.agent_leaf(A1, bytes.fromhex(r2["root"][2:]))]).hex()
+        if i == 0:
+            e.apply(ChainCommitted(chain(bs[4:])))  # persists the rows just computed
+            mem.lattice.invalidate()  # second round: from the persisted cache rows
+    stamps = dict(e.conn.execute("SELECT block_number, stamp FROM memory_global_cache"))
+    assert stamps[3] == e.conn.execute("SELECT stamp FROM memory_blocks WHERE block_number = 3").fetchone()[0]
+    # The SQL view other plugins read gives the same roots.
+    view = e.conn.execute("SELECT root FROM memory_global_roots WHERE block_number = 3").fetchone()[0]
+    assert "0x" + view.hex() == g2["root"]
+
+
+def test_forget_keeps_the_global_roots_of_earlier_blocks(mk):
+    e, mem = mk()
+    bs = extend(None, 6, number=1, n_txs=3)
+    e.apply(ChainCommitted(chain(bs[:3])))
+    mem.store(A1, "semantic", "one")
+    mem.store(A2, "semantic", "two")
+    e.apply(ChainCommitted(chain(bs[3:4])))
+    mem.lattice.invalidate()
+    before = {b: mem.global_root(b)["root"] for b in range(1, 5)}
+    mem.forget(A1)
+    assert {b: mem.global_root(b)["root"] for b in range(1, 5)} == before
+    # A global proof of the remaining agent still verifies under an earlier block's root.
+    r = mem.agent_root(A2, 4, with_global_proof=True)
+    assert merkle.verify(bytes.fromhex(before[4][2:]), bytes.fromhex(r["global_leaf"][2:]),
+                         [bytes.fromhex(x[2:]) for x in r["global_proof"]])
+    # New blocks (and blocks re-applied after a revert) no longer count the forgotten agent.
+    e.apply(ChainCommitted(chain(bs[4:5])))
+    g5 = mem.global_root(5)
+    assert g5["agents"] == 1
+    assert g5["root"] == "0x" + merkle.root_of([merkle.agent_leaf(A2, bytes.fromhex(
+        mem.agent_root(A2, 5)["root"][2:]))]).hex()
+    e.apply(ChainReverted(chain(bs[3:5])))
+    e.apply(ChainCommitted(chain(bs[3:5])))
+    assert mem.global_root(4)["agents"] == 1 and mem.global_root(4)["root"] != before[4]

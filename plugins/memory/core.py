@@ -18,27 +18,20 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import apsw
 import msgpack
 import numpy as np
-from eth_hash.auto import keccak
 
-from . import merkle
+from . import ingest, lattice, merkle
 from .config import MemoryConfig
 from .crypto import AgentKey, KeyStore, MissingKeyError
-from .errors import ConflictError, GoneError, MemoryRequestError, NotFoundError, UnknownAgentError
+from .errors import ConflictError, MemoryRequestError, NotFoundError, UnknownAgentError
 from .schema import (
-    END_DELETED,
     END_EXPIRED,
-    END_NAMES,
-    END_SUPERSEDED,
-    EPISODE_SHIFT,
     KIND_NAMES,
     KINDS,
     OP_DELETE,
@@ -48,8 +41,6 @@ from .schema import (
 
 log = logging.getLogger(__name__)
 
-TRANSFER_TOPIC = keccak(b"Transfer(address,address,uint256)")
-TX_LOG_INDEX = 0xFFFFFFFF
 MAX_TAGS = 32
 MAX_TAG_LEN = 64
 MAX_KEY_LEN = 256
@@ -57,7 +48,7 @@ EMBED_DIM = 384
 
 #: Journaled tables and the column index of their agent (for scrubbing undo changesets on forget).
 AGENT_COLUMN = {
-    "memory_items": 2, "memory_tags": 0, "memory_ops": 1, "memory_leaves": 0, "memory_roots": 0, "memory_heads": 0,
+    "memory_items": 2, "memory_tags": 0, "memory_ops": 1, "memory_leaves": 0, "memory_marks": 0, "memory_heads": 0,
 }
 
 
@@ -112,73 +103,6 @@ def aad(agent: bytes, item_id: bytes, version: int) -> bytes:
     return agent + item_id + version.to_bytes(4, "big")
 
 
-def episode_id(agent: bytes, tx_hash: bytes, log_index: int) -> bytes:
-    """The stable id of a chain-derived episode: ``keccak256("monmouth.memory.episode.v1" || agent || tx hash ||
-    uint32 log index)`` (log index ``0xffffffff`` for the transaction itself)."""
-    return keccak(b"monmouth.memory.episode.v1" + agent + tx_hash + log_index.to_bytes(4, "big"))
-
-
-def _eth(wei: int) -> str:
-    whole, frac = divmod(wei, 10**18)
-    s = f"{whole}.{frac:018d}".rstrip("0").rstrip(".")
-    return f"{s} ETH"
-
-
-def plain_render_tx(block: Any, index: int) -> str:
-    """A plain, deterministic English rendering of transaction ``index`` of ``block`` (used when the rag
-    plugin, which decodes calldata and events, is not enabled)."""
-    tx = block.transactions[index]
-    rc = block.receipts[index] if index < len(block.receipts) else None
-    status = "unknown status" if rc is None or rc.status is None else ("succeeded" if rc.status else "failed")
-    to = f"to 0x{tx.to.hex()}" if tx.to is not None else "creating a contract"
-    sel = f"; calls selector 0x{tx.selector.hex()}" if tx.selector else ""
-    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(block.timestamp))
-    return (f"Block {block.number} at {when}: transaction 0x{tx.hash.hex()} from 0x{tx.sender.hex()} {to}, "
-            f"value {_eth(tx.value)}, nonce {tx.nonce}{sel}; it {status}.")
-
-
-def render_transfer(block: Any, index: int, log_index: int, frm: bytes, to: bytes, lg: Any) -> str:
-    """A plain rendering of an ERC-20 (3 topics) or ERC-721 (4 topics) ``Transfer`` event."""
-    tx = block.transactions[index]
-    if len(lg.topics) == 4:
-        what = f"token id {int.from_bytes(lg.topics[3], 'big')} of collection 0x{lg.address.hex()}"
-    else:
-        amount = int.from_bytes(lg.data[:32], "big") if lg.data else 0
-        what = f"{amount} base units of token 0x{lg.address.hex()}"
-    return (f"Block {block.number}: token transfer (log {log_index} of transaction 0x{tx.hash.hex()}) of {what} "
-            f"from 0x{frm.hex()} to 0x{to.hex()}.")
-
-
-@dataclass(slots=True)
-class Episode:
-    agent: bytes
-    item_id: bytes
-    text: str
-    tags: list[str]
-    meta: dict[str, Any]
-
-
-class _LRU(OrderedDict[Any, Any]):
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.size = size
-        self.lock = threading.Lock()
-
-    def get_(self, key: Any) -> Any:
-        with self.lock:
-            v = self.get(key)
-            if v is not None:
-                self.move_to_end(key)
-            return v
-
-    def put(self, key: Any, value: Any) -> None:
-        with self.lock:
-            self[key] = value
-            self.move_to_end(key)
-            while len(self) > self.size:
-                self.popitem(last=False)
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -201,8 +125,9 @@ class Memory:
         self.key_dir = self._resolve(base, config.key_dir)
         self.checkpoint_dir = self._resolve(base, config.checkpoint_dir)
         self.keys = KeyStore(config.key_source, self.key_dir, config.key_env_prefix)
-        self._trees = _LRU(512)
-        self._vec_cache = _LRU(64)
+        self.lattice = lattice.Lattice(str(Path(db.path).resolve()))
+        self.lattice.register()
+        self._vec_cache = lattice.LRU(64)
         self.stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._wake = threading.Event()
@@ -244,6 +169,7 @@ class Memory:
         """Stop background threads (waits up to 5 s each)."""
         self.stopping.set()
         self._wake.set()
+        self.lattice.unregister()
         for t in self._threads:
             t.join(timeout=5)
         self._threads.clear()
@@ -330,11 +256,15 @@ class Memory:
         if row is None:
             raise UnknownAgentError("agent", f"0x{agent.hex()} is not a registered agent")
         items = conn.execute("SELECT count(*) FROM memory_items WHERE agent = ?", (agent,)).fetchone()[0]
-        h = conn.execute("SELECT root, count, block_number FROM memory_heads WHERE agent = ?", (agent,)).fetchone()
+        h = conn.execute("SELECT count, block_number FROM memory_heads WHERE agent = ?", (agent,)).fetchone()
+        root = merkle.EMPTY_ROOT
+        if h is not None and h[0]:
+            m = self.lattice.mark_at(conn, agent, h[1])
+            if m is not None:
+                root = self.lattice.root_of_mark(conn, agent, *m)
         return {"address": hx(agent), "label": row[0], "source": row[1], "created_at": row[2],
                 "forgotten_at": row[3], "items": items,
-                "root": hx(h[0]) if h else hx(merkle.EMPTY_ROOT), "visible": h[1] if h else 0,
-                "root_block": h[2] if h else None}
+                "root": hx(root), "visible": h[0] if h else 0, "root_block": h[1] if h else None}
 
     def agents(self) -> list[dict[str, Any]]:
         rows = self._read().execute(
@@ -870,232 +800,27 @@ class Memory:
 
     # ------------------------------------------------------------------------------------------------ chain hooks
     def apply_block(self, conn: apsw.Connection, block: Any) -> None:
-        """The ``monmouth_block_applied`` work: chain-derived episodes, anchoring of pending ops, expiry, per-agent
-        roots of touched agents, the global root, and periodic pruning. Writes only through ``conn``."""
-        conn.pragma("secure_delete", 1)
-        number = block.number
-        touched: set[bytes] = set()
-        if self.config.chain_episodes and block.transactions:
-            self._episodes(conn, block, touched)
-        self._anchor(conn, block, touched)
-        self._expire(conn, block, touched)
-        for agent in sorted(touched):
-            leaves = [r[0] for r in conn.execute(
-                "SELECT leaf FROM memory_leaves WHERE agent = ? AND to_block IS NULL", (agent,))]
-            root = merkle.root_of(leaves)
-            conn.execute("INSERT OR REPLACE INTO memory_roots (agent, block_number, root, count) VALUES (?, ?, ?, ?)",
-                         (agent, number, root, len(leaves)))
-            conn.execute(
-                "INSERT INTO memory_heads (agent, root, count, leaf, block_number) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (agent) DO UPDATE SET root = excluded.root, count = excluded.count, leaf = excluded.leaf, "
-                "block_number = excluded.block_number",
-                (agent, root, len(leaves), merkle.agent_leaf(agent, root) if leaves else None, number))
-        prev = conn.execute(
-            "SELECT root, agents FROM memory_global_roots ORDER BY block_number DESC LIMIT 1").fetchone()
-        if touched or prev is None:
-            gl = [r[0] for r in conn.execute("SELECT leaf FROM memory_heads WHERE leaf IS NOT NULL")]
-            groot, nagents = merkle.root_of(gl), len(gl)
-        else:
-            groot, nagents = prev
-        seq = conn.execute("SELECT ops_seq FROM memory_sync WHERE id = 1").fetchone()[0]
-        conn.execute("INSERT OR REPLACE INTO memory_global_roots (block_number, block_hash, root, agents, ops_seq) "
-                     "VALUES (?, ?, ?, ?, ?)", (number, block.hash, groot, nagents, seq))
-        if number % self.config.prune_every == 0:
-            self._prune(conn, number - self.config.retention_blocks)
-
-    def _registered(self, conn: apsw.Connection, addrs: Iterable[bytes]) -> set[bytes]:
-        addrs = list(set(addrs))
-        out: set[bytes] = set()
-        for i in range(0, len(addrs), 500):
-            chunk = addrs[i:i + 500]
-            out.update(r[0] for r in conn.execute(
-                f"SELECT address FROM memory_agents WHERE forgotten_at IS NULL AND address IN "
-                f"({','.join('?' * len(chunk))})", chunk))
-        return out
-
-    def _episodes(self, conn: apsw.Connection, block: Any, touched: set[bytes]) -> None:
-        if conn.execute("SELECT 1 FROM memory_agents WHERE forgotten_at IS NULL LIMIT 1").fetchone() is None:
-            return
-        addrs: list[bytes] = []
-        for i, tx in enumerate(block.transactions):
-            addrs.append(tx.sender)
-            if tx.to is not None:
-                addrs.append(tx.to)
-            rc = block.receipts[i] if i < len(block.receipts) else None
-            for lg in rc.logs if rc is not None else ():
-                if len(lg.topics) in (3, 4) and lg.topics[0] == TRANSFER_TOPIC:
-                    addrs.append(lg.topics[1][12:])
-                    addrs.append(lg.topics[2][12:])
-        agents = self._registered(conn, addrs)
-        if not agents:
-            return
-        rag = self.rag
-        render = getattr(rag, "render_transaction", None) if rag is not None else None
-        eps: list[Episode] = []
-        log_index = 0
-        for i, tx in enumerate(block.transactions):
-            rc = block.receipts[i] if i < len(block.receipts) else None
-            involved = [a for a in dict.fromkeys([tx.sender, tx.to]) if a in agents]
-            if involved:
-                text = None
-                if render is not None:
-                    try:
-                        text = render(block, i)
-                    except Exception as e:
-                        log.warning("rag render_transaction failed for block %d tx %d: %s", block.number, i, e)
-                text = text or plain_render_tx(block, i)
-                for a in involved:
-                    direction = "self" if tx.sender == tx.to else ("sent" if a == tx.sender else "received")
-                    meta = {"type": "transaction", "tx": hx(tx.hash), "block": block.number, "index": i,
-                            "direction": direction, "from": hx(tx.sender), "to": hx(tx.to), "value": str(tx.value)}
-                    eps.append(Episode(a, episode_id(a, tx.hash, TX_LOG_INDEX), text,
-                                       ["chain", "transaction", direction], meta))
-            for lg in rc.logs if rc is not None else ():
-                li = log_index
-                log_index += 1
-                if not (len(lg.topics) in (3, 4) and lg.topics[0] == TRANSFER_TOPIC):
-                    continue
-                frm, to = lg.topics[1][12:], lg.topics[2][12:]
-                for a in dict.fromkeys([frm, to]):
-                    if a not in agents:
-                        continue
-                    direction = "self" if frm == to else ("sent" if a == frm else "received")
-                    meta = {"type": "transfer", "tx": hx(tx.hash), "block": block.number, "log_index": li,
-                            "token": hx(lg.address), "from": hx(frm), "to": hx(to),
-                            "amount": str(int.from_bytes(lg.data[:32], "big")) if len(lg.topics) == 3 and lg.data
-                            else None,
-                            "token_id": str(int.from_bytes(lg.topics[3], "big")) if len(lg.topics) == 4 else None}
-                    eps.append(Episode(a, episode_id(a, tx.hash, li), render_transfer(block, i, li, frm, to, lg),
-                                       ["chain", "transfer", direction], meta))
-        base = block.number << EPISODE_SHIFT
-        for j, ep in enumerate(eps):
-            try:
-                k = self.keys.get(ep.agent)
-            except MissingKeyError as e:
-                self.key_errors += 1
-                log.error("no key for agent 0x%s, its episode in block %d is skipped: %s", ep.agent.hex(),
-                          block.number, e)
-                continue
-            n = base | j
-            raw = ep.text.encode()
-            meta_json = canonical_json(ep.meta)
-            com, nonce, ct = self._seal(k, ep.agent, ep.item_id, 1, raw, 0, "", ep.tags, meta_json, 0, 0,
-                                        nonce=k.det_nonce(ep.item_id, 1))
-            conn.execute(
-                "INSERT INTO memory_items (n, id, agent, kind, origin, version, key_hash, nonce, ct, commitment, "
-                "ttl_seconds, ttl_blocks, expires_at, created_at, updated_at, head_number, head_hash) "
-                "VALUES (?, ?, ?, ?, 1, 1, NULL, ?, ?, ?, 0, 0, NULL, ?, ?, ?, ?)",
-                (n, ep.item_id, ep.agent, KINDS["episodic"], nonce, ct, com, block.timestamp, block.timestamp,
-                 block.number, block.hash))
-            self._index(conn, k, ep.agent, n, ep.text, ep.tags)
-            conn.execute(
-                "INSERT INTO memory_leaves (agent, item_id, from_block, to_block, version, kind, commitment, "
-                "anchor_hash, leaf, expires_block, expires_ts, end_reason) VALUES (?, ?, ?, NULL, 1, ?, ?, ?, ?, "
-                "NULL, NULL, NULL)",
-                (ep.agent, ep.item_id, block.number, KINDS["episodic"], com, block.hash,
-                 merkle.item_leaf(ep.item_id, ep.agent, KINDS["episodic"], 1, block.number, com)))
-            touched.add(ep.agent)
-
-    def _anchor(self, conn: apsw.Connection, block: Any, touched: set[bytes]) -> None:
-        seq0 = conn.execute("SELECT ops_seq FROM memory_sync WHERE id = 1").fetchone()[0]
-        rows = conn.execute(
-            "SELECT seq, agent, item_id, op, kind, version, commitment, ttl_blocks, expires_at FROM memory_ops "
-            "WHERE seq > ? ORDER BY seq", (seq0,)).fetchall()
-        if not rows:
-            return
-        final: dict[tuple[bytes, bytes], tuple[Any, ...]] = {}
-        for r in rows:
-            final[(r[1], r[2])] = r
-        number = block.number
-        for (agent, item_id), r in final.items():
-            _seq, _a, _i, op, kind, version, com, ttl_b, expires_at = r
-            conn.execute("UPDATE memory_leaves SET to_block = ?, end_reason = ? WHERE agent = ? AND item_id = ? "
-                         "AND to_block IS NULL", (number, END_SUPERSEDED if op == OP_PUT else END_DELETED, agent,
-                                                  item_id))
-            if op == OP_PUT:
-                conn.execute(
-                    "INSERT INTO memory_leaves (agent, item_id, from_block, to_block, version, kind, commitment, "
-                    "anchor_hash, leaf, expires_block, expires_ts, end_reason) VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?, "
-                    "?, ?, NULL)",
-                    (agent, item_id, number, version, kind, com, block.hash,
-                     merkle.item_leaf(item_id, agent, kind, version, number, com),
-                     number + ttl_b if ttl_b else None, expires_at))
-            touched.add(agent)
-        conn.execute("UPDATE memory_sync SET ops_seq = ? WHERE id = 1", (rows[-1][0],))
-
-    def _expire(self, conn: apsw.Connection, block: Any, touched: set[bytes]) -> None:
-        gone = conn.execute(
-            "SELECT agent, item_id, from_block FROM memory_leaves INDEXED BY memory_leaves_eb WHERE to_block IS NULL "
-            "AND expires_block IS NOT NULL AND expires_block <= ?", (block.number,)).fetchall()
-        gone += conn.execute(
-            "SELECT agent, item_id, from_block FROM memory_leaves INDEXED BY memory_leaves_et WHERE to_block IS NULL "
-            "AND expires_ts IS NOT NULL AND expires_ts <= ?", (block.timestamp,)).fetchall()
-        gone = list(dict.fromkeys(gone))
-        for agent, item_id, fb in gone:
-            conn.execute("UPDATE memory_leaves SET to_block = ?, end_reason = ? WHERE agent = ? AND item_id = ? "
-                         "AND from_block = ?", (block.number, END_EXPIRED, agent, item_id, fb))
-            touched.add(agent)
-
-    def _prune(self, conn: apsw.Connection, horizon: int) -> None:
-        """Drop roots and leaf history older than ``horizon`` (keeping, per agent, the root in force at it)."""
-        if horizon <= 0:
-            return
-        conn.execute("DELETE FROM memory_global_roots WHERE block_number < ?", (horizon,))
-        conn.execute(
-            "DELETE FROM memory_roots WHERE block_number < ? AND EXISTS (SELECT 1 FROM memory_roots r2 WHERE "
-            "r2.agent = memory_roots.agent AND r2.block_number > memory_roots.block_number AND r2.block_number <= ?)",
-            (horizon, horizon))
-        conn.execute("DELETE FROM memory_leaves WHERE to_block IS NOT NULL AND to_block <= ?", (horizon,))
+        """The ``monmouth_block_applied`` work (see :func:`.ingest.apply_block`). Writes only through ``conn``."""
+        ingest.apply_block(self, conn, block)
 
     def revert_block(self, conn: apsw.Connection, block: Any) -> None:
-        """The ``monmouth_block_reverted`` work: the journal already restored the chain tables; remove the
-        derived rows (FTS5 entries, vectors, embedding queue) of the block's chain-derived items."""
-        lo = block.number << EPISODE_SHIFT
-        conn.execute("DELETE FROM memory_fts WHERE rowid >= ?", (lo,))
-        conn.execute("DELETE FROM memory_vectors WHERE n >= ?", (lo,))
-        conn.execute("DELETE FROM memory_embed_queue WHERE n >= ?", (lo,))
-        self._vec_cache.clear()
+        """The ``monmouth_block_reverted`` work (see :func:`.ingest.revert_block`)."""
+        ingest.revert_block(self, conn, block)
 
     # ------------------------------------------------------------------------------------------------ roots, proofs
-    def _horizon(self, conn: apsw.Connection) -> int | None:
-        row = conn.execute("SELECT min(block_number) FROM memory_global_roots").fetchone()
-        return row[0]
-
     def _check_block(self, conn: apsw.Connection, block: int | None) -> tuple[int, bytes]:
-        number, _ = self.head(conn)
-        if block is None:
-            if number is None:
-                raise NotFoundError("block", "no block has been applied yet")
-            block = number
-        if isinstance(block, bool) or not isinstance(block, int) or block < 0:
-            raise MemoryRequestError("block", f"must be a block number (got {block!r})", 422)
-        row = conn.execute("SELECT block_hash FROM memory_global_roots WHERE block_number = ?", (block,)).fetchone()
-        if row is None:
-            if number is None or block > number:
-                raise NotFoundError("block", f"block {block} has not been applied (head is {number})")
-            low = self._horizon(conn)
-            if low is not None and block < low:
-                raise GoneError("block", f"block {block} is older than the retained roots (from block {low})")
-            raise NotFoundError("block", f"no memory roots for block {block} (the plugin was not enabled then)")
-        return block, row[0]
+        return self.lattice.check_block(conn, block, self.head(conn)[0])
 
     def global_root(self, block: int | None = None) -> dict[str, Any]:
-        """The global root at ``block`` (default: the head).
+        """The global root at ``block`` (default: the head): ``{block, hash, root, agents, leaf_encoding}``.
 
         Raises:
-            NotFoundError: not applied or no roots for it (404); GoneError: pruned (410).
+            NotFoundError: not applied or no roots for it (404); GoneError: pruned (410); MemoryRequestError:
+            not a block number (422). All name the field ``block``.
         """
         conn = self._read()
         block, bhash = self._check_block(conn, block)
-        root, agents = conn.execute("SELECT root, agents FROM memory_global_roots WHERE block_number = ?",
-                                    (block,)).fetchone()
-        return {"block": block, "hash": hx(bhash), "root": hx(root), "agents": agents,
-                "leaf_encoding": list(merkle.AGENT_LEAF_TYPES)}
-
-    def _agent_root_at(self, conn: apsw.Connection, agent: bytes, block: int) -> tuple[bytes, int, int | None]:
-        row = conn.execute("SELECT root, count, block_number FROM memory_roots WHERE agent = ? AND block_number <= ? "
-                           "ORDER BY block_number DESC LIMIT 1", (agent, block)).fetchone()
-        return (row[0], row[1], row[2]) if row else (merkle.EMPTY_ROOT, 0, None)
+        return self.lattice.global_answer(conn, block, bhash)
 
     def agent_root(self, agent: bytes, block: int | None = None, with_global_proof: bool = False) -> dict[str, Any]:
         """The agent's root at ``block`` (default: the head), with the global root of that block and, optionally,
@@ -1107,49 +832,12 @@ class Memory:
         self.check_agent(agent)
         conn = self._read()
         block, bhash = self._check_block(conn, block)
-        root, count, since = self._agent_root_at(conn, agent, block)
-        groot = conn.execute("SELECT root FROM memory_global_roots WHERE block_number = ?", (block,)).fetchone()[0]
-        out: dict[str, Any] = {"agent": hx(agent), "block": block, "hash": hx(bhash), "root": hx(root),
-                               "count": count, "since_block": since, "global_root": hx(groot),
-                               "leaf_encoding": list(merkle.ITEM_LEAF_TYPES)}
-        if with_global_proof and count:
-            pairs = conn.execute(
-                "SELECT r.agent, r.root FROM memory_roots r WHERE r.block_number = (SELECT max(block_number) FROM "
-                "memory_roots WHERE agent = r.agent AND block_number <= ?)", (block,)).fetchall()
-            leaves = [merkle.agent_leaf(a, r) for a, r in pairs if r != merkle.EMPTY_ROOT]
-            tree = merkle.Tree.of(leaves)
-            if tree.root == groot:
-                leaf = merkle.agent_leaf(agent, root)
-                out["global_leaf"] = hx(leaf)
-                out["global_proof"] = [hx(p) for p in tree.proof(leaf)]
-            else:
-                out["global_proof"] = None
-                out["global_proof_error"] = ("the agent roots of that block are no longer all held "
-                                             "(an agent was forgotten)")
-        return out
-
-    def _leaves_at(self, conn: apsw.Connection, agent: bytes, block: int) -> list[tuple[Any, ...]]:
-        return conn.execute(
-            "SELECT item_id, kind, version, from_block, commitment, leaf FROM memory_leaves WHERE agent = ? AND "
-            "from_block <= ? AND (to_block IS NULL OR to_block > ?)", (agent, block, block)).fetchall()
-
-    def _tree_at(self, conn: apsw.Connection, agent: bytes, block: int) -> tuple[merkle.Tree | None, list[Any]]:
-        root, _count, since = self._agent_root_at(conn, agent, block)
-        cache_key = (agent, since, root)
-        hit = self._trees.get_(cache_key)
-        if hit is not None:
-            return hit
-        rows = self._leaves_at(conn, agent, block)
-        tree = merkle.Tree.of([r[5] for r in rows]) if rows else None
-        if tree is not None and tree.root != root:  # cannot happen unless the tables were edited by hand
-            raise RuntimeError(f"leaf history of 0x{agent.hex()} at block {block} does not give its stored root")
-        self._trees.put(cache_key, (tree, rows))
-        return tree, rows
+        return self.lattice.agent_answer(conn, agent, block, bhash, with_global_proof)
 
     @staticmethod
     def leaf_values(agent: bytes, r: Sequence[Any]) -> list[Any]:
         """JSON values of a per-agent leaf in :data:`merkle.ITEM_LEAF_TYPES` order (as the npm package takes)."""
-        return [hx(r[0]), hx(agent), r[1], r[2], r[3], hx(r[4])]
+        return lattice.leaf_values(agent, r)
 
     def proof(self, agent: bytes, item_id: bytes, block: int | None = None) -> dict[str, Any]:
         """The inclusion proof of an item's leaf under the agent's root at ``block`` (default: the head).
@@ -1161,27 +849,18 @@ class Memory:
         self.check_agent(agent)
         conn = self._read()
         block, bhash = self._check_block(conn, block)
-        tree, rows = self._tree_at(conn, agent, block)
-        row = next((r for r in rows if r[0] == item_id), None)
-        if row is None or tree is None:
-            pending = conn.execute("SELECT 1 FROM memory_items WHERE id = ? AND agent = ?", (item_id, agent)).fetchone()
-            why = "is not anchored yet (it enters the root at the next block)" if pending else "was not visible"
-            raise NotFoundError("id", f"item {hx(item_id)} {why} at block {block}")
-        proof = tree.proof(row[5])
-        return {"agent": hx(agent), "id": hx(item_id), "block": block, "hash": hx(bhash), "root": hx(tree.root),
-                "leaf": hx(row[5]), "leaf_encoding": list(merkle.ITEM_LEAF_TYPES),
-                "values": self.leaf_values(agent, row), "proof": [hx(p) for p in proof]}
+        return self.lattice.proof_answer(conn, agent, item_id, block, bhash)
 
     def leaves(self, agent: bytes, block: int | None = None) -> dict[str, Any]:
-        """Every leaf (values and hash, no content) of the agent's tree at ``block``: a verifier's starting set."""
+        """Every leaf (values and hash, no content) of the agent's tree at ``block``: a verifier's starting set.
+
+        Raises:
+            UnknownAgentError, NotFoundError (404), GoneError (410).
+        """
         self.check_agent(agent)
         conn = self._read()
         block, bhash = self._check_block(conn, block)
-        rows = self._leaves_at(conn, agent, block)
-        root, _count, _ = self._agent_root_at(conn, agent, block)
-        return {"agent": hx(agent), "block": block, "hash": hx(bhash), "root": hx(root),
-                "leaf_encoding": list(merkle.ITEM_LEAF_TYPES),
-                "leaves": [{"values": self.leaf_values(agent, r), "leaf": hx(r[5])} for r in rows]}
+        return self.lattice.leaves_answer(conn, agent, block, bhash)
 
     def changes(self, agent: bytes, since_block: int, limit: int = 100) -> dict[str, Any]:
         """The leaf changes of the agent after ``since_block``, block by block, each with the root after it, so a
@@ -1196,31 +875,7 @@ class Memory:
             raise MemoryRequestError("limit", "must be between 1 and 10000", 422)
         self.check_agent(agent)
         conn = self._read()
-        low = self._horizon(conn)
-        if low is not None and since_block < low - 1:
-            raise GoneError("since_block", f"changes are retained only from block {low}")
-        base_root, base_count, _ = self._agent_root_at(conn, agent, since_block)
-        steps = []
-        for b, root, count in conn.execute(
-                "SELECT block_number, root, count FROM memory_roots WHERE agent = ? AND block_number > ? "
-                "ORDER BY block_number LIMIT ?", (agent, since_block, limit)).fetchall():
-            bh = conn.execute("SELECT block_hash FROM memory_global_roots WHERE block_number = ?", (b,)).fetchone()
-            ops = []
-            for r in conn.execute(
-                    "SELECT item_id, kind, version, from_block, commitment, leaf, end_reason FROM memory_leaves "
-                    "WHERE agent = ? AND to_block = ?", (agent, b)):
-                ops.append({"op": "remove", "reason": END_NAMES.get(r[6], "?"), "id": hx(r[0]), "leaf": hx(r[5]),
-                            "values": self.leaf_values(agent, r)})
-            for r in conn.execute(
-                    "SELECT item_id, kind, version, from_block, commitment, leaf FROM memory_leaves WHERE agent = ? "
-                    "AND from_block = ?", (agent, b)):
-                ops.append({"op": "add", "id": hx(r[0]), "leaf": hx(r[5]), "values": self.leaf_values(agent, r)})
-            steps.append({"block": b, "hash": hx(bh[0]) if bh else None, "root": hx(root), "count": count,
-                          "ops": ops})
-        head, _ = self.head(conn)
-        return {"agent": hx(agent), "since_block": since_block, "root_at_since": hx(base_root),
-                "count_at_since": base_count, "head": head, "changes": steps,
-                "complete": len(steps) < limit}
+        return self.lattice.changes_answer(conn, agent, since_block, limit, self.head(conn)[0])
 
     # ------------------------------------------------------------------------------------------------ forget
     def tombstones(self) -> list[bytes]:
@@ -1275,17 +930,19 @@ class Memory:
                 conn.execute(f"DELETE FROM memory_embed_queue WHERE n IN ({ph})", chunk)
             stats["items"] = len(ns)
             conn.execute("DELETE FROM memory_vectors WHERE agent = ?", (agent,))
-            for table in ("memory_items", "memory_tags", "memory_ops", "memory_leaves", "memory_roots",
-                          "memory_heads"):
+            stats["roots_kept"] = self.lattice.preserve_forgotten(conn, agent)
+            for table in ("memory_items", "memory_tags", "memory_ops", "memory_leaves", "memory_marks",
+                          "memory_heads", "memory_root_cache"):
                 conn.execute(f"DELETE FROM {table} WHERE agent = ?", (agent,))
             stats["undo_records"] = self._scrub_changesets(conn, agent)
             conn.execute("UPDATE memory_agents SET forgotten_at = ?, label = NULL WHERE address = ?",
                          (time.time(), agent))
+            conn.execute("UPDATE memory_state SET forgot_stamp = stamp WHERE id = 1")
         conn = self._read()
         conn.execute("INSERT INTO memory_fts (memory_fts) VALUES ('optimize')")
         conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
         self._vec_cache.pop(agent, None)
-        self._trees.clear()
+        self.lattice.invalidate()
         return stats
 
     @staticmethod
@@ -1320,9 +977,8 @@ class Memory:
         queue = conn.execute("SELECT count(*) FROM memory_embed_queue").fetchone()[0]
         seq = conn.execute("SELECT ops_seq FROM memory_sync").fetchone()[0]
         pending = conn.execute("SELECT count(*) FROM memory_ops WHERE seq > ?", (seq,)).fetchone()[0]
-        g = conn.execute("SELECT block_number, root FROM memory_global_roots ORDER BY block_number DESC LIMIT 1"
-                         ).fetchone()
+        g = conn.execute("SELECT max(block_number) FROM memory_blocks").fetchone()[0]
         return {"agents": agents, "items": items, "pending_ops": pending, "embed_backlog": queue,
                 "embedded": self.embedded, "key_errors": self.key_errors,
-                "global_root": {"block": g[0], "root": hx(g[1])} if g else None}
+                "global_root": {"block": g, "root": hx(self.lattice.global_root(conn, g))} if g is not None else None}
 

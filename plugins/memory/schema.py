@@ -130,6 +130,68 @@ MIGRATIONS: list[str] = [
     CREATE INDEX memory_vectors_agent ON memory_vectors (agent);
     CREATE TABLE memory_embed_queue (n INTEGER PRIMARY KEY);
     """,
+    # 2: lazy lattice. Ingest records marks (which agents changed at which block) instead of computing roots;
+    # roots are computed on demand (see .lattice) and cached in trimmed tables. Existing roots become cache rows.
+    """
+    CREATE TABLE memory_marks (
+        agent BLOB NOT NULL,
+        block_number INTEGER NOT NULL,     -- the agent's visible set changed at this block ...
+        count INTEGER NOT NULL,            -- ... and holds this many items after it
+        stamp INTEGER NOT NULL,            -- the block's stamp (see memory_state)
+        PRIMARY KEY (agent, block_number)
+    ) WITHOUT ROWID;
+    CREATE INDEX memory_marks_block ON memory_marks (block_number);
+    INSERT INTO memory_marks (agent, block_number, count, stamp) SELECT agent, block_number, count, 0 FROM memory_roots;
+    CREATE TABLE memory_blocks (
+        block_number INTEGER PRIMARY KEY,
+        block_hash BLOB NOT NULL,
+        agents INTEGER NOT NULL,           -- agents holding at least one visible item
+        ops_seq INTEGER NOT NULL,          -- last op anchored
+        stamp INTEGER NOT NULL
+    );
+    INSERT INTO memory_blocks SELECT block_number, block_hash, agents, ops_seq, 0 FROM memory_global_roots;
+    CREATE TABLE memory_root_cache (
+        agent BLOB NOT NULL,
+        block_number INTEGER NOT NULL,     -- a mark's block
+        stamp INTEGER NOT NULL,            -- valid while the mark has this stamp
+        root BLOB NOT NULL,
+        PRIMARY KEY (agent, block_number)
+    ) WITHOUT ROWID;
+    INSERT INTO memory_root_cache SELECT agent, block_number, 0, root FROM memory_roots;
+    CREATE TABLE memory_global_cache (
+        block_number INTEGER PRIMARY KEY,
+        stamp INTEGER NOT NULL,
+        root BLOB NOT NULL
+    );
+    INSERT INTO memory_global_cache SELECT block_number, 0, root FROM memory_global_roots;
+    CREATE TABLE memory_heads2 (
+        agent BLOB PRIMARY KEY,
+        count INTEGER NOT NULL,            -- visible items at the agent's last mark
+        block_number INTEGER NOT NULL      -- its last mark
+    ) WITHOUT ROWID;
+    INSERT INTO memory_heads2 SELECT agent, count, block_number FROM memory_heads;
+    DROP TABLE memory_heads;
+    ALTER TABLE memory_heads2 RENAME TO memory_heads;
+    DROP TABLE memory_roots;
+    DROP TABLE memory_global_roots;
+    CREATE TABLE memory_state (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        stamp INTEGER NOT NULL,            -- incremented for every applied block; never reverted
+        forgot_stamp INTEGER NOT NULL      -- the stamp current at the last forget: a block applied on top of one
+                                           -- with a stamp <= this recounts memory_blocks.agents
+    );
+    INSERT INTO memory_state (id, stamp, forgot_stamp) VALUES (1, 0, 0);
+    CREATE TABLE memory_forgotten (
+        fid BLOB NOT NULL,                 -- random id per forgotten agent (no address kept)
+        block_number INTEGER NOT NULL,     -- from this block ...
+        leaf BLOB,                         -- ... its global leaf (NULL: it held nothing)
+        max_stamp INTEGER NOT NULL,        -- for blocks whose stamp is at most this (applied before the forget)
+        PRIMARY KEY (fid, block_number)
+    ) WITHOUT ROWID;
+    CREATE VIEW memory_global_roots AS
+        SELECT block_number, block_hash, memory_global_root(block_number) AS root, agents, ops_seq
+        FROM memory_blocks;
+    """,
 ]
 
 #: Derived tables, not journaled; ``monmouth_block_reverted`` removes their rows by row id range.
@@ -137,6 +199,10 @@ TRIMMED: dict[str, str | None] = {
     "memory_fts": None,
     "memory_vectors": None,
     "memory_embed_queue": None,
+    "memory_root_cache": "block_number",
+    "memory_global_cache": "block_number",
+    "memory_state": None,
+    "memory_forgotten": None,
 }
 
 KINDS = {"working": 0, "episodic": 1, "semantic": 2, "procedural": 3}

@@ -1,0 +1,288 @@
+"""The memory plugin's chain hooks: chain-derived episodes, anchoring of API writes, expiry, marks, pruning.
+
+Everything here runs inside the engine's transaction, on its connection, for one block, and is journaled
+(except the trimmed tables). No Merkle tree is built here: the new leaves are hashed and, per agent whose visible
+set changed, a *mark* (block, count, stamp) is recorded; roots are computed on demand by :mod:`.lattice`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import apsw
+from eth_hash.auto import keccak
+
+from . import merkle
+from .crypto import MissingKeyError
+from .schema import END_DELETED, END_EXPIRED, END_SUPERSEDED, EPISODE_SHIFT, KINDS, OP_PUT
+
+if TYPE_CHECKING:
+    from .core import Memory
+
+log = logging.getLogger(__name__)
+
+TRANSFER_TOPIC = keccak(b"Transfer(address,address,uint256)")
+TX_LOG_INDEX = 0xFFFFFFFF
+
+
+def hx(b: bytes | None) -> str | None:
+    return None if b is None else "0x" + b.hex()
+
+
+def canonical_json(value: Any) -> str:
+    """Canonical JSON (sorted keys, no spaces, UTF-8 kept): the metadata encoding inside commitments."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def episode_id(agent: bytes, tx_hash: bytes, log_index: int) -> bytes:
+    """The stable id of a chain-derived episode: ``keccak256("monmouth.memory.episode.v1" || agent || tx hash ||
+    uint32 log index)`` (log index ``0xffffffff`` for the transaction itself)."""
+    return keccak(b"monmouth.memory.episode.v1" + agent + tx_hash + log_index.to_bytes(4, "big"))
+
+
+def _eth(wei: int) -> str:
+    whole, frac = divmod(wei, 10**18)
+    s = f"{whole}.{frac:018d}".rstrip("0").rstrip(".")
+    return f"{s} ETH"
+
+
+def plain_render_tx(block: Any, index: int) -> str:
+    """A plain, deterministic English rendering of transaction ``index`` of ``block`` (used when the rag
+    plugin, which decodes calldata and events, is not enabled)."""
+    tx = block.transactions[index]
+    rc = block.receipts[index] if index < len(block.receipts) else None
+    status = "unknown status" if rc is None or rc.status is None else ("succeeded" if rc.status else "failed")
+    to = f"to 0x{tx.to.hex()}" if tx.to is not None else "creating a contract"
+    sel = f"; calls selector 0x{tx.selector.hex()}" if tx.selector else ""
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(block.timestamp))
+    return (f"Block {block.number} at {when}: transaction 0x{tx.hash.hex()} from 0x{tx.sender.hex()} {to}, "
+            f"value {_eth(tx.value)}, nonce {tx.nonce}{sel}; it {status}.")
+
+
+def render_transfer(block: Any, index: int, log_index: int, frm: bytes, to: bytes, lg: Any) -> str:
+    """A plain rendering of an ERC-20 (3 topics) or ERC-721 (4 topics) ``Transfer`` event."""
+    tx = block.transactions[index]
+    if len(lg.topics) == 4:
+        what = f"token id {int.from_bytes(lg.topics[3], 'big')} of collection 0x{lg.address.hex()}"
+    else:
+        amount = int.from_bytes(lg.data[:32], "big") if lg.data else 0
+        what = f"{amount} base units of token 0x{lg.address.hex()}"
+    return (f"Block {block.number}: token transfer (log {log_index} of transaction 0x{tx.hash.hex()}) of {what} "
+            f"from 0x{frm.hex()} to 0x{to.hex()}.")
+
+
+@dataclass(slots=True)
+class Episode:
+    agent: bytes
+    item_id: bytes
+    text: str
+    tags: list[str]
+    meta: dict[str, Any]
+
+
+def apply_block(mem: Memory, conn: apsw.Connection, block: Any) -> None:
+    """The ``monmouth_block_applied`` work: chain-derived episodes, anchoring of pending ops, expiry, one mark
+    per agent whose visible set changed, the block's row, and periodic pruning. Writes only through ``conn``."""
+    conn.pragma("secure_delete", 1)
+    mem.lattice.flush(conn)
+    number = block.number
+    stamp, forgot = conn.execute("UPDATE memory_state SET stamp = stamp + 1 WHERE id = 1 RETURNING stamp, "
+                                 "forgot_stamp").fetchone()
+    touched: dict[bytes, int] = {}  # agent -> change of its visible item count
+    if mem.config.chain_episodes and block.transactions:
+        _episodes(mem, conn, block, touched)
+    _anchor(conn, block, touched)
+    _expire(conn, block, touched)
+    prev = conn.execute("SELECT agents, stamp FROM memory_blocks ORDER BY block_number DESC LIMIT 1").fetchone()
+    agents = prev[0] if prev is not None else 0
+    for agent in sorted(touched):
+        h = conn.execute("SELECT count FROM memory_heads WHERE agent = ?", (agent,)).fetchone()
+        before = h[0] if h is not None else 0
+        count = before + touched[agent]
+        agents += (count > 0) - (before > 0)
+        conn.execute("INSERT OR REPLACE INTO memory_marks (agent, block_number, count, stamp) VALUES (?, ?, ?, ?)",
+                     (agent, number, count, stamp))
+        conn.execute("INSERT OR REPLACE INTO memory_heads (agent, count, block_number) VALUES (?, ?, ?)",
+                     (agent, count, number))
+    if prev is None or prev[1] <= forgot:  # the previous block counted an agent forgotten since
+        agents = conn.execute("SELECT count(*) FROM memory_heads WHERE count > 0").fetchone()[0]
+    seq = conn.execute("SELECT ops_seq FROM memory_sync WHERE id = 1").fetchone()[0]
+    conn.execute("INSERT OR REPLACE INTO memory_blocks (block_number, block_hash, agents, ops_seq, stamp) "
+                 "VALUES (?, ?, ?, ?, ?)", (number, block.hash, agents, seq, stamp))
+    if number % mem.config.prune_every == 0:
+        _prune(conn, number - mem.config.retention_blocks)
+
+
+def _registered(conn: apsw.Connection, addrs: Iterable[bytes]) -> set[bytes]:
+    addrs = list(set(addrs))
+    out: set[bytes] = set()
+    for i in range(0, len(addrs), 500):
+        chunk = addrs[i:i + 500]
+        out.update(r[0] for r in conn.execute(
+            f"SELECT address FROM memory_agents WHERE forgotten_at IS NULL AND address IN "
+            f"({','.join('?' * len(chunk))})", chunk))
+    return out
+
+
+def _episodes(mem: Memory, conn: apsw.Connection, block: Any, touched: dict[bytes, int]) -> None:
+    if conn.execute("SELECT 1 FROM memory_agents WHERE forgotten_at IS NULL LIMIT 1").fetchone() is None:
+        return
+    addrs: list[bytes] = []
+    for i, tx in enumerate(block.transactions):
+        addrs.append(tx.sender)
+        if tx.to is not None:
+            addrs.append(tx.to)
+        rc = block.receipts[i] if i < len(block.receipts) else None
+        for lg in rc.logs if rc is not None else ():
+            if len(lg.topics) in (3, 4) and lg.topics[0] == TRANSFER_TOPIC:
+                addrs.append(lg.topics[1][12:])
+                addrs.append(lg.topics[2][12:])
+    agents = _registered(conn, addrs)
+    if not agents:
+        return
+    rag = mem.rag
+    render = getattr(rag, "render_transaction", None) if rag is not None else None
+    eps: list[Episode] = []
+    log_index = 0
+    for i, tx in enumerate(block.transactions):
+        rc = block.receipts[i] if i < len(block.receipts) else None
+        involved = [a for a in dict.fromkeys([tx.sender, tx.to]) if a in agents]
+        if involved:
+            text = None
+            if render is not None:
+                try:
+                    text = render(block, i)
+                except Exception as e:
+                    log.warning("rag render_transaction failed for block %d tx %d: %s", block.number, i, e)
+            text = text or plain_render_tx(block, i)
+            for a in involved:
+                direction = "self" if tx.sender == tx.to else ("sent" if a == tx.sender else "received")
+                meta = {"type": "transaction", "tx": hx(tx.hash), "block": block.number, "index": i,
+                        "direction": direction, "from": hx(tx.sender), "to": hx(tx.to), "value": str(tx.value)}
+                eps.append(Episode(a, episode_id(a, tx.hash, TX_LOG_INDEX), text,
+                                   ["chain", "transaction", direction], meta))
+        for lg in rc.logs if rc is not None else ():
+            li = log_index
+            log_index += 1
+            if not (len(lg.topics) in (3, 4) and lg.topics[0] == TRANSFER_TOPIC):
+                continue
+            frm, to = lg.topics[1][12:], lg.topics[2][12:]
+            for a in dict.fromkeys([frm, to]):
+                if a not in agents:
+                    continue
+                direction = "self" if frm == to else ("sent" if a == frm else "received")
+                meta = {"type": "transfer", "tx": hx(tx.hash), "block": block.number, "log_index": li,
+                        "token": hx(lg.address), "from": hx(frm), "to": hx(to),
+                        "amount": str(int.from_bytes(lg.data[:32], "big")) if len(lg.topics) == 3 and lg.data
+                        else None,
+                        "token_id": str(int.from_bytes(lg.topics[3], "big")) if len(lg.topics) == 4 else None}
+                eps.append(Episode(a, episode_id(a, tx.hash, li), render_transfer(block, i, li, frm, to, lg),
+                                   ["chain", "transfer", direction], meta))
+    base = block.number << EPISODE_SHIFT
+    for j, ep in enumerate(eps):
+        try:
+            k = mem.keys.get(ep.agent)
+        except MissingKeyError as e:
+            mem.key_errors += 1
+            log.error("no key for agent 0x%s, its episode in block %d is skipped: %s", ep.agent.hex(),
+                      block.number, e)
+            continue
+        n = base | j
+        raw = ep.text.encode()
+        meta_json = canonical_json(ep.meta)
+        com, nonce, ct = mem._seal(k, ep.agent, ep.item_id, 1, raw, 0, "", ep.tags, meta_json, 0, 0,
+                                    nonce=k.det_nonce(ep.item_id, 1))
+        conn.execute(
+            "INSERT INTO memory_items (n, id, agent, kind, origin, version, key_hash, nonce, ct, commitment, "
+            "ttl_seconds, ttl_blocks, expires_at, created_at, updated_at, head_number, head_hash) "
+            "VALUES (?, ?, ?, ?, 1, 1, NULL, ?, ?, ?, 0, 0, NULL, ?, ?, ?, ?)",
+            (n, ep.item_id, ep.agent, KINDS["episodic"], nonce, ct, com, block.timestamp, block.timestamp,
+             block.number, block.hash))
+        mem._index(conn, k, ep.agent, n, ep.text, ep.tags)
+        conn.execute(
+            "INSERT INTO memory_leaves (agent, item_id, from_block, to_block, version, kind, commitment, "
+            "anchor_hash, leaf, expires_block, expires_ts, end_reason) VALUES (?, ?, ?, NULL, 1, ?, ?, ?, ?, "
+            "NULL, NULL, NULL)",
+            (ep.agent, ep.item_id, block.number, KINDS["episodic"], com, block.hash,
+             merkle.item_leaf(ep.item_id, ep.agent, KINDS["episodic"], 1, block.number, com)))
+        touched[ep.agent] = touched.get(ep.agent, 0) + 1
+
+
+def _anchor(conn: apsw.Connection, block: Any, touched: dict[bytes, int]) -> None:
+    seq0 = conn.execute("SELECT ops_seq FROM memory_sync WHERE id = 1").fetchone()[0]
+    rows = conn.execute(
+        "SELECT seq, agent, item_id, op, kind, version, commitment, ttl_blocks, expires_at FROM memory_ops "
+        "WHERE seq > ? ORDER BY seq", (seq0,)).fetchall()
+    if not rows:
+        return
+    final: dict[tuple[bytes, bytes], tuple[Any, ...]] = {}
+    for r in rows:
+        final[(r[1], r[2])] = r
+    number = block.number
+    for (agent, item_id), r in final.items():
+        _seq, _a, _i, op, kind, version, com, ttl_b, expires_at = r
+        conn.execute("UPDATE memory_leaves SET to_block = ?, end_reason = ? WHERE agent = ? AND item_id = ? "
+                     "AND to_block IS NULL", (number, END_SUPERSEDED if op == OP_PUT else END_DELETED, agent,
+                                              item_id))
+        delta = -conn.changes()
+        if op == OP_PUT:
+            conn.execute(
+                "INSERT INTO memory_leaves (agent, item_id, from_block, to_block, version, kind, commitment, "
+                "anchor_hash, leaf, expires_block, expires_ts, end_reason) VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?, "
+                "?, ?, NULL)",
+                (agent, item_id, number, version, kind, com, block.hash,
+                 merkle.item_leaf(item_id, agent, kind, version, number, com),
+                 number + ttl_b if ttl_b else None, expires_at))
+            delta += 1
+        touched[agent] = touched.get(agent, 0) + delta
+    conn.execute("UPDATE memory_sync SET ops_seq = ? WHERE id = 1", (rows[-1][0],))
+
+
+def _expire(conn: apsw.Connection, block: Any, touched: dict[bytes, int]) -> None:
+    gone = conn.execute(
+        "SELECT agent, item_id, from_block FROM memory_leaves INDEXED BY memory_leaves_eb WHERE to_block IS NULL "
+        "AND expires_block IS NOT NULL AND expires_block <= ?", (block.number,)).fetchall()
+    gone += conn.execute(
+        "SELECT agent, item_id, from_block FROM memory_leaves INDEXED BY memory_leaves_et WHERE to_block IS NULL "
+        "AND expires_ts IS NOT NULL AND expires_ts <= ?", (block.timestamp,)).fetchall()
+    for agent, item_id, fb in dict.fromkeys(gone):
+        conn.execute("UPDATE memory_leaves SET to_block = ?, end_reason = ? WHERE agent = ? AND item_id = ? "
+                     "AND from_block = ? AND to_block IS NULL", (block.number, END_EXPIRED, agent, item_id, fb))
+        touched[agent] = touched.get(agent, 0) - conn.changes()
+
+
+def _prune(conn: apsw.Connection, horizon: int) -> None:
+    """Drop block rows, marks, leaf history and cached roots older than ``horizon`` (keeping, per agent, the mark
+    in force at it)."""
+    if horizon <= 0:
+        return
+    conn.execute("DELETE FROM memory_blocks WHERE block_number < ?", (horizon,))
+    conn.execute("DELETE FROM memory_global_cache WHERE block_number < ?", (horizon,))
+    conn.execute(
+        "DELETE FROM memory_marks WHERE block_number < ? AND EXISTS (SELECT 1 FROM memory_marks r2 WHERE "
+        "r2.agent = memory_marks.agent AND r2.block_number > memory_marks.block_number AND r2.block_number <= ?)",
+        (horizon, horizon))
+    conn.execute(
+        "DELETE FROM memory_root_cache WHERE block_number < ? AND NOT EXISTS (SELECT 1 FROM memory_marks m WHERE "
+        "m.agent = memory_root_cache.agent AND m.block_number = memory_root_cache.block_number)", (horizon,))
+    conn.execute(
+        "DELETE FROM memory_forgotten WHERE block_number < ? AND EXISTS (SELECT 1 FROM memory_forgotten f2 WHERE "
+        "f2.fid = memory_forgotten.fid AND f2.block_number > memory_forgotten.block_number AND "
+        "f2.block_number <= ?)", (horizon, horizon))
+    conn.execute("DELETE FROM memory_leaves WHERE to_block IS NOT NULL AND to_block <= ?", (horizon,))
+
+
+def revert_block(mem: Memory, conn: apsw.Connection, block: Any) -> None:
+    """The ``monmouth_block_reverted`` work: the journal already restored the chain tables (and the engine trimmed
+    the root caches); remove the derived rows (FTS5 entries, vectors, embedding queue) of the block's
+    chain-derived items."""
+    lo = block.number << EPISODE_SHIFT
+    conn.execute("DELETE FROM memory_fts WHERE rowid >= ?", (lo,))
+    conn.execute("DELETE FROM memory_vectors WHERE n >= ?", (lo,))
+    conn.execute("DELETE FROM memory_embed_queue WHERE n >= ?", (lo,))
+    mem._vec_cache.clear()
