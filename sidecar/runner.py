@@ -138,8 +138,15 @@ class Runner:
                 raise
 
     def _apply(self, batch: list[Delivery]) -> tuple[list[ApplyResult], Exception | None]:
-        # On the engine's worker thread: a source may defer decoding to the first access of d.notification.
-        return self.app.engine.apply_many((d.notification, d.token) for d in batch)
+        """On the engine's worker thread: decode (a source may defer it to the first access of ``d.notification``),
+        apply and commit, call ``monmouth_notification_committed`` (documented to run on the engine's thread), then
+        release what was committed, so that freeing large blocks does not cost the event loop either."""
+        results, error = self.app.engine.apply_many((d.notification, d.token) for d in batch)
+        for d, res in zip(batch, results, strict=False):
+            if res.applied:
+                self.app.host.committed(d.notification, res.head)
+            d.release()
+        return results, error
 
     async def _handle(self, batch: list[Delivery]) -> None:
         """Apply ``batch`` (in order, group-committed), acknowledging each delivery once committed."""
@@ -151,9 +158,7 @@ class Runner:
                 results, error = await anyio.to_thread.run_sync(self._apply, batch, limiter=self._engine_limiter)
             done, batch = batch[:len(results)], batch[len(results):]
             for d, res in zip(done, results, strict=True):
-                if res.applied:
-                    self.app.host.committed(d.notification, res.head)
-                    self.blocks_done += res.committed
+                self.blocks_done += res.committed
                 await self.source.ack(d, res.head)
                 head = res.head
             if error is None:

@@ -55,7 +55,7 @@ class Delivery:
         if (notification is None) == (load is None):
             raise TypeError("Delivery needs exactly one of notification and load")
         self._notification = notification
-        self._load = load
+        self._load: Callable[[], Notification] | None = load
         self.token = token
         self.size_bytes = size_bytes
         self.received_at = received_at
@@ -69,8 +69,16 @@ class Delivery:
         """
         n = self._notification
         if n is None:
-            n = self._notification = self._load()  # type: ignore[misc]
+            if self._load is None:
+                raise RuntimeError("the delivery's notification was released")
+            n = self._notification = self._load()
         return n
+
+    def release(self) -> None:
+        """Drop the notification (and the frame it was decoded from), e.g. once committed: freeing a large block's
+        objects is real work, which the runner does on the engine's thread rather than on the event loop."""
+        self._notification = None
+        self._load = None
 
     @property
     def loaded(self) -> bool:
