@@ -63,6 +63,7 @@ class Runner:
         # The engine's own worker thread: HTTP requests (FastAPI's sync endpoints use anyio's default limiter) must
         # never make a notification wait for a free thread.
         self._engine_limiter = anyio.CapacityLimiter(1)
+        self._spent: list[Delivery] = []
 
     # ------------------------------------------------------------------------------------------------ status
     def status(self) -> dict[str, Any]:
@@ -139,13 +140,20 @@ class Runner:
 
     def _apply(self, batch: list[Delivery]) -> tuple[list[ApplyResult], Exception | None]:
         """On the engine's worker thread: decode (a source may defer it to the first access of ``d.notification``),
-        apply and commit, call ``monmouth_notification_committed`` (documented to run on the engine's thread), then
-        release what was committed, so that freeing large blocks does not cost the event loop either."""
+        apply and commit, and call ``monmouth_notification_committed`` (documented to run on the engine's thread).
+
+        The deliveries committed by the previous call are released first: freeing a large block's objects is
+        real work (~0.2 ms for 200 transactions), done here rather than on the event loop, and after their acks
+        went out rather than before.
+        """
+        spent, self._spent = self._spent, []
+        for d in spent:
+            d.release()
         results, error = self.app.engine.apply_many((d.notification, d.token) for d in batch)
         for d, res in zip(batch, results, strict=False):
             if res.applied:
                 self.app.host.committed(d.notification, res.head)
-            d.release()
+        self._spent = batch[:len(results)]
         return results, error
 
     async def _handle(self, batch: list[Delivery]) -> None:
