@@ -15,7 +15,7 @@ from monmouth_memory import checkpoint
 from tests.memory_helpers import close, make_memory_engine
 
 A1, A2 = address(1), address(2)
-TABLES = ("memory_items", "memory_tags", "memory_ops", "memory_sync", "memory_leaves", "memory_heads",
+TABLES = ("memory_items", "memory_tags", "memory_ops", "memory_sync", "memory_leaves",
           "memory_global_roots", "memory_agents")
 
 

@@ -22,7 +22,6 @@ CHAIN_TABLES = {
     "memory_tags": "SELECT * FROM memory_tags WHERE n >= 0",
     "memory_leaves": "SELECT * FROM memory_leaves",
     "memory_marks": "SELECT agent, block_number, count FROM memory_marks",
-    "memory_heads": "SELECT * FROM memory_heads",
     "memory_blocks": "SELECT block_number, block_hash, agents, ops_seq FROM memory_blocks",
     "memory_global_roots": "SELECT * FROM memory_global_roots",
     "memory_fts": "SELECT rowid, tokens FROM memory_fts WHERE rowid >= 0",

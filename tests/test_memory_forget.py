@@ -67,7 +67,7 @@ def test_forget_shreds_key_rows_undo_records_and_leaves_no_plaintext(tmp_path):
         out = mem.forget(A1)
         assert out["forgotten"] and out["key_destroyed"] and out["undo_records"] > 0
         assert not (keys / f"{A1.hex()}.key").exists()
-        for t in ("memory_items", "memory_tags", "memory_ops", "memory_leaves", "memory_marks", "memory_heads",
+        for t in ("memory_items", "memory_tags", "memory_ops", "memory_leaves", "memory_marks",
                   "memory_root_cache", "memory_vectors"):
             assert e.conn.execute(f"SELECT count(*) FROM {t} WHERE agent = ?", (A1,)).fetchone()[0] == 0, t
         # No undo record mentions the agent any more.

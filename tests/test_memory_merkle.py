@@ -47,6 +47,15 @@ def test_hand_encoding_equals_eth_abi(i, a, kind, version, block, c):
     assert merkle.agent_leaf(a, c) == merkle.standard_leaf_hash(merkle.AGENT_LEAF_TYPES, ["0x" + a.hex(), c])
 
 
+@settings(max_examples=200, deadline=None)
+@given(salt=b32, ctype=st.integers(0, 1), content=st.binary(max_size=200), key=st.text(max_size=40),
+       tags=st.lists(st.text(min_size=1, max_size=70), max_size=5), meta=st.text(max_size=100),
+       ttl_s=st.integers(0, 2**64 - 1), ttl_b=st.integers(0, 2**64 - 1))
+def test_hand_commitment_encoding_equals_eth_abi(salt, ctype, content, key, tags, meta, ttl_s, ttl_b):
+    values = [salt, ctype, content, key, tags, meta, ttl_s, ttl_b]
+    assert merkle.commitment_encoded(*values) == abi_encode(list(merkle.COMMITMENT_TYPES), values)
+
+
 def _random_values(rng: random.Random, n: int) -> list[list]:
     return [["0x" + rng.randbytes(32).hex(), "0x" + rng.randbytes(20).hex(), rng.randrange(4), rng.randrange(1, 9),
              rng.randrange(1, 10**7), "0x" + rng.randbytes(32).hex()] for _ in range(n)]

@@ -48,7 +48,7 @@ EMBED_DIM = 384
 
 #: Journaled tables and the column index of their agent (for scrubbing undo changesets on forget).
 AGENT_COLUMN = {
-    "memory_items": 2, "memory_tags": 0, "memory_ops": 1, "memory_leaves": 0, "memory_marks": 0, "memory_heads": 0,
+    "memory_items": 2, "memory_tags": 0, "memory_ops": 1, "memory_leaves": 0, "memory_marks": 0,
 }
 
 
@@ -256,12 +256,9 @@ class Memory:
         if row is None:
             raise UnknownAgentError("agent", f"0x{agent.hex()} is not a registered agent")
         items = conn.execute("SELECT count(*) FROM memory_items WHERE agent = ?", (agent,)).fetchone()[0]
-        h = conn.execute("SELECT count, block_number FROM memory_heads WHERE agent = ?", (agent,)).fetchone()
-        root = merkle.EMPTY_ROOT
-        if h is not None and h[0]:
-            m = self.lattice.mark_at(conn, agent, h[1])
-            if m is not None:
-                root = self.lattice.root_of_mark(conn, agent, *m)
+        m = self.lattice.mark_at(conn, agent, 1 << 62)
+        h = (m[1], m[0]) if m is not None else None
+        root = self.lattice.root_of_mark(conn, agent, *m) if m is not None else merkle.EMPTY_ROOT
         return {"address": hx(agent), "label": row[0], "source": row[1], "created_at": row[2],
                 "forgotten_at": row[3], "items": items,
                 "root": hx(root), "visible": h[0] if h else 0, "root_block": h[1] if h else None}
@@ -932,7 +929,7 @@ class Memory:
             conn.execute("DELETE FROM memory_vectors WHERE agent = ?", (agent,))
             stats["roots_kept"] = self.lattice.preserve_forgotten(conn, agent)
             for table in ("memory_items", "memory_tags", "memory_ops", "memory_leaves", "memory_marks",
-                          "memory_heads", "memory_root_cache"):
+                          "memory_root_cache"):
                 conn.execute(f"DELETE FROM {table} WHERE agent = ?", (agent,))
             stats["undo_records"] = self._scrub_changesets(conn, agent)
             conn.execute("UPDATE memory_agents SET forgotten_at = ?, label = NULL WHERE address = ?",

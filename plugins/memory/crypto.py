@@ -152,20 +152,18 @@ class KeyStore:
 class AgentKey:
     """One agent's key: AES-256-GCM encryption and HMAC-SHA256 derivations."""
 
-    __slots__ = ("_aead", "_mac")
+    __slots__ = ("_aead", "_mac", "_tok")
 
     def __init__(self, raw: bytes) -> None:
         self._aead = AESGCM(raw)
         # Sub-keys, so that no output of one use can be replayed as another (HKDF-like expand with HMAC).
         self._mac = hmac.new(raw, b"monmouth.memory.mac.v1", hashlib.sha256).digest()
+        self._tok: dict[str, str] = {}  # word -> token (in memory only; dropped with the key)
 
     def mac(self, label: bytes, *parts: bytes) -> bytes:
         """HMAC-SHA256 of ``label`` and length-prefixed ``parts`` under the agent's MAC sub-key (32 bytes)."""
-        m = hmac.new(self._mac, label, hashlib.sha256)
-        for p in parts:
-            m.update(len(p).to_bytes(4, "big"))
-            m.update(p)
-        return m.digest()
+        msg = label + b"".join(len(p).to_bytes(4, "big") + p for p in parts)
+        return hmac.digest(self._mac, msg, "sha256")  # one-shot: OpenSSL's fast path
 
     def salt(self, item_id: bytes, version: int) -> bytes:
         """The commitment salt of an item version (32 bytes; never stored, re-derived from the key)."""
@@ -200,11 +198,17 @@ class AgentKey:
     def tokens(self, text: str) -> str:
         """The text as keyed search tokens: each lower-cased word becomes 12 hex characters of its HMAC, so the
         FTS5 index holds no plaintext. Queries are tokenised the same way."""
-        return " ".join(self.mac(b"tok", w.encode())[:6].hex() for w in _WORD.findall(text.lower()))
+        return " ".join(self._token(w) for w in _WORD.findall(text.lower()))
+
+    def _token(self, word: str) -> str:
+        t = self._tok.get(word)
+        if t is None:
+            t = self.mac(b"tok", word.encode())[:6].hex()
+            if len(self._tok) >= 4096:
+                self._tok.clear()
+            self._tok[word] = t
+        return t
 
     def token_list(self, text: str) -> list[str]:
         """Distinct keyed tokens of ``text``, in order of first appearance."""
-        seen: dict[str, None] = {}
-        for w in _WORD.findall(text.lower()):
-            seen.setdefault(self.mac(b"tok", w.encode())[:6].hex(), None)
-        return list(seen)
+        return list(dict.fromkeys(self._token(w) for w in _WORD.findall(text.lower())))

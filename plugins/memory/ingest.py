@@ -101,16 +101,16 @@ def apply_block(mem: Memory, conn: apsw.Connection, block: Any) -> None:
     prev = conn.execute("SELECT agents, stamp FROM memory_blocks ORDER BY block_number DESC LIMIT 1").fetchone()
     agents = prev[0] if prev is not None else 0
     for agent in sorted(touched):
-        h = conn.execute("SELECT count FROM memory_heads WHERE agent = ?", (agent,)).fetchone()
+        h = conn.execute("SELECT count FROM memory_marks WHERE agent = ? ORDER BY block_number DESC LIMIT 1",
+                         (agent,)).fetchone()
         before = h[0] if h is not None else 0
         count = before + touched[agent]
         agents += (count > 0) - (before > 0)
         conn.execute("INSERT OR REPLACE INTO memory_marks (agent, block_number, count, stamp) VALUES (?, ?, ?, ?)",
                      (agent, number, count, stamp))
-        conn.execute("INSERT OR REPLACE INTO memory_heads (agent, count, block_number) VALUES (?, ?, ?)",
-                     (agent, count, number))
     if prev is None or prev[1] <= forgot:  # the previous block counted an agent forgotten since
-        agents = conn.execute("SELECT count(*) FROM memory_heads WHERE count > 0").fetchone()[0]
+        agents = conn.execute("SELECT count(*) FROM (SELECT agent, max(block_number), count FROM memory_marks "
+                              "GROUP BY agent) WHERE count > 0").fetchone()[0]
     seq = conn.execute("SELECT ops_seq FROM memory_sync WHERE id = 1").fetchone()[0]
     conn.execute("INSERT OR REPLACE INTO memory_blocks (block_number, block_hash, agents, ops_seq, stamp) "
                  "VALUES (?, ?, ?, ?, ?)", (number, block.hash, agents, seq, stamp))

@@ -177,11 +177,39 @@ def agent_leaf(agent: bytes, root: bytes) -> bytes:
     return leaf_hash(_Z12 + agent + root)
 
 
+def _dyn(b: bytes) -> bytes:
+    """ABI tail of ``bytes``/``string``: length word, then the data right-padded to 32 bytes."""
+    return _u(len(b)) + b + b"\x00" * (-len(b) % 32)
+
+
+def commitment_encoded(salt: bytes, content_type: int, content: bytes, key: str, tags: Sequence[str],
+                       metadata_json: str, ttl_seconds: int, ttl_blocks: int) -> bytes:
+    """``abi.encode(COMMITMENT_TYPES, values)``, by hand (eth-abi is ~100 us per call; the tests compare both).
+
+    Raises:
+        ValueError: ``salt`` is not 32 bytes, or an integer is out of its type's range.
+    """
+    if len(salt) != 32 or not 0 <= content_type < 256 or not 0 <= ttl_seconds < 2**64 or not 0 <= ttl_blocks < 2**64:
+        raise ValueError("commitment value out of range")
+    t_content, t_key, t_meta = _dyn(content), _dyn(key.encode()), _dyn(metadata_json.encode())
+    elems = [_dyn(t.encode()) for t in tags]
+    offsets, off = [], 32 * len(elems)
+    for e in elems:
+        offsets.append(_u(off))
+        off += len(e)
+    t_tags = _u(len(elems)) + b"".join(offsets) + b"".join(elems)
+    o_content = 32 * 8
+    o_key = o_content + len(t_content)
+    o_tags = o_key + len(t_key)
+    o_meta = o_tags + len(t_tags)
+    return (salt + _u(content_type) + _u(o_content) + _u(o_key) + _u(o_tags) + _u(o_meta) + _u(ttl_seconds)
+            + _u(ttl_blocks) + t_content + t_key + t_tags + t_meta)
+
+
 def commitment(salt: bytes, content_type: int, content: bytes, key: str, tags: Sequence[str], metadata_json: str,
                ttl_seconds: int, ttl_blocks: int) -> bytes:
     """The salted content commitment of one item version (see :data:`COMMITMENT_TYPES`)."""
-    return keccak(abi_encode(list(COMMITMENT_TYPES),
-                             [salt, content_type, content, key, list(tags), metadata_json, ttl_seconds, ttl_blocks]))
+    return keccak(commitment_encoded(salt, content_type, content, key, tags, metadata_json, ttl_seconds, ttl_blocks))
 
 
 def dump(types: Sequence[str], values: Sequence[Sequence[Any]], tree: Tree, leaf_of: Sequence[bytes]) -> dict[str, Any]:

@@ -164,14 +164,13 @@ MIGRATIONS: list[str] = [
         root BLOB NOT NULL
     );
     INSERT INTO memory_global_cache SELECT block_number, 0, root FROM memory_global_roots;
-    CREATE TABLE memory_heads2 (
-        agent BLOB PRIMARY KEY,
-        count INTEGER NOT NULL,            -- visible items at the agent's last mark
-        block_number INTEGER NOT NULL      -- its last mark
-    ) WITHOUT ROWID;
-    INSERT INTO memory_heads2 SELECT agent, count, block_number FROM memory_heads;
-    DROP TABLE memory_heads;
-    ALTER TABLE memory_heads2 RENAME TO memory_heads;
+    DROP TABLE memory_heads;              -- an agent's last mark is its head
+    -- Fewer pages dirtied per block: memory_leaves is clustered by agent (PRIMARY KEY), so the per-agent indexes
+    -- are not needed; leaves closed at a block are found through an append-only index (changes, pruning).
+    DROP INDEX memory_leaves_open;
+    DROP INDEX memory_leaves_from;
+    DROP INDEX memory_leaves_to;
+    CREATE INDEX memory_leaves_closed ON memory_leaves (to_block) WHERE to_block IS NOT NULL;
     DROP TABLE memory_roots;
     DROP TABLE memory_global_roots;
     CREATE TABLE memory_state (
