@@ -24,11 +24,11 @@ from typing import Any
 
 import apsw
 import msgpack
-import numpy as np
 
 from . import ingest, lattice, merkle
+from . import recall as recall_
 from .config import MemoryConfig
-from .crypto import AgentKey, KeyStore, MissingKeyError
+from .crypto import AgentKey, KeyStore, MissingKeyError, aad
 from .errors import ConflictError, MemoryRequestError, NotFoundError, UnknownAgentError
 from .schema import (
     END_EXPIRED,
@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 MAX_TAGS = 32
 MAX_TAG_LEN = 64
 MAX_KEY_LEN = 256
-EMBED_DIM = 384
 
 #: Journaled tables and the column index of their agent (for scrubbing undo changesets on forget).
 AGENT_COLUMN = {
@@ -98,9 +97,6 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def aad(agent: bytes, item_id: bytes, version: int) -> bytes:
-    """AES-GCM associated data binding a ciphertext to its row."""
-    return agent + item_id + version.to_bytes(4, "big")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -127,7 +123,8 @@ class Memory:
         self.keys = KeyStore(config.key_source, self.key_dir, config.key_env_prefix)
         self.lattice = lattice.Lattice(str(Path(db.path).resolve()))
         self.lattice.register()
-        self._vec_cache = lattice.LRU(64)
+        self._vec_cache = recall_.VectorCache(64)
+        self._query_cache = lattice.LRU(256)
         self.stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._wake = threading.Event()
@@ -398,7 +395,7 @@ class Memory:
                 out.append({"id": hx(item_id), "agent": hx(agent), "kind": KIND_NAMES[kind_i], "version": 1,
                             "commitment": hx(com), "written_at_head": {"number": number, "hash": hx(bhash)},
                             "anchor": None})
-        self._vec_cache.pop(agent, None)
+        self._vec_cache.stale(agent)
         self._wake.set()
         return out
 
@@ -419,13 +416,14 @@ class Memory:
     def _expired(self, conn: apsw.Connection, row: Sequence[Any], now: float) -> bool:
         if row[12] is not None and row[12] <= now:
             return True
-        if row[11]:
-            leaf = conn.execute(
-                "SELECT end_reason FROM memory_leaves WHERE agent = ? AND item_id = ? ORDER BY from_block DESC "
-                "LIMIT 1", (row[2], row[1])).fetchone()
-            if leaf is not None and leaf[0] == END_EXPIRED:
-                return True
-        return False
+        return bool(row[11]) and self._leaf_expired(conn, row[2], row[1])
+
+    @staticmethod
+    def _leaf_expired(conn: apsw.Connection, agent: bytes, item_id: bytes) -> bool:
+        """Whether the item's last leaf ended by expiry (``ttl_blocks`` working memory)."""
+        leaf = conn.execute("SELECT end_reason FROM memory_leaves WHERE agent = ? AND item_id = ? ORDER BY "
+                            "from_block DESC LIMIT 1", (agent, item_id)).fetchone()
+        return leaf is not None and leaf[0] == END_EXPIRED
 
     def _item_json(self, conn: apsw.Connection, k: AgentKey, row: Sequence[Any],
                    payload: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -578,7 +576,7 @@ class Memory:
             self._index(conn, k, agent, n, new_raw.decode() if ctype == 0 else None, new_tags)
             row2 = self._row(conn, agent, item_id)
             out = self._item_json(conn, k, row2)
-        self._vec_cache.pop(agent, None)
+        self._vec_cache.stale(agent)
         self._wake.set()
         return out
 
@@ -599,27 +597,20 @@ class Memory:
                 (agent, item_id, OP_DELETE, row[3], row[5], time.time()))
             self._unindex(conn, agent, row[0])
             conn.execute("DELETE FROM memory_items WHERE n = ?", (row[0],))
-        self._vec_cache.pop(agent, None)
+        self._vec_cache.stale(agent)
         return {"id": hx(item_id), "deleted": True}
 
     # ------------------------------------------------------------------------------------------------ recall
     def embedder(self) -> Any:
         """The rag plugin's embedder when that plugin is enabled (and ``embed`` is on), else ``None``."""
-        if not self.config.embed:
-            return None
-        rag = self.rag
-        fn = getattr(rag, "get_embedder", None) if rag is not None else None
-        try:
-            return fn() if fn is not None else None
-        except Exception as e:  # the rag plugin failing must not break recall: FTS5 still answers
-            log.warning("rag embedder unavailable: %s", e)
-            return None
+        return recall_.embedder(self)
 
     def recall(self, agent: bytes, query: str, *, k: int = 10, kind: str | None = None,
                tags: Sequence[str] | None = None, from_block: int | None = None, to_block: int | None = None,
                since: float | None = None, until: float | None = None, recency_weight: float = 0.0,
                half_life_s: float | None = None, mode: str | None = None) -> dict[str, Any]:
-        """Recall the ``k`` items most related to ``query``.
+        """Recall the ``k`` items most related to ``query``: ``{"mode": "vector" | "fts", "results": [item + score,
+        relevance]}``, best first.
 
         Scoring: relevance is the cosine similarity of the rag embedder's vectors when the rag plugin is enabled
         (``mode="vector"``), else FTS5 BM25 over keyed tokens (``mode="fts"``), scaled to [0, 1] by the best
@@ -629,136 +620,15 @@ class Memory:
         Raises:
             UnknownAgentError, MemoryRequestError: unknown agent, bad parameter (4xx naming the field).
         """
-        if not isinstance(query, str) or not query.strip():
-            raise MemoryRequestError("query", "must be a non-empty string", 422)
-        if len(query.encode()) > self.config.max_content_bytes:
-            raise MemoryRequestError("query", "too long", 413)
-        if not 1 <= k <= 1000:
-            raise MemoryRequestError("k", "must be between 1 and 1000", 422)
-        if not 0.0 <= recency_weight <= 1.0:
-            raise MemoryRequestError("recency_weight", "must be between 0 and 1", 422)
-        if mode not in (None, "vector", "fts"):
-            raise MemoryRequestError("mode", "must be vector or fts", 422)
-        self._validate(kind, None, None, list(tags) if tags else None, None, None, None)
-        self.check_agent(agent)
-        key = self.key(agent)
-        half = half_life_s or self.config.recency_half_life_s
-        emb = self.embedder() if mode != "fts" else None
-        if mode == "vector" and emb is None:
-            raise MemoryRequestError("mode", "vector recall needs the rag plugin enabled", 422)
-        conn = self._read()
-        where, args = self._filters(key, agent, kind, tags, from_block, to_block, since, until)
-        cands: dict[int, float] = {}
-        if emb is not None:
-            used = "vector"
-            ns, mat = self._vectors(conn, key, agent)
-            if len(ns):
-                q = np.asarray(emb.embed([query]), dtype=np.float32)[0]
-                sims = mat @ q
-                top = min(len(ns), max(k * 20, 200))
-                idx = np.argpartition(-sims, top - 1)[:top] if top < len(ns) else np.arange(len(ns))
-                cands = {int(ns[i]): float(max(sims[i], 0.0)) for i in idx}
-        else:
-            used = "fts"
-            toks = key.token_list(query)
-            if toks:
-                match = " OR ".join(f'"{t}"' for t in toks)
-                for n, score in conn.execute(
-                        "SELECT f.rowid, bm25(memory_fts) FROM memory_fts f JOIN memory_items i ON i.n = f.rowid "
-                        "WHERE memory_fts MATCH ? AND i.agent = ? ORDER BY rank LIMIT ?",
-                        (match, agent, max(k * 20, 200))):
-                    cands[n] = -score
-        if not cands:
-            return {"mode": used, "results": []}
-        best = max(cands.values()) or 1.0
-        ph = ",".join("?" * len(cands))
-        rows = conn.execute(
-            f"SELECT {', '.join('i.' + c.strip() for c in self._COLS.split(','))} FROM memory_items i "
-            f"WHERE {' AND '.join(where)} AND i.n IN ({ph})", (*args, *cands)).fetchall()
-        now = time.time()
-        scored = []
-        for r in rows:
-            if self._expired(conn, r, now):
-                continue
-            rel = cands[r[0]] / best
-            rec = 0.5 ** (max(now - r[13], 0.0) / half)
-            scored.append(((1 - recency_weight) * rel + recency_weight * rec, rel, r))
-        scored.sort(key=lambda s: -s[0])
-        out = []
-        for score, rel, r in scored[:k]:
-            item = self._item_json(conn, key, r)
-            item["score"] = round(score, 6)
-            item["relevance"] = round(rel, 6)
-            out.append(item)
-        return {"mode": used, "results": out}
-
-    def _vectors(self, conn: apsw.Connection, k: AgentKey, agent: bytes) -> tuple[np.ndarray, np.ndarray]:
-        """``(row ids, matrix)`` of the agent's decrypted embedding vectors (cached until the agent's next write)."""
-        stamp = conn.execute("SELECT count(*), max(n), min(n) FROM memory_vectors WHERE agent = ?", (agent,)).fetchone()
-        cached = self._vec_cache.get_(agent)
-        if cached is not None and cached[0] == stamp:
-            return cached[1], cached[2]
-        ns, vecs = [], []
-        for n, nonce, ct, item_id, version in conn.execute(
-                "SELECT v.n, v.nonce, v.ct, i.id, i.version FROM memory_vectors v JOIN memory_items i ON i.n = v.n "
-                "WHERE v.agent = ?", (agent,)):
-            try:
-                vecs.append(np.frombuffer(k.decrypt(nonce, ct, aad(agent, item_id, version)), dtype=np.float32))
-                ns.append(n)
-            except Exception:  # a vector of an older version (being re-embedded): skip
-                continue
-        arr = np.asarray(ns, dtype=np.int64)
-        mat = np.vstack(vecs) if vecs else np.zeros((0, EMBED_DIM), np.float32)
-        self._vec_cache.put(agent, (stamp, arr, mat))
-        return arr, mat
+        return recall_.recall(self, agent, query, k=k, kind=kind, tags=tags, from_block=from_block,
+                              to_block=to_block, since=since, until=until, recency_weight=recency_weight,
+                              half_life_s=half_life_s, mode=mode)
 
     def embed_pending(self, batch: int = 64) -> int:
         """Embed up to ``batch`` queued items with the rag embedder; returns how many were embedded (0 when no
         embedder). Vectors are encrypted like content. Safe against concurrent reverts: each vector is written only
         if its item still has the id and version that were embedded."""
-        emb = self.embedder()
-        if emb is None:
-            return 0
-        conn = self._read()
-        rows = conn.execute(
-            "SELECT q.n, i.id, i.agent, i.version, i.nonce, i.ct FROM memory_embed_queue q "
-            "LEFT JOIN memory_items i ON i.n = q.n ORDER BY q.n LIMIT ?", (batch,)).fetchall()
-        if not rows:
-            return 0
-        texts, keep, gone = [], [], []
-        for n, item_id, agent, version, nonce, ct in rows:
-            if item_id is None:
-                gone.append(n)
-                continue
-            try:
-                k = self.keys.get(agent)
-                p = msgpack.unpackb(k.decrypt(nonce, ct, aad(agent, item_id, version)))
-            except Exception:
-                gone.append(n)
-                continue
-            if p["t"] != 0:
-                gone.append(n)
-                continue
-            texts.append(p["c"].decode())
-            keep.append((n, item_id, agent, version, k))
-        vecs = np.asarray(emb.embed(texts), dtype=np.float32) if texts else np.zeros((0, EMBED_DIM), np.float32)
-        with self._write() as w:
-            for n in gone:
-                w.execute("DELETE FROM memory_embed_queue WHERE n = ?", (n,))
-            for (n, item_id, agent, version, k), v in zip(keep, vecs, strict=True):
-                cur = w.execute("SELECT id, version FROM memory_items WHERE n = ?", (n,)).fetchone()
-                if cur is None or cur[0] != item_id:
-                    w.execute("DELETE FROM memory_embed_queue WHERE n = ?", (n,))
-                    continue
-                if cur[1] != version:
-                    continue  # updated meanwhile: stays queued for the new version
-                nonce, ct = k.encrypt(np.ascontiguousarray(v, dtype=np.float32).tobytes(), aad(agent, item_id, version))
-                w.execute("INSERT OR REPLACE INTO memory_vectors (n, agent, nonce, ct) VALUES (?, ?, ?, ?)",
-                          (n, agent, nonce, ct))
-                w.execute("DELETE FROM memory_embed_queue WHERE n = ?", (n,))
-                self._vec_cache.pop(agent, None)
-        self.embedded += len(keep)
-        return len(keep)
+        return recall_.embed_pending(self, batch)
 
     def sweep(self) -> int:
         """Delete the rows of expired API-written working memories (their leaves were already closed by the
@@ -938,7 +808,7 @@ class Memory:
         conn = self._read()
         conn.execute("INSERT INTO memory_fts (memory_fts) VALUES ('optimize')")
         conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
-        self._vec_cache.pop(agent, None)
+        self._vec_cache.drop(agent)
         self.lattice.invalidate()
         return stats
 

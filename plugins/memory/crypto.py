@@ -35,6 +35,11 @@ KEY_BYTES = 32
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
+def aad(agent: bytes, item_id: bytes, version: int) -> bytes:
+    """AES-GCM associated data binding a ciphertext to its row: ``agent || item id || uint32 version``."""
+    return agent + item_id + version.to_bytes(4, "big")
+
+
 class MissingKeyError(Exception):
     """An agent's key is missing or unreadable."""
 

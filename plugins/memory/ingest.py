@@ -285,4 +285,4 @@ def revert_block(mem: Memory, conn: apsw.Connection, block: Any) -> None:
     conn.execute("DELETE FROM memory_fts WHERE rowid >= ?", (lo,))
     conn.execute("DELETE FROM memory_vectors WHERE n >= ?", (lo,))
     conn.execute("DELETE FROM memory_embed_queue WHERE n >= ?", (lo,))
-    mem._vec_cache.clear()
+    mem._vec_cache.drop()
