@@ -1,25 +1,27 @@
-"""Bridge transport benchmark: ``bridge-replay`` → ZeroMQ → ``exex`` source → engine (no-op plugin) → ack.
+"""Bridge transport benchmark: ``bridge-replay`` → ZeroMQ → ``exex`` source → runner → engine (no-op plugin) → ack.
 
 Blocks are mainnet-shaped (200 transactions each, taken in rotation from the real blocks in
-``../shared/data/mainnet/`` and re-chained), one ``ChainCommitted`` per block.
+``../shared/data/mainnet/`` and re-chained), one ``ChainCommitted`` per block. The sidecar side is the real
+one: :class:`monmouth.runner.Runner` with an ``exex`` source, so each notification's body is decoded on the
+engine's worker thread, notifications already received are group-committed (``engine.group_commit``), and each
+is acknowledged only after its ``COMMIT`` (``synchronous = FULL``: the WAL is fsynced).
 
 Phases:
 
 1. **throughput**: the bridge serves ``--count`` notifications as fast as the credit window (64) allows;
    notifications/s and MB/s are acked notifications and payload bytes over the time from the first send to
    the last ack, as measured by the bridge;
-2. **transport only**: the same, but the sidecar acks right after decoding, without the engine (shows the
+2. **transport only**: the same, but the sidecar decodes and acks on its event loop, without the engine (the
    transport's own ceiling);
 3. **latency**: ``--latency-count`` notifications at ``--rate`` per second (1 by default, a mainnet-like
    pace) through the engine; ack latency is the time from the bridge's send to its receipt of the ack
-   (p50, p99), so it includes decoding and the engine's SQLite commit;
+   (p50, p99), so it includes decoding and the engine's SQLite commit and fsync;
 4. **transport latency**: the same without the engine (what the transport itself adds).
-
-The sidecar's GC tuning (``monmouth.runner.tune_gc``) is applied, as in ``monmouth run``.
 
 Prints a line per phase; the last line is JSON with ``notifications_per_s``, ``mb_per_s``, ``ack_p50_ms`` and
 ``ack_p99_ms`` (plus the other figures). Usage: ``python bench/bridge.py [--count N] [--latency-count N]``.
 Needs ``bridge/target/release/bridge-replay`` (built with ``cargo build --release`` in ``bridge/`` if missing).
+Set ``MONMOUTH_BENCH_SYNCHRONOUS=NORMAL`` to see what the per-commit fsync costs.
 """
 
 from __future__ import annotations
@@ -144,7 +146,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--count", type=int, default=1000, help="notifications in the throughput phases")
     ap.add_argument("--txs", type=int, default=200, help="transactions per block")
-    ap.add_argument("--latency-count", type=int, default=30, help="notifications in each latency phase")
+    ap.add_argument("--latency-count", type=int, default=60, help="notifications in each latency phase")
     ap.add_argument("--rate", type=float, default=1.0, help="notifications per second in the latency phase")
     ap.add_argument("--window", type=int, default=64)
     a = ap.parse_args()
