@@ -15,7 +15,7 @@ on peer input.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 
 import msgpack
 import msgspec
@@ -38,6 +38,8 @@ from .types import (
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 
 KINDS = ("ChainCommitted", "ChainReorged", "ChainReverted")
+
+_B = TypeVar("_B")
 
 
 # ---------------------------------------------------------------------------- uint256
@@ -190,30 +192,22 @@ def _wei_to_int(blocks: list[Block], name: str) -> None:
                         _u256(v, f"{name}[{i}].transactions[{j}].{f}")
 
 
-class _WireNotification(msgspec.Struct):
-    type: str
-    seq: Annotated[int, msgspec.Meta(ge=0)] = 0
-    kind: str = ""
-    old: list[Block] | None = None
-    new: list[Block] | None = None
-
-
-_DECODER = msgspec.msgpack.Decoder(_WireNotification)
-
-
 class _Header(msgspec.Struct):
     number: Annotated[int, msgspec.Meta(ge=0)]
 
 
-class _Envelope(msgspec.Struct):
+class _WireNotification(msgspec.Struct, Generic[_B]):
+    """The ``notification`` message, with its blocks as ``Block`` (a full decode) or ``_Header`` (the envelope)."""
+
     type: str
     seq: Annotated[int, msgspec.Meta(ge=0)] = 0
     kind: str = ""
-    old: list[_Header] | None = None
-    new: list[_Header] | None = None
+    old: list[_B] | None = None
+    new: list[_B] | None = None
 
 
-_ENVELOPE = msgspec.msgpack.Decoder(_Envelope)
+_DECODER = msgspec.msgpack.Decoder(_WireNotification[Block])
+_ENVELOPE = msgspec.msgpack.Decoder(_WireNotification[_Header])
 _AT = re.compile(r"^(?P<msg>.*) - at `\$(?P<path>[^`]*)`$", re.S)
 
 
@@ -238,7 +232,7 @@ def _chain(blocks: list[Block] | None, name: str, kind: str) -> Chain:
         raise CodecError(f"{kind}.{name}: {e}") from None
 
 
-def _finish(w: _WireNotification) -> tuple[int, Notification]:
+def _finish(w: _WireNotification[Block]) -> tuple[int, Notification]:
     if w.type != "notification":
         raise CodecError(f"expected a 'notification' message, got type {w.type!r}")
     kind = w.kind
@@ -264,10 +258,22 @@ def notification_from_wire(raw: Any) -> tuple[int, Notification]:
     if type(raw) is not dict:
         raise CodecError(f"notification: expected map, got {type(raw).__name__}")
     try:
-        w = msgspec.convert(raw, _WireNotification)
+        w = msgspec.convert(raw, _WireNotification[Block])
     except msgspec.ValidationError as e:
         raise CodecError(_validation_message(e)) from None
     return _finish(w)
+
+
+def _decode(decoder: msgspec.msgpack.Decoder[_WireNotification[_B]], frame: bytes | memoryview,
+            max_bytes: int) -> _WireNotification[_B]:
+    if len(frame) > max_bytes:
+        raise CodecError(f"frame of {len(frame)} bytes exceeds the limit of {max_bytes} bytes")
+    try:
+        return decoder.decode(frame)
+    except msgspec.ValidationError as e:
+        raise CodecError(_validation_message(e)) from None
+    except msgspec.DecodeError as e:
+        raise CodecError(f"frame is not valid msgpack ({len(frame)} bytes): {e}") from None
 
 
 def decode_notification(frame: bytes | memoryview, max_bytes: int = MAX_FRAME_BYTES) -> tuple[int, Notification]:
@@ -277,15 +283,7 @@ def decode_notification(frame: bytes | memoryview, max_bytes: int = MAX_FRAME_BY
         CodecError: oversized, truncated or not msgpack; a field of the wrong type or length (the message
             names its path, e.g. ``new[3].transactions[17].sender``); chains that do not fit together.
     """
-    if len(frame) > max_bytes:
-        raise CodecError(f"frame of {len(frame)} bytes exceeds the limit of {max_bytes} bytes")
-    try:
-        w = _DECODER.decode(frame)
-    except msgspec.ValidationError as e:
-        raise CodecError(_validation_message(e)) from None
-    except msgspec.DecodeError as e:
-        raise CodecError(f"frame is not valid msgpack ({len(frame)} bytes): {e}") from None
-    return _finish(w)
+    return _finish(_decode(_DECODER, frame, max_bytes))
 
 
 def peek_notification(frame: bytes | memoryview, max_bytes: int = MAX_FRAME_BYTES) -> tuple[int, str, int | None]:
@@ -298,14 +296,7 @@ def peek_notification(frame: bytes | memoryview, max_bytes: int = MAX_FRAME_BYTE
     Raises:
         CodecError: oversized, not msgpack, not a notification, an unknown kind, or a missing chain.
     """
-    if len(frame) > max_bytes:
-        raise CodecError(f"frame of {len(frame)} bytes exceeds the limit of {max_bytes} bytes")
-    try:
-        e = _ENVELOPE.decode(frame)
-    except msgspec.ValidationError as err:
-        raise CodecError(_validation_message(err)) from None
-    except msgspec.DecodeError as err:
-        raise CodecError(f"frame is not valid msgpack ({len(frame)} bytes): {err}") from None
+    e = _decode(_ENVELOPE, frame, max_bytes)
     if e.type != "notification":
         raise CodecError(f"expected a 'notification' message, got type {e.type!r}")
     if e.kind not in KINDS:

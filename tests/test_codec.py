@@ -6,7 +6,14 @@ import msgpack
 import msgspec
 import pytest
 
-from monmouth.codec import decode_notification, encode_notification, notification_to_wire, packb, u256_to_bytes
+from monmouth.codec import (
+    decode_notification,
+    encode_notification,
+    notification_to_wire,
+    packb,
+    peek_notification,
+    u256_to_bytes,
+)
 from monmouth.errors import CodecError
 from monmouth.testing import chain, extend, load_mainnet_blocks
 from monmouth.types import Chain, ChainCommitted, ChainReorged, ChainReverted
@@ -95,3 +102,33 @@ def test_discontiguous_chain_is_refused():
     with pytest.raises(CodecError, match="not contiguous"):
         decode_notification(packb(wire))
     assert isinstance(msgspec.msgpack.decode(packb(wire)), dict)
+
+
+def test_wei_values_are_ints_after_decoding(mainnet):
+    n = decode_notification(encode_notification(ChainCommitted(Chain((mainnet[0],)))))[1]
+    tx = n.new.tip.transactions[0]
+    assert all(type(v) is int for v in (tx.value, n.new.tip.base_fee_per_gas) if v is not None)
+    assert all(type(t.max_fee_per_gas) is int for t in n.new.tip.transactions if t.max_fee_per_gas is not None)
+
+
+def test_peek_reads_the_envelope_only():
+    bs = extend(None, 3, number=10, n_txs=2)
+    fork = extend(bs[0], 4, salt="f", n_txs=1)
+    assert peek_notification(encode_notification(ChainCommitted(chain(bs)), seq=4)) == (4, "ChainCommitted", 12)
+    assert peek_notification(encode_notification(ChainReorged(chain(bs[1:]), chain(fork)), 5)) == (5, "ChainReorged", 14)
+    assert peek_notification(encode_notification(ChainReverted(chain(bs[2:])), 6)) == (6, "ChainReverted", None)
+    bad_body = mutate(("new", 0, "transactions", 1, "sender"), b"\x01" * 19)
+    assert peek_notification(bad_body)[0] == 1  # the body is checked when it is decoded, not here
+    with pytest.raises(CodecError, match="new\\[0\\].transactions\\[1\\].sender"):
+        decode_notification(bad_body)
+    for path, value, needle in [(("kind",), "ChainExploded", "unknown notification kind"),
+                                (("new",), [], "at least one block"),
+                                (("type",), "hello", "expected a 'notification'"),
+                                (("new", 0, "number"), -1, "new[0].number")]:
+        with pytest.raises(CodecError, match=needle.replace("[", "\\[").replace("]", "\\]")):
+            peek_notification(mutate(path, value))
+    frame = encode_notification(ChainCommitted(chain(bs)))
+    with pytest.raises(CodecError, match="not valid msgpack"):
+        peek_notification(frame[:-3])
+    with pytest.raises(CodecError, match="exceeds the limit"):
+        peek_notification(frame, max_bytes=10)
