@@ -206,3 +206,21 @@ def test_newer_version_is_refused_clearly() -> None:
         wire.check_version(2)
     assert e.value.code == "unsupported_version"
     assert "version 2" in str(e.value) and "version 1" in str(e.value)
+
+
+def test_deferred_notification_reads_the_envelope_and_loads_the_body_later() -> None:
+    frame = (VECTORS / "notification_committed.msgpack").read_bytes()
+    full = wire.decode(frame)
+    pending = wire.decode(memoryview(frame), defer=True)
+    assert isinstance(full, wire.NotificationMsg) and isinstance(pending, wire.PendingNotification)
+    assert (pending.seq, pending.kind, pending.tip) == (full.seq, "ChainCommitted", full.notification.new.tip.number)  # type: ignore[union-attr]
+    assert pending.load() == full.notification
+    # Non-notification frames decode as usual with defer.
+    assert wire.decode(wire.encode(wire.Heartbeat(3)), defer=True) == wire.Heartbeat(3)
+    raw = msgpack.unpackb(frame, raw=False)
+    raw["new"][0]["transactions"][0]["to"] = b"\x02" * 21
+    bad = wire.decode(_frame(raw), defer=True)
+    assert isinstance(bad, wire.PendingNotification)
+    with pytest.raises(wire.WireError) as e:
+        bad.load()
+    assert e.value.code == "malformed" and "new[0].transactions[0].to" in str(e.value)
