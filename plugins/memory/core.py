@@ -643,9 +643,10 @@ class Memory:
         return len(rows)
 
     def _worker_loop(self) -> None:
-        """Background work: embeddings, passive WAL checkpoints (API writes do not auto-checkpoint), and the
-        sweep of expired working memory."""
-        last_ckpt = last_sweep = 0.0
+        """Background work: embeddings, passive WAL checkpoints (API writes do not auto-checkpoint), the global
+        root of the head computed ahead of requests (at most once a second), and the sweep of expired working
+        memory."""
+        last_ckpt = last_sweep = last_warm = 0.0
         while not self.stopping.is_set():
             done = 0
             try:
@@ -655,6 +656,9 @@ class Memory:
                 if now - last_ckpt >= 2.0:
                     last_ckpt = now
                     self._read().wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+                if now - last_warm >= 1.0:
+                    last_warm = now
+                    self.warm()
                 if now - last_sweep >= 60.0:
                     last_sweep = now
                     self.sweep()
@@ -664,6 +668,12 @@ class Memory:
             if not done:
                 self._wake.wait(1.0)
                 self._wake.clear()
+
+    def warm(self) -> bytes | None:
+        """Compute (and cache) the global root of the latest applied block; returns it (``None``: no block)."""
+        conn = self._read()
+        head = conn.execute("SELECT max(block_number) FROM memory_blocks").fetchone()[0]
+        return None if head is None else self.lattice.global_root(conn, head)
 
     # ------------------------------------------------------------------------------------------------ chain hooks
     def apply_block(self, conn: apsw.Connection, block: Any) -> None:

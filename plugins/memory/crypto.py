@@ -208,7 +208,8 @@ class AgentKey:
     def _token(self, word: str) -> str:
         t = self._tok.get(word)
         if t is None:
-            t = self.mac(b"tok", word.encode())[:6].hex()
+            w = word.encode()
+            t = hmac.digest(self._mac, b"tok" + len(w).to_bytes(4, "big") + w, "sha256")[:6].hex()  # = mac(b"tok", w)
             if len(self._tok) >= 4096:
                 self._tok.clear()
             self._tok[word] = t

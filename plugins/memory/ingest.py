@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import apsw
-from eth_hash.auto import keccak
 
 from . import merkle
 from .crypto import MissingKeyError
+from .merkle import keccak
 from .schema import END_DELETED, END_EXPIRED, END_SUPERSEDED, EPISODE_SHIFT, KINDS, OP_PUT
 
 if TYPE_CHECKING:
@@ -100,14 +100,21 @@ def apply_block(mem: Memory, conn: apsw.Connection, block: Any) -> None:
     _expire(conn, block, touched)
     prev = conn.execute("SELECT agents, stamp FROM memory_blocks ORDER BY block_number DESC LIMIT 1").fetchone()
     agents = prev[0] if prev is not None else 0
-    for agent in sorted(touched):
-        h = conn.execute("SELECT count FROM memory_marks WHERE agent = ? ORDER BY block_number DESC LIMIT 1",
-                         (agent,)).fetchone()
-        before = h[0] if h is not None else 0
-        count = before + touched[agent]
-        agents += (count > 0) - (before > 0)
-        conn.execute("INSERT OR REPLACE INTO memory_marks (agent, block_number, count, stamp) VALUES (?, ?, ?, ?)",
-                     (agent, number, count, stamp))
+    order = sorted(touched)
+    before: dict[bytes, int] = {}
+    for i in range(0, len(order), 500):
+        chunk = order[i:i + 500]
+        before.update(conn.execute(
+            "SELECT agent, count FROM memory_marks m WHERE agent IN (" + ",".join("?" * len(chunk)) + ") AND "
+            "block_number = (SELECT max(block_number) FROM memory_marks WHERE agent = m.agent)", chunk).fetchall())
+    marks = []
+    for agent in order:
+        b0 = before.get(agent, 0)
+        count = b0 + touched[agent]
+        agents += (count > 0) - (b0 > 0)
+        marks.append((agent, number, count, stamp))
+    conn.executemany("INSERT OR REPLACE INTO memory_marks (agent, block_number, count, stamp) VALUES (?, ?, ?, ?)",
+                     marks)
     if prev is None or prev[1] <= forgot:  # the previous block counted an agent forgotten since
         agents = conn.execute("SELECT count(*) FROM (SELECT agent, max(block_number), count FROM memory_marks "
                               "GROUP BY agent) WHERE count > 0").fetchone()[0]
@@ -224,22 +231,31 @@ def _anchor(conn: apsw.Connection, block: Any, touched: dict[bytes, int]) -> Non
     for r in rows:
         final[(r[1], r[2])] = r
     number = block.number
+    keys = list(final)
+    open_: set[tuple[bytes, bytes]] = set()  # items with a visible version (closed below)
+    for i in range(0, len(keys), 400):
+        chunk = keys[i:i + 400]
+        open_.update(conn.execute(
+            "SELECT agent, item_id FROM memory_leaves WHERE to_block IS NULL AND (agent, item_id) IN (VALUES "
+            + ",".join(["(?, ?)"] * len(chunk)) + ")", [x for k in chunk for x in k]).fetchall())
+    closes, adds = [], []
     for (agent, item_id), r in final.items():
         _seq, _a, _i, op, kind, version, com, ttl_b, expires_at = r
-        conn.execute("UPDATE memory_leaves SET to_block = ?, end_reason = ? WHERE agent = ? AND item_id = ? "
-                     "AND to_block IS NULL", (number, END_SUPERSEDED if op == OP_PUT else END_DELETED, agent,
-                                              item_id))
-        delta = -conn.changes()
+        delta = 0
+        if (agent, item_id) in open_:
+            closes.append((number, END_SUPERSEDED if op == OP_PUT else END_DELETED, agent, item_id))
+            delta -= 1
         if op == OP_PUT:
-            conn.execute(
-                "INSERT INTO memory_leaves (agent, item_id, from_block, to_block, version, kind, commitment, "
-                "anchor_hash, leaf, expires_block, expires_ts, end_reason) VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?, "
-                "?, ?, NULL)",
-                (agent, item_id, number, version, kind, com, block.hash,
-                 merkle.item_leaf(item_id, agent, kind, version, number, com),
-                 number + ttl_b if ttl_b else None, expires_at))
+            adds.append((agent, item_id, number, version, kind, com, block.hash,
+                         merkle.item_leaf(item_id, agent, kind, version, number, com),
+                         number + ttl_b if ttl_b else None, expires_at))
             delta += 1
         touched[agent] = touched.get(agent, 0) + delta
+    conn.executemany("UPDATE memory_leaves SET to_block = ?, end_reason = ? WHERE agent = ? AND item_id = ? "
+                     "AND to_block IS NULL", closes)
+    conn.executemany(
+        "INSERT INTO memory_leaves (agent, item_id, from_block, to_block, version, kind, commitment, anchor_hash, "
+        "leaf, expires_block, expires_ts, end_reason) VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?, NULL)", adds)
     conn.execute("UPDATE memory_sync SET ops_seq = ? WHERE id = 1", (rows[-1][0],))
 
 
