@@ -31,6 +31,8 @@ from typing import Any
 
 import apsw
 
+from . import lattice  # noqa: F401  (registers memory_global_root, read below through memory_global_roots)
+
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")

@@ -42,6 +42,8 @@ from .schema import END_NAMES
 
 #: Most cache rows persisted per applied block (the rest wait for the next blocks).
 FLUSH_PER_BLOCK = 512
+#: Most cache rows waiting to be persisted (more are only cached in memory).
+MAX_PENDING = 100_000
 
 
 def hx(b: bytes | None) -> str | None:
@@ -164,7 +166,8 @@ class Lattice:
             root = self._build(conn, agent, mark, stamp, cacheable)[0].root  # type: ignore[union-attr]
             if cacheable:
                 with self.lock:
-                    self._pending_roots.append((agent, mark, stamp, root))
+                    if len(self._pending_roots) < MAX_PENDING:
+                        self._pending_roots.append((agent, mark, stamp, root))
         if cacheable:
             self.roots.put(key, root)
         return root
@@ -227,7 +230,8 @@ class Lattice:
             if not conn.in_transaction:
                 self.gtrees.put((block, stamp), tree)
                 with self.lock:
-                    self._pending_globals.append((block, stamp, root))
+                    if len(self._pending_globals) < MAX_PENDING:
+                        self._pending_globals.append((block, stamp, root))
         if not conn.in_transaction:
             self.globals.put((block, stamp), root)
         return root  # type: ignore[no-any-return]

@@ -2,15 +2,20 @@
 
 Which code writes which table matters for the reorg journal (see ``docs/memory.md``):
 
-* **chain tables** are written only by the chain hooks and journaled: ``memory_leaves`` (the visible item
-  versions, per block), ``memory_roots`` (per-agent roots when they change), ``memory_heads`` (each agent's
-  current root), ``memory_global_roots`` (one row per applied block), ``memory_sync`` (how far the op log has
-  been anchored), and the chain-derived rows of ``memory_items`` / ``memory_tags`` (inserted only);
+* **chain tables** are written only by the chain hooks and journaled: ``memory_leaves`` (the item versions with
+  their validity ranges), ``memory_marks`` (per agent, the blocks at which its visible set changed, the count
+  after and the block's stamp), ``memory_blocks`` (one row per applied block), ``memory_sync`` (how far the op
+  log has been anchored), and the chain-derived rows of ``memory_items`` / ``memory_tags`` (inserted only);
 * **off-chain tables** are written by the API and the CLI and never by chain hooks: ``memory_agents``,
   ``memory_ops`` (the op log of API writes, anchored by the chain hook at the next block), and the API rows of
   ``memory_items`` / ``memory_tags``;
 * **derived tables** are declared trimmed (not journaled): the FTS5 index ``memory_fts`` and the encrypted
-  vectors ``memory_vectors``, cleaned by ``monmouth_block_reverted`` by row id range, and the embedding queue.
+  vectors ``memory_vectors``, cleaned by ``monmouth_block_reverted`` by row id range, and the embedding queue;
+  the root caches ``memory_root_cache`` / ``memory_global_cache`` (the engine deletes rows ``>= block`` on
+  revert); ``memory_state`` (the stamp counter, never reverted) and ``memory_forgotten`` (see :mod:`.lattice`).
+
+``memory_global_roots`` is a view over ``memory_blocks`` (migration 2); its ``root`` column calls the SQL function
+``memory_global_root`` that :mod:`.lattice` registers on every connection.
 
 Every journaled table that a chain hook UPDATEs has the agent in its PRIMARY KEY, so that forgetting an agent
 can drop its changes from the stored undo changesets.
