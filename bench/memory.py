@@ -270,7 +270,6 @@ def main() -> None:
             res.setdefault("_hook", []).append(hook_200)
         res.update(summary("block_200_agents", blocks))
         res.update(summary("block_200_agents_hook", res.pop("_hook")))
-        mem.apply_block = apply_block  # type: ignore[method-assign]
         with mem._write() as conn:  # the store samples queued embeddings the recall agent does not need
             conn.execute("DELETE FROM memory_embed_queue")
         eps = []
@@ -282,13 +281,17 @@ def main() -> None:
             eps.append(b.block(txs, rcs))
         res.update(summary("episodes_200_agents", eps))
         plain = []
+        hook.clear()
         for _ in range(300):
             txs = tuple(Transaction(h("bench-tx2", b.number, i), 2, h("sender", i)[:20], h("to", i)[:20], 10**15,
                                     b"", i, 21_000, None, 10**10, 10**9, 1) for i in range(20))
             rcs = tuple(Receipt(1, 21_000 * (i + 1)) for i in range(len(txs)))
             plain.append(b.block(txs, rcs))
+        mem.apply_block = apply_block  # type: ignore[method-assign]
         res["ingest_blocks_per_s"] = round(len(plain) / sum(plain))
         print(f"{'ingest':>22}: {res['ingest_blocks_per_s']} blocks/s (20 transactions each, no agent touched)")
+        res.update(summary("ingest_block", plain))
+        res.update(summary("ingest_block_hook", hook))
         res["core_goal_block_ms"] = round(1000 / 300, 2)
         b.close()
     print(json.dumps(res))
