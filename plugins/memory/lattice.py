@@ -41,7 +41,7 @@ from .errors import GoneError, MemoryRequestError, NotFoundError
 from .schema import END_NAMES
 
 #: Most cache rows persisted per applied block (the rest wait for the next blocks).
-FLUSH_PER_BLOCK = 512
+FLUSH_PER_BLOCK = 128
 #: Most cache rows waiting to be persisted (more are only cached in memory).
 MAX_PENDING = 100_000
 
