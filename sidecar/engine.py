@@ -216,6 +216,8 @@ class Engine:
             now = time.perf_counter()
             for notification, result, t0 in done:
                 self._observe(notification, result, now - t0)
+            if wrote:
+                self.metrics.commit_notifications.observe(len(done))
         return results, error
 
     def _observe(self, notification: Notification, result: ApplyResult, seconds: float) -> None:

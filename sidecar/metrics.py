@@ -19,6 +19,8 @@ class Metrics:
         reorg_depth: ``monmouth_reorg_depth_blocks``, blocks reverted per reorg or revert.
         notification_seconds: ``monmouth_notification_seconds``, engine time per notification (transaction
             included).
+        commit_notifications: ``monmouth_commit_notifications``, notifications per committed transaction (above
+            1 when the runner group-commits a backlog, see ``engine.group_commit``).
         errors: ``monmouth_errors_total{kind}``; kinds: ``plugin``, ``continuity``, ``reorg_too_deep``,
             ``codec``, ``source``, ``config``, ``hook``.
         head, finalized, source_head, lag: gauges in blocks.
@@ -41,6 +43,10 @@ class Metrics:
         self.notification_seconds = Histogram(
             "monmouth_notification_seconds", "Engine time per notification, commit included, seconds.",
             buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.commit_notifications = Histogram(
+            "monmouth_commit_notifications", "Notifications per committed engine transaction (group commit).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024), registry=r,
         )
         self.errors = Counter("monmouth_errors", "Errors, by kind.", ["kind"], registry=r)
         self.head = Gauge("monmouth_head_block", "Engine head block number.", registry=r)
