@@ -21,6 +21,9 @@ class Metrics:
             included).
         commit_notifications: ``monmouth_commit_notifications``, notifications per committed transaction (above
             1 when the runner group-commits a backlog, see ``engine.group_commit``).
+        wal_checkpoint_seconds: ``monmouth_wal_checkpoint_seconds``, background WAL checkpoints (duration).
+        wal_pending_frames: ``monmouth_wal_pending_frames``, WAL frames a checkpoint could not copy yet (a
+            long-running reader pins them; growth means the WAL file grows).
         errors: ``monmouth_errors_total{kind}``; kinds: ``plugin``, ``continuity``, ``reorg_too_deep``,
             ``codec``, ``source``, ``config``, ``hook``.
         head, finalized, source_head, lag: gauges in blocks.
@@ -47,6 +50,14 @@ class Metrics:
         self.commit_notifications = Histogram(
             "monmouth_commit_notifications", "Notifications per committed engine transaction (group commit).",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024), registry=r,
+        )
+        self.wal_checkpoint_seconds = Histogram(
+            "monmouth_wal_checkpoint_seconds", "Background WAL checkpoint duration, seconds.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.wal_pending_frames = Gauge(
+            "monmouth_wal_pending_frames", "WAL frames the last background checkpoint could not copy yet.",
+            registry=r,
         )
         self.errors = Counter("monmouth_errors", "Errors, by kind.", ["kind"], registry=r)
         self.head = Gauge("monmouth_head_block", "Engine head block number.", registry=r)

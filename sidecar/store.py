@@ -104,6 +104,20 @@ class Database:
             self._local.conn = conn
         return conn
 
+    def checkpoint(self) -> tuple[int, int]:
+        """Copy committed WAL frames back into the database file (``PRAGMA wal_checkpoint(PASSIVE)``, on this
+        thread's connection): never blocks the engine's writes or any reader, and stops at frames a reader
+        still needs. Once every frame is copied, the next writer starts the WAL over, which keeps it bounded.
+
+        Returns:
+            ``(frames in the WAL, frames checkpointed)``.
+
+        Raises:
+            apsw.Error: the checkpoint failed (I/O error).
+        """
+        log_frames, done = self.reader().wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+        return int(log_frames), int(done)
+
     @contextlib.contextmanager
     def write(self) -> Iterator[apsw.Connection]:
         """A short ``BEGIN IMMEDIATE`` write transaction on a per-thread connection, for work outside the

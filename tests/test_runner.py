@@ -72,3 +72,44 @@ enabled = true
     assert app.engine.conn.execute("SELECT count(*) FROM ledger_transfers").fetchone()[0] == 8
     assert runner.status()["last_error"] is None
     app.close()
+
+
+class SlowReplay(ReplaySource):
+    """A replay source that lets the event loop run between notifications (for the checkpointer to tick)."""
+
+    async def stream(self, view):  # type: ignore[no-untyped-def, override]
+        async for d in super().stream(view):
+            await anyio.sleep(0.01)
+            yield d
+
+
+async def test_wal_checkpoints_run_in_the_background_not_in_the_engines_commits(tmp_path):
+    bs = extend(None, 60, number=1, n_txs=3)
+    with ReplayWriter(tmp_path / "w.mnr") as w:
+        for b in bs:
+            w.write(ChainCommitted(chain([b])))
+    cfg = tmp_path / "config.toml"
+    cfg.write_text("""
+[source]
+kind = "replay"
+path = "w.mnr"
+[storage]
+path = "db.sqlite"
+checkpoint_interval = 0.05
+[http]
+enabled = false
+[plugins.ledger]
+enabled = true
+""")
+    app = open_app(cfg, extra_plugins={"ledger": ledger})
+    assert app.engine.conn.pragma("wal_autocheckpoint") == 1000  # SQLite's default until the runner starts
+    runner = Runner(app, SlowReplay(tmp_path / "w.mnr"), watch_config=False)
+    await runner.run()
+    assert app.engine.conn.pragma("wal_autocheckpoint") == 0  # the engine's commits never checkpointed
+    sample = app.metrics.registry.get_sample_value
+    assert (sample("monmouth_wal_checkpoint_seconds_count") or 0) >= 3
+    assert sample("monmouth_wal_pending_frames") is not None
+    frames, done = app.db.checkpoint()
+    assert frames == done  # nothing pins the WAL: every frame can be copied back
+    assert app.engine.head == bs[-1].ref
+    app.close()
