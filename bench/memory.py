@@ -90,9 +90,9 @@ def pct(xs: list[float], q: float) -> float:
 
 def summary(name: str, xs: list[float]) -> dict[str, float]:
     out = {f"{name}_p50_ms": round(pct(xs, 50), 3), f"{name}_p99_ms": round(pct(xs, 99), 3),
-           f"{name}_mean_ms": round(statistics.fmean(xs) * 1000, 3)}
+           f"{name}_mean_ms": round(statistics.fmean(xs) * 1000, 3), f"{name}_max_ms": round(max(xs) * 1000, 3)}
     print(f"{name:>22}: p50 {out[f'{name}_p50_ms']:8.3f} ms   p99 {out[f'{name}_p99_ms']:8.3f} ms   "
-          f"(n={len(xs)})", flush=True)
+          f"max {out[f'{name}_max_ms']:8.1f} ms   (n={len(xs)})", flush=True)
     return out
 
 
