@@ -21,7 +21,7 @@ Measured (milliseconds, p50 and p99):
   one block of 200 transactions each touching a different agent (chain-derived memories);
   ``ingest_blocks_per_s``: blocks of 20 transactions between unregistered addresses applied one by one with the
   memory plugin enabled (``ingest_block_hook``: the memory hook's share). As with the runner
-  (``storage.checkpoint_interval``), the engine connection never checkpoints inline; the WAL is checkpointed
+  (``storage.checkpoint_pages``), the engine connection never checkpoints inline; the WAL is checkpointed
   between timed operations. Compared with the core ingest goal (300 blocks/s, i.e. 3.3 ms per block).
 
 Usage: ``python bench/memory.py [--agents N] [--items N] [--quick]``. The last line printed is JSON.
@@ -118,7 +118,7 @@ class Bench:
         settings = validate(data, "<bench>", config_models(plugins))
         self.host.apply_settings(settings)
         self.engine = Engine(self.db, self.host, settings.engine, metrics)
-        # As the runner does (storage.checkpoint_interval): no inline checkpoints on the engine's connection; the
+        # As the runner does (storage.checkpoint_pages): no inline checkpoints on the engine's connection; the
         # WAL is checkpointed between timed operations here, on the runner's thread in the sidecar.
         self.engine.conn.pragma("wal_autocheckpoint", 0)
         self.mem = self.plugin.memory

@@ -75,10 +75,10 @@ class StorageConfig(_Section):
     path: str = "data/monmouth.sqlite"
     #: FULL survives power loss; NORMAL survives a process crash (kill -9) and is faster.
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
-    #: Seconds between WAL checkpoints, run on a background thread by ``monmouth run`` so that the engine's commits
-    #: never copy the WAL back themselves (on a large database one such inline checkpoint stalls a block for
-    #: ~0.3 s). 0 leaves checkpoints to SQLite's automatic ones on the committing connection.
-    checkpoint_interval: float = Field(1.0, ge=0, le=3600)
+    #: WAL size, in pages, at which ``monmouth run`` checkpoints the WAL on a background thread (SQLite's own
+    #: threshold is the same, but it checkpoints inside the commit that crosses it: on a large database that stalls
+    #: a block for ~0.3 s). 0 leaves checkpoints to SQLite, inline.
+    checkpoint_pages: int = Field(1000, ge=0, le=10_000_000)
 
 
 class EngineConfig(_Section):

@@ -65,6 +65,7 @@ class Runner:
         # never make a notification wait for a free thread.
         self._engine_limiter = anyio.CapacityLimiter(1)
         self._spent: list[Delivery] = []
+        self._wal_pages = 0
 
     # ------------------------------------------------------------------------------------------------ status
     def status(self) -> dict[str, Any]:
@@ -106,10 +107,11 @@ class Runner:
             if self.watch_config:
                 tg.start_soon(self._watch_config)
             tg.start_soon(self._progress)
-            if self.app.settings.storage.checkpoint_interval > 0:
-                # Checkpoints move off the engine's commits onto a background thread.
-                self.app.engine.conn.pragma("wal_autocheckpoint", 0)
-                tg.start_soon(self._checkpoint_wal, self.app.settings.storage.checkpoint_interval)
+            if self.app.settings.storage.checkpoint_pages > 0:
+                # Checkpoints move off the engine's commits onto a background thread. The WAL hook replaces SQLite's
+                # automatic checkpoint (itself a WAL hook) on the engine's connection and only records the size.
+                self.app.engine.conn.set_wal_hook(self._on_wal_commit)
+                tg.start_soon(self._checkpoint_wal, self.app.settings.storage.checkpoint_pages)
             try:
                 await self._ingest()
             except Exception as e:  # re-raised below, unwrapped from the task group's ExceptionGroup
@@ -245,16 +247,24 @@ class Runner:
                 log.info("catching up: head %d, source head %d, %d blocks remaining, %.1f blocks/s, eta %.0fs",
                          head.number, sh, remaining, self._rate, eta)
 
-    async def _checkpoint_wal(self, interval: float) -> None:
+    def _on_wal_commit(self, conn: apsw.Connection, name: str, pages: int) -> int:
+        # On the engine's thread, after each commit: only note the WAL's size (pages).
+        self._wal_pages = pages
+        return apsw.SQLITE_OK
+
+    async def _checkpoint_wal(self, threshold: int) -> None:
         db, m = self.app.db, self.app.metrics
         limiter = anyio.CapacityLimiter(1)  # its own thread: never waits behind the engine or HTTP handlers
         while True:
-            await anyio.sleep(interval)
+            await anyio.sleep(0.1)
+            if self._wal_pages < threshold:
+                continue
+            self._wal_pages = 0
             t0 = time.perf_counter()
             try:
                 frames, done = await anyio.to_thread.run_sync(db.checkpoint, limiter=limiter)
             except apsw.Error as e:
-                log.warning("WAL checkpoint failed (will retry in %.1fs): %s", interval, e)
+                log.warning("WAL checkpoint failed (will retry): %s", e)
                 continue
             m.wal_checkpoint_seconds.observe(time.perf_counter() - t0)
             m.wal_pending_frames.set(max(frames - done, 0))
