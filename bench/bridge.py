@@ -21,7 +21,8 @@ Phases:
 Prints a line per phase; the last line is JSON with ``notifications_per_s``, ``mb_per_s``, ``ack_p50_ms`` and
 ``ack_p99_ms`` (plus the other figures). Usage: ``python bench/bridge.py [--count N] [--latency-count N]``.
 Needs ``bridge/target/release/bridge-replay`` (built with ``cargo build --release`` in ``bridge/`` if missing).
-Set ``MONMOUTH_BENCH_SYNCHRONOUS=NORMAL`` to see what the per-commit fsync costs.
+Set ``MONMOUTH_BENCH_SYNCHRONOUS=NORMAL`` to see what the per-commit fsync costs. Before each phase the page cache
+is flushed (``os.sync()``) and the disk left quiet for 2 s, so that no phase pays for an earlier one's writes.
 """
 
 from __future__ import annotations
@@ -87,10 +88,15 @@ def build_file(path: Path, count: int, txs: int) -> int:
     with ReplayWriter(path) as w:
         for i, b in enumerate(mainnet_shaped(templates, count, txs_per_block=txs), 1):
             size += w.write(ChainCommitted(chain([b])), i) or 0
-    # Write the file out now: left to background writeback, hundreds of MB of dirty pages make the engine's
-    # fsyncs wait (ext4 flushes ordered data at journal commits), which would be measured as ack latency.
-    os.sync()
     return path.stat().st_size
+
+
+def settle() -> None:
+    """Flush the page cache's dirty data and let the disk go quiet before a timed phase: what an earlier phase
+    wrote (databases, replay files), written back during the next one, makes its fsyncs wait (ext4 flushes
+    ordered data at journal commits) and would be measured as ack latency."""
+    os.sync()
+    time.sleep(2)
 
 
 def ensure_binary() -> Path:
@@ -163,12 +169,14 @@ def main() -> None:
 
         (d / "tp").mkdir()
         app = make_app(d / "tp")
+        settle()
         tp = asyncio.run(run_phase(d / "bench.mnmrp", f"ipc://{d}/tp.sock", app=app, window=a.window, rate=0))
         app.close()
         print(f"throughput (engine, no-op plugin): {tp['notifications_per_s']:.0f} notifications/s, "
               f"{tp['mb_per_s']:.1f} MB/s, ack p50 {tp['ack_p50_ms']:.1f} ms p99 {tp['ack_p99_ms']:.1f} ms "
               f"(window {a.window})")
 
+        settle()
         cpu0, kids0 = time.process_time(), resource.getrusage(resource.RUSAGE_CHILDREN)
         tr = asyncio.run(run_phase(d / "bench.mnmrp", f"ipc://{d}/tr.sock", app=None, window=a.window, rate=0))
         kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -182,10 +190,12 @@ def main() -> None:
         build_file(lat_file, a.latency_count, a.txs)
         (d / "lat").mkdir()
         app = make_app(d / "lat")
+        settle()
         lat = asyncio.run(run_phase(lat_file, f"ipc://{d}/lat.sock", app=app, window=a.window, rate=a.rate))
         app.close()
         print(f"latency at {a.rate:g} block/s ({lat['acked']} blocks, engine): ack p50 {lat['ack_p50_ms']:.2f} ms, "
               f"p99 {lat['ack_p99_ms']:.2f} ms, max {lat['ack_max_ms']:.2f} ms")
+        settle()
         tl = asyncio.run(run_phase(lat_file, f"ipc://{d}/tl.sock", app=None, window=a.window, rate=a.rate))
         print(f"transport latency at {a.rate:g} block/s ({tl['acked']} blocks, no engine): ack p50 "
               f"{tl['ack_p50_ms']:.2f} ms, p99 {tl['ack_p99_ms']:.2f} ms, max {tl['ack_max_ms']:.2f} ms")
