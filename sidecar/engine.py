@@ -98,6 +98,9 @@ class Engine:
         ).fetchone()
         assert row is not None, "monmouth_cursor is created with its row by Database()"
         self._head: BlockRef | None = BlockRef(row[0], row[1]) if row[0] is not None else None
+        # The head inside an open transaction (apply_many moves it notification by notification); ``_head`` is the
+        # committed one, the only one other threads see.
+        self._working: BlockRef | None = self._head
         self.finalized: int | None = row[2]
         self.notifications_seen: int = row[3]
         self.reorgs_seen: int = row[4]
@@ -169,7 +172,7 @@ class Engine:
         """
         conn = self.conn
         self.journal.refresh()
-        state = (self._head, self._token, self.notifications_seen, self.reorgs_seen)
+        token_after = self._token
         results: list[ApplyResult] = []
         done: list[tuple[Notification, ApplyResult, float]] = []
         error: Exception | None = None
@@ -191,27 +194,30 @@ class Engine:
                 conn.execute("RELEASE monmouth_notification")
                 wrote = wrote or result.applied or token is not None
                 if token is not None:
-                    self._token = token
+                    token_after = token
                 if result.applied:
-                    self._head = result.head
-                    self.notifications_seen += 1
-                    if result.reverted:
-                        self.reorgs_seen += 1
+                    self._working = result.head
                 results.append(result)
                 done.append((notification, result, t0))
         except Exception as e:
             error = e
         except BaseException:
             conn.execute("ROLLBACK")
-            self._head, self._token, self.notifications_seen, self.reorgs_seen = state
+            self._working = self._head
             raise
         try:
             conn.execute("COMMIT" if wrote else "ROLLBACK")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            self._head, self._token, self.notifications_seen, self.reorgs_seen = state
+            self._working = self._head
             raise
+        # Published only now that it is durable.
+        self._head, self._token = self._working, token_after
+        for _, result, _ in done:
+            if result.applied:
+                self.notifications_seen += 1
+                self.reorgs_seen += 1 if result.reverted else 0
         if self.metrics is not None:
             now = time.perf_counter()
             for notification, result, t0 in done:
@@ -243,7 +249,7 @@ class Engine:
         self.metrics.errors.labels(kind).inc()
 
     def _is_canonical(self, ref: BlockRef) -> bool:
-        head = self._head
+        head = self._working
         if head is None or ref.number > head.number:
             return False
         row = self.conn.execute("SELECT hash FROM monmouth_blocks WHERE number = ?", (ref.number,)).fetchone()
@@ -254,7 +260,7 @@ class Engine:
         return bool(row[0] == ref.hash)
 
     def _apply(self, conn: apsw.Connection, n: Notification) -> ApplyResult:
-        head = self._head
+        head = self._working
         old = None if isinstance(n, ChainCommitted) else n.old
         new = None if isinstance(n, ChainReverted) else n.new
 

@@ -153,6 +153,28 @@ def test_group_commit_commits_the_prefix_before_a_failure_and_stops(engine_facto
     assert reopened.head == bs[3].ref and reopened.source_token == 4 and reopened.notifications_seen == 3
 
 
+def test_head_and_token_are_published_only_after_the_commit(engine_factory):
+    """Other threads (the API, a source reconnecting) read ``head``/``source_token``: never a state not yet durable."""
+    seen: list = []
+
+    class Peek:
+        engine = None
+
+        @hookimpl
+        def monmouth_block_applied(self, conn, block, notification):
+            seen.append((block.number, self.engine.head, self.engine.source_token))
+
+    peek = Peek()
+    e = engine_factory(plugins={"ledger": ledger, "peek": peek})
+    peek.engine = e
+    bs = extend(None, 3, number=1, n_txs=1)
+    e.apply(ChainCommitted(chain(bs[:1])), "t1")
+    results, error = e.apply_many([(ChainCommitted(chain(bs[1:2])), "t2"), (ChainCommitted(chain(bs[2:3])), "t3")])
+    assert error is None and len(results) == 2
+    assert seen == [(1, None, None), (2, bs[0].ref, "t1"), (3, bs[0].ref, "t1")]
+    assert e.head == bs[2].ref and e.source_token == "t3" and e.notifications_seen == 3
+
+
 # ------------------------------------------------------------------------------------------- examples
 
 
