@@ -433,6 +433,35 @@ def test_newer_bridge_version_is_refused(tmp_path: Path) -> None:
         ctx.term()
 
 
+class ScriptedRouter:
+    """A hand-driven bridge: a real ROUTER socket at ``endpoint`` that a test script talks through."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.ctx = zmq.Context()
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.RCVTIMEO, 5000)
+        self.router.bind(endpoint)
+
+    def recv(self) -> tuple[bytes, wire.Message]:
+        """The next message other than a heartbeat, with the sender's identity."""
+        while True:
+            ident, frame = self.router.recv_multipart()
+            msg = wire.decode(frame)
+            if not isinstance(msg, wire.Heartbeat):
+                return ident, msg
+
+    def send_multipart(self, frames: list[bytes]) -> None:
+        self.router.send_multipart(frames)
+
+    def welcome(self, ident: bytes, epoch: int) -> None:
+        self.send_multipart([ident, wire.encode(wire.Welcome(1, 1, "fake", 200, epoch))])
+
+    def close(self) -> None:
+        self.router.close(0)
+        self.ctx.term()
+
+
 def test_exex_source_refuses_bad_frames_and_resets_on_gap_and_silence(tmp_path: Path) -> None:
     """A scripted fake bridge: oversized and multi-part frames are refused (never yielded), a skipped seq
     makes the source answer ``gap`` and reconnect, and a silent bridge makes it reconnect too."""
@@ -444,23 +473,11 @@ def test_exex_source_refuses_bad_frames_and_resets_on_gap_and_silence(tmp_path: 
     limit = len(big) - 1
     assert len(small) < limit
     gap = wire.encode(wire.NotificationMsg(3, ns[1]))
-    ctx = zmq.Context()
-    router = ctx.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    router.setsockopt(zmq.RCVTIMEO, 5000)
-    router.bind(endpoint)
-    seen: list[Any] = []
-
-    def recv() -> tuple[bytes, wire.Message]:
-        while True:
-            ident, frame = router.recv_multipart()
-            msg = wire.decode(frame)
-            if not isinstance(msg, wire.Heartbeat):
-                seen.append(msg)
-                return ident, msg
+    router = ScriptedRouter(endpoint)
+    recv = router.recv
 
     def welcome(ident: bytes) -> None:
-        router.send_multipart([ident, wire.encode(wire.Welcome(1, 1, "fake", 200, 7))])
+        router.welcome(ident, 7)
 
     def fake_bridge() -> None:
         ident, hello = recv()
@@ -514,8 +531,7 @@ def test_exex_source_refuses_bad_frames_and_resets_on_gap_and_silence(tmp_path: 
     try:
         src = asyncio.run(run())
     finally:
-        router.close(0)
-        ctx.term()
+        router.close()
     assert src.refused == {"frame_too_large": 1, "malformed": 1}
     assert src.sessions >= 2 and src.reconnects >= 2
     st = src.status()
@@ -557,24 +573,14 @@ def test_malformed_notification_body_is_refused_by_the_runner_without_moving_the
     """))
     app = open_app(tmp_path / "config.toml", extra_plugins={"ledger": ledger})
     src = ExExSource(endpoint, window=4, heartbeat_s=0.2, max_backoff=0.2, metrics=app.metrics)
-    ctx = zmq.Context()
-    router = ctx.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    router.setsockopt(zmq.RCVTIMEO, 5000)
-    router.bind(endpoint)
+    router = ScriptedRouter(endpoint)
+    recv = router.recv
     heads_at_error: list[Any] = []
-
-    def recv() -> tuple[bytes, wire.Message]:
-        while True:
-            ident, frame = router.recv_multipart()
-            msg = wire.decode(frame)
-            if not isinstance(msg, wire.Heartbeat):
-                return ident, msg
 
     def fake_bridge() -> None:
         ident, hello = recv()
         assert isinstance(hello, wire.Hello) and hello.head is None
-        router.send_multipart([ident, wire.encode(wire.Welcome(1, 1, "fake", 200, 9))])
+        router.welcome(ident, 9)
         router.send_multipart([ident, good1])
         assert recv()[1] == wire.Ack(1, ns[0].new.tip.ref)  # type: ignore[union-attr]
         router.send_multipart([ident, bad2])
@@ -584,7 +590,7 @@ def test_malformed_notification_body_is_refused_by_the_runner_without_moving_the
         heads_at_error.append(app.engine.head)
         ident2, hello2 = recv()  # reset: hello again from the committed head
         assert isinstance(hello2, wire.Hello) and hello2.head == ns[0].new.tip.ref  # type: ignore[union-attr]
-        router.send_multipart([ident2, wire.encode(wire.Welcome(1, 1, "fake", 200, 9))])
+        router.welcome(ident2, 9)
         router.send_multipart([ident2, good2])
         assert recv()[1] == wire.Ack(2, ns[1].new.tip.ref)  # type: ignore[union-attr]
 
@@ -603,8 +609,7 @@ def test_malformed_notification_body_is_refused_by_the_runner_without_moving_the
     try:
         asyncio.run(run())
     finally:
-        router.close(0)
-        ctx.term()
+        router.close()
     assert heads_at_error == [ns[0].new.tip.ref]  # type: ignore[union-attr]
     assert app.engine.head == ns[1].new.tip.ref  # type: ignore[union-attr]
     assert app.engine.notifications_seen == 2
