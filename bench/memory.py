@@ -208,7 +208,7 @@ def main() -> None:
         stores = []
         for j in range(args.samples):
             if j % 200 == 0:  # the plugin's worker thread checkpoints the WAL every 2 s (not timed)
-                mem._read().wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+                mem.db.checkpoint()
             a = rng.choice(agents)
             t0 = time.perf_counter()
             mem.store(a, "semantic", sentence(rng), tags=["bench"])
@@ -252,7 +252,7 @@ def main() -> None:
             a = rng.choice(agents[1:])
             iid = bytes.fromhex(mem.store(a, "semantic", sentence(rng))["id"][2:])
             if len(applies) % 50 == 49:
-                mem._read().wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)  # the runner's job (not timed)
+                mem.db.checkpoint()  # the runner's job (not timed)
             applies.append(b.block())
             t0 = time.perf_counter()
             mem.agent_root(a)
@@ -281,7 +281,7 @@ def main() -> None:
         for _ in range(20):
             for a in rng.sample(agents[1:], min(200, len(agents) - 1)):
                 mem.store(a, "semantic", sentence(rng))
-            mem._read().wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)  # the worker's job (not timed)
+            mem.db.checkpoint()  # the worker's job (not timed)
             hook.clear()
             blocks.append(b.block())
             hook_200 = hook[0] if hook else 0.0
@@ -296,15 +296,15 @@ def main() -> None:
             txs = tuple(Transaction(h("bench-tx", b.number, i), 2, h("sender", i)[:20], a, 10**15, b"", i, 21_000,
                                     None, 10**10, 10**9, 1) for i, a in enumerate(sample))
             rcs = tuple(Receipt(1, 21_000 * (i + 1)) for i in range(len(txs)))
-            mem._read().wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)  # the runner's job (not timed)
+            mem.db.checkpoint()  # the runner's job (not timed)
             eps.append(b.block(txs, rcs))
         res.update(summary("episodes_200_agents", eps))
         plain = []
-        mem._read().wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)  # the worker's job (not timed)
+        mem.db.checkpoint()  # the worker's job (not timed)
         hook.clear()
         for j in range(300):
             if j % 100 == 99:  # the worker's periodic passive checkpoint, on its own thread in the sidecar
-                mem._read().wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+                mem.db.checkpoint()
             txs = tuple(Transaction(h("bench-tx2", b.number, i), 2, h("sender", i)[:20], h("to", i)[:20], 10**15,
                                     b"", i, 21_000, None, 10**10, 10**9, 1) for i in range(20))
             rcs = tuple(Receipt(1, 21_000 * (i + 1)) for i in range(len(txs)))

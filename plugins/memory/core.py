@@ -655,7 +655,7 @@ class Memory:
                 now = time.monotonic()
                 if now - last_ckpt >= 2.0:
                     last_ckpt = now
-                    self._read().wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+                    self.db.checkpoint()
                 if now - last_warm >= 1.0:
                     last_warm = now
                     self.warm()
