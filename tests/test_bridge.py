@@ -29,7 +29,7 @@ import pytest
 import zmq
 
 from monmouth import hookimpl, wire
-from monmouth.app import EngineView, open_app
+from monmouth.app import App, EngineView, open_app
 from monmouth.errors import CodecError
 from monmouth.replayfile import ReplayWriter
 from monmouth.runner import Runner
@@ -548,6 +548,31 @@ def test_bridge_replay_stops_cleanly_on_sigterm(bridge_bin: Path, tmp_path: Path
     assert b.summary()["end"] == "stopped"
 
 
+def exex_app(tmp_path: Path, endpoint: str, plugins: dict[str, object]) -> App:
+    """A sidecar (config.toml in ``tmp_path``) following the bridge at ``endpoint``, with ``plugins`` enabled."""
+    enabled = "".join(f"[plugins.{name}]\nenabled = true\n" for name in plugins)
+    (tmp_path / "config.toml").write_text(
+        f'[source]\nkind = "exex"\nurl = "{endpoint}"\n[storage]\npath = "db.sqlite"\n[http]\nenabled = false\n{enabled}'
+    )
+    return open_app(tmp_path / "config.toml", extra_plugins=plugins)
+
+
+async def run_runner_until(app: App, src: ExExSource, done: Any, timeout: float) -> None:
+    """Run the sidecar's own Runner on ``src`` until ``done()`` is true, then stop it and close the source."""
+    task = asyncio.get_running_loop().create_task(Runner(app, src, serve_http=False, watch_config=False).run())
+    deadline = time.monotonic() + timeout
+    try:
+        while not done():
+            assert not task.done(), task.result()
+            assert time.monotonic() < deadline, src.status()
+            await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await src.aclose()
+
+
 def test_malformed_notification_body_is_refused_by_the_runner_without_moving_the_cursor(tmp_path: Path) -> None:
     """The exex source reads only a notification's envelope on its loop; the body is decoded by the runner on the
     engine's thread. A body that does not decode (a 19-byte sender) is answered with ``error`` ``malformed``,
@@ -560,18 +585,7 @@ def test_malformed_notification_body_is_refused_by_the_runner_without_moving_the
     bad2 = wire.codec.packb(raw)
     assert wire.decode(bad2, defer=True).seq == 2  # type: ignore[union-attr]  # the envelope is fine
     good2 = wire.encode(wire.NotificationMsg(2, ns[1]))
-    (tmp_path / "config.toml").write_text(textwrap.dedent(f"""
-        [source]
-        kind = "exex"
-        url = "{endpoint}"
-        [storage]
-        path = "db.sqlite"
-        [http]
-        enabled = false
-        [plugins.ledger]
-        enabled = true
-    """))
-    app = open_app(tmp_path / "config.toml", extra_plugins={"ledger": ledger})
+    app = exex_app(tmp_path, endpoint, {"ledger": ledger})
     src = ExExSource(endpoint, window=4, heartbeat_s=0.2, max_backoff=0.2, metrics=app.metrics)
     router = ScriptedRouter(endpoint)
     recv = router.recv
@@ -595,16 +609,9 @@ def test_malformed_notification_body_is_refused_by_the_runner_without_moving_the
         assert recv()[1] == wire.Ack(2, ns[1].new.tip.ref)  # type: ignore[union-attr]
 
     async def run() -> None:
-        runner = Runner(app, src, serve_http=False, watch_config=False)
         fake = asyncio.get_running_loop().run_in_executor(None, fake_bridge)
-        task = asyncio.get_running_loop().create_task(runner.run())
-        try:
-            await asyncio.wait_for(fake, 20)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await src.aclose()
+        await run_runner_until(app, src, fake.done, 20)
+        fake.result()  # the script's own assertions
 
     try:
         asyncio.run(run())
@@ -638,37 +645,9 @@ def test_runner_group_commits_a_backlog_from_the_rust_bridge(bridge_bin: Path, t
                 self.slept = True
                 time.sleep(1.0)
 
-    (tmp_path / "config.toml").write_text(textwrap.dedent(f"""
-        [source]
-        kind = "exex"
-        url = "{b.endpoint}"
-        [storage]
-        path = "db.sqlite"
-        [http]
-        enabled = false
-        [plugins.ledger]
-        enabled = true
-        [plugins.slow]
-        enabled = true
-    """))
-    app = open_app(tmp_path / "config.toml", extra_plugins={"ledger": ledger, "slow": SlowStart()})
+    app = exex_app(tmp_path, b.endpoint, {"ledger": ledger, "slow": SlowStart()})
     src = ExExSource(b.endpoint, window=64, heartbeat_s=0.2, max_backoff=0.4, metrics=app.metrics)
-
-    async def run() -> None:
-        task = asyncio.get_running_loop().create_task(Runner(app, src, serve_http=False, watch_config=False).run())
-        deadline = time.monotonic() + 60
-        try:
-            while b.proc.poll() is None:
-                assert not task.done(), task.result()
-                assert time.monotonic() < deadline, src.status()
-                await asyncio.sleep(0.02)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await src.aclose()
-
-    asyncio.run(run())
+    asyncio.run(run_runner_until(app, src, lambda: b.proc.poll() is not None, 60))
     s = b.summary()
     assert s["acked"] == len(ns) and s["bad_frames"] == 0
     sample = app.metrics.registry.get_sample_value
