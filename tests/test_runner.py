@@ -28,11 +28,16 @@ class Broken:
             raise ValueError("cannot index block 3")
 
 
-async def test_failing_plugin_is_retried_until_disabled_by_hot_reload(tmp_path):
-    bs = extend(None, 4, number=1, n_txs=2)
-    with ReplayWriter(tmp_path / "h.mnr") as w:
-        for b in bs:
+def write_replay(path, blocks):  # type: ignore[no-untyped-def]
+    """A replay file with one ChainCommitted per block; returns ``blocks``."""
+    with ReplayWriter(path) as w:
+        for b in blocks:
             w.write(ChainCommitted(chain([b])))
+    return blocks
+
+
+async def test_failing_plugin_is_retried_until_disabled_by_hot_reload(tmp_path):
+    bs = write_replay(tmp_path / "h.mnr", extend(None, 4, number=1, n_txs=2))
     cfg = tmp_path / "config.toml"
     text = """
 [source]
@@ -86,10 +91,7 @@ class SlowReplay(ReplaySource):
 
 
 async def test_wal_checkpoints_run_in_the_background_not_in_the_engines_commits(tmp_path):
-    bs = extend(None, 60, number=1, n_txs=3)
-    with ReplayWriter(tmp_path / "w.mnr") as w:
-        for b in bs:
-            w.write(ChainCommitted(chain([b])))
+    bs = write_replay(tmp_path / "w.mnr", extend(None, 60, number=1, n_txs=3))
     cfg = tmp_path / "config.toml"
     cfg.write_text("""
 [source]
