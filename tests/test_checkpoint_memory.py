@@ -12,6 +12,7 @@ import pytest
 from monmouth.testing import address, chain, extend
 from monmouth.types import ChainCommitted, ChainReorged
 from monmouth_memory import checkpoint
+from monmouth_memory.schema import MIGRATIONS
 from tests.memory_helpers import close, make_memory_engine
 
 A1, A2 = address(1), address(2)
@@ -49,7 +50,7 @@ def test_restore_then_redelivery_equals_uninterrupted_run(tmp_path):
     man = checkpoint.create(live_db, tmp_path / "ckpt", name="at6", config_hash="abc")
     assert man["block"] == {"number": 6, "hash": "0x" + bs[5].hash.hex()}
     assert man["global_root"]["block"] == 6 and man["config_hash"] == "abc"
-    assert man["plugins"]["memory"]["schema"] == 2
+    assert man["plugins"]["memory"]["schema"] == len(MIGRATIONS)
     # The live run goes on, through a reorg.
     e.apply(ChainCommitted(chain(bs[6:10])))
     fork = extend(bs[7], 4, salt="fork", n_txs=3)

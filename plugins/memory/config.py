@@ -2,9 +2,77 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
+
+from . import registry as _registry
+
+
+def _check_address(a: str) -> str:
+    """``a`` if it is a 0x-prefixed 20-byte hex address.
+
+    Raises:
+        ValueError: otherwise.
+    """
+    if not (isinstance(a, str) and a[:2].lower() == "0x" and len(a) == 42):
+        raise ValueError(f"{a!r} is not a 0x-prefixed 20-byte hex address")
+    try:
+        bytes.fromhex(a[2:])
+    except ValueError:
+        raise ValueError(f"{a!r} is not a 0x-prefixed 20-byte hex address") from None
+    return a
+
+
+class RegistryConfig(BaseModel):
+    """One ``[[plugins.memory.registries]]`` entry: agents registered from an on-chain registry's events
+    (see :mod:`.registry`). Every check names its field."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: The registry contract's address (0x-prefixed, 20 bytes).
+    address: str
+    #: The registration event's Solidity signature with parameter names and ``indexed`` markers, e.g.
+    #: ``"AgentRegistered(address indexed agent, string name)"``.
+    event: str
+    #: Optional unregistration event (same format; it must have the ``agent`` parameter too).
+    unregister_event: str | None = None
+    #: The parameter (of both events) holding the agent's address; must be of type ``address``.
+    agent: str = Field("agent", validate_default=True)
+    #: Optional non-indexed ``string`` parameter of ``event`` used as the agent's label.
+    label: str | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        return _check_address(v)
+
+    @field_validator("event", "unregister_event")
+    @classmethod
+    def _signature(cls, v: str | None) -> str | None:
+        if v is not None:
+            _registry.parse_event(v)
+        return v
+
+    @field_validator("agent")
+    @classmethod
+    def _agent(cls, v: str, info: ValidationInfo) -> str:
+        for field in ("event", "unregister_event"):
+            sig = info.data.get(field)
+            if sig is not None:
+                try:
+                    _registry.check_param(_registry.parse_event(sig), v, "address")
+                except ValueError as e:
+                    raise ValueError(f"{e} ({field})") from None
+        return v
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, v: str | None, info: ValidationInfo) -> str | None:
+        sig = info.data.get("event")
+        if v is not None and sig is not None:
+            _registry.check_param(_registry.parse_event(sig), v, "string", indexed_ok=False)
+        return v
 
 
 class MemoryConfig(BaseModel):
@@ -44,6 +112,10 @@ class MemoryConfig(BaseModel):
     embed: bool = True
     #: Default recency half-life of recall, seconds.
     recency_half_life_s: float = Field(86_400.0, gt=0)
+    #: On-chain registries whose events register (and optionally unregister) agents; off when empty.
+    registries: list[RegistryConfig] = []
+
+    _registry_index: dict[bytes, dict[bytes, _registry.Matcher]] = PrivateAttr(default_factory=dict)
 
     @field_validator("agents")
     @classmethod
@@ -53,3 +125,17 @@ class MemoryConfig(BaseModel):
                 raise ValueError(f"{a!r} is not a 0x-prefixed 20-byte hex address")
             bytes.fromhex(a[2:])
         return v
+
+    @field_validator("registries")
+    @classmethod
+    def _registries(cls, v: list[RegistryConfig]) -> list[RegistryConfig]:
+        _registry.build_index(v)  # the same event of the same address twice
+        return v
+
+    def model_post_init(self, context: Any) -> None:
+        self._registry_index = _registry.build_index(self.registries)
+
+    @property
+    def registry_index(self) -> dict[bytes, dict[bytes, _registry.Matcher]]:
+        """``{registry address: {topic0: Matcher}}``, built once at validation (empty: no registry)."""
+        return self._registry_index

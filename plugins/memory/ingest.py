@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import apsw
 
-from . import merkle
+from . import merkle, registry
 from .crypto import MissingKeyError
 from .merkle import keccak
 from .schema import END_DELETED, END_EXPIRED, END_SUPERSEDED, EPISODE_SHIFT, KINDS, OP_PUT
@@ -94,6 +94,7 @@ def apply_block(mem: Memory, conn: apsw.Connection, block: Any) -> None:
     stamp, forgot = conn.execute("UPDATE memory_state SET stamp = stamp + 1 WHERE id = 1 RETURNING stamp, "
                                  "forgot_stamp").fetchone()
     touched: dict[bytes, int] = {}  # agent -> change of its visible item count
+    registry.apply(mem, conn, block)  # first: the agent's own transactions in this block become episodes
     if mem.config.chain_episodes and block.transactions:
         _episodes(mem, conn, block, touched)
     _anchor(conn, block, touched)

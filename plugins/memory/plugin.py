@@ -13,6 +13,7 @@ from typing import Any
 
 from monmouth import hookimpl
 
+from . import registry
 from .config import MemoryConfig
 from .core import Memory
 from .schema import MIGRATIONS, TRIMMED
@@ -49,7 +50,13 @@ class MemoryPlugin:
 
     @hookimpl
     def monmouth_status(self) -> Mapping[str, Any] | None:
-        return self.memory.status() if self.memory is not None else None
+        mem = self.memory
+        if mem is None:
+            return None
+        st = mem.status()
+        if mem.config.registries:
+            st["registry"] = registry.status(mem, mem._read())
+        return st
 
     # -- lifecycle
     @hookimpl
@@ -84,6 +91,7 @@ class MemoryPlugin:
         if self.memory is None:
             raise RuntimeError("memory plugin not started")
         self.memory.revert_block(conn, block)
+        registry.revert(self.memory, conn, block)  # memory_agents' registry rows follow memory_registry
 
     # -- surfaces
     @hookimpl

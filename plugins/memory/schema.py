@@ -6,9 +6,18 @@ Which code writes which table matters for the reorg journal (see ``docs/memory.m
   their validity ranges), ``memory_marks`` (per agent, the blocks at which its visible set changed, the count
   after and the block's stamp), ``memory_blocks`` (one row per applied block), ``memory_sync`` (how far the op
   log has been anchored), and the chain-derived rows of ``memory_items`` / ``memory_tags`` (inserted only);
-* **off-chain tables** are written by the API and the CLI and never by chain hooks: ``memory_agents``,
-  ``memory_ops`` (the op log of API writes, anchored by the chain hook at the next block), and the API rows of
-  ``memory_items`` / ``memory_tags``;
+* **off-chain tables** are written by the API and the CLI and never by chain hooks: ``memory_ops`` (the op log
+  of API writes, anchored by the chain hook at the next block), and the API rows of ``memory_items`` /
+  ``memory_tags``;
+* **registrations**: ``memory_agents`` is written by the API, the CLI and startup (config agents), and, for agents
+  registered by an on-chain registry event (``[[plugins.memory.registries]]``, see :mod:`.registry`), by the chain
+  hook. The registration itself is the journaled chain table ``memory_registry`` (migration 3), written only by
+  the chain hook, so a reorg restores it exactly. ``memory_agents`` is *not* journaled (declared trimmed): its
+  ``source = 'registry'`` rows are a projection of ``memory_registry`` that :func:`.registry.revert` puts back in
+  line after the journal undid a block (a registry row without a registration is deleted unless forgotten; a
+  registration without a row gets it back with the same label and ``created_at``). Journaling the chain hook's
+  insert instead would have recorded a row that forget (``forgotten_at``, ``label``) and API registration
+  (``label``) later change, and the inverse changeset would then conflict and refuse the revert;
 * **derived tables** are declared trimmed (not journaled): the FTS5 index ``memory_fts`` and the encrypted
   vectors ``memory_vectors``, cleaned by ``monmouth_block_reverted`` by row id range, and the embedding queue;
   the root caches ``memory_root_cache`` / ``memory_global_cache`` (the engine deletes rows ``>= block`` on
@@ -196,6 +205,21 @@ MIGRATIONS: list[str] = [
         SELECT block_number, block_hash, memory_global_root(block_number) AS root, agents, ops_seq
         FROM memory_blocks;
     """,
+    # 3: agents registered from on-chain registry events (see .registry). The registration is this journaled chain
+    # table; the agent's memory_agents row (source 'registry') is a projection of it, and memory_agents is declared
+    # trimmed (not journaled) from this version on.
+    """
+    CREATE TABLE memory_registry (
+        agent BLOB PRIMARY KEY,            -- 20 bytes; one registration per agent (the first registry event wins)
+        registry BLOB NOT NULL,            -- the contract that registered it (only its unregister event removes it)
+        block_number INTEGER NOT NULL,     -- where the registration event is
+        tx_hash BLOB NOT NULL,
+        log_index INTEGER NOT NULL,        -- in the block
+        label TEXT,                        -- the configured label parameter, if any
+        registered_at REAL NOT NULL        -- the block timestamp: created_at of the memory_agents row
+    ) WITHOUT ROWID;
+    CREATE INDEX memory_agents_registry ON memory_agents (address) WHERE source = 'registry';
+    """,
 ]
 
 #: Derived tables, not journaled; ``monmouth_block_reverted`` removes their rows by row id range.
@@ -207,6 +231,9 @@ TRIMMED: dict[str, str | None] = {
     "memory_global_cache": "block_number",
     "memory_state": None,
     "memory_forgotten": None,
+    # Written by the API/CLI and (source 'registry' rows) by .registry, which re-derives those rows from the
+    # journaled memory_registry on revert: journaling it would make reverts conflict with forget and labels.
+    "memory_agents": None,
 }
 
 KINDS = {"working": 0, "episodic": 1, "semantic": 2, "procedural": 3}

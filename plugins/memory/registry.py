@@ -1,0 +1,431 @@
+"""Memory agents registered from on-chain registry contracts' events (``[[plugins.memory.registries]]``).
+
+Each configured registry names a contract address and the Solidity signature of its registration event (and
+optionally of an unregistration event), with the parameter that holds the agent's address, e.g.::
+
+    [[plugins.memory.registries]]
+    address = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+    event = "AgentRegistered(address indexed agent, string name)"
+    unregister_event = "AgentUnregistered(address indexed agent)"
+    agent = "agent"     # the default
+    label = "name"      # optional: a non-indexed string parameter used as the agent's label
+
+:func:`apply` runs first in the memory plugin's ``monmouth_block_applied`` (inside the engine's transaction, so the
+agent's own transactions in the registering block already become episodes); :func:`revert` runs in
+``monmouth_block_reverted``, after the journal has undone the block.
+
+**Tables.** The registration itself is a journaled chain table, ``memory_registry`` (one row per agent: the registry
+that registered it, the block, transaction and log, the label and the block timestamp), written only here, so a
+reorg restores it exactly. Every other part of the plugin reads ``memory_agents``, so a registered agent also gets
+a ``memory_agents`` row with ``source = 'registry'``; that table is written by the API and the CLI too (labels,
+forget), so it is *not* journaled (declared trimmed, see :mod:`.schema`): had the journal recorded the chain hook's
+insert, a later forget or label change would have made the inverse changeset conflict and the revert fail. Instead
+the ``registry`` rows of ``memory_agents`` are a projection of ``memory_registry``, put back in line by
+:func:`revert`: a not-forgotten ``registry`` row without a registration is deleted, a registration without a row
+gets it back (same label and ``created_at`` as when it was first made). Agents registered by config, API, CLI or
+import keep their rows: a registry event for them only records the registration, an unregistration never
+deletes their row.
+
+**Forget is final**: a registration event for an agent whose ``memory_agents`` row is forgotten is ignored (no
+registration recorded, no key created), and neither :func:`revert` nor an unregistration touches a forgotten row.
+
+**Keys** (``key_source = "file"``): registering creates the agent's key file (``KeyStore.create``, which keeps an
+existing file). That side effect is outside the database and is not undone by a revert: the file is harmless (no
+row refers to it) and is reused if the agent is registered again. With ``key_source = "env"`` a missing variable
+does not stop the block: the agent is registered, the error is logged and counted (``key_errors``), and its
+episodes are skipped until the variable is set.
+
+Topic0 of an event is ``keccak256`` of its canonical signature, ``Name(type1,type2,...)`` with canonical types
+(``uint`` -> ``uint256``), per the Solidity ABI specification ("Events",
+https://docs.soliditylang.org/en/latest/abi-spec.html#events). Indexed parameters are topics 1..3 (a non-anonymous
+event has at most 3), non-indexed ones are ABI-encoded together in the log's data (decoded with eth-abi). An
+indexed ``address`` topic is the address left-padded with 12 zero bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import apsw
+from eth_abi import decode as abi_decode
+from eth_abi import grammar
+from eth_abi.exceptions import ABITypeError, DecodingError, ParseError
+from eth_abi.registry import registry as abi_registry
+from eth_utils import event_signature_to_log_topic
+
+from .crypto import MissingKeyError
+
+if TYPE_CHECKING:
+    from .core import Memory
+
+log = logging.getLogger(__name__)
+
+#: A non-anonymous event has topic0 plus at most 3 indexed parameters (Solidity ABI spec, "Events").
+MAX_INDEXED = 3
+
+_NAME = r"[A-Za-z_$][A-Za-z0-9_$]*"
+_SIGNATURE = re.compile(rf"^\s*(?:event\s+)?({_NAME})\s*\((.*)\)\s*;?\s*$", re.DOTALL)
+_IDENT = re.compile(rf"^{_NAME}$")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# event signatures
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """One event parameter: ``name`` (``""`` if unnamed), canonical ABI ``type``, ``indexed``."""
+
+    name: str
+    type: str
+    indexed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EventSignature:
+    """A parsed event signature.
+
+    Attributes:
+        name: the event name.
+        params: the parameters in declaration order.
+        canonical: ``Name(type1,...)`` with canonical types (what topic0 hashes).
+        topic0: ``keccak256(canonical)``, 32 bytes.
+    """
+
+    name: str
+    params: tuple[Param, ...]
+    canonical: str
+    topic0: bytes
+
+    def find(self, name: str) -> Param | None:
+        """The parameter called ``name``, or ``None``."""
+        return next((p for p in self.params if p.name == name), None)
+
+    @property
+    def n_topics(self) -> int:
+        """Topics of a matching log: topic0 plus one per indexed parameter."""
+        return 1 + sum(p.indexed for p in self.params)
+
+    @property
+    def data_types(self) -> tuple[str, ...]:
+        """Types of the non-indexed parameters, in order (the ABI-encoded tuple in the log's data)."""
+        return tuple(p.type for p in self.params if not p.indexed)
+
+
+def _split_top_level(s: str) -> list[str]:
+    """Split on commas outside parentheses and brackets (tuple types contain commas)."""
+    parts: list[str] = []
+    cur: list[str] = []
+    depth = 0
+    for ch in s:
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+            if depth < 0:
+                raise ValueError("unbalanced parentheses")
+        if ch == "," and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    if depth != 0:
+        raise ValueError("unbalanced parentheses")
+    parts.append("".join(cur))
+    return parts
+
+
+def _canonical_type(t: str) -> str:
+    """Validate an ABI type with eth-abi's grammar and return its canonical form (``uint`` -> ``uint256``).
+
+    Raises:
+        ValueError: not a valid ABI type.
+    """
+    try:
+        norm = grammar.normalize(t)
+        parsed = grammar.parse(norm)
+        parsed.validate()
+    except (ParseError, ABITypeError) as e:
+        raise ValueError(f"unknown type {t!r}: {e}") from None
+    if not abi_registry.has_encoder(norm):
+        raise ValueError(f"unknown type {t!r}")
+    return norm
+
+
+def parse_event(signature: str) -> EventSignature:
+    """Parse a Solidity event signature such as ``"AgentRegistered(address indexed agent, string name)"``.
+
+    Each parameter is ``type [indexed] [name]``; a leading ``event`` keyword and a trailing ``;`` are accepted.
+    Types are validated and made canonical with eth-abi's type grammar; topic0 is computed with eth-utils'
+    ``event_signature_to_log_topic`` (keccak256 of the canonical signature, Solidity ABI spec "Events").
+
+    Returns:
+        the parsed :class:`EventSignature`.
+
+    Raises:
+        ValueError: malformed signature, unknown type, duplicate parameter name, or more than 3 indexed
+            parameters (the message says which).
+    """
+    m = _SIGNATURE.match(signature)
+    if m is None:
+        raise ValueError(f"{signature!r} is not an event signature like 'Name(address indexed agent)'")
+    name, body = m.group(1), m.group(2).strip()
+    params: list[Param] = []
+    if body:
+        for raw in _split_top_level(body):
+            # The type may be a tuple "(a,b)[]" (no spaces inside); what follows is [indexed] [name].
+            words = raw.split()
+            if not words:
+                raise ValueError(f"empty parameter in {signature!r}")
+            typ, rest = words[0], words[1:]
+            indexed = bool(rest) and rest[0] == "indexed"
+            if indexed:
+                rest = rest[1:]
+            if len(rest) > 1 or (rest and not _IDENT.match(rest[0])):
+                raise ValueError(f"cannot parse parameter {raw.strip()!r} (expected 'type [indexed] [name]')")
+            pname = rest[0] if rest else ""
+            if pname and any(p.name == pname for p in params):
+                raise ValueError(f"duplicate parameter name {pname!r}")
+            params.append(Param(pname, _canonical_type(typ), indexed))
+    if sum(p.indexed for p in params) > MAX_INDEXED:
+        raise ValueError(f"an event has at most {MAX_INDEXED} indexed parameters")
+    canonical = f"{name}({','.join(p.type for p in params)})"
+    return EventSignature(name, tuple(params), canonical, bytes(event_signature_to_log_topic(canonical)))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# compiled matchers
+
+
+@dataclass(frozen=True, slots=True)
+class Matcher:
+    """How to read one configured event of one registry from a log.
+
+    Attributes:
+        registry: the contract address (20 bytes).
+        event: the parsed signature.
+        register: True for the registration event, False for the unregistration event.
+        agent_topic: topic index (1..3) of the agent when its parameter is indexed, else ``None``.
+        agent_data: position of the agent in the decoded data tuple when it is not indexed, else ``None``.
+        label_data: position of the label in the decoded data tuple, or ``None``.
+    """
+
+    registry: bytes
+    event: EventSignature
+    register: bool
+    agent_topic: int | None
+    agent_data: int | None
+    label_data: int | None
+
+
+def check_param(event: EventSignature, name: str, type_: str, *, indexed_ok: bool = True) -> Param:
+    """The parameter ``name`` of ``event``, checked to have ABI type ``type_``.
+
+    Raises:
+        ValueError: no such parameter, wrong type, or indexed while ``indexed_ok`` is False.
+    """
+    p = event.find(name)
+    if p is None:
+        have = ", ".join(q.name for q in event.params if q.name) or "none named"
+        raise ValueError(f"parameter {name!r} not found in {event.canonical} (parameters: {have})")
+    if p.type != type_:
+        raise ValueError(f"parameter {name!r} of {event.name} is {p.type}, not {type_}")
+    if p.indexed and not indexed_ok:
+        raise ValueError(f"parameter {name!r} of {event.name} is indexed (the log holds only its hash)")
+    return p
+
+
+def matcher(registry: bytes, event: EventSignature, agent: str, label: str | None, register: bool) -> Matcher:
+    """Compile one event of one registry (see :class:`Matcher`).
+
+    Raises:
+        ValueError: see :func:`check_param`.
+    """
+    p = check_param(event, agent, "address")
+    data = [q for q in event.params if not q.indexed]
+    indexed = [q for q in event.params if q.indexed]
+    label_data = None
+    if label is not None:
+        lp = check_param(event, label, "string", indexed_ok=False)
+        label_data = data.index(lp)
+    if p.indexed:
+        return Matcher(registry, event, register, 1 + indexed.index(p), None, label_data)
+    return Matcher(registry, event, register, None, data.index(p), label_data)
+
+
+def build_index(entries: Iterable[Any]) -> dict[bytes, dict[bytes, Matcher]]:
+    """``{address: {topic0: Matcher}}`` from validated ``RegistryConfig`` entries.
+
+    Raises:
+        ValueError: two entries configure the same event of the same address.
+    """
+    out: dict[bytes, dict[bytes, Matcher]] = {}
+    for e in entries:
+        addr = bytes.fromhex(e.address[2:])
+        events = [(e.event, True)] + ([(e.unregister_event, False)] if e.unregister_event else [])
+        for sig, register in events:
+            ev = parse_event(sig)
+            by_topic = out.setdefault(addr, {})
+            if ev.topic0 in by_topic:
+                raise ValueError(f"{ev.canonical} of 0x{addr.hex()} is configured twice")
+            by_topic[ev.topic0] = matcher(addr, ev, e.agent, e.label if register else None, register)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# chain hooks
+
+
+@dataclass
+class Stats:
+    """Counters of one :class:`~.core.Memory` (this process; reverted blocks are not subtracted)."""
+
+    registered: int = 0          # registration events applied (for an agent not forgotten)
+    unregistered: int = 0        # unregistration events that removed a registration
+    ignored_forgotten: int = 0   # registration events for forgotten agents
+    malformed: int = 0           # matching address and topic0 but undecodable
+
+
+_stats: weakref.WeakKeyDictionary[Any, Stats] = weakref.WeakKeyDictionary()
+
+
+def stats(mem: Memory) -> Stats:
+    """The counters of ``mem`` (created on first use)."""
+    s = _stats.get(mem)
+    if s is None:
+        s = _stats[mem] = Stats()
+    return s
+
+
+def _decode(m: Matcher, lg: Any) -> tuple[bytes, str | None] | None:
+    """``(agent, label)`` from a log matching ``m``'s address and topic0, or ``None`` if it does not decode (another
+    event with the same topic0 but other indexed parameters, or bad data)."""
+    if len(lg.topics) != m.event.n_topics:
+        return None
+    values: tuple[Any, ...] = ()
+    if m.agent_data is not None or m.label_data is not None:
+        try:
+            values = abi_decode(m.event.data_types, lg.data)
+        except (DecodingError, ValueError, OverflowError):
+            return None
+    if m.agent_topic is not None:
+        topic = lg.topics[m.agent_topic]
+        if topic[:12] != bytes(12):
+            return None
+        agent = topic[12:]
+    else:
+        assert m.agent_data is not None
+        agent = bytes.fromhex(values[m.agent_data][2:])  # eth-abi decodes an address to a 0x-hex string
+    label = values[m.label_data] if m.label_data is not None else None
+    return agent, label
+
+
+def apply(mem: Memory, conn: apsw.Connection, block: Any) -> None:
+    """Register / unregister the agents named by configured registry events in ``block``, in log order.
+
+    Called at the start of the memory plugin's ``monmouth_block_applied`` with the engine's connection (inside its
+    transaction). Returns at once when no registry is configured; otherwise costs one dict lookup per log
+    (address) and, for a known address, one on topic0. Writes ``memory_registry`` (journaled) and the
+    ``source = 'registry'`` rows of ``memory_agents`` (not journaled; see the module doc) and creates key files.
+    Never raises for a bad log (counted in :func:`stats` ``malformed`` and logged).
+    """
+    cfg = mem.config
+    if not cfg.registries:  # a plain field: the cheapest test on the hot path
+        return
+    index = cfg.registry_index
+    hits = []
+    log_index = 0
+    txs = block.transactions
+    for i, rc in enumerate(block.receipts):
+        for lg in rc.logs:
+            by_topic = index.get(lg.address)
+            if by_topic is not None and lg.topics:
+                m = by_topic.get(lg.topics[0])
+                if m is not None:
+                    hits.append((m, lg, txs[i].hash if i < len(txs) else bytes(32), log_index))
+            log_index += 1
+    if not hits:
+        return
+    st = stats(mem)
+    for m, lg, tx_hash, li in hits:
+        decoded = _decode(m, lg)
+        if decoded is None:
+            st.malformed += 1
+            log.warning("registry 0x%s: log %d of block %d matches %s but does not decode; ignored",
+                        m.registry.hex(), li, block.number, m.event.canonical)
+            continue
+        agent, label = decoded
+        if not m.register:
+            if _unregister(conn, m.registry, agent):
+                st.unregistered += 1
+            continue
+        row = conn.execute("SELECT forgotten_at FROM memory_agents WHERE address = ?", (agent,)).fetchone()
+        if row is not None and row[0] is not None:
+            st.ignored_forgotten += 1
+            log.info("registry 0x%s: agent 0x%s was forgotten; %s in block %d ignored (forget is final)",
+                     m.registry.hex(), agent.hex(), m.event.name, block.number)
+            continue
+        _register(mem, conn, m.registry, agent, label, block, tx_hash, li, exists=row is not None)
+        st.registered += 1
+
+
+def _ensure_key(mem: Memory, agent: bytes) -> None:
+    try:
+        mem.keys.create(agent)
+    except MissingKeyError as e:
+        mem.key_errors += 1
+        log.error("agent 0x%s registered on chain has no key; its episodes are skipped until it has one: %s",
+                  agent.hex(), e)
+
+
+def _register(mem: Memory, conn: apsw.Connection, registry: bytes, agent: bytes, label: str | None, block: Any,
+              tx_hash: bytes, log_index: int, exists: bool) -> None:
+    conn.execute("INSERT OR IGNORE INTO memory_registry (agent, registry, block_number, tx_hash, log_index, label, "
+                 "registered_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                 (agent, registry, block.number, tx_hash, log_index, label, float(block.timestamp)))
+    if not exists:
+        _ensure_key(mem, agent)  # outside the database: idempotent, harmless if the block is reverted
+        conn.execute("INSERT INTO memory_agents (address, label, source, created_at) VALUES (?, ?, 'registry', ?)",
+                     (agent, label, float(block.timestamp)))
+
+
+def _unregister(conn: apsw.Connection, registry: bytes, agent: bytes) -> bool:
+    """Drop ``agent``'s registration if ``registry`` made it; its ``memory_agents`` row goes too when the registry
+    created it (config/API/CLI/import rows stay). The agent's memory and key are kept."""
+    conn.execute("DELETE FROM memory_registry WHERE agent = ? AND registry = ?", (agent, registry))
+    if not conn.changes():
+        return False
+    conn.execute("DELETE FROM memory_agents WHERE address = ? AND source = 'registry' AND forgotten_at IS NULL",
+                 (agent,))
+    return True
+
+
+def revert(mem: Memory, conn: apsw.Connection, block: Any) -> None:
+    """Put the ``source = 'registry'`` rows of ``memory_agents`` back in line with ``memory_registry`` after the
+    journal undid ``block`` (``monmouth_block_reverted``; ``block`` may be header-only). Runs whether or not a
+    registry is configured now (an earlier config may have registered agents); two indexed statements, no rows
+    touched when nothing was registered."""
+    conn.execute("DELETE FROM memory_agents WHERE source = 'registry' AND forgotten_at IS NULL AND NOT EXISTS "
+                 "(SELECT 1 FROM memory_registry r WHERE r.agent = memory_agents.address)")
+    back = conn.execute(
+        "INSERT INTO memory_agents (address, label, source, created_at) SELECT agent, label, 'registry', "
+        "registered_at FROM memory_registry r WHERE NOT EXISTS (SELECT 1 FROM memory_agents a WHERE "
+        "a.address = r.agent) RETURNING address").fetchall()
+    for (agent,) in back:
+        _ensure_key(mem, bytes(agent))  # type: ignore[arg-type]  # a BLOB column
+
+
+def status(mem: Memory, conn: apsw.Connection) -> dict[str, Any]:
+    """``{"registries", "agents", "registered", "unregistered", "ignored_forgotten", "malformed"}``: configured
+    registries, agents currently registered by one (not forgotten), and this process's counters."""
+    st = stats(mem)
+    row = conn.execute("SELECT count(*) FROM memory_registry r JOIN memory_agents a ON a.address = r.agent WHERE "
+                       "a.forgotten_at IS NULL").fetchone()
+    n = row[0] if row is not None else 0
+    return {"registries": len(mem.config.registries), "agents": n, "registered": st.registered,
+            "unregistered": st.unregistered, "ignored_forgotten": st.ignored_forgotten, "malformed": st.malformed}
