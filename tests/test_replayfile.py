@@ -64,6 +64,31 @@ async def test_replay_applies_history_and_resumes_after_last_frame(tmp_path):
     app.close()
 
 
+async def test_unpaced_replay_is_group_committed_and_equals_one_by_one(tmp_path):
+    from monmouth.app import open_app
+
+    notes, canonical = history()
+    more = extend(canonical[-1], 40, n_txs=2)
+    notes += [ChainCommitted(chain([b])) for b in more]
+    write(tmp_path / "h.mnr", notes)
+    apps = []
+    for name, rate in (("grouped", 0.0), ("paced", 1000.0)):
+        app = open_app(settings=settings_for(tmp_path / f"{name}.sqlite", {"ledger": ledger}),
+                       extra_plugins={"ledger": ledger})
+        source = ReplaySource(tmp_path / "h.mnr", rate=rate)
+        await Runner(app, source, serve_http=False, watch_config=False).run()
+        sample = app.metrics.registry.get_sample_value
+        assert sample("monmouth_commit_notifications_sum") == len(notes) == source.frames_delivered
+        apps.append((app, sample("monmouth_commit_notifications_count")))
+    (grouped, grouped_commits), (paced, paced_commits) = apps
+    # Read ahead in chunks, the unpaced replay shares transactions; paced, it commits one notification each.
+    assert grouped_commits < len(notes) // 2 and paced_commits == len(notes)
+    assert grouped.engine.head == paced.engine.head == more[-1].ref
+    assert dump(grouped.engine.conn) == dump(paced.engine.conn)
+    for app, _ in apps:
+        app.close()
+
+
 @pytest.mark.parametrize("damage", ["crc", "truncate", "garbage_payload", "header"])
 async def test_corrupt_frame_is_refused_naming_it_and_cursor_stays(tmp_path, damage):
     from monmouth.app import open_app

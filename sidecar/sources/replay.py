@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,27 @@ import anyio
 
 from ..errors import SourceError
 from ..replayfile import ReplayFormatError, count_frames, read_notifications
+from ..types import Notification
 from .base import ChainView, Delivery, Source
+
+#: Frames read ahead per worker-thread call when the replay is not paced (the runner's group commit takes at most
+#: ``engine.group_commit`` of them at once).
+READ_AHEAD = 32
+
+
+def _read_chunk(frames: Iterator[tuple[int, Notification, int]],
+                n: int) -> tuple[list[tuple[int, Notification, int]], ReplayFormatError | None]:
+    """Up to ``n`` frames, and the format error that stopped the read early (frames before it are returned)."""
+    items: list[tuple[int, Notification, int]] = []
+    try:
+        for _ in range(n):
+            item = next(frames, None)
+            if item is None:
+                break
+            items.append(item)
+    except ReplayFormatError as e:
+        return items, e
+    return items, None
 
 
 class ReplaySource(Source):
@@ -38,6 +59,8 @@ class ReplaySource(Source):
         self.rate = rate
         self.frames_delivered = 0
         self.total_frames: int | None = None
+        self._ready: collections.deque[Delivery] = collections.deque()
+        self._error: ReplayFormatError | None = None
 
     async def stream(self, view: ChainView) -> AsyncIterator[Delivery]:  # type: ignore[override]
         if not self.path.exists():
@@ -49,23 +72,45 @@ class ReplaySource(Source):
         self.total_frames = await anyio.to_thread.run_sync(count_frames, self.path)
         interval = 1.0 / self.rate if self.rate > 0 else 0.0
         frames = read_notifications(self.path)
+        # Unpaced, frames are read ahead in chunks on a worker thread; what is at hand when the runner asks
+        # (take_ready) is group-committed with the frame just yielded.
+        chunk = 1 if interval else READ_AHEAD
+        ready = self._ready
+        ready.clear()
         while True:
-            try:
-                item = await anyio.to_thread.run_sync(next, frames, None)
-            except ReplayFormatError as e:
-                raise SourceError(str(e)) from e
-            if item is None:
-                return
-            index, notification, size = item
-            tip = notification.kind != "ChainReverted" and notification.new.tip.number  # type: ignore[union-attr]
-            if tip:
-                self.source_head = max(self.source_head or 0, tip)
-            if index <= skip_through:
-                continue
-            yield Delivery(notification, {"file": str(self.path), "frame": index}, size, time.monotonic())
+            if not ready:
+                items, error = await anyio.to_thread.run_sync(_read_chunk, frames, chunk)
+                for index, notification, size in items:
+                    tip = notification.kind != "ChainReverted" and notification.new.tip.number  # type: ignore[union-attr]
+                    if tip:
+                        self.source_head = max(self.source_head or 0, tip)
+                    if index > skip_through:
+                        ready.append(Delivery(notification, {"file": str(self.path), "frame": index}, size,
+                                              time.monotonic()))
+                if not ready:
+                    if error is not None:
+                        raise SourceError(str(error)) from error
+                    if not items:
+                        return
+                    continue
+                self._error = error
+            d = ready.popleft()
             self.frames_delivered += 1
+            yield d
             if interval:
                 await anyio.sleep(interval)
+            if not ready and self._error is not None:
+                # Frames before the damaged one were all delivered (and committed) first.
+                error, self._error = self._error, None
+                raise SourceError(str(error)) from error
+
+    def take_ready(self, limit: int) -> list[Delivery]:
+        """Up to ``limit`` frames already read ahead (none when paced by ``rate``)."""
+        out: list[Delivery] = []
+        while self._ready and len(out) < limit:
+            out.append(self._ready.popleft())
+        self.frames_delivered += len(out)
+        return out
 
     def status(self) -> dict[str, Any]:
         st = super().status()
