@@ -206,13 +206,29 @@ def test_revert_removes_roots_and_derived_rows(mk):
     e, mem = mk()
     bs = extend(None, 5, number=1, n_txs=4)
     e.apply(ChainCommitted(chain(bs[:2])))
+    mem.ensure_indexed()
     before = dump(e.conn)
+    assert before["memory_fts"] and before["memory_tags"]  # the episodes of blocks 1-2, indexed after their block
     e.apply(ChainCommitted(chain(bs[2:])))
+    mem.ensure_indexed()
+    assert e.conn.execute("SELECT count(*) FROM memory_tags WHERE n >= ?", (3 << 20,)).fetchone()[0]
     e.apply(ChainReverted(chain(bs[2:])))
+    assert dump(e.conn) == before
+    mem.ensure_indexed()  # the watermark went back below block 3: nothing of it comes back
     assert dump(e.conn) == before
     assert e.conn.execute("SELECT count(*) FROM memory_fts WHERE rowid >= ?", (3 << 20,)).fetchone()[0] == 0
     with pytest.raises(NotFoundError):
         mem.global_root(3)
+    # A fork at the same heights reuses the same row ids: it is indexed again, like a fresh run of the final chain.
+    fork = extend(bs[1], 3, salt="fork", n_txs=4)
+    e.apply(ChainCommitted(chain(fork)))
+    mem.ensure_indexed()
+    ref, ref_mem = mk("ref.sqlite")
+    ref.apply(ChainCommitted(chain(bs[:2] + fork)))
+    ref_mem.ensure_indexed()
+    assert dump(e.conn) == dump(ref.conn)
+    assert e.conn.execute("SELECT count(*) FROM memory_fts WHERE rowid >= ?", (3 << 20,)).fetchone()[0] == \
+        e.conn.execute("SELECT count(*) FROM memory_items WHERE n >= ?", (3 << 20,)).fetchone()[0] > 0
 
 
 op = st.one_of(
@@ -220,6 +236,7 @@ op = st.one_of(
     st.tuples(st.just("reorg"), st.integers(1, 4), st.integers(1, 4)),
     st.tuples(st.just("revert"), st.integers(1, 4)),
     st.tuples(st.just("api"), st.integers(0, 3)),
+    st.tuples(st.just("index")),
 )
 
 
@@ -250,6 +267,8 @@ def test_random_reorgs_leave_chain_memory_equal_to_fresh_run(mk, ops, txs):
             else:
                 e.apply(ChainReverted(chain(old)))
                 canonical = base
+        elif o[0] == "index":  # what the worker does after a block: index the chain-derived items committed so far
+            mem.ensure_indexed()
         else:
             if o[1] == 0 or not api_ids:
                 api_ids.append((A1, bytes.fromhex(mem.store(A1, "semantic", f"note {i}")["id"][2:])))
@@ -263,13 +282,16 @@ def test_random_reorgs_leave_chain_memory_equal_to_fresh_run(mk, ops, txs):
                 api_ids.append((A2, bytes.fromhex(mem.store(A2, "working", f"tmp {i}", ttl_blocks=3)["id"][2:])))
         assert e.head == canonical[-1].ref
     # Compare the chain-derived rows with a fresh run (API writes excluded by anchoring one more block on both).
-    ref, _ = mk(f"ref-{run}.sqlite")
+    ref, ref_mem = mk(f"ref-{run}.sqlite")
     ref.apply(ChainCommitted(chain(canonical)))
+    mem.ensure_indexed()
+    ref_mem.ensure_indexed()
     live = dump(e.conn)
     fresh = dump(ref.conn)
     assert live["memory_items"] == fresh["memory_items"]
     assert live["memory_fts"] == fresh["memory_fts"]
     assert live["memory_tags"] == fresh["memory_tags"]
+    assert len(live["memory_fts"]) == len(live["memory_items"])  # every chain item indexed, once
     chain_ids = {r[1] for r in live["memory_items"]}
     assert [r for r in live["memory_leaves"] if r[1] in chain_ids] == \
         [r for r in fresh["memory_leaves"] if r[1] in chain_ids]

@@ -489,6 +489,8 @@ class Memory:
                 raise MemoryRequestError("origin", f"must be one of {', '.join(inv)}", 422)
             where.append("i.origin = ?")
             args.append(inv[origin])
+        if tags:
+            self.ensure_indexed()
         conn = self._read()
         rows = conn.execute(
             f"SELECT {', '.join('i.' + c.strip() for c in self._COLS.split(','))} FROM memory_items i "
@@ -620,14 +622,23 @@ class Memory:
         Raises:
             UnknownAgentError, MemoryRequestError: unknown agent, bad parameter (4xx naming the field).
         """
+        self.ensure_indexed()
         return recall_.recall(self, agent, query, k=k, kind=kind, tags=tags, from_block=from_block,
                               to_block=to_block, since=since, until=until, recency_weight=recency_weight,
                               half_life_s=half_life_s, mode=mode)
 
+    def ensure_indexed(self) -> None:
+        """Index every chain-derived item committed so far (tags, FTS5, embedding queue: see
+        :func:`.ingest.index_episodes`) before a read that filters or searches by them. Two small reads when up to
+        date."""
+        while ingest.index_episodes(self):
+            pass
+
     def embed_pending(self, batch: int = 64) -> int:
         """Embed up to ``batch`` queued items with the rag embedder; returns how many were embedded (0 when no
         embedder). Vectors are encrypted like content. Safe against concurrent reverts: each vector is written only
-        if its item still has the id and version that were embedded."""
+        if its item still has the id and version that were embedded. Chain-derived items are indexed (queued) first."""
+        self.ensure_indexed()
         return recall_.embed_pending(self, batch)
 
     def sweep(self) -> int:
@@ -643,15 +654,16 @@ class Memory:
         return len(rows)
 
     def _worker_loop(self) -> None:
-        """Background work: embeddings, passive WAL checkpoints (API writes do not auto-checkpoint), the global
-        root of the head computed ahead of requests (at most once a second), and the sweep of expired working
-        memory."""
+        """Background work: indexing of chain-derived items after their block, embeddings, passive WAL checkpoints
+        (API writes do not auto-checkpoint), the global root of the head computed ahead of requests (at most once a
+        second), and the sweep of expired working memory."""
         last_ckpt = last_sweep = last_warm = 0.0
         while not self.stopping.is_set():
             done = 0
             try:
+                done = ingest.index_episodes(self)
                 if self.config.embed:
-                    done = self.embed_pending()
+                    done += self.embed_pending()
                 now = time.monotonic()
                 if now - last_ckpt >= 2.0:
                     last_ckpt = now

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import apsw
+import msgpack
+from cryptography.exceptions import InvalidTag
 
 from . import merkle, registry
-from .crypto import MissingKeyError
+from .crypto import MissingKeyError, aad
 from .merkle import keccak
 from .schema import END_DELETED, END_EXPIRED, END_SUPERSEDED, EPISODE_SHIFT, KINDS, OP_PUT
 
@@ -192,6 +194,8 @@ def _episodes(mem: Memory, conn: apsw.Connection, block: Any, touched: dict[byte
                 eps.append(Episode(a, episode_id(a, tx.hash, li), render_transfer(block, i, li, frm, to, lg),
                                    ["chain", "transfer", direction], meta))
     base = block.number << EPISODE_SHIFT
+    episodic = KINDS["episodic"]
+    items, leaves = [], []
     for j, ep in enumerate(eps):
         try:
             k = mem.keys.get(ep.agent)
@@ -200,25 +204,22 @@ def _episodes(mem: Memory, conn: apsw.Connection, block: Any, touched: dict[byte
             log.error("no key for agent 0x%s, its episode in block %d is skipped: %s", ep.agent.hex(),
                       block.number, e)
             continue
-        n = base | j
-        raw = ep.text.encode()
-        meta_json = canonical_json(ep.meta)
-        com, nonce, ct = mem._seal(k, ep.agent, ep.item_id, 1, raw, 0, "", ep.tags, meta_json, 0, 0,
-                                    nonce=k.det_nonce(ep.item_id, 1))
-        conn.execute(
-            "INSERT INTO memory_items (n, id, agent, kind, origin, version, key_hash, nonce, ct, commitment, "
-            "ttl_seconds, ttl_blocks, expires_at, created_at, updated_at, head_number, head_hash) "
-            "VALUES (?, ?, ?, ?, 1, 1, NULL, ?, ?, ?, 0, 0, NULL, ?, ?, ?, ?)",
-            (n, ep.item_id, ep.agent, KINDS["episodic"], nonce, ct, com, block.timestamp, block.timestamp,
-             block.number, block.hash))
-        mem._index(conn, k, ep.agent, n, ep.text, ep.tags)
-        conn.execute(
-            "INSERT INTO memory_leaves (agent, item_id, from_block, to_block, version, kind, commitment, "
-            "anchor_hash, leaf, expires_block, expires_ts, end_reason) VALUES (?, ?, ?, NULL, 1, ?, ?, ?, ?, "
-            "NULL, NULL, NULL)",
-            (ep.agent, ep.item_id, block.number, KINDS["episodic"], com, block.hash,
-             merkle.item_leaf(ep.item_id, ep.agent, KINDS["episodic"], 1, block.number, com)))
+        com, nonce, ct = mem._seal(k, ep.agent, ep.item_id, 1, ep.text.encode(), 0, "", ep.tags,
+                                    canonical_json(ep.meta), 0, 0, nonce=k.det_nonce(ep.item_id, 1))
+        items.append((base | j, ep.item_id, ep.agent, episodic, nonce, ct, com, block.timestamp, block.timestamp,
+                      block.number, block.hash))
+        leaves.append((ep.agent, ep.item_id, block.number, episodic, com, block.hash,
+                       merkle.item_leaf(ep.item_id, ep.agent, episodic, 1, block.number, com)))
         touched[ep.agent] = touched.get(ep.agent, 0) + 1
+    # Two rows per episode here; its tags, FTS5 entry and embedding come after the commit (index_episodes).
+    conn.executemany(
+        "INSERT INTO memory_items (n, id, agent, kind, origin, version, key_hash, nonce, ct, commitment, "
+        "ttl_seconds, ttl_blocks, expires_at, created_at, updated_at, head_number, head_hash) "
+        "VALUES (?, ?, ?, ?, 1, 1, NULL, ?, ?, ?, 0, 0, NULL, ?, ?, ?, ?)", items)
+    conn.executemany(
+        "INSERT INTO memory_leaves (agent, item_id, from_block, to_block, version, kind, commitment, "
+        "anchor_hash, leaf, expires_block, expires_ts, end_reason) VALUES (?, ?, ?, NULL, 1, ?, ?, ?, ?, "
+        "NULL, NULL, NULL)", leaves)
 
 
 def _anchor(conn: apsw.Connection, block: Any, touched: dict[bytes, int]) -> None:
@@ -296,10 +297,45 @@ def _prune(conn: apsw.Connection, horizon: int) -> None:
 
 def revert_block(mem: Memory, conn: apsw.Connection, block: Any) -> None:
     """The ``monmouth_block_reverted`` work: the journal already restored the chain tables (and the engine trimmed
-    the root caches); remove the derived rows (FTS5 entries, vectors, embedding queue) of the block's
-    chain-derived items."""
+    the root caches); remove the indexes of the block's chain-derived items (tags, FTS5 entries, vectors,
+    embedding queue) and lower the indexing watermark below the block."""
     lo = block.number << EPISODE_SHIFT
+    conn.execute("UPDATE memory_state SET indexed_n = min(indexed_n, ?) WHERE id = 1", (lo - 1,))
+    conn.execute("DELETE FROM memory_tags WHERE n >= ?", (lo,))
     conn.execute("DELETE FROM memory_fts WHERE rowid >= ?", (lo,))
     conn.execute("DELETE FROM memory_vectors WHERE n >= ?", (lo,))
     conn.execute("DELETE FROM memory_embed_queue WHERE n >= ?", (lo,))
     mem._vec_cache.drop()
+
+
+def index_episodes(mem: Memory, limit: int = 1024) -> int:
+    """Index up to ``limit`` chain-derived items committed since the watermark ``memory_state.indexed_n``: their
+    tags, FTS5 keyed tokens and embedding-queue rows, in one write transaction of the plugin's own (not the
+    engine's). Returns how many items it went through (0: up to date).
+
+    Runs on the worker thread after every block, and from reads (:meth:`Memory.ensure_indexed`) that find it
+    behind. A revert of block ``b`` deletes these rows by row id range and lowers the watermark below ``b << 20``
+    in the engine's transaction; both take SQLite's write lock, so each sees the other whole. An item whose key
+    is missing (or does not open it) is logged and passed over.
+    """
+    conn = mem._read()
+    mark = conn.execute("SELECT indexed_n FROM memory_state WHERE id = 1").fetchone()[0]
+    top = conn.execute("SELECT max(n) FROM memory_items").fetchone()[0]
+    if top is None or top <= mark:
+        return 0
+    with mem._write() as w:
+        mark = w.execute("SELECT indexed_n FROM memory_state WHERE id = 1").fetchone()[0]
+        rows = w.execute("SELECT n, id, agent, version, nonce, ct FROM memory_items WHERE n > ? ORDER BY n LIMIT ?",
+                         (mark, limit)).fetchall()
+        for n, item_id, agent, version, nonce, ct in rows:
+            try:
+                k = mem.keys.get(agent)
+                p = msgpack.unpackb(k.decrypt(nonce, ct, aad(agent, item_id, version)))
+            except (MissingKeyError, InvalidTag) as e:
+                log.error("chain item %s of agent 0x%s not indexed: %s", hx(item_id), agent.hex(),
+                          type(e).__name__)
+                continue
+            mem._index(w, k, agent, n, p["c"].decode() if p["t"] == 0 else None, p["g"])
+        if rows:
+            w.execute("UPDATE memory_state SET indexed_n = ? WHERE id = 1", (rows[-1][0],))
+    return len(rows)

@@ -77,6 +77,8 @@ class MemoryPlugin:
         if mem is not None and head is not None:
             from .checkpoint import maybe_auto_checkpoint
 
+            mem._wake.set()  # the worker indexes the block's chain-derived items now
+
             maybe_auto_checkpoint(mem, head.number)
 
     # -- chain hooks

@@ -5,10 +5,15 @@ Which code writes which table matters for the reorg journal (see ``docs/memory.m
 * **chain tables** are written only by the chain hooks and journaled: ``memory_leaves`` (the item versions with
   their validity ranges), ``memory_marks`` (per agent, the blocks at which its visible set changed, the count
   after and the block's stamp), ``memory_blocks`` (one row per applied block), ``memory_sync`` (how far the op
-  log has been anchored), and the chain-derived rows of ``memory_items`` / ``memory_tags`` (inserted only);
+  log has been anchored), and the chain-derived rows of ``memory_items`` (inserted only);
 * **off-chain tables** are written by the API and the CLI and never by chain hooks: ``memory_ops`` (the op log
   of API writes, anchored by the chain hook at the next block), and the API rows of ``memory_items`` /
   ``memory_tags``;
+* **indexes of chain-derived items**: their ``memory_tags`` rows, FTS5 entries and embedding-queue rows are written
+  after the block committed, by :func:`.ingest.index_episodes` (the worker thread, or a read that finds it behind),
+  up to the watermark ``memory_state.indexed_n``; a revert of block ``b`` deletes them by row id range (``n >= b <<
+  20``) and lowers the watermark below it. Keeping them off the block's transaction keeps the chain hook to two
+  rows per episode (the item and its leaf);
 * **registrations**: ``memory_agents`` is written by the API, the CLI and startup (config agents), and, for agents
   registered by an on-chain registry event (``[[plugins.memory.registries]]``, see :mod:`.registry`), by the chain
   hook. The registration itself is the journaled chain table ``memory_registry`` (migration 3), written only by
@@ -219,6 +224,12 @@ MIGRATIONS: list[str] = [
         registered_at REAL NOT NULL        -- the block timestamp: created_at of the memory_agents row
     ) WITHOUT ROWID;
     CREATE INDEX memory_agents_registry ON memory_agents (address) WHERE source = 'registry';
+    """,
+    # 4: chain-derived items are indexed (tags, FTS5, embedding queue) after their block, by .ingest.index_episodes,
+    # up to this watermark (the highest chain row id indexed). Items already present were indexed by the hook.
+    """
+    ALTER TABLE memory_state ADD COLUMN indexed_n INTEGER NOT NULL DEFAULT 0;
+    UPDATE memory_state SET indexed_n = (SELECT coalesce(max(n), 0) FROM memory_items WHERE n > 0);
     """,
 ]
 
