@@ -301,6 +301,7 @@ def revert_block(mem: Memory, conn: apsw.Connection, block: Any) -> None:
     embedding queue) and lower the indexing watermark below the block."""
     lo = block.number << EPISODE_SHIFT
     conn.execute("UPDATE memory_state SET indexed_n = min(indexed_n, ?) WHERE id = 1", (lo - 1,))
+    conn.execute("DELETE FROM memory_items WHERE n >= ?", (lo,))
     conn.execute("DELETE FROM memory_tags WHERE n >= ?", (lo,))
     conn.execute("DELETE FROM memory_fts WHERE rowid >= ?", (lo,))
     conn.execute("DELETE FROM memory_vectors WHERE n >= ?", (lo,))

@@ -5,7 +5,10 @@ Which code writes which table matters for the reorg journal (see ``docs/memory.m
 * **chain tables** are written only by the chain hooks and journaled: ``memory_leaves`` (the item versions with
   their validity ranges), ``memory_marks`` (per agent, the blocks at which its visible set changed, the count
   after and the block's stamp), ``memory_blocks`` (one row per applied block), ``memory_sync`` (how far the op
-  log has been anchored), and the chain-derived rows of ``memory_items`` (inserted only);
+  log has been anchored). The chain-derived rows of ``memory_items`` are written only by the chain hook too, but
+  only inserted, with row ids ``n >= block << 20``: ``memory_items`` is declared trimmed (not journaled) and
+  ``monmouth_block_reverted`` deletes them by row id range, which keeps their ciphertexts out of the per-block
+  undo changesets;
 * **off-chain tables** are written by the API and the CLI and never by chain hooks: ``memory_ops`` (the op log
   of API writes, anchored by the chain hook at the next block), and the API rows of ``memory_items`` /
   ``memory_tags``;
@@ -235,6 +238,8 @@ MIGRATIONS: list[str] = [
 
 #: Derived tables, not journaled; ``monmouth_block_reverted`` removes their rows by row id range.
 TRIMMED: dict[str, str | None] = {
+    # Chain hooks only insert chain-derived rows (n > 0, n >> 20 = their block); revert_block deletes them by range.
+    "memory_items": None,
     "memory_fts": None,
     "memory_vectors": None,
     "memory_embed_queue": None,
