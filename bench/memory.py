@@ -18,7 +18,9 @@ Measured (milliseconds, p50 and p99):
   ``first_global_root_s`` is the very first global root after loading (every agent's tree, once);
 * ``block_200_agents``: applying one block (the whole engine: journal, commit) whose chain hook anchors writes of
   200 agents; ``block_200_agents_hook`` is the memory plugin's chain hook alone in it; ``episodes_200_agents``:
-  one block of 200 transactions each touching a different agent (chain-derived memories);
+  one block of 200 transactions each touching a different agent (chain-derived memories: the item and its leaf
+  in the block's transaction); ``episodes_200_agents_index``: indexing them afterwards (tags, FTS5 and the
+  embedding queue, in the plugin's own transaction: the worker thread's job in the sidecar);
   ``ingest_blocks_per_s``: blocks of 20 transactions between unregistered addresses applied one by one with the
   memory plugin enabled (``ingest_block_hook``: the memory hook's share). As with the runner
   (``storage.checkpoint_pages``), the engine connection never checkpoints inline; the WAL is checkpointed
@@ -290,7 +292,8 @@ def main() -> None:
         res.update(summary("block_200_agents_hook", res.pop("_hook")))
         with mem._write() as conn:  # the store samples queued embeddings the recall agent does not need
             conn.execute("DELETE FROM memory_embed_queue")
-        eps = []
+        eps: list[float] = []
+        idx: list[float] = []
         for _ in range(20):
             sample = rng.sample(agents[1:], min(200, len(agents) - 1))
             txs = tuple(Transaction(h("bench-tx", b.number, i), 2, h("sender", i)[:20], a, 10**15, b"", i, 21_000,
@@ -298,7 +301,11 @@ def main() -> None:
             rcs = tuple(Receipt(1, 21_000 * (i + 1)) for i in range(len(txs)))
             mem.db.checkpoint()  # the runner's job (not timed)
             eps.append(b.block(txs, rcs))
+            t0 = time.perf_counter()
+            mem.ensure_indexed()  # the worker's job after the block: tags, FTS5 and embedding queue of its episodes
+            idx.append(time.perf_counter() - t0)
         res.update(summary("episodes_200_agents", eps))
+        res.update(summary("episodes_200_agents_index", idx))
         plain = []
         mem.db.checkpoint()  # the worker's job (not timed)
         hook.clear()
