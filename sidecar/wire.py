@@ -69,13 +69,15 @@ class Hello:
 @dataclass(frozen=True, slots=True)
 class Welcome:
     """``welcome`` (bridge → sidecar): ``heartbeat_ms`` in milliseconds; ``epoch`` names the bridge run's
-    sequence space (``seq`` values are unique only within one epoch; 0 when the bridge sent none)."""
+    sequence space (``seq`` values are unique only within one epoch; 0 when the bridge sent none); ``node_head``
+    is the node's newest block number, ``None`` when the bridge does not know it (the key is then absent)."""
 
     version: int
     chain_id: int
     node: str
     heartbeat_ms: int
     epoch: int = 0
+    node_head: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +126,11 @@ class Ack:
 
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
-    """``heartbeat`` (both ways): ``ts_ms`` is the sender's wall clock, milliseconds since the Unix epoch."""
+    """``heartbeat`` (both ways): ``ts_ms`` is the sender's wall clock, milliseconds since the Unix epoch;
+    ``node_head`` (bridge → sidecar only) the node's newest block number when known, else ``None`` (key absent)."""
 
     ts_ms: int
+    node_head: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,14 +166,20 @@ def to_wire(msg: Message) -> dict[str, Any]:
         return {"type": "hello", "version": msg.version, "head": _ref(msg.head), "window": msg.window,
                 "client": msg.client}
     if isinstance(msg, Welcome):
-        return {"type": "welcome", "version": msg.version, "chain_id": msg.chain_id, "node": msg.node,
-                "heartbeat_ms": msg.heartbeat_ms, "epoch": msg.epoch}
+        out = {"type": "welcome", "version": msg.version, "chain_id": msg.chain_id, "node": msg.node,
+               "heartbeat_ms": msg.heartbeat_ms, "epoch": msg.epoch}
+        if msg.node_head is not None:  # optional keys are present only when known
+            out["node_head"] = msg.node_head
+        return out
     if isinstance(msg, NotificationMsg):
         return codec.notification_to_wire(msg.notification, msg.seq)
     if isinstance(msg, Ack):
         return {"type": "ack", "seq": msg.seq, "head": _ref(msg.head)}
     if isinstance(msg, Heartbeat):
-        return {"type": "heartbeat", "ts_ms": msg.ts_ms}
+        beat: dict[str, Any] = {"type": "heartbeat", "ts_ms": msg.ts_ms}
+        if msg.node_head is not None:
+            beat["node_head"] = msg.node_head
+        return beat
     if isinstance(msg, Error):
         return {"type": "error", "code": msg.code, "message": msg.message}
     raise TypeError(f"not a wire message: {type(msg).__name__}")
@@ -193,6 +203,11 @@ def _uint(m: dict[str, Any], key: str, what: str) -> int:
     if type(v) is not int or v < 0:
         raise WireError("malformed", f"{what}.{key}: expected unsigned int, got {v!r}"[:200])
     return v
+
+
+def _opt_uint(m: dict[str, Any], key: str, what: str) -> int | None:
+    """An optional uint key: absent or nil is ``None``."""
+    return None if m.get(key) is None else _uint(m, key, what)
 
 
 def _str(m: dict[str, Any], key: str, what: str, default: str | None = None) -> str:
@@ -243,13 +258,13 @@ def from_wire(m: Any) -> Message:
     if t == "welcome":
         epoch = m.get("epoch", 0)
         return Welcome(_uint(m, "version", t), _uint(m, "chain_id", t), _str(m, "node", t, ""),
-                       _uint(m, "heartbeat_ms", t), _uint({"epoch": epoch}, "epoch", t))
+                       _uint(m, "heartbeat_ms", t), _uint({"epoch": epoch}, "epoch", t), _opt_uint(m, "node_head", t))
     if t == "ack":
         if "head" not in m:
             raise WireError("malformed", "ack.head: missing")
         return Ack(_uint(m, "seq", t), _block_ref(m.get("head"), "ack.head"))
     if t == "heartbeat":
-        return Heartbeat(_uint(m, "ts_ms", t))
+        return Heartbeat(_uint(m, "ts_ms", t), _opt_uint(m, "node_head", t))
     if t == "error":
         return Error(_str(m, "code", t), _str(m, "message", t, ""))
     shown = t if len(t) <= 64 else t[:64] + "…"

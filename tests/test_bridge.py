@@ -657,3 +657,32 @@ def test_runner_group_commits_a_backlog_from_the_rust_bridge(bridge_bin: Path, t
     assert app.engine.notifications_seen == len(ns)
     app.close()
     assert_same_as_fresh_index(tmp_path / "db.sqlite", tmp_path, canonical)
+
+
+def test_lag_is_measured_against_the_node_head_the_bridge_announces(bridge_bin: Path, tmp_path: Path,
+                                                                     bridges: list[Bridge]) -> None:
+    """While Reth backfills a sidecar that was away, the newest notification it received is far behind the node:
+    the bridge announces the node's head (``node_head`` in ``welcome`` and heartbeats), and ``/status`` lag
+    counts every block the sidecar has yet to get."""
+    ns, canonical = scenario(20, seed="node-head", forks=False)
+    node_head = canonical[-1].number + 1000
+    b = Bridge(bridge_bin, write_replay(tmp_path / "r.mnmrp", ns), f"ipc://{tmp_path}/b.sock", "--exit-when-acked",
+               "--rate", "40", "--node-head", str(node_head), heartbeat_ms=100)
+    bridges.append(b)
+    app = exex_app(tmp_path, b.endpoint, {"ledger": ledger})
+    src = ExExSource(b.endpoint, window=4, heartbeat_s=0.2, max_backoff=0.4, metrics=app.metrics)
+    seen: list[tuple[int, int]] = []
+
+    def done() -> bool:
+        st = app.status(src)
+        if st["lag"] is not None:
+            seen.append((st["head"]["number"], st["lag"]))
+        return b.proc.poll() is not None
+
+    asyncio.run(run_runner_until(app, src, done, 60))
+    assert b.summary()["acked"] == len(ns)
+    assert src.node_head == node_head and src.status()["node_head"] == node_head
+    assert len({h for h, _ in seen}) > 5  # observed while streaming, not only at the end
+    assert all(lag == node_head - head for head, lag in seen)
+    assert app.status(src)["lag"] == 1000
+    app.close()

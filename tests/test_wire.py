@@ -74,11 +74,11 @@ def expected(v: dict[str, Any]) -> wire.Message:
     if t == "hello":
         return wire.Hello(j["version"], _ref(j["head"]), j["window"], j["client"])
     if t == "welcome":
-        return wire.Welcome(j["version"], j["chain_id"], j["node"], j["heartbeat_ms"], j["epoch"])
+        return wire.Welcome(j["version"], j["chain_id"], j["node"], j["heartbeat_ms"], j["epoch"], j.get("node_head"))
     if t == "ack":
         return wire.Ack(j["seq"], _ref(j["head"]))
     if t == "heartbeat":
-        return wire.Heartbeat(j["ts_ms"])
+        return wire.Heartbeat(j["ts_ms"], j.get("node_head"))
     if t == "error":
         return wire.Error(j["code"], j["message"])
     assert t == "notification"
@@ -198,6 +198,17 @@ def test_unknown_keys_and_key_order_are_tolerated() -> None:
     assert wire.decode(frame) == wire.Heartbeat(5)
     welcome = _frame({"type": "welcome", "version": 1, "chain_id": 1, "node": "x", "heartbeat_ms": 10})
     assert wire.decode(welcome) == wire.Welcome(1, 1, "x", 10, 0)
+
+
+def test_optional_node_head_is_omitted_when_unknown_and_checked_when_present() -> None:
+    with_head = {v["name"]: v["value"].get("node_head") for v in DOC["vectors"] if v["type"] in ("welcome", "heartbeat")}
+    assert with_head == {"welcome": 21_000_000, "heartbeat": None, "heartbeat_bridge": 21_000_001}
+    # A sidecar's heartbeat has no node_head key at all (byte-identical to the pre-node_head encoding).
+    assert msgpack.unpackb(wire.encode(wire.Heartbeat(5)), raw=False) == {"type": "heartbeat", "ts_ms": 5}
+    assert wire.decode(_frame({"type": "heartbeat", "ts_ms": 5, "node_head": None})) == wire.Heartbeat(5)
+    with pytest.raises(wire.WireError, match=r"heartbeat\.node_head") as e:
+        wire.decode(_frame({"type": "heartbeat", "ts_ms": 5, "node_head": -1}))
+    assert e.value.code == "malformed"
 
 
 def test_newer_version_is_refused_clearly() -> None:

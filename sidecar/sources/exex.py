@@ -145,6 +145,8 @@ class ExExSource(Source):
         self.acks_sent = 0
         self.resends_acked = 0
         self.last_seq: int | None = None
+        #: The node's newest block number as the bridge last announced it (``welcome``/``heartbeat``), if it did.
+        self.node_head: int | None = None
         self.refused: dict[str, int] = {}
         self.bridge_errors: dict[str, int] = {}
         self.last_error: str | None = None
@@ -195,6 +197,7 @@ class ExExSource(Source):
         await sock.send(wire.encode(wire.Hello(wire.PROTOCOL_VERSION, head, self.window, self.client)))
         welcome = await self._handshake(sock)
         self.bridge = welcome
+        self._node_head(welcome.node_head)
         self.sessions += 1
         self.state = "streaming"
         self._last_heard = time.monotonic()
@@ -325,6 +328,7 @@ class ExExSource(Source):
             self._put(d)
             return seq
         if isinstance(msg, wire.Heartbeat):
+            self._node_head(msg.node_head)
             return last_seq
         if isinstance(msg, wire.Error):
             self._on_bridge_error(msg)
@@ -350,6 +354,13 @@ class ExExSource(Source):
             kind = wire.NotificationMsg if isinstance(msg, wire.PendingNotification) else type(msg)
             self._bm.frames.labels(kind.__name__.lower()).inc()
         return msg
+
+    def _node_head(self, number: int | None) -> None:
+        """The bridge announced the node's newest block: lag is measured against it (while Reth backfills this
+        sidecar, the newest notification received is far behind the node)."""
+        if number is not None:
+            self.node_head = number
+            self.source_head = max(self.source_head or 0, number)
 
     def _on_bridge_error(self, msg: wire.Error) -> None:
         self._count_error(msg.code, msg.message, refused=False)
@@ -466,6 +477,7 @@ class ExExSource(Source):
             sessions=self.sessions,
             reconnects=self.reconnects,
             last_seq=self.last_seq,
+            node_head=self.node_head,
             inflight=len(self._inflight),
             received=self.received,
             received_bytes=self.received_bytes,

@@ -12,13 +12,16 @@
 //!    which then stops polling Reth (Reth buffers, nothing is dropped);
 //! 4. on each sidecar `ack`, the server's callback sends `ExExEvent::FinishedHeight` with the chain
 //!    head after the acknowledged notification (for a reorg, the new tip; Reth compares finished
-//!    heights by number). Nothing is reported finished before a sidecar committed it.
+//!    heights by number). Nothing is reported finished before a sidecar committed it;
+//! 5. the node's best block number (`BlockNumReader::best_block_number`), read at start and with every
+//!    notification, is announced as `node_head` in `welcome` and heartbeats, so that the sidecar's lag
+//!    counts the blocks Reth has yet to backfill.
 //!
 //! The ExEx future returns only when Reth's notification stream ends (node shutdown) or on a
 //! failure that would otherwise lose notifications (the bridge thread died): Reth treats a returned
 //! ExEx as fatal, which is the intended, loud outcome in that case.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +34,7 @@ use futures::TryStreamExt;
 use monmouth_wire::sources::{OnAck, OnStart};
 use monmouth_wire::{
     Acked, BlockRef, ChannelSource, FixedBytes, Inbox, Notification, Server, ServerConfig, SourceError, U256,
+    NODE_HEAD_UNKNOWN,
 };
 use reth_ethereum::chainspec::EthChainSpec;
 use reth_ethereum::cli::chainspec::EthereumChainSpecParser;
@@ -38,7 +42,7 @@ use reth_ethereum::cli::interface::Cli;
 use reth_ethereum::exex::{ExExContext, ExExEvent, ExExHead, ExExNotification};
 use reth_ethereum::node::api::{FullNodeComponents, NodeTypes};
 use reth_ethereum::node::EthereumNode;
-use reth_ethereum::provider::Chain;
+use reth_ethereum::provider::{BlockNumReader, Chain};
 use reth_ethereum::{EthPrimitives, Receipt as RethReceipt};
 use tracing::{error, info};
 
@@ -191,11 +195,21 @@ where
         }
         Ok(())
     });
+    let node_head = Arc::new(AtomicU64::new(NODE_HEAD_UNKNOWN));
+    let node_head_server = Arc::clone(&node_head);
+    let provider = ctx.provider().clone();
+    let refresh_node_head = move || {
+        if let Ok(n) = provider.best_block_number() {
+            node_head.store(n, Ordering::Relaxed);
+        }
+    };
+    refresh_node_head();
     let stop = Arc::new(AtomicBool::new(false));
     let stop_server = Arc::clone(&stop);
     let server = std::thread::Builder::new().name("monmouth-bridge".to_owned()).spawn(move || {
         let result = Server::bind(cfg).and_then(|mut server| {
-            let mut source = ChannelSource::new(TokioInbox(note_rx), on_start, on_ack, Duration::from_millis(1));
+            let mut source = ChannelSource::new(TokioInbox(note_rx), on_start, on_ack, Duration::from_millis(1))
+                .with_node_head(node_head_server);
             server.run(&mut source, || stop_server.load(Ordering::Relaxed))
         });
         if let Err(e) = &result {
@@ -218,6 +232,7 @@ where
     }
 
     while let Some(notification) = ctx.notifications.try_next().await? {
+        refresh_node_head();
         for n in convert(&notification) {
             if note_tx.send(n).await.is_err() {
                 stop.store(true, Ordering::Relaxed);

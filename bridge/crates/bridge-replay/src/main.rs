@@ -47,6 +47,10 @@ struct Args {
     /// Largest frame sent or accepted (bytes).
     #[arg(long, default_value_t = MAX_FRAME_BYTES)]
     max_frame_bytes: usize,
+    /// Block number to announce as the node's head in `welcome` and heartbeats (a replay has no node; default:
+    /// none announced). Lets tests see a sidecar's lag while it is served an older part of the chain.
+    #[arg(long)]
+    node_head: Option<u64>,
     /// Test aid: send a garbage frame before every N-th notification (0: never).
     #[arg(long, default_value_t = 0)]
     garbage_every: u64,
@@ -78,7 +82,7 @@ fn serve(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         signal_hook::flag::register(sig, Arc::clone(&stop))?;
     }
     let rate = (args.rate > 0.0).then_some(args.rate);
-    let mut source = ReplaySource::open(args.file.clone(), rate)?;
+    let mut source = ReplaySource::open(args.file.clone(), rate)?.with_node_head(args.node_head);
     let cfg = ServerConfig {
         endpoint: args.endpoint.clone(),
         chain_id: args.chain_id,

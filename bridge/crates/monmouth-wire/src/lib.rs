@@ -52,5 +52,5 @@ pub use message::{
 };
 pub use replay::{ReplayReader, ReplayWriter};
 pub use server::{percentile, Acked, Next, NotificationSource, RunEnd, Server, ServerConfig, Stats};
-pub use sources::{ChannelSource, Inbox, ReplaySource};
+pub use sources::{ChannelSource, Inbox, ReplaySource, NODE_HEAD_UNKNOWN};
 pub use types::{Address, Block, BlockRef, FixedBytes, Log, Notification, NotificationKind, Receipt, Transaction, B256, U256};

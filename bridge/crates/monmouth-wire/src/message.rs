@@ -47,6 +47,8 @@ pub struct Welcome {
     /// Random u64 chosen when the bridge starts: `seq` values are unique only within one epoch.
     /// Decoded as 0 when absent.
     pub epoch: u64,
+    /// The newest block number the node has, when the bridge knows it (the key is omitted otherwise).
+    pub node_head: Option<u64>,
 }
 
 /// `ack` (sidecar → bridge). Cumulative: acknowledges every `seq` up to and including this one.
@@ -63,6 +65,9 @@ pub struct Ack {
 pub struct Heartbeat {
     /// Sender's wall clock (milliseconds since the Unix epoch).
     pub ts_ms: u64,
+    /// Bridge → sidecar: the newest block number the node has, when known (the key is omitted otherwise; a
+    /// sidecar never sends it).
+    pub node_head: Option<u64>,
 }
 
 /// The `code` of an `error` message.
@@ -180,6 +185,8 @@ struct WelcomeOut<'a> {
     node: &'a str,
     heartbeat_ms: u64,
     epoch: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_head: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -205,6 +212,8 @@ struct HeartbeatOut {
     #[serde(rename = "type")]
     ty: &'static str,
     ts_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_head: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -236,6 +245,8 @@ struct WelcomeIn {
     heartbeat_ms: u64,
     #[serde(default)]
     epoch: u64,
+    #[serde(default)]
+    node_head: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -257,6 +268,8 @@ struct AckIn {
 #[derive(Deserialize)]
 struct HeartbeatIn {
     ts_ms: u64,
+    #[serde(default)]
+    node_head: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -317,10 +330,11 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, WireError> {
             node: &m.node,
             heartbeat_ms: m.heartbeat_ms,
             epoch: m.epoch,
+            node_head: m.node_head,
         }),
         Message::Notification(m) => encode_notification(m.seq, &m.notification),
         Message::Ack(m) => to_bytes(&AckOut { ty: "ack", seq: m.seq, head: &m.head }),
-        Message::Heartbeat(m) => to_bytes(&HeartbeatOut { ty: "heartbeat", ts_ms: m.ts_ms }),
+        Message::Heartbeat(m) => to_bytes(&HeartbeatOut { ty: "heartbeat", ts_ms: m.ts_ms, node_head: m.node_head }),
         Message::Error(m) => to_bytes(&ErrorOut { ty: "error", code: &m.code, message: &m.message }),
     }
 }
@@ -504,6 +518,7 @@ pub fn decode(frame: &[u8], max_bytes: usize) -> Result<Message, WireError> {
                 node: m.node,
                 heartbeat_ms: m.heartbeat_ms,
                 epoch: m.epoch,
+                node_head: m.node_head,
             })
         }
         "notification" => {
@@ -518,7 +533,7 @@ pub fn decode(frame: &[u8], max_bytes: usize) -> Result<Message, WireError> {
         }
         "heartbeat" => {
             let m: HeartbeatIn = from_frame(frame, "heartbeat")?;
-            Message::Heartbeat(Heartbeat { ts_ms: m.ts_ms })
+            Message::Heartbeat(Heartbeat { ts_ms: m.ts_ms, node_head: m.node_head })
         }
         "error" => {
             let m: ErrorIn = from_frame(frame, "error")?;
@@ -557,16 +572,32 @@ mod tests {
         let head = BlockRef { number: 7, hash: FixedBytes([9u8; 32]) };
         roundtrip(Message::Hello(Hello { version: 1, head: Some(head), window: 64, client: "t".into() }));
         roundtrip(Message::Hello(Hello { version: 1, head: None, window: 1, client: String::new() }));
-        roundtrip(Message::Welcome(Welcome { version: 1, chain_id: 1, node: "n".into(), heartbeat_ms: 1000, epoch: 5 }));
+        roundtrip(Message::Welcome(Welcome {
+            version: 1,
+            chain_id: 1,
+            node: "n".into(),
+            heartbeat_ms: 1000,
+            epoch: 5,
+            node_head: None,
+        }));
+        roundtrip(Message::Welcome(Welcome {
+            version: 1,
+            chain_id: 1,
+            node: "n".into(),
+            heartbeat_ms: 1000,
+            epoch: 5,
+            node_head: Some(21_000_000),
+        }));
         roundtrip(Message::Ack(Ack { seq: u64::MAX, head: Some(head) }));
         roundtrip(Message::Ack(Ack { seq: 1, head: None }));
-        roundtrip(Message::Heartbeat(Heartbeat { ts_ms: 1_700_000_000_000 }));
+        roundtrip(Message::Heartbeat(Heartbeat { ts_ms: 1_700_000_000_000, node_head: None }));
+        roundtrip(Message::Heartbeat(Heartbeat { ts_ms: 1_700_000_000_000, node_head: Some(0) }));
         roundtrip(Message::Error(ErrorMsg::new(ErrorCode::Gap, "seq 3 after 1")));
     }
 
     #[test]
     fn key_order_is_the_spec_order() {
-        let frame = encode(&Message::Heartbeat(Heartbeat { ts_ms: 5 })).expect("encode");
+        let frame = encode(&Message::Heartbeat(Heartbeat { ts_ms: 5, node_head: None })).expect("encode");
         // fixmap(2) "type" "heartbeat" "ts_ms" 5
         let mut want = vec![0x82, 0xa4];
         want.extend(b"type");
@@ -575,6 +606,13 @@ mod tests {
         want.push(0xa5);
         want.extend(b"ts_ms");
         want.push(5);
+        assert_eq!(frame, want);
+        // An optional key comes last, and only when present: fixmap(3) ... "node_head" 7
+        let frame = encode(&Message::Heartbeat(Heartbeat { ts_ms: 5, node_head: Some(7) })).expect("encode");
+        want[0] = 0x83;
+        want.push(0xa9);
+        want.extend(b"node_head");
+        want.push(7);
         assert_eq!(frame, want);
     }
 
@@ -597,7 +635,7 @@ mod tests {
                 assert_eq!(pre.frame(s), encode_notification(s, &n).expect("encode"), "seq {s}");
             }
         }
-        assert!(PreEncoded::from_frame(&encode(&Message::Heartbeat(Heartbeat { ts_ms: 1 })).expect("e")).is_err());
+        assert!(PreEncoded::from_frame(&encode(&Message::Heartbeat(Heartbeat { ts_ms: 1, node_head: None })).expect("e")).is_err());
     }
 
     #[test]
@@ -606,13 +644,13 @@ mod tests {
         assert!(matches!(decode(&[0x93, 1, 2, 3], MAX_FRAME_BYTES), Err(WireError::Malformed(_))));
         assert!(matches!(decode(&[0x80], MAX_FRAME_BYTES), Err(WireError::Malformed(_))));
         assert!(matches!(decode(&[0x81, 0xa1], MAX_FRAME_BYTES), Err(WireError::Malformed(_))));
-        let frame = encode(&Message::Heartbeat(Heartbeat { ts_ms: 5 })).expect("encode");
+        let frame = encode(&Message::Heartbeat(Heartbeat { ts_ms: 5, node_head: None })).expect("encode");
         assert!(matches!(decode(&frame[..frame.len() - 1], MAX_FRAME_BYTES), Err(WireError::Malformed(_))));
         let mut trailing = frame.clone();
         trailing.push(0xc0);
         assert!(matches!(decode(&trailing, MAX_FRAME_BYTES), Err(WireError::Malformed(_))));
         assert!(matches!(decode(&frame, 3), Err(WireError::FrameTooLarge { .. })));
-        let unknown = rmp_serde::to_vec_named(&HeartbeatOut { ty: "bogus", ts_ms: 1 }).expect("encode");
+        let unknown = rmp_serde::to_vec_named(&HeartbeatOut { ty: "bogus", ts_ms: 1, node_head: None }).expect("encode");
         assert!(matches!(decode(&unknown, MAX_FRAME_BYTES), Err(WireError::UnknownType(t)) if t == "bogus"));
     }
 

@@ -78,6 +78,13 @@ pub trait NotificationSource {
     /// # Errors
     /// A failure that should stop the server.
     fn acked(&mut self, ack: &Acked) -> Result<(), SourceError>;
+
+    /// The newest block number the node has, if known: announced in `welcome` and in every heartbeat, so
+    /// that a sidecar measures its lag against the node rather than against the newest notification it got
+    /// (they differ while Reth backfills the sidecar from its head).
+    fn node_head(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Server settings.
@@ -317,7 +324,7 @@ impl Server {
         }
         self.pull(source)?;
         self.send_pending()?;
-        self.housekeeping()?;
+        self.housekeeping(source)?;
         if self.cfg.exit_when_drained && self.source_done && self.buffer.is_empty() {
             info!(acked = self.acked, "source finished and every notification acknowledged");
             return Ok(Some(RunEnd::Drained));
@@ -496,6 +503,7 @@ impl Server {
             node: self.cfg.node.clone(),
             heartbeat_ms: u64::try_from(self.cfg.heartbeat.as_millis()).unwrap_or(u64::MAX),
             epoch: self.epoch,
+            node_head: source.node_head(),
         });
         let frame = encode(&welcome)?;
         self.send_to(identity, &frame)?;
@@ -642,7 +650,7 @@ impl Server {
         Ok(())
     }
 
-    fn housekeeping(&mut self) -> Result<(), BridgeError> {
+    fn housekeeping<S: NotificationSource>(&mut self, source: &S) -> Result<(), BridgeError> {
         let now = Instant::now();
         let hb = self.cfg.heartbeat;
         let Some(s) = self.session.as_ref() else { return Ok(()) };
@@ -654,7 +662,7 @@ impl Server {
         }
         if now.saturating_duration_since(s.last_beat) >= hb {
             let identity = s.identity.clone();
-            let frame = encode(&Message::Heartbeat(Heartbeat { ts_ms: now_ms() }))?;
+            let frame = encode(&Message::Heartbeat(Heartbeat { ts_ms: now_ms(), node_head: source.node_head() }))?;
             self.send_to(&identity, &frame)?;
             if let Some(s) = self.session.as_mut() {
                 s.last_beat = now;

@@ -2,7 +2,9 @@
 //! [`ReplaySource`] (a replay file, for `bridge-replay`).
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{error, info};
@@ -46,13 +48,24 @@ pub struct ChannelSource<I: Inbox> {
     on_start: Option<OnStart>,
     on_ack: OnAck,
     poll_interval: Duration,
+    node_head: Option<Arc<AtomicU64>>,
 }
+
+/// The value of a [`ChannelSource::with_node_head`] cell while the node's head is not known yet.
+pub const NODE_HEAD_UNKNOWN: u64 = u64::MAX;
 
 impl<I: Inbox> ChannelSource<I> {
     /// Build from an inbox and the two callbacks. `poll_interval` bounds how long the server waits
     /// before looking at the inbox again when it was empty.
     pub fn new(inbox: I, on_start: OnStart, on_ack: OnAck, poll_interval: Duration) -> Self {
-        Self { inbox, on_start: Some(on_start), on_ack, poll_interval }
+        Self { inbox, on_start: Some(on_start), on_ack, poll_interval, node_head: None }
+    }
+
+    /// Announce the node's newest block number from `cell`, which the adapter keeps current
+    /// ([`NODE_HEAD_UNKNOWN`] until it knows it).
+    pub fn with_node_head(mut self, cell: Arc<AtomicU64>) -> Self {
+        self.node_head = Some(cell);
+        self
     }
 }
 
@@ -73,6 +86,11 @@ impl<I: Inbox> NotificationSource for ChannelSource<I> {
 
     fn acked(&mut self, ack: &Acked) -> Result<(), SourceError> {
         (self.on_ack)(ack)
+    }
+
+    fn node_head(&self) -> Option<u64> {
+        let n = self.node_head.as_ref()?.load(Ordering::Relaxed);
+        (n != NODE_HEAD_UNKNOWN).then_some(n)
     }
 }
 
@@ -99,6 +117,7 @@ pub struct ReplaySource {
     pub served: u64,
     acked: Vec<Acked>,
     keep_acks: bool,
+    node_head: Option<u64>,
 }
 
 impl ReplaySource {
@@ -124,7 +143,15 @@ impl ReplaySource {
             served: 0,
             acked: Vec::new(),
             keep_acks: false,
+            node_head: None,
         })
+    }
+
+    /// Announce `head` as the node's newest block number (a replay has no node: by default none is
+    /// announced). For tests of a sidecar's lag while it is served an older part of the chain.
+    pub fn with_node_head(mut self, head: Option<u64>) -> Self {
+        self.node_head = head;
+        self
     }
 
     /// Keep every [`Acked`] (for tests).
@@ -222,5 +249,9 @@ impl NotificationSource for ReplaySource {
             self.acked.push(ack.clone());
         }
         Ok(())
+    }
+
+    fn node_head(&self) -> Option<u64> {
+        self.node_head
     }
 }

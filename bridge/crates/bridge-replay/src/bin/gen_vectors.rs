@@ -80,22 +80,33 @@ fn chain_json(c: &Option<Vec<Block>>) -> Value {
     c.as_ref().map_or(Value::Null, |c| Value::Array(c.iter().map(block_json).collect()))
 }
 
+/// The optional `node_head` key, present only when known (as on the wire).
+fn with_node_head(mut v: Value, node_head: Option<u64>) -> Value {
+    if let (Some(n), Some(map)) = (node_head, v.as_object_mut()) {
+        map.insert("node_head".to_owned(), json!(n));
+    }
+    v
+}
+
 fn message_json(m: &Message) -> Value {
     match m {
         Message::Hello(h) => json!({
             "type": "hello", "version": h.version, "head": h.head.as_ref().map(block_ref),
             "window": h.window, "client": h.client,
         }),
-        Message::Welcome(w) => json!({
-            "type": "welcome", "version": w.version, "chain_id": w.chain_id, "node": w.node,
-            "heartbeat_ms": w.heartbeat_ms, "epoch": w.epoch,
-        }),
+        Message::Welcome(w) => with_node_head(
+            json!({
+                "type": "welcome", "version": w.version, "chain_id": w.chain_id, "node": w.node,
+                "heartbeat_ms": w.heartbeat_ms, "epoch": w.epoch,
+            }),
+            w.node_head,
+        ),
         Message::Notification(n) => json!({
             "type": "notification", "seq": n.seq, "kind": n.notification.kind.as_str(),
             "old": chain_json(&n.notification.old), "new": chain_json(&n.notification.new),
         }),
         Message::Ack(a) => json!({"type": "ack", "seq": a.seq, "head": a.head.as_ref().map(block_ref)}),
-        Message::Heartbeat(h) => json!({"type": "heartbeat", "ts_ms": h.ts_ms}),
+        Message::Heartbeat(h) => with_node_head(json!({"type": "heartbeat", "ts_ms": h.ts_ms}), h.node_head),
         Message::Error(e) => json!({"type": "error", "code": e.code, "message": e.message}),
     }
 }
@@ -203,7 +214,14 @@ fn vectors() -> Vec<(&'static str, Message)> {
         ("hello_empty", Message::Hello(Hello { version: 1, head: None, window: 1, client: "monmouth/0.1.0".into() })),
         (
             "welcome",
-            Message::Welcome(Welcome { version: 1, chain_id: 1, node: "reth/v1.9.0".into(), heartbeat_ms: 1000, epoch: 1_700_000_000_000 }),
+            Message::Welcome(Welcome {
+                version: 1,
+                chain_id: 1,
+                node: "reth/v1.9.0".into(),
+                heartbeat_ms: 1000,
+                epoch: 1_700_000_000_000,
+                node_head: Some(21_000_000),
+            }),
         ),
         (
             "notification_committed",
@@ -228,7 +246,8 @@ fn vectors() -> Vec<(&'static str, Message)> {
         ),
         ("ack", Message::Ack(Ack { seq: 3, head: Some(head) })),
         ("ack_empty", Message::Ack(Ack { seq: 4, head: None })),
-        ("heartbeat", Message::Heartbeat(Heartbeat { ts_ms: 1_700_000_000_123 })),
+        ("heartbeat", Message::Heartbeat(Heartbeat { ts_ms: 1_700_000_000_123, node_head: None })),
+        ("heartbeat_bridge", Message::Heartbeat(Heartbeat { ts_ms: 1_700_000_000_456, node_head: Some(21_000_001) })),
         (
             "error_version",
             Message::Error(ErrorMsg::new(
