@@ -867,7 +867,10 @@ class Memory:
         seq = conn.execute("SELECT ops_seq FROM memory_sync").fetchone()[0]
         pending = conn.execute("SELECT count(*) FROM memory_ops WHERE seq > ?", (seq,)).fetchone()[0]
         g = conn.execute("SELECT max(block_number) FROM memory_blocks").fetchone()[0]
-        return {"agents": agents, "items": items, "pending_ops": pending, "embed_backlog": queue,
+        mark = conn.execute("SELECT indexed_n FROM memory_state WHERE id = 1").fetchone()[0]
+        unindexed = conn.execute("SELECT count(*) FROM memory_items WHERE n > ?", (mark,)).fetchone()[0]
+        return {"agents": agents, "items": items, "pending_ops": pending, "index_backlog": unindexed,
+                "embed_backlog": queue,
                 "embedded": self.embedded, "key_errors": self.key_errors,
                 "global_root": {"block": g, "root": hx(self.lattice.global_root(conn, g))} if g is not None else None}
 

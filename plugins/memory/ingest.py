@@ -309,7 +309,12 @@ def revert_block(mem: Memory, conn: apsw.Connection, block: Any) -> None:
     mem._vec_cache.drop()
 
 
-def index_episodes(mem: Memory, limit: int = 1024) -> int:
+#: Chain-derived items indexed per write transaction: the engine waits for SQLite's write lock meanwhile, so a
+#: backlog is worked off in short transactions (~0.2 ms per item at 10,000 agents).
+INDEX_BATCH = 128
+
+
+def index_episodes(mem: Memory, limit: int = INDEX_BATCH) -> int:
     """Index up to ``limit`` chain-derived items committed since the watermark ``memory_state.indexed_n``: their
     tags, FTS5 keyed tokens and embedding-queue rows, in one write transaction of the plugin's own (not the
     engine's). Returns how many items it went through (0: up to date).
