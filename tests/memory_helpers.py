@@ -31,6 +31,11 @@ def make_memory_engine(path: Path, memory: dict[str, Any] | None = None, extra: 
     return Engine(db, host, settings.engine, metrics), plugin
 
 
+def dump_tables(conn: Any, queries: dict[str, str]) -> dict[str, list[tuple[Any, ...]]]:
+    """``{name: sorted rows of its query}``: memory tables compared across reorgs and with fresh indexes."""
+    return {t: sorted(conn.execute(q).fetchall()) for t, q in queries.items()}
+
+
 def close(engine: Engine) -> None:
     engine.host.shutdown()
     engine.close()

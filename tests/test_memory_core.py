@@ -13,7 +13,7 @@ from monmouth.testing import address, chain, extend
 from monmouth.types import Block, ChainCommitted, ChainReorged, ChainReverted
 from monmouth_memory import merkle
 from monmouth_memory.errors import ConflictError, MemoryRequestError, NotFoundError, UnknownAgentError
-from tests.memory_helpers import close, make_memory_engine
+from tests.memory_helpers import close, dump_tables, make_memory_engine
 
 A1, A2, OUTSIDER = address(1), address(2), address(7)
 CHAIN_TABLES = {
@@ -29,7 +29,7 @@ CHAIN_TABLES = {
 
 
 def dump(conn) -> dict[str, list[tuple]]:
-    return {t: sorted(conn.execute(q).fetchall()) for t, q in CHAIN_TABLES.items()}
+    return dump_tables(conn, CHAIN_TABLES)
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from monmouth_memory import registry
 from monmouth_memory.config import MemoryConfig
 from monmouth_memory.errors import UnknownAgentError
 from monmouth_memory.plugin import MemoryPlugin
-from tests.memory_helpers import close, make_memory_engine
+from tests.memory_helpers import close, dump_tables, make_memory_engine
 
 REG1, REG2 = address(501), address(502)
 A, B, C, OTHER = address(11), address(12), address(13), address(14)
@@ -55,7 +55,7 @@ TABLES = {
 
 
 def dump(conn) -> dict[str, list[tuple]]:
-    return {t: sorted(conn.execute(q).fetchall()) for t, q in TABLES.items()}
+    return dump_tables(conn, TABLES)
 
 
 def topic(a: bytes) -> bytes:

@@ -572,22 +572,9 @@ mod tests {
         let head = BlockRef { number: 7, hash: FixedBytes([9u8; 32]) };
         roundtrip(Message::Hello(Hello { version: 1, head: Some(head), window: 64, client: "t".into() }));
         roundtrip(Message::Hello(Hello { version: 1, head: None, window: 1, client: String::new() }));
-        roundtrip(Message::Welcome(Welcome {
-            version: 1,
-            chain_id: 1,
-            node: "n".into(),
-            heartbeat_ms: 1000,
-            epoch: 5,
-            node_head: None,
-        }));
-        roundtrip(Message::Welcome(Welcome {
-            version: 1,
-            chain_id: 1,
-            node: "n".into(),
-            heartbeat_ms: 1000,
-            epoch: 5,
-            node_head: Some(21_000_000),
-        }));
+        for node_head in [None, Some(21_000_000)] {
+            roundtrip(Message::Welcome(Welcome { version: 1, chain_id: 1, node: "n".into(), heartbeat_ms: 1000, epoch: 5, node_head }));
+        }
         roundtrip(Message::Ack(Ack { seq: u64::MAX, head: Some(head) }));
         roundtrip(Message::Ack(Ack { seq: 1, head: None }));
         roundtrip(Message::Heartbeat(Heartbeat { ts_ms: 1_700_000_000_000, node_head: None }));
