@@ -1,6 +1,6 @@
 //! Session server tests over real ZeroMQ sockets (loopback TCP), with a DEALER client in the test.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use monmouth_wire::sample::sample_chain;
 use monmouth_wire::{
     decode, encode, Ack, Acked, BlockRef, ChannelSource, Hello, Message, Next, Notification, NotificationSource,
-    RunEnd, Server, ServerConfig, SourceError, MAX_FRAME_BYTES,
+    RunEnd, Server, ServerConfig, SourceError, MAX_FRAME_BYTES, NODE_HEAD_UNKNOWN,
 };
 
 #[derive(Default)]
@@ -263,6 +263,13 @@ fn channel_source_forwards_start_and_acks() {
     let ack = Acked { seq: 1, kind: items[0].kind, committed_tip: Some(head), resulting_head: Some(head), sidecar_head: Some(head) };
     src.acked(&ack).unwrap();
     assert_eq!(ack_rx.recv().unwrap(), ack);
+    // The node's head is announced only once the adapter knows it.
+    assert_eq!(src.node_head(), None);
+    let cell = Arc::new(AtomicU64::new(NODE_HEAD_UNKNOWN));
+    let mut src = src.with_node_head(Arc::clone(&cell));
+    assert_eq!(src.node_head(), None);
+    cell.store(21_000_000, Ordering::Relaxed);
+    assert_eq!(src.node_head(), Some(21_000_000));
     drop(tx);
     assert!(matches!(src.poll_next(), Err(SourceError::Closed(_))));
 }
