@@ -5,6 +5,10 @@ Blocks are mainnet-shaped: the transactions and receipts of the 10 real blocks i
 re-chained into contiguous 200-transaction blocks. Each block travels as one msgpack ``notification`` frame
 (the wire encoding) and is decoded in the timed loop.
 
+A third phase replays the same blocks from a replay file through the sidecar's own runner (``monmouth replay``:
+the replay source reads ahead, the runner group-commits what is at hand) with ``engine.group_commit`` 32 and 1
+(``replay_runner_*``).
+
 Run:  python bench/ingest.py [--blocks 600] [--txs 200] [--synchronous FULL]
 Prints its figures; the last line is JSON with ``blocks_per_s`` and ``revert_64_s`` (no-op plugin), plus the
 same for a plugin that writes one journaled row per transaction (``indexing_*``).
@@ -13,7 +17,9 @@ same for a plugin that writes one journaled row per transaction (``indexing_*``)
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -29,7 +35,9 @@ from monmouth.config import validate
 from monmouth.engine import Engine
 from monmouth.metrics import Metrics
 from monmouth.plugins import PluginHost, config_models
-from monmouth.runner import tune_gc
+from monmouth.replayfile import ReplayWriter
+from monmouth.runner import Runner, tune_gc
+from monmouth.sources.replay import ReplaySource
 from monmouth.store import Database
 from monmouth.testing import load_mainnet_blocks, mainnet_shaped
 from monmouth.types import Chain, ChainCommitted, ChainReverted
@@ -95,6 +103,27 @@ def run(plugin: object, frames: list[bytes], synchronous: str, label: str) -> di
             "decode_ms_per_block": round(decode_s / len(frames) * 1e3, 3)}
 
 
+def replay_runner(blocks: list[object], synchronous: str, group_commit: int) -> float:
+    """Notifications per second of ``monmouth replay`` (file -> replay source -> runner -> engine -> no-op plugin)."""
+    from bridge import make_app  # bench/bridge.py: a sidecar with only a no-op plugin
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "replay.mnmrp"
+        with ReplayWriter(path) as w:
+            for i, b in enumerate(blocks, 1):
+                w.write(ChainCommitted(Chain((b,))), i)  # type: ignore[arg-type]
+        os.environ["MONMOUTH_BENCH_SYNCHRONOUS"] = synchronous
+        app = make_app(Path(d))
+        app.settings.engine.group_commit = group_commit
+        os.sync()  # the file's writeback must not stall the timed commits
+        t0 = time.perf_counter()
+        asyncio.run(Runner(app, ReplaySource(path), serve_http=False, watch_config=False).run())
+        rate = app.engine.notifications_seen / (time.perf_counter() - t0)
+        app.close()
+    print(f"[replay through the runner, group_commit={group_commit}] {len(blocks)} blocks = {rate:.0f} blocks/s")
+    return round(rate, 1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--blocks", type=int, default=600)
@@ -106,17 +135,19 @@ def main() -> None:
     blocks = list(mainnet_shaped(templates, args.blocks, txs_per_block=args.txs))
     frames = [encode_notification(ChainCommitted(Chain((b,))), seq=i + 1) for i, b in enumerate(blocks)]
     mb = sum(map(len, frames)) / 1e6
-    del blocks
     tune_gc()  # as `monmouth run` does
     print(f"{args.blocks} mainnet-shaped blocks of {args.txs} transactions, {mb:.1f} MB of msgpack "
           f"({mb * 1e3 / args.blocks:.0f} kB/block), synchronous={args.synchronous}")
     noop = run(NoOp(), frames, args.synchronous, "no-op plugin")
     indexing = run(Indexer(), frames, args.synchronous, "indexing plugin")
+    grouped = replay_runner(blocks, args.synchronous, 32)
+    single = replay_runner(blocks, args.synchronous, 1)
     print(json.dumps({
         "blocks_per_s": noop["blocks_per_s"], "revert_64_s": noop["revert_64_s"],
         "txs_per_block": args.txs, "blocks": args.blocks, "synchronous": args.synchronous,
         "decode_ms_per_block": noop["decode_ms_per_block"],
         "indexing_blocks_per_s": indexing["blocks_per_s"], "indexing_revert_64_s": indexing["revert_64_s"],
+        "replay_runner_blocks_per_s": grouped, "replay_runner_group_commit_1_blocks_per_s": single,
     }))
 
 
