@@ -13,6 +13,7 @@ again by the next block of the new chain.
 from __future__ import annotations
 
 import base64
+import builtins
 import json
 import logging
 import os
@@ -37,6 +38,8 @@ from .schema import (
     OP_DELETE,
     OP_PUT,
     ORIGINS,
+    all_rows,
+    scalar,
 )
 
 log = logging.getLogger(__name__)
@@ -252,7 +255,7 @@ class Memory:
                            (agent,)).fetchone()
         if row is None:
             raise UnknownAgentError("agent", f"0x{agent.hex()} is not a registered agent")
-        items = conn.execute("SELECT count(*) FROM memory_items WHERE agent = ?", (agent,)).fetchone()[0]
+        items = scalar(conn, "SELECT count(*) FROM memory_items WHERE agent = ?", (agent,))
         m = self.lattice.mark_at(conn, agent, 1 << 62)
         h = (m[1], m[0]) if m is not None else None
         root = self.lattice.root_of_mark(conn, agent, *m) if m is not None else merkle.EMPTY_ROOT
@@ -261,8 +264,8 @@ class Memory:
                 "root": hx(root), "visible": h[0] if h else 0, "root_block": h[1] if h else None}
 
     def agents(self) -> list[dict[str, Any]]:
-        rows = self._read().execute(
-            "SELECT address FROM memory_agents WHERE forgotten_at IS NULL ORDER BY created_at, address").fetchall()
+        rows = all_rows(self._read(),
+                        "SELECT address FROM memory_agents WHERE forgotten_at IS NULL ORDER BY created_at, address")
         return [self.agent_info(r[0]) for r in rows]
 
     # ------------------------------------------------------------------------------------------------ validation
@@ -380,10 +383,11 @@ class Memory:
                 if conn.execute("SELECT 1 FROM memory_items WHERE id = ?", (item_id,)).fetchone():
                     raise ConflictError("id", f"item {hx(item_id)} already exists")
                 expires_at = now + ttl_s if ttl_s else None
-                seq = conn.execute(
+                seq = scalar(
+                    conn,
                     "INSERT INTO memory_ops (agent, item_id, op, kind, version, commitment, ttl_blocks, expires_at, "
                     "written_at) VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?) RETURNING seq",
-                    (agent, item_id, OP_PUT, kind_i, com, ttl_b, expires_at, now)).fetchone()[0]
+                    (agent, item_id, OP_PUT, kind_i, com, ttl_b, expires_at, now))
                 n = -seq
                 conn.execute(
                     "INSERT INTO memory_items (n, id, agent, kind, origin, version, key_hash, nonce, ct, commitment, "
@@ -501,7 +505,7 @@ class Memory:
 
     def _filters(self, k: AgentKey, agent: bytes, kind: str | None, tags: Sequence[str] | None,
                  from_block: int | None, to_block: int | None, since: float | None,
-                 until: float | None) -> tuple[list[str], list[Any]]:
+                 until: float | None) -> tuple[builtins.list[str], builtins.list[Any]]:
         where = ["i.agent = ?"]
         args: list[Any] = [agent]
         if kind is not None:
@@ -646,8 +650,8 @@ class Memory:
         chain hook, or will be at the next block); returns how many. Off-chain rows only."""
         now = time.time()
         with self._write() as conn:
-            rows = conn.execute("SELECT n, agent FROM memory_items WHERE expires_at IS NOT NULL AND expires_at <= ? "
-                                "AND origin != 1 LIMIT 1000", (now,)).fetchall()
+            rows = all_rows(conn, "SELECT n, agent FROM memory_items WHERE expires_at IS NOT NULL AND expires_at <= ? "
+                                  "AND origin != 1 LIMIT 1000", (now,))
             for n, agent in rows:
                 self._unindex(conn, agent, n)
                 conn.execute("DELETE FROM memory_items WHERE n = ?", (n,))
@@ -684,7 +688,7 @@ class Memory:
     def warm(self) -> bytes | None:
         """Compute (and cache) the global root of the latest applied block; returns it (``None``: no block)."""
         conn = self._read()
-        head = conn.execute("SELECT max(block_number) FROM memory_blocks").fetchone()[0]
+        head = scalar(conn, "SELECT max(block_number) FROM memory_blocks")
         return None if head is None else self.lattice.global_root(conn, head)
 
     # ------------------------------------------------------------------------------------------------ chain hooks
@@ -724,7 +728,7 @@ class Memory:
         return self.lattice.agent_answer(conn, agent, block, bhash, with_global_proof)
 
     @staticmethod
-    def leaf_values(agent: bytes, r: Sequence[Any]) -> list[Any]:
+    def leaf_values(agent: bytes, r: Sequence[Any]) -> builtins.list[Any]:
         """JSON values of a per-agent leaf in :data:`merkle.ITEM_LEAF_TYPES` order (as the npm package takes)."""
         return lattice.leaf_values(agent, r)
 
@@ -767,7 +771,7 @@ class Memory:
         return self.lattice.changes_answer(conn, agent, since_block, limit, self.head(conn)[0])
 
     # ------------------------------------------------------------------------------------------------ forget
-    def tombstones(self) -> list[bytes]:
+    def tombstones(self) -> builtins.list[bytes]:
         """Agents forgotten on this sidecar (``<key_dir>/forgotten``), re-purged if a restore brings them back."""
         p = self.key_dir / "forgotten"
         if not p.exists():
@@ -861,14 +865,14 @@ class Memory:
     # ------------------------------------------------------------------------------------------------ status
     def status(self) -> dict[str, Any]:
         conn = self._read()
-        agents = conn.execute("SELECT count(*) FROM memory_agents WHERE forgotten_at IS NULL").fetchone()[0]
-        items = conn.execute("SELECT count(*) FROM memory_items").fetchone()[0]
-        queue = conn.execute("SELECT count(*) FROM memory_embed_queue").fetchone()[0]
-        seq = conn.execute("SELECT ops_seq FROM memory_sync").fetchone()[0]
-        pending = conn.execute("SELECT count(*) FROM memory_ops WHERE seq > ?", (seq,)).fetchone()[0]
-        g = conn.execute("SELECT max(block_number) FROM memory_blocks").fetchone()[0]
-        mark = conn.execute("SELECT indexed_n FROM memory_state WHERE id = 1").fetchone()[0]
-        unindexed = conn.execute("SELECT count(*) FROM memory_items WHERE n > ?", (mark,)).fetchone()[0]
+        agents = scalar(conn, "SELECT count(*) FROM memory_agents WHERE forgotten_at IS NULL")
+        items = scalar(conn, "SELECT count(*) FROM memory_items")
+        queue = scalar(conn, "SELECT count(*) FROM memory_embed_queue")
+        seq = scalar(conn, "SELECT ops_seq FROM memory_sync")
+        pending = scalar(conn, "SELECT count(*) FROM memory_ops WHERE seq > ?", (seq,))
+        g = scalar(conn, "SELECT max(block_number) FROM memory_blocks")
+        mark = scalar(conn, "SELECT indexed_n FROM memory_state WHERE id = 1")
+        unindexed = scalar(conn, "SELECT count(*) FROM memory_items WHERE n > ?", (mark,))
         return {"agents": agents, "items": items, "pending_ops": pending, "index_backlog": unindexed,
                 "embed_backlog": queue,
                 "embedded": self.embedded, "key_errors": self.key_errors,

@@ -21,7 +21,7 @@ from cryptography.exceptions import InvalidTag
 from . import merkle, registry
 from .crypto import MissingKeyError, aad
 from .merkle import keccak
-from .schema import END_DELETED, END_EXPIRED, END_SUPERSEDED, EPISODE_SHIFT, KINDS, OP_PUT
+from .schema import END_DELETED, END_EXPIRED, END_SUPERSEDED, EPISODE_SHIFT, KINDS, OP_PUT, all_rows, one_row, scalar
 
 if TYPE_CHECKING:
     from .core import Memory
@@ -93,8 +93,8 @@ def apply_block(mem: Memory, conn: apsw.Connection, block: Any) -> None:
     conn.pragma("secure_delete", 1)
     mem.lattice.flush(conn)
     number = block.number
-    stamp, forgot = conn.execute("UPDATE memory_state SET stamp = stamp + 1 WHERE id = 1 RETURNING stamp, "
-                                 "forgot_stamp").fetchone()
+    stamp, forgot = one_row(conn, "UPDATE memory_state SET stamp = stamp + 1 WHERE id = 1 RETURNING stamp, "
+                                  "forgot_stamp")
     touched: dict[bytes, int] = {}  # agent -> change of its visible item count
     registry.apply(mem, conn, block)  # first: the agent's own transactions in this block become episodes
     if mem.config.chain_episodes and block.transactions:
@@ -107,9 +107,10 @@ def apply_block(mem: Memory, conn: apsw.Connection, block: Any) -> None:
     before: dict[bytes, int] = {}
     for i in range(0, len(order), 500):
         chunk = order[i:i + 500]
-        before.update(conn.execute(
+        before.update(all_rows(
+            conn,
             "SELECT agent, count FROM memory_marks m WHERE agent IN (" + ",".join("?" * len(chunk)) + ") AND "
-            "block_number = (SELECT max(block_number) FROM memory_marks WHERE agent = m.agent)", chunk).fetchall())
+            "block_number = (SELECT max(block_number) FROM memory_marks WHERE agent = m.agent)", chunk))
     marks = []
     for agent in order:
         b0 = before.get(agent, 0)
@@ -119,9 +120,9 @@ def apply_block(mem: Memory, conn: apsw.Connection, block: Any) -> None:
     conn.executemany("INSERT OR REPLACE INTO memory_marks (agent, block_number, count, stamp) VALUES (?, ?, ?, ?)",
                      marks)
     if prev is None or prev[1] <= forgot:  # the previous block counted an agent forgotten since
-        agents = conn.execute("SELECT count(*) FROM (SELECT agent, max(block_number), count FROM memory_marks "
-                              "GROUP BY agent) WHERE count > 0").fetchone()[0]
-    seq = conn.execute("SELECT ops_seq FROM memory_sync WHERE id = 1").fetchone()[0]
+        agents = scalar(conn, "SELECT count(*) FROM (SELECT agent, max(block_number), count FROM memory_marks "
+                              "GROUP BY agent) WHERE count > 0")
+    seq = scalar(conn, "SELECT ops_seq FROM memory_sync WHERE id = 1")
     conn.execute("INSERT OR REPLACE INTO memory_blocks (block_number, block_hash, agents, ops_seq, stamp) "
                  "VALUES (?, ?, ?, ?, ?)", (number, block.hash, agents, seq, stamp))
     if number % mem.config.prune_every == 0:
@@ -223,10 +224,11 @@ def _episodes(mem: Memory, conn: apsw.Connection, block: Any, touched: dict[byte
 
 
 def _anchor(conn: apsw.Connection, block: Any, touched: dict[bytes, int]) -> None:
-    seq0 = conn.execute("SELECT ops_seq FROM memory_sync WHERE id = 1").fetchone()[0]
-    rows = conn.execute(
+    seq0 = scalar(conn, "SELECT ops_seq FROM memory_sync WHERE id = 1")
+    rows = all_rows(
+        conn,
         "SELECT seq, agent, item_id, op, kind, version, commitment, ttl_blocks, expires_at FROM memory_ops "
-        "WHERE seq > ? ORDER BY seq", (seq0,)).fetchall()
+        "WHERE seq > ? ORDER BY seq", (seq0,))
     if not rows:
         return
     final: dict[tuple[bytes, bytes], tuple[Any, ...]] = {}
@@ -237,9 +239,10 @@ def _anchor(conn: apsw.Connection, block: Any, touched: dict[bytes, int]) -> Non
     open_: set[tuple[bytes, bytes]] = set()  # items with a visible version (closed below)
     for i in range(0, len(keys), 400):
         chunk = keys[i:i + 400]
-        open_.update(conn.execute(
+        open_.update(all_rows(
+            conn,
             "SELECT agent, item_id FROM memory_leaves WHERE to_block IS NULL AND (agent, item_id) IN (VALUES "
-            + ",".join(["(?, ?)"] * len(chunk)) + ")", [x for k in chunk for x in k]).fetchall())
+            + ",".join(["(?, ?)"] * len(chunk)) + ")", [x for k in chunk for x in k]))
     closes, adds = [], []
     for (agent, item_id), r in final.items():
         _seq, _a, _i, op, kind, version, com, ttl_b, expires_at = r
@@ -262,12 +265,14 @@ def _anchor(conn: apsw.Connection, block: Any, touched: dict[bytes, int]) -> Non
 
 
 def _expire(conn: apsw.Connection, block: Any, touched: dict[bytes, int]) -> None:
-    gone = conn.execute(
+    gone = all_rows(
+        conn,
         "SELECT agent, item_id, from_block FROM memory_leaves INDEXED BY memory_leaves_eb WHERE to_block IS NULL "
-        "AND expires_block IS NOT NULL AND expires_block <= ?", (block.number,)).fetchall()
-    gone += conn.execute(
+        "AND expires_block IS NOT NULL AND expires_block <= ?", (block.number,))
+    gone += all_rows(
+        conn,
         "SELECT agent, item_id, from_block FROM memory_leaves INDEXED BY memory_leaves_et WHERE to_block IS NULL "
-        "AND expires_ts IS NOT NULL AND expires_ts <= ?", (block.timestamp,)).fetchall()
+        "AND expires_ts IS NOT NULL AND expires_ts <= ?", (block.timestamp,))
     for agent, item_id, fb in dict.fromkeys(gone):
         conn.execute("UPDATE memory_leaves SET to_block = ?, end_reason = ? WHERE agent = ? AND item_id = ? "
                      "AND from_block = ? AND to_block IS NULL", (block.number, END_EXPIRED, agent, item_id, fb))
@@ -325,14 +330,14 @@ def index_episodes(mem: Memory, limit: int = INDEX_BATCH) -> int:
     is missing (or does not open it) is logged and passed over.
     """
     conn = mem._read()
-    mark = conn.execute("SELECT indexed_n FROM memory_state WHERE id = 1").fetchone()[0]
-    top = conn.execute("SELECT max(n) FROM memory_items").fetchone()[0]
+    mark = scalar(conn, "SELECT indexed_n FROM memory_state WHERE id = 1")
+    top = scalar(conn, "SELECT max(n) FROM memory_items")
     if top is None or top <= mark:
         return 0
     with mem._write() as w:
-        mark = w.execute("SELECT indexed_n FROM memory_state WHERE id = 1").fetchone()[0]
-        rows = w.execute("SELECT n, id, agent, version, nonce, ct FROM memory_items WHERE n > ? ORDER BY n LIMIT ?",
-                         (mark, limit)).fetchall()
+        mark = scalar(w, "SELECT indexed_n FROM memory_state WHERE id = 1")
+        rows = all_rows(w, "SELECT n, id, agent, version, nonce, ct FROM memory_items WHERE n > ? ORDER BY n LIMIT ?",
+                        (mark, limit))
         for n, item_id, agent, version, nonce, ct in rows:
             try:
                 k = mem.keys.get(agent)

@@ -38,7 +38,7 @@ import apsw
 
 from . import merkle
 from .errors import GoneError, MemoryRequestError, NotFoundError
-from .schema import END_NAMES
+from .schema import END_NAMES, all_rows, scalar
 
 #: Most cache rows persisted per applied block (the rest wait for the next blocks).
 FLUSH_PER_BLOCK = 128
@@ -277,18 +277,20 @@ class Lattice:
             if st[0] == block:
                 return st[2]
             leaves = dict(st[2])
-            rows = conn.execute(
+            rows = all_rows(
+                conn,
                 "SELECT m.agent, m.block_number, m.count, m.stamp, c.root FROM (SELECT agent, max(block_number) AS "
                 "block_number, count, stamp FROM memory_marks WHERE block_number > ? AND block_number <= ? "
                 "GROUP BY agent) m LEFT JOIN memory_root_cache c ON c.agent = m.agent AND "
-                "c.block_number = m.block_number AND c.stamp = m.stamp", (st[0], block)).fetchall()
+                "c.block_number = m.block_number AND c.stamp = m.stamp", (st[0], block))
         else:
             leaves = {}
-            rows = conn.execute(
+            rows = all_rows(
+                conn,
                 "SELECT m.agent, m.block_number, m.count, m.stamp, c.root FROM (SELECT agent, max(block_number) AS "
                 "block_number, count, stamp FROM memory_marks WHERE block_number <= ? GROUP BY agent) m "
                 "LEFT JOIN memory_root_cache c ON c.agent = m.agent AND c.block_number = m.block_number AND "
-                "c.stamp = m.stamp", (block,)).fetchall()
+                "c.stamp = m.stamp", (block,))
         for agent, mark, count, mstamp, persisted in rows:
             if count == 0:
                 leaves.pop(agent, None)
@@ -324,7 +326,7 @@ class Lattice:
     # ------------------------------------------------------------------------------------------------ API answers
     def horizon(self, conn: apsw.Connection) -> int | None:
         """The oldest block whose roots are retained."""
-        return conn.execute("SELECT min(block_number) FROM memory_blocks").fetchone()[0]  # type: ignore[no-any-return]
+        return scalar(conn, "SELECT min(block_number) FROM memory_blocks")  # type: ignore[no-any-return]
 
     def check_block(self, conn: apsw.Connection, block: int | None, head: int | None) -> tuple[int, bytes]:
         """``(block, hash)`` for a request naming ``block`` (default: ``head``).
@@ -412,9 +414,10 @@ class Lattice:
             raise GoneError("since_block", f"changes are retained only from block {low}")
         base_root, base_count, _ = self.agent_root_at(conn, agent, since_block)
         steps = []
-        for b, count, stamp in conn.execute(
+        for b, count, stamp in all_rows(
+                conn,
                 "SELECT block_number, count, stamp FROM memory_marks WHERE agent = ? AND block_number > ? "
-                "ORDER BY block_number LIMIT ?", (agent, since_block, limit)).fetchall():
+                "ORDER BY block_number LIMIT ?", (agent, since_block, limit)):
             row = self.block_row(conn, b)
             ops = []
             for r in conn.execute(
@@ -435,10 +438,10 @@ class Lattice:
     def preserve_forgotten(self, conn: apsw.Connection, agent: bytes) -> int:
         """Before ``agent``'s rows are deleted (inside the forget's write transaction): record its global leaf
         in force from each of its retained marks, for the blocks applied so far. Returns how many."""
-        max_stamp = conn.execute("SELECT stamp FROM memory_state WHERE id = 1").fetchone()[0]
+        max_stamp = scalar(conn, "SELECT stamp FROM memory_state WHERE id = 1")
         fid = os.urandom(16)
-        marks = conn.execute("SELECT block_number, count, stamp FROM memory_marks WHERE agent = ? "
-                             "ORDER BY block_number", (agent,)).fetchall()
+        marks = all_rows(conn, "SELECT block_number, count, stamp FROM memory_marks WHERE agent = ? "
+                               "ORDER BY block_number", (agent,))
         for mark, count, stamp in marks:
             leaf = merkle.agent_leaf(agent, self.root_of_mark(conn, agent, mark, count, stamp)) if count else None
             conn.execute("INSERT INTO memory_forgotten (fid, block_number, leaf, max_stamp) VALUES (?, ?, ?, ?)",

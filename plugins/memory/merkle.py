@@ -18,12 +18,13 @@ package itself, and verify proofs on chain with OpenZeppelin's ``MerkleProof.ver
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from eth_abi import encode as abi_encode
 
+keccak: Callable[[bytes | bytearray], bytes]  # one of two backends, whose signatures differ in the argument's name
 try:  # eth-hash's C backend (the ``safe-pysha3`` package): about 3x faster than pycryptodome through cffi
     from eth_hash.backends.pysha3 import keccak256 as keccak
 

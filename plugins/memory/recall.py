@@ -21,6 +21,7 @@ import numpy as np
 from .crypto import AgentKey, aad
 from .errors import MemoryRequestError
 from .lattice import LRU
+from .schema import all_rows
 
 if TYPE_CHECKING:
     from .core import Memory
@@ -75,7 +76,8 @@ class VectorCache:
             if e is not None and e.fresh and e.stamp == stamp:
                 return e.ns, e.mat
             e = e or _Entry()
-            stored = dict(conn.execute("SELECT n, nonce FROM memory_vectors WHERE agent = ?", (agent,)).fetchall())
+            stored: dict[int, bytes] = dict(all_rows(conn, "SELECT n, nonce FROM memory_vectors WHERE agent = ?",
+                                                     (agent,)))
             changed = [n for n, nonce in stored.items() if n not in e.rows or e.rows[n][0] != nonce]
             gone = [n for n in e.rows if n not in stored]
             for n in gone:
@@ -163,8 +165,8 @@ def recall(mem: Memory, agent: bytes, query: str, *, k: int = 10, kind: str | No
         return {"mode": used, "results": []}
     best = max(cands.values()) or 1.0
     # Score on a few columns; read (and decrypt) whole rows only for the k results.
-    rows = conn.execute(f"SELECT {_LIGHT} FROM memory_items i WHERE {' AND '.join(where)} AND i.n IN "
-                        f"({','.join('?' * len(cands))})", (*args, *cands)).fetchall()
+    rows = all_rows(conn, f"SELECT {_LIGHT} FROM memory_items i WHERE {' AND '.join(where)} AND i.n IN "
+                          f"({','.join('?' * len(cands))})", (*args, *cands))
     now = time.time()
     scored = []
     for n, created, expires_at, ttl_b, a, item_id in rows:
@@ -202,9 +204,10 @@ def embed_pending(mem: Memory, batch: int = 64) -> int:
     if emb is None:
         return 0
     conn = mem._read()
-    rows = conn.execute(
+    rows = all_rows(
+        conn,
         "SELECT q.n, i.id, i.agent, i.version, i.nonce, i.ct FROM memory_embed_queue q "
-        "LEFT JOIN memory_items i ON i.n = q.n ORDER BY q.n LIMIT ?", (batch,)).fetchall()
+        "LEFT JOIN memory_items i ON i.n = q.n ORDER BY q.n LIMIT ?", (batch,))
     if not rows:
         return 0
     texts, keep, gone = [], [], []

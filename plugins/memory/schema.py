@@ -43,6 +43,10 @@ Row ids ``n`` of ``memory_items``: chain-derived items get ``(block_number << 20
 
 from __future__ import annotations
 
+from typing import Any
+
+import apsw
+
 EPISODE_SHIFT = 20
 
 MIGRATIONS: list[str] = [
@@ -258,3 +262,25 @@ ORIGINS = {0: "api", 1: "chain", 2: "import"}
 OP_PUT, OP_DELETE = 1, 2
 END_SUPERSEDED, END_DELETED, END_EXPIRED = 1, 2, 3
 END_NAMES = {END_SUPERSEDED: "superseded", END_DELETED: "deleted", END_EXPIRED: "expired"}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# reading these tables: apsw types a fetched value as the ``SQLiteValue`` union (and ``fetchone()`` as maybe ``None``);
+# the schema above fixes each column's type, so these hand the rows on as ``Any`` (the same queries, no conversion).
+
+
+def one_row(conn: apsw.Connection, sql: str, args: apsw.Bindings | None = None) -> tuple[Any, ...]:
+    """The row of a query that always returns one (an aggregate, ``RETURNING``, a single-row table)."""
+    row = conn.execute(sql, args).fetchone()
+    assert row is not None, sql
+    return row
+
+
+def scalar(conn: apsw.Connection, sql: str, args: apsw.Bindings | None = None) -> Any:
+    """The first column of :func:`one_row`."""
+    return one_row(conn, sql, args)[0]
+
+
+def all_rows(conn: apsw.Connection, sql: str, args: apsw.Bindings | None = None) -> list[tuple[Any, ...]]:
+    """``conn.execute(sql, args).fetchall()``."""
+    return conn.execute(sql, args).fetchall()

@@ -64,7 +64,9 @@ class AbiEntry:
 
 def _split_top(s: str) -> list[str]:
     """Split ``s`` on commas not inside parentheses."""
-    parts, depth, cur = [], 0, []
+    parts: list[str] = []
+    depth = 0
+    cur: list[str] = []
     for ch in s:
         if ch == "(":
             depth += 1

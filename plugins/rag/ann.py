@@ -29,7 +29,7 @@ import apsw
 import numpy as np
 
 from .decoder import INTENTS
-from .store import OP_ADD, OP_DEL
+from .store import OP_ADD, OP_DEL, all_rows, scalar
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ class VectorIndex:
             self._reset(1024)
             conn.execute("BEGIN")
             try:
-                self.seq = int(conn.execute("SELECT coalesce(max(seq), 0) FROM rag_changes").fetchone()[0])
+                self.seq = int(scalar(conn, "SELECT coalesce(max(seq), 0) FROM rag_changes"))
                 batch: list[tuple] = []
                 for row in conn.execute(f"SELECT {self._COLS} FROM rag_vec"):
                     batch.append(row)
@@ -269,8 +269,7 @@ class VectorIndex:
                 return 0
             conn.execute("BEGIN")
             try:
-                changes = conn.execute("SELECT seq, id, op FROM rag_changes WHERE seq > ? ORDER BY seq",
-                                       (self.seq,)).fetchall()
+                changes = all_rows(conn, "SELECT seq, id, op FROM rag_changes WHERE seq > ? ORDER BY seq", (self.seq,))
                 if not changes:
                     return 0
                 if changes[0][0] != self.seq + 1:
@@ -286,9 +285,9 @@ class VectorIndex:
                 rows: list[tuple] = []
                 for i in range(0, len(adds), 500):
                     part = adds[i:i + 500]
-                    rows += conn.execute(
-                        f"SELECT {self._COLS} FROM rag_vec WHERE rowid IN ({','.join('?' * len(part))})", part
-                    ).fetchall()
+                    rows += all_rows(
+                        conn, f"SELECT {self._COLS} FROM rag_vec WHERE rowid IN ({','.join('?' * len(part))})", part
+                    )
                 self.seq = changes[-1][0]
             finally:
                 if conn.in_transaction:

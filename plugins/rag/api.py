@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import re
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -25,7 +25,7 @@ Mode = Literal["vector", "keyword", "hybrid"]
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 _HASH = r"^0x[0-9a-fA-F]{64}$"
 
-assert set(INTENTS) == set(Intent.__args__) and set(KINDS) == set(Kind.__args__) and set(ROLES) == set(Role.__args__)
+assert set(INTENTS) == set(get_args(Intent)) and set(KINDS) == set(get_args(Kind)) and set(ROLES) == set(get_args(Role))
 
 
 def _listify(v: Any) -> Any:

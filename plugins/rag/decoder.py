@@ -530,7 +530,7 @@ def decode_transaction(block: Block, index: int, labels: Mapping[bytes | str, st
     for t in transfers:
         add_token(_token_id(reg, t.token))
     for e in events:
-        if e.name in ("Deposit", "Withdrawal") and reg.contract(e.address) and reg.contract(e.address).symbol:
+        if e.name in ("Deposit", "Withdrawal") and (c := reg.contract(e.address)) and c.symbol:
             add_token(_token_id(reg, e.address))
     if primary is not None and primary not in tokens:
         tokens.insert(0, primary)
@@ -544,8 +544,8 @@ def decode_transaction(block: Block, index: int, labels: Mapping[bytes | str, st
     addr_tokens = ["0x" + t.token.hex() for t in transfers]
     if is_token_call and tx.to is not None:
         addr_tokens.insert(0, "0x" + tx.to.hex())
-    for a in addr_tokens:
-        add_token(a)
+    for tok in addr_tokens:
+        add_token(tok)
     d = DecodedTx(block.number, block.hash, block.timestamp, index, tx.hash, tx.sender, tx.to, created, tx.value,
                   receipt.status if receipt else None, intent, call, events, transfers, first_log_index, roles,
                   tokens, primary, input_size=len(tx.input), raw_input_head=tx.input[:4].hex())
@@ -689,7 +689,7 @@ def render(d: DecodedTx, labels: Mapping[bytes | str, str] | None = None, regist
                      "arguments.")
     if d.events:
         lines.append(f"Events ({len(d.events)}):")
-        by_log = {}
+        by_log: dict[int, list[TokenTransfer]] = {}
         for t in d.transfers:
             by_log.setdefault(t.log_index, []).append(t)
         for e in d.events[:MAX_EVENTS]:

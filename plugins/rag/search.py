@@ -25,7 +25,7 @@ import apsw
 import numpy as np
 
 from .ann import VectorIndex
-from .store import NO_BLOCK, hx, text_key
+from .store import NO_BLOCK, all_rows, hx, scalar, text_key
 
 MODES = ("vector", "keyword", "hybrid")
 ROLES = ("sender", "recipient", "contract", "log", "transfer")
@@ -212,7 +212,7 @@ class Searcher:
     def vector_count(self, conn: apsw.Connection) -> int:
         if self.index.loaded:
             return len(self.index)
-        return int(conn.execute("SELECT count(*) FROM rag_index WHERE has_vec = 1").fetchone()[0])
+        return int(scalar(conn, "SELECT count(*) FROM rag_index WHERE has_vec = 1"))
 
     def use_index(self, conn: apsw.Connection) -> bool:
         return self.index.loaded or self.vector_count(conn) >= self.ann_min_vectors
@@ -234,10 +234,10 @@ class Searcher:
                 return []
         if self.use_index(conn):
             self.index.sync(conn)
-            kw = dict(kinds=filters.kinds, intents=filters.intents, block_from=filters.block_from,
-                      block_to=filters.block_to, time_from=filters.time_from, time_to=filters.time_to)
+            kw: dict[str, Any] = dict(kinds=filters.kinds, intents=filters.intents, block_from=filters.block_from,
+                                      block_to=filters.block_to, time_from=filters.time_from, time_to=filters.time_to)
             if cand is not None and len(cand) <= self.exact_max_candidates:
-                mask = self.index.mask(ids=cand, **kw)
+                mask: np.ndarray | None = self.index.mask(ids=cand, **kw)
                 ids, scores = self.index.search(q, k, mask, exact=True)
             else:
                 mask = None if filters.empty else self.index.mask(**kw)
@@ -256,8 +256,8 @@ class Searcher:
             clauses.append("rowid IN (SELECT value FROM json_each(?))")
             params.append(json.dumps(cand))
         extra = "".join(f" AND {c}" for c in clauses)
-        rows = conn.execute(f"SELECT rowid, distance FROM rag_vec WHERE embedding MATCH ? AND k = ?{extra} "
-                            "ORDER BY distance", (q.tobytes(), k, *params)).fetchall()
+        rows = all_rows(conn, f"SELECT rowid, distance FROM rag_vec WHERE embedding MATCH ? AND k = ?{extra} "
+                              "ORDER BY distance", (q.tobytes(), k, *params))
         return [(int(r[0]), 1.0 - float(r[1])) for r in rows]
 
     def keyword(self, query: str, k: int, filters: Filters | None = None) -> list[tuple[int, float]]:
@@ -270,8 +270,8 @@ class Searcher:
         clauses, params = filters.sql("d")
         join = " JOIN rag_docs d ON d.id = f.rowid" if clauses else ""
         where = "".join(f" AND {c}" for c in clauses)
-        rows = conn.execute(f"SELECT f.rowid, bm25(rag_fts) AS s FROM rag_fts f{join} WHERE rag_fts MATCH ?{where} "
-                            "ORDER BY s LIMIT ?", (match, *params, k)).fetchall()
+        rows = all_rows(conn, f"SELECT f.rowid, bm25(rag_fts) AS s FROM rag_fts f{join} WHERE rag_fts MATCH ?{where} "
+                              "ORDER BY s LIMIT ?", (match, *params, k))
         return [(int(r[0]), -float(r[1])) for r in rows]
 
     def hydrate(self, ids: Sequence[int]) -> dict[int, Hit]:

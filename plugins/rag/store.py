@@ -125,6 +125,23 @@ def _hx(b: bytes | None) -> str | None:
     return None if b is None else "0x" + b.hex()
 
 
+# ------------------------------------------------------------------------------------------------- reading rows
+# apsw types a fetched value as the ``SQLiteValue`` union (and ``fetchone()`` as maybe ``None``); the schema above fixes
+# each column's type, so these hand the rows on as ``Any`` (the same queries, no conversion).
+
+
+def scalar(conn: apsw.Connection, sql: str, args: apsw.Bindings | None = None) -> Any:
+    """The first column of the row of a query that always returns one (an aggregate)."""
+    row = conn.execute(sql, args).fetchone()
+    assert row is not None, sql
+    return row[0]
+
+
+def all_rows(conn: apsw.Connection, sql: str, args: apsw.Bindings | None = None) -> list[tuple[Any, ...]]:
+    """``conn.execute(sql, args).fetchall()``."""
+    return conn.execute(sql, args).fetchall()
+
+
 # ------------------------------------------------------------------------------------------------- chain indexing
 
 
@@ -144,7 +161,7 @@ class ChainIndexer:
     scope: str = "all"
     watched: frozenset[bytes] = frozenset()
     graph: bool = True
-    labels: Mapping[bytes, str] | None = None
+    labels: Mapping[bytes | str, str] | None = None
 
     def in_scope(self, d: DecodedTx, extra_watched: frozenset[bytes] = frozenset()) -> bool:
         if self.scope == "all":
@@ -157,7 +174,7 @@ class ChainIndexer:
 
         ``extra_watched``: the agents known to the memory plugin; they are in the watched scope and are labelled
         ``agent`` (unless a configured label names them)."""
-        labels: dict[bytes, str] = {a: "agent" for a in extra_watched}
+        labels: dict[bytes | str, str] = {a: "agent" for a in extra_watched}
         labels.update(self.labels or {})
         offset = 0
         n = 0
@@ -232,7 +249,7 @@ def add_edges(conn: apsw.Connection, block_number: int, edges: Mapping[tuple[byt
 def revert_block(conn: apsw.Connection, number: int) -> int:
     """Remove the FTS and vector rows of documents of block ``number`` and above (the engine has already deleted
     their ``rag_docs``/``rag_pending`` rows). Returns the number of documents removed."""
-    rows = conn.execute("SELECT id, has_vec FROM rag_index WHERE block_number >= ?", (number,)).fetchall()
+    rows = all_rows(conn, "SELECT id, has_vec FROM rag_index WHERE block_number >= ?", (number,))
     _drop_index_rows(conn, rows)
     conn.execute("DELETE FROM rag_index WHERE block_number >= ?", (number,))
     return len(rows)
@@ -249,10 +266,11 @@ def _drop_index_rows(conn: apsw.Connection, rows: Sequence[tuple[int, int]]) -> 
 def reconcile(conn: apsw.Connection) -> int:
     """Remove FTS/vector rows whose chain document is gone (blocks reverted while the plugin was disabled: the engine
     trimmed ``rag_docs`` but could not call this plugin). Run in a write transaction at startup; returns the count."""
-    rows = conn.execute(
+    rows = all_rows(
+        conn,
         "SELECT i.id, i.has_vec FROM rag_index i WHERE i.block_number IS NOT NULL "
-        "AND NOT EXISTS (SELECT 1 FROM rag_docs d WHERE d.id = i.id)"
-    ).fetchall()
+        "AND NOT EXISTS (SELECT 1 FROM rag_docs d WHERE d.id = i.id)",
+    )
     _drop_index_rows(conn, rows)
     conn.executemany("DELETE FROM rag_index WHERE id = ?", [(r[0],) for r in rows])
     return len(rows)
@@ -288,7 +306,7 @@ def delete_document(conn: apsw.Connection, doc_id: str, kind: str | None = None)
     if kind is not None:
         sql += " AND d.kind = ?"
         params += (kind,)
-    rows = conn.execute(sql, params).fetchall()
+    rows = all_rows(conn, sql, params)
     _drop_index_rows(conn, rows)
     for doc, _ in rows:
         conn.execute("DELETE FROM rag_index WHERE id = ?", (doc,))
@@ -319,10 +337,10 @@ def take_pending(conn: apsw.Connection, limit: int) -> list[PendingDoc]:
     chain documents oldest first."""
     cols = ("SELECT d.id, coalesce(d.embed_text, d.text), d.kind, d.block_number, coalesce(d.timestamp, 0), "
             "coalesce(d.intent, ''), coalesce(d.token, '') FROM rag_pending p JOIN rag_docs d ON d.id = p.doc ")
-    rows = conn.execute(cols + "WHERE p.block_number IS NULL ORDER BY p.doc LIMIT ?", (limit,)).fetchall()
+    rows = all_rows(conn, cols + "WHERE p.block_number IS NULL ORDER BY p.doc LIMIT ?", (limit,))
     if len(rows) < limit:
-        rows += conn.execute(cols + "WHERE p.block_number IS NOT NULL ORDER BY p.doc LIMIT ?",
-                             (limit - len(rows),)).fetchall()
+        rows += all_rows(conn, cols + "WHERE p.block_number IS NOT NULL ORDER BY p.doc LIMIT ?",
+                         (limit - len(rows),))
     return [PendingDoc(*r) for r in rows]
 
 
@@ -353,7 +371,7 @@ def requeue_all(conn: apsw.Connection) -> int:
     conn.execute("UPDATE rag_index SET has_vec = 0 WHERE has_vec = 1")
     conn.execute("INSERT OR IGNORE INTO rag_pending (doc, block_number, length) "
                  "SELECT id, block_number, length(coalesce(embed_text, text)) FROM rag_docs")
-    return int(conn.execute("SELECT count(*) FROM rag_pending").fetchone()[0])
+    return int(scalar(conn, "SELECT count(*) FROM rag_pending"))
 
 
 def text_key(text: str) -> bytes:
@@ -373,9 +391,9 @@ def set_meta(conn: apsw.Connection, key: str, value: str) -> None:
 
 def counts(conn: apsw.Connection) -> dict[str, int]:
     """``{"documents": rows in rag_docs, "vectors": ..., "backlog": pending}``."""
-    docs = conn.execute("SELECT count(*) FROM rag_docs").fetchone()[0]
-    vecs = conn.execute("SELECT count(*) FROM rag_index WHERE has_vec = 1").fetchone()[0]
-    backlog = conn.execute("SELECT count(*) FROM rag_pending").fetchone()[0]
+    docs = scalar(conn, "SELECT count(*) FROM rag_docs")
+    vecs = scalar(conn, "SELECT count(*) FROM rag_index WHERE has_vec = 1")
+    backlog = scalar(conn, "SELECT count(*) FROM rag_pending")
     return {"documents": int(docs), "vectors": int(vecs), "backlog": int(backlog)}
 
 
@@ -397,7 +415,7 @@ def addresses(values: Iterable[str | bytes]) -> frozenset[bytes]:
 
 def prune_changes(conn: apsw.Connection, keep: int = 1_000_000) -> int:
     """Drop the oldest ``rag_changes`` entries beyond ``keep`` (an in-memory index further behind reloads fully)."""
-    top = conn.execute("SELECT max(seq) FROM rag_changes").fetchone()[0]
+    top = scalar(conn, "SELECT max(seq) FROM rag_changes")
     if top is None or top <= keep:
         return 0
     conn.execute("DELETE FROM rag_changes WHERE seq <= ?", (top - keep,))
