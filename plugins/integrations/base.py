@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import apsw
@@ -30,7 +30,7 @@ from monmouth import hookimpl
 
 from .config import IntegrationConfig, OutboxConfig, TriggerConfig
 from .metrics import IntegrationMetrics, metrics_for
-from .outbox import Outbox, migration, trimmed
+from .outbox import Job, Outbox, migration, trimmed
 from .resilience import BREAKER_STATES, Backoff, make_breaker
 from .worker import Deliverer, Handler
 
@@ -48,6 +48,22 @@ def memory_runtime(host: Any) -> Any:
         return None
     mem = getattr(plugin, "memory", None)
     return mem() if callable(mem) else mem
+
+
+#: Payload flag of a ``trigger = "blocks"`` job: its global root is read when the request is prepared, not in the
+#: chain hook (computing a block's global tree over 10,000 agents takes ~10-15 ms: kept off the engine's transaction).
+ROOT_AT_DELIVERY = "global_root_at_delivery"
+
+
+def fill_global_root(db: Any) -> Callable[[Job], None]:
+    """The deliverer's ``before_prepare`` for root jobs: set ``global_root`` and ``agents`` of a job flagged
+    :data:`ROOT_AT_DELIVERY`, read at its block on a reader connection. A block's global root never changes once the
+    block is applied, and a job whose block is reverted is deleted with it, so reading it later gives the same
+    answer as reading it in the chain hook."""
+    def fill(job: Job) -> None:
+        if job.payload.pop(ROOT_AT_DELIVERY, False):
+            job.payload["global_root"], job.payload["agents"] = global_root(db.reader(), job.block_number)
+    return fill
 
 
 def global_root(conn: apsw.Connection, number: int) -> tuple[str | None, int | None]:
@@ -208,16 +224,17 @@ class IntegrationPlugin:
         return self.rt
 
     def enqueue_root_job(self, conn: apsw.Connection, block: Any) -> bool:
-        """``trigger = "blocks"``: on every ``every_blocks``-th block (not genesis), enqueue a job carrying the block
-        and the memory global root at it. Called from a chain hook with the engine's connection."""
+        """``trigger = "blocks"``: on every ``every_blocks``-th block (not genesis), enqueue a job for the block; its
+        memory global root is filled in when the request is prepared (:func:`fill_global_root`). Called from a
+        chain hook with the engine's connection."""
         rt = self.runtime()
         cfg = rt.config
         assert isinstance(cfg, TriggerConfig) and rt.outbox is not None
         if cfg.trigger != "blocks" or block.number == 0 or block.number % cfg.every_blocks:
             return False
-        root, agents = global_root(conn, block.number)
         bh = hx(block.hash)
-        payload = {"block": block.number, "hash": bh, "global_root": root, "agents": agents, "checkpoint": None}
+        payload = {"block": block.number, "hash": bh, "global_root": None, "agents": None, "checkpoint": None,
+                   ROOT_AT_DELIVERY: True}
         return rt.outbox.enqueue(conn, f"{self.name}:block:{block.number}:{bh}", block.number, block.hash, "block",
                                  payload)
 
@@ -269,7 +286,7 @@ class IntegrationPlugin:
                 rt.deliverer = Deliverer(
                     self.name, rt.outbox, self.make_handler(rt), rt.breaker, rt.backoff, rt.metrics,
                     poll_interval_s=config.poll_interval_s, max_attempts=config.max_attempts,
-                    keep_delivered_s=config.keep_delivered_s, poll=poll)
+                    keep_delivered_s=config.keep_delivered_s, poll=poll, before_prepare=fill_global_root(rt.db))
                 rt.deliverer.refresh_gauges()
                 if self.workers:
                     rt.deliverer.start()

@@ -78,11 +78,14 @@ class Deliverer(BackgroundWorker):
         max_attempts: park a job as failed after this many attempts (0: never).
         keep_delivered_s: prune delivered jobs older than this, seconds.
         poll: called at the start of each round (checkpoint triggers enqueue from here).
+        before_prepare: called with a job just before the handler prepares its request (the trigger fills in
+            what was left out of the chain hook, e.g. the memory global root, off the engine's transaction).
     """
 
     def __init__(self, name: str, outbox: Outbox, handler: Handler, breaker: Any, backoff: Backoff,
                  metrics: IntegrationMetrics, *, poll_interval_s: float = 1.0, max_attempts: int = 0,
-                 keep_delivered_s: float = 7 * 86_400.0, poll: Callable[[], None] | None = None) -> None:
+                 keep_delivered_s: float = 7 * 86_400.0, poll: Callable[[], None] | None = None,
+                 before_prepare: Callable[[Job], None] | None = None) -> None:
         super().__init__(f"{name}-deliverer", idle_s=poll_interval_s, max_backoff_s=30.0)
         self.integration = name
         self.outbox = outbox
@@ -93,6 +96,7 @@ class Deliverer(BackgroundWorker):
         self.max_attempts = max_attempts
         self.keep_delivered_s = keep_delivered_s
         self.poll = poll
+        self.before_prepare = before_prepare
         self.last_delivery_at: float | None = None
         self.delivered = 0
         self._last_prune = 0.0
@@ -162,6 +166,8 @@ class Deliverer(BackgroundWorker):
             state["attempts"] = j.attempts + 1
             body = j.body
             if body is None:
+                if self.before_prepare is not None:
+                    self.before_prepare(j)
                 body = self.handler.prepare(j)
                 if not self.outbox.save_body(j, body):
                     raise _Gone()
