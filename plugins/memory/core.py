@@ -31,6 +31,7 @@ from . import recall as recall_
 from .config import MemoryConfig
 from .crypto import AgentKey, KeyStore, MissingKeyError, aad
 from .errors import ConflictError, MemoryRequestError, NotFoundError, UnknownAgentError
+from .merkle import canonical_json, hx
 from .schema import (
     END_EXPIRED,
     KIND_NAMES,
@@ -89,15 +90,6 @@ def parse_id(value: str, field: str = "id") -> bytes:
     if len(b) != 32:
         raise MemoryRequestError(field, f"{value!r} is not a 32-byte hex id")
     return b
-
-
-def hx(b: bytes | None) -> str | None:
-    return None if b is None else "0x" + b.hex()
-
-
-def canonical_json(value: Any) -> str:
-    """Canonical JSON (sorted keys, no spaces, UTF-8 kept): the metadata encoding inside commitments."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 

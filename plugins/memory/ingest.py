@@ -7,7 +7,6 @@ set changed, a *mark* (block, count, stamp) is recorded; roots are computed on d
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterable
@@ -20,7 +19,7 @@ from cryptography.exceptions import InvalidTag
 
 from . import merkle, registry
 from .crypto import MissingKeyError, aad
-from .merkle import keccak
+from .merkle import canonical_json, hx, keccak
 from .schema import END_DELETED, END_EXPIRED, END_SUPERSEDED, EPISODE_SHIFT, KINDS, OP_PUT, all_rows, one_row, scalar
 
 if TYPE_CHECKING:
@@ -30,15 +29,6 @@ log = logging.getLogger(__name__)
 
 TRANSFER_TOPIC = keccak(b"Transfer(address,address,uint256)")
 TX_LOG_INDEX = 0xFFFFFFFF
-
-
-def hx(b: bytes | None) -> str | None:
-    return None if b is None else "0x" + b.hex()
-
-
-def canonical_json(value: Any) -> str:
-    """Canonical JSON (sorted keys, no spaces, UTF-8 kept): the metadata encoding inside commitments."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def episode_id(agent: bytes, tx_hash: bytes, log_index: int) -> bytes:

@@ -38,16 +38,13 @@ import apsw
 
 from . import merkle
 from .errors import GoneError, MemoryRequestError, NotFoundError
+from .merkle import hx
 from .schema import END_NAMES, all_rows, scalar
 
 #: Most cache rows persisted per applied block (the rest wait for the next blocks).
 FLUSH_PER_BLOCK = 128
 #: Most cache rows waiting to be persisted (more are only cached in memory).
 MAX_PENDING = 100_000
-
-
-def hx(b: bytes | None) -> str | None:
-    return None if b is None else "0x" + b.hex()
 
 
 class LRU(OrderedDict[Any, Any]):

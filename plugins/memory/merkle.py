@@ -18,6 +18,7 @@ package itself, and verify proofs on chain with OpenZeppelin's ``MerkleProof.ver
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -205,6 +206,16 @@ def commitment_encoded(salt: bytes, content_type: int, content: bytes, key: str,
     o_meta = o_tags + len(t_tags)
     return (salt + _u(content_type) + _u(o_content) + _u(o_key) + _u(o_tags) + _u(o_meta) + _u(ttl_seconds)
             + _u(ttl_blocks) + t_content + t_key + t_tags + t_meta)
+
+
+def canonical_json(value: Any) -> str:
+    """Canonical JSON (sorted keys, no spaces, UTF-8 kept): the metadata encoding inside commitments."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def hx(b: bytes | None) -> str | None:
+    """``0x``-prefixed lower-case hex of ``b`` (``None`` stays ``None``): how hashes and ids appear in JSON."""
+    return None if b is None else "0x" + b.hex()
 
 
 def commitment(salt: bytes, content_type: int, content: bytes, key: str, tags: Sequence[str], metadata_json: str,
