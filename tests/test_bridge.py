@@ -177,9 +177,20 @@ async def follow(db: Path, url: str, window: int, done: Any, timeout: float = 60
                 continue
             await src.ack(d, res.head)
 
-    task = asyncio.get_running_loop().create_task(consume())
     try:
-        deadline = time.monotonic() + timeout
+        await run_until(consume(), done, timeout, src)
+    finally:
+        eng.host.shutdown()
+        eng.close()
+    return src
+
+
+async def run_until(job: Any, done: Any, timeout: float, src: ExExSource) -> None:
+    """Run the coroutine ``job`` (a sidecar following ``src``) until ``done()`` is true, then cancel it and close
+    the source. The sidecar stopping early, or ``timeout`` seconds passing, fails the test."""
+    task = asyncio.get_running_loop().create_task(job)
+    deadline = time.monotonic() + timeout
+    try:
         while not done():
             if task.done():
                 task.result()
@@ -191,9 +202,6 @@ async def follow(db: Path, url: str, window: int, done: Any, timeout: float = 60
         with pytest.raises(asyncio.CancelledError):
             await task
         await src.aclose()
-        eng.host.shutdown()
-        eng.close()
-    return src
 
 
 # ------------------------------------------------------------------------------------------------ tests
@@ -559,18 +567,7 @@ def exex_app(tmp_path: Path, endpoint: str, plugins: dict[str, object]) -> App:
 
 async def run_runner_until(app: App, src: ExExSource, done: Any, timeout: float) -> None:
     """Run the sidecar's own Runner on ``src`` until ``done()`` is true, then stop it and close the source."""
-    task = asyncio.get_running_loop().create_task(Runner(app, src, serve_http=False, watch_config=False).run())
-    deadline = time.monotonic() + timeout
-    try:
-        while not done():
-            assert not task.done(), task.result()
-            assert time.monotonic() < deadline, src.status()
-            await asyncio.sleep(0.02)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await src.aclose()
+    await run_until(Runner(app, src, serve_http=False, watch_config=False).run(), done, timeout, src)
 
 
 def test_malformed_notification_body_is_refused_by_the_runner_without_moving_the_cursor(tmp_path: Path) -> None:
