@@ -60,7 +60,6 @@ class ReplaySource(Source):
         self.frames_delivered = 0
         self.total_frames: int | None = None
         self._ready: collections.deque[Delivery] = collections.deque()
-        self._error: ReplayFormatError | None = None
 
     async def stream(self, view: ChainView) -> AsyncIterator[Delivery]:  # type: ignore[override]
         if not self.path.exists():
@@ -77,6 +76,7 @@ class ReplaySource(Source):
         chunk = 1 if interval else READ_AHEAD
         ready = self._ready
         ready.clear()
+        damaged: ReplayFormatError | None = None  # met while reading ahead; raised once the frames before it are out
         while True:
             if not ready:
                 items, error = await anyio.to_thread.run_sync(_read_chunk, frames, chunk)
@@ -93,16 +93,15 @@ class ReplaySource(Source):
                     if not items:
                         return
                     continue
-                self._error = error
+                damaged = error
             d = ready.popleft()
             self.frames_delivered += 1
             yield d
             if interval:
                 await anyio.sleep(interval)
-            if not ready and self._error is not None:
+            if not ready and damaged is not None:
                 # Frames before the damaged one were all delivered (and committed) first.
-                error, self._error = self._error, None
-                raise SourceError(str(error)) from error
+                raise SourceError(str(damaged)) from damaged
 
     def take_ready(self, limit: int) -> list[Delivery]:
         """Up to ``limit`` frames already read ahead (none when paced by ``rate``)."""
