@@ -181,6 +181,9 @@ def main() -> None:
         t_load = time.perf_counter() - t0
         t_anchor = b.block()
         t0 = time.perf_counter()
+        mem.ensure_settled()  # the worker's job: the anchored items' leaves and marks
+        t_anchor += time.perf_counter() - t0
+        t0 = time.perf_counter()
         mem.global_root()
         t_first_root = time.perf_counter() - t0
         b.block()  # persists the roots just computed (memory_root_cache), as the next block always does
@@ -279,7 +282,7 @@ def main() -> None:
             hook.append(time.perf_counter() - t0)
 
         mem.apply_block = timed_hook  # type: ignore[method-assign]
-        blocks = []
+        blocks, settles = [], []
         for _ in range(20):
             for a in rng.sample(agents[1:], min(200, len(agents) - 1)):
                 mem.store(a, "semantic", sentence(rng))
@@ -288,11 +291,16 @@ def main() -> None:
             blocks.append(b.block())
             hook_200 = hook[0] if hook else 0.0
             res.setdefault("_hook", []).append(hook_200)
+            t0 = time.perf_counter()
+            mem.ensure_settled()  # the worker's job after the block: leaves and marks of the 200 agents
+            settles.append(time.perf_counter() - t0)
         res.update(summary("block_200_agents", blocks))
         res.update(summary("block_200_agents_hook", res.pop("_hook")))
+        res.update(summary("block_200_agents_settle", settles))
         with mem._write() as conn:  # the store samples queued embeddings the recall agent does not need
             conn.execute("DELETE FROM memory_embed_queue")
         eps: list[float] = []
+        eps_settle: list[float] = []
         idx: list[float] = []
         for _ in range(20):
             sample = rng.sample(agents[1:], min(200, len(agents) - 1))
@@ -302,9 +310,13 @@ def main() -> None:
             mem.db.checkpoint()  # the runner's job (not timed)
             eps.append(b.block(txs, rcs))
             t0 = time.perf_counter()
+            mem.ensure_settled()  # the worker's job after the block: render, encrypt, item and leaf rows
+            eps_settle.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
             mem.ensure_indexed()  # the worker's job after the block: tags, FTS5 and embedding queue of its episodes
             idx.append(time.perf_counter() - t0)
         res.update(summary("episodes_200_agents", eps))
+        res.update(summary("episodes_200_agents_settle", eps_settle))
         res.update(summary("episodes_200_agents_index", idx))
         plain = []
         mem.db.checkpoint()  # the worker's job (not timed)

@@ -31,8 +31,16 @@ def make_memory_engine(path: Path, memory: dict[str, Any] | None = None, extra: 
     return Engine(db, host, settings.engine, metrics), plugin
 
 
+def settle(conn: Any) -> None:
+    """Settle every applied block (``memory_settle()``: the running memory plugin of ``conn``'s database), so that
+    the derived tables (leaves, marks, block rows, chain items) hold every block."""
+    conn.execute("SELECT memory_settle()").fetchall()
+
+
 def dump_tables(conn: Any, queries: dict[str, str]) -> dict[str, list[tuple[Any, ...]]]:
-    """``{name: sorted rows of its query}``: memory tables compared across reorgs and with fresh indexes."""
+    """``{name: sorted rows of its query}``, after :func:`settle`: memory tables compared across reorgs and with
+    fresh indexes."""
+    settle(conn)
     return {t: sorted(conn.execute(q).fetchall()) for t, q in queries.items()}
 
 

@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from monmouth.testing import address, chain, extend
 from monmouth.types import Block, ChainCommitted, ChainReorged, ChainReverted
-from monmouth_memory import merkle
+from monmouth_memory import ingest, merkle
 from monmouth_memory.errors import ConflictError, MemoryRequestError, NotFoundError, UnknownAgentError
-from tests.memory_helpers import close, dump_tables, make_memory_engine
+from tests.memory_helpers import close, dump_tables, make_memory_engine, settle
 
 A1, A2, OUTSIDER = address(1), address(2), address(7)
 CHAIN_TABLES = {
@@ -237,6 +237,7 @@ op = st.one_of(
     st.tuples(st.just("revert"), st.integers(1, 4)),
     st.tuples(st.just("api"), st.integers(0, 3)),
     st.tuples(st.just("index")),
+    st.tuples(st.just("settle"), st.integers(1, 3)),
 )
 
 
@@ -269,6 +270,8 @@ def test_random_reorgs_leave_chain_memory_equal_to_fresh_run(mk, ops, txs):
                 canonical = base
         elif o[0] == "index":  # what the worker does after a block: index the chain-derived items committed so far
             mem.ensure_indexed()
+        elif o[0] == "settle":  # settle only the oldest blocks: later reverts meet settled and pending blocks
+            ingest.settle(mem, limit=o[1])
         else:
             if o[1] == 0 or not api_ids:
                 api_ids.append((A1, bytes.fromhex(mem.store(A1, "semantic", f"note {i}")["id"][2:])))
@@ -349,6 +352,7 @@ def test_retention_prunes_old_roots_and_answers_410(mk):
     e, mem = mk(memory={"retention_blocks": 5, "prune_every": 2})
     bs = extend(None, 20, number=1, n_txs=3)
     e.apply(ChainCommitted(chain(bs)))
+    settle(e.conn)
     low = e.conn.execute("SELECT min(block_number) FROM memory_global_roots").fetchone()[0]
     assert low == 15
     with pytest.raises(GoneError) as ei:

@@ -134,14 +134,18 @@ def test_lifecycle_hooks_status_and_worker(tmp_path):
             time.sleep(0.05)
         st = e.host.status()["memory"]
         assert st["embedded"] >= 1 and st["embed_backlog"] == 0 and st["agents"] == 1 and st["pending_ops"] == 1
-        # Chain episodes are indexed (tags, FTS5, embedding queue) by the worker after their block, with no read.
+        # Chain episodes are settled (item and leaf rows), then indexed (tags, FTS5, embedding queue) by the worker
+        # after their block, with no read.
         e.apply(ChainCommitted(chain(extend(None, 2, number=1, n_txs=3))))
-        chain_items = e.conn.execute("SELECT count(*) FROM memory_items WHERE n > 0").fetchone()[0]
-        assert chain_items and e.host.status()["memory"]["index_backlog"] in (0, chain_items)
         deadline = time.time() + 10
-        while time.time() < deadline and e.host.status()["memory"]["index_backlog"]:
+        while time.time() < deadline and (e.host.status()["memory"]["settle_backlog"]
+                                          or e.host.status()["memory"]["index_backlog"]):
             time.sleep(0.05)
-        assert e.host.status()["memory"]["index_backlog"] == 0
+        st = e.host.status()["memory"]
+        assert st["settle_backlog"] == 0 and st["index_backlog"] == 0
+        assert st["pending_ops"] == 0 and st["global_root"]["block"] == 2
+        chain_items = e.conn.execute("SELECT count(*) FROM memory_items WHERE n > 0").fetchone()[0]
+        assert chain_items > 0
         assert e.conn.execute("SELECT count(*) FROM memory_fts WHERE rowid > 0").fetchone()[0] == chain_items
         threads = list(mem._threads)
         assert threads and all(t.is_alive() for t in threads)

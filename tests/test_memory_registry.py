@@ -320,7 +320,9 @@ def test_env_key_source_registers_and_counts_the_missing_key(mk, monkeypatch):
     b1 = block(None, [(A, REG1, (reg1(A, "alpha"),))])
     e.apply(ChainCommitted(chain_of(b1)))
     assert e.conn.execute("SELECT source FROM memory_agents WHERE address = ?", (A,)).fetchone() == ("registry",)
-    assert mem.key_errors == 2  # the registration, then its episode
+    assert mem.key_errors == 1  # the registration; its episode is skipped when the block is settled
+    mem.ensure_settled()
+    assert mem.key_errors == 2
 
 
 def test_no_registry_configured_no_status_and_no_work(tmp_path):

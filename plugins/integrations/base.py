@@ -66,12 +66,16 @@ def fill_global_root(db: Any) -> Callable[[Job], None]:
     return fill
 
 
-def global_root(conn: apsw.Connection, number: int) -> tuple[str | None, int | None]:
-    """The memory plugin's global root at block ``number`` and its agent count, read on ``conn``; ``(None, None)``
-    when the memory plugin has no root for it (disabled, or its table does not exist)."""
+def global_root(conn: apsw.Connection, number: int, block_hash: bytes | None = None
+                ) -> tuple[str | None, int | None]:
+    """The memory plugin's global root at block ``number`` and its agent count, read on ``conn`` (autocommit, not
+    holding the write lock) after the plugin settled the blocks applied so far (``memory_settle()``); ``(None,
+    None)`` when the memory plugin has no root for it (disabled, or its table does not exist), or its block is not
+    ``block_hash`` when given."""
     try:
-        row = conn.execute("SELECT root, agents FROM memory_global_roots WHERE block_number = ?",
-                           (number,)).fetchone()
+        conn.execute("SELECT memory_settle()").fetchall()
+        row = conn.execute("SELECT root, agents FROM memory_global_roots WHERE block_number = ? AND "
+                           "(? IS NULL OR block_hash = ?)", (number, block_hash, block_hash)).fetchone()
     except apsw.SQLError:
         return None, None
     return (hx(row[0]), row[1]) if row else (None, None)
@@ -163,14 +167,14 @@ class CheckpointTrigger:
         payload = {"block": number, "hash": bhash,
                    "global_root": groot.get("root") if groot.get("block") == number else None,
                    "checkpoint": dict(manifest)}
+        if payload["global_root"] is None:  # read first: settling takes the write lock
+            payload["global_root"], payload["agents"] = global_root(self.rt.db.reader(), number, raw)
         with self.rt.db.write() as conn:
             row = conn.execute("SELECT hash FROM monmouth_blocks WHERE number = ?", (number,)).fetchone()
             if row is None or row[0] != raw:
                 log.info("%s: checkpoint %s is at a block no longer canonical; skipped", self.plugin.name,
                          manifest.get("name"))
                 return False
-            if payload["global_root"] is None:
-                payload["global_root"], payload["agents"] = global_root(conn, number)
             key = f"{self.plugin.name}:checkpoint:{number}:{bhash}:{manifest.get('sha256', '')[:16]}"
             return self.rt.outbox.enqueue(conn, key, number, raw, "checkpoint", payload)
 

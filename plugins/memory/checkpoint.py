@@ -83,6 +83,8 @@ def create(db_path: str | Path, directory: str | Path, *, name: str | None = Non
     src = source or apsw.Connection(str(db_path), flags=apsw.SQLITE_OPEN_READWRITE)
     src.set_busy_timeout(10_000)
     tmp = directory / f".tmp-{os.getpid()}-{threading.get_ident()}-{time.time_ns()}.sqlite"
+    with contextlib.suppress(apsw.SQLError):  # a running memory plugin settles first: the root is the head's
+        src.execute("SELECT memory_settle()").fetchall()
     try:
         dest = apsw.Connection(str(tmp))
         try:

@@ -117,6 +117,7 @@ class Memory:
         self.checkpoint_dir = self._resolve(base, config.checkpoint_dir)
         self.keys = KeyStore(config.key_source, self.key_dir, config.key_env_prefix)
         self.lattice = lattice.Lattice(str(Path(db.path).resolve()))
+        self.lattice.settler = self.ensure_settled
         self.lattice.register()
         self._vec_cache = recall_.VectorCache(64)
         self._query_cache = lattice.LRU(256)
@@ -242,6 +243,7 @@ class Memory:
         return self.agent_info(agent)
 
     def agent_info(self, agent: bytes) -> dict[str, Any]:
+        self.ensure_settled()
         conn = self._read()
         row = conn.execute("SELECT label, source, created_at, forgotten_at FROM memory_agents WHERE address = ?",
                            (agent,)).fetchone()
@@ -452,6 +454,7 @@ class Memory:
         """
         self.check_agent(agent)
         k = self.key(agent)
+        self.ensure_settled()
         conn = self._read()
         row = self._row(conn, agent, item_id)
         if self._expired(conn, row, time.time()):
@@ -487,6 +490,8 @@ class Memory:
             args.append(inv[origin])
         if tags:
             self.ensure_indexed()
+        else:
+            self.ensure_settled()
         conn = self._read()
         rows = conn.execute(
             f"SELECT {', '.join('i.' + c.strip() for c in self._COLS.split(','))} FROM memory_items i "
@@ -536,6 +541,7 @@ class Memory:
         self.check_agent(agent)
         k = self.key(agent)
         with self._write() as conn:
+            self.ensure_settled(conn)
             row = self._row(conn, agent, item_id)
             if row[4] == 1:
                 raise ConflictError("id", "chain-derived memories change only with the chain; use forget to erase")
@@ -586,6 +592,7 @@ class Memory:
         """
         self.check_agent(agent)
         with self._write() as conn:
+            self.ensure_settled(conn)
             row = self._row(conn, agent, item_id)
             if row[4] == 1:
                 raise ConflictError("id", "chain-derived memories change only with the chain; use forget to erase")
@@ -623,10 +630,20 @@ class Memory:
                               to_block=to_block, since=since, until=until, recency_weight=recency_weight,
                               half_life_s=half_life_s, mode=mode)
 
+    def ensure_settled(self, conn: apsw.Connection | None = None) -> None:
+        """Settle every block applied so far (:func:`.ingest.settle`) before a read of the lattice tables (leaves,
+        marks, block rows, chain-derived items). One small read when up to date. Blocks applied meanwhile are left
+        to the worker (a reader never chases a running engine). ``conn``: a connection holding SQLite's write
+        lock, to settle inside its transaction."""
+        top = scalar(conn or self._read(), "SELECT max(block_number) FROM memory_pending")
+        while top is not None and ingest.settle(self, conn, until=top):
+            pass
+
     def ensure_indexed(self) -> None:
-        """Index every chain-derived item committed so far (tags, FTS5, embedding queue: see
-        :func:`.ingest.index_episodes`) before a read that filters or searches by them. Two small reads when up to
-        date."""
+        """Settle, then index every chain-derived item committed so far (tags, FTS5, embedding queue: see
+        :func:`.ingest.index_episodes`) before a read that filters or searches by them. Three small reads when up
+        to date."""
+        self.ensure_settled()
         while ingest.index_episodes(self):
             pass
 
@@ -650,14 +667,15 @@ class Memory:
         return len(rows)
 
     def _worker_loop(self) -> None:
-        """Background work: indexing of chain-derived items after their block, embeddings, passive WAL checkpoints
+        """Background work: settling and indexing of each block after it commits, embeddings, passive WAL checkpoints
         (API writes do not auto-checkpoint), the global root of the head computed ahead of requests (at most once a
         second), and the sweep of expired working memory."""
         last_ckpt = last_sweep = last_warm = 0.0
         while not self.stopping.is_set():
             done = 0
             try:
-                done = ingest.index_episodes(self)
+                done = ingest.settle(self)
+                done += ingest.index_episodes(self)
                 if self.config.embed:
                     done += self.embed_pending()
                 now = time.monotonic()
@@ -679,6 +697,7 @@ class Memory:
 
     def warm(self) -> bytes | None:
         """Compute (and cache) the global root of the latest applied block; returns it (``None``: no block)."""
+        self.ensure_settled()
         conn = self._read()
         head = scalar(conn, "SELECT max(block_number) FROM memory_blocks")
         return None if head is None else self.lattice.global_root(conn, head)
@@ -693,8 +712,18 @@ class Memory:
         ingest.revert_block(self, conn, block)
 
     # ------------------------------------------------------------------------------------------------ roots, proofs
+    def _settled_read(self) -> apsw.Connection:
+        """A reader after :meth:`ensure_settled`."""
+        self.ensure_settled()
+        return self._read()
+
     def _check_block(self, conn: apsw.Connection, block: int | None) -> tuple[int, bytes]:
-        return self.lattice.check_block(conn, block, self.head(conn)[0])
+        head = self.head(conn)[0]
+        b = head if block is None else block
+        if isinstance(b, int) and lattice.Lattice.block_row(conn, b) is None and conn.execute(
+                "SELECT 1 FROM memory_pending WHERE block_number = ?", (b,)).fetchone() is not None:
+            self.ensure_settled()  # the engine committed it since this read began: the next statements see it
+        return self.lattice.check_block(conn, block, head)
 
     def global_root(self, block: int | None = None) -> dict[str, Any]:
         """The global root at ``block`` (default: the head): ``{block, hash, root, agents, leaf_encoding}``.
@@ -703,7 +732,7 @@ class Memory:
             NotFoundError: not applied or no roots for it (404); GoneError: pruned (410); MemoryRequestError:
             not a block number (422). All name the field ``block``.
         """
-        conn = self._read()
+        conn = self._settled_read()
         block, bhash = self._check_block(conn, block)
         return self.lattice.global_answer(conn, block, bhash)
 
@@ -715,7 +744,7 @@ class Memory:
             UnknownAgentError, NotFoundError (404), GoneError (410).
         """
         self.check_agent(agent)
-        conn = self._read()
+        conn = self._settled_read()
         block, bhash = self._check_block(conn, block)
         return self.lattice.agent_answer(conn, agent, block, bhash, with_global_proof)
 
@@ -732,7 +761,7 @@ class Memory:
             GoneError: pruned (410).
         """
         self.check_agent(agent)
-        conn = self._read()
+        conn = self._settled_read()
         block, bhash = self._check_block(conn, block)
         return self.lattice.proof_answer(conn, agent, item_id, block, bhash)
 
@@ -743,7 +772,7 @@ class Memory:
             UnknownAgentError, NotFoundError (404), GoneError (410).
         """
         self.check_agent(agent)
-        conn = self._read()
+        conn = self._settled_read()
         block, bhash = self._check_block(conn, block)
         return self.lattice.leaves_answer(conn, agent, block, bhash)
 
@@ -759,7 +788,7 @@ class Memory:
         if not 1 <= limit <= 10_000:
             raise MemoryRequestError("limit", "must be between 1 and 10000", 422)
         self.check_agent(agent)
-        conn = self._read()
+        conn = self._settled_read()
         return self.lattice.changes_answer(conn, agent, since_block, limit, self.head(conn)[0])
 
     # ------------------------------------------------------------------------------------------------ forget
@@ -807,6 +836,7 @@ class Memory:
     def _purge(self, agent: bytes) -> dict[str, Any]:
         stats: dict[str, Any] = {}
         with self._write() as conn:
+            self.ensure_settled(conn)  # no pending block may still name the agent or need its key
             ns = [r[0] for r in conn.execute("SELECT n FROM memory_items WHERE agent = ?", (agent,))]
             for i in range(0, len(ns), 500):
                 chunk = ns[i:i + 500]
@@ -857,6 +887,7 @@ class Memory:
     # ------------------------------------------------------------------------------------------------ status
     def status(self) -> dict[str, Any]:
         conn = self._read()
+        unsettled = scalar(conn, "SELECT count(*) FROM memory_pending")
         agents = scalar(conn, "SELECT count(*) FROM memory_agents WHERE forgotten_at IS NULL")
         items = scalar(conn, "SELECT count(*) FROM memory_items")
         queue = scalar(conn, "SELECT count(*) FROM memory_embed_queue")
@@ -865,7 +896,8 @@ class Memory:
         g = scalar(conn, "SELECT max(block_number) FROM memory_blocks")
         mark = scalar(conn, "SELECT indexed_n FROM memory_state WHERE id = 1")
         unindexed = scalar(conn, "SELECT count(*) FROM memory_items WHERE n > ?", (mark,))
-        return {"agents": agents, "items": items, "pending_ops": pending, "index_backlog": unindexed,
+        return {"agents": agents, "items": items, "pending_ops": pending, "settle_backlog": unsettled,
+                "index_backlog": unindexed,
                 "embed_backlog": queue,
                 "embedded": self.embedded, "key_errors": self.key_errors,
                 "global_root": {"block": g, "root": hx(self.lattice.global_root(conn, g))} if g is not None else None}

@@ -1,8 +1,23 @@
-"""The memory plugin's chain hooks: chain-derived episodes, anchoring of API writes, expiry, marks, pruning.
+"""The memory plugin's chain work: recording each block's memory input, then settling it into the lattice.
 
-Everything here runs inside the engine's transaction, on its connection, for one block, and is journaled
-(except the trimmed tables). No Merkle tree is built here: the new leaves are hashed and, per agent whose visible
-set changed, a *mark* (block, count, stamp) is recorded; roots are computed on demand by :mod:`.lattice`.
+Two steps, so that applying a block costs the engine a few appended rows whatever the number of agents it touches:
+
+* :func:`apply_block` runs inside the engine's transaction (the ``monmouth_block_applied`` hook): on-chain
+  registrations (:mod:`.registry`) and one ``memory_pending`` row holding everything the block means for memory:
+  its hash and timestamp, the range of API ops it anchors (``memory_sync`` moves with it, journaled), its stamp,
+  and the registered agents its transactions touch, with the block itself when there are any;
+* :func:`settle` derives, block by block in order, what the chain hook used to write in that transaction:
+  chain-derived episodes (item and leaf rows), anchored API ops (leaves opened and closed), expiry, one *mark*
+  (block, count, stamp) per agent whose visible set changed, the block's ``memory_blocks`` row, pruning. It
+  runs on the plugin's worker thread right after the block commits, and from every read of those tables that
+  finds it behind (:meth:`.core.Memory.ensure_settled`), so reads see each block whole. The derived rows are a
+  deterministic function of the pending row, the op log and the rows before it: settling late gives exactly what
+  settling in the block's transaction gave.
+
+A revert removes the block's pending row (declared trimmed) or, when it was settled, what settling derived
+(:func:`revert_block`). No Merkle tree is built here: the new leaves are hashed; roots are computed on demand by
+:mod:`.lattice`. Chain-derived items are indexed (tags, FTS5, embedding queue) later still, by
+:func:`index_episodes`.
 """
 
 from __future__ import annotations
@@ -15,12 +30,15 @@ from typing import TYPE_CHECKING, Any
 
 import apsw
 import msgpack
+import msgspec
 from cryptography.exceptions import InvalidTag
+
+from monmouth.types import Block
 
 from . import merkle, registry
 from .crypto import MissingKeyError, aad
 from .merkle import canonical_json, hx, keccak
-from .schema import END_DELETED, END_EXPIRED, END_SUPERSEDED, EPISODE_SHIFT, KINDS, OP_PUT, all_rows, one_row, scalar
+from .schema import END_DELETED, END_EXPIRED, END_SUPERSEDED, EPISODE_SHIFT, KINDS, OP_PUT, all_rows, scalar
 
 if TYPE_CHECKING:
     from .core import Memory
@@ -78,21 +96,106 @@ class Episode:
 
 
 def apply_block(mem: Memory, conn: apsw.Connection, block: Any) -> None:
-    """The ``monmouth_block_applied`` work: chain-derived episodes, anchoring of pending ops, expiry, one mark
-    per agent whose visible set changed, the block's row, and periodic pruning. Writes only through ``conn``."""
+    """The ``monmouth_block_applied`` work, inside the engine's transaction: on-chain registrations, and the block's
+    memory input recorded in one ``memory_pending`` row (its hash and time, the range of API ops it anchors, its
+    stamp, and, when its transactions touch registered agents, those agents and the block itself). Nothing is
+    hashed or encrypted here: :func:`settle` derives the leaves, marks, chain items and block row from that row
+    afterwards. Writes only through ``conn``."""
+    stamp = scalar(conn, "UPDATE memory_state SET stamp = stamp + 1 WHERE id = 1 RETURNING stamp")
+    registry.apply(mem, conn, block)  # first: the agent's own transactions in this block become episodes
+    agents = _involved(conn, block) if mem.config.chain_episodes and block.transactions else []
+    seq0 = scalar(conn, "SELECT ops_seq FROM memory_sync WHERE id = 1")
+    seq1 = scalar(conn, "SELECT coalesce(max(seq), 0) FROM memory_ops")
+    if seq1 > seq0:
+        conn.execute("UPDATE memory_sync SET ops_seq = ? WHERE id = 1", (seq1,))
+    conn.execute(
+        "INSERT OR REPLACE INTO memory_pending (block_number, block_hash, ts, ops_from, ops_to, stamp, agents, block) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (block.number, block.hash, block.timestamp, seq0, max(seq0, seq1), stamp,
+         b"".join(sorted(agents)) if agents else None, _BLOCK_JSON.encode(block) if agents else None))
+
+
+_BLOCK_JSON = msgspec.json.Encoder()
+_BLOCK_DECODER = msgspec.json.Decoder(Block)
+
+
+def _involved(conn: apsw.Connection, block: Any) -> set[bytes]:
+    """Registered, not forgotten agents that a transaction of ``block`` is from or to, or that a ``Transfer``
+    event of it names."""
+    if conn.execute("SELECT 1 FROM memory_agents WHERE forgotten_at IS NULL LIMIT 1").fetchone() is None:
+        return set()
+    addrs: list[bytes] = []
+    for i, tx in enumerate(block.transactions):
+        addrs.append(tx.sender)
+        if tx.to is not None:
+            addrs.append(tx.to)
+        rc = block.receipts[i] if i < len(block.receipts) else None
+        for lg in rc.logs if rc is not None else ():
+            if len(lg.topics) in (3, 4) and lg.topics[0] == TRANSFER_TOPIC:
+                addrs.append(lg.topics[1][12:])
+                addrs.append(lg.topics[2][12:])
+    return _registered(conn, addrs)
+
+
+#: Most pending blocks settled per write transaction (the engine waits for SQLite's write lock meanwhile).
+SETTLE_BATCH = 16
+
+
+def settle(mem: Memory, conn: apsw.Connection | None = None, limit: int = SETTLE_BATCH,
+           until: int | None = None) -> int:
+    """Derive the lattice rows of up to ``limit`` recorded blocks (``memory_pending``), oldest first, each exactly
+    as the chain hook used to inside the block's transaction: chain-derived episodes (item and leaf rows), the
+    anchoring of the API ops of its range, expiry, one mark per agent whose visible set changed, the block's row,
+    periodic pruning; then delete the pending row. ``until``: settle no block above this number. Returns how many
+    blocks were settled (0: up to date).
+
+    Runs in one write transaction: ``conn``'s when given (the caller holds SQLite's write lock: a forget, or a
+    chain hook of another plugin), else the plugin's own. A revert of a block removes its pending row (the engine
+    trims ``memory_pending``) or, once settled, what it derived (:func:`revert_block`); both take the write lock,
+    so each sees the other whole.
+    """
+    top = (1 << 63) - 1 if until is None else until
+    if conn is None:
+        if mem._read().execute("SELECT 1 FROM memory_pending WHERE block_number <= ? LIMIT 1", (top,)
+                               ).fetchone() is None:
+            return 0
+        with mem._write() as w:
+            return settle(mem, w, limit, until)
+    rows = all_rows(conn, "SELECT block_number, block_hash, ts, ops_from, ops_to, stamp, agents, block FROM "
+                          "memory_pending WHERE block_number <= ? ORDER BY block_number LIMIT ?", (top, limit))
+    if not rows:
+        return 0
     conn.pragma("secure_delete", 1)
     mem.lattice.flush(conn)
-    number = block.number
-    stamp, forgot = one_row(conn, "UPDATE memory_state SET stamp = stamp + 1 WHERE id = 1 RETURNING stamp, "
-                                  "forgot_stamp")
+    for row in rows:
+        _settle_block(mem, conn, _Pending(*row))
+    conn.execute("DELETE FROM memory_pending WHERE block_number <= ?", (rows[-1][0],))
+    return len(rows)
+
+
+@dataclass(slots=True)
+class _Pending:
+    number: int
+    hash: bytes
+    timestamp: int
+    ops_from: int
+    ops_to: int
+    stamp: int
+    agents: bytes | None
+    block: bytes | None
+
+
+def _settle_block(mem: Memory, conn: apsw.Connection, p: _Pending) -> None:
+    number, stamp = p.number, p.stamp
+    forgot = scalar(conn, "SELECT forgot_stamp FROM memory_state WHERE id = 1")
     touched: dict[bytes, int] = {}  # agent -> change of its visible item count
-    registry.apply(mem, conn, block)  # first: the agent's own transactions in this block become episodes
-    if mem.config.chain_episodes and block.transactions:
-        _episodes(mem, conn, block, touched)
-    _anchor(conn, block, touched)
-    _expire(conn, block, touched)
+    if p.agents and p.block:
+        agents = {p.agents[i:i + 20] for i in range(0, len(p.agents), 20)}
+        _episodes(mem, conn, _BLOCK_DECODER.decode(p.block), agents, touched)
+    _anchor(conn, p, touched)
+    _expire(conn, p, touched)
     prev = conn.execute("SELECT agents, stamp FROM memory_blocks ORDER BY block_number DESC LIMIT 1").fetchone()
-    agents = prev[0] if prev is not None else 0
+    agents_n = prev[0] if prev is not None else 0
     order = sorted(touched)
     before: dict[bytes, int] = {}
     for i in range(0, len(order), 500):
@@ -105,16 +208,15 @@ def apply_block(mem: Memory, conn: apsw.Connection, block: Any) -> None:
     for agent in order:
         b0 = before.get(agent, 0)
         count = b0 + touched[agent]
-        agents += (count > 0) - (b0 > 0)
+        agents_n += (count > 0) - (b0 > 0)
         marks.append((agent, number, count, stamp))
     conn.executemany("INSERT OR REPLACE INTO memory_marks (agent, block_number, count, stamp) VALUES (?, ?, ?, ?)",
                      marks)
     if prev is None or prev[1] <= forgot:  # the previous block counted an agent forgotten since
-        agents = scalar(conn, "SELECT count(*) FROM (SELECT agent, max(block_number), count FROM memory_marks "
-                              "GROUP BY agent) WHERE count > 0")
-    seq = scalar(conn, "SELECT ops_seq FROM memory_sync WHERE id = 1")
+        agents_n = scalar(conn, "SELECT count(*) FROM (SELECT agent, max(block_number), count FROM memory_marks "
+                                "GROUP BY agent) WHERE count > 0")
     conn.execute("INSERT OR REPLACE INTO memory_blocks (block_number, block_hash, agents, ops_seq, stamp) "
-                 "VALUES (?, ?, ?, ?, ?)", (number, block.hash, agents, seq, stamp))
+                 "VALUES (?, ?, ?, ?, ?)", (number, p.hash, agents_n, p.ops_to, stamp))
     if number % mem.config.prune_every == 0:
         _prune(conn, number - mem.config.retention_blocks)
 
@@ -130,22 +232,8 @@ def _registered(conn: apsw.Connection, addrs: Iterable[bytes]) -> set[bytes]:
     return out
 
 
-def _episodes(mem: Memory, conn: apsw.Connection, block: Any, touched: dict[bytes, int]) -> None:
-    if conn.execute("SELECT 1 FROM memory_agents WHERE forgotten_at IS NULL LIMIT 1").fetchone() is None:
-        return
-    addrs: list[bytes] = []
-    for i, tx in enumerate(block.transactions):
-        addrs.append(tx.sender)
-        if tx.to is not None:
-            addrs.append(tx.to)
-        rc = block.receipts[i] if i < len(block.receipts) else None
-        for lg in rc.logs if rc is not None else ():
-            if len(lg.topics) in (3, 4) and lg.topics[0] == TRANSFER_TOPIC:
-                addrs.append(lg.topics[1][12:])
-                addrs.append(lg.topics[2][12:])
-    agents = _registered(conn, addrs)
-    if not agents:
-        return
+def _episodes(mem: Memory, conn: apsw.Connection, block: Any, agents: set[bytes], touched: dict[bytes, int]
+              ) -> None:
     rag = mem.rag
     render = getattr(rag, "render_transaction", None) if rag is not None else None
     eps: list[Episode] = []
@@ -213,12 +301,13 @@ def _episodes(mem: Memory, conn: apsw.Connection, block: Any, touched: dict[byte
         "NULL, NULL, NULL)", leaves)
 
 
-def _anchor(conn: apsw.Connection, block: Any, touched: dict[bytes, int]) -> None:
-    seq0 = scalar(conn, "SELECT ops_seq FROM memory_sync WHERE id = 1")
+def _anchor(conn: apsw.Connection, block: _Pending, touched: dict[bytes, int]) -> None:
+    if block.ops_to <= block.ops_from:
+        return
     rows = all_rows(
         conn,
         "SELECT seq, agent, item_id, op, kind, version, commitment, ttl_blocks, expires_at FROM memory_ops "
-        "WHERE seq > ? ORDER BY seq", (seq0,))
+        "WHERE seq > ? AND seq <= ? ORDER BY seq", (block.ops_from, block.ops_to))
     if not rows:
         return
     final: dict[tuple[bytes, bytes], tuple[Any, ...]] = {}
@@ -251,10 +340,9 @@ def _anchor(conn: apsw.Connection, block: Any, touched: dict[bytes, int]) -> Non
     conn.executemany(
         "INSERT INTO memory_leaves (agent, item_id, from_block, to_block, version, kind, commitment, anchor_hash, "
         "leaf, expires_block, expires_ts, end_reason) VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?, NULL)", adds)
-    conn.execute("UPDATE memory_sync SET ops_seq = ? WHERE id = 1", (rows[-1][0],))
 
 
-def _expire(conn: apsw.Connection, block: Any, touched: dict[bytes, int]) -> None:
+def _expire(conn: apsw.Connection, block: _Pending, touched: dict[bytes, int]) -> None:
     gone = all_rows(
         conn,
         "SELECT agent, item_id, from_block FROM memory_leaves INDEXED BY memory_leaves_eb WHERE to_block IS NULL "
@@ -291,9 +379,14 @@ def _prune(conn: apsw.Connection, horizon: int) -> None:
 
 
 def revert_block(mem: Memory, conn: apsw.Connection, block: Any) -> None:
-    """The ``monmouth_block_reverted`` work: the journal already restored the chain tables (and the engine trimmed
-    the root caches); remove the indexes of the block's chain-derived items (tags, FTS5 entries, vectors,
-    embedding queue) and lower the indexing watermark below the block."""
+    """The ``monmouth_block_reverted`` work. The journal already restored ``memory_sync`` and the registry, and the
+    engine trimmed ``memory_pending``, ``memory_marks``, ``memory_blocks`` and the root caches at and above the
+    block. Blocks are reverted newest first, so what remains of the block is what :func:`settle` derived from it,
+    if it was settled: delete the leaves it added, reopen the leaves it closed, delete its chain-derived items and
+    their indexes (tags, FTS5 entries, vectors, embedding queue), and lower the indexing watermark below it."""
+    conn.execute("DELETE FROM memory_leaves WHERE from_block >= ?", (block.number,))
+    conn.execute("UPDATE memory_leaves SET to_block = NULL, end_reason = NULL WHERE to_block IS NOT NULL AND "
+                 "to_block >= ?", (block.number,))
     lo = block.number << EPISODE_SHIFT
     conn.execute("UPDATE memory_state SET indexed_n = min(indexed_n, ?) WHERE id = 1", (lo - 1,))
     conn.execute("DELETE FROM memory_items WHERE n >= ?", (lo,))

@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import apsw
@@ -104,6 +104,8 @@ class Lattice:
         self._gstate: tuple[int, int, dict[bytes, bytes]] | None = None  # (block, stamp, agent -> global leaf)
         self._pending_roots: list[tuple[bytes, int, int, bytes]] = []
         self._pending_globals: list[tuple[int, int, bytes]] = []
+        #: Settles every recorded block (set by the memory plugin's runtime; see :func:`memory_settle`).
+        self.settler: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------------------------------------ registry
     def register(self) -> None:
@@ -455,8 +457,24 @@ def _sql_global_root(conn: apsw.Connection) -> Any:
     return fn
 
 
+def _sql_settle(conn: apsw.Connection) -> Any:
+    def fn() -> int:
+        lat = Lattice.for_connection(conn)
+        if lat.settler is None:
+            return 0
+        lat.settler()
+        return 1
+
+    return fn
+
+
 def _connection_hook(conn: apsw.Connection) -> None:
     conn.create_scalar_function("memory_global_root", _sql_global_root(conn), 1)
+    # memory_settle(): settle every recorded block through the plugin's own write transaction, so that the
+    # statements that follow on this connection (autocommit: each its own snapshot) see every applied block in
+    # memory_global_roots. 1 when a running memory plugin settled, 0 otherwise. Not for a connection holding the
+    # write lock (it would wait for itself).
+    conn.create_scalar_function("memory_settle", _sql_settle(conn), 0)
 
 
 if _connection_hook not in apsw.connection_hooks:

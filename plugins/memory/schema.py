@@ -2,13 +2,16 @@
 
 Which code writes which table matters for the reorg journal (see ``docs/memory.md``):
 
-* **chain tables** are written only by the chain hooks and journaled: ``memory_leaves`` (the item versions with
-  their validity ranges), ``memory_marks`` (per agent, the blocks at which its visible set changed, the count
-  after and the block's stamp), ``memory_blocks`` (one row per applied block), ``memory_sync`` (how far the op
-  log has been anchored). The chain-derived rows of ``memory_items`` are written only by the chain hook too, but
-  only inserted, with row ids ``n >= block << 20``: ``memory_items`` is declared trimmed (not journaled) and
-  ``monmouth_block_reverted`` deletes them by row id range, which keeps their ciphertexts out of the per-block
-  undo changesets;
+* **chain tables** are written only by the chain hooks and journaled: ``memory_sync`` (how far the op log has
+  been anchored) and ``memory_registry``. Each block's memory input is recorded by the chain hook in
+  ``memory_pending`` (trimmed by block number) and *settled* afterwards by :func:`.ingest.settle` into the
+  **derived lattice tables** (schema 5; declared trimmed): ``memory_leaves`` (the item versions with their
+  validity ranges), ``memory_marks`` (per agent, the blocks at which its visible set changed, the count after and
+  the block's stamp) and ``memory_blocks`` (one row per settled block); the engine trims marks and blocks by block
+  number on revert and ``monmouth_block_reverted`` deletes the leaves a settled block added and reopens those it
+  closed. The chain-derived rows of ``memory_items`` are written only by settling, only inserted, with row ids
+  ``n >= block << 20``: ``memory_items`` is declared trimmed (not journaled) and ``monmouth_block_reverted``
+  deletes them by row id range, which keeps their ciphertexts out of the per-block undo changesets;
 * **off-chain tables** are written by the API and the CLI and never by chain hooks: ``memory_ops`` (the op log
   of API writes, anchored by the chain hook at the next block), and the API rows of ``memory_items`` /
   ``memory_tags``;
@@ -34,8 +37,8 @@ Which code writes which table matters for the reorg journal (see ``docs/memory.m
 ``memory_global_roots`` is a view over ``memory_blocks`` (migration 2); its ``root`` column calls the SQL function
 ``memory_global_root`` that :mod:`.lattice` registers on every connection.
 
-Every journaled table that a chain hook UPDATEs has the agent in its PRIMARY KEY, so that forgetting an agent
-can drop its changes from the stored undo changesets.
+Since schema 5 no journaled table holds an agent's memory rows; forget still drops an agent's changes from undo
+changesets written before (see ``core.AGENT_COLUMN``).
 
 Row ids ``n`` of ``memory_items``: chain-derived items get ``(block_number << 20) | i`` (so a revert of block
 ``b`` removes derived rows with ``n >= b << 20``); API items get negative ids ``-seq``.
@@ -238,6 +241,23 @@ MIGRATIONS: list[str] = [
     ALTER TABLE memory_state ADD COLUMN indexed_n INTEGER NOT NULL DEFAULT 0;
     UPDATE memory_state SET indexed_n = (SELECT coalesce(max(n), 0) FROM memory_items WHERE n > 0);
     """,
+    # 5: settled lattice. The chain hook records each block's memory input in memory_pending (append-only, few
+    # pages); .ingest.settle derives leaves, marks, chain items and the block row from it afterwards, in block order,
+    # and deletes it. memory_leaves, memory_marks and memory_blocks become derived (declared trimmed): a revert
+    # removes what a settled block derived (.ingest.revert_block). memory_leaves_from finds a block's new leaves.
+    """
+    CREATE TABLE memory_pending (
+        block_number INTEGER PRIMARY KEY,
+        block_hash BLOB NOT NULL,
+        ts INTEGER NOT NULL,               -- block timestamp, seconds
+        ops_from INTEGER NOT NULL,         -- the API ops with ops_from < seq <= ops_to are anchored at this block
+        ops_to INTEGER NOT NULL,
+        stamp INTEGER NOT NULL,            -- the block's stamp (see memory_state)
+        agents BLOB,                       -- registered agents the block's transactions touch (20 bytes each)
+        block BLOB                         -- the block (msgspec JSON of monmouth.types.Block) when agents is set
+    );
+    CREATE INDEX memory_leaves_from ON memory_leaves (from_block);
+    """,
 ]
 
 #: Derived tables, not journaled; ``monmouth_block_reverted`` removes their rows by row id range.
@@ -254,6 +274,12 @@ TRIMMED: dict[str, str | None] = {
     # Written by the API/CLI and (source 'registry' rows) by .registry, which re-derives those rows from the
     # journaled memory_registry on revert: journaling it would make reverts conflict with forget and labels.
     "memory_agents": None,
+    # Derived by .ingest.settle from memory_pending and the op log, after the block's transaction (migration 5);
+    # the engine deletes rows >= the reverted block, revert_block deletes/reopens the leaves it derived.
+    "memory_pending": "block_number",
+    "memory_blocks": "block_number",
+    "memory_marks": "block_number",
+    "memory_leaves": None,
 }
 
 KINDS = {"working": 0, "episodic": 1, "semantic": 2, "procedural": 3}
