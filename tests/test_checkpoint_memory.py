@@ -38,19 +38,26 @@ def cfg(tmp_path, **kw):
     return c
 
 
-def test_restore_then_redelivery_equals_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("settled", [True, False], ids=["settled", "with-pending-blocks"])
+def test_restore_then_redelivery_equals_uninterrupted_run(tmp_path, settled):
     live_db, other_db = tmp_path / "live.sqlite", tmp_path / "restored.sqlite"
     e, p = make_memory_engine(live_db, cfg(tmp_path))
     mem = p.memory
     bs = extend(None, 12, number=1, n_txs=3)
-    e.apply(ChainCommitted(chain(bs[:5])))
+    e.apply(ChainCommitted(chain(bs[:3])))
+    settle(e.conn)
+    e.apply(ChainCommitted(chain(bs[3:5])))
     ids = [mem.store(A1, "semantic", f"fact {i}", tags=["f"])["id"] for i in range(3)]
     mem.store(A2, "working", "scratch", ttl_blocks=4)
     e.apply(ChainCommitted(chain(bs[5:6])))
-    mem.update(A1, bytes.fromhex(ids[0][2:]), content="fact 0, revised")
+    if settled:
+        mem.update(A1, bytes.fromhex(ids[0][2:]), content="fact 0, revised")
+    else:  # a checkpoint taken without the running plugin (`monmouth checkpoint create` from another process)
+        mem.lattice.settler = None
     man = checkpoint.create(live_db, tmp_path / "ckpt", name="at6", config_hash="abc")
+    mem.lattice.settler = mem.ensure_settled
     assert man["block"] == {"number": 6, "hash": "0x" + bs[5].hash.hex()}
-    assert man["global_root"]["block"] == 6 and man["config_hash"] == "abc"
+    assert man["global_root"]["block"] == (6 if settled else 3) and man["config_hash"] == "abc"
     assert man["plugins"]["memory"]["schema"] == len(MIGRATIONS)
     # The live run goes on, through a reorg.
     e.apply(ChainCommitted(chain(bs[6:10])))
@@ -61,6 +68,8 @@ def test_restore_then_redelivery_equals_uninterrupted_run(tmp_path):
     close(e)
 
     checkpoint.restore(other_db, tmp_path / "ckpt", "at6")
+    pending = apsw.Connection(str(other_db)).execute("SELECT block_number FROM memory_pending").fetchall()
+    assert pending == ([] if settled else [(4,), (5,), (6,)])
     r, _ = make_memory_engine(other_db, cfg(tmp_path))
     try:
         assert r.head == bs[5].ref
@@ -74,7 +83,7 @@ def test_restore_then_redelivery_equals_uninterrupted_run(tmp_path):
 def test_checkpoints_are_consistent_while_the_engine_runs(tmp_path):
     db = tmp_path / "db.sqlite"
     e, p = make_memory_engine(db, cfg(tmp_path))
-    bs = extend(None, 80, number=1, n_txs=3)
+    bs = extend(None, 240, number=1, n_txs=3)
     e.apply(ChainCommitted(chain(bs[:1])))
     done = threading.Event()
     errors: list[BaseException] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 
+import apsw
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -229,6 +230,46 @@ def test_revert_removes_roots_and_derived_rows(mk):
     assert dump(e.conn) == dump(ref.conn)
     assert e.conn.execute("SELECT count(*) FROM memory_fts WHERE rowid >= ?", (3 << 20,)).fetchone()[0] == \
         e.conn.execute("SELECT count(*) FROM memory_items WHERE n >= ?", (3 << 20,)).fetchone()[0] > 0
+
+
+def test_the_block_transaction_records_the_block_and_settling_derives_it(mk):
+    e, mem = mk()
+    mem.store(A1, "semantic", "written through the API")
+    bs = extend(None, 2, number=1, n_txs=3)
+    e.apply(ChainCommitted(chain(bs)))
+    q = e.conn.execute
+    # The engine's transactions wrote one pending row per block, and moved the op cursor: nothing derived yet.
+    assert q("SELECT block_number, ops_from, ops_to FROM memory_pending ORDER BY 1").fetchall() == [(1, 0, 1),
+                                                                                                  (2, 1, 1)]
+    assert q("SELECT agents FROM memory_pending WHERE block_number = 1").fetchone()[0] == b"".join(sorted([A1, A2]))
+    for t in ("memory_leaves", "memory_marks", "memory_blocks", "memory_items WHERE origin = 1"):
+        assert q(f"SELECT count(*) FROM {t}").fetchone()[0] == 0, t
+    # Their undo data hold the op cursor alone: no memory row of any agent is journaled.
+    journaled = {ch.name for (cs,) in q("SELECT changeset FROM monmouth_blocks") for ch in apsw.Changeset.iter(cs)}
+    assert journaled == {"memory_sync"}
+    assert e.host.status()["memory"]["settle_backlog"] == 2
+    # Another plugin's connection settles through the SQL function, then reads every block's root.
+    other = apsw.Connection(str(e.db.path))
+    assert other.execute("SELECT count(*) FROM memory_global_roots").fetchone()[0] == 0
+    assert other.execute("SELECT memory_settle()").fetchone()[0] == 1
+    roots = other.execute("SELECT block_number, root, agents FROM memory_global_roots ORDER BY 1").fetchall()
+    assert [r[0] for r in roots] == [1, 2] and roots[1][2] == 2
+    assert "0x" + roots[1][1].hex() == mem.global_root(2)["root"]
+    assert q("SELECT count(*) FROM memory_pending").fetchone()[0] == 0
+    assert q("SELECT count(*) FROM memory_items WHERE origin = 1").fetchone()[0] > 0
+    assert mem.get(A1, bytes.fromhex(mem.list(A1, origin="api")[0]["id"][2:]))["anchor"]["block"] == 1
+    # Inside a connection's write transaction (another plugin's chain hook) it settles in that transaction, which
+    # may still roll back; inside a read snapshot, which would not see it, it does nothing.
+    e.apply(ChainCommitted(chain(extend(bs[-1], 1, n_txs=3))))
+    q("BEGIN IMMEDIATE")
+    assert q("SELECT memory_settle()").fetchone()[0] == 1
+    assert q("SELECT max(block_number) FROM memory_global_roots").fetchone()[0] == 3
+    q("ROLLBACK")
+    other.execute("BEGIN")
+    assert other.execute("SELECT memory_settle(), max(block_number) FROM memory_blocks").fetchone() == (0, 2)
+    other.execute("COMMIT")
+    other.close()
+    assert q("SELECT block_number FROM memory_pending").fetchall() == [(3,)]
 
 
 op = st.one_of(

@@ -101,6 +101,7 @@ def apply_block(mem: Memory, conn: apsw.Connection, block: Any) -> None:
     stamp, and, when its transactions touch registered agents, those agents and the block itself). Nothing is
     hashed or encrypted here: :func:`settle` derives the leaves, marks, chain items and block row from that row
     afterwards. Writes only through ``conn``."""
+    conn.pragma("secure_delete", 1)  # this connection's deletes (reverts) zero the freed pages
     stamp = scalar(conn, "UPDATE memory_state SET stamp = stamp + 1 WHERE id = 1 RETURNING stamp")
     registry.apply(mem, conn, block)  # first: the agent's own transactions in this block become episodes
     agents = _involved(conn, block) if mem.config.chain_episodes and block.transactions else []
@@ -384,6 +385,7 @@ def revert_block(mem: Memory, conn: apsw.Connection, block: Any) -> None:
     block. Blocks are reverted newest first, so what remains of the block is what :func:`settle` derived from it,
     if it was settled: delete the leaves it added, reopen the leaves it closed, delete its chain-derived items and
     their indexes (tags, FTS5 entries, vectors, embedding queue), and lower the indexing watermark below it."""
+    conn.pragma("secure_delete", 1)
     conn.execute("DELETE FROM memory_leaves WHERE from_block >= ?", (block.number,))
     conn.execute("UPDATE memory_leaves SET to_block = NULL, end_reason = NULL WHERE to_block IS NOT NULL AND "
                  "to_block >= ?", (block.number,))

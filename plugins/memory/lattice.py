@@ -104,8 +104,9 @@ class Lattice:
         self._gstate: tuple[int, int, dict[bytes, bytes]] | None = None  # (block, stamp, agent -> global leaf)
         self._pending_roots: list[tuple[bytes, int, int, bytes]] = []
         self._pending_globals: list[tuple[int, int, bytes]] = []
-        #: Settles every recorded block (set by the memory plugin's runtime; see :func:`memory_settle`).
-        self.settler: Callable[[], None] | None = None
+        #: Settles every recorded block, inside the transaction of the connection given, if any (set by the memory
+        #: plugin's runtime: ``Memory.ensure_settled``; called by the SQL function ``memory_settle()``).
+        self.settler: Callable[[apsw.Connection | None], None] | None = None
 
     # ------------------------------------------------------------------------------------------------ registry
     def register(self) -> None:
@@ -460,9 +461,10 @@ def _sql_global_root(conn: apsw.Connection) -> Any:
 def _sql_settle(conn: apsw.Connection) -> Any:
     def fn() -> int:
         lat = Lattice.for_connection(conn)
-        if lat.settler is None:
-            return 0
-        lat.settler()
+        state = conn.txn_state("main")
+        if lat.settler is None or state == apsw.SQLITE_TXN_READ:
+            return 0  # no running plugin; or a read snapshot, which would not see what a settle writes
+        lat.settler(conn if state == apsw.SQLITE_TXN_WRITE else None)
         return 1
 
     return fn
@@ -470,10 +472,11 @@ def _sql_settle(conn: apsw.Connection) -> Any:
 
 def _connection_hook(conn: apsw.Connection) -> None:
     conn.create_scalar_function("memory_global_root", _sql_global_root(conn), 1)
-    # memory_settle(): settle every recorded block through the plugin's own write transaction, so that the
-    # statements that follow on this connection (autocommit: each its own snapshot) see every applied block in
-    # memory_global_roots. 1 when a running memory plugin settled, 0 otherwise. Not for a connection holding the
-    # write lock (it would wait for itself).
+    # memory_settle(): settle every recorded block, so that the statements that follow on this connection see
+    # every applied block in memory_global_roots: inside this connection's transaction when it holds the write lock
+    # (a chain hook of another plugin: settling writes only tables the journal does not record), else through the
+    # plugin's own write transaction (autocommit: the next statement is a new snapshot). 1 when a running memory
+    # plugin settled, 0 otherwise (none runs, or this connection is inside a read transaction).
     conn.create_scalar_function("memory_settle", _sql_settle(conn), 0)
 
 
