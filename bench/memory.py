@@ -13,14 +13,16 @@ Measured (milliseconds, p50 and p99):
   query embedding included; FTS5 otherwise: see ``recall_mode``); ``query_embed`` is the embedder's share;
   ``recall_search`` repeats the same queries (their embeddings cached): the plugin's own share;
 * ``root`` / ``proof``: an agent's root and an item's proof at the head right after a write was anchored. Roots
-  are computed lazily (``plugins/memory/lattice.py``), so ``root`` includes computing the global root of that new
-  block (the changed agent's root, then the global tree over every agent); ``root_warm`` asks again (cached);
+  are computed lazily (``plugins/memory/lattice.py``), so ``root`` includes settling that new block and computing
+  its global root (the changed agent's root, then the global tree over every agent); ``root_warm`` asks again;
   ``first_global_root_s`` is the very first global root after loading (every agent's tree, once);
 * ``block_200_agents``: applying one block (the whole engine: journal, commit) whose chain hook anchors writes of
-  200 agents; ``block_200_agents_hook`` is the memory plugin's chain hook alone in it; ``episodes_200_agents``:
-  one block of 200 transactions each touching a different agent (chain-derived memories: the item and its leaf
-  in the block's transaction); ``episodes_200_agents_index``: indexing them afterwards (tags, FTS5 and the
-  embedding queue, in the plugin's own transaction: the worker thread's job in the sidecar);
+  200 agents; ``block_200_agents_hook`` is the memory plugin's chain hook alone in it (it records the block:
+  ``plugins/memory/ingest.py``); ``block_200_agents_settle``: settling that block afterwards (the leaves and marks
+  of the 200 agents: the worker thread's job in the sidecar). ``episodes_200_agents``: one block of 200
+  transactions each touching a different agent; ``episodes_200_agents_settle``: settling it (render, encrypt, the
+  item and leaf rows of its 200 chain-derived memories); ``episodes_200_agents_index``: indexing them afterwards
+  (tags, FTS5 and the embedding queue, in the plugin's own transaction: the worker thread's job too).
   ``ingest_blocks_per_s``: blocks of 20 transactions between unregistered addresses applied one by one with the
   memory plugin enabled (``ingest_block_hook``: the memory hook's share). As with the runner
   (``storage.checkpoint_pages``), the engine connection never checkpoints inline; the WAL is checkpointed
