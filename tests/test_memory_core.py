@@ -272,6 +272,29 @@ def test_the_block_transaction_records_the_block_and_settling_derives_it(mk):
     assert q("SELECT block_number FROM memory_pending").fetchall() == [(3,)]
 
 
+def test_agents_registered_or_forgotten_between_blocks_are_seen_by_the_next_block(mk):
+    e, mem = mk()
+    a3 = address(4)
+    bs = extend(None, 4, number=1, n_txs=12)  # transfers among address(0..7): every block touches address(1) and address(4)
+
+    def chain_items(agent: bytes) -> int:
+        settle(e.conn)
+        return e.conn.execute("SELECT count(*) FROM memory_items WHERE agent = ? AND origin = 1",
+                              (agent,)).fetchone()[0]
+
+    e.apply(ChainCommitted(chain(bs[:1])))
+    assert chain_items(A1) > 0 and chain_items(A2) > 0 and chain_items(a3) == 0
+    mem.register(a3)  # through the API, between blocks: the hook's cached set of agents is reloaded
+    e.apply(ChainCommitted(chain(bs[1:2])))
+    n3 = chain_items(a3)
+    assert n3 > 0
+    n2 = chain_items(A2)
+    mem.forget(A2)
+    e.apply(ChainCommitted(chain(bs[2:4])))
+    assert chain_items(A2) == 0 and chain_items(a3) > n3
+    assert n2 > 0
+
+
 op = st.one_of(
     st.tuples(st.just("commit"), st.integers(1, 3)),
     st.tuples(st.just("reorg"), st.integers(1, 4), st.integers(1, 4)),

@@ -128,6 +128,8 @@ class Memory:
         self.key_errors = 0
         self._ckpt_lock = threading.Lock()
         self._last_auto_ckpt: int | None = None
+        #: (memory_state.agents_version, registered agents) as the chain hook last loaded them (see .ingest).
+        self._registered_agents: tuple[int, frozenset[bytes]] | None = None
 
     @staticmethod
     def _resolve(base: Path, p: str) -> Path:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -104,7 +103,7 @@ def apply_block(mem: Memory, conn: apsw.Connection, block: Any) -> None:
     conn.pragma("secure_delete", 1)  # this connection's deletes (reverts) zero the freed pages
     stamp = scalar(conn, "UPDATE memory_state SET stamp = stamp + 1 WHERE id = 1 RETURNING stamp")
     registry.apply(mem, conn, block)  # first: the agent's own transactions in this block become episodes
-    agents = _involved(conn, block) if mem.config.chain_episodes and block.transactions else []
+    agents = _involved(mem, conn, block) if mem.config.chain_episodes and block.transactions else []
     seq0 = scalar(conn, "SELECT ops_seq FROM memory_sync WHERE id = 1")
     seq1 = scalar(conn, "SELECT coalesce(max(seq), 0) FROM memory_ops")
     if seq1 > seq0:
@@ -120,22 +119,32 @@ _BLOCK_JSON = msgspec.json.Encoder()
 _BLOCK_DECODER = msgspec.json.Decoder(Block)
 
 
-def _involved(conn: apsw.Connection, block: Any) -> set[bytes]:
+def _involved(mem: Memory, conn: apsw.Connection, block: Any) -> set[bytes]:
     """Registered, not forgotten agents that a transaction of ``block`` is from or to, or that a ``Transfer``
-    event of it names."""
-    if conn.execute("SELECT 1 FROM memory_agents WHERE forgotten_at IS NULL LIMIT 1").fetchone() is None:
+    event of it names. The registered set is kept in memory and reloaded when ``memory_state.agents_version``
+    (set to a random value by triggers on every change of ``memory_agents``) is not the one it was loaded at."""
+    version = scalar(conn, "SELECT agents_version FROM memory_state WHERE id = 1")
+    cached = mem._registered_agents
+    if cached is None or cached[0] != version:
+        cached = (version, frozenset(r[0] for r in conn.execute(
+            "SELECT address FROM memory_agents WHERE forgotten_at IS NULL")))
+        mem._registered_agents = cached
+    registered = cached[1]
+    if not registered:
         return set()
-    addrs: list[bytes] = []
+    out: set[bytes] = set()
     for i, tx in enumerate(block.transactions):
-        addrs.append(tx.sender)
-        if tx.to is not None:
-            addrs.append(tx.to)
+        if tx.sender in registered:
+            out.add(tx.sender)
+        if tx.to in registered:
+            out.add(tx.to)  # type: ignore[arg-type]
         rc = block.receipts[i] if i < len(block.receipts) else None
         for lg in rc.logs if rc is not None else ():
             if len(lg.topics) in (3, 4) and lg.topics[0] == TRANSFER_TOPIC:
-                addrs.append(lg.topics[1][12:])
-                addrs.append(lg.topics[2][12:])
-    return _registered(conn, addrs)
+                for t in (lg.topics[1][12:], lg.topics[2][12:]):
+                    if t in registered:
+                        out.add(t)
+    return out
 
 
 #: Most pending blocks settled per write transaction (the engine waits for SQLite's write lock meanwhile).
@@ -220,17 +229,6 @@ def _settle_block(mem: Memory, conn: apsw.Connection, p: _Pending) -> None:
                  "VALUES (?, ?, ?, ?, ?)", (number, p.hash, agents_n, p.ops_to, stamp))
     if number % mem.config.prune_every == 0:
         _prune(conn, number - mem.config.retention_blocks)
-
-
-def _registered(conn: apsw.Connection, addrs: Iterable[bytes]) -> set[bytes]:
-    addrs = list(set(addrs))
-    out: set[bytes] = set()
-    for i in range(0, len(addrs), 500):
-        chunk = addrs[i:i + 500]
-        out.update(r[0] for r in conn.execute(
-            f"SELECT address FROM memory_agents WHERE forgotten_at IS NULL AND address IN "
-            f"({','.join('?' * len(chunk))})", chunk))
-    return out
 
 
 def _episodes(mem: Memory, conn: apsw.Connection, block: Any, agents: set[bytes], touched: dict[bytes, int]

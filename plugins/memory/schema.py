@@ -257,6 +257,16 @@ MIGRATIONS: list[str] = [
         block BLOB                         -- the block (msgspec JSON of monmouth.types.Block) when agents is set
     );
     CREATE INDEX memory_leaves_from ON memory_leaves (from_block);
+    -- Whoever changes memory_agents (API, CLI, startup, forget, the registry hooks) gives it a new random version,
+    -- so the chain hook can keep the set of registered agents in memory and reload it only when it changed (a
+    -- random value, not a counter: a rolled-back change must not leave a later one looking already loaded).
+    ALTER TABLE memory_state ADD COLUMN agents_version INTEGER NOT NULL DEFAULT 0;
+    CREATE TRIGGER memory_agents_inserted AFTER INSERT ON memory_agents
+        BEGIN UPDATE memory_state SET agents_version = random() WHERE id = 1; END;
+    CREATE TRIGGER memory_agents_updated AFTER UPDATE ON memory_agents
+        BEGIN UPDATE memory_state SET agents_version = random() WHERE id = 1; END;
+    CREATE TRIGGER memory_agents_deleted AFTER DELETE ON memory_agents
+        BEGIN UPDATE memory_state SET agents_version = random() WHERE id = 1; END;
     """,
 ]
 
