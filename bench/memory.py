@@ -151,11 +151,12 @@ def main() -> None:
     ap.add_argument("--recall-items", type=int, default=1_000)
     ap.add_argument("--samples", type=int, default=1_000)
     ap.add_argument("--synchronous", choices=("NORMAL", "FULL"), default="NORMAL")
+    ap.add_argument("--block-samples", type=int, default=100, help="200-agent blocks of each kind timed")
     ap.add_argument("--quick", action="store_true", help="1,000 agents x 100 items, fewer samples")
     ap.add_argument("--no-embedder", action="store_true", help="recall with FTS5 even if the rag model loads")
     args = ap.parse_args()
     if args.quick:
-        args.agents, args.samples = 1_000, 300
+        args.agents, args.samples, args.block_samples = 1_000, 300, 30
     rng = random.Random(5)
     emb = None if args.no_embedder else load_embedder()
     with tempfile.TemporaryDirectory(prefix="monmouth-bench-memory-") as tmp:
@@ -285,7 +286,7 @@ def main() -> None:
 
         mem.apply_block = timed_hook  # type: ignore[method-assign]
         blocks, settles = [], []
-        for _ in range(20):
+        for _ in range(args.block_samples):
             for a in rng.sample(agents[1:], min(200, len(agents) - 1)):
                 mem.store(a, "semantic", sentence(rng))
             mem.db.checkpoint()  # the worker's job (not timed)
@@ -304,7 +305,7 @@ def main() -> None:
         eps: list[float] = []
         eps_settle: list[float] = []
         idx: list[float] = []
-        for _ in range(20):
+        for _ in range(args.block_samples):
             sample = rng.sample(agents[1:], min(200, len(agents) - 1))
             txs = tuple(Transaction(h("bench-tx", b.number, i), 2, h("sender", i)[:20], a, 10**15, b"", i, 21_000,
                                     None, 10**10, 10**9, 1) for i, a in enumerate(sample))

@@ -32,7 +32,7 @@ import msgpack
 import msgspec
 from cryptography.exceptions import InvalidTag
 
-from monmouth.types import Block
+from monmouth.types import Block, Log, Receipt, Transaction
 
 from . import merkle, registry
 from .crypto import MissingKeyError, aad
@@ -103,7 +103,8 @@ def apply_block(mem: Memory, conn: apsw.Connection, block: Any) -> None:
     conn.pragma("secure_delete", 1)  # this connection's deletes (reverts) zero the freed pages
     stamp = scalar(conn, "UPDATE memory_state SET stamp = stamp + 1 WHERE id = 1 RETURNING stamp")
     registry.apply(mem, conn, block)  # first: the agent's own transactions in this block become episodes
-    agents = _involved(mem, conn, block) if mem.config.chain_episodes and block.transactions else []
+    agents, positions = (_involved(mem, conn, block) if mem.config.chain_episodes and block.transactions
+                         else (set(), []))
     seq0 = scalar(conn, "SELECT ops_seq FROM memory_sync WHERE id = 1")
     seq1 = scalar(conn, "SELECT coalesce(max(seq), 0) FROM memory_ops")
     if seq1 > seq0:
@@ -112,17 +113,55 @@ def apply_block(mem: Memory, conn: apsw.Connection, block: Any) -> None:
         "INSERT OR REPLACE INTO memory_pending (block_number, block_hash, ts, ops_from, ops_to, stamp, agents, block) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (block.number, block.hash, block.timestamp, seq0, max(seq0, seq1), stamp,
-         b"".join(sorted(agents)) if agents else None, _BLOCK_JSON.encode(block) if agents else None))
+         b"".join(sorted(agents)) if agents else None, _record(block, positions) if agents else None))
 
 
-_BLOCK_JSON = msgspec.json.Encoder()
-_BLOCK_DECODER = msgspec.json.Decoder(Block)
+class Recorded(msgspec.Struct, frozen=True):
+    """What the chain hook keeps of a block whose transactions touch registered agents (``memory_pending.block``,
+    msgspec JSON): the header, and only the transactions that touch one, with their receipts and positions, plus
+    the log count of every receipt before the last of them (so block-wide log indexes stay right)."""
+
+    header: Block                        # without transactions and receipts
+    positions: list[int]                 # ascending indexes in the block
+    transactions: list[Transaction]
+    receipts: list[Receipt | None]       # None: the source gave no receipt at that position
+    log_counts: list[int]
 
 
-def _involved(mem: Memory, conn: apsw.Connection, block: Any) -> set[bytes]:
+_RECORD_JSON = msgspec.json.Encoder()
+_RECORD_DECODER = msgspec.json.Decoder(Recorded)
+_FILLER_TX = Transaction(bytes(32), 0, bytes(20), None, 0, b"", 0, 0)
+_FILLER_LOG = Log(bytes(20), (), b"")
+
+
+def _record(block: Block, positions: list[int]) -> bytes:
+    n = min(len(block.receipts), positions[-1] + 1)
+    return _RECORD_JSON.encode(Recorded(
+        msgspec.structs.replace(block, transactions=(), receipts=()), positions,
+        [block.transactions[p] for p in positions],
+        [block.receipts[p] if p < len(block.receipts) else None for p in positions],
+        [len(r.logs) for r in block.receipts[:n]]))
+
+
+def restore_block(blob: bytes) -> tuple[Block, set[int]]:
+    """The block a :class:`Recorded` blob was made from, as far as its recorded positions go (other positions hold
+    filler transactions and receipts with the right number of logs), and the set of recorded positions. Rendering
+    a recorded position (``render_transaction(block, i)``, log indexes included) gives what the whole block gave."""
+    rec = _RECORD_DECODER.decode(blob)
+    txs = [_FILLER_TX] * (rec.positions[-1] + 1)
+    rcs = [Receipt(None, 0, (_FILLER_LOG,) * c) for c in rec.log_counts]
+    for p, tx, rc in zip(rec.positions, rec.transactions, rec.receipts, strict=True):
+        txs[p] = tx
+        if rc is not None:
+            rcs[p] = rc
+    return msgspec.structs.replace(rec.header, transactions=tuple(txs), receipts=tuple(rcs)), set(rec.positions)
+
+
+def _involved(mem: Memory, conn: apsw.Connection, block: Any) -> tuple[set[bytes], list[int]]:
     """Registered, not forgotten agents that a transaction of ``block`` is from or to, or that a ``Transfer``
-    event of it names. The registered set is kept in memory and reloaded when ``memory_state.agents_version``
-    (set to a random value by triggers on every change of ``memory_agents``) is not the one it was loaded at."""
+    event of it names, and the positions of those transactions (ascending). The registered set is kept in memory
+    and reloaded when ``memory_state.agents_version`` (set to a random value by triggers on every change of
+    ``memory_agents``) is not the one it was loaded at."""
     version = scalar(conn, "SELECT agents_version FROM memory_state WHERE id = 1")
     cached = mem._registered_agents
     if cached is None or cached[0] != version:
@@ -130,21 +169,20 @@ def _involved(mem: Memory, conn: apsw.Connection, block: Any) -> set[bytes]:
             "SELECT address FROM memory_agents WHERE forgotten_at IS NULL")))
         mem._registered_agents = cached
     registered = cached[1]
-    if not registered:
-        return set()
     out: set[bytes] = set()
+    positions: list[int] = []
+    if not registered:
+        return out, positions
     for i, tx in enumerate(block.transactions):
-        if tx.sender in registered:
-            out.add(tx.sender)
-        if tx.to in registered:
-            out.add(tx.to)  # type: ignore[arg-type]
+        hit = [a for a in (tx.sender, tx.to) if a in registered]
         rc = block.receipts[i] if i < len(block.receipts) else None
         for lg in rc.logs if rc is not None else ():
             if len(lg.topics) in (3, 4) and lg.topics[0] == TRANSFER_TOPIC:
-                for t in (lg.topics[1][12:], lg.topics[2][12:]):
-                    if t in registered:
-                        out.add(t)
-    return out
+                hit += [t for t in (lg.topics[1][12:], lg.topics[2][12:]) if t in registered]
+        if hit:
+            out.update(hit)  # type: ignore[arg-type]
+            positions.append(i)
+    return out, positions
 
 
 #: Most pending blocks settled per write transaction (the engine waits for SQLite's write lock meanwhile).
@@ -201,7 +239,8 @@ def _settle_block(mem: Memory, conn: apsw.Connection, p: _Pending) -> None:
     touched: dict[bytes, int] = {}  # agent -> change of its visible item count
     if p.agents and p.block:
         agents = {p.agents[i:i + 20] for i in range(0, len(p.agents), 20)}
-        _episodes(mem, conn, _BLOCK_DECODER.decode(p.block), agents, touched)
+        block, positions = restore_block(p.block)
+        _episodes(mem, conn, block, agents, positions, touched)
     _anchor(conn, p, touched)
     _expire(conn, p, touched)
     prev = conn.execute("SELECT agents, stamp FROM memory_blocks ORDER BY block_number DESC LIMIT 1").fetchone()
@@ -231,14 +270,17 @@ def _settle_block(mem: Memory, conn: apsw.Connection, p: _Pending) -> None:
         _prune(conn, number - mem.config.retention_blocks)
 
 
-def _episodes(mem: Memory, conn: apsw.Connection, block: Any, agents: set[bytes], touched: dict[bytes, int]
-              ) -> None:
+def _episodes(mem: Memory, conn: apsw.Connection, block: Any, agents: set[bytes], positions: set[int],
+              touched: dict[bytes, int]) -> None:
     rag = mem.rag
     render = getattr(rag, "render_transaction", None) if rag is not None else None
     eps: list[Episode] = []
     log_index = 0
     for i, tx in enumerate(block.transactions):
         rc = block.receipts[i] if i < len(block.receipts) else None
+        if i not in positions:  # a filler (see restore_block): only its log count matters
+            log_index += len(rc.logs) if rc is not None else 0
+            continue
         involved = [a for a in dict.fromkeys([tx.sender, tx.to]) if a in agents]
         if involved:
             text = None

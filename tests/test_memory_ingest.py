@@ -1,0 +1,75 @@
+"""The memory plugin's chain hook records only the transactions that touch agents (``ingest.Recorded``); settling
+renders them from the restored block exactly as from the whole block. Checked on the 10 real mainnet blocks with
+the rag plugin's decoder and the plain rendering, and end to end: the chain items of a recorded-then-settled block
+equal those of the same block settled from a record of every transaction."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from monmouth.testing import load_mainnet_blocks
+from monmouth.types import Chain, ChainCommitted
+from monmouth_memory import ingest
+from monmouth_rag.plugin import render_transaction
+from tests.memory_helpers import close, make_memory_engine, settle
+
+BLOCKS = load_mainnet_blocks()  # ../shared/data/mainnet: 10 verified blocks with every receipt
+
+
+def first_log_index(block, i: int) -> int:
+    return sum(len(r.logs) for r in block.receipts[:i])
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=[str(b.number) for b in BLOCKS])
+def test_a_restored_block_renders_its_recorded_transactions_like_the_whole_block(block):
+    rng = random.Random(block.number)
+    n = len(block.transactions)
+    for positions in ([0], [n - 1], sorted(rng.sample(range(n), min(n, 7))), list(range(n))):
+        restored, kept = ingest.restore_block(ingest._record(block, positions))
+        assert kept == set(positions)
+        assert (restored.number, restored.hash, restored.timestamp) == (block.number, block.hash, block.timestamp)
+        for p in positions:
+            assert restored.transactions[p] == block.transactions[p]
+            assert restored.receipts[p] == block.receipts[p]
+            assert first_log_index(restored, p) == first_log_index(block, p)
+            assert render_transaction(restored, p) == render_transaction(block, p)
+            assert ingest.plain_render_tx(restored, p) == ingest.plain_render_tx(block, p)
+
+
+def test_a_block_with_fewer_receipts_than_transactions_round_trips():
+    block = BLOCKS[-1]
+    short = type(block)(block.number, block.hash, block.parent_hash, block.timestamp, block.beneficiary,
+                        block.gas_limit, block.gas_used, block.base_fee_per_gas, block.transactions,
+                        block.receipts[:3])
+    positions = [1, 5, len(block.transactions) - 1]
+    restored, _ = ingest.restore_block(ingest._record(short, positions))
+    assert restored.receipts[1] == block.receipts[1] and len(restored.receipts) == 3
+    assert restored.transactions[5] == block.transactions[5]
+
+
+def test_chain_items_of_a_mainnet_block_do_not_depend_on_what_else_was_recorded(tmp_path, monkeypatch):
+    """Agents are addresses that the block's transactions and ERC-20/721 transfers touch; the items (ids with
+    block-wide log indexes, texts, commitments) must be those of the whole block."""
+    block = max(BLOCKS, key=lambda b: len(b.transactions))
+    senders = sorted({tx.sender for tx in block.transactions})
+    agents = ["0x" + a.hex() for a in random.Random(1).sample(senders, 5)]
+    rows = []
+    for name, whole in (("sparse", False), ("whole", True)):
+        e, p = make_memory_engine(tmp_path / f"{name}.sqlite", {"key_dir": str(tmp_path / "keys"), "agents": agents})
+        try:
+            with monkeypatch.context() as m:
+                if whole:  # record every transaction, as if every one touched an agent
+                    m.setattr(ingest, "_record", lambda b, _positions, real=ingest._record:
+                              real(b, list(range(len(b.transactions)))))
+                e.apply(ChainCommitted(Chain((block,))))
+            rec = e.conn.execute("SELECT length(block) FROM memory_pending").fetchone()[0]
+            settle(e.conn)
+            rows.append((rec, e.conn.execute("SELECT n, id, agent, nonce, ct, commitment FROM memory_items "
+                                             "ORDER BY n").fetchall()))
+        finally:
+            close(e)
+    (sparse_bytes, sparse), (whole_bytes, whole_rows) = rows
+    assert sparse and sparse == whole_rows
+    assert sparse_bytes * 5 < whole_bytes  # a few transactions recorded, not the block
