@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from monmouth.testing import load_mainnet_blocks
+from monmouth.testing import chain, extend, load_mainnet_blocks
 from monmouth.types import Chain, ChainCommitted
 from monmouth_memory import ingest
 from monmouth_rag.plugin import render_transaction
@@ -73,3 +73,20 @@ def test_chain_items_of_a_mainnet_block_do_not_depend_on_what_else_was_recorded(
     (sparse_bytes, sparse), (whole_bytes, whole_rows) = rows
     assert sparse and sparse == whole_rows
     assert sparse_bytes * 5 < whole_bytes  # a few transactions recorded, not the block
+
+
+def test_settling_commits_after_its_time_budget_and_catches_up_in_order(tmp_path, monkeypatch):
+    e, p = make_memory_engine(tmp_path / "db.sqlite", {"key_dir": str(tmp_path / "keys"),
+                                                       "agents": ["0x" + bytes(19).hex() + "01"]})
+    try:
+        e.apply(ChainCommitted(chain(extend(None, 5, number=1, n_txs=4))))
+        monkeypatch.setattr(ingest, "SETTLE_BUDGET_S", 0.0)  # every block takes longer than that
+        assert ingest.settle(p.memory) == 1
+        assert ingest.settle(p.memory, until=3) == 1
+        assert ingest.settle(p.memory, until=2) == 0  # blocks 1 and 2 are settled
+        assert [r[0] for r in e.conn.execute("SELECT block_number FROM memory_pending")] == [3, 4, 5]
+        monkeypatch.setattr(ingest, "SETTLE_BUDGET_S", 10.0)
+        assert ingest.settle(p.memory) == 3
+        assert e.conn.execute("SELECT max(block_number) FROM memory_blocks").fetchone()[0] == 5
+    finally:
+        close(e)
