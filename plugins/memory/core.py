@@ -45,6 +45,12 @@ from .schema import (
 
 log = logging.getLogger(__name__)
 
+#: While blocks keep coming (one applied within ``ENGINE_BUSY_S`` seconds), the worker thread runs at most one
+#: settle or index transaction every ``WORKER_YIELD_S`` seconds, leaving SQLite's write lock to the engine: a
+#: backfill of blocks full of agents is not slowed by their settling (reads catch up by themselves).
+ENGINE_BUSY_S = 0.05
+WORKER_YIELD_S = 0.2
+
 MAX_TAGS = 32
 MAX_TAG_LEN = 64
 MAX_KEY_LEN = 256
@@ -130,6 +136,7 @@ class Memory:
         self._last_auto_ckpt: int | None = None
         #: (memory_state.agents_version, registered agents) as the chain hook last loaded them (see .ingest).
         self._registered_agents: tuple[int, frozenset[bytes]] | None = None
+        self._last_applied = 0.0  # time.monotonic() of the last chain hook call
 
     @staticmethod
     def _resolve(base: Path, p: str) -> Path:
@@ -671,14 +678,17 @@ class Memory:
     def _worker_loop(self) -> None:
         """Background work: settling and indexing of each block after it commits, embeddings, passive WAL checkpoints
         (API writes do not auto-checkpoint), the global root of the head computed ahead of requests (at most once a
-        second), and the sweep of expired working memory."""
+        second), and the sweep of expired working memory. Yields to the engine while blocks keep coming (see
+        :data:`ENGINE_BUSY_S`)."""
         last_ckpt = last_sweep = last_warm = 0.0
         while not self.stopping.is_set():
             done = 0
+            busy = time.monotonic() - self._last_applied < ENGINE_BUSY_S
             try:
                 done = ingest.settle(self)
-                done += ingest.index_episodes(self)
-                if self.config.embed:
+                if not (busy and done):
+                    done += ingest.index_episodes(self)
+                if self.config.embed and not (busy and done):
                     done += self.embed_pending()
                 now = time.monotonic()
                 if now - last_ckpt >= 2.0:
@@ -693,13 +703,14 @@ class Memory:
             except Exception as e:
                 log.warning("memory worker: %s", e)
                 done = 0
-            if not done:
+            if done and busy:
+                self.stopping.wait(WORKER_YIELD_S)
+            elif not done:
                 self._wake.wait(1.0)
                 self._wake.clear()
 
     def warm(self) -> bytes | None:
-        """Compute (and cache) the global root of the latest applied block; returns it (``None``: no block)."""
-        self.ensure_settled()
+        """Compute (and cache) the global root of the latest settled block; returns it (``None``: no block)."""
         conn = self._read()
         head = scalar(conn, "SELECT max(block_number) FROM memory_blocks")
         return None if head is None else self.lattice.global_root(conn, head)
@@ -707,6 +718,7 @@ class Memory:
     # ------------------------------------------------------------------------------------------------ chain hooks
     def apply_block(self, conn: apsw.Connection, block: Any) -> None:
         """The ``monmouth_block_applied`` work (see :func:`.ingest.apply_block`). Writes only through ``conn``."""
+        self._last_applied = time.monotonic()
         ingest.apply_block(self, conn, block)
 
     def revert_block(self, conn: apsw.Connection, block: Any) -> None:
