@@ -6,12 +6,14 @@ equal those of the same block settled from a record of every transaction."""
 from __future__ import annotations
 
 import random
+import shutil
+from pathlib import Path
 
 import pytest
 
-from monmouth.testing import chain, extend, load_mainnet_blocks
-from monmouth.types import Chain, ChainCommitted
-from monmouth_memory import ingest
+from monmouth.testing import address, chain, extend, load_mainnet_blocks
+from monmouth.types import Chain, ChainCommitted, ChainReorged
+from monmouth_memory import ingest, merkle
 from monmouth_rag.plugin import render_transaction
 from tests.memory_helpers import close, make_memory_engine, settle
 
@@ -90,3 +92,50 @@ def test_settling_commits_after_its_time_budget_and_catches_up_in_order(tmp_path
         assert e.conn.execute("SELECT max(block_number) FROM memory_blocks").fetchone()[0] == 5
     finally:
         close(e)
+
+
+SCHEMA4 = Path(__file__).parent / "fixtures" / "memory_schema4"
+
+
+def test_a_schema_4_database_upgrades_and_reverts_blocks_journaled_before_it(tmp_path):
+    """Blocks applied before migration 5 carry undo data for the leaf, mark and block rows that are derived tables
+    now; reverting them after the upgrade (journal inverse, engine trim, revert hook) must not conflict, and must
+    leave what a fresh run of the final chain gives."""
+    shutil.copytree(SCHEMA4, tmp_path / "old", ignore=shutil.ignore_patterns("*.md", "*.py"))
+    shutil.copytree(SCHEMA4 / "keys", tmp_path / "keys")
+    a1, a2 = address(1), address(2)
+    cfg = {"key_dir": str(tmp_path / "keys"), "agents": ["0x" + a1.hex(), "0x" + a2.hex()]}
+    bs = extend(None, 6, number=1, salt="schema4", n_txs=3)
+    e, p = make_memory_engine(tmp_path / "old" / "db.sqlite", cfg)  # runs migration 5
+    ref = None
+    try:
+        mem = p.memory
+        assert e.head == bs[5].ref
+        # Roots of blocks settled by the old code are unchanged (the value the schema-4 code computed).
+        assert mem.global_root(6)["root"] == "0xdeb06f9e074c55aead9da53e2657f4aed5c5397f4ee240ef69a992a203959a34"
+        kept = [i for i in mem.list(a1, origin="api") if i["content"] == "kept through the upgrade"]
+        assert kept and kept[0]["anchor"]["block"] == 3
+        fork = extend(bs[3], 3, salt="fork", n_txs=3)
+        e.apply(ChainReorged(chain(bs[4:6]), chain(fork)))  # undo data written at schema 4
+        e.apply(ChainCommitted(chain(extend(fork[-1], 1, salt="after", n_txs=0))))
+        ref, _ = make_memory_engine(tmp_path / "ref.sqlite", cfg)
+        ref.apply(ChainCommitted(chain(bs[:4] + fork)))
+        chain_rows = ("SELECT n, id, agent, nonce, ct, commitment FROM memory_items WHERE origin = 1 ORDER BY n",
+                      "SELECT l.* FROM memory_leaves l JOIN memory_items i ON i.id = l.item_id AND i.origin = 1 "
+                      "ORDER BY 1, 2, 3")
+        settle(e.conn)
+        settle(ref.conn)
+        for q in chain_rows:
+            assert e.conn.execute(q).fetchall() == ref.conn.execute(q).fetchall(), q
+        # API memories survive, anchored on the new chain; every root is that of its leaves.
+        for agent in (a1, a2):
+            for it in mem.list(agent, origin="api"):
+                assert it["anchor"] is not None and not it["pending"]
+                assert e.canonical(it["anchor"]["block"]).hash.hex() == it["anchor"]["hash"][2:]
+            leaves = [bytes.fromhex(x["leaf"][2:]) for x in mem.leaves(agent)["leaves"]]
+            assert mem.agent_root(agent)["root"] == "0x" + merkle.root_of(leaves).hex()
+        assert not any(i["content"] == "deleted at block 6" for i in mem.list(a1))
+    finally:
+        close(e)
+        if ref is not None:
+            close(ref)
