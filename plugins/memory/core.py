@@ -726,17 +726,9 @@ class Memory:
         ingest.revert_block(self, conn, block)
 
     # ------------------------------------------------------------------------------------------------ roots, proofs
-    def _settled_read(self) -> apsw.Connection:
-        """A reader after :meth:`ensure_settled`."""
-        self.ensure_settled()
-        return self._read()
-
     def _check_block(self, conn: apsw.Connection, block: int | None) -> tuple[int, bytes]:
         head = self.head(conn)[0]
-        b = head if block is None else block
-        if isinstance(b, int) and lattice.Lattice.block_row(conn, b) is None and conn.execute(
-                "SELECT 1 FROM memory_pending WHERE block_number = ?", (b,)).fetchone() is not None:
-            self.ensure_settled()  # the engine committed it since this read began: the next statements see it
+        self.ensure_settled()  # every block up to the head read just now (the next statements on conn see them)
         return self.lattice.check_block(conn, block, head)
 
     def global_root(self, block: int | None = None) -> dict[str, Any]:
@@ -746,7 +738,7 @@ class Memory:
             NotFoundError: not applied or no roots for it (404); GoneError: pruned (410); MemoryRequestError:
             not a block number (422). All name the field ``block``.
         """
-        conn = self._settled_read()
+        conn = self._read()
         block, bhash = self._check_block(conn, block)
         return self.lattice.global_answer(conn, block, bhash)
 
@@ -758,7 +750,7 @@ class Memory:
             UnknownAgentError, NotFoundError (404), GoneError (410).
         """
         self.check_agent(agent)
-        conn = self._settled_read()
+        conn = self._read()
         block, bhash = self._check_block(conn, block)
         return self.lattice.agent_answer(conn, agent, block, bhash, with_global_proof)
 
@@ -775,7 +767,7 @@ class Memory:
             GoneError: pruned (410).
         """
         self.check_agent(agent)
-        conn = self._settled_read()
+        conn = self._read()
         block, bhash = self._check_block(conn, block)
         return self.lattice.proof_answer(conn, agent, item_id, block, bhash)
 
@@ -786,7 +778,7 @@ class Memory:
             UnknownAgentError, NotFoundError (404), GoneError (410).
         """
         self.check_agent(agent)
-        conn = self._settled_read()
+        conn = self._read()
         block, bhash = self._check_block(conn, block)
         return self.lattice.leaves_answer(conn, agent, block, bhash)
 
@@ -802,7 +794,8 @@ class Memory:
         if not 1 <= limit <= 10_000:
             raise MemoryRequestError("limit", "must be between 1 and 10000", 422)
         self.check_agent(agent)
-        conn = self._settled_read()
+        self.ensure_settled()
+        conn = self._read()
         return self.lattice.changes_answer(conn, agent, since_block, limit, self.head(conn)[0])
 
     # ------------------------------------------------------------------------------------------------ forget

@@ -5,7 +5,7 @@ Two steps, so that applying a block costs the engine a few appended rows whateve
 * :func:`apply_block` runs inside the engine's transaction (the ``monmouth_block_applied`` hook): on-chain
   registrations (:mod:`.registry`) and one ``memory_pending`` row holding everything the block means for memory:
   its hash and timestamp, the range of API ops it anchors (``memory_sync`` moves with it, journaled), its stamp,
-  and the registered agents its transactions touch, with the block itself when there are any;
+  and the registered agents its transactions touch, with those transactions (:class:`Recorded`);
 * :func:`settle` derives, block by block in order, what the chain hook used to write in that transaction:
   chain-derived episodes (item and leaf rows), anchored API ops (leaves opened and closed), expiry, one *mark*
   (block, count, stamp) per agent whose visible set changed, the block's ``memory_blocks`` row, pruning. It
@@ -45,6 +45,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TRANSFER_TOPIC = keccak(b"Transfer(address,address,uint256)")
+
+
+def transfer_parties(lg: Any) -> tuple[bytes, bytes] | None:
+    """``(from, to)`` of an ERC-20 (3 topics) or ERC-721 (4 topics) ``Transfer`` log, else ``None``."""
+    if len(lg.topics) in (3, 4) and lg.topics[0] == TRANSFER_TOPIC:
+        return lg.topics[1][12:], lg.topics[2][12:]
+    return None
 TX_LOG_INDEX = 0xFFFFFFFF
 
 
@@ -97,7 +104,7 @@ class Episode:
 def apply_block(mem: Memory, conn: apsw.Connection, block: Any) -> None:
     """The ``monmouth_block_applied`` work, inside the engine's transaction: on-chain registrations, and the block's
     memory input recorded in one ``memory_pending`` row (its hash and time, the range of API ops it anchors, its
-    stamp, and, when its transactions touch registered agents, those agents and the block itself). Nothing is
+    stamp, and, when its transactions touch registered agents, those agents and those transactions). Nothing is
     hashed or encrypted here: :func:`settle` derives the leaves, marks, chain items and block row from that row
     afterwards. Writes only through ``conn``."""
     conn.pragma("secure_delete", 1)  # this connection's deletes (reverts) zero the freed pages
@@ -177,8 +184,7 @@ def _involved(mem: Memory, conn: apsw.Connection, block: Any) -> tuple[set[bytes
         hit = [a for a in (tx.sender, tx.to) if a in registered]
         rc = block.receipts[i] if i < len(block.receipts) else None
         for lg in rc.logs if rc is not None else ():
-            if len(lg.topics) in (3, 4) and lg.topics[0] == TRANSFER_TOPIC:
-                hit += [t for t in (lg.topics[1][12:], lg.topics[2][12:]) if t in registered]
+            hit += [t for t in transfer_parties(lg) or () if t in registered]
         if hit:
             out.update(hit)  # type: ignore[arg-type]
             positions.append(i)
@@ -307,9 +313,10 @@ def _episodes(mem: Memory, conn: apsw.Connection, block: Any, agents: set[bytes]
         for lg in rc.logs if rc is not None else ():
             li = log_index
             log_index += 1
-            if not (len(lg.topics) in (3, 4) and lg.topics[0] == TRANSFER_TOPIC):
+            parties = transfer_parties(lg)
+            if parties is None:
                 continue
-            frm, to = lg.topics[1][12:], lg.topics[2][12:]
+            frm, to = parties
             for a in dict.fromkeys([frm, to]):
                 if a not in agents:
                     continue
