@@ -122,6 +122,11 @@ pub enum SourceError {
     /// A replay file could not be read.
     #[error(transparent)]
     Replay(#[from] ReplayError),
+    /// The source cannot serve this sidecar from where it asked (a start block outside the node's
+    /// history, a head on neither the node's chain nor its WAL). Not fatal: the server answers the
+    /// sidecar with `error` code `refused` and this sentence, and waits for another `hello`.
+    #[error("{0}")]
+    Refused(String),
     /// Anything else, with a sentence.
     #[error("notification source failed: {0}")]
     Other(String),
