@@ -154,3 +154,10 @@ pub enum BridgeError {
     #[error("invalid bridge configuration: {0}")]
     Config(String),
 }
+
+impl BridgeError {
+    /// Binding failed because another socket holds the endpoint (`EADDRINUSE`): worth retrying.
+    pub fn is_address_in_use(&self) -> bool {
+        matches!(self, Self::Zmq { source: zmq::Error::EADDRINUSE, .. })
+    }
+}

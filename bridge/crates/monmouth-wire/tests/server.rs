@@ -356,3 +356,15 @@ fn refused_start_and_refused_stream_keep_the_server_running() {
     let starts = starts.lock().unwrap();
     assert_eq!(starts.iter().map(|s| s.start_block).collect::<Vec<_>>(), vec![Some(11), Some(1), Some(1)]);
 }
+
+#[test]
+fn binding_an_endpoint_in_use_says_so() {
+    let first = Server::bind(ServerConfig { endpoint: "tcp://127.0.0.1:*".into(), ..ServerConfig::default() }).unwrap();
+    let err = Server::bind(ServerConfig { endpoint: first.endpoint().to_owned(), ..ServerConfig::default() })
+        .err()
+        .expect("the endpoint is taken");
+    assert!(err.is_address_in_use(), "{err}");
+    assert!(err.to_string().contains(first.endpoint()), "{err}");
+    let bad = Server::bind(ServerConfig { endpoint: "nonsense://x".into(), ..ServerConfig::default() }).err().unwrap();
+    assert!(!bad.is_address_in_use());
+}
