@@ -10,7 +10,9 @@
 * ``/mcp``: the MCP server (streamable HTTP), same auth. ``/dashboard``: the live dashboard (no CDN).
 
 Every error is an RFC 9457 problem details object (:mod:`monmouth.problems`); request bodies are limited to
-``http.max_body_bytes`` (413); rate limits answer 429 with ``Retry-After`` (:mod:`monmouth.ratelimit`).
+``http.max_body_bytes`` (413) and ``http.max_json_depth`` levels of nesting, checked before any parser runs, and a
+request carries one ``Authorization`` header (400; :mod:`monmouth.limits`); rate limits answer 429 with
+``Retry-After`` (:mod:`monmouth.ratelimit`).
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import __version__, problems
 from .audit import Audit
 from .auth import Authenticator, Principal, check_bind, current_principal, default_policy, require
+from .limits import RequestLimitMiddleware
 from .plugins import declared
-from .problems import ProblemError, problem
+from .problems import ProblemError
 from .ratelimit import RateLimitMiddleware
 
 log = logging.getLogger(__name__)
@@ -57,56 +60,6 @@ def _plugin_guard(app: App, name: str) -> Any:
                                field=f"plugins.{name}.enabled")
 
     return Depends(guard)
-
-
-class BodyLimitMiddleware:
-    """413 for request bodies larger than ``limit()`` bytes (by Content-Length, or counted while streaming)."""
-
-    def __init__(self, app: ASGIApp, limit: Any) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        limit = self.limit()
-        too_big = problem(413, f"request body larger than {limit} bytes (http.max_body_bytes)", field="body")
-        for k, v in scope.get("headers", []):
-            if k == b"content-length":
-                try:
-                    if int(v) > limit:
-                        await too_big(scope, receive, send)
-                        return
-                except ValueError:
-                    await problem(400, "bad Content-Length header", field="content-length")(scope, receive, send)
-                    return
-        seen = 0
-        exceeded = False
-
-        async def counted() -> Message:
-            nonlocal seen, exceeded
-            if exceeded:
-                return {"type": "http.request", "body": b"", "more_body": False}
-            msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > limit:  # stop reading; the app's answer (to a truncated body) is replaced by 413
-                    exceeded = True
-                    return {"type": "http.request", "body": b"", "more_body": False}
-            return msg
-
-        async def tracked(msg: Message) -> None:
-            if not exceeded:
-                await send(msg)
-
-        try:
-            await self.app(scope, counted, tracked)
-        except Exception:
-            if not exceeded:
-                raise
-        if exceeded:
-            await too_big(scope, receive, send)
 
 
 class AuditMiddleware:
@@ -451,11 +404,12 @@ def create_api(app: App, runner: Runner | None = None) -> FastAPI:
 
     _document_mcp(api)
 
-    # Outermost last: problems -> audit -> rate limit -> body limit -> admission -> app.
+    # Outermost last: problems -> audit -> request limits -> rate limit -> admission -> app.
     api.add_middleware(AdmissionMiddleware, sidecar=app, runner=runner)
-    api.add_middleware(BodyLimitMiddleware, limit=lambda: app.settings.http.max_body_bytes)
     api.add_middleware(RateLimitMiddleware, get_settings=lambda: app.settings, internal_secret=internal_secret,
                        on_limited=lambda path, ip: audit.denied(429, None, ip, "*", path))
+    api.add_middleware(RequestLimitMiddleware,
+                       limits=lambda: (app.settings.http.max_body_bytes, app.settings.http.max_json_depth))
     api.add_middleware(AuditMiddleware, audit=audit)
     api.add_middleware(problems.ProblemMiddleware)
     return api

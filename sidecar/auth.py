@@ -47,6 +47,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from .errors import ConfigError
+from .limits import authorization
 from .problems import ProblemError
 
 if TYPE_CHECKING:
@@ -489,7 +490,9 @@ def current_principal_from_scope(auth: Authenticator, scope: Any) -> Principal:
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
     client = scope.get("client")
     host = client[0] if client else None
-    p = auth.authenticate(headers.get("authorization"), host, headers.get("host"), headers.get("origin"))
+    cred = authorization(scope)  # the one the rate limiter keys on (several are refused before either runs)
+    p = auth.authenticate(cred.decode("latin-1") if cred is not None else None, host, headers.get("host"),
+                          headers.get("origin"))
     if p is None:
         raise _unauthorized("authentication required: send 'Authorization: Bearer <token>' (an operator token, or "
                             "an agent token from POST /auth/siwe)")
@@ -596,7 +599,10 @@ async def default_policy(request: Request, p: Annotated[Principal, Depends(curre
             body = await request.json()
         except ValueError:
             return p  # the route's own validation answers 422
-        kinds = (body.get("filters") or {}).get("kind") if isinstance(body, dict) else None
+        filters = body.get("filters") if isinstance(body, dict) else None
+        if filters is not None and not isinstance(filters, dict):
+            return p  # not an object: the route's own validation answers 422 naming filters
+        kinds = (filters or {}).get("kind")
         kinds = [kinds] if isinstance(kinds, str) else kinds
         if isinstance(kinds, list) and kinds and "memory" not in kinds:
             return p

@@ -5,7 +5,7 @@ Layout (see the commented default ``config.toml`` at the repository root)::
     [source]   kind, url, path, confirmations, poll_interval, ...
     [storage]  path, synchronous
     [engine]   undo_window, history, ...
-    [http]     enabled, host, port, ready_lag, max_body_bytes
+    [http]     enabled, host, port, ready_lag, max_body_bytes, max_json_depth
     [auth]     operator tokens (hashed), agent sign-in (SIWE), rate limits
     [logging]  level
     [plugins.<name>]  enabled, module (third-party plugins), and the plugin's own keys
@@ -107,6 +107,8 @@ class HttpConfig(_Section):
     ready_lag: int = Field(3, ge=0)
     #: Largest request body accepted, bytes (413 beyond).
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, le=1024**3)
+    #: Deepest nesting of arrays and objects accepted in a request body, levels (400 beyond; checked before parsing).
+    max_json_depth: int = Field(64, ge=8, le=512)
     #: Requests handled at once (others wait their turn); while the engine is applying notifications (catching up,
     #: a burst of blocks) only busy_concurrency at once, for at most busy_share of the time: ingestion comes first.
     max_concurrency: int = Field(16, ge=1, le=10_000)
