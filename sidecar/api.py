@@ -322,11 +322,12 @@ def create_api(app: App, runner: Runner | None = None) -> FastAPI:
     # ------------------------------------------------------------------------------------------------ auth
     @api.get("/auth/nonce", tags=["auth"])
     def nonce(request: Request) -> dict[str, Any]:
-        """A fresh sign-in nonce (used once, valid ``auth.nonce_ttl`` seconds) and what the EIP-4361 message must
-        name: domain and chain id."""
-        n, exp = auth.new_nonce()
+        """A fresh sign-in nonce (used once, valid ``auth.nonce_ttl`` seconds; a client's oldest is retired beyond
+        a few outstanding) and what the EIP-4361 message must name: domain and chain id. 403 naming
+        ``auth.domain`` when it is unset and the request is not local development (docs/security.md)."""
+        domain = auth.siwe_domain(request.headers.get("host"))
+        n, exp = auth.new_nonce(request.client.host if request.client else None)
         cfg = app.settings.auth
-        domain = cfg.domain or request.headers.get("host", "")
         from .auth import iso
 
         return {"nonce": n, "expires_at": iso(exp), "domain": domain, "chain_id": cfg.chain_id,
