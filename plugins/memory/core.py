@@ -28,7 +28,7 @@ import msgpack
 
 from monmouth.limits import check_json_value, check_text
 
-from . import ingest, lattice, merkle
+from . import checkpoint, ingest, lattice, merkle
 from . import recall as recall_
 from .config import MemoryConfig
 from .crypto import AgentKey, KeyStore, MissingKeyError, aad
@@ -844,10 +844,13 @@ class Memory:
     def forget(self, agent: bytes) -> dict[str, Any]:
         """Forget an agent for good: destroy its key, delete its items, tags, FTS entries, vectors, op log, leaves
         and roots, and drop its changes from the engine's undo changesets; with ``secure_delete`` on, and the WAL
-        checkpointed and truncated afterwards.
+        checkpointed and truncated afterwards; then erase its label from every checkpoint taken before
+        (:func:`.checkpoint.scrub_agent`).
 
         Raises:
             UnknownAgentError: never registered (404).
+
+        A checkpoint that cannot be scrubbed does not fail the forget: the result's ``checkpoint_error`` names it.
         """
         row = self._read().execute("SELECT 1 FROM memory_agents WHERE address = ?", (agent,)).fetchone()
         if row is None:
@@ -855,7 +858,13 @@ class Memory:
         # The key goes first: from this moment no copy of the data (checkpoints included) can be read.
         self._tombstone(agent)
         destroyed = self.keys.destroy(agent)
-        stats = self._purge(agent)
+        with self._ckpt_lock:  # no automatic checkpoint between the purge and the scrub of the older ones
+            stats = self._purge(agent)
+            try:
+                stats["checkpoints_scrubbed"] = len(checkpoint.scrub_agent(self.checkpoint_dir, agent))
+            except checkpoint.CheckpointError as e:  # the forget itself is done: say what is left, do not fail it
+                log.error("forget 0x%s: %s", agent.hex(), e)
+                stats["checkpoint_error"] = f"{e}; delete that checkpoint or run the forget again"
         stats.update({"agent": hx(agent), "forgotten": True, "key_destroyed": destroyed})
         if not destroyed:
             stats["warning"] = (f"the key comes from the environment: unset {self.keys.env_name(agent)} "
