@@ -37,7 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import __version__, problems
 from .audit import Audit
 from .auth import Authenticator, Principal, check_bind, current_principal, default_policy, require
-from .limits import RequestLimitMiddleware
+from .limits import RequestLimitMiddleware, Text
 from .plugins import declared
 from .problems import ProblemError
 from .ratelimit import RateLimitMiddleware
@@ -209,7 +209,7 @@ class ReorgLog:
 class SiweIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    message: str = Field(..., min_length=1, max_length=4096, description="The EIP-4361 message, as signed.")
+    message: Text = Field(..., min_length=1, max_length=4096, description="The EIP-4361 message, as signed.")
     signature: str = Field(..., pattern=r"^0x[0-9a-fA-F]{130}$", description="0x + 65-byte signature (hex).")
 
 
