@@ -660,6 +660,8 @@ async def default_policy(request: Request, p: Annotated[Principal, Depends(curre
         if filters is not None and not isinstance(filters, dict):
             return p  # not an object: the route's own validation answers 422 naming filters
         kinds = (filters or {}).get("kind")
+        if kinds is not None and not isinstance(kinds, str | list):
+            return p  # not a kind or a list of kinds: the route's validation answers 422 naming filters.kind
         kinds = [kinds] if isinstance(kinds, str) else kinds
         if isinstance(kinds, list) and kinds and "memory" not in kinds:
             return p
