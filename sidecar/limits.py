@@ -168,8 +168,8 @@ class RequestLimitMiddleware:
 
         async def checked() -> Message:
             nonlocal seen, refusal
-            if refusal is not None:
-                return {"type": "http.request", "body": b"", "more_body": False}
+            if refusal is not None:  # the app reads on (a streaming response waits for this): the exchange is over
+                return {"type": "http.disconnect"}
             msg = await receive()
             if msg["type"] != "http.request":
                 return msg
@@ -184,7 +184,7 @@ class RequestLimitMiddleware:
                         scanner.close()
                 except BodyRefused as e:
                     refusal = problem(400, str(e), field="body", offset=e.offset)
-            if refusal is not None:  # the app never sees this chunk; its answer is replaced below
+            if refusal is not None:  # the app never sees this chunk: its body ends here, its answer is replaced
                 self.refused += 1
                 return {"type": "http.request", "body": b"", "more_body": False}
             return msg
