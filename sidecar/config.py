@@ -157,14 +157,16 @@ class AuthConfig(_Section):
     loopback_open: bool = True
     #: Agents sign in with Ethereum (GET /auth/nonce, POST /auth/siwe) and get a short-lived bearer token.
     siwe: bool = True
-    #: The domain SIWE messages must name ("" = the request's Host header).
+    #: The domain SIWE messages must name. "" (local development): the request's Host, only on a loopback bind and
+    #: for a loopback Host; required to serve sign-in on any other address (``monmouth.auth.check_bind``).
     domain: str = ""
     #: The chain id SIWE messages must name.
     chain_id: int = Field(1, ge=1)
     #: Lifetime of an agent's bearer token and of a sign-in nonce, seconds.
     token_ttl: int = Field(3600, ge=30, le=7 * 86_400)
     nonce_ttl: int = Field(300, ge=10, le=86_400)
-    #: HMAC key of agent tokens (hex, >= 32 bytes); "" = random at each start (tokens end with the process).
+    #: HMAC key of agent tokens (hex, >= 32 bytes); "" = random at each start (tokens end with the process). Read on
+    #: every check: rotating it by hot reload retires the tokens signed with the old key.
     secret: str = ""
     #: Token buckets: requests per second and burst, per client IP (loopback exempt when rate_exempt_loopback)
     #: and per bearer token. 0 disables that limit.
