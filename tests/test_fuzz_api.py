@@ -27,6 +27,7 @@ from monmouth.auth import hash_token, sign_in_with_key
 from monmouth.testing import chain, load_mainnet_blocks, mainnet_shaped
 from monmouth.types import ChainCommitted
 from monmouth_memory.plugin import MemoryPlugin
+from tests.test_security import plugins_toml
 
 ADMIN = "mmo_fuzz-admin-token-0123456789abcdef"
 KEY = "0x" + "55" * 32
@@ -63,16 +64,7 @@ domain = "monmouth.test"
 chain_id = 31337
 rate_token = 0
 rate_ip = 0
-
-[plugins.rag]
-enabled = true
-worker = false
-
-[plugins.memory]
-enabled = true
-embed = false
-key_dir = "keys"
-agents = ["{AGENT}"]
+{plugins_toml(AGENT)}
 """)
     app = open_app(cfg, extra_plugins={"memory": MemoryPlugin(workers=False)})
     app.engine.apply(ChainCommitted(chain(list(mainnet_shaped(load_mainnet_blocks()[-2:], 2, txs_per_block=5)))))

@@ -35,6 +35,21 @@ OTHER = "0x" + "ab" * 20
 DEEP = b"[" * 100_000 + b"]" * 100_000  # the issue's crash: ~200 kB, parsed by the C json module
 
 
+def plugins_toml(agent: str) -> str:
+    """The rag plugin (no embedding worker) and the memory plugin (no embeddings) with ``agent`` registered; the
+    ``[plugins.memory]`` table comes last, open for more keys."""
+    return f"""
+[plugins.rag]
+enabled = true
+worker = false
+
+[plugins.memory]
+enabled = true
+embed = false
+key_dir = "keys"
+agents = ["{agent}"]"""
+
+
 class Sidecar:
     """A ``monmouth run`` subprocess; its log goes to ``log_path``."""
 
@@ -62,16 +77,8 @@ chain_id = 31337
 rate_token = 0
 secret = "{"5a" * 32}"
 
-[plugins.rag]
-enabled = true
-worker = false
-
-[plugins.memory]
-enabled = true
-embed = false
-key_dir = "keys"
+{plugins_toml(AGENT)}
 checkpoint_dir = "checkpoints"
-agents = ["{AGENT}"]
 """)
         self.log_path = directory / "sidecar.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115  (closed in stop)
