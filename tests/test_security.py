@@ -261,6 +261,9 @@ def test_values_that_cannot_be_stored_are_422_naming_the_field_and_nothing_is_po
     problem(post("/rag/documents", {"text": "hello", "meta": _nest(500)}), 400, "http.max_json_depth")
     problem(post("/rag/documents", {"text": "hello", "meta": {"n": float("nan")}}), 422, "meta")
     problem(post("/rag/search", {"query": "x\ud800"}), 422, "query")
+    problem(post("/rag/search", {"query": "x", "filters": {"block_from": 10**30}}), 422, "block_from")
+    problem(post("/rag/search", {"query": "x", "filters": {"time_to": -(10**30)}}), 422, "time_to")
+    problem(sidecar.admin.get("/rag/documents", params={"offset": 10**30}), 422, "offset")
     assert post("/rag/documents", {"text": "hello world", "meta": _nest(20)}).status_code == 201
     # An agent's search with a malformed filter: 422 naming it (the access policy used to 500).
     agent = httpx.Client(base_url=sidecar.url, headers={"Authorization": f"Bearer {sidecar.sign_in()}"})

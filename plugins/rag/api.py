@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import re
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -30,6 +30,9 @@ _HASH = r"^0x[0-9a-fA-F]{64}$"
 assert set(INTENTS) == set(get_args(Intent)) and set(KINDS) == set(get_args(Kind)) and set(ROLES) == set(get_args(Role))
 
 
+#: Largest integer SQLite stores: block numbers, times and offsets beyond it are a 422 naming the field.
+INT64 = 2**63 - 1
+UnixTime = Annotated[int, Field(ge=-INT64 - 1, le=INT64)]
 #: Request bodies: no unknown fields, no NaN or Infinity; text fields are ``Text`` (valid Unicode).
 _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -51,10 +54,10 @@ class SearchFilters(BaseModel):
 
     model_config = _STRICT
 
-    block_from: int | None = Field(None, ge=0, description="First block (inclusive).")
-    block_to: int | None = Field(None, ge=0, description="Last block (inclusive).")
-    time_from: int | _dt.datetime | None = Field(None, description="Unix seconds or ISO 8601 (UTC if no zone).")
-    time_to: int | _dt.datetime | None = Field(None, description="Unix seconds or ISO 8601 (UTC if no zone).")
+    block_from: int | None = Field(None, ge=0, le=INT64, description="First block (inclusive).")
+    block_to: int | None = Field(None, ge=0, le=INT64, description="Last block (inclusive).")
+    time_from: UnixTime | _dt.datetime | None = Field(None, description="Unix seconds or ISO 8601 (UTC if no zone).")
+    time_to: UnixTime | _dt.datetime | None = Field(None, description="Unix seconds or ISO 8601 (UTC if no zone).")
     address: Text | None = Field(None, description="0x address touched (as sender, recipient, contract or log "
                                                   "address, or token-transfer party).")
     role: Role | list[Role] | None = Field(None, description="Restrict `address` to these roles.")
@@ -229,7 +232,7 @@ def make_router() -> APIRouter:
 
     @r.get("/documents")
     def list_documents(kind: Kind | None = None, limit: int = Query(100, ge=1, le=10_000),
-                       offset: int = Query(0, ge=0)) -> dict[str, Any]:
+                       offset: int = Query(0, ge=0, le=INT64)) -> dict[str, Any]:
         """Documents (not chain transactions) with their chunk and vector counts."""
         p = _plugin()
         try:
