@@ -26,7 +26,7 @@ from eth_account import Account
 
 from monmouth.demo import calldata, dev_key
 
-from .anvil import free_port
+from tests.anvil import free_port
 
 CHAIN_ID = 1337  # Reth's dev chain (crates/chainspec/res/genesis/dev.json)
 GWEI = 10**9

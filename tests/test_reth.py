@@ -24,8 +24,8 @@ import pytest
 
 from monmouth.demo import compile_token, node_modules
 
-from .anvil import free_port
-from .reth import Consensus, Reth, Wallet, reth_binary, terminate
+from tests.anvil import free_port
+from tests.reth import Consensus, Reth, Wallet, reth_binary, terminate
 
 ROOT = Path(__file__).resolve().parents[1]
 MONMOUTH = [sys.executable, "-m", "monmouth"]

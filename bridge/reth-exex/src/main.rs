@@ -156,6 +156,11 @@ fn convert_tx<T: SignedTransaction>(sender: [u8; 20], tx: &T) -> monmouth_wire::
     }
 }
 
+/// Whether `tx` creates a contract, and its nonce (the created address is `sender.create(nonce)`).
+fn creation<T: SignedTransaction>(tx: &T) -> (bool, u64) {
+    (tx.to().is_none(), tx.nonce())
+}
+
 fn convert_receipt<R: Receipt>(contract_address: Option<monmouth_wire::Address>, r: &R) -> monmouth_wire::Receipt {
     monmouth_wire::Receipt {
         status: Some(u64::from(r.status())),
@@ -180,7 +185,8 @@ fn convert_chain<N: NodePrimitives>(chain: &Chain<N>) -> impl Iterator<Item = mo
         out.transactions.reserve(receipts.len());
         out.receipts.reserve(receipts.len());
         for ((sender, tx), receipt) in block.transactions_with_sender().zip(receipts.iter()) {
-            let created = tx.to().is_none().then(|| addr(sender.create(tx.nonce())));
+            let (creates, nonce) = creation(tx);
+            let created = creates.then(|| addr(sender.create(nonce)));
             out.transactions.push(convert_tx((*sender).into(), tx));
             out.receipts.push(convert_receipt(created, receipt));
         }
@@ -190,7 +196,7 @@ fn convert_chain<N: NodePrimitives>(chain: &Chain<N>) -> impl Iterator<Item = mo
 
 /// One Reth notification as wire notifications, produced lazily: a long committed chain (backfill)
 /// becomes `ChainCommitted`s of at most [`MAX_BLOCKS_PER_COMMIT`] blocks, converted one at a time.
-fn convert<N: NodePrimitives>(n: &ExExNotification<N>) -> Box<dyn Iterator<Item = Notification> + '_> {
+fn convert<N: NodePrimitives>(n: &ExExNotification<N>) -> Box<dyn Iterator<Item = Notification> + Send + '_> {
     match n {
         ExExNotification::ChainCommitted { new } => {
             let mut blocks = convert_chain(new).peekable();
