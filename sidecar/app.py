@@ -169,7 +169,7 @@ def make_source(settings: Settings, metrics: Metrics | None = None) -> Source:
 
         return RpcSource(s.url, confirmations=s.confirmations, poll_interval=s.poll_interval,
                          batch_size=s.batch_size, start_block=s.start_block, max_backoff=s.max_backoff,
-                         timeout=s.timeout, metrics=metrics)
+                         timeout=s.timeout, verify=s.verify, metrics=metrics)
     if s.kind == "replay":
         from .sources.replay import ReplaySource
 

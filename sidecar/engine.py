@@ -168,7 +168,8 @@ class Engine:
             or whatever ``items`` raised (e.g. :class:`~monmouth.errors.CodecError`).
 
         Raises:
-            apsw.Error: the ``COMMIT`` itself failed (disk full, I/O error); nothing of the batch is written.
+            apsw.Error: the ``COMMIT`` itself failed (disk full, I/O error), or SQLite rolled the transaction back
+                on such a fault: nothing of the batch is written.
         """
         conn = self.conn
         self.journal.refresh()
@@ -187,8 +188,9 @@ class Engine:
                     if token is not None:
                         conn.execute("UPDATE monmouth_cursor SET source_token = ? WHERE id = 1", (json.dumps(token),))
                 except Exception as e:
-                    conn.execute("ROLLBACK TO monmouth_notification")
-                    conn.execute("RELEASE monmouth_notification")
+                    if conn.in_transaction:  # SQLite may have rolled the whole transaction back (SQLITE_FULL, IOERR)
+                        conn.execute("ROLLBACK TO monmouth_notification")
+                        conn.execute("RELEASE monmouth_notification")
                     self._count_error(e)
                     raise
                 conn.execute("RELEASE monmouth_notification")
@@ -206,6 +208,11 @@ class Engine:
             self._working = self._head
             raise
         try:
+            if not conn.in_transaction:
+                # SQLite rolled the whole transaction back on a fault (disk full, I/O error): nothing of the batch
+                # is written, the notifications before the failing one included.
+                assert error is not None
+                raise error
             conn.execute("COMMIT" if wrote else "ROLLBACK")
         except BaseException:
             if conn.in_transaction:
@@ -287,10 +294,15 @@ class Engine:
                 stored = rows.get(b.number)
                 if stored is None or stored[1] is None:
                     oldest = self.oldest_revertible()
+                    held = (f"undo data is held only from block {oldest}" if oldest is not None else
+                            f"no undo data is held (every block up to the head {head.number} is finalized or "
+                            "outside the undo window)")
                     raise ReorgTooDeepError(
-                        f"{n.kind} of depth {len(old)} reverts block {b.ref}, but undo data is held only from block "
-                        f"{oldest} (finalized {self.finalized}, undo_window {self.config.undo_window}); "
-                        "restore a checkpoint or re-index"
+                        f"{n.kind} of depth {len(old)} reverts block {b.ref}, but {held} (finalized "
+                        f"{self.finalized}, undo_window {self.config.undo_window}); see "
+                        "docs/faults.md (wait for the node to return to the indexed chain, or restore a backup "
+                        f"older than block {old.first.number} or re-index)",
+                        depth=len(old), block=b.ref,
                     )
                 if stored[0] != b.hash:
                     raise ContinuityError(
