@@ -122,7 +122,8 @@ class Runner:
 
     def ready(self) -> tuple[bool, str]:
         if self.paused is not None:
-            return False, f"ingestion paused: {self.paused['detail']}. {self.paused['action']}"
+            p = self.paused
+            return False, f"ingestion paused, {p['title']}: {p['detail']}. {p['action']}"
         if getattr(self.source, "behind", 0):
             return False, f"the node is {self.source.behind} blocks behind the indexed head; waiting for it"  # type: ignore[attr-defined]
         if getattr(self.source, "connected", True) is False:

@@ -176,6 +176,11 @@ class FaultyNode:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
+    def switch(self, upstream: str) -> None:
+        """Forward to another node from now on (e.g. one on another chain)."""
+        old, self.upstream = self.upstream, httpx.Client(base_url=upstream, timeout=10)
+        old.close()
+
     def alter(self, req: Any, answer: Any) -> Any:
         fault = self.fault
         if fault is None:
