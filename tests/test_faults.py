@@ -262,6 +262,9 @@ def test_start_up_faults_give_one_line_naming_key_file_path_or_port(tmp_path):
     cfg.write_bytes(base.encode() + b"\n# \xff\n")
     assert_one_clear_line(run_once(cfg, tmp_path), str(cfg), "not UTF-8", "0xff")
 
+    cfg.write_text(base + "\nx = " + "[" * 50_000 + "]" * 50_000 + "\n")
+    assert_one_clear_line(run_once(cfg, tmp_path), str(cfg), "invalid TOML", "nested")
+
 
 def test_read_only_database_at_start_names_the_path(tmp_path):
     port = free_port()
