@@ -25,6 +25,7 @@ The engine is synchronous (apsw); the runner calls it from a worker thread (``an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -93,6 +94,9 @@ class Engine:
         self.metrics = metrics
         self.conn = db.connect()
         self.journal = Journal(self.conn, lambda: self.host.trimmed_tables)
+        self._load_cursor()
+
+    def _load_cursor(self) -> None:
         row = self.conn.execute(
             "SELECT number, hash, finalized, notifications, reorgs, source_token FROM monmouth_cursor"
         ).fetchone()
@@ -105,6 +109,20 @@ class Engine:
         self.notifications_seen: int = row[3]
         self.reorgs_seen: int = row[4]
         self._token: object = json.loads(row[5]) if row[5] else None
+
+    def reconnect(self) -> None:
+        """Replace the write connection (closed, or broken by an I/O fault) with a new one and re-read the cursor
+        from the database. Call only between notifications, on the engine's thread.
+
+        Raises:
+            apsw.Error: the database cannot be opened (yet); the engine keeps the old connection.
+        """
+        conn = self.db.connect()
+        with contextlib.suppress(apsw.Error):
+            self.conn.close()
+        self.conn = conn
+        self.journal = Journal(conn, lambda: self.host.trimmed_tables)
+        self._load_cursor()
 
     # ------------------------------------------------------------------------------------------------ queries
     @property

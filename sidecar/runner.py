@@ -216,6 +216,20 @@ class Runner:
             self.paused = None
             self.app.metrics.ingestion_paused.set(0)
 
+    async def _reconnect(self) -> None:
+        """A new engine connection after it was dropped or broke (the old one may never work again)."""
+        def reconnect() -> None:
+            self.app.engine.reconnect()
+            if self.app.settings.storage.checkpoint_pages > 0:
+                self.app.engine.conn.set_wal_hook(self._on_wal_commit)
+
+        async with self.lock:
+            try:
+                await anyio.to_thread.run_sync(reconnect, limiter=self._engine_limiter)
+                log.warning("database: reconnected to %s", self.app.db.path)
+            except apsw.Error as e:
+                log.error("database: cannot reconnect to %s yet: %s", self.app.db.path, describe_fault(e))
+
     @staticmethod
     def _environment_fault(error: BaseException | None) -> BaseException | None:
         """The SQLite fault of the environment behind ``error`` (itself, or what a plugin hit), if any."""
@@ -274,6 +288,8 @@ class Runner:
                             "clears (free disk space, remount read-write, fix permissions); nothing was half-applied")
                 log.error("database fault: %s; nothing applied, retrying in %.1fs", detail, backoff)
                 await anyio.sleep(backoff)
+                if isinstance(fault, apsw.ConnectionClosedError | apsw.IOError):
+                    await self._reconnect()
                 backoff = min(backoff * 2, self.app.settings.engine.retry_max_backoff)
                 continue
             if isinstance(error, CodecError):

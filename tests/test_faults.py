@@ -274,3 +274,43 @@ def test_read_only_database_at_start_names_the_path(tmp_path):
             pass
         subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
         assert_one_clear_line(run_once(cfg, tmp_path), "storage.path", str(ro / "db.sqlite"), "read-only")
+
+
+# ---------------------------------------------------------------------------------------------------- connection
+
+
+@pytest.mark.anvil
+@pytest.mark.anyio
+async def test_dropped_database_connection_pauses_then_reconnects(tmp_path, anvil):
+    """The engine's connection drops between notifications (closed under it): the next commit fails, ingestion
+    pauses, the runner opens a new connection and resumes; the result equals a clean run."""
+    from monmouth.app import open_app
+    from monmouth.runner import Runner
+    from monmouth.sources.rpc import RpcSource
+    from tests.conftest import settings_for, wait_for
+    from tests.test_sources_rpc import synced
+
+    app = open_app(settings=settings_for(tmp_path / "db.sqlite", {"ledger": ledger}), extra_plugins={"ledger": ledger})
+    runner = Runner(app, RpcSource(anvil.url, poll_interval=0.05, batch_size=4, max_backoff=0.5), serve_http=False,
+                    watch_config=False)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runner.run)
+        anvil.traffic(2)
+        await wait_for(lambda: synced(app, anvil), what="the first sync")
+        before = app.engine.head
+        async with runner.lock:
+            app.engine.conn.close()
+        anvil.traffic(3, seed=4)
+
+        def paused() -> bool:
+            ok, reason = runner.ready()
+            return not ok and "ConnectionClosedError" in reason
+        await wait_for(paused, what="ingestion paused on the dropped connection")
+        assert app.engine.head == before
+        await wait_for(lambda: synced(app, anvil), what="resuming on a new connection")
+        assert runner.paused is None and runner.ready()[0]
+        tg.cancel_scope.cancel()
+    fresh = await index_fresh(tmp_path, anvil, "fresh.sqlite")
+    assert dump(app.engine.conn) == dump(fresh.engine.conn)
+    app.close()
+    fresh.close()
