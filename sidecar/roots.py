@@ -28,6 +28,7 @@ import rlp
 from eth_hash.auto import keccak
 
 from .errors import CodecError
+from .jsonrpc import opt_data, qty
 
 #: keccak(rlp(b"")): the root of an empty trie (a block without transactions or receipts).
 EMPTY_ROOT = keccak(rlp.encode(b""))
@@ -70,24 +71,12 @@ class VerificationError(CodecError):
         self.block_hash = block_hash
 
 
-def _q(raw: Any, field: str) -> int:
-    if not isinstance(raw, str) or not raw.startswith("0x"):
-        raise CodecError(f"{field}: expected a 0x-hex quantity, got {raw!r}"[:200])
-    try:
-        return int(raw, 16) if len(raw) > 2 else 0
-    except ValueError:
-        raise CodecError(f"{field}: not a hex quantity: {raw!r}"[:200]) from None
+_q = qty
 
 
 def _b(raw: Any, field: str) -> bytes:
-    if raw is None:
-        return b""
-    if not isinstance(raw, str) or not raw.startswith("0x"):
-        raise CodecError(f"{field}: expected 0x-hex data, got {raw!r}"[:200])
-    try:
-        return bytes.fromhex(raw[2:])
-    except ValueError:
-        raise CodecError(f"{field}: not hex data: {raw[:80]!r}") from None
+    """0x-hex data as bytes; ``None`` (a contract creation's ``to``) as empty bytes, as RLP encodes it."""
+    return opt_data(raw, field) or b""
 
 
 def _field(raw: Mapping[str, Any], name: str, path: str) -> Any:

@@ -30,7 +30,7 @@ from typing import Any
 
 import anyio
 import httpx
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from ..errors import ChainError, CodecError
 from ..jsonrpc import block_from_rpc, check_block, check_header, check_receipts, qty
@@ -264,9 +264,6 @@ class RpcSource(Source):
         self.finalized = number
 
     # ------------------------------------------------------------------------------------------------ stream
-    def _retryable(self, e: BaseException) -> bool:
-        return isinstance(e, Exception)
-
     def _before_sleep(self, state: RetryCallState) -> None:
         e = state.outcome.exception() if state.outcome is not None else None
         self.connected = False
@@ -289,7 +286,7 @@ class RpcSource(Source):
         """Follow the node forever: each step (poll, fetch, check) is retried with exponential backoff (tenacity,
         from 0.5 s up to ``max_backoff``) until it succeeds; the backoff starts over after each delivery."""
         while True:
-            retrying = AsyncRetrying(retry=retry_if_exception(self._retryable), before_sleep=self._before_sleep,
+            retrying = AsyncRetrying(retry=retry_if_exception_type(Exception), before_sleep=self._before_sleep,
                                      wait=wait_exponential(multiplier=0.5, min=0.5, max=self.max_backoff))
             async for attempt in retrying:
                 with attempt:
