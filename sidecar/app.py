@@ -88,9 +88,8 @@ class App:
         """The ``/status`` object: head, finalized, source head, lag, counters, source and plugin states."""
         head = self.engine.head
         source_head = source.source_head if source else None
+        # What the sidecar treats as finalized (the engine's record); the node's claim is in source.status().
         finalized = self.engine.finalized
-        if source is not None and source.finalized is not None:
-            finalized = max(finalized or 0, source.finalized)
         lag = (source_head - head.number) if (source_head is not None and head is not None) else None
         return {
             "version": __version__,

@@ -65,7 +65,10 @@ class Metrics:
         )
         self.errors = Counter("monmouth_errors", "Errors, by kind.", ["kind"], registry=r)
         self.head = Gauge("monmouth_head_block", "Engine head block number.", registry=r)
-        self.finalized = Gauge("monmouth_finalized_block", "Finalized block number reported by the source.", registry=r)
+        self.finalized = Gauge(
+            "monmouth_finalized_block", "Finalized block recorded (the source's, at most head - finality_depth).",
+            registry=r,
+        )
         self.source_head = Gauge("monmouth_source_head_block", "Newest block number the source knows.", registry=r)
         self.lag = Gauge("monmouth_source_lag_blocks", "Source head minus engine head, blocks.", registry=r)
         self.config_reloads = Counter(
