@@ -8,13 +8,43 @@ Raises :class:`~sidecar.errors.CodecError` naming the field for anything malform
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
 import msgspec
+import numpy as np
 
 from .errors import CodecError
 from .types import Block, Log, Receipt, Transaction
+
+# ---------------------------------------------------------------------------------------------------- nesting
+
+#: Deepest JSON nesting accepted in a node's answer. A full block nests 5 deep (block, transactions, a transaction,
+#: its access list, an entry's storage keys); parsing much deeper input can overflow the C stack (py_ecc, imported
+#: by eth-account, raises Python's recursion limit to 100,000, so the JSON parsers no longer stop in time).
+MAX_JSON_DEPTH = 64
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NESTING_STEP = np.zeros(256, dtype=np.int8)
+_NESTING_STEP[[ord("["), ord("{")]] = 1
+_NESTING_STEP[[ord("]"), ord("}")]] = -1
+_JSON_MARK = _NESTING_STEP != 0
+_JSON_MARK[ord('"')] = True
+
+
+def json_depth(body: bytes) -> int:
+    """The deepest nesting of arrays and objects in a JSON text, found without parsing it (strings skipped):
+    ``json_depth(b'{"a": [1, "]["]}') == 2``. Linear in ``len(body)``: a few ms for a 1 MB block."""
+    if b"\\" in body:  # escaped quotes possible: drop the strings first (slower, rare in node answers)
+        body = _JSON_STRING.sub(b"", body)
+    raw = np.frombuffer(body, dtype=np.uint8)
+    marks = raw[_JSON_MARK[raw]]  # only the quotes and brackets, in order
+    in_string = (np.cumsum(marks == ord('"'), dtype=np.int64) & 1).astype(bool)
+    steps = _NESTING_STEP[marks]
+    steps[in_string] = 0
+    return int(np.cumsum(steps, dtype=np.int64).max(initial=0))
+
 
 # ---------------------------------------------------------------------------------------------------- shapes
 

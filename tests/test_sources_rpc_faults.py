@@ -2,7 +2,7 @@
 
 The node is a real HTTP JSON-RPC server in front of a real anvil that alters answers the way a broken or lying
 node would: receipts as strings, a block as an integer or a string, a header without ``hash``, a transaction
-list of lists, a body that is not JSON, and values that still parse but are false (a receipt's status, a log, a
+list of lists, a body that is not JSON or nests 200,000 deep, and values that still parse but are false (a receipt's status, a log, a
 transaction's value, a header field), which only the checks against the header's hash and roots catch. Each is
 refused, counted per node in ``/status`` and ``/metrics``, logged naming the node and the block, and retried;
 the process stays up and answers ``/health``; ``/ready`` is 503 meanwhile and 200 once the node answers well;
@@ -94,6 +94,11 @@ def _gas_used_tampered(m, p, r):
     return r
 
 
+def _nested_deep(m, p, r):
+    # deep enough to overflow the C stack of any JSON parser once py_ecc has raised the recursion limit
+    return Raw(b"[" * 200_000 + b"]" * 200_000) if full_block(m, p) else r
+
+
 def _not_json(m, p, r):
     return Raw(b"<html>502 Bad Gateway</html>") if full_block(m, p) else r
 
@@ -109,6 +114,7 @@ FAULTS = [
     ("transaction value tampered", _value_tampered, "do not hash to its hash"),
     ("header gasUsed tampered", _gas_used_tampered, "do not hash to the block hash"),
     ("body not JSON", _not_json, "not JSON"),
+    ("answer nested 200,000 deep", _nested_deep, "nests 200000 deep"),
 ]
 
 

@@ -23,6 +23,7 @@ and counting ``monmouth_source_reconnects_total{source="rpc"}``; it never gives 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -33,7 +34,7 @@ import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from ..errors import ChainError, CodecError
-from ..jsonrpc import block_from_rpc, check_block, check_header, check_receipts, qty
+from ..jsonrpc import MAX_JSON_DEPTH, block_from_rpc, check_block, check_header, check_receipts, json_depth, qty
 from ..metrics import Metrics
 from ..roots import verify_block
 from ..types import Block, BlockRef, Chain, ChainCommitted, ChainReorged, ChainReverted
@@ -67,7 +68,8 @@ class JsonRpcClient:
     """A minimal async JSON-RPC 2.0 client over HTTP (httpx), with batching.
 
     Raises ``httpx.HTTPError`` on transport failures, :class:`RpcError` on error objects and
-    :class:`BadAnswerError` for a body that is not a JSON-RPC response.
+    :class:`BadAnswerError` for a body that is not a JSON-RPC response (nesting is bounded before parsing, see
+    :data:`sidecar.jsonrpc.MAX_JSON_DEPTH`).
     """
 
     def __init__(self, url: str, timeout: float = 10.0, transport: httpx.AsyncBaseTransport | None = None) -> None:
@@ -86,8 +88,11 @@ class JsonRpcClient:
         payload = [{"jsonrpc": "2.0", "id": i, "method": m, "params": p} for i, (m, p) in zip(ids, calls, strict=True)]
         resp = await self._client.post(self.url, json=payload if len(payload) > 1 else payload[0])
         resp.raise_for_status()
+        depth = json_depth(resp.content)
+        if depth > MAX_JSON_DEPTH:
+            raise BadAnswerError(f"{calls[0][0]}: the node's answer nests {depth} deep (at most {MAX_JSON_DEPTH})")
         try:
-            body = resp.json()
+            body = json.loads(resp.content)
         except ValueError as e:
             raise BadAnswerError(f"{calls[0][0]}: the node's answer is not JSON: {e}") from None
         items = body if isinstance(body, list) else [body]
@@ -96,7 +101,7 @@ class JsonRpcClient:
         for i, (method, _) in zip(ids, calls, strict=True):
             item = by_id.get(i)
             if item is None:
-                raise TransientNodeError(f"{method}: no response in the batch")
+                raise BadAnswerError(f"{method}: no response with id {i} in the node's answer")
             if "error" in item and item["error"] is not None:
                 raise RpcError(method, item["error"])
             out.append(item.get("result"))
