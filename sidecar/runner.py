@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import socket
-import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -28,11 +26,10 @@ import anyio.to_thread
 import apsw
 
 from .app import App, EngineView
-from .config import Settings
 from .engine import ApplyResult
-from .errors import CodecError, ConfigError, ContinuityError, MonmouthError, PluginError, ReorgTooDeepError, SourceError
+from .errors import CodecError, ContinuityError, MonmouthError, PluginError, ReorgTooDeepError, SourceError
 from .sources.base import Delivery, Source
-from .store import ENVIRONMENT_FAULTS, describe_fault
+from .store import describe_fault, environment_fault
 
 log = logging.getLogger(__name__)
 
@@ -47,39 +44,6 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
-
-
-def check_listen(settings: Settings) -> None:
-    """Before anything starts: the TLS files load and ``http.host``:``http.port`` is free to listen on.
-
-    Raises:
-        ConfigError: naming the file and the key (``http.tls_cert``, ``http.tls_key``) or the address and
-            ``http.port``, e.g. ``config.toml: http.port: cannot listen on 127.0.0.1:8080: Address already in use``.
-    """
-    http = settings.http
-    if http.tls_cert:
-        for key, path in (("http.tls_cert", http.tls_cert), ("http.tls_key", http.tls_key)):
-            if not Path(path).is_file():
-                raise ConfigError(f"{settings.origin}: {key}: {path}: no such file")
-        try:
-            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(http.tls_cert, http.tls_key)
-        except (OSError, ssl.SSLError) as e:
-            raise ConfigError(f"{settings.origin}: http.tls_cert / http.tls_key: {http.tls_cert}, {http.tls_key}: "
-                              f"cannot load the certificate and key: {e}") from None
-    if http.port == 0:
-        return
-    try:
-        infos = socket.getaddrinfo(http.host, http.port, type=socket.SOCK_STREAM)
-    except OSError as e:
-        raise ConfigError(f"{settings.origin}: http.host: cannot resolve {http.host!r}: {e}") from None
-    family, kind, proto, _, addr = infos[0]
-    with socket.socket(family, kind, proto) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
-        try:
-            s.bind(addr)
-        except OSError as e:
-            raise ConfigError(f"{settings.origin}: http.port: cannot listen on {http.host}:{http.port}: "
-                              f"{e.strerror}") from None
 
 
 class Runner:
@@ -147,9 +111,10 @@ class Runner:
         error: Exception | None = None
         if self.serve_http:
             from .auth import check_bind
+            from .preflight import check_listen
 
             check_bind(self.app.settings)  # refuse a public bind without auth before starting anything
-            check_listen(self.app.settings)
+            check_listen(self.app.settings)  # TLS files and the port, named in one line, not a traceback later
         tune_gc()
         async with anyio.create_task_group() as tg:
             if self.serve_http:
@@ -230,15 +195,6 @@ class Runner:
             except apsw.Error as e:
                 log.error("database: cannot reconnect to %s yet: %s", self.app.db.path, describe_fault(e))
 
-    @staticmethod
-    def _environment_fault(error: BaseException | None) -> BaseException | None:
-        """The SQLite fault of the environment behind ``error`` (itself, or what a plugin hit), if any."""
-        while error is not None:
-            if isinstance(error, ENVIRONMENT_FAULTS):
-                return error
-            error = error.__cause__
-        return None
-
     def _apply(self, batch: list[Delivery]) -> tuple[list[ApplyResult], Exception | None]:
         """On the engine's worker thread: decode (a source may defer it to the first access of ``d.notification``),
         apply and commit, and call ``monmouth_notification_committed`` (documented to run on the engine's thread).
@@ -280,7 +236,7 @@ class Runner:
                 self._resume()
                 break
             self.last_error = str(error)
-            fault = self._environment_fault(error)
+            fault = environment_fault(error)
             if fault is not None or isinstance(error, apsw.Error):
                 self.app.metrics.errors.labels("storage").inc()
                 detail = f"{self.app.db.path.resolve()}: {describe_fault(fault or error)}"

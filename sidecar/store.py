@@ -70,6 +70,15 @@ ENVIRONMENT_FAULTS: tuple[type[apsw.Error], ...] = (
 )
 
 
+def environment_fault(error: BaseException | None) -> BaseException | None:
+    """The SQLite fault of the environment behind ``error`` (itself, or its cause: what a plugin hit), if any."""
+    while error is not None:
+        if isinstance(error, ENVIRONMENT_FAULTS):
+            return error
+        error = error.__cause__
+    return None
+
+
 def describe_fault(e: BaseException) -> str:
     """A one-line description of a SQLite fault, with what usually causes it."""
     hints: dict[type[BaseException], str] = {
