@@ -274,6 +274,9 @@ def test_read_only_database_at_start_names_the_path(tmp_path):
             pass
         subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
         assert_one_clear_line(run_once(cfg, tmp_path), "storage.path", str(ro / "db.sqlite"), "read-only")
+        status = subprocess.run([*MONMOUTH, "status", "--config", str(cfg)], cwd=tmp_path, capture_output=True,
+                                text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert_one_clear_line(status, "storage.path", str(ro / "db.sqlite"))
 
 
 # ---------------------------------------------------------------------------------------------------- connection
