@@ -1,5 +1,6 @@
 """Faults of the environment never kill the sidecar (issue 19, items 3-5), against a real sidecar subprocess and a
-real anvil: a full disk (a real, small tmpfs) pauses ingestion and it resumes by itself; a reorg deeper than the
+real anvil: a full disk (a real, small tmpfs), a read-only or dropped database connection pause ingestion and it
+resumes by itself; a reorg deeper than the
 undo data held pauses it without an exit loop, across restarts; a node behind the indexed head is waited for,
 not reverted; a node's finalized tag cannot take the undo data of the newest ``engine.finality_depth`` blocks;
 any bytes hot-reloaded into config.toml keep the last good config; start-up faults give one line naming the key,
@@ -282,11 +283,23 @@ def test_read_only_database_at_start_names_the_path(tmp_path):
 # ---------------------------------------------------------------------------------------------------- connection
 
 
+def _drop(conn) -> None:
+    conn.close()
+
+
+def _read_only(conn) -> None:
+    conn.pragma("query_only", True)  # every write now fails with SQLITE_READONLY, as on a read-only file
+
+
 @pytest.mark.anvil
 @pytest.mark.anyio
-async def test_dropped_database_connection_pauses_then_reconnects(tmp_path, anvil):
-    """The engine's connection drops between notifications (closed under it): the next commit fails, ingestion
-    pauses, the runner opens a new connection and resumes; the result equals a clean run."""
+@pytest.mark.parametrize(("fault", "error", "clear_after"), [(_drop, "ConnectionClosedError", None),
+                                                             (_read_only, "ReadOnlyError", 1.5)])
+async def test_dropped_or_read_only_database_connection_pauses_then_resumes(tmp_path, anvil, fault, error,
+                                                                           clear_after):
+    """The engine's connection drops (closed under it) or turns read-only between notifications: the next commit
+    fails, ingestion pauses with /ready's reason naming the fault, and resumes by itself (a new connection once
+    the runner reconnects; the same one once writes work again); the result equals a clean run."""
     from monmouth.app import open_app
     from monmouth.runner import Runner
     from monmouth.sources.rpc import RpcSource
@@ -302,15 +315,20 @@ async def test_dropped_database_connection_pauses_then_reconnects(tmp_path, anvi
         await wait_for(lambda: synced(app, anvil), what="the first sync")
         before = app.engine.head
         async with runner.lock:
-            app.engine.conn.close()
+            fault(app.engine.conn)
         anvil.traffic(3, seed=4)
 
         def paused() -> bool:
             ok, reason = runner.ready()
-            return not ok and "ConnectionClosedError" in reason
-        await wait_for(paused, what="ingestion paused on the dropped connection")
+            return not ok and error in reason and "cannot be written" in reason
+        await wait_for(paused, what="ingestion paused")
         assert app.engine.head == before
-        await wait_for(lambda: synced(app, anvil), what="resuming on a new connection")
+        if clear_after is not None:
+            await anyio.sleep(clear_after)  # retried meanwhile: still paused, nothing applied
+            assert paused() and app.engine.head == before
+            async with runner.lock:
+                app.engine.conn.pragma("query_only", False)
+        await wait_for(lambda: synced(app, anvil), what="resuming")
         assert runner.paused is None and runner.ready()[0]
         tg.cancel_scope.cancel()
     fresh = await index_fresh(tmp_path, anvil, "fresh.sqlite")
