@@ -1,10 +1,9 @@
 """Faults of the environment never kill the sidecar (issue 19, items 3-5), against a real sidecar subprocess and a
-real anvil: a full disk (a real, small tmpfs), a read-only or dropped database connection pause ingestion and it
-resumes by itself; a reorg deeper than the
-undo data held pauses it without an exit loop, across restarts; a node behind the indexed head is waited for,
-not reverted; a node's finalized tag cannot take the undo data of the newest ``engine.finality_depth`` blocks;
-any bytes hot-reloaded into config.toml keep the last good config; start-up faults give one line naming the key,
-file, path or port, and no traceback."""
+real anvil: a full disk (a real, small tmpfs) and a read-only or dropped database connection pause ingestion and
+it resumes by itself; a reorg deeper than the undo data held pauses it without an exit loop, across restarts; a
+node behind the indexed head is waited for, not reverted; a node's finalized tag cannot take the undo data of the
+newest ``engine.finality_depth`` blocks; any bytes hot-reloaded into config.toml keep the last good config;
+start-up faults give one line naming the key, file, path or port, and no traceback."""
 
 from __future__ import annotations
 
