@@ -119,7 +119,9 @@ class EngineView:
         return self.engine.head
 
     def canonical(self, number: int) -> Block | None:
-        stored = self.engine.canonical(number)
+        # On this thread's read connection: committed blocks only, and still readable while the engine's own
+        # connection is being replaced after a fault (Runner._reconnect).
+        stored = self.engine.canonical(number, self.engine.db.reader())
         return stored.as_block() if stored else None
 
     def source_token(self) -> Any:

@@ -135,9 +135,10 @@ class Engine:
         """The delivery token stored with the last committed notification (JSON value), or ``None``."""
         return self._token
 
-    def canonical(self, number: int) -> StoredBlock | None:
-        """The canonical block at ``number`` if still in the hash history (``engine.history`` blocks)."""
-        row = self.conn.execute(
+    def canonical(self, number: int, conn: apsw.Connection | None = None) -> StoredBlock | None:
+        """The canonical block at ``number`` if still in the hash history (``engine.history`` blocks), read on
+        ``conn`` (default: the engine's own connection, which also sees an open transaction's changes)."""
+        row = (conn or self.conn).execute(
             "SELECT number, hash, parent_hash, timestamp, changeset IS NOT NULL FROM monmouth_blocks WHERE number = ?",
             (number,),
         ).fetchone()

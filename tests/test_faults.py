@@ -11,6 +11,7 @@ import contextlib
 import os
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -136,6 +137,43 @@ def test_reorg_deeper_than_undo_data_pauses_never_exits_and_resumes_when_the_nod
             sc.wait(lambda: sc.ready()[0] == 200, what="ready again")
             assert sc.metric("monmouth_ingestion_paused") == 0 and "Traceback" not in sc.logged()
         same_state_as_clean_run(tmp_path / "db.sqlite", tmp_path, other)
+
+
+@pytest.mark.anvil
+@pytest.mark.anyio
+async def test_a_node_on_another_chain_pauses_ingestion_until_it_returns(tmp_path, anvil):
+    """The node switches to an unrelated chain (another anvil, another genesis): no common ancestor in the hash
+    history, so ingestion pauses (not a retry loop inside the source) and resumes when the node returns."""
+    from monmouth.app import open_app
+    from monmouth.runner import Runner
+    from monmouth.sources.rpc import RpcSource
+    from tests.conftest import settings_for, wait_for
+    from tests.test_sources_rpc import synced
+
+    anvil.traffic(3)
+    time.sleep(1.1)  # anvil's genesis block carries its start time (seconds): another second, another genesis hash
+    with FaultyNode(anvil.url) as node, Anvil() as other:
+        other.traffic(5, seed=1)
+        assert other.block_hashes()[0] != anvil.block_hashes()[0]
+        app = open_app(settings=settings_for(tmp_path / "db.sqlite", {"ledger": ledger}),
+                       extra_plugins={"ledger": ledger})
+        runner = Runner(app, RpcSource(node.url, poll_interval=0.05, batch_size=4, max_backoff=0.5),
+                        serve_http=False, watch_config=False)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(runner.run)
+            await wait_for(lambda: synced(app, anvil), what="the first sync")
+            before = app.engine.head
+            node.switch(other.url)
+            await wait_for(lambda: "shares no block with the indexed chain from block 0" in runner.ready()[1],
+                           what="ingestion paused")
+            await anyio.sleep(1.0)
+            assert app.engine.head == before and runner.paused is not None
+            node.switch(anvil.url)
+            anvil.traffic(1)
+            await wait_for(lambda: synced(app, anvil) and runner.paused is None, what="resuming")
+            assert runner.ready()[0]
+            tg.cancel_scope.cancel()
+        app.close()
 
 
 @pytest.mark.anvil
@@ -327,8 +365,8 @@ async def test_dropped_or_read_only_database_connection_pauses_then_resumes(tmp_
             assert paused() and app.engine.head == before
             async with runner.lock:
                 app.engine.conn.pragma("query_only", False)
-        await wait_for(lambda: synced(app, anvil), what="resuming")
-        assert runner.paused is None and runner.ready()[0]
+        await wait_for(lambda: synced(app, anvil) and runner.paused is None, what="resuming")
+        assert runner.ready()[0]
         tg.cancel_scope.cancel()
     fresh = await index_fresh(tmp_path, anvil, "fresh.sqlite")
     assert dump(app.engine.conn) == dump(fresh.engine.conn)

@@ -31,9 +31,15 @@ from typing import Any
 
 import anyio
 import httpx
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
+    wait_exponential,
+)
 
-from ..errors import ChainError, CodecError
+from ..errors import ChainError, CodecError, ReorgTooDeepError
 from ..jsonrpc import MAX_JSON_DEPTH, block_from_rpc, check_block, check_header, check_receipts, json_depth, qty
 from ..metrics import Metrics
 from ..roots import verify_block
@@ -109,6 +115,10 @@ class JsonRpcClient:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+#: What the source retries itself: any exception (never a cancellation), except a reorg it cannot follow.
+_RETRIED = retry_if_exception_type(Exception) & retry_if_not_exception_type(ReorgTooDeepError)
 
 
 def _hash(raw: str) -> bytes:
@@ -289,9 +299,13 @@ class RpcSource(Source):
 
     async def stream(self, view: ChainView) -> AsyncIterator[Delivery]:  # type: ignore[override]
         """Follow the node forever: each step (poll, fetch, check) is retried with exponential backoff (tenacity,
-        from 0.5 s up to ``max_backoff``) until it succeeds; the backoff starts over after each delivery."""
+        from 0.5 s up to ``max_backoff``) until it succeeds; the backoff starts over after each delivery.
+
+        Raises:
+            ReorgTooDeepError: the node shares no block with the engine's hash history (the runner pauses).
+        """
         while True:
-            retrying = AsyncRetrying(retry=retry_if_exception_type(Exception), before_sleep=self._before_sleep,
+            retrying = AsyncRetrying(retry=_RETRIED, before_sleep=self._before_sleep,
                                      wait=wait_exponential(multiplier=0.5, min=0.5, max=self.max_backoff))
             async for attempt in retrying:
                 with attempt:
@@ -332,12 +346,18 @@ class RpcSource(Source):
         engine onto the node's chain, or none when the node's whole chain is a prefix of the engine's: the node
         is behind (a lagging or resyncing node), not reorged, and the source waits for it (``behind`` in
         ``/status``) rather than revert blocks no other chain has replaced."""
-        n = min(head.number, latest)
+        n = top = min(head.number, latest)
         while True:
             ours = view.canonical(n)
             if ours is None:
-                raise TransientNodeError(
-                    f"reorg below block {n + 1}: deeper than the engine's hash history; cannot find the common ancestor"
+                # No common ancestor within the hash history: another chain, or a reorg deeper than anything the
+                # engine can undo. Not retried here: the runner pauses ingestion and asks again with backoff.
+                self.connected = True
+                raise ReorgTooDeepError(
+                    f"the node {self.url} shares no block with the indexed chain from block {n + 1} to {top} (head "
+                    f"{head}): it follows another chain, or reorged deeper than the hash history held "
+                    "(engine.history); see docs/faults.md (wait for the node to return to the indexed chain, or "
+                    "restore a backup or re-index)", depth=head.number - n, block=head,
                 )
             if await self.block_hash(n) == ours.hash:
                 break
