@@ -88,9 +88,8 @@ class App:
         """The ``/status`` object: head, finalized, source head, lag, counters, source and plugin states."""
         head = self.engine.head
         source_head = source.source_head if source else None
+        # What the sidecar treats as finalized (the engine's record); the node's claim is in source.status().
         finalized = self.engine.finalized
-        if source is not None and source.finalized is not None:
-            finalized = max(finalized or 0, source.finalized)
         lag = (source_head - head.number) if (source_head is not None and head is not None) else None
         return {
             "version": __version__,
@@ -120,7 +119,9 @@ class EngineView:
         return self.engine.head
 
     def canonical(self, number: int) -> Block | None:
-        stored = self.engine.canonical(number)
+        # On this thread's read connection: committed blocks only, and still readable while the engine's own
+        # connection is being replaced after a fault (Runner._reconnect).
+        stored = self.engine.canonical(number, self.engine.db.reader())
         return stored.as_block() if stored else None
 
     def source_token(self) -> Any:
@@ -169,7 +170,7 @@ def make_source(settings: Settings, metrics: Metrics | None = None) -> Source:
 
         return RpcSource(s.url, confirmations=s.confirmations, poll_interval=s.poll_interval,
                          batch_size=s.batch_size, start_block=s.start_block, max_backoff=s.max_backoff,
-                         timeout=s.timeout, metrics=metrics)
+                         timeout=s.timeout, verify=s.verify, metrics=metrics)
     if s.kind == "replay":
         from .sources.replay import ReplaySource
 

@@ -137,7 +137,10 @@ def status(config_path: Path | None, as_json: bool) -> None:
         except httpx.HTTPError:
             obj = None
     if obj is None:
-        app = open_app(config_path, settings=settings)
+        try:
+            app = open_app(config_path, settings=settings)
+        except MonmouthError as e:
+            _fail(e)
         try:
             obj = app.status()
         finally:

@@ -63,6 +63,8 @@ class SourceConfig(_Section):
     max_backoff: float = Field(30.0, gt=0, le=3600)
     #: rpc: seconds before an HTTP request is abandoned.
     timeout: float = Field(10.0, gt=0, le=600)
+    #: rpc: check every block against its header (block hash, transactionsRoot, receiptsRoot) before indexing it.
+    verify: bool = True
     #: exex: credit window, the most notifications un-acked at once.
     window: int = Field(64, ge=1, le=1024)
     #: exex: heartbeat interval, seconds.
@@ -86,6 +88,9 @@ class EngineConfig(_Section):
 
     #: Blocks behind the head whose undo data is kept even when the source reports no finalized block.
     undo_window: int = Field(256, ge=1, le=1_000_000)
+    #: Blocks behind the head never treated as finalized, whatever the source's finalized tag says: a node that
+    #: calls a fake chain finalized cannot make the sidecar drop the undo data of these (0: trust the tag).
+    finality_depth: int = Field(64, ge=0, le=1_000_000)
     #: Blocks behind the head whose hashes are kept for idempotent skipping of re-delivered notifications.
     history: int = Field(4096, ge=1, le=10_000_000)
     #: Seconds of backoff cap while a notification keeps failing in a plugin.
@@ -293,13 +298,20 @@ def read_document(path: str | Path) -> tomlkit.TOMLDocument:
     """Parse ``path`` with tomlkit (comments and layout kept).
 
     Raises:
-        ConfigError: missing file or TOML syntax error, naming the file and line.
+        ConfigError: missing or unreadable file, bytes that are not UTF-8, or a TOML syntax error, naming the file
+            and the line.
     """
     p = Path(path)
     try:
         return tomlkit.parse(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{p}: config file not found") from None
+    except UnicodeDecodeError as e:
+        line = p.read_bytes()[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{p}: not UTF-8 text: byte 0x{e.object[e.start]:02x} at offset {e.start} (line {line})"
+                          ) from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read the config file: {e.strerror}") from None
     except tomlkit.exceptions.ParseError as e:
         raise ConfigError(f"{p}: invalid TOML: {e}") from None
 

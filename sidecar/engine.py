@@ -25,6 +25,7 @@ The engine is synchronous (apsw); the runner calls it from a worker thread (``an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -93,6 +94,9 @@ class Engine:
         self.metrics = metrics
         self.conn = db.connect()
         self.journal = Journal(self.conn, lambda: self.host.trimmed_tables)
+        self._load_cursor()
+
+    def _load_cursor(self) -> None:
         row = self.conn.execute(
             "SELECT number, hash, finalized, notifications, reorgs, source_token FROM monmouth_cursor"
         ).fetchone()
@@ -106,6 +110,20 @@ class Engine:
         self.reorgs_seen: int = row[4]
         self._token: object = json.loads(row[5]) if row[5] else None
 
+    def reconnect(self) -> None:
+        """Replace the write connection (closed, or broken by an I/O fault) with a new one and re-read the cursor
+        from the database. Call only between notifications, on the engine's thread.
+
+        Raises:
+            apsw.Error: the database cannot be opened (yet); the engine keeps the old connection.
+        """
+        conn = self.db.connect()
+        with contextlib.suppress(apsw.Error):
+            self.conn.close()
+        self.conn = conn
+        self.journal = Journal(conn, lambda: self.host.trimmed_tables)
+        self._load_cursor()
+
     # ------------------------------------------------------------------------------------------------ queries
     @property
     def head(self) -> BlockRef | None:
@@ -117,9 +135,10 @@ class Engine:
         """The delivery token stored with the last committed notification (JSON value), or ``None``."""
         return self._token
 
-    def canonical(self, number: int) -> StoredBlock | None:
-        """The canonical block at ``number`` if still in the hash history (``engine.history`` blocks)."""
-        row = self.conn.execute(
+    def canonical(self, number: int, conn: apsw.Connection | None = None) -> StoredBlock | None:
+        """The canonical block at ``number`` if still in the hash history (``engine.history`` blocks), read on
+        ``conn`` (default: the engine's own connection, which also sees an open transaction's changes)."""
+        row = (conn or self.conn).execute(
             "SELECT number, hash, parent_hash, timestamp, changeset IS NOT NULL FROM monmouth_blocks WHERE number = ?",
             (number,),
         ).fetchone()
@@ -168,7 +187,8 @@ class Engine:
             or whatever ``items`` raised (e.g. :class:`~monmouth.errors.CodecError`).
 
         Raises:
-            apsw.Error: the ``COMMIT`` itself failed (disk full, I/O error); nothing of the batch is written.
+            apsw.Error: the ``COMMIT`` itself failed (disk full, I/O error), or SQLite rolled the transaction back
+                on such a fault: nothing of the batch is written.
         """
         conn = self.conn
         self.journal.refresh()
@@ -187,8 +207,9 @@ class Engine:
                     if token is not None:
                         conn.execute("UPDATE monmouth_cursor SET source_token = ? WHERE id = 1", (json.dumps(token),))
                 except Exception as e:
-                    conn.execute("ROLLBACK TO monmouth_notification")
-                    conn.execute("RELEASE monmouth_notification")
+                    if conn.in_transaction:  # SQLite may have rolled the whole transaction back (SQLITE_FULL, IOERR)
+                        conn.execute("ROLLBACK TO monmouth_notification")
+                        conn.execute("RELEASE monmouth_notification")
                     self._count_error(e)
                     raise
                 conn.execute("RELEASE monmouth_notification")
@@ -206,6 +227,11 @@ class Engine:
             self._working = self._head
             raise
         try:
+            if not conn.in_transaction:
+                # SQLite rolled the whole transaction back on a fault (disk full, I/O error): nothing of the batch
+                # is written, the notifications before the failing one included.
+                assert error is not None
+                raise error
             conn.execute("COMMIT" if wrote else "ROLLBACK")
         except BaseException:
             if conn.in_transaction:
@@ -287,10 +313,15 @@ class Engine:
                 stored = rows.get(b.number)
                 if stored is None or stored[1] is None:
                     oldest = self.oldest_revertible()
+                    held = (f"undo data is held only from block {oldest}" if oldest is not None else
+                            f"no undo data is held (every block up to the head {head.number} is finalized or "
+                            "outside the undo window)")
                     raise ReorgTooDeepError(
-                        f"{n.kind} of depth {len(old)} reverts block {b.ref}, but undo data is held only from block "
-                        f"{oldest} (finalized {self.finalized}, undo_window {self.config.undo_window}); "
-                        "restore a checkpoint or re-index"
+                        f"{n.kind} of depth {len(old)} reverts block {b.ref}, but {held} (finalized "
+                        f"{self.finalized}, undo_window {self.config.undo_window}); see "
+                        "docs/faults.md (wait for the node to return to the indexed chain, or restore a backup "
+                        f"older than block {old.first.number} or re-index)",
+                        depth=len(old), block=b.ref,
                     )
                 if stored[0] != b.hash:
                     raise ContinuityError(

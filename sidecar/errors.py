@@ -34,7 +34,22 @@ class ContinuityError(MonmouthError):
 
 
 class ReorgTooDeepError(MonmouthError):
-    """A revert reaches below the oldest block whose undo data is still held."""
+    """A revert reaches below the oldest block whose undo data is still held.
+
+    Attributes:
+        depth: blocks the notification reverts.
+        block: the first block it cannot revert (a ``BlockRef``), or ``None``.
+    """
+
+    def __init__(self, message: str, depth: int = 0, block: object = None) -> None:
+        super().__init__(message)
+        self.depth = depth
+        self.block = block
+
+
+class StorageError(MonmouthError):
+    """The database cannot be opened or written: a bad ``storage.path``, a read-only file or directory, a full
+    disk. The message names the path and the fault."""
 
 
 class PluginError(MonmouthError):

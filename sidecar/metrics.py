@@ -29,6 +29,10 @@ class Metrics:
         head, finalized, source_head, lag: gauges in blocks.
         config_reloads: ``monmouth_config_reloads_total{outcome}``, ``applied`` or ``rejected``.
         source_reconnects: ``monmouth_source_reconnects_total{source}``.
+        source_bad_answers: ``monmouth_source_bad_answers_total{source, node}``, answers refused as malformed or
+            failing verification against the block header, by node URL.
+        ingestion_paused: ``monmouth_ingestion_paused``, 1 while ingestion is paused by a fault (disk full,
+            read-only database, a reorg deeper than the undo data held), else 0.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -61,7 +65,10 @@ class Metrics:
         )
         self.errors = Counter("monmouth_errors", "Errors, by kind.", ["kind"], registry=r)
         self.head = Gauge("monmouth_head_block", "Engine head block number.", registry=r)
-        self.finalized = Gauge("monmouth_finalized_block", "Finalized block number reported by the source.", registry=r)
+        self.finalized = Gauge(
+            "monmouth_finalized_block", "Finalized block recorded (the source's, at most head - finality_depth).",
+            registry=r,
+        )
         self.source_head = Gauge("monmouth_source_head_block", "Newest block number the source knows.", registry=r)
         self.lag = Gauge("monmouth_source_lag_blocks", "Source head minus engine head, blocks.", registry=r)
         self.config_reloads = Counter(
@@ -69,4 +76,11 @@ class Metrics:
         )
         self.source_reconnects = Counter(
             "monmouth_source_reconnects", "Reconnections to the node or bridge.", ["source"], registry=r
+        )
+        self.source_bad_answers = Counter(
+            "monmouth_source_bad_answers", "Node answers refused as malformed or unverifiable.", ["source", "node"],
+            registry=r,
+        )
+        self.ingestion_paused = Gauge(
+            "monmouth_ingestion_paused", "1 while ingestion is paused by a fault, else 0.", registry=r
         )

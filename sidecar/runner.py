@@ -5,6 +5,12 @@ source has several waiting, up to ``engine.group_commit`` of them share one tran
 savepoint, see :meth:`Engine.apply_many`); config reloads are applied between transactions (they take the same
 lock); a notification that fails in a plugin is retried, with backoff, until it succeeds (an operator can
 disable the failing plugin in ``config.toml`` meanwhile: the reload is applied before the next retry).
+
+Faults pause ingestion instead of ending the process (``docs/faults.md``): a fault of the database's environment
+(disk full, read-only, I/O error) retries the same notifications with backoff until they commit; a reorg deeper
+than the undo data held restarts the source with backoff until the node's chain connects again. While paused,
+``/ready`` answers 503 with the problem and the operator's action, ``monmouth_ingestion_paused`` is 1, and the
+engine's cursor has not moved (nothing is half-applied).
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ import apsw
 
 from .app import App, EngineView
 from .engine import ApplyResult
-from .errors import CodecError, ConfigError, ContinuityError, PluginError, ReorgTooDeepError, SourceError
+from .errors import CodecError, ContinuityError, MonmouthError, PluginError, ReorgTooDeepError, SourceError
 from .sources.base import Delivery, Source
+from .store import describe_fault, environment_fault
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +72,8 @@ class Runner:
         # never make a notification wait for a free thread.
         self._engine_limiter = anyio.CapacityLimiter(1)
         self._wal_pages = 0
+        #: Why ingestion is paused (``{"title", "detail", "action"}``), ``None`` while it runs.
+        self.paused: dict[str, str] | None = None
 
     # ------------------------------------------------------------------------------------------------ status
     def status(self) -> dict[str, Any]:
@@ -76,6 +85,11 @@ class Runner:
         return st
 
     def ready(self) -> tuple[bool, str]:
+        if self.paused is not None:
+            p = self.paused
+            return False, f"ingestion paused, {p['title']}: {p['detail']}. {p['action']}"
+        if getattr(self.source, "behind", 0):
+            return False, f"the node is {self.source.behind} blocks behind the indexed head; waiting for it"  # type: ignore[attr-defined]
         if getattr(self.source, "connected", True) is False:
             return False, f"source disconnected: {getattr(self.source, 'last_error', None)}"
         st = self.app.status(self.source)
@@ -97,8 +111,10 @@ class Runner:
         error: Exception | None = None
         if self.serve_http:
             from .auth import check_bind
+            from .preflight import check_listen
 
             check_bind(self.app.settings)  # refuse a public bind without auth before starting anything
+            check_listen(self.app.settings)  # TLS files and the port, named in one line, not a traceback later
         tune_gc()
         async with anyio.create_task_group() as tg:
             if self.serve_http:
@@ -138,11 +154,46 @@ class Runner:
                 log.error("%s; restarting the %s source from the engine head in %.1fs", e, self.source.kind, backoff)
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, self.app.settings.source.max_backoff)
-            except (SourceError, ReorgTooDeepError) as e:
+            except ReorgTooDeepError as e:
+                if self.source.kind == "replay":
+                    raise
                 self.last_error = str(e)
-                self.app.metrics.errors.labels("source" if isinstance(e, SourceError) else "reorg_too_deep").inc()
+                self._pause("reorg deeper than the undo data held", str(e),
+                            "Ingestion resumes by itself if the node returns to the indexed chain; otherwise stop the "
+                            "sidecar and restore a backup older than the fork, or re-index (docs/faults.md)")
+                log.error("%s; ingestion paused, asking the node again in %.1fs", e, backoff)
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, self.app.settings.source.max_backoff)
+            except SourceError as e:
+                self.last_error = str(e)
+                self.app.metrics.errors.labels("source").inc()
                 log.error("%s", e)
                 raise
+
+    def _pause(self, title: str, detail: str, action: str) -> None:
+        if self.paused is None:
+            self.app.metrics.ingestion_paused.set(1)
+        self.paused = {"title": title, "detail": detail, "action": action}
+
+    def _resume(self) -> None:
+        if self.paused is not None:
+            log.warning("ingestion resumed (was paused: %s)", self.paused["title"])
+            self.paused = None
+            self.app.metrics.ingestion_paused.set(0)
+
+    async def _reconnect(self) -> None:
+        """A new engine connection after it was dropped or broke (the old one may never work again)."""
+        def reconnect() -> None:
+            self.app.engine.reconnect()
+            if self.app.settings.storage.checkpoint_pages > 0:
+                self.app.engine.conn.set_wal_hook(self._on_wal_commit)
+
+        async with self.lock:
+            try:
+                await anyio.to_thread.run_sync(reconnect, limiter=self._engine_limiter)
+                log.warning("database: reconnected to %s", self.app.db.path)
+            except apsw.Error as e:
+                log.error("database: cannot reconnect to %s yet: %s", self.app.db.path, describe_fault(e))
 
     def _apply(self, batch: list[Delivery]) -> tuple[list[ApplyResult], Exception | None]:
         """On the engine's worker thread: decode (a source may defer it to the first access of ``d.notification``),
@@ -166,7 +217,10 @@ class Runner:
         head = None
         while batch:
             async with self.lock:
-                results, error = await anyio.to_thread.run_sync(self._apply, batch, limiter=self._engine_limiter)
+                try:
+                    results, error = await anyio.to_thread.run_sync(self._apply, batch, limiter=self._engine_limiter)
+                except apsw.Error as e:  # the COMMIT failed, or SQLite rolled back: nothing of the batch written
+                    results, error = [], e
             done, batch = batch[:len(results)], batch[len(results):]
             for d, res in zip(done, results, strict=True):
                 self.blocks_done += res.committed
@@ -179,8 +233,21 @@ class Runner:
                 await anyio.to_thread.run_sync(self._release, done, limiter=self._engine_limiter)
             if error is None:
                 self.last_error = None
+                self._resume()
                 break
             self.last_error = str(error)
+            fault = environment_fault(error)
+            if fault is not None or isinstance(error, apsw.Error):
+                self.app.metrics.errors.labels("storage").inc()
+                detail = f"{self.app.db.path.resolve()}: {describe_fault(fault or error)}"
+                self._pause("the database cannot be written", detail, "Ingestion resumes by itself once the fault "
+                            "clears (free disk space, remount read-write, fix permissions); nothing was half-applied")
+                log.error("database fault: %s; nothing applied, retrying in %.1fs", detail, backoff)
+                await anyio.sleep(backoff)
+                if isinstance(fault, apsw.ConnectionClosedError | apsw.IOError):
+                    await self._reconnect()
+                backoff = min(backoff * 2, self.app.settings.engine.retry_max_backoff)
+                continue
             if isinstance(error, CodecError):
                 # A deferred body that does not decode: nothing of it was applied, the cursor did not move. The
                 # source counts it, reports it upstream and re-delivers from there; the rest of the batch is dropped.
@@ -192,13 +259,16 @@ class Runner:
             log.error("%s; the notification was rolled back and will be retried in %.1fs", error, backoff)
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, self.app.settings.engine.retry_max_backoff)
-        fin = self.source.finalized
-        if fin is not None and (engine.finalized is None or fin > engine.finalized) and head is not None:
+        # What the sidecar treats as finalized: the source's finalized block, never within engine.finality_depth
+        # blocks of the head (so a node calling a fake chain finalized cannot take away that much undo data).
+        fin, depth = self.source.finalized, self.app.settings.engine.finality_depth
+        if (fin is not None and head is not None and min(fin, head.number - depth) >= 0
+                and (engine.finalized is None or min(fin, head.number - depth) > engine.finalized)):
             async with self.lock:
                 try:
-                    await anyio.to_thread.run_sync(engine.set_finalized, min(fin, head.number),
+                    await anyio.to_thread.run_sync(engine.set_finalized, min(fin, head.number - depth),
                                                    limiter=self._engine_limiter)
-                except PluginError as e:
+                except (PluginError, apsw.Error) as e:
                     log.error("%s (finalized %d not recorded; will retry)", e, fin)
 
     # ------------------------------------------------------------------------------------------------ helpers
@@ -209,10 +279,11 @@ class Runner:
         async with self.lock:
             try:
                 await anyio.to_thread.run_sync(self.app.reload)
-            except ConfigError as e:
+            except Exception as e:  # any file content, any failure: the running config stays (never a crash)
                 self.app.metrics.config_reloads.labels("rejected").inc()
                 self.app.metrics.errors.labels("config").inc()
-                log.error("config reload rejected, keeping the last good config: %s", e)
+                log.error("config reload of %s rejected, keeping the last good config: %s", self.app.config_path,
+                          e if isinstance(e, MonmouthError) else f"{type(e).__name__}: {e}")
                 return False
         self.app.metrics.config_reloads.labels("applied").inc()
         return True

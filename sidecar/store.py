@@ -15,7 +15,7 @@ from pathlib import Path
 
 import apsw
 
-from .errors import MigrationError
+from .errors import MigrationError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,40 @@ def _load_vec(conn: apsw.Connection) -> None:
     conn.enable_load_extension(False)
 
 
+#: SQLite faults of the environment, not of the data: they clear when the disk, the mount or the permissions are
+#: fixed, and retrying the same transaction then succeeds.
+ENVIRONMENT_FAULTS: tuple[type[apsw.Error], ...] = (
+    apsw.FullError, apsw.ReadOnlyError, apsw.IOError, apsw.CantOpenError, apsw.BusyError, apsw.LockedError,
+    apsw.ConnectionClosedError, apsw.PermissionsError, apsw.AuthError,
+)
+
+
+def environment_fault(error: BaseException | None) -> BaseException | None:
+    """The SQLite fault of the environment behind ``error`` (itself, or its cause: what a plugin hit), if any."""
+    while error is not None:
+        if isinstance(error, ENVIRONMENT_FAULTS):
+            return error
+        error = error.__cause__
+    return None
+
+
+def describe_fault(e: BaseException) -> str:
+    """A one-line description of a SQLite fault, with what usually causes it."""
+    hints: dict[type[BaseException], str] = {
+        apsw.FullError: "the disk (or the file system holding the database) is full",
+        apsw.ReadOnlyError: "the file, its directory or its file system is read-only",
+        apsw.CantOpenError: "the path is a directory, or the file or its directory is not writable: permissions or "
+                            "a read-only file system",
+        apsw.IOError: "an I/O error (the file system went away, was remounted, or is failing)",
+        apsw.PermissionsError: "permission denied",
+        apsw.BusyError: "another process holds the write lock",
+        apsw.NotADBError: "the file is not a SQLite database",
+        apsw.CorruptError: "the database file is damaged",
+    }
+    hint = hints.get(type(e))
+    return f"{type(e).__name__}: {e}" + (f" ({hint})" if hint else "")
+
+
 class Database:
     """The sidecar's SQLite file.
 
@@ -77,12 +111,23 @@ class Database:
         if str(path) == ":memory:":
             raise ValueError("storage.path must be a file, not ':memory:'")
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.synchronous = synchronous
         self.busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
-        with contextlib.closing(self.connect()) as conn, conn:
-            conn.execute(_SCHEMA)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            what = "is not a directory" if self.path.parent.exists() else f"cannot be created: {e.strerror}"
+            raise StorageError(f"storage.path: {self.path}: its directory {self.path.parent} {what}") from None
+        try:
+            with contextlib.closing(self.connect()) as conn:
+                with conn:
+                    conn.execute(_SCHEMA)
+                # Opening succeeds on a read-only file; the first write would fail. Find out now.
+                conn.execute("BEGIN IMMEDIATE; UPDATE monmouth_cursor SET id = 1 WHERE id = 1; ROLLBACK")
+        except apsw.Error as e:
+            raise StorageError(f"storage.path: cannot open {self.path.resolve()} for writing: {describe_fault(e)}"
+                               ) from None
 
     def connect(self, readonly: bool = False) -> apsw.Connection:
         """A new connection with WAL, the busy timeout, and sqlite-vec loaded."""

@@ -229,6 +229,19 @@ def test_reorg_deeper_than_undo_window_is_refused_whole(engine_factory):
     assert e.apply(ChainReorged(chain(bs[9:]), chain(fork))).reverted == 3
 
 
+def test_reorg_below_everything_finalized_says_no_undo_data_is_held(engine_factory):
+    """Everything up to the head finalized (a node that called its tip finalized): the refusal says so, instead of
+    'held only from block None', and names the first block it cannot revert."""
+    e = engine_factory()
+    bs = extend(None, 6, number=1)
+    e.apply(ChainCommitted(chain(bs)))
+    e.set_finalized(6)
+    with pytest.raises(ReorgTooDeepError, match="no undo data is held .every block up to the head 6") as err:
+        e.apply(ChainReorged(chain(bs[3:]), chain(extend(bs[2], 4, salt="fake"))))
+    assert err.value.depth == 3 and err.value.block == bs[3].ref and "None" not in str(err.value).split("(final")[0]
+    assert e.head == bs[-1].ref
+
+
 def test_finalized_prunes_undo_and_calls_hook(engine_factory, tmp_path):
     seen = []
 

@@ -41,3 +41,36 @@ def test_malformed_rpc_objects_are_named():
     swapped = [receipts[1], receipts[0], *receipts[2:]]
     with pytest.raises(CodecError, match="receipt 0 belongs to"):
         block_from_rpc(block, swapped)
+
+
+def _depth(value) -> int:
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    return 0
+
+
+def test_json_depth_equals_the_parsed_depth_without_parsing():
+    """json_depth (used to refuse a node's answer nested deep enough to crash a JSON parser) matches the depth of
+    the parsed value for any JSON, strings full of brackets, quotes and backslashes included."""
+    import json
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from monmouth.jsonrpc import json_depth
+
+    text = st.text(alphabet='[]{}"\\ax\u00e9', max_size=8)
+    values = st.recursive(st.none() | st.integers() | text,
+                          lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4),
+                          max_leaves=40)
+
+    @settings(max_examples=300, deadline=None)
+    @given(values, st.booleans())
+    def check(value, ascii_only):
+        body = json.dumps(value, ensure_ascii=ascii_only).encode()
+        assert json_depth(body) == _depth(value)
+
+    check()
+    assert json_depth(b"[" * 200_000 + b"]" * 200_000) == 200_000

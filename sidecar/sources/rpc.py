@@ -7,17 +7,23 @@ to one ``eth_getTransactionReceipt`` per transaction on nodes without it), fetch
 Reorgs: when the next block's parent hash is not the engine's head hash (or, when caught up, the node's
 block at the head's height has another hash), the source walks back height by height, comparing the node's
 hashes with the engine's canonical hashes, to the common ancestor, and emits ``ChainReorged(old, new)`` with
-the exact old and new segments (``ChainReverted(old)`` when the node's chain is now shorter). Orphaned
-bodies cannot be fetched by number after a reorg, so the old segment carries header fields only (from the
-engine's records); the engine reverts from its journal, not from the old bodies.
+the exact old and new segments (``ChainReverted(old)`` when the node's new chain is not long enough yet).
+A node whose whole chain is a prefix of the engine's is behind (lagging, resyncing), not reorged: the source
+waits for it instead of reverting. Orphaned bodies cannot be fetched by number after a reorg, so the old
+segment carries header fields only (from the engine's records); the engine reverts from its journal, not from
+the old bodies.
 
-When the node is unreachable the source retries with exponential backoff (capped by ``max_backoff``
-seconds), logging each failure and counting ``monmouth_source_reconnects_total{source="rpc"}``.
+Bad answers: every answer is checked (JSON-RPC shapes, and each block against its header's hash,
+``transactionsRoot`` and ``receiptsRoot``) before anything is built from it; a malformed or unverifiable answer
+is logged naming the node and the block, counted, and retried. When the node is unreachable or answers badly
+the source retries with exponential backoff (tenacity, capped by ``max_backoff`` seconds), logging each failure
+and counting ``monmouth_source_reconnects_total{source="rpc"}``; it never gives up. See ``docs/faults.md``.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -25,10 +31,18 @@ from typing import Any
 
 import anyio
 import httpx
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
+    wait_exponential,
+)
 
-from ..errors import ChainError, CodecError
-from ..jsonrpc import block_from_rpc, qty
+from ..errors import ChainError, CodecError, ReorgTooDeepError
+from ..jsonrpc import MAX_JSON_DEPTH, block_from_rpc, check_block, check_header, check_receipts, json_depth, qty
 from ..metrics import Metrics
+from ..roots import verify_block
 from ..types import Block, BlockRef, Chain, ChainCommitted, ChainReorged, ChainReverted
 from .base import ChainView, Delivery, Source
 
@@ -40,19 +54,28 @@ METHOD_NOT_FOUND = -32601
 class RpcError(Exception):
     """A JSON-RPC error object (``code``, ``message``) returned by the node."""
 
-    def __init__(self, method: str, error: dict[str, Any]) -> None:
-        super().__init__(f"{method}: JSON-RPC error {error.get('code')}: {error.get('message')}")
-        self.code = error.get("code")
+    def __init__(self, method: str, error: Any) -> None:
+        err = error if isinstance(error, dict) else {"message": repr(error)[:200]}
+        super().__init__(f"{method}: JSON-RPC error {err.get('code')}: {err.get('message')}"[:300])
+        self.code = err.get("code")
 
 
 class TransientNodeError(Exception):
     """The node answered something unusable right now (inconsistent batch mid-reorg, missing block)."""
 
 
+class BadAnswerError(TransientNodeError):
+    """The node's answer is malformed (wrong JSON-RPC shape) or does not match the header it belongs to
+    (transactions, receipts or header fields against the block hash, ``transactionsRoot``, ``receiptsRoot``).
+    Counted in ``monmouth_source_bad_answers_total{source, node}``; the message names the node and the block."""
+
+
 class JsonRpcClient:
     """A minimal async JSON-RPC 2.0 client over HTTP (httpx), with batching.
 
-    Raises ``httpx.HTTPError`` on transport failures and :class:`RpcError` on error objects.
+    Raises ``httpx.HTTPError`` on transport failures, :class:`RpcError` on error objects and
+    :class:`BadAnswerError` for a body that is not a JSON-RPC response (nesting is bounded before parsing, see
+    :data:`sidecar.jsonrpc.MAX_JSON_DEPTH`).
     """
 
     def __init__(self, url: str, timeout: float = 10.0, transport: httpx.AsyncBaseTransport | None = None) -> None:
@@ -71,14 +94,20 @@ class JsonRpcClient:
         payload = [{"jsonrpc": "2.0", "id": i, "method": m, "params": p} for i, (m, p) in zip(ids, calls, strict=True)]
         resp = await self._client.post(self.url, json=payload if len(payload) > 1 else payload[0])
         resp.raise_for_status()
-        body = resp.json()
+        depth = json_depth(resp.content)
+        if depth > MAX_JSON_DEPTH:
+            raise BadAnswerError(f"{calls[0][0]}: the node's answer nests {depth} deep (at most {MAX_JSON_DEPTH})")
+        try:
+            body = json.loads(resp.content)
+        except ValueError as e:
+            raise BadAnswerError(f"{calls[0][0]}: the node's answer is not JSON: {e}") from None
         items = body if isinstance(body, list) else [body]
         by_id = {item.get("id"): item for item in items if isinstance(item, dict)}
         out = []
         for i, (method, _) in zip(ids, calls, strict=True):
             item = by_id.get(i)
             if item is None:
-                raise TransientNodeError(f"{method}: no response in the batch")
+                raise BadAnswerError(f"{method}: no response with id {i} in the node's answer")
             if "error" in item and item["error"] is not None:
                 raise RpcError(method, item["error"])
             out.append(item.get("result"))
@@ -88,8 +117,26 @@ class JsonRpcClient:
         await self._client.aclose()
 
 
+#: What the source retries itself: any exception (never a cancellation), except a reorg it cannot follow.
+_RETRIED = retry_if_exception_type(Exception) & retry_if_not_exception_type(ReorgTooDeepError)
+
+
+def _hash(raw: str) -> bytes:
+    return bytes.fromhex(raw[2:])
+
+
 class RpcSource(Source):
     """Poll a JSON-RPC node for new blocks and reorgs.
+
+    Every answer is checked before anything is built from it: JSON-RPC shapes (:mod:`sidecar.jsonrpc`), then,
+    with ``verify``, each block against its own header (:func:`sidecar.roots.verify_block`: block hash,
+    transaction hashes, ``transactionsRoot``, ``receiptsRoot``). A bad answer is logged naming the node and the
+    block, counted (``bad_answers`` in ``/status``, ``monmouth_source_bad_answers_total{source="rpc", node}``)
+    and retried with backoff like an unreachable node; the source never gives up.
+
+    The node's ``finalized`` tag is believed only for a block the engine holds with the same hash (or one
+    older than its hash history): a node cannot make the sidecar finalize a block it has not indexed, or one
+    of another chain.
 
     Args:
         url: HTTP JSON-RPC endpoint.
@@ -97,16 +144,17 @@ class RpcSource(Source):
         poll_interval: seconds between polls when caught up.
         batch_size: blocks per batch (and per ``ChainCommitted``) while catching up.
         start_block: first block on an empty database, or ``"latest"``.
-        max_backoff: cap of the reconnect backoff, seconds.
+        max_backoff: cap of the retry backoff, seconds.
         timeout: HTTP timeout, seconds.
-        metrics: core metrics (reconnect counter, source head gauge), optional.
+        verify: check blocks against their header's hash and roots (see above).
+        metrics: core metrics (reconnect and bad-answer counters, source head gauge), optional.
         transport: an httpx transport (default: real HTTP), e.g. to route through a proxy in tests.
     """
 
     kind = "rpc"
 
     def __init__(self, url: str, *, confirmations: int = 0, poll_interval: float = 1.0, batch_size: int = 16,
-                 start_block: int | str = 0, max_backoff: float = 30.0, timeout: float = 10.0,
+                 start_block: int | str = 0, max_backoff: float = 30.0, timeout: float = 10.0, verify: bool = True,
                  metrics: Metrics | None = None, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.url = url
         self.confirmations = confirmations
@@ -115,11 +163,18 @@ class RpcSource(Source):
         self.start_block = start_block
         self.max_backoff = max_backoff
         self.timeout = timeout
+        self.verify = verify
         self.metrics = metrics
         self.connected = False
         self.reconnects = 0
         self.last_error: str | None = None
         self.reorgs_detected = 0
+        #: Bad answers (malformed or failing verification) per node URL.
+        self.bad_answers: dict[str, int] = {}
+        #: The node's ``finalized`` tag as last answered, ``(number, hash)``, believed or not.
+        self.node_finalized: tuple[int, bytes] | None = None
+        #: Blocks the node's head is behind the engine's while its chain is a prefix of the engine's (0: not).
+        self.behind = 0
         self._block_receipts: bool | None = None  # does the node support eth_getBlockReceipts?
         self.rpc = JsonRpcClient(url, timeout, transport)
 
@@ -128,7 +183,7 @@ class RpcSource(Source):
         if self._block_receipts is not False:
             try:
                 res = await self.rpc.batch([("eth_getBlockReceipts", [b["number"]]) for b in blocks_raw])
-                if all(isinstance(r, list) for r in res):
+                if all(r is not None for r in res):
                     self._block_receipts = True
                     return res
                 raise TransientNodeError("eth_getBlockReceipts returned null")
@@ -149,19 +204,44 @@ class RpcSource(Source):
         return out
 
     async def fetch_blocks(self, first: int, last: int) -> list[Block]:
-        """Full blocks ``first..last`` with receipts. Raises TransientNodeError if the node changed meanwhile."""
+        """Full blocks ``first..last`` with receipts, checked (see the class).
+
+        Raises:
+            TransientNodeError: the node changed meanwhile, or a block is not available yet.
+            BadAnswerError: a malformed or unverifiable answer, naming the node and the block.
+        """
         raw = await self.rpc.batch([("eth_getBlockByNumber", [hex(n), True]) for n in range(first, last + 1)])
         if any(b is None for b in raw):
             raise TransientNodeError(f"blocks {first}..{last} not all available")
+        for n, b in enumerate(raw, first):
+            what = f"eth_getBlockByNumber({n:#x}, true)"
+            try:
+                check_block(b, what)
+                if qty(b["number"], what + ".number") != n:
+                    raise CodecError(f"{what}: the node answered block {b['number']} {b['hash']}")
+            except CodecError as e:
+                raise BadAnswerError(str(e)) from None
         receipts = await self._receipts(raw)
-        try:
-            return [block_from_rpc(b, r) for b, r in zip(raw, receipts, strict=True)]
-        except CodecError as e:
-            raise TransientNodeError(str(e)) from e
+        blocks = []
+        for b, r in zip(raw, receipts, strict=True):
+            what = f"block {int(b['number'], 16)} {b['hash']}"
+            try:
+                check_receipts(r, what + " receipts")
+                if self.verify:
+                    verify_block(b, r)
+                blocks.append(block_from_rpc(b, r))
+            except CodecError as e:
+                raise BadAnswerError(str(e) if str(e).startswith("block ") else f"{what}: {e}") from None
+        return blocks
 
     async def block_hash(self, number: int) -> bytes | None:
         b = await self.rpc.call("eth_getBlockByNumber", hex(number), False)
-        return bytes.fromhex(b["hash"][2:]) if b else None
+        if b is None:
+            return None
+        try:
+            return _hash(check_header(b, f"eth_getBlockByNumber({number:#x}, false)").hash)
+        except CodecError as e:
+            raise BadAnswerError(str(e)) from None
 
     async def _poll_heads(self, check: int | None = None) -> tuple[int, bytes | None]:
         """One batch: latest block number, the finalized block, and (optionally) the node's hash at height
@@ -170,76 +250,126 @@ class RpcSource(Source):
         if check is not None:
             calls.append(("eth_getBlockByNumber", [hex(check), False]))
         res = await self.rpc.batch(calls)
-        self.source_head = qty(res[0], "eth_blockNumber")
-        fin = res[1]
-        if isinstance(fin, dict) and fin.get("number"):
-            self.finalized = qty(fin["number"], "finalized.number")
+        try:
+            latest = qty(res[0], "eth_blockNumber")
+            fin = check_header(res[1], "eth_getBlockByNumber(finalized)") if res[1] is not None else None
+            checked = check_header(res[2], f"eth_getBlockByNumber({check:#x}, false)") if res[2:] and res[2] else None
+            if fin is not None and qty(fin.number, "finalized.number") > latest:
+                raise CodecError(f"the finalized block {fin.number} is above the latest block {latest:#x}")
+        except CodecError as e:
+            raise BadAnswerError(str(e)) from None
+        self.source_head = latest
+        self.node_finalized = (int(fin.number, 16), _hash(fin.hash)) if fin is not None else None
         if self.metrics is not None:
             self.metrics.source_head.set(self.source_head)
-        checked = res[2] if check is not None else None
-        return self.source_head, (bytes.fromhex(checked["hash"][2:]) if isinstance(checked, dict) else None)
+        return latest, (_hash(checked.hash) if checked is not None else None)
+
+    def _justify_finalized(self, view: ChainView, head: BlockRef | None) -> None:
+        """Believe the node's finalized tag only for a block of the engine's chain (see the class)."""
+        if self.node_finalized is None or head is None:
+            return
+        number, hash_ = self.node_finalized
+        if number > head.number or (self.finalized is not None and number <= self.finalized):
+            return
+        ours = view.canonical(number)
+        if ours is not None and ours.hash != hash_:
+            log.warning("rpc: %s calls block %d 0x%s finalized, but the indexed block %d is 0x%s; not believed",
+                        self.url, number, hash_.hex(), number, ours.hash.hex())
+            return
+        self.finalized = number
 
     # ------------------------------------------------------------------------------------------------ stream
+    def _before_sleep(self, state: RetryCallState) -> None:
+        e = state.outcome.exception() if state.outcome is not None else None
+        self.connected = False
+        self.reconnects += 1
+        self.last_error = f"{type(e).__name__}: {e}"
+        wait = state.next_action.sleep if state.next_action is not None else 0.0
+        if isinstance(e, BadAnswerError):
+            self.bad_answers[self.url] = self.bad_answers.get(self.url, 0) + 1
+            if self.metrics is not None:
+                self.metrics.source_bad_answers.labels("rpc", self.url).inc()
+            log.error("rpc: bad answer from %s: %s; retrying in %.1fs", self.url, e, wait)
+        elif isinstance(e, httpx.HTTPError | TransientNodeError | RpcError | ChainError):
+            log.warning("rpc: %s unavailable or inconsistent (%s); retrying in %.1fs", self.url, self.last_error, wait)
+        else:  # a defect here, not the node's: still never give up, but say where
+            log.error("rpc: unexpected error following %s; retrying in %.1fs", self.url, wait, exc_info=e)
+        if self.metrics is not None:
+            self.metrics.source_reconnects.labels("rpc").inc()
+
     async def stream(self, view: ChainView) -> AsyncIterator[Delivery]:  # type: ignore[override]
-        backoff = min(0.5, self.max_backoff)
-        while True:
-            try:
-                async for d in self._follow(view):
-                    backoff = min(0.5, self.max_backoff)
-                    yield d
-            except (httpx.HTTPError, TransientNodeError, RpcError, ChainError, ValueError) as e:
-                self.connected = False
-                self.reconnects += 1
-                self.last_error = f"{type(e).__name__}: {e}"
-                if self.metrics is not None:
-                    self.metrics.source_reconnects.labels("rpc").inc()
-                log.warning("rpc: %s unavailable or inconsistent (%s); retrying in %.1fs", self.url, self.last_error,
-                            backoff)
-                await anyio.sleep(backoff)
-                backoff = min(backoff * 2, self.max_backoff)
+        """Follow the node forever: each step (poll, fetch, check) is retried with exponential backoff (tenacity,
+        from 0.5 s up to ``max_backoff``) until it succeeds; the backoff starts over after each delivery.
 
-    async def _follow(self, view: ChainView) -> AsyncIterator[Delivery]:
+        Raises:
+            ReorgTooDeepError: the node shares no block with the engine's hash history (the runner pauses).
+        """
         while True:
-            head = view.head()
-            latest, node_hash = await self._poll_heads(head.number if head is not None else None)
-            self.connected = True
-            target = latest - self.confirmations
-            if head is None:
-                start = target if self.start_block == "latest" else int(self.start_block)
-                if start > target:
-                    await anyio.sleep(self.poll_interval)
-                    continue
-                blocks = await self.fetch_blocks(start, min(start + self.batch_size - 1, target))
-                yield Delivery(ChainCommitted(Chain(tuple(blocks))), None, 0, time.monotonic())
-                continue
-            if node_hash != head.hash:
-                # The node's block at our head's height changed (or vanished): a reorg.
-                async for d in self._reorg(view, head, target):
-                    yield d
-                continue
-            if head.number >= target:
+            retrying = AsyncRetrying(retry=_RETRIED, before_sleep=self._before_sleep,
+                                     wait=wait_exponential(multiplier=0.5, min=0.5, max=self.max_backoff))
+            async for attempt in retrying:
+                with attempt:
+                    deliveries = await self._step(view)
+            for d in deliveries:
+                yield d
+
+    async def _step(self, view: ChainView) -> list[Delivery]:
+        """One poll: the deliveries it gives (none when caught up, after ``poll_interval``)."""
+        head = view.head()
+        latest, node_hash = await self._poll_heads(head.number if head is not None else None)
+        self.connected = True
+        if head is None or node_hash == head.hash or latest > head.number:
+            self.behind = 0
+        self._justify_finalized(view, head)
+        target = latest - self.confirmations
+        if head is None:
+            start = target if self.start_block == "latest" else int(self.start_block)
+            if start > target:
                 await anyio.sleep(self.poll_interval)
-                continue
-            last = min(head.number + self.batch_size, target)
-            blocks = await self.fetch_blocks(head.number + 1, last)
-            if blocks[0].parent_hash != head.hash:
-                async for d in self._reorg(view, head, target):
-                    yield d
-                continue
-            yield Delivery(ChainCommitted(Chain(tuple(blocks))), None, 0, time.monotonic())
+                return []
+            blocks = await self.fetch_blocks(start, min(start + self.batch_size - 1, target))
+            return [Delivery(ChainCommitted(Chain(tuple(blocks))), None, 0, time.monotonic())]
+        if node_hash != head.hash:
+            # The node's block at our head's height changed (a reorg) or vanished (a reorg, or a node behind).
+            return await self._reorg(view, head, latest, target)
+        if head.number >= target:
+            await anyio.sleep(self.poll_interval)
+            return []
+        last = min(head.number + self.batch_size, target)
+        blocks = await self.fetch_blocks(head.number + 1, last)
+        if blocks[0].parent_hash != head.hash:
+            return await self._reorg(view, head, latest, target)
+        return [Delivery(ChainCommitted(Chain(tuple(blocks))), None, 0, time.monotonic())]
 
-    async def _reorg(self, view: ChainView, head: BlockRef, target: int) -> AsyncIterator[Delivery]:
-        n = head.number
+    async def _reorg(self, view: ChainView, head: BlockRef, latest: int, target: int) -> list[Delivery]:
+        """Walk back to the common ancestor of the node's chain and the engine's; the delivery that moves the
+        engine onto the node's chain, or none when the node's whole chain is a prefix of the engine's: the node
+        is behind (a lagging or resyncing node), not reorged, and the source waits for it (``behind`` in
+        ``/status``) rather than revert blocks no other chain has replaced."""
+        n = top = min(head.number, latest)
         while True:
             ours = view.canonical(n)
             if ours is None:
-                raise TransientNodeError(
-                    f"reorg below block {n + 1}: deeper than the engine's hash history; cannot find the common ancestor"
+                # No common ancestor within the hash history: another chain, or a reorg deeper than anything the
+                # engine can undo. Not retried here: the runner pauses ingestion and asks again with backoff.
+                self.connected = True
+                raise ReorgTooDeepError(
+                    f"the node {self.url} shares no block with the indexed chain from block {n + 1} to {top} (head "
+                    f"{head}): it follows another chain, or reorged deeper than the hash history held "
+                    "(engine.history); see docs/faults.md (wait for the node to return to the indexed chain, or "
+                    "restore a backup or re-index)", depth=head.number - n, block=head,
                 )
             if await self.block_hash(n) == ours.hash:
                 break
             n -= 1
         ancestor = n
+        if ancestor >= latest:
+            if not self.behind:
+                log.warning("rpc: %s is behind: its head is block %d, the engine's is %d; waiting for it", self.url,
+                            latest, head.number)
+            self.behind = head.number - latest
+            await anyio.sleep(self.poll_interval)
+            return []
         old_blocks = []
         for k in range(ancestor + 1, head.number + 1):
             stored = view.canonical(k)
@@ -252,17 +382,19 @@ class RpcSource(Source):
         log.info("rpc: reorg detected at block %d (depth %d, common ancestor %d)", head.number, len(old_blocks),
                  ancestor)
         if end <= ancestor:
-            yield Delivery(ChainReverted(old), None, 0, time.monotonic())
-            return
+            return [Delivery(ChainReverted(old), None, 0, time.monotonic())]
         new = await self.fetch_blocks(ancestor + 1, end)
         if new[0].parent_hash != old.fork_point.hash:
             raise TransientNodeError("node changed during reorg handling")
-        yield Delivery(ChainReorged(old, Chain(tuple(new))), None, 0, time.monotonic())
+        return [Delivery(ChainReorged(old, Chain(tuple(new))), None, 0, time.monotonic())]
 
     def status(self) -> dict[str, Any]:
         st = super().status()
+        nf = self.node_finalized
         st.update(url=self.url, connected=self.connected, reconnects=self.reconnects, last_error=self.last_error,
-                  reorgs_detected=self.reorgs_detected, block_receipts=self._block_receipts)
+                  reorgs_detected=self.reorgs_detected, block_receipts=self._block_receipts, verify=self.verify,
+                  bad_answers=dict(self.bad_answers), behind=self.behind,
+                  node_finalized={"number": nf[0], "hash": "0x" + nf[1].hex()} if nf else None)
         return st
 
     async def aclose(self) -> None:
