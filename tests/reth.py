@@ -25,7 +25,6 @@ import jwt
 from eth_account import Account
 
 from monmouth.demo import calldata, dev_key
-
 from tests.anvil import free_port
 
 CHAIN_ID = 1337  # Reth's dev chain (crates/chainspec/res/genesis/dev.json)

@@ -23,7 +23,6 @@ import httpx
 import pytest
 
 from monmouth.demo import compile_token, node_modules
-
 from tests.anvil import free_port
 from tests.reth import Consensus, Reth, Wallet, reth_binary, terminate
 
