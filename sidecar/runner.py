@@ -83,8 +83,11 @@ class Runner:
         st = self.app.status(self.source)
         st["last_error"] = self.last_error
         st["blocks_per_s"] = round(self._rate, 1)
+        m = self.app.metrics
         if st["lag"] is not None:
-            self.app.metrics.lag.set(st["lag"])
+            m.lag.set(st["lag"])
+        m.source_connected.labels(self.source.kind).set(0 if getattr(self.source, "connected", True) is False else 1)
+        m.undo_window.set(self.app.settings.engine.undo_window)
         return st
 
     def ready(self) -> tuple[bool, str]:
@@ -319,10 +322,12 @@ class Runner:
         import uvicorn
 
         from .api import create_api
+        from .httpmetrics import RequestMetrics
 
         http = self.app.settings.http
         api = create_api(self.app, self)
-        config = uvicorn.Config(api, host=http.host, port=http.port, log_level="warning", lifespan="off",
+        config = uvicorn.Config(RequestMetrics(api, self.app.metrics), host=http.host, port=http.port,
+                                log_level="warning", lifespan="off",
                                 ssl_certfile=http.tls_cert or None, ssl_keyfile=http.tls_key or None,
                                 timeout_graceful_shutdown=max(int(self.app.settings.engine.shutdown_timeout / 2), 1))
         server = _server(config)

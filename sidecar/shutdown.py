@@ -21,10 +21,12 @@ Invariants:
 - The command owns the signals: uvicorn's own handlers are not installed (:class:`sidecar.runner.Runner` runs its
   server without them), so a SIGTERM is never captured by the server and re-raised after the command's clean-up.
 
-Two phases, one object: while the command runs synchronous code (opening the database, the demo's deployment) a
-signal raises :class:`Stopped` (a ``KeyboardInterrupt``, so ``except Exception`` does not swallow it) and the
-``finally`` blocks clean up; inside the event loop, :meth:`Shutdown.watch` receives signals with anyio's
-``open_signal_receiver`` and calls the stop callbacks on the loop's thread.
+Three phases, one object: while the command starts (opening the database, the demo's deployment) a signal
+raises :class:`Stopped` (a ``KeyboardInterrupt``, so ``except Exception`` does not swallow it) and the ``finally``
+blocks clean up; inside the event loop, :meth:`Shutdown.watch` receives signals with anyio's
+``open_signal_receiver`` and calls the stop callbacks on the loop's thread; once the event loop is over, the
+clean-up under way (plugins' ``monmouth_shutdown``, closing the database) is the stop, and a first signal only
+starts the clock.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class Shutdown:
         self._stops: list[Callable[[], None]] = []
         self._children: list[subprocess.Popen[Any]] = []
         self._timer: threading.Timer | None = None
+        self._cleaning_up = False
 
     @property
     def requested(self) -> bool:
@@ -107,7 +110,9 @@ class Shutdown:
         if self.signum is not None:
             self.force(128 + signum, f"second signal ({signal.Signals(signum).name})")
         self._first(signum)
-        raise Stopped(signal.Signals(signum).name)
+        if not self._cleaning_up:
+            raise Stopped(signal.Signals(signum).name)
+        # after the event loop: the clean-up under way (closing plugins and the database) is the stop; let it finish
 
     def install(self) -> None:
         """Install the synchronous handlers (main thread only): a first signal raises :class:`Stopped`."""
@@ -126,6 +131,7 @@ class Shutdown:
                 async for signum in signals:
                     self.request(signum)
         finally:
+            self._cleaning_up = True
             self.install()
 
     def force(self, code: int, why: str) -> None:
