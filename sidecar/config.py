@@ -97,8 +97,9 @@ class EngineConfig(_Section):
     group_commit: int = Field(32, ge=1, le=1024)
     #: Seconds from SIGTERM/SIGINT to a forced exit: the notification in flight commits (or rolls back), HTTP
     #: drains, workers and child processes stop, exit 0; past this, or on a second signal, exit at once
-    #: (sidecar/shutdown.py). Keep it below the supervisor's own: Docker kills after 10 s by default.
-    shutdown_timeout: float = Field(8.0, gt=0, le=3600)
+    #: (sidecar/shutdown.py). Keep it below the supervisor's own (systemd TimeoutStopSec; Docker --stop-timeout,
+    #: 10 s by default: raise it).
+    shutdown_timeout: float = Field(20.0, gt=0, le=3600)
 
 
 class HttpConfig(_Section):

@@ -146,8 +146,9 @@ class Runner:
                 error = e
             finally:
                 self.done = True
-                with anyio.CancelScope(shield=True):
-                    await self._drain_http()
+                if self.stopping:
+                    with anyio.CancelScope(shield=True):
+                        await self._drain_http()
                 tg.cancel_scope.cancel()
         if error is not None:
             raise error

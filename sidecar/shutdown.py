@@ -32,6 +32,7 @@ starts the clock.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import logging
 import os
 import signal
@@ -137,6 +138,9 @@ class Shutdown:
     def force(self, code: int, why: str) -> None:
         """Kill the child processes and exit with ``code`` now (from any thread), without clean-up."""
         log.error("%s: exiting now with status %d", why, code)
+        if code == 1:  # stuck: say where, for the operator's bug report
+            with contextlib.suppress(Exception):
+                faulthandler.dump_traceback(sys.stderr, all_threads=True)
         for proc in self._children:
             with contextlib.suppress(OSError):
                 proc.kill()
