@@ -91,6 +91,21 @@ def ledger_dump(db: Path):
         e.close()
 
 
+def finish_and_compare(tmp_path: Path, cfg: Path, notes, canonical) -> None:
+    """Replay the rest without interruption, then check the database equals one that applied ``notes`` in one go:
+    same head, same plugin tables, and each notification committed exactly once."""
+    final = subprocess.run([*MONMOUTH, "replay", "history.mnr", "--config", str(cfg)], cwd=tmp_path, env=env(),
+                           capture_output=True, text=True, timeout=120)
+    assert final.returncode == 0, final.stderr
+    head, live, seen = ledger_dump(tmp_path / "db.sqlite")
+    ref = make_engine(tmp_path / "ref.sqlite", {"ledger": ledger})
+    for n in notes:
+        ref.apply(n)
+    assert head == canonical[-1].ref
+    assert live == dump(ref.conn)
+    assert seen == len(notes)
+
+
 # ---------------------------------------------------------------------------------------------------- replay
 
 
@@ -119,16 +134,7 @@ def test_sigterm_and_sigint_during_a_replay_with_reorgs_lose_and_duplicate_nothi
             httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
         stops += 1
     assert stops == 3
-    final = subprocess.run([*MONMOUTH, "replay", "history.mnr", "--config", str(cfg)], cwd=tmp_path, env=env(),
-                           capture_output=True, text=True, timeout=120)
-    assert final.returncode == 0, final.stderr
-    head, live, seen = ledger_dump(tmp_path / "db.sqlite")
-    ref = make_engine(tmp_path / "ref.sqlite", {"ledger": ledger})
-    for n in notes:
-        ref.apply(n)
-    assert head == canonical[-1].ref
-    assert live == dump(ref.conn)
-    assert seen == len(notes)  # each notification committed exactly once across the four runs
+    finish_and_compare(tmp_path, cfg, notes, canonical)  # each notification committed once across the four runs
 
 
 def test_a_second_signal_exits_at_once_and_a_stuck_stop_is_bounded(tmp_path):
@@ -159,14 +165,7 @@ def test_a_second_signal_exits_at_once_and_a_stuck_stop_is_bounded(tmp_path):
     assert 0.9 < took < 3, took
     assert "not stopped within engine.shutdown_timeout = 1s" in err, err
     # Cut short twice mid-transaction: nothing half-applied, and a restart applies everything exactly once.
-    final = subprocess.run([*MONMOUTH, "replay", "history.mnr", "--config", str(cfg)], cwd=tmp_path, env=env(),
-                           capture_output=True, text=True, timeout=120)
-    assert final.returncode == 0, final.stderr
-    head, live, seen = ledger_dump(tmp_path / "db.sqlite")
-    ref = make_engine(tmp_path / "ref.sqlite", {"ledger": ledger})
-    for n in notes:
-        ref.apply(n)
-    assert head == canonical[-1].ref and live == dump(ref.conn) and seen == len(notes)
+    finish_and_compare(tmp_path, cfg, notes, canonical)
 
 
 # ---------------------------------------------------------------------------------------------------- catch-up
