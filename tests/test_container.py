@@ -56,6 +56,7 @@ def image(tmp_path_factory):
         sh("buildah", "rmi", "-f", img, base, check=False)
 
 
+@pytest.mark.timeout(1800)  # the build (in the fixture) counts: several minutes
 def test_the_sidecar_image_runs_non_root_replays_into_its_volume_and_answers_ready(image, tmp_path):
     cfg = json.loads(sh("buildah", "inspect", "--type", "image", image).stdout)["Docker"]["config"]
     assert cfg["User"] == "monmouth" and "/var/lib/monmouth" in cfg["Volumes"]

@@ -36,6 +36,7 @@ def run(zipapp: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess
                           timeout=600, env=env)
 
 
+@pytest.mark.timeout(1800)  # the build (in the fixture) counts: several minutes
 def test_the_zipapp_runs_version_replay_and_search_on_a_bare_python(zipapp, tmp_path):
     bare = subprocess.run([BARE_PYTHON, "-I", "-c", "import numpy"], capture_output=True, text=True)
     assert bare.returncode != 0  # nothing of ours is installed for that interpreter
