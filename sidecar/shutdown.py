@@ -143,7 +143,13 @@ class Shutdown:
                 faulthandler.dump_traceback(sys.stderr, all_threads=True)
         for proc in self._children:
             with contextlib.suppress(OSError):
-                proc.kill()
+                if os.getpgid(proc.pid) == proc.pid:  # its own process group (start_new_session): all of it, e.g.
+                    os.killpg(proc.pid, signal.SIGKILL)  # npm's anvil wrapper and the anvil binary it runs
+                else:
+                    proc.kill()
+        for pid in _child_pids():  # and any other child (e.g. a compiler the demo runs while deploying)
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
@@ -153,6 +159,18 @@ class Shutdown:
         """The command stopped in time: cancel the forced exit."""
         if self._timer is not None:
             self._timer.cancel()
+
+
+def _child_pids() -> list[int]:
+    """This process's children, from ``/proc`` (Linux; elsewhere none)."""
+    me, out = os.getpid(), []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError, IndexError, ValueError), open(f"/proc/{entry.name}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == me:  # the field after the name is the parent
+                        out.append(int(entry.name))
+    return out
 
 
 @contextlib.contextmanager
