@@ -3,6 +3,7 @@
 #
 # The workspace needs only crates.io: the `zmq` crate's zmq-sys builds libzmq from its vendored
 # source (zeromq-src) with the `cc` crate, so no system libzmq is needed, only a C/C++ toolchain.
+# bridge/reth-exex also builds Reth v2.5.1 (RocksDB in C++, MDBX bindings through bindgen: libclang).
 # Rust itself (cargo, rustc >= 1.80) must already be on the machine.
 set -euo pipefail
 
@@ -10,6 +11,8 @@ need=()
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v c++ >/dev/null 2>&1 || need+=(g++)
 command -v make >/dev/null 2>&1 || need+=(make)
+# Reth (bridge/reth-exex) generates its MDBX bindings with bindgen, which needs libclang.
+ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev clang)
 if [ ${#need[@]} -gt 0 ]; then
   echo "bridge/ci-install.sh: installing ${need[*]} (Debian)"
   export DEBIAN_FRONTEND=noninteractive

@@ -10,7 +10,9 @@
 * ``/mcp``: the MCP server (streamable HTTP), same auth. ``/dashboard``: the live dashboard (no CDN).
 
 Every error is an RFC 9457 problem details object (:mod:`monmouth.problems`); request bodies are limited to
-``http.max_body_bytes`` (413); rate limits answer 429 with ``Retry-After`` (:mod:`monmouth.ratelimit`).
+``http.max_body_bytes`` (413) and ``http.max_json_depth`` levels of nesting, checked before any parser runs, and a
+request carries one ``Authorization`` header (400; :mod:`monmouth.limits`); rate limits answer 429 with
+``Retry-After`` (:mod:`monmouth.ratelimit`).
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import __version__, problems
 from .audit import Audit
 from .auth import Authenticator, Principal, check_bind, current_principal, default_policy, require
+from .limits import RequestLimitMiddleware, Text
 from .plugins import declared
-from .problems import ProblemError, problem
+from .problems import ProblemError
 from .ratelimit import RateLimitMiddleware
 
 log = logging.getLogger(__name__)
@@ -57,56 +60,6 @@ def _plugin_guard(app: App, name: str) -> Any:
                                field=f"plugins.{name}.enabled")
 
     return Depends(guard)
-
-
-class BodyLimitMiddleware:
-    """413 for request bodies larger than ``limit()`` bytes (by Content-Length, or counted while streaming)."""
-
-    def __init__(self, app: ASGIApp, limit: Any) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        limit = self.limit()
-        too_big = problem(413, f"request body larger than {limit} bytes (http.max_body_bytes)", field="body")
-        for k, v in scope.get("headers", []):
-            if k == b"content-length":
-                try:
-                    if int(v) > limit:
-                        await too_big(scope, receive, send)
-                        return
-                except ValueError:
-                    await problem(400, "bad Content-Length header", field="content-length")(scope, receive, send)
-                    return
-        seen = 0
-        exceeded = False
-
-        async def counted() -> Message:
-            nonlocal seen, exceeded
-            if exceeded:
-                return {"type": "http.request", "body": b"", "more_body": False}
-            msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > limit:  # stop reading; the app's answer (to a truncated body) is replaced by 413
-                    exceeded = True
-                    return {"type": "http.request", "body": b"", "more_body": False}
-            return msg
-
-        async def tracked(msg: Message) -> None:
-            if not exceeded:
-                await send(msg)
-
-        try:
-            await self.app(scope, counted, tracked)
-        except Exception:
-            if not exceeded:
-                raise
-        if exceeded:
-            await too_big(scope, receive, send)
 
 
 class AuditMiddleware:
@@ -256,7 +209,7 @@ class ReorgLog:
 class SiweIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    message: str = Field(..., min_length=1, max_length=4096, description="The EIP-4361 message, as signed.")
+    message: Text = Field(..., min_length=1, max_length=4096, description="The EIP-4361 message, as signed.")
     signature: str = Field(..., pattern=r"^0x[0-9a-fA-F]{130}$", description="0x + 65-byte signature (hex).")
 
 
@@ -369,11 +322,12 @@ def create_api(app: App, runner: Runner | None = None) -> FastAPI:
     # ------------------------------------------------------------------------------------------------ auth
     @api.get("/auth/nonce", tags=["auth"])
     def nonce(request: Request) -> dict[str, Any]:
-        """A fresh sign-in nonce (used once, valid ``auth.nonce_ttl`` seconds) and what the EIP-4361 message must
-        name: domain and chain id."""
-        n, exp = auth.new_nonce()
+        """A fresh sign-in nonce (used once, valid ``auth.nonce_ttl`` seconds; a client's oldest is retired beyond
+        a few outstanding) and what the EIP-4361 message must name: domain and chain id. 403 naming
+        ``auth.domain`` when it is unset and the request is not local development (docs/security.md)."""
+        domain = auth.siwe_domain(request.headers.get("host"))
+        n, exp = auth.new_nonce(request.client.host if request.client else None)
         cfg = app.settings.auth
-        domain = cfg.domain or request.headers.get("host", "")
         from .auth import iso
 
         return {"nonce": n, "expires_at": iso(exp), "domain": domain, "chain_id": cfg.chain_id,
@@ -451,11 +405,12 @@ def create_api(app: App, runner: Runner | None = None) -> FastAPI:
 
     _document_mcp(api)
 
-    # Outermost last: problems -> audit -> rate limit -> body limit -> admission -> app.
+    # Outermost last: problems -> audit -> request limits -> rate limit -> admission -> app.
     api.add_middleware(AdmissionMiddleware, sidecar=app, runner=runner)
-    api.add_middleware(BodyLimitMiddleware, limit=lambda: app.settings.http.max_body_bytes)
     api.add_middleware(RateLimitMiddleware, get_settings=lambda: app.settings, internal_secret=internal_secret,
                        on_limited=lambda path, ip: audit.denied(429, None, ip, "*", path))
+    api.add_middleware(RequestLimitMiddleware,
+                       limits=lambda: (app.settings.http.max_body_bytes, app.settings.http.max_json_depth))
     api.add_middleware(AuditMiddleware, audit=audit)
     api.add_middleware(problems.ProblemMiddleware)
     return api

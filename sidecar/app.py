@@ -178,4 +178,6 @@ def make_source(settings: Settings, metrics: Metrics | None = None) -> Source:
         return ReplaySource(s.path)
     from .sources.exex import ExExSource
 
-    return ExExSource(s.url, window=s.window, heartbeat_s=s.heartbeat, metrics=metrics, max_backoff=s.max_backoff)
+    start = None if s.start_block == "latest" else int(s.start_block)
+    return ExExSource(s.url, window=s.window, heartbeat_s=s.heartbeat, metrics=metrics, max_backoff=s.max_backoff,
+                      start_block=start)

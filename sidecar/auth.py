@@ -30,6 +30,7 @@ Run ``python -m monmouth.auth new-token`` to make an operator token and the hash
 from __future__ import annotations
 
 import base64
+import collections
 import hashlib
 import hmac
 import ipaddress
@@ -47,6 +48,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from .errors import ConfigError
+from .limits import authorization
 from .problems import ProblemError
 
 if TYPE_CHECKING:
@@ -333,17 +335,27 @@ class Authenticator:
     """
 
     MAX_NONCES = 10_000
+    #: Sign-in nonces outstanding per client address: a new one beyond this retires that client's oldest, so one
+    #: client (or a flood of anonymous GET /auth/nonce) cannot use up everyone's sign-ins.
+    NONCES_PER_CLIENT = 8
     SKEW = 60.0
 
     def __init__(self, get_settings: Callable[[], Settings], bind_host: str) -> None:
         self.get_settings = get_settings
         self.bind_loopback = is_loopback(bind_host)
-        s = get_settings().auth
-        self._secret = bytes.fromhex(s.secret.removeprefix("0x")) if s.secret else secrets.token_bytes(32)
-        self._nonces: dict[str, float] = {}
+        self._random_secret = secrets.token_bytes(32)
+        self._nonces: dict[str, tuple[float, str]] = {}  # nonce -> (expiry, client)
+        self._by_client: dict[str, collections.deque[str]] = {}
         self._lock = threading.Lock()
         self._hash_cache: tuple[int, int, dict[str, str]] = (0, 0, {})
         self.on_token_use: Callable[[Principal, str | None], None] | None = None
+
+    @property
+    def _secret(self) -> bytes:
+        """The HMAC key of agent tokens: ``auth.secret`` as it is now (a hot reload that rotates it retires every
+        token signed with the old one), or a per-process random key while it is empty."""
+        s = self.get_settings().auth.secret
+        return bytes.fromhex(s.removeprefix("0x")) if s else self._random_secret
 
     # -- operator tokens
     def _operator_hashes(self) -> dict[str, str]:
@@ -403,25 +415,64 @@ class Authenticator:
         return Principal("agent", agent=addr, via="siwe", token_id=hashlib.sha256(token.encode()).hexdigest()[:12])
 
     # -- sign-in
-    def new_nonce(self) -> tuple[str, float]:
+    def siwe_domain(self, host_header: str | None) -> str:
+        """The domain SIWE messages must name: ``auth.domain``; while it is empty, the request's ``Host`` only when
+        the server binds to loopback and that ``Host`` names a loopback host (local development). Anything else
+        could let a phishing site relay its own domain in ``Host``, which is what SIWE's domain binding prevents.
+
+        Raises:
+            ProblemError: 403 naming ``auth.domain`` when no domain can be trusted.
+        """
+        cfg = self.get_settings().auth
+        if cfg.domain:
+            return cfg.domain
+        if self.bind_loopback and host_header and _loopback_host(host_header):
+            return host_header
+        raise ProblemError(403, "auth.domain: not set, so agents may sign in only on a loopback bind through a "
+                                f"loopback Host (got Host {host_header!r}); set auth.domain to the domain agents "
+                                "sign for", field="auth.domain")
+
+    def new_nonce(self, client: str | None = None) -> tuple[str, float]:
+        """A fresh nonce for ``client`` (its address); retires that client's oldest beyond
+        :attr:`NONCES_PER_CLIENT`.
+
+        Raises:
+            ProblemError: 503 with ``Retry-After`` when :attr:`MAX_NONCES` are outstanding.
+        """
         now = time.time()
         ttl = self.get_settings().auth.nonce_ttl
+        who = client or "?"
         with self._lock:
+            mine = self._by_client.setdefault(who, collections.deque())
+            while len(mine) >= self.NONCES_PER_CLIENT:
+                self._nonces.pop(mine.popleft(), None)
             if len(self._nonces) >= self.MAX_NONCES:
-                for n, exp in list(self._nonces.items()):
-                    if exp < now:
-                        del self._nonces[n]
+                self._expire(now)
             if len(self._nonces) >= self.MAX_NONCES:
                 raise ProblemError(503, "too many sign-ins in progress; retry shortly", headers={"Retry-After": "5"})
             nonce = secrets.token_hex(16)
-            self._nonces[nonce] = now + ttl
+            self._nonces[nonce] = (now + ttl, who)
+            mine.append(nonce)
         return nonce, now + ttl
+
+    def _expire(self, now: float) -> None:
+        """Drop expired nonces and clients with none outstanding (under the lock)."""
+        for n, (exp, _who) in list(self._nonces.items()):
+            if exp < now:
+                del self._nonces[n]
+        for who, q in list(self._by_client.items()):
+            live = collections.deque(n for n in q if n in self._nonces)
+            if live:
+                self._by_client[who] = live
+            else:
+                del self._by_client[who]
 
     def sign_in(self, message: str, signature: str, request_host: str | None) -> dict[str, Any]:
         """Verify a signed EIP-4361 message and issue an agent token.
 
         Raises:
-            ProblemError: 401 naming what failed (message, nonce, domain, chain_id, expiration_time, signature).
+            ProblemError: 401 naming what failed (message, nonce, domain, chain_id, expiration_time, signature);
+                403 when sign-in is off or no domain can be trusted (:meth:`siwe_domain`).
         """
         cfg = self.get_settings().auth
         if not cfg.siwe:
@@ -432,10 +483,10 @@ class Authenticator:
             raise _unauthorized(str(e), field=e.field) from None
         now = time.time()
         with self._lock:
-            exp = self._nonces.pop(msg.nonce, None)  # used once, whatever happens next
-        if exp is None or exp < now:
+            got = self._nonces.pop(msg.nonce, None)  # used once, whatever happens next
+        if got is None or got[0] < now:
             raise _unauthorized("nonce: unknown, already used or expired (GET /auth/nonce)", field="nonce")
-        want_domain = cfg.domain or (request_host or "")
+        want_domain = self.siwe_domain(request_host)
         if msg.domain.lower() != want_domain.lower():
             raise _unauthorized(f"domain: the message names {msg.domain!r}, this server is {want_domain!r}",
                                 field="domain")
@@ -489,7 +540,9 @@ def current_principal_from_scope(auth: Authenticator, scope: Any) -> Principal:
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
     client = scope.get("client")
     host = client[0] if client else None
-    p = auth.authenticate(headers.get("authorization"), host, headers.get("host"), headers.get("origin"))
+    cred = authorization(scope)  # the one the rate limiter keys on (several are refused before either runs)
+    p = auth.authenticate(cred.decode("latin-1") if cred is not None else None, host, headers.get("host"),
+                          headers.get("origin"))
     if p is None:
         raise _unauthorized("authentication required: send 'Authorization: Bearer <token>' (an operator token, or "
                             "an agent token from POST /auth/siwe)")
@@ -503,7 +556,8 @@ def _unauthorized(detail: str, field: str | None = None) -> ProblemError:
 
 
 def check_bind(settings: Settings) -> None:
-    """Refuse to serve on a non-loopback address without an operator token configured.
+    """Refuse to serve on a non-loopback address without an operator token configured, or with agent sign-in on
+    and no ``auth.domain``.
 
     Raises:
         ConfigError: naming http.host and the auth keys.
@@ -513,6 +567,12 @@ def check_bind(settings: Settings) -> None:
             f"{settings.origin}: http.host = {settings.http.host!r} is not a loopback address and no operator "
             "token is set (auth.admin_tokens / auth.read_tokens): refusing to serve without authentication. "
             "Set a token (python -m monmouth.auth new-token) or bind to 127.0.0.1.")
+    if not is_loopback(settings.http.host) and settings.auth.siwe and not settings.auth.domain:
+        raise ConfigError(
+            f"{settings.origin}: auth.domain: required when http.host = {settings.http.host!r} is not a loopback "
+            "address and agents sign in (auth.siwe = true): set it to the domain agents sign for (e.g. "
+            "\"monmouth.example.org\"), or set auth.siwe = false. The request's Host header is trusted only on a "
+            "loopback bind.")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -596,7 +656,12 @@ async def default_policy(request: Request, p: Annotated[Principal, Depends(curre
             body = await request.json()
         except ValueError:
             return p  # the route's own validation answers 422
-        kinds = (body.get("filters") or {}).get("kind") if isinstance(body, dict) else None
+        filters = body.get("filters") if isinstance(body, dict) else None
+        if filters is not None and not isinstance(filters, dict):
+            return p  # not an object: the route's own validation answers 422 naming filters
+        kinds = (filters or {}).get("kind")
+        if kinds is not None and not isinstance(kinds, str | list):
+            return p  # not a kind or a list of kinds: the route's validation answers 422 naming filters.kind
         kinds = [kinds] if isinstance(kinds, str) else kinds
         if isinstance(kinds, list) and kinds and "memory" not in kinds:
             return p

@@ -5,7 +5,7 @@ Layout (see the commented default ``config.toml`` at the repository root)::
     [source]   kind, url, path, confirmations, poll_interval, ...
     [storage]  path, synchronous
     [engine]   undo_window, history, ...
-    [http]     enabled, host, port, ready_lag, max_body_bytes
+    [http]     enabled, host, port, ready_lag, max_body_bytes, max_json_depth
     [auth]     operator tokens (hashed), agent sign-in (SIWE), rate limits
     [logging]  level
     [plugins.<name>]  enabled, module (third-party plugins), and the plugin's own keys
@@ -112,6 +112,8 @@ class HttpConfig(_Section):
     ready_lag: int = Field(3, ge=0)
     #: Largest request body accepted, bytes (413 beyond).
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, le=1024**3)
+    #: Deepest nesting of arrays and objects accepted in a request body, levels (400 beyond; checked before parsing).
+    max_json_depth: int = Field(64, ge=8, le=512)
     #: Requests handled at once (others wait their turn); while the engine is applying notifications (catching up,
     #: a burst of blocks) only busy_concurrency at once, for at most busy_share of the time: ingestion comes first.
     max_concurrency: int = Field(16, ge=1, le=10_000)
@@ -160,14 +162,16 @@ class AuthConfig(_Section):
     loopback_open: bool = True
     #: Agents sign in with Ethereum (GET /auth/nonce, POST /auth/siwe) and get a short-lived bearer token.
     siwe: bool = True
-    #: The domain SIWE messages must name ("" = the request's Host header).
+    #: The domain SIWE messages must name. "" (local development): the request's Host, only on a loopback bind and
+    #: for a loopback Host; required to serve sign-in on any other address (``monmouth.auth.check_bind``).
     domain: str = ""
     #: The chain id SIWE messages must name.
     chain_id: int = Field(1, ge=1)
     #: Lifetime of an agent's bearer token and of a sign-in nonce, seconds.
     token_ttl: int = Field(3600, ge=30, le=7 * 86_400)
     nonce_ttl: int = Field(300, ge=10, le=86_400)
-    #: HMAC key of agent tokens (hex, >= 32 bytes); "" = random at each start (tokens end with the process).
+    #: HMAC key of agent tokens (hex, >= 32 bytes); "" = random at each start (tokens end with the process). Read on
+    #: every check: rotating it by hot reload retires the tokens signed with the old key.
     secret: str = ""
     #: Token buckets: requests per second and burst, per client IP (loopback exempt when rate_exempt_loopback)
     #: and per bearer token. 0 disables that limit.

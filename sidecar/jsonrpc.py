@@ -75,7 +75,9 @@ def tx_from_rpc(raw: Mapping[str, Any], path: str = "transaction") -> Transactio
     """Convert a full transaction object of ``eth_getBlockByNumber(n, true)``."""
     try:
         type_ = opt_qty(raw.get("type"), path + ".type") or 0
-        gas_price = opt_qty(raw.get("gasPrice"), path + ".gasPrice")
+        # Nodes report the effective gas price as ``gasPrice`` for fee-market transactions too; the data model
+        # (and the ExEx) keep only the transaction's own field, which types 0 and 1 alone have.
+        gas_price = opt_qty(raw.get("gasPrice"), path + ".gasPrice") if type_ in _LEGACY_TYPES else None
         return Transaction(
             hash=data(raw["hash"], path + ".hash", 32),
             type=type_,

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 MEDIA_TYPE = "application/problem+json"
 VALIDATION_TYPE = "urn:monmouth:problem:validation"
+#: FastAPI's detail when a body cannot be decoded at all (it names neither the part nor the rule).
+FASTAPI_PARSE_ERROR = "There was an error parsing the body"
 
 
 class FieldError(BaseModel):
@@ -131,6 +133,8 @@ def install(api: FastAPI) -> None:
 
     @api.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == FASTAPI_PARSE_ERROR:  # say which part and what is expected
+            return problem(400, "body: not a JSON text this route can read (RFC 8259, UTF-8)", field="body")
         return problem(exc.status_code, exc.detail, headers=getattr(exc, "headers", None))
 
     @api.exception_handler(RequestValidationError)

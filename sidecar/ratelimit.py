@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .auth import is_loopback
+from .limits import authorization
 from .problems import problem
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ class RateLimitMiddleware:
         if cfg.rate_ip > 0 and not (cfg.rate_exempt_loopback and is_loopback(ip)):
             wait = self.buckets.take(f"ip:{ip}", cfg.rate_ip, cfg.burst_ip)
         if not wait and cfg.rate_token > 0:
-            auth = next((v for k, v in scope.get("headers", []) if k == b"authorization"), None)
+            auth = authorization(scope)  # the one credential authentication reads too
             if auth:
                 key = "tok:" + hashlib.sha256(auth.partition(b" ")[2].strip()).hexdigest()[:24]
                 wait = self.buckets.take(key, cfg.rate_token, cfg.burst_token)

@@ -87,7 +87,10 @@ class Transaction(msgspec.Struct, frozen=True, gc=False):
 
     ``to`` is ``None`` for contract creation. ``value`` and every fee field are in wei.
     ``type`` is the EIP-2718 envelope type (0 legacy, 1 EIP-2930, 2 EIP-1559, 3 EIP-4844, 4 EIP-7702).
-    ``chain_id`` is ``None`` for pre-EIP-155 legacy transactions.
+    ``chain_id`` is ``None`` for pre-EIP-155 legacy transactions. ``gas_price`` is the transaction's own field,
+    present for types 0 and 1 only; fee-market types (2 and later) have ``max_fee_per_gas`` and
+    ``max_priority_fee_per_gas`` instead (JSON-RPC's ``gasPrice`` for them is the effective price, derived from the
+    block's base fee, and not part of the transaction).
     """
 
     hash: Hash32

@@ -28,7 +28,7 @@ WINDOW_MIN, WINDOW_MAX = 1, 1024
 #: Largest frame accepted by default (bytes).
 MAX_FRAME_BYTES = codec.MAX_FRAME_BYTES
 #: The ``error`` codes of version 1.
-ERROR_CODES = ("unsupported_version", "malformed", "frame_too_large", "unknown_type", "unexpected", "gap")
+ERROR_CODES = ("unsupported_version", "malformed", "frame_too_large", "unknown_type", "unexpected", "gap", "refused")
 
 
 #: How every canonically encoded ``notification`` frame starts: a 5-entry map, ``"type": "notification"``, ``"seq"``.
@@ -58,12 +58,14 @@ class UnsupportedVersionError(WireError):
 @dataclass(frozen=True, slots=True)
 class Hello:
     """``hello`` (sidecar → bridge): ``head`` is the durable head (``None`` on an empty database),
-    ``window`` the credit window in notifications (1 to 1024)."""
+    ``window`` the credit window in notifications (1 to 1024), ``start_block`` the first block wanted when
+    ``head`` is ``None`` (the bridge backfills from it; ``None``: follow from the node's head; optional key)."""
 
     version: int
     head: BlockRef | None
     window: int
     client: str
+    start_block: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,8 +165,11 @@ def to_wire(msg: Message) -> dict[str, Any]:
         TypeError: not a message.
     """
     if isinstance(msg, Hello):
-        return {"type": "hello", "version": msg.version, "head": _ref(msg.head), "window": msg.window,
-                "client": msg.client}
+        hello = {"type": "hello", "version": msg.version, "head": _ref(msg.head), "window": msg.window,
+                 "client": msg.client}
+        if msg.start_block is not None:
+            hello["start_block"] = msg.start_block
+        return hello
     if isinstance(msg, Welcome):
         out = {"type": "welcome", "version": msg.version, "chain_id": msg.chain_id, "node": msg.node,
                "heartbeat_ms": msg.heartbeat_ms, "epoch": msg.epoch}
@@ -254,7 +259,7 @@ def from_wire(m: Any) -> Message:
         return NotificationMsg(seq, n)
     if t == "hello":
         return Hello(_uint(m, "version", t), _block_ref(m.get("head"), "hello.head"), _uint(m, "window", t),
-                     _str(m, "client", t, ""))
+                     _str(m, "client", t, ""), _opt_uint(m, "start_block", t))
     if t == "welcome":
         epoch = m.get("epoch", 0)
         return Welcome(_uint(m, "version", t), _uint(m, "chain_id", t), _str(m, "node", t, ""),

@@ -546,6 +546,63 @@ def test_exex_source_refuses_bad_frames_and_resets_on_gap_and_silence(tmp_path: 
     assert st["kind"] == "exex" and st["bridge"]["epoch"] == 7 and st["state"] == "closed"
 
 
+def test_exex_source_asks_for_its_start_block_and_retries_a_refusal(tmp_path: Path) -> None:
+    """On an empty database ``hello`` carries ``start_block``; a ``refused`` answer is logged with the bridge's
+    reason, shown in ``last_error``, and asked again after the backoff; once served, a head is sent instead of
+    the start block, and the backfill progress is reported against the node's head."""
+    endpoint = f"ipc://{tmp_path}/fake.sock"
+    ns, _ = scenario(2, seed="start", forks=False)
+    router = ScriptedRouter(endpoint)
+    reason = "start block 5 is in the future: the node's head is 3"
+    seen: list[wire.Hello] = []
+
+    def fake_bridge() -> None:
+        ident, hello = router.recv()
+        assert isinstance(hello, wire.Hello)
+        seen.append(hello)
+        router.send_multipart([ident, wire.encode(wire.Error("refused", reason))])
+        ident, hello = router.recv()  # asked again after the backoff
+        assert isinstance(hello, wire.Hello)
+        seen.append(hello)
+        router.send_multipart([ident, wire.encode(wire.Welcome(1, 1, "fake", 200, 9, node_head=1000))])
+        router.send_multipart([ident, wire.encode(wire.NotificationMsg(1, ns[0]))])
+        _, ack = router.recv()
+        assert isinstance(ack, wire.Ack) and ack.seq == 1
+
+    async def run() -> ExExSource:
+        eng = make_engine(tmp_path / "db.sqlite", {"ledger": ledger})
+        src = ExExSource(endpoint, window=4, heartbeat_s=0.2, max_backoff=0.2, start_block=5)
+        fake = asyncio.get_running_loop().run_in_executor(None, fake_bridge)
+
+        async def consume() -> None:
+            async for d in src.stream(EngineView(eng)):
+                res = await asyncio.to_thread(eng.apply, d.notification, d.token)
+                await src.ack(d, res.head)
+
+        task = asyncio.get_running_loop().create_task(consume())
+        try:
+            await asyncio.wait_for(fake, 15)
+            assert src.bridge_errors == {"refused": 1}
+            backfill = src.status()["backfill"]
+            tip = ns[0].new.tip.number  # type: ignore[union-attr]
+            assert backfill["block"] == tip and backfill["blocks_remaining"] == 1000 - tip
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await src.aclose()
+            eng.host.shutdown()
+            eng.close()
+        return src
+
+    try:
+        src = asyncio.run(run())
+    finally:
+        router.close()
+    assert [(h.head, h.start_block) for h in seen] == [(None, 5), (None, 5)]
+    assert src.last_error is not None and reason in src.last_error
+
+
 def test_bridge_replay_stops_cleanly_on_sigterm(bridge_bin: Path, tmp_path: Path, bridges: list[Bridge]) -> None:
     ns, _ = scenario(2, seed="sigterm", forks=False)
     b = Bridge(bridge_bin, write_replay(tmp_path / "r.mnmrp", ns), f"ipc://{tmp_path}/b.sock")

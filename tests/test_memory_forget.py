@@ -119,6 +119,44 @@ def test_restoring_an_old_checkpoint_purges_a_forgotten_agent_again(tmp_path):
         close(e)
 
 
+def test_forget_erases_the_label_from_checkpoints_taken_before(tmp_path):
+    """Issue 19, item 9: the label (plaintext, unlike content) was left in older checkpoints."""
+    db = tmp_path / "db.sqlite"
+    keys, ckpts = tmp_path / "keys", tmp_path / "ckpt"
+    label = "Alice-LABEL-OSPREY-4471"
+    cfg = {"key_dir": str(keys), "agents": ["0x" + A2.hex()], "checkpoint_dir": str(ckpts)}
+    e, plugin = make_memory_engine(db, cfg)
+    mem = plugin.memory
+    try:
+        mem.register(A1, label)
+        mem.register(A2, "Bob-LABEL-HERON-9918")
+        e.apply(ChainCommitted(chain(extend(None, 2, number=1, n_txs=3))))
+        mem.store(A1, "semantic", SECRET)
+        for name in ("one", "two"):
+            checkpoint.create(db, ckpts, name=name)
+        assert all(label.encode() in (ckpts / f"{n}.sqlite").read_bytes() for n in ("one", "two"))
+        out = mem.forget(A1)
+        assert out["checkpoints_scrubbed"] == 2 and "checkpoint_error" not in out
+        for name in ("one", "two"):
+            data = (ckpts / f"{name}.sqlite").read_bytes()
+            assert label.encode() not in data and b"Bob-LABEL-HERON-9918" in data, name
+            man = checkpoint.find(ckpts, name)
+            assert checkpoint.verify(ckpts, man) and man["scrubbed_at"]  # the manifest matches the file again
+        assert_absent(files_of(db, ckpts))
+        assert label.encode() not in db.read_bytes()
+        assert mem.forget(A2)["checkpoints_scrubbed"] == 2  # a second forget scrubs again, files stay valid
+        assert checkpoint.verify(ckpts, checkpoint.find(ckpts, "one"))
+    finally:
+        close(e)
+    checkpoint.restore(db, ckpts, "two")  # a scrubbed checkpoint restores, and the agent stays forgotten
+    e, plugin = make_memory_engine(db, cfg)
+    try:
+        with pytest.raises(UnknownAgentError):
+            plugin.memory.list(A1)
+    finally:
+        close(e)
+
+
 def test_env_key_source(tmp_path, monkeypatch):
     import os
 

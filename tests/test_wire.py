@@ -72,7 +72,7 @@ def expected(v: dict[str, Any]) -> wire.Message:
     j = v["value"]
     t = j["type"]
     if t == "hello":
-        return wire.Hello(j["version"], _ref(j["head"]), j["window"], j["client"])
+        return wire.Hello(j["version"], _ref(j["head"]), j["window"], j["client"], j.get("start_block"))
     if t == "welcome":
         return wire.Welcome(j["version"], j["chain_id"], j["node"], j["heartbeat_ms"], j["epoch"], j.get("node_head"))
     if t == "ack":

@@ -223,6 +223,53 @@ def prune(directory: str | Path, keep: int) -> list[str]:
     return gone
 
 
+def scrub_agent(directory: str | Path, agent: bytes) -> list[str]:
+    """Erase forgotten agent ``agent``'s plaintext label from every checkpoint in ``directory``, in place: the
+    ``memory_agents`` row gets ``label = NULL`` under ``secure_delete`` (the freed bytes are
+    zeroed in the page, not left in free space) with the rollback journal in memory (no copy of the old page on
+    disk); then the manifest's size and SHA-256 are rewritten (atomically) and it records ``scrubbed_at``. The rest
+    of the agent's rows in a checkpoint are ciphertext whose key forget destroyed; restoring the checkpoint
+    re-purges them (the tombstone file; ``forgotten_at`` is left as it was so that the purge runs). Returns the
+    names of the checkpoints changed.
+
+    Raises:
+        CheckpointError: a checkpoint file cannot be opened or written (naming it); the ones before it are done.
+    """
+    d = Path(directory)
+    done = []
+    for man in list_checkpoints(d):
+        path = d / man["file"]
+        try:
+            conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE)
+        except apsw.Error as e:
+            raise CheckpointError(f"checkpoint {path}: cannot open to erase a forgotten agent's label: {e}") from e
+        try:
+            conn.pragma("secure_delete", True)
+            conn.pragma("journal_mode", "memory")
+            with conn:
+                conn.execute("UPDATE memory_agents SET label = NULL WHERE address = ? AND label IS NOT NULL", (agent,))
+                changed = conn.changes()
+        except apsw.SQLError as e:
+            if "no such table" in str(e):  # a checkpoint from before the memory plugin was enabled
+                continue
+            raise CheckpointError(f"checkpoint {path}: erasing a forgotten agent's label failed: {e}") from e
+        except apsw.Error as e:
+            raise CheckpointError(f"checkpoint {path}: erasing a forgotten agent's label failed: {e}") from e
+        finally:
+            conn.close()
+        if not changed:
+            continue
+        man = {**man, "size": path.stat().st_size, "sha256": _sha256(path), "scrubbed_at": time.time()}
+        mpath = d / f"{man['name']}.json"
+        tmp = mpath.with_name(f".{mpath.name}.tmp")
+        tmp.write_text(json.dumps(man, indent=2, sort_keys=True))
+        os.replace(tmp, mpath)
+        done.append(man["name"])
+    if done:
+        log.info("erased a forgotten agent's label from %d checkpoint(s)", len(done))
+    return done
+
+
 def maybe_auto_checkpoint(mem: Any, head: int) -> None:
     """Called after each committed notification: start an automatic checkpoint in a background thread when
     ``checkpoint_every`` blocks have passed since the last one (one at a time), then prune to ``checkpoint_keep``.

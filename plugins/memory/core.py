@@ -26,7 +26,9 @@ from typing import Any
 import apsw
 import msgpack
 
-from . import ingest, lattice, merkle
+from monmouth.limits import check_json_value, check_text
+
+from . import checkpoint, ingest, lattice, merkle
 from . import recall as recall_
 from .config import MemoryConfig
 from .crypto import AgentKey, KeyStore, MissingKeyError, aad
@@ -80,6 +82,22 @@ def parse_address(value: str, field: str = "agent") -> bytes:
         return bytes.fromhex(v)
     except ValueError:
         raise MemoryRequestError(field, f"{value!r} is not a 20-byte hex address") from None
+
+
+def utf8(value: str, field: str) -> bytes:
+    """``value`` in UTF-8.
+
+    Raises:
+        MemoryRequestError: 422 naming ``field`` when ``value`` holds a lone surrogate.
+    """
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            check_text(value, "")
+        except ValueError as e:
+            raise MemoryRequestError(field, str(e), 422) from None
+        raise
 
 
 def parse_id(value: str, field: str = "id") -> bytes:
@@ -288,11 +306,15 @@ class Memory:
             if len(tags) > MAX_TAGS or any(len(t) > MAX_TAG_LEN or not t for t in tags):
                 raise MemoryRequestError("tags", f"at most {MAX_TAGS} non-empty tags of up to {MAX_TAG_LEN} characters",
                                          422)
-        if metadata is not None:
-            if not isinstance(metadata, dict):
-                raise MemoryRequestError("metadata", "must be a JSON object", 422)
-            if len(canonical_json(metadata).encode()) > c.max_content_bytes:
-                raise MemoryRequestError("metadata", f"larger than {c.max_content_bytes} bytes", 413)
+        if metadata is not None and not isinstance(metadata, dict):
+            raise MemoryRequestError("metadata", "must be a JSON object", 422)
+        try:  # valid Unicode, finite numbers, bounded nesting: what every reader of the item can encode again
+            check_json_value({"key": key, "tags": list(tags or ()), "metadata": metadata}, "")
+        except ValueError as e:
+            field, _, msg = str(e).partition(": ")
+            raise MemoryRequestError(field, msg, 422) from None
+        if metadata is not None and len(canonical_json(metadata).encode()) > c.max_content_bytes:
+            raise MemoryRequestError("metadata", f"larger than {c.max_content_bytes} bytes", 413)
         for name, v, mx in (("ttl_seconds", ttl_seconds, c.max_ttl_seconds), ("ttl_blocks", ttl_blocks,
                                                                               c.max_ttl_blocks)):
             if v is None:
@@ -361,7 +383,7 @@ class Memory:
         for idx, it in enumerate(items):
             content = it["content"]
             ctype = 0 if isinstance(content, str) else 1
-            raw = content.encode() if isinstance(content, str) else bytes(content)
+            raw = utf8(content, "content") if isinstance(content, str) else bytes(content)
             tags = list(it.get("tags") or [])
             kind, key = it["kind"], it.get("key")
             ttl_seconds, ttl_blocks = it.get("ttl_seconds"), it.get("ttl_blocks")
@@ -546,7 +568,7 @@ class Memory:
             ConflictError: a chain-derived item (409, ``id``): those change only with the chain.
             MemoryRequestError: bad field (4xx naming it).
         """
-        raw = None if content is None else (content.encode() if isinstance(content, str) else bytes(content))
+        raw = None if content is None else (utf8(content, "content") if isinstance(content, str) else bytes(content))
         self.check_agent(agent)
         k = self.key(agent)
         with self._write() as conn:
@@ -822,10 +844,13 @@ class Memory:
     def forget(self, agent: bytes) -> dict[str, Any]:
         """Forget an agent for good: destroy its key, delete its items, tags, FTS entries, vectors, op log, leaves
         and roots, and drop its changes from the engine's undo changesets; with ``secure_delete`` on, and the WAL
-        checkpointed and truncated afterwards.
+        checkpointed and truncated afterwards; then erase its label from every checkpoint taken before
+        (:func:`.checkpoint.scrub_agent`).
 
         Raises:
             UnknownAgentError: never registered (404).
+
+        A checkpoint that cannot be scrubbed does not fail the forget: the result's ``checkpoint_error`` names it.
         """
         row = self._read().execute("SELECT 1 FROM memory_agents WHERE address = ?", (agent,)).fetchone()
         if row is None:
@@ -833,7 +858,13 @@ class Memory:
         # The key goes first: from this moment no copy of the data (checkpoints included) can be read.
         self._tombstone(agent)
         destroyed = self.keys.destroy(agent)
-        stats = self._purge(agent)
+        with self._ckpt_lock:  # no automatic checkpoint between the purge and the scrub of the older ones
+            stats = self._purge(agent)
+            try:
+                stats["checkpoints_scrubbed"] = len(checkpoint.scrub_agent(self.checkpoint_dir, agent))
+            except checkpoint.CheckpointError as e:  # the forget itself is done: say what is left, do not fail it
+                log.error("forget 0x%s: %s", agent.hex(), e)
+                stats["checkpoint_error"] = f"{e}; delete that checkpoint or run the forget again"
         stats.update({"agent": hx(agent), "forgotten": True, "key_destroyed": destroyed})
         if not destroyed:
             stats["warning"] = (f"the key comes from the environment: unset {self.keys.env_name(agent)} "

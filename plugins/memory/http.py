@@ -14,49 +14,60 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from monmouth.auth import is_loopback
+from monmouth.limits import JsonObject, Text
 
 from .core import Memory, parse_address, parse_id
 from .errors import MemoryRequestError
 
+#: Largest integer SQLite stores (64-bit signed): bounds block numbers, offsets and limits here so that a
+#: number out of range is a 422 naming its field.
+INT64 = 2**63 - 1
+Int = Annotated[int, Field(ge=0, le=INT64)]
+I64 = Annotated[int, Field(ge=-INT64 - 1, le=INT64)]
+Seconds = Annotated[float, Field(ge=0, le=1e15, allow_inf_nan=False)]
+
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Request bodies: no unknown fields, no NaN or Infinity, text that is valid Unicode (``monmouth.limits``)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class AgentIn(_Body):
-    address: str
-    label: str | None = None
+    address: Text
+    label: Text | None = None
 
 
 class ItemPatch(_Body):
-    content: str | None = None
-    content_b64: str | None = None
-    key: str | None = None
-    tags: list[str] | None = None
-    metadata: dict[str, Any] | None = None
-    ttl_seconds: int | None = None
-    ttl_blocks: int | None = None
+    content: Text | None = None
+    content_b64: Text | None = None
+    key: Text | None = None
+    tags: list[Text] | None = None
+    metadata: JsonObject | None = None
+    ttl_seconds: I64 | None = None
+    ttl_blocks: I64 | None = None
 
 
 class ItemIn(ItemPatch):
-    kind: str
+    kind: Text
 
 
 class RecallIn(_Body):
-    query: str
-    k: int = 10
-    kind: str | None = None
-    tags: list[str] | None = None
-    from_block: int | None = None
-    to_block: int | None = None
-    since: float | None = None
-    until: float | None = None
-    recency_weight: float = 0.0
-    half_life_s: float | None = None
-    mode: str | None = None
+    query: Text
+    k: int = Field(10, ge=1, le=1000)
+    kind: Text | None = None
+    tags: list[Text] | None = None
+    from_block: Int | None = None
+    to_block: Int | None = None
+    since: Seconds | None = None
+    until: Seconds | None = None
+    recency_weight: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False)
+    #: Seconds over which recency halves (default ``plugins.memory.recency_half_life_s``).
+    half_life_s: float | None = Field(None, ge=1.0, le=1e12, allow_inf_nan=False)
+    mode: Text | None = None
 
 
 def _content(body: ItemIn | ItemPatch) -> str | bytes | None:
@@ -128,8 +139,9 @@ def make_router(get_memory: Callable[[], Memory | None]) -> APIRouter:
     @router.get("/agents/{agent}/items")
     def list_items(agent: str, m: M, kind: str | None = None,
                    tag: Annotated[list[str] | None, Query()] = None, key: str | None = None, origin: str | None = None,
-                   from_block: int | None = None, to_block: int | None = None, since: float | None = None,
-                   until: float | None = None, limit: int = 50, offset: int = 0) -> Any:
+                   from_block: Annotated[Int | None, Query()] = None, to_block: Annotated[Int | None, Query()] = None,
+                   since: Annotated[Seconds | None, Query()] = None, until: Annotated[Seconds | None, Query()] = None,
+                   limit: Annotated[int, Query(ge=1, le=1000)] = 50, offset: Annotated[Int, Query()] = 0) -> Any:
         return call(lambda: {"items": m.list(parse_address(agent), kind=kind, tags=tag, key=key, origin=origin,
                                              from_block=from_block, to_block=to_block, since=since, until=until,
                                              limit=limit, offset=offset)})
@@ -157,23 +169,24 @@ def make_router(get_memory: Callable[[], Memory | None]) -> APIRouter:
 
     # -- commitments
     @router.get("/root")
-    def global_root(m: M, block: int | None = None) -> Any:
+    def global_root(m: M, block: Annotated[Int | None, Query()] = None) -> Any:
         return call(lambda: m.global_root(block))
 
     @router.get("/agents/{agent}/root")
-    def agent_root(agent: str, m: M, block: int | None = None, global_proof: bool = False) -> Any:
+    def agent_root(agent: str, m: M, block: Annotated[Int | None, Query()] = None, global_proof: bool = False) -> Any:
         return call(lambda: m.agent_root(parse_address(agent), block, global_proof))
 
     @router.get("/agents/{agent}/items/{item_id}/proof")
-    def proof(agent: str, item_id: str, m: M, block: int | None = None) -> Any:
+    def proof(agent: str, item_id: str, m: M, block: Annotated[Int | None, Query()] = None) -> Any:
         return call(lambda: m.proof(parse_address(agent), parse_id(item_id), block))
 
     @router.get("/agents/{agent}/leaves")
-    def leaves(agent: str, m: M, block: int | None = None) -> Any:
+    def leaves(agent: str, m: M, block: Annotated[Int | None, Query()] = None) -> Any:
         return call(lambda: m.leaves(parse_address(agent), block))
 
     @router.get("/agents/{agent}/changes")
-    def changes(agent: str, since_block: int, m: M, limit: int = 100) -> Any:
+    def changes(agent: str, since_block: Annotated[Int, Query()], m: M,
+                limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> Any:
         return call(lambda: m.changes(parse_address(agent), since_block, limit))
 
     @router.get("/agents/{agent}/export")

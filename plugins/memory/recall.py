@@ -9,6 +9,7 @@ cached ones and decrypts only what changed. Query embeddings are cached by text.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -123,13 +124,20 @@ def recall(mem: Memory, agent: bytes, query: str, *, k: int = 10, kind: str | No
            since: float | None = None, until: float | None = None, recency_weight: float = 0.0,
            half_life_s: float | None = None, mode: str | None = None) -> dict[str, Any]:
     """See :meth:`Memory.recall <monmouth_memory.core.Memory.recall>`."""
+    from .core import utf8  # core imports this module
+
     if not isinstance(query, str) or not query.strip():
         raise MemoryRequestError("query", "must be a non-empty string", 422)
-    if len(query.encode()) > mem.config.max_content_bytes:
+    if len(utf8(query, "query")) > mem.config.max_content_bytes:
         raise MemoryRequestError("query", "too long", 413)
+    if half_life_s is not None and not (math.isfinite(half_life_s) and half_life_s >= 1.0):
+        raise MemoryRequestError("half_life_s", f"must be a number of seconds >= 1 (got {half_life_s!r})", 422)
+    for name, t in (("since", since), ("until", until)):
+        if t is not None and not math.isfinite(t):
+            raise MemoryRequestError(name, f"must be a finite unix time (got {t!r})", 422)
     if not 1 <= k <= 1000:
         raise MemoryRequestError("k", "must be between 1 and 1000", 422)
-    if not 0.0 <= recency_weight <= 1.0:
+    if not 0.0 <= recency_weight <= 1.0:  # NaN fails too
         raise MemoryRequestError("recency_weight", "must be between 0 and 1", 422)
     if mode not in (None, "vector", "fts"):
         raise MemoryRequestError("mode", "must be vector or fts", 422)

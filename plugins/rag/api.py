@@ -10,10 +10,12 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import re
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from monmouth.limits import JsonObject, Text
 
 from .decoder import INTENTS
 from .search import KINDS, ROLES, Filters
@@ -26,6 +28,13 @@ _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 _HASH = r"^0x[0-9a-fA-F]{64}$"
 
 assert set(INTENTS) == set(get_args(Intent)) and set(KINDS) == set(get_args(Kind)) and set(ROLES) == set(get_args(Role))
+
+
+#: Largest integer SQLite stores: block numbers, times and offsets beyond it are a 422 naming the field.
+INT64 = 2**63 - 1
+UnixTime = Annotated[int, Field(ge=-INT64 - 1, le=INT64)]
+#: Request bodies: no unknown fields, no NaN or Infinity; text fields are ``Text`` (valid Unicode).
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def _listify(v: Any) -> Any:
@@ -43,19 +52,19 @@ def _unix(v: int | _dt.datetime | None) -> int | None:
 class SearchFilters(BaseModel):
     """Filters; every given one must hold. Unknown filter names are refused."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
-    block_from: int | None = Field(None, ge=0, description="First block (inclusive).")
-    block_to: int | None = Field(None, ge=0, description="Last block (inclusive).")
-    time_from: int | _dt.datetime | None = Field(None, description="Unix seconds or ISO 8601 (UTC if no zone).")
-    time_to: int | _dt.datetime | None = Field(None, description="Unix seconds or ISO 8601 (UTC if no zone).")
-    address: str | None = Field(None, description="0x address touched (as sender, recipient, contract or log "
+    block_from: int | None = Field(None, ge=0, le=INT64, description="First block (inclusive).")
+    block_to: int | None = Field(None, ge=0, le=INT64, description="Last block (inclusive).")
+    time_from: UnixTime | _dt.datetime | None = Field(None, description="Unix seconds or ISO 8601 (UTC if no zone).")
+    time_to: UnixTime | _dt.datetime | None = Field(None, description="Unix seconds or ISO 8601 (UTC if no zone).")
+    address: Text | None = Field(None, description="0x address touched (as sender, recipient, contract or log "
                                                   "address, or token-transfer party).")
     role: Role | list[Role] | None = Field(None, description="Restrict `address` to these roles.")
     intent: Intent | list[Intent] | None = None
-    token: str | list[str] | None = Field(None, description="Token symbol (USDT) or 0x address; any of a list.")
+    token: Text | list[Text] | None = Field(None, description="Token symbol (USDT) or 0x address; any of a list.")
     kind: Kind | list[Kind] | None = None
-    doc_id: str | None = None
+    doc_id: Text | None = None
 
     @field_validator("address")
     @classmethod
@@ -106,9 +115,9 @@ def _nonblank(v: str) -> str:
 class SearchRequest(BaseModel):
     """``POST /rag/search``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
-    query: str = Field(..., max_length=4000)
+    query: Text = Field(..., max_length=4000)
     k: int = Field(10, ge=1, le=100, description="Results wanted (1-100).")
     mode: Mode | None = Field(None, description="vector, keyword or hybrid (default: plugins.rag.mode).")
     filters: SearchFilters = SearchFilters()
@@ -119,9 +128,9 @@ class SearchRequest(BaseModel):
 class ContextRequest(BaseModel):
     """``POST /rag/context``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
-    query: str = Field(..., max_length=4000)
+    query: Text = Field(..., max_length=4000)
     max_tokens: int = Field(1500, ge=16, le=200_000, description="Token budget of the packed context.")
     filters: SearchFilters = SearchFilters()
     mode: Mode | None = None
@@ -134,15 +143,16 @@ class ContextRequest(BaseModel):
 class DocumentRequest(BaseModel):
     """``POST /rag/documents``: add or replace a document."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
-    id: str | None = Field(None, min_length=1, max_length=512, description="Replaces a document with this id; "
+    id: Text | None = Field(None, min_length=1, max_length=512, description="Replaces a document with this id; "
                                                                           "default: sha256 of the text.")
-    text: str = Field(..., max_length=20_000_000)
-    title: str | None = Field(None, max_length=1000)
+    text: Text = Field(..., max_length=20_000_000)
+    title: Text | None = Field(None, max_length=1000)
     format: Literal["text", "markdown"] = "text"
     kind: Literal["document", "memory"] = "document"
-    meta: dict[str, Any] = {}
+    meta: JsonObject = Field({}, description="JSON object stored with every chunk: finite numbers, valid text, "
+                                            "nested at most 32 levels.")
 
     _t = field_validator("text")(classmethod(lambda cls, v: _nonblank(v)))
 
@@ -150,9 +160,9 @@ class DocumentRequest(BaseModel):
 class AnswerRequest(BaseModel):
     """``POST /rag/answer``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
-    query: str = Field(..., max_length=4000)
+    query: Text = Field(..., max_length=4000)
     filters: SearchFilters = SearchFilters()
     max_tokens: int | None = Field(None, ge=64, le=200_000, description="Context budget (default from config).")
 
@@ -222,7 +232,7 @@ def make_router() -> APIRouter:
 
     @r.get("/documents")
     def list_documents(kind: Kind | None = None, limit: int = Query(100, ge=1, le=10_000),
-                       offset: int = Query(0, ge=0)) -> dict[str, Any]:
+                       offset: int = Query(0, ge=0, le=INT64)) -> dict[str, Any]:
         """Documents (not chain transactions) with their chunk and vector counts."""
         p = _plugin()
         try:

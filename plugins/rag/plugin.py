@@ -22,6 +22,7 @@ from typing import Any
 import apsw
 
 from monmouth import hookimpl
+from monmouth.limits import check_json_value, check_text
 from monmouth.types import Block
 
 from . import decoder as _decoder
@@ -187,7 +188,9 @@ def add_document(doc_id: str, text: str, *, kind: str = "document", title: str |
     "chunks", "replaced"}``.
 
     Raises:
-        ValueError: empty id or text, or a bad kind. RuntimeError: the plugin is not running.
+        ValueError: empty id or text, a bad kind, text that is not valid Unicode, or ``meta`` that is not plain
+            finite JSON nested at most 32 levels (:func:`monmouth.limits.check_json_value`), naming the field.
+        RuntimeError: the plugin is not running.
     """
     s = state()
     if not doc_id:
@@ -196,6 +199,12 @@ def add_document(doc_id: str, text: str, *, kind: str = "document", title: str |
         raise ValueError("text: must not be empty")
     if kind not in ("document", "memory"):
         raise ValueError(f"kind: must be 'document' or 'memory' (got {kind!r})")
+    check_text(doc_id, "id")
+    check_text(text, "text")
+    if title is not None:
+        check_text(title, "title")
+    if meta is not None:
+        check_json_value(dict(meta), "meta")  # what every search that returns a chunk must encode again
     chunks = chunk_text(text, s.embedder.counter, s.cfg.chunk_tokens, s.cfg.chunk_overlap, markdown=markdown)
     with s.ctx.db.write() as conn:
         replaced = store.delete_document(conn, doc_id, kind)

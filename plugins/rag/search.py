@@ -15,6 +15,7 @@ packing under a token budget.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -24,8 +25,12 @@ from typing import Any
 import apsw
 import numpy as np
 
+from monmouth.limits import check_json_value
+
 from .ann import VectorIndex
 from .store import NO_BLOCK, all_rows, hx, scalar, text_key
+
+log = logging.getLogger(__name__)
 
 MODES = ("vector", "keyword", "hybrid")
 ROLES = ("sender", "recipient", "contract", "log", "transfer")
@@ -176,6 +181,18 @@ def rrf(rankings: dict[str, Sequence[int]], k: int = 60) -> list[tuple[int, floa
     return [(d, scores[d], ranks[d]) for d in order]
 
 
+def _stored_meta(meta: str | None) -> dict[str, Any]:
+    """A chunk's stored ``meta``; one stored before ingest checked it (too deep, NaN) is replaced by a note, so a
+    search that returns the chunk still answers (the response encoder refuses such values)."""
+    m = json.loads(meta or "{}")
+    try:
+        check_json_value(m, "meta")
+    except ValueError as e:
+        log.warning("rag: stored meta not served: %s", e)
+        return {"meta_error": str(e)[:200]}
+    return m if isinstance(m, dict) else {"meta": m}
+
+
 def _compact_meta(kind: str, meta: dict[str, Any]) -> dict[str, Any]:
     if kind != "tx":
         return meta
@@ -287,7 +304,7 @@ class Searcher:
                 f"title, text, meta FROM rag_docs WHERE id IN ({','.join('?' * len(part))})", part
             ):
                 (doc, kind, block, bhash, ts, txh, txi, logi, doc_id, chunk, title, text, meta) = row
-                m = json.loads(meta or "{}")
+                m = _stored_meta(meta)
                 if kind == "tx":
                     prov = {"block_number": block, "block_hash": hx(bhash), "tx_hash": hx(txh), "tx_index": txi,
                             "log_index": logi}

@@ -18,7 +18,15 @@ Failure handling:
 * a malformed, truncated or oversized frame, or an unknown message type: logged with the problem,
   counted (``monmouth_bridge_frames_refused_total{code}``, ``monmouth_errors_total{kind="codec"}``, the
   ``on_error`` callback), answered with ``error``, and dropped. Nothing from it reaches the engine;
+* the bridge ``refused`` to serve from where this sidecar asked (a ``start_block`` in the future or below
+  the node's pruned history, a head on neither the node's chain nor its ExEx WAL): logged as an error naming
+  the bridge's reason, kept in ``last_error`` and ``/status``, and asked again after the backoff (a start in
+  the future becomes servable as the node advances; the others need the operator, see bridge/README.md);
 * a newer protocol version on either side: :class:`~monmouth.errors.SourceError` (retrying cannot fix it).
+
+On an empty database the ``hello`` carries ``start_block``: Reth backfills from that block through its ExEx
+backfill machinery, then the stream continues live. While the node is far ahead, :meth:`ExExSource.status`
+reports the progress under ``backfill``.
 """
 
 from __future__ import annotations
@@ -101,6 +109,8 @@ class ExExSource(Source):
         on_error: called with ``(code, message)`` for every refused frame and every ``error`` from the bridge.
         client: the ``client`` text of ``hello``.
         handshake_timeout_s: how long to wait for ``welcome`` (default: 3 heartbeat intervals, at least 2 s).
+        start_block: the first block wanted on an empty database (block number; Reth backfills from it), or
+            ``None`` to follow from the node's head.
 
     Raises:
         ConfigError: ``window`` outside 1 to 1024, or a non-positive interval or size.
@@ -111,12 +121,15 @@ class ExExSource(Source):
     def __init__(self, url: str, window: int = 64, heartbeat_s: float = 1.0,
                  max_frame_bytes: int = wire.MAX_FRAME_BYTES, metrics: Any = None, *, max_backoff: float = 30.0,
                  on_error: ErrorCallback | None = None, client: str | None = None,
-                 handshake_timeout_s: float | None = None) -> None:
+                 handshake_timeout_s: float | None = None, start_block: int | None = None) -> None:
         if not wire.WINDOW_MIN <= window <= wire.WINDOW_MAX:
             raise ConfigError(f"source.window: {window} is outside {wire.WINDOW_MIN} to {wire.WINDOW_MAX}")
         if heartbeat_s <= 0 or max_frame_bytes <= 0 or max_backoff <= 0:
             raise ConfigError("source.heartbeat, max_frame_bytes and max_backoff must be positive")
+        if start_block is not None and start_block < 0:
+            raise ConfigError(f"source.start_block: {start_block} is not a block number")
         self.url = url
+        self.start_block = start_block
         self.window = window
         self.heartbeat_s = heartbeat_s
         self.max_frame_bytes = max_frame_bytes
@@ -151,6 +164,8 @@ class ExExSource(Source):
         self.bridge_errors: dict[str, int] = {}
         self.last_error: str | None = None
         self._last_heard: float | None = None
+        # (monotonic time, head block number) of recent deliveries, for the backfill rate.
+        self._progress: collections.deque[tuple[float, int]] = collections.deque(maxlen=64)
 
     # -------------------------------------------------------------------------------------------- stream
     async def stream(self, view: ChainView) -> AsyncIterator[Delivery]:  # type: ignore[override]
@@ -194,7 +209,8 @@ class ExExSource(Source):
         self._inflight.clear()
         self._set_inflight_gauge()
         head = view.head()
-        await sock.send(wire.encode(wire.Hello(wire.PROTOCOL_VERSION, head, self.window, self.client)))
+        start = self.start_block if head is None else None
+        await sock.send(wire.encode(wire.Hello(wire.PROTOCOL_VERSION, head, self.window, self.client, start)))
         welcome = await self._handshake(sock)
         self.bridge = welcome
         self._node_head(welcome.node_head)
@@ -311,6 +327,7 @@ class ExExSource(Source):
             tip = msg.tip if isinstance(msg, wire.PendingNotification) else _tip(msg.notification)
             if tip is not None:
                 self.source_head = max(self.source_head or 0, tip)
+                self._progress.append((time.monotonic(), tip))
             token = view.source_token()
             if (epoch and isinstance(token, dict) and token.get("epoch") == epoch
                     and isinstance(token.get("seq"), int) and seq <= token["seq"]):
@@ -369,6 +386,9 @@ class ExExSource(Source):
             raise SourceError(f"the bridge refused this sidecar: {msg.message}")
         if msg.code == "unexpected":
             raise _Reset(f"the bridge says: {msg.message}")
+        if msg.code == "refused":
+            log.error("the bridge refused to serve this sidecar: %s", msg.message)
+            raise _Reset(f"the bridge refused to serve this sidecar: {msg.message}")
         log.warning("the bridge reported an error (%s): %s", msg.code, msg.message)
 
     async def _refuse(self, sock: zmq.asyncio.Socket, code: str, message: str) -> None:
@@ -483,11 +503,27 @@ class ExExSource(Source):
             received_bytes=self.received_bytes,
             acks_sent=self.acks_sent,
             resends_acked=self.resends_acked,
+            backfill=self.backfill(),
             refused=dict(self.refused),
             bridge_errors=dict(self.bridge_errors),
             last_error=self.last_error,
         )
         return st
+
+    def backfill(self) -> dict[str, Any] | None:
+        """Progress while the node is more than one block ahead of what this sidecar received (Reth backfilling
+        it, or a sidecar catching up): ``{"block", "blocks_remaining", "blocks_per_s"}`` (block numbers, blocks
+        per second over the last 64 deliveries), else ``None``."""
+        if not self._progress or self.node_head is None:
+            return None
+        t1, block = self._progress[-1]
+        remaining = self.node_head - block
+        if remaining <= 1:
+            return None
+        t0, first = self._progress[0]
+        rate = (block - first) / (t1 - t0) if t1 > t0 else None
+        return {"block": block, "blocks_remaining": remaining,
+                "blocks_per_s": None if rate is None else round(rate, 1)}
 
     async def aclose(self) -> None:
         """Close the socket and the ZeroMQ context."""

@@ -1,39 +1,49 @@
-//! `monmouth-reth`: the `reth` node with the Monmouth bridge installed as an Execution Extension.
+//! `monmouth-reth`: the `reth` node (v2.5.1) with the Monmouth bridge installed as an Execution
+//! Extension.
 //!
 //! The ExEx is deliberately thin; the protocol lives in `monmouth-wire` (tested in the bridge
-//! workspace). Here:
+//! workspace). Every Reth and alloy type and trait is reached through `reth-ethereum`'s re-exports
+//! (or inferred), never from an alloy crate named in our manifest, so that this crate cannot disagree
+//! with Reth about which alloy it uses.
+//!
+//! Invariants:
+//!
+//! 1. **Nothing is reported finished before a sidecar committed it.** `FinishedHeight` is sent only
+//!    from the server's ack callback, with the chain head after the acknowledged notification.
+//! 2. **Reth keeps running.** A sidecar that cannot be served from where it asked (a start block in the
+//!    future or below the node's pruned history, a head on neither the node's chain nor its ExEx WAL),
+//!    or a notification stream that fails, is answered with `error` code `refused` naming the reason,
+//!    and the bridge waits for the next `hello`. The ExEx future returns only when Reth's notification
+//!    stream ends (node shutdown) or when the bridge thread died, the one case where going on would
+//!    lose notifications; Reth treats a returned ExEx as fatal, which is then the intended outcome.
+//! 3. **Backpressure, not loss.** Notifications go into a channel of capacity 1 that the server pulls
+//!    from only while the sidecar has credit; a slow sidecar slows this task, which then stops
+//!    polling Reth (Reth buffers in its ExEx WAL).
+//!
+//! Flow:
 //!
 //! 1. a [`monmouth_wire::Server`] runs on its own thread with a [`monmouth_wire::ChannelSource`];
-//! 2. the ExEx task waits for the first sidecar `hello` and configures Reth's notification stream
-//!    with its head (`set_notifications_with_head`), so blocks produced while the sidecar was away
-//!    are backfilled; with no head (an empty sidecar database) it follows from the node's head;
-//! 3. each `ExExNotification` is converted to wire types and sent into a bounded channel: the
-//!    server pulls from it only while the sidecar has credit, so a slow sidecar slows this task,
-//!    which then stops polling Reth (Reth buffers, nothing is dropped);
-//! 4. on each sidecar `ack`, the server's callback sends `ExExEvent::FinishedHeight` with the chain
-//!    head after the acknowledged notification (for a reorg, the new tip; Reth compares finished
-//!    heights by number). Nothing is reported finished before a sidecar committed it;
-//! 5. the node's best block number (`BlockNumReader::best_block_number`), read at start and with every
-//!    notification, is announced as `node_head` in `welcome` and heartbeats, so that the sidecar's lag
-//!    counts the blocks Reth has yet to backfill.
-//!
-//! The ExEx future returns only when Reth's notification stream ends (node shutdown) or on a
-//! failure that would otherwise lose notifications (the bridge thread died): Reth treats a returned
-//! ExEx as fatal, which is the intended, loud outcome in that case.
+//! 2. on a sidecar's `hello` the server calls [`plan_start`] (on its thread, with a provider clone):
+//!    a head resumes Reth's stream after it (`catch_up_notifications_with_head`: Reth reverts an
+//!    orphaned head from its WAL and backfills up to the node's *current* head, not the head at
+//!    launch); an empty database with `start_block` N backfills from block N (Reth's ExEx backfill
+//!    re-executes the blocks; block 0, genesis, is sent first as a block without transactions, as
+//!    the `rpc` source indexes it); an empty database without one follows from the node's head;
+//! 3. each `ExExNotification` is converted to wire types, a committed chain in slices of
+//!    [`MAX_BLOCKS_PER_COMMIT`] blocks;
+//! 4. the node's best block number is announced as `node_head` in `welcome` and heartbeats, so that
+//!    the sidecar's lag and backfill progress count the blocks Reth has yet to deliver.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use alloy_consensus::{BlockHeader, Transaction as _};
-use alloy_eips::{BlockNumHash, Typed2718 as _};
-use alloy_primitives::{Address, B256};
 use clap::Parser;
 use eyre::eyre;
-use futures::TryStreamExt;
+use futures::StreamExt;
 use monmouth_wire::sources::{OnAck, OnStart};
 use monmouth_wire::{
-    Acked, BlockRef, ChannelSource, FixedBytes, Inbox, Notification, Server, ServerConfig, SourceError, U256,
+    Acked, BlockRef, ChannelSource, FixedBytes, Inbox, Notification, Server, ServerConfig, SourceError, Start, U256,
     NODE_HEAD_UNKNOWN,
 };
 use reth_ethereum::chainspec::EthChainSpec;
@@ -42,9 +52,10 @@ use reth_ethereum::cli::interface::Cli;
 use reth_ethereum::exex::{ExExContext, ExExEvent, ExExHead, ExExNotification};
 use reth_ethereum::node::api::{FullNodeComponents, NodeTypes};
 use reth_ethereum::node::EthereumNode;
-use reth_ethereum::provider::{BlockNumReader, Chain};
-use reth_ethereum::{EthPrimitives, Receipt as RethReceipt};
-use tracing::{error, info};
+use reth_ethereum::primitives::{BlockHeader, NodePrimitives, Receipt, SignedTransaction};
+use reth_ethereum::provider::{BlockHashReader, BlockNumReader, Chain, HeaderProvider, StateProviderFactory};
+use reth_ethereum::EthPrimitives;
+use tracing::{error, info, warn};
 
 /// Largest number of blocks per `ChainCommitted` sent to the sidecar; longer committed chains
 /// (backfill) are split, which is equivalent and keeps frames far below the 64 MiB limit.
@@ -61,72 +72,80 @@ struct MonmouthArgs {
     heartbeat_ms: u64,
 }
 
-/// Reth's notification receiver as the server's inbox.
-struct TokioInbox(tokio::sync::mpsc::Receiver<Notification>);
+/// What the ExEx task hands the bridge server.
+enum Feed {
+    /// The next notification, in order.
+    Note(Notification),
+    /// The stream cannot go on from where the sidecar started it: refuse the session with this reason.
+    Refuse(String),
+}
 
-impl Inbox for TokioInbox {
+/// Where to resume Reth's notification stream for a sidecar, decided by [`plan_start`].
+#[derive(Debug)]
+enum Plan {
+    /// Follow from the node's head (empty database, no start block).
+    Live,
+    /// Resume after the sidecar's durable head.
+    Resume(BlockRef),
+    /// Backfill from block `head.number + 1`; `genesis` is sent first when the start is block 0.
+    Backfill { head: BlockRef, genesis: Option<monmouth_wire::Block> },
+}
+
+/// The bridge server's end of the feed channel as its inbox.
+struct FeedInbox(tokio::sync::mpsc::Receiver<Feed>);
+
+impl Inbox for FeedInbox {
     fn try_next(&mut self) -> Result<Option<Notification>, SourceError> {
         use tokio::sync::mpsc::error::TryRecvError;
         match self.0.try_recv() {
-            Ok(n) => Ok(Some(n)),
+            Ok(Feed::Note(n)) => Ok(Some(n)),
+            Ok(Feed::Refuse(reason)) => Err(SourceError::Refused(reason)),
             Err(TryRecvError::Empty) => Ok(None),
             Err(TryRecvError::Disconnected) => Err(SourceError::Closed("the ExEx task stopped".to_owned())),
         }
     }
 }
 
-fn b256(h: B256) -> monmouth_wire::B256 {
-    FixedBytes(h.0)
+fn b256(h: impl Into<[u8; 32]>) -> monmouth_wire::B256 {
+    FixedBytes(h.into())
 }
 
-fn addr(a: Address) -> monmouth_wire::Address {
-    FixedBytes(a.0 .0)
+fn addr(a: impl Into<[u8; 20]>) -> monmouth_wire::Address {
+    FixedBytes(a.into())
 }
 
-fn u256(v: alloy_primitives::U256) -> U256 {
-    U256(v.to_be_bytes::<32>())
+/// Reth's head type for a wire block reference.
+fn exex_head(r: BlockRef) -> ExExHead {
+    let mut head = ExExHead { block: Default::default() };
+    head.block.number = r.number;
+    head.block.hash = r.hash.0.into();
+    head
 }
 
-fn num_hash(r: BlockRef) -> BlockNumHash {
-    BlockNumHash::new(r.number, B256::from(r.hash.0))
+/// A wire block with the header's fields and no transactions (receipts are added by the caller).
+fn convert_header<H: BlockHeader>(header: &H, hash: monmouth_wire::B256) -> monmouth_wire::Block {
+    monmouth_wire::Block {
+        number: header.number(),
+        hash,
+        parent_hash: b256(header.parent_hash()),
+        timestamp: header.timestamp(),
+        beneficiary: addr(header.beneficiary()),
+        gas_limit: header.gas_limit(),
+        gas_used: header.gas_used(),
+        base_fee_per_gas: header.base_fee_per_gas().map(U256::from),
+        transactions: Vec::new(),
+        receipts: Vec::new(),
+    }
 }
 
-/// Convert one of Reth's chains (blocks with senders, and receipts) to wire blocks.
-fn convert_chain(chain: &Chain<EthPrimitives>) -> Vec<monmouth_wire::Block> {
-    chain
-        .blocks_and_receipts()
-        .map(|(block, receipts)| {
-            let header = block.header();
-            let mut transactions = Vec::with_capacity(receipts.len());
-            let mut out_receipts = Vec::with_capacity(receipts.len());
-            for ((sender, tx), receipt) in block.transactions_with_sender().zip(receipts.iter()) {
-                transactions.push(convert_tx(*sender, tx));
-                out_receipts.push(convert_receipt(*sender, tx, receipt));
-            }
-            monmouth_wire::Block {
-                number: header.number(),
-                hash: b256(block.hash()),
-                parent_hash: b256(header.parent_hash()),
-                timestamp: header.timestamp(),
-                beneficiary: addr(header.beneficiary()),
-                gas_limit: header.gas_limit(),
-                gas_used: header.gas_used(),
-                base_fee_per_gas: header.base_fee_per_gas().map(U256::from),
-                transactions,
-                receipts: out_receipts,
-            }
-        })
-        .collect()
-}
-
-fn convert_tx(sender: Address, tx: &reth_ethereum::TransactionSigned) -> monmouth_wire::Transaction {
+fn convert_tx<T: SignedTransaction>(sender: [u8; 20], tx: &T) -> monmouth_wire::Transaction {
     let dynamic = tx.is_dynamic_fee();
     monmouth_wire::Transaction {
         hash: b256(*tx.tx_hash()),
         tx_type: u64::from(tx.ty()),
-        sender: addr(sender),
+        sender: FixedBytes(sender),
         to: tx.to().map(addr),
-        value: u256(tx.value()),
+        value: U256(tx.value().to_be_bytes::<32>()),
         input: tx.input().to_vec(),
         nonce: tx.nonce(),
         gas_limit: tx.gas_limit(),
@@ -137,12 +156,12 @@ fn convert_tx(sender: Address, tx: &reth_ethereum::TransactionSigned) -> monmout
     }
 }
 
-fn convert_receipt(sender: Address, tx: &reth_ethereum::TransactionSigned, r: &RethReceipt) -> monmouth_wire::Receipt {
+fn convert_receipt<R: Receipt>(contract_address: Option<monmouth_wire::Address>, r: &R) -> monmouth_wire::Receipt {
     monmouth_wire::Receipt {
-        status: Some(u64::from(r.success)),
-        cumulative_gas_used: r.cumulative_gas_used,
+        status: Some(u64::from(r.status())),
+        cumulative_gas_used: r.cumulative_gas_used(),
         logs: r
-            .logs
+            .logs()
             .iter()
             .map(|l| monmouth_wire::Log {
                 address: addr(l.address),
@@ -150,47 +169,153 @@ fn convert_receipt(sender: Address, tx: &reth_ethereum::TransactionSigned, r: &R
                 data: l.data.data.to_vec(),
             })
             .collect(),
-        contract_address: tx.to().is_none().then(|| addr(sender.create(tx.nonce()))),
+        contract_address,
     }
 }
 
-/// One Reth notification as one or more wire notifications (long committed chains are split).
-fn convert(n: &ExExNotification<EthPrimitives>) -> Vec<Notification> {
-    match n {
-        ExExNotification::ChainCommitted { new } => convert_chain(new)
-            .chunks(MAX_BLOCKS_PER_COMMIT)
-            .map(|c| Notification::committed(c.to_vec()))
-            .collect(),
-        ExExNotification::ChainReorged { old, new } => {
-            vec![Notification::reorged(convert_chain(old), convert_chain(new))]
+/// One of Reth's chains (blocks with senders, and receipts) as wire blocks, oldest first.
+fn convert_chain<N: NodePrimitives>(chain: &Chain<N>) -> impl Iterator<Item = monmouth_wire::Block> + '_ {
+    chain.blocks_and_receipts().map(|(block, receipts)| {
+        let mut out = convert_header(block.header(), b256(block.hash()));
+        out.transactions.reserve(receipts.len());
+        out.receipts.reserve(receipts.len());
+        for ((sender, tx), receipt) in block.transactions_with_sender().zip(receipts.iter()) {
+            let created = tx.to().is_none().then(|| addr(sender.create(tx.nonce())));
+            out.transactions.push(convert_tx((*sender).into(), tx));
+            out.receipts.push(convert_receipt(created, receipt));
         }
-        ExExNotification::ChainReverted { old } => vec![Notification::reverted(convert_chain(old))],
+        out
+    })
+}
+
+/// One Reth notification as wire notifications, produced lazily: a long committed chain (backfill)
+/// becomes `ChainCommitted`s of at most [`MAX_BLOCKS_PER_COMMIT`] blocks, converted one at a time.
+fn convert<N: NodePrimitives>(n: &ExExNotification<N>) -> Box<dyn Iterator<Item = Notification> + '_> {
+    match n {
+        ExExNotification::ChainCommitted { new } => {
+            let mut blocks = convert_chain(new).peekable();
+            Box::new(std::iter::from_fn(move || {
+                blocks.peek()?;
+                Some(Notification::committed(blocks.by_ref().take(MAX_BLOCKS_PER_COMMIT).collect()))
+            }))
+        }
+        ExExNotification::ChainReorged { old, new } => Box::new(std::iter::once(Notification::reorged(
+            convert_chain(old).collect(),
+            convert_chain(new).collect(),
+        ))),
+        ExExNotification::ChainReverted { old } => {
+            Box::new(std::iter::once(Notification::reverted(convert_chain(old).collect())))
+        }
     }
 }
+
+/// Decide where to serve a sidecar from, or refuse with a sentence naming the reason.
+///
+/// # Errors
+/// [`SourceError::Refused`]: a `start_block` beyond the node's head + 1, below the earliest block it
+/// holds, or whose parent state it no longer has (pruned history); a provider failure.
+fn plan_start<P>(provider: &P, start: Start) -> Result<Plan, SourceError>
+where
+    P: BlockNumReader + BlockHashReader + HeaderProvider + StateProviderFactory,
+{
+    let refused = |what: String| SourceError::Refused(what);
+    let failed = |what: &str, e: &dyn std::fmt::Display| SourceError::Refused(format!("the node could not {what}: {e}"));
+    if let Some(head) = start.head {
+        return Ok(Plan::Resume(head));
+    }
+    let Some(n) = start.start_block else { return Ok(Plan::Live) };
+    let best = provider.best_block_number().map_err(|e| failed("read its head", &e))?;
+    if n > best.saturating_add(1) {
+        return Err(refused(format!(
+            "start block {n} is in the future: the node's head is block {best}; set source.start_block to at most {} \
+             or wait for the node",
+            best + 1
+        )));
+    }
+    let earliest = provider.earliest_block_number().map_err(|e| failed("read its earliest block", &e))?;
+    if n < earliest {
+        return Err(refused(format!(
+            "start block {n} is below the earliest block this node can serve, block {earliest} (its history is \
+             pruned); set source.start_block to {earliest} or more, or use an archive node"
+        )));
+    }
+    if n == 0 {
+        let genesis = provider
+            .sealed_header(0)
+            .map_err(|e| failed("read the genesis header", &e))?
+            .ok_or_else(|| refused("the node has no genesis header".to_owned()))?;
+        let hash = b256(genesis.hash());
+        let block = convert_header(genesis.header(), hash);
+        return Ok(Plan::Backfill { head: BlockRef { number: 0, hash }, genesis: Some(block) });
+    }
+    let parent = n - 1;
+    if let Err(e) = provider.history_by_block_number(parent) {
+        return Err(refused(format!(
+            "start block {n} cannot be backfilled: the node has no state for block {parent} to re-execute from ({e}); \
+             the earliest block this node can serve is block {earliest} or later (pruned history)"
+        )));
+    }
+    let hash = provider
+        .block_hash(parent)
+        .map_err(|e| failed("read a block hash", &e))?
+        .ok_or_else(|| refused(format!("start block {n}: the node has no block {parent}")))?;
+    Ok(Plan::Backfill { head: BlockRef { number: parent, hash: b256(hash) }, genesis: None })
+}
+
+/// Bind the bridge's endpoint, retrying every [`BIND_RETRY`] while it is in use (another process, or a
+/// previous node not yet gone): Reth keeps running and buffers notifications meanwhile.
+///
+/// # Errors
+/// Any other bind failure (a malformed endpoint, an invalid configuration).
+fn bind_until_free(cfg: &ServerConfig, stop: &AtomicBool) -> Result<Server, monmouth_wire::BridgeError> {
+    let mut attempt = 0_u64;
+    loop {
+        match Server::bind(cfg.clone()) {
+            Err(e) if e.is_address_in_use() => {
+                if attempt % 12 == 0 {
+                    warn!(target: "monmouth", "{e}: the bridge endpoint {} is in use, so no sidecar can connect until \
+                        it is free (retrying every {} s; Reth keeps running and keeps the notifications)",
+                        cfg.endpoint, BIND_RETRY.as_secs());
+                }
+                attempt += 1;
+                if stop.load(Ordering::Relaxed) {
+                    return Err(monmouth_wire::BridgeError::Config("stopped before the endpoint was free".to_owned()));
+                }
+                std::thread::sleep(BIND_RETRY);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How long [`bind_until_free`] waits between attempts.
+const BIND_RETRY: Duration = Duration::from_secs(5);
 
 async fn monmouth_exex<Node>(mut ctx: ExExContext<Node>, args: MonmouthArgs) -> eyre::Result<()>
 where
     Node: FullNodeComponents<Types: NodeTypes<Primitives = EthPrimitives>>,
 {
-    let (note_tx, note_rx) = tokio::sync::mpsc::channel::<Notification>(1);
-    let (head_tx, head_rx) = tokio::sync::oneshot::channel::<Option<BlockRef>>();
+    let (feed_tx, feed_rx) = tokio::sync::mpsc::channel::<Feed>(1);
+    let (plan_tx, mut plan_rx) = tokio::sync::mpsc::unbounded_channel::<Plan>();
     let events = ctx.events.clone();
     let cfg = ServerConfig {
         endpoint: args.endpoint.clone(),
         chain_id: ctx.config.chain.chain_id(),
-        node: format!("reth+monmouth-reth/{}", env!("CARGO_PKG_VERSION")),
+        node: format!("monmouth-reth/{} (reth v2.5.1)", env!("CARGO_PKG_VERSION")),
         heartbeat: Duration::from_millis(args.heartbeat_ms.max(1)),
         ..ServerConfig::default()
     };
-    let on_start: OnStart = Box::new(move |head| {
-        head_tx.send(head).map_err(|_| SourceError::Closed("the ExEx task stopped".to_owned()))
+    let planner = ctx.provider().clone();
+    let on_start: OnStart = Box::new(move |start: Start| {
+        let plan = plan_start(&planner, start)?;
+        plan_tx.send(plan).map_err(|_| SourceError::Closed("the ExEx task stopped".to_owned()))
     });
     let on_ack: OnAck = Box::new(move |a: &Acked| {
         // The chain head after the acknowledged notification: the new tip for a commit or reorg,
         // the fork point for a revert.
         if let Some(head) = a.resulting_head {
             events
-                .send(ExExEvent::FinishedHeight(num_hash(head)))
+                .send(ExExEvent::FinishedHeight(exex_head(head).block))
                 .map_err(|_| SourceError::Closed("Reth's ExEx manager stopped".to_owned()))?;
         }
         Ok(())
@@ -207,46 +332,87 @@ where
     let stop = Arc::new(AtomicBool::new(false));
     let stop_server = Arc::clone(&stop);
     let server = std::thread::Builder::new().name("monmouth-bridge".to_owned()).spawn(move || {
-        let result = Server::bind(cfg).and_then(|mut server| {
-            let mut source = ChannelSource::new(TokioInbox(note_rx), on_start, on_ack, Duration::from_millis(1))
-                .with_node_head(node_head_server);
-            server.run(&mut source, || stop_server.load(Ordering::Relaxed))
-        });
+        let mut source =
+            ChannelSource::new(FeedInbox(feed_rx), on_start, on_ack, Duration::from_millis(1)).with_node_head(node_head_server);
+        let result = bind_until_free(&cfg, &stop_server)
+            .and_then(|mut server| server.run(&mut source, || stop_server.load(Ordering::Relaxed)));
         if let Err(e) = &result {
             error!(target: "monmouth", "bridge server stopped: {e}");
         }
         result
     })?;
+    let bridge_gone = |server: std::thread::JoinHandle<_>, stop: &AtomicBool| {
+        stop.store(true, Ordering::Relaxed);
+        let cause = match server.join() {
+            Ok(Err(e)) => format!("{e}"),
+            _ => "it exited".to_owned(),
+        };
+        // Returning is fatal for the node: better than acknowledging blocks nobody has.
+        eyre!("the Monmouth bridge server stopped ({cause}); un-acknowledged notifications will be re-delivered by Reth after restart")
+    };
 
-    info!(target: "monmouth", endpoint = %args.endpoint, "waiting for the first sidecar hello");
-    let head = head_rx.await.map_err(|_| eyre!("the Monmouth bridge stopped before any sidecar connected"))?;
-    match head {
-        Some(h) => {
-            info!(target: "monmouth", head = %h, "resuming notifications after the sidecar's head");
-            ctx.set_notifications_with_head(ExExHead { block: num_hash(h) });
-        }
-        None => {
-            info!(target: "monmouth", "the sidecar database is empty; following from the node's head");
-            ctx.set_notifications_without_head();
-        }
-    }
-
-    while let Some(notification) = ctx.notifications.try_next().await? {
-        refresh_node_head();
-        for n in convert(&notification) {
-            if note_tx.send(n).await.is_err() {
+    info!(target: "monmouth", endpoint = %args.endpoint, "waiting for a sidecar hello");
+    loop {
+        let Some(plan) = plan_rx.recv().await else { return Err(bridge_gone(server, &stop)) };
+        let resumed_from = match &plan {
+            Plan::Resume(h) => Some(*h),
+            _ => None,
+        };
+        let configured = match plan {
+            Plan::Live => {
+                info!(target: "monmouth", "the sidecar database is empty and has no start block; following from the node's head");
+                ctx.set_notifications_without_head();
+                Ok(())
+            }
+            Plan::Resume(h) => {
+                info!(target: "monmouth", head = %h, "resuming notifications after the sidecar's head");
+                ctx.catch_up_notifications_with_head(exex_head(h))
+            }
+            Plan::Backfill { head, genesis } => {
+                info!(target: "monmouth", from = head.number + u64::from(genesis.is_none()), "backfilling the sidecar");
+                if let Some(g) = genesis {
+                    if feed_tx.send(Feed::Note(Notification::committed(vec![g]))).await.is_err() {
+                        return Err(bridge_gone(server, &stop));
+                    }
+                }
+                ctx.catch_up_notifications_with_head(exex_head(head))
+            }
+        };
+        let mut delivered = false;
+        let mut failure = configured.err().map(|e| format!("Reth could not resume its notification stream: {e:#}"));
+        while failure.is_none() {
+            let Some(item) = ctx.notifications.next().await else {
                 stop.store(true, Ordering::Relaxed);
-                let cause = match server.join() {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => "it exited".to_owned(),
-                };
-                // Returning is fatal for the node: better than acknowledging blocks nobody has.
-                return Err(eyre!("the Monmouth bridge server stopped ({cause}); un-acknowledged notifications will be re-delivered by Reth after restart"));
+                return Ok(());
+            };
+            match item {
+                Ok(notification) => {
+                    refresh_node_head();
+                    delivered = true;
+                    for n in convert(&notification) {
+                        if feed_tx.send(Feed::Note(n)).await.is_err() {
+                            return Err(bridge_gone(server, &stop));
+                        }
+                    }
+                }
+                Err(e) => {
+                    failure = Some(match resumed_from.filter(|_| !delivered) {
+                        Some(h) => format!(
+                            "Reth cannot resume from the sidecar's head {h}: {e:#}. That block is on neither this node's \
+                             chain nor its ExEx WAL (a database from another chain, or a block Reth no longer has): \
+                             point the sidecar at the node it indexed, or start it on an empty database"
+                        ),
+                        None => format!("Reth's ExEx notification stream failed: {e:#}; resuming from the sidecar's head"),
+                    });
+                }
             }
         }
+        let reason = failure.unwrap_or_default();
+        warn!(target: "monmouth", "{reason}");
+        if feed_tx.send(Feed::Refuse(reason)).await.is_err() {
+            return Err(bridge_gone(server, &stop));
+        }
     }
-    stop.store(true, Ordering::Relaxed);
-    Ok(())
 }
 
 fn main() -> eyre::Result<()> {
@@ -254,7 +420,8 @@ fn main() -> eyre::Result<()> {
         let handle = builder
             .node(EthereumNode::default())
             .install_exex("monmouth", async move |ctx| Ok(monmouth_exex(ctx, args)))
-            .launch()
+            // Not `launch()`: only this starts the `--dev` miner (as Reth's own `reth` binary does).
+            .launch_with_debug_capabilities()
             .await?;
         handle.wait_for_node_exit().await
     })

@@ -122,6 +122,11 @@ pub enum SourceError {
     /// A replay file could not be read.
     #[error(transparent)]
     Replay(#[from] ReplayError),
+    /// The source cannot serve this sidecar from where it asked (a start block outside the node's
+    /// history, a head on neither the node's chain nor its WAL). Not fatal: the server answers the
+    /// sidecar with `error` code `refused` and this sentence, and waits for another `hello`.
+    #[error("{0}")]
+    Refused(String),
     /// Anything else, with a sentence.
     #[error("notification source failed: {0}")]
     Other(String),
@@ -148,4 +153,11 @@ pub enum BridgeError {
     /// The configuration is invalid.
     #[error("invalid bridge configuration: {0}")]
     Config(String),
+}
+
+impl BridgeError {
+    /// Binding failed because another socket holds the endpoint (`EADDRINUSE`): worth retrying.
+    pub fn is_address_in_use(&self) -> bool {
+        matches!(self, Self::Zmq { source: zmq::Error::EADDRINUSE, .. })
+    }
 }

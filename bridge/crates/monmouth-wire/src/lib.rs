@@ -51,6 +51,6 @@ pub use message::{
     Welcome, MAX_FRAME_BYTES, PROTOCOL_VERSION,
 };
 pub use replay::{ReplayReader, ReplayWriter};
-pub use server::{percentile, Acked, Next, NotificationSource, RunEnd, Server, ServerConfig, Stats};
+pub use server::{percentile, Acked, Next, NotificationSource, RunEnd, Server, ServerConfig, Start, Stats};
 pub use sources::{ChannelSource, Inbox, ReplaySource, NODE_HEAD_UNKNOWN};
 pub use types::{Address, Block, BlockRef, FixedBytes, Log, Notification, NotificationKind, Receipt, Transaction, B256, U256};

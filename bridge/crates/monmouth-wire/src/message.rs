@@ -31,6 +31,9 @@ pub struct Hello {
     pub window: u64,
     /// Free text naming the client.
     pub client: String,
+    /// The first block the sidecar wants when its database is empty (`head` is `None`): the bridge
+    /// backfills from it. `None`: follow from the node's head. Ignored when `head` is set. Optional key.
+    pub start_block: Option<u64>,
 }
 
 /// `welcome` (bridge → sidecar).
@@ -85,6 +88,9 @@ pub enum ErrorCode {
     Unexpected,
     /// A sequence number was skipped.
     Gap,
+    /// The bridge cannot serve the sidecar from where it asked: a start block outside what the node
+    /// holds, or a head that is on neither the node's chain nor its ExEx WAL. The message says which.
+    Refused,
 }
 
 impl ErrorCode {
@@ -97,6 +103,7 @@ impl ErrorCode {
             Self::UnknownType => "unknown_type",
             Self::Unexpected => "unexpected",
             Self::Gap => "gap",
+            Self::Refused => "refused",
         }
     }
 }
@@ -174,6 +181,8 @@ struct HelloOut<'a> {
     head: &'a Option<BlockRef>,
     window: u64,
     client: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    start_block: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -234,6 +243,8 @@ struct HelloIn {
     window: u64,
     #[serde(default)]
     client: String,
+    #[serde(default)]
+    start_block: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -322,6 +333,7 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, WireError> {
             head: &m.head,
             window: m.window,
             client: &m.client,
+            start_block: m.start_block,
         }),
         Message::Welcome(m) => to_bytes(&WelcomeOut {
             ty: "welcome",
@@ -508,7 +520,13 @@ pub fn decode(frame: &[u8], max_bytes: usize) -> Result<Message, WireError> {
     Ok(match ty.as_str() {
         "hello" => {
             let m: HelloIn = from_frame(frame, "hello")?;
-            Message::Hello(Hello { version: m.version, head: m.head, window: m.window, client: m.client })
+            Message::Hello(Hello {
+                version: m.version,
+                head: m.head,
+                window: m.window,
+                client: m.client,
+                start_block: m.start_block,
+            })
         }
         "welcome" => {
             let m: WelcomeIn = from_frame(frame, "welcome")?;
@@ -570,8 +588,10 @@ mod tests {
     #[test]
     fn session_messages_roundtrip() {
         let head = BlockRef { number: 7, hash: FixedBytes([9u8; 32]) };
-        roundtrip(Message::Hello(Hello { version: 1, head: Some(head), window: 64, client: "t".into() }));
-        roundtrip(Message::Hello(Hello { version: 1, head: None, window: 1, client: String::new() }));
+        roundtrip(Message::Hello(Hello { version: 1, head: Some(head), window: 64, client: "t".into(), start_block: None }));
+        roundtrip(Message::Hello(Hello { version: 1, head: None, window: 1, client: String::new(), start_block: None }));
+        roundtrip(Message::Hello(Hello { version: 1, head: None, window: 8, client: "s".into(), start_block: Some(0) }));
+        roundtrip(Message::Hello(Hello { version: 1, head: None, window: 8, client: "s".into(), start_block: Some(1 << 40) }));
         for node_head in [None, Some(21_000_000)] {
             roundtrip(Message::Welcome(Welcome { version: 1, chain_id: 1, node: "n".into(), heartbeat_ms: 1000, epoch: 5, node_head }));
         }

@@ -39,6 +39,15 @@ pub enum Next {
     End,
 }
 
+/// Where the sidecar asked to be served from, as handed to [`NotificationSource::start`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Start {
+    /// The sidecar's durable head; `None` on an empty database.
+    pub head: Option<BlockRef>,
+    /// With no head: the first block the sidecar wants (`None`: from the node's head on).
+    pub start_block: Option<u64>,
+}
+
 /// An acknowledged notification, as handed to [`NotificationSource::acked`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Acked {
@@ -56,21 +65,29 @@ pub struct Acked {
 
 /// Where notifications come from: Reth's ExEx stream in production, a replay file in tests.
 ///
-/// The server calls [`start`](Self::start) once, on the first valid `hello`, then
+/// The server calls [`start`](Self::start) on the first valid `hello`, then
 /// [`poll_next`](Self::poll_next) only while it has credit, and [`acked`](Self::acked) for every
 /// acknowledged notification (in `seq` order, once each).
+///
+/// A source may refuse ([`SourceError::Refused`]) from `start` or from `poll_next`: the server then
+/// answers the session with `error` code `refused`, drops what it buffered and not yet had
+/// acknowledged, and calls `start` again on the next `hello`. Nothing is acknowledged that the sidecar
+/// did not commit, and the server keeps running.
 pub trait NotificationSource {
-    /// The first sidecar said hello with `head` (its durable head, `None` on an empty database).
-    /// A Reth adapter passes it to `set_notifications_with_head`.
+    /// A sidecar said hello with `start` (its durable head, or the block it wants first).
+    /// A Reth adapter resumes Reth's notification stream from it.
     ///
     /// # Errors
-    /// A failure that should stop the server.
-    fn start(&mut self, head: Option<BlockRef>) -> Result<(), SourceError>;
+    /// [`SourceError::Refused`] when the source cannot serve from there (the sidecar is told why);
+    /// any other error stops the server.
+    fn start(&mut self, start: Start) -> Result<(), SourceError>;
 
     /// The next notification, without blocking.
     ///
     /// # Errors
-    /// A failure that should stop the server.
+    /// [`SourceError::Refused`] when the stream cannot go on from where the sidecar started it (the
+    /// session is refused and the source re-started on the next `hello`); any other error stops the
+    /// server.
     fn poll_next(&mut self) -> Result<Next, SourceError>;
 
     /// The sidecar durably committed the notification described by `ack`.
@@ -137,6 +154,8 @@ pub struct Stats {
     pub sessions_lost: u64,
     /// `error` messages received from sidecars.
     pub errors_received: u64,
+    /// Starts or sessions the source refused (each answered with `error` code `refused`).
+    pub refusals: u64,
     /// Bad frames received (each answered with `error`).
     pub bad_frames: u64,
     /// Garbage frames sent (test aid).
@@ -476,8 +495,15 @@ impl Server {
             }
         }
         if !self.started {
-            source.start(h.head)?;
-            self.started = true;
+            match source.start(Start { head: h.head, start_block: h.start_block }) {
+                Ok(()) => self.started = true,
+                Err(SourceError::Refused(text)) => {
+                    warn!(client = %h.client, "refused the sidecar's start: {text}");
+                    self.stats.refusals += 1;
+                    return self.send_error(identity, ErrorCode::Refused, text);
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         let now = Instant::now();
         let resend_from = self.acked + 1;
@@ -556,7 +582,12 @@ impl Server {
             self.retry_at = None;
         }
         while self.can_pull() {
-            match source.poll_next()? {
+            let next = match source.poll_next() {
+                Ok(next) => next,
+                Err(SourceError::Refused(text)) => return self.refuse_session(text),
+                Err(e) => return Err(e.into()),
+            };
+            match next {
                 Next::Ready(n) => {
                     let seq = self.next_seq;
                     let frame = encode_notification(seq, &n)?;
@@ -606,6 +637,23 @@ impl Server {
             }
         }
         Ok(())
+    }
+
+    /// The source cannot go on from where this session started it: tell the sidecar, forget what was
+    /// not acknowledged (the source is started again, from the sidecar's next `hello`), keep serving.
+    fn refuse_session(&mut self, text: String) -> Result<(), BridgeError> {
+        warn!(dropped = self.buffer.len(), "the source refused the session: {text}");
+        self.stats.refusals += 1;
+        self.started = false;
+        self.retry_at = None;
+        self.buffer.clear();
+        // Seqs stay unique within the epoch: the dropped ones are never sent again, and a late ack of
+        // one of them is ignored as a duplicate.
+        self.acked = self.next_seq - 1;
+        match self.session.take() {
+            Some(s) => self.send_error(&s.identity, ErrorCode::Refused, text),
+            None => Ok(()),
+        }
     }
 
     fn send_pending(&mut self) -> Result<(), BridgeError> {

@@ -11,7 +11,7 @@ use tracing::{error, info};
 
 use crate::error::{ReplayError, SourceError};
 use crate::replay::ReplayReader;
-use crate::server::{Acked, Next, NotificationSource};
+use crate::server::{Acked, Next, NotificationSource, Start};
 use crate::types::{BlockRef, Notification};
 
 /// Something that hands out notifications without blocking.
@@ -33,19 +33,21 @@ impl Inbox for Receiver<Notification> {
     }
 }
 
-/// Called once with the first sidecar's head.
-pub type OnStart = Box<dyn FnOnce(Option<BlockRef>) -> Result<(), SourceError> + Send>;
+/// Called with a sidecar's start (its head, or the block it wants first) whenever the server starts
+/// the source: on the first `hello`, and again after the source refused ([`SourceError::Refused`]).
+pub type OnStart = Box<dyn FnMut(Start) -> Result<(), SourceError> + Send>;
 /// Called for every acknowledged notification.
 pub type OnAck = Box<dyn FnMut(&Acked) -> Result<(), SourceError> + Send>;
 
 /// A source fed through a channel by another task; start and ack are forwarded to callbacks.
 ///
-/// This is how the Reth adapter plugs in: its async task waits for the head given to `on_start`,
+/// This is how the Reth adapter plugs in: its async task waits for the start given to `on_start`,
 /// configures Reth's notification stream with it, converts each notification and sends it into the
-/// channel (a bounded channel gives backpressure); `on_ack` emits `FinishedHeight`.
+/// channel (a bounded channel gives backpressure); `on_ack` emits `FinishedHeight`. `on_start` may
+/// refuse ([`SourceError::Refused`]), and so may the inbox, when the stream cannot go on.
 pub struct ChannelSource<I: Inbox> {
     inbox: I,
-    on_start: Option<OnStart>,
+    on_start: OnStart,
     on_ack: OnAck,
     poll_interval: Duration,
     node_head: Option<Arc<AtomicU64>>,
@@ -58,7 +60,7 @@ impl<I: Inbox> ChannelSource<I> {
     /// Build from an inbox and the two callbacks. `poll_interval` bounds how long the server waits
     /// before looking at the inbox again when it was empty.
     pub fn new(inbox: I, on_start: OnStart, on_ack: OnAck, poll_interval: Duration) -> Self {
-        Self { inbox, on_start: Some(on_start), on_ack, poll_interval, node_head: None }
+        Self { inbox, on_start, on_ack, poll_interval, node_head: None }
     }
 
     /// Announce the node's newest block number from `cell`, which the adapter keeps current
@@ -70,11 +72,8 @@ impl<I: Inbox> ChannelSource<I> {
 }
 
 impl<I: Inbox> NotificationSource for ChannelSource<I> {
-    fn start(&mut self, head: Option<BlockRef>) -> Result<(), SourceError> {
-        match self.on_start.take() {
-            Some(f) => f(head),
-            None => Ok(()),
-        }
+    fn start(&mut self, start: Start) -> Result<(), SourceError> {
+        (self.on_start)(start)
     }
 
     fn poll_next(&mut self) -> Result<Next, SourceError> {
@@ -178,8 +177,8 @@ impl ReplaySource {
 }
 
 impl NotificationSource for ReplaySource {
-    fn start(&mut self, head: Option<BlockRef>) -> Result<(), SourceError> {
-        let Some(head) = head else { return Ok(()) };
+    fn start(&mut self, start: Start) -> Result<(), SourceError> {
+        let Some(head) = start.head else { return Ok(()) };
         let skip = match self.resume_index(head) {
             Ok(Some(n)) => n,
             Ok(None) => {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use monmouth_wire::sample::sample_chain;
 use monmouth_wire::{
     decode, encode, Ack, Acked, BlockRef, ChannelSource, Hello, Message, Next, Notification, NotificationSource,
-    RunEnd, Server, ServerConfig, SourceError, MAX_FRAME_BYTES, NODE_HEAD_UNKNOWN,
+    RunEnd, Server, ServerConfig, SourceError, Start, MAX_FRAME_BYTES, NODE_HEAD_UNKNOWN,
 };
 
 #[derive(Default)]
@@ -24,8 +24,8 @@ struct VecSource {
 }
 
 impl NotificationSource for VecSource {
-    fn start(&mut self, head: Option<BlockRef>) -> Result<(), SourceError> {
-        self.log.lock().unwrap().start = Some(head);
+    fn start(&mut self, start: Start) -> Result<(), SourceError> {
+        self.log.lock().unwrap().start = Some(start.head);
         Ok(())
     }
     fn poll_next(&mut self) -> Result<Next, SourceError> {
@@ -104,7 +104,10 @@ impl Client {
         self.sock.send(b, 0).unwrap();
     }
     fn hello(&self, head: Option<BlockRef>, window: u64) {
-        self.send(&Message::Hello(Hello { version: 1, head, window, client: "test".into() }));
+        self.hello_from(head, None, window);
+    }
+    fn hello_from(&self, head: Option<BlockRef>, start_block: Option<u64>, window: u64) {
+        self.send(&Message::Hello(Hello { version: 1, head, window, client: "test".into(), start_block }));
     }
     /// Next message that is not a heartbeat, or None after `ms`.
     fn recv(&self, ms: i64) -> Option<Message> {
@@ -195,7 +198,7 @@ fn refuses_bad_input_and_keeps_the_session() {
     let bridge = Bridge::start(items.clone(), 1000, false);
     let c = Client::connect(&bridge.endpoint);
     // Newer version refused.
-    c.send(&Message::Hello(Hello { version: 2, head: None, window: 8, client: "future".into() }));
+    c.send(&Message::Hello(Hello { version: 2, head: None, window: 8, client: "future".into(), start_block: None }));
     assert!(matches!(c.recv(2000), Some(Message::Error(e)) if e.code == "unsupported_version"));
     // No session yet.
     c.send(&Message::Ack(Ack { seq: 1, head: items[0].resulting_head() }));
@@ -257,8 +260,8 @@ fn channel_source_forwards_start_and_acks() {
     let items = commits(1);
     tx.send(items[0].clone()).unwrap();
     assert!(matches!(src.poll_next(), Ok(Next::Ready(n)) if n == items[0]));
-    src.start(None).unwrap();
-    assert_eq!(head_rx.recv().unwrap(), None);
+    src.start(Start::default()).unwrap();
+    assert_eq!(head_rx.recv().unwrap(), Start::default());
     let head = items[0].resulting_head().unwrap();
     let ack = Acked { seq: 1, kind: items[0].kind, committed_tip: Some(head), resulting_head: Some(head), sidecar_head: Some(head) };
     src.acked(&ack).unwrap();
@@ -272,4 +275,96 @@ fn channel_source_forwards_start_and_acks() {
     assert_eq!(src.node_head(), Some(21_000_000));
     drop(tx);
     assert!(matches!(src.poll_next(), Err(SourceError::Closed(_))));
+}
+
+/// A source that refuses a start block above `newest` (as Reth refuses a start in the future) and,
+/// once, refuses the session from its stream after `fail_after` notifications.
+struct PickySource {
+    newest: u64,
+    items: Vec<Notification>,
+    next: usize,
+    fail_after: Option<usize>,
+    starts: Arc<Mutex<Vec<Start>>>,
+}
+
+impl NotificationSource for PickySource {
+    fn start(&mut self, start: Start) -> Result<(), SourceError> {
+        self.starts.lock().unwrap().push(start);
+        if let Some(n) = start.start_block.filter(|n| *n > self.newest) {
+            return Err(SourceError::Refused(format!("start block {n} is in the future: the node's head is {}", self.newest)));
+        }
+        self.next = 0;
+        Ok(())
+    }
+    fn poll_next(&mut self) -> Result<Next, SourceError> {
+        if self.fail_after == Some(self.next) {
+            self.fail_after = None;
+            return Err(SourceError::Refused("the stream failed".into()));
+        }
+        let n = self.items.get(self.next).cloned();
+        self.next += 1;
+        Ok(n.map_or(Next::Pending(Duration::from_millis(5)), Next::Ready))
+    }
+    fn acked(&mut self, _: &Acked) -> Result<(), SourceError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn refused_start_and_refused_stream_keep_the_server_running() {
+    let starts = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel();
+    let (starts2, stop2) = (Arc::clone(&starts), Arc::clone(&stop));
+    let handle = thread::spawn(move || {
+        let cfg = ServerConfig { endpoint: "tcp://127.0.0.1:*".into(), ..ServerConfig::default() };
+        let mut server = Server::bind(cfg).unwrap();
+        tx.send(server.endpoint().to_owned()).unwrap();
+        let mut src = PickySource { newest: 10, items: commits(3), next: 0, fail_after: Some(2), starts: starts2 };
+        let end = server.run(&mut src, || stop2.load(Ordering::Relaxed));
+        (end.unwrap(), server.stats().refusals)
+    });
+    let c = Client::connect(&rx.recv_timeout(Duration::from_secs(5)).unwrap());
+    // A start in the future: refused with a sentence, no session, and the server goes on.
+    c.hello_from(None, Some(11), 8);
+    match c.recv(2000) {
+        Some(Message::Error(e)) => {
+            assert_eq!(e.code, "refused");
+            assert!(e.message.contains("start block 11 is in the future"), "{}", e.message);
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // A start the source accepts; the stream refuses the session after two notifications (the server
+    // pulls before it sends, so they were buffered, never sent).
+    c.hello_from(None, Some(1), 8);
+    assert!(matches!(c.recv(2000), Some(Message::Welcome(_))));
+    match c.recv(2000) {
+        Some(Message::Error(e)) => assert_eq!((e.code.as_str(), e.message.as_str()), ("refused", "the stream failed")),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // The sidecar says hello again: the source is started again and serves with fresh seqs (the two
+    // dropped ones are never sent, nor reported acknowledged).
+    c.hello_from(None, Some(1), 8);
+    assert!(matches!(c.recv(2000), Some(Message::Welcome(_))));
+    let (seq, n) = c.expect_seq(2000);
+    assert_eq!((seq, &n), (3, &commits(3)[0]));
+    assert_eq!(c.expect_seq(2000).0, 4);
+    stop.store(true, Ordering::Relaxed);
+    let (end, refusals) = handle.join().unwrap();
+    assert_eq!(end, RunEnd::Stopped);
+    assert_eq!(refusals, 2);
+    let starts = starts.lock().unwrap();
+    assert_eq!(starts.iter().map(|s| s.start_block).collect::<Vec<_>>(), vec![Some(11), Some(1), Some(1)]);
+}
+
+#[test]
+fn binding_an_endpoint_in_use_says_so() {
+    let first = Server::bind(ServerConfig { endpoint: "tcp://127.0.0.1:*".into(), ..ServerConfig::default() }).unwrap();
+    let err = Server::bind(ServerConfig { endpoint: first.endpoint().to_owned(), ..ServerConfig::default() })
+        .err()
+        .expect("the endpoint is taken");
+    assert!(err.is_address_in_use(), "{err}");
+    assert!(err.to_string().contains(first.endpoint()), "{err}");
+    let bad = Server::bind(ServerConfig { endpoint: "nonsense://x".into(), ..ServerConfig::default() }).err().unwrap();
+    assert!(!bad.is_address_in_use());
 }

@@ -80,25 +80,30 @@ fn chain_json(c: &Option<Vec<Block>>) -> Value {
     c.as_ref().map_or(Value::Null, |c| Value::Array(c.iter().map(block_json).collect()))
 }
 
-/// The optional `node_head` key, present only when known (as on the wire).
-fn with_node_head(mut v: Value, node_head: Option<u64>) -> Value {
-    if let (Some(n), Some(map)) = (node_head, v.as_object_mut()) {
-        map.insert("node_head".to_owned(), json!(n));
+/// An optional key (`node_head`, `start_block`), present only when known (as on the wire).
+fn with_optional(mut v: Value, key: &str, value: Option<u64>) -> Value {
+    if let (Some(n), Some(map)) = (value, v.as_object_mut()) {
+        map.insert(key.to_owned(), json!(n));
     }
     v
 }
 
 fn message_json(m: &Message) -> Value {
     match m {
-        Message::Hello(h) => json!({
-            "type": "hello", "version": h.version, "head": h.head.as_ref().map(block_ref),
-            "window": h.window, "client": h.client,
-        }),
-        Message::Welcome(w) => with_node_head(
+        Message::Hello(h) => with_optional(
+            json!({
+                "type": "hello", "version": h.version, "head": h.head.as_ref().map(block_ref),
+                "window": h.window, "client": h.client,
+            }),
+            "start_block",
+            h.start_block,
+        ),
+        Message::Welcome(w) => with_optional(
             json!({
                 "type": "welcome", "version": w.version, "chain_id": w.chain_id, "node": w.node,
                 "heartbeat_ms": w.heartbeat_ms, "epoch": w.epoch,
             }),
+            "node_head",
             w.node_head,
         ),
         Message::Notification(n) => json!({
@@ -106,7 +111,7 @@ fn message_json(m: &Message) -> Value {
             "old": chain_json(&n.notification.old), "new": chain_json(&n.notification.new),
         }),
         Message::Ack(a) => json!({"type": "ack", "seq": a.seq, "head": a.head.as_ref().map(block_ref)}),
-        Message::Heartbeat(h) => with_node_head(json!({"type": "heartbeat", "ts_ms": h.ts_ms}), h.node_head),
+        Message::Heartbeat(h) => with_optional(json!({"type": "heartbeat", "ts_ms": h.ts_ms}), "node_head", h.node_head),
         Message::Error(e) => json!({"type": "error", "code": e.code, "message": e.message}),
     }
 }
@@ -210,8 +215,9 @@ fn vectors() -> Vec<(&'static str, Message)> {
     let b3_fork = edge_block(n + 2, b2_fork.hash.0, 1, true);
     let head = b1.block_ref();
     vec![
-        ("hello", Message::Hello(Hello { version: 1, head: Some(head), window: 64, client: "monmouth/0.1.0".into() })),
-        ("hello_empty", Message::Hello(Hello { version: 1, head: None, window: 1, client: "monmouth/0.1.0".into() })),
+        ("hello", Message::Hello(Hello { version: 1, head: Some(head), window: 64, client: "monmouth/0.1.0".into(), start_block: None })),
+        ("hello_empty", Message::Hello(Hello { version: 1, head: None, window: 1, client: "monmouth/0.1.0".into(), start_block: None })),
+        ("hello_start", Message::Hello(Hello { version: 1, head: None, window: 64, client: "monmouth/0.1.0".into(), start_block: Some(0) })),
         (
             "welcome",
             Message::Welcome(Welcome {
