@@ -171,9 +171,25 @@ def test_a_second_signal_exits_at_once_and_a_stuck_stop_is_bounded(tmp_path):
 # ---------------------------------------------------------------------------------------------------- catch-up
 
 
+_FOLLOWERS: list[subprocess.Popen] = []
+
+
+@pytest.fixture
+def followers():
+    """Kills what :func:`_follow` started if the test fails half-way (a passing test stops each itself)."""
+    yield
+    while _FOLLOWERS:
+        p = _FOLLOWERS.pop()
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+
+
 def _follow(tmp_path: Path, cfg: Path, port: int, **extra: str) -> subprocess.Popen:
-    return subprocess.Popen([*MONMOUTH, "run", "--config", str(cfg)], cwd=tmp_path, env=env(**extra),
+    proc = subprocess.Popen([*MONMOUTH, "run", "--config", str(cfg)], cwd=tmp_path, env=env(**extra),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _FOLLOWERS.append(proc)
+    return proc
 
 
 def _status(port: int) -> dict | None:
@@ -188,7 +204,7 @@ def head_number(port: int) -> int | None:
     return st["head"]["number"] if st is not None and st["head"] is not None else None
 
 
-def test_sigterm_during_a_catch_up_from_a_real_node_then_restart(tmp_path, anvil):
+def test_sigterm_during_a_catch_up_from_a_real_node_then_restart(tmp_path, anvil, followers):
     anvil.traffic(120, txs_per_block=2)
     port = free_port()
     source = f'kind = "rpc"\nurl = "{anvil.url}"\npoll_interval = 0.1\nbatch_size = 4'
