@@ -41,28 +41,38 @@ def cli() -> None:
 # ---------------------------------------------------------------------------------------------------- run
 
 
-def _run(config_path: Path | None, source_override: Any = None, serve_http: bool | None = None) -> None:
+def _run(config_path: Path | None, source_override: Any = None, serve_http: bool | None = None) -> str | None:
+    """Open the sidecar and run it until the source ends or SIGTERM/SIGINT stops it gracefully
+    (:mod:`sidecar.shutdown`). Returns the name of the signal that stopped it, else ``None``."""
     from .app import make_source, open_app
     from .runner import run_sidecar
+    from .shutdown import Stopped, graceful
 
-    try:
-        app = open_app(config_path)
-    except MonmouthError as e:
-        _fail(e)
-    _setup_logging(app.settings.logging.level)
-    try:
-        source = source_override or make_source(app.settings, app.metrics)
-        head = app.engine.head
-        logging.getLogger("monmouth").info(
-            "monmouth %s: source %s, database %s, head %s, plugins enabled: %s", __version__, source.kind,
-            app.settings.storage.path, head or "empty", ", ".join(app.host.enabled) or "none")
-        anyio.run(lambda: run_sidecar(app, source, serve_http=serve_http))
-    except KeyboardInterrupt:
-        pass
-    except MonmouthError as e:
-        _fail(e)
-    finally:
-        app.close()
+    with graceful() as stopper:
+        try:
+            app = open_app(config_path)
+        except MonmouthError as e:
+            _fail(e)
+        except Stopped:
+            return stopper.signal_name
+        stopper.timeout = app.settings.engine.shutdown_timeout
+        _setup_logging(app.settings.logging.level)
+        log = logging.getLogger("monmouth")
+        try:
+            source = source_override or make_source(app.settings, app.metrics)
+            head = app.engine.head
+            log.info("monmouth %s: source %s, database %s, head %s, plugins enabled: %s", __version__, source.kind,
+                     app.settings.storage.path, head or "empty", ", ".join(app.host.enabled) or "none")
+            anyio.run(lambda: run_sidecar(app, source, serve_http=serve_http, shutdown=stopper))
+        except KeyboardInterrupt:  # Stopped included
+            pass
+        except MonmouthError as e:
+            _fail(e)
+        finally:
+            app.close()
+        if stopper.requested:
+            log.warning("%s: stopped cleanly at head %s", stopper.signal_name, app.engine.head or "empty")
+        return stopper.signal_name or None
 
 
 @cli.command()
@@ -81,8 +91,8 @@ def replay(file: Path, config_path: Path | None, rate: float, serve_http: bool) 
     """Apply the notifications recorded in FILE, then exit. Progress is logged every few seconds."""
     from .sources.replay import ReplaySource
 
-    _run(config_path, ReplaySource(file, rate=rate), serve_http=serve_http)
-    click.echo(f"replayed {file}")
+    stopped = _run(config_path, ReplaySource(file, rate=rate), serve_http=serve_http)
+    click.echo(f"stopped by {stopped} before the end of {file}" if stopped else f"replayed {file}")
 
 
 @cli.command()
@@ -95,19 +105,23 @@ def record(out: Path, config_path: Path | None, count: int | None, until_block: 
     """Record what the configured source delivers into a replay file OUT (appending)."""
     from .app import load_settings, make_source
     from .recorder import record_source
+    from .shutdown import cancel_on_signal, graceful
 
-    try:
-        settings, _ = load_settings(config_path)
-        if url:
-            settings.source.url = url
-        _setup_logging(settings.logging.level)
-        source = make_source(settings)
-        n = anyio.run(lambda: record_source(source, out, count=count, until_block=until_block))
-    except KeyboardInterrupt:
-        return
-    except MonmouthError as e:
-        _fail(e)
-    click.echo(f"recorded {n} notifications into {out}")
+    with graceful() as stopper:
+        try:
+            settings, _ = load_settings(config_path)
+            if url:
+                settings.source.url = url
+            _setup_logging(settings.logging.level)
+            source = make_source(settings)
+            n = anyio.run(cancel_on_signal, stopper, lambda: record_source(source, out, count=count,
+                                                                            until_block=until_block))
+        except KeyboardInterrupt:  # a signal before the event loop ran
+            return
+        except MonmouthError as e:
+            _fail(e)
+    click.echo(f"stopped by {stopper.signal_name}: {out} holds every notification recorded" if n is None
+               else f"recorded {n} notifications into {out}")
 
 
 # ---------------------------------------------------------------------------------------------------- status

@@ -100,6 +100,11 @@ class EngineConfig(_Section):
     #: Most notifications applied in one SQLite transaction (group commit) when the source has several waiting
     #: (catching up, a backlog); each still commits or fails on its own. 1 turns group commit off.
     group_commit: int = Field(32, ge=1, le=1024)
+    #: Seconds from SIGTERM/SIGINT to a forced exit: the notification in flight commits (or rolls back), HTTP
+    #: drains, workers and child processes stop, exit 0; past this, or on a second signal, exit at once
+    #: (sidecar/shutdown.py). Keep it below the supervisor's own (systemd TimeoutStopSec; Docker --stop-timeout,
+    #: 10 s by default: raise it).
+    shutdown_timeout: float = Field(20.0, gt=0, le=3600)
 
 
 class HttpConfig(_Section):

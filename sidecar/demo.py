@@ -463,13 +463,24 @@ As agent {a} (signed in with Ethereum; token valid one hour):
 
 def run_demo(workdir: Path, port: int = 8080, duration: float | None = None, reorg_every: int = 30,
              rate: float = 4.0, out: Any = None) -> dict[str, Any]:
-    """Run the demo until Ctrl-C (or ``duration`` seconds). Returns a summary."""
+    """Run the demo until SIGINT/SIGTERM (or ``duration`` seconds), then stop traffic, the sidecar and anvil
+    (gracefully, see :mod:`sidecar.shutdown`; call it on the main thread). Returns a summary."""
+    from .shutdown import Stopped, graceful
+
+    out = out or sys.stdout
+    summary: dict[str, Any] = {}
+    with graceful() as stopper, contextlib.suppress(Stopped):
+        _run_demo(stopper, summary, workdir, port, duration, reorg_every, rate, out)
+    return summary
+
+
+def _run_demo(stopper: Any, summary: dict[str, Any], workdir: Path, port: int, duration: float | None,
+              reorg_every: int, rate: float, out: Any) -> None:
     import anyio
 
     from .app import make_source, open_app
     from .runner import Runner
 
-    out = out or sys.stdout
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     for stale in workdir.glob("demo.sqlite*"):
@@ -482,10 +493,10 @@ def run_demo(workdir: Path, port: int = 8080, duration: float | None = None, reo
     anvil = subprocess.Popen([str(nm / ".bin" / "anvil"), "--port", str(anvil_port), "--host", "127.0.0.1",
                               "--accounts", "10", "--chain-id", str(CHAIN_ID)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    stopper.adopt(anvil)
     rpc = Rpc(anvil_url)
     app = None
     traffic: Traffic | None = None
-    summary: dict[str, Any] = {}
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -502,15 +513,31 @@ def run_demo(workdir: Path, port: int = 8080, duration: float | None = None, reo
         rpc("evm_setIntervalMining", 1)  # from here on, a block a second
         cfg = write_config(workdir, anvil_url, port, dep)
         app = open_app(cfg)
+        stopper.timeout = app.settings.engine.shutdown_timeout
         logging.getLogger("monmouth").setLevel(logging.WARNING)
         source = make_source(app.settings, app.metrics)
         runner = Runner(app, source, serve_http=True, watch_config=False)
         traffic = Traffic(Rpc(anvil_url), dep, reorg_every=reorg_every, rate=rate)
 
+        def stop() -> None:
+            assert traffic is not None
+            traffic.stop.set()
+            runner.request_stop()
+
         async def main() -> None:
             assert traffic is not None
             async with anyio.create_task_group() as tg:
-                tg.start_soon(runner.run)
+                await tg.start(stopper.watch)
+                stopper.on_stop(stop)
+
+                async def sidecar() -> None:
+                    try:
+                        await runner.run()
+                    finally:
+                        await source.aclose()
+                        tg.cancel_scope.cancel()  # the sidecar stopped (or failed): so does the rest
+
+                tg.start_soon(sidecar)
                 with anyio.fail_after(60):
                     while runner.http_port is None:
                         await anyio.sleep(0.05)
@@ -519,34 +546,28 @@ def run_demo(workdir: Path, port: int = 8080, duration: float | None = None, reo
                 summary.update(base=base, config=str(cfg), **seeded)
                 tg.start_soon(lambda: anyio.to_thread.run_sync(traffic.run, abandon_on_cancel=True))
                 print(banner(base, cfg, dep, seeded), file=out, flush=True)
-                try:
-                    if duration is not None:
-                        await anyio.sleep(duration)
-                    else:
-                        await anyio.sleep_forever()
-                finally:
-                    traffic.stop.set()
-                    tg.cancel_scope.cancel()
+                if duration is not None:
+                    await anyio.sleep(duration)
+                    stop()
+                await anyio.sleep_forever()  # until the sidecar's task ends the group
 
-        with contextlib.suppress(KeyboardInterrupt):
-            anyio.run(main)
+        anyio.run(main)
         st = app.status()
         summary.update(head=st["head"]["number"] if st["head"] else None, reorgs=st["reorgs"],
                        notifications=st["notifications"], traffic=dict(traffic.counts),
                        anvil_reorgs=list(traffic.reorgs))
-        return summary
     finally:
         if traffic is not None:
             traffic.stop.set()
-        if app is not None:
-            app.close()
         rpc.close()
-        anvil.terminate()
+        anvil.terminate()  # first: a signal arriving during this clean-up must not leave anvil behind
         try:
             anvil.wait(10)
         except subprocess.TimeoutExpired:
             anvil.kill()
             anvil.wait(5)
+        if app is not None:
+            app.close()
         print("demo stopped: anvil and the sidecar are down"
               + (f" (head {summary.get('head')}, {summary.get('reorgs')} reorgs handled)" if summary else ""),
               file=out, flush=True)

@@ -33,6 +33,13 @@ class Metrics:
             failing verification against the block header, by node URL.
         ingestion_paused: ``monmouth_ingestion_paused``, 1 while ingestion is paused by a fault (disk full,
             read-only database, a reorg deeper than the undo data held), else 0.
+        source_connected: ``monmouth_source_connected{source}``, 1 while the source reaches its node or bridge
+            (replay: always 1), else 0; refreshed with ``lag`` (each ``/metrics`` and ``/status``).
+        undo_window: ``monmouth_undo_window_blocks``, ``engine.undo_window`` (for alerting on
+            head - finalized approaching it).
+        http_requests: ``monmouth_http_requests_total{method, route, status}``; ``route`` is the route template
+            (``/memory/agents/{address}/items``), ``other`` for mounted apps and unknown paths.
+        http_request_seconds: ``monmouth_http_request_seconds{method, route}``, until the response is sent.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -83,4 +90,19 @@ class Metrics:
         )
         self.ingestion_paused = Gauge(
             "monmouth_ingestion_paused", "1 while ingestion is paused by a fault, else 0.", registry=r
+        )
+        self.source_connected = Gauge(
+            "monmouth_source_connected", "1 while the source reaches its node or bridge (replay: 1), else 0.",
+            ["source"], registry=r,
+        )
+        self.undo_window = Gauge(
+            "monmouth_undo_window_blocks", "engine.undo_window: blocks of undo data kept behind the head.", registry=r
+        )
+        self.http_requests = Counter(
+            "monmouth_http_requests", "HTTP requests answered, by method, route template and status code.",
+            ["method", "route", "status"], registry=r,
+        )
+        self.http_request_seconds = Histogram(
+            "monmouth_http_request_seconds", "HTTP request handling time until the response is sent, seconds.",
+            ["method", "route"], buckets=LATENCY_BUCKETS, registry=r,
         )

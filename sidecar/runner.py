@@ -11,13 +11,19 @@ Faults pause ingestion instead of ending the process (``docs/faults.md``): a fau
 than the undo data held restarts the source with backoff until the node's chain connects again. While paused,
 ``/ready`` answers 503 with the problem and the operator's action, ``monmouth_ingestion_paused`` is 1, and the
 engine's cursor has not moved (nothing is half-applied).
+
+Stopping (:meth:`Runner.request_stop`, on SIGTERM/SIGINT, see :mod:`sidecar.shutdown`): the batch in flight
+finishes (commits and is acknowledged, or rolls back and is not retried), no new notification is taken, the HTTP
+server drains, then the background tasks are cancelled.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +34,7 @@ import apsw
 from .app import App, EngineView
 from .engine import ApplyResult
 from .errors import CodecError, ContinuityError, MonmouthError, PluginError, ReorgTooDeepError, SourceError
+from .shutdown import Shutdown
 from .sources.base import Delivery, Source
 from .store import describe_fault, environment_fault
 
@@ -74,14 +81,22 @@ class Runner:
         self._wal_pages = 0
         #: Why ingestion is paused (``{"title", "detail", "action"}``), ``None`` while it runs.
         self.paused: dict[str, str] | None = None
+        self.stopping = False
+        self._ingest_scope: anyio.CancelScope | None = None
+        self._stop_event: anyio.Event | None = None
+        self._http_server: Any = None
+        self._http_done: anyio.Event | None = None
 
     # ------------------------------------------------------------------------------------------------ status
     def status(self) -> dict[str, Any]:
         st = self.app.status(self.source)
         st["last_error"] = self.last_error
         st["blocks_per_s"] = round(self._rate, 1)
+        m = self.app.metrics
         if st["lag"] is not None:
-            self.app.metrics.lag.set(st["lag"])
+            m.lag.set(st["lag"])
+        m.source_connected.labels(self.source.kind).set(0 if getattr(self.source, "connected", True) is False else 1)
+        m.undo_window.set(self.app.settings.engine.undo_window)
         return st
 
     def ready(self) -> tuple[bool, str]:
@@ -100,8 +115,17 @@ class Runner:
         return True, "caught up"
 
     # ------------------------------------------------------------------------------------------------ main
+    def request_stop(self) -> None:
+        """Stop gracefully (call on the event loop's thread): the batch in flight commits and is acknowledged or
+        rolls back, no new notification is taken, then HTTP drains and :meth:`run` returns. Idempotent."""
+        self.stopping = True
+        if self._stop_event is not None:
+            self._stop_event.set()
+        if self._ingest_scope is not None:
+            self._ingest_scope.cancel()
+
     async def run(self) -> None:
-        """Run until the source ends (replay) or the task is cancelled.
+        """Run until the source ends (replay), :meth:`request_stop` is called, or the task is cancelled.
 
         Raises:
             SourceError: the source failed for good (damaged replay file, protocol mismatch).
@@ -116,6 +140,10 @@ class Runner:
             check_bind(self.app.settings)  # refuse a public bind without auth before starting anything
             check_listen(self.app.settings)  # TLS files and the port, named in one line, not a traceback later
         tune_gc()
+        self._stop_event = anyio.Event()
+        self._ingest_scope = anyio.CancelScope()
+        if self.stopping:
+            self._ingest_scope.cancel()
         async with anyio.create_task_group() as tg:
             if self.serve_http:
                 await tg.start(self._serve_http)
@@ -128,11 +156,15 @@ class Runner:
                 self.app.engine.conn.set_wal_hook(self._on_wal_commit)
                 tg.start_soon(self._checkpoint_wal, self.app.settings.storage.checkpoint_pages)
             try:
-                await self._ingest()
+                with self._ingest_scope:
+                    await self._ingest()
             except Exception as e:  # re-raised below, unwrapped from the task group's ExceptionGroup
                 error = e
             finally:
                 self.done = True
+                if self.stopping:
+                    with anyio.CancelScope(shield=True):
+                        await self._drain_http()
                 tg.cancel_scope.cancel()
         if error is not None:
             raise error
@@ -144,7 +176,11 @@ class Runner:
             try:
                 async for delivery in self.source.stream(view):
                     more = self.source.take_ready(self.app.settings.engine.group_commit - 1)
-                    await self._handle([delivery, *more])
+                    # A stop waits for the batch in flight: it commits and is acknowledged, or rolls back.
+                    with anyio.CancelScope(shield=True):
+                        await self._handle([delivery, *more])
+                    if self.stopping:
+                        return
                     backoff = 0.5
                 return
             except ContinuityError as e:
@@ -199,11 +235,19 @@ class Runner:
         """On the engine's worker thread: decode (a source may defer it to the first access of ``d.notification``),
         apply and commit, and call ``monmouth_notification_committed`` (documented to run on the engine's thread).
         """
-        results, error = self.app.engine.apply_many((d.notification, d.token) for d in batch)
+        results, error = self.app.engine.apply_many(self._until_stopped(batch))
         for d, res in zip(batch, results, strict=False):
             if res.applied:
                 self.app.host.committed(d.notification, res.head)
         return results, error
+
+    def _until_stopped(self, batch: list[Delivery]) -> Iterator[tuple[Any, Any]]:
+        # Read lazily by the group commit: once a stop is requested no further notification of the batch starts
+        # (the one being applied finishes); the rest is not acknowledged, so the source delivers it again later.
+        for d in batch:
+            if self.stopping:
+                return
+            yield d.notification, d.token
 
     @staticmethod
     def _release(done: list[Delivery]) -> None:
@@ -234,7 +278,7 @@ class Runner:
             if error is None:
                 self.last_error = None
                 self._resume()
-                break
+                break  # all of the batch applied, or a stop cut it short
             self.last_error = str(error)
             fault = environment_fault(error)
             if fault is not None or isinstance(error, apsw.Error):
@@ -256,8 +300,13 @@ class Runner:
                 return
             if not isinstance(error, PluginError):
                 raise error
+            if self.stopping:
+                log.error("%s; the notification was rolled back and is left for the next start", error)
+                return
             log.error("%s; the notification was rolled back and will be retried in %.1fs", error, backoff)
-            await anyio.sleep(backoff)
+            assert self._stop_event is not None
+            with anyio.move_on_after(backoff):
+                await self._stop_event.wait()
             backoff = min(backoff * 2, self.app.settings.engine.retry_max_backoff)
         # What the sidecar treats as finalized: the source's finalized block, never within engine.finality_depth
         # blocks of the head (so a node calling a fake chain finalized cannot take away that much undo data).
@@ -345,28 +394,72 @@ class Runner:
         import uvicorn
 
         from .api import create_api
+        from .httpmetrics import RequestMetrics
 
         http = self.app.settings.http
         api = create_api(self.app, self)
-        config = uvicorn.Config(api, host=http.host, port=http.port, log_level="warning", lifespan="off",
-                                ssl_certfile=http.tls_cert or None, ssl_keyfile=http.tls_key or None)
-        server = uvicorn.Server(config)
-        # The app's lifespan (the MCP session manager) runs here, inside the runner's task group, not in uvicorn.
-        async with api.router.lifespan_context(api), anyio.create_task_group() as tg:
-            tg.start_soon(server.serve)
-            while not server.started:
-                if server.should_exit:
-                    raise SourceError(f"http: could not serve on {http.host}:{http.port}")
-                await anyio.sleep(0.02)
-            self.http_port = server.servers[0].sockets[0].getsockname()[1]
-            log.info("http: serving on %s://%s:%s", "https" if http.tls_cert else "http", http.host, self.http_port)
-            task_status.started()
+        config = uvicorn.Config(RequestMetrics(api, self.app.metrics), host=http.host, port=http.port,
+                                log_level="warning", lifespan="off",
+                                ssl_certfile=http.tls_cert or None, ssl_keyfile=http.tls_key or None,
+                                timeout_graceful_shutdown=max(int(self.app.settings.engine.shutdown_timeout / 2), 1))
+        server = _server(config)
+        self._http_server, self._http_done = server, anyio.Event()
+        try:
+            # The app's lifespan (the MCP session manager) runs here, inside the runner's task group, not in uvicorn.
+            async with api.router.lifespan_context(api), anyio.create_task_group() as tg:
+                tg.start_soon(server.serve)
+                while not server.started:
+                    if server.should_exit:
+                        raise SourceError(f"http: could not serve on {http.host}:{http.port}")
+                    await anyio.sleep(0.02)
+                self.http_port = server.servers[0].sockets[0].getsockname()[1]
+                log.info("http: serving on %s://%s:%s", "https" if http.tls_cert else "http", http.host,
+                         self.http_port)
+                task_status.started()
+        finally:
+            self._http_done.set()
+
+    async def _drain_http(self) -> None:
+        """Stop accepting connections and let the open ones finish (uvicorn's shutdown, bounded by its
+        ``timeout_graceful_shutdown``)."""
+        if self._http_server is None or self._http_done is None:
+            return
+        self._http_server.should_exit = True
+        with anyio.move_on_after(self.app.settings.engine.shutdown_timeout):
+            await self._http_done.wait()
 
 
-async def run_sidecar(app: App, source: Source, **kw: Any) -> Runner:
+def _server(config: Any) -> Any:
+    """A ``uvicorn.Server`` that installs no signal handlers: the command owns SIGTERM and SIGINT
+    (:mod:`sidecar.shutdown`), where uvicorn's would capture them while serving and re-raise them afterwards."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return Server(config)
+
+
+async def run_sidecar(app: App, source: Source, *, shutdown: Shutdown | None = None, **kw: Any) -> Runner:
+    """Run a :class:`Runner` (keywords go to it) and close the source; with ``shutdown``, SIGTERM and SIGINT stop
+    it gracefully (:meth:`Runner.request_stop`)."""
     runner = Runner(app, source, **kw)
+    error: Exception | None = None
     try:
-        await runner.run()
+        async with anyio.create_task_group() as tg:
+            if shutdown is not None:
+                await tg.start(shutdown.watch)
+                shutdown.on_stop(runner.request_stop)
+            try:
+                await runner.run()
+            except Exception as e:  # re-raised below, unwrapped from the task group's ExceptionGroup
+                error = e
+            finally:
+                tg.cancel_scope.cancel()
     finally:
         await source.aclose()
+    if error is not None:
+        raise error
     return runner

@@ -22,6 +22,10 @@ from .store import PendingDoc, counts, prune_changes, store_vectors, take_pendin
 log = logging.getLogger(__name__)
 
 
+#: Texts embedded per call within a round; a stop requested meanwhile ends the round after the current slice.
+STOP_CHECK_TEXTS = 32
+
+
 class EmbedWorker(BackgroundWorker):
     """Embeds pending documents until stopped (a :class:`monmouth.worker.BackgroundWorker`: woken after every
     committed notification and document ingest, idle otherwise, backing off after a failed round).
@@ -54,15 +58,24 @@ class EmbedWorker(BackgroundWorker):
 
     # ------------------------------------------------------------------------------------------------ work
     def _vectors(self, docs: list[PendingDoc]) -> np.ndarray:
+        """Vectors of the first documents of ``docs``: all of them, unless a stop cut the round short (the
+        texts are embedded STOP_CHECK_TEXTS at a time, so that a shutdown waits for one slice, not a round)."""
         keys = [text_key(d.text) for d in docs]
         todo: dict[bytes, str] = {}
         for k, d in zip(keys, docs, strict=True):
             if k not in self._cache and k not in todo:
                 todo[k] = d.text
-        if todo:
-            vecs = self.embed(list(todo.values()))
-            for k, v in zip(todo, vecs, strict=True):
+        pending = list(todo.items())
+        for start in range(0, len(pending), STOP_CHECK_TEXTS):
+            if start and self.stopping.is_set():
+                break
+            part = pending[start:start + STOP_CHECK_TEXTS]
+            for (k, _), v in zip(part, self.embed([t for _, t in part]), strict=True):
                 self._cache[k] = v
+        done = next((i for i, k in enumerate(keys) if k not in self._cache), len(keys))
+        keys = keys[:done]
+        if not keys:
+            return np.zeros((0, 0), dtype=np.float32)
         out = np.stack([self._cache[k] for k in keys])
         for k in keys:
             self._cache.move_to_end(k)
@@ -77,6 +90,9 @@ class EmbedWorker(BackgroundWorker):
             return 0
         t0 = time.perf_counter()
         vecs = self._vectors(docs)
+        docs = docs[:len(vecs)]
+        if not docs:
+            return 0
         with self.db.write() as conn:
             stored = store_vectors(conn, docs, vecs)
         dt = time.perf_counter() - t0

@@ -1,0 +1,103 @@
+"""The sidecar's container image (ops/container/sidecar.Containerfile), built the way these machines can: a Debian 12
+base made with mmdebstrap from Debian's packages (no image registry is reachable), ``buildah bud --isolation
+chroot``; then smoke-tested with ``buildah run``: it runs as a non-root user, replays a file into its data volume,
+answers ``/ready`` (and its HEALTHCHECK command passes), and refuses a bad ``MONMOUTH_`` override naming the file and
+key. Takes about 6 minutes (2 for the base, 3 for the build)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.anvil import free_port
+from tests.test_cli import long_history
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sh(*args: str, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert r.returncode == 0, f"{' '.join(args)}: {r.stdout[-3000:]}{r.stderr[-3000:]}"
+    return r
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    for tool in ("buildah", "mmdebstrap"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is missing: apt-get install buildah mmdebstrap (.ci/run installs them)")
+    tmp = tmp_path_factory.mktemp("image")
+    tag = uuid.uuid4().hex[:8]
+    base, img = f"localhost/monmouth-test-base:{tag}", f"localhost/monmouth-test:{tag}"
+    # Debian's packages from the mirror this machine's apt uses (mmdebstrap's default mirror otherwise).
+    sources = [str(p) for p in (Path("/etc/apt/sources.list.d/debian.sources"),) if p.exists()]
+    sh("mmdebstrap", "--variant=apt", "--include=python3,python3-venv,ca-certificates", "bookworm",
+       str(tmp / "base.tar"), *sources, timeout=1200)
+    ctr = sh("buildah", "from", "scratch").stdout.strip()
+    sh("buildah", "add", ctr, str(tmp / "base.tar"), "/")
+    # The host's trust store: where PyPI is reached through a TLS-intercepting proxy, its CA is in there.
+    sh("buildah", "copy", ctr, "/etc/ssl/certs/ca-certificates.crt", "/etc/ssl/certs/ca-certificates.crt")
+    sh("buildah", "commit", "--rm", ctr, base)
+    (tmp / "base.tar").unlink()
+    try:
+        sh("buildah", "bud", "--isolation", "chroot", "--format", "docker", "--layers=false",
+           "-f", str(ROOT / "ops" / "container" / "sidecar.Containerfile"), "--build-arg", f"BASE={base}",
+           "--build-arg", "PIP_CERT=/etc/ssl/certs/ca-certificates.crt", "-t", img, str(ROOT), timeout=1800)
+        yield img
+    finally:
+        sh("buildah", "rmi", "-f", img, base, check=False)
+
+
+@pytest.mark.timeout(1800)  # the build (in the fixture) counts: several minutes
+def test_the_sidecar_image_runs_non_root_replays_into_its_volume_and_answers_ready(image, tmp_path):
+    cfg = json.loads(sh("buildah", "inspect", "--type", "image", image).stdout)["Docker"]["config"]
+    assert cfg["User"] == "monmouth" and "/var/lib/monmouth" in cfg["Volumes"]
+    assert "/ready" in " ".join(cfg["Healthcheck"]["Test"]) and cfg["Entrypoint"] == ["monmouth"]
+    _, canonical = long_history(tmp_path / "history.mnr")
+    ctr = sh("buildah", "from", image).stdout.strip()
+    try:
+        sh("buildah", "copy", "--chown", "monmouth:monmouth", ctr, str(tmp_path / "history.mnr"),
+           "/var/lib/monmouth/history.mnr")
+        assert sh("buildah", "run", "--isolation", "chroot", ctr, "--", "id", "-un").stdout.strip() == "monmouth"
+        # Bad input: an unknown key from the environment is refused at once, naming the file and the key.
+        bad = sh("buildah", "run", "--isolation", "chroot", "-e", "MONMOUTH_ENGINE__NO_SUCH_KEY=1", ctr, "--",
+                 "monmouth", "run", check=False)
+        assert bad.returncode != 0 and "/etc/monmouth/config.toml: unknown key 'engine.no_such_key'" in bad.stderr
+        port = free_port()
+        run = ["buildah", "run", "--isolation", "chroot", "-e", f"MONMOUTH_HTTP__PORT={port}", ctr, "--"]
+        proc = subprocess.Popen([*run, "monmouth", "replay", "/var/lib/monmouth/history.mnr", "--rate", "6", "--http"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                assert proc.poll() is None, proc.communicate()
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, "no /ready 200"
+                time.sleep(0.5)
+            health = " ".join(cfg["Healthcheck"]["Test"][1:]) if cfg["Healthcheck"]["Test"][0] == "CMD-SHELL" \
+                else None
+            check = sh(*run, *(["sh", "-c", health] if health else cfg["Healthcheck"]["Test"][1:]), check=False)
+            assert check.returncode == 0, check.stderr  # the image's own HEALTHCHECK command
+            out, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        assert proc.returncode == 0 and "replayed /var/lib/monmouth/history.mnr" in out, err
+        st = sh("buildah", "run", "--isolation", "chroot", "-e", "MONMOUTH_HTTP__ENABLED=false", ctr, "--",
+                "monmouth", "status", "--json")
+        assert json.loads(st.stdout)["head"]["hash"] == "0x" + canonical[-1].hash.hex()  # kept in the volume
+    finally:
+        sh("buildah", "rm", ctr, check=False)
