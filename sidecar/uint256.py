@@ -38,7 +38,8 @@ From Python, :func:`to_u256` / :func:`from_u256` convert between ``int`` and the
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .errors import MonmouthError
 
@@ -147,6 +148,8 @@ def sql_hex(a: SqlValue) -> str | None:
 def register(conn: apsw.Connection) -> None:
     """Register ``u256``, ``u256_add``, ``u256_sub``, ``u256_text`` and ``u256_hex`` on ``conn``
     (deterministic, so they may appear in indexes and ``CHECK`` constraints)."""
-    for name, fn, nargs in (("u256", sql_u256, 1), ("u256_add", sql_add, 2), ("u256_sub", sql_sub, 2),
-                            ("u256_text", sql_text, 1), ("u256_hex", sql_hex, 1)):
+    functions: tuple[tuple[str, Callable[..., Any], int], ...] = (
+        ("u256", sql_u256, 1), ("u256_add", sql_add, 2), ("u256_sub", sql_sub, 2), ("u256_text", sql_text, 1),
+        ("u256_hex", sql_hex, 1))
+    for name, fn, nargs in functions:
         conn.create_scalar_function(name, fn, nargs, deterministic=True)
