@@ -7,6 +7,7 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
+from eth_abi import encode as abi_encode
 
 from monmouth.app import open_app
 from monmouth.runner import Runner
@@ -59,5 +60,79 @@ module = "{ROOT / 'examples' / 'big_transfers.py'}"
             anvil.reorg(1, txs=0)  # block 1 is replaced by an empty block
             await wait_for(synced)
             assert (await http.get("/big_transfers")).json() == []
+        tg.cancel_scope.cancel()
+    app.close()
+
+
+async def test_erc20_balances_equal_balance_of_through_reorgs(tmp_path, anvil):
+    """examples/erc20_balances.py on a real OpenZeppelin ERC-20 with a supply of 2^256 - 1: after transfers across
+    2^64 and 2^255 and reorgs of depth 1 to 3 that carry token transfers of their own, every balance the plugin
+    holds equals ``balanceOf()`` on the node."""
+    from monmouth.demo import calldata, compile_token, node_modules
+
+    art = compile_token(node_modules(), tmp_path)
+    acct = anvil.accounts
+    ctor = abi_encode(["string", "string", "uint8", "uint256", "address"], ["Wide", "WIDE", 18, 2**256 - 1, acct[0]])
+    anvil.rpc("eth_sendTransaction", {"from": acct[0], "data": art["bytecode"] + ctor.hex(), "gas": hex(8_000_000)})
+    anvil.mine()
+    (deployed,) = [r for r in anvil.rpc("eth_getBlockByNumber", "latest", True)["transactions"]]
+    token = anvil.rpc("eth_getTransactionReceipt", deployed["hash"])["contractAddress"]
+
+    def transfer(frm: int, to: int, amount: int) -> dict:
+        return {"from": acct[frm], "to": token, "gas": hex(100_000),
+                "data": calldata("transfer(address,uint256)", acct[to], amount)}
+
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f"""
+[source]
+url = "{anvil.url}"
+poll_interval = 0.05
+[storage]
+path = "db.sqlite"
+[http]
+port = 0
+[plugins.erc20_balances]
+enabled = true
+module = "{ROOT / 'examples' / 'erc20_balances.py'}"
+""")
+    app = open_app(cfg)
+    runner = Runner(app, RpcSource(anvil.url, poll_interval=0.05), watch_config=False)
+
+    def synced():
+        head = app.engine.head
+        return head is not None and "0x" + head.hash.hex() == anvil.head()[1]
+
+    def balance_of(holder: str) -> int:
+        raw = anvil.rpc("eth_call", {"to": token, "data": calldata("balanceOf(address)", holder)}, "latest")
+        return int(raw, 16)
+
+    async def check(http: httpx.AsyncClient) -> dict[str, str]:
+        await wait_for(synced)
+        held = (await http.get(f"/erc20_balances/{token}")).json()
+        assert held == {a.lower(): str(balance_of(a)) for a in held}
+        assert {a.lower() for a in acct if balance_of(a)} == {a for a, b in held.items() if b != "0"}
+        return held
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runner.run)
+        await wait_for(lambda: runner.http_port is not None)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{runner.http_port}") as http:
+            for frm, to, amount in [(0, 1, 2**255), (1, 2, 2**64 + 1), (0, 3, 2**64 - 1), (2, 3, 12345)]:
+                anvil.rpc("eth_sendTransaction", transfer(frm, to, amount))
+                anvil.mine()
+            held = await check(http)
+            assert held[acct[1].lower()] == str(2**255 - 2**64 - 1)
+            assert held[acct[0].lower()] == str(2**256 - 1 - 2**255 - (2**64 - 1))
+            for depth, (frm, to, amount) in zip((1, 3, 2), [(1, 4, 2**200), (3, 0, 7), (0, 5, 2**255 - 2**70)],
+                                               strict=True):
+                anvil.rpc("eth_sendTransaction", transfer(0, 6, depth))
+                anvil.mine(2)
+                await wait_for(synced)
+                anvil.rpc("anvil_reorg", depth, [[transfer(frm, to, amount), 0]])
+                held = await check(http)
+                assert int(held[acct[to].lower()]) >= amount  # the reorg's own transfer is in
+            assert acct[4].lower() not in held  # its transfer was in a block the depth-3 reorg dropped
+            assert held[acct[5].lower()] == str(2**255 - 2**70)
+            assert (await http.get("/erc20_balances/0x12")).status_code == 422
         tg.cancel_scope.cancel()
     app.close()
