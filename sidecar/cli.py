@@ -204,12 +204,14 @@ def config_get(key: str, config_path: Path | None) -> None:
     click.echo(json.dumps(value) if not isinstance(value, str) else value)
 
 
-@config.command("set")
+@config.command("set", context_settings={"ignore_unknown_options": True})
 @click.argument("key")
 @click.argument("value")
 @CONFIG_OPTION
 def config_set(key: str, value: str, config_path: Path | None) -> None:
-    """Set KEY to VALUE (read as a TOML literal when it is one: true, 42, "text"); refuses invalid configs."""
+    """Set KEY to VALUE (read as a TOML literal when it is one: true, 42, -1, "text"); refuses invalid configs.
+
+    VALUE may start with ``-`` (``-1``, ``-0.5``, ``-x``): it is taken as the value, not as an option."""
     from .config import module_paths, parse_value, read_document, set_value, validate, write_document
     from .plugins import config_models, discover
 
