@@ -349,9 +349,15 @@ def create_api(app: App, runner: Runner | None = None) -> FastAPI:
 
     @api.get("/ready", tags=["core"], responses=problems.responses(503))
     def ready() -> JSONResponse:
-        """200 while the head is within ``http.ready_lag`` blocks of the source head, else 503 with the reason."""
+        """200 while the head is within ``http.ready_lag`` blocks of the source head, else 503: a problem document
+        whose ``detail`` (and ``reason``) says why; while a notification keeps failing it names the plugin and the
+        block, and ``stuck`` holds the ``/status`` object of that name (:mod:`sidecar.stall`)."""
         ok, reason = runner.ready() if runner is not None else (False, "not running")
-        return JSONResponse({"ready": ok, "reason": reason}, status_code=200 if ok else 503)
+        if ok:
+            return JSONResponse({"ready": ok, "reason": reason})
+        stuck = runner.stall.current if runner is not None else None
+        return problems.problem(503, reason, type="urn:monmouth:problem:not-ready", ready=False, reason=reason,
+                                stuck=stuck.to_json() if stuck is not None else None)
 
     @api.get("/status", tags=["core"], dependencies=[require("read", "agent")])
     async def status() -> dict[str, Any]:

@@ -150,6 +150,13 @@ def status(config_path: Path | None, as_json: bool) -> None:
     click.echo(f"finalized:   {obj['finalized']}")
     click.echo(f"source head: {obj['source_head']}  lag: {obj['lag']}")
     click.echo(f"notifications: {obj['notifications']}  reorgs: {obj['reorgs']}")
+    if stuck := obj.get("stuck"):
+        block = stuck["block"]
+        at = f"block {block['number']} {block['hash']}" if block else "a notification"
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stuck["since"]))
+        click.echo(f"STUCK on {at} since {since} ({stuck['seconds']:.0f}s, {stuck['attempts']} attempts, "
+                   f"next retry in {stuck['next_retry_in']:.0f}s): plugin {stuck['plugin']} in {stuck['hook']}: "
+                   f"{stuck['error']}")
     for name, p in obj["plugins"].items():
         click.echo(f"plugin {name}: {p.get('state')}" + (f" ({p['error']})" if p.get("error") else ""))
 

@@ -4,7 +4,8 @@ Ordering guarantees: a notification is acknowledged upstream only after the engi
 source has several waiting, up to ``engine.group_commit`` of them share one transaction, each in its own
 savepoint, see :meth:`Engine.apply_many`); config reloads are applied between transactions (they take the same
 lock); a notification that fails in a plugin is retried, with backoff, until it succeeds (an operator can
-disable the failing plugin in ``config.toml`` meanwhile: the reload is applied before the next retry).
+disable the failing plugin in ``config.toml`` meanwhile: the reload is applied and the notification retried at
+once). While it fails, ``/status`` ``stuck``, ``/ready`` and the metrics say so (:mod:`sidecar.stall`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .app import App, EngineView
 from .engine import ApplyResult
 from .errors import CodecError, ConfigError, ContinuityError, PluginError, ReorgTooDeepError, SourceError
 from .sources.base import Delivery, Source
+from .stall import StallTracker
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +67,13 @@ class Runner:
         # never make a notification wait for a free thread.
         self._engine_limiter = anyio.CapacityLimiter(1)
         self._wal_pages = 0
+        self.stall = StallTracker(app.metrics.registry)  # a notification that keeps failing (sidecar/stall.py)
 
     # ------------------------------------------------------------------------------------------------ status
     def status(self) -> dict[str, Any]:
         st = self.app.status(self.source)
         st["last_error"] = self.last_error
+        st["stuck"] = self.stall.current.to_json() if self.stall.current else None
         st["blocks_per_s"] = round(self._rate, 1)
         if st["lag"] is not None:
             self.app.metrics.lag.set(st["lag"])
@@ -78,6 +82,8 @@ class Runner:
     def ready(self) -> tuple[bool, str]:
         if getattr(self.source, "connected", True) is False:
             return False, f"source disconnected: {getattr(self.source, 'last_error', None)}"
+        if self.stall.current is not None:
+            return False, self.stall.current.reason()
         st = self.app.status(self.source)
         if st["lag"] is None:
             return False, "source head unknown"
@@ -179,6 +185,7 @@ class Runner:
                 await anyio.to_thread.run_sync(self._release, done, limiter=self._engine_limiter)
             if error is None:
                 self.last_error = None
+                self.stall.cleared()
                 break
             self.last_error = str(error)
             if isinstance(error, CodecError):
@@ -189,8 +196,12 @@ class Runner:
                 return
             if not isinstance(error, PluginError):
                 raise error
-            log.error("%s; the notification was rolled back and will be retried in %.1fs", error, backoff)
-            await anyio.sleep(backoff)
+            if self.stall.failed(error, backoff):  # the first failure with its traceback, later ones one line
+                log.error("%s; the notification was rolled back and will be retried in %.1fs", error, backoff,
+                          exc_info=error)
+            else:
+                log.error("%s; attempt %d failed, retrying in %.1fs", error, self.stall.attempts_so_far, backoff)
+            await self.stall.wait(backoff, self.source.probe_head)  # a config reload ends it at once
             backoff = min(backoff * 2, self.app.settings.engine.retry_max_backoff)
         fin = self.source.finalized
         if fin is not None and (engine.finalized is None or fin > engine.finalized) and head is not None:
@@ -215,6 +226,7 @@ class Runner:
                 log.error("config reload rejected, keeping the last good config: %s", e)
                 return False
         self.app.metrics.config_reloads.labels("applied").inc()
+        self.stall.retry_now()  # a failing notification is retried at once under the new config
         return True
 
     async def _watch_config(self) -> None:

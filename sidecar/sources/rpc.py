@@ -179,6 +179,10 @@ class RpcSource(Source):
         checked = res[2] if check is not None else None
         return self.source_head, (bytes.fromhex(checked["hash"][2:]) if isinstance(checked, dict) else None)
 
+    async def probe_head(self) -> int | None:
+        """Poll the node's head (``eth_blockNumber``, finalized) out of band (see :meth:`Source.probe_head`)."""
+        return (await self._poll_heads())[0]
+
     # ------------------------------------------------------------------------------------------------ stream
     async def stream(self, view: ChainView) -> AsyncIterator[Delivery]:  # type: ignore[override]
         backoff = min(0.5, self.max_backoff)
