@@ -21,6 +21,7 @@ import anyio.to_thread
 import apsw
 
 from .app import App, EngineView
+from .catchup import CatchUp
 from .engine import ApplyResult
 from .errors import CodecError, ConfigError, ContinuityError, PluginError, ReorgTooDeepError, SourceError
 from .sources.base import Delivery, Source
@@ -68,12 +69,16 @@ class Runner:
         self._engine_limiter = anyio.CapacityLimiter(1)
         self._wal_pages = 0
         self.stall = StallTracker(app.metrics.registry)  # a notification that keeps failing (sidecar/stall.py)
+        self.catchup = CatchUp(app, source, self.lock, self._engine_limiter)  # late plugins (sidecar/catchup.py)
 
     # ------------------------------------------------------------------------------------------------ status
     def status(self) -> dict[str, Any]:
         st = self.app.status(self.source)
         st["last_error"] = self.last_error
         st["stuck"] = self.stall.current.to_json() if self.stall.current else None
+        for name, progress in self.catchup.status().items():
+            if name in st["plugins"]:
+                st["plugins"][name]["progress"] = progress
         st["blocks_per_s"] = round(self._rate, 1)
         if st["lag"] is not None:
             self.app.metrics.lag.set(st["lag"])
@@ -112,6 +117,9 @@ class Runner:
             if self.watch_config:
                 tg.start_soon(self._watch_config)
             tg.start_soon(self._progress)
+            async with self.lock:
+                await anyio.to_thread.run_sync(self.catchup.sync, limiter=self._engine_limiter)
+            tg.start_soon(self.catchup.run)
             if self.app.settings.storage.checkpoint_pages > 0:
                 # Checkpoints move off the engine's commits onto a background thread. The WAL hook replaces SQLite's
                 # automatic checkpoint (itself a WAL hook) on the engine's connection and only records the size.
@@ -220,6 +228,7 @@ class Runner:
         async with self.lock:
             try:
                 await anyio.to_thread.run_sync(self.app.reload)
+                await anyio.to_thread.run_sync(self.catchup.sync, limiter=self._engine_limiter)
             except ConfigError as e:
                 self.app.metrics.config_reloads.labels("rejected").inc()
                 self.app.metrics.errors.labels("config").inc()
