@@ -64,28 +64,50 @@ module = "{ROOT / 'examples' / 'big_transfers.py'}"
     app.close()
 
 
-async def test_erc20_balances_equal_balance_of_through_reorgs(tmp_path, anvil):
-    """examples/erc20_balances.py on a real OpenZeppelin ERC-20 with a supply of 2^256 - 1: after transfers across
-    2^64 and 2^255 and reorgs of depth 1 to 3 that carry token transfers of their own, every balance the plugin
-    holds equals ``balanceOf()`` on the node."""
-    from monmouth.demo import calldata, compile_token, node_modules
+class Token:
+    """A real OpenZeppelin ERC-20 (sidecar/demo.py's DemoToken) on anvil with a supply of 2^256 - 1 held by
+    account 0."""
 
-    art = compile_token(node_modules(), tmp_path)
-    acct = anvil.accounts
-    ctor = abi_encode(["string", "string", "uint8", "uint256", "address"], ["Wide", "WIDE", 18, 2**256 - 1, acct[0]])
-    anvil.rpc("eth_sendTransaction", {"from": acct[0], "data": art["bytecode"] + ctor.hex(), "gas": hex(8_000_000)})
-    anvil.mine()
-    (deployed,) = [r for r in anvil.rpc("eth_getBlockByNumber", "latest", True)["transactions"]]
-    token = anvil.rpc("eth_getTransactionReceipt", deployed["hash"])["contractAddress"]
+    def __init__(self, anvil, workdir: Path) -> None:
+        from monmouth.demo import compile_token, node_modules
 
-    def transfer(frm: int, to: int, amount: int) -> dict:
-        return {"from": acct[frm], "to": token, "gas": hex(100_000),
-                "data": calldata("transfer(address,uint256)", acct[to], amount)}
+        art = compile_token(node_modules(), workdir)
+        self.anvil, self.acct = anvil, anvil.accounts
+        ctor = abi_encode(["string", "string", "uint8", "uint256", "address"],
+                          ["Wide", "WIDE", 18, 2**256 - 1, self.acct[0]])
+        anvil.rpc("eth_sendTransaction", {"from": self.acct[0], "data": art["bytecode"] + ctor.hex(),
+                                          "gas": hex(8_000_000)})
+        anvil.mine()
+        (deployed,) = anvil.rpc("eth_getBlockByNumber", "latest", True)["transactions"]
+        self.address = anvil.rpc("eth_getTransactionReceipt", deployed["hash"])["contractAddress"]
 
-    cfg = tmp_path / "config.toml"
-    cfg.write_text(f"""
+    def transfer(self, frm: int, to: int, amount: int) -> dict:
+        from monmouth.demo import calldata
+
+        return {"from": self.acct[frm], "to": self.address, "gas": hex(100_000),
+                "data": calldata("transfer(address,uint256)", self.acct[to], amount)}
+
+    def send(self, frm: int, to: int, amount: int) -> None:
+        self.anvil.rpc("eth_sendTransaction", self.transfer(frm, to, amount))
+
+    def balance_of(self, holder: str) -> int:
+        from monmouth.demo import calldata
+
+        raw = self.anvil.rpc("eth_call", {"to": self.address, "data": calldata("balanceOf(address)", holder)},
+                             "latest")
+        return int(raw, 16)
+
+    async def check(self, http: httpx.AsyncClient) -> dict[str, str]:
+        """The plugin's balances equal balanceOf() for every holder, and every account with a balance is held."""
+        held = (await http.get(f"/erc20_balances/{self.address}")).json()
+        assert held == {a.lower(): str(self.balance_of(a)) for a in held}
+        assert {a.lower() for a in self.acct if self.balance_of(a)} == {a for a, b in held.items() if b != "0"}
+        return held
+
+
+ERC20_CONFIG = """
 [source]
-url = "{anvil.url}"
+url = "{url}"
 poll_interval = 0.05
 [storage]
 path = "db.sqlite"
@@ -93,8 +115,18 @@ path = "db.sqlite"
 port = 0
 [plugins.erc20_balances]
 enabled = true
-module = "{ROOT / 'examples' / 'erc20_balances.py'}"
-""")
+module = "{module}"
+"""
+
+
+async def test_erc20_balances_equal_balance_of_through_reorgs(tmp_path, anvil):
+    """examples/erc20_balances.py on a real OpenZeppelin ERC-20 with a supply of 2^256 - 1: after transfers across
+    2^64 and 2^255 and reorgs of depth 1 to 3 that carry token transfers of their own, every balance the plugin
+    holds equals ``balanceOf()`` on the node."""
+    token = Token(anvil, tmp_path)
+    acct = anvil.accounts
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(ERC20_CONFIG.format(url=anvil.url, module=ROOT / "examples" / "erc20_balances.py"))
     app = open_app(cfg)
     runner = Runner(app, RpcSource(anvil.url, poll_interval=0.05), watch_config=False)
 
@@ -102,37 +134,83 @@ module = "{ROOT / 'examples' / 'erc20_balances.py'}"
         head = app.engine.head
         return head is not None and "0x" + head.hash.hex() == anvil.head()[1]
 
-    def balance_of(holder: str) -> int:
-        raw = anvil.rpc("eth_call", {"to": token, "data": calldata("balanceOf(address)", holder)}, "latest")
-        return int(raw, 16)
-
     async def check(http: httpx.AsyncClient) -> dict[str, str]:
         await wait_for(synced)
-        held = (await http.get(f"/erc20_balances/{token}")).json()
-        assert held == {a.lower(): str(balance_of(a)) for a in held}
-        assert {a.lower() for a in acct if balance_of(a)} == {a for a, b in held.items() if b != "0"}
-        return held
+        return await token.check(http)
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(runner.run)
         await wait_for(lambda: runner.http_port is not None)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{runner.http_port}") as http:
             for frm, to, amount in [(0, 1, 2**255), (1, 2, 2**64 + 1), (0, 3, 2**64 - 1), (2, 3, 12345)]:
-                anvil.rpc("eth_sendTransaction", transfer(frm, to, amount))
+                token.send(frm, to, amount)
                 anvil.mine()
             held = await check(http)
             assert held[acct[1].lower()] == str(2**255 - 2**64 - 1)
             assert held[acct[0].lower()] == str(2**256 - 1 - 2**255 - (2**64 - 1))
             for depth, (frm, to, amount) in zip((1, 3, 2), [(1, 4, 2**200), (3, 0, 7), (0, 5, 2**255 - 2**70)],
                                                strict=True):
-                anvil.rpc("eth_sendTransaction", transfer(0, 6, depth))
+                token.send(0, 6, depth)
                 anvil.mine(2)
                 await wait_for(synced)
-                anvil.rpc("anvil_reorg", depth, [[transfer(frm, to, amount), 0]])
+                anvil.rpc("anvil_reorg", depth, [[token.transfer(frm, to, amount), 0]])
                 held = await check(http)
                 assert int(held[acct[to].lower()]) >= amount  # the reorg's own transfer is in
             assert acct[4].lower() not in held  # its transfer was in a block the depth-3 reorg dropped
             assert held[acct[5].lower()] == str(2**255 - 2**70)
             assert (await http.get("/erc20_balances/0x12")).status_code == 422
+        tg.cancel_scope.cancel()
+    app.close()
+
+
+async def test_erc20_balances_disabled_for_a_while_catch_up_when_re_enabled(tmp_path, anvil):
+    """The issue's case: the plugin is disabled by a config edit, the chain goes on (token transfers, a reorg) for
+    7 blocks, and it is re-enabled: it catches up from the node's history (reported in /status while it does) and
+    its balances equal balanceOf() again, while the chain keeps moving."""
+    token = Token(anvil, tmp_path)
+    cfg = tmp_path / "config.toml"
+    text = ERC20_CONFIG.format(url=anvil.url, module=ROOT / "examples" / "erc20_balances.py")
+    cfg.write_text(text)
+    app = open_app(cfg)
+    runner = Runner(app, RpcSource(anvil.url, poll_interval=0.05), watch_config=True)
+    runner.catchup.batch = 2  # small steps: the catch-up interleaves with live blocks
+
+    def synced():
+        head = app.engine.head
+        return head is not None and "0x" + head.hash.hex() == anvil.head()[1]
+
+    def progress() -> dict:
+        return runner.status()["plugins"]["erc20_balances"]["progress"]
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runner.run)
+        await wait_for(lambda: runner.http_port is not None)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{runner.http_port}") as http:
+            for i in range(3):
+                token.send(0, 1 + i, 10**18 * (i + 1))
+                anvil.mine()
+            await wait_for(synced)
+            await token.check(http)
+            off_at = app.engine.head.number
+            cfg.write_text(text.replace("enabled = true", "enabled = false"))
+            await wait_for(lambda: progress()["state"] == "off")
+            for i in range(6):
+                token.send(1 + i % 3, 4 + i % 4, 10**17 * (i + 1))
+                token.send(0, 2, 2**200 + i)
+                anvil.mine()
+            anvil.rpc("anvil_reorg", 2, [[token.transfer(0, 8, 2**255), 0]])
+            anvil.mine()
+            await wait_for(synced)
+            assert progress()["last"] == off_at and progress()["remaining"] == app.engine.head.number - off_at >= 7
+            cfg.write_text(text)
+            await wait_for(lambda: progress()["state"] != "off")
+            for i in range(3):  # the chain goes on during the catch-up
+                token.send(2, 9, 1000 + i)
+                anvil.mine()
+            await wait_for(lambda: progress()["state"] == "live", what="caught up")
+            await wait_for(synced)
+            held = await token.check(http)
+            assert held[anvil.accounts[8].lower()] == str(2**255)
+            assert progress()["remaining"] == 0 and progress()["error"] is None
         tg.cancel_scope.cancel()
     app.close()
