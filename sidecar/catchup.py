@@ -155,7 +155,7 @@ class CatchUp:
                 continue
             for r in pending:
                 try:
-                    await self._step(r)
+                    await self.step_once(r)
                     backoff.pop(r.plugin, None)
                 except StaleHistoryError as e:
                     log.info("%s", e)
@@ -166,7 +166,12 @@ class CatchUp:
                     log.error("catch-up of plugin %s: %s; retrying in %.1fs", r.plugin, e, delay)
                     await anyio.sleep(delay)
 
-    async def _step(self, r: PluginRange) -> None:
+    async def step_once(self, r: PluginRange) -> None:
+        """Fetch and apply the next blocks (up to ``batch``) of plugin ``r.plugin``.
+
+        Raises:
+            HistoryError, StaleHistoryError, PluginError: nothing of the step was applied.
+        """
         assert self.history is not None
         head = self.app.engine.head
         if head is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -108,6 +109,39 @@ def record(out: Path, config_path: Path | None, count: int | None, until_block: 
     except MonmouthError as e:
         _fail(e)
     click.echo(f"recorded {n} notifications into {out}")
+
+
+@cli.command()
+@click.argument("plugin")
+@click.option("--from", "from_block", type=int, default=None,
+              help="First block to rebuild (default: [plugins.PLUGIN] start_block, else source.start_block).")
+@CONFIG_OPTION
+def reindex(plugin: str, from_block: int | None, config_path: Path | None) -> None:
+    """Drop PLUGIN's tables and rebuild them from the source's history, from block --from up to the head, with
+    progress (see monmouth.reindex). Stop the sidecar first; refused with nothing changed when it cannot run."""
+    import httpx
+
+    from .app import load_settings, open_app
+    from .reindex import reindex as rebuild
+
+    try:
+        settings, _ = load_settings(config_path)
+    except MonmouthError as e:
+        _fail(e)
+    if settings.http.enabled:
+        host = "127.0.0.1" if settings.http.host in ("0.0.0.0", "::") else settings.http.host
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.get(f"http://{host}:{settings.http.port}/health", timeout=1.0)
+            raise click.ClickException(f"reindex {plugin!r}: the sidecar is running (it answers on {host}:"
+                                       f"{settings.http.port}); stop it first, nothing was changed")
+    _setup_logging(settings.logging.level)
+    app = open_app(config_path, settings=settings)
+    try:
+        anyio.run(rebuild, app, plugin, from_block, click.echo)
+    except MonmouthError as e:
+        _fail(e)
+    finally:
+        app.close()
 
 
 # ---------------------------------------------------------------------------------------------------- status

@@ -146,7 +146,7 @@ class Progress:
                         changes.append(f"{name} off at #{r.last}")
                     continue
                 if r is None:
-                    start = self._start_block(settings, name)
+                    start = self.start_block(settings, name)
                     if head is None or start is None or (start > head.number):
                         conn.execute("INSERT INTO monmouth_plugin_progress VALUES (?, 'live', ?, NULL, NULL, ?)",
                                      (name, start if head is None else (head.number + 1 if start is None
@@ -188,7 +188,9 @@ class Progress:
                     head.number, why)
 
     @staticmethod
-    def _start_block(settings: Settings, name: str) -> int | None:
+    def start_block(settings: Settings, name: str) -> int | None:
+        """Where plugin ``name`` starts when it first joins: its own ``start_block``, else the source's
+        (``None``: ``"latest"``, at the head)."""
         own = settings.plugins[name].start_block if name in settings.plugins else None
         if own is not None:
             return own
