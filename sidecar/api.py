@@ -50,11 +50,13 @@ DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboard"
 INTERNAL_HEADER = "x-monmouth-internal"
 
 
-def _plugin_guard(app: App, name: str) -> Any:
-    def guard() -> None:
+def _plugin_guard(app: App, name: str, runner: Runner | None = None) -> Any:
+    def guard(response: Response) -> None:
         if not app.host.is_enabled(name):
             raise ProblemError(503, f"plugin {name!r} is disabled (set plugins.{name}.enabled = true)",
                                field=f"plugins.{name}.enabled")
+        if runner is not None:  # catching up (sidecar/catchup.py): say how far behind its data is
+            response.headers.update(runner.catchup.behind_headers(name))
 
     return Depends(guard)
 
@@ -445,7 +447,7 @@ def create_api(app: App, runner: Runner | None = None) -> FastAPI:
             app.host.errors[name] = f"monmouth_http_router failed: {type(e).__name__}: {e}"
             continue
         if router is not None:
-            api.include_router(router, dependencies=[Depends(default_policy), _plugin_guard(app, name)],
+            api.include_router(router, dependencies=[Depends(default_policy), _plugin_guard(app, name, runner)],
                                responses=problems.responses(400, 401, 403, 404, 409, 410, 503))
 
     # ------------------------------------------------------------------------------------------------ mcp

@@ -120,6 +120,7 @@ class CatchUp:
         self.history = history_of(source)
         self.errors: dict[str, str] = {}
         self._rates: dict[str, tuple[float, int, float]] = {}  # name -> (t0, blocks since t0, blocks/s)
+        self.behind: dict[str, int | None] = {}  # plugins catching up -> the last block they hold
 
     def sync(self) -> list[str]:
         """:meth:`Progress.sync` with the app's settings; without history, late plugins join at the head. On the
@@ -144,12 +145,24 @@ class CatchUp:
                          "error": self.errors.get(name)}
         return out
 
+    def behind_headers(self, name: str) -> dict[str, str]:
+        """Response headers for plugin ``name``'s HTTP routes while it catches up (none once live):
+        ``X-Monmouth-Behind`` (blocks it lacks up to the engine head) and ``X-Monmouth-Indexed-Through`` (the last
+        block its tables hold, ``-1`` before any)."""
+        if name not in self.behind:
+            return {}
+        last, head = self.behind[name], self.app.engine.head
+        held = -1 if last is None else last
+        return {"X-Monmouth-Behind": str(max((head.number if head else held) - held, 0)),
+                "X-Monmouth-Indexed-Through": str(held)}
+
     async def run(self, idle: float = 0.1) -> None:
         """Forever: one catch-up step for each plugin catching up, in turn; sleep ``idle`` when none is."""
         backoff: dict[str, float] = {}
         while True:
             pending = [r for name, r in self.progress.ranges(self.app.db.reader()).items()
                        if r.state == "catching_up" and name in self.app.host.enabled]
+            self.behind = {r.plugin: r.last for r in pending}
             if not pending or self.history is None:
                 await anyio.sleep(idle)
                 continue
@@ -191,3 +204,4 @@ class CatchUp:
         self._rates[r.plugin] = (t0, count, rate)
         if joined:
             self._rates.pop(r.plugin, None)
+            self.behind.pop(r.plugin, None)

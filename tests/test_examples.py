@@ -173,7 +173,15 @@ async def test_erc20_balances_disabled_for_a_while_catch_up_when_re_enabled(tmp_
     cfg.write_text(text)
     app = open_app(cfg)
     runner = Runner(app, RpcSource(anvil.url, poll_interval=0.05), watch_config=True)
-    runner.catchup.batch = 2  # small steps: the catch-up interleaves with live blocks
+    runner.catchup.batch = 2  # small, slow steps: the catch-up interleaves with live blocks
+    history = runner.catchup.history
+    assert history is not None
+
+    async def slow_history(first, last, head):
+        await anyio.sleep(0.3)
+        return await history(first, last, head)
+
+    runner.catchup.history = slow_history
 
     def synced():
         head = app.engine.head
@@ -203,7 +211,12 @@ async def test_erc20_balances_disabled_for_a_while_catch_up_when_re_enabled(tmp_
             await wait_for(synced)
             assert progress()["last"] == off_at and progress()["remaining"] == app.engine.head.number - off_at >= 7
             cfg.write_text(text)
-            await wait_for(lambda: progress()["state"] != "off")
+            await wait_for(lambda: "erc20_balances" in runner.catchup.behind)
+            r = await http.get(f"/erc20_balances/{token.address}")  # served meanwhile, saying how far behind
+            assert r.status_code == 200 and int(r.headers["x-monmouth-behind"]) > 0
+            assert int(r.headers["x-monmouth-indexed-through"]) < app.engine.head.number
+            during = progress()
+            assert during["state"] == "catching_up" and during["remaining"] > 0 and during["first"] is None
             for i in range(3):  # the chain goes on during the catch-up
                 token.send(2, 9, 1000 + i)
                 anvil.mine()
@@ -212,5 +225,7 @@ async def test_erc20_balances_disabled_for_a_while_catch_up_when_re_enabled(tmp_
             held = await token.check(http)
             assert held[anvil.accounts[8].lower()] == str(2**255)
             assert progress()["remaining"] == 0 and progress()["error"] is None
+            r = await http.get(f"/erc20_balances/{token.address}")
+            assert "x-monmouth-behind" not in r.headers
         tg.cancel_scope.cancel()
     app.close()
