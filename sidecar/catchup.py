@@ -65,6 +65,11 @@ class ReplayHistory:
                     by_hash[b.hash] = b
         self._by_hash, self._mtime = by_hash, mtime
 
+    def first_block(self) -> int | None:
+        """The lowest block number in the file (``None`` for an empty file)."""
+        self._load()
+        return min((b.number for b in self._by_hash.values()), default=None)
+
     def blocks(self, first: int, last: int, head: BlockRef) -> list[Block]:
         self._load()
         out: list[Block] = []
@@ -121,16 +126,21 @@ class CatchUp:
         self.errors: dict[str, str] = {}
         self._rates: dict[str, tuple[float, int, float]] = {}  # name -> (t0, blocks since t0, blocks/s)
         self.behind: dict[str, int | None] = {}  # plugins catching up -> the last block they hold
+        self._logged = 0.0
 
     def sync(self) -> list[str]:
         """:meth:`Progress.sync` with the app's settings; without history, late plugins join at the head. On the
         engine's thread, under the runner's lock."""
-        changes = self.progress.sync(self.app.settings)
+        changes = self.progress.sync(self.app.settings, self.floor())
         if self.history is None:
             for name, r in self.progress.ranges().items():
                 if r.state == "catching_up" and name in self.app.host.enabled:
                     self.progress.join_without_history(name, f"the {self.source.kind} source cannot serve history")
         return changes
+
+    def floor(self) -> int | None:
+        """The first block the source's history holds, when it knows (a replay file), else ``None``."""
+        return self.history.first_block() if isinstance(self.history, ReplayHistory) else None
 
     def status(self) -> dict[str, dict[str, Any]]:
         """``{plugin: progress}`` for ``/status`` (see the module docstring)."""
@@ -155,6 +165,12 @@ class CatchUp:
         held = -1 if last is None else last
         return {"X-Monmouth-Behind": str(max((head.number if head else held) - held, 0)),
                 "X-Monmouth-Indexed-Through": str(held)}
+
+    async def finish(self, poll: float = 0.1) -> None:
+        """Return once no enabled plugin is catching up (for finite sources, before the runner returns)."""
+        while any(r.state == "catching_up" and name in self.app.host.enabled
+                  for name, r in self.progress.ranges(self.app.db.reader()).items()):
+            await anyio.sleep(poll)
 
     async def run(self, idle: float = 0.1) -> None:
         """Forever: one catch-up step for each plugin catching up, in turn; sleep ``idle`` when none is."""
@@ -202,6 +218,11 @@ class CatchUp:
             rate = count / (now - t0)
             t0, count = now, 0
         self._rates[r.plugin] = (t0, count, rate)
+        if now - self._logged >= self.app.settings.engine.progress_interval and not joined:
+            self._logged = now
+            at = r.next_block - 1 + n
+            log.info("catch-up: plugin %s at block %d of %d, %d remaining, %.1f blocks/s", r.plugin, at,
+                     head.number, head.number - at, rate)
         if joined:
             self._rates.pop(r.plugin, None)
             self.behind.pop(r.plugin, None)

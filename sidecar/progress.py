@@ -124,10 +124,11 @@ class Progress:
         return {str(r[0]): PluginRange(*r) for r in rows}  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------------------------------------ sync
-    def sync(self, settings: Settings) -> list[str]:
+    def sync(self, settings: Settings, floor: int | None = None) -> list[str]:
         """Match the ranges to the enabled plugins (at start-up and after every config reload): a plugin disabled
         becomes ``off`` at the head; one enabled behind the head becomes ``catching_up`` (and gets no live chain
-        hooks); one enabled at the head, or on an empty database, is ``live``. Returns what changed."""
+        hooks); one enabled at the head, or on an empty database, is ``live``. ``floor``: the first block the
+        source holds, when it starts later than ``source.start_block`` (a replay file). Returns what changed."""
         conn, head, now = self.engine.conn, self.engine.head, time.time()
         ranges = self.ranges()
         changes: list[str] = []
@@ -146,7 +147,7 @@ class Progress:
                         changes.append(f"{name} off at #{r.last}")
                     continue
                 if r is None:
-                    start = self.start_block(settings, name)
+                    start = self.start_block(settings, name, floor)
                     if head is None or start is None or (start > head.number):
                         conn.execute("INSERT INTO monmouth_plugin_progress VALUES (?, 'live', ?, NULL, NULL, ?)",
                                      (name, start if head is None else (head.number + 1 if start is None
@@ -188,14 +189,16 @@ class Progress:
                     head.number, why)
 
     @staticmethod
-    def start_block(settings: Settings, name: str) -> int | None:
+    def start_block(settings: Settings, name: str, floor: int | None = None) -> int | None:
         """Where plugin ``name`` starts when it first joins: its own ``start_block``, else the source's
         (``None``: ``"latest"``, at the head)."""
         own = settings.plugins[name].start_block if name in settings.plugins else None
         if own is not None:
             return own
         start = settings.source.start_block
-        return None if start == "latest" else int(start)
+        if start == "latest":
+            return None
+        return int(start) if floor is None else max(int(start), floor)
 
     # ------------------------------------------------------------------------------------------------ catch-up
     def step(self, name: str, blocks: Sequence[Block]) -> tuple[int, bool]:

@@ -117,7 +117,7 @@ async def reindex(app: App, name: str, from_block: int | None, echo: Callable[[s
             head = engine.head
             if head is None:
                 raise ReindexError(f"reindex {name!r}: the database has no head yet; there is nothing to reindex")
-            start = from_block if from_block is not None else progress.start_block(app.settings, name)
+            start = from_block if from_block is not None else progress.start_block(app.settings, name, catchup.floor())
             start = head.number if start is None else start
             if not 0 <= start <= head.number:
                 raise ReindexError(f"reindex {name!r}: --from {start} is not a block number at or below the head "

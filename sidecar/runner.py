@@ -127,6 +127,7 @@ class Runner:
                 tg.start_soon(self._checkpoint_wal, self.app.settings.storage.checkpoint_pages)
             try:
                 await self._ingest()
+                await self.catchup.finish()  # a finite source (replay): late plugins catch up before returning
             except Exception as e:  # re-raised below, unwrapped from the task group's ExceptionGroup
                 error = e
             finally:
