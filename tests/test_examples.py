@@ -12,7 +12,7 @@ from eth_abi import encode as abi_encode
 from monmouth.app import open_app
 from monmouth.runner import Runner
 from monmouth.sources.rpc import RpcSource
-from tests.conftest import wait_for
+from tests.conftest import rpc_config, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.anyio, pytest.mark.anvil]
@@ -105,18 +105,8 @@ class Token:
         return held
 
 
-ERC20_CONFIG = """
-[source]
-url = "{url}"
-poll_interval = 0.05
-[storage]
-path = "db.sqlite"
-[http]
-port = 0
-[plugins.erc20_balances]
-enabled = true
-module = "{module}"
-"""
+def erc20_config(url: str) -> str:
+    return rpc_config(url, extra=f'[plugins.erc20_balances]\nenabled = true\nmodule = "{ROOT / "examples" / "erc20_balances.py"}"\n')
 
 
 async def test_erc20_balances_equal_balance_of_through_reorgs(tmp_path, anvil):
@@ -126,7 +116,7 @@ async def test_erc20_balances_equal_balance_of_through_reorgs(tmp_path, anvil):
     token = Token(anvil, tmp_path)
     acct = anvil.accounts
     cfg = tmp_path / "config.toml"
-    cfg.write_text(ERC20_CONFIG.format(url=anvil.url, module=ROOT / "examples" / "erc20_balances.py"))
+    cfg.write_text(erc20_config(anvil.url))
     app = open_app(cfg)
     runner = Runner(app, RpcSource(anvil.url, poll_interval=0.05), watch_config=False)
 
@@ -169,7 +159,7 @@ async def test_erc20_balances_disabled_for_a_while_catch_up_when_re_enabled(tmp_
     its balances equal balanceOf() again, while the chain keeps moving."""
     token = Token(anvil, tmp_path)
     cfg = tmp_path / "config.toml"
-    text = ERC20_CONFIG.format(url=anvil.url, module=ROOT / "examples" / "erc20_balances.py")
+    text = erc20_config(anvil.url)
     cfg.write_text(text)
     app = open_app(cfg)
     runner = Runner(app, RpcSource(anvil.url, poll_interval=0.05), watch_config=True)

@@ -17,7 +17,7 @@ from monmouth.progress import Progress
 from monmouth.runner import Runner
 from monmouth.sources.rpc import RpcSource
 from monmouth.types import Chain, ChainCommitted
-from tests.conftest import make_engine, wait_for
+from tests.conftest import make_engine, rpc_config, wait_for
 from tests.plugins import ledger
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,18 +60,10 @@ def reference(tmp_path: Path, anvil) -> dict[str, list[tuple]]:
 
 def test_reindex_rebuilds_a_plugin_from_history_and_refuses_bad_input(tmp_path, anvil):
     cfg = tmp_path / "config.toml"
-    cfg.write_text(f"""
-[source]
-url = "{anvil.url}"
-poll_interval = 0.05
-[storage]
-path = "db.sqlite"
-[http]
-enabled = false
-[plugins.ledger]
+    cfg.write_text(rpc_config(anvil.url, http="enabled = false", extra=f"""[plugins.ledger]
 enabled = true
 module = "{ROOT / 'tests' / 'plugins' / 'ledger.py'}"
-""")
+"""))
     anvil.traffic(12, txs_per_block=3)
     index_to_head(cfg, anvil)
     good = reference(tmp_path, anvil)

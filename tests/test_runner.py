@@ -17,7 +17,7 @@ from monmouth.runner import Runner
 from monmouth.sources.replay import ReplaySource
 from monmouth.testing import chain, extend
 from monmouth.types import ChainCommitted
-from tests.conftest import wait_for
+from tests.conftest import rpc_config, wait_for
 from tests.plugins import ledger
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,15 +163,7 @@ async def test_a_stuck_sidecar_says_so_and_a_reload_retries_at_once(tmp_path, an
     caplog.set_level(logging.INFO, logger="monmouth")
     (tmp_path / "boom.py").write_text(BOOM)
     cfg = tmp_path / "config.toml"
-    text = f"""
-[source]
-url = "{anvil.url}"
-poll_interval = 0.05
-[storage]
-path = "db.sqlite"
-[http]
-port = {free_port()}
-[engine]
+    text = rpc_config(anvil.url, http=f"port = {free_port()}", extra=f"""[engine]
 retry_max_backoff = 60
 [plugins.ledger]
 enabled = true
@@ -179,7 +171,7 @@ module = "{ROOT / 'tests' / 'plugins' / 'ledger.py'}"
 [plugins.boom]
 enabled = true
 module = "boom.py"
-"""
+""")
     cfg.write_text(text)
     app = open_app(cfg)
     runner = Runner(app, RpcSource(anvil.url, poll_interval=0.05, metrics=app.metrics), watch_config=True)
