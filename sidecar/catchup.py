@@ -15,7 +15,7 @@ History, by source:
 * ``exex``: not yet (the bridge serves history only to a sidecar's first ``hello``): the plugin joins the live
   stream at the head and ``/status`` shows the range it has (``first``), with a warning in the log.
 
-``/status`` ``plugins.<name>.progress``: ``state``, ``first``, ``last``, ``remaining`` (blocks to the head),
+``/status`` ``progress.<name>``: ``state``, ``first``, ``last``, ``remaining`` (blocks to the head),
 ``blocks_per_s`` and ``error`` (the last failure of a catch-up step, ``null`` when fine).
 """
 
@@ -131,7 +131,7 @@ class CatchUp:
     def sync(self) -> list[str]:
         """:meth:`Progress.sync` with the app's settings; without history, late plugins join at the head. On the
         engine's thread, under the runner's lock."""
-        changes = self.progress.sync(self.app.settings, self.floor())
+        changes = self.progress.sync(self.app.settings, self.floor)
         if self.history is None:
             for name, r in self.progress.ranges().items():
                 if r.state == "catching_up" and name in self.app.host.enabled:

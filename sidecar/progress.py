@@ -30,7 +30,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,11 +124,12 @@ class Progress:
         return {str(r[0]): PluginRange(*r) for r in rows}  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------------------------------------ sync
-    def sync(self, settings: Settings, floor: int | None = None) -> list[str]:
+    def sync(self, settings: Settings, floor: Callable[[], int | None] | None = None) -> list[str]:
         """Match the ranges to the enabled plugins (at start-up and after every config reload): a plugin disabled
         becomes ``off`` at the head; one enabled behind the head becomes ``catching_up`` (and gets no live chain
-        hooks); one enabled at the head, or on an empty database, is ``live``. ``floor``: the first block the
-        source holds, when it starts later than ``source.start_block`` (a replay file). Returns what changed."""
+        hooks); one enabled at the head, or on an empty database, is ``live``. ``floor()``: the first block the
+        source holds, when it starts later than ``source.start_block`` (a replay file; called only when a plugin
+        joins for the first time). Returns what changed."""
         conn, head, now = self.engine.conn, self.engine.head, time.time()
         ranges = self.ranges()
         changes: list[str] = []
@@ -147,7 +148,7 @@ class Progress:
                         changes.append(f"{name} off at #{r.last}")
                     continue
                 if r is None:
-                    start = self.start_block(settings, name, floor)
+                    start = self.start_block(settings, name, floor() if floor is not None and head else None)
                     if head is None or start is None or (start > head.number):
                         conn.execute("INSERT INTO monmouth_plugin_progress VALUES (?, 'live', ?, NULL, NULL, ?)",
                                      (name, start if head is None else (head.number + 1 if start is None

@@ -76,9 +76,7 @@ class Runner:
         st = self.app.status(self.source)
         st["last_error"] = self.last_error
         st["stuck"] = self.stall.current.to_json() if self.stall.current else None
-        for name, progress in self.catchup.status().items():
-            if name in st["plugins"]:
-                st["plugins"][name]["progress"] = progress
+        st["progress"] = self.catchup.status()  # each plugin's indexed range (sidecar/catchup.py)
         st["blocks_per_s"] = round(self._rate, 1)
         if st["lag"] is not None:
             self.app.metrics.lag.set(st["lag"])

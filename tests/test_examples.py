@@ -178,7 +178,7 @@ async def test_erc20_balances_disabled_for_a_while_catch_up_when_re_enabled(tmp_
         return head is not None and "0x" + head.hash.hex() == anvil.head()[1]
 
     def progress() -> dict:
-        return runner.status()["plugins"]["erc20_balances"]["progress"]
+        return runner.status()["progress"]["erc20_balances"]
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(runner.run)
