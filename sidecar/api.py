@@ -53,11 +53,13 @@ DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboard"
 INTERNAL_HEADER = "x-monmouth-internal"
 
 
-def _plugin_guard(app: App, name: str) -> Any:
-    def guard() -> None:
+def _plugin_guard(app: App, name: str, runner: Runner | None = None) -> Any:
+    def guard(response: Response) -> None:
         if not app.host.is_enabled(name):
             raise ProblemError(503, f"plugin {name!r} is disabled (set plugins.{name}.enabled = true)",
                                field=f"plugins.{name}.enabled")
+        if runner is not None:  # catching up (sidecar/catchup.py): say how far behind its data is
+            response.headers.update(runner.catchup.behind_headers(name))
 
     return Depends(guard)
 
@@ -302,9 +304,15 @@ def create_api(app: App, runner: Runner | None = None) -> FastAPI:
 
     @api.get("/ready", tags=["core"], responses=problems.responses(503))
     def ready() -> JSONResponse:
-        """200 while the head is within ``http.ready_lag`` blocks of the source head, else 503 with the reason."""
+        """200 while the head is within ``http.ready_lag`` blocks of the source head, else 503: a problem document
+        whose ``detail`` (and ``reason``) says why; while a notification keeps failing it names the plugin and the
+        block, and ``stuck`` holds the ``/status`` object of that name (:mod:`sidecar.stall`)."""
         ok, reason = runner.ready() if runner is not None else (False, "not running")
-        return JSONResponse({"ready": ok, "reason": reason}, status_code=200 if ok else 503)
+        if ok:
+            return JSONResponse({"ready": ok, "reason": reason})
+        stuck = runner.stall.current if runner is not None else None
+        return problems.problem(503, reason, type="urn:monmouth:problem:not-ready", ready=False, reason=reason,
+                                stuck=stuck.to_json() if stuck is not None else None)
 
     @api.get("/status", tags=["core"], dependencies=[require("read", "agent")])
     async def status() -> dict[str, Any]:
@@ -393,7 +401,7 @@ def create_api(app: App, runner: Runner | None = None) -> FastAPI:
             app.host.errors[name] = f"monmouth_http_router failed: {type(e).__name__}: {e}"
             continue
         if router is not None:
-            api.include_router(router, dependencies=[Depends(default_policy), _plugin_guard(app, name)],
+            api.include_router(router, dependencies=[Depends(default_policy), _plugin_guard(app, name, runner)],
                                responses=problems.responses(400, 401, 403, 404, 409, 410, 503))
 
     # ------------------------------------------------------------------------------------------------ mcp

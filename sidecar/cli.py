@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -124,6 +125,39 @@ def record(out: Path, config_path: Path | None, count: int | None, until_block: 
                else f"recorded {n} notifications into {out}")
 
 
+@cli.command()
+@click.argument("plugin")
+@click.option("--from", "from_block", type=int, default=None,
+              help="First block to rebuild (default: [plugins.PLUGIN] start_block, else source.start_block).")
+@CONFIG_OPTION
+def reindex(plugin: str, from_block: int | None, config_path: Path | None) -> None:
+    """Drop PLUGIN's tables and rebuild them from the source's history, from block --from up to the head, with
+    progress (see monmouth.reindex). Stop the sidecar first; refused with nothing changed when it cannot run."""
+    import httpx
+
+    from .app import load_settings, open_app
+    from .reindex import reindex as rebuild
+
+    try:
+        settings, _ = load_settings(config_path)
+    except MonmouthError as e:
+        _fail(e)
+    if settings.http.enabled:
+        host = "127.0.0.1" if settings.http.host in ("0.0.0.0", "::") else settings.http.host
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.get(f"http://{host}:{settings.http.port}/health", timeout=1.0)
+            raise click.ClickException(f"reindex {plugin!r}: the sidecar is running (it answers on {host}:"
+                                       f"{settings.http.port}); stop it first, nothing was changed")
+    _setup_logging(settings.logging.level)
+    app = open_app(config_path, settings=settings)
+    try:
+        anyio.run(rebuild, app, plugin, from_block, click.echo)
+    except MonmouthError as e:
+        _fail(e)
+    finally:
+        app.close()
+
+
 # ---------------------------------------------------------------------------------------------------- status
 
 
@@ -167,6 +201,13 @@ def status(config_path: Path | None, as_json: bool) -> None:
     click.echo(f"finalized:   {obj['finalized']}")
     click.echo(f"source head: {obj['source_head']}  lag: {obj['lag']}")
     click.echo(f"notifications: {obj['notifications']}  reorgs: {obj['reorgs']}")
+    if stuck := obj.get("stuck"):
+        block = stuck["block"]
+        at = f"block {block['number']} {block['hash']}" if block else "a notification"
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stuck["since"]))
+        click.echo(f"STUCK on {at} since {since} ({stuck['seconds']:.0f}s, {stuck['attempts']} attempts, "
+                   f"next retry in {stuck['next_retry_in']:.0f}s): plugin {stuck['plugin']} in {stuck['hook']}: "
+                   f"{stuck['error']}")
     for name, p in obj["plugins"].items():
         click.echo(f"plugin {name}: {p.get('state')}" + (f" ({p['error']})" if p.get("error") else ""))
 
@@ -221,12 +262,14 @@ def config_get(key: str, config_path: Path | None) -> None:
     click.echo(json.dumps(value) if not isinstance(value, str) else value)
 
 
-@config.command("set")
+@config.command("set", context_settings={"ignore_unknown_options": True})
 @click.argument("key")
 @click.argument("value")
 @CONFIG_OPTION
 def config_set(key: str, value: str, config_path: Path | None) -> None:
-    """Set KEY to VALUE (read as a TOML literal when it is one: true, 42, "text"); refuses invalid configs."""
+    """Set KEY to VALUE (read as a TOML literal when it is one: true, 42, -1, "text"); refuses invalid configs.
+
+    VALUE may start with ``-`` (``-1``, ``-0.5``, ``-x``): it is taken as the value, not as an option."""
     from .config import module_paths, parse_value, read_document, set_value, validate, write_document
     from .plugins import config_models, discover
 

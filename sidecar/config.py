@@ -212,13 +212,16 @@ class LoggingConfig(_Section):
 
 
 class PluginSettings(BaseModel):
-    """``[plugins.<name>]``: ``enabled``, ``module`` (third-party plugins loaded by module path or file) and
-    ``config``, the rest of the section validated by the plugin's own model."""
+    """``[plugins.<name>]``: ``enabled``, ``module`` (third-party plugins loaded by module path or file),
+    ``start_block`` (the first block it indexes when it joins a database that is already ahead; default
+    ``source.start_block``, see :mod:`sidecar.progress`) and ``config``, the rest of the section validated by the
+    plugin's own model."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     enabled: bool = False
     module: str | None = None
+    start_block: int | None = None
     config: Any = None
 
 
@@ -356,10 +359,14 @@ def validate(
         section = dict(section)
         enabled = section.pop("enabled", False)
         module = section.pop("module", None)
+        start_block = section.pop("start_block", None)
         if not isinstance(enabled, bool):
             raise ConfigError(f"{origin}: plugins.{name}.enabled: must be true or false (got {enabled!r})")
         if module is not None and not isinstance(module, str):
             raise ConfigError(f"{origin}: plugins.{name}.module: must be a string (got {module!r})")
+        if start_block is not None and (type(start_block) is not int or start_block < 0):
+            raise ConfigError(f"{origin}: plugins.{name}.start_block: must be a block number >= 0 "
+                              f"(got {start_block!r})")
         if name not in plugin_models:
             known = ", ".join(sorted(plugin_models)) or "none"
             raise ConfigError(f"{origin}: plugins.{name}: no such plugin is installed (installed: {known})")
@@ -373,7 +380,7 @@ def validate(
                 cfg = model(**section)
             except ValidationError as e:
                 raise ConfigError(_fmt_errors(origin, f"plugins.{name}", e)) from None
-        plugins[name] = PluginSettings(enabled=enabled, module=module, config=cfg)
+        plugins[name] = PluginSettings(enabled=enabled, module=module, start_block=start_block, config=cfg)
     for name, model in plugin_models.items():
         if name not in plugins:
             plugins[name] = PluginSettings(enabled=False, config=model() if model is not None else None)

@@ -372,7 +372,7 @@ class Engine:
             try:
                 hook(conn=conn, block=b, notification=n)
             except Exception as e:
-                raise self.host.blame(e, "monmouth_block_applied") from e
+                raise self.host.blame(e, "monmouth_block_applied", b.ref) from e
 
         changeset = self.journal.record(run)
         conn.execute(
@@ -387,7 +387,7 @@ class Engine:
         try:
             self.host.hook.monmouth_block_reverted(conn=conn, block=b, notification=n)
         except Exception as e:
-            raise self.host.blame(e, "monmouth_block_reverted") from e
+            raise self.host.blame(e, "monmouth_block_reverted", b.ref) from e
         conn.execute("DELETE FROM monmouth_blocks WHERE number = ?", (b.number,))
 
     def _prune(self, conn: apsw.Connection, head_number: int, finalized: int | None) -> None:

@@ -58,12 +58,16 @@ class PluginError(MonmouthError):
     Attributes:
         plugin: the plugin's name.
         hook: the hook's name.
+        block: the block being applied or reverted (a ``BlockRef``: number and hash), or ``None`` (hooks
+            outside a block, e.g. ``monmouth_finalized``). The message names it.
     """
 
-    def __init__(self, plugin: str, hook: str, cause: BaseException) -> None:
-        super().__init__(f"plugin {plugin!r} failed in {hook}: {type(cause).__name__}: {cause}")
+    def __init__(self, plugin: str, hook: str, cause: BaseException, block: object = None) -> None:
+        at = f" at block {block}" if block is not None else ""
+        super().__init__(f"plugin {plugin!r} failed in {hook}{at}: {type(cause).__name__}: {cause}")
         self.plugin = plugin
         self.hook = hook
+        self.block = block
         self.__cause__ = cause
 
 

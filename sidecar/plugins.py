@@ -201,9 +201,10 @@ class PluginHost:
             out[name] = entry
         return out
 
-    def blame(self, exc: BaseException, hook: str) -> PluginError:
+    def blame(self, exc: BaseException, hook: str, block: object = None) -> PluginError:
         """Wrap an exception raised inside a hook call as :class:`PluginError`, naming the plugin whose code
-        raised it (found by matching the traceback's frames against each enabled plugin's hook functions)."""
+        raised it (found by matching the traceback's frames against each enabled plugin's hook functions) and
+        the block (``BlockRef``) the hook was called for, if any."""
         codes = {}
         for name in self.enabled:
             fn = getattr(self.installed[name], hook, None)
@@ -216,7 +217,7 @@ class PluginHost:
             if found is not None:
                 culprit = found
             tb = tb.tb_next
-        return PluginError(culprit, hook, exc)
+        return PluginError(culprit, hook, exc, block)
 
     # -- lifecycle ----------------------------------------------------------------------------------------------------
     def apply_settings(self, settings: Settings) -> list[str]:

@@ -4,7 +4,8 @@ Ordering guarantees: a notification is acknowledged upstream only after the engi
 source has several waiting, up to ``engine.group_commit`` of them share one transaction, each in its own
 savepoint, see :meth:`Engine.apply_many`); config reloads are applied between transactions (they take the same
 lock); a notification that fails in a plugin is retried, with backoff, until it succeeds (an operator can
-disable the failing plugin in ``config.toml`` meanwhile: the reload is applied before the next retry).
+disable the failing plugin in ``config.toml`` meanwhile: the reload is applied and the notification retried at
+once). While it fails, ``/status`` ``stuck``, ``/ready`` and the metrics say so (:mod:`sidecar.stall`).
 
 Faults pause ingestion instead of ending the process (``docs/faults.md``): a fault of the database's environment
 (disk full, read-only, I/O error) retries the same notifications with backoff until they commit; a reorg deeper
@@ -32,10 +33,12 @@ import anyio.to_thread
 import apsw
 
 from .app import App, EngineView
+from .catchup import CatchUp
 from .engine import ApplyResult
 from .errors import CodecError, ContinuityError, MonmouthError, PluginError, ReorgTooDeepError, SourceError
 from .shutdown import Shutdown
 from .sources.base import Delivery, Source
+from .stall import StallTracker
 from .store import describe_fault, environment_fault
 
 log = logging.getLogger(__name__)
@@ -86,11 +89,15 @@ class Runner:
         self._stop_event: anyio.Event | None = None
         self._http_server: Any = None
         self._http_done: anyio.Event | None = None
+        self.stall = StallTracker(app.metrics.registry)  # a notification that keeps failing (sidecar/stall.py)
+        self.catchup = CatchUp(app, source, self.lock, self._engine_limiter)  # late plugins (sidecar/catchup.py)
 
     # ------------------------------------------------------------------------------------------------ status
     def status(self) -> dict[str, Any]:
         st = self.app.status(self.source)
         st["last_error"] = self.last_error
+        st["stuck"] = self.stall.current.to_json() if self.stall.current else None
+        st["progress"] = self.catchup.status()  # each plugin's indexed range (sidecar/catchup.py)
         st["blocks_per_s"] = round(self._rate, 1)
         m = self.app.metrics
         if st["lag"] is not None:
@@ -107,6 +114,8 @@ class Runner:
             return False, f"the node is {self.source.behind} blocks behind the indexed head; waiting for it"  # type: ignore[attr-defined]
         if getattr(self.source, "connected", True) is False:
             return False, f"source disconnected: {getattr(self.source, 'last_error', None)}"
+        if self.stall.current is not None:
+            return False, self.stall.current.reason()
         st = self.app.status(self.source)
         if st["lag"] is None:
             return False, "source head unknown"
@@ -119,6 +128,7 @@ class Runner:
         """Stop gracefully (call on the event loop's thread): the batch in flight commits and is acknowledged or
         rolls back, no new notification is taken, then HTTP drains and :meth:`run` returns. Idempotent."""
         self.stopping = True
+        self.stall.retry_now()
         if self._stop_event is not None:
             self._stop_event.set()
         if self._ingest_scope is not None:
@@ -150,6 +160,9 @@ class Runner:
             if self.watch_config:
                 tg.start_soon(self._watch_config)
             tg.start_soon(self._progress)
+            async with self.lock:
+                await anyio.to_thread.run_sync(self.catchup.sync, limiter=self._engine_limiter)
+            tg.start_soon(self.catchup.run)
             if self.app.settings.storage.checkpoint_pages > 0:
                 # Checkpoints move off the engine's commits onto a background thread. The WAL hook replaces SQLite's
                 # automatic checkpoint (itself a WAL hook) on the engine's connection and only records the size.
@@ -158,6 +171,8 @@ class Runner:
             try:
                 with self._ingest_scope:
                     await self._ingest()
+                if not self.stopping:
+                    await self.catchup.finish()  # a finite source (replay): late plugins catch up before returning
             except Exception as e:  # re-raised below, unwrapped from the task group's ExceptionGroup
                 error = e
             finally:
@@ -278,6 +293,7 @@ class Runner:
             if error is None:
                 self.last_error = None
                 self._resume()
+                self.stall.cleared()
                 break  # all of the batch applied, or a stop cut it short
             self.last_error = str(error)
             fault = environment_fault(error)
@@ -303,10 +319,12 @@ class Runner:
             if self.stopping:
                 log.error("%s; the notification was rolled back and is left for the next start", error)
                 return
-            log.error("%s; the notification was rolled back and will be retried in %.1fs", error, backoff)
-            assert self._stop_event is not None
-            with anyio.move_on_after(backoff):
-                await self._stop_event.wait()
+            if self.stall.failed(error, backoff):  # the first failure with its traceback, later ones one line
+                log.error("%s; the notification was rolled back and will be retried in %.1fs", error, backoff,
+                          exc_info=error)
+            else:
+                log.error("%s; attempt %d failed, retrying in %.1fs", error, self.stall.attempts_so_far, backoff)
+            await self.stall.wait(backoff, self.source.probe_head)  # a config reload ends it at once, a stop cancels it
             backoff = min(backoff * 2, self.app.settings.engine.retry_max_backoff)
         # What the sidecar treats as finalized: the source's finalized block, never within engine.finality_depth
         # blocks of the head (so a node calling a fake chain finalized cannot take away that much undo data).
@@ -334,7 +352,13 @@ class Runner:
                 log.error("config reload of %s rejected, keeping the last good config: %s", self.app.config_path,
                           e if isinstance(e, MonmouthError) else f"{type(e).__name__}: {e}")
                 return False
+            try:  # plugins enabled by this reload start catching up (sidecar/catchup.py)
+                await anyio.to_thread.run_sync(self.catchup.sync, limiter=self._engine_limiter)
+            except Exception as e:
+                log.error("config reload of %s applied, but late plugins could not be set up: %s",
+                          self.app.config_path, e if isinstance(e, MonmouthError) else f"{type(e).__name__}: {e}")
         self.app.metrics.config_reloads.labels("applied").inc()
+        self.stall.retry_now()  # a failing notification is retried at once under the new config
         return True
 
     async def _watch_config(self) -> None:

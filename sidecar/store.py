@@ -15,6 +15,7 @@ from pathlib import Path
 
 import apsw
 
+from . import uint256
 from .errors import MigrationError, StorageError
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,8 @@ class Database:
                                ) from None
 
     def connect(self, readonly: bool = False) -> apsw.Connection:
-        """A new connection with WAL, the busy timeout, and sqlite-vec loaded."""
+        """A new connection with WAL, the busy timeout, sqlite-vec loaded and the uint256 SQL functions
+        (:mod:`sidecar.uint256`) registered."""
         flags = apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
         conn = apsw.Connection(str(self.path), flags=flags)
         conn.set_busy_timeout(self.busy_timeout_ms)
@@ -139,6 +141,7 @@ class Database:
             conn.pragma("synchronous", self.synchronous)
         conn.pragma("foreign_keys", 1)
         _load_vec(conn)
+        uint256.register(conn)
         return conn
 
     def reader(self) -> apsw.Connection:

@@ -73,6 +73,12 @@ def settings_for(db_path: Path, plugins: dict[str, object], enabled: tuple[str, 
     return validate(data, "<test>", config_models(installed))
 
 
+def rpc_config(url: str, http: str = "port = 0", extra: str = "") -> str:
+    """config.toml text for a sidecar following the node at ``url`` (polled every 50 ms) on ``db.sqlite``;
+    ``http`` is the body of ``[http]``, ``extra`` more sections (plugins, engine)."""
+    return f'[source]\nurl = "{url}"\npoll_interval = 0.05\n[storage]\npath = "db.sqlite"\n[http]\n{http}\n{extra}'
+
+
 async def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
     import anyio
 

@@ -3,6 +3,7 @@ nothing; ``status --json`` and ``plugins`` print what operators rely on; ``recor
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import apsw
 import pytest
 
 from monmouth.replayfile import ReplayWriter, read_notifications
@@ -134,3 +136,67 @@ def test_record_from_a_real_node_then_replay(tmp_path, anvil):
     assert r.returncode == 0, r.stderr
     live = make_engine(tmp_path / "db.sqlite", {"ledger": ledger})
     assert live.head.number == n and "0x" + live.head.hash.hex() == anvil.head()[1]
+
+
+SLOW_LEDGER = """
+import time
+
+from monmouth import hookimpl
+from tests.plugins import ledger
+
+monmouth_migrations = ledger.monmouth_migrations
+monmouth_trimmed_tables = ledger.monmouth_trimmed_tables
+
+
+@hookimpl
+def monmouth_block_applied(conn, block, notification):
+    time.sleep(0.05)  # slow enough for the kills to land inside the catch-up
+    ledger.index_block(conn, block)
+"""
+
+
+def test_kill_9_during_a_late_plugins_catch_up_loses_and_duplicates_nothing(tmp_path):
+    """A plugin enabled after the whole replay file was applied catches up from the file (re-read), killed -9
+    several times along the way: its tables end equal to a fresh index of the final canonical chain."""
+    notes, canonical = long_history(tmp_path / "history.mnr")
+    (tmp_path / "slow.py").write_text(SLOW_LEDGER)
+    cfg = config(tmp_path, 'kind = "replay"\npath = "history.mnr"')
+    cfg.write_text(cfg.read_text().replace("[plugins.ledger]\nenabled = true", "[plugins.ledger]\nenabled = false")
+                   + '\n[plugins.slow]\nenabled = false\nmodule = "slow.py"\n')
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    replay = [*MONMOUTH, "replay", str(tmp_path / "history.mnr"), "--config", str(cfg)]
+    first = subprocess.run(replay, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    cfg.write_text(cfg.read_text().replace("[plugins.slow]\nenabled = false", "[plugins.slow]\nenabled = true"))
+
+    def slow_range() -> tuple[str, int] | None:
+        try:
+            with contextlib.closing(apsw.Connection(str(tmp_path / "db.sqlite"), flags=apsw.SQLITE_OPEN_READONLY)) as db:
+                return db.execute("SELECT state, last FROM monmouth_plugin_progress WHERE plugin = 'slow'").fetchone()
+        except apsw.Error:
+            return None
+
+    kills, seen = 0, []
+    for _ in range(3):  # each run is killed as soon as it has moved the catch-up on
+        before = slow_range()
+        proc = subprocess.Popen(replay, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 90
+        while proc.poll() is None and time.monotonic() < deadline:
+            now = slow_range()
+            if now is not None and now[0] == "catching_up" and now[1] >= 1 and now != before:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+                seen.append(now[1])
+                break
+            time.sleep(0.02)
+        proc.wait(10)
+    assert kills >= 2 and seen == sorted(seen) and seen[-1] < canonical[-1].number  # killed mid catch-up
+    final = subprocess.run(replay, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert final.returncode == 0, final.stderr
+    live = make_engine(tmp_path / "db.sqlite", {"slow": ledger, "ledger": ledger}, enabled=("slow",))
+    ref = make_engine(tmp_path / "ref.sqlite", {"ledger": ledger})
+    ref.apply(ChainCommitted(chain(canonical)))
+    assert live.head == canonical[-1].ref
+    assert dump(live.conn) == dump(ref.conn)
+    state = live.conn.execute("SELECT state FROM monmouth_plugin_progress WHERE plugin = 'slow'").fetchone()
+    assert state == ("live",)

@@ -95,3 +95,34 @@ def test_cli_config_get_set_keeps_comments_and_refuses_invalid(tmp_path):
     assert p.read_text() == text  # an invalid edit is refused and not written
     res = r.invoke(cli, ["config", "get", "source.nothing", "--config", str(p)])
     assert res.exit_code != 0 and "not set" in res.output
+
+
+def test_cli_config_set_takes_negative_numbers_and_dash_values(tmp_path):
+    (tmp_path / "knobs.py").write_text(
+        "from pydantic import BaseModel, ConfigDict\n"
+        "from monmouth import hookimpl\n"
+        "class Knobs(BaseModel):\n"
+        "    model_config = ConfigDict(extra='forbid')\n"
+        "    enabled: bool = False\n"
+        "    module: str = ''\n"
+        "    threshold: int = 0\n"
+        "    ratio: float = 0.0\n"
+        "    label: str = ''\n"
+        "@hookimpl\n"
+        "def monmouth_config_model():\n"
+        "    return Knobs\n")
+    p = tmp_path / "config.toml"
+    p.write_text('[plugins.knobs]\nmodule = "knobs.py"  # a test plugin\n')
+    r = CliRunner()
+    for key, value, stored in [("threshold", "-1", "-1"), ("ratio", "-0.5", "-0.5"), ("label", "-x", "-x"),
+                               ("label", "--dashes", "--dashes")]:
+        res = r.invoke(cli, ["config", "set", f"plugins.knobs.{key}", value, "--config", str(p)])
+        assert res.exit_code == 0, res.output
+        got = r.invoke(cli, ["config", "get", f"plugins.knobs.{key}", "--config", str(p)])
+        assert got.output.strip() == stored
+    res = r.invoke(cli, ["config", "set", "--config", str(p), "plugins.knobs.threshold", "-42"])
+    assert res.exit_code == 0, res.output
+    assert 'threshold = -42' in p.read_text() and "# a test plugin" in p.read_text()
+    res = r.invoke(cli, ["config", "set", "plugins.knobs.threshold", "-x", "--config", str(p)])
+    assert res.exit_code != 0 and "plugins.knobs.threshold" in res.output
+    assert 'threshold = -42' in p.read_text()

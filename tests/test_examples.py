@@ -7,11 +7,12 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
+from eth_abi import encode as abi_encode
 
 from monmouth.app import open_app
 from monmouth.runner import Runner
 from monmouth.sources.rpc import RpcSource
-from tests.conftest import wait_for
+from tests.conftest import rpc_config, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.anyio, pytest.mark.anvil]
@@ -59,5 +60,162 @@ module = "{ROOT / 'examples' / 'big_transfers.py'}"
             anvil.reorg(1, txs=0)  # block 1 is replaced by an empty block
             await wait_for(synced)
             assert (await http.get("/big_transfers")).json() == []
+        tg.cancel_scope.cancel()
+    app.close()
+
+
+class Token:
+    """A real OpenZeppelin ERC-20 (sidecar/demo.py's DemoToken) on anvil with a supply of 2^256 - 1 held by
+    account 0."""
+
+    def __init__(self, anvil, workdir: Path) -> None:
+        from monmouth.demo import compile_token, node_modules
+
+        art = compile_token(node_modules(), workdir)
+        self.anvil, self.acct = anvil, anvil.accounts
+        ctor = abi_encode(["string", "string", "uint8", "uint256", "address"],
+                          ["Wide", "WIDE", 18, 2**256 - 1, self.acct[0]])
+        anvil.rpc("eth_sendTransaction", {"from": self.acct[0], "data": art["bytecode"] + ctor.hex(),
+                                          "gas": hex(8_000_000)})
+        anvil.mine()
+        (deployed,) = anvil.rpc("eth_getBlockByNumber", "latest", True)["transactions"]
+        self.address = anvil.rpc("eth_getTransactionReceipt", deployed["hash"])["contractAddress"]
+
+    def transfer(self, frm: int, to: int, amount: int) -> dict:
+        from monmouth.demo import calldata
+
+        return {"from": self.acct[frm], "to": self.address, "gas": hex(100_000),
+                "data": calldata("transfer(address,uint256)", self.acct[to], amount)}
+
+    def send(self, frm: int, to: int, amount: int) -> None:
+        self.anvil.rpc("eth_sendTransaction", self.transfer(frm, to, amount))
+
+    def balance_of(self, holder: str) -> int:
+        from monmouth.demo import calldata
+
+        raw = self.anvil.rpc("eth_call", {"to": self.address, "data": calldata("balanceOf(address)", holder)},
+                             "latest")
+        return int(raw, 16)
+
+    async def check(self, http: httpx.AsyncClient) -> dict[str, str]:
+        """The plugin's balances equal balanceOf() for every holder, and every account with a balance is held."""
+        held = (await http.get(f"/erc20_balances/{self.address}")).json()
+        assert held == {a.lower(): str(self.balance_of(a)) for a in held}
+        assert {a.lower() for a in self.acct if self.balance_of(a)} == {a for a, b in held.items() if b != "0"}
+        return held
+
+
+def erc20_config(url: str) -> str:
+    return rpc_config(url, extra=f'[plugins.erc20_balances]\nenabled = true\nmodule = "{ROOT / "examples" / "erc20_balances.py"}"\n')
+
+
+async def test_erc20_balances_equal_balance_of_through_reorgs(tmp_path, anvil):
+    """examples/erc20_balances.py on a real OpenZeppelin ERC-20 with a supply of 2^256 - 1: after transfers across
+    2^64 and 2^255 and reorgs of depth 1 to 3 that carry token transfers of their own, every balance the plugin
+    holds equals ``balanceOf()`` on the node."""
+    token = Token(anvil, tmp_path)
+    acct = anvil.accounts
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(erc20_config(anvil.url))
+    app = open_app(cfg)
+    runner = Runner(app, RpcSource(anvil.url, poll_interval=0.05), watch_config=False)
+
+    def synced():
+        head = app.engine.head
+        return head is not None and "0x" + head.hash.hex() == anvil.head()[1]
+
+    async def check(http: httpx.AsyncClient) -> dict[str, str]:
+        await wait_for(synced)
+        return await token.check(http)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runner.run)
+        await wait_for(lambda: runner.http_port is not None)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{runner.http_port}") as http:
+            for frm, to, amount in [(0, 1, 2**255), (1, 2, 2**64 + 1), (0, 3, 2**64 - 1), (2, 3, 12345)]:
+                token.send(frm, to, amount)
+                anvil.mine()
+            held = await check(http)
+            assert held[acct[1].lower()] == str(2**255 - 2**64 - 1)
+            assert held[acct[0].lower()] == str(2**256 - 1 - 2**255 - (2**64 - 1))
+            for depth, (frm, to, amount) in zip((1, 3, 2), [(1, 4, 2**200), (3, 0, 7), (0, 5, 2**255 - 2**70)],
+                                               strict=True):
+                token.send(0, 6, depth)
+                anvil.mine(2)
+                await wait_for(synced)
+                anvil.rpc("anvil_reorg", depth, [[token.transfer(frm, to, amount), 0]])
+                held = await check(http)
+                assert int(held[acct[to].lower()]) >= amount  # the reorg's own transfer is in
+            assert acct[4].lower() not in held  # its transfer was in a block the depth-3 reorg dropped
+            assert held[acct[5].lower()] == str(2**255 - 2**70)
+            assert (await http.get("/erc20_balances/0x12")).status_code == 422
+        tg.cancel_scope.cancel()
+    app.close()
+
+
+async def test_erc20_balances_disabled_for_a_while_catch_up_when_re_enabled(tmp_path, anvil):
+    """The issue's case: the plugin is disabled by a config edit, the chain goes on (token transfers, a reorg) for
+    7 blocks, and it is re-enabled: it catches up from the node's history (reported in /status while it does) and
+    its balances equal balanceOf() again, while the chain keeps moving."""
+    token = Token(anvil, tmp_path)
+    cfg = tmp_path / "config.toml"
+    text = erc20_config(anvil.url)
+    cfg.write_text(text)
+    app = open_app(cfg)
+    runner = Runner(app, RpcSource(anvil.url, poll_interval=0.05), watch_config=True)
+    runner.catchup.batch = 2  # small, slow steps: the catch-up interleaves with live blocks
+    history = runner.catchup.history
+    assert history is not None
+
+    async def slow_history(first, last, head):
+        await anyio.sleep(0.3)
+        return await history(first, last, head)
+
+    runner.catchup.history = slow_history
+
+    def synced():
+        head = app.engine.head
+        return head is not None and "0x" + head.hash.hex() == anvil.head()[1]
+
+    def progress() -> dict:
+        return runner.status()["progress"]["erc20_balances"]
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runner.run)
+        await wait_for(lambda: runner.http_port is not None)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{runner.http_port}") as http:
+            for i in range(3):
+                token.send(0, 1 + i, 10**18 * (i + 1))
+                anvil.mine()
+            await wait_for(synced)
+            await token.check(http)
+            off_at = app.engine.head.number
+            cfg.write_text(text.replace("enabled = true", "enabled = false"))
+            await wait_for(lambda: progress()["state"] == "off")
+            for i in range(6):
+                token.send(1 + i % 3, 4 + i % 4, 10**17 * (i + 1))
+                token.send(0, 2, 2**200 + i)
+                anvil.mine()
+            anvil.rpc("anvil_reorg", 2, [[token.transfer(0, 8, 2**255), 0]])
+            anvil.mine()
+            await wait_for(synced)
+            assert progress()["last"] == off_at and progress()["remaining"] == app.engine.head.number - off_at >= 7
+            cfg.write_text(text)
+            await wait_for(lambda: "erc20_balances" in runner.catchup.behind)
+            r = await http.get(f"/erc20_balances/{token.address}")  # served meanwhile, saying how far behind
+            assert r.status_code == 200 and int(r.headers["x-monmouth-behind"]) > 0
+            assert int(r.headers["x-monmouth-indexed-through"]) < app.engine.head.number
+            during = progress()
+            assert during["state"] == "catching_up" and during["remaining"] > 0 and during["first"] is None
+            for i in range(3):  # the chain goes on during the catch-up
+                token.send(2, 9, 1000 + i)
+                anvil.mine()
+            await wait_for(lambda: progress()["state"] == "live", what="caught up")
+            await wait_for(synced)
+            held = await token.check(http)
+            assert held[anvil.accounts[8].lower()] == str(2**255)
+            assert progress()["remaining"] == 0 and progress()["error"] is None
+            r = await http.get(f"/erc20_balances/{token.address}")
+            assert "x-monmouth-behind" not in r.headers
         tg.cancel_scope.cancel()
     app.close()

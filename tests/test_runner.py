@@ -4,6 +4,8 @@ acknowledged) until an operator disables the plugin in config.toml; the hot relo
 from __future__ import annotations
 
 import itertools
+import time
+from pathlib import Path
 
 import anyio
 import pytest
@@ -15,8 +17,10 @@ from monmouth.runner import Runner
 from monmouth.sources.replay import ReplaySource
 from monmouth.testing import chain, extend
 from monmouth.types import ChainCommitted
-from tests.conftest import wait_for
+from tests.conftest import rpc_config, wait_for
 from tests.plugins import ledger
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.anyio
 
@@ -127,4 +131,98 @@ enabled = true
     frames, done = app.db.checkpoint()
     assert frames == done  # nothing pins the WAL: every frame can be copied back
     assert app.engine.head == bs[-1].ref
+    app.close()
+
+
+BOOM = """
+from monmouth import hookimpl
+
+
+@hookimpl
+def monmouth_block_applied(conn, block, notification):
+    if block.number == 3:  # a plugin with a bug, failing on block 3 every time
+        raise RuntimeError(f"cannot index block {block.number}")
+"""
+
+
+@pytest.mark.anvil
+async def test_a_stuck_sidecar_says_so_and_a_reload_retries_at_once(tmp_path, anvil, caplog):
+    """A plugin failing on block 3: /status ``stuck`` names the block (number and hash), plugin, attempts and since,
+    the lag is against anvil's real head, /ready answers a 503 problem document, the metrics and ``monmouth status``
+    say so, the first failure is logged with its traceback and later ones in one line; disabling the plugin in
+    config.toml retries at once rather than when the (long) backoff expires."""
+    import logging
+
+    import httpx
+    from click.testing import CliRunner
+
+    from monmouth.cli import cli
+    from monmouth.sources.rpc import RpcSource
+    from tests.anvil import free_port
+
+    caplog.set_level(logging.INFO, logger="monmouth")
+    (tmp_path / "boom.py").write_text(BOOM)
+    cfg = tmp_path / "config.toml"
+    text = rpc_config(anvil.url, http=f"port = {free_port()}", extra=f"""[engine]
+retry_max_backoff = 60
+[plugins.ledger]
+enabled = true
+module = "{ROOT / 'tests' / 'plugins' / 'ledger.py'}"
+[plugins.boom]
+enabled = true
+module = "boom.py"
+""")
+    cfg.write_text(text)
+    app = open_app(cfg)
+    runner = Runner(app, RpcSource(anvil.url, poll_interval=0.05, metrics=app.metrics), watch_config=True)
+    sample = app.metrics.registry.get_sample_value
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runner.run)
+        await wait_for(lambda: runner.http_port is not None)
+        http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{runner.http_port}")
+        for _ in range(2):
+            anvil.traffic(1)
+            await wait_for(lambda: app.engine.head is not None and app.engine.head.number == anvil.head()[0])
+        assert (await http.get("/ready")).status_code == 200 and runner.status()["stuck"] is None
+        anvil.traffic(1)  # block 3: boom fails on it
+        stuck_hash = anvil.head()[1]
+        await wait_for(lambda: runner.stall.attempts_so_far >= 2, timeout=10)
+        anvil.mine(5)  # the chain goes on while the sidecar is stuck at 2
+        node_head = anvil.head()[0]
+        await wait_for(lambda: runner.status()["source_head"] == node_head, timeout=10, what="head polled while stuck")
+        st = (await http.get("/status")).json()
+        stuck = st["stuck"]
+        assert st["head"]["number"] == 2 and st["lag"] == node_head - 2 == 6
+        assert stuck["block"] == {"number": 3, "hash": stuck_hash}
+        assert stuck["plugin"] == "boom" and stuck["hook"] == "monmouth_block_applied" and stuck["attempts"] >= 2
+        assert f"at block #3 {stuck_hash}: RuntimeError: cannot index block 3" in stuck["error"]
+        assert 0 < stuck["seconds"] < 60 and stuck["since"] <= time.time()
+
+        r = await http.get("/ready")
+        problem = r.json()
+        assert r.status_code == 503 and r.headers["content-type"].startswith("application/problem+json")
+        assert "plugin 'boom'" in problem["detail"] and f"block #3 {stuck_hash}" in problem["detail"]
+        assert problem["stuck"]["block"]["number"] == 3 and problem["ready"] is False
+
+        assert sample("monmouth_stuck_seconds") > 0 and sample("monmouth_notification_attempts") >= 2
+        out = await anyio.to_thread.run_sync(lambda: CliRunner().invoke(cli, ["status", "--config", str(cfg)]).output)
+        assert f"STUCK on block 3 {stuck_hash}" in out and "plugin boom in monmouth_block_applied" in out
+
+        failures = [r for r in caplog.records if "plugin 'boom' failed" in r.getMessage()]
+        assert failures[0].exc_info is not None and "rolled back" in failures[0].getMessage()
+        assert all(r.exc_info is None and "attempt" in r.getMessage() for r in failures[1:])
+        assert all(f"at block #3 {stuck_hash}" in r.getMessage() for r in failures)
+
+        # The backoff doubles to minutes; disabling the plugin retries at once.
+        await wait_for(lambda: runner.stall.current is not None and runner.stall.current.retry_at - time.time() > 6,
+                       timeout=20, what="a long backoff")
+        cfg.write_text(text.replace("[plugins.boom]\nenabled = true", "[plugins.boom]\nenabled = false"))
+        await wait_for(lambda: app.engine.head.number == node_head, timeout=5, what="retried at once after reload")
+        assert runner.status()["stuck"] is None and sample("monmouth_notification_attempts") == 0
+        assert sample("monmouth_stuck_seconds") == 0
+        await wait_for(lambda: runner.ready()[0])
+        assert (await http.get("/ready")).status_code == 200
+        assert any("recovered" in r.getMessage() and "#3" in r.getMessage() for r in caplog.records)
+        await http.aclose()
+        tg.cancel_scope.cancel()
     app.close()

@@ -136,6 +136,16 @@ class Source(abc.ABC):
         """Called after the engine durably committed (or idempotently skipped) ``delivery``;
         ``head`` is the engine's head after it. The ``exex`` source forwards it upstream."""
 
+    async def probe_head(self) -> int | None:
+        """Refresh and return ``source_head`` out of band, while the runner is not consuming :meth:`stream` (it
+        is retrying a failing notification), so that ``/status`` lags against the node's real head. The base
+        returns ``source_head`` as is, for sources that keep it current by themselves.
+
+        Raises:
+            Exception: whatever reaching the upstream raises; the caller logs it and tries again later.
+        """
+        return self.source_head
+
     def status(self) -> dict[str, Any]:
         """A JSON-able summary for ``/status`` (connection state, counters)."""
         return {"kind": self.kind, "source_head": self.source_head, "finalized": self.finalized}

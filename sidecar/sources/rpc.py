@@ -278,6 +278,10 @@ class RpcSource(Source):
             return
         self.finalized = number
 
+    async def probe_head(self) -> int | None:
+        """Poll the node's head (``eth_blockNumber``, finalized) out of band (see :meth:`Source.probe_head`)."""
+        return (await self._poll_heads())[0]
+
     # ------------------------------------------------------------------------------------------------ stream
     def _before_sleep(self, state: RetryCallState) -> None:
         e = state.outcome.exception() if state.outcome is not None else None
