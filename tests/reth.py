@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import jwt
 from eth_account import Account
+from eth_utils import to_checksum_address
 
 from monmouth.demo import calldata, dev_key
 from tests.anvil import free_port
@@ -84,7 +85,7 @@ class Reth:
                "--http.api", "eth,net,web3,debug,txpool",
                "--authrpc.addr", "127.0.0.1", "--authrpc.port", str(self.auth_port),
                "--port", str(self.p2p_port), "--discovery.port", str(self.p2p_port), "--disable-discovery",
-               "--ipcdisable", "--monmouth.endpoint", self.bridge, "--log.file.max-files", "0"]
+               "--ipcdisable", "--monmouth.endpoint", self.bridge, "--log.file.max-files", "0", "--color", "never"]
         if self.dev:
             cmd += ["--dev", "--dev.finality-depth", str(self.finality_depth)]
             if self.block_time:
@@ -194,7 +195,7 @@ class Wallet:
         tx: dict[str, Any] = {"chainId": CHAIN_ID, "nonce": self.nonces[i], "gas": gas, "value": value,
                               "maxFeePerGas": 50 * GWEI, "maxPriorityFeePerGas": GWEI, "data": data, "type": 2}
         if to is not None:
-            tx["to"] = to
+            tx["to"] = to_checksum_address(to)
         signed = Account.sign_transaction(tx, self.keys[i])
         tx_hash = self.node.rpc("eth_sendRawTransaction", "0x" + bytes(signed.raw_transaction).hex())
         self.nonces[i] += 1
