@@ -133,6 +133,11 @@ class Reth:
         except OSError:
             return ""
 
+    def wal_notifications(self) -> int:
+        """Notifications held in Reth's ExEx WAL (one file each)."""
+        wal = self.datadir / "exex" / "wal"
+        return sum(1 for _ in wal.glob("*.wal")) if wal.exists() else 0
+
     def wal_bytes(self) -> int:
         """Size of Reth's ExEx WAL on disk (bytes)."""
         wal = self.datadir / "exex" / "wal"

@@ -291,34 +291,40 @@ def test_reth_stopped_and_killed_redelivers_from_its_exex_wal(tmp_path, nodes, s
         wallet.transfer(k % 4, 5, 10**15 + k)
         time.sleep(0.3)
     sc.wait_synced(node, at_least=10)
-    sizes_acked = []
-    for k in range(15):
+
+    def settled(limit: int, timeout: float = 30) -> tuple[int, int]:
+        """Wait until the WAL holds at most ``limit`` notifications; (notifications, bytes) then."""
+        deadline = time.monotonic() + timeout
+        while node.wal_notifications() > limit and time.monotonic() < deadline:
+            wallet.transfer(0, 7, 10**12)
+            time.sleep(0.4)
+        return node.wal_notifications(), node.wal_bytes()
+
+    # Acknowledged: Reth releases everything below min(FinishedHeight, finalized), so the WAL stays a few
+    # notifications long (finality depth 3) however long the chain grows.
+    acked = [settled(8) for _ in range(3)]
+    assert all(n <= 8 for n, _ in acked), acked
+    sc.stop()  # away: nothing is acknowledged, Reth keeps every notification
+    away_from = node.wal_notifications()
+    for k in range(20):
         wallet.transfer(k % 4, 6, 10**15 + k)
         time.sleep(0.4)
-        sizes_acked.append(node.wal_bytes())
-    sc.stop()  # away: nothing is acknowledged
-    away_from = node.wal_bytes()
-    time.sleep(8)
-    away_to = node.wal_bytes()
-    assert away_to > away_from, "with the sidecar away, the WAL keeps every un-acknowledged block"
-    assert max(sizes_acked[5:]) < away_to, (sizes_acked, away_to)
+    away = node.wal_notifications(), node.wal_bytes()
+    assert away[0] >= away_from + 15 and away[1] > max(b for _, b in acked), (acked, away)
     sc.start()
     sc.wait_synced(node)
-    shrunk = node.wal_bytes()
-    deadline = time.monotonic() + 20
-    while shrunk >= away_to and time.monotonic() < deadline:
-        time.sleep(0.5)
-        shrunk = node.wal_bytes()
-    assert shrunk < away_to, "acknowledged blocks are released from the WAL"
+    after = settled(8)
+    assert after[0] <= 8 and after[1] < away[1], "acknowledged blocks are released from the WAL"
 
     for sig in (signal.SIGTERM, signal.SIGKILL):
         before = sc.head()
         code = node.stop(sig)
         assert code is not None
-        time.sleep(2)
+        deadline = time.monotonic() + 15  # silence for 3 heartbeats (1 s each, set by the bridge) ends the session
+        while (st := sc.status()) and st["source"]["connected"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert st is not None and st["source"]["connected"] is False, st
         assert sc.proc is not None and sc.proc.poll() is None, "the sidecar waits for the bridge to come back"
-        st = sc.status()
-        assert st is not None and st["source"]["connected"] is False
         node.start()
         wallet = Wallet(node)
         for k in range(4):
