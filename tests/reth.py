@@ -57,10 +57,11 @@ class Reth:
         dev: run Reth's ``--dev`` miner (``block_time`` apart); else no miner (drive it with :class:`Consensus`).
         block_time: ``--dev.block-time``, e.g. ``"1s"`` or ``"200ms"``.
         finality_depth: ``--dev.finality-depth`` (blocks behind the head the dev miner calls finalized).
+        extra: more ``reth node`` flags.
     """
 
     def __init__(self, datadir: Path, *, dev: bool = True, block_time: str = "1s", finality_depth: int = 64,
-                 max_txs: int | None = None) -> None:
+                 max_txs: int | None = None, extra: tuple[str, ...] = ()) -> None:
         binary = reth_binary()
         if binary is None:
             raise RuntimeError("monmouth-reth not built: see bridge/README.md (or run .ci/run)")
@@ -70,6 +71,7 @@ class Reth:
         self.block_time = block_time
         self.finality_depth = finality_depth
         self.max_txs = max_txs
+        self.extra = extra
         self.http_port, self.auth_port, self.p2p_port, self.bridge_port = (free_port() for _ in range(4))
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.bridge = f"tcp://127.0.0.1:{self.bridge_port}"
@@ -92,7 +94,7 @@ class Reth:
                 cmd += ["--dev.block-time", self.block_time]
             if self.max_txs:
                 cmd += ["--dev.block-max-transactions", str(self.max_txs)]
-        return cmd
+        return cmd + list(self.extra)
 
     def start(self, timeout: float = 60) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
