@@ -155,6 +155,13 @@ def install(api: FastAPI) -> None:
 
     @api.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        from .store import describe_fault, environment_fault
+
+        fault = environment_fault(exc)
+        if fault is not None:  # disk full, read-only, I/O: the environment's fault, the write rolled back
+            log.error("%s %s: %s", request.method, request.url.path, describe_fault(fault))
+            return problem(503, f"storage: {describe_fault(fault)}; nothing was written, retry once it clears",
+                           headers={"Retry-After": "5"}, title="Service Unavailable")
         log.exception("%s %s: unhandled %s", request.method, request.url.path, type(exc).__name__)
         return problem(500, f"internal error ({type(exc).__name__}); see the sidecar's log")
 

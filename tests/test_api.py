@@ -161,3 +161,28 @@ def test_bench_api_runs_clean():
     assert out["requests_per_s"] > 0
     # The goal is >= 0.8 (see the README's figures); on a shared CI machine only a generous floor is asserted.
     assert out["ingest_share"] > 0.4, out
+
+
+def test_a_storage_fault_in_a_request_is_503_naming_it_not_500() -> None:
+    """A request whose write meets a full disk or a read-only database (apsw raises, the transaction rolls back) is
+    answered 503 with Retry-After and the fault named, like ingestion pauses on it, never 500."""
+    import apsw
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from monmouth import problems
+
+    api = FastAPI()
+    problems.install(api)
+
+    @api.post("/write/{fault}")
+    def write(fault: str) -> None:
+        error = {"full": apsw.FullError, "readonly": apsw.ReadOnlyError}[fault]("database or disk is full")
+        raise RuntimeError("a plugin's write failed") from error
+
+    with TestClient(api, raise_server_exceptions=False) as client:
+        for fault, words in (("full", "disk (or the file system holding the database) is full"),
+                             ("readonly", "read-only")):
+            r = client.post(f"/write/{fault}")
+            assert r.status_code == 503 and r.headers["retry-after"] == "5", r.text
+            assert words in r.json()["detail"] and "nothing was written" in r.json()["detail"]
