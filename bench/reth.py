@@ -303,6 +303,11 @@ def main() -> None:
             show_backfill("no-op plugin", noop, goal=True)
             rag = None
             if not a.no_rag:
+                # A second sidecar's hello with a start block, after the first one's session ended, is not served
+                # from that block by the running ExEx (seen with Reth v2.5.1 and this bridge: no backfill, the
+                # session stays silent); a restarted node plans the backfill afresh.
+                node.stop()
+                node.start()
                 rag_last = min(last, first + a.rag_blocks - 1) if a.rag_blocks > 0 else last
                 rag = backfill(d / "bf-rag", node, first, rag_last, rag=True, timeout=a.timeout)
                 show_backfill("rag decoder on (worker = false: no embeddings)", rag, goal=False)
