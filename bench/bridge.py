@@ -18,9 +18,15 @@ Phases:
    (p50, p99), so it includes decoding and the engine's SQLite commit and fsync;
 4. **transport latency**: the same without the engine (what the transport itself adds).
 
-Prints a line per phase; the last line is JSON with ``notifications_per_s``, ``mb_per_s``, ``ack_p50_ms`` and
-``ack_p99_ms`` (plus the other figures). Usage: ``python bench/bridge.py [--count N] [--latency-count N]``.
-Needs ``bridge/target/release/bridge-replay`` (built with ``cargo build --release`` in ``bridge/`` if missing).
+Between phases 3 and 4 it times the disk's own price of a durable write on the latency phase's database
+directory: a bare ``fdatasync`` of a 4 kB append (``bench/fsync.py``; ``--fsync-count`` times, ``--fsync-pace``
+seconds apart), and prints it beside the engine's ack latency with the goal ``ack p99 <= fsync p99 + 2 ms``
+(``bench/reth.py`` reads the same way).
+
+Prints a line per phase; the last line is JSON with ``notifications_per_s``, ``mb_per_s``, ``ack_p50_ms``,
+``ack_p99_ms``, ``fsync_p50_ms`` and ``fsync_p99_ms`` (plus the other figures). Usage: ``python bench/bridge.py [--count N] [--latency-count N]``.
+Needs ``bridge/target/release/bridge-replay`` (built with ``cargo build --release`` in ``bridge/`` if missing; or
+set ``MONMOUTH_BRIDGE_REPLAY`` to a built one).
 Set ``MONMOUTH_BENCH_SYNCHRONOUS=NORMAL`` to see what the per-commit fsync costs. Before each phase the page cache
 is flushed (``os.sync()``) and the disk left quiet for 2 s, so that no phase pays for an earlier one's writes.
 """
@@ -44,6 +50,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+from fsync import DEFAULT_COUNT, DEFAULT_PACE_S, describe, fsync_reference  # noqa: E402  # bench/fsync.py
+
 from monmouth import hookimpl  # noqa: E402
 from monmouth.app import App, open_app  # noqa: E402
 from monmouth.replayfile import ReplayWriter  # noqa: E402
@@ -52,7 +60,8 @@ from monmouth.sources.exex import ExExSource  # noqa: E402
 from monmouth.testing import chain, load_mainnet_blocks, mainnet_shaped  # noqa: E402
 from monmouth.types import ChainCommitted  # noqa: E402
 
-BINARY = ROOT / "bridge" / "target" / "release" / "bridge-replay"
+#: ``$MONMOUTH_BRIDGE_REPLAY`` overrides it (a ``bridge-replay`` built elsewhere).
+BINARY = Path(os.environ.get("MONMOUTH_BRIDGE_REPLAY") or ROOT / "bridge" / "target" / "release" / "bridge-replay")
 
 
 class NoopPlugin:
@@ -67,8 +76,9 @@ class NoopPlugin:
         return None
 
 
-def make_app(directory: Path) -> App:
-    """A sidecar with only the no-op plugin enabled, its database in ``directory``."""
+def make_app(directory: Path, extra_toml: str = "") -> App:
+    """A sidecar with only the no-op plugin enabled (plus what ``extra_toml`` adds to its ``config.toml``), its
+    database in ``directory``."""
     cfg = directory / "config.toml"
     cfg.write_text(f"""
 [storage]
@@ -78,7 +88,7 @@ synchronous = "{os.environ.get("MONMOUTH_BENCH_SYNCHRONOUS", "FULL")}"
 enabled = false
 [plugins.noop]
 enabled = true
-""")
+{extra_toml}""")
     return open_app(cfg, extra_plugins={"noop": NoopPlugin()})
 
 
@@ -158,6 +168,8 @@ def main() -> None:
     ap.add_argument("--latency-count", type=int, default=60, help="notifications in each latency phase")
     ap.add_argument("--rate", type=float, default=1.0, help="notifications per second in the latency phase")
     ap.add_argument("--window", type=int, default=64)
+    ap.add_argument("--fsync-count", type=int, default=DEFAULT_COUNT, help="fdatasync samples of the disk reference")
+    ap.add_argument("--fsync-pace", type=float, default=DEFAULT_PACE_S, help="seconds between fdatasync samples")
     a = ap.parse_args()
     tune_gc()
     with tempfile.TemporaryDirectory(prefix="monmouth-bench-") as tmp:
@@ -196,6 +208,12 @@ def main() -> None:
         print(f"latency at {a.rate:g} block/s ({lat['acked']} blocks, engine): ack p50 {lat['ack_p50_ms']:.2f} ms, "
               f"p99 {lat['ack_p99_ms']:.2f} ms, max {lat['ack_max_ms']:.2f} ms")
         settle()
+        fs = fsync_reference(d / "lat", a.fsync_count, a.fsync_pace)
+        print(describe(fs, "the latency phase's database directory"))
+        goal = fs["p99_ms"] + 2
+        print(f"goal ack p99 <= fsync p99 + 2 ms: {lat['ack_p99_ms']:.2f} <= {goal:.2f} ms: "
+              f"{'met' if lat['ack_p99_ms'] <= goal else 'NOT met'}")
+        settle()
         tl = asyncio.run(run_phase(lat_file, f"ipc://{d}/tl.sock", app=None, window=a.window, rate=a.rate))
         print(f"transport latency at {a.rate:g} block/s ({tl['acked']} blocks, no engine): ack p50 "
               f"{tl['ack_p50_ms']:.2f} ms, p99 {tl['ack_p99_ms']:.2f} ms, max {tl['ack_max_ms']:.2f} ms")
@@ -205,6 +223,8 @@ def main() -> None:
         "mb_per_s": round(tp["mb_per_s"], 2),
         "ack_p50_ms": lat["ack_p50_ms"],
         "ack_p99_ms": lat["ack_p99_ms"],
+        "fsync_p50_ms": fs["p50_ms"],
+        "fsync_p99_ms": fs["p99_ms"],
         "transport_only_notifications_per_s": round(tr["notifications_per_s"], 1),
         "transport_only_mb_per_s": round(tr["mb_per_s"], 2),
         "sidecar_cpu_ms_per_notification": round(side_ms, 3),
