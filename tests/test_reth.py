@@ -384,22 +384,28 @@ def test_engine_api_reorgs_reach_the_sidecar_as_chain_reorged(tmp_path, nodes, s
     cl.close()
 
 
-def test_backfill_from_block_0(tmp_path, nodes, sidecars):
-    """A node that produced 2,000+ blocks with transactions before the sidecar first connected; ``start_block = 0``:
-    Reth backfills every block through its ExEx backfill, each indexed once and equal to the node's JSON-RPC, and
-    /status shows the progress meanwhile."""
+def backlog(tmp_path: Path, nodes: list[Reth], blocks: int) -> tuple[Reth, Wallet]:
+    """A dev node that mined ``blocks`` blocks of one transfer each (no sidecar connected yet)."""
     node = Reth(tmp_path / "reth", dev=True, block_time="", max_txs=1)  # no block time: a block per transaction
     nodes.append(node)
     node.start()
     wallet = Wallet(node, accounts=10)
-    for k in range(2000):
+    for k in range(blocks):
         wallet.transfer(k % 10, (k + 3) % 10, 10**12 + k)
     # Instant mining takes one pending transaction per pool event: nudge it until every one is mined.
     deadline = time.monotonic() + 300
-    while node.head() < 2000 or node.rpc("txpool_status")["pending"] != "0x0":
+    while node.head() < blocks or node.rpc("txpool_status")["pending"] != "0x0":
         assert time.monotonic() < deadline, node.log_tail(1500)
         wallet.transfer(0, 1, 1)
         time.sleep(0.05)
+    return node, wallet
+
+
+def test_backfill_from_block_0(tmp_path, nodes, sidecars):
+    """A node that produced 2,000+ blocks with transactions before the sidecar first connected; ``start_block = 0``:
+    Reth backfills every block through its ExEx backfill, each indexed once and equal to the node's JSON-RPC, and
+    /status shows the progress meanwhile."""
+    node, wallet = backlog(tmp_path, nodes, 2000)
     target = node.head()
     # A credit window of 1 paces the backfill by round trips, so that /status is polled while it runs.
     sc = Sidecar(tmp_path / "sc", exex(node, 0, window=1)).start()
@@ -426,17 +432,7 @@ def test_backfill_from_block_0(tmp_path, nodes, sidecars):
                    "before the first sidecar connected, Reth's live notifications do not reach the sidecar")
 def test_live_notifications_follow_a_backfilled_backlog(tmp_path, nodes, sidecars):
     """300 blocks before the sidecar first connects, backfilled from block 0; then 3 more blocks must arrive live."""
-    node = Reth(tmp_path / "reth", dev=True, block_time="", max_txs=1)
-    nodes.append(node)
-    node.start()
-    wallet = Wallet(node, accounts=10)
-    for k in range(300):
-        wallet.transfer(k % 10, (k + 3) % 10, 10**12 + k)
-    deadline = time.monotonic() + 120
-    while node.head() < 300 or node.rpc("txpool_status")["pending"] != "0x0":
-        assert time.monotonic() < deadline, node.log_tail(1500)
-        wallet.transfer(0, 1, 1)
-        time.sleep(0.05)
+    node, wallet = backlog(tmp_path, nodes, 300)
     target = node.head()
     sc = Sidecar(tmp_path / "sc", exex(node, 0)).start()
     sidecars.append(sc)
