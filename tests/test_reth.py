@@ -44,7 +44,8 @@ pytestmark = [
 class Sidecar:
     """``monmouth run`` as a subprocess in its own directory, with HTTP on a free loopback port."""
 
-    def __init__(self, workdir: Path, source: str, *, rag: bool = False, group_commit: int = 32) -> None:
+    def __init__(self, workdir: Path, source: str, *, rag: bool = False, group_commit: int = 32,
+                 slow: bool = False) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.dir = workdir
         self.port = free_port()
@@ -52,6 +53,8 @@ class Sidecar:
         self.log = workdir / "sidecar.log"
         self.cfg = workdir / "config.toml"
         rag_toml = "\n[plugins.rag]\nenabled = true\n" if rag else ""
+        if slow:
+            rag_toml += f'\n[plugins.slow]\nenabled = true\nmodule = "{ROOT / "tests" / "plugins" / "slow.py"}"\n'
         self.cfg.write_text(f"""
 [source]
 {source}
@@ -407,8 +410,8 @@ def test_backfill_from_block_0(tmp_path, nodes, sidecars):
     /status shows the progress meanwhile."""
     node, wallet = backlog(tmp_path, nodes, 2000)
     target = node.head()
-    # A credit window of 1 paces the backfill by round trips, so that /status is polled while it runs.
-    sc = Sidecar(tmp_path / "sc", exex(node, 0, window=1)).start()
+    # A plugin taking 5 ms per block makes the backfill last about 10 s, so that /status is polled while it runs.
+    sc = Sidecar(tmp_path / "sc", exex(node, 0), slow=True).start()
     sidecars.append(sc)
     seen_progress = None
     deadline = time.monotonic() + 300

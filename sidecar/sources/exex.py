@@ -164,7 +164,7 @@ class ExExSource(Source):
         self.bridge_errors: dict[str, int] = {}
         self.last_error: str | None = None
         self._last_heard: float | None = None
-        # (monotonic time, head block number) of recent deliveries, for the backfill rate.
+        # (monotonic time, head block number) after recent acknowledged commits, for the backfill progress and rate.
         self._progress: collections.deque[tuple[float, int]] = collections.deque(maxlen=64)
 
     # -------------------------------------------------------------------------------------------- stream
@@ -327,7 +327,6 @@ class ExExSource(Source):
             tip = msg.tip if isinstance(msg, wire.PendingNotification) else _tip(msg.notification)
             if tip is not None:
                 self.source_head = max(self.source_head or 0, tip)
-                self._progress.append((time.monotonic(), tip))
             token = view.source_token()
             if (epoch and isinstance(token, dict) and token.get("epoch") == epoch
                     and isinstance(token.get("seq"), int) and seq <= token["seq"]):
@@ -476,6 +475,8 @@ class ExExSource(Source):
             return
         del self._inflight[seq]
         self._set_inflight_gauge()
+        if head is not None:
+            self._progress.append((time.monotonic(), head.number))
         if self._bm and delivery.received_at:
             self._bm.ack_seconds.observe(time.monotonic() - delivery.received_at)
         await self._send_ack(self._sock, seq, head)
@@ -511,9 +512,9 @@ class ExExSource(Source):
         return st
 
     def backfill(self) -> dict[str, Any] | None:
-        """Progress while the node is more than one block ahead of what this sidecar received (Reth backfilling
+        """Progress while the node is more than one block ahead of what this sidecar committed (Reth backfilling
         it, or a sidecar catching up): ``{"block", "blocks_remaining", "blocks_per_s"}`` (block numbers, blocks
-        per second over the last 64 deliveries), else ``None``."""
+        per second over the last 64 acknowledged commits), else ``None``."""
         if not self._progress or self.node_head is None:
             return None
         t1, block = self._progress[-1]
