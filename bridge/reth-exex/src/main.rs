@@ -311,8 +311,15 @@ where
         heartbeat: Duration::from_millis(args.heartbeat_ms.max(1)),
         ..ServerConfig::default()
     };
+    let node_head = Arc::new(AtomicU64::new(NODE_HEAD_UNKNOWN));
     let planner = ctx.provider().clone();
+    let planner_head = Arc::clone(&node_head);
     let on_start: OnStart = Box::new(move |start: Start| {
+        // The `welcome` that follows announces the node's head as of now: the sidecar measures its backfill
+        // progress against it (heartbeats are not sent while notifications flow).
+        if let Ok(n) = planner.best_block_number() {
+            planner_head.store(n, Ordering::Relaxed);
+        }
         let plan = plan_start(&planner, start)?;
         plan_tx.send(plan).map_err(|_| SourceError::Closed("the ExEx task stopped".to_owned()))
     });
@@ -326,7 +333,6 @@ where
         }
         Ok(())
     });
-    let node_head = Arc::new(AtomicU64::new(NODE_HEAD_UNKNOWN));
     let node_head_server = Arc::clone(&node_head);
     let provider = ctx.provider().clone();
     let refresh_node_head = move || {
