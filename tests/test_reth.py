@@ -54,7 +54,7 @@ class Sidecar:
         self.cfg = workdir / "config.toml"
         rag_toml = "\n[plugins.rag]\nenabled = true\n" if rag else ""
         if slow:
-            rag_toml += f'\n[plugins.slow]\nenabled = true\nmodule = "{ROOT / "tests" / "plugins" / "slow.py"}"\n'
+            rag_toml += f'\n[plugins.paced]\nenabled = true\nmodule = "{ROOT / "tests" / "plugins" / "paced.py"}"\n'
         self.cfg.write_text(f"""
 [source]
 {source}
