@@ -54,7 +54,11 @@ ErrorCallback = Callable[[str, str], None]
 
 
 class _Reset(Exception):
-    """The session must be torn down and opened again (after a backoff)."""
+    """The session must be torn down and opened again (after a backoff), logged once at ``level``."""
+
+    def __init__(self, message: str, level: int = logging.WARNING) -> None:
+        super().__init__(message)
+        self.level = level
 
 
 def _tip(n: Notification) -> int | None:
@@ -189,7 +193,7 @@ class ExExSource(Source):
                     yield item
             except _Reset as e:
                 self.last_error = str(e)
-                log.warning("bridge session at %s reset: %s; reconnecting in %.1fs", self.url, e, backoff)
+                log.log(e.level, "bridge session at %s reset: %s; reconnecting in %.1fs", self.url, e, backoff)
             finally:
                 self._close_session()
             if self._closed:
@@ -386,8 +390,7 @@ class ExExSource(Source):
         if msg.code == "unexpected":
             raise _Reset(f"the bridge says: {msg.message}")
         if msg.code == "refused":
-            log.error("the bridge refused to serve this sidecar: %s", msg.message)
-            raise _Reset(f"the bridge refused to serve this sidecar: {msg.message}")
+            raise _Reset(f"the bridge refused to serve this sidecar: {msg.message}", logging.ERROR)
         log.warning("the bridge reported an error (%s): %s", msg.code, msg.message)
 
     async def _refuse(self, sock: zmq.asyncio.Socket, code: str, message: str) -> None:

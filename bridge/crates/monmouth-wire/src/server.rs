@@ -5,6 +5,13 @@
 //! `FinishedHeight` only makes sense for a single consumer. The superseded peer is told so with an
 //! `error` (`unexpected`).
 //!
+//! A `hello` *continues* the stream when it says the sidecar is where the stream left it: its head is
+//! the head it reported in its last ack (before any ack: the start it was served from), or the
+//! resulting head of a notification sent and not yet acknowledged (committed, ack lost). The server
+//! then re-sends every unacknowledged notification. Any other `hello` (another database, a restored
+//! backup, an emptied one) *restarts* the source from that `hello`, after dropping what was buffered:
+//! a stream is never served to a sidecar it does not continue.
+//!
 //! State machine, per loop iteration ([`Server::step`]):
 //! 1. wait on the socket (at most until the next heartbeat or the source's retry hint);
 //! 2. handle every incoming frame (decode errors are answered with `error`, never fatal);
@@ -65,8 +72,8 @@ pub struct Acked {
 
 /// Where notifications come from: Reth's ExEx stream in production, a replay file in tests.
 ///
-/// The server calls [`start`](Self::start) on the first valid `hello`, then
-/// [`poll_next`](Self::poll_next) only while it has credit, and [`acked`](Self::acked) for every
+/// The server calls [`start`](Self::start) on the first valid `hello` (and again on a `hello` that
+/// does not continue the stream, see the module doc), then [`poll_next`](Self::poll_next) only while it has credit, and [`acked`](Self::acked) for every
 /// acknowledged notification (in `seq` order, once each).
 ///
 /// A source may refuse ([`SourceError::Refused`]) from `start` or from `poll_next`: the server then
@@ -216,6 +223,8 @@ pub struct Server {
     /// Window of the last session, bounding the buffer while no session is connected.
     window_limit: u64,
     started: bool,
+    /// Where a `hello` must say the sidecar is to continue the stream (see the module doc).
+    resume_point: Start,
     source_done: bool,
     retry_at: Option<Instant>,
     epoch: u64,
@@ -263,6 +272,7 @@ impl Server {
             acked: 0,
             window_limit: 1,
             started: false,
+            resume_point: Start::default(),
             source_done: false,
             retry_at: None,
             epoch: random_epoch(),
@@ -494,9 +504,23 @@ impl Server {
                 self.send_error(&old.identity, ErrorCode::Unexpected, "session superseded by a newer hello".to_owned())?;
             }
         }
+        let start = Start { head: h.head, start_block: h.start_block };
+        if self.started && !self.continues(&start) {
+            info!(
+                client = %h.client,
+                head = ?h.head.map(|r| r.to_string()),
+                start_block = ?h.start_block,
+                dropped = self.buffer.len(),
+                "the sidecar is not where the stream left off (another database?); restarting the source from its hello"
+            );
+            self.drop_stream();
+        }
         if !self.started {
-            match source.start(Start { head: h.head, start_block: h.start_block }) {
-                Ok(()) => self.started = true,
+            match source.start(start) {
+                Ok(()) => {
+                    self.started = true;
+                    self.resume_point = start;
+                }
                 Err(SourceError::Refused(text)) => {
                     warn!(client = %h.client, "refused the sidecar's start: {text}");
                     self.stats.refusals += 1;
@@ -560,6 +584,9 @@ impl Server {
         }
         self.acked = seq;
         self.stats.last_ack = Some(now);
+        if let Some(p) = &last {
+            self.resume_point = Start { head: head.or(p.resulting_head), start_block: None };
+        }
         if let Some(p) = last {
             source.acked(&Acked {
                 seq: p.seq,
@@ -644,16 +671,30 @@ impl Server {
     fn refuse_session(&mut self, text: String) -> Result<(), BridgeError> {
         warn!(dropped = self.buffer.len(), "the source refused the session: {text}");
         self.stats.refusals += 1;
+        self.drop_stream();
+        match self.session.take() {
+            Some(s) => self.send_error(&s.identity, ErrorCode::Refused, text),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether a sidecar at `start` continues the stream (see the module doc).
+    fn continues(&self, start: &Start) -> bool {
+        let at_resume_point = start.head == self.resume_point.head
+            && (start.head.is_some() || start.start_block == self.resume_point.start_block);
+        at_resume_point
+            || start.head.is_some() && self.buffer.iter().any(|p| p.last_sent.is_some() && p.resulting_head == start.head)
+    }
+
+    /// Forget the stream: the source is started again on the next `hello`, and nothing buffered is sent.
+    fn drop_stream(&mut self) {
         self.started = false;
+        self.source_done = false;
         self.retry_at = None;
         self.buffer.clear();
         // Seqs stay unique within the epoch: the dropped ones are never sent again, and a late ack of
         // one of them is ignored as a duplicate.
         self.acked = self.next_seq - 1;
-        match self.session.take() {
-            Some(s) => self.send_error(&s.identity, ErrorCode::Refused, text),
-            None => Ok(()),
-        }
     }
 
     fn send_pending(&mut self) -> Result<(), BridgeError> {

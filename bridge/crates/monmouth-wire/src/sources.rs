@@ -102,7 +102,8 @@ impl<I: Inbox> NotificationSource for ChannelSource<I> {
 /// skips what it already has.
 ///
 /// A damaged frame ends the stream (everything before it is served); the error is kept in
-/// [`ReplaySource::error`].
+/// [`ReplaySource::error`]. Started again (a sidecar that does not continue the stream), it serves
+/// the file anew.
 pub struct ReplaySource {
     path: PathBuf,
     reader: Option<ReplayReader<std::io::BufReader<std::fs::File>>>,
@@ -178,6 +179,19 @@ impl ReplaySource {
 
 impl NotificationSource for ReplaySource {
     fn start(&mut self, start: Start) -> Result<(), SourceError> {
+        // The server starts the source again for a sidecar that does not continue the stream: serve
+        // the file from its beginning (or after the new head) again.
+        if self.served > 0 || self.start_index > 0 || self.reader.is_none() {
+            match ReplayReader::open(&self.path) {
+                Ok(reader) => self.reader = Some(reader),
+                Err(e) => {
+                    error!("{e}");
+                    self.error = Some(e);
+                    self.reader = None;
+                }
+            }
+            self.start_index = 0;
+        }
         let Some(head) = start.head else { return Ok(()) };
         let skip = match self.resume_index(head) {
             Ok(Some(n)) => n,

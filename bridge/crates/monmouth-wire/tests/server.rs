@@ -368,3 +368,61 @@ fn binding_an_endpoint_in_use_says_so() {
     let bad = Server::bind(ServerConfig { endpoint: "nonsense://x".into(), ..ServerConfig::default() }).err().unwrap();
     assert!(!bad.is_address_in_use());
 }
+
+#[test]
+fn a_hello_that_does_not_continue_the_stream_restarts_the_source() {
+    let starts = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel();
+    let (starts2, stop2) = (Arc::clone(&starts), Arc::clone(&stop));
+    let handle = thread::spawn(move || {
+        let cfg = ServerConfig { endpoint: "tcp://127.0.0.1:*".into(), ..ServerConfig::default() };
+        let mut server = Server::bind(cfg).unwrap();
+        tx.send(server.endpoint().to_owned()).unwrap();
+        let mut src = PickySource { newest: 10, items: commits(3), next: 0, fail_after: None, starts: starts2 };
+        server.run(&mut src, || stop2.load(Ordering::Relaxed)).unwrap()
+    });
+    let endpoint = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let items = commits(3);
+    let c = Client::connect(&endpoint);
+    c.hello_from(None, Some(1), 8);
+    assert!(matches!(c.recv(2000), Some(Message::Welcome(_))));
+    for want in 1..=3 {
+        assert_eq!(c.expect_seq(2000).0, want);
+    }
+    c.ack(2, &items[1]);
+    // The same database, restarted (a new identity) at the head it acknowledged: it continues the
+    // stream, so the unacknowledged notification is re-sent and the source is not started again.
+    let c2 = Client::connect(&endpoint);
+    c2.hello(items[1].resulting_head(), 8);
+    assert!(matches!(c2.recv(2000), Some(Message::Welcome(_))));
+    assert_eq!(c2.expect_seq(2000), (3, items[2].clone()));
+    // It committed seq 3 but the ack was lost: a hello at that head continues the stream too.
+    let c3 = Client::connect(&endpoint);
+    c3.hello(items[2].resulting_head(), 8);
+    assert!(matches!(c3.recv(2000), Some(Message::Welcome(_))));
+    assert_eq!(c3.expect_seq(2000).0, 3);
+    // Another database (an older head, e.g. a restored backup): the source is started again from
+    // it, and nothing of the old stream is sent (fresh seqs).
+    let c4 = Client::connect(&endpoint);
+    c4.hello(items[0].resulting_head(), 8);
+    assert!(matches!(c4.recv(2000), Some(Message::Welcome(_))));
+    assert_eq!(c4.expect_seq(2000), (4, items[0].clone()));
+    // An emptied database: started again.
+    let c5 = Client::connect(&endpoint);
+    c5.hello(None, 8);
+    assert!(matches!(c5.recv(2000), Some(Message::Welcome(_))));
+    let (seq, n) = c5.expect_seq(2000);
+    assert!(seq > 4 && n == items[0], "{seq} {n:?}");
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(handle.join().unwrap(), RunEnd::Stopped);
+    let starts = starts.lock().unwrap().clone();
+    assert_eq!(
+        starts,
+        vec![
+            Start { head: None, start_block: Some(1) },
+            Start { head: items[0].resulting_head(), start_block: None },
+            Start::default(),
+        ]
+    );
+}
