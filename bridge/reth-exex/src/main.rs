@@ -55,7 +55,7 @@ use reth_ethereum::node::EthereumNode;
 use reth_ethereum::primitives::{BlockHeader, NodePrimitives, Receipt, SignedTransaction};
 use reth_ethereum::provider::{BlockHashReader, BlockNumReader, Chain, HeaderProvider, StateProviderFactory};
 use reth_ethereum::EthPrimitives;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Largest number of blocks per `ChainCommitted` sent to the sidecar; longer committed chains
 /// (backfill) are split, which is equivalent and keeps frames far below the 64 MiB limit.
@@ -80,6 +80,12 @@ enum Feed {
     Refuse(String),
 }
 
+/// A [`Feed`] item for the plan of one generation (see [`FeedInbox`]).
+struct Fed {
+    generation: u64,
+    feed: Feed,
+}
+
 /// Where to resume Reth's notification stream for a sidecar, decided by [`plan_start`].
 #[derive(Debug)]
 enum Plan {
@@ -91,17 +97,42 @@ enum Plan {
     Backfill { head: BlockRef, genesis: Option<monmouth_wire::Block> },
 }
 
-/// The bridge server's end of the feed channel as its inbox.
-struct FeedInbox(tokio::sync::mpsc::Receiver<Feed>);
+impl Plan {
+    /// The block the first notification must connect to (its parent), if the plan has one.
+    fn anchor(&self) -> Option<BlockRef> {
+        match self {
+            Self::Live => None,
+            Self::Resume(h) | Self::Backfill { head: h, .. } => Some(*h),
+        }
+    }
+}
+
+/// What the server's `on_start` tells the ExEx task: serve `plan` as generation `generation`, or
+/// (`plan: None`) the start was refused and no sidecar is being served.
+struct Directive {
+    generation: u64,
+    plan: Option<Plan>,
+}
+
+/// The bridge server's end of the feed channel as its inbox. Items of an older generation than
+/// the current plan's (sent for a sidecar the server has since restarted the stream for) are
+/// dropped unseen.
+struct FeedInbox {
+    rx: tokio::sync::mpsc::Receiver<Fed>,
+    generation: Arc<AtomicU64>,
+}
 
 impl Inbox for FeedInbox {
     fn try_next(&mut self) -> Result<Option<Notification>, SourceError> {
         use tokio::sync::mpsc::error::TryRecvError;
-        match self.0.try_recv() {
-            Ok(Feed::Note(n)) => Ok(Some(n)),
-            Ok(Feed::Refuse(reason)) => Err(SourceError::Refused(reason)),
-            Err(TryRecvError::Empty) => Ok(None),
-            Err(TryRecvError::Disconnected) => Err(SourceError::Closed("the ExEx task stopped".to_owned())),
+        loop {
+            match self.rx.try_recv() {
+                Ok(fed) if fed.generation < self.generation.load(Ordering::SeqCst) => {}
+                Ok(Fed { feed: Feed::Note(n), .. }) => return Ok(Some(n)),
+                Ok(Fed { feed: Feed::Refuse(reason), .. }) => return Err(SourceError::Refused(reason)),
+                Err(TryRecvError::Empty) => return Ok(None),
+                Err(TryRecvError::Disconnected) => return Err(SourceError::Closed("the ExEx task stopped".to_owned())),
+            }
         }
     }
 }
@@ -224,7 +255,6 @@ fn plan_start<P>(provider: &P, start: Start) -> Result<Plan, SourceError>
 where
     P: BlockNumReader + BlockHashReader + HeaderProvider + StateProviderFactory,
 {
-    let refused = |what: String| SourceError::Refused(what);
     let failed = |what: &str, e: &dyn std::fmt::Display| SourceError::Refused(format!("the node could not {what}: {e}"));
     if let Some(head) = start.head {
         return Ok(Plan::Resume(head));
@@ -232,7 +262,7 @@ where
     let Some(n) = start.start_block else { return Ok(Plan::Live) };
     let best = provider.best_block_number().map_err(|e| failed("read its head", &e))?;
     if n > best.saturating_add(1) {
-        return Err(refused(format!(
+        return Err(SourceError::Refused(format!(
             "start block {n} is in the future: the node's head is block {best}; set source.start_block to at most {} \
              or wait for the node",
             best + 1
@@ -240,7 +270,7 @@ where
     }
     let earliest = provider.earliest_block_number().map_err(|e| failed("read its earliest block", &e))?;
     if n < earliest {
-        return Err(refused(format!(
+        return Err(SourceError::Refused(format!(
             "start block {n} is below the earliest block this node can serve, block {earliest} (its history is \
              pruned); set source.start_block to {earliest} or more, or use an archive node"
         )));
@@ -249,14 +279,14 @@ where
         let genesis = provider
             .sealed_header(0)
             .map_err(|e| failed("read the genesis header", &e))?
-            .ok_or_else(|| refused("the node has no genesis header".to_owned()))?;
+            .ok_or_else(|| SourceError::Refused("the node has no genesis header".to_owned()))?;
         let hash = b256(genesis.hash());
         let block = convert_header(genesis.header(), hash);
         return Ok(Plan::Backfill { head: BlockRef { number: 0, hash }, genesis: Some(block) });
     }
     let parent = n - 1;
     if let Err(e) = provider.history_by_block_number(parent) {
-        return Err(refused(format!(
+        return Err(SourceError::Refused(format!(
             "start block {n} cannot be backfilled: the node has no state for block {parent} to re-execute from ({e}); \
              the earliest block this node can serve is block {earliest} or later (pruned history)"
         )));
@@ -264,7 +294,7 @@ where
     let hash = provider
         .block_hash(parent)
         .map_err(|e| failed("read a block hash", &e))?
-        .ok_or_else(|| refused(format!("start block {n}: the node has no block {parent}")))?;
+        .ok_or_else(|| SourceError::Refused(format!("start block {n}: the node has no block {parent}")))?;
     Ok(Plan::Backfill { head: BlockRef { number: parent, hash: b256(hash) }, genesis: None })
 }
 
@@ -297,12 +327,173 @@ fn bind_until_free(cfg: &ServerConfig, stop: &AtomicBool) -> Result<Server, monm
 /// How long [`bind_until_free`] waits between attempts.
 const BIND_RETRY: Duration = Duration::from_secs(5);
 
+/// How [`serve`] ended.
+enum Served {
+    /// The server started the stream again for a sidecar's `hello` (`None`: it refused that start).
+    Replanned(Option<Directive>),
+    /// The stream cannot go on for this sidecar: refuse the session with this reason.
+    Refuse(String),
+    /// Reth's notification stream ended (node shutdown).
+    NodeStopped,
+    /// The bridge server is gone (its channels are closed).
+    BridgeGone,
+}
+
+/// What [`idle`] saw first.
+enum Woken {
+    Plan(u64, Plan),
+    NodeStopped,
+    BridgeGone,
+}
+
+/// No sidecar is being served: keep Reth's notification stream drained until a plan arrives.
+///
+/// What is drained is not lost: a plan resumes from the sidecar's head out of Reth's database and
+/// ExEx WAL. Draining keeps Reth's ExEx manager from piling up a backlog: that manager hands a
+/// buffered notification to an ExEx only when polled, one per poll, and skips (without being polled
+/// again) those at or below the ExEx's `FinishedHeight`, so after a backfill that covered a backlog,
+/// live notifications would wait behind it for as many wake-ups as it held.
+async fn idle<Node: FullNodeComponents<Types: NodeTypes<Primitives = EthPrimitives>>>(
+    ctx: &mut ExExContext<Node>,
+    plans: &mut tokio::sync::mpsc::UnboundedReceiver<Directive>,
+) -> Woken {
+    ctx.set_notifications_without_head();
+    let mut drained = 0_u64;
+    loop {
+        tokio::select! {
+            directive = plans.recv() => match directive {
+                Some(Directive { generation, plan: Some(plan) }) => {
+                    if drained > 0 {
+                        info!(target: "monmouth", drained, "notifications passed while no sidecar was served");
+                    }
+                    return Woken::Plan(generation, plan);
+                }
+                Some(Directive { plan: None, .. }) => {}
+                None => return Woken::BridgeGone,
+            },
+            item = ctx.notifications.next() => match item {
+                Some(_) => drained += 1,
+                None => return Woken::NodeStopped,
+            },
+        }
+    }
+}
+
+/// Serve `plan` to the bridge server until the stream ends, fails, or the server re-plans.
+///
+/// Every await is raced against the next [`Directive`], so a new plan (another sidecar) is taken
+/// at once; what this generation had in flight is then dropped by the [`FeedInbox`].
+async fn serve<Node: FullNodeComponents<Types: NodeTypes<Primitives = EthPrimitives>>>(
+    ctx: &mut ExExContext<Node>,
+    generation: u64,
+    plan: Plan,
+    feed: &tokio::sync::mpsc::Sender<Fed>,
+    plans: &mut tokio::sync::mpsc::UnboundedReceiver<Directive>,
+    refresh_node_head: &(dyn Fn() + Send + Sync),
+) -> Served {
+    macro_rules! send_or_replan {
+        ($item:expr) => {
+            tokio::select! {
+                directive = plans.recv() => return Served::Replanned(directive),
+                sent = feed.send(Fed { generation, feed: $item }) => if sent.is_err() { return Served::BridgeGone },
+            }
+        };
+    }
+    let anchor = plan.anchor();
+    let resumed_from = match &plan {
+        Plan::Resume(h) => Some(*h),
+        _ => None,
+    };
+    let configured = match plan {
+        Plan::Live => {
+            info!(target: "monmouth", "the sidecar database is empty and has no start block; following from the node's head");
+            ctx.set_notifications_without_head();
+            Ok(())
+        }
+        Plan::Resume(h) => {
+            info!(target: "monmouth", head = %h, "resuming notifications after the sidecar's head");
+            ctx.catch_up_notifications_with_head(exex_head(h))
+        }
+        Plan::Backfill { head, genesis } => {
+            info!(target: "monmouth", from = head.number + u64::from(genesis.is_none()), "backfilling the sidecar");
+            if let Some(g) = genesis {
+                send_or_replan!(Feed::Note(Notification::committed(vec![g])));
+            }
+            ctx.catch_up_notifications_with_head(exex_head(head))
+        }
+    };
+    if let Err(e) = configured {
+        return Served::Refuse(format!("Reth could not resume its notification stream: {e:#}"));
+    }
+    // Highest block number sent in this plan: Reth re-sends, after a backfill, notifications of
+    // blocks the backfill covered (its own filter knows only the plan's start), and those are skipped.
+    let mut sent_up_to = anchor.map(|a| a.number);
+    let mut delivered = false;
+    loop {
+        let item = tokio::select! {
+            directive = plans.recv() => return Served::Replanned(directive),
+            item = ctx.notifications.next() => item,
+        };
+        let notification = match item {
+            None => return Served::NodeStopped,
+            Some(Ok(n)) => n,
+            Some(Err(e)) => {
+                return Served::Refuse(match resumed_from.filter(|_| !delivered) {
+                    Some(h) => not_on_this_chain(h, &format!("{e:#}")),
+                    None => format!("Reth's ExEx notification stream failed: {e:#}; resuming from the sidecar's head"),
+                })
+            }
+        };
+        refresh_node_head();
+        let committed = notification.committed_chain().map(|c| *c.range().end());
+        if let (ExExNotification::ChainCommitted { .. }, Some(tip), Some(up_to)) = (&notification, committed, sent_up_to) {
+            if tip <= up_to {
+                debug!(target: "monmouth", tip, up_to, "skipping a notification of blocks already sent");
+                continue;
+            }
+        }
+        for n in convert(&notification) {
+            if !delivered {
+                // The first notification must connect to where the sidecar is. Reth resumes a head
+                // it no longer has (a `--dev` node killed before persisting its newest blocks mines
+                // others at those heights) as if it were canonical or ahead of it; the sidecar would
+                // then refuse every notification as an unknown fork.
+                if let (Some(a), Some(first)) = (anchor, n.new.as_ref().and_then(|b| b.first())) {
+                    if n.old.is_none() && (first.number != a.number + 1 || first.parent_hash != a.hash) {
+                        return Served::Refuse(not_on_this_chain(
+                            a,
+                            &format!("Reth resumed with block {} whose parent is {}", first.number, first.parent_hash),
+                        ));
+                    }
+                }
+                delivered = true;
+            }
+            send_or_replan!(Feed::Note(n));
+        }
+        sent_up_to = match &notification {
+            ExExNotification::ChainReverted { old } => Some(old.range().start().saturating_sub(1)),
+            _ => committed.or(sent_up_to),
+        };
+    }
+}
+
+/// The refusal for a sidecar whose head is on neither the node's chain nor its ExEx WAL.
+fn not_on_this_chain(head: BlockRef, detail: &str) -> String {
+    format!(
+        "Reth cannot resume from the sidecar's head {head}: {detail}. That block is on neither this node's chain nor \
+         its ExEx WAL (a database from another chain, or blocks the node lost before persisting them): point the \
+         sidecar at the node it indexed, restore it from a checkpoint below block {}, or start it on an empty database",
+        head.number
+    )
+}
+
 async fn monmouth_exex<Node>(mut ctx: ExExContext<Node>, args: MonmouthArgs) -> eyre::Result<()>
 where
     Node: FullNodeComponents<Types: NodeTypes<Primitives = EthPrimitives>>,
 {
-    let (feed_tx, feed_rx) = tokio::sync::mpsc::channel::<Feed>(1);
-    let (plan_tx, mut plan_rx) = tokio::sync::mpsc::unbounded_channel::<Plan>();
+    let (feed_tx, feed_rx) = tokio::sync::mpsc::channel::<Fed>(1);
+    let (plan_tx, mut plan_rx) = tokio::sync::mpsc::unbounded_channel::<Directive>();
+    let generation = Arc::new(AtomicU64::new(0));
     let events = ctx.events.clone();
     let cfg = ServerConfig {
         endpoint: args.endpoint.clone(),
@@ -312,16 +503,31 @@ where
         ..ServerConfig::default()
     };
     let node_head = Arc::new(AtomicU64::new(NODE_HEAD_UNKNOWN));
+    let refresh_node_head: Arc<dyn Fn() + Send + Sync> = {
+        let (provider, cell) = (ctx.provider().clone(), Arc::clone(&node_head));
+        Arc::new(move || {
+            if let Ok(n) = provider.best_block_number() {
+                cell.store(n, Ordering::Relaxed);
+            }
+        })
+    };
     let planner = ctx.provider().clone();
-    let planner_head = Arc::clone(&node_head);
+    let planner_generation = Arc::clone(&generation);
+    let planner_refresh = Arc::clone(&refresh_node_head);
     let on_start: OnStart = Box::new(move |start: Start| {
+        // Whatever was fed for an earlier plan is stale from here on.
+        let generation = planner_generation.fetch_add(1, Ordering::SeqCst) + 1;
         // The `welcome` that follows announces the node's head as of now: the sidecar measures its backfill
         // progress against it (heartbeats are not sent while notifications flow).
-        if let Ok(n) = planner.best_block_number() {
-            planner_head.store(n, Ordering::Relaxed);
-        }
-        let plan = plan_start(&planner, start)?;
-        plan_tx.send(plan).map_err(|_| SourceError::Closed("the ExEx task stopped".to_owned()))
+        planner_refresh();
+        let (plan, refused) = match plan_start(&planner, start) {
+            Ok(plan) => (Some(plan), None),
+            Err(e) => (None, Some(e)),
+        };
+        plan_tx
+            .send(Directive { generation, plan })
+            .map_err(|_| SourceError::Closed("the ExEx task stopped".to_owned()))?;
+        refused.map_or(Ok(()), Err)
     });
     let on_ack: OnAck = Box::new(move |a: &Acked| {
         // The chain head after the acknowledged notification: the new tip for a commit or reorg,
@@ -333,19 +539,12 @@ where
         }
         Ok(())
     });
-    let node_head_server = Arc::clone(&node_head);
-    let provider = ctx.provider().clone();
-    let refresh_node_head = move || {
-        if let Ok(n) = provider.best_block_number() {
-            node_head.store(n, Ordering::Relaxed);
-        }
-    };
     refresh_node_head();
     let stop = Arc::new(AtomicBool::new(false));
     let stop_server = Arc::clone(&stop);
+    let inbox = FeedInbox { rx: feed_rx, generation };
     let server = std::thread::Builder::new().name("monmouth-bridge".to_owned()).spawn(move || {
-        let mut source =
-            ChannelSource::new(FeedInbox(feed_rx), on_start, on_ack, Duration::from_millis(1)).with_node_head(node_head_server);
+        let mut source = ChannelSource::new(inbox, on_start, on_ack, Duration::from_millis(1)).with_node_head(node_head);
         let result = bind_until_free(&cfg, &stop_server)
             .and_then(|mut server| server.run(&mut source, || stop_server.load(Ordering::Relaxed)));
         if let Err(e) = &result {
@@ -364,67 +563,30 @@ where
     };
 
     info!(target: "monmouth", endpoint = %args.endpoint, "waiting for a sidecar hello");
+    let mut next: Option<(u64, Plan)> = None;
     loop {
-        let Some(plan) = plan_rx.recv().await else { return Err(bridge_gone(server, &stop)) };
-        let resumed_from = match &plan {
-            Plan::Resume(h) => Some(*h),
-            _ => None,
+        let (generation, plan) = match next.take() {
+            Some(planned) => planned,
+            None => match idle(&mut ctx, &mut plan_rx).await {
+                Woken::Plan(generation, plan) => (generation, plan),
+                Woken::NodeStopped => break,
+                Woken::BridgeGone => return Err(bridge_gone(server, &stop)),
+            },
         };
-        let configured = match plan {
-            Plan::Live => {
-                info!(target: "monmouth", "the sidecar database is empty and has no start block; following from the node's head");
-                ctx.set_notifications_without_head();
-                Ok(())
-            }
-            Plan::Resume(h) => {
-                info!(target: "monmouth", head = %h, "resuming notifications after the sidecar's head");
-                ctx.catch_up_notifications_with_head(exex_head(h))
-            }
-            Plan::Backfill { head, genesis } => {
-                info!(target: "monmouth", from = head.number + u64::from(genesis.is_none()), "backfilling the sidecar");
-                if let Some(g) = genesis {
-                    if feed_tx.send(Feed::Note(Notification::committed(vec![g]))).await.is_err() {
-                        return Err(bridge_gone(server, &stop));
-                    }
-                }
-                ctx.catch_up_notifications_with_head(exex_head(head))
-            }
-        };
-        let mut delivered = false;
-        let mut failure = configured.err().map(|e| format!("Reth could not resume its notification stream: {e:#}"));
-        while failure.is_none() {
-            let Some(item) = ctx.notifications.next().await else {
-                stop.store(true, Ordering::Relaxed);
-                return Ok(());
-            };
-            match item {
-                Ok(notification) => {
-                    refresh_node_head();
-                    delivered = true;
-                    for n in convert(&notification) {
-                        if feed_tx.send(Feed::Note(n)).await.is_err() {
-                            return Err(bridge_gone(server, &stop));
-                        }
-                    }
-                }
-                Err(e) => {
-                    failure = Some(match resumed_from.filter(|_| !delivered) {
-                        Some(h) => format!(
-                            "Reth cannot resume from the sidecar's head {h}: {e:#}. That block is on neither this node's \
-                             chain nor its ExEx WAL (a database from another chain, or a block Reth no longer has): \
-                             point the sidecar at the node it indexed, or start it on an empty database"
-                        ),
-                        None => format!("Reth's ExEx notification stream failed: {e:#}; resuming from the sidecar's head"),
-                    });
+        match serve(&mut ctx, generation, plan, &feed_tx, &mut plan_rx, refresh_node_head.as_ref()).await {
+            Served::Replanned(Some(Directive { generation, plan })) => next = plan.map(|p| (generation, p)),
+            Served::Replanned(None) | Served::BridgeGone => return Err(bridge_gone(server, &stop)),
+            Served::NodeStopped => break,
+            Served::Refuse(reason) => {
+                warn!(target: "monmouth", "{reason}");
+                if feed_tx.send(Fed { generation, feed: Feed::Refuse(reason) }).await.is_err() {
+                    return Err(bridge_gone(server, &stop));
                 }
             }
-        }
-        let reason = failure.unwrap_or_default();
-        warn!(target: "monmouth", "{reason}");
-        if feed_tx.send(Feed::Refuse(reason)).await.is_err() {
-            return Err(bridge_gone(server, &stop));
         }
     }
+    stop.store(true, Ordering::Relaxed);
+    Ok(())
 }
 
 fn main() -> eyre::Result<()> {
