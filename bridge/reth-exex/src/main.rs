@@ -32,7 +32,13 @@
 //! 3. each `ExExNotification` is converted to wire types, a committed chain in slices of
 //!    [`MAX_BLOCKS_PER_COMMIT`] blocks;
 //! 4. the node's best block number is announced as `node_head` in `welcome` and heartbeats, so that
-//!    the sidecar's lag and backfill progress count the blocks Reth has yet to deliver.
+//!    the sidecar's lag and backfill progress count the blocks Reth has yet to deliver;
+//! 5. while no sidecar is served, Reth's stream is drained (a sidecar is always resumed from Reth's
+//!    database and WAL), and a `hello` that does not continue the stream re-plans it (the wire server
+//!    restarts its source; what was fed for the old plan is dropped by generation);
+//! 6. while the node's head is ahead of the last notification taken, Reth's ExEx manager is woken
+//!    with a repeated `FinishedHeight` ([`Nudger`]): it hands over one buffered notification per
+//!    wake-up.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -112,6 +118,48 @@ impl Plan {
 struct Directive {
     generation: u64,
     plan: Option<Plan>,
+}
+
+/// Wakes Reth's ExEx manager while it holds notifications back.
+///
+/// The manager (reth-exex 2.5.1, `ExExManager::poll`) hands an ExEx at most one buffered notification per wake-up
+/// of its task, and is not woken when the ExEx frees its channel, so a residue left by a burst of blocks (or by a
+/// backfill that covered what the manager still buffers, whose entries it then skips one per wake-up) trails
+/// behind until as many new blocks arrive. Every `FinishedHeight` event wakes it, so while the node's head is
+/// ahead of the last notification seen, the ExEx repeats its last `FinishedHeight` every [`NUDGE_EVERY`]: the
+/// height the current sidecar acknowledged, or, before it acknowledged anything (or while none is served), the
+/// genesis block, which claims nothing.
+struct Nudger<P> {
+    events: tokio::sync::mpsc::UnboundedSender<ExExEvent>,
+    provider: P,
+    /// The last `FinishedHeight` sent for an acknowledgement, and the plan generation it was for.
+    finished: Arc<std::sync::Mutex<Option<(u64, BlockRef)>>>,
+    genesis: BlockRef,
+}
+
+/// How often [`Nudger`] wakes Reth's ExEx manager while notifications are held back.
+const NUDGE_EVERY: Duration = Duration::from_millis(10);
+
+impl<P: BlockNumReader> Nudger<P> {
+    /// Whether the node's head is ahead of `seen`, the tip of the last notification taken from Reth.
+    fn behind(&self, seen: u64) -> bool {
+        self.provider.best_block_number().is_ok_and(|best| best > seen)
+    }
+
+    /// Repeat the last `FinishedHeight` of plan `generation` (the genesis block when there is none).
+    fn nudge(&self, generation: u64) {
+        let acked = *self.finished.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let height = acked.filter(|(g, _)| *g == generation).map_or(self.genesis, |(_, h)| h);
+        let _ = self.events.send(ExExEvent::FinishedHeight(exex_head(height).block));
+    }
+}
+
+/// The tip a notification leaves the chain at: the committed tip, or the fork point of a revert.
+fn resulting_tip<N: NodePrimitives>(n: &ExExNotification<N>) -> u64 {
+    match n {
+        ExExNotification::ChainReverted { old } => old.range().start().saturating_sub(1),
+        _ => n.committed_chain().map_or(0, |c| *c.range().end()),
+    }
 }
 
 /// The bridge server's end of the feed channel as its inbox. Items of an older generation than
@@ -356,10 +404,13 @@ enum Woken {
 async fn idle<Node: FullNodeComponents<Types: NodeTypes<Primitives = EthPrimitives>>>(
     ctx: &mut ExExContext<Node>,
     plans: &mut tokio::sync::mpsc::UnboundedReceiver<Directive>,
+    nudger: &Nudger<Node::Provider>,
+    seen: &mut u64,
 ) -> Woken {
     ctx.set_notifications_without_head();
     let mut drained = 0_u64;
     loop {
+        let behind = nudger.behind(*seen);
         tokio::select! {
             directive = plans.recv() => match directive {
                 Some(Directive { generation, plan: Some(plan) }) => {
@@ -372,9 +423,15 @@ async fn idle<Node: FullNodeComponents<Types: NodeTypes<Primitives = EthPrimitiv
                 None => return Woken::BridgeGone,
             },
             item = ctx.notifications.next() => match item {
-                Some(_) => drained += 1,
+                Some(n) => {
+                    drained += 1;
+                    if let Ok(n) = &n {
+                        *seen = resulting_tip(n);
+                    }
+                }
                 None => return Woken::NodeStopped,
             },
+            () = tokio::time::sleep(NUDGE_EVERY), if behind => nudger.nudge(0),
         }
     }
 }
@@ -390,6 +447,8 @@ async fn serve<Node: FullNodeComponents<Types: NodeTypes<Primitives = EthPrimiti
     feed: &tokio::sync::mpsc::Sender<Fed>,
     plans: &mut tokio::sync::mpsc::UnboundedReceiver<Directive>,
     refresh_node_head: &(dyn Fn() + Send + Sync),
+    nudger: &Nudger<Node::Provider>,
+    seen: &mut u64,
 ) -> Served {
     macro_rules! send_or_replan {
         ($item:expr) => {
@@ -430,9 +489,14 @@ async fn serve<Node: FullNodeComponents<Types: NodeTypes<Primitives = EthPrimiti
     let mut sent_up_to = anchor.map(|a| a.number);
     let mut delivered = false;
     loop {
+        let behind = nudger.behind(*seen);
         let item = tokio::select! {
             directive = plans.recv() => return Served::Replanned(directive),
             item = ctx.notifications.next() => item,
+            () = tokio::time::sleep(NUDGE_EVERY), if behind => {
+                nudger.nudge(generation);
+                continue;
+            }
         };
         let notification = match item {
             None => return Served::NodeStopped,
@@ -445,6 +509,7 @@ async fn serve<Node: FullNodeComponents<Types: NodeTypes<Primitives = EthPrimiti
             }
         };
         refresh_node_head();
+        *seen = resulting_tip(&notification);
         let committed = notification.committed_chain().map(|c| *c.range().end());
         if let (ExExNotification::ChainCommitted { .. }, Some(tip), Some(up_to)) = (&notification, committed, sent_up_to) {
             if tip <= up_to {
@@ -470,10 +535,7 @@ async fn serve<Node: FullNodeComponents<Types: NodeTypes<Primitives = EthPrimiti
             }
             send_or_replan!(Feed::Note(n));
         }
-        sent_up_to = match &notification {
-            ExExNotification::ChainReverted { old } => Some(old.range().start().saturating_sub(1)),
-            _ => committed.or(sent_up_to),
-        };
+        sent_up_to = Some(resulting_tip(&notification));
     }
 }
 
@@ -495,6 +557,13 @@ where
     let (plan_tx, mut plan_rx) = tokio::sync::mpsc::unbounded_channel::<Directive>();
     let generation = Arc::new(AtomicU64::new(0));
     let events = ctx.events.clone();
+    let finished = Arc::new(std::sync::Mutex::new(None));
+    let nudger = Nudger {
+        events: ctx.events.clone(),
+        provider: ctx.provider().clone(),
+        finished: Arc::clone(&finished),
+        genesis: BlockRef { number: 0, hash: b256(ctx.config.chain.genesis_hash()) },
+    };
     let cfg = ServerConfig {
         endpoint: args.endpoint.clone(),
         chain_id: ctx.config.chain.chain_id(),
@@ -529,10 +598,13 @@ where
             .map_err(|_| SourceError::Closed("the ExEx task stopped".to_owned()))?;
         refused.map_or(Ok(()), Err)
     });
+    let acked_generation = Arc::clone(&generation);
     let on_ack: OnAck = Box::new(move |a: &Acked| {
         // The chain head after the acknowledged notification: the new tip for a commit or reorg,
         // the fork point for a revert.
         if let Some(head) = a.resulting_head {
+            *finished.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some((acked_generation.load(Ordering::SeqCst), head));
             events
                 .send(ExExEvent::FinishedHeight(exex_head(head).block))
                 .map_err(|_| SourceError::Closed("Reth's ExEx manager stopped".to_owned()))?;
@@ -564,16 +636,20 @@ where
 
     info!(target: "monmouth", endpoint = %args.endpoint, "waiting for a sidecar hello");
     let mut next: Option<(u64, Plan)> = None;
+    // The tip of the last notification taken from Reth (see [`Nudger`]).
+    let mut seen = ctx.head.number;
     loop {
         let (generation, plan) = match next.take() {
             Some(planned) => planned,
-            None => match idle(&mut ctx, &mut plan_rx).await {
+            None => match idle(&mut ctx, &mut plan_rx, &nudger, &mut seen).await {
                 Woken::Plan(generation, plan) => (generation, plan),
                 Woken::NodeStopped => break,
                 Woken::BridgeGone => return Err(bridge_gone(server, &stop)),
             },
         };
-        match serve(&mut ctx, generation, plan, &feed_tx, &mut plan_rx, refresh_node_head.as_ref()).await {
+        match serve(&mut ctx, generation, plan, &feed_tx, &mut plan_rx, refresh_node_head.as_ref(), &nudger, &mut seen)
+            .await
+        {
             Served::Replanned(Some(Directive { generation, plan })) => next = plan.map(|p| (generation, p)),
             Served::Replanned(None) | Served::BridgeGone => return Err(bridge_gone(server, &stop)),
             Served::NodeStopped => break,
