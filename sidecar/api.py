@@ -238,8 +238,7 @@ def _access_rules(app: App, name: str, plugin: object, router: Any) -> dict[tupl
     try:
         rules = list(declared(plugin, "monmouth_access_rules") or ())
     except Exception as e:
-        app.host.errors[name] = f"monmouth_access_rules failed: {type(e).__name__}: {e}"
-        log.error("plugin %s: %s", name, app.host.errors[name])
+        _plugin_error(app, name, f"monmouth_access_rules failed: {type(e).__name__}: {e}")
         return {}
     served = {(m, r.path) for r in router.routes for m in (getattr(r, "methods", None) or ())}
     out: dict[tuple[str, str], AccessRule] = {}
@@ -248,9 +247,15 @@ def _access_rules(app: App, name: str, plugin: object, router: Any) -> dict[tupl
             out[rule.key] = rule
             continue
         what = f"{rule.method} {rule.path}" if isinstance(rule, AccessRule) else repr(rule)
-        app.host.errors[name] = f"monmouth_access_rules: {what} is not an AccessRule for a route of this plugin"
-        log.error("plugin %s: %s", name, app.host.errors[name])
+        _plugin_error(app, name, f"monmouth_access_rules: {what} is not an AccessRule for a route of this plugin")
     return out
+
+
+def _plugin_error(app: App, name: str, error: str) -> None:
+    """Log a refused contribution of plugin ``name`` and add it to the plugin's ``/status`` ``error``."""
+    log.error("plugin %s: %s", name, error)
+    old = app.host.errors.get(name)
+    app.host.errors[name] = f"{old}; {error}" if old else error
 
 
 def _document_mcp(api: FastAPI, tools: list[str]) -> None:
@@ -305,7 +310,8 @@ def create_api(app: App, runner: Runner | None = None) -> FastAPI:
         build_http_mcp = None  # type: ignore[assignment]
     if build_http_mcp is not None:
         tools, refused = plugin_tools(app.host.installed)
-        app.host.errors.update(refused)
+        for name, error in refused.items():
+            _plugin_error(app, name, error)
         mcp_server = build_http_mcp(internal_secret, tools)
 
     @contextlib.asynccontextmanager

@@ -130,7 +130,7 @@ class Server(MCPServer):
 
 def caller(ctx: Context) -> AbstractAsyncContextManager[Backend]:
     """The client calling a tool, for the tools plugins contribute (``monmouth_mcp_tools``): ``async with
-    caller(ctx) as c: await c.call("POST", "/rag/search", json=...)`` calls the sidecar's routes as that client.
+    caller(ctx) as c: await c.call("POST", "/example/search", json=...)`` calls the sidecar's routes as that client.
 
     Raises:
         ToolError: the tool runs on another MCP server than :class:`Server`.
@@ -145,7 +145,7 @@ def plugin_tools(plugins: Mapping[str, object]) -> tuple[list[tuple[str, Tool]],
     """Every tool the ``plugins`` (``{name: plugin}``) contribute through ``monmouth_mcp_tools``, as
     ``[(plugin name, tool)]``, and ``{plugin name: error}`` for those refused: a hook that raised, a tool that is
     not an async function, or a name the core or an earlier plugin already serves (that tool is left out, the
-    plugin's others are served)."""
+    plugin's others are served; one plugin's errors are joined with ``"; "``)."""
     tools: list[tuple[str, Tool]] = []
     errors: dict[str, str] = {}
     owner = dict.fromkeys(CORE_TOOLS, "the core")
@@ -166,7 +166,7 @@ def plugin_tools(plugins: Mapping[str, object]) -> tuple[list[tuple[str, Tool]],
                 owner[name] = f"plugin {plugin!r}"
                 tools.append((plugin, fn))
                 continue
-            errors[plugin] = problem_
+            errors[plugin] = f"{errors[plugin]}; {problem_}" if plugin in errors else problem_
             log.error("plugin %s: %s", plugin, problem_)
     return tools, errors
 
