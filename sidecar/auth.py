@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from .errors import ConfigError
+from .errors import ConfigError, MonmouthError
 from .limits import authorization
 from .problems import ProblemError
 
@@ -205,7 +205,7 @@ class SiweMessage:
         return "\n".join(lines)
 
 
-class SiweError(ValueError):
+class SiweError(MonmouthError, ValueError):
     """A SIWE message that cannot be accepted; ``field`` names the part at fault."""
 
     def __init__(self, field: str, msg: str) -> None:

@@ -238,7 +238,7 @@ class MCPEndpoint:
         try:
             p = current_principal_from_scope(self.auth, scope)
         except ProblemError as e:
-            await problem(e.status, e.detail, headers=e.headers, **e.kw)(scope, receive, send)
+            await e.response()(scope, receive, send)
             return
         scope.setdefault("state", {})["principal"] = p
         try:

@@ -173,3 +173,32 @@ def test_the_allow_list_tolerates_only_cycles_inside_it():
     assert known(("monmouth_rag.api", "monmouth_rag.plugin"))
     assert not known(("monmouth_rag.api", "monmouth_rag.search"))
     assert not known(("monmouth.api", "monmouth.runner"))
+
+
+#: Core exceptions outside the tree: private control flow of the exex source (``_Reset`` restarts its stream and is
+#: never raised to a caller); that module is outside this change.
+OUTSIDE_THE_TREE = {"monmouth.sources.exex._Reset"}
+
+
+def test_every_core_exception_derives_from_monmouth_error():
+    """One root: whatever the core raises on purpose is a ``MonmouthError`` (``except MonmouthError`` catches it), and
+    only ``ProblemError``, the HTTP layer's, carries an HTTP status."""
+    import importlib
+    import inspect
+
+    from monmouth.errors import MonmouthError
+    from monmouth.problems import ProblemError
+
+    found = []
+    for name in modules():
+        if not name.startswith("monmouth.") or name.endswith("__main__"):
+            continue
+        module = importlib.import_module(name)
+        for cls in vars(module).values():
+            if inspect.isclass(cls) and issubclass(cls, Exception) and cls.__module__ == name:  # errors, not signals
+                found.append(cls)
+    assert len(found) > 20
+    outside = {f"{c.__module__}.{c.__qualname__}" for c in found if not issubclass(c, MonmouthError)}
+    assert outside == OUTSIDE_THE_TREE
+    with_status = {c.__qualname__ for c in found if "status" in inspect.signature(c.__init__).parameters}
+    assert with_status == {ProblemError.__qualname__}
