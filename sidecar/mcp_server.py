@@ -8,7 +8,7 @@ per-agent isolation and the audit log are exactly those of the HTTP API, in-proc
 
 Two transports:
 
-* streamable HTTP at ``/memory``'s sibling ``/mcp`` on the sidecar (stateless, JSON responses), behind the same
+* streamable HTTP at ``/mcp`` on the sidecar (stateless, JSON responses), behind the same
   auth: ``Authorization: Bearer <token>`` (or none from loopback while the server binds to loopback);
 * stdio: ``monmouth mcp`` (calls the running sidecar at ``--url``, or, when none answers, opens the database
   in-process as a local operator).

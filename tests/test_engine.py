@@ -338,12 +338,18 @@ def _forget_sender(conn, sender: bytes, *, redacting: bool) -> int:
     return dropped
 
 
-def test_a_revert_after_redaction_restores_exactly_except_the_redacted_rows(engine_factory):
-    e = engine_factory("redacted.sqlite")
+def _six_blocks(engine_factory, name: str):
+    """An engine with six revertible blocks of ledger transfers, a second connection, and a sender of block 5."""
+    e = engine_factory(name)
     bs = extend(None, 6, number=1, n_txs=3, salt="redact")
     e.apply(ChainCommitted(chain(bs)))
     conn = e.db.connect()
     sender = conn.execute("SELECT sender FROM ledger_transfers WHERE block_number = 5").fetchone()[0]
+    return e, bs, conn, sender
+
+
+def test_a_revert_after_redaction_restores_exactly_except_the_redacted_rows(engine_factory):
+    e, bs, conn, sender = _six_blocks(engine_factory, "redacted.sqlite")
     recorded = conn.execute("SELECT count(*) FROM ledger_transfers WHERE sender = ?", (sender,)).fetchone()[0]
     assert recorded >= 1
 
@@ -361,11 +367,7 @@ def test_a_revert_after_redaction_restores_exactly_except_the_redacted_rows(engi
 
 def test_without_redaction_the_same_revert_conflicts(engine_factory):
     """The control: rows deleted outside the chain hooks and left in the undo data make the revert refuse."""
-    e = engine_factory("unredacted.sqlite")
-    bs = extend(None, 6, number=1, n_txs=3, salt="redact")
-    e.apply(ChainCommitted(chain(bs)))
-    conn = e.db.connect()
-    sender = conn.execute("SELECT sender FROM ledger_transfers WHERE block_number = 5").fetchone()[0]
+    e, bs, conn, sender = _six_blocks(engine_factory, "unredacted.sqlite")
     _forget_sender(conn, sender, redacting=False)
     head = e.head
     with pytest.raises(JournalConflictError, match="ledger_transfers"):
