@@ -297,12 +297,47 @@ def config_set(key: str, value: str, config_path: Path | None) -> None:
 def mcp(config_path: Path | None, url: str | None, token: str | None) -> None:
     """Serve the MCP tools over stdio (for an LLM agent runtime). Uses the running sidecar when one answers,
     else opens the database in-process."""
-    from .mcp_server import serve_stdio
-
     try:
-        serve_stdio(config_path, url, token)
+        _serve_mcp_stdio(config_path, url, token)
     except MonmouthError as e:
         _fail(e)
+
+
+def _serve_mcp_stdio(config_path: Path | None, url: str | None, token: str | None) -> None:
+    """Serve the MCP tools over stdio: through the running sidecar at ``url`` (default: the config's
+    ``http.host``/``http.port``) when it answers, else in-process on the database as the local operator."""
+    import httpx
+
+    from .app import load_settings, open_app
+    from .mcp_server import asgi_backend, plugin_tools, run_stdio, url_backend
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)  # stdout carries the protocol
+    log = logging.getLogger("monmouth.mcp_server")
+    settings, plugins = load_settings(config_path)
+    if url is None and settings.http.enabled:
+        host = "127.0.0.1" if settings.http.host in ("0.0.0.0", "::") else settings.http.host
+        url = f"http://{host}:{settings.http.port}"
+    if url is not None:
+        try:
+            if httpx.get(f"{url.rstrip('/')}/health", timeout=1.0).status_code == 200:
+                log.warning("monmouth mcp: serving the sidecar at %s", url)
+                anyio.run(run_stdio, url_backend(url, token), plugin_tools(plugins)[0])
+                return
+        except httpx.HTTPError:
+            pass
+    from .api import create_api
+
+    app = open_app(config_path, settings=settings)
+    try:
+        api = create_api(app)
+        log.warning("monmouth mcp: no sidecar answers%s; serving %s in-process", f" at {url}" if url else "",
+                    settings.storage.path)
+        backend = asgi_backend(api, authorization=f"Bearer {token}" if token else None, client=("127.0.0.1", 0),
+                               internal_secret=api.state.internal_secret)
+        anyio.run(run_stdio, backend, plugin_tools(app.host.installed)[0])
+    finally:
+        api.state.audit.close()
+        app.close()
 
 
 @cli.command()

@@ -19,11 +19,9 @@ import importlib.metadata
 import importlib.util
 import logging
 import sys
-import threading
 import time
 import types
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ from pydantic import BaseModel
 
 from . import hookspecs
 from .config import Settings
+from .context import PluginContext
 from .errors import ConfigError, PluginError
 from .store import Database, migrate
 
@@ -41,29 +40,7 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "monmouth.plugins"
 HOOK_MARK = "monmouth_impl"
 
-
-@dataclass
-class PluginContext:
-    """What a plugin gets in ``monmouth_startup`` / ``monmouth_shutdown``.
-
-    Attributes:
-        name: the plugin's name (its config section ``[plugins.<name>]``).
-        config: the plugin's validated config model instance (or ``None``).
-        settings: the whole validated settings.
-        db: the sidecar database; ``db.reader()`` for reads, ``db.write()`` for short writes outside the
-            engine (background workers). Chain data must be written in chain hooks, not here.
-        metrics: the Prometheus registry served at ``/metrics``; name metrics ``monmouth_<plugin>_...``.
-        host: the plugin host, to find other plugins (``host.get("rag")``).
-        stopping: set when the plugin must stop its background threads.
-    """
-
-    name: str
-    config: Any
-    settings: Settings
-    db: Database
-    metrics: CollectorRegistry
-    host: PluginHost
-    stopping: threading.Event = field(default_factory=threading.Event)
+__all__ = ["ENTRY_POINT_GROUP", "PluginContext", "PluginHost", "config_models", "declared", "discover", "load_module"]
 
 
 def _is_impl(fn: Any) -> bool:

@@ -31,6 +31,8 @@ from typing import Any
 
 import apsw
 
+from monmouth.engine import read_cursor
+
 from . import lattice  # noqa: F401  (registers memory_global_root, read below through memory_global_roots)
 
 log = logging.getLogger(__name__)
@@ -92,8 +94,7 @@ def create(db_path: str | Path, directory: str | Path, *, name: str | None = Non
                 while not b.done:
                     b.step(-1)  # all pages in one step: one read transaction, one consistent commit
             dest.pragma("journal_mode", "delete")
-            head = dest.execute("SELECT number, hash, finalized, source_token FROM monmouth_cursor WHERE id = 1"
-                                ).fetchone()
+            cursor = read_cursor(dest)
             groot = None
             with contextlib.suppress(apsw.SQLError):
                 g = dest.execute("SELECT block_number, root FROM memory_global_roots ORDER BY block_number DESC "
@@ -108,7 +109,7 @@ def create(db_path: str | Path, directory: str | Path, *, name: str | None = Non
     finally:
         if own:
             src.close()
-    number = head[0] if head else None
+    number = cursor.head.number if cursor.head else None
     name = name or f"ckpt-{number if number is not None else 'empty'}-{int(time.time() * 1000)}"
     if not _NAME.match(name):
         tmp.unlink(missing_ok=True)
@@ -121,8 +122,8 @@ def create(db_path: str | Path, directory: str | Path, *, name: str | None = Non
     manifest = {
         "name": name, "created_at": time.time(), "file": final.name, "size": final.stat().st_size,
         "sha256": _sha256(final),
-        "block": {"number": number, "hash": "0x" + head[1].hex() if head and head[1] else None},
-        "finalized": head[2] if head else None, "source_token": json.loads(head[3]) if head and head[3] else None,
+        "block": {"number": number, "hash": "0x" + cursor.head.hash.hex() if cursor.head else None},
+        "finalized": cursor.finalized, "source_token": cursor.source_token,
         "global_root": groot, "plugins": versions, "config_hash": config_hash,
     }
     mpath = directory / f"{name}.json"

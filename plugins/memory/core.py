@@ -26,6 +26,8 @@ from typing import Any
 import apsw
 import msgpack
 
+from monmouth.engine import read_cursor
+from monmouth.journal import redact
 from monmouth.limits import check_json_value, check_text
 
 from . import checkpoint, ingest, lattice, merkle
@@ -57,9 +59,10 @@ MAX_TAGS = 32
 MAX_TAG_LEN = 64
 MAX_KEY_LEN = 256
 
-#: Journaled tables and the column index of their agent (for scrubbing undo changesets on forget).
+#: Journaled tables and the column of their agent (for redacting an agent from the undo data on forget).
 AGENT_COLUMN = {
-    "memory_items": 2, "memory_tags": 0, "memory_ops": 1, "memory_leaves": 0, "memory_marks": 0,
+    "memory_items": "agent", "memory_tags": "agent", "memory_ops": "agent", "memory_leaves": "agent",
+    "memory_marks": "agent",
 }
 
 
@@ -225,8 +228,8 @@ class Memory:
 
     def head(self, conn: apsw.Connection | None = None) -> tuple[int | None, bytes | None]:
         """The engine's durable head ``(number, hash)``."""
-        row = (conn or self._read()).execute("SELECT number, hash FROM monmouth_cursor WHERE id = 1").fetchone()
-        return (row[0], row[1]) if row else (None, None)
+        head = read_cursor(conn or self._read()).head
+        return (head.number, head.hash) if head else (None, None)
 
     def key(self, agent: bytes) -> AgentKey:
         """The agent's key.
@@ -900,27 +903,9 @@ class Memory:
 
     @staticmethod
     def _scrub_changesets(conn: apsw.Connection, agent: bytes) -> int:
-        """Rewrite every stored undo changeset without the changes to ``agent``'s rows; returns how many changes
-        were dropped. Keeps later reverts conflict-free after the rows were deleted."""
-        dropped = 0
-        for number, cs in conn.execute(
-                "SELECT number, changeset FROM monmouth_blocks WHERE changeset IS NOT NULL AND length(changeset) > 0"
-        ).fetchall():
-            builder = apsw.ChangesetBuilder()
-            hit = 0
-            for ch in apsw.Changeset.iter(cs):
-                idx = AGENT_COLUMN.get(ch.name)
-                if idx is not None:
-                    vals = ch.new if ch.op == "INSERT" else ch.old
-                    if vals is not None and vals[idx] == agent:
-                        hit += 1
-                        continue
-                builder.add_change(ch)
-            if hit:
-                conn.execute("UPDATE monmouth_blocks SET changeset = ? WHERE number = ?", (builder.output(), number))
-                dropped += hit
-            builder.close()
-        return dropped
+        """Drop the changes to ``agent``'s rows from the engine's undo data (:func:`monmouth.journal.redact`); returns
+        how many were dropped. Keeps later reverts conflict-free after the rows were deleted."""
+        return redact(conn, AGENT_COLUMN, agent)
 
     # ------------------------------------------------------------------------------------------------ status
     def status(self) -> dict[str, Any]:

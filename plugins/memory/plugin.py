@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from monmouth import hookimpl
+from monmouth.auth import AccessRule
 
 from . import registry
 from .config import MemoryConfig
@@ -21,6 +22,10 @@ from .schema import MIGRATIONS, TRIMMED
 log = logging.getLogger(__name__)
 
 __version__ = "0.1.0"
+
+#: Recall only reads: a read token may call it (``monmouth_access_rules``). Every other route has an ``{agent}``
+#: parameter, which the default policy already keeps to that agent.
+ACCESS_RULES = (AccessRule("POST", "/memory/agents/{agent}/recall", read=True),)
 
 
 class MemoryPlugin:
@@ -103,6 +108,16 @@ class MemoryPlugin:
         return make_router(lambda: self.memory)
 
     @hookimpl
+    def monmouth_access_rules(self) -> Sequence[AccessRule]:
+        return ACCESS_RULES
+
+    @hookimpl
+    def monmouth_mcp_tools(self) -> Sequence[Any]:
+        from .mcp_tools import TOOLS
+
+        return TOOLS
+
+    @hookimpl
     def monmouth_register_commands(self, cli: Any) -> None:
         from .cli import register
 
@@ -161,6 +176,16 @@ def monmouth_block_reverted(conn: Any, block: Any, notification: Any) -> None:
 @hookimpl
 def monmouth_http_router() -> Any:
     return _default.monmouth_http_router()
+
+
+@hookimpl
+def monmouth_access_rules() -> Sequence[AccessRule]:
+    return _default.monmouth_access_rules()
+
+
+@hookimpl
+def monmouth_mcp_tools() -> Sequence[Any]:
+    return _default.monmouth_mcp_tools()
 
 
 @hookimpl

@@ -3,8 +3,8 @@
 Hooks: config model, migrations, trimmed tables, startup/shutdown (model, registry, vector index, embedding worker),
 ``monmouth_block_applied`` (decode and record each in-scope transaction, inside the engine's transaction),
 ``monmouth_block_reverted`` (drop FTS/vector rows of reverted blocks), ``monmouth_notification_committed`` (wake the
-worker), ``monmouth_status``, ``monmouth_http_router`` (``/rag/...``) and ``monmouth_register_commands``
-(``monmouth rag ...``).
+worker), ``monmouth_status``, ``monmouth_http_router`` (``/rag/...``), ``monmouth_access_rules`` (:mod:`.access`),
+``monmouth_mcp_tools`` (:mod:`.mcp_tools`) and ``monmouth_register_commands`` (``monmouth rag ...``).
 
 Other plugins use it through ``ctx.host.get("rag")``: :func:`get_embedder`, :func:`render_transaction`,
 :func:`decode_transaction`, :func:`search`, :func:`context`, :func:`add_document`, :func:`delete_document`.
@@ -395,6 +395,20 @@ def monmouth_http_router() -> Any:
     from .api import make_router
 
     return make_router()
+
+
+@hookimpl
+def monmouth_access_rules() -> Sequence[Any]:
+    from .access import RULES
+
+    return RULES
+
+
+@hookimpl
+def monmouth_mcp_tools() -> Sequence[Any]:
+    from .mcp_tools import TOOLS
+
+    return TOOLS
 
 
 @hookimpl
