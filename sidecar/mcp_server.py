@@ -15,6 +15,7 @@ Two transports:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ from .problems import ProblemError, problem
 
 if TYPE_CHECKING:
     from .auth import Authenticator
+    from .shutdown import Shutdown
 
 log = logging.getLogger(__name__)
 
@@ -260,26 +262,49 @@ class MCPEndpoint:
             await problem(503, f"the MCP server is not running: {e}")(scope, receive, send)
 
 
-async def run_stdio(backend: Backend) -> None:
-    """Serve the tools over stdio with one fixed backend (``monmouth mcp``)."""
+async def run_stdio(backend: Backend, shutdown: Shutdown | None = None) -> None:
+    """Serve the tools over stdio with one fixed backend (``monmouth mcp``) until the client closes standard input
+    or, with ``shutdown``, SIGTERM/SIGINT arrives: the signal ends standard input the same way
+    (:mod:`sidecar.stdio`), so both take the SDK's end-of-file path and return normally."""
+    import anyio
+
+    from .stdio import relayed_stdin
+
     server = build_server(lambda _ctx: _Borrowed(backend))
     try:
-        await server.run_stdio_async()
+        async with relayed_stdin() as stdin, anyio.create_task_group() as tg:
+            if shutdown is not None:
+                await tg.start(shutdown.watch)
+                shutdown.on_stop(stdin.close)
+            await server.run_stdio_async()
+            tg.cancel_scope.cancel()
     finally:
         await backend.aclose()
 
 
 def serve_stdio(config_path: Any, url: str | None, token: str | None) -> None:
     """``monmouth mcp``: serve the tools over stdio. Calls the running sidecar at ``url`` (default: the config's
-    ``http.host``/``http.port``) when it answers, else opens the database in-process as the local operator."""
+    ``http.host``/``http.port``) when it answers, else opens the database in-process as the local operator.
+    Returns when the client closes standard input or on SIGTERM/SIGINT (within ``engine.shutdown_timeout``,
+    :mod:`sidecar.shutdown`); a signal while it starts returns too."""
     import sys
 
+    from .shutdown import graceful
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)  # stdout carries the protocol
+    with graceful() as stopper, contextlib.suppress(KeyboardInterrupt):  # Stopped: a signal outside the loop
+        _serve_stdio(config_path, url, token, stopper)
+    if stopper.requested:
+        log.warning("monmouth mcp: %s: stopped cleanly", stopper.signal_name)
+
+
+def _serve_stdio(config_path: Any, url: str | None, token: str | None, stopper: Shutdown) -> None:
     import anyio
 
     from .app import load_settings, open_app
 
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)  # stdout carries the protocol
     settings, _ = load_settings(config_path)
+    stopper.timeout = settings.engine.shutdown_timeout
     if url is None and settings.http.enabled:
         host = "127.0.0.1" if settings.http.host in ("0.0.0.0", "::") else settings.http.host
         url = f"http://{host}:{settings.http.port}"
@@ -287,20 +312,22 @@ def serve_stdio(config_path: Any, url: str | None, token: str | None) -> None:
         try:
             if httpx.get(f"{url.rstrip('/')}/health", timeout=1.0).status_code == 200:
                 log.warning("monmouth mcp: serving the sidecar at %s", url)
-                anyio.run(run_stdio, url_backend(url, token))
+                anyio.run(run_stdio, url_backend(url, token), stopper)
                 return
         except httpx.HTTPError:
             pass
     from .api import create_api
 
     app = open_app(config_path, settings=settings)
+    api = None
     try:
         api = create_api(app)
         log.warning("monmouth mcp: no sidecar answers%s; serving %s in-process", f" at {url}" if url else "",
                     settings.storage.path)
         backend = asgi_backend(api, authorization=f"Bearer {token}" if token else None, client=("127.0.0.1", 0),
                                internal_secret=api.state.internal_secret)
-        anyio.run(run_stdio, backend)
+        anyio.run(run_stdio, backend, stopper)
     finally:
-        api.state.audit.close()
+        if api is not None:
+            api.state.audit.close()
         app.close()
