@@ -29,7 +29,7 @@ import anyio
 import apsw
 
 from .app import App, make_source
-from .catchup import CatchUp, HistoryError
+from .catchup import CatchUp, HistoryError, no_history
 from .errors import MonmouthError
 from .plugins import declared
 from .store import ENGINE_PREFIX, _load_vec, migrate
@@ -123,7 +123,7 @@ async def reindex(app: App, name: str, from_block: int | None, echo: Callable[[s
                 raise ReindexError(f"reindex {name!r}: --from {start} is not a block number at or below the head "
                                    f"{head}")
             if catchup.history is None:
-                raise ReindexError(f"reindex {name!r}: the {source.kind} source cannot serve history")
+                raise ReindexError(f"reindex {name!r}: {no_history(source)}")
             try:
                 await catchup.history(start, start, head)
             except HistoryError as e:
@@ -154,6 +154,8 @@ async def reindex(app: App, name: str, from_block: int | None, echo: Callable[[s
                  "it follows the head")
             return done
     finally:
+        with contextlib.suppress(Exception):
+            await catchup.aclose()
         with contextlib.suppress(Exception):
             await source.aclose()
 

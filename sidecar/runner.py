@@ -510,6 +510,7 @@ async def run_sidecar(app: App, source: Source, *, shutdown: Shutdown | None = N
             finally:
                 tg.cancel_scope.cancel()
     finally:
+        await runner.catchup.aclose()
         await source.aclose()
     if error is not None:
         raise error
