@@ -29,6 +29,7 @@ from monmouth.types import Block, BlockRef, Chain, ChainCommitted, ChainReorged,
 from tests.anvil import Anvil
 from tests.conftest import make_engine
 from tests.plugins import chainrecord, ledger
+from tests.test_bridge import run_until
 
 REC_TABLES = ("rec_blocks", "rec_txs", "rec_logs")
 LEDGER_TABLES = ("ledger_transfers", "ledger_balances", "ledger_block_stats")
@@ -203,20 +204,10 @@ def follow(app: App, done: Any, timeout: float = 90, batch: int | None = None) -
         runner.catchup.batch = batch
 
     async def main() -> None:
-        task = asyncio.get_running_loop().create_task(runner.run())
-        deadline = time.monotonic() + timeout
         try:
-            while not done(runner):
-                if task.done():
-                    task.result()
-                    raise AssertionError("the sidecar stopped early")
-                assert time.monotonic() < deadline, f"timed out: {runner.status()}"
-                await asyncio.sleep(0.05)
+            await run_until(runner.run(), lambda: done(runner), timeout, src)
         finally:
-            runner.request_stop()
-            await asyncio.wait_for(task, 30)
             await runner.catchup.aclose()
-            await src.aclose()
 
     asyncio.run(main())
     return runner
