@@ -68,7 +68,9 @@ def monmouth_migrations() -> Sequence[str] | None:
 
     Migration ``i`` (1-based) runs once, in its own transaction, when the plugin is first enabled on a
     database whose recorded version for the plugin is below ``i``. Append new scripts; never edit old
-    ones. Table names should start with the plugin's name (``rag_``, ``memory_``).
+    ones: the engine keeps each applied script's sha256 (layout aside), and a plugin whose applied migration
+    changed or was removed is refused with ``MigrationChangedError`` until it is reindexed
+    (``monmouth reindex <plugin>``). Table names should start with the plugin's name (``rag_``, ``memory_``).
 
     Every ordinary table must have a PRIMARY KEY (the reorg journal needs one); every virtual table
     (FTS5, ``vec0``) must be named in :func:`monmouth_trimmed_tables`. Otherwise enabling the plugin

@@ -34,6 +34,7 @@ from .problems import ProblemError, problem
 
 if TYPE_CHECKING:
     from .auth import Authenticator
+    from .shutdown import Shutdown
 
 log = logging.getLogger(__name__)
 
@@ -247,10 +248,21 @@ class MCPEndpoint:
             await problem(503, f"the MCP server is not running: {e}")(scope, receive, send)
 
 
-async def run_stdio(backend: Backend, tools: Sequence[tuple[str, Tool]] = ()) -> None:
-    """Serve the tools over stdio with one fixed backend (``monmouth mcp``)."""
+async def run_stdio(backend: Backend, tools: Sequence[tuple[str, Tool]] = (), shutdown: Shutdown | None = None) -> None:
+    """Serve the tools over stdio with one fixed backend (``monmouth mcp``) until the client closes standard input
+    or, with ``shutdown``, SIGTERM/SIGINT arrives: the signal ends standard input the same way
+    (:mod:`sidecar.stdio`), so both take the SDK's end-of-file path and return normally."""
+    import anyio
+
+    from .stdio import relayed_stdin
+
     server = build_server(lambda _ctx: _Borrowed(backend), tools)
     try:
-        await server.run_stdio_async()
+        async with relayed_stdin() as stdin, anyio.create_task_group() as tg:
+            if shutdown is not None:
+                await tg.start(shutdown.watch)
+                shutdown.on_stop(stdin.close)
+            await server.run_stdio_async()
+            tg.cancel_scope.cancel()
     finally:
         await backend.aclose()
