@@ -409,8 +409,10 @@ agents = ["{agent}"]
         mcp.proc.send_signal(sig)
         err = mcp.finish(took_at_most=10)  # stdin is still open
         assert f"{sig.name}: stopping" in err and f"monmouth mcp: {sig.name}: stopped cleanly" in err, err
-        acknowledged += [r["result"]["structuredContent"]["id"] for i in burst
-                         if (r := mcp.replies.get(i)) is not None and not r["result"].get("isError")]
+        replies = [r for i in burst if (r := mcp.replies.get(i)) is not None]
+        assert all("result" in r or r["error"]["code"] for r in replies), replies  # an error reply: not acknowledged
+        acknowledged += [r["result"]["structuredContent"]["id"] for r in replies
+                         if "result" in r and not r["result"].get("isError")]
         mcp.proc.stdin.close()
     # End of input (the client closes its end) is a clean stop too.
     mcp = McpStdio(tmp_path, cfg).open()
