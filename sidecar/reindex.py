@@ -31,7 +31,7 @@ import apsw
 from .app import App, make_source
 from .catchup import CatchUp, HistoryError
 from .errors import MonmouthError
-from .plugins import declared
+from .plugins import call_one
 from .store import ENGINE_PREFIX, _load_vec, migrate
 from .uint256 import register as register_uint256
 
@@ -47,7 +47,7 @@ def plugin_tables(plugin: object) -> list[str]:
     try:
         _load_vec(scratch)
         register_uint256(scratch)
-        for script in declared(plugin, "monmouth_migrations") or []:
+        for script in call_one(plugin, "monmouth_migrations") or []:
             scratch.execute(script)
         kinds = {name: kind for _s, name, kind, *_ in scratch.execute("PRAGMA main.table_list")}
         return sorted(n for n, k in kinds.items() if k in ("table", "virtual") and not n.startswith("sqlite_"))
@@ -136,8 +136,8 @@ async def reindex(app: App, name: str, from_block: int | None, echo: Callable[[s
             _reset(app, name, tables, start)
             conn = app.db.connect()
             try:
-                migrate(conn, name, declared(plugin, "monmouth_migrations") or [],
-                        set(declared(plugin, "monmouth_trimmed_tables") or {}))
+                migrate(conn, name, call_one(plugin, "monmouth_migrations") or [],
+                        set(call_one(plugin, "monmouth_trimmed_tables") or {}))
             finally:
                 conn.close()
             t0 = shown = time.monotonic()

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from monmouth import hookimpl
+from monmouth.plugins import hook_functions
 
 from . import __version__
 from .agents import Agents
@@ -116,17 +117,7 @@ class MemoryPlugin:
 plugin = MemoryPlugin()
 
 # The module as a plugin object: the same hooks, bound to ``plugin``.
-monmouth_config_model = plugin.monmouth_config_model
-monmouth_migrations = plugin.monmouth_migrations
-monmouth_trimmed_tables = plugin.monmouth_trimmed_tables
-monmouth_status = plugin.monmouth_status
-monmouth_startup = plugin.monmouth_startup
-monmouth_shutdown = plugin.monmouth_shutdown
-monmouth_notification_committed = plugin.monmouth_notification_committed
-monmouth_block_applied = plugin.monmouth_block_applied
-monmouth_block_reverted = plugin.monmouth_block_reverted
-monmouth_http_router = plugin.monmouth_http_router
-monmouth_register_commands = plugin.monmouth_register_commands
+globals().update(hook_functions(plugin))
 agent_addresses = plugin.agent_addresses
 
 

@@ -29,6 +29,7 @@ import apsw
 from monmouth import hookimpl
 from monmouth.interfaces import AgentDirectory, provider
 from monmouth.limits import check_json_value, check_text
+from monmouth.plugins import hook_functions
 from monmouth.types import Block
 
 from . import decoder as _decoder
@@ -393,19 +394,9 @@ class RagPlugin:
 #: The instance the ``monmouth.plugins`` entry point names.
 plugin = RagPlugin()
 
-# The module as a plugin object and as the plugin's API (``monmouth_rag.plugin.search(...)``): ``plugin``'s bound
-# methods.
-monmouth_config_model = plugin.monmouth_config_model
-monmouth_migrations = plugin.monmouth_migrations
-monmouth_trimmed_tables = plugin.monmouth_trimmed_tables
-monmouth_startup = plugin.monmouth_startup
-monmouth_shutdown = plugin.monmouth_shutdown
-monmouth_block_applied = plugin.monmouth_block_applied
-monmouth_block_reverted = plugin.monmouth_block_reverted
-monmouth_notification_committed = plugin.monmouth_notification_committed
-monmouth_status = plugin.monmouth_status
-monmouth_http_router = plugin.monmouth_http_router
-monmouth_register_commands = plugin.monmouth_register_commands
+# The module as a plugin object (its hooks) and as the plugin's API (``monmouth_rag.plugin.search(...)``):
+# ``plugin``'s bound methods.
+globals().update(hook_functions(plugin))
 state = plugin.state
 get_embedder = plugin.get_embedder
 render_transaction = plugin.render_transaction
