@@ -38,7 +38,7 @@ from . import __version__, problems
 from .audit import Audit
 from .auth import AccessRule, Authenticator, Principal, check_bind, current_principal, default_policy, require
 from .limits import RequestLimitMiddleware, Text
-from .plugins import declared
+from .plugins import call_one
 from .problems import ProblemError
 from .ratelimit import RateLimitMiddleware
 
@@ -236,7 +236,7 @@ def _access_rules(app: App, name: str, plugin: object, router: Any) -> dict[tupl
     A rule naming any other route, or a hook that raises, is refused: logged and named in the plugin's ``/status``
     ``error``; the route keeps the default policy (the stricter one)."""
     try:
-        rules = list(declared(plugin, "monmouth_access_rules") or ())
+        rules = list(call_one(plugin, "monmouth_access_rules") or ())
     except Exception as e:
         _plugin_error(app, name, f"monmouth_access_rules failed: {type(e).__name__}: {e}")
         return {}
@@ -442,7 +442,7 @@ def create_api(app: App, runner: Runner | None = None) -> FastAPI:
     # ------------------------------------------------------------------------------------------------ plugins
     for name, plugin in app.host.installed.items():
         try:
-            router = declared(plugin, "monmouth_http_router")
+            router = call_one(plugin, "monmouth_http_router")
         except Exception as e:  # one plugin's broken routes must not take the API down
             log.error("plugin %s: monmouth_http_router failed, its routes are not served: %s", name, e)
             app.host.errors[name] = f"monmouth_http_router failed: {type(e).__name__}: {e}"

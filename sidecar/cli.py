@@ -382,7 +382,7 @@ def demo(workdir: Path, port: int, duration: float | None, reorg_every: int, rat
 
 
 def _register_plugin_commands() -> None:
-    from .plugins import declared, discover
+    from .plugins import call_one, discover
 
     try:
         found = discover()
@@ -390,7 +390,7 @@ def _register_plugin_commands() -> None:
         return
     for name, plugin in found.items():
         try:
-            declared(plugin, "monmouth_register_commands", cli=cli)
+            call_one(plugin, "monmouth_register_commands", cli=cli)
         except Exception as e:  # a broken plugin must not break the CLI
             logging.getLogger(__name__).error("plugin %s: monmouth_register_commands failed: %s", name, e)
 

@@ -29,7 +29,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import Receive, Scope, Send
 
 from . import __version__
-from .plugins import declared
+from .plugins import call_one
 from .problems import ProblemError, problem
 
 if TYPE_CHECKING:
@@ -152,7 +152,7 @@ def plugin_tools(plugins: Mapping[str, object]) -> tuple[list[tuple[str, Tool]],
     owner = dict.fromkeys(CORE_TOOLS, "the core")
     for plugin, obj in plugins.items():
         try:
-            contributed = list(declared(obj, "monmouth_mcp_tools") or ())
+            contributed = list(call_one(obj, "monmouth_mcp_tools") or ())
         except Exception as e:  # one plugin's broken tools must not take the server down
             errors[plugin] = f"monmouth_mcp_tools failed: {type(e).__name__}: {e}"
             log.error("plugin %s: %s", plugin, errors[plugin])

@@ -14,22 +14,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: Cycles inside the memory and rag plugins, known and being taken apart by the plugin refactoring of issue 16 (branch
-#: ``plug``): each entry is the set of modules of one strongly connected component as of this writing. A cycle among
-#: modules of one entry is tolerated (splitting a component leaves smaller ones inside it); any other cycle fails the
-#: test, and an entry that no longer holds any cycle must be removed. Never add one.
-KNOWN_PLUGIN_CYCLES: tuple[frozenset[str], ...] = (
-    frozenset({"monmouth_memory.checkpoint", "monmouth_memory.cli", "monmouth_memory.config", "monmouth_memory.core",
-               "monmouth_memory.http", "monmouth_memory.ingest", "monmouth_memory.plugin", "monmouth_memory.portable",
-               "monmouth_memory.recall", "monmouth_memory.registry"}),
-    frozenset({"monmouth_rag.api", "monmouth_rag.cli", "monmouth_rag.plugin"}),
-)
-
-
-def known(cycle: tuple[str, ...]) -> bool:
-    return any(set(cycle) <= k for k in KNOWN_PLUGIN_CYCLES)
-
-
 def packages() -> dict[str, Path]:
     """``{package name: directory}`` from pyproject.toml (``monmouth`` -> ``sidecar``, ``monmouth_rag`` -> ...)."""
     cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
@@ -163,16 +147,7 @@ def test_function_level_and_type_checking_imports_count(tmp_path):
 def test_no_import_cycles():
     g = graph()
     found = cycles(g)
-    new = [c for c in found if not known(c)]
-    assert not new, "import cycles:\n" + "\n".join(f"  {path_through(g, c)}   (modules {', '.join(c)})" for c in new)
-    stale = [sorted(k) for k in KNOWN_PLUGIN_CYCLES if not any(set(c) <= k for c in found)]
-    assert not stale, f"these known cycles are gone: remove them from KNOWN_PLUGIN_CYCLES: {stale}"
-
-
-def test_the_allow_list_tolerates_only_cycles_inside_it():
-    assert known(("monmouth_rag.api", "monmouth_rag.plugin"))
-    assert not known(("monmouth_rag.api", "monmouth_rag.search"))
-    assert not known(("monmouth.api", "monmouth.runner"))
+    assert not found, "import cycles:\n" + "\n".join(f"  {path_through(g, c)}   (modules {', '.join(c)})" for c in found)
 
 
 #: Core exceptions outside the tree: private control flow of the exex source (``_Reset`` restarts its stream and is

@@ -26,6 +26,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ def _versions(conn: apsw.Connection) -> dict[str, Any]:
     for plugin, version in conn.execute("SELECT plugin, version FROM monmouth_migrations"):
         out[plugin] = {"schema": version}
     with contextlib.suppress(Exception):
-        from .plugin import __version__ as mv
+        from . import __version__ as mv
 
         out.setdefault("memory", {})["package"] = mv
     return out
@@ -271,30 +272,55 @@ def scrub_agent(directory: str | Path, agent: bytes) -> list[str]:
     return done
 
 
-def maybe_auto_checkpoint(mem: Any, head: int) -> None:
-    """Called after each committed notification: start an automatic checkpoint in a background thread when
-    ``checkpoint_every`` blocks have passed since the last one (one at a time), then prune to ``checkpoint_keep``.
-    Quick: it only starts the thread."""
-    every = mem.config.checkpoint_every
-    if not every:
-        return
-    if mem._last_auto_ckpt is None:
-        last = [m["block"]["number"] for m in list_checkpoints(mem.checkpoint_dir) if m["block"]["number"] is not None]
-        mem._last_auto_ckpt = max(last) if last else head - head % every
-    if head < mem._last_auto_ckpt + every or not mem._ckpt_lock.acquire(blocking=False):
-        return
-    mem._last_auto_ckpt = head
+class AutoCheckpoints:
+    """Automatic checkpoints of one running plugin: every ``every`` blocks (0: never), keeping the newest ``keep``.
 
-    def work() -> None:
-        try:
-            digest = mem.settings.digest() if mem.settings is not None else None
-            create(mem.db.path, mem.checkpoint_dir, config_hash=digest)
-            prune(mem.checkpoint_dir, mem.config.checkpoint_keep)
-        except Exception as e:
-            log.error("automatic checkpoint failed: %s", e)
-        finally:
-            mem._ckpt_lock.release()
+    Args:
+        db_path: the sidecar database file.
+        directory: the checkpoint directory.
+        every: ``plugins.memory.checkpoint_every``, blocks.
+        keep: ``plugins.memory.checkpoint_keep``.
+        config_hash: gives the settings' digest for the manifest (``None``: unknown).
 
-    t = threading.Thread(target=work, name="memory-checkpoint", daemon=True)
-    mem._threads.append(t)
-    t.start()
+    Attributes:
+        lock: held while a checkpoint is written (a forget holds it between its purge and its scrub).
+        threads: the checkpoint threads started so far.
+    """
+
+    def __init__(self, db_path: str | Path, directory: Path, every: int, keep: int,
+                 config_hash: Callable[[], str | None]) -> None:
+        self.db_path = db_path
+        self.directory = directory
+        self.every = every
+        self.keep = keep
+        self.config_hash = config_hash
+        self.lock = threading.Lock()
+        self.threads: list[threading.Thread] = []
+        self._last: int | None = None  # block of the latest checkpoint
+
+    def after_commit(self, head: int) -> None:
+        """Called after each committed notification: start an automatic checkpoint in a background thread when
+        ``every`` blocks have passed since the last one (one at a time), then prune to ``keep``. Quick: it only
+        starts the thread."""
+        every = self.every
+        if not every:
+            return
+        if self._last is None:
+            last = [m["block"]["number"] for m in list_checkpoints(self.directory) if m["block"]["number"] is not None]
+            self._last = max(last) if last else head - head % every
+        if head < self._last + every or not self.lock.acquire(blocking=False):
+            return
+        self._last = head
+
+        def work() -> None:
+            try:
+                create(self.db_path, self.directory, config_hash=self.config_hash())
+                prune(self.directory, self.keep)
+            except Exception as e:
+                log.error("automatic checkpoint failed: %s", e)
+            finally:
+                self.lock.release()
+
+        t = threading.Thread(target=work, name="memory-checkpoint", daemon=True)
+        self.threads.append(t)
+        t.start()
