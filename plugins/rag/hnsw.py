@@ -35,13 +35,15 @@ import json
 import logging
 import os
 import time
+import zipfile
 from pathlib import Path
 
 import apsw
 import faiss
 import numpy as np
 
-from .ann import SyncedIndex
+from .ann import SyncedIndex, VectorIndex
+from .config import RagConfig
 from .store import all_rows, scalar
 
 log = logging.getLogger(__name__)
@@ -174,7 +176,7 @@ class HnswIndex(SyncedIndex):
                     return False
                 graph = faiss.deserialize_index(z["graph"])
                 cols = {c: z[c] for c in self._COLUMNS}
-        except (OSError, ValueError, KeyError, RuntimeError) as e:
+        except (OSError, ValueError, KeyError, RuntimeError, EOFError, zipfile.BadZipFile) as e:
             log.warning("rag: cannot read the vector index %s (%s); rebuilding from rag_vec", self.path, e)
             return False
         n = int(header["n"])
@@ -256,3 +258,12 @@ class HnswIndex(SyncedIndex):
             r = rows[0][got]
             del bits
             return self.ids[r].copy(), scores[0][got].astype(np.float32)
+
+
+def open_index(cfg: RagConfig, db_path: Path | None, dim: int) -> SyncedIndex:
+    """The in-memory index ``cfg.ann_index`` names, for the database at ``db_path`` (the HNSW index is persisted as
+    ``<db_path>.rag-hnsw.npz``; ``None``: not persisted)."""
+    if cfg.ann_index == "binary":
+        return VectorIndex(dim, candidates_per_k=cfg.ann_candidates_per_k)
+    path = None if db_path is None else db_path.with_name(db_path.name + ".rag-hnsw.npz")
+    return HnswIndex(dim, path, ef_search=cfg.ann_ef_search)
