@@ -151,7 +151,7 @@ def test_persisted_copy_is_read_after_a_restart_and_catches_up(tmp_path):
     assert second.loaded_from == "file" and len(second) == 2990
     assert second.seq == conn.execute("SELECT max(seq) FROM rag_changes").fetchone()[0]
     gone = {docs[i].id for i in range(10)}
-    for v, old in zip(x[:20], before, strict=True):
+    for v in x[:20]:
         ids = second.search(v, 10)[0].tolist()
         assert gone.isdisjoint(ids)
     assert second.search(x[2700], 1)[0][0] == docs[2700].id, "a vector added after the save is found"
