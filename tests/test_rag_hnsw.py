@@ -16,8 +16,8 @@ from monmouth.types import ChainCommitted, ChainReverted
 from monmouth_rag.ann import VectorIndex
 from monmouth_rag.hnsw import HnswIndex
 from monmouth_rag.search import Filters, Searcher
-from monmouth_rag.store import MIGRATIONS, TRIMMED, PendingDoc, prune_changes, store_vectors
-from tests.test_rag_search import clustered
+from monmouth_rag.store import MIGRATIONS, TRIMMED, prune_changes, store_vectors
+from tests.test_rag_search import clustered, pending_docs
 from tests.test_rag_support import blocks, rig_fixture  # noqa: F401 (fixture)
 
 N = 6000
@@ -112,17 +112,7 @@ def _db(tmp_path, n: int = 3000):
     db = Database(tmp_path / "db.sqlite")
     conn = db.connect()
     migrate(conn, "rag", MIGRATIONS, set(TRIMMED))
-    x = clustered(n, seed=5)
-    docs = []
-    with conn:
-        for i in range(n):
-            conn.execute("INSERT INTO rag_docs (kind, timestamp, intent, token, text) VALUES ('document', ?, '', '', ?)",
-                         (i, f"t{i}"))
-            d = conn.last_insert_rowid()
-            conn.execute("INSERT INTO rag_index (id) VALUES (?)", (d,))
-            conn.execute("INSERT INTO rag_pending (doc, length) VALUES (?, 1)", (d,))
-            docs.append(PendingDoc(d, f"t{i}", "document", None, i, "", ""))
-    return db, conn, x, docs
+    return db, conn, clustered(n, seed=5), pending_docs(conn, n)
 
 
 def _delete(conn, ids):
