@@ -106,6 +106,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--seeds", type=int, default=2000)
     ap.add_argument("--quick", action="store_true", help="100k vectors, 100 queries")
+    ap.add_argument("--ef", type=int, default=0, help="HNSW efSearch, ours and the library's (default: ours)")
     ap.add_argument("--no-binary", action="store_true", help="skip the binary index (the path before HNSW)")
     args = ap.parse_args()
     if args.quick:
@@ -187,6 +188,8 @@ def main() -> None:
         grew = rss_mb() - rss
         del hnsw
         restarted = HnswIndex(384, path)
+        ef = args.ef or restarted.ef_search
+        restarted.ef_search = ef
         t = time.perf_counter()
         restarted.load(reader)
         load_s = time.perf_counter() - t
@@ -211,14 +214,14 @@ def main() -> None:
         grew = rss_mb() - rss
         lib_mem = faiss.serialize_index(lib).nbytes / 2**20
         faiss.omp_set_num_threads(1)
-        print(f"lib (faiss IndexHNSWSQ fp16, M 32, efConstruction 40, efSearch 256): built in {lib_build:.1f} s "
+        print(f"lib (faiss IndexHNSWSQ fp16, M 32, efConstruction 40, efSearch {ef}): built in {lib_build:.1f} s "
               f"(RSS +{grew:.0f} MB); {lib_mem:.0f} MB", flush=True)
         result.update({f"build_s_lib_{tag}": round(lib_build, 1), f"mem_mb_lib_{tag}": round(lib_mem),
                        f"rss_growth_mb_lib_{tag}": round(grew)})
 
-        def lib_search(flt, allowed, lib=lib):
+        def lib_search(flt, allowed, lib=lib, ef=ef):
             params = faiss.SearchParametersHNSW()
-            params.efSearch = 256
+            params.efSearch = ef
             bits = None
             if allowed is not None:
                 bits = np.packbits(allowed, bitorder="little")
