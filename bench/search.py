@@ -200,21 +200,21 @@ def main() -> None:
         result.update({f"build_s_hnsw_{tag}": round(build_s, 1), f"load_s_hnsw_{tag}": round(load_s, 2),
                        f"mem_mb_hnsw_{tag}": round(mem), f"rss_growth_mb_hnsw_{tag}": round(grew)})
         run("hnsw", plugin_path(restarted))
-        del restarted
 
         # -- the library alone, same parameters
         faiss.omp_set_num_threads(os.cpu_count() or 1)
         rss = rss_mb()
         t = time.perf_counter()
-        lib = faiss.IndexHNSWSQ(384, faiss.ScalarQuantizer.QT_fp16, 32, faiss.METRIC_INNER_PRODUCT)
-        lib.hnsw.efConstruction = 40
+        lib = faiss.IndexHNSWSQ(384, faiss.ScalarQuantizer.QT_fp16, restarted.m, faiss.METRIC_INNER_PRODUCT)
+        lib.hnsw.efConstruction = restarted.ef_construction
         lib.is_trained = True
         lib.add(x)
         lib_build = time.perf_counter() - t
         grew = rss_mb() - rss
         lib_mem = faiss.serialize_index(lib).nbytes / 2**20
         faiss.omp_set_num_threads(1)
-        print(f"lib (faiss IndexHNSWSQ fp16, M 32, efConstruction 40, efSearch {ef}): built in {lib_build:.1f} s "
+        print(f"lib (faiss IndexHNSWSQ fp16, M {restarted.m}, efConstruction {restarted.ef_construction}, "
+              f"efSearch {ef}): built in {lib_build:.1f} s "
               f"(RSS +{grew:.0f} MB); {lib_mem:.0f} MB", flush=True)
         result.update({f"build_s_lib_{tag}": round(lib_build, 1), f"mem_mb_lib_{tag}": round(lib_mem),
                        f"rss_growth_mb_lib_{tag}": round(grew)})
@@ -233,6 +233,7 @@ def main() -> None:
             return go
 
         run("lib", lib_search)
+        del restarted, lib
 
         # -- ours before: the binary index
         if not args.no_binary:
