@@ -110,7 +110,7 @@ class RagConfig(BaseModel):
     #: ``binary`` (binary prefilter and exact rerank, rebuilt from ``rag_vec`` at every start).
     ann_index: Literal["hnsw", "binary"] = "hnsw"
     #: HNSW beam width while searching (recall against latency; ``bench/search.py`` measures both).
-    ann_ef_search: int = Field(256, ge=16, le=4096)
+    ann_ef_search: int = Field(2048, ge=16, le=4096)
     #: Candidates the binary prefilter hands to the exact rerank, per result wanted (at least 400).
     ann_candidates_per_k: int = Field(40, ge=1, le=10_000)
     #: Largest filtered candidate set that is ranked exactly (larger sets go through the binary index).

@@ -68,7 +68,7 @@ class HnswIndex(SyncedIndex):
     """
 
     def __init__(self, dim: int = 384, path: Path | None = None, *, m: int = 16, ef_construction: int = 128,
-                 ef_search: int = 256, ef_max: int = 2048, exact_rows: int = 2_000, exact_fraction: float = 0.005,
+                 ef_search: int = 2048, ef_max: int = 2048, exact_rows: int = 2_000, exact_fraction: float = 0.005,
                  threads: int | None = None) -> None:
         self.path = path
         self.m = m
