@@ -303,7 +303,7 @@ class RagPlugin:
                 log.info("rag: removed %d index rows of blocks reverted while the plugin was off", dropped)
         counter = load_tokenizer(resolve_path(cfg.context_tokenizer, origin)) if cfg.context_tokenizer \
             else embedder.counter
-    index = open_index(cfg, getattr(ctx.db, "path", None), store.DIM)
+        index = open_index(cfg, getattr(ctx.db, "path", None), store.DIM)
         searcher = Searcher(ctx.db.reader, embedder.embed, index, ann_min_vectors=cfg.ann_min_vectors,
                             exact_max_candidates=cfg.exact_max_candidates, rrf_k=cfg.rrf_k)
         metrics = _metrics_for(getattr(ctx, "metrics", None))
@@ -342,12 +342,12 @@ class RagPlugin:
         st.worker.stop()
         if st.warm_thread is not None:
             st.warm_thread.join(60)
-    save = getattr(st.index, "save", None)  # the HNSW index: persist the changes since its last save
-    if callable(save) and (st.warm_thread is None or not st.warm_thread.is_alive()):
-        try:
-            save()
-        except OSError as e:
-            log.warning("%s (rebuilt or caught up at the next start)", e)
+        save = getattr(st.index, "save", None)  # the HNSW index: persist the changes since its last save
+        if callable(save) and (st.warm_thread is None or not st.warm_thread.is_alive()):
+            try:
+                save()
+            except OSError as e:
+                log.warning("%s (rebuilt or caught up at the next start)", e)
         _decoder.set_active_registry(None)
         self.current = None
 
