@@ -63,7 +63,7 @@ def run(kind: str, agents_n: int, blocks_n: int, tmp: Path) -> dict[str, Any]:
             t = time.perf_counter()
             e.apply(ChainCommitted(Chain((b,))))
             engine += time.perf_counter() - t
-            mem._wake.set()  # what monmouth_notification_committed does after each commit
+            mem.wake()  # what monmouth_notification_committed does after each commit
         applied = time.perf_counter() - t0
         while e.host.status()["memory"]["settle_backlog"] or e.host.status()["memory"]["index_backlog"]:
             time.sleep(0.005)

@@ -1,23 +1,39 @@
-"""Vector search latency and recall at 100k and 1M vectors of 384 dimensions, with and without filters.
+"""Vector search latency and recall at 100k and 1M vectors of 384 dimensions, with and without filters, beside an
+ANN library and exact search in the same run.
 
-What is measured is the plugin's search path for large collections (``Searcher.vector``): the in-memory index
-(:mod:`monmouth_rag.ann`) loaded from the ``rag_vec`` sqlite-vec table of a real SQLite file (so the load time after a
-restart is reported too: nothing is re-embedded), binary-quantised Hamming prefilter, exact float rerank. Recall@10 is
-measured against exact (exhaustive float32) search with the same filter.
+What is measured, on the same vectors and queries, for each size:
+
+* ``hnsw``: the plugin's search path for large collections (``Searcher.vector``) with its HNSW index
+  (:mod:`monmouth_rag.hnsw`): built from the ``rag_vec`` sqlite-vec table of a real SQLite file and persisted; the
+  build time and then the load time of a fresh index from the persisted copy (a restart: nothing is re-embedded, the
+  graph is not rebuilt) are reported;
+* ``binary``: the same path with the binary-quantised index (:mod:`monmouth_rag.ann`: Hamming prefilter, exact float
+  rerank; the path before the HNSW index), loaded from ``rag_vec``;
+* ``lib``: the library alone, faiss ``IndexHNSWSQ`` (float16, same ``M``/``efConstruction``/``efSearch``) built
+  straight from the numpy array, filters passed as a bitmap selector at the same beam width (no widening, no exact
+  fallback);
+* the exact references: exhaustive float32 numpy search (the recall@10 ground truth, same filter) and sqlite-vec's
+  exact KNN (latency).
+
+Memory is the index's own size (arrays, graph and float16 vectors) and the process's resident-set growth while it
+was built.
 
 Data: the vectors are synthetic but shaped like the model's output. Real all-MiniLM-L6-v2 embeddings of SciFact titles
 are the seeds; each stored vector is ``normalise(0.7 * seed_i + 0.3 * seed_j + noise)``, so the collection keeps the
 model's anisotropy and topic structure. Queries are real embeddings of SciFact test queries. Metadata columns get
 random kinds, intents (9 values) and block numbers.
 
-Usage: ``python bench/search.py [--sizes 100000,1000000] [--queries 200]``. The last line printed is JSON with
-``p50_ms_1m``, ``p99_ms_1m``, ``recall_at_10_1m``, ``p99_ms_100k``, ``recall_at_10_100k`` and the filtered variants.
+Usage: ``python bench/search.py [--quick] [--sizes 100000,1000000] [--queries 200]`` (``--quick``: 100k vectors,
+100 queries, a few minutes). The last line printed is JSON: per size tag (``100k``, ``1m``) and filter suffix
+(none, ``_intent``, ``_blocks``) ``{p50_ms,p99_ms,recall_at_10}_{hnsw,binary,lib}_<tag><suffix>``, and
+``build_s_*``, ``load_s_*``, ``mem_mb_*``, ``sqlite_vec_exact_ms_<tag>``, ``p99_ratio_hnsw_vs_lib_<tag>``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -63,16 +79,45 @@ def exact_topk(x: np.ndarray, q: np.ndarray, k: int, allowed: np.ndarray | None)
     return out
 
 
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def measure(search, queries: np.ndarray, truth: list[set[int]]) -> tuple[float, float, float]:
+    """p50 and p99 latency (ms) and mean recall@10 of ``search(q) -> ids`` over ``queries``."""
+    for q in queries[:10]:
+        search(q)  # warm-up
+    lat, rec = [], []
+    for q, want in zip(queries, truth, strict=True):
+        t = time.perf_counter()
+        got = search(q)
+        lat.append((time.perf_counter() - t) * 1000)
+        rec.append(len(want & {int(d) for d in got}) / 10)
+    lat.sort()
+    return lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))], float(np.mean(rec))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="100000,1000000")
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--seeds", type=int, default=2000)
+    ap.add_argument("--quick", action="store_true", help="100k vectors, 100 queries")
+    ap.add_argument("--ef", type=int, default=0, help="HNSW efSearch, ours and the library's (default: ours)")
+    ap.add_argument("--no-binary", action="store_true", help="skip the binary index (the path before HNSW)")
     args = ap.parse_args()
+    if args.quick:
+        args.sizes, args.queries = "100000", 100
+
+    import faiss
 
     from monmouth.store import Database, migrate
-    from monmouth_rag.ann import VectorIndex
+    from monmouth_rag.ann import SyncedIndex, VectorIndex
     from monmouth_rag.decoder import INTENTS
+    from monmouth_rag.hnsw import HnswIndex
     from monmouth_rag.search import Filters, Searcher
     from monmouth_rag.store import MIGRATIONS, TRIMMED
 
@@ -80,8 +125,9 @@ def main() -> None:
     t0 = time.perf_counter()
     seeds, queries = seeds_and_queries(args.seeds, args.queries)
     print(f"{len(seeds)} real seed embeddings, {len(queries)} real query embeddings ({time.perf_counter() - t0:.1f} s)")
+    print(f"load average at start: {Path('/proc/loadavg').read_text().split()[:3]} on {os.cpu_count()} cores")
     sizes = [int(s) for s in args.sizes.split(",")]
-    tmp = tempfile.TemporaryDirectory(prefix="rag-search-")  # removed at exit (1M vectors take ~1.6 GB)
+    tmp = tempfile.TemporaryDirectory(prefix="rag-search-")  # removed at exit (1M vectors take ~3 GB)
     work = Path(tmp.name)
     db = Database(work / "db.sqlite", synchronous="NORMAL")
     conn = db.connect()
@@ -90,6 +136,7 @@ def main() -> None:
     intents = np.zeros(0, np.int64)
     blocks = np.zeros(0, np.int64)
     result: dict[str, float | int | str] = {}
+    swap = INTENTS.index("swap")
     for size in sizes:
         add = size - len(x)
         t = time.perf_counter()
@@ -108,50 +155,114 @@ def main() -> None:
         blocks = np.concatenate([blocks, new_blk])
         print(f"\n== {size} vectors (generated and written to sqlite-vec in {time.perf_counter() - t:.1f} s)",
               flush=True)
-        index = VectorIndex(384)
-        t = time.perf_counter()
-        index.load(conn)
-        load_s = time.perf_counter() - t
-        print(f"in-memory index loaded from SQLite in {load_s:.1f} s ({len(index)} vectors)")
-        reader = db.connect()
-        searcher = Searcher(lambda r=reader: r, lambda t: None, index, ann_min_vectors=0)
         tag = "1m" if size == 1_000_000 else f"{size // 1000}k"
-        swap = INTENTS.index("swap")
         scenarios = {
             "": (Filters(), None),
             "_intent": (Filters(intents=("swap",)), intents == swap),
             "_blocks": (Filters(block_from=100_000, block_to=199_999), (blocks >= 100_000) & (blocks <= 199_999)),
         }
-        for suffix, (flt, allowed) in scenarios.items():
-            truth = exact_topk(x, queries, 10, allowed)
-            for q in queries[:10]:
-                searcher.vector(q, 10, flt)  # warm-up
-            lat, rec = [], []
-            for q, want in zip(queries, truth, strict=True):
-                t = time.perf_counter()
-                got = searcher.vector(q, 10, flt)
-                lat.append((time.perf_counter() - t) * 1000)
-                rec.append(len(want & {d for d, _ in got}) / 10)
-            lat.sort()
-            p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-            name = suffix.lstrip("_") or "none"
-            print(f"filter {name:7s}: p50 {p50:6.1f} ms  p99 {p99:6.1f} ms  recall@10 {np.mean(rec):.3f}", flush=True)
-            result[f"p50_ms_{tag}{suffix}"] = round(p50, 2)
-            result[f"p99_ms_{tag}{suffix}"] = round(p99, 2)
-            result[f"recall_at_10_{tag}{suffix}"] = round(float(np.mean(rec)), 4)
-        result[f"load_s_{tag}"] = round(load_s, 2)
+        truths = {suffix: exact_topk(x, queries, 10, allowed) for suffix, (_f, allowed) in scenarios.items()}
+        reader = db.connect()
+
+        def run(name: str, search_for, scenarios=scenarios, truths=truths, tag=tag) -> None:
+            for suffix, (flt, allowed) in scenarios.items():
+                p50, p99, rec = measure(search_for(flt, allowed), queries, truths[suffix])
+                fname = suffix.lstrip("_") or "none"
+                print(f"  {name:6s} filter {fname:6s}: p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  recall@10 {rec:.3f}",
+                      flush=True)
+                result[f"p50_ms_{name}_{tag}{suffix}"] = round(p50, 2)
+                result[f"p99_ms_{name}_{tag}{suffix}"] = round(p99, 2)
+                result[f"recall_at_10_{name}_{tag}{suffix}"] = round(rec, 4)
+
+        def plugin_path(index: SyncedIndex, reader=reader):
+            searcher = Searcher(lambda: reader, lambda t: None, index, ann_min_vectors=0)
+            return lambda flt, allowed: (lambda q, flt=flt: [d for d, _ in searcher.vector(q, 10, flt)])
+
+        # -- ours: HNSW, built from SQLite and persisted, then loaded as after a restart
+        path = work / f"db.sqlite.rag-hnsw-{tag}.npz"
+        rss = rss_mb()
+        hnsw = HnswIndex(384, path)
+        t = time.perf_counter()
+        hnsw.load(reader)
+        build_s = time.perf_counter() - t
+        grew = rss_mb() - rss
+        del hnsw
+        restarted = HnswIndex(384, path)
+        ef = args.ef or restarted.ef_search
+        restarted.ef_search = ef
+        t = time.perf_counter()
+        restarted.load(reader)
+        load_s = time.perf_counter() - t
+        assert restarted.loaded_from == "file", restarted.loaded_from
+        mem = path.stat().st_size / 2**20
+        print(f"hnsw (ours): built from SQLite + saved in {build_s:.1f} s (RSS +{grew:.0f} MB); after a restart read "
+              f"from its file in {load_s:.2f} s; {mem:.0f} MB", flush=True)
+        result.update({f"build_s_hnsw_{tag}": round(build_s, 1), f"load_s_hnsw_{tag}": round(load_s, 2),
+                       f"mem_mb_hnsw_{tag}": round(mem), f"rss_growth_mb_hnsw_{tag}": round(grew)})
+        run("hnsw", plugin_path(restarted))
+
+        # -- the library alone, same parameters
+        faiss.omp_set_num_threads(os.cpu_count() or 1)
+        rss = rss_mb()
+        t = time.perf_counter()
+        lib = faiss.IndexHNSWSQ(384, faiss.ScalarQuantizer.QT_fp16, restarted.m, faiss.METRIC_INNER_PRODUCT)
+        lib.hnsw.efConstruction = restarted.ef_construction
+        lib.is_trained = True
+        lib.add(x)
+        lib_build = time.perf_counter() - t
+        grew = rss_mb() - rss
+        lib_mem = faiss.serialize_index(lib).nbytes / 2**20
+        faiss.omp_set_num_threads(1)
+        print(f"lib (faiss IndexHNSWSQ fp16, M {restarted.m}, efConstruction {restarted.ef_construction}, "
+              f"efSearch {ef}): built in {lib_build:.1f} s "
+              f"(RSS +{grew:.0f} MB); {lib_mem:.0f} MB", flush=True)
+        result.update({f"build_s_lib_{tag}": round(lib_build, 1), f"mem_mb_lib_{tag}": round(lib_mem),
+                       f"rss_growth_mb_lib_{tag}": round(grew)})
+
+        def lib_search(flt, allowed, lib=lib, ef=ef):
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = ef
+            bits = None
+            if allowed is not None:
+                bits = np.packbits(allowed, bitorder="little")
+                params.sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
+
+            def go(q, bits=bits):
+                rows = lib.search(q[None, :], 10, params=params)[1][0]
+                return rows[rows >= 0] + 1  # ids are row + 1
+            return go
+
+        run("lib", lib_search)
+        del restarted, lib
+
+        # -- ours before: the binary index
+        if not args.no_binary:
+            index = VectorIndex(384)
+            rss = rss_mb()
+            t = time.perf_counter()
+            index.load(reader)
+            bin_load = time.perf_counter() - t
+            grew = rss_mb() - rss
+            bmem = (index.vecs.nbytes + index.codes.nbytes) / 2**20
+            print(f"binary (before, in-memory, not persisted): loaded from SQLite in {bin_load:.1f} s (RSS +{grew:.0f} MB); {bmem:.0f} MB")
+            result.update({f"load_s_binary_{tag}": round(bin_load, 1), f"mem_mb_binary_{tag}": round(bmem)})
+            run("binary", plugin_path(index))
+            del index
+
         # reference: exact sqlite-vec KNN (float, exhaustive) on a few queries
         t = time.perf_counter()
-        for q in queries[:3]:
-            reader.execute("SELECT rowid FROM rag_vec WHERE embedding MATCH ? AND k = 10", (q.tobytes(),)).fetchall()
+        for qv in queries[:3]:
+            reader.execute("SELECT rowid FROM rag_vec WHERE embedding MATCH ? AND k = 10", (qv.tobytes(),)).fetchall()
         ref = (time.perf_counter() - t) / 3 * 1000
         print(f"reference: exact sqlite-vec float KNN {ref:.0f} ms per query")
         result[f"sqlite_vec_exact_ms_{tag}"] = round(ref, 1)
+        result[f"p99_ratio_hnsw_vs_lib_{tag}"] = round(
+            float(result[f"p99_ms_hnsw_{tag}"]) / float(result[f"p99_ms_lib_{tag}"]), 2)
         reader.close()
-        del index
     conn.close()
     tmp.cleanup()
     result["data"] = "synthetic mixtures of real MiniLM embeddings; real query embeddings"
+    result["load_average_end"] = Path("/proc/loadavg").read_text().split()[0]
     print(json.dumps(result))
 
 

@@ -24,7 +24,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 import anyio
 import anyio.to_thread
@@ -36,9 +36,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__, problems
 from .audit import Audit
-from .auth import Authenticator, Principal, check_bind, current_principal, default_policy, require
+from .auth import AccessRule, Authenticator, Principal, check_bind, current_principal, default_policy, require
 from .limits import RequestLimitMiddleware, Text
-from .plugins import declared
+from .plugins import call_one
 from .problems import ProblemError
 from .ratelimit import RateLimitMiddleware
 
@@ -46,11 +46,27 @@ log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .app import App
-    from .runner import Runner
+    from .catchup import CatchUp
+    from .stall import StallTracker
 
 DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboard"
 #: Header carrying a per-process secret on the MCP server's in-process calls (not rate-limited twice).
 INTERNAL_HEADER = "x-monmouth-internal"
+
+
+class Runner(Protocol):
+    """What the HTTP app reads from a running sidecar (implemented by :class:`monmouth.runner.Runner`, which builds
+    the app; this module does not import it)."""
+
+    lock: anyio.Lock
+    stall: StallTracker
+    catchup: CatchUp
+
+    def status(self) -> dict[str, Any]:
+        """The ``/status`` object."""
+
+    def ready(self) -> tuple[bool, str]:
+        """``(ready, reason)`` for ``/ready``."""
 
 
 def _plugin_guard(app: App, name: str, runner: Runner | None = None) -> Any:
@@ -215,7 +231,34 @@ class SiweIn(BaseModel):
     signature: str = Field(..., pattern=r"^0x[0-9a-fA-F]{130}$", description="0x + 65-byte signature (hex).")
 
 
-def _document_mcp(api: FastAPI) -> None:
+def _access_rules(app: App, name: str, plugin: object, router: Any) -> dict[tuple[str, str], AccessRule]:
+    """Plugin ``name``'s ``monmouth_access_rules``, keyed by ``(method, path)``, for routes its own ``router`` serves.
+    A rule naming any other route, or a hook that raises, is refused: logged and named in the plugin's ``/status``
+    ``error``; the route keeps the default policy (the stricter one)."""
+    try:
+        rules = list(call_one(plugin, "monmouth_access_rules") or ())
+    except Exception as e:
+        _plugin_error(app, name, f"monmouth_access_rules failed: {type(e).__name__}: {e}")
+        return {}
+    served = {(m, r.path) for r in router.routes for m in (getattr(r, "methods", None) or ())}
+    out: dict[tuple[str, str], AccessRule] = {}
+    for rule in rules:
+        if isinstance(rule, AccessRule) and rule.key in served:
+            out[rule.key] = rule
+            continue
+        what = f"{rule.method} {rule.path}" if isinstance(rule, AccessRule) else repr(rule)
+        _plugin_error(app, name, f"monmouth_access_rules: {what} is not an AccessRule for a route of this plugin")
+    return out
+
+
+def _plugin_error(app: App, name: str, error: str) -> None:
+    """Log a refused contribution of plugin ``name`` and add it to the plugin's ``/status`` ``error``."""
+    log.error("plugin %s: %s", name, error)
+    old = app.host.errors.get(name)
+    app.host.errors[name] = f"{old}; {error}" if old else error
+
+
+def _document_mcp(api: FastAPI, tools: list[str]) -> None:
     """Add ``/mcp`` (an ASGI endpoint, not a FastAPI route) to the OpenAPI spec, so it covers every route."""
     base = api.openapi
 
@@ -233,8 +276,8 @@ def _document_mcp(api: FastAPI) -> None:
             }
             spec["paths"]["/mcp"] = {"post": {
                 **op, "summary": "MCP (streamable HTTP)", "operationId": "mcp_post",
-                "description": "The Model Context Protocol endpoint (stateless, JSON responses): tools search_chain, "
-                               "get_context, remember, recall, forget, memory_root, memory_proof, status. Send "
+                "description": "The Model Context Protocol endpoint (stateless, JSON responses): tools "
+                               f"{', '.join(tools)}. Send "
                                "JSON-RPC 2.0 with `Accept: application/json, text/event-stream`. Same auth as "
                                "every route; each tool acts as the caller.",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}}}
@@ -262,11 +305,14 @@ def create_api(app: App, runner: Runner | None = None) -> FastAPI:
 
     mcp_server = None
     try:
-        from .mcp_server import build_http_mcp
+        from .mcp_server import build_http_mcp, plugin_tools
     except ImportError:  # the mcp package is a core dependency; keep the API up without it
         build_http_mcp = None  # type: ignore[assignment]
     if build_http_mcp is not None:
-        mcp_server = build_http_mcp(internal_secret)
+        tools, refused = plugin_tools(app.host.installed)
+        for name, error in refused.items():
+            _plugin_error(app, name, error)
+        mcp_server = build_http_mcp(internal_secret, tools)
 
     @contextlib.asynccontextmanager
     async def lifespan(_api: FastAPI) -> AsyncIterator[None]:
@@ -290,6 +336,7 @@ def create_api(app: App, runner: Runner | None = None) -> FastAPI:
     api.state.audit = audit
     api.state.reorgs = reorgs
     api.state.policy_cache = {}
+    api.state.access_rules = {}
     api.state.internal_secret = internal_secret
     problems.install(api)
 
@@ -395,7 +442,7 @@ def create_api(app: App, runner: Runner | None = None) -> FastAPI:
     # ------------------------------------------------------------------------------------------------ plugins
     for name, plugin in app.host.installed.items():
         try:
-            router = declared(plugin, "monmouth_http_router")
+            router = call_one(plugin, "monmouth_http_router")
         except Exception as e:  # one plugin's broken routes must not take the API down
             log.error("plugin %s: monmouth_http_router failed, its routes are not served: %s", name, e)
             app.host.errors[name] = f"monmouth_http_router failed: {type(e).__name__}: {e}"
@@ -403,6 +450,7 @@ def create_api(app: App, runner: Runner | None = None) -> FastAPI:
         if router is not None:
             api.include_router(router, dependencies=[Depends(default_policy), _plugin_guard(app, name, runner)],
                                responses=problems.responses(400, 401, 403, 404, 409, 410, 503))
+            api.state.access_rules.update(_access_rules(app, name, plugin, router))
 
     # ------------------------------------------------------------------------------------------------ mcp
     if mcp_server is not None:
@@ -411,7 +459,7 @@ def create_api(app: App, runner: Runner | None = None) -> FastAPI:
         api.router.add_route("/mcp", MCPEndpoint(mcp_server, auth),  # type: ignore[arg-type]  # an ASGI app
                              methods=["GET", "POST", "DELETE"], include_in_schema=False)
 
-    _document_mcp(api)
+    _document_mcp(api, mcp_server.tool_names if mcp_server is not None else [])
 
     # Outermost last: problems -> audit -> request limits -> rate limit -> admission -> app.
     api.add_middleware(AdmissionMiddleware, sidecar=app, runner=runner)

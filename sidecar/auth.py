@@ -20,9 +20,10 @@ For plugin authors (see docs/plugins.md, "Access control"):
 * ``check_agent(principal, address, write=...)`` or ``principal.may_access(address, write=...)``: may the caller
   touch agent ``address`` (admin: yes; read: reads only; agent: its own address only). ``check_agent`` raises 403.
 
-Default policy of plugin routes that declare none: admin everything; read ``GET``/``HEAD`` (plus the known
-read-only ``POST`` routes in :data:`READ_ONLY_POSTS`); agents only routes with an ``{agent}`` path parameter equal
-to their own address (plus :data:`AGENT_ROUTES`).
+Default policy of plugin routes that declare none: admin everything; read ``GET``/``HEAD``; agents only routes with
+an ``{agent}`` path parameter equal to their own address. A plugin widens it for its own routes with
+:class:`AccessRule` objects returned by its ``monmouth_access_rules`` hook (a ``POST`` that only reads, chain data any
+agent may read, with a check of the request body).
 
 Run ``python -m monmouth.auth new-token`` to make an operator token and the hash to put in config.toml.
 """
@@ -47,7 +48,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from .errors import ConfigError
+from .errors import ConfigError, MonmouthError
 from .limits import authorization
 from .problems import ProblemError
 
@@ -59,17 +60,6 @@ _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 AGENT_TOKEN_PREFIX = "mma_"
 OPERATOR_TOKEN_PREFIX = "mmo_"
 
-#: POST routes of the built-in plugins that only read: a read token may call them (until the plugins declare
-#: ``require("read", ...)`` themselves).
-READ_ONLY_POSTS: set[str] = {"/rag/search", "/rag/context", "/rag/answer", "/memory/agents/{agent}/recall"}
-#: Routes without an ``{agent}`` parameter that agents may call: chain data. ``/rag/search`` and ``/rag/context``
-#: only with ``filters.kind`` limited to ``tx``/``document`` (other agents' RAG "memory" documents stay hidden).
-AGENT_ROUTES: dict[tuple[str, str], str] = {
-    ("POST", "/rag/search"): "chain-only",
-    ("POST", "/rag/context"): "chain-only",
-    ("GET", "/rag/tx/{tx_hash}"): "ok",
-    ("GET", "/rag/graph/{address}"): "ok",
-}
 _SAFE = {"GET", "HEAD", "OPTIONS"}
 
 
@@ -149,6 +139,32 @@ def check_agent(principal: Principal, agent: str | bytes, *, write: bool = False
                            field="agent")
 
 
+@dataclass(frozen=True)
+class AccessRule:
+    """One plugin route's exception to the default policy (:func:`default_policy`), returned by the plugin's
+    ``monmouth_access_rules`` hook. A route that declares its own policy (``require(...)``) ignores it.
+
+    Attributes:
+        method: the HTTP method, upper case (``"POST"``).
+        path: the route's path template, exactly as the plugin's router declares it (``"/example/search"``).
+        read: a read token may call it (for a ``POST`` that only reads; ``GET`` and ``HEAD`` are allowed anyway).
+        agent: any signed-in agent may call it (a route without an ``{agent}`` parameter, e.g. chain data).
+        agent_body: with ``agent``: called with the request's decoded JSON body when an agent calls, before the route
+            runs; it raises :class:`~monmouth.problems.ProblemError` (403, naming the field) to refuse. A body that
+            is not JSON is not checked: the route's own validation answers 422.
+    """
+
+    method: str
+    path: str
+    read: bool = False
+    agent: bool = False
+    agent_body: Callable[[Any], None] | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.method.upper(), self.path
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # SIWE (EIP-4361)
 
@@ -189,7 +205,7 @@ class SiweMessage:
         return "\n".join(lines)
 
 
-class SiweError(ValueError):
+class SiweError(MonmouthError, ValueError):
     """A SIWE message that cannot be accepted; ``field`` names the part at fault."""
 
     def __init__(self, field: str, msg: str) -> None:
@@ -638,8 +654,9 @@ async def default_policy(request: Request, p: Annotated[Principal, Depends(curre
             return p
     if p.role == "admin":
         return p
+    rule: AccessRule | None = request.app.state.access_rules.get((method, path))
     if p.role == "read":
-        if method in _SAFE or (method == "POST" and path in READ_ONLY_POSTS):
+        if method in _SAFE or (rule is not None and rule.read):
             return p
         raise ProblemError(403, f"a read token may not call {method} {path}")
     # agent
@@ -648,25 +665,14 @@ async def default_policy(request: Request, p: Annotated[Principal, Depends(curre
         if normalize_address(str(params["agent"])) == p.agent:
             return p
         raise ProblemError(403, f"{p.name} may not touch agent {params['agent']}'s data", field="path.agent")
-    rule = AGENT_ROUTES.get((method, path))
-    if rule == "ok":
+    if rule is not None and rule.agent:
+        if rule.agent_body is not None:
+            try:
+                body = await request.json()
+            except ValueError:
+                return p  # the route's own validation answers 422
+            rule.agent_body(body)
         return p
-    if rule == "chain-only":
-        try:
-            body = await request.json()
-        except ValueError:
-            return p  # the route's own validation answers 422
-        filters = body.get("filters") if isinstance(body, dict) else None
-        if filters is not None and not isinstance(filters, dict):
-            return p  # not an object: the route's own validation answers 422 naming filters
-        kinds = (filters or {}).get("kind")
-        if kinds is not None and not isinstance(kinds, str | list):
-            return p  # not a kind or a list of kinds: the route's validation answers 422 naming filters.kind
-        kinds = [kinds] if isinstance(kinds, str) else kinds
-        if isinstance(kinds, list) and kinds and "memory" not in kinds:
-            return p
-        raise ProblemError(403, f"an agent token may call {path} only with filters.kind limited to 'tx' and "
-                                "'document' (RAG memory documents are private to their agent)", field="filters.kind")
     raise ProblemError(403, f"{p.name} may not call {method} {path}")
 
 

@@ -12,8 +12,13 @@ History, by source:
   longer serves the blocks (pruned) is reported in ``/status`` (``progress.error``) and retried.
 * ``replay``: the replay file, read again: the canonical chain is found by walking parent hashes back from the
   engine head through every block the file holds (the whole file is indexed in memory).
-* ``exex``: not yet (the bridge serves history only to a sidecar's first ``hello``): the plugin joins the live
-  stream at the head and ``/status`` shows the range it has (``first``), with a warning in the log.
+* ``exex``: the node's own JSON-RPC at ``source.rpc_url`` (Reth serves it with ``--http``; the bridge serves
+  history only to a sidecar's first ``hello``), fetched and checked like the ``rpc`` source's
+  (:class:`NodeHistory`). Each step also checks that the node's block at the engine head's height is the engine
+  head: a URL pointing at another chain (or a node that has not seen the head yet) is reported in ``/status``
+  and retried, and nothing of it is applied. The ExEx delivers no genesis block, so the default start is block 1.
+  Without ``source.rpc_url`` the plugin joins the live stream at the head, and the log names the blocks it lacks
+  and the key to set.
 
 ``/status`` ``progress.<name>``: ``state``, ``first``, ``last``, ``remaining`` (blocks to the head),
 ``blocks_per_s`` and ``error`` (the last failure of a catch-up step, ``null`` when fine).
@@ -87,8 +92,52 @@ class ReplayHistory:
         return await anyio.to_thread.run_sync(self.blocks, first, last, head)
 
 
-def history_of(source: Source) -> History | None:
-    """The source's history, or ``None`` when it cannot serve one."""
+class NodeHistory:
+    """The ``exex`` source's history: blocks from the node's JSON-RPC (``source.rpc_url``), checked like the
+    ``rpc`` source's (:meth:`RpcSource.fetch_blocks`: shapes, block hash, transactions and receipts roots), and
+    on the engine's chain (the node's block at the engine head's height is the engine head).
+
+    Args:
+        url: the node's HTTP JSON-RPC endpoint.
+        timeout: seconds per request (``source.timeout``).
+    """
+
+    #: The ExEx starts at block 1 (it delivers no genesis block): the first block a plugin catches up from.
+    FIRST_BLOCK = 1
+
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
+        from .sources.rpc import RpcSource
+
+        self.url = url
+        self.node = RpcSource(url, timeout=timeout)
+
+    async def __call__(self, first: int, last: int, head: BlockRef) -> list[Block]:
+        """Blocks ``first..last`` (at or below ``head``, the engine head).
+
+        Raises:
+            HistoryError: the node does not answer or serve them (pruned, behind), answers badly, or follows
+                another chain than the engine's; the message names ``source.rpc_url`` and the blocks.
+        """
+        what = f"source.rpc_url {self.url}"
+        try:
+            blocks = await self.node.fetch_blocks(first, last)
+            at_head = await self.node.block_hash(head.number)
+        except Exception as e:
+            raise HistoryError(f"{what} does not serve blocks {first}..{last}: {type(e).__name__}: {e}") from e
+        if at_head != head.hash:
+            raise HistoryError(
+                f"{what}: the node's block {head.number} is {'0x' + at_head.hex() if at_head else 'missing'}, the "
+                f"indexed head is {head}: it is not the node the bridge follows (another chain), or it has not "
+                "reached that block yet")
+        return blocks
+
+    async def aclose(self) -> None:
+        await self.node.aclose()
+
+
+def history_of(source: Source, rpc_url: str = "", timeout: float = 10.0) -> History | None:
+    """The source's history, or ``None`` when it cannot serve one (``rpc_url``, ``timeout``: the ``exex``
+    source's ``source.rpc_url`` and ``source.timeout``)."""
     fetch = getattr(source, "fetch_blocks", None)
     if fetch is not None:
         async def rpc(first: int, last: int, head: BlockRef) -> list[Block]:
@@ -100,7 +149,18 @@ def history_of(source: Source) -> History | None:
     path = getattr(source, "path", None)
     if source.kind == "replay" and isinstance(path, Path):
         return ReplayHistory(path)
+    if source.kind == "exex" and rpc_url:
+        return NodeHistory(rpc_url, timeout)
     return None
+
+
+def no_history(source: Source) -> str:
+    """Why ``source`` serves no history, and what the operator can do (for the log and ``monmouth reindex``)."""
+    if source.kind == "exex":
+        return ("the exex source catches plugins up from the node's JSON-RPC, and source.rpc_url is not set: set it "
+                "to the node's HTTP endpoint (Reth --http, e.g. http://127.0.0.1:8545) and restart, then "
+                "`monmouth reindex <plugin>` rebuilds a plugin that joined without history")
+    return f"the {source.kind} source cannot serve history"
 
 
 class CatchUp:
@@ -122,7 +182,7 @@ class CatchUp:
         self.limiter = limiter
         self.batch = batch
         self.progress = Progress(app.engine)
-        self.history = history_of(source)
+        self.history = history_of(source, app.settings.source.rpc_url, app.settings.source.timeout)
         self.errors: dict[str, str] = {}
         self._rates: dict[str, tuple[float, int, float]] = {}  # name -> (t0, blocks since t0, blocks/s)
         self.behind: dict[str, int | None] = {}  # plugins catching up -> the last block they hold
@@ -135,12 +195,20 @@ class CatchUp:
         if self.history is None:
             for name, r in self.progress.ranges().items():
                 if r.state == "catching_up" and name in self.app.host.enabled:
-                    self.progress.join_without_history(name, f"the {self.source.kind} source cannot serve history")
+                    self.progress.join_without_history(name, no_history(self.source))
         return changes
 
     def floor(self) -> int | None:
-        """The first block the source's history holds, when it knows (a replay file), else ``None``."""
-        return self.history.first_block() if isinstance(self.history, ReplayHistory) else None
+        """The first block the source's history holds, when it knows (a replay file; the ExEx's block 1), else
+        ``None``."""
+        if isinstance(self.history, ReplayHistory):
+            return self.history.first_block()
+        return NodeHistory.FIRST_BLOCK if self.source.kind == "exex" else None
+
+    async def aclose(self) -> None:
+        """Release the history's client (the ``exex`` source's JSON-RPC connection)."""
+        if isinstance(self.history, NodeHistory):
+            await self.history.aclose()
 
     def status(self) -> dict[str, dict[str, Any]]:
         """``{plugin: progress}`` for ``/status`` (see the module docstring)."""

@@ -8,13 +8,16 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import click
 
 from . import __version__
 from .errors import MonmouthError
+
+if TYPE_CHECKING:
+    from .shutdown import Shutdown
 
 CONFIG_OPTION = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -297,12 +300,62 @@ def config_set(key: str, value: str, config_path: Path | None) -> None:
 def mcp(config_path: Path | None, url: str | None, token: str | None) -> None:
     """Serve the MCP tools over stdio (for an LLM agent runtime). Uses the running sidecar when one answers,
     else opens the database in-process."""
-    from .mcp_server import serve_stdio
-
     try:
-        serve_stdio(config_path, url, token)
+        _serve_mcp_stdio(config_path, url, token)
     except MonmouthError as e:
         _fail(e)
+
+
+def _serve_mcp_stdio(config_path: Path | None, url: str | None, token: str | None) -> None:
+    """Serve the MCP tools over stdio: through the running sidecar at ``url`` (default: the config's
+    ``http.host``/``http.port``) when it answers, else in-process on the database as the local operator. Returns
+    when the client closes standard input or on SIGTERM/SIGINT (within ``engine.shutdown_timeout``,
+    :mod:`sidecar.shutdown`); a signal while it starts returns too."""
+    from .shutdown import graceful
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)  # stdout carries the protocol
+    log = logging.getLogger("monmouth.mcp_server")
+    with graceful() as stopper, contextlib.suppress(KeyboardInterrupt):  # Stopped: a signal outside the loop
+        _serve_mcp_until_stopped(config_path, url, token, stopper, log)
+    if stopper.requested:
+        log.warning("monmouth mcp: %s: stopped cleanly", stopper.signal_name)
+
+
+def _serve_mcp_until_stopped(config_path: Path | None, url: str | None, token: str | None, stopper: Shutdown,
+                             log: logging.Logger) -> None:
+    import httpx
+
+    from .app import load_settings, open_app
+    from .mcp_server import asgi_backend, plugin_tools, run_stdio, url_backend
+
+    settings, plugins = load_settings(config_path)
+    stopper.timeout = settings.engine.shutdown_timeout
+    if url is None and settings.http.enabled:
+        host = "127.0.0.1" if settings.http.host in ("0.0.0.0", "::") else settings.http.host
+        url = f"http://{host}:{settings.http.port}"
+    if url is not None:
+        try:
+            if httpx.get(f"{url.rstrip('/')}/health", timeout=1.0).status_code == 200:
+                log.warning("monmouth mcp: serving the sidecar at %s", url)
+                anyio.run(run_stdio, url_backend(url, token), plugin_tools(plugins)[0], stopper)
+                return
+        except httpx.HTTPError:
+            pass
+    from .api import create_api
+
+    app = open_app(config_path, settings=settings)
+    api = None
+    try:
+        api = create_api(app)
+        log.warning("monmouth mcp: no sidecar answers%s; serving %s in-process", f" at {url}" if url else "",
+                    settings.storage.path)
+        backend = asgi_backend(api, authorization=f"Bearer {token}" if token else None, client=("127.0.0.1", 0),
+                               internal_secret=api.state.internal_secret)
+        anyio.run(run_stdio, backend, plugin_tools(app.host.installed)[0], stopper)
+    finally:
+        if api is not None:
+            api.state.audit.close()
+        app.close()
 
 
 @cli.command()
@@ -329,7 +382,7 @@ def demo(workdir: Path, port: int, duration: float | None, reorg_every: int, rat
 
 
 def _register_plugin_commands() -> None:
-    from .plugins import declared, discover
+    from .plugins import call_one, discover
 
     try:
         found = discover()
@@ -337,7 +390,7 @@ def _register_plugin_commands() -> None:
         return
     for name, plugin in found.items():
         try:
-            declared(plugin, "monmouth_register_commands", cli=cli)
+            call_one(plugin, "monmouth_register_commands", cli=cli)
         except Exception as e:  # a broken plugin must not break the CLI
             logging.getLogger(__name__).error("plugin %s: monmouth_register_commands failed: %s", name, e)
 

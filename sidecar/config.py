@@ -69,6 +69,23 @@ class SourceConfig(_Section):
     window: int = Field(64, ge=1, le=1024)
     #: exex: heartbeat interval, seconds.
     heartbeat: float = Field(1.0, gt=0, le=600)
+    #: exex: the node's HTTP JSON-RPC endpoint (Reth's ``--http``), where plugins enabled late catch up from
+    #: (sidecar/catchup.py); empty: they join at the head without the blocks before it.
+    rpc_url: str = ""
+
+    @field_validator("rpc_url")
+    @classmethod
+    def _rpc_url(cls, v: str) -> str:
+        if v and not re.fullmatch(r"https?://[^/\s:]+(:\d{1,5})?(/\S*)?", v):
+            raise ValueError("must be an http:// or https:// URL with a host, such as http://127.0.0.1:8545")
+        return v
+
+    @model_validator(mode="after")
+    def _rpc_url_for_exex(self) -> SourceConfig:
+        if self.rpc_url and self.kind != "exex":
+            raise ValueError(f"source.rpc_url is only used by the exex source (the {self.kind} source reads "
+                             f"history from {'source.url' if self.kind == 'rpc' else 'source.path'}); remove it")
+        return self
 
 
 class StorageConfig(_Section):

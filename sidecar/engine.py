@@ -76,6 +76,42 @@ class StoredBlock:
         return Block(self.number, self.hash, self.parent_hash, self.timestamp, b"\x00" * 20, 0, 0)
 
 
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """The engine's durable position, as the last committed notification left it.
+
+    Attributes:
+        head: the head block (number and hash), ``None`` on an empty database.
+        finalized: the last finalized block number the source reported, or ``None``.
+        notifications: notifications applied so far (skipped ones not counted).
+        reorgs: of those, the ones that reverted blocks.
+        source_token: the source's position of the last committed notification (a JSON value), or ``None``.
+    """
+
+    head: BlockRef | None
+    finalized: int | None
+    notifications: int
+    reorgs: int
+    source_token: object
+
+
+def read_cursor(conn: apsw.Connection) -> Cursor:
+    """The engine's cursor as seen by ``conn`` (committed data, or an open transaction's own changes on that
+    connection): the public way for plugins, tools and backups to read it. Works on any database the sidecar wrote,
+    a copy or a checkpoint included.
+
+    Raises:
+        apsw.SQLError: ``conn`` is not a Monmouth database (no ``monmouth_cursor`` table).
+    """
+    row = conn.execute(
+        "SELECT number, hash, finalized, notifications, reorgs, source_token FROM monmouth_cursor WHERE id = 1"
+    ).fetchone()
+    if row is None:  # created with its row by Database(); an empty table is a database cut short
+        return Cursor(None, None, 0, 0, None)
+    return Cursor(BlockRef(row[0], row[1]) if row[0] is not None else None, row[2], row[3], row[4],
+                  json.loads(row[5]) if row[5] else None)
+
+
 class Engine:
     """Applies notifications to the database exactly once.
 
@@ -97,18 +133,15 @@ class Engine:
         self._load_cursor()
 
     def _load_cursor(self) -> None:
-        row = self.conn.execute(
-            "SELECT number, hash, finalized, notifications, reorgs, source_token FROM monmouth_cursor"
-        ).fetchone()
-        assert row is not None, "monmouth_cursor is created with its row by Database()"
-        self._head: BlockRef | None = BlockRef(row[0], row[1]) if row[0] is not None else None
+        cursor = read_cursor(self.conn)
+        self._head: BlockRef | None = cursor.head
         # The head inside an open transaction (apply_many moves it notification by notification); ``_head`` is the
         # committed one, the only one other threads see.
         self._working: BlockRef | None = self._head
-        self.finalized: int | None = row[2]
-        self.notifications_seen: int = row[3]
-        self.reorgs_seen: int = row[4]
-        self._token: object = json.loads(row[5]) if row[5] else None
+        self.finalized: int | None = cursor.finalized
+        self.notifications_seen: int = cursor.notifications
+        self.reorgs_seen: int = cursor.reorgs
+        self._token: object = cursor.source_token
 
     def reconnect(self) -> None:
         """Replace the write connection (closed, or broken by an I/O fault) with a new one and re-read the cursor

@@ -75,5 +75,10 @@ class MigrationError(MonmouthError):
     """A plugin's migration failed or created a table the engine cannot journal."""
 
 
+class MigrationChangedError(MigrationError):
+    """A plugin's migration already applied to the database changed (or was removed) since: its tables were built
+    by other SQL than the plugin's code now declares. The plugin is refused; ``monmouth reindex`` rebuilds it."""
+
+
 class SourceError(MonmouthError):
     """A source failed in a way retrying will not fix (bad file, protocol mismatch)."""

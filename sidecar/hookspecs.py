@@ -17,8 +17,9 @@ Hook kinds:
   the whole notification is rolled back for every plugin, retried, and never half-applied.
 * **Lifecycle hooks** (``monmouth_startup``, ``monmouth_shutdown``, ``monmouth_notification_committed``)
   run outside the transaction; exceptions there are logged and counted, never fatal to ingestion.
-* **Surface hooks** (``monmouth_http_router``, ``monmouth_register_commands``) add HTTP routes and CLI
-  commands.
+* **Surface hooks** (``monmouth_http_router``, ``monmouth_access_rules``, ``monmouth_mcp_tools``,
+  ``monmouth_register_commands``) add HTTP routes and their access rules, MCP tools and CLI commands. The first three
+  are called *for one plugin at a time*, like declaration hooks, so what they return is attributed to that plugin.
 
 What the engine guarantees about plugin tables: every change a chain hook makes to an ordinary table
 (one with a PRIMARY KEY) is recorded per block in the reorg journal (SQLite session changesets) and
@@ -28,7 +29,7 @@ journaled; the engine deletes their rows by block number instead.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -39,7 +40,8 @@ if TYPE_CHECKING:
     from fastapi import APIRouter
     from pydantic import BaseModel
 
-    from .plugins import PluginContext
+    from .auth import AccessRule
+    from .context import PluginContext
     from .types import Block, BlockRef, Notification
 
 hookspec = pluggy.HookspecMarker("monmouth")
@@ -66,7 +68,9 @@ def monmouth_migrations() -> Sequence[str] | None:
 
     Migration ``i`` (1-based) runs once, in its own transaction, when the plugin is first enabled on a
     database whose recorded version for the plugin is below ``i``. Append new scripts; never edit old
-    ones. Table names should start with the plugin's name (``rag_``, ``memory_``).
+    ones: the engine keeps each applied script's sha256 (layout aside), and a plugin whose applied migration
+    changed or was removed is refused with ``MigrationChangedError`` until it is reindexed
+    (``monmouth reindex <plugin>``). Table names should start with the plugin's name (``rag_``, ``memory_``).
 
     Every ordinary table must have a PRIMARY KEY (the reorg journal needs one); every virtual table
     (FTS5, ``vec0``) must be named in :func:`monmouth_trimmed_tables`. Otherwise enabling the plugin
@@ -166,6 +170,43 @@ def monmouth_finalized(conn: apsw.Connection, number: int) -> None:
 def monmouth_http_router() -> APIRouter | None:
     """Return a FastAPI ``APIRouter`` to mount on the sidecar's HTTP app (paths should start with
     ``/<name>/``). Requests to it answer 503 while the plugin is disabled."""
+
+
+@hookspec(firstresult=True)
+def monmouth_access_rules() -> Sequence[AccessRule] | None:
+    """Return this plugin's exceptions to the default access policy, one :class:`monmouth.auth.AccessRule` per route.
+
+    Called once per installed plugin when the HTTP app is built, after :func:`monmouth_http_router`. The default
+    policy of a plugin route that declares none (``require(...)``) lets admin tokens call everything, read tokens
+    ``GET``/``HEAD``, and agents only routes whose ``{agent}`` path parameter is their own address. A rule widens it
+    for one ``(method, path)`` of this plugin's router: ``read=True`` for a ``POST`` that only reads; ``agent=True``
+    for a route any signed-in agent may call, optionally with ``agent_body``, a check of the JSON body that raises
+    ``ProblemError`` (403) to refuse. Example::
+
+        AccessRule("POST", "/example/search", read=True, agent=True, agent_body=public_kinds_only)
+
+    A rule for a route the plugin's router does not serve (or a hook that raises) is refused: logged, named in the
+    plugin's ``/status`` ``error``, and that route keeps the default policy.
+    """
+
+
+@hookspec(firstresult=True)
+def monmouth_mcp_tools() -> Sequence[Callable[..., Awaitable[Any]]] | None:
+    """Return this plugin's MCP tools: async functions served by the sidecar's MCP server (``/mcp`` and
+    ``monmouth mcp``) beside the core's ``status``.
+
+    Called once per installed plugin, enabled or not, when the server is built (a disabled plugin's tools answer
+    with its routes' 503). Each function's ``__name__`` is the tool's name, its docstring what the agent reads, its
+    type-annotated parameters the input schema (the ``mcp`` SDK's rules). A parameter annotated
+    ``mcp.server.mcpserver.Context`` receives the call's context: ``async with monmouth.mcp_server.caller(ctx) as c``
+    gives the calling client, ``await c.call("POST", "/example/search", json=...)`` calls a sidecar route *as that
+    client* (same token, access policy, rate limit and audit log; an error status raises ``ToolError("<status>:
+    <detail>")``), and ``await c.agent(agent)`` is ``agent`` or the signed-in agent's own address. Return a JSON-able
+    value.
+
+    A tool that is not an async function, or whose name the core or an earlier plugin already serves, is left out
+    (logged, and named in the plugin's ``/status`` ``error``); the plugin's other tools are served.
+    """
 
 
 @hookspec

@@ -25,6 +25,11 @@ class JournalConflictError(MonmouthError):
     engine's chain hooks. The revert is rolled back."""
 
 
+class RedactionError(MonmouthError, ValueError):
+    """:func:`redact` was called on something it cannot redact (an engine table, an unknown table or column) or
+    outside a write transaction. The message names it; nothing was changed."""
+
+
 class Journal:
     """Records and inverts per-block changesets on one connection.
 
@@ -94,3 +99,69 @@ class Journal:
         for table, column in self._trimmed().items():
             if column and table in self._kinds:
                 self.conn.execute(f'DELETE FROM "{table}" WHERE "{column}" >= ?', (number,))
+
+
+def redact(conn: apsw.Connection, columns: Mapping[str, str], value: object) -> int:
+    """Remove a value from the undo data: drop, from every block's stored changeset, each recorded change to a row of
+    ``table`` whose column ``columns[table]`` equals ``value`` (for example every change to one agent's rows). The
+    way to honour a right to be forgotten on journaled tables without leaving copies in the journal.
+
+    Contract: call it inside the write transaction (``BEGIN IMMEDIATE`` on ``conn``, committed by the caller) that
+    also deletes those rows. A later revert then restores every journaled table exactly as before, except the
+    redacted rows, which it no longer touches (they stay deleted). A row is matched on the values the change
+    recorded: an ``INSERT``'s new values, a ``DELETE``'s old ones, an ``UPDATE``'s old or new (an ``UPDATE`` records
+    the primary key and the changed columns only, so redact by a primary-key column to match every ``UPDATE``).
+    Changesets already pruned (finalized blocks) hold nothing to redact.
+
+    Args:
+        conn: a connection to the sidecar's database, inside a write transaction.
+        columns: ``{table: column}``: the journaled tables to redact, each with the column that holds ``value``.
+        value: the value to match (compared with ``==``, so ``bytes`` for a ``BLOB``).
+
+    Returns:
+        How many recorded changes were dropped.
+
+    Raises:
+        RedactionError: ``conn`` is not in a transaction, or a table is an engine table (``monmouth_*``), unknown,
+            or has no such column. Nothing is changed.
+    """
+    if not conn.in_transaction:
+        raise RedactionError("redact: call it inside the write transaction that deletes the redacted rows")
+    index: dict[str, int] = {}
+    for table, column in columns.items():
+        if table.startswith(ENGINE_PREFIX):
+            raise RedactionError(f"redact: {table!r} is an engine table, not a journaled plugin table")
+        names = [row[1] for row in conn.execute(f'PRAGMA main.table_info("{table}")')]
+        if not names:
+            raise RedactionError(f"redact: no table {table!r}")
+        if column not in names:
+            raise RedactionError(f"redact: table {table!r} has no column {column!r} (it has {', '.join(names)})")
+        index[table] = names.index(column)
+
+    def matches(change: apsw.TableChange) -> bool:
+        i = index.get(change.name)
+        if i is None:
+            return False
+        recorded = (change.new,) if change.op == "INSERT" else (change.old,) if change.op == "DELETE" else (
+            change.old, change.new)
+        return any(vals is not None and i < len(vals) and vals[i] == value for vals in recorded)
+
+    dropped = 0
+    for number, changeset in conn.execute(
+            f"SELECT number, changeset FROM {ENGINE_PREFIX}blocks WHERE changeset IS NOT NULL AND length(changeset) > 0"
+    ).fetchall():
+        builder = apsw.ChangesetBuilder()
+        try:
+            hits = 0
+            for change in apsw.Changeset.iter(changeset):
+                if matches(change):
+                    hits += 1
+                else:
+                    builder.add_change(change)
+            if hits:
+                conn.execute(f"UPDATE {ENGINE_PREFIX}blocks SET changeset = ? WHERE number = ?",
+                             (builder.output(), number))
+                dropped += hits
+        finally:
+            builder.close()
+    return dropped

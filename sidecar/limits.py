@@ -33,6 +33,7 @@ import numpy as np
 from pydantic import AfterValidator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .errors import MonmouthError
 from .problems import problem
 
 #: Nesting allowed inside one stored JSON value (memory metadata, RAG document meta), levels.
@@ -49,7 +50,7 @@ _STEP = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
 _NOT_BRACKET = bytes(sorted(set(range(256)) - set(b"[]{}")))
 
 
-class BodyRefused(ValueError):
+class BodyRefused(MonmouthError, ValueError):
     """A body that breaks a rule of :class:`JsonScanner`; ``offset`` is the byte at fault (or the chunk's end)."""
 
     def __init__(self, message: str, offset: int) -> None:

@@ -1,13 +1,14 @@
-"""The MCP server (official ``mcp`` SDK): chain search and agent memory as tools for any LLM agent runtime.
+"""The MCP server (official ``mcp`` SDK): the sidecar's tools for any LLM agent runtime.
 
-Tools: ``search_chain``, ``get_context``, ``remember``, ``recall``, ``forget``, ``memory_root``, ``memory_proof``,
-``status``. Each is a thin call to the sidecar's own HTTP routes (``/rag/...``, ``/memory/...``, ``/status``), made
-*as the caller*: the same bearer token, the same client address, so authentication, the per-agent isolation and the
-audit log are exactly those of the HTTP API. An agent's ``remember``/``recall``/... default to its own address.
+Tools: the core's ``status``, and those every installed plugin contributes through the ``monmouth_mcp_tools`` hook
+(docs/plugins.md, "MCP tools"). Each is a thin call to the sidecar's own HTTP routes, made *as the caller*
+(:func:`caller`): the same bearer token, the same client address, so authentication, validation, rate limits, the
+per-agent isolation and the audit log are exactly those of the HTTP API, in-process (``/mcp``) or across the network
+(``monmouth mcp --url``).
 
 Two transports:
 
-* streamable HTTP at ``/memory``'s sibling ``/mcp`` on the sidecar (stateless, JSON responses), behind the same
+* streamable HTTP at ``/mcp`` on the sidecar (stateless, JSON responses), behind the same
   auth: ``Authorization: Bearer <token>`` (or none from loopback while the server binds to loopback);
 * stdio: ``monmouth mcp`` (calls the running sidecar at ``--url``, or, when none answers, opens the database
   in-process as a local operator).
@@ -15,8 +16,10 @@ Two transports:
 
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -26,19 +29,25 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import Receive, Scope, Send
 
 from . import __version__
+from .plugins import call_one
 from .problems import ProblemError, problem
 
 if TYPE_CHECKING:
     from .auth import Authenticator
+    from .shutdown import Shutdown
 
 log = logging.getLogger(__name__)
 
 INSTRUCTIONS = (
-    "Monmouth: a reorg-safe index of an Ethereum chain and a private, verifiable memory per AI agent. "
-    "search_chain / get_context find transactions and documents (cited by block, tx hash and log index); "
-    "remember / recall / forget manage the calling agent's memory; memory_root / memory_proof give its Merkle "
-    "commitment and inclusion proofs; status shows the head and lag."
+    "Monmouth: a reorg-safe index of an Ethereum chain and what its plugins build from it (search, agent memory). "
+    "status shows the head and lag."
 )
+
+#: The tools of the core itself; a plugin tool of the same name is refused.
+CORE_TOOLS = ("status",)
+
+#: A plugin's MCP tool: an async function (see the ``monmouth_mcp_tools`` hook).
+Tool = Callable[..., Awaitable[Any]]
 
 
 class Backend:
@@ -92,103 +101,82 @@ def url_backend(url: str, token: str | None) -> Backend:
     return Backend(httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers, timeout=60))
 
 
-def build_server(backend_for: Callable[[Context], Any]) -> MCPServer:
-    """The MCP server with its eight tools. ``backend_for(ctx)`` returns an async context manager yielding the
-    :class:`Backend` of the calling client."""
-    server = MCPServer("monmouth", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING")
+class Server(MCPServer):
+    """The MCP server of one sidecar: the core's tools and every installed plugin's (``monmouth_mcp_tools``).
 
-    @server.tool()
-    async def search_chain(query: str, ctx: Context, k: int = 10, mode: str | None = None,
-                           address: str | None = None, block_from: int | None = None, block_to: int | None = None,
-                           intent: str | None = None, token: str | None = None) -> dict[str, Any]:
-        """Search indexed transactions and documents by meaning and keywords. Returns ranked hits with text,
-        provenance (block, tx hash, log index) and a citation. Filters: address (0x...), block range, intent
-        (transfer, swap, approve, mint, burn, deposit, withdraw, contract_creation, other), token (symbol or 0x)."""
-        filters: dict[str, Any] = {"kind": ["tx", "document"]}
-        for key, v in (("address", address), ("block_from", block_from), ("block_to", block_to),
-                       ("intent", intent), ("token", token)):
-            if v is not None:
-                filters[key] = v
-        body: dict[str, Any] = {"query": query, "k": k, "filters": filters}
-        if mode:
-            body["mode"] = mode
-        async with backend_for(ctx) as b:
-            return await b.call("POST", "/rag/search", json=body)  # type: ignore[no-any-return]
+    Attributes:
+        backend_for: ``backend_for(ctx)`` is an async context manager yielding the calling client's
+            :class:`Backend` (what :func:`caller` returns).
+        tool_names: every tool served, core first, then by plugin.
+    """
 
-    @server.tool()
-    async def get_context(query: str, ctx: Context, max_tokens: int = 1500,
-                          order: str = "relevance") -> dict[str, Any]:
-        """The best matching chain transactions and documents packed into a token budget, cited, ready to put in a
-        prompt (order: relevance or chronological)."""
-        body = {"query": query, "max_tokens": max_tokens, "order": order, "filters": {"kind": ["tx", "document"]}}
-        async with backend_for(ctx) as b:
-            return await b.call("POST", "/rag/context", json=body)  # type: ignore[no-any-return]
+    def __init__(self, backend_for: Callable[[Context], AbstractAsyncContextManager[Backend]],
+                 tools: Sequence[tuple[str, Tool]] = ()) -> None:
+        names = ", ".join(fn.__name__ for _, fn in tools)
+        super().__init__("monmouth", version=__version__, log_level="WARNING",
+                         instructions=INSTRUCTIONS + (f" Tools: {names}." if names else ""))
+        self.backend_for = backend_for
+        self.tool_names: list[str] = list(CORE_TOOLS)
 
-    @server.tool()
-    async def remember(content: str, ctx: Context, kind: str = "semantic", key: str | None = None,
-                       tags: list[str] | None = None, ttl_seconds: int | None = None,
-                       agent: str | None = None) -> dict[str, Any]:
-        """Store a memory item for the calling agent (kind: semantic, episodic, procedural or working; working
-        items can expire with ttl_seconds). Returns the item with its id."""
-        body: dict[str, Any] = {"kind": kind, "content": content}
-        for k_, v in (("key", key), ("tags", tags), ("ttl_seconds", ttl_seconds)):
-            if v is not None:
-                body[k_] = v
-        async with backend_for(ctx) as b:
-            a = await b.agent(agent)
-            return await b.call("POST", f"/memory/agents/{a}/items", json=body)  # type: ignore[no-any-return]
+        @self.tool()
+        async def status(ctx: Context) -> dict[str, Any]:
+            """The sidecar's head, finalized block, source head, lag, counters and plugin states."""
+            async with caller(ctx) as b:
+                return await b.call("GET", "/status")  # type: ignore[no-any-return]
 
-    @server.tool()
-    async def recall(query: str, ctx: Context, k: int = 5, kind: str | None = None, tags: list[str] | None = None,
-                     agent: str | None = None) -> dict[str, Any]:
-        """Recall the calling agent's memories most relevant to the query (by meaning when embeddings are on,
-        else by keywords)."""
-        body: dict[str, Any] = {"query": query, "k": k}
-        if kind:
-            body["kind"] = kind
-        if tags:
-            body["tags"] = tags
-        async with backend_for(ctx) as b:
-            a = await b.agent(agent)
-            return await b.call("POST", f"/memory/agents/{a}/recall", json=body)  # type: ignore[no-any-return]
+        for _plugin, fn in tools:
+            self.add_tool(fn)
+            self.tool_names.append(fn.__name__)
 
-    @server.tool()
-    async def forget(ctx: Context, item_id: str | None = None, everything: bool = False,
-                     agent: str | None = None) -> dict[str, Any]:
-        """Forget one memory item (item_id), or, with everything=true, all of the agent's memory (its key is
-        destroyed: the data becomes unreadable for good)."""
-        if not item_id and not everything:
-            raise ToolError("item_id: required unless everything=true")
-        async with backend_for(ctx) as b:
-            a = await b.agent(agent)
-            if everything:
-                return await b.call("DELETE", f"/memory/agents/{a}")  # type: ignore[no-any-return]
-            return await b.call("DELETE", f"/memory/agents/{a}/items/{item_id}")  # type: ignore[no-any-return]
 
-    @server.tool()
-    async def memory_root(ctx: Context, block: int | None = None, agent: str | None = None) -> dict[str, Any]:
-        """The Merkle root committing to the agent's memory at a block (default: the head)."""
-        async with backend_for(ctx) as b:
-            a = await b.agent(agent)
-            return await b.call("GET", f"/memory/agents/{a}/root", params={"block": block})  # type: ignore[no-any-return]
+def caller(ctx: Context) -> AbstractAsyncContextManager[Backend]:
+    """The client calling a tool, for the tools plugins contribute (``monmouth_mcp_tools``): ``async with
+    caller(ctx) as c: await c.call("POST", "/example/search", json=...)`` calls the sidecar's routes as that client.
 
-    @server.tool()
-    async def memory_proof(item_id: str, ctx: Context, block: int | None = None,
-                           agent: str | None = None) -> dict[str, Any]:
-        """A Merkle inclusion proof of one memory item against the agent's root (verifiable on chain with
-        OpenZeppelin's MerkleProof)."""
-        async with backend_for(ctx) as b:
-            a = await b.agent(agent)
-            return await b.call("GET", f"/memory/agents/{a}/items/{item_id}/proof",  # type: ignore[no-any-return]
-                                params={"block": block})
+    Raises:
+        ToolError: the tool runs on another MCP server than :class:`Server`.
+    """
+    server = ctx.mcp_server
+    if not isinstance(server, Server):
+        raise ToolError("this tool runs only on the Monmouth MCP server")
+    return server.backend_for(ctx)
 
-    @server.tool()
-    async def status(ctx: Context) -> dict[str, Any]:
-        """The sidecar's head, finalized block, source head, lag, counters and plugin states."""
-        async with backend_for(ctx) as b:
-            return await b.call("GET", "/status")  # type: ignore[no-any-return]
 
-    return server
+def plugin_tools(plugins: Mapping[str, object]) -> tuple[list[tuple[str, Tool]], dict[str, str]]:
+    """Every tool the ``plugins`` (``{name: plugin}``) contribute through ``monmouth_mcp_tools``, as
+    ``[(plugin name, tool)]``, and ``{plugin name: error}`` for those refused: a hook that raised, a tool that is
+    not an async function, or a name the core or an earlier plugin already serves (that tool is left out, the
+    plugin's others are served; one plugin's errors are joined with ``"; "``)."""
+    tools: list[tuple[str, Tool]] = []
+    errors: dict[str, str] = {}
+    owner = dict.fromkeys(CORE_TOOLS, "the core")
+    for plugin, obj in plugins.items():
+        try:
+            contributed = list(call_one(obj, "monmouth_mcp_tools") or ())
+        except Exception as e:  # one plugin's broken tools must not take the server down
+            errors[plugin] = f"monmouth_mcp_tools failed: {type(e).__name__}: {e}"
+            log.error("plugin %s: %s", plugin, errors[plugin])
+            continue
+        for fn in contributed:
+            name = getattr(fn, "__name__", repr(fn))
+            if not inspect.iscoroutinefunction(fn) or name == "<lambda>":
+                problem_ = f"monmouth_mcp_tools: tool {name!r} is not an async function"
+            elif name in owner:
+                problem_ = f"monmouth_mcp_tools: tool {name!r} is already served by {owner[name]}"
+            else:
+                owner[name] = f"plugin {plugin!r}"
+                tools.append((plugin, fn))
+                continue
+            errors[plugin] = f"{errors[plugin]}; {problem_}" if plugin in errors else problem_
+            log.error("plugin %s: %s", plugin, problem_)
+    return tools, errors
+
+
+def build_server(backend_for: Callable[[Context], AbstractAsyncContextManager[Backend]],
+                 tools: Sequence[tuple[str, Tool]] = ()) -> Server:
+    """The MCP server with the core's tools and ``tools`` (from :func:`plugin_tools`). ``backend_for(ctx)`` returns
+    an async context manager yielding the :class:`Backend` of the calling client."""
+    return Server(backend_for, tools)
 
 
 class _Borrowed:
@@ -228,10 +216,10 @@ class _PerRequest:
             await self.backend.aclose()
 
 
-def build_http_mcp(internal_secret: str) -> MCPServer:
+def build_http_mcp(internal_secret: str, tools: Sequence[tuple[str, Tool]] = ()) -> Server:
     """The server for ``/mcp``: each tool call is made as the HTTP caller. Creates the session manager (stateless,
     JSON responses; DNS-rebinding protection is the sidecar's own loopback rule, see :mod:`monmouth.auth`)."""
-    server = build_server(lambda ctx: _PerRequest(ctx, internal_secret))
+    server = build_server(lambda ctx: _PerRequest(ctx, internal_secret), tools)
     server.streamable_http_app(stateless_http=True, json_response=True,
                                transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))
     return server
@@ -251,7 +239,7 @@ class MCPEndpoint:
         try:
             p = current_principal_from_scope(self.auth, scope)
         except ProblemError as e:
-            await problem(e.status, e.detail, headers=e.headers, **e.kw)(scope, receive, send)
+            await e.response()(scope, receive, send)
             return
         scope.setdefault("state", {})["principal"] = p
         try:
@@ -260,47 +248,21 @@ class MCPEndpoint:
             await problem(503, f"the MCP server is not running: {e}")(scope, receive, send)
 
 
-async def run_stdio(backend: Backend) -> None:
-    """Serve the tools over stdio with one fixed backend (``monmouth mcp``)."""
-    server = build_server(lambda _ctx: _Borrowed(backend))
-    try:
-        await server.run_stdio_async()
-    finally:
-        await backend.aclose()
-
-
-def serve_stdio(config_path: Any, url: str | None, token: str | None) -> None:
-    """``monmouth mcp``: serve the tools over stdio. Calls the running sidecar at ``url`` (default: the config's
-    ``http.host``/``http.port``) when it answers, else opens the database in-process as the local operator."""
-    import sys
-
+async def run_stdio(backend: Backend, tools: Sequence[tuple[str, Tool]] = (), shutdown: Shutdown | None = None) -> None:
+    """Serve the tools over stdio with one fixed backend (``monmouth mcp``) until the client closes standard input
+    or, with ``shutdown``, SIGTERM/SIGINT arrives: the signal ends standard input the same way
+    (:mod:`sidecar.stdio`), so both take the SDK's end-of-file path and return normally."""
     import anyio
 
-    from .app import load_settings, open_app
+    from .stdio import relayed_stdin
 
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)  # stdout carries the protocol
-    settings, _ = load_settings(config_path)
-    if url is None and settings.http.enabled:
-        host = "127.0.0.1" if settings.http.host in ("0.0.0.0", "::") else settings.http.host
-        url = f"http://{host}:{settings.http.port}"
-    if url is not None:
-        try:
-            if httpx.get(f"{url.rstrip('/')}/health", timeout=1.0).status_code == 200:
-                log.warning("monmouth mcp: serving the sidecar at %s", url)
-                anyio.run(run_stdio, url_backend(url, token))
-                return
-        except httpx.HTTPError:
-            pass
-    from .api import create_api
-
-    app = open_app(config_path, settings=settings)
+    server = build_server(lambda _ctx: _Borrowed(backend), tools)
     try:
-        api = create_api(app)
-        log.warning("monmouth mcp: no sidecar answers%s; serving %s in-process", f" at {url}" if url else "",
-                    settings.storage.path)
-        backend = asgi_backend(api, authorization=f"Bearer {token}" if token else None, client=("127.0.0.1", 0),
-                               internal_secret=api.state.internal_secret)
-        anyio.run(run_stdio, backend)
+        async with relayed_stdin() as stdin, anyio.create_task_group() as tg:
+            if shutdown is not None:
+                await tg.start(shutdown.watch)
+                shutdown.on_stop(stdin.close)
+            await server.run_stdio_async()
+            tg.cancel_scope.cancel()
     finally:
-        api.state.audit.close()
-        app.close()
+        await backend.aclose()

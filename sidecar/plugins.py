@@ -19,11 +19,9 @@ import importlib.metadata
 import importlib.util
 import logging
 import sys
-import threading
 import time
 import types
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ from pydantic import BaseModel
 
 from . import hookspecs
 from .config import Settings
+from .context import PluginContext
 from .errors import ConfigError, PluginError
 from .store import Database, migrate
 
@@ -41,29 +40,7 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "monmouth.plugins"
 HOOK_MARK = "monmouth_impl"
 
-
-@dataclass
-class PluginContext:
-    """What a plugin gets in ``monmouth_startup`` / ``monmouth_shutdown``.
-
-    Attributes:
-        name: the plugin's name (its config section ``[plugins.<name>]``).
-        config: the plugin's validated config model instance (or ``None``).
-        settings: the whole validated settings.
-        db: the sidecar database; ``db.reader()`` for reads, ``db.write()`` for short writes outside the
-            engine (background workers). Chain data must be written in chain hooks, not here.
-        metrics: the Prometheus registry served at ``/metrics``; name metrics ``monmouth_<plugin>_...``.
-        host: the plugin host, to find other plugins (``host.get("rag")``).
-        stopping: set when the plugin must stop its background threads.
-    """
-
-    name: str
-    config: Any
-    settings: Settings
-    db: Database
-    metrics: CollectorRegistry
-    host: PluginHost
-    stopping: threading.Event = field(default_factory=threading.Event)
+__all__ = ["ENTRY_POINT_GROUP", "PluginContext", "PluginHost", "config_models", "discover", "load_module"]
 
 
 def _is_impl(fn: Any) -> bool:
@@ -115,15 +92,24 @@ def discover(module_paths: Mapping[str, str] | None = None,
     return found
 
 
-def declared(plugin: object, hook: str, **kwargs: Any) -> Any:
-    """Call one plugin's implementation of a declaration hook, or return ``None`` if it has none."""
+def call_one(plugin: object, hook: str, **kwargs: Any) -> Any:
+    """Call one plugin's own implementation of ``hook`` (not the other plugins'), or return ``None`` if it has
+    none: declaration hooks, and lifecycle hooks called plugin by plugin."""
     fn: Any = getattr(plugin, hook, None)
     return fn(**kwargs) if _is_impl(fn) else None
 
 
+def hook_functions(plugin: object) -> dict[str, Any]:
+    """``{hook name: implementation}``: the ``@monmouth.hookimpl`` attributes of a plugin object (bound methods of
+    an instance). A plugin module that names its instance binds them as module names
+    (``globals().update(hook_functions(plugin))``), so the module is the same plugin."""
+    return {name: getattr(plugin, name) for name in dir(plugin)
+            if name.startswith("monmouth_") and _is_impl(getattr(plugin, name))}
+
+
 def config_models(plugins: Mapping[str, object]) -> dict[str, type[BaseModel] | None]:
     """``{name: config model}`` for the given plugins (used to validate config.toml)."""
-    return {name: declared(p, "monmouth_config_model") for name, p in plugins.items()}
+    return {name: call_one(p, "monmouth_config_model") for name, p in plugins.items()}
 
 
 class PluginHost:
@@ -155,7 +141,7 @@ class PluginHost:
         # revert trims them even while their plugin is disabled.
         self._trimmed: dict[str, str | None] = {}
         for plugin in self.installed.values():
-            self._trimmed.update(declared(plugin, "monmouth_trimmed_tables") or {})
+            self._trimmed.update(call_one(plugin, "monmouth_trimmed_tables") or {})
 
     # -- monitoring ---------------------------------------------------------------------------------------------------
     def _before(self, hook_name: str, hook_impls: Any, kwargs: Any) -> None:
@@ -193,7 +179,7 @@ class PluginHost:
                 entry["error"] = self.errors[name]
             if name in self.enabled:
                 try:
-                    extra = declared(plugin, "monmouth_status")
+                    extra = call_one(plugin, "monmouth_status")
                     if extra:
                         entry.update(extra)
                 except Exception as e:
@@ -257,8 +243,8 @@ class PluginHost:
 
     def _enable(self, name: str, settings: Settings) -> None:
         plugin = self.installed[name]
-        trimmed = dict(declared(plugin, "monmouth_trimmed_tables") or {})
-        scripts = declared(plugin, "monmouth_migrations") or []
+        trimmed = dict(call_one(plugin, "monmouth_trimmed_tables") or {})
+        scripts = call_one(plugin, "monmouth_migrations") or []
         conn = self.db.connect()
         try:
             migrate(conn, name, scripts, set(trimmed))
@@ -267,7 +253,7 @@ class PluginHost:
         ctx = PluginContext(name, settings.plugins[name].config, settings, self.db, self.metrics, self)
         self.pm.register(plugin, name=name)
         try:
-            declared(plugin, "monmouth_startup", ctx=ctx)
+            call_one(plugin, "monmouth_startup", ctx=ctx)
         except Exception:
             self.pm.unregister(name=name)
             raise
@@ -280,7 +266,7 @@ class PluginHost:
         ctx = self.enabled.pop(name)
         ctx.stopping.set()
         try:
-            declared(self.installed[name], "monmouth_shutdown", ctx=ctx)
+            call_one(self.installed[name], "monmouth_shutdown", ctx=ctx)
         except Exception as e:
             log.error("plugin %s failed to shut down cleanly: %s", name, e)
         if self.pm.is_registered(self.installed[name]):
@@ -300,6 +286,6 @@ class PluginHost:
         """Call ``monmouth_notification_committed`` on every enabled plugin, isolating failures."""
         for name in list(self.enabled):
             try:
-                declared(self.installed[name], "monmouth_notification_committed", notification=notification, head=head)
+                call_one(self.installed[name], "monmouth_notification_committed", notification=notification, head=head)
             except Exception as e:
                 log.error("plugin %s: monmouth_notification_committed failed: %s", name, e)

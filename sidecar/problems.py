@@ -27,6 +27,8 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .errors import MonmouthError
+
 log = logging.getLogger(__name__)
 
 MEDIA_TYPE = "application/problem+json"
@@ -116,12 +118,17 @@ def problem(status: int, detail: Any = None, *, headers: dict[str, str] | None =
                         media_type=MEDIA_TYPE)
 
 
-class ProblemError(Exception):
-    """Raise anywhere in a request to answer with a problem (``problem(status, detail, **kw)``)."""
+class ProblemError(MonmouthError):
+    """Raise anywhere in a request to answer with a problem (``problem(status, detail, **kw)``): the HTTP layer's
+    error (authentication, access policy, request limits), the one exception that carries an HTTP status."""
 
     def __init__(self, status: int, detail: Any = None, *, headers: dict[str, str] | None = None, **kw: Any):
         super().__init__(detail)
         self.status, self.detail, self.headers, self.kw = status, detail, headers, kw
+
+    def response(self) -> JSONResponse:
+        """The problem details response it answers with (the same from a route, a middleware or an ASGI endpoint)."""
+        return problem(self.status, self.detail, headers=self.headers, **self.kw)
 
 
 def install(api: FastAPI) -> None:
@@ -129,7 +136,7 @@ def install(api: FastAPI) -> None:
 
     @api.exception_handler(ProblemError)
     async def _problem(_request: Request, exc: ProblemError) -> JSONResponse:
-        return problem(exc.status, exc.detail, headers=exc.headers, **exc.kw)
+        return exc.response()
 
     @api.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -40,7 +40,7 @@ from . import hookimpl
 from .config import Settings
 from .engine import Engine
 from .errors import MonmouthError
-from .plugins import declared
+from .plugins import call_one
 from .types import Block, BlockRef, Chain, ChainCommitted
 
 log = logging.getLogger(__name__)
@@ -255,7 +255,7 @@ class Progress:
             log.info("plugin %s caught up to %s and follows the head", name, head)
         if applied:
             try:
-                declared(plugin, "monmouth_notification_committed", notification=ChainCommitted(Chain(tuple(applied))),
+                call_one(plugin, "monmouth_notification_committed", notification=ChainCommitted(Chain(tuple(applied))),
                          head=BlockRef(number - 1, parent) if parent else None)
             except Exception as e:
                 log.error("plugin %s: monmouth_notification_committed failed after catch-up: %s", name, e)
@@ -263,6 +263,6 @@ class Progress:
 
     def _apply(self, plugin: object, name: str, conn: apsw.Connection, b: Block) -> None:
         try:
-            declared(plugin, "monmouth_block_applied", conn=conn, block=b, notification=ChainCommitted(Chain((b,))))
+            call_one(plugin, "monmouth_block_applied", conn=conn, block=b, notification=ChainCommitted(Chain((b,))))
         except Exception as e:
             raise self.host.blame(e, "monmouth_block_applied", b.ref) from e

@@ -4,9 +4,10 @@ Runs on the database while the sidecar is stopped (refused while it answers on i
 on calling the plugin's live hooks). In order:
 
 1. **Checks**, which leave every table as it was when one fails (:class:`ReindexError`, naming the plugin and the
-   reason): the plugin is installed and enabled; no other reindex runs on the database (``<db>.reindex.lock``);
-   the database has a head; ``N`` is at most the head; the source can serve history and holds block ``N`` (not
-   a pruned node, not a replay file without it).
+   reason): the plugin is installed and enabled (or refused at start only because a migration applied to the
+   database has changed since, :func:`sidecar.store.check_applied`: reindexing is the way out); no other reindex
+   runs on the database (``<db>.reindex.lock``); the database has a head; ``N`` is at most the head; the source
+   can serve history and holds block ``N`` (not a pruned node, not a replay file without it).
 2. **Reset**, in one transaction: the plugin's tables (found by running its migrations on an empty in-memory
    database) are dropped, its changes are removed from the undo changesets the engine holds for revertible blocks
    (so a later reorg does not try to undo rows that no longer exist), its migration version is cleared and its
@@ -29,10 +30,10 @@ import anyio
 import apsw
 
 from .app import App, make_source
-from .catchup import CatchUp, HistoryError
-from .errors import MonmouthError
-from .plugins import declared
-from .store import ENGINE_PREFIX, _load_vec, migrate
+from .catchup import CatchUp, HistoryError, no_history
+from .errors import MigrationChangedError, MonmouthError
+from .plugins import call_one
+from .store import ENGINE_PREFIX, _load_vec, check_applied, migrate
 from .uint256 import register as register_uint256
 
 
@@ -47,7 +48,7 @@ def plugin_tables(plugin: object) -> list[str]:
     try:
         _load_vec(scratch)
         register_uint256(scratch)
-        for script in declared(plugin, "monmouth_migrations") or []:
+        for script in call_one(plugin, "monmouth_migrations") or []:
             scratch.execute(script)
         kinds = {name: kind for _s, name, kind, *_ in scratch.execute("PRAGMA main.table_list")}
         return sorted(n for n, k in kinds.items() if k in ("table", "virtual") and not n.startswith("sqlite_"))
@@ -106,7 +107,8 @@ async def reindex(app: App, name: str, from_block: int | None, echo: Callable[[s
     host, engine = app.host, app.engine
     if name not in host.installed:
         raise ReindexError(f"reindex: no such plugin {name!r} (installed: {', '.join(sorted(host.installed))})")
-    if name not in host.enabled:
+    changed = name not in host.enabled and app.settings.plugin_enabled(name) and _migrations_changed(app, name)
+    if name not in host.enabled and not changed:
         raise ReindexError(f"reindex {name!r}: the plugin is not enabled in {app.settings.origin} "
                            f"({host.errors.get(name) or 'enabled = false'}); enable it first")
     source = make_source(app.settings, app.metrics)
@@ -123,7 +125,7 @@ async def reindex(app: App, name: str, from_block: int | None, echo: Callable[[s
                 raise ReindexError(f"reindex {name!r}: --from {start} is not a block number at or below the head "
                                    f"{head}")
             if catchup.history is None:
-                raise ReindexError(f"reindex {name!r}: the {source.kind} source cannot serve history")
+                raise ReindexError(f"reindex {name!r}: {no_history(source)}")
             try:
                 await catchup.history(start, start, head)
             except HistoryError as e:
@@ -134,12 +136,20 @@ async def reindex(app: App, name: str, from_block: int | None, echo: Callable[[s
             echo(f"reindex {name}: dropping {', '.join(sorted(tables)) or 'no tables'}; rebuilding blocks "
                  f"{start}..{head.number}")
             _reset(app, name, tables, start)
-            conn = app.db.connect()
-            try:
-                migrate(conn, name, declared(plugin, "monmouth_migrations") or [],
-                        set(declared(plugin, "monmouth_trimmed_tables") or {}))
-            finally:
-                conn.close()
+            if changed:  # refused at start for its changed migrations: start it now, on new tables
+                host.apply_settings(app.settings)
+                if name not in host.enabled:
+                    raise ReindexError(f"reindex {name!r}: the plugin failed to start on its rebuilt tables: "
+                                       f"{host.errors.get(name)}")
+                if host.pm.has_plugin(name):  # no live hooks: the catch-up registers it once at the head
+                    host.pm.unregister(name=name)
+            else:
+                conn = app.db.connect()
+                try:
+                    migrate(conn, name, call_one(plugin, "monmouth_migrations") or [],
+                            set(call_one(plugin, "monmouth_trimmed_tables") or {}))
+                finally:
+                    conn.close()
             t0 = shown = time.monotonic()
             while (r := progress.ranges()[name]).state == "catching_up":
                 await catchup.step_once(r)
@@ -155,7 +165,21 @@ async def reindex(app: App, name: str, from_block: int | None, echo: Callable[[s
             return done
     finally:
         with contextlib.suppress(Exception):
+            await catchup.aclose()
+        with contextlib.suppress(Exception):
             await source.aclose()
+
+
+def _migrations_changed(app: App, name: str) -> bool:
+    """Whether plugin ``name`` was refused because a migration applied to the database has changed since."""
+    conn = app.db.connect()
+    try:
+        check_applied(conn, name, call_one(app.host.installed[name], "monmouth_migrations") or [])
+    except MigrationChangedError:
+        return True
+    finally:
+        conn.close()
+    return False
 
 
 def _reset(app: App, name: str, tables: set[str], start: int) -> None:
@@ -172,6 +196,7 @@ def _reset(app: App, name: str, tables: set[str], start: int) -> None:
                 conn.execute("UPDATE monmouth_blocks SET changeset = ? WHERE number = ?",
                              (strip_tables(changeset, tables), number))
         conn.execute("DELETE FROM monmouth_migrations WHERE plugin = ?", (name,))
+        conn.execute("DELETE FROM monmouth_migration_digests WHERE plugin = ?", (name,))
         conn.execute("INSERT OR REPLACE INTO monmouth_plugin_progress VALUES (?, 'catching_up', ?, ?, ?, ?)",
                      (name, start, start - 1, parent[0] if parent else None, time.time()))
     if app.host.pm.has_plugin(name):

@@ -36,6 +36,7 @@ from .app import App, EngineView
 from .catchup import CatchUp
 from .engine import ApplyResult
 from .errors import CodecError, ContinuityError, MonmouthError, PluginError, ReorgTooDeepError, SourceError
+from .sdnotify import Notifier
 from .shutdown import Shutdown
 from .sources.base import Delivery, Source
 from .stall import StallTracker
@@ -91,6 +92,7 @@ class Runner:
         self._http_done: anyio.Event | None = None
         self.stall = StallTracker(app.metrics.registry)  # a notification that keeps failing (sidecar/stall.py)
         self.catchup = CatchUp(app, source, self.lock, self._engine_limiter)  # late plugins (sidecar/catchup.py)
+        self.systemd = Notifier.from_environ()  # under a Type=notify unit (sidecar/sdnotify.py)
 
     # ------------------------------------------------------------------------------------------------ status
     def status(self) -> dict[str, Any]:
@@ -127,6 +129,8 @@ class Runner:
     def request_stop(self) -> None:
         """Stop gracefully (call on the event loop's thread): the batch in flight commits and is acknowledged or
         rolls back, no new notification is taken, then HTTP drains and :meth:`run` returns. Idempotent."""
+        if not self.stopping and self.systemd is not None:
+            self.systemd.notify("STOPPING=1", "STATUS=stopping")
         self.stopping = True
         self.stall.retry_now()
         if self._stop_event is not None:
@@ -160,6 +164,8 @@ class Runner:
             if self.watch_config:
                 tg.start_soon(self._watch_config)
             tg.start_soon(self._progress)
+            if self.systemd is not None:
+                tg.start_soon(self._tell_systemd, self.systemd)
             async with self.lock:
                 await anyio.to_thread.run_sync(self.catchup.sync, limiter=self._engine_limiter)
             tg.start_soon(self.catchup.run)
@@ -392,6 +398,27 @@ class Runner:
                 log.info("catching up: head %d, source head %d, %d blocks remaining, %.1f blocks/s, eta %.0fs",
                          head.number, sh, remaining, self._rate, eta)
 
+    async def _tell_systemd(self, systemd: Notifier) -> None:
+        """``READY=1`` the first time :meth:`ready` holds, ``STATUS=`` when its reason changes, ``WATCHDOG=1`` every
+        half watchdog interval (at most every second) while the event loop runs (:mod:`sidecar.sdnotify`)."""
+        period = min(systemd.watchdog / 2, 1.0) if systemd.watchdog else 1.0
+        told_ready, last_status = False, ""
+        try:
+            while not self.stopping:
+                ok, reason = self.ready()
+                head = self.app.engine.head
+                status = f"STATUS={'ready' if ok else 'not ready'}: {reason}; head {head.number if head else 'none'}"
+                fields = ["READY=1"] if ok and not told_ready else []
+                if status != last_status:
+                    fields.append(status)
+                if systemd.watchdog:
+                    fields.append("WATCHDOG=1")
+                if fields and systemd.notify(*fields):
+                    told_ready, last_status = told_ready or ok, status
+                await anyio.sleep(period)
+        finally:
+            systemd.close()
+
     def _on_wal_commit(self, conn: apsw.Connection, name: str, pages: int) -> int:
         # On the engine's thread, after each commit: only note the WAL's size (pages).
         self._wal_pages = pages
@@ -483,6 +510,7 @@ async def run_sidecar(app: App, source: Source, *, shutdown: Shutdown | None = N
             finally:
                 tg.cancel_scope.cancel()
     finally:
+        await runner.catchup.aclose()
         await source.aclose()
     if error is not None:
         raise error

@@ -7,7 +7,9 @@ every plugin's tables. WAL mode lets the HTTP API read while the engine writes.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -16,7 +18,7 @@ from pathlib import Path
 import apsw
 
 from . import uint256
-from .errors import MigrationError, StorageError
+from .errors import MigrationChangedError, MigrationError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,14 @@ CREATE TABLE IF NOT EXISTS monmouth_migrations (
     plugin TEXT PRIMARY KEY,
     version INTEGER NOT NULL,
     applied_at REAL NOT NULL
+);
+-- The text of each migration applied (sha256 of the script without its layout, migration_digest()): an applied
+-- script that changed afterwards is refused (check_applied()).
+CREATE TABLE IF NOT EXISTS monmouth_migration_digests (
+    plugin TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    PRIMARY KEY (plugin, version)
 );
 """
 
@@ -200,15 +210,59 @@ def migration_version(conn: apsw.Connection, plugin: str) -> int:
     return int(row[0]) if row else 0
 
 
+def migration_digest(script: str) -> str:
+    """The sha256 (hex) of a migration script with its layout taken out (runs of whitespace collapsed, none kept
+    around ``( ) , ;``): re-indenting or re-wrapping a script is not a change, anything else is."""
+    text = re.sub(r"\s*([(),;])\s*", r"\1", " ".join(script.split()))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_applied(conn: apsw.Connection, plugin: str, scripts: Sequence[str]) -> None:
+    """Refuse ``plugin`` if a migration already applied to this database differs from the plugin's script now
+    (its tables were built by the old text), or was removed. Migrations applied before digests were recorded
+    are recorded as they are now.
+
+    Raises:
+        MigrationChangedError: naming the plugin, the migration, the database and what to do.
+    """
+    current = migration_version(conn, plugin)
+    if current == 0:
+        return
+    fix = (f"restore the plugin's migration as it was and add the change as migration {current + 1} (migrations "
+           f"are append-only), or rebuild the plugin's tables with the new scripts: `monmouth reindex {plugin}`")
+    if len(scripts) < current:
+        raise MigrationChangedError(
+            f"plugin {plugin!r}: the database has {current} of its migrations applied, but the plugin now has "
+            f"{len(scripts)}: migration {len(scripts) + 1} was removed after it was applied; {fix}")
+    stored: dict[int, str] = {int(v): str(d) for v, d in conn.execute(  # type: ignore[arg-type]
+        "SELECT version, sha256 FROM monmouth_migration_digests WHERE plugin = ?", (plugin,))}
+    missing = []
+    for version, script in enumerate(scripts[:current], start=1):
+        digest = migration_digest(script)
+        if version not in stored:
+            missing.append((plugin, version, digest))
+        elif stored[version] != digest:
+            raise MigrationChangedError(
+                f"plugin {plugin!r}: migration {version} changed after it was applied to this database (sha256 "
+                f"{stored[version][:12]}... then, {digest[:12]}... now), so its tables do not match the "
+                f"plugin's code; the plugin is not started and its tables are left as they are. To fix: {fix}")
+    if missing:  # applied before digests were kept: trust them as they are now
+        with conn:
+            conn.executemany("INSERT OR IGNORE INTO monmouth_migration_digests VALUES (?, ?, ?)", missing)
+
+
 def migrate(conn: apsw.Connection, plugin: str, scripts: Sequence[str], trimmed: set[str]) -> int:
     """Run ``plugin``'s pending migrations, each in its own transaction, and check the tables they create.
+    First, the migrations already applied must be those the plugin has now (:func:`check_applied`).
 
     Returns the plugin's schema version afterwards.
 
     Raises:
+        MigrationChangedError: an applied migration changed or was removed; nothing was run.
         MigrationError: a script failed (its transaction is rolled back), or it created an ordinary table
             without a PRIMARY KEY, or a virtual table not declared in ``monmouth_trimmed_tables``.
     """
+    check_applied(conn, plugin, scripts)
     current = migration_version(conn, plugin)
     for version, script in enumerate(scripts, start=1):
         if version <= current:
@@ -238,6 +292,8 @@ def migrate(conn: apsw.Connection, plugin: str, scripts: Sequence[str], trimmed:
                     "ON CONFLICT (plugin) DO UPDATE SET version = excluded.version, applied_at = excluded.applied_at",
                     (plugin, version, time.time()),
                 )
+                conn.execute("INSERT OR REPLACE INTO monmouth_migration_digests VALUES (?, ?, ?)",
+                             (plugin, version, migration_digest(script)))
         except apsw.Error as e:
             raise MigrationError(f"plugin {plugin!r} migration {version} failed: {e}") from e
         log.info("plugin %s: applied migration %d", plugin, version)

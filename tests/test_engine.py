@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import apsw
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from monmouth import hookimpl
+from monmouth.engine import Cursor, read_cursor
 from monmouth.errors import ContinuityError, PluginError, ReorgTooDeepError
+from monmouth.journal import JournalConflictError, RedactionError, redact
 from monmouth.testing import chain, extend
 from monmouth.types import Block, ChainCommitted, ChainReorged, ChainReverted
 from tests.plugins import ledger
@@ -316,3 +319,91 @@ def test_cursor_is_durable_across_reopen(engine_factory):
     e2 = engine_factory("durable.sqlite")
     assert e2.head == bs[-1].ref and e2.notifications_seen == 1
     assert not e2.apply(ChainCommitted(chain(bs))).applied
+
+
+# ------------------------------------------------------------------------------------------- public API for plugins
+
+
+def _forget_sender(conn, sender: bytes, *, redacting: bool) -> int:
+    """What a plugin's forget does: delete the rows in its own write transaction, and redact them from the undo
+    data in the same transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("DELETE FROM ledger_transfers WHERE sender = ?", (sender,))
+        dropped = redact(conn, {"ledger_transfers": "sender"}, sender) if redacting else 0
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return dropped
+
+
+def _six_blocks(engine_factory, name: str):
+    """An engine with six revertible blocks of ledger transfers, a second connection, and a sender of block 5."""
+    e = engine_factory(name)
+    bs = extend(None, 6, number=1, n_txs=3, salt="redact")
+    e.apply(ChainCommitted(chain(bs)))
+    conn = e.db.connect()
+    sender = conn.execute("SELECT sender FROM ledger_transfers WHERE block_number = 5").fetchone()[0]
+    return e, bs, conn, sender
+
+
+def test_a_revert_after_redaction_restores_exactly_except_the_redacted_rows(engine_factory):
+    e, bs, conn, sender = _six_blocks(engine_factory, "redacted.sqlite")
+    recorded = conn.execute("SELECT count(*) FROM ledger_transfers WHERE sender = ?", (sender,)).fetchone()[0]
+    assert recorded >= 1
+
+    assert _forget_sender(conn, sender, redacting=True) == recorded  # every block is still revertible here
+    for (cs,) in conn.execute("SELECT changeset FROM monmouth_blocks WHERE changeset IS NOT NULL"):
+        assert all(ch.new[2] != sender for ch in apsw.Changeset.iter(cs) if ch.name == "ledger_transfers")
+    e.apply(ChainReverted(chain(bs[3:])))  # no conflict: the undo no longer names the deleted rows
+
+    want = reference(engine_factory, bs[:3], "redacted-ref.sqlite")
+    want["ledger_transfers"] = [r for r in want["ledger_transfers"] if r[2] != sender]
+    assert dump(e.conn) == want
+    assert e.conn.execute("SELECT count(*) FROM ledger_transfers WHERE sender = ?", (sender,)).fetchone()[0] == 0
+    conn.close()
+
+
+def test_without_redaction_the_same_revert_conflicts(engine_factory):
+    """The control: rows deleted outside the chain hooks and left in the undo data make the revert refuse."""
+    e, bs, conn, sender = _six_blocks(engine_factory, "unredacted.sqlite")
+    _forget_sender(conn, sender, redacting=False)
+    head = e.head
+    with pytest.raises(JournalConflictError, match="ledger_transfers"):
+        e.apply(ChainReverted(chain(bs[3:])))
+    assert e.head == head
+    conn.close()
+
+
+def test_redact_refuses_what_it_cannot_redact_and_changes_nothing(engine_factory):
+    e = engine_factory("refused.sqlite")
+    bs = extend(None, 3, number=1, n_txs=2)
+    e.apply(ChainCommitted(chain(bs)))
+    conn = e.db.connect()
+    before = conn.execute("SELECT number, changeset FROM monmouth_blocks ORDER BY number").fetchall()
+    with pytest.raises(RedactionError, match="inside the write transaction"):
+        redact(conn, {"ledger_transfers": "sender"}, b"x")
+    conn.execute("BEGIN IMMEDIATE")
+    for columns, message in (({"monmouth_blocks": "hash"}, "engine table"), ({"nope": "x"}, "no table 'nope'"),
+                             ({"ledger_transfers": "agent"}, "has no column 'agent'")):
+        with pytest.raises(RedactionError, match=message):
+            redact(conn, columns, b"x")
+    assert redact(conn, {"ledger_transfers": "sender"}, b"\x00" * 20) == 0  # matches nothing: nothing rewritten
+    conn.execute("COMMIT")
+    assert conn.execute("SELECT number, changeset FROM monmouth_blocks ORDER BY number").fetchall() == before
+    conn.close()
+
+
+def test_read_cursor_is_the_engines_durable_position(engine_factory):
+    e = engine_factory("cursor.sqlite")
+    conn = e.db.connect()
+    assert read_cursor(conn) == Cursor(None, None, 0, 0, None)
+    bs = extend(None, 4, number=1)
+    e.apply(ChainCommitted(chain(bs[:3])), token={"epoch": 1, "seq": 7})
+    e.apply(ChainReorged(chain(bs[2:3]), chain(extend(bs[1], 2, salt="fork"))))
+    e.set_finalized(2)
+    c = read_cursor(conn)
+    assert c == Cursor(e.head, 2, 2, 1, {"epoch": 1, "seq": 7})
+    assert c.head is not None and c.head.number == 4
+    conn.close()

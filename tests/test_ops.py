@@ -225,6 +225,9 @@ def test_systemd_units_verify_cleanly_and_order_the_sidecar_after_the_node(tmp_p
     assert "After=network-online.target monmouth-reth.service" in sidecar_unit
     for key in ("NoNewPrivileges=yes", "ProtectSystem=strict", "Restart=on-failure", "StateDirectory=monmouth"):
         assert key in sidecar_unit and key.split("=")[0] in units["monmouth-reth.service"], key
+    # Readiness and liveness over sd_notify (sidecar/sdnotify.py, tests/test_sdnotify.py).
+    for key in ("Type=notify", "NotifyAccess=main", "WatchdogSec=60", "TimeoutStartSec=infinity"):
+        assert re.search(rf"^{key}$", sidecar_unit, re.M), key
     # The stop timeout leaves the sidecar its own graceful shutdown (engine.shutdown_timeout, 20 s by default).
     assert int(re.search(r"^TimeoutStopSec=(\d+)$", sidecar_unit, re.M)[1]) > 20
     # The check has teeth: a misspelt key or a bad value is reported (systemd only warns, so stderr is what counts).

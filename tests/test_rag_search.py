@@ -74,20 +74,26 @@ def test_index_recall_against_exact_search_and_filters():
     assert int(ids[0]) not in idx.search(q[0], 5, idx.mask(ids=[7, 8, 9]))[0].tolist()
 
 
-def test_index_follows_sqlite_adds_deletes_and_pruned_log(tmp_path):
-    db = Database(tmp_path / "db.sqlite")
-    conn = db.connect()
-    migrate(conn, "rag", MIGRATIONS, {t for t in TRIMMED})
-    x = clustered(30)
+def pending_docs(conn, n: int) -> list[PendingDoc]:
+    """``n`` documents queued for embedding (``rag_docs``, ``rag_index``, ``rag_pending`` rows)."""
     docs = []
     with conn:
-        for i in range(30):
+        for i in range(n):
             conn.execute("INSERT INTO rag_docs (kind, timestamp, intent, token, text) VALUES ('document', ?, '', '', ?)",
                          (i, f"t{i}"))
             d = conn.last_insert_rowid()
             conn.execute("INSERT INTO rag_index (id) VALUES (?)", (d,))
             conn.execute("INSERT INTO rag_pending (doc, length) VALUES (?, 1)", (d,))
             docs.append(PendingDoc(d, f"t{i}", "document", None, i, "", ""))
+    return docs
+
+
+def test_index_follows_sqlite_adds_deletes_and_pruned_log(tmp_path):
+    db = Database(tmp_path / "db.sqlite")
+    conn = db.connect()
+    migrate(conn, "rag", MIGRATIONS, {t for t in TRIMMED})
+    x = clustered(30)
+    docs = pending_docs(conn, 30)
     idx = VectorIndex(384)
     with conn:
         assert store_vectors(conn, docs[:20], x[:20]) == 20

@@ -11,11 +11,15 @@ import anyio
 import pytest
 from click.testing import CliRunner
 
+from monmouth import hookimpl
 from monmouth.app import open_app
 from monmouth.cli import cli
 from monmouth.progress import Progress
+from monmouth.reindex import reindex
+from monmouth.replayfile import ReplayWriter
 from monmouth.runner import Runner
 from monmouth.sources.rpc import RpcSource
+from monmouth.testing import chain, extend
 from monmouth.types import Chain, ChainCommitted
 from tests.conftest import make_engine, rpc_config, wait_for
 from tests.plugins import ledger
@@ -133,3 +137,88 @@ def test_strip_tables_removes_one_plugins_changes_from_an_undo_changeset(tmp_pat
     assert kept == [("a_rows", (1, "x"))]
     assert strip_tables(changeset, {"a_rows", "b_rows"}) == b""
     assert plugin_tables(ledger) == ["ledger_balances", "ledger_block_stats", "ledger_transfers"]
+
+
+# ---------------------------------------------------------------------------------------------------- migrations
+
+
+class Tally:
+    """A plugin counting each block's transactions, with the migrations it is given."""
+
+    def __init__(self, migrations: list[str]) -> None:
+        self.migrations = migrations
+
+    @hookimpl
+    def monmouth_migrations(self) -> list[str]:
+        return self.migrations
+
+    @hookimpl
+    def monmouth_block_applied(self, conn, block, notification) -> None:
+        conn.execute("INSERT INTO tally_blocks (number, txs) VALUES (?, ?)", (block.number, len(block.transactions)))
+
+
+V1 = ["CREATE TABLE tally_blocks (number INTEGER PRIMARY KEY, txs INTEGER NOT NULL)"]
+V1_REINDENTED = ["CREATE TABLE tally_blocks (\n    number INTEGER PRIMARY KEY,\n    txs INTEGER NOT NULL\n)\n"]
+V1_CHANGED = ["CREATE TABLE tally_blocks (number INTEGER PRIMARY KEY, txs INTEGER NOT NULL, note TEXT DEFAULT 'v2')"]
+
+
+def test_a_plugin_whose_applied_migration_changed_is_refused_until_reindexed(tmp_path, caplog):
+    blocks = extend(None, 6, number=1, n_txs=2)
+    with ReplayWriter(tmp_path / "history.mnr") as w:
+        w.write(ChainCommitted(chain(blocks)), 1)
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[source]\nkind = "replay"\npath = "history.mnr"\n[storage]\npath = "db.sqlite"\n'
+                   '[http]\nenabled = false\n[plugins.tally]\nenabled = true\n')
+
+    def opened(migrations: list[str]):
+        return open_app(cfg, extra_plugins={"tally": Tally(migrations)})
+
+    def table(app) -> tuple[list[str], list[tuple]]:
+        cols = [r[1] for r in app.engine.conn.execute("PRAGMA table_info(tally_blocks)")]
+        return cols, sorted(app.engine.conn.execute("SELECT * FROM tally_blocks").fetchall())
+
+    app = opened(V1)
+    app.engine.apply(ChainCommitted(chain(blocks)))
+    before = table(app)
+    assert len(before[1]) == 6
+    app.close()
+    app = opened(V1_REINDENTED)  # re-indenting a script is not a change
+    assert app.host.is_enabled("tally")
+    app.close()
+    for migrations, needle in [
+        (V1_CHANGED, "plugin 'tally': migration 1 changed after it was applied to this database (sha256 "),
+        ([], "plugin 'tally': the database has 1 of its migrations applied, but the plugin now has 0: migration 1 "
+             "was removed"),
+    ]:
+        with caplog.at_level("ERROR", logger="monmouth"):
+            app = opened(migrations)
+        error = app.host.errors.get("tally", "")
+        assert app.host.states["tally"] == "failed" and needle in error, error
+        assert "`monmouth reindex tally`" in error and "add the change as migration 2" in error, error
+        assert "plugin tally failed to start: " + error in caplog.text
+        assert app.status()["plugins"]["tally"]["state"] == "failed"
+        assert table(app) == before  # its tables are left as they were
+        app.close()
+    # A database from before digests were kept: the scripts applied are recorded as they are, and checked from then.
+    app = opened(V1)
+    with app.engine.conn:
+        app.engine.conn.execute("DELETE FROM monmouth_migration_digests")
+    app.close()
+    app = opened(V1)
+    assert app.host.is_enabled("tally")
+    app.close()
+    app = opened(V1_CHANGED)
+    assert app.host.states["tally"] == "failed"
+    # `monmouth reindex tally` (the way out the error names) rebuilds it with the new scripts.
+    out: list[str] = []
+    assert anyio.run(reindex, app, "tally", None, out.append) == 6
+    app.close()
+    app = opened(V1_CHANGED)
+    assert app.host.is_enabled("tally")
+    assert table(app) == (["number", "txs", "note"], [(b.number, 2, "v2") for b in blocks])
+    assert Progress(app.engine).ranges()["tally"].state == "live"
+    app.close()
+    # Appending a migration is the other way: it runs, and the earlier ones still match.
+    app = opened([*V1_CHANGED, "ALTER TABLE tally_blocks ADD COLUMN extra INTEGER"])
+    assert app.host.is_enabled("tally") and table(app)[0] == ["number", "txs", "note", "extra"]
+    app.close()

@@ -6,6 +6,7 @@ remains, and a restart ends with exactly the state of an uninterrupted run (noth
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -313,3 +314,117 @@ def test_sigterm_stops_the_demo_and_its_anvil(tmp_path, when):
     assert took < 25, took
     time.sleep(0.2)
     assert not [k for k in kids if alive(k)], out  # anvil (and anything else it started) is gone
+
+
+# ---------------------------------------------------------------------------------------------------- mcp (stdio)
+
+
+class McpStdio:
+    """``monmouth mcp`` as a subprocess, spoken to in raw JSON-RPC lines the way an agent runtime does."""
+
+    def __init__(self, tmp_path: Path, cfg: Path) -> None:
+        self.proc = subprocess.Popen([*MONMOUTH, "mcp", "--config", str(cfg)], cwd=tmp_path, env=env(),
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.replies: dict[int, dict] = {}
+        self._next = 0
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in iter(self.proc.stdout.readline, ""):
+            msg = json.loads(line)
+            if "id" in msg:
+                self.replies[msg["id"]] = msg
+
+    def send(self, method: str, params: dict | None = None, *, notify: bool = False) -> int:
+        msg: dict = {"jsonrpc": "2.0", "method": method, "params": params or {}}
+        if not notify:
+            self._next += 1
+            msg["id"] = self._next
+        self.proc.stdin.write(json.dumps(msg) + "\n")
+        self.proc.stdin.flush()
+        return self._next
+
+    def call(self, method: str, params: dict | None = None) -> dict:
+        rid = self.send(method, params)
+        wait_for(lambda: rid in self.replies, 60, f"the reply to {method}", self.proc)
+        reply = self.replies[rid]
+        assert "result" in reply, reply
+        return reply["result"]
+
+    def tool(self, name: str, args: dict) -> dict:
+        result = self.call("tools/call", {"name": name, "arguments": args})
+        assert not result.get("isError"), result
+        return result["structuredContent"]
+
+    def open(self) -> McpStdio:
+        self.call("initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
+                                 "clientInfo": {"name": "test_shutdown", "version": "0"}})
+        self.send("notifications/initialized", notify=True)
+        return self
+
+    def finish(self, took_at_most: float) -> str:
+        """Wait for the exit (status 0 within ``took_at_most`` seconds); the stderr."""
+        t0 = time.monotonic()
+        code = self.proc.wait(took_at_most + 10)
+        took = time.monotonic() - t0
+        self._reader.join(5)
+        err = self.proc.stderr.read()
+        assert code == 0, err
+        assert took < took_at_most, (took, err)
+        assert "Traceback" not in err, err
+        return err
+
+
+def test_sigterm_sigint_and_end_of_input_stop_monmouth_mcp_over_stdio(tmp_path):
+    """The agent runtime keeps ``monmouth mcp``'s standard input open (the SDK reads it in a thread): SIGTERM and
+    SIGINT still stop it within engine.shutdown_timeout, status 0; tool calls cut short commit whole or not at all,
+    and every acknowledged one is in the memory's Merkle root afterwards."""
+    agent = "0x" + "a1" * 20
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f"""
+[storage]
+path = "db.sqlite"
+synchronous = "NORMAL"
+
+[http]
+enabled = false
+
+[engine]
+shutdown_timeout = 10
+
+[plugins.memory]
+enabled = true
+embed = false
+key_dir = "keys"
+agents = ["{agent}"]
+""")
+    acknowledged: list[str] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        mcp = McpStdio(tmp_path, cfg).open()
+        acknowledged.append(mcp.tool("remember", {"content": f"before {sig.name}", "agent": agent})["id"])
+        burst = [mcp.send("tools/call", {"name": "remember", "arguments": {"content": f"burst {i}", "agent": agent}})
+                 for i in range(8)]  # in flight when the signal arrives
+        wait_for(lambda b=burst, m=mcp: b[0] in m.replies, 60, "a reply to the burst", mcp.proc)
+        mcp.proc.send_signal(sig)
+        err = mcp.finish(took_at_most=10)  # stdin is still open
+        assert f"{sig.name}: stopping" in err and f"monmouth mcp: {sig.name}: stopped cleanly" in err, err
+        replies = [r for i in burst if (r := mcp.replies.get(i)) is not None]
+        assert all("result" in r or r["error"]["code"] for r in replies), replies  # an error reply: not acknowledged
+        acknowledged += [r["result"]["structuredContent"]["id"] for r in replies
+                         if "result" in r and not r["result"].get("isError")]
+        mcp.proc.stdin.close()
+    # End of input (the client closes its end) is a clean stop too.
+    mcp = McpStdio(tmp_path, cfg).open()
+    recalled = mcp.tool("recall", {"query": "before", "agent": agent, "k": 10})["results"]
+    assert {"before SIGTERM", "before SIGINT"} <= {r["content"] for r in recalled}, recalled
+    mcp.proc.stdin.close()
+    mcp.finish(took_at_most=10)
+    # Every acknowledged item is stored whole (decrypts to its content); the calls cut short left no partial item.
+    listed = subprocess.run([*MONMOUTH, "memory", "list", agent, "--limit", "100", "--config", str(cfg)],
+                            cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    items = {i["id"]: i["content"] for i in json.loads(listed.stdout)["items"]}
+    assert set(acknowledged) <= set(items), (acknowledged, items)
+    assert all(c.startswith(("before SIG", "burst ")) for c in items.values()), items
+    assert len(acknowledged) >= 4

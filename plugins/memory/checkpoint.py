@@ -26,10 +26,13 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import apsw
+
+from monmouth.engine import read_cursor
 
 from . import lattice  # noqa: F401  (registers memory_global_root, read below through memory_global_roots)
 
@@ -59,7 +62,7 @@ def _versions(conn: apsw.Connection) -> dict[str, Any]:
     for plugin, version in conn.execute("SELECT plugin, version FROM monmouth_migrations"):
         out[plugin] = {"schema": version}
     with contextlib.suppress(Exception):
-        from .plugin import __version__ as mv
+        from . import __version__ as mv
 
         out.setdefault("memory", {})["package"] = mv
     return out
@@ -92,8 +95,7 @@ def create(db_path: str | Path, directory: str | Path, *, name: str | None = Non
                 while not b.done:
                     b.step(-1)  # all pages in one step: one read transaction, one consistent commit
             dest.pragma("journal_mode", "delete")
-            head = dest.execute("SELECT number, hash, finalized, source_token FROM monmouth_cursor WHERE id = 1"
-                                ).fetchone()
+            cursor = read_cursor(dest)
             groot = None
             with contextlib.suppress(apsw.SQLError):
                 g = dest.execute("SELECT block_number, root FROM memory_global_roots ORDER BY block_number DESC "
@@ -108,7 +110,7 @@ def create(db_path: str | Path, directory: str | Path, *, name: str | None = Non
     finally:
         if own:
             src.close()
-    number = head[0] if head else None
+    number = cursor.head.number if cursor.head else None
     name = name or f"ckpt-{number if number is not None else 'empty'}-{int(time.time() * 1000)}"
     if not _NAME.match(name):
         tmp.unlink(missing_ok=True)
@@ -121,8 +123,8 @@ def create(db_path: str | Path, directory: str | Path, *, name: str | None = Non
     manifest = {
         "name": name, "created_at": time.time(), "file": final.name, "size": final.stat().st_size,
         "sha256": _sha256(final),
-        "block": {"number": number, "hash": "0x" + head[1].hex() if head and head[1] else None},
-        "finalized": head[2] if head else None, "source_token": json.loads(head[3]) if head and head[3] else None,
+        "block": {"number": number, "hash": "0x" + cursor.head.hash.hex() if cursor.head else None},
+        "finalized": cursor.finalized, "source_token": cursor.source_token,
         "global_root": groot, "plugins": versions, "config_hash": config_hash,
     }
     mpath = directory / f"{name}.json"
@@ -270,30 +272,55 @@ def scrub_agent(directory: str | Path, agent: bytes) -> list[str]:
     return done
 
 
-def maybe_auto_checkpoint(mem: Any, head: int) -> None:
-    """Called after each committed notification: start an automatic checkpoint in a background thread when
-    ``checkpoint_every`` blocks have passed since the last one (one at a time), then prune to ``checkpoint_keep``.
-    Quick: it only starts the thread."""
-    every = mem.config.checkpoint_every
-    if not every:
-        return
-    if mem._last_auto_ckpt is None:
-        last = [m["block"]["number"] for m in list_checkpoints(mem.checkpoint_dir) if m["block"]["number"] is not None]
-        mem._last_auto_ckpt = max(last) if last else head - head % every
-    if head < mem._last_auto_ckpt + every or not mem._ckpt_lock.acquire(blocking=False):
-        return
-    mem._last_auto_ckpt = head
+class AutoCheckpoints:
+    """Automatic checkpoints of one running plugin: every ``every`` blocks (0: never), keeping the newest ``keep``.
 
-    def work() -> None:
-        try:
-            digest = mem.settings.digest() if mem.settings is not None else None
-            create(mem.db.path, mem.checkpoint_dir, config_hash=digest)
-            prune(mem.checkpoint_dir, mem.config.checkpoint_keep)
-        except Exception as e:
-            log.error("automatic checkpoint failed: %s", e)
-        finally:
-            mem._ckpt_lock.release()
+    Args:
+        db_path: the sidecar database file.
+        directory: the checkpoint directory.
+        every: ``plugins.memory.checkpoint_every``, blocks.
+        keep: ``plugins.memory.checkpoint_keep``.
+        config_hash: gives the settings' digest for the manifest (``None``: unknown).
 
-    t = threading.Thread(target=work, name="memory-checkpoint", daemon=True)
-    mem._threads.append(t)
-    t.start()
+    Attributes:
+        lock: held while a checkpoint is written (a forget holds it between its purge and its scrub).
+        threads: the checkpoint threads started so far.
+    """
+
+    def __init__(self, db_path: str | Path, directory: Path, every: int, keep: int,
+                 config_hash: Callable[[], str | None]) -> None:
+        self.db_path = db_path
+        self.directory = directory
+        self.every = every
+        self.keep = keep
+        self.config_hash = config_hash
+        self.lock = threading.Lock()
+        self.threads: list[threading.Thread] = []
+        self._last: int | None = None  # block of the latest checkpoint
+
+    def after_commit(self, head: int) -> None:
+        """Called after each committed notification: start an automatic checkpoint in a background thread when
+        ``every`` blocks have passed since the last one (one at a time), then prune to ``keep``. Quick: it only
+        starts the thread."""
+        every = self.every
+        if not every:
+            return
+        if self._last is None:
+            last = [m["block"]["number"] for m in list_checkpoints(self.directory) if m["block"]["number"] is not None]
+            self._last = max(last) if last else head - head % every
+        if head < self._last + every or not self.lock.acquire(blocking=False):
+            return
+        self._last = head
+
+        def work() -> None:
+            try:
+                create(self.db_path, self.directory, config_hash=self.config_hash())
+                prune(self.directory, self.keep)
+            except Exception as e:
+                log.error("automatic checkpoint failed: %s", e)
+            finally:
+                self.lock.release()
+
+        t = threading.Thread(target=work, name="memory-checkpoint", daemon=True)
+        self.threads.append(t)
+        t.start()

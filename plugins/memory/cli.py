@@ -89,7 +89,7 @@ def _ckpt_dir(settings: Any, cfg: Any) -> Path:
 
 def register(cli: click.Group) -> None:
     """Add the ``memory`` and ``checkpoint`` groups to the ``monmouth`` CLI."""
-    from .core import parse_address, parse_id
+    from .fields import parse_address, parse_id
 
     @click.group("memory")
     def memory() -> None:

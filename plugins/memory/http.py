@@ -19,8 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from monmouth.auth import is_loopback
 from monmouth.limits import JsonObject, Text
 
-from .core import Memory, parse_address, parse_id
+from .core import Memory
 from .errors import MemoryRequestError
+from .fields import parse_address, parse_id
 
 #: Largest integer SQLite stores (64-bit signed): bounds block numbers, offsets and limits here so that a
 #: number out of range is a 422 naming its field.

@@ -24,23 +24,28 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import apsw
 import msgpack
 import msgspec
 from cryptography.exceptions import InvalidTag
 
+from monmouth.interfaces import TransactionRenderer
 from monmouth.types import Block, Log, Receipt, Transaction
 
-from . import merkle, registry
-from .crypto import MissingKeyError, aad
+from . import merkle
+from .agents import Agents, Counters
+from .config import MemoryConfig
+from .crypto import KeyStore, MissingKeyError, aad
+from .items import index_item, seal
+from .lattice import Lattice
 from .merkle import canonical_json, hx, keccak
+from .registrations import Registrations
 from .schema import END_DELETED, END_EXPIRED, END_SUPERSEDED, EPISODE_SHIFT, KINDS, OP_PUT, all_rows, scalar
-
-if TYPE_CHECKING:
-    from .core import Memory
+from .vectors import VectorCache
 
 log = logging.getLogger(__name__)
 
@@ -101,28 +106,6 @@ class Episode:
     meta: dict[str, Any]
 
 
-def apply_block(mem: Memory, conn: apsw.Connection, block: Any) -> None:
-    """The ``monmouth_block_applied`` work, inside the engine's transaction: on-chain registrations, and the block's
-    memory input recorded in one ``memory_pending`` row (its hash and time, the range of API ops it anchors, its
-    stamp, and, when its transactions touch registered agents, those agents and those transactions). Nothing is
-    hashed or encrypted here: :func:`settle` derives the leaves, marks, chain items and block row from that row
-    afterwards. Writes only through ``conn``."""
-    conn.pragma("secure_delete", 1)  # this connection's deletes (reverts) zero the freed pages
-    stamp = scalar(conn, "UPDATE memory_state SET stamp = stamp + 1 WHERE id = 1 RETURNING stamp")
-    registry.apply(mem, conn, block)  # first: the agent's own transactions in this block become episodes
-    agents, positions = (_involved(mem, conn, block) if mem.config.chain_episodes and block.transactions
-                         else (set(), []))
-    seq0 = scalar(conn, "SELECT ops_seq FROM memory_sync WHERE id = 1")
-    seq1 = scalar(conn, "SELECT coalesce(max(seq), 0) FROM memory_ops")
-    if seq1 > seq0:
-        conn.execute("UPDATE memory_sync SET ops_seq = ? WHERE id = 1", (seq1,))
-    conn.execute(
-        "INSERT OR REPLACE INTO memory_pending (block_number, block_hash, ts, ops_from, ops_to, stamp, agents, block) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (block.number, block.hash, block.timestamp, seq0, max(seq0, seq1), stamp,
-         b"".join(sorted(agents)) if agents else None, _record(block, positions) if agents else None))
-
-
 class Recorded(msgspec.Struct, frozen=True):
     """What the chain hook keeps of a block whose transactions touch registered agents (``memory_pending.block``,
     msgspec JSON): the header, and only the transactions that touch one, with their receipts and positions, plus
@@ -164,75 +147,11 @@ def restore_block(blob: bytes) -> tuple[Block, set[int]]:
     return msgspec.structs.replace(rec.header, transactions=tuple(txs), receipts=tuple(rcs)), set(rec.positions)
 
 
-def _involved(mem: Memory, conn: apsw.Connection, block: Any) -> tuple[set[bytes], list[int]]:
-    """Registered, not forgotten agents that a transaction of ``block`` is from or to, or that a ``Transfer``
-    event of it names, and the positions of those transactions (ascending). The registered set is kept in memory
-    and reloaded when ``memory_state.agents_version`` (set to a random value by triggers on every change of
-    ``memory_agents``) is not the one it was loaded at."""
-    version = scalar(conn, "SELECT agents_version FROM memory_state WHERE id = 1")
-    cached = mem._registered_agents
-    if cached is None or cached[0] != version:
-        cached = (version, frozenset(r[0] for r in conn.execute(
-            "SELECT address FROM memory_agents WHERE forgotten_at IS NULL")))
-        mem._registered_agents = cached
-    registered = cached[1]
-    out: set[bytes] = set()
-    positions: list[int] = []
-    if not registered:
-        return out, positions
-    for i, tx in enumerate(block.transactions):
-        hit = [a for a in (tx.sender, tx.to) if a in registered]
-        rc = block.receipts[i] if i < len(block.receipts) else None
-        for lg in rc.logs if rc is not None else ():
-            hit += [t for t in transfer_parties(lg) or () if t in registered]
-        if hit:
-            out.update(hit)  # type: ignore[arg-type]
-            positions.append(i)
-    return out, positions
-
-
 #: Most pending blocks settled per write transaction, and the time after which it commits without taking the next
 #: one (seconds): the engine waits for SQLite's write lock meanwhile, so one settle transaction holds it for about
 #: one block's settling (10-60 ms for 200 agents at 10,000) at most.
 SETTLE_BATCH = 16
 SETTLE_BUDGET_S = 0.02
-
-
-def settle(mem: Memory, conn: apsw.Connection | None = None, limit: int = SETTLE_BATCH,
-           until: int | None = None) -> int:
-    """Derive the lattice rows of up to ``limit`` recorded blocks (``memory_pending``), oldest first, each exactly
-    as the chain hook used to inside the block's transaction: chain-derived episodes (item and leaf rows), the
-    anchoring of the API ops of its range, expiry, one mark per agent whose visible set changed, the block's row,
-    periodic pruning; then delete the pending row. ``until``: settle no block above this number. Stops after the
-    block that takes it past :data:`SETTLE_BUDGET_S`. Returns how many blocks were settled (0: up to date).
-
-    Runs in one write transaction: ``conn``'s when given (the caller holds SQLite's write lock: a forget, or a
-    chain hook of another plugin), else the plugin's own. A revert of a block removes its pending row (the engine
-    trims ``memory_pending``) or, once settled, what it derived (:func:`revert_block`); both take the write lock,
-    so each sees the other whole.
-    """
-    top = (1 << 63) - 1 if until is None else until
-    if conn is None:
-        if mem._read().execute("SELECT 1 FROM memory_pending WHERE block_number <= ? LIMIT 1", (top,)
-                               ).fetchone() is None:
-            return 0
-        with mem._write() as w:
-            return settle(mem, w, limit, until)
-    rows = all_rows(conn, "SELECT block_number, block_hash, ts, ops_from, ops_to, stamp, agents, block FROM "
-                          "memory_pending WHERE block_number <= ? ORDER BY block_number LIMIT ?", (top, limit))
-    if not rows:
-        return 0
-    conn.pragma("secure_delete", 1)
-    mem.lattice.flush(conn)
-    t0 = time.monotonic()
-    done = 0
-    for row in rows:
-        _settle_block(mem, conn, _Pending(*row))
-        done += 1
-        if time.monotonic() - t0 > SETTLE_BUDGET_S:
-            break
-    conn.execute("DELETE FROM memory_pending WHERE block_number <= ?", (rows[done - 1][0],))
-    return done
 
 
 @dataclass(slots=True)
@@ -245,116 +164,6 @@ class _Pending:
     stamp: int
     agents: bytes | None
     block: bytes | None
-
-
-def _settle_block(mem: Memory, conn: apsw.Connection, p: _Pending) -> None:
-    number, stamp = p.number, p.stamp
-    forgot = scalar(conn, "SELECT forgot_stamp FROM memory_state WHERE id = 1")
-    touched: dict[bytes, int] = {}  # agent -> change of its visible item count
-    if p.agents and p.block:
-        agents = {p.agents[i:i + 20] for i in range(0, len(p.agents), 20)}
-        block, positions = restore_block(p.block)
-        _episodes(mem, conn, block, agents, positions, touched)
-    _anchor(conn, p, touched)
-    _expire(conn, p, touched)
-    prev = conn.execute("SELECT agents, stamp FROM memory_blocks ORDER BY block_number DESC LIMIT 1").fetchone()
-    agents_n = prev[0] if prev is not None else 0
-    order = sorted(touched)
-    before: dict[bytes, int] = {}
-    for i in range(0, len(order), 500):
-        chunk = order[i:i + 500]
-        before.update(all_rows(
-            conn,
-            "SELECT agent, count FROM memory_marks m WHERE agent IN (" + ",".join("?" * len(chunk)) + ") AND "
-            "block_number = (SELECT max(block_number) FROM memory_marks WHERE agent = m.agent)", chunk))
-    marks = []
-    for agent in order:
-        b0 = before.get(agent, 0)
-        count = b0 + touched[agent]
-        agents_n += (count > 0) - (b0 > 0)
-        marks.append((agent, number, count, stamp))
-    conn.executemany("INSERT OR REPLACE INTO memory_marks (agent, block_number, count, stamp) VALUES (?, ?, ?, ?)",
-                     marks)
-    if prev is None or prev[1] <= forgot:  # the previous block counted an agent forgotten since
-        agents_n = scalar(conn, "SELECT count(*) FROM (SELECT agent, max(block_number), count FROM memory_marks "
-                                "GROUP BY agent) WHERE count > 0")
-    conn.execute("INSERT OR REPLACE INTO memory_blocks (block_number, block_hash, agents, ops_seq, stamp) "
-                 "VALUES (?, ?, ?, ?, ?)", (number, p.hash, agents_n, p.ops_to, stamp))
-    if number % mem.config.prune_every == 0:
-        _prune(conn, number - mem.config.retention_blocks)
-
-
-def _episodes(mem: Memory, conn: apsw.Connection, block: Any, agents: set[bytes], positions: set[int],
-              touched: dict[bytes, int]) -> None:
-    rag = mem.rag
-    render = getattr(rag, "render_transaction", None) if rag is not None else None
-    eps: list[Episode] = []
-    log_index = 0
-    for i, tx in enumerate(block.transactions):
-        rc = block.receipts[i] if i < len(block.receipts) else None
-        if i not in positions:  # a filler (see restore_block): only its log count matters
-            log_index += len(rc.logs) if rc is not None else 0
-            continue
-        involved = [a for a in dict.fromkeys([tx.sender, tx.to]) if a in agents]
-        if involved:
-            text = None
-            if render is not None:
-                try:
-                    text = render(block, i)
-                except Exception as e:
-                    log.warning("rag render_transaction failed for block %d tx %d: %s", block.number, i, e)
-            text = text or plain_render_tx(block, i)
-            for a in involved:
-                direction = "self" if tx.sender == tx.to else ("sent" if a == tx.sender else "received")
-                meta = {"type": "transaction", "tx": hx(tx.hash), "block": block.number, "index": i,
-                        "direction": direction, "from": hx(tx.sender), "to": hx(tx.to), "value": str(tx.value)}
-                eps.append(Episode(a, episode_id(a, tx.hash, TX_LOG_INDEX), text,
-                                   ["chain", "transaction", direction], meta))
-        for lg in rc.logs if rc is not None else ():
-            li = log_index
-            log_index += 1
-            parties = transfer_parties(lg)
-            if parties is None:
-                continue
-            frm, to = parties
-            for a in dict.fromkeys([frm, to]):
-                if a not in agents:
-                    continue
-                direction = "self" if frm == to else ("sent" if a == frm else "received")
-                meta = {"type": "transfer", "tx": hx(tx.hash), "block": block.number, "log_index": li,
-                        "token": hx(lg.address), "from": hx(frm), "to": hx(to),
-                        "amount": str(int.from_bytes(lg.data[:32], "big")) if len(lg.topics) == 3 and lg.data
-                        else None,
-                        "token_id": str(int.from_bytes(lg.topics[3], "big")) if len(lg.topics) == 4 else None}
-                eps.append(Episode(a, episode_id(a, tx.hash, li), render_transfer(block, i, li, frm, to, lg),
-                                   ["chain", "transfer", direction], meta))
-    base = block.number << EPISODE_SHIFT
-    episodic = KINDS["episodic"]
-    items, leaves = [], []
-    for j, ep in enumerate(eps):
-        try:
-            k = mem.keys.get(ep.agent)
-        except MissingKeyError as e:
-            mem.key_errors += 1
-            log.error("no key for agent 0x%s, its episode in block %d is skipped: %s", ep.agent.hex(),
-                      block.number, e)
-            continue
-        com, nonce, ct = mem._seal(k, ep.agent, ep.item_id, 1, ep.text.encode(), 0, "", ep.tags,
-                                    canonical_json(ep.meta), 0, 0, nonce=k.det_nonce(ep.item_id, 1))
-        items.append((base | j, ep.item_id, ep.agent, episodic, nonce, ct, com, block.timestamp, block.timestamp,
-                      block.number, block.hash))
-        leaves.append((ep.agent, ep.item_id, block.number, episodic, com, block.hash,
-                       merkle.item_leaf(ep.item_id, ep.agent, episodic, 1, block.number, com)))
-        touched[ep.agent] = touched.get(ep.agent, 0) + 1
-    # Two rows per episode here; its tags, FTS5 entry and embedding come after the commit (index_episodes).
-    conn.executemany(
-        "INSERT INTO memory_items (n, id, agent, kind, origin, version, key_hash, nonce, ct, commitment, "
-        "ttl_seconds, ttl_blocks, expires_at, created_at, updated_at, head_number, head_hash) "
-        "VALUES (?, ?, ?, ?, 1, 1, NULL, ?, ?, ?, 0, 0, NULL, ?, ?, ?, ?)", items)
-    conn.executemany(
-        "INSERT INTO memory_leaves (agent, item_id, from_block, to_block, version, kind, commitment, "
-        "anchor_hash, leaf, expires_block, expires_ts, end_reason) VALUES (?, ?, ?, NULL, 1, ?, ?, ?, ?, "
-        "NULL, NULL, NULL)", leaves)
 
 
 def _anchor(conn: apsw.Connection, block: _Pending, touched: dict[bytes, int]) -> None:
@@ -434,59 +243,283 @@ def _prune(conn: apsw.Connection, horizon: int) -> None:
     conn.execute("DELETE FROM memory_leaves WHERE to_block IS NOT NULL AND to_block <= ?", (horizon,))
 
 
-def revert_block(mem: Memory, conn: apsw.Connection, block: Any) -> None:
-    """The ``monmouth_block_reverted`` work. The journal already restored ``memory_sync`` and the registry, and the
-    engine trimmed ``memory_pending``, ``memory_marks``, ``memory_blocks`` and the root caches at and above the
-    block. Blocks are reverted newest first, so what remains of the block is what :func:`settle` derived from it,
-    if it was settled: delete the leaves it added, reopen the leaves it closed, delete its chain-derived items and
-    their indexes (tags, FTS5 entries, vectors, embedding queue), and lower the indexing watermark below it."""
-    conn.pragma("secure_delete", 1)
-    conn.execute("DELETE FROM memory_leaves WHERE from_block >= ?", (block.number,))
-    conn.execute("UPDATE memory_leaves SET to_block = NULL, end_reason = NULL WHERE to_block IS NOT NULL AND "
-                 "to_block >= ?", (block.number,))
-    lo = block.number << EPISODE_SHIFT
-    conn.execute("UPDATE memory_state SET indexed_n = min(indexed_n, ?) WHERE id = 1", (lo - 1,))
-    conn.execute("DELETE FROM memory_items WHERE n >= ?", (lo,))
-    conn.execute("DELETE FROM memory_tags WHERE n >= ?", (lo,))
-    conn.execute("DELETE FROM memory_fts WHERE rowid >= ?", (lo,))
-    conn.execute("DELETE FROM memory_vectors WHERE n >= ?", (lo,))
-    conn.execute("DELETE FROM memory_embed_queue WHERE n >= ?", (lo,))
-    mem._vec_cache.drop()
-
-
 #: Chain-derived items indexed per write transaction: the engine waits for SQLite's write lock meanwhile, so a
 #: backlog is worked off in short transactions (~0.2 ms per item at 10,000 agents).
 INDEX_BATCH = 128
 
 
-def index_episodes(mem: Memory, limit: int = INDEX_BATCH) -> int:
-    """Index up to ``limit`` chain-derived items committed since the watermark ``memory_state.indexed_n``: their
-    tags, FTS5 keyed tokens and embedding-queue rows, in one write transaction of the plugin's own (not the
-    engine's). Returns how many items it went through (0: up to date).
+class ChainIngest:
+    """The memory plugin's chain work on one database.
 
-    Runs on the worker thread after every block, and from reads (:meth:`Memory.ensure_indexed`) that find it
-    behind. A revert of block ``b`` deletes these rows by row id range and lowers the watermark below ``b << 20``
-    in the engine's transaction; both take SQLite's write lock, so each sees the other whole. An item whose key
-    is missing (or does not open it) is logged and passed over.
+    Args:
+        config: the ``[plugins.memory]`` section.
+        db: the sidecar database: reads on ``db.reader()``.
+        keys: the agents' keys (episodes are sealed with them).
+        lattice: the roots (its cache rows are flushed in each settle transaction).
+        agents: the agent directory (registered set, as the chain hook sees it).
+        registrations: on-chain registry events.
+        vectors: the decrypted-vector cache (dropped on revert).
+        find_renderer: the transaction renderer of the plugin that offers one
+            (:class:`monmouth.interfaces.TransactionRenderer`), or ``None``; asked at each settle.
+        write: opens one of the plugin's write transactions (:func:`.txn.write`).
+        counters: ``key_errors`` is counted there.
     """
-    conn = mem._read()
-    mark = scalar(conn, "SELECT indexed_n FROM memory_state WHERE id = 1")
-    top = scalar(conn, "SELECT max(n) FROM memory_items")
-    if top is None or top <= mark:
-        return 0
-    with mem._write() as w:
-        mark = scalar(w, "SELECT indexed_n FROM memory_state WHERE id = 1")
-        rows = all_rows(w, "SELECT n, id, agent, version, nonce, ct FROM memory_items WHERE n > ? ORDER BY n LIMIT ?",
-                        (mark, limit))
-        for n, item_id, agent, version, nonce, ct in rows:
-            try:
-                k = mem.keys.get(agent)
-                p = msgpack.unpackb(k.decrypt(nonce, ct, aad(agent, item_id, version)))
-            except (MissingKeyError, InvalidTag) as e:
-                log.error("chain item %s of agent 0x%s not indexed: %s", hx(item_id), agent.hex(),
-                          type(e).__name__)
+
+    def __init__(self, config: MemoryConfig, db: Any, keys: KeyStore, lattice: Lattice, agents: Agents,
+                 registrations: Registrations, vectors: VectorCache,
+                 find_renderer: Callable[[], TransactionRenderer | None], write: Callable[[], Any],
+                 counters: Counters) -> None:
+        self.config = config
+        self.db = db
+        self.keys = keys
+        self.lattice = lattice
+        self.agents = agents
+        self.registrations = registrations
+        self.vectors = vectors
+        self.find_renderer = find_renderer
+        self.write = write
+        self.counters = counters
+        self.last_applied = 0.0  # time.monotonic() of the last chain hook call
+
+    def apply_block(self, conn: apsw.Connection, block: Any) -> None:
+        """The ``monmouth_block_applied`` work, inside the engine's transaction: on-chain registrations, and the block's
+        memory input recorded in one ``memory_pending`` row (its hash and time, the range of API ops it anchors, its
+        stamp, and, when its transactions touch registered agents, those agents and those transactions). Nothing is
+        hashed or encrypted here: :func:`settle` derives the leaves, marks, chain items and block row from that row
+        afterwards. Writes only through ``conn``."""
+        conn.pragma("secure_delete", 1)  # this connection's deletes (reverts) zero the freed pages
+        self.last_applied = time.monotonic()
+        stamp = scalar(conn, "UPDATE memory_state SET stamp = stamp + 1 WHERE id = 1 RETURNING stamp")
+        self.registrations.apply(conn, block)  # first: the agent's own transactions in this block become episodes
+        agents, positions = (self._involved(conn, block) if self.config.chain_episodes and block.transactions
+                             else (set(), []))
+        seq0 = scalar(conn, "SELECT ops_seq FROM memory_sync WHERE id = 1")
+        seq1 = scalar(conn, "SELECT coalesce(max(seq), 0) FROM memory_ops")
+        if seq1 > seq0:
+            conn.execute("UPDATE memory_sync SET ops_seq = ? WHERE id = 1", (seq1,))
+        conn.execute(
+            "INSERT OR REPLACE INTO memory_pending (block_number, block_hash, ts, ops_from, ops_to, stamp, agents, "
+            "block) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (block.number, block.hash, block.timestamp, seq0, max(seq0, seq1), stamp,
+             b"".join(sorted(agents)) if agents else None, _record(block, positions) if agents else None))
+
+    def _involved(self, conn: apsw.Connection, block: Any) -> tuple[set[bytes], list[int]]:
+        """Registered, not forgotten agents that a transaction of ``block`` is from or to, or that a ``Transfer``
+        event of it names, and the positions of those transactions (ascending), as ``conn`` (the chain hook's
+        transaction) sees the agents (:meth:`.agents.Agents.registered`)."""
+        registered = self.agents.registered(conn)
+        out: set[bytes] = set()
+        positions: list[int] = []
+        if not registered:
+            return out, positions
+        for i, tx in enumerate(block.transactions):
+            hit = [a for a in (tx.sender, tx.to) if a in registered]
+            rc = block.receipts[i] if i < len(block.receipts) else None
+            for lg in rc.logs if rc is not None else ():
+                hit += [t for t in transfer_parties(lg) or () if t in registered]
+            if hit:
+                out.update(hit)  # type: ignore[arg-type]
+                positions.append(i)
+        return out, positions
+
+    def settle(self, conn: apsw.Connection | None = None, limit: int = SETTLE_BATCH,
+               until: int | None = None) -> int:
+        """Derive the lattice rows of up to ``limit`` recorded blocks (``memory_pending``), oldest first, each exactly
+        as the chain hook used to inside the block's transaction: chain-derived episodes (item and leaf rows), the
+        anchoring of the API ops of its range, expiry, one mark per agent whose visible set changed, the block's row,
+        periodic pruning; then delete the pending row. ``until``: settle no block above this number. Stops after the
+        block that takes it past :data:`SETTLE_BUDGET_S`. Returns how many blocks were settled (0: up to date).
+
+        Runs in one write transaction: ``conn``'s when given (the caller holds SQLite's write lock: a forget, or a
+        chain hook of another plugin), else the plugin's own. A revert of a block removes its pending row (the engine
+        trims ``memory_pending``) or, once settled, what it derived (:func:`revert_block`); both take the write lock,
+        so each sees the other whole.
+        """
+        top = (1 << 63) - 1 if until is None else until
+        if conn is None:
+            if self.db.reader().execute("SELECT 1 FROM memory_pending WHERE block_number <= ? LIMIT 1", (top,)
+                                   ).fetchone() is None:
+                return 0
+            with self.write() as w:
+                return self.settle(w, limit, until)
+        rows = all_rows(conn, "SELECT block_number, block_hash, ts, ops_from, ops_to, stamp, agents, block FROM "
+                              "memory_pending WHERE block_number <= ? ORDER BY block_number LIMIT ?", (top, limit))
+        if not rows:
+            return 0
+        conn.pragma("secure_delete", 1)
+        self.lattice.flush(conn)
+        t0 = time.monotonic()
+        done = 0
+        for row in rows:
+            self._settle_block(conn, _Pending(*row))
+            done += 1
+            if time.monotonic() - t0 > SETTLE_BUDGET_S:
+                break
+        conn.execute("DELETE FROM memory_pending WHERE block_number <= ?", (rows[done - 1][0],))
+        return done
+
+    def _settle_block(self, conn: apsw.Connection, p: _Pending) -> None:
+        number, stamp = p.number, p.stamp
+        forgot = scalar(conn, "SELECT forgot_stamp FROM memory_state WHERE id = 1")
+        touched: dict[bytes, int] = {}  # agent -> change of its visible item count
+        if p.agents and p.block:
+            agents = {p.agents[i:i + 20] for i in range(0, len(p.agents), 20)}
+            block, positions = restore_block(p.block)
+            self._episodes(conn, block, agents, positions, touched)
+        _anchor(conn, p, touched)
+        _expire(conn, p, touched)
+        prev = conn.execute("SELECT agents, stamp FROM memory_blocks ORDER BY block_number DESC LIMIT 1").fetchone()
+        agents_n = prev[0] if prev is not None else 0
+        order = sorted(touched)
+        before: dict[bytes, int] = {}
+        for i in range(0, len(order), 500):
+            chunk = order[i:i + 500]
+            before.update(all_rows(
+                conn,
+                "SELECT agent, count FROM memory_marks m WHERE agent IN (" + ",".join("?" * len(chunk)) + ") AND "
+                "block_number = (SELECT max(block_number) FROM memory_marks WHERE agent = m.agent)", chunk))
+        marks = []
+        for agent in order:
+            b0 = before.get(agent, 0)
+            count = b0 + touched[agent]
+            agents_n += (count > 0) - (b0 > 0)
+            marks.append((agent, number, count, stamp))
+        conn.executemany("INSERT OR REPLACE INTO memory_marks (agent, block_number, count, stamp) VALUES (?, ?, ?, ?)",
+                         marks)
+        if prev is None or prev[1] <= forgot:  # the previous block counted an agent forgotten since
+            agents_n = scalar(conn, "SELECT count(*) FROM (SELECT agent, max(block_number), count FROM memory_marks "
+                                    "GROUP BY agent) WHERE count > 0")
+        conn.execute("INSERT OR REPLACE INTO memory_blocks (block_number, block_hash, agents, ops_seq, stamp) "
+                     "VALUES (?, ?, ?, ?, ?)", (number, p.hash, agents_n, p.ops_to, stamp))
+        if number % self.config.prune_every == 0:
+            _prune(conn, number - self.config.retention_blocks)
+
+    def _episodes(self, conn: apsw.Connection, block: Any, agents: set[bytes], positions: set[int],
+                  touched: dict[bytes, int]) -> None:
+        renderer = self.find_renderer()
+        render = renderer.render_transaction if renderer is not None else None
+        eps: list[Episode] = []
+        log_index = 0
+        for i, tx in enumerate(block.transactions):
+            rc = block.receipts[i] if i < len(block.receipts) else None
+            if i not in positions:  # a filler (see restore_block): only its log count matters
+                log_index += len(rc.logs) if rc is not None else 0
                 continue
-            mem._index(w, k, agent, n, p["c"].decode() if p["t"] == 0 else None, p["g"])
-        if rows:
-            w.execute("UPDATE memory_state SET indexed_n = ? WHERE id = 1", (rows[-1][0],))
-    return len(rows)
+            involved = [a for a in dict.fromkeys([tx.sender, tx.to]) if a in agents]
+            if involved:
+                text = None
+                if render is not None:
+                    try:
+                        text = render(block, i)
+                    except Exception as e:
+                        log.warning("rag render_transaction failed for block %d tx %d: %s", block.number, i, e)
+                text = text or plain_render_tx(block, i)
+                for a in involved:
+                    direction = "self" if tx.sender == tx.to else ("sent" if a == tx.sender else "received")
+                    meta = {"type": "transaction", "tx": hx(tx.hash), "block": block.number, "index": i,
+                            "direction": direction, "from": hx(tx.sender), "to": hx(tx.to), "value": str(tx.value)}
+                    eps.append(Episode(a, episode_id(a, tx.hash, TX_LOG_INDEX), text,
+                                       ["chain", "transaction", direction], meta))
+            for lg in rc.logs if rc is not None else ():
+                li = log_index
+                log_index += 1
+                parties = transfer_parties(lg)
+                if parties is None:
+                    continue
+                frm, to = parties
+                for a in dict.fromkeys([frm, to]):
+                    if a not in agents:
+                        continue
+                    direction = "self" if frm == to else ("sent" if a == frm else "received")
+                    meta = {"type": "transfer", "tx": hx(tx.hash), "block": block.number, "log_index": li,
+                            "token": hx(lg.address), "from": hx(frm), "to": hx(to),
+                            "amount": str(int.from_bytes(lg.data[:32], "big")) if len(lg.topics) == 3 and lg.data
+                            else None,
+                            "token_id": str(int.from_bytes(lg.topics[3], "big")) if len(lg.topics) == 4 else None}
+                    eps.append(Episode(a, episode_id(a, tx.hash, li), render_transfer(block, i, li, frm, to, lg),
+                                       ["chain", "transfer", direction], meta))
+        base = block.number << EPISODE_SHIFT
+        episodic = KINDS["episodic"]
+        items, leaves = [], []
+        for j, ep in enumerate(eps):
+            try:
+                k = self.keys.get(ep.agent)
+            except MissingKeyError as e:
+                self.counters.key_errors += 1
+                log.error("no key for agent 0x%s, its episode in block %d is skipped: %s", ep.agent.hex(),
+                          block.number, e)
+                continue
+            com, nonce, ct = seal(k, ep.agent, ep.item_id, 1, ep.text.encode(), 0, "", ep.tags,
+                                        canonical_json(ep.meta), 0, 0, nonce=k.det_nonce(ep.item_id, 1))
+            items.append((base | j, ep.item_id, ep.agent, episodic, nonce, ct, com, block.timestamp, block.timestamp,
+                          block.number, block.hash))
+            leaves.append((ep.agent, ep.item_id, block.number, episodic, com, block.hash,
+                           merkle.item_leaf(ep.item_id, ep.agent, episodic, 1, block.number, com)))
+            touched[ep.agent] = touched.get(ep.agent, 0) + 1
+        # Two rows per episode here; its tags, FTS5 entry and embedding come after the commit (index_episodes).
+        conn.executemany(
+            "INSERT INTO memory_items (n, id, agent, kind, origin, version, key_hash, nonce, ct, commitment, "
+            "ttl_seconds, ttl_blocks, expires_at, created_at, updated_at, head_number, head_hash) "
+            "VALUES (?, ?, ?, ?, 1, 1, NULL, ?, ?, ?, 0, 0, NULL, ?, ?, ?, ?)", items)
+        conn.executemany(
+            "INSERT INTO memory_leaves (agent, item_id, from_block, to_block, version, kind, commitment, "
+            "anchor_hash, leaf, expires_block, expires_ts, end_reason) VALUES (?, ?, ?, NULL, 1, ?, ?, ?, ?, "
+            "NULL, NULL, NULL)", leaves)
+
+    def revert_block(self, conn: apsw.Connection, block: Any) -> None:
+        """The ``monmouth_block_reverted`` work. The journal already restored ``memory_sync`` and the registry, and the
+        engine trimmed ``memory_pending``, ``memory_marks``, ``memory_blocks`` and the root caches at and above the
+        block. Blocks are reverted newest first, so what remains of the block is what :func:`settle` derived from it,
+        if it was settled: delete the leaves it added, reopen the leaves it closed, delete its chain-derived items and
+        their indexes (tags, FTS5 entries, vectors, embedding queue), and lower the indexing watermark below it."""
+        conn.pragma("secure_delete", 1)
+        conn.execute("DELETE FROM memory_leaves WHERE from_block >= ?", (block.number,))
+        conn.execute("UPDATE memory_leaves SET to_block = NULL, end_reason = NULL WHERE to_block IS NOT NULL AND "
+                     "to_block >= ?", (block.number,))
+        lo = block.number << EPISODE_SHIFT
+        conn.execute("UPDATE memory_state SET indexed_n = min(indexed_n, ?) WHERE id = 1", (lo - 1,))
+        conn.execute("DELETE FROM memory_items WHERE n >= ?", (lo,))
+        conn.execute("DELETE FROM memory_tags WHERE n >= ?", (lo,))
+        conn.execute("DELETE FROM memory_fts WHERE rowid >= ?", (lo,))
+        conn.execute("DELETE FROM memory_vectors WHERE n >= ?", (lo,))
+        conn.execute("DELETE FROM memory_embed_queue WHERE n >= ?", (lo,))
+        self.vectors.drop()
+
+    def index_episodes(self, limit: int = INDEX_BATCH) -> int:
+        """Index up to ``limit`` chain-derived items committed since the watermark ``memory_state.indexed_n``: their
+        tags, FTS5 keyed tokens and embedding-queue rows, in one write transaction of the plugin's own (not the
+        engine's). Returns how many items it went through (0: up to date).
+
+        Runs on the worker thread after every block, and from reads (:meth:`Memory.ensure_indexed`) that find it
+        behind. A revert of block ``b`` deletes these rows by row id range and lowers the watermark below ``b << 20``
+        in the engine's transaction; both take SQLite's write lock, so each sees the other whole. An item whose key
+        is missing (or does not open it) is logged and passed over.
+        """
+        conn = self.db.reader()
+        mark = scalar(conn, "SELECT indexed_n FROM memory_state WHERE id = 1")
+        top = scalar(conn, "SELECT max(n) FROM memory_items")
+        if top is None or top <= mark:
+            return 0
+        with self.write() as w:
+            mark = scalar(w, "SELECT indexed_n FROM memory_state WHERE id = 1")
+            rows = all_rows(w, "SELECT n, id, agent, version, nonce, ct FROM memory_items WHERE n > ? ORDER BY n "
+                               "LIMIT ?", (mark, limit))
+            for n, item_id, agent, version, nonce, ct in rows:
+                try:
+                    k = self.keys.get(agent)
+                    p = msgpack.unpackb(k.decrypt(nonce, ct, aad(agent, item_id, version)))
+                except (MissingKeyError, InvalidTag) as e:
+                    log.error("chain item %s of agent 0x%s not indexed: %s", hx(item_id), agent.hex(),
+                              type(e).__name__)
+                    continue
+                index_item(w, k, agent, n, p["c"].decode() if p["t"] == 0 else None, p["g"])
+            if rows:
+                w.execute("UPDATE memory_state SET indexed_n = ? WHERE id = 1", (rows[-1][0],))
+        return len(rows)
+
+
+def settle(memory: Any, conn: apsw.Connection | None = None, limit: int = SETTLE_BATCH,
+           until: int | None = None) -> int:
+    """:meth:`ChainIngest.settle` of a running :class:`~.core.Memory` (``memory.ingest``): tests and benchmarks
+    settle step by step with it."""
+    return memory.ingest.settle(conn, limit, until)  # type: ignore[no-any-return]

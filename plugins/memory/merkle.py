@@ -156,17 +156,18 @@ AGENT_LEAF_TYPES: tuple[str, ...] = ("address", "bytes32")
 #: The content commitment: ``keccak256(abi.encode(COMMITMENT_TYPES, values))``.
 COMMITMENT_TYPES: tuple[str, ...] = ("bytes32", "uint8", "bytes", "string", "string[]", "string", "uint64", "uint64")
 
-_Z12 = b"\x00" * 12
+_ADDRESS_PAD = b"\x00" * 12  # an address is right-aligned in its 32-byte ABI word
 
 
-def _u(n: int) -> bytes:
+def _word(n: int) -> bytes:
+    """An unsigned integer as one 32-byte big-endian ABI word."""
     return n.to_bytes(32, "big")
 
 
 def item_leaf_encoded(item_id: bytes, agent: bytes, kind: int, version: int, anchor_block: int,
                       commitment: bytes) -> bytes:
     """``abi.encode(ITEM_LEAF_TYPES, values)`` (all static types: six 32-byte words)."""
-    return item_id + _Z12 + agent + _u(kind) + _u(version) + _u(anchor_block) + commitment
+    return item_id + _ADDRESS_PAD + agent + _word(kind) + _word(version) + _word(anchor_block) + commitment
 
 
 def item_leaf(item_id: bytes, agent: bytes, kind: int, version: int, anchor_block: int, commitment: bytes) -> bytes:
@@ -176,12 +177,12 @@ def item_leaf(item_id: bytes, agent: bytes, kind: int, version: int, anchor_bloc
 
 def agent_leaf(agent: bytes, root: bytes) -> bytes:
     """The global tree leaf hash of one agent's root."""
-    return leaf_hash(_Z12 + agent + root)
+    return leaf_hash(_ADDRESS_PAD + agent + root)
 
 
-def _dyn(b: bytes) -> bytes:
+def _dynamic_tail(b: bytes) -> bytes:
     """ABI tail of ``bytes``/``string``: length word, then the data right-padded to 32 bytes."""
-    return _u(len(b)) + b + b"\x00" * (-len(b) % 32)
+    return _word(len(b)) + b + b"\x00" * (-len(b) % 32)
 
 
 def commitment_encoded(salt: bytes, content_type: int, content: bytes, key: str, tags: Sequence[str],
@@ -193,19 +194,20 @@ def commitment_encoded(salt: bytes, content_type: int, content: bytes, key: str,
     """
     if len(salt) != 32 or not 0 <= content_type < 256 or not 0 <= ttl_seconds < 2**64 or not 0 <= ttl_blocks < 2**64:
         raise ValueError("commitment value out of range")
-    t_content, t_key, t_meta = _dyn(content), _dyn(key.encode()), _dyn(metadata_json.encode())
-    elems = [_dyn(t.encode()) for t in tags]
+    t_content, t_key = _dynamic_tail(content), _dynamic_tail(key.encode())
+    t_meta = _dynamic_tail(metadata_json.encode())
+    elems = [_dynamic_tail(t.encode()) for t in tags]
     offsets, off = [], 32 * len(elems)
     for e in elems:
-        offsets.append(_u(off))
+        offsets.append(_word(off))
         off += len(e)
-    t_tags = _u(len(elems)) + b"".join(offsets) + b"".join(elems)
+    t_tags = _word(len(elems)) + b"".join(offsets) + b"".join(elems)
     o_content = 32 * 8
     o_key = o_content + len(t_content)
     o_tags = o_key + len(t_key)
     o_meta = o_tags + len(t_tags)
-    return (salt + _u(content_type) + _u(o_content) + _u(o_key) + _u(o_tags) + _u(o_meta) + _u(ttl_seconds)
-            + _u(ttl_blocks) + t_content + t_key + t_tags + t_meta)
+    return (salt + _word(content_type) + _word(o_content) + _word(o_key) + _word(o_tags) + _word(o_meta)
+            + _word(ttl_seconds) + _word(ttl_blocks) + t_content + t_key + t_tags + t_meta)
 
 
 def canonical_json(value: Any) -> str:

@@ -1,8 +1,13 @@
-"""The memory plugin's hooks (entry point ``memory = "monmouth_memory.plugin"``).
+"""The memory plugin (entry point ``memory = "monmouth_memory.plugin:plugin"``).
 
-The module itself is the plugin object the host registers: its hook functions delegate to a default
-:class:`MemoryPlugin` instance. Tests and embedders can register further instances (one per database) with
-``{"memory": MemoryPlugin()}``.
+The plugin is an instance of :class:`MemoryPlugin` holding its running :class:`~monmouth_memory.core.Memory`,
+registered with pluggy like any third-party plugin. :data:`plugin` is the instance the entry point names; tests and
+embedders register further instances (one per database) with ``{"memory": MemoryPlugin()}``. The module's own
+names (``monmouth_startup``, ``agent_addresses``, ...) are :data:`plugin`'s bound methods, so the module also works
+as a plugin object (``[plugins.memory] module = "monmouth_memory.plugin"``).
+
+It offers the other plugins an agent directory (:class:`monmouth.interfaces.AgentDirectory`) and uses a
+transaction renderer and an embedder when a plugin offers them.
 """
 
 from __future__ import annotations
@@ -12,28 +17,40 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from monmouth import hookimpl
+from monmouth.auth import AccessRule
+from monmouth.plugins import hook_functions
 
-from . import registry
+from . import __version__
+from .agents import Agents
 from .config import MemoryConfig
 from .core import Memory
 from .schema import MIGRATIONS, TRIMMED
 
 log = logging.getLogger(__name__)
 
-__version__ = "0.1.0"
+__all__ = ["MemoryPlugin", "__version__", "plugin"]
+
+#: Recall only reads: a read token may call it (``monmouth_access_rules``). Every other route has an ``{agent}``
+#: parameter, which the default policy already keeps to that agent.
+ACCESS_RULES = (AccessRule("POST", "/memory/agents/{agent}/recall", read=True),)
 
 
 class MemoryPlugin:
-    """One memory plugin instance: hook implementations around a :class:`~monmouth_memory.core.Memory`."""
+    """One memory plugin instance: hook implementations around a :class:`~monmouth_memory.core.Memory`.
+
+    Args:
+        workers: start the worker thread (off in tests and benchmarks that settle by themselves).
+    """
 
     def __init__(self, workers: bool = True) -> None:
         self.memory: Memory | None = None
         self.workers = workers
 
+    # -- what it offers other plugins (monmouth.interfaces.AgentDirectory)
     @staticmethod
     def agent_addresses(conn: Any) -> list[bytes]:
         """Registered, not forgotten agents (20-byte addresses), read on ``conn``."""
-        return [r[0] for r in conn.execute("SELECT address FROM memory_agents WHERE forgotten_at IS NULL")]
+        return Agents.addresses(conn)
 
     # -- declarations
     @hookimpl
@@ -50,13 +67,7 @@ class MemoryPlugin:
 
     @hookimpl
     def monmouth_status(self) -> Mapping[str, Any] | None:
-        mem = self.memory
-        if mem is None:
-            return None
-        st = mem.status()
-        if mem.config.registries:
-            st["registry"] = registry.status(mem, mem._read())
-        return st
+        return self.memory.status() if self.memory is not None else None
 
     # -- lifecycle
     @hookimpl
@@ -75,15 +86,14 @@ class MemoryPlugin:
     def monmouth_notification_committed(self, notification: Any, head: Any) -> None:
         mem = self.memory
         if mem is not None and head is not None:
-            from .checkpoint import maybe_auto_checkpoint
-
-            mem._wake.set()  # the worker indexes the block's chain-derived items now
-
-            maybe_auto_checkpoint(mem, head.number)
+            mem.wake()  # the worker settles and indexes the block's chain-derived items now
+            mem.checkpoints.after_commit(head.number)
 
     # -- chain hooks
-    @hookimpl
+    @hookimpl(tryfirst=True)
     def monmouth_block_applied(self, conn: Any, block: Any, notification: Any) -> None:
+        """First of all plugins (``tryfirst``): agents registered on chain in ``block`` are in the directory when
+        other plugins read it for the same block (see :mod:`monmouth.interfaces`)."""
         if self.memory is None:
             raise RuntimeError("memory plugin not started")
         self.memory.apply_block(conn, block)
@@ -93,7 +103,6 @@ class MemoryPlugin:
         if self.memory is None:
             raise RuntimeError("memory plugin not started")
         self.memory.revert_block(conn, block)
-        registry.revert(self.memory, conn, block)  # memory_agents' registry rows follow memory_registry
 
     # -- surfaces
     @hookimpl
@@ -103,76 +112,30 @@ class MemoryPlugin:
         return make_router(lambda: self.memory)
 
     @hookimpl
+    def monmouth_access_rules(self) -> Sequence[AccessRule]:
+        return ACCESS_RULES
+
+    @hookimpl
+    def monmouth_mcp_tools(self) -> Sequence[Any]:
+        from .mcp_tools import TOOLS
+
+        return TOOLS
+
+    @hookimpl
     def monmouth_register_commands(self, cli: Any) -> None:
         from .cli import register
 
         register(cli)
 
 
-_default = MemoryPlugin()
+#: The instance the ``monmouth.plugins`` entry point names.
+plugin = MemoryPlugin()
 
-
-# Module-level hooks (pluggy reads the argument names, so each is a thin wrapper with the hook's signature).
-@hookimpl
-def monmouth_config_model() -> type[MemoryConfig]:
-    return MemoryConfig
-
-
-@hookimpl
-def monmouth_migrations() -> Sequence[str]:
-    return MIGRATIONS
-
-
-@hookimpl
-def monmouth_trimmed_tables() -> Mapping[str, str | None]:
-    return TRIMMED
-
-
-@hookimpl
-def monmouth_status() -> Mapping[str, Any] | None:
-    return _default.monmouth_status()
-
-
-@hookimpl
-def monmouth_startup(ctx: Any) -> None:
-    _default.monmouth_startup(ctx)
-
-
-@hookimpl
-def monmouth_shutdown(ctx: Any) -> None:
-    _default.monmouth_shutdown(ctx)
-
-
-@hookimpl
-def monmouth_notification_committed(notification: Any, head: Any) -> None:
-    _default.monmouth_notification_committed(notification, head)
-
-
-@hookimpl
-def monmouth_block_applied(conn: Any, block: Any, notification: Any) -> None:
-    _default.monmouth_block_applied(conn, block, notification)
-
-
-@hookimpl
-def monmouth_block_reverted(conn: Any, block: Any, notification: Any) -> None:
-    _default.monmouth_block_reverted(conn, block, notification)
-
-
-@hookimpl
-def monmouth_http_router() -> Any:
-    return _default.monmouth_http_router()
-
-
-@hookimpl
-def monmouth_register_commands(cli: Any) -> None:
-    _default.monmouth_register_commands(cli)
-
-
-def agent_addresses(conn: Any) -> list[bytes]:
-    """Registered, not forgotten agents (20-byte addresses), read on ``conn`` (the rag plugin labels them)."""
-    return MemoryPlugin.agent_addresses(conn)
+# The module as a plugin object: the same hooks, bound to ``plugin``.
+globals().update(hook_functions(plugin))
+agent_addresses = plugin.agent_addresses
 
 
 def memory() -> Memory | None:
-    """The default instance's runtime (``None`` while the plugin is disabled)."""
-    return _default.memory
+    """:data:`plugin`'s runtime (``None`` while the plugin is disabled)."""
+    return plugin.memory

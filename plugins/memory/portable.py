@@ -24,8 +24,12 @@ import time
 from typing import Any
 
 from . import merkle
-from .core import KIND_NAMES, KINDS, ORIGINS, Memory, canonical_json, hx, parse_address, parse_id
+from .core import Memory
 from .errors import ArchiveError, ConflictError
+from .fields import parse_address, parse_id
+from .items import COLUMNS, open_item
+from .merkle import canonical_json, hx
+from .schema import KIND_NAMES, KINDS, ORIGINS
 
 FORMAT = "monmouth-memory-export-v1"
 
@@ -36,7 +40,7 @@ def export_agent(mem: Memory, agent: bytes, block: int | None = None) -> dict[st
     Raises:
         UnknownAgentError, NotFoundError, GoneError: as :meth:`Memory.leaves`.
     """
-    conn = mem._read()
+    conn = mem.db.reader()
     lv = mem.leaves(agent, block)
     number = lv["block"]
     k = mem.key(agent)
@@ -46,12 +50,12 @@ def export_agent(mem: Memory, agent: bytes, block: int | None = None) -> dict[st
         values = x["values"]
         item_id = bytes.fromhex(values[0][2:])
         leaf = bytes.fromhex(x["leaf"][2:])
-        row = conn.execute(f"SELECT {Memory._COLS} FROM memory_items WHERE id = ? AND agent = ?",
+        row = conn.execute(f"SELECT {COLUMNS} FROM memory_items WHERE id = ? AND agent = ?",
                            (item_id, agent)).fetchone()
         if row is None or row[5] != values[3]:
             withheld.append({"id": values[0], "leaf": x["leaf"], "values": values})
             continue
-        p = mem._open(k, row)
+        p = open_item(k, row)
         item: dict[str, Any] = {
             "id": values[0], "kind": KIND_NAMES[values[2]], "origin": ORIGINS[row[4]], "version": values[3],
             "anchor_block": values[4], "commitment": values[5], "leaf": x["leaf"],
@@ -166,7 +170,7 @@ def import_archive(mem: Memory, archive: dict[str, Any]) -> dict[str, Any]:
     """
     report = verify_archive(archive)
     agent = parse_address(report["agent"])
-    row = mem._read().execute("SELECT forgotten_at FROM memory_agents WHERE address = ?", (agent,)).fetchone()
+    row = mem.db.reader().execute("SELECT forgotten_at FROM memory_agents WHERE address = ?", (agent,)).fetchone()
     if row is None or row[0] is not None:
         mem.register(agent, None, "import")
     imported, skipped = [], []

@@ -107,31 +107,25 @@ def nearest_by_histogram(dist: np.ndarray, c: int, limit: int) -> np.ndarray:
     return np.concatenate([below, at])
 
 
-class VectorIndex:
-    """The in-memory index (thread-safe).
+class SyncedIndex:
+    """The part every in-memory vector index shares (thread-safe): row ids and metadata columns (kind, block, time,
+    intent) as arrays, tombstones, the boolean filter :meth:`mask`, and following SQLite: :meth:`load` rebuilds from
+    ``rag_vec`` and :meth:`sync` applies the ``rag_changes`` log (vector adds and deletes, in commit order).
 
-    Args:
-        dim: vector dimension.
-        min_candidates: fewest candidates handed to the rerank.
-        candidates_per_k: candidates per wanted result.
-        candidates_fraction: candidates per stored vector; ``C = max(min_candidates, k * candidates_per_k,
-            n * candidates_fraction)``.
+    Subclasses store the vectors (row ``i`` of every array is vector ``i`` of the subclass's store) and implement
+    :meth:`_store`, :meth:`search` and, when they hold per-row arrays beyond :attr:`_COLUMNS`, :meth:`_grow` and
+    :meth:`_compact`.
 
     Attributes:
         seq: the last ``rag_changes.seq`` applied.
+        loaded: whether :meth:`load` ran (or a persisted copy was read).
     """
 
-    def __init__(self, dim: int = 384, *, min_candidates: int = 1000, candidates_per_k: int = 40,
-                 candidates_fraction: float = 1 / 500) -> None:
+    #: per-row arrays (first axis: row)
+    _COLUMNS: tuple[str, ...] = ("ids", "block", "ts", "kind", "intent", "alive")
+
+    def __init__(self, dim: int = 384) -> None:
         self.dim = dim
-        self.candidates_fraction = candidates_fraction
-        #: threads for the Hamming scan of large collections
-        self.workers = min(4, os.cpu_count() or 1)
-        self.center = np.zeros(dim, np.float32)
-        self._centered_at = 0
-        self.words = (dim + 63) // 64
-        self.min_candidates = min_candidates
-        self.candidates_per_k = candidates_per_k
         self._lock = threading.RLock()
         self.loaded = False
         self.seq = 0
@@ -140,8 +134,6 @@ class VectorIndex:
     def _reset(self, cap: int) -> None:
         self.n = 0
         self.ids = np.zeros(cap, np.int64)
-        self.codes = np.zeros((self.words, cap), np.uint64)  # word-major
-        self.vecs = np.zeros((cap, self.dim), np.float16)
         self.block = np.zeros(cap, np.int64)
         self.ts = np.zeros(cap, np.int64)
         self.kind = np.zeros(cap, np.uint8)
@@ -159,14 +151,15 @@ class VectorIndex:
         if need <= cap:
             return
         new = max(need, cap * 2)
-        for name in ("ids", "vecs", "block", "ts", "kind", "intent", "alive"):
+        for name in self._COLUMNS:
             old = getattr(self, name)
             arr = np.zeros((new, *old.shape[1:]), old.dtype)
             arr[:self.n] = old[:self.n]
             setattr(self, name, arr)
-        codes = np.zeros((self.words, new), np.uint64)
-        codes[:, :self.n] = self.codes[:, :self.n]
-        self.codes = codes
+
+    def _store(self, rows: slice, vecs: np.ndarray) -> None:
+        """Store ``vecs`` (float32, ``(m, dim)``) as rows ``rows`` (called under the lock, after :meth:`_grow`)."""
+        raise NotImplementedError
 
     def add(self, ids: Sequence[int], vecs: np.ndarray, kinds: Sequence[str], blocks: Sequence[int],
             timestamps: Sequence[int], intents: Sequence[str]) -> None:
@@ -177,10 +170,8 @@ class VectorIndex:
         with self._lock:
             self._grow(m)
             s = slice(self.n, self.n + m)
-            v = np.asarray(vecs, np.float32).reshape(m, self.dim)
+            self._store(s, np.asarray(vecs, np.float32).reshape(m, self.dim))
             self.ids[s] = ids
-            self.vecs[s] = v
-            self.codes[:, s] = binary_codes(v - self.center).T
             self.block[s] = blocks
             self.ts[s] = timestamps
             self.kind[s] = [_KIND_CODE.get(k, 0) for k in kinds]
@@ -202,33 +193,23 @@ class VectorIndex:
             return k
 
     def _compact(self) -> None:
+        """Drop the deleted rows (subclasses holding vectors elsewhere move them too, with the same ``keep``)."""
         keep = np.flatnonzero(self.alive[:self.n])
-        for name in ("ids", "vecs", "block", "ts", "kind", "intent", "alive"):
+        self._keep(keep)
+
+    def _keep(self, keep: np.ndarray) -> None:
+        for name in self._COLUMNS:
             arr = getattr(self, name)
             arr[:len(keep)] = arr[keep]
-        self.codes[:, :len(keep)] = self.codes[:, keep]
         self.n = len(keep)
         self.alive[self.n:] = False
         self.dead = 0
 
-    def recenter(self) -> None:
-        """Recompute the centre ``mu`` from the live vectors and re-derive every code (done after a load, and when
-        the collection has doubled since the last centring)."""
-        with self._lock:
-            n = self.n
-            if n == 0:
-                return
-            live = self.alive[:n]
-            mu = np.zeros(self.dim, np.float64)
-            step = 65_536
-            for s in range(0, n, step):
-                e = min(s + step, n)
-                mu += self.vecs[s:e][live[s:e]].astype(np.float32).sum(axis=0, dtype=np.float64)
-            self.center = (mu / max(int(live.sum()), 1)).astype(np.float32)
-            for s in range(0, n, step):
-                e = min(s + step, n)
-                self.codes[:, s:e] = binary_codes(self.vecs[s:e].astype(np.float32) - self.center).T
-            self._centered_at = n
+    def _loaded(self) -> None:
+        """Called under the lock once :meth:`load` has read every row."""
+
+    def _synced(self) -> None:
+        """Called under the lock after :meth:`sync` applied changes."""
 
     _COLS = "rowid, embedding, kind, block_number, timestamp, intent"
 
@@ -256,7 +237,7 @@ class VectorIndex:
                 self._ingest_rows(batch)
             finally:
                 conn.execute("COMMIT")
-            self.recenter()
+            self._loaded()
             self.loaded = True
         log.info("rag: vector index loaded, %d vectors in %.1f s", len(self), time.perf_counter() - t0)
 
@@ -295,8 +276,7 @@ class VectorIndex:
             # a re-added id (re-embedding) replaces its old vector
             self.remove(dels + [r[0] for r in rows])
             self._ingest_rows(rows)
-            if self.n >= 10_000 and self.n > 2 * self._centered_at:
-                self.recenter()
+            self._synced()
             return len(changes)
 
     # -------------------------------------------------------------------------------------------- search
@@ -322,6 +302,92 @@ class VectorIndex:
             m &= np.isin(self.ids[:n], np.asarray(ids, np.int64))
         return m
 
+    def search(self, q: np.ndarray, k: int, mask: np.ndarray | None = None, *,
+               exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` best rows for unit query ``q`` (shape ``(dim,)``).
+
+        Args:
+            mask: rows allowed (from :meth:`mask`); ``None`` allows every live row.
+            exact: rank every allowed row exactly.
+
+        Returns:
+            ``(ids, scores)``: int64 ids and float32 cosine similarities, best first.
+        """
+        raise NotImplementedError
+
+
+class VectorIndex(SyncedIndex):
+    """The binary-quantised index (see the module docstring).
+
+    Args:
+        dim: vector dimension.
+        min_candidates: fewest candidates handed to the rerank.
+        candidates_per_k: candidates per wanted result.
+        candidates_fraction: candidates per stored vector; ``C = max(min_candidates, k * candidates_per_k,
+            n * candidates_fraction)``.
+    """
+
+    _COLUMNS = (*SyncedIndex._COLUMNS, "vecs")
+
+    def __init__(self, dim: int = 384, *, min_candidates: int = 1000, candidates_per_k: int = 40,
+                 candidates_fraction: float = 1 / 500) -> None:
+        self.candidates_fraction = candidates_fraction
+        #: threads for the Hamming scan of large collections
+        self.workers = min(4, os.cpu_count() or 1)
+        self.center = np.zeros(dim, np.float32)
+        self._centered_at = 0
+        self.words = (dim + 63) // 64
+        self.min_candidates = min_candidates
+        self.candidates_per_k = candidates_per_k
+        super().__init__(dim)
+
+    def _reset(self, cap: int) -> None:
+        super()._reset(cap)
+        self.codes = np.zeros((self.words, cap), np.uint64)  # word-major
+        self.vecs = np.zeros((cap, self.dim), np.float16)
+
+    def _grow(self, extra: int) -> None:
+        cap = len(self.ids)
+        super()._grow(extra)
+        if len(self.ids) != cap:
+            codes = np.zeros((self.words, len(self.ids)), np.uint64)
+            codes[:, :self.n] = self.codes[:, :self.n]
+            self.codes = codes
+
+    def _store(self, rows: slice, vecs: np.ndarray) -> None:
+        self.vecs[rows] = vecs
+        self.codes[:, rows] = binary_codes(vecs - self.center).T
+
+    def _keep(self, keep: np.ndarray) -> None:
+        self.codes[:, :len(keep)] = self.codes[:, keep]
+        super()._keep(keep)
+
+    def recenter(self) -> None:
+        """Recompute the centre ``mu`` from the live vectors and re-derive every code (done after a load, and when
+        the collection has doubled since the last centring)."""
+        with self._lock:
+            n = self.n
+            if n == 0:
+                return
+            live = self.alive[:n]
+            mu = np.zeros(self.dim, np.float64)
+            step = 65_536
+            for s in range(0, n, step):
+                e = min(s + step, n)
+                mu += self.vecs[s:e][live[s:e]].astype(np.float32).sum(axis=0, dtype=np.float64)
+            self.center = (mu / max(int(live.sum()), 1)).astype(np.float32)
+            for s in range(0, n, step):
+                e = min(s + step, n)
+                self.codes[:, s:e] = binary_codes(self.vecs[s:e].astype(np.float32) - self.center).T
+            self._centered_at = n
+
+    _loaded = recenter
+
+    def _synced(self) -> None:
+        if self.n >= 10_000 and self.n > 2 * self._centered_at:
+            self.recenter()
+
+    # -------------------------------------------------------------------------------------------- search
     def search(self, q: np.ndarray, k: int, mask: np.ndarray | None = None, *,
                candidates: int | None = None, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best rows for unit query ``q`` (shape ``(dim,)``).

@@ -169,12 +169,6 @@ class AnswerRequest(BaseModel):
     _q = field_validator("query")(classmethod(lambda cls, v: _nonblank(v)))
 
 
-def _plugin() -> Any:
-    from . import plugin
-
-    return plugin
-
-
 def _unavailable(e: RuntimeError) -> HTTPException:
     return HTTPException(503, detail=str(e))
 
@@ -187,8 +181,8 @@ def _filters(f: SearchFilters) -> Filters:
                                           "type": "value_error"}]) from e
 
 
-def make_router() -> APIRouter:
-    """The ``/rag`` router."""
+def make_router(p: Any) -> APIRouter:
+    """The ``/rag`` router over the running plugin ``p`` (a ``monmouth_rag.plugin.RagPlugin``)."""
     r = APIRouter(prefix="/rag", tags=["rag"])
 
     @r.post("/search")
@@ -197,7 +191,6 @@ def make_router() -> APIRouter:
         and citation."""
         import time
 
-        p = _plugin()
         f = _filters(req.filters)
         t0 = time.perf_counter()
         try:
@@ -212,7 +205,6 @@ def make_router() -> APIRouter:
     def context(req: ContextRequest) -> dict[str, Any]:
         """The best chunks packed into ``max_tokens`` (deduplicated, ordered, cited), the tokens used, and what was
         left out."""
-        p = _plugin()
         f = _filters(req.filters)
         try:
             return p.context(req.query, req.max_tokens, f, req.mode, req.order, req.candidates)
@@ -222,7 +214,6 @@ def make_router() -> APIRouter:
     @r.post("/documents", status_code=201)
     def add_document(req: DocumentRequest) -> dict[str, Any]:
         """Chunk and index a document (keyword search at once, vectors by the background worker)."""
-        p = _plugin()
         doc_id = req.id or "sha256:" + hashlib.sha256(req.text.encode()).hexdigest()[:32]
         try:
             return p.add_document(doc_id, req.text, kind=req.kind, title=req.title, meta=req.meta,
@@ -234,7 +225,6 @@ def make_router() -> APIRouter:
     def list_documents(kind: Kind | None = None, limit: int = Query(100, ge=1, le=10_000),
                        offset: int = Query(0, ge=0, le=INT64)) -> dict[str, Any]:
         """Documents (not chain transactions) with their chunk and vector counts."""
-        p = _plugin()
         try:
             conn = p.state().ctx.db.reader()
         except RuntimeError as e:
@@ -251,7 +241,6 @@ def make_router() -> APIRouter:
     @r.delete("/documents/{doc_id:path}")
     def delete_document(doc_id: str) -> dict[str, Any]:
         """Delete a document (every chunk). 404 if unknown."""
-        p = _plugin()
         try:
             n = p.delete_document(doc_id)
         except RuntimeError as e:
@@ -264,7 +253,6 @@ def make_router() -> APIRouter:
     def transaction(tx_hash: str = Path(..., pattern=_HASH, description="0x + 64 hex digits")) -> dict[str, Any]:
         """The indexed text, decoded metadata and provenance of a transaction. 404 if not indexed (out of scope,
         reverted, or before the plugin was enabled)."""
-        p = _plugin()
         try:
             got = p.transaction(bytes.fromhex(tx_hash[2:]))
         except RuntimeError as e:
@@ -278,7 +266,6 @@ def make_router() -> APIRouter:
               depth: int = Query(1, ge=1, le=2, description="Hops: 1 or 2."),
               limit: int = Query(50, ge=1, le=1000, description="Edges per node and direction.")) -> dict[str, Any]:
         """Edges between addresses from transactions and token transfers: count, value, first and last block."""
-        p = _plugin()
         try:
             return p.graph(bytes.fromhex(address[2:]), depth=depth, limit=limit)
         except RuntimeError as e:
@@ -291,7 +278,6 @@ def make_router() -> APIRouter:
         from .answer import AnswerError
         from .answer import answer as run
 
-        p = _plugin()
         f = _filters(req.filters)
         try:
             st = p.state()

@@ -102,9 +102,15 @@ class RagConfig(BaseModel):
     mode: Literal["vector", "keyword", "hybrid"] = "hybrid"
     #: Reciprocal rank fusion constant (Cormack, Clarke & Buettcher 2009 use k = 60).
     rrf_k: int = Field(60, ge=1, le=10_000)
-    #: At or above this many vectors, unfiltered vector search uses the in-memory binary index (Hamming prefilter,
-    #: then exact rerank); below it, exact sqlite-vec KNN.
+    #: At or above this many vectors, vector search uses the in-memory index (``ann_index``); below it, exact
+    #: sqlite-vec KNN.
     ann_min_vectors: int = Field(50_000, ge=0)
+    #: The in-memory index used at or above ``ann_min_vectors``: ``hnsw`` (HNSW graph, persisted beside the database
+    #: as ``<database file>.rag-hnsw.npz`` so a restart reads it instead of rebuilding; see ``monmouth_rag.hnsw``) or
+    #: ``binary`` (binary prefilter and exact rerank, rebuilt from ``rag_vec`` at every start).
+    ann_index: Literal["hnsw", "binary"] = "hnsw"
+    #: HNSW beam width while searching (recall against latency; ``bench/search.py`` measures both).
+    ann_ef_search: int = Field(2048, ge=16, le=4096)
     #: Candidates the binary prefilter hands to the exact rerank, per result wanted (at least 400).
     ann_candidates_per_k: int = Field(40, ge=1, le=10_000)
     #: Largest filtered candidate set that is ranked exactly (larger sets go through the binary index).

@@ -2,9 +2,10 @@
 packing under a token budget.
 
 * Vector search ranks by cosine similarity of unit vectors. Small collections use exact sqlite-vec KNN on ``rag_vec``
-  with its metadata columns as filters; large ones use the in-memory binary index (:mod:`monmouth_rag.ann`). Filters
-  that only SQL can answer (address, token, document id) first select candidate ids; small candidate sets are ranked
-  exactly.
+  with its metadata columns as filters; large ones use the in-memory index (:mod:`monmouth_rag.hnsw` by default, or
+  the binary one of :mod:`monmouth_rag.ann`), filters applied as a mask of allowed rows before ranking. Filters that
+  only SQL can answer (address, token, document id) first select candidate ids, which join that mask; small
+  candidate sets are ranked exactly.
 * Keyword search is SQLite FTS5 with its BM25 ranking (Robertson & Zaragoza 2009; ``bm25()`` of
   https://sqlite.org/fts5.html), over the Porter-stemmed text. The query's words are OR-ed.
 * Hybrid search fuses both rankings by reciprocal rank fusion: ``score(d) = sum over rankings of 1 / (k + rank(d))``
@@ -27,7 +28,7 @@ import numpy as np
 
 from monmouth.limits import check_json_value
 
-from .ann import VectorIndex
+from .ann import SyncedIndex
 from .store import NO_BLOCK, all_rows, hx, scalar, text_key
 
 log = logging.getLogger(__name__)
@@ -216,7 +217,7 @@ class Searcher:
     """
 
     def __init__(self, reader: Callable[[], apsw.Connection], embed: Callable[[list[str]], np.ndarray],
-                 index: VectorIndex, *, ann_min_vectors: int = 50_000, exact_max_candidates: int = 20_000,
+                 index: SyncedIndex, *, ann_min_vectors: int = 50_000, exact_max_candidates: int = 20_000,
                  rrf_k: int = 60) -> None:
         self.reader = reader
         self.embed = embed
@@ -257,14 +258,10 @@ class Searcher:
                 mask: np.ndarray | None = self.index.mask(ids=cand, **kw)
                 ids, scores = self.index.search(q, k, mask, exact=True)
             else:
+                if cand is not None:  # every SQL candidate joins the mask: the index ranks allowed rows only
+                    kw["ids"] = self.candidates(conn, filters, 10**9)
                 mask = None if filters.empty else self.index.mask(**kw)
-                want = k if cand is None else min(k * 8, 10_000)
-                ids, scores = self.index.search(q, want, mask)
-                if cand is not None:
-                    allowed = set(self.candidates(conn, filters, 10**9)) if len(cand) > self.exact_max_candidates \
-                        else set(cand)
-                    keep = [i for i, d in enumerate(ids) if int(d) in allowed][:k]
-                    ids, scores = ids[keep], scores[keep]
+                ids, scores = self.index.search(q, k, mask)
             return [(int(d), float(s)) for d, s in zip(ids, scores, strict=True)]
         clauses, params = filters.vec0()
         if cand is not None:

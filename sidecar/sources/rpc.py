@@ -39,7 +39,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from ..errors import ChainError, CodecError, ReorgTooDeepError
+from ..errors import ChainError, CodecError, MonmouthError, ReorgTooDeepError
 from ..jsonrpc import MAX_JSON_DEPTH, block_from_rpc, check_block, check_header, check_receipts, json_depth, qty
 from ..metrics import Metrics
 from ..roots import verify_block
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 METHOD_NOT_FOUND = -32601
 
 
-class RpcError(Exception):
+class RpcError(MonmouthError):
     """A JSON-RPC error object (``code``, ``message``) returned by the node."""
 
     def __init__(self, method: str, error: Any) -> None:
@@ -60,7 +60,7 @@ class RpcError(Exception):
         self.code = err.get("code")
 
 
-class TransientNodeError(Exception):
+class TransientNodeError(MonmouthError):
     """The node answered something unusable right now (inconsistent batch mid-reorg, missing block)."""
 
 

@@ -1,0 +1,32 @@
+"""The memory plugin's own write transactions, outside the engine's (API writes, settling, indexing, forget).
+
+:func:`write` is the core's :meth:`monmouth.store.Database.write` (``BEGIN IMMEDIATE`` on the calling thread's
+connection, commit or roll back) on a connection set up for this plugin: ``secure_delete`` on (deleted memory is
+zeroed on disk), no WAL auto-checkpoint (it made 1 API write in 8 wait ~20 ms for an fsync of the database: the
+engine's commits and the plugin's worker checkpoint instead), and the WAL file shrunk to 64 MiB when it restarts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import apsw
+
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+
+
+@contextlib.contextmanager
+def write(db: Any) -> Iterator[apsw.Connection]:
+    """A write transaction of the plugin on ``db`` (a ``monmouth.store.Database``); see the module docstring.
+
+    Raises:
+        apsw.BusyError: SQLite's write lock was not free within the connection's busy timeout.
+    """
+    conn = db.reader()
+    conn.pragma("secure_delete", 1)
+    conn.wal_autocheckpoint(0)
+    conn.pragma("journal_size_limit", JOURNAL_SIZE_LIMIT)
+    with db.write() as w:
+        yield w

@@ -1,0 +1,179 @@
+"""The import graph of the shipped packages has no cycles (issue 16).
+
+The graph is built from the source with the standard library's :mod:`ast`: every ``import``/``from ... import`` of a
+shipped module counts, wherever it stands (module level, inside ``if TYPE_CHECKING:``, inside a function), because a
+cycle hidden in a function or a type-checking block is still two modules that cannot be understood one without the
+other. Packages and their directories come from ``[tool.setuptools] package-dir`` in pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import ast
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+def packages() -> dict[str, Path]:
+    """``{package name: directory}`` from pyproject.toml (``monmouth`` -> ``sidecar``, ``monmouth_rag`` -> ...)."""
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    dirs = {name: ROOT / d for name, d in cfg["package-dir"].items()}
+    out = {}
+    for pkg in cfg["packages"]:
+        top, _, rest = pkg.partition(".")
+        out[pkg] = dirs[top] / rest.replace(".", "/") if rest else dirs[top]
+    return out
+
+
+def modules() -> dict[str, Path]:
+    """``{dotted module name: file}`` of every shipped module (``__init__`` files under the package's name)."""
+    out: dict[str, Path] = {}
+    for pkg, d in packages().items():
+        for f in sorted(d.glob("*.py")):
+            out[pkg if f.stem == "__init__" else f"{pkg}.{f.stem}"] = f
+    return out
+
+
+def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
+    """The shipped modules ``name`` imports, anywhere in its file. ``from pkg import mod`` counts ``pkg.mod`` when
+    that is a module, else ``pkg``."""
+    is_pkg = path.name == "__init__.py"
+    package = name if is_pkg else name.rpartition(".")[0]
+    found: set[str] = set()
+
+    def resolve(target: str) -> None:
+        while target and target not in known:  # ``import a.b.c`` of a name inside a module: its module
+            target = target.rpartition(".")[0]
+        if target and target != name:
+            found.add(target)
+
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                resolve(alias.name)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                mod = ".".join([*base, node.module] if node.module else base)
+            else:
+                mod = node.module or ""
+            for alias in node.names:
+                if f"{mod}.{alias.name}" in known:
+                    resolve(f"{mod}.{alias.name}")
+                else:
+                    resolve(mod)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    known = set(mods)
+    return {name: imports_of(name, path, known) for name, path in mods.items()}
+
+
+def cycles(g: dict[str, set[str]]) -> list[tuple[str, ...]]:
+    """The strongly connected components of more than one module (Tarjan), each as a sorted tuple."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[tuple[str, ...]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(g.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(tuple(sorted(comp)))
+
+    for v in sorted(g):
+        if v not in index:
+            visit(v)
+    return sorted(out)
+
+
+def path_through(g: dict[str, set[str]], comp: tuple[str, ...]) -> str:
+    """One concrete cycle inside ``comp``, for the failure message: ``a -> b -> a``."""
+    members = set(comp)
+    start = comp[0]
+    prev: dict[str, str] = {}
+    todo = [start]
+    while todo:
+        v = todo.pop(0)
+        for w in sorted(g[v] & members):
+            if w == start:
+                chain = [v]
+                while chain[-1] != start:
+                    chain.append(prev[chain[-1]])
+                return " -> ".join([*reversed(chain), start])
+            if w not in prev:
+                prev[w] = v
+                todo.append(w)
+    return " <-> ".join(comp)
+
+
+def test_the_graph_covers_every_shipped_package():
+    g = graph()
+    tops = {m.partition(".")[0] for m in g}
+    assert tops == {"monmouth", "monmouth_rag", "monmouth_memory", "monmouth_integrations"}
+    assert "monmouth.engine" in g["monmouth.runner"]  # a module-level import
+    assert "monmouth.store" in g["monmouth.engine"]
+
+
+def test_function_level_and_type_checking_imports_count(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .b import X\n"
+                 "def g():\n    from . import c\n    import p.d\n")
+    assert imports_of("p.m", f, {"p", "p.b", "p.c", "p.d", "p.m"}) == {"p.b", "p.c", "p.d"}
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [("a", "b", "c")]
+    assert path_through({"a": {"b"}, "b": {"c"}, "c": {"a"}}, ("a", "b", "c")) == "a -> b -> c -> a"
+
+
+def test_no_import_cycles():
+    g = graph()
+    found = cycles(g)
+    assert not found, "import cycles:\n" + "\n".join(f"  {path_through(g, c)}   (modules {', '.join(c)})" for c in found)
+
+
+#: Core exceptions outside the tree: private control flow of the exex source (``_Reset`` restarts its stream and is
+#: never raised to a caller); that module is outside this change.
+OUTSIDE_THE_TREE = {"monmouth.sources.exex._Reset"}
+
+
+def test_every_core_exception_derives_from_monmouth_error():
+    """One root: whatever the core raises on purpose is a ``MonmouthError`` (``except MonmouthError`` catches it), and
+    only ``ProblemError``, the HTTP layer's, carries an HTTP status."""
+    import importlib
+    import inspect
+
+    from monmouth.errors import MonmouthError
+    from monmouth.problems import ProblemError
+
+    found = []
+    for name in modules():
+        if not name.startswith("monmouth.") or name.endswith("__main__"):
+            continue
+        module = importlib.import_module(name)
+        for cls in vars(module).values():
+            if inspect.isclass(cls) and issubclass(cls, Exception) and cls.__module__ == name:  # errors, not signals
+                found.append(cls)
+    assert len(found) > 20
+    outside = {f"{c.__module__}.{c.__qualname__}" for c in found if not issubclass(c, MonmouthError)}
+    assert outside == OUTSIDE_THE_TREE
+    with_status = {c.__qualname__ for c in found if "status" in inspect.signature(c.__init__).parameters}
+    assert with_status == {ProblemError.__qualname__}

@@ -1,0 +1,133 @@
+"""The surface hooks a plugin contributes through: ``monmouth_access_rules`` (exceptions to the default access
+policy for its own routes) and ``monmouth_mcp_tools`` (MCP tools calling its routes as the caller). Driven with the
+third-party test plugin ``tests/plugins/notes.py`` through the real app (open_app + create_api on a real SQLite file)
+and, for MCP, a live sidecar and the SDK's own client."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi import APIRouter
+
+from monmouth import hookimpl
+from monmouth.api import create_api
+from monmouth.app import open_app
+from monmouth.auth import AccessRule
+from monmouth_memory.plugin import MemoryPlugin
+from tests.plugins import notes
+from tests.test_api_support import agent_token, live_sidecar
+from tests.test_auth import ADMIN, KEY_A, READ, client, is_problem, sign_in, write_config
+from tests.test_mcp import KEY_A as MCP_KEY_A
+from tests.test_mcp import TOOLS, error_text, http_client, payload
+from tests.test_mcp import config as mcp_config
+
+NOTES = "\n[plugins.notes]\nenabled = true\n\n[plugins.greedy]\nenabled = true\n"
+
+
+def status() -> dict:
+    """A sync tool, and the core's name: refused twice over."""
+    return {}
+
+
+async def note_search(query: str) -> dict:
+    """Takes the notes plugin's tool name: refused, the notes plugin was first."""
+    return {}
+
+
+async def greedy_ping() -> dict:
+    """The greedy plugin's one acceptable tool."""
+    return {"pong": True}
+
+
+class Greedy:
+    """A plugin whose rules and tools overreach: a rule for another plugin's route, a rule that is no AccessRule,
+    tools whose names are taken or that are not async."""
+
+    @hookimpl
+    def monmouth_http_router(self):
+        router = APIRouter(prefix="/greedy")
+
+        @router.post("/ping")
+        def ping():
+            return {"pong": True}
+
+        return router
+
+    @hookimpl
+    def monmouth_access_rules(self):
+        return [AccessRule("POST", "/notes/tidy", read=True, agent=True), ("POST", "/greedy/ping")]
+
+    @hookimpl
+    def monmouth_mcp_tools(self):
+        return [status, note_search, greedy_ping]
+
+
+@pytest.fixture
+def api_env(tmp_path):
+    app = open_app(write_config(tmp_path, NOTES),
+                   extra_plugins={"memory": MemoryPlugin(workers=False), "notes": notes, "greedy": Greedy()})
+    assert app.host.is_enabled("notes") and app.host.is_enabled("greedy"), app.host.errors
+    api = create_api(app)
+    yield app, api
+    api.state.audit.close()
+    app.close()
+
+
+def test_access_rules_widen_the_default_policy_for_the_plugins_own_routes_only(api_env):
+    app, api = api_env
+    # read token: the rule makes the read-only POST callable; a POST without a rule stays refused
+    rd = client(api, token=READ)
+    assert rd.post("/notes/search", json={"query": "q", "scope": "private"}).json()["by"] == "read"
+    assert "read token may not call POST /notes/tidy" in is_problem(rd.post("/notes/tidy"), 403)["detail"]
+    # agent: admitted, and the rule's body check refuses what it must, naming the field
+    a = client(api, token=sign_in(api, KEY_A))
+    r = a.post("/notes/search", json={"query": "q"})
+    assert r.status_code == 200 and r.json()["by"].startswith("agent:0x")
+    assert is_problem(a.post("/notes/search", json={"query": "q", "scope": "private"}), 403)["field"] == "scope"
+    # a body that is not JSON is left to the route's own validation (422), not refused by the check
+    r = a.post("/notes/search", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    is_problem(a.post("/notes/tidy"), 403)
+    # another plugin cannot widen the policy of /notes/tidy, nor hand in something that is no AccessRule: refused,
+    # named in its /status error, and its own route keeps the default policy
+    is_problem(rd.post("/greedy/ping"), 403)
+    is_problem(a.post("/notes/tidy"), 403)
+    assert "POST /notes/tidy is not an AccessRule for a route of this plugin" in app.host.errors["greedy"]
+    assert "('POST', '/greedy/ping') is not an AccessRule" in app.host.errors["greedy"]
+    assert client(api, token=ADMIN).post("/notes/tidy").json() == {"tidied": True}
+    assert set(api.state.access_rules) >= {("POST", "/notes/search"), ("POST", "/memory/agents/{agent}/recall")}
+    assert ("POST", "/notes/tidy") not in api.state.access_rules
+
+
+def test_the_core_lists_no_plugin_route():
+    """The rules of the built-in plugins come from their hooks: the core module names none of their routes."""
+    import inspect
+
+    import monmouth.auth
+    import monmouth.mcp_server
+
+    for module in (monmouth.auth, monmouth.mcp_server):
+        src = inspect.getsource(module)
+        for name in ("/rag/", "/memory/", "search_chain", "remember"):
+            assert name not in src, f"{module.__name__} names {name}"
+
+
+@pytest.mark.anyio
+async def test_plugin_tools_are_served_and_act_as_the_caller(tmp_path):
+    cfg = mcp_config(tmp_path) + NOTES
+    plugins = {"memory": MemoryPlugin(workers=False), "notes": notes, "greedy": Greedy()}
+    async with live_sidecar(tmp_path, cfg, plugins) as (app, _runner, base, _source):
+        async with http_client(f"{base}/mcp") as c:  # loopback operator
+            names = {t.name for t in (await c.list_tools()).tools}
+            assert names == TOOLS | {"note_search", "greedy_ping"}
+            got = payload(await c.call_tool("note_search", {"query": "plans", "scope": "private"}))
+            assert got == {"query": "plans", "scope": "private", "by": "admin@loopback"}
+            assert payload(await c.call_tool("greedy_ping", {})) == {"pong": True}
+        # the refused tools are named in the greedy plugin's /status error, beside its refused access rules
+        error = app.host.errors["greedy"]
+        assert "tool 'status' is not an async function" in error
+        assert "tool 'note_search' is already served by plugin 'notes'" in error
+        assert "POST /notes/tidy is not an AccessRule for a route of this plugin" in error
+        ta = await agent_token(base, MCP_KEY_A)
+        async with http_client(f"{base}/mcp", ta) as c:  # an agent: the notes plugin's access rule applies
+            assert payload(await c.call_tool("note_search", {"query": "plans"}))["by"].startswith("agent:")
+            assert "403" in error_text(await c.call_tool("note_search", {"query": "plans", "scope": "private"}))
