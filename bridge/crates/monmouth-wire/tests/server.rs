@@ -310,8 +310,13 @@ impl NotificationSource for PickySource {
     }
 }
 
-#[test]
-fn refused_start_and_refused_stream_keep_the_server_running() {
+/// A server on a free loopback port serving a [`PickySource`] of 3 commits (the newest block it can start from is
+/// 10) on its own thread: its endpoint, its stop flag, the starts it was given, and its thread, which returns how
+/// the run ended and how many refusals it counted.
+#[allow(clippy::type_complexity)]
+fn picky_bridge(
+    fail_after: Option<usize>,
+) -> (String, Arc<AtomicBool>, Arc<Mutex<Vec<Start>>>, thread::JoinHandle<(RunEnd, u64)>) {
     let starts = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel();
@@ -320,11 +325,17 @@ fn refused_start_and_refused_stream_keep_the_server_running() {
         let cfg = ServerConfig { endpoint: "tcp://127.0.0.1:*".into(), ..ServerConfig::default() };
         let mut server = Server::bind(cfg).unwrap();
         tx.send(server.endpoint().to_owned()).unwrap();
-        let mut src = PickySource { newest: 10, items: commits(3), next: 0, fail_after: Some(2), starts: starts2 };
+        let mut src = PickySource { newest: 10, items: commits(3), next: 0, fail_after, starts: starts2 };
         let end = server.run(&mut src, || stop2.load(Ordering::Relaxed));
         (end.unwrap(), server.stats().refusals)
     });
-    let c = Client::connect(&rx.recv_timeout(Duration::from_secs(5)).unwrap());
+    (rx.recv_timeout(Duration::from_secs(5)).unwrap(), stop, starts, handle)
+}
+
+#[test]
+fn refused_start_and_refused_stream_keep_the_server_running() {
+    let (endpoint, stop, starts, handle) = picky_bridge(Some(2));
+    let c = Client::connect(&endpoint);
     // A start in the future: refused with a sentence, no session, and the server goes on.
     c.hello_from(None, Some(11), 8);
     match c.recv(2000) {
@@ -371,18 +382,7 @@ fn binding_an_endpoint_in_use_says_so() {
 
 #[test]
 fn a_hello_that_does_not_continue_the_stream_restarts_the_source() {
-    let starts = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = mpsc::channel();
-    let (starts2, stop2) = (Arc::clone(&starts), Arc::clone(&stop));
-    let handle = thread::spawn(move || {
-        let cfg = ServerConfig { endpoint: "tcp://127.0.0.1:*".into(), ..ServerConfig::default() };
-        let mut server = Server::bind(cfg).unwrap();
-        tx.send(server.endpoint().to_owned()).unwrap();
-        let mut src = PickySource { newest: 10, items: commits(3), next: 0, fail_after: None, starts: starts2 };
-        server.run(&mut src, || stop2.load(Ordering::Relaxed)).unwrap()
-    });
-    let endpoint = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let (endpoint, stop, starts, handle) = picky_bridge(None);
     let items = commits(3);
     let c = Client::connect(&endpoint);
     c.hello_from(None, Some(1), 8);
@@ -415,7 +415,7 @@ fn a_hello_that_does_not_continue_the_stream_restarts_the_source() {
     let (seq, n) = c5.expect_seq(2000);
     assert!(seq > 4 && n == items[0], "{seq} {n:?}");
     stop.store(true, Ordering::Relaxed);
-    assert_eq!(handle.join().unwrap(), RunEnd::Stopped);
+    assert_eq!(handle.join().unwrap().0, RunEnd::Stopped);
     let starts = starts.lock().unwrap().clone();
     assert_eq!(
         starts,
