@@ -150,9 +150,8 @@ def test_no_import_cycles():
     assert not found, "import cycles:\n" + "\n".join(f"  {path_through(g, c)}   (modules {', '.join(c)})" for c in found)
 
 
-#: Core exceptions outside the tree: private control flow of the exex source (``_Reset`` restarts its stream and is
-#: never raised to a caller); that module is outside this change.
-OUTSIDE_THE_TREE = {"monmouth.sources.exex._Reset"}
+#: Core exceptions outside the tree (none).
+OUTSIDE_THE_TREE: set[str] = set()
 
 
 def test_every_core_exception_derives_from_monmouth_error():

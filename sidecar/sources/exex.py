@@ -43,7 +43,7 @@ import zmq
 import zmq.asyncio
 
 from .. import __version__, wire
-from ..errors import ConfigError, SourceError
+from ..errors import ConfigError, MonmouthError, SourceError
 from ..types import BlockRef, ChainReverted, Notification
 from .base import ChainView, Delivery, Source
 
@@ -53,7 +53,7 @@ log = logging.getLogger("monmouth.sources.exex")
 ErrorCallback = Callable[[str, str], None]
 
 
-class _Reset(Exception):
+class _Reset(MonmouthError):
     """The session must be torn down and opened again (after a backoff), logged once at ``level``."""
 
     def __init__(self, message: str, level: int = logging.WARNING) -> None:
