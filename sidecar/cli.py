@@ -316,18 +316,18 @@ def _serve_mcp_stdio(config_path: Path | None, url: str | None, token: str | Non
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)  # stdout carries the protocol
     log = logging.getLogger("monmouth.mcp_server")
     with graceful() as stopper, contextlib.suppress(KeyboardInterrupt):  # Stopped: a signal outside the loop
-        _serve_mcp_until_stopped(config_path, url, token, stopper, log)
+        _serve_mcp_until_stopped(config_path, url, token, stopper)
     if stopper.requested:
         log.warning("monmouth mcp: %s: stopped cleanly", stopper.signal_name)
 
 
-def _serve_mcp_until_stopped(config_path: Path | None, url: str | None, token: str | None, stopper: Shutdown,
-                             log: logging.Logger) -> None:
+def _serve_mcp_until_stopped(config_path: Path | None, url: str | None, token: str | None, stopper: Shutdown) -> None:
     import httpx
 
     from .app import load_settings, open_app
     from .mcp_server import asgi_backend, plugin_tools, run_stdio, url_backend
 
+    log = logging.getLogger("monmouth.mcp_server")
     settings, plugins = load_settings(config_path)
     stopper.timeout = settings.engine.shutdown_timeout
     if url is None and settings.http.enabled:
