@@ -176,3 +176,32 @@ def test_every_core_exception_derives_from_monmouth_error():
     assert outside == OUTSIDE_THE_TREE
     with_status = {c.__qualname__ for c in found if "status" in inspect.signature(c.__init__).parameters}
     assert with_status == {ProblemError.__qualname__}
+
+
+# ---------------------------------------------------------------------------------------------------- Rust
+RUST_CRATES = (ROOT / "bridge" / "crates" / "monmouth-wire" / "src",)
+
+
+def rust_graph(src: Path) -> dict[str, set[str]]:
+    """``{module: modules it names}`` of one crate's top-level modules: every ``crate::<module>`` path in a module's
+    file (``use`` or inline), except in its ``#[cfg(test)]`` part. ``lib.rs``, the crate root that re-exports them,
+    is not a module of the graph."""
+    import re
+
+    mods = {f.stem for f in src.glob("*.rs")} - {"lib", "main"}
+    g: dict[str, set[str]] = {}
+    for m in sorted(mods):
+        text = (src / f"{m}.rs").read_text().split("#[cfg(test)]", 1)[0]
+        named = set(re.findall(r"\bcrate::(\w+)", text))
+        for group in re.findall(r"\buse crate::\{([^}]*)\}", text):  # use crate::{a::X, b};
+            named |= {p.strip().split("::")[0] for p in group.split(",") if p.strip()}
+        g[m] = (named & mods) - {m}
+    return g
+
+
+def test_no_module_cycles_in_the_rust_bridge():
+    for src in RUST_CRATES:
+        g = rust_graph(src)
+        assert {"error", "message", "server"} <= set(g)
+        found = cycles(g)
+        assert not found, f"{src}: module cycles:\n" + "\n".join(f"  {path_through(g, c)}" for c in found)

@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use crate::error::{BridgeError, SourceError};
+use crate::error::{BridgeError, ErrorCode, SourceError};
 use crate::message::{
-    decode, encode, encode_notification, now_ms, ErrorCode, ErrorMsg, Heartbeat, Hello, Message, Welcome,
+    decode, encode, encode_notification, now_ms, ErrorMsg, Heartbeat, Hello, Message, Welcome,
     MAX_FRAME_BYTES, PROTOCOL_VERSION, WINDOW_RANGE,
 };
 use crate::types::{BlockRef, Notification, NotificationKind};
