@@ -33,6 +33,7 @@ import anyio.to_thread
 import apsw
 
 from .app import App, EngineView
+from .backends import DRIVER_ERRORS, connection_lost
 from .catchup import CatchUp
 from .engine import ApplyResult
 from .errors import (
@@ -292,7 +293,9 @@ class Runner:
             async with self.lock:
                 try:
                     results, error = await anyio.to_thread.run_sync(self._apply, batch, limiter=self._engine_limiter)
-                except apsw.Error as e:  # the COMMIT failed, or SQLite rolled back: nothing of the batch written
+                except Exception as e:  # the COMMIT failed, or the database rolled back: nothing of it written
+                    if not (isinstance(e, DRIVER_ERRORS) or connection_lost(e)):
+                        raise
                     results, error = [], e
             done, batch = batch[:len(results)], batch[len(results):]
             for d, res in zip(done, results, strict=True):
@@ -310,15 +313,15 @@ class Runner:
                 self.stall.cleared()
                 break  # all of the batch applied, or a stop cut it short
             self.last_error = str(error)
-            fault = environment_fault(error)
-            if fault is not None or isinstance(error, apsw.Error):
+            fault = environment_fault(error) or connection_lost(error)
+            if fault is not None or isinstance(error, DRIVER_ERRORS):
                 self.app.metrics.errors.labels("storage").inc()
                 detail = f"{self.app.db.describe()}: {describe_fault(fault or error)}"
                 self._pause("the database cannot be written", detail, "Ingestion resumes by itself once the fault "
                             "clears (free disk space, remount read-write, fix permissions); nothing was half-applied")
                 log.error("database fault: %s; nothing applied, retrying in %.1fs", detail, backoff)
                 await anyio.sleep(backoff)
-                if isinstance(fault, apsw.ConnectionClosedError | apsw.IOError):
+                if isinstance(fault, apsw.ConnectionClosedError | apsw.IOError) or connection_lost(fault):
                     await self._reconnect()
                 backoff = min(backoff * 2, self.app.settings.engine.retry_max_backoff)
                 continue

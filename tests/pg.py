@@ -138,10 +138,11 @@ class PgServer:
                                                                             sql.Literal(password)))
         return name
 
-    def terminate(self, dbname: str) -> int:
-        """Kill every backend connected to ``dbname`` (a dropped connection, as when the server restarts); how
-        many."""
+    def terminate(self, dbname: str, application: str = "%") -> int:
+        """Kill the backends connected to ``dbname`` whose ``application_name`` is LIKE ``application`` (a dropped
+        connection, as when a network path or the server ends the session); how many."""
         with self.admin() as conn:
             row = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s "
-                               "AND pid <> pg_backend_pid()", (dbname,)).fetchone()
+                               "AND application_name LIKE %s AND pid <> pg_backend_pid()",
+                               (dbname, application)).fetchone()
         return int(row[0]) if row else 0

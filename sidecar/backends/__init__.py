@@ -21,8 +21,31 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
+import apsw
+
 if TYPE_CHECKING:
     from ..config import StorageConfig
+
+try:
+    import psycopg
+
+    _PG_ERRORS: tuple[type[BaseException], ...] = (psycopg.Error,)
+    _PG_LOST: tuple[type[BaseException], ...] = (psycopg.OperationalError,)
+except ImportError:  # pragma: no cover - psycopg is only needed for storage.url = "postgresql://..."
+    _PG_ERRORS = _PG_LOST = ()
+
+#: What either driver raises for a database error (a failed ``COMMIT`` included).
+DRIVER_ERRORS: tuple[type[BaseException], ...] = (apsw.Error, *_PG_ERRORS)
+
+
+def connection_lost(error: BaseException | None) -> BaseException | None:
+    """The PostgreSQL connection fault behind ``error`` (itself or a cause: what a plugin hit), if any: the server
+    went away, restarted or ended the session. The engine reconnects and applies the notification again."""
+    while error is not None:
+        if isinstance(error, _PG_LOST):
+            return error
+        error = error.__cause__
+    return None
 
 
 class Connection(Protocol):

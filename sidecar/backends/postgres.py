@@ -389,7 +389,7 @@ class PgDatabase:
     def reader(self) -> PgConnection:
         """A per-thread read connection, reused (reconnected if it was closed)."""
         conn: PgConnection | None = getattr(self._local, "conn", None)
-        if conn is None or conn.raw.closed:
+        if conn is None or conn.raw.closed or conn.raw.broken:
             conn = self.connect()
             self._local.conn = conn
         return conn
