@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .backends import Backend, open_database
-from .config import DEFAULT_CONFIG, Settings, load_data, module_paths, validate
+from .backends import Backend
+from .config import DEFAULT_CONFIG, Settings, StorageConfig, load_data, module_paths, validate
 from .engine import Engine
 from .metrics import Metrics
 from .plugins import PluginHost, config_models, discover
 from .sources.base import Source
+from .store import Database
 from .types import Block
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,22 @@ class EngineView:
 
     def source_token(self) -> Any:
         return self.engine.source_token
+
+
+def open_database(storage: StorageConfig, environ: Mapping[str, str] | None = None) -> Backend:
+    """The database ``[storage]`` names: ``storage.url`` ``postgresql://...`` (password from the environment
+    variable ``storage.password_env``), else the SQLite file ``storage.url`` or ``storage.path``.
+
+    Raises:
+        sidecar.errors.StorageError: the database cannot be opened or is refused (see each backend).
+    """
+    if storage.is_postgres:
+        from .backends.postgres import PgDatabase
+
+        env = os.environ if environ is None else environ
+        return PgDatabase(storage.url, password=env.get(storage.password_env) or None,
+                          password_env=storage.password_env)
+    return Database(storage.sqlite_path, synchronous=storage.synchronous)
 
 
 def open_app(config_path: str | Path | None = None, *, extra_plugins: Mapping[str, object] | None = None,

@@ -35,10 +35,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .backends import Backend, Connection
+from .backends import Backend, Connection, UndoJournal
 from .config import EngineConfig
 from .errors import ContinuityError, PluginError, ReorgTooDeepError
-from .journal import JournalConflictError
+from .journal import Journal, JournalConflictError
 from .metrics import Metrics
 from .plugins import PluginHost
 from .types import Block, BlockRef, ChainCommitted, ChainReverted, Notification
@@ -129,8 +129,13 @@ class Engine:
         self.config = config or EngineConfig()
         self.metrics = metrics
         self.conn = db.engine_connection()
-        self.journal = db.journal(self.conn, lambda: self.host.trimmed_tables)
+        self.journal = self._journal(self.conn)
         self._load_cursor()
+
+    def _journal(self, conn: Connection) -> UndoJournal:
+        """The backend's journal (PostgreSQL: row triggers), else SQLite's session-extension :class:`Journal`."""
+        trimmed = lambda: self.host.trimmed_tables  # noqa: E731 - read at each use: plugins come and go
+        return self.db.journal(conn, trimmed) or Journal(conn, trimmed)  # type: ignore[arg-type]
 
     def _load_cursor(self) -> None:
         cursor = read_cursor(self.conn)
@@ -155,7 +160,7 @@ class Engine:
         with contextlib.suppress(Exception):
             self.conn.close()
         self.conn = conn
-        self.journal = self.db.journal(conn, lambda: self.host.trimmed_tables)
+        self.journal = self._journal(conn)
         self._load_cursor()
 
     # ------------------------------------------------------------------------------------------------ queries

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import apsw
 
@@ -23,7 +23,6 @@ from .errors import MigrationChangedError, MigrationError, StorageError
 
 if TYPE_CHECKING:
     from .backends import Connection
-    from .journal import Journal
 
 log = logging.getLogger(__name__)
 
@@ -155,11 +154,9 @@ class Database:
         the caller closes it)."""
         return self.connect()
 
-    def journal(self, conn: apsw.Connection, trimmed: Callable[[], Mapping[str, str | None]]) -> Journal:
-        """The session-extension reorg journal on ``conn`` (:mod:`sidecar.journal`)."""
-        from .journal import Journal
-
-        return Journal(conn, trimmed)
+    def journal(self, conn: apsw.Connection, trimmed: Callable[[], Mapping[str, str | None]]) -> None:
+        """``None``: the engine uses the session-extension journal (:class:`sidecar.journal.Journal`)."""
+        return None
 
     def migrate(self, plugin: str, scripts: Sequence[str], trimmed: set[str]) -> int:
         """:func:`migrate` on a new connection."""
@@ -277,9 +274,14 @@ def check_applied(conn: Connection, plugin: str, scripts: Sequence[str]) -> None
             conn.executemany("INSERT INTO monmouth_migration_digests VALUES (?, ?, ?) ON CONFLICT DO NOTHING", missing)
 
 
-def migrate(conn: apsw.Connection, plugin: str, scripts: Sequence[str], trimmed: set[str]) -> int:
+def migrate(conn: Connection, plugin: str, scripts: Sequence[str], trimmed: set[str], *,
+            kinds: Callable[[Any], dict[str, str]] = table_kinds,
+            has_pk: Callable[[Any, str], bool] = has_primary_key,
+            errors: tuple[type[BaseException], ...] = (apsw.Error,)) -> int:
     """Run ``plugin``'s pending migrations, each in its own transaction, and check the tables they create.
-    First, the migrations already applied must be those the plugin has now (:func:`check_applied`).
+    First, the migrations already applied must be those the plugin has now (:func:`check_applied`). ``kinds``,
+    ``has_pk`` and ``errors`` are the backend's catalog queries and driver errors (SQLite's by default; the
+    PostgreSQL backend passes its own).
 
     Returns the plugin's schema version afterwards.
 
@@ -293,17 +295,17 @@ def migrate(conn: apsw.Connection, plugin: str, scripts: Sequence[str], trimmed:
     for version, script in enumerate(scripts, start=1):
         if version <= current:
             continue
-        before = set(table_kinds(conn))
+        before = set(kinds(conn))
         try:
             with conn:
                 conn.execute(script)
-                after = table_kinds(conn)
+                after = kinds(conn)
                 for name in sorted(set(after) - before):
                     kind = after[name]
                     if name.startswith(ENGINE_PREFIX):
                         raise MigrationError(f"plugin {plugin!r} migration {version} created {name!r}: "
                                              f"the {ENGINE_PREFIX}* names belong to the engine")
-                    if kind == "table" and name not in trimmed and not has_primary_key(conn, name):
+                    if kind == "table" and name not in trimmed and not has_pk(conn, name):
                         raise MigrationError(
                             f"plugin {plugin!r} migration {version}: table {name!r} has no PRIMARY KEY, so the "
                             "reorg journal cannot restore it; add one or declare it in monmouth_trimmed_tables"
@@ -318,9 +320,9 @@ def migrate(conn: apsw.Connection, plugin: str, scripts: Sequence[str], trimmed:
                     "ON CONFLICT (plugin) DO UPDATE SET version = excluded.version, applied_at = excluded.applied_at",
                     (plugin, version, time.time()),
                 )
-                conn.execute("INSERT OR REPLACE INTO monmouth_migration_digests VALUES (?, ?, ?)",
-                             (plugin, version, migration_digest(script)))
-        except apsw.Error as e:
+                conn.execute("INSERT INTO monmouth_migration_digests VALUES (?, ?, ?) ON CONFLICT (plugin, version) "
+                             "DO UPDATE SET sha256 = excluded.sha256", (plugin, version, migration_digest(script)))
+        except errors as e:
             raise MigrationError(f"plugin {plugin!r} migration {version} failed: {e}") from e
         log.info("plugin %s: applied migration %d", plugin, version)
         current = version

@@ -243,7 +243,7 @@ def test_bad_storage_config_is_refused_naming_file_and_key(storage, error):
 
 
 def test_storage_url_picks_the_backend_and_a_relative_sqlite_path_is_resolved(tmp_path, pg_url):
-    from monmouth.backends import open_database
+    from monmouth.app import open_database
 
     s = validate({"storage": {"url": "data/x.sqlite"}}, str(tmp_path / "config.toml"), {}, tmp_path)
     assert not s.storage.is_postgres and s.storage.sqlite_path == str(tmp_path / "data" / "x.sqlite")

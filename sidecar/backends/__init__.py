@@ -12,19 +12,16 @@ name        class                                 undo data (the reorg journal)
 
 Both hand out connections with the same small surface (:class:`Connection`: apsw's ``execute`` with ``?``
 placeholders, ``in_transaction``, ``close``), so the engine's SQL and a plugin's portable SQL run unchanged on both.
-:func:`open_database` picks the backend from ``[storage]``.
+:func:`sidecar.app.open_database` picks the backend from ``[storage]``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import apsw
-
-if TYPE_CHECKING:
-    from ..config import StorageConfig
 
 try:
     import psycopg
@@ -116,31 +113,13 @@ class Backend(Protocol):
             sidecar.errors.StorageError: another engine owns ingestion of this database.
         """
 
-    def journal(self, conn: Any, trimmed: Callable[[], Mapping[str, str | None]]) -> UndoJournal: ...
+    def journal(self, conn: Any, trimmed: Callable[[], Mapping[str, str | None]]) -> UndoJournal | None:
+        """The backend's own reorg journal on ``conn``, or ``None`` for SQLite's session-extension journal
+        (:class:`sidecar.journal.Journal`, which the engine makes itself: it builds on :mod:`sidecar.store`)."""
 
     def migrate(self, plugin: str, scripts: Sequence[str], trimmed: set[str]) -> int: ...
 
     def describe(self) -> str:
         """Where the data lives, for logs and errors (a path, or a URL without password)."""
         ...
-
-
-def open_database(storage: StorageConfig, environ: Mapping[str, str] | None = None) -> Backend:
-    """The database ``[storage]`` names: ``storage.url`` ``postgresql://...`` (password from the environment
-    variable ``storage.password_env``), else the SQLite file ``storage.url`` or ``storage.path``.
-
-    Raises:
-        sidecar.errors.StorageError: the database cannot be opened or is refused (see each backend).
-    """
-    import os
-
-    from ..store import Database
-
-    if storage.is_postgres:
-        from .postgres import PgDatabase
-
-        env = os.environ if environ is None else environ
-        return PgDatabase(storage.url, password=env.get(storage.password_env) or None,
-                          password_env=storage.password_env)
-    return Database(storage.sqlite_path, synchronous=storage.synchronous)
 

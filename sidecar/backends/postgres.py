@@ -32,7 +32,6 @@ import logging
 import os
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -41,9 +40,9 @@ import psycopg
 import psycopg.errors
 from psycopg.pq import TransactionStatus
 
-from ..errors import MigrationError, StorageError
+from ..errors import StorageError
 from ..journal import JournalConflictError
-from ..store import ENGINE_PREFIX, check_applied, migration_digest, migration_version
+from ..store import ENGINE_PREFIX, migrate
 
 log = logging.getLogger(__name__)
 
@@ -430,41 +429,12 @@ class PgDatabase:
         return TriggerJournal(conn, trimmed)
 
     def migrate(self, plugin: str, scripts: Sequence[str], trimmed: set[str]) -> int:
-        """Run ``plugin``'s pending migrations, each in its own transaction, as :func:`sidecar.store.migrate` does on
-        SQLite (same digests, same checks: engine names refused, ordinary tables need a PRIMARY KEY unless trimmed).
+        """:func:`sidecar.store.migrate` (same digests, same checks) with PostgreSQL's catalog, on a new connection.
 
         Raises:
             MigrationChangedError: an applied migration changed or was removed; nothing was run.
             MigrationError: a script failed (rolled back) or created a table the journal cannot restore.
         """
         with contextlib.closing(self.connect()) as conn:
-            check_applied(conn, plugin, scripts)
-            current = migration_version(conn, plugin)
-            for version, script in enumerate(scripts, start=1):
-                if version <= current:
-                    continue
-                before = set(_tables(conn))
-                try:
-                    with conn:
-                        conn.execute(script)
-                        for name in sorted(set(_tables(conn)) - before):
-                            if name.startswith(ENGINE_PREFIX):
-                                raise MigrationError(f"plugin {plugin!r} migration {version} created {name!r}: "
-                                                     f"the {ENGINE_PREFIX}* names belong to the engine")
-                            if name not in trimmed and not _has_primary_key(conn, name):
-                                raise MigrationError(
-                                    f"plugin {plugin!r} migration {version}: table {name!r} has no PRIMARY KEY, so "
-                                    "the reorg journal cannot restore it; add one or declare it in "
-                                    "monmouth_trimmed_tables")
-                        conn.execute(
-                            "INSERT INTO monmouth_migrations (plugin, version, applied_at) VALUES (?, ?, ?) "
-                            "ON CONFLICT (plugin) DO UPDATE SET version = excluded.version, "
-                            "applied_at = excluded.applied_at", (plugin, version, time.time()))
-                        conn.execute(
-                            "INSERT INTO monmouth_migration_digests VALUES (?, ?, ?) ON CONFLICT (plugin, version) "
-                            "DO UPDATE SET sha256 = excluded.sha256", (plugin, version, migration_digest(script)))
-                except psycopg.Error as e:
-                    raise MigrationError(f"plugin {plugin!r} migration {version} failed: {e}") from e
-                log.info("plugin %s: applied migration %d", plugin, version)
-                current = version
-        return current
+            return migrate(conn, plugin, scripts, trimmed, kinds=lambda c: dict.fromkeys(_tables(c), "table"),
+                           has_pk=_has_primary_key, errors=(psycopg.Error,))
