@@ -14,7 +14,7 @@ import anyio
 import click
 
 from . import __version__
-from .errors import MonmouthError
+from .errors import MonmouthError, StorageUnavailableError
 
 if TYPE_CHECKING:
     from .shutdown import Shutdown
@@ -54,7 +54,15 @@ def _run(config_path: Path | None, source_override: Any = None, serve_http: bool
 
     with graceful() as stopper:
         try:
-            app = open_app(config_path)
+            try:
+                app = open_app(config_path)
+            except StorageUnavailableError as e:  # the database server is not up (yet): wait for it
+                from .app import default_config_path, load_settings
+                from .startwait import open_when_reachable
+
+                settings, _ = load_settings(config_path if config_path is not None else default_config_path())
+                _setup_logging(settings.logging.level)
+                app = anyio.run(open_when_reachable, lambda: open_app(config_path), settings, e)
         except MonmouthError as e:
             _fail(e)
         except Stopped:

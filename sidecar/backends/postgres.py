@@ -40,8 +40,8 @@ import psycopg
 import psycopg.errors
 from psycopg.pq import TransactionStatus
 
-from ..errors import StorageError
-from ..journal import JournalConflictError
+from ..errors import StorageError, StorageUnavailableError
+from ..journal import JournalConflictError, RedactionError
 from ..store import ENGINE_PREFIX, migrate
 
 log = logging.getLogger(__name__)
@@ -220,6 +220,35 @@ class PgConnection:
         self.execute("BEGIN")
         return self
 
+    def redact(self, columns: Mapping[str, str], value: object) -> int:
+        """:func:`sidecar.journal.redact` on PostgreSQL: delete every undo row (``monmouth_undo``) of ``table``
+        whose old or new image has ``columns[table]`` equal to ``value`` (compared as the column's type). Images are
+        whole rows here, so any column matches every change of the row, not only a primary-key column.
+
+        Raises:
+            RedactionError: not inside a transaction, an engine table, an unknown table or column; nothing changed.
+        """
+        if not self.in_transaction:
+            raise RedactionError("redact: call it inside the write transaction that deletes the redacted rows")
+        for table, column in columns.items():
+            if table.startswith(ENGINE_PREFIX):
+                raise RedactionError(f"redact: {table!r} is an engine table, not a journaled plugin table")
+            names = [r[0] for r in self.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND table_name = ? ORDER BY ordinal_position", (table,)).fetchall()]
+            if not names:
+                raise RedactionError(f"redact: no table {table!r}")
+            if column not in names:
+                raise RedactionError(f"redact: table {table!r} has no column {column!r} (it has {', '.join(names)})")
+        dropped = 0
+        for table, column in columns.items():
+            row = f'NULL::"{table}"'
+            cur = self.execute(
+                f'DELETE FROM monmouth_undo WHERE tbl = ? AND ((jsonb_populate_record({row}, old))."{column}" = ? '
+                f'OR (jsonb_populate_record({row}, new))."{column}" = ?)', (table, value, value))
+            dropped += max(cur.rowcount, 0)
+        return dropped
+
     def __exit__(self, exc_type: object, *exc: object) -> None:
         if exc_type is None:
             self.execute("COMMIT")
@@ -378,9 +407,12 @@ class PgDatabase:
                                   connect_timeout=max(1, round(self.connect_timeout)),
                                   application_name=application_name)
         except psycopg.OperationalError as e:
-            hint = "" if self.password else f" (no password: is {self.password_env} set?)"
-            raise StorageError(f"storage.url: cannot connect to {self.describe()}: "
-                               f"{str(e).strip().splitlines()[-1]}{hint}") from None
+            # No SQLSTATE: nothing answered (refused, timed out, no route); 57P03: the server is starting up.
+            unreachable = e.sqlstate in (None, "57P03") and "password" not in str(e)
+            hint = "" if self.password or unreachable else f" (no password: is {self.password_env} set?)"
+            error = StorageUnavailableError if unreachable else StorageError
+            raise error(f"storage.url: cannot connect to {self.describe()}: "
+                        f"{str(e).strip().splitlines()[-1]}{hint}") from None
         if readonly:
             raw.execute("SET default_transaction_read_only = on")
         return PgConnection(raw)
