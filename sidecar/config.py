@@ -94,7 +94,7 @@ class StorageConfig(_Section):
 
     #: The SQLite file (when ``url`` is empty).
     path: str = "data/monmouth.sqlite"
-    #: Where the data lives: empty (the SQLite file ``path``), a SQLite file path, or a PostgreSQL URL
+    #: Where the data lives, taking precedence over ``path`` when set: a SQLite file path, or a PostgreSQL URL
     #: ``postgresql://user@host:port/dbname`` (pgvector required). No password in it: it comes from the environment
     #: variable named by ``password_env``.
     url: str = ""
@@ -121,12 +121,6 @@ class StorageConfig(_Section):
         elif scheme:
             raise ValueError(f"must be a SQLite file path or a postgresql:// URL (got a {scheme}:// URL)")
         return v
-
-    @model_validator(mode="after")
-    def _one_place(self) -> StorageConfig:
-        if self.url and "path" in self.model_fields_set:
-            raise ValueError("set storage.url or storage.path, not both (storage.url takes a SQLite path too)")
-        return self
 
     @property
     def is_postgres(self) -> bool:
@@ -455,6 +449,8 @@ def validate(
         for p in settings.plugins.values():
             if p.module and (p.module.endswith(".py") or "/" in p.module):
                 p.module = str(_resolve(base_dir, p.module))
+    if settings.storage.url and not settings.storage.is_postgres:
+        settings.storage.path = settings.storage.url  # one SQLite file, whichever key named it (plugins read path)
     return settings
 
 

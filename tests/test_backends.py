@@ -234,7 +234,6 @@ def test_built_in_rag_and_memory_are_refused_on_postgres_naming_plugin_and_backe
     ({"url": "postgresql://me:secret@db/monmouth"}, "storage.url: .*must not contain a password"),
     ({"url": "postgresql://me@db"}, "storage.url: .*names no database"),
     ({"url": "mysql://me@db/x"}, r"storage.url: .*must be a SQLite file path or a postgresql:// URL \(got a mysql"),
-    ({"url": "x.sqlite", "path": "y.sqlite"}, "set storage.url or storage.path, not both"),
     ({"password_env": "not a name"}, "storage.password_env"),
 ])
 def test_bad_storage_config_is_refused_naming_file_and_key(storage, error):
@@ -243,11 +242,12 @@ def test_bad_storage_config_is_refused_naming_file_and_key(storage, error):
     assert "/etc/monmouth/config.toml" in str(err.value)
 
 
-def test_storage_url_picks_the_backend_and_a_relative_sqlite_path_is_resolved(tmp_path, pg_url):
+def test_storage_url_picks_the_backend_over_path_and_a_relative_sqlite_path_is_resolved(tmp_path, pg_url):
     from monmouth.app import open_database
 
-    s = validate({"storage": {"url": "data/x.sqlite"}}, str(tmp_path / "config.toml"), {}, tmp_path)
-    assert not s.storage.is_postgres and s.storage.sqlite_path == str(tmp_path / "data" / "x.sqlite")
+    s = validate({"storage": {"url": "data/x.sqlite", "path": "ignored.sqlite"}}, str(tmp_path / "config.toml"), {},
+                 tmp_path)
+    assert not s.storage.is_postgres and s.storage.sqlite_path == s.storage.path == str(tmp_path / "data" / "x.sqlite")
     db = open_database(s.storage)
     assert db.backend == "sqlite" and (tmp_path / "data" / "x.sqlite").exists()
     s = validate({"storage": {"url": pg_url, "password_env": "PG_SECRET"}}, "<test>", {})
