@@ -15,6 +15,7 @@ from monmouth.engine import Engine  # noqa: E402
 from monmouth.metrics import Metrics  # noqa: E402
 from monmouth.plugins import PluginHost, config_models  # noqa: E402
 from monmouth.store import Database  # noqa: E402
+from tests.pg import PASSWORD as PG_PASSWORD  # noqa: E402
 
 
 def make_engine(path: Path | str, plugins: dict[str, object], enabled: tuple[str, ...] | None = None,
@@ -75,6 +76,23 @@ def pg_url(pg_server):
     return pg_server.database()
 
 
+#: The environment an in-process sidecar on tests/pg.py's server reads its password from (``open_app(environ=)``).
+PG_ENV = {"MONMOUTH_PG_PASSWORD": PG_PASSWORD}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def storage_of(request, tmp_path):
+    """``name -> storage`` on each backend in turn: ``tmp_path / name``, or a fresh PostgreSQL database's URL (the
+    same name, the same database); pass it to :func:`settings_for`."""
+    databases: dict[str, str] = {}
+    server = request.getfixturevalue("pg_server") if request.param == "postgres" else None
+
+    def storage(name: str) -> Path | str:
+        return databases.setdefault(name, server.database()) if server is not None else tmp_path / name
+
+    return storage
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def both_engine_factory(request, tmp_path):
     """``engine_factory`` on each backend in turn: a name maps to one SQLite file, or to one fresh PostgreSQL
@@ -116,12 +134,15 @@ def anvil():
         yield node
 
 
-def settings_for(db_path: Path, plugins: dict[str, object], enabled: tuple[str, ...] = ("ledger",), **sections):
-    """Validated settings for an in-process sidecar on ``db_path`` with ``plugins`` installed."""
+def settings_for(db_path: Path | str, plugins: dict[str, object], enabled: tuple[str, ...] = ("ledger",), **sections):
+    """Validated settings for an in-process sidecar on ``db_path`` (a SQLite file, or a ``postgresql://`` URL of
+    tests/pg.py's server: open the app with ``environ=PG_ENV``) with ``plugins`` installed."""
     from monmouth.plugins import discover
 
     installed = discover({}, plugins)
-    data = {"storage": {"path": str(db_path), "synchronous": "NORMAL"}, "http": {"enabled": False},
+    pg = isinstance(db_path, str) and db_path.startswith("postgresql://")
+    storage = {"url": db_path} if pg else {"path": str(db_path), "synchronous": "NORMAL"}
+    data = {"storage": storage, "http": {"enabled": False},
             "plugins": {n: {"enabled": n in enabled} for n in plugins}}
     for k, v in sections.items():
         data.setdefault(k, {}).update(v)
