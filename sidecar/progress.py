@@ -238,7 +238,7 @@ class Progress:
                 if stored is not None and stored[0] != b.hash:
                     raise StaleHistoryError(f"plugin {name!r}: history block {b.ref} is not canonical (the engine "
                                             f"has 0x{stored[0].hex()} at that height); fetching again")
-                changeset = engine.journal.record(functools.partial(self._apply, plugin, name, conn, b))
+                changeset = engine.journal.record(functools.partial(self._apply, plugin, name, conn, b), b.number)
                 if changeset and stored is not None and stored[1] is not None:
                     conn.execute("UPDATE monmouth_blocks SET changeset = ? WHERE number = ?",
                                  (apsw.Changeset.concat(stored[1], changeset), b.number))
