@@ -220,6 +220,12 @@ class PgConnection:
         self.execute("BEGIN")
         return self
 
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.execute("COMMIT")
+        elif self.in_transaction:
+            self.execute("ROLLBACK")
+
     def redact(self, columns: Mapping[str, str], value: object) -> int:
         """:func:`sidecar.journal.redact` on PostgreSQL: delete every undo row (``monmouth_undo``) of ``table``
         whose old or new image has ``columns[table]`` equal to ``value`` (compared as the column's type). Images are
@@ -248,12 +254,6 @@ class PgConnection:
                 f'OR (jsonb_populate_record({row}, new))."{column}" = ?)', (table, value, value))
             dropped += max(cur.rowcount, 0)
         return dropped
-
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        if exc_type is None:
-            self.execute("COMMIT")
-        elif self.in_transaction:
-            self.execute("ROLLBACK")
 
     def close(self) -> None:
         self.raw.close()
