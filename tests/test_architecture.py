@@ -132,7 +132,7 @@ def test_the_graph_covers_every_shipped_package():
     tops = {m.partition(".")[0] for m in g}
     assert tops == {"monmouth", "monmouth_rag", "monmouth_memory", "monmouth_integrations"}
     assert "monmouth.engine" in g["monmouth.runner"]  # a module-level import
-    assert "monmouth.store" in g["monmouth.engine"]
+    assert "monmouth.journal" in g["monmouth.engine"]
 
 
 def test_function_level_and_type_checking_imports_count(tmp_path):
