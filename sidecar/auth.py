@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from .chain import is_address, normalize_address
 from .errors import ConfigError, MonmouthError
 from .limits import authorization
 from .problems import ProblemError
@@ -56,7 +57,6 @@ if TYPE_CHECKING:
     from .config import Settings
 
 Role = Literal["admin", "read", "agent"]
-_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 AGENT_TOKEN_PREFIX = "mma_"
 OPERATOR_TOKEN_PREFIX = "mmo_"
 
@@ -73,13 +73,6 @@ def is_loopback(host: str | None) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def normalize_address(value: str | bytes) -> str | None:
-    """``0x`` + 40 lowercase hex digits, or ``None`` when ``value`` is not an address."""
-    if isinstance(value, bytes):
-        return "0x" + value.hex() if len(value) == 20 else None
-    return value.lower() if isinstance(value, str) and _ADDRESS.match(value) else None
 
 
 def hash_token(token: str) -> str:
@@ -233,7 +226,7 @@ def parse_siwe(text: str) -> SiweMessage:
         raise SiweError("message", "the first line must be '<domain> wants you to sign in with your Ethereum "
                                    "account:'")
     address = lines[1]
-    if not _ADDRESS.match(address):
+    if not is_address(address):
         raise SiweError("address", "must be a 0x-prefixed 20-byte hex address")
     from eth_utils import is_checksum_address
 

@@ -34,9 +34,11 @@ from typing import Any
 import httpx
 from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
-from eth_utils import keccak, to_checksum_address
+from eth_utils import to_checksum_address
 
+from .chain import calldata
 from .errors import MonmouthError
+from .rpcclient import SyncJsonRpcClient
 
 log = logging.getLogger("monmouth.demo")
 
@@ -129,31 +131,11 @@ def dev_key(i: int) -> str:
     return "0x" + bytes(Account.from_mnemonic(MNEMONIC, account_path=f"m/44'/60'/0'/0/{i}").key).hex()
 
 
-def selector(sig: str) -> bytes:
-    return keccak(text=sig)[:4]
-
-
-def calldata(sig: str, *args: Any) -> str:
-    types = sig[sig.index("(") + 1:-1]
-    tlist = [t for t in types.split(",") if t]
-    return "0x" + (selector(sig) + abi_encode(tlist, list(args))).hex()
-
-
-class Rpc:
-    """A tiny JSON-RPC client for anvil (dev accounts are unlocked: eth_sendTransaction)."""
+class Rpc(SyncJsonRpcClient):
+    """The JSON-RPC client with anvil's transaction helpers (dev accounts are unlocked: eth_sendTransaction)."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
-        self.http = httpx.Client(timeout=30)
-        self._id = 0
-
-    def __call__(self, method: str, *params: Any) -> Any:
-        self._id += 1
-        r = self.http.post(self.url, json={"jsonrpc": "2.0", "id": self._id, "method": method, "params": list(params)})
-        body = r.json()
-        if body.get("error"):
-            raise DemoError(f"{method}: {body['error'].get('message', body['error'])}")
-        return body["result"]
+        super().__init__(url, timeout=30)
 
     def send(self, frm: str, to: str | None, data: str = "0x", value: int = 0, gas: int = 3_000_000) -> str:
         tx: dict[str, Any] = {"from": frm, "data": data, "value": hex(value), "gas": hex(gas)}
@@ -172,12 +154,10 @@ class Rpc:
             time.sleep(0.05)
         raise DemoError(f"transaction {tx} not mined after {timeout}s")
 
-    def call(self, to: str, sig: str, *args: Any, out: list[str]) -> Any:
+    def view(self, to: str, sig: str, *args: Any, out: list[str]) -> Any:
+        """``eth_call`` of ``sig`` on ``to`` at the latest block, decoded as the types ``out``."""
         raw = self("eth_call", {"to": to, "data": calldata(sig, *args)}, "latest")
         return abi_decode(out, bytes.fromhex(raw[2:]))
-
-    def close(self) -> None:
-        self.http.close()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -238,7 +218,7 @@ def deploy(rpc: Rpc, nm: Path, workdir: Path, n_agents: int = 3) -> Deployment:
     for a, b in (("DWETH", "DUSD"), ("DGOV", "DWETH")):
         ta, tb = dep.tokens[a]["address"], dep.tokens[b]["address"]
         rpc.receipt(rpc.send(dep.deployer, dep.factory, calldata("createPair(address,address)", ta, tb)))
-        (pair,) = rpc.call(dep.factory, "getPair(address,address)", ta, tb, out=["address"])
+        (pair,) = rpc.view(dep.factory, "getPair(address,address)", ta, tb, out=["address"])
         dep.pairs[f"{a}/{b}"] = to_checksum_address(pair)
     # Fund the agents with tokens, and seed each pool with liquidity from the deployer.
     for agent in dep.agents:
@@ -326,8 +306,8 @@ class Traffic:
             pool = self.rng.choice(list(self.dep.pairs))
             a, b = pool.split("/")
             pair = self.dep.pairs[pool]
-            r0, r1, _ = self.rpc.call(pair, "getReserves()", out=["uint112", "uint112", "uint32"])
-            (t0,) = self.rpc.call(pair, "token0()", out=["address"])
+            r0, r1, _ = self.rpc.view(pair, "getReserves()", out=["uint112", "uint112", "uint32"])
+            (t0,) = self.rpc.view(pair, "token0()", out=["address"])
             ra, rb = (r0, r1) if t0.lower() == toks[a]["address"].lower() else (r1, r0)
             amt_a = max(1, ra // 2000)
             add_liquidity(self.rpc, self.dep, who, pool, {a: amt_a, b: amt_a * rb // max(ra, 1) + 1})
@@ -349,8 +329,8 @@ class Traffic:
         toks = self.dep.tokens
         a, b = pool.split("/")
         sym_in = a if self.rng.random() < 0.5 else b
-        (t0,) = self.rpc.call(pair, "token0()", out=["address"])
-        r0, r1, _ = self.rpc.call(pair, "getReserves()", out=["uint112", "uint112", "uint32"])
+        (t0,) = self.rpc.view(pair, "token0()", out=["address"])
+        r0, r1, _ = self.rpc.view(pair, "getReserves()", out=["uint112", "uint112", "uint32"])
         in_is_0 = t0.lower() == toks[sym_in]["address"].lower()
         r_in, r_out = (r0, r1) if in_is_0 else (r1, r0)
         amount_in = max(1, r_in // self.rng.randint(500, 5000))
@@ -503,7 +483,7 @@ def _run_demo(stopper: Any, summary: dict[str, Any], workdir: Path, port: int, d
             try:
                 rpc("eth_chainId")
                 break
-            except (httpx.HTTPError, DemoError):
+            except (httpx.HTTPError, MonmouthError):
                 if time.monotonic() > deadline or anvil.poll() is not None:
                     raise DemoError(f"anvil did not start on {anvil_url}") from None
                 time.sleep(0.1)

@@ -9,6 +9,7 @@ other. Packages and their directories come from ``[tool.setuptools] package-dir`
 from __future__ import annotations
 
 import ast
+import re
 import tomllib
 from pathlib import Path
 
@@ -176,3 +177,67 @@ def test_every_core_exception_derives_from_monmouth_error():
     assert outside == OUTSIDE_THE_TREE
     with_status = {c.__qualname__ for c in found if "status" in inspect.signature(c.__init__).parameters}
     assert with_status == {ProblemError.__qualname__}
+
+
+# ------------------------------------------------------------------------------------------------ one home each
+#: Chain helpers written once (issue 16): what a hand-written copy looks like -> the one module allowed to hold it.
+#: Each pattern is matched line by line against the shipped packages, bench/ and the test harness (tests/*.py that
+#: are not test files, and tests/fakes/).
+ONE_HOME: dict[str, tuple[str, str]] = {
+    "a 0x-hex helper (use monmouth.chain.hx)": (r"^\s*def _?hx\(", "sidecar/chain.py"),
+    "an address pattern or length check (use monmouth.chain's address functions)":
+        (r"\[0-9a-fA-F\]\{40\}|\blen\([^)]*\)\s*[!=]=\s*4[02]\b", "sidecar/chain.py"),
+    "a function selector (use monmouth.chain.selector)": (r"keccak\([^)]*\)\)?\s*\[:4\]", "sidecar/chain.py"),
+    "a JSON-RPC request built by hand (use monmouth.rpcclient)":
+        (r"""["']jsonrpc["']\s*:\s*["']2\.0["']\s*,\s*["']id["']\s*:[^,]+,\s*["']method["']""", "sidecar/rpcclient.py"),
+    "a backoff doubled by hand (use monmouth.backoff.Backoff)":
+        (r"\b\w*(backoff|delay)\w*\s*\*\s*2\b", "sidecar/backoff.py"),
+}
+
+
+def scanned_files() -> list[Path]:
+    """The files :data:`ONE_HOME` is checked against."""
+    dirs = set(packages().values())
+    files = {f for d in dirs for f in d.glob("*.py")}
+    files |= set((ROOT / "bench").glob("*.py")) | set((ROOT / "tests" / "fakes").rglob("*.py"))
+    files |= {f for f in (ROOT / "tests").glob("*.py") if not f.name.startswith("test_")}
+    return sorted(files)
+
+
+def copies(pattern: str, files: list[Path]) -> list[str]:
+    """``path:line: text`` of each line of ``files`` that matches ``pattern``."""
+    rx = re.compile(pattern)
+    return [f"{f.relative_to(ROOT) if f.is_relative_to(ROOT) else f}:{i}: {line.strip()}" for f in files
+            for i, line in enumerate(f.read_text().splitlines(), 1) if rx.search(line)]
+
+
+def test_chain_helpers_have_one_home():
+    files = scanned_files()
+    assert ROOT / "tests" / "anvil.py" in files and ROOT / "sidecar" / "runner.py" in files
+    found = {what: [c for c in copies(pattern, files) if not c.startswith(home + ":")]
+             for what, (pattern, home) in ONE_HOME.items()}
+    found = {what: lines for what, lines in found.items() if lines}
+    assert not found, "written again outside its home:\n" + "\n".join(
+        f"  {what}:\n" + "\n".join(f"    {line}" for line in lines) for what, lines in found.items())
+
+
+def test_the_one_home_patterns_catch_the_copies_they_name(tmp_path):
+    """Each pattern finds the hand-written shape it was made for (the copies this tree had before issue 16)."""
+    samples = {
+        "a 0x-hex helper (use monmouth.chain.hx)": "    def hx(b: bytes | None) -> str | None:",
+        "an address pattern or length check (use monmouth.chain's address functions)":
+            '    if not (a.startswith("0x") and len(a) == 42):',
+        "a function selector (use monmouth.chain.selector)": "    return keccak(text=sig)[:4]",
+        "a JSON-RPC request built by hand (use monmouth.rpcclient)":
+            '    r = http.post(url, json={"jsonrpc": "2.0", "id": self._id, "method": method, "params": p})',
+        "a backoff doubled by hand (use monmouth.backoff.Backoff)": "    backoff = min(backoff * 2, cap)",
+    }
+    assert samples.keys() == ONE_HOME.keys()
+    uses = tmp_path / "uses.py"  # what using the homes looks like: no pattern matches it
+    uses.write_text("from monmouth.chain import hx, selector\nb.delay(attempts)\nc.call('eth_chainId')\n"
+                    "check_address(v, 'watched')\n")
+    for what, line in samples.items():
+        f = tmp_path / "copy.py"
+        f.write_text(f"x = 1\n{line}\n")
+        assert copies(ONE_HOME[what][0], [f]) == [f"{f}:2: {line.strip()}"], what
+        assert copies(ONE_HOME[what][0], [uses]) == [], what

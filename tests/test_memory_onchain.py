@@ -13,9 +13,9 @@ import pytest
 from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
 from eth_account import Account
-from eth_hash.auto import keccak
 from eth_utils import to_checksum_address
 
+from monmouth.chain import selector
 from monmouth.testing import address, chain, extend
 from monmouth.types import ChainCommitted
 from tests.memory_helpers import close, make_memory_engine
@@ -35,10 +35,6 @@ def compiled() -> dict:
         pytest.skip("needs node and tests/js/node_modules (solc, @openzeppelin/contracts)")
     out = subprocess.run([node, str(JS / "compile.js")], capture_output=True, check=True, timeout=300)
     return json.loads(out.stdout)
-
-
-def selector(sig: str) -> bytes:
-    return keccak(sig.encode())[:4]
 
 
 class Chain:

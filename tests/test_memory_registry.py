@@ -19,6 +19,7 @@ import pytest
 from eth_abi import encode as abi_encode
 from eth_hash.auto import keccak
 
+from monmouth.chain import selector
 from monmouth.config import ConfigError, validate
 from monmouth.testing import address, h
 from monmouth.types import Block, ChainCommitted, ChainReorged, ChainReverted, Log, Receipt, Transaction
@@ -376,7 +377,7 @@ def compile_registry() -> dict:
 
 
 def call_data(sig: str, types: list[str], args: list) -> str:
-    return "0x" + (keccak(sig.encode())[:4] + abi_encode(types, args)).hex()
+    return "0x" + (selector(sig) + abi_encode(types, args)).hex()
 
 
 def send(anvil, sender: int, to: str, data: str = "0x", value: int = 0) -> str:

@@ -22,6 +22,8 @@ from typing import Any
 
 from eth_hash.auto import keccak
 
+from monmouth.chain import parse_address
+
 log = logging.getLogger(__name__)
 
 
@@ -472,13 +474,6 @@ class Registry:
         self.contracts[address] = Contract(label, old.symbol, old.decimals) if old else Contract(label)
 
 
-def _addr(text: str) -> bytes:
-    t = text.lower().removeprefix("0x")
-    if len(t) != 40:
-        raise ValueError(f"not a 20-byte address: {text!r}")
-    return bytes.fromhex(t)
-
-
 def load_abi_dir(registry: Registry, directory: Path) -> int:
     """Add the ABIs, labels and tokens of ``directory`` to ``registry`` (user entries take precedence).
 
@@ -497,10 +492,10 @@ def load_abi_dir(registry: Registry, directory: Path) -> int:
             data = json.loads(path.read_text(encoding="utf-8"))
             if path.name == "labels.json":
                 for a, label in data.items():
-                    registry.set_label(_addr(a), str(label))
+                    registry.set_label(parse_address(a, bare_ok=True), str(label))
             elif path.name == "tokens.json":
                 for a, info in data.items():
-                    registry.contracts[_addr(a)] = Contract(
+                    registry.contracts[parse_address(a, bare_ok=True)] = Contract(
                         str(info.get("label") or info.get("symbol") or a), info.get("symbol"), info.get("decimals"))
             else:
                 abi = data["abi"] if isinstance(data, dict) else data
@@ -526,5 +521,5 @@ def build_registry(abi_dir: Path | None = None, labels: Mapping[str, str] | None
     if abi_dir is not None:
         load_abi_dir(reg, abi_dir)
     for a, label in (labels or {}).items():
-        reg.set_label(_addr(a), label)
+        reg.set_label(parse_address(a, bare_ok=True), label)
     return reg

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eth_abi import decode as abi_decode
-from eth_hash.auto import keccak
 
+from monmouth.chain import create_address, hx, normalize_address
 from monmouth.types import Block, Log, Receipt, Transaction
 
 from .abi import AbiEntry, Param, Registry, build_registry
@@ -144,9 +144,6 @@ class DecodedTx:
 
     def to_meta(self) -> dict[str, Any]:
         """JSON-able metadata: hex strings for bytes, decimal strings for wei and token amounts."""
-        def hx(b: bytes | None) -> str | None:
-            return None if b is None else "0x" + b.hex()
-
         return {
             "block_number": self.block_number, "block_hash": hx(self.block_hash), "timestamp": self.timestamp,
             "time": utc(self.timestamp), "tx_index": self.index, "tx_hash": hx(self.hash), "from": hx(self.sender),
@@ -198,27 +195,6 @@ def scale(amount: int, decimals: int) -> str:
 def eth(wei: int) -> str:
     """Wei as an ETH amount string (see :func:`scale`)."""
     return scale(wei, 18)
-
-
-def _rlp_bytes(b: bytes) -> bytes:
-    if len(b) == 1 and b[0] < 0x80:
-        return b
-    if len(b) < 56:
-        return bytes([0x80 + len(b)]) + b
-    n = len(b).to_bytes((len(b).bit_length() + 7) // 8, "big")
-    return bytes([0xB7 + len(n)]) + n + b
-
-
-def create_address(sender: bytes, nonce: int) -> bytes:
-    """The address of a contract created by ``sender`` at ``nonce``: ``keccak256(rlp([sender, nonce]))[12:]``
-    (Ethereum yellow paper, eq. 86)."""
-    payload = _rlp_bytes(sender) + _rlp_bytes(nonce.to_bytes((nonce.bit_length() + 7) // 8, "big") if nonce else b"")
-    if len(payload) < 56:
-        rlp = bytes([0xC0 + len(payload)]) + payload
-    else:
-        n = len(payload).to_bytes((len(payload).bit_length() + 7) // 8, "big")
-        rlp = bytes([0xF7 + len(n)]) + n + payload
-    return keccak(rlp)[12:]
 
 
 @functools.lru_cache(maxsize=1)
@@ -280,7 +256,7 @@ def _json_value(v: Any) -> Any:
     if isinstance(v, int):
         return str(v) if abs(v) >= 2**53 else v
     if isinstance(v, str):
-        return v.lower() if v.startswith("0x") and len(v) == 42 else v
+        return normalize_address(v) or v  # eth-abi gives addresses EIP-55 checksummed
     if isinstance(v, (list, tuple)):
         return [_json_value(x) for x in v]
     return str(v)

@@ -27,6 +27,7 @@ from typing import Any
 import apsw
 
 from monmouth import hookimpl
+from monmouth.chain import address_set, hx
 from monmouth.interfaces import AgentDirectory, provider
 from monmouth.limits import check_json_value, check_text
 from monmouth.plugins import hook_functions
@@ -251,7 +252,7 @@ class RagPlugin:
 
         doc, text, meta, block, bhash, txi, logi, has_vec = row
         return {"id": doc, "text": text, "metadata": json.loads(meta),
-                "provenance": {"block_number": block, "block_hash": store.hx(bhash), "tx_hash": store.hx(tx_hash),
+                "provenance": {"block_number": block, "block_hash": hx(bhash), "tx_hash": hx(tx_hash),
                                "tx_index": txi, "log_index": logi}, "embedded": bool(has_vec)}
 
     def graph(self, address: bytes, depth: int = 1, limit: int = 50) -> dict[str, Any]:
@@ -317,7 +318,7 @@ class RagPlugin:
 
         worker = EmbedWorker(ctx.db, embedder.embed, batch=cfg.worker_batch, poll_interval=cfg.poll_interval,
                              stopping=ctx.stopping, on_round=on_round)
-        indexer = store.ChainIndexer(registry, cfg.scope, store.addresses(cfg.watched), cfg.graph)
+        indexer = store.ChainIndexer(registry, cfg.scope, address_set(cfg.watched), cfg.graph)
         st = RagState(ctx, cfg, registry, embedder, index, searcher, worker, indexer, metrics, counter)
         _decoder.set_active_registry(registry)
         self.current = st
@@ -356,7 +357,7 @@ class RagPlugin:
         memory plugin), as ``conn`` sees them; empty when none is enabled."""
         st = self.current
         directory = provider(st.ctx.host, AgentDirectory) if st is not None else None
-        return store.addresses(directory.agent_addresses(conn)) if directory is not None else frozenset()
+        return address_set(directory.agent_addresses(conn)) if directory is not None else frozenset()
 
     @hookimpl
     def monmouth_block_applied(self, conn: apsw.Connection, block: Block, notification: Any) -> None:

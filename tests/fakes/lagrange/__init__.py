@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from eth_abi import encode
-from eth_hash.auto import keccak
+
+from monmouth.chain import selector
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
@@ -59,7 +60,7 @@ def deploy(anvil: Any, bytecode: str, sender: int = 9) -> str:
     return str(receipt["contractAddress"])
 
 
-RESPOND = keccak(b"respond(uint256,bytes32[],uint256)")[:4]
+RESPOND = selector("respond(uint256,bytes32[],uint256)")
 
 
 def respond(anvil: Any, registry: str, request_id: int, rows: list[bytes], block_number: int, sender: int = 9) -> str:
