@@ -9,8 +9,9 @@ Principals (:class:`Principal`):
 * ``agent:<address>``: an agent signed in with Ethereum (EIP-4361): its own memory only (routes whose path has an
   ``{agent}`` parameter equal to its address), plus routes that declare ``require(..., "agent")``.
 
-Operator tokens are kept only as ``sha256:`` hashes. Agent tokens are short-lived, HMAC-signed, scoped to one
-address and one chain id (``mma_<payload>.<mac>``); they die with their expiry (``auth.token_ttl``).
+Operator tokens are kept only as ``sha256:`` hashes. Agent tokens are short-lived JSON Web Tokens (RFC 7519, HS256
+with ``auth.secret``, by PyJWT) behind the prefix ``mma_``, scoped to one address (``sub``) and one chain id
+(``chain_id``); they die with their expiry (``exp``, ``auth.token_ttl`` after sign-in).
 
 For plugin authors (see docs/plugins.md, "Access control"):
 
@@ -30,12 +31,9 @@ Run ``python -m monmouth.auth new-token`` to make an operator token and the hash
 
 from __future__ import annotations
 
-import base64
 import collections
 import hashlib
-import hmac
 import ipaddress
-import json
 import re
 import secrets
 import threading
@@ -45,6 +43,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+import jwt
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -58,6 +57,7 @@ if TYPE_CHECKING:
 
 Role = Literal["admin", "read", "agent"]
 AGENT_TOKEN_PREFIX = "mma_"
+_TOKEN_ALGORITHM = "HS256"  # agent tokens: HMAC-SHA256 with auth.secret (RFC 7518, section 3.2)
 OPERATOR_TOKEN_PREFIX = "mmo_"
 
 _SAFE = {"GET", "HEAD", "OPTIONS"}
@@ -325,14 +325,6 @@ def sign_in_with_key(private_key: Any, nonce: str, *, domain: str, chain_id: int
 # The authenticator
 
 
-def _b64(b: bytes) -> str:
-    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
-
-
-def _unb64(s: str) -> bytes:
-    return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
-
-
 class Authenticator:
     """Checks bearer tokens and signs agents in. Reads ``settings.auth`` on every call, so a hot reload that
     adds or removes an operator token applies at once.
@@ -408,14 +400,13 @@ class Authenticator:
         return Principal(role, via="token", token_id=h[7:19])  # type: ignore[arg-type]
 
     def _agent_token(self, token: str) -> Principal:
-        body, _, mac = token[len(AGENT_TOKEN_PREFIX):].partition(".")
+        # The expiry is checked below against time.time(), the clock of every other check here (PyJWT reads
+        # datetime.now()); the signature, the algorithm and the claims' presence are PyJWT's.
         try:
-            want = _b64(hmac.new(self._secret, body.encode(), hashlib.sha256).digest())
-            if not hmac.compare_digest(want, mac):
-                raise ValueError("mac")
-            claims = json.loads(_unb64(body))
-            addr, chain, exp = claims["a"], int(claims["c"]), float(claims["e"])
-        except (ValueError, KeyError, TypeError):
+            claims = jwt.decode(token[len(AGENT_TOKEN_PREFIX):], self._secret, algorithms=[_TOKEN_ALGORITHM],
+                                options={"require": ["sub", "chain_id", "exp"], "verify_exp": False})
+            addr, chain, exp = str(claims["sub"]), int(claims["chain_id"]), float(claims["exp"])
+        except (jwt.InvalidTokenError, ValueError, TypeError):
             raise _unauthorized("invalid agent token") from None
         if exp < time.time():
             raise _unauthorized("agent token expired: sign in again (GET /auth/nonce, POST /auth/siwe)")
@@ -519,10 +510,9 @@ class Authenticator:
             raise _unauthorized("signature: not signed by the message's address", field="signature")
         expires = now + cfg.token_ttl
         addr = msg.address.lower()
-        body = _b64(json.dumps({"a": addr, "c": cfg.chain_id, "e": round(expires, 3),
-                                "j": secrets.token_hex(8)}, separators=(",", ":")).encode())
-        mac = _b64(hmac.new(self._secret, body.encode(), hashlib.sha256).digest())
-        return {"token": f"{AGENT_TOKEN_PREFIX}{body}.{mac}", "token_type": "Bearer", "agent": addr,
+        token = jwt.encode({"sub": addr, "chain_id": cfg.chain_id, "exp": round(expires, 3),
+                            "jti": secrets.token_hex(8)}, self._secret, algorithm=_TOKEN_ALGORITHM)
+        return {"token": f"{AGENT_TOKEN_PREFIX}{token}", "token_type": "Bearer", "agent": addr,
                 "expires_at": iso(expires), "expires_in": int(expires - now)}
 
 

@@ -232,7 +232,7 @@ def test_siwe_sign_in_gives_a_scoped_short_lived_token(env):
     me = client(api, token=token).get("/auth/whoami").json()
     assert me == {"principal": f"agent:{A}", "role": "agent", "agent": A, "via": "siwe"}
     # tampered token: 401
-    body, mac = token.split(".")
+    body, mac = token.rsplit(".", 1)
     is_problem(client(api, token=body + "." + mac[::-1]).get("/auth/whoami"), 401)
     is_problem(client(api, token=body[:-2] + "xx." + mac).get("/auth/whoami"), 401)
 
