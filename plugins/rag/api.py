@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from monmouth.chain import ADDRESS_RE, check_address
 from monmouth.limits import JsonObject, Text
 
-from .decoder import INTENTS
+from .decoded import INTENTS
 from .search import KINDS, ROLES, Filters
 
 Intent = Literal["transfer", "swap", "approve", "mint", "burn", "deposit", "withdraw", "contract_creation", "other"]

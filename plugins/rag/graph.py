@@ -12,7 +12,7 @@ import apsw
 from monmouth.chain import hx
 
 from .abi import Registry
-from .decoder import eth, scale
+from .decoded import eth, scale
 
 _COLS = "src, dst, token, count, value, first_block, last_block"
 

@@ -33,6 +33,7 @@ from monmouth.limits import check_json_value, check_text
 from monmouth.plugins import hook_functions
 from monmouth.types import Block
 
+from . import decoded as _decoded
 from . import decoder as _decoder
 from . import store
 from .abi import Registry, build_registry
@@ -152,7 +153,7 @@ class RagPlugin:
         return _decoder.render_transaction(block, index, labels, reg)
 
     def decode_transaction(self, block: Block, index: int, labels: Mapping[bytes | str, str] | None = None
-                           ) -> _decoder.DecodedTx:
+                           ) -> _decoded.DecodedTx:
         """Structured decoding of one transaction: ``intent``, ``roles`` (address → roles), ``token``/``tokens``,
         ``call``, ``events``, ``transfers``...; ``.to_meta()`` gives the JSON form.
 
@@ -320,7 +321,7 @@ class RagPlugin:
                              stopping=ctx.stopping, on_round=on_round)
         indexer = store.ChainIndexer(registry, cfg.scope, address_set(cfg.watched), cfg.graph)
         st = RagState(ctx, cfg, registry, embedder, index, searcher, worker, indexer, metrics, counter)
-        _decoder.set_active_registry(registry)
+        _decoded.set_active_registry(registry)
         self.current = st
         if cfg.worker:
             worker.start()
@@ -349,7 +350,7 @@ class RagPlugin:
                 save()
             except OSError as e:
                 log.warning("%s (rebuilt or caught up at the next start)", e)
-        _decoder.set_active_registry(None)
+        _decoded.set_active_registry(None)
         self.current = None
 
     def _memory_agents(self, conn: apsw.Connection) -> frozenset[bytes]:

@@ -38,7 +38,9 @@ import numpy as np
 from monmouth.types import Block
 
 from .abi import Registry
-from .decoder import ZERO, DecodedTx, decode_transaction, embed_text, render
+from .decoded import ZERO, DecodedTx
+from .decoder import decode_transaction
+from .render import embed_text, render
 
 DIM = 384
 
