@@ -415,8 +415,8 @@ def test_audit_log_records_security_events_without_secrets(env, caplog):
     assert c.post("/auth/siwe", json={"message": msg, "signature": sig}).status_code == 401
     a = client(api, token=ta, peer=LOOP)
     assert a.post(f"/memory/agents/{A}/items", json={"kind": "semantic", "content": "to export"}).status_code == 201
-    from monmouth.testing import chain, extend
     from monmouth.types import ChainCommitted
+    from tests.chains import chain, extend
 
     app.engine.apply(ChainCommitted(chain(extend(None, 1, number=1, n_txs=0))))
     r = a.get(f"/memory/agents/{A}/export")

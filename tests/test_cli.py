@@ -16,8 +16,8 @@ import apsw
 import pytest
 
 from monmouth.replayfile import ReplayWriter, read_notifications
-from monmouth.testing import chain, extend
 from monmouth.types import ChainCommitted, ChainReorged
+from tests.chains import chain, extend
 from tests.conftest import make_engine
 from tests.plugins import ledger
 from tests.test_engine import dump

@@ -16,8 +16,8 @@ from eth_account import Account
 from eth_utils import to_checksum_address
 
 from monmouth.chain import selector
-from monmouth.testing import address, chain, extend
 from monmouth.types import ChainCommitted
+from tests.chains import address, chain, extend
 from tests.memory_helpers import close, make_memory_engine
 
 pytestmark = pytest.mark.anvil

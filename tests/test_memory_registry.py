@@ -21,12 +21,12 @@ from eth_hash.auto import keccak
 
 from monmouth.chain import selector
 from monmouth.config import ConfigError, validate
-from monmouth.testing import address, h
 from monmouth.types import Block, ChainCommitted, ChainReorged, ChainReverted, Log, Receipt, Transaction
 from monmouth_memory import registry
 from monmouth_memory.config import MemoryConfig
 from monmouth_memory.errors import UnknownAgentError
 from monmouth_memory.plugin import MemoryPlugin
+from tests.chains import address, h
 from tests.memory_helpers import close, dump_tables, make_memory_engine
 
 REG1, REG2 = address(501), address(502)
@@ -92,7 +92,7 @@ def block(parent: Block | None, txs: list[tuple[bytes, bytes | None, tuple[Log, 
 
 
 def chain_of(*blocks: Block):
-    from monmouth.testing import chain
+    from tests.chains import chain
 
     return chain(list(blocks))
 

@@ -14,11 +14,11 @@ import os
 import pytest
 
 from monmouth.chain import create_address
-from monmouth.testing import load_mainnet_blocks
 from monmouth.types import Block, Log, Receipt, Transaction
 from monmouth_rag.abi import build_registry, parse_signature
 from monmouth_rag.decoded import INTENTS, scale
 from monmouth_rag.decoder import decode_transaction, render_transaction
+from tests.chains import load_mainnet_blocks
 
 BLOCKS = {b.number: b for b in load_mainnet_blocks()}
 
