@@ -384,7 +384,7 @@ agents = [{agents}]
 
 async def _seed_agents(base: str, dep: Deployment) -> dict[str, Any]:
     """Label the agents (loopback operator), sign the first in with SIWE and store memories with its token."""
-    from .auth import sign_in_with_key
+    from .siwe import sign_in_with_key
 
     async with httpx.AsyncClient(base_url=base, timeout=30) as http:
         for addr, label in dep.agents.items():

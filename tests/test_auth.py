@@ -15,8 +15,9 @@ from fastapi.testclient import TestClient
 
 from monmouth.api import create_api
 from monmouth.app import open_app
-from monmouth.auth import hash_token, sign_in_with_key, siwe_message
+from monmouth.auth import hash_token
 from monmouth.errors import ConfigError
+from monmouth.siwe import sign_in_with_key, siwe_message
 from monmouth_memory.plugin import MemoryPlugin
 
 ADMIN = "mmo_admin-token-for-tests-0123456789"

@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 
 from monmouth.api import create_api
 from monmouth.app import open_app
-from monmouth.auth import hash_token, sign_in_with_key
+from monmouth.auth import hash_token
+from monmouth.siwe import sign_in_with_key
 from monmouth.types import ChainCommitted
 from monmouth_memory.plugin import MemoryPlugin
 from tests.chains import chain, load_mainnet_blocks, mainnet_shaped
