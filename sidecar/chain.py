@@ -1,4 +1,5 @@
-"""Chain values as text: ``0x`` hex, 20-byte addresses and ABI function selectors, written once for the whole tree.
+"""Chain values as text: ``0x`` hex, 20-byte addresses, ABI types, signatures' parameter lists and function
+selectors, contract addresses: written once for the whole tree.
 
 Every module that shows bytes as ``0x`` hex, checks an address a user or a config file gave, or builds calldata
 from a Solidity signature uses these; ``tests/test_architecture.py`` fails when a hand-written copy appears again.
@@ -17,6 +18,9 @@ from typing import Any
 
 import rlp
 from eth_abi import encode as abi_encode
+from eth_abi import grammar
+from eth_abi.exceptions import ABITypeError, ParseError
+from eth_abi.registry import registry as abi_registry
 from eth_utils import keccak
 
 from .errors import MonmouthError
@@ -100,6 +104,52 @@ def create_address(sender: bytes, nonce: int) -> bytes:
 def selector(signature: str) -> bytes:
     """The 4-byte function selector of a canonical signature such as ``"transfer(address,uint256)"``."""
     return bytes(keccak(text=signature))[:4]
+
+
+def split_abi_params(text: str) -> list[str]:
+    """The parameters of a signature's parameter list, split on the commas outside parentheses and brackets
+    (tuple types hold commas): ``"(address,uint256)[] a, bool b"`` -> ``["(address,uint256)[] a", " bool b"]``.
+    Each part is returned as written (blanks kept, an empty last part when ``text`` ends with a comma).
+
+    Raises:
+        ValueError: unbalanced parentheses or brackets.
+    """
+    parts: list[str] = []
+    cur: list[str] = []
+    depth = 0
+    for ch in text:
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+            if depth < 0:
+                raise ValueError("unbalanced parentheses")
+        if ch == "," and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    if depth != 0:
+        raise ValueError("unbalanced parentheses")
+    parts.append("".join(cur))
+    return parts
+
+
+def canonical_abi_type(text: str) -> str:
+    """The canonical form of the ABI type ``text`` (``uint`` -> ``uint256``, ``byte[]`` -> ``bytes1[]``), validated
+    with eth-abi's type grammar and encoder registry (Solidity ABI specification, "Types").
+
+    Raises:
+        ValueError: not a valid ABI type, naming it.
+    """
+    try:
+        norm = grammar.normalize(text)
+        grammar.parse(norm).validate()
+    except (ParseError, ABITypeError) as e:
+        raise ValueError(f"unknown type {text!r}: {e}") from None
+    if not abi_registry.has_encoder(norm):
+        raise ValueError(f"unknown type {text!r}")
+    return str(norm)
 
 
 def calldata(signature: str, *args: Any) -> str:

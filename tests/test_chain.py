@@ -10,6 +10,7 @@ from monmouth.chain import (
     AddressError,
     address_set,
     calldata,
+    canonical_abi_type,
     check_address,
     create_address,
     hx,
@@ -17,6 +18,7 @@ from monmouth.chain import (
     normalize_address,
     parse_address,
     selector,
+    split_abi_params,
 )
 from monmouth.errors import MonmouthError
 
@@ -80,3 +82,20 @@ def test_selector_and_calldata_match_the_erc20_transfer():
 def test_create_address_matches_known_deployments(nonce, want):
     """The widely quoted example sender 0x6ac7ea33f8831ea9dcc53393aaa88b25a785dbf0 and its first contracts."""
     assert create_address(bytes.fromhex("6ac7ea33f8831ea9dcc53393aaa88b25a785dbf0"), nonce).hex() == want
+
+
+def test_abi_types_are_made_canonical_by_eth_abis_grammar():
+    assert canonical_abi_type("uint") == "uint256" and canonical_abi_type("int[2]") == "int256[2]"
+    assert canonical_abi_type("(address,uint)[]") == "(address,uint256)[]"
+    for bad in ("uint7", "Foo", "bytes33", "address[", ""):
+        with pytest.raises(ValueError, match="unknown type"):
+            canonical_abi_type(bad)
+
+
+def test_parameter_lists_split_outside_tuples_and_arrays():
+    assert split_abi_params("(address,uint256)[] a, bool b") == ["(address,uint256)[] a", " bool b"]
+    assert split_abi_params("uint256[2] x,") == ["uint256[2] x", ""]
+    assert split_abi_params("") == [""]
+    for bad in ("(address,uint256", "uint256]", "a)("):
+        with pytest.raises(ValueError, match="unbalanced"):
+            split_abi_params(bad)
