@@ -478,15 +478,10 @@ def _run_demo(stopper: Any, summary: dict[str, Any], workdir: Path, port: int, d
     app = None
     traffic: Traffic | None = None
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                rpc("eth_chainId")
-                break
-            except (httpx.HTTPError, MonmouthError):
-                if time.monotonic() > deadline or anvil.poll() is not None:
-                    raise DemoError(f"anvil did not start on {anvil_url}") from None
-                time.sleep(0.1)
+        try:
+            rpc.wait_answering(30, exited=anvil.poll, interval=0.1)
+        except (TimeoutError, ChildProcessError):
+            raise DemoError(f"anvil did not start on {anvil_url}") from None
         print("deploying OpenZeppelin ERC-20 tokens (npm solc) and Uniswap V2 core (npm artifacts)...", file=out,
               flush=True)
         dep = deploy(rpc, nm, workdir)

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -153,6 +154,31 @@ class SyncJsonRpcClient:
         resp = self.http.post(self.url, json=request_body(calls, ids), headers=dict(headers or {}))
         resp.raise_for_status()
         return results(resp.content, calls, ids)
+
+    def wait_answering(self, timeout: float, *, exited: Callable[[], int | None] | None = None,
+                       interval: float = 0.05) -> None:
+        """Block until the node answers ``eth_chainId`` (a node just started), asking every ``interval`` seconds.
+
+        Args:
+            timeout: seconds to wait at most.
+            exited: the node process's exit status while it runs ``None`` (``Popen.poll``); checked before each try.
+
+        Raises:
+            TimeoutError: no answer within ``timeout`` seconds.
+            ChildProcessError: the process exited first (the message holds its status).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            status = exited() if exited is not None else None
+            if status is not None:
+                raise ChildProcessError(f"{self.url}: the node exited with status {status}")
+            try:
+                self.call("eth_chainId")
+                return
+            except (httpx.HTTPError, MonmouthError):
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"{self.url}: no JSON-RPC answer within {timeout:g}s") from None
+                time.sleep(interval)
 
     def close(self) -> None:
         if self._own:

@@ -5,13 +5,9 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from monmouth.errors import MonmouthError
 from monmouth.rpcclient import SyncJsonRpcClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,14 +48,10 @@ class Anvil:
              "--slots-in-an-epoch", str(self.slots_in_an_epoch), "--no-mining"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                self.rpc("eth_chainId")
-                return
-            except (httpx.HTTPError, MonmouthError):
-                time.sleep(0.05)
-        raise RuntimeError(f"anvil did not start on port {self.port}")
+        try:
+            self.client.wait_answering(20, exited=self.proc.poll)
+        except (TimeoutError, ChildProcessError) as e:
+            raise RuntimeError(f"anvil did not start on port {self.port}: {e}") from None
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -20,14 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import jwt
 from eth_account import Account
 from eth_utils import to_checksum_address
 
 from monmouth.chain import calldata
 from monmouth.demo import dev_key
-from monmouth.errors import MonmouthError
 from monmouth.rpcclient import SyncJsonRpcClient
 from tests.anvil import free_port
 
@@ -103,16 +101,12 @@ class Reth:
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"monmouth-reth exited with {self.proc.returncode}: {self.log_tail()}")
-            try:
-                self.rpc("eth_chainId")
-                return
-            except (httpx.HTTPError, MonmouthError):
-                time.sleep(0.1)
-        raise RuntimeError(f"monmouth-reth did not answer on {self.url}: {self.log_tail()}")
+        try:
+            self.client.wait_answering(timeout, exited=self.proc.poll, interval=0.1)
+        except ChildProcessError:
+            raise RuntimeError(f"monmouth-reth exited with {self.proc.returncode}: {self.log_tail()}") from None
+        except TimeoutError:
+            raise RuntimeError(f"monmouth-reth did not answer on {self.url}: {self.log_tail()}") from None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int | None:
         """Stop Reth with ``sig`` (SIGKILL for ``kill -9``); its exit status."""

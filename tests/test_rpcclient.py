@@ -108,3 +108,21 @@ def test_headers_are_sent_and_a_refused_connection_is_an_http_error(scripted):
     assert seen == [{"jsonrpc": "2.0", "id": "k", "method": "engine_x", "params": [{"a": 1}]}]
     with SyncJsonRpcClient("http://127.0.0.1:9", timeout=2) as c, pytest.raises(httpx.HTTPError):
         c.call("eth_chainId")
+
+
+def test_wait_answering_returns_once_the_node_answers_and_says_why_it_gave_up(anvil):
+    import subprocess
+    import sys
+    import time
+
+    with SyncJsonRpcClient(anvil.url) as c:
+        c.wait_answering(5)  # answering already: returns at once
+    with SyncJsonRpcClient("http://127.0.0.1:9", timeout=1) as c:
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError, match=r"127\.0\.0\.1:9: no JSON-RPC answer within 0\.3s"):
+            c.wait_answering(0.3)
+        assert time.monotonic() - t0 < 5
+        proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+        proc.wait(30)
+        with pytest.raises(ChildProcessError, match="exited with status 3"):
+            c.wait_answering(30, exited=proc.poll)
