@@ -68,16 +68,18 @@ contract DemoToken is ERC20 {
 }
 """
 
+#: Compile one Solidity source (stdin; file name argv[1], contract argv[2]) with the npm solc in NODE_MODULES, whose
+#: packages (@openzeppelin/contracts...) resolve its imports; prints {"abi", "bytecode", "solc"} as JSON.
 COMPILE_JS = r"""
 'use strict';
-// Compile DemoToken.sol (argv[2]) with the npm solc against the npm @openzeppelin/contracts (NODE_MODULES).
 const fs = require('fs');
 const path = require('path');
 const nm = process.env.NODE_MODULES;
 const solc = require(path.join(nm, 'solc'));
+const [file, contract] = process.argv.slice(1);
 const input = {
   language: 'Solidity',
-  sources: { 'DemoToken.sol': { content: fs.readFileSync(process.argv[2], 'utf8') } },
+  sources: { [file]: { content: fs.readFileSync(0, 'utf8') } },
   settings: { optimizer: { enabled: true, runs: 200 }, evmVersion: 'cancun',
               outputSelection: { '*': { '*': ['abi', 'evm.bytecode.object'] } } },
 };
@@ -88,7 +90,7 @@ function findImports(p) {
 const out = JSON.parse(solc.compile(JSON.stringify(input), { import: findImports }));
 const errors = (out.errors || []).filter((e) => e.severity === 'error');
 if (errors.length) { process.stderr.write(errors.map((e) => e.formattedMessage).join('\n')); process.exit(1); }
-const c = out.contracts['DemoToken.sol'].DemoToken;
+const c = out.contracts[file][contract];
 process.stdout.write(JSON.stringify({ abi: c.abi, bytecode: '0x' + c.evm.bytecode.object, solc: solc.version() }));
 """
 
@@ -182,19 +184,27 @@ def compile_token(nm: Path, workdir: Path) -> dict[str, Any]:
     cached = workdir / f"DemoToken.{key}.json"
     if cached.exists():
         return dict(json.loads(cached.read_text()))
+    log.info("compiling DemoToken.sol (OpenZeppelin ERC20) with npm solc %s", solc_version)
+    art = compile_solidity(TOKEN_SOL, "DemoToken", nm)
+    cached.write_text(json.dumps(art))
+    return art
+
+
+def compile_solidity(source: str, contract: str, nm: Path, *, timeout: float = 600) -> dict[str, Any]:
+    """``{"abi", "bytecode", "solc"}`` of ``contract`` in the Solidity ``source``, compiled by the npm solc in
+    ``nm`` (a ``node_modules`` directory, whose packages resolve the source's imports), optimized, EVM cancun.
+
+    Raises:
+        DemoError: node is not installed, or solc refused the source (its messages).
+    """
     node = shutil.which("node")
     if node is None:
-        raise DemoError("node not found: the demo compiles OpenZeppelin's ERC-20 with npm solc")
-    script = workdir / "compile.js"
-    script.write_text(COMPILE_JS)
-    log.info("compiling DemoToken.sol (OpenZeppelin ERC20) with npm solc %s", solc_version)
-    r = subprocess.run([node, str(script), str(src)], capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "NODE_MODULES": str(nm)})
+        raise DemoError("node not found: Solidity is compiled with the npm solc")
+    r = subprocess.run([node, "-e", COMPILE_JS, f"{contract}.sol", contract], input=source, capture_output=True,
+                       text=True, timeout=timeout, env={**os.environ, "NODE_MODULES": str(nm)}, check=False)
     if r.returncode != 0:
-        raise DemoError(f"solc failed: {r.stderr[-2000:]}")
-    art = json.loads(r.stdout)
-    cached.write_text(json.dumps(art))
-    return dict(art)
+        raise DemoError(f"solc failed on {contract}: {r.stderr[-2000:]}")
+    return dict(json.loads(r.stdout))
 
 
 def deploy(rpc: Rpc, nm: Path, workdir: Path, n_agents: int = 3) -> Deployment:
