@@ -192,6 +192,7 @@ ONE_HOME: dict[str, tuple[str, str]] = {
         (r"""["']jsonrpc["']\s*:\s*["']2\.0["']\s*,\s*["']id["']\s*:[^,]+,\s*["']method["']""", "sidecar/rpcclient.py"),
     "a backoff doubled by hand (use monmouth.backoff.Backoff)":
         (r"\b\w*(backoff|delay)\w*\s*\*\s*2\b", "sidecar/backoff.py"),
+    "a Solidity build (use monmouth.demo.compile_solidity)": (r"solc\.compile\(", "sidecar/demo.py"),
 }
 
 
@@ -231,6 +232,8 @@ def test_the_one_home_patterns_catch_the_copies_they_name(tmp_path):
         "a JSON-RPC request built by hand (use monmouth.rpcclient)":
             '    r = http.post(url, json={"jsonrpc": "2.0", "id": self._id, "method": method, "params": p})',
         "a backoff doubled by hand (use monmouth.backoff.Backoff)": "    backoff = min(backoff * 2, cap)",
+        "a Solidity build (use monmouth.demo.compile_solidity)":
+            "const out = JSON.parse(solc.compile(JSON.stringify(input)));",
     }
     assert samples.keys() == ONE_HOME.keys()
     uses = tmp_path / "uses.py"  # what using the homes looks like: no pattern matches it
