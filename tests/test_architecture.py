@@ -244,3 +244,34 @@ def test_the_one_home_patterns_catch_the_copies_they_name(tmp_path):
         f.write_text(f"x = 1\n{line}\n")
         assert copies(ONE_HOME[what][0], [f]) == [f"{f}:2: {line.strip()}"], what
         assert copies(ONE_HOME[what][0], [uses]) == [], what
+
+
+# ---------------------------------------------------------------------------------------------------- Rust
+RUST_CRATES = (ROOT / "bridge" / "crates" / "monmouth-wire" / "src",)
+
+
+def rust_graph(src: Path) -> dict[str, set[str]]:
+    """``{module: modules it names}`` of one crate's top-level modules: every ``crate::<module>`` path in a module's
+    files (``use`` or inline), except in their ``#[cfg(test)]`` parts. A module is ``<name>.rs`` or a directory
+    ``<name>/`` (``mod.rs`` and its submodules, which belong to it). ``lib.rs``, the crate root that re-exports them,
+    is not a module of the graph."""
+    files: dict[str, list[Path]] = {f.stem: [f] for f in src.glob("*.rs")}
+    for d in sorted(p for p in src.iterdir() if p.is_dir()):
+        files.setdefault(d.name, []).extend(sorted(d.rglob("*.rs")))
+    mods = set(files) - {"lib", "main"}
+    g: dict[str, set[str]] = {}
+    for m in sorted(mods):
+        text = "\n".join(f.read_text().split("#[cfg(test)]", 1)[0] for f in files[m])
+        named = set(re.findall(r"\bcrate::(\w+)", text))
+        for group in re.findall(r"\buse crate::\{([^}]*)\}", text):  # use crate::{a::X, b};
+            named |= {p.strip().split("::")[0] for p in group.split(",") if p.strip()}
+        g[m] = (named & mods) - {m}
+    return g
+
+
+def test_no_module_cycles_in_the_rust_bridge():
+    for src in RUST_CRATES:
+        g = rust_graph(src)
+        assert {"error", "message", "server"} <= set(g)
+        found = cycles(g)
+        assert not found, f"{src}: module cycles:\n" + "\n".join(f"  {path_through(g, c)}" for c in found)
