@@ -32,10 +32,11 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2")
     args = ap.parse_args()
 
-    from monmouth.testing import load_mainnet_blocks
     from monmouth_rag.config import RagConfig
-    from monmouth_rag.decoder import decode_transaction, embed_text, render_transaction
+    from monmouth_rag.decoder import decode_transaction, render_transaction
     from monmouth_rag.embedder import Embedder, locate_model
+    from monmouth_rag.render import embed_text
+    from tests.chains import load_mainnet_blocks
 
     blocks = load_mainnet_blocks()
     pairs = [(b, i) for b in blocks for i in range(len(b.transactions))][:args.texts]

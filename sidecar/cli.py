@@ -297,6 +297,33 @@ def config_set(key: str, value: str, config_path: Path | None) -> None:
     click.echo(f"{key} = {value}")
 
 
+# ---------------------------------------------------------------------------------------------------- tokens
+
+
+@cli.group()
+def token() -> None:
+    """Operator tokens: make one, or hash one for config.toml (auth.admin_tokens, auth.read_tokens)."""
+
+
+@token.command("new")
+def token_new() -> None:
+    """Print a fresh operator token and its sha256 hash (only the hash goes in config.toml)."""
+    from .auth import new_operator_token
+
+    t, h = new_operator_token()
+    click.echo(f"token: {t}\nhash:  {h}\n\nPut the hash in config.toml, e.g. auth.admin_tokens = [\"{h}\"], and give "
+               "the token to the operator (it is not stored anywhere).")
+
+
+@token.command("hash")
+@click.argument("value")
+def token_hash(value: str) -> None:
+    """Print the sha256 hash of the operator token VALUE, as config.toml holds it."""
+    from .auth import hash_token
+
+    click.echo(hash_token(value))
+
+
 # ---------------------------------------------------------------------------------------------------- mcp, demo
 
 

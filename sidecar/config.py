@@ -210,7 +210,7 @@ def _token_entries(v: list[str]) -> list[str]:
 class AuthConfig(_Section):
     """``[auth]``: operator tokens, agent sign-in (SIWE, EIP-4361) and rate limits (see docs/security.md)."""
 
-    #: Operator tokens, stored as "sha256:<hex>" (``python -m monmouth.auth new-token`` prints one and its hash).
+    #: Operator tokens, stored as "sha256:<hex>" (``monmouth token new`` prints one and its hash).
     admin_tokens: list[str] = []
     read_tokens: list[str] = []
     #: Loopback clients without a token act as admin, but only while http.host is a loopback address.

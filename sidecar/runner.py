@@ -34,6 +34,7 @@ import apsw
 
 from .app import App, EngineView
 from .backends import DRIVER_ERRORS, connection_lost
+from .backoff import Backoff
 from .catchup import CatchUp
 from .engine import ApplyResult
 from .errors import (
@@ -201,7 +202,7 @@ class Runner:
 
     async def _ingest(self) -> None:
         view = EngineView(self.app.engine)
-        backoff = 0.5
+        backoff = Backoff(0.5, lambda: self.app.settings.source.max_backoff)
         while True:
             try:
                 async for delivery in self.source.stream(view):
@@ -211,15 +212,15 @@ class Runner:
                         await self._handle([delivery, *more])
                     if self.stopping:
                         return
-                    backoff = 0.5
+                    backoff.reset()
                 return
             except ContinuityError as e:
                 self.last_error = str(e)
                 if self.source.kind == "replay":
                     raise
-                log.error("%s; restarting the %s source from the engine head in %.1fs", e, self.source.kind, backoff)
-                await anyio.sleep(backoff)
-                backoff = min(backoff * 2, self.app.settings.source.max_backoff)
+                delay = backoff.next()
+                log.error("%s; restarting the %s source from the engine head in %.1fs", e, self.source.kind, delay)
+                await anyio.sleep(delay)
             except ReorgTooDeepError as e:
                 if self.source.kind == "replay":
                     raise
@@ -227,9 +228,9 @@ class Runner:
                 self._pause("reorg deeper than the undo data held", str(e),
                             "Ingestion resumes by itself if the node returns to the indexed chain; otherwise stop the "
                             "sidecar and restore a backup older than the fork, or re-index (docs/faults.md)")
-                log.error("%s; ingestion paused, asking the node again in %.1fs", e, backoff)
-                await anyio.sleep(backoff)
-                backoff = min(backoff * 2, self.app.settings.source.max_backoff)
+                delay = backoff.next()
+                log.error("%s; ingestion paused, asking the node again in %.1fs", e, delay)
+                await anyio.sleep(delay)
             except SourceError as e:
                 self.last_error = str(e)
                 self.app.metrics.errors.labels("source").inc()
@@ -287,7 +288,7 @@ class Runner:
     async def _handle(self, batch: list[Delivery]) -> None:
         """Apply ``batch`` (in order, group-committed), acknowledging each delivery once committed."""
         engine = self.app.engine
-        backoff = 0.5
+        backoff = Backoff(0.5, lambda: self.app.settings.engine.retry_max_backoff)
         head = None
         while batch:
             async with self.lock:
@@ -319,11 +320,11 @@ class Runner:
                 detail = f"{self.app.db.describe()}: {describe_fault(fault or error)}"
                 self._pause("the database cannot be written", detail, "Ingestion resumes by itself once the fault "
                             "clears (free disk space, remount read-write, fix permissions); nothing was half-applied")
-                log.error("database fault: %s; nothing applied, retrying in %.1fs", detail, backoff)
-                await anyio.sleep(backoff)
+                delay = backoff.next()
+                log.error("database fault: %s; nothing applied, retrying in %.1fs", detail, delay)
+                await anyio.sleep(delay)
                 if isinstance(fault, apsw.ConnectionClosedError | apsw.IOError) or connection_lost(fault):
                     await self._reconnect()
-                backoff = min(backoff * 2, self.app.settings.engine.retry_max_backoff)
                 continue
             if isinstance(error, CodecError):
                 # A deferred body that does not decode: nothing of it was applied, the cursor did not move. The
@@ -336,13 +337,13 @@ class Runner:
             if self.stopping:
                 log.error("%s; the notification was rolled back and is left for the next start", error)
                 return
-            if self.stall.failed(error, backoff):  # the first failure with its traceback, later ones one line
-                log.error("%s; the notification was rolled back and will be retried in %.1fs", error, backoff,
+            delay = backoff.next()
+            if self.stall.failed(error, delay):  # the first failure with its traceback, later ones one line
+                log.error("%s; the notification was rolled back and will be retried in %.1fs", error, delay,
                           exc_info=error)
             else:
-                log.error("%s; attempt %d failed, retrying in %.1fs", error, self.stall.attempts_so_far, backoff)
-            await self.stall.wait(backoff, self.source.probe_head)  # a config reload ends it at once, a stop cancels it
-            backoff = min(backoff * 2, self.app.settings.engine.retry_max_backoff)
+                log.error("%s; attempt %d failed, retrying in %.1fs", error, self.stall.attempts_so_far, delay)
+            await self.stall.wait(delay, self.source.probe_head)  # a config reload ends it at once, a stop cancels it
         # What the sidecar treats as finalized: the source's finalized block, never within engine.finality_depth
         # blocks of the head (so a node calling a fake chain finalized cannot take away that much undo data).
         fin, depth = self.source.finalized, self.app.settings.engine.finality_depth

@@ -14,8 +14,8 @@ from monmouth.backends.postgres import SCHEMA_VERSION, PgDatabase
 from monmouth.config import validate
 from monmouth.errors import ConfigError, StorageError, StorageUnavailableError
 from monmouth.journal import JournalConflictError
-from monmouth.testing import chain, extend
 from monmouth.types import ChainCommitted, ChainReorged, ChainReverted
+from tests.chains import chain, extend
 from tests.conftest import make_engine
 from tests.pg import PASSWORD
 from tests.plugins import ledger

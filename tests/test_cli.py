@@ -16,8 +16,8 @@ import apsw
 import pytest
 
 from monmouth.replayfile import ReplayWriter, read_notifications
-from monmouth.testing import chain, extend
 from monmouth.types import ChainCommitted, ChainReorged
+from tests.chains import chain, extend
 from tests.conftest import make_engine
 from tests.plugins import ledger
 from tests.test_engine import dump
@@ -228,3 +228,19 @@ def test_kill_9_during_a_late_plugins_catch_up_loses_and_duplicates_nothing(tmp_
     assert dump(live.conn) == dump(ref.conn)
     state = live.conn.execute("SELECT state FROM monmouth_plugin_progress WHERE plugin = 'slow'").fetchone()
     assert state == ("live",)
+
+
+def test_token_new_prints_a_token_whose_hash_is_the_one_printed(tmp_path):
+    """``monmouth token new`` and ``monmouth token hash``: the hash of the printed token is the printed hash, and it
+    is what the sidecar accepts in auth.admin_tokens."""
+    from monmouth.auth import OPERATOR_TOKEN_PREFIX, hash_token
+
+    out = subprocess.run([*MONMOUTH, "token", "new"], capture_output=True, text=True, timeout=60, check=True).stdout
+    token = out.split("token: ")[1].split()[0]
+    printed = out.split("hash:  ")[1].split()[0]
+    assert token.startswith(OPERATOR_TOKEN_PREFIX) and printed == hash_token(token) and printed.startswith("sha256:")
+    again = subprocess.run([*MONMOUTH, "token", "hash", token], capture_output=True, text=True, timeout=60,
+                           check=True).stdout.strip()
+    assert again == printed
+    r = subprocess.run([*MONMOUTH, "token", "hash"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "VALUE" in r.stderr

@@ -12,8 +12,8 @@ from monmouth import hookimpl
 from monmouth.engine import Cursor, read_cursor
 from monmouth.errors import ContinuityError, PluginError, ReorgTooDeepError
 from monmouth.journal import JournalConflictError, RedactionError, redact
-from monmouth.testing import chain, extend
 from monmouth.types import Block, ChainCommitted, ChainReorged, ChainReverted
+from tests.chains import chain, extend
 from tests.plugins import ledger
 
 PLUGIN_TABLES = ("ledger_transfers", "ledger_balances", "ledger_block_stats")

@@ -7,8 +7,8 @@ from __future__ import annotations
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from monmouth.testing import address, chain, extend
 from monmouth.types import ChainCommitted
+from tests.chains import address, chain, extend
 from tests.memory_helpers import close, make_memory_engine, settle
 
 A1 = address(1)

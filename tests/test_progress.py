@@ -11,8 +11,8 @@ from monmouth.config import validate
 from monmouth.errors import ConfigError
 from monmouth.plugins import config_models
 from monmouth.progress import Progress, StaleHistoryError
-from monmouth.testing import chain, extend
 from monmouth.types import Block, ChainCommitted, ChainReorged
+from tests.chains import chain, extend
 from tests.plugins import ledger
 
 LEDGER = ("ledger_transfers", "ledger_balances", "ledger_block_stats")

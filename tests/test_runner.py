@@ -15,8 +15,8 @@ from monmouth.app import open_app
 from monmouth.replayfile import ReplayWriter
 from monmouth.runner import Runner
 from monmouth.sources.replay import ReplaySource
-from monmouth.testing import chain, extend
 from monmouth.types import ChainCommitted
+from tests.chains import chain, extend
 from tests.conftest import rpc_config, wait_for
 from tests.plugins import ledger
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 
-from monmouth.testing import chain, extend
 from monmouth.types import ChainCommitted
+from tests.chains import chain, extend
 from tests.conftest import make_engine
 from tests.pg import PASSWORD, PgServer, free_port
 from tests.plugins import ledger
