@@ -7,9 +7,9 @@ use std::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::{garbage_frame, send_raw, Acked, Next, NotificationSource, Pending, Server, Start, MAX_RETRY};
-use crate::error::{BridgeError, SourceError};
+use crate::error::{BridgeError, SourceError, WireError};
 use crate::message::{encode, encode_notification, now_ms, Heartbeat, Message};
-use crate::types::BlockRef;
+use crate::types::{BlockRef, NotificationKind};
 
 impl Server {
     pub(super) fn can_pull(&self) -> bool {
@@ -73,6 +73,22 @@ impl Server {
 
     // ------------------------------------------------------------------ outgoing
 
+    /// Buffer the frame of the next seq (refused if it exceeds `max_frame_bytes`).
+    fn buffer_frame(
+        &mut self,
+        frame: Vec<u8>,
+        kind: NotificationKind,
+        committed_tip: Option<BlockRef>,
+        resulting_head: Option<BlockRef>,
+    ) -> Result<(), BridgeError> {
+        if frame.len() > self.cfg.max_frame_bytes {
+            return Err(BridgeError::Wire(WireError::FrameTooLarge { size: frame.len(), limit: self.cfg.max_frame_bytes }));
+        }
+        self.buffer.push_back(Pending { seq: self.next_seq, frame, kind, committed_tip, resulting_head, last_sent: None });
+        self.next_seq += 1;
+        Ok(())
+    }
+
     pub(super) fn pull<S: NotificationSource>(&mut self, source: &mut S) -> Result<(), BridgeError> {
         if let Some(at) = self.retry_at {
             if Instant::now() < at {
@@ -88,42 +104,12 @@ impl Server {
             };
             match next {
                 Next::Ready(n) => {
-                    let seq = self.next_seq;
-                    let frame = encode_notification(seq, &n)?;
-                    if frame.len() > self.cfg.max_frame_bytes {
-                        return Err(BridgeError::Wire(crate::error::WireError::FrameTooLarge {
-                            size: frame.len(),
-                            limit: self.cfg.max_frame_bytes,
-                        }));
-                    }
-                    self.buffer.push_back(Pending {
-                        seq,
-                        frame,
-                        kind: n.kind,
-                        committed_tip: n.committed_tip(),
-                        resulting_head: n.resulting_head(),
-                        last_sent: None,
-                    });
-                    self.next_seq += 1;
+                    let frame = encode_notification(self.next_seq, &n)?;
+                    self.buffer_frame(frame, n.kind, n.committed_tip(), n.resulting_head())?;
                 }
                 Next::Encoded(p) => {
-                    let seq = self.next_seq;
-                    let frame = p.frame(seq);
-                    if frame.len() > self.cfg.max_frame_bytes {
-                        return Err(BridgeError::Wire(crate::error::WireError::FrameTooLarge {
-                            size: frame.len(),
-                            limit: self.cfg.max_frame_bytes,
-                        }));
-                    }
-                    self.buffer.push_back(Pending {
-                        seq,
-                        frame,
-                        kind: p.kind,
-                        committed_tip: p.committed_tip,
-                        resulting_head: p.resulting_head,
-                        last_sent: None,
-                    });
-                    self.next_seq += 1;
+                    let frame = p.frame(self.next_seq);
+                    self.buffer_frame(frame, p.kind, p.committed_tip, p.resulting_head)?;
                 }
                 Next::Pending(after) => {
                     self.retry_at = Some(Instant::now() + after.min(MAX_RETRY));
