@@ -13,10 +13,11 @@ The journal's cost (issue 18, goal 1: at most 10 %) is measured against a refere
 plugin code (its migrations, then its ``monmouth_block_applied`` on each decoded block) on a plain apsw connection
 of the same pragmas, one ``BEGIN IMMEDIATE ... COMMIT`` per block, with no engine and no journal. Two plugins: one
 that INSERTs a row per transaction (``indexing``), one that keeps running balances per recipient (``balances``,
-mostly UPDATEs of existing rows, so the undo data holds old and new values). Reference and engine alternate for
-``--rounds`` rounds (the machine is shared); the medians and their ratio (engine / reference) are reported.
+mostly UPDATEs of existing rows, so the undo data holds old and new values). Reference and engine run block by
+block in lockstep (the machine is shared: both see the same load); the ratio is engine / reference blocks per
+second.
 
-Run:  python bench/ingest.py [--blocks 600] [--txs 200] [--synchronous FULL] [--rounds 3]
+Run:  python bench/ingest.py [--blocks 600] [--txs 200] [--synchronous FULL]
 Prints its figures; the last line is JSON with ``blocks_per_s`` and ``revert_64_s`` (no-op plugin), the same for
 the indexing plugin (``indexing_*``), and for each journaled plugin its reference (``plain_<plugin>_blocks_per_s``)
 and ``<plugin>_ratio``.
@@ -28,7 +29,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -50,6 +50,7 @@ from monmouth.sources.replay import ReplaySource
 from monmouth.store import Database
 from monmouth.testing import load_mainnet_blocks, mainnet_shaped
 from monmouth.types import Chain, ChainCommitted, ChainReverted
+from monmouth.uint256 import to_u256
 
 
 class NoOp:
@@ -87,7 +88,7 @@ class Balances:
         conn.executemany(
             "INSERT INTO bal_accounts (holder, received, txs) VALUES (?, u256(?), 1) ON CONFLICT (holder) "
             "DO UPDATE SET received = u256_add(received, excluded.received), txs = txs + 1",
-            [(t.to or bytes(20), t.value) for t in block.transactions],
+            [(t.to or bytes(20), to_u256(t.value)) for t in block.transactions],
         )
 
 
@@ -128,50 +129,64 @@ def run(plugin: object, frames: list[bytes], synchronous: str, label: str) -> di
             "decode_ms_per_block": round(decode_s / len(frames) * 1e3, 3)}
 
 
-def plain(plugin: object, frames: list[bytes], synchronous: str, label: str) -> dict[str, float]:
-    """The reference: the same decode and the same plugin code on a plain apsw connection, one transaction per
-    block, no engine, no journal."""
+def journal_cost(plugin: object, twin: object, frames: list[bytes], synchronous: str, label: str
+                 ) -> tuple[dict[str, float], dict[str, float]]:
+    """The engine with ``plugin`` beside the reference: ``twin`` (the same plugin class) on a plain apsw connection
+    of the same pragmas, its migrations run, then per block the same decode and its ``monmouth_block_applied`` in
+    one ``BEGIN IMMEDIATE ... COMMIT``, no engine, no journal. The two run block by block in lockstep (which goes
+    first alternates), so both see the same load on this shared machine; each side's time is summed.
+
+    Returns:
+        ``(reference, engine)``: ``blocks_per_s`` and ``decode_ms_per_block`` each; the engine's also
+        ``revert_64_s`` and ``ratio`` (engine / reference blocks per second).
+    """
     with tempfile.TemporaryDirectory() as d:
+        engine = make_engine(Path(d) / "bench.sqlite", plugin, synchronous)
         conn = Database(Path(d) / "plain.sqlite", synchronous=synchronous).connect()
-        for script in plugin.monmouth_migrations():  # type: ignore[attr-defined]
+        for script in twin.monmouth_migrations():  # type: ignore[attr-defined]
             conn.execute(script)
-        hook = plugin.monmouth_block_applied  # type: ignore[attr-defined]
-        t0 = time.perf_counter()
-        decode_s = 0.0
-        for frame in frames:
-            td = time.perf_counter()
+        hook = twin.monmouth_block_applied  # type: ignore[attr-defined]
+
+        def reference(frame: bytes) -> float:
+            t = time.perf_counter()
             _seq, n = decode_notification(frame)
-            decode_s += time.perf_counter() - td
+            decoded = time.perf_counter()
             conn.execute("BEGIN IMMEDIATE")
             for block in n.new.blocks:  # type: ignore[union-attr]
                 hook(conn=conn, block=block, notification=n)
             conn.execute("COMMIT")
-        elapsed = time.perf_counter() - t0
+            return decoded - t
+
+        def ours(frame: bytes) -> float:
+            t = time.perf_counter()
+            seq, n = decode_notification(frame)
+            decoded = time.perf_counter()
+            engine.apply(n, {"seq": seq})
+            return decoded - t
+
+        took = {reference: 0.0, ours: 0.0}
+        decode = {reference: 0.0, ours: 0.0}
+        for i, frame in enumerate(frames):
+            for side in (reference, ours) if i % 2 else (ours, reference):
+                t = time.perf_counter()
+                decode[side] += side(frame)
+                took[side] += time.perf_counter() - t
+        # Revert the newest 64 blocks (a 64-block reorg's revert half), headers only as the rpc source sends them.
+        old = tuple(engine.canonical(n).as_block() for n in range(engine.head.number - 63, engine.head.number + 1))
+        t1 = time.perf_counter()
+        engine.apply(ChainReverted(Chain(old)))
+        revert_s = time.perf_counter() - t1
+        engine.close()
         conn.close()
-    bps = len(frames) / elapsed
-    print(f"[{label}, plain apsw] {len(frames)} blocks in {elapsed:.2f}s = {bps:.0f} blocks/s "
-          f"(decode {decode_s / len(frames) * 1e3:.2f} ms/block)")
-    return {"blocks_per_s": round(bps, 1), "decode_ms_per_block": round(decode_s / len(frames) * 1e3, 3)}
-
-
-def journal_cost(make_plugin: type, frames: list[bytes], synchronous: str, label: str, rounds: int
-                 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Reference and engine alternately, ``rounds`` times; their medians (blocks/s, decode ms/block) and revert."""
-    refs, ours = [], []
-    for _ in range(rounds):
-        refs.append(plain(make_plugin(), frames, synchronous, label))
-        ours.append(run(make_plugin(), frames, synchronous, label))
-
-    def median(rows: list[dict[str, float]], key: str) -> float:
-        return float(statistics.median(r[key] for r in rows))
-
-    ref = {k: median(refs, k) for k in refs[0]}
-    eng = {k: median(ours, k) for k in ours[0]}
-    ratio = eng["blocks_per_s"] / ref["blocks_per_s"]
-    print(f"[{label}] median of {rounds}: plain apsw {ref['blocks_per_s']:.0f} blocks/s, engine + journal "
-          f"{eng['blocks_per_s']:.0f} blocks/s: ratio {ratio:.2f} (goal >= 0.9); decode {ref['decode_ms_per_block']:.2f}"
-          f" vs {eng['decode_ms_per_block']:.2f} ms/block", flush=True)
-    eng["ratio"] = round(ratio, 3)
+    ref = {"blocks_per_s": round(len(frames) / took[reference], 1),
+           "decode_ms_per_block": round(decode[reference] / len(frames) * 1e3, 3)}
+    eng = {"blocks_per_s": round(len(frames) / took[ours], 1),
+           "decode_ms_per_block": round(decode[ours] / len(frames) * 1e3, 3), "revert_64_s": round(revert_s, 4),
+           "ratio": round(took[reference] / took[ours], 3)}
+    print(f"[{label}] plain apsw {ref['blocks_per_s']:.0f} blocks/s (decode {ref['decode_ms_per_block']:.2f} "
+          f"ms/block), engine + journal {eng['blocks_per_s']:.0f} blocks/s (decode {eng['decode_ms_per_block']:.2f} "
+          f"ms/block): ratio {eng['ratio']:.3f} (goal >= 0.9); revert of 64 blocks {revert_s * 1e3:.1f} ms",
+          flush=True)
     return ref, eng
 
 
@@ -201,7 +216,6 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=600)
     ap.add_argument("--txs", type=int, default=200)
     ap.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL")
-    ap.add_argument("--rounds", type=int, default=3, help="alternating reference/engine rounds (medians)")
     args = ap.parse_args()
 
     templates = load_mainnet_blocks()
@@ -212,8 +226,8 @@ def main() -> None:
     print(f"{args.blocks} mainnet-shaped blocks of {args.txs} transactions, {mb:.1f} MB of msgpack "
           f"({mb * 1e3 / args.blocks:.0f} kB/block), synchronous={args.synchronous}")
     noop = run(NoOp(), frames, args.synchronous, "no-op plugin")
-    plain_indexing, indexing = journal_cost(Indexer, frames, args.synchronous, "indexing plugin", args.rounds)
-    plain_balances, balances = journal_cost(Balances, frames, args.synchronous, "balances plugin", args.rounds)
+    plain_indexing, indexing = journal_cost(Indexer(), Indexer(), frames, args.synchronous, "indexing plugin")
+    plain_balances, balances = journal_cost(Balances(), Balances(), frames, args.synchronous, "balances plugin")
     grouped = replay_runner(blocks, args.synchronous, 32)
     single = replay_runner(blocks, args.synchronous, 1)
     print(json.dumps({
@@ -226,7 +240,6 @@ def main() -> None:
         "plain_indexing_decode_ms_per_block": plain_indexing["decode_ms_per_block"],
         "balances_blocks_per_s": balances["blocks_per_s"], "balances_revert_64_s": balances["revert_64_s"],
         "plain_balances_blocks_per_s": plain_balances["blocks_per_s"], "balances_ratio": balances["ratio"],
-        "rounds": args.rounds,
         "replay_runner_blocks_per_s": grouped, "replay_runner_group_commit_1_blocks_per_s": single,
     }))
 
