@@ -8,9 +8,9 @@ engine's commits and the plugin's worker checkpoint instead), and the WAL file s
 Settling and indexing (:mod:`.ingest`) write only what they derive from committed rows, so their transactions are
 not made durable one by one (``durable=False``: ``synchronous = NORMAL`` for that transaction, no fsync at its
 commit). In WAL mode such a commit is still atomic and ordered: a crash of the process loses nothing, and a power
-loss can only drop the newest of them whole, together with nothing any later fsync (an engine commit, an API
-write) made durable after them; the pending rows they consumed are then still there and are settled again,
-deriving the same rows. The fsync per settle or index transaction was a third of the worker's time.
+loss can drop only those committed since the last fsync of the WAL (every engine commit and API write fsyncs it),
+each whole; the pending rows they consumed are then still there and are settled again, deriving the same rows.
+The fsync per settle or index transaction was a third of the worker's time.
 """
 
 from __future__ import annotations
