@@ -119,10 +119,10 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     import httpx
 
     from monmouth.app import open_app
-    from monmouth.auth import sign_in_with_key
     from monmouth.runner import Runner
-    from monmouth.testing import chain, load_mainnet_blocks, mainnet_shaped
+    from monmouth.siwe import sign_in_with_key
     from monmouth.types import ChainCommitted
+    from tests.chains import chain, load_mainnet_blocks, mainnet_shaped
     from tests.test_api_support import QueueSource
 
     keys = [f"0x{i:064x}" for i in range(1, args.agents + 1)]

@@ -57,8 +57,8 @@ from monmouth.app import App, open_app  # noqa: E402
 from monmouth.replayfile import ReplayWriter  # noqa: E402
 from monmouth.runner import Runner, tune_gc  # noqa: E402
 from monmouth.sources.exex import ExExSource  # noqa: E402
-from monmouth.testing import chain, load_mainnet_blocks, mainnet_shaped  # noqa: E402
 from monmouth.types import ChainCommitted  # noqa: E402
+from tests.chains import chain, load_mainnet_blocks, mainnet_shaped  # noqa: E402
 
 #: ``$MONMOUTH_BRIDGE_REPLAY`` overrides it (a ``bridge-replay`` built elsewhere).
 BINARY = Path(os.environ.get("MONMOUTH_BRIDGE_REPLAY") or ROOT / "bridge" / "target" / "release" / "bridge-replay")

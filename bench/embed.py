@@ -147,10 +147,11 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=4, help="mainnet-shaped blocks of 200 transactions end to end")
     args = ap.parse_args()
 
-    from monmouth.testing import load_mainnet_blocks
     from monmouth_rag.config import RagConfig
-    from monmouth_rag.decoder import decode_transaction, embed_text, render_transaction
+    from monmouth_rag.decoder import decode_transaction, render_transaction
     from monmouth_rag.embedder import Embedder, locate_model
+    from monmouth_rag.render import embed_text
+    from tests.chains import load_mainnet_blocks
 
     blocks = load_mainnet_blocks()
     pairs = [(b, i) for b in blocks for i in range(len(b.transactions))][:args.texts]
@@ -189,7 +190,7 @@ def main() -> None:
           f"arrival order {unbucketed:.1f} texts/s; full documents (256 tokens) {full_rate:.1f} texts/s")
     import tempfile
 
-    from monmouth.testing import mainnet_shaped
+    from tests.chains import mainnet_shaped
 
     chain_blocks = list(mainnet_shaped(blocks, args.blocks, txs_per_block=200))
     e2e = []

@@ -48,9 +48,9 @@ from monmouth.replayfile import ReplayWriter
 from monmouth.runner import Runner, tune_gc
 from monmouth.sources.replay import ReplaySource
 from monmouth.store import Database
-from monmouth.testing import load_mainnet_blocks, mainnet_shaped
 from monmouth.types import Chain, ChainCommitted, ChainReverted
 from monmouth.uint256 import to_u256
+from tests.chains import load_mainnet_blocks, mainnet_shaped
 
 
 class NoOp:

@@ -57,9 +57,9 @@ from monmouth.engine import Engine  # noqa: E402
 from monmouth.metrics import Metrics  # noqa: E402
 from monmouth.plugins import PluginHost, config_models  # noqa: E402
 from monmouth.store import Database  # noqa: E402
-from monmouth.testing import h  # noqa: E402
 from monmouth.types import Block, Chain, ChainCommitted, Receipt, Transaction  # noqa: E402
 from monmouth_memory.plugin import MemoryPlugin  # noqa: E402
+from tests.chains import h  # noqa: E402
 
 _TEXT = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa quebec "
          "romeo sierra tango uniform victor whiskey xray yankee zulu vault ledger bridge token swap pool stake "

@@ -29,8 +29,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from monmouth.testing import h  # noqa: E402
 from monmouth.types import Block, Chain, ChainCommitted, Receipt, Transaction  # noqa: E402
+from tests.chains import h  # noqa: E402
 from tests.memory_helpers import close, make_memory_engine  # noqa: E402
 
 

@@ -58,10 +58,11 @@ from fsync import describe, fsync_reference, summary_ms  # noqa: E402  # bench/f
 
 from bridge import make_app, settle  # noqa: E402  # bench/bridge.py: a sidecar with only a no-op plugin
 from monmouth.app import App, make_source  # noqa: E402
+from monmouth.rpcclient import SyncJsonRpcClient  # noqa: E402
 from monmouth.runner import Runner, tune_gc  # noqa: E402
 from monmouth.sources.base import Delivery  # noqa: E402
 from monmouth.types import ChainReverted  # noqa: E402
-from tests.reth import CHAIN_ID, GWEI, Reth, RpcError, reth_binary  # noqa: E402
+from tests.reth import CHAIN_ID, GWEI, Reth, reth_binary  # noqa: E402
 
 DEV_ACCOUNTS = 20  # funded by Reth's dev genesis (crates/chainspec/res/genesis/dev.json)
 TRANSFER_GAS = 21_000
@@ -86,10 +87,8 @@ class Sender:
     20 dev keys), many per JSON-RPC batch. Nonces are tracked here, so a batch never depends on its order."""
 
     def __init__(self, url: str) -> None:
-        import httpx
-
         self.url = url
-        self.http = httpx.Client(timeout=60)
+        self.client = SyncJsonRpcClient(url, timeout=60)
         self.accounts: list[str] = self.call("eth_accounts")[:DEV_ACCOUNTS]
         if len(self.accounts) < 2:
             raise RuntimeError(f"the node at {url} has {len(self.accounts)} dev signer accounts (is it --dev?)")
@@ -97,11 +96,7 @@ class Sender:
         self.sent = 0
 
     def call(self, method: str, *params: Any) -> Any:
-        body = self.http.post(self.url, json={"jsonrpc": "2.0", "id": 0, "method": method,
-                                              "params": list(params)}).json()
-        if body.get("error"):
-            raise RpcError(f"{method}: {body['error']}")
-        return body["result"]
+        return self.client.call(method, *params)
 
     def head(self) -> int:
         return int(self.call("eth_blockNumber"), 16)
@@ -110,18 +105,15 @@ class Sender:
         """Send ``count`` transfers in one batch, round-robin over the senders, each to a recipient of its own
         among 65,536 (new accounts at first, as on a real chain)."""
         batch = []
-        for k in range(count):
+        for _ in range(count):
             i = self.sent % len(self.accounts)
             tx = {"from": self.accounts[i], "to": f"0x{0xbe << 152 | (self.sent % 65_536):040x}",
                   "value": hex(1 + self.sent), "gas": hex(TRANSFER_GAS), "maxFeePerGas": hex(50 * GWEI),
                   "maxPriorityFeePerGas": hex(GWEI), "nonce": hex(self.nonces[i]), "chainId": hex(CHAIN_ID)}
-            batch.append({"jsonrpc": "2.0", "id": k, "method": "eth_sendTransaction", "params": [tx]})
+            batch.append(("eth_sendTransaction", [tx]))
             self.nonces[i] += 1
             self.sent += 1
-        answers = self.http.post(self.url, json=batch).json()
-        errors = [a["error"] for a in answers if a.get("error")]
-        if errors:
-            raise RpcError(f"eth_sendTransaction: {len(errors)} of {count} refused, first: {errors[0]}")
+        self.client.batch(batch)  # the first refusal raises monmouth.rpcclient.RpcError
 
     def wait_block_after(self, number: int, timeout: float = 60) -> int:
         deadline = time.monotonic() + timeout
@@ -132,7 +124,7 @@ class Sender:
         return head
 
     def close(self) -> None:
-        self.http.close()
+        self.client.close()
 
 
 def produce(node: Reth, blocks: int, txs: int) -> tuple[int, int]:

@@ -383,7 +383,7 @@ def create_api(app: App, runner: Runner | None = None) -> FastAPI:
         domain = auth.siwe_domain(request.headers.get("host"))
         n, exp = auth.new_nonce(request.client.host if request.client else None)
         cfg = app.settings.auth
-        from .auth import iso
+        from .siwe import iso
 
         return {"nonce": n, "expires_at": iso(exp), "domain": domain, "chain_id": cfg.chain_id,
                 "uri": f"{request.url.scheme}://{domain}"}

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import DEFAULT_CONFIG, Settings, load_data, module_paths, validate
+from .backends import Backend
+from .config import DEFAULT_CONFIG, Settings, StorageConfig, load_data, module_paths, validate
 from .engine import Engine
 from .metrics import Metrics
 from .plugins import PluginHost, config_models, discover
@@ -55,7 +56,7 @@ class App:
     settings: Settings
     config_path: Path | None
     plugins: dict[str, object]
-    db: Database
+    db: Backend
     metrics: Metrics
     host: PluginHost
     engine: Engine
@@ -128,6 +129,22 @@ class EngineView:
         return self.engine.source_token
 
 
+def open_database(storage: StorageConfig, environ: Mapping[str, str] | None = None) -> Backend:
+    """The database ``[storage]`` names: ``storage.url`` ``postgresql://...`` (password from the environment
+    variable ``storage.password_env``), else the SQLite file ``storage.url`` or ``storage.path``.
+
+    Raises:
+        sidecar.errors.StorageError: the database cannot be opened or is refused (see each backend).
+    """
+    if storage.is_postgres:
+        from .backends.postgres import PgDatabase
+
+        env = os.environ if environ is None else environ
+        return PgDatabase(storage.url, password=env.get(storage.password_env) or None,
+                          password_env=storage.password_env)
+    return Database(storage.sqlite_path, synchronous=storage.synchronous)
+
+
 def open_app(config_path: str | Path | None = None, *, extra_plugins: Mapping[str, object] | None = None,
              settings: Settings | None = None, environ: Mapping[str, str] | None = None) -> App:
     """Open a sidecar: validate config, open the database, enable plugins (migrations, ``monmouth_startup``).
@@ -146,7 +163,7 @@ def open_app(config_path: str | Path | None = None, *, extra_plugins: Mapping[st
     else:
         modules = {name: p.module for name, p in settings.plugins.items() if p.module}
         plugins = discover(modules, extra_plugins)
-    db = Database(settings.storage.path, synchronous=settings.storage.synchronous)
+    db = open_database(settings.storage, environ)
     metrics = Metrics()
     host = PluginHost(plugins, db, metrics.registry)
     engine = Engine(db, host, settings.engine, metrics)

@@ -9,8 +9,9 @@ Principals (:class:`Principal`):
 * ``agent:<address>``: an agent signed in with Ethereum (EIP-4361): its own memory only (routes whose path has an
   ``{agent}`` parameter equal to its address), plus routes that declare ``require(..., "agent")``.
 
-Operator tokens are kept only as ``sha256:`` hashes. Agent tokens are short-lived, HMAC-signed, scoped to one
-address and one chain id (``mma_<payload>.<mac>``); they die with their expiry (``auth.token_ttl``).
+Operator tokens are kept only as ``sha256:`` hashes. Agent tokens are short-lived JSON Web Tokens (RFC 7519, HS256
+with ``auth.secret``, by PyJWT) behind the prefix ``mma_``, scoped to one address (``sub``) and one chain id
+(``chain_id``); they die with their expiry (``exp``, ``auth.token_ttl`` after sign-in).
 
 For plugin authors (see docs/plugins.md, "Access control"):
 
@@ -25,39 +26,38 @@ an ``{agent}`` path parameter equal to their own address. A plugin widens it for
 :class:`AccessRule` objects returned by its ``monmouth_access_rules`` hook (a ``POST`` that only reads, chain data any
 agent may read, with a check of the request body).
 
-Run ``python -m monmouth.auth new-token`` to make an operator token and the hash to put in config.toml.
+Run ``monmouth token new`` to make an operator token and the hash to put in config.toml. Sign-in messages
+(EIP-4361) are built and read in :mod:`monmouth.siwe`.
 """
 
 from __future__ import annotations
 
-import base64
 import collections
 import hashlib
-import hmac
 import ipaddress
-import json
-import re
 import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+import jwt
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from .errors import ConfigError, MonmouthError
+from .chain import normalize_address
+from .errors import ConfigError
 from .limits import authorization
 from .problems import ProblemError
+from .siwe import SiweError, iso, parse_siwe, rfc3339_seconds
 
 if TYPE_CHECKING:
     from .config import Settings
 
 Role = Literal["admin", "read", "agent"]
-_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 AGENT_TOKEN_PREFIX = "mma_"
+_TOKEN_ALGORITHM = "HS256"  # agent tokens: HMAC-SHA256 with auth.secret (RFC 7518, section 3.2)
 OPERATOR_TOKEN_PREFIX = "mmo_"
 
 _SAFE = {"GET", "HEAD", "OPTIONS"}
@@ -73,13 +73,6 @@ def is_loopback(host: str | None) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def normalize_address(value: str | bytes) -> str | None:
-    """``0x`` + 40 lowercase hex digits, or ``None`` when ``value`` is not an address."""
-    if isinstance(value, bytes):
-        return "0x" + value.hex() if len(value) == 20 else None
-    return value.lower() if isinstance(value, str) and _ADDRESS.match(value) else None
 
 
 def hash_token(token: str) -> str:
@@ -166,178 +159,7 @@ class AccessRule:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# SIWE (EIP-4361)
-
-
-@dataclass
-class SiweMessage:
-    domain: str
-    address: str
-    uri: str
-    version: str
-    chain_id: int
-    nonce: str
-    issued_at: str
-    statement: str | None = None
-    expiration_time: str | None = None
-    not_before: str | None = None
-    request_id: str | None = None
-    resources: list[str] = field(default_factory=list)
-    scheme: str | None = None
-
-    def text(self) -> str:
-        """The EIP-4361 text to sign."""
-        head = f"{self.scheme}://{self.domain}" if self.scheme else self.domain
-        lines = [f"{head} wants you to sign in with your Ethereum account:", self.address, ""]
-        if self.statement:
-            lines += [self.statement, ""]
-        lines += [f"URI: {self.uri}", f"Version: {self.version}", f"Chain ID: {self.chain_id}",
-                  f"Nonce: {self.nonce}", f"Issued At: {self.issued_at}"]
-        if self.expiration_time:
-            lines.append(f"Expiration Time: {self.expiration_time}")
-        if self.not_before:
-            lines.append(f"Not Before: {self.not_before}")
-        if self.request_id is not None:
-            lines.append(f"Request ID: {self.request_id}")
-        if self.resources:
-            lines.append("Resources:")
-            lines += [f"- {r}" for r in self.resources]
-        return "\n".join(lines)
-
-
-class SiweError(MonmouthError, ValueError):
-    """A SIWE message that cannot be accepted; ``field`` names the part at fault."""
-
-    def __init__(self, field: str, msg: str) -> None:
-        super().__init__(f"{field}: {msg}")
-        self.field = field
-
-
-_HEADER = re.compile(r"^(?:(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*)://)?(?P<domain>[^\s/]+) wants you to sign in with "
-                     r"your Ethereum account:$")
-_FIELDS = {"URI": "uri", "Version": "version", "Chain ID": "chain_id", "Nonce": "nonce", "Issued At": "issued_at",
-           "Expiration Time": "expiration_time", "Not Before": "not_before", "Request ID": "request_id"}
-
-
-def parse_siwe(text: str) -> SiweMessage:
-    """Parse an EIP-4361 message.
-
-    Raises:
-        SiweError: malformed, naming the part.
-    """
-    lines = text.split("\n")
-    if len(lines) < 7:
-        raise SiweError("message", "is not an EIP-4361 message (too short)")
-    m = _HEADER.match(lines[0])
-    if not m:
-        raise SiweError("message", "the first line must be '<domain> wants you to sign in with your Ethereum "
-                                   "account:'")
-    address = lines[1]
-    if not _ADDRESS.match(address):
-        raise SiweError("address", "must be a 0x-prefixed 20-byte hex address")
-    from eth_utils import is_checksum_address
-
-    if not is_checksum_address(address):
-        raise SiweError("address", "must be EIP-55 checksummed")
-    i = 2
-    if lines[i] != "":
-        raise SiweError("message", "an empty line must follow the address")
-    i += 1
-    statement = None
-    if i < len(lines) and not lines[i].startswith("URI: "):
-        statement = lines[i]
-        i += 1
-        if i >= len(lines) or lines[i] != "":
-            raise SiweError("statement", "must be one line followed by an empty line")
-        i += 1
-    values: dict[str, Any] = {}
-    resources: list[str] = []
-    order = list(_FIELDS)
-    pos = 0
-    while i < len(lines):
-        line = lines[i]
-        i += 1
-        if line == "Resources:":
-            while i < len(lines) and lines[i].startswith("- "):
-                resources.append(lines[i][2:])
-                i += 1
-            if i != len(lines):
-                raise SiweError("resources", "must come last, one '- <uri>' per line")
-            break
-        key, sep, value = line.partition(": ")
-        if not sep or key not in _FIELDS:
-            raise SiweError("message", f"unexpected line {line[:60]!r}")
-        if key not in order[pos:]:
-            raise SiweError(_FIELDS[key], "out of order or repeated")
-        pos = order.index(key) + 1
-        values[_FIELDS[key]] = value
-    for req in ("uri", "version", "chain_id", "nonce", "issued_at"):
-        if req not in values:
-            raise SiweError(req, "is required")
-    if values["version"] != "1":
-        raise SiweError("version", "must be 1")
-    try:
-        chain_id = int(values["chain_id"])
-    except ValueError:
-        raise SiweError("chain_id", "must be an integer") from None
-    if not re.fullmatch(r"[A-Za-z0-9]{8,}", values["nonce"]):
-        raise SiweError("nonce", "must be at least 8 alphanumeric characters")
-    for k in ("issued_at", "expiration_time", "not_before"):
-        if k in values:
-            _ts(values[k], k)
-    return SiweMessage(domain=m["domain"], scheme=m["scheme"], address=address, statement=statement,
-                       uri=values["uri"], version="1", chain_id=chain_id, nonce=values["nonce"],
-                       issued_at=values["issued_at"], expiration_time=values.get("expiration_time"),
-                       not_before=values.get("not_before"), request_id=values.get("request_id"), resources=resources)
-
-
-def _ts(value: str, name: str) -> float:
-    try:
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise SiweError(name, "must be an RFC 3339 date-time") from None
-    if dt.tzinfo is None:
-        raise SiweError(name, "must carry a time zone (RFC 3339)")
-    return dt.timestamp()
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def siwe_message(address: str, nonce: str, *, domain: str, chain_id: int, uri: str | None = None,
-                 statement: str | None = "Sign in to the Monmouth sidecar.", ttl: float = 300,
-                 now: float | None = None) -> str:
-    """Build the EIP-4361 text an agent signs (for clients, tests, the demo)."""
-    from eth_utils import to_checksum_address
-
-    now = time.time() if now is None else now
-    return SiweMessage(domain=domain, address=to_checksum_address(address), statement=statement,
-                       uri=uri or f"http://{domain}", version="1", chain_id=chain_id, nonce=nonce,
-                       issued_at=iso(now), expiration_time=iso(now + ttl)).text()
-
-
-def sign_in_with_key(private_key: Any, nonce: str, *, domain: str, chain_id: int, **kw: Any) -> tuple[str, str]:
-    """``(message, signature)`` signed with ``private_key`` (eth-account), for clients and tests."""
-    from eth_account import Account
-    from eth_account.messages import encode_defunct
-
-    acct = Account.from_key(private_key)
-    msg = siwe_message(acct.address, nonce, domain=domain, chain_id=chain_id, **kw)
-    sig = Account.sign_message(encode_defunct(text=msg), private_key=acct.key).signature
-    return msg, "0x" + bytes(sig).hex()
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # The authenticator
-
-
-def _b64(b: bytes) -> str:
-    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
-
-
-def _unb64(s: str) -> bytes:
-    return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
 
 
 class Authenticator:
@@ -415,14 +237,13 @@ class Authenticator:
         return Principal(role, via="token", token_id=h[7:19])  # type: ignore[arg-type]
 
     def _agent_token(self, token: str) -> Principal:
-        body, _, mac = token[len(AGENT_TOKEN_PREFIX):].partition(".")
+        # The expiry is checked below against time.time(), the clock of every other check here (PyJWT reads
+        # datetime.now()); the signature, the algorithm and the claims' presence are PyJWT's.
         try:
-            want = _b64(hmac.new(self._secret, body.encode(), hashlib.sha256).digest())
-            if not hmac.compare_digest(want, mac):
-                raise ValueError("mac")
-            claims = json.loads(_unb64(body))
-            addr, chain, exp = claims["a"], int(claims["c"]), float(claims["e"])
-        except (ValueError, KeyError, TypeError):
+            claims = jwt.decode(token[len(AGENT_TOKEN_PREFIX):], self._secret, algorithms=[_TOKEN_ALGORITHM],
+                                options={"require": ["sub", "chain_id", "exp"], "verify_exp": False})
+            addr, chain, exp = str(claims["sub"]), int(claims["chain_id"]), float(claims["exp"])
+        except (jwt.InvalidTokenError, ValueError, TypeError):
             raise _unauthorized("invalid agent token") from None
         if exp < time.time():
             raise _unauthorized("agent token expired: sign in again (GET /auth/nonce, POST /auth/siwe)")
@@ -509,11 +330,11 @@ class Authenticator:
         if msg.chain_id != cfg.chain_id:
             raise _unauthorized(f"chain_id: the message names {msg.chain_id}, this server serves {cfg.chain_id}",
                                 field="chain_id")
-        if msg.expiration_time and _ts(msg.expiration_time, "expiration_time") <= now:
+        if msg.expiration_time and rfc3339_seconds(msg.expiration_time, "expiration_time") <= now:
             raise _unauthorized("expiration_time: the message has expired", field="expiration_time")
-        if msg.not_before and _ts(msg.not_before, "not_before") > now + self.SKEW:
+        if msg.not_before and rfc3339_seconds(msg.not_before, "not_before") > now + self.SKEW:
             raise _unauthorized("not_before: the message is not valid yet", field="not_before")
-        if _ts(msg.issued_at, "issued_at") > now + self.SKEW:
+        if rfc3339_seconds(msg.issued_at, "issued_at") > now + self.SKEW:
             raise _unauthorized("issued_at: in the future", field="issued_at")
         try:
             from eth_account import Account
@@ -526,10 +347,9 @@ class Authenticator:
             raise _unauthorized("signature: not signed by the message's address", field="signature")
         expires = now + cfg.token_ttl
         addr = msg.address.lower()
-        body = _b64(json.dumps({"a": addr, "c": cfg.chain_id, "e": round(expires, 3),
-                                "j": secrets.token_hex(8)}, separators=(",", ":")).encode())
-        mac = _b64(hmac.new(self._secret, body.encode(), hashlib.sha256).digest())
-        return {"token": f"{AGENT_TOKEN_PREFIX}{body}.{mac}", "token_type": "Bearer", "agent": addr,
+        token = jwt.encode({"sub": addr, "chain_id": cfg.chain_id, "exp": round(expires, 3),
+                            "jti": secrets.token_hex(8)}, self._secret, algorithm=_TOKEN_ALGORITHM)
+        return {"token": f"{AGENT_TOKEN_PREFIX}{token}", "token_type": "Bearer", "agent": addr,
                 "expires_at": iso(expires), "expires_in": int(expires - now)}
 
 
@@ -582,7 +402,7 @@ def check_bind(settings: Settings) -> None:
         raise ConfigError(
             f"{settings.origin}: http.host = {settings.http.host!r} is not a loopback address and no operator "
             "token is set (auth.admin_tokens / auth.read_tokens): refusing to serve without authentication. "
-            "Set a token (python -m monmouth.auth new-token) or bind to 127.0.0.1.")
+            "Set a token (monmouth token new) or bind to 127.0.0.1.")
     if not is_loopback(settings.http.host) and settings.auth.siwe and not settings.auth.domain:
         raise ConfigError(
             f"{settings.origin}: auth.domain: required when http.host = {settings.http.host!r} is not a loopback "
@@ -674,23 +494,3 @@ async def default_policy(request: Request, p: Annotated[Principal, Depends(curre
             rule.agent_body(body)
         return p
     raise ProblemError(403, f"{p.name} may not call {method} {path}")
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m monmouth.auth new-token`` | ``hash-token TOKEN``."""
-    import sys
-
-    args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["new-token"]:
-        t, h = new_operator_token()
-        print(f"token: {t}\nhash:  {h}\n\nPut the hash in config.toml, e.g. auth.admin_tokens = [\"{h}\"], and give "
-              "the token to the operator (it is not stored anywhere).")
-    elif args[:1] == ["hash-token"] and len(args) == 2:
-        print(hash_token(args[1]))
-    else:
-        print("usage: python -m monmouth.auth new-token | hash-token TOKEN", file=sys.stderr)
-        raise SystemExit(2)
-
-
-if __name__ == "__main__":
-    main()

@@ -36,6 +36,7 @@ import anyio
 import anyio.to_thread
 
 from .app import App
+from .backoff import Backoff
 from .errors import MonmouthError, PluginError
 from .progress import PluginRange, Progress, StaleHistoryError
 from .replayfile import read_notifications
@@ -242,7 +243,7 @@ class CatchUp:
 
     async def run(self, idle: float = 0.1) -> None:
         """Forever: one catch-up step for each plugin catching up, in turn; sleep ``idle`` when none is."""
-        backoff: dict[str, float] = {}
+        backoff: dict[str, Backoff] = {}
         while True:
             pending = [r for name, r in self.progress.ranges(self.app.db.reader()).items()
                        if r.state == "catching_up" and name in self.app.host.enabled]
@@ -257,8 +258,8 @@ class CatchUp:
                 except StaleHistoryError as e:
                     log.info("%s", e)
                 except (HistoryError, PluginError) as e:
-                    delay = backoff[r.plugin] = min(backoff.get(r.plugin, 0.25) * 2,
-                                                    self.app.settings.engine.retry_max_backoff)
+                    delay = backoff.setdefault(
+                        r.plugin, Backoff(0.5, lambda: self.app.settings.engine.retry_max_backoff)).next()
                     self.errors[r.plugin] = str(e)
                     log.error("catch-up of plugin %s: %s; retrying in %.1fs", r.plugin, e, delay)
                     await anyio.sleep(delay)

@@ -14,7 +14,7 @@ import anyio
 import click
 
 from . import __version__
-from .errors import MonmouthError
+from .errors import MonmouthError, StorageUnavailableError
 
 if TYPE_CHECKING:
     from .shutdown import Shutdown
@@ -54,7 +54,15 @@ def _run(config_path: Path | None, source_override: Any = None, serve_http: bool
 
     with graceful() as stopper:
         try:
-            app = open_app(config_path)
+            try:
+                app = open_app(config_path)
+            except StorageUnavailableError as e:  # the database server is not up (yet): wait for it
+                from .app import default_config_path, load_settings
+                from .startwait import open_when_reachable
+
+                settings, _ = load_settings(config_path if config_path is not None else default_config_path())
+                _setup_logging(settings.logging.level)
+                app = anyio.run(open_when_reachable, lambda: open_app(config_path), settings, e)
         except MonmouthError as e:
             _fail(e)
         except Stopped:
@@ -66,7 +74,7 @@ def _run(config_path: Path | None, source_override: Any = None, serve_http: bool
             source = source_override or make_source(app.settings, app.metrics)
             head = app.engine.head
             log.info("monmouth %s: source %s, database %s, head %s, plugins enabled: %s", __version__, source.kind,
-                     app.settings.storage.path, head or "empty", ", ".join(app.host.enabled) or "none")
+                     app.db.describe(), head or "empty", ", ".join(app.host.enabled) or "none")
             anyio.run(lambda: run_sidecar(app, source, serve_http=serve_http, shutdown=stopper))
         except KeyboardInterrupt:  # Stopped included
             pass
@@ -289,6 +297,33 @@ def config_set(key: str, value: str, config_path: Path | None) -> None:
     click.echo(f"{key} = {value}")
 
 
+# ---------------------------------------------------------------------------------------------------- tokens
+
+
+@cli.group()
+def token() -> None:
+    """Operator tokens: make one, or hash one for config.toml (auth.admin_tokens, auth.read_tokens)."""
+
+
+@token.command("new")
+def token_new() -> None:
+    """Print a fresh operator token and its sha256 hash (only the hash goes in config.toml)."""
+    from .auth import new_operator_token
+
+    t, h = new_operator_token()
+    click.echo(f"token: {t}\nhash:  {h}\n\nPut the hash in config.toml, e.g. auth.admin_tokens = [\"{h}\"], and give "
+               "the token to the operator (it is not stored anywhere).")
+
+
+@token.command("hash")
+@click.argument("value")
+def token_hash(value: str) -> None:
+    """Print the sha256 hash of the operator token VALUE, as config.toml holds it."""
+    from .auth import hash_token
+
+    click.echo(hash_token(value))
+
+
 # ---------------------------------------------------------------------------------------------------- mcp, demo
 
 
@@ -348,7 +383,7 @@ def _serve_mcp_until_stopped(config_path: Path | None, url: str | None, token: s
     try:
         api = create_api(app)
         log.warning("monmouth mcp: no sidecar answers%s; serving %s in-process", f" at {url}" if url else "",
-                    settings.storage.path)
+                    app.db.describe())
         backend = asgi_backend(api, authorization=f"Bearer {token}" if token else None, client=("127.0.0.1", 0),
                                internal_secret=api.state.internal_secret)
         anyio.run(run_stdio, backend, plugin_tools(app.host.installed)[0], stopper)

@@ -3,7 +3,7 @@
 Layout (see the commented default ``config.toml`` at the repository root)::
 
     [source]   kind, url, path, confirmations, poll_interval, ...
-    [storage]  path, synchronous
+    [storage]  path or url (SQLite path or postgresql://), password_env, synchronous
     [engine]   undo_window, history, ...
     [http]     enabled, host, port, ready_lag, max_body_bytes, max_json_depth
     [auth]     operator tokens (hashed), agent sign-in (SIWE), rate limits
@@ -28,6 +28,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import tomlkit
 import tomlkit.exceptions
@@ -89,15 +90,47 @@ class SourceConfig(_Section):
 
 
 class StorageConfig(_Section):
-    """``[storage]``: the SQLite database."""
+    """``[storage]``: the database, a SQLite file (the default) or PostgreSQL (docs/storage.md)."""
 
+    #: The SQLite file (when ``url`` is empty).
     path: str = "data/monmouth.sqlite"
+    #: Where the data lives, taking precedence over ``path`` when set: a SQLite file path, or a PostgreSQL URL
+    #: ``postgresql://user@host:port/dbname`` (pgvector required). No password in it: it comes from the environment
+    #: variable named by ``password_env``.
+    url: str = ""
+    #: The environment variable holding the PostgreSQL password.
+    password_env: str = Field("MONMOUTH_PG_PASSWORD", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     #: FULL survives power loss; NORMAL survives a process crash (kill -9) and is faster.
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
     #: WAL size, in pages, at which ``monmouth run`` checkpoints the WAL on a background thread (SQLite's own
     #: threshold is the same, but it checkpoints inside the commit that crosses it: on a large database that stalls
     #: a block for ~0.3 s). 0 leaves checkpoints to SQLite, inline.
     checkpoint_pages: int = Field(1000, ge=0, le=10_000_000)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        scheme = v.split("://", 1)[0].lower() if "://" in v else ""
+        if scheme in ("postgresql", "postgres"):
+            parts = urlsplit(v)
+            if parts.password is not None:
+                raise ValueError("must not contain a password (secrets never go in the file): remove ':<password>' "
+                                 "and put it in the environment variable named by storage.password_env")
+            if not parts.path.strip("/"):
+                raise ValueError("names no database: postgresql://user@host:port/dbname")
+        elif scheme:
+            raise ValueError(f"must be a SQLite file path or a postgresql:// URL (got a {scheme}:// URL)")
+        return v
+
+    @property
+    def is_postgres(self) -> bool:
+        """Whether ``url`` names a PostgreSQL database."""
+        return self.url.lower().startswith(("postgresql://", "postgres://"))
+
+    @property
+    def sqlite_path(self) -> str:
+        """The SQLite file (``url`` if it is a path, else ``path``); meaningless when :attr:`is_postgres`."""
+        return self.url or self.path
 
 
 class EngineConfig(_Section):
@@ -177,7 +210,7 @@ def _token_entries(v: list[str]) -> list[str]:
 class AuthConfig(_Section):
     """``[auth]``: operator tokens, agent sign-in (SIWE, EIP-4361) and rate limits (see docs/security.md)."""
 
-    #: Operator tokens, stored as "sha256:<hex>" (``python -m monmouth.auth new-token`` prints one and its hash).
+    #: Operator tokens, stored as "sha256:<hex>" (``monmouth token new`` prints one and its hash).
     admin_tokens: list[str] = []
     read_tokens: list[str] = []
     #: Loopback clients without a token act as admin, but only while http.host is a loopback address.
@@ -404,7 +437,10 @@ def validate(
     settings.plugins = plugins
 
     if base_dir is not None:
-        settings.storage.path = str(_resolve(base_dir, settings.storage.path))
+        if not settings.storage.url:
+            settings.storage.path = str(_resolve(base_dir, settings.storage.path))
+        elif not settings.storage.is_postgres:
+            settings.storage.url = str(_resolve(base_dir, settings.storage.url))
         if settings.http.tls_cert:
             settings.http.tls_cert = str(_resolve(base_dir, settings.http.tls_cert))
             settings.http.tls_key = str(_resolve(base_dir, settings.http.tls_key))
@@ -413,6 +449,8 @@ def validate(
         for p in settings.plugins.values():
             if p.module and (p.module.endswith(".py") or "/" in p.module):
                 p.module = str(_resolve(base_dir, p.module))
+    if settings.storage.url and not settings.storage.is_postgres:
+        settings.storage.path = settings.storage.url  # one SQLite file, whichever key named it (plugins read path)
     return settings
 
 

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
+    from .backends import Backend
     from .config import Settings
-    from .store import Database
 
 
 class PluginDirectory(Protocol):
@@ -46,7 +46,7 @@ class PluginContext:
     name: str
     config: Any
     settings: Settings
-    db: Database
+    db: Backend
     metrics: CollectorRegistry
     host: PluginDirectory
     stopping: threading.Event = field(default_factory=threading.Event)

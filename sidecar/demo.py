@@ -34,9 +34,11 @@ from typing import Any
 import httpx
 from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
-from eth_utils import keccak, to_checksum_address
+from eth_utils import to_checksum_address
 
+from .chain import calldata
 from .errors import MonmouthError
+from .rpcclient import SyncJsonRpcClient
 
 log = logging.getLogger("monmouth.demo")
 
@@ -66,16 +68,18 @@ contract DemoToken is ERC20 {
 }
 """
 
+#: Compile one Solidity source (stdin; file name argv[1], contract argv[2]) with the npm solc in NODE_MODULES, whose
+#: packages (@openzeppelin/contracts...) resolve its imports; prints {"abi", "bytecode", "solc"} as JSON.
 COMPILE_JS = r"""
 'use strict';
-// Compile DemoToken.sol (argv[2]) with the npm solc against the npm @openzeppelin/contracts (NODE_MODULES).
 const fs = require('fs');
 const path = require('path');
 const nm = process.env.NODE_MODULES;
 const solc = require(path.join(nm, 'solc'));
+const [file, contract] = process.argv.slice(1);
 const input = {
   language: 'Solidity',
-  sources: { 'DemoToken.sol': { content: fs.readFileSync(process.argv[2], 'utf8') } },
+  sources: { [file]: { content: fs.readFileSync(0, 'utf8') } },
   settings: { optimizer: { enabled: true, runs: 200 }, evmVersion: 'cancun',
               outputSelection: { '*': { '*': ['abi', 'evm.bytecode.object'] } } },
 };
@@ -86,7 +90,7 @@ function findImports(p) {
 const out = JSON.parse(solc.compile(JSON.stringify(input), { import: findImports }));
 const errors = (out.errors || []).filter((e) => e.severity === 'error');
 if (errors.length) { process.stderr.write(errors.map((e) => e.formattedMessage).join('\n')); process.exit(1); }
-const c = out.contracts['DemoToken.sol'].DemoToken;
+const c = out.contracts[file][contract];
 process.stdout.write(JSON.stringify({ abi: c.abi, bytecode: '0x' + c.evm.bytecode.object, solc: solc.version() }));
 """
 
@@ -129,31 +133,11 @@ def dev_key(i: int) -> str:
     return "0x" + bytes(Account.from_mnemonic(MNEMONIC, account_path=f"m/44'/60'/0'/0/{i}").key).hex()
 
 
-def selector(sig: str) -> bytes:
-    return keccak(text=sig)[:4]
-
-
-def calldata(sig: str, *args: Any) -> str:
-    types = sig[sig.index("(") + 1:-1]
-    tlist = [t for t in types.split(",") if t]
-    return "0x" + (selector(sig) + abi_encode(tlist, list(args))).hex()
-
-
-class Rpc:
-    """A tiny JSON-RPC client for anvil (dev accounts are unlocked: eth_sendTransaction)."""
+class Rpc(SyncJsonRpcClient):
+    """The JSON-RPC client with anvil's transaction helpers (dev accounts are unlocked: eth_sendTransaction)."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
-        self.http = httpx.Client(timeout=30)
-        self._id = 0
-
-    def __call__(self, method: str, *params: Any) -> Any:
-        self._id += 1
-        r = self.http.post(self.url, json={"jsonrpc": "2.0", "id": self._id, "method": method, "params": list(params)})
-        body = r.json()
-        if body.get("error"):
-            raise DemoError(f"{method}: {body['error'].get('message', body['error'])}")
-        return body["result"]
+        super().__init__(url, timeout=30)
 
     def send(self, frm: str, to: str | None, data: str = "0x", value: int = 0, gas: int = 3_000_000) -> str:
         tx: dict[str, Any] = {"from": frm, "data": data, "value": hex(value), "gas": hex(gas)}
@@ -172,12 +156,10 @@ class Rpc:
             time.sleep(0.05)
         raise DemoError(f"transaction {tx} not mined after {timeout}s")
 
-    def call(self, to: str, sig: str, *args: Any, out: list[str]) -> Any:
+    def view(self, to: str, sig: str, *args: Any, out: list[str]) -> Any:
+        """``eth_call`` of ``sig`` on ``to`` at the latest block, decoded as the types ``out``."""
         raw = self("eth_call", {"to": to, "data": calldata(sig, *args)}, "latest")
         return abi_decode(out, bytes.fromhex(raw[2:]))
-
-    def close(self) -> None:
-        self.http.close()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -202,19 +184,27 @@ def compile_token(nm: Path, workdir: Path) -> dict[str, Any]:
     cached = workdir / f"DemoToken.{key}.json"
     if cached.exists():
         return dict(json.loads(cached.read_text()))
+    log.info("compiling DemoToken.sol (OpenZeppelin ERC20) with npm solc %s", solc_version)
+    art = compile_solidity(TOKEN_SOL, "DemoToken", nm)
+    cached.write_text(json.dumps(art))
+    return art
+
+
+def compile_solidity(source: str, contract: str, nm: Path, *, timeout: float = 600) -> dict[str, Any]:
+    """``{"abi", "bytecode", "solc"}`` of ``contract`` in the Solidity ``source``, compiled by the npm solc in
+    ``nm`` (a ``node_modules`` directory, whose packages resolve the source's imports), optimized, EVM cancun.
+
+    Raises:
+        DemoError: node is not installed, or solc refused the source (its messages).
+    """
     node = shutil.which("node")
     if node is None:
-        raise DemoError("node not found: the demo compiles OpenZeppelin's ERC-20 with npm solc")
-    script = workdir / "compile.js"
-    script.write_text(COMPILE_JS)
-    log.info("compiling DemoToken.sol (OpenZeppelin ERC20) with npm solc %s", solc_version)
-    r = subprocess.run([node, str(script), str(src)], capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "NODE_MODULES": str(nm)})
+        raise DemoError("node not found: Solidity is compiled with the npm solc")
+    r = subprocess.run([node, "-e", COMPILE_JS, f"{contract}.sol", contract], input=source, capture_output=True,
+                       text=True, timeout=timeout, env={**os.environ, "NODE_MODULES": str(nm)}, check=False)
     if r.returncode != 0:
-        raise DemoError(f"solc failed: {r.stderr[-2000:]}")
-    art = json.loads(r.stdout)
-    cached.write_text(json.dumps(art))
-    return dict(art)
+        raise DemoError(f"solc failed on {contract}: {r.stderr[-2000:]}")
+    return dict(json.loads(r.stdout))
 
 
 def deploy(rpc: Rpc, nm: Path, workdir: Path, n_agents: int = 3) -> Deployment:
@@ -238,7 +228,7 @@ def deploy(rpc: Rpc, nm: Path, workdir: Path, n_agents: int = 3) -> Deployment:
     for a, b in (("DWETH", "DUSD"), ("DGOV", "DWETH")):
         ta, tb = dep.tokens[a]["address"], dep.tokens[b]["address"]
         rpc.receipt(rpc.send(dep.deployer, dep.factory, calldata("createPair(address,address)", ta, tb)))
-        (pair,) = rpc.call(dep.factory, "getPair(address,address)", ta, tb, out=["address"])
+        (pair,) = rpc.view(dep.factory, "getPair(address,address)", ta, tb, out=["address"])
         dep.pairs[f"{a}/{b}"] = to_checksum_address(pair)
     # Fund the agents with tokens, and seed each pool with liquidity from the deployer.
     for agent in dep.agents:
@@ -326,8 +316,8 @@ class Traffic:
             pool = self.rng.choice(list(self.dep.pairs))
             a, b = pool.split("/")
             pair = self.dep.pairs[pool]
-            r0, r1, _ = self.rpc.call(pair, "getReserves()", out=["uint112", "uint112", "uint32"])
-            (t0,) = self.rpc.call(pair, "token0()", out=["address"])
+            r0, r1, _ = self.rpc.view(pair, "getReserves()", out=["uint112", "uint112", "uint32"])
+            (t0,) = self.rpc.view(pair, "token0()", out=["address"])
             ra, rb = (r0, r1) if t0.lower() == toks[a]["address"].lower() else (r1, r0)
             amt_a = max(1, ra // 2000)
             add_liquidity(self.rpc, self.dep, who, pool, {a: amt_a, b: amt_a * rb // max(ra, 1) + 1})
@@ -349,8 +339,8 @@ class Traffic:
         toks = self.dep.tokens
         a, b = pool.split("/")
         sym_in = a if self.rng.random() < 0.5 else b
-        (t0,) = self.rpc.call(pair, "token0()", out=["address"])
-        r0, r1, _ = self.rpc.call(pair, "getReserves()", out=["uint112", "uint112", "uint32"])
+        (t0,) = self.rpc.view(pair, "token0()", out=["address"])
+        r0, r1, _ = self.rpc.view(pair, "getReserves()", out=["uint112", "uint112", "uint32"])
         in_is_0 = t0.lower() == toks[sym_in]["address"].lower()
         r_in, r_out = (r0, r1) if in_is_0 else (r1, r0)
         amount_in = max(1, r_in // self.rng.randint(500, 5000))
@@ -404,7 +394,7 @@ agents = [{agents}]
 
 async def _seed_agents(base: str, dep: Deployment) -> dict[str, Any]:
     """Label the agents (loopback operator), sign the first in with SIWE and store memories with its token."""
-    from .auth import sign_in_with_key
+    from .siwe import sign_in_with_key
 
     async with httpx.AsyncClient(base_url=base, timeout=30) as http:
         for addr, label in dep.agents.items():
@@ -498,15 +488,10 @@ def _run_demo(stopper: Any, summary: dict[str, Any], workdir: Path, port: int, d
     app = None
     traffic: Traffic | None = None
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                rpc("eth_chainId")
-                break
-            except (httpx.HTTPError, DemoError):
-                if time.monotonic() > deadline or anvil.poll() is not None:
-                    raise DemoError(f"anvil did not start on {anvil_url}") from None
-                time.sleep(0.1)
+        try:
+            rpc.wait_answering(30, exited=anvil.poll, interval=0.1)
+        except (TimeoutError, ChildProcessError):
+            raise DemoError(f"anvil did not start on {anvil_url}") from None
         print("deploying OpenZeppelin ERC-20 tokens (npm solc) and Uniswap V2 core (npm artifacts)...", file=out,
               flush=True)
         dep = deploy(rpc, nm, workdir)

@@ -20,7 +20,9 @@ Invariants (each is tested; ``tests/test_engine.py`` checks them property-based 
 5. **Bounded undo.** Undo data is kept for blocks above ``max(finalized, head - undo_window)``; a revert below
    that raises :class:`~sidecar.errors.ReorgTooDeepError` before anything is written.
 
-The engine is synchronous (apsw); the runner calls it from a worker thread (``anyio.to_thread``).
+The engine is synchronous; the runner calls it from a worker thread (``anyio.to_thread``). It runs unchanged on both
+backends (:mod:`sidecar.backends`): a SQLite file, where the journal is SQLite's session extension, and PostgreSQL,
+where it is row triggers (:mod:`sidecar.backends.postgres`) and an advisory lock makes this engine the only writer.
 """
 
 from __future__ import annotations
@@ -33,14 +35,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import apsw
-
+from .backends import Backend, Connection, UndoJournal
 from .config import EngineConfig
 from .errors import ContinuityError, PluginError, ReorgTooDeepError
 from .journal import Journal, JournalConflictError
 from .metrics import Metrics
 from .plugins import PluginHost
-from .store import Database
 from .types import Block, BlockRef, ChainCommitted, ChainReverted, Notification
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class Cursor:
     source_token: object
 
 
-def read_cursor(conn: apsw.Connection) -> Cursor:
+def read_cursor(conn: Connection) -> Cursor:
     """The engine's cursor as seen by ``conn`` (committed data, or an open transaction's own changes on that
     connection): the public way for plugins, tools and backups to read it. Works on any database the sidecar wrote,
     a copy or a checkpoint included.
@@ -122,15 +122,20 @@ class Engine:
         metrics: core metrics, or ``None``.
     """
 
-    def __init__(self, db: Database, host: PluginHost, config: EngineConfig | None = None,
+    def __init__(self, db: Backend, host: PluginHost, config: EngineConfig | None = None,
                  metrics: Metrics | None = None) -> None:
         self.db = db
         self.host = host
         self.config = config or EngineConfig()
         self.metrics = metrics
-        self.conn = db.connect()
-        self.journal = Journal(self.conn, lambda: self.host.trimmed_tables)
+        self.conn = db.engine_connection()
+        self.journal = self._journal(self.conn)
         self._load_cursor()
+
+    def _journal(self, conn: Connection) -> UndoJournal:
+        """The backend's journal (PostgreSQL: row triggers), else SQLite's session-extension :class:`Journal`."""
+        trimmed = lambda: self.host.trimmed_tables  # noqa: E731 - read at each use: plugins come and go
+        return self.db.journal(conn, trimmed) or Journal(conn, trimmed)  # type: ignore[arg-type]
 
     def _load_cursor(self) -> None:
         cursor = read_cursor(self.conn)
@@ -149,12 +154,13 @@ class Engine:
 
         Raises:
             apsw.Error: the database cannot be opened (yet); the engine keeps the old connection.
+            StorageError: (PostgreSQL) the server cannot be reached yet, or another engine took the ingestion lock.
         """
-        conn = self.db.connect()
-        with contextlib.suppress(apsw.Error):
+        conn = self.db.engine_connection(replacing=self.conn)
+        with contextlib.suppress(Exception):
             self.conn.close()
         self.conn = conn
-        self.journal = Journal(conn, lambda: self.host.trimmed_tables)
+        self.journal = self._journal(conn)
         self._load_cursor()
 
     # ------------------------------------------------------------------------------------------------ queries
@@ -168,7 +174,7 @@ class Engine:
         """The delivery token stored with the last committed notification (JSON value), or ``None``."""
         return self._token
 
-    def canonical(self, number: int, conn: apsw.Connection | None = None) -> StoredBlock | None:
+    def canonical(self, number: int, conn: Connection | None = None) -> StoredBlock | None:
         """The canonical block at ``number`` if still in the hash history (``engine.history`` blocks), read on
         ``conn`` (default: the engine's own connection, which also sees an open transaction's changes)."""
         row = (conn or self.conn).execute(
@@ -332,7 +338,7 @@ class Engine:
             return oldest is not None and ref.number < oldest
         return bool(row[0] == ref.hash)
 
-    def _apply(self, conn: apsw.Connection, n: Notification) -> ApplyResult:
+    def _apply(self, conn: Connection, n: Notification) -> ApplyResult:
         head = self._working
         old = None if isinstance(n, ChainCommitted) else n.old
         new = None if isinstance(n, ChainReverted) else n.new
@@ -412,7 +418,7 @@ class Engine:
             self._prune(conn, head.number, self.finalized)
         return ApplyResult(True, reverted, committed, head)
 
-    def _apply_block(self, conn: apsw.Connection, b: Block, n: Notification) -> None:
+    def _apply_block(self, conn: Connection, b: Block, n: Notification) -> None:
         hook = self.host.hook.monmouth_block_applied
 
         def run() -> None:
@@ -421,15 +427,15 @@ class Engine:
             except Exception as e:
                 raise self.host.blame(e, "monmouth_block_applied", b.ref) from e
 
-        changeset = self.journal.record(run)
+        changeset = self.journal.record(run, b.number)
         conn.execute(
             "INSERT INTO monmouth_blocks (number, hash, parent_hash, timestamp, changeset, applied_at) "
             "VALUES (?, ?, ?, ?, ?, ?)",
             (b.number, b.hash, b.parent_hash, b.timestamp, changeset, time.time()),
         )
 
-    def _revert_block(self, conn: apsw.Connection, b: Block, changeset: bytes, n: Notification) -> None:
-        self.journal.undo(changeset)
+    def _revert_block(self, conn: Connection, b: Block, changeset: bytes, n: Notification) -> None:
+        self.journal.undo(changeset, b.number)
         self.journal.trim(b.number)
         try:
             self.host.hook.monmouth_block_reverted(conn=conn, block=b, notification=n)
@@ -437,7 +443,7 @@ class Engine:
             raise self.host.blame(e, "monmouth_block_reverted", b.ref) from e
         conn.execute("DELETE FROM monmouth_blocks WHERE number = ?", (b.number,))
 
-    def _prune(self, conn: apsw.Connection, head_number: int, finalized: int | None) -> None:
+    def _prune(self, conn: Connection, head_number: int, finalized: int | None) -> None:
         horizon = head_number - self.config.undo_window
         if finalized is not None:
             horizon = max(horizon, min(finalized, head_number))
@@ -445,6 +451,7 @@ class Engine:
         conn.execute(
             "UPDATE monmouth_blocks SET changeset = NULL WHERE changeset IS NOT NULL AND number <= ?", (horizon,)
         )
+        self.journal.prune(horizon)
         conn.execute("DELETE FROM monmouth_blocks WHERE number <= ?", (head_number - self.config.history,))
 
     # ------------------------------------------------------------------------------------------------ finalized

@@ -52,6 +52,12 @@ class StorageError(MonmouthError):
     disk. The message names the path and the fault."""
 
 
+class StorageUnavailableError(StorageError):
+    """The database server cannot be reached (yet): nothing answered, or it is starting up. Unlike the other
+    :class:`StorageError` refusals (bad login, missing extension, newer schema, another engine), waiting can clear it:
+    ``monmouth run`` retries with backoff (:mod:`sidecar.startwait`)."""
+
+
 class PluginError(MonmouthError):
     """A plugin hook raised; the whole notification was rolled back.
 

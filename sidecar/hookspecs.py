@@ -89,6 +89,18 @@ def monmouth_trimmed_tables() -> Mapping[str, str | None] | None:
 
 
 @hookspec(firstresult=True)
+def monmouth_backends() -> Sequence[str] | None:
+    """Return the storage backends this plugin's SQL runs on: ``("sqlite",)``, ``("postgres",)`` or both.
+
+    Not implemented (or ``None``): ``("sqlite",)``, the only backend plugins were written for before PostgreSQL.
+    Enabling a plugin on a backend it does not list is refused (``/status`` shows the error naming the plugin and
+    the backend); the other plugins run. Portable SQL (``?`` placeholders, ``ON CONFLICT``, types both accept such
+    as ``BIGINT``, ``TEXT``, ``BYTEA``) runs on both: the connection a chain hook gets has the same ``execute`` on
+    both backends (docs/storage.md).
+    """
+
+
+@hookspec(firstresult=True)
 def monmouth_status() -> Mapping[str, Any] | None:
     """Return a JSON-able mapping shown under ``plugins.<name>`` in ``/status`` and ``monmouth status``.
 

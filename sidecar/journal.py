@@ -61,9 +61,9 @@ class Journal:
     def _journaled(self, table: str) -> bool:
         return table not in self._excluded
 
-    def record(self, fn: Callable[[], None]) -> bytes:
-        """Run ``fn`` (the chain hooks of one block) under a session; return its changeset (``b""`` if nothing
-        changed)."""
+    def record(self, fn: Callable[[], None], number: int | None = None) -> bytes:
+        """Run ``fn`` (the chain hooks of one block, ``number``) under a session; return its changeset (``b""`` if
+        nothing changed)."""
         session = apsw.Session(self.conn, "main")
         try:
             session.table_filter(self._journaled)
@@ -73,8 +73,8 @@ class Journal:
         finally:
             session.close()
 
-    def undo(self, changeset: bytes) -> None:
-        """Apply the inverse of ``changeset``.
+    def undo(self, changeset: bytes, number: int | None = None) -> None:
+        """Apply the inverse of ``changeset`` (block ``number``'s).
 
         Raises:
             JournalConflictError: the current rows differ from what the changeset recorded.
@@ -94,6 +94,9 @@ class Journal:
                 "undo conflict (a journaled table was changed outside the chain hooks): " + "; ".join(conflicts)
             ) from e
 
+    def prune(self, horizon: int) -> None:
+        """Nothing to do: the changesets live in ``monmouth_blocks`` (the engine clears them)."""
+
     def trim(self, number: int) -> None:
         """``DELETE`` rows at or above block ``number`` from every trimmed table that names its column."""
         for table, column in self._trimmed().items():
@@ -111,7 +114,8 @@ def redact(conn: apsw.Connection, columns: Mapping[str, str], value: object) -> 
     redacted rows, which it no longer touches (they stay deleted). A row is matched on the values the change
     recorded: an ``INSERT``'s new values, a ``DELETE``'s old ones, an ``UPDATE``'s old or new (an ``UPDATE`` records
     the primary key and the changed columns only, so redact by a primary-key column to match every ``UPDATE``).
-    Changesets already pruned (finalized blocks) hold nothing to redact.
+    Changesets already pruned (finalized blocks) hold nothing to redact. On PostgreSQL (``conn`` from its backend)
+    the undo rows recorded for ``value`` are deleted instead (every recorded image is a whole row there).
 
     Args:
         conn: a connection to the sidecar's database, inside a write transaction.
@@ -125,6 +129,9 @@ def redact(conn: apsw.Connection, columns: Mapping[str, str], value: object) -> 
         RedactionError: ``conn`` is not in a transaction, or a table is an engine table (``monmouth_*``), unknown,
             or has no such column. Nothing is changed.
     """
+    own = getattr(conn, "redact", None)
+    if own is not None:  # a PostgreSQL connection: its undo data is rows of monmouth_undo (sidecar.backends.postgres)
+        return int(own(columns, value))
     if not conn.in_transaction:
         raise RedactionError("redact: call it inside the write transaction that deletes the redacted rows")
     index: dict[str, int] = {}

@@ -30,10 +30,10 @@ from prometheus_client import CollectorRegistry, Histogram
 from pydantic import BaseModel
 
 from . import hookspecs
+from .backends import Backend
 from .config import Settings
 from .context import PluginContext
 from .errors import ConfigError, PluginError
-from .store import Database, migrate
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class PluginHost:
         metrics: the Prometheus registry; the host adds ``monmouth_hook_seconds``.
     """
 
-    def __init__(self, plugins: Mapping[str, object], db: Database, metrics: CollectorRegistry) -> None:
+    def __init__(self, plugins: Mapping[str, object], db: Backend, metrics: CollectorRegistry) -> None:
         self.installed: dict[str, object] = dict(plugins)
         self.db = db
         self.metrics = metrics
@@ -243,13 +243,14 @@ class PluginHost:
 
     def _enable(self, name: str, settings: Settings) -> None:
         plugin = self.installed[name]
+        supported = tuple(call_one(plugin, "monmouth_backends") or ("sqlite",))
+        if self.db.backend not in supported:
+            raise ConfigError(
+                f"plugin {name!r} does not support the {self.db.backend} storage backend (it supports: "
+                f"{', '.join(supported)}); disable it, or set storage.url to a database it supports")
         trimmed = dict(call_one(plugin, "monmouth_trimmed_tables") or {})
         scripts = call_one(plugin, "monmouth_migrations") or []
-        conn = self.db.connect()
-        try:
-            migrate(conn, name, scripts, set(trimmed))
-        finally:
-            conn.close()
+        self.db.migrate(name, scripts, set(trimmed))
         ctx = PluginContext(name, settings.plugins[name].config, settings, self.db, self.metrics, self)
         self.pm.register(plugin, name=name)
         try:

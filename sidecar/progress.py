@@ -51,8 +51,8 @@ CREATE TABLE monmouth_plugin_progress (
     state TEXT NOT NULL CHECK (state IN ('live', 'catching_up', 'off')),
     first INTEGER,        -- first block of its indexed range (NULL: the database's first block)
     last INTEGER,         -- catching_up/off: last block applied to it (first - 1 before any); live: NULL (the head)
-    last_hash BLOB,       -- hash of block `last` (NULL when unknown: before its first block)
-    updated_at REAL NOT NULL
+    last_hash BYTEA,      -- hash of block `last` (NULL when unknown: before its first block)
+    updated_at DOUBLE PRECISION NOT NULL
 )
 """
 
@@ -102,7 +102,9 @@ class Progress:
         self.engine = engine
         self.host = engine.host
         conn = engine.conn
-        exists = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'monmouth_plugin_progress'").fetchone()
+        exists = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'monmouth_plugin_progress'" if
+                              engine.db.backend == "sqlite" else
+                              "SELECT 1 WHERE to_regclass('monmouth_plugin_progress') IS NOT NULL").fetchone()
         if not exists:
             with conn:
                 conn.execute(_SCHEMA)
@@ -236,7 +238,7 @@ class Progress:
                 if stored is not None and stored[0] != b.hash:
                     raise StaleHistoryError(f"plugin {name!r}: history block {b.ref} is not canonical (the engine "
                                             f"has 0x{stored[0].hex()} at that height); fetching again")
-                changeset = engine.journal.record(functools.partial(self._apply, plugin, name, conn, b))
+                changeset = engine.journal.record(functools.partial(self._apply, plugin, name, conn, b), b.number)
                 if changeset and stored is not None and stored[1] is not None:
                     conn.execute("UPDATE monmouth_blocks SET changeset = ? WHERE number = ?",
                                  (apsw.Changeset.concat(stored[1], changeset), b.number))

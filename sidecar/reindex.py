@@ -33,7 +33,7 @@ from .app import App, make_source
 from .catchup import CatchUp, HistoryError, no_history
 from .errors import MigrationChangedError, MonmouthError
 from .plugins import call_one
-from .store import ENGINE_PREFIX, _load_vec, check_applied, migrate
+from .store import ENGINE_PREFIX, Database, _load_vec, check_applied, migrate
 from .uint256 import register as register_uint256
 
 
@@ -75,6 +75,8 @@ def exclusive(app: App, name: str) -> Iterator[None]:
     Raises:
         ReindexError: another reindex holds it.
     """
+    if not isinstance(app.db, Database):
+        raise ReindexError(f"reindex {name!r}: not supported on PostgreSQL yet (docs/storage.md)")
     path = app.db.path.with_name(app.db.path.name + ".reindex.lock")
     with open(path, "a+") as f:
         try:

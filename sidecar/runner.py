@@ -33,14 +33,24 @@ import anyio.to_thread
 import apsw
 
 from .app import App, EngineView
+from .backends import DRIVER_ERRORS, connection_lost
+from .backoff import Backoff
 from .catchup import CatchUp
 from .engine import ApplyResult
-from .errors import CodecError, ContinuityError, MonmouthError, PluginError, ReorgTooDeepError, SourceError
+from .errors import (
+    CodecError,
+    ContinuityError,
+    MonmouthError,
+    PluginError,
+    ReorgTooDeepError,
+    SourceError,
+    StorageError,
+)
 from .sdnotify import Notifier
 from .shutdown import Shutdown
 from .sources.base import Delivery, Source
 from .stall import StallTracker
-from .store import describe_fault, environment_fault
+from .store import Database, describe_fault, environment_fault
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +179,7 @@ class Runner:
             async with self.lock:
                 await anyio.to_thread.run_sync(self.catchup.sync, limiter=self._engine_limiter)
             tg.start_soon(self.catchup.run)
-            if self.app.settings.storage.checkpoint_pages > 0:
+            if self.app.settings.storage.checkpoint_pages > 0 and self.app.db.backend == "sqlite":
                 # Checkpoints move off the engine's commits onto a background thread. The WAL hook replaces SQLite's
                 # automatic checkpoint (itself a WAL hook) on the engine's connection and only records the size.
                 self.app.engine.conn.set_wal_hook(self._on_wal_commit)
@@ -192,7 +202,7 @@ class Runner:
 
     async def _ingest(self) -> None:
         view = EngineView(self.app.engine)
-        backoff = 0.5
+        backoff = Backoff(0.5, lambda: self.app.settings.source.max_backoff)
         while True:
             try:
                 async for delivery in self.source.stream(view):
@@ -202,15 +212,15 @@ class Runner:
                         await self._handle([delivery, *more])
                     if self.stopping:
                         return
-                    backoff = 0.5
+                    backoff.reset()
                 return
             except ContinuityError as e:
                 self.last_error = str(e)
                 if self.source.kind == "replay":
                     raise
-                log.error("%s; restarting the %s source from the engine head in %.1fs", e, self.source.kind, backoff)
-                await anyio.sleep(backoff)
-                backoff = min(backoff * 2, self.app.settings.source.max_backoff)
+                delay = backoff.next()
+                log.error("%s; restarting the %s source from the engine head in %.1fs", e, self.source.kind, delay)
+                await anyio.sleep(delay)
             except ReorgTooDeepError as e:
                 if self.source.kind == "replay":
                     raise
@@ -218,9 +228,9 @@ class Runner:
                 self._pause("reorg deeper than the undo data held", str(e),
                             "Ingestion resumes by itself if the node returns to the indexed chain; otherwise stop the "
                             "sidecar and restore a backup older than the fork, or re-index (docs/faults.md)")
-                log.error("%s; ingestion paused, asking the node again in %.1fs", e, backoff)
-                await anyio.sleep(backoff)
-                backoff = min(backoff * 2, self.app.settings.source.max_backoff)
+                delay = backoff.next()
+                log.error("%s; ingestion paused, asking the node again in %.1fs", e, delay)
+                await anyio.sleep(delay)
             except SourceError as e:
                 self.last_error = str(e)
                 self.app.metrics.errors.labels("source").inc()
@@ -242,15 +252,15 @@ class Runner:
         """A new engine connection after it was dropped or broke (the old one may never work again)."""
         def reconnect() -> None:
             self.app.engine.reconnect()
-            if self.app.settings.storage.checkpoint_pages > 0:
+            if self.app.settings.storage.checkpoint_pages > 0 and self.app.db.backend == "sqlite":
                 self.app.engine.conn.set_wal_hook(self._on_wal_commit)
 
         async with self.lock:
             try:
                 await anyio.to_thread.run_sync(reconnect, limiter=self._engine_limiter)
-                log.warning("database: reconnected to %s", self.app.db.path)
-            except apsw.Error as e:
-                log.error("database: cannot reconnect to %s yet: %s", self.app.db.path, describe_fault(e))
+                log.warning("database: reconnected to %s", self.app.db.describe())
+            except (apsw.Error, StorageError) as e:
+                log.error("database: cannot reconnect to %s yet: %s", self.app.db.describe(), describe_fault(e))
 
     def _apply(self, batch: list[Delivery]) -> tuple[list[ApplyResult], Exception | None]:
         """On the engine's worker thread: decode (a source may defer it to the first access of ``d.notification``),
@@ -278,13 +288,15 @@ class Runner:
     async def _handle(self, batch: list[Delivery]) -> None:
         """Apply ``batch`` (in order, group-committed), acknowledging each delivery once committed."""
         engine = self.app.engine
-        backoff = 0.5
+        backoff = Backoff(0.5, lambda: self.app.settings.engine.retry_max_backoff)
         head = None
         while batch:
             async with self.lock:
                 try:
                     results, error = await anyio.to_thread.run_sync(self._apply, batch, limiter=self._engine_limiter)
-                except apsw.Error as e:  # the COMMIT failed, or SQLite rolled back: nothing of the batch written
+                except Exception as e:  # the COMMIT failed, or the database rolled back: nothing of it written
+                    if not (isinstance(e, DRIVER_ERRORS) or connection_lost(e)):
+                        raise
                     results, error = [], e
             done, batch = batch[:len(results)], batch[len(results):]
             for d, res in zip(done, results, strict=True):
@@ -302,17 +314,17 @@ class Runner:
                 self.stall.cleared()
                 break  # all of the batch applied, or a stop cut it short
             self.last_error = str(error)
-            fault = environment_fault(error)
-            if fault is not None or isinstance(error, apsw.Error):
+            fault = environment_fault(error) or connection_lost(error)
+            if fault is not None or isinstance(error, DRIVER_ERRORS):
                 self.app.metrics.errors.labels("storage").inc()
-                detail = f"{self.app.db.path.resolve()}: {describe_fault(fault or error)}"
+                detail = f"{self.app.db.describe()}: {describe_fault(fault or error)}"
                 self._pause("the database cannot be written", detail, "Ingestion resumes by itself once the fault "
                             "clears (free disk space, remount read-write, fix permissions); nothing was half-applied")
-                log.error("database fault: %s; nothing applied, retrying in %.1fs", detail, backoff)
-                await anyio.sleep(backoff)
-                if isinstance(fault, apsw.ConnectionClosedError | apsw.IOError):
+                delay = backoff.next()
+                log.error("database fault: %s; nothing applied, retrying in %.1fs", detail, delay)
+                await anyio.sleep(delay)
+                if isinstance(fault, apsw.ConnectionClosedError | apsw.IOError) or connection_lost(fault):
                     await self._reconnect()
-                backoff = min(backoff * 2, self.app.settings.engine.retry_max_backoff)
                 continue
             if isinstance(error, CodecError):
                 # A deferred body that does not decode: nothing of it was applied, the cursor did not move. The
@@ -325,13 +337,13 @@ class Runner:
             if self.stopping:
                 log.error("%s; the notification was rolled back and is left for the next start", error)
                 return
-            if self.stall.failed(error, backoff):  # the first failure with its traceback, later ones one line
-                log.error("%s; the notification was rolled back and will be retried in %.1fs", error, backoff,
+            delay = backoff.next()
+            if self.stall.failed(error, delay):  # the first failure with its traceback, later ones one line
+                log.error("%s; the notification was rolled back and will be retried in %.1fs", error, delay,
                           exc_info=error)
             else:
-                log.error("%s; attempt %d failed, retrying in %.1fs", error, self.stall.attempts_so_far, backoff)
-            await self.stall.wait(backoff, self.source.probe_head)  # a config reload ends it at once, a stop cancels it
-            backoff = min(backoff * 2, self.app.settings.engine.retry_max_backoff)
+                log.error("%s; attempt %d failed, retrying in %.1fs", error, self.stall.attempts_so_far, delay)
+            await self.stall.wait(delay, self.source.probe_head)  # a config reload ends it at once, a stop cancels it
         # What the sidecar treats as finalized: the source's finalized block, never within engine.finality_depth
         # blocks of the head (so a node calling a fake chain finalized cannot take away that much undo data).
         fin, depth = self.source.finalized, self.app.settings.engine.finality_depth
@@ -426,6 +438,7 @@ class Runner:
 
     async def _checkpoint_wal(self, threshold: int) -> None:
         db, m = self.app.db, self.app.metrics
+        assert isinstance(db, Database)  # started on SQLite only
         limiter = anyio.CapacityLimiter(1)  # its own thread: never waits behind the engine or HTTP handlers
         while True:
             await anyio.sleep(0.1)

@@ -12,13 +12,17 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import apsw
 
 from . import uint256
 from .errors import MigrationChangedError, MigrationError, StorageError
+
+if TYPE_CHECKING:
+    from .backends import Connection
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +112,7 @@ def describe_fault(e: BaseException) -> str:
 
 
 class Database:
-    """The sidecar's SQLite file.
+    """The sidecar's SQLite file (the ``sqlite`` :class:`~sidecar.backends.Backend`).
 
     Args:
         path: file path; parent directories are created. ``":memory:"`` is refused (the engine and the
@@ -139,6 +143,25 @@ class Database:
         except apsw.Error as e:
             raise StorageError(f"storage.path: cannot open {self.path.resolve()} for writing: {describe_fault(e)}"
                                ) from None
+
+    backend = "sqlite"
+
+    def describe(self) -> str:
+        return str(self.path.resolve())
+
+    def engine_connection(self, replacing: apsw.Connection | None = None) -> apsw.Connection:
+        """The engine's write connection (SQLite's own write lock serialises writers; ``replacing`` stays open until
+        the caller closes it)."""
+        return self.connect()
+
+    def journal(self, conn: apsw.Connection, trimmed: Callable[[], Mapping[str, str | None]]) -> None:
+        """``None``: the engine uses the session-extension journal (:class:`sidecar.journal.Journal`)."""
+        return None
+
+    def migrate(self, plugin: str, scripts: Sequence[str], trimmed: set[str]) -> int:
+        """:func:`migrate` on a new connection."""
+        with contextlib.closing(self.connect()) as conn:
+            return migrate(conn, plugin, scripts, trimmed)
 
     def connect(self, readonly: bool = False) -> apsw.Connection:
         """A new connection with WAL, the busy timeout, sqlite-vec loaded and the uint256 SQL functions
@@ -205,7 +228,7 @@ def has_primary_key(conn: apsw.Connection, table: str) -> bool:
     return any(row[5] for row in conn.execute(f'PRAGMA main.table_info("{table}")'))
 
 
-def migration_version(conn: apsw.Connection, plugin: str) -> int:
+def migration_version(conn: Connection, plugin: str) -> int:
     row = conn.execute("SELECT version FROM monmouth_migrations WHERE plugin = ?", (plugin,)).fetchone()
     return int(row[0]) if row else 0
 
@@ -217,7 +240,7 @@ def migration_digest(script: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def check_applied(conn: apsw.Connection, plugin: str, scripts: Sequence[str]) -> None:
+def check_applied(conn: Connection, plugin: str, scripts: Sequence[str]) -> None:
     """Refuse ``plugin`` if a migration already applied to this database differs from the plugin's script now
     (its tables were built by the old text), or was removed. Migrations applied before digests were recorded
     are recorded as they are now.
@@ -247,13 +270,18 @@ def check_applied(conn: apsw.Connection, plugin: str, scripts: Sequence[str]) ->
                 f"{stored[version][:12]}... then, {digest[:12]}... now), so its tables do not match the "
                 f"plugin's code; the plugin is not started and its tables are left as they are. To fix: {fix}")
     if missing:  # applied before digests were kept: trust them as they are now
-        with conn:
-            conn.executemany("INSERT OR IGNORE INTO monmouth_migration_digests VALUES (?, ?, ?)", missing)
+        with conn:  # portable SQL: check_applied also serves the PostgreSQL backend
+            conn.executemany("INSERT INTO monmouth_migration_digests VALUES (?, ?, ?) ON CONFLICT DO NOTHING", missing)
 
 
-def migrate(conn: apsw.Connection, plugin: str, scripts: Sequence[str], trimmed: set[str]) -> int:
+def migrate(conn: Connection, plugin: str, scripts: Sequence[str], trimmed: set[str], *,
+            kinds: Callable[[Any], dict[str, str]] = table_kinds,
+            has_pk: Callable[[Any, str], bool] = has_primary_key,
+            errors: tuple[type[BaseException], ...] = (apsw.Error,)) -> int:
     """Run ``plugin``'s pending migrations, each in its own transaction, and check the tables they create.
-    First, the migrations already applied must be those the plugin has now (:func:`check_applied`).
+    First, the migrations already applied must be those the plugin has now (:func:`check_applied`). ``kinds``,
+    ``has_pk`` and ``errors`` are the backend's catalog queries and driver errors (SQLite's by default; the
+    PostgreSQL backend passes its own).
 
     Returns the plugin's schema version afterwards.
 
@@ -267,17 +295,17 @@ def migrate(conn: apsw.Connection, plugin: str, scripts: Sequence[str], trimmed:
     for version, script in enumerate(scripts, start=1):
         if version <= current:
             continue
-        before = set(table_kinds(conn))
+        before = set(kinds(conn))
         try:
             with conn:
                 conn.execute(script)
-                after = table_kinds(conn)
+                after = kinds(conn)
                 for name in sorted(set(after) - before):
                     kind = after[name]
                     if name.startswith(ENGINE_PREFIX):
                         raise MigrationError(f"plugin {plugin!r} migration {version} created {name!r}: "
                                              f"the {ENGINE_PREFIX}* names belong to the engine")
-                    if kind == "table" and name not in trimmed and not has_primary_key(conn, name):
+                    if kind == "table" and name not in trimmed and not has_pk(conn, name):
                         raise MigrationError(
                             f"plugin {plugin!r} migration {version}: table {name!r} has no PRIMARY KEY, so the "
                             "reorg journal cannot restore it; add one or declare it in monmouth_trimmed_tables"
@@ -292,9 +320,9 @@ def migrate(conn: apsw.Connection, plugin: str, scripts: Sequence[str], trimmed:
                     "ON CONFLICT (plugin) DO UPDATE SET version = excluded.version, applied_at = excluded.applied_at",
                     (plugin, version, time.time()),
                 )
-                conn.execute("INSERT OR REPLACE INTO monmouth_migration_digests VALUES (?, ?, ?)",
-                             (plugin, version, migration_digest(script)))
-        except apsw.Error as e:
+                conn.execute("INSERT INTO monmouth_migration_digests VALUES (?, ?, ?) ON CONFLICT (plugin, version) "
+                             "DO UPDATE SET sha256 = excluded.sha256", (plugin, version, migration_digest(script)))
+        except errors as e:
             raise MigrationError(f"plugin {plugin!r} migration {version} failed: {e}") from e
         log.info("plugin %s: applied migration %d", plugin, version)
         current = version

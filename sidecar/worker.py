@@ -12,6 +12,8 @@ import logging
 import threading
 import time
 
+from .backoff import Backoff
+
 log = logging.getLogger(__name__)
 
 
@@ -68,18 +70,18 @@ class BackgroundWorker:
         return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
-        backoff = 0.5
+        backoff = Backoff(0.5, lambda: self.max_backoff_s)
         while not self.stopping.is_set():
             try:
                 done = self.step()
                 self.last_step_at = time.time()
-                backoff = 0.5
+                backoff.reset()
             except Exception as e:
                 self.errors += 1
                 self.last_error = f"{type(e).__name__}: {e}"
-                log.error("%s: %s; retrying in %.1fs", self.name, self.last_error, backoff)
-                self.stopping.wait(backoff)
-                backoff = min(backoff * 2, self.max_backoff_s)
+                delay = backoff.next()
+                log.error("%s: %s; retrying in %.1fs", self.name, self.last_error, delay)
+                self.stopping.wait(delay)
                 continue
             if not done:
                 self._wake.wait(self.idle_s)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
+from monmouth.rpcclient import SyncJsonRpcClient
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,8 +38,7 @@ class Anvil:
         self.url = f"http://127.0.0.1:{self.port}"
         self.slots_in_an_epoch = slots_in_an_epoch
         self.proc: subprocess.Popen[bytes] | None = None
-        self.client = httpx.Client(timeout=10)
-        self._id = 0
+        self.client = SyncJsonRpcClient(self.url, timeout=10)
         self.start()
         self.accounts: list[str] = self.rpc("eth_accounts")
 
@@ -50,14 +48,10 @@ class Anvil:
              "--slots-in-an-epoch", str(self.slots_in_an_epoch), "--no-mining"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                self.rpc("eth_chainId")
-                return
-            except (httpx.HTTPError, RuntimeError):
-                time.sleep(0.05)
-        raise RuntimeError(f"anvil did not start on port {self.port}")
+        try:
+            self.client.wait_answering(20, exited=self.proc.poll)
+        except (TimeoutError, ChildProcessError) as e:
+            raise RuntimeError(f"anvil did not start on port {self.port}: {e}") from None
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -66,12 +60,8 @@ class Anvil:
             self.proc = None
 
     def rpc(self, method: str, *params: Any) -> Any:
-        self._id += 1
-        r = self.client.post(self.url, json={"jsonrpc": "2.0", "id": self._id, "method": method, "params": list(params)})
-        body = r.json()
-        if body.get("error"):
-            raise RuntimeError(f"{method}: {body['error']}")
-        return body["result"]
+        """``method``'s result; raises :class:`monmouth.rpcclient.RpcError` on an error answer."""
+        return self.client.call(method, *params)
 
     # ------------------------------------------------------------------ chain helpers
     def send(self, sender: int, to: int, wei: int) -> str:

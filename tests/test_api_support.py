@@ -12,8 +12,8 @@ import anyio
 import httpx
 
 from monmouth.app import open_app
-from monmouth.auth import sign_in_with_key
 from monmouth.runner import Runner
+from monmouth.siwe import sign_in_with_key
 from monmouth.sources.base import Delivery, Source
 from tests.conftest import wait_for
 

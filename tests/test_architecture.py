@@ -9,6 +9,7 @@ other. Packages and their directories come from ``[tool.setuptools] package-dir`
 from __future__ import annotations
 
 import ast
+import re
 import tomllib
 from pathlib import Path
 
@@ -132,7 +133,7 @@ def test_the_graph_covers_every_shipped_package():
     tops = {m.partition(".")[0] for m in g}
     assert tops == {"monmouth", "monmouth_rag", "monmouth_memory", "monmouth_integrations"}
     assert "monmouth.engine" in g["monmouth.runner"]  # a module-level import
-    assert "monmouth.store" in g["monmouth.engine"]
+    assert "monmouth.journal" in g["monmouth.engine"]
 
 
 def test_function_level_and_type_checking_imports_count(tmp_path):
@@ -176,3 +177,101 @@ def test_every_core_exception_derives_from_monmouth_error():
     assert outside == OUTSIDE_THE_TREE
     with_status = {c.__qualname__ for c in found if "status" in inspect.signature(c.__init__).parameters}
     assert with_status == {ProblemError.__qualname__}
+
+
+# ------------------------------------------------------------------------------------------------ one home each
+#: Chain helpers written once (issue 16): what a hand-written copy looks like -> the one module allowed to hold it.
+#: Each pattern is matched line by line against the shipped packages, bench/ and the test harness (tests/*.py that
+#: are not test files, and tests/fakes/).
+ONE_HOME: dict[str, tuple[str, str]] = {
+    "a 0x-hex helper (use monmouth.chain.hx)": (r"^\s*def _?hx\(", "sidecar/chain.py"),
+    "an address pattern or length check (use monmouth.chain's address functions)":
+        (r"\[0-9a-fA-F\]\{40\}|\blen\([^)]*\)\s*[!=]=\s*4[02]\b", "sidecar/chain.py"),
+    "a function selector (use monmouth.chain.selector)": (r"keccak\([^)]*\)\)?\s*\[:4\]", "sidecar/chain.py"),
+    "a JSON-RPC request built by hand (use monmouth.rpcclient)":
+        (r"""["']jsonrpc["']\s*:\s*["']2\.0["']\s*,\s*["']id["']\s*:[^,]+,\s*["']method["']""", "sidecar/rpcclient.py"),
+    "a backoff doubled by hand (use monmouth.backoff.Backoff)":
+        (r"\b\w*(backoff|delay)\w*\s*\*\s*2\b", "sidecar/backoff.py"),
+    "a Solidity build (use monmouth.demo.compile_solidity)": (r"solc\.compile\(", "sidecar/demo.py"),
+}
+
+
+def scanned_files() -> list[Path]:
+    """The files :data:`ONE_HOME` is checked against."""
+    dirs = set(packages().values())
+    files = {f for d in dirs for f in d.glob("*.py")}
+    files |= set((ROOT / "bench").glob("*.py")) | set((ROOT / "tests" / "fakes").rglob("*.py"))
+    files |= {f for f in (ROOT / "tests").glob("*.py") if not f.name.startswith("test_")}
+    return sorted(files)
+
+
+def copies(pattern: str, files: list[Path]) -> list[str]:
+    """``path:line: text`` of each line of ``files`` that matches ``pattern``."""
+    rx = re.compile(pattern)
+    return [f"{f.relative_to(ROOT) if f.is_relative_to(ROOT) else f}:{i}: {line.strip()}" for f in files
+            for i, line in enumerate(f.read_text().splitlines(), 1) if rx.search(line)]
+
+
+def test_chain_helpers_have_one_home():
+    files = scanned_files()
+    assert ROOT / "tests" / "anvil.py" in files and ROOT / "sidecar" / "runner.py" in files
+    found = {what: [c for c in copies(pattern, files) if not c.startswith(home + ":")]
+             for what, (pattern, home) in ONE_HOME.items()}
+    found = {what: lines for what, lines in found.items() if lines}
+    assert not found, "written again outside its home:\n" + "\n".join(
+        f"  {what}:\n" + "\n".join(f"    {line}" for line in lines) for what, lines in found.items())
+
+
+def test_the_one_home_patterns_catch_the_copies_they_name(tmp_path):
+    """Each pattern finds the hand-written shape it was made for (the copies this tree had before issue 16)."""
+    samples = {
+        "a 0x-hex helper (use monmouth.chain.hx)": "    def hx(b: bytes | None) -> str | None:",
+        "an address pattern or length check (use monmouth.chain's address functions)":
+            '    if not (a.startswith("0x") and len(a) == 42):',
+        "a function selector (use monmouth.chain.selector)": "    return keccak(text=sig)[:4]",
+        "a JSON-RPC request built by hand (use monmouth.rpcclient)":
+            '    r = http.post(url, json={"jsonrpc": "2.0", "id": self._id, "method": method, "params": p})',
+        "a backoff doubled by hand (use monmouth.backoff.Backoff)": "    backoff = min(backoff * 2, cap)",
+        "a Solidity build (use monmouth.demo.compile_solidity)":
+            "const out = JSON.parse(solc.compile(JSON.stringify(input)));",
+    }
+    assert samples.keys() == ONE_HOME.keys()
+    uses = tmp_path / "uses.py"  # what using the homes looks like: no pattern matches it
+    uses.write_text("from monmouth.chain import hx, selector\nb.delay(attempts)\nc.call('eth_chainId')\n"
+                    "check_address(v, 'watched')\n")
+    for what, line in samples.items():
+        f = tmp_path / "copy.py"
+        f.write_text(f"x = 1\n{line}\n")
+        assert copies(ONE_HOME[what][0], [f]) == [f"{f}:2: {line.strip()}"], what
+        assert copies(ONE_HOME[what][0], [uses]) == [], what
+
+
+# ---------------------------------------------------------------------------------------------------- Rust
+RUST_CRATES = (ROOT / "bridge" / "crates" / "monmouth-wire" / "src",)
+
+
+def rust_graph(src: Path) -> dict[str, set[str]]:
+    """``{module: modules it names}`` of one crate's top-level modules: every ``crate::<module>`` path in a module's
+    files (``use`` or inline), except in their ``#[cfg(test)]`` parts. A module is ``<name>.rs`` or a directory
+    ``<name>/`` (``mod.rs`` and its submodules, which belong to it). ``lib.rs``, the crate root that re-exports them,
+    is not a module of the graph."""
+    files: dict[str, list[Path]] = {f.stem: [f] for f in src.glob("*.rs")}
+    for d in sorted(p for p in src.iterdir() if p.is_dir()):
+        files.setdefault(d.name, []).extend(sorted(d.rglob("*.rs")))
+    mods = set(files) - {"lib", "main"}
+    g: dict[str, set[str]] = {}
+    for m in sorted(mods):
+        text = "\n".join(f.read_text().split("#[cfg(test)]", 1)[0] for f in files[m])
+        named = set(re.findall(r"\bcrate::(\w+)", text))
+        for group in re.findall(r"\buse crate::\{([^}]*)\}", text):  # use crate::{a::X, b};
+            named |= {p.strip().split("::")[0] for p in group.split(",") if p.strip()}
+        g[m] = (named & mods) - {m}
+    return g
+
+
+def test_no_module_cycles_in_the_rust_bridge():
+    for src in RUST_CRATES:
+        g = rust_graph(src)
+        assert {"error", "message", "server"} <= set(g)
+        found = cycles(g)
+        assert not found, f"{src}: module cycles:\n" + "\n".join(f"  {path_through(g, c)}" for c in found)

@@ -15,8 +15,9 @@ from fastapi.testclient import TestClient
 
 from monmouth.api import create_api
 from monmouth.app import open_app
-from monmouth.auth import hash_token, sign_in_with_key, siwe_message
+from monmouth.auth import hash_token
 from monmouth.errors import ConfigError
+from monmouth.siwe import sign_in_with_key, siwe_message
 from monmouth_memory.plugin import MemoryPlugin
 
 ADMIN = "mmo_admin-token-for-tests-0123456789"
@@ -232,7 +233,7 @@ def test_siwe_sign_in_gives_a_scoped_short_lived_token(env):
     me = client(api, token=token).get("/auth/whoami").json()
     assert me == {"principal": f"agent:{A}", "role": "agent", "agent": A, "via": "siwe"}
     # tampered token: 401
-    body, mac = token.split(".")
+    body, mac = token.rsplit(".", 1)
     is_problem(client(api, token=body + "." + mac[::-1]).get("/auth/whoami"), 401)
     is_problem(client(api, token=body[:-2] + "xx." + mac).get("/auth/whoami"), 401)
 
@@ -415,8 +416,8 @@ def test_audit_log_records_security_events_without_secrets(env, caplog):
     assert c.post("/auth/siwe", json={"message": msg, "signature": sig}).status_code == 401
     a = client(api, token=ta, peer=LOOP)
     assert a.post(f"/memory/agents/{A}/items", json={"kind": "semantic", "content": "to export"}).status_code == 201
-    from monmouth.testing import chain, extend
     from monmouth.types import ChainCommitted
+    from tests.chains import chain, extend
 
     app.engine.apply(ChainCommitted(chain(extend(None, 1, number=1, n_txs=0))))
     r = a.get(f"/memory/agents/{A}/export")

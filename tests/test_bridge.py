@@ -34,8 +34,8 @@ from monmouth.errors import CodecError
 from monmouth.replayfile import ReplayWriter
 from monmouth.runner import Runner
 from monmouth.sources.exex import ExExSource
-from monmouth.testing import chain, extend
 from monmouth.types import Block, ChainCommitted, ChainReorged, ChainReverted, Notification
+from tests.chains import chain, extend
 from tests.conftest import make_engine
 from tests.plugins import ledger
 

@@ -9,10 +9,10 @@ import time
 import apsw
 import pytest
 
-from monmouth.testing import address, chain, extend
 from monmouth.types import ChainCommitted, ChainReorged
 from monmouth_memory import checkpoint
 from monmouth_memory.schema import MIGRATIONS
+from tests.chains import address, chain, extend
 from tests.memory_helpers import close, make_memory_engine, settle
 
 A1, A2 = address(1), address(2)

@@ -16,8 +16,8 @@ import apsw
 import pytest
 
 from monmouth.replayfile import ReplayWriter, read_notifications
-from monmouth.testing import chain, extend
 from monmouth.types import ChainCommitted, ChainReorged
+from tests.chains import chain, extend
 from tests.conftest import make_engine
 from tests.plugins import ledger
 from tests.test_engine import dump
@@ -70,12 +70,11 @@ def long_history(path: Path):
     return notes, canonical
 
 
-def test_kill_9_at_any_moment_loses_and_duplicates_nothing(tmp_path):
-    notes, canonical = long_history(tmp_path / "history.mnr")
-    cfg = config(tmp_path, 'kind = "replay"\npath = "history.mnr"')
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def kill_9_runs_then_finish(tmp_path: Path, cfg: Path, env: dict[str, str], delays: tuple[float, ...]) -> int:
+    """``monmouth run`` killed with SIGKILL after each of ``delays`` seconds, then a ``monmouth replay`` to the end
+    of history.mnr (must succeed); how many runs were killed while still running."""
     kills = 0
-    for delay in (0.9, 1.3, 1.1, 1.6, 1.2):
+    for delay in delays:
         proc = subprocess.Popen([*MONMOUTH, "run", "--config", str(cfg)], env=env, cwd=tmp_path,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(delay)
@@ -86,7 +85,14 @@ def test_kill_9_at_any_moment_loses_and_duplicates_nothing(tmp_path):
     final = subprocess.run([*MONMOUTH, "replay", str(tmp_path / "history.mnr"), "--config", str(cfg)], env=env,
                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert final.returncode == 0, final.stderr
-    assert kills >= 2
+    return kills
+
+
+def test_kill_9_at_any_moment_loses_and_duplicates_nothing(tmp_path):
+    notes, canonical = long_history(tmp_path / "history.mnr")
+    cfg = config(tmp_path, 'kind = "replay"\npath = "history.mnr"')
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    assert kill_9_runs_then_finish(tmp_path, cfg, env, (0.9, 1.3, 1.1, 1.6, 1.2)) >= 2
     live = make_engine(tmp_path / "db.sqlite", {"ledger": ledger})
     ref = make_engine(tmp_path / "ref.sqlite", {"ledger": ledger})
     for n in notes:
@@ -94,6 +100,28 @@ def test_kill_9_at_any_moment_loses_and_duplicates_nothing(tmp_path):
     assert live.head == canonical[-1].ref
     assert dump(live.conn) == dump(ref.conn)
     assert live.notifications_seen == len(notes)  # each notification committed exactly once
+
+
+def test_kill_9_at_any_moment_on_postgres_loses_and_duplicates_nothing(tmp_path, pg_server):
+    """The same as on SQLite, with ``storage.url`` a real PostgreSQL database: each kill leaves the server to roll
+    back the open transaction and release the ingestion lock, and the next run resumes after the last commit."""
+    from tests.pg import PASSWORD
+
+    url = pg_server.database()
+    notes, canonical = long_history(tmp_path / "history.mnr")
+    cfg = config(tmp_path, 'kind = "replay"\npath = "history.mnr"')
+    cfg.write_text(cfg.read_text().replace('path = "db.sqlite"', f'url = "{url}"'))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MONMOUTH_PG_PASSWORD": PASSWORD}
+    assert kill_9_runs_then_finish(tmp_path, cfg, env, (1.2, 1.5, 1.3, 1.8, 1.4)) >= 2
+    live = make_engine(url, {"ledger": ledger})
+    ref = make_engine(pg_server.database(), {"ledger": ledger})
+    for n in notes:
+        ref.apply(n)
+    assert live.head == canonical[-1].ref
+    assert dump(live.conn) == dump(ref.conn)
+    assert live.notifications_seen == len(notes)  # each notification committed exactly once
+    live.close()
+    ref.close()
 
 
 def test_status_json_and_plugins_offline(tmp_path):
@@ -200,3 +228,19 @@ def test_kill_9_during_a_late_plugins_catch_up_loses_and_duplicates_nothing(tmp_
     assert dump(live.conn) == dump(ref.conn)
     state = live.conn.execute("SELECT state FROM monmouth_plugin_progress WHERE plugin = 'slow'").fetchone()
     assert state == ("live",)
+
+
+def test_token_new_prints_a_token_whose_hash_is_the_one_printed(tmp_path):
+    """``monmouth token new`` and ``monmouth token hash``: the hash of the printed token is the printed hash, and it
+    is what the sidecar accepts in auth.admin_tokens."""
+    from monmouth.auth import OPERATOR_TOKEN_PREFIX, hash_token
+
+    out = subprocess.run([*MONMOUTH, "token", "new"], capture_output=True, text=True, timeout=60, check=True).stdout
+    token = out.split("token: ")[1].split()[0]
+    printed = out.split("hash:  ")[1].split()[0]
+    assert token.startswith(OPERATOR_TOKEN_PREFIX) and printed == hash_token(token) and printed.startswith("sha256:")
+    again = subprocess.run([*MONMOUTH, "token", "hash", token], capture_output=True, text=True, timeout=60,
+                           check=True).stdout.strip()
+    assert again == printed
+    r = subprocess.run([*MONMOUTH, "token", "hash"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "VALUE" in r.stderr

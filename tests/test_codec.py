@@ -15,8 +15,8 @@ from monmouth.codec import (
     u256_to_bytes,
 )
 from monmouth.errors import CodecError
-from monmouth.testing import chain, extend, load_mainnet_blocks
 from monmouth.types import Chain, ChainCommitted, ChainReorged, ChainReverted
+from tests.chains import chain, extend, load_mainnet_blocks
 
 
 @pytest.fixture(scope="module")

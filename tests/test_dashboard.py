@@ -14,9 +14,9 @@ import anyio
 import httpx
 import pytest
 
-from monmouth.testing import chain, extend, load_mainnet_blocks, mainnet_shaped
 from monmouth.types import ChainCommitted, ChainReorged
 from monmouth_memory.plugin import MemoryPlugin
+from tests.chains import chain, extend, load_mainnet_blocks, mainnet_shaped
 from tests.conftest import wait_for
 from tests.test_api_support import live_sidecar
 

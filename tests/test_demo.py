@@ -15,6 +15,7 @@ import time
 import httpx
 import pytest
 
+from monmouth.rpcclient import SyncJsonRpcClient
 from tests.anvil import anvil_binary, free_port
 
 
@@ -79,4 +80,4 @@ def test_demo_end_to_end_and_clean_ctrl_c(tmp_path):
     assert "demo stopped: anvil and the sidecar are down" in out
     assert "Traceback" not in out, out
     with pytest.raises(httpx.HTTPError):
-        httpx.post(anvil_url, json={"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}, timeout=2)
+        SyncJsonRpcClient(anvil_url, timeout=2).call("eth_chainId")

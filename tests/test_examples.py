@@ -82,7 +82,7 @@ class Token:
         self.address = anvil.rpc("eth_getTransactionReceipt", deployed["hash"])["contractAddress"]
 
     def transfer(self, frm: int, to: int, amount: int) -> dict:
-        from monmouth.demo import calldata
+        from monmouth.chain import calldata
 
         return {"from": self.acct[frm], "to": self.address, "gas": hex(100_000),
                 "data": calldata("transfer(address,uint256)", self.acct[to], amount)}
@@ -91,7 +91,7 @@ class Token:
         self.anvil.rpc("eth_sendTransaction", self.transfer(frm, to, amount))
 
     def balance_of(self, holder: str) -> int:
-        from monmouth.demo import calldata
+        from monmouth.chain import calldata
 
         raw = self.anvil.rpc("eth_call", {"to": self.address, "data": calldata("balanceOf(address)", holder)},
                              "latest")

@@ -23,10 +23,11 @@ from hypothesis import strategies as st
 
 from monmouth.api import create_api
 from monmouth.app import open_app
-from monmouth.auth import hash_token, sign_in_with_key
-from monmouth.testing import chain, load_mainnet_blocks, mainnet_shaped
+from monmouth.auth import hash_token
+from monmouth.siwe import sign_in_with_key
 from monmouth.types import ChainCommitted
 from monmouth_memory.plugin import MemoryPlugin
+from tests.chains import chain, load_mainnet_blocks, mainnet_shaped
 from tests.test_security import plugins_toml
 
 ADMIN = "mmo_fuzz-admin-token-0123456789abcdef"

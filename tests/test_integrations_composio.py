@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from monmouth.testing import address, chain, extend
 from monmouth.types import ChainCommitted
 from monmouth_integrations.composio.plugin import ComposioPlugin
 from monmouth_memory.plugin import MemoryPlugin
+from tests.chains import address, chain, extend
 from tests.fakes.composio_api import FakeComposio
 from tests.fakes.harness import FAST, loopback_client, open_test_app
 

@@ -9,10 +9,10 @@ import json
 import click
 from click.testing import CliRunner
 
-from monmouth.testing import address, chain, extend
 from monmouth.types import ChainCommitted, ChainReverted
 from monmouth_integrations.eigenda.plugin import EigenDAPlugin
 from monmouth_memory.plugin import MemoryPlugin
+from tests.chains import address, chain, extend
 from tests.fakes.eigenda_proxy import FakeEigenDAProxy
 from tests.fakes.harness import FAST, close, integration_engine, loopback_client, open_test_app
 from tests.test_integrations_outbox import drain

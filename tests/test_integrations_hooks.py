@@ -13,11 +13,11 @@ from eth_abi import encode
 from monmouth.config import validate
 from monmouth.errors import ConfigError
 from monmouth.plugins import config_models, discover
-from monmouth.testing import chain, extend
 from monmouth.types import Block, ChainCommitted, ChainReverted, Log, Receipt
 from monmouth_integrations.eigenda.plugin import EigenDAPlugin
 from monmouth_integrations.lagrange.abi import NEW_REQUEST_TOPIC, NEW_RESPONSE_TOPIC
 from monmouth_integrations.lagrange.plugin import LagrangePlugin
+from tests.chains import chain, extend
 from tests.fakes.eigenda_proxy import FakeEigenDAProxy
 from tests.fakes.harness import DEV_ADDRESS, DEV_KEY, FAST, close, integration_engine
 

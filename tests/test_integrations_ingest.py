@@ -13,10 +13,10 @@ import pytest
 from monmouth.replayfile import ReplayWriter
 from monmouth.runner import Runner
 from monmouth.sources.replay import ReplaySource
-from monmouth.testing import chain, extend
 from monmouth.types import ChainCommitted
 from monmouth_integrations.eigenda.plugin import EigenDAPlugin
 from monmouth_integrations.othentic.plugin import OthenticPlugin
+from tests.chains import chain, extend
 from tests.fakes.eigenda_proxy import FakeEigenDAProxy
 from tests.fakes.harness import DEV_KEY, open_test_app
 from tests.fakes.othentic_aggregator import FakeOthenticAggregator

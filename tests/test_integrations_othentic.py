@@ -10,12 +10,12 @@ from eth_abi import encode
 from eth_hash.auto import keccak
 from eth_keys import keys
 
-from monmouth.testing import address, chain, extend
 from monmouth.types import ChainCommitted
 from monmouth_integrations.eigenda.plugin import EigenDAPlugin
 from monmouth_integrations.othentic.client import recover_performer, send_task_params, task_digest
 from monmouth_integrations.othentic.plugin import OthenticPlugin
 from monmouth_memory.plugin import MemoryPlugin
+from tests.chains import address, chain, extend
 from tests.fakes.eigenda_proxy import FakeEigenDAProxy
 from tests.fakes.harness import DEV_ADDRESS, DEV_KEY, FAST, close, integration_engine, sample
 from tests.fakes.othentic_aggregator import FakeOthenticAggregator

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import time
 
-from monmouth.testing import chain, extend
 from monmouth.types import ChainCommitted, ChainReorged, ChainReverted
 from monmouth_integrations.eigenda.plugin import EigenDAPlugin
+from tests.chains import chain, extend
 from tests.fakes.eigenda_proxy import FakeEigenDAProxy
 from tests.fakes.harness import FAST, close, integration_engine, sample
 

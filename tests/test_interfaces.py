@@ -18,10 +18,10 @@ from monmouth.interfaces import AgentDirectory, EmbedderSource, TransactionRende
 from monmouth.metrics import Metrics
 from monmouth.plugins import PluginHost, config_models
 from monmouth.store import Database
-from monmouth.testing import address
 from monmouth.types import ChainCommitted
 from monmouth_memory.plugin import MemoryPlugin
 from monmouth_rag.plugin import RagPlugin
+from tests.chains import address
 from tests.test_memory_registry import REGISTRIES, block, chain_of, reg1
 
 A = address(11)

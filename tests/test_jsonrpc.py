@@ -8,7 +8,7 @@ import pytest
 
 from monmouth.errors import CodecError
 from monmouth.jsonrpc import block_from_rpc
-from monmouth.testing import load_mainnet_blocks, shared_data_dir
+from tests.chains import load_mainnet_blocks, shared_data_dir
 
 # block: (transactions, logs), from ../shared/data/README.md
 EXPECTED = {468179: (1, 0), 4370006: (64, 113), 4404763: (95, 70), 7280016: (91, 77), 11098450: (185, 263),

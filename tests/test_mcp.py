@@ -17,9 +17,9 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
 from monmouth.auth import hash_token
-from monmouth.testing import chain, extend, load_mainnet_blocks, mainnet_shaped
 from monmouth.types import ChainCommitted
 from monmouth_memory.plugin import MemoryPlugin
+from tests.chains import chain, extend, load_mainnet_blocks, mainnet_shaped
 from tests.conftest import wait_for
 from tests.test_api_support import agent_token, live_sidecar
 

@@ -8,9 +8,9 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from monmouth.testing import address, chain, extend
 from monmouth.types import ChainCommitted
 from monmouth_memory import plugin as memory_plugin
+from tests.chains import address, chain, extend
 
 A1 = "0x" + address(1).hex()
 

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from monmouth.testing import address, chain, extend
 from monmouth.types import Block, ChainCommitted, ChainReorged, ChainReverted
 from monmouth_memory import ingest, merkle
 from monmouth_memory.errors import ConflictError, MemoryRequestError, NotFoundError, UnknownAgentError
+from tests.chains import address, chain, extend
 from tests.memory_helpers import close, dump_tables, make_memory_engine, settle
 
 A1, A2, OUTSIDER = address(1), address(2), address(7)

@@ -9,12 +9,12 @@ import apsw
 import msgpack
 import pytest
 
-from monmouth.testing import address, chain, extend
 from monmouth.types import ChainCommitted, ChainReverted
 from monmouth_memory import checkpoint
 from monmouth_memory.core import aad
 from monmouth_memory.crypto import AgentKey
 from monmouth_memory.errors import UnknownAgentError
+from tests.chains import address, chain, extend
 from tests.memory_helpers import close, make_memory_engine
 
 A1, A2 = address(1), address(2)

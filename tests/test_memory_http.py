@@ -8,9 +8,9 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from monmouth.testing import address, chain, extend
 from monmouth.types import ChainCommitted, ChainReorged
 from monmouth_memory import merkle
+from tests.chains import address, chain, extend
 from tests.memory_helpers import close, make_memory_engine
 
 A1 = "0x" + address(1).hex()

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from monmouth.testing import address, chain, extend, load_mainnet_blocks
 from monmouth.types import Chain, ChainCommitted, ChainReorged
 from monmouth_memory import ingest, merkle
 from monmouth_rag.plugin import render_transaction
+from tests.chains import address, chain, extend, load_mainnet_blocks
 from tests.memory_helpers import close, make_memory_engine, settle
 
 BLOCKS = load_mainnet_blocks()  # ../shared/data/mainnet: 10 verified blocks with every receipt

@@ -15,9 +15,9 @@ from eth_abi import encode as abi_encode
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monmouth.testing import address, chain, extend
 from monmouth.types import ChainCommitted
 from monmouth_memory import merkle
+from tests.chains import address, chain, extend
 from tests.memory_helpers import close, make_memory_engine
 
 JS = Path(__file__).resolve().parent / "js"

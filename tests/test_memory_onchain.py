@@ -1,23 +1,21 @@
 """The memory plugin's proofs verify on chain: OpenZeppelin ``MerkleProof.verify`` compiled with the npm ``solc``
-(tests/js/compile.js), deployed on anvil with a transaction signed by eth-account and sent over JSON-RPC."""
+(monmouth.demo.compile_solidity), deployed on anvil with a transaction signed by eth-account and sent over JSON-RPC."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
 from eth_account import Account
-from eth_hash.auto import keccak
 from eth_utils import to_checksum_address
 
-from monmouth.testing import address, chain, extend
+from monmouth.chain import selector
 from monmouth.types import ChainCommitted
+from tests.chains import address, chain, extend
 from tests.memory_helpers import close, make_memory_engine
 
 pytestmark = pytest.mark.anvil
@@ -33,12 +31,10 @@ def compiled() -> dict:
         if os.environ.get("CI"):
             pytest.fail("tests/js/node_modules is missing: run `npm install` in tests/js")
         pytest.skip("needs node and tests/js/node_modules (solc, @openzeppelin/contracts)")
-    out = subprocess.run([node, str(JS / "compile.js")], capture_output=True, check=True, timeout=300)
-    return json.loads(out.stdout)
+    from monmouth.demo import compile_solidity
 
-
-def selector(sig: str) -> bytes:
-    return keccak(sig.encode())[:4]
+    source = (JS / "contracts" / "MemoryRootVerifier.sol").read_text()
+    return compile_solidity(source, "MemoryRootVerifier", JS / "node_modules", timeout=300)
 
 
 class Chain:

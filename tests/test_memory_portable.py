@@ -7,11 +7,11 @@ import copy
 
 import pytest
 
-from monmouth.testing import address, chain, extend
 from monmouth.types import ChainCommitted
 from monmouth_memory import merkle
 from monmouth_memory.errors import ArchiveError
 from monmouth_memory.portable import export_agent, import_archive, verify_archive
+from tests.chains import address, chain, extend
 from tests.memory_helpers import close, make_memory_engine
 from tests.test_memory_merkle import oz
 

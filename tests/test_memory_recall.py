@@ -9,8 +9,8 @@ import time
 import numpy as np
 from eth_hash.auto import keccak
 
-from monmouth.testing import address, chain, extend
 from monmouth.types import ChainCommitted, ChainReverted
+from tests.chains import address, chain, extend
 from tests.memory_helpers import close, make_memory_engine
 
 A1 = address(1)

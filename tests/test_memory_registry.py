@@ -8,10 +8,7 @@ own transactions, an unregistration and ``anvil_reorg``s that drop them.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import anyio
@@ -19,13 +16,14 @@ import pytest
 from eth_abi import encode as abi_encode
 from eth_hash.auto import keccak
 
+from monmouth.chain import selector
 from monmouth.config import ConfigError, validate
-from monmouth.testing import address, h
 from monmouth.types import Block, ChainCommitted, ChainReorged, ChainReverted, Log, Receipt, Transaction
 from monmouth_memory import registry
 from monmouth_memory.config import MemoryConfig
 from monmouth_memory.errors import UnknownAgentError
 from monmouth_memory.plugin import MemoryPlugin
+from tests.chains import address, h
 from tests.memory_helpers import close, dump_tables, make_memory_engine
 
 REG1, REG2 = address(501), address(502)
@@ -91,7 +89,7 @@ def block(parent: Block | None, txs: list[tuple[bytes, bytes | None, tuple[Log, 
 
 
 def chain_of(*blocks: Block):
-    from monmouth.testing import chain
+    from tests.chains import chain
 
     return chain(list(blocks))
 
@@ -353,30 +351,16 @@ contract AgentRegistry {
 }
 """
 
-_COMPILE = r"""
-const solc = require('solc');
-const src = require('fs').readFileSync(0, 'utf8');
-const input = {language: 'Solidity', sources: {'AgentRegistry.sol': {content: src}},
-  settings: {evmVersion: 'cancun', outputSelection: {'*': {'*': ['abi', 'evm.bytecode.object']}}}};
-const out = JSON.parse(solc.compile(JSON.stringify(input)));
-const errors = (out.errors || []).filter((e) => e.severity === 'error');
-if (errors.length) { process.stderr.write(errors.map((e) => e.formattedMessage).join('\n')); process.exit(1); }
-const c = out.contracts['AgentRegistry.sol'].AgentRegistry;
-process.stdout.write(JSON.stringify({abi: c.abi, bytecode: '0x' + c.evm.bytecode.object}));
-"""
-
-
 def compile_registry() -> dict:
     if shutil.which("node") is None or not (JS / "solc").is_dir():
         pytest.fail("needs node and the npm solc: run `npm install` in tests/js")
-    out = subprocess.run(["node", "-e", _COMPILE], input=REGISTRY_SOL, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "NODE_PATH": str(JS)}, check=False)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return json.loads(out.stdout)
+    from monmouth.demo import compile_solidity
+
+    return compile_solidity(REGISTRY_SOL, "AgentRegistry", JS, timeout=300)
 
 
 def call_data(sig: str, types: list[str], args: list) -> str:
-    return "0x" + (keccak(sig.encode())[:4] + abi_encode(types, args)).hex()
+    return "0x" + (selector(sig) + abi_encode(types, args)).hex()
 
 
 def send(anvil, sender: int, to: str, data: str = "0x", value: int = 0) -> str:

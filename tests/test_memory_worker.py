@@ -7,8 +7,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from monmouth.testing import address, chain, extend
 from monmouth.types import ChainCommitted
+from tests.chains import address, chain, extend
 from tests.memory_helpers import close, make_memory_engine
 
 A1, A2 = address(1), address(2)

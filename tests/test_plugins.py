@@ -21,8 +21,8 @@ from monmouth.replayfile import ReplayWriter
 from monmouth.runner import Runner
 from monmouth.sources.replay import ReplaySource
 from monmouth.store import Database
-from monmouth.testing import chain, extend
 from monmouth.types import ChainCommitted, ChainReorged
+from tests.chains import chain, extend
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.anyio

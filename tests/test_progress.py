@@ -1,5 +1,6 @@
 """Per-plugin progress: a plugin enabled late is brought up to the head from history, exactly once and reorg-exact,
-while the others follow the head; its range survives a restart (real SQLite files, synthetic chains)."""
+while the others follow the head; its range survives a restart (real SQLite files and PostgreSQL databases,
+synthetic chains)."""
 
 from __future__ import annotations
 
@@ -10,19 +11,21 @@ from monmouth.config import validate
 from monmouth.errors import ConfigError
 from monmouth.plugins import config_models
 from monmouth.progress import Progress, StaleHistoryError
-from monmouth.testing import chain, extend
 from monmouth.types import Block, ChainCommitted, ChainReorged
+from tests.chains import chain, extend
 from tests.plugins import ledger
 
 LEDGER = ("ledger_transfers", "ledger_balances", "ledger_block_stats")
 
 
 class Tally:
-    """A live plugin: one row per block."""
+    """A live plugin: one row per block (portable SQL: it runs on both backends)."""
+
+    monmouth_backends = hookimpl(lambda self: ("sqlite", "postgres"))
 
     @hookimpl
     def monmouth_migrations(self):
-        return ["CREATE TABLE tally_blocks (number INTEGER PRIMARY KEY, hash BLOB NOT NULL)"]
+        return ["CREATE TABLE tally_blocks (number BIGINT PRIMARY KEY, hash BYTEA NOT NULL)"]
 
     @hookimpl
     def monmouth_block_applied(self, conn, block, notification):
@@ -44,9 +47,9 @@ def enable(engine, progress, plugins, enabled):
     return progress.sync(s)
 
 
-def test_a_late_plugin_catches_up_exactly_once_through_reorgs_and_a_restart(engine_factory):
+def test_a_late_plugin_catches_up_exactly_once_through_reorgs_and_a_restart(both_engine_factory):
     plugins = {"ledger": ledger, "tally": Tally()}
-    e = engine_factory("live.sqlite", plugins=plugins, enabled=("tally",))
+    e = both_engine_factory("live.sqlite", plugins=plugins, enabled=("tally",))
     p = Progress(e)
     p.sync(settings(plugins, ("tally",)))
     canonical: list[Block] = extend(None, 10, number=1, n_txs=2)
@@ -70,7 +73,7 @@ def test_a_late_plugin_catches_up_exactly_once_through_reorgs_and_a_restart(engi
     # kill -9 / restart: the range is durable.
     e.host.shutdown()
     e.close()
-    e = engine_factory("live.sqlite", plugins=plugins, enabled=("tally", "ledger"))
+    e = both_engine_factory("live.sqlite", plugins=plugins, enabled=("tally", "ledger"))
     p = Progress(e)
     p.sync(settings(plugins, ("tally", "ledger")))
     assert p.ranges()["ledger"].last == 4 and not e.host.pm.has_plugin("ledger")
@@ -104,14 +107,14 @@ def test_a_late_plugin_catches_up_exactly_once_through_reorgs_and_a_restart(engi
     e.apply(ChainReorged(chain(old), chain(new)))
     canonical = canonical[:-5] + new
 
-    ref = engine_factory("ref.sqlite", plugins={"ledger": ledger, "tally": Tally()})
+    ref = both_engine_factory("ref.sqlite", plugins={"ledger": ledger, "tally": Tally()})
     ref.apply(ChainCommitted(chain(canonical)))
     assert dump(e.conn) == dump(ref.conn)
 
 
-def test_disabled_then_re_enabled_catches_up_the_blocks_it_missed(engine_factory):
+def test_disabled_then_re_enabled_catches_up_the_blocks_it_missed(both_engine_factory):
     plugins = {"ledger": ledger, "tally": Tally()}
-    e = engine_factory("live.sqlite", plugins=plugins)
+    e = both_engine_factory("live.sqlite", plugins=plugins)
     p = Progress(e)
     p.sync(settings(plugins, ("tally", "ledger")))
     canonical = extend(None, 5, number=1)
@@ -126,7 +129,7 @@ def test_disabled_then_re_enabled_catches_up_the_blocks_it_missed(engine_factory
     assert p.ranges()["ledger"].last == 3
     assert enable(e, p, plugins, ("tally", "ledger")) == ["ledger catching up from block 4"]
     assert p.step("ledger", canonical[3:]) == (len(canonical) - 3, True)
-    ref = engine_factory("ref.sqlite", plugins={"ledger": ledger, "tally": Tally()})
+    ref = both_engine_factory("ref.sqlite", plugins={"ledger": ledger, "tally": Tally()})
     ref.apply(ChainCommitted(chain(canonical)))
     assert dump(e.conn) == dump(ref.conn)
 

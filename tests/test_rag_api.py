@@ -10,8 +10,8 @@ from fastapi.testclient import TestClient
 import monmouth_rag.plugin as rag
 from monmouth.api import create_api
 from monmouth.app import open_app
-from monmouth.testing import chain, load_mainnet_blocks, mainnet_shaped
 from monmouth.types import ChainCommitted
+from tests.chains import chain, load_mainnet_blocks, mainnet_shaped
 from tests.fakes.openai_compat import FakeOpenAI
 
 CONFIG = """

@@ -13,10 +13,12 @@ import os
 
 import pytest
 
-from monmouth.testing import load_mainnet_blocks
+from monmouth.chain import create_address
 from monmouth.types import Block, Log, Receipt, Transaction
 from monmouth_rag.abi import build_registry, parse_signature
-from monmouth_rag.decoder import INTENTS, create_address, decode_transaction, render_transaction, scale
+from monmouth_rag.decoded import INTENTS, scale
+from monmouth_rag.decoder import decode_transaction, render_transaction
+from tests.chains import load_mainnet_blocks
 
 BLOCKS = {b.number: b for b in load_mainnet_blocks()}
 
@@ -332,7 +334,7 @@ def test_bad_abi_dir_file_names_the_file(tmp_path):
 
 
 def test_embed_text_is_compact_and_keeps_the_meaning():
-    from monmouth_rag.decoder import embed_text
+    from monmouth_rag.render import embed_text
 
     d = decode_transaction(BLOCKS[18000000], 4)
     t = embed_text(d)

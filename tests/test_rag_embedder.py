@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from monmouth.testing import load_mainnet_blocks
 from monmouth_rag.config import RagConfig
 from monmouth_rag.decoder import render_transaction
 from monmouth_rag.embedder import ModelNotFoundError, load_embedder, locate_model
+from tests.chains import load_mainnet_blocks
 
 
 @pytest.fixture(scope="module")

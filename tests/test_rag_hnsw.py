@@ -11,12 +11,12 @@ import pytest
 
 import monmouth_rag.plugin as rag
 from monmouth.store import Database, migrate
-from monmouth.testing import chain
 from monmouth.types import ChainCommitted, ChainReverted
 from monmouth_rag.ann import VectorIndex
 from monmouth_rag.hnsw import HnswIndex
 from monmouth_rag.search import Filters, Searcher
 from monmouth_rag.store import MIGRATIONS, TRIMMED, prune_changes, store_vectors
+from tests.chains import chain
 from tests.test_rag_search import clustered, pending_docs
 from tests.test_rag_support import blocks, rig_fixture  # noqa: F401 (fixture)
 

@@ -13,10 +13,10 @@ import monmouth_rag.plugin as rag
 from monmouth.config import validate
 from monmouth.errors import ConfigError
 from monmouth.plugins import config_models
-from monmouth.testing import chain
 from monmouth.types import ChainCommitted, ChainReorged, ChainReverted
 from monmouth_rag.ann import VectorIndex
 from monmouth_rag.store import store_vectors, take_pending
+from tests.chains import chain
 from tests.test_rag_support import PLUGINS, blocks, relink, rig_fixture, settings_for  # noqa: F401 (fixture)
 
 

@@ -7,9 +7,9 @@ import msgspec
 import pytest
 
 import monmouth_rag.plugin as rag
-from monmouth.testing import chain, h, load_mainnet_blocks
 from monmouth.types import Block, ChainCommitted
-from monmouth_rag.decoder import DecodedTx
+from monmouth_rag.decoded import DecodedTx
+from tests.chains import chain, h, load_mainnet_blocks
 from tests.test_rag_support import Rig
 
 USDT = bytes.fromhex("dac17f958d2ee523a2206206994597c13d831ec7")

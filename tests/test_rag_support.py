@@ -15,8 +15,8 @@ from monmouth.engine import Engine
 from monmouth.metrics import Metrics
 from monmouth.plugins import PluginHost, config_models
 from monmouth.store import Database
-from monmouth.testing import h, load_mainnet_blocks, mainnet_shaped
 from monmouth.types import Block
+from tests.chains import h, load_mainnet_blocks, mainnet_shaped
 
 TEMPLATES = load_mainnet_blocks()
 PLUGINS = {"rag": rag}

@@ -19,8 +19,8 @@ from monmouth.reindex import reindex
 from monmouth.replayfile import ReplayWriter
 from monmouth.runner import Runner
 from monmouth.sources.rpc import RpcSource
-from monmouth.testing import chain, extend
 from monmouth.types import Chain, ChainCommitted
+from tests.chains import chain, extend
 from tests.conftest import make_engine, rpc_config, wait_for
 from tests.plugins import ledger
 

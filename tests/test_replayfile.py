@@ -9,8 +9,8 @@ from monmouth.errors import SourceError
 from monmouth.replayfile import HEADER, ReplayFormatError, ReplayWriter, read_frames, read_notifications
 from monmouth.runner import Runner
 from monmouth.sources.replay import ReplaySource
-from monmouth.testing import chain, extend
 from monmouth.types import ChainCommitted, ChainReorged, ChainReverted
+from tests.chains import chain, extend
 from tests.conftest import settings_for
 from tests.plugins import ledger
 from tests.test_engine import dump

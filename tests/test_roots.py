@@ -15,7 +15,7 @@ from monmouth.roots import VerificationError, verify_block
 def test_every_mainnet_block_verifies_and_any_altered_field_is_caught():
     """The real blocks of ../shared/data (Frontier to Shanghai, legacy and typed transactions) pass; changing a
     receipt's status, a log, a transaction field or a header field anywhere fails, naming the block."""
-    from monmouth.testing import shared_data_dir
+    from tests.chains import shared_data_dir
 
     files = sorted((shared_data_dir() / "mainnet").glob("*.json"))
     assert len(files) == 10

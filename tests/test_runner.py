@@ -15,8 +15,8 @@ from monmouth.app import open_app
 from monmouth.replayfile import ReplayWriter
 from monmouth.runner import Runner
 from monmouth.sources.replay import ReplaySource
-from monmouth.testing import chain, extend
 from monmouth.types import ChainCommitted
+from tests.chains import chain, extend
 from tests.conftest import rpc_config, wait_for
 from tests.plugins import ledger
 
@@ -225,4 +225,49 @@ module = "boom.py"
         assert any("recovered" in r.getMessage() and "#3" in r.getMessage() for r in caplog.records)
         await http.aclose()
         tg.cancel_scope.cancel()
+    app.close()
+
+
+async def test_a_postgres_connection_lost_mid_stream_is_reconnected_and_nothing_is_lost(tmp_path, pg_server):
+    """The server ends the engine's session inside block 3's transaction: the runner reports the fault, reconnects
+    (taking the ingestion lock again) and applies block 3 again; every block ends applied exactly once."""
+    from monmouth.config import validate
+    from tests.pg import PASSWORD
+
+    url = pg_server.database()
+    dbname = url.rsplit("/", 1)[1]
+
+    class Dropper:
+        monmouth_backends = hookimpl(lambda self: ("sqlite", "postgres"))
+        drops = 0
+
+        @hookimpl
+        def monmouth_block_applied(self, conn, block, notification):
+            if block.number == 3 and not self.drops:
+                self.drops += 1
+                pg_server.terminate(dbname, "monmouth run%")  # the engine's session
+
+    bs = write_replay(tmp_path / "h.mnr", extend(None, 5, number=1, n_txs=2))
+    dropper = Dropper()
+    plugins = {"ledger": ledger, "drop": dropper}
+    settings = validate({"source": {"kind": "replay", "path": str(tmp_path / "h.mnr")},
+                         "storage": {"url": url}, "http": {"enabled": False}, "engine": {"retry_max_backoff": 0.2},
+                         "plugins": {"ledger": {"enabled": True}, "drop": {"enabled": True}}},
+                        "<test>", {"ledger": None, "drop": None})
+    import os
+
+    os.environ["MONMOUTH_PG_PASSWORD"] = PASSWORD
+    try:
+        app = open_app(settings=settings, extra_plugins=plugins)
+    finally:
+        del os.environ["MONMOUTH_PG_PASSWORD"]
+    runner = Runner(app, SlowReplay(tmp_path / "h.mnr"))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runner.run)
+        await wait_for(lambda: runner.done, timeout=30)
+    assert dropper.drops == 1 and app.engine.head == bs[-1].ref
+    assert app.metrics.registry.get_sample_value("monmouth_errors_total", {"kind": "storage"}) >= 1
+    assert app.engine.conn.execute("SELECT count(*), count(DISTINCT tx_hash) FROM ledger_transfers").fetchone() == (
+        10, 10)
+    assert app.engine.notifications_seen == 5
     app.close()

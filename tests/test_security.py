@@ -23,8 +23,9 @@ import httpx
 import pytest
 from eth_account import Account
 
-from monmouth.auth import hash_token, sign_in_with_key
+from monmouth.auth import hash_token
 from monmouth.config import read_document, set_value, write_document
+from monmouth.siwe import sign_in_with_key
 from tests.anvil import Anvil, anvil_binary, free_port
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,8 +6,8 @@ import pytest
 
 from monmouth.errors import CodecError, SourceError
 from monmouth.sources.base import Delivery, Source
-from monmouth.testing import chain, extend
 from monmouth.types import ChainCommitted
+from tests.chains import chain, extend
 
 
 def test_delivery_decodes_once_on_first_access_and_can_be_released() -> None:

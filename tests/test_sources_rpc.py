@@ -10,7 +10,7 @@ import pytest
 from monmouth.app import open_app
 from monmouth.runner import Runner
 from monmouth.sources.rpc import RpcSource
-from tests.conftest import settings_for, wait_for
+from tests.conftest import PG_ENV, settings_for, wait_for
 from tests.plugins import ledger
 from tests.test_engine import dump
 
@@ -23,9 +23,11 @@ def synced(app, anvil) -> bool:
     return head is not None and head.number == n and "0x" + head.hash.hex() == h
 
 
-async def index_fresh(tmp_path, anvil, name: str):
-    """A fresh sidecar that indexes anvil's final chain from block 0."""
-    app = open_app(settings=settings_for(tmp_path / name, {"ledger": ledger}), extra_plugins={"ledger": ledger})
+async def index_fresh(tmp_path, anvil, name: str, storage=None):
+    """A fresh sidecar that indexes anvil's final chain from block 0 (on ``storage(name)``, default a SQLite file)."""
+    target = storage(name) if storage is not None else tmp_path / name
+    app = open_app(settings=settings_for(target, {"ledger": ledger}), extra_plugins={"ledger": ledger},
+                   environ=PG_ENV)
     runner = Runner(app, RpcSource(anvil.url, poll_interval=0.05, batch_size=32), serve_http=False, watch_config=False)
     async with anyio.create_task_group() as tg:
         tg.start_soon(runner.run)
@@ -34,8 +36,10 @@ async def index_fresh(tmp_path, anvil, name: str):
     return app
 
 
-async def test_follows_anvil_through_reorgs_of_depth_1_to_10(tmp_path, anvil):
-    app = open_app(settings=settings_for(tmp_path / "live.sqlite", {"ledger": ledger}), extra_plugins={"ledger": ledger})
+async def test_follows_anvil_through_reorgs_of_depth_1_to_10(tmp_path, anvil, storage_of):
+    """On each backend: SQLite, and PostgreSQL with its trigger journal."""
+    app = open_app(settings=settings_for(storage_of("live.sqlite"), {"ledger": ledger}),
+                   extra_plugins={"ledger": ledger}, environ=PG_ENV)
     source = RpcSource(anvil.url, poll_interval=0.05, batch_size=4)
     runner = Runner(app, source, serve_http=False, watch_config=False)
     async with anyio.create_task_group() as tg:
@@ -52,7 +56,7 @@ async def test_follows_anvil_through_reorgs_of_depth_1_to_10(tmp_path, anvil):
     assert app.engine.reorgs_seen >= 6
     stored = app.engine.conn.execute("SELECT number, hash FROM monmouth_blocks ORDER BY number").fetchall()
     assert stored == anvil.block_hashes()
-    fresh = await index_fresh(tmp_path, anvil, "fresh.sqlite")
+    fresh = await index_fresh(tmp_path, anvil, "fresh.sqlite", storage_of)
     assert dump(app.engine.conn) == dump(fresh.engine.conn)
     assert app.engine.conn.execute("SELECT count(*) FROM ledger_transfers").fetchone()[0] >= 20
     app.close()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from monmouth.errors import ChainError
-from monmouth.testing import chain, extend
 from monmouth.types import Chain, ChainReorged
+from tests.chains import chain, extend
 
 
 def test_chain_must_be_contiguous_and_non_empty():

@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 from monmouth import hookimpl
 from monmouth.errors import PluginError
 from monmouth.store import Database
-from monmouth.testing import chain, extend
 from monmouth.types import ChainCommitted, ChainReorged
 from monmouth.uint256 import MAX, UInt256Error, from_u256, to_u256
+from tests.chains import chain, extend
 
 EDGES = [0, 1, 2**63 - 1, 2**63, 2**64 - 1, 2**64, 2**255 - 1, 2**255, MAX - 1, MAX]
 

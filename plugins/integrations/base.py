@@ -27,18 +27,15 @@ import apsw
 import httpx
 
 from monmouth import hookimpl
+from monmouth.chain import hx
 
 from .config import IntegrationConfig, OutboxConfig, TriggerConfig
 from .metrics import IntegrationMetrics, metrics_for
 from .outbox import Job, Outbox, migration, trimmed
-from .resilience import BREAKER_STATES, Backoff, make_breaker
+from .resilience import BREAKER_STATES, make_breaker, outbox_backoff
 from .worker import Deliverer, Handler
 
 log = logging.getLogger(__name__)
-
-
-def hx(b: bytes | None) -> str | None:
-    return None if b is None else "0x" + b.hex()
 
 
 def memory_runtime(host: Any) -> Any:
@@ -103,7 +100,7 @@ class Runtime:
         self.host = ctx.host
         self.http = httpx.Client(timeout=config.timeout_s)
         self.metrics: IntegrationMetrics = metrics_for(name, ctx.metrics)
-        self.backoff = Backoff(config.backoff_initial_s, config.backoff_max_s)
+        self.backoff = outbox_backoff(config.backoff_initial_s, config.backoff_max_s)
         self.breaker = make_breaker(name, config.breaker_fail_max, config.breaker_reset_s, self._breaker_changed)
         self.metrics.breaker_state.set(0)
         self.outbox: Outbox | None = None

@@ -15,7 +15,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 
 
 class MissingSecretError(RuntimeError):
@@ -37,12 +36,6 @@ def secret(env_name: str, what: str, environ: Mapping[str, str] | None = None) -
 def check_env_name(v: str) -> str:
     if not _ENV_NAME.match(v):
         raise ValueError(f"{v!r} is not an environment variable name")
-    return v
-
-
-def check_address(v: str) -> str:
-    if not _ADDRESS.match(v):
-        raise ValueError(f"{v!r} is not a 0x-prefixed 20-byte hex address")
     return v
 
 

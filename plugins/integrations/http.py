@@ -19,6 +19,8 @@ from typing import Any
 
 import httpx
 
+from monmouth.rpcclient import BadAnswerError, RpcError, request_body, results
+
 from .errors import MalformedResponse, PermanentError, TransientError
 
 
@@ -73,18 +75,9 @@ def json_body(r: httpx.Response, what: str) -> Any:
 PERMANENT_RPC_CODES = frozenset({-32700, -32600, -32601, -32602})
 
 
-class RpcError(Exception):
-    """A JSON-RPC error object: ``code``, ``message``, ``data``."""
-
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(f"JSON-RPC error {code}: {message}")
-        self.code = code
-        self.message = message
-        self.data = data
-
-
 class JsonRpc:
-    """A JSON-RPC 2.0 client over an ``httpx.Client``.
+    """A JSON-RPC 2.0 client over an ``httpx.Client`` whose failures are classified for the deliverer: the core's
+    :mod:`monmouth.rpcclient` reads the answer, :func:`request` classifies the transport.
 
     Args:
         client: the HTTP client (timeouts set there).
@@ -108,21 +101,17 @@ class JsonRpc:
             MalformedResponse: not a JSON-RPC 2.0 response.
         """
         what = f"{self.what} {method}"
-        body = {"jsonrpc": "2.0", "id": next(self._ids) if id_ is None else id_, "method": method, "params": params}
-        r = request(self.client, "POST", self.url, json=body, headers=dict(headers or {}), what=what)
-        obj = json_body(r, what)
-        if not isinstance(obj, dict) or ("result" not in obj and "error" not in obj):
-            raise MalformedResponse(f"{what}: not a JSON-RPC response: {snippet(r.content)}")
-        err = obj.get("error")
-        if err is not None:
-            if not isinstance(err, dict) or not isinstance(err.get("code"), int):
-                raise MalformedResponse(f"{what}: malformed error object: {snippet(r.content)}")
-            raise RpcError(err["code"], str(err.get("message", "")), err.get("data"))
-        return obj["result"]
+        calls, ids = [(method, params)], [next(self._ids) if id_ is None else id_]
+        r = request(self.client, "POST", self.url, json=request_body(calls, ids), headers=dict(headers or {}),
+                    what=what)
+        try:
+            return results(r.content, calls, ids)[0]
+        except BadAnswerError as e:
+            raise MalformedResponse(f"{what}: not a JSON-RPC response ({e}): {snippet(r.content)}") from None
 
 
 def rpc_failure(e: RpcError, what: str) -> TransientError | PermanentError:
     """The deliverer's view of a JSON-RPC error: invalid request/params/method are permanent, the rest
     (server errors, -32000..-32099) transient."""
-    msg = f"{what}: {e}"
+    msg = f"{what}: JSON-RPC error {e.code}: {e.message}"
     return PermanentError(msg) if e.code in PERMANENT_RPC_CODES else TransientError(msg, sent=True)

@@ -3,7 +3,7 @@
 Two kinds of retry use the same policy:
 
 * **Durable retries** (the outbox): a job's attempts are counted in SQLite and its next attempt time is
-  ``now + Backoff.delay(attempts)``, so the schedule survives restarts. tenacity supplies the policy
+  ``now + outbox_backoff(...).delay(attempts)``, so the schedule survives restarts. tenacity supplies the policy
   (``wait_random_exponential``: full jitter, floor ``initial``, doubling up to ``max``).
 * **In-request retries** (Composio, where an agent waits for the answer): :func:`retrying` returns a tenacity
   ``Retrying`` that retries only failures known not to have reached the service.
@@ -20,7 +20,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pybreaker
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from monmouth.backoff import Backoff
 
 from .errors import IntegrationError, NotReady, PermanentError, TransientError
 
@@ -28,25 +30,10 @@ from .errors import IntegrationError, NotReady, PermanentError, TransientError
 BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
 
 
-class Backoff:
-    """Delay before attempt ``n + 1`` after ``n`` failed attempts: uniform in ``[initial, min(max, initial *
-    2**(n-1))]`` (exponential backoff with full jitter, via tenacity's ``wait_random_exponential``).
-
-    Args:
-        initial_s: the first delay and the floor, seconds.
-        max_s: the cap, seconds.
-    """
-
-    def __init__(self, initial_s: float, max_s: float) -> None:
-        self.initial_s = initial_s
-        self.max_s = max(max_s, initial_s)
-        self._wait = wait_random_exponential(multiplier=initial_s, max=self.max_s, min=initial_s)
-
-    def delay(self, attempts: int) -> float:
-        """Seconds to wait after ``attempts`` (>= 1) failed attempts."""
-        state = RetryCallState(retry_object=Retrying(), fn=None, args=(), kwargs={})
-        state.attempt_number = max(1, attempts)
-        return float(self._wait(state))
+def outbox_backoff(initial_s: float, max_s: float) -> Backoff:
+    """The outbox's retry delays: after ``n`` failed attempts, uniform in ``[initial_s, min(max_s, initial_s *
+    2**(n-1))]`` seconds (exponential backoff with full jitter, :class:`monmouth.backoff.Backoff`)."""
+    return Backoff(initial_s, max_s, jitter=True)
 
 
 def retrying(attempts: int, initial_s: float, max_s: float,

@@ -25,12 +25,13 @@ from typing import Any, Protocol
 
 import apsw
 
+from monmouth.backoff import Backoff
 from monmouth.worker import BackgroundWorker
 
 from .errors import NotReady, PermanentError, StaleRequest, TransientError
 from .metrics import IntegrationMetrics
 from .outbox import Job, Outbox
-from .resilience import BREAKER_STATES, Backoff, CircuitBreakerError
+from .resilience import BREAKER_STATES, CircuitBreakerError
 
 log = logging.getLogger(__name__)
 

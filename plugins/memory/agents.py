@@ -17,12 +17,13 @@ from typing import Any
 
 import apsw
 
+from monmouth.chain import hx
+
 from . import merkle
 from .config import MemoryConfig
 from .crypto import AgentKey, KeyStore, MissingKeyError
 from .errors import MemoryRequestError, UnknownAgentError
 from .lattice import Lattice
-from .merkle import hx
 from .schema import all_rows, scalar
 
 

@@ -6,22 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
 
+from monmouth.chain import check_address
+
 from . import registry as _registry
-
-
-def _check_address(a: str) -> str:
-    """``a`` if it is a 0x-prefixed 20-byte hex address.
-
-    Raises:
-        ValueError: otherwise.
-    """
-    if not (isinstance(a, str) and a[:2].lower() == "0x" and len(a) == 42):
-        raise ValueError(f"{a!r} is not a 0x-prefixed 20-byte hex address")
-    try:
-        bytes.fromhex(a[2:])
-    except ValueError:
-        raise ValueError(f"{a!r} is not a 0x-prefixed 20-byte hex address") from None
-    return a
 
 
 class RegistryConfig(BaseModel):
@@ -45,7 +32,7 @@ class RegistryConfig(BaseModel):
     @field_validator("address")
     @classmethod
     def _address(cls, v: str) -> str:
-        return _check_address(v)
+        return check_address(v)
 
     @field_validator("event", "unregister_event")
     @classmethod
@@ -120,11 +107,7 @@ class MemoryConfig(BaseModel):
     @field_validator("agents")
     @classmethod
     def _addresses(cls, v: list[str]) -> list[str]:
-        for a in v:
-            if not (a.startswith("0x") and len(a) == 42):
-                raise ValueError(f"{a!r} is not a 0x-prefixed 20-byte hex address")
-            bytes.fromhex(a[2:])
-        return v
+        return [check_address(a) for a in v]
 
     @field_validator("registries")
     @classmethod

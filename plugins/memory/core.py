@@ -32,6 +32,7 @@ from typing import Any
 
 import apsw
 
+from monmouth.chain import hx
 from monmouth.interfaces import Embedder, EmbedderSource, TransactionRenderer, provider
 
 from . import lattice, txn
@@ -43,7 +44,6 @@ from .fields import parse_address, parse_id, utf8
 from .forget import AGENT_COLUMN, Forget
 from .ingest import ChainIngest
 from .items import Items, head
-from .merkle import hx
 from .proofs import Proofs
 from .recall import Recall
 from .registrations import Registrations

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from monmouth import chain
+from monmouth.chain import AddressError
 from monmouth.limits import check_json_value, check_text
 
 from .config import MemoryConfig
@@ -21,19 +23,14 @@ MAX_KEY_LEN = 256
 
 
 def parse_address(value: str, field: str = "agent") -> bytes:
-    """``0x``-prefixed 20-byte hex address to bytes.
+    """20-byte hex address (``0x`` optional, surrounding blanks ignored) to bytes.
 
     Raises:
         MemoryRequestError: malformed (400, naming ``field``).
     """
-    v = value.strip()
-    if v[:2].lower() == "0x":
-        v = v[2:]
-    if len(v) != 40:
-        raise MemoryRequestError(field, f"{value!r} is not a 20-byte hex address")
     try:
-        return bytes.fromhex(v)
-    except ValueError:
+        return chain.parse_address(value.strip(), field, bare_ok=True)
+    except AddressError:
         raise MemoryRequestError(field, f"{value!r} is not a 20-byte hex address") from None
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import apsw
 
+from monmouth.chain import hx
 from monmouth.journal import redact
 
 from . import checkpoint
@@ -23,7 +24,6 @@ from .agents import Tombstones
 from .crypto import KeyStore
 from .errors import UnknownAgentError
 from .lattice import Lattice
-from .merkle import hx
 from .vectors import VectorCache
 
 log = logging.getLogger(__name__)

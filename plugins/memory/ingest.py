@@ -33,6 +33,7 @@ import msgpack
 import msgspec
 from cryptography.exceptions import InvalidTag
 
+from monmouth.chain import hx
 from monmouth.interfaces import TransactionRenderer
 from monmouth.types import Block, Log, Receipt, Transaction
 
@@ -42,7 +43,7 @@ from .config import MemoryConfig
 from .crypto import KeyStore, MissingKeyError, aad
 from .items import index_item, seal
 from .lattice import Lattice
-from .merkle import canonical_json, hx, keccak
+from .merkle import canonical_json, keccak
 from .registrations import Registrations
 from .schema import END_DELETED, END_EXPIRED, END_SUPERSEDED, EPISODE_SHIFT, KINDS, OP_PUT, all_rows, scalar
 from .vectors import VectorCache

@@ -20,6 +20,7 @@ from typing import Any
 import apsw
 import msgpack
 
+from monmouth.chain import hx
 from monmouth.engine import read_cursor
 
 from . import merkle
@@ -28,7 +29,7 @@ from .config import MemoryConfig
 from .crypto import AgentKey, aad
 from .errors import ConflictError, MemoryRequestError, NotFoundError
 from .fields import utf8, validate_item_fields
-from .merkle import canonical_json, hx
+from .merkle import canonical_json
 from .schema import END_EXPIRED, KIND_NAMES, KINDS, OP_DELETE, OP_PUT, ORIGINS, all_rows, scalar
 from .vectors import VectorCache
 

@@ -36,9 +36,10 @@ from typing import Any
 
 import apsw
 
+from monmouth.chain import hx
+
 from . import merkle
 from .errors import GoneError, MemoryRequestError, NotFoundError
-from .merkle import hx
 from .schema import END_NAMES, all_rows, scalar
 
 #: Most cache rows persisted per applied block (the rest wait for the next blocks).

@@ -215,11 +215,6 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def hx(b: bytes | None) -> str | None:
-    """``0x``-prefixed lower-case hex of ``b`` (``None`` stays ``None``): how hashes and ids appear in JSON."""
-    return None if b is None else "0x" + b.hex()
-
-
 def commitment(salt: bytes, content_type: int, content: bytes, key: str, tags: Sequence[str], metadata_json: str,
                ttl_seconds: int, ttl_blocks: int) -> bytes:
     """The salted content commitment of one item version (see :data:`COMMITMENT_TYPES`)."""

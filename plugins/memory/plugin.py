@@ -24,6 +24,7 @@ from . import __version__
 from .agents import Agents
 from .config import MemoryConfig
 from .core import Memory
+from .metrics import MemoryCollector
 from .schema import MIGRATIONS, TRIMMED
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class MemoryPlugin:
     def __init__(self, workers: bool = True) -> None:
         self.memory: Memory | None = None
         self.workers = workers
+        self._collector: tuple[Any, MemoryCollector] | None = None  # (registry, collector) while started
 
     # -- what it offers other plugins (monmouth.interfaces.AgentDirectory)
     @staticmethod
@@ -75,9 +77,17 @@ class MemoryPlugin:
         mem = Memory(ctx.config or MemoryConfig(), ctx.db, ctx.host, ctx.settings)
         mem.start(workers=self.workers)
         self.memory = mem
+        if ctx.metrics is not None:
+            collector = MemoryCollector(ctx.db.reader)
+            ctx.metrics.register(collector)
+            self._collector = (ctx.metrics, collector)
 
     @hookimpl
     def monmouth_shutdown(self, ctx: Any) -> None:
+        if self._collector is not None:
+            registry, collector = self._collector
+            registry.unregister(collector)
+            self._collector = None
         if self.memory is not None:
             self.memory.stop()
             self.memory = None

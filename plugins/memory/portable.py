@@ -23,12 +23,14 @@ import json
 import time
 from typing import Any
 
+from monmouth.chain import hx
+
 from . import merkle
 from .core import Memory
 from .errors import ArchiveError, ConflictError
 from .fields import parse_address, parse_id
 from .items import COLUMNS, open_item
-from .merkle import canonical_json, hx
+from .merkle import canonical_json
 from .schema import KIND_NAMES, KINDS, ORIGINS
 
 FORMAT = "monmouth-memory-export-v1"

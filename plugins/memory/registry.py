@@ -50,10 +50,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from eth_abi import grammar
-from eth_abi.exceptions import ABITypeError, ParseError
-from eth_abi.registry import registry as abi_registry
 from eth_utils import event_signature_to_log_topic
+
+from monmouth.chain import canonical_abi_type, split_abi_params
 
 log = logging.getLogger(__name__)
 
@@ -109,46 +108,6 @@ class EventSignature:
         return tuple(p.type for p in self.params if not p.indexed)
 
 
-def _split_top_level(s: str) -> list[str]:
-    """Split on commas outside parentheses and brackets (tuple types contain commas)."""
-    parts: list[str] = []
-    cur: list[str] = []
-    depth = 0
-    for ch in s:
-        if ch in "([":
-            depth += 1
-        elif ch in ")]":
-            depth -= 1
-            if depth < 0:
-                raise ValueError("unbalanced parentheses")
-        if ch == "," and depth == 0:
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    if depth != 0:
-        raise ValueError("unbalanced parentheses")
-    parts.append("".join(cur))
-    return parts
-
-
-def _canonical_type(t: str) -> str:
-    """Validate an ABI type with eth-abi's grammar and return its canonical form (``uint`` -> ``uint256``).
-
-    Raises:
-        ValueError: not a valid ABI type.
-    """
-    try:
-        norm = grammar.normalize(t)
-        parsed = grammar.parse(norm)
-        parsed.validate()
-    except (ParseError, ABITypeError) as e:
-        raise ValueError(f"unknown type {t!r}: {e}") from None
-    if not abi_registry.has_encoder(norm):
-        raise ValueError(f"unknown type {t!r}")
-    return norm
-
-
 def parse_event(signature: str) -> EventSignature:
     """Parse a Solidity event signature such as ``"AgentRegistered(address indexed agent, string name)"``.
 
@@ -169,7 +128,7 @@ def parse_event(signature: str) -> EventSignature:
     name, body = m.group(1), m.group(2).strip()
     params: list[Param] = []
     if body:
-        for raw in _split_top_level(body):
+        for raw in split_abi_params(body):
             # The type may be a tuple "(a,b)[]" (no spaces inside); what follows is [indexed] [name].
             words = raw.split()
             if not words:
@@ -183,7 +142,7 @@ def parse_event(signature: str) -> EventSignature:
             pname = rest[0] if rest else ""
             if pname and any(p.name == pname for p in params):
                 raise ValueError(f"duplicate parameter name {pname!r}")
-            params.append(Param(pname, _canonical_type(typ), indexed))
+            params.append(Param(pname, canonical_abi_type(typ), indexed))
     if sum(p.indexed for p in params) > MAX_INDEXED:
         raise ValueError(f"an event has at most {MAX_INDEXED} indexed parameters")
     canonical = f"{name}({','.join(p.type for p in params)})"

@@ -22,6 +22,8 @@ from typing import Any
 
 from eth_hash.auto import keccak
 
+from monmouth.chain import canonical_abi_type, parse_address, split_abi_params
+
 log = logging.getLogger(__name__)
 
 
@@ -62,27 +64,9 @@ class AbiEntry:
 # ----------------------------------------------------------------------------------------------- signature parser
 
 
-def _split_top(s: str) -> list[str]:
-    """Split ``s`` on commas not inside parentheses."""
-    parts: list[str] = []
-    depth = 0
-    cur: list[str] = []
-    for ch in s:
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        if ch == "," and depth == 0:
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    if "".join(cur).strip():
-        parts.append("".join(cur))
-    return parts
-
-
-_TYPE_ALIASES = {"uint": "uint256", "int": "int256", "byte": "bytes1"}
+def _params(text: str) -> list[str]:
+    """The non-empty parameters of a parameter list (a trailing comma is tolerated)."""
+    return [p for p in split_abi_params(text) if p.strip()]
 
 
 def _parse_param(text: str) -> Param:
@@ -96,7 +80,7 @@ def _parse_param(text: str) -> Param:
             if depth == 0:
                 break
         inner, rest = text[1:i], text[i + 1:]
-        comps = tuple(_parse_param(c) for c in _split_top(inner))
+        comps = tuple(_parse_param(c) for c in _params(inner))
         suffix = ""
         while rest.startswith("["):
             j = rest.index("]")
@@ -108,9 +92,7 @@ def _parse_param(text: str) -> Param:
         typ = "(" + ",".join(c.type for c in comps) + ")" + suffix
         return Param(names[-1] if names else "", typ, indexed, comps)
     words = text.split()
-    typ = words[0]
-    base, _, arr = typ.partition("[")
-    typ = _TYPE_ALIASES.get(base, base) + (("[" + arr) if arr else "")
+    typ = canonical_abi_type(words[0])
     indexed = "indexed" in words[1:]
     names = [w for w in words[1:] if w not in ("indexed", "calldata", "memory", "storage", "payable")]
     return Param(names[-1] if names else "", typ, indexed)
@@ -119,8 +101,11 @@ def _parse_param(text: str) -> Param:
 def parse_signature(text: str) -> AbiEntry:
     """Parse ``"function name(type name, ...)"`` or ``"event Name(type indexed name, ...)"``.
 
+    Types are made canonical and validated with eth-abi's grammar (:func:`monmouth.chain.canonical_abi_type`);
+    the parameter list is split by :func:`monmouth.chain.split_abi_params`, as the memory plugin's event parser does.
+
     Raises:
-        ValueError: not of that form.
+        ValueError: not of that form, or an unknown ABI type.
     """
     text = text.strip()
     kind, _, rest = text.partition(" ")
@@ -130,7 +115,7 @@ def parse_signature(text: str) -> AbiEntry:
     if not paren or not args.rstrip().endswith(")"):
         raise ValueError(f"malformed ABI signature {text!r}")
     body = args.rstrip()[:-1]
-    inputs = tuple(_parse_param(p) for p in _split_top(body)) if body.strip() else ()
+    inputs = tuple(_parse_param(p) for p in _params(body))
     return AbiEntry(kind, name.strip(), inputs)
 
 
@@ -472,13 +457,6 @@ class Registry:
         self.contracts[address] = Contract(label, old.symbol, old.decimals) if old else Contract(label)
 
 
-def _addr(text: str) -> bytes:
-    t = text.lower().removeprefix("0x")
-    if len(t) != 40:
-        raise ValueError(f"not a 20-byte address: {text!r}")
-    return bytes.fromhex(t)
-
-
 def load_abi_dir(registry: Registry, directory: Path) -> int:
     """Add the ABIs, labels and tokens of ``directory`` to ``registry`` (user entries take precedence).
 
@@ -497,10 +475,10 @@ def load_abi_dir(registry: Registry, directory: Path) -> int:
             data = json.loads(path.read_text(encoding="utf-8"))
             if path.name == "labels.json":
                 for a, label in data.items():
-                    registry.set_label(_addr(a), str(label))
+                    registry.set_label(parse_address(a, bare_ok=True), str(label))
             elif path.name == "tokens.json":
                 for a, info in data.items():
-                    registry.contracts[_addr(a)] = Contract(
+                    registry.contracts[parse_address(a, bare_ok=True)] = Contract(
                         str(info.get("label") or info.get("symbol") or a), info.get("symbol"), info.get("decimals"))
             else:
                 abi = data["abi"] if isinstance(data, dict) else data
@@ -526,5 +504,5 @@ def build_registry(abi_dir: Path | None = None, labels: Mapping[str, str] | None
     if abi_dir is not None:
         load_abi_dir(reg, abi_dir)
     for a, label in (labels or {}).items():
-        reg.set_label(_addr(a), label)
+        reg.set_label(parse_address(a, bare_ok=True), label)
     return reg

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 import apsw
 import numpy as np
 
-from .decoder import INTENTS
+from .decoded import INTENTS
 from .store import OP_ADD, OP_DEL, all_rows, scalar
 
 log = logging.getLogger(__name__)

@@ -9,22 +9,21 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import re
 from typing import Annotated, Any, Literal, get_args
 
 from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from monmouth.chain import ADDRESS_RE, check_address
 from monmouth.limits import JsonObject, Text
 
-from .decoder import INTENTS
+from .decoded import INTENTS
 from .search import KINDS, ROLES, Filters
 
 Intent = Literal["transfer", "swap", "approve", "mint", "burn", "deposit", "withdraw", "contract_creation", "other"]
 Kind = Literal["tx", "document", "memory"]
 Role = Literal["sender", "recipient", "contract", "log", "transfer"]
 Mode = Literal["vector", "keyword", "hybrid"]
-_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 _HASH = r"^0x[0-9a-fA-F]{64}$"
 
 assert set(INTENTS) == set(get_args(Intent)) and set(KINDS) == set(get_args(Kind)) and set(ROLES) == set(get_args(Role))
@@ -69,9 +68,7 @@ class SearchFilters(BaseModel):
     @field_validator("address")
     @classmethod
     def _address(cls, v: str | None) -> str | None:
-        if v is not None and not _ADDRESS.match(v):
-            raise ValueError("must be a 0x-prefixed 20-byte hex address")
-        return v
+        return v if v is None else check_address(v)
 
     @field_validator("token")
     @classmethod
@@ -262,7 +259,7 @@ def make_router(p: Any) -> APIRouter:
         return got
 
     @r.get("/graph/{address}")
-    def graph(address: str = Path(..., pattern=r"^0x[0-9a-fA-F]{40}$", description="0x address"),
+    def graph(address: str = Path(..., pattern=ADDRESS_RE.pattern, description="0x address"),
               depth: int = Query(1, ge=1, le=2, description="Hops: 1 or 2."),
               limit: int = Query(50, ge=1, le=1000, description="Edges per node and direction.")) -> dict[str, Any]:
         """Edges between addresses from transactions and token transfers: count, value, first and last block."""

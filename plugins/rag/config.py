@@ -7,19 +7,12 @@ against the directory of the config file (see :func:`resolve_path`).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
-
-
-def _check_address(value: str, what: str) -> str:
-    if not _ADDRESS.match(value):
-        raise ValueError(f"{what}: {value!r} is not a 0x-prefixed 20-byte hex address")
-    return value.lower()
+from monmouth.chain import check_address
 
 
 class AnswerConfig(BaseModel):
@@ -125,12 +118,12 @@ class RagConfig(BaseModel):
     @field_validator("watched")
     @classmethod
     def _watched(cls, v: list[str]) -> list[str]:
-        return [_check_address(a, "watched") for a in v]
+        return [check_address(a, "watched").lower() for a in v]
 
     @field_validator("labels")
     @classmethod
     def _labels(cls, v: dict[str, str]) -> dict[str, str]:
-        return {_check_address(a, "labels"): label for a, label in v.items()}
+        return {check_address(a, "labels").lower(): label for a, label in v.items()}
 
 
 def resolve_path(value: str, origin: str | None) -> Path:

@@ -9,9 +9,10 @@ from typing import Any
 
 import apsw
 
+from monmouth.chain import hx
+
 from .abi import Registry
-from .decoder import eth, scale
-from .store import hx
+from .decoded import eth, scale
 
 _COLS = "src, dst, token, count, value, first_block, last_block"
 

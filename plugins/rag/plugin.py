@@ -27,11 +27,13 @@ from typing import Any
 import apsw
 
 from monmouth import hookimpl
+from monmouth.chain import address_set, hx
 from monmouth.interfaces import AgentDirectory, provider
 from monmouth.limits import check_json_value, check_text
 from monmouth.plugins import hook_functions
 from monmouth.types import Block
 
+from . import decoded as _decoded
 from . import decoder as _decoder
 from . import store
 from .abi import Registry, build_registry
@@ -151,7 +153,7 @@ class RagPlugin:
         return _decoder.render_transaction(block, index, labels, reg)
 
     def decode_transaction(self, block: Block, index: int, labels: Mapping[bytes | str, str] | None = None
-                           ) -> _decoder.DecodedTx:
+                           ) -> _decoded.DecodedTx:
         """Structured decoding of one transaction: ``intent``, ``roles`` (address → roles), ``token``/``tokens``,
         ``call``, ``events``, ``transfers``...; ``.to_meta()`` gives the JSON form.
 
@@ -251,7 +253,7 @@ class RagPlugin:
 
         doc, text, meta, block, bhash, txi, logi, has_vec = row
         return {"id": doc, "text": text, "metadata": json.loads(meta),
-                "provenance": {"block_number": block, "block_hash": store.hx(bhash), "tx_hash": store.hx(tx_hash),
+                "provenance": {"block_number": block, "block_hash": hx(bhash), "tx_hash": hx(tx_hash),
                                "tx_index": txi, "log_index": logi}, "embedded": bool(has_vec)}
 
     def graph(self, address: bytes, depth: int = 1, limit: int = 50) -> dict[str, Any]:
@@ -317,9 +319,9 @@ class RagPlugin:
 
         worker = EmbedWorker(ctx.db, embedder.embed, batch=cfg.worker_batch, poll_interval=cfg.poll_interval,
                              stopping=ctx.stopping, on_round=on_round)
-        indexer = store.ChainIndexer(registry, cfg.scope, store.addresses(cfg.watched), cfg.graph)
+        indexer = store.ChainIndexer(registry, cfg.scope, address_set(cfg.watched), cfg.graph)
         st = RagState(ctx, cfg, registry, embedder, index, searcher, worker, indexer, metrics, counter)
-        _decoder.set_active_registry(registry)
+        _decoded.set_active_registry(registry)
         self.current = st
         if cfg.worker:
             worker.start()
@@ -348,7 +350,7 @@ class RagPlugin:
                 save()
             except OSError as e:
                 log.warning("%s (rebuilt or caught up at the next start)", e)
-        _decoder.set_active_registry(None)
+        _decoded.set_active_registry(None)
         self.current = None
 
     def _memory_agents(self, conn: apsw.Connection) -> frozenset[bytes]:
@@ -356,7 +358,7 @@ class RagPlugin:
         memory plugin), as ``conn`` sees them; empty when none is enabled."""
         st = self.current
         directory = provider(st.ctx.host, AgentDirectory) if st is not None else None
-        return store.addresses(directory.agent_addresses(conn)) if directory is not None else frozenset()
+        return address_set(directory.agent_addresses(conn)) if directory is not None else frozenset()
 
     @hookimpl
     def monmouth_block_applied(self, conn: apsw.Connection, block: Block, notification: Any) -> None:

@@ -26,10 +26,11 @@ from typing import Any
 import apsw
 import numpy as np
 
+from monmouth.chain import hx
 from monmouth.limits import check_json_value
 
 from .ann import SyncedIndex
-from .store import NO_BLOCK, all_rows, hx, scalar, text_key
+from .store import NO_BLOCK, all_rows, scalar, text_key
 
 log = logging.getLogger(__name__)
 

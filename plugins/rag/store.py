@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +38,9 @@ import numpy as np
 from monmouth.types import Block
 
 from .abi import Registry
-from .decoder import ZERO, DecodedTx, decode_transaction, embed_text, render
+from .decoded import ZERO, DecodedTx
+from .decoder import decode_transaction
+from .render import embed_text, render
 
 DIM = 384
 
@@ -119,10 +121,6 @@ TRIMMED: dict[str, str | None] = {
 OP_ADD, OP_DEL = 1, -1
 #: vec0 metadata columns refuse NULL: documents get block_number -1 and empty intent/token.
 NO_BLOCK = -1
-
-
-def _hx(b: bytes | None) -> str | None:
-    return None if b is None else "0x" + b.hex()
 
 
 # ------------------------------------------------------------------------------------------------- reading rows
@@ -397,22 +395,6 @@ def counts(conn: apsw.Connection) -> dict[str, int]:
     return {"documents": int(docs), "vectors": int(vecs), "backlog": int(backlog)}
 
 
-def addresses(values: Iterable[str | bytes]) -> frozenset[bytes]:
-    """20-byte addresses from hex strings or bytes (invalid ones are skipped)."""
-    out = set()
-    for v in values:
-        if isinstance(v, bytes) and len(v) == 20:
-            out.add(v)
-        elif isinstance(v, str):
-            h = v.lower().removeprefix("0x")
-            if len(h) == 40:
-                try:
-                    out.add(bytes.fromhex(h))
-                except ValueError:
-                    continue
-    return frozenset(out)
-
-
 def prune_changes(conn: apsw.Connection, keep: int = 1_000_000) -> int:
     """Drop the oldest ``rag_changes`` entries beyond ``keep`` (an in-memory index further behind reloads fully)."""
     top = scalar(conn, "SELECT max(seq) FROM rag_changes")
@@ -420,8 +402,3 @@ def prune_changes(conn: apsw.Connection, keep: int = 1_000_000) -> int:
         return 0
     conn.execute("DELETE FROM rag_changes WHERE seq <= ?", (top - keep,))
     return conn.changes()
-
-
-def hx(b: bytes | None) -> str | None:
-    """``0x``-hex of bytes, ``None`` stays ``None``."""
-    return _hx(b)

@@ -43,6 +43,7 @@ import zmq
 import zmq.asyncio
 
 from .. import __version__, wire
+from ..backoff import Backoff
 from ..errors import ConfigError, MonmouthError, SourceError
 from ..types import BlockRef, ChainReverted, Notification
 from .base import ChainView, Delivery, Source
@@ -179,7 +180,7 @@ class ExExSource(Source):
             SourceError: the bridge speaks another protocol version.
         """
         self._closed = False
-        backoff = 0.1
+        backoff = Backoff(0.1, lambda: self.max_backoff)
         first = True
         while not self._closed:
             if not first:
@@ -187,20 +188,21 @@ class ExExSource(Source):
                 if self.metrics is not None:
                     self.metrics.source_reconnects.labels("exex").inc()
             first = False
+            delay = None
             try:
                 async for item in self._session(view):
-                    backoff = 0.1
+                    backoff.reset()
                     yield item
             except _Reset as e:
                 self.last_error = str(e)
-                log.log(e.level, "bridge session at %s reset: %s; reconnecting in %.1fs", self.url, e, backoff)
+                delay = backoff.next()
+                log.log(e.level, "bridge session at %s reset: %s; reconnecting in %.1fs", self.url, e, delay)
             finally:
                 self._close_session()
             if self._closed:
                 break
             self.state = "backoff"
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self.max_backoff)
+            await asyncio.sleep(backoff.next() if delay is None else delay)
 
     async def _session(self, view: ChainView) -> AsyncIterator[Delivery]:
         if self._ctx is None:

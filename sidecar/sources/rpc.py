@@ -22,8 +22,6 @@ and counting ``monmouth_source_reconnects_total{source="rpc"}``; it never gives 
 
 from __future__ import annotations
 
-import itertools
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -39,82 +37,17 @@ from tenacity import (
     wait_exponential,
 )
 
-from ..errors import ChainError, CodecError, MonmouthError, ReorgTooDeepError
-from ..jsonrpc import MAX_JSON_DEPTH, block_from_rpc, check_block, check_header, check_receipts, json_depth, qty
+from ..errors import ChainError, CodecError, ReorgTooDeepError
+from ..jsonrpc import block_from_rpc, check_block, check_header, check_receipts, qty
 from ..metrics import Metrics
 from ..roots import verify_block
+from ..rpcclient import BadAnswerError, JsonRpcClient, RpcError, TransientNodeError
 from ..types import Block, BlockRef, Chain, ChainCommitted, ChainReorged, ChainReverted
 from .base import ChainView, Delivery, Source
 
 log = logging.getLogger(__name__)
 
 METHOD_NOT_FOUND = -32601
-
-
-class RpcError(MonmouthError):
-    """A JSON-RPC error object (``code``, ``message``) returned by the node."""
-
-    def __init__(self, method: str, error: Any) -> None:
-        err = error if isinstance(error, dict) else {"message": repr(error)[:200]}
-        super().__init__(f"{method}: JSON-RPC error {err.get('code')}: {err.get('message')}"[:300])
-        self.code = err.get("code")
-
-
-class TransientNodeError(MonmouthError):
-    """The node answered something unusable right now (inconsistent batch mid-reorg, missing block)."""
-
-
-class BadAnswerError(TransientNodeError):
-    """The node's answer is malformed (wrong JSON-RPC shape) or does not match the header it belongs to
-    (transactions, receipts or header fields against the block hash, ``transactionsRoot``, ``receiptsRoot``).
-    Counted in ``monmouth_source_bad_answers_total{source, node}``; the message names the node and the block."""
-
-
-class JsonRpcClient:
-    """A minimal async JSON-RPC 2.0 client over HTTP (httpx), with batching.
-
-    Raises ``httpx.HTTPError`` on transport failures, :class:`RpcError` on error objects and
-    :class:`BadAnswerError` for a body that is not a JSON-RPC response (nesting is bounded before parsing, see
-    :data:`sidecar.jsonrpc.MAX_JSON_DEPTH`).
-    """
-
-    def __init__(self, url: str, timeout: float = 10.0, transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self.url = url
-        self._client = httpx.AsyncClient(timeout=timeout, transport=transport)
-        self._ids = itertools.count(1)
-
-    async def call(self, method: str, *params: Any) -> Any:
-        return (await self.batch([(method, list(params))]))[0]
-
-    async def batch(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
-        """Send calls as one batch; results in call order."""
-        if not calls:
-            return []
-        ids = [next(self._ids) for _ in calls]
-        payload = [{"jsonrpc": "2.0", "id": i, "method": m, "params": p} for i, (m, p) in zip(ids, calls, strict=True)]
-        resp = await self._client.post(self.url, json=payload if len(payload) > 1 else payload[0])
-        resp.raise_for_status()
-        depth = json_depth(resp.content)
-        if depth > MAX_JSON_DEPTH:
-            raise BadAnswerError(f"{calls[0][0]}: the node's answer nests {depth} deep (at most {MAX_JSON_DEPTH})")
-        try:
-            body = json.loads(resp.content)
-        except ValueError as e:
-            raise BadAnswerError(f"{calls[0][0]}: the node's answer is not JSON: {e}") from None
-        items = body if isinstance(body, list) else [body]
-        by_id = {item.get("id"): item for item in items if isinstance(item, dict)}
-        out = []
-        for i, (method, _) in zip(ids, calls, strict=True):
-            item = by_id.get(i)
-            if item is None:
-                raise BadAnswerError(f"{method}: no response with id {i} in the node's answer")
-            if "error" in item and item["error"] is not None:
-                raise RpcError(method, item["error"])
-            out.append(item.get("result"))
-        return out
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
 
 
 #: What the source retries itself: any exception (never a cancellation), except a reorg it cannot follow.

@@ -1,5 +1,8 @@
 """A test plugin that exercises every kind of write the journal must undo: INSERT (transfers), UPDATE and
-upsert (balances), DELETE (balances that reach zero are removed), and a trimmed table (block stats)."""
+upsert (balances), DELETE (balances that reach zero are removed), and a trimmed table (block stats).
+
+Its SQL is portable: the same migrations and statements run on SQLite and PostgreSQL (``BYTEA``/``BIGINT``/``TEXT``,
+``?`` placeholders, ``ON CONFLICT`` with the target table named), so it declares both backends."""
 
 from __future__ import annotations
 
@@ -10,10 +13,10 @@ from monmouth.types import Block
 
 MIGRATIONS = [
     """
-    CREATE TABLE ledger_transfers (tx_hash BLOB PRIMARY KEY, block_number INTEGER NOT NULL,
-                                   sender BLOB NOT NULL, recipient BLOB, value TEXT NOT NULL);
-    CREATE TABLE ledger_balances (account BLOB PRIMARY KEY, received INTEGER NOT NULL, count INTEGER NOT NULL);
-    CREATE TABLE ledger_block_stats (block_number INTEGER NOT NULL, txs INTEGER NOT NULL);
+    CREATE TABLE ledger_transfers (tx_hash BYTEA PRIMARY KEY, block_number BIGINT NOT NULL,
+                                   sender BYTEA NOT NULL, recipient BYTEA, value TEXT NOT NULL);
+    CREATE TABLE ledger_balances (account BYTEA PRIMARY KEY, received BIGINT NOT NULL, count BIGINT NOT NULL);
+    CREATE TABLE ledger_block_stats (block_number BIGINT NOT NULL, txs BIGINT NOT NULL);
     """,
 ]
 
@@ -21,6 +24,11 @@ MIGRATIONS = [
 @hookimpl
 def monmouth_migrations():
     return MIGRATIONS
+
+
+@hookimpl
+def monmouth_backends():
+    return ("sqlite", "postgres")
 
 
 @hookimpl
@@ -37,7 +45,8 @@ def index_block(conn: apsw.Connection, block: Block) -> None:
         amount = tx.value % 1000
         conn.execute(
             "INSERT INTO ledger_balances (account, received, count) VALUES (?, ?, 1) "
-            "ON CONFLICT (account) DO UPDATE SET received = received + excluded.received, count = count + 1",
+            "ON CONFLICT (account) DO UPDATE SET received = ledger_balances.received + excluded.received, "
+            "count = ledger_balances.count + 1",
             (tx.to, amount),
         )
         # Every sender whose count is even loses its row: DELETEs must be undone too.

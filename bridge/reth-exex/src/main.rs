@@ -135,15 +135,21 @@ struct Nudger<P> {
     /// The last `FinishedHeight` sent for an acknowledgement, and the plan generation it was for.
     finished: Arc<std::sync::Mutex<Option<(u64, BlockRef)>>>,
     genesis: BlockRef,
+    /// The node's head as last read, which the bridge reports to the sidecar (`welcome`, heartbeats).
+    node_head: Arc<AtomicU64>,
 }
 
 /// How often [`Nudger`] wakes Reth's ExEx manager while notifications are held back.
 const NUDGE_EVERY: Duration = Duration::from_millis(10);
 
 impl<P: BlockNumReader> Nudger<P> {
-    /// Whether the node's head is ahead of `seen`, the tip of the last notification taken from Reth.
+    /// Whether the node's head is ahead of `seen`, the tip of the last notification taken from Reth. The head
+    /// read is also recorded as the node's head the bridge reports (one read of it per notification).
     fn behind(&self, seen: u64) -> bool {
-        self.provider.best_block_number().is_ok_and(|best| best > seen)
+        self.provider.best_block_number().is_ok_and(|best| {
+            self.node_head.store(best, Ordering::Relaxed);
+            best > seen
+        })
     }
 
     /// Repeat the last `FinishedHeight` of plan `generation` (the genesis block when there is none).
@@ -446,7 +452,6 @@ async fn serve<Node: FullNodeComponents<Types: NodeTypes<Primitives = EthPrimiti
     plan: Plan,
     feed: &tokio::sync::mpsc::Sender<Fed>,
     plans: &mut tokio::sync::mpsc::UnboundedReceiver<Directive>,
-    refresh_node_head: &(dyn Fn() + Send + Sync),
     nudger: &Nudger<Node::Provider>,
     seen: &mut u64,
 ) -> Served {
@@ -488,13 +493,14 @@ async fn serve<Node: FullNodeComponents<Types: NodeTypes<Primitives = EthPrimiti
     // blocks the backfill covered (its own filter knows only the plan's start), and those are skipped.
     let mut sent_up_to = anchor.map(|a| a.number);
     let mut delivered = false;
+    let mut behind = nudger.behind(*seen);
     loop {
-        let behind = nudger.behind(*seen);
         let item = tokio::select! {
             directive = plans.recv() => return Served::Replanned(directive),
             item = ctx.notifications.next() => item,
             () = tokio::time::sleep(NUDGE_EVERY), if behind => {
                 nudger.nudge(generation);
+                behind = nudger.behind(*seen);
                 continue;
             }
         };
@@ -508,12 +514,13 @@ async fn serve<Node: FullNodeComponents<Types: NodeTypes<Primitives = EthPrimiti
                 })
             }
         };
-        refresh_node_head();
         *seen = resulting_tip(&notification);
-        let committed = notification.committed_chain().map(|c| *c.range().end());
-        if let (ExExNotification::ChainCommitted { .. }, Some(tip), Some(up_to)) = (&notification, committed, sent_up_to) {
-            if tip <= up_to {
-                debug!(target: "monmouth", tip, up_to, "skipping a notification of blocks already sent");
+        // One read of the node's head per notification: whether to nudge, and the head the bridge reports
+        // (at least this notification's tip) while it is forwarded.
+        behind = nudger.behind(*seen);
+        if let (ExExNotification::ChainCommitted { .. }, Some(up_to)) = (&notification, sent_up_to) {
+            if *seen <= up_to {
+                debug!(target: "monmouth", tip = *seen, up_to, "skipping a notification of blocks already sent");
                 continue;
             }
         }
@@ -535,7 +542,7 @@ async fn serve<Node: FullNodeComponents<Types: NodeTypes<Primitives = EthPrimiti
             }
             send_or_replan!(Feed::Note(n));
         }
-        sent_up_to = Some(resulting_tip(&notification));
+        sent_up_to = Some(*seen);
     }
 }
 
@@ -558,11 +565,13 @@ where
     let generation = Arc::new(AtomicU64::new(0));
     let events = ctx.events.clone();
     let finished = Arc::new(std::sync::Mutex::new(None));
+    let node_head = Arc::new(AtomicU64::new(NODE_HEAD_UNKNOWN));
     let nudger = Nudger {
         events: ctx.events.clone(),
         provider: ctx.provider().clone(),
         finished: Arc::clone(&finished),
         genesis: BlockRef { number: 0, hash: b256(ctx.config.chain.genesis_hash()) },
+        node_head: Arc::clone(&node_head),
     };
     let cfg = ServerConfig {
         endpoint: args.endpoint.clone(),
@@ -571,7 +580,6 @@ where
         heartbeat: Duration::from_millis(args.heartbeat_ms.max(1)),
         ..ServerConfig::default()
     };
-    let node_head = Arc::new(AtomicU64::new(NODE_HEAD_UNKNOWN));
     let refresh_node_head: Arc<dyn Fn() + Send + Sync> = {
         let (provider, cell) = (ctx.provider().clone(), Arc::clone(&node_head));
         Arc::new(move || {
@@ -647,7 +655,7 @@ where
                 Woken::BridgeGone => return Err(bridge_gone(server, &stop)),
             },
         };
-        match serve(&mut ctx, generation, plan, &feed_tx, &mut plan_rx, refresh_node_head.as_ref(), &nudger, &mut seen)
+        match serve(&mut ctx, generation, plan, &feed_tx, &mut plan_rx, &nudger, &mut seen)
             .await
         {
             Served::Replanned(Some(Directive { generation, plan })) => next = plan.map(|p| (generation, p)),

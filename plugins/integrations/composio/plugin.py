@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from monmouth import hookimpl
 from monmouth.auth import is_loopback
+from monmouth.chain import is_address
 
 from ..base import IntegrationPlugin, Runtime
 from ..config import IntegrationConfig, check_env_name, secret
@@ -204,7 +205,7 @@ class ComposioPlugin(IntegrationPlugin):
     def _agent(self, rt: Runtime, cfg: ComposioConfig, agent: str | None) -> bytes | None:
         if agent is None:
             return None
-        if not re.fullmatch(r"0x[0-9a-fA-F]{40}", agent):
+        if not is_address(agent):
             raise _refuse(422, "agent", "must be a 0x-prefixed 20-byte hex address")
         raw = bytes.fromhex(agent[2:])
         mem = rt.memory

@@ -31,8 +31,9 @@ from fastapi import APIRouter, HTTPException
 from pydantic import Field
 
 from monmouth import hookimpl
+from monmouth.chain import hx
 
-from ..base import IntegrationPlugin, Runtime, hx
+from ..base import IntegrationPlugin, Runtime
 from ..config import TriggerConfig
 from ..errors import IntegrationError
 from ..outbox import Job, dumps

@@ -22,9 +22,11 @@ from typing import Any
 from eth_abi import decode, encode
 from eth_hash.auto import keccak
 
+from monmouth.chain import selector
+
 REQUEST_SIGNATURE = "request(bytes32,bytes32[],uint256,uint256)"
-REQUEST_SELECTOR = keccak(REQUEST_SIGNATURE.encode())[:4]
-GAS_FEE_SELECTOR = keccak(b"gasFee()")[:4]
+REQUEST_SELECTOR = selector(REQUEST_SIGNATURE)
+GAS_FEE_SELECTOR = selector("gasFee()")
 NEW_REQUEST_TOPIC = keccak(b"NewRequest(uint256,bytes32,address,bytes32[],uint256,uint256,uint256,uint256)")
 NEW_RESPONSE_TOPIC = keccak(b"NewResponse(uint256,address,(uint256,bytes[],uint8))")
 

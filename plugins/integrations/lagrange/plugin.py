@@ -31,9 +31,10 @@ from fastapi import APIRouter, HTTPException
 from pydantic import Field, field_validator
 
 from monmouth import hookimpl
+from monmouth.chain import check_address, hx
 
-from ..base import IntegrationPlugin, Runtime, hx
-from ..config import TriggerConfig, check_address, check_env_name, secret
+from ..base import IntegrationPlugin, Runtime
+from ..config import TriggerConfig, check_env_name, secret
 from ..errors import MalformedResponse, PermanentError, StaleRequest
 from ..http import JsonRpc, RpcError, rpc_failure
 from ..outbox import Job, dumps

@@ -27,8 +27,9 @@ from eth_account import Account
 from pydantic import Field, field_validator
 
 from monmouth import hookimpl
+from monmouth.chain import hx
 
-from ..base import IntegrationPlugin, Runtime, hx
+from ..base import IntegrationPlugin, Runtime
 from ..config import TriggerConfig, check_env_name, secret
 from ..errors import NotReady
 from ..http import JsonRpc, RpcError, rpc_failure

@@ -1,8 +1,49 @@
 //! Errors. Every variant's message names the problem; none of them is a panic.
 
+use std::fmt;
+
 use thiserror::Error;
 
-use crate::message::ErrorCode;
+/// The `code` of an `error` message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The peer speaks a newer protocol version.
+    UnsupportedVersion,
+    /// Not msgpack, not a map, a missing or mistyped field.
+    Malformed,
+    /// Frame larger than the receiver's limit.
+    FrameTooLarge,
+    /// `type` names no message of this version.
+    UnknownType,
+    /// A valid message at the wrong time (no session, ack of an unsent seq, ...).
+    Unexpected,
+    /// A sequence number was skipped.
+    Gap,
+    /// The bridge cannot serve the sidecar from where it asked: a start block outside what the node
+    /// holds, or a head that is on neither the node's chain nor its ExEx WAL. The message says which.
+    Refused,
+}
+
+impl ErrorCode {
+    /// The wire spelling.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::UnsupportedVersion => "unsupported_version",
+            Self::Malformed => "malformed",
+            Self::FrameTooLarge => "frame_too_large",
+            Self::UnknownType => "unknown_type",
+            Self::Unexpected => "unexpected",
+            Self::Gap => "gap",
+            Self::Refused => "refused",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Decoding and encoding failures of single frames and replay files.
 #[derive(Debug, Error)]

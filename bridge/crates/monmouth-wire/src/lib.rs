@@ -45,9 +45,9 @@ pub mod server;
 pub mod sources;
 pub mod types;
 
-pub use error::{BridgeError, ReplayError, SourceError, WireError};
+pub use error::{BridgeError, ErrorCode, ReplayError, SourceError, WireError};
 pub use message::{
-    decode, encode, encode_notification, Ack, ErrorCode, ErrorMsg, Heartbeat, Hello, Message, NotificationMsg,
+    decode, encode, encode_notification, Ack, ErrorMsg, Heartbeat, Hello, Message, NotificationMsg,
     Welcome, MAX_FRAME_BYTES, PROTOCOL_VERSION,
 };
 pub use replay::{ReplayReader, ReplayWriter};

