@@ -9,9 +9,18 @@ A third phase replays the same blocks from a replay file through the sidecar's o
 the replay source reads ahead, the runner group-commits what is at hand) with ``engine.group_commit`` 32 and 1
 (``replay_runner_*``).
 
+The journal's cost (issue 18, goal 1: at most 10 %) is measured against a reference in the same run: the same
+plugin code (its migrations, then its ``monmouth_block_applied`` on each decoded block) on a plain apsw connection
+of the same pragmas, one ``BEGIN IMMEDIATE ... COMMIT`` per block, with no engine and no journal. Two plugins: one
+that INSERTs a row per transaction (``indexing``), one that keeps running balances per recipient (``balances``,
+mostly UPDATEs of existing rows, so the undo data holds old and new values). Reference and engine run block by
+block in lockstep (the machine is shared: both see the same load); the ratio is engine / reference blocks per
+second.
+
 Run:  python bench/ingest.py [--blocks 600] [--txs 200] [--synchronous FULL]
-Prints its figures; the last line is JSON with ``blocks_per_s`` and ``revert_64_s`` (no-op plugin), plus the
-same for a plugin that writes one journaled row per transaction (``indexing_*``).
+Prints its figures; the last line is JSON with ``blocks_per_s`` and ``revert_64_s`` (no-op plugin), the same for
+the indexing plugin (``indexing_*``), and for each journaled plugin its reference (``plain_<plugin>_blocks_per_s``)
+and ``<plugin>_ratio``.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ from monmouth.runner import Runner, tune_gc
 from monmouth.sources.replay import ReplaySource
 from monmouth.store import Database
 from monmouth.types import Chain, ChainCommitted, ChainReverted
+from monmouth.uint256 import to_u256
 from tests.chains import load_mainnet_blocks, mainnet_shaped
 
 
@@ -63,6 +73,22 @@ class Indexer:
         conn.executemany(
             "INSERT INTO idx_txs (hash, block, sender, value) VALUES (?, ?, ?, ?)",
             [(t.hash, block.number, t.sender, str(t.value)) for t in block.transactions],
+        )
+
+
+class Balances:
+    """A plugin that keeps a running balance (u256) and count per recipient: mostly UPDATEs of existing rows."""
+
+    @hookimpl
+    def monmouth_migrations(self):
+        return ["CREATE TABLE bal_accounts (holder BLOB PRIMARY KEY, received BLOB NOT NULL, txs INTEGER NOT NULL)"]
+
+    @hookimpl
+    def monmouth_block_applied(self, conn, block, notification):
+        conn.executemany(
+            "INSERT INTO bal_accounts (holder, received, txs) VALUES (?, u256(?), 1) ON CONFLICT (holder) "
+            "DO UPDATE SET received = u256_add(received, excluded.received), txs = txs + 1",
+            [(t.to or bytes(20), to_u256(t.value)) for t in block.transactions],
         )
 
 
@@ -103,6 +129,67 @@ def run(plugin: object, frames: list[bytes], synchronous: str, label: str) -> di
             "decode_ms_per_block": round(decode_s / len(frames) * 1e3, 3)}
 
 
+def journal_cost(plugin: object, twin: object, frames: list[bytes], synchronous: str, label: str
+                 ) -> tuple[dict[str, float], dict[str, float]]:
+    """The engine with ``plugin`` beside the reference: ``twin`` (the same plugin class) on a plain apsw connection
+    of the same pragmas, its migrations run, then per block the same decode and its ``monmouth_block_applied`` in
+    one ``BEGIN IMMEDIATE ... COMMIT``, no engine, no journal. The two run block by block in lockstep (which goes
+    first alternates), so both see the same load on this shared machine; each side's time is summed.
+
+    Returns:
+        ``(reference, engine)``: ``blocks_per_s`` and ``decode_ms_per_block`` each; the engine's also
+        ``revert_64_s`` and ``ratio`` (engine / reference blocks per second).
+    """
+    with tempfile.TemporaryDirectory() as d:
+        engine = make_engine(Path(d) / "bench.sqlite", plugin, synchronous)
+        conn = Database(Path(d) / "plain.sqlite", synchronous=synchronous).connect()
+        for script in twin.monmouth_migrations():  # type: ignore[attr-defined]
+            conn.execute(script)
+        hook = twin.monmouth_block_applied  # type: ignore[attr-defined]
+
+        def reference(frame: bytes) -> float:
+            t = time.perf_counter()
+            _seq, n = decode_notification(frame)
+            decoded = time.perf_counter()
+            conn.execute("BEGIN IMMEDIATE")
+            for block in n.new.blocks:  # type: ignore[union-attr]
+                hook(conn=conn, block=block, notification=n)
+            conn.execute("COMMIT")
+            return decoded - t
+
+        def ours(frame: bytes) -> float:
+            t = time.perf_counter()
+            seq, n = decode_notification(frame)
+            decoded = time.perf_counter()
+            engine.apply(n, {"seq": seq})
+            return decoded - t
+
+        took = {reference: 0.0, ours: 0.0}
+        decode = {reference: 0.0, ours: 0.0}
+        for i, frame in enumerate(frames):
+            for side in (reference, ours) if i % 2 else (ours, reference):
+                t = time.perf_counter()
+                decode[side] += side(frame)
+                took[side] += time.perf_counter() - t
+        # Revert the newest 64 blocks (a 64-block reorg's revert half), headers only as the rpc source sends them.
+        old = tuple(engine.canonical(n).as_block() for n in range(engine.head.number - 63, engine.head.number + 1))
+        t1 = time.perf_counter()
+        engine.apply(ChainReverted(Chain(old)))
+        revert_s = time.perf_counter() - t1
+        engine.close()
+        conn.close()
+    ref = {"blocks_per_s": round(len(frames) / took[reference], 1),
+           "decode_ms_per_block": round(decode[reference] / len(frames) * 1e3, 3)}
+    eng = {"blocks_per_s": round(len(frames) / took[ours], 1),
+           "decode_ms_per_block": round(decode[ours] / len(frames) * 1e3, 3), "revert_64_s": round(revert_s, 4),
+           "ratio": round(took[reference] / took[ours], 3)}
+    print(f"[{label}] plain apsw {ref['blocks_per_s']:.0f} blocks/s (decode {ref['decode_ms_per_block']:.2f} "
+          f"ms/block), engine + journal {eng['blocks_per_s']:.0f} blocks/s (decode {eng['decode_ms_per_block']:.2f} "
+          f"ms/block): ratio {eng['ratio']:.3f} (goal >= 0.9); revert of 64 blocks {revert_s * 1e3:.1f} ms",
+          flush=True)
+    return ref, eng
+
+
 def replay_runner(blocks: list[object], synchronous: str, group_commit: int) -> float:
     """Notifications per second of ``monmouth replay`` (file -> replay source -> runner -> engine -> no-op plugin)."""
     from bridge import make_app  # bench/bridge.py: a sidecar with only a no-op plugin
@@ -139,7 +226,8 @@ def main() -> None:
     print(f"{args.blocks} mainnet-shaped blocks of {args.txs} transactions, {mb:.1f} MB of msgpack "
           f"({mb * 1e3 / args.blocks:.0f} kB/block), synchronous={args.synchronous}")
     noop = run(NoOp(), frames, args.synchronous, "no-op plugin")
-    indexing = run(Indexer(), frames, args.synchronous, "indexing plugin")
+    plain_indexing, indexing = journal_cost(Indexer(), Indexer(), frames, args.synchronous, "indexing plugin")
+    plain_balances, balances = journal_cost(Balances(), Balances(), frames, args.synchronous, "balances plugin")
     grouped = replay_runner(blocks, args.synchronous, 32)
     single = replay_runner(blocks, args.synchronous, 1)
     print(json.dumps({
@@ -147,6 +235,11 @@ def main() -> None:
         "txs_per_block": args.txs, "blocks": args.blocks, "synchronous": args.synchronous,
         "decode_ms_per_block": noop["decode_ms_per_block"],
         "indexing_blocks_per_s": indexing["blocks_per_s"], "indexing_revert_64_s": indexing["revert_64_s"],
+        "plain_indexing_blocks_per_s": plain_indexing["blocks_per_s"], "indexing_ratio": indexing["ratio"],
+        "indexing_decode_ms_per_block": indexing["decode_ms_per_block"],
+        "plain_indexing_decode_ms_per_block": plain_indexing["decode_ms_per_block"],
+        "balances_blocks_per_s": balances["blocks_per_s"], "balances_revert_64_s": balances["revert_64_s"],
+        "plain_balances_blocks_per_s": plain_balances["blocks_per_s"], "balances_ratio": balances["ratio"],
         "replay_runner_blocks_per_s": grouped, "replay_runner_group_commit_1_blocks_per_s": single,
     }))
 

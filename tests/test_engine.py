@@ -305,6 +305,26 @@ def test_failing_plugin_rolls_back_every_plugin_and_is_named(both_engine_factory
     assert e.head == bs[0].ref
 
 
+def test_group_commit_rolls_back_a_failing_first_or_later_item_whole(both_engine_factory):
+    """The first item of a batch runs without a savepoint (the transaction is its savepoint): when it fails after
+    plugins wrote, the batch returns the error, writes nothing and leaves the engine usable; a later item that fails
+    is rolled back to its savepoint and the items before it commit."""
+    e = both_engine_factory(plugins={"ledger": ledger, "boom": Exploding(at=3)})
+    bs = extend(None, 4, number=1, n_txs=2)
+    e.apply(ChainCommitted(chain(bs[:1])), "t1")
+    before = dump(e.conn)
+    results, error = e.apply_many([(ChainCommitted(chain(bs[1:3])), "t2"), (ChainCommitted(chain(bs[3:4])), "t3")])
+    assert results == [] and isinstance(error, PluginError) and error.plugin == "boom"
+    assert not e.conn.in_transaction and dump(e.conn) == before and e.head == bs[0].ref and e.source_token == "t1"
+    assert e.conn.execute("SELECT n FROM boom_rows").fetchall() == [(1,)]
+
+    results, error = e.apply_many([(ChainCommitted(chain(bs[1:2])), "t2"), (ChainCommitted(chain(bs[2:4])), "t3")])
+    assert [r.head for r in results] == [bs[1].ref] and isinstance(error, PluginError)
+    assert dump(e.conn) == reference(both_engine_factory, bs[:2], "first-ref.sqlite")
+    assert e.conn.execute("SELECT n FROM boom_rows").fetchall() == [(1,), (2,)]
+    assert e.head == bs[1].ref and e.source_token == "t2" and read_cursor(e.conn).head == bs[1].ref
+
+
 def test_revert_hook_sees_blocks_newest_first_after_journal_restore(both_engine_factory):
     order = []
 

@@ -63,3 +63,42 @@ def test_without_a_worker_thread_the_read_does_its_step(tmp_path):
         assert e.host.status()["memory"]["settle_backlog"] == 0
     finally:
         close(e)
+
+
+def test_settle_and_index_commit_without_fsync_and_api_writes_stay_durable(tmp_path, monkeypatch):
+    """Settling and indexing write derived rows in transactions at ``synchronous = NORMAL`` (no fsync per commit; a
+    power loss can only drop them whole, and they are derived again); the connection's own level (FULL) is back
+    for the next transaction, so an API write on the same connection is still fsynced at its commit."""
+    import monmouth_memory.ingest as ingest
+
+    cfg = {"key_dir": str(tmp_path / "keys"), "agents": ["0x" + A1.hex()], "embed": False}
+    e, p = make_memory_engine(tmp_path / "db.sqlite", cfg)
+    mem = p.memory
+    assert mem is not None
+    levels: list[tuple[str, int]] = []
+    conn = mem.db.reader()
+
+    def level(what: str) -> None:
+        levels.append((what, conn.execute("PRAGMA synchronous").fetchone()[0]))
+
+    def spy(real: Any, what: str) -> Any:
+        def call(c: Any, *a: Any) -> Any:
+            assert c is conn
+            if not levels or levels[-1][0] != what:
+                level(what)
+            return real(c, *a)
+        return call
+
+    monkeypatch.setattr(mem.ingest, "_settle_block", spy(mem.ingest._settle_block, "settle"))
+    monkeypatch.setattr(ingest, "index_item", spy(ingest.index_item, "index"))
+    try:
+        e.apply(ChainCommitted(chain(extend(None, 2, number=1, n_txs=8))))
+        mem.store(A1, "semantic", "a note")
+        level("store")
+        assert mem.ingest.settle() == 2 and mem.ingest.index_episodes() > 0
+        level("store")
+        mem.store(A1, "semantic", "another note")
+        assert len(mem.list(A1)) > 2
+    finally:
+        close(e)
+    assert levels == [("store", 2), ("settle", 1), ("index", 1), ("store", 2)]  # 2: FULL, 1: NORMAL

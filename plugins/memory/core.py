@@ -93,7 +93,7 @@ class Memory:
         self.directory = Agents(config, db, self.keys, self.lattice, self.tombstones, write, self.ensure_settled)
         self.registrations = Registrations(config, self.keys, self.counters)
         self.ingest = ChainIngest(config, db, self.keys, self.lattice, self.directory, self.registrations,
-                                  self.vectors, self.renderer, write, self.counters)
+                                  self.vectors, self.renderer, self._derive, self.counters)
         self.items = Items(config, db, self.directory, self.vectors, write, self.ensure_settled, self.ensure_settled,
                            self.ensure_indexed, self.wake)
         self.recaller = Recall(config, db, self.directory, self.vectors, self._offered_embedder, write, self.counters)
@@ -176,6 +176,10 @@ class Memory:
     def _write(self) -> Any:
         """One of the plugin's write transactions (:func:`.txn.write`)."""
         return txn.write(self.db)
+
+    def _derive(self) -> Any:
+        """A write transaction of derived rows only (settling, indexing): :func:`.txn.write` without an fsync."""
+        return txn.write(self.db, durable=False)
 
     def _read(self) -> apsw.Connection:
         return self.db.reader()  # type: ignore[no-any-return]

@@ -262,7 +262,8 @@ class ChainIngest:
         vectors: the decrypted-vector cache (dropped on revert).
         find_renderer: the transaction renderer of the plugin that offers one
             (:class:`monmouth.interfaces.TransactionRenderer`), or ``None``; asked at each settle.
-        write: opens one of the plugin's write transactions (:func:`.txn.write`).
+        write: opens one of the plugin's write transactions for derived rows (:func:`.txn.write`, not durable one
+            by one: what it writes is derived again from the pending rows if a power loss drops it).
         counters: ``key_errors`` is counted there.
     """
 

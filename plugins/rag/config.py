@@ -55,8 +55,10 @@ class RagConfig(BaseModel):
     max_tokens: int = Field(256, ge=8, le=8192)
     #: Texts per ONNX run.
     batch_size: int = Field(8, ge=1, le=4096)
-    #: onnxruntime intra-op threads; 0 lets onnxruntime choose (one per core).
-    threads: int = Field(0, ge=0, le=256)
+    #: onnxruntime intra-op threads; 0 lets onnxruntime choose (one per core). 1 by default: on a 2-core machine
+    #: shared with the engine and other work, one thread embedded faster than two at every batch size in
+    #: ``bench/embed.py`` (raw and end to end), and it leaves a core to the engine.
+    threads: int = Field(1, ge=0, le=256)
     #: How token vectors become one text vector: mean over real tokens (all-MiniLM-L6-v2), [CLS], or max.
     pooling: Literal["mean", "cls", "max"] = "mean"
     #: L2-normalise the vectors (cosine similarity = dot product).
