@@ -32,7 +32,8 @@ plugin. Each figure is printed beside its reference and goal; the last line is J
 ``backfill_txs_per_s``, ``ack_p50_ms``, ``ack_p99_ms``, ``fsync_p99_ms``, the rag figures, block and transaction
 counts).
 
-Usage: ``python bench/reth.py [--quick] [--blocks N] [--txs N] [--ack-blocks N]``. ``--quick`` (200 blocks, 20
+Usage: ``python bench/reth.py [--quick] [--blocks N] [--txs N] [--ack-blocks N]``. ``MONMOUTH_BENCH_ACK_DUMP=<file>`` writes one line per
+acknowledged notification of the ack phase (monotonic time, arrival-to-ack ms, block number, transactions). ``--quick`` (200 blocks, 20
 ack blocks, 50 fsync samples) finishes in a few minutes. Needs ``monmouth-reth`` (``bridge/README.md``; found as
 ``tests/reth.py`` finds it: ``$MONMOUTH_RETH_BIN`` or ``~/.cache/monmouth/reth-target/release/``).
 """
@@ -318,6 +319,10 @@ def main() -> None:
                 probe, _ = asyncio.run(follow(app, {"count": a.ack_blocks + 1}, a.ack_blocks * 3 + 60))
                 app.close()
                 rec = probe.records[1:]
+                if os.environ.get("MONMOUTH_BENCH_ACK_DUMP"):  # one line per acknowledged notification
+                    with open(os.environ["MONMOUTH_BENCH_ACK_DUMP"], "w") as dump:
+                        for r in rec:
+                            dump.write(f"{r[0]:.3f} {r[1] * 1e3:.3f} {r[2]} {r[4]}\n")
                 lat = summary_ms([r[1] for r in rec])
                 per_block = sum(r[4] for r in rec) / max(1, sum(r[3] for r in rec))
                 print(f"ack latency at 1 block/s ({len(rec)} notifications of {sum(r[3] for r in rec)} blocks, "
