@@ -307,7 +307,10 @@ def test_sigterm_stops_the_demo_and_its_anvil(tmp_path, when):
         reader.join(5)
     out = "".join(lines)
     if when == "twice":
-        assert code in (0, 128 + signal.SIGTERM), out
+        # Exit at once through the handler (143), or the first stop had already finished its clean-up: then the
+        # second signal meets the default action the command put back on leaving and ends the process (-15; a
+        # shell shows 143 for both).
+        assert code in (0, 128 + signal.SIGTERM, -signal.SIGTERM), out
     else:
         assert code == 0, out
         assert "demo stopped: anvil and the sidecar are down" in out and "Traceback" not in out, out
