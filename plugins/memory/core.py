@@ -44,6 +44,7 @@ from .fields import parse_address, parse_id, utf8
 from .forget import AGENT_COLUMN, Forget
 from .ingest import ChainIngest
 from .items import Items, head
+from .metrics import backlogs
 from .proofs import Proofs
 from .recall import Recall
 from .registrations import Registrations
@@ -257,18 +258,16 @@ class Memory:
         """The ``monmouth_status`` of the plugin: counts, backlogs, counters and the latest global root (plus the
         registry's status when registries are configured)."""
         conn = self._read()
-        unsettled = scalar(conn, "SELECT count(*) FROM memory_pending")
+        backlog = backlogs(conn)
         agents = scalar(conn, "SELECT count(*) FROM memory_agents WHERE forgotten_at IS NULL")
         items = scalar(conn, "SELECT count(*) FROM memory_items")
-        queue = scalar(conn, "SELECT count(*) FROM memory_embed_queue")
         seq = scalar(conn, "SELECT ops_seq FROM memory_sync")
         pending = scalar(conn, "SELECT count(*) FROM memory_ops WHERE seq > ?", (seq,))
         g = scalar(conn, "SELECT max(block_number) FROM memory_blocks")
-        mark = scalar(conn, "SELECT indexed_n FROM memory_state WHERE id = 1")
-        unindexed = scalar(conn, "SELECT count(*) FROM memory_items WHERE n > ?", (mark,))
-        out = {"agents": agents, "items": items, "pending_ops": pending, "settle_backlog": unsettled,
-               "index_backlog": unindexed,
-               "embed_backlog": queue,
+        out = {"agents": agents, "items": items, "pending_ops": pending,
+               "settle_backlog": backlog["monmouth_memory_settle_backlog"],
+               "index_backlog": backlog["monmouth_memory_index_backlog"],
+               "embed_backlog": backlog["monmouth_memory_embed_backlog"],
                "embedded": self.counters.embedded, "key_errors": self.counters.key_errors,
                "global_root": {"block": g, "root": hx(self.lattice.global_root(conn, g))} if g is not None else None}
         if self.config.registries:

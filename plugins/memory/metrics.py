@@ -37,6 +37,12 @@ GAUGES: dict[str, tuple[str, str]] = {
 }
 
 
+def backlogs(conn: Any) -> dict[str, int]:
+    """``{metric name: count}`` of :data:`GAUGES` read on ``conn`` (also what ``/status`` reports as
+    ``settle_backlog``, ``index_backlog`` and ``embed_backlog``)."""
+    return {name: scalar(conn, sql) or 0 for name, (_, sql) in GAUGES.items()}
+
+
 class MemoryCollector(Collector):
     """Yields :data:`GAUGES` read on a connection from ``reader`` (the sidecar's per-thread read connection)."""
 
@@ -44,9 +50,8 @@ class MemoryCollector(Collector):
         self.reader = reader
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        conn = self.reader()
-        for name, (doc, sql) in GAUGES.items():
-            yield GaugeMetricFamily(name, doc, value=scalar(conn, sql) or 0)
+        for name, value in backlogs(self.reader()).items():
+            yield GaugeMetricFamily(name, GAUGES[name][0], value=value)
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         """Names only (no database read when the collector is registered)."""
