@@ -233,6 +233,12 @@ def migration_version(conn: Connection, plugin: str) -> int:
     return int(row[0]) if row else 0
 
 
+def schema_versions(conn: Connection) -> dict[str, int]:
+    """``{plugin: number of its migrations applied}`` for every plugin that ever migrated the database ``conn`` is
+    on: the public way for plugins and tools (backups, checkpoints) to record which schemas a copy holds."""
+    return {str(p): int(v) for p, v in conn.execute("SELECT plugin, version FROM monmouth_migrations")}
+
+
 def migration_digest(script: str) -> str:
     """The sha256 (hex) of a migration script with its layout taken out (runs of whitespace collapsed, none kept
     around ``( ) , ;``): re-indenting or re-wrapping a script is not a change, anything else is."""

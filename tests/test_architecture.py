@@ -136,6 +136,29 @@ def test_the_graph_covers_every_shipped_package():
     assert "monmouth.journal" in g["monmouth.engine"]
 
 
+#: SQL naming one of the engine's tables (``monmouth_blocks``, ``monmouth_cursor``, ``monmouth_migrations``...).
+ENGINE_TABLE_SQL = re.compile(r"\b(FROM|JOIN|INTO|UPDATE|TABLE)\s+monmouth_\w+", re.IGNORECASE)
+
+
+def test_plugins_meet_each_other_and_the_engine_only_through_the_core():
+    """A plugin package imports no other plugin package (what one offers another is a Protocol in
+    ``monmouth.interfaces``), and no plugin's SQL names an engine table: the canonical hash of a block is
+    ``monmouth.engine.canonical_hash``, the cursor ``read_cursor``, the schemas ``monmouth.store.schema_versions``."""
+    g = graph()
+    crossing = sorted(f"{m} -> {d}" for m, deps in g.items() for d in deps
+                      if m.partition(".")[0] != "monmouth"
+                      and d.partition(".")[0] not in ("monmouth", m.partition(".")[0]))
+    assert crossing == []
+    plugin_files = [f for name, f in modules().items() if name.partition(".")[0] != "monmouth"]
+    assert len(plugin_files) > 40
+    reads = [f"{f.relative_to(ROOT)}:{i}: {line.strip()}" for f in plugin_files
+             for i, line in enumerate(f.read_text().splitlines(), 1) if ENGINE_TABLE_SQL.search(line)]
+    assert reads == []
+    # The pattern sees what it names.
+    assert ENGINE_TABLE_SQL.search('conn.execute("SELECT hash FROM monmouth_blocks WHERE number = ?")')
+    assert not ENGINE_TABLE_SQL.search("from monmouth.engine import canonical_hash")
+
+
 def test_function_level_and_type_checking_imports_count(tmp_path):
     f = tmp_path / "m.py"
     f.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .b import X\n"
@@ -151,32 +174,53 @@ def test_no_import_cycles():
     assert not found, "import cycles:\n" + "\n".join(f"  {path_through(g, c)}   (modules {', '.join(c)})" for c in found)
 
 
-#: Core exceptions outside the tree (none).
+#: Exceptions of the shipped packages outside the tree (none).
 OUTSIDE_THE_TREE: set[str] = set()
 
 
-def test_every_core_exception_derives_from_monmouth_error():
-    """One root: whatever the core raises on purpose is a ``MonmouthError`` (``except MonmouthError`` catches it), and
-    only ``ProblemError``, the HTTP layer's, carries an HTTP status."""
+def shipped_exceptions() -> list[type[BaseException]]:
+    """Every exception class defined in a shipped module (the core and the built-in plugins)."""
     import importlib
     import inspect
 
-    from monmouth.errors import MonmouthError
-    from monmouth.problems import ProblemError
-
     found = []
     for name in modules():
-        if not name.startswith("monmouth.") or name.endswith("__main__"):
+        if name.endswith("__main__"):
             continue
         module = importlib.import_module(name)
         for cls in vars(module).values():
             if inspect.isclass(cls) and issubclass(cls, Exception) and cls.__module__ == name:  # errors, not signals
                 found.append(cls)
-    assert len(found) > 20
+    return found
+
+
+def test_one_exception_tree_under_monmouth_error():
+    """One root: whatever the core and the built-in plugins raise on purpose is a ``MonmouthError`` (``except
+    MonmouthError`` catches it), each says whether it is retryable, only ``ProblemError``, the HTTP layer's, carries
+    an HTTP status, and every refused request's status comes from the one table in ``monmouth.problems``."""
+    import inspect
+
+    from monmouth.errors import MonmouthError, RequestError
+    from monmouth.problems import STATUS_OF, ProblemError, status_of
+
+    found = shipped_exceptions()
+    assert len(found) > 40
+    assert {c.__module__.partition(".")[0] for c in found} >= {"monmouth", "monmouth_rag", "monmouth_memory",
+                                                               "monmouth_integrations"}
     outside = {f"{c.__module__}.{c.__qualname__}" for c in found if not issubclass(c, MonmouthError)}
     assert outside == OUTSIDE_THE_TREE
-    with_status = {c.__qualname__ for c in found if "status" in inspect.signature(c.__init__).parameters}
+    assert all(isinstance(getattr(c, "retryable", None), bool) for c in found)
+    with_status = {c.__qualname__ for c in found if "status" in inspect.signature(c.__init__).parameters
+                   or isinstance(vars(c).get("status"), int)}
     assert with_status == {ProblemError.__qualname__}
+    refusals = [c for c in found if issubclass(c, RequestError)]
+    assert len(refusals) >= len(STATUS_OF) + 6  # the core's kinds and memory's
+    for c in refusals:
+        assert 400 <= status_of(c("field", "message")) < 500, c
+    # A builtin base is kept where callers catch it (``except FileNotFoundError`` around the embedding model).
+    from monmouth_rag.embedder import ModelNotFoundError
+
+    assert issubclass(ModelNotFoundError, MonmouthError) and issubclass(ModelNotFoundError, FileNotFoundError)
 
 
 # ------------------------------------------------------------------------------------------------ one home each
