@@ -185,7 +185,7 @@ class Database:
             self._local.conn = conn
         return conn
 
-    def checkpoint(self) -> tuple[int, int]:
+    def checkpoint_wal(self) -> tuple[int, int]:
         """Copy committed WAL frames back into the database file (``PRAGMA wal_checkpoint(PASSIVE)``, on this
         thread's connection): never blocks the engine's writes or any reader, and stops at frames a reader
         still needs. Once every frame is copied, the next writer starts the WAL over, which keeps it bounded.

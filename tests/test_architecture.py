@@ -131,7 +131,7 @@ def path_through(g: dict[str, set[str]], comp: tuple[str, ...]) -> str:
 def test_the_graph_covers_every_shipped_package():
     g = graph()
     tops = {m.partition(".")[0] for m in g}
-    assert tops == {"monmouth", "monmouth_rag", "monmouth_memory", "monmouth_integrations"}
+    assert tops == {"monmouth", "monmouth_rag", "monmouth_memory", "monmouth_integrations", "monmouth_demo"}
     assert "monmouth.engine" in g["monmouth.runner"]  # a module-level import
     assert "monmouth.journal" in g["monmouth.engine"]
 
@@ -141,7 +141,7 @@ ENGINE_TABLE_SQL = re.compile(r"\b(FROM|JOIN|INTO|UPDATE|TABLE)\s+monmouth_\w+",
 
 
 def test_plugins_meet_each_other_and_the_engine_only_through_the_core():
-    """A plugin package imports no other plugin package (what one offers another is a Protocol in
+    """The core imports no plugin package (nor the demo's), a plugin package imports no other plugin package (what one offers another is a Protocol in
     ``monmouth.interfaces``), and no plugin's SQL names an engine table: the canonical hash of a block is
     ``monmouth.engine.canonical_hash``, the cursor ``read_cursor``, the schemas ``monmouth.store.schema_versions``."""
     g = graph()
@@ -149,6 +149,9 @@ def test_plugins_meet_each_other_and_the_engine_only_through_the_core():
                       if m.partition(".")[0] != "monmouth"
                       and d.partition(".")[0] not in ("monmouth", m.partition(".")[0]))
     assert crossing == []
+    # ... and the core imports none of them (plugins, the demo's command package).
+    assert sorted(f"{m} -> {d}" for m, deps in g.items() if m.partition(".")[0] == "monmouth" for d in deps
+                  if d.partition(".")[0] != "monmouth") == []
     plugin_files = [f for name, f in modules().items() if name.partition(".")[0] != "monmouth"]
     assert len(plugin_files) > 40
     reads = [f"{f.relative_to(ROOT)}:{i}: {line.strip()}" for f in plugin_files
@@ -236,7 +239,7 @@ ONE_HOME: dict[str, tuple[str, str]] = {
         (r"""["']jsonrpc["']\s*:\s*["']2\.0["']\s*,\s*["']id["']\s*:[^,]+,\s*["']method["']""", "sidecar/rpcclient.py"),
     "a backoff doubled by hand (use monmouth.backoff.Backoff)":
         (r"\b\w*(backoff|delay)\w*\s*\*\s*2\b", "sidecar/backoff.py"),
-    "a Solidity build (use monmouth.demo.compile_solidity)": (r"solc\.compile\(", "sidecar/demo.py"),
+    "a Solidity build (use monmouth_demo.compile_solidity)": (r"solc\.compile\(", "demo/__init__.py"),
 }
 
 
@@ -276,7 +279,7 @@ def test_the_one_home_patterns_catch_the_copies_they_name(tmp_path):
         "a JSON-RPC request built by hand (use monmouth.rpcclient)":
             '    r = http.post(url, json={"jsonrpc": "2.0", "id": self._id, "method": method, "params": p})',
         "a backoff doubled by hand (use monmouth.backoff.Backoff)": "    backoff = min(backoff * 2, cap)",
-        "a Solidity build (use monmouth.demo.compile_solidity)":
+        "a Solidity build (use monmouth_demo.compile_solidity)":
             "const out = JSON.parse(solc.compile(JSON.stringify(input)));",
     }
     assert samples.keys() == ONE_HOME.keys()
