@@ -213,6 +213,12 @@ def test_one_exception_tree_under_monmouth_error():
     outside = {f"{c.__module__}.{c.__qualname__}" for c in found if not issubclass(c, MonmouthError)}
     assert outside == OUTSIDE_THE_TREE
     assert all(isinstance(getattr(c, "retryable", None), bool) for c in found)
+    retryable = {f"{c.__module__}.{c.__qualname__}" for c in found if c.retryable}
+    assert {"monmouth.errors.StorageUnavailableError", "monmouth.rpcclient.TransientNodeError",
+            "monmouth.rpcclient.BadAnswerError", "monmouth_integrations.errors.TransientError",
+            "monmouth_integrations.errors.NotReady"} <= retryable
+    assert not retryable & {"monmouth.errors.ConfigError", "monmouth.errors.StorageError",
+                            "monmouth_integrations.errors.PermanentError", "monmouth_memory.errors.MemoryRequestError"}
     with_status = {c.__qualname__ for c in found if "status" in inspect.signature(c.__init__).parameters
                    or isinstance(vars(c).get("status"), int)}
     assert with_status == {ProblemError.__qualname__}
