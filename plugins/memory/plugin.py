@@ -25,7 +25,7 @@ from .agents import Agents
 from .config import MemoryConfig
 from .core import Memory
 from .metrics import MemoryCollector
-from .schema import MIGRATIONS, TRIMMED
+from .schema import MIGRATIONS, PG_MIGRATIONS, TRIMMED
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,12 @@ class MemoryPlugin:
         return MemoryConfig
 
     @hookimpl
-    def monmouth_migrations(self) -> Sequence[str]:
-        return MIGRATIONS
+    def monmouth_migrations(self, backend: str = "sqlite") -> Sequence[str]:
+        return PG_MIGRATIONS if backend == "postgres" else MIGRATIONS
+
+    @hookimpl
+    def monmouth_backends(self) -> Sequence[str]:
+        return ("sqlite", "postgres")
 
     @hookimpl
     def monmouth_trimmed_tables(self) -> Mapping[str, str | None]:

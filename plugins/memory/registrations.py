@@ -129,8 +129,8 @@ class Registrations:
 
     def _register(self, conn: apsw.Connection, registry: bytes, agent: bytes, label: str | None, block: Any,
                   tx_hash: bytes, log_index: int, exists: bool) -> None:
-        conn.execute("INSERT OR IGNORE INTO memory_registry (agent, registry, block_number, tx_hash, log_index, label, "
-                     "registered_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        conn.execute("INSERT INTO memory_registry (agent, registry, block_number, tx_hash, log_index, label, "
+                     "registered_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                      (agent, registry, block.number, tx_hash, log_index, label, float(block.timestamp)))
         if not exists:
             self._ensure_key(agent)  # outside the database: idempotent, harmless if the block is reverted
