@@ -6,8 +6,6 @@ from __future__ import annotations
 import shutil
 import threading
 
-import pytest
-
 from monmouth.types import ChainCommitted, ChainReorged, ChainReverted
 from monmouth_memory import merkle
 from monmouth_memory.errors import UnknownAgentError
@@ -152,11 +150,11 @@ def test_forget_on_postgres_leaves_no_copy_and_later_reorgs_revert_exactly(tmp_p
         close(e)
 
 
-@pytest.mark.parametrize("workers", [True])
-def test_api_writes_while_the_engine_commits_blocks_on_postgres(tmp_path, pg_url, workers):
+def test_api_writes_while_the_engine_commits_blocks_on_postgres(tmp_path, pg_url):
     """Four API writer threads store and update items while the engine applies 30 blocks and a reorg (and the
-    worker settles): no write fails, none is lost, and the final roots hold exactly every item's last version."""
-    e, p = make_memory_engine(pg_url, {"key_dir": str(tmp_path / "keys"), "agents": _agents()}, workers=workers)
+    worker settles): no write fails, none is lost, and the final roots hold exactly every item's last version.
+    (Without the plugin's write lock, .dialect.WRITE_LOCK, this fails: settles and reverts interleave.)"""
+    e, p = make_memory_engine(pg_url, {"key_dir": str(tmp_path / "keys"), "agents": _agents()}, workers=True)
     mem = p.memory
     errors: list[BaseException] = []
     done = threading.Event()
