@@ -53,6 +53,13 @@ def settle(conn: Any) -> None:
     conn.execute("SELECT memory_settle()").fetchall()
 
 
+def fts_rows_from(conn: Any, lo: int) -> int:
+    """How many keyed full-text entries (FTS5 rows on SQLite, ``memory_fts`` rows on PostgreSQL) have a row id of
+    at least ``lo``."""
+    column = "n" if getattr(conn, "backend", "sqlite") == "postgres" else "rowid"
+    return int(conn.execute(f"SELECT count(*) FROM memory_fts WHERE {column} >= ?", (lo,)).fetchone()[0])
+
+
 def dump_tables(conn: Any, queries: dict[str, str]) -> dict[str, list[tuple[Any, ...]]]:
     """``{name: sorted rows of its query}``, after :func:`settle`: memory tables compared across reorgs and with
     fresh indexes."""

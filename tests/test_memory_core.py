@@ -14,7 +14,7 @@ from monmouth.types import Block, ChainCommitted, ChainReorged, ChainReverted
 from monmouth_memory import ingest, merkle
 from monmouth_memory.errors import ConflictError, MemoryRequestError, NotFoundError, UnknownAgentError
 from tests.chains import address, chain, extend
-from tests.memory_helpers import close, dump_tables, make_memory_engine, settle
+from tests.memory_helpers import close, dump_tables, fts_rows_from, make_memory_engine, settle
 
 A1, A2, OUTSIDER = address(1), address(2), address(7)
 CHAIN_TABLES = {
@@ -39,12 +39,6 @@ def backend(conn) -> str:
 
 def dump(conn) -> dict[str, list[tuple]]:
     return dump_tables(conn, {**CHAIN_TABLES, **BACKEND_TABLES[backend(conn)]})
-
-
-def fts_rows_from(conn, lo: int) -> int:
-    """How many keyed full-text entries have a row id of at least ``lo``."""
-    return conn.execute(f"SELECT count(*) FROM memory_fts WHERE {'n' if backend(conn) == 'postgres' else 'rowid'} "
-                        ">= ?", (lo,)).fetchone()[0]
 
 
 def _factory(tmp_path, storage):
