@@ -6,6 +6,8 @@ from __future__ import annotations
 import shutil
 import threading
 
+import pytest
+
 from monmouth.types import ChainCommitted, ChainReorged, ChainReverted
 from monmouth_memory import merkle
 from monmouth_memory.errors import UnknownAgentError
@@ -206,3 +208,15 @@ def test_api_writes_while_the_engine_commits_blocks_on_postgres(tmp_path, pg_url
     finally:
         done.set()
         close(e)
+
+
+def test_automatic_checkpoints_are_refused_on_postgres_naming_the_key(tmp_path, pg_url):
+    from monmouth.backends.postgres import PgDatabase
+    from monmouth.errors import ConfigError
+    from monmouth_memory.config import MemoryConfig
+    from monmouth_memory.core import Memory
+    from tests.pg import PASSWORD
+
+    db = PgDatabase(pg_url, password=PASSWORD)
+    with pytest.raises(ConfigError, match="plugins.memory.checkpoint_every: automatic checkpoints copy the SQLite"):
+        Memory(MemoryConfig(checkpoint_every=10, key_dir=str(tmp_path / "keys")), db)

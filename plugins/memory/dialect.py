@@ -110,6 +110,11 @@ class Sqlite:
                  "to_block IS NULL AND expires_ts IS NOT NULL AND expires_ts <= ?")
 
     @staticmethod
+    def checkpoint(db: Any) -> None:
+        """The worker's periodic WAL checkpoint (passive: API writes do not auto-checkpoint, :func:`write`)."""
+        db.checkpoint()
+
+    @staticmethod
     def after_purge(db: Any) -> None:
         """After a forget committed: merge the FTS5 segments (dropping deleted entries) and truncate the WAL, so no
         copy of a deleted row stays in the file."""
@@ -173,6 +178,10 @@ class Postgres:
                     "expires_block IS NOT NULL AND expires_block <= ?")
     EXPIRE_TS = ("SELECT agent, item_id, from_block FROM memory_leaves WHERE to_block IS NULL AND "
                  "expires_ts IS NOT NULL AND expires_ts <= ?")
+
+    @staticmethod
+    def checkpoint(db: Any) -> None:
+        """Nothing: the server checkpoints its own WAL."""
 
     @staticmethod
     def after_purge(db: Any) -> None:
