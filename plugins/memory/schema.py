@@ -7,8 +7,8 @@ Which code writes which table matters for the reorg journal (see ``docs/memory.m
   ``memory_pending`` (trimmed by block number) and *settled* afterwards by :func:`.ingest.settle` into the
   **derived lattice tables** (schema 5; declared trimmed): ``memory_leaves`` (the item versions with their
   validity ranges), ``memory_marks`` (per agent, the blocks at which its visible set changed, the count after and
-  the block's stamp) and ``memory_blocks`` (one row per settled block); the engine trims marks and blocks by block
-  number on revert and ``monmouth_block_reverted`` deletes the leaves a settled block added and reopens those it
+  the block's stamp) and ``memory_blocks`` (one row per settled block); on revert ``monmouth_block_reverted``
+  deletes marks and blocks at and above the block (:data:`REVERT_TRIMMED`), deletes the leaves a settled block added and reopens those it
   closed. The chain-derived rows of ``memory_items`` are written only by settling, only inserted, with row ids
   ``n >= block << 20``: ``memory_items`` is declared trimmed (not journaled) and ``monmouth_block_reverted``
   deletes them by row id range, which keeps their ciphertexts out of the per-block undo changesets;
@@ -31,8 +31,8 @@ Which code writes which table matters for the reorg journal (see ``docs/memory.m
   (``label``) later change, and the inverse changeset would then conflict and refuse the revert;
 * **derived tables** are declared trimmed (not journaled): the FTS5 index ``memory_fts`` and the encrypted
   vectors ``memory_vectors``, cleaned by ``monmouth_block_reverted`` by row id range, and the embedding queue;
-  the root caches ``memory_root_cache`` / ``memory_global_cache`` (the engine deletes rows ``>= block`` on
-  revert); ``memory_state`` (the stamp counter, never reverted) and ``memory_forgotten`` (see :mod:`.lattice`).
+  the root caches ``memory_root_cache`` / ``memory_global_cache`` (``monmouth_block_reverted`` deletes rows
+  ``>= block``); ``memory_state`` (the stamp counter, never reverted) and ``memory_forgotten`` (see :mod:`.lattice`).
 
 ``memory_global_roots`` is a view over ``memory_blocks`` (migration 2); its ``root`` column calls the SQL function
 ``memory_global_root`` that :mod:`.lattice` registers on every connection.
@@ -455,7 +455,7 @@ TRIMMED: dict[str, str | None] = {
     # journaled memory_registry on revert: journaling it would make reverts conflict with forget and labels.
     "memory_agents": None,
     # Derived by .ingest.settle from memory_pending and the op log, after the block's transaction (migration 5);
-    # the engine deletes rows >= the reverted block, revert_block deletes/reopens the leaves it derived.
+    # revert_block deletes rows >= the reverted block (REVERT_TRIMMED) and deletes/reopens the leaves it derived.
     "memory_pending": None,
     "memory_blocks": None,
     "memory_marks": None,
