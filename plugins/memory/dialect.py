@@ -43,6 +43,10 @@ JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 #: Tables a forget deletes from; PostgreSQL vacuums them afterwards so no dead row version keeps a ciphertext.
 PURGED = ("memory_items", "memory_fts", "memory_vectors", "memory_embed_queue", "memory_tags", "memory_ops",
           "memory_leaves", "memory_marks", "memory_root_cache", "memory_agents", "memory_registry", "monmouth_undo")
+#: Open leaves whose ``{column}`` is at or below a bound (``{hint}``: an index hint, or nothing).
+_EXPIRING = ("SELECT agent, item_id, from_block FROM memory_leaves{hint} WHERE to_block IS NULL AND {column} IS NOT "
+             "NULL AND {column} <= ?")
+
 
 
 class Sqlite:
@@ -104,10 +108,8 @@ class Sqlite:
             "WHERE memory_fts MATCH ? AND i.agent = ? ORDER BY rank LIMIT ?", (match, agent, limit))]
 
     #: Open leaves expiring at a block, and at a time (``INDEXED BY``: the planner took the wide primary key).
-    EXPIRE_BLOCK = ("SELECT agent, item_id, from_block FROM memory_leaves INDEXED BY memory_leaves_eb WHERE "
-                    "to_block IS NULL AND expires_block IS NOT NULL AND expires_block <= ?")
-    EXPIRE_TS = ("SELECT agent, item_id, from_block FROM memory_leaves INDEXED BY memory_leaves_et WHERE "
-                 "to_block IS NULL AND expires_ts IS NOT NULL AND expires_ts <= ?")
+    EXPIRE_BLOCK = _EXPIRING.format(hint=" INDEXED BY memory_leaves_eb", column="expires_block")
+    EXPIRE_TS = _EXPIRING.format(hint=" INDEXED BY memory_leaves_et", column="expires_ts")
 
     @staticmethod
     def checkpoint(db: Any) -> None:
@@ -174,10 +176,8 @@ class Postgres:
             "CAST(? AS tsquery) q WHERE f.tokens @@ q AND i.agent = ? ORDER BY score DESC, f.n LIMIT ?",
             (query, agent, limit))]
 
-    EXPIRE_BLOCK = ("SELECT agent, item_id, from_block FROM memory_leaves WHERE to_block IS NULL AND "
-                    "expires_block IS NOT NULL AND expires_block <= ?")
-    EXPIRE_TS = ("SELECT agent, item_id, from_block FROM memory_leaves WHERE to_block IS NULL AND "
-                 "expires_ts IS NOT NULL AND expires_ts <= ?")
+    EXPIRE_BLOCK = _EXPIRING.format(hint="", column="expires_block")
+    EXPIRE_TS = _EXPIRING.format(hint="", column="expires_ts")
 
     @staticmethod
     def checkpoint(db: Any) -> None:

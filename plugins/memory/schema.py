@@ -4,14 +4,15 @@ Which code writes which table matters for the reorg journal (see ``docs/memory.m
 
 * **chain tables** are written only by the chain hooks and journaled: ``memory_sync`` (how far the op log has
   been anchored) and ``memory_registry``. Each block's memory input is recorded by the chain hook in
-  ``memory_pending`` (trimmed by block number) and *settled* afterwards by :func:`.ingest.settle` into the
+  ``memory_pending`` (deleted from a reverted block up) and *settled* afterwards by :func:`.ingest.settle` into the
   **derived lattice tables** (schema 5; declared trimmed): ``memory_leaves`` (the item versions with their
   validity ranges), ``memory_marks`` (per agent, the blocks at which its visible set changed, the count after and
   the block's stamp) and ``memory_blocks`` (one row per settled block); on revert ``monmouth_block_reverted``
-  deletes marks and blocks at and above the block (:data:`REVERT_TRIMMED`), deletes the leaves a settled block added and reopens those it
-  closed. The chain-derived rows of ``memory_items`` are written only by settling, only inserted, with row ids
-  ``n >= block << 20``: ``memory_items`` is declared trimmed (not journaled) and ``monmouth_block_reverted``
-  deletes them by row id range, which keeps their ciphertexts out of the per-block undo changesets;
+  deletes marks and blocks at and above the block (:data:`REVERT_TRIMMED`), deletes the leaves a settled block
+  added and reopens those it closed. The chain-derived rows of ``memory_items`` are written only by settling, only
+  inserted, with row ids ``n >= block << 20``: ``memory_items`` is declared trimmed (not journaled) and
+  ``monmouth_block_reverted`` deletes them by row id range, which keeps their ciphertexts out of the per-block undo
+  changesets;
 * **off-chain tables** are written by the API and the CLI and never by chain hooks: ``memory_ops`` (the op log
   of API writes, anchored by the chain hook at the next block), and the API rows of ``memory_items`` /
   ``memory_tags``;
