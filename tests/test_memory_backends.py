@@ -220,3 +220,20 @@ def test_automatic_checkpoints_are_refused_on_postgres_naming_the_key(tmp_path, 
     db = PgDatabase(pg_url, password=PASSWORD)
     with pytest.raises(ConfigError, match="plugins.memory.checkpoint_every: automatic checkpoints copy the SQLite"):
         Memory(MemoryConfig(checkpoint_every=10, key_dir=str(tmp_path / "keys")), db)
+
+
+def test_global_root_at_is_what_the_sqlite_view_gives_on_both_backends(tmp_path, storage_of):
+    e, p = make_memory_engine(storage_of("db.sqlite"), {"key_dir": str(tmp_path / "keys"), "agents": _agents()})
+    try:
+        bs = extend(None, 4, number=1, n_txs=4)
+        e.apply(ChainCommitted(chain(bs)))
+        for b in bs:
+            root, agents = p.global_root_at(b.number, b.hash)
+            answer = p.memory.global_root(b.number)
+            assert ("0x" + root.hex(), agents) == (answer["root"], answer["agents"])
+            if getattr(e.conn, "backend", "sqlite") == "sqlite":
+                assert e.conn.execute("SELECT root, agents FROM memory_global_roots WHERE block_number = ?",
+                                      (b.number,)).fetchone() == (root, agents)
+        assert p.global_root_at(2, bytes(32)) is None and p.global_root_at(99) is None
+    finally:
+        close(e)
