@@ -100,8 +100,10 @@ def call_one(plugin: object, hook: str, **kwargs: Any) -> Any:
     if not _is_impl(fn):
         return None
     # As pluggy does: an implementation takes any subset of the hook's arguments, by name.
-    names = inspect.signature(fn).parameters
-    return fn(**{k: v for k, v in kwargs.items() if k in names})
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return fn(**kwargs)
+    return fn(**{k: v for k, v in kwargs.items() if k in params})
 
 
 def hook_functions(plugin: object) -> dict[str, Any]:
