@@ -119,7 +119,7 @@ def test_memory_commands_on_postgres_and_checkpoints_refused_naming_storage_url(
     memory_plugin.monmouth_register_commands(cli=group)
     cfg = tmp_path / "config.toml"
     cfg.write_text(f'[storage]\nurl = "{pg_url}"\n\n[plugins.memory]\nenabled = true\nagents = ["{A1}"]\n'
-                   f'embed = false\nkey_dir = "{tmp_path / "keys"}"\n')
+                   'embed = false\nkey_dir = "keys"\n')  # relative: to the config file's directory
     runner = CliRunner()
 
     def run(*args: str):
@@ -129,6 +129,7 @@ def test_memory_commands_on_postgres_and_checkpoints_refused_naming_storage_url(
     assert stored.exit_code == 0, stored.output
     listed = run("memory", "list", A1, "--tag", "pg")
     assert listed.exit_code == 0 and json.loads(listed.output)["items"][0]["content"] == "kept in postgres"
+    assert (tmp_path / "keys" / f"{A1[2:]}.key").exists()
     for args in (("checkpoint", "create"), ("checkpoint", "restore", "latest", "--yes")):
         res = run(*args)
         assert res.exit_code != 0 and "storage.url: checkpoints are copies of the SQLite file" in res.output

@@ -73,7 +73,7 @@ class Memory:
         settings: the whole settings (config hash in checkpoint manifests), or ``None``.
 
     Relative ``key_dir`` and ``checkpoint_dir`` are resolved against the SQLite file's directory, or on PostgreSQL
-    against the working directory (the config file's paths are already absolute when the sidecar loaded it).
+    against the config file's directory (``settings.origin``; the working directory when there is no file).
 
     Raises:
         monmouth.errors.ConfigError: ``checkpoint_every`` set on PostgreSQL (checkpoints are copies of the SQLite file).
@@ -85,7 +85,9 @@ class Memory:
         self.host = host
         self.settings = settings
         path = getattr(db, "path", None)
-        base = Path(path).resolve().parent if path is not None else Path.cwd()
+        origin = Path(getattr(settings, "origin", "") or "")
+        base = (Path(path).resolve().parent if path is not None else
+                origin.resolve().parent if origin.is_file() else Path.cwd())
         if path is None and config.checkpoint_every:
             raise ConfigError(
                 "plugins.memory.checkpoint_every: automatic checkpoints copy the SQLite file and do not exist on "
