@@ -22,9 +22,11 @@ forget) and the engine's memory hooks run at ``READ COMMITTED`` and take :data:`
 ``pg_advisory_xact_lock`` before their first statement, so they run one after the other exactly as under SQLite's
 single write lock: an API update's read-modify-write of an item version, a settle deriving a block the engine is
 reverting, the anchoring of the op log all see each other whole. Nothing waits on a serialization failure (no
-``SERIALIZABLE``), so none reaches a client; the lock is released at commit or rollback, and a writer that holds it
-never waits on a row the engine locked before taking it (the engine's transaction takes it in its first memory
-hook, before it touches a memory row).
+``SERIALIZABLE``), so none reaches a client; the lock is released at commit or rollback. No deadlock: a writer
+that holds the lock never waits on a row the engine locked before taking it. The engine's transaction takes it in
+its first memory hook; before that, on a revert, it touches only the journaled ``memory_sync`` and
+``memory_registry``, which chain hooks alone write, because the plugin's revert hook trims the memory tables the
+engine would otherwise trim (:data:`.schema.REVERT_TRIMMED`).
 """
 
 from __future__ import annotations
@@ -40,13 +42,13 @@ WRITE_LOCK = 0x4D4D_0003
 _MAX_POS = 16383
 #: SQLite's WAL file size kept after a restart of it (bytes).
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
-#: Tables a forget deletes from; PostgreSQL vacuums them afterwards so no dead row version keeps a ciphertext.
+#: Tables a forget deletes from (``monmouth_undo``: the row images :func:`monmouth.journal.redact` deleted);
+#: PostgreSQL vacuums them afterwards so no dead row version keeps a ciphertext.
 PURGED = ("memory_items", "memory_fts", "memory_vectors", "memory_embed_queue", "memory_tags", "memory_ops",
           "memory_leaves", "memory_marks", "memory_root_cache", "memory_agents", "memory_registry", "monmouth_undo")
 #: Open leaves whose ``{column}`` is at or below a bound (``{hint}``: an index hint, or nothing).
 _EXPIRING = ("SELECT agent, item_id, from_block FROM memory_leaves{hint} WHERE to_block IS NULL AND {column} IS NOT "
              "NULL AND {column} <= ?")
-
 
 
 class Sqlite:
