@@ -128,8 +128,11 @@ class MemoryPlugin:
             raise RuntimeError("memory plugin not started")
         self.memory.apply_block(conn, block)
 
-    @hookimpl
+    @hookimpl(tryfirst=True)
     def monmouth_block_reverted(self, conn: Any, block: Any, notification: Any) -> None:
+        """First of all plugins (``tryfirst``): the memory rows derived from ``block`` are gone (and on PostgreSQL
+        the plugin's write lock is held) before other plugins' revert hooks read memory tables, as when the engine
+        trimmed them itself."""
         if self.memory is None:
             raise RuntimeError("memory plugin not started")
         self.memory.revert_block(conn, block)
