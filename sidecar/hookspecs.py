@@ -63,8 +63,11 @@ def monmouth_config_model() -> type[BaseModel] | None:
 
 
 @hookspec(firstresult=True)
-def monmouth_migrations() -> Sequence[str] | None:
-    """Return this plugin's schema migrations: an ordered list of SQL scripts.
+def monmouth_migrations(backend: str) -> Sequence[str] | None:
+    """Return this plugin's schema migrations for ``backend`` (``"sqlite"`` or ``"postgres"``, see
+    :func:`monmouth_backends`): an ordered list of SQL scripts. An implementation may leave ``backend`` out of its
+    signature (portable SQL, or SQLite only); one whose schema differs by backend (FTS5 against ``tsvector``)
+    returns each backend's own list, each with its own versions.
 
     Migration ``i`` (1-based) runs once, in its own transaction, when the plugin is first enabled on a
     database whose recorded version for the plugin is below ``i``. Append new scripts; never edit old

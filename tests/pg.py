@@ -148,6 +148,15 @@ class PgServer:
             conn.execute(f'CREATE DATABASE "{name}" OWNER "{owner}" TEMPLATE {template} STRATEGY FILE_COPY')
         return self.url(name)
 
+    def drop(self, url: str) -> None:
+        """Drop the database of ``url`` (made by :meth:`database`), ending its sessions: a test's databases go when it
+        ends, so the cluster left for the session's teardown to delete stays small. Errors are ignored."""
+        from psycopg import sql
+
+        with contextlib.suppress(Exception), self.admin() as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(url.rsplit("/", 1)[-1])))
+
     def role(self, name: str, password: str = PASSWORD) -> str:
         """A login role without superuser rights (it cannot create the vector extension); its name."""
         from psycopg import sql

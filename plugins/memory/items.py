@@ -23,7 +23,7 @@ import msgpack
 from monmouth.chain import hx
 from monmouth.engine import read_cursor
 
-from . import merkle
+from . import dialect, merkle
 from .agents import Agents
 from .config import MemoryConfig
 from .crypto import AgentKey, aad
@@ -53,17 +53,17 @@ def index_item(conn: apsw.Connection, k: AgentKey, agent: bytes, n: int, text: s
                tags: Sequence[str]) -> None:
     """Write item ``n``'s keyed tag hashes, FTS5 keyed tokens (text items) and embedding-queue row."""
     for t in dict.fromkeys(tags):
-        conn.execute("INSERT OR IGNORE INTO memory_tags (agent, tag, n) VALUES (?, ?, ?)",
+        conn.execute("INSERT INTO memory_tags (agent, tag, n) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                      (agent, k.tag_hash(t), n))
     if text:
-        conn.execute("INSERT INTO memory_fts (rowid, tokens) VALUES (?, ?)", (n, k.tokens(text)))
-    conn.execute("INSERT OR IGNORE INTO memory_embed_queue (n) VALUES (?)", (n,))
+        dialect.of(conn).fts_add(conn, n, k.tokens(text))
+    conn.execute("INSERT INTO memory_embed_queue (n) VALUES (?) ON CONFLICT DO NOTHING", (n,))
 
 
 def unindex_item(conn: apsw.Connection, agent: bytes, n: int) -> None:
     """Delete what :func:`index_item` wrote for item ``n``, and its vector."""
     conn.execute("DELETE FROM memory_tags WHERE n = ? AND agent = ?", (n, agent))
-    conn.execute("DELETE FROM memory_fts WHERE rowid = ?", (n,))
+    dialect.of(conn).fts_remove(conn, (n,))
     conn.execute("DELETE FROM memory_vectors WHERE n = ?", (n,))
     conn.execute("DELETE FROM memory_embed_queue WHERE n = ?", (n,))
 

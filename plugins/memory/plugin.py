@@ -27,7 +27,7 @@ from .config import MemoryConfig
 from .core import Memory
 from .metrics import MemoryCollector
 from .offer import OfferedMemory
-from .schema import MIGRATIONS, TRIMMED
+from .schema import MIGRATIONS, PG_MIGRATIONS, TRIMMED
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +60,34 @@ class MemoryPlugin:
         """Registered, not forgotten agents (20-byte addresses), read on ``conn``."""
         return Agents.addresses(conn)
 
+    def global_root_at(self, number: int, block_hash: bytes | None = None) -> tuple[bytes, int] | None:
+        """``(global root, agents holding items)`` at block ``number``, read after the worker settled every block
+        applied so far; ``None`` when the plugin is not running, or the block has no retained memory row, or its
+        hash is not ``block_hash`` (when given). What the SQL view ``memory_global_roots`` gives on SQLite, on both
+        backends (PostgreSQL cannot call Python from SQL: docs/storage.md)."""
+        mem = self.memory
+        if mem is None:
+            return None
+        mem.ensure_settled()
+        conn = mem.db.reader()
+        row = mem.lattice.block_row(conn, number)
+        if row is None or (block_hash is not None and row[0] != block_hash):
+            return None
+        root = mem.lattice.global_root(conn, number)
+        return (root, row[1]) if root is not None else None
+
     # -- declarations
     @hookimpl
     def monmouth_config_model(self) -> type[MemoryConfig]:
         return MemoryConfig
 
     @hookimpl
-    def monmouth_migrations(self) -> Sequence[str]:
-        return MIGRATIONS
+    def monmouth_migrations(self, backend: str = "sqlite") -> Sequence[str]:
+        return PG_MIGRATIONS if backend == "postgres" else MIGRATIONS
+
+    @hookimpl
+    def monmouth_backends(self) -> Sequence[str]:
+        return ("sqlite", "postgres")
 
     @hookimpl
     def monmouth_trimmed_tables(self) -> Mapping[str, str | None]:
@@ -114,8 +134,11 @@ class MemoryPlugin:
             raise RuntimeError("memory plugin not started")
         self.memory.apply_block(conn, block)
 
-    @hookimpl
+    @hookimpl(tryfirst=True)
     def monmouth_block_reverted(self, conn: Any, block: Any, notification: Any) -> None:
+        """First of all plugins (``tryfirst``): the memory rows derived from ``block`` are gone (and on PostgreSQL
+        the plugin's write lock is held) before other plugins' revert hooks read memory tables, as when the engine
+        trimmed them itself."""
         if self.memory is None:
             raise RuntimeError("memory plugin not started")
         self.memory.revert_block(conn, block)
@@ -151,6 +174,7 @@ plugin = MemoryPlugin()
 globals().update(hook_functions(plugin))
 agent_addresses = plugin.agent_addresses
 get_agent_memory = plugin.get_agent_memory
+global_root_at = plugin.global_root_at
 
 
 def memory() -> Memory | None:

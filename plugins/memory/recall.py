@@ -18,6 +18,7 @@ import numpy as np
 
 from monmouth.interfaces import Embedder
 
+from . import dialect
 from .agents import Agents, Counters
 from .config import MemoryConfig
 from .crypto import aad
@@ -111,11 +112,7 @@ class Recall:
             used = "fts"
             toks = key.token_list(query)
             if toks:
-                match = " OR ".join(f'"{t}"' for t in toks)
-                for n, score in conn.execute(
-                        "SELECT f.rowid, bm25(memory_fts) FROM memory_fts f JOIN memory_items i ON i.n = f.rowid "
-                        "WHERE memory_fts MATCH ? AND i.agent = ? ORDER BY rank LIMIT ?", (match, agent, pool)):
-                    cands[n] = -score
+                cands.update(dialect.of(conn).fts_search(conn, agent, toks, pool))
         if not cands:
             return {"mode": used, "results": []}
         best = max(cands.values()) or 1.0
@@ -193,7 +190,8 @@ class Recall:
                     continue  # updated meanwhile: stays queued for the new version
                 nonce, ct = k.encrypt(np.ascontiguousarray(v, dtype=np.float32).tobytes(),
                                       aad(agent, item_id, version))
-                w.execute("INSERT OR REPLACE INTO memory_vectors (n, agent, nonce, ct) VALUES (?, ?, ?, ?)",
+                w.execute("INSERT INTO memory_vectors (n, agent, nonce, ct) VALUES (?, ?, ?, ?) ON CONFLICT (n) "
+                          "DO UPDATE SET agent = excluded.agent, nonce = excluded.nonce, ct = excluded.ct",
                           (n, agent, nonce, ct))
                 w.execute("DELETE FROM memory_embed_queue WHERE n = ?", (n,))
                 self.vectors.stale(agent)
