@@ -95,6 +95,38 @@ def run(config_path: Path | None) -> None:
 
 
 @cli.command()
+@CONFIG_OPTION
+@click.option("--port", type=int, default=None, help="Override http.port (0: any free port).")
+def serve(config_path: Path | None, port: int | None) -> None:
+    """Serve the HTTP API, MCP and the dashboard on the database without ingesting: run any number of these beside
+    the one `monmouth run` that owns ingestion (docs/storage.md, "Scale-out"). Config changes apply at restart."""
+    from .app import load_settings, open_app
+    from .serving import serve as serve_http
+    from .shutdown import Stopped, graceful
+
+    with graceful() as stopper:
+        try:
+            settings, _ = load_settings(config_path)
+            if port is not None:
+                settings.http.port = port
+            _setup_logging(settings.logging.level)
+            stopper.timeout = settings.engine.shutdown_timeout
+            app = open_app(config_path, settings=settings, serve=True)
+        except MonmouthError as e:
+            _fail(e)
+        except Stopped:
+            return
+        try:
+            anyio.run(lambda: serve_http(app, stopper))
+        except KeyboardInterrupt:  # Stopped included
+            pass
+        except MonmouthError as e:
+            _fail(e)
+        finally:
+            app.close()
+
+
+@cli.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @CONFIG_OPTION
 @click.option("--rate", type=float, default=0.0, help="Notifications per second (0: as fast as possible).")
@@ -196,8 +228,8 @@ def status(config_path: Path | None, as_json: bool) -> None:
         except httpx.HTTPError:
             obj = None
     if obj is None:
-        try:
-            app = open_app(config_path, settings=settings)
+        try:  # a read: beside a running `monmouth run` too (no ingestion lock taken)
+            app = open_app(config_path, settings=settings, serve=True)
         except MonmouthError as e:
             _fail(e)
         try:

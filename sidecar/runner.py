@@ -455,18 +455,11 @@ class Runner:
             m.wal_pending_frames.set(max(frames - done, 0))
 
     async def _serve_http(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
-        import uvicorn
-
         from .api import create_api
-        from .httpmetrics import RequestMetrics
 
         http = self.app.settings.http
         api = create_api(self.app, self)
-        config = uvicorn.Config(RequestMetrics(api, self.app.metrics), host=http.host, port=http.port,
-                                log_level="warning", lifespan="off",
-                                ssl_certfile=http.tls_cert or None, ssl_keyfile=http.tls_key or None,
-                                timeout_graceful_shutdown=max(int(self.app.settings.engine.shutdown_timeout / 2), 1))
-        server = _server(config)
+        server = http_server(self.app, api)
         self._http_server, self._http_done = server, anyio.Event()
         try:
             # The app's lifespan (the MCP session manager) runs here, inside the runner's task group, not in uvicorn.
@@ -491,6 +484,21 @@ class Runner:
         self._http_server.should_exit = True
         with anyio.move_on_after(self.app.settings.engine.shutdown_timeout):
             await self._http_done.wait()
+
+
+def http_server(app: App, api: Any) -> Any:
+    """A server (:func:`_server`) for ``api`` on ``[http]`` (TLS, graceful shutdown within half of
+    ``engine.shutdown_timeout``), counting requests into the app's metrics. Its lifespan is off: the caller runs
+    ``api.router.lifespan_context``."""
+    import uvicorn
+
+    from .httpmetrics import RequestMetrics
+
+    http = app.settings.http
+    return _server(uvicorn.Config(RequestMetrics(api, app.metrics), host=http.host, port=http.port,
+                                  log_level="warning", lifespan="off",
+                                  ssl_certfile=http.tls_cert or None, ssl_keyfile=http.tls_key or None,
+                                  timeout_graceful_shutdown=max(int(app.settings.engine.shutdown_timeout / 2), 1)))
 
 
 def _server(config: Any) -> Any:

@@ -17,8 +17,9 @@ placeholders, ``in_transaction``, ``close``), so the engine's SQL and a plugin's
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
 from typing import Any, Protocol
 
 import apsw
@@ -28,11 +29,43 @@ try:
 
     _PG_ERRORS: tuple[type[BaseException], ...] = (psycopg.Error,)
     _PG_LOST: tuple[type[BaseException], ...] = (psycopg.OperationalError,)
+    _PG_CANCELED: tuple[type[BaseException], ...] = (psycopg.errors.QueryCanceled,)
+    _PG_LOCK_TIMEOUT: tuple[type[BaseException], ...] = (psycopg.errors.LockNotAvailable,)
 except ImportError:  # pragma: no cover - psycopg is only needed for storage.url = "postgresql://..."
-    _PG_ERRORS = _PG_LOST = ()
+    _PG_ERRORS = _PG_LOST = _PG_CANCELED = _PG_LOCK_TIMEOUT = ()
 
 #: What either driver raises for a database error (a failed ``COMMIT`` included).
 DRIVER_ERRORS: tuple[type[BaseException], ...] = (apsw.Error, *_PG_ERRORS)
+
+
+#: True while the current task or thread handles a request that only reads (the HTTP API sets it for ``GET`` and
+#: ``HEAD``): a backend with a read replica (PostgreSQL's ``storage.read_url``) then answers ``reader()`` there.
+#: Everything else (``write()``, the engine, workers, other requests) uses the primary.
+REPLICA_READS: ContextVar[bool] = ContextVar("monmouth_replica_reads", default=False)
+
+
+@contextmanager
+def replica_reads(on: bool = True) -> Iterator[None]:
+    """Within the block, ``reader()`` may read from the read replica (:data:`REPLICA_READS`); with ``on`` False it
+    reads from the primary again (what must be current: the engine's head)."""
+    token = REPLICA_READS.set(on)
+    try:
+        yield
+    finally:
+        REPLICA_READS.reset(token)
+
+
+def timeout_fault(error: BaseException | None) -> str | None:
+    """A one-line description naming the ``[storage]`` key when ``error`` (or a cause) is PostgreSQL cancelling a
+    statement for ``statement_timeout`` (SQLSTATE 57014) or ``lock_timeout`` (55P03), else ``None``."""
+    while error is not None:
+        diag = getattr(getattr(error, "diag", None), "message_primary", None) or str(error)
+        if isinstance(error, _PG_CANCELED):
+            return f"storage.statement_timeout: the database cancelled a statement that ran too long ({diag})"
+        if isinstance(error, _PG_LOCK_TIMEOUT):
+            return f"storage.lock_timeout: a statement waited too long for a lock ({diag})"
+        error = error.__cause__
+    return None
 
 
 def connection_lost(error: BaseException | None) -> BaseException | None:

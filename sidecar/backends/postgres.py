@@ -43,6 +43,7 @@ from psycopg.pq import TransactionStatus
 from ..errors import StorageError, StorageUnavailableError
 from ..journal import JournalConflictError, RedactionError
 from ..store import ENGINE_PREFIX, migrate
+from . import REPLICA_READS
 
 log = logging.getLogger(__name__)
 
@@ -347,6 +348,13 @@ class PgDatabase:
 
     Args:
         url: ``postgresql://user@host:port/dbname`` (libpq URI; no password in it).
+        read_url: a streaming replica of ``url`` (same password) that :meth:`reader` reads from inside
+            :func:`sidecar.backends.replica_reads` (the API's GET requests); ``""``: none.
+        statement_timeout: seconds before the server cancels a statement (``statement_timeout``) on every
+            connection but the engine's; 0 for none. A cancelled statement raises
+            ``psycopg.errors.QueryCanceled`` (SQLSTATE 57014), which the API answers with a 503 naming
+            ``storage.statement_timeout`` (:func:`timeout_fault`).
+        lock_timeout: seconds a statement waits for a lock (``lock_timeout``) on every connection; 0 for none.
         password: the password, from the environment (``storage.password_env``), or ``None`` (libpq's own
             ``PGPASSWORD``/``~/.pgpass`` then apply).
         password_env: the variable's name, for errors.
@@ -360,11 +368,15 @@ class PgDatabase:
     backend = "postgres"
 
     def __init__(self, url: str, password: str | None = None, password_env: str = "MONMOUTH_PG_PASSWORD",
-                 connect_timeout: float = 5.0) -> None:
+                 connect_timeout: float = 5.0, read_url: str = "", statement_timeout: float = 0.0,
+                 lock_timeout: float = 0.0) -> None:
         self.url = url
         self.password = password
         self.password_env = password_env
         self.connect_timeout = connect_timeout
+        self.read_url = read_url
+        self.statement_timeout = statement_timeout
+        self.lock_timeout = lock_timeout
         self._local = threading.local()
         with contextlib.closing(self.connect()) as conn:
             self._check_vector(conn)
@@ -398,41 +410,80 @@ class PgDatabase:
                 "pgvector on the server and run `CREATE EXTENSION vector;` in that database as a superuser"
             ) from None
 
-    def connect(self, readonly: bool = False, application_name: str = "monmouth") -> PgConnection:
-        """A new autocommit connection (``readonly``: every transaction read-only).
+    def connect(self, readonly: bool = False, application_name: str = "monmouth", replica: bool = False,
+                statement_timeout: float | None = None) -> PgConnection:
+        """A new autocommit connection to ``url`` (``replica``: to ``read_url``), with ``lock_timeout`` and
+        ``statement_timeout`` (default: the configured one) set for the session; ``readonly``: every transaction
+        read-only.
 
         Raises:
-            StorageError: the server cannot be reached or refuses the login.
+            StorageError: the server cannot be reached or refuses the login (key ``storage.url`` or
+                ``storage.read_url``, the URL without password).
         """
+        url, key = (self.read_url, "storage.read_url") if replica else (self.url, "storage.url")
+        timeout = self.statement_timeout if statement_timeout is None else statement_timeout
+        options = f"-c statement_timeout={round(timeout * 1000)} -c lock_timeout={round(self.lock_timeout * 1000)}"
         try:
-            raw = psycopg.connect(self.url, password=self.password, autocommit=True,
+            raw = psycopg.connect(url, password=self.password, autocommit=True,
                                   connect_timeout=max(1, round(self.connect_timeout)),
-                                  application_name=application_name)
+                                  application_name=application_name, options=options)
         except psycopg.OperationalError as e:
             # No SQLSTATE: nothing answered (refused, timed out, no route); 57P03: the server is starting up.
             unreachable = e.sqlstate in (None, "57P03") and "password" not in str(e)
             hint = "" if self.password or unreachable else f" (no password: is {self.password_env} set?)"
             error = StorageUnavailableError if unreachable else StorageError
-            raise error(f"storage.url: cannot connect to {self.describe()}: "
+            raise error(f"{key}: cannot connect to {redact_url(url)}: "
                         f"{str(e).strip().splitlines()[-1]}{hint}") from None
         if readonly:
             raw.execute("SET default_transaction_read_only = on")
         return PgConnection(raw)
 
-    def reader(self) -> PgConnection:
-        """A per-thread read connection, reused (reconnected if it was closed)."""
-        conn: PgConnection | None = getattr(self._local, "conn", None)
+    def _thread_connection(self, slot: str, replica: bool = False) -> PgConnection:
+        conn: PgConnection | None = getattr(self._local, slot, None)
         if conn is None or conn.raw.closed or conn.raw.broken:
-            conn = self.connect()
-            self._local.conn = conn
+            conn = self.connect(readonly=replica, replica=replica)
+            setattr(self._local, slot, conn)
         return conn
+
+    def reader(self) -> PgConnection:
+        """A per-thread read connection, reused (reconnected if it was closed): to the replica ``read_url``
+        inside :func:`sidecar.backends.replica_reads` (the API's GET requests) when one is configured, else to
+        ``url``."""
+        if self.read_url and REPLICA_READS.get():
+            return self._thread_connection("replica", replica=True)
+        return self._thread_connection("conn")
 
     @contextlib.contextmanager
     def write(self) -> Iterator[PgConnection]:
-        """A short write transaction on this thread's connection; commits on success, rolls back on error."""
-        conn = self.reader()
+        """A short write transaction on this thread's connection to ``url`` (never the replica); commits on
+        success, rolls back on error."""
+        conn = self._thread_connection("conn")
         with conn:
             yield conn
+
+    def replica_status(self, primary: int | None) -> dict[str, Any]:
+        """The read replica as ``/status`` shows it: ``{"url", "head": {"number", "hash"} | None, "lag_blocks",
+        "replay_lag_s"}``. ``lag_blocks`` is ``primary`` (the primary's cursor, a block number) minus the
+        replica's; ``replay_lag_s`` is seconds since the last transaction the replica replayed committed on the
+        primary (``now() - pg_last_xact_replay_timestamp()``), 0 when it has replayed all the WAL it received.
+        A replica that cannot be read gives ``{"url", "error"}`` instead (``/status`` still answers)."""
+        out: dict[str, Any] = {"url": redact_url(self.read_url)}
+        try:
+            conn = self._thread_connection("replica", replica=True)
+            row = conn.execute("SELECT number, hash FROM monmouth_cursor WHERE id = 1").fetchone()
+            lag = conn.execute(
+                "SELECT pg_is_in_recovery(), CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 "
+                "ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END").fetchone()
+        except (psycopg.Error, StorageError) as e:
+            out["error"] = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            return out
+        number, hash_ = (row[0], bytes(row[1])) if row and row[0] is not None else (None, b"")
+        out["head"] = {"number": number, "hash": "0x" + hash_.hex()} if number is not None else None
+        out["lag_blocks"] = (primary - number) if primary is not None and number is not None else None
+        out["replay_lag_s"] = round(float(lag[1]), 3) if lag and lag[1] is not None else None
+        if lag and not lag[0]:
+            out["error"] = "storage.read_url is not a replica (pg_is_in_recovery() is false)"
+        return out
 
     def engine_connection(self, replacing: PgConnection | None = None) -> PgConnection:
         """The engine's connection, holding the ingestion lock :data:`INGEST_LOCK` for as long as it lives.
@@ -443,7 +494,8 @@ class PgDatabase:
         if replacing is not None:
             with contextlib.suppress(psycopg.Error):
                 replacing.close()
-        conn = self.connect(application_name=f"monmouth run pid {os.getpid()} on {socket.gethostname()}")
+        conn = self.connect(application_name=f"monmouth run pid {os.getpid()} on {socket.gethostname()}",
+                            statement_timeout=0)
         if conn.execute("SELECT pg_try_advisory_lock(?)", (INGEST_LOCK,)).fetchall()[0][0]:
             return conn
         holder = conn.execute(
