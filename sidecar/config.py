@@ -335,8 +335,14 @@ def _fmt_errors(origin: str, prefix: str, err: ValidationError) -> str:
         elif "token" in key or "secret" in key:  # never echo a secret
             lines.append(f"{origin}: {key}: {e['msg']}"[:300])
         else:
-            lines.append(f"{origin}: {key}: {e['msg']} (got {e.get('input')!r})"[:300])
+            got = e.get("input")
+            if isinstance(got, str):  # a URL's password (storage.url, storage.read_url) is never echoed either
+                got = _URL_PASSWORD.sub(r"\1***@", got)
+            lines.append(f"{origin}: {key}: {e['msg']} (got {got!r})"[:300])
     return "; ".join(lines)
+
+
+_URL_PASSWORD = re.compile(r"(://[^/@:]*:)[^/@]*@")
 
 
 def _env_value(raw: str) -> Any:

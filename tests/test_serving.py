@@ -79,12 +79,10 @@ def test_one_run_and_two_serves_on_postgres_answer_alike_and_a_second_run_is_ref
             anvil.reorg(3, txs=2, seed=5)
             anvil.traffic(2, txs_per_block=1, seed=9)
             target = anvil.head()[1]
-            seen = 0
             while not settled(run, target):
                 for s in (s1, s2):
                     shown = s.status()["head"]["number"]
                     assert shown <= run.status()["head"]["number"]  # the engine's head, read after: never behind
-                    seen += 1
                 time.sleep(0.02)
             for s in (s1, s2):
                 s.wait(lambda s=s: s.status()["head"]["hash"] == target, what="serve to see the new head")
@@ -110,3 +108,51 @@ def test_one_run_and_two_serves_on_postgres_answer_alike_and_a_second_run_is_ref
                                env={**os.environ, "PYTHONPATH": str(ROOT), **PG_ENV, "MONMOUTH_HTTP__ENABLED": "false"})
             assert r.returncode == 0, r.stderr
             assert json.loads(r.stdout)["head"] == after[0][0]
+
+
+def test_a_slow_read_is_cancelled_by_statement_timeout_with_a_503_naming_it(pg_server):
+    """``storage.statement_timeout`` = 0.5 s: a route whose query runs 30 s answers 503 within a few seconds, naming
+    the key; the engine's own connection has no statement timeout."""
+    from fastapi.testclient import TestClient
+
+    from monmouth.api import create_api
+    from monmouth.app import open_app
+    from tests.conftest import settings_for
+    from tests.plugins import ledgerapi
+
+    plugins = {"ledgerapi": ledgerapi}
+    settings = settings_for(pg_server.database(), plugins, enabled=("ledgerapi",),
+                            storage={"statement_timeout": 0.5, "lock_timeout": 0.5})
+    app = open_app(settings=settings, extra_plugins=plugins, environ=PG_ENV, serve=True)
+    try:
+        with TestClient(create_api(app), raise_server_exceptions=False) as client:
+            assert client.get("/ledger/sleep", params={"seconds": 0.05}).json() == {"slept": 0.05}
+            t0 = time.monotonic()
+            r = client.get("/ledger/sleep", params={"seconds": 30})
+            assert time.monotonic() - t0 < 10
+            assert r.status_code == 503 and r.headers["retry-after"] == "5"
+            assert "storage.statement_timeout" in r.json()["detail"], r.json()
+            assert "canceling statement due to statement timeout" in r.json()["detail"]
+            assert client.get("/ledger/summary").status_code == 200  # the connection is usable again
+        assert app.db.engine_connection().execute("SHOW statement_timeout").fetchone()[0] == "0"
+        assert app.db.reader().execute("SHOW lock_timeout").fetchone()[0] == "500ms"
+    finally:
+        app.close()
+
+
+@pytest.mark.parametrize(("storage", "key", "message"), [
+    ({"path": "x.sqlite", "read_url": "postgresql://u@h/db"}, "storage.read_url", "needs storage.url"),
+    ({"url": "postgresql://u@h/db", "read_url": "x.sqlite"}, "storage.read_url", "must be a postgresql:// URL"),
+    ({"url": "postgresql://u@h/db", "read_url": "postgresql://u:secret@h/db"}, "storage.read_url",
+     "must not contain a password"),
+    ({"url": "postgresql://u@h/db", "statement_timeout": -1}, "storage.statement_timeout", "greater than or equal"),
+    ({"url": "postgresql://u@h/db", "lock_timeout": "soon"}, "storage.lock_timeout", "number"),
+])
+def test_storage_settings_are_validated_naming_the_file_and_the_key(tmp_path, storage, key, message):
+    from monmouth.config import validate
+    from monmouth.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        validate({"storage": storage}, str(tmp_path / "config.toml"), {})
+    assert str(tmp_path / "config.toml") in str(e.value) and key in str(e.value) and message in str(e.value)
+    assert ":secret@" not in str(e.value)  # the password is never echoed
