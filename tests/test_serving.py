@@ -156,3 +156,55 @@ def test_storage_settings_are_validated_naming_the_file_and_the_key(tmp_path, st
         validate({"storage": storage}, str(tmp_path / "config.toml"), {})
     assert str(tmp_path / "config.toml") in str(e.value) and key in str(e.value) and message in str(e.value)
     assert ":secret@" not in str(e.value)  # the password is never echoed
+
+
+def test_get_requests_read_the_streaming_replica_and_status_reports_its_lag(pg_server):
+    """``storage.read_url`` on a real hot standby (pg_basebackup -R): GET routes read it, /status gives its head,
+    its lag in blocks behind the engine's cursor and its replay lag; while replay is paused the replica's data and
+    head stay behind, a serving process's own head stays the primary's, and both catch up once replay resumes."""
+    from fastapi.testclient import TestClient
+
+    from monmouth.api import create_api
+    from monmouth.app import open_app
+    from monmouth.types import ChainCommitted
+    from tests.chains import chain, extend
+    from tests.conftest import settings_for, wait_for_sync
+    from tests.plugins import ledgerapi
+
+    plugins = {"ledgerapi": ledgerapi}
+    url = pg_server.database()
+    with pg_server.replica() as replica:
+        settings = settings_for(url, plugins, enabled=("ledgerapi",),
+                                storage={"read_url": replica.url(url.rsplit("/", 1)[1])})
+        app = open_app(settings=settings, extra_plugins=plugins, environ=PG_ENV)
+        server = open_app(settings=settings, extra_plugins=plugins, environ=PG_ENV, serve=True)
+        try:
+            blocks = extend(None, 4, n_txs=2)
+            app.engine.apply(ChainCommitted(chain(blocks)))
+            with TestClient(create_api(app), raise_server_exceptions=False) as client, \
+                    TestClient(create_api(server), raise_server_exceptions=False) as serving:
+                assert client.get("/ledger/server").json() == {"replica": True}
+                wait_for_sync(lambda: client.get("/status").json()["replica"]["lag_blocks"] == 0, "replica in sync")
+                st = client.get("/status").json()
+                assert st["replica"]["head"] == st["head"] and st["replica"]["replay_lag_s"] == 0
+                assert client.get("/ledger/summary").json()["transfers"] == 8
+
+                replica.pause()
+                more = extend(blocks[-1], 3, n_txs=2, salt="more")
+                app.engine.apply(ChainCommitted(chain(more)))
+                time.sleep(0.3)
+                wait_for_sync(lambda: client.get("/status").json()["replica"]["replay_lag_s"] > 0.2, "replay lag")
+                st = client.get("/status").json()
+                assert st["head"]["number"] == more[-1].number
+                assert st["replica"]["lag_blocks"] == 3 and st["replica"]["head"]["number"] == blocks[-1].number
+                assert "password" not in json.dumps(st) and PASSWORD not in json.dumps(st)
+                assert client.get("/ledger/summary").json()["transfers"] == 8  # read on the paused replica
+                assert serving.get("/status").json()["head"] == st["head"]  # the primary's cursor, not the replica's
+                assert app.db.reader().execute("SELECT count(*) FROM ledger_transfers").fetchone()[0] == 14
+
+                replica.pause(False)
+                wait_for_sync(lambda: client.get("/status").json()["replica"]["lag_blocks"] == 0, "replay resumed")
+                assert client.get("/ledger/summary").json()["transfers"] == 14
+        finally:
+            server.close()
+            app.close()
