@@ -255,6 +255,51 @@ def status(config_path: Path | None, as_json: bool) -> None:
         click.echo(f"plugin {name}: {p.get('state')}" + (f" ({p['error']})" if p.get("error") else ""))
 
 
+@cli.group()
+def storage() -> None:
+    """Move a deployment between storage backends (docs/storage.md)."""
+
+
+@storage.command("copy")
+@CONFIG_OPTION
+@click.option("--to", "to_url", required=True,
+              help="The target PostgreSQL database, postgresql://user@host:port/dbname (empty; password from the "
+                   "variable storage.password_env names).")
+def storage_copy(config_path: Path | None, to_url: str) -> None:
+    """Copy the SQLite deployment of the config (cursor, hash history, undo data, every enabled plugin's tables)
+    into an empty PostgreSQL database, so `monmouth run` continues there without reindexing. Safe while `monmouth
+    run` writes the file: the copy is one consistent snapshot; blocks after it are ingested again from the copy's
+    cursor. Then set storage.url to the target."""
+    import os
+
+    from .app import load_settings
+    from .backends.postgres import PgDatabase
+    from .config import StorageConfig
+    from .storagecopy import copy_to_postgres
+
+    try:
+        settings, installed = load_settings(config_path)
+        _setup_logging(settings.logging.level)
+        try:
+            target_cfg = StorageConfig(url=to_url, password_env=settings.storage.password_env)
+        except ValueError as e:
+            raise click.ClickException(f"--to: {e}") from None
+        if not target_cfg.is_postgres:
+            raise click.ClickException(f"--to: must be a postgresql:// URL (got {to_url!r})")
+        target = PgDatabase(to_url, password=os.environ.get(target_cfg.password_env) or None,
+                            password_env=target_cfg.password_env)
+        result = copy_to_postgres(settings, installed, target)
+    except MonmouthError as e:
+        _fail(e)
+    click.echo(f"copied {settings.storage.sqlite_path} to {target.describe()}: head {result.head}, "
+               f"{result.blocks} blocks ({result.revertible} revertible, {result.undo_rows} undo row images)")
+    for table, n in result.tables.items():
+        click.echo(f"  {table}: {n} rows")
+    for table, why in result.not_copied.items():
+        click.echo(f"  not copied: {table} ({why})")
+    click.echo(f"now set storage.url = \"{target.describe()}\" in the config and start monmouth run")
+
+
 @cli.command()
 @CONFIG_OPTION
 def plugins(config_path: Path | None) -> None:

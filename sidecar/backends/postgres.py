@@ -514,13 +514,15 @@ class PgDatabase:
     def journal(self, conn: PgConnection, trimmed: Callable[[], Mapping[str, str | None]]) -> TriggerJournal:
         return TriggerJournal(conn, trimmed)
 
-    def migrate(self, plugin: str, scripts: Sequence[str], trimmed: set[str]) -> int:
-        """:func:`sidecar.store.migrate` (same digests, same checks) with PostgreSQL's catalog, on a new connection.
+    def migrate(self, plugin: str, scripts: Sequence[str], trimmed: set[str], conn: PgConnection | None = None) -> int:
+        """:func:`sidecar.store.migrate` (same digests, same checks) with PostgreSQL's catalog, on a new connection
+        (or on ``conn``, whose ``with conn:`` is then each script's transaction: ``monmouth storage copy`` makes it
+        a savepoint of its own transaction).
 
         Raises:
             MigrationChangedError: an applied migration changed or was removed; nothing was run.
             MigrationError: a script failed (rolled back) or created a table the journal cannot restore.
         """
-        with contextlib.closing(self.connect()) as conn:
-            return migrate(conn, plugin, scripts, trimmed, kinds=lambda c: dict.fromkeys(_tables(c), "table"),
+        with contextlib.closing(self.connect()) if conn is None else contextlib.nullcontext(conn) as c:
+            return migrate(c, plugin, scripts, trimmed, kinds=lambda c: dict.fromkeys(_tables(c), "table"),
                            has_pk=_has_primary_key, errors=(psycopg.Error,))
