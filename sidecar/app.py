@@ -158,7 +158,7 @@ def open_app(config_path: str | Path | None = None, *, extra_plugins: Mapping[st
         extra_plugins: plugin objects registered in code (tests, embedding), ``{name: object}``.
         settings: already validated settings (skips reading the file).
         serve: open for reading beside a running engine (``monmouth serve``, ``monmouth status``): ``App.engine``
-            is a :class:`sidecar.serving.CursorReader`, which takes no ingestion lock and re-reads the head.
+            is a :class:`sidecar.cursorreader.CursorReader`, which takes no ingestion lock and re-reads the head.
 
     Raises:
         ConfigError: invalid configuration.
@@ -173,7 +173,7 @@ def open_app(config_path: str | Path | None = None, *, extra_plugins: Mapping[st
     metrics = Metrics()
     host = PluginHost(plugins, db, metrics.registry)
     if serve:
-        from .serving import CursorReader
+        from .cursorreader import CursorReader
 
         engine: Engine = CursorReader(db, host, settings.engine, metrics)
     else:

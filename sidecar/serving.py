@@ -5,10 +5,10 @@ Invariants:
 
 1. **Never a second writer of the chain tables.** A serving process has no engine connection: on PostgreSQL it
    never takes the ingestion lock, so any number of them run beside the one ``monmouth run`` (on as many machines
-   as needed); :class:`CursorReader` refuses to apply a notification.
-2. **The head is the database's.** Each read of the head re-reads ``monmouth_cursor`` (one primary-key lookup) on
-   this thread's read connection, so ``/status`` and every route see what the engine last committed, never a head
-   cached at start. The counters (finalized, notifications, reorgs) are read in the same statement as the head.
+   as needed); its engine is a :class:`~sidecar.cursorreader.CursorReader`, which refuses to apply a notification.
+2. **The head is the database's.** Each read of the head re-reads ``monmouth_cursor`` on the primary
+   (:mod:`sidecar.cursorreader`), so ``/status`` and every route see what the engine last committed, never a head
+   cached at start.
 3. **Writes outside the chain hooks still work.** Agent memory writes, the audit log and plugin routes write through
    ``db.write()`` (their own short transactions on the primary), exactly as in ``monmouth run``.
 
@@ -25,73 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .backends import replica_reads
-from .engine import Engine
-from .errors import ConfigError, StorageError
+from .errors import ConfigError
 from .stall import StallTracker
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
-
     from .app import App
-    from .backends import Backend
-    from .config import EngineConfig
-    from .metrics import Metrics
-    from .plugins import PluginHost
     from .shutdown import Shutdown
-    from .types import BlockRef, Notification
 
 log = logging.getLogger(__name__)
-
-
-class CursorReader(Engine):
-    """The engine's read surface (head, finalized, counters, canonical blocks) without the engine: what a serving
-    process shows, read from the database at each use (invariant 2). Same constructor as :class:`Engine`; it opens
-    no write connection and takes no ingestion lock.
-
-    Raises (from :meth:`apply_many`):
-        StorageError: always; a serving process does not ingest.
-    """
-
-    def __init__(self, db: Backend, host: PluginHost, config: EngineConfig | None = None,
-                 metrics: Metrics | None = None) -> None:
-        from .config import EngineConfig
-
-        self.db = db
-        self.host = host
-        self.config = config or EngineConfig()
-        self.metrics = metrics
-        self.conn = db.connect(readonly=True)
-        self._read_cursor()
-
-    def _read_cursor(self) -> None:
-        from .engine import read_cursor
-
-        # db.reader(): this thread's connection to the primary, which sees every commit (no snapshot held between
-        # statements); never the read replica, whose head /status reports beside this one.
-        with replica_reads(False):
-            cursor = read_cursor(self.db.reader())
-        self._head = self._working = cursor.head
-        self.finalized = cursor.finalized
-        self.notifications_seen = cursor.notifications
-        self.reorgs_seen = cursor.reorgs
-        self._token = cursor.source_token
-
-    @property
-    def head(self) -> BlockRef | None:
-        """The head the engine last committed (block number and hash), re-read now; ``None`` on an empty
-        database."""
-        self._read_cursor()
-        return self._head
-
-    def reconnect(self) -> None:
-        self.close()
-        self.conn = self.db.connect(readonly=True)
-        self._read_cursor()
-
-    def apply_many(self, items: Iterable[tuple[Notification, object]]) -> tuple[list[Any], Exception | None]:
-        raise StorageError("monmouth serve does not ingest: exactly one `monmouth run` applies notifications to "
-                           f"{self.db.describe()}")
 
 
 class Serving:

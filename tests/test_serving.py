@@ -208,3 +208,19 @@ def test_get_requests_read_the_streaming_replica_and_status_reports_its_lag(pg_s
         finally:
             server.close()
             app.close()
+
+
+@pytest.mark.anvil
+def test_serve_beside_one_run_on_sqlite(tmp_path, anvil):
+    """On SQLite: one ``monmouth serve`` beside the ``monmouth run`` on the same file (same machine, WAL)."""
+    port, other = free_port(), free_port()
+    cfg = serve_config(tmp_path / "config.toml", node=anvil.url, storage='path = "db.sqlite"', port=port)
+    anvil.traffic(3, txs_per_block=2)
+    with Sidecar(cfg, port) as run:
+        run.wait(lambda: settled(run, anvil.head()[1]), what="run to reach anvil's head")
+        with Sidecar(cfg, other, ("serve", "--port", str(other))) as serving:
+            assert views(serving) == views(run)
+            anvil.reorg(2, txs=1, seed=2)
+            target = anvil.head()[1]
+            run.wait(lambda: settled(run, target), what="run to follow the reorg")
+            assert views(serving) == views(run) and serving.status()["head"]["hash"] == target
