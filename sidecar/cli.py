@@ -72,16 +72,12 @@ def _run(config_path: Path | None, source_override: Any = None, serve_http: bool
         log = logging.getLogger("monmouth")
         try:
             source = source_override or make_source(app.settings, app.metrics)
-            head = app.engine.head
-            log.info("monmouth %s: source %s, database %s, head %s, plugins enabled: %s", __version__, source.kind,
-                     app.db.describe(), head or "empty", ", ".join(app.host.enabled) or "none")
-            anyio.run(lambda: run_sidecar(app, source, serve_http=serve_http, shutdown=stopper))
-        except KeyboardInterrupt:  # Stopped included
-            pass
         except MonmouthError as e:
-            _fail(e)
-        finally:
             app.close()
+            _fail(e)
+        log.info("monmouth %s: source %s, database %s, head %s, plugins enabled: %s", __version__, source.kind,
+                 app.db.describe(), app.engine.head or "empty", ", ".join(app.host.enabled) or "none")
+        _loop_then_close(app, lambda: run_sidecar(app, source, serve_http=serve_http, shutdown=stopper))
         if stopper.requested:
             log.warning("%s: stopped cleanly at head %s", stopper.signal_name, app.engine.head or "empty")
         return stopper.signal_name or None
@@ -116,14 +112,20 @@ def serve(config_path: Path | None, port: int | None) -> None:
             _fail(e)
         except Stopped:
             return
-        try:
-            anyio.run(lambda: serve_http(app, stopper))
-        except KeyboardInterrupt:  # Stopped included
-            pass
-        except MonmouthError as e:
-            _fail(e)
-        finally:
-            app.close()
+        _loop_then_close(app, lambda: serve_http(app, stopper))
+
+
+def _loop_then_close(app: Any, main: Any) -> None:
+    """``anyio.run(main)``, then close ``app``: a signal (:class:`~sidecar.shutdown.Stopped`) or Ctrl-C before the
+    loop took over ends it quietly; a :class:`MonmouthError` fails the command with its message."""
+    try:
+        anyio.run(main)
+    except KeyboardInterrupt:  # Stopped included
+        pass
+    except MonmouthError as e:
+        _fail(e)
+    finally:
+        app.close()
 
 
 @cli.command()

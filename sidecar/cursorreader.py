@@ -11,35 +11,28 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .backends import replica_reads
-from .config import EngineConfig
 from .engine import Engine, read_cursor
 from .errors import StorageError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from .backends import Backend
-    from .metrics import Metrics
-    from .plugins import PluginHost
     from .types import BlockRef, Notification
 
 
 class CursorReader(Engine):
     """The engine's read surface (head, finalized, counters, canonical blocks) without the engine: what a serving
-    process shows, read from the database at each use (module docstring). Same constructor as :class:`Engine`; it opens
-    no write connection and takes no ingestion lock.
+    process shows, read from the database at each use (module docstring). Same constructor as :class:`Engine`; its
+    connection is read-only and it takes no ingestion lock.
 
     Raises (from :meth:`apply_many`):
         StorageError: always; a serving process does not ingest.
     """
 
-    def __init__(self, db: Backend, host: PluginHost, config: EngineConfig | None = None,
-                 metrics: Metrics | None = None) -> None:
-        self.db = db
-        self.host = host
-        self.config = config or EngineConfig()
-        self.metrics = metrics
-        self.conn = db.connect(readonly=True)
+    def _connect(self) -> Any:
+        return self.db.connect(readonly=True)
+
+    def _load_cursor(self) -> None:
         self._read_cursor()
 
     def _read_cursor(self) -> None:
@@ -62,7 +55,7 @@ class CursorReader(Engine):
 
     def reconnect(self) -> None:
         self.close()
-        self.conn = self.db.connect(readonly=True)
+        self.conn = self._connect()
         self._read_cursor()
 
     def apply_many(self, items: Iterable[tuple[Notification, object]]) -> tuple[list[Any], Exception | None]:

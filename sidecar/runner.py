@@ -465,11 +465,7 @@ class Runner:
             # The app's lifespan (the MCP session manager) runs here, inside the runner's task group, not in uvicorn.
             async with api.router.lifespan_context(api), anyio.create_task_group() as tg:
                 tg.start_soon(server.serve)
-                while not server.started:
-                    if server.should_exit:
-                        raise SourceError(f"http: could not serve on {http.host}:{http.port}")
-                    await anyio.sleep(0.02)
-                self.http_port = server.servers[0].sockets[0].getsockname()[1]
+                self.http_port = await listening(server, http)
                 log.info("http: serving on %s://%s:%s", "https" if http.tls_cert else "http", http.host,
                          self.http_port)
                 task_status.started()
@@ -499,6 +495,19 @@ def http_server(app: App, api: Any) -> Any:
                                   log_level="warning", lifespan="off",
                                   ssl_certfile=http.tls_cert or None, ssl_keyfile=http.tls_key or None,
                                   timeout_graceful_shutdown=max(int(app.settings.engine.shutdown_timeout / 2), 1)))
+
+
+async def listening(server: Any, http: Any) -> int:
+    """Wait until ``server`` (serving, started in a task) listens; its port.
+
+    Raises:
+        SourceError: it stopped before listening (``http.host``:``http.port`` refused).
+    """
+    while not server.started:
+        if server.should_exit:
+            raise SourceError(f"http: could not serve on {http.host}:{http.port}")
+        await anyio.sleep(0.02)
+    return int(server.servers[0].sockets[0].getsockname()[1])
 
 
 def _server(config: Any) -> Any:

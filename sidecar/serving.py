@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .errors import ConfigError
 from .stall import StallTracker
 
 if TYPE_CHECKING:
@@ -80,11 +79,12 @@ async def serve(app: App, shutdown: Shutdown | None = None, *, task_status: Any 
 
     Raises:
         ConfigError: a public ``http.host`` without operator tokens, unreadable TLS files, a port in use.
+        SourceError: the server stopped before listening.
     """
     from .api import create_api
     from .auth import check_bind
     from .preflight import check_listen
-    from .runner import http_server
+    from .runner import http_server, listening
 
     check_bind(app.settings)
     check_listen(app.settings)
@@ -102,11 +102,7 @@ async def serve(app: App, shutdown: Shutdown | None = None, *, task_status: Any 
             await tg.start(shutdown.watch)
             shutdown.on_stop(lambda: setattr(server, "should_exit", True))
         tg.start_soon(until_drained)
-        while not server.started:
-            if server.should_exit:
-                raise ConfigError(f"http.port: could not serve on {http.host}:{http.port}")
-            await anyio.sleep(0.02)
-        serving.http_port = server.servers[0].sockets[0].getsockname()[1]
+        serving.http_port = await listening(server, http)
         log.warning("monmouth serve: %s://%s:%s on %s (head %s)", "https" if http.tls_cert else "http", http.host,
                     serving.http_port, app.db.describe(), app.engine.head or "empty")
         task_status.started(serving.http_port)

@@ -224,3 +224,5 @@ def test_serve_beside_one_run_on_sqlite(tmp_path, anvil):
             target = anvil.head()[1]
             run.wait(lambda: settled(run, target), what="run to follow the reorg")
             assert views(serving) == views(run) and serving.status()["head"]["hash"] == target
+        assert serving.proc.returncode == 0, serving.logged()  # SIGTERM: drained and exited cleanly
+        assert "monmouth serve: http://127.0.0.1:" in serving.logged()
