@@ -37,7 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import __version__, problems
 from .audit import Audit
 from .auth import AccessRule, Authenticator, Principal, check_bind, current_principal, default_policy, require
-from .backends import replica_reads
+from .backends import serving_request
 from .limits import RequestLimitMiddleware, Text
 from .plugins import call_one
 from .problems import ProblemError
@@ -89,20 +89,20 @@ def _plugin_guard(app: App, name: str, runner: Runner | None = None) -> Any:
     return Depends(guard)
 
 
-class ReplicaReadsMiddleware:
-    """``GET`` and ``HEAD`` requests only read: inside them ``db.reader()`` answers from the read replica when
-    ``storage.read_url`` is set (:func:`sidecar.backends.replica_reads`); every other request, and ``db.write()``
-    everywhere, uses the primary."""
+class RequestKindMiddleware:
+    """Marks what a request does for the storage backend (:data:`sidecar.backends.REQUEST`): ``GET`` and ``HEAD``
+    only read (on PostgreSQL they read the replica of ``storage.read_url`` when set), every other method may write
+    (the primary); both run under ``storage.statement_timeout``."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
-            with replica_reads():  # a context variable: sync routes' worker threads inherit it
-                await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        with serving_request("read" if scope["method"] in ("GET", "HEAD") else "request"):
+            await self.app(scope, receive, send)
 
 
 class AuditMiddleware:
@@ -487,8 +487,7 @@ def create_api(app: App, runner: Runner | None = None) -> FastAPI:
     _document_mcp(api, mcp_server.tool_names if mcp_server is not None else [])
 
     # Outermost last: problems -> audit -> request limits -> rate limit -> admission -> app.
-    if app.settings.storage.read_url:
-        api.add_middleware(ReplicaReadsMiddleware)
+    api.add_middleware(RequestKindMiddleware)
     api.add_middleware(AdmissionMiddleware, sidecar=app, runner=runner)
     api.add_middleware(RateLimitMiddleware, get_settings=lambda: app.settings, internal_secret=internal_secret,
                        on_limited=lambda path, ip: audit.denied(429, None, ip, "*", path))

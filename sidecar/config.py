@@ -110,8 +110,9 @@ class StorageConfig(_Section):
     #: variable) that the HTTP API's read-only requests (GET) read from; writes, the engine and workers stay on
     #: ``url``. ``/status`` reports the replica's head and lag (docs/storage.md).
     read_url: str = ""
-    #: PostgreSQL only: seconds a statement may run on every connection but the engine's before the server cancels
-    #: it (``statement_timeout``; the request gets a 503 naming this key). 0: no limit.
+    #: PostgreSQL only: seconds a statement run for an HTTP request (API, MCP, dashboard) may take before the server
+    #: cancels it (``statement_timeout``; the request gets a 503 naming this key). The engine, plugin workers and
+    #: start-up (migrations, index builds) have no statement timeout. 0: no limit.
     statement_timeout: float = Field(30.0, ge=0, le=86_400)
     #: PostgreSQL only: seconds a statement waits for a row or table lock before it is cancelled
     #: (``lock_timeout``), on every connection, the engine's included (its notification is then retried). 0: no

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .backends import replica_reads
+from .backends import serving_request
 from .engine import Engine, read_cursor
 from .errors import StorageError
 
@@ -36,9 +36,9 @@ class CursorReader(Engine):
         self._read_cursor()
 
     def _read_cursor(self) -> None:
-        # db.reader(): this thread's connection to the primary, which sees every commit (no snapshot held between
-        # statements); never the read replica, whose head /status reports beside this one.
-        with replica_reads(False):
+        # db.reader() outside a request: this thread's connection to the primary, which sees every commit (no
+        # snapshot held between statements); never the read replica, whose head /status reports beside this one.
+        with serving_request(None):
             cursor = read_cursor(self.db.reader())
         self._head = self._working = cursor.head
         self.finalized = cursor.finalized

@@ -113,7 +113,7 @@ def copy_to_postgres(settings: Settings, plugins: Mapping[str, object], target: 
                             f"{', '.join(supported)}), so its tables cannot be moved; disable it in "
                             f"{settings.origin} first (its data is then not copied) or wait for a version that "
                             "supports PostgreSQL; nothing was written")
-    with _snapshot(path) as src, contextlib.closing(target.connect(statement_timeout=0)) as raw:
+    with _snapshot(path) as src, contextlib.closing(target.connect()) as raw:
         dst = _Savepoints(raw.raw)
         _check_empty(dst, target)
         dst.execute("BEGIN")

@@ -112,7 +112,7 @@ def test_one_run_and_two_serves_on_postgres_answer_alike_and_a_second_run_is_ref
 
 def test_a_slow_read_is_cancelled_by_statement_timeout_with_a_503_naming_it(pg_server):
     """``storage.statement_timeout`` = 0.5 s: a route whose query runs 30 s answers 503 within a few seconds, naming
-    the key; the engine's own connection has no statement timeout."""
+    the key; the engine's connection and the connections outside requests have no statement timeout."""
     from fastapi.testclient import TestClient
 
     from monmouth.api import create_api
@@ -134,8 +134,13 @@ def test_a_slow_read_is_cancelled_by_statement_timeout_with_a_503_naming_it(pg_s
             assert "storage.statement_timeout" in r.json()["detail"], r.json()
             assert "canceling statement due to statement timeout" in r.json()["detail"]
             assert client.get("/ledger/summary").status_code == 200  # the connection is usable again
-        assert app.db.engine_connection().execute("SHOW statement_timeout").fetchone()[0] == "0"
+        # Outside a request (the engine, workers, start-up): no statement timeout, the lock timeout still.
+        engine = app.db.engine_connection()
+        assert engine.execute("SHOW statement_timeout").fetchone()[0] == "0"
+        engine.close()
+        assert app.db.reader().execute("SHOW statement_timeout").fetchone()[0] == "0"
         assert app.db.reader().execute("SHOW lock_timeout").fetchone()[0] == "500ms"
+        assert app.db.reader().execute("SELECT pg_sleep(0.7)").fetchone() is not None
     finally:
         app.close()
 
@@ -184,6 +189,7 @@ def test_get_requests_read_the_streaming_replica_and_status_reports_its_lag(pg_s
             with TestClient(create_api(app), raise_server_exceptions=False) as client, \
                     TestClient(create_api(server), raise_server_exceptions=False) as serving:
                 assert client.get("/ledger/server").json() == {"replica": True}
+                assert client.post("/ledger/server").json() == {"replica": False}  # may write: the primary
                 wait_for_sync(lambda: client.get("/status").json()["replica"]["lag_blocks"] == 0, "replica in sync")
                 st = client.get("/status").json()
                 assert st["replica"]["head"] == st["head"] and st["replica"]["replay_lag_s"] == 0

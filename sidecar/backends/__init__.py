@@ -38,21 +38,23 @@ except ImportError:  # pragma: no cover - psycopg is only needed for storage.url
 DRIVER_ERRORS: tuple[type[BaseException], ...] = (apsw.Error, *_PG_ERRORS)
 
 
-#: True while the current task or thread handles a request that only reads (the HTTP API sets it for ``GET`` and
-#: ``HEAD``): a backend with a read replica (PostgreSQL's ``storage.read_url``) then answers ``reader()`` there.
-#: Everything else (``write()``, the engine, workers, other requests) uses the primary.
-REPLICA_READS: ContextVar[bool] = ContextVar("monmouth_replica_reads", default=False)
+#: What the current task or thread is doing for the HTTP API (a context variable: the worker threads of sync routes
+#: inherit it): ``"read"`` inside a request that only reads (``GET``, ``HEAD``), ``"request"`` inside any other,
+#: ``None`` elsewhere (the engine, plugin workers, start-up). PostgreSQL reads it to pick a connection: requests get
+#: ``storage.statement_timeout`` (a slow query is cancelled, not left hanging), ``"read"`` requests read the replica
+#: of ``storage.read_url``; the engine and workers run without a statement timeout, on the primary.
+REQUEST: ContextVar[str | None] = ContextVar("monmouth_request", default=None)
 
 
 @contextmanager
-def replica_reads(on: bool = True) -> Iterator[None]:
-    """Within the block, ``reader()`` may read from the read replica (:data:`REPLICA_READS`); with ``on`` False it
-    reads from the primary again (what must be current: the engine's head)."""
-    token = REPLICA_READS.set(on)
+def serving_request(kind: str | None) -> Iterator[None]:
+    """Within the block, :data:`REQUEST` is ``kind`` (``"read"``, ``"request"`` or ``None``: none, e.g. a read
+    that must see the primary's latest commit)."""
+    token = REQUEST.set(kind)
     try:
         yield
     finally:
-        REPLICA_READS.reset(token)
+        REQUEST.reset(token)
 
 
 def timeout_fault(error: BaseException | None) -> str | None:

@@ -43,7 +43,7 @@ from psycopg.pq import TransactionStatus
 from ..errors import StorageError, StorageUnavailableError
 from ..journal import JournalConflictError, RedactionError
 from ..store import ENGINE_PREFIX, migrate
-from . import REPLICA_READS
+from . import REQUEST
 
 log = logging.getLogger(__name__)
 
@@ -348,12 +348,13 @@ class PgDatabase:
 
     Args:
         url: ``postgresql://user@host:port/dbname`` (libpq URI; no password in it).
-        read_url: a streaming replica of ``url`` (same password) that :meth:`reader` reads from inside
-            :func:`sidecar.backends.replica_reads` (the API's GET requests); ``""``: none.
-        statement_timeout: seconds before the server cancels a statement (``statement_timeout``) on every
-            connection but the engine's; 0 for none. A cancelled statement raises
-            ``psycopg.errors.QueryCanceled`` (SQLSTATE 57014), which the API answers with a 503 naming
-            ``storage.statement_timeout`` (:func:`timeout_fault`).
+        read_url: a streaming replica of ``url`` (same password) that :meth:`reader` reads from inside the API's
+            ``GET`` requests (:data:`sidecar.backends.REQUEST`); ``""``: none.
+        statement_timeout: seconds before the server cancels a statement (``statement_timeout``) on the
+            connections of HTTP requests (:data:`sidecar.backends.REQUEST`); 0 for none. The engine, workers and
+            start-up run without one. A cancelled statement raises ``psycopg.errors.QueryCanceled`` (SQLSTATE
+            57014), which the API answers with a 503 naming ``storage.statement_timeout``
+            (:func:`sidecar.backends.timeout_fault`).
         lock_timeout: seconds a statement waits for a lock (``lock_timeout``) on every connection; 0 for none.
         password: the password, from the environment (``storage.password_env``), or ``None`` (libpq's own
             ``PGPASSWORD``/``~/.pgpass`` then apply).
@@ -411,18 +412,17 @@ class PgDatabase:
             ) from None
 
     def connect(self, readonly: bool = False, application_name: str = "monmouth", replica: bool = False,
-                statement_timeout: float | None = None) -> PgConnection:
+                statement_timeout: float = 0.0) -> PgConnection:
         """A new autocommit connection to ``url`` (``replica``: to ``read_url``), with ``lock_timeout`` and
-        ``statement_timeout`` (default: the configured one) set for the session; ``readonly``: every transaction
-        read-only.
+        ``statement_timeout`` (seconds, 0: none) set for the session; ``readonly``: every transaction read-only.
 
         Raises:
             StorageError: the server cannot be reached or refuses the login (key ``storage.url`` or
                 ``storage.read_url``, the URL without password).
         """
         url, key = (self.read_url, "storage.read_url") if replica else (self.url, "storage.url")
-        timeout = self.statement_timeout if statement_timeout is None else statement_timeout
-        options = f"-c statement_timeout={round(timeout * 1000)} -c lock_timeout={round(self.lock_timeout * 1000)}"
+        options = (f"-c statement_timeout={round(statement_timeout * 1000)} "
+                   f"-c lock_timeout={round(self.lock_timeout * 1000)}")
         try:
             raw = psycopg.connect(url, password=self.password, autocommit=True,
                                   connect_timeout=max(1, round(self.connect_timeout)),
@@ -438,26 +438,32 @@ class PgDatabase:
             raw.execute("SET default_transaction_read_only = on")
         return PgConnection(raw)
 
-    def _thread_connection(self, slot: str, replica: bool = False) -> PgConnection:
+    def _thread_connection(self, slot: str) -> PgConnection:
+        """This thread's connection ``slot``, reused (reconnected if it was closed): ``conn`` (the primary, no
+        statement timeout), ``request`` (the primary, ``statement_timeout``) or ``replica`` (``read_url``,
+        read-only, ``statement_timeout``)."""
         conn: PgConnection | None = getattr(self._local, slot, None)
         if conn is None or conn.raw.closed or conn.raw.broken:
-            conn = self.connect(readonly=replica, replica=replica)
+            replica = slot == "replica"
+            conn = self.connect(readonly=replica, replica=replica,
+                                statement_timeout=0.0 if slot == "conn" else self.statement_timeout)
             setattr(self._local, slot, conn)
         return conn
 
     def reader(self) -> PgConnection:
-        """A per-thread read connection, reused (reconnected if it was closed): to the replica ``read_url``
-        inside :func:`sidecar.backends.replica_reads` (the API's GET requests) when one is configured, else to
-        ``url``."""
-        if self.read_url and REPLICA_READS.get():
-            return self._thread_connection("replica", replica=True)
-        return self._thread_connection("conn")
+        """A per-thread read connection (see :data:`sidecar.backends.REQUEST`): inside a ``GET`` request, the
+        replica ``read_url`` when configured; inside any request, the primary with ``statement_timeout``; else the
+        primary without it."""
+        kind = REQUEST.get()
+        if kind == "read" and self.read_url:
+            return self._thread_connection("replica")
+        return self._thread_connection("conn" if kind is None else "request")
 
     @contextlib.contextmanager
     def write(self) -> Iterator[PgConnection]:
-        """A short write transaction on this thread's connection to ``url`` (never the replica); commits on
-        success, rolls back on error."""
-        conn = self._thread_connection("conn")
+        """A short write transaction on this thread's connection to ``url`` (never the replica; inside a request,
+        under ``statement_timeout``); commits on success, rolls back on error."""
+        conn = self._thread_connection("conn" if REQUEST.get() is None else "request")
         with conn:
             yield conn
 
@@ -469,7 +475,7 @@ class PgDatabase:
         A replica that cannot be read gives ``{"url", "error"}`` instead (``/status`` still answers)."""
         out: dict[str, Any] = {"url": redact_url(self.read_url)}
         try:
-            conn = self._thread_connection("replica", replica=True)
+            conn = self._thread_connection("replica")
             row = conn.execute("SELECT number, hash FROM monmouth_cursor WHERE id = 1").fetchone()
             lag = conn.execute(
                 "SELECT pg_is_in_recovery(), CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 "
@@ -494,8 +500,7 @@ class PgDatabase:
         if replacing is not None:
             with contextlib.suppress(psycopg.Error):
                 replacing.close()
-        conn = self.connect(application_name=f"monmouth run pid {os.getpid()} on {socket.gethostname()}",
-                            statement_timeout=0)
+        conn = self.connect(application_name=f"monmouth run pid {os.getpid()} on {socket.gethostname()}")
         if conn.execute("SELECT pg_try_advisory_lock(?)", (INGEST_LOCK,)).fetchall()[0][0]:
             return conn
         holder = conn.execute(

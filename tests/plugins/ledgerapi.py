@@ -1,5 +1,5 @@
 """The ledger test plugin (tests/plugins/ledger.py) with read routes, for processes that serve the API: the chain
-data it indexed (``GET /ledger/summary``), which server answered (``GET /ledger/server``: a replica or the primary)
+data it indexed (``GET /ledger/summary``), which server answered (``GET`` or ``POST /ledger/server``: a replica or the primary)
 and a read that takes ``seconds`` on PostgreSQL (``GET /ledger/sleep``). Module state holds the database handle, so
 load it once per process (``[plugins.ledgerapi] module = ...``)."""
 
@@ -38,6 +38,7 @@ def monmouth_http_router() -> APIRouter:
                 "balances": [["0x" + bytes(a).hex(), r, c] for a, r, c in rows]}
 
     @router.get("/server")
+    @router.post("/server")
     def server() -> dict[str, Any]:
         return {"replica": bool(state["db"].reader().execute("SELECT pg_is_in_recovery()").fetchone()[0])}
 
