@@ -141,9 +141,13 @@ class Engine:
         self.host = host
         self.config = config or EngineConfig()
         self.metrics = metrics
-        self.conn = db.engine_connection()
+        self.conn = self._connect()
         self.journal = self._journal(self.conn)
         self._load_cursor()
+
+    def _connect(self) -> Any:
+        """The engine's write connection (on PostgreSQL it takes the ingestion lock)."""
+        return self.db.engine_connection()
 
     def _journal(self, conn: Connection) -> UndoJournal:
         """The backend's journal (PostgreSQL: row triggers), else SQLite's session-extension :class:`Journal`."""

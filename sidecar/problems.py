@@ -200,8 +200,14 @@ def install(api: FastAPI) -> None:
 
     @api.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        from .backends import timeout_fault
         from .store import describe_fault, environment_fault
 
+        timeout = timeout_fault(exc)
+        if timeout is not None:  # PostgreSQL cancelled the statement: the request's transaction rolled back
+            log.warning("%s %s: %s", request.method, request.url.path, timeout)
+            return problem(503, f"{timeout}; nothing was written, retry later or raise the setting",
+                           headers={"Retry-After": "5"}, title="Service Unavailable")
         fault = environment_fault(exc)
         if fault is not None:  # disk full, read-only, I/O: the environment's fault, the write rolled back
             log.error("%s %s: %s", request.method, request.url.path, describe_fault(fault))

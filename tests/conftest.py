@@ -166,3 +166,14 @@ async def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, wha
     with anyio.fail_after(timeout):
         while not predicate():
             await anyio.sleep(interval)
+
+
+def wait_for_sync(predicate, what: str, timeout: float = 30.0, interval: float = 0.05) -> None:
+    """Poll ``predicate`` until it holds (AssertionError naming ``what`` after ``timeout`` seconds)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)
