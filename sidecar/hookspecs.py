@@ -63,8 +63,12 @@ def monmouth_config_model() -> type[BaseModel] | None:
 
 
 @hookspec(firstresult=True)
-def monmouth_migrations() -> Sequence[str] | None:
+def monmouth_migrations(backend: str) -> Sequence[str] | None:
     """Return this plugin's schema migrations: an ordered list of SQL scripts.
+
+    ``backend`` (``"sqlite"`` or ``"postgres"``; an implementation may leave the argument out) lets a plugin whose
+    schema cannot be portable (FTS5 and ``vec0`` tables against ``tsvector`` and ``vector`` columns) give each
+    backend its own list; each list keeps its own history.
 
     Migration ``i`` (1-based) runs once, in its own transaction, when the plugin is first enabled on a
     database whose recorded version for the plugin is below ``i``. Append new scripts; never edit old

@@ -1,6 +1,7 @@
-"""The RAG plugin through the real engine on real SQLite files, with the real model and mainnet-shaped blocks:
-hooks, reorg exactness (pending and stored documents of reverted blocks disappear, stale vectors never land), scope,
-status, the worker, and the address graph."""
+"""The RAG plugin through the real engine on real SQLite files and real PostgreSQL databases (the ``rig`` fixture runs
+each test on both), with the real model and mainnet-shaped blocks: hooks, reorg exactness (pending and stored
+documents of reverted blocks disappear, stale vectors never land), scope, status, the worker, and the address
+graph."""
 
 from __future__ import annotations
 
@@ -17,7 +18,14 @@ from monmouth.types import ChainCommitted, ChainReorged, ChainReverted
 from monmouth_rag.ann import VectorIndex
 from monmouth_rag.store import store_vectors, take_pending
 from tests.chains import chain
-from tests.test_rag_support import PLUGINS, blocks, relink, rig_fixture, settings_for  # noqa: F401 (fixture)
+from tests.test_rag_support import (  # noqa: F401 (fixture)
+    PLUGINS,
+    blocks,
+    embeddings,
+    relink,
+    rig_fixture,
+    settings_for,
+)
 
 
 def dump(conn) -> dict[str, object]:
@@ -32,8 +40,7 @@ def dump(conn) -> dict[str, object]:
     vec_ids = {r[0] for r in conn.execute("SELECT rowid FROM rag_vec")}
     flagged = {r[0] for r in conn.execute("SELECT id FROM rag_index WHERE has_vec = 1")}
     assert vec_ids == flagged and vec_ids <= ids, "vectors must belong to live documents"
-    vectors = {r[0]: np.frombuffer(r[1], np.float32) for r in conn.execute(
-        "SELECT d.tx_hash, v.embedding FROM rag_vec v JOIN rag_docs d ON d.id = v.rowid")}
+    vectors = embeddings(conn)
     return {
         "docs": docs,
         "pending": sorted(r[0] for r in conn.execute(
@@ -71,9 +78,10 @@ def test_reorg_removes_pending_and_stored_docs_and_equals_fresh_index(rig):
     assert rag.drain() == 24  # blocks 0-3 embedded (block 3 will be reverted with its vectors)
     e.apply(ChainCommitted(chain(a[4:])))
     reader = r.db.reader()
-    index = VectorIndex(384)
-    index.sync(reader)
-    assert len(index) == 24
+    index = VectorIndex(384) if r.backend == "sqlite" else None  # PostgreSQL: pgvector's index, in the server
+    if index is not None:
+        index.sync(reader)
+        assert len(index) == 24
 
     # The worker has read the pending documents of blocks 4-5 and is embedding them when the reorg lands.
     in_flight = take_pending(reader, 100)
@@ -91,14 +99,17 @@ def test_reorg_removes_pending_and_stored_docs_and_equals_fresh_index(rig):
     assert not conn.execute(
         f"SELECT count(*) FROM rag_docs WHERE tx_hash IN ({','.join('?' * len(reverted_hashes))})",
         tuple(reverted_hashes)).fetchone()[0]
-    index.sync(conn)
-    assert len(index) == 18, "the in-memory index follows the deletes"
+    if index is not None:
+        index.sync(conn)
+        assert len(index) == 18, "the in-memory index follows the deletes"
+    assert conn.execute("SELECT count(*) FROM rag_vec").fetchone()[0] == 18, "no orphan vector"
     assert rag.drain() == 18
     live = dump(conn)
     assert live["pending"] == [] and live["orphan_pending"] == 0
     assert len(live["docs"]) == 36 and len(live["vectors"]) == 36
-    index.sync(conn)
-    assert len(index) == 36
+    if index is not None:
+        index.sync(conn)
+        assert len(index) == 36
 
     ref_rig = rig("ref.sqlite")
     ref_rig.engine.apply(ChainCommitted(chain(a[:3] + b)))
@@ -154,9 +165,26 @@ def test_config_model_refuses_unknown_keys_and_bad_values():
 
 
 def test_migrations_and_trimmed_tables_pass_the_host_checks(rig):
-    r = rig()
-    kinds = {n: k for _s, n, k, *_ in r.db.reader().execute("PRAGMA main.table_list")}
-    assert kinds["rag_fts"] == "virtual" and kinds["rag_vec"] == "virtual"
+    r = rig(pg_knn="hnsw")  # made on the empty table: no HNSW code runs (see test_rag_support.PG_RAG)
+    conn = r.db.reader()
+    if r.backend == "sqlite":
+        kinds = {n: k for _s, n, k, *_ in conn.execute("PRAGMA main.table_list")}
+        assert kinds["rag_fts"] == "virtual" and kinds["rag_vec"] == "virtual"
+    else:  # a tsvector column with a GIN index, a pgvector column with an HNSW index (cosine)
+        types = dict(conn.execute("SELECT table_name || '.' || column_name, udt_name FROM information_schema.columns "
+                                  "WHERE table_name IN ('rag_fts', 'rag_vec')").fetchall())
+        assert types["rag_fts.tsv"] == "tsvector" and types["rag_vec.embedding"] == "vector"
+        indexes = dict(conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename IN "
+                                    "('rag_fts', 'rag_vec')").fetchall())
+        assert "USING gin (tsv)" in indexes["rag_fts_tsv"]
+        assert "USING hnsw (embedding vector_cosine_ops)" in indexes["rag_vec_hnsw"]
+        r.engine.apply(ChainCommitted(chain(blocks(1, txs=2, salt="T"))))  # the journal installs its triggers
+        triggers = {t for (t,) in conn.execute("SELECT DISTINCT event_object_table FROM information_schema.triggers "
+                                                "WHERE trigger_name = 'monmouth_undo'")}
+        assert "rag_edges" in triggers and not triggers & set(rag.monmouth_trimmed_tables()), \
+            "the graph is journaled by the undo trigger, the trimmed and self-managed tables are not"
+        r.host.apply_settings(settings_for(worker=False, pg_knn="sql"))
+        assert not conn.execute("SELECT 1 FROM pg_indexes WHERE indexname = 'rag_vec_hnsw'").fetchall()
     assert set(rag.monmouth_trimmed_tables()) >= {"rag_docs", "rag_fts", "rag_vec", "rag_pending"}
     assert "rag_edges" not in rag.monmouth_trimmed_tables(), "the graph is journaled"
 
