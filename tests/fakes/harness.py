@@ -21,10 +21,17 @@ DEV_ADDRESS = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
 FAST = {"timeout_s": 0.5, "backoff_initial_s": 0.02, "backoff_max_s": 0.1, "poll_interval_s": 0.05}
 
 
-def integration_engine(path: Path, plugins: dict[str, object], config: dict[str, dict[str, Any]] | None = None,
-                       **engine_cfg: Any) -> Engine:
-    """An engine on a real SQLite file with ``plugins`` installed and enabled, ``config`` their sections."""
-    db = Database(path)
+def integration_engine(path: Path | str, plugins: dict[str, object],
+                       config: dict[str, dict[str, Any]] | None = None, **engine_cfg: Any) -> Engine:
+    """An engine on a real SQLite file (or a ``postgresql://`` URL of tests/pg.py's server) with ``plugins``
+    installed and enabled, ``config`` their sections."""
+    if isinstance(path, str):
+        from monmouth.backends.postgres import PgDatabase
+        from tests.pg import PASSWORD
+
+        db: Any = PgDatabase(path, password=PASSWORD)
+    else:
+        db = Database(path)
     metrics = Metrics(CollectorRegistry())
     host = PluginHost(plugins, db, metrics.registry)
     data: dict[str, Any] = {"plugins": {n: {"enabled": True, **(config or {}).get(n, {})} for n in plugins},
