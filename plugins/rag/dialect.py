@@ -8,7 +8,7 @@ same text on both backends. What cannot be portable is here, one class per backe
                 SQLite (:class:`SqliteStatements`)             PostgreSQL (:class:`PgStatements`)
 ==============  =============================================  ===================================================
 keyword index   ``rag_fts``: FTS5, contentless, Porter         ``rag_fts (rowid, tsv tsvector)``, GIN index,
-                stemmer; ranked by ``bm25()``                  ``to_tsvector('english')``; ranked by ``ts_rank``
+                stemmer; ranked by ``bm25()``                  Snowball stemmer, no stop words; ``ts_rank``
 vectors         ``rag_vec``: sqlite-vec ``vec0``,              ``rag_vec (rowid, embedding vector(384), ...)``,
                 ``float[384]``, cosine distance                pgvector HNSW index ``vector_cosine_ops`` (or none:
                                                                ``plugins.rag.pg_knn``)
@@ -86,6 +86,10 @@ PG_MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE rag_changes (seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, id BIGINT NOT NULL,
                               op INTEGER NOT NULL);
     CREATE TABLE rag_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    -- FTS5's porter unicode61 has no stop words: the English Snowball stemmer without its stop word list
+    CREATE TEXT SEARCH DICTIONARY rag_stem (TEMPLATE = snowball, LANGUAGE = english);
+    CREATE TEXT SEARCH CONFIGURATION rag_english (COPY = english);
+    ALTER TEXT SEARCH CONFIGURATION rag_english ALTER MAPPING REPLACE english_stem WITH rag_stem;
     CREATE TABLE rag_fts (rowid BIGINT PRIMARY KEY, tsv tsvector NOT NULL);
     CREATE INDEX rag_fts_tsv ON rag_fts USING gin (tsv);
     CREATE TABLE rag_vec (
@@ -160,9 +164,9 @@ class PgStatements:
     backend = "postgres"
     #: pgvector's HNSW index, in the server, serves every KNN: no in-memory index
     ann_in_memory = False
-    #: the text search configuration: the Snowball English stemmer (Porter's successor) and English stop words,
-    #: the nearest to FTS5's ``porter unicode61``
-    TS_CONFIG: ClassVar[str] = "english"
+    #: the text search configuration (:data:`PG_MIGRATIONS`): PostgreSQL's ``english`` with the Snowball English
+    #: stemmer (Porter's successor) and no stop words, the nearest to FTS5's ``porter unicode61``
+    TS_CONFIG: ClassVar[str] = "rag_english"
 
     def insert_fts(self, conn: Any, doc: int, text: str) -> None:
         conn.execute(f"INSERT INTO rag_fts (rowid, tsv) VALUES (?, to_tsvector('{self.TS_CONFIG}', ?))", (doc, text))
