@@ -109,19 +109,23 @@ class Token:
         return held
 
 
-def erc20_config(url: str) -> str:
-    return rpc_config(url, extra=f'[plugins.erc20_balances]\nenabled = true\nmodule = "{ROOT / "examples" / "erc20_balances.py"}"\n')
+def erc20_config(url: str, storage: Path | str | None = None) -> str:
+    """config.toml for the erc20 example following ``url``; ``storage`` a ``postgresql://`` URL or SQLite."""
+    text = rpc_config(url, extra=f'[plugins.erc20_balances]\nenabled = true\nmodule = "{ROOT / "examples" / "erc20_balances.py"}"\n')
+    return text.replace('path = "db.sqlite"', f'url = "{storage}"') if isinstance(storage, str) else text
 
 
-async def test_erc20_balances_equal_balance_of_through_reorgs(tmp_path, anvil):
+async def test_erc20_balances_equal_balance_of_through_reorgs(tmp_path, anvil, storage_of):
     """examples/erc20_balances.py on a real OpenZeppelin ERC-20 with a supply of 2^256 - 1: after transfers across
     2^64 and 2^255 and reorgs of depth 1 to 3 that carry token transfers of their own, every balance the plugin
-    holds equals ``balanceOf()`` on the node."""
+    holds equals ``balanceOf()`` on the node. On SQLite and PostgreSQL: the same SQL, u256 functions included."""
     token = Token(anvil, tmp_path)
     acct = anvil.accounts
     cfg = tmp_path / "config.toml"
-    cfg.write_text(erc20_config(anvil.url))
-    app = open_app(cfg)
+    target = storage_of("db.sqlite")
+    cfg.write_text(erc20_config(anvil.url, target))
+    app = open_app(cfg, environ=PG_ENV if isinstance(target, str) else {})
+    assert app.host.is_enabled("erc20_balances"), app.host.errors
     runner = Runner(app, RpcSource(anvil.url, poll_interval=0.05), watch_config=False)
 
     def synced():

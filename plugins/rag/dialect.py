@@ -214,8 +214,10 @@ class PgStatements:
                          "'strict_order', false)", (str(min(max(ef_search, k), 1000)),))
         qv: Any = np.asarray(q, np.float32).tolist() if mode == "sql" else self.vector_text(q)
         distance = self._SQL_COSINE if mode == "sql" else "embedding <=> ?::vector"
+        # the HNSW index serves ORDER BY <distance> LIMIT only: a second sort key would make it a scan
+        order = "distance" if mode == "hnsw" else "distance, rowid"
         rows = conn.execute(f"SELECT rowid, {distance} AS distance FROM rag_vec WHERE {where} "
-                            "ORDER BY distance, rowid LIMIT ?", (qv, *params, k)).fetchall()
+                            f"ORDER BY {order} LIMIT ?", (qv, *params, k)).fetchall()
         return [(int(r[0]), float(r[1])) for r in rows]
 
     def keyword(self, conn: Any, words: Sequence[str], k: int, clauses: list[str],
