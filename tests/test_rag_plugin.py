@@ -379,3 +379,30 @@ def test_same_chain_and_documents_give_the_same_top_k_on_both_backends(request, 
         nonempty += bool(a)
     assert nonempty > len(lite) // 2, "the queries must find something"
     assert same_keyword_order, "some query ranks its keyword matches the same way on both backends"
+
+
+def test_a_revert_waits_for_the_workers_open_transaction_and_leaves_no_orphan_vector(rig):
+    """The embedding worker's write transaction is open (vectors of the block about to be reverted stored, not yet
+    committed) when the engine reverts that block on its own connection: the revert waits for the worker's commit
+    (SQLite: the write lock; PostgreSQL: rag_pending's table lock) and then removes those vectors too."""
+    import threading
+
+    a = blocks(2, txs=4, salt="L")
+    r = rig()
+    r.engine.apply(ChainCommitted(chain(a)))
+    docs = take_pending(r.db.reader(), 100)
+    vecs = rag.get_embedder().embed([d.text for d in docs])
+    worker = r.db.connect()
+    worker.execute("BEGIN IMMEDIATE")
+    assert store_vectors(worker, docs, vecs) == 8
+    done = threading.Event()
+    reverting = threading.Thread(target=lambda: (r.engine.apply(ChainReverted(chain(a[1:]))), done.set()))
+    reverting.start()
+    assert not done.wait(1.0), "the revert must wait for the worker's transaction"
+    worker.execute("COMMIT")
+    reverting.join(30)
+    assert done.is_set()
+    worker.close()
+    conn = r.db.reader()
+    live = dump(conn)
+    assert len(live["docs"]) == 4 and len(live["vectors"]) == 4 and live["pending"] == []

@@ -187,9 +187,12 @@ class PgStatements:
     def lock_writes(self, conn: Any) -> None:
         """Serialise the plugin's writes outside the chain hooks (the embedding worker, document adds and deletes)
         with each other and with the engine: ``SHARE ROW EXCLUSIVE`` on ``rag_pending`` conflicts with itself and with
-        the ``ROW EXCLUSIVE`` lock the engine takes when it trims or fills ``rag_pending``. At ``READ COMMITTED``,
-        without it, a worker committing a vector between the engine's trim of a reverted block and its read of
-        ``rag_index`` would leave an orphan vector; on SQLite ``BEGIN IMMEDIATE`` gives this for free."""
+        the ``ROW EXCLUSIVE`` lock the engine takes when it trims or fills ``rag_pending``, so one waits for the
+        other's commit, as with SQLite's ``BEGIN IMMEDIATE``. The row locks alone keep the vectors exact (the worker
+        stores a vector only if its delete of the ``rag_pending`` row found it, and the engine trims ``rag_pending``
+        before its revert hook reads ``rag_index``), but a worker batch and a revert's trim locking the same rows in
+        opposite orders would deadlock, and PostgreSQL would break it by aborting one of them, perhaps the engine's
+        notification."""
         conn.execute("LOCK TABLE rag_pending IN SHARE ROW EXCLUSIVE MODE")
 
     def vector_index(self, conn: Any, mode: str) -> None:
