@@ -33,6 +33,13 @@ import numpy as np
 #: The embedding dimension (all-MiniLM-L6-v2).
 DIM = 384
 
+#: ``rag_docs``'s indexes, the same on both backends (in monmouth_rag.store.MIGRATIONS and :data:`PG_MIGRATIONS`).
+DOC_INDEXES = """CREATE INDEX rag_docs_block ON rag_docs (block_number);
+    CREATE INDEX rag_docs_tx ON rag_docs (tx_hash);
+    CREATE INDEX rag_docs_doc ON rag_docs (doc_id, chunk);
+    CREATE INDEX rag_docs_time ON rag_docs (timestamp);
+    CREATE INDEX rag_docs_kind_intent ON rag_docs (kind, intent);"""
+
 #: pgvector's HNSW index on the embeddings (cosine distance, as ``vec0``'s ``distance_metric=cosine``); made at start
 #: by :meth:`PgStatements.vector_index`, not by a migration, so that ``plugins.rag.pg_knn`` can leave it out.
 PG_HNSW_INDEX = "CREATE INDEX IF NOT EXISTS rag_vec_hnsw ON rag_vec USING hnsw (embedding vector_cosine_ops)"
@@ -64,11 +71,7 @@ PG_MIGRATIONS: tuple[str, ...] = (
         meta TEXT NOT NULL DEFAULT '{{}}',
         embed_text TEXT
     );
-    CREATE INDEX rag_docs_block ON rag_docs (block_number);
-    CREATE INDEX rag_docs_tx ON rag_docs (tx_hash);
-    CREATE INDEX rag_docs_doc ON rag_docs (doc_id, chunk);
-    CREATE INDEX rag_docs_time ON rag_docs (timestamp);
-    CREATE INDEX rag_docs_kind_intent ON rag_docs (kind, intent);
+    {DOC_INDEXES}
     CREATE TABLE rag_addresses (
         address BYTEA NOT NULL, role TEXT NOT NULL, doc BIGINT NOT NULL, block_number BIGINT,
         PRIMARY KEY (address, role, doc)

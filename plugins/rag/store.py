@@ -46,8 +46,8 @@ from .abi import Registry
 from .decoded import ZERO, DecodedTx
 from .decoder import decode_transaction
 from .dialect import DIM as DIM
+from .dialect import DOC_INDEXES, statements_of
 from .dialect import PG_MIGRATIONS as PG_MIGRATIONS
-from .dialect import statements_of
 from .render import embed_text, render
 
 MIGRATIONS: tuple[str, ...] = (
@@ -72,11 +72,7 @@ MIGRATIONS: tuple[str, ...] = (
         text TEXT NOT NULL,
         meta TEXT NOT NULL DEFAULT '{{}}'   -- JSON
     );
-    CREATE INDEX rag_docs_block ON rag_docs (block_number);
-    CREATE INDEX rag_docs_tx ON rag_docs (tx_hash);
-    CREATE INDEX rag_docs_doc ON rag_docs (doc_id, chunk);
-    CREATE INDEX rag_docs_time ON rag_docs (timestamp);
-    CREATE INDEX rag_docs_kind_intent ON rag_docs (kind, intent);
+    {DOC_INDEXES}
     CREATE TABLE rag_addresses (
         address BLOB NOT NULL, role TEXT NOT NULL, doc INTEGER NOT NULL, block_number INTEGER,
         PRIMARY KEY (address, role, doc)
