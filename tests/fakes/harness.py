@@ -53,20 +53,28 @@ def sample(engine: Engine, name: str, labels: dict[str, str] | None = None) -> f
     return engine.host.metrics.get_sample_value(name, labels or {}) or 0.0
 
 
-def open_test_app(db_path: Path, plugins: dict[str, object], config: dict[str, dict[str, Any]] | None = None,
+def open_test_app(db_path: Path | str, plugins: dict[str, object], config: dict[str, dict[str, Any]] | None = None,
                   **sections: Any) -> Any:
-    """A whole sidecar (``monmouth.app.open_app``) on ``db_path`` with ``plugins`` (instances, overriding the entry
-    points) enabled and configured by ``config``; every other installed plugin disabled."""
+    """A whole sidecar (``monmouth.app.open_app``) on ``db_path`` (a SQLite file, or a ``postgresql://`` URL of
+    tests/pg.py's server) with ``plugins`` (instances, overriding the entry points) enabled and configured by
+    ``config``; every other installed plugin disabled."""
     from monmouth.app import open_app
     from monmouth.plugins import discover
 
     installed = discover({}, plugins)
-    data: dict[str, Any] = {"storage": {"path": str(db_path), "synchronous": "NORMAL"}, "http": {"enabled": False},
+    pg = isinstance(db_path, str)
+    storage = {"url": db_path} if pg else {"path": str(db_path), "synchronous": "NORMAL"}
+    data: dict[str, Any] = {"storage": storage, "http": {"enabled": False},
                             "plugins": {n: {"enabled": n in plugins, **(config or {}).get(n, {})} for n in installed}}
     for k, v in sections.items():
         data.setdefault(k, {}).update(v)
     settings = validate(data, "<test>", config_models(installed))
-    app = open_app(settings=settings, extra_plugins=plugins)
+    if pg:
+        from tests.conftest import PG_ENV
+
+        app = open_app(settings=settings, extra_plugins=plugins, environ=PG_ENV)
+    else:
+        app = open_app(settings=settings, extra_plugins=plugins)
     for name in plugins:
         assert app.host.is_enabled(name), app.host.errors
     return app
