@@ -393,26 +393,6 @@ def _serve_mcp_until_stopped(config_path: Path | None, url: str | None, token: s
         app.close()
 
 
-@cli.command()
-@click.option("--dir", "workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("monmouth-demo"),
-              show_default=True, help="Where the demo's config, database and artifacts go (its database is reset).")
-@click.option("--port", type=int, default=8080, show_default=True, help="HTTP port of the sidecar (0: any free).")
-@click.option("--duration", type=float, default=None, help="Stop after this many seconds (default: Ctrl-C).")
-@click.option("--reorg-every", type=int, default=30, show_default=True, help="anvil_reorg every N blocks (0: never).")
-@click.option("--rate", type=float, default=4.0, show_default=True, help="Traffic actions per second.")
-def demo(workdir: Path, port: int, duration: float | None, reorg_every: int, rate: float) -> None:
-    """Run everything on a local anvil chain: real contracts (OpenZeppelin ERC-20s, Uniswap V2), agents, traffic
-    with reorgs, and the sidecar with RAG, memory, the dashboard and MCP. Ctrl-C stops it cleanly."""
-    from .demo import run_demo
-
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        run_demo(workdir, port=port, duration=duration, reorg_every=reorg_every, rate=rate)
-    except MonmouthError as e:
-        _fail(e)
-
-
 # ---------------------------------------------------------------------------------------------------- plugins' commands
 
 
@@ -430,7 +410,24 @@ def _register_plugin_commands() -> None:
             logging.getLogger(__name__).error("plugin %s: monmouth_register_commands failed: %s", name, e)
 
 
+#: Entry-point group of commands that are not plugins: each names a function ``register(cli)`` that adds its click
+#: commands to :func:`cli` (``demo = "monmouth_demo.command:register"``). Unlike a plugin's
+#: ``monmouth_register_commands`` they are there whatever the config enables.
+COMMANDS_GROUP = "monmouth.commands"
+
+
+def _register_commands() -> None:
+    import importlib.metadata
+
+    for ep in importlib.metadata.entry_points(group=COMMANDS_GROUP):
+        try:
+            ep.load()(cli)
+        except Exception as e:  # a broken command package must not break the CLI
+            logging.getLogger(__name__).error("command %s (%s): registering failed: %s", ep.name, ep.value, e)
+
+
 def main() -> None:
+    _register_commands()
     _register_plugin_commands()
     start = time.monotonic()
     try:

@@ -112,6 +112,19 @@ def read_cursor(conn: Connection) -> Cursor:
                   json.loads(row[5]) if row[5] else None)
 
 
+def canonical_hash(conn: Connection, number: int) -> bytes | None:
+    """The hash (32 bytes) of the canonical block at ``number`` as seen by ``conn``, or ``None`` when the engine
+    holds no block there: not applied yet, reverted, or older than its hash history (``engine.history`` blocks
+    below the head). The public way for plugins to ask whether a block they recorded (a job, a checkpoint, a
+    certificate) is still on the canonical chain; on a chain hook's connection it sees that transaction's blocks.
+
+    Raises:
+        apsw.SQLError: ``conn`` is not a Monmouth database (no ``monmouth_blocks`` table).
+    """
+    row = conn.execute("SELECT hash FROM monmouth_blocks WHERE number = ?", (number,)).fetchone()
+    return bytes(row[0]) if row else None
+
+
 class Engine:
     """Applies notifications to the database exactly once.
 

@@ -447,7 +447,7 @@ class Runner:
             self._wal_pages = 0
             t0 = time.perf_counter()
             try:
-                frames, done = await anyio.to_thread.run_sync(db.checkpoint, limiter=limiter)
+                frames, done = await anyio.to_thread.run_sync(db.checkpoint_wal, limiter=limiter)
             except apsw.Error as e:
                 log.warning("WAL checkpoint failed (will retry): %s", e)
                 continue

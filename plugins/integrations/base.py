@@ -12,7 +12,7 @@ startup/shutdown of the deliverer, waking it after each commit). Each subclass i
   inside the engine's transaction; it reads the memory plugin's global root of the block on the same
   connection (the chain hooks run ``trylast``, after the memory plugin's);
 * ``checkpoint`` — :class:`CheckpointTrigger` in the deliverer's thread: each new manifest of the memory
-  plugin's checkpoints (``monmouth_memory.checkpoint.list_checkpoints``) whose block is still canonical becomes
+  plugin's checkpoints (:meth:`monmouth.interfaces.AgentMemory.checkpoints`) whose block is still canonical becomes
   a job for that block (so reverting the block cancels it, as for ``blocks``).
 """
 
@@ -28,6 +28,8 @@ import httpx
 
 from monmouth import hookimpl
 from monmouth.chain import hx
+from monmouth.engine import canonical_hash
+from monmouth.interfaces import AgentMemory, AgentMemorySource, provider
 
 from .config import IntegrationConfig, OutboxConfig, TriggerConfig
 from .metrics import IntegrationMetrics, metrics_for
@@ -47,13 +49,11 @@ except ImportError:  # pragma: no cover - psycopg is only needed for storage.url
 log = logging.getLogger(__name__)
 
 
-def memory_runtime(host: Any) -> Any:
-    """The memory plugin's running ``Memory`` (via ``host.get("memory")``), or ``None`` if it is not enabled."""
-    plugin = host.get("memory") if host is not None else None
-    if plugin is None:
-        return None
-    mem = getattr(plugin, "memory", None)
-    return mem() if callable(mem) else mem
+def agent_memory(host: Any) -> AgentMemory | None:
+    """The agents' memory a started plugin of ``host`` offers (:class:`monmouth.interfaces.AgentMemorySource`, the
+    memory plugin's), or ``None`` when none is enabled and started."""
+    source = provider(host, AgentMemorySource)
+    return source.get_agent_memory() if source is not None else None
 
 
 #: Payload flag of a ``trigger = "blocks"`` job: its global root is read when the request is prepared, not in the
@@ -122,8 +122,10 @@ class Runtime:
         self.metrics.breaker_state.set(BREAKER_STATES.get(new, 0))
 
     @property
-    def memory(self) -> Any:
-        return memory_runtime(self.host)
+    def memory(self) -> AgentMemory | None:
+        """The agents' memory (:func:`agent_memory`), looked up at each use: plugins are enabled and disabled while
+        the sidecar runs."""
+        return agent_memory(self.host)
 
     def close(self) -> None:
         if self.deliverer is not None:
@@ -152,9 +154,7 @@ class CheckpointTrigger:
         mem = self.rt.memory
         if mem is None:
             return
-        from monmouth_memory.checkpoint import list_checkpoints
-
-        for m in list_checkpoints(mem.checkpoint_dir):
+        for m in mem.checkpoints():
             name = m.get("name")
             number = (m.get("block") or {}).get("number")
             bhash = (m.get("block") or {}).get("hash")
@@ -176,8 +176,7 @@ class CheckpointTrigger:
         if payload["global_root"] is None:  # read first: settling takes the write lock
             payload["global_root"], payload["agents"] = global_root(self.rt.db.reader(), number, raw)
         with self.rt.db.write() as conn:
-            row = conn.execute("SELECT hash FROM monmouth_blocks WHERE number = ?", (number,)).fetchone()
-            if row is None or row[0] != raw:
+            if canonical_hash(conn, number) != raw:
                 log.info("%s: checkpoint %s is at a block no longer canonical; skipped", self.plugin.name,
                          manifest.get("name"))
                 return False

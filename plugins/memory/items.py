@@ -27,7 +27,7 @@ from . import merkle
 from .agents import Agents
 from .config import MemoryConfig
 from .crypto import AgentKey, aad
-from .errors import ConflictError, MemoryRequestError, NotFoundError
+from .errors import ConflictError, InvalidRequestError, MemoryRequestError, NotFoundError
 from .fields import utf8, validate_item_fields
 from .merkle import canonical_json
 from .schema import END_EXPIRED, KIND_NAMES, KINDS, OP_DELETE, OP_PUT, ORIGINS, all_rows, scalar
@@ -140,7 +140,7 @@ def filters(k: AgentKey, agent: bytes, kind: str | None, tags: Sequence[str] | N
     args: list[Any] = [agent]
     if kind is not None:
         if kind not in KINDS:
-            raise MemoryRequestError("kind", f"must be one of {', '.join(KINDS)} (got {kind!r})", 422)
+            raise InvalidRequestError("kind", f"must be one of {', '.join(KINDS)} (got {kind!r})")
         where.append("i.kind = ?")
         args.append(KINDS[kind])
     for t in tags or ():
@@ -298,9 +298,9 @@ class Items:
         """
         self.validate(kind, None, key, list(tags) if tags else None, None, None, None)
         if not 1 <= limit <= 1000:
-            raise MemoryRequestError("limit", "must be between 1 and 1000", 422)
+            raise InvalidRequestError("limit", "must be between 1 and 1000")
         if offset < 0:
-            raise MemoryRequestError("offset", "must be >= 0", 422)
+            raise InvalidRequestError("offset", "must be >= 0")
         self.agents.check(agent)
         k = self.agents.key(agent)
         where, args = filters(k, agent, kind, tags, from_block, to_block, since, until)
@@ -310,7 +310,7 @@ class Items:
         if origin is not None:
             inv = {v: k_ for k_, v in ORIGINS.items()}
             if origin not in inv:
-                raise MemoryRequestError("origin", f"must be one of {', '.join(inv)}", 422)
+                raise InvalidRequestError("origin", f"must be one of {', '.join(inv)}")
             where.append("i.origin = ?")
             args.append(inv[origin])
         if tags:

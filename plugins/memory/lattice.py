@@ -39,7 +39,7 @@ import apsw
 from monmouth.chain import hx
 
 from . import merkle
-from .errors import GoneError, MemoryRequestError, NotFoundError
+from .errors import GoneError, InvalidRequestError, NotFoundError
 from .schema import END_NAMES, all_rows, scalar
 
 #: Most cache rows persisted per applied block (the rest wait for the next blocks).
@@ -341,7 +341,7 @@ class Lattice:
                 raise NotFoundError("block", "no block has been applied yet")
             block = head
         if isinstance(block, bool) or not isinstance(block, int) or block < 0:
-            raise MemoryRequestError("block", f"must be a block number (got {block!r})", 422)
+            raise InvalidRequestError("block", f"must be a block number (got {block!r})")
         row = self.block_row(conn, block)
         if row is None:
             if head is None or block > head:

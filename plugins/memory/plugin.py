@@ -6,7 +6,8 @@ embedders register further instances (one per database) with ``{"memory": Memory
 names (``monmouth_startup``, ``agent_addresses``, ...) are :data:`plugin`'s bound methods, so the module also works
 as a plugin object (``[plugins.memory] module = "monmouth_memory.plugin"``).
 
-It offers the other plugins an agent directory (:class:`monmouth.interfaces.AgentDirectory`) and uses a
+It offers the other plugins an agent directory (:class:`monmouth.interfaces.AgentDirectory`) and the agents' memory
+(:class:`monmouth.interfaces.AgentMemorySource`, :mod:`.offer`), and uses a
 transaction renderer and an embedder when a plugin offers them.
 """
 
@@ -25,6 +26,7 @@ from .agents import Agents
 from .config import MemoryConfig
 from .core import Memory
 from .metrics import MemoryCollector
+from .offer import OfferedMemory
 from .schema import MIGRATIONS, TRIMMED
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,11 @@ class MemoryPlugin:
         self.workers = workers
         self._collector: tuple[Any, MemoryCollector] | None = None  # (registry, collector) while started
 
-    # -- what it offers other plugins (monmouth.interfaces.AgentDirectory)
+    # -- what it offers other plugins (monmouth.interfaces.AgentDirectory, AgentMemorySource)
+    def get_agent_memory(self) -> OfferedMemory | None:
+        """The running memory as :class:`monmouth.interfaces.AgentMemory`, or ``None`` while not started."""
+        return OfferedMemory(self.memory) if self.memory is not None else None
+
     @staticmethod
     def agent_addresses(conn: Any) -> list[bytes]:
         """Registered, not forgotten agents (20-byte addresses), read on ``conn``."""
@@ -144,6 +150,7 @@ plugin = MemoryPlugin()
 # The module as a plugin object: the same hooks, bound to ``plugin``.
 globals().update(hook_functions(plugin))
 agent_addresses = plugin.agent_addresses
+get_agent_memory = plugin.get_agent_memory
 
 
 def memory() -> Memory | None:

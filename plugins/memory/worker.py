@@ -73,7 +73,7 @@ class MemoryWorker(BackgroundWorker):
             now = time.monotonic()
             if now - self._last_ckpt >= 2.0:
                 self._last_ckpt = now
-                self.db.checkpoint()
+                self.db.checkpoint_wal()
             if now - self._last_warm >= 1.0:
                 self._last_warm = now
                 self.warm()

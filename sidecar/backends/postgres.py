@@ -122,48 +122,104 @@ BEGIN
     END IF;
     RETURN NULL;
 END $$;
--- Revert block b: replay its undo rows newest first, checking each row is still what was recorded.
+-- Revert block b: replay its undo rows newest first, checking each row is still what was recorded. The rows come in
+-- runs of one table and one kind of change (consecutive seq), each undone by one statement. A run of INSERTs or of
+-- DELETEs touches each primary key once (a key inserted twice needs a DELETE between). A run of UPDATEs may change a
+-- row several times: each key gets back the old image of its first update, if it still is the new image of its last
+-- one. A run in which an UPDATE changed a primary key is undone row by row, newest first.
 CREATE OR REPLACE FUNCTION monmouth_undo_block(b bigint) RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
+    run record;
     r record;
     rel regclass;
     pk text;
+    tpk text;
+    xpk text;
+    jpk text;
     cols text;
+    xcols text;
+    keys integer;
+    moved boolean;
     n integer;
     done integer := 0;
 BEGIN
     PERFORM set_config('monmouth.block', '', true);
-    FOR r IN SELECT tbl, op, old, new FROM monmouth_undo WHERE block = b ORDER BY seq DESC LOOP
-        rel := to_regclass(quote_ident(r.tbl));
+    FOR run IN
+        SELECT tbl, op, min(seq) AS lo, max(seq) AS hi, count(*) AS rows
+          FROM (SELECT tbl, op, seq, row_number() OVER (ORDER BY seq)
+                                     - row_number() OVER (PARTITION BY tbl, op ORDER BY seq) AS island
+                  FROM monmouth_undo WHERE block = b) s
+         GROUP BY tbl, op, island ORDER BY hi DESC
+    LOOP
+        rel := to_regclass(quote_ident(run.tbl));
         IF rel IS NULL THEN
-            RAISE EXCEPTION 'monmouth undo conflict: block % changed table %, which no longer exists', b, r.tbl;
+            RAISE EXCEPTION 'monmouth undo conflict: block % changed table %, which no longer exists', b, run.tbl;
         END IF;
-        SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO pk
+        SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum),
+               string_agg('t.' || quote_ident(a.attname), ', ' ORDER BY a.attnum),
+               string_agg('x.' || quote_ident(a.attname), ', ' ORDER BY a.attnum),
+               string_agg(format('u.old -> %L', a.attname), ', ' ORDER BY a.attnum) INTO pk, tpk, xpk, jpk
           FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
          WHERE i.indrelid = rel AND i.indisprimary;
         IF pk IS NULL THEN
-            RAISE EXCEPTION 'monmouth undo conflict: table % has no PRIMARY KEY', r.tbl;
+            RAISE EXCEPTION 'monmouth undo conflict: table % has no PRIMARY KEY', run.tbl;
         END IF;
-        IF r.op = 'I' THEN
-            EXECUTE format('DELETE FROM %s t WHERE (%s) = (SELECT %s FROM jsonb_populate_record(NULL::%s, $1)) '
-                           'AND to_jsonb(t.*) = $1', rel, pk, pk, rel) USING r.new;
-        ELSIF r.op = 'U' THEN
-            SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO cols
-              FROM pg_attribute a WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped;
-            EXECUTE format('UPDATE %s t SET (%s) = (SELECT %s FROM jsonb_populate_record(NULL::%s, $2)) '
-                           'WHERE (%s) = (SELECT %s FROM jsonb_populate_record(NULL::%s, $1)) '
-                           'AND to_jsonb(t.*) = $1', rel, cols, cols, rel, pk, pk, rel) USING r.new, r.old;
+        IF run.op = 'I' THEN
+            EXECUTE format('DELETE FROM %s t USING (SELECT (jsonb_populate_record(NULL::%s, u.new)).*, '
+                           'u.new AS monmouth_image FROM monmouth_undo u WHERE u.block = $1 AND u.seq BETWEEN $2 '
+                           'AND $3) x WHERE (%s) = (%s) AND to_jsonb(t.*) = x.monmouth_image',
+                           rel, rel, tpk, xpk) USING b, run.lo, run.hi;
+            GET DIAGNOSTICS n = ROW_COUNT;
+        ELSIF run.op = 'D' THEN
+            EXECUTE format('INSERT INTO %s SELECT (jsonb_populate_record(NULL::%s, u.old)).* FROM monmouth_undo u '
+                           'WHERE u.block = $1 AND u.seq BETWEEN $2 AND $3 ON CONFLICT DO NOTHING', rel, rel)
+                USING b, run.lo, run.hi;
+            GET DIAGNOSTICS n = ROW_COUNT;
         ELSE
-            EXECUTE format('INSERT INTO %s SELECT * FROM jsonb_populate_record(NULL::%s, $1) ON CONFLICT DO NOTHING',
-                           rel, rel) USING r.old;
+            SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum),
+                   string_agg('x.' || quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO cols, xcols
+              FROM pg_attribute a WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped;
+            EXECUTE format('SELECT count(DISTINCT jsonb_build_array(%s)), bool_or(jsonb_build_array(%s) '
+                           'IS DISTINCT FROM jsonb_build_array(%s)) FROM monmouth_undo u WHERE u.block = $1 '
+                           'AND u.seq BETWEEN $2 AND $3', jpk, jpk, replace(jpk, 'u.old', 'u.new'))
+                INTO keys, moved USING b, run.lo, run.hi;
+            IF NOT moved THEN
+                EXECUTE format('UPDATE %s t SET (%s) = ROW(%s) FROM (SELECT (jsonb_populate_record(NULL::%s, '
+                               'y.first_old)).*, y.last_new AS monmouth_image FROM (SELECT DISTINCT ON (k) k, '
+                               'first_value(u.old) OVER (PARTITION BY k ORDER BY u.seq) AS first_old, '
+                               'first_value(u.new) OVER (PARTITION BY k ORDER BY u.seq DESC) AS last_new FROM '
+                               '(SELECT u.*, jsonb_build_array(%s) AS k FROM monmouth_undo u WHERE u.block = $1 '
+                               'AND u.seq BETWEEN $2 AND $3) u ORDER BY k) y) x '
+                               'WHERE (%s) = (%s) AND to_jsonb(t.*) = x.monmouth_image',
+                               rel, cols, xcols, rel, jpk, tpk, xpk) USING b, run.lo, run.hi;
+                GET DIAGNOSTICS n = ROW_COUNT;
+                IF n <> keys THEN
+                    RAISE EXCEPTION 'monmouth undo conflict: %: % of the % rows block % updated are not as it left '
+                                    'them (changed outside the chain hooks)', run.tbl, keys - n, keys, b;
+                END IF;
+                CONTINUE;
+            END IF;
+            n := 0;
+            FOR r IN SELECT old, new FROM monmouth_undo WHERE block = b AND seq BETWEEN run.lo AND run.hi
+                      ORDER BY seq DESC LOOP
+                EXECUTE format('UPDATE %s t SET (%s) = (SELECT %s FROM jsonb_populate_record(NULL::%s, $2)) '
+                               'WHERE (%s) = (SELECT %s FROM jsonb_populate_record(NULL::%s, $1)) '
+                               'AND to_jsonb(t.*) = $1', rel, cols, cols, rel, pk, pk, rel) USING r.new, r.old;
+                GET DIAGNOSTICS done = ROW_COUNT;
+                IF done <> 1 THEN
+                    RAISE EXCEPTION 'monmouth undo conflict: %: the row % is not as block % left it (changed outside '
+                                    'the chain hooks)', run.tbl, r.new, b;
+                END IF;
+                n := n + 1;
+            END LOOP;
         END IF;
-        GET DIAGNOSTICS n = ROW_COUNT;
-        IF n <> 1 THEN
-            RAISE EXCEPTION 'monmouth undo conflict: %: the row % is not as block % left it (changed outside the '
-                            'chain hooks)', r.tbl, coalesce(r.new, r.old), b;
+        IF n <> run.rows THEN
+            RAISE EXCEPTION 'monmouth undo conflict: %: % of the % rows block % % are not as it left them (changed '
+                            'outside the chain hooks)', run.tbl, run.rows - n, run.rows, b,
+                            CASE run.op WHEN 'I' THEN 'inserted' ELSE 'deleted' END;
         END IF;
-        done := done + 1;
     END LOOP;
+    SELECT count(*) INTO done FROM monmouth_undo WHERE block = b;
     DELETE FROM monmouth_undo WHERE block = b;
     RETURN done;
 END $$;

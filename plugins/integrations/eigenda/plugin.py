@@ -32,6 +32,7 @@ from pydantic import Field
 
 from monmouth import hookimpl
 from monmouth.chain import hx
+from monmouth.engine import canonical_hash
 
 from ..base import IntegrationPlugin, Runtime
 from ..config import TriggerConfig
@@ -112,12 +113,10 @@ class EigenDAHandler:
         mem = self.rt.memory
         if mem is None:
             return {}
-        from monmouth_memory.portable import export_agent
-
         out: dict[str, Any] = {}
         for a in mem.agents():
             try:
-                out[a["address"]] = export_agent(mem, bytes.fromhex(a["address"][2:]), block)
+                out[a["address"]] = mem.export_agent(bytes.fromhex(a["address"][2:]), block)
             except Exception as e:  # pruned block, forgotten agent: say so in the blob
                 out[a["address"]] = {"error": f"{type(e).__name__}: {e}"}
         return out
@@ -183,11 +182,11 @@ def verify_block(conn: apsw.Connection, proxy: EigenDAProxy, block: int) -> dict
         b = doc.get("block") or {}
         check("block", b.get("number") == block and b.get("hash") == stored["hash"],
               f"blob names #{b.get('number')} {b.get('hash')}, stored #{block} {stored['hash']}")
-        row = conn.execute("SELECT hash FROM monmouth_blocks WHERE number = ?", (block,)).fetchone()
-        if row is None:
+        canonical = canonical_hash(conn, block)
+        if canonical is None:
             check("canonical", None, "block is older than the engine's hash history")
         else:
-            check("canonical", hx(row[0]) == b.get("hash"), f"local canonical hash {hx(row[0])}")
+            check("canonical", hx(canonical) == b.get("hash"), f"local canonical hash {hx(canonical)}")
         local = None
         try:
             r = conn.execute("SELECT root FROM memory_global_roots WHERE block_number = ?", (block,)).fetchone()
