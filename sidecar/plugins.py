@@ -95,7 +95,8 @@ def discover(module_paths: Mapping[str, str] | None = None,
 
 def call_one(plugin: object, hook: str, **kwargs: Any) -> Any:
     """Call one plugin's own implementation of ``hook`` (not the other plugins'), or return ``None`` if it has
-    none: declaration hooks, and lifecycle hooks called plugin by plugin."""
+    none: declaration hooks, and lifecycle hooks called plugin by plugin. As pluggy does, the implementation gets
+    only the arguments it names (``monmouth_migrations(backend)`` or ``monmouth_migrations()``)."""
     fn: Any = getattr(plugin, hook, None)
     if not _is_impl(fn):
         return None

@@ -37,6 +37,15 @@ from .outbox import Job, Outbox, migration, trimmed
 from .resilience import BREAKER_STATES, make_breaker, outbox_backoff
 from .worker import Deliverer, Handler
 
+try:
+    import psycopg.errors
+
+    #: What PostgreSQL raises when the memory plugin's function or table is not there.
+    _PG_MISSING: tuple[type[Exception], ...] = (psycopg.errors.UndefinedFunction, psycopg.errors.UndefinedTable)
+
+except ImportError:  # pragma: no cover - psycopg is only needed for storage.url = "postgresql://..."
+    _PG_MISSING = ()
+
 log = logging.getLogger(__name__)
 
 
@@ -73,7 +82,7 @@ def global_root(conn: apsw.Connection, number: int, block_hash: bytes | None = N
         conn.execute("SELECT memory_settle()").fetchall()
         row = conn.execute("SELECT root, agents FROM memory_global_roots WHERE block_number = ? AND "
                            "(? IS NULL OR block_hash = ?)", (number, block_hash, block_hash)).fetchone()
-    except apsw.SQLError:
+    except (apsw.SQLError, *_PG_MISSING):  # type: ignore[misc]  # a tuple of exception classes
         return None, None
     return (hx(row[0]), row[1]) if row else (None, None)
 
@@ -193,6 +202,9 @@ class IntegrationPlugin:
     uses_outbox: ClassVar[bool] = True
     #: SQL creating its own tables (appended to the outbox tables in migration 1).
     SCHEMA: ClassVar[str] = ""
+    #: The same tables for PostgreSQL; ``None`` (with a ``SCHEMA``): the integration runs on SQLite only, and
+    #: enabling it on PostgreSQL is refused naming it (``monmouth_backends``).
+    PG_SCHEMA: ClassVar[str | None] = None
     #: Its own trimmed tables.
     TRIMMED: ClassVar[dict[str, str | None]] = {}
 
@@ -244,8 +256,14 @@ class IntegrationPlugin:
         return self.Config
 
     @hookimpl
-    def monmouth_migrations(self) -> Sequence[str]:
-        return [(migration(self.name) if self.uses_outbox else "") + self.SCHEMA]
+    def monmouth_migrations(self, backend: str = "sqlite") -> Sequence[str]:
+        schema = self.PG_SCHEMA if backend == "postgres" else self.SCHEMA
+        return [(migration(self.name, backend) if self.uses_outbox else "") + (schema or "")]
+
+    @hookimpl
+    def monmouth_backends(self) -> Sequence[str]:
+        """Both when the integration's own tables have a PostgreSQL schema (or it has none), else SQLite only."""
+        return ("sqlite", "postgres") if self.PG_SCHEMA is not None or not self.SCHEMA else ("sqlite",)
 
     @hookimpl
     def monmouth_trimmed_tables(self) -> Mapping[str, str | None]:

@@ -43,7 +43,7 @@ from psycopg.pq import TransactionStatus
 from ..errors import StorageError, StorageUnavailableError
 from ..journal import JournalConflictError, RedactionError
 from ..store import ENGINE_PREFIX, migrate
-from . import REQUEST
+from . import REQUEST, pg_uint256
 
 log = logging.getLogger(__name__)
 
@@ -447,6 +447,7 @@ class PgDatabase:
                         f"this one knows up to {SCHEMA_VERSION}); run the newer version, or point storage.url at "
                         "another database")
                 conn.execute(_SCHEMA)
+                conn.execute(pg_uint256.SQL)  # u256(), u256_add()... as on SQLite (sidecar.uint256)
 
     def describe(self) -> str:
         return redact_url(self.url)

@@ -67,6 +67,20 @@ CREATE TABLE eigenda_certs (
 );
 """
 
+#: :data:`SCHEMA` with PostgreSQL's types.
+PG_SCHEMA = """
+CREATE TABLE eigenda_certs (
+    block_number BIGINT PRIMARY KEY,
+    block_hash BYTEA NOT NULL,
+    cert BYTEA NOT NULL,
+    blob_sha256 BYTEA NOT NULL,
+    blob_bytes BIGINT NOT NULL,
+    global_root BYTEA,
+    delivery_key TEXT NOT NULL,
+    dispersed_at DOUBLE PRECISION NOT NULL
+);
+"""
+
 
 class EigenDAHandler:
     """Outbox jobs → blobs → certs."""
@@ -114,8 +128,11 @@ class EigenDAHandler:
     def on_delivered(self, conn: apsw.Connection, job: Job, result: Any) -> None:
         root = job.payload.get("global_root")
         conn.execute(
-            "INSERT OR REPLACE INTO eigenda_certs (block_number, block_hash, cert, blob_sha256, blob_bytes, "
-            "global_root, delivery_key, dispersed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO eigenda_certs (block_number, block_hash, cert, blob_sha256, blob_bytes, global_root, "
+            "delivery_key, dispersed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (block_number) DO UPDATE SET "
+            "block_hash = excluded.block_hash, cert = excluded.cert, blob_sha256 = excluded.blob_sha256, "
+            "blob_bytes = excluded.blob_bytes, global_root = excluded.global_root, "
+            "delivery_key = excluded.delivery_key, dispersed_at = excluded.dispersed_at",
             (job.block_number, job.block_hash, bytes.fromhex(result["cert"][2:]),
              bytes.fromhex(result["blob_sha256"]), result["bytes"], bytes.fromhex(root[2:]) if root else None,
              job.key, time.time()))
@@ -192,6 +209,7 @@ class EigenDAPlugin(IntegrationPlugin):
     name = "eigenda"
     Config = EigenDAConfig
     SCHEMA = SCHEMA
+    PG_SCHEMA = PG_SCHEMA
     TRIMMED = {"eigenda_certs": "block_number"}
 
     def make_handler(self, rt: Runtime) -> EigenDAHandler:
