@@ -172,15 +172,44 @@ def _columns_pg(dst: PgConnection, table: str) -> list[str]:
         "ORDER BY attnum", (f'"{table}"',)).fetchall()]
 
 
-def _copy_rows(src: apsw.Connection, dst: PgConnection, table: str, columns: Sequence[str]) -> int:
+def copy_table(src: apsw.Connection, dst: PgConnection, table: str, columns: Sequence[str] | None = None, *,
+               source: str | None = None, overriding: bool = False) -> int:
+    """Copy the rows of SQLite table ``source`` (default ``table``) into the target's ``table``, column by column
+    name (``columns``: default every column of the target's table), 1000 rows per batch; returns the row count. For
+    a ``monmouth_storage_copy`` hook's tables that are alike on both backends. ``overriding``: the target has a
+    ``GENERATED ALWAYS`` identity column among ``columns`` (``OVERRIDING SYSTEM VALUE``; see
+    :func:`restart_identity`).
+
+    Raises:
+        CopyError: a column of the target's table is missing from the SQLite one (names both tables).
+    """
+    columns = list(columns) if columns is not None else _columns_pg(dst, table)
+    source = source or table
+    missing = sorted(set(columns) - set(_columns_sqlite(src, source)))
+    if missing:
+        raise CopyError(f"table {table!r}: column(s) {', '.join(missing)} of the PostgreSQL table are missing from "
+                        f"the SQLite table {source!r}; nothing was written")
     cols = ", ".join(f'"{c}"' for c in columns)
-    insert = f'INSERT INTO "{table}" ({cols}) VALUES ({", ".join("?" * len(columns))})'
+    insert = (f'INSERT INTO "{table}" ({cols}) {"OVERRIDING SYSTEM VALUE " if overriding else ""}'
+              f'VALUES ({", ".join("?" * len(columns))})')
     n = 0
-    cursor = src.execute(f'SELECT {cols} FROM "{table}"')
+    cursor = src.execute(f'SELECT {cols} FROM "{source}"')
     while batch := list(itertools.islice(cursor, 1000)):
         dst.executemany(insert, batch)
         n += len(batch)
     return n
+
+
+def restart_identity(src: apsw.Connection, dst: PgConnection, table: str, column: str) -> int:
+    """Set the sequence of the target's identity column ``table.column`` so its next value is above every value
+    SQLite's ``AUTOINCREMENT`` ever gave ``table`` (``sqlite_sequence``, which remembers ids of rows since deleted,
+    e.g. by a revert) and above every copied row: an id is never reused after the copy either. Returns the last
+    value (0: none yet)."""
+    used = (src.execute("SELECT max(seq) FROM sqlite_sequence WHERE name = ?", (table,)).fetchone()
+            if src.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone() else None)
+    last = max(int((used or (None,))[0] or 0), int(_scalar(dst, f'SELECT coalesce(max("{column}"), 0) FROM "{table}"')))
+    dst.execute("SELECT setval(pg_get_serial_sequence(?, ?), ?, ?)", (f'"{table}"', column, max(last, 1), last > 0))
+    return last
 
 
 def _copy(src: apsw.Connection, dst: _Savepoints, plugins: Mapping[str, object], target: PgDatabase) -> CopyResult:
@@ -199,14 +228,14 @@ def _copy(src: apsw.Connection, dst: _Savepoints, plugins: Mapping[str, object],
     source_kinds = table_kinds(src)
     if "monmouth_plugin_progress" in source_kinds:
         dst.execute(PROGRESS_SCHEMA)
-        result.tables["monmouth_plugin_progress"] = _copy_rows(
+        result.tables["monmouth_plugin_progress"] = copy_table(
             src, dst, "monmouth_plugin_progress", _columns_sqlite(src, "monmouth_plugin_progress"))
 
     claimed: set[str] = set()
     for name, plugin in plugins.items():
         before = set(_tables(dst))
         trimmed = set(call_one(plugin, "monmouth_trimmed_tables") or {})
-        target.migrate(name, call_one(plugin, "monmouth_migrations") or [], trimmed, conn=dst)
+        target.migrate(name, call_one(plugin, "monmouth_migrations", backend="postgres") or [], trimmed, conn=dst)
         created = sorted(set(_tables(dst)) - before)
         if _has_hook(plugin):
             with dst:
@@ -226,10 +255,10 @@ def _copy(src: apsw.Connection, dst: _Savepoints, plugins: Mapping[str, object],
                 raise CopyError(f"plugin {name!r}: table {table!r} has columns {', '.join(theirs)} on SQLite but "
                                 f"{', '.join(columns)} on PostgreSQL: the plugin needs a monmouth_storage_copy hook; "
                                 "nothing was written")
-            result.tables[table] = _copy_rows(src, dst, table, columns)
+            result.tables[table] = copy_table(src, dst, table, columns)
             claimed.add(table)
     for table, kind in sorted(source_kinds.items()):
-        if table in claimed or table in _ENGINE_COPIED or kind == "shadow":
+        if table in claimed or table in _ENGINE_COPIED or kind in ("shadow", "view"):
             continue
         result.not_copied[table] = ("the audit log starts over on the target" if table == "monmouth_audit" else
                                     "not a table of a plugin enabled in the config")

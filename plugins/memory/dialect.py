@@ -156,10 +156,14 @@ class Postgres:
             yield w
 
     @staticmethod
+    def tsvector(tokens: str) -> str:
+        """The ``tsvector`` input of the keyed tokens ``tokens`` (space-separated hex): each a lexeme as it is (no
+        text-search parser or stemmer), at its position (clamped at 16383)."""
+        return " ".join(f"{t}:{min(i, _MAX_POS)}" for i, t in enumerate(tokens.split(), start=1))
+
+    @staticmethod
     def fts_add(conn: Any, n: int, tokens: str) -> None:
-        # The keyed tokens are hex: each is a lexeme as it is (tsvector input, no text-search parser or stemmer).
-        vec = " ".join(f"{t}:{min(i, _MAX_POS)}" for i, t in enumerate(tokens.split(), start=1))
-        conn.execute("INSERT INTO memory_fts (n, tokens) VALUES (?, ?::tsvector)", (n, vec))
+        conn.execute("INSERT INTO memory_fts (n, tokens) VALUES (?, ?::tsvector)", (n, Postgres.tsvector(tokens)))
 
     @staticmethod
     def fts_remove(conn: Any, ns: Sequence[int]) -> None:

@@ -94,6 +94,12 @@ class MemoryPlugin:
         return TRIMMED
 
     @hookimpl
+    def monmouth_storage_copy(self, src: Any, dst: Any) -> Sequence[str]:
+        from .storagecopy import copy
+
+        return copy(src, dst)
+
+    @hookimpl
     def monmouth_status(self) -> Mapping[str, Any] | None:
         return self.memory.status() if self.memory is not None else None
 

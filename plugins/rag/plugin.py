@@ -283,6 +283,12 @@ class RagPlugin:
         return dict(store.TRIMMED)
 
     @hookimpl
+    def monmouth_storage_copy(self, src: apsw.Connection, dst: Any) -> Sequence[str]:
+        from .storagecopy import copy
+
+        return copy(src, dst)
+
+    @hookimpl
     def monmouth_startup(self, ctx: Any) -> None:
         cfg: RagConfig = ctx.config or RagConfig()
         origin = getattr(ctx.settings, "origin", None)
