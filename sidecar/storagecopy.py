@@ -49,7 +49,7 @@ from .config import Settings
 from .errors import StorageError
 from .plugins import call_one
 from .progress import _SCHEMA as PROGRESS_SCHEMA
-from .store import ENGINE_PREFIX, table_kinds
+from .store import ENGINE_PREFIX, _load_vec, table_kinds
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,7 @@ def _snapshot(path: Path) -> Iterator[apsw.Connection]:
     """A read-only connection to ``path`` inside one read transaction (invariant 1)."""
     conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
     conn.set_busy_timeout(5000)
+    _load_vec(conn)  # sqlite-vec's vec0 tables (a plugin's hook reads them)
     try:
         conn.execute("BEGIN")
         conn.execute("SELECT count(*) FROM monmouth_cursor").fetchall()  # the snapshot starts at the first read

@@ -11,7 +11,7 @@ import pytest
 
 from monmouth.backends.postgres import PgDatabase
 from monmouth.types import ChainCommitted, ChainReorged, ChainReverted
-from tests.chains import chain, extend
+from tests.chains import address, chain, extend
 from tests.conftest import make_engine, settings_for
 from tests.pg import PASSWORD
 from tests.plugins import ledger, tally
@@ -131,3 +131,154 @@ def test_an_unreachable_target_is_named(tmp_path):
     r = subprocess.run([*MONMOUTH, "storage", "copy", "--to", url, "--config", "config.toml"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode != 0 and f"cannot connect to {url}" in r.stderr, r.stderr
+
+
+# ------------------------------------------------------------------------------------------- rag and memory
+
+
+def rag_memory_engine(target, keys):
+    """An engine with rag (no background worker; :data:`tests.test_rag_support.PG_RAG`) and memory (agents A1, A2,
+    keys in ``keys``) on a SQLite file or a PostgreSQL URL; ``(engine, memory plugin)``. One at a time: rag is a
+    module."""
+    from prometheus_client import CollectorRegistry
+
+    import monmouth_rag.plugin as rag
+    from monmouth.config import validate
+    from monmouth.engine import Engine
+    from monmouth.metrics import Metrics
+    from monmouth.plugins import PluginHost, config_models
+    from monmouth_memory.plugin import MemoryPlugin
+    from tests.test_rag_support import PG_RAG, open_db
+
+    memory = MemoryPlugin(workers=False)
+    plugins = {"rag": rag, "memory": memory}
+    db = open_db(target)
+    metrics = Metrics(CollectorRegistry())
+    host = PluginHost(plugins, db, metrics.registry)
+    settings = validate({"plugins": {"rag": {"enabled": True, "worker": False, **PG_RAG},
+                                     "memory": {"enabled": True, "key_dir": str(keys), "agents": AGENTS}},
+                         "engine": {"undo_window": 64}}, "<test>", config_models(plugins))
+    host.apply_settings(settings)
+    assert host.errors == {}, host.errors
+    return Engine(db, host, settings.engine, metrics), memory
+
+
+AGENTS = ["0x" + address(1).hex(), "0x" + address(2).hex()]
+#: What is comparable between the backends, per plugin table (ids, texts, vectors, roots; not the FTS internals).
+PLUGIN_ROWS = {
+    "rag_docs": "SELECT id, kind, block_number, tx_hash, doc_id, chunk, text, embed_text FROM rag_docs",
+    "rag_pending": "SELECT doc, block_number, length FROM rag_pending",
+    "rag_index": "SELECT id, block_number, has_vec FROM rag_index",
+    "rag_edges": "SELECT src, dst, token, count, value, first_block, last_block FROM rag_edges",
+    "rag_addresses": "SELECT address, role, doc, block_number FROM rag_addresses",
+    "memory_items": "SELECT n, id, agent, kind, origin, version, nonce, ct FROM memory_items",
+    "memory_leaves": "SELECT * FROM memory_leaves",
+    "memory_ops": "SELECT * FROM memory_ops",
+    "memory_marks": "SELECT agent, block_number, count FROM memory_marks",
+    "memory_blocks": "SELECT block_number, block_hash, agents, ops_seq FROM memory_blocks",
+    "memory_registry": "SELECT * FROM memory_registry",
+    "memory_vectors": "SELECT n, agent, nonce, ct FROM memory_vectors",
+    "memory_embed_queue": "SELECT n FROM memory_embed_queue",
+}
+
+
+def plugin_state(engine, mem, blocks) -> dict:
+    """The comparable rows of the rag and memory tables, the stored vectors, the FTS row ids, and the memory global
+    root and every proof at ``blocks``, after settling."""
+    from tests.memory_helpers import settle
+    from tests.test_rag_support import embeddings
+
+    conn = engine.conn
+    settle(conn)
+    norm = lambda r: tuple(bytes(v) if isinstance(v, memoryview) else v for v in r)  # noqa: E731
+    out: dict = {t: sorted(norm(r) for r in conn.execute(q).fetchall()) for t, q in PLUGIN_ROWS.items()}
+    out["rag_vec"] = {k: v.tolist() for k, v in embeddings(conn).items()}
+    out["rag_fts"] = sorted(r[0] for r in conn.execute("SELECT rowid FROM rag_fts").fetchall())
+    pg = getattr(conn, "backend", "sqlite") == "postgres"
+    out["memory_fts"] = sorted(r[0] for r in conn.execute(f"SELECT {'n' if pg else 'rowid'} FROM memory_fts"))
+    m = mem.memory
+    for b in blocks:
+        out[("global", b)] = m.global_root(b)
+        for a in (address(1), address(2)):
+            leaves = m.leaves(a, b)
+            out[("agent", a, b)] = (m.agent_root(a, b, with_global_proof=True), leaves)
+            for x in leaves["leaves"]:
+                out[("proof", a, x["values"][0], b)] = m.proof(a, bytes.fromhex(x["values"][0][2:]), b)
+    return out
+
+
+def searches(rag) -> dict:
+    """The same searches on either backend: hybrid, vector and keyword hits (ids and texts)."""
+    out = {}
+    for q in ("transfer to the vault", "swap", "vault operations runbook"):
+        for mode in ("hybrid", "vector", "keyword"):
+            hits = rag.search(q, 50, mode)
+            out[(q, mode)] = ([(h.id, h.text) for h in hits] if mode == "vector" else
+                              sorted((h.id, h.text) for h in hits))  # keyword scores: BM25 vs ts_rank
+    return out
+
+
+def test_a_rag_and_memory_deployment_copies_with_the_same_search_roots_and_proofs(tmp_path, pg_server):
+    import monmouth_rag.plugin as rag
+    from monmouth_memory.schema import PG_MIGRATIONS as MEMORY_PG
+    from monmouth_rag.dialect import PG_MIGRATIONS as RAG_PG
+
+    keys = tmp_path / "keys"
+    a1, a2 = address(1), address(2)
+    engine, mem = rag_memory_engine(tmp_path / "db.sqlite", keys)
+    blocks = extend(None, 6, number=1, n_txs=4)  # transactions between the agents: chain episodes
+    fork = extend(blocks[3], 3, salt="fork", n_txs=3)
+    try:
+        engine.apply(ChainCommitted(chain(blocks)))
+        ids = [bytes([i]) * 32 for i in range(1, 4)]
+        mem.memory.store(a1, "semantic", "the vault rotates keys every week", tags=["ops"], key="k1", item_id=ids[0])
+        mem.memory.store(a2, "procedural", "runbook: pause the vault, then swap", item_id=ids[1])
+        mem.memory.update(a1, ids[0], content="the vault rotates keys every day")
+        rag.add_document("runbook", "Vault operations runbook. Pause deposits before a swap of the signer keys.")
+        assert rag.drain() > 0  # the real model: vectors exist
+        engine.apply(ChainReorged(chain(blocks[4:]), chain(fork)))
+        mem.memory.store(a2, "semantic", "after the reorg", item_id=ids[2])
+        rag.add_document("late", "A document added after the last embedding run waits in the queue.")
+        canonical = blocks[:4] + fork
+        heads = range(1, canonical[-1].number + 1)
+        before, found = plugin_state(engine, mem, heads), searches(rag)
+        assert before["rag_vec"] and before["rag_pending"] and before["memory_items"] and before["rag_edges"]
+        assert any(r[4] == 1 for r in before["memory_items"]), "chain episodes (origin chain)"
+    finally:
+        engine.host.shutdown()
+        engine.close()
+
+    url = pg_server.database()
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[storage]\npath = "db.sqlite"\n[plugins.rag]\nenabled = true\nworker = false\n'
+                   f'[plugins.memory]\nenabled = true\nkey_dir = "{keys}"\nagents = {AGENTS!r}\n'.replace("'", '"'))
+    r = subprocess.run([*MONMOUTH, "storage", "copy", "--to", url, "--config", str(cfg)], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "MONMOUTH_PG_PASSWORD": PASSWORD})
+    assert r.returncode == 0, r.stderr
+    assert "rag_vec" in r.stdout and "memory_fts" in r.stdout, r.stdout
+
+    copy, cmem = rag_memory_engine(url, keys)
+    try:
+        versions = dict(copy.conn.execute("SELECT plugin, version FROM monmouth_migrations").fetchall())
+        assert versions["memory"] == len(MEMORY_PG) == 1 and versions["rag"] == len(RAG_PG)
+        assert plugin_state(copy, cmem, heads) == before  # vectors copied, not re-embedded; the same roots, proofs
+        assert searches(rag) == found
+        pending = len(before["rag_pending"])  # the queue moved: the fork's transactions and the late document
+        assert rag.drain() == pending == len(before["rag_docs"]) - len(before["rag_vec"]) > 1
+        # The same reorg, deeper than the one before the copy, on both: the plugin tables stay equal.
+        other = extend(canonical[2], 4, salt="other", n_txs=2)
+        reorg = ChainReorged(chain(canonical[3:]), chain(other))
+        copy.apply(reorg)
+        after = plugin_state(copy, cmem, range(1, other[-1].number + 1))
+    finally:
+        copy.host.shutdown()
+        copy.close()
+    engine, mem = rag_memory_engine(tmp_path / "db.sqlite", keys)
+    try:
+        assert rag.drain() == pending
+        engine.apply(reorg)
+        assert plugin_state(engine, mem, range(1, other[-1].number + 1)) == after
+    finally:
+        engine.host.shutdown()
+        engine.close()

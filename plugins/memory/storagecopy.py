@@ -5,7 +5,7 @@ sidecar/storagecopy.py): a SQLite deployment's memory tables moved into PostgreS
   their ciphertexts, tags, the op log, leaves, marks, blocks, the root caches, state, forgotten agents, registry
   registrations, pending blocks, encrypted vectors and the embedding queue). Roots and proofs are computed from
   these rows, so the memory global root and every proof are the same on the copy. ``memory_state`` is the source's
-  (its stamps and watermark), not the row the PostgreSQL migration seeds.
+  (its stamps and watermark), as ``memory_sync`` is, not the rows the PostgreSQL migration seeds.
 * **Rebuilt**: ``memory_fts``, from the keyed tokens the FTS5 table stores (``tokenize = 'ascii'``, not contentless),
   as the same ``tsvector`` :meth:`.dialect.Postgres.fts_add` writes.
 * **Identity**: ``memory_ops.seq`` continues above SQLite's ``AUTOINCREMENT`` high-water mark.
@@ -31,8 +31,8 @@ ROW_TABLES = tuple(t for t in re.findall(r"CREATE TABLE (\w+)", "".join(PG_MIGRA
 def copy(src: Any, dst: Any) -> list[str]:
     """Fill the target's memory tables from the SQLite snapshot ``src`` (contract: ``monmouth_storage_copy``);
     returns the tables filled. Raises :class:`monmouth.storagecopy.CopyError` if a table differs (names it)."""
-    dst.execute("DELETE FROM memory_state")  # the migration's seed row; the source's is copied below
     for table in ROW_TABLES:
+        dst.execute(f"DELETE FROM {table}")  # the migration's seed rows (memory_state, memory_sync): the source's
         copy_table(src, dst, table)
     restart_identity(src, dst, "memory_ops", "seq")
     rows = src.execute("SELECT rowid, tokens FROM memory_fts")
