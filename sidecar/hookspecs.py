@@ -119,7 +119,10 @@ def monmouth_storage_copy(src: apsw.Connection, dst: Any) -> Sequence[str] | Non
     the copy's one transaction: write only this plugin's tables through it, never commit or roll back (raise to
     refuse: the whole copy rolls back and the target stays empty). The copy converts the undo data of journaled
     tables itself (a journaled table must have the same name and columns on both backends); derived tables
-    (trimmed, vectors, indexes) are the hook's to fill or rebuild. Called for one plugin at a time.
+    (trimmed, vectors, indexes) are the hook's to fill or rebuild. Called for one plugin at a time. Helpers:
+    :func:`monmouth.storagecopy.copy_table` (a table alike on both backends, by column name) and
+    :func:`monmouth.storagecopy.restart_identity` (an identity column continues above SQLite's ``AUTOINCREMENT``).
+    Examples: plugins/rag/storagecopy.py, plugins/memory/storagecopy.py.
     """
 
 
