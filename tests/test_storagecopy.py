@@ -282,3 +282,26 @@ def test_a_rag_and_memory_deployment_copies_with_the_same_search_roots_and_proof
     finally:
         engine.host.shutdown()
         engine.close()
+
+
+def test_a_plugin_table_missing_a_column_is_refused_naming_it(tmp_path, pg_server):
+    from monmouth.storagecopy import CopyError, copy_to_postgres
+    from monmouth_memory.plugin import MemoryPlugin
+    from tests.memory_helpers import close, make_memory_engine
+
+    engine, _mem = make_memory_engine(tmp_path / "db.sqlite", {"key_dir": str(tmp_path / "keys"), "agents": AGENTS})
+    engine.apply(ChainCommitted(chain(extend(None, 3, number=1, n_txs=2))))
+    close(engine)
+    conn = apsw.Connection(str(tmp_path / "db.sqlite"))
+    conn.execute("ALTER TABLE memory_registry DROP COLUMN label")
+    conn.close()
+    plugins = {"memory": MemoryPlugin(workers=False)}
+    settings = settings_for(tmp_path / "db.sqlite", plugins, enabled=("memory",))
+    target = PgDatabase(pg_server.database(), password=PASSWORD)
+    with pytest.raises(CopyError, match="table 'memory_registry': column.s. label of the PostgreSQL table are "
+                                        "missing from the SQLite table 'memory_registry'; nothing was written"):
+        copy_to_postgres(settings, plugins, target)
+    conn = target.connect()
+    assert conn.execute("SELECT count(*) FROM monmouth_migrations").fetchone()[0] == 0
+    assert conn.execute("SELECT to_regclass('memory_items')").fetchone()[0] is None
+    conn.close()
