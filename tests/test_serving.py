@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.anvil import free_port
@@ -232,3 +234,134 @@ def test_serve_beside_one_run_on_sqlite(tmp_path, anvil):
             assert views(serving) == views(run) and serving.status()["head"]["hash"] == target
         assert serving.proc.returncode == 0, serving.logged()  # SIGTERM: drained and exited cleanly
         assert "monmouth serve: http://127.0.0.1:" in serving.logged()
+
+
+#: Two agents that sign in with Ethereum (SIWE) and write memory through the serving processes.
+AGENT_KEYS = ("0x" + "a1" * 32, "0x" + "b2" * 32)
+#: The HMAC key of agent tokens, shared by every process: a token signed in on one serve is good on the other.
+AUTH_SECRET = "5e" * 32
+
+
+def memory_extra(agents: list[str]) -> str:
+    """``[auth]``, memory and rag sections for :func:`serve_config` (after ``[storage]``)."""
+    from tests.test_rag_support import cpu_runs_pg_hnsw
+
+    # The test wheel's pgvector HNSW code needs AVX-512 (tests/test_rag_support.py): plain-SQL cosine without it.
+    knn = "" if cpu_runs_pg_hnsw() else 'pg_knn = "sql"'
+    quoted = ", ".join(f'"{a}"' for a in agents)
+    return f"""
+[auth]
+secret = "{AUTH_SECRET}"
+rate_token = 0  # the test's pace of requests per token is not what it checks
+
+[plugins.memory]
+enabled = true
+embed = false
+key_dir = "keys"
+agents = [{quoted}]
+
+[plugins.rag]
+enabled = true
+chunk_tokens = 64
+chunk_overlap = 16
+{knn}
+"""
+
+
+def sign_in(base: str, key: str) -> str:
+    """An agent's bearer token: GET /auth/nonce, then POST /auth/siwe signed with ``key`` (EIP-4361)."""
+    from monmouth.siwe import sign_in_with_key
+
+    with httpx.Client(base_url=base, timeout=10) as c:
+        n = c.get("/auth/nonce").json()
+        msg, sig = sign_in_with_key(key, n["nonce"], domain=n["domain"], chain_id=n["chain_id"])
+        r = c.post("/auth/siwe", json={"message": msg, "signature": sig})
+        assert r.status_code == 200, r.text
+        return str(r.json()["token"])
+
+
+def workers_running(s: Sidecar) -> dict[str, bool]:
+    """Whether the memory settle/index worker and the rag embedding worker run in this process (``/status``)."""
+    plugins = s.status()["plugins"]
+    return {"memory": plugins["memory"]["worker_running"], "rag": plugins["rag"]["worker_running"]}
+
+
+@pytest.mark.anvil
+def test_agents_write_memory_through_two_serves_while_run_ingests_blocks_and_reorgs(tmp_path, anvil, pg_server):
+    """Issue 15's acceptance: one ``monmouth run`` and two ``monmouth serve`` on one PostgreSQL, memory and rag on;
+    two agents signed in with SIWE write and read memory through BOTH serves concurrently while anvil mines blocks
+    and reorgs. Only ``run`` runs the background workers; every write is present exactly once, both serves list the
+    same items, and the memory global root the serves answer equals the one ``run``'s own ``/status`` reports."""
+    from eth_account import Account
+
+    agents = [Account.from_key(k).address.lower() for k in AGENT_KEYS]
+    port = free_port()
+    cfg = serve_config(tmp_path / "config.toml", node=anvil.url, storage=f'url = "{pg_server.database()}"',
+                       port=port, extra=memory_extra(agents))
+    anvil.traffic(3, txs_per_block=2)
+    with Sidecar(cfg, port, env=PG_ENV) as run:
+        run.wait(lambda: settled(run, anvil.head()[1]), what="run to reach anvil's head")
+        p1, p2 = free_port(), free_port()
+        with Sidecar(cfg, p1, ("serve", "--port", str(p1)), PG_ENV) as s1, \
+                Sidecar(cfg, p2, ("serve", "--port", str(p2)), PG_ENV) as s2:
+            # The role: one set of background workers, `run`'s; none in a serving process.
+            run.wait(lambda: workers_running(run) == {"memory": True, "rag": True}, what="run's workers")
+            assert workers_running(s1) == workers_running(s2) == {"memory": False, "rag": False}
+            serves = {"s1": f"http://127.0.0.1:{p1}", "s2": f"http://127.0.0.1:{p2}"}
+            # Agent 0 signs in on s1, agent 1 on s2; each token is then used on both serves.
+            tokens = [sign_in(serves["s1"], AGENT_KEYS[0]), sign_in(serves["s2"], AGENT_KEYS[1])]
+            writes, errors = 12, []
+
+            def writer(agent: str, token: str, via: str, other: str) -> None:
+                headers = {"authorization": f"Bearer {token}"}
+                with httpx.Client(base_url=serves[via], headers=headers, timeout=30) as w, \
+                        httpx.Client(base_url=serves[other], headers=headers, timeout=30) as r:
+                    for i in range(writes):
+                        key = f"{via}-{i}"
+                        made = w.post(f"/memory/agents/{agent}/items",
+                                      json={"kind": "semantic", "content": f"note {i} via {via}", "key": key})
+                        if made.status_code != 201:
+                            errors.append(f"POST {key} for {agent} via {via}: {made.status_code} {made.text}")
+                            return
+                        item = made.json()["id"]
+                        got = r.get(f"/memory/agents/{agent}/items/{item}")  # read it back through the other serve
+                        if got.status_code != 200 or got.json()["content"] != f"note {i} via {via}":
+                            errors.append(f"GET {key} for {agent} via {other}: {got.status_code} {got.text}")
+                            return
+
+            threads = [threading.Thread(target=writer, args=(agent, token, via, other))
+                       for agent, token in zip(agents, tokens, strict=True)
+                       for via, other in (("s1", "s2"), ("s2", "s1"))]
+            for t in threads:
+                t.start()
+            # Meanwhile the chain moves: blocks, a reorg, more blocks.
+            anvil.traffic(3, txs_per_block=2, seed=4)
+            anvil.reorg(2, txs=2, seed=6)
+            anvil.traffic(2, txs_per_block=1, seed=8)
+            for t in threads:
+                t.join(120)
+            assert not errors, errors
+            assert not any(t.is_alive() for t in threads)
+
+            # One more block anchors the last writes; wait for `run` to ingest and settle it.
+            anvil.mine()
+            target = anvil.head()
+            run.wait(lambda: settled(run, target[1]), what="run to reach anvil's head")
+
+            def memory_settled() -> bool:
+                m = run.status()["plugins"]["memory"]
+                return m["pending_ops"] == 0 and m["settle_backlog"] == 0 and m["global_root"]["block"] == target[0]
+
+            run.wait(memory_settled, what="run's memory worker to settle the last block")
+            for agent in agents:
+                lists = [s.get(f"/memory/agents/{agent}/items?limit=1000").json()["items"] for s in (s1, s2)]
+                # auth: loopback clients without a token act as operator, so the serves' own clients may read
+                assert lists[0] == lists[1]
+                keys = sorted(x["key"] for x in lists[0])
+                assert keys == sorted(f"{via}-{i}" for via in serves for i in range(writes))  # each exactly once
+            mine = run.status()["plugins"]["memory"]["global_root"]
+            roots = [s.get("/memory/root").json() for s in (s1, s2)]
+            assert roots[0] == roots[1]
+            assert roots[0]["block"] == mine["block"] == target[0] and roots[0]["root"] == mine["root"]
+            assert workers_running(s1) == workers_running(s2) == {"memory": False, "rag": False}
+            assert workers_running(run) == {"memory": True, "rag": True}
