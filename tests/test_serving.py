@@ -310,38 +310,48 @@ def test_agents_write_memory_through_two_serves_while_run_ingests_blocks_and_reo
             serves = {"s1": f"http://127.0.0.1:{p1}", "s2": f"http://127.0.0.1:{p2}"}
             # Agent 0 signs in on s1, agent 1 on s2; each token is then used on both serves.
             tokens = [sign_in(serves["s1"], AGENT_KEYS[0]), sign_in(serves["s2"], AGENT_KEYS[1])]
-            writes, errors = 12, []
+            chain_done, errors = threading.Event(), []
+            written: dict[str, list[str]] = {agent: [] for agent in agents}  # keys answered 201, per agent
 
             def writer(agent: str, token: str, via: str, other: str) -> None:
+                """Write through ``via`` and read each item back through ``other`` until the chain is done
+                moving (and at least 8 times)."""
                 headers = {"authorization": f"Bearer {token}"}
                 with httpx.Client(base_url=serves[via], headers=headers, timeout=30) as w, \
                         httpx.Client(base_url=serves[other], headers=headers, timeout=30) as r:
-                    for i in range(writes):
-                        key = f"{via}-{i}"
+                    i = 0
+                    while i < 8 or not chain_done.is_set():
+                        key, content = f"{via}-{i}", f"note {i} via {via}"
                         made = w.post(f"/memory/agents/{agent}/items",
-                                      json={"kind": "semantic", "content": f"note {i} via {via}", "key": key})
+                                      json={"kind": "semantic", "content": content, "key": key})
                         if made.status_code != 201:
                             errors.append(f"POST {key} for {agent} via {via}: {made.status_code} {made.text}")
                             return
-                        item = made.json()["id"]
-                        got = r.get(f"/memory/agents/{agent}/items/{item}")  # read it back through the other serve
-                        if got.status_code != 200 or got.json()["content"] != f"note {i} via {via}":
+                        written[agent].append(key)
+                        got = r.get(f"/memory/agents/{agent}/items/{made.json()['id']}")
+                        if got.status_code != 200 or got.json()["content"] != content:
                             errors.append(f"GET {key} for {agent} via {other}: {got.status_code} {got.text}")
                             return
+                        i += 1
 
             threads = [threading.Thread(target=writer, args=(agent, token, via, other))
                        for agent, token in zip(agents, tokens, strict=True)
                        for via, other in (("s1", "s2"), ("s2", "s1"))]
             for t in threads:
                 t.start()
-            # Meanwhile the chain moves: blocks, a reorg, more blocks.
-            anvil.traffic(3, txs_per_block=2, seed=4)
-            anvil.reorg(2, txs=2, seed=6)
-            anvil.traffic(2, txs_per_block=1, seed=8)
-            for t in threads:
-                t.join(120)
+            # Meanwhile the chain moves and `run` ingests it: blocks, a reorg, more blocks.
+            try:
+                for step in (lambda: anvil.traffic(3, txs_per_block=2, seed=4), lambda: anvil.reorg(2, txs=2, seed=6),
+                             lambda: anvil.traffic(2, txs_per_block=1, seed=8)):
+                    step()
+                    run.wait(lambda: settled(run, anvil.head()[1]), what="run to follow anvil")
+            finally:
+                chain_done.set()
+                for t in threads:
+                    t.join(120)
             assert not errors, errors
             assert not any(t.is_alive() for t in threads)
+            assert all(len(keys) >= 16 for keys in written.values()), written
 
             # One more block anchors the last writes; wait for `run` to ingest and settle it.
             anvil.mine()
@@ -355,10 +365,12 @@ def test_agents_write_memory_through_two_serves_while_run_ingests_blocks_and_reo
             run.wait(memory_settled, what="run's memory worker to settle the last block")
             for agent in agents:
                 lists = [s.get(f"/memory/agents/{agent}/items?limit=1000").json()["items"] for s in (s1, s2)]
-                # auth: loopback clients without a token act as operator, so the serves' own clients may read
+                # (a loopback client without a token acts as operator: auth.loopback_open)
                 assert lists[0] == lists[1]
-                keys = sorted(x["key"] for x in lists[0])
-                assert keys == sorted(f"{via}-{i}" for via in serves for i in range(writes))  # each exactly once
+                assert sorted(x["key"] for x in lists[0]) == sorted(written[agent])  # each write exactly once
+                assert not any(x["pending"] for x in lists[0])  # all anchored in a block by now
+                leaves = s1.get(f"/memory/agents/{agent}/leaves").json()["leaves"]
+                assert len(leaves) == len(written[agent])  # and committed under the agent's root at the head
             mine = run.status()["plugins"]["memory"]["global_root"]
             roots = [s.get("/memory/root").json() for s in (s1, s2)]
             assert roots[0] == roots[1]
