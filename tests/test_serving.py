@@ -377,3 +377,35 @@ def test_agents_write_memory_through_two_serves_while_run_ingests_blocks_and_reo
             assert roots[0]["block"] == mine["block"] == target[0] and roots[0]["root"] == mine["root"]
             assert workers_running(s1) == workers_running(s2) == {"memory": False, "rag": False}
             assert workers_running(run) == {"memory": True, "rag": True}
+
+
+def test_plugins_start_their_background_workers_only_in_the_run_role(tmp_path):
+    """``ctx.role``: the same config opened as ``monmouth run`` and as ``monmouth serve`` on one SQLite file; the
+    memory worker and the integrations' outbox deliverer (EigenDA's, against its fake proxy) run in the first only,
+    and each process's ``/status`` says so."""
+    from monmouth.app import open_app
+    from monmouth.config import validate
+    from monmouth.plugins import config_models
+    from monmouth_integrations.eigenda.plugin import EigenDAPlugin
+    from monmouth_memory.plugin import MemoryPlugin
+    from tests.fakes.eigenda_proxy import FakeEigenDAProxy
+    from tests.fakes.harness import FAST
+
+    with FakeEigenDAProxy() as fake:
+        apps = {}
+        try:
+            for role in ("run", "serve"):
+                plugins = {"memory": MemoryPlugin(), "eigenda": EigenDAPlugin()}
+                sections = {"memory": {"enabled": True, "embed": False, "key_dir": str(tmp_path / "keys")},
+                            "eigenda": {"enabled": True, "url": fake.url, **FAST}}
+                settings = validate({"storage": {"path": str(tmp_path / "db.sqlite")}, "http": {"enabled": False},
+                                     "plugins": sections}, "<test>", config_models(plugins))
+                apps[role] = open_app(settings=settings, extra_plugins=plugins, serve=role == "serve")
+                assert all(ctx.role == role for ctx in apps[role].host.enabled.values())
+            seen = {role: app.status()["plugins"] for role, app in apps.items()}
+            assert seen["run"]["memory"]["worker_running"] is True and seen["run"]["eigenda"]["deliverer"] == "running"
+            assert seen["serve"]["memory"]["worker_running"] is False
+            assert seen["serve"]["eigenda"]["deliverer"] == "stopped"
+        finally:
+            for app in apps.values():
+                app.close()
