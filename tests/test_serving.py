@@ -3,11 +3,13 @@ real PostgreSQL (tests/pg.py) and a real anvil, all as subprocesses; ``storage.s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -60,56 +62,64 @@ def settled(run: Sidecar, anvil_head: str) -> bool:
     return head is not None and head["hash"] == anvil_head
 
 
+@contextlib.contextmanager
+def one_run_two_serves(cfg: Path, port: int, anvil_head: Callable[[], str]) -> Iterator[tuple[Sidecar, ...]]:
+    """``monmouth run`` on ``port``, once it reached ``anvil_head()``, then two ``monmouth serve`` on free ports:
+    ``(run, serve 1, serve 2)``, all on the PostgreSQL database of ``cfg``."""
+    with Sidecar(cfg, port, env=PG_ENV) as run:
+        run.wait(lambda: settled(run, anvil_head()), what="run to reach anvil's head")
+        p1, p2 = free_port(), free_port()
+        with Sidecar(cfg, p1, ("serve", "--port", str(p1)), PG_ENV) as s1, \
+                Sidecar(cfg, p2, ("serve", "--port", str(p2)), PG_ENV) as s2:
+            yield run, s1, s2
+
+
 @pytest.mark.anvil
 def test_one_run_and_two_serves_on_postgres_answer_alike_and_a_second_run_is_refused(tmp_path, anvil, pg_server):
     url = pg_server.database()
     port = free_port()
     cfg = serve_config(tmp_path / "config.toml", node=anvil.url, storage=f'url = "{url}"', port=port)
     anvil.traffic(5, txs_per_block=3)
-    with Sidecar(cfg, port, env=PG_ENV) as run:
-        run.wait(lambda: settled(run, anvil.head()[1]), what="run to reach anvil's head")
-        p1, p2 = free_port(), free_port()
-        with Sidecar(cfg, p1, ("serve", "--port", str(p1)), PG_ENV) as s1, \
-                Sidecar(cfg, p2, ("serve", "--port", str(p2)), PG_ENV) as s2:
-            # Consistent at rest: every process shows the head and chain data the engine committed.
-            first = views(run, s1, s2)
-            assert first[0] == first[1] == first[2]
-            assert first[0][1]["transfers"] == 15
-            assert s1.status()["role"] == "serve" and s1.ready() == (200, "serving")
-            # While blocks and a reorg arrive, a serving process never shows a head the engine has not committed.
-            anvil.traffic(4, txs_per_block=2, seed=3)
-            anvil.reorg(3, txs=2, seed=5)
-            anvil.traffic(2, txs_per_block=1, seed=9)
-            target = anvil.head()[1]
-            while not settled(run, target):
-                for s in (s1, s2):
-                    shown = s.status()["head"]["number"]
-                    assert shown <= run.status()["head"]["number"]  # the engine's head, read after: never behind
-                time.sleep(0.02)
+    with one_run_two_serves(cfg, port, lambda: anvil.head()[1]) as (run, s1, s2):
+        # Consistent at rest: every process shows the head and chain data the engine committed.
+        first = views(run, s1, s2)
+        assert first[0] == first[1] == first[2]
+        assert first[0][1]["transfers"] == 15
+        assert s1.status()["role"] == "serve" and s1.ready() == (200, "serving")
+        # While blocks and a reorg arrive, a serving process never shows a head the engine has not committed.
+        anvil.traffic(4, txs_per_block=2, seed=3)
+        anvil.reorg(3, txs=2, seed=5)
+        anvil.traffic(2, txs_per_block=1, seed=9)
+        target = anvil.head()[1]
+        while not settled(run, target):
             for s in (s1, s2):
-                s.wait(lambda s=s: s.status()["head"]["hash"] == target, what="serve to see the new head")
-            after = views(run, s1, s2)
-            assert after[0] == after[1] == after[2]
-            assert after[0][0]["hash"] == target and after[0] != first[0]
+                shown = s.status()["head"]["number"]
+                assert shown <= run.status()["head"]["number"]  # the engine's head, read after: never behind
+            time.sleep(0.02)
+        for s in (s1, s2):
+            s.wait(lambda s=s: s.status()["head"]["hash"] == target, what="serve to see the new head")
+        after = views(run, s1, s2)
+        assert after[0] == after[1] == after[2]
+        assert after[0][0]["hash"] == target and after[0] != first[0]
 
-            # A second `monmouth run` on the same database: refused, naming the database and the holder.
-            other = free_port()
-            r = subprocess.run([*MONMOUTH, "run", "--config", str(cfg)], cwd=tmp_path, capture_output=True,
-                               text=True, timeout=60,
-                               env={**os.environ, "PYTHONPATH": str(ROOT), **PG_ENV,
-                                    "MONMOUTH_HTTP__PORT": str(other)})
-            assert r.returncode != 0
-            dbname = url.rsplit("/", 1)[1]
-            assert "another engine owns ingestion" in r.stderr and repr(dbname) in r.stderr, r.stderr
-            assert f"monmouth run pid {run.proc.pid} on" in r.stderr, r.stderr
-            assert run.alive and settled(run, target)
+        # A second `monmouth run` on the same database: refused, naming the database and the holder.
+        other = free_port()
+        r = subprocess.run([*MONMOUTH, "run", "--config", str(cfg)], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=60,
+                           env={**os.environ, "PYTHONPATH": str(ROOT), **PG_ENV,
+                                "MONMOUTH_HTTP__PORT": str(other)})
+        assert r.returncode != 0
+        dbname = url.rsplit("/", 1)[1]
+        assert "another engine owns ingestion" in r.stderr and repr(dbname) in r.stderr, r.stderr
+        assert f"monmouth run pid {run.proc.pid} on" in r.stderr, r.stderr
+        assert run.alive and settled(run, target)
 
-            # `monmouth status` reads the database beside the running engine (the ingestion lock is not taken).
-            r = subprocess.run([*MONMOUTH, "status", "--json", "--config", str(cfg)], cwd=tmp_path,
-                               capture_output=True, text=True, timeout=60,
-                               env={**os.environ, "PYTHONPATH": str(ROOT), **PG_ENV, "MONMOUTH_HTTP__ENABLED": "false"})
-            assert r.returncode == 0, r.stderr
-            assert json.loads(r.stdout)["head"] == after[0][0]
+        # `monmouth status` reads the database beside the running engine (the ingestion lock is not taken).
+        r = subprocess.run([*MONMOUTH, "status", "--json", "--config", str(cfg)], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "PYTHONPATH": str(ROOT), **PG_ENV, "MONMOUTH_HTTP__ENABLED": "false"})
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["head"] == after[0][0]
 
 
 def test_a_slow_read_is_cancelled_by_statement_timeout_with_a_503_naming_it(pg_server):
@@ -299,84 +309,80 @@ def test_agents_write_memory_through_two_serves_while_run_ingests_blocks_and_reo
     cfg = serve_config(tmp_path / "config.toml", node=anvil.url, storage=f'url = "{pg_server.database()}"',
                        port=port, extra=memory_extra(agents))
     anvil.traffic(3, txs_per_block=2)
-    with Sidecar(cfg, port, env=PG_ENV) as run:
-        run.wait(lambda: settled(run, anvil.head()[1]), what="run to reach anvil's head")
-        p1, p2 = free_port(), free_port()
-        with Sidecar(cfg, p1, ("serve", "--port", str(p1)), PG_ENV) as s1, \
-                Sidecar(cfg, p2, ("serve", "--port", str(p2)), PG_ENV) as s2:
-            # The role: one set of background workers, `run`'s; none in a serving process.
-            run.wait(lambda: workers_running(run) == {"memory": True, "rag": True}, what="run's workers")
-            assert workers_running(s1) == workers_running(s2) == {"memory": False, "rag": False}
-            serves = {"s1": f"http://127.0.0.1:{p1}", "s2": f"http://127.0.0.1:{p2}"}
-            # Agent 0 signs in on s1, agent 1 on s2; each token is then used on both serves.
-            tokens = [sign_in(serves["s1"], AGENT_KEYS[0]), sign_in(serves["s2"], AGENT_KEYS[1])]
-            chain_done, errors = threading.Event(), []
-            written: dict[str, list[str]] = {agent: [] for agent in agents}  # keys answered 201, per agent
+    with one_run_two_serves(cfg, port, lambda: anvil.head()[1]) as (run, s1, s2):
+        # The role: one set of background workers, `run`'s; none in a serving process.
+        run.wait(lambda: workers_running(run) == {"memory": True, "rag": True}, what="run's workers")
+        assert workers_running(s1) == workers_running(s2) == {"memory": False, "rag": False}
+        serves = {"s1": f"http://127.0.0.1:{s1.port}", "s2": f"http://127.0.0.1:{s2.port}"}
+        # Agent 0 signs in on s1, agent 1 on s2; each token is then used on both serves.
+        tokens = [sign_in(serves["s1"], AGENT_KEYS[0]), sign_in(serves["s2"], AGENT_KEYS[1])]
+        chain_done, errors = threading.Event(), []
+        written: dict[str, list[str]] = {agent: [] for agent in agents}  # keys answered 201, per agent
 
-            def writer(agent: str, token: str, via: str, other: str) -> None:
-                """Write through ``via`` and read each item back through ``other`` until the chain is done
-                moving (and at least 8 times)."""
-                headers = {"authorization": f"Bearer {token}"}
-                with httpx.Client(base_url=serves[via], headers=headers, timeout=30) as w, \
-                        httpx.Client(base_url=serves[other], headers=headers, timeout=30) as r:
-                    i = 0
-                    while i < 8 or not chain_done.is_set():
-                        key, content = f"{via}-{i}", f"note {i} via {via}"
-                        made = w.post(f"/memory/agents/{agent}/items",
-                                      json={"kind": "semantic", "content": content, "key": key})
-                        if made.status_code != 201:
-                            errors.append(f"POST {key} for {agent} via {via}: {made.status_code} {made.text}")
-                            return
-                        written[agent].append(key)
-                        got = r.get(f"/memory/agents/{agent}/items/{made.json()['id']}")
-                        if got.status_code != 200 or got.json()["content"] != content:
-                            errors.append(f"GET {key} for {agent} via {other}: {got.status_code} {got.text}")
-                            return
-                        i += 1
+        def writer(agent: str, token: str, via: str, other: str) -> None:
+            """Write through ``via`` and read each item back through ``other`` until the chain is done
+            moving (and at least 8 times)."""
+            headers = {"authorization": f"Bearer {token}"}
+            with httpx.Client(base_url=serves[via], headers=headers, timeout=30) as w, \
+                    httpx.Client(base_url=serves[other], headers=headers, timeout=30) as r:
+                i = 0
+                while i < 8 or not chain_done.is_set():
+                    key, content = f"{via}-{i}", f"note {i} via {via}"
+                    made = w.post(f"/memory/agents/{agent}/items",
+                                  json={"kind": "semantic", "content": content, "key": key})
+                    if made.status_code != 201:
+                        errors.append(f"POST {key} for {agent} via {via}: {made.status_code} {made.text}")
+                        return
+                    written[agent].append(key)
+                    got = r.get(f"/memory/agents/{agent}/items/{made.json()['id']}")
+                    if got.status_code != 200 or got.json()["content"] != content:
+                        errors.append(f"GET {key} for {agent} via {other}: {got.status_code} {got.text}")
+                        return
+                    i += 1
 
-            threads = [threading.Thread(target=writer, args=(agent, token, via, other))
-                       for agent, token in zip(agents, tokens, strict=True)
-                       for via, other in (("s1", "s2"), ("s2", "s1"))]
+        threads = [threading.Thread(target=writer, args=(agent, token, via, other))
+                   for agent, token in zip(agents, tokens, strict=True)
+                   for via, other in (("s1", "s2"), ("s2", "s1"))]
+        for t in threads:
+            t.start()
+        # Meanwhile the chain moves and `run` ingests it: blocks, a reorg, more blocks.
+        try:
+            for step in (lambda: anvil.traffic(3, txs_per_block=2, seed=4), lambda: anvil.reorg(2, txs=2, seed=6),
+                         lambda: anvil.traffic(2, txs_per_block=1, seed=8)):
+                step()
+                run.wait(lambda: settled(run, anvil.head()[1]), what="run to follow anvil")
+        finally:
+            chain_done.set()
             for t in threads:
-                t.start()
-            # Meanwhile the chain moves and `run` ingests it: blocks, a reorg, more blocks.
-            try:
-                for step in (lambda: anvil.traffic(3, txs_per_block=2, seed=4), lambda: anvil.reorg(2, txs=2, seed=6),
-                             lambda: anvil.traffic(2, txs_per_block=1, seed=8)):
-                    step()
-                    run.wait(lambda: settled(run, anvil.head()[1]), what="run to follow anvil")
-            finally:
-                chain_done.set()
-                for t in threads:
-                    t.join(120)
-            assert not errors, errors
-            assert not any(t.is_alive() for t in threads)
-            assert all(len(keys) >= 16 for keys in written.values()), written
+                t.join(120)
+        assert not errors, errors
+        assert not any(t.is_alive() for t in threads)
+        assert all(len(keys) >= 16 for keys in written.values()), written
 
-            # One more block anchors the last writes; wait for `run` to ingest and settle it.
-            anvil.mine()
-            target = anvil.head()
-            run.wait(lambda: settled(run, target[1]), what="run to reach anvil's head")
+        # One more block anchors the last writes; wait for `run` to ingest and settle it.
+        anvil.mine()
+        target = anvil.head()
+        run.wait(lambda: settled(run, target[1]), what="run to reach anvil's head")
 
-            def memory_settled() -> bool:
-                m = run.status()["plugins"]["memory"]
-                return m["pending_ops"] == 0 and m["settle_backlog"] == 0 and m["global_root"]["block"] == target[0]
+        def memory_settled() -> bool:
+            m = run.status()["plugins"]["memory"]
+            return m["pending_ops"] == 0 and m["settle_backlog"] == 0 and m["global_root"]["block"] == target[0]
 
-            run.wait(memory_settled, what="run's memory worker to settle the last block")
-            for agent in agents:
-                lists = [s.get(f"/memory/agents/{agent}/items?limit=1000").json()["items"] for s in (s1, s2)]
-                # (a loopback client without a token acts as operator: auth.loopback_open)
-                assert lists[0] == lists[1]
-                assert sorted(x["key"] for x in lists[0]) == sorted(written[agent])  # each write exactly once
-                assert not any(x["pending"] for x in lists[0])  # all anchored in a block by now
-                leaves = s1.get(f"/memory/agents/{agent}/leaves").json()["leaves"]
-                assert len(leaves) == len(written[agent])  # and committed under the agent's root at the head
-            mine = run.status()["plugins"]["memory"]["global_root"]
-            roots = [s.get("/memory/root").json() for s in (s1, s2)]
-            assert roots[0] == roots[1]
-            assert roots[0]["block"] == mine["block"] == target[0] and roots[0]["root"] == mine["root"]
-            assert workers_running(s1) == workers_running(s2) == {"memory": False, "rag": False}
-            assert workers_running(run) == {"memory": True, "rag": True}
+        run.wait(memory_settled, what="run's memory worker to settle the last block")
+        for agent in agents:
+            lists = [s.get(f"/memory/agents/{agent}/items?limit=1000").json()["items"] for s in (s1, s2)]
+            # (a loopback client without a token acts as operator: auth.loopback_open)
+            assert lists[0] == lists[1]
+            assert sorted(x["key"] for x in lists[0]) == sorted(written[agent])  # each write exactly once
+            assert not any(x["pending"] for x in lists[0])  # all anchored in a block by now
+            leaves = s1.get(f"/memory/agents/{agent}/leaves").json()["leaves"]
+            assert len(leaves) == len(written[agent])  # and committed under the agent's root at the head
+        mine = run.status()["plugins"]["memory"]["global_root"]
+        roots = [s.get("/memory/root").json() for s in (s1, s2)]
+        assert roots[0] == roots[1]
+        assert roots[0]["block"] == mine["block"] == target[0] and roots[0]["root"] == mine["root"]
+        assert workers_running(s1) == workers_running(s2) == {"memory": False, "rag": False}
+        assert workers_running(run) == {"memory": True, "rag": True}
 
 
 def test_plugins_start_their_background_workers_only_in_the_run_role(tmp_path):
