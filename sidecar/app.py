@@ -158,7 +158,8 @@ def open_app(config_path: str | Path | None = None, *, extra_plugins: Mapping[st
         extra_plugins: plugin objects registered in code (tests, embedding), ``{name: object}``.
         settings: already validated settings (skips reading the file).
         serve: open for reading beside a running engine (``monmouth serve``, ``monmouth status``): ``App.engine``
-            is a :class:`sidecar.cursorreader.CursorReader`, which takes no ingestion lock and re-reads the head.
+            is a :class:`sidecar.cursorreader.CursorReader`, which takes no ingestion lock and re-reads the head;
+            plugins get ``ctx.role == "serve"`` and start no background worker.
 
     Raises:
         ConfigError: invalid configuration.
@@ -171,7 +172,7 @@ def open_app(config_path: str | Path | None = None, *, extra_plugins: Mapping[st
         plugins = discover(modules, extra_plugins)
     db = open_database(settings.storage, environ)
     metrics = Metrics()
-    host = PluginHost(plugins, db, metrics.registry)
+    host = PluginHost(plugins, db, metrics.registry, role="serve" if serve else "run")
     if serve:
         from .cursorreader import CursorReader
 

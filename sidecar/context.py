@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from .backends import Backend
     from .config import Settings
+
+
+#: The role of a sidecar process (:attr:`PluginContext.role`).
+Role = Literal["run", "serve"]
 
 
 class PluginDirectory(Protocol):
@@ -41,6 +45,10 @@ class PluginContext:
         metrics: the Prometheus registry served at ``/metrics``; name metrics ``monmouth_<plugin>_...``.
         host: the plugin host, to find other plugins (``host.get("rag")``).
         stopping: set when the plugin must stop its background threads.
+        role: which process this is (docs/storage.md, "Scale-out"). ``"run"``: ``monmouth run``, the one process
+            that ingests; it starts the plugin's background workers (embedding, settling, outbox delivery), of which
+            there must be one per database. ``"serve"``: ``monmouth serve`` or ``monmouth status`` beside it (any
+            number of them); it serves reads and API writes only and starts no background worker.
     """
 
     name: str
@@ -50,3 +58,4 @@ class PluginContext:
     metrics: CollectorRegistry
     host: PluginDirectory
     stopping: threading.Event = field(default_factory=threading.Event)
+    role: Role = "run"

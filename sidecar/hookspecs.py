@@ -146,7 +146,13 @@ def monmouth_startup(ctx: PluginContext) -> None:
 
     ``ctx`` carries the plugin's validated config (``ctx.config``), the whole settings (``ctx.settings``),
     the database (``ctx.db``), the metrics registry (``ctx.metrics``), the host (``ctx.host``, to look
-    up other plugins) and a task group for background work (``ctx.spawn``). Migrations have already run.
+    up other plugins) and ``ctx.stopping`` (set when background work must stop). Migrations have already run.
+
+    ``ctx.role`` says which process this is (docs/storage.md, "Scale-out"): in ``"run"`` (``monmouth run``, the one
+    ingesting process of a database) start the plugin's background workers (embedding, settling, outbox delivery);
+    in ``"serve"`` (``monmouth serve``, ``monmouth status``: any number beside it) start none, only what reads and
+    API writes need (config checks, caches, an in-memory index). A worker per serving process would run N copies
+    of one queue's work.
     """
 
 

@@ -33,7 +33,7 @@ from pydantic import BaseModel
 from . import hookspecs
 from .backends import Backend
 from .config import Settings
-from .context import PluginContext
+from .context import PluginContext, Role
 from .errors import ConfigError, PluginError
 
 log = logging.getLogger(__name__)
@@ -129,8 +129,10 @@ class PluginHost:
         metrics: the Prometheus registry; the host adds ``monmouth_hook_seconds``.
     """
 
-    def __init__(self, plugins: Mapping[str, object], db: Backend, metrics: CollectorRegistry) -> None:
+    def __init__(self, plugins: Mapping[str, object], db: Backend, metrics: CollectorRegistry, *,
+                 role: Role = "run") -> None:
         self.installed: dict[str, object] = dict(plugins)
+        self.role: Role = role  # given to every plugin as ``ctx.role``
         self.db = db
         self.metrics = metrics
         self.pm = pluggy.PluginManager("monmouth")
@@ -259,7 +261,8 @@ class PluginHost:
         trimmed = dict(call_one(plugin, "monmouth_trimmed_tables") or {})
         scripts = call_one(plugin, "monmouth_migrations", backend=self.db.backend) or []
         self.db.migrate(name, scripts, set(trimmed))
-        ctx = PluginContext(name, settings.plugins[name].config, settings, self.db, self.metrics, self)
+        ctx = PluginContext(name, settings.plugins[name].config, settings, self.db, self.metrics, self,
+                            role=self.role)
         self.pm.register(plugin, name=name)
         try:
             call_one(plugin, "monmouth_startup", ctx=ctx)

@@ -11,6 +11,9 @@ Invariants:
    cached at start.
 3. **Writes outside the chain hooks still work.** Agent memory writes, the audit log and plugin routes write through
    ``db.write()`` (their own short transactions on the primary), exactly as in ``monmouth run``.
+4. **No background workers.** Plugins start here with ``ctx.role == "serve"`` (:class:`sidecar.context.PluginContext`)
+   and start none (embedding, settling, outbox delivery): the one ``monmouth run`` runs them, so N serving
+   processes never run N copies of a queue's work.
 
 On SQLite ``serve`` runs beside one ``monmouth run`` on the same machine (the same file in WAL mode; SQLite
 serialises writers with its write lock and busy timeout): useful to split the API from ingestion, not to scale

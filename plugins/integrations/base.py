@@ -306,7 +306,7 @@ class IntegrationPlugin:
                     poll_interval_s=config.poll_interval_s, max_attempts=config.max_attempts,
                     keep_delivered_s=config.keep_delivered_s, poll=poll, before_prepare=fill_global_root(rt.db))
                 rt.deliverer.refresh_gauges()
-                if self.workers:
+                if self.workers and getattr(ctx, "role", "run") == "run":  # one deliverer: `monmouth run`'s
                     rt.deliverer.start()
         except BaseException:
             rt.close()

@@ -284,6 +284,7 @@ class Memory:
                "index_backlog": backlog["monmouth_memory_index_backlog"],
                "embed_backlog": backlog["monmouth_memory_embed_backlog"],
                "embedded": self.counters.embedded, "key_errors": self.counters.key_errors,
+               "worker_running": self.worker.running,
                "global_root": {"block": g, "root": hx(self.lattice.global_root(conn, g))} if g is not None else None}
         if self.config.registries:
             out["registry"] = self.registrations.status(conn)

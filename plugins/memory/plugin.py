@@ -107,7 +107,9 @@ class MemoryPlugin:
     @hookimpl
     def monmouth_startup(self, ctx: Any) -> None:
         mem = Memory(ctx.config or MemoryConfig(), ctx.db, ctx.host, ctx.settings)
-        mem.start(workers=self.workers)
+        # The worker thread only in `monmouth run` (docs/storage.md, "Scale-out"); a serving process's reads settle
+        # what they need themselves, under the plugin's write lock (.worker.MemoryWorker.settled).
+        mem.start(workers=self.workers and getattr(ctx, "role", "run") == "run")
         self.memory = mem
         if ctx.metrics is not None:
             collector = MemoryCollector(ctx.db.reader)

@@ -336,7 +336,7 @@ class RagPlugin:
         st = RagState(ctx, cfg, registry, embedder, index, searcher, worker, indexer, metrics, counter)
         _decoded.set_active_registry(registry)
         self.current = st
-        if cfg.worker:
+        if cfg.worker and getattr(ctx, "role", "run") == "run":  # one embedding worker: `monmouth run`'s
             worker.start()
         if searcher.sql.ann_in_memory and cfg.ann_min_vectors \
                 and searcher.vector_count(ctx.db.reader()) >= cfg.ann_min_vectors:
