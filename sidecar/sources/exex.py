@@ -519,10 +519,10 @@ class ExExSource(Source):
         its ancestors. ``timeout``: seconds per answer.
 
         Raises:
-            HistoryError: no session is open within one handshake timeout (naming the connection state), the bridge serves no history (an older
-                bridge), the bridge's error (beyond the node's head, pruned history, another chain: naming the
-                block), no answer within ``timeout``, the session ending meanwhile, or an answer that is not the
-                blocks asked for.
+            HistoryError: no session is open within one handshake timeout (naming the connection state), the
+                bridge serves no history (an older bridge), the bridge's error (beyond the node's head, pruned
+                history, another chain: naming the block), no answer within ``timeout``, the session ending
+                meanwhile, or an answer that is not the blocks asked for.
         """
         out: list[Block] = []
         nxt = first
