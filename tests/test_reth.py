@@ -704,3 +704,4 @@ def test_a_plugin_enabled_late_is_caught_up_through_the_bridge_history(tmp_path,
         sock.close(0)
         ctx.term()
     assert node.alive()
+

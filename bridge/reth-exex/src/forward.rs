@@ -204,7 +204,7 @@ pub(crate) async fn serve<Node: FullNodeComponents<Types: NodeTypes<Primitives =
         Plan::Backfill { head, genesis } => {
             info!(target: "monmouth", from = head.number + u64::from(genesis.is_none()), "backfilling the sidecar");
             if let Some(g) = genesis {
-                send_or_replan!(Feed::Note(Notification::committed(vec![g])));
+                send_or_replan!(Feed::Note(Notification::committed(vec![*g])));
             }
             ctx.catch_up_notifications_with_head(exex_head(head))
         }

@@ -96,7 +96,7 @@ fn bind_until_free(cfg: &ServerConfig, stop: &AtomicBool) -> Result<Server, monm
     loop {
         match Server::bind(cfg.clone()) {
             Err(e) if e.is_address_in_use() => {
-                if attempt % 12 == 0 {
+                if attempt.is_multiple_of(12) {
                     warn!(target: "monmouth", "{e}: the bridge endpoint {} is in use, so no sidecar can connect until \
                         it is free (retrying every {} s; Reth keeps running and keeps the notifications)",
                         cfg.endpoint, BIND_RETRY.as_secs());

@@ -14,7 +14,7 @@ pub(crate) enum Plan {
     /// Resume after the sidecar's durable head.
     Resume(BlockRef),
     /// Backfill from block `head.number + 1`; `genesis` is sent first when the start is block 0.
-    Backfill { head: BlockRef, genesis: Option<monmouth_wire::Block> },
+    Backfill { head: BlockRef, genesis: Option<Box<monmouth_wire::Block>> },
 }
 
 impl Plan {
@@ -63,7 +63,7 @@ where
             .ok_or_else(|| SourceError::Refused("the node has no genesis header".to_owned()))?;
         let hash = b256(genesis.hash());
         let block = convert_header(genesis.header(), hash);
-        return Ok(Plan::Backfill { head: BlockRef { number: 0, hash }, genesis: Some(block) });
+        return Ok(Plan::Backfill { head: BlockRef { number: 0, hash }, genesis: Some(Box::new(block)) });
     }
     let parent = n - 1;
     if let Err(e) = provider.history_by_block_number(parent) {
