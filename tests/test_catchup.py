@@ -398,3 +398,19 @@ def test_rpc_url_is_validated_naming_file_and_key(tmp_path, kind, value, message
         open_app(cfg)
     assert str(e.value).startswith(f"{cfg}: ") and message in str(e.value), e.value
     assert not (tmp_path / "db.sqlite").exists()
+
+
+def test_history_while_not_connected_is_refused_naming_the_blocks(tmp_path):
+    """No bridge at the endpoint: a history request waits one handshake for a session, then fails naming the blocks
+    and the connection state (the catch-up shows it and asks again later)."""
+    src = ExExSource(f"ipc://{tmp_path}/nobody.sock", handshake_timeout_s=0.3)
+
+    async def main() -> None:
+        try:
+            with pytest.raises(HistoryError, match=r"history blocks 3\.\.9: the bridge at ipc://\S+ is not connected "
+                                                   r"\(state idle\)"):
+                await src.history(3, 9, None)
+        finally:
+            await src.aclose()
+
+    asyncio.run(main())
