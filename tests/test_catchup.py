@@ -414,3 +414,28 @@ def test_history_while_not_connected_is_refused_naming_the_blocks(tmp_path):
             await src.aclose()
 
     asyncio.run(main())
+
+
+def test_reindex_under_exex_rebuilds_a_plugin_from_the_bridges_history(tmp_path, anvil, history_bridge):
+    """``monmouth reindex`` (sidecar stopped) with the exex source and no ``source.rpc_url``: it opens its own bridge
+    session for the history, and the rebuilt tables equal a fresh index of the node's chain."""
+    from monmouth.reindex import reindex
+
+    anvil.traffic(10, txs_per_block=2)
+    cfg = write_config(tmp_path, history_bridge, None, late=False)
+    app = open_sidecar(cfg, ReorgOnce())
+    follow(app, at(anvil))
+    with app.engine.conn:  # damage the plugin's data: a reindex repairs it
+        app.engine.conn.execute("DELETE FROM ledger_transfers WHERE block_number > 4")
+    app.close()
+    before = len(history_bridge.history_requests)
+    app = open_sidecar(cfg, ReorgOnce())
+    said: list[str] = []
+    try:
+        assert asyncio.run(reindex(app, "ledger", 1, said.append)) == 10
+    finally:
+        app.close()
+    assert "reindex ledger: done, 10 blocks (1..10)" in said[-1], said
+    assert len(history_bridge.history_requests) > before
+    assert dump(tmp_path / "db.sqlite", LEDGER_TABLES, {"ledger": ledger}) == \
+        {t: v for t, v in reference(tmp_path, anvil).items() if t in LEDGER_TABLES}
