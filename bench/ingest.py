@@ -17,22 +17,34 @@ mostly UPDATEs of existing rows, so the undo data holds old and new values). Ref
 block in lockstep (the machine is shared: both see the same load); the ratio is engine / reference blocks per
 second.
 
-Run:  python bench/ingest.py [--blocks 600] [--txs 200] [--synchronous FULL]
+With ``--storage postgres`` (issue 15) the same phases also run on PostgreSQL, on a real server started for the run
+(tests/pg.py, with ``fsync`` on, so that a ``COMMIT`` waits for its WAL flush as SQLite's ``synchronous = FULL``
+does; ``--pg-url`` uses a running one instead, its password in ``MONMOUTH_PG_PASSWORD``). The journal-cost phases then
+run four sides in lockstep: plain apsw, the engine on SQLite, plain psycopg (the same plugin through
+:class:`~sidecar.backends.postgres.PgConnection`, no triggers) and the engine on PostgreSQL (the trigger journal),
+and print PostgreSQL's engine against SQLite's (goal: at least 0.5). The plugins' SQL is one portable set for both
+backends, except the u256 arithmetic of ``balances`` (SQLite's ``u256_add`` on 32-byte blobs, PostgreSQL's
+``numeric``). The replay-through-the-runner phase runs on SQLite only.
+
+Run:  python bench/ingest.py [--blocks 600] [--txs 200] [--synchronous FULL] [--storage sqlite|postgres]
 Prints its figures; the last line is JSON with ``blocks_per_s`` and ``revert_64_s`` (no-op plugin), the same for
 the indexing plugin (``indexing_*``), and for each journaled plugin its reference (``plain_<plugin>_blocks_per_s``)
-and ``<plugin>_ratio``.
+and ``<plugin>_ratio``; with ``--storage postgres`` the same keys prefixed ``pg_`` and ``pg_<plugin>_vs_sqlite``
+(PostgreSQL's engine blocks/s over SQLite's, same run).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -57,16 +69,26 @@ class NoOp:
     """A plugin that is called for every block and does nothing."""
 
     @hookimpl
+    def monmouth_backends(self):
+        return ["sqlite", "postgres"]
+
+    @hookimpl
     def monmouth_block_applied(self, conn, block, notification):
         return None
 
 
 class Indexer:
-    """A plugin that writes one journaled row per transaction (so a revert has real undo work)."""
+    """A plugin that writes one journaled row per transaction (so a revert has real undo work). Its SQL is portable:
+    ``BYTEA`` is a blob on SQLite (a blob is stored as given whatever the column's affinity) and ``bytea`` on
+    PostgreSQL; ``BIGINT`` is an integer on both."""
+
+    @hookimpl
+    def monmouth_backends(self):
+        return ["sqlite", "postgres"]
 
     @hookimpl
     def monmouth_migrations(self):
-        return ["CREATE TABLE idx_txs (hash BLOB PRIMARY KEY, block INTEGER NOT NULL, sender BLOB, value TEXT)"]
+        return ["CREATE TABLE idx_txs (hash BYTEA PRIMARY KEY, block BIGINT NOT NULL, sender BYTEA, value TEXT)"]
 
     @hookimpl
     def monmouth_block_applied(self, conn, block, notification):
@@ -77,14 +99,30 @@ class Indexer:
 
 
 class Balances:
-    """A plugin that keeps a running balance (u256) and count per recipient: mostly UPDATEs of existing rows."""
+    """A plugin that keeps a running balance (u256) and count per recipient: mostly UPDATEs of existing rows.
+    The balance is a 32-byte big-endian blob added with ``u256_add`` on SQLite, ``numeric(78)`` on PostgreSQL."""
+
+    def __init__(self, backend: str = "sqlite") -> None:
+        self.backend = backend
+
+    @hookimpl
+    def monmouth_backends(self):
+        return [self.backend]
 
     @hookimpl
     def monmouth_migrations(self):
-        return ["CREATE TABLE bal_accounts (holder BLOB PRIMARY KEY, received BLOB NOT NULL, txs INTEGER NOT NULL)"]
+        received = "numeric(78) NOT NULL" if self.backend == "postgres" else "BYTEA NOT NULL"
+        return [f"CREATE TABLE bal_accounts (holder BYTEA PRIMARY KEY, received {received}, txs BIGINT NOT NULL)"]
 
     @hookimpl
     def monmouth_block_applied(self, conn, block, notification):
+        if self.backend == "postgres":
+            conn.executemany(
+                "INSERT INTO bal_accounts (holder, received, txs) VALUES (?, ?, 1) ON CONFLICT (holder) "
+                "DO UPDATE SET received = bal_accounts.received + excluded.received, txs = bal_accounts.txs + 1",
+                [(t.to or bytes(20), t.value) for t in block.transactions],
+            )
+            return
         conn.executemany(
             "INSERT INTO bal_accounts (holder, received, txs) VALUES (?, u256(?), 1) ON CONFLICT (holder) "
             "DO UPDATE SET received = u256_add(received, excluded.received), txs = txs + 1",
@@ -92,8 +130,21 @@ class Balances:
         )
 
 
-def make_engine(path: Path, plugin: object, synchronous: str) -> Engine:
-    db = Database(path, synchronous=synchronous)
+#: Where a phase's database goes: a SQLite file, or a fresh database's URL on the run's PostgreSQL server.
+Target = Path | str
+
+
+def open_backend(target: Target, synchronous: str) -> Any:
+    if isinstance(target, str):
+        from monmouth.backends.postgres import PgDatabase
+        from tests.pg import PASSWORD
+
+        return PgDatabase(target, password=PASSWORD)
+    return Database(target, synchronous=synchronous)
+
+
+def make_engine(target: Target, plugin: object, synchronous: str) -> Engine:
+    db = open_backend(target, synchronous)
     metrics = Metrics(CollectorRegistry())
     host = PluginHost({"p": plugin}, db, metrics.registry)
     settings = validate({"plugins": {"p": {"enabled": True}}}, "<bench>", config_models({"p": plugin}))
@@ -101,53 +152,73 @@ def make_engine(path: Path, plugin: object, synchronous: str) -> Engine:
     return Engine(db, host, settings.engine, metrics)
 
 
-def run(plugin: object, frames: list[bytes], synchronous: str, label: str) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as d:
-        engine = make_engine(Path(d) / "bench.sqlite", plugin, synchronous)
-        acked = []
-        t0 = time.perf_counter()
-        decode_s = 0.0
-        for frame in frames:
-            td = time.perf_counter()
-            seq, n = decode_notification(frame)
-            decode_s += time.perf_counter() - td
-            res = engine.apply(n, {"seq": seq})
-            acked.append(res.head)  # acknowledgement: what the exex source sends upstream
-        elapsed = time.perf_counter() - t0
-        bps = len(frames) / elapsed
-        # Revert the newest 64 blocks (a 64-block reorg's revert half), headers only as the rpc source sends them.
-        old = tuple(engine.canonical(n).as_block() for n in range(engine.head.number - 63, engine.head.number + 1))
-        t1 = time.perf_counter()
-        engine.apply(ChainReverted(Chain(old)))
-        revert_s = time.perf_counter() - t1
-        size = Path(d, "bench.sqlite").stat().st_size
-        engine.close()
+class Targets:
+    """Fresh databases for each phase: SQLite files in ``directory``, and on ``server`` (tests/pg.py) when given."""
+
+    def __init__(self, directory: Path, server: Any = None) -> None:
+        self.directory, self.server = directory, server
+        self._n = 0
+
+    def new(self, backend: str) -> Target:
+        self._n += 1
+        if backend == "postgres":
+            return self.server.database()  # type: ignore[no-any-return]
+        return self.directory / f"bench{self._n}.sqlite"
+
+
+def revert_64(engine: Engine) -> float:
+    """Seconds to revert the newest 64 blocks (a 64-block reorg's revert half), headers only as the rpc source
+    sends them."""
+    old = tuple(engine.canonical(n).as_block() for n in range(engine.head.number - 63, engine.head.number + 1))
+    t = time.perf_counter()
+    engine.apply(ChainReverted(Chain(old)))
+    return time.perf_counter() - t
+
+
+def run(plugin: object, frames: list[bytes], synchronous: str, label: str, target: Target) -> dict[str, float]:
+    engine = make_engine(target, plugin, synchronous)
+    t0 = time.perf_counter()
+    decode_s = 0.0
+    for frame in frames:
+        td = time.perf_counter()
+        seq, n = decode_notification(frame)
+        decode_s += time.perf_counter() - td
+        engine.apply(n, {"seq": seq})  # its result's head is what the exex source acknowledges upstream
+    elapsed = time.perf_counter() - t0
+    bps = len(frames) / elapsed
+    revert_s = revert_64(engine)
+    engine.close()
+    size = f"; db {Path(target).stat().st_size / 1e6:.1f} MB" if isinstance(target, Path) else ""
     print(f"[{label}] {len(frames)} blocks in {elapsed:.2f}s = {bps:.0f} blocks/s "
-          f"(decode {decode_s / len(frames) * 1e3:.2f} ms/block); revert of 64 blocks {revert_s * 1e3:.1f} ms; "
-          f"db {size / 1e6:.1f} MB")
+          f"(decode {decode_s / len(frames) * 1e3:.2f} ms/block); revert of 64 blocks {revert_s * 1e3:.1f} ms{size}",
+          flush=True)
     return {"blocks_per_s": round(bps, 1), "revert_64_s": round(revert_s, 4),
             "decode_ms_per_block": round(decode_s / len(frames) * 1e3, 3)}
 
 
-def journal_cost(plugin: object, twin: object, frames: list[bytes], synchronous: str, label: str
-                 ) -> tuple[dict[str, float], dict[str, float]]:
-    """The engine with ``plugin`` beside the reference: ``twin`` (the same plugin class) on a plain apsw connection
-    of the same pragmas, its migrations run, then per block the same decode and its ``monmouth_block_applied`` in
-    one ``BEGIN IMMEDIATE ... COMMIT``, no engine, no journal. The two run block by block in lockstep (which goes
-    first alternates), so both see the same load on this shared machine; each side's time is summed.
+def journal_cost(plugins: dict[str, tuple[object, object]], frames: list[bytes], synchronous: str, label: str,
+                 targets: Targets) -> dict[str, tuple[dict[str, float], dict[str, float]]]:
+    """For each backend in ``plugins`` (``{backend: (plugin, twin)}``), the engine with ``plugin`` beside a
+    reference: ``twin`` (the same plugin class) on a plain connection of the same backend (apsw with the same pragmas,
+    or psycopg), its migrations run, then per block the same decode and its ``monmouth_block_applied`` in one
+    ``BEGIN IMMEDIATE ... COMMIT``, no engine, no journal. All sides run block by block in lockstep (the order rotates),
+    so they see the same load on this shared machine; each side's time is summed.
 
     Returns:
-        ``(reference, engine)``: ``blocks_per_s`` and ``decode_ms_per_block`` each; the engine's also
+        ``{backend: (reference, engine)}``: ``blocks_per_s`` and ``decode_ms_per_block`` each; the engine's also
         ``revert_64_s`` and ``ratio`` (engine / reference blocks per second).
     """
-    with tempfile.TemporaryDirectory() as d:
-        engine = make_engine(Path(d) / "bench.sqlite", plugin, synchronous)
-        conn = Database(Path(d) / "plain.sqlite", synchronous=synchronous).connect()
+    engines: dict[str, Engine] = {}
+    sides: list[tuple[str, str, Any]] = []  # (backend, "reference" | "engine", step)
+    conns = []
+    for backend, (plugin, twin) in plugins.items():
+        engine = engines[backend] = make_engine(targets.new(backend), plugin, synchronous)
+        conn = open_backend(targets.new(backend), synchronous).connect()
+        conns.append(conn)
         for script in twin.monmouth_migrations():  # type: ignore[attr-defined]
             conn.execute(script)
-        hook = twin.monmouth_block_applied  # type: ignore[attr-defined]
 
-        def reference(frame: bytes) -> float:
+        def reference(frame: bytes, conn: Any = conn, hook: Any = twin.monmouth_block_applied) -> float:  # type: ignore[attr-defined]
             t = time.perf_counter()
             _seq, n = decode_notification(frame)
             decoded = time.perf_counter()
@@ -157,37 +228,48 @@ def journal_cost(plugin: object, twin: object, frames: list[bytes], synchronous:
             conn.execute("COMMIT")
             return decoded - t
 
-        def ours(frame: bytes) -> float:
+        def ours(frame: bytes, engine: Engine = engine) -> float:
             t = time.perf_counter()
             seq, n = decode_notification(frame)
             decoded = time.perf_counter()
             engine.apply(n, {"seq": seq})
             return decoded - t
 
-        took = {reference: 0.0, ours: 0.0}
-        decode = {reference: 0.0, ours: 0.0}
-        for i, frame in enumerate(frames):
-            for side in (reference, ours) if i % 2 else (ours, reference):
-                t = time.perf_counter()
-                decode[side] += side(frame)
-                took[side] += time.perf_counter() - t
-        # Revert the newest 64 blocks (a 64-block reorg's revert half), headers only as the rpc source sends them.
-        old = tuple(engine.canonical(n).as_block() for n in range(engine.head.number - 63, engine.head.number + 1))
-        t1 = time.perf_counter()
-        engine.apply(ChainReverted(Chain(old)))
-        revert_s = time.perf_counter() - t1
+        sides += [(backend, "reference", reference), (backend, "engine", ours)]
+
+    took = [0.0] * len(sides)
+    decode = [0.0] * len(sides)
+    for i, frame in enumerate(frames):
+        for k in range(len(sides)):
+            j = (i + k) % len(sides)
+            t = time.perf_counter()
+            decode[j] += sides[j][2](frame)
+            took[j] += time.perf_counter() - t
+    out: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
+    for backend, engine in engines.items():
+        r, e = (next(j for j, s in enumerate(sides) if s[:2] == (backend, kind)) for kind in ("reference", "engine"))
+        revert_s = revert_64(engine)
         engine.close()
+        ref = {"blocks_per_s": round(len(frames) / took[r], 1),
+               "decode_ms_per_block": round(decode[r] / len(frames) * 1e3, 3)}
+        eng = {"blocks_per_s": round(len(frames) / took[e], 1),
+               "decode_ms_per_block": round(decode[e] / len(frames) * 1e3, 3), "revert_64_s": round(revert_s, 4),
+               "ratio": round(took[r] / took[e], 3)}
+        plain = "plain apsw" if backend == "sqlite" else "plain psycopg"
+        journal = "journal" if backend == "sqlite" else "trigger journal"
+        print(f"[{label}, {backend}] {plain} {ref['blocks_per_s']:.0f} blocks/s (decode "
+              f"{ref['decode_ms_per_block']:.2f} ms/block), engine + {journal} {eng['blocks_per_s']:.0f} blocks/s "
+              f"(decode {eng['decode_ms_per_block']:.2f} ms/block): ratio {eng['ratio']:.3f}"
+              f"{' (goal >= 0.9)' if backend == 'sqlite' else ''}; revert of 64 blocks {revert_s * 1e3:.1f} ms",
+              flush=True)
+        out[backend] = (ref, eng)
+    for conn in conns:
         conn.close()
-    ref = {"blocks_per_s": round(len(frames) / took[reference], 1),
-           "decode_ms_per_block": round(decode[reference] / len(frames) * 1e3, 3)}
-    eng = {"blocks_per_s": round(len(frames) / took[ours], 1),
-           "decode_ms_per_block": round(decode[ours] / len(frames) * 1e3, 3), "revert_64_s": round(revert_s, 4),
-           "ratio": round(took[reference] / took[ours], 3)}
-    print(f"[{label}] plain apsw {ref['blocks_per_s']:.0f} blocks/s (decode {ref['decode_ms_per_block']:.2f} "
-          f"ms/block), engine + journal {eng['blocks_per_s']:.0f} blocks/s (decode {eng['decode_ms_per_block']:.2f} "
-          f"ms/block): ratio {eng['ratio']:.3f} (goal >= 0.9); revert of 64 blocks {revert_s * 1e3:.1f} ms",
-          flush=True)
-    return ref, eng
+    if "postgres" in out:
+        vs = out["postgres"][1]["blocks_per_s"] / out["sqlite"][1]["blocks_per_s"]
+        print(f"[{label}] engine on PostgreSQL / engine on SQLite, same run: {vs:.3f} (goal >= 0.5: "
+              f"{'met' if vs >= 0.5 else 'NOT met'})", flush=True)
+    return out
 
 
 def replay_runner(blocks: list[object], synchronous: str, group_commit: int) -> float:
@@ -216,6 +298,8 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=600)
     ap.add_argument("--txs", type=int, default=200)
     ap.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL")
+    ap.add_argument("--storage", choices=["sqlite", "postgres"], default="sqlite",
+                    help="postgres: also run every engine phase on a real PostgreSQL server, beside SQLite")
     args = ap.parse_args()
 
     templates = load_mainnet_blocks()
@@ -224,24 +308,45 @@ def main() -> None:
     mb = sum(map(len, frames)) / 1e6
     tune_gc()  # as `monmouth run` does
     print(f"{args.blocks} mainnet-shaped blocks of {args.txs} transactions, {mb:.1f} MB of msgpack "
-          f"({mb * 1e3 / args.blocks:.0f} kB/block), synchronous={args.synchronous}")
-    noop = run(NoOp(), frames, args.synchronous, "no-op plugin")
-    plain_indexing, indexing = journal_cost(Indexer(), Indexer(), frames, args.synchronous, "indexing plugin")
-    plain_balances, balances = journal_cost(Balances(), Balances(), frames, args.synchronous, "balances plugin")
+          f"({mb * 1e3 / args.blocks:.0f} kB/block), synchronous={args.synchronous}", flush=True)
+    with contextlib.ExitStack() as stack:
+        server = None
+        if args.storage == "postgres":
+            from tests.pg import PgServer
+
+            server = stack.enter_context(PgServer(durable=True))
+            print(f"PostgreSQL server {server.url()} (fsync on, synchronous_commit on)", flush=True)
+        targets = Targets(Path(stack.enter_context(tempfile.TemporaryDirectory())), server)
+        backends = ["sqlite", "postgres"] if server is not None else ["sqlite"]
+        noop = {b: run(NoOp(), frames, args.synchronous, f"no-op plugin, {b}", targets.new(b)) for b in backends}
+        indexing = journal_cost({b: (Indexer(), Indexer()) for b in backends}, frames, args.synchronous,
+                                "indexing plugin", targets)
+        balances = journal_cost({b: (Balances(b), Balances(b)) for b in backends}, frames, args.synchronous,
+                                "balances plugin", targets)
     grouped = replay_runner(blocks, args.synchronous, 32)
     single = replay_runner(blocks, args.synchronous, 1)
-    print(json.dumps({
-        "blocks_per_s": noop["blocks_per_s"], "revert_64_s": noop["revert_64_s"],
+    figures: dict[str, Any] = {
         "txs_per_block": args.txs, "blocks": args.blocks, "synchronous": args.synchronous,
-        "decode_ms_per_block": noop["decode_ms_per_block"],
-        "indexing_blocks_per_s": indexing["blocks_per_s"], "indexing_revert_64_s": indexing["revert_64_s"],
-        "plain_indexing_blocks_per_s": plain_indexing["blocks_per_s"], "indexing_ratio": indexing["ratio"],
-        "indexing_decode_ms_per_block": indexing["decode_ms_per_block"],
-        "plain_indexing_decode_ms_per_block": plain_indexing["decode_ms_per_block"],
-        "balances_blocks_per_s": balances["blocks_per_s"], "balances_revert_64_s": balances["revert_64_s"],
-        "plain_balances_blocks_per_s": plain_balances["blocks_per_s"], "balances_ratio": balances["ratio"],
         "replay_runner_blocks_per_s": grouped, "replay_runner_group_commit_1_blocks_per_s": single,
-    }))
+    }
+    for b in backends:
+        p = "" if b == "sqlite" else "pg_"
+        (plain_i, idx), (plain_b, bal) = indexing[b], balances[b]
+        figures.update({
+            f"{p}blocks_per_s": noop[b]["blocks_per_s"], f"{p}revert_64_s": noop[b]["revert_64_s"],
+            f"{p}decode_ms_per_block": noop[b]["decode_ms_per_block"],
+            f"{p}indexing_blocks_per_s": idx["blocks_per_s"], f"{p}indexing_revert_64_s": idx["revert_64_s"],
+            f"{p}plain_indexing_blocks_per_s": plain_i["blocks_per_s"], f"{p}indexing_ratio": idx["ratio"],
+            f"{p}indexing_decode_ms_per_block": idx["decode_ms_per_block"],
+            f"{p}plain_indexing_decode_ms_per_block": plain_i["decode_ms_per_block"],
+            f"{p}balances_blocks_per_s": bal["blocks_per_s"], f"{p}balances_revert_64_s": bal["revert_64_s"],
+            f"{p}plain_balances_blocks_per_s": plain_b["blocks_per_s"], f"{p}balances_ratio": bal["ratio"],
+        })
+    if server is not None:
+        for name, phase in (("indexing", indexing), ("balances", balances)):
+            figures[f"pg_{name}_vs_sqlite"] = round(phase["postgres"][1]["blocks_per_s"]
+                                                    / phase["sqlite"][1]["blocks_per_s"], 3)
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":

@@ -217,7 +217,7 @@ def main() -> None:
         stores = []
         for j in range(args.samples):
             if j % 200 == 0:  # the plugin's worker thread checkpoints the WAL every 2 s (not timed)
-                mem.db.checkpoint()
+                mem.db.checkpoint_wal()
             a = rng.choice(agents)
             t0 = time.perf_counter()
             mem.store(a, "semantic", sentence(rng), tags=["bench"])
@@ -261,7 +261,7 @@ def main() -> None:
             a = rng.choice(agents[1:])
             iid = bytes.fromhex(mem.store(a, "semantic", sentence(rng))["id"][2:])
             if len(applies) % 50 == 49:
-                mem.db.checkpoint()  # the runner's job (not timed)
+                mem.db.checkpoint_wal()  # the runner's job (not timed)
             applies.append(b.block())
             t0 = time.perf_counter()
             mem.agent_root(a)
@@ -290,7 +290,7 @@ def main() -> None:
         for _ in range(args.block_samples):
             for a in rng.sample(agents[1:], min(200, len(agents) - 1)):
                 mem.store(a, "semantic", sentence(rng))
-            mem.db.checkpoint()  # the worker's job (not timed)
+            mem.db.checkpoint_wal()  # the worker's job (not timed)
             hook.clear()
             blocks.append(b.block())
             hook_200 = hook[0] if hook else 0.0
@@ -311,7 +311,7 @@ def main() -> None:
             txs = tuple(Transaction(h("bench-tx", b.number, i), 2, h("sender", i)[:20], a, 10**15, b"", i, 21_000,
                                     None, 10**10, 10**9, 1) for i, a in enumerate(sample))
             rcs = tuple(Receipt(1, 21_000 * (i + 1)) for i in range(len(txs)))
-            mem.db.checkpoint()  # the runner's job (not timed)
+            mem.db.checkpoint_wal()  # the runner's job (not timed)
             hook.clear()
             eps.append(b.block(txs, rcs))
             res.setdefault("_ehook", []).append(hook[0] if hook else 0.0)
@@ -326,11 +326,11 @@ def main() -> None:
         res.update(summary("episodes_200_agents_settle", eps_settle))
         res.update(summary("episodes_200_agents_index", idx))
         plain = []
-        mem.db.checkpoint()  # the worker's job (not timed)
+        mem.db.checkpoint_wal()  # the worker's job (not timed)
         hook.clear()
         for j in range(300):
             if j % 100 == 99:  # the worker's periodic passive checkpoint, on its own thread in the sidecar
-                mem.db.checkpoint()
+                mem.db.checkpoint_wal()
             txs = tuple(Transaction(h("bench-tx2", b.number, i), 2, h("sender", i)[:20], h("to", i)[:20], 10**15,
                                     b"", i, 21_000, None, 10**10, 10**9, 1) for i in range(20))
             rcs = tuple(Receipt(1, 21_000 * (i + 1)) for i in range(len(txs)))

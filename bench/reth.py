@@ -33,7 +33,7 @@ plugin. Each figure is printed beside its reference and goal; the last line is J
 counts).
 
 Usage: ``python bench/reth.py [--quick] [--blocks N] [--txs N] [--ack-blocks N]``. ``MONMOUTH_BENCH_ACK_DUMP=<file>`` writes one line per
-acknowledged notification of the ack phase (monotonic time, arrival-to-ack ms, block number, transactions). ``--quick`` (200 blocks, 20
+acknowledged notification of the ack phase (monotonic time, arrival-to-ack ms, block number, transactions, then its three legs in ms: arrival to the engine thread, decode + apply + COMMIT, thread end to ack). ``--quick`` (200 blocks, 20
 ack blocks, 50 fsync samples) finishes in a few minutes. Needs ``monmouth-reth`` (``bridge/README.md``; found as
 ``tests/reth.py`` finds it: ``$MONMOUTH_RETH_BIN`` or ``~/.cache/monmouth/reth-target/release/``).
 """
@@ -174,6 +174,11 @@ class AckProbe:
 
     def __init__(self, source: Any, target: int | None = None, count: int | None = None) -> None:
         self.records: list[tuple[float, float, int, int, int]] = []
+        #: Per acknowledged notification, the three legs of its arrival-to-ack time, seconds: (arrival to the
+        #: engine's thread starting its batch, the batch's decode + apply + COMMIT on that thread, the thread's end
+        #: to the ack being sent on the event loop). Filled when :meth:`watch` wrapped the runner.
+        self.legs: list[tuple[float, float, float]] = []
+        self._marks: dict[int, tuple[float, float]] = {}
         self.target = target
         self.count = count
         self.reached = asyncio.Event()
@@ -186,12 +191,29 @@ class AckProbe:
                 blocks = n.new.blocks
                 self.records.append((now, now - d.received_at, blocks[-1].number, len(blocks),
                                      sum(len(b.transactions) for b in blocks)))
+                start, end = self._marks.pop(id(d), (now, now))
+                self.legs.append((start - d.received_at, end - start, now - end))
                 if ((self.target is not None and blocks[-1].number >= self.target)
                         or (self.count is not None and len(self.records) >= self.count)):
                     self.reached.set()
             await inner(d, head)
 
         source.ack = ack
+
+    def watch(self, runner: Runner) -> None:
+        """Wrap ``runner._apply`` (run on the engine's thread) to time the legs of each notification's path."""
+        inner = runner._apply
+
+        def apply(batch: list[Delivery]) -> Any:
+            start = time.monotonic()
+            try:
+                return inner(batch)
+            finally:
+                end = time.monotonic()
+                for d in batch:
+                    self._marks[id(d)] = (start, end)
+
+        runner._apply = apply  # type: ignore[method-assign]
 
 
 def sidecar_app(directory: Path, node: Reth, start_block: int | str, rag: bool) -> App:
@@ -214,7 +236,9 @@ async def follow(app: App, probe_args: dict[str, Any], timeout: float) -> tuple[
     source = make_source(app.settings, app.metrics)
     probe = AckProbe(source, **probe_args)
     t0 = time.monotonic()
-    task = asyncio.get_running_loop().create_task(Runner(app, source, serve_http=False, watch_config=False).run())
+    runner = Runner(app, source, serve_http=False, watch_config=False)
+    probe.watch(runner)
+    task = asyncio.get_running_loop().create_task(runner.run())
     try:
         waiter = asyncio.get_running_loop().create_task(probe.reached.wait())
         done, _ = await asyncio.wait({task, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -246,15 +270,20 @@ def backfill(directory: Path, node: Reth, first: int, last: int, rag: bool, time
     if rec[0][2] - rec[0][3] + 1 != first or rec[-1][2] < last or blocks != rec[-1][2] - first + 1:
         raise AssertionError(f"backfill delivered {blocks} blocks from {rec[0][2] - rec[0][3] + 1} to {rec[-1][2]}, "
                              f"expected {first}..{last} (or a little further), each once")
-    span = rec[-1][0] - rec[0][0]
+    span = rec[-1][0] - rec[0][0]  # 0 with one notification: no rate (the bridge sends up to 64 blocks in one)
     return {"notifications": len(rec), "blocks": blocks, "txs": txs,
-            "blocks_per_s": round((blocks - rec[0][3]) / span, 1), "txs_per_s": round((txs - rec[0][4]) / span, 1),
+            "blocks_per_s": round((blocks - rec[0][3]) / span, 1) if span > 0 else None,
+            "txs_per_s": round((txs - rec[0][4]) / span, 1) if span > 0 else None,
             "wall_s": round(rec[-1][0] - t0, 2), "first_commit_s": round(rec[0][0] - t0, 2),
             "sidecar_cpu_ms_per_block": round(cpu / blocks * 1000, 3),
             "reth_cpu_ms_per_block": round(reth_cpu / blocks * 1000, 3)}
 
 
 def show_backfill(label: str, b: dict[str, Any], goal: bool) -> None:
+    if b["blocks_per_s"] is None:
+        print(f"backfill, {label}: {b['blocks']} blocks in one notification: no rate (mine more than 64 blocks)",
+              flush=True)
+        return
     verdict = ""
     if goal:
         met = "met" if b["blocks_per_s"] >= GOAL_BLOCKS_PER_S else "NOT met"
@@ -321,8 +350,9 @@ def main() -> None:
                 rec = probe.records[1:]
                 if os.environ.get("MONMOUTH_BENCH_ACK_DUMP"):  # one line per acknowledged notification
                     with open(os.environ["MONMOUTH_BENCH_ACK_DUMP"], "w") as dump:
-                        for r in rec:
-                            dump.write(f"{r[0]:.3f} {r[1] * 1e3:.3f} {r[2]} {r[4]}\n")
+                        for r, leg in zip(rec, probe.legs[1:], strict=True):
+                            dump.write(f"{r[0]:.3f} {r[1] * 1e3:.3f} {r[2]} {r[4]} "
+                                       + " ".join(f"{x * 1e3:.3f}" for x in leg) + "\n")
                 lat = summary_ms([r[1] for r in rec])
                 per_block = sum(r[4] for r in rec) / max(1, sum(r[3] for r in rec))
                 print(f"ack latency at 1 block/s ({len(rec)} notifications of {sum(r[3] for r in rec)} blocks, "

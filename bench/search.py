@@ -23,10 +23,18 @@ are the seeds; each stored vector is ``normalise(0.7 * seed_i + 0.3 * seed_j + n
 model's anisotropy and topic structure. Queries are real embeddings of SciFact test queries. Metadata columns get
 random kinds, intents (9 values) and block numbers.
 
-Usage: ``python bench/search.py [--quick] [--sizes 100000,1000000] [--queries 200]`` (``--quick``: 100k vectors,
-100 queries, a few minutes). The last line printed is JSON: per size tag (``100k``, ``1m``) and filter suffix
+* ``pgvector`` (``--storage postgres``): the plugin's search path on PostgreSQL (``Searcher.vector`` with the
+  PostgreSQL statements of :mod:`monmouth_rag.dialect`), the same vectors copied into ``rag_vec``, with
+  ``--pg-knn`` ``hnsw`` (pgvector's HNSW index, built after the copy; its build time is reported), ``exact`` or
+  ``sql`` (see ``plugins.rag.pg_knn``), printed beside the SQLite figures of the same run. The server is
+  ``--pg-url`` (password in ``MONMOUTH_PG_PASSWORD``) or, without it, a throwaway one from tests/pg.py.
+
+Usage: ``python bench/search.py [--quick] [--sizes 100000,1000000] [--queries 200] [--storage postgres
+[--pg-knn hnsw] [--pg-url URL]]`` (``--quick``: 100k vectors, 100 queries, a few minutes). The last line printed is JSON: per size tag (``100k``, ``1m``) and filter suffix
 (none, ``_intent``, ``_blocks``) ``{p50_ms,p99_ms,recall_at_10}_{hnsw,binary,lib}_<tag><suffix>``, and
-``build_s_*``, ``load_s_*``, ``mem_mb_*``, ``sqlite_vec_exact_ms_<tag>``, ``p99_ratio_hnsw_vs_lib_<tag>``.
+``build_s_*``, ``load_s_*``, ``mem_mb_*``, ``sqlite_vec_exact_ms_<tag>``, ``p99_ratio_hnsw_vs_lib_<tag>``; with
+``--storage postgres`` also ``{p50_ms,p99_ms,recall_at_10}_pgvector_<tag><suffix>``, ``copy_s_pgvector_<tag>`` and
+``build_s_pgvector_<tag>``.
 """
 
 from __future__ import annotations
@@ -100,6 +108,53 @@ def measure(search, queries: np.ndarray, truth: list[set[int]]) -> tuple[float, 
     return lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))], float(np.mean(rec))
 
 
+class PgSide:
+    """The PostgreSQL half of the run: a database with the rag plugin's PostgreSQL schema, filled by COPY."""
+
+    def __init__(self, url: str, knn: str) -> None:
+        from monmouth.backends.postgres import PgDatabase
+        from monmouth_rag.dialect import PgStatements
+        from monmouth_rag.store import PG_MIGRATIONS, TRIMMED
+
+        self.server = None
+        password = os.environ.get("MONMOUTH_PG_PASSWORD")
+        if not url:
+            from tests.pg import PASSWORD, PgServer
+
+            self.server = PgServer().__enter__()
+            url, password = self.server.database(), PASSWORD
+        self.db = PgDatabase(url, password=password)
+        self.db.migrate("rag", PG_MIGRATIONS, set(TRIMMED))
+        self.conn = self.db.connect()
+        self.knn = knn
+        self.sql = PgStatements()
+
+    def add(self, base: int, vecs: np.ndarray, blocks: np.ndarray, intents: list[str]) -> tuple[float, float]:
+        """Copy ``vecs`` in (ids ``base + 1``...), then (re)build the HNSW index; returns both times, seconds."""
+        t = time.perf_counter()
+        self.sql.vector_index(self.conn, "exact")  # drop: a bulk copy then one build is faster than inserts
+        with self.conn.raw.cursor() as cur, cur.copy(
+                "COPY rag_vec (rowid, embedding, kind, block_number, timestamp, intent, token) FROM STDIN") as cp:
+            for i in range(len(vecs)):
+                cp.write_row((base + i + 1, self.sql.vector_text(vecs[i]), "tx", int(blocks[i]),
+                              1_600_000_000 + int(blocks[i]) * 12, intents[i], ""))
+        self.conn.execute("ANALYZE rag_vec")
+        copy_s = time.perf_counter() - t
+        t = time.perf_counter()
+        self.sql.vector_index(self.conn, self.knn)
+        return copy_s, time.perf_counter() - t
+
+    def search_for(self, searcher_cls, index_cls):
+        searcher = searcher_cls(lambda: self.conn, lambda t: None, index_cls(384), backend="postgres",
+                                pg_knn=self.knn)
+        return lambda flt, allowed: (lambda q, flt=flt: [d for d, _ in searcher.vector(q, 10, flt)])
+
+    def close(self) -> None:
+        self.conn.close()
+        if self.server is not None:
+            self.server.__exit__(None, None, None)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="100000,1000000")
@@ -108,6 +163,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="100k vectors, 100 queries")
     ap.add_argument("--ef", type=int, default=0, help="HNSW efSearch, ours and the library's (default: ours)")
     ap.add_argument("--no-binary", action="store_true", help="skip the binary index (the path before HNSW)")
+    ap.add_argument("--storage", choices=("sqlite", "postgres"), default="sqlite",
+                    help="postgres: also measure pgvector, beside SQLite")
+    ap.add_argument("--pg-knn", choices=("hnsw", "exact", "sql"), default="hnsw", help="plugins.rag.pg_knn")
+    ap.add_argument("--pg-url", default="", help="PostgreSQL with pgvector (default: a throwaway tests/pg.py server)")
     args = ap.parse_args()
     if args.quick:
         args.sizes, args.queries = "100000", 100
@@ -137,6 +196,7 @@ def main() -> None:
     blocks = np.zeros(0, np.int64)
     result: dict[str, float | int | str] = {}
     swap = INTENTS.index("swap")
+    pg = PgSide(args.pg_url, args.pg_knn) if args.storage == "postgres" else None
     for size in sizes:
         add = size - len(x)
         t = time.perf_counter()
@@ -259,6 +319,14 @@ def main() -> None:
         result[f"p99_ratio_hnsw_vs_lib_{tag}"] = round(
             float(result[f"p99_ms_hnsw_{tag}"]) / float(result[f"p99_ms_lib_{tag}"]), 2)
         reader.close()
+        if pg is not None:
+            copy_s, build_s = pg.add(base, new, new_blk, [INTENTS[i] for i in new_int])
+            print(f"pgvector ({args.pg_knn}): {len(new)} vectors copied in {copy_s:.1f} s"
+                  + (f", HNSW index built in {build_s:.1f} s" if args.pg_knn == "hnsw" else ""), flush=True)
+            result.update({f"copy_s_pgvector_{tag}": round(copy_s, 1), f"build_s_pgvector_{tag}": round(build_s, 1)})
+            run("pgvector", pg.search_for(Searcher, VectorIndex))
+    if pg is not None:
+        pg.close()
     conn.close()
     tmp.cleanup()
     result["data"] = "synthetic mixtures of real MiniLM embeddings; real query embeddings"

@@ -8,8 +8,13 @@ state = {}
 
 
 @hookimpl
-def monmouth_migrations():
-    return ["CREATE TABLE big_transfers (tx_hash BLOB PRIMARY KEY, block INTEGER, wei TEXT)"]
+def monmouth_migrations():  # one SQL for both backends: types both accept, ? placeholders
+    return ["CREATE TABLE big_transfers (tx_hash BYTEA PRIMARY KEY, block BIGINT, wei TEXT)"]
+
+
+@hookimpl
+def monmouth_backends():
+    return ("sqlite", "postgres")
 
 
 @hookimpl
@@ -30,7 +35,7 @@ def monmouth_http_router():
 
     @router.get("/big_transfers")
     def big_transfers():
-        rows = state["db"].reader().execute("SELECT hex(tx_hash), block, wei FROM big_transfers ORDER BY block")
-        return [{"tx": "0x" + h.lower(), "block": b, "wei": w} for h, b, w in rows]
+        rows = state["db"].reader().execute("SELECT tx_hash, block, wei FROM big_transfers ORDER BY block")
+        return [{"tx": "0x" + bytes(h).hex(), "block": b, "wei": w} for h, b, w in rows]
 
     return router

@@ -1,7 +1,8 @@
 """Example plugin: running ERC-20 balances from Transfer logs, exact to the wei in uint256 (docs/plugins.md).
 
-No reorg code: the engine reverts these rows exactly. Balances are u256 blobs (32-byte big-endian), added and
-subtracted in SQL by the functions the engine registers; ``GET /erc20_balances/{token}`` lists a token's
+No reorg code: the engine reverts these rows exactly. One set of SQL for SQLite and PostgreSQL (docs/plugins.md).
+Balances are u256 blobs (32-byte big-endian), added and subtracted in SQL by the functions the engine provides on
+both backends; ``GET /erc20_balances/{token}`` lists a token's
 holders. Enable it from the block the tokens were deployed at (a sender whose balance this plugin never saw
 credited fails the notification with ``u256_sub: underflow``, loudly, rather than keeping a wrong balance).
 """
@@ -19,10 +20,14 @@ state = {}
 @hookimpl
 def monmouth_migrations():
     return ["""
-    CREATE TABLE erc20_balances (token BLOB, holder BLOB, balance BLOB NOT NULL,
-                                 PRIMARY KEY (token, holder)) WITHOUT ROWID;
-    CREATE TABLE erc20_block_transfers (number INTEGER PRIMARY KEY, transfers INTEGER NOT NULL);
+    CREATE TABLE erc20_balances (token BYTEA, holder BYTEA, balance BYTEA NOT NULL, PRIMARY KEY (token, holder));
+    CREATE TABLE erc20_block_transfers (number BIGINT PRIMARY KEY, transfers BIGINT NOT NULL);
     """]
+
+
+@hookimpl
+def monmouth_backends():
+    return ("sqlite", "postgres")
 
 
 @hookimpl
@@ -39,15 +44,16 @@ def monmouth_block_applied(conn, block, notification):
             if len(log.topics) != 3 or log.topics[0] != TRANSFER or len(log.data) != 32:
                 continue
             sender, recipient = log.topics[1][12:], log.topics[2][12:]
-            if sender != MINT_OR_BURN:
-                args = (log.address, sender, log.data)
-                conn.execute("UPDATE erc20_balances SET balance = u256_sub(balance, ?3) "
-                             "WHERE token = ?1 AND holder = ?2", args)
-                if not conn.changes():  # never credited here: refused unless the amount is 0
-                    conn.execute("INSERT INTO erc20_balances VALUES (?1, ?2, u256_sub(u256(0), ?3))", args)
+            debited = sender == MINT_OR_BURN or conn.execute(
+                "UPDATE erc20_balances SET balance = u256_sub(balance, u256(?)) WHERE token = ? AND holder = ? "
+                "RETURNING holder", (log.data, log.address, sender)).fetchall()
+            if not debited:  # never credited here: refused unless the amount is 0
+                conn.execute("INSERT INTO erc20_balances VALUES (?, ?, u256_sub(u256(0), u256(?)))",
+                             (log.address, sender, log.data))
             if recipient != MINT_OR_BURN:
-                conn.execute("INSERT INTO erc20_balances VALUES (?, ?, u256(?)) ON CONFLICT DO UPDATE "
-                             "SET balance = u256_add(balance, excluded.balance)", (log.address, recipient, log.data))
+                conn.execute("INSERT INTO erc20_balances VALUES (?, ?, u256(?)) ON CONFLICT (token, holder) DO UPDATE "
+                             "SET balance = u256_add(erc20_balances.balance, excluded.balance)",
+                             (log.address, recipient, log.data))
             count += 1
     if count:
         conn.execute("INSERT INTO erc20_block_transfers VALUES (?, ?)", (block.number, count))
@@ -66,8 +72,8 @@ def monmouth_http_router():
         if len(address) != 20:
             raise HTTPException(422, f"token: {token!r} is not a 0x-prefixed 20-byte hex address")
         rows = state["db"].reader().execute(
-            "SELECT hex(holder), u256_text(balance) FROM erc20_balances WHERE token = ? ORDER BY balance DESC",
+            "SELECT holder, u256_text(balance) FROM erc20_balances WHERE token = ? ORDER BY balance DESC",
             (address,))
-        return {"0x" + h.lower(): b for h, b in rows}
+        return {"0x" + bytes(h).hex(): b for h, b in rows}
 
     return router

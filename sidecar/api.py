@@ -37,6 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import __version__, problems
 from .audit import Audit
 from .auth import AccessRule, Authenticator, Principal, check_bind, current_principal, default_policy, require
+from .backends import serving_request
 from .limits import RequestLimitMiddleware, Text
 from .plugins import call_one
 from .problems import ProblemError
@@ -46,12 +47,17 @@ log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .app import App
-    from .catchup import CatchUp
     from .stall import StallTracker
 
 DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboard"
 #: Header carrying a per-process secret on the MCP server's in-process calls (not rate-limited twice).
 INTERNAL_HEADER = "x-monmouth-internal"
+
+
+class BehindHeaders(Protocol):
+    """How far behind a plugin's data is, as response headers (:meth:`sidecar.catchup.CatchUp.behind_headers`)."""
+
+    def behind_headers(self, name: str) -> dict[str, str]: ...
 
 
 class Runner(Protocol):
@@ -60,7 +66,10 @@ class Runner(Protocol):
 
     lock: anyio.Lock
     stall: StallTracker
-    catchup: CatchUp
+
+    @property
+    def catchup(self) -> BehindHeaders:
+        """Late plugins' catch-up (sidecar/catchup.py)."""
 
     def status(self) -> dict[str, Any]:
         """The ``/status`` object."""
@@ -78,6 +87,22 @@ def _plugin_guard(app: App, name: str, runner: Runner | None = None) -> Any:
             response.headers.update(runner.catchup.behind_headers(name))
 
     return Depends(guard)
+
+
+class RequestKindMiddleware:
+    """Marks what a request does for the storage backend (:data:`sidecar.backends.REQUEST`): ``GET`` and ``HEAD``
+    only read (on PostgreSQL they read the replica of ``storage.read_url`` when set), every other method may write
+    (the primary); both run under ``storage.statement_timeout``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        with serving_request("read" if scope["method"] in ("GET", "HEAD") else "request"):
+            await self.app(scope, receive, send)
 
 
 class AuditMiddleware:
@@ -462,6 +487,7 @@ def create_api(app: App, runner: Runner | None = None) -> FastAPI:
     _document_mcp(api, mcp_server.tool_names if mcp_server is not None else [])
 
     # Outermost last: problems -> audit -> request limits -> rate limit -> admission -> app.
+    api.add_middleware(RequestKindMiddleware)
     api.add_middleware(AdmissionMiddleware, sidecar=app, runner=runner)
     api.add_middleware(RateLimitMiddleware, get_settings=lambda: app.settings, internal_secret=internal_secret,
                        on_limited=lambda path, ip: audit.denied(429, None, ip, "*", path))

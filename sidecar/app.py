@@ -103,6 +103,9 @@ class App:
             "source": source.status() if source else {"kind": self.settings.source.kind, "state": "not running"},
             "plugins": self.host.status(),
             "config": {"path": str(self.config_path) if self.config_path else None, "digest": self.settings.digest()},
+            # storage.read_url: the replica's head, its lag in blocks behind this head and its replay lag in seconds
+            "replica": self.db.replica_status(head.number if head else None)  # type: ignore[attr-defined]
+            if self.settings.storage.read_url else None,
         }
 
     def close(self) -> None:
@@ -141,18 +144,21 @@ def open_database(storage: StorageConfig, environ: Mapping[str, str] | None = No
 
         env = os.environ if environ is None else environ
         return PgDatabase(storage.url, password=env.get(storage.password_env) or None,
-                          password_env=storage.password_env)
+                          password_env=storage.password_env, read_url=storage.read_url,
+                          statement_timeout=storage.statement_timeout, lock_timeout=storage.lock_timeout)
     return Database(storage.sqlite_path, synchronous=storage.synchronous)
 
 
 def open_app(config_path: str | Path | None = None, *, extra_plugins: Mapping[str, object] | None = None,
-             settings: Settings | None = None, environ: Mapping[str, str] | None = None) -> App:
+             settings: Settings | None = None, environ: Mapping[str, str] | None = None, serve: bool = False) -> App:
     """Open a sidecar: validate config, open the database, enable plugins (migrations, ``monmouth_startup``).
 
     Args:
         config_path: the config file (``None``: :func:`default_config_path`, else built-in defaults).
         extra_plugins: plugin objects registered in code (tests, embedding), ``{name: object}``.
         settings: already validated settings (skips reading the file).
+        serve: open for reading beside a running engine (``monmouth serve``, ``monmouth status``): ``App.engine``
+            is a :class:`sidecar.cursorreader.CursorReader`, which takes no ingestion lock and re-reads the head.
 
     Raises:
         ConfigError: invalid configuration.
@@ -166,7 +172,12 @@ def open_app(config_path: str | Path | None = None, *, extra_plugins: Mapping[st
     db = open_database(settings.storage, environ)
     metrics = Metrics()
     host = PluginHost(plugins, db, metrics.registry)
-    engine = Engine(db, host, settings.engine, metrics)
+    if serve:
+        from .cursorreader import CursorReader
+
+        engine: Engine = CursorReader(db, host, settings.engine, metrics)
+    else:
+        engine = Engine(db, host, settings.engine, metrics)
     host.apply_settings(settings)
     if engine.head is not None:
         metrics.head.set(engine.head.number)

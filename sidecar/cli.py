@@ -72,16 +72,12 @@ def _run(config_path: Path | None, source_override: Any = None, serve_http: bool
         log = logging.getLogger("monmouth")
         try:
             source = source_override or make_source(app.settings, app.metrics)
-            head = app.engine.head
-            log.info("monmouth %s: source %s, database %s, head %s, plugins enabled: %s", __version__, source.kind,
-                     app.db.describe(), head or "empty", ", ".join(app.host.enabled) or "none")
-            anyio.run(lambda: run_sidecar(app, source, serve_http=serve_http, shutdown=stopper))
-        except KeyboardInterrupt:  # Stopped included
-            pass
         except MonmouthError as e:
-            _fail(e)
-        finally:
             app.close()
+            _fail(e)
+        log.info("monmouth %s: source %s, database %s, head %s, plugins enabled: %s", __version__, source.kind,
+                 app.db.describe(), app.engine.head or "empty", ", ".join(app.host.enabled) or "none")
+        _loop_then_close(app, lambda: run_sidecar(app, source, serve_http=serve_http, shutdown=stopper))
         if stopper.requested:
             log.warning("%s: stopped cleanly at head %s", stopper.signal_name, app.engine.head or "empty")
         return stopper.signal_name or None
@@ -92,6 +88,44 @@ def _run(config_path: Path | None, source_override: Any = None, serve_http: bool
 def run(config_path: Path | None) -> None:
     """Run the sidecar: follow the configured source, serve HTTP, hot-reload config.toml."""
     _run(config_path)
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.option("--port", type=int, default=None, help="Override http.port (0: any free port).")
+def serve(config_path: Path | None, port: int | None) -> None:
+    """Serve the HTTP API, MCP and the dashboard on the database without ingesting: run any number of these beside
+    the one `monmouth run` that owns ingestion (docs/storage.md, "Scale-out"). Config changes apply at restart."""
+    from .app import load_settings, open_app
+    from .serving import serve as serve_http
+    from .shutdown import Stopped, graceful
+
+    with graceful() as stopper:
+        try:
+            settings, _ = load_settings(config_path)
+            if port is not None:
+                settings.http.port = port
+            _setup_logging(settings.logging.level)
+            stopper.timeout = settings.engine.shutdown_timeout
+            app = open_app(config_path, settings=settings, serve=True)
+        except MonmouthError as e:
+            _fail(e)
+        except Stopped:
+            return
+        _loop_then_close(app, lambda: serve_http(app, stopper))
+
+
+def _loop_then_close(app: Any, main: Any) -> None:
+    """``anyio.run(main)``, then close ``app``: a signal (:class:`~sidecar.shutdown.Stopped`) or Ctrl-C before the
+    loop took over ends it quietly; a :class:`MonmouthError` fails the command with its message."""
+    try:
+        anyio.run(main)
+    except KeyboardInterrupt:  # Stopped included
+        pass
+    except MonmouthError as e:
+        _fail(e)
+    finally:
+        app.close()
 
 
 @cli.command()
@@ -196,8 +230,8 @@ def status(config_path: Path | None, as_json: bool) -> None:
         except httpx.HTTPError:
             obj = None
     if obj is None:
-        try:
-            app = open_app(config_path, settings=settings)
+        try:  # a read: beside a running `monmouth run` too (no ingestion lock taken)
+            app = open_app(config_path, settings=settings, serve=True)
         except MonmouthError as e:
             _fail(e)
         try:
@@ -221,6 +255,51 @@ def status(config_path: Path | None, as_json: bool) -> None:
                    f"{stuck['error']}")
     for name, p in obj["plugins"].items():
         click.echo(f"plugin {name}: {p.get('state')}" + (f" ({p['error']})" if p.get("error") else ""))
+
+
+@cli.group()
+def storage() -> None:
+    """Move a deployment between storage backends (docs/storage.md)."""
+
+
+@storage.command("copy")
+@CONFIG_OPTION
+@click.option("--to", "to_url", required=True,
+              help="The target PostgreSQL database, postgresql://user@host:port/dbname (empty; password from the "
+                   "variable storage.password_env names).")
+def storage_copy(config_path: Path | None, to_url: str) -> None:
+    """Copy the SQLite deployment of the config (cursor, hash history, undo data, every enabled plugin's tables)
+    into an empty PostgreSQL database, so `monmouth run` continues there without reindexing. Safe while `monmouth
+    run` writes the file: the copy is one consistent snapshot; blocks after it are ingested again from the copy's
+    cursor. Then set storage.url to the target."""
+    import os
+
+    from .app import load_settings
+    from .backends.postgres import PgDatabase
+    from .config import StorageConfig
+    from .storagecopy import copy_to_postgres
+
+    try:
+        settings, installed = load_settings(config_path)
+        _setup_logging(settings.logging.level)
+        try:
+            target_cfg = StorageConfig(url=to_url, password_env=settings.storage.password_env)
+        except ValueError as e:
+            raise click.ClickException(f"--to: {e}") from None
+        if not target_cfg.is_postgres:
+            raise click.ClickException(f"--to: must be a postgresql:// URL (got {to_url!r})")
+        target = PgDatabase(to_url, password=os.environ.get(target_cfg.password_env) or None,
+                            password_env=target_cfg.password_env)
+        result = copy_to_postgres(settings, installed, target)
+    except MonmouthError as e:
+        _fail(e)
+    click.echo(f"copied {settings.storage.sqlite_path} to {target.describe()}: head {result.head}, "
+               f"{result.blocks} blocks ({result.revertible} revertible, {result.undo_rows} undo row images)")
+    for table, n in result.tables.items():
+        click.echo(f"  {table}: {n} rows")
+    for table, why in result.not_copied.items():
+        click.echo(f"  not copied: {table} ({why})")
+    click.echo(f"now set storage.url = \"{target.describe()}\" in the config and start monmouth run")
 
 
 @cli.command()
@@ -393,26 +472,6 @@ def _serve_mcp_until_stopped(config_path: Path | None, url: str | None, token: s
         app.close()
 
 
-@cli.command()
-@click.option("--dir", "workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("monmouth-demo"),
-              show_default=True, help="Where the demo's config, database and artifacts go (its database is reset).")
-@click.option("--port", type=int, default=8080, show_default=True, help="HTTP port of the sidecar (0: any free).")
-@click.option("--duration", type=float, default=None, help="Stop after this many seconds (default: Ctrl-C).")
-@click.option("--reorg-every", type=int, default=30, show_default=True, help="anvil_reorg every N blocks (0: never).")
-@click.option("--rate", type=float, default=4.0, show_default=True, help="Traffic actions per second.")
-def demo(workdir: Path, port: int, duration: float | None, reorg_every: int, rate: float) -> None:
-    """Run everything on a local anvil chain: real contracts (OpenZeppelin ERC-20s, Uniswap V2), agents, traffic
-    with reorgs, and the sidecar with RAG, memory, the dashboard and MCP. Ctrl-C stops it cleanly."""
-    from .demo import run_demo
-
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        run_demo(workdir, port=port, duration=duration, reorg_every=reorg_every, rate=rate)
-    except MonmouthError as e:
-        _fail(e)
-
-
 # ---------------------------------------------------------------------------------------------------- plugins' commands
 
 
@@ -430,7 +489,24 @@ def _register_plugin_commands() -> None:
             logging.getLogger(__name__).error("plugin %s: monmouth_register_commands failed: %s", name, e)
 
 
+#: Entry-point group of commands that are not plugins: each names a function ``register(cli)`` that adds its click
+#: commands to :func:`cli` (``demo = "monmouth_demo.command:register"``). Unlike a plugin's
+#: ``monmouth_register_commands`` they are there whatever the config enables.
+COMMANDS_GROUP = "monmouth.commands"
+
+
+def _register_commands() -> None:
+    import importlib.metadata
+
+    for ep in importlib.metadata.entry_points(group=COMMANDS_GROUP):
+        try:
+            ep.load()(cli)
+        except Exception as e:  # a broken command package must not break the CLI
+            logging.getLogger(__name__).error("command %s (%s): registering failed: %s", ep.name, ep.value, e)
+
+
 def main() -> None:
+    _register_commands()
     _register_plugin_commands()
     start = time.monotonic()
     try:

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 import tomlkit
 import tomlkit.exceptions
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -106,10 +106,22 @@ class StorageConfig(_Section):
     #: threshold is the same, but it checkpoints inside the commit that crosses it: on a large database that stalls
     #: a block for ~0.3 s). 0 leaves checkpoints to SQLite, inline.
     checkpoint_pages: int = Field(1000, ge=0, le=10_000_000)
+    #: PostgreSQL only: a streaming replica of ``url`` (``postgresql://user@host:port/dbname``, same password
+    #: variable) that the HTTP API's read-only requests (GET) read from; writes, the engine and workers stay on
+    #: ``url``. ``/status`` reports the replica's head and lag (docs/storage.md).
+    read_url: str = ""
+    #: PostgreSQL only: seconds a statement run for an HTTP request (API, MCP, dashboard) may take before the server
+    #: cancels it (``statement_timeout``; the request gets a 503 naming this key). The engine, plugin workers and
+    #: start-up (migrations, index builds) have no statement timeout. 0: no limit.
+    statement_timeout: float = Field(30.0, ge=0, le=86_400)
+    #: PostgreSQL only: seconds a statement waits for a row or table lock before it is cancelled
+    #: (``lock_timeout``), on every connection, the engine's included (its notification is then retried). 0: no
+    #: limit.
+    lock_timeout: float = Field(10.0, ge=0, le=86_400)
 
-    @field_validator("url")
+    @field_validator("url", "read_url")
     @classmethod
-    def _url(cls, v: str) -> str:
+    def _url(cls, v: str, info: ValidationInfo) -> str:
         scheme = v.split("://", 1)[0].lower() if "://" in v else ""
         if scheme in ("postgresql", "postgres"):
             parts = urlsplit(v)
@@ -118,9 +130,18 @@ class StorageConfig(_Section):
                                  "and put it in the environment variable named by storage.password_env")
             if not parts.path.strip("/"):
                 raise ValueError("names no database: postgresql://user@host:port/dbname")
+        elif info.field_name == "read_url" and v:
+            raise ValueError("must be a postgresql:// URL of a streaming replica of storage.url")
         elif scheme:
             raise ValueError(f"must be a SQLite file path or a postgresql:// URL (got a {scheme}:// URL)")
         return v
+
+    @model_validator(mode="after")
+    def _replica_of_postgres(self) -> StorageConfig:
+        if self.read_url and not self.is_postgres:
+            raise ValueError("storage.read_url: a read replica needs storage.url = \"postgresql://...\" (SQLite has "
+                             "no replica); remove read_url or set storage.url")
+        return self
 
     @property
     def is_postgres(self) -> bool:
@@ -315,8 +336,14 @@ def _fmt_errors(origin: str, prefix: str, err: ValidationError) -> str:
         elif "token" in key or "secret" in key:  # never echo a secret
             lines.append(f"{origin}: {key}: {e['msg']}"[:300])
         else:
-            lines.append(f"{origin}: {key}: {e['msg']} (got {e.get('input')!r})"[:300])
+            got = e.get("input")
+            if isinstance(got, str):  # a URL's password (storage.url, storage.read_url) is never echoed either
+                got = _URL_PASSWORD.sub(r"\1***@", got)
+            lines.append(f"{origin}: {key}: {e['msg']} (got {got!r})"[:300])
     return "; ".join(lines)
+
+
+_URL_PASSWORD = re.compile(r"(://[^/@:]*:)[^/@]*@")
 
 
 def _env_value(raw: str) -> Any:

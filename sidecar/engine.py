@@ -112,6 +112,19 @@ def read_cursor(conn: Connection) -> Cursor:
                   json.loads(row[5]) if row[5] else None)
 
 
+def canonical_hash(conn: Connection, number: int) -> bytes | None:
+    """The hash (32 bytes) of the canonical block at ``number`` as seen by ``conn``, or ``None`` when the engine
+    holds no block there: not applied yet, reverted, or older than its hash history (``engine.history`` blocks
+    below the head). The public way for plugins to ask whether a block they recorded (a job, a checkpoint, a
+    certificate) is still on the canonical chain; on a chain hook's connection it sees that transaction's blocks.
+
+    Raises:
+        apsw.SQLError: ``conn`` is not a Monmouth database (no ``monmouth_blocks`` table).
+    """
+    row = conn.execute("SELECT hash FROM monmouth_blocks WHERE number = ?", (number,)).fetchone()
+    return bytes(row[0]) if row else None
+
+
 class Engine:
     """Applies notifications to the database exactly once.
 
@@ -128,9 +141,13 @@ class Engine:
         self.host = host
         self.config = config or EngineConfig()
         self.metrics = metrics
-        self.conn = db.engine_connection()
+        self.conn = self._connect()
         self.journal = self._journal(self.conn)
         self._load_cursor()
+
+    def _connect(self) -> Any:
+        """The engine's write connection (on PostgreSQL it takes the ingestion lock)."""
+        return self.db.engine_connection()
 
     def _journal(self, conn: Connection) -> UndoJournal:
         """The backend's journal (PostgreSQL: row triggers), else SQLite's session-extension :class:`Journal`."""

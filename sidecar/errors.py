@@ -1,10 +1,71 @@
-"""Small named exceptions, one per way things go wrong. Every message names the problem."""
+"""Small named exceptions, one per way things go wrong, under one root. Every message names the problem.
+
+Every error the core and the built-in plugins raise on purpose derives from :class:`MonmouthError` (some also from
+the builtin their callers catch: ``ValueError``, ``FileNotFoundError``, ``RuntimeError``), so ``except
+MonmouthError`` catches all of them and ``tests/test_architecture.py`` walks the tree. Each says whether trying the
+same thing again may succeed (:attr:`MonmouthError.retryable`, as Ponder splits ``RetryableError`` from
+``NonRetryableError``).
+
+Errors name what went wrong, never an HTTP status: a refused request is a :class:`RequestError` of a kind (invalid,
+not found, conflict, gone, too large), and :mod:`monmouth.problems` alone maps each kind to its RFC 9457 response.
+"""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class MonmouthError(Exception):
-    """Base class of every error this package raises on purpose."""
+    """Base class of every error this package and its plugins raise on purpose.
+
+    Attributes:
+        retryable: ``True`` when the same operation, repeated unchanged later, may succeed (a node, a server or a
+            service that did not answer yet); ``False`` when only a change of input, config or state can (the
+            default).
+    """
+
+    retryable: ClassVar[bool] = False
+
+
+class RequestError(MonmouthError):
+    """A caller's request refused (by a route, an MCP tool or a command): the request is malformed.
+
+    Subclasses say which kind of refusal it is; :data:`monmouth.problems.STATUS_OF` maps each kind to an HTTP
+    status (this class: 400).
+
+    Args:
+        field: the offending field or path parameter (``"query"``, ``"agent"``, ``"content_b64"``).
+        message: what is wrong with it.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+    def to_json(self) -> dict[str, str]:
+        """``{"field", "error"}``: the ``detail`` of the problem response."""
+        return {"field": self.field, "error": self.message}
+
+
+class InvalidRequestError(RequestError):
+    """A field is well-formed but its value is refused (out of range, empty, a mode that is not available)."""
+
+
+class TooLargeError(RequestError):
+    """A field is larger than the configured limit."""
+
+
+class NotFoundError(RequestError):
+    """What the request names does not exist (an agent, an item, a block not applied yet)."""
+
+
+class ConflictError(RequestError):
+    """The request contradicts the current state (an item that already exists, a chain-derived item changed)."""
+
+
+class GoneError(RequestError):
+    """What the request names existed but is no longer kept (pruned roots, a forgotten agent, an expired item)."""
 
 
 class ChainError(MonmouthError, ValueError):
@@ -56,6 +117,8 @@ class StorageUnavailableError(StorageError):
     """The database server cannot be reached (yet): nothing answered, or it is starting up. Unlike the other
     :class:`StorageError` refusals (bad login, missing extension, newer schema, another engine), waiting can clear it:
     ``monmouth run`` retries with backoff (:mod:`sidecar.startwait`)."""
+
+    retryable = True
 
 
 class PluginError(MonmouthError):

@@ -63,8 +63,11 @@ def monmouth_config_model() -> type[BaseModel] | None:
 
 
 @hookspec(firstresult=True)
-def monmouth_migrations() -> Sequence[str] | None:
-    """Return this plugin's schema migrations: an ordered list of SQL scripts.
+def monmouth_migrations(backend: str) -> Sequence[str] | None:
+    """Return this plugin's schema migrations for ``backend`` (``"sqlite"`` or ``"postgres"``, see
+    :func:`monmouth_backends`): an ordered list of SQL scripts. An implementation may leave ``backend`` out of its
+    signature (portable SQL, or SQLite only); one whose schema differs by backend (FTS5 against ``tsvector``)
+    returns each backend's own list, each with its own versions.
 
     Migration ``i`` (1-based) runs once, in its own transaction, when the plugin is first enabled on a
     database whose recorded version for the plugin is below ``i``. Append new scripts; never edit old
@@ -97,6 +100,26 @@ def monmouth_backends() -> Sequence[str] | None:
     the backend); the other plugins run. Portable SQL (``?`` placeholders, ``ON CONFLICT``, types both accept such
     as ``BIGINT``, ``TEXT``, ``BYTEA``) runs on both: the connection a chain hook gets has the same ``execute`` on
     both backends (docs/storage.md).
+    """
+
+
+@hookspec(firstresult=True)
+def monmouth_storage_copy(src: apsw.Connection, dst: Any) -> Sequence[str] | None:
+    """Copy this plugin's tables from a SQLite deployment into PostgreSQL (``monmouth storage copy``,
+    sidecar/storagecopy.py); return the names of the target tables it filled.
+
+    Implement it when the plugin's tables differ between backends (FTS5 or ``vec0`` on SQLite, pgvector or
+    ``tsvector`` on PostgreSQL); without it the copy moves each table the plugin's migrations create on the target
+    row by row from the SQLite table of the same name and columns, and refuses the copy (naming the plugin) when
+    there is none.
+
+    Contract: called once, for an enabled plugin, after its migrations ran on the target. ``src`` is a read-only
+    apsw connection inside the copy's read transaction (the snapshot the engine's cursor was read from: read only
+    through it); ``dst`` is the target's connection (``execute``/``executemany`` with ``?`` placeholders) inside
+    the copy's one transaction: write only this plugin's tables through it, never commit or roll back (raise to
+    refuse: the whole copy rolls back and the target stays empty). The copy converts the undo data of journaled
+    tables itself (a journaled table must have the same name and columns on both backends); derived tables
+    (trimmed, vectors, indexes) are the hook's to fill or rebuild. Called for one plugin at a time.
     """
 
 

@@ -13,6 +13,8 @@ protocol                   offered by            used by
 :class:`EmbedderSource`    ``rag``               ``memory`` (vector recall, embedding of items)
 :class:`TransactionRenderer`  ``rag``            ``memory`` (the text of chain-derived episodes)
 :class:`AgentDirectory`    ``memory``            ``rag`` (labels and watches registered agents)
+:class:`AgentMemorySource` ``memory``            the integrations (EigenDA exports, Composio episodes,
+                                                 checkpoint triggers)
 =========================  ====================  =========================================================
 
 Order: the ``memory`` plugin's ``monmouth_block_applied`` runs first (``tryfirst``), so agents registered on
@@ -73,6 +75,67 @@ class AgentDirectory(Protocol):
 
     def agent_addresses(self, conn: apsw.Connection) -> list[bytes]:
         """Registered agents (20-byte addresses), read on ``conn`` (a chain hook's: its transaction's view)."""
+        ...
+
+
+@runtime_checkable
+class AgentMemory(Protocol):
+    """The AI agents' memory as another plugin uses it (a running memory plugin's; see
+    :class:`AgentMemorySource`). Agents are 20-byte addresses.
+
+    A refused call raises a :class:`monmouth.errors.RequestError` naming the field (an unknown or forgotten agent
+    is a :class:`~monmouth.errors.NotFoundError`, a pruned block a :class:`~monmouth.errors.GoneError`);
+    :func:`monmouth.problems.status_of` gives its HTTP status.
+    """
+
+    @property
+    def max_content_bytes(self) -> int:
+        """The largest content :meth:`remember` accepts, in bytes (``plugins.memory.max_content_bytes``)."""
+        ...
+
+    def agents(self) -> list[dict[str, Any]]:
+        """Every agent not forgotten, oldest registration first: ``{"address": "0x...", ...}`` each."""
+        ...
+
+    def check_agent(self, agent: bytes) -> None:
+        """Returns when ``agent`` is registered and not forgotten.
+
+        Raises:
+            monmouth.errors.NotFoundError: it is not (field ``agent``).
+        """
+        ...
+
+    def remember(self, agent: bytes, content: str, *, tags: Sequence[str] = (),
+                 metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Store ``content`` (UTF-8 text) as one of ``agent``'s episodic memories; returns the item
+        (``{"id": "0x...", ...}``).
+
+        Raises:
+            monmouth.errors.RequestError: unknown agent, content over :attr:`max_content_bytes`, bad tags or metadata.
+        """
+        ...
+
+    def export_agent(self, agent: bytes, block: int | None = None) -> dict[str, Any]:
+        """The portable archive of ``agent``'s memory as visible at ``block`` (default: the head), with the proofs
+        that tie each item to the agent's root (``docs/memory.md``, "Export").
+
+        Raises:
+            monmouth.errors.RequestError: unknown agent, a block not applied (not found) or pruned (gone).
+        """
+        ...
+
+    def checkpoints(self) -> list[dict[str, Any]]:
+        """The manifests of the memory checkpoints on disk, oldest first (by block, then creation time): ``{"name",
+        "block": {"number", "hash"}, "global_root", "sha256", "file", "created_at", ...}`` each."""
+        ...
+
+
+@runtime_checkable
+class AgentMemorySource(Protocol):
+    """A plugin with the agents' memory."""
+
+    def get_agent_memory(self) -> AgentMemory | None:
+        """The memory, or ``None`` while the plugin is not started."""
         ...
 
 

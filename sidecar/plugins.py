@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import inspect
 import logging
 import sys
 import time
@@ -94,9 +95,16 @@ def discover(module_paths: Mapping[str, str] | None = None,
 
 def call_one(plugin: object, hook: str, **kwargs: Any) -> Any:
     """Call one plugin's own implementation of ``hook`` (not the other plugins'), or return ``None`` if it has
-    none: declaration hooks, and lifecycle hooks called plugin by plugin."""
+    none: declaration hooks, and lifecycle hooks called plugin by plugin. As pluggy does, the implementation gets
+    only the arguments it names (``monmouth_migrations(backend)`` or ``monmouth_migrations()``)."""
     fn: Any = getattr(plugin, hook, None)
-    return fn(**kwargs) if _is_impl(fn) else None
+    if not _is_impl(fn):
+        return None
+    # As pluggy does: an implementation takes any subset of the hook's arguments, by name.
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return fn(**kwargs)
+    return fn(**{k: v for k, v in kwargs.items() if k in params})
 
 
 def hook_functions(plugin: object) -> dict[str, Any]:
@@ -249,7 +257,7 @@ class PluginHost:
                 f"plugin {name!r} does not support the {self.db.backend} storage backend (it supports: "
                 f"{', '.join(supported)}); disable it, or set storage.url to a database it supports")
         trimmed = dict(call_one(plugin, "monmouth_trimmed_tables") or {})
-        scripts = call_one(plugin, "monmouth_migrations") or []
+        scripts = call_one(plugin, "monmouth_migrations", backend=self.db.backend) or []
         self.db.migrate(name, scripts, set(trimmed))
         ctx = PluginContext(name, settings.plugins[name].config, settings, self.db, self.metrics, self)
         self.pm.register(plugin, name=name)

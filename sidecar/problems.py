@@ -7,6 +7,9 @@ names the offending field when there is one), plus these extension members where
 * ``errors``: every validation error, ``[{"field", "loc", "msg", "type"}]``;
 * ``retry_after``: seconds, on 429 (also in the ``Retry-After`` header).
 
+A refused request raised as a :class:`monmouth.errors.RequestError` (anywhere: a route, a plugin's service, an MCP
+tool) becomes its problem here, and only here: :data:`STATUS_OF` maps each kind of refusal to its status.
+
 Plugins may keep raising ``HTTPException`` (any ``detail``: a string, ``{"field", "error"}``, or a list of
 FastAPI-style errors) or returning ``JSONResponse({"detail": ...})`` with an error status: the app rewrites both
 into problem details.
@@ -27,7 +30,15 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import MonmouthError
+from .errors import (
+    ConflictError,
+    GoneError,
+    InvalidRequestError,
+    MonmouthError,
+    NotFoundError,
+    RequestError,
+    TooLargeError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +142,39 @@ class ProblemError(MonmouthError):
         return problem(self.status, self.detail, headers=self.headers, **self.kw)
 
 
+#: The HTTP status of each kind of refused request (:class:`~monmouth.errors.RequestError`); an error's status is
+#: that of the first of its classes (in method resolution order) found here.
+STATUS_OF: dict[type[RequestError], int] = {
+    RequestError: 400,
+    InvalidRequestError: 422,
+    TooLargeError: 413,
+    NotFoundError: 404,
+    ConflictError: 409,
+    GoneError: 410,
+}
+
+
+def status_of(exc: RequestError) -> int:
+    """The HTTP status a refused request answers with (:data:`STATUS_OF`)."""
+    return next(STATUS_OF[c] for c in type(exc).__mro__ if c in STATUS_OF)
+
+
+def refusal(exc: RequestError) -> JSONResponse:
+    """The problem response of a refused request: its status (:func:`status_of`), ``detail`` ``"<field>:
+    <message>"`` and ``field``."""
+    return problem(status_of(exc), exc.to_json())
+
+
 def install(api: FastAPI) -> None:
     """Register the exception handlers that turn every error into problem details."""
 
     @api.exception_handler(ProblemError)
     async def _problem(_request: Request, exc: ProblemError) -> JSONResponse:
         return exc.response()
+
+    @api.exception_handler(RequestError)
+    async def _refused(_request: Request, exc: RequestError) -> JSONResponse:
+        return refusal(exc)
 
     @api.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -162,8 +200,14 @@ def install(api: FastAPI) -> None:
 
     @api.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        from .backends import timeout_fault
         from .store import describe_fault, environment_fault
 
+        timeout = timeout_fault(exc)
+        if timeout is not None:  # PostgreSQL cancelled the statement: the request's transaction rolled back
+            log.warning("%s %s: %s", request.method, request.url.path, timeout)
+            return problem(503, f"{timeout}; nothing was written, retry later or raise the setting",
+                           headers={"Retry-After": "5"}, title="Service Unavailable")
         fault = environment_fault(exc)
         if fault is not None:  # disk full, read-only, I/O: the environment's fault, the write rolled back
             log.error("%s %s: %s", request.method, request.url.path, describe_fault(fault))

@@ -61,6 +61,8 @@ class StaleHistoryError(MonmouthError):
     """A history block is not the engine's canonical block at its height (a reorg happened since it was
     fetched) or does not follow the plugin's range; nothing was applied, fetch again."""
 
+    retryable = True
+
 
 @dataclass(frozen=True)
 class PluginRange:

@@ -49,7 +49,7 @@ def plugin_tables(plugin: object) -> list[str]:
     try:
         _load_vec(scratch)
         register_uint256(scratch)
-        for script in call_one(plugin, "monmouth_migrations") or []:
+        for script in call_one(plugin, "monmouth_migrations", backend="sqlite") or []:
             scratch.execute(script)
         kinds = {name: kind for _s, name, kind, *_ in scratch.execute("PRAGMA main.table_list")}
         return sorted(n for n, k in kinds.items() if k in ("table", "virtual") and not n.startswith("sqlite_"))
@@ -184,7 +184,7 @@ async def _reindex(app: App, name: str, from_block: int | None, echo: Callable[[
         else:
             conn = app.db.connect()
             try:
-                migrate(conn, name, call_one(plugin, "monmouth_migrations") or [],
+                migrate(conn, name, call_one(plugin, "monmouth_migrations", backend="sqlite") or [],
                         set(call_one(plugin, "monmouth_trimmed_tables") or {}))
             finally:
                 conn.close()
@@ -207,7 +207,7 @@ def _migrations_changed(app: App, name: str) -> bool:
     """Whether plugin ``name`` was refused because a migration applied to the database has changed since."""
     conn = app.db.connect()
     try:
-        check_applied(conn, name, call_one(app.host.installed[name], "monmouth_migrations") or [])
+        check_applied(conn, name, call_one(app.host.installed[name], "monmouth_migrations", backend="sqlite") or [])
     except MigrationChangedError:
         return True
     finally:

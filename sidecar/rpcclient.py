@@ -52,6 +52,8 @@ class RpcError(MonmouthError):
 class TransientNodeError(MonmouthError):
     """The node answered something unusable right now (inconsistent batch mid-reorg, missing block)."""
 
+    retryable = True
+
 
 class BadAnswerError(TransientNodeError):
     """The node's answer is malformed (wrong JSON-RPC shape) or does not match the header it belongs to

@@ -447,7 +447,7 @@ class Runner:
             self._wal_pages = 0
             t0 = time.perf_counter()
             try:
-                frames, done = await anyio.to_thread.run_sync(db.checkpoint, limiter=limiter)
+                frames, done = await anyio.to_thread.run_sync(db.checkpoint_wal, limiter=limiter)
             except apsw.Error as e:
                 log.warning("WAL checkpoint failed (will retry): %s", e)
                 continue
@@ -455,28 +455,17 @@ class Runner:
             m.wal_pending_frames.set(max(frames - done, 0))
 
     async def _serve_http(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
-        import uvicorn
-
         from .api import create_api
-        from .httpmetrics import RequestMetrics
 
         http = self.app.settings.http
         api = create_api(self.app, self)
-        config = uvicorn.Config(RequestMetrics(api, self.app.metrics), host=http.host, port=http.port,
-                                log_level="warning", lifespan="off",
-                                ssl_certfile=http.tls_cert or None, ssl_keyfile=http.tls_key or None,
-                                timeout_graceful_shutdown=max(int(self.app.settings.engine.shutdown_timeout / 2), 1))
-        server = _server(config)
+        server = http_server(self.app, api)
         self._http_server, self._http_done = server, anyio.Event()
         try:
             # The app's lifespan (the MCP session manager) runs here, inside the runner's task group, not in uvicorn.
             async with api.router.lifespan_context(api), anyio.create_task_group() as tg:
                 tg.start_soon(server.serve)
-                while not server.started:
-                    if server.should_exit:
-                        raise SourceError(f"http: could not serve on {http.host}:{http.port}")
-                    await anyio.sleep(0.02)
-                self.http_port = server.servers[0].sockets[0].getsockname()[1]
+                self.http_port = await listening(server, http)
                 log.info("http: serving on %s://%s:%s", "https" if http.tls_cert else "http", http.host,
                          self.http_port)
                 task_status.started()
@@ -491,6 +480,34 @@ class Runner:
         self._http_server.should_exit = True
         with anyio.move_on_after(self.app.settings.engine.shutdown_timeout):
             await self._http_done.wait()
+
+
+def http_server(app: App, api: Any) -> Any:
+    """A server (:func:`_server`) for ``api`` on ``[http]`` (TLS, graceful shutdown within half of
+    ``engine.shutdown_timeout``), counting requests into the app's metrics. Its lifespan is off: the caller runs
+    ``api.router.lifespan_context``."""
+    import uvicorn
+
+    from .httpmetrics import RequestMetrics
+
+    http = app.settings.http
+    return _server(uvicorn.Config(RequestMetrics(api, app.metrics), host=http.host, port=http.port,
+                                  log_level="warning", lifespan="off",
+                                  ssl_certfile=http.tls_cert or None, ssl_keyfile=http.tls_key or None,
+                                  timeout_graceful_shutdown=max(int(app.settings.engine.shutdown_timeout / 2), 1)))
+
+
+async def listening(server: Any, http: Any) -> int:
+    """Wait until ``server`` (serving, started in a task) listens; its port.
+
+    Raises:
+        SourceError: it stopped before listening (``http.host``:``http.port`` refused).
+    """
+    while not server.started:
+        if server.should_exit:
+            raise SourceError(f"http: could not serve on {http.host}:{http.port}")
+        await anyio.sleep(0.02)
+    return int(server.servers[0].sockets[0].getsockname()[1])
 
 
 def _server(config: Any) -> Any:

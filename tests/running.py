@@ -58,16 +58,18 @@ module = "{LEDGER}"
 
 
 class Sidecar:
-    """``monmouth run --config CONFIG`` as a subprocess, stderr captured to ``log`` (a file)."""
+    """``monmouth run --config CONFIG`` (or ``command``, e.g. ``("serve", "--port", "8081")``) as a subprocess,
+    stderr captured to ``log`` (a file); ``env``: more environment variables."""
 
-    def __init__(self, config: Path, port: int) -> None:
+    def __init__(self, config: Path, port: int, command: tuple[str, ...] = ("run",),
+                 env: dict[str, str] | None = None) -> None:
         self.config = config
         self.port = port
         self.log = config.parent / f"sidecar-{time.monotonic_ns()}.log"
         self._log = self.log.open("wb")
-        self.proc = subprocess.Popen([*MONMOUTH, "run", "--config", str(config)], cwd=config.parent,
-                                     env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
-                                     stderr=self._log)
+        self.proc = subprocess.Popen([*MONMOUTH, *command, "--config", str(config)], cwd=config.parent,
+                                     env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+                                     stdout=subprocess.DEVNULL, stderr=self._log)
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
         self.wait(lambda: self._answers(), what="the sidecar to serve /health")
 

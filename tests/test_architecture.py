@@ -131,9 +131,35 @@ def path_through(g: dict[str, set[str]], comp: tuple[str, ...]) -> str:
 def test_the_graph_covers_every_shipped_package():
     g = graph()
     tops = {m.partition(".")[0] for m in g}
-    assert tops == {"monmouth", "monmouth_rag", "monmouth_memory", "monmouth_integrations"}
+    assert tops == {"monmouth", "monmouth_rag", "monmouth_memory", "monmouth_integrations", "monmouth_demo"}
     assert "monmouth.engine" in g["monmouth.runner"]  # a module-level import
     assert "monmouth.journal" in g["monmouth.engine"]
+
+
+#: SQL naming one of the engine's tables (``monmouth_blocks``, ``monmouth_cursor``, ``monmouth_migrations``...).
+ENGINE_TABLE_SQL = re.compile(r"\b(FROM|JOIN|INTO|UPDATE|TABLE)\s+monmouth_\w+", re.IGNORECASE)
+
+
+def test_plugins_meet_each_other_and_the_engine_only_through_the_core():
+    """The core imports no plugin package (nor the demo's), a plugin package imports no other plugin package (what one offers another is a Protocol in
+    ``monmouth.interfaces``), and no plugin's SQL names an engine table: the canonical hash of a block is
+    ``monmouth.engine.canonical_hash``, the cursor ``read_cursor``, the schemas ``monmouth.store.schema_versions``."""
+    g = graph()
+    crossing = sorted(f"{m} -> {d}" for m, deps in g.items() for d in deps
+                      if m.partition(".")[0] != "monmouth"
+                      and d.partition(".")[0] not in ("monmouth", m.partition(".")[0]))
+    assert crossing == []
+    # ... and the core imports none of them (plugins, the demo's command package).
+    assert sorted(f"{m} -> {d}" for m, deps in g.items() if m.partition(".")[0] == "monmouth" for d in deps
+                  if d.partition(".")[0] != "monmouth") == []
+    plugin_files = [f for name, f in modules().items() if name.partition(".")[0] != "monmouth"]
+    assert len(plugin_files) > 40
+    reads = [f"{f.relative_to(ROOT)}:{i}: {line.strip()}" for f in plugin_files
+             for i, line in enumerate(f.read_text().splitlines(), 1) if ENGINE_TABLE_SQL.search(line)]
+    assert reads == []
+    # The pattern sees what it names.
+    assert ENGINE_TABLE_SQL.search('conn.execute("SELECT hash FROM monmouth_blocks WHERE number = ?")')
+    assert not ENGINE_TABLE_SQL.search("from monmouth.engine import canonical_hash")
 
 
 def test_function_level_and_type_checking_imports_count(tmp_path):
@@ -151,32 +177,59 @@ def test_no_import_cycles():
     assert not found, "import cycles:\n" + "\n".join(f"  {path_through(g, c)}   (modules {', '.join(c)})" for c in found)
 
 
-#: Core exceptions outside the tree (none).
+#: Exceptions of the shipped packages outside the tree (none).
 OUTSIDE_THE_TREE: set[str] = set()
 
 
-def test_every_core_exception_derives_from_monmouth_error():
-    """One root: whatever the core raises on purpose is a ``MonmouthError`` (``except MonmouthError`` catches it), and
-    only ``ProblemError``, the HTTP layer's, carries an HTTP status."""
+def shipped_exceptions() -> list[type[BaseException]]:
+    """Every exception class defined in a shipped module (the core and the built-in plugins)."""
     import importlib
     import inspect
 
-    from monmouth.errors import MonmouthError
-    from monmouth.problems import ProblemError
-
     found = []
     for name in modules():
-        if not name.startswith("monmouth.") or name.endswith("__main__"):
+        if name.endswith("__main__"):
             continue
         module = importlib.import_module(name)
         for cls in vars(module).values():
             if inspect.isclass(cls) and issubclass(cls, Exception) and cls.__module__ == name:  # errors, not signals
                 found.append(cls)
-    assert len(found) > 20
+    return found
+
+
+def test_one_exception_tree_under_monmouth_error():
+    """One root: whatever the core and the built-in plugins raise on purpose is a ``MonmouthError`` (``except
+    MonmouthError`` catches it), each says whether it is retryable, only ``ProblemError``, the HTTP layer's, carries
+    an HTTP status, and every refused request's status comes from the one table in ``monmouth.problems``."""
+    import inspect
+
+    from monmouth.errors import MonmouthError, RequestError
+    from monmouth.problems import STATUS_OF, ProblemError, status_of
+
+    found = shipped_exceptions()
+    assert len(found) > 40
+    assert {c.__module__.partition(".")[0] for c in found} >= {"monmouth", "monmouth_rag", "monmouth_memory",
+                                                               "monmouth_integrations"}
     outside = {f"{c.__module__}.{c.__qualname__}" for c in found if not issubclass(c, MonmouthError)}
     assert outside == OUTSIDE_THE_TREE
-    with_status = {c.__qualname__ for c in found if "status" in inspect.signature(c.__init__).parameters}
+    assert all(isinstance(getattr(c, "retryable", None), bool) for c in found)
+    retryable = {f"{c.__module__}.{c.__qualname__}" for c in found if c.retryable}
+    assert {"monmouth.errors.StorageUnavailableError", "monmouth.rpcclient.TransientNodeError",
+            "monmouth.rpcclient.BadAnswerError", "monmouth_integrations.errors.TransientError",
+            "monmouth_integrations.errors.NotReady"} <= retryable
+    assert not retryable & {"monmouth.errors.ConfigError", "monmouth.errors.StorageError",
+                            "monmouth_integrations.errors.PermanentError", "monmouth_memory.errors.MemoryRequestError"}
+    with_status = {c.__qualname__ for c in found if "status" in inspect.signature(c.__init__).parameters
+                   or isinstance(vars(c).get("status"), int)}
     assert with_status == {ProblemError.__qualname__}
+    refusals = [c for c in found if issubclass(c, RequestError)]
+    assert len(refusals) >= len(STATUS_OF) + 6  # the core's kinds and memory's
+    for c in refusals:
+        assert 400 <= status_of(c("field", "message")) < 500, c
+    # A builtin base is kept where callers catch it (``except FileNotFoundError`` around the embedding model).
+    from monmouth_rag.embedder import ModelNotFoundError
+
+    assert issubclass(ModelNotFoundError, MonmouthError) and issubclass(ModelNotFoundError, FileNotFoundError)
 
 
 # ------------------------------------------------------------------------------------------------ one home each
@@ -192,7 +245,7 @@ ONE_HOME: dict[str, tuple[str, str]] = {
         (r"""["']jsonrpc["']\s*:\s*["']2\.0["']\s*,\s*["']id["']\s*:[^,]+,\s*["']method["']""", "sidecar/rpcclient.py"),
     "a backoff doubled by hand (use monmouth.backoff.Backoff)":
         (r"\b\w*(backoff|delay)\w*\s*\*\s*2\b", "sidecar/backoff.py"),
-    "a Solidity build (use monmouth.demo.compile_solidity)": (r"solc\.compile\(", "sidecar/demo.py"),
+    "a Solidity build (use monmouth_demo.compile_solidity)": (r"solc\.compile\(", "demo/__init__.py"),
 }
 
 
@@ -232,7 +285,7 @@ def test_the_one_home_patterns_catch_the_copies_they_name(tmp_path):
         "a JSON-RPC request built by hand (use monmouth.rpcclient)":
             '    r = http.post(url, json={"jsonrpc": "2.0", "id": self._id, "method": method, "params": p})',
         "a backoff doubled by hand (use monmouth.backoff.Backoff)": "    backoff = min(backoff * 2, cap)",
-        "a Solidity build (use monmouth.demo.compile_solidity)":
+        "a Solidity build (use monmouth_demo.compile_solidity)":
             "const out = JSON.parse(solc.compile(JSON.stringify(input)));",
     }
     assert samples.keys() == ONE_HOME.keys()

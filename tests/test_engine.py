@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from monmouth import hookimpl
-from monmouth.engine import Cursor, read_cursor
+from monmouth.engine import Cursor, canonical_hash, read_cursor
 from monmouth.errors import ContinuityError, PluginError, ReorgTooDeepError
 from monmouth.journal import JournalConflictError, RedactionError, redact
 from monmouth.types import Block, ChainCommitted, ChainReorged, ChainReverted
@@ -453,4 +453,18 @@ def test_read_cursor_is_the_engines_durable_position(both_engine_factory):
     c = read_cursor(conn)
     assert c == Cursor(e.head, 2, 2, 1, {"epoch": 1, "seq": 7})
     assert c.head is not None and c.head.number == 4
+    conn.close()
+
+
+def test_canonical_hash_follows_reorgs(both_engine_factory):
+    """``canonical_hash``: the plugins' way to ask whether a block they recorded is still canonical."""
+    e = both_engine_factory("canonical.sqlite")
+    conn = e.db.connect()
+    assert canonical_hash(conn, 1) is None
+    bs = extend(None, 3, number=1)
+    e.apply(ChainCommitted(chain(bs)))
+    assert [canonical_hash(conn, n) for n in (1, 2, 3, 4)] == [bs[0].hash, bs[1].hash, bs[2].hash, None]
+    fork = extend(bs[0], 1, salt="fork")
+    e.apply(ChainReorged(chain(bs[1:]), chain(fork)))
+    assert [canonical_hash(conn, n) for n in (1, 2, 3)] == [bs[0].hash, fork[0].hash, None]
     conn.close()

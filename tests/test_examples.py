@@ -1,4 +1,5 @@
-"""The README's example plugin works as documented, against a real node with a real reorg."""
+"""The README's example plugin works as documented, against a real node with a real reorg, on SQLite and on
+PostgreSQL (its one set of SQL runs on both)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from eth_abi import encode as abi_encode
 from monmouth.app import open_app
 from monmouth.runner import Runner
 from monmouth.sources.rpc import RpcSource
-from tests.conftest import rpc_config, wait_for
+from tests.conftest import PG_ENV, rpc_config, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.anyio, pytest.mark.anvil]
@@ -25,21 +26,24 @@ def test_readme_shows_the_example_verbatim():
     assert body in readme
 
 
-async def test_example_plugin_follows_a_reorg(tmp_path, anvil):
+async def test_example_plugin_follows_a_reorg(tmp_path, anvil, storage_of):
     cfg = tmp_path / "config.toml"
+    target = storage_of("db.sqlite")
+    storage = f'url = "{target}"' if isinstance(target, str) else 'path = "db.sqlite"'
     cfg.write_text(f"""
 [source]
 url = "{anvil.url}"
 poll_interval = 0.05
 [storage]
-path = "db.sqlite"
+{storage}
 [http]
 port = 0
 [plugins.big_transfers]
 enabled = true
 module = "{ROOT / 'examples' / 'big_transfers.py'}"
 """)
-    app = open_app(cfg)
+    app = open_app(cfg, environ=PG_ENV if isinstance(target, str) else {})
+    assert app.host.is_enabled("big_transfers"), app.host.errors
     source = RpcSource(anvil.url, poll_interval=0.05)
     runner = Runner(app, source, watch_config=False)
 
@@ -65,11 +69,11 @@ module = "{ROOT / 'examples' / 'big_transfers.py'}"
 
 
 class Token:
-    """A real OpenZeppelin ERC-20 (sidecar/demo.py's DemoToken) on anvil with a supply of 2^256 - 1 held by
+    """A real OpenZeppelin ERC-20 (monmouth_demo's DemoToken) on anvil with a supply of 2^256 - 1 held by
     account 0."""
 
     def __init__(self, anvil, workdir: Path) -> None:
-        from monmouth.demo import compile_token, node_modules
+        from monmouth_demo import compile_token, node_modules
 
         art = compile_token(node_modules(), workdir)
         self.anvil, self.acct = anvil, anvil.accounts
@@ -105,19 +109,23 @@ class Token:
         return held
 
 
-def erc20_config(url: str) -> str:
-    return rpc_config(url, extra=f'[plugins.erc20_balances]\nenabled = true\nmodule = "{ROOT / "examples" / "erc20_balances.py"}"\n')
+def erc20_config(url: str, storage: Path | str | None = None) -> str:
+    """config.toml for the erc20 example following ``url``; ``storage`` a ``postgresql://`` URL or SQLite."""
+    text = rpc_config(url, extra=f'[plugins.erc20_balances]\nenabled = true\nmodule = "{ROOT / "examples" / "erc20_balances.py"}"\n')
+    return text.replace('path = "db.sqlite"', f'url = "{storage}"') if isinstance(storage, str) else text
 
 
-async def test_erc20_balances_equal_balance_of_through_reorgs(tmp_path, anvil):
+async def test_erc20_balances_equal_balance_of_through_reorgs(tmp_path, anvil, storage_of):
     """examples/erc20_balances.py on a real OpenZeppelin ERC-20 with a supply of 2^256 - 1: after transfers across
     2^64 and 2^255 and reorgs of depth 1 to 3 that carry token transfers of their own, every balance the plugin
-    holds equals ``balanceOf()`` on the node."""
+    holds equals ``balanceOf()`` on the node. On SQLite and PostgreSQL: the same SQL, u256 functions included."""
     token = Token(anvil, tmp_path)
     acct = anvil.accounts
     cfg = tmp_path / "config.toml"
-    cfg.write_text(erc20_config(anvil.url))
-    app = open_app(cfg)
+    target = storage_of("db.sqlite")
+    cfg.write_text(erc20_config(anvil.url, target))
+    app = open_app(cfg, environ=PG_ENV if isinstance(target, str) else {})
+    assert app.host.is_enabled("erc20_balances"), app.host.errors
     runner = Runner(app, RpcSource(anvil.url, poll_interval=0.05), watch_config=False)
 
     def synced():

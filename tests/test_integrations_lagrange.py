@@ -27,7 +27,7 @@ def count(app, table):
     return app.engine.conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
 
-async def test_requests_on_chain_exactly_once_and_results_follow_reorgs(tmp_path, anvil, monkeypatch):
+async def test_requests_on_chain_exactly_once_and_results_follow_reorgs(storage_of, anvil, monkeypatch):
     why = registry_fake.available()
     if why:
         pytest.fail(why)
@@ -36,7 +36,7 @@ async def test_requests_on_chain_exactly_once_and_results_follow_reorgs(tmp_path
     anvil.mine(8)  # head 9
     monkeypatch.setenv("LAGRANGE_PRIVATE_KEY", DEV_KEY)
     plugin = LagrangePlugin()
-    app = open_test_app(tmp_path / "db.sqlite", {"lagrange": plugin}, {"lagrange": {
+    app = open_test_app(storage_of("db.sqlite"), {"lagrange": plugin}, {"lagrange": {
         "rpc_url": anvil.url, "registry": registry, "query_hash": QUERY, "every_blocks": 5, "range_blocks": 3,
         "placeholders": ["$block_number", "0x" + "ab" * 32], **FAST, "timeout_s": 5.0}})
     runner = Runner(app, RpcSource(anvil.url, poll_interval=0.05, batch_size=8), serve_http=False,

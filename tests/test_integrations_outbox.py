@@ -1,7 +1,7 @@
 """The shared outbox and deliverer, exercised through the EigenDA plugin and its fake proxy: jobs written in the
 engine's transaction, reverts cancelling undelivered work, retries with backoff, the circuit breaker opening and
 closing, lost answers redelivered under the same key without duplicated effects, and no stale result when a
-block is reverted while its request is in flight."""
+block is reverted while its request is in flight. The revert and in-flight tests run on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from tests.fakes.eigenda_proxy import FakeEigenDAProxy
 from tests.fakes.harness import FAST, close, integration_engine, sample
 
 
-def setup(tmp_path, fake, **cfg):
+def setup(target, fake, **cfg):
+    """``target``: a directory (a SQLite file in it) or a ``storage_of`` function (each backend in turn)."""
     plugin = EigenDAPlugin(workers=False)
-    engine = integration_engine(tmp_path / "db.sqlite", {"eigenda": plugin},
+    engine = integration_engine(target("db.sqlite") if callable(target) else target / "db.sqlite", {"eigenda": plugin},
                                 {"eigenda": {"url": fake.url, "every_blocks": 2, **FAST, **cfg}})
     return engine, plugin, plugin.rt.deliverer
 
@@ -40,9 +41,9 @@ def drain(deliverer, timeout=10.0):
         time.sleep(0.02)
 
 
-def test_reverts_cancel_undelivered_work_and_delivered_keys_are_not_sent_twice(tmp_path):
+def test_reverts_cancel_undelivered_work_and_delivered_keys_are_not_sent_twice(storage_of):
     with FakeEigenDAProxy() as fake:
-        engine, plugin, d = setup(tmp_path, fake)
+        engine, plugin, d = setup(storage_of, fake)
         bs = extend(None, 6, number=1)
         engine.apply(ChainCommitted(chain(bs)))
         assert [k.split(":")[2] for k, _, _ in outbox(engine)] == ["2", "4", "6"]
@@ -172,9 +173,9 @@ def engine_block(engine):
     return engine.canonical(engine.head.number).as_block()
 
 
-def test_no_stale_result_when_the_block_is_reverted_in_flight(tmp_path):
+def test_no_stale_result_when_the_block_is_reverted_in_flight(storage_of):
     with FakeEigenDAProxy() as fake:
-        engine, plugin, d = setup(tmp_path, fake)
+        engine, plugin, d = setup(storage_of, fake)
         bs = extend(None, 2, number=1)
         engine.apply(ChainCommitted(chain(bs)))
         handler = d.handler

@@ -14,7 +14,15 @@ import monmouth_rag.plugin as rag_module
 from monmouth import hookimpl
 from monmouth.config import validate
 from monmouth.engine import Engine
-from monmouth.interfaces import AgentDirectory, EmbedderSource, TransactionRenderer, provider
+from monmouth.errors import NotFoundError, TooLargeError
+from monmouth.interfaces import (
+    AgentDirectory,
+    AgentMemory,
+    AgentMemorySource,
+    EmbedderSource,
+    TransactionRenderer,
+    provider,
+)
 from monmouth.metrics import Metrics
 from monmouth.plugins import PluginHost, config_models
 from monmouth.store import Database
@@ -31,11 +39,13 @@ def test_built_in_plugins_implement_what_they_offer():
     rag, memory = RagPlugin(), MemoryPlugin()
     assert isinstance(rag, EmbedderSource) and isinstance(rag, TransactionRenderer)
     assert not isinstance(rag, AgentDirectory)
-    assert isinstance(memory, AgentDirectory)
+    assert isinstance(memory, AgentDirectory) and isinstance(memory, AgentMemorySource)
+    assert not isinstance(rag, AgentMemorySource)
     assert not isinstance(memory, EmbedderSource) and not isinstance(memory, TransactionRenderer)
     # The entry points' instances, and the modules (their names are those instances' bound methods).
     assert isinstance(rag_module.plugin, RagPlugin) and isinstance(memory_module.plugin, MemoryPlugin)
     assert isinstance(rag_module, TransactionRenderer) and isinstance(memory_module, AgentDirectory)
+    assert isinstance(memory_module, AgentMemorySource)
     assert rag_module.search.__self__ is rag_module.plugin  # type: ignore[attr-defined]
 
 
@@ -94,3 +104,39 @@ def test_memory_chain_hook_runs_first_whatever_the_order(tmp_path, order):
     finally:
         host.shutdown()
         engine.close()
+
+
+def test_agent_memory_offers_what_the_integrations_use(tmp_path):
+    """The memory another plugin gets (``AgentMemory``): agents, remembering an episode, exporting an agent with its
+    proofs, checkpoints, and refusals as ``monmouth.errors.RequestError`` kinds; ``None`` while not started."""
+    from tests.chains import chain, extend
+    from tests.memory_helpers import close, make_memory_engine
+
+    assert MemoryPlugin().get_agent_memory() is None
+    e, p = make_memory_engine(tmp_path / "db.sqlite", {"key_dir": str(tmp_path / "keys"), "agents": ["0x" + A.hex()],
+                                                       "max_content_bytes": 200})
+    try:
+        bs = extend(None, 2, number=1, n_txs=0)
+        e.apply(ChainCommitted(chain(bs[:1])))
+        source = provider(e.host, AgentMemorySource)
+        assert source is p
+        offered = source.get_agent_memory()
+        assert isinstance(offered, AgentMemory)
+        assert [a["address"] for a in offered.agents()] == ["0x" + A.hex()]
+        assert offered.max_content_bytes == 200
+        offered.check_agent(A)
+        with pytest.raises(NotFoundError, match="is not a registered agent"):
+            offered.check_agent(address(99))
+        item = offered.remember(A, "called a tool", tags=["composio"], metadata={"tool": "X"})
+        assert item["kind"] == "episodic" and item["agent"] == "0x" + A.hex()
+        stored = p.memory.get(A, bytes.fromhex(item["id"][2:]))
+        assert stored["content"] == "called a tool" and stored["tags"] == ["composio"]
+        assert stored["metadata"] == {"tool": "X"}
+        with pytest.raises(TooLargeError, match="content"):
+            offered.remember(A, "x" * 201)
+        e.apply(ChainCommitted(chain(bs[1:])))
+        archive = offered.export_agent(A)
+        assert [x["id"] for x in archive["items"]] == [item["id"]]
+        assert offered.checkpoints() == []
+    finally:
+        close(e)

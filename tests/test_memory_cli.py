@@ -109,3 +109,27 @@ def test_memory_commands_end_to_end(cli):
     out = json.loads(run("memory", "forget", A1, "--yes").output)
     assert out["forgotten"] and out["key_destroyed"]
     assert run("memory", "get", A1, iid, ok=False).exit_code != 0
+
+
+def test_memory_commands_on_postgres_and_checkpoints_refused_naming_storage_url(tmp_path, pg_url, monkeypatch):
+    from tests.pg import PASSWORD
+
+    monkeypatch.setenv("MONMOUTH_PG_PASSWORD", PASSWORD)
+    group = click.Group("monmouth")
+    memory_plugin.monmouth_register_commands(cli=group)
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[storage]\nurl = "{pg_url}"\n\n[plugins.memory]\nenabled = true\nagents = ["{A1}"]\n'
+                   'embed = false\nkey_dir = "keys"\n')  # relative: to the config file's directory
+    runner = CliRunner()
+
+    def run(*args: str):
+        return runner.invoke(group, [*args, "--config", str(cfg)], catch_exceptions=False)
+
+    stored = run("memory", "store", A1, "kept in postgres", "--tag", "pg")
+    assert stored.exit_code == 0, stored.output
+    listed = run("memory", "list", A1, "--tag", "pg")
+    assert listed.exit_code == 0 and json.loads(listed.output)["items"][0]["content"] == "kept in postgres"
+    assert (tmp_path / "keys" / f"{A1[2:]}.key").exists()
+    for args in (("checkpoint", "create"), ("checkpoint", "restore", "latest", "--yes")):
+        res = run(*args)
+        assert res.exit_code != 0 and "storage.url: checkpoints are copies of the SQLite file" in res.output

@@ -17,8 +17,8 @@ A1 = "0x" + address(1).hex()
 
 
 @pytest.fixture
-def env(tmp_path):
-    e, plugin = make_memory_engine(tmp_path / "db.sqlite", {"key_dir": str(tmp_path / "keys"), "agents": [A1],
+def env(tmp_path, storage_of):
+    e, plugin = make_memory_engine(storage_of("db.sqlite"), {"key_dir": str(tmp_path / "keys"), "agents": [A1],
                                                             "max_content_bytes": 1000})
     app = FastAPI()
     app.include_router(plugin.monmouth_http_router())

@@ -51,7 +51,7 @@ def test_a_block_with_fewer_receipts_than_transactions_round_trips():
     assert restored.transactions[5] == block.transactions[5]
 
 
-def test_chain_items_of_a_mainnet_block_do_not_depend_on_what_else_was_recorded(tmp_path, monkeypatch):
+def test_chain_items_of_a_mainnet_block_do_not_depend_on_what_else_was_recorded(tmp_path, monkeypatch, storage_of):
     """Agents are addresses that the block's transactions and ERC-20/721 transfers touch; the items (ids with
     block-wide log indexes, texts, commitments) must be those of the whole block."""
     block = max(BLOCKS, key=lambda b: len(b.transactions))
@@ -59,7 +59,7 @@ def test_chain_items_of_a_mainnet_block_do_not_depend_on_what_else_was_recorded(
     agents = ["0x" + a.hex() for a in random.Random(1).sample(senders, 5)]
     rows = []
     for name, whole in (("sparse", False), ("whole", True)):
-        e, p = make_memory_engine(tmp_path / f"{name}.sqlite", {"key_dir": str(tmp_path / "keys"), "agents": agents})
+        e, p = make_memory_engine(storage_of(f"{name}.sqlite"), {"key_dir": str(tmp_path / "keys"), "agents": agents})
         try:
             with monkeypatch.context() as m:
                 if whole:  # record every transaction, as if every one touched an agent
@@ -77,8 +77,8 @@ def test_chain_items_of_a_mainnet_block_do_not_depend_on_what_else_was_recorded(
     assert sparse_bytes * 5 < whole_bytes  # a few transactions recorded, not the block
 
 
-def test_settling_commits_after_its_time_budget_and_catches_up_in_order(tmp_path, monkeypatch):
-    e, p = make_memory_engine(tmp_path / "db.sqlite", {"key_dir": str(tmp_path / "keys"),
+def test_settling_commits_after_its_time_budget_and_catches_up_in_order(tmp_path, monkeypatch, storage_of):
+    e, p = make_memory_engine(storage_of("db.sqlite"), {"key_dir": str(tmp_path / "keys"),
                                                        "agents": ["0x" + bytes(19).hex() + "01"]})
     try:
         e.apply(ChainCommitted(chain(extend(None, 5, number=1, n_txs=4))))
@@ -86,7 +86,7 @@ def test_settling_commits_after_its_time_budget_and_catches_up_in_order(tmp_path
         assert ingest.settle(p.memory) == 1
         assert ingest.settle(p.memory, until=3) == 1
         assert ingest.settle(p.memory, until=2) == 0  # blocks 1 and 2 are settled
-        assert [r[0] for r in e.conn.execute("SELECT block_number FROM memory_pending")] == [3, 4, 5]
+        assert [r[0] for r in e.conn.execute("SELECT block_number FROM memory_pending ORDER BY 1")] == [3, 4, 5]
         monkeypatch.setattr(ingest, "SETTLE_BUDGET_S", 10.0)
         assert ingest.settle(p.memory) == 3
         assert e.conn.execute("SELECT max(block_number) FROM memory_blocks").fetchone()[0] == 5

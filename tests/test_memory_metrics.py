@@ -19,9 +19,9 @@ def scrape(registry) -> dict[str, float]:
             for s in f.samples if s.name.startswith("monmouth_memory_")}
 
 
-def test_backlog_gauges_follow_settling_and_leave_with_the_plugin(tmp_path):
+def test_backlog_gauges_follow_settling_and_leave_with_the_plugin(tmp_path, storage_of):
     cfg = {"key_dir": str(tmp_path / "keys"), "agents": ["0x" + A1.hex()], "embed": False}
-    e, p = make_memory_engine(tmp_path / "db.sqlite", cfg, workers=False)
+    e, p = make_memory_engine(storage_of("db.sqlite"), cfg, workers=False)
     registry = e.metrics.registry
     try:
         assert scrape(registry) == {"monmouth_memory_settle_backlog": 0, "monmouth_memory_index_backlog": 0,

@@ -1,5 +1,5 @@
 """The memory plugin's proofs verify on chain: OpenZeppelin ``MerkleProof.verify`` compiled with the npm ``solc``
-(monmouth.demo.compile_solidity), deployed on anvil with a transaction signed by eth-account and sent over JSON-RPC."""
+(monmouth_demo.compile_solidity), deployed on anvil with a transaction signed by eth-account and sent over JSON-RPC."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def compiled() -> dict:
         if os.environ.get("CI"):
             pytest.fail("tests/js/node_modules is missing: run `npm install` in tests/js")
         pytest.skip("needs node and tests/js/node_modules (solc, @openzeppelin/contracts)")
-    from monmouth.demo import compile_solidity
+    from monmouth_demo import compile_solidity
 
     source = (JS / "contracts" / "MemoryRootVerifier.sol").read_text()
     return compile_solidity(source, "MemoryRootVerifier", JS / "node_modules", timeout=300)

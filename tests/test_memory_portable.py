@@ -18,10 +18,16 @@ from tests.test_memory_merkle import oz
 A1 = address(1)
 
 
-@pytest.fixture
-def two(tmp_path):
-    src, ps = make_memory_engine(tmp_path / "a.sqlite", {"key_dir": str(tmp_path / "ka"), "agents": ["0x" + A1.hex()]})
-    dst, pd = make_memory_engine(tmp_path / "b.sqlite", {"key_dir": str(tmp_path / "kb")})
+@pytest.fixture(params=[("sqlite", "sqlite"), ("sqlite", "postgres"), ("postgres", "sqlite")],
+                ids=["sqlite-to-sqlite", "sqlite-to-postgres", "postgres-to-sqlite"])
+def two(request, tmp_path):
+    """A source and a destination sidecar: an archive moves between backends as between two SQLite files."""
+    def where(backend: str, name: str):
+        return request.getfixturevalue("pg_server").database() if backend == "postgres" else tmp_path / name
+
+    src, ps = make_memory_engine(where(request.param[0], "a.sqlite"), {"key_dir": str(tmp_path / "ka"),
+                                                                       "agents": ["0x" + A1.hex()]})
+    dst, pd = make_memory_engine(where(request.param[1], "b.sqlite"), {"key_dir": str(tmp_path / "kb")})
     yield src, ps.memory, dst, pd.memory
     close(src)
     close(dst)

@@ -9,9 +9,10 @@ import time
 import numpy as np
 from eth_hash.auto import keccak
 
+from monmouth import hookimpl
 from monmouth.types import ChainCommitted, ChainReverted
 from tests.chains import address, chain, extend
-from tests.memory_helpers import close, make_memory_engine
+from tests.memory_helpers import close, fts_rows_from, make_memory_engine
 
 A1 = address(1)
 SYNONYMS = {"automobile": "car", "vehicle": "car", "feline": "cat", "kitten": "cat"}
@@ -38,6 +39,10 @@ class FakeRag:
     def __init__(self) -> None:
         self.embedder = FakeEmbedder()
 
+    @hookimpl
+    def monmouth_backends(self):
+        return ("sqlite", "postgres")  # no SQL of its own
+
     def get_embedder(self):
         return self.embedder
 
@@ -45,13 +50,14 @@ class FakeRag:
         return f"decoded by rag: tx {index} of block {block.number}"
 
 
-def engine(tmp_path, rag: bool = True, **cfg):
+def engine(tmp_path, storage, rag: bool = True, **cfg):
+    """A memory engine on ``storage("db")`` (the ``storage_of`` fixture: each backend in turn)."""
     c = {"key_dir": str(tmp_path / "keys"), "agents": ["0x" + A1.hex()], **cfg}
-    return make_memory_engine(tmp_path / "db.sqlite", c, extra={"rag": FakeRag()} if rag else None)
+    return make_memory_engine(storage("db.sqlite"), c, extra={"rag": FakeRag()} if rag else None)
 
 
-def test_vector_recall_filters_and_recency(tmp_path):
-    e, p = engine(tmp_path)
+def test_vector_recall_filters_and_recency(tmp_path, storage_of):
+    e, p = engine(tmp_path, storage_of)
     mem = p.memory
     try:
         ids = {}
@@ -86,8 +92,8 @@ def test_vector_recall_filters_and_recency(tmp_path):
         close(e)
 
 
-def test_chain_episodes_use_rag_rendering_and_revert_drops_their_vectors(tmp_path):
-    e, p = engine(tmp_path)
+def test_chain_episodes_use_rag_rendering_and_revert_drops_their_vectors(tmp_path, storage_of):
+    e, p = engine(tmp_path, storage_of)
     mem = p.memory
     try:
         bs = extend(None, 4, number=1, n_txs=4)
@@ -107,8 +113,8 @@ def test_chain_episodes_use_rag_rendering_and_revert_drops_their_vectors(tmp_pat
         close(e)
 
 
-def test_fts_recall_without_rag(tmp_path):
-    e, p = engine(tmp_path, rag=False)
+def test_fts_recall_without_rag(tmp_path, storage_of):
+    e, p = engine(tmp_path, storage_of, rag=False)
     mem = p.memory
     try:
         a = mem.store(A1, "semantic", "the harbour master keeps the ledger")["id"]
@@ -122,8 +128,8 @@ def test_fts_recall_without_rag(tmp_path):
         close(e)
 
 
-def test_lifecycle_hooks_status_and_worker(tmp_path):
-    e, p = make_memory_engine(tmp_path / "db.sqlite", {"key_dir": str(tmp_path / "keys"),
+def test_lifecycle_hooks_status_and_worker(tmp_path, storage_of):
+    e, p = make_memory_engine(storage_of("db.sqlite"), {"key_dir": str(tmp_path / "keys"),
                                                        "agents": ["0x" + A1.hex()]},
                               extra={"rag": FakeRag()}, workers=True)
     mem = p.memory
@@ -146,7 +152,7 @@ def test_lifecycle_hooks_status_and_worker(tmp_path):
         assert st["pending_ops"] == 0 and st["global_root"]["block"] == 2
         chain_items = e.conn.execute("SELECT count(*) FROM memory_items WHERE n > 0").fetchone()[0]
         assert chain_items > 0
-        assert e.conn.execute("SELECT count(*) FROM memory_fts WHERE rowid > 0").fetchone()[0] == chain_items
+        assert fts_rows_from(e.conn, 1) == chain_items
         threads = list(mem._threads)
         assert threads and all(t.is_alive() for t in threads)
     finally:

@@ -48,12 +48,12 @@ TABLES = {
     "memory_leaves": "SELECT * FROM memory_leaves",
     "memory_marks": "SELECT agent, block_number, count FROM memory_marks",
     "memory_blocks": "SELECT block_number, block_hash, agents, ops_seq FROM memory_blocks",
-    "memory_fts": "SELECT rowid, tokens FROM memory_fts",
 }
+FTS = {"sqlite": "SELECT rowid, tokens FROM memory_fts", "postgres": "SELECT n, tokens::text FROM memory_fts"}
 
 
 def dump(conn) -> dict[str, list[tuple]]:
-    return dump_tables(conn, TABLES)
+    return dump_tables(conn, {**TABLES, "memory_fts": FTS[getattr(conn, "backend", "sqlite")]})
 
 
 def topic(a: bytes) -> bytes:
@@ -95,12 +95,13 @@ def chain_of(*blocks: Block):
 
 
 @pytest.fixture
-def mk(tmp_path):
+def mk(tmp_path, storage_of):
+    """Memory engines with the registries, on each backend in turn."""
     engines = []
 
     def factory(name: str = "db.sqlite", **memory):
         cfg = {"key_dir": str(tmp_path / "keys"), "registries": REGISTRIES, **memory}
-        e, p = make_memory_engine(tmp_path / name, cfg)
+        e, p = make_memory_engine(storage_of(name), cfg)
         engines.append(e)
         return e, p.memory
 
@@ -354,7 +355,7 @@ contract AgentRegistry {
 def compile_registry() -> dict:
     if shutil.which("node") is None or not (JS / "solc").is_dir():
         pytest.fail("needs node and the npm solc: run `npm install` in tests/js")
-    from monmouth.demo import compile_solidity
+    from monmouth_demo import compile_solidity
 
     return compile_solidity(REGISTRY_SOL, "AgentRegistry", JS, timeout=300)
 

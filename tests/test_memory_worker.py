@@ -14,9 +14,9 @@ from tests.memory_helpers import close, make_memory_engine
 A1, A2 = address(1), address(2)
 
 
-def test_reads_wait_for_the_worker_and_write_nothing(tmp_path):
+def test_reads_wait_for_the_worker_and_write_nothing(tmp_path, storage_of):
     cfg = {"key_dir": str(tmp_path / "keys"), "agents": ["0x" + A1.hex(), "0x" + A2.hex()], "embed": False}
-    e, p = make_memory_engine(tmp_path / "db.sqlite", cfg, workers=True)
+    e, p = make_memory_engine(storage_of("db.sqlite"), cfg, workers=True)
     mem = p.memory
     assert mem is not None
     settled_on: list[tuple[str, int]] = []
@@ -51,9 +51,9 @@ def test_reads_wait_for_the_worker_and_write_nothing(tmp_path):
         close(e)
 
 
-def test_without_a_worker_thread_the_read_does_its_step(tmp_path):
+def test_without_a_worker_thread_the_read_does_its_step(tmp_path, storage_of):
     cfg = {"key_dir": str(tmp_path / "keys"), "agents": ["0x" + A1.hex()], "embed": False}
-    e, p = make_memory_engine(tmp_path / "db.sqlite", cfg, workers=False)
+    e, p = make_memory_engine(storage_of("db.sqlite"), cfg, workers=False)
     mem = p.memory
     assert mem is not None
     try:

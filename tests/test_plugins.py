@@ -242,3 +242,22 @@ def test_migrations_refuse_tables_the_journal_cannot_restore(tmp_path, plugin, n
         from monmouth.store import migrate
 
         migrate(conn, "bad", plugin.monmouth_migrations(), set())
+
+
+def test_migrations_hook_is_given_the_backend_when_it_asks(both_engine_factory):
+    """``monmouth_migrations(backend)``: a plugin whose schema differs by backend gets its own list on each; one
+    that does not name the argument (tests/plugins/ledger.py) is called as before."""
+    from tests.plugins import ledger
+
+    class PerBackend:
+        @hookimpl
+        def monmouth_backends(self):
+            return ("sqlite", "postgres")
+
+        @hookimpl
+        def monmouth_migrations(self, backend):
+            return [f"CREATE TABLE per_{backend} (id BIGINT PRIMARY KEY)"]
+
+    e = both_engine_factory(plugins={"per": PerBackend(), "ledger": ledger})
+    assert e.host.status()["per"]["state"] == "enabled" and e.host.status()["ledger"]["state"] == "enabled"
+    assert e.conn.execute(f"SELECT count(*) FROM per_{both_engine_factory.backend}").fetchone()[0] == 0

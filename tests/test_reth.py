@@ -22,7 +22,7 @@ import apsw
 import httpx
 import pytest
 
-from monmouth.demo import compile_token, node_modules
+from monmouth_demo import compile_token, node_modules
 from tests.anvil import free_port
 from tests.reth import Consensus, Reth, Wallet, reth_binary, terminate
 

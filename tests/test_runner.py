@@ -128,7 +128,7 @@ enabled = true
     assert checkpoints >= 3 and sample("monmouth_wal_pending_frames") is not None
     # The engine's commits only reported the WAL's size; the background checkpoints let the WAL start over.
     assert len(wal_sizes) >= len(bs) and any(b < a for a, b in itertools.pairwise(wal_sizes))
-    frames, done = app.db.checkpoint()
+    frames, done = app.db.checkpoint_wal()
     assert frames == done  # nothing pins the WAL: every frame can be copied back
     assert app.engine.head == bs[-1].ref
     app.close()

@@ -109,6 +109,55 @@ def test_order_by_and_max_are_numeric(conn):
     assert one(conn, "SELECT u256_text(max(v)) FROM amounts") == str(MAX)
 
 
+# -------------------------------------------------------------------------------- PostgreSQL
+
+
+@pytest.fixture(scope="module")
+def pg(pg_server):
+    """An engine connection on a fresh PostgreSQL database (the functions come from sidecar/backends/pg_uint256.py)."""
+    from monmouth.backends.postgres import PgDatabase
+    from tests.pg import PASSWORD
+
+    c = PgDatabase(pg_server.database(), password=PASSWORD).connect()
+    yield c
+    c.close()
+
+
+@pytest.mark.parametrize("n", EDGES)
+def test_postgres_u256_agrees_with_sqlite(pg, conn, n):
+    blob = to_u256(n)
+    for arg in (str(n), hex(n), blob, n.to_bytes(max(1, (n.bit_length() + 7) // 8), "big"), n):
+        assert bytes(one(pg, "SELECT u256(?)", arg)) == blob, arg
+        if not isinstance(arg, int) or n < 2**63:  # apsw binds no int of 2^63 or more; psycopg does (numeric)
+            assert one(conn, "SELECT u256(?)", arg) == blob, arg
+    assert one(pg, "SELECT u256_text(?)", blob) == str(n) and one(pg, "SELECT u256_hex(?)", blob) == hex(n)
+
+
+@settings(max_examples=50, deadline=None)
+@given(a=st.integers(0, MAX), b=st.integers(0, MAX))
+def test_postgres_arithmetic_and_bytea_order_match_python(pg, a, b):
+    ba, bb = to_u256(a), to_u256(b)
+    assert one(pg, "SELECT ? < ?", ba, bb) is (a < b)
+    if a + b <= MAX:
+        assert from_u256(bytes(one(pg, "SELECT u256_add(?, ?)", ba, bb))) == a + b
+    lo, hi = sorted((a, b))
+    assert from_u256(bytes(one(pg, "SELECT u256_sub(?, ?)", to_u256(hi), to_u256(lo)))) == hi - lo
+
+
+@pytest.mark.parametrize(("sql", "args", "message"), [
+    ("SELECT u256_add(?, ?)", (to_u256(MAX), to_u256(1)), r"u256_add: overflow, \d+ \+ 1 is 2\^256 or more"),
+    ("SELECT u256_sub(?, ?)", (to_u256(2**64), to_u256(2**64 + 1)), rf"u256_sub: underflow, {2**64} - {2**64 + 1} "),
+    ("SELECT u256(?)", (-1,), "u256: -1 is out of the uint256 range"),
+    ("SELECT u256(?)", ("12abc",), "u256: '12abc' is not a decimal or 0x-hex uint256"),
+    ("SELECT u256_text(?)", (b"\x01" * 33,), "u256: a blob of 33 bytes is wider than 32"),
+])
+def test_postgres_bad_values_are_refused_naming_function_and_value(pg, sql, args, message):
+    import psycopg
+
+    with pytest.raises(psycopg.DataError, match=message):
+        one(pg, sql, *args)
+
+
 # -------------------------------------------------------------------------------- through the engine
 
 

@@ -12,7 +12,7 @@ startup/shutdown of the deliverer, waking it after each commit). Each subclass i
   inside the engine's transaction; it reads the memory plugin's global root of the block on the same
   connection (the chain hooks run ``trylast``, after the memory plugin's);
 * ``checkpoint`` — :class:`CheckpointTrigger` in the deliverer's thread: each new manifest of the memory
-  plugin's checkpoints (``monmouth_memory.checkpoint.list_checkpoints``) whose block is still canonical becomes
+  plugin's checkpoints (:meth:`monmouth.interfaces.AgentMemory.checkpoints`) whose block is still canonical becomes
   a job for that block (so reverting the block cancels it, as for ``blocks``).
 """
 
@@ -28,6 +28,8 @@ import httpx
 
 from monmouth import hookimpl
 from monmouth.chain import hx
+from monmouth.engine import canonical_hash
+from monmouth.interfaces import AgentMemory, AgentMemorySource, provider
 
 from .config import IntegrationConfig, OutboxConfig, TriggerConfig
 from .metrics import IntegrationMetrics, metrics_for
@@ -35,16 +37,23 @@ from .outbox import Job, Outbox, migration, trimmed
 from .resilience import BREAKER_STATES, make_breaker, outbox_backoff
 from .worker import Deliverer, Handler
 
+try:
+    import psycopg.errors
+
+    #: What PostgreSQL raises when the memory plugin's function or table is not there.
+    _PG_MISSING: tuple[type[Exception], ...] = (psycopg.errors.UndefinedFunction, psycopg.errors.UndefinedTable)
+
+except ImportError:  # pragma: no cover - psycopg is only needed for storage.url = "postgresql://..."
+    _PG_MISSING = ()
+
 log = logging.getLogger(__name__)
 
 
-def memory_runtime(host: Any) -> Any:
-    """The memory plugin's running ``Memory`` (via ``host.get("memory")``), or ``None`` if it is not enabled."""
-    plugin = host.get("memory") if host is not None else None
-    if plugin is None:
-        return None
-    mem = getattr(plugin, "memory", None)
-    return mem() if callable(mem) else mem
+def agent_memory(host: Any) -> AgentMemory | None:
+    """The agents' memory a started plugin of ``host`` offers (:class:`monmouth.interfaces.AgentMemorySource`, the
+    memory plugin's), or ``None`` when none is enabled and started."""
+    source = provider(host, AgentMemorySource)
+    return source.get_agent_memory() if source is not None else None
 
 
 #: Payload flag of a ``trigger = "blocks"`` job: its global root is read when the request is prepared, not in the
@@ -73,7 +82,7 @@ def global_root(conn: apsw.Connection, number: int, block_hash: bytes | None = N
         conn.execute("SELECT memory_settle()").fetchall()
         row = conn.execute("SELECT root, agents FROM memory_global_roots WHERE block_number = ? AND "
                            "(? IS NULL OR block_hash = ?)", (number, block_hash, block_hash)).fetchone()
-    except apsw.SQLError:
+    except (apsw.SQLError, *_PG_MISSING):  # type: ignore[misc]  # a tuple of exception classes
         return None, None
     return (hx(row[0]), row[1]) if row else (None, None)
 
@@ -113,8 +122,10 @@ class Runtime:
         self.metrics.breaker_state.set(BREAKER_STATES.get(new, 0))
 
     @property
-    def memory(self) -> Any:
-        return memory_runtime(self.host)
+    def memory(self) -> AgentMemory | None:
+        """The agents' memory (:func:`agent_memory`), looked up at each use: plugins are enabled and disabled while
+        the sidecar runs."""
+        return agent_memory(self.host)
 
     def close(self) -> None:
         if self.deliverer is not None:
@@ -143,9 +154,7 @@ class CheckpointTrigger:
         mem = self.rt.memory
         if mem is None:
             return
-        from monmouth_memory.checkpoint import list_checkpoints
-
-        for m in list_checkpoints(mem.checkpoint_dir):
+        for m in mem.checkpoints():
             name = m.get("name")
             number = (m.get("block") or {}).get("number")
             bhash = (m.get("block") or {}).get("hash")
@@ -167,8 +176,7 @@ class CheckpointTrigger:
         if payload["global_root"] is None:  # read first: settling takes the write lock
             payload["global_root"], payload["agents"] = global_root(self.rt.db.reader(), number, raw)
         with self.rt.db.write() as conn:
-            row = conn.execute("SELECT hash FROM monmouth_blocks WHERE number = ?", (number,)).fetchone()
-            if row is None or row[0] != raw:
+            if canonical_hash(conn, number) != raw:
                 log.info("%s: checkpoint %s is at a block no longer canonical; skipped", self.plugin.name,
                          manifest.get("name"))
                 return False
@@ -194,6 +202,9 @@ class IntegrationPlugin:
     uses_outbox: ClassVar[bool] = True
     #: SQL creating its own tables (appended to the outbox tables in migration 1).
     SCHEMA: ClassVar[str] = ""
+    #: The same tables for PostgreSQL; ``None`` (with a ``SCHEMA``): the integration runs on SQLite only, and
+    #: enabling it on PostgreSQL is refused naming it (``monmouth_backends``).
+    PG_SCHEMA: ClassVar[str | None] = None
     #: Its own trimmed tables.
     TRIMMED: ClassVar[dict[str, str | None]] = {}
 
@@ -245,8 +256,14 @@ class IntegrationPlugin:
         return self.Config
 
     @hookimpl
-    def monmouth_migrations(self) -> Sequence[str]:
-        return [(migration(self.name) if self.uses_outbox else "") + self.SCHEMA]
+    def monmouth_migrations(self, backend: str = "sqlite") -> Sequence[str]:
+        schema = self.PG_SCHEMA if backend == "postgres" else self.SCHEMA
+        return [(migration(self.name, backend) if self.uses_outbox else "") + (schema or "")]
+
+    @hookimpl
+    def monmouth_backends(self) -> Sequence[str]:
+        """Both when the integration's own tables have a PostgreSQL schema (or it has none), else SQLite only."""
+        return ("sqlite", "postgres") if self.PG_SCHEMA is not None or not self.SCHEMA else ("sqlite",)
 
     @hookimpl
     def monmouth_trimmed_tables(self) -> Mapping[str, str | None]:

@@ -14,10 +14,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from monmouth.errors import MonmouthError
+
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-class MissingSecretError(RuntimeError):
+class MissingSecretError(MonmouthError, RuntimeError):
     """The environment variable a config names for a secret is unset or empty."""
 
 

@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+from monmouth.errors import MonmouthError
 
-class IntegrationError(Exception):
+
+class IntegrationError(MonmouthError):
     """Base class of integration errors."""
 
 
@@ -21,15 +23,17 @@ class TransientError(IntegrationError):
 
     Args:
         message: what failed, naming the service and the request.
-        status: the HTTP status, if any.
+        upstream_status: the HTTP status the service answered with, if any.
         sent: whether the request may have reached the service (``True`` for read timeouts and 5xx answers,
             ``False`` for connection errors and 429/503). Non-idempotent calls (Composio) retry only when
             ``sent`` is ``False``.
     """
 
-    def __init__(self, message: str, *, status: int | None = None, sent: bool = True) -> None:
+    retryable = True
+
+    def __init__(self, message: str, *, upstream_status: int | None = None, sent: bool = True) -> None:
         super().__init__(message)
-        self.status = status
+        self.upstream_status = upstream_status
         self.sent = sent
 
 
@@ -50,16 +54,18 @@ class PermanentError(IntegrationError):
 
     Args:
         message: what failed.
-        status: the HTTP status, if any.
+        upstream_status: the HTTP status the service answered with, if any.
     """
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(self, message: str, *, upstream_status: int | None = None) -> None:
         super().__init__(message)
-        self.status = status
+        self.upstream_status = upstream_status
 
 
 class NotReady(IntegrationError):
     """The job cannot be prepared yet; retry after ``delay`` seconds without counting an attempt."""
+
+    retryable = True
 
     def __init__(self, message: str, delay: float = 1.0) -> None:
         super().__init__(message)

@@ -49,13 +49,14 @@ def request(client: httpx.Client, method: str, url: str, *, what: str, **kw: Any
         raise TransientError(f"{what}: {type(e).__name__}: {e}", sent=True) from e
     code = r.status_code
     if code in (429, 503):
-        raise TransientError(f"{what}: HTTP {code}: {snippet(r.content)}", status=code, sent=False)
+        raise TransientError(f"{what}: HTTP {code}: {snippet(r.content)}", upstream_status=code, sent=False)
     if code in (408, 425) or code >= 500:
-        raise TransientError(f"{what}: HTTP {code}: {snippet(r.content)}", status=code, sent=True)
+        raise TransientError(f"{what}: HTTP {code}: {snippet(r.content)}", upstream_status=code, sent=True)
     if code >= 400:
-        raise PermanentError(f"{what}: HTTP {code}: {snippet(r.content)}", status=code)
+        raise PermanentError(f"{what}: HTTP {code}: {snippet(r.content)}", upstream_status=code)
     if code >= 300:
-        raise PermanentError(f"{what}: unexpected HTTP {code} redirect to {r.headers.get('location')}", status=code)
+        raise PermanentError(f"{what}: unexpected HTTP {code} redirect to {r.headers.get('location')}",
+                             upstream_status=code)
     return r
 
 

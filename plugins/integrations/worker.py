@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import apsw
 
 from monmouth.backoff import Backoff
+from monmouth.errors import MonmouthError
 from monmouth.worker import BackgroundWorker
 
 from .errors import NotReady, PermanentError, StaleRequest, TransientError
@@ -233,5 +234,5 @@ class Deliverer(BackgroundWorker):
         self.delivered += 1
 
 
-class _Gone(Exception):
+class _Gone(MonmouthError):
     """The job disappeared (its block was reverted) before it was sent."""

@@ -126,7 +126,8 @@ class Agents:
         with self.write() as conn:
             conn.execute(
                 "INSERT INTO memory_agents (address, label, source, created_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (address) DO UPDATE SET forgotten_at = NULL, label = coalesce(excluded.label, label)",
+                "ON CONFLICT (address) DO UPDATE SET forgotten_at = NULL, "
+                "label = coalesce(excluded.label, memory_agents.label)",
                 (agent, label, source, time.time()))
         if self.config.key_source == "file":
             self.tombstones.remove(agent)

@@ -33,6 +33,8 @@ from typing import Any
 import apsw
 
 from monmouth.engine import read_cursor
+from monmouth.errors import MonmouthError
+from monmouth.store import schema_versions
 
 from . import lattice  # noqa: F401  (registers memory_global_root, read below through memory_global_roots)
 
@@ -41,7 +43,7 @@ log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 
-class CheckpointError(Exception):
+class CheckpointError(MonmouthError):
     """A checkpoint cannot be created, found, verified or restored."""
 
 
@@ -59,7 +61,7 @@ def _versions(conn: apsw.Connection) -> dict[str, Any]:
         out["monmouth"] = {"package": importlib.metadata.version("monmouth")}
     except importlib.metadata.PackageNotFoundError:
         out["monmouth"] = {"package": None}
-    for plugin, version in conn.execute("SELECT plugin, version FROM monmouth_migrations"):
+    for plugin, version in schema_versions(conn).items():
         out[plugin] = {"schema": version}
     with contextlib.suppress(Exception):
         from . import __version__ as mv

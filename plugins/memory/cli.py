@@ -84,7 +84,22 @@ def _settings(config_path: Path | None) -> tuple[Any, Any]:
 
 def _ckpt_dir(settings: Any, cfg: Any) -> Path:
     p = Path(cfg.checkpoint_dir).expanduser()
-    return p if p.is_absolute() else Path(settings.storage.path).resolve().parent / p
+    base = Path.cwd() if settings.storage.is_postgres else Path(settings.storage.sqlite_path).resolve().parent
+    return p if p.is_absolute() else base / p
+
+
+def _sqlite_file(settings: Any) -> str:
+    """The SQLite file a checkpoint copies or replaces.
+
+    Raises:
+        click.ClickException: the storage is PostgreSQL (naming ``storage.url`` and what to use instead).
+    """
+    if settings.storage.is_postgres:
+        raise click.ClickException(
+            "storage.url: checkpoints are copies of the SQLite file and do not exist on PostgreSQL; back the "
+            "database up with the server's tools (pg_dump, base backups), or move an agent's memory with "
+            "`monmouth memory export` / `monmouth memory import`")
+    return str(settings.storage.sqlite_path)
 
 
 def register(cli: click.Group) -> None:
@@ -295,7 +310,7 @@ def register(cli: click.Group) -> None:
 
         settings, cfg = _settings(config_path)
         try:
-            _echo(ck.create(settings.storage.path, _ckpt_dir(settings, cfg), name=name,
+            _echo(ck.create(_sqlite_file(settings), _ckpt_dir(settings, cfg), name=name,
                             config_hash=settings.digest()))
         except ck.CheckpointError as e:
             raise click.ClickException(str(e)) from e
@@ -320,10 +335,11 @@ def register(cli: click.Group) -> None:
         from . import checkpoint as ck
 
         settings, cfg = _settings(config_path)
+        path = _sqlite_file(settings)
         if not yes:
-            click.confirm(f"Replace {settings.storage.path} with checkpoint {name}?", abort=True)
+            click.confirm(f"Replace {path} with checkpoint {name}?", abort=True)
         try:
-            _echo(ck.restore(settings.storage.path, _ckpt_dir(settings, cfg), name))
+            _echo(ck.restore(path, _ckpt_dir(settings, cfg), name))
         except ck.CheckpointError as e:
             raise click.ClickException(str(e)) from e
 

@@ -33,9 +33,10 @@ from typing import Any
 import apsw
 
 from monmouth.chain import hx
+from monmouth.errors import ConfigError
 from monmouth.interfaces import Embedder, EmbedderSource, TransactionRenderer, provider
 
-from . import lattice, txn
+from . import dialect, lattice, txn
 from .agents import Agents, Counters, Tombstones
 from .checkpoint import AutoCheckpoints
 from .config import MemoryConfig
@@ -67,9 +68,15 @@ class Memory:
 
     Args:
         config: the validated ``[plugins.memory]`` section.
-        db: the sidecar database (``monmouth.store.Database``).
+        db: the sidecar database (``monmouth.store.Database``, or ``PgDatabase`` on PostgreSQL).
         host: the plugin host (to find what other plugins offer, :mod:`monmouth.interfaces`), or ``None``.
         settings: the whole settings (config hash in checkpoint manifests), or ``None``.
+
+    Relative ``key_dir`` and ``checkpoint_dir`` are resolved against the SQLite file's directory, or on PostgreSQL
+    against the config file's directory (``settings.origin``; the working directory when there is no file).
+
+    Raises:
+        monmouth.errors.ConfigError: ``checkpoint_every`` set on PostgreSQL (checkpoints are copies of the SQLite file).
     """
 
     def __init__(self, config: MemoryConfig, db: Any, host: Any = None, settings: Any = None) -> None:
@@ -77,18 +84,26 @@ class Memory:
         self.db = db
         self.host = host
         self.settings = settings
-        base = Path(db.path).resolve().parent
+        path = getattr(db, "path", None)
+        origin = Path(getattr(settings, "origin", "") or "")
+        base = (Path(path).resolve().parent if path is not None else
+                origin.resolve().parent if origin.is_file() else Path.cwd())
+        if path is None and config.checkpoint_every:
+            raise ConfigError(
+                "plugins.memory.checkpoint_every: automatic checkpoints copy the SQLite file and do not exist on "
+                "PostgreSQL; back the database up with the server's tools (pg_dump, base backups) or use "
+                "`monmouth memory export`, and set checkpoint_every = 0")
         self.key_dir = _resolve(base, config.key_dir)
         self.checkpoint_dir = _resolve(base, config.checkpoint_dir)
         self.keys = KeyStore(config.key_source, self.key_dir, config.key_env_prefix)
         self.counters = Counters()
-        self.lattice = lattice.Lattice(str(Path(db.path).resolve()))
+        self.lattice = lattice.Lattice(dialect.of(db).key(db.reader()))
         self.lattice.settler = self.ensure_settled
         self.lattice.register()
         self.vectors = VectorCache(64)
         self.tombstones = Tombstones(self.key_dir)
         self.checkpoints = AutoCheckpoints(
-            db.path, self.checkpoint_dir, config.checkpoint_every, config.checkpoint_keep,
+            path or "", self.checkpoint_dir, config.checkpoint_every, config.checkpoint_keep,
             lambda: settings.digest() if settings is not None else None)
         write = self._write
         self.directory = Agents(config, db, self.keys, self.lattice, self.tombstones, write, self.ensure_settled)

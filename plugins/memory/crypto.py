@@ -30,6 +30,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from monmouth.errors import MonmouthError
+
 NONCE_BYTES = 12
 KEY_BYTES = 32
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -40,7 +42,7 @@ def aad(agent: bytes, item_id: bytes, version: int) -> bytes:
     return agent + item_id + version.to_bytes(4, "big")
 
 
-class MissingKeyError(Exception):
+class MissingKeyError(MonmouthError):
     """An agent's key is missing or unreadable."""
 
 

@@ -1,43 +1,42 @@
-"""Errors of the memory plugin; each names the request field at fault and carries an HTTP status."""
+"""Errors of the memory plugin. A refused request names the field at fault; its kind (invalid, not found,
+conflict, gone, too large) is its class, which :mod:`monmouth.problems` maps to an HTTP status."""
 
 from __future__ import annotations
 
-
-class MemoryRequestError(Exception):
-    """A refused request: ``status`` (HTTP), ``field`` (the offending field or path parameter) and a message."""
-
-    status = 400
-
-    def __init__(self, field: str, message: str, status: int | None = None) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-        if status is not None:
-            self.status = status
-
-    def to_json(self) -> dict[str, str]:
-        return {"field": self.field, "error": self.message}
+from monmouth import errors as core
 
 
-class UnknownAgentError(MemoryRequestError):
-    status = 404
+class MemoryRequestError(core.RequestError):
+    """A refused request: ``field`` (the offending field or path parameter) and ``message``. This class itself is a
+    malformed request (HTTP 400); the subclasses below are the other kinds."""
 
 
-class NotFoundError(MemoryRequestError):
-    status = 404
+class InvalidRequestError(MemoryRequestError, core.InvalidRequestError):
+    """A field's value is refused (out of range, empty, a mode that is not available)."""
 
 
-class ConflictError(MemoryRequestError):
-    status = 409
+class TooLargeError(MemoryRequestError, core.TooLargeError):
+    """A field is larger than the configured limit."""
 
 
-class GoneError(MemoryRequestError):
-    """The block is older than the retention window (its roots were pruned)."""
-
-    status = 410
+class UnknownAgentError(MemoryRequestError, core.NotFoundError):
+    """The address is not a registered agent."""
 
 
-class ArchiveError(Exception):
+class NotFoundError(MemoryRequestError, core.NotFoundError):
+    """No such item, block or roots."""
+
+
+class ConflictError(MemoryRequestError, core.ConflictError):
+    """The item already exists, or it is chain-derived and changes only with the chain."""
+
+
+class GoneError(MemoryRequestError, core.GoneError):
+    """The block is older than the retention window (its roots were pruned), the item expired or the agent was
+    forgotten."""
+
+
+class ArchiveError(core.MonmouthError):
     """An export archive failed verification; ``item`` names the first bad item (or ``None``)."""
 
     def __init__(self, message: str, item: str | None = None) -> None:

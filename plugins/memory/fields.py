@@ -1,6 +1,7 @@
 """Parsing and validation of the memory API's request fields (addresses, item ids, text, item fields).
 
-Every error is a :class:`~.errors.MemoryRequestError` naming the field, with the HTTP status the API answers.
+Every error is a :class:`~.errors.MemoryRequestError` naming the field, of a kind (its class) that
+:mod:`monmouth.problems` maps to the HTTP status the API answers.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from monmouth.chain import AddressError
 from monmouth.limits import check_json_value, check_text
 
 from .config import MemoryConfig
-from .errors import MemoryRequestError
+from .errors import InvalidRequestError, MemoryRequestError, TooLargeError
 from .merkle import canonical_json
 from .schema import KINDS
 
@@ -46,7 +47,7 @@ def utf8(value: str, field: str) -> bytes:
         try:
             check_text(value, "")
         except ValueError as e:
-            raise MemoryRequestError(field, str(e), 422) from None
+            raise InvalidRequestError(field, str(e)) from None
         raise
 
 
@@ -78,34 +79,32 @@ def validate_item_fields(c: MemoryConfig, kind: str | None, content: bytes | Non
             that is not working memory, or both TTLs at once (422).
     """
     if kind is not None and kind not in KINDS:
-        raise MemoryRequestError("kind", f"must be one of {', '.join(KINDS)} (got {kind!r})", 422)
+        raise InvalidRequestError("kind", f"must be one of {', '.join(KINDS)} (got {kind!r})")
     if content is not None and len(content) > c.max_content_bytes:
-        raise MemoryRequestError("content", f"{len(content)} bytes exceeds the limit of {c.max_content_bytes}",
-                                 413)
+        raise TooLargeError("content", f"{len(content)} bytes exceeds the limit of {c.max_content_bytes}")
     if key is not None and len(key) > MAX_KEY_LEN:
-        raise MemoryRequestError("key", f"longer than {MAX_KEY_LEN} characters", 422)
+        raise InvalidRequestError("key", f"longer than {MAX_KEY_LEN} characters")
     if tags is not None:
         if not isinstance(tags, list | tuple) or not all(isinstance(t, str) for t in tags):
-            raise MemoryRequestError("tags", "must be a list of strings", 422)
+            raise InvalidRequestError("tags", "must be a list of strings")
         if len(tags) > MAX_TAGS or any(len(t) > MAX_TAG_LEN or not t for t in tags):
-            raise MemoryRequestError("tags", f"at most {MAX_TAGS} non-empty tags of up to {MAX_TAG_LEN} characters",
-                                     422)
+            raise InvalidRequestError("tags", f"at most {MAX_TAGS} non-empty tags of up to {MAX_TAG_LEN} characters")
     if metadata is not None and not isinstance(metadata, dict):
-        raise MemoryRequestError("metadata", "must be a JSON object", 422)
+        raise InvalidRequestError("metadata", "must be a JSON object")
     try:  # valid Unicode, finite numbers, bounded nesting: what every reader of the item can encode again
         check_json_value({"key": key, "tags": list(tags or ()), "metadata": metadata}, "")
     except ValueError as e:
         field, _, msg = str(e).partition(": ")
-        raise MemoryRequestError(field, msg, 422) from None
+        raise InvalidRequestError(field, msg) from None
     if metadata is not None and len(canonical_json(metadata).encode()) > c.max_content_bytes:
-        raise MemoryRequestError("metadata", f"larger than {c.max_content_bytes} bytes", 413)
+        raise TooLargeError("metadata", f"larger than {c.max_content_bytes} bytes")
     for name, v, mx in (("ttl_seconds", ttl_seconds, c.max_ttl_seconds), ("ttl_blocks", ttl_blocks,
                                                                           c.max_ttl_blocks)):
         if v is None:
             continue
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0 or v > mx:
-            raise MemoryRequestError(name, f"must be an integer between 1 and {mx} (got {v!r})", 422)
+            raise InvalidRequestError(name, f"must be an integer between 1 and {mx} (got {v!r})")
         if kind is not None and kind != "working":
-            raise MemoryRequestError(name, "only working memory expires", 422)
+            raise InvalidRequestError(name, "only working memory expires")
     if ttl_seconds and ttl_blocks:
-        raise MemoryRequestError("ttl_blocks", "give ttl_seconds or ttl_blocks, not both", 422)
+        raise InvalidRequestError("ttl_blocks", "give ttl_seconds or ttl_blocks, not both")

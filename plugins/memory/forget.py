@@ -19,7 +19,7 @@ import apsw
 from monmouth.chain import hx
 from monmouth.journal import redact
 
-from . import checkpoint
+from . import checkpoint, dialect
 from .agents import Tombstones
 from .crypto import KeyStore
 from .errors import UnknownAgentError
@@ -66,9 +66,10 @@ class Forget:
 
     def forget(self, agent: bytes) -> dict[str, Any]:
         """Forget an agent for good: destroy its key, delete its items, tags, FTS entries, vectors, op log, leaves
-        and roots, and drop its changes from the engine's undo changesets; with ``secure_delete`` on, and the WAL
-        checkpointed and truncated afterwards; then erase its label from every checkpoint taken before
-        (:func:`.checkpoint.scrub_agent`).
+        and roots, and drop its changes from the engine's undo data (:func:`monmouth.journal.redact`: SQLite's
+        changesets, PostgreSQL's row images); then remove the deleted rows' copies (SQLite: ``secure_delete`` on, the
+        WAL checkpointed and truncated; PostgreSQL: the purged tables vacuumed, :meth:`.dialect.Postgres.after_purge`)
+        and erase its label from every checkpoint taken before (:func:`.checkpoint.scrub_agent`).
 
         Raises:
             UnknownAgentError: never registered (404).
@@ -99,12 +100,12 @@ class Forget:
         stats: dict[str, Any] = {}
         with self.write() as conn:
             self.settle_in(conn)  # no pending block may still name the agent or need its key
+            sql = dialect.of(conn)
             ns = [r[0] for r in conn.execute("SELECT n FROM memory_items WHERE agent = ?", (agent,))]
             for i in range(0, len(ns), 500):
                 chunk = ns[i:i + 500]
-                ph = ",".join("?" * len(chunk))
-                conn.execute(f"DELETE FROM memory_fts WHERE rowid IN ({ph})", chunk)
-                conn.execute(f"DELETE FROM memory_embed_queue WHERE n IN ({ph})", chunk)
+                sql.fts_remove(conn, chunk)
+                conn.execute(f"DELETE FROM memory_embed_queue WHERE n IN ({','.join('?' * len(chunk))})", chunk)
             stats["items"] = len(ns)
             conn.execute("DELETE FROM memory_vectors WHERE agent = ?", (agent,))
             stats["roots_kept"] = self.lattice.preserve_forgotten(conn, agent)
@@ -115,9 +116,7 @@ class Forget:
             conn.execute("UPDATE memory_agents SET forgotten_at = ?, label = NULL WHERE address = ?",
                          (time.time(), agent))
             conn.execute("UPDATE memory_state SET forgot_stamp = stamp WHERE id = 1")
-        conn = self.db.reader()
-        conn.execute("INSERT INTO memory_fts (memory_fts) VALUES ('optimize')")
-        conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+        dialect.of(self.db).after_purge(self.db)
         self.vectors.drop(agent)
         self.lattice.invalidate()
         return stats

@@ -18,9 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from monmouth.auth import is_loopback
 from monmouth.limits import JsonObject, Text
+from monmouth.problems import status_of
 
 from .core import Memory
-from .errors import MemoryRequestError
+from .errors import InvalidRequestError, MemoryRequestError
 from .fields import parse_address, parse_id
 
 #: Largest integer SQLite stores (64-bit signed): bounds block numbers, offsets and limits here so that a
@@ -73,12 +74,12 @@ class RecallIn(_Body):
 
 def _content(body: ItemIn | ItemPatch) -> str | bytes | None:
     if body.content is not None and body.content_b64 is not None:
-        raise MemoryRequestError("content_b64", "give content or content_b64, not both", 422)
+        raise InvalidRequestError("content_b64", "give content or content_b64, not both")
     if body.content_b64 is not None:
         try:
             return base64.b64decode(body.content_b64, validate=True)
         except (binascii.Error, ValueError):
-            raise MemoryRequestError("content_b64", "is not valid base64", 422) from None
+            raise InvalidRequestError("content_b64", "is not valid base64") from None
     return body.content
 
 
@@ -106,7 +107,7 @@ def make_router(get_memory: Callable[[], Memory | None]) -> APIRouter:
         try:
             out = fn()
         except MemoryRequestError as e:
-            return JSONResponse({"detail": e.to_json()}, status_code=e.status)
+            return JSONResponse({"detail": e.to_json()}, status_code=status_of(e))
         return JSONResponse(out, status_code=status)
 
     # -- agents
@@ -132,7 +133,7 @@ def make_router(get_memory: Callable[[], Memory | None]) -> APIRouter:
         def run() -> Any:
             content = _content(body)
             if content is None:
-                raise MemoryRequestError("content", "is required (or content_b64)", 422)
+                raise InvalidRequestError("content", "is required (or content_b64)")
             return m.store(parse_address(agent), body.kind, content, key=body.key, tags=body.tags,
                            metadata=body.metadata, ttl_seconds=body.ttl_seconds, ttl_blocks=body.ttl_blocks)
         return call(run, 201)

@@ -37,7 +37,7 @@ from monmouth.chain import hx
 from monmouth.interfaces import TransactionRenderer
 from monmouth.types import Block, Log, Receipt, Transaction
 
-from . import merkle
+from . import dialect, merkle
 from .agents import Agents, Counters
 from .config import MemoryConfig
 from .crypto import KeyStore, MissingKeyError, aad
@@ -45,7 +45,17 @@ from .items import index_item, seal
 from .lattice import Lattice
 from .merkle import canonical_json, keccak
 from .registrations import Registrations
-from .schema import END_DELETED, END_EXPIRED, END_SUPERSEDED, EPISODE_SHIFT, KINDS, OP_PUT, all_rows, scalar
+from .schema import (
+    END_DELETED,
+    END_EXPIRED,
+    END_SUPERSEDED,
+    EPISODE_SHIFT,
+    KINDS,
+    OP_PUT,
+    REVERT_TRIMMED,
+    all_rows,
+    scalar,
+)
 from .vectors import VectorCache
 
 log = logging.getLogger(__name__)
@@ -209,18 +219,13 @@ def _anchor(conn: apsw.Connection, block: _Pending, touched: dict[bytes, int]) -
 
 
 def _expire(conn: apsw.Connection, block: _Pending, touched: dict[bytes, int]) -> None:
-    gone = all_rows(
-        conn,
-        "SELECT agent, item_id, from_block FROM memory_leaves INDEXED BY memory_leaves_eb WHERE to_block IS NULL "
-        "AND expires_block IS NOT NULL AND expires_block <= ?", (block.number,))
-    gone += all_rows(
-        conn,
-        "SELECT agent, item_id, from_block FROM memory_leaves INDEXED BY memory_leaves_et WHERE to_block IS NULL "
-        "AND expires_ts IS NOT NULL AND expires_ts <= ?", (block.timestamp,))
+    sql = dialect.of(conn)
+    gone = all_rows(conn, sql.EXPIRE_BLOCK, (block.number,)) + all_rows(conn, sql.EXPIRE_TS, (block.timestamp,))
     for agent, item_id, fb in dict.fromkeys(gone):
-        conn.execute("UPDATE memory_leaves SET to_block = ?, end_reason = ? WHERE agent = ? AND item_id = ? "
-                     "AND from_block = ? AND to_block IS NULL", (block.number, END_EXPIRED, agent, item_id, fb))
-        touched[agent] = touched.get(agent, 0) - conn.changes()
+        closed = all_rows(conn, "UPDATE memory_leaves SET to_block = ?, end_reason = ? WHERE agent = ? AND "
+                                "item_id = ? AND from_block = ? AND to_block IS NULL RETURNING 1",
+                          (block.number, END_EXPIRED, agent, item_id, fb))
+        touched[agent] = touched.get(agent, 0) - len(closed)
 
 
 def _prune(conn: apsw.Connection, horizon: int) -> None:
@@ -289,7 +294,7 @@ class ChainIngest:
         stamp, and, when its transactions touch registered agents, those agents and those transactions). Nothing is
         hashed or encrypted here: :func:`settle` derives the leaves, marks, chain items and block row from that row
         afterwards. Writes only through ``conn``."""
-        conn.pragma("secure_delete", 1)  # this connection's deletes (reverts) zero the freed pages
+        dialect.of(conn).chain_write(conn)  # SQLite: deletes (reverts) zero the freed pages; PostgreSQL: the lock
         self.last_applied = time.monotonic()
         stamp = scalar(conn, "UPDATE memory_state SET stamp = stamp + 1 WHERE id = 1 RETURNING stamp")
         self.registrations.apply(conn, block)  # first: the agent's own transactions in this block become episodes
@@ -300,8 +305,10 @@ class ChainIngest:
         if seq1 > seq0:
             conn.execute("UPDATE memory_sync SET ops_seq = ? WHERE id = 1", (seq1,))
         conn.execute(
-            "INSERT OR REPLACE INTO memory_pending (block_number, block_hash, ts, ops_from, ops_to, stamp, agents, "
-            "block) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO memory_pending (block_number, block_hash, ts, ops_from, ops_to, stamp, agents, block) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (block_number) DO UPDATE SET "
+            "block_hash = excluded.block_hash, ts = excluded.ts, ops_from = excluded.ops_from, "
+            "ops_to = excluded.ops_to, stamp = excluded.stamp, agents = excluded.agents, block = excluded.block",
             (block.number, block.hash, block.timestamp, seq0, max(seq0, seq1), stamp,
              b"".join(sorted(agents)) if agents else None, _record(block, positions) if agents else None))
 
@@ -348,7 +355,7 @@ class ChainIngest:
                               "memory_pending WHERE block_number <= ? ORDER BY block_number LIMIT ?", (top, limit))
         if not rows:
             return 0
-        conn.pragma("secure_delete", 1)
+        dialect.of(conn).chain_write(conn)
         self.lattice.flush(conn)
         t0 = time.monotonic()
         done = 0
@@ -386,13 +393,18 @@ class ChainIngest:
             count = b0 + touched[agent]
             agents_n += (count > 0) - (b0 > 0)
             marks.append((agent, number, count, stamp))
-        conn.executemany("INSERT OR REPLACE INTO memory_marks (agent, block_number, count, stamp) VALUES (?, ?, ?, ?)",
-                         marks)
+        conn.executemany("INSERT INTO memory_marks (agent, block_number, count, stamp) VALUES (?, ?, ?, ?) "
+                         "ON CONFLICT (agent, block_number) DO UPDATE SET count = excluded.count, "
+                         "stamp = excluded.stamp", marks)
         if prev is None or prev[1] <= forgot:  # the previous block counted an agent forgotten since
-            agents_n = scalar(conn, "SELECT count(*) FROM (SELECT agent, max(block_number), count FROM memory_marks "
-                                    "GROUP BY agent) WHERE count > 0")
-        conn.execute("INSERT OR REPLACE INTO memory_blocks (block_number, block_hash, agents, ops_seq, stamp) "
-                     "VALUES (?, ?, ?, ?, ?)", (number, p.hash, agents_n, p.ops_to, stamp))
+            agents_n = scalar(conn, "SELECT count(*) FROM memory_marks m JOIN (SELECT agent, max(block_number) AS b "
+                                    "FROM memory_marks GROUP BY agent) x ON x.agent = m.agent AND "
+                                    "x.b = m.block_number WHERE m.count > 0")
+        conn.execute("INSERT INTO memory_blocks (block_number, block_hash, agents, ops_seq, stamp) "
+                     "VALUES (?, ?, ?, ?, ?) ON CONFLICT (block_number) DO UPDATE SET "
+                     "block_hash = excluded.block_hash, agents = excluded.agents, ops_seq = excluded.ops_seq, "
+                     "stamp = excluded.stamp",
+                     (number, p.hash, agents_n, p.ops_to, stamp))
         if number % self.config.prune_every == 0:
             _prune(conn, number - self.config.retention_blocks)
 
@@ -469,20 +481,24 @@ class ChainIngest:
             "NULL, NULL, NULL)", leaves)
 
     def revert_block(self, conn: apsw.Connection, block: Any) -> None:
-        """The ``monmouth_block_reverted`` work. The journal already restored ``memory_sync`` and the registry, and the
-        engine trimmed ``memory_pending``, ``memory_marks``, ``memory_blocks`` and the root caches at and above the
-        block. Blocks are reverted newest first, so what remains of the block is what :func:`settle` derived from it,
+        """The ``monmouth_block_reverted`` work. The journal already restored ``memory_sync`` and the registry. First
+        (after :meth:`.dialect.Postgres.chain_write` took the plugin's write lock on PostgreSQL) the rows of
+        :data:`.schema.REVERT_TRIMMED` at and above the block go. Blocks are reverted newest first, so what remains
+        of the block is what :func:`settle` derived from it,
         if it was settled: delete the leaves it added, reopen the leaves it closed, delete its chain-derived items and
         their indexes (tags, FTS5 entries, vectors, embedding queue), and lower the indexing watermark below it."""
-        conn.pragma("secure_delete", 1)
+        sql = dialect.of(conn)
+        sql.chain_write(conn)
+        for table in REVERT_TRIMMED:
+            conn.execute(f"DELETE FROM {table} WHERE block_number >= ?", (block.number,))
         conn.execute("DELETE FROM memory_leaves WHERE from_block >= ?", (block.number,))
         conn.execute("UPDATE memory_leaves SET to_block = NULL, end_reason = NULL WHERE to_block IS NOT NULL AND "
                      "to_block >= ?", (block.number,))
         lo = block.number << EPISODE_SHIFT
-        conn.execute("UPDATE memory_state SET indexed_n = min(indexed_n, ?) WHERE id = 1", (lo - 1,))
+        conn.execute("UPDATE memory_state SET indexed_n = ? WHERE id = 1 AND indexed_n > ?", (lo - 1, lo - 1))
         conn.execute("DELETE FROM memory_items WHERE n >= ?", (lo,))
         conn.execute("DELETE FROM memory_tags WHERE n >= ?", (lo,))
-        conn.execute("DELETE FROM memory_fts WHERE rowid >= ?", (lo,))
+        sql.fts_remove_from(conn, lo)
         conn.execute("DELETE FROM memory_vectors WHERE n >= ?", (lo,))
         conn.execute("DELETE FROM memory_embed_queue WHERE n >= ?", (lo,))
         self.vectors.drop()

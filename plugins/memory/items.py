@@ -23,11 +23,11 @@ import msgpack
 from monmouth.chain import hx
 from monmouth.engine import read_cursor
 
-from . import merkle
+from . import dialect, merkle
 from .agents import Agents
 from .config import MemoryConfig
 from .crypto import AgentKey, aad
-from .errors import ConflictError, MemoryRequestError, NotFoundError
+from .errors import ConflictError, InvalidRequestError, MemoryRequestError, NotFoundError
 from .fields import utf8, validate_item_fields
 from .merkle import canonical_json
 from .schema import END_EXPIRED, KIND_NAMES, KINDS, OP_DELETE, OP_PUT, ORIGINS, all_rows, scalar
@@ -53,17 +53,17 @@ def index_item(conn: apsw.Connection, k: AgentKey, agent: bytes, n: int, text: s
                tags: Sequence[str]) -> None:
     """Write item ``n``'s keyed tag hashes, FTS5 keyed tokens (text items) and embedding-queue row."""
     for t in dict.fromkeys(tags):
-        conn.execute("INSERT OR IGNORE INTO memory_tags (agent, tag, n) VALUES (?, ?, ?)",
+        conn.execute("INSERT INTO memory_tags (agent, tag, n) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                      (agent, k.tag_hash(t), n))
     if text:
-        conn.execute("INSERT INTO memory_fts (rowid, tokens) VALUES (?, ?)", (n, k.tokens(text)))
-    conn.execute("INSERT OR IGNORE INTO memory_embed_queue (n) VALUES (?)", (n,))
+        dialect.of(conn).fts_add(conn, n, k.tokens(text))
+    conn.execute("INSERT INTO memory_embed_queue (n) VALUES (?) ON CONFLICT DO NOTHING", (n,))
 
 
 def unindex_item(conn: apsw.Connection, agent: bytes, n: int) -> None:
     """Delete what :func:`index_item` wrote for item ``n``, and its vector."""
     conn.execute("DELETE FROM memory_tags WHERE n = ? AND agent = ?", (n, agent))
-    conn.execute("DELETE FROM memory_fts WHERE rowid = ?", (n,))
+    dialect.of(conn).fts_remove(conn, (n,))
     conn.execute("DELETE FROM memory_vectors WHERE n = ?", (n,))
     conn.execute("DELETE FROM memory_embed_queue WHERE n = ?", (n,))
 
@@ -140,7 +140,7 @@ def filters(k: AgentKey, agent: bytes, kind: str | None, tags: Sequence[str] | N
     args: list[Any] = [agent]
     if kind is not None:
         if kind not in KINDS:
-            raise MemoryRequestError("kind", f"must be one of {', '.join(KINDS)} (got {kind!r})", 422)
+            raise InvalidRequestError("kind", f"must be one of {', '.join(KINDS)} (got {kind!r})")
         where.append("i.kind = ?")
         args.append(KINDS[kind])
     for t in tags or ():
@@ -298,9 +298,9 @@ class Items:
         """
         self.validate(kind, None, key, list(tags) if tags else None, None, None, None)
         if not 1 <= limit <= 1000:
-            raise MemoryRequestError("limit", "must be between 1 and 1000", 422)
+            raise InvalidRequestError("limit", "must be between 1 and 1000")
         if offset < 0:
-            raise MemoryRequestError("offset", "must be >= 0", 422)
+            raise InvalidRequestError("offset", "must be >= 0")
         self.agents.check(agent)
         k = self.agents.key(agent)
         where, args = filters(k, agent, kind, tags, from_block, to_block, since, until)
@@ -310,7 +310,7 @@ class Items:
         if origin is not None:
             inv = {v: k_ for k_, v in ORIGINS.items()}
             if origin not in inv:
-                raise MemoryRequestError("origin", f"must be one of {', '.join(inv)}", 422)
+                raise InvalidRequestError("origin", f"must be one of {', '.join(inv)}")
             where.append("i.origin = ?")
             args.append(inv[origin])
         if tags:

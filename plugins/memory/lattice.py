@@ -38,10 +38,17 @@ import apsw
 
 from monmouth.chain import hx
 
-from . import merkle
-from .errors import GoneError, MemoryRequestError, NotFoundError
+from . import dialect, merkle
+from .errors import GoneError, InvalidRequestError, NotFoundError
 from .schema import END_NAMES, all_rows, scalar
 
+#: Each agent's last mark in a block range (``{since}``: an optional lower bound) with its persisted root, if any.
+#: A join on the grouped maximum rather than SQLite's bare columns beside ``max()``, which PostgreSQL refuses.
+_LAST_MARKS = (
+    "SELECT m.agent, m.block_number, m.count, m.stamp, c.root FROM memory_marks m JOIN (SELECT agent, "
+    "max(block_number) AS b FROM memory_marks WHERE {since}block_number <= ? GROUP BY agent) x ON x.agent = m.agent "
+    "AND x.b = m.block_number LEFT JOIN memory_root_cache c ON c.agent = m.agent AND "
+    "c.block_number = m.block_number AND c.stamp = m.stamp")
 #: Most cache rows persisted per applied block (the rest wait for the next blocks).
 FLUSH_PER_BLOCK = 128
 #: Most cache rows waiting to be persisted (more are only cached in memory).
@@ -82,14 +89,16 @@ def leaves_at(conn: apsw.Connection, agent: bytes, block: int) -> list[tuple[Any
     at ``block``."""
     return conn.execute(
         "SELECT item_id, kind, version, from_block, commitment, leaf FROM memory_leaves WHERE agent = ? AND "
-        "from_block <= ? AND (to_block IS NULL OR to_block > ?)", (agent, block, block)).fetchall()
+        "from_block <= ? AND (to_block IS NULL OR to_block > ?) ORDER BY item_id, from_block",
+        (agent, block, block)).fetchall()
 
 
 class Lattice:
     """Lazily computed roots and proofs of one database (thread-safe).
 
     Args:
-        path: the database file (resolved), used to find this instance from a connection in the SQL function.
+        path: the database's key (:func:`.dialect.Sqlite.key`: the file's real path; on PostgreSQL the server and
+            database), used to find this instance from a connection (the SQL functions, tests).
     """
 
     _registry: dict[str, Lattice] = {}
@@ -124,12 +133,9 @@ class Lattice:
 
     @classmethod
     def for_connection(cls, conn: apsw.Connection) -> Lattice:
-        """The registered instance for ``conn``'s file, else a throwaway one (no shared cache)."""
-        try:
-            path = os.path.realpath(conn.filename)
-        except Exception:  # pragma: no cover - a connection without a file name
-            path = ""
-        return cls._registry.get(path) or cls(None)
+        """The registered instance for ``conn``'s database (:meth:`.dialect.Sqlite.key`), else a throwaway one (no
+        shared cache)."""
+        return cls._registry.get(dialect.of(conn).key(conn)) or cls(None)
 
     def invalidate(self) -> None:
         """Drop every in-memory cache (after a forget changed which leaves count)."""
@@ -258,8 +264,9 @@ class Lattice:
             state = self._advance(conn, block, stamp)
         out = list(state.values())
         for _fid, _b, leaf, max_stamp in conn.execute(
-                "SELECT fid, max(block_number), leaf, max_stamp FROM memory_forgotten WHERE block_number <= ? "
-                "GROUP BY fid", (block,)):
+                "SELECT f.fid, f.block_number, f.leaf, f.max_stamp FROM memory_forgotten f JOIN (SELECT fid, "
+                "max(block_number) AS b FROM memory_forgotten WHERE block_number <= ? GROUP BY fid) x "
+                "ON x.fid = f.fid AND x.b = f.block_number", (block,)):
             if leaf is not None and stamp <= max_stamp:
                 out.append(leaf)
         return out
@@ -278,20 +285,10 @@ class Lattice:
             if st[0] == block:
                 return st[2]
             leaves = dict(st[2])
-            rows = all_rows(
-                conn,
-                "SELECT m.agent, m.block_number, m.count, m.stamp, c.root FROM (SELECT agent, max(block_number) AS "
-                "block_number, count, stamp FROM memory_marks WHERE block_number > ? AND block_number <= ? "
-                "GROUP BY agent) m LEFT JOIN memory_root_cache c ON c.agent = m.agent AND "
-                "c.block_number = m.block_number AND c.stamp = m.stamp", (st[0], block))
+            rows = all_rows(conn, _LAST_MARKS.format(since="block_number > ? AND "), (st[0], block))
         else:
             leaves = {}
-            rows = all_rows(
-                conn,
-                "SELECT m.agent, m.block_number, m.count, m.stamp, c.root FROM (SELECT agent, max(block_number) AS "
-                "block_number, count, stamp FROM memory_marks WHERE block_number <= ? GROUP BY agent) m "
-                "LEFT JOIN memory_root_cache c ON c.agent = m.agent AND c.block_number = m.block_number AND "
-                "c.stamp = m.stamp", (block,))
+            rows = all_rows(conn, _LAST_MARKS.format(since=""), (block,))
         for agent, mark, count, mstamp, persisted in rows:
             if count == 0:
                 leaves.pop(agent, None)
@@ -314,13 +311,15 @@ class Lattice:
             del self._pending_globals[:FLUSH_PER_BLOCK]
         for agent, mark, stamp, root in roots:
             conn.execute(
-                "INSERT OR REPLACE INTO memory_root_cache (agent, block_number, stamp, root) SELECT ?, ?, ?, ? "
-                "WHERE EXISTS (SELECT 1 FROM memory_marks WHERE agent = ? AND block_number = ? AND stamp = ?)",
+                "INSERT INTO memory_root_cache (agent, block_number, stamp, root) SELECT ?, ?, ?, ? "
+                "WHERE EXISTS (SELECT 1 FROM memory_marks WHERE agent = ? AND block_number = ? AND stamp = ?) "
+                "ON CONFLICT (agent, block_number) DO UPDATE SET stamp = excluded.stamp, root = excluded.root",
                 (agent, mark, stamp, root, agent, mark, stamp))
         for block, stamp, root in globs:
             conn.execute(
-                "INSERT OR REPLACE INTO memory_global_cache (block_number, stamp, root) SELECT ?, ?, ? "
-                "WHERE EXISTS (SELECT 1 FROM memory_blocks WHERE block_number = ? AND stamp = ?)",
+                "INSERT INTO memory_global_cache (block_number, stamp, root) SELECT ?, ?, ? "
+                "WHERE EXISTS (SELECT 1 FROM memory_blocks WHERE block_number = ? AND stamp = ?) "
+                "ON CONFLICT (block_number) DO UPDATE SET stamp = excluded.stamp, root = excluded.root",
                 (block, stamp, root, block, stamp))
         return len(roots) + len(globs)
 
@@ -341,7 +340,7 @@ class Lattice:
                 raise NotFoundError("block", "no block has been applied yet")
             block = head
         if isinstance(block, bool) or not isinstance(block, int) or block < 0:
-            raise MemoryRequestError("block", f"must be a block number (got {block!r})", 422)
+            raise InvalidRequestError("block", f"must be a block number (got {block!r})")
         row = self.block_row(conn, block)
         if row is None:
             if head is None or block > head:
@@ -423,12 +422,12 @@ class Lattice:
             ops = []
             for r in conn.execute(
                     "SELECT item_id, kind, version, from_block, commitment, leaf, end_reason FROM memory_leaves "
-                    "WHERE agent = ? AND to_block = ?", (agent, b)):
+                    "WHERE agent = ? AND to_block = ? ORDER BY item_id, from_block", (agent, b)):
                 ops.append({"op": "remove", "reason": END_NAMES.get(r[6], "?"), "id": hx(r[0]), "leaf": hx(r[5]),
                             "values": leaf_values(agent, r)})
             for r in conn.execute(
                     "SELECT item_id, kind, version, from_block, commitment, leaf FROM memory_leaves WHERE agent = ? "
-                    "AND from_block = ?", (agent, b)):
+                    "AND from_block = ? ORDER BY item_id", (agent, b)):
                 ops.append({"op": "add", "id": hx(r[0]), "leaf": hx(r[5]), "values": leaf_values(agent, r)})
             steps.append({"block": b, "hash": hx(row[0]) if row else None,
                           "root": hx(self.root_of_mark(conn, agent, b, count, stamp)), "count": count, "ops": ops})

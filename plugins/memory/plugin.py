@@ -6,7 +6,8 @@ embedders register further instances (one per database) with ``{"memory": Memory
 names (``monmouth_startup``, ``agent_addresses``, ...) are :data:`plugin`'s bound methods, so the module also works
 as a plugin object (``[plugins.memory] module = "monmouth_memory.plugin"``).
 
-It offers the other plugins an agent directory (:class:`monmouth.interfaces.AgentDirectory`) and uses a
+It offers the other plugins an agent directory (:class:`monmouth.interfaces.AgentDirectory`) and the agents' memory
+(:class:`monmouth.interfaces.AgentMemorySource`, :mod:`.offer`), and uses a
 transaction renderer and an embedder when a plugin offers them.
 """
 
@@ -25,7 +26,8 @@ from .agents import Agents
 from .config import MemoryConfig
 from .core import Memory
 from .metrics import MemoryCollector
-from .schema import MIGRATIONS, TRIMMED
+from .offer import OfferedMemory
+from .schema import MIGRATIONS, PG_MIGRATIONS, TRIMMED
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +50,31 @@ class MemoryPlugin:
         self.workers = workers
         self._collector: tuple[Any, MemoryCollector] | None = None  # (registry, collector) while started
 
-    # -- what it offers other plugins (monmouth.interfaces.AgentDirectory)
+    # -- what it offers other plugins (monmouth.interfaces.AgentDirectory, AgentMemorySource)
+    def get_agent_memory(self) -> OfferedMemory | None:
+        """The running memory as :class:`monmouth.interfaces.AgentMemory`, or ``None`` while not started."""
+        return OfferedMemory(self.memory) if self.memory is not None else None
+
     @staticmethod
     def agent_addresses(conn: Any) -> list[bytes]:
         """Registered, not forgotten agents (20-byte addresses), read on ``conn``."""
         return Agents.addresses(conn)
+
+    def global_root_at(self, number: int, block_hash: bytes | None = None) -> tuple[bytes, int] | None:
+        """``(global root, agents holding items)`` at block ``number``, read after the worker settled every block
+        applied so far; ``None`` when the plugin is not running, or the block has no retained memory row, or its
+        hash is not ``block_hash`` (when given). What the SQL view ``memory_global_roots`` gives on SQLite, on both
+        backends (PostgreSQL cannot call Python from SQL: docs/storage.md)."""
+        mem = self.memory
+        if mem is None:
+            return None
+        mem.ensure_settled()
+        conn = mem.db.reader()
+        row = mem.lattice.block_row(conn, number)
+        if row is None or (block_hash is not None and row[0] != block_hash):
+            return None
+        root = mem.lattice.global_root(conn, number)
+        return (root, row[1]) if root is not None else None
 
     # -- declarations
     @hookimpl
@@ -60,8 +82,12 @@ class MemoryPlugin:
         return MemoryConfig
 
     @hookimpl
-    def monmouth_migrations(self) -> Sequence[str]:
-        return MIGRATIONS
+    def monmouth_migrations(self, backend: str = "sqlite") -> Sequence[str]:
+        return PG_MIGRATIONS if backend == "postgres" else MIGRATIONS
+
+    @hookimpl
+    def monmouth_backends(self) -> Sequence[str]:
+        return ("sqlite", "postgres")
 
     @hookimpl
     def monmouth_trimmed_tables(self) -> Mapping[str, str | None]:
@@ -108,8 +134,11 @@ class MemoryPlugin:
             raise RuntimeError("memory plugin not started")
         self.memory.apply_block(conn, block)
 
-    @hookimpl
+    @hookimpl(tryfirst=True)
     def monmouth_block_reverted(self, conn: Any, block: Any, notification: Any) -> None:
+        """First of all plugins (``tryfirst``): the memory rows derived from ``block`` are gone (and on PostgreSQL
+        the plugin's write lock is held) before other plugins' revert hooks read memory tables, as when the engine
+        trimmed them itself."""
         if self.memory is None:
             raise RuntimeError("memory plugin not started")
         self.memory.revert_block(conn, block)
@@ -144,6 +173,8 @@ plugin = MemoryPlugin()
 # The module as a plugin object: the same hooks, bound to ``plugin``.
 globals().update(hook_functions(plugin))
 agent_addresses = plugin.agent_addresses
+get_agent_memory = plugin.get_agent_memory
+global_root_at = plugin.global_root_at
 
 
 def memory() -> Memory | None:

@@ -13,7 +13,7 @@ from typing import Any
 import apsw
 
 from .agents import Agents
-from .errors import MemoryRequestError
+from .errors import InvalidRequestError
 from .items import head
 from .lattice import Lattice
 from .schema import scalar
@@ -94,9 +94,9 @@ class Proofs:
             UnknownAgentError (404), MemoryRequestError (bad ``since_block``/``limit``), GoneError (410).
         """
         if isinstance(since_block, bool) or not isinstance(since_block, int) or since_block < 0:
-            raise MemoryRequestError("since_block", "must be a block number", 422)
+            raise InvalidRequestError("since_block", "must be a block number")
         if not 1 <= limit <= 10_000:
-            raise MemoryRequestError("limit", "must be between 1 and 10000", 422)
+            raise InvalidRequestError("limit", "must be between 1 and 10000")
         self.agents.check(agent)
         self.settled()
         conn = self.db.reader()

@@ -18,10 +18,11 @@ import numpy as np
 
 from monmouth.interfaces import Embedder
 
+from . import dialect
 from .agents import Agents, Counters
 from .config import MemoryConfig
 from .crypto import aad
-from .errors import MemoryRequestError
+from .errors import InvalidRequestError, TooLargeError
 from .fields import utf8, validate_item_fields
 from .items import COLUMNS, filters, item_json, leaf_expired
 from .lattice import LRU
@@ -74,27 +75,27 @@ class Recall:
                half_life_s: float | None = None, mode: str | None = None) -> dict[str, Any]:
         """See :meth:`Memory.recall <monmouth_memory.core.Memory.recall>` (the caller has indexed first)."""
         if not isinstance(query, str) or not query.strip():
-            raise MemoryRequestError("query", "must be a non-empty string", 422)
+            raise InvalidRequestError("query", "must be a non-empty string")
         if len(utf8(query, "query")) > self.config.max_content_bytes:
-            raise MemoryRequestError("query", "too long", 413)
+            raise TooLargeError("query", "too long")
         if half_life_s is not None and not (math.isfinite(half_life_s) and half_life_s >= 1.0):
-            raise MemoryRequestError("half_life_s", f"must be a number of seconds >= 1 (got {half_life_s!r})", 422)
+            raise InvalidRequestError("half_life_s", f"must be a number of seconds >= 1 (got {half_life_s!r})")
         for name, t in (("since", since), ("until", until)):
             if t is not None and not math.isfinite(t):
-                raise MemoryRequestError(name, f"must be a finite unix time (got {t!r})", 422)
+                raise InvalidRequestError(name, f"must be a finite unix time (got {t!r})")
         if not 1 <= k <= 1000:
-            raise MemoryRequestError("k", "must be between 1 and 1000", 422)
+            raise InvalidRequestError("k", "must be between 1 and 1000")
         if not 0.0 <= recency_weight <= 1.0:  # NaN fails too
-            raise MemoryRequestError("recency_weight", "must be between 0 and 1", 422)
+            raise InvalidRequestError("recency_weight", "must be between 0 and 1")
         if mode not in (None, "vector", "fts"):
-            raise MemoryRequestError("mode", "must be vector or fts", 422)
+            raise InvalidRequestError("mode", "must be vector or fts")
         validate_item_fields(self.config, kind, None, None, list(tags) if tags else None, None, None, None)
         self.agents.check(agent)
         key = self.agents.key(agent)
         half = half_life_s or self.config.recency_half_life_s
         emb = self.embedder() if mode != "fts" else None
         if mode == "vector" and emb is None:
-            raise MemoryRequestError("mode", "vector recall needs the rag plugin enabled", 422)
+            raise InvalidRequestError("mode", "vector recall needs the rag plugin enabled")
         conn = self.db.reader()
         where, args = filters(key, agent, kind, tags, from_block, to_block, since, until)
         pool = max(k * 20, 200)
@@ -111,11 +112,7 @@ class Recall:
             used = "fts"
             toks = key.token_list(query)
             if toks:
-                match = " OR ".join(f'"{t}"' for t in toks)
-                for n, score in conn.execute(
-                        "SELECT f.rowid, bm25(memory_fts) FROM memory_fts f JOIN memory_items i ON i.n = f.rowid "
-                        "WHERE memory_fts MATCH ? AND i.agent = ? ORDER BY rank LIMIT ?", (match, agent, pool)):
-                    cands[n] = -score
+                cands.update(dialect.of(conn).fts_search(conn, agent, toks, pool))
         if not cands:
             return {"mode": used, "results": []}
         best = max(cands.values()) or 1.0
@@ -193,7 +190,8 @@ class Recall:
                     continue  # updated meanwhile: stays queued for the new version
                 nonce, ct = k.encrypt(np.ascontiguousarray(v, dtype=np.float32).tobytes(),
                                       aad(agent, item_id, version))
-                w.execute("INSERT OR REPLACE INTO memory_vectors (n, agent, nonce, ct) VALUES (?, ?, ?, ?)",
+                w.execute("INSERT INTO memory_vectors (n, agent, nonce, ct) VALUES (?, ?, ?, ?) ON CONFLICT (n) "
+                          "DO UPDATE SET agent = excluded.agent, nonce = excluded.nonce, ct = excluded.ct",
                           (n, agent, nonce, ct))
                 w.execute("DELETE FROM memory_embed_queue WHERE n = ?", (n,))
                 self.vectors.stale(agent)

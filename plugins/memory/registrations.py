@@ -129,8 +129,8 @@ class Registrations:
 
     def _register(self, conn: apsw.Connection, registry: bytes, agent: bytes, label: str | None, block: Any,
                   tx_hash: bytes, log_index: int, exists: bool) -> None:
-        conn.execute("INSERT OR IGNORE INTO memory_registry (agent, registry, block_number, tx_hash, log_index, label, "
-                     "registered_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        conn.execute("INSERT INTO memory_registry (agent, registry, block_number, tx_hash, log_index, label, "
+                     "registered_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                      (agent, registry, block.number, tx_hash, log_index, label, float(block.timestamp)))
         if not exists:
             self._ensure_key(agent)  # outside the database: idempotent, harmless if the block is reverted
@@ -141,8 +141,8 @@ class Registrations:
     def _unregister(conn: apsw.Connection, registry: bytes, agent: bytes) -> bool:
         """Drop ``agent``'s registration if ``registry`` made it; its ``memory_agents`` row goes too when the registry
         created it (config/API/CLI/import rows stay). The agent's memory and key are kept."""
-        conn.execute("DELETE FROM memory_registry WHERE agent = ? AND registry = ?", (agent, registry))
-        if not conn.changes():
+        if not conn.execute("DELETE FROM memory_registry WHERE agent = ? AND registry = ? RETURNING agent",
+                            (agent, registry)).fetchall():
             return False
         conn.execute("DELETE FROM memory_agents WHERE address = ? AND source = 'registry' AND forgotten_at IS NULL",
                      (agent,))

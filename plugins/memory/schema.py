@@ -4,14 +4,15 @@ Which code writes which table matters for the reorg journal (see ``docs/memory.m
 
 * **chain tables** are written only by the chain hooks and journaled: ``memory_sync`` (how far the op log has
   been anchored) and ``memory_registry``. Each block's memory input is recorded by the chain hook in
-  ``memory_pending`` (trimmed by block number) and *settled* afterwards by :func:`.ingest.settle` into the
+  ``memory_pending`` (deleted from a reverted block up) and *settled* afterwards by :func:`.ingest.settle` into the
   **derived lattice tables** (schema 5; declared trimmed): ``memory_leaves`` (the item versions with their
   validity ranges), ``memory_marks`` (per agent, the blocks at which its visible set changed, the count after and
-  the block's stamp) and ``memory_blocks`` (one row per settled block); the engine trims marks and blocks by block
-  number on revert and ``monmouth_block_reverted`` deletes the leaves a settled block added and reopens those it
-  closed. The chain-derived rows of ``memory_items`` are written only by settling, only inserted, with row ids
-  ``n >= block << 20``: ``memory_items`` is declared trimmed (not journaled) and ``monmouth_block_reverted``
-  deletes them by row id range, which keeps their ciphertexts out of the per-block undo changesets;
+  the block's stamp) and ``memory_blocks`` (one row per settled block); on revert ``monmouth_block_reverted``
+  deletes marks and blocks at and above the block (:data:`REVERT_TRIMMED`), deletes the leaves a settled block
+  added and reopens those it closed. The chain-derived rows of ``memory_items`` are written only by settling, only
+  inserted, with row ids ``n >= block << 20``: ``memory_items`` is declared trimmed (not journaled) and
+  ``monmouth_block_reverted`` deletes them by row id range, which keeps their ciphertexts out of the per-block undo
+  changesets;
 * **off-chain tables** are written by the API and the CLI and never by chain hooks: ``memory_ops`` (the op log
   of API writes, anchored by the chain hook at the next block), and the API rows of ``memory_items`` /
   ``memory_tags``;
@@ -31,8 +32,8 @@ Which code writes which table matters for the reorg journal (see ``docs/memory.m
   (``label``) later change, and the inverse changeset would then conflict and refuse the revert;
 * **derived tables** are declared trimmed (not journaled): the FTS5 index ``memory_fts`` and the encrypted
   vectors ``memory_vectors``, cleaned by ``monmouth_block_reverted`` by row id range, and the embedding queue;
-  the root caches ``memory_root_cache`` / ``memory_global_cache`` (the engine deletes rows ``>= block`` on
-  revert); ``memory_state`` (the stamp counter, never reverted) and ``memory_forgotten`` (see :mod:`.lattice`).
+  the root caches ``memory_root_cache`` / ``memory_global_cache`` (``monmouth_block_reverted`` deletes rows
+  ``>= block``); ``memory_state`` (the stamp counter, never reverted) and ``memory_forgotten`` (see :mod:`.lattice`).
 
 ``memory_global_roots`` is a view over ``memory_blocks`` (migration 2); its ``root`` column calls the SQL function
 ``memory_global_root`` that :mod:`.lattice` registers on every connection.
@@ -270,6 +271,173 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
+#: The same tables on PostgreSQL, created at once in their schema-5 form (a PostgreSQL database has no memory
+#: schema older than that): the types PostgreSQL names (``bytea``, ``bigint`` for every integer that holds a block
+#: number, a row id ``block << 20``, a stamp or a random version; ``double precision`` for wall-clock seconds, where
+#: PostgreSQL's ``real`` would be 4 bytes), ``memory_fts`` as a ``tsvector`` column with a GIN index instead of an
+#: FTS5 table (:mod:`.dialect`), ``memory_ops.seq`` an identity column, the ``agents_version`` triggers in PL/pgSQL.
+#: ``memory_global_roots`` (a view calling a Python SQL function on SQLite) does not exist here: read roots through
+#: the API. Same table and column names, same keys, so every portable statement of the plugin runs on both.
+PG_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE memory_agents (
+        address bytea PRIMARY KEY,
+        label text,
+        source text NOT NULL,
+        created_at double precision NOT NULL,
+        forgotten_at double precision
+    );
+    CREATE INDEX memory_agents_registry ON memory_agents (address) WHERE source = 'registry';
+    CREATE TABLE memory_items (
+        n bigint PRIMARY KEY,
+        id bytea NOT NULL UNIQUE,
+        agent bytea NOT NULL,
+        kind integer NOT NULL,
+        origin integer NOT NULL,
+        version bigint NOT NULL,
+        key_hash bytea,
+        nonce bytea NOT NULL,
+        ct bytea NOT NULL,
+        commitment bytea NOT NULL,
+        ttl_seconds bigint NOT NULL DEFAULT 0,
+        ttl_blocks bigint NOT NULL DEFAULT 0,
+        expires_at double precision,
+        created_at double precision NOT NULL,
+        updated_at double precision NOT NULL,
+        head_number bigint,
+        head_hash bytea
+    );
+    CREATE INDEX memory_items_agent ON memory_items (agent, n);
+    CREATE INDEX memory_items_key ON memory_items (agent, key_hash) WHERE key_hash IS NOT NULL;
+    CREATE INDEX memory_items_expiry ON memory_items (expires_at) WHERE expires_at IS NOT NULL;
+    CREATE TABLE memory_tags (
+        agent bytea NOT NULL,
+        tag bytea NOT NULL,
+        n bigint NOT NULL,
+        PRIMARY KEY (agent, tag, n)
+    );
+    CREATE INDEX memory_tags_n ON memory_tags (n);
+    CREATE TABLE memory_ops (
+        seq bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+        agent bytea NOT NULL,
+        item_id bytea NOT NULL,
+        op integer NOT NULL,
+        kind integer NOT NULL,
+        version bigint NOT NULL,
+        commitment bytea,
+        ttl_blocks bigint NOT NULL DEFAULT 0,
+        expires_at double precision,
+        written_at double precision NOT NULL
+    );
+    CREATE INDEX memory_ops_agent ON memory_ops (agent);
+    CREATE TABLE memory_sync (
+        id integer PRIMARY KEY CHECK (id = 1),
+        ops_seq bigint NOT NULL
+    );
+    INSERT INTO memory_sync (id, ops_seq) VALUES (1, 0);
+    CREATE TABLE memory_leaves (
+        agent bytea NOT NULL,
+        item_id bytea NOT NULL,
+        from_block bigint NOT NULL,
+        to_block bigint,
+        version bigint NOT NULL,
+        kind integer NOT NULL,
+        commitment bytea NOT NULL,
+        anchor_hash bytea NOT NULL,
+        leaf bytea NOT NULL,
+        expires_block bigint,
+        expires_ts double precision,
+        end_reason integer,
+        PRIMARY KEY (agent, item_id, from_block)
+    );
+    CREATE INDEX memory_leaves_eb ON memory_leaves (expires_block) WHERE to_block IS NULL AND expires_block IS NOT NULL;
+    CREATE INDEX memory_leaves_et ON memory_leaves (expires_ts) WHERE to_block IS NULL AND expires_ts IS NOT NULL;
+    CREATE INDEX memory_leaves_closed ON memory_leaves (to_block) WHERE to_block IS NOT NULL;
+    CREATE INDEX memory_leaves_from ON memory_leaves (from_block);
+    CREATE TABLE memory_fts (
+        n bigint PRIMARY KEY,              -- memory_items.n (FTS5's rowid on SQLite)
+        tokens tsvector NOT NULL           -- the keyed tokens, each a lexeme as it is
+    );
+    CREATE INDEX memory_fts_tokens ON memory_fts USING gin (tokens);
+    CREATE TABLE memory_vectors (
+        n bigint PRIMARY KEY,
+        agent bytea NOT NULL,
+        nonce bytea NOT NULL,
+        ct bytea NOT NULL
+    );
+    CREATE INDEX memory_vectors_agent ON memory_vectors (agent);
+    CREATE TABLE memory_embed_queue (n bigint PRIMARY KEY);
+    CREATE TABLE memory_marks (
+        agent bytea NOT NULL,
+        block_number bigint NOT NULL,
+        count bigint NOT NULL,
+        stamp bigint NOT NULL,
+        PRIMARY KEY (agent, block_number)
+    );
+    CREATE INDEX memory_marks_block ON memory_marks (block_number);
+    CREATE TABLE memory_blocks (
+        block_number bigint PRIMARY KEY,
+        block_hash bytea NOT NULL,
+        agents bigint NOT NULL,
+        ops_seq bigint NOT NULL,
+        stamp bigint NOT NULL
+    );
+    CREATE TABLE memory_root_cache (
+        agent bytea NOT NULL,
+        block_number bigint NOT NULL,
+        stamp bigint NOT NULL,
+        root bytea NOT NULL,
+        PRIMARY KEY (agent, block_number)
+    );
+    CREATE TABLE memory_global_cache (
+        block_number bigint PRIMARY KEY,
+        stamp bigint NOT NULL,
+        root bytea NOT NULL
+    );
+    CREATE TABLE memory_state (
+        id integer PRIMARY KEY CHECK (id = 1),
+        stamp bigint NOT NULL,
+        forgot_stamp bigint NOT NULL,
+        indexed_n bigint NOT NULL DEFAULT 0,
+        agents_version bigint NOT NULL DEFAULT 0
+    );
+    INSERT INTO memory_state (id, stamp, forgot_stamp) VALUES (1, 0, 0);
+    CREATE TABLE memory_forgotten (
+        fid bytea NOT NULL,
+        block_number bigint NOT NULL,
+        leaf bytea,
+        max_stamp bigint NOT NULL,
+        PRIMARY KEY (fid, block_number)
+    );
+    CREATE TABLE memory_registry (
+        agent bytea PRIMARY KEY,
+        registry bytea NOT NULL,
+        block_number bigint NOT NULL,
+        tx_hash bytea NOT NULL,
+        log_index bigint NOT NULL,
+        label text,
+        registered_at double precision NOT NULL
+    );
+    CREATE TABLE memory_pending (
+        block_number bigint PRIMARY KEY,
+        block_hash bytea NOT NULL,
+        ts bigint NOT NULL,
+        ops_from bigint NOT NULL,
+        ops_to bigint NOT NULL,
+        stamp bigint NOT NULL,
+        agents bytea,
+        block bytea
+    );
+    CREATE FUNCTION memory_agents_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        UPDATE memory_state SET agents_version = (random() * 9.0e18)::bigint WHERE id = 1;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER memory_agents_changed AFTER INSERT OR UPDATE OR DELETE ON memory_agents
+        FOR EACH ROW EXECUTE FUNCTION memory_agents_changed();
+    """,
+]
+
 #: Derived tables, not journaled; ``monmouth_block_reverted`` removes their rows by row id range.
 TRIMMED: dict[str, str | None] = {
     # Chain hooks only insert chain-derived rows (n > 0, n >> 20 = their block); revert_block deletes them by range.
@@ -277,20 +445,27 @@ TRIMMED: dict[str, str | None] = {
     "memory_fts": None,
     "memory_vectors": None,
     "memory_embed_queue": None,
-    "memory_root_cache": "block_number",
-    "memory_global_cache": "block_number",
+    # Deleted from the reverted block up by revert_block (REVERT_TRIMMED), not by the engine: on PostgreSQL the
+    # plugin's writers hold its write lock (.dialect) and the engine must take that lock before it touches a row
+    # they write, so the engine itself trims no memory table.
+    "memory_root_cache": None,
+    "memory_global_cache": None,
     "memory_state": None,
     "memory_forgotten": None,
     # Written by the API/CLI and (source 'registry' rows) by .registry, which re-derives those rows from the
     # journaled memory_registry on revert: journaling it would make reverts conflict with forget and labels.
     "memory_agents": None,
     # Derived by .ingest.settle from memory_pending and the op log, after the block's transaction (migration 5);
-    # the engine deletes rows >= the reverted block, revert_block deletes/reopens the leaves it derived.
-    "memory_pending": "block_number",
-    "memory_blocks": "block_number",
-    "memory_marks": "block_number",
+    # revert_block deletes rows >= the reverted block (REVERT_TRIMMED) and deletes/reopens the leaves it derived.
+    "memory_pending": None,
+    "memory_blocks": None,
+    "memory_marks": None,
     "memory_leaves": None,
 }
+
+#: Tables whose rows at and above a reverted block :meth:`.ingest.ChainIngest.revert_block` deletes by
+#: ``block_number`` (as the engine does for a trimmed table that names its column).
+REVERT_TRIMMED = ("memory_pending", "memory_blocks", "memory_marks", "memory_root_cache", "memory_global_cache")
 
 KINDS = {"working": 0, "episodic": 1, "semantic": 2, "procedural": 3}
 KIND_NAMES = {v: k for k, v in KINDS.items()}

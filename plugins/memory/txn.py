@@ -11,39 +11,27 @@ commit). In WAL mode such a commit is still atomic and ordered: a crash of the p
 loss can drop only those committed since the last fsync of the WAL (every engine commit and API write fsyncs it),
 each whole; the pending rows they consumed are then still there and are settled again, deriving the same rows.
 The fsync per settle or index transaction was a third of the worker's time.
+
+On PostgreSQL (:class:`.dialect.Postgres`) the same transaction is one ``READ COMMITTED`` transaction that takes the
+plugin's advisory write lock first, and ``durable=False`` is ``synchronous_commit = off`` for it.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
-import apsw
-
-JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+from . import dialect
 
 
-@contextlib.contextmanager
-def write(db: Any, durable: bool = True) -> Iterator[apsw.Connection]:
-    """A write transaction of the plugin on ``db`` (a ``monmouth.store.Database``); see the module docstring.
-    ``durable=False``: derived rows only, committed without an fsync (``synchronous = NORMAL`` for this
-    transaction; the connection's own level is restored afterwards).
+def write(db: Any, durable: bool = True) -> AbstractContextManager[Any]:
+    """A write transaction of the plugin on ``db`` (a ``monmouth.store.Database`` or ``PgDatabase``); see the
+    module docstring. ``durable=False``: derived rows only, committed without an fsync.
 
     Raises:
         apsw.BusyError: SQLite's write lock was not free within the connection's busy timeout.
     """
-    conn = db.reader()
-    conn.pragma("secure_delete", 1)
-    conn.wal_autocheckpoint(0)
-    conn.pragma("journal_size_limit", JOURNAL_SIZE_LIMIT)
-    if durable:
-        with db.write() as w:
-            yield w
-        return
-    conn.pragma("synchronous", "NORMAL")
-    try:
-        with db.write() as w:
-            yield w
-    finally:
-        conn.pragma("synchronous", db.synchronous)
+    return dialect.of(db).write(db, durable)
+
+
+__all__ = ["write"]

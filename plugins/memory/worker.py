@@ -21,6 +21,7 @@ from typing import Any
 
 from monmouth.worker import BackgroundWorker
 
+from . import dialect
 from .ingest import ChainIngest
 from .schema import scalar
 
@@ -40,7 +41,7 @@ class MemoryWorker(BackgroundWorker):
 
     Args:
         ingest: the chain work (settle, index) and the time of the last applied block.
-        db: the sidecar database (``checkpoint()``, reads).
+        db: the sidecar database (reads; the periodic WAL checkpoint, :meth:`.dialect.Sqlite.checkpoint`).
         embed: embeds up to a batch of queued items, returns how many (``None``: embedding is off).
         warm: computes the global root of the latest settled block.
         sweep: deletes expired working memory, returns how many.
@@ -73,7 +74,7 @@ class MemoryWorker(BackgroundWorker):
             now = time.monotonic()
             if now - self._last_ckpt >= 2.0:
                 self._last_ckpt = now
-                self.db.checkpoint()
+                dialect.of(self.db).checkpoint(self.db)
             if now - self._last_warm >= 1.0:
                 self._last_warm = now
                 self.warm()

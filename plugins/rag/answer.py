@@ -10,6 +10,8 @@ from typing import Any
 
 import httpx
 
+from monmouth.errors import MonmouthError
+
 from .config import AnswerConfig
 
 SYSTEM_PROMPT = (
@@ -18,8 +20,11 @@ SYSTEM_PROMPT = (
 )
 
 
-class AnswerError(RuntimeError):
-    """The endpoint failed or answered something that is not a chat completion."""
+class AnswerError(MonmouthError, RuntimeError):
+    """The endpoint failed or answered something that is not a chat completion (retryable: the endpoint may
+    answer later; ``url`` unset is refused before any call)."""
+
+    retryable = True
 
 
 def answer(cfg: AnswerConfig, ctx: dict[str, Any], query: str, client: httpx.Client | None = None) -> dict[str, Any]:

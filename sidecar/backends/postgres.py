@@ -43,6 +43,7 @@ from psycopg.pq import TransactionStatus
 from ..errors import StorageError, StorageUnavailableError
 from ..journal import JournalConflictError, RedactionError
 from ..store import ENGINE_PREFIX, migrate
+from . import REQUEST, pg_uint256
 
 log = logging.getLogger(__name__)
 
@@ -121,48 +122,104 @@ BEGIN
     END IF;
     RETURN NULL;
 END $$;
--- Revert block b: replay its undo rows newest first, checking each row is still what was recorded.
+-- Revert block b: replay its undo rows newest first, checking each row is still what was recorded. The rows come in
+-- runs of one table and one kind of change (consecutive seq), each undone by one statement. A run of INSERTs or of
+-- DELETEs touches each primary key once (a key inserted twice needs a DELETE between). A run of UPDATEs may change a
+-- row several times: each key gets back the old image of its first update, if it still is the new image of its last
+-- one. A run in which an UPDATE changed a primary key is undone row by row, newest first.
 CREATE OR REPLACE FUNCTION monmouth_undo_block(b bigint) RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
+    run record;
     r record;
     rel regclass;
     pk text;
+    tpk text;
+    xpk text;
+    jpk text;
     cols text;
+    xcols text;
+    keys integer;
+    moved boolean;
     n integer;
     done integer := 0;
 BEGIN
     PERFORM set_config('monmouth.block', '', true);
-    FOR r IN SELECT tbl, op, old, new FROM monmouth_undo WHERE block = b ORDER BY seq DESC LOOP
-        rel := to_regclass(quote_ident(r.tbl));
+    FOR run IN
+        SELECT tbl, op, min(seq) AS lo, max(seq) AS hi, count(*) AS rows
+          FROM (SELECT tbl, op, seq, row_number() OVER (ORDER BY seq)
+                                     - row_number() OVER (PARTITION BY tbl, op ORDER BY seq) AS island
+                  FROM monmouth_undo WHERE block = b) s
+         GROUP BY tbl, op, island ORDER BY hi DESC
+    LOOP
+        rel := to_regclass(quote_ident(run.tbl));
         IF rel IS NULL THEN
-            RAISE EXCEPTION 'monmouth undo conflict: block % changed table %, which no longer exists', b, r.tbl;
+            RAISE EXCEPTION 'monmouth undo conflict: block % changed table %, which no longer exists', b, run.tbl;
         END IF;
-        SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO pk
+        SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum),
+               string_agg('t.' || quote_ident(a.attname), ', ' ORDER BY a.attnum),
+               string_agg('x.' || quote_ident(a.attname), ', ' ORDER BY a.attnum),
+               string_agg(format('u.old -> %L', a.attname), ', ' ORDER BY a.attnum) INTO pk, tpk, xpk, jpk
           FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
          WHERE i.indrelid = rel AND i.indisprimary;
         IF pk IS NULL THEN
-            RAISE EXCEPTION 'monmouth undo conflict: table % has no PRIMARY KEY', r.tbl;
+            RAISE EXCEPTION 'monmouth undo conflict: table % has no PRIMARY KEY', run.tbl;
         END IF;
-        IF r.op = 'I' THEN
-            EXECUTE format('DELETE FROM %s t WHERE (%s) = (SELECT %s FROM jsonb_populate_record(NULL::%s, $1)) '
-                           'AND to_jsonb(t.*) = $1', rel, pk, pk, rel) USING r.new;
-        ELSIF r.op = 'U' THEN
-            SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO cols
-              FROM pg_attribute a WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped;
-            EXECUTE format('UPDATE %s t SET (%s) = (SELECT %s FROM jsonb_populate_record(NULL::%s, $2)) '
-                           'WHERE (%s) = (SELECT %s FROM jsonb_populate_record(NULL::%s, $1)) '
-                           'AND to_jsonb(t.*) = $1', rel, cols, cols, rel, pk, pk, rel) USING r.new, r.old;
+        IF run.op = 'I' THEN
+            EXECUTE format('DELETE FROM %s t USING (SELECT (jsonb_populate_record(NULL::%s, u.new)).*, '
+                           'u.new AS monmouth_image FROM monmouth_undo u WHERE u.block = $1 AND u.seq BETWEEN $2 '
+                           'AND $3) x WHERE (%s) = (%s) AND to_jsonb(t.*) = x.monmouth_image',
+                           rel, rel, tpk, xpk) USING b, run.lo, run.hi;
+            GET DIAGNOSTICS n = ROW_COUNT;
+        ELSIF run.op = 'D' THEN
+            EXECUTE format('INSERT INTO %s SELECT (jsonb_populate_record(NULL::%s, u.old)).* FROM monmouth_undo u '
+                           'WHERE u.block = $1 AND u.seq BETWEEN $2 AND $3 ON CONFLICT DO NOTHING', rel, rel)
+                USING b, run.lo, run.hi;
+            GET DIAGNOSTICS n = ROW_COUNT;
         ELSE
-            EXECUTE format('INSERT INTO %s SELECT * FROM jsonb_populate_record(NULL::%s, $1) ON CONFLICT DO NOTHING',
-                           rel, rel) USING r.old;
+            SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum),
+                   string_agg('x.' || quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO cols, xcols
+              FROM pg_attribute a WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped;
+            EXECUTE format('SELECT count(DISTINCT jsonb_build_array(%s)), bool_or(jsonb_build_array(%s) '
+                           'IS DISTINCT FROM jsonb_build_array(%s)) FROM monmouth_undo u WHERE u.block = $1 '
+                           'AND u.seq BETWEEN $2 AND $3', jpk, jpk, replace(jpk, 'u.old', 'u.new'))
+                INTO keys, moved USING b, run.lo, run.hi;
+            IF NOT moved THEN
+                EXECUTE format('UPDATE %s t SET (%s) = ROW(%s) FROM (SELECT (jsonb_populate_record(NULL::%s, '
+                               'y.first_old)).*, y.last_new AS monmouth_image FROM (SELECT DISTINCT ON (k) k, '
+                               'first_value(u.old) OVER (PARTITION BY k ORDER BY u.seq) AS first_old, '
+                               'first_value(u.new) OVER (PARTITION BY k ORDER BY u.seq DESC) AS last_new FROM '
+                               '(SELECT u.*, jsonb_build_array(%s) AS k FROM monmouth_undo u WHERE u.block = $1 '
+                               'AND u.seq BETWEEN $2 AND $3) u ORDER BY k) y) x '
+                               'WHERE (%s) = (%s) AND to_jsonb(t.*) = x.monmouth_image',
+                               rel, cols, xcols, rel, jpk, tpk, xpk) USING b, run.lo, run.hi;
+                GET DIAGNOSTICS n = ROW_COUNT;
+                IF n <> keys THEN
+                    RAISE EXCEPTION 'monmouth undo conflict: %: % of the % rows block % updated are not as it left '
+                                    'them (changed outside the chain hooks)', run.tbl, keys - n, keys, b;
+                END IF;
+                CONTINUE;
+            END IF;
+            n := 0;
+            FOR r IN SELECT old, new FROM monmouth_undo WHERE block = b AND seq BETWEEN run.lo AND run.hi
+                      ORDER BY seq DESC LOOP
+                EXECUTE format('UPDATE %s t SET (%s) = (SELECT %s FROM jsonb_populate_record(NULL::%s, $2)) '
+                               'WHERE (%s) = (SELECT %s FROM jsonb_populate_record(NULL::%s, $1)) '
+                               'AND to_jsonb(t.*) = $1', rel, cols, cols, rel, pk, pk, rel) USING r.new, r.old;
+                GET DIAGNOSTICS done = ROW_COUNT;
+                IF done <> 1 THEN
+                    RAISE EXCEPTION 'monmouth undo conflict: %: the row % is not as block % left it (changed outside '
+                                    'the chain hooks)', run.tbl, r.new, b;
+                END IF;
+                n := n + 1;
+            END LOOP;
         END IF;
-        GET DIAGNOSTICS n = ROW_COUNT;
-        IF n <> 1 THEN
-            RAISE EXCEPTION 'monmouth undo conflict: %: the row % is not as block % left it (changed outside the '
-                            'chain hooks)', r.tbl, coalesce(r.new, r.old), b;
+        IF n <> run.rows THEN
+            RAISE EXCEPTION 'monmouth undo conflict: %: % of the % rows block % % are not as it left them (changed '
+                            'outside the chain hooks)', run.tbl, run.rows - n, run.rows, b,
+                            CASE run.op WHEN 'I' THEN 'inserted' ELSE 'deleted' END;
         END IF;
-        done := done + 1;
     END LOOP;
+    SELECT count(*) INTO done FROM monmouth_undo WHERE block = b;
     DELETE FROM monmouth_undo WHERE block = b;
     RETURN done;
 END $$;
@@ -347,6 +404,14 @@ class PgDatabase:
 
     Args:
         url: ``postgresql://user@host:port/dbname`` (libpq URI; no password in it).
+        read_url: a streaming replica of ``url`` (same password) that :meth:`reader` reads from inside the API's
+            ``GET`` requests (:data:`sidecar.backends.REQUEST`); ``""``: none.
+        statement_timeout: seconds before the server cancels a statement (``statement_timeout``) on the
+            connections of HTTP requests (:data:`sidecar.backends.REQUEST`); 0 for none. The engine, workers and
+            start-up run without one. A cancelled statement raises ``psycopg.errors.QueryCanceled`` (SQLSTATE
+            57014), which the API answers with a 503 naming ``storage.statement_timeout``
+            (:func:`sidecar.backends.timeout_fault`).
+        lock_timeout: seconds a statement waits for a lock (``lock_timeout``) on every connection; 0 for none.
         password: the password, from the environment (``storage.password_env``), or ``None`` (libpq's own
             ``PGPASSWORD``/``~/.pgpass`` then apply).
         password_env: the variable's name, for errors.
@@ -360,11 +425,15 @@ class PgDatabase:
     backend = "postgres"
 
     def __init__(self, url: str, password: str | None = None, password_env: str = "MONMOUTH_PG_PASSWORD",
-                 connect_timeout: float = 5.0) -> None:
+                 connect_timeout: float = 5.0, read_url: str = "", statement_timeout: float = 0.0,
+                 lock_timeout: float = 0.0) -> None:
         self.url = url
         self.password = password
         self.password_env = password_env
         self.connect_timeout = connect_timeout
+        self.read_url = read_url
+        self.statement_timeout = statement_timeout
+        self.lock_timeout = lock_timeout
         self._local = threading.local()
         with contextlib.closing(self.connect()) as conn:
             self._check_vector(conn)
@@ -378,6 +447,7 @@ class PgDatabase:
                         f"this one knows up to {SCHEMA_VERSION}); run the newer version, or point storage.url at "
                         "another database")
                 conn.execute(_SCHEMA)
+                conn.execute(pg_uint256.SQL)  # u256(), u256_add()... as on SQLite (sidecar.uint256)
 
     def describe(self) -> str:
         return redact_url(self.url)
@@ -398,41 +468,85 @@ class PgDatabase:
                 "pgvector on the server and run `CREATE EXTENSION vector;` in that database as a superuser"
             ) from None
 
-    def connect(self, readonly: bool = False, application_name: str = "monmouth") -> PgConnection:
-        """A new autocommit connection (``readonly``: every transaction read-only).
+    def connect(self, readonly: bool = False, application_name: str = "monmouth", replica: bool = False,
+                statement_timeout: float = 0.0) -> PgConnection:
+        """A new autocommit connection to ``url`` (``replica``: to ``read_url``), with ``lock_timeout`` and
+        ``statement_timeout`` (seconds, 0: none) set for the session; ``readonly``: every transaction read-only.
 
         Raises:
-            StorageError: the server cannot be reached or refuses the login.
+            StorageError: the server cannot be reached or refuses the login (key ``storage.url`` or
+                ``storage.read_url``, the URL without password).
         """
+        url, key = (self.read_url, "storage.read_url") if replica else (self.url, "storage.url")
+        options = (f"-c statement_timeout={round(statement_timeout * 1000)} "
+                   f"-c lock_timeout={round(self.lock_timeout * 1000)}")
         try:
-            raw = psycopg.connect(self.url, password=self.password, autocommit=True,
+            raw = psycopg.connect(url, password=self.password, autocommit=True,
                                   connect_timeout=max(1, round(self.connect_timeout)),
-                                  application_name=application_name)
+                                  application_name=application_name, options=options)
         except psycopg.OperationalError as e:
             # No SQLSTATE: nothing answered (refused, timed out, no route); 57P03: the server is starting up.
             unreachable = e.sqlstate in (None, "57P03") and "password" not in str(e)
             hint = "" if self.password or unreachable else f" (no password: is {self.password_env} set?)"
             error = StorageUnavailableError if unreachable else StorageError
-            raise error(f"storage.url: cannot connect to {self.describe()}: "
+            raise error(f"{key}: cannot connect to {redact_url(url)}: "
                         f"{str(e).strip().splitlines()[-1]}{hint}") from None
         if readonly:
             raw.execute("SET default_transaction_read_only = on")
         return PgConnection(raw)
 
-    def reader(self) -> PgConnection:
-        """A per-thread read connection, reused (reconnected if it was closed)."""
-        conn: PgConnection | None = getattr(self._local, "conn", None)
+    def _thread_connection(self, slot: str) -> PgConnection:
+        """This thread's connection ``slot``, reused (reconnected if it was closed): ``conn`` (the primary, no
+        statement timeout), ``request`` (the primary, ``statement_timeout``) or ``replica`` (``read_url``,
+        read-only, ``statement_timeout``)."""
+        conn: PgConnection | None = getattr(self._local, slot, None)
         if conn is None or conn.raw.closed or conn.raw.broken:
-            conn = self.connect()
-            self._local.conn = conn
+            replica = slot == "replica"
+            conn = self.connect(readonly=replica, replica=replica,
+                                statement_timeout=0.0 if slot == "conn" else self.statement_timeout)
+            setattr(self._local, slot, conn)
         return conn
+
+    def reader(self) -> PgConnection:
+        """A per-thread read connection (see :data:`sidecar.backends.REQUEST`): inside a ``GET`` request, the
+        replica ``read_url`` when configured; inside any request, the primary with ``statement_timeout``; else the
+        primary without it."""
+        kind = REQUEST.get()
+        if kind == "read" and self.read_url:
+            return self._thread_connection("replica")
+        return self._thread_connection("conn" if kind is None else "request")
 
     @contextlib.contextmanager
     def write(self) -> Iterator[PgConnection]:
-        """A short write transaction on this thread's connection; commits on success, rolls back on error."""
-        conn = self.reader()
+        """A short write transaction on this thread's connection to ``url`` (never the replica; inside a request,
+        under ``statement_timeout``); commits on success, rolls back on error."""
+        conn = self._thread_connection("conn" if REQUEST.get() is None else "request")
         with conn:
             yield conn
+
+    def replica_status(self, primary: int | None) -> dict[str, Any]:
+        """The read replica as ``/status`` shows it: ``{"url", "head": {"number", "hash"} | None, "lag_blocks",
+        "replay_lag_s"}``. ``lag_blocks`` is ``primary`` (the primary's cursor, a block number) minus the
+        replica's; ``replay_lag_s`` is seconds since the last transaction the replica replayed committed on the
+        primary (``now() - pg_last_xact_replay_timestamp()``), 0 when it has replayed all the WAL it received.
+        A replica that cannot be read gives ``{"url", "error"}`` instead (``/status`` still answers)."""
+        out: dict[str, Any] = {"url": redact_url(self.read_url)}
+        try:
+            conn = self._thread_connection("replica")
+            row = conn.execute("SELECT number, hash FROM monmouth_cursor WHERE id = 1").fetchone()
+            lag = conn.execute(
+                "SELECT pg_is_in_recovery(), CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 "
+                "ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END").fetchone()
+        except (psycopg.Error, StorageError) as e:
+            out["error"] = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            return out
+        number, hash_ = (row[0], bytes(row[1])) if row and row[0] is not None else (None, b"")
+        out["head"] = {"number": number, "hash": "0x" + hash_.hex()} if number is not None else None
+        out["lag_blocks"] = (primary - number) if primary is not None and number is not None else None
+        out["replay_lag_s"] = round(float(lag[1]), 3) if lag and lag[1] is not None else None
+        if lag and not lag[0]:
+            out["error"] = "storage.read_url is not a replica (pg_is_in_recovery() is false)"
+        return out
 
     def engine_connection(self, replacing: PgConnection | None = None) -> PgConnection:
         """The engine's connection, holding the ingestion lock :data:`INGEST_LOCK` for as long as it lives.
@@ -462,13 +576,15 @@ class PgDatabase:
     def journal(self, conn: PgConnection, trimmed: Callable[[], Mapping[str, str | None]]) -> TriggerJournal:
         return TriggerJournal(conn, trimmed)
 
-    def migrate(self, plugin: str, scripts: Sequence[str], trimmed: set[str]) -> int:
-        """:func:`sidecar.store.migrate` (same digests, same checks) with PostgreSQL's catalog, on a new connection.
+    def migrate(self, plugin: str, scripts: Sequence[str], trimmed: set[str], conn: PgConnection | None = None) -> int:
+        """:func:`sidecar.store.migrate` (same digests, same checks) with PostgreSQL's catalog, on a new connection
+        (or on ``conn``, whose ``with conn:`` is then each script's transaction: ``monmouth storage copy`` makes it
+        a savepoint of its own transaction).
 
         Raises:
             MigrationChangedError: an applied migration changed or was removed; nothing was run.
             MigrationError: a script failed (rolled back) or created a table the journal cannot restore.
         """
-        with contextlib.closing(self.connect()) as conn:
-            return migrate(conn, plugin, scripts, trimmed, kinds=lambda c: dict.fromkeys(_tables(c), "table"),
+        with contextlib.closing(self.connect()) if conn is None else contextlib.nullcontext(conn) as c:
+            return migrate(c, plugin, scripts, trimmed, kinds=lambda c: dict.fromkeys(_tables(c), "table"),
                            has_pk=_has_primary_key, errors=(psycopg.Error,))

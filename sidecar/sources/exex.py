@@ -63,6 +63,8 @@ ErrorCallback = Callable[[str, str], None]
 class _Reset(MonmouthError):
     """The session must be torn down and opened again (after a backoff), logged once at ``level``."""
 
+    retryable = True
+
     def __init__(self, message: str, level: int = logging.WARNING) -> None:
         super().__init__(message)
         self.level = level

@@ -21,10 +21,17 @@ DEV_ADDRESS = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
 FAST = {"timeout_s": 0.5, "backoff_initial_s": 0.02, "backoff_max_s": 0.1, "poll_interval_s": 0.05}
 
 
-def integration_engine(path: Path, plugins: dict[str, object], config: dict[str, dict[str, Any]] | None = None,
-                       **engine_cfg: Any) -> Engine:
-    """An engine on a real SQLite file with ``plugins`` installed and enabled, ``config`` their sections."""
-    db = Database(path)
+def integration_engine(path: Path | str, plugins: dict[str, object],
+                       config: dict[str, dict[str, Any]] | None = None, **engine_cfg: Any) -> Engine:
+    """An engine on a real SQLite file (or a ``postgresql://`` URL of tests/pg.py's server) with ``plugins``
+    installed and enabled, ``config`` their sections."""
+    if isinstance(path, str):
+        from monmouth.backends.postgres import PgDatabase
+        from tests.pg import PASSWORD
+
+        db: Any = PgDatabase(path, password=PASSWORD)
+    else:
+        db = Database(path)
     metrics = Metrics(CollectorRegistry())
     host = PluginHost(plugins, db, metrics.registry)
     data: dict[str, Any] = {"plugins": {n: {"enabled": True, **(config or {}).get(n, {})} for n in plugins},
@@ -46,20 +53,28 @@ def sample(engine: Engine, name: str, labels: dict[str, str] | None = None) -> f
     return engine.host.metrics.get_sample_value(name, labels or {}) or 0.0
 
 
-def open_test_app(db_path: Path, plugins: dict[str, object], config: dict[str, dict[str, Any]] | None = None,
+def open_test_app(db_path: Path | str, plugins: dict[str, object], config: dict[str, dict[str, Any]] | None = None,
                   **sections: Any) -> Any:
-    """A whole sidecar (``monmouth.app.open_app``) on ``db_path`` with ``plugins`` (instances, overriding the entry
-    points) enabled and configured by ``config``; every other installed plugin disabled."""
+    """A whole sidecar (``monmouth.app.open_app``) on ``db_path`` (a SQLite file, or a ``postgresql://`` URL of
+    tests/pg.py's server) with ``plugins`` (instances, overriding the entry points) enabled and configured by
+    ``config``; every other installed plugin disabled."""
     from monmouth.app import open_app
     from monmouth.plugins import discover
 
     installed = discover({}, plugins)
-    data: dict[str, Any] = {"storage": {"path": str(db_path), "synchronous": "NORMAL"}, "http": {"enabled": False},
+    pg = isinstance(db_path, str)
+    storage = {"url": db_path} if pg else {"path": str(db_path), "synchronous": "NORMAL"}
+    data: dict[str, Any] = {"storage": storage, "http": {"enabled": False},
                             "plugins": {n: {"enabled": n in plugins, **(config or {}).get(n, {})} for n in installed}}
     for k, v in sections.items():
         data.setdefault(k, {}).update(v)
     settings = validate(data, "<test>", config_models(installed))
-    app = open_app(settings=settings, extra_plugins=plugins)
+    if pg:
+        from tests.conftest import PG_ENV
+
+        app = open_app(settings=settings, extra_plugins=plugins, environ=PG_ENV)
+    else:
+        app = open_app(settings=settings, extra_plugins=plugins)
     for name in plugins:
         assert app.host.is_enabled(name), app.host.errors
     return app

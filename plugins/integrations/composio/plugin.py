@@ -35,6 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from monmouth import hookimpl
 from monmouth.auth import is_loopback
 from monmouth.chain import is_address
+from monmouth.errors import RequestError
+from monmouth.problems import status_of
 
 from ..base import IntegrationPlugin, Runtime
 from ..config import IntegrationConfig, check_env_name, secret
@@ -210,12 +212,10 @@ class ComposioPlugin(IntegrationPlugin):
         raw = bytes.fromhex(agent[2:])
         mem = rt.memory
         if cfg.store_memory and mem is not None:
-            from monmouth_memory.errors import MemoryRequestError
-
             try:
                 mem.check_agent(raw)
-            except MemoryRequestError as e:
-                raise _refuse(e.status, "agent", e.message) from None
+            except RequestError as e:
+                raise _refuse(status_of(e), "agent", e.message) from None
         return raw
 
     def _begin(self, rt: Runtime, call_id: str, tool: str, agent: bytes | None,
@@ -262,15 +262,15 @@ class ComposioPlugin(IntegrationPlugin):
         record = {"source": "composio", "tool": tool, "arguments": arguments, "successful": result["successful"],
                   "data": result["data"], "error": result["error"], "log_id": result["log_id"], "call_id": call_id}
         content = dumps(record)
-        limit = mem.config.max_content_bytes
+        limit = mem.max_content_bytes
         if len(content.encode()) > limit:
             data = dumps(result["data"]).encode()
             record["data"] = {"truncated": True, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
             content = dumps(record)[:limit]
         try:
-            item = mem.store(agent, "episodic", content, tags=["composio", tool.lower()],
-                             metadata={"source": "composio", "tool": tool, "call_id": call_id,
-                                       "log_id": result["log_id"], "successful": result["successful"]})
+            item = mem.remember(agent, content, tags=["composio", tool.lower()],
+                                metadata={"source": "composio", "tool": tool, "call_id": call_id,
+                                          "log_id": result["log_id"], "successful": result["successful"]})
         except Exception as e:  # the tool ran: report the memory failure, do not hide the result
             return {"error": f"{type(e).__name__}: {e}"}
         return {"id": item["id"]}

@@ -32,6 +32,7 @@ from pydantic import Field
 
 from monmouth import hookimpl
 from monmouth.chain import hx
+from monmouth.engine import canonical_hash
 
 from ..base import IntegrationPlugin, Runtime
 from ..config import TriggerConfig
@@ -63,6 +64,20 @@ CREATE TABLE eigenda_certs (
     global_root BLOB,
     delivery_key TEXT NOT NULL,
     dispersed_at REAL NOT NULL
+);
+"""
+
+#: :data:`SCHEMA` with PostgreSQL's types.
+PG_SCHEMA = """
+CREATE TABLE eigenda_certs (
+    block_number BIGINT PRIMARY KEY,
+    block_hash BYTEA NOT NULL,
+    cert BYTEA NOT NULL,
+    blob_sha256 BYTEA NOT NULL,
+    blob_bytes BIGINT NOT NULL,
+    global_root BYTEA,
+    delivery_key TEXT NOT NULL,
+    dispersed_at DOUBLE PRECISION NOT NULL
 );
 """
 
@@ -98,12 +113,10 @@ class EigenDAHandler:
         mem = self.rt.memory
         if mem is None:
             return {}
-        from monmouth_memory.portable import export_agent
-
         out: dict[str, Any] = {}
         for a in mem.agents():
             try:
-                out[a["address"]] = export_agent(mem, bytes.fromhex(a["address"][2:]), block)
+                out[a["address"]] = mem.export_agent(bytes.fromhex(a["address"][2:]), block)
             except Exception as e:  # pruned block, forgotten agent: say so in the blob
                 out[a["address"]] = {"error": f"{type(e).__name__}: {e}"}
         return out
@@ -115,8 +128,11 @@ class EigenDAHandler:
     def on_delivered(self, conn: apsw.Connection, job: Job, result: Any) -> None:
         root = job.payload.get("global_root")
         conn.execute(
-            "INSERT OR REPLACE INTO eigenda_certs (block_number, block_hash, cert, blob_sha256, blob_bytes, "
-            "global_root, delivery_key, dispersed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO eigenda_certs (block_number, block_hash, cert, blob_sha256, blob_bytes, global_root, "
+            "delivery_key, dispersed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (block_number) DO UPDATE SET "
+            "block_hash = excluded.block_hash, cert = excluded.cert, blob_sha256 = excluded.blob_sha256, "
+            "blob_bytes = excluded.blob_bytes, global_root = excluded.global_root, "
+            "delivery_key = excluded.delivery_key, dispersed_at = excluded.dispersed_at",
             (job.block_number, job.block_hash, bytes.fromhex(result["cert"][2:]),
              bytes.fromhex(result["blob_sha256"]), result["bytes"], bytes.fromhex(root[2:]) if root else None,
              job.key, time.time()))
@@ -166,11 +182,11 @@ def verify_block(conn: apsw.Connection, proxy: EigenDAProxy, block: int) -> dict
         b = doc.get("block") or {}
         check("block", b.get("number") == block and b.get("hash") == stored["hash"],
               f"blob names #{b.get('number')} {b.get('hash')}, stored #{block} {stored['hash']}")
-        row = conn.execute("SELECT hash FROM monmouth_blocks WHERE number = ?", (block,)).fetchone()
-        if row is None:
+        canonical = canonical_hash(conn, block)
+        if canonical is None:
             check("canonical", None, "block is older than the engine's hash history")
         else:
-            check("canonical", hx(row[0]) == b.get("hash"), f"local canonical hash {hx(row[0])}")
+            check("canonical", hx(canonical) == b.get("hash"), f"local canonical hash {hx(canonical)}")
         local = None
         try:
             r = conn.execute("SELECT root FROM memory_global_roots WHERE block_number = ?", (block,)).fetchone()
@@ -193,6 +209,7 @@ class EigenDAPlugin(IntegrationPlugin):
     name = "eigenda"
     Config = EigenDAConfig
     SCHEMA = SCHEMA
+    PG_SCHEMA = PG_SCHEMA
     TRIMMED = {"eigenda_certs": "block_number"}
 
     def make_handler(self, rt: Runtime) -> EigenDAHandler:

@@ -117,6 +117,31 @@ CREATE TABLE lagrange_results (
 );
 """
 
+#: :data:`SCHEMA` with PostgreSQL's types.
+PG_SCHEMA = """
+CREATE TABLE lagrange_requests (
+    request_id TEXT PRIMARY KEY,
+    tx_hash BYTEA NOT NULL,
+    block_number BIGINT NOT NULL,
+    block_hash BYTEA NOT NULL,
+    query_hash BYTEA NOT NULL,
+    placeholders TEXT NOT NULL,
+    start_block BIGINT NOT NULL,
+    end_block BIGINT NOT NULL,
+    fee_wei TEXT NOT NULL
+);
+CREATE INDEX lagrange_requests_tx ON lagrange_requests (tx_hash);
+CREATE TABLE lagrange_results (
+    request_id TEXT PRIMARY KEY,
+    tx_hash BYTEA NOT NULL,
+    block_number BIGINT NOT NULL,
+    block_hash BYTEA NOT NULL,
+    total_matched_rows TEXT NOT NULL,
+    rows TEXT NOT NULL,
+    error INTEGER NOT NULL
+);
+"""
+
 
 def _b32(v: Any) -> bytes:
     if isinstance(v, bytes):
@@ -223,6 +248,7 @@ class LagrangePlugin(IntegrationPlugin):
     name = "lagrange"
     Config = LagrangeConfig
     SCHEMA = SCHEMA
+    PG_SCHEMA = PG_SCHEMA
 
     def on_start(self, rt: Runtime) -> None:
         cfg: LagrangeConfig = rt.config  # type: ignore[assignment]
@@ -269,8 +295,12 @@ class LagrangePlugin(IntegrationPlugin):
             return  # a malformed log of the registry is not ours to index
         if ev["client"] != client:
             return
-        conn.execute("INSERT OR REPLACE INTO lagrange_requests (request_id, tx_hash, block_number, block_hash, "
-                     "query_hash, placeholders, start_block, end_block, fee_wei) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        conn.execute("INSERT INTO lagrange_requests (request_id, tx_hash, block_number, block_hash, query_hash, "
+                     "placeholders, start_block, end_block, fee_wei) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                     "ON CONFLICT (request_id) DO UPDATE SET tx_hash = excluded.tx_hash, "
+                     "block_number = excluded.block_number, block_hash = excluded.block_hash, "
+                     "query_hash = excluded.query_hash, placeholders = excluded.placeholders, "
+                     "start_block = excluded.start_block, end_block = excluded.end_block, fee_wei = excluded.fee_wei",
                      (str(ev["request_id"]), tx_hash, block.number, block.hash, ev["query_hash"],
                       json.dumps([hx(p) for p in ev["placeholders"]]), ev["start_block"], ev["end_block"],
                       str(ev["fee"])))
@@ -282,8 +312,11 @@ class LagrangePlugin(IntegrationPlugin):
             return
         if ev["client"] != client:
             return
-        conn.execute("INSERT OR REPLACE INTO lagrange_results (request_id, tx_hash, block_number, block_hash, "
-                     "total_matched_rows, rows, error) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        conn.execute("INSERT INTO lagrange_results (request_id, tx_hash, block_number, block_hash, "
+                     "total_matched_rows, rows, error) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO UPDATE "
+                     "SET tx_hash = excluded.tx_hash, block_number = excluded.block_number, "
+                     "block_hash = excluded.block_hash, total_matched_rows = excluded.total_matched_rows, "
+                     "rows = excluded.rows, error = excluded.error",
                      (str(ev["request_id"]), tx_hash, block.number, block.hash, str(ev["total_matched_rows"]),
                       json.dumps([hx(r) for r in ev["rows"]]), ev["error"]))
 

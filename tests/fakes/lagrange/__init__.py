@@ -26,7 +26,7 @@ def available() -> str | None:
 
 def compile_registry() -> dict[str, Any]:
     """``{"abi", "bytecode", "solc"}`` of TestLPNRegistry, compiled by the npm solc."""
-    from monmouth.demo import compile_solidity
+    from monmouth_demo import compile_solidity
 
     return compile_solidity((HERE / "TestLPNRegistry.sol").read_text(), "TestLPNRegistry", NODE_MODULES, timeout=120)
 

@@ -11,6 +11,11 @@
 
 Ctrl-C stops everything cleanly (traffic, sidecar, anvil). Files go to ``--dir`` (default ``./monmouth-demo``):
 the config, the database, compiled artifacts and the ABI/labels the RAG plugin uses to name things.
+
+A command built from the library, not part of it: the package ``monmouth_demo`` uses only ``monmouth``'s public
+modules, and :mod:`.command` adds ``monmouth demo`` to the command line through the ``monmouth.commands`` entry
+point (``docs/architecture.md``, "commands"). Tests and benchmarks use its Solidity build (:func:`compile_solidity`)
+and anvil's dev keys (:func:`dev_key`).
 """
 
 from __future__ import annotations
@@ -36,9 +41,9 @@ from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
 from eth_utils import to_checksum_address
 
-from .chain import calldata
-from .errors import MonmouthError
-from .rpcclient import SyncJsonRpcClient
+from monmouth.chain import calldata
+from monmouth.errors import MonmouthError
+from monmouth.rpcclient import SyncJsonRpcClient
 
 log = logging.getLogger("monmouth.demo")
 
@@ -394,7 +399,7 @@ agents = [{agents}]
 
 async def _seed_agents(base: str, dep: Deployment) -> dict[str, Any]:
     """Label the agents (loopback operator), sign the first in with SIWE and store memories with its token."""
-    from .siwe import sign_in_with_key
+    from monmouth.siwe import sign_in_with_key
 
     async with httpx.AsyncClient(base_url=base, timeout=30) as http:
         for addr, label in dep.agents.items():
@@ -455,7 +460,7 @@ def run_demo(workdir: Path, port: int = 8080, duration: float | None = None, reo
              rate: float = 4.0, out: Any = None) -> dict[str, Any]:
     """Run the demo until SIGINT/SIGTERM (or ``duration`` seconds), then stop traffic, the sidecar and anvil
     (gracefully, see :mod:`sidecar.shutdown`; call it on the main thread). Returns a summary."""
-    from .shutdown import Stopped, graceful
+    from monmouth.shutdown import Stopped, graceful
 
     out = out or sys.stdout
     summary: dict[str, Any] = {}
@@ -468,8 +473,8 @@ def _run_demo(stopper: Any, summary: dict[str, Any], workdir: Path, port: int, d
               reorg_every: int, rate: float, out: Any) -> None:
     import anyio
 
-    from .app import make_source, open_app
-    from .runner import Runner
+    from monmouth.app import make_source, open_app
+    from monmouth.runner import Runner
 
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
