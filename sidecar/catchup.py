@@ -12,13 +12,14 @@ History, by source:
   longer serves the blocks (pruned) is reported in ``/status`` (``progress.error``) and retried.
 * ``replay``: the replay file, read again: the canonical chain is found by walking parent hashes back from the
   engine head through every block the file holds (the whole file is indexed in memory).
-* ``exex``: the node's own JSON-RPC at ``source.rpc_url`` (Reth serves it with ``--http``; the bridge serves
-  history only to a sidecar's first ``hello``), fetched and checked like the ``rpc`` source's
-  (:class:`NodeHistory`). Each step also checks that the node's block at the engine head's height is the engine
-  head: a URL pointing at another chain (or a node that has not seen the head yet) is reported in ``/status``
-  and retried, and nothing of it is applied. The ExEx delivers no genesis block, so the default start is block 1.
-  Without ``source.rpc_url`` the plugin joins the live stream at the head, and the log names the blocks it lacks
-  and the key to set.
+* ``exex``: through the bridge (:class:`BridgeHistory`): ``history`` requests over the open session
+  (:meth:`ExExSource.history`, ``docs/wire.md``), answered from Reth's database with the blocks, senders and
+  receipts, beside the live stream; the bridge checks that the node's block at the engine head's height is the
+  engine head. While the session is down, or the bridge refuses (pruned receipts, a block beyond the node's head),
+  the step fails naming the blocks, is reported in ``/status`` and retried; nothing of it is applied. Only an older
+  bridge that serves no history (its ``welcome`` has no ``history`` key) makes the catch-up use the node's JSON-RPC
+  at ``source.rpc_url`` instead (:class:`NodeHistory`, checked like the ``rpc`` source's), when set. The default
+  start is block 1 (the ExEx sends genesis only to a sidecar started at ``start_block = 0``).
 
 ``/status`` ``progress.<name>``: ``state``, ``first``, ``last``, ``remaining`` (blocks to the head),
 ``blocks_per_s`` and ``error`` (the last failure of a catch-up step, ``null`` when fine).
@@ -37,7 +38,7 @@ import anyio.to_thread
 
 from .app import App
 from .backoff import Backoff
-from .errors import MonmouthError, PluginError
+from .errors import HistoryError, PluginError
 from .progress import PluginRange, Progress, StaleHistoryError
 from .replayfile import read_notifications
 from .sources.base import Source
@@ -48,8 +49,7 @@ log = logging.getLogger(__name__)
 History = Callable[[int, int, BlockRef], Awaitable[list[Block]]]
 
 
-class HistoryError(MonmouthError):
-    """The source cannot serve the blocks asked for (pruned node, not in the replay file)."""
+__all__ = ["BridgeHistory", "CatchUp", "HistoryError", "NodeHistory", "ReplayHistory", "history_of", "no_history"]
 
 
 class ReplayHistory:
@@ -136,6 +136,51 @@ class NodeHistory:
         await self.node.aclose()
 
 
+class BridgeHistory:
+    """The ``exex`` source's history: blocks from Reth's database through the bridge (:meth:`ExExSource.history`),
+    or, from an older bridge that serves no history, from the node's JSON-RPC at ``rpc_url`` when set
+    (:class:`NodeHistory`).
+
+    Args:
+        source: the runner's ``exex`` source (its open session carries the requests).
+        rpc_url: ``source.rpc_url`` (optional fallback for an older bridge), or ``""``.
+        timeout: seconds per answer (``source.timeout``).
+    """
+
+    #: The ExEx starts at block 1 (it delivers genesis only from ``start_block = 0``): the default first block.
+    FIRST_BLOCK = 1
+
+    def __init__(self, source: Source, rpc_url: str = "", timeout: float = 10.0) -> None:
+        self.source = source
+        self.timeout = timeout
+        self.fallback = NodeHistory(rpc_url, timeout) if rpc_url else None
+
+    async def __call__(self, first: int, last: int, head: BlockRef) -> list[Block]:
+        """Blocks ``first..last`` (at or below ``head``, the engine head).
+
+        Raises:
+            HistoryError: the bridge is not connected, refuses (naming the block), or serves no history and no
+                ``source.rpc_url`` is set; the fallback's errors.
+        """
+        bridge = getattr(self.source, "bridge", None)
+        if self.fallback is not None and bridge is not None and getattr(bridge, "history", None) is None:
+            return await self.fallback(first, last, head)
+        fetch = getattr(self.source, "history", None)
+        if fetch is None:
+            raise HistoryError(f"the {self.source.kind} source cannot serve history")
+        try:
+            return list(await fetch(first, last, head, timeout=max(self.timeout, 30.0)))
+        except HistoryError as e:
+            bridge = getattr(self.source, "bridge", None)
+            if bridge is not None and getattr(bridge, "history", None) is None:
+                raise HistoryError(f"{e}, or set source.rpc_url to the node's HTTP endpoint") from e
+            raise
+
+    async def aclose(self) -> None:
+        if self.fallback is not None:
+            await self.fallback.aclose()
+
+
 def history_of(source: Source, rpc_url: str = "", timeout: float = 10.0) -> History | None:
     """The source's history, or ``None`` when it cannot serve one (``rpc_url``, ``timeout``: the ``exex``
     source's ``source.rpc_url`` and ``source.timeout``)."""
@@ -150,17 +195,13 @@ def history_of(source: Source, rpc_url: str = "", timeout: float = 10.0) -> Hist
     path = getattr(source, "path", None)
     if source.kind == "replay" and isinstance(path, Path):
         return ReplayHistory(path)
-    if source.kind == "exex" and rpc_url:
-        return NodeHistory(rpc_url, timeout)
+    if source.kind == "exex" and hasattr(source, "history"):
+        return BridgeHistory(source, rpc_url, timeout)
     return None
 
 
 def no_history(source: Source) -> str:
     """Why ``source`` serves no history, and what the operator can do (for the log and ``monmouth reindex``)."""
-    if source.kind == "exex":
-        return ("the exex source catches plugins up from the node's JSON-RPC, and source.rpc_url is not set: set it "
-                "to the node's HTTP endpoint (Reth --http, e.g. http://127.0.0.1:8545) and restart, then "
-                "`monmouth reindex <plugin>` rebuilds a plugin that joined without history")
     return f"the {source.kind} source cannot serve history"
 
 
@@ -204,11 +245,11 @@ class CatchUp:
         ``None``."""
         if isinstance(self.history, ReplayHistory):
             return self.history.first_block()
-        return NodeHistory.FIRST_BLOCK if self.source.kind == "exex" else None
+        return BridgeHistory.FIRST_BLOCK if self.source.kind == "exex" else None
 
     async def aclose(self) -> None:
-        """Release the history's client (the ``exex`` source's JSON-RPC connection)."""
-        if isinstance(self.history, NodeHistory):
+        """Release the history's client (the ``exex`` source's JSON-RPC fallback connection)."""
+        if isinstance(self.history, NodeHistory | BridgeHistory):
             await self.history.aclose()
 
     def status(self) -> dict[str, dict[str, Any]]:

@@ -264,6 +264,24 @@ def notification_from_wire(raw: Any) -> tuple[int, Notification]:
     return _finish(w)
 
 
+def blocks_from_wire(raw: Any, name: str) -> tuple[Block, ...]:
+    """Decode an unpacked list of blocks (``history_blocks.blocks``): possibly empty; when not, one contiguous
+    chain, oldest first, each block with as many receipts as transactions.
+
+    Raises:
+        CodecError: not a list, a malformed block (naming its path, e.g. ``blocks[3].transactions[1].sender``),
+            or blocks that do not follow each other.
+    """
+    try:
+        blocks = msgspec.convert(raw, list[Block])
+    except msgspec.ValidationError as e:
+        msg = _validation_message(e)
+        raise CodecError(f"{name}{msg}" if msg.startswith("[") else f"{name}: {msg}") from None
+    if not blocks:
+        return ()
+    return _chain(blocks, name, "history").blocks
+
+
 def _decode(decoder: msgspec.msgpack.Decoder[_WireNotification[_B]], frame: bytes | memoryview,
             max_bytes: int) -> _WireNotification[_B]:
     if len(frame) > max_bytes:

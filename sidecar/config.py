@@ -70,8 +70,8 @@ class SourceConfig(_Section):
     window: int = Field(64, ge=1, le=1024)
     #: exex: heartbeat interval, seconds.
     heartbeat: float = Field(1.0, gt=0, le=600)
-    #: exex: the node's HTTP JSON-RPC endpoint (Reth's ``--http``), where plugins enabled late catch up from
-    #: (sidecar/catchup.py); empty: they join at the head without the blocks before it.
+    #: exex: the node's HTTP JSON-RPC endpoint (Reth's ``--http``), where plugins enabled late catch up from when
+    #: the bridge is an older one that serves no history (sidecar/catchup.py); a current bridge serves it itself.
     rpc_url: str = ""
 
     @field_validator("rpc_url")

@@ -149,5 +149,10 @@ class MigrationChangedError(MigrationError):
     by other SQL than the plugin's code now declares. The plugin is refused; ``monmouth reindex`` rebuilds it."""
 
 
+class HistoryError(MonmouthError):
+    """The source cannot serve the blocks asked for (pruned node, not in the replay file, bridge not connected or
+    serving no history). The message names the blocks."""
+
+
 class SourceError(MonmouthError):
     """A source failed in a way retrying will not fix (bad file, protocol mismatch)."""

@@ -24,15 +24,16 @@ import contextlib
 import fcntl
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import anyio
 import apsw
 
-from .app import App, make_source
+from .app import App, EngineView, make_source
 from .catchup import CatchUp, HistoryError, no_history
 from .errors import MigrationChangedError, MonmouthError
 from .plugins import call_one
+from .sources.base import Source
 from .store import ENGINE_PREFIX, Database, _load_vec, check_applied, migrate
 from .uint256 import register as register_uint256
 
@@ -106,7 +107,7 @@ async def reindex(app: App, name: str, from_block: int | None, echo: Callable[[s
         HistoryError, PluginError: the rebuild failed midway; the plugin stays ``catching_up`` from where it got
             to, and ``monmouth run`` (or another ``monmouth reindex``) resumes it.
     """
-    host, engine = app.host, app.engine
+    host = app.host
     if name not in host.installed:
         raise ReindexError(f"reindex: no such plugin {name!r} (installed: {', '.join(sorted(host.installed))})")
     changed = name not in host.enabled and app.settings.plugin_enabled(name) and _migrations_changed(app, name)
@@ -115,61 +116,91 @@ async def reindex(app: App, name: str, from_block: int | None, echo: Callable[[s
                            f"({host.errors.get(name) or 'enabled = false'}); enable it first")
     source = make_source(app.settings, app.metrics)
     catchup = CatchUp(app, source, anyio.Lock(), anyio.CapacityLimiter(1))
-    progress = catchup.progress
     try:
-        with exclusive(app, name):
-            head = engine.head
-            if head is None:
-                raise ReindexError(f"reindex {name!r}: the database has no head yet; there is nothing to reindex")
-            start = from_block if from_block is not None else progress.start_block(app.settings, name, catchup.floor())
-            start = head.number if start is None else start
-            if not 0 <= start <= head.number:
-                raise ReindexError(f"reindex {name!r}: --from {start} is not a block number at or below the head "
-                                   f"{head}")
-            if catchup.history is None:
-                raise ReindexError(f"reindex {name!r}: {no_history(source)}")
-            try:
-                await catchup.history(start, start, head)
-            except HistoryError as e:
-                raise ReindexError(f"reindex {name!r} from block {start}: {e}") from e
-
-            plugin = host.installed[name]
-            tables = set(plugin_tables(plugin))
-            echo(f"reindex {name}: dropping {', '.join(sorted(tables)) or 'no tables'}; rebuilding blocks "
-                 f"{start}..{head.number}")
-            _reset(app, name, tables, start)
-            if changed:  # refused at start for its changed migrations: start it now, on new tables
-                host.apply_settings(app.settings)
-                if name not in host.enabled:
-                    raise ReindexError(f"reindex {name!r}: the plugin failed to start on its rebuilt tables: "
-                                       f"{host.errors.get(name)}")
-                if host.pm.has_plugin(name):  # no live hooks: the catch-up registers it once at the head
-                    host.pm.unregister(name=name)
-            else:
-                conn = app.db.connect()
-                try:
-                    migrate(conn, name, call_one(plugin, "monmouth_migrations", backend="sqlite") or [],
-                            set(call_one(plugin, "monmouth_trimmed_tables") or {}))
-                finally:
-                    conn.close()
-            t0 = shown = time.monotonic()
-            while (r := progress.ranges()[name]).state == "catching_up":
-                await catchup.step_once(r)
-                now = time.monotonic()
-                if now - shown >= 1.0:
-                    shown = now
-                    last = progress.ranges()[name].last or start
-                    echo(f"reindex {name}: block {last} of {head.number}, {head.number - last} remaining, "
-                         f"{(last - start + 1) / (now - t0):.1f} blocks/s")
-            done = head.number - start + 1
-            echo(f"reindex {name}: done, {done} blocks ({start}..{head.number}) in {time.monotonic() - t0:.1f}s; "
-                 "it follows the head")
-            return done
+        async with _session_for_history(source, EngineView(app.engine)):
+            return await _reindex(app, name, from_block, echo, source, catchup, changed)
     finally:
         with contextlib.suppress(Exception):
             await catchup.aclose()
         with contextlib.suppress(Exception):
             await source.aclose()
+
+
+@contextlib.asynccontextmanager
+async def _session_for_history(source: Source, view: EngineView, wait: float = 10.0) -> AsyncIterator[None]:
+    """For the ``exex`` source, whose history travels over a bridge session: open one (its notifications are
+    received and dropped, never acknowledged, so the bridge re-sends them to the sidecar's next session) and wait
+    up to ``wait`` seconds for it; other sources need none."""
+    if source.kind != "exex":
+        yield
+        return
+
+    async def drain() -> None:
+        async for _delivery in source.stream(view):
+            pass
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(drain)
+        with anyio.move_on_after(wait):
+            while getattr(source, "state", None) != "streaming":
+                await anyio.sleep(0.05)
+        try:
+            yield
+        finally:
+            tg.cancel_scope.cancel()
+
+
+async def _reindex(app: App, name: str, from_block: int | None, echo: Callable[[str], None], source: Source,
+                   catchup: CatchUp, changed: bool) -> int:
+    host, engine, progress = app.host, app.engine, catchup.progress
+    with exclusive(app, name):
+        head = engine.head
+        if head is None:
+            raise ReindexError(f"reindex {name!r}: the database has no head yet; there is nothing to reindex")
+        start = from_block if from_block is not None else progress.start_block(app.settings, name, catchup.floor())
+        start = head.number if start is None else start
+        if not 0 <= start <= head.number:
+            raise ReindexError(f"reindex {name!r}: --from {start} is not a block number at or below the head "
+                               f"{head}")
+        if catchup.history is None:
+            raise ReindexError(f"reindex {name!r}: {no_history(source)}")
+        try:
+            await catchup.history(start, start, head)
+        except HistoryError as e:
+            raise ReindexError(f"reindex {name!r} from block {start}: {e}") from e
+
+        plugin = host.installed[name]
+        tables = set(plugin_tables(plugin))
+        echo(f"reindex {name}: dropping {', '.join(sorted(tables)) or 'no tables'}; rebuilding blocks "
+             f"{start}..{head.number}")
+        _reset(app, name, tables, start)
+        if changed:  # refused at start for its changed migrations: start it now, on new tables
+            host.apply_settings(app.settings)
+            if name not in host.enabled:
+                raise ReindexError(f"reindex {name!r}: the plugin failed to start on its rebuilt tables: "
+                                   f"{host.errors.get(name)}")
+            if host.pm.has_plugin(name):  # no live hooks: the catch-up registers it once at the head
+                host.pm.unregister(name=name)
+        else:
+            conn = app.db.connect()
+            try:
+                migrate(conn, name, call_one(plugin, "monmouth_migrations", backend="sqlite") or [],
+                        set(call_one(plugin, "monmouth_trimmed_tables") or {}))
+            finally:
+                conn.close()
+        t0 = shown = time.monotonic()
+        while (r := progress.ranges()[name]).state == "catching_up":
+            await catchup.step_once(r)
+            now = time.monotonic()
+            if now - shown >= 1.0:
+                shown = now
+                last = progress.ranges()[name].last or start
+                echo(f"reindex {name}: block {last} of {head.number}, {head.number - last} remaining, "
+                     f"{(last - start + 1) / (now - t0):.1f} blocks/s")
+        done = head.number - start + 1
+        echo(f"reindex {name}: done, {done} blocks ({start}..{head.number}) in {time.monotonic() - t0:.1f}s; "
+             "it follows the head")
+        return done
 
 
 def _migrations_changed(app: App, name: str) -> bool:

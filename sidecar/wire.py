@@ -1,5 +1,6 @@
 """Session messages of the wire protocol (``docs/wire.md``, version 1): ``hello``, ``welcome``, ``ack``,
-``heartbeat``, ``error``, plus ``notification`` through :mod:`monmouth.codec`.
+``heartbeat``, ``error``, the history request ``history`` and its answer ``history_blocks``, plus
+``notification`` through :mod:`monmouth.codec`.
 
 Every frame is one msgpack map whose ``type`` key names the message; keys are written in the order of
 the spec, so Python frames are byte-identical to the Rust bridge's (``tests/vectors/`` pins both).
@@ -19,7 +20,7 @@ from typing import Any, Literal, overload
 
 from . import codec
 from .errors import CodecError
-from .types import BlockRef, Notification
+from .types import Block, BlockRef, Notification
 
 #: The protocol version this module speaks.
 PROTOCOL_VERSION = 1
@@ -72,7 +73,9 @@ class Hello:
 class Welcome:
     """``welcome`` (bridge → sidecar): ``heartbeat_ms`` in milliseconds; ``epoch`` names the bridge run's
     sequence space (``seq`` values are unique only within one epoch; 0 when the bridge sent none); ``node_head``
-    is the node's newest block number, ``None`` when the bridge does not know it (the key is then absent)."""
+    is the node's newest block number, ``None`` when the bridge does not know it (the key is then absent);
+    ``history`` the most blocks the bridge answers per ``history`` request, ``None`` when it serves no history
+    (an older bridge; the key is then absent)."""
 
     version: int
     chain_id: int
@@ -80,6 +83,31 @@ class Welcome:
     heartbeat_ms: int
     epoch: int = 0
     node_head: int | None = None
+    history: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRequest:
+    """``history`` (sidecar → bridge): the canonical blocks ``from_block..to_block`` (block numbers, inclusive)
+    with senders and receipts. ``head``: the sidecar's head, of which the blocks must be ancestors (the bridge
+    checks the node's block at ``head.number``); ``None``: the node's chain, unchecked. ``id`` is echoed in the
+    answer. Not part of the notification stream: no ``seq``, never acknowledged."""
+
+    id: int
+    from_block: int
+    to_block: int
+    head: BlockRef | None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryBlocks:
+    """``history_blocks`` (bridge → sidecar): the answer to the :class:`HistoryRequest` with the same ``id``:
+    ``blocks`` (oldest first, from ``from_block``, contiguous; fewer than asked means "ask again for the rest")
+    or ``error`` (a sentence naming the block that cannot be served), never both."""
+
+    id: int
+    blocks: tuple[Block, ...] | None
+    error: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +171,7 @@ class Error:
     message: str
 
 
-Message = Hello | Welcome | NotificationMsg | Ack | Heartbeat | Error
+Message = Hello | Welcome | NotificationMsg | Ack | Heartbeat | Error | HistoryRequest | HistoryBlocks
 
 
 def now_ms() -> int:
@@ -175,7 +203,14 @@ def to_wire(msg: Message) -> dict[str, Any]:
                "heartbeat_ms": msg.heartbeat_ms, "epoch": msg.epoch}
         if msg.node_head is not None:  # optional keys are present only when known
             out["node_head"] = msg.node_head
+        if msg.history is not None:
+            out["history"] = msg.history
         return out
+    if isinstance(msg, HistoryRequest):
+        return {"type": "history", "id": msg.id, "from": msg.from_block, "to": msg.to_block, "head": _ref(msg.head)}
+    if isinstance(msg, HistoryBlocks):
+        blocks = None if msg.blocks is None else [codec.block_to_wire(b) for b in msg.blocks]
+        return {"type": "history_blocks", "id": msg.id, "blocks": blocks, "error": msg.error}
     if isinstance(msg, NotificationMsg):
         return codec.notification_to_wire(msg.notification, msg.seq)
     if isinstance(msg, Ack):
@@ -263,7 +298,13 @@ def from_wire(m: Any) -> Message:
     if t == "welcome":
         epoch = m.get("epoch", 0)
         return Welcome(_uint(m, "version", t), _uint(m, "chain_id", t), _str(m, "node", t, ""),
-                       _uint(m, "heartbeat_ms", t), _uint({"epoch": epoch}, "epoch", t), _opt_uint(m, "node_head", t))
+                       _uint(m, "heartbeat_ms", t), _uint({"epoch": epoch}, "epoch", t), _opt_uint(m, "node_head", t),
+                       _opt_uint(m, "history", t))
+    if t == "history":
+        return HistoryRequest(_uint(m, "id", t), _uint(m, "from", t), _uint(m, "to", t),
+                              _block_ref(m.get("head"), "history.head"))
+    if t == "history_blocks":
+        return _history_blocks(m)
     if t == "ack":
         if "head" not in m:
             raise WireError("malformed", "ack.head: missing")
@@ -274,6 +315,20 @@ def from_wire(m: Any) -> Message:
         return Error(_str(m, "code", t), _str(m, "message", t, ""))
     shown = t if len(t) <= 64 else t[:64] + "…"
     raise WireError("unknown_type", f"unknown message type {shown!r}")
+
+
+def _history_blocks(m: dict[str, Any]) -> HistoryBlocks:
+    rid = _uint(m, "id", "history_blocks")
+    raw, error = m.get("blocks"), m.get("error")
+    if (raw is None) == (error is None):
+        raise WireError("malformed", f"history_blocks {rid}: exactly one of `blocks` and `error` must be set")
+    if error is not None:
+        return HistoryBlocks(rid, None, _str(m, "error", "history_blocks"))
+    try:
+        blocks = codec.blocks_from_wire(raw, "blocks")
+    except CodecError as e:
+        raise WireError("malformed", f"history_blocks {rid}: {e}") from None
+    return HistoryBlocks(rid, blocks, None)
 
 
 @overload

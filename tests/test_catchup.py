@@ -1,7 +1,9 @@
-"""Catch-up of plugins enabled late under the ``exex`` source (sidecar/catchup.py, ``source.rpc_url``): the live
-stream comes from a bridge over real ZeroMQ sockets speaking docs/wire.md, the history from the node's JSON-RPC
-(anvil), with a reorg landing in the middle of the catch-up. Without ``source.rpc_url`` the plugin joins at the head
-and the log names the key; a URL of another chain is refused with nothing applied; the key is validated.
+"""Catch-up of plugins enabled late under the ``exex`` source (sidecar/catchup.py): the live stream comes from a
+bridge over real ZeroMQ sockets speaking docs/wire.md, the history through that bridge's ``history`` requests
+(answered from the node, anvil), with a reorg landing in the middle of the catch-up and no ``source.rpc_url``. An
+older bridge that serves no history falls back to ``source.rpc_url`` (same reorg case); without it the plugin waits
+with an error naming both ways out and nothing applied; a URL of another chain is refused with nothing applied;
+the key is validated. (tests/test_reth.py does the same through the real ExEx.)
 """
 
 from __future__ import annotations
@@ -39,10 +41,13 @@ class RpcBridge:
     """A stand-in for the Reth ExEx bridge (bridge/): a real ZeroMQ ROUTER speaking docs/wire.md, whose
     notifications are a JSON-RPC node's chain as the ``rpc`` source follows it (commits and reorgs), from the head
     the sidecar's ``hello`` names (block 1 on an empty database: the ExEx delivers no genesis). Each session is a
-    new epoch; the credit window is respected; heartbeats carry the node's head."""
+    new epoch; the credit window is respected; heartbeats carry the node's head. With ``history``, it answers
+    ``history`` requests (at most ``history`` blocks each) with the node's blocks, checking the sidecar's head on
+    the node as the ExEx does; without, it is an older bridge (no ``welcome.history``)."""
 
-    def __init__(self, endpoint: str, node_url: str) -> None:
-        self.endpoint, self.node_url = endpoint, node_url
+    def __init__(self, endpoint: str, node_url: str, history: int | None = None) -> None:
+        self.endpoint, self.node_url, self.history = endpoint, node_url, history
+        self.history_requests: list[wire.HistoryRequest] = []
         self.blocks: dict[int, Block] = {}  # the chain it delivered
         self.tip: BlockRef | None = None
         self.sessions = 0
@@ -104,6 +109,9 @@ class RpcBridge:
                     session = asyncio.create_task(self._session(router, ident, msg))
                 elif isinstance(msg, wire.Ack):
                     self._acked = msg.seq
+                elif isinstance(msg, wire.HistoryRequest):
+                    self.history_requests.append(msg)
+                    await router.send_multipart([ident, wire.encode(await self._history(msg))])
         finally:
             if session is not None:
                 session.cancel()
@@ -111,6 +119,17 @@ class RpcBridge:
                     await session
             router.close(0)
             ctx.term()
+
+    async def _history(self, req: wire.HistoryRequest) -> wire.HistoryBlocks:
+        assert self.history is not None, "an older bridge got a history request"
+        node = RpcSource(self.node_url)
+        try:
+            last = min(req.to_block, req.from_block + self.history - 1)
+            if req.head is not None and await node.block_hash(req.head.number) != req.head.hash:
+                return wire.HistoryBlocks(req.id, None, f"the node's block {req.head.number} is not the sidecar's head")
+            return wire.HistoryBlocks(req.id, tuple(await node.fetch_blocks(req.from_block, last)), None)
+        finally:
+            await node.aclose()
 
     async def _session(self, router: Any, ident: bytes, hello: wire.Hello) -> None:
         self.sessions += 1
@@ -125,7 +144,7 @@ class RpcBridge:
         source = RpcSource(self.node_url, poll_interval=0.05, batch_size=4, max_backoff=0.5,
                            start_block=max(hello.start_block or 1, 1))
         await router.send_multipart([ident, wire.encode(wire.Welcome(wire.PROTOCOL_VERSION, 31337, "anvil via rpc",
-                                                                     200, self.sessions))])
+                                                                     200, self.sessions, None, self.history))])
         self._acked = 0
 
         async def heartbeats() -> None:
@@ -156,7 +175,15 @@ class RpcBridge:
 
 @pytest.fixture
 def bridge(tmp_path, anvil):
+    """An older bridge: no history."""
     b = RpcBridge(f"ipc://{tmp_path}/bridge.sock", anvil.url)
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def history_bridge(tmp_path, anvil):
+    b = RpcBridge(f"ipc://{tmp_path}/bridge.sock", anvil.url, history=3)
     yield b
     b.close()
 
@@ -266,11 +293,11 @@ class ReorgOnce:
             self.anvil.reorg(self.depth, txs=3, seed=11)
 
 
-def test_a_plugin_enabled_late_under_exex_catches_up_from_the_nodes_json_rpc_through_a_reorg(tmp_path, anvil,
-                                                                                           bridge, caplog):
+def catches_up_through_a_reorg(tmp_path: Path, anvil: Anvil, bridge: RpcBridge, rpc_url: str | None,
+                               caplog: Any) -> Runner:
     anvil.traffic(30, txs_per_block=2)
     # The sidecar indexes the chain from the bridge with one plugin.
-    cfg = write_config(tmp_path, bridge, anvil.url, late=False)
+    cfg = write_config(tmp_path, bridge, rpc_url, late=False)
     app = open_sidecar(cfg, ReorgOnce())
     follow(app, at(anvil))
     app.close()
@@ -278,7 +305,7 @@ def test_a_plugin_enabled_late_under_exex_catches_up_from_the_nodes_json_rpc_thr
     # Two plugins are enabled late, with the head at 30; the node reorgs 12 blocks (19..30) while they catch up
     # 4 blocks per step, and goes on afterwards.
     trigger = ReorgOnce(anvil, at=20, depth=12)
-    write_config(tmp_path, bridge, anvil.url, late=True)
+    write_config(tmp_path, bridge, rpc_url, late=True)
     app = open_sidecar(cfg, trigger)
     with caplog.at_level(logging.INFO, logger="monmouth"):
         runner = follow(app, at(anvil), batch=4)
@@ -297,10 +324,25 @@ def test_a_plugin_enabled_late_under_exex_catches_up_from_the_nodes_json_rpc_thr
     # Exactly once, reorg-exact: the same tables as a fresh index of the node's final chain.
     assert dump(tmp_path / "db.sqlite", LEDGER_TABLES + REC_TABLES,
                 {"ledger": ledger, "rec": chainrecord}) == reference(tmp_path, anvil)
+    return runner
 
 
-def test_without_rpc_url_a_late_plugin_joins_at_the_head_and_the_log_names_the_key(tmp_path, anvil, bridge,
-                                                                                 caplog):
+def test_a_plugin_enabled_late_under_exex_catches_up_through_the_bridge_through_a_reorg(tmp_path, anvil,
+                                                                                       history_bridge, caplog):
+    runner = catches_up_through_a_reorg(tmp_path, anvil, history_bridge, None, caplog)
+    reqs = history_bridge.history_requests
+    assert reqs and reqs[0].from_block == 1 and all(r.head is not None for r in reqs), reqs
+    assert runner.source.status()["history_blocks"] >= 20  # type: ignore[attr-defined]
+
+
+def test_an_older_bridge_falls_back_to_the_nodes_json_rpc_through_a_reorg(tmp_path, anvil, bridge, caplog):
+    catches_up_through_a_reorg(tmp_path, anvil, bridge, anvil.url, caplog)
+
+
+
+
+def test_an_older_bridge_without_rpc_url_leaves_the_plugin_waiting_with_an_error_naming_both_ways_out(
+        tmp_path, anvil, bridge, caplog):
     anvil.traffic(6, txs_per_block=1)
     cfg = write_config(tmp_path, bridge, None, late=False)
     app = open_sidecar(cfg, ReorgOnce())
@@ -308,12 +350,18 @@ def test_without_rpc_url_a_late_plugin_joins_at_the_head_and_the_log_names_the_k
     app.close()
     write_config(tmp_path, bridge, None, late=True)
     app = open_sidecar(cfg, ReorgOnce())
+
+    def errored(runner: Runner) -> bool:
+        return "serves no history" in ((runner.catchup.status().get("rec") or {}).get("error") or "")
+
     with caplog.at_level(logging.WARNING, logger="monmouth"):
-        runner = follow(app, at(anvil))
+        runner = follow(app, errored)
     app.close()
-    assert "plugin rec joins at the head #6" in caplog.text and "WITHOUT blocks 1..6" in caplog.text, caplog.text
-    assert "source.rpc_url is not set" in caplog.text and "monmouth reindex" in caplog.text, caplog.text
-    assert runner.catchup.status()["rec"]["first"] == 7
+    st = runner.catchup.status()["rec"]
+    assert st["state"] == "catching_up" and not st["last"], st
+    assert "history blocks 1..6" in st["error"] and "serves no history" in st["error"], st
+    assert "source.rpc_url" in st["error"], st
+    assert "catch-up of plugin rec" in caplog.text, caplog.text
     assert dump(tmp_path / "db.sqlite", ("rec_blocks",), {"rec": chainrecord}) == {"rec_blocks": []}
 
 
@@ -350,3 +398,44 @@ def test_rpc_url_is_validated_naming_file_and_key(tmp_path, kind, value, message
         open_app(cfg)
     assert str(e.value).startswith(f"{cfg}: ") and message in str(e.value), e.value
     assert not (tmp_path / "db.sqlite").exists()
+
+
+def test_history_while_not_connected_is_refused_naming_the_blocks(tmp_path):
+    """No bridge at the endpoint: a history request waits one handshake for a session, then fails naming the blocks
+    and the connection state (the catch-up shows it and asks again later)."""
+    src = ExExSource(f"ipc://{tmp_path}/nobody.sock", handshake_timeout_s=0.3)
+
+    async def main() -> None:
+        try:
+            with pytest.raises(HistoryError, match=r"history blocks 3\.\.9: the bridge at ipc://\S+ is not connected "
+                                                   r"\(state idle\)"):
+                await src.history(3, 9, None)
+        finally:
+            await src.aclose()
+
+    asyncio.run(main())
+
+
+def test_reindex_under_exex_rebuilds_a_plugin_from_the_bridges_history(tmp_path, anvil, history_bridge):
+    """``monmouth reindex`` (sidecar stopped) with the exex source and no ``source.rpc_url``: it opens its own bridge
+    session for the history, and the rebuilt tables equal a fresh index of the node's chain."""
+    from monmouth.reindex import reindex
+
+    anvil.traffic(10, txs_per_block=2)
+    cfg = write_config(tmp_path, history_bridge, None, late=False)
+    app = open_sidecar(cfg, ReorgOnce())
+    follow(app, at(anvil))
+    with app.engine.conn:  # damage the plugin's data: a reindex repairs it
+        app.engine.conn.execute("DELETE FROM ledger_transfers WHERE block_number > 4")
+    app.close()
+    before = len(history_bridge.history_requests)
+    app = open_sidecar(cfg, ReorgOnce())
+    said: list[str] = []
+    try:
+        assert asyncio.run(reindex(app, "ledger", 1, said.append)) == 10
+    finally:
+        app.close()
+    assert "reindex ledger: done, 10 blocks (1..10)" in said[-1], said
+    assert len(history_bridge.history_requests) > before
+    assert dump(tmp_path / "db.sqlite", LEDGER_TABLES, {"ledger": ledger}) == \
+        {t: v for t, v in reference(tmp_path, anvil).items() if t in LEDGER_TABLES}

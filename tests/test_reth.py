@@ -614,3 +614,94 @@ def test_bad_starts_are_refused_on_both_sides_and_reth_keeps_running(tmp_path, n
     sidecars.append(live)
     live.wait_synced(node, timeout=60)
     assert node.alive()
+
+
+def test_a_plugin_enabled_late_is_caught_up_through_the_bridge_history(tmp_path, nodes, sidecars):
+    """A dev node mines 40 blocks of transfers; sidecar A indexes them with rag on from the start, sidecar B without
+    rag. B is restarted with rag enabled (no ``source.rpc_url`` anywhere): rag is caught up from the bridge's history
+    (``history`` requests read from Reth's database), while more blocks arrive live, and its tables equal A's. Then,
+    on the same bridge, a raw client's history requests: the blocks equal the node's JSON-RPC; a range beyond the
+    node's head, a head not on the node's chain and a request before ``hello`` are refused naming the block."""
+    from monmouth import wire
+    from monmouth.types import BlockRef
+
+    node, wallet = backlog(tmp_path, nodes, 40)
+    a = Sidecar(tmp_path / "a", exex(node, 1), rag=True).start()
+    b = Sidecar(tmp_path / "b", exex(node, 1), rag=False).start()
+    sidecars += [a, b]
+    head = node.head()
+    b.wait_synced(node, at_least=head)
+    b.stop()
+    assert "rpc_url" not in b.cfg.read_text()
+    b = Sidecar(tmp_path / "b", exex(node, 1), rag=True).start()  # same database, rag enabled late
+    sidecars.append(b)
+    for k in range(5):  # live blocks while rag catches up
+        wallet.transfer(k, 9, 10**13 + k)
+        time.sleep(0.2)
+    target = node.head()
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        st = b.status() or {}
+        if (st.get("progress", {}).get("rag", {}).get("state") == "live" and b.head() is not None
+                and b.head()[0] >= target):
+            break
+        time.sleep(0.25)
+    else:
+        raise AssertionError(f"rag did not catch up: {b.status()} {b.log_tail()}")
+    st = b.status() or {}
+    assert st["source"]["bridge"]["history"] == 64, st["source"]
+    assert st["source"]["history_blocks"] >= head - 1, st["source"]
+    assert st["progress"]["rag"]["first"] == 1 and st["progress"]["rag"]["error"] is None, st["progress"]
+    n = a.wait_synced(node, at_least=target)
+    assert b.wait_synced(node, at_least=n) == n
+    tables = ("rec_blocks", "rec_txs", "rec_logs", "rag_docs", "rag_addresses", "rag_tokens", "rag_edges")
+    assert plugin_tables(b.db, tables) == plugin_tables(a.db, tables)
+    assert rows(b.db, "SELECT count(*) FROM rag_docs")[0][0] > 0
+    a.stop()
+    b.stop()
+
+    # A raw client of the same bridge.
+    import zmq
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(node.bridge)
+
+    def ask(msg: wire.Message) -> wire.Message:
+        sock.send(wire.encode(msg))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if sock.poll(1000):
+                got = wire.decode(sock.recv())
+                if not isinstance(got, wire.Heartbeat | wire.NotificationMsg):
+                    return got
+        raise AssertionError(f"no answer to {msg}")
+
+    try:
+        tip = node.block(n, False)
+        ref = BlockRef(n, bytes.fromhex(tip["hash"][2:]))
+        early = ask(wire.HistoryRequest(1, 1, 3, None))
+        assert isinstance(early, wire.Error) and early.code == "unexpected" and "history request 1" in early.message
+        welcome = ask(wire.Hello(wire.PROTOCOL_VERSION, ref, 8, "history-test"))
+        assert isinstance(welcome, wire.Welcome) and welcome.history == 64
+        got = ask(wire.HistoryRequest(2, 1, n, ref))
+        assert isinstance(got, wire.HistoryBlocks) and got.error is None and got.blocks, got
+        assert [blk.number for blk in got.blocks] == list(range(1, min(n, 64) + 1))
+        for blk in got.blocks:
+            want = node.block(blk.number, True)
+            assert "0x" + blk.hash.hex() == want["hash"]
+            assert ["0x" + t.hash.hex() for t in blk.transactions] == [t["hash"] for t in want["transactions"]]
+            assert len(blk.receipts) == len(blk.transactions)
+        best = node.head()
+        beyond = ask(wire.HistoryRequest(3, best, best + 5, None))
+        assert isinstance(beyond, wire.HistoryBlocks) and beyond.blocks is None
+        assert f"block {best + 5} is beyond the node's head, block {best}" in (beyond.error or ""), beyond
+        other = BlockRef(n, b"\x11" * 32)
+        forked = ask(wire.HistoryRequest(4, 1, n, other))
+        assert isinstance(forked, wire.HistoryBlocks) and f"the node's block {n} is" in (forked.error or ""), forked
+    finally:
+        sock.close(0)
+        ctx.term()
+    assert node.alive()
+

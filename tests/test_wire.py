@@ -74,7 +74,13 @@ def expected(v: dict[str, Any]) -> wire.Message:
     if t == "hello":
         return wire.Hello(j["version"], _ref(j["head"]), j["window"], j["client"], j.get("start_block"))
     if t == "welcome":
-        return wire.Welcome(j["version"], j["chain_id"], j["node"], j["heartbeat_ms"], j["epoch"], j.get("node_head"))
+        return wire.Welcome(j["version"], j["chain_id"], j["node"], j["heartbeat_ms"], j["epoch"], j.get("node_head"),
+                            j.get("history"))
+    if t == "history":
+        return wire.HistoryRequest(j["id"], j["from"], j["to"], _ref(j["head"]))
+    if t == "history_blocks":
+        blocks = None if j["blocks"] is None else tuple(_block(b) for b in j["blocks"])
+        return wire.HistoryBlocks(j["id"], blocks, j["error"])
     if t == "ack":
         return wire.Ack(j["seq"], _ref(j["head"]))
     if t == "heartbeat":
@@ -93,7 +99,7 @@ IDS = [v["name"] for v in DOC["vectors"]]
 
 def test_vectors_cover_every_message_and_kind() -> None:
     types = {v["type"] for v in DOC["vectors"]}
-    assert types == {"hello", "welcome", "notification", "ack", "heartbeat", "error"}
+    assert types == {"hello", "welcome", "notification", "ack", "heartbeat", "error", "history", "history_blocks"}
     kinds = {v["value"]["kind"] for v in DOC["vectors"] if v["type"] == "notification"}
     assert kinds == {"ChainCommitted", "ChainReorged", "ChainReverted"}
     assert DOC["protocol_version"] == wire.PROTOCOL_VERSION
@@ -162,6 +168,11 @@ def _frame(obj: Any) -> bytes:
          "malformed", "at least one block"),
         (_frame({"type": "notification", "seq": 1, "kind": "Nope"}), "malformed", "kind"),
         (_frame({"type": "heartbeat", "ts_ms": 1}) + b"\xc0", "malformed", "trailing"),
+        (_frame({"type": "history", "id": 1, "from": -1, "to": 2, "head": None}), "malformed", "history.from"),
+        (_frame({"type": "history_blocks", "id": 3, "blocks": [], "error": "x"}), "malformed", "exactly one"),
+        (_frame({"type": "history_blocks", "id": 3, "blocks": None, "error": None}), "malformed", "exactly one"),
+        (_frame({"type": "history_blocks", "id": 3, "blocks": [{"number": 1}], "error": None}), "malformed",
+         "history_blocks 3: blocks[0]: Object missing required field `hash`"),
     ],
 )
 def test_decode_refuses(frame: bytes, code: str, needle: str) -> None:
@@ -202,7 +213,8 @@ def test_unknown_keys_and_key_order_are_tolerated() -> None:
 
 def test_optional_node_head_is_omitted_when_unknown_and_checked_when_present() -> None:
     with_head = {v["name"]: v["value"].get("node_head") for v in DOC["vectors"] if v["type"] in ("welcome", "heartbeat")}
-    assert with_head == {"welcome": 21_000_000, "heartbeat": None, "heartbeat_bridge": 21_000_001}
+    assert with_head == {"welcome": 21_000_000, "welcome_history": 21_000_000, "heartbeat": None,
+                         "heartbeat_bridge": 21_000_001}
     # A sidecar's heartbeat has no node_head key at all (byte-identical to the pre-node_head encoding).
     assert msgpack.unpackb(wire.encode(wire.Heartbeat(5)), raw=False) == {"type": "heartbeat", "ts_ms": 5}
     assert wire.decode(_frame({"type": "heartbeat", "ts_ms": 5, "node_head": None})) == wire.Heartbeat(5)
@@ -235,3 +247,20 @@ def test_deferred_notification_reads_the_envelope_and_loads_the_body_later() -> 
     with pytest.raises(wire.WireError) as e:
         bad.load()
     assert e.value.code == "malformed" and "new[0].transactions[0].to" in str(e.value)
+
+
+def test_history_answers_are_one_chain_and_an_old_bridge_announces_no_history() -> None:
+    old = wire.decode((VECTORS / "welcome.msgpack").read_bytes())
+    new = wire.decode((VECTORS / "welcome_history.msgpack").read_bytes())
+    assert isinstance(old, wire.Welcome) and old.history is None
+    assert isinstance(new, wire.Welcome) and new.history == 64
+    answer = wire.decode((VECTORS / "history_blocks.msgpack").read_bytes())
+    assert isinstance(answer, wire.HistoryBlocks) and answer.blocks is not None
+    # Blocks that do not follow each other are refused, naming the answer.
+    raw = msgpack.unpackb((VECTORS / "history_blocks.msgpack").read_bytes(), raw=False)
+    raw["blocks"].reverse()
+    with pytest.raises(wire.WireError, match="history_blocks 1") as e:
+        wire.decode(_frame(raw))
+    assert e.value.code == "malformed"
+    # An empty batch is a valid (empty) answer.
+    assert wire.decode(wire.encode(wire.HistoryBlocks(5, (), None))) == wire.HistoryBlocks(5, (), None)

@@ -27,6 +27,11 @@ Failure handling:
 On an empty database the ``hello`` carries ``start_block``: Reth backfills from that block through its ExEx
 backfill machinery, then the stream continues live. While the node is far ahead, :meth:`ExExSource.status`
 reports the progress under ``backfill``.
+
+History beside the stream: :meth:`ExExSource.history` asks the bridge (``history`` requests, answered with
+``history_blocks`` read from Reth's database) for the canonical blocks a plugin that joined late needs, one batch
+at a time, over the open session. The answers take no ``seq`` and are never acknowledged; the live stream goes on
+meanwhile. A bridge whose ``welcome`` has no ``history`` key serves none (an older bridge).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -44,8 +50,8 @@ import zmq.asyncio
 
 from .. import __version__, wire
 from ..backoff import Backoff
-from ..errors import ConfigError, MonmouthError, SourceError
-from ..types import BlockRef, ChainReverted, Notification
+from ..errors import ConfigError, HistoryError, MonmouthError, SourceError
+from ..types import Block, BlockRef, ChainReverted, Notification
 from .base import ChainView, Delivery, Source
 
 log = logging.getLogger("monmouth.sources.exex")
@@ -173,6 +179,12 @@ class ExExSource(Source):
         self._last_heard: float | None = None
         # (monotonic time, head block number) after recent acknowledged commits, for the backfill progress and rate.
         self._progress: collections.deque[tuple[float, int]] = collections.deque(maxlen=64)
+        # History requests: one at a time (the flow control), answered by id.
+        self._history_ids = itertools.count(1)
+        self._history_lock = asyncio.Lock()
+        self._history_waiters: dict[int, asyncio.Future[wire.HistoryBlocks]] = {}
+        #: Blocks received through history requests.
+        self.history_blocks = 0
 
     # -------------------------------------------------------------------------------------------- stream
     async def stream(self, view: ChainView) -> AsyncIterator[Delivery]:  # type: ignore[override]
@@ -354,6 +366,13 @@ class ExExSource(Source):
         if isinstance(msg, wire.Heartbeat):
             self._node_head(msg.node_head)
             return last_seq
+        if isinstance(msg, wire.HistoryBlocks):
+            waiter = self._history_waiters.pop(msg.id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(msg)
+            else:
+                log.debug("history answer %d dropped: nobody waits for it", msg.id)
+            return last_seq
         if isinstance(msg, wire.Error):
             self._on_bridge_error(msg)
             return last_seq
@@ -431,6 +450,11 @@ class ExExSource(Source):
             self._bm.inflight.set(len(self._inflight))
 
     def _close_session(self) -> None:
+        for rid, waiter in self._history_waiters.items():
+            if not waiter.done():
+                waiter.set_exception(HistoryError(f"history request {rid}: the bridge session at {self.url} ended "
+                                                  "before the answer came"))
+        self._history_waiters.clear()
         if self._reader is not None:
             self._reader.cancel()
             self._reader = None
@@ -488,6 +512,58 @@ class ExExSource(Source):
             self._bm.ack_seconds.observe(time.monotonic() - delivery.received_at)
         await self._send_ack(self._sock, seq, head)
 
+    # -------------------------------------------------------------------------------------------- history
+    async def history(self, first: int, last: int, head: BlockRef | None, timeout: float = 30.0) -> list[Block]:
+        """The node's canonical blocks ``first..last`` (block numbers, inclusive), with senders and receipts, read
+        by the bridge from Reth's database: ``history`` requests over the open session, one at a time, each
+        answered with at most ``welcome.history`` blocks (the next request starts after the last block received).
+        ``head`` (the engine head): the bridge checks that the node's block at its height is it, so the blocks are
+        its ancestors. ``timeout``: seconds per answer.
+
+        Raises:
+            HistoryError: no session is open within one handshake timeout (naming the connection state), the
+                bridge serves no history (an older bridge), the bridge's error (beyond the node's head, pruned
+                history, another chain: naming the block), no answer within ``timeout``, the session ending
+                meanwhile, or an answer that is not the blocks asked for.
+        """
+        out: list[Block] = []
+        nxt = first
+        async with self._history_lock:
+            while nxt <= last:
+                # A session being opened (at start, after a reset) is waited for, up to one handshake.
+                deadline = time.monotonic() + min(timeout, self.handshake_timeout_s)
+                while self.state != "streaming" and not self._closed and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                sock, bridge = self._sock, self.bridge
+                if sock is None or self.state != "streaming" or bridge is None:
+                    raise HistoryError(f"history blocks {nxt}..{last}: the bridge at {self.url} is not connected "
+                                       f"(state {self.state}); asked again once the session is open")
+                if bridge.history is None:
+                    raise HistoryError(f"history blocks {nxt}..{last}: the bridge at {self.url} ({bridge.node}) "
+                                       "serves no history (an older monmouth-reth); upgrade it")
+                rid = next(self._history_ids)
+                waiter: asyncio.Future[wire.HistoryBlocks] = asyncio.get_running_loop().create_future()
+                self._history_waiters[rid] = waiter
+                await self._send(sock, wire.HistoryRequest(rid, nxt, last, head))
+                try:
+                    answer = await asyncio.wait_for(waiter, timeout)
+                except TimeoutError:
+                    raise HistoryError(f"history request {rid} (blocks {nxt}..{last}): no answer from the bridge at "
+                                       f"{self.url} within {timeout:.0f}s") from None
+                finally:
+                    self._history_waiters.pop(rid, None)
+                if answer.error is not None:
+                    raise HistoryError(f"the bridge at {self.url}: {answer.error}")
+                blocks = answer.blocks or ()
+                if not blocks or blocks[0].number != nxt or blocks[-1].number > last:
+                    got = f"{blocks[0].number}..{blocks[-1].number}" if blocks else "none"
+                    raise HistoryError(f"history request {rid}: asked for blocks {nxt}..{last}, the bridge at "
+                                       f"{self.url} answered blocks {got}")
+                out.extend(blocks)
+                self.history_blocks += len(blocks)
+                nxt = blocks[-1].number + 1
+        return out
+
     # -------------------------------------------------------------------------------------------- status
     def status(self) -> dict[str, Any]:
         """Connection state, the bridge's ``welcome``, and counters (JSON-able)."""
@@ -500,7 +576,7 @@ class ExExSource(Source):
             connected=self.state == "streaming",
             window=self.window,
             bridge=None if b is None else {"version": b.version, "chain_id": b.chain_id, "node": b.node,
-                                           "heartbeat_ms": b.heartbeat_ms, "epoch": b.epoch},
+                                           "heartbeat_ms": b.heartbeat_ms, "epoch": b.epoch, "history": b.history},
             last_heard_s_ago=None if heard is None else round(time.monotonic() - heard, 3),
             sessions=self.sessions,
             reconnects=self.reconnects,
@@ -511,6 +587,7 @@ class ExExSource(Source):
             received_bytes=self.received_bytes,
             acks_sent=self.acks_sent,
             resends_acked=self.resends_acked,
+            history_blocks=self.history_blocks,
             backfill=self.backfill(),
             refused=dict(self.refused),
             bridge_errors=dict(self.bridge_errors),

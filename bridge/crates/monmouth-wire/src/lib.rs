@@ -1,5 +1,5 @@
 //! Monmouth wire protocol, version 1 (`docs/wire.md`): message types, the ZeroMQ ROUTER session
-//! server, replay files, and the [`NotificationSource`] trait that keeps Reth's types out of this
+//! server, the history service (`history` requests beside the stream), replay files, and the [`NotificationSource`] trait that keeps Reth's types out of this
 //! crate.
 //!
 //! # Invariants
@@ -38,6 +38,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod error;
+pub mod history;
 pub mod message;
 pub mod replay;
 pub mod sample;
@@ -47,9 +48,10 @@ pub mod types;
 
 pub use error::{BridgeError, ErrorCode, ReplayError, SourceError, WireError};
 pub use message::{
-    decode, encode, encode_notification, Ack, ErrorMsg, Heartbeat, Hello, Message, NotificationMsg,
-    Welcome, MAX_FRAME_BYTES, PROTOCOL_VERSION,
+    decode, encode, encode_notification, Ack, ErrorMsg, Heartbeat, Hello, HistoryBlocks, HistoryRequest, Message,
+    NotificationMsg, Welcome, MAX_FRAME_BYTES, PROTOCOL_VERSION,
 };
+pub use history::{HistoryReader, HistoryService};
 pub use replay::{ReplayReader, ReplayWriter};
 pub use server::{percentile, Acked, Next, NotificationSource, RunEnd, Server, ServerConfig, Start, Stats};
 pub use sources::{ChannelSource, Inbox, ReplaySource, NODE_HEAD_UNKNOWN};

@@ -1,4 +1,4 @@
-//! The six session messages of `docs/wire.md` and their encoding.
+//! The session messages of `docs/wire.md` (six, plus the history request and its answer) and their encoding.
 //!
 //! Encoding is `rmp_serde::to_vec_named` of a struct whose first field is `type`, so every frame is
 //! one msgpack map with the keys in the order of the spec. Decoding first reads only the `type` key,
@@ -52,6 +52,38 @@ pub struct Welcome {
     pub epoch: u64,
     /// The newest block number the node has, when the bridge knows it (the key is omitted otherwise).
     pub node_head: Option<u64>,
+    /// The bridge serves `history` requests, answering at most this many blocks per `history_blocks` (the
+    /// key is omitted by a bridge that serves none). Optional key.
+    pub history: Option<u64>,
+}
+
+/// `history` (sidecar → bridge): the canonical blocks `from..=to` (with senders and receipts), for a plugin
+/// that joined late. Answered by one [`HistoryBlocks`] with the same `id`; not part of the notification
+/// stream (no `seq`, never acknowledged).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryRequest {
+    /// Chosen by the sidecar; echoed in the answer.
+    pub id: u64,
+    /// First block number wanted.
+    pub from: u64,
+    /// Last block number wanted (inclusive).
+    pub to: u64,
+    /// The sidecar's head: the blocks must be its ancestors (the node's block at `head.number` must be
+    /// `head.hash`). `None`: the node's canonical chain, unchecked.
+    pub head: Option<BlockRef>,
+}
+
+/// `history_blocks` (bridge → sidecar): the answer to the [`HistoryRequest`] with the same `id`: either
+/// `blocks` (`from`, `from + 1`, ..., contiguous, at most the bridge's batch limit: fewer than asked means
+/// "ask again for the rest"), or `error`, a sentence naming the block number that cannot be served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryBlocks {
+    /// The request's `id`.
+    pub id: u64,
+    /// The blocks, oldest first; `None` with an `error`.
+    pub blocks: Option<Vec<Block>>,
+    /// Why the request cannot be served; `None` with `blocks`.
+    pub error: Option<String>,
 }
 
 /// `ack` (sidecar → bridge). Cumulative: acknowledges every `seq` up to and including this one.
@@ -114,6 +146,10 @@ pub enum Message {
     Heartbeat(Heartbeat),
     /// See [`ErrorMsg`].
     Error(ErrorMsg),
+    /// See [`HistoryRequest`].
+    History(HistoryRequest),
+    /// See [`HistoryBlocks`].
+    HistoryBlocks(HistoryBlocks),
 }
 
 impl Message {
@@ -126,6 +162,8 @@ impl Message {
             Self::Ack(_) => "ack",
             Self::Heartbeat(_) => "heartbeat",
             Self::Error(_) => "error",
+            Self::History(_) => "history",
+            Self::HistoryBlocks(_) => "history_blocks",
         }
     }
 }
@@ -155,6 +193,27 @@ struct WelcomeOut<'a> {
     epoch: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     node_head: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    history: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct HistoryOut<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    id: u64,
+    from: u64,
+    to: u64,
+    head: &'a Option<BlockRef>,
+}
+
+#[derive(Serialize)]
+struct HistoryBlocksOut<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    id: u64,
+    blocks: &'a Option<Vec<Block>>,
+    error: &'a Option<String>,
 }
 
 #[derive(Serialize)]
@@ -217,6 +276,26 @@ struct WelcomeIn {
     epoch: u64,
     #[serde(default)]
     node_head: Option<u64>,
+    #[serde(default)]
+    history: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct HistoryIn {
+    id: u64,
+    from: u64,
+    to: u64,
+    #[serde(default)]
+    head: Option<BlockRef>,
+}
+
+#[derive(Deserialize)]
+struct HistoryBlocksIn {
+    id: u64,
+    #[serde(default)]
+    blocks: Option<Vec<Block>>,
+    #[serde(default)]
+    error: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -302,7 +381,14 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, WireError> {
             heartbeat_ms: m.heartbeat_ms,
             epoch: m.epoch,
             node_head: m.node_head,
+            history: m.history,
         }),
+        Message::History(m) => {
+            to_bytes(&HistoryOut { ty: "history", id: m.id, from: m.from, to: m.to, head: &m.head })
+        }
+        Message::HistoryBlocks(m) => {
+            to_bytes(&HistoryBlocksOut { ty: "history_blocks", id: m.id, blocks: &m.blocks, error: &m.error })
+        }
         Message::Notification(m) => encode_notification(m.seq, &m.notification),
         Message::Ack(m) => to_bytes(&AckOut { ty: "ack", seq: m.seq, head: &m.head }),
         Message::Heartbeat(m) => to_bytes(&HeartbeatOut { ty: "heartbeat", ts_ms: m.ts_ms, node_head: m.node_head }),
@@ -496,7 +582,17 @@ pub fn decode(frame: &[u8], max_bytes: usize) -> Result<Message, WireError> {
                 heartbeat_ms: m.heartbeat_ms,
                 epoch: m.epoch,
                 node_head: m.node_head,
+                history: m.history,
             })
+        }
+        "history" => {
+            let m: HistoryIn = from_frame(frame, "history")?;
+            Message::History(HistoryRequest { id: m.id, from: m.from, to: m.to, head: m.head })
+        }
+        "history_blocks" => {
+            let m: HistoryBlocksIn = from_frame(frame, "history_blocks")?;
+            check_history_blocks(&m)?;
+            Message::HistoryBlocks(HistoryBlocks { id: m.id, blocks: m.blocks, error: m.error })
         }
         "notification" => {
             let m: NotificationIn = from_frame(frame, "notification")?;
@@ -526,6 +622,21 @@ pub fn decode(frame: &[u8], max_bytes: usize) -> Result<Message, WireError> {
     })
 }
 
+/// A `history_blocks` carries exactly one of `blocks` and `error`, and its blocks are contiguous.
+fn check_history_blocks(m: &HistoryBlocksIn) -> Result<(), WireError> {
+    match (&m.blocks, &m.error) {
+        (Some(blocks), None) => {
+            if !blocks.is_empty() {
+                crate::types::check_chain(blocks)
+                    .map_err(|e| WireError::InvalidNotification(format!("history_blocks {}: {e}", m.id)))?;
+            }
+            Ok(())
+        }
+        (None, Some(_)) => Ok(()),
+        _ => Err(WireError::Malformed(format!("history_blocks {}: exactly one of `blocks` and `error` must be set", m.id))),
+    }
+}
+
 /// Milliseconds since the Unix epoch (0 if the clock is before 1970).
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -552,13 +663,32 @@ mod tests {
         roundtrip(Message::Hello(Hello { version: 1, head: None, window: 8, client: "s".into(), start_block: Some(0) }));
         roundtrip(Message::Hello(Hello { version: 1, head: None, window: 8, client: "s".into(), start_block: Some(1 << 40) }));
         for node_head in [None, Some(21_000_000)] {
-            roundtrip(Message::Welcome(Welcome { version: 1, chain_id: 1, node: "n".into(), heartbeat_ms: 1000, epoch: 5, node_head }));
+            roundtrip(Message::Welcome(Welcome { version: 1, chain_id: 1, node: "n".into(), heartbeat_ms: 1000, epoch: 5, node_head, history: None }));
+            roundtrip(Message::Welcome(Welcome { version: 1, chain_id: 1, node: "n".into(), heartbeat_ms: 1000, epoch: 5, node_head, history: Some(64) }));
         }
         roundtrip(Message::Ack(Ack { seq: u64::MAX, head: Some(head) }));
         roundtrip(Message::Ack(Ack { seq: 1, head: None }));
         roundtrip(Message::Heartbeat(Heartbeat { ts_ms: 1_700_000_000_000, node_head: None }));
         roundtrip(Message::Heartbeat(Heartbeat { ts_ms: 1_700_000_000_000, node_head: Some(0) }));
         roundtrip(Message::Error(ErrorMsg::new(ErrorCode::Gap, "seq 3 after 1")));
+        roundtrip(Message::History(HistoryRequest { id: 1, from: 1, to: 64, head: Some(head) }));
+        roundtrip(Message::History(HistoryRequest { id: u64::MAX, from: 0, to: 0, head: None }));
+        let chain = crate::sample::sample_chain(5, 3, 2, 0);
+        roundtrip(Message::HistoryBlocks(HistoryBlocks { id: 2, blocks: Some(chain), error: None }));
+        roundtrip(Message::HistoryBlocks(HistoryBlocks { id: 2, blocks: Some(Vec::new()), error: None }));
+        roundtrip(Message::HistoryBlocks(HistoryBlocks { id: 3, blocks: None, error: Some("block 9 is beyond".into()) }));
+    }
+
+    #[test]
+    fn refuses_inconsistent_history_answers() {
+        let both = HistoryBlocks { id: 1, blocks: Some(Vec::new()), error: Some("x".into()) };
+        let frame = encode(&Message::HistoryBlocks(both)).expect("encode");
+        assert!(matches!(decode(&frame, MAX_FRAME_BYTES), Err(WireError::Malformed(m)) if m.contains("exactly one")));
+        let mut chain = crate::sample::sample_chain(5, 3, 1, 0);
+        chain.remove(1);
+        let gap = HistoryBlocks { id: 4, blocks: Some(chain), error: None };
+        let frame = encode(&Message::HistoryBlocks(gap)).expect("encode");
+        assert!(matches!(decode(&frame, MAX_FRAME_BYTES), Err(WireError::InvalidNotification(m)) if m.contains("history_blocks 4")));
     }
 
     #[test]

@@ -469,7 +469,7 @@ impl Notification {
     }
 }
 
-fn check_chain(chain: &[Block]) -> Result<(), String> {
+pub(crate) fn check_chain(chain: &[Block]) -> Result<(), String> {
     let Some(first) = chain.first() else {
         return Err("chain is empty".to_owned());
     };

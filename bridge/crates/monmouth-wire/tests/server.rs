@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use monmouth_wire::sample::sample_chain;
 use monmouth_wire::{
-    decode, encode, Ack, Acked, BlockRef, ChannelSource, Hello, Message, Next, Notification, NotificationSource,
-    RunEnd, Server, ServerConfig, SourceError, Start, MAX_FRAME_BYTES, NODE_HEAD_UNKNOWN,
+    decode, encode, Ack, Acked, Block, BlockRef, ChannelSource, Hello, HistoryBlocks, HistoryReader, HistoryRequest,
+    HistoryService, Message, Next, Notification, NotificationSource, RunEnd, Server, ServerConfig, SourceError, Start,
+    MAX_FRAME_BYTES, NODE_HEAD_UNKNOWN,
 };
 
 #[derive(Default)]
@@ -50,6 +51,10 @@ struct Bridge {
 
 impl Bridge {
     fn start(items: Vec<Notification>, heartbeat_ms: u64, exit_when_drained: bool) -> Self {
+        Self::start_with(items, heartbeat_ms, exit_when_drained, None)
+    }
+
+    fn start_with(items: Vec<Notification>, heartbeat_ms: u64, exit_when_drained: bool, history: Option<HistoryService>) -> Self {
         let log = Arc::new(Mutex::new(Log::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
@@ -62,6 +67,9 @@ impl Bridge {
                 ..ServerConfig::default()
             };
             let mut server = Server::bind(cfg).unwrap();
+            if let Some(h) = history {
+                server = server.with_history(h);
+            }
             tx.send(server.endpoint().to_owned()).unwrap();
             let mut src = VecSource { items: items.into_iter(), log: log2 };
             server.run(&mut src, || stop2.load(Ordering::Relaxed)).unwrap()
@@ -425,4 +433,87 @@ fn a_hello_that_does_not_continue_the_stream_restarts_the_source() {
             Start::default(),
         ]
     );
+}
+
+/// The sample chain's blocks 1..=`head`, read slowly (`delay`), as a node's database would serve them.
+struct SampleHistory {
+    head: u64,
+    delay: Duration,
+}
+
+impl HistoryReader for SampleHistory {
+    fn max_blocks(&self) -> u64 {
+        8
+    }
+    fn read(&self, req: &HistoryRequest, last: u64) -> Result<Vec<Block>, String> {
+        thread::sleep(self.delay);
+        if last > self.head {
+            return Err(format!("block {last} is beyond the node's head, block {}", self.head));
+        }
+        Ok(sample_chain(1, self.head, 2, 0).into_iter().filter(|b| (req.from..=last).contains(&b.number)).collect())
+    }
+}
+
+#[test]
+fn history_is_answered_beside_the_live_stream_which_it_never_holds_up() {
+    let items = commits(30);
+    let reader = SampleHistory { head: 30, delay: Duration::from_millis(400) };
+    let bridge = Bridge::start_with(items.clone(), 1000, false, Some(HistoryService::spawn(reader, MAX_FRAME_BYTES).unwrap()));
+    // Without a session: refused, naming the request.
+    let stranger = Client::connect(&bridge.endpoint);
+    stranger.send(&Message::History(HistoryRequest { id: 9, from: 1, to: 4, head: None }));
+    assert!(matches!(stranger.recv(2000), Some(Message::Error(e)) if e.code == "unexpected" && e.message.contains("history request 9")));
+
+    let c = Client::connect(&bridge.endpoint);
+    c.hello(None, 1);
+    assert!(matches!(c.recv(2000), Some(Message::Welcome(w)) if w.history == Some(8)));
+    assert_eq!(c.expect_seq(2000).0, 1);
+    let head = items[19].resulting_head();
+    c.send(&Message::History(HistoryRequest { id: 1, from: 3, to: 20, head }));
+    // The read takes 400 ms: meanwhile the stream goes on, in order, one notification per ack.
+    let started = Instant::now();
+    let mut seqs = Vec::new();
+    let mut answer = None;
+    for _ in 0..3 {
+        c.ack(seqs.last().map_or(1, |s: &u64| *s), &items[usize::try_from(seqs.last().map_or(1, |s| *s)).unwrap() - 1]);
+        match c.recv(2000) {
+            Some(Message::Notification(n)) => seqs.push(n.seq),
+            Some(Message::HistoryBlocks(h)) => answer = Some((h, started.elapsed())),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seqs, vec![2, 3, 4], "the live stream went on while history was read");
+    assert!(answer.is_none(), "the answer came before the read finished");
+    let answer = match c.recv(2000) {
+        Some(Message::HistoryBlocks(h)) => h,
+        Some(Message::Notification(_)) => panic!("no notification beyond the window of 1"),
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(answer.id, 1);
+    assert!(answer.error.is_none());
+    let blocks = answer.blocks.unwrap();
+    assert_eq!(blocks.iter().map(|b| b.number).collect::<Vec<_>>(), (3..=10).collect::<Vec<_>>(), "bounded to 8 blocks");
+    assert_eq!(blocks[0], items[2].new.as_ref().unwrap()[0], "the blocks as the stream carries them");
+    // Errors name the block; the session goes on.
+    c.send(&Message::History(HistoryRequest { id: 2, from: 25, to: 40, head: None }));
+    match c.recv(3000) {
+        Some(Message::HistoryBlocks(HistoryBlocks { id: 2, blocks: None, error: Some(e) })) => {
+            assert!(e.contains("block 32 is beyond the node's head, block 30"), "{e}");
+        }
+        other => panic!("expected an error answer, got {other:?}"),
+    }
+    c.send(&Message::History(HistoryRequest { id: 3, from: 5, to: 12, head }));
+    c.send(&Message::History(HistoryRequest { id: 4, from: 5, to: 25, head }));
+    let mut errors = Vec::new();
+    for _ in 0..2 {
+        match c.recv(3000) {
+            Some(Message::HistoryBlocks(h)) => errors.push((h.id, h.error)),
+            other => panic!("expected an answer, got {other:?}"),
+        }
+    }
+    errors.sort();
+    assert!(errors[0] == (3, None));
+    assert!(errors[1].1.as_deref().unwrap().contains("to block 25 is beyond the sidecar's head #20"), "{errors:?}");
+    c.ack(4, &items[3]);
+    assert_eq!(c.expect_seq(2000).0, 5);
 }

@@ -10,8 +10,8 @@ use std::process::ExitCode;
 use monmouth_wire::sample::{fake_address, fake_hash};
 use monmouth_wire::types::hex_string;
 use monmouth_wire::{
-    encode, Ack, Block, BlockRef, ErrorCode, ErrorMsg, Heartbeat, Hello, Log, Message, Notification,
-    NotificationMsg, Receipt, Transaction, Welcome, U256,
+    encode, Ack, Block, BlockRef, ErrorCode, ErrorMsg, Heartbeat, Hello, HistoryBlocks, HistoryRequest, Log, Message,
+    Notification, NotificationMsg, Receipt, Transaction, Welcome, U256,
 };
 use serde_json::{json, Value};
 
@@ -99,13 +99,23 @@ fn message_json(m: &Message) -> Value {
             h.start_block,
         ),
         Message::Welcome(w) => with_optional(
-            json!({
-                "type": "welcome", "version": w.version, "chain_id": w.chain_id, "node": w.node,
-                "heartbeat_ms": w.heartbeat_ms, "epoch": w.epoch,
-            }),
-            "node_head",
-            w.node_head,
+            with_optional(
+                json!({
+                    "type": "welcome", "version": w.version, "chain_id": w.chain_id, "node": w.node,
+                    "heartbeat_ms": w.heartbeat_ms, "epoch": w.epoch,
+                }),
+                "node_head",
+                w.node_head,
+            ),
+            "history",
+            w.history,
         ),
+        Message::History(h) => json!({
+            "type": "history", "id": h.id, "from": h.from, "to": h.to, "head": h.head.as_ref().map(block_ref),
+        }),
+        Message::HistoryBlocks(h) => json!({
+            "type": "history_blocks", "id": h.id, "blocks": chain_json(&h.blocks), "error": h.error,
+        }),
         Message::Notification(n) => json!({
             "type": "notification", "seq": n.seq, "kind": n.notification.kind.as_str(),
             "old": chain_json(&n.notification.old), "new": chain_json(&n.notification.new),
@@ -227,6 +237,30 @@ fn vectors() -> Vec<(&'static str, Message)> {
                 heartbeat_ms: 1000,
                 epoch: 1_700_000_000_000,
                 node_head: Some(21_000_000),
+                history: None,
+            }),
+        ),
+        (
+            "welcome_history",
+            Message::Welcome(Welcome {
+                version: 1,
+                chain_id: 1,
+                node: "monmouth-reth/0.1.0 (reth v2.5.1)".into(),
+                heartbeat_ms: 1000,
+                epoch: 1_700_000_000_001,
+                node_head: Some(21_000_000),
+                history: Some(64),
+            }),
+        ),
+        ("history", Message::History(HistoryRequest { id: 1, from: n, to: n + 63, head: Some(b2.block_ref()) })),
+        ("history_any", Message::History(HistoryRequest { id: 1 << 33, from: 0, to: 0, head: None })),
+        ("history_blocks", Message::HistoryBlocks(HistoryBlocks { id: 1, blocks: Some(vec![b1.clone(), b2.clone()]), error: None })),
+        (
+            "history_blocks_error",
+            Message::HistoryBlocks(HistoryBlocks {
+                id: 2,
+                blocks: None,
+                error: Some("history request 2: block 17000005 is beyond the node's head, block 17000001".into()),
             }),
         ),
         (

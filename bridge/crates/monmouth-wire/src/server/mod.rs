@@ -20,9 +20,14 @@
 //! 4. send buffered notifications while fewer than `window` are in flight;
 //! 5. send a heartbeat when due; drop the session after 3 silent heartbeat intervals.
 //!
+//! Beside the stream, `history` requests are handed to a [`crate::history::HistoryService`] (step 2) and its
+//! answers sent when ready (after step 4); they take no `seq` and no credit.
+//!
 //! This module holds the server, its loop and its frames; `session` a session's lifecycle (steps 1–2
-//! for `hello`), `stream` the credit window, sends, acks and heartbeats (steps 3–5).
+//! for `hello`), `stream` the credit window, sends, acks and heartbeats (steps 3–5), `history` the history
+//! requests.
 
+mod history;
 mod session;
 mod stream;
 
@@ -190,6 +195,8 @@ pub enum RunEnd {
 
 /// Longest heartbeat interval accepted (keeps every deadline computation far from overflow).
 const MAX_HEARTBEAT: Duration = Duration::from_secs(3600);
+/// How often the server looks for history answers while requests are being read.
+const HISTORY_POLL: Duration = Duration::from_millis(2);
 /// Longest a source's [`Next::Pending`] hint is honoured before asking again.
 const MAX_RETRY: Duration = Duration::from_secs(1);
 
@@ -232,6 +239,7 @@ pub struct Server {
     retry_at: Option<Instant>,
     epoch: u64,
     stats: Stats,
+    history: Option<crate::history::HistoryService>,
 }
 
 fn zerr(op: impl Into<String>) -> impl FnOnce(zmq::Error) -> BridgeError {
@@ -280,6 +288,7 @@ impl Server {
             retry_at: None,
             epoch: random_epoch(),
             stats: Stats::default(),
+            history: None,
         })
     }
 
@@ -356,6 +365,7 @@ impl Server {
         }
         self.pull(source)?;
         self.send_pending()?;
+        self.send_history_answers()?;
         self.housekeeping(source)?;
         if self.cfg.exit_when_drained && self.source_done && self.buffer.is_empty() {
             info!(acked = self.acked, "source finished and every notification acknowledged");
@@ -377,6 +387,9 @@ impl Server {
         }
         if let Some(s) = &self.session {
             wait = wait.min((s.last_beat + self.cfg.heartbeat).saturating_duration_since(now));
+        }
+        if self.history.as_ref().is_some_and(crate::history::HistoryService::busy) {
+            wait = wait.min(HISTORY_POLL);
         }
         wait
     }
@@ -448,7 +461,8 @@ impl Server {
                 warn!(code = %e.code, message = %e.message, "sidecar reported an error");
                 Ok(())
             }
-            Message::Welcome(_) | Message::Notification(_) => {
+            Message::History(req) => self.on_history(identity, req),
+            Message::Welcome(_) | Message::Notification(_) | Message::HistoryBlocks(_) => {
                 let text = format!("a sidecar may not send {:?}", msg.type_name());
                 self.bad_frame(identity, ErrorCode::Unexpected, text)
             }

@@ -92,6 +92,7 @@ impl Server {
             heartbeat_ms: u64::try_from(self.cfg.heartbeat.as_millis()).unwrap_or(u64::MAX),
             epoch: self.epoch,
             node_head: source.node_head(),
+            history: self.history.as_ref().map(crate::history::HistoryService::max_blocks),
         });
         let frame = encode(&welcome)?;
         self.send_to(identity, &frame)?;
