@@ -309,7 +309,11 @@ def main() -> None:
                     help="backfill only the first N of the blocks with rag's decoder on (0: all of them)")
     ap.add_argument("--no-rag", action="store_true", help="skip the backfill with rag's decoder")
     ap.add_argument("--timeout", type=float, default=900, help="seconds allowed to each sidecar phase")
+    ap.add_argument("--switch-interval", type=float, default=0.0,
+                    help="sys.setswitchinterval for the sidecar's threads, seconds (0: Python's default, 0.005)")
     a = ap.parse_args()
+    if a.switch_interval:
+        sys.setswitchinterval(a.switch_interval)
     if a.quick:
         a.blocks, a.ack_blocks, a.fsync_count = 200, 20, 50
     if reth_binary() is None:
