@@ -136,10 +136,12 @@ DECLARE
     tpk text;
     xpk text;
     jpk text;
+    jnew text;
     cols text;
     xcols text;
     keys integer;
     moved boolean;
+    changed integer;
     n integer;
     done integer := 0;
 BEGIN
@@ -158,7 +160,8 @@ BEGIN
         SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum),
                string_agg('t.' || quote_ident(a.attname), ', ' ORDER BY a.attnum),
                string_agg('x.' || quote_ident(a.attname), ', ' ORDER BY a.attnum),
-               string_agg(format('u.old -> %L', a.attname), ', ' ORDER BY a.attnum) INTO pk, tpk, xpk, jpk
+               string_agg(format('u.old -> %L', a.attname), ', ' ORDER BY a.attnum),
+               string_agg(format('u.new -> %L', a.attname), ', ' ORDER BY a.attnum) INTO pk, tpk, xpk, jpk, jnew
           FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
          WHERE i.indrelid = rel AND i.indisprimary;
         IF pk IS NULL THEN
@@ -181,7 +184,7 @@ BEGIN
               FROM pg_attribute a WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped;
             EXECUTE format('SELECT count(DISTINCT jsonb_build_array(%s)), bool_or(jsonb_build_array(%s) '
                            'IS DISTINCT FROM jsonb_build_array(%s)) FROM monmouth_undo u WHERE u.block = $1 '
-                           'AND u.seq BETWEEN $2 AND $3', jpk, jpk, replace(jpk, 'u.old', 'u.new'))
+                           'AND u.seq BETWEEN $2 AND $3', jpk, jpk, jnew)
                 INTO keys, moved USING b, run.lo, run.hi;
             IF NOT moved THEN
                 EXECUTE format('UPDATE %s t SET (%s) = ROW(%s) FROM (SELECT (jsonb_populate_record(NULL::%s, '
@@ -197,6 +200,7 @@ BEGIN
                     RAISE EXCEPTION 'monmouth undo conflict: %: % of the % rows block % updated are not as it left '
                                     'them (changed outside the chain hooks)', run.tbl, keys - n, keys, b;
                 END IF;
+                done := done + run.rows;
                 CONTINUE;
             END IF;
             n := 0;
@@ -205,8 +209,8 @@ BEGIN
                 EXECUTE format('UPDATE %s t SET (%s) = (SELECT %s FROM jsonb_populate_record(NULL::%s, $2)) '
                                'WHERE (%s) = (SELECT %s FROM jsonb_populate_record(NULL::%s, $1)) '
                                'AND to_jsonb(t.*) = $1', rel, cols, cols, rel, pk, pk, rel) USING r.new, r.old;
-                GET DIAGNOSTICS done = ROW_COUNT;
-                IF done <> 1 THEN
+                GET DIAGNOSTICS changed = ROW_COUNT;
+                IF changed <> 1 THEN
                     RAISE EXCEPTION 'monmouth undo conflict: %: the row % is not as block % left it (changed outside '
                                     'the chain hooks)', run.tbl, r.new, b;
                 END IF;
@@ -218,8 +222,8 @@ BEGIN
                             'outside the chain hooks)', run.tbl, run.rows - n, run.rows, b,
                             CASE run.op WHEN 'I' THEN 'inserted' ELSE 'deleted' END;
         END IF;
+        done := done + run.rows;
     END LOOP;
-    SELECT count(*) INTO done FROM monmouth_undo WHERE block = b;
     DELETE FROM monmouth_undo WHERE block = b;
     RETURN done;
 END $$;
