@@ -161,9 +161,12 @@ class Postgres:
         text-search parser or stemmer), at its position (clamped at 16383)."""
         return " ".join(f"{t}:{min(i, _MAX_POS)}" for i, t in enumerate(tokens.split(), start=1))
 
+    #: One keyword row: the item row id and :meth:`tsvector` of its tokens.
+    INSERT_FTS = "INSERT INTO memory_fts (n, tokens) VALUES (?, ?::tsvector)"
+
     @staticmethod
     def fts_add(conn: Any, n: int, tokens: str) -> None:
-        conn.execute("INSERT INTO memory_fts (n, tokens) VALUES (?, ?::tsvector)", (n, Postgres.tsvector(tokens)))
+        conn.execute(Postgres.INSERT_FTS, (n, Postgres.tsvector(tokens)))
 
     @staticmethod
     def fts_remove(conn: Any, ns: Sequence[int]) -> None:

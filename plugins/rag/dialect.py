@@ -180,9 +180,12 @@ class PgStatements:
         back to the same float32."""
         return "[" + ",".join(map(str, np.asarray(vec, np.float32).tolist())) + "]"
 
+    #: One vector row: rowid, :meth:`vector_text`, then kind, block_number, timestamp, intent, token.
+    INSERT_VECTOR = ("INSERT INTO rag_vec (rowid, embedding, kind, block_number, timestamp, intent, token) "
+                     "VALUES (?, ?::vector, ?, ?, ?, ?, ?)")
+
     def insert_vector(self, conn: Any, doc: int, vec: np.ndarray, meta: Sequence[Any]) -> None:
-        conn.execute("INSERT INTO rag_vec (rowid, embedding, kind, block_number, timestamp, intent, token) "
-                     "VALUES (?, ?::vector, ?, ?, ?, ?, ?)", (doc, self.vector_text(vec), *meta))
+        conn.execute(self.INSERT_VECTOR, (doc, self.vector_text(vec), *meta))
 
     def vector_value(self, value: Any) -> np.ndarray:
         return np.array(str(value).strip("[]").split(","), np.float32)

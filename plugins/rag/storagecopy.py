@@ -46,10 +46,8 @@ def copy(src: Any, dst: Any) -> list[str]:
     restart_identity(src, dst, "rag_changes", "seq")
     dst.execute(f"INSERT INTO rag_fts (rowid, tsv) SELECT d.id, to_tsvector('{PgStatements.TS_CONFIG}', d.text) "
                 "FROM rag_docs d JOIN rag_index i ON i.id = d.id")
-    insert = ("INSERT INTO rag_vec (rowid, embedding, kind, block_number, timestamp, intent, token) "
-              "VALUES (?, ?::vector, ?, ?, ?, ?, ?)")
     rows = src.execute("SELECT rowid, embedding, kind, block_number, timestamp, intent, token FROM rag_vec")
     while batch := list(itertools.islice(rows, BATCH)):
-        dst.executemany(insert, [(r[0], PgStatements.vector_text(np.frombuffer(r[1], np.float32)), *r[2:])
-                                 for r in batch])
+        dst.executemany(PgStatements.INSERT_VECTOR,
+                        [(r[0], PgStatements.vector_text(np.frombuffer(r[1], np.float32)), *r[2:]) for r in batch])
     return [*ROW_TABLES, "rag_fts", "rag_vec"]
