@@ -27,8 +27,19 @@ from tests.test_cli import long_history
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# ``buildah run --isolation chroot`` re-executes itself from a sealed memfd copy of its binary (runc's cloned-binary
+# protection against CVE-2019-5736). Sealing it can fail with EBUSY while the kernel still holds a transient
+# reference to the copy's pages, under load (seen once in CI, right after Reth stopped). Nothing ran in the container
+# then: the command is tried again, up to 3 times; any other failure is the test's.
+_TRANSIENT = "sealing memfd copy: Device or resource busy"
+
+
 def sh(*args: str, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
+    for attempt in range(3):
+        r = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
+        if _TRANSIENT not in r.stderr:
+            break
+        time.sleep(1 + attempt)
     if check:
         assert r.returncode == 0, f"{' '.join(args)}: {r.stdout[-3000:]}{r.stderr[-3000:]}"
     return r
