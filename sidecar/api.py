@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__, problems
-from .audit import Audit
+from .audit import Audit, route_event
 from .auth import AccessRule, Authenticator, Principal, check_bind, current_principal, default_policy, require
 from .backends import serving_request
 from .limits import RequestLimitMiddleware, Text
@@ -135,13 +135,7 @@ class AuditMiddleware:
         if status in (401, 403):
             self.audit.denied(status, who, ip, method, scope["path"])
         elif status < 400 and route is not None:
-            event = None
-            if method == "DELETE" and path.endswith("/agents/{agent}"):
-                event = "forget"
-            elif path.endswith("/export"):
-                event = "export"
-            elif "/import" in path:
-                event = "import"
+            event = route_event(method, path)
             if event:
                 self.audit.record(event, who, ip, path=scope["path"], status=status)
 
@@ -337,7 +331,7 @@ def create_api(app: App, runner: Runner | None = None) -> FastAPI:
         tools, refused = plugin_tools(app.host.installed)
         for name, error in refused.items():
             _plugin_error(app, name, error)
-        mcp_server = build_http_mcp(internal_secret, tools)
+        mcp_server = build_http_mcp(tools)
 
     @contextlib.asynccontextmanager
     async def lifespan(_api: FastAPI) -> AsyncIterator[None]:
@@ -362,11 +356,14 @@ def create_api(app: App, runner: Runner | None = None) -> FastAPI:
     api.state.reorgs = reorgs
     api.state.policy_cache = {}
     api.state.access_rules = {}
+    api.state.plugin_routes = {}  # (method, path template) -> (plugin name, route): in-process tool calls
     api.state.internal_secret = internal_secret
     problems.install(api)
 
     def status_obj() -> dict[str, Any]:
         return runner.status() if runner is not None else app.status()
+
+    api.state.status = status_obj  # what GET /status answers (the MCP status tool, in-process)
 
     # ------------------------------------------------------------------------------------------------ core
     @api.get("/health", tags=["core"])
@@ -475,6 +472,9 @@ def create_api(app: App, runner: Runner | None = None) -> FastAPI:
         if router is not None:
             api.include_router(router, dependencies=[Depends(default_policy), _plugin_guard(app, name, runner)],
                                responses=problems.responses(400, 401, 403, 404, 409, 410, 503))
+            for route in router.routes:
+                for method in getattr(route, "methods", None) or ():
+                    api.state.plugin_routes[(method, route.path)] = (name, route)
             api.state.access_rules.update(_access_rules(app, name, plugin, router))
 
     # ------------------------------------------------------------------------------------------------ mcp

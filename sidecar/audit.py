@@ -39,6 +39,18 @@ CREATE INDEX IF NOT EXISTS monmouth_audit_event ON monmouth_audit (event, id);
 TOKEN_USE_EVERY = 600.0
 
 
+def route_event(method: str, path: str) -> str | None:
+    """The event a successful call of the route template ``path`` is audited as (``forget``, ``export``,
+    ``import``), or ``None``: the same for an HTTP request and an in-process MCP tool call."""
+    if method == "DELETE" and path.endswith("/agents/{agent}"):
+        return "forget"
+    if path.endswith("/export"):
+        return "export"
+    if "/import" in path:
+        return "import"
+    return None
+
+
 class Audit:
     """Records audit events for one sidecar (``App``)."""
 

@@ -38,7 +38,7 @@ import ipaddress
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -440,24 +440,58 @@ def require(*roles: str) -> Any:
         raise ValueError(f"require(): unknown roles {sorted(bad)}")
 
     def dependency(request: Request, p: Annotated[Principal, Depends(current_principal)]) -> Principal:
-        if p.role not in allowed:
-            raise ProblemError(403, f"{p.name} may not call {request.method} {request.url.path} "
-                                    f"(needs {' or '.join(sorted(allowed))})")
+        check_roles(p, frozenset(allowed), request.method, request.url.path)
         return p
 
-    dependency.__monmouth_policy__ = True  # type: ignore[attr-defined]
+    dependency.__monmouth_policy__ = frozenset(allowed)  # type: ignore[attr-defined]
     return Depends(dependency)
 
 
-def _declares_policy(route: Any) -> bool:
+def check_roles(p: Principal, allowed: frozenset[str], method: str, path: str) -> None:
+    """A route's own policy (:func:`require`): raise 403 unless ``p.role`` is in ``allowed``."""
+    if p.role not in allowed:
+        raise ProblemError(403, f"{p.name} may not call {method} {path} (needs {' or '.join(sorted(allowed))})")
+
+
+def declared_roles(route: Any) -> frozenset[str] | None:
+    """The roles a route admits by its own policy (:func:`require` among its dependencies), or ``None`` when it
+    declares none and the default policy applies."""
     dep = getattr(route, "dependant", None)
     stack = list(getattr(dep, "dependencies", []) or [])
     while stack:
         d = stack.pop()
-        if getattr(d.call, "__monmouth_policy__", False):
-            return True
+        roles = getattr(d.call, "__monmouth_policy__", None)
+        if roles is not None:
+            return roles  # type: ignore[no-any-return]
         stack.extend(d.dependencies or [])
-    return False
+    return None
+
+
+def check_default_policy(p: Principal, method: str, path: str, path_params: Mapping[str, Any],
+                         rule: AccessRule | None) -> Callable[[Any], None] | None:
+    """The default policy of a plugin route (see the module docstring), for the route template ``path`` called with
+    ``path_params``, widened by the plugin's ``rule`` for it. One decision for HTTP requests (:func:`default_policy`)
+    and in-process MCP tool calls (:meth:`monmouth.mcp_server.Caller.invoke`).
+
+    Returns:
+        The rule's body check (``AccessRule.agent_body``) still to run on the decoded JSON body, or ``None``.
+
+    Raises:
+        ProblemError: 403 naming what the caller may not do (``field`` ``path.agent`` for another agent's data).
+    """
+    if p.role == "admin":
+        return None
+    if p.role == "read":
+        if method in _SAFE or (rule is not None and rule.read):
+            return None
+        raise ProblemError(403, f"a read token may not call {method} {path}")
+    if "agent" in path_params:
+        if normalize_address(str(path_params["agent"])) == p.agent:
+            return None
+        raise ProblemError(403, f"{p.name} may not touch agent {path_params['agent']}'s data", field="path.agent")
+    if rule is not None and rule.agent:
+        return rule.agent_body
+    raise ProblemError(403, f"{p.name} may not call {method} {path}")
 
 
 async def default_policy(request: Request, p: Annotated[Principal, Depends(current_principal)]) -> Principal:
@@ -469,28 +503,15 @@ async def default_policy(request: Request, p: Annotated[Principal, Depends(curre
         cache = request.app.state.policy_cache
         declared = cache.get(id(route))
         if declared is None:
-            declared = cache[id(route)] = _declares_policy(route)
+            declared = cache[id(route)] = declared_roles(route) is not None
         if declared:
             return p
-    if p.role == "admin":
-        return p
     rule: AccessRule | None = request.app.state.access_rules.get((method, path))
-    if p.role == "read":
-        if method in _SAFE or (rule is not None and rule.read):
-            return p
-        raise ProblemError(403, f"a read token may not call {method} {path}")
-    # agent
-    params = request.path_params
-    if "agent" in params:
-        if normalize_address(str(params["agent"])) == p.agent:
-            return p
-        raise ProblemError(403, f"{p.name} may not touch agent {params['agent']}'s data", field="path.agent")
-    if rule is not None and rule.agent:
-        if rule.agent_body is not None:
-            try:
-                body = await request.json()
-            except ValueError:
-                return p  # the route's own validation answers 422
-            rule.agent_body(body)
-        return p
-    raise ProblemError(403, f"{p.name} may not call {method} {path}")
+    body_check = check_default_policy(p, method, path, request.path_params, rule)
+    if body_check is not None:
+        try:
+            body = await request.json()
+        except ValueError:
+            return p  # the route's own validation answers 422
+        body_check(body)
+    return p

@@ -439,7 +439,7 @@ def _serve_mcp_until_stopped(config_path: Path | None, url: str | None, token: s
     import httpx
 
     from .app import load_settings, open_app
-    from .mcp_server import asgi_backend, plugin_tools, run_stdio, url_backend
+    from .mcp_server import local_caller, plugin_tools, run_stdio, url_caller
 
     log = logging.getLogger("monmouth.mcp_server")
     settings, plugins = load_settings(config_path)
@@ -451,7 +451,7 @@ def _serve_mcp_until_stopped(config_path: Path | None, url: str | None, token: s
         try:
             if httpx.get(f"{url.rstrip('/')}/health", timeout=1.0).status_code == 200:
                 log.warning("monmouth mcp: serving the sidecar at %s", url)
-                anyio.run(run_stdio, url_backend(url, token), plugin_tools(plugins)[0], stopper)
+                anyio.run(run_stdio, url_caller(url, token), plugin_tools(plugins)[0], stopper)
                 return
         except httpx.HTTPError:
             pass
@@ -463,9 +463,8 @@ def _serve_mcp_until_stopped(config_path: Path | None, url: str | None, token: s
         api = create_api(app)
         log.warning("monmouth mcp: no sidecar answers%s; serving %s in-process", f" at {url}" if url else "",
                     app.db.describe())
-        backend = asgi_backend(api, authorization=f"Bearer {token}" if token else None, client=("127.0.0.1", 0),
-                               internal_secret=api.state.internal_secret)
-        anyio.run(run_stdio, backend, plugin_tools(app.host.installed)[0], stopper)
+        client = local_caller(api, f"Bearer {token}" if token else None)
+        anyio.run(run_stdio, client, plugin_tools(app.host.installed)[0], stopper)
     finally:
         if api is not None:
             api.state.audit.close()

@@ -243,10 +243,18 @@ def monmouth_mcp_tools() -> Sequence[Callable[..., Awaitable[Any]]] | None:
     with its routes' 503). Each function's ``__name__`` is the tool's name, its docstring what the agent reads, its
     type-annotated parameters the input schema (the ``mcp`` SDK's rules). A parameter annotated
     ``mcp.server.mcpserver.Context`` receives the call's context: ``async with monmouth.mcp_server.caller(ctx) as c``
-    gives the calling client, ``await c.call("POST", "/example/search", json=...)`` calls a sidecar route *as that
-    client* (same token, access policy, rate limit and audit log; an error status raises ``ToolError("<status>:
-    <detail>")``), and ``await c.agent(agent)`` is ``agent`` or the signed-in agent's own address. Return a JSON-able
-    value.
+    gives the calling client (:class:`monmouth.mcp_server.Caller`):
+
+    * ``await c.invoke("POST", "/example/search", lambda: service(body), json=body)`` runs the plugin's service
+      *as that client* under the access policy of the route it backs (the route's own ``require``, or the default
+      policy and this plugin's access rule with its body check), in a worker thread, in-process; across the network
+      (``monmouth mcp --url``) it calls that route instead, so ``service`` must return what the route answers.
+      ``c.principal`` is the caller, for a service that needs it;
+    * ``await c.call("POST", "/example/search", json=...)`` calls a route through the HTTP stack;
+    * ``await c.agent(agent)`` is ``agent`` or the signed-in agent's own address.
+
+    A refusal raises ``ToolError("<status>: <detail>")`` with the status and detail the route would answer (and is
+    audited as over HTTP). Return a JSON-able value.
 
     A tool that is not an async function, or whose name the core or an earlier plugin already serves, is left out
     (logged, and named in the plugin's ``/status`` ``error``); the plugin's other tools are served.

@@ -165,6 +165,25 @@ def refusal(exc: RequestError) -> JSONResponse:
     return problem(status_of(exc), exc.to_json())
 
 
+def problem_of(exc: BaseException) -> dict[str, Any] | None:
+    """The problem object a refusal raised outside an HTTP request answers with (an in-process MCP tool call, see
+    :meth:`monmouth.mcp_server.Caller.invoke`), the same as the HTTP handlers below give: :class:`ProblemError`,
+    :class:`~monmouth.errors.RequestError` (:func:`status_of`), ``HTTPException``, a pydantic ``ValidationError``
+    (422, inputs not echoed). ``None`` for any other exception: not a refusal, the caller's 500."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ProblemError):
+        return problem_body(exc.status, exc.detail, **exc.kw)
+    if isinstance(exc, RequestError):
+        return problem_body(status_of(exc), exc.to_json())
+    if isinstance(exc, StarletteHTTPException):
+        return problem_body(exc.status_code, exc.detail)
+    if isinstance(exc, ValidationError):
+        errors = [{"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        return problem_body(422, errors, title="Unprocessable Content")
+    return None
+
+
 def install(api: FastAPI) -> None:
     """Register the exception handlers that turn every error into problem details."""
 

@@ -1,10 +1,12 @@
 """The surface hooks a plugin contributes through: ``monmouth_access_rules`` (exceptions to the default access
-policy for its own routes) and ``monmouth_mcp_tools`` (MCP tools calling its routes as the caller). Driven with the
+policy for its own routes) and ``monmouth_mcp_tools`` (MCP tools acting as the caller: a service run directly under its
+route's policy, or a route called through HTTP). Driven with the
 third-party test plugin ``tests/plugins/notes.py`` through the real app (open_app + create_api on a real SQLite file)
 and, for MCP, a live sidecar and the SDK's own client."""
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from fastapi import APIRouter
 
@@ -16,6 +18,7 @@ from monmouth_memory.plugin import MemoryPlugin
 from tests.plugins import notes
 from tests.test_api_support import agent_token, live_sidecar
 from tests.test_auth import ADMIN, KEY_A, READ, client, is_problem, sign_in, write_config
+from tests.test_mcp import ADMIN as MCP_ADMIN
 from tests.test_mcp import KEY_A as MCP_KEY_A
 from tests.test_mcp import TOOLS, error_text, http_client, payload
 from tests.test_mcp import config as mcp_config
@@ -118,10 +121,15 @@ async def test_plugin_tools_are_served_and_act_as_the_caller(tmp_path):
     async with live_sidecar(tmp_path, cfg, plugins) as (app, _runner, base, _source):
         async with http_client(f"{base}/mcp") as c:  # loopback operator
             names = {t.name for t in (await c.list_tools()).tools}
-            assert names == TOOLS | {"note_search", "greedy_ping"}
+            assert names == TOOLS | {"note_search", "note_tidy", "greedy_ping"}
+            before = dict(notes.CALLS)
             got = payload(await c.call_tool("note_search", {"query": "plans", "scope": "private"}))
             assert got == {"query": "plans", "scope": "private", "by": "admin@loopback"}
+            # in-process, the tool ran the plugin's service directly: no HTTP request reached the route
+            assert notes.CALLS["service"] == before.get("service", 0) + 1
+            assert notes.CALLS["route"] == before.get("route", 0)
             assert payload(await c.call_tool("greedy_ping", {})) == {"pong": True}
+            assert payload(await c.call_tool("note_tidy", {})) == {"tidied": True}  # a route, as the caller
         # the refused tools are named in the greedy plugin's /status error, beside its refused access rules
         error = app.host.errors["greedy"]
         assert "tool 'status' is not an async function" in error
@@ -130,4 +138,14 @@ async def test_plugin_tools_are_served_and_act_as_the_caller(tmp_path):
         ta = await agent_token(base, MCP_KEY_A)
         async with http_client(f"{base}/mcp", ta) as c:  # an agent: the notes plugin's access rule applies
             assert payload(await c.call_tool("note_search", {"query": "plans"}))["by"].startswith("agent:")
-            assert "403" in error_text(await c.call_tool("note_search", {"query": "plans", "scope": "private"}))
+            # the rule's body check refuses as over HTTP, before the service runs, and the denial is audited
+            service = notes.CALLS["service"]
+            err = error_text(await c.call_tool("note_search", {"query": "plans", "scope": "private"}))
+            assert "403: an agent may search notes only with scope 'public'" in err, err
+            assert notes.CALLS["service"] == service
+            # the default policy of a POST without a rule: operators only, through the route as through a service
+            assert "403: " in error_text(await c.call_tool("note_tidy", {}))
+        async with httpx.AsyncClient(base_url=base, headers={"authorization": f"Bearer {MCP_ADMIN}"}) as adm:
+            denied = (await adm.get("/audit", params={"event": "denied", "limit": 100})).json()["events"]
+        assert any(e["principal"].startswith("agent:") and e["detail"]["path"] == "/notes/search"
+                   for e in denied), denied

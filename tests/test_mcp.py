@@ -141,6 +141,12 @@ async def test_mcp_over_streamable_http_with_the_sdk_client(tmp_path):
         async with http_client(url, tb) as c:
             assert "403" in error_text(await c.call_tool("memory_root", {"agent": A}))
             payload(await c.call_tool("remember", {"content": "B's own note"}))
+            # a bad block number, a body the route's model refuses: 422 naming the field, as over HTTP
+            assert "422: block: must be a block number" in error_text(await c.call_tool("memory_root", {"block": -1}))
+            err = error_text(await c.call_tool("remember", {"content": "x", "ttl_seconds": 2**64}))
+            assert "422: body.ttl_seconds" in err, err
+            # B forgets everything: audited as the route is
+            assert payload(await c.call_tool("forget", {"everything": True}))
         # An invalid token: 401 at the HTTP layer, the client cannot even connect.
         async with httpx.AsyncClient() as raw:
             r = await raw.post(url, headers={"authorization": "Bearer mma_forged.token",
@@ -151,6 +157,7 @@ async def test_mcp_over_streamable_http_with_the_sdk_client(tmp_path):
         async with httpx.AsyncClient(base_url=base, headers={"authorization": f"Bearer {ADMIN}"}) as adm:
             events = (await adm.get("/audit", params={"limit": 200})).json()["events"]
             assert any(e["event"] == "denied" and e["principal"] == f"agent:{A}" for e in events)
+            assert any(e["event"] == "forget" and e["principal"] == f"agent:{B}" for e in events), events
 
 
 async def test_mcp_over_stdio_with_the_sdk_client(tmp_path):

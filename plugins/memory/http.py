@@ -83,6 +83,31 @@ def _content(body: ItemIn | ItemPatch) -> str | bytes | None:
     return body.content
 
 
+def store_item(m: Memory, agent: str, body: ItemIn) -> dict[str, Any]:
+    """What ``POST /memory/agents/{agent}/items`` answers (the route and the MCP tool ``remember``): the stored item.
+
+    Raises:
+        MemoryRequestError: the field at fault (no content, bad base64, an unknown agent, a kind not served, ...).
+    """
+    content = _content(body)
+    if content is None:
+        raise InvalidRequestError("content", "is required (or content_b64)")
+    return m.store(parse_address(agent), body.kind, content, key=body.key, tags=body.tags,  # type: ignore[no-any-return]
+                   metadata=body.metadata, ttl_seconds=body.ttl_seconds, ttl_blocks=body.ttl_blocks)
+
+
+def recall_items(m: Memory, agent: str, body: RecallIn) -> dict[str, Any]:
+    """What ``POST /memory/agents/{agent}/recall`` answers (the route and the MCP tool ``recall``).
+
+    Raises:
+        MemoryRequestError: the field at fault.
+    """
+    return m.recall(parse_address(agent), body.query, k=body.k, kind=body.kind,  # type: ignore[no-any-return]
+                    tags=body.tags, from_block=body.from_block, to_block=body.to_block, since=body.since,
+                    until=body.until, recency_weight=body.recency_weight, half_life_s=body.half_life_s,
+                    mode=body.mode)
+
+
 def make_router(get_memory: Callable[[], Memory | None]) -> APIRouter:
     """The ``/memory`` router; ``get_memory`` returns the running :class:`Memory` (``None`` while disabled)."""
 
@@ -130,13 +155,7 @@ def make_router(get_memory: Callable[[], Memory | None]) -> APIRouter:
     # -- items
     @router.post("/agents/{agent}/items")
     def store(agent: str, body: ItemIn, m: M) -> Any:
-        def run() -> Any:
-            content = _content(body)
-            if content is None:
-                raise InvalidRequestError("content", "is required (or content_b64)")
-            return m.store(parse_address(agent), body.kind, content, key=body.key, tags=body.tags,
-                           metadata=body.metadata, ttl_seconds=body.ttl_seconds, ttl_blocks=body.ttl_blocks)
-        return call(run, 201)
+        return call(lambda: store_item(m, agent, body), 201)
 
     @router.get("/agents/{agent}/items")
     def list_items(agent: str, m: M, kind: str | None = None,
@@ -164,10 +183,7 @@ def make_router(get_memory: Callable[[], Memory | None]) -> APIRouter:
 
     @router.post("/agents/{agent}/recall")
     def recall(agent: str, body: RecallIn, m: M) -> Any:
-        return call(lambda: m.recall(parse_address(agent), body.query, k=body.k, kind=body.kind, tags=body.tags,
-                                     from_block=body.from_block, to_block=body.to_block, since=body.since,
-                                     until=body.until, recency_weight=body.recency_weight,
-                                     half_life_s=body.half_life_s, mode=body.mode))
+        return call(lambda: recall_items(m, agent, body))
 
     # -- commitments
     @router.get("/root")

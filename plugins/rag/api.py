@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import time
 from typing import Annotated, Any, Literal, get_args
 
 from fastapi import APIRouter, HTTPException, Path, Query
@@ -178,6 +179,38 @@ def _filters(f: SearchFilters) -> Filters:
                                           "type": "value_error"}]) from e
 
 
+def search_response(p: Any, req: SearchRequest) -> dict[str, Any]:
+    """What ``POST /rag/search`` answers for ``req`` on the running plugin ``p`` (the route and the MCP tool
+    ``search_chain``): ranked hits with score, text, metadata, provenance and citation; ``took_ms`` (milliseconds).
+
+    Raises:
+        HTTPException: 422 for filters that do not parse, 503 while the index is not available.
+    """
+    f = _filters(req.filters)
+    t0 = time.perf_counter()
+    try:
+        hits = p.search(req.query, req.k, req.mode, f)
+    except RuntimeError as e:
+        raise _unavailable(e) from e
+    mode = req.mode or p.state().cfg.mode
+    return {"query": req.query, "mode": mode, "k": req.k, "hits": [h.to_json() for h in hits],
+            "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
+
+
+def context_response(p: Any, req: ContextRequest) -> dict[str, Any]:
+    """What ``POST /rag/context`` answers for ``req`` on the running plugin ``p`` (the route and the MCP tool
+    ``get_context``): the best chunks packed into ``max_tokens`` (tokens), the tokens used, and what was left out.
+
+    Raises:
+        HTTPException: 422 for filters that do not parse, 503 while the index is not available.
+    """
+    f = _filters(req.filters)
+    try:
+        return p.context(req.query, req.max_tokens, f, req.mode, req.order, req.candidates)  # type: ignore[no-any-return]
+    except RuntimeError as e:
+        raise _unavailable(e) from e
+
+
 def make_router(p: Any) -> APIRouter:
     """The ``/rag`` router over the running plugin ``p`` (a ``monmouth_rag.plugin.RagPlugin``)."""
     r = APIRouter(prefix="/rag", tags=["rag"])
@@ -186,27 +219,13 @@ def make_router(p: Any) -> APIRouter:
     def search(req: SearchRequest) -> dict[str, Any]:
         """Ranked hits with score, text, metadata, provenance (block, tx hash, log index; or document id and chunk)
         and citation."""
-        import time
-
-        f = _filters(req.filters)
-        t0 = time.perf_counter()
-        try:
-            hits = p.search(req.query, req.k, req.mode, f)
-        except RuntimeError as e:
-            raise _unavailable(e) from e
-        mode = req.mode or p.state().cfg.mode
-        return {"query": req.query, "mode": mode, "k": req.k, "hits": [h.to_json() for h in hits],
-                "took_ms": round((time.perf_counter() - t0) * 1000, 2)}
+        return search_response(p, req)
 
     @r.post("/context")
     def context(req: ContextRequest) -> dict[str, Any]:
         """The best chunks packed into ``max_tokens`` (deduplicated, ordered, cited), the tokens used, and what was
         left out."""
-        f = _filters(req.filters)
-        try:
-            return p.context(req.query, req.max_tokens, f, req.mode, req.order, req.candidates)
-        except RuntimeError as e:
-            raise _unavailable(e) from e
+        return context_response(p, req)
 
     @r.post("/documents", status_code=201)
     def add_document(req: DocumentRequest) -> dict[str, Any]:

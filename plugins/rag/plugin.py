@@ -415,9 +415,9 @@ class RagPlugin:
 
     @hookimpl
     def monmouth_mcp_tools(self) -> Sequence[Any]:
-        from .mcp_tools import TOOLS
+        from .mcp_tools import tools_for
 
-        return TOOLS
+        return tools_for(self)
 
     @hookimpl
     def monmouth_register_commands(self, cli: Any) -> None:
