@@ -14,7 +14,7 @@ protocol                   offered by            used by
 :class:`TransactionRenderer`  ``rag``            ``memory`` (the text of chain-derived episodes)
 :class:`AgentDirectory`    ``memory``            ``rag`` (labels and watches registered agents)
 :class:`AgentMemorySource` ``memory``            the integrations (EigenDA exports, Composio episodes,
-                                                 checkpoint triggers)
+                                                 checkpoint triggers, the global root of a block)
 =========================  ====================  =========================================================
 
 Order: the ``memory`` plugin's ``monmouth_block_applied`` runs first (``tryfirst``), so agents registered on

@@ -41,7 +41,8 @@ def verify(tmp_path, fake, block, storage, memory=True):
     memory plugin enabled or not."""
     cfg = tmp_path / "config.toml"
     where = f'url = "{storage}"' if isinstance(storage, str) else f'path = "{storage}"'
-    mem = f'[plugins.memory]\nenabled = true\nagents = ["{AGENT}"]\nembed = false\n' if memory else ""
+    mem = (f'[plugins.memory]\nenabled = true\nagents = ["{AGENT}"]\nembed = false\n'
+           f'key_dir = "{tmp_path / "keys"}"\n' if memory else "")
     cfg.write_text(f'[storage]\n{where}\n[http]\nenabled = false\n{mem}'
                    f'[plugins.eigenda]\nenabled = true\nurl = "{fake.url}"\n')
     group = click.Group()
