@@ -13,7 +13,7 @@ from monmouth.types import ChainCommitted, ChainReverted
 from monmouth_integrations.eigenda.plugin import EigenDAPlugin
 from monmouth_memory.plugin import MemoryPlugin
 from tests.chains import address, chain, extend
-from tests.conftest import PG_ENV
+from tests.conftest import PG_ENV, wait_for_sync
 from tests.fakes.eigenda_proxy import FakeEigenDAProxy
 from tests.fakes.harness import FAST, close, integration_engine, loopback_client, open_test_app
 from tests.test_integrations_outbox import drain
@@ -86,6 +86,28 @@ def test_blobs_carry_the_memory_root_and_verify_checks_them(tmp_path, storage_of
         r = verify(tmp_path, fake, 3, storage)
         assert r.exit_code == 2 and "block 3" in r.output
         close(engine)
+
+
+def test_the_running_deliverer_reads_the_root_while_the_memory_worker_settles(tmp_path, storage_of):
+    """``monmouth run``'s threads (the memory worker, the EigenDA deliverer), on SQLite and PostgreSQL: the
+    deliverer's thread asks the memory for the root of each block it delivers, which waits for the worker to
+    settle the block, and gets the memory's own answer."""
+    with FakeEigenDAProxy() as fake:
+        mem, eig = MemoryPlugin(), EigenDAPlugin()
+        app = open_test_app(storage_of("db.sqlite"), {"memory": mem, "eigenda": eig},
+                            {"memory": {"agents": [AGENT], "embed": False, "key_dir": str(tmp_path / "keys")},
+                             "eigenda": {"url": fake.url, "every_blocks": 2, **FAST}})
+        try:
+            assert mem.memory.worker.running and eig.rt.deliverer.running
+            app.engine.apply(ChainCommitted(chain(extend(None, 4, number=1, n_txs=3))))
+            wait_for_sync(lambda: len(fake.blob_docs()) == 2, "two blobs dispersed by the deliverer thread")
+            docs = {d["block"]["number"]: d for d in fake.blob_docs()}
+            own = {n: mem.memory.global_root(n) for n in (2, 4)}
+            assert {n: (d["global_root"], d["agents"]) for n, d in docs.items()} == {
+                n: (g["root"], g["agents"]) for n, g in own.items()}
+            assert own[4]["agents"] == 1 and own[4]["root"] != "0x" + "00" * 32
+        finally:
+            app.close()
 
 
 def test_without_the_memory_plugin_blobs_carry_no_root(storage_of):
