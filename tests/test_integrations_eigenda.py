@@ -54,7 +54,7 @@ def test_blobs_carry_the_memory_root_and_verify_checks_them(tmp_path, storage_of
     """On SQLite and PostgreSQL alike: the root comes from the memory plugin's typed interface
     (``AgentMemory.global_root_at``), not from its tables."""
     with FakeEigenDAProxy() as fake:
-        engine, mem, eig = setup(storage_of, fake)
+        engine, mem, eig = setup(storage_of, fake, memory={"key_dir": str(tmp_path / "keys")})
         bs = extend(None, 4, number=1, n_txs=3)
         engine.apply(ChainCommitted(chain(bs)))
         drain(eig.rt.deliverer)
