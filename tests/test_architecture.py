@@ -162,6 +162,51 @@ def test_plugins_meet_each_other_and_the_engine_only_through_the_core():
     assert not ENGINE_TABLE_SQL.search("from monmouth.engine import canonical_hash")
 
 
+#: What a plugin package creates in SQL: tables, views, virtual tables, and SQL functions it registers.
+CREATED_SQL = re.compile(r"CREATE\s+(?:VIRTUAL\s+)?(?:TABLE|VIEW)\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)"
+                         r"|create_scalar_function\(\s*[\"'](\w+)[\"']", re.IGNORECASE)
+
+
+def sql_names_of_plugins() -> dict[str, set[str]]:
+    """``{plugin package: the SQL tables, views and functions it creates}`` (not the core's)."""
+    out: dict[str, set[str]] = {}
+    for name, f in modules().items():
+        top = name.partition(".")[0]
+        if top != "monmouth":
+            out.setdefault(top, set()).update(a or b for a, b in CREATED_SQL.findall(f.read_text()))
+    return out
+
+
+def other_plugins_sql(names: set[str]) -> re.Pattern[str]:
+    """SQL naming one of ``names`` as a table (``FROM x``, ``JOIN x``...) or calling it as a function (``x(``)."""
+    alt = "|".join(sorted(map(re.escape, names)))
+    return re.compile(rf"\b(FROM|JOIN|INTO|UPDATE|TABLE)\s+({alt})\b|\b({alt})\(", re.IGNORECASE)
+
+
+def test_no_plugin_reads_another_plugins_tables():
+    """What one plugin needs of another's data goes through a typed interface of ``monmouth.interfaces`` (the
+    integrations' memory global root is ``AgentMemory.global_root_at``), never through the other's tables, views or
+    SQL functions, which exist on one backend only (``memory_global_roots``, ``memory_settle()``) and change with
+    its migrations."""
+    created = sql_names_of_plugins()
+    assert {"memory_global_roots", "memory_settle", "memory_blocks"} <= created["monmouth_memory"]
+    reads = []
+    for name, f in modules().items():
+        top = name.partition(".")[0]
+        if top == "monmouth":
+            continue
+        others = set().union(*(v for k, v in created.items() if k != top))
+        rx = other_plugins_sql(others)
+        reads += [f"{f.relative_to(ROOT)}:{i}: {line.strip()}" for i, line in enumerate(f.read_text().splitlines(), 1)
+                  if rx.search(line)]
+    assert reads == []
+    # The pattern sees the reads the integrations had before issue 16, and not the interface that replaced them.
+    rx = other_plugins_sql(created["monmouth_memory"])
+    assert rx.search('conn.execute("SELECT memory_settle()").fetchall()')
+    assert rx.search('conn.execute("SELECT root FROM memory_global_roots WHERE block_number = ?", (block,))')
+    assert not rx.search("found = memory.global_root_at(number, block_hash)")
+
+
 def test_function_level_and_type_checking_imports_count(tmp_path):
     f = tmp_path / "m.py"
     f.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .b import X\n"
