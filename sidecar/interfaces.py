@@ -14,7 +14,7 @@ protocol                   offered by            used by
 :class:`TransactionRenderer`  ``rag``            ``memory`` (the text of chain-derived episodes)
 :class:`AgentDirectory`    ``memory``            ``rag`` (labels and watches registered agents)
 :class:`AgentMemorySource` ``memory``            the integrations (EigenDA exports, Composio episodes,
-                                                 checkpoint triggers)
+                                                 checkpoint triggers, the global root of a block)
 =========================  ====================  =========================================================
 
 Order: the ``memory`` plugin's ``monmouth_block_applied`` runs first (``tryfirst``), so agents registered on
@@ -127,6 +127,19 @@ class AgentMemory(Protocol):
     def checkpoints(self) -> list[dict[str, Any]]:
         """The manifests of the memory checkpoints on disk, oldest first (by block, then creation time): ``{"name",
         "block": {"number", "hash"}, "global_root", "sha256", "file", "created_at", ...}`` each."""
+        ...
+
+    def global_root_at(self, number: int, block_hash: bytes | None = None) -> tuple[bytes, int] | None:
+        """``(root, agents)`` at block ``number``: the 32-byte root of the global memory tree (the Merkle root over
+        every agent's root, ``docs/memory.md``, "The memory lattice hash") and how many agents hold items there,
+        read after every block applied so far is settled. The same answer on SQLite and PostgreSQL; on SQLite it
+        is the row of the view ``memory_global_roots``, which other plugins do not read themselves.
+
+        ``None`` when the block has no retained memory row (not applied yet, reverted, or older than the retained
+        history) or, with ``block_hash`` (32 bytes), when the block at ``number`` is not that one. Waits for the
+        memory to settle the blocks applied so far (its worker, or its own write transaction): call it from a
+        deliverer thread, a route or a command, never inside the engine's transaction (a chain hook).
+        """
         ...
 
 

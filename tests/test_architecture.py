@@ -162,6 +162,51 @@ def test_plugins_meet_each_other_and_the_engine_only_through_the_core():
     assert not ENGINE_TABLE_SQL.search("from monmouth.engine import canonical_hash")
 
 
+#: What a plugin package creates in SQL: tables, views, virtual tables, and SQL functions it registers.
+CREATED_SQL = re.compile(r"CREATE\s+(?:VIRTUAL\s+)?(?:TABLE|VIEW)\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)"
+                         r"|create_scalar_function\(\s*[\"'](\w+)[\"']", re.IGNORECASE)
+
+
+def sql_names_of_plugins() -> dict[str, set[str]]:
+    """``{plugin package: the SQL tables, views and functions it creates}`` (not the core's)."""
+    out: dict[str, set[str]] = {}
+    for name, f in modules().items():
+        top = name.partition(".")[0]
+        if top != "monmouth":
+            out.setdefault(top, set()).update(a or b for a, b in CREATED_SQL.findall(f.read_text()))
+    return out
+
+
+def other_plugins_sql(names: set[str]) -> re.Pattern[str]:
+    """SQL naming one of ``names`` as a table (``FROM x``, ``JOIN x``...) or calling it as a function (``x(``)."""
+    alt = "|".join(sorted(map(re.escape, names)))
+    return re.compile(rf"\b(FROM|JOIN|INTO|UPDATE|TABLE)\s+({alt})\b|\b({alt})\(", re.IGNORECASE)
+
+
+def test_no_plugin_reads_another_plugins_tables():
+    """What one plugin needs of another's data goes through a typed interface of ``monmouth.interfaces`` (the
+    integrations' memory global root is ``AgentMemory.global_root_at``), never through the other's tables, views or
+    SQL functions, which exist on one backend only (``memory_global_roots``, ``memory_settle()``) and change with
+    its migrations."""
+    created = sql_names_of_plugins()
+    assert {"memory_global_roots", "memory_settle", "memory_blocks"} <= created["monmouth_memory"]
+    reads = []
+    for name, f in modules().items():
+        top = name.partition(".")[0]
+        if top == "monmouth":
+            continue
+        others = set().union(*(v for k, v in created.items() if k != top))
+        rx = other_plugins_sql(others)
+        reads += [f"{f.relative_to(ROOT)}:{i}: {line.strip()}" for i, line in enumerate(f.read_text().splitlines(), 1)
+                  if rx.search(line)]
+    assert reads == []
+    # The pattern sees the reads the integrations had before issue 16, and not the interface that replaced them.
+    rx = other_plugins_sql(created["monmouth_memory"])
+    assert rx.search('conn.execute("SELECT memory_settle()").fetchall()')
+    assert rx.search('conn.execute("SELECT root FROM memory_global_roots WHERE block_number = ?", (block,))')
+    assert not rx.search("found = memory.global_root_at(number, block_hash)")
+
+
 def test_function_level_and_type_checking_imports_count(tmp_path):
     f = tmp_path / "m.py"
     f.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .b import X\n"
@@ -325,10 +370,33 @@ def rust_graph(src: Path) -> dict[str, set[str]]:
     return g
 
 
-def test_no_module_of_the_exex_is_over_600_lines():
-    """The ExEx (bridge/reth-exex) stays split by concern (issue 16)."""
-    for f in RUST_CRATES[1].rglob("*.rs"):
-        assert len(f.read_text().splitlines()) <= 600, f"{f} is over 600 lines: split it by concern"
+def rust_submodule_graph(directory: Path) -> dict[str, set[str]]:
+    """``{submodule: submodules it names}`` inside one directory module (``message/``): ``mod`` is its ``mod.rs``,
+    which names a submodule by ``<sub>::`` (or ``self::<sub>::``); a submodule names a sibling by ``super::<sub>``
+    and its parent by ``super::<item>`` or ``crate::<directory>::<item>``. As in :func:`rust_graph`, the
+    ``#[cfg(test)]`` parts do not count."""
+    subs = {f.stem for f in directory.glob("*.rs")} - {"mod"}
+    g: dict[str, set[str]] = {}
+    for f in sorted(directory.glob("*.rs")):
+        text = f.read_text().split("#[cfg(test)]", 1)[0]
+        if f.stem == "mod":
+            g["mod"] = {s for s in subs if re.search(rf"(?<![\w:])(self::)?{s}::", text)}
+            continue
+        named = set(re.findall(r"\bsuper::(\w+)", text))
+        for group in re.findall(r"\buse super::\{([^}]*)\}", text):
+            named |= {p.strip().split("::")[0] for p in group.split(",") if p.strip()}
+        named |= {name for name in re.findall(rf"\bcrate::{directory.name}::(\w+)", text)}
+        g[f.stem] = {n if n in subs else "mod" for n in named} - {f.stem}
+    return g
+
+
+def test_no_module_of_the_bridge_is_over_600_lines():
+    """The wire crate and the ExEx stay split by concern (issue 16)."""
+    for src in RUST_CRATES:
+        files = list(src.rglob("*.rs"))
+        assert len(files) > 5, src
+        for f in files:
+            assert len(f.read_text().splitlines()) <= 600, f"{f} is over 600 lines: split it by concern"
 
 
 def test_no_module_cycles_in_the_rust_bridge():
@@ -337,3 +405,22 @@ def test_no_module_cycles_in_the_rust_bridge():
         assert RUST_MODULES[src.parent.name] <= set(g), (src, sorted(g))
         found = cycles(g)
         assert not found, f"{src}: module cycles:\n" + "\n".join(f"  {path_through(g, c)}" for c in found)
+        for d in sorted(p for p in src.iterdir() if p.is_dir() and (p / "mod.rs").exists()):
+            sub = rust_submodule_graph(d)
+            found = cycles(sub)
+            assert not found, f"{d}: submodule cycles:\n" + "\n".join(f"  {path_through(sub, c)}" for c in found)
+    # The wire crate's messages are split by concern, on shared helpers that name none of them.
+    message = rust_submodule_graph(RUST_CRATES[0] / "message")
+    assert message == {"mod": {"codec", "history", "session", "stream"}, "codec": set(),
+                       "history": {"codec"}, "session": {"codec"}, "stream": {"codec"}}
+
+
+def test_the_submodule_graph_sees_parent_sibling_and_child_names(tmp_path):
+    d = tmp_path / "message"
+    d.mkdir()
+    (d / "mod.rs").write_text("mod a;\nmod b;\npub use a::X;\n#[cfg(test)]\nmod tests { use b::Y; }\n")
+    (d / "a.rs").write_text("use super::{b::Y, Message};\n")
+    (d / "b.rs").write_text("fn f() -> crate::message::Message { todo!() }\n")
+    g = rust_submodule_graph(d)
+    assert g == {"mod": {"a"}, "a": {"b", "mod"}, "b": {"mod"}}
+    assert cycles(g) == [("a", "b", "mod")]

@@ -108,7 +108,7 @@ def test_memory_chain_hook_runs_first_whatever_the_order(tmp_path, order):
 
 def test_agent_memory_offers_what_the_integrations_use(tmp_path):
     """The memory another plugin gets (``AgentMemory``): agents, remembering an episode, exporting an agent with its
-    proofs, checkpoints, and refusals as ``monmouth.errors.RequestError`` kinds; ``None`` while not started."""
+    proofs, checkpoints, the global root at a block, and refusals as ``monmouth.errors.RequestError`` kinds; ``None`` while not started."""
     from tests.chains import chain, extend
     from tests.memory_helpers import close, make_memory_engine
 
@@ -138,5 +138,11 @@ def test_agent_memory_offers_what_the_integrations_use(tmp_path):
         archive = offered.export_agent(A)
         assert [x["id"] for x in archive["items"]] == [item["id"]]
         assert offered.checkpoints() == []
+        # The global root at a block, as the memory's own API gives it, with the block's agent count; none for a
+        # block not applied or another hash.
+        root, agents = offered.global_root_at(2, bs[1].hash)
+        assert "0x" + root.hex() == p.memory.global_root(2)["root"] and agents == 1
+        assert offered.global_root_at(2) == (root, agents)
+        assert offered.global_root_at(2, bytes(32)) is None and offered.global_root_at(3) is None
     finally:
         close(e)

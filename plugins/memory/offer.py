@@ -37,3 +37,13 @@ class OfferedMemory:
 
     def checkpoints(self) -> list[dict[str, Any]]:
         return list_checkpoints(self.memory.checkpoint_dir)
+
+    def global_root_at(self, number: int, block_hash: bytes | None = None) -> tuple[bytes, int] | None:
+        mem = self.memory
+        mem.ensure_settled()
+        conn = mem.db.reader()
+        row = mem.lattice.block_row(conn, number)
+        if row is None or (block_hash is not None and row[0] != block_hash):
+            return None
+        root = mem.lattice.global_root(conn, number)
+        return (root, row[1]) if root is not None else None

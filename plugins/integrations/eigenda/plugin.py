@@ -33,8 +33,9 @@ from pydantic import Field
 from monmouth import hookimpl
 from monmouth.chain import hx
 from monmouth.engine import canonical_hash
+from monmouth.interfaces import AgentMemory
 
-from ..base import IntegrationPlugin, Runtime
+from ..base import IntegrationPlugin, Runtime, agent_memory, global_root
 from ..config import TriggerConfig
 from ..errors import IntegrationError
 from ..outbox import Job, dumps
@@ -148,12 +149,15 @@ def cert_row(conn: apsw.Connection, block: int) -> dict[str, Any] | None:
             "blob_bytes": row[4], "global_root": hx(row[5]), "delivery_key": row[6], "dispersed_at": row[7]}
 
 
-def verify_block(conn: apsw.Connection, proxy: EigenDAProxy, block: int) -> dict[str, Any]:
+def verify_block(conn: apsw.Connection, proxy: EigenDAProxy, block: int,
+                 memory: AgentMemory | None = None) -> dict[str, Any]:
     """Fetch the blob of ``block``'s stored cert from the proxy and check it against the local database.
 
     Checks: the blob's SHA-256 equals the one recorded at dispersal; it names this block and hash; that hash is
     the local canonical block's (while still in the engine's hash history); its global root equals the memory
-    plugin's local root at the block (while retained). A check that cannot be made locally is ``None``.
+    plugin's local root at the block (``memory``, the running memory plugin's
+    :class:`monmouth.interfaces.AgentMemory`, while the block is retained; on SQLite and PostgreSQL alike). A check
+    that cannot be made locally (no ``memory``, a pruned block) is ``None``.
 
     Returns ``{"block", "cert", "ok", "checks": {name: {"ok": bool | None, "detail": str}}}``.
 
@@ -187,12 +191,7 @@ def verify_block(conn: apsw.Connection, proxy: EigenDAProxy, block: int) -> dict
             check("canonical", None, "block is older than the engine's hash history")
         else:
             check("canonical", hx(canonical) == b.get("hash"), f"local canonical hash {hx(canonical)}")
-        local = None
-        try:
-            r = conn.execute("SELECT root FROM memory_global_roots WHERE block_number = ?", (block,)).fetchone()
-            local = hx(r[0]) if r else None
-        except apsw.SQLError:
-            pass
+        local, _ = global_root(memory, block)
         if local is None:
             check("global_root", None if doc.get("global_root") else True,
                   "no local memory root at this block (memory plugin disabled, or root pruned)")
@@ -251,22 +250,28 @@ class EigenDAPlugin(IntegrationPlugin):
         @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None)
         def verify(block: int, config_path: Path | None) -> None:
             """Fetch the blob of BLOCK's cert from the proxy and check it against the local roots (exit 1 on a
-            mismatch, 2 if it cannot be checked)."""
+            mismatch, 2 if it cannot be checked). Opens the sidecar offline beside a running one (as ``monmouth
+            serve`` does); the global root is checked when the memory plugin is enabled in the config."""
             import httpx
 
-            from monmouth.app import default_config_path, load_settings
-            from monmouth.store import Database
+            from monmouth.app import open_app
+            from monmouth.errors import MonmouthError
 
-            settings, _ = load_settings(config_path or default_config_path())
-            section = settings.plugins.get("eigenda")
-            cfg = section.config if section is not None and section.config is not None else EigenDAConfig()
-            db = Database(settings.storage.path)
             try:
+                app = open_app(config_path, serve=True)
+            except MonmouthError as e:
+                raise click.ClickException(str(e)) from e
+            try:
+                section = app.settings.plugins.get("eigenda")
+                cfg = section.config if section is not None and section.config is not None else EigenDAConfig()
                 with httpx.Client(timeout=cfg.timeout_s) as client:
-                    report = verify_block(db.reader(), EigenDAProxy(client, cfg.url), block)
+                    report = verify_block(app.db.reader(), EigenDAProxy(client, cfg.url), block,
+                                          agent_memory(app.host))
             except (LookupError, IntegrationError) as e:
                 click.echo(f"error: {e}", err=True)
                 sys.exit(2)
+            finally:
+                app.close()
             click.echo(json.dumps(report, indent=2))
             sys.exit(0 if report["ok"] else 1)
 
