@@ -194,7 +194,10 @@ def reindex(plugin: str, from_block: int | None, config_path: Path | None) -> No
             raise click.ClickException(f"reindex {plugin!r}: the sidecar is running (it answers on {host}:"
                                        f"{settings.http.port}); stop it first, nothing was changed")
     _setup_logging(settings.logging.level)
-    app = open_app(config_path, settings=settings)
+    try:  # on PostgreSQL, refused here while `monmouth run` or another reindex holds the ingestion lock
+        app = open_app(config_path, settings=settings)
+    except MonmouthError as e:
+        raise click.ClickException(f"reindex {plugin!r}: {e}; nothing was changed") from e
     try:
         anyio.run(rebuild, app, plugin, from_block, click.echo)
     except MonmouthError as e:
