@@ -129,6 +129,13 @@ class AgentMemory(Protocol):
         "block": {"number", "hash"}, "global_root", "sha256", "file", "created_at", ...}`` each."""
         ...
 
+    def global_root_at(self, number: int, block_hash: bytes | None = None) -> tuple[bytes, int] | None:
+        """``(global root, agents holding items)`` at block ``number``: the 32-byte root of every agent's memory
+        as the block left it, once every block applied so far is settled (``docs/memory.md``), the same on both
+        storage backends; ``None`` when the block has no retained memory row (not applied, or pruned), or its hash
+        is not ``block_hash`` (when given)."""
+        ...
+
 
 @runtime_checkable
 class AgentMemorySource(Protocol):

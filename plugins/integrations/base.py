@@ -9,8 +9,9 @@ startup/shutdown of the deliverer, waking it after each commit). Each subclass i
 **Triggers** (``trigger`` in the config, see :class:`~.config.TriggerConfig`) are pluggable:
 
 * ``blocks`` — :meth:`IntegrationPlugin.enqueue_root_job` from the chain hook, every ``every_blocks`` blocks,
-  inside the engine's transaction; it reads the memory plugin's global root of the block on the same
-  connection (the chain hooks run ``trylast``, after the memory plugin's);
+  inside the engine's transaction; the memory plugin's global root of the block is read when the request is
+  prepared (:func:`fill_global_root`, through :meth:`monmouth.interfaces.AgentMemory.global_root_at`, so on both
+  storage backends);
 * ``checkpoint`` — :class:`CheckpointTrigger` in the deliverer's thread: each new manifest of the memory
   plugin's checkpoints (:meth:`monmouth.interfaces.AgentMemory.checkpoints`) whose block is still canonical becomes
   a job for that block (so reverting the block cancels it, as for ``blocks``).
@@ -40,11 +41,12 @@ from .worker import Deliverer, Handler
 try:
     import psycopg.errors
 
-    #: What PostgreSQL raises when the memory plugin's function or table is not there.
-    _PG_MISSING: tuple[type[Exception], ...] = (psycopg.errors.UndefinedFunction, psycopg.errors.UndefinedTable)
-
+    _PG_MISSING: tuple[type[Exception], ...] = (psycopg.errors.UndefinedTable,)
 except ImportError:  # pragma: no cover - psycopg is only needed for storage.url = "postgresql://..."
     _PG_MISSING = ()
+
+#: What either backend raises when a statement names a table that does not exist (another plugin's, disabled).
+NO_SUCH_TABLE: tuple[type[Exception], ...] = (apsw.SQLError, *_PG_MISSING)
 
 log = logging.getLogger(__name__)
 
@@ -61,30 +63,25 @@ def agent_memory(host: Any) -> AgentMemory | None:
 ROOT_AT_DELIVERY = "global_root_at_delivery"
 
 
-def fill_global_root(db: Any) -> Callable[[Job], None]:
+def fill_global_root(rt: Runtime) -> Callable[[Job], None]:
     """The deliverer's ``before_prepare`` for root jobs: set ``global_root`` and ``agents`` of a job flagged
-    :data:`ROOT_AT_DELIVERY`, read at its block on a reader connection. A block's global root never changes once the
-    block is applied, and a job whose block is reverted is deleted with it, so reading it later gives the same
-    answer as reading it in the chain hook."""
+    :data:`ROOT_AT_DELIVERY`, read at its block from the memory plugin (:func:`global_root`). A block's global root
+    never changes once the block is applied, and a job whose block is reverted is deleted with it, so reading it
+    later gives the same answer as reading it in the chain hook."""
     def fill(job: Job) -> None:
         if job.payload.pop(ROOT_AT_DELIVERY, False):
-            job.payload["global_root"], job.payload["agents"] = global_root(db.reader(), job.block_number)
+            job.payload["global_root"], job.payload["agents"] = global_root(rt.memory, job.block_number)
     return fill
 
 
-def global_root(conn: apsw.Connection, number: int, block_hash: bytes | None = None
+def global_root(memory: AgentMemory | None, number: int, block_hash: bytes | None = None
                 ) -> tuple[str | None, int | None]:
-    """The memory plugin's global root at block ``number`` and its agent count, read on ``conn`` (autocommit, not
-    holding the write lock) after the plugin settled the blocks applied so far (``memory_settle()``); ``(None,
-    None)`` when the memory plugin has no root for it (disabled, or its table does not exist), or its block is not
-    ``block_hash`` when given."""
-    try:
-        conn.execute("SELECT memory_settle()").fetchall()
-        row = conn.execute("SELECT root, agents FROM memory_global_roots WHERE block_number = ? AND "
-                           "(? IS NULL OR block_hash = ?)", (number, block_hash, block_hash)).fetchone()
-    except (apsw.SQLError, *_PG_MISSING):  # type: ignore[misc]  # a tuple of exception classes
-        return None, None
-    return (hx(row[0]), row[1]) if row else (None, None)
+    """The memory plugin's global root at block ``number`` (``0x`` hex) and its agent count, after the plugin settled
+    the blocks applied so far (:meth:`monmouth.interfaces.AgentMemory.global_root_at`, the same on SQLite and
+    PostgreSQL); ``(None, None)`` without a running memory plugin, when it has no root for the block, or when the
+    block is not ``block_hash`` (when given). Call it outside the engine's transaction (settling writes)."""
+    found = memory.global_root_at(number, block_hash) if memory is not None else None
+    return (hx(found[0]), found[1]) if found is not None else (None, None)
 
 
 class Runtime:
@@ -174,7 +171,7 @@ class CheckpointTrigger:
                    "global_root": groot.get("root") if groot.get("block") == number else None,
                    "checkpoint": dict(manifest)}
         if payload["global_root"] is None:  # read first: settling takes the write lock
-            payload["global_root"], payload["agents"] = global_root(self.rt.db.reader(), number, raw)
+            payload["global_root"], payload["agents"] = global_root(self.rt.memory, number, raw)
         with self.rt.db.write() as conn:
             if canonical_hash(conn, number) != raw:
                 log.info("%s: checkpoint %s is at a block no longer canonical; skipped", self.plugin.name,
@@ -304,7 +301,7 @@ class IntegrationPlugin:
                 rt.deliverer = Deliverer(
                     self.name, rt.outbox, self.make_handler(rt), rt.breaker, rt.backoff, rt.metrics,
                     poll_interval_s=config.poll_interval_s, max_attempts=config.max_attempts,
-                    keep_delivered_s=config.keep_delivered_s, poll=poll, before_prepare=fill_global_root(rt.db))
+                    keep_delivered_s=config.keep_delivered_s, poll=poll, before_prepare=fill_global_root(rt))
                 rt.deliverer.refresh_gauges()
                 if self.workers and getattr(ctx, "role", "run") == "run":  # one deliverer: `monmouth run`'s
                     rt.deliverer.start()

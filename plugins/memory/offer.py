@@ -37,3 +37,17 @@ class OfferedMemory:
 
     def checkpoints(self) -> list[dict[str, Any]]:
         return list_checkpoints(self.memory.checkpoint_dir)
+
+    def global_root_at(self, number: int, block_hash: bytes | None = None) -> tuple[bytes, int] | None:
+        """``(global root, agents holding items)`` at block ``number``, read after the worker settled every block
+        applied so far; ``None`` when the block has no retained memory row, or its hash is not ``block_hash`` (when
+        given). What the SQL view ``memory_global_roots`` gives on SQLite, on both backends (PostgreSQL cannot call
+        Python from SQL: docs/storage.md)."""
+        mem = self.memory
+        mem.ensure_settled()
+        conn = mem.db.reader()
+        row = mem.lattice.block_row(conn, number)
+        if row is None or (block_hash is not None and row[0] != block_hash):
+            return None
+        root = mem.lattice.global_root(conn, number)
+        return (root, row[1]) if root is not None else None
