@@ -95,7 +95,8 @@ def run(config_path: Path | None) -> None:
 @click.option("--port", type=int, default=None, help="Override http.port (0: any free port).")
 def serve(config_path: Path | None, port: int | None) -> None:
     """Serve the HTTP API, MCP and the dashboard on the database without ingesting: run any number of these beside
-    the one `monmouth run` that owns ingestion (docs/storage.md, "Scale-out"). Config changes apply at restart."""
+    the one `monmouth run` that owns ingestion (docs/storage.md, "Scale-out"). config.toml is hot-reloaded; the
+    listening address, TLS and [storage] apply at restart (monmouth.serving)."""
     from .app import load_settings, open_app
     from .serving import serve as serve_http
     from .shutdown import Stopped, graceful
@@ -108,6 +109,7 @@ def serve(config_path: Path | None, port: int | None) -> None:
             _setup_logging(settings.logging.level)
             stopper.timeout = settings.engine.shutdown_timeout
             app = open_app(config_path, settings=settings, serve=True)
+            app.http_port = port
         except MonmouthError as e:
             _fail(e)
         except Stopped:
