@@ -355,3 +355,33 @@ def test_reindex_on_postgres_drops_and_rebuilds_every_object_its_migrations_crea
     app.engine.apply(ChainCommitted(chain(blocks[3:])))
     assert state(app) == good
     app.close()
+
+
+def test_reindex_rebuilds_the_rag_plugin_on_both_backends(tmp_path, storage_of, monkeypatch):
+    """The built-in rag plugin, whose schema differs per backend (FTS5 and ``vec0`` virtual tables on SQLite;
+    ``tsvector``, ``vector`` and its own text search dictionary and configuration on PostgreSQL): a reindex drops
+    all of it, its migrations run again, and the rebuilt documents and keyword index are the same."""
+    from tests.test_rag_support import PG_RAG, TEMPLATES, mainnet_shaped
+
+    monkeypatch.setenv("MONMOUTH_PG_PASSWORD", PG_PASSWORD)
+    blocks = list(mainnet_shaped(TEMPLATES, 4, txs_per_block=20, start=1))
+    cfg = replay_config(tmp_path, storage_of("db.sqlite"), "rag", blocks)
+    cfg.write_text(cfg.read_text() + "worker = false\n" + "".join(f'{k} = "{v}"\n' for k, v in PG_RAG.items()))
+    docs = "SELECT kind, block_number, tx_hash, doc_id, chunk, text FROM rag_docs ORDER BY 1, 2, 3, 4, 5, 6"
+    app = open_app(cfg)
+    app.engine.apply(ChainCommitted(chain(blocks)))
+    before = app.engine.conn.execute(docs).fetchall()
+    keyword = app.engine.conn.execute("SELECT count(*) FROM rag_fts").fetchone()
+    assert len(before) == 80 and keyword == (80,)
+    with app.engine.conn as conn:  # damage it
+        conn.execute("DELETE FROM rag_docs WHERE block_number > 2")
+    out: list[str] = []
+    assert anyio.run(reindex, app, "rag", None, out.append) == 4
+    assert "rag_docs" in out[0] and "rag_fts" in out[0] and "rag_vec" in out[0], out
+    assert app.engine.conn.execute(docs).fetchall() == before
+    assert app.engine.conn.execute("SELECT count(*) FROM rag_fts").fetchone() == keyword
+    app.close()
+    app = open_app(cfg)
+    assert app.host.is_enabled("rag"), app.host.errors
+    assert Progress(app.engine).ranges()["rag"].state == "live"
+    app.close()
