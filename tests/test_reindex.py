@@ -318,6 +318,10 @@ def test_reindex_on_postgres_drops_and_rebuilds_every_object_its_migrations_crea
         ("TEXT SEARCH CONFIGURATION", "notes_english"), ("TEXT SEARCH DICTIONARY", "notes_stem"),
         ("DOMAIN", "notes_count"), ("TYPE", "notes_kind")]
     assert objects[3][1] == "notes_parity(n bigint)"
+    # An extension a migration creates is not the plugin's: none of its objects is listed (nor left installed).
+    assert created_objects(app.db, ["CREATE EXTENSION IF NOT EXISTS btree_gist; CREATE TABLE notes_x (k int)"]) == [
+        ("TABLE", "notes_x", "notes_x")]
+    assert app.engine.conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'btree_gist'").fetchone()[0] == 0
     assert app.engine.conn.execute(  # the scratch schema was rolled back
         "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'monmouth_reindex_%'").fetchone()[0] == 0
     app.engine.apply(ChainCommitted(chain(blocks)))

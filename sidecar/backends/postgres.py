@@ -594,29 +594,36 @@ class PgDatabase:
                            has_pk=_has_primary_key, errors=(psycopg.Error,))
 
 
+def _not_member(catalog: str, oid: str) -> str:
+    """SQL: the object is not part of an extension (a migration's ``CREATE EXTENSION`` is not the plugin's)."""
+    return (f"NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = '{catalog}'::regclass AND e.objid = {oid} "
+            "AND e.deptype = 'e')")
+
+
 #: The objects :func:`created_objects` finds, in the order they are dropped (dependents first), with their kind as
-#: ``DROP`` names it. Indexes, triggers, constraints and identity sequences go with their table.
-_CREATED_OBJECTS = """
+#: ``DROP`` names it. Indexes, triggers, constraints and identity sequences go with their table; an extension's
+#: objects are not listed.
+_CREATED_OBJECTS = f"""
 SELECT kind, ident, name FROM (
     SELECT CASE c.relkind WHEN 'v' THEN 1 WHEN 'm' THEN 2 WHEN 'S' THEN 4 ELSE 3 END AS ord,
            CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'S' THEN 'SEQUENCE'
                 ELSE 'TABLE' END AS kind, quote_ident(c.relname) AS ident, c.relname::text AS name
       FROM pg_class c WHERE c.relnamespace = %(ns)s::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'S')
        AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
-                          AND d.deptype IN ('a', 'i'))
+                          AND d.deptype IN ('a', 'i', 'e'))
     UNION ALL
     SELECT 5, CASE p.prokind WHEN 'p' THEN 'PROCEDURE' WHEN 'a' THEN 'AGGREGATE' ELSE 'FUNCTION' END,
            quote_ident(p.proname) || '(' || pg_get_function_identity_arguments(p.oid) || ')', p.proname::text
-      FROM pg_proc p WHERE p.pronamespace = %(ns)s::regnamespace
+      FROM pg_proc p WHERE p.pronamespace = %(ns)s::regnamespace AND {_not_member("pg_proc", "p.oid")}
     UNION ALL
-    SELECT 6, 'TEXT SEARCH CONFIGURATION', quote_ident(cfgname), cfgname::text
-      FROM pg_ts_config WHERE cfgnamespace = %(ns)s::regnamespace
+    SELECT 6, 'TEXT SEARCH CONFIGURATION', quote_ident(t.cfgname), t.cfgname::text
+      FROM pg_ts_config t WHERE t.cfgnamespace = %(ns)s::regnamespace AND {_not_member("pg_ts_config", "t.oid")}
     UNION ALL
-    SELECT 7, 'TEXT SEARCH DICTIONARY', quote_ident(dictname), dictname::text
-      FROM pg_ts_dict WHERE dictnamespace = %(ns)s::regnamespace
+    SELECT 7, 'TEXT SEARCH DICTIONARY', quote_ident(t.dictname), t.dictname::text
+      FROM pg_ts_dict t WHERE t.dictnamespace = %(ns)s::regnamespace AND {_not_member("pg_ts_dict", "t.oid")}
     UNION ALL
     SELECT 8, CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END, quote_ident(t.typname), t.typname::text
-      FROM pg_type t WHERE t.typnamespace = %(ns)s::regnamespace
+      FROM pg_type t WHERE t.typnamespace = %(ns)s::regnamespace AND {_not_member("pg_type", "t.oid")}
        AND (t.typtype IN ('e', 'd', 'r')
             OR (t.typtype = 'c' AND (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c'))
 ) o ORDER BY ord, name
