@@ -49,9 +49,15 @@ def load_settings(config_path: str | Path | None, extra_plugins: Mapping[str, ob
     return validate(data, origin, config_models(plugins), base), plugins
 
 
+#: ``[http]`` keys the listening socket is made from at start: a reload that changes them takes effect at the next
+#: restart. Every other ``[http]`` key (limits, concurrency, ``ready_lag``) and ``[auth]`` are read per request.
+LISTEN_KEYS = ("enabled", "host", "port", "tls_cert", "tls_key")
+
+
 @dataclass
 class App:
-    """One sidecar's parts. Close with :meth:`close`."""
+    """One sidecar's parts. Close with :meth:`close`. ``http_port``: a ``--port`` given on the command line
+    (``monmouth serve``), kept over ``http.port`` across reloads."""
 
     settings: Settings
     config_path: Path | None
@@ -61,6 +67,7 @@ class App:
     host: PluginHost
     engine: Engine
     extra_plugins: dict[str, object] = field(default_factory=dict)
+    http_port: int | None = None
 
     def reload(self, environ: Mapping[str, str] | None = None) -> Settings:
         """Re-read the config file; validate; apply plugin changes. Call only between notifications.
@@ -71,15 +78,21 @@ class App:
         data, origin, base = load_data(self.config_path, environ)
         plugins = discover(module_paths(data, base), self.extra_plugins)
         settings = validate(data, origin, config_models(plugins), base)
+        if self.http_port is not None:
+            settings.http.port = self.http_port
         for name, p in plugins.items():
             if name not in self.host.installed:
                 self.host.installed[name] = p
                 self.host.states[name] = "disabled"
         changes = self.host.apply_settings(settings)
         self.engine.config = settings.engine
-        for section in ("source", "storage", "http"):
+        for section in ("source", "storage"):
             if getattr(settings, section) != getattr(self.settings, section):
                 log.warning("config: [%s] changed; it takes effect at the next restart", section)
+        listen = [f"http.{k}" for k in LISTEN_KEYS if getattr(settings.http, k) != getattr(self.settings.http, k)]
+        if listen:
+            log.warning("config: %s changed; the HTTP server listens as it started until the next restart",
+                        ", ".join(listen))
         self.settings = settings
         if changes:
             log.info("config reloaded: %s", ", ".join(changes))

@@ -95,7 +95,8 @@ def run(config_path: Path | None) -> None:
 @click.option("--port", type=int, default=None, help="Override http.port (0: any free port).")
 def serve(config_path: Path | None, port: int | None) -> None:
     """Serve the HTTP API, MCP and the dashboard on the database without ingesting: run any number of these beside
-    the one `monmouth run` that owns ingestion (docs/storage.md, "Scale-out"). Config changes apply at restart."""
+    the one `monmouth run` that owns ingestion (docs/storage.md, "Scale-out"). config.toml is hot-reloaded; the
+    listening address, TLS and [storage] apply at restart (monmouth.serving)."""
     from .app import load_settings, open_app
     from .serving import serve as serve_http
     from .shutdown import Stopped, graceful
@@ -108,6 +109,7 @@ def serve(config_path: Path | None, port: int | None) -> None:
             _setup_logging(settings.logging.level)
             stopper.timeout = settings.engine.shutdown_timeout
             app = open_app(config_path, settings=settings, serve=True)
+            app.http_port = port
         except MonmouthError as e:
             _fail(e)
         except Stopped:
@@ -194,7 +196,10 @@ def reindex(plugin: str, from_block: int | None, config_path: Path | None) -> No
             raise click.ClickException(f"reindex {plugin!r}: the sidecar is running (it answers on {host}:"
                                        f"{settings.http.port}); stop it first, nothing was changed")
     _setup_logging(settings.logging.level)
-    app = open_app(config_path, settings=settings)
+    try:  # on PostgreSQL, refused here while `monmouth run` or another reindex holds the ingestion lock
+        app = open_app(config_path, settings=settings)
+    except MonmouthError as e:
+        raise click.ClickException(f"reindex {plugin!r}: {e}; nothing was changed") from e
     try:
         anyio.run(rebuild, app, plugin, from_block, click.echo)
     except MonmouthError as e:

@@ -24,7 +24,7 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -358,36 +358,21 @@ class Runner:
 
     # ------------------------------------------------------------------------------------------------ helpers
     async def reload_config(self) -> bool:
-        """Re-read config.toml and apply it between notifications. Returns False if the new file is invalid
-        (the last good config keeps running; the reason is logged and ``monmouth_config_reloads_total
-        {outcome="rejected"}`` counted)."""
+        """Re-read config.toml and apply it between notifications (:func:`apply_reload`, under the runner's lock;
+        then plugins it enabled start catching up). Returns False if the new file is invalid."""
         async with self.lock:
-            try:
-                await anyio.to_thread.run_sync(self.app.reload)
-            except Exception as e:  # any file content, any failure: the running config stays (never a crash)
-                self.app.metrics.config_reloads.labels("rejected").inc()
-                self.app.metrics.errors.labels("config").inc()
-                log.error("config reload of %s rejected, keeping the last good config: %s", self.app.config_path,
-                          e if isinstance(e, MonmouthError) else f"{type(e).__name__}: {e}")
+            if not await apply_reload(self.app):
                 return False
             try:  # plugins enabled by this reload start catching up (sidecar/catchup.py)
                 await anyio.to_thread.run_sync(self.catchup.sync, limiter=self._engine_limiter)
             except Exception as e:
                 log.error("config reload of %s applied, but late plugins could not be set up: %s",
                           self.app.config_path, e if isinstance(e, MonmouthError) else f"{type(e).__name__}: {e}")
-        self.app.metrics.config_reloads.labels("applied").inc()
         self.stall.retry_now()  # a failing notification is retried at once under the new config
         return True
 
     async def _watch_config(self) -> None:
-        import watchfiles
-
-        path = Path(self.app.config_path).resolve()  # type: ignore[arg-type]
-        async for changes in watchfiles.awatch(path.parent, debounce=200, step=50,
-                                               watch_filter=lambda _c, p: Path(p).name == path.name):
-            if changes and path.exists():
-                log.info("config: %s changed; reloading", path)
-                await self.reload_config()
+        await watch_config(Path(self.app.config_path), self.reload_config)  # type: ignore[arg-type]
 
     async def _progress(self) -> None:
         interval = self.app.settings.engine.progress_interval
@@ -480,6 +465,35 @@ class Runner:
         self._http_server.should_exit = True
         with anyio.move_on_after(self.app.settings.engine.shutdown_timeout):
             await self._http_done.wait()
+
+
+async def apply_reload(app: App) -> bool:
+    """Re-read ``app``'s config file and apply it (:meth:`App.reload`, in a worker thread). Returns False if it is
+    invalid: the last good config keeps running, the reason is logged and ``monmouth_config_reloads_total
+    {outcome="rejected"}`` counted; else ``{outcome="applied"}``. Never raises for the file's content."""
+    try:
+        await anyio.to_thread.run_sync(app.reload)
+    except Exception as e:  # any file content, any failure: the running config stays (never a crash)
+        app.metrics.config_reloads.labels("rejected").inc()
+        app.metrics.errors.labels("config").inc()
+        log.error("config reload of %s rejected, keeping the last good config: %s", app.config_path,
+                  e if isinstance(e, MonmouthError) else f"{type(e).__name__}: {e}")
+        return False
+    app.metrics.config_reloads.labels("applied").inc()
+    return True
+
+
+async def watch_config(path: Path, on_change: Callable[[], Awaitable[object]]) -> None:
+    """Call ``on_change`` after each change of the file ``path`` (watchfiles, 200 ms debounce; its directory is
+    watched, so an editor's replace-by-rename is seen), until cancelled."""
+    import watchfiles
+
+    path = path.resolve()
+    async for changes in watchfiles.awatch(path.parent, debounce=200, step=50,
+                                           watch_filter=lambda _c, p: Path(p).name == path.name):
+        if changes and path.exists():
+            log.info("config: %s changed; reloading", path)
+            await on_change()
 
 
 def http_server(app: App, api: Any) -> Any:

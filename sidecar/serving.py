@@ -14,6 +14,15 @@ Invariants:
 4. **No background workers.** Plugins start here with ``ctx.role == "serve"`` (:class:`sidecar.context.PluginContext`)
    and start none (embedding, settling, outbox delivery): the one ``monmouth run`` runs them, so N serving
    processes never run N copies of a queue's work.
+5. **config.toml is hot-reloaded as in ``monmouth run``** (watchfiles; :func:`sidecar.runner.apply_reload`): an
+   invalid file is rejected and the last good config keeps serving. What the API reads per request applies at
+   once: ``[auth]`` (tokens, ``loopback_open``, SIWE, rate limits, the token secret), the ``[http]`` limits
+   (``max_body_bytes``, ``max_json_depth``, ``max_concurrency``, ``busy_*``, ``ready_lag``), plugins enabled or
+   disabled and their config sections (a disabled plugin's routes answer 503). What is bound at start is logged
+   and waits for a restart: the listening socket (``http.host``, ``http.port``, TLS files, ``http.enabled``;
+   ``--port`` stays over ``http.port``), ``[storage]`` (open connections, their ``statement_timeout`` and
+   ``lock_timeout``, ``read_url``) and ``engine.shutdown_timeout`` (uvicorn's drain time). ``[source]`` and the
+   rest of ``[engine]`` do not apply to a serving process.
 
 On SQLite ``serve`` runs beside one ``monmouth run`` on the same machine (the same file in WAL mode; SQLite
 serialises writers with its write lock and busy timeout): useful to split the API from ingestion, not to scale
@@ -76,9 +85,11 @@ class _NotCatchingUp:
         return {}
 
 
-async def serve(app: App, shutdown: Shutdown | None = None, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+async def serve(app: App, shutdown: Shutdown | None = None, *, watch_config: bool = True,
+                task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
     """Serve ``[http]`` for ``app`` until cancelled or, with ``shutdown``, until SIGTERM/SIGINT (open requests
-    drain within ``engine.shutdown_timeout``). ``task_status.started(port)`` once it listens.
+    drain within ``engine.shutdown_timeout``), hot-reloading its config file (invariant 5) unless ``watch_config``
+    is False. ``task_status.started(port)`` once it listens.
 
     Raises:
         ConfigError: a public ``http.host`` without operator tokens, unreadable TLS files, a port in use.
@@ -87,7 +98,8 @@ async def serve(app: App, shutdown: Shutdown | None = None, *, task_status: Any 
     from .api import create_api
     from .auth import check_bind
     from .preflight import check_listen
-    from .runner import http_server, listening
+    from .runner import apply_reload, http_server, listening
+    from .runner import watch_config as watch
 
     check_bind(app.settings)
     check_listen(app.settings)
@@ -106,6 +118,8 @@ async def serve(app: App, shutdown: Shutdown | None = None, *, task_status: Any 
             shutdown.on_stop(lambda: setattr(server, "should_exit", True))
         tg.start_soon(until_drained)
         serving.http_port = await listening(server, http)
+        if watch_config and app.config_path is not None:
+            tg.start_soon(watch, app.config_path, lambda: apply_reload(app))
         log.warning("monmouth serve: %s://%s:%s on %s (head %s)", "https" if http.tls_cert else "http", http.host,
                     serving.http_port, app.db.describe(), app.engine.head or "empty")
         task_status.started(serving.http_port)

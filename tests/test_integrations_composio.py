@@ -1,7 +1,7 @@
 """Composio: ``POST /integrations/composio/execute`` calls the v3 API (fake) and stores the call and its result as
 the agent's episodic memory; an Idempotency-Key is never executed twice; only failures that cannot have reached
 Composio are retried; timeouts, 5xx and malformed answers are reported, not retried; the breaker opens and
-answers 503 at once, then closes."""
+answers 503 at once, then closes. Every test runs on SQLite and PostgreSQL (``storage_of``)."""
 
 from __future__ import annotations
 
@@ -22,12 +22,12 @@ STRANGER = "0x" + address(2).hex()
 
 
 @pytest.fixture
-def sidecar(tmp_path, monkeypatch):
+def sidecar(storage_of, monkeypatch):
     monkeypatch.setenv("COMPOSIO_API_KEY", "test-composio-key")
     fake = FakeComposio(hang_s=2.0)
     mem, comp = MemoryPlugin(workers=False), ComposioPlugin()
     fast = {k: v for k, v in FAST.items() if k != "poll_interval_s"}
-    app = open_test_app(tmp_path / "db.sqlite", {"memory": mem, "composio": comp},
+    app = open_test_app(storage_of("db.sqlite"), {"memory": mem, "composio": comp},
                         {"memory": {"agents": [AGENT], "embed": False},
                          "composio": {"base_url": fake.url, "user_id": "default", **fast, "timeout_s": 0.4,
                                       "breaker_fail_max": 3, "breaker_reset_s": 0.5}})
@@ -117,3 +117,52 @@ def test_breaker_opens_answers_503_at_once_and_closes(sidecar):
     time.sleep(0.55)
     assert call(client, key="while-open").status_code == 200  # a failed call may be retried under its key
     assert client.get("/status").json()["plugins"]["composio"]["breaker"] == "closed"
+
+
+def test_concurrent_calls_with_one_key_run_it_once(sidecar):
+    """Eight clients send the same call with the same Idempotency-Key at once, twice (the second time after the key
+    failed): each time it runs exactly once, the others are told it is in progress (409) or get its answer; no
+    request fails with a database error (on PostgreSQL, two transactions could both see no row, or both see
+    ``failed``)."""
+    import anyio
+    import httpx
+
+    app, client, fake, mem = sidecar
+
+    def slow(args):
+        time.sleep(0.2)  # below timeout_s: it answers
+        return {"ok": True}
+
+    fake.tools["SLOW_TOOL"] = slow
+
+    def at_once(key: str, n: int = 8) -> list[int]:
+        """``n`` requests started together on one event loop, as one server process serves them."""
+        codes: list[int] = []
+
+        async def burst() -> None:
+            transport = httpx.ASGITransport(app=client.app, client=("127.0.0.1", 40000))
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as ac:
+                async def one() -> None:
+                    r = await ac.post("/integrations/composio/execute", headers={"Idempotency-Key": key},
+                                      json={"tool": "SLOW_TOOL", "arguments": {"username": "pg"}})
+                    codes.append(r.status_code)
+
+                async with anyio.create_task_group() as tg:
+                    for _ in range(n):
+                        tg.start_soon(one)
+
+        anyio.run(burst)
+        return codes
+
+    at_once("warm-up")  # the first requests of a new API are served one by one (start-up): not a test
+    codes = at_once("first")
+    assert sorted(codes) == [200] + [409] * 7, codes
+    assert fake.executed("first") == 1
+    fake.fail("5xx", times=1)
+    assert call(client, "SLOW_TOOL", key="again").status_code == 502
+    assert client.get("/integrations/composio/calls/again").json()["state"] == "failed"
+    n = fake.count()
+    codes = at_once("again")
+    assert sorted(codes) == [200] + [409] * 7, codes
+    assert fake.count() == n + 1 and fake.executed("again") == 1
+    assert client.get("/integrations/composio/calls/again").json()["state"] == "done"

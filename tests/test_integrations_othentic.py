@@ -1,6 +1,7 @@
 """Othentic: ``sendTask`` in the documented shape, signed over the documented encoding (checked by the fake with
 eth-abi + eth-keys, independently of the plugin's code), with the EigenDA cert as proof of task when the eigenda
-plugin dispersed it (waiting for it), the root otherwise; JSON-RPC errors classified; missing key refused."""
+plugin dispersed it (waiting for it), the memory global root otherwise; JSON-RPC errors classified; missing key
+refused. The delivery tests run on SQLite and PostgreSQL (``storage_of``)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def test_signature_encoding_matches_an_independent_computation():
     assert recover_performer(params) == DEV_ADDRESS
 
 
-def setup(tmp_path, monkeypatch, with_eigenda, eig_url=None, agg_url=None, **cfg):
+def setup(storage_of, monkeypatch, with_eigenda, eig_url=None, agg_url=None, **cfg):
     monkeypatch.setenv("OTHENTIC_PRIVATE_KEY", DEV_KEY)
     plugins: dict[str, object] = {"memory": MemoryPlugin(workers=False), "othentic": OthenticPlugin(workers=False)}
     conf = {"memory": {"agents": [AGENT], "embed": False},
@@ -48,13 +49,20 @@ def setup(tmp_path, monkeypatch, with_eigenda, eig_url=None, agg_url=None, **cfg
     if with_eigenda:
         plugins["eigenda"] = EigenDAPlugin(workers=False)
         conf["eigenda"] = {"url": eig_url, "every_blocks": 2, **FAST}
-    engine = integration_engine(tmp_path / "db.sqlite", plugins, conf)
+    engine = integration_engine(storage_of("db.sqlite"), plugins, conf)
     return engine, plugins
 
 
-def test_proof_of_task_is_the_eigenda_cert_once_dispersed(tmp_path, monkeypatch):
+def root_at(plugins, number: int) -> str:
+    """The memory plugin's global root at block ``number`` (hex), on either backend."""
+    found = plugins["memory"].global_root_at(number)
+    assert found is not None, number
+    return "0x" + found[0].hex()
+
+
+def test_proof_of_task_is_the_eigenda_cert_once_dispersed(storage_of, monkeypatch):
     with FakeEigenDAProxy() as eig_fake, FakeOthenticAggregator() as agg:
-        engine, p = setup(tmp_path, monkeypatch, True, eig_fake.url, agg.url)
+        engine, p = setup(storage_of, monkeypatch, True, eig_fake.url, agg.url)
         oth, eig = p["othentic"], p["eigenda"]
         bs = extend(None, 4, number=1)
         engine.apply(ChainCommitted(chain(bs)))
@@ -72,17 +80,16 @@ def test_proof_of_task_is_the_eigenda_cert_once_dispersed(tmp_path, monkeypatch)
             data = json.loads(task["data"])
             assert data["block"] == n and data["hash"] == "0x" + bs[n - 1].hash.hex()
             assert data["eigenda_cert"] == task["proofOfTask"]
-            root = engine.conn.execute("SELECT root FROM memory_global_roots WHERE block_number = ?", (n,)).fetchone()
-            assert data["global_root"] == "0x" + root[0].hex()
+            assert data["global_root"] == root_at(p, n)
         rows = engine.conn.execute("SELECT block_number, proof_of_task FROM othentic_tasks ORDER BY 1").fetchall()
         assert rows == [(2, "0x" + certs[2].hex()), (4, "0x" + certs[4].hex())]
         assert oth.monmouth_status()["performer"] == DEV_ADDRESS
         close(engine)
 
 
-def test_root_is_the_proof_without_eigenda_and_rpc_errors_are_classified(tmp_path, monkeypatch):
+def test_root_is_the_proof_without_eigenda_and_rpc_errors_are_classified(storage_of, monkeypatch):
     with FakeOthenticAggregator() as agg:
-        engine, p = setup(tmp_path, monkeypatch, False, agg_url=agg.url, every_blocks=1)
+        engine, p = setup(storage_of, monkeypatch, False, agg_url=agg.url, every_blocks=1)
         oth = p["othentic"]
         engine.apply(ChainCommitted(chain(extend(None, 2, number=1))))
         agg.script("malformed", "5xx")  # a JSON-RPC answer with neither result nor error, then HTTP 500
@@ -91,8 +98,7 @@ def test_root_is_the_proof_without_eigenda_and_rpc_errors_are_classified(tmp_pat
         assert sample(engine, "monmouth_othentic_attempts_total", {"outcome": "transient"}) == 2
         for key, task in agg.tasks.items():
             n = int(key.split(":")[2])
-            root = engine.conn.execute("SELECT root FROM memory_global_roots WHERE block_number = ?", (n,)).fetchone()
-            assert task["proofOfTask"] == "0x" + root[0].hex()
+            assert task["proofOfTask"] == root_at(p, n)
         # An unknown task definition is refused by the aggregator with -32602: permanent, parked as failed.
         agg.task_definitions = {3}
         oth.rt.config.task_definition_id = 5

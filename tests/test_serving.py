@@ -415,3 +415,43 @@ def test_plugins_start_their_background_workers_only_in_the_run_role(tmp_path):
         finally:
             for app in apps.values():
                 app.close()
+
+
+def test_serve_hot_reloads_what_the_api_reads_and_keeps_the_last_good_config(tmp_path):
+    """``monmouth serve`` reloads config.toml as ``monmouth run`` does (sidecar/serving.py, invariant 5): ``[auth]``,
+    the ``[http]`` limits and the plugins apply at once; the listening socket and ``--port`` stay as started (the
+    change is logged); an invalid file is rejected and the last good config keeps serving."""
+    from monmouth.app import open_app
+
+    port = free_port()
+    admin = "serve-reload-admin-token-0123456789"
+    cfg = serve_config(tmp_path / "config.toml", node="http://127.0.0.1:9", storage='path = "db.sqlite"', port=port)
+    first = cfg.read_text()
+    open_app(cfg).close()  # the database's tables, as a `monmouth run` would have made them
+    with Sidecar(cfg, port, ("serve", "--port", str(port))) as s:
+        pad = {"pad": "x" * 3000}
+        assert s.http.post("/nosuch", json=pad).status_code == 404  # within max_body_bytes: routed
+        assert s.get("/status").status_code == 200  # loopback, no token: admin
+        assert s.get("/ledger/summary").status_code == 200
+
+        cfg.write_text(first.replace(f'host = "127.0.0.1"\nport = {port}',
+                                     f'host = "localhost"\nmax_body_bytes = 2048\nport = {free_port()}')
+                       .replace("enabled = true\nmodule", "enabled = false\nmodule")
+                       + f'\n[auth]\nloopback_open = false\nadmin_tokens = ["{admin}"]\n')
+        s.wait(lambda: s.get("/status").status_code == 401, what="[auth] to be reloaded")
+        s.http.headers["Authorization"] = f"Bearer {admin}"
+        assert s.get("/status").status_code == 200
+        assert s.http.post("/nosuch", json=pad).status_code == 413  # the new http.max_body_bytes
+        r = s.get("/ledger/summary")
+        assert r.status_code == 503 and "plugin 'ledgerapi' is disabled" in r.text, r.text
+        assert s.metric("monmouth_config_reloads_total", 'outcome="applied"') >= 1
+        logged = s.logged()
+        assert "config: http.host changed; the HTTP server listens as it started until the next restart" in logged
+        assert "http.port" not in logged  # --port is kept over the file's port
+
+        cfg.write_text(first.replace("port = ", 'max_body_bytes = "lots"\nport = ', 1))  # invalid: rejected
+        s.wait(lambda: s.metric("monmouth_config_reloads_total", 'outcome="rejected"') >= 1, what="a rejection")
+        assert "config reload of" in s.logged() and "max_body_bytes" in s.logged()
+        assert httpx.get(f"http://127.0.0.1:{port}/status").status_code == 401  # the last good config serves
+        assert s.http.post("/nosuch", json=pad).status_code == 413
+    assert s.proc.returncode == 0, s.logged()

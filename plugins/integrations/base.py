@@ -37,6 +37,16 @@ from .outbox import Job, Outbox, migration, trimmed
 from .resilience import BREAKER_STATES, make_breaker, outbox_backoff
 from .worker import Deliverer, Handler
 
+try:
+    import psycopg.errors
+
+    _PG_MISSING: tuple[type[Exception], ...] = (psycopg.errors.UndefinedTable,)
+except ImportError:  # pragma: no cover - psycopg is only needed for storage.url = "postgresql://..."
+    _PG_MISSING = ()
+
+#: What either backend raises when a statement names a table that does not exist (another plugin's, disabled).
+NO_SUCH_TABLE: tuple[type[Exception], ...] = (apsw.SQLError, *_PG_MISSING)
+
 log = logging.getLogger(__name__)
 
 

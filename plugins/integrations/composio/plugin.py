@@ -107,6 +107,24 @@ CREATE TABLE composio_calls (
 );
 """
 
+#: :data:`SCHEMA` for PostgreSQL.
+PG_SCHEMA = """
+CREATE TABLE composio_calls (
+    id TEXT PRIMARY KEY,
+    tool TEXT NOT NULL,
+    agent BYTEA,
+    arguments TEXT NOT NULL,
+    state TEXT NOT NULL,
+    successful INTEGER,
+    response TEXT,
+    error TEXT,
+    memory_item TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at DOUBLE PRECISION NOT NULL,
+    finished_at DOUBLE PRECISION
+);
+"""
+
 
 def _refuse(status: int, field: str, error: str, headers: dict[str, str] | None = None) -> HTTPException:
     return HTTPException(status, {"field": field, "error": error}, headers=headers)
@@ -119,6 +137,7 @@ class ComposioPlugin(IntegrationPlugin):
     Config = ComposioConfig
     uses_outbox = False
     SCHEMA = SCHEMA
+    PG_SCHEMA = PG_SCHEMA
 
     def on_start(self, rt: Runtime) -> None:
         cfg: ComposioConfig = rt.config  # type: ignore[assignment]
@@ -220,23 +239,32 @@ class ComposioPlugin(IntegrationPlugin):
 
     def _begin(self, rt: Runtime, call_id: str, tool: str, agent: bytes | None,
                args_json: str) -> dict[str, Any] | None:
-        """Record the call as running; return the recorded answer if this key already completed."""
+        """Record the call as running; return the recorded answer if this key already completed.
+
+        Claimed by a write that only one of several concurrent calls with the same key can make (an insert of a new
+        key, or ``failed`` -> ``running``), so a key runs once at a time on both backends: SQLite serialises
+        writers, and PostgreSQL makes the second insert wait for the first's commit and then do nothing, and
+        re-checks ``state = 'failed'`` of a row another transaction has just updated.
+
+        Raises:
+            HTTPException: 422, the key was used for another call; 409, a call with the key is running.
+        """
         with rt.db.write() as conn:
+            if conn.execute("INSERT INTO composio_calls (id, tool, agent, arguments, state, created_at) "
+                            "VALUES (?, ?, ?, ?, 'running', ?) ON CONFLICT (id) DO NOTHING RETURNING id",
+                            (call_id, tool, agent, args_json, time.time())).fetchone() is not None:
+                return None
             row = conn.execute("SELECT state, response, tool, arguments FROM composio_calls WHERE id = ?",
                                (call_id,)).fetchone()
-            if row is not None:
-                if row[2] != tool or row[3] != args_json:
-                    raise _refuse(422, "Idempotency-Key", "already used for a different tool call")
-                if row[0] == "done":
-                    rt.metrics.deliveries.labels("deduplicated").inc()
-                    return {**json.loads(row[1]), "replayed": True}
-                if row[0] == "running":
-                    raise _refuse(409, "Idempotency-Key", "a call with this key is in progress")
-                conn.execute("UPDATE composio_calls SET state = 'running', error = NULL WHERE id = ?", (call_id,))
+            if row[2] != tool or row[3] != args_json:
+                raise _refuse(422, "Idempotency-Key", "already used for a different tool call")
+            if row[0] == "done":
+                rt.metrics.deliveries.labels("deduplicated").inc()
+                return {**json.loads(row[1]), "replayed": True}
+            if conn.execute("UPDATE composio_calls SET state = 'running', error = NULL WHERE id = ? "
+                            "AND state = 'failed' RETURNING id", (call_id,)).fetchone() is not None:
                 return None
-            conn.execute("INSERT INTO composio_calls (id, tool, agent, arguments, state, created_at) "
-                         "VALUES (?, ?, ?, ?, 'running', ?)", (call_id, tool, agent, args_json, time.time()))
-        return None
+        raise _refuse(409, "Idempotency-Key", "a call with this key is in progress")
 
     def _finish(self, rt: Runtime, call_id: str, answer: dict[str, Any] | None, error: str | None,
                 attempts: int) -> None:

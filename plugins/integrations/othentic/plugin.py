@@ -29,7 +29,7 @@ from pydantic import Field, field_validator
 from monmouth import hookimpl
 from monmouth.chain import hx
 
-from ..base import IntegrationPlugin, Runtime
+from ..base import NO_SUCH_TABLE, IntegrationPlugin, Runtime
 from ..config import TriggerConfig, check_env_name, secret
 from ..errors import NotReady
 from ..http import JsonRpc, RpcError, rpc_failure
@@ -71,13 +71,27 @@ CREATE TABLE othentic_tasks (
 );
 """
 
+#: :data:`SCHEMA` for PostgreSQL.
+PG_SCHEMA = """
+CREATE TABLE othentic_tasks (
+    block_number BIGINT PRIMARY KEY,
+    block_hash BYTEA NOT NULL,
+    proof_of_task TEXT NOT NULL,
+    task_definition_id BIGINT NOT NULL,
+    delivery_key TEXT NOT NULL,
+    result TEXT,
+    sent_at DOUBLE PRECISION NOT NULL
+);
+"""
+
 
 def eigenda_cert(conn: apsw.Connection, number: int, block_hash: bytes) -> str | None:
-    """The EigenDA cert stored for block ``number`` with hash ``block_hash`` (hex), or ``None``."""
+    """The EigenDA cert stored for block ``number`` with hash ``block_hash`` (hex), or ``None`` (none, or no eigenda
+    tables)."""
     try:
         row = conn.execute("SELECT cert FROM eigenda_certs WHERE block_number = ? AND block_hash = ?",
                            (number, block_hash)).fetchone()
-    except apsw.SQLError:
+    except NO_SUCH_TABLE:
         return None
     return hx(row[0]) if row else None
 
@@ -119,8 +133,11 @@ class OthenticHandler:
         return {"result": result, "proof_of_task": params[0]}
 
     def on_delivered(self, conn: apsw.Connection, job: Job, result: Any) -> None:
-        conn.execute("INSERT OR REPLACE INTO othentic_tasks (block_number, block_hash, proof_of_task, "
-                     "task_definition_id, delivery_key, result, sent_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        conn.execute("INSERT INTO othentic_tasks (block_number, block_hash, proof_of_task, task_definition_id, "
+                     "delivery_key, result, sent_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (block_number) DO UPDATE "
+                     "SET block_hash = excluded.block_hash, proof_of_task = excluded.proof_of_task, "
+                     "task_definition_id = excluded.task_definition_id, delivery_key = excluded.delivery_key, "
+                     "result = excluded.result, sent_at = excluded.sent_at",
                      (job.block_number, job.block_hash, result.get("proof_of_task"), self.config.task_definition_id,
                       job.key, dumps(result.get("result")), time.time()))
 
@@ -131,6 +148,7 @@ class OthenticPlugin(IntegrationPlugin):
     name = "othentic"
     Config = OthenticConfig
     SCHEMA = SCHEMA
+    PG_SCHEMA = PG_SCHEMA
     TRIMMED = {"othentic_tasks": "block_number"}
 
     def on_start(self, rt: Runtime) -> None:
