@@ -23,7 +23,9 @@ share ``auth.secret``, so an agent signs in once (SIWE, through a serve) and its
 memory writes go through whichever serve the client talks to (the memory plugin's advisory lock on the primary
 serialises them with the engine's memory hooks). A serve has no admission control (nothing ingests there): the
 engine and the N serves share the machine's cores. Each N runs the same phases on its own fresh blocks (the chain
-goes on), so the figures of all N come from one run, on one database that grows as it goes.
+goes on), so the figures of all N come from one run, on one database that grows as it goes. After each N the run
+counts the API items in ``memory_items`` against the stores answered 2xx so far (seeds included): a write lost or
+applied twice by a serve shows as a difference.
 
 Run:  python bench/api.py [--clients 64] [--blocks 200] [--txs 50]
       python bench/api.py --storage postgres [--api-processes 1,2,4] [--blocks 40]
@@ -401,6 +403,17 @@ def serve_processes(config: Path, n: int, env: dict[str, str]) -> Iterator[list[
                 proc.wait(10)
 
 
+def memory_rows(url: str) -> int:
+    """The agent memory items written through the API (``memory_items.origin`` 0) in the database of ``url``."""
+    import psycopg
+
+    from tests.pg import PASSWORD
+
+    with psycopg.connect(url, password=PASSWORD) as conn:
+        row = conn.execute("SELECT count(*) FROM memory_items WHERE origin = 0").fetchone()
+    return int(row[0]) if row else 0
+
+
 async def bench_postgres(args: argparse.Namespace) -> dict[str, Any]:
     import anyio
 
@@ -431,6 +444,7 @@ async def bench_postgres(args: argparse.Namespace) -> dict[str, Any]:
         runner = Runner(app, source, serve_http=False, watch_config=False)  # `monmouth run`; the serves answer
         ingest = Ingest(runner)
         agents: list[tuple[str, str]] = []
+        answered = 5 * len(addrs)  # the seeds
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(runner.run)
@@ -455,8 +469,13 @@ async def bench_postgres(args: argparse.Namespace) -> dict[str, Any]:
                           f"{loaded:.1f} blocks/s = {loaded / idle:.0%} of idle ({args.rounds} rounds of {seg} "
                           f"blocks idle, then {seg} under load, {args.txs} transactions each)", flush=True)
                     figures = summarize(stats, windows, t_ingested, t_end, indent="  ")
+                    answered += sum(1 for x in stats["samples"] if x[1] == "store" and x[3])
+                    rows = memory_rows(url)
+                    print(f"  memory: {answered} items stored through the serves so far (answered 2xx, seeds "
+                          f"included), {rows} API items in memory_items", flush=True)
                     figures.update(idle_blocks_per_s=round(idle, 1), load_blocks_per_s=round(loaded, 1),
-                                   ingest_share=round(loaded / idle, 3))
+                                   ingest_share=round(loaded / idle, 3), memory_items_answered=answered,
+                                   memory_items_stored=rows)
                     by_n[str(n)] = figures
                 tg.cancel_scope.cancel()
         finally:
@@ -472,7 +491,8 @@ async def bench_postgres(args: argparse.Namespace) -> dict[str, Any]:
             "requests_per_s_ingesting": each("requests_per_s_ingesting"),
             "requests_per_s_overall": each("requests_per_s"), "errors": each("errors"),
             "ingest_share": each("ingest_share"), "idle_blocks_per_s": each("idle_blocks_per_s"),
-            "load_blocks_per_s": each("load_blocks_per_s"), "clients": args.clients, "txs_per_block": args.txs,
+            "load_blocks_per_s": each("load_blocks_per_s"), "memory_items_answered": each("memory_items_answered"),
+            "memory_items_stored": each("memory_items_stored"), "clients": args.clients, "txs_per_block": args.txs,
             "blocks_per_n": per_n, "routes": each("routes")}
 
 
