@@ -14,24 +14,46 @@ comes first; once caught up the API runs at full concurrency (``http.max_concurr
 Client requests are operators from loopback (no token) and agents with SIWE tokens (each agent recalls and stores
 its own memory; half the requests carry an agent token).
 
+With ``--storage postgres`` (issue 15, docs/storage.md "Scale-out") the database is a real PostgreSQL server started
+for the run (tests/pg.py, ``fsync`` on; rag with ``pg_knn = "sql"`` where the test wheel's pgvector cannot run,
+tests/test_rag_support.py) and the API is scaled out: this process is the one ``monmouth run`` (the same runner and
+engine, no HTTP of its own), and for each N of ``--api-processes`` (default 1,2,4) N ``monmouth serve`` subprocesses
+(sidecar/serving.py), each on its own loopback port, answer the clients, client i talking to port i mod N. They
+share ``auth.secret``, so an agent signs in once (SIWE, through a serve) and its token is good on every serve; agent
+memory writes go through whichever serve the client talks to (the memory plugin's advisory lock on the primary
+serialises them with the engine's memory hooks). A serve has no admission control (nothing ingests there): the
+engine and the N serves share the machine's cores. Each N runs the same phases on its own fresh blocks (the chain
+goes on), so the figures of all N come from one run, on one database that grows as it goes. After each N the run
+counts the API items in ``memory_items`` against the stores answered 2xx so far (seeds included): a write lost or
+applied twice by a serve shows as a difference.
+
 Run:  python bench/api.py [--clients 64] [--blocks 200] [--txs 50]
-Prints its figures; the last line is JSON with requests_per_s, errors, ingest_share (and p50/p99 per route).
+      python bench/api.py --storage postgres [--api-processes 1,2,4] [--blocks 40]
+Prints its figures; the last line is JSON with requests_per_s, errors, ingest_share (and p50/p99 per route); with
+``--storage postgres`` each of these is a map from N (API processes) to its figure, ``requests_per_s`` being the
+rate with the engine caught up (the API alone) and ``requests_per_s_ingesting`` the rate while it ingests.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
+import os
 import random
+import secrets
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 QUERIES = ["USDT transfer", "swap on uniswap", "large ETH transfer", "approve token spending", "contract creation",
            "WETH deposit", "token transfer to exchange", "failed transaction"]
@@ -42,17 +64,20 @@ ROUTES = ("search", "recall", "store", "status")
 # client process
 
 
-async def _clients(base: str, n: int, agents: list[tuple[str, str]], stop: Any, go: Any, started: Any, seed: int,
-                   weights: tuple[float, ...]) -> dict[str, Any]:
+async def _clients(bases: list[str], n: int, agents: list[tuple[str, str]], stop: Any, go: Any, started: Any,
+                   seed: int, weights: tuple[float, ...]) -> dict[str, Any]:
     import httpx
 
     samples: list[tuple[float, str, float, bool]] = []  # (end time, route, latency, ok)
     errors: dict[str, int] = {}
     # keep-alive shorter than uvicorn's (5 s): never reuse a connection the server is closing
     limits = httpx.Limits(max_connections=n, max_keepalive_connections=n, keepalive_expiry=3.0)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as http:
+    async with contextlib.AsyncExitStack() as stack:
+        https = [await stack.enter_async_context(httpx.AsyncClient(base_url=b, limits=limits, timeout=60))
+                 for b in bases]
 
         async def one(i: int) -> None:
+            http = https[i % len(https)]  # the clients spread over the API processes
             rng = random.Random(seed * 1000 + i)
             addr, token = agents[i % len(agents)]
             as_agent = i % 2 == 0
@@ -98,9 +123,38 @@ async def _clients(base: str, n: int, agents: list[tuple[str, str]], stop: Any, 
     return {"samples": samples, "errors": errors, "elapsed": elapsed}
 
 
-def client_main(base: str, n: int, agents: list[tuple[str, str]], stop: Any, go: Any, started: Any, out: Any,
+def client_main(bases: list[str], n: int, agents: list[tuple[str, str]], stop: Any, go: Any, started: Any, out: Any,
                 weights: tuple[float, ...]) -> None:
-    out.put(asyncio.run(_clients(base, n, agents, stop, go, started, 1, weights)))
+    out.put(asyncio.run(_clients(bases, n, agents, stop, go, started, 1, weights)))
+
+
+class Clients:
+    """The client process (spawned: its own interpreter) and its events: ``go`` clear pauses the clients,
+    ``stop`` ends them; :meth:`finish` returns their samples, errors and elapsed seconds."""
+
+    def __init__(self, bases: list[str], args: argparse.Namespace, agents: list[tuple[str, str]]) -> None:
+        ctx = mp.get_context("spawn")
+        self.stop, self.go, self.started, self.out = ctx.Event(), ctx.Event(), ctx.Event(), ctx.Queue()
+        self.proc = ctx.Process(target=client_main, args=(bases, args.clients, agents, self.stop, self.go,
+                                                          self.started, self.out,
+                                                          tuple(float(w) for w in args.mix.split(","))))
+        self.proc.start()
+
+    async def wait_started(self) -> None:
+        import anyio
+
+        while not self.started.is_set():
+            if not self.proc.is_alive():
+                raise RuntimeError(f"the client process exited ({self.proc.exitcode}) before starting")
+            await anyio.sleep(0.05)
+
+    async def finish(self) -> dict[str, Any]:
+        import anyio
+
+        self.stop.set()
+        stats: dict[str, Any] = await anyio.to_thread.run_sync(self.out.get)
+        await anyio.to_thread.run_sync(self.proc.join)
+        return stats
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -114,26 +168,20 @@ def pct(xs: list[float], p: float) -> float:
     return s[min(len(s) - 1, int(p / 100 * len(s)))]
 
 
-async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    import anyio
-    import httpx
-
-    from monmouth.app import open_app
-    from monmouth.runner import Runner
-    from monmouth.siwe import sign_in_with_key
-    from monmouth.types import ChainCommitted
-    from tests.chains import chain, load_mainnet_blocks, mainnet_shaped
-    from tests.test_api_support import QueueSource
-
-    keys = [f"0x{i:064x}" for i in range(1, args.agents + 1)]
+def agent_keys(n: int) -> tuple[list[str], list[str]]:
+    """``n`` agents' private keys and their lower-case addresses."""
     from eth_account import Account
 
-    addrs = [Account.from_key(k).address.lower() for k in keys]
-    tmp = Path(tempfile.mkdtemp(prefix="monmouth-bench-api-"))
-    (tmp / "config.toml").write_text(f"""
+    keys = [f"0x{i:064x}" for i in range(1, n + 1)]
+    return keys, [Account.from_key(k).address.lower() for k in keys]
+
+
+def config_text(args: argparse.Namespace, addrs: list[str], storage: str, extra: str = "", rag: str = "") -> str:
+    """The sidecar's config.toml: ``storage`` is the body of ``[storage]``, ``extra`` goes into ``[auth]``, ``rag``
+    into ``[plugins.rag]``."""
+    return f"""
 [storage]
-path = "db.sqlite"
-synchronous = "NORMAL"
+{storage}
 
 [http]
 port = 0
@@ -143,6 +191,7 @@ busy_share = {args.busy_share}
 [auth]
 chain_id = 31337
 rate_token = 0
+{extra}
 
 [logging]
 level = "WARNING"
@@ -151,76 +200,59 @@ level = "WARNING"
 enabled = true
 worker = false
 threads = {args.onnx_threads}
+{rag}
 
 [plugins.memory]
 enabled = true
 embed = false
 agents = [{", ".join(f'"{a}"' for a in addrs)}]
-""")
-    app = open_app(tmp / "config.toml")
-    source = QueueSource()
-    runner = Runner(app, source, serve_http=True, watch_config=False)
-    seg = max(1, args.blocks // args.rounds)
-    blocks = list(mainnet_shaped(load_mainnet_blocks(), 20 + 2 * seg * args.rounds, txs_per_block=args.txs))
-    warm, rest = blocks[:20], blocks[20:]
+"""
 
-    async def ingest(bs: list[Any]) -> float:
-        """Seconds to ingest ``bs``, fed as fast as the engine takes them."""
-        t0 = time.perf_counter()
-        for b in bs:
-            await source.push(ChainCommitted(chain([b])))
-        while app.engine.head is None or app.engine.head.number < bs[-1].number:
-            await anyio.sleep(0.005)
-        return time.perf_counter() - t0
 
-    result: dict[str, Any] = {}
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(runner.run)
-        while runner.http_port is None:
-            await anyio.sleep(0.02)
-        base = f"http://127.0.0.1:{runner.http_port}"
-        await ingest(warm)
-        agents = []
-        async with httpx.AsyncClient(base_url=base) as http:
-            for k, a in zip(keys, addrs, strict=True):
-                n = (await http.get("/auth/nonce")).json()
-                msg, sig = sign_in_with_key(k, n["nonce"], domain=n["domain"], chain_id=n["chain_id"])
-                agents.append((a, (await http.post("/auth/siwe", json={"message": msg, "signature": sig})).json()
-                               ["token"]))
-                for j in range(5):
-                    await http.post(f"/memory/agents/{a}/items", json={"kind": "semantic",
+async def sign_in(base: str, keys: list[str], addrs: list[str]) -> list[tuple[str, str]]:
+    """Each agent signs in with Ethereum through ``base`` and stores 5 seed memories: ``[(address, token)]``."""
+    import httpx
+
+    from monmouth.siwe import sign_in_with_key
+
+    agents = []
+    async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+        for k, a in zip(keys, addrs, strict=True):
+            n = (await http.get("/auth/nonce")).json()
+            msg, sig = sign_in_with_key(k, n["nonce"], domain=n["domain"], chain_id=n["chain_id"])
+            agents.append((a, (await http.post("/auth/siwe", json={"message": msg, "signature": sig})).json()
+                           ["token"]))
+            for j in range(5):
+                r = await http.post(f"/memory/agents/{a}/items", json={"kind": "semantic",
                                                                        "content": f"seed {j}: {QUERIES[j]}"})
-        ctx = mp.get_context("spawn")
-        stop, go, started, out = ctx.Event(), ctx.Event(), ctx.Event(), ctx.Queue()
-        proc = ctx.Process(target=client_main, args=(base, args.clients, agents, stop, go, started, out,
-                                                     tuple(float(w) for w in args.mix.split(","))))
-        proc.start()
-        while not started.is_set():
-            await anyio.sleep(0.05)
-        # Alternate idle and loaded segments, so both see the same background load of the machine.
-        idle_t = load_t = 0.0
-        windows = []
-        for r in range(args.rounds):
-            go.clear()
-            await anyio.sleep(2.0)  # requests already sent finish
-            idle_t += await ingest(rest[2 * r * seg:(2 * r + 1) * seg])
-            go.set()
-            await anyio.sleep(args.warmup)
-            t0 = time.time()
-            load_t += await ingest(rest[(2 * r + 1) * seg:(2 * r + 2) * seg])
-            windows.append((t0, time.time()))
-        idle, loaded = seg * args.rounds / idle_t, seg * args.rounds / load_t
-        print(f"idle: {idle:.1f} blocks/s ({args.txs} transactions each, rag + memory plugins; {args.rounds} rounds "
-              f"of {seg} blocks idle, then {seg} under load)", flush=True)
-        t_ingested = time.time()
-        await anyio.sleep(args.api_only)  # the engine idle (caught up): the API at full speed
-        t_end = time.time()
-        stop.set()
-        stats = await anyio.to_thread.run_sync(out.get)
-        await anyio.to_thread.run_sync(proc.join)
-        tg.cancel_scope.cancel()
-    app.close()
+                r.raise_for_status()
+    return agents
 
+
+async def alternate(args: argparse.Namespace, ingest: Callable[[list[Any]], Any], clients: Clients,
+                    blocks: list[Any], seg: int) -> tuple[float, float, list[tuple[float, float]]]:
+    """``args.rounds`` idle/loaded segment pairs of ``seg`` blocks each from ``blocks``, so both see the same
+    background load of the machine: ``(idle blocks/s, loaded blocks/s, the loaded segments' time windows)``."""
+    import anyio
+
+    idle_t = load_t = 0.0
+    windows = []
+    for r in range(args.rounds):
+        clients.go.clear()
+        await anyio.sleep(2.0)  # requests already sent finish
+        idle_t += await ingest(blocks[2 * r * seg:(2 * r + 1) * seg])
+        clients.go.set()
+        await anyio.sleep(args.warmup)
+        t0 = time.time()
+        load_t += await ingest(blocks[(2 * r + 1) * seg:(2 * r + 2) * seg])
+        windows.append((t0, time.time()))
+    return seg * args.rounds / idle_t, seg * args.rounds / load_t, windows
+
+
+def summarize(stats: dict[str, Any], windows: list[tuple[float, float]], t_ingested: float, t_end: float,
+              indent: str = "") -> dict[str, Any]:
+    """Requests/s overall, while the engine ingests (in ``windows``) and once caught up (``t_ingested`` to
+    ``t_end``), errors, and p50/p99 per route and phase of the successful requests; printed and returned."""
     samples = stats["samples"]
     errors = sum(stats["errors"].values())
     ok = [x for x in samples if x[3]]
@@ -232,29 +264,244 @@ agents = [{", ".join(f'"{a}"' for a in addrs)}]
     ingest_span = sum(b - a for a, b in windows)
     rps_ingesting = sum(1 for x in samples if in_windows(x[0])) / ingest_span
     rps_idle = sum(1 for x in samples if t_ingested <= x[0] < t_end) / (t_end - t_ingested)
-    print(f"under load: {loaded:.1f} blocks/s = {loaded / idle:.0%} of idle, with {args.clients} clients "
-          f"(http.busy_concurrency {args.busy_concurrency}, http.busy_share {args.busy_share})")
-    print(f"requests: {len(samples)} in {stats['elapsed']:.1f}s = {rps:.0f}/s overall; {rps_ingesting:.0f}/s while "
-          f"the engine ingests, {rps_idle:.0f}/s once it is caught up; errors {errors} {stats['errors']}")
-    per_route = {}
+    print(f"{indent}requests: {len(samples)} in {stats['elapsed']:.1f}s = {rps:.0f}/s overall; {rps_ingesting:.0f}/s "
+          f"while the engine ingests, {rps_idle:.0f}/s once it is caught up; errors {errors} {stats['errors']}")
+    per_route: dict[str, dict[str, dict[str, Any]]] = {}
     for phase in ("ingesting", "caught_up"):
         for r in ROUTES:
             xs = [x[2] for x in ok if x[1] == r and (in_windows(x[0]) if phase == "ingesting"
                                                       else t_ingested <= x[0] < t_end)]
             d = {"n": len(xs), "p50_ms": round(pct(xs, 50) * 1000, 1), "p99_ms": round(pct(xs, 99) * 1000, 1)}
             per_route.setdefault(r, {})[phase] = d
-            print(f"  {phase:<9} {r:<7} n={len(xs):<6} p50 {d['p50_ms']:>8.1f} ms   p99 {d['p99_ms']:>8.1f} ms")
-    result.update(requests_per_s=round(rps, 1), errors=errors, ingest_share=round(loaded / idle, 3),
-                  requests_per_s_ingesting=round(rps_ingesting, 1), requests_per_s_caught_up=round(rps_idle, 1),
+            print(f"{indent}  {phase:<9} {r:<7} n={len(xs):<6} p50 {d['p50_ms']:>8.1f} ms   "
+                  f"p99 {d['p99_ms']:>8.1f} ms")
+    return {"requests_per_s": round(rps, 1), "errors": errors, "error_kinds": stats["errors"],
+            "requests_per_s_ingesting": round(rps_ingesting, 1), "requests_per_s_caught_up": round(rps_idle, 1),
+            "routes": per_route}
+
+
+class Ingest:
+    """Feeds blocks to the engine of ``runner`` through its queue source, one ChainCommitted per block."""
+
+    def __init__(self, runner: Any) -> None:
+        self.runner, self.app, self.source = runner, runner.app, runner.source
+
+    async def __call__(self, bs: list[Any]) -> float:
+        """Seconds to ingest ``bs``, fed as fast as the engine takes them."""
+        import anyio
+
+        from monmouth.types import ChainCommitted
+        from tests.chains import chain
+
+        t0 = time.perf_counter()
+        for b in bs:
+            await self.source.push(ChainCommitted(chain([b])))
+        while self.app.engine.head is None or self.app.engine.head.number < bs[-1].number:
+            if time.perf_counter() - t0 > 600:
+                raise RuntimeError(f"the engine did not reach block {bs[-1].number} in 600 s (head "
+                                   f"{self.app.engine.head}): {self.runner.last_error or 'no error reported'}")
+            await anyio.sleep(0.005)
+        return time.perf_counter() - t0
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    import anyio
+
+    from monmouth.app import open_app
+    from monmouth.runner import Runner
+    from tests.chains import load_mainnet_blocks, mainnet_shaped
+    from tests.test_api_support import QueueSource
+
+    keys, addrs = agent_keys(args.agents)
+    tmp = Path(tempfile.mkdtemp(prefix="monmouth-bench-api-"))
+    (tmp / "config.toml").write_text(config_text(args, addrs, 'path = "db.sqlite"\nsynchronous = "NORMAL"'))
+    app = open_app(tmp / "config.toml")
+    source = QueueSource()
+    runner = Runner(app, source, serve_http=True, watch_config=False)
+    seg = max(1, args.blocks // args.rounds)
+    blocks = list(mainnet_shaped(load_mainnet_blocks(), 20 + 2 * seg * args.rounds, txs_per_block=args.txs))
+    warm, rest = blocks[:20], blocks[20:]
+    ingest = Ingest(runner)
+
+    result: dict[str, Any] = {}
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runner.run)
+        while runner.http_port is None:
+            await anyio.sleep(0.02)
+        base = f"http://127.0.0.1:{runner.http_port}"
+        await ingest(warm)
+        agents = await sign_in(base, keys, addrs)
+        clients = Clients([base], args, agents)
+        await clients.wait_started()
+        idle, loaded, windows = await alternate(args, ingest, clients, rest, seg)
+        print(f"idle: {idle:.1f} blocks/s ({args.txs} transactions each, rag + memory plugins; {args.rounds} rounds "
+              f"of {seg} blocks idle, then {seg} under load)", flush=True)
+        t_ingested = time.time()
+        await anyio.sleep(args.api_only)  # the engine idle (caught up): the API at full speed
+        t_end = time.time()
+        stats = await clients.finish()
+        tg.cancel_scope.cancel()
+    app.close()
+
+    print(f"under load: {loaded:.1f} blocks/s = {loaded / idle:.0%} of idle, with {args.clients} clients "
+          f"(http.busy_concurrency {args.busy_concurrency}, http.busy_share {args.busy_share})")
+    figures = summarize(stats, windows, t_ingested, t_end)
+    result.update(requests_per_s=figures["requests_per_s"], errors=figures["errors"],
+                  ingest_share=round(loaded / idle, 3),
+                  requests_per_s_ingesting=figures["requests_per_s_ingesting"],
+                  requests_per_s_caught_up=figures["requests_per_s_caught_up"],
                   idle_blocks_per_s=round(idle, 1), load_blocks_per_s=round(loaded, 1), clients=args.clients,
-                  txs_per_block=args.txs, routes=per_route)
+                  txs_per_block=args.txs, routes=figures["routes"])
     return result
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# PostgreSQL: one engine (this process) and N `monmouth serve` subprocesses
+
+
+@contextlib.contextmanager
+def serve_processes(config: Path, n: int, env: dict[str, str]) -> Iterator[list[str]]:
+    """``n`` ``monmouth serve --port P`` subprocesses on ``config``, each on its own free loopback port, once each
+    answers ``/health``: their base URLs. Stopped (SIGTERM, then SIGKILL after 15 s) on leaving.
+
+    Raises:
+        RuntimeError: a serve exited or did not answer within 120 s (its log's tail in the message).
+    """
+    import httpx
+
+    from tests.anvil import free_port
+
+    procs: list[tuple[subprocess.Popen[bytes], Path, str]] = []
+    try:
+        for i in range(n):
+            port = free_port()
+            log = config.parent / f"serve-{n}-{i}-{port}.log"
+            with log.open("wb") as f:
+                proc = subprocess.Popen([sys.executable, "-m", "monmouth", "serve", "--config", str(config),
+                                         "--port", str(port)], cwd=config.parent, stdout=subprocess.DEVNULL,
+                                        stderr=f, env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+            procs.append((proc, log, f"http://127.0.0.1:{port}"))
+        for proc, log, base in procs:
+            deadline = time.monotonic() + 120
+            while True:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    state = f"exited ({proc.returncode})" if proc.returncode is not None else "did not answer"
+                    raise RuntimeError(f"monmouth serve on {base} {state}:\n{log.read_text(errors='replace')[-3000:]}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                        break
+                time.sleep(0.1)
+        yield [base for _, _, base in procs]
+    finally:
+        for proc, _, _ in procs:
+            proc.terminate()
+        for proc, _, _ in procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+def memory_rows(url: str) -> int:
+    """The agent memory items written through the API (``memory_items.origin`` 0) in the database of ``url``."""
+    import psycopg
+
+    from tests.pg import PASSWORD
+
+    with psycopg.connect(url, password=PASSWORD) as conn:
+        row = conn.execute("SELECT count(*) FROM memory_items WHERE origin = 0").fetchone()
+    return int(row[0]) if row else 0
+
+
+async def bench_postgres(args: argparse.Namespace) -> dict[str, Any]:
+    import anyio
+
+    from monmouth.app import open_app
+    from monmouth.runner import Runner
+    from tests.chains import load_mainnet_blocks, mainnet_shaped
+    from tests.pg import PASSWORD, PgServer
+    from tests.test_api_support import QueueSource
+    from tests.test_rag_support import cpu_runs_pg_hnsw
+
+    counts = [int(x) for x in args.api_processes.split(",")]
+    keys, addrs = agent_keys(args.agents)
+    seg = max(1, args.blocks // args.rounds)
+    per_n = 2 * seg * args.rounds
+    blocks = list(mainnet_shaped(load_mainnet_blocks(), 20 + per_n * len(counts), txs_per_block=args.txs))
+    env = {"MONMOUTH_PG_PASSWORD": PASSWORD}
+    by_n: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="monmouth-bench-api-") as d, PgServer(durable=True) as server:
+        tmp = Path(d)
+        url = server.database()
+        print(f"PostgreSQL server {url} (fsync on, synchronous_commit on)", flush=True)
+        # One auth.secret for every process: a token signed in on one serve is good on all of them.
+        knn = "" if cpu_runs_pg_hnsw() else 'pg_knn = "sql"'
+        cfg = tmp / "config.toml"
+        cfg.write_text(config_text(args, addrs, f'url = "{url}"', f'secret = "{secrets.token_hex(32)}"', knn))
+        app = open_app(cfg, environ={**os.environ, **env})
+        source = QueueSource()
+        runner = Runner(app, source, serve_http=False, watch_config=False)  # `monmouth run`; the serves answer
+        ingest = Ingest(runner)
+        agents: list[tuple[str, str]] = []
+        answered = 5 * len(addrs)  # the seeds
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(runner.run)
+                await ingest(blocks[:20])
+                for k, n in enumerate(counts):
+                    rest = blocks[20 + k * per_n:20 + (k + 1) * per_n]
+                    with serve_processes(cfg, n, env) as bases:
+                        if not agents:
+                            agents = await sign_in(bases[0], keys, addrs)
+                        clients = Clients(bases, args, agents)
+                        try:
+                            await clients.wait_started()
+                            idle, loaded, windows = await alternate(args, ingest, clients, rest, seg)
+                            t_ingested = time.time()
+                            await anyio.sleep(args.api_only)  # the engine caught up: the serves at full speed
+                            t_end = time.time()
+                            stats = await clients.finish()
+                        finally:
+                            if clients.proc.is_alive():
+                                clients.proc.terminate()
+                    print(f"{n} API process{'es' if n > 1 else ''}: ingest idle {idle:.1f} blocks/s, under load "
+                          f"{loaded:.1f} blocks/s = {loaded / idle:.0%} of idle ({args.rounds} rounds of {seg} "
+                          f"blocks idle, then {seg} under load, {args.txs} transactions each)", flush=True)
+                    figures = summarize(stats, windows, t_ingested, t_end, indent="  ")
+                    answered += sum(1 for x in stats["samples"] if x[1] == "store" and x[3])
+                    rows = memory_rows(url)
+                    print(f"  memory: {answered} items stored through the serves so far (answered 2xx, seeds "
+                          f"included), {rows} API items in memory_items", flush=True)
+                    figures.update(idle_blocks_per_s=round(idle, 1), load_blocks_per_s=round(loaded, 1),
+                                   ingest_share=round(loaded / idle, 3), memory_items_answered=answered,
+                                   memory_items_stored=rows)
+                    by_n[str(n)] = figures
+                tg.cancel_scope.cancel()
+        finally:
+            app.close()
+    print("API processes: " + ", ".join(f"{n}: {f['requests_per_s_caught_up']:.0f} requests/s caught up, "
+                                        f"{f['requests_per_s_ingesting']:.0f}/s ingesting"
+                                        for n, f in by_n.items()))
+
+    def each(key: str) -> dict[str, Any]:
+        return {n: f[key] for n, f in by_n.items()}
+
+    return {"storage": "postgres", "requests_per_s": each("requests_per_s_caught_up"),
+            "requests_per_s_ingesting": each("requests_per_s_ingesting"),
+            "requests_per_s_overall": each("requests_per_s"), "errors": each("errors"),
+            "ingest_share": each("ingest_share"), "idle_blocks_per_s": each("idle_blocks_per_s"),
+            "load_blocks_per_s": each("load_blocks_per_s"), "memory_items_answered": each("memory_items_answered"),
+            "memory_items_stored": each("memory_items_stored"), "clients": args.clients, "txs_per_block": args.txs,
+            "blocks_per_n": per_n, "routes": each("routes")}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, default=64)
-    p.add_argument("--blocks", type=int, default=200, help="blocks ingested idle, and as many under load")
+    p.add_argument("--blocks", type=int, default=None,
+                   help="blocks ingested idle, and as many under load (with --storage postgres: for each N); "
+                        "default 200 (SQLite), 40 (PostgreSQL)")
     p.add_argument("--txs", type=int, default=50, help="transactions per block")
     p.add_argument("--agents", type=int, default=8)
     p.add_argument("--warmup", type=float, default=0.5, help="seconds of load before timing ingest")
@@ -265,12 +512,25 @@ def main() -> None:
     p.add_argument("--switch-interval", type=float, default=0.0)
     p.add_argument("--busy-concurrency", type=int, default=1, help="http.busy_concurrency of the sidecar")
     p.add_argument("--busy-share", type=float, default=0.3, help="http.busy_share of the sidecar")
+    p.add_argument("--storage", choices=["sqlite", "postgres"], default="sqlite",
+                   help="postgres: one engine and N `monmouth serve` processes on a real PostgreSQL server")
+    p.add_argument("--api-processes", default="1,2,4",
+                   help="with --storage postgres: the numbers N of `monmouth serve` processes to measure, in order")
     args = p.parse_args()
+    if args.blocks is None:
+        args.blocks = 40 if args.storage == "postgres" else 200
+    if args.storage == "postgres":
+        try:
+            counts = [int(x) for x in args.api_processes.split(",")]
+        except ValueError:
+            counts = []
+        if not counts or min(counts) < 1:
+            p.error(f"--api-processes {args.api_processes!r}: give comma-separated counts of at least 1, e.g. 1,2,4")
     import anyio
 
     if args.switch_interval:
         sys.setswitchinterval(args.switch_interval)
-    result = anyio.run(bench, args)
+    result = anyio.run(bench_postgres if args.storage == "postgres" else bench, args)
     print(json.dumps(result))
 
 
