@@ -5,6 +5,7 @@ it calls that route. ``agent`` defaults to the signed-in agent's own address; an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mcp.server.mcpserver import Context
@@ -18,15 +19,14 @@ from .http import INT64, ItemIn, RecallIn, recall_items, store_item
 
 if TYPE_CHECKING:
     from .core import Memory
-    from .plugin import MemoryPlugin
 
 
-def tools_for(plugin: MemoryPlugin) -> tuple[Tool, ...]:
-    """The tools of the memory plugin ``plugin`` (its running :class:`~monmouth_memory.core.Memory` is read at each
-    call: a disabled plugin's tools answer 503)."""
+def tools_for(get_memory: Callable[[], Memory | None]) -> tuple[Tool, ...]:
+    """The memory plugin's tools; ``get_memory()`` returns its running :class:`~monmouth_memory.core.Memory`, read at
+    each call (``None`` while disabled: the tools answer 503)."""
 
     def memory() -> Memory:
-        m = plugin.memory
+        m = get_memory()
         if m is None:
             from monmouth.problems import ProblemError
 

@@ -156,7 +156,7 @@ class MemoryPlugin:
     def monmouth_mcp_tools(self) -> Sequence[Any]:
         from .mcp_tools import tools_for
 
-        return tools_for(self)
+        return tools_for(lambda: self.memory)
 
     @hookimpl
     def monmouth_register_commands(self, cli: Any) -> None:
