@@ -81,7 +81,7 @@ def _scripts(app: App, name: str) -> list[str]:
 
 def plugin_objects(app: App, name: str) -> list[tuple[str, str, str]]:
     """What plugin ``name``'s migrations create in the database, as ``(kind, identifier, name)`` in the order to
-    drop them (:func:`sidecar.backends.postgres.created_objects`); on SQLite its tables (:func:`plugin_tables`).
+    drop them (:func:`sidecar.backends.pg_objects.created_objects`); on SQLite its tables (:func:`plugin_tables`).
 
     Raises:
         ReindexError: its migrations fail on an empty schema, or create an engine (``monmouth_*``) object.
@@ -89,7 +89,7 @@ def plugin_objects(app: App, name: str) -> list[tuple[str, str, str]]:
     if isinstance(app.db, Database):
         found = [("TABLE", f'"{t}"', t) for t in plugin_tables(app.host.installed[name])]
     else:
-        from .backends.postgres import created_objects
+        from .backends.pg_objects import created_objects
 
         try:
             found = created_objects(app.db, _scripts(app, name))  # type: ignore[arg-type]

@@ -294,7 +294,7 @@ class Notes:
 
 
 def test_reindex_on_postgres_drops_and_rebuilds_every_object_its_migrations_create(tmp_path, pg_url, monkeypatch):
-    from monmouth.backends.postgres import created_objects
+    from monmouth.backends.pg_objects import created_objects
     from monmouth.reindex import ReindexError
     from monmouth.types import ChainReverted
 
