@@ -260,8 +260,9 @@ def test_dev_node_exex_sidecar_equals_the_node_and_an_rpc_sidecar(tmp_path, node
     traffic = Traffic(node, tmp_path)
     traffic.deploy_token()
     reverted = None
+    sent: list[str] = []
     for k in range(12):
-        traffic.round(k)
+        sent += traffic.round(k)
         if k == 4:
             reverted = traffic.reverted()
         if k == 6:
@@ -270,7 +271,8 @@ def test_dev_node_exex_sidecar_equals_the_node_and_an_rpc_sidecar(tmp_path, node
             ex.start()
         time.sleep(0.5)
     assert reverted and node.receipt(reverted)["status"] == "0x0"
-    head = node.head()
+    # Sent, not yet necessarily mined: the head compared must hold every transaction of the rounds.
+    head = max(node.head(), *(int(node.receipt(h)["blockNumber"], 16) for h in sent))
     n_ex = ex.wait_synced(node, at_least=head)
     n_rp = rp.wait_synced(node, at_least=n_ex)
     assert n_ex == n_rp
