@@ -445,6 +445,7 @@ def _serve_mcp_until_stopped(config_path: Path | None, url: str | None, token: s
 
     from .app import load_settings, open_app
     from .mcp_server import local_caller, plugin_tools, run_stdio, url_caller
+    from .problems import ProblemError
 
     log = logging.getLogger("monmouth.mcp_server")
     settings, plugins = load_settings(config_path)
@@ -468,7 +469,10 @@ def _serve_mcp_until_stopped(config_path: Path | None, url: str | None, token: s
         api = create_api(app)
         log.warning("monmouth mcp: no sidecar answers%s; serving %s in-process", f" at {url}" if url else "",
                     app.db.describe())
-        client = local_caller(api, f"Bearer {token}" if token else None)
+        try:
+            client = local_caller(api, f"Bearer {token}" if token else None)
+        except ProblemError as e:  # a malformed, unknown or expired token: one line, not a traceback
+            raise click.ClickException(f"--token / MONMOUTH_TOKEN: {e.detail}") from None
         anyio.run(run_stdio, client, plugin_tools(app.host.installed)[0], stopper)
     finally:
         if api is not None:

@@ -176,6 +176,19 @@ async def test_mcp_over_stdio_with_the_sdk_client(tmp_path):
         assert "agent: required" in error_text(await c.call_tool("recall", {"query": "x"}))
 
 
+def test_mcp_stdio_in_process_refuses_a_bad_token_in_one_line(tmp_path):
+    """`monmouth mcp` in-process with an unknown token: a one-line error naming the token, exit 1, no traceback."""
+    import subprocess
+
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(config(tmp_path).replace("port = 0", "port = 1"))  # nothing listens on port 1
+    r = subprocess.run([sys.executable, "-m", "monmouth", "mcp", "--config", str(cfg)], capture_output=True,
+                       text=True, timeout=120, stdin=subprocess.DEVNULL, cwd=str(tmp_path),
+                       env={**os.environ, "MONMOUTH_TOKEN": "mmo_not-a-known-token-0123456789"})
+    assert r.returncode == 1 and "MONMOUTH_TOKEN: unknown token" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
 async def test_mcp_stdio_against_a_running_sidecar_as_an_agent(tmp_path):
     """`monmouth mcp --url <sidecar>` with an agent token (MONMOUTH_TOKEN): the tools act as that agent."""
     async with live_sidecar(tmp_path, config(tmp_path), {"memory": MemoryPlugin(workers=False)}) as (app, runner, base,
