@@ -294,10 +294,10 @@ class Server(MCPServer):
         async def status(ctx: Context) -> dict[str, Any]:
             """The sidecar's head, finalized block, source head, lag, counters and plugin states."""
             async with caller(ctx) as c:
-                if isinstance(c, LocalCaller):  # the core's own service: what GET /status answers
-                    who = c._who()
+                if isinstance(c, LocalCaller):  # the core's own service: what GET /status answers, as its policy says
+                    route = next(r for r in c.api.routes if getattr(r, "path", None) == "/status")
                     try:
-                        check_roles(who, frozenset({"admin", "read", "agent"}), "GET", "/status")
+                        check_roles(c._who(), declared_roles(route) or frozenset({"admin"}), "GET", "/status")
                     except ProblemError as e:
                         raise _tool_error(e.status, e.detail) from None
                     return await anyio.to_thread.run_sync(c.api.state.status)  # type: ignore[no-any-return]
