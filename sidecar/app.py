@@ -68,6 +68,7 @@ class App:
     engine: Engine
     extra_plugins: dict[str, object] = field(default_factory=dict)
     http_port: int | None = None
+    config_stamp: FileStamp | None = None  # the config file as last read, applied or rejected (:func:`file_stamp`)
 
     def reload(self, environ: Mapping[str, str] | None = None) -> Settings:
         """Re-read the config file; validate; apply plugin changes. Call only between notifications.
@@ -75,6 +76,7 @@ class App:
         Raises:
             ConfigError: the new config is invalid; the running config is kept unchanged.
         """
+        self.config_stamp = file_stamp(self.config_path)  # before reading: a write after it shows as a change
         data, origin, base = load_data(self.config_path, environ)
         plugins = discover(module_paths(data, base), self.extra_plugins)
         settings = validate(data, origin, config_models(plugins), base)
@@ -162,6 +164,21 @@ def open_database(storage: StorageConfig, environ: Mapping[str, str] | None = No
     return Database(storage.sqlite_path, synchronous=storage.synchronous)
 
 
+FileStamp = tuple[int, int, int, int]
+
+
+def file_stamp(path: Path | None) -> FileStamp | None:
+    """``(device, inode, size in bytes, mtime in ns)`` of ``path``, ``None`` if there is no file: what changes when
+    the file is written or replaced by rename, compared by the config watcher (:func:`sidecar.runner.watch_config`)."""
+    if path is None:
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def open_app(config_path: str | Path | None = None, *, extra_plugins: Mapping[str, object] | None = None,
              settings: Settings | None = None, environ: Mapping[str, str] | None = None, serve: bool = False) -> App:
     """Open a sidecar: validate config, open the database, enable plugins (migrations, ``monmouth_startup``).
@@ -178,6 +195,7 @@ def open_app(config_path: str | Path | None = None, *, extra_plugins: Mapping[st
         ConfigError: invalid configuration.
     """
     path = Path(config_path) if config_path is not None else default_config_path()
+    stamp = file_stamp(path)  # before reading: a write after it shows as a change to the config watcher
     if settings is None:
         settings, plugins = load_settings(path, extra_plugins, environ)
     else:
@@ -195,7 +213,7 @@ def open_app(config_path: str | Path | None = None, *, extra_plugins: Mapping[st
     host.apply_settings(settings)
     if engine.head is not None:
         metrics.head.set(engine.head.number)
-    return App(settings, path, plugins, db, metrics, host, engine, dict(extra_plugins or {}))
+    return App(settings, path, plugins, db, metrics, host, engine, dict(extra_plugins or {}), config_stamp=stamp)
 
 
 def make_source(settings: Settings, metrics: Metrics | None = None) -> Source:

@@ -372,7 +372,8 @@ class Runner:
         return True
 
     async def _watch_config(self) -> None:
-        await watch_config(Path(self.app.config_path), self.reload_config)  # type: ignore[arg-type]
+        await watch_config(Path(self.app.config_path), self.reload_config,  # type: ignore[arg-type]
+                           lambda: self.app.config_stamp)
 
     async def _progress(self) -> None:
         interval = self.app.settings.engine.progress_interval
@@ -483,16 +484,27 @@ async def apply_reload(app: App) -> bool:
     return True
 
 
-async def watch_config(path: Path, on_change: Callable[[], Awaitable[object]]) -> None:
+async def watch_config(path: Path, on_change: Callable[[], Awaitable[object]],
+                       last_read: Callable[[], object] | None = None) -> None:
     """Call ``on_change`` after each change of the file ``path`` (watchfiles, 200 ms debounce; its directory is
-    watched, so an editor's replace-by-rename is seen), until cancelled."""
+    watched, so an editor's replace-by-rename is seen), until cancelled.
+
+    A write between the app reading its config and the watch being armed raises no event. So once armed (at its
+    first wake-up, within a second), the file's :func:`sidecar.app.file_stamp` is compared with ``last_read()``, the
+    stamp of the content the app last read, and a difference counts as a change."""
     import watchfiles
 
+    from .app import file_stamp
+
     path = path.resolve()
-    async for changes in watchfiles.awatch(path.parent, debounce=200, step=50,
+    armed = False
+    async for changes in watchfiles.awatch(path.parent, debounce=200, step=50, rust_timeout=1000,
+                                           yield_on_timeout=True,
                                            watch_filter=lambda _c, p: Path(p).name == path.name):
-        if changes and path.exists():
-            log.info("config: %s changed; reloading", path)
+        missed = not armed and last_read is not None and file_stamp(path) != last_read()
+        armed = True
+        if (changes or missed) and path.exists():
+            log.info("config: %s changed%s; reloading", path, "" if changes else " while the watch started")
             await on_change()
 
 

@@ -119,7 +119,7 @@ async def serve(app: App, shutdown: Shutdown | None = None, *, watch_config: boo
         tg.start_soon(until_drained)
         serving.http_port = await listening(server, http)
         if watch_config and app.config_path is not None:
-            tg.start_soon(watch, app.config_path, lambda: apply_reload(app))
+            tg.start_soon(watch, app.config_path, lambda: apply_reload(app), lambda: app.config_stamp)
         log.warning("monmouth serve: %s://%s:%s on %s (head %s)", "https" if http.tls_cert else "http", http.host,
                     serving.http_port, app.db.describe(), app.engine.head or "empty")
         task_status.started(serving.http_port)

@@ -13,7 +13,7 @@ import pytest
 from monmouth import hookimpl
 from monmouth.app import open_app
 from monmouth.replayfile import ReplayWriter
-from monmouth.runner import Runner
+from monmouth.runner import Runner, apply_reload, watch_config
 from monmouth.sources.replay import ReplaySource
 from monmouth.types import ChainCommitted
 from tests.chains import chain, extend
@@ -82,6 +82,45 @@ enabled = true
     assert acked == [1, 2, 3, 4] and app.engine.head == bs[-1].ref
     assert app.engine.conn.execute("SELECT count(*) FROM ledger_transfers").fetchone()[0] == 8
     assert runner.status()["last_error"] is None
+    app.close()
+
+
+async def test_a_config_edit_made_before_the_watch_is_armed_is_still_applied(tmp_path):
+    """The file is edited after the app read it but before its watcher exists (startup, or CI's race between the
+    HTTP server answering and the watch being armed): no inotify event will ever come, yet the edit is applied."""
+    cfg = tmp_path / "config.toml"
+    text = '[source]\nkind = "replay"\npath = "h.mnr"\n[storage]\npath = "db.sqlite"\n[http]\nenabled = false\n'
+    cfg.write_text(text)
+    app = open_app(cfg)
+    assert app.settings.engine.retry_max_backoff != 0.25
+    cfg.write_text(text + "[engine]\nretry_max_backoff = 0.25\n")
+    reloads = []
+
+    async def on_change():
+        reloads.append(await apply_reload(app))
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch_config, cfg, on_change, lambda: app.config_stamp)
+            while not reloads:
+                await anyio.sleep(0.05)
+            tg.cancel_scope.cancel()
+    assert reloads == [True] and app.settings.engine.retry_max_backoff == 0.25
+    app.close()
+
+
+async def test_an_unchanged_config_is_not_reloaded_when_the_watch_starts(tmp_path):
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[source]\nkind = "replay"\npath = "h.mnr"\n[storage]\npath = "db.sqlite"\n')
+    app = open_app(cfg)
+    reloads = []
+
+    async def on_change():
+        reloads.append(True)
+
+    with anyio.move_on_after(2.5):  # two wake-ups of the armed watch (one a second)
+        await watch_config(cfg, on_change, lambda: app.config_stamp)
+    assert reloads == []
     app.close()
 
 
