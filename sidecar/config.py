@@ -171,6 +171,11 @@ class EngineConfig(_Section):
     #: Most notifications applied in one SQLite transaction (group commit) when the source has several waiting
     #: (catching up, a backlog); each still commits or fails on its own. 1 turns group commit off.
     group_commit: int = Field(32, ge=1, le=1024)
+    #: A single notification of at most this many encoded bytes is applied on the event loop's thread, so that
+    #: nothing but decode, apply and COMMIT lies between its arrival and its ack (a hand-over to the engine's worker
+    #: thread and back costs milliseconds at the tail on a busy machine); larger ones, batches and PostgreSQL go to
+    #: the worker thread, so that the HTTP API is never held up by more than a small block. 0: always the worker.
+    inline_apply_bytes: int = Field(65_536, ge=0, le=16 * 1024**2)
     #: Seconds from SIGTERM/SIGINT to a forced exit: the notification in flight commits (or rolls back), HTTP
     #: drains, workers and child processes stop, exit 0; past this, or on a second signal, exit at once
     #: (sidecar/shutdown.py). Keep it below the supervisor's own (systemd TimeoutStopSec; Docker --stop-timeout,

@@ -166,8 +166,10 @@ def monmouth_shutdown(ctx: PluginContext) -> None:
 def monmouth_notification_committed(notification: Notification, head: BlockRef | None) -> None:
     """Called after a notification is durably committed (and before it is acknowledged upstream).
 
-    ``head`` is the engine's head after it. Runs on the engine's thread: do only quick work here (wake a
-    worker, enqueue a delivery). Exceptions are logged and counted; they do not undo the commit.
+    ``head`` is the engine's head after it. Runs on the thread that applied it (the engine's worker thread, or
+    the event loop's for a small notification, ``engine.inline_apply_bytes``): do only quick, non-blocking work
+    here (wake a worker, enqueue a delivery), and never wait on the event loop. Exceptions are logged and counted;
+    they do not undo the commit.
     """
 
 

@@ -263,14 +263,22 @@ class Runner:
                 log.error("database: cannot reconnect to %s yet: %s", self.app.db.describe(), describe_fault(e))
 
     def _apply(self, batch: list[Delivery]) -> tuple[list[ApplyResult], Exception | None]:
-        """On the engine's worker thread: decode (a source may defer it to the first access of ``d.notification``),
-        apply and commit, and call ``monmouth_notification_committed`` (documented to run on the engine's thread).
+        """On the engine's worker thread, or the event loop's for a small notification (:meth:`_inline`): decode (a
+        source may defer it to the first access of ``d.notification``), apply and commit, and call
+        ``monmouth_notification_committed`` (documented to run on the thread that applied).
         """
         results, error = self.app.engine.apply_many(self._until_stopped(batch))
         for d, res in zip(batch, results, strict=False):
             if res.applied:
                 self.app.host.committed(d.notification, res.head)
         return results, error
+
+    def _inline(self, batch: list[Delivery]) -> bool:
+        """Whether ``batch`` is applied on the event loop's thread rather than the engine's worker thread: one
+        notification of known size within ``engine.inline_apply_bytes``, on SQLite (a PostgreSQL round trip can wait
+        on a lock or the network, which must not hold up the HTTP API)."""
+        limit = self.app.settings.engine.inline_apply_bytes
+        return len(batch) == 1 and 0 < batch[0].size_bytes <= limit and self.app.db.backend == "sqlite"
 
     def _until_stopped(self, batch: list[Delivery]) -> Iterator[tuple[Any, Any]]:
         # Read lazily by the group commit: once a stop is requested no further notification of the batch starts
@@ -291,9 +299,14 @@ class Runner:
         backoff = Backoff(0.5, lambda: self.app.settings.engine.retry_max_backoff)
         head = None
         while batch:
+            inline = self._inline(batch)
             async with self.lock:
                 try:
-                    results, error = await anyio.to_thread.run_sync(self._apply, batch, limiter=self._engine_limiter)
+                    if inline:  # between arrival and ack only decode, apply and COMMIT (engine.inline_apply_bytes)
+                        results, error = self._apply(batch)
+                    else:
+                        results, error = await anyio.to_thread.run_sync(self._apply, batch,
+                                                                        limiter=self._engine_limiter)
                 except Exception as e:  # the COMMIT failed, or the database rolled back: nothing of it written
                     if not (isinstance(e, DRIVER_ERRORS) or connection_lost(e)):
                         raise
@@ -303,7 +316,9 @@ class Runner:
                 self.blocks_done += res.committed
                 await self.source.ack(d, res.head)
                 head = res.head
-            if done:
+            if done and inline:
+                self._release(done)  # a small notification's objects: nothing worth a thread
+            elif done:
                 # Freeing a large block's objects is real work (~0.2 ms for 200 transactions): done on the engine's
                 # thread rather than the event loop, and after the acks went out, so that at a block every few
                 # seconds it is off the path from a notification's arrival to its ack.

@@ -136,6 +136,60 @@ class SlowReplay(ReplaySource):
         return []  # one commit per notification: the WAL hook must see each
 
 
+class Threads:
+    """Records the thread each notification was committed on (``monmouth_notification_committed``)."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    @hookimpl
+    def monmouth_notification_committed(self, notification, head):
+        import threading
+
+        self.seen.append(threading.current_thread().name)
+
+
+@pytest.mark.parametrize("inline_bytes", [65_536, 0])
+async def test_a_small_notification_is_applied_on_the_event_loop_and_the_rest_on_the_engines_thread(
+        tmp_path, inline_bytes):
+    """engine.inline_apply_bytes: a single small notification is applied where it arrived (no thread hand-over
+    between its arrival and its ack); with 0, or a larger one, on the engine's worker thread. Same result either way."""
+    import threading
+
+    big = extend(None, 1, number=1, n_txs=400)  # ~100 kB encoded: over the default limit
+    bs = write_replay(tmp_path / "t.mnr", big + extend(big[-1], 4, n_txs=2))
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f"""
+[source]
+kind = "replay"
+path = "t.mnr"
+[storage]
+path = "db.sqlite"
+[http]
+enabled = false
+[engine]
+inline_apply_bytes = {inline_bytes}
+[plugins.ledger]
+enabled = true
+[plugins.threads]
+enabled = true
+""")
+    threads = Threads()
+    app = open_app(cfg, extra_plugins={"ledger": ledger, "threads": threads})
+    runner = Runner(app, SlowReplay(tmp_path / "t.mnr"), watch_config=False)
+    loop_thread = threading.current_thread().name
+    with anyio.fail_after(30):
+        await runner.run()
+    assert app.engine.head == bs[-1].ref
+    assert app.engine.conn.execute("SELECT count(*) FROM ledger_transfers").fetchone()[0] == 400 + 4 * 2
+    assert len(threads.seen) == 5 and threads.seen[0] != loop_thread  # the large one: the worker thread
+    if inline_bytes:
+        assert threads.seen[1:] == [loop_thread] * 4
+    else:
+        assert loop_thread not in threads.seen
+    app.close()
+
+
 async def test_wal_checkpoints_run_in_the_background_not_in_the_engines_commits(tmp_path):
     bs = write_replay(tmp_path / "w.mnr", extend(None, 60, number=1, n_txs=3))
     cfg = tmp_path / "config.toml"
