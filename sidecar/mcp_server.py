@@ -203,7 +203,12 @@ class LocalCaller(Caller):
                                              timeout=60)
         return await RemoteCaller(self._client).call(method, path, json=json, params=params)
 
-    def _who(self) -> Principal:
+    def who(self) -> Principal:
+        """The calling principal.
+
+        Raises:
+            ToolError: ``"401: ..."`` for an anonymous client (no token, and the loopback rule does not admit it).
+        """
         if self.principal is None:
             raise _tool_error(401, "no token, and the loopback rule does not admit this client")
         return self.principal
@@ -211,7 +216,7 @@ class LocalCaller(Caller):
     async def agent(self, agent: str | None) -> str:
         if agent:
             return agent
-        me = self._who().agent
+        me = self.who().agent
         if not me:
             raise ToolError("agent: required (the caller is an operator, not a signed-in agent)")
         return me
@@ -220,7 +225,7 @@ class LocalCaller(Caller):
                      path_params: Mapping[str, Any] | None = None, json: Any = None,
                      params: dict[str, Any] | None = None) -> T | Any:
         state = self.api.state
-        p = self._who()
+        p = self.who()
         concrete = fill(path, path_params)
         owner = state.plugin_routes.get((method, path))
         if owner is None:
@@ -297,7 +302,7 @@ class Server(MCPServer):
                 if isinstance(c, LocalCaller):  # the core's own service: what GET /status answers, as its policy says
                     route = next(r for r in c.api.routes if getattr(r, "path", None) == "/status")
                     try:
-                        check_roles(c._who(), declared_roles(route) or frozenset({"admin"}), "GET", "/status")
+                        check_roles(c.who(), declared_roles(route) or frozenset({"admin"}), "GET", "/status")
                     except ProblemError as e:
                         raise _tool_error(e.status, e.detail) from None
                     return await anyio.to_thread.run_sync(c.api.state.status)  # type: ignore[no-any-return]
