@@ -31,7 +31,10 @@ Run:  python bench/api.py [--clients 64] [--blocks 200] [--txs 50]
       python bench/api.py --storage postgres [--api-processes 1,2,4] [--blocks 40]
 Prints its figures; the last line is JSON with requests_per_s, errors, ingest_share (and p50/p99 per route); with
 ``--storage postgres`` each of these is a map from N (API processes) to its figure, ``requests_per_s`` being the
-rate with the engine caught up (the API alone) and ``requests_per_s_ingesting`` the rate while it ingests.
+rate with the engine caught up (the API alone) and ``requests_per_s_ingesting`` the rate while it ingests; and
+``sqlite``: the reference run first, in the same process, on SQLite with the same arguments (one process, engine and
+HTTP; ``synchronous = NORMAL``, as the SQLite mode always runs), printed beside PostgreSQL's
+(``--no-sqlite-reference`` skips it).
 """
 
 from __future__ import annotations
@@ -516,6 +519,8 @@ def main() -> None:
                    help="postgres: one engine and N `monmouth serve` processes on a real PostgreSQL server")
     p.add_argument("--api-processes", default="1,2,4",
                    help="with --storage postgres: the numbers N of `monmouth serve` processes to measure, in order")
+    p.add_argument("--no-sqlite-reference", action="store_true",
+                   help="with --storage postgres: skip the SQLite run printed beside PostgreSQL's")
     args = p.parse_args()
     if args.blocks is None:
         args.blocks = 40 if args.storage == "postgres" else 200
@@ -530,7 +535,24 @@ def main() -> None:
 
     if args.switch_interval:
         sys.setswitchinterval(args.switch_interval)
-    result = anyio.run(bench_postgres if args.storage == "postgres" else bench, args)
+    if args.storage != "postgres":
+        result = anyio.run(bench, args)
+    else:
+        reference = None
+        if not args.no_sqlite_reference:  # the reference, in the same run: SQLite, one process (engine + HTTP)
+            print("SQLite reference: one `monmouth run` with its own HTTP API, same clients and blocks", flush=True)
+            reference = anyio.run(bench, args)
+        result = anyio.run(bench_postgres, args)
+        if reference is not None:
+            result["sqlite"] = {k: reference[k] for k in ("requests_per_s_caught_up", "requests_per_s_ingesting",
+                                                          "errors", "ingest_share", "idle_blocks_per_s")}
+            print(f"side by side: SQLite (1 process) {reference['requests_per_s_caught_up']:.0f} requests/s caught "
+                  f"up, {reference['requests_per_s_ingesting']:.0f}/s ingesting, ingest idle "
+                  f"{reference['idle_blocks_per_s']:.1f} blocks/s | PostgreSQL "
+                  + ", ".join(f"{n} serve{'s' if n != '1' else ''} {v:.0f}/s caught up, "
+                              f"{result['requests_per_s_ingesting'][n]:.0f}/s ingesting"
+                              for n, v in result["requests_per_s"].items())
+                  + f", ingest idle {max(result['idle_blocks_per_s'].values()):.1f} blocks/s")
     print(json.dumps(result))
 
 
