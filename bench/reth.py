@@ -32,9 +32,11 @@ plugin. Each figure is printed beside its reference and goal; the last line is J
 ``backfill_txs_per_s``, ``ack_p50_ms``, ``ack_p99_ms``, ``fsync_p99_ms``, the rag figures, block and transaction
 counts).
 
-Usage: ``python bench/reth.py [--quick] [--blocks N] [--txs N] [--ack-blocks N]``. ``MONMOUTH_BENCH_ACK_DUMP=<file>`` writes one line per
-acknowledged notification of the ack phase (monotonic time, arrival-to-ack ms, block number, transactions, then its three legs in ms: arrival to the engine thread, decode + apply + COMMIT, thread end to ack). ``--quick`` (200 blocks, 20
-ack blocks, 50 fsync samples) finishes in a few minutes. Needs ``monmouth-reth`` (``bridge/README.md``; found as
+Usage: ``python bench/reth.py [--quick] [--blocks N] [--txs N] [--ack-blocks N]``.
+``MONMOUTH_BENCH_ACK_DUMP=<file>`` writes one line per acknowledged notification of the ack phase (monotonic time,
+arrival-to-ack ms, block number, transactions, then its three legs in ms: arrival to the engine's apply, decode +
+apply + COMMIT, the apply's end to the ack; then the COMMIT statement alone, ms). ``--quick`` (200 blocks, 20 ack
+blocks, 50 fsync samples) finishes in a few minutes. Needs ``monmouth-reth`` (``bridge/README.md``; found as
 ``tests/reth.py`` finds it: ``$MONMOUTH_RETH_BIN`` or ``~/.cache/monmouth/reth-target/release/``).
 """
 
@@ -179,6 +181,10 @@ class AckProbe:
         #: to the ack being sent on the event loop). Filled when :meth:`watch` wrapped the runner.
         self.legs: list[tuple[float, float, float]] = []
         self._marks: dict[int, tuple[float, float]] = {}
+        #: Per acknowledged notification, the engine's ``COMMIT`` statement alone (its WAL write and fsync),
+        #: seconds: part of the second leg (apsw's statement profile hook).
+        self.commit_s: list[float] = []
+        self._commits: dict[int, float] = {}
         self.target = target
         self.count = count
         self.reached = asyncio.Event()
@@ -193,6 +199,7 @@ class AckProbe:
                                      sum(len(b.transactions) for b in blocks)))
                 start, end = self._marks.pop(id(d), (now, now))
                 self.legs.append((start - d.received_at, end - start, now - end))
+                self.commit_s.append(self._commits.pop(id(d), 0.0))
                 if ((self.target is not None and blocks[-1].number >= self.target)
                         or (self.count is not None and len(self.records) >= self.count)):
                     self.reached.set()
@@ -204,7 +211,16 @@ class AckProbe:
         """Wrap ``runner._apply`` (run on the engine's thread) to time the legs of each notification's path."""
         inner = runner._apply
 
+        commits: list[int] = []
+
+        def on_statement(sql: str, ns: int) -> None:  # apsw's profile hook: each statement's run time, ns
+            if sql == "COMMIT":
+                commits.append(ns)
+
+        runner.app.engine.conn.set_profile(on_statement)
+
         def apply(batch: list[Delivery]) -> Any:
+            commits.clear()
             start = time.monotonic()
             try:
                 return inner(batch)
@@ -212,6 +228,7 @@ class AckProbe:
                 end = time.monotonic()
                 for d in batch:
                     self._marks[id(d)] = (start, end)
+                    self._commits[id(d)] = sum(commits) / 1e9
 
         runner._apply = apply  # type: ignore[method-assign]
 
@@ -354,9 +371,9 @@ def main() -> None:
                 rec = probe.records[1:]
                 if os.environ.get("MONMOUTH_BENCH_ACK_DUMP"):  # one line per acknowledged notification
                     with open(os.environ["MONMOUTH_BENCH_ACK_DUMP"], "w") as dump:
-                        for r, leg in zip(rec, probe.legs[1:], strict=True):
+                        for r, leg, c in zip(rec, probe.legs[1:], probe.commit_s[1:], strict=True):
                             dump.write(f"{r[0]:.3f} {r[1] * 1e3:.3f} {r[2]} {r[4]} "
-                                       + " ".join(f"{x * 1e3:.3f}" for x in leg) + "\n")
+                                       + " ".join(f"{x * 1e3:.3f}" for x in (*leg, c)) + "\n")
                 lat = summary_ms([r[1] for r in rec])
                 per_block = sum(r[4] for r in rec) / max(1, sum(r[3] for r in rec))
                 print(f"ack latency at 1 block/s ({len(rec)} notifications of {sum(r[3] for r in rec)} blocks, "
