@@ -35,7 +35,7 @@ counts).
 Usage: ``python bench/reth.py [--quick] [--blocks N] [--txs N] [--ack-blocks N]``.
 ``MONMOUTH_BENCH_ACK_DUMP=<file>`` writes one line per acknowledged notification of the ack phase (monotonic time,
 arrival-to-ack ms, block number, transactions, then its three legs in ms: arrival to the engine's apply, decode +
-apply + COMMIT, the apply's end to the ack; then the COMMIT statement alone, ms). ``--quick`` (200 blocks, 20 ack
+apply + COMMIT, the apply's end to the ack; then the COMMIT alone, from SQLite's commit hook to the apply's end, ms). ``--quick`` (200 blocks, 20 ack
 blocks, 50 fsync samples) finishes in a few minutes. Needs ``monmouth-reth`` (``bridge/README.md``; found as
 ``tests/reth.py`` finds it: ``$MONMOUTH_RETH_BIN`` or ``~/.cache/monmouth/reth-target/release/``).
 """
@@ -181,8 +181,8 @@ class AckProbe:
         #: to the ack being sent on the event loop). Filled when :meth:`watch` wrapped the runner.
         self.legs: list[tuple[float, float, float]] = []
         self._marks: dict[int, tuple[float, float]] = {}
-        #: Per acknowledged notification, the engine's ``COMMIT`` statement alone (its WAL write and fsync),
-        #: seconds: part of the second leg (apsw's statement profile hook).
+        #: Per acknowledged notification, from its ``COMMIT`` starting (SQLite's commit hook) to the apply's end:
+        #: the WAL write and fsync, seconds; the end of the second leg.
         self.commit_s: list[float] = []
         self._commits: dict[int, float] = {}
         self.target = target
@@ -211,13 +211,13 @@ class AckProbe:
         """Wrap ``runner._apply`` (run on the engine's thread) to time the legs of each notification's path."""
         inner = runner._apply
 
-        commits: list[int] = []
+        commits: list[float] = []
 
-        def on_statement(sql: str, ns: int) -> None:  # apsw's profile hook: each statement's run time, ns
-            if sql == "COMMIT":
-                commits.append(ns)
+        def on_commit() -> bool:  # SQLite's commit hook: the COMMIT starts (before its WAL write and fsync)
+            commits.append(time.monotonic())
+            return False  # go on with the commit
 
-        runner.app.engine.conn.set_profile(on_statement)
+        runner.app.engine.conn.set_commit_hook(on_commit)
 
         def apply(batch: list[Delivery]) -> Any:
             commits.clear()
@@ -228,7 +228,7 @@ class AckProbe:
                 end = time.monotonic()
                 for d in batch:
                     self._marks[id(d)] = (start, end)
-                    self._commits[id(d)] = sum(commits) / 1e9
+                    self._commits[id(d)] = end - commits[-1] if commits else 0.0
 
         runner._apply = apply  # type: ignore[method-assign]
 
