@@ -35,8 +35,8 @@ counts).
 Usage: ``python bench/reth.py [--quick] [--blocks N] [--txs N] [--ack-blocks N]``.
 ``MONMOUTH_BENCH_ACK_DUMP=<file>`` writes one line per acknowledged notification of the ack phase (monotonic time,
 arrival-to-ack ms, block number, transactions, then its three legs in ms: arrival to the engine's apply, decode +
-apply + COMMIT, the apply's end to the ack; then the COMMIT alone, from SQLite's commit hook to the apply's end, ms). ``--quick`` (200 blocks, 20 ack
-blocks, 50 fsync samples) finishes in a few minutes. Needs ``monmouth-reth`` (``bridge/README.md``; found as
+apply + COMMIT, the apply's end to the ack; then the COMMIT alone, from SQLite's commit hook to the apply's end,
+ms). ``--quick`` (200 blocks, 20 ack blocks, 50 fsync samples) finishes in a few minutes. Needs ``monmouth-reth`` (``bridge/README.md``; found as
 ``tests/reth.py`` finds it: ``$MONMOUTH_RETH_BIN`` or ``~/.cache/monmouth/reth-target/release/``).
 """
 
