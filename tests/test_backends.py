@@ -244,6 +244,74 @@ def test_a_connection_dropped_inside_a_notification_moves_nothing(pg_server, pg_
     ref.close()
 
 
+def test_queued_statements_ride_with_the_next_one_and_a_failing_one_fails_the_whole_transaction(pg_url):
+    """``PgConnection.defer`` (the engine's bookkeeping): queued statements run before the next statement, in order;
+    a ``ROLLBACK`` (whole or to a savepoint) drops them; one that fails rolls the whole transaction back, raised from
+    the statement that sent it (``COMMIT`` or any other), and ``in_transaction`` is then False."""
+    c = PgDatabase(pg_url, password=PASSWORD).connect()
+    c.execute("CREATE TABLE q (a integer PRIMARY KEY)")
+    rows = lambda: [r[0] for r in c.execute("SELECT a FROM q ORDER BY a").fetchall()]  # noqa: E731
+
+    c.execute("BEGIN")
+    c.defer("INSERT INTO q VALUES (?)", (1,))
+    c.defer("INSERT INTO q VALUES (?)", (2,))
+    assert rows() == [1, 2]  # sent before the SELECT
+    c.defer("INSERT INTO q VALUES (?)", (3,))
+    c.execute("COMMIT")
+    assert rows() == [1, 2, 3] and not c.in_transaction
+
+    c.execute("BEGIN")
+    c.execute("INSERT INTO q VALUES (4)")
+    c.execute("SAVEPOINT s")
+    c.defer("INSERT INTO q VALUES (?)", (5,))
+    c.execute("ROLLBACK TO s")
+    c.defer("INSERT INTO q VALUES (?)", (6,))
+    c.execute("RELEASE s")
+    c.execute("COMMIT")
+    assert rows() == [1, 2, 3, 4, 6]
+
+    c.execute("BEGIN")
+    c.execute("INSERT INTO q VALUES (7)")
+    c.defer("INSERT INTO q VALUES (?)", (1,))  # a duplicate key
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        c.execute("COMMIT")
+    assert not c.in_transaction and rows() == [1, 2, 3, 4, 6]
+
+    c.execute("BEGIN")
+    c.execute("INSERT INTO q VALUES (8)")
+    c.defer("INSERT INTO q VALUES (?)", (2,))
+    c.defer("INSERT INTO q VALUES (?)", (9,))
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        c.execute("SELECT 1")
+    assert not c.in_transaction and rows() == [1, 2, 3, 4, 6]
+    c.close()
+
+
+def test_a_failing_bookkeeping_statement_of_a_group_commit_writes_nothing_of_the_batch(pg_url):
+    """The engine queues its cursor update; when it fails (here a trigger refuses block 3's), the batch's transaction
+    is gone whole: apply_many raises, the head and token stay at the last commit, no block of the batch is stored,
+    and the next notifications apply normally."""
+    e = make_engine(pg_url, {"ledger": ledger})
+    bs = extend(None, 5, number=1, n_txs=2)
+    e.apply(ChainCommitted(chain(bs[:1])), 1)
+    e.conn.execute("""
+        CREATE FUNCTION refuse_3() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN IF NEW.number = 3 THEN RAISE EXCEPTION 'cursor 3 refused'; END IF; RETURN NEW; END $$;
+        CREATE TRIGGER refuse_3 BEFORE UPDATE ON monmouth_cursor FOR EACH ROW EXECUTE FUNCTION refuse_3()""")
+    items = [(ChainCommitted(chain(bs[1:2])), 2), (ChainCommitted(chain(bs[2:3])), 3),
+             (ChainCommitted(chain(bs[3:4])), 4)]
+    with pytest.raises(psycopg.errors.RaiseException, match="cursor 3 refused"):
+        e.apply_many(items)
+    assert e.head == bs[0].ref and e.source_token == 1 and not e.conn.in_transaction
+    assert e.conn.execute("SELECT max(number) FROM monmouth_blocks").fetchone() == (1,)
+    assert e.conn.execute("SELECT count(*) FROM ledger_transfers").fetchone() == (2,)
+    e.conn.execute("DROP TRIGGER refuse_3 ON monmouth_cursor")
+    results, error = e.apply_many(items)
+    assert error is None and e.head == bs[3].ref and e.source_token == 4
+    assert e.conn.execute("SELECT count(*) FROM ledger_transfers").fetchone() == (8,)
+    e.close()
+
+
 class SqliteOnly:
     @hookimpl
     def monmouth_migrations(self):

@@ -247,6 +247,13 @@ def _translate(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
+def _run(cur: psycopg.Cursor[Any], statements: str, bindings: Any) -> None:
+    if bindings is None or (isinstance(bindings, tuple | list) and not bindings and "?" not in statements):
+        cur.execute(statements.encode())  # no parameters: several statements allowed, % taken literally
+    else:
+        cur.execute(_translate(statements), bindings)
+
+
 class PgConnection:
     """A psycopg connection with apsw's surface (:class:`sidecar.backends.Connection`), so the engine's SQL and a
     plugin's portable SQL run unchanged: ``?`` placeholders, explicit ``BEGIN``/``COMMIT`` (the driver is in
@@ -256,20 +263,54 @@ class PgConnection:
 
     def __init__(self, raw: psycopg.Connection[Any]) -> None:
         self.raw = raw
+        self._later: list[tuple[str, Any]] = []
 
     def execute(self, statements: str, bindings: Any = None) -> psycopg.Cursor[Any]:
         if statements.startswith("BEGIN IMMEDIATE"):
             statements = "BEGIN" + statements[len("BEGIN IMMEDIATE"):]
         cur = self.raw.cursor()
-        if bindings is None or (isinstance(bindings, tuple | list) and not bindings and "?" not in statements):
-            cur.execute(statements.encode())  # no parameters: several statements allowed, % taken literally
-        else:
-            cur.execute(_translate(statements), bindings)
+        if statements.startswith("ROLLBACK"):
+            self._later.clear()  # queued after the last statement sent: the rollback would undo them anyway
+        elif self._later and statements == "COMMIT":
+            self._flush(commit=cur)
+            return cur
+        elif self._later:
+            self._flush()
+        _run(cur, statements, bindings)
         return cur
 
     def executemany(self, statements: str, sequenceofbindings: Any) -> None:
+        if self._later:
+            self._flush()
         with self.raw.cursor() as cur:
             cur.executemany(_translate(statements), sequenceofbindings)
+
+    def defer(self, statements: str, bindings: Any = None) -> None:
+        """Queue one statement whose result nobody reads (the engine's bookkeeping inside its transaction: the
+        cursor, ``monmouth_blocks``, pruning), to be sent with the next statement this connection executes, in one
+        round trip (psycopg's pipeline mode). Before ``COMMIT`` they share its round trip; before any other statement
+        they go in one round trip of their own first; a ``ROLLBACK`` (to a savepoint or whole) drops them, since it
+        would undo them.
+
+        A queued statement that fails fails the whole transaction: it is rolled back at once and the error raised
+        from the statement that sent it (``COMMIT`` included), as when SQLite rolls a transaction back on a fault;
+        ``in_transaction`` is then False, which tells the engine nothing of its batch was written."""
+        self._later.append((statements, bindings))
+
+    def _flush(self, commit: psycopg.Cursor[Any] | None = None) -> None:
+        """Send the queued statements (and ``COMMIT`` on ``commit``) in one pipeline; on an error roll back."""
+        later, self._later = self._later, []
+        try:
+            with self.raw.pipeline(), self.raw.cursor() as cur:
+                for statements, bindings in later:
+                    _run(cur, statements, bindings)
+                if commit is not None:
+                    _run(commit, "COMMIT", None)
+        except psycopg.Error:
+            if self.in_transaction:
+                with contextlib.suppress(psycopg.Error):
+                    self.raw.execute("ROLLBACK")
+            raise
 
     @property
     def in_transaction(self) -> bool:
@@ -317,6 +358,7 @@ class PgConnection:
         return dropped
 
     def close(self) -> None:
+        self._later.clear()
         self.raw.close()
 
 
@@ -374,7 +416,7 @@ class TriggerJournal:
             raise ValueError("the PostgreSQL journal records per block: pass the block number")
         self.conn.execute("SELECT set_config('monmouth.block', ?, true)", (str(number),))
         fn()
-        self.conn.execute("SELECT set_config('monmouth.block', '', true)")
+        self.conn.defer("SELECT set_config('monmouth.block', '', true)")  # sent with the engine's next statement
         return b""
 
     def undo(self, changeset: bytes, number: int | None = None) -> None:
@@ -397,7 +439,7 @@ class TriggerJournal:
                 self.conn.execute(f'DELETE FROM "{table}" WHERE "{column}" >= ?', (number,))
 
     def prune(self, horizon: int) -> None:
-        self.conn.execute("DELETE FROM monmouth_undo WHERE block <= ?", (horizon,))
+        self.conn.defer("DELETE FROM monmouth_undo WHERE block <= ?", (horizon,))
 
 
 class PgDatabase:
