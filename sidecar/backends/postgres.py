@@ -364,12 +364,14 @@ class PgConnection:
 
 def _tables(conn: PgConnection) -> dict[str, bool]:
     """``{ordinary table of the current schema, not an extension's: has the monmouth_undo trigger}``."""
+    # The trigger's name as a parameter: a statement with parameters is prepared by psycopg from its 5th run, and
+    # the engine runs this one before every notification (planning it took longer than running it).
     rows = conn.execute(
-        "SELECT c.relname, EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = 'monmouth_undo') "
+        "SELECT c.relname, EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = ?) "
         "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') "
         "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid "
-        "AND d.deptype = 'e')").fetchall()  # an extension's own tables (PostGIS spatial_ref_sys) are not ours
+        "AND d.deptype = 'e')", ("monmouth_undo",)).fetchall()  # an extension's own tables (PostGIS) are not ours
     return {str(name): bool(has) for name, has in rows}
 
 
