@@ -287,6 +287,66 @@ def test_queued_statements_ride_with_the_next_one_and_a_failing_one_fails_the_wh
     c.close()
 
 
+def test_executemany_of_a_plain_insert_runs_as_one_statement_with_the_same_rows_as_row_by_row(pg_server):
+    """A plain ``INSERT ... VALUES`` of many rows runs as one statement (PgConnection._batched) and leaves exactly the
+    rows psycopg's row-by-row ``executemany`` leaves: every type the columns convert (huge ints into numeric, str
+    into jsonb, bytes, floats, booleans, NULLs), literals in VALUES, ``ON CONFLICT DO NOTHING`` with duplicates inside
+    the batch; a duplicate key is the same error; what cannot be batched (DO UPDATE, an array column, values of
+    mixed Python types) runs row by row."""
+    ddl = ("CREATE TABLE t (k bigint PRIMARY KEY, h bytea, v numeric(78), s text, j jsonb, f double precision, "
+           "x boolean, n integer DEFAULT 5, arr integer[])")
+    ours, theirs = (PgDatabase(pg_server.database(), password=PASSWORD).connect() for _ in range(2))
+    rows = [(i, bytes([i]) * 3, 10**30 + i if i % 2 else i, f"s{i}%?'", f'{{"a": {i}}}', i / 3, i % 2 == 0)
+            for i in range(1, 30)]
+    cases = [("INSERT INTO t (k, h, v, s, j, f, x) VALUES (?, ?, ?, ?, ?, ?, ?)", rows, True),
+             ("INSERT INTO t (k, s, n) VALUES (?, NULL, 7) ON CONFLICT (k) DO NOTHING",
+              [(1,), (100,), (100,), (101,)], True),
+             ("INSERT INTO t (k, n) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET n = t.n + excluded.n",
+              [(1, 1), (1, 2), (102, 3)], False),
+             ("INSERT INTO t (k, arr) VALUES (?, ?)", [(103, [1, 2]), (104, [3])], False),
+             ("INSERT INTO t (k, f) VALUES (?, ?)", [(105, 1), (106, 1.5)], False)]
+    for c in (ours, theirs):
+        c.execute(ddl)
+    for sql, batch, one in cases:
+        assert (ours._batched(sql, batch) is not None) is one, sql
+        ours.executemany(sql, batch)
+        with theirs.raw.cursor() as cur:
+            cur.executemany(sql.replace("?", "%s"), batch)
+        everything = "SELECT * FROM t ORDER BY k"
+        assert ours.execute(everything).fetchall() == theirs.execute(everything).fetchall(), sql
+    with pytest.raises(psycopg.errors.UniqueViolation, match=r"Key \(k\)=\(300\)"):
+        ours.executemany("INSERT INTO t (k) VALUES (?)", [(300,), (300,)])
+
+
+def test_a_batched_insert_is_journaled_row_by_row_and_reverted_exactly(pg_url):
+    """The rows of a one-statement ``executemany`` go through the undo trigger each, in order: a reorg reverts the
+    block exactly."""
+
+    class Many:
+        monmouth_backends = hookimpl(lambda self: BOTH)
+        monmouth_migrations = hookimpl(lambda self: ["CREATE TABLE many_rows (k bytea PRIMARY KEY, n bigint, s text)"])
+
+        @hookimpl
+        def monmouth_block_applied(self, conn, block, notification):
+            assert conn._batched("INSERT INTO many_rows (k, n, s) VALUES (?, ?, ?)", [(b"", 0, ""), (b"", 0, "")])
+            conn.executemany("INSERT INTO many_rows (k, n, s) VALUES (?, ?, ?)",
+                             [(t.hash, block.number, t.sender.hex()) for t in block.transactions])
+            conn.executemany("DELETE FROM many_rows WHERE n = ?", [(block.number - 2,), (block.number - 3,)])
+
+    e = make_engine(pg_url, {"many": Many()})
+    bs = extend(None, 5, number=1, n_txs=4)
+    e.apply(ChainCommitted(chain(bs[:3])))
+    before = e.conn.execute("SELECT * FROM many_rows ORDER BY k").fetchall()
+    assert e.conn.execute("SELECT count(*) FROM monmouth_undo WHERE block = 3 AND op = 'I'").fetchone() == (4,)
+    e.apply(ChainCommitted(chain(bs[3:])))
+    fork = extend(bs[2], 1, number=4, n_txs=0, salt=7)
+    e.apply(ChainReorged(chain(bs[3:]), chain(fork)))
+    e.apply(ChainReverted(chain(fork)))
+    assert e.head == bs[2].ref
+    assert e.conn.execute("SELECT * FROM many_rows ORDER BY k").fetchall() == before
+    e.close()
+
+
 def test_a_failing_bookkeeping_statement_of_a_group_commit_writes_nothing_of_the_batch(pg_url):
     """The engine queues its cursor update; when it fails (here a trigger refuses block 3's), the batch's transaction
     is gone whole: apply_many raises, the head and token stay at the last commit, no block of the batch is stored,

@@ -30,9 +30,11 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -247,6 +249,52 @@ def _translate(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
+#: ``INSERT INTO table (columns) VALUES (values) [ON CONFLICT [(...)] DO NOTHING]``, nothing else (no expressions,
+#: sub-queries, RETURNING or DO UPDATE, whose meaning would change if the rows were one statement).
+_PLAIN_INSERT = re.compile(
+    r"\s*INSERT\s+INTO\s+([A-Za-z_][A-Za-z0-9_]*)\s*\(([^()]*)\)\s*VALUES\s*\(([^()]*)\)"
+    r"(\s*ON\s+CONFLICT\s*(?:\([A-Za-z0-9_,\s]*\))?\s*DO\s+NOTHING)?\s*;?\s*", re.IGNORECASE)
+#: What a ``VALUES`` item of a batched ``INSERT`` may be besides ``?``: a literal that means the same in every row.
+_LITERAL = re.compile(r"NULL|TRUE|FALSE|-?[0-9]+(\.[0-9]+)?", re.IGNORECASE)
+#: Python types whose lists psycopg dumps as one typed array (``bool`` before ``int``: it is a subclass).
+_ARRAY_TYPES = (bool, int, float, str, bytes, Decimal)
+
+
+def _batch_statement(conn: PgConnection, statements: str) -> tuple[bytes, int] | None:
+    """The one-statement form of a plain ``INSERT ... VALUES`` (:data:`_PLAIN_INSERT`) and its parameter count, or
+    ``None``: another statement, a ``VALUES`` item other than ``?`` or a literal, an unknown table or column, or a
+    ``?`` for an array column (``unnest`` would flatten it)."""
+    m = _PLAIN_INSERT.fullmatch(statements)
+    if m is None:
+        return None
+    table, names, items = m.group(1), [c.strip() for c in m.group(2).split(",")], [v.strip() for v in
+                                                                                    m.group(3).split(",")]
+    if len(names) != len(items) or not all(n.isidentifier() for n in names):
+        return None
+    if not all(v == "?" or _LITERAL.fullmatch(v) for v in items):
+        return None
+    types = dict(conn.execute(
+        "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a WHERE a.attrelid = to_regclass(?) "
+        "AND a.attnum > 0 AND NOT a.attisdropped AND a.attndims = 0 AND (SELECT t.typcategory <> 'A' FROM pg_type t "
+        "WHERE t.oid = a.atttypid)", (table,)).fetchall())
+    params = [n for n, v in zip(names, items, strict=True) if v == "?"]
+    if not params or any(n.lower() not in types for n in params):
+        return None
+    arrays = ", ".join(f"%b::{types[n.lower()]}[]" for n in params)  # binary: psycopg dumps those lists in C
+    aliases = [f"c{i}" for i in range(len(params))]
+    it = iter(aliases)
+    select = ", ".join(f"u.{next(it)}" if v == "?" else v for v in items)
+    sql = (f"INSERT INTO {table} ({', '.join(names)}) SELECT {select} FROM unnest({arrays}) "
+           f"AS u({', '.join(aliases)}){m.group(4) or ''}")
+    return sql.encode(), len(params)
+
+
+def _one_array_type(values: list[Any]) -> bool:
+    """Whether psycopg dumps ``values`` as one array of one element type (NULLs allowed, at least one value)."""
+    kinds = {type(v) for v in values if v is not None}
+    return len(kinds) == 1 and next(iter(kinds)) in _ARRAY_TYPES
+
+
 def _run(cur: psycopg.Cursor[Any], statements: str, bindings: Any) -> None:
     if bindings is None or (isinstance(bindings, tuple | list) and not bindings and "?" not in statements):
         cur.execute(statements.encode())  # no parameters: several statements allowed, % taken literally
@@ -264,6 +312,7 @@ class PgConnection:
     def __init__(self, raw: psycopg.Connection[Any]) -> None:
         self.raw = raw
         self._later: list[tuple[str, Any]] = []
+        self._batches: dict[str, tuple[bytes, int] | None] = {}  # statement -> _batch_statement(statement)
 
     def execute(self, statements: str, bindings: Any = None) -> psycopg.Cursor[Any]:
         if statements.startswith("BEGIN IMMEDIATE"):
@@ -280,10 +329,44 @@ class PgConnection:
         return cur
 
     def executemany(self, statements: str, sequenceofbindings: Any) -> None:
+        """Run ``statements`` once per row of parameters, in order. A plain ``INSERT INTO t (columns) VALUES (...)``
+        (optionally ``ON CONFLICT ... DO NOTHING``) of several rows runs as one statement instead (:func:`_batched`):
+        the same rows inserted in the same order, each through the table's row triggers (the undo journal
+        included) and constraints; what differs is one round trip and one statement (a statement-level trigger fires
+        once). Anything else, or rows whose Python values do not form typed arrays, runs row by row (psycopg's
+        pipelined ``executemany``)."""
         if self._later:
             self._flush()
+        rows = sequenceofbindings if isinstance(sequenceofbindings, list) else list(sequenceofbindings)
+        if len(rows) > 1:
+            batched = self._batched(statements, rows)
+            if batched is not None:
+                with self.raw.cursor() as cur:
+                    cur.execute(*batched)
+                return
         with self.raw.cursor() as cur:
-            cur.executemany(_translate(statements), sequenceofbindings)
+            cur.executemany(_translate(statements), rows)
+
+    def _batched(self, statements: str, rows: list[Any]) -> tuple[bytes, list[list[Any]]] | None:
+        """``(INSERT ... SELECT ... FROM unnest(%s::type[], ...), one list per parameter)`` for ``statements`` and
+        ``rows``, or ``None`` when they cannot run as one statement. The arrays are cast to the target columns' own
+        types (read from the catalog once per statement text and connection), so each value is converted as the
+        row-by-row ``INSERT`` would convert it."""
+        if statements not in self._batches:
+            self._batches[statements] = _batch_statement(self, statements)
+        plan = self._batches[statements]
+        if plan is None:
+            return None
+        sql, width = plan
+        columns: list[list[Any]] = [[] for _ in range(width)]
+        for row in rows:
+            if not isinstance(row, tuple | list) or len(row) != width:
+                return None
+            for column, value in zip(columns, row, strict=True):
+                column.append(value)
+        if not all(_one_array_type(c) for c in columns):
+            return None
+        return sql, columns
 
     def defer(self, statements: str, bindings: Any = None) -> None:
         """Queue one statement whose result nobody reads (the engine's bookkeeping inside its transaction: the
