@@ -288,11 +288,12 @@ def test_queued_statements_ride_with_the_next_one_and_a_failing_one_fails_the_wh
 
 
 def test_executemany_of_a_plain_insert_runs_as_one_statement_with_the_same_rows_as_row_by_row(pg_server):
-    """A plain ``INSERT ... VALUES`` of many rows runs as one statement (PgConnection._batched) and leaves exactly the
-    rows psycopg's row-by-row ``executemany`` leaves: every type the columns convert (huge ints into numeric, str
-    into jsonb, bytes, floats, booleans, NULLs), literals in VALUES, ``ON CONFLICT DO NOTHING`` with duplicates inside
-    the batch; a duplicate key is the same error; what cannot be batched (DO UPDATE, an array column, values of
-    mixed Python types) runs row by row."""
+    """A plain ``INSERT ... VALUES`` of many rows runs as one statement (PgConnection._batched; with ``DO UPDATE``
+    one per run of distinct keys) and leaves exactly the rows psycopg's row-by-row ``executemany`` leaves: every type
+    the columns convert (huge ints into numeric, str into jsonb, bytes, floats, booleans, NULLs), literals in
+    VALUES, ``ON CONFLICT DO NOTHING`` with duplicates inside the batch, ``DO UPDATE`` of one key several times; a
+    duplicate key is the same error; what cannot be batched (a DO UPDATE that may move a key or takes a parameter,
+    an array column, values of mixed Python types) runs row by row."""
     ddl = ("CREATE TABLE t (k bigint PRIMARY KEY, h bytea, v numeric(78), s text, j jsonb, f double precision, "
            "x boolean, n integer DEFAULT 5, arr integer[])")
     ours, theirs = (PgDatabase(pg_server.database(), password=PASSWORD).connect() for _ in range(2))
@@ -301,8 +302,14 @@ def test_executemany_of_a_plain_insert_runs_as_one_statement_with_the_same_rows_
     cases = [("INSERT INTO t (k, h, v, s, j, f, x) VALUES (?, ?, ?, ?, ?, ?, ?)", rows, True),
              ("INSERT INTO t (k, s, n) VALUES (?, NULL, 7) ON CONFLICT (k) DO NOTHING",
               [(1,), (100,), (100,), (101,)], True),
-             ("INSERT INTO t (k, n) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET n = t.n + excluded.n",
-              [(1, 1), (1, 2), (102, 3)], False),
+             ("INSERT INTO t (k, n, v) VALUES (?, ?, ?) ON CONFLICT (k) DO UPDATE SET n = t.n + excluded.n, "
+              "v = coalesce(t.v, 0) + excluded.v", [(1, 1, 10**40), (1, 2, 5), (102, 3, 1), (1, 4, 1), (102, 5, 2)],
+              True),
+             ("INSERT INTO t (k, s) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET s = t.s || excluded.s",
+              [(1, "a"), (1, "b"), (1, "c")], True),
+             ("INSERT INTO t (k, n) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET k = excluded.k + 1000",
+              [(1, 1), (2, 2)], False),
+             ("INSERT INTO t (k, n) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET n = ?", [(1, 1, 7), (2, 2, 8)], False),
              ("INSERT INTO t (k, arr) VALUES (?, ?)", [(103, [1, 2]), (104, [3])], False),
              ("INSERT INTO t (k, f) VALUES (?, ?)", [(105, 1), (106, 1.5)], False)]
     for c in (ours, theirs):
@@ -324,7 +331,8 @@ def test_a_batched_insert_is_journaled_row_by_row_and_reverted_exactly(pg_url):
 
     class Many:
         monmouth_backends = hookimpl(lambda self: BOTH)
-        monmouth_migrations = hookimpl(lambda self: ["CREATE TABLE many_rows (k bytea PRIMARY KEY, n bigint, s text)"])
+        monmouth_migrations = hookimpl(lambda self: ["CREATE TABLE many_rows (k bytea PRIMARY KEY, n bigint, s text); "
+                                                     "CREATE TABLE many_totals (k bytea PRIMARY KEY, n bigint)"])
 
         @hookimpl
         def monmouth_block_applied(self, conn, block, notification):
@@ -332,18 +340,24 @@ def test_a_batched_insert_is_journaled_row_by_row_and_reverted_exactly(pg_url):
             conn.executemany("INSERT INTO many_rows (k, n, s) VALUES (?, ?, ?)",
                              [(t.hash, block.number, t.sender.hex()) for t in block.transactions])
             conn.executemany("DELETE FROM many_rows WHERE n = ?", [(block.number - 2,), (block.number - 3,)])
+            upsert = ("INSERT INTO many_totals (k, n) VALUES (?, ?) ON CONFLICT (k) DO UPDATE "
+                      "SET n = many_totals.n + excluded.n")
+            keys = [bytes([i % 3]) for i in range(block.number + 3)]  # each key several times in a row's run
+            assert len(conn._batched(upsert, [(k, 1) for k in keys])) > 1
+            conn.executemany(upsert, [(k, block.number) for k in keys])
 
     e = make_engine(pg_url, {"many": Many()})
     bs = extend(None, 5, number=1, n_txs=4)
     e.apply(ChainCommitted(chain(bs[:3])))
-    before = e.conn.execute("SELECT * FROM many_rows ORDER BY k").fetchall()
+    everything = "SELECT * FROM many_rows ORDER BY k; SELECT * FROM many_totals ORDER BY k"
+    before = [e.conn.execute(q).fetchall() for q in everything.split("; ")]
     assert e.conn.execute("SELECT count(*) FROM monmouth_undo WHERE block = 3 AND op = 'I'").fetchone() == (4,)
     e.apply(ChainCommitted(chain(bs[3:])))
     fork = extend(bs[2], 1, number=4, n_txs=0, salt=7)
     e.apply(ChainReorged(chain(bs[3:]), chain(fork)))
     e.apply(ChainReverted(chain(fork)))
     assert e.head == bs[2].ref
-    assert e.conn.execute("SELECT * FROM many_rows ORDER BY k").fetchall() == before
+    assert [e.conn.execute(q).fetchall() for q in everything.split("; ")] == before
     e.close()
 
 
