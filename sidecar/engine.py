@@ -35,7 +35,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .backends import Backend, Connection, UndoJournal
+from .backends import Backend, Connection, UndoJournal, execute_later
 from .config import EngineConfig
 from .errors import ContinuityError, PluginError, ReorgTooDeepError
 from .journal import Journal, JournalConflictError
@@ -268,7 +268,8 @@ class Engine:
                 try:
                     result = self._apply(conn, notification)
                     if token is not None:
-                        conn.execute("UPDATE monmouth_cursor SET source_token = ? WHERE id = 1", (json.dumps(token),))
+                        execute_later(conn, "UPDATE monmouth_cursor SET source_token = ? WHERE id = 1",
+                                      (json.dumps(token),))
                 except Exception as e:
                     if conn.in_transaction:  # SQLite may have rolled the whole transaction back (SQLITE_FULL, IOERR)
                         if savepoint:
@@ -426,8 +427,8 @@ class Engine:
             head = blocks[-1].ref
 
         now = time.time()
-        conn.execute(
-            "UPDATE monmouth_cursor SET number = ?, hash = ?, notifications = notifications + 1, "
+        execute_later(
+            conn, "UPDATE monmouth_cursor SET number = ?, hash = ?, notifications = notifications + 1, "
             "reorgs = reorgs + ?, updated_at = ? WHERE id = 1",
             (head.number if head else None, head.hash if head else None, 1 if reverted else 0, now),
         )
@@ -445,8 +446,8 @@ class Engine:
                 raise self.host.blame(e, "monmouth_block_applied", b.ref) from e
 
         changeset = self.journal.record(run, b.number)
-        conn.execute(
-            "INSERT INTO monmouth_blocks (number, hash, parent_hash, timestamp, changeset, applied_at) "
+        execute_later(
+            conn, "INSERT INTO monmouth_blocks (number, hash, parent_hash, timestamp, changeset, applied_at) "
             "VALUES (?, ?, ?, ?, ?, ?)",
             (b.number, b.hash, b.parent_hash, b.timestamp, changeset, time.time()),
         )
@@ -458,18 +459,18 @@ class Engine:
             self.host.hook.monmouth_block_reverted(conn=conn, block=b, notification=n)
         except Exception as e:
             raise self.host.blame(e, "monmouth_block_reverted", b.ref) from e
-        conn.execute("DELETE FROM monmouth_blocks WHERE number = ?", (b.number,))
+        execute_later(conn, "DELETE FROM monmouth_blocks WHERE number = ?", (b.number,))
 
     def _prune(self, conn: Connection, head_number: int, finalized: int | None) -> None:
         horizon = head_number - self.config.undo_window
         if finalized is not None:
             horizon = max(horizon, min(finalized, head_number))
         # The partial index monmouth_blocks_revertible makes this touch only the rows it prunes.
-        conn.execute(
-            "UPDATE monmouth_blocks SET changeset = NULL WHERE changeset IS NOT NULL AND number <= ?", (horizon,)
+        execute_later(
+            conn, "UPDATE monmouth_blocks SET changeset = NULL WHERE changeset IS NOT NULL AND number <= ?", (horizon,)
         )
         self.journal.prune(horizon)
-        conn.execute("DELETE FROM monmouth_blocks WHERE number <= ?", (head_number - self.config.history,))
+        execute_later(conn, "DELETE FROM monmouth_blocks WHERE number <= ?", (head_number - self.config.history,))
 
     # ------------------------------------------------------------------------------------------------ finalized
     def set_finalized(self, number: int) -> bool:
@@ -484,9 +485,10 @@ class Engine:
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute("UPDATE monmouth_cursor SET finalized = ? WHERE id = 1", (number,))
             if self._head is not None:
                 self._prune(conn, self._head.number, number)
+            # Executed after the prune, so it sends the prune's queued statements (execute_later) before the hooks.
+            conn.execute("UPDATE monmouth_cursor SET finalized = ? WHERE id = 1", (number,))
             try:
                 self.host.hook.monmouth_finalized(conn=conn, number=number)
             except Exception as e:

@@ -244,6 +244,148 @@ def test_a_connection_dropped_inside_a_notification_moves_nothing(pg_server, pg_
     ref.close()
 
 
+def test_queued_statements_ride_with_the_next_one_and_a_failing_one_fails_the_whole_transaction(pg_url):
+    """``PgConnection.defer`` (the engine's bookkeeping): queued statements run before the next statement, in order;
+    a ``ROLLBACK`` (whole or to a savepoint) drops them; one that fails rolls the whole transaction back, raised from
+    the statement that sent it (``COMMIT`` or any other), and ``in_transaction`` is then False."""
+    c = PgDatabase(pg_url, password=PASSWORD).connect()
+    c.execute("CREATE TABLE q (a integer PRIMARY KEY)")
+    rows = lambda: [r[0] for r in c.execute("SELECT a FROM q ORDER BY a").fetchall()]  # noqa: E731
+
+    c.execute("BEGIN")
+    c.defer("INSERT INTO q VALUES (?)", (1,))
+    c.defer("INSERT INTO q VALUES (?)", (2,))
+    assert rows() == [1, 2]  # sent before the SELECT
+    c.defer("INSERT INTO q VALUES (?)", (3,))
+    c.execute("COMMIT")
+    assert rows() == [1, 2, 3] and not c.in_transaction
+
+    c.execute("BEGIN")
+    c.execute("INSERT INTO q VALUES (4)")
+    c.execute("SAVEPOINT s")
+    c.defer("INSERT INTO q VALUES (?)", (5,))
+    c.execute("ROLLBACK TO s")
+    c.defer("INSERT INTO q VALUES (?)", (6,))
+    c.execute("RELEASE s")
+    c.execute("COMMIT")
+    assert rows() == [1, 2, 3, 4, 6]
+
+    c.execute("BEGIN")
+    c.execute("INSERT INTO q VALUES (7)")
+    c.defer("INSERT INTO q VALUES (?)", (1,))  # a duplicate key
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        c.execute("COMMIT")
+    assert not c.in_transaction and rows() == [1, 2, 3, 4, 6]
+
+    c.execute("BEGIN")
+    c.execute("INSERT INTO q VALUES (8)")
+    c.defer("INSERT INTO q VALUES (?)", (2,))
+    c.defer("INSERT INTO q VALUES (?)", (9,))
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        c.execute("SELECT 1")
+    assert not c.in_transaction and rows() == [1, 2, 3, 4, 6]
+    c.close()
+
+
+def test_executemany_of_a_plain_insert_runs_as_one_statement_with_the_same_rows_as_row_by_row(pg_server):
+    """A plain ``INSERT ... VALUES`` of many rows runs as one statement (PgConnection._batched; with ``DO UPDATE``
+    one per run of distinct keys) and leaves exactly the rows psycopg's row-by-row ``executemany`` leaves: every type
+    the columns convert (huge ints into numeric, str into jsonb, bytes, floats, booleans, NULLs), literals in
+    VALUES, ``ON CONFLICT DO NOTHING`` with duplicates inside the batch, ``DO UPDATE`` of one key several times; a
+    duplicate key is the same error; what cannot be batched (a DO UPDATE that may move a key or takes a parameter,
+    an array column, values of mixed Python types) runs row by row."""
+    ddl = ("CREATE TABLE t (k bigint PRIMARY KEY, h bytea, v numeric(78), s text, j jsonb, f double precision, "
+           "x boolean, n integer DEFAULT 5, arr integer[])")
+    ours, theirs = (PgDatabase(pg_server.database(), password=PASSWORD).connect() for _ in range(2))
+    rows = [(i, bytes([i]) * 3, 10**30 + i if i % 2 else i, f"s{i}%?'", f'{{"a": {i}}}', i / 3, i % 2 == 0)
+            for i in range(1, 30)]
+    cases = [("INSERT INTO t (k, h, v, s, j, f, x) VALUES (?, ?, ?, ?, ?, ?, ?)", rows, True),
+             ("INSERT INTO t (k, s, n) VALUES (?, NULL, 7) ON CONFLICT (k) DO NOTHING",
+              [(1,), (100,), (100,), (101,)], True),
+             ("INSERT INTO t (k, n, v) VALUES (?, ?, ?) ON CONFLICT (k) DO UPDATE SET n = t.n + excluded.n, "
+              "v = coalesce(t.v, 0) + excluded.v", [(1, 1, 10**40), (1, 2, 5), (102, 3, 1), (1, 4, 1), (102, 5, 2)],
+              True),
+             ("INSERT INTO t (k, s) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET s = t.s || excluded.s",
+              [(1, "a"), (1, "b"), (1, "c")], True),
+             ("INSERT INTO t (k, n) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET k = excluded.k + 1000",
+              [(1, 1), (2, 2)], False),
+             ("INSERT INTO t (k, n) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET n = ?", [(1, 1, 7), (2, 2, 8)], False),
+             ("INSERT INTO t (k, arr) VALUES (?, ?)", [(103, [1, 2]), (104, [3])], False),
+             ("INSERT INTO t (k, f) VALUES (?, ?)", [(105, 1), (106, 1.5)], False)]
+    for c in (ours, theirs):
+        c.execute(ddl)
+    for sql, batch, one in cases:
+        assert (ours._batched(sql, batch) is not None) is one, sql
+        ours.executemany(sql, batch)
+        with theirs.raw.cursor() as cur:
+            cur.executemany(sql.replace("?", "%s"), batch)
+        everything = "SELECT * FROM t ORDER BY k"
+        assert ours.execute(everything).fetchall() == theirs.execute(everything).fetchall(), sql
+    with pytest.raises(psycopg.errors.UniqueViolation, match=r"Key \(k\)=\(300\)"):
+        ours.executemany("INSERT INTO t (k) VALUES (?)", [(300,), (300,)])
+
+
+def test_a_batched_insert_is_journaled_row_by_row_and_reverted_exactly(pg_url):
+    """The rows of a one-statement ``executemany`` go through the undo trigger each, in order: a reorg reverts the
+    block exactly."""
+
+    class Many:
+        monmouth_backends = hookimpl(lambda self: BOTH)
+        monmouth_migrations = hookimpl(lambda self: ["CREATE TABLE many_rows (k bytea PRIMARY KEY, n bigint, s text); "
+                                                     "CREATE TABLE many_totals (k bytea PRIMARY KEY, n bigint)"])
+
+        @hookimpl
+        def monmouth_block_applied(self, conn, block, notification):
+            assert conn._batched("INSERT INTO many_rows (k, n, s) VALUES (?, ?, ?)", [(b"", 0, ""), (b"", 0, "")])
+            conn.executemany("INSERT INTO many_rows (k, n, s) VALUES (?, ?, ?)",
+                             [(t.hash, block.number, t.sender.hex()) for t in block.transactions])
+            conn.executemany("DELETE FROM many_rows WHERE n = ?", [(block.number - 2,), (block.number - 3,)])
+            upsert = ("INSERT INTO many_totals (k, n) VALUES (?, ?) ON CONFLICT (k) DO UPDATE "
+                      "SET n = many_totals.n + excluded.n")
+            keys = [bytes([i % 3]) for i in range(block.number + 3)]  # each key several times in a row's run
+            assert len(conn._batched(upsert, [(k, 1) for k in keys])) > 1
+            conn.executemany(upsert, [(k, block.number) for k in keys])
+
+    e = make_engine(pg_url, {"many": Many()})
+    bs = extend(None, 5, number=1, n_txs=4)
+    e.apply(ChainCommitted(chain(bs[:3])))
+    everything = "SELECT * FROM many_rows ORDER BY k; SELECT * FROM many_totals ORDER BY k"
+    before = [e.conn.execute(q).fetchall() for q in everything.split("; ")]
+    assert e.conn.execute("SELECT count(*) FROM monmouth_undo WHERE block = 3 AND op = 'I'").fetchone() == (4,)
+    e.apply(ChainCommitted(chain(bs[3:])))
+    fork = extend(bs[2], 1, number=4, n_txs=0, salt=7)
+    e.apply(ChainReorged(chain(bs[3:]), chain(fork)))
+    e.apply(ChainReverted(chain(fork)))
+    assert e.head == bs[2].ref
+    assert [e.conn.execute(q).fetchall() for q in everything.split("; ")] == before
+    e.close()
+
+
+def test_a_failing_bookkeeping_statement_of_a_group_commit_writes_nothing_of_the_batch(pg_url):
+    """The engine queues its cursor update; when it fails (here a trigger refuses block 3's), the batch's transaction
+    is gone whole: apply_many raises, the head and token stay at the last commit, no block of the batch is stored,
+    and the next notifications apply normally."""
+    e = make_engine(pg_url, {"ledger": ledger})
+    bs = extend(None, 5, number=1, n_txs=2)
+    e.apply(ChainCommitted(chain(bs[:1])), 1)
+    e.conn.execute("""
+        CREATE FUNCTION refuse_3() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN IF NEW.number = 3 THEN RAISE EXCEPTION 'cursor 3 refused'; END IF; RETURN NEW; END $$;
+        CREATE TRIGGER refuse_3 BEFORE UPDATE ON monmouth_cursor FOR EACH ROW EXECUTE FUNCTION refuse_3()""")
+    items = [(ChainCommitted(chain(bs[1:2])), 2), (ChainCommitted(chain(bs[2:3])), 3),
+             (ChainCommitted(chain(bs[3:4])), 4)]
+    with pytest.raises(psycopg.errors.RaiseException, match="cursor 3 refused"):
+        e.apply_many(items)
+    assert e.head == bs[0].ref and e.source_token == 1 and not e.conn.in_transaction
+    assert e.conn.execute("SELECT max(number) FROM monmouth_blocks").fetchone() == (1,)
+    assert e.conn.execute("SELECT count(*) FROM ledger_transfers").fetchone() == (2,)
+    e.conn.execute("DROP TRIGGER refuse_3 ON monmouth_cursor")
+    results, error = e.apply_many(items)
+    assert error is None and e.head == bs[3].ref and e.source_token == 4
+    assert e.conn.execute("SELECT count(*) FROM ledger_transfers").fetchone() == (8,)
+    e.close()
+
+
 class SqliteOnly:
     @hookimpl
     def monmouth_migrations(self):

@@ -103,6 +103,19 @@ class Connection(Protocol):
     def close(self) -> None: ...
 
 
+def execute_later(conn: Connection, statements: str, bindings: Any = None) -> None:
+    """Run a bookkeeping statement whose result nobody reads, inside an open transaction: at once on SQLite (in
+    process, nothing to save); on PostgreSQL queued and sent with the connection's next statement, in one round trip
+    (:meth:`sidecar.backends.postgres.PgConnection.defer`; a failure there rolls the whole transaction back). Only
+    for statements the engine runs between its own: call something that executes (``execute``) before handing the
+    connection to plugin code."""
+    defer = getattr(conn, "defer", None)
+    if defer is None:
+        conn.execute(statements, bindings)
+    else:
+        defer(statements, bindings)
+
+
 class UndoJournal(Protocol):
     """Per-block undo data of the journaled plugin tables (see :class:`sidecar.journal.Journal`)."""
 
