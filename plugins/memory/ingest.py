@@ -41,7 +41,7 @@ from . import dialect, merkle
 from .agents import Agents, Counters
 from .config import MemoryConfig
 from .crypto import KeyStore, MissingKeyError, aad
-from .items import index_item, seal
+from .items import ToIndex, index_items, seal
 from .lattice import Lattice
 from .merkle import canonical_json, keccak
 from .registrations import Registrations
@@ -350,31 +350,43 @@ class ChainIngest:
                                    ).fetchone() is None:
                 return 0
             with self.write() as w:
-                return self.settle(w, limit, until)
+                return self._settle(w, limit, top, index=True)
+        return self._settle(conn, limit, top, index=False)
+
+    def _settle(self, conn: apsw.Connection, limit: int, top: int, index: bool) -> int:
         rows = all_rows(conn, "SELECT block_number, block_hash, ts, ops_from, ops_to, stamp, agents, block FROM "
                               "memory_pending WHERE block_number <= ? ORDER BY block_number LIMIT ?", (top, limit))
         if not rows:
             return 0
         dialect.of(conn).chain_write(conn)
         self.lattice.flush(conn)
+        if index:  # index the new chain items here too, unless indexing is behind (then index_episodes does)
+            top_n = scalar(conn, "SELECT max(n) FROM memory_items")
+            index = top_n is None or top_n <= scalar(conn, "SELECT indexed_n FROM memory_state WHERE id = 1")
         t0 = time.monotonic()
         done = 0
+        new: list[ToIndex] = []
         for row in rows:
-            self._settle_block(conn, _Pending(*row))
+            new += self._settle_block(conn, _Pending(*row))
             done += 1
             if time.monotonic() - t0 > SETTLE_BUDGET_S:
                 break
         conn.execute("DELETE FROM memory_pending WHERE block_number <= ?", (rows[done - 1][0],))
+        if index and new:
+            index_items(conn, new)
+            conn.execute("UPDATE memory_state SET indexed_n = ? WHERE id = 1", (new[-1][2],))
         return done
 
-    def _settle_block(self, conn: apsw.Connection, p: _Pending) -> None:
+    def _settle_block(self, conn: apsw.Connection, p: _Pending) -> list[ToIndex]:
+        """Settle one recorded block; returns its chain items as :func:`.items.index_items` takes them."""
         number, stamp = p.number, p.stamp
         forgot = scalar(conn, "SELECT forgot_stamp FROM memory_state WHERE id = 1")
         touched: dict[bytes, int] = {}  # agent -> change of its visible item count
+        new: list[ToIndex] = []
         if p.agents and p.block:
             agents = {p.agents[i:i + 20] for i in range(0, len(p.agents), 20)}
             block, positions = restore_block(p.block)
-            self._episodes(conn, block, agents, positions, touched)
+            new = self._episodes(conn, block, agents, positions, touched)
         _anchor(conn, p, touched)
         _expire(conn, p, touched)
         prev = conn.execute("SELECT agents, stamp FROM memory_blocks ORDER BY block_number DESC LIMIT 1").fetchone()
@@ -407,9 +419,10 @@ class ChainIngest:
                      (number, p.hash, agents_n, p.ops_to, stamp))
         if number % self.config.prune_every == 0:
             _prune(conn, number - self.config.retention_blocks)
+        return new
 
     def _episodes(self, conn: apsw.Connection, block: Any, agents: set[bytes], positions: set[int],
-                  touched: dict[bytes, int]) -> None:
+                  touched: dict[bytes, int]) -> list[ToIndex]:
         renderer = self.find_renderer()
         render = renderer.render_transaction if renderer is not None else None
         eps: list[Episode] = []
@@ -455,6 +468,7 @@ class ChainIngest:
         base = block.number << EPISODE_SHIFT
         episodic = KINDS["episodic"]
         items, leaves = [], []
+        new: list[ToIndex] = []
         for j, ep in enumerate(eps):
             try:
                 k = self.keys.get(ep.agent)
@@ -469,8 +483,9 @@ class ChainIngest:
                           block.number, block.hash))
             leaves.append((ep.agent, ep.item_id, block.number, episodic, com, block.hash,
                            merkle.item_leaf(ep.item_id, ep.agent, episodic, 1, block.number, com)))
+            new.append((k, ep.agent, base | j, ep.text, ep.tags))
             touched[ep.agent] = touched.get(ep.agent, 0) + 1
-        # Two rows per episode here; its tags, FTS5 entry and embedding come after the commit (index_episodes).
+        # Two rows per episode here; its tags, FTS5 entry and embedding-queue row are written by the caller.
         conn.executemany(
             "INSERT INTO memory_items (n, id, agent, kind, origin, version, key_hash, nonce, ct, commitment, "
             "ttl_seconds, ttl_blocks, expires_at, created_at, updated_at, head_number, head_hash) "
@@ -479,6 +494,7 @@ class ChainIngest:
             "INSERT INTO memory_leaves (agent, item_id, from_block, to_block, version, kind, commitment, "
             "anchor_hash, leaf, expires_block, expires_ts, end_reason) VALUES (?, ?, ?, NULL, 1, ?, ?, ?, ?, "
             "NULL, NULL, NULL)", leaves)
+        return new
 
     def revert_block(self, conn: apsw.Connection, block: Any) -> None:
         """The ``monmouth_block_reverted`` work. The journal already restored ``memory_sync`` and the registry. First
@@ -522,6 +538,7 @@ class ChainIngest:
             mark = scalar(w, "SELECT indexed_n FROM memory_state WHERE id = 1")
             rows = all_rows(w, "SELECT n, id, agent, version, nonce, ct FROM memory_items WHERE n > ? ORDER BY n "
                                "LIMIT ?", (mark, limit))
+            todo: list[ToIndex] = []
             for n, item_id, agent, version, nonce, ct in rows:
                 try:
                     k = self.keys.get(agent)
@@ -530,7 +547,8 @@ class ChainIngest:
                     log.error("chain item %s of agent 0x%s not indexed: %s", hx(item_id), agent.hex(),
                               type(e).__name__)
                     continue
-                index_item(w, k, agent, n, p["c"].decode() if p["t"] == 0 else None, p["g"])
+                todo.append((k, agent, n, p["c"].decode() if p["t"] == 0 else None, p["g"]))
+            index_items(w, todo)
             if rows:
                 w.execute("UPDATE memory_state SET indexed_n = ? WHERE id = 1", (rows[-1][0],))
         return len(rows)
