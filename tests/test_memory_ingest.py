@@ -10,6 +10,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from monmouth.types import Chain, ChainCommitted, ChainReorged
 from monmouth_memory import ingest, merkle
@@ -92,6 +94,14 @@ def test_settling_commits_after_its_time_budget_and_catches_up_in_order(tmp_path
         assert e.conn.execute("SELECT max(block_number) FROM memory_blocks").fetchone()[0] == 5
     finally:
         close(e)
+
+
+@settings(max_examples=300, deadline=None)
+@given(meta=st.dictionaries(st.text(), st.one_of(st.text(), st.integers(-(2**63), 2**64 - 1), st.none())))
+def test_episode_metadata_json_is_the_canonical_json_of_commitments(meta):
+    """Settling encodes an episode's metadata (strings, integers, nulls) with msgspec: the bytes must be
+    :func:`.merkle.canonical_json`'s, which commitments (and exports, verified on import) are computed over."""
+    assert ingest._META_JSON.encode(meta).decode() == merkle.canonical_json(meta)
 
 
 INDEX_TABLES = {"memory_tags": "SELECT agent, tag, n FROM memory_tags",

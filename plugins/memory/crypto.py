@@ -242,17 +242,23 @@ class AgentKey:
         return " ".join(self._tokens(_WORD.findall(text.lower())))
 
     def _tokens(self, words: list[str]) -> list[str]:
-        cache, out = self._tok, []
-        for w in words:
-            t = cache.get(w)
+        cache = self._tok
+        out = [cache.get(w) for w in words]  # most words of a text were seen before
+        if None not in out:
+            return out  # type: ignore[return-value]
+        inner, outer = self._tok_inner, self._outer
+        for i, t in enumerate(out):
             if t is None:
-                b = w.encode()
-                t = self._hmac(self._tok_inner, len(b).to_bytes(4, "big") + b)[:6].hex()  # = mac(b"tok", b)[:6]
+                b = words[i].encode()
+                h = inner.copy()  # = mac(b"tok", b)[:6], as _hmac, inlined: settling computes ~10 per episode
+                h.update(len(b).to_bytes(4, "big") + b)
+                o = outer.copy()
+                o.update(h.digest())
+                out[i] = t = o.digest()[:6].hex()
                 if len(cache) >= _CACHE_MAX:
                     cache.clear()
-                cache[w] = t
-            out.append(t)
-        return out
+                cache[words[i]] = t
+        return out  # type: ignore[return-value]
 
     def token_list(self, text: str) -> list[str]:
         """Distinct keyed tokens of ``text``, in order of first appearance."""

@@ -16,8 +16,9 @@ Two steps, so that applying a block costs the engine a few appended rows whateve
 
 A revert removes the block's pending row (declared trimmed) or, when it was settled, what settling derived
 (:func:`revert_block`). No Merkle tree is built here: the new leaves are hashed; roots are computed on demand by
-:mod:`.lattice`. Chain-derived items are indexed (tags, FTS5, embedding queue) later still, by
-:func:`index_episodes`.
+:mod:`.lattice`. Chain-derived items are indexed (tags, FTS5, embedding queue) by the settle transaction when it is
+the plugin's own and indexing is caught up (from the plaintext it just sealed), else later by
+:func:`index_episodes` (from the stored ciphertexts): the same rows.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from .config import MemoryConfig
 from .crypto import KeyStore, MissingKeyError, aad
 from .items import ToIndex, index_items, seal
 from .lattice import Lattice
-from .merkle import canonical_json, keccak
+from .merkle import keccak
 from .registrations import Registrations
 from .schema import (
     END_DELETED,
@@ -130,6 +131,9 @@ class Recorded(msgspec.Struct, frozen=True):
 
 
 _RECORD_JSON = msgspec.json.Encoder()
+#: :func:`.merkle.canonical_json` of an episode's metadata (string, integer and null values: the same bytes, tested;
+#: ~7x faster than ``json.dumps``).
+_META_JSON = msgspec.json.Encoder(order="sorted")
 _RECORD_DECODER = msgspec.json.Decoder(Recorded)
 _FILLER_TX = Transaction(bytes(32), 0, bytes(20), None, 0, b"", 0, 0)
 _FILLER_LOG = Log(bytes(20), (), b"")
@@ -340,9 +344,11 @@ class ChainIngest:
         block that takes it past :data:`SETTLE_BUDGET_S`. Returns how many blocks were settled (0: up to date).
 
         Runs in one write transaction: ``conn``'s when given (the caller holds SQLite's write lock: a forget, or a
-        chain hook of another plugin), else the plugin's own. A revert of a block removes its pending row (the engine
-        trims ``memory_pending``) or, once settled, what it derived (:func:`revert_block`); both take the write lock,
-        so each sees the other whole.
+        chain hook of another plugin), else the plugin's own, which also indexes the new chain items
+        (:func:`.items.index_items`) and moves the watermark ``memory_state.indexed_n`` to them, when every item
+        before them was indexed (otherwise :meth:`index_episodes` catches up first). A revert of a block removes its
+        pending row (the engine trims ``memory_pending``) or, once settled, what it derived (:func:`revert_block`);
+        both take the write lock, so each sees the other whole.
         """
         top = (1 << 63) - 1 if until is None else until
         if conn is None:
@@ -478,7 +484,7 @@ class ChainIngest:
                           block.number, e)
                 continue
             com, nonce, ct = seal(k, ep.agent, ep.item_id, 1, ep.text.encode(), 0, "", ep.tags,
-                                        canonical_json(ep.meta), 0, 0, nonce=k.det_nonce(ep.item_id, 1))
+                                  _META_JSON.encode(ep.meta).decode(), 0, 0, nonce=k.det_nonce(ep.item_id, 1))
             items.append((base | j, ep.item_id, ep.agent, episodic, nonce, ct, com, block.timestamp, block.timestamp,
                           block.number, block.hash))
             leaves.append((ep.agent, ep.item_id, block.number, episodic, com, block.hash,
@@ -525,9 +531,10 @@ class ChainIngest:
         engine's). Returns how many items it went through (0: up to date).
 
         Runs on the worker thread after every block, and from reads (:meth:`Memory.ensure_indexed`) that find it
-        behind. A revert of block ``b`` deletes these rows by row id range and lowers the watermark below ``b << 20``
-        in the engine's transaction; both take SQLite's write lock, so each sees the other whole. An item whose key
-        is missing (or does not open it) is logged and passed over.
+        behind: only items settled inside another transaction (or before settling indexed them) are left to it. A
+        revert of block ``b`` deletes these rows by row id range and lowers the watermark below ``b << 20`` in the
+        engine's transaction; both take SQLite's write lock, so each sees the other whole. An item whose key is
+        missing (or does not open it) is logged and passed over.
         """
         conn = self.db.reader()
         mark = scalar(conn, "SELECT indexed_n FROM memory_state WHERE id = 1")
