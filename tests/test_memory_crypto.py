@@ -21,7 +21,8 @@ def reference_mac(raw: bytes, label: bytes, *parts: bytes) -> bytes:
 
 @settings(max_examples=200, deadline=None)
 @given(raw=st.binary(min_size=32, max_size=32), item_id=st.binary(min_size=32, max_size=32),
-       version=st.integers(0, 2**32 - 1), words=st.lists(st.text(min_size=1, max_size=80), max_size=8),
+       version=st.integers(0, 2**32 - 1), words=st.lists(st.text(min_size=1, max_size=80) | st.text(st.characters(max_codepoint=127), min_size=1),
+                                max_size=8),
        label=st.binary(max_size=40), parts=st.lists(st.binary(max_size=200), max_size=4))
 def test_keyed_hashes_equal_one_shot_hmac(raw: bytes, item_id: bytes, version: int, words: list[str], label: bytes,
                                           parts: list[bytes]) -> None:
