@@ -119,24 +119,28 @@ def index_rows(conn) -> dict[str, list[tuple]]:
 def test_settling_indexes_its_items_in_its_transaction_unless_indexing_is_behind(tmp_path, storage_of):
     """The plugin's own settle transaction writes its chain items' tags, keyed tokens and embedding-queue rows
     (the same rows ``index_episodes`` writes from the stored ciphertexts) and moves the watermark; settling inside
-    another transaction (a write of the plugin, another plugin's chain hook) leaves them to ``index_episodes``,
-    and while that backlog lasts the plugin's settling does not index either (the watermark only moves up)."""
+    another transaction (a write of the plugin, another plugin's chain hook), or the worker's while the engine is
+    busy (``index=False``), leaves them to ``index_episodes``, and while that backlog lasts the plugin's settling
+    does not index either (the watermark only moves up)."""
     agents = ["0x" + address(i).hex() for i in range(8)]  # every account of the synthetic blocks
     blocks = extend(None, 3, number=1, n_txs=4)
     result = []
-    for name, inline in (("inline", True), ("deferred", False)):
+    for name in ("inline", "other transaction", "engine busy"):
         e, p = make_memory_engine(storage_of(f"{name}.sqlite"), {"key_dir": str(tmp_path / "keys"), "agents": agents,
                                                                 "embed": False})
         mem = p.memory
         try:
             e.apply(ChainCommitted(chain(blocks[:1])))
-            if inline:
+            if name == "inline":
                 assert ingest.settle(mem) == 1
                 assert index_rows(e.conn)["memory_fts"] and mem.ingest.index_episodes() == 0  # nothing left
                 e.apply(ChainCommitted(chain(blocks[1:2])))
             else:
-                with mem.ingest.write() as w:  # as a write of the plugin settles first
-                    mem.ensure_settled(w)
+                if name == "engine busy":
+                    assert mem.ingest.settle(index=False) == 1  # what the worker does while blocks keep coming
+                else:
+                    with mem.ingest.write() as w:  # as a write of the plugin settles first
+                        mem.ensure_settled(w)
                 assert not index_rows(e.conn)["memory_fts"]
                 e.apply(ChainCommitted(chain(blocks[1:2])))
                 assert ingest.settle(mem) == 1  # behind: block 2 is not indexed either
@@ -148,8 +152,8 @@ def test_settling_indexes_its_items_in_its_transaction_unless_indexing_is_behind
             result.append(index_rows(e.conn))
         finally:
             close(e)
-    inline_rows, deferred_rows = result
-    assert inline_rows == deferred_rows
+    inline_rows = result[0]
+    assert result == [inline_rows] * 3
     n_items = len(inline_rows["memory_embed_queue"])
     assert n_items >= 24 and len(inline_rows["memory_fts"]) == n_items
     assert len(inline_rows["memory_tags"]) == 3 * n_items  # chain, transaction or transfer, the direction

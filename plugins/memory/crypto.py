@@ -256,16 +256,17 @@ class AgentKey:
             return out  # type: ignore[return-value]
         inner, outer = self._tok_inner, self._outer
         for i, t in enumerate(out):
-            if t is None:
-                b = words[i].encode()
+            if t is None and (t := cache.get(w := words[i])) is None:  # (a word seen twice: computed once)
+                b = w.encode()
                 h = inner.copy()  # = mac(b"tok", b)[:6], as _hmac, inlined: settling computes ~10 per episode
                 h.update(len(b).to_bytes(4, "big") + b)
                 o = outer.copy()
                 o.update(h.digest())
-                out[i] = t = o.digest()[:6].hex()
+                t = o.digest()[:6].hex()
                 if len(cache) >= _CACHE_MAX:
                     cache.clear()
-                cache[words[i]] = t
+                cache[w] = t
+            out[i] = t
         return out  # type: ignore[return-value]
 
     def token_list(self, text: str) -> list[str]:

@@ -336,7 +336,7 @@ class ChainIngest:
         return out, positions
 
     def settle(self, conn: apsw.Connection | None = None, limit: int = SETTLE_BATCH,
-               until: int | None = None) -> int:
+               until: int | None = None, index: bool = True) -> int:
         """Derive the lattice rows of up to ``limit`` recorded blocks (``memory_pending``), oldest first, each exactly
         as the chain hook used to inside the block's transaction: chain-derived episodes (item and leaf rows), the
         anchoring of the API ops of its range, expiry, one mark per agent whose visible set changed, the block's row,
@@ -346,9 +346,10 @@ class ChainIngest:
         Runs in one write transaction: ``conn``'s when given (the caller holds SQLite's write lock: a forget, or a
         chain hook of another plugin), else the plugin's own, which also indexes the new chain items
         (:func:`.items.index_items`) and moves the watermark ``memory_state.indexed_n`` to them, when every item
-        before them was indexed (otherwise :meth:`index_episodes` catches up first). A revert of a block removes its
-        pending row (the engine trims ``memory_pending``) or, once settled, what it derived (:func:`revert_block`);
-        both take the write lock, so each sees the other whole.
+        before them was indexed (otherwise :meth:`index_episodes` catches up first) and ``index`` is true (the
+        worker passes false while the engine is busy, keeping its transactions as short as settling alone). A
+        revert of a block removes its pending row (the engine trims ``memory_pending``) or, once settled, what it
+        derived (:func:`revert_block`); both take the write lock, so each sees the other whole.
         """
         top = (1 << 63) - 1 if until is None else until
         if conn is None:
@@ -356,7 +357,7 @@ class ChainIngest:
                                    ).fetchone() is None:
                 return 0
             with self.write() as w:
-                return self._settle(w, limit, top, index=True)
+                return self._settle(w, limit, top, index)
         return self._settle(conn, limit, top, index=False)
 
     def _settle(self, conn: apsw.Connection, limit: int, top: int, index: bool) -> int:
