@@ -10,6 +10,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from monmouth.types import Chain, ChainCommitted, ChainReorged
 from monmouth_memory import ingest, merkle
@@ -92,6 +94,70 @@ def test_settling_commits_after_its_time_budget_and_catches_up_in_order(tmp_path
         assert e.conn.execute("SELECT max(block_number) FROM memory_blocks").fetchone()[0] == 5
     finally:
         close(e)
+
+
+@settings(max_examples=300, deadline=None)
+@given(meta=st.dictionaries(st.text(), st.one_of(st.text(), st.integers(-(2**63), 2**64 - 1), st.none())))
+def test_episode_metadata_json_is_the_canonical_json_of_commitments(meta):
+    """Settling encodes an episode's metadata (strings, integers, nulls) with msgspec: the bytes must be
+    :func:`.merkle.canonical_json`'s, which commitments (and exports, verified on import) are computed over."""
+    assert ingest._META_JSON.encode(meta).decode() == merkle.canonical_json(meta)
+
+
+INDEX_TABLES = {"memory_tags": "SELECT agent, tag, n FROM memory_tags",
+                "memory_fts": "SELECT n, tokens FROM memory_fts", "memory_embed_queue": "SELECT n FROM memory_embed_queue",
+                "memory_state": "SELECT indexed_n FROM memory_state"}
+
+
+def index_rows(conn) -> dict[str, list[tuple]]:
+    fts = "SELECT n, tokens FROM memory_fts" if getattr(conn, "backend", "sqlite") == "postgres" else \
+        "SELECT rowid, tokens FROM memory_fts"
+    return {t: sorted(tuple(r) for r in conn.execute(fts if t == "memory_fts" else q).fetchall())
+            for t, q in INDEX_TABLES.items()}
+
+
+def test_settling_indexes_its_items_in_its_transaction_unless_indexing_is_behind(tmp_path, storage_of):
+    """The plugin's own settle transaction writes its chain items' tags, keyed tokens and embedding-queue rows
+    (the same rows ``index_episodes`` writes from the stored ciphertexts) and moves the watermark; settling inside
+    another transaction (a write of the plugin, another plugin's chain hook), or the worker's while the engine is
+    busy (``index=False``), leaves them to ``index_episodes``, and while that backlog lasts the plugin's settling
+    does not index either (the watermark only moves up)."""
+    agents = ["0x" + address(i).hex() for i in range(8)]  # every account of the synthetic blocks
+    blocks = extend(None, 3, number=1, n_txs=4)
+    result = []
+    for name in ("inline", "other transaction", "engine busy"):
+        e, p = make_memory_engine(storage_of(f"{name}.sqlite"), {"key_dir": str(tmp_path / "keys"), "agents": agents,
+                                                                "embed": False})
+        mem = p.memory
+        try:
+            e.apply(ChainCommitted(chain(blocks[:1])))
+            if name == "inline":
+                assert ingest.settle(mem) == 1
+                assert index_rows(e.conn)["memory_fts"] and mem.ingest.index_episodes() == 0  # nothing left
+                e.apply(ChainCommitted(chain(blocks[1:2])))
+            else:
+                if name == "engine busy":
+                    assert mem.ingest.settle(index=False) == 1  # what the worker does while blocks keep coming
+                else:
+                    with mem.ingest.write() as w:  # as a write of the plugin settles first
+                        mem.ensure_settled(w)
+                assert not index_rows(e.conn)["memory_fts"]
+                e.apply(ChainCommitted(chain(blocks[1:2])))
+                assert ingest.settle(mem) == 1  # behind: block 2 is not indexed either
+                assert not index_rows(e.conn)["memory_fts"]
+                assert mem.ingest.index_episodes() > 0
+            e.apply(ChainCommitted(chain(blocks[2:])))
+            assert ingest.settle(mem) > 0
+            assert mem.ingest.index_episodes() == 0  # caught up, so settling indexed the rest
+            result.append(index_rows(e.conn))
+        finally:
+            close(e)
+    inline_rows = result[0]
+    assert result == [inline_rows] * 3
+    n_items = len(inline_rows["memory_embed_queue"])
+    assert n_items >= 24 and len(inline_rows["memory_fts"]) == n_items
+    assert len(inline_rows["memory_tags"]) == 3 * n_items  # chain, transaction or transfer, the direction
+    assert inline_rows["memory_state"] == [(max(r[0] for r in inline_rows["memory_embed_queue"]),)]
 
 
 SCHEMA4 = Path(__file__).parent / "fixtures" / "memory_schema4"

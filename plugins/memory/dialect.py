@@ -90,8 +90,9 @@ class Sqlite:
             conn.pragma("synchronous", db.synchronous)
 
     @staticmethod
-    def fts_add(conn: Any, n: int, tokens: str) -> None:
-        conn.execute("INSERT INTO memory_fts (rowid, tokens) VALUES (?, ?)", (n, tokens))
+    def fts_add(conn: Any, rows: Sequence[tuple[int, str]]) -> None:
+        """Add the keyed full-text entries ``(n, space-separated tokens)``."""
+        conn.executemany("INSERT INTO memory_fts (rowid, tokens) VALUES (?, ?)", rows)
 
     @staticmethod
     def fts_remove(conn: Any, ns: Sequence[int]) -> None:
@@ -165,8 +166,8 @@ class Postgres:
     INSERT_FTS = "INSERT INTO memory_fts (n, tokens) VALUES (?, ?::tsvector)"
 
     @staticmethod
-    def fts_add(conn: Any, n: int, tokens: str) -> None:
-        conn.execute(Postgres.INSERT_FTS, (n, Postgres.tsvector(tokens)))
+    def fts_add(conn: Any, rows: Sequence[tuple[int, str]]) -> None:
+        conn.executemany(Postgres.INSERT_FTS, [(n, Postgres.tsvector(tokens)) for n, tokens in rows])
 
     @staticmethod
     def fts_remove(conn: Any, ns: Sequence[int]) -> None:

@@ -52,12 +52,22 @@ def seal(k: AgentKey, agent: bytes, item_id: bytes, version: int, content: bytes
 def index_item(conn: apsw.Connection, k: AgentKey, agent: bytes, n: int, text: str | None,
                tags: Sequence[str]) -> None:
     """Write item ``n``'s keyed tag hashes, FTS5 keyed tokens (text items) and embedding-queue row."""
-    for t in dict.fromkeys(tags):
-        conn.execute("INSERT INTO memory_tags (agent, tag, n) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                     (agent, k.tag_hash(t), n))
-    if text:
-        dialect.of(conn).fts_add(conn, n, k.tokens(text))
-    conn.execute("INSERT INTO memory_embed_queue (n) VALUES (?) ON CONFLICT DO NOTHING", (n,))
+    index_items(conn, [(k, agent, n, text, tags)])
+
+
+#: One item to index: its agent's key, agent, row id ``n``, text (``None``: bytes content) and tags.
+ToIndex = tuple[AgentKey, bytes, int, "str | None", Sequence[str]]
+
+
+def index_items(conn: apsw.Connection, items: Sequence[ToIndex]) -> None:
+    """:func:`index_item` of many items, one statement per table (``executemany``): the same rows."""
+    conn.executemany("INSERT INTO memory_tags (agent, tag, n) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                     [(agent, k.tag_hash(t), n) for k, agent, n, _, tags in items for t in dict.fromkeys(tags)])
+    fts = [(n, k.tokens(text)) for k, _, n, text, _ in items if text]
+    if fts:
+        dialect.of(conn).fts_add(conn, fts)
+    conn.executemany("INSERT INTO memory_embed_queue (n) VALUES (?) ON CONFLICT DO NOTHING",
+                     [(n,) for _, _, n, _, _ in items])
 
 
 def unindex_item(conn: apsw.Connection, agent: bytes, n: int) -> None:

@@ -18,6 +18,7 @@ package itself, and verify proofs on chain with OpenZeppelin's ``MerkleProof.ver
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -185,6 +186,17 @@ def _dynamic_tail(b: bytes) -> bytes:
     return _word(len(b)) + b + b"\x00" * (-len(b) % 32)
 
 
+@functools.lru_cache(maxsize=1024)
+def _tags_tail(tags: tuple[str, ...]) -> bytes:
+    """ABI tail of ``string[]`` (cached: chain episodes have a few distinct tag lists)."""
+    elems = [_dynamic_tail(t.encode()) for t in tags]
+    offsets, off = [], 32 * len(elems)
+    for e in elems:
+        offsets.append(_word(off))
+        off += len(e)
+    return _word(len(elems)) + b"".join(offsets) + b"".join(elems)
+
+
 def commitment_encoded(salt: bytes, content_type: int, content: bytes, key: str, tags: Sequence[str],
                        metadata_json: str, ttl_seconds: int, ttl_blocks: int) -> bytes:
     """``abi.encode(COMMITMENT_TYPES, values)``, by hand (eth-abi is ~100 us per call; the tests compare both).
@@ -196,12 +208,7 @@ def commitment_encoded(salt: bytes, content_type: int, content: bytes, key: str,
         raise ValueError("commitment value out of range")
     t_content, t_key = _dynamic_tail(content), _dynamic_tail(key.encode())
     t_meta = _dynamic_tail(metadata_json.encode())
-    elems = [_dynamic_tail(t.encode()) for t in tags]
-    offsets, off = [], 32 * len(elems)
-    for e in elems:
-        offsets.append(_word(off))
-        off += len(e)
-    t_tags = _word(len(elems)) + b"".join(offsets) + b"".join(elems)
+    t_tags = _tags_tail(tuple(tags))
     o_content = 32 * 8
     o_key = o_content + len(t_content)
     o_tags = o_key + len(t_key)

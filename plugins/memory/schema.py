@@ -17,10 +17,10 @@ Which code writes which table matters for the reorg journal (see ``docs/memory.m
   of API writes, anchored by the chain hook at the next block), and the API rows of ``memory_items`` /
   ``memory_tags``;
 * **indexes of chain-derived items**: their ``memory_tags`` rows, FTS5 entries and embedding-queue rows are written
-  after the block committed, by :func:`.ingest.index_episodes` (the worker thread, or a read that finds it behind),
-  up to the watermark ``memory_state.indexed_n``; a revert of block ``b`` deletes them by row id range (``n >= b <<
-  20``) and lowers the watermark below it. Keeping them off the block's transaction keeps the chain hook to two
-  rows per episode (the item and its leaf);
+  after the block committed, by the plugin's own settle transaction or else by :func:`.ingest.index_episodes` (the
+  worker thread, or a read that finds it behind), up to the watermark ``memory_state.indexed_n``; a revert of
+  block ``b`` deletes them by row id range (``n >= b << 20``) and lowers the watermark below it. Keeping them off
+  the block's transaction keeps the chain hook to two rows per episode (the item and its leaf);
 * **registrations**: ``memory_agents`` is written by the API, the CLI and startup (config agents), and, for agents
   registered by an on-chain registry event (``[[plugins.memory.registries]]``, see :mod:`.registry`), by the chain
   hook. The registration itself is the journaled chain table ``memory_registry`` (migration 3), written only by

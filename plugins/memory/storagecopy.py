@@ -37,5 +37,5 @@ def copy(src: Any, dst: Any) -> list[str]:
     restart_identity(src, dst, "memory_ops", "seq")
     rows = src.execute("SELECT rowid, tokens FROM memory_fts")
     while batch := list(itertools.islice(rows, 1000)):
-        dst.executemany(Postgres.INSERT_FTS, [(n, Postgres.tsvector(tokens)) for n, tokens in batch])
+        Postgres.fts_add(dst, batch)
     return [*ROW_TABLES, "memory_fts"]

@@ -66,7 +66,7 @@ class MemoryWorker(BackgroundWorker):
         self.thread = threading.current_thread()
         busy = time.monotonic() - self.ingest.last_applied < ENGINE_BUSY_S and not self._readers
         try:
-            done = self.ingest.settle()
+            done = self.ingest.settle(index=not busy)  # indexing in the same transaction, unless the engine waits
             if not (busy and done):
                 done += self.ingest.index_episodes()
             if self.embed is not None and not (busy and done):
