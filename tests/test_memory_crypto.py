@@ -1,4 +1,4 @@
-"""plugins/memory/crypto.py: the keyed hashes from precomputed HMAC states equal the standard library's one-shot
+"""plugins/memory/crypto.py: the keyed hashes (copies of one keyed HMAC per agent) equal the standard library's one-shot
 HMAC-SHA256 (RFC 2104) of the same messages, so salts, nonces, search tokens and lookup hashes stored before stay
 valid."""
 

@@ -27,7 +27,6 @@ import re
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -38,9 +37,6 @@ KEY_BYTES = 32
 _WORD = re.compile(r"\w+", re.UNICODE)
 _ASCII_WORD = re.compile(r"\w+", re.ASCII)  # the same words in ASCII text, found ~1.5x faster
 
-_SHA256_BLOCK = 64
-_IPAD = bytes(x ^ 0x36 for x in range(256))  # RFC 2104: the key XOR ipad / opad, by bytes.translate
-_OPAD = bytes(x ^ 0x5C for x in range(256))
 _U32_LEN = (4).to_bytes(4, "big")  # the length prefix of a uint32 part
 _CACHE_MAX = 4096  # words (and tags) whose keyed hash each key keeps
 
@@ -173,48 +169,43 @@ class KeyStore:
 class AgentKey:
     """One agent's key: AES-256-GCM encryption and HMAC-SHA256 derivations.
 
-    Every HMAC (RFC 2104) is under the MAC sub-key, whose inner and outer SHA-256 states (the key padded to the
-    64-byte block, XORed with ``ipad`` / ``opad``) are computed once here; each MAC copies them and hashes only
-    its message. The outputs equal ``hmac.digest(sub-key, message, "sha256")`` (the tests compare both): the
-    one-shot call set the key up again each time, more than half of a short message's cost, and settling hashes
-    ~10 short messages per chain episode (salt, nonce, search tokens)."""
+    Every HMAC (RFC 2104) is under the MAC sub-key, set up once here as a keyed :class:`hmac.HMAC`; each MAC is a
+    ``copy()`` of it (the key's inner and outer SHA-256 states already computed) that hashes only its message. The
+    one-shot ``hmac.digest`` set the key up again each time, more than half of a short message's cost, and settling
+    hashes ~10 short messages per chain episode (salt, nonce, search tokens)."""
 
-    __slots__ = ("_aead", "_inner", "_mac", "_outer", "_tags", "_tok", "_tok_inner")
+    __slots__ = ("_aead", "_keyed", "_mac", "_tags", "_tok", "_tok_keyed")
 
     def __init__(self, raw: bytes) -> None:
         self._aead = AESGCM(raw)
         # Sub-keys, so that no output of one use can be replayed as another (HKDF-like expand with HMAC).
         self._mac = hmac.new(raw, b"monmouth.memory.mac.v1", hashlib.sha256).digest()
-        block = self._mac.ljust(_SHA256_BLOCK, b"\x00")  # 32 bytes: shorter than a block, so padded (RFC 2104 s. 2)
-        self._inner = hashlib.sha256(block.translate(_IPAD))
-        self._outer = hashlib.sha256(block.translate(_OPAD))
-        self._tok_inner = self._inner.copy()
-        self._tok_inner.update(b"tok")
+        self._keyed = hmac.new(self._mac, digestmod="sha256")
+        self._tok_keyed = self._keyed.copy()
+        self._tok_keyed.update(b"tok")  # the fixed prefix of every search token's message
         self._tok: dict[str, str] = {}  # word -> token (in memory only; dropped with the key)
         self._tags: dict[str, bytes] = {}  # tag -> tag_hash (idem)
 
-    def _hmac(self, inner: Any, msg: bytes) -> bytes:
-        """HMAC-SHA256 of ``msg`` under the MAC sub-key, from ``inner`` (the inner state, having absorbed any
-        fixed prefix of the message)."""
-        h = inner.copy()
+    def _hmac(self, keyed: hmac.HMAC, msg: bytes) -> bytes:
+        """HMAC-SHA256 of ``msg`` under the MAC sub-key, from ``keyed`` (having absorbed any fixed prefix of the
+        message)."""
+        h = keyed.copy()
         h.update(msg)
-        o = self._outer.copy()
-        o.update(h.digest())
-        return o.digest()  # type: ignore[no-any-return]
+        return h.digest()
 
     def mac(self, label: bytes, *parts: bytes) -> bytes:
         """HMAC-SHA256 of ``label`` and length-prefixed ``parts`` under the agent's MAC sub-key (32 bytes)."""
-        return self._hmac(self._inner, label + b"".join(len(p).to_bytes(4, "big") + p for p in parts))
+        return self._hmac(self._keyed, label + b"".join(len(p).to_bytes(4, "big") + p for p in parts))
 
     def salt(self, item_id: bytes, version: int) -> bytes:
         """The commitment salt of an item version (32 bytes; never stored, re-derived from the key)."""
-        return self._hmac(self._inner, b"salt" + len(item_id).to_bytes(4, "big") + item_id + _U32_LEN
+        return self._hmac(self._keyed, b"salt" + len(item_id).to_bytes(4, "big") + item_id + _U32_LEN
                           + version.to_bytes(4, "big"))  # = mac(b"salt", item_id, version as uint32)
 
     def det_nonce(self, item_id: bytes, version: int) -> bytes:
         """A deterministic nonce for chain-derived items (same id and version always encrypt the same plaintext,
         so replays and restores produce identical rows)."""
-        return self._hmac(self._inner, b"nonce" + len(item_id).to_bytes(4, "big") + item_id + _U32_LEN
+        return self._hmac(self._keyed, b"nonce" + len(item_id).to_bytes(4, "big") + item_id + _U32_LEN
                           + version.to_bytes(4, "big"))[:NONCE_BYTES]  # = mac(b"nonce", item_id, version as uint32)
 
     def encrypt(self, plaintext: bytes, aad: bytes, nonce: bytes | None = None) -> tuple[bytes, bytes]:
@@ -254,15 +245,13 @@ class AgentKey:
         out = [cache.get(w) for w in words]  # most words of a text were seen before
         if None not in out:
             return out  # type: ignore[return-value]
-        inner, outer = self._tok_inner, self._outer
+        keyed = self._tok_keyed
         for i, t in enumerate(out):
             if t is None and (t := cache.get(w := words[i])) is None:  # (a word seen twice: computed once)
                 b = w.encode()
-                h = inner.copy()  # = mac(b"tok", b)[:6], as _hmac, inlined: settling computes ~10 per episode
+                h = keyed.copy()  # = mac(b"tok", b)[:6]
                 h.update(len(b).to_bytes(4, "big") + b)
-                o = outer.copy()
-                o.update(h.digest())
-                t = o.digest()[:6].hex()
+                t = h.digest()[:6].hex()
                 if len(cache) >= _CACHE_MAX:
                     cache.clear()
                 cache[w] = t
