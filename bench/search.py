@@ -30,7 +30,7 @@ random kinds, intents (9 values) and block numbers.
   ``--pg-url`` (password in ``MONMOUTH_PG_PASSWORD``) or, without it, a throwaway one from tests/pg.py.
 
 Usage: ``python bench/search.py [--quick] [--sizes 100000,1000000] [--queries 200] [--storage postgres
-[--pg-knn hnsw] [--pg-url URL]]`` (``--quick``: 100k vectors, 100 queries, a few minutes). The last line printed is JSON: per size tag (``100k``, ``1m``) and filter suffix
+[--pg-knn hnsw] [--pg-ef 100] [--pg-url URL]]`` (``--quick``: 100k vectors, 100 queries, a few minutes). The last line printed is JSON: per size tag (``100k``, ``1m``) and filter suffix
 (none, ``_intent``, ``_blocks``) ``{p50_ms,p99_ms,recall_at_10}_{hnsw,binary,lib}_<tag><suffix>``, and
 ``build_s_*``, ``load_s_*``, ``mem_mb_*``, ``sqlite_vec_exact_ms_<tag>``, ``p99_ratio_hnsw_vs_lib_<tag>``; with
 ``--storage postgres`` also ``{p50_ms,p99_ms,recall_at_10}_pgvector_<tag><suffix>``, ``copy_s_pgvector_<tag>`` and
@@ -111,7 +111,7 @@ def measure(search, queries: np.ndarray, truth: list[set[int]]) -> tuple[float, 
 class PgSide:
     """The PostgreSQL half of the run: a database with the rag plugin's PostgreSQL schema, filled by COPY."""
 
-    def __init__(self, url: str, knn: str) -> None:
+    def __init__(self, url: str, knn: str, ef_search: int) -> None:
         from monmouth.backends.postgres import PgDatabase
         from monmouth_rag.dialect import PgStatements
         from monmouth_rag.store import PG_MIGRATIONS, TRIMMED
@@ -119,14 +119,17 @@ class PgSide:
         self.server = None
         password = os.environ.get("MONMOUTH_PG_PASSWORD")
         if not url:
+            from tests import pgvector
             from tests.pg import PASSWORD, PgServer
 
+            print(pgvector.describe(), flush=True)
             self.server = PgServer().__enter__()
             url, password = self.server.database(), PASSWORD
         self.db = PgDatabase(url, password=password)
         self.db.migrate("rag", PG_MIGRATIONS, set(TRIMMED))
         self.conn = self.db.connect()
         self.knn = knn
+        self.ef_search = ef_search
         self.sql = PgStatements()
 
     def add(self, base: int, vecs: np.ndarray, blocks: np.ndarray, intents: list[str]) -> tuple[float, float]:
@@ -141,12 +144,16 @@ class PgSide:
         self.conn.execute("ANALYZE rag_vec")
         copy_s = time.perf_counter() - t
         t = time.perf_counter()
+        # the graph in memory while it is built (pgvector warns and slows down past maintenance_work_mem), and one
+        # parallel worker beside the leader on these 2 cores
+        self.conn.execute("SET maintenance_work_mem = '4GB'")
+        self.conn.execute("SET max_parallel_maintenance_workers = 1")
         self.sql.vector_index(self.conn, self.knn)
         return copy_s, time.perf_counter() - t
 
     def search_for(self, searcher_cls, index_cls):
         searcher = searcher_cls(lambda: self.conn, lambda t: None, index_cls(384), backend="postgres",
-                                pg_knn=self.knn)
+                                pg_knn=self.knn, pg_ef_search=self.ef_search)
         return lambda flt, allowed: (lambda q, flt=flt: [d for d, _ in searcher.vector(q, 10, flt)])
 
     def close(self) -> None:
@@ -166,6 +173,7 @@ def main() -> None:
     ap.add_argument("--storage", choices=("sqlite", "postgres"), default="sqlite",
                     help="postgres: also measure pgvector, beside SQLite")
     ap.add_argument("--pg-knn", choices=("hnsw", "exact", "sql"), default="hnsw", help="plugins.rag.pg_knn")
+    ap.add_argument("--pg-ef", type=int, default=100, help="plugins.rag.pg_ef_search (pgvector's hnsw.ef_search)")
     ap.add_argument("--pg-url", default="", help="PostgreSQL with pgvector (default: a throwaway tests/pg.py server)")
     args = ap.parse_args()
     if args.quick:
@@ -196,7 +204,7 @@ def main() -> None:
     blocks = np.zeros(0, np.int64)
     result: dict[str, float | int | str] = {}
     swap = INTENTS.index("swap")
-    pg = PgSide(args.pg_url, args.pg_knn) if args.storage == "postgres" else None
+    pg = PgSide(args.pg_url, args.pg_knn, args.pg_ef) if args.storage == "postgres" else None
     for size in sizes:
         add = size - len(x)
         t = time.perf_counter()
@@ -321,7 +329,7 @@ def main() -> None:
         reader.close()
         if pg is not None:
             copy_s, build_s = pg.add(base, new, new_blk, [INTENTS[i] for i in new_int])
-            print(f"pgvector ({args.pg_knn}): {len(new)} vectors copied in {copy_s:.1f} s"
+            print(f"pgvector ({args.pg_knn}, ef_search {args.pg_ef}): {len(new)} vectors copied in {copy_s:.1f} s"
                   + (f", HNSW index built in {build_s:.1f} s" if args.pg_knn == "hnsw" else ""), flush=True)
             result.update({f"copy_s_pgvector_{tag}": round(copy_s, 1), f"build_s_pgvector_{tag}": round(build_s, 1)})
             run("pgvector", pg.search_for(Searcher, VectorIndex))
