@@ -15,8 +15,8 @@ Client requests are operators from loopback (no token) and agents with SIWE toke
 its own memory; half the requests carry an agent token).
 
 With ``--storage postgres`` (issue 15, docs/storage.md "Scale-out") the database is a real PostgreSQL server started
-for the run (tests/pg.py, ``fsync`` on; rag with ``pg_knn = "sql"`` where the test wheel's pgvector cannot run,
-tests/test_rag_support.py) and the API is scaled out: this process is the one ``monmouth run`` (the same runner and
+for the run (tests/pg.py, ``fsync`` on; rag with ``pg_knn = "sql"`` only where no pgvector runs here,
+tests/pgvector.py) and the API is scaled out: this process is the one ``monmouth run`` (the same runner and
 engine, no HTTP of its own), and for each N of ``--api-processes`` (default 1,2,4) N ``monmouth serve`` subprocesses
 (sidecar/serving.py), each on its own loopback port, answer the clients, client i talking to port i mod N. They
 share ``auth.secret``, so an agent signs in once (SIWE, through a serve) and its token is good on every serve; agent
@@ -422,10 +422,10 @@ async def bench_postgres(args: argparse.Namespace) -> dict[str, Any]:
 
     from monmouth.app import open_app
     from monmouth.runner import Runner
+    from tests import pgvector
     from tests.chains import load_mainnet_blocks, mainnet_shaped
     from tests.pg import PASSWORD, PgServer
     from tests.test_api_support import QueueSource
-    from tests.test_rag_support import cpu_runs_pg_hnsw
 
     counts = [int(x) for x in args.api_processes.split(",")]
     keys, addrs = agent_keys(args.agents)
@@ -439,7 +439,7 @@ async def bench_postgres(args: argparse.Namespace) -> dict[str, Any]:
         url = server.database()
         print(f"PostgreSQL server {url} (fsync on, synchronous_commit on)", flush=True)
         # One auth.secret for every process: a token signed in on one serve is good on all of them.
-        knn = "" if cpu_runs_pg_hnsw() else 'pg_knn = "sql"'
+        knn = "" if pgvector.hnsw_runs() else 'pg_knn = "sql"'
         cfg = tmp / "config.toml"
         cfg.write_text(config_text(args, addrs, f'url = "{url}"', f'secret = "{secrets.token_hex(32)}"', knn))
         app = open_app(cfg, environ={**os.environ, **env})

@@ -30,10 +30,10 @@ random kinds, intents (9 values) and block numbers.
   ``--pg-url`` (password in ``MONMOUTH_PG_PASSWORD``) or, without it, a throwaway one from tests/pg.py.
 
 Usage: ``python bench/search.py [--quick] [--sizes 100000,1000000] [--queries 200] [--storage postgres
-[--pg-knn hnsw] [--pg-url URL]]`` (``--quick``: 100k vectors, 100 queries, a few minutes). The last line printed is JSON: per size tag (``100k``, ``1m``) and filter suffix
+[--pg-knn hnsw] [--pg-ef 100[,200,...]] [--pg-url URL]]`` (``--quick``: 100k vectors, 100 queries, a few minutes). The last line printed is JSON: per size tag (``100k``, ``1m``) and filter suffix
 (none, ``_intent``, ``_blocks``) ``{p50_ms,p99_ms,recall_at_10}_{hnsw,binary,lib}_<tag><suffix>``, and
 ``build_s_*``, ``load_s_*``, ``mem_mb_*``, ``sqlite_vec_exact_ms_<tag>``, ``p99_ratio_hnsw_vs_lib_<tag>``; with
-``--storage postgres`` also ``{p50_ms,p99_ms,recall_at_10}_pgvector_<tag><suffix>``, ``copy_s_pgvector_<tag>`` and
+``--storage postgres`` also ``{p50_ms,p99_ms,recall_at_10}_pgvector[_ef<N>]_<tag><suffix>``, ``copy_s_pgvector_<tag>`` and
 ``build_s_pgvector_<tag>``.
 """
 
@@ -119,8 +119,10 @@ class PgSide:
         self.server = None
         password = os.environ.get("MONMOUTH_PG_PASSWORD")
         if not url:
+            from tests import pgvector
             from tests.pg import PASSWORD, PgServer
 
+            print(pgvector.describe(), flush=True)
             self.server = PgServer().__enter__()
             url, password = self.server.database(), PASSWORD
         self.db = PgDatabase(url, password=password)
@@ -141,12 +143,16 @@ class PgSide:
         self.conn.execute("ANALYZE rag_vec")
         copy_s = time.perf_counter() - t
         t = time.perf_counter()
+        # the graph in memory while it is built (pgvector warns and slows down past maintenance_work_mem), and one
+        # parallel worker beside the leader on these 2 cores
+        self.conn.execute("SET maintenance_work_mem = '4GB'")
+        self.conn.execute("SET max_parallel_maintenance_workers = 1")
         self.sql.vector_index(self.conn, self.knn)
         return copy_s, time.perf_counter() - t
 
-    def search_for(self, searcher_cls, index_cls):
+    def search_for(self, searcher_cls, index_cls, ef_search: int):
         searcher = searcher_cls(lambda: self.conn, lambda t: None, index_cls(384), backend="postgres",
-                                pg_knn=self.knn)
+                                pg_knn=self.knn, pg_ef_search=ef_search)
         return lambda flt, allowed: (lambda q, flt=flt: [d for d, _ in searcher.vector(q, 10, flt)])
 
     def close(self) -> None:
@@ -163,9 +169,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="100k vectors, 100 queries")
     ap.add_argument("--ef", type=int, default=0, help="HNSW efSearch, ours and the library's (default: ours)")
     ap.add_argument("--no-binary", action="store_true", help="skip the binary index (the path before HNSW)")
+    ap.add_argument("--no-lib", action="store_true", help="skip faiss alone (saves its build: ~10 min at 1M)")
     ap.add_argument("--storage", choices=("sqlite", "postgres"), default="sqlite",
                     help="postgres: also measure pgvector, beside SQLite")
     ap.add_argument("--pg-knn", choices=("hnsw", "exact", "sql"), default="hnsw", help="plugins.rag.pg_knn")
+    ap.add_argument("--pg-ef", default="100", help="plugins.rag.pg_ef_search (pgvector's hnsw.ef_search); a list "
+                    "(100,200,400) measures each, the first under the name pgvector, the others as pgvector_ef<N>")
     ap.add_argument("--pg-url", default="", help="PostgreSQL with pgvector (default: a throwaway tests/pg.py server)")
     args = ap.parse_args()
     if args.quick:
@@ -262,38 +271,40 @@ def main() -> None:
         run("hnsw", plugin_path(restarted))
 
         # -- the library alone, same parameters
-        faiss.omp_set_num_threads(os.cpu_count() or 1)
-        rss = rss_mb()
-        t = time.perf_counter()
-        lib = faiss.IndexHNSWSQ(384, faiss.ScalarQuantizer.QT_fp16, restarted.m, faiss.METRIC_INNER_PRODUCT)
-        lib.hnsw.efConstruction = restarted.ef_construction
-        lib.is_trained = True
-        lib.add(x)
-        lib_build = time.perf_counter() - t
-        grew = rss_mb() - rss
-        lib_mem = faiss.serialize_index(lib).nbytes / 2**20
-        faiss.omp_set_num_threads(1)
-        print(f"lib (faiss IndexHNSWSQ fp16, M {restarted.m}, efConstruction {restarted.ef_construction}, "
-              f"efSearch {ef}): built in {lib_build:.1f} s "
-              f"(RSS +{grew:.0f} MB); {lib_mem:.0f} MB", flush=True)
-        result.update({f"build_s_lib_{tag}": round(lib_build, 1), f"mem_mb_lib_{tag}": round(lib_mem),
-                       f"rss_growth_mb_lib_{tag}": round(grew)})
+        if not args.no_lib:
+            faiss.omp_set_num_threads(os.cpu_count() or 1)
+            rss = rss_mb()
+            t = time.perf_counter()
+            lib = faiss.IndexHNSWSQ(384, faiss.ScalarQuantizer.QT_fp16, restarted.m, faiss.METRIC_INNER_PRODUCT)
+            lib.hnsw.efConstruction = restarted.ef_construction
+            lib.is_trained = True
+            lib.add(x)
+            lib_build = time.perf_counter() - t
+            grew = rss_mb() - rss
+            lib_mem = faiss.serialize_index(lib).nbytes / 2**20
+            faiss.omp_set_num_threads(1)
+            print(f"lib (faiss IndexHNSWSQ fp16, M {restarted.m}, efConstruction {restarted.ef_construction}, "
+                  f"efSearch {ef}): built in {lib_build:.1f} s "
+                  f"(RSS +{grew:.0f} MB); {lib_mem:.0f} MB", flush=True)
+            result.update({f"build_s_lib_{tag}": round(lib_build, 1), f"mem_mb_lib_{tag}": round(lib_mem),
+                           f"rss_growth_mb_lib_{tag}": round(grew)})
 
-        def lib_search(flt, allowed, lib=lib, ef=ef):
-            params = faiss.SearchParametersHNSW()
-            params.efSearch = ef
-            bits = None
-            if allowed is not None:
-                bits = np.packbits(allowed, bitorder="little")
-                params.sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
+            def lib_search(flt, allowed, lib=lib, ef=ef):
+                params = faiss.SearchParametersHNSW()
+                params.efSearch = ef
+                bits = None
+                if allowed is not None:
+                    bits = np.packbits(allowed, bitorder="little")
+                    params.sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
 
-            def go(q, bits=bits):
-                rows = lib.search(q[None, :], 10, params=params)[1][0]
-                return rows[rows >= 0] + 1  # ids are row + 1
-            return go
+                def go(q, bits=bits):
+                    rows = lib.search(q[None, :], 10, params=params)[1][0]
+                    return rows[rows >= 0] + 1  # ids are row + 1
+                return go
 
-        run("lib", lib_search)
-        del restarted, lib
+            run("lib", lib_search)
+            del lib
+        del restarted
 
         # -- ours before: the binary index
         if not args.no_binary:
@@ -316,15 +327,18 @@ def main() -> None:
         ref = (time.perf_counter() - t) / 3 * 1000
         print(f"reference: exact sqlite-vec float KNN {ref:.0f} ms per query")
         result[f"sqlite_vec_exact_ms_{tag}"] = round(ref, 1)
-        result[f"p99_ratio_hnsw_vs_lib_{tag}"] = round(
-            float(result[f"p99_ms_hnsw_{tag}"]) / float(result[f"p99_ms_lib_{tag}"]), 2)
+        if not args.no_lib:
+            result[f"p99_ratio_hnsw_vs_lib_{tag}"] = round(
+                float(result[f"p99_ms_hnsw_{tag}"]) / float(result[f"p99_ms_lib_{tag}"]), 2)
         reader.close()
         if pg is not None:
             copy_s, build_s = pg.add(base, new, new_blk, [INTENTS[i] for i in new_int])
             print(f"pgvector ({args.pg_knn}): {len(new)} vectors copied in {copy_s:.1f} s"
                   + (f", HNSW index built in {build_s:.1f} s" if args.pg_knn == "hnsw" else ""), flush=True)
             result.update({f"copy_s_pgvector_{tag}": round(copy_s, 1), f"build_s_pgvector_{tag}": round(build_s, 1)})
-            run("pgvector", pg.search_for(Searcher, VectorIndex))
+            for i, ef in enumerate(int(e) for e in args.pg_ef.split(",")):
+                print(f"pgvector hnsw.ef_search {ef}:", flush=True)
+                run("pgvector" if i == 0 else f"pgvector_ef{ef}", pg.search_for(Searcher, VectorIndex, ef))
     if pg is not None:
         pg.close()
     conn.close()

