@@ -136,7 +136,7 @@ class SqliteStatements:
         """Nothing: a SQLite write transaction (``BEGIN IMMEDIATE``) already excludes every other writer."""
 
     def knn(self, conn: Any, q: np.ndarray, k: int, clauses: list[str], params: list[Any],
-            ids: Sequence[int] | None, mode: str = "hnsw", ef_search: int = 100) -> list[tuple[int, float]]:
+            ids: Sequence[int] | None, mode: str = "hnsw", ef_search: int = 400) -> list[tuple[int, float]]:
         """The ``k`` nearest ``(id, cosine distance)`` to ``q`` among the rows meeting ``clauses`` (over the vector
         table's metadata columns) and, if given, with an id in ``ids``; nearest first."""
         if ids is not None:
@@ -210,7 +210,7 @@ class PgStatements:
                    "?::float8[]) AS u(x, y))")
 
     def knn(self, conn: Any, q: np.ndarray, k: int, clauses: list[str], params: list[Any],
-            ids: Sequence[int] | None, mode: str = "hnsw", ef_search: int = 100) -> list[tuple[int, float]]:
+            ids: Sequence[int] | None, mode: str = "hnsw", ef_search: int = 400) -> list[tuple[int, float]]:
         """``mode``: ``plugins.rag.pg_knn``."""
         if ids is not None:
             clauses = [*clauses, "rowid = ANY(?)"]

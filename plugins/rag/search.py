@@ -227,7 +227,7 @@ class Searcher:
     def __init__(self, reader: Callable[[], apsw.Connection], embed: Callable[[list[str]], np.ndarray],
                  index: SyncedIndex, *, ann_min_vectors: int = 50_000, exact_max_candidates: int = 20_000,
                  rrf_k: int = 60, backend: str = "sqlite", pg_knn: str = "hnsw",
-                 pg_ef_search: int = 100) -> None:
+                 pg_ef_search: int = 400) -> None:
         self.sql = statements(backend)
         self.pg_knn = pg_knn
         self.pg_ef_search = pg_ef_search
