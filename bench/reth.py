@@ -242,6 +242,16 @@ def sidecar_app(directory: Path, node: Reth, start_block: int | str, rag: bool) 
     return make_app(directory, extra)
 
 
+def fs_of(path: Path) -> str:
+    """``<device> <filesystem type>`` of the mount holding ``path`` (``/proc/self/mounts``, longest prefix)."""
+    best, out = "", "unknown"
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        dev, mnt, kind = line.split()[:3]
+        if str(path.resolve()).startswith(mnt.rstrip("/") + "/") and len(mnt) >= len(best):
+            best, out = mnt, f"{dev} {kind}"
+    return out
+
+
 def proc_cpu_s(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` (``/proc/<pid>/stat``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -328,6 +338,9 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=900, help="seconds allowed to each sidecar phase")
     ap.add_argument("--switch-interval", type=float, default=0.0,
                     help="sys.setswitchinterval for the sidecar's threads, seconds (0: Python's default, 0.005)")
+    ap.add_argument("--reth-datadir", default="",
+                    help="a directory on another device for Reth's datadir (default: beside the sidecar's databases, "
+                         "so both share one disk); e.g. /dev/shm to keep Reth's own fsyncs off the sidecar's disk")
     a = ap.parse_args()
     if a.switch_interval:
         sys.setswitchinterval(a.switch_interval)
@@ -336,9 +349,15 @@ def main() -> None:
     if reth_binary() is None:
         sys.exit("monmouth-reth is not built: see bridge/README.md (or set MONMOUTH_RETH_BIN)")
     tune_gc()
-    with tempfile.TemporaryDirectory(prefix="monmouth-bench-reth-") as tmp:
-        d = Path(tmp)
-        node = BenchReth(d / "reth", dev=True, block_time="", max_txs=a.txs)
+    with contextlib.ExitStack() as stack:
+        d = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="monmouth-bench-reth-")))
+        reth_dir = d
+        if a.reth_datadir:  # Reth's writes on another device than the sidecar's database
+            reth_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="monmouth-bench-reth-",
+                                                                            dir=a.reth_datadir)))
+        node = BenchReth(reth_dir / "reth", dev=True, block_time="", max_txs=a.txs)
+        reth_fs, sidecar_fs = fs_of(node.datadir.parent), fs_of(d)
+        print(f"Reth's datadir: {node.datadir} ({reth_fs}); the sidecar's databases: {d} ({sidecar_fs})", flush=True)
         try:
             node.start()
             print(f"monmouth-reth {node.binary}: dev node, instant miner at {a.txs} transactions", flush=True)
@@ -379,6 +398,11 @@ def main() -> None:
                 print(f"ack latency at 1 block/s ({len(rec)} notifications of {sum(r[3] for r in rec)} blocks, "
                       f"{per_block:.1f} transfers per block, no-op plugin): p50 {lat['p50_ms']:.2f} ms, "
                       f"p99 {lat['p99_ms']:.2f} ms, max {lat['max_ms']:.2f} ms", flush=True)
+                commit = summary_ms(probe.commit_s[1:])
+                other = summary_ms([r[1] - c for r, c in zip(rec, probe.commit_s[1:], strict=True)])
+                print(f"  of which the COMMIT (WAL write + fsync, from SQLite's commit hook): p50 "
+                      f"{commit['p50_ms']:.2f} ms, p99 {commit['p99_ms']:.2f} ms; all the rest (receive, decode, "
+                      f"apply, ack): p50 {other['p50_ms']:.2f} ms, p99 {other['p99_ms']:.2f} ms", flush=True)
                 fs = fsync_reference(d / "ack", a.fsync_count, a.fsync_pace)
             finally:
                 stop.set()
@@ -403,6 +427,8 @@ def main() -> None:
         "ack_count": len(rec), "ack_txs_per_block": round(per_block, 1),
         "fsync_count": a.fsync_count, "fsync_pace_s": a.fsync_pace,
         "txs_per_block": a.txs, "load_avg_1m": round(os.getloadavg()[0], 2),
+        "ack_commit_p50_ms": commit["p50_ms"], "ack_commit_p99_ms": commit["p99_ms"],
+        "ack_rest_p99_ms": other["p99_ms"], "reth_datadir_fs": reth_fs, "sidecar_fs": sidecar_fs,
     }
     if rag is not None:
         out.update(rag_backfill_blocks_per_s=rag["blocks_per_s"], rag_backfill_txs_per_s=rag["txs_per_s"],

@@ -30,12 +30,9 @@ import contextlib
 import functools
 import logging
 import os
-import re
 import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -46,7 +43,7 @@ from psycopg.pq import TransactionStatus
 from ..errors import StorageError, StorageUnavailableError
 from ..journal import JournalConflictError, RedactionError
 from ..store import ENGINE_PREFIX, migrate
-from . import REQUEST, pg_uint256
+from . import REQUEST, pg_batch, pg_uint256
 
 log = logging.getLogger(__name__)
 
@@ -250,94 +247,6 @@ def _translate(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
-#: ``INSERT INTO table (columns) VALUES (values) [ON CONFLICT [(...)] DO NOTHING | ON CONFLICT (keys) DO UPDATE SET
-#: ...]``, nothing else (no expressions or sub-queries in VALUES, no RETURNING, no ``?`` after VALUES).
-_PLAIN_INSERT = re.compile(
-    r"\s*INSERT\s+INTO\s+([A-Za-z_][A-Za-z0-9_]*)\s*\(([^()]*)\)\s*VALUES\s*\(([^()]*)\)\s*"
-    r"(ON\s+CONFLICT\s*(?:\([A-Za-z0-9_,\s]*\))?\s*DO\s+NOTHING"
-    r"|ON\s+CONFLICT\s*\(([A-Za-z0-9_,\s]*)\)\s*DO\s+UPDATE\s+SET\s+([^?;]*?))?\s*;?\s*",
-    re.IGNORECASE | re.DOTALL)
-#: What a ``VALUES`` item of a batched ``INSERT`` may be besides ``?``: a literal that means the same in every row.
-_LITERAL = re.compile(r"NULL|TRUE|FALSE|-?[0-9]+(\.[0-9]+)?", re.IGNORECASE)
-#: Python types whose lists psycopg dumps as one typed array (``bool`` before ``int``: it is a subclass).
-_ARRAY_TYPES = (bool, int, float, str, bytes, Decimal)
-
-
-@dataclass(frozen=True, slots=True)
-class _Batch:
-    """How :meth:`PgConnection.executemany` runs a plain ``INSERT`` as one statement per chunk of rows: ``sql`` takes
-    one array per parameter (``width`` of them); ``keys`` are the parameters of ``ON CONFLICT (keys) DO UPDATE``
-    (rows with equal keys go to separate statements, in order: one statement cannot update a row twice), or
-    ``None``."""
-
-    sql: bytes
-    width: int
-    keys: tuple[int, ...] | None
-
-
-def _batch_statement(conn: PgConnection, statements: str) -> _Batch | None:
-    """The one-statement form of a plain ``INSERT ... VALUES`` (:data:`_PLAIN_INSERT`), or ``None``: another
-    statement, a ``VALUES`` item other than ``?`` or a literal, an unknown table or column, a ``?`` for an array
-    column (``unnest`` would flatten it), or a ``DO UPDATE`` whose keys are not all parameters or that may assign a
-    key column (then a later row of the statement could meet the row it moved)."""
-    m = _PLAIN_INSERT.fullmatch(statements)
-    if m is None:
-        return None
-    table, names, items = m.group(1), [c.strip() for c in m.group(2).split(",")], [v.strip() for v in
-                                                                                    m.group(3).split(",")]
-    if len(names) != len(items) or not all(n.isidentifier() for n in names):
-        return None
-    if not all(v == "?" or _LITERAL.fullmatch(v) for v in items):
-        return None
-    params = [n.lower() for n, v in zip(names, items, strict=True) if v == "?"]
-    keys: tuple[int, ...] | None = None
-    if m.group(5) is not None:
-        key_names = [k.strip().lower() for k in m.group(5).split(",")]
-        assignments = m.group(6)
-        if not all(k in params for k in key_names) or assignments.lstrip().startswith("(") or any(
-                re.search(rf"(?<![.\w]){k}\s*=(?!=)", assignments, re.IGNORECASE) for k in key_names):
-            return None
-        keys = tuple(params.index(k) for k in key_names)
-    types = dict(conn.execute(
-        "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a WHERE a.attrelid = to_regclass(?) "
-        "AND a.attnum > 0 AND NOT a.attisdropped AND a.attndims = 0 AND (SELECT t.typcategory <> 'A' FROM pg_type t "
-        "WHERE t.oid = a.atttypid)", (table,)).fetchall())
-    if not params or any(n not in types for n in params):
-        return None
-    arrays = ", ".join(f"%b::{types[n]}[]" for n in params)  # binary: psycopg dumps those lists in C
-    aliases = iter(f"c{i}" for i in range(len(params)))
-    select = ", ".join(f"u.{next(aliases)}" if v == "?" else v for v in items)
-    sql = (f"INSERT INTO {table} ({', '.join(names)}) SELECT {select} FROM unnest({arrays}) "
-           f"AS u({', '.join(f'c{i}' for i in range(len(params)))}) {m.group(4) or ''}")
-    return _Batch(sql.encode(), len(params), keys)
-
-
-def _chunks(rows: list[Any], keys: tuple[int, ...] | None) -> list[list[Any]]:
-    """``rows`` cut, in order, so that no chunk holds two rows with equal ``keys`` (parameter positions); a key
-    value other than ``bytes``, ``int`` or ``None`` (whose equality in Python might not be the column's) makes every
-    row its own chunk."""
-    if keys is None:
-        return [rows]
-    out: list[list[Any]] = [[]]
-    seen: set[tuple[Any, ...]] = set()
-    for row in rows:
-        key = tuple(row[k] for k in keys)
-        if not all(v is None or type(v) in (bytes, int) for v in key):
-            return [[r] for r in rows]
-        if key in seen:
-            out.append([])
-            seen.clear()
-        seen.add(key)
-        out[-1].append(row)
-    return out
-
-
-def _one_array_type(values: list[Any]) -> bool:
-    """Whether psycopg dumps ``values`` as one array of one element type (NULLs allowed, at least one value)."""
-    kinds = {type(v) for v in values if v is not None}
-    return len(kinds) == 1 and next(iter(kinds)) in _ARRAY_TYPES
-
-
 def _run(cur: psycopg.Cursor[Any], statements: str, bindings: Any) -> None:
     if bindings is None or (isinstance(bindings, tuple | list) and not bindings and "?" not in statements):
         cur.execute(statements.encode())  # no parameters: several statements allowed, % taken literally
@@ -355,7 +264,7 @@ class PgConnection:
     def __init__(self, raw: psycopg.Connection[Any]) -> None:
         self.raw = raw
         self._later: list[tuple[str, Any]] = []
-        self._batches: dict[str, _Batch | None] = {}  # statement -> _batch_statement(statement)
+        self._batches: dict[str, pg_batch.Batch | None] = {}  # statement -> pg_batch.batch_statement()
 
     def execute(self, statements: str, bindings: Any = None) -> psycopg.Cursor[Any]:
         if statements.startswith("BEGIN IMMEDIATE"):
@@ -395,22 +304,10 @@ class PgConnection:
                     cur.execute(*batch)
 
     def _batched(self, statements: str, rows: list[Any]) -> list[tuple[bytes, list[list[Any]]]] | None:
-        """``[(INSERT ... SELECT ... FROM unnest(%b::type[], ...), one list per parameter)]`` running ``statements``
-        on ``rows`` in order, or ``None`` when they cannot run so. The arrays are cast to the target columns' own
-        types (read from the catalog once per statement text and connection), so each value is converted as the
-        row-by-row ``INSERT`` would convert it."""
+        """:func:`sidecar.backends.pg_batch.plan` of ``rows``, its statement's form cached per connection."""
         if statements not in self._batches:
-            self._batches[statements] = _batch_statement(self, statements)
-        plan = self._batches[statements]
-        if plan is None or not all(isinstance(r, tuple | list) and len(r) == plan.width for r in rows):
-            return None
-        out = []
-        for chunk in _chunks(rows, plan.keys):
-            columns = [list(c) for c in zip(*chunk, strict=True)]
-            if not all(_one_array_type(c) for c in columns):
-                return None
-            out.append((plan.sql, columns))
-        return out
+            self._batches[statements] = pg_batch.batch_statement(self, statements)
+        return pg_batch.plan(self._batches[statements], rows)
 
     def defer(self, statements: str, bindings: Any = None) -> None:
         """Queue one statement whose result nobody reads (the engine's bookkeeping inside its transaction: the
