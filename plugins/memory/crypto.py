@@ -37,7 +37,6 @@ KEY_BYTES = 32
 _WORD = re.compile(r"\w+", re.UNICODE)
 _ASCII_WORD = re.compile(r"\w+", re.ASCII)  # the same words in ASCII text, found ~1.5x faster
 
-_U32_LEN = (4).to_bytes(4, "big")  # the length prefix of a uint32 part
 _CACHE_MAX = 4096  # words (and tags) whose keyed hash each key keeps
 
 
@@ -199,14 +198,12 @@ class AgentKey:
 
     def salt(self, item_id: bytes, version: int) -> bytes:
         """The commitment salt of an item version (32 bytes; never stored, re-derived from the key)."""
-        return self._hmac(self._keyed, b"salt" + len(item_id).to_bytes(4, "big") + item_id + _U32_LEN
-                          + version.to_bytes(4, "big"))  # = mac(b"salt", item_id, version as uint32)
+        return self.mac(b"salt", item_id, version.to_bytes(4, "big"))
 
     def det_nonce(self, item_id: bytes, version: int) -> bytes:
         """A deterministic nonce for chain-derived items (same id and version always encrypt the same plaintext,
         so replays and restores produce identical rows)."""
-        return self._hmac(self._keyed, b"nonce" + len(item_id).to_bytes(4, "big") + item_id + _U32_LEN
-                          + version.to_bytes(4, "big"))[:NONCE_BYTES]  # = mac(b"nonce", item_id, version as uint32)
+        return self.mac(b"nonce", item_id, version.to_bytes(4, "big"))[:NONCE_BYTES]
 
     def encrypt(self, plaintext: bytes, aad: bytes, nonce: bytes | None = None) -> tuple[bytes, bytes]:
         """``(nonce, ciphertext||tag)``; a random 96-bit nonce unless one is given."""
@@ -249,9 +246,7 @@ class AgentKey:
         for i, t in enumerate(out):
             if t is None and (t := cache.get(w := words[i])) is None:  # (a word seen twice: computed once)
                 b = w.encode()
-                h = keyed.copy()  # = mac(b"tok", b)[:6]
-                h.update(len(b).to_bytes(4, "big") + b)
-                t = h.digest()[:6].hex()
+                t = self._hmac(keyed, len(b).to_bytes(4, "big") + b)[:6].hex()  # = mac(b"tok", b)[:6]
                 if len(cache) >= _CACHE_MAX:
                     cache.clear()
                 cache[w] = t
