@@ -25,7 +25,13 @@ Phases, on one ``--dev`` node in a temporary directory:
    :meth:`ExExSource.ack` (what ``monmouth_bridge_ack_seconds`` observes, per notification rather than in
    buckets). The first notification of the session is left out (it may carry the blocks mined while connecting).
 4. **fsync reference**: with the node still mining and the transfers still flowing (the sidecar stopped), a bare
-   ``fdatasync`` of a 4 kB append in the ack phase's database directory (``bench/fsync.py``).
+   ``fdatasync`` of a 4 kB append in the ack phase's database directory (``bench/fsync.py``), every
+   ``--fsync-pace`` seconds, whatever the node is doing at that moment.
+5. **fsync at block arrival** (``--no-arrival-fsync`` skips it): a second sidecar follows the same node as in
+   phase 3, and as each notification arrives, before the engine applies it, the same bare 4 kB append +
+   ``fdatasync`` is timed in its directory. A block's COMMIT lands when Reth has just executed the block and written
+   it (its database, static files and ExEx WAL) on the same disk; phase 4 samples the disk mostly between blocks.
+   Both references are printed, and the goal is checked against each.
 
 Goals (issue 13): ack p99 <= fsync p99 + 2 ms; backfill >= 500 blocks/s of 200-transfer blocks with the no-op
 plugin. Each figure is printed beside its reference and goal; the last line is JSON (``backfill_blocks_per_s``,
@@ -57,7 +63,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fsync import describe, fsync_reference, summary_ms  # noqa: E402  # bench/fsync.py
+from fsync import APPEND_BYTES, describe, fsync_reference, summary_ms  # noqa: E402  # bench/fsync.py
 
 from bridge import make_app, settle  # noqa: E402  # bench/bridge.py: a sidecar with only a no-op plugin
 from monmouth.app import App, make_source  # noqa: E402
@@ -232,6 +238,25 @@ class AckProbe:
 
         runner._apply = apply  # type: ignore[method-assign]
 
+    def fsync_first(self, runner: Runner, directory: Path) -> None:
+        """Before each batch the runner applies, time a bare 4 kB append + ``fdatasync`` (:mod:`fsync`'s sample) in
+        ``directory``, into :attr:`arrival_fsync_s`: the disk's price of a durable write at the moment a notification
+        arrives, where the COMMIT of an acknowledged block lands (Reth writes its own block, its ExEx WAL entry and
+        its database at that moment too). Taken before the engine's apply, so our COMMIT does not share it."""
+        inner = runner._apply
+        self.arrival_fsync_s: list[float] = []
+        block = os.urandom(APPEND_BYTES)
+        fd = os.open(directory / "fsync-at-arrival", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+        def apply(batch: list[Delivery]) -> Any:
+            t0 = time.perf_counter()
+            os.write(fd, block)
+            os.fdatasync(fd)
+            self.arrival_fsync_s.append(time.perf_counter() - t0)
+            return inner(batch)
+
+        runner._apply = apply  # type: ignore[method-assign]
+
 
 def sidecar_app(directory: Path, node: Reth, start_block: int | str, rag: bool) -> App:
     directory.mkdir(parents=True)
@@ -258,13 +283,17 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def follow(app: App, probe_args: dict[str, Any], timeout: float) -> tuple[AckProbe, float]:
-    """Run the sidecar until the probe's target is reached; the probe and the monotonic start time."""
+async def follow(app: App, probe_args: dict[str, Any], timeout: float,
+                 fsync_dir: Path | None = None) -> tuple[AckProbe, float]:
+    """Run the sidecar until the probe's target is reached; the probe and the monotonic start time. With
+    ``fsync_dir``, a bare fdatasync there precedes each apply (:meth:`AckProbe.fsync_first`)."""
     source = make_source(app.settings, app.metrics)
     probe = AckProbe(source, **probe_args)
     t0 = time.monotonic()
     runner = Runner(app, source, serve_http=False, watch_config=False)
     probe.watch(runner)
+    if fsync_dir is not None:
+        probe.fsync_first(runner, fsync_dir)
     task = asyncio.get_running_loop().create_task(runner.run())
     try:
         waiter = asyncio.get_running_loop().create_task(probe.reached.wait())
@@ -332,6 +361,8 @@ def main() -> None:
     ap.add_argument("--ack-txs", type=int, default=3, help="transfers per block in the ack phase")
     ap.add_argument("--fsync-count", type=int, default=120, help="fdatasync samples of the disk reference")
     ap.add_argument("--fsync-pace", type=float, default=0.25, help="seconds between fdatasync samples")
+    ap.add_argument("--no-arrival-fsync", dest="arrival_fsync", action="store_false",
+                    help="skip the second reference: a bare fdatasync timed as each notification arrives")
     ap.add_argument("--rag-blocks", type=int, default=0,
                     help="backfill only the first N of the blocks with rag's decoder on (0: all of them)")
     ap.add_argument("--no-rag", action="store_true", help="skip the backfill with rag's decoder")
@@ -404,6 +435,14 @@ def main() -> None:
                       f"{commit['p50_ms']:.2f} ms, p99 {commit['p99_ms']:.2f} ms; all the rest (receive, decode, "
                       f"apply, ack): p50 {other['p50_ms']:.2f} ms, p99 {other['p99_ms']:.2f} ms", flush=True)
                 fs = fsync_reference(d / "ack", a.fsync_count, a.fsync_pace)
+                at_arrival = None
+                if a.arrival_fsync:
+                    app = sidecar_app(d / "ack-fsync", node, "latest", rag=False)
+                    settle()
+                    probe_f, _ = asyncio.run(follow(app, {"count": a.ack_blocks + 1}, a.ack_blocks * 3 + 60,
+                                                    fsync_dir=d / "ack-fsync"))
+                    app.close()
+                    at_arrival = summary_ms(probe_f.arrival_fsync_s[1:])
             finally:
                 stop.set()
                 feeder.join(30)
@@ -413,6 +452,13 @@ def main() -> None:
             goal = fs["p99_ms"] + GOAL_ACK_MARGIN_MS
             print(f"goal ack p99 <= fsync p99 + {GOAL_ACK_MARGIN_MS:g} ms: {lat['p99_ms']:.2f} <= {goal:.2f} ms: "
                   f"{'met' if lat['p99_ms'] <= goal else 'NOT met'}")
+            if at_arrival is not None:
+                goal_a = at_arrival["p99_ms"] + GOAL_ACK_MARGIN_MS
+                print(f"fsync at block arrival (a bare 4 kB append + fdatasync as each of {a.ack_blocks} notifications "
+                      f"arrives, before the apply; same directory, same node): p50 {at_arrival['p50_ms']:.2f} ms, "
+                      f"p99 {at_arrival['p99_ms']:.2f} ms, max {at_arrival['max_ms']:.2f} ms")
+                print(f"  against it: ack p99 {lat['p99_ms']:.2f} <= {goal_a:.2f} ms: "
+                      f"{'met' if lat['p99_ms'] <= goal_a else 'NOT met'}; COMMIT p99 {commit['p99_ms']:.2f} ms")
         finally:
             node.close()
 
@@ -430,6 +476,9 @@ def main() -> None:
         "ack_commit_p50_ms": commit["p50_ms"], "ack_commit_p99_ms": commit["p99_ms"],
         "ack_rest_p99_ms": other["p99_ms"], "reth_datadir_fs": reth_fs, "sidecar_fs": sidecar_fs,
     }
+    if at_arrival is not None:
+        out.update(fsync_at_arrival_p50_ms=at_arrival["p50_ms"], fsync_at_arrival_p99_ms=at_arrival["p99_ms"],
+                   fsync_at_arrival_max_ms=at_arrival["max_ms"])
     if rag is not None:
         out.update(rag_backfill_blocks_per_s=rag["blocks_per_s"], rag_backfill_txs_per_s=rag["txs_per_s"],
                    rag_backfill_blocks=rag["blocks"], rag_backfill_txs=rag["txs"],
