@@ -38,7 +38,9 @@ plugin. Each figure is printed beside its reference and goal; the last line is J
 ``backfill_txs_per_s``, ``ack_p50_ms``, ``ack_p99_ms``, ``fsync_p99_ms``, the rag figures, block and transaction
 counts).
 
-Usage: ``python bench/reth.py [--quick] [--blocks N] [--txs N] [--ack-blocks N]``.
+Usage: ``python bench/reth.py [--quick] [--blocks N] [--txs N] [--ack-blocks N] [--reth-nice N]``
+(``--reth-nice``: Reth under ``nice(1)``, so that on a shared CPU the sidecar's short bursts win, as an operator
+would set with systemd's ``Nice=`` or ``CPUWeight=``).
 ``MONMOUTH_BENCH_ACK_DUMP=<file>`` writes one line per acknowledged notification of the ack phase (monotonic time,
 arrival-to-ack ms, block number, transactions, then its three legs in ms: arrival to the engine's apply, decode +
 apply + COMMIT, the apply's end to the ack; then the COMMIT alone, from SQLite's commit hook to the apply's end,
@@ -82,12 +84,14 @@ GOAL_ACK_MARGIN_MS = 2.0
 class BenchReth(Reth):
     """:class:`tests.reth.Reth` with room in the transaction pool for one batch per block from each sender."""
 
-    def __init__(self, *args: Any, account_slots: int = 64, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, account_slots: int = 64, nice: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.account_slots = account_slots
+        self.nice = nice
 
     def command(self) -> list[str]:
-        return [*super().command(), "--txpool.max-account-slots", str(self.account_slots)]
+        cmd = [*super().command(), "--txpool.max-account-slots", str(self.account_slots)]
+        return ["nice", "-n", str(self.nice), *cmd] if self.nice else cmd  # nice(1) execs: the same pid
 
 
 # ---------------------------------------------------------------------------------------------------- transfers
@@ -361,6 +365,9 @@ def main() -> None:
     ap.add_argument("--ack-txs", type=int, default=3, help="transfers per block in the ack phase")
     ap.add_argument("--fsync-count", type=int, default=120, help="fdatasync samples of the disk reference")
     ap.add_argument("--fsync-pace", type=float, default=0.25, help="seconds between fdatasync samples")
+    ap.add_argument("--reth-nice", type=int, default=0,
+                    help="run Reth under nice(1) with this increment (e.g. 10: the sidecar's threads win the CPU when "
+                         "both want it, as with systemd's Nice= or CPUWeight= beside a node)")
     ap.add_argument("--no-arrival-fsync", dest="arrival_fsync", action="store_false",
                     help="skip the second reference: a bare fdatasync timed as each notification arrives")
     ap.add_argument("--rag-blocks", type=int, default=0,
@@ -386,7 +393,7 @@ def main() -> None:
         if a.reth_datadir:  # Reth's writes on another device than the sidecar's database
             reth_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="monmouth-bench-reth-",
                                                                             dir=a.reth_datadir)))
-        node = BenchReth(reth_dir / "reth", dev=True, block_time="", max_txs=a.txs)
+        node = BenchReth(reth_dir / "reth", dev=True, block_time="", max_txs=a.txs, nice=a.reth_nice)
         reth_fs, sidecar_fs = fs_of(node.datadir.parent), fs_of(d)
         print(f"Reth's datadir: {node.datadir} ({reth_fs}); the sidecar's databases: {d} ({sidecar_fs})", flush=True)
         try:
@@ -475,6 +482,7 @@ def main() -> None:
         "txs_per_block": a.txs, "load_avg_1m": round(os.getloadavg()[0], 2),
         "ack_commit_p50_ms": commit["p50_ms"], "ack_commit_p99_ms": commit["p99_ms"],
         "ack_rest_p99_ms": other["p99_ms"], "reth_datadir_fs": reth_fs, "sidecar_fs": sidecar_fs,
+        "reth_nice": a.reth_nice,
     }
     if at_arrival is not None:
         out.update(fsync_at_arrival_p50_ms=at_arrival["p50_ms"], fsync_at_arrival_p99_ms=at_arrival["p99_ms"],
