@@ -23,6 +23,7 @@ from tests.test_rag_support import (  # noqa: F401 (fixture)
     PLUGINS,
     blocks,
     embeddings,
+    fts_stats,
     relink,
     rig_fixture,
     settings_for,
@@ -44,6 +45,7 @@ def dump(conn) -> dict[str, object]:
     vectors = embeddings(conn)
     return {
         "docs": docs,
+        "fts_stats": fts_stats(conn),
         "pending": sorted(r[0] for r in conn.execute(
             "SELECT d.tx_hash FROM rag_pending p JOIN rag_docs d ON d.id = p.doc")),
         "orphan_pending": conn.execute(

@@ -170,3 +170,123 @@ def test_filters_sql_and_vec0_clauses():
     assert f.needs_candidates and not Filters().needs_candidates and Filters().empty
     c, p = Filters(block_to=9).vec0()
     assert c == ["block_number >= ?", "block_number <= ?"] and p == [0, 9], "documents (block -1) are excluded"
+
+
+# ---------------------------------------------------------------------------------------------- BM25 on both backends
+
+#: Plain lower-case words that FTS5's ``porter unicode61`` and PostgreSQL's ``rag_english`` split and stem alike
+#: (plurals to their singular), so both backends see the same terms, frequencies and lengths.
+BM25_VOCAB = ("chain", "block", "blocks", "deposit", "reward", "rewards", "swap", "pool", "bridge", "token", "tokens",
+              "stake", "vault", "oracle", "relay")
+
+
+def bm25_reference(docs: dict[str, list[str]], query: list[str]) -> dict[str, float]:
+    """FTS5's ``bm25()`` negated (https://sqlite.org/fts5.html, k1 = 1.2, b = 0.75), by hand over stemmed tokens:
+    one term per query word, a document scoring if it holds any."""
+    stem = {"blocks": "block", "rewards": "reward", "tokens": "token"}
+    toks = {d: [stem.get(w, w) for w in ws] for d, ws in docs.items()}
+    n, avgdl = len(toks), sum(map(len, toks.values())) / len(toks)
+    out: dict[str, float] = {}
+    for d, ws in toks.items():
+        score, hit = 0.0, False
+        for q in (stem.get(w.lower(), w.lower()) for w in query):
+            df = sum(q in other for other in toks.values())
+            idf = np.log((n - df + 0.5) / (df + 0.5))
+            tf = ws.count(q)
+            hit |= tf > 0
+            score += (idf if idf > 0 else 1e-6) * (tf * 2.2) / (tf + 1.2 * (1 - 0.75 + 0.75 * len(ws) / avgdl))
+        if hit:
+            out[d] = score
+    return out
+
+
+def test_bm25_on_postgresql_equals_fts5_bm25_and_follows_deletes(request, tmp_path):
+    """Issue 15: keyword search on PostgreSQL ranks by FTS5's BM25. The same documents (through the document path)
+    and queries on both backends give the same hits in the same order with the same scores (to 1e-6), equal to a
+    hand computation of the formula; after deleting documents (the document delete API) still, with the collection
+    statistics recounted exactly. The queries cover a term in every document (FTS5's idf floor), two words with one
+    stem (counted twice, as FTS5 counts each phrase), upper case, and a filter (N and df stay the collection's)."""
+    import random
+
+    import monmouth_rag.plugin as rag
+    from tests.test_rag_support import _rigs, fts_stats
+
+    rng = random.Random(15)
+    docs: dict[str, list[str]] = {}
+    for i, length in enumerate(rng.sample(range(3, 80), 30)):  # distinct lengths: no tied scores
+        docs[f"d{i:02d}"] = ["chain", *rng.choices(BM25_VOCAB[1:], [1 / (j + 1) for j in range(14)], k=length - 1)]
+    queries = [["swap", "pool"], ["deposit", "reward", "vault"], ["block", "blocks"], ["oracle"], ["chain"],
+               ["relay", "bridge", "stake", "tokens"], ["Blocks", "SWAP"], ["vault", "missing"]]
+    gone = sorted(docs)[::3]
+    got: dict[str, list[object]] = {}
+    for backend in ("sqlite", "postgres"):
+        make = _rigs(request, tmp_path / backend, backend)
+        r = next(make)("bm25.sqlite")
+        for d, words in docs.items():
+            rag.add_document(d, " ".join(words))
+        runs: list[object] = []
+        for deleted in (False, True):
+            if deleted:
+                assert all(rag.delete_document(d) == 1 for d in gone)
+            live = {d: w for d, w in docs.items() if not deleted or d not in gone}
+            conn = r.db.reader()
+            stats = fts_stats(conn)  # also checks the stored statistics against a recount
+            assert stats in (None, (len(live), sum(map(len, live.values())))), stats
+            for q in queries:
+                ranked = [(h.provenance["doc_id"], h.score) for h in rag.search(" ".join(q), 100, mode="keyword")]
+                ref = bm25_reference(live, q)
+                assert sorted(d for d, _ in ranked) == sorted(ref), (backend, q)
+                assert all(abs(s - ref[d]) < 1e-9 for d, s in ranked), (backend, q, ranked, ref)
+                assert [s for _, s in ranked] == sorted((s for _, s in ranked), reverse=True)
+                runs.append(ranked)
+            one = next(d for d in sorted(live) if "vault" in live[d])
+            runs.append([(h.provenance["doc_id"], h.score) for h in rag.search(
+                "swap vault", 10, mode="keyword", filters={"doc_id": one})])
+            assert [d for d, _ in runs[-1]] == [one] and abs(runs[-1][0][1] - bm25_reference(live, ["swap", "vault"])[
+                one]) < 1e-9, "a filter selects among the matches, scored over the whole collection"
+        got[backend] = runs
+        make.close()
+    lite, pg = got["sqlite"], got["postgres"]
+    assert len(lite) == len(pg) == 2 * (len(queries) + 1) and all(lite)
+    for a, b in zip(lite, pg, strict=True):
+        assert [d for d, _ in a] == [d for d, _ in b], "the same hits in the same order"
+        assert np.allclose([s for _, s in a], [s for _, s in b], rtol=0, atol=1e-6), (a, b)
+
+
+def test_a_postgresql_database_from_before_bm25_is_migrated_and_ranks_by_bm25(pg_server):
+    """A rag database written before issue 15's BM25 (``rag_fts`` without lengths, no ``rag_fts_stats``): migration 2
+    fills each document's length and the collection statistics from the stored ``tsvector``s, and keyword search
+    then ranks by BM25 at once, as a hand computation of FTS5's formula."""
+    from monmouth_rag.dialect import PG_MIGRATIONS
+    from tests.test_rag_support import Rig, fts_stats, open_db
+
+    url = pg_server.database()
+    old = open_db(url)
+    assert old.migrate("rag", PG_MIGRATIONS[:1], set(TRIMMED)) == 1
+    docs = {"a": "swap pool swap chain", "b": "vault deposit chain reward", "c": "swap vault vault vault chain relay",
+            "d": "oracle chain"}
+    with old.write() as conn:  # what the plugin stored before: the row, its index row, the tsvector only
+        for i, (doc_id, text) in enumerate(docs.items(), start=1):
+            conn.execute("INSERT INTO rag_docs (id, kind, timestamp, doc_id, chunk, intent, token, text) "
+                         "VALUES (?, 'document', 0, ?, 0, '', '', ?)", (i, doc_id, text))
+            conn.execute("INSERT INTO rag_index (id, block_number) VALUES (?, NULL)", (i,))
+            conn.execute("INSERT INTO rag_fts (rowid, tsv) VALUES (?, to_tsvector('rag_english', ?))", (i, text))
+    r = Rig(url, worker=False)
+    try:
+        conn = r.db.reader()
+        assert conn.execute("SELECT version FROM monmouth_migrations WHERE plugin = 'rag'").fetchall() == [(2,)]
+        assert fts_stats(conn) == (4, 16)
+        words = {d: t.split() for d, t in docs.items()}
+        for q in ("swap vault", "chain", "oracle relay"):
+            ranked = [(h.provenance["doc_id"], h.score) for h in rag_search(q)]
+            ref = bm25_reference(words, q.split())
+            assert [d for d, _ in ranked] == sorted(ref, key=lambda d: -ref[d]), q
+            assert all(abs(s - ref[d]) < 1e-9 for d, s in ranked), (q, ranked, ref)
+    finally:
+        r.close()
+
+
+def rag_search(query: str):
+    import monmouth_rag.plugin as rag
+
+    return rag.search(query, 10, mode="keyword")

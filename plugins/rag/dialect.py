@@ -7,8 +7,10 @@ same text on both backends. What cannot be portable is here, one class per backe
 ==============  =============================================  ===================================================
                 SQLite (:class:`SqliteStatements`)             PostgreSQL (:class:`PgStatements`)
 ==============  =============================================  ===================================================
-keyword index   ``rag_fts``: FTS5, contentless, Porter         ``rag_fts (rowid, tsv tsvector)``, GIN index,
-                stemmer; ranked by ``bm25()``                  Snowball stemmer, no stop words; ``ts_rank``
+keyword index   ``rag_fts``: FTS5, contentless, Porter         ``rag_fts (rowid, tsv tsvector, length)``, GIN
+                stemmer; ranked by ``bm25()``                  index, Snowball stemmer, no stop words; ranked by
+                                                               the same BM25 (:meth:`PgStatements.keyword`) with
+                                                               ``rag_fts_stats`` (document count, total length)
 vectors         ``rag_vec``: sqlite-vec ``vec0``,              ``rag_vec (rowid, embedding vector(384), ...)``,
                 ``float[384]``, cosine distance                pgvector HNSW index ``vector_cosine_ops`` (or none:
                                                                ``plugins.rag.pg_knn``)
@@ -19,8 +21,9 @@ write lock      none (``BEGIN IMMEDIATE`` serialises writers)  ``LOCK TABLE rag_
 
 Both vector tables hold the same metadata columns (kind, block_number, timestamp, intent, token) under the same
 names and store cosine distance ``1 - cos``, so the filters' clauses (``Filters.vec0``) and the scores are the same.
-Sources: https://www.postgresql.org/docs/current/textsearch-controls.html (ts_rank), https://github.com/pgvector/
-pgvector (HNSW, iterative index scans, pgvector 0.8 or later).
+Sources: https://sqlite.org/fts5.html ("The bm25() function") and Robertson & Zaragoza, "The Probabilistic Relevance
+Framework: BM25 and Beyond" (2009) for BM25; https://www.postgresql.org/docs/current/datatype-textsearch.html
+(``tsvector`` positions); https://github.com/pgvector/pgvector (HNSW, iterative index scans, pgvector 0.8 or later).
 """
 
 from __future__ import annotations
@@ -107,7 +110,25 @@ PG_MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX rag_edges_dst ON rag_edges (dst);
     """,
+    # 2: BM25 (issue 15): each document's length in tokens, and the collection's document count and total length,
+    # filled from the tsvectors already stored (the length expression is PgStatements.LENGTH)
+    """
+    ALTER TABLE rag_fts ADD COLUMN length BIGINT;
+    UPDATE rag_fts SET length = (SELECT coalesce(sum(array_length(positions, 1)), 0) FROM unnest(tsv));
+    ALTER TABLE rag_fts ALTER COLUMN length SET NOT NULL;
+    CREATE TABLE rag_fts_stats (
+        one BOOLEAN PRIMARY KEY DEFAULT true CHECK (one), docs BIGINT NOT NULL, tokens BIGINT NOT NULL
+    );
+    INSERT INTO rag_fts_stats (docs, tokens) SELECT count(*), coalesce(sum(length), 0) FROM rag_fts;
+    """,
 )
+
+#: BM25's parameters, FTS5's ``bm25()`` defaults (https://sqlite.org/fts5.html): term frequency saturation ``k1`` and
+#: length normalisation ``b``.
+BM25_K1, BM25_B = 1.2, 0.75
+#: FTS5's floor for an inverse document frequency ``ln((N - n + 0.5) / (n + 0.5))`` that is zero or negative (a term
+#: in half the documents or more): a match still scores, barely.
+BM25_MIN_IDF = 1e-6
 
 
 class SqliteStatements:
@@ -117,8 +138,13 @@ class SqliteStatements:
     #: the in-memory ANN index (monmouth_rag.hnsw / monmouth_rag.ann) takes over above ``ann_min_vectors``
     ann_in_memory = True
 
-    def insert_fts(self, conn: Any, doc: int, text: str) -> None:
-        conn.execute("INSERT INTO rag_fts (rowid, text) VALUES (?, ?)", (doc, text))
+    def insert_fts(self, conn: Any, docs: Sequence[tuple[int, str]]) -> None:
+        """Keyword-index ``(id, text)`` pairs (FTS5 keeps its own document count and lengths)."""
+        conn.executemany("INSERT INTO rag_fts (rowid, text) VALUES (?, ?)", docs)
+
+    def delete_fts(self, conn: Any, ids: Sequence[int]) -> None:
+        """Remove documents ``ids`` from the keyword index (FTS5 adjusts its count and total length)."""
+        conn.executemany("DELETE FROM rag_fts WHERE rowid = ?", [(i,) for i in ids])
 
     def insert_vector(self, conn: Any, doc: int, vec: np.ndarray, meta: Sequence[Any]) -> None:
         """``meta``: kind, block_number, timestamp, intent, token."""
@@ -162,7 +188,33 @@ class SqliteStatements:
 
 
 class PgStatements:
-    """PostgreSQL: ``tsvector`` with a GIN index, and pgvector with an HNSW index (:data:`PG_MIGRATIONS`)."""
+    """PostgreSQL: ``tsvector`` with a GIN index, and pgvector with an HNSW index (:data:`PG_MIGRATIONS`).
+
+    Keyword ranking is FTS5's ``bm25()`` computed in SQL (:meth:`keyword`), from what FTS5 keeps for itself:
+
+    * ``rag_fts.length``: the document's length in tokens, the number of positions in its ``tsvector``
+      (:data:`LENGTH`); a term's frequency in it is the number of positions of its lexeme.
+    * ``rag_fts_stats`` (one row): the document count ``docs`` and the total length ``tokens``, so a query reads
+      ``N`` and the average length without scanning ``rag_fts``.
+    * A term's document frequency: a count of its matches through the GIN index, per query term (FTS5 reads each
+      term's doclist too).
+
+    Invariants: ``rag_fts_stats`` equals ``count(*)`` and ``sum(length)`` of ``rag_fts`` in every committed state.
+    Every write to ``rag_fts`` is one of :meth:`insert_fts`, :meth:`index_documents`, :meth:`delete_fts`, each a
+    single statement that changes the rows and the stats together. Neither table is journaled (both are in the
+    plugin's ``monmouth_trimmed_tables``, so no undo trigger and no undo row): a reorg removes the reverted
+    documents' rows through :meth:`delete_fts` like any delete, and nothing else restores them. The stats row is
+    locked by every writer, so it is locked only after ``rag_pending`` (:meth:`lock_writes`; the engine fills or
+    trims ``rag_pending`` before it indexes or removes keywords), so that a writer never waits for it while holding
+    something the engine needs.
+
+    ``tsvector`` limits (https://www.postgresql.org/docs/current/datatype-textsearch.html): at most 256 positions per
+    lexeme, and positions above 16,383 are stored as 16,383 (so one lexeme gets only one more position there). What
+    the plugin stores stays below both: document chunks are at most ``chunk_tokens`` model tokens (200 by default,
+    8,190 at most, each text token at least one model token) and a transaction's text at most 40 events and 20
+    transfers. Past them term frequencies and lengths would be undercounted, which BM25's saturation in the term
+    frequency mostly absorbs.
+    """
 
     backend = "postgres"
     #: pgvector's HNSW index, in the server, serves every KNN: no in-memory index
@@ -171,8 +223,34 @@ class PgStatements:
     #: stemmer (Porter's successor) and no stop words, the nearest to FTS5's ``porter unicode61``
     TS_CONFIG: ClassVar[str] = "rag_english"
 
-    def insert_fts(self, conn: Any, doc: int, text: str) -> None:
-        conn.execute(f"INSERT INTO rag_fts (rowid, tsv) VALUES (?, to_tsvector('{self.TS_CONFIG}', ?))", (doc, text))
+    #: A ``tsvector``'s length in tokens (``{}``: the tsvector): the number of positions of all its lexemes.
+    LENGTH: ClassVar[str] = "(SELECT coalesce(sum(array_length(positions, 1)), 0) FROM unnest({}))"
+
+    def _index(self, conn: Any, source: str, params: Sequence[Any]) -> None:
+        """Keyword-index the rows ``(id, text)`` of ``source`` and add them to ``rag_fts_stats``, in one statement."""
+        conn.execute(
+            f"WITH i AS (INSERT INTO rag_fts (rowid, tsv, length) SELECT s.id, v.tsv, {self.LENGTH.format('v.tsv')} "
+            f"FROM {source} CROSS JOIN LATERAL to_tsvector('{self.TS_CONFIG}', s.text) AS v(tsv) RETURNING length) "
+            "UPDATE rag_fts_stats SET docs = docs + (SELECT count(*) FROM i), "
+            "tokens = tokens + (SELECT coalesce(sum(length), 0) FROM i)", params)
+
+    def insert_fts(self, conn: Any, docs: Sequence[tuple[int, str]]) -> None:
+        """Keyword-index ``(id, text)`` pairs, and count them in ``rag_fts_stats``."""
+        if docs:
+            self._index(conn, "unnest(?::bigint[], ?::text[]) AS s(id, text)",
+                        ([d for d, _ in docs], [t for _, t in docs]))
+
+    def index_documents(self, conn: Any) -> None:
+        """Keyword-index every document of ``rag_index`` from its ``rag_docs.text`` (``monmouth storage copy``: FTS5
+        keeps no text to copy), and count them in ``rag_fts_stats``."""
+        self._index(conn, "(SELECT d.id, d.text FROM rag_docs d JOIN rag_index i ON i.id = d.id) AS s(id, text)", ())
+
+    def delete_fts(self, conn: Any, ids: Sequence[int]) -> None:
+        """Remove documents ``ids`` from the keyword index and from ``rag_fts_stats`` (ids not indexed: nothing)."""
+        if ids:
+            conn.execute("WITH d AS (DELETE FROM rag_fts WHERE rowid = ANY(?::bigint[]) RETURNING length) "
+                         "UPDATE rag_fts_stats SET docs = docs - (SELECT count(*) FROM d), "
+                         "tokens = tokens - (SELECT coalesce(sum(length), 0) FROM d)", (list(ids),))
 
     @staticmethod
     def vector_text(vec: np.ndarray) -> str:
@@ -231,15 +309,42 @@ class PgStatements:
 
     def keyword(self, conn: Any, words: Sequence[str], k: int, clauses: list[str],
                 params: list[Any]) -> list[tuple[int, float]]:
-        """PostgreSQL: ``ts_rank(tsv, query, 1)`` (term frequency with the document length normalised by
-        ``1 + log(length)``, the nearest built-in to BM25's saturation and length normalisation; docs/storage.md)."""
-        query = " | ".join(f"'{w}'" for w in words)  # words are [0-9A-Za-z_]+: no quote to escape
+        """PostgreSQL: FTS5's ``bm25()`` (k1 = 1.2, b = 0.75), the same formula over this backend's tokens. For each
+        document ``D`` holding any query term ``q`` (each distinct lexeme of each query word, counted once per word
+        as FTS5 counts each phrase of its query)::
+
+            score(D) = sum over q of idf(q) * tf(q, D) * (k1 + 1) / (tf(q, D) + k1 * (1 - b + b * |D| / avgdl))
+            idf(q) = ln((N - n(q) + 0.5) / (n(q) + 0.5)), or 1e-6 when that is zero or negative
+
+        ``tf``: positions of the lexeme in ``D``'s ``tsvector``; ``|D|``: ``rag_fts.length``; ``N``, ``avgdl``: from
+        ``rag_fts_stats``; ``n(q)``: documents matching ``q`` (through the GIN index). Filters select among the
+        matches; ``N`` and ``n(q)`` are the whole collection's, as in FTS5. A word the parser splits (``foo_bar``)
+        gives one term per lexeme where FTS5 matches it as a phrase."""
         join = " JOIN rag_docs d ON d.id = f.rowid" if clauses else ""
         where = "".join(f" AND {c}" for c in clauses)
+        k1, b = BM25_K1, BM25_B
+        # quote_literal(lexeme)::tsquery: the lexeme as it is (no parser, no stemmer); lexemes of the query's
+        # [0-9A-Za-z_]+ words hold no backslash, the one character quote_literal would escape in a way tsquery reads
+        # differently
         rows = conn.execute(
-            f"SELECT f.rowid, ts_rank(f.tsv, q, 1) AS s FROM rag_fts f{join} "
-            f"CROSS JOIN to_tsquery('{self.TS_CONFIG}', ?) q WHERE f.tsv @@ q{where} ORDER BY s DESC, f.rowid LIMIT ?",
-            (query, *params, k)).fetchall()
+            "WITH s AS (SELECT docs::float8 AS n, tokens::float8 / greatest(docs, 1) AS avgdl FROM rag_fts_stats), "
+            "w AS (SELECT l.lexeme AS term FROM unnest(?::text[]) AS u(word) "
+            f"CROSS JOIN LATERAL unnest(to_tsvector('{self.TS_CONFIG}', u.word)) AS l), "
+            "t AS (SELECT w.term, CASE WHEN x.idf > 0 THEN x.idf ELSE "
+            f"{BM25_MIN_IDF}::float8 END AS idf FROM w CROSS JOIN s CROSS JOIN LATERAL "
+            "(SELECT ln((s.n - count(*) + 0.5::float8) / (count(*) + 0.5::float8)) AS idf FROM rag_fts "
+            "WHERE tsv @@ quote_literal(w.term)::tsquery) AS x), "
+            f"m AS (SELECT f.rowid, f.tsv, f.length FROM rag_fts f{join} "
+            f"WHERE f.tsv @@ (SELECT string_agg(quote_literal(term), ' | ')::tsquery FROM t){where}) "
+            f"SELECT m.rowid, sum(t.idf * ((x.tf * {k1 + 1}::float8) / (x.tf + {k1}::float8 * "
+            f"(1 - {b}::float8 + {b}::float8 * m.length / s.avgdl)))) AS score "
+            # tf: the positions of the query's lexemes only (weighted A, kept by ts_filter): no unnest of every
+            # lexeme of the document
+            "FROM m CROSS JOIN s CROSS JOIN LATERAL "
+            "(SELECT lexeme, array_length(positions, 1)::float8 AS tf FROM unnest(ts_filter(setweight(m.tsv, 'A', "
+            "(SELECT array_agg(term) FROM t)), '{a}'))) AS x JOIN t ON t.term = x.lexeme "
+            "GROUP BY m.rowid ORDER BY score DESC, m.rowid LIMIT ?",
+            (list(words), *params, k)).fetchall()
         return [(int(r[0]), float(r[1])) for r in rows]
 
 
