@@ -310,42 +310,58 @@ class PgStatements:
     def keyword(self, conn: Any, words: Sequence[str], k: int, clauses: list[str],
                 params: list[Any]) -> list[tuple[int, float]]:
         """PostgreSQL: FTS5's ``bm25()`` (k1 = 1.2, b = 0.75), the same formula over this backend's tokens. For each
-        document ``D`` holding any query term ``q`` (each distinct lexeme of each query word, counted once per word
-        as FTS5 counts each phrase of its query)::
+        document ``D`` holding any query term ``q`` (each lexeme of each query word, counted once per word as FTS5
+        counts each phrase of its query)::
 
             score(D) = sum over q of idf(q) * tf(q, D) * (k1 + 1) / (tf(q, D) + k1 * (1 - b + b * |D| / avgdl))
-            idf(q) = ln((N - n(q) + 0.5) / (n(q) + 0.5)), or 1e-6 when that is zero or negative
+            idf(q) = ln((N - n(q) + 0.5) / (n(q) + 0.5)), or 1e-6 where that is zero or negative
 
-        ``tf``: positions of the lexeme in ``D``'s ``tsvector``; ``|D|``: ``rag_fts.length``; ``N``, ``avgdl``: from
-        ``rag_fts_stats``; ``n(q)``: documents matching ``q`` (through the GIN index). Filters select among the
-        matches; ``N`` and ``n(q)`` are the whole collection's, as in FTS5. A word the parser splits (``foo_bar``)
-        gives one term per lexeme where FTS5 matches it as a phrase."""
-        join = " JOIN rag_docs d ON d.id = f.rowid" if clauses else ""
-        where = "".join(f" AND {c}" for c in clauses)
-        k1, b = BM25_K1, BM25_B
-        # quote_literal(lexeme)::tsquery: the lexeme as it is (no parser, no stemmer); lexemes of the query's
-        # [0-9A-Za-z_]+ words hold no backslash, the one character quote_literal would escape in a way tsquery reads
-        # differently
+        ``tf``: positions of the lexeme in ``D``'s ``tsvector``; ``|D|``: ``rag_fts.length``; ``N`` and ``avgdl``:
+        ``rag_fts_stats``; ``n(q)``: the documents holding ``q``, counted in the same pass that reads every matching
+        document's term frequencies (FTS5 reads each term's doclist too). Filters select among the matches; ``N``
+        and ``n(q)`` are the whole collection's, as in FTS5. A word the parser splits (``foo_bar``) gives one term per
+        lexeme where FTS5 matches it as a phrase.
+
+        Two round trips: the query words' lexemes (the text search configuration's parser and stemmer), then the
+        ranking with them as parameters, so the planner sees the actual lexemes (it estimates their frequencies from
+        ``rag_fts``'s statistics and picks the GIN index or a scan). The work grows with the documents matching any
+        query word, as ``ts_rank``'s did (and FTS5's does): with no stop words, a query holding "the" reads most of
+        the collection."""
+        terms = [r[0] for r in conn.execute(f"SELECT l.lexeme FROM unnest(?::text[]) AS u(word) CROSS JOIN LATERAL "
+                                            f"unnest(to_tsvector('{self.TS_CONFIG}', u.word)) AS l",
+                                            (list(words),)).fetchall()]
+        if not terms:
+            return []
+        distinct = sorted(set(terms))
+        keep = f"EXISTS (SELECT 1 FROM rag_docs d WHERE d.id = f.rowid AND {' AND '.join(clauses)})" if clauses \
+            else "true"
+        k1, b, half = BM25_K1, BM25_B, "0.5::float8"
         rows = conn.execute(
-            "WITH s AS (SELECT docs::float8 AS n, tokens::float8 / greatest(docs, 1) AS avgdl FROM rag_fts_stats), "
-            "w AS (SELECT l.lexeme AS term FROM unnest(?::text[]) AS u(word) "
-            f"CROSS JOIN LATERAL unnest(to_tsvector('{self.TS_CONFIG}', u.word)) AS l), "
-            "t AS (SELECT w.term, CASE WHEN x.idf > 0 THEN x.idf ELSE "
-            f"{BM25_MIN_IDF}::float8 END AS idf FROM w CROSS JOIN s CROSS JOIN LATERAL "
-            "(SELECT ln((s.n - count(*) + 0.5::float8) / (count(*) + 0.5::float8)) AS idf FROM rag_fts "
-            "WHERE tsv @@ quote_literal(w.term)::tsquery) AS x), "
-            f"m AS (SELECT f.rowid, f.tsv, f.length FROM rag_fts f{join} "
-            f"WHERE f.tsv @@ (SELECT string_agg(quote_literal(term), ' | ')::tsquery FROM t){where}) "
-            f"SELECT m.rowid, sum(t.idf * ((x.tf * {k1 + 1}::float8) / (x.tf + {k1}::float8 * "
-            f"(1 - {b}::float8 + {b}::float8 * m.length / s.avgdl)))) AS score "
-            # tf: the positions of the query's lexemes only (weighted A, kept by ts_filter): no unnest of every
-            # lexeme of the document
-            "FROM m CROSS JOIN s CROSS JOIN LATERAL "
-            "(SELECT lexeme, array_length(positions, 1)::float8 AS tf FROM unnest(ts_filter(setweight(m.tsv, 'A', "
-            "(SELECT array_agg(term) FROM t)), '{a}'))) AS x JOIN t ON t.term = x.lexeme "
-            "GROUP BY m.rowid ORDER BY score DESC, m.rowid LIMIT ?",
-            (list(words), *params, k)).fetchall()
+            # s: N and the average length (one row, which the planner knows)
+            "WITH s AS (SELECT (SELECT docs FROM rag_fts_stats)::float8 AS n, "
+            "(SELECT tokens::float8 / greatest(docs, 1) FROM rag_fts_stats) AS avgdl), "
+            # m: one row per (document holding any term, term it holds) with tf, and whether the filters keep it;
+            # the positions of the query's lexemes only (weighted A, kept by ts_filter), not every lexeme's
+            f"m AS (SELECT f.rowid, f.length, x.lexeme, x.tf, {keep} AS keep FROM rag_fts f CROSS JOIN LATERAL "
+            "(SELECT lexeme, array_length(positions, 1)::float8 AS tf FROM unnest(ts_filter(setweight(f.tsv, 'A', "
+            "?::text[]), '{a}'))) AS x WHERE f.tsv @@ ?::tsquery), "
+            # t: each term's weight, its idf (document frequency: its rows in m) times the words that gave it, as
+            # two arrays in one row
+            "t AS (SELECT array_agg(g.lexeme) AS terms, array_agg(w.words * CASE WHEN i.idf > 0 THEN i.idf ELSE "
+            f"{BM25_MIN_IDF}::float8 END) AS weights FROM (SELECT lexeme, count(*) AS df FROM m GROUP BY lexeme) AS g "
+            "JOIN unnest(?::text[], ?::float8[]) AS w(term, words) ON w.term = g.lexeme CROSS JOIN s "
+            f"CROSS JOIN LATERAL (SELECT ln((s.n - g.df + {half}) / (g.df + {half})) AS idf) AS i) "
+            f"SELECT m.rowid, sum(t.weights[array_position(t.terms, m.lexeme)] * m.tf * {k1 + 1}::float8 / (m.tf + "
+            f"{k1}::float8 * (1 - {b}::float8 + {b}::float8 * m.length / s.avgdl))) AS score FROM m, t, s "
+            "WHERE m.keep GROUP BY m.rowid ORDER BY score DESC, m.rowid LIMIT ?",
+            (*params, distinct, " | ".join(map(_tsquery_lexeme, distinct)), distinct,
+             [float(terms.count(t)) for t in distinct], k)).fetchall()
         return [(int(r[0]), float(r[1])) for r in rows]
+
+
+def _tsquery_lexeme(lexeme: str) -> str:
+    """A ``tsquery`` matching ``lexeme`` as it is (quoted: no operator, no parser or stemmer)."""
+    return "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 Statements = SqliteStatements | PgStatements
