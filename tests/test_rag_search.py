@@ -174,22 +174,31 @@ def test_filters_sql_and_vec0_clauses():
 
 # ---------------------------------------------------------------------------------------------- BM25 on both backends
 
-#: Plain lower-case words that FTS5's ``porter unicode61`` and PostgreSQL's ``rag_english`` split and stem alike
-#: (plurals to their singular), so both backends see the same terms, frequencies and lengths.
-BM25_VOCAB = ("chain", "block", "blocks", "deposit", "reward", "rewards", "swap", "pool", "bridge", "token", "tokens",
-              "stake", "vault", "oracle", "relay")
+#: Words and the tokens FTS5's ``porter unicode61`` makes of them, which PostgreSQL's ``rag_english`` (the Porter
+#: stemmer, ASCII punctuation as separators) makes too: plurals, stems where Porter and Snowball English differ
+#: (``generously``, ``dying``), and punctuation that PostgreSQL's parser alone would keep in one token.
+BM25_VOCAB = {"chain": ["chain"], "block": ["block"], "blocks": ["block"], "deposit": ["deposit"],
+              "Rewards,": ["reward"], "swap": ["swap"], "pool.": ["pool"], "IL-6": ["il", "6"], "3.5": ["3", "5"],
+              "T-cells": ["t", "cell"], "generously": ["gener"], "dying": ["dy"], "e.g.": ["e", "g"],
+              "vault": ["vault"], "oracle": ["oracl"], "relay_bridge": ["relai", "bridg"]}
+#: A query word's term (Porter's stem) where it is not the word in lower case.
+BM25_TERMS = {"blocks": "block", "oracle": "oracl", "relay": "relai", "bridge": "bridg", "generously": "gener",
+              "dying": "dy", "missing": "miss", "cells": "cell"}
 
 
-def bm25_reference(docs: dict[str, list[str]], query: list[str]) -> dict[str, float]:
-    """FTS5's ``bm25()`` negated (https://sqlite.org/fts5.html, k1 = 1.2, b = 0.75), by hand over stemmed tokens:
-    one term per query word, a document scoring if it holds any."""
-    stem = {"blocks": "block", "rewards": "reward", "tokens": "token"}
-    toks = {d: [stem.get(w, w) for w in ws] for d, ws in docs.items()}
+def bm25_tokens(text: str) -> list[str]:
+    return [t for w in text.split() for t in BM25_VOCAB.get(w, [w])]
+
+
+def bm25_reference(docs: dict[str, str], query: list[str]) -> dict[str, float]:
+    """FTS5's ``bm25()`` negated (https://sqlite.org/fts5.html, k1 = 1.2, b = 0.75), by hand over the tokens of
+    :data:`BM25_VOCAB`: one term per query word, a document scoring if it holds any."""
+    toks = {d: bm25_tokens(t) for d, t in docs.items()}
     n, avgdl = len(toks), sum(map(len, toks.values())) / len(toks)
     out: dict[str, float] = {}
     for d, ws in toks.items():
         score, hit = 0.0, False
-        for q in (stem.get(w.lower(), w.lower()) for w in query):
+        for q in (BM25_TERMS.get(w.lower(), w.lower()) for w in query):
             df = sum(q in other for other in toks.values())
             idf = np.log((n - df + 0.5) / (df + 0.5))
             tf = ws.count(q)
@@ -201,37 +210,41 @@ def bm25_reference(docs: dict[str, list[str]], query: list[str]) -> dict[str, fl
 
 
 def test_bm25_on_postgresql_equals_fts5_bm25_and_follows_deletes(request, tmp_path):
-    """Issue 15: keyword search on PostgreSQL ranks by FTS5's BM25. The same documents (through the document path)
-    and queries on both backends give the same hits in the same order with the same scores (to 1e-6), equal to a
-    hand computation of the formula; after deleting documents (the document delete API) still, with the collection
-    statistics recounted exactly. The queries cover a term in every document (FTS5's idf floor), two words with one
-    stem (counted twice, as FTS5 counts each phrase), upper case, and a filter (N and df stay the collection's)."""
+    """Issue 15: keyword search on PostgreSQL ranks by FTS5's BM25 over the same tokens. The same documents (through
+    the document path) and queries on both backends give the same hits in the same order with the same scores (to
+    1e-6), equal to a hand computation of the formula; after deleting documents (the document delete API) still,
+    with the collection statistics recounted exactly. The queries cover a term in every document (FTS5's idf
+    floor), two words with one stem (counted twice, as FTS5 counts each phrase), upper case, Porter's own stems,
+    words cut at punctuation, and a filter (N and df stay the collection's)."""
     import random
 
     import monmouth_rag.plugin as rag
     from tests.test_rag_support import _rigs, fts_stats
 
     rng = random.Random(15)
-    docs: dict[str, list[str]] = {}
+    vocab = list(BM25_VOCAB)[1:]
+    docs: dict[str, str] = {}
     for i, length in enumerate(rng.sample(range(3, 80), 30)):  # distinct lengths: no tied scores
-        docs[f"d{i:02d}"] = ["chain", *rng.choices(BM25_VOCAB[1:], [1 / (j + 1) for j in range(14)], k=length - 1)]
+        docs[f"d{i:02d}"] = " ".join(["chain", *rng.choices(vocab, [1 / (j + 1) for j in range(len(vocab))],
+                                                           k=length - 1)])
     queries = [["swap", "pool"], ["deposit", "reward", "vault"], ["block", "blocks"], ["oracle"], ["chain"],
-               ["relay", "bridge", "stake", "tokens"], ["Blocks", "SWAP"], ["vault", "missing"]]
+               ["relay", "bridge", "generously", "cell"], ["Blocks", "SWAP"], ["vault", "missing"], ["IL", "6"],
+               ["dying", "die"], ["e", "g", "3"]]
     gone = sorted(docs)[::3]
     got: dict[str, list[object]] = {}
     for backend in ("sqlite", "postgres"):
         make = _rigs(request, tmp_path / backend, backend)
         r = next(make)("bm25.sqlite")
-        for d, words in docs.items():
-            rag.add_document(d, " ".join(words))
+        for d, text in docs.items():
+            rag.add_document(d, text)
         runs: list[object] = []
         for deleted in (False, True):
             if deleted:
                 assert all(rag.delete_document(d) == 1 for d in gone)
-            live = {d: w for d, w in docs.items() if not deleted or d not in gone}
+            live = {d: t for d, t in docs.items() if not deleted or d not in gone}
             conn = r.db.reader()
             stats = fts_stats(conn)  # also checks the stored statistics against a recount
-            assert stats in (None, (len(live), sum(map(len, live.values())))), stats
+            assert stats in (None, (len(live), sum(len(bm25_tokens(t)) for t in live.values()))), stats
             for q in queries:
                 ranked = [(h.provenance["doc_id"], h.score) for h in rag.search(" ".join(q), 100, mode="keyword")]
                 ref = bm25_reference(live, q)
@@ -254,17 +267,18 @@ def test_bm25_on_postgresql_equals_fts5_bm25_and_follows_deletes(request, tmp_pa
 
 
 def test_a_postgresql_database_from_before_bm25_is_migrated_and_ranks_by_bm25(pg_server):
-    """A rag database written before issue 15's BM25 (``rag_fts`` without lengths, no ``rag_fts_stats``): migration 2
-    fills each document's length and the collection statistics from the stored ``tsvector``s, and keyword search
-    then ranks by BM25 at once, as a hand computation of FTS5's formula."""
+    """A rag database written before issue 15's BM25 (``tsvector``s of PostgreSQL's parser and the Snowball English
+    stemmer, no lengths, no ``rag_fts_stats``): migration 2 rebuilds the ``tsvector``s with FTS5's tokens from
+    ``rag_docs.text``, fills each document's length and the collection statistics, and keyword search then ranks
+    by BM25 at once, as a hand computation of FTS5's formula."""
     from monmouth_rag.dialect import PG_MIGRATIONS
     from tests.test_rag_support import Rig, fts_stats, open_db
 
     url = pg_server.database()
     old = open_db(url)
     assert old.migrate("rag", PG_MIGRATIONS[:1], set(TRIMMED)) == 1
-    docs = {"a": "swap pool swap chain", "b": "vault deposit chain reward", "c": "swap vault vault vault chain relay",
-            "d": "oracle chain"}
+    docs = {"a": "swap pool swap chain", "b": "vault deposit chain generously", "c": "swap vault vault vault chain IL-6",
+            "d": "oracle chain T-cells"}
     with old.write() as conn:  # what the plugin stored before: the row, its index row, the tsvector only
         for i, (doc_id, text) in enumerate(docs.items(), start=1):
             conn.execute("INSERT INTO rag_docs (id, kind, timestamp, doc_id, chunk, intent, token, text) "
@@ -275,11 +289,11 @@ def test_a_postgresql_database_from_before_bm25_is_migrated_and_ranks_by_bm25(pg
     try:
         conn = r.db.reader()
         assert conn.execute("SELECT version FROM monmouth_migrations WHERE plugin = 'rag'").fetchall() == [(2,)]
-        assert fts_stats(conn) == (4, 16)
-        words = {d: t.split() for d, t in docs.items()}
-        for q in ("swap vault", "chain", "oracle relay"):
+        assert fts_stats(conn) == (4, 19)
+        for q in ("swap vault", "chain", "oracle generously", "IL cells"):
             ranked = [(h.provenance["doc_id"], h.score) for h in rag_search(q)]
-            ref = bm25_reference(words, q.split())
+            ref = bm25_reference(docs, q.split())
+            assert ref, q
             assert [d for d, _ in ranked] == sorted(ref, key=lambda d: -ref[d]), q
             assert all(abs(s - ref[d]) < 1e-9 for d, s in ranked), (q, ranked, ref)
     finally:

@@ -110,9 +110,13 @@ PG_MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX rag_edges_dst ON rag_edges (dst);
     """,
-    # 2: BM25 (issue 15): each document's length in tokens, and the collection's document count and total length,
-    # filled from the tsvectors already stored (the length expression is PgStatements.LENGTH)
+    # 2: BM25 (issue 15): FTS5's tokens (the original Porter stemmer, ASCII punctuation as separators: the
+    # expression is PgStatements.TEXT) with the stored tsvectors rebuilt, each document's length in tokens, and the
+    # collection's document count and total length (the length expression is PgStatements.LENGTH)
     """
+    ALTER TEXT SEARCH DICTIONARY rag_stem (LANGUAGE = porter);
+    UPDATE rag_fts f SET tsv = to_tsvector('rag_english', regexp_replace(d.text, '[[:punct:][:space:][:cntrl:]]+',
+        ' ', 'g')) FROM rag_docs d WHERE d.id = f.rowid;
     ALTER TABLE rag_fts ADD COLUMN length BIGINT;
     UPDATE rag_fts SET length = (SELECT coalesce(sum(array_length(positions, 1)), 0) FROM unnest(tsv));
     ALTER TABLE rag_fts ALTER COLUMN length SET NOT NULL;
@@ -219,9 +223,15 @@ class PgStatements:
     backend = "postgres"
     #: pgvector's HNSW index, in the server, serves every KNN: no in-memory index
     ann_in_memory = False
-    #: the text search configuration (:data:`PG_MIGRATIONS`): PostgreSQL's ``english`` with the Snowball English
-    #: stemmer (Porter's successor) and no stop words, the nearest to FTS5's ``porter unicode61``
+    #: the text search configuration (:data:`PG_MIGRATIONS`): PostgreSQL's ``english`` with the original Porter
+    #: stemmer (Snowball's ``porter``, as FTS5's ``porter``) and no stop words
     TS_CONFIG: ClassVar[str] = "rag_english"
+    #: The text as the configuration's parser gets it (``{}``: the text): ASCII punctuation, spaces and control
+    #: characters replaced by a space, so the parser sees words of letters and digits only and splits where FTS5's
+    #: ``unicode61`` does (PostgreSQL's parser alone keeps ``3.5``, ``IL-6``'s ``-6``, ``10.1016/j.cell`` or
+    #: ``e.g.`` as one token, and indexes ``T-cell`` as ``t-cell``, ``t`` and ``cell``). Non-ASCII letters stay
+    #: letters (FTS5 also folds their diacritics away: not done here).
+    TEXT: ClassVar[str] = "regexp_replace({}, '[[:punct:][:space:][:cntrl:]]+', ' ', 'g')"
 
     #: A ``tsvector``'s length in tokens (``{}``: the tsvector): the number of positions of all its lexemes.
     LENGTH: ClassVar[str] = "(SELECT coalesce(sum(array_length(positions, 1)), 0) FROM unnest({}))"
@@ -230,7 +240,8 @@ class PgStatements:
         """Keyword-index the rows ``(id, text)`` of ``source`` and add them to ``rag_fts_stats``, in one statement."""
         conn.execute(
             f"WITH i AS (INSERT INTO rag_fts (rowid, tsv, length) SELECT s.id, v.tsv, {self.LENGTH.format('v.tsv')} "
-            f"FROM {source} CROSS JOIN LATERAL to_tsvector('{self.TS_CONFIG}', s.text) AS v(tsv) RETURNING length) "
+            f"FROM {source} CROSS JOIN LATERAL to_tsvector('{self.TS_CONFIG}', {self.TEXT.format('s.text')}) AS v(tsv) "
+            "RETURNING length) "
             "UPDATE rag_fts_stats SET docs = docs + (SELECT count(*) FROM i), "
             "tokens = tokens + (SELECT coalesce(sum(length), 0) FROM i)", params)
 
@@ -328,8 +339,8 @@ class PgStatements:
         query word, as ``ts_rank``'s did (and FTS5's does): with no stop words, a query holding "the" reads most of
         the collection."""
         terms = [r[0] for r in conn.execute(f"SELECT l.lexeme FROM unnest(?::text[]) AS u(word) CROSS JOIN LATERAL "
-                                            f"unnest(to_tsvector('{self.TS_CONFIG}', u.word)) AS l",
-                                            (list(words),)).fetchall()]
+                                            f"unnest(to_tsvector('{self.TS_CONFIG}', {self.TEXT.format('u.word')})) "
+                                            "AS l", (list(words),)).fetchall()]
         if not terms:
             return []
         distinct = sorted(set(terms))
