@@ -356,14 +356,13 @@ class PgStatements:
             f"m AS (SELECT f.rowid, f.length, x.lexeme, x.tf, {keep} AS keep FROM rag_fts f CROSS JOIN LATERAL "
             "(SELECT lexeme, array_length(positions, 1)::float8 AS tf FROM unnest(ts_filter(setweight(f.tsv, 'A', "
             "?::text[]), '{a}'))) AS x WHERE f.tsv @@ ?::tsquery), "
-            # t: each term's weight, its idf (document frequency: its rows in m) times the words that gave it, as
-            # two arrays in one row
-            "t AS (SELECT array_agg(g.lexeme) AS terms, array_agg(w.words * CASE WHEN i.idf > 0 THEN i.idf ELSE "
-            f"{BM25_MIN_IDF}::float8 END) AS weights FROM (SELECT lexeme, count(*) AS df FROM m GROUP BY lexeme) AS g "
+            # t: each term's weight, its idf (document frequency: its rows in m) times the words that gave it
+            "t AS (SELECT g.lexeme, w.words * CASE WHEN i.idf > 0 THEN i.idf ELSE "
+            f"{BM25_MIN_IDF}::float8 END AS weight FROM (SELECT lexeme, count(*) AS df FROM m GROUP BY lexeme) AS g "
             "JOIN unnest(?::text[], ?::float8[]) AS w(term, words) ON w.term = g.lexeme CROSS JOIN s "
             f"CROSS JOIN LATERAL (SELECT ln((s.n - g.df + {half}) / (g.df + {half})) AS idf) AS i) "
-            f"SELECT m.rowid, sum(t.weights[array_position(t.terms, m.lexeme)] * m.tf * {k1 + 1}::float8 / (m.tf + "
-            f"{k1}::float8 * (1 - {b}::float8 + {b}::float8 * m.length / s.avgdl))) AS score FROM m, t, s "
+            f"SELECT m.rowid, sum(t.weight * m.tf * {k1 + 1}::float8 / (m.tf + {k1}::float8 * (1 - {b}::float8 + "
+            f"{b}::float8 * m.length / s.avgdl))) AS score FROM m JOIN t ON t.lexeme = m.lexeme CROSS JOIN s "
             "WHERE m.keep GROUP BY m.rowid ORDER BY score DESC, m.rowid LIMIT ?",
             (*params, distinct, " | ".join(map(_tsquery_lexeme, distinct)), distinct,
              [float(terms.count(t)) for t in distinct], k)).fetchall()
