@@ -215,7 +215,8 @@ def test_bm25_on_postgresql_equals_fts5_bm25_and_follows_deletes(request, tmp_pa
     1e-6), equal to a hand computation of the formula; after deleting documents (the document delete API) still,
     with the collection statistics recounted exactly. The queries cover a term in every document (FTS5's idf
     floor), two words with one stem (counted twice, as FTS5 counts each phrase), upper case, Porter's own stems,
-    words cut at punctuation, and a filter (N and df stay the collection's)."""
+    words cut at punctuation, a top k that PostgreSQL finds among the documents holding the rarer terms only, and a
+    filter (N and df stay the collection's)."""
     import random
 
     import monmouth_rag.plugin as rag
@@ -227,9 +228,11 @@ def test_bm25_on_postgresql_equals_fts5_bm25_and_follows_deletes(request, tmp_pa
     for i, length in enumerate(rng.sample(range(3, 80), 30)):  # distinct lengths: no tied scores
         docs[f"d{i:02d}"] = " ".join(["chain", *rng.choices(vocab, [1 / (j + 1) for j in range(len(vocab))],
                                                            k=length - 1)])
+    for d in ("d03", "d07", "d11", "d19", "d24"):  # a rare word: the only term below half the collection
+        docs[d] += " zebra"
     queries = [["swap", "pool"], ["deposit", "reward", "vault"], ["block", "blocks"], ["oracle"], ["chain"],
                ["relay", "bridge", "generously", "cell"], ["Blocks", "SWAP"], ["vault", "missing"], ["IL", "6"],
-               ["dying", "die"], ["e", "g", "3"]]
+               ["dying", "die"], ["e", "g", "3"], ["zebra", "chain"]]
     gone = sorted(docs)[::3]
     got: dict[str, list[object]] = {}
     for backend in ("sqlite", "postgres"):
@@ -252,6 +255,15 @@ def test_bm25_on_postgresql_equals_fts5_bm25_and_follows_deletes(request, tmp_pa
                 assert all(abs(s - ref[d]) < 1e-9 for d, s in ranked), (backend, q, ranked, ref)
                 assert [s for _, s in ranked] == sorted((s for _, s in ranked), reverse=True)
                 runs.append(ranked)
+            for q, k in ((["chain", "zebra"], 3), (["chain", "vault", "dying", "zebra", "relay"], 2)):
+                # a top k that the rare word decides (its k-th score above what the other terms, each in half the
+                # documents or more, can give together): PostgreSQL reads only the documents holding "zebra"
+                ref = bm25_reference(live, q)
+                top = sorted(ref, key=lambda d: (-ref[d], d))[:k]
+                assert ref[top[-1]] > (len(q) - 1) * 2.2e-6
+                ranked = [(h.provenance["doc_id"], h.score) for h in rag.search(" ".join(q), k, mode="keyword")]
+                assert [d for d, _ in ranked] == top and all(abs(s - ref[d]) < 1e-9 for d, s in ranked), (q, ranked)
+                runs.append(ranked)
             one = next(d for d in sorted(live) if "vault" in live[d])
             runs.append([(h.provenance["doc_id"], h.score) for h in rag.search(
                 "swap vault", 10, mode="keyword", filters={"doc_id": one})])
@@ -260,7 +272,7 @@ def test_bm25_on_postgresql_equals_fts5_bm25_and_follows_deletes(request, tmp_pa
         got[backend] = runs
         make.close()
     lite, pg = got["sqlite"], got["postgres"]
-    assert len(lite) == len(pg) == 2 * (len(queries) + 1) and all(lite)
+    assert len(lite) == len(pg) == 2 * (len(queries) + 3) and all(lite)
     for a, b in zip(lite, pg, strict=True):
         assert [d for d, _ in a] == [d for d, _ in b], "the same hits in the same order"
         assert np.allclose([s for _, s in a], [s for _, s in b], rtol=0, atol=1e-6), (a, b)

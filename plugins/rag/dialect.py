@@ -28,6 +28,7 @@ Framework: BM25 and Beyond" (2009) for BM25; https://www.postgresql.org/docs/cur
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -124,6 +125,10 @@ PG_MIGRATIONS: tuple[str, ...] = (
         one BOOLEAN PRIMARY KEY DEFAULT true CHECK (one), docs BIGINT NOT NULL, tokens BIGINT NOT NULL
     );
     INSERT INTO rag_fts_stats (docs, tokens) SELECT count(*), coalesce(sum(length), 0) FROM rag_fts;
+    -- a term's document frequency: its matches counted through the GIN index (the bitmap of its posting list; no
+    -- tsvector read), even for a term in most documents, where the planner would otherwise read every tsvector
+    CREATE FUNCTION rag_fts_df(q tsquery) RETURNS bigint LANGUAGE sql STABLE SET enable_seqscan = off
+        AS $$ SELECT count(*) FROM rag_fts WHERE tsv @@ q $$;
     """,
 )
 
@@ -320,52 +325,64 @@ class PgStatements:
 
     def keyword(self, conn: Any, words: Sequence[str], k: int, clauses: list[str],
                 params: list[Any]) -> list[tuple[int, float]]:
-        """PostgreSQL: FTS5's ``bm25()`` (k1 = 1.2, b = 0.75), the same formula over this backend's tokens. For each
-        document ``D`` holding any query term ``q`` (each lexeme of each query word, counted once per word as FTS5
-        counts each phrase of its query)::
+        """PostgreSQL: FTS5's ``bm25()`` (k1 = 1.2, b = 0.75), the same formula over the same tokens (:data:`TEXT`).
+        For each document ``D`` holding any query term ``q`` (each lexeme of each query word, counted once per word
+        as FTS5 counts each phrase of its query)::
 
             score(D) = sum over q of idf(q) * tf(q, D) * (k1 + 1) / (tf(q, D) + k1 * (1 - b + b * |D| / avgdl))
             idf(q) = ln((N - n(q) + 0.5) / (n(q) + 0.5)), or 1e-6 where that is zero or negative
 
         ``tf``: positions of the lexeme in ``D``'s ``tsvector``; ``|D|``: ``rag_fts.length``; ``N`` and ``avgdl``:
-        ``rag_fts_stats``; ``n(q)``: the documents holding ``q``, counted in the same pass that reads every matching
-        document's term frequencies (FTS5 reads each term's doclist too). Filters select among the matches; ``N``
-        and ``n(q)`` are the whole collection's, as in FTS5. A word the parser splits (``foo_bar``) gives one term per
-        lexeme where FTS5 matches it as a phrase.
+        ``rag_fts_stats``; ``n(q)``: ``rag_fts_df`` (its GIN index matches). Filters select among the matches;
+        ``N`` and ``n(q)`` are the whole collection's, as in FTS5.
 
-        Two round trips: the query words' lexemes (the text search configuration's parser and stemmer), then the
-        ranking with them as parameters, so the planner sees the actual lexemes (it estimates their frequencies from
-        ``rag_fts``'s statistics and picks the GIN index or a scan). The work grows with the documents matching any
-        query word, as ``ts_rank``'s did (and FTS5's does): with no stop words, a query holding "the" reads most of
-        the collection."""
+        Three round trips, or four: the query words' lexemes (the configuration's parser and stemmer), the
+        statistics, then the ranking with them as parameters. Every document holding a query term has a score, but
+        the ranking first reads only the documents holding a term below half the collection (idf above the floor):
+        with no stop words, "the" or "of" are in most documents, and a document holding only such terms scores below
+        ``B = (k1 + 1) * the sum of their weights`` (each term's frequency part is below ``k1 + 1``; a weight is
+        the idf times the words that gave the term), so when the ``k``-th document found scores above ``B``, that
+        is the answer (the MaxScore argument, Turtle & Flood 1995); else the ranking reads every document holding
+        any term. The statistics and the ranking are separate statements: a write committed between them (a block,
+        a document) is counted by one and not the other, as a search beside a write sees either side of it."""
         terms = [r[0] for r in conn.execute(f"SELECT l.lexeme FROM unnest(?::text[]) AS u(word) CROSS JOIN LATERAL "
                                             f"unnest(to_tsvector('{self.TS_CONFIG}', {self.TEXT.format('u.word')})) "
                                             "AS l", (list(words),)).fetchall()]
         if not terms:
             return []
         distinct = sorted(set(terms))
-        keep = f"EXISTS (SELECT 1 FROM rag_docs d WHERE d.id = f.rowid AND {' AND '.join(clauses)})" if clauses \
-            else "true"
-        k1, b, half = BM25_K1, BM25_B, "0.5::float8"
+        match = [_tsquery_lexeme(t) for t in distinct]
+        df = ", ".join("rag_fts_df(?::tsquery)" for _ in match)
+        n, tokens, *dfs = conn.execute(f"SELECT docs, tokens, {df} FROM rag_fts_stats", match).fetchall()[0]
+        # a term given by several words counts once per word: its weight is that many idfs
+        idf = [math.log((n - d + 0.5) / (d + 0.5)) for d in dfs]
+        weight = [terms.count(t) * (i if i > 0 else BM25_MIN_IDF) for t, i in zip(distinct, idf, strict=True)]
+        strong = [m for m, i in zip(match, idf, strict=True) if i > 0]
+        rank = [distinct, weight, tokens / n if n else 1.0, distinct]
+        if strong and len(strong) < len(match):
+            rows = self._bm25(conn, rank, strong, k, clauses, params)
+            if len(rows) == k and rows[-1][1] > sum(w for w, i in zip(weight, idf, strict=True) if i <= 0) * (
+                    BM25_K1 + 1):
+                return rows
+        return self._bm25(conn, rank, match, k, clauses, params)
+
+    def _bm25(self, conn: Any, rank: list[Any], match: list[str], k: int, clauses: list[str],
+              params: list[Any]) -> list[tuple[int, float]]:
+        """The ``k`` best BM25 scores among the documents holding any term of ``match`` and meeting ``clauses``;
+        ``rank``: every query term, their weights, the average length, the terms again (:meth:`keyword`)."""
+        join = " JOIN rag_docs d ON d.id = f.rowid" if clauses else ""
+        where = "".join(f" AND {c}" for c in clauses)
+        k1, b = BM25_K1, BM25_B
         rows = conn.execute(
-            # s: N and the average length (one row, which the planner knows)
-            "WITH s AS (SELECT (SELECT docs FROM rag_fts_stats)::float8 AS n, "
-            "(SELECT tokens::float8 / greatest(docs, 1) FROM rag_fts_stats) AS avgdl), "
-            # m: one row per (document holding any term, term it holds) with tf, and whether the filters keep it;
-            # the positions of the query's lexemes only (weighted A, kept by ts_filter), not every lexeme's
-            f"m AS (SELECT f.rowid, f.length, x.lexeme, x.tf, {keep} AS keep FROM rag_fts f CROSS JOIN LATERAL "
-            "(SELECT lexeme, array_length(positions, 1)::float8 AS tf FROM unnest(ts_filter(setweight(f.tsv, 'A', "
-            "?::text[]), '{a}'))) AS x WHERE f.tsv @@ ?::tsquery), "
-            # t: each term's weight, its idf (document frequency: its rows in m) times the words that gave it
-            "t AS (SELECT g.lexeme, w.words * CASE WHEN i.idf > 0 THEN i.idf ELSE "
-            f"{BM25_MIN_IDF}::float8 END AS weight FROM (SELECT lexeme, count(*) AS df FROM m GROUP BY lexeme) AS g "
-            "JOIN unnest(?::text[], ?::float8[]) AS w(term, words) ON w.term = g.lexeme CROSS JOIN s "
-            f"CROSS JOIN LATERAL (SELECT ln((s.n - g.df + {half}) / (g.df + {half})) AS idf) AS i) "
-            f"SELECT m.rowid, sum(t.weight * m.tf * {k1 + 1}::float8 / (m.tf + {k1}::float8 * (1 - {b}::float8 + "
-            f"{b}::float8 * m.length / s.avgdl))) AS score FROM m JOIN t ON t.lexeme = m.lexeme CROSS JOIN s "
-            "WHERE m.keep GROUP BY m.rowid ORDER BY score DESC, m.rowid LIMIT ?",
-            (*params, distinct, " | ".join(map(_tsquery_lexeme, distinct)), distinct,
-             [float(terms.count(t)) for t in distinct], k)).fetchall()
+            f"SELECT f.rowid, sum(w.weight * x.tf * {k1 + 1}::float8 / (x.tf + {k1}::float8 * (1 - {b}::float8 + "
+            f"{b}::float8 * f.length / q.avgdl))) AS score FROM (SELECT ?::text[] AS terms, ?::float8[] AS weights, "
+            "?::float8 AS avgdl) AS q CROSS JOIN unnest(q.terms, q.weights) AS w(lexeme, weight) "
+            f"JOIN (rag_fts f{join} CROSS JOIN LATERAL "
+            # tf: the positions of the query's lexemes only (weighted A, kept by ts_filter), not every lexeme's
+            "(SELECT lexeme, array_length(positions, 1)::float8 AS tf "
+            "FROM unnest(ts_filter(setweight(f.tsv, 'A', ?::text[]), '{a}'))) AS x) ON x.lexeme = w.lexeme "
+            f"WHERE f.tsv @@ ?::tsquery{where} GROUP BY f.rowid ORDER BY score DESC, f.rowid LIMIT ?",
+            (*rank, " | ".join(match), *params, k)).fetchall()
         return [(int(r[0]), float(r[1])) for r in rows]
 
 
