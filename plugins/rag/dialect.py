@@ -205,8 +205,10 @@ class PgStatements:
       (:data:`LENGTH`); a term's frequency in it is the number of positions of its lexeme.
     * ``rag_fts_stats`` (one row): the document count ``docs`` and the total length ``tokens``, so a query reads
       ``N`` and the average length without scanning ``rag_fts``.
-    * A term's document frequency: a count of its matches through the GIN index, per query term (FTS5 reads each
-      term's doclist too).
+    * A term's document frequency: ``rag_fts_df(tsquery)`` (:data:`PG_MIGRATIONS`), a count of its matches through
+      the GIN index, per query term (FTS5 reads each term's doclist too); the function is planned with
+      ``enable_seqscan = off`` (its own ``SET``), else a term in most documents is counted by reading every
+      ``tsvector``.
 
     Invariants: ``rag_fts_stats`` equals ``count(*)`` and ``sum(length)`` of ``rag_fts`` in every committed state.
     Every write to ``rag_fts`` is one of :meth:`insert_fts`, :meth:`index_documents`, :meth:`delete_fts`, each a
@@ -214,8 +216,8 @@ class PgStatements:
     plugin's ``monmouth_trimmed_tables``, so no undo trigger and no undo row): a reorg removes the reverted
     documents' rows through :meth:`delete_fts` like any delete, and nothing else restores them. The stats row is
     locked by every writer, so it is locked only after ``rag_pending`` (:meth:`lock_writes`; the engine fills or
-    trims ``rag_pending`` before it indexes or removes keywords), so that a writer never waits for it while holding
-    something the engine needs.
+    trims ``rag_pending`` before it indexes or removes keywords): a writer never waits for it while holding
+    something another writer needs.
 
     ``tsvector`` limits (https://www.postgresql.org/docs/current/datatype-textsearch.html): at most 256 positions per
     lexeme, and positions above 16,383 are stored as 16,383 (so one lexeme gets only one more position there). What
