@@ -11,7 +11,7 @@ copy``'s code (:func:`monmouth.storagecopy.copy_to_postgres`: the same float32 v
 index rebuilt as ``tsvector``; re-embedding the corpus would take another quarter of an hour and give the same
 vectors), the plugin starts on it (building pgvector's HNSW index with ``pg_knn = "hnsw"``, the default), the same
 queries run through the same search code with the PostgreSQL statements (:mod:`monmouth_rag.dialect`: HNSW KNN,
-``ts_rank`` for keywords), and SQLite's figures are printed beside PostgreSQL's with their differences. The server
+BM25 for keywords), and SQLite's figures are printed beside PostgreSQL's with their differences. The server
 is ``--pg-url`` (an empty database; password in ``MONMOUTH_PG_PASSWORD``) or, without it, a throwaway one from
 tests/pg.py (with the pgvector of tests/pgvector.py when built).
 

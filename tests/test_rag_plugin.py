@@ -23,6 +23,7 @@ from tests.test_rag_support import (  # noqa: F401 (fixture)
     PLUGINS,
     blocks,
     embeddings,
+    fts_stats,
     relink,
     rig_fixture,
     settings_for,
@@ -44,6 +45,7 @@ def dump(conn) -> dict[str, object]:
     vectors = embeddings(conn)
     return {
         "docs": docs,
+        "fts_stats": fts_stats(conn),
         "pending": sorted(r[0] for r in conn.execute(
             "SELECT d.tx_hash FROM rag_pending p JOIN rag_docs d ON d.id = p.doc")),
         "orphan_pending": conn.execute(
@@ -351,8 +353,9 @@ def test_same_chain_and_documents_give_the_same_top_k_on_both_backends(request, 
     SQL, the documented fallback): on these few dozen rows with ``hnsw.ef_search`` 100 the HNSW scan reaches every
     row, so it equals exact search (on large collections it may differ in the last places: recall is
     bench/search.py's). Keyword search: the
-    same matching documents for these queries, all of them (FTS5 BM25 and ts_rank order them differently, so the
-    order is not compared). Hybrid: on each backend exactly the RRF (k = 60) of its own vector and keyword lists,
+    same matching documents for these queries, all of them, with the same BM25 scores (FTS5's formula over the same
+    tokens of these transaction texts and documents on both: issue 15). Hybrid: on each backend exactly the RRF
+    (k = 60) of its own vector and keyword lists,
     the same code; the same hits wherever the two keyword rankings agree."""
     from tests.test_rag_support import _rigs
 
@@ -380,6 +383,11 @@ def test_same_chain_and_documents_give_the_same_top_k_on_both_backends(request, 
             assert np.allclose([s for _, s in a], [s for _, s in b], atol=1e-5), key
         elif mode == "keyword" and k == 100:
             assert {i for i, _ in a} == {i for i, _ in b}, key
+            # BM25 with FTS5's formula over the same tokens: the same scores (ties in any order: by row id on
+            # PostgreSQL, unspecified on SQLite)
+            a, b = sorted(a, key=lambda x: (-round(x[1], 9), x[0])), sorted(b, key=lambda x: (-round(x[1], 9), x[0]))
+            assert [i for i, _ in a] == [i for i, _ in b], key
+            assert np.allclose([s for _, s in a], [s for _, s in b], rtol=0, atol=1e-6), key
         elif mode == "hybrid":
             for got_, ref in ((a, lite[("rrf", 10, q, fname)]), (b, pg[("rrf", 10, q, fname)])):
                 assert same_fusion(got_, ref), ("hybrid is RRF of the two lists", key)

@@ -170,3 +170,149 @@ def test_filters_sql_and_vec0_clauses():
     assert f.needs_candidates and not Filters().needs_candidates and Filters().empty
     c, p = Filters(block_to=9).vec0()
     assert c == ["block_number >= ?", "block_number <= ?"] and p == [0, 9], "documents (block -1) are excluded"
+
+
+# ---------------------------------------------------------------------------------------------- BM25 on both backends
+
+#: Words and the tokens FTS5's ``porter unicode61`` makes of them, which PostgreSQL's ``rag_english`` (the Porter
+#: stemmer, ASCII punctuation as separators) makes too: plurals, stems where Porter and Snowball English differ
+#: (``generously``, ``dying``), and punctuation that PostgreSQL's parser alone would keep in one token.
+BM25_VOCAB = {"chain": ["chain"], "block": ["block"], "blocks": ["block"], "deposit": ["deposit"],
+              "Rewards,": ["reward"], "swap": ["swap"], "pool.": ["pool"], "IL-6": ["il", "6"], "3.5": ["3", "5"],
+              "T-cells": ["t", "cell"], "generously": ["gener"], "dying": ["dy"], "e.g.": ["e", "g"],
+              "vault": ["vault"], "oracle": ["oracl"], "relay_bridge": ["relai", "bridg"]}
+#: A query word's term (Porter's stem) where it is not the word in lower case.
+BM25_TERMS = {"blocks": "block", "oracle": "oracl", "relay": "relai", "bridge": "bridg", "generously": "gener",
+              "dying": "dy", "missing": "miss", "cells": "cell"}
+
+
+def bm25_tokens(text: str) -> list[str]:
+    return [t for w in text.split() for t in BM25_VOCAB.get(w, [w])]
+
+
+def bm25_reference(docs: dict[str, str], query: list[str]) -> dict[str, float]:
+    """FTS5's ``bm25()`` negated (https://sqlite.org/fts5.html, k1 = 1.2, b = 0.75), by hand over the tokens of
+    :data:`BM25_VOCAB`: one term per query word, a document scoring if it holds any."""
+    toks = {d: bm25_tokens(t) for d, t in docs.items()}
+    n, avgdl = len(toks), sum(map(len, toks.values())) / len(toks)
+    out: dict[str, float] = {}
+    for d, ws in toks.items():
+        score, hit = 0.0, False
+        for q in (BM25_TERMS.get(w.lower(), w.lower()) for w in query):
+            df = sum(q in other for other in toks.values())
+            idf = np.log((n - df + 0.5) / (df + 0.5))
+            tf = ws.count(q)
+            hit |= tf > 0
+            score += (idf if idf > 0 else 1e-6) * (tf * 2.2) / (tf + 1.2 * (1 - 0.75 + 0.75 * len(ws) / avgdl))
+        if hit:
+            out[d] = score
+    return out
+
+
+def test_bm25_on_postgresql_equals_fts5_bm25_and_follows_deletes(request, tmp_path):
+    """Issue 15: keyword search on PostgreSQL ranks by FTS5's BM25 over the same tokens. The same documents (through
+    the document path) and queries on both backends give the same hits in the same order with the same scores (to
+    1e-6), equal to a hand computation of the formula; after deleting documents (the document delete API) still,
+    with the collection statistics recounted exactly. The queries cover a term in every document (FTS5's idf
+    floor), two words with one stem (counted twice, as FTS5 counts each phrase), upper case, Porter's own stems,
+    words cut at punctuation, a top k that PostgreSQL finds among the documents holding the rarer terms only, and a
+    filter (N and df stay the collection's)."""
+    import random
+
+    import monmouth_rag.plugin as rag
+    from tests.test_rag_support import _rigs, fts_stats
+
+    rng = random.Random(15)
+    vocab = list(BM25_VOCAB)[1:]
+    docs: dict[str, str] = {}
+    for i, length in enumerate(rng.sample(range(3, 80), 30)):  # distinct lengths: no tied scores
+        docs[f"d{i:02d}"] = " ".join(["chain", *rng.choices(vocab, [1 / (j + 1) for j in range(len(vocab))],
+                                                           k=length - 1)])
+    for d in ("d03", "d07", "d11", "d19", "d24"):  # a rare word: the only term below half the collection
+        docs[d] += " zebra"
+    queries = [["swap", "pool"], ["deposit", "reward", "vault"], ["block", "blocks"], ["oracle"], ["chain"],
+               ["relay", "bridge", "generously", "cell"], ["Blocks", "SWAP"], ["vault", "missing"], ["IL", "6"],
+               ["dying", "die"], ["e", "g", "3"], ["zebra", "chain"]]
+    gone = sorted(docs)[::3]
+    got: dict[str, list[object]] = {}
+    for backend in ("sqlite", "postgres"):
+        make = _rigs(request, tmp_path / backend, backend)
+        r = next(make)("bm25.sqlite")
+        for d, text in docs.items():
+            rag.add_document(d, text)
+        runs: list[object] = []
+        for deleted in (False, True):
+            if deleted:
+                assert all(rag.delete_document(d) == 1 for d in gone)
+            live = {d: t for d, t in docs.items() if not deleted or d not in gone}
+            conn = r.db.reader()
+            stats = fts_stats(conn)  # also checks the stored statistics against a recount
+            assert stats in (None, (len(live), sum(len(bm25_tokens(t)) for t in live.values()))), stats
+            for q in queries:
+                ranked = [(h.provenance["doc_id"], h.score) for h in rag.search(" ".join(q), 100, mode="keyword")]
+                ref = bm25_reference(live, q)
+                assert sorted(d for d, _ in ranked) == sorted(ref), (backend, q)
+                assert all(abs(s - ref[d]) < 1e-9 for d, s in ranked), (backend, q, ranked, ref)
+                assert [s for _, s in ranked] == sorted((s for _, s in ranked), reverse=True)
+                runs.append(ranked)
+            for q, k in ((["chain", "zebra"], 3), (["chain", "vault", "dying", "zebra", "relay"], 2)):
+                # a top k that the rare word decides (its k-th score above what the other terms, each in half the
+                # documents or more, can give together): PostgreSQL reads only the documents holding "zebra"
+                ref = bm25_reference(live, q)
+                top = sorted(ref, key=lambda d: (-ref[d], d))[:k]
+                assert ref[top[-1]] > (len(q) - 1) * 2.2e-6
+                ranked = [(h.provenance["doc_id"], h.score) for h in rag.search(" ".join(q), k, mode="keyword")]
+                assert [d for d, _ in ranked] == top and all(abs(s - ref[d]) < 1e-9 for d, s in ranked), (q, ranked)
+                runs.append(ranked)
+            one = next(d for d in sorted(live) if "vault" in live[d])
+            runs.append([(h.provenance["doc_id"], h.score) for h in rag.search(
+                "swap vault", 10, mode="keyword", filters={"doc_id": one})])
+            assert [d for d, _ in runs[-1]] == [one] and abs(runs[-1][0][1] - bm25_reference(live, ["swap", "vault"])[
+                one]) < 1e-9, "a filter selects among the matches, scored over the whole collection"
+        got[backend] = runs
+        make.close()
+    lite, pg = got["sqlite"], got["postgres"]
+    assert len(lite) == len(pg) == 2 * (len(queries) + 3) and all(lite)
+    for a, b in zip(lite, pg, strict=True):
+        assert [d for d, _ in a] == [d for d, _ in b], "the same hits in the same order"
+        assert np.allclose([s for _, s in a], [s for _, s in b], rtol=0, atol=1e-6), (a, b)
+
+
+def test_a_postgresql_database_from_before_bm25_is_migrated_and_ranks_by_bm25(pg_server):
+    """A rag database written before issue 15's BM25 (``tsvector``s of PostgreSQL's parser and the Snowball English
+    stemmer, no lengths, no ``rag_fts_stats``): migration 2 rebuilds the ``tsvector``s with FTS5's tokens from
+    ``rag_docs.text``, fills each document's length and the collection statistics, and keyword search then ranks
+    by BM25 at once, as a hand computation of FTS5's formula."""
+    from monmouth_rag.dialect import PG_MIGRATIONS
+    from tests.test_rag_support import Rig, fts_stats, open_db
+
+    url = pg_server.database()
+    old = open_db(url)
+    assert old.migrate("rag", PG_MIGRATIONS[:1], set(TRIMMED)) == 1
+    docs = {"a": "swap pool swap chain", "b": "vault deposit chain generously", "c": "swap vault vault vault chain IL-6",
+            "d": "oracle chain T-cells"}
+    with old.write() as conn:  # what the plugin stored before: the row, its index row, the tsvector only
+        for i, (doc_id, text) in enumerate(docs.items(), start=1):
+            conn.execute("INSERT INTO rag_docs (id, kind, timestamp, doc_id, chunk, intent, token, text) "
+                         "VALUES (?, 'document', 0, ?, 0, '', '', ?)", (i, doc_id, text))
+            conn.execute("INSERT INTO rag_index (id, block_number) VALUES (?, NULL)", (i,))
+            conn.execute("INSERT INTO rag_fts (rowid, tsv) VALUES (?, to_tsvector('rag_english', ?))", (i, text))
+    r = Rig(url, worker=False)
+    try:
+        conn = r.db.reader()
+        assert conn.execute("SELECT version FROM monmouth_migrations WHERE plugin = 'rag'").fetchall() == [(2,)]
+        assert fts_stats(conn) == (4, 19)
+        for q in ("swap vault", "chain", "oracle generously", "IL cells"):
+            ranked = [(h.provenance["doc_id"], h.score) for h in rag_search(q)]
+            ref = bm25_reference(docs, q.split())
+            assert ref, q
+            assert [d for d, _ in ranked] == sorted(ref, key=lambda d: -ref[d]), q
+            assert all(abs(s - ref[d]) < 1e-9 for d, s in ranked), (q, ranked, ref)
+    finally:
+        r.close()
+
+
+def rag_search(query: str):
+    import monmouth_rag.plugin as rag
+
+    return rag.search(query, 10, mode="keyword")

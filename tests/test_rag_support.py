@@ -52,6 +52,20 @@ def embeddings(conn) -> dict[bytes, np.ndarray]:
                          "JOIN rag_docs d ON d.id = v.rowid")}
 
 
+def fts_stats(conn) -> tuple[int, int] | None:
+    """PostgreSQL: BM25's collection statistics ``rag_fts_stats`` (documents, tokens), after checking them and every
+    ``rag_fts.length`` against a recount from the ``tsvector``s themselves (each position of each lexeme counted, not
+    the plugin's expression); SQLite: ``None`` (FTS5 keeps its own)."""
+    if getattr(conn, "backend", "sqlite") != "postgres":
+        return None
+    stored = conn.execute("SELECT docs, tokens FROM rag_fts_stats").fetchall()
+    lengths = dict(conn.execute("SELECT f.rowid, (SELECT count(*) FROM unnest(f.tsv) u CROSS JOIN unnest(u.positions)) "
+                                "FROM rag_fts f").fetchall())
+    assert dict(conn.execute("SELECT rowid, length FROM rag_fts").fetchall()) == lengths, "rag_fts.length"
+    assert stored == [(len(lengths), sum(lengths.values()))], "rag_fts_stats must equal a recount of rag_fts"
+    return stored[0]
+
+
 class Rig:
     """An engine with the rag plugin on one SQLite file or PostgreSQL database (only one runs at a time: the plugin
     is a module)."""

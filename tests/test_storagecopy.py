@@ -214,7 +214,7 @@ def searches(rag) -> dict:
         for mode in ("hybrid", "vector", "keyword"):
             hits = rag.search(q, 50, mode)
             out[(q, mode)] = ([(h.id, h.text) for h in hits] if mode == "vector" else
-                              sorted((h.id, h.text) for h in hits))  # keyword scores: BM25 vs ts_rank
+                              sorted((h.id, h.text) for h in hits))  # keyword: BM25 over each backend's tokens
     return out
 
 
@@ -222,6 +222,7 @@ def test_a_rag_and_memory_deployment_copies_with_the_same_search_roots_and_proof
     import monmouth_rag.plugin as rag
     from monmouth_memory.schema import PG_MIGRATIONS as MEMORY_PG
     from monmouth_rag.dialect import PG_MIGRATIONS as RAG_PG
+    from tests.test_rag_support import fts_stats
 
     keys = tmp_path / "keys"
     a1, a2 = address(1), address(2)
@@ -263,6 +264,7 @@ def test_a_rag_and_memory_deployment_copies_with_the_same_search_roots_and_proof
         versions = dict(copy.conn.execute("SELECT plugin, version FROM monmouth_migrations").fetchall())
         assert versions["memory"] == len(MEMORY_PG) == 1 and versions["rag"] == len(RAG_PG)
         assert plugin_state(copy, cmem, heads) == before  # vectors copied, not re-embedded; the same roots, proofs
+        assert fts_stats(copy.conn)[0] == len(before["rag_fts"]), "BM25's statistics counted by the copy (recount)"
         assert searches(rag) == found
         pending = len(before["rag_pending"])  # the queue moved: the fork's transactions and the late document
         assert rag.drain() == pending == len(before["rag_docs"]) - len(before["rag_vec"]) > 1
@@ -271,6 +273,7 @@ def test_a_rag_and_memory_deployment_copies_with_the_same_search_roots_and_proof
         reorg = ChainReorged(chain(canonical[3:]), chain(other))
         copy.apply(reorg)
         after = plugin_state(copy, cmem, range(1, other[-1].number + 1))
+        assert fts_stats(copy.conn)[0] == len(after["rag_fts"]), "and kept exact through the reorg"
     finally:
         copy.host.shutdown()
         copy.close()

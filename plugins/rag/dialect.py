@@ -7,8 +7,10 @@ same text on both backends. What cannot be portable is here, one class per backe
 ==============  =============================================  ===================================================
                 SQLite (:class:`SqliteStatements`)             PostgreSQL (:class:`PgStatements`)
 ==============  =============================================  ===================================================
-keyword index   ``rag_fts``: FTS5, contentless, Porter         ``rag_fts (rowid, tsv tsvector)``, GIN index,
-                stemmer; ranked by ``bm25()``                  Snowball stemmer, no stop words; ``ts_rank``
+keyword index   ``rag_fts``: FTS5, contentless, Porter         ``rag_fts (rowid, tsv tsvector, length)``, GIN
+                stemmer; ranked by ``bm25()``                  index, Snowball stemmer, no stop words; ranked by
+                                                               the same BM25 (:meth:`PgStatements.keyword`) with
+                                                               ``rag_fts_stats`` (document count, total length)
 vectors         ``rag_vec``: sqlite-vec ``vec0``,              ``rag_vec (rowid, embedding vector(384), ...)``,
                 ``float[384]``, cosine distance                pgvector HNSW index ``vector_cosine_ops`` (or none:
                                                                ``plugins.rag.pg_knn``)
@@ -19,12 +21,14 @@ write lock      none (``BEGIN IMMEDIATE`` serialises writers)  ``LOCK TABLE rag_
 
 Both vector tables hold the same metadata columns (kind, block_number, timestamp, intent, token) under the same
 names and store cosine distance ``1 - cos``, so the filters' clauses (``Filters.vec0``) and the scores are the same.
-Sources: https://www.postgresql.org/docs/current/textsearch-controls.html (ts_rank), https://github.com/pgvector/
-pgvector (HNSW, iterative index scans, pgvector 0.8 or later).
+Sources: https://sqlite.org/fts5.html ("The bm25() function") and Robertson & Zaragoza, "The Probabilistic Relevance
+Framework: BM25 and Beyond" (2009) for BM25; https://www.postgresql.org/docs/current/datatype-textsearch.html
+(``tsvector`` positions); https://github.com/pgvector/pgvector (HNSW, iterative index scans, pgvector 0.8 or later).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -107,7 +111,33 @@ PG_MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX rag_edges_dst ON rag_edges (dst);
     """,
+    # 2: BM25 (issue 15): FTS5's tokens (the original Porter stemmer, ASCII punctuation as separators: the
+    # expression is PgStatements.TEXT) with the stored tsvectors rebuilt, each document's length in tokens, and the
+    # collection's document count and total length (the length expression is PgStatements.LENGTH)
+    """
+    ALTER TEXT SEARCH DICTIONARY rag_stem (LANGUAGE = porter);
+    UPDATE rag_fts f SET tsv = to_tsvector('rag_english', regexp_replace(d.text, '[[:punct:][:space:][:cntrl:]]+',
+        ' ', 'g')) FROM rag_docs d WHERE d.id = f.rowid;
+    ALTER TABLE rag_fts ADD COLUMN length BIGINT;
+    UPDATE rag_fts SET length = (SELECT coalesce(sum(array_length(positions, 1)), 0) FROM unnest(tsv));
+    ALTER TABLE rag_fts ALTER COLUMN length SET NOT NULL;
+    CREATE TABLE rag_fts_stats (
+        one BOOLEAN PRIMARY KEY DEFAULT true CHECK (one), docs BIGINT NOT NULL, tokens BIGINT NOT NULL
+    );
+    INSERT INTO rag_fts_stats (docs, tokens) SELECT count(*), coalesce(sum(length), 0) FROM rag_fts;
+    -- a term's document frequency: its matches counted through the GIN index (the bitmap of its posting list; no
+    -- tsvector read), even for a term in most documents, where the planner would otherwise read every tsvector
+    CREATE FUNCTION rag_fts_df(q tsquery) RETURNS bigint LANGUAGE sql STABLE SET enable_seqscan = off
+        AS $$ SELECT count(*) FROM rag_fts WHERE tsv @@ q $$;
+    """,
 )
+
+#: BM25's parameters, FTS5's ``bm25()`` defaults (https://sqlite.org/fts5.html): term frequency saturation ``k1`` and
+#: length normalisation ``b``.
+BM25_K1, BM25_B = 1.2, 0.75
+#: FTS5's floor for an inverse document frequency ``ln((N - n + 0.5) / (n + 0.5))`` that is zero or negative (a term
+#: in half the documents or more): a match still scores, barely.
+BM25_MIN_IDF = 1e-6
 
 
 class SqliteStatements:
@@ -117,8 +147,13 @@ class SqliteStatements:
     #: the in-memory ANN index (monmouth_rag.hnsw / monmouth_rag.ann) takes over above ``ann_min_vectors``
     ann_in_memory = True
 
-    def insert_fts(self, conn: Any, doc: int, text: str) -> None:
-        conn.execute("INSERT INTO rag_fts (rowid, text) VALUES (?, ?)", (doc, text))
+    def insert_fts(self, conn: Any, docs: Sequence[tuple[int, str]]) -> None:
+        """Keyword-index ``(id, text)`` pairs (FTS5 keeps its own document count and lengths)."""
+        conn.executemany("INSERT INTO rag_fts (rowid, text) VALUES (?, ?)", docs)
+
+    def delete_fts(self, conn: Any, ids: Sequence[int]) -> None:
+        """Remove documents ``ids`` from the keyword index (FTS5 adjusts its count and total length)."""
+        conn.executemany("DELETE FROM rag_fts WHERE rowid = ?", [(i,) for i in ids])
 
     def insert_vector(self, conn: Any, doc: int, vec: np.ndarray, meta: Sequence[Any]) -> None:
         """``meta``: kind, block_number, timestamp, intent, token."""
@@ -162,17 +197,78 @@ class SqliteStatements:
 
 
 class PgStatements:
-    """PostgreSQL: ``tsvector`` with a GIN index, and pgvector with an HNSW index (:data:`PG_MIGRATIONS`)."""
+    """PostgreSQL: ``tsvector`` with a GIN index, and pgvector with an HNSW index (:data:`PG_MIGRATIONS`).
+
+    Keyword ranking is FTS5's ``bm25()`` computed in SQL (:meth:`keyword`), from what FTS5 keeps for itself:
+
+    * ``rag_fts.length``: the document's length in tokens, the number of positions in its ``tsvector``
+      (:data:`LENGTH`); a term's frequency in it is the number of positions of its lexeme.
+    * ``rag_fts_stats`` (one row): the document count ``docs`` and the total length ``tokens``, so a query reads
+      ``N`` and the average length without scanning ``rag_fts``.
+    * A term's document frequency: ``rag_fts_df(tsquery)`` (:data:`PG_MIGRATIONS`), a count of its matches through
+      the GIN index, per query term (FTS5 reads each term's doclist too); the function is planned with
+      ``enable_seqscan = off`` (its own ``SET``), else a term in most documents is counted by reading every
+      ``tsvector``.
+
+    Invariants: ``rag_fts_stats`` equals ``count(*)`` and ``sum(length)`` of ``rag_fts`` in every committed state.
+    Every write to ``rag_fts`` is one of :meth:`insert_fts`, :meth:`index_documents`, :meth:`delete_fts`, each a
+    single statement that changes the rows and the stats together. Neither table is journaled (both are in the
+    plugin's ``monmouth_trimmed_tables``, so no undo trigger and no undo row): a reorg removes the reverted
+    documents' rows through :meth:`delete_fts` like any delete, and nothing else restores them. The stats row is
+    locked by every writer, so it is locked only after ``rag_pending`` (:meth:`lock_writes`; the engine fills or
+    trims ``rag_pending`` before it indexes or removes keywords): a writer never waits for it while holding
+    something another writer needs.
+
+    ``tsvector`` limits (https://www.postgresql.org/docs/current/datatype-textsearch.html): at most 256 positions per
+    lexeme, and positions above 16,383 are stored as 16,383 (so one lexeme gets only one more position there). What
+    the plugin stores stays below both: document chunks are at most ``chunk_tokens`` model tokens (200 by default,
+    8,190 at most, each text token at least one model token) and a transaction's text at most 40 events and 20
+    transfers. Past them term frequencies and lengths would be undercounted, which BM25's saturation in the term
+    frequency mostly absorbs.
+    """
 
     backend = "postgres"
     #: pgvector's HNSW index, in the server, serves every KNN: no in-memory index
     ann_in_memory = False
-    #: the text search configuration (:data:`PG_MIGRATIONS`): PostgreSQL's ``english`` with the Snowball English
-    #: stemmer (Porter's successor) and no stop words, the nearest to FTS5's ``porter unicode61``
+    #: the text search configuration (:data:`PG_MIGRATIONS`): PostgreSQL's ``english`` with the original Porter
+    #: stemmer (Snowball's ``porter``, as FTS5's ``porter``) and no stop words
     TS_CONFIG: ClassVar[str] = "rag_english"
+    #: The text as the configuration's parser gets it (``{}``: the text): ASCII punctuation, spaces and control
+    #: characters replaced by a space, so the parser sees words of letters and digits only and splits where FTS5's
+    #: ``unicode61`` does (PostgreSQL's parser alone keeps ``3.5``, ``IL-6``'s ``-6``, ``10.1016/j.cell`` or
+    #: ``e.g.`` as one token, and indexes ``T-cell`` as ``t-cell``, ``t`` and ``cell``). Non-ASCII letters stay
+    #: letters (FTS5 also folds their diacritics away: not done here).
+    TEXT: ClassVar[str] = "regexp_replace({}, '[[:punct:][:space:][:cntrl:]]+', ' ', 'g')"
 
-    def insert_fts(self, conn: Any, doc: int, text: str) -> None:
-        conn.execute(f"INSERT INTO rag_fts (rowid, tsv) VALUES (?, to_tsvector('{self.TS_CONFIG}', ?))", (doc, text))
+    #: A ``tsvector``'s length in tokens (``{}``: the tsvector): the number of positions of all its lexemes.
+    LENGTH: ClassVar[str] = "(SELECT coalesce(sum(array_length(positions, 1)), 0) FROM unnest({}))"
+
+    def _index(self, conn: Any, source: str, params: Sequence[Any]) -> None:
+        """Keyword-index the rows ``(id, text)`` of ``source`` and add them to ``rag_fts_stats``, in one statement."""
+        conn.execute(
+            f"WITH i AS (INSERT INTO rag_fts (rowid, tsv, length) SELECT s.id, v.tsv, {self.LENGTH.format('v.tsv')} "
+            f"FROM {source} CROSS JOIN LATERAL to_tsvector('{self.TS_CONFIG}', {self.TEXT.format('s.text')}) AS v(tsv) "
+            "RETURNING length) "
+            "UPDATE rag_fts_stats SET docs = docs + (SELECT count(*) FROM i), "
+            "tokens = tokens + (SELECT coalesce(sum(length), 0) FROM i)", params)
+
+    def insert_fts(self, conn: Any, docs: Sequence[tuple[int, str]]) -> None:
+        """Keyword-index ``(id, text)`` pairs, and count them in ``rag_fts_stats``."""
+        if docs:
+            self._index(conn, "unnest(?::bigint[], ?::text[]) AS s(id, text)",
+                        ([d for d, _ in docs], [t for _, t in docs]))
+
+    def index_documents(self, conn: Any) -> None:
+        """Keyword-index every document of ``rag_index`` from its ``rag_docs.text`` (``monmouth storage copy``: FTS5
+        keeps no text to copy), and count them in ``rag_fts_stats``."""
+        self._index(conn, "(SELECT d.id, d.text FROM rag_docs d JOIN rag_index i ON i.id = d.id) AS s(id, text)", ())
+
+    def delete_fts(self, conn: Any, ids: Sequence[int]) -> None:
+        """Remove documents ``ids`` from the keyword index and from ``rag_fts_stats`` (ids not indexed: nothing)."""
+        if ids:
+            conn.execute("WITH d AS (DELETE FROM rag_fts WHERE rowid = ANY(?::bigint[]) RETURNING length) "
+                         "UPDATE rag_fts_stats SET docs = docs - (SELECT count(*) FROM d), "
+                         "tokens = tokens - (SELECT coalesce(sum(length), 0) FROM d)", (list(ids),))
 
     @staticmethod
     def vector_text(vec: np.ndarray) -> str:
@@ -231,16 +327,70 @@ class PgStatements:
 
     def keyword(self, conn: Any, words: Sequence[str], k: int, clauses: list[str],
                 params: list[Any]) -> list[tuple[int, float]]:
-        """PostgreSQL: ``ts_rank(tsv, query, 1)`` (term frequency with the document length normalised by
-        ``1 + log(length)``, the nearest built-in to BM25's saturation and length normalisation; docs/storage.md)."""
-        query = " | ".join(f"'{w}'" for w in words)  # words are [0-9A-Za-z_]+: no quote to escape
+        """PostgreSQL: FTS5's ``bm25()`` (k1 = 1.2, b = 0.75), the same formula over the same tokens (:data:`TEXT`).
+        For each document ``D`` holding any query term ``q`` (each lexeme of each query word, counted once per word
+        as FTS5 counts each phrase of its query)::
+
+            score(D) = sum over q of idf(q) * tf(q, D) * (k1 + 1) / (tf(q, D) + k1 * (1 - b + b * |D| / avgdl))
+            idf(q) = ln((N - n(q) + 0.5) / (n(q) + 0.5)), or 1e-6 where that is zero or negative
+
+        ``tf``: positions of the lexeme in ``D``'s ``tsvector``; ``|D|``: ``rag_fts.length``; ``N`` and ``avgdl``:
+        ``rag_fts_stats``; ``n(q)``: ``rag_fts_df`` (its GIN index matches). Filters select among the matches;
+        ``N`` and ``n(q)`` are the whole collection's, as in FTS5.
+
+        Three round trips, or four: the query words' lexemes (the configuration's parser and stemmer), the
+        statistics, then the ranking with them as parameters. Every document holding a query term has a score, but
+        the ranking first reads only the documents holding a term below half the collection (idf above the floor):
+        with no stop words, "the" or "of" are in most documents, and a document holding only such terms scores below
+        ``B = (k1 + 1) * the sum of their weights`` (each term's frequency part is below ``k1 + 1``; a weight is
+        the idf times the words that gave the term), so when the ``k``-th document found scores above ``B``, that
+        is the answer (the MaxScore argument, Turtle & Flood 1995); else the ranking reads every document holding
+        any term. The statistics and the ranking are separate statements: a write committed between them (a block,
+        a document) is counted by one and not the other, as a search beside a write sees either side of it."""
+        terms = [r[0] for r in conn.execute(f"SELECT l.lexeme FROM unnest(?::text[]) AS u(word) CROSS JOIN LATERAL "
+                                            f"unnest(to_tsvector('{self.TS_CONFIG}', {self.TEXT.format('u.word')})) "
+                                            "AS l", (list(words),)).fetchall()]
+        if not terms:
+            return []
+        distinct = sorted(set(terms))
+        match = [_tsquery_lexeme(t) for t in distinct]
+        df = ", ".join("rag_fts_df(?::tsquery)" for _ in match)
+        n, tokens, *dfs = conn.execute(f"SELECT docs, tokens, {df} FROM rag_fts_stats", match).fetchall()[0]
+        # a term given by several words counts once per word: its weight is that many idfs
+        idf = [math.log((n - d + 0.5) / (d + 0.5)) for d in dfs]
+        weight = [terms.count(t) * (i if i > 0 else BM25_MIN_IDF) for t, i in zip(distinct, idf, strict=True)]
+        strong = [m for m, i in zip(match, idf, strict=True) if i > 0]
+        rank = [distinct, weight, tokens / n if n else 1.0, distinct]
+        if strong and len(strong) < len(match):
+            rows = self._bm25(conn, rank, strong, k, clauses, params)
+            if len(rows) == k and rows[-1][1] > sum(w for w, i in zip(weight, idf, strict=True) if i <= 0) * (
+                    BM25_K1 + 1):
+                return rows
+        return self._bm25(conn, rank, match, k, clauses, params)
+
+    def _bm25(self, conn: Any, rank: list[Any], match: list[str], k: int, clauses: list[str],
+              params: list[Any]) -> list[tuple[int, float]]:
+        """The ``k`` best BM25 scores among the documents holding any term of ``match`` and meeting ``clauses``;
+        ``rank``: every query term, their weights, the average length, the terms again (:meth:`keyword`)."""
         join = " JOIN rag_docs d ON d.id = f.rowid" if clauses else ""
         where = "".join(f" AND {c}" for c in clauses)
+        k1, b = BM25_K1, BM25_B
         rows = conn.execute(
-            f"SELECT f.rowid, ts_rank(f.tsv, q, 1) AS s FROM rag_fts f{join} "
-            f"CROSS JOIN to_tsquery('{self.TS_CONFIG}', ?) q WHERE f.tsv @@ q{where} ORDER BY s DESC, f.rowid LIMIT ?",
-            (query, *params, k)).fetchall()
+            f"SELECT f.rowid, sum(w.weight * x.tf * {k1 + 1}::float8 / (x.tf + {k1}::float8 * (1 - {b}::float8 + "
+            f"{b}::float8 * f.length / q.avgdl))) AS score FROM (SELECT ?::text[] AS terms, ?::float8[] AS weights, "
+            "?::float8 AS avgdl) AS q CROSS JOIN unnest(q.terms, q.weights) AS w(lexeme, weight) "
+            f"JOIN (rag_fts f{join} CROSS JOIN LATERAL "
+            # tf: the positions of the query's lexemes only (weighted A, kept by ts_filter), not every lexeme's
+            "(SELECT lexeme, array_length(positions, 1)::float8 AS tf "
+            "FROM unnest(ts_filter(setweight(f.tsv, 'A', ?::text[]), '{a}'))) AS x) ON x.lexeme = w.lexeme "
+            f"WHERE f.tsv @@ ?::tsquery{where} GROUP BY f.rowid ORDER BY score DESC, f.rowid LIMIT ?",
+            (*rank, " | ".join(match), *params, k)).fetchall()
         return [(int(r[0]), float(r[1])) for r in rows]
+
+
+def _tsquery_lexeme(lexeme: str) -> str:
+    """A ``tsquery`` matching ``lexeme`` as it is (quoted: no operator, no parser or stemmer)."""
+    return "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 Statements = SqliteStatements | PgStatements

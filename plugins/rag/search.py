@@ -7,8 +7,9 @@ packing under a token budget.
   only SQL can answer (address, token, document id) first select candidate ids, which join that mask; small
   candidate sets are ranked exactly.
 * Keyword search is SQLite FTS5 with its BM25 ranking (Robertson & Zaragoza 2009; ``bm25()`` of
-  https://sqlite.org/fts5.html), over the Porter-stemmed text; on PostgreSQL a ``tsvector`` GIN index ranked by
-  ``ts_rank`` (:mod:`monmouth_rag.dialect`). The query's words are OR-ed.
+  https://sqlite.org/fts5.html), over the Porter-stemmed text; on PostgreSQL a ``tsvector`` GIN index ranked by the
+  same BM25 formula and parameters over PostgreSQL's Snowball-stemmed tokens (:mod:`monmouth_rag.dialect`). The
+  query's words are OR-ed.
 * On PostgreSQL vector search is pgvector's HNSW index (cosine distance, the same scores), with the same filters.
 * Hybrid search fuses both rankings by reciprocal rank fusion: ``score(d) = sum over rankings of 1 / (k + rank(d))``
   with ``k = 60`` (Cormack, Clarke & Buettcher, "Reciprocal rank fusion outperforms Condorcet and individual rank
@@ -283,8 +284,8 @@ class Searcher:
                                                                      self.pg_knn, self.pg_ef_search)]
 
     def keyword(self, query: str, k: int, filters: Filters | None = None) -> list[tuple[int, float]]:
-        """Top ``k`` ``(id, score)``, higher is better: FTS5's ``bm25()`` negated on SQLite, ``ts_rank`` on
-        PostgreSQL (:mod:`monmouth_rag.dialect`)."""
+        """Top ``k`` ``(id, score)``, higher is better: BM25 (k1 = 1.2, b = 0.75): FTS5's ``bm25()`` negated on
+        SQLite, the same formula in SQL on PostgreSQL (:meth:`monmouth_rag.dialect.PgStatements.keyword`)."""
         filters = filters or Filters()
         words = query_words(query)
         if not words:

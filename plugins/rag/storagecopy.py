@@ -10,7 +10,8 @@ vectors             ``rag_vec``: each stored float32 embedding (``vec0``) with i
                     ``vector(384)``; copied, not re-embedded (the same float32 values on both)
 rebuilt             ``rag_fts``: the FTS5 index is contentless (it keeps no text), so the ``tsvector`` of each
                     indexed document (``rag_index``) is computed on the target from ``rag_docs.text``, the text the
-                    plugin keyword-indexes (:meth:`~monmouth_rag.dialect.PgStatements.insert_fts`)
+                    plugin keyword-indexes, and ``rag_fts_stats`` (BM25's document count and total length) counts
+                    them (:meth:`~monmouth_rag.dialect.PgStatements.index_documents`)
 identities          ``rag_docs.id`` and ``rag_changes.seq`` continue above SQLite's ``AUTOINCREMENT`` high-water
                     mark (``sqlite_sequence``): an id of a reverted document is never reused on the copy either
 ==================  ==========================================================================================
@@ -32,9 +33,10 @@ from .dialect import PG_MIGRATIONS, PgStatements
 
 #: Vector rows per ``INSERT`` batch (each row's text form is about 4 kB).
 BATCH = 500
-#: The tables copied row by row, in creation order (every table of :data:`PG_MIGRATIONS` but the rebuilt two).
-ROW_TABLES = tuple(t for t in re.findall(r"CREATE TABLE (\w+)", "".join(PG_MIGRATIONS))
-                   if t not in ("rag_fts", "rag_vec"))
+#: The tables rebuilt on the target rather than copied (module doc).
+REBUILT = ("rag_fts", "rag_fts_stats", "rag_vec")
+#: The tables copied row by row, in creation order (every table of :data:`PG_MIGRATIONS` but :data:`REBUILT`).
+ROW_TABLES = tuple(t for t in re.findall(r"CREATE TABLE (\w+)", "".join(PG_MIGRATIONS)) if t not in REBUILT)
 
 
 def copy(src: Any, dst: Any) -> list[str]:
@@ -44,10 +46,9 @@ def copy(src: Any, dst: Any) -> list[str]:
         copy_table(src, dst, table, overriding=table == "rag_changes")
     restart_identity(src, dst, "rag_docs", "id")
     restart_identity(src, dst, "rag_changes", "seq")
-    dst.execute(f"INSERT INTO rag_fts (rowid, tsv) SELECT d.id, to_tsvector('{PgStatements.TS_CONFIG}', d.text) "
-                "FROM rag_docs d JOIN rag_index i ON i.id = d.id")
+    PgStatements().index_documents(dst)
     rows = src.execute("SELECT rowid, embedding, kind, block_number, timestamp, intent, token FROM rag_vec")
     while batch := list(itertools.islice(rows, BATCH)):
         dst.executemany(PgStatements.INSERT_VECTOR,
                         [(r[0], PgStatements.vector_text(np.frombuffer(r[1], np.float32)), *r[2:]) for r in batch])
-    return [*ROW_TABLES, "rag_fts", "rag_vec"]
+    return [*ROW_TABLES, *REBUILT]

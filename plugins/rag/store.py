@@ -10,6 +10,7 @@ Layout (one row per searchable unit, a transaction or a document chunk, in ``rag
     rag_pending     trimmed by block_number   documents waiting for a vector
     rag_index       self-managed              which ids have FTS/vector rows, and their block (for reverts)
     rag_fts         self-managed (FTS5)       BM25 keyword index, contentless with deletes
+    rag_fts_stats   self-managed              PostgreSQL only: document count and total length for BM25 (dialect)
     rag_vec         self-managed (vec0)       float[dim] embeddings + metadata columns for filtered KNN
     rag_changes     self-managed              append-only log of vector adds/deletes (keeps in-memory indexes in sync)
     rag_meta        self-managed              key/value (embedding model identity)
@@ -17,7 +18,8 @@ Layout (one row per searchable unit, a transaction or a document chunk, in ``rag
 
 Reorg safety: the engine deletes the trimmed tables' rows of a reverted block (even while the plugin is disabled)
 and restores ``rag_edges`` exactly from its journal; :func:`revert_block` removes the FTS and vector rows of the
-reverted block's documents via ``rag_index``. ``rag_docs`` ids come from ``AUTOINCREMENT`` (an identity column on
+reverted block's documents via ``rag_index`` (on PostgreSQL ``rag_fts_stats`` with them, in the same
+statement). ``rag_docs`` ids come from ``AUTOINCREMENT`` (an identity column on
 PostgreSQL), so an id is never reused after a revert (``sqlite_sequence`` has no primary key and is not journaled;
 a PostgreSQL sequence never goes back): a vector computed for a reverted
 document can never be attached to a newer one. The embedding worker deletes the ``rag_pending`` row and inserts the
@@ -116,6 +118,7 @@ TRIMMED: dict[str, str | None] = {
     "rag_changes": None,
     "rag_meta": None,
     "rag_fts": None,
+    "rag_fts_stats": None,
     "rag_vec": None,
 }
 
@@ -177,7 +180,7 @@ class ChainIndexer:
         labels: dict[bytes | str, str] = {a: "agent" for a in extra_watched}
         labels.update(self.labels or {})
         offset = 0
-        n = 0
+        fts: list[tuple[int, str]] = []
         edges: dict[tuple[bytes, bytes, str], int] = {}
         for i, tx in enumerate(block.transactions):
             receipt_logs = len(block.receipts[i].logs) if i < len(block.receipts) else 0
@@ -186,8 +189,7 @@ class ChainIndexer:
             if not self.in_scope(d, extra_watched):
                 continue
             text = render(d, labels, self.registry)
-            insert_tx_doc(conn, d, text, embed_text(d, labels, self.registry))
-            n += 1
+            fts.append((insert_tx_doc(conn, d, text, embed_text(d, labels, self.registry)), text))
             if self.graph:
                 if tx.to is not None and tx.value:
                     key = (tx.sender, tx.to, "ETH")
@@ -200,14 +202,17 @@ class ChainIndexer:
                         continue
                     key = (t.sender, t.recipient, "0x" + t.token.hex())
                     edges[key] = edges.get(key, 0) + t.amount
+        # after the rag_pending inserts: PgStatements' lock order (rag_pending, then the keyword stats)
+        statements_of(conn).insert_fts(conn, fts)
         if edges:
             add_edges(conn, block.number, edges)
-        return n
+        return len(fts)
 
 
 def insert_tx_doc(conn: apsw.Connection, d: DecodedTx, text: str, compact: str | None = None) -> int:
-    """Record one transaction document (row, FTS, addresses, tokens, pending) and return its id. ``text`` is shown
-    and keyword-indexed; ``compact`` (if given) is what gets embedded."""
+    """Record one transaction document (row, addresses, tokens, pending) and return its id; the caller
+    keyword-indexes ``text`` (``insert_fts``, once per block). ``text`` is shown; ``compact`` (if given) is what gets
+    embedded."""
     meta = d.to_meta()
     doc = scalar(
         conn,
@@ -219,7 +224,6 @@ def insert_tx_doc(conn: apsw.Connection, d: DecodedTx, text: str, compact: str |
          json.dumps(meta, separators=(",", ":"))),
     )
     conn.execute("INSERT INTO rag_index (id, block_number) VALUES (?, ?)", (doc, d.block_number))
-    statements_of(conn).insert_fts(conn, doc, text)
     conn.executemany(
         "INSERT INTO rag_addresses (address, role, doc, block_number) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
         [(a, role, doc, d.block_number) for a, roles in d.roles.items() for role in roles],
@@ -256,8 +260,8 @@ def revert_block(conn: apsw.Connection, number: int) -> int:
 
 
 def _drop_index_rows(conn: apsw.Connection, rows: Sequence[tuple[int, int]]) -> None:
+    statements_of(conn).delete_fts(conn, [doc for doc, _ in rows])
     for doc, has_vec in rows:
-        conn.execute("DELETE FROM rag_fts WHERE rowid = ?", (doc,))
         if has_vec:
             conn.execute("DELETE FROM rag_vec WHERE rowid = ?", (doc,))
             conn.execute("INSERT INTO rag_changes (id, op) VALUES (?, ?)", (doc, OP_DEL))
@@ -293,9 +297,9 @@ def insert_chunks(conn: apsw.Connection, doc_id: str, chunks: Sequence[str], *, 
         row = scalar(conn, "INSERT INTO rag_docs (kind, timestamp, doc_id, chunk, intent, token, title, text, meta) "
                      "VALUES (?, ?, ?, ?, '', '', ?, ?, ?) RETURNING id", (kind, ts, doc_id, i, title, text, meta_json))
         conn.execute("INSERT INTO rag_index (id, block_number) VALUES (?, NULL)", (row,))
-        sql.insert_fts(conn, row, text)
         conn.execute("INSERT INTO rag_pending (doc, block_number, length) VALUES (?, NULL, ?)", (row, len(text)))
         ids.append(row)
+    sql.insert_fts(conn, list(zip(ids, chunks, strict=True)))
     return ids
 
 
