@@ -100,8 +100,10 @@ def end_to_end(blocks: list[object], batch_size: int, threads: int, tmp: Path) -
 
             def __init__(self, session: Any) -> None:
                 self.session, self.seconds = session, 0.0
+                self.shapes: list[tuple[int, ...]] = []
 
             def run(self, *a: Any) -> Any:
+                self.shapes.append(a[1]["input_ids"].shape)
                 t = time.perf_counter()
                 try:
                     return self.session.run(*a)
@@ -112,10 +114,16 @@ def end_to_end(blocks: list[object], batch_size: int, threads: int, tmp: Path) -
 
         def worker(i: int) -> None:
             emb.session = timed
+            timed.shapes.clear()
             try:
                 taken[0] += state.worker.step()
             finally:
                 emb.session = timed.session
+            # The reference is fair only if it runs what the worker ran: the same batch shapes, in the same order.
+            expected = [feed["input_ids"].shape for feed in feeds[i]]
+            if timed.shapes != expected:
+                raise AssertionError(f"round {i}: the rag worker ran input shapes {timed.shapes}, the raw reference "
+                                     f"{expected}; worker_shapes() no longer mirrors monmouth_rag.worker")
 
         # Round by round in lockstep (which goes first alternates), so both see the same load on a shared machine.
         taken = [0]
