@@ -12,10 +12,11 @@ worker with raw onnxruntime in the same run: ``--blocks`` mainnet-shaped blocks 
 rag plugin (its worker off), then ``RagPlugin.drain()`` embeds and stores everything pending (take the pending rows,
 tokenize, length-bucket, run, pool, normalise, write the vectors); the reference is the same model's
 ``InferenceSession.run`` alone (same session options) on the same distinct texts in the same batch shapes as the
-worker formed (its rounds, its slices, its length buckets), the inputs padded before timing. The two run round by
-round in lockstep (the machine is shared). Both are counted in distinct texts per second; the ratio is worker / raw.
-The worker's share of its time spent inside ``InferenceSession.run`` is printed too: unlike the ratio, it does not
-depend on the load changing between the two sides.
+worker formed (its rounds, its slices, its length buckets), the inputs padded before timing; the bench fails if the
+worker ran other input shapes than the reference (as it did before the worker sorted its rounds shortest first, an
+unfair comparison). The two run round by round in lockstep (the machine is shared). Both are counted in distinct
+texts per second; the ratio is worker / raw. The worker's share of its time spent inside ``InferenceSession.run`` is
+printed too: unlike the ratio, it does not depend on the load changing between the two sides.
 
 Usage: ``python bench/embed.py [--texts 256] [--batch-sizes 8,32,64] [--threads 1,2] [--blocks 4]``.
 The last line printed is JSON; ``texts_per_s`` is the best configuration's throughput, ``worker_texts_per_s`` /
