@@ -65,8 +65,9 @@ class EmbedWorker(BackgroundWorker):
         The round's texts not cached are embedded shortest first (characters), so each STOP_CHECK_TEXTS slice holds
         texts of similar length and the embedder's length buckets (``batch_size``) are padded little: in pending
         order a slice mixes short and long texts, and at ``batch_size`` >= 32 each ONNX run was padded to the
-        longest of 32 arbitrary texts (``bench/embed.py``: the worker ran at 0.51-0.57 of raw onnxruntime at batch
-        32 and 64, 0.77 at batch 8; the bench's reference shapes assume this order)."""
+        longest of 32 arbitrary texts (``bench/embed.py``, whose reference forms the batches shortest first and checks
+        the worker ran the same: worker / raw onnxruntime was 0.51-0.57 at batch 32 and 64 and 0.77 at batch 8 in
+        pending order, 0.98-1.00 shortest first, one thread)."""
         keys = [text_key(d.text) for d in docs]
         todo: dict[bytes, str] = {}
         for k, d in zip(keys, docs, strict=True):
