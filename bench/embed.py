@@ -12,10 +12,11 @@ worker with raw onnxruntime in the same run: ``--blocks`` mainnet-shaped blocks 
 rag plugin (its worker off), then ``RagPlugin.drain()`` embeds and stores everything pending (take the pending rows,
 tokenize, length-bucket, run, pool, normalise, write the vectors); the reference is the same model's
 ``InferenceSession.run`` alone (same session options) on the same distinct texts in the same batch shapes as the
-worker formed (its rounds, its slices, its length buckets), the inputs padded before timing. The two run round by
-round in lockstep (the machine is shared). Both are counted in distinct texts per second; the ratio is worker / raw.
-The worker's share of its time spent inside ``InferenceSession.run`` is printed too: unlike the ratio, it does not
-depend on the load changing between the two sides.
+worker formed (its rounds, its slices, its length buckets), the inputs padded before timing; the bench fails if the
+worker ran other input shapes than the reference (as it did before the worker sorted its rounds shortest first, an
+unfair comparison). The two run round by round in lockstep (the machine is shared). Both are counted in distinct
+texts per second; the ratio is worker / raw. The worker's share of its time spent inside ``InferenceSession.run`` is
+printed too: unlike the ratio, it does not depend on the load changing between the two sides.
 
 Usage: ``python bench/embed.py [--texts 256] [--batch-sizes 8,32,64] [--threads 1,2] [--blocks 4]``.
 The last line printed is JSON; ``texts_per_s`` is the best configuration's throughput, ``worker_texts_per_s`` /
@@ -100,8 +101,10 @@ def end_to_end(blocks: list[object], batch_size: int, threads: int, tmp: Path) -
 
             def __init__(self, session: Any) -> None:
                 self.session, self.seconds = session, 0.0
+                self.shapes: list[tuple[int, ...]] = []
 
             def run(self, *a: Any) -> Any:
+                self.shapes.append(a[1]["input_ids"].shape)
                 t = time.perf_counter()
                 try:
                     return self.session.run(*a)
@@ -112,10 +115,16 @@ def end_to_end(blocks: list[object], batch_size: int, threads: int, tmp: Path) -
 
         def worker(i: int) -> None:
             emb.session = timed
+            timed.shapes.clear()
             try:
                 taken[0] += state.worker.step()
             finally:
                 emb.session = timed.session
+            # The reference is fair only if it runs what the worker ran: the same batch shapes, in the same order.
+            expected = [feed["input_ids"].shape for feed in feeds[i]]
+            if timed.shapes != expected:
+                raise AssertionError(f"round {i}: the rag worker ran input shapes {timed.shapes}, the raw reference "
+                                     f"{expected}; worker_shapes() no longer mirrors monmouth_rag.worker")
 
         # Round by round in lockstep (which goes first alternates), so both see the same load on a shared machine.
         taken = [0]

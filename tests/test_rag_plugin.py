@@ -18,6 +18,7 @@ from monmouth.types import ChainCommitted, ChainReorged, ChainReverted
 from monmouth_rag.ann import VectorIndex
 from monmouth_rag.search import rrf
 from monmouth_rag.store import store_vectors, take_pending
+from monmouth_rag.worker import STOP_CHECK_TEXTS
 from tests.chains import chain
 from tests.test_rag_support import (  # noqa: F401 (fixture)
     PLUGINS,
@@ -212,6 +213,49 @@ def test_notification_committed_wakes_the_worker(rig):
         time.sleep(0.05)
     status = rag.monmouth_status()
     assert status["vectors"] == 4 and status["backlog"] == 0 and status["embeddings_per_s"] > 0
+
+
+def test_the_worker_embeds_a_round_shortest_first_and_a_stop_keeps_what_was_embedded(rig):
+    r = rig()
+    r.engine.apply(ChainCommitted(chain(blocks(2, txs=40, salt="L"))))
+    st = rag.state()
+    pending = {d.id: d.text for d in take_pending(r.db.reader(), 1 << 30)}
+    distinct = sorted(set(pending.values()), key=len)
+    assert len(distinct) > STOP_CHECK_TEXTS and len(pending) <= st.cfg.worker_batch, "one round, several slices"
+    calls: list[list[str]] = []
+    embed = st.worker.embed
+
+    def recording(texts: list[str]) -> np.ndarray:
+        calls.append(list(texts))
+        st.worker.stopping.set()  # a stop requested during the first slice ends the round after it
+        return embed(texts)
+
+    st.worker.embed = recording
+    try:
+        stored = st.worker.step()
+    finally:
+        st.worker.stopping.clear()
+        st.worker.embed = embed
+    assert len(calls) == 1 and [len(t) for t in calls[0]] == [len(t) for t in distinct[:STOP_CHECK_TEXTS]], \
+        "the first slice is the round's shortest texts"
+    first = set(calls[0])
+    left = {d.id: d.text for d in take_pending(r.db.reader(), 1 << 30)}
+    assert stored == sum(t in first for t in pending.values()) and not first & set(left.values()), \
+        "every document whose text was embedded before the stop is stored, the others stay pending"
+    calls.clear()
+    st.worker.embed = lambda texts: (calls.append(list(texts)), embed(texts))[1]
+    try:
+        assert st.worker.drain() == len(left)
+    finally:
+        st.worker.embed = embed
+    flat = [t for c in calls for t in c]
+    assert sorted(flat) == sorted(set(left.values()) - first) and [len(t) for t in flat] == sorted(map(len, flat))
+    texts = {txh: text for txh, text in r.db.reader().execute(
+        "SELECT tx_hash, coalesce(embed_text, text) FROM rag_docs")}
+    stored_vectors = embeddings(r.db.reader())
+    assert stored_vectors.keys() == texts.keys()
+    for txh, vec in stored_vectors.items():
+        np.testing.assert_allclose(vec, st.embedder.embed([texts[txh]])[0], atol=1e-4)
 
 
 def test_status_and_metrics_show_backlog_and_rate(rig):

@@ -57,31 +57,38 @@ class EmbedWorker(BackgroundWorker):
         self._rounds = 0
 
     # ------------------------------------------------------------------------------------------------ work
-    def _vectors(self, docs: list[PendingDoc]) -> np.ndarray:
-        """Vectors of the first documents of ``docs``: all of them, unless a stop cut the round short (the
-        texts are embedded STOP_CHECK_TEXTS at a time, so that a shutdown waits for one slice, not a round)."""
+    def _vectors(self, docs: list[PendingDoc]) -> tuple[list[PendingDoc], np.ndarray]:
+        """The documents of ``docs`` that have a vector now, and their vectors (``(n, dim)`` float32, row ``i`` for
+        document ``i``): all of them, unless a stop cut the round short (the texts are embedded STOP_CHECK_TEXTS at
+        a time, so that a shutdown waits for one slice, not a round).
+
+        The round's texts not cached are embedded shortest first (characters), so each STOP_CHECK_TEXTS slice holds
+        texts of similar length and the embedder's length buckets (``batch_size``) are padded little: in pending
+        order a slice mixes short and long texts, and at ``batch_size`` >= 32 each ONNX run was padded to the
+        longest of 32 arbitrary texts (``bench/embed.py``, whose reference forms the batches shortest first and checks
+        the worker ran the same: worker / raw onnxruntime was 0.51-0.57 at batch 32 and 64 and 0.77 at batch 8 in
+        pending order, 0.98-1.00 shortest first, one thread)."""
         keys = [text_key(d.text) for d in docs]
         todo: dict[bytes, str] = {}
         for k, d in zip(keys, docs, strict=True):
             if k not in self._cache and k not in todo:
                 todo[k] = d.text
-        pending = list(todo.items())
+        pending = sorted(todo.items(), key=lambda kv: len(kv[1]))
         for start in range(0, len(pending), STOP_CHECK_TEXTS):
             if start and self.stopping.is_set():
                 break
             part = pending[start:start + STOP_CHECK_TEXTS]
             for (k, _), v in zip(part, self.embed([t for _, t in part]), strict=True):
                 self._cache[k] = v
-        done = next((i for i, k in enumerate(keys) if k not in self._cache), len(keys))
-        keys = keys[:done]
-        if not keys:
-            return np.zeros((0, 0), dtype=np.float32)
-        out = np.stack([self._cache[k] for k in keys])
-        for k in keys:
-            self._cache.move_to_end(k)
+        done = [i for i, k in enumerate(keys) if k in self._cache]
+        if not done:
+            return [], np.zeros((0, 0), dtype=np.float32)
+        out = np.stack([self._cache[keys[i]] for i in done])
+        for i in done:
+            self._cache.move_to_end(keys[i])
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
-        return out
+        return [docs[i] for i in done], out
 
     def step(self) -> int:
         """One round: embed and store up to ``batch`` pending documents. Returns how many were taken."""
@@ -89,8 +96,7 @@ class EmbedWorker(BackgroundWorker):
         if not docs:
             return 0
         t0 = time.perf_counter()
-        vecs = self._vectors(docs)
-        docs = docs[:len(vecs)]
+        docs, vecs = self._vectors(docs)
         if not docs:
             return 0
         with self.db.write() as conn:
