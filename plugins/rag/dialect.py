@@ -8,7 +8,7 @@ same text on both backends. What cannot be portable is here, one class per backe
                 SQLite (:class:`SqliteStatements`)             PostgreSQL (:class:`PgStatements`)
 ==============  =============================================  ===================================================
 keyword index   ``rag_fts``: FTS5, contentless, Porter         ``rag_fts (rowid, tsv tsvector, length)``, GIN
-                stemmer; ranked by ``bm25()``                  index, Snowball stemmer, no stop words; ranked by
+                stemmer; ranked by ``bm25()``                  index, Porter stemmer, no stop words; ranked by
                                                                the same BM25 (:meth:`PgStatements.keyword`) with
                                                                ``rag_fts_stats`` (document count, total length)
 vectors         ``rag_vec``: sqlite-vec ``vec0``,              ``rag_vec (rowid, embedding vector(384), ...)``,

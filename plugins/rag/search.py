@@ -8,8 +8,8 @@ packing under a token budget.
   candidate sets are ranked exactly.
 * Keyword search is SQLite FTS5 with its BM25 ranking (Robertson & Zaragoza 2009; ``bm25()`` of
   https://sqlite.org/fts5.html), over the Porter-stemmed text; on PostgreSQL a ``tsvector`` GIN index ranked by the
-  same BM25 formula and parameters over PostgreSQL's Snowball-stemmed tokens (:mod:`monmouth_rag.dialect`). The
-  query's words are OR-ed.
+  same BM25 formula and parameters over Porter-stemmed tokens split as FTS5 splits them (:mod:`monmouth_rag.dialect`).
+  The query's words are OR-ed.
 * On PostgreSQL vector search is pgvector's HNSW index (cosine distance, the same scores), with the same filters.
 * Hybrid search fuses both rankings by reciprocal rank fusion: ``score(d) = sum over rankings of 1 / (k + rank(d))``
   with ``k = 60`` (Cormack, Clarke & Buettcher, "Reciprocal rank fusion outperforms Condorcet and individual rank
