@@ -47,6 +47,14 @@ def summary_ms(samples_s: list[float]) -> dict[str, float]:
             "mean_ms": round(statistics.fmean(samples_s) * 1000, 2)}
 
 
+def timed_append(fd: int, block: bytes) -> float:
+    """One sample: append ``block`` to ``fd`` (opened ``O_APPEND``) and ``os.fdatasync`` it; seconds taken."""
+    t0 = time.perf_counter()
+    os.write(fd, block)
+    os.fdatasync(fd)
+    return time.perf_counter() - t0
+
+
 def fsync_reference(directory: str | Path, count: int = DEFAULT_COUNT, pace: float = DEFAULT_PACE_S) -> dict[str, float]:
     """Time ``count`` appends of 4 kB, each followed by ``os.fdatasync``, ``pace`` seconds apart, in a temporary file
     in ``directory`` (so on its filesystem).
@@ -70,10 +78,7 @@ def fsync_reference(directory: str | Path, count: int = DEFAULT_COUNT, pace: flo
             for i in range(count):
                 if i and pace:
                     time.sleep(pace)
-                t0 = time.perf_counter()
-                os.write(fd, block)
-                os.fdatasync(fd)
-                samples.append(time.perf_counter() - t0)
+                samples.append(timed_append(fd, block))
         finally:
             os.close(fd)
     finally:

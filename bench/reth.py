@@ -65,7 +65,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fsync import APPEND_BYTES, describe, fsync_reference, summary_ms  # noqa: E402  # bench/fsync.py
+from fsync import APPEND_BYTES, describe, fsync_reference, summary_ms, timed_append  # noqa: E402  # bench/fsync.py
 
 from bridge import make_app, settle  # noqa: E402  # bench/bridge.py: a sidecar with only a no-op plugin
 from monmouth.app import App, make_source  # noqa: E402
@@ -253,10 +253,7 @@ class AckProbe:
         fd = os.open(directory / "fsync-at-arrival", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
         def apply(batch: list[Delivery]) -> Any:
-            t0 = time.perf_counter()
-            os.write(fd, block)
-            os.fdatasync(fd)
-            self.arrival_fsync_s.append(time.perf_counter() - t0)
+            self.arrival_fsync_s.append(timed_append(fd, block))
             return inner(batch)
 
         runner._apply = apply  # type: ignore[method-assign]
