@@ -106,7 +106,8 @@ class RequestKindMiddleware:
 
 
 class AuditMiddleware:
-    """Audits denials (401/403), rate limiting, and successful forget/export/import routes (by route template)."""
+    """Audits denials (401/403) and the successful calls of routes that declare an audit event
+    (:func:`monmouth.audit.audited`)."""
 
     def __init__(self, app: ASGIApp, audit: Audit) -> None:
         self.app = app
@@ -129,13 +130,10 @@ class AuditMiddleware:
         who = p.name if p is not None else None
         client = scope.get("client")
         ip = client[0] if client else None
-        method = scope["method"]
-        route = scope.get("route")
-        path = str(getattr(route, "path", None) or scope["path"])
         if status in (401, 403):
-            self.audit.denied(status, who, ip, method, scope["path"])
-        elif status < 400 and route is not None:
-            event = route_event(method, path)
+            self.audit.denied(status, who, ip, scope["method"], scope["path"])
+        elif status < 400:
+            event = route_event(scope.get("route"))
             if event:
                 self.audit.record(event, who, ip, path=scope["path"], status=status)
 

@@ -1,9 +1,11 @@
 """The audit log: security-relevant events to the ``monmouth_audit`` table and to the ``monmouth.audit`` logger.
 
-Events: ``sign_in`` (ok or failed, with the reason), ``token_use`` (first use of a token, then at most once per
-``TOKEN_USE_EVERY`` seconds per token, with the count), ``denied`` (401/403), ``rate_limited``, ``forget``,
-``export``, ``import``, ``config_change`` (sections changed, old and new digests). Never a secret: tokens appear only
-as the short id of their hash, SIWE messages and signatures not at all.
+Events of the core: ``sign_in`` (ok or failed, with the reason), ``token_use`` (first use of a token, then at most
+once per ``TOKEN_USE_EVERY`` seconds per token, with the count), ``denied`` (401/403), ``rate_limited``,
+``config_change`` (sections changed, old and new digests). A plugin route declares its own event with
+:func:`audited` (memory: ``forget``, ``export``): each successful call is recorded, over HTTP as through an
+in-process MCP tool call. Never a secret: tokens appear only as the short id of their hash, SIWE messages and
+signatures not at all.
 
 Rows are written by a background thread in small batches (one short transaction each), so auditing never holds
 a request on SQLite's write lock. ``GET /audit`` (admin) pages through them, newest first.
@@ -14,9 +16,14 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import re
 import threading
 import time
 from typing import TYPE_CHECKING, Any
+
+from fastapi import Depends
+
+from .auth import route_mark
 
 if TYPE_CHECKING:
     from .app import App
@@ -39,16 +46,34 @@ CREATE INDEX IF NOT EXISTS monmouth_audit_event ON monmouth_audit (event, id);
 TOKEN_USE_EVERY = 600.0
 
 
-def route_event(method: str, path: str) -> str | None:
-    """The event a successful call of the route template ``path`` is audited as (``forget``, ``export``,
-    ``import``), or ``None``: the same for an HTTP request and an in-process MCP tool call."""
-    if method == "DELETE" and path.endswith("/agents/{agent}"):
-        return "forget"
-    if path.endswith("/export"):
-        return "export"
-    if "/import" in path:
-        return "import"
-    return None
+#: the events the core records itself; a route cannot declare one of these (:func:`audited`)
+CORE_EVENTS = frozenset({"sign_in", "token_use", "denied", "rate_limited", "config_change"})
+EVENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+
+def audited(event: str) -> Any:
+    """A dependency declaring that each successful call (status below 400) of a route is the audit event ``event``,
+    recorded with the caller, the client's address and the concrete path: for an HTTP request and for an
+    in-process MCP tool call alike. Use as ``@router.post("/keys/rotate", dependencies=[audited("key_rotation")])``.
+
+    Raises:
+        ValueError: ``event`` is not a lowercase name (``[a-z][a-z0-9_]*``, at most 32 characters) or is one of the
+            core's own events (:data:`CORE_EVENTS`).
+    """
+    if not EVENT_NAME.fullmatch(event) or event in CORE_EVENTS:
+        raise ValueError(f"audited({event!r}): an event is a lowercase name ([a-z][a-z0-9_]*, at most 32 "
+                         f"characters) other than the core's own ({', '.join(sorted(CORE_EVENTS))})")
+
+    def dependency() -> None:
+        return None
+
+    dependency.__monmouth_audit__ = event  # type: ignore[attr-defined]
+    return Depends(dependency)
+
+
+def route_event(route: Any) -> str | None:
+    """The audit event ``route`` declared with :func:`audited`, or ``None``."""
+    return route_mark(route, "__monmouth_audit__")  # type: ignore[no-any-return]
 
 
 class Audit:

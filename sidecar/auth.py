@@ -456,13 +456,20 @@ def check_roles(p: Principal, allowed: frozenset[str], method: str, path: str) -
 def declared_roles(route: Any) -> frozenset[str] | None:
     """The roles a route admits by its own policy (:func:`require` among its dependencies), or ``None`` when it
     declares none and the default policy applies."""
+    return route_mark(route, "__monmouth_policy__")  # type: ignore[no-any-return]
+
+
+def route_mark(route: Any, attr: str) -> Any:
+    """The value of ``attr`` on the first of ``route``'s dependencies (searched through theirs) that carries it, or
+    ``None``: how a route declares something about itself to the core (its access policy, :func:`require`; its
+    audit event, :func:`monmouth.audit.audited`)."""
     dep = getattr(route, "dependant", None)
     stack = list(getattr(dep, "dependencies", []) or [])
     while stack:
         d = stack.pop()
-        roles = getattr(d.call, "__monmouth_policy__", None)
-        if roles is not None:
-            return roles  # type: ignore[no-any-return]
+        value = getattr(d.call, attr, None)
+        if value is not None:
+            return value
         stack.extend(d.dependencies or [])
     return None
 

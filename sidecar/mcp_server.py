@@ -7,9 +7,9 @@ HTTP API:
 * in-process (``/mcp`` on the sidecar, or ``monmouth mcp`` with no sidecar answering), a tool calls its plugin's
   services directly (:meth:`Caller.invoke`): the access policy of the route the service backs is decided by the same
   function as for HTTP (:func:`monmouth.auth.check_default_policy`, the plugin's access rules, a route's own
-  ``require``), refusals are the same problems, and denials and forget/export/import are audited as for HTTP. The
-  ``/mcp`` request that carries the call has passed authentication, request limits, the rate limit and admission
-  control like any request;
+  ``require``), refusals are the same problems, and denials and the events routes declare (``audited``) are audited
+  as for HTTP. The ``/mcp`` request that carries the call has passed authentication, request limits, the rate limit
+  and admission control like any request;
 * across the network (``monmouth mcp --url``), the same tool calls that route over HTTP.
 
 Two transports:
@@ -251,7 +251,7 @@ class LocalCaller(Caller):
             if body["status"] in (401, 403):
                 state.audit.denied(body["status"], p.name, self.ip, method, concrete)
             raise _tool_error(body["status"], body["detail"]) from None
-        event = route_event(method, path)
+        event = route_event(route)
         if event:
             state.audit.record(event, p.name, self.ip, path=concrete, status=200, via="mcp")
         return out

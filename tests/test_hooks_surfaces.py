@@ -53,6 +53,10 @@ class Greedy:
         def ping():
             return {"pong": True}
 
+        @router.get("/agents/{agent}/export")
+        def export(agent: str):  # shaped like memory's export, but it declares no audit event: not audited
+            return {"agent": agent}
+
         return router
 
     @hookimpl
@@ -101,16 +105,51 @@ def test_access_rules_widen_the_default_policy_for_the_plugins_own_routes_only(a
     assert ("POST", "/notes/tidy") not in api.state.access_rules
 
 
+def test_routes_declare_their_audit_events(api_env):
+    """A plugin route declares its audit event with ``audited``: each successful call is recorded (caller, client,
+    concrete path), a refused one is recorded as a denial only, and a route that declares nothing is not audited,
+    whatever its path looks like."""
+    app, api = api_env
+    adm = client(api, token=ADMIN)
+    assert adm.post("/notes/tidy").json() == {"tidied": True}
+    a = client(api, token=sign_in(api, KEY_A))
+    is_problem(a.post("/notes/tidy"), 403)
+    assert a.post("/notes/search", json={"query": "q"}).status_code == 200
+    assert adm.get("/greedy/agents/0xabc/export").json() == {"agent": "0xabc"}
+    api.state.audit.flush()
+    events = adm.get("/audit", params={"limit": 200}).json()["events"]
+    tidied = [e for e in events if e["event"] == "notes_tidied"]
+    assert len(tidied) == 1 and tidied[0]["principal"] == "admin" and tidied[0]["detail"]["path"] == "/notes/tidy"
+    searched = [e for e in events if e["event"] == "notes_searched"]
+    assert len(searched) == 1 and searched[0]["principal"].startswith("agent:0x"), searched
+    assert any(e["event"] == "denied" and e["detail"]["path"] == "/notes/tidy" for e in events)
+    assert not [e for e in events if e["event"] == "export"], "an undeclared route was audited by its shape"
+
+
+@pytest.mark.parametrize("bad", ["Forget", "denied", "sign_in", "", "a-b", "x" * 33])
+def test_an_audit_event_must_be_a_lowercase_name_of_the_plugins_own(bad):
+    from monmouth.audit import audited
+
+    with pytest.raises(ValueError, match="lowercase name"):
+        audited(bad)
+
+
 def test_the_core_lists_no_plugin_route():
-    """The rules of the built-in plugins come from their hooks: the core module names none of their routes."""
+    """The rules and audit events of the built-in plugins come from their hooks and routes: the core modules name
+    none of their routes."""
     import inspect
 
+    import monmouth.api
+    import monmouth.audit
     import monmouth.auth
     import monmouth.mcp_server
 
-    for module in (monmouth.auth, monmouth.mcp_server):
+    routes = ("/rag/", "/memory/", '/agents/{agent}")', "/export", "/import")
+    tools = (*routes, "search_chain", "remember")
+    for module, names in ((monmouth.auth, tools), (monmouth.mcp_server, tools),
+                          (monmouth.audit, routes), (monmouth.api, routes)):
         src = inspect.getsource(module)
-        for name in ("/rag/", "/memory/", "search_chain", "remember"):
+        for name in names:
             assert name not in src, f"{module.__name__} names {name}"
 
 

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from monmouth.audit import audited
 from monmouth.auth import is_loopback
 from monmouth.limits import JsonObject, Text
 from monmouth.problems import status_of
@@ -148,7 +149,7 @@ def make_router(get_memory: Callable[[], Memory | None]) -> APIRouter:
     def agent_info(agent: str, m: M) -> Any:
         return call(lambda: m.agent_info(parse_address(agent)))
 
-    @router.delete("/agents/{agent}")
+    @router.delete("/agents/{agent}", dependencies=[audited("forget")])
     def forget(agent: str, m: M) -> Any:
         return call(lambda: m.forget(parse_address(agent)))
 
@@ -207,7 +208,7 @@ def make_router(get_memory: Callable[[], Memory | None]) -> APIRouter:
                 limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> Any:
         return call(lambda: m.changes(parse_address(agent), since_block, limit))
 
-    @router.get("/agents/{agent}/export")
+    @router.get("/agents/{agent}/export", dependencies=[audited("export")])
     def export(agent: str, m: M) -> Any:
         from .portable import export_agent
 

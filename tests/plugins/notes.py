@@ -1,5 +1,5 @@
 """A third-party plugin using the surface hooks the way an outside package would: an HTTP route, the access rules
-that widen the default policy for it (``monmouth_access_rules``), and MCP tools (``monmouth_mcp_tools``): one that runs
+that widen the default policy for it (``monmouth_access_rules``), audit events its routes declare (``audited``), and MCP tools (``monmouth_mcp_tools``): one that runs
 the route's service directly under the route's policy (``Caller.invoke``), one that calls a route through the HTTP
 stack (``Caller.call``). Register it as ``{"notes": notes}`` and enable ``[plugins.notes]``.
 
@@ -16,6 +16,7 @@ from mcp.server.mcpserver import Context
 from pydantic import BaseModel, ConfigDict
 
 from monmouth import hookimpl
+from monmouth.audit import audited
 from monmouth.auth import AccessRule, Principal, current_principal
 from monmouth.mcp_server import caller
 from monmouth.problems import ProblemError
@@ -45,12 +46,12 @@ def search_notes(body: Search, p: Principal | None) -> dict[str, Any]:
 def monmouth_http_router() -> APIRouter:
     router = APIRouter(prefix="/notes")
 
-    @router.post("/search")
+    @router.post("/search", dependencies=[audited("notes_searched")])
     def search(body: Search, p: Annotated[Principal, Depends(current_principal)]) -> dict[str, Any]:
         CALLS["route"] += 1
         return search_notes(body, p)
 
-    @router.post("/tidy")
+    @router.post("/tidy", dependencies=[audited("notes_tidied")])
     def tidy() -> dict[str, Any]:  # no rule: the default policy (admin only for a POST)
         return {"tidied": True}
 
