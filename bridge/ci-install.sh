@@ -11,8 +11,10 @@ need=()
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v c++ >/dev/null 2>&1 || need+=(g++)
 command -v make >/dev/null 2>&1 || need+=(make)
-# Reth (bridge/reth-exex) generates its MDBX bindings with bindgen, which needs libclang.
-ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev clang)
+# Reth (bridge/reth-exex) generates its MDBX bindings with bindgen, which needs libclang itself (libclang.so or
+# libclang-<version>.so): libclang-cpp, which other LLVM packages bring, is a different library and does not do.
+compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null || compgen -G '/usr/lib/*/libclang-[0-9]*.so*' >/dev/null \
+  || need+=(libclang-dev clang)
 if [ ${#need[@]} -gt 0 ]; then
   echo "bridge/ci-install.sh: installing ${need[*]} (Debian)"
   export DEBIAN_FRONTEND=noninteractive
