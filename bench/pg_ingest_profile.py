@@ -4,9 +4,10 @@ On a real server started for the run (tests/pg.py, ``fsync`` on), with mainnet-s
 
 1. **Statements per block**: the runs of distinct recipients ``PgConnection.executemany`` cuts an upsert of the
    block's transfers into (pg_batch.chunks), the most frequent recipient's count, the distinct recipients.
-2. **Lockstep, block by block**: the plugin on a plain connection (no triggers) beside the engine with the trigger
-   journal, ms per block each; on the engine's database ``track_functions = 'pl'`` gives the undo trigger's own
-   time per changed row (``pg_stat_user_functions.self_time``) and pg_batch's function per block.
+2. **Lockstep, block by block**: the plugin on a plain connection (no triggers) and the engine with the trigger
+   journal, each with the upsert's runs sent as one call of pg_batch's function (today) and as pipelined statements
+   (before), ms per block each; on the engine's database ``track_functions = 'pl'`` gives the undo trigger's own
+   time per changed row (``pg_stat_user_functions.self_time``) and pg_batch's function's per block.
 3. **Server time per statement shape**: ``EXPLAIN ANALYZE`` of the same blocks' statements (the per-transaction
    upsert as its runs, the summed upsert as one statement, and one-row upserts), on three tables: no trigger, the
    row trigger ``monmouth_record_undo`` (what the engine installs), and statement-level triggers with transition
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import statistics
 import sys
@@ -79,42 +81,61 @@ def summed(rows: list[tuple[bytes, int]]) -> list[tuple[bytes, int, int]]:
 
 
 def lockstep(server: PgServer, blocks: list[Any]) -> dict[str, float]:
-    """Plain psycopg and the engine, block by block; the undo trigger's and pg_batch's function's own time."""
-    url = server.database()
-    with server.admin() as admin:
-        admin.execute(f'ALTER DATABASE "{url.rsplit("/", 1)[1]}" SET track_functions = \'pl\'')
-    engine = make_engine(url, Balances("postgres"), "FULL")
-    plain = open_backend(server.database(), "FULL").connect()
-    for script in Balances("postgres").monmouth_migrations():
-        plain.execute(script)
+    """Four sides block by block (the order rotates): the plugin on a plain connection (no triggers) and the engine
+    (trigger journal), each with the upsert's runs as one call of pg_batch's function (what executemany does) and as
+    pipelined statements (before it); then the undo trigger's and the function's own time on the engine's side."""
+    sides: list[tuple[str, Any]] = []
+    engines = []
     hook = Balances("postgres").monmouth_block_applied
-    took = [0.0, 0.0]
+    for one_call in (True, False):
+        url = server.database()
+        with server.admin() as admin:
+            admin.execute(f'ALTER DATABASE "{url.rsplit("/", 1)[1]}" SET track_functions = \'pl\'')
+        engine = make_engine(url, Balances("postgres"), "FULL")
+        plain = open_backend(server.database(), "FULL").connect()
+        for script in Balances("postgres").monmouth_migrations():
+            plain.execute(script)
+        for conn in (engine.conn, plain):
+            form = pg_batch.batch_statement(conn, UPSERT)
+            assert form is not None and form.function
+            conn._batches[UPSERT] = form if one_call else dataclasses.replace(form, function=b"", call=b"")
+        how = "one call" if one_call else "pipelined"
+
+        def plain_side(n: Any, b: Any, plain: Any = plain) -> None:
+            plain.execute("BEGIN")
+            hook(conn=plain, block=b, notification=n)
+            plain.execute("COMMIT")
+
+        sides += [(f"plain psycopg, {how}", plain_side),
+                  (f"engine + trigger journal, {how}", lambda n, b, engine=engine: engine.apply(n))]
+        engines.append((engine, plain))
+    took = [0.0] * len(sides)
     for i, b in enumerate(blocks):
         n = ChainCommitted(Chain((b,)))
-        for side in ((0, 1) if i % 2 else (1, 0)):
+        for k in range(len(sides)):
+            j = (i + k) % len(sides)
             t = time.perf_counter()
-            if side == 0:
-                plain.execute("BEGIN")
-                hook(conn=plain, block=b, notification=n)
-                plain.execute("COMMIT")
-            else:
-                engine.apply(n)
-            took[side] += time.perf_counter() - t
+            sides[j][1](n, b)
+            took[j] += time.perf_counter() - t
+    out = {f"{name} ms_per_block": t / len(blocks) * 1e3 for (name, _), t in zip(sides, took, strict=True)}
+    engine = engines[0][0]
     engine.conn.execute("SELECT pg_stat_force_next_flush()")
     time.sleep(0.6)  # the statistics collector's flush
     own = {name: (calls, self_ms) for name, calls, self_ms in engine.conn.execute(
         "SELECT funcname, calls, self_time FROM pg_stat_user_functions").fetchall()}
     calls, trigger_ms = own.get("monmouth_record_undo", (0, 0.0))
     batch = [v for k, v in own.items() if k.startswith("monmouth_batch_")]
-    engine.close()
-    plain.close()
-    out = {"plain_ms_per_block": took[0] / len(blocks) * 1e3, "engine_ms_per_block": took[1] / len(blocks) * 1e3,
-           "trigger_us_per_row": trigger_ms / max(calls, 1) * 1e3, "trigger_rows": calls,
-           "batch_function_ms_per_call": (batch[0][1] / batch[0][0]) if batch else 0.0}
-    print(f"[lockstep, {len(blocks)} blocks] plain psycopg {out['plain_ms_per_block']:.2f} ms/block, engine + "
-          f"trigger journal {out['engine_ms_per_block']:.2f} ms/block; undo trigger's own time "
-          f"{out['trigger_us_per_row']:.1f} us per row ({calls} rows); pg_batch's function (the upserts' runs, "
-          f"server side, triggers excluded) {out['batch_function_ms_per_call']:.2f} ms per block", flush=True)
+    for engine, plain in engines:
+        engine.close()
+        plain.close()
+    out.update({"trigger_us_per_row": trigger_ms / max(calls, 1) * 1e3, "trigger_rows": calls,
+                "batch_function_ms_per_call": (batch[0][1] / batch[0][0]) if batch else 0.0})
+    print(f"[lockstep, {len(blocks)} blocks] " + ", ".join(f"{name} {t / len(blocks) * 1e3:.2f} ms/block"
+                                                          for (name, _), t in zip(sides, took, strict=True)))
+    print(f"[lockstep] one call / pipelined: plain {took[2] / took[0]:.3f}x as fast, engine {took[3] / took[1]:.3f}x; "
+          f"undo trigger's own time {out['trigger_us_per_row']:.1f} us per row ({calls} rows); pg_batch's function "
+          f"(the upserts' runs, server side, triggers excluded) {out['batch_function_ms_per_call']:.2f} ms per block",
+          flush=True)
     return out
 
 
