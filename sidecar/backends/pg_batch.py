@@ -23,7 +23,8 @@ Invariants:
   its own (own snapshot, own statement-level triggers, own checks), as the pipelined statements did. A block of
   mainnet-shaped transfers upserting running balances is ~63 runs of 200 rows (docs/storage.md, "Ingest speed").
 * What differs is only the count of statements the client sends: a statement-level trigger fires once per
-  statement the server runs (the same count), and inside the function ``statement_timestamp()`` is the call's.
+  statement the server runs (the same count); inside the function ``statement_timestamp()`` is the call's, and
+  ``statement_timeout`` counts the call as one statement.
 """
 
 from __future__ import annotations
