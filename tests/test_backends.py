@@ -325,6 +325,51 @@ def test_executemany_of_a_plain_insert_runs_as_one_statement_with_the_same_rows_
         ours.executemany("INSERT INTO t (k) VALUES (?)", [(300,), (300,)])
 
 
+def test_an_upsert_of_repeated_keys_runs_its_statements_in_one_call_as_many_statements(pg_url):
+    """``DO UPDATE`` rows with a key given several times run as one call of a temporary function (pg_batch's
+    ``Batch.function``) whose ``INSERT`` runs once per run of distinct keys, in order: a statement-level trigger fires
+    once per run (as many times as for the pipelined statements), a row trigger once per row in the rows' order, the
+    table ends as row by row. The function made in a rolled-back transaction is made again by the next call, one made
+    in a committed one is reused; a failing run fails the call with the constraint's own error."""
+    c = PgDatabase(pg_url, password=PASSWORD).connect()
+    c.execute("""
+        CREATE TABLE acc (k bytea PRIMARY KEY, v numeric(78) NOT NULL, n bigint NOT NULL CHECK (n < 4));
+        CREATE TABLE fired (id bigint GENERATED ALWAYS AS IDENTITY, what text);
+        CREATE FUNCTION per_statement() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN INSERT INTO fired (what) VALUES ('statement ' || TG_OP); RETURN NULL; END $$;
+        CREATE FUNCTION per_row() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN INSERT INTO fired (what) VALUES (TG_OP || ' ' || encode(NEW.k, 'escape') || ' ' || NEW.n);
+            RETURN NULL; END $$;
+        CREATE TRIGGER s AFTER INSERT ON acc FOR EACH STATEMENT EXECUTE FUNCTION per_statement();
+        CREATE TRIGGER r AFTER INSERT OR UPDATE ON acc FOR EACH ROW EXECUTE FUNCTION per_row();
+    """)
+    upsert = "INSERT INTO acc (k, v, n) VALUES (?, ?, 1) ON CONFLICT (k) DO UPDATE SET v = acc.v + excluded.v, n = acc.n + 1"
+    rows = [(b"a", 10**70), (b"b", 2), (b"a", 3), (b"c", 4), (b"a", 5), (b"b", 6)]
+    runs = c._batched(upsert, rows)
+    assert runs is not None and [len(r[1][0]) for r in runs] == [2, 2, 2]
+    function = c._batches[upsert].function
+    c.execute("BEGIN")
+    c.executemany(upsert, rows)
+    c.execute("ROLLBACK")
+    assert c.execute("SELECT count(*) FROM pg_proc WHERE proname LIKE 'monmouth_batch_%'").fetchone() == (0,)
+    c.execute("BEGIN")
+    c.executemany(upsert, rows)  # made again
+    c.execute("COMMIT")
+    assert function in c._functions
+    assert [r[0] for r in c.execute("SELECT what FROM fired ORDER BY id").fetchall()] == [
+        "INSERT a 1", "INSERT b 1", "statement INSERT", "UPDATE a 2", "INSERT c 1", "statement INSERT",
+        "UPDATE a 3", "UPDATE b 2", "statement INSERT"]
+    assert c.execute("SELECT k, v, n FROM acc ORDER BY k").fetchall() == [
+        (b"a", 10**70 + 8, 3), (b"b", 8, 2), (b"c", 4, 1)]
+    c.execute("BEGIN")
+    with pytest.raises(psycopg.errors.CheckViolation, match="acc_n_check"):
+        c.executemany(upsert, [(b"c", 1), (b"c", 1), (b"a", 1)])  # the third run puts a's n at 4
+    c.execute("ROLLBACK")
+    c.executemany(upsert, [(b"c", 1), (b"c", 1)])  # outside a transaction: reused, committed at once
+    assert c.execute("SELECT n FROM acc WHERE k = 'c'").fetchone() == (3,)
+    c.close()
+
+
 def test_a_batched_insert_is_journaled_row_by_row_and_reverted_exactly(pg_url):
     """The rows of a one-statement ``executemany`` go through the undo trigger each, in order: a reorg reverts the
     block exactly."""

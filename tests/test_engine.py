@@ -19,16 +19,40 @@ from tests.plugins import ledger
 PLUGIN_TABLES = ("ledger_transfers", "ledger_balances", "ledger_block_stats")
 
 
-def dump(conn) -> dict[str, list[tuple]]:
-    return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall()) for t in PLUGIN_TABLES}
+class Tally:
+    """Writes through ``executemany``: an upsert whose keys repeat within a block (each block gives key
+    ``number % 3`` twice, so on PostgreSQL its runs of distinct keys go as one call of pg_batch's function, a row
+    updated in several of its statements), then a ``DELETE`` of the keys counted past 6 (re-inserted later)."""
+
+    monmouth_backends = hookimpl(lambda self: ("sqlite", "postgres"))
+    monmouth_migrations = hookimpl(lambda self: [
+        "CREATE TABLE tally_counts (k BIGINT PRIMARY KEY, n BIGINT NOT NULL, total BIGINT NOT NULL)"])
+
+    @hookimpl
+    def monmouth_block_applied(self, conn, block, notification):
+        rows = [(tx.value % 3, tx.value % 1000) for tx in block.transactions]
+        conn.executemany("INSERT INTO tally_counts (k, n, total) VALUES (?, 1, ?) ON CONFLICT (k) DO UPDATE SET "
+                         "n = tally_counts.n + 1, total = tally_counts.total + excluded.total",
+                         [(block.number % 3, 1), *rows, (block.number % 3, 2)])
+        conn.execute("DELETE FROM tally_counts WHERE n > 6")
 
 
-def reference(engine_factory, blocks: list[Block], name: str) -> dict[str, list[tuple]]:
+#: The property tests' plugins and the tables they compare.
+PROPERTY_PLUGINS = {"ledger": ledger, "tally": Tally()}
+PROPERTY_TABLES = (*PLUGIN_TABLES, "tally_counts")
+
+
+def dump(conn, tables: tuple[str, ...] = PLUGIN_TABLES) -> dict[str, list[tuple]]:
+    return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall()) for t in tables}
+
+
+def reference(engine_factory, blocks: list[Block], name: str, plugins: dict[str, object] | None = None,
+              tables: tuple[str, ...] = PLUGIN_TABLES) -> dict[str, list[tuple]]:
     """What applying only ``blocks`` (the final canonical chain) to an empty database produces."""
-    ref = engine_factory(name)
+    ref = engine_factory(name, plugins=plugins)
     if blocks:
         ref.apply(ChainCommitted(chain(blocks)))
-    return dump(ref.conn)
+    return dump(ref.conn, tables)
 
 
 # ------------------------------------------------------------------------------------------- property-based
@@ -47,7 +71,7 @@ def test_random_commits_reorgs_reverts_equal_fresh_index_of_final_chain(both_eng
     import uuid
 
     run = uuid.uuid4().hex
-    engine = both_engine_factory(f"live-{run}.sqlite")
+    engine = both_engine_factory(f"live-{run}.sqlite", plugins=PROPERTY_PLUGINS)
     canonical: list[Block] = extend(None, 3, number=1, salt=run, n_txs=txs)
     engine.apply(ChainCommitted(chain(canonical)))
     delivered: list = []
@@ -73,15 +97,16 @@ def test_random_commits_reorgs_reverts_equal_fresh_index_of_final_chain(both_eng
         else:  # a source re-sends its newest notification (its ack was lost): skipped, nothing written
             if not delivered:
                 continue
-            before, head = dump(engine.conn), engine.head
+            before, head = dump(engine.conn, PROPERTY_TABLES), engine.head
             assert not engine.apply(delivered[-1]).applied
-            assert dump(engine.conn) == before and engine.head == head
+            assert dump(engine.conn, PROPERTY_TABLES) == before and engine.head == head
             continue
         res = engine.apply(n)
         assert res.applied
         delivered.append(n)
         assert engine.head == canonical[-1].ref
-    assert dump(engine.conn) == reference(both_engine_factory, canonical, f"ref-{run}.sqlite")
+    assert dump(engine.conn, PROPERTY_TABLES) == reference(both_engine_factory, canonical, f"ref-{run}.sqlite",
+                                                           PROPERTY_PLUGINS, PROPERTY_TABLES)
     # The engine's block table is exactly the canonical chain.
     stored = engine.conn.execute("SELECT number, hash FROM monmouth_blocks ORDER BY number").fetchall()
     assert stored == [(b.number, b.hash) for b in canonical]
@@ -123,7 +148,7 @@ def test_group_commit_in_random_batches_equals_fresh_index(both_engine_factory, 
 
     run = uuid.uuid4().hex
     ns, canonical = notifications_for(ops, txs, run)
-    engine = both_engine_factory(f"batch-{run}.sqlite")
+    engine = both_engine_factory(f"batch-{run}.sqlite", plugins=PROPERTY_PLUGINS)
     items = [(n, {"seq": i}) for i, n in enumerate(ns, 1)]
     i = 0
     for size in cuts * (len(items) // len(cuts) + 1):
@@ -133,7 +158,8 @@ def test_group_commit_in_random_batches_equals_fresh_index(both_engine_factory, 
         assert error is None and len(results) == len(items[i:i + size])
         i += size
     assert engine.head == canonical[-1].ref and engine.source_token == {"seq": len(items)}
-    assert dump(engine.conn) == reference(both_engine_factory, canonical, f"batch-ref-{run}.sqlite")
+    assert dump(engine.conn, PROPERTY_TABLES) == reference(both_engine_factory, canonical, f"batch-ref-{run}.sqlite",
+                                                           PROPERTY_PLUGINS, PROPERTY_TABLES)
 
 
 def test_group_commit_commits_the_prefix_before_a_failure_and_stops(both_engine_factory, tmp_path):

@@ -17,12 +17,19 @@ Invariants:
 * Arrays are cast to the target columns' own types (read from the catalog), so each value converts as in the
   row-by-row ``INSERT``.
 * One statement cannot update a row twice, so with ``DO UPDATE`` the rows are cut, in order, into runs of distinct
-  keys, one statement each (:func:`chunks`).
-* What differs is only the count of statements: a statement-level trigger fires once per statement.
+  keys, one statement each (:func:`chunks`). Several runs go to the server as one call of a temporary PL/pgSQL
+  function made for the statement (:attr:`Batch.function`): one set of arrays and one ``Bind``/``Execute``
+  instead of one per run, and the function runs the same ``INSERT`` once per run, in order, each a statement of
+  its own (own snapshot, own statement-level triggers, own checks), as the pipelined statements did. A block of
+  mainnet-shaped transfers upserting running balances is ~63 runs of 200 rows (docs/storage.md, "Ingest speed").
+* What differs is only the count of statements the client sends: a statement-level trigger fires once per
+  statement the server runs (the same count); inside the function ``statement_timestamp()`` is the call's, and
+  ``statement_timeout`` counts the call as one statement.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from decimal import Decimal
@@ -39,6 +46,8 @@ PLAIN_INSERT = re.compile(
 _LITERAL = re.compile(r"NULL|TRUE|FALSE|-?[0-9]+(\.[0-9]+)?", re.IGNORECASE)
 #: Python types whose lists psycopg dumps as one typed array (``bool`` before ``int``: it is a subclass).
 _ARRAY_TYPES = (bool, int, float, str, bytes, Decimal)
+#: The dollar-quote of :attr:`Batch.function`'s body (a statement holding it is not made a function).
+_TAG = "$monmouth_batch$"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +60,11 @@ class Batch:
     sql: bytes
     width: int
     keys: tuple[int, ...] | None
+    #: ``CREATE OR REPLACE FUNCTION pg_temp.<name>(bounds integer[], one array per parameter)`` running ``sql`` on
+    #: each run ``bounds[i] .. bounds[i + 1] - 1`` (1-based) of the arrays in order, or ``b""`` (no ``keys``).
+    function: bytes = b""
+    #: ``SELECT pg_temp.<name>(%b, ...)``: the call of :attr:`function` (bounds first, then the arrays).
+    call: bytes = b""
 
 
 def batch_statement(conn: Any, statements: str) -> Batch | None:
@@ -82,12 +96,26 @@ def batch_statement(conn: Any, statements: str) -> Batch | None:
         "WHERE t.oid = a.atttypid)", (table,)).fetchall())
     if not params or any(n not in types for n in params):
         return None
-    arrays = ", ".join(f"%b::{types[n]}[]" for n in params)  # binary: psycopg dumps those lists in C
     aliases = iter(f"c{i}" for i in range(len(params)))
     select = ", ".join(f"u.{next(aliases)}" if v == "?" else v for v in items)
-    sql = (f"INSERT INTO {table} ({', '.join(names)}) SELECT {select} FROM unnest({arrays}) "
-           f"AS u({', '.join(f'c{i}' for i in range(len(params)))}) {m.group(4) or ''}")
-    return Batch(sql.encode(), len(params), keys)
+
+    def insert(arrays: str) -> str:
+        return (f"INSERT INTO {table} ({', '.join(names)}) SELECT {select} FROM unnest({arrays}) "
+                f"AS u({', '.join(f'c{i}' for i in range(len(params)))}) {m.group(4) or ''}")
+
+    sql = insert(", ".join(f"%b::{types[n]}[]" for n in params))  # binary: psycopg dumps those lists in C
+    if keys is None or _TAG in statements:
+        return Batch(sql.encode(), len(params), keys)
+    name = "monmouth_batch_" + hashlib.sha256(sql.encode()).hexdigest()[:20]
+    run = "monmouth_bounds[monmouth_i]:monmouth_bounds[monmouth_i + 1] - 1"
+    body = insert(", ".join(f"monmouth_a{i}[{run}]::{types[n]}[]" for i, n in enumerate(params)))
+    args = ", ".join(f"monmouth_a{i} {types[n]}[]" for i, n in enumerate(params))
+    # use_column: a column named like a variable here means the column, as in the statement sent on its own.
+    function = (f"CREATE OR REPLACE FUNCTION pg_temp.{name}(monmouth_bounds integer[], {args}) RETURNS void "
+                f"LANGUAGE plpgsql AS {_TAG}\n#variable_conflict use_column\nBEGIN\n"
+                f"FOR monmouth_i IN 1 .. cardinality(monmouth_bounds) - 1 LOOP\n{body};\nEND LOOP;\nEND {_TAG}")
+    call = f"SELECT pg_temp.{name}(%b::integer[], {', '.join(f'%b::{types[n]}[]' for n in params)})"
+    return Batch(sql.encode(), len(params), keys, function.encode(), call.encode())
 
 
 def chunks(rows: list[Any], keys: tuple[int, ...] | None) -> list[list[Any]]:
@@ -129,3 +157,19 @@ def plan(batch: Batch | None, rows: list[Any]) -> list[tuple[bytes, list[list[An
             return None
         out.append((batch.sql, columns))
     return out
+
+
+def runs_call(batch: Batch, planned: list[tuple[bytes, list[list[Any]]]]) -> tuple[bytes, list[list[Any]]] | None:
+    """``(SELECT pg_temp.<function>(...), [bounds, one list per parameter])``: the runs of ``planned`` (from
+    :func:`plan`, several) as one call of :attr:`Batch.function`, or ``None`` when ``batch`` has none."""
+    if not batch.function:
+        return None
+    bounds = [1]
+    columns: list[list[Any]] = [[] for _ in range(batch.width)]
+    for _, chunk in planned:
+        bounds.append(bounds[-1] + len(chunk[0]))
+        for whole, part in zip(columns, chunk, strict=True):
+            whole.extend(part)
+    if not all(_one_array_type(c) for c in columns):  # one run's ints and another's floats: two array types
+        return None
+    return batch.call, [bounds, *columns]
