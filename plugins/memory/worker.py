@@ -58,18 +58,23 @@ class MemoryWorker(BackgroundWorker):
         self.thread: threading.Thread | None = None  # the worker's thread once it ran a step
         self._stepped = threading.Condition()
         self._readers = 0  # reads waiting for a step
+        self._settle_readers = 0  # those of them waiting for settling only (roots, proofs, get: not indexing)
         self._reader_arrived = threading.Event()
         self._last_ckpt = self._last_sweep = self._last_warm = 0.0
 
     def step(self) -> int:
-        """Settle, then (unless the engine is busy and there was work) index and embed; the periodic jobs."""
+        """Settle, then (unless the engine is busy or a read waits for settling, and there was work) index and
+        embed; the periodic jobs."""
         self.thread = threading.current_thread()
         busy = time.monotonic() - self.ingest.last_applied < ENGINE_BUSY_S and not self._readers
+        # Settling only while the engine or a read waits for it: a read of roots, proofs or items waits for settling,
+        # not for indexing (~half of a 200-episode block's work), which the next step does.
+        quick = busy or self._settle_readers > 0
         try:
-            done = self.ingest.settle(index=not busy)  # indexing in the same transaction, unless the engine waits
-            if not (busy and done):
+            done = self.ingest.settle(index=not quick)  # indexing in the same transaction, unless someone waits
+            if not (quick and done):
                 done += self.ingest.index_episodes()
-            if self.embed is not None and not (busy and done):
+            if self.embed is not None and not (quick and done):
                 done += self.embed()
             now = time.monotonic()
             if now - self._last_ckpt >= 2.0:
@@ -109,7 +114,7 @@ class MemoryWorker(BackgroundWorker):
         top = scalar(self.db.reader(), "SELECT max(block_number) FROM memory_pending")
         if top is None:
             return
-        self._wait(lambda conn: self._behind(conn, top), lambda: self._settle_inline(top))
+        self._wait(lambda conn: self._behind(conn, top), lambda: self._settle_inline(top), settling=True)
 
     def indexed(self) -> None:
         """:meth:`settled`, then return once every chain-derived item committed so far is indexed (tags, FTS5,
@@ -130,7 +135,10 @@ class MemoryWorker(BackgroundWorker):
         while self.ingest.settle(until=top):
             pass
 
-    def _wait(self, behind: Callable[[Any], bool], inline: Callable[[], None]) -> None:
+    def _wait(self, behind: Callable[[Any], bool], inline: Callable[[], None], settling: bool = False) -> None:
+        """Wait until ``behind`` (asked on this thread's reader connection) is false, waking the worker (which does
+        not yield to the engine meanwhile and, when ``settling`` (the read needs settling only), settles without
+        indexing); ``inline``: the step run here instead when there is no worker thread."""
         conn = self.db.reader()
         if not behind(conn):
             return
@@ -140,6 +148,7 @@ class MemoryWorker(BackgroundWorker):
         errors = self.errors
         with self._stepped:
             self._readers += 1
+            self._settle_readers += settling
         try:
             while behind(conn):
                 if self.errors != errors or not self.running:
@@ -152,3 +161,4 @@ class MemoryWorker(BackgroundWorker):
         finally:
             with self._stepped:
                 self._readers -= 1
+                self._settle_readers -= settling
