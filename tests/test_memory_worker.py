@@ -5,6 +5,7 @@ own thread writes nothing, and the read sees every block recorded before it bega
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from monmouth.types import ChainCommitted
@@ -137,7 +138,8 @@ def test_a_root_read_right_after_a_block_sees_that_block_and_waits_for_settling_
 
 def test_while_a_read_waits_for_settling_the_worker_settles_without_indexing(tmp_path):
     """The worker's step (run here, on the test's thread) while one read waits for settling: it settles the pending
-    blocks but leaves their items unindexed; once no read waits, the next step indexes them."""
+    blocks, computes the head's global root (which an agent's root answer holds) and leaves their items unindexed;
+    once no read waits, the next step indexes them."""
     cfg = {"key_dir": str(tmp_path / "keys"), "agents": ["0x" + A1.hex(), "0x" + A2.hex()], "embed": False}
     e, p = make_memory_engine(tmp_path / "db.sqlite", cfg, workers=False)
     mem = p.memory
@@ -148,9 +150,12 @@ def test_while_a_read_waits_for_settling_the_worker_settles_without_indexing(tmp
         status = e.host.status()["memory"]
         assert status["settle_backlog"] == 2
         mem.worker._settle_readers = 1  # what MemoryWorker.settled() counts while a read waits
+        mem.worker._last_warm = time.monotonic()  # the periodic warm-up (once a second) just ran
         mem.worker._readers = 1
         assert mem.worker.step() == 2
-        status = e.host.status()["memory"]
+        stamp = e.conn.execute("SELECT stamp FROM memory_blocks WHERE block_number = 2").fetchone()[0]
+        assert mem.lattice.globals.get_((2, stamp)) is not None  # the head's global root, ready for the read
+        status = e.host.status()["memory"]  # (computes that root too: asked after the check above)
         assert status["settle_backlog"] == 0 and status["index_backlog"] > 0  # settled, not indexed
         mem.worker._settle_readers = mem.worker._readers = 0
         assert mem.worker.step() > 0

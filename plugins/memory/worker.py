@@ -69,9 +69,15 @@ class MemoryWorker(BackgroundWorker):
         busy = time.monotonic() - self.ingest.last_applied < ENGINE_BUSY_S and not self._readers
         # Settling only while the engine or a read waits for it: a read of roots, proofs or items waits for settling,
         # not for indexing (~half of a 200-episode block's work), which the next step does.
-        quick = busy or self._settle_readers > 0
+        reads = self._settle_readers > 0
+        quick = busy or reads
         try:
             done = self.ingest.settle(index=not quick)  # indexing in the same transaction, unless someone waits
+            if reads and done:
+                # The head's global root (an agent's root answer holds it), before the reads go on: computed here
+                # it does not compete with this thread's next step (indexing) for the interpreter.
+                self._last_warm = time.monotonic()
+                self.warm()
             if not (quick and done):
                 done += self.ingest.index_episodes()
             if self.embed is not None and not (quick and done):
