@@ -145,7 +145,8 @@ def test_while_a_read_waits_for_settling_the_worker_settles_without_indexing(tmp
     mem = p.memory
     assert mem is not None
     try:
-        e.apply(ChainCommitted(chain(extend(None, 2, number=1, n_txs=8))))
+        blocks = extend(None, 2, number=1, n_txs=8)
+        e.apply(ChainCommitted(chain(blocks)))
         mem.ingest.last_applied = 0.0  # the engine is idle: only a waiting read makes the step settle only
         status = e.host.status()["memory"]
         assert status["settle_backlog"] == 2
@@ -160,5 +161,21 @@ def test_while_a_read_waits_for_settling_the_worker_settles_without_indexing(tmp
         mem.worker._settle_readers = mem.worker._readers = 0
         assert mem.worker.step() > 0
         assert e.host.status()["memory"]["index_backlog"] == 0
+        # Which reads count as waiting for settling only: a root does; a read that needs the index too does not
+        # (else the worker would settle without indexing, then index apart, while it waits).
+        waits: list[bool] = []
+        real_wait = mem.worker._wait
+
+        def spy(behind: Any, inline: Any, settling: bool = False) -> None:
+            waits.append(settling)
+            real_wait(behind, inline, settling)
+
+        mem.worker._wait = spy  # type: ignore[method-assign]
+        blocks += extend(blocks[-1], 1, n_txs=8)
+        e.apply(ChainCommitted(chain(blocks[-1:])))
+        mem.ensure_indexed()
+        e.apply(ChainCommitted(chain(extend(blocks[-1], 1, n_txs=8))))
+        mem.agent_root(A1)
+        assert waits == [False, False, True]
     finally:
         close(e)

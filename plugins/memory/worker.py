@@ -73,9 +73,9 @@ class MemoryWorker(BackgroundWorker):
         quick = busy or reads
         try:
             done = self.ingest.settle(index=not quick)  # indexing in the same transaction, unless someone waits
-            if reads and done:
-                # The head's global root (an agent's root answer holds it), before the reads go on: computed here
-                # it does not compete with this thread's next step (indexing) for the interpreter.
+            if reads and done and not self._behind(self.db.reader(), (1 << 63) - 1):
+                # Settled up to the head: its global root (an agent's root answer holds it), before the reads go on;
+                # computed here it does not compete with this thread's next step (indexing) for the interpreter.
                 self._last_warm = time.monotonic()
                 self.warm()
             if not (quick and done):
@@ -110,9 +110,11 @@ class MemoryWorker(BackgroundWorker):
         return conn.execute("SELECT 1 FROM memory_pending WHERE block_number <= ? LIMIT 1", (top,)).fetchone() \
             is not None
 
-    def settled(self) -> None:
+    def settled(self, settling: bool = True) -> None:
         """Return once every block recorded so far (``memory_pending`` when called) is settled. One small read when
         up to date. Blocks applied meanwhile are left to the worker (a reader never chases a running engine).
+        ``settling``: the read needs settling only, so the worker settles without indexing meanwhile (false from
+        :meth:`indexed`, which needs both).
 
         Raises:
             what settling raised, when the worker's step failed meanwhile (the read runs the step to report it).
@@ -120,12 +122,12 @@ class MemoryWorker(BackgroundWorker):
         top = scalar(self.db.reader(), "SELECT max(block_number) FROM memory_pending")
         if top is None:
             return
-        self._wait(lambda conn: self._behind(conn, top), lambda: self._settle_inline(top), settling=True)
+        self._wait(lambda conn: self._behind(conn, top), lambda: self._settle_inline(top), settling=settling)
 
     def indexed(self) -> None:
         """:meth:`settled`, then return once every chain-derived item committed so far is indexed (tags, FTS5,
         embedding queue). Three small reads when up to date."""
-        self.settled()
+        self.settled(settling=False)
         top = scalar(self.db.reader(), "SELECT max(n) FROM memory_items")
 
         def behind(conn: Any) -> bool:
