@@ -5,6 +5,7 @@ own thread writes nothing, and the read sees every block recorded before it bega
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from monmouth.types import ChainCommitted
@@ -102,3 +103,79 @@ def test_settle_and_index_commit_without_fsync_and_api_writes_stay_durable(tmp_p
     finally:
         close(e)
     assert levels == [("store", 2), ("settle", 1), ("index", 1), ("store", 2)]  # 2: FULL, 1: NORMAL
+
+
+def test_a_root_read_right_after_a_block_sees_that_block_and_waits_for_settling_only(tmp_path, storage_of):
+    """With the worker thread running, an agent's root read right after a block (no pause, the engine idle) counts
+    the episode that block gave it, at that block, with the root of the leaves it lists; while such a read waits,
+    the worker's step settles without indexing (a root needs no tags or FTS5 rows), and the next step indexes."""
+    cfg = {"key_dir": str(tmp_path / "keys"), "agents": ["0x" + A1.hex()], "embed": False}
+    e, p = make_memory_engine(storage_of("db.sqlite"), cfg, workers=True)
+    mem = p.memory
+    assert mem is not None
+    try:
+        parent = None
+        for _ in range(6):
+            blocks = extend(parent, 1, number=1, n_txs=4)
+            parent = blocks[-1]
+            before = mem.agent_root(A1)["count"] if parent.number > 1 else 0
+            e.apply(ChainCommitted(chain(blocks)))
+            mem.wake()
+            ans = mem.agent_root(A1)
+            assert ans["block"] == parent.number
+            gained = sum(1 for tx in parent.transactions if A1 in (tx.sender, tx.to)) + sum(
+                1 for rc in parent.receipts for lg in rc.logs if A1 in (lg.topics[1][12:], lg.topics[2][12:]))
+            assert ans["count"] == before + gained
+            if gained:
+                assert ans["since_block"] == parent.number
+            leaves = mem.leaves(A1)
+            assert ans["root"] == leaves["root"] and len(leaves["leaves"]) == ans["count"]
+        mem.ensure_indexed()
+        assert e.host.status()["memory"]["index_backlog"] == 0
+    finally:
+        close(e)
+
+
+def test_while_a_read_waits_for_settling_the_worker_settles_without_indexing(tmp_path):
+    """The worker's step (run here, on the test's thread) while one read waits for settling: it settles the pending
+    blocks, computes the head's global root (which an agent's root answer holds) and leaves their items unindexed;
+    once no read waits, the next step indexes them."""
+    cfg = {"key_dir": str(tmp_path / "keys"), "agents": ["0x" + A1.hex(), "0x" + A2.hex()], "embed": False}
+    e, p = make_memory_engine(tmp_path / "db.sqlite", cfg, workers=False)
+    mem = p.memory
+    assert mem is not None
+    try:
+        blocks = extend(None, 2, number=1, n_txs=8)
+        e.apply(ChainCommitted(chain(blocks)))
+        mem.ingest.last_applied = 0.0  # the engine is idle: only a waiting read makes the step settle only
+        status = e.host.status()["memory"]
+        assert status["settle_backlog"] == 2
+        mem.worker._settle_readers = 1  # what MemoryWorker.settled() counts while a read waits
+        mem.worker._last_warm = time.monotonic()  # the periodic warm-up (once a second) just ran
+        mem.worker._readers = 1
+        assert mem.worker.step() == 2
+        stamp = e.conn.execute("SELECT stamp FROM memory_blocks WHERE block_number = 2").fetchone()[0]
+        assert mem.lattice.globals.get_((2, stamp)) is not None  # the head's global root, ready for the read
+        status = e.host.status()["memory"]  # (computes that root too: asked after the check above)
+        assert status["settle_backlog"] == 0 and status["index_backlog"] > 0  # settled, not indexed
+        mem.worker._settle_readers = mem.worker._readers = 0
+        assert mem.worker.step() > 0
+        assert e.host.status()["memory"]["index_backlog"] == 0
+        # Which reads count as waiting for settling only: a root does; a read that needs the index too does not
+        # (else the worker would settle without indexing, then index apart, while it waits).
+        waits: list[bool] = []
+        real_wait = mem.worker._wait
+
+        def spy(behind: Any, inline: Any, settling: bool = False) -> None:
+            waits.append(settling)
+            real_wait(behind, inline, settling)
+
+        mem.worker._wait = spy  # type: ignore[method-assign]
+        blocks += extend(blocks[-1], 1, n_txs=8)
+        e.apply(ChainCommitted(chain(blocks[-1:])))
+        mem.ensure_indexed()
+        e.apply(ChainCommitted(chain(extend(blocks[-1], 1, n_txs=8))))
+        mem.agent_root(A1)
+        assert waits == [False, False, True]
+    finally:
+        close(e)

@@ -93,6 +93,25 @@ def leaves_at(conn: apsw.Connection, agent: bytes, block: int) -> list[tuple[Any
         (agent, block, block)).fetchall()
 
 
+#: Agents whose leaves :func:`leaves_at_many` reads per statement (two parameters each).
+LEAVES_CHUNK = 400
+
+
+def leaves_at_many(conn: apsw.Connection, wanted: Sequence[tuple[bytes, int]]) -> dict[bytes, list[tuple[Any, ...]]]:
+    """:func:`leaves_at` of many ``(agent, block)`` pairs (distinct agents), one statement per
+    :data:`LEAVES_CHUNK` agents: ``{agent: rows}`` in the same order (agents without a visible leaf are absent)."""
+    out: dict[bytes, list[tuple[Any, ...]]] = {}
+    for i in range(0, len(wanted), LEAVES_CHUNK):
+        chunk = wanted[i:i + LEAVES_CHUNK]
+        for agent, *row in conn.execute(
+                "WITH w (agent, b) AS (VALUES " + ",".join(["(?, ?)"] * len(chunk)) + ") SELECT l.agent, "
+                "l.item_id, l.kind, l.version, l.from_block, l.commitment, l.leaf FROM w JOIN memory_leaves l ON "
+                "l.agent = w.agent AND l.from_block <= w.b AND (l.to_block IS NULL OR l.to_block > w.b) "
+                "ORDER BY l.agent, l.item_id, l.from_block", [x for pair in chunk for x in pair]):
+            out.setdefault(agent, []).append(tuple(row))
+    return out
+
+
 class Lattice:
     """Lazily computed roots and proofs of one database (thread-safe).
 
@@ -179,13 +198,52 @@ class Lattice:
             self.roots.put(key, root)
         return root
 
+    def roots_of_marks(self, conn: apsw.Connection,
+                       marks: Sequence[tuple[bytes, int, int, int, bytes | None]]) -> dict[bytes, bytes]:
+        """:meth:`root_of_mark` of many agents' marks ``(agent, mark, count, stamp, persisted root or None)``
+        (distinct agents; ``persisted``: the ``memory_root_cache`` row already looked up, ``None`` when there is
+        none), the same roots and caching, with the leaves of the roots to build read in one statement per
+        :data:`LEAVES_CHUNK` agents (:func:`leaves_at_many`) instead of two statements per agent. Returns
+        ``{agent: root}``."""
+        out: dict[bytes, bytes] = {}
+        todo: list[tuple[bytes, int, int]] = []
+        cacheable = not conn.in_transaction
+        for agent, mark, count, stamp, persisted in marks:
+            if count == 0:
+                out[agent] = merkle.EMPTY_ROOT
+                continue
+            root = self.roots.get_((agent, mark, stamp))
+            if root is None and persisted is not None:
+                root = persisted
+                if cacheable:
+                    self.roots.put((agent, mark, stamp), root)
+            if root is not None:
+                out[agent] = root
+            else:
+                todo.append((agent, mark, stamp))
+        if not todo:
+            return out
+        rows_of = leaves_at_many(conn, [(agent, mark) for agent, mark, _ in todo])
+        built = []
+        for agent, mark, stamp in todo:
+            tree, _rows = self._tree_of(agent, mark, stamp, rows_of.get(agent, []), cacheable)
+            out[agent] = root = tree.root if tree is not None else merkle.EMPTY_ROOT
+            built.append((agent, mark, stamp, root))
+        if cacheable:
+            with self.lock:
+                self._pending_roots.extend(built[:max(0, MAX_PENDING - len(self._pending_roots))])
+        return out
+
     def _build(self, conn: apsw.Connection, agent: bytes, mark: int, stamp: int,
                cacheable: bool) -> tuple[merkle.Tree | None, list[tuple[Any, ...]]]:
-        key = (agent, mark, stamp)
-        hit = self.trees.get_(key)
+        hit = self.trees.get_((agent, mark, stamp))
         if hit is not None:
             return hit  # type: ignore[no-any-return]
-        rows = leaves_at(conn, agent, mark)
+        return self._tree_of(agent, mark, stamp, leaves_at(conn, agent, mark), cacheable)
+
+    def _tree_of(self, agent: bytes, mark: int, stamp: int, rows: list[tuple[Any, ...]],
+                 cacheable: bool) -> tuple[merkle.Tree | None, list[tuple[Any, ...]]]:
+        key = (agent, mark, stamp)
         tree = merkle.Tree.of([r[5] for r in rows]) if rows else None
         if cacheable:
             self.trees.put(key, (tree, rows))
@@ -289,12 +347,12 @@ class Lattice:
         else:
             leaves = {}
             rows = all_rows(conn, _LAST_MARKS.format(since=""), (block,))
-        for agent, mark, count, mstamp, persisted in rows:
+        roots = self.roots_of_marks(conn, rows)
+        for agent, _mark, count, _mstamp, _persisted in rows:
             if count == 0:
                 leaves.pop(agent, None)
-                continue
-            root = self.root_of_mark(conn, agent, mark, count, mstamp, persisted)
-            leaves[agent] = merkle.agent_leaf(agent, root)
+            else:
+                leaves[agent] = merkle.agent_leaf(agent, roots[agent])
         if not conn.in_transaction and (self._gstate is None or self._gstate[0] <= block):
             self._gstate = (block, stamp, leaves)
         return leaves

@@ -58,18 +58,29 @@ class MemoryWorker(BackgroundWorker):
         self.thread: threading.Thread | None = None  # the worker's thread once it ran a step
         self._stepped = threading.Condition()
         self._readers = 0  # reads waiting for a step
+        self._settle_readers = 0  # those of them waiting for settling only (roots, proofs, get: not indexing)
         self._reader_arrived = threading.Event()
         self._last_ckpt = self._last_sweep = self._last_warm = 0.0
 
     def step(self) -> int:
-        """Settle, then (unless the engine is busy and there was work) index and embed; the periodic jobs."""
+        """Settle, then (unless the engine is busy or a read waits for settling, and there was work) index and
+        embed; the periodic jobs."""
         self.thread = threading.current_thread()
         busy = time.monotonic() - self.ingest.last_applied < ENGINE_BUSY_S and not self._readers
+        # Settling only while the engine or a read waits for it: a read of roots, proofs or items waits for settling,
+        # not for indexing (~half of a 200-episode block's work), which the next step does.
+        reads = self._settle_readers > 0
+        quick = busy or reads
         try:
-            done = self.ingest.settle(index=not busy)  # indexing in the same transaction, unless the engine waits
-            if not (busy and done):
+            done = self.ingest.settle(index=not quick)  # indexing in the same transaction, unless someone waits
+            if reads and done and not self._behind(self.db.reader(), (1 << 63) - 1):
+                # Settled up to the head: its global root (an agent's root answer holds it), before the reads go on;
+                # computed here it does not compete with this thread's next step (indexing) for the interpreter.
+                self._last_warm = time.monotonic()
+                self.warm()
+            if not (quick and done):
                 done += self.ingest.index_episodes()
-            if self.embed is not None and not (busy and done):
+            if self.embed is not None and not (quick and done):
                 done += self.embed()
             now = time.monotonic()
             if now - self._last_ckpt >= 2.0:
@@ -99,9 +110,11 @@ class MemoryWorker(BackgroundWorker):
         return conn.execute("SELECT 1 FROM memory_pending WHERE block_number <= ? LIMIT 1", (top,)).fetchone() \
             is not None
 
-    def settled(self) -> None:
+    def settled(self, settling: bool = True) -> None:
         """Return once every block recorded so far (``memory_pending`` when called) is settled. One small read when
         up to date. Blocks applied meanwhile are left to the worker (a reader never chases a running engine).
+        ``settling``: the read needs settling only, so the worker settles without indexing meanwhile (false from
+        :meth:`indexed`, which needs both).
 
         Raises:
             what settling raised, when the worker's step failed meanwhile (the read runs the step to report it).
@@ -109,12 +122,12 @@ class MemoryWorker(BackgroundWorker):
         top = scalar(self.db.reader(), "SELECT max(block_number) FROM memory_pending")
         if top is None:
             return
-        self._wait(lambda conn: self._behind(conn, top), lambda: self._settle_inline(top))
+        self._wait(lambda conn: self._behind(conn, top), lambda: self._settle_inline(top), settling=settling)
 
     def indexed(self) -> None:
         """:meth:`settled`, then return once every chain-derived item committed so far is indexed (tags, FTS5,
         embedding queue). Three small reads when up to date."""
-        self.settled()
+        self.settled(settling=False)
         top = scalar(self.db.reader(), "SELECT max(n) FROM memory_items")
 
         def behind(conn: Any) -> bool:
@@ -130,7 +143,10 @@ class MemoryWorker(BackgroundWorker):
         while self.ingest.settle(until=top):
             pass
 
-    def _wait(self, behind: Callable[[Any], bool], inline: Callable[[], None]) -> None:
+    def _wait(self, behind: Callable[[Any], bool], inline: Callable[[], None], settling: bool = False) -> None:
+        """Wait until ``behind`` (asked on this thread's reader connection) is false, waking the worker (which does
+        not yield to the engine meanwhile and, when ``settling`` (the read needs settling only), settles without
+        indexing); ``inline``: the step run here instead when there is no worker thread."""
         conn = self.db.reader()
         if not behind(conn):
             return
@@ -140,6 +156,7 @@ class MemoryWorker(BackgroundWorker):
         errors = self.errors
         with self._stepped:
             self._readers += 1
+            self._settle_readers += settling
         try:
             while behind(conn):
                 if self.errors != errors or not self.running:
@@ -152,3 +169,4 @@ class MemoryWorker(BackgroundWorker):
         finally:
             with self._stepped:
                 self._readers -= 1
+                self._settle_readers -= settling
