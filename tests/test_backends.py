@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from monmouth import hookimpl
-from monmouth.backends.postgres import SCHEMA_VERSION, PgDatabase
+from monmouth.backends.postgres import SCHEMA_VERSION, PgConnection, PgDatabase
 from monmouth.config import validate
 from monmouth.errors import ConfigError, StorageError, StorageUnavailableError
 from monmouth.journal import JournalConflictError
@@ -368,6 +368,31 @@ def test_an_upsert_of_repeated_keys_runs_its_statements_in_one_call_as_many_stat
     c.executemany(upsert, [(b"c", 1), (b"c", 1)])  # outside a transaction: reused, committed at once
     assert c.execute("SELECT n FROM acc WHERE k = 'c'").fetchone() == (3,)
     c.close()
+
+
+def test_without_the_temporary_privilege_repeated_keys_run_as_pipelined_statements(pg_server, pg_url):
+    """A role that may not create temporary objects (an operator revoked ``TEMPORARY`` from PUBLIC) gets the same
+    upsert of repeated keys as one pipelined statement per run, not a refused ``CREATE FUNCTION pg_temp...``."""
+    from psycopg import sql
+
+    name = pg_url.rsplit("/", 1)[-1]
+    role = pg_server.role(f"notemp_{name}")
+    with pg_server.admin() as a:
+        a.execute(sql.SQL("REVOKE TEMPORARY ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name)))
+    su = PgDatabase(pg_url, password=PASSWORD).connect()
+    su.execute("CREATE TABLE acc (k bytea PRIMARY KEY, n bigint NOT NULL)")
+    su.execute(f'GRANT SELECT, INSERT, UPDATE ON acc TO "{role}"')
+    c = PgConnection(psycopg.connect(pg_url.replace("//monmouth@", f"//{role}@"), password=PASSWORD,
+                                     autocommit=True))
+    upsert = "INSERT INTO acc (k, n) VALUES (?, 1) ON CONFLICT (k) DO UPDATE SET n = acc.n + 1"
+    c.execute("BEGIN")
+    c.executemany(upsert, [(b"a",), (b"b",), (b"a",), (b"a",)])
+    c.execute("COMMIT")
+    assert c.execute("SELECT k, n FROM acc ORDER BY k").fetchall() == [(b"a", 3), (b"b", 1)]
+    assert c._temporary is False and not c._functions
+    assert su.execute("SELECT count(*) FROM pg_proc WHERE proname LIKE 'monmouth_batch_%'").fetchone() == (0,)
+    c.close()
+    su.close()
 
 
 def test_a_batched_insert_is_journaled_row_by_row_and_reverted_exactly(pg_url):

@@ -274,6 +274,7 @@ class PgConnection:
         # pg_batch's temporary functions (pg_temp, this session's) made and committed / made in the open transaction
         self._functions: set[bytes] = set()
         self._created: set[bytes] = set()
+        self._temporary: bool | None = None  # may this session create temporary objects (asked once)
 
     def execute(self, statements: str, bindings: Any = None) -> psycopg.Cursor[Any]:
         if statements.startswith("BEGIN IMMEDIATE"):
@@ -318,7 +319,8 @@ class PgConnection:
         elif len(batches) == 1:
             with self.raw.cursor() as cur:
                 cur.execute(*batches[0])
-        elif (form := self._batches[statements]) is not None and (call := pg_batch.runs_call(form, batches)):
+        elif ((form := self._batches[statements]) is not None and (call := pg_batch.runs_call(form, batches))
+              and self._may_create_temporary()):
             function = form.function
             if function in self._functions or function in self._created:
                 with self.raw.cursor() as cur:
@@ -332,6 +334,15 @@ class PgConnection:
             with self.raw.pipeline(), self.raw.cursor() as cur:
                 for batch in batches:
                     cur.execute(*batch)
+
+    def _may_create_temporary(self) -> bool:
+        """Whether this session may create temporary objects (the database's ``TEMPORARY`` privilege, which PUBLIC
+        has unless an operator revoked it), asked once per connection: pg_batch's function lives in ``pg_temp``;
+        without the privilege an upsert's runs go as pipelined statements, the same statements."""
+        if self._temporary is None:
+            row = self.raw.execute("SELECT has_database_privilege(current_database(), 'TEMPORARY')").fetchone()
+            self._temporary = bool(row and row[0])
+        return self._temporary
 
     def _batched(self, statements: str, rows: list[Any]) -> list[tuple[bytes, list[list[Any]]]] | None:
         """:func:`sidecar.backends.pg_batch.plan` of ``rows``, its statement's form cached per connection."""
