@@ -367,6 +367,17 @@ def test_an_upsert_of_repeated_keys_runs_its_statements_in_one_call_as_many_stat
     c.execute("ROLLBACK")
     c.executemany(upsert, [(b"c", 1), (b"c", 1)])  # outside a transaction: reused, committed at once
     assert c.execute("SELECT n FROM acc WHERE k = 'c'").fetchone() == (3,)
+    # the session loses its temporary objects (DISCARD TEMP; a pooler handing over another server connection):
+    # the call fails once, naming the function, and the retry makes it again
+    c.execute("DISCARD TEMP")
+    c.execute("BEGIN")
+    with pytest.raises(psycopg.errors.UndefinedFunction, match="monmouth_batch_"):
+        c.executemany(upsert, [(b"d", 1), (b"d", 1)])
+    c.execute("ROLLBACK")
+    c.execute("BEGIN")
+    c.executemany(upsert, [(b"d", 1), (b"d", 1)])
+    c.execute("COMMIT")
+    assert c.execute("SELECT n FROM acc WHERE k = 'd'").fetchone() == (2,)
     c.close()
 
 

@@ -323,8 +323,15 @@ class PgConnection:
               and self._may_create_temporary()):
             function = form.function
             if function in self._functions or function in self._created:
-                with self.raw.cursor() as cur:
-                    cur.execute(*call)
+                try:
+                    with self.raw.cursor() as cur:
+                        cur.execute(*call)
+                except psycopg.errors.UndefinedFunction:
+                    # the session lost it (a server connection swapped under us by a pooler, DISCARD TEMP): made
+                    # again when the caller retries
+                    self._functions.discard(function)
+                    self._created.discard(function)
+                    raise
             else:
                 with self.raw.pipeline(), self.raw.cursor() as cur:
                     cur.execute(function)
