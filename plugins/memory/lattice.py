@@ -174,64 +174,52 @@ class Lattice:
 
     def root_of_mark(self, conn: apsw.Connection, agent: bytes, mark: int, count: int, stamp: int,
                      persisted: bytes | None = None) -> bytes:
-        """The agent's root as changed at block ``mark`` (``count`` visible items, the block's ``stamp``)."""
-        if count == 0:
-            return merkle.EMPTY_ROOT
-        key = (agent, mark, stamp)
-        root = self.roots.get_(key)
-        if root is not None:
-            return root
-        if persisted is None:
+        """The agent's root as changed at block ``mark`` (``count`` visible items, the block's ``stamp``);
+        ``persisted``: its ``memory_root_cache`` row when already looked up (looked up here otherwise)."""
+        if count and persisted is None and self.roots.get_((agent, mark, stamp)) is None:
             row = conn.execute("SELECT root FROM memory_root_cache WHERE agent = ? AND block_number = ? AND stamp = ?",
                                (agent, mark, stamp)).fetchone()
             persisted = row[0] if row else None
-        cacheable = not conn.in_transaction
-        if persisted is not None:
-            root = persisted
-        else:
-            root = self._build(conn, agent, mark, stamp, cacheable)[0].root  # type: ignore[union-attr]
-            if cacheable:
-                with self.lock:
-                    if len(self._pending_roots) < MAX_PENDING:
-                        self._pending_roots.append((agent, mark, stamp, root))
-        if cacheable:
-            self.roots.put(key, root)
-        return root
+        return self.roots_of_marks(conn, [(agent, mark, count, stamp, persisted)])[agent]
 
     def roots_of_marks(self, conn: apsw.Connection,
                        marks: Sequence[tuple[bytes, int, int, int, bytes | None]]) -> dict[bytes, bytes]:
-        """:meth:`root_of_mark` of many agents' marks ``(agent, mark, count, stamp, persisted root or None)``
-        (distinct agents; ``persisted``: the ``memory_root_cache`` row already looked up, ``None`` when there is
-        none), the same roots and caching, with the leaves of the roots to build read in one statement per
-        :data:`LEAVES_CHUNK` agents (:func:`leaves_at_many`) instead of two statements per agent. Returns
-        ``{agent: root}``."""
+        """The roots of many agents' marks ``(agent, mark, count, stamp, persisted root or None)`` (distinct agents;
+        ``persisted``: the ``memory_root_cache`` row already looked up, ``None`` when there is none): from the root
+        cache, the persisted row or a cached tree, else built from the leaves, read in one statement per
+        :data:`LEAVES_CHUNK` agents for all the roots to build (:func:`leaves_at_many`). Roots not persisted yet are
+        queued for ``memory_root_cache``. Returns ``{agent: root}``."""
         out: dict[bytes, bytes] = {}
+        fresh: list[tuple[bytes, int, int, bytes]] = []  # roots not persisted yet
         todo: list[tuple[bytes, int, int]] = []
         cacheable = not conn.in_transaction
         for agent, mark, count, stamp, persisted in marks:
             if count == 0:
                 out[agent] = merkle.EMPTY_ROOT
                 continue
-            root = self.roots.get_((agent, mark, stamp))
-            if root is None and persisted is not None:
-                root = persisted
+            key = (agent, mark, stamp)
+            root = self.roots.get_(key) or persisted
+            if root is None:
+                hit = self.trees.get_(key)
+                if hit is None:
+                    todo.append(key)
+                    continue
+                root = hit[0].root
+                fresh.append((*key, root))
+            out[agent] = root
+            if cacheable:
+                self.roots.put(key, root)
+        if todo:
+            rows_of = leaves_at_many(conn, [(agent, mark) for agent, mark, _ in todo])
+            for key in todo:
+                tree, _rows = self._tree_of(*key, rows_of.get(key[0], []), cacheable)
+                out[key[0]] = root = tree.root  # type: ignore[union-attr]
+                fresh.append((*key, root))
                 if cacheable:
-                    self.roots.put((agent, mark, stamp), root)
-            if root is not None:
-                out[agent] = root
-            else:
-                todo.append((agent, mark, stamp))
-        if not todo:
-            return out
-        rows_of = leaves_at_many(conn, [(agent, mark) for agent, mark, _ in todo])
-        built = []
-        for agent, mark, stamp in todo:
-            tree, _rows = self._tree_of(agent, mark, stamp, rows_of.get(agent, []), cacheable)
-            out[agent] = root = tree.root if tree is not None else merkle.EMPTY_ROOT
-            built.append((agent, mark, stamp, root))
-        if cacheable:
+                    self.roots.put(key, root)
+        if cacheable and fresh:
             with self.lock:
-                self._pending_roots.extend(built[:max(0, MAX_PENDING - len(self._pending_roots))])
+                self._pending_roots.extend(fresh[:max(0, MAX_PENDING - len(self._pending_roots))])
         return out
 
     def _build(self, conn: apsw.Connection, agent: bytes, mark: int, stamp: int,
