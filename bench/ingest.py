@@ -108,6 +108,10 @@ class Balances:
     PostgreSQL) instead of one per transaction (a recipient seen 30 times in a block is 30 upserts of its row, and
     on PostgreSQL as many statements). The same table afterwards; fewer row changes, so less undo data."""
 
+    #: the upsert on PostgreSQL, of ``(recipient, wei, transfers)`` rows (bench/pg_ingest_profile.py uses it too)
+    PG_UPSERT = ("INSERT INTO bal_accounts (holder, received, txs) VALUES (?, ?, ?) ON CONFLICT (holder) DO UPDATE "
+                 "SET received = bal_accounts.received + excluded.received, txs = bal_accounts.txs + excluded.txs")
+
     def __init__(self, backend: str = "sqlite", summed: bool = False) -> None:
         self.backend = backend
         self.summed = summed
@@ -121,41 +125,28 @@ class Balances:
         received = "numeric(78) NOT NULL" if self.backend == "postgres" else "BYTEA NOT NULL"
         return [f"CREATE TABLE bal_accounts (holder BYTEA PRIMARY KEY, received {received}, txs BIGINT NOT NULL)"]
 
-    @hookimpl
-    def monmouth_block_applied(self, conn, block, notification):
-        if self.summed:
-            self._summed(conn, block)
-            return
-        if self.backend == "postgres":
-            conn.executemany(
-                "INSERT INTO bal_accounts (holder, received, txs) VALUES (?, ?, 1) ON CONFLICT (holder) "
-                "DO UPDATE SET received = bal_accounts.received + excluded.received, txs = bal_accounts.txs + 1",
-                [(t.to or bytes(20), t.value) for t in block.transactions],
-            )
-            return
-        conn.executemany(
-            "INSERT INTO bal_accounts (holder, received, txs) VALUES (?, u256(?), 1) ON CONFLICT (holder) "
-            "DO UPDATE SET received = u256_add(received, excluded.received), txs = txs + 1",
-            [(t.to or bytes(20), to_u256(t.value)) for t in block.transactions],
-        )
-
-    def _summed(self, conn: Any, block: Any) -> None:
+    def rows(self, block: Any) -> list[tuple[bytes, int, int]]:
+        """The block's upsert rows ``(recipient, wei, transfers)``: one per transaction, or per recipient when
+        ``summed``."""
+        if not self.summed:
+            return [(t.to or bytes(20), t.value, 1) for t in block.transactions]
         sums: dict[bytes, list[int]] = {}
         for t in block.transactions:
             s = sums.setdefault(t.to or bytes(20), [0, 0])
             s[0] += t.value
             s[1] += 1
+        return [(holder, v, n) for holder, (v, n) in sums.items()]
+
+    @hookimpl
+    def monmouth_block_applied(self, conn, block, notification):
+        rows = self.rows(block)
         if self.backend == "postgres":
-            conn.executemany(
-                "INSERT INTO bal_accounts (holder, received, txs) VALUES (?, ?, ?) ON CONFLICT (holder) "
-                "DO UPDATE SET received = bal_accounts.received + excluded.received, txs = bal_accounts.txs + excluded.txs",
-                [(h, v, n) for h, (v, n) in sums.items()],
-            )
+            conn.executemany(self.PG_UPSERT, rows)
             return
         conn.executemany(
             "INSERT INTO bal_accounts (holder, received, txs) VALUES (?, u256(?), ?) ON CONFLICT (holder) "
             "DO UPDATE SET received = u256_add(received, excluded.received), txs = txs + excluded.txs",
-            [(h, to_u256(v), n) for h, (v, n) in sums.items()],
+            [(holder, to_u256(v), n) for holder, v, n in rows],
         )
 
 

@@ -40,10 +40,7 @@ from monmouth.types import Chain, ChainCommitted
 from tests.chains import load_mainnet_blocks, mainnet_shaped
 from tests.pg import PgServer
 
-UPSERT = ("INSERT INTO bal_accounts (holder, received, txs) VALUES (?, ?, 1) ON CONFLICT (holder) DO UPDATE SET "
-          "received = bal_accounts.received + excluded.received, txs = bal_accounts.txs + 1")
-SUMMED = ("INSERT INTO bal_accounts (holder, received, txs) VALUES (?, ?, ?) ON CONFLICT (holder) DO UPDATE SET "
-          "received = bal_accounts.received + excluded.received, txs = bal_accounts.txs + excluded.txs")
+PER_TRANSACTION, SUMMED = Balances("postgres"), Balances("postgres", summed=True)
 TABLE = "CREATE TABLE bal_accounts (holder bytea PRIMARY KEY, received numeric(78) NOT NULL, txs bigint NOT NULL)"
 ROW_TRIGGER = ("CREATE TRIGGER monmouth_undo AFTER INSERT OR UPDATE OR DELETE ON bal_accounts FOR EACH ROW "
                "EXECUTE FUNCTION monmouth_record_undo()")
@@ -67,19 +64,6 @@ STATEMENT_TRIGGERS = (
       "NEW TABLE AS monmouth_new FOR EACH STATEMENT EXECUTE FUNCTION stmt_undo_update();")
 
 
-def transfers(block: Any) -> list[tuple[bytes, int]]:
-    return [(t.to or bytes(20), t.value) for t in block.transactions]
-
-
-def summed(rows: list[tuple[bytes, int]]) -> list[tuple[bytes, int, int]]:
-    sums: dict[bytes, list[int]] = {}
-    for holder, value in rows:
-        s = sums.setdefault(holder, [0, 0])
-        s[0] += value
-        s[1] += 1
-    return [(h, v, n) for h, (v, n) in sums.items()]
-
-
 def lockstep(server: PgServer, blocks: list[Any]) -> dict[str, float]:
     """Four sides block by block (the order rotates): the plugin on a plain connection (no triggers) and the engine
     (trigger journal), each with the upsert's runs as one call of pg_batch's function (what executemany does) and as
@@ -96,9 +80,9 @@ def lockstep(server: PgServer, blocks: list[Any]) -> dict[str, float]:
         for script in Balances("postgres").monmouth_migrations():
             plain.execute(script)
         for conn in (engine.conn, plain):
-            form = pg_batch.batch_statement(conn, UPSERT)
+            form = pg_batch.batch_statement(conn, Balances.PG_UPSERT)
             assert form is not None and form.function
-            conn._batches[UPSERT] = form if one_call else dataclasses.replace(form, function=b"", call=b"")
+            conn._batches[Balances.PG_UPSERT] = form if one_call else dataclasses.replace(form, function=b"", call=b"")
         how = "one call" if one_call else "pipelined"
 
         def plain_side(n: Any, b: Any, plain: Any = plain) -> None:
@@ -149,18 +133,17 @@ def explained(server: PgServer, blocks: list[Any]) -> dict[str, dict[str, float]
             conn.execute(ROW_TRIGGER)
         elif trigger == "statement":
             conn.execute(STATEMENT_TRIGGERS)
-        per_transaction = pg_batch.batch_statement(conn, UPSERT)
-        one_statement = pg_batch.batch_statement(conn, SUMMED)
+        upsert = pg_batch.batch_statement(conn, Balances.PG_UPSERT)
         for shape in ("per-transaction runs", "summed", "one-row statements (first 50)"):
             executor = triggers = statements = 0.0
             for i, b in enumerate(blocks):
-                rows = transfers(b)
                 if shape == "summed":
-                    planned = pg_batch.plan(one_statement, summed(rows))  # type: ignore[arg-type]
+                    planned = pg_batch.plan(upsert, SUMMED.rows(b))
                 elif shape == "per-transaction runs":
-                    planned = pg_batch.plan(per_transaction, rows)  # type: ignore[arg-type]
+                    planned = pg_batch.plan(upsert, PER_TRANSACTION.rows(b))
                 else:
-                    planned = [(per_transaction.sql, [[h], [v]]) for h, v in rows[:50]]  # type: ignore[union-attr]
+                    planned = [(upsert.sql, [[h], [v], [n]])  # type: ignore[union-attr]
+                               for h, v, n in PER_TRANSACTION.rows(b)[:50]]
                 assert planned is not None
                 conn.execute("BEGIN")
                 conn.execute("SELECT set_config('monmouth.block', ?, true)", (str(i + 1),))
@@ -186,9 +169,9 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=60)
     args = ap.parse_args()
     blocks = list(mainnet_shaped(load_mainnet_blocks(), args.blocks, txs_per_block=200))
-    runs = [len(pg_batch.chunks(transfers(b), (0,))) for b in blocks]
-    top = [max(collections.Counter(h for h, _ in transfers(b)).values()) for b in blocks]
-    distinct = [len({h for h, _ in transfers(b)}) for b in blocks]
+    runs = [len(pg_batch.chunks(PER_TRANSACTION.rows(b), (0,))) for b in blocks]
+    top = [max(collections.Counter(h for h, _, _ in PER_TRANSACTION.rows(b)).values()) for b in blocks]
+    distinct = [len({h for h, _, _ in PER_TRANSACTION.rows(b)}) for b in blocks]
     print(f"{args.blocks} mainnet-shaped blocks of 200 transactions: upsert runs of distinct recipients per block "
           f"{statistics.mean(runs):.1f} (min {min(runs)}, max {max(runs)}); most frequent recipient "
           f"{statistics.mean(top):.1f} times; distinct recipients {statistics.mean(distinct):.1f}", flush=True)
