@@ -324,6 +324,8 @@ def main() -> None:
     ap.add_argument("--storage", choices=["sqlite", "postgres"], default="sqlite",
                     help="postgres: also run every engine phase on a real PostgreSQL server, beside SQLite")
     args = ap.parse_args()
+    if args.blocks < 64:
+        ap.error(f"--blocks {args.blocks}: at least 64 (each phase ends by reverting its last 64 blocks)")
 
     templates = load_mainnet_blocks()
     blocks = list(mainnet_shaped(templates, args.blocks, txs_per_block=args.txs))
