@@ -60,7 +60,6 @@ import contextlib
 import json
 import multiprocessing as mp
 import os
-import random
 import sys
 import tempfile
 import time
@@ -70,14 +69,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fsync import APPEND_BYTES, describe, fsync_reference, summary_ms, timed_append  # noqa: E402  # bench/fsync.py
+from fsync import describe, fsync_reference, summary_ms  # noqa: E402  # bench/fsync.py
 
-from bridge import make_app, settle  # noqa: E402  # bench/bridge.py: a sidecar with only a no-op plugin
+from bridge import AckProbe, make_app, settle  # noqa: E402  # bench/bridge.py: a no-op sidecar, the ack probe
 from monmouth.app import App, make_source  # noqa: E402
 from monmouth.rpcclient import SyncJsonRpcClient  # noqa: E402
 from monmouth.runner import Runner, tune_gc  # noqa: E402
-from monmouth.sources.base import Delivery  # noqa: E402
-from monmouth.types import ChainReverted  # noqa: E402
 from tests.reth import CHAIN_ID, GWEI, Reth, reth_binary  # noqa: E402
 
 DEV_ACCOUNTS = 20  # funded by Reth's dev genesis (crates/chainspec/res/genesis/dev.json)
@@ -185,123 +182,6 @@ def feed(url: str, per_block: int, stop: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- sidecar
-class AckProbe:
-    """Wraps a source's ``ack``: for each acknowledged notification, ``(ack time, arrival-to-ack seconds, tip block
-    number, blocks, transactions)`` in :attr:`records`, or in :attr:`reference_records` when its batch carried a
-    disk reference sample (:meth:`watch`); :attr:`reached` is set once a tip reaches :attr:`target` or
-    :attr:`records` holds :attr:`count`."""
-
-    def __init__(self, source: Any, target: int | None = None, count: int | None = None) -> None:
-        self.records: list[tuple[float, float, int, int, int]] = []
-        #: Notifications whose batch paid a reference fdatasync inside its COMMIT: not ack samples.
-        self.reference_records: list[tuple[float, float, int, int, int]] = []
-        #: Per acknowledged notification, the three legs of its arrival-to-ack time, seconds: (arrival to the
-        #: engine's thread starting its batch, the batch's decode + apply + COMMIT on that thread, the thread's end
-        #: to the ack being sent on the event loop). Filled when :meth:`watch` wrapped the runner.
-        self.legs: list[tuple[float, float, float]] = []
-        self._marks: dict[int, tuple[float, float]] = {}
-        #: Per acknowledged notification, from its ``COMMIT`` starting (SQLite's commit hook) to the apply's end:
-        #: the WAL write and fsync, seconds; the end of the second leg.
-        self.commit_s: list[float] = []
-        self._commits: dict[int, float] = {}
-        #: Per ack sample, the engine thread's time over that COMMIT (Linux schedstat), seconds: (on a CPU, waiting
-        #: for one in the run queue); the rest of the COMMIT's wall time the thread was blocked (the disk).
-        self.commit_sched_s: list[tuple[float, float]] = []
-        self._scheds: dict[int, tuple[float, float]] = {}
-        #: Bare 4 kB append + fdatasync samples taken at the start of a COMMIT (:meth:`watch`), seconds.
-        self.reference_fsync_s: list[float] = []
-        self._reference: set[int] = set()
-        self.target = target
-        self.count = count
-        self.reached = asyncio.Event()
-        inner = source.ack
-
-        async def ack(d: Delivery, head: Any) -> None:
-            now = time.monotonic()
-            n = d.notification
-            if not isinstance(n, ChainReverted):
-                blocks = n.new.blocks
-                record = (now, now - d.received_at, blocks[-1].number, len(blocks),
-                          sum(len(b.transactions) for b in blocks))
-                start, end = self._marks.pop(id(d), (now, now))
-                commit = self._commits.pop(id(d), 0.0)
-                sched = self._scheds.pop(id(d), (0.0, 0.0))
-                if id(d) in self._reference:
-                    self._reference.discard(id(d))
-                    self.reference_records.append(record)
-                else:
-                    self.records.append(record)
-                    self.legs.append((start - d.received_at, end - start, now - end))
-                    self.commit_s.append(commit)
-                    self.commit_sched_s.append(sched)
-                if ((self.target is not None and blocks[-1].number >= self.target)
-                        or (self.count is not None and len(self.records) >= self.count)):
-                    self.reached.set()
-            await inner(d, head)
-
-        source.ack = ack
-
-    def watch(self, runner: Runner, reference_dir: Path | None = None, seed: int = 13) -> None:
-        """Wrap ``runner._apply`` (run on the engine's thread) to time the legs of each notification's path.
-
-        With ``reference_dir``, each batch is, with probability 1/2 (a seeded draw, so that no periodic behaviour of
-        the node, such as Reth persisting every few blocks, lines up with the choice), a **reference batch**: when
-        its ``COMMIT`` starts (SQLite's commit hook, before the WAL write), a bare 4 kB append + ``fdatasync``
-        (:func:`fsync.timed_append`) is timed in ``reference_dir`` first, into :attr:`reference_fsync_s`. That is
-        the disk's price of a durable write at the very moment our COMMIT writes, on the same disk, in the same
-        session, with Reth writing its block beside it. A reference batch's notifications pay both, so they go to
-        :attr:`reference_records` and not into the ack samples."""
-        inner = runner._apply
-        commits: list[float] = []
-        draw = random.Random(seed)
-        block = os.urandom(APPEND_BYTES)
-        fd = (os.open(reference_dir / "fsync-at-commit", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-              if reference_dir is not None else None)
-        reference = [False]
-        sched: list[tuple[int, int]] = []
-
-        def on_commit() -> bool:  # SQLite's commit hook: the COMMIT starts (before its WAL write and fsync)
-            if reference[0] and fd is not None:
-                reference[0] = False  # one sample per batch
-                self.reference_fsync_s.append(timed_append(fd, block))
-            commits.append(time.monotonic())
-            sched.append(thread_schedstat())
-            return False  # go on with the commit
-
-        runner.app.engine.conn.set_commit_hook(on_commit)
-
-        def apply(batch: list[Delivery]) -> Any:
-            commits.clear()
-            sched.clear()
-            reference[0] = fd is not None and draw.random() < 0.5
-            if reference[0]:
-                self._reference.update(id(d) for d in batch)
-            start = time.monotonic()
-            try:
-                return inner(batch)
-            finally:
-                end = time.monotonic()
-                run, wait = thread_schedstat()
-                reference[0] = False
-                for d in batch:
-                    if sched:
-                        self._scheds[id(d)] = ((run - sched[-1][0]) / 1e9, (wait - sched[-1][1]) / 1e9)
-                    self._marks[id(d)] = (start, end)
-                    self._commits[id(d)] = end - commits[-1] if commits else 0.0
-
-        runner._apply = apply  # type: ignore[method-assign]
-
-
-def thread_schedstat() -> tuple[int, int]:
-    """This thread's nanoseconds on a CPU and waiting in a run queue (``/proc/thread-self/schedstat``; zeros where
-    the kernel does not keep it)."""
-    try:
-        run, wait = Path("/proc/thread-self/schedstat").read_text().split()[:2]
-    except (OSError, ValueError):
-        return 0, 0
-    return int(run), int(wait)
-
-
 def sidecar_app(directory: Path, node: Reth, start_block: int | str, rag: bool) -> App:
     directory.mkdir(parents=True)
     start = f'"{start_block}"' if isinstance(start_block, str) else start_block
