@@ -397,8 +397,8 @@ def main() -> None:
         "ack_count": len(rec), "ack_txs_per_block": round(per_block, 1),
         "txs_per_block": a.txs, "load_avg_1m": round(os.getloadavg()[0], 2),
         "ack_commit_p50_ms": commit["p50_ms"], "ack_commit_p99_ms": commit["p99_ms"],
-        "ack_rest_p99_ms": other["p99_ms"], "ack_commit_runqueue_p99_ms": runq["p99_ms"], "reth_datadir_fs": reth_fs, "sidecar_fs": sidecar_fs,
-        "reth_nice": a.reth_nice,
+        "ack_rest_p99_ms": other["p99_ms"], "ack_commit_runqueue_p99_ms": runq["p99_ms"],
+        "reth_datadir_fs": reth_fs, "sidecar_fs": sidecar_fs, "reth_nice": a.reth_nice,
     }
     if rag is not None:
         out.update(rag_backfill_blocks_per_s=rag["blocks_per_s"], rag_backfill_txs_per_s=rag["txs_per_s"],
