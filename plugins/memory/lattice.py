@@ -213,10 +213,8 @@ class Lattice:
             rows_of = leaves_at_many(conn, [(agent, mark) for agent, mark, _ in todo])
             for key in todo:
                 tree, _rows = self._tree_of(*key, rows_of.get(key[0], []), cacheable)
-                out[key[0]] = root = tree.root  # type: ignore[union-attr]
+                out[key[0]] = root = tree.root  # type: ignore[union-attr]  # _tree_of put it in the root cache
                 fresh.append((*key, root))
-                if cacheable:
-                    self.roots.put(key, root)
         if cacheable and fresh:
             with self.lock:
                 self._pending_roots.extend(fresh[:max(0, MAX_PENDING - len(self._pending_roots))])
