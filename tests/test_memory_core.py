@@ -256,6 +256,54 @@ def test_revert_removes_roots_and_derived_rows(mk):
         e.conn.execute("SELECT count(*) FROM memory_items WHERE n >= ?", (3 << 20,)).fetchone()[0] > 0
 
 
+def test_the_tags_migration_keeps_every_tag_keyed_by_item(tmp_path, storage_of, monkeypatch):
+    """SQLite's migration 6 (PostgreSQL's 2) keys ``memory_tags`` by item ``(n, tag)`` instead of ``(agent, tag, n)``:
+    a database written before it keeps every tag row, its tag filters answer the same, and a revert afterwards
+    removes the reverted block's tags as on a fresh database."""
+    from monmouth_memory import plugin as memory_plugin
+    from monmouth_memory import schema
+
+    bs = extend(None, 3, number=1, n_txs=4)
+    factory, engines = _factory(tmp_path, storage_of)
+    try:
+        monkeypatch.setattr(memory_plugin, "MIGRATIONS", schema.MIGRATIONS[:5])
+        monkeypatch.setattr(memory_plugin, "PG_MIGRATIONS", schema.PG_MIGRATIONS[:1])
+        e, mem = factory()
+        e.apply(ChainCommitted(chain(bs[:2])))
+        mem.store(A1, "semantic", "rotate the vault key", tags=["ops", "keys"])
+        e.apply(ChainCommitted(chain(bs[2:])))
+        mem.ensure_indexed()
+        before = dump(e.conn)
+        filters = ("ops", "keys", "chain", "transaction", "received", "sent")
+        listed = {t: [i["id"] for i in mem.list(A1, tags=[t])] for t in filters}
+        assert listed["ops"] and listed["chain"] and len(before["memory_tags"]) > 12
+        close(engines.pop())
+        monkeypatch.undo()
+
+        e, mem = factory()  # the same database, migrated
+        versions = dict(e.conn.execute("SELECT plugin, version FROM monmouth_migrations").fetchall())
+        assert versions["memory"] == len(schema.PG_MIGRATIONS if backend(e.conn) == "postgres" else schema.MIGRATIONS)
+        assert dump(e.conn) == before
+        assert {t: [i["id"] for i in mem.list(A1, tags=[t])] for t in filters} == listed
+        if backend(e.conn) == "sqlite":
+            pk = [r[2] for r in sorted(e.conn.execute("SELECT * FROM pragma_index_xinfo("
+                                                        "(SELECT name FROM pragma_index_list('memory_tags') WHERE "
+                                                        "origin = 'pk'))").fetchall()) if r[5]]
+            assert pk == ["n", "tag"]
+        e.apply(ChainReverted(chain(bs[2:])))
+        mem.ensure_indexed()
+        assert e.conn.execute("SELECT count(*) FROM memory_tags WHERE n >= ?", (3 << 20,)).fetchone()[0] == 0
+        ref, ref_mem = factory("ref.sqlite")
+        ref.apply(ChainCommitted(chain(bs[:2])))
+        ref_mem.ensure_indexed()
+        assert dump(e.conn)["memory_tags"] == [r for r in before["memory_tags"] if r[2] < 3 << 20] == \
+            dump(ref.conn)["memory_tags"]
+        assert [i["id"] for i in mem.list(A1, tags=["ops"])] == listed["ops"]  # the API item's tags (n < 0) stay
+    finally:
+        for engine in engines:
+            close(engine)
+
+
 def test_the_block_transaction_records_the_block_and_settling_derives_it(mk_sqlite):
     e, mem = mk_sqlite()
     mem.store(A1, "semantic", "written through the API")

@@ -23,8 +23,9 @@ def test_reads_wait_for_the_worker_and_write_nothing(tmp_path, storage_of):
     settled_on: list[tuple[str, int]] = []
     real_settle = mem.ingest.settle
 
-    def spy(conn: Any = None, limit: int = 16, until: int | None = None, index: bool = True) -> int:
-        n = real_settle(conn, limit, until, index)
+    def spy(conn: Any = None, limit: int = 16, until: int | None = None, index: bool = True,
+            budget: float | None = None) -> int:
+        n = real_settle(conn, limit, until, index, budget)
         if n and conn is None:  # a settle in a transaction of its own (inside one, the outer call counts)
             settled_on.append((threading.current_thread().name, n))
         return n

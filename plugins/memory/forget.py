@@ -105,12 +105,13 @@ class Forget:
             for i in range(0, len(ns), 500):
                 chunk = ns[i:i + 500]
                 sql.fts_remove(conn, chunk)
-                conn.execute(f"DELETE FROM memory_embed_queue WHERE n IN ({','.join('?' * len(chunk))})", chunk)
+                marks = ",".join("?" * len(chunk))
+                conn.execute(f"DELETE FROM memory_embed_queue WHERE n IN ({marks})", chunk)
+                conn.execute(f"DELETE FROM memory_tags WHERE n IN ({marks})", chunk)  # keyed by item (schema 6)
             stats["items"] = len(ns)
             conn.execute("DELETE FROM memory_vectors WHERE agent = ?", (agent,))
             stats["roots_kept"] = self.lattice.preserve_forgotten(conn, agent)
-            for table in ("memory_items", "memory_tags", "memory_ops", "memory_leaves", "memory_marks",
-                          "memory_root_cache"):
+            for table in ("memory_items", "memory_ops", "memory_leaves", "memory_marks", "memory_root_cache"):
                 conn.execute(f"DELETE FROM {table} WHERE agent = ?", (agent,))
             stats["undo_records"] = self._scrub_changesets(conn, agent)
             conn.execute("UPDATE memory_agents SET forgotten_at = ?, label = NULL WHERE address = ?",

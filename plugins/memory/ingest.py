@@ -164,7 +164,8 @@ def restore_block(blob: bytes) -> tuple[Block, set[int]]:
 
 #: Most pending blocks settled per write transaction, and the time after which it commits without taking the next
 #: one (seconds): the engine waits for SQLite's write lock meanwhile, so one settle transaction holds it for about
-#: one block's settling (10-60 ms for 200 agents at 10,000) at most.
+#: one block's settling (10-60 ms for 200 agents at 10,000) at most. The worker passes a longer budget while the
+#: engine is idle (:data:`.worker.CATCH_UP_BUDGET_S`).
 SETTLE_BATCH = 16
 SETTLE_BUDGET_S = 0.02
 
@@ -336,12 +337,13 @@ class ChainIngest:
         return out, positions
 
     def settle(self, conn: apsw.Connection | None = None, limit: int = SETTLE_BATCH,
-               until: int | None = None, index: bool = True) -> int:
+               until: int | None = None, index: bool = True, budget: float | None = None) -> int:
         """Derive the lattice rows of up to ``limit`` recorded blocks (``memory_pending``), oldest first, each exactly
         as the chain hook used to inside the block's transaction: chain-derived episodes (item and leaf rows), the
         anchoring of the API ops of its range, expiry, one mark per agent whose visible set changed, the block's row,
         periodic pruning; then delete the pending row. ``until``: settle no block above this number. Stops after the
-        block that takes it past :data:`SETTLE_BUDGET_S`. Returns how many blocks were settled (0: up to date).
+        block that takes it past ``budget`` seconds (default :data:`SETTLE_BUDGET_S`). Returns how many blocks were
+        settled (0: up to date).
 
         Runs in one write transaction: ``conn``'s when given (the caller holds SQLite's write lock: a forget, or a
         chain hook of another plugin), else the plugin's own, which also indexes the new chain items
@@ -352,18 +354,20 @@ class ChainIngest:
         derived (:func:`revert_block`); both take the write lock, so each sees the other whole.
         """
         top = (1 << 63) - 1 if until is None else until
+        budget = SETTLE_BUDGET_S if budget is None else budget
         if conn is None:
             if self.db.reader().execute("SELECT 1 FROM memory_pending WHERE block_number <= ? LIMIT 1", (top,)
                                    ).fetchone() is None:
                 return 0
             with self.write() as w:
-                return self._settle(w, limit, top, index)
-        return self._settle(conn, limit, top, index=False)
+                return self._settle(w, limit, top, index, budget)
+        return self._settle(conn, limit, top, False, budget)
 
-    def _settle(self, conn: apsw.Connection, limit: int, top: int, index: bool) -> int:
-        rows = all_rows(conn, "SELECT block_number, block_hash, ts, ops_from, ops_to, stamp, agents, block FROM "
-                              "memory_pending WHERE block_number <= ? ORDER BY block_number LIMIT ?", (top, limit))
-        if not rows:
+    def _settle(self, conn: apsw.Connection, limit: int, top: int, index: bool, budget: float) -> int:
+        # The numbers first, each row when its turn comes: a short budget often settles one block of the batch.
+        numbers = [r[0] for r in all_rows(conn, "SELECT block_number FROM memory_pending WHERE block_number <= ? "
+                                                "ORDER BY block_number LIMIT ?", (top, limit))]
+        if not numbers:
             return 0
         dialect.of(conn).chain_write(conn)
         self.lattice.flush(conn)
@@ -373,12 +377,14 @@ class ChainIngest:
         t0 = time.monotonic()
         done = 0
         new: list[ToIndex] = []
-        for row in rows:
+        for number in numbers:
+            row = all_rows(conn, "SELECT block_number, block_hash, ts, ops_from, ops_to, stamp, agents, block FROM "
+                                 "memory_pending WHERE block_number = ?", (number,))[0]
             new += self._settle_block(conn, _Pending(*row))
             done += 1
-            if time.monotonic() - t0 > SETTLE_BUDGET_S:
+            if time.monotonic() - t0 > budget:
                 break
-        conn.execute("DELETE FROM memory_pending WHERE block_number <= ?", (rows[done - 1][0],))
+        conn.execute("DELETE FROM memory_pending WHERE block_number <= ?", (numbers[done - 1],))
         if index and new:
             index_items(conn, new)
             conn.execute("UPDATE memory_state SET indexed_n = ? WHERE id = 1", (new[-1][2],))
@@ -402,10 +408,10 @@ class ChainIngest:
         before: dict[bytes, int] = {}
         for i in range(0, len(order), 500):
             chunk = order[i:i + 500]
-            before.update(all_rows(
+            before.update(all_rows(  # one index seek per agent (its last mark), whatever its history
                 conn,
-                "SELECT agent, count FROM memory_marks m WHERE agent IN (" + ",".join("?" * len(chunk)) + ") AND "
-                "block_number = (SELECT max(block_number) FROM memory_marks WHERE agent = m.agent)", chunk))
+                "SELECT v.column1, coalesce((SELECT count FROM memory_marks WHERE agent = v.column1 ORDER BY "
+                "block_number DESC LIMIT 1), 0) FROM (VALUES " + ",".join(["(?)"] * len(chunk)) + ") AS v", chunk))
         marks = []
         for agent in order:
             b0 = before.get(agent, 0)

@@ -269,13 +269,30 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER memory_agents_deleted AFTER DELETE ON memory_agents
         BEGIN UPDATE memory_state SET agents_version = random() WHERE id = 1; END;
     """,
+    # 6: memory_tags keyed by item (n, tag), no longer by (agent, tag, n). A block's tags are then appended in row id
+    # order: keyed by agent, the 600 tag rows of a 200-episode block went to as many B-tree pages all over the table,
+    # each written to the WAL at commit (a third of settling's time at 400 blocks). Every lookup names the item (the
+    # tag filter's EXISTS, unindexing, a revert's row id range; forget deletes by its items' row ids), so the index
+    # on n alone goes too. The agent column stays (forget's changeset scrub finds an agent's rows by it).
+    """
+    CREATE TABLE memory_tags_by_item (
+        agent BLOB NOT NULL,
+        tag BLOB NOT NULL,                 -- HMAC of the tag
+        n INTEGER NOT NULL,
+        PRIMARY KEY (n, tag)
+    ) WITHOUT ROWID;
+    INSERT INTO memory_tags_by_item (agent, tag, n) SELECT agent, tag, n FROM memory_tags ORDER BY n, tag;
+    DROP TABLE memory_tags;
+    ALTER TABLE memory_tags_by_item RENAME TO memory_tags;
+    """,
 ]
 
 #: The same tables on PostgreSQL, created at once in their schema-5 form (a PostgreSQL database has no memory
-#: schema older than that): the types PostgreSQL names (``bytea``, ``bigint`` for every integer that holds a block
-#: number, a row id ``block << 20``, a stamp or a random version; ``double precision`` for wall-clock seconds, where
-#: PostgreSQL's ``real`` would be 4 bytes), ``memory_fts`` as a ``tsvector`` column with a GIN index instead of an
-#: FTS5 table (:mod:`.dialect`), ``memory_ops.seq`` an identity column, the ``agents_version`` triggers in PL/pgSQL.
+#: schema older than that), then migrated as SQLite's from schema 6 on: the types PostgreSQL names (``bytea``,
+#: ``bigint`` for every integer that holds a block number, a row id ``block << 20``, a stamp or a random version;
+#: ``double precision`` for wall-clock seconds, where PostgreSQL's ``real`` would be 4 bytes), ``memory_fts`` as a
+#: ``tsvector`` column with a GIN index instead of an FTS5 table (:mod:`.dialect`), ``memory_ops.seq`` an identity
+#: column, the ``agents_version`` triggers in PL/pgSQL.
 #: ``memory_global_roots`` (a view calling a Python SQL function on SQLite) does not exist here: read roots through
 #: the API. Same table and column names, same keys, so every portable statement of the plugin runs on both.
 PG_MIGRATIONS: list[str] = [
@@ -435,6 +452,11 @@ PG_MIGRATIONS: list[str] = [
     END $$;
     CREATE TRIGGER memory_agents_changed AFTER INSERT OR UPDATE OR DELETE ON memory_agents
         FOR EACH ROW EXECUTE FUNCTION memory_agents_changed();
+    """,
+    # 2: memory_tags keyed by item, as SQLite's migration 6 (same reason).
+    """
+    ALTER TABLE memory_tags DROP CONSTRAINT memory_tags_pkey, ADD PRIMARY KEY (n, tag);
+    DROP INDEX memory_tags_n;
     """,
 ]
 

@@ -9,8 +9,8 @@ sidecar/storagecopy.py): a SQLite deployment's memory tables moved into PostgreS
 * **Rebuilt**: ``memory_fts``, from the keyed tokens the FTS5 table stores (``tokenize = 'ascii'``, not contentless),
   as the same ``tsvector`` :meth:`.dialect.Postgres.fts_add` writes.
 * **Identity**: ``memory_ops.seq`` continues above SQLite's ``AUTOINCREMENT`` high-water mark.
-* **Schema version**: the copy records PostgreSQL's one migration (the engine runs :data:`.schema.PG_MIGRATIONS` on
-  the target before this hook), not SQLite's five.
+* **Schema version**: the copy records PostgreSQL's migrations (the engine runs :data:`.schema.PG_MIGRATIONS` on
+  the target before this hook), not SQLite's.
 """
 
 from __future__ import annotations
