@@ -96,6 +96,34 @@ def test_settling_commits_after_its_time_budget_and_catches_up_in_order(tmp_path
         close(e)
 
 
+def test_a_catch_up_settle_makes_way_for_a_waiting_api_write(tmp_path, monkeypatch, storage_of):
+    """The worker's catch-up transactions (a long budget) commit after their current block while an API write waits
+    for the write lock (``ChainIngest.writing``, around every durable write of the plugin), as a short one does."""
+    e, p = make_memory_engine(storage_of("db.sqlite"), {"key_dir": str(tmp_path / "keys"),
+                                                       "agents": ["0x" + bytes(19).hex() + "01"]})
+    try:
+        e.apply(ChainCommitted(chain(extend(None, 6, number=1, n_txs=4))))
+        monkeypatch.setattr(ingest, "SETTLE_BUDGET_S", 0.0)
+        mem = p.memory
+        seen = []
+        real = mem.ingest.writing
+
+        def writing():
+            seen.append(mem.ingest.writers)
+            return real()
+
+        monkeypatch.setattr(mem.ingest, "writing", writing)
+        mem.store(bytes(19) + b"\x01", "semantic", "an API write", tags=["t"])
+        assert seen == [0] and mem.ingest.writers == 0  # counted while it ran, not after
+        with real():  # an API write waiting for the lock
+            assert mem.ingest.settle(budget=10.0) == 1
+            assert mem.ingest.settle(budget=10.0) == 1
+        assert mem.ingest.settle(budget=10.0) == 4  # none waits: the whole backlog in one transaction
+        assert e.conn.execute("SELECT max(block_number) FROM memory_blocks").fetchone()[0] == 6
+    finally:
+        close(e)
+
+
 @settings(max_examples=300, deadline=None)
 @given(meta=st.dictionaries(st.text(), st.one_of(st.text(), st.integers(-(2**63), 2**64 - 1), st.none())))
 def test_episode_metadata_json_is_the_canonical_json_of_commitments(meta):

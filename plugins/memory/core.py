@@ -23,10 +23,11 @@ What other plugins offer (an embedder, a transaction renderer) is found through 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -189,9 +190,12 @@ class Memory:
         return self.recaller.embedder()
 
     # ------------------------------------------------------------------------------------------------ db helpers
-    def _write(self) -> Any:
-        """One of the plugin's write transactions (:func:`.txn.write`)."""
-        return txn.write(self.db)
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Any]:
+        """One of the plugin's write transactions (:func:`.txn.write`), which the worker's settling makes way for
+        (:meth:`.ingest.ChainIngest.writing`)."""
+        with self.ingest.writing(), txn.write(self.db) as conn:
+            yield conn
 
     def _derive(self) -> Any:
         """A write transaction of derived rows only (settling, indexing): :func:`.txn.write` without an fsync."""

@@ -23,9 +23,11 @@ the plugin's own and indexing is caught up (from the plaintext it just sealed), 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -292,6 +294,20 @@ class ChainIngest:
         self.write = write
         self.counters = counters
         self.last_applied = 0.0  # time.monotonic() of the last chain hook call
+        self.writers = 0  # the plugin's durable write transactions (API, CLI) waiting for the write lock or in one
+        self._writers_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Around a durable write transaction of the plugin: while it waits for SQLite's write lock (or holds it), a
+        settle transaction commits after its current block, whatever its budget (see :meth:`settle`)."""
+        with self._writers_lock:
+            self.writers += 1
+        try:
+            yield
+        finally:
+            with self._writers_lock:
+                self.writers -= 1
 
     def apply_block(self, conn: apsw.Connection, block: Any) -> None:
         """The ``monmouth_block_applied`` work, inside the engine's transaction: on-chain registrations, and the block's
@@ -342,8 +358,8 @@ class ChainIngest:
         as the chain hook used to inside the block's transaction: chain-derived episodes (item and leaf rows), the
         anchoring of the API ops of its range, expiry, one mark per agent whose visible set changed, the block's row,
         periodic pruning; then delete the pending row. ``until``: settle no block above this number. Stops after the
-        block that takes it past ``budget`` seconds (default :data:`SETTLE_BUDGET_S`). Returns how many blocks were
-        settled (0: up to date).
+        block that takes it past ``budget`` seconds (default :data:`SETTLE_BUDGET_S`; no longer than that while an API
+        write waits, :meth:`writing`). Returns how many blocks were settled (0: up to date).
 
         Runs in one write transaction: ``conn``'s when given (the caller holds SQLite's write lock: a forget, or a
         chain hook of another plugin), else the plugin's own, which also indexes the new chain items
@@ -382,7 +398,7 @@ class ChainIngest:
                                  "memory_pending WHERE block_number = ?", (number,))[0]
             new += self._settle_block(conn, _Pending(*row))
             done += 1
-            if time.monotonic() - t0 > budget:
+            if time.monotonic() - t0 > (min(budget, SETTLE_BUDGET_S) if self.writers else budget):
                 break
         conn.execute("DELETE FROM memory_pending WHERE block_number <= ?", (numbers[done - 1],))
         if index and new:

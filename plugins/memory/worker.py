@@ -35,9 +35,10 @@ WORKER_YIELD_S = 0.2
 #: While the engine is idle and no read waits, a settle transaction takes pending blocks until this many seconds
 #: passed (instead of :data:`.ingest.SETTLE_BUDGET_S`): a backlog left by a burst of blocks is worked off in
 #: transactions of several blocks, whose pages (an agent's leaves and marks, the items' indexes) are written to
-#: the WAL once per transaction instead of once per block (200-agent episode blocks: 27-31 instead of 38 ms a
-#: block, bench/memory_sustained.py). An engine that resumes meanwhile waits for SQLite's write lock that long at
-#: most, once.
+#: the WAL once per transaction instead of once per block (400 200-episode blocks settled and indexed on one
+#: thread: 27-31 instead of 38 ms a block). An engine that resumes meanwhile waits for SQLite's write lock that long at
+#: most, once; an API write does not: the transaction commits after its current block when one waits
+#: (:meth:`.ingest.ChainIngest.writing`).
 CATCH_UP_BUDGET_S = 0.25
 #: Likewise, chain items indexed per transaction while the engine is idle and no read waits (instead of
 #: :data:`.ingest.INDEX_BATCH`; ~8 % less time per item).
