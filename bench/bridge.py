@@ -194,8 +194,8 @@ class AckProbe:
         its ``COMMIT`` starts (SQLite's commit hook, before the WAL write), a bare 4 kB append + ``fdatasync``
         (:func:`fsync.timed_append`) is timed in ``reference_dir`` first, into :attr:`reference_fsync_s`. That is
         the disk's price of a durable write at the very moment our COMMIT writes, on the same disk, in the same
-        session, with whatever the node does at that moment (Reth writing the block beside it). A reference batch's notifications pay both, so they go to
-        :attr:`reference_records` and not into the ack samples."""
+        session, with whatever the node does at that moment (Reth writing the block beside it). A reference batch's
+        notifications pay both, so they go to :attr:`reference_records` and not into the ack samples."""
         inner = runner._apply
         commits: list[float] = []
         draw = random.Random(seed)

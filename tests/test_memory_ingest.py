@@ -114,7 +114,7 @@ def test_a_catch_up_settle_makes_way_for_a_waiting_api_write(tmp_path, monkeypat
 
         monkeypatch.setattr(mem.ingest, "writing", writing)
         mem.store(bytes(19) + b"\x01", "semantic", "an API write", tags=["t"])
-        assert seen == [0] and mem.ingest.writers == 0  # counted while it ran, not after
+        assert seen == [0] and mem.ingest.writers == 0  # the store went through writing() once, and left the count
         with real():  # an API write waiting for the lock
             assert mem.ingest.settle(budget=10.0) == 1
             assert mem.ingest.settle(budget=10.0) == 1

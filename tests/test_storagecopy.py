@@ -262,7 +262,7 @@ def test_a_rag_and_memory_deployment_copies_with_the_same_search_roots_and_proof
     copy, cmem = rag_memory_engine(url, keys)
     try:
         versions = dict(copy.conn.execute("SELECT plugin, version FROM monmouth_migrations").fetchall())
-        assert versions["memory"] == len(MEMORY_PG) and versions["rag"] == len(RAG_PG)
+        assert versions["memory"] == len(MEMORY_PG) == 2 and versions["rag"] == len(RAG_PG)
         assert plugin_state(copy, cmem, heads) == before  # vectors copied, not re-embedded; the same roots, proofs
         assert fts_stats(copy.conn)[0] == len(before["rag_fts"]), "BM25's statistics counted by the copy (recount)"
         assert searches(rag) == found

@@ -105,9 +105,9 @@ class Forget:
             for i in range(0, len(ns), 500):
                 chunk = ns[i:i + 500]
                 sql.fts_remove(conn, chunk)
-                marks = ",".join("?" * len(chunk))
-                conn.execute(f"DELETE FROM memory_embed_queue WHERE n IN ({marks})", chunk)
-                conn.execute(f"DELETE FROM memory_tags WHERE n IN ({marks})", chunk)  # keyed by item (schema 6)
+                params = ",".join("?" * len(chunk))
+                conn.execute(f"DELETE FROM memory_embed_queue WHERE n IN ({params})", chunk)
+                conn.execute(f"DELETE FROM memory_tags WHERE n IN ({params})", chunk)  # keyed by item (schema 6)
             stats["items"] = len(ns)
             conn.execute("DELETE FROM memory_vectors WHERE agent = ?", (agent,))
             stats["roots_kept"] = self.lattice.preserve_forgotten(conn, agent)
