@@ -128,6 +128,8 @@ class SyncedIndex:
         self.dim = dim
         self._lock = threading.RLock()
         self.loaded = False
+        #: whether :meth:`load` is reading ``rag_vec`` (every row arrives through :meth:`add` first)
+        self.loading = False
         self.seq = 0
         self._reset(1024)
 
@@ -225,6 +227,7 @@ class SyncedIndex:
         t0 = time.perf_counter()
         with self._lock:
             self._reset(1024)
+            self.loading = True  # until every row is in: subclasses may defer work to _loaded
             conn.execute("BEGIN")
             try:
                 self.seq = int(scalar(conn, "SELECT coalesce(max(seq), 0) FROM rag_changes"))
@@ -237,6 +240,7 @@ class SyncedIndex:
                 self._ingest_rows(batch)
             finally:
                 conn.execute("COMMIT")
+                self.loading = False
             self._loaded()
             self.loaded = True
         log.info("rag: vector index loaded, %d vectors in %.1f s", len(self), time.perf_counter() - t0)

@@ -100,10 +100,14 @@ class RagConfig(BaseModel):
     #: At or above this many vectors, vector search uses the in-memory index (``ann_index``); below it, exact
     #: sqlite-vec KNN.
     ann_min_vectors: int = Field(50_000, ge=0)
-    #: The in-memory index used at or above ``ann_min_vectors``: ``hnsw`` (HNSW graph, persisted beside the database
-    #: as ``<database file>.rag-hnsw.npz`` so a restart reads it instead of rebuilding; see ``monmouth_rag.hnsw``) or
+    #: The in-memory index used at or above ``ann_min_vectors``: ``ivf`` (inverted file of k-means cells, float16
+    #: vectors; see ``monmouth_rag.ivf``), ``hnsw`` (HNSW graph; ``monmouth_rag.hnsw``), both persisted beside the
+    #: database as ``<database file>.rag-<ann_index>.npz`` so a restart reads them instead of rebuilding, or
     #: ``binary`` (binary prefilter and exact rerank, rebuilt from ``rag_vec`` at every start).
-    ann_index: Literal["hnsw", "binary"] = "hnsw"
+    ann_index: Literal["ivf", "hnsw", "binary"] = "ivf"
+    #: IVF cells probed by an unfiltered search (recall against latency; ``bench/search.py`` measures both). 0: a
+    #: sixteenth of the cells (``nlist / 16``; 1M vectors have 4,096 cells).
+    ann_nprobe: int = Field(0, ge=0, le=65_536)
     #: HNSW beam width while searching (recall against latency; ``bench/search.py`` measures both).
     ann_ef_search: int = Field(2048, ge=16, le=4096)
     #: Candidates the binary prefilter hands to the exact rerank, per result wanted (at least 400).

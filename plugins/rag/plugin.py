@@ -42,7 +42,7 @@ from .config import RagConfig, resolve_path
 from .dialect import statements
 from .documents import chunk_text
 from .embedder import Embedder, load_embedder, load_tokenizer
-from .hnsw import open_index
+from .indexes import open_index
 from .search import Filters, Hit, Searcher, build_context
 from .worker import EmbedWorker
 
@@ -358,7 +358,7 @@ class RagPlugin:
         st.worker.stop()
         if st.warm_thread is not None:
             st.warm_thread.join(60)
-        save = getattr(st.index, "save", None)  # the HNSW index: persist the changes since its last save
+        save = getattr(st.index, "save", None)  # a persisted index (IVF, HNSW): the changes since its last save
         if callable(save) and (st.warm_thread is None or not st.warm_thread.is_alive()):
             try:
                 save()

@@ -1,6 +1,6 @@
-"""The HNSW vector index (monmouth_rag.hnsw): recall against exact search, exact filters, following SQLite, the
-persisted copy (read back after a restart, caught up, or rebuilt when unusable), and a real revert through the engine
-removing the reverted block's vectors from the index."""
+"""The faiss vector indexes (monmouth_rag.faissindex; IVF, the default, and HNSW), each through the same tests: recall
+against exact search, exact filters, following SQLite, the persisted copy (read back after a restart, caught up, or
+rebuilt when unusable), and a real revert through the engine removing the reverted block's vectors from the index."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import monmouth_rag.plugin as rag
 from monmouth.store import Database, migrate
 from monmouth.types import ChainCommitted, ChainReverted
 from monmouth_rag.ann import VectorIndex
+from monmouth_rag.faissindex import FaissIndex
 from monmouth_rag.hnsw import HnswIndex
+from monmouth_rag.ivf import IvfIndex
 from monmouth_rag.search import Filters, Searcher
 from monmouth_rag.store import MIGRATIONS, TRIMMED, prune_changes, store_vectors
 from tests.chains import chain
@@ -22,12 +24,21 @@ from tests.test_rag_support import blocks, sqlite_rig_fixture  # noqa: F401 (fix
 
 N = 6000
 
+#: the index classes under test; IVF trains its cells from 1,000 rows here (the default, 10,000, would keep these
+#: small collections flat, every search exact)
+KINDS = {"ivf": lambda *a, **kw: IvfIndex(*a, train_min=1000, **kw), "hnsw": HnswIndex}
+
+
+@pytest.fixture(scope="module", params=sorted(KINDS))
+def kind(request):
+    return request.param
+
 
 @pytest.fixture(scope="module")
-def data():
+def data(kind):
     both = clustered(N + 40, seed=3)
     x, q = both[:N], both[N:]
-    idx = HnswIndex(384, exact_rows=500)
+    idx = KINDS[kind](384, exact_rows=500)
     kinds = ["tx" if i % 3 else "document" for i in range(N)]
     intents = ["swap" if i % 2 else "transfer" for i in range(N)]
     idx.add(list(range(1, N + 1)), x, kinds, [i if k == "tx" else -1 for i, k in enumerate(kinds)],
@@ -88,15 +99,15 @@ def test_filters_return_only_and_the_best_allowed_rows(data, name):
     assert np.mean(recall) >= 0.95
 
 
-def test_deleted_rows_are_never_returned_and_compaction_keeps_the_rest(data):
+def test_deleted_rows_are_never_returned_and_compaction_keeps_the_rest(data, kind):
     idx, x, q, kinds, intents = data
-    two = HnswIndex(384, exact_rows=100)
+    two = KINDS[kind](384, exact_rows=100)
     two.add(list(range(1, N + 1)), x, list(kinds), [0] * N, [0] * N, list(intents))
     gone = [int(i) for v in q[:5] for i in two.search(v, 10)[0]]
     assert two.remove(gone) == len(set(gone))
     for v in q[:5]:
         assert set(two.search(v, 10)[0].tolist()).isdisjoint(gone)
-    two.remove(list(range(1, N // 2)))  # over a quarter dead: the graph is rebuilt from the live rows
+    two.remove(list(range(1, N // 2)))  # over a quarter dead: rebuilt from the live rows
     assert two.dead == 0 and two.n == len(two) == two.graph.ntotal
     live = np.ones(N, bool)
     live[np.array(sorted(set(gone) | set(range(1, N // 2)))) - 1] = False
@@ -123,12 +134,12 @@ def _delete(conn, ids):
             conn.execute("INSERT INTO rag_changes (id, op) VALUES (?, -1)", (d,))
 
 
-def test_persisted_copy_is_read_after_a_restart_and_catches_up(tmp_path):
+def test_persisted_copy_is_read_after_a_restart_and_catches_up(tmp_path, kind):
     db, conn, x, docs = _db(tmp_path)
-    path = tmp_path / "db.sqlite.rag-hnsw.npz"
+    path = tmp_path / f"db.sqlite.rag-{kind}.npz"
     with conn:
         store_vectors(conn, docs[:2500], x[:2500])
-    first = HnswIndex(384, path, exact_rows=100)
+    first = KINDS[kind](384, path, exact_rows=100)
     first.sync(conn)
     assert first.loaded_from == "rebuild" and path.exists() and first.saved_seq == first.seq
     before = [first.search(v, 10)[0].tolist() for v in x[:20]]
@@ -136,7 +147,7 @@ def test_persisted_copy_is_read_after_a_restart_and_catches_up(tmp_path):
     with conn:
         store_vectors(conn, docs[2500:], x[2500:])
     _delete(conn, [docs[i].id for i in range(10)])
-    second = HnswIndex(384, path, exact_rows=100)
+    second = KINDS[kind](384, path, exact_rows=100)
     second.sync(conn)
     assert second.loaded_from == "file" and len(second) == 2990
     assert second.seq == conn.execute("SELECT max(seq) FROM rag_changes").fetchone()[0]
@@ -147,22 +158,22 @@ def test_persisted_copy_is_read_after_a_restart_and_catches_up(tmp_path):
     assert second.search(x[2700], 1)[0][0] == docs[2700].id, "a vector added after the save is found"
     assert [first.search(v, 10)[0].tolist() for v in x[10:20]] == before[10:], "the first one is unchanged"
     assert second.save() and not second.save(), "saves only what changed"
-    third = HnswIndex(384, path, exact_rows=100)
+    third = KINDS[kind](384, path, exact_rows=100)
     third.sync(conn)
     assert third.loaded_from == "file" and third.graph.ntotal == second.graph.ntotal
     conn.close()
 
 
-def test_unusable_copies_are_rebuilt_from_sqlite(tmp_path, caplog):
+def test_unusable_copies_are_rebuilt_from_sqlite(tmp_path, caplog, kind):
     db, conn, x, docs = _db(tmp_path, 1200)
-    path = tmp_path / "db.sqlite.rag-hnsw.npz"
+    path = tmp_path / f"db.sqlite.rag-{kind}.npz"
     with conn:
         store_vectors(conn, docs[:1000], x[:1000])
-    HnswIndex(384, path).sync(conn)
+    KINDS[kind](384, path).sync(conn)
     good = path.read_bytes()
 
-    def reopen() -> HnswIndex:
-        idx = HnswIndex(384, path)
+    def reopen() -> FaissIndex:
+        idx = KINDS[kind](384, path)
         idx.sync(conn)
         assert len(idx) == conn.execute("SELECT count(*) FROM rag_vec").fetchone()[0]
         return idx
@@ -174,7 +185,7 @@ def test_unusable_copies_are_rebuilt_from_sqlite(tmp_path, caplog):
     assert reopen().loaded_from == "rebuild"
     # truncated file: a warning naming it
     path.write_bytes(good[:len(good) // 2])
-    with caplog.at_level(logging.WARNING, "monmouth_rag.hnsw"):
+    with caplog.at_level(logging.WARNING, "monmouth_rag.faissindex"):
         assert reopen().loaded_from == "rebuild"
     assert str(path) in caplog.text
     # a copy whose seq is ahead of this database (another database's file)
@@ -182,16 +193,16 @@ def test_unusable_copies_are_rebuilt_from_sqlite(tmp_path, caplog):
     with oconn:
         store_vectors(oconn, odocs, ox)
     path.write_bytes(good)
-    idx = HnswIndex(384, path)
+    idx = KINDS[kind](384, path)
     idx.sync(oconn)
     assert idx.loaded_from == "rebuild" and len(idx) == 50
     # a copy that agrees on seq but not on the vectors (a row deleted without a change entry): the count check
-    fresh = HnswIndex(384, path)
+    fresh = KINDS[kind](384, path)
     fresh.sync(conn)
     with conn:
         conn.execute("DELETE FROM rag_vec WHERE rowid = ?", (docs[0].id,))
         conn.execute("UPDATE rag_index SET has_vec = 0 WHERE id = ?", (docs[0].id,))
-    with caplog.at_level(logging.WARNING, "monmouth_rag.hnsw"):
+    with caplog.at_level(logging.WARNING, "monmouth_rag.faissindex"):
         assert reopen().loaded_from == "rebuild"
     assert "holds 1200 live vectors, the database 1199" in caplog.text
     conn.close()
@@ -201,13 +212,13 @@ def test_unusable_copies_are_rebuilt_from_sqlite(tmp_path, caplog):
 # ------------------------------------------------------------------------------------------- through the engine
 
 
-def test_revert_through_the_engine_removes_vectors_and_a_restart_reads_the_file(rig):
+def test_revert_through_the_engine_removes_vectors_and_a_restart_reads_the_file(rig, kind):
     a = blocks(4, salt="H")
-    r = rig("db.sqlite", ann_min_vectors=0)
+    r = rig("db.sqlite", ann_min_vectors=0, ann_index=kind)
     r.engine.apply(ChainCommitted(chain(a)))
     assert rag.drain() == 24
     st = rag.state()
-    assert isinstance(st.index, HnswIndex)
+    assert isinstance(st.index, {"ivf": IvfIndex, "hnsw": HnswIndex}[kind])
     conn = r.db.reader()
     last = [(d, np.frombuffer(v, np.float32)) for d, v in conn.execute(
         "SELECT d.id, v.embedding FROM rag_docs d JOIN rag_vec v ON v.rowid = d.id WHERE d.block_number = ?",
@@ -224,9 +235,9 @@ def test_revert_through_the_engine_removes_vectors_and_a_restart_reads_the_file(
         assert h.id not in reverted
     probe = last[0][1]
     before = st.searcher.vector(probe, 10)
-    path = r.db.path.with_name(r.db.path.name + ".rag-hnsw.npz")
+    path = r.db.path.with_name(f"{r.db.path.name}.rag-{kind}.npz")
 
-    r = rig("db.sqlite", ann_min_vectors=0)  # restart: shutdown saved the index
+    r = rig("db.sqlite", ann_min_vectors=0, ann_index=kind)  # restart: shutdown saved the index
     assert path.exists()
     st = rag.state()
     after = st.searcher.vector(probe, 10)
@@ -236,8 +247,8 @@ def test_revert_through_the_engine_removes_vectors_and_a_restart_reads_the_file(
     assert rag.drain() == 0, "nothing is re-embedded"
 
 
-def test_filters_match_exact_sqlite_vec_search(rig):
-    r = rig("db.sqlite", ann_min_vectors=0)
+def test_filters_match_exact_sqlite_vec_search(rig, kind):
+    r = rig("db.sqlite", ann_min_vectors=0, ann_index=kind)
     a = blocks(6, salt="F")
     r.engine.apply(ChainCommitted(chain(a)))
     rag.drain()

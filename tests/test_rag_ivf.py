@@ -1,0 +1,98 @@
+"""What only the IVF index (monmouth_rag.ivf) does: flat and exact below ``train_min`` rows, cells trained once a load
+has read every row, retrained at fourfold growth, deleted rows dropped on the same cells, the trained state carried by
+the persisted copy, and the default configuration opening it. Recall, filters, tombstones and the persisted copy in
+general: tests/test_rag_faissindex.py."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from monmouth_rag.config import RagConfig
+from monmouth_rag.indexes import open_index
+from monmouth_rag.ivf import IvfIndex, nlist_for
+from monmouth_rag.store import store_vectors
+from tests.test_rag_faissindex import _db
+from tests.test_rag_search import clustered
+
+
+def _add(idx: IvfIndex, x: np.ndarray, first: int) -> None:
+    m = len(x)
+    idx.add(list(range(first, first + m)), x, ["tx"] * m, list(range(first, first + m)), [0] * m, ["swap"] * m)
+
+
+def _top(x: np.ndarray, v: np.ndarray, k: int = 10) -> list[int]:
+    return [int(i) + 1 for i in np.argsort(-(x @ v), kind="stable")[:k]]
+
+
+@pytest.mark.parametrize(("n", "cells"), [(1, 1), (500, 8), (10_000, 256), (50_000, 1024), (1_000_000, 4096),
+                                           (5_000_000, 8192)])
+def test_cells_are_the_power_of_two_nearest_4_sqrt_n_with_39_rows_each(n, cells):
+    assert nlist_for(n) == cells
+    assert n // nlist_for(n) >= 39 or nlist_for(n) == 1
+
+
+def test_flat_until_train_min_then_cells_then_retrained_at_fourfold_growth():
+    x = clustered(9000, seed=11)
+    q = x[:20] + 0.01
+    idx = IvfIndex(384, train_min=1000)
+    _add(idx, x[:900], 1)
+    assert idx.trained_n == 0 and idx.nlist == 0 and not isinstance(idx.graph, faiss.IndexIVF)
+    for v in q[:5]:  # flat: every search is exact
+        assert idx.search(v, 10)[0].tolist() == _top(x[:900], v)
+    _add(idx, x[900:1000], 901)
+    assert idx.trained_n == 1000 and idx.nlist == nlist_for(1000) == 16
+    _add(idx, x[1000:3999], 1001)
+    assert idx.trained_n == 1000, "not yet four times the rows"
+    _add(idx, x[3999:4000], 4000)
+    assert idx.trained_n == 4000 and idx.nlist == nlist_for(4000) == 64
+    assert idx.graph.ntotal == idx.n == len(idx) == 4000
+    assert np.allclose(idx.vectors().astype(np.float32), x[:4000], atol=1e-3), "retraining keeps every vector"
+    recall = [len(set(idx.search(v, 10)[0].tolist()) & set(_top(x[:4000], v))) / 10 for v in q]
+    assert np.mean(recall) >= 0.95
+
+
+def test_compaction_drops_deleted_rows_on_the_same_cells():
+    x = clustered(4000, seed=12)
+    idx = IvfIndex(384, train_min=1000)
+    _add(idx, x, 1)
+    cells = faiss.rev_swig_ptr(faiss.downcast_index(idx.graph.quantizer).get_xb(), idx.nlist * 384).copy()
+    idx.remove(list(range(1, 1500)))  # over a quarter dead
+    assert idx.dead == 0 and idx.n == len(idx) == idx.graph.ntotal == 2501
+    assert idx.trained_n == 4000 and idx.nlist == 64
+    after = faiss.rev_swig_ptr(faiss.downcast_index(idx.graph.quantizer).get_xb(), idx.nlist * 384)
+    assert np.array_equal(cells, after), "the same cells"
+    assert idx.ids[:idx.n].tolist() == list(range(1500, 4001))
+    for v in x[1500:1510]:
+        ids, _ = idx.search(v, 10)
+        assert ids.min() >= 1500 and ids[0] == _top(x[1499:], v)[0] + 1499
+
+
+def test_a_load_trains_once_at_the_end_and_the_copy_keeps_the_cells(tmp_path, monkeypatch):
+    db, conn, x, docs = _db(tmp_path, 3000)
+    with conn:
+        store_vectors(conn, docs, x)
+    path = tmp_path / "db.sqlite.rag-ivf.npz"
+    built = []
+    real = IvfIndex._rebuild
+    monkeypatch.setattr(IvfIndex, "_rebuild", lambda self, **kw: (built.append(kw), real(self, **kw))[1])
+    first = IvfIndex(384, path, train_min=1000)
+    first.sync(conn)
+    assert built == [{"retrain": True}], "one training, after every row was read (not at 1,000 and 4,000 rows)"
+    assert first.loaded_from == "rebuild" and first.trained_n == 3000 and first.nlist == nlist_for(3000) == 64
+    second = IvfIndex(384, path, train_min=1000)
+    second.sync(conn)
+    assert second.loaded_from == "file" and second.trained_n == 3000 and second.nlist == 64 and len(built) == 1
+    for v in x[:10]:
+        assert second.search(v, 10)[0].tolist() == first.search(v, 10)[0].tolist()
+    other = IvfIndex(384, path, train_min=500)  # another setting: the copy is not used
+    other.sync(conn)
+    assert other.loaded_from == "rebuild"
+    conn.close()
+
+
+def test_the_default_configuration_opens_a_persisted_ivf_index(tmp_path):
+    idx = open_index(RagConfig(), tmp_path / "db.sqlite", 384)
+    assert isinstance(idx, IvfIndex) and idx.path == tmp_path / "db.sqlite.rag-ivf.npz"
+    assert open_index(RagConfig(ann_nprobe=32), None, 384).nprobe == 32  # type: ignore[attr-defined]
