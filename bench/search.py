@@ -3,15 +3,16 @@ ANN library and exact search in the same run.
 
 What is measured, on the same vectors and queries, for each size:
 
-* ``hnsw``: the plugin's search path for large collections (``Searcher.vector``) with its HNSW index
-  (:mod:`monmouth_rag.hnsw`): built from the ``rag_vec`` sqlite-vec table of a real SQLite file and persisted; the
-  build time and then the load time of a fresh index from the persisted copy (a restart: nothing is re-embedded, the
-  graph is not rebuilt) are reported;
+* ``ivf`` (the default index) and ``hnsw``: the plugin's search path for large collections (``Searcher.vector``)
+  with its IVF index (:mod:`monmouth_rag.ivf`) and its HNSW index (:mod:`monmouth_rag.hnsw`), each built from the
+  ``rag_vec`` sqlite-vec table of a real SQLite file and persisted; the build time and then the load time of a fresh
+  index from the persisted copy (a restart: nothing is re-embedded, nothing retrained or rebuilt) are reported;
 * ``binary``: the same path with the binary-quantised index (:mod:`monmouth_rag.ann`: Hamming prefilter, exact float
-  rerank; the path before the HNSW index), loaded from ``rag_vec``;
-* ``lib``: the library alone, faiss ``IndexHNSWSQ`` (float16, same ``M``/``efConstruction``/``efSearch``) built
-  straight from the numpy array, filters passed as a bitmap selector at the same beam width (no widening, no exact
-  fallback);
+  rerank; the path before the faiss indexes), loaded from ``rag_vec``;
+* ``lib_ivf``, ``lib_hnsw``: the library alone, built by faiss straight from the numpy array with the same
+  parameters: ``index_factory("IVF<nlist>,SQfp16")`` trained by its own ``train`` on as many rows as ours, same
+  ``nprobe``; ``IndexHNSWSQ`` (float16, same ``M``/``efConstruction``/``efSearch``). Filters are passed as a bitmap
+  selector with the same ``nprobe`` or beam (no widening, no exact fallback);
 * the exact references: exhaustive float32 numpy search (the recall@10 ground truth, same filter) and sqlite-vec's
   exact KNN (latency).
 
@@ -29,12 +30,14 @@ random kinds, intents (9 values) and block numbers.
   ``sql`` (see ``plugins.rag.pg_knn``), printed beside the SQLite figures of the same run. The server is
   ``--pg-url`` (password in ``MONMOUTH_PG_PASSWORD``) or, without it, a throwaway one from tests/pg.py.
 
-Usage: ``python bench/search.py [--quick] [--sizes 100000,1000000] [--queries 200] [--storage postgres
-[--pg-knn hnsw] [--pg-ef 100[,200,...]] [--pg-url URL]]`` (``--quick``: 100k vectors, 100 queries, a few minutes). The last line printed is JSON: per size tag (``100k``, ``1m``) and filter suffix
-(none, ``_intent``, ``_blocks``) ``{p50_ms,p99_ms,recall_at_10}_{hnsw,binary,lib}_<tag><suffix>``, and
-``build_s_*``, ``load_s_*``, ``mem_mb_*``, ``sqlite_vec_exact_ms_<tag>``, ``p99_ratio_hnsw_vs_lib_<tag>``; with
-``--storage postgres`` also ``{p50_ms,p99_ms,recall_at_10}_pgvector[_ef<N>]_<tag><suffix>``, ``copy_s_pgvector_<tag>`` and
-``build_s_pgvector_<tag>``.
+Usage: ``python bench/search.py [--quick] [--sizes 100000,1000000] [--queries 200] [--indexes ivf,hnsw]
+[--lib ivf,hnsw] [--nprobe N] [--ef N] [--no-binary] [--storage postgres [--pg-knn hnsw] [--pg-ef 100[,200,...]]
+[--pg-url URL]]`` (``--quick``: 100k vectors, 100 queries, a few minutes; ``--indexes ivf --lib ivf`` skips the
+HNSW builds, ~20 min at 1M). The last line printed is JSON: per size tag (``100k``, ``1m``) and filter suffix (none,
+``_intent``, ``_blocks``) ``{p50_ms,p99_ms,recall_at_10}_{ivf,hnsw,binary,lib_ivf,lib_hnsw}_<tag><suffix>``, and
+``build_s_*``, ``load_s_*``, ``mem_mb_*``, ``sqlite_vec_exact_ms_<tag>``, ``p99_ratio_<ivf|hnsw>_vs_lib_<tag>``;
+with ``--storage postgres`` also ``{p50_ms,p99_ms,recall_at_10}_pgvector[_ef<N>]_<tag><suffix>``,
+``copy_s_pgvector_<tag>`` and ``build_s_pgvector_<tag>``.
 """
 
 from __future__ import annotations
@@ -167,9 +170,12 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--seeds", type=int, default=2000)
     ap.add_argument("--quick", action="store_true", help="100k vectors, 100 queries")
+    ap.add_argument("--indexes", default="ivf,hnsw",
+                    help="our persisted indexes to measure: ivf (the default index), hnsw (~10 min to build at 1M)")
+    ap.add_argument("--lib", default="ivf,hnsw", help="which of them to build again with faiss alone beside ours")
+    ap.add_argument("--nprobe", type=int, default=0, help="IVF cells probed, ours and the library's (default: ours)")
     ap.add_argument("--ef", type=int, default=0, help="HNSW efSearch, ours and the library's (default: ours)")
     ap.add_argument("--no-binary", action="store_true", help="skip the binary index (the path before HNSW)")
-    ap.add_argument("--no-lib", action="store_true", help="skip faiss alone (saves its build: ~10 min at 1M)")
     ap.add_argument("--storage", choices=("sqlite", "postgres"), default="sqlite",
                     help="postgres: also measure pgvector, beside SQLite")
     ap.add_argument("--pg-knn", choices=("hnsw", "exact", "sql"), default="hnsw", help="plugins.rag.pg_knn")
@@ -186,8 +192,51 @@ def main() -> None:
     from monmouth_rag.ann import SyncedIndex, VectorIndex
     from monmouth_rag.decoded import INTENTS
     from monmouth_rag.hnsw import HnswIndex
+    from monmouth_rag.ivf import IvfIndex, nlist_for
     from monmouth_rag.search import Filters, Searcher
     from monmouth_rag.store import MIGRATIONS, TRIMMED
+
+    indexes = [i for i in args.indexes.split(",") if i]
+    libs = [i for i in args.lib.split(",") if i]
+
+    def ours(name: str, path: Path) -> HnswIndex | IvfIndex:
+        if name == "hnsw":
+            idx = HnswIndex(384, path)
+            idx.ef_search = args.ef or idx.ef_search
+            return idx
+        return IvfIndex(384, path, nprobe=args.nprobe)
+
+    def describe(idx: HnswIndex | IvfIndex, lib=None) -> str:
+        if isinstance(idx, HnswIndex):
+            return (f"IndexHNSWSQ fp16, M {idx.m}, efConstruction {idx.ef_construction}, efSearch {idx.ef_search}"
+                    + ("" if lib is None else ", filters as a bitmap, same beam"))
+        probes = idx.nprobe or idx.nlist // 16
+        return (f"IVF{idx.nlist},SQfp16, nprobe {probes}"
+                + (" (filtered: x n/allowed)" if lib is None else ", filters as a bitmap, same nprobe"))
+
+    def library(name: str, idx: HnswIndex | IvfIndex, x: np.ndarray):
+        """The same index built by faiss alone from the numpy array, and its search parameters."""
+        if isinstance(idx, HnswIndex):
+            lib = faiss.IndexHNSWSQ(384, faiss.ScalarQuantizer.QT_fp16, idx.m, faiss.METRIC_INNER_PRODUCT)
+            lib.hnsw.efConstruction = idx.ef_construction
+            lib.is_trained = True
+            lib.add(x)
+
+            def hnsw_params(ef=idx.ef_search):
+                p = faiss.SearchParametersHNSW()
+                p.efSearch = ef
+                return p
+            return lib, hnsw_params
+        nlist = nlist_for(len(x))
+        lib = faiss.index_factory(384, f"IVF{nlist},SQfp16", faiss.METRIC_INNER_PRODUCT)
+        lib.train(x[np.random.default_rng(1).choice(len(x), min(len(x), 64 * nlist), replace=False)])
+        lib.add(x)
+
+        def ivf_params(nprobe=idx.nprobe or nlist // 16):
+            p = faiss.SearchParametersIVF()
+            p.nprobe = nprobe
+            return p
+        return lib, ivf_params
 
     rng = np.random.default_rng(7)
     t0 = time.perf_counter()
@@ -247,64 +296,59 @@ def main() -> None:
             searcher = Searcher(lambda: reader, lambda t: None, index, ann_min_vectors=0)
             return lambda flt, allowed: (lambda q, flt=flt: [d for d, _ in searcher.vector(q, 10, flt)])
 
-        # -- ours: HNSW, built from SQLite and persisted, then loaded as after a restart
-        path = work / f"db.sqlite.rag-hnsw-{tag}.npz"
-        rss = rss_mb()
-        hnsw = HnswIndex(384, path)
-        t = time.perf_counter()
-        hnsw.load(reader)
-        build_s = time.perf_counter() - t
-        grew = rss_mb() - rss
-        del hnsw
-        restarted = HnswIndex(384, path)
-        ef = args.ef or restarted.ef_search
-        restarted.ef_search = ef
-        t = time.perf_counter()
-        restarted.load(reader)
-        load_s = time.perf_counter() - t
-        assert restarted.loaded_from == "file", restarted.loaded_from
-        mem = path.stat().st_size / 2**20
-        print(f"hnsw (ours): built from SQLite + saved in {build_s:.1f} s (RSS +{grew:.0f} MB); after a restart read "
-              f"from its file in {load_s:.2f} s; {mem:.0f} MB", flush=True)
-        result.update({f"build_s_hnsw_{tag}": round(build_s, 1), f"load_s_hnsw_{tag}": round(load_s, 2),
-                       f"mem_mb_hnsw_{tag}": round(mem), f"rss_growth_mb_hnsw_{tag}": round(grew)})
-        run("hnsw", plugin_path(restarted))
-
-        # -- the library alone, same parameters
-        if not args.no_lib:
-            faiss.omp_set_num_threads(os.cpu_count() or 1)
+        # -- ours: each persisted index, built from SQLite and saved, then read back as after a restart
+        for name in indexes:
+            path = work / f"db.sqlite.rag-{name}-{tag}.npz"
             rss = rss_mb()
             t = time.perf_counter()
-            lib = faiss.IndexHNSWSQ(384, faiss.ScalarQuantizer.QT_fp16, restarted.m, faiss.METRIC_INNER_PRODUCT)
-            lib.hnsw.efConstruction = restarted.ef_construction
-            lib.is_trained = True
-            lib.add(x)
-            lib_build = time.perf_counter() - t
+            ours(name, path).load(reader)
+            build_s = time.perf_counter() - t
             grew = rss_mb() - rss
-            lib_mem = faiss.serialize_index(lib).nbytes / 2**20
-            faiss.omp_set_num_threads(1)
-            print(f"lib (faiss IndexHNSWSQ fp16, M {restarted.m}, efConstruction {restarted.ef_construction}, "
-                  f"efSearch {ef}): built in {lib_build:.1f} s "
-                  f"(RSS +{grew:.0f} MB); {lib_mem:.0f} MB", flush=True)
-            result.update({f"build_s_lib_{tag}": round(lib_build, 1), f"mem_mb_lib_{tag}": round(lib_mem),
-                           f"rss_growth_mb_lib_{tag}": round(grew)})
+            restarted = ours(name, path)
+            t = time.perf_counter()
+            restarted.load(reader)
+            load_s = time.perf_counter() - t
+            assert restarted.loaded_from == "file", restarted.loaded_from
+            mem = path.stat().st_size / 2**20
+            print(f"{name} (ours, {describe(restarted)}): built from SQLite + saved in {build_s:.1f} s "
+                  f"(RSS +{grew:.0f} MB); after a restart read from its file in {load_s:.2f} s; {mem:.0f} MB",
+                  flush=True)
+            result.update({f"build_s_{name}_{tag}": round(build_s, 1), f"load_s_{name}_{tag}": round(load_s, 2),
+                           f"mem_mb_{name}_{tag}": round(mem), f"rss_growth_mb_{name}_{tag}": round(grew)})
+            run(name, plugin_path(restarted))
 
-            def lib_search(flt, allowed, lib=lib, ef=ef):
-                params = faiss.SearchParametersHNSW()
-                params.efSearch = ef
-                bits = None
-                if allowed is not None:
-                    bits = np.packbits(allowed, bitorder="little")
-                    params.sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
+            # -- the library alone, same parameters
+            if name in libs:
+                faiss.omp_set_num_threads(os.cpu_count() or 1)
+                rss = rss_mb()
+                t = time.perf_counter()
+                lib, lib_params = library(name, restarted, x)
+                lib_build = time.perf_counter() - t
+                grew = rss_mb() - rss
+                lib_mem = faiss.serialize_index(lib).nbytes / 2**20
+                faiss.omp_set_num_threads(1)
+                print(f"lib_{name} (faiss alone: {describe(restarted, lib)}): built in {lib_build:.1f} s "
+                      f"(RSS +{grew:.0f} MB); {lib_mem:.0f} MB", flush=True)
+                result.update({f"build_s_lib_{name}_{tag}": round(lib_build, 1),
+                               f"mem_mb_lib_{name}_{tag}": round(lib_mem), f"rss_growth_mb_lib_{name}_{tag}": round(grew)})
 
-                def go(q, bits=bits):
-                    rows = lib.search(q[None, :], 10, params=params)[1][0]
-                    return rows[rows >= 0] + 1  # ids are row + 1
-                return go
+                def lib_search(flt, allowed, lib=lib, lib_params=lib_params):
+                    bits = None
+                    params = lib_params()
+                    if allowed is not None:
+                        bits = np.packbits(allowed, bitorder="little")
+                        params.sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
 
-            run("lib", lib_search)
-            del lib
-        del restarted
+                    def go(q, bits=bits):
+                        rows = lib.search(q[None, :], 10, params=params)[1][0]
+                        return rows[rows >= 0] + 1  # ids are row + 1
+                    return go
+
+                run(f"lib_{name}", lib_search)
+                result[f"p99_ratio_{name}_vs_lib_{tag}"] = round(
+                    float(result[f"p99_ms_{name}_{tag}"]) / float(result[f"p99_ms_lib_{name}_{tag}"]), 2)
+                del lib
+            del restarted
 
         # -- ours before: the binary index
         if not args.no_binary:
@@ -327,9 +371,6 @@ def main() -> None:
         ref = (time.perf_counter() - t) / 3 * 1000
         print(f"reference: exact sqlite-vec float KNN {ref:.0f} ms per query")
         result[f"sqlite_vec_exact_ms_{tag}"] = round(ref, 1)
-        if not args.no_lib:
-            result[f"p99_ratio_hnsw_vs_lib_{tag}"] = round(
-                float(result[f"p99_ms_hnsw_{tag}"]) / float(result[f"p99_ms_lib_{tag}"]), 2)
         reader.close()
         if pg is not None:
             copy_s, build_s = pg.add(base, new, new_blk, [INTENTS[i] for i in new_int])

@@ -90,18 +90,24 @@ class IvfIndex(FaissIndex):
         return faiss.IndexScalarQuantizer(self.dim, _FLAT[1], faiss.METRIC_INNER_PRODUCT)
 
     def _cells(self, rows: np.ndarray, nlist: int) -> faiss.IndexIVFScalarQuantizer:
-        """An empty inverted file whose ``nlist`` cells are trained (spherical k-means) on ``rows``."""
+        """An empty inverted file whose ``nlist`` cells faiss's own k-means trained on (at most ``64 nlist`` of)
+        ``rows``."""
         rng = np.random.default_rng(self.seed)
         sample = np.sort(rng.choice(rows, min(len(rows), 64 * nlist), replace=False))
-        km = faiss.Kmeans(self.dim, nlist, niter=10, spherical=True, seed=self.seed, max_points_per_centroid=64)
-        km.train(self._vectors_of(sample))
-        quantizer = faiss.IndexFlatIP(self.dim)
-        quantizer.add(km.centroids)
-        return self._empty_ivf(quantizer, nlist)
+        ivf = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(self.dim), self.dim, nlist, _FLAT[1],
+                                            faiss.METRIC_INNER_PRODUCT)
+        ivf.cp.seed = self.seed
+        ivf.train(self._vectors_of(sample))
+        return self._ready(ivf)
 
     def _empty_ivf(self, quantizer: faiss.Index, nlist: int) -> faiss.IndexIVFScalarQuantizer:
-        ivf = faiss.IndexIVFScalarQuantizer(quantizer, self.dim, nlist, _FLAT[1], faiss.METRIC_INNER_PRODUCT, False)
+        """An empty inverted file on the cells of ``quantizer``."""
+        ivf = faiss.IndexIVFScalarQuantizer(quantizer, self.dim, nlist, _FLAT[1], faiss.METRIC_INNER_PRODUCT)
         ivf.is_trained = True  # the cells are; float16 codes need no training
+        return self._ready(ivf)
+
+    @staticmethod
+    def _ready(ivf: faiss.IndexIVFScalarQuantizer) -> faiss.IndexIVFScalarQuantizer:
         ivf.set_direct_map_type(faiss.DirectMap.Array)  # row -> (cell, offset): reconstruct for rebuilds
         return ivf
 
