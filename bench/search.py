@@ -20,9 +20,11 @@ Memory is the index's own size (arrays, graph and float16 vectors) and the proce
 was built.
 
 Data: the vectors are synthetic but shaped like the model's output. Real all-MiniLM-L6-v2 embeddings of SciFact titles
-are the seeds; each stored vector is ``normalise(0.7 * seed_i + 0.3 * seed_j + noise)``, so the collection keeps the
-model's anisotropy and topic structure. Queries are real embeddings of SciFact test queries. Metadata columns get
-random kinds, intents (9 values) and block numbers.
+are the seeds; with ``--data clustered`` (default) each stored vector is ``normalise(0.7 * seed_i + 0.3 * seed_j +
+noise)`` over 2,000 seeds, tight clusters of ~500 vectors per seed at 1M (a hard case for graph indexes: many
+near-ties); with ``--data spread``, a random convex mixture of three of all 5,183 seeds plus more noise, no
+clusters (a harder case for cell-based indexes). Both keep the model's anisotropy and topic structure. Queries are
+real embeddings of SciFact test queries. Metadata columns get random kinds, intents (9 values) and block numbers.
 
 * ``pgvector`` (``--storage postgres``): the plugin's search path on PostgreSQL (``Searcher.vector`` with the
   PostgreSQL statements of :mod:`monmouth_rag.dialect`), the same vectors copied into ``rag_vec``, with
@@ -30,9 +32,9 @@ random kinds, intents (9 values) and block numbers.
   ``sql`` (see ``plugins.rag.pg_knn``), printed beside the SQLite figures of the same run. The server is
   ``--pg-url`` (password in ``MONMOUTH_PG_PASSWORD``) or, without it, a throwaway one from tests/pg.py.
 
-Usage: ``python bench/search.py [--quick] [--sizes 100000,1000000] [--queries 200] [--indexes ivf,hnsw]
-[--lib ivf,hnsw] [--nprobe N] [--ef N] [--no-binary] [--storage postgres [--pg-knn hnsw] [--pg-ef 100[,200,...]]
-[--pg-url URL]]`` (``--quick``: 100k vectors, 100 queries, a few minutes; ``--indexes ivf --lib ivf`` skips the
+Usage: ``python bench/search.py [--quick] [--sizes 100000,1000000] [--queries 200] [--data clustered|spread]
+[--indexes ivf,hnsw] [--lib ivf,hnsw] [--nprobe N] [--ef N] [--no-binary] [--storage postgres [--pg-knn hnsw]
+[--pg-ef 100[,200,...]] [--pg-url URL]]`` (``--quick``: 100k vectors, 100 queries, a few minutes; ``--indexes ivf --lib ivf`` skips the
 HNSW builds, ~20 min at 1M). The last line printed is JSON: per size tag (``100k``, ``1m``) and filter suffix (none,
 ``_intent``, ``_blocks``) ``{p50_ms,p99_ms,recall_at_10}_{ivf,hnsw,binary,lib_ivf,lib_hnsw}_<tag><suffix>``, and
 ``build_s_*``, ``load_s_*``, ``mem_mb_*``, ``sqlite_vec_exact_ms_<tag>``, ``p99_ratio_<ivf|hnsw>_vs_lib_<tag>``;
@@ -71,10 +73,19 @@ def seeds_and_queries(n_seeds: int, n_queries: int) -> tuple[np.ndarray, np.ndar
     return emb.embed(titles), emb.embed(queries)
 
 
-def synth(seeds: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    i = rng.integers(0, len(seeds), n)
-    j = rng.integers(0, len(seeds), n)
-    x = 0.7 * seeds[i] + 0.3 * seeds[j] + 0.02 * rng.standard_normal((n, seeds.shape[1]), dtype=np.float32)
+def synth(seeds: np.ndarray, n: int, rng: np.random.Generator, data: str = "clustered") -> np.ndarray:
+    """``n`` unit vectors from ``seeds``: ``clustered``, ``0.7 seed_i + 0.3 seed_j`` plus noise of 0.02 per dimension
+    (about 500 vectors around each seed); ``spread``, random convex mixtures (Dirichlet(1, 1, 1)) of three seeds plus
+    noise of 0.05, no two alike."""
+    d = seeds.shape[1]
+    if data == "spread":
+        w = rng.dirichlet([1.0, 1.0, 1.0], n).astype(np.float32)
+        x = np.einsum("nk,nkd->nd", w, seeds[rng.integers(0, len(seeds), (n, 3))])
+        x += 0.05 * rng.standard_normal((n, d), dtype=np.float32)
+    else:
+        i = rng.integers(0, len(seeds), n)
+        j = rng.integers(0, len(seeds), n)
+        x = 0.7 * seeds[i] + 0.3 * seeds[j] + 0.02 * rng.standard_normal((n, d), dtype=np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x.astype(np.float32)
 
@@ -168,7 +179,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="100000,1000000")
     ap.add_argument("--queries", type=int, default=200)
-    ap.add_argument("--seeds", type=int, default=2000)
+    ap.add_argument("--seeds", type=int, default=0, help="SciFact titles used as seeds (default: 2000 clustered, "
+                    "all 5,183 spread)")
+    ap.add_argument("--data", choices=("clustered", "spread"), default="clustered", help="how vectors are made of "
+                    "the seeds (see synth): tight clusters, or mixtures spread between them")
     ap.add_argument("--quick", action="store_true", help="100k vectors, 100 queries")
     ap.add_argument("--indexes", default="ivf,hnsw",
                     help="our persisted indexes to measure: ivf (the default index), hnsw (~10 min to build at 1M)")
@@ -240,7 +254,8 @@ def main() -> None:
 
     rng = np.random.default_rng(7)
     t0 = time.perf_counter()
-    seeds, queries = seeds_and_queries(args.seeds, args.queries)
+    seeds, queries = seeds_and_queries(args.seeds or (2000 if args.data == "clustered" else 10**6),
+                                       args.queries)
     print(f"{len(seeds)} real seed embeddings, {len(queries)} real query embeddings ({time.perf_counter() - t0:.1f} s)")
     print(f"load average at start: {Path('/proc/loadavg').read_text().split()[:3]} on {os.cpu_count()} cores")
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -258,7 +273,7 @@ def main() -> None:
     for size in sizes:
         add = size - len(x)
         t = time.perf_counter()
-        new = synth(seeds, add, rng)
+        new = synth(seeds, add, rng, args.data)
         new_int = rng.integers(0, len(INTENTS), add)
         new_blk = rng.integers(0, 1_000_000, add)
         base = len(x)
@@ -384,7 +399,7 @@ def main() -> None:
         pg.close()
     conn.close()
     tmp.cleanup()
-    result["data"] = "synthetic mixtures of real MiniLM embeddings; real query embeddings"
+    result["data"] = f"synthetic mixtures of real MiniLM embeddings ({args.data}); real query embeddings"
     result["load_average_end"] = Path("/proc/loadavg").read_text().split()[0]
     print(json.dumps(result))
 

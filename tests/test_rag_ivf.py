@@ -96,3 +96,12 @@ def test_the_default_configuration_opens_a_persisted_ivf_index(tmp_path):
     idx = open_index(RagConfig(), tmp_path / "db.sqlite", 384)
     assert isinstance(idx, IvfIndex) and idx.path == tmp_path / "db.sqlite.rag-ivf.npz"
     assert open_index(RagConfig(ann_nprobe=32), None, 384).nprobe == 32  # type: ignore[attr-defined]
+
+
+def test_another_kinds_file_is_named_in_the_log_and_left_alone(tmp_path, caplog):
+    old = tmp_path / "db.sqlite.rag-hnsw.npz"
+    old.write_bytes(b"x" * 2**20)
+    with caplog.at_level("INFO", "monmouth_rag.indexes"):
+        open_index(RagConfig(), tmp_path / "db.sqlite", 384)
+    assert f"{old} is the index of ann_index = 'hnsw', not used with 'ivf' (1 MB" in caplog.text
+    assert old.exists()
