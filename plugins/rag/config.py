@@ -106,7 +106,7 @@ class RagConfig(BaseModel):
     #: ``binary`` (binary prefilter and exact rerank, rebuilt from ``rag_vec`` at every start).
     ann_index: Literal["ivf", "hnsw", "binary"] = "ivf"
     #: IVF cells probed by an unfiltered search (recall against latency; ``bench/search.py`` measures both). 0: a
-    #: sixteenth of the cells (``nlist / 16``; 1M vectors have 4,096 cells).
+    #: sixteenth of the cells, at least 32 (1M vectors: 256 of 4,096 cells). Filtered searches probe more.
     ann_nprobe: int = Field(0, ge=0, le=65_536)
     #: HNSW beam width while searching (recall against latency; ``bench/search.py`` measures both).
     ann_ef_search: int = Field(2048, ge=16, le=4096)

@@ -3,24 +3,27 @@ and persisted beside the database so a restart neither re-embeds nor retrains (`
 
 Method: the inverted file of Sivic & Zisserman ("Video Google", ICCV 2003) as faiss implements it for
 nearest-neighbour search (Jégou, Douze & Schmid, "Product quantization for nearest neighbor search", IEEE TPAMI
-2011; Johnson, Douze & Jégou, "Billion-scale similarity search with GPUs", 2017): spherical k-means splits the
-unit vectors into ``nlist`` cells; each vector is stored in its cell's list as IEEE float16 (``2 * dim`` bytes, no
-residual); a search ranks the ``nlist`` centroids by inner product (= cosine similarity) and scores every vector of
-the ``nprobe`` nearest cells exactly on its float16 copy.
+2011; Johnson, Douze & Jégou, "Billion-scale similarity search with GPUs", 2017): k-means (faiss's own IVF
+training, 25 iterations) splits the unit vectors into ``nlist`` cells; each vector is stored in its cell's list as
+its offset from the cell's centroid in IEEE float16 (``2 * dim`` bytes); a search ranks the ``nlist`` centroids by
+inner product (= cosine similarity) and scores every vector of the ``nprobe`` nearest cells on its stored copy
+(exact up to float16 rounding).
 
 Sizes and why: ``nlist`` is the power of two nearest ``4 sqrt(n)`` (faiss's guideline for collections up to a few
 million), at most ``n / 39`` (k-means needs 39 points per centroid) and trained on at most ``64 nlist`` rows; a
-search probes ``nlist / 16`` cells unless ``nprobe`` is set (about 6 % of the vectors: recall@10 0.97-1.00 on the
-benchmark's collections, ``bench/search.py``). A filtered search probes ``n / allowed`` times as many cells (at most
-all): the allowed nearest neighbours lie farther out, and scanning a cell costs a bit test per disallowed row, a
-distance only per allowed one, so as many distances are computed as without the filter. Below ``train_min`` rows
-there are no cells: the vectors are one flat float16 array, ranked exactly.
+search probes ``nlist / 16`` cells, at least 32, unless ``nprobe`` is set (1M vectors: 256 of 4,096 cells, about
+6 % of the vectors; recall@10 0.999 on the benchmark's collection, ``bench/search.py``). A filtered search probes
+``n / allowed`` times as many cells, so that as many allowed rows are in reach as without the filter (the allowed
+nearest neighbours lie farther out), but at most a quarter of the cells or the cells of ``FILTERED_SCAN_ROWS``
+rows, whichever is more: scanning a cell costs a bit test per disallowed row, and at 1M the full ``n / allowed``
+would cost four times the unfiltered search. Below ``train_min`` rows there are no cells: the vectors are one flat
+float16 array, ranked exactly.
 
 Following SQLite, tombstones, exact filters and the persisted copy: :mod:`monmouth_rag.faissindex`. The cells are
 trained once on the rows present and retrained when the collection has grown fourfold since (the cells would
 otherwise hold 4x the rows each and searches would slow down); past a quarter dead rows, the lists are rebuilt
 without them, on the same cells. Both rebuilds read the index's own float16 vectors (``DirectMap``), not SQLite, and
-hold the index's lock while they run (1M vectors: about a minute to train on 2 cores, 20 s to fill).
+hold the index's lock while they run (1M vectors: under two minutes on 2 cores, ``bench/search.py``).
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ from .faissindex import FaissIndex
 log = logging.getLogger(__name__)
 
 _FLAT = (faiss.IndexScalarQuantizer, faiss.ScalarQuantizer.QT_fp16)
+
+#: a filtered search may probe the cells of this many rows, or a quarter of the cells if that is more
+FILTERED_SCAN_ROWS = 100_000
 
 
 def nlist_for(n: int) -> int:
@@ -181,8 +187,9 @@ class IvfIndex(FaissIndex):
                 params: faiss.SearchParameters) -> tuple[np.ndarray, np.ndarray]:
         if self.trained_n:
             nlist = self.nlist
-            nprobe = self.nprobe or max(1, nlist // 16)
-            if allowed is not None:  # as many allowed rows in reach as unfiltered; the others cost a bit test
-                nprobe = int(nprobe * self.n / count)
+            nprobe = self.nprobe or max(32, nlist // 16)
+            if allowed is not None:  # as many allowed rows in reach as unfiltered, within a bound
+                bound = max(nlist // 4, int(FILTERED_SCAN_ROWS * nlist / self.n))
+                nprobe = max(nprobe, min(bound, int(nprobe * self.n / count)))
             params.nprobe = min(nlist, nprobe)
         return self.graph.search(q[None, :], k, params=params)
