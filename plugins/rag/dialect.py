@@ -15,7 +15,7 @@ vectors         ``rag_vec``: sqlite-vec ``vec0``,              ``rag_vec (rowid,
                 ``float[384]``, cosine distance                pgvector HNSW index ``vector_cosine_ops`` (or none:
                                                                ``plugins.rag.pg_knn``)
 KNN             exact ``MATCH`` (an in-memory ANN index        ``ORDER BY embedding <=> q`` through the HNSW
-                above ``ann_min_vectors``: monmouth_rag.hnsw)  index (iterative scan in strict order for filters)
+                above ``ann_min_vectors``: monmouth_rag.ivf)   index (iterative scan in strict order for filters)
 write lock      none (``BEGIN IMMEDIATE`` serialises writers)  ``LOCK TABLE rag_pending`` (see :meth:`lock_writes`)
 ==============  =============================================  ===================================================
 
@@ -144,7 +144,7 @@ class SqliteStatements:
     """SQLite: FTS5 and sqlite-vec virtual tables (the schema is monmouth_rag.store.MIGRATIONS)."""
 
     backend = "sqlite"
-    #: the in-memory ANN index (monmouth_rag.hnsw / monmouth_rag.ann) takes over above ``ann_min_vectors``
+    #: the in-memory ANN index (``ann_index``: monmouth_rag.indexes) takes over above ``ann_min_vectors``
     ann_in_memory = True
 
     def insert_fts(self, conn: Any, docs: Sequence[tuple[int, str]]) -> None:

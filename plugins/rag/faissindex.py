@@ -1,5 +1,5 @@
-"""The part the faiss-backed vector indexes share (:mod:`monmouth_rag.ivf`, :mod:`monmouth_rag.hnsw`): vectors kept in a
-faiss index (https://github.com/facebookresearch/faiss, MIT licence) as IEEE float16, exact filters, and a copy
+"""The part the faiss-backed vector indexes share (:mod:`monmouth_rag.ivf`, :mod:`monmouth_rag.hnsw`): vectors kept
+in a faiss index (https://github.com/facebookresearch/faiss, MIT licence) as IEEE float16, exact filters, and a copy
 persisted beside the database so a restart neither re-embeds nor rebuilds.
 
 Invariants:

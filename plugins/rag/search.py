@@ -2,10 +2,10 @@
 packing under a token budget.
 
 * Vector search ranks by cosine similarity of unit vectors. Small collections use exact sqlite-vec KNN on ``rag_vec``
-  with its metadata columns as filters; large ones use the in-memory index (:mod:`monmouth_rag.hnsw` by default, or
-  the binary one of :mod:`monmouth_rag.ann`), filters applied as a mask of allowed rows before ranking. Filters that
-  only SQL can answer (address, token, document id) first select candidate ids, which join that mask; small
-  candidate sets are ranked exactly.
+  with its metadata columns as filters; large ones use the in-memory index (:mod:`monmouth_rag.ivf` by default,
+  :mod:`monmouth_rag.hnsw`, or the binary one of :mod:`monmouth_rag.ann`), filters applied as a mask of allowed rows
+  before ranking. Filters that only SQL can answer (address, token, document id) first select candidate ids, which
+  join that mask; small candidate sets are ranked exactly.
 * Keyword search is SQLite FTS5 with its BM25 ranking (Robertson & Zaragoza 2009; ``bm25()`` of
   https://sqlite.org/fts5.html), over the Porter-stemmed text; on PostgreSQL a ``tsvector`` GIN index ranked by the
   same BM25 formula and parameters over Porter-stemmed tokens split as FTS5 splits them (:mod:`monmouth_rag.dialect`).
