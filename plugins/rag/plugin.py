@@ -43,6 +43,7 @@ from .dialect import statements
 from .documents import chunk_text
 from .embedder import Embedder, load_embedder, load_tokenizer
 from .indexes import open_index
+from .pgindex import IvfflatWorker
 from .search import Filters, Hit, Searcher, build_context
 from .worker import EmbedWorker
 
@@ -105,6 +106,7 @@ class RagState:
     metrics: RagMetrics | None
     counter: Any  # tokenizers.Tokenizer for context budgets
     warm_thread: threading.Thread | None = None
+    ivfflat: IvfflatWorker | None = None
 
     def count_tokens(self, text: str) -> int:
         return len(self.counter.encode(text, add_special_tokens=False).ids)
@@ -320,7 +322,7 @@ class RagPlugin:
         index = open_index(cfg, getattr(ctx.db, "path", None), store.DIM)
         searcher = Searcher(ctx.db.reader, embedder.embed, index, ann_min_vectors=cfg.ann_min_vectors,
                             exact_max_candidates=cfg.exact_max_candidates, rrf_k=cfg.rrf_k, backend=ctx.db.backend,
-                            pg_knn=cfg.pg_knn, pg_ef_search=cfg.pg_ef_search)
+                            pg_knn=cfg.pg_knn, pg_ef_search=cfg.pg_ef_search, pg_probes=cfg.pg_probes)
         metrics = _metrics_for(getattr(ctx, "metrics", None))
 
         def on_round(stored: int, seconds: float, backlog: int) -> None:
@@ -338,6 +340,9 @@ class RagPlugin:
         self.current = st
         if cfg.worker and getattr(ctx, "role", "run") == "run":  # one embedding worker: `monmouth run`'s
             worker.start()
+        if ctx.db.backend == "postgres" and cfg.pg_knn == "ivfflat" and getattr(ctx, "role", "run") == "run":
+            st.ivfflat = IvfflatWorker(ctx.db)
+            st.ivfflat.start()
         if searcher.sql.ann_in_memory and cfg.ann_min_vectors \
                 and searcher.vector_count(ctx.db.reader()) >= cfg.ann_min_vectors:
             # Load the in-memory index in the background so the first search does not pay for it.
@@ -356,6 +361,8 @@ class RagPlugin:
         if st is None or st.ctx is not ctx:
             return
         st.worker.stop()
+        if st.ivfflat is not None:
+            st.ivfflat.stop(timeout=5)  # a concurrent build is left to the server, which finishes or drops it
         if st.warm_thread is not None:
             st.warm_thread.join(60)
         save = getattr(st.index, "save", None)  # a persisted index (IVF, HNSW): the changes since its last save

@@ -220,7 +220,8 @@ class Searcher:
         embed: text → unit vectors ``(n, dim)`` float32.
         index: the in-memory vector index (used at or above ``ann_min_vectors`` vectors, on SQLite only).
         ann_min_vectors, exact_max_candidates, rrf_k: see :class:`~monmouth_rag.config.RagConfig`.
-        pg_knn, pg_ef_search: how PostgreSQL runs vector search, pgvector's ``hnsw.ef_search`` (RagConfig).
+        pg_knn, pg_ef_search, pg_probes: how PostgreSQL runs vector search, pgvector's ``hnsw.ef_search`` and
+            ``ivfflat.probes`` (RagConfig).
         backend: ``sqlite`` or ``postgres``: whose statements (:mod:`monmouth_rag.dialect`) fetch the two candidate
             lists; filters and fusion are the same code on both.
     """
@@ -228,10 +229,11 @@ class Searcher:
     def __init__(self, reader: Callable[[], apsw.Connection], embed: Callable[[list[str]], np.ndarray],
                  index: SyncedIndex, *, ann_min_vectors: int = 50_000, exact_max_candidates: int = 20_000,
                  rrf_k: int = 60, backend: str = "sqlite", pg_knn: str = "hnsw",
-                 pg_ef_search: int = 400) -> None:
+                 pg_ef_search: int = 400, pg_probes: int = 20) -> None:
         self.sql = statements(backend)
         self.pg_knn = pg_knn
         self.pg_ef_search = pg_ef_search
+        self.pg_probes = pg_probes
         self.reader = reader
         self.embed = embed
         self.index = index
@@ -281,7 +283,8 @@ class Searcher:
         if cand is not None and len(cand) > self.exact_max_candidates:
             cand = self.candidates(conn, filters, 10**9)
         return [(d, 1.0 - dist) for d, dist in self.sql.knn(conn, q, k, clauses, params, cand,
-                                                                     self.pg_knn, self.pg_ef_search)]
+                                                                     self.pg_knn, self.pg_ef_search,
+                                                                     self.pg_probes)]
 
     def keyword(self, query: str, k: int, filters: Filters | None = None) -> list[tuple[int, float]]:
         """Top ``k`` ``(id, score)``, higher is better: BM25 (k1 = 1.2, b = 0.75): FTS5's ``bm25()`` negated on
