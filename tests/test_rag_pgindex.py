@@ -63,6 +63,7 @@ def test_built_at_start_searched_through_it_and_rebuilt_concurrently_after_fourf
     x = clustered(4000, seed=22)
     _fill(db, x[:1000], 1)
     with db.write() as conn:
+        conn.execute("SET maintenance_work_mem = '1MB'")  # pgvector refuses less than its k-means sample takes
         SQL.vector_index(conn, "ivfflat")
     conn = db.connect()
     assert pgindex.ivfflat_lists(conn) == nlist_for(1000) == 16 and pgindex.ivfflat_rows(conn) == 1000
@@ -85,6 +86,7 @@ def test_built_at_start_searched_through_it_and_rebuilt_concurrently_after_fourf
     _fill(db, x[3999:], 4000)
     assert pgindex.ivfflat_due(conn) == 4000
     conn.execute("CREATE INDEX rag_vec_ivfflat_new ON rag_vec (rowid)")  # as a failed concurrent build leaves one
+    db.connect().execute(f"ALTER DATABASE {db.dbname} SET maintenance_work_mem = '1MB'")  # the worker's too
     worker = pgindex.IvfflatWorker(db)
     assert worker.step() == 0
     assert pgindex.ivfflat_lists(conn) == nlist_for(4000) == 64 and pgindex.ivfflat_rows(conn) == 4000

@@ -25,6 +25,7 @@ from typing import Any
 
 from monmouth.worker import BackgroundWorker
 
+from .dialect import DIM
 from .ivf import nlist_for
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,12 @@ def build_ivfflat(conn: Any, rows: int, *, concurrently: bool) -> None:
     how = " CONCURRENTLY" if concurrently else ""
     lists = nlist_for(rows)
     t0 = time.perf_counter()
+    # pgvector keeps its k-means sample in memory (50 rows per list, at least 10,000) and refuses to build with
+    # less maintenance_work_mem than that takes; the session's own value is raised for this build only
+    sample_mb = max(lists * 50, 10_000) * (DIM * 4 + 16) / 2**20
+    scope = "false" if concurrently else "true"  # is_local: in a transaction, until its end
+    conn.execute(f"SELECT set_config('maintenance_work_mem', ?, {scope})",
+                 (f"{max(64, int(sample_mb * 1.5) + 64)}MB",))
     conn.execute(f"DROP INDEX{how} IF EXISTS {IVFFLAT}_new")
     conn.execute(f"CREATE INDEX{how} {IVFFLAT}_new ON rag_vec USING ivfflat (embedding vector_cosine_ops) "
                  f"WITH (lists = {lists})")
