@@ -105,3 +105,25 @@ def test_another_pg_knn_drops_the_ivfflat_index(db):
         assert set(_indexes(conn)) == {"rag_vec_hnsw"}
         SQL.vector_index(conn, "exact")
         assert _indexes(conn) == {}
+
+
+def test_the_plugin_builds_it_at_start_and_runs_the_worker_in_monmouth_run(pg_url, monkeypatch):
+    import monmouth_rag.plugin as rag
+    from tests.test_rag_support import Rig
+
+    monkeypatch.setattr(pgindex, "IVFFLAT_MIN_ROWS", 500)
+    d = open_db(pg_url)
+    d.migrate("rag", PG_MIGRATIONS, set(TRIMMED))
+    x = clustered(600, seed=24)
+    _fill(d, x, 1)
+    r = Rig(pg_url, pg_knn="ivfflat", worker=False)
+    try:
+        st = rag.state()
+        assert st.ivfflat is not None and st.ivfflat.running
+        conn = r.db.reader()
+        assert pgindex.ivfflat_rows(conn) == 600 and pgindex.ivfflat_lists(conn) == nlist_for(600) == 8
+        got = [d for d, _ in st.searcher.vector(x[7], 10)]
+        assert got[0] == 8 and len(got) == 10
+    finally:
+        r.close()
+    assert not st.ivfflat.running, "stopped with the plugin"
