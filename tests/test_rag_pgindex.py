@@ -124,6 +124,9 @@ def test_the_plugin_builds_it_at_start_and_runs_the_worker_in_monmouth_run(pg_ur
         assert pgindex.ivfflat_rows(conn) == 600 and pgindex.ivfflat_lists(conn) == nlist_for(600) == 8
         got = [d for d, _ in st.searcher.vector(x[7], 10)]
         assert got[0] == 8 and len(got) == 10
+        status = rag.plugin.monmouth_status()["vector_index"]
+        assert status == {"pg_knn": "ivfflat", "lists": 8, "built_for_rows": 600, "build_errors": 0,
+                          "last_error": None}
     finally:
         r.close()
     assert not st.ivfflat.running, "stopped with the plugin"

@@ -43,7 +43,7 @@ from .dialect import statements
 from .documents import chunk_text
 from .embedder import Embedder, load_embedder, load_tokenizer
 from .indexes import open_index
-from .pgindex import IvfflatWorker
+from .pgindex import IvfflatWorker, ivfflat_lists, ivfflat_rows
 from .search import Filters, Hit, Searcher, build_context
 from .worker import EmbedWorker
 
@@ -401,12 +401,26 @@ class RagPlugin:
         if st is None:
             return None
         out = st.worker.status()
-        out.update({"scope": st.indexer.scope, "vector_index": {"loaded": st.index.loaded, "size": len(st.index)},
+        out.update({"scope": st.indexer.scope, "vector_index": self._vector_index_status(st),
                     "model": st.embedder.onnx_path.name, "dim": st.embedder.dim})
         if st.metrics is not None:
             st.metrics.backlog.set(out["backlog"])
             st.metrics.rate.set(out["embeddings_per_s"])
         return out
+
+    @staticmethod
+    def _vector_index_status(st: RagState) -> dict[str, Any]:
+        """SQLite: the in-memory index (``ann_index``, loaded, live vectors). PostgreSQL: ``pg_knn``, and for
+        IVFFlat its lists, the rows it was built for and its worker's failed builds."""
+        if not st.searcher.sql.ann_in_memory:
+            out: dict[str, Any] = {"pg_knn": st.cfg.pg_knn}
+            if st.cfg.pg_knn == "ivfflat":
+                conn = st.ctx.db.reader()
+                out.update(lists=ivfflat_lists(conn), built_for_rows=ivfflat_rows(conn))
+                if st.ivfflat is not None:
+                    out.update(build_errors=st.ivfflat.errors, last_error=st.ivfflat.last_error)
+            return out
+        return {"kind": st.cfg.ann_index, "loaded": st.index.loaded, "size": len(st.index)}
 
     @hookimpl
     def monmouth_http_router(self) -> Any:
