@@ -166,8 +166,8 @@ class PgSide:
         self.conn.execute("SET max_parallel_maintenance_workers = 1")
         self.sql.vector_index(self.conn, self.knn)
         build_s = time.perf_counter() - t
-        # the index's pages written out now, not during the first measurements (right after a build, the first
-        # setting measured had p99 34-63 ms at 20 probes, the next ones 7-20 ms)
+        # the index's pages written out now, not during the first measurements (the first setting measured after
+        # an IVFFlat build still has a long p99 tail: docs/storage.md)
         self.conn.execute("CHECKPOINT")
         return copy_s, build_s
 
