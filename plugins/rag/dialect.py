@@ -302,7 +302,7 @@ class PgStatements:
         """Make ``rag_vec``'s indexes what ``plugins.rag.pg_knn`` names, in ``conn``'s transaction: pgvector's HNSW
         index (``hnsw``), its IVFFlat index if one is due (``ivfflat``: :mod:`monmouth_rag.pgindex`), or neither
         (``exact``, ``sql``)."""
-        from .pgindex import IVFFLAT, build_ivfflat, ivfflat_due
+        from .pgindex import IVFFLAT, build_ivfflat, ivfflat_due  # here: pgindex -> ivf -> ... -> store -> dialect
 
         conn.execute(PG_HNSW_INDEX if mode == "hnsw" else "DROP INDEX IF EXISTS rag_vec_hnsw")
         if mode != "ivfflat":

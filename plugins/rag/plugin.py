@@ -362,7 +362,9 @@ class RagPlugin:
             return
         st.worker.stop()
         if st.ivfflat is not None:
-            st.ivfflat.stop(timeout=5)  # a concurrent build is left to the server, which finishes or drops it
+            # a build still running is cancelled with its connection when the process exits: the invalid
+            # rag_vec_ivfflat_new it leaves is dropped by the next attempt, and the old index serves meanwhile
+            st.ivfflat.stop(timeout=5)
         if st.warm_thread is not None:
             st.warm_thread.join(60)
         save = getattr(st.index, "save", None)  # a persisted index (IVF, HNSW): the changes since its last save
