@@ -362,8 +362,8 @@ class RagPlugin:
             return
         st.worker.stop()
         if st.ivfflat is not None:
-            # a build still running is cancelled with its connection when the process exits: the invalid
-            # rag_vec_ivfflat_new it leaves is dropped by the next attempt, and the old index serves meanwhile
+            # a build still running when the process exits is cancelled or finishes without its rename: either way
+            # the next attempt drops rag_vec_ivfflat_new and builds again, and the old index serves meanwhile
             st.ivfflat.stop(timeout=5)
         if st.warm_thread is not None:
             st.warm_thread.join(60)
