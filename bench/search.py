@@ -214,9 +214,10 @@ def main() -> None:
 
     from monmouth.store import Database, migrate
     from monmouth_rag.ann import SyncedIndex, VectorIndex
+    from monmouth_rag.cells import nlist_for
     from monmouth_rag.decoded import INTENTS
     from monmouth_rag.hnsw import HnswIndex
-    from monmouth_rag.ivf import IvfIndex, nlist_for
+    from monmouth_rag.ivf import IvfIndex
     from monmouth_rag.search import Filters, Searcher
     from monmouth_rag.store import MIGRATIONS, TRIMMED
 

@@ -9,9 +9,10 @@ import faiss
 import numpy as np
 import pytest
 
+from monmouth_rag.cells import nlist_for
 from monmouth_rag.config import RagConfig
 from monmouth_rag.indexes import open_index
-from monmouth_rag.ivf import IvfIndex, nlist_for
+from monmouth_rag.ivf import IvfIndex
 from monmouth_rag.store import store_vectors
 from tests.test_rag_faissindex import _db
 from tests.test_rag_search import clustered

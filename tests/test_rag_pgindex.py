@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import monmouth_rag.pgindex as pgindex
+from monmouth_rag.cells import nlist_for
 from monmouth_rag.dialect import PG_MIGRATIONS, PgStatements
-from monmouth_rag.ivf import nlist_for
 from monmouth_rag.store import TRIMMED
 from tests.test_rag_search import clustered
 from tests.test_rag_support import open_db

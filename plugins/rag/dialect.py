@@ -34,6 +34,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .pgindex import IVFFLAT, build_ivfflat, ivfflat_due
+
 #: The embedding dimension (all-MiniLM-L6-v2).
 DIM = 384
 
@@ -302,8 +304,6 @@ class PgStatements:
         """Make ``rag_vec``'s indexes what ``plugins.rag.pg_knn`` names, in ``conn``'s transaction: pgvector's HNSW
         index (``hnsw``), its IVFFlat index if one is due (``ivfflat``: :mod:`monmouth_rag.pgindex`), or neither
         (``exact``, ``sql``)."""
-        from .pgindex import IVFFLAT, build_ivfflat, ivfflat_due  # here: pgindex -> ivf -> ... -> store -> dialect
-
         conn.execute(PG_HNSW_INDEX if mode == "hnsw" else "DROP INDEX IF EXISTS rag_vec_hnsw")
         if mode != "ivfflat":
             conn.execute(f"DROP INDEX IF EXISTS {IVFFLAT}")

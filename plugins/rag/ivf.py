@@ -37,6 +37,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from .cells import nlist_for
 from .faissindex import FaissIndex
 
 log = logging.getLogger(__name__)
@@ -47,19 +48,12 @@ _FLAT = (faiss.IndexScalarQuantizer, faiss.ScalarQuantizer.QT_fp16)
 FILTERED_SCAN_ROWS = 100_000
 
 
-def nlist_for(n: int) -> int:
-    """Cells for ``n`` vectors: the power of two nearest ``4 sqrt(n)``, at most ``n / 39`` (at least 1)."""
-    want = 2 ** round(np.log2(max(4 * np.sqrt(max(n, 1)), 1)))
-    cap = 2 ** int(np.log2(max(n // 39, 1)))
-    return max(1, min(want, cap))
-
-
 class IvfIndex(FaissIndex):
     """IVF index with exact filters and a persisted copy (thread-safe; see the module docstring).
 
     Args:
         dim, path, exact_rows, exact_fraction, threads: see :class:`~monmouth_rag.faissindex.FaissIndex`.
-        nprobe: cells probed by an unfiltered search (0: ``nlist / 16``).
+        nprobe: cells probed by an unfiltered search (0: ``nlist / 16``, at least 32).
         train_min: fewest rows worth cells; below, the index is flat and every search exact.
         seed: k-means seed (the same rows give the same cells).
     """

@@ -6,7 +6,7 @@ scored exactly. Unlike HNSW it is not built up row by row, so its lists only fit
 
 * No index below :data:`IVFFLAT_MIN_ROWS` rows: pgvector's own advice is to build it once the table holds data, and
   an exact scan of fewer rows costs a few milliseconds.
-* ``lists``: :func:`monmouth_rag.ivf.nlist_for`, the power of two nearest ``4 sqrt(rows)`` (1M rows: 4,096 lists of
+* ``lists``: :func:`monmouth_rag.cells.nlist_for`, the power of two nearest ``4 sqrt(rows)`` (1M rows: 4,096 lists of
   ~250 rows; pgvector's guideline of ``rows / 1000`` gives lists of 1,000 rows, and at 1M 20 probes of those took p99
   46 ms against 9.7 ms with 4,096 lists, at recall@10 0.968 against 0.995: docs/storage.md).
 * Built again at four times the rows it was built for (recorded as the index's comment): the lists would otherwise
@@ -25,8 +25,7 @@ from typing import Any
 
 from monmouth.worker import BackgroundWorker
 
-from .dialect import DIM
-from .ivf import nlist_for
+from .cells import nlist_for
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ def ivfflat_due(conn: Any) -> int:
 
 
 def build_ivfflat(conn: Any, rows: int, *, concurrently: bool) -> None:
-    """Build the IVFFlat index for ``rows`` rows (``lists``: :func:`~monmouth_rag.ivf.nlist_for`), replacing any
+    """Build the IVFFlat index for ``rows`` rows (``lists``: :func:`~monmouth_rag.cells.nlist_for`), replacing any
     other. ``concurrently``: ``CREATE INDEX CONCURRENTLY`` on an autocommit connection outside a transaction
     (writers go on; a failed build leaves an invalid ``_new`` index, dropped by the next attempt); otherwise in
     ``conn``'s transaction (writers wait).
@@ -80,7 +79,9 @@ def build_ivfflat(conn: Any, rows: int, *, concurrently: bool) -> None:
     t0 = time.perf_counter()
     # pgvector keeps its k-means sample in memory (50 rows per list, at least 10,000) and refuses to build with
     # less maintenance_work_mem than that takes; the session's own value is raised for this build only
-    sample_mb = max(lists * 50, 10_000) * (DIM * 4 + 16) / 2**20
+    dim = int(conn.execute("SELECT coalesce(max(vector_dims(embedding)), 0) FROM (SELECT embedding FROM rag_vec "
+                           "LIMIT 1) AS one").fetchone()[0])
+    sample_mb = max(lists * 50, 10_000) * (dim * 4 + 16) / 2**20
     scope = "false" if concurrently else "true"  # is_local: in a transaction, until its end
     conn.execute(f"SELECT set_config('maintenance_work_mem', ?, {scope})",
                  (f"{max(64, int(sample_mb * 1.5) + 64)}MB",))
