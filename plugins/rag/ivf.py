@@ -42,7 +42,7 @@ from .faissindex import FaissIndex
 
 log = logging.getLogger(__name__)
 
-_FLAT = (faiss.IndexScalarQuantizer, faiss.ScalarQuantizer.QT_fp16)
+_FP16 = faiss.ScalarQuantizer.QT_fp16
 
 #: a filtered search may probe the cells of this many rows, or a quarter of the cells if that is more
 FILTERED_SCAN_ROWS = 100_000
@@ -87,27 +87,21 @@ class IvfIndex(FaissIndex):
     # ------------------------------------------------------------------------------------------ vector store
     def _new_graph(self) -> faiss.Index:
         self.trained_n = 0
-        return faiss.IndexScalarQuantizer(self.dim, _FLAT[1], faiss.METRIC_INNER_PRODUCT)
+        return faiss.IndexScalarQuantizer(self.dim, _FP16, faiss.METRIC_INNER_PRODUCT)
 
     def _cells(self, rows: np.ndarray, nlist: int) -> faiss.IndexIVFScalarQuantizer:
         """An empty inverted file whose ``nlist`` cells faiss's own k-means trained on (at most ``64 nlist`` of)
         ``rows``."""
         rng = np.random.default_rng(self.seed)
         sample = np.sort(rng.choice(rows, min(len(rows), 64 * nlist), replace=False))
-        ivf = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(self.dim), self.dim, nlist, _FLAT[1],
-                                            faiss.METRIC_INNER_PRODUCT)
+        ivf = self._ivf(faiss.IndexFlatIP(self.dim), nlist)
         ivf.cp.seed = self.seed
         ivf.train(self._vectors_of(sample))
-        return self._ready(ivf)
+        return ivf
 
-    def _empty_ivf(self, quantizer: faiss.Index, nlist: int) -> faiss.IndexIVFScalarQuantizer:
-        """An empty inverted file on the cells of ``quantizer``."""
-        ivf = faiss.IndexIVFScalarQuantizer(quantizer, self.dim, nlist, _FLAT[1], faiss.METRIC_INNER_PRODUCT)
-        ivf.is_trained = True  # the cells are; float16 codes need no training
-        return self._ready(ivf)
-
-    @staticmethod
-    def _ready(ivf: faiss.IndexIVFScalarQuantizer) -> faiss.IndexIVFScalarQuantizer:
+    def _ivf(self, quantizer: faiss.Index, nlist: int) -> faiss.IndexIVFScalarQuantizer:
+        """An empty inverted file of float16 codes on the cells of ``quantizer``."""
+        ivf = faiss.IndexIVFScalarQuantizer(quantizer, self.dim, nlist, _FP16, faiss.METRIC_INNER_PRODUCT)
         ivf.set_direct_map_type(faiss.DirectMap.Array)  # row -> (cell, offset): reconstruct for rebuilds
         return ivf
 
@@ -149,7 +143,8 @@ class IvfIndex(FaissIndex):
             if retrain:
                 new = self._cells(keep, nlist_for(len(keep))) if len(keep) >= self.train_min else self._new_graph()
             elif self.trained_n:
-                new = self._empty_ivf(faiss.clone_index(self.graph.quantizer), self.nlist)
+                new = self._ivf(faiss.clone_index(self.graph.quantizer), self.nlist)
+                new.is_trained = True  # the cells are; float16 codes need no training
             else:
                 new = self._new_graph()
             for s in range(0, len(keep), 65_536):
