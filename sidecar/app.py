@@ -161,7 +161,7 @@ def open_database(storage: StorageConfig, environ: Mapping[str, str] | None = No
         return PgDatabase(storage.url, password=env.get(storage.password_env) or None,
                           password_env=storage.password_env, read_url=storage.read_url,
                           statement_timeout=storage.statement_timeout, lock_timeout=storage.lock_timeout)
-    return Database(storage.sqlite_path, synchronous=storage.synchronous)
+    return Database(storage.sqlite_path, synchronous=storage.synchronous, cache_mib=storage.cache_mib)
 
 
 FileStamp = tuple[int, int, int, int]

@@ -102,6 +102,10 @@ class StorageConfig(_Section):
     password_env: str = Field("MONMOUTH_PG_PASSWORD", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     #: FULL survives power loss; NORMAL survives a process crash (kill -9) and is faster.
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    #: SQLite only: the page cache, in MiB, of each connection that writes (the engine's, plugin workers', an API
+    #: thread's once it wrote); read-only connections keep SQLite's 2 MiB. Pages are allocated as they are read,
+    #: so a connection holds at most this much or the database's size.
+    cache_mib: int = Field(32, ge=2, le=65_536)
     #: WAL size, in pages, at which ``monmouth run`` checkpoints the WAL on a background thread (SQLite's own
     #: threshold is the same, but it checkpoints inside the commit that crosses it: on a large database that stalls
     #: a block for ~0.3 s). 0 leaves checkpoints to SQLite, inline.

@@ -5,6 +5,7 @@ dropped inside a notification, and the plugin backend rule."""
 from __future__ import annotations
 
 import math
+import threading
 
 import psycopg
 import pytest
@@ -521,3 +522,28 @@ def test_storage_url_picks_the_backend_over_path_and_a_relative_sqlite_path_is_r
     assert open_database(s.storage, {"PG_SECRET": PASSWORD}).backend == "postgres"
     with pytest.raises(StorageError, match="is PG_SECRET set"):
         open_database(s.storage, {})
+
+
+def test_sqlite_connections_that_write_get_storage_cache_mib_and_read_only_ones_keep_the_default(tmp_path):
+    from monmouth.app import open_database
+
+    s = validate({"storage": {"path": str(tmp_path / "x.sqlite"), "cache_mib": 48}}, "<test>", {})
+    db = open_database(s.storage)
+    default = db.connect().pragma("cache_size")
+    assert default == -2000  # SQLite's default: 2,000 KiB
+    assert db.engine_connection().pragma("cache_size") == -48 * 1024
+    reads: list[int] = []
+    writes: list[int] = []
+
+    def api_thread() -> None:  # a thread that reads, then writes once, then reads again
+        reads.append(db.reader().pragma("cache_size"))
+        with db.write() as w:
+            w.execute("SELECT 1")
+        writes.append(db.reader().pragma("cache_size"))
+
+    t = threading.Thread(target=api_thread)
+    t.start()
+    t.join()
+    assert reads == [default] and writes == [-48 * 1024]
+    with pytest.raises(ConfigError, match="storage.cache_mib"):
+        validate({"storage": {"cache_mib": 1}}, "<test>", {})

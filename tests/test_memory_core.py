@@ -182,6 +182,28 @@ def test_roots_match_leaves_and_proofs_verify(mk):
                          [bytes.fromhex(s[2:]) for s in r["global_proof"]])
 
 
+def test_leaves_of_many_agents_seek_each_agent_and_equal_one_agent_at_a_time(mk_sqlite):
+    """The roots of a block's agents read their leaves in one statement; it must seek each agent's leaves by the
+    primary key, not scan the table (SQLite's planner chose a scan with a Bloom filter for a plain JOIN)."""
+    from monmouth_memory.lattice import LEAVES_OF, leaves_at, leaves_at_many
+
+    e, mem = mk_sqlite()
+    bs = extend(None, 4, number=1, n_txs=4)
+    e.apply(ChainCommitted(chain(bs)))
+    mem.store(A1, "semantic", "a note")
+    e.apply(ChainCommitted(chain(extend(bs[-1], 1, n_txs=0))))
+    settle(e.db.reader())
+    conn = e.db.reader()
+    n = 200  # a block's agents: with a plain JOIN, the planner scanned from a few dozen on
+    sql = "EXPLAIN QUERY PLAN " + LEAVES_OF.format(values=",".join(["(?, ?)"] * n))
+    plan = " | ".join(r[3] for r in conn.execute(sql, [x for i in range(n) for x in (address(i), 5)]))
+    assert "SEARCH l USING PRIMARY KEY (agent=?)" in plan and "SCAN l" not in plan, plan
+    for block in (1, 3, 5):
+        many = leaves_at_many(conn, [(A1, block), (A2, block), (OUTSIDER, block)])
+        one = {a: leaves_at(conn, a, block) for a in (A1, A2, OUTSIDER)}
+        assert many == {a: rows for a, rows in one.items() if rows} and many[A1], block
+
+
 def test_api_items_anchor_at_next_block_and_reanchor_after_reorg(mk):
     e, mem = mk()
     bs = extend(None, 2, number=1, n_txs=0)

@@ -95,21 +95,37 @@ def leaves_at(conn: apsw.Connection, agent: bytes, block: int) -> list[tuple[Any
 
 #: Agents whose leaves :func:`leaves_at_many` reads per statement (two parameters each).
 LEAVES_CHUNK = 400
+#: The statement of :func:`leaves_at_many`; ``{values}``: one ``(?, ?)`` (agent, block) per agent.
+LEAVES_OF = ("WITH w (agent, b) AS (VALUES {values}) SELECT l.agent, l.item_id, l.kind, l.version, l.from_block, "
+             "l.commitment, l.leaf FROM w CROSS JOIN memory_leaves l WHERE l.agent = w.agent AND l.from_block <= w.b "
+             "AND (l.to_block IS NULL OR l.to_block > w.b)")
 
 
 def leaves_at_many(conn: apsw.Connection, wanted: Sequence[tuple[bytes, int]]) -> dict[bytes, list[tuple[Any, ...]]]:
     """:func:`leaves_at` of many ``(agent, block)`` pairs (distinct agents), one statement per
-    :data:`LEAVES_CHUNK` agents: ``{agent: rows}`` in the same order (agents without a visible leaf are absent)."""
+    :data:`LEAVES_CHUNK` agents: ``{agent: rows}`` in the same order (agents without a visible leaf are absent).
+
+    The statement seeks each agent's leaves by the primary key (``CROSS JOIN``: SQLite keeps the ``VALUES`` list as
+    the outer loop). Joined with a plain ``JOIN``, its planner scanned the whole table through a Bloom filter of
+    the agents instead: 9-12 ms for 200 agents' 6,000 leaves among 30,000, against 3.8 ms, and growing with the
+    table rather than with the leaves asked for. The rows of each agent are sorted here, not by an ``ORDER BY``
+    (which sorted all of them in a temporary B-tree)."""
     out: dict[bytes, list[tuple[Any, ...]]] = {}
     for i in range(0, len(wanted), LEAVES_CHUNK):
         chunk = wanted[i:i + LEAVES_CHUNK]
-        for agent, *row in conn.execute(
-                "WITH w (agent, b) AS (VALUES " + ",".join(["(?, ?)"] * len(chunk)) + ") SELECT l.agent, "
-                "l.item_id, l.kind, l.version, l.from_block, l.commitment, l.leaf FROM w JOIN memory_leaves l ON "
-                "l.agent = w.agent AND l.from_block <= w.b AND (l.to_block IS NULL OR l.to_block > w.b) "
-                "ORDER BY l.agent, l.item_id, l.from_block", [x for pair in chunk for x in pair]):
-            out.setdefault(agent, []).append(tuple(row))
+        for r in conn.execute(LEAVES_OF.format(values=",".join(["(?, ?)"] * len(chunk))),
+                              [x for pair in chunk for x in pair]).fetchall():
+            got = out.get(r[0])
+            if got is None:
+                out[r[0]] = got = []
+            got.append(r[1:])
+    for rows in out.values():
+        rows.sort(key=_item_then_block)
     return out
+
+
+def _item_then_block(row: tuple[Any, ...]) -> tuple[bytes, int]:
+    return row[0], row[3]
 
 
 class Lattice:
