@@ -113,14 +113,15 @@ def leaves_at_many(conn: apsw.Connection, wanted: Sequence[tuple[bytes, int]]) -
     out: dict[bytes, list[tuple[Any, ...]]] = {}
     for i in range(0, len(wanted), LEAVES_CHUNK):
         chunk = wanted[i:i + LEAVES_CHUNK]
-        for r in conn.execute(LEAVES_OF.format(values=",".join(["(?, ?)"] * len(chunk))),
-                              [x for pair in chunk for x in pair]).fetchall():
+        rows: list[tuple[Any, ...]] = conn.execute(LEAVES_OF.format(values=",".join(["(?, ?)"] * len(chunk))),
+                                                   [x for pair in chunk for x in pair]).fetchall()
+        for r in rows:
             got = out.get(r[0])
             if got is None:
                 out[r[0]] = got = []
             got.append(r[1:])
-    for rows in out.values():
-        rows.sort(key=_item_then_block)
+    for got in out.values():
+        got.sort(key=_item_then_block)
     return out
 
 
