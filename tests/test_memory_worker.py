@@ -180,3 +180,42 @@ def test_while_a_read_waits_for_settling_the_worker_settles_without_indexing(tmp
         assert waits == [False, False, True]
     finally:
         close(e)
+
+
+def test_after_a_quick_step_the_next_step_indexes_the_backlog_first_so_settling_indexes_inline(tmp_path):
+    """A step while the engine is busy settles without indexing. The next step, the engine idle, indexes those
+    items first (from their ciphertexts); the blocks it then settles are indexed in their own settle transaction,
+    from the plaintext, not left to ``index_episodes`` as well (which each later settle would do while indexing
+    lags behind)."""
+    cfg = {"key_dir": str(tmp_path / "keys"), "agents": ["0x" + A1.hex(), "0x" + A2.hex()], "embed": False}
+    e, p = make_memory_engine(tmp_path / "db.sqlite", cfg, workers=False)
+    mem = p.memory
+    assert mem is not None
+    indexed: list[int] = []  # items each index_episodes call went through
+    real = mem.ingest.index_episodes
+
+    def spy(limit: int = 128) -> int:
+        indexed.append(real(limit))
+        return indexed[-1]
+
+    mem.ingest.index_episodes = spy  # type: ignore[method-assign]
+    try:
+        blocks = extend(None, 1, number=1, n_txs=8)
+        e.apply(ChainCommitted(chain(blocks)))
+        mem.ingest.last_applied = time.monotonic()  # the engine is busy: settle only
+        assert mem.worker.step() == 1 and indexed == []
+        backlog = e.host.status()["memory"]["index_backlog"]  # block 1's items
+        assert backlog > 0
+        more = extend(blocks[-1], 3, n_txs=8)
+        e.apply(ChainCommitted(chain(more)))
+        mem.ingest.last_applied = 0.0  # idle: catch up
+        first = mem.worker.step()
+        assert indexed and indexed[0] == backlog  # the quick step's items, first, and only those
+        assert first == indexed[0] + 3  # then the three new blocks, settled ...
+        status = e.host.status()["memory"]
+        assert status["settle_backlog"] == 0 and status["index_backlog"] == 0  # ... and indexed in that transaction
+        assert sum(indexed) == indexed[0]  # none of their items went through index_episodes
+        n = e.conn.execute("SELECT count(*) FROM memory_items WHERE origin = 1").fetchone()[0]
+        assert e.conn.execute("SELECT count(DISTINCT n) FROM memory_tags").fetchone()[0] == n  # every item's tags
+    finally:
+        close(e)
