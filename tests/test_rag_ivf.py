@@ -5,6 +5,8 @@ general: tests/test_rag_faissindex.py."""
 
 from __future__ import annotations
 
+import threading
+
 import faiss
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from monmouth_rag.config import RagConfig
 from monmouth_rag.indexes import open_index
 from monmouth_rag.ivf import IvfIndex
 from monmouth_rag.store import store_vectors
-from tests.test_rag_faissindex import _db
+from tests.test_rag_faissindex import _db, _delete
 from tests.test_rag_search import clustered
 
 
@@ -90,6 +92,56 @@ def test_a_load_trains_once_at_the_end_and_the_copy_keeps_the_cells(tmp_path, mo
     other = IvfIndex(384, path, train_min=500)  # another setting: the copy is not used
     other.sync(conn)
     assert other.loaded_from == "rebuild"
+    conn.close()
+
+
+def test_a_retrain_runs_beside_the_serving_index_and_keeps_the_adds_and_deletes_made_meanwhile(tmp_path, monkeypatch):
+    """At fourfold growth the new cells are trained and filled on a thread of their own: the sync that found the
+    retrain due returns, and searches, adds and deletes go on with the old cells (the builder is held before its
+    k-means here). The new index then holds every row: those added meanwhile, and those deleted meanwhile as
+    tombstones, never returned."""
+    db, conn, x, docs = _db(tmp_path, 5000)
+    ids = [d.id for d in docs]
+    with conn:
+        store_vectors(conn, docs[:1200], x[:1200])
+    idx = IvfIndex(384, None, train_min=1000, exact_rows=10)
+    idx.sync(conn)  # the load trains its cells on this thread, before it serves
+    assert idx.trained_n == 1200 and idx.rebuilding is None
+    go, started = threading.Event(), threading.Event()
+    real = IvfIndex._cells
+
+    def held(self, sample, nlist):
+        started.set()
+        assert go.wait(60)
+        return real(self, sample, nlist)
+
+    monkeypatch.setattr(IvfIndex, "_cells", held)
+    with conn:
+        store_vectors(conn, docs[1200:4800], x[1200:4800])
+    idx.sync(conn)  # 4,800 rows: four times 1,200
+    assert started.wait(60) and idx.rebuilding is not None and idx.rebuilding.name == "monmouth-rag-ivf-rebuild"
+    # Meanwhile, on the old cells:
+    assert idx.trained_n == 1200 and idx.search(x[4000], 1)[0].tolist() == [ids[4000]]
+    with conn:
+        store_vectors(conn, docs[4800:], x[4800:])
+    gone = ids[100:200]
+    _delete(conn, gone)
+    idx.sync(conn)
+    assert idx.search(x[4900], 1)[0].tolist() == [ids[4900]] and idx.search(x[150], 10)[0][0] != ids[150]
+    assert idx.rebuilding.is_alive() and idx.trained_n == 1200
+    go.set()
+    assert idx.wait_rebuilt(120)
+    assert idx.trained_n == 4800 and idx.nlist == nlist_for(4800)  # trained on the rows present when it began
+    assert idx.graph.ntotal == idx.n == 5000 and len(idx) == 4900 and idx.dead == 100
+    assert idx.saved_seq == -1, "the persisted copy is written again at the next save"
+    order = np.argsort(idx.ids[:idx.n])
+    assert idx.ids[:idx.n][order].tolist() == ids  # every row once
+    assert np.allclose(idx.vectors()[order].astype(np.float32), x, atol=1e-3)
+    for i in list(range(4800, 5000, 10)) + list(range(0, 4800, 240)):
+        got = idx.search(x[i], 10)[0].tolist()
+        assert got[0] == (ids[i] if ids[i] not in gone else got[0]) and not set(got) & set(gone), i
+    for i in range(100, 200, 10):
+        assert ids[i] not in idx.search(x[i], 10)[0].tolist()
     conn.close()
 
 

@@ -22,13 +22,20 @@ float16 array, ranked exactly.
 Following SQLite, tombstones, exact filters and the persisted copy: :mod:`monmouth_rag.faissindex`. The cells are
 trained once on the rows present and retrained when the collection has grown fourfold since (the cells would
 otherwise hold 4x the rows each and searches would slow down); past a quarter dead rows, the lists are rebuilt
-without them, on the same cells. Both rebuilds read the index's own float16 vectors (``DirectMap``), not SQLite, and
-hold the index's lock while they run (1M vectors: under two minutes on 2 cores, ``bench/search.py``).
+without them, on the same cells. Both rebuilds read the index's own float16 vectors (``DirectMap``), not SQLite.
+
+A rebuild runs beside the index it replaces, on a thread of its own (``monmouth-rag-ivf-rebuild``; 1M vectors:
+under two minutes on 2 cores, ``bench/search.py``): searches, adds and deletes go on meanwhile on the old index.
+It takes the index's lock only to copy a chunk of vectors (:data:`REBUILD_CHUNK` rows) and, at the end, to add
+the rows that arrived meanwhile and swap the new index in; rows deleted meanwhile stay tombstones in the new one.
+Memory: both indexes for its duration. The rebuild after a load (:meth:`IvfIndex._loaded`) runs on the loading
+thread, before the index serves.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,6 +53,8 @@ _FP16 = faiss.ScalarQuantizer.QT_fp16
 
 #: a filtered search may probe the cells of this many rows, or a quarter of the cells if that is more
 FILTERED_SCAN_ROWS = 100_000
+#: rows a rebuild copies from the serving index per hold of its lock (65,536 x 384 float16: ~30 ms at 1M)
+REBUILD_CHUNK = 65_536
 
 
 class IvfIndex(FaissIndex):
@@ -68,6 +77,9 @@ class IvfIndex(FaissIndex):
         self.seed = seed
         #: rows present when the cells were trained (0: not trained, the index is flat)
         self.trained_n = 0
+        #: the rebuild running beside the index, if any (:meth:`wait_rebuilt`)
+        self.rebuilding: threading.Thread | None = None
+        self._generation = 0  # bumped by every reset (load): a rebuild of an older generation is dropped
         super().__init__(dim, path, exact_rows=exact_rows, exact_fraction=exact_fraction, threads=threads)
 
     @property
@@ -87,16 +99,26 @@ class IvfIndex(FaissIndex):
     # ------------------------------------------------------------------------------------------ vector store
     def _new_graph(self) -> faiss.Index:
         self.trained_n = 0
+        return self._flat()
+
+    def _flat(self) -> faiss.Index:
+        """An empty flat index of float16 codes (searched exhaustively)."""
         return faiss.IndexScalarQuantizer(self.dim, _FP16, faiss.METRIC_INNER_PRODUCT)
 
-    def _cells(self, rows: np.ndarray, nlist: int) -> faiss.IndexIVFScalarQuantizer:
-        """An empty inverted file whose ``nlist`` cells faiss's own k-means trained on (at most ``64 nlist`` of)
-        ``rows``."""
+    def _reset(self, cap: int) -> None:
+        self._generation = getattr(self, "_generation", 0) + 1
+        super()._reset(cap)
+
+    def _training_sample(self, rows: np.ndarray, nlist: int) -> np.ndarray:
+        """The vectors k-means trains ``nlist`` cells on: at most ``64 nlist`` of ``rows`` (float32, a copy)."""
         rng = np.random.default_rng(self.seed)
-        sample = np.sort(rng.choice(rows, min(len(rows), 64 * nlist), replace=False))
+        return self._vectors_of(np.sort(rng.choice(rows, min(len(rows), 64 * nlist), replace=False)))
+
+    def _cells(self, sample: np.ndarray, nlist: int) -> faiss.IndexIVFScalarQuantizer:
+        """An empty inverted file whose ``nlist`` cells faiss's own k-means trained on ``sample``."""
         ivf = self._ivf(faiss.IndexFlatIP(self.dim), nlist)
         ivf.cp.seed = self.seed
-        ivf.train(self._vectors_of(sample))
+        ivf.train(sample)
         return ivf
 
     def _ivf(self, quantizer: faiss.Index, nlist: int) -> faiss.IndexIVFScalarQuantizer:
@@ -130,31 +152,78 @@ class IvfIndex(FaissIndex):
     def _retrain_if_due(self) -> None:
         n = self.n
         if (not self.trained_n and n >= self.train_min) or (self.trained_n and n >= 4 * self.trained_n):
-            self._rebuild(retrain=True)
+            self._start_rebuild(retrain=True)
 
     def _compact(self) -> None:
-        self._rebuild(retrain=False)
+        self._start_rebuild(retrain=False)
+
+    def _start_rebuild(self, *, retrain: bool) -> None:
+        """Rebuild on the calling thread while a load runs (the index does not serve yet), else on a thread beside
+        the index, unless one is running (a compaction due meanwhile waits for the next delete after it)."""
+        if self.loading or not self.loaded:
+            self._rebuild(retrain=retrain)
+        elif self.rebuilding is None or not self.rebuilding.is_alive():
+            self.rebuilding = threading.Thread(target=self._rebuild_logged, kwargs={"retrain": retrain},
+                                               name="monmouth-rag-ivf-rebuild", daemon=True)
+            self.rebuilding.start()
+
+    def wait_rebuilt(self, timeout: float | None = None) -> bool:
+        """Wait for the rebuild running beside the index, if any; returns whether none runs any more."""
+        t = self.rebuilding
+        if t is not None:
+            t.join(timeout)
+        return t is None or not t.is_alive()
+
+    def _rebuild_logged(self, *, retrain: bool) -> None:
+        try:
+            self._rebuild(retrain=retrain)
+        except Exception:  # the old index keeps serving; the next add or delete that finds it due tries again
+            log.exception("rag: rebuilding the IVF index failed; the current index keeps serving")
 
     def _rebuild(self, *, retrain: bool) -> None:
-        """Move the live rows into a new index: new cells (``retrain``; flat below ``train_min`` rows) or the same."""
+        """Build a new index of the live rows beside this one and swap it in: new cells (``retrain``; flat below
+        ``train_min`` rows) or the same (see the module docstring for the locking)."""
         t0 = time.perf_counter()
-        keep = np.flatnonzero(self.alive[:self.n])
+        with self._lock:
+            generation, first_new = self._generation, self.n  # rows from first_new on arrive during the build
+            keep = np.flatnonzero(self.alive[:first_new])
+            trained = retrain and len(keep) >= self.train_min
+            if trained:
+                nlist = nlist_for(len(keep))
+                sample = self._training_sample(keep, nlist)
+            elif not retrain and self.trained_n:
+                quantizer, nlist = faiss.clone_index(self.graph.quantizer), self.nlist
         with self._building():
-            if retrain:
-                new = self._cells(keep, nlist_for(len(keep))) if len(keep) >= self.train_min else self._new_graph()
-            elif self.trained_n:
-                new = self._ivf(faiss.clone_index(self.graph.quantizer), self.nlist)
+            if trained:
+                new = self._cells(sample, nlist)
+                del sample
+            elif not retrain and self.trained_n:
+                new = self._ivf(quantizer, nlist)
                 new.is_trained = True  # the cells are; float16 codes need no training
             else:
-                new = self._new_graph()
-            for s in range(0, len(keep), 65_536):
-                new.add(self._vectors_of(keep[s:s + 65_536]))
-        self._keep(keep)
-        self.graph = new
-        if retrain:
-            self.trained_n = len(keep) if isinstance(new, faiss.IndexIVF) else 0
+                new = self._flat()
+        for s in range(0, len(keep), REBUILD_CHUNK):
+            with self._lock:
+                if self._generation != generation:
+                    return  # the index was reloaded meanwhile
+                vecs = self._vectors_of(keep[s:s + REBUILD_CHUNK])
+            with self._building():
+                new.add(vecs)
+        with self._lock:
+            if self._generation != generation:
+                return
+            tail = np.arange(first_new, self.n, dtype=np.int64)
+            if len(tail):
+                new.add(self._vectors_of(tail))
+            rows = np.concatenate([keep, tail])
+            self._keep(rows)
+            self.dead = self.n - int(self.alive[:self.n].sum())  # rows deleted meanwhile stay tombstones
+            self.graph = new
+            if retrain:
+                self.trained_n = len(keep) if trained else 0
+            self.saved_seq = -1  # the persisted copy holds the old index: written again at the next save
         log.info("rag: IVF index %s: %d live rows, %d cells, in %.1f s",
-                 "retrained" if retrain else "rebuilt without deleted rows", self.n, self.nlist,
+                 "retrained" if retrain else "rebuilt without deleted rows", len(self), self.nlist,
                  time.perf_counter() - t0)
 
     def vectors(self) -> np.ndarray:
