@@ -14,6 +14,7 @@ import pytest
 from monmouth_rag.cells import nlist_for
 from monmouth_rag.config import RagConfig
 from monmouth_rag.indexes import open_index
+from monmouth_rag import ivf
 from monmouth_rag.ivf import IvfIndex
 from monmouth_rag.store import store_vectors
 from tests.test_rag_faissindex import _db, _delete
@@ -95,11 +96,16 @@ def test_a_load_trains_once_at_the_end_and_the_copy_keeps_the_cells(tmp_path, mo
     conn.close()
 
 
-def test_a_retrain_runs_beside_the_serving_index_and_keeps_the_adds_and_deletes_made_meanwhile(tmp_path, monkeypatch):
+@pytest.mark.parametrize(("chunk", "swap_rows"), [(ivf.REBUILD_CHUNK, ivf.SWAP_ROWS), (64, 50)])
+def test_a_retrain_runs_beside_the_serving_index_and_keeps_the_adds_and_deletes_made_meanwhile(
+        tmp_path, monkeypatch, chunk, swap_rows):
     """At fourfold growth the new cells are trained and filled on a thread of their own: the sync that found the
     retrain due returns, and searches, adds and deletes go on with the old cells (the builder is held before its
     k-means here). The new index then holds every row: those added meanwhile, and those deleted meanwhile as
-    tombstones, never returned."""
+    tombstones, never returned. With small chunks, the 200 rows added meanwhile are copied in chunks before the
+    last 50 or fewer go in with the swap."""
+    monkeypatch.setattr(ivf, "REBUILD_CHUNK", chunk)
+    monkeypatch.setattr(ivf, "SWAP_ROWS", swap_rows)
     db, conn, x, docs = _db(tmp_path, 5000)
     ids = [d.id for d in docs]
     with conn:

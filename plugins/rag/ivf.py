@@ -26,8 +26,9 @@ without them, on the same cells. Both rebuilds read the index's own float16 vect
 
 A rebuild runs beside the index it replaces, on a thread of its own (``monmouth-rag-ivf-rebuild``; 1M vectors:
 under two minutes on 2 cores, ``bench/search.py``): searches, adds and deletes go on meanwhile on the old index.
-It takes the index's lock only to copy a chunk of vectors (:data:`REBUILD_CHUNK` rows) and, at the end, to add
-the rows that arrived meanwhile and swap the new index in; rows deleted meanwhile stay tombstones in the new one.
+It takes the index's lock only to copy a chunk of vectors (:data:`REBUILD_CHUNK` rows; the rows added meanwhile
+too, once the rows of the start are in) and, at the end, to add the last :data:`SWAP_ROWS` or fewer rows added
+meanwhile and swap the new index in; rows deleted meanwhile stay tombstones in the new one.
 Memory: both indexes for its duration. The rebuild after a load (:meth:`IvfIndex._loaded`) runs on the loading
 thread, before the index serves.
 """
@@ -55,6 +56,9 @@ _FP16 = faiss.ScalarQuantizer.QT_fp16
 FILTERED_SCAN_ROWS = 100_000
 #: rows a rebuild copies from the serving index per hold of its lock (65,536 x 384 float16: ~30 ms at 1M)
 REBUILD_CHUNK = 65_536
+#: rows added during a rebuild that it adds to the new index under the lock, with the swap (~40 us a row at 1M);
+#: more are copied a chunk at a time first
+SWAP_ROWS = 1024
 
 
 class IvfIndex(FaissIndex):
@@ -109,10 +113,18 @@ class IvfIndex(FaissIndex):
         self._generation = getattr(self, "_generation", 0) + 1
         super()._reset(cap)
 
-    def _training_sample(self, rows: np.ndarray, nlist: int) -> np.ndarray:
-        """The vectors k-means trains ``nlist`` cells on: at most ``64 nlist`` of ``rows`` (float32, a copy)."""
+    def _training_sample(self, rows: np.ndarray, nlist: int, generation: int) -> np.ndarray | None:
+        """The vectors k-means trains ``nlist`` cells on: at most ``64 nlist`` of ``rows`` (float32, a copy), read a
+        chunk per hold of the lock; ``None`` if the index was reloaded meanwhile (``generation``)."""
         rng = np.random.default_rng(self.seed)
-        return self._vectors_of(np.sort(rng.choice(rows, min(len(rows), 64 * nlist), replace=False)))
+        picked = np.sort(rng.choice(rows, min(len(rows), 64 * nlist), replace=False))
+        out = np.empty((len(picked), self.dim), np.float32)
+        for s in range(0, len(picked), REBUILD_CHUNK):
+            with self._lock:
+                if self._generation != generation:
+                    return None
+                out[s:s + REBUILD_CHUNK] = self._vectors_of(picked[s:s + REBUILD_CHUNK])
+        return out
 
     def _cells(self, sample: np.ndarray, nlist: int) -> faiss.IndexIVFScalarQuantizer:
         """An empty inverted file whose ``nlist`` cells faiss's own k-means trained on ``sample``."""
@@ -190,11 +202,13 @@ class IvfIndex(FaissIndex):
             trained = retrain and len(keep) >= self.train_min
             if trained:
                 nlist = nlist_for(len(keep))
-                sample = self._training_sample(keep, nlist)
             elif not retrain and self.trained_n:
                 quantizer, nlist = faiss.clone_index(self.graph.quantizer), self.nlist
+        sample = self._training_sample(keep, nlist, generation) if trained else None
+        if trained and sample is None:
+            return  # the index was reloaded meanwhile
         with self._building():
-            if trained:
+            if sample is not None:
                 new = self._cells(sample, nlist)
                 del sample
             elif not retrain and self.trained_n:
@@ -202,26 +216,31 @@ class IvfIndex(FaissIndex):
                 new.is_trained = True  # the cells are; float16 codes need no training
             else:
                 new = self._flat()
-        for s in range(0, len(keep), REBUILD_CHUNK):
+        # The live rows of the start, then the rows added since, a chunk per hold of the lock; the last few
+        # (at most SWAP_ROWS) under the lock, with the swap.
+        chunks = [keep[s:s + REBUILD_CHUNK] for s in range(0, len(keep), REBUILD_CHUNK)]
+        added = first_new  # rows before this one are in ``new`` or in ``chunks``
+        while True:
             with self._lock:
                 if self._generation != generation:
                     return  # the index was reloaded meanwhile
-                vecs = self._vectors_of(keep[s:s + REBUILD_CHUNK])
+                if not chunks and self.n - added > SWAP_ROWS:
+                    chunks.append(np.arange(added, min(self.n, added + REBUILD_CHUNK), dtype=np.int64))
+                    added += len(chunks[-1])
+                if not chunks:  # the swap
+                    tail = np.arange(added, self.n, dtype=np.int64)
+                    if len(tail):
+                        new.add(self._vectors_of(tail))
+                    self._keep(np.concatenate([keep, np.arange(first_new, self.n, dtype=np.int64)]))
+                    self.dead = self.n - int(self.alive[:self.n].sum())  # rows deleted meanwhile: tombstones
+                    self.graph = new
+                    if retrain:
+                        self.trained_n = len(keep) if trained else 0
+                    self.saved_seq = -1  # the persisted copy holds the old index: written at the next save
+                    break
+                vecs = self._vectors_of(chunks.pop(0))
             with self._building():
                 new.add(vecs)
-        with self._lock:
-            if self._generation != generation:
-                return
-            tail = np.arange(first_new, self.n, dtype=np.int64)
-            if len(tail):
-                new.add(self._vectors_of(tail))
-            rows = np.concatenate([keep, tail])
-            self._keep(rows)
-            self.dead = self.n - int(self.alive[:self.n].sum())  # rows deleted meanwhile stay tombstones
-            self.graph = new
-            if retrain:
-                self.trained_n = len(keep) if trained else 0
-            self.saved_seq = -1  # the persisted copy holds the old index: written again at the next save
         log.info("rag: IVF index %s: %d live rows, %d cells, in %.1f s",
                  "retrained" if retrain else "rebuilt without deleted rows", len(self), self.nlist,
                  time.perf_counter() - t0)
