@@ -37,9 +37,9 @@ def _ms(xs: list[float], q: float) -> float:
     return round(1000 * float(np.quantile(xs, q)), 2) if xs else 0.0
 
 
-def _fill(idx, x: np.ndarray, lo: int, hi: int) -> None:
-    for s in range(lo, hi, BATCH):
-        e = min(hi, s + BATCH)
+def _fill(idx, x: np.ndarray, lo: int, hi: int, batch: int = BATCH) -> None:
+    for s in range(lo, hi, batch):
+        e = min(hi, s + batch)
         m = e - s
         idx.add(list(range(s + 1, e + 1)), x[s:e], ["tx"] * m, [0] * m, [0] * m, ["swap"] * m)
 
@@ -73,7 +73,7 @@ def run(x: np.ndarray, queries: np.ndarray, k: int, background: bool) -> dict[st
 
     n = len(x)
     idx = IvfIndex(384, None)
-    _fill(idx, x, 0, n // 4)  # not serving yet: trained on this thread, on a quarter of the rows
+    _fill(idx, x, 0, n // 4, n)  # one batch, not serving yet: trained on this thread, on a quarter of the rows
     assert idx.trained_n == n // 4, idx.trained_n
     idx.loaded = True  # serving from here on (as after a load): rebuilds run beside it
     before = []
