@@ -233,7 +233,9 @@ def journal_cost(plugins: dict[str, tuple[object, object]], frames: list[bytes],
     conns = []
     for backend, (plugin, twin) in plugins.items():
         engine = engines[backend] = make_engine(targets.new(backend), plugin, synchronous)
-        conn = open_backend(targets.new(backend), synchronous).connect()
+        ref_db = open_backend(targets.new(backend), synchronous)
+        # SQLite: the engine's own kind of connection (its page cache, storage.cache_mib), without the engine
+        conn = ref_db.engine_connection() if backend == "sqlite" else ref_db.connect()
         conns.append(conn)
         for script in twin.monmouth_migrations():  # type: ignore[attr-defined]
             conn.execute(script)
