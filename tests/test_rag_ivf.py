@@ -11,10 +11,10 @@ import faiss
 import numpy as np
 import pytest
 
+from monmouth_rag import ivf
 from monmouth_rag.cells import nlist_for
 from monmouth_rag.config import RagConfig
 from monmouth_rag.indexes import open_index
-from monmouth_rag import ivf
 from monmouth_rag.ivf import IvfIndex
 from monmouth_rag.store import store_vectors
 from tests.test_rag_faissindex import _db, _delete
@@ -148,6 +148,40 @@ def test_a_retrain_runs_beside_the_serving_index_and_keeps_the_adds_and_deletes_
         assert got[0] == (ids[i] if ids[i] not in gone else got[0]) and not set(got) & set(gone), i
     for i in range(100, 200, 10):
         assert ids[i] not in idx.search(x[i], 10)[0].tolist()
+    conn.close()
+
+
+def test_a_failed_rebuild_leaves_the_index_serving_and_is_tried_again_only_after_a_pause(tmp_path, monkeypatch):
+    db, conn, x, docs = _db(tmp_path, 5000)
+    ids = [d.id for d in docs]
+    with conn:
+        store_vectors(conn, docs[:1200], x[:1200])
+    idx = IvfIndex(384, None, train_min=1000)
+    idx.sync(conn)
+    calls = []
+    real = IvfIndex._cells
+
+    def broken(self, sample, nlist):
+        calls.append(nlist)
+        raise MemoryError("no room for the new cells")
+
+    monkeypatch.setattr(IvfIndex, "_cells", broken)
+    with conn:
+        store_vectors(conn, docs[1200:4800], x[1200:4800])
+    idx.sync(conn)  # due: four times 1,200
+    assert idx.wait_rebuilt(60) and len(calls) == 1 and idx.rebuild_errors == 1
+    assert idx.trained_n == 1200 and len(idx) == 4800 and idx.search(x[4000], 1)[0].tolist() == [ids[4000]]
+    with conn:
+        store_vectors(conn, docs[4800:4900], x[4800:4900])
+    idx.sync(conn)  # still due, but within the pause: no second attempt
+    assert idx.wait_rebuilt(60) and len(calls) == 1 and idx.rebuild_errors == 1
+    monkeypatch.setattr(IvfIndex, "_cells", real)
+    monkeypatch.setattr(ivf, "REBUILD_RETRY_S", 0.0)  # the pause is over
+    with conn:
+        store_vectors(conn, docs[4900:], x[4900:])
+    idx.sync(conn)
+    assert idx.wait_rebuilt(60) and idx.trained_n == 5000 and idx.rebuild_errors == 1
+    assert idx.search(x[4950], 1)[0].tolist() == [ids[4950]]
     conn.close()
 
 

@@ -59,6 +59,8 @@ REBUILD_CHUNK = 16_384
 #: rows added during a rebuild that it adds to the new index under the lock, with the swap (~40 us a row at 1M);
 #: more are copied a chunk at a time first
 SWAP_ROWS = 1024
+#: seconds after a failed rebuild before the next add or delete that finds one due starts another
+REBUILD_RETRY_S = 600.0
 
 
 class IvfIndex(FaissIndex):
@@ -83,6 +85,9 @@ class IvfIndex(FaissIndex):
         self.trained_n = 0
         #: the rebuild running beside the index, if any (:meth:`wait_rebuilt`)
         self.rebuilding: threading.Thread | None = None
+        #: rebuilds beside the index that failed, and ``time.monotonic()`` of the last failure
+        self.rebuild_errors = 0
+        self._failed_at = -REBUILD_RETRY_S
         self._generation = 0  # bumped by every reset (load): a rebuild of an older generation is dropped
         super().__init__(dim, path, exact_rows=exact_rows, exact_fraction=exact_fraction, threads=threads)
 
@@ -174,7 +179,8 @@ class IvfIndex(FaissIndex):
         the index, unless one is running (a compaction due meanwhile waits for the next delete after it)."""
         if self.loading or not self.loaded:
             self._rebuild(retrain=retrain)
-        elif self.rebuilding is None or not self.rebuilding.is_alive():
+        elif (self.rebuilding is None or not self.rebuilding.is_alive()) \
+                and time.monotonic() - self._failed_at >= REBUILD_RETRY_S:
             self.rebuilding = threading.Thread(target=self._rebuild_logged, kwargs={"retrain": retrain},
                                                name="monmouth-rag-ivf-rebuild", daemon=True)
             self.rebuilding.start()
@@ -189,8 +195,11 @@ class IvfIndex(FaissIndex):
     def _rebuild_logged(self, *, retrain: bool) -> None:
         try:
             self._rebuild(retrain=retrain)
-        except Exception:  # the old index keeps serving; the next add or delete that finds it due tries again
-            log.exception("rag: rebuilding the IVF index failed; the current index keeps serving")
+        except Exception:  # the old index keeps serving; an add or delete that finds a rebuild due tries again
+            self.rebuild_errors += 1
+            self._failed_at = time.monotonic()
+            log.exception("rag: rebuilding the IVF index failed; the current index keeps serving (next attempt in "
+                          "%.0f s at the earliest)", REBUILD_RETRY_S)
 
     def _rebuild(self, *, retrain: bool) -> None:
         """Build a new index of the live rows beside this one and swap it in: new cells (``retrain``; flat below

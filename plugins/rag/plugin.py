@@ -43,6 +43,7 @@ from .dialect import statements
 from .documents import chunk_text
 from .embedder import Embedder, load_embedder, load_tokenizer
 from .indexes import open_index
+from .ivf import IvfIndex
 from .pgindex import IvfflatWorker, ivfflat_lists, ivfflat_rows
 from .search import Filters, Hit, Searcher, build_context
 from .worker import EmbedWorker
@@ -412,7 +413,8 @@ class RagPlugin:
 
     @staticmethod
     def _vector_index_status(st: RagState) -> dict[str, Any]:
-        """SQLite: the in-memory index (``ann_index``, loaded, live vectors). PostgreSQL: ``pg_knn``, and for
+        """SQLite: the in-memory index (``ann_index``, loaded, live vectors; IVF: its cells, whether a rebuild runs
+        beside it, and the rebuilds that failed). PostgreSQL: ``pg_knn``, and for
         IVFFlat its lists, the rows it was built for and its worker's failed builds."""
         if not st.searcher.sql.ann_in_memory:
             out: dict[str, Any] = {"pg_knn": st.cfg.pg_knn}
@@ -422,7 +424,11 @@ class RagPlugin:
                 if st.ivfflat is not None:
                     out.update(build_errors=st.ivfflat.errors, last_error=st.ivfflat.last_error)
             return out
-        return {"kind": st.cfg.ann_index, "loaded": st.index.loaded, "size": len(st.index)}
+        out = {"kind": st.cfg.ann_index, "loaded": st.index.loaded, "size": len(st.index)}
+        if isinstance(st.index, IvfIndex):  # its cells, and a rebuild running beside it or failed
+            out.update(cells=st.index.nlist, rebuilding=not st.index.wait_rebuilt(0),
+                       rebuild_errors=st.index.rebuild_errors)
+        return out
 
     @hookimpl
     def monmouth_http_router(self) -> Any:
