@@ -74,8 +74,9 @@ class MemoryWorker(BackgroundWorker):
         self._last_ckpt = self._last_sweep = self._last_warm = 0.0
 
     def step(self) -> int:
-        """Settle, then (unless the engine is busy or a read waits for settling, and there was work) index and
-        embed; the periodic jobs."""
+        """Catching up (the engine idle, no read waiting for settling): index what earlier steps left unindexed,
+        then settle and index in one transaction. Otherwise settle only (index when there was nothing to settle).
+        Then embed (unless quick with work done), and the periodic jobs."""
         self.thread = threading.current_thread()
         busy = time.monotonic() - self.ingest.last_applied < ENGINE_BUSY_S and not self._readers
         # Settling only while the engine or a read waits for it: a read of roots, proofs or items waits for settling,

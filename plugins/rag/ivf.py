@@ -115,7 +115,7 @@ class IvfIndex(FaissIndex):
         return faiss.IndexScalarQuantizer(self.dim, _FP16, faiss.METRIC_INNER_PRODUCT)
 
     def _reset(self, cap: int) -> None:
-        self._generation = getattr(self, "_generation", 0) + 1
+        self._generation += 1
         super()._reset(cap)
 
     def _training_sample(self, rows: np.ndarray, nlist: int, generation: int) -> np.ndarray | None:
@@ -175,8 +175,9 @@ class IvfIndex(FaissIndex):
         self._start_rebuild(retrain=False)
 
     def _start_rebuild(self, *, retrain: bool) -> None:
-        """Rebuild on the calling thread while a load runs (the index does not serve yet), else on a thread beside
-        the index, unless one is running (a compaction due meanwhile waits for the next delete after it)."""
+        """Rebuild on the calling thread while a load runs or before the index was loaded (it does not serve yet),
+        else on a thread beside the index, unless one is running (a compaction due meanwhile waits for the next
+        delete after it) or one failed less than :data:`REBUILD_RETRY_S` seconds ago."""
         if self.loading or not self.loaded:
             self._rebuild(retrain=retrain)
         elif (self.rebuilding is None or not self.rebuilding.is_alive()) \
