@@ -5,6 +5,8 @@ rebuilt when unusable), and a real revert through the engine removing the revert
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -267,3 +269,37 @@ def test_filters_match_exact_sqlite_vec_search(rig, kind):
         want = exact_path.vector(q, 10, f)
         assert [d for d, _ in got] == [d for d, _ in want], f
         assert [s for _, s in got] == pytest.approx([s for _, s in want], abs=2e-3)
+
+
+def test_while_another_thread_loads_the_index_searches_are_exact_in_sql_instead_of_waiting(rig, kind):
+    """The plugin's start loads the index in the background (minutes at 1M when it is built from rag_vec); a
+    search meanwhile does not wait for the index's lock: it ranks exactly in SQL, then the index serves once
+    loaded."""
+    r = rig("db.sqlite", ann_min_vectors=0, ann_index=kind)
+    r.engine.apply(ChainCommitted(chain(blocks(4, salt="L"))))
+    rag.drain()
+    st = rag.state()
+    idx = KINDS[kind](384)
+    searcher = Searcher(r.db.reader, st.embedder.embed, idx, ann_min_vectors=0)
+    exact_path = Searcher(r.db.reader, st.embedder.embed, VectorIndex(384), ann_min_vectors=10**9)
+    held, release = threading.Event(), threading.Event()
+
+    def loaded() -> None:  # the end of the load (an IVF index trains its cells here)
+        held.set()
+        assert release.wait(60)
+
+    idx._loaded = loaded  # type: ignore[method-assign]
+    loader = threading.Thread(target=lambda: idx.sync(r.db.reader()), name="loader")
+    loader.start()
+    try:
+        assert held.wait(60) and idx.loading_elsewhere() and not idx.loaded
+        q = st.embedder.embed(["token transfer to an exchange"])[0]
+        t = time.monotonic()
+        got = searcher.vector(q, 10)
+        assert time.monotonic() - t < 30 and loader.is_alive(), "answered while the load was still held"
+        assert got == exact_path.vector(q, 10) and len(got) == 10
+    finally:
+        release.set()
+        loader.join(60)
+    assert idx.loaded and not idx.loading_elsewhere()
+    assert [d for d, _ in searcher.vector(q, 10)] == [d for d, _ in got]

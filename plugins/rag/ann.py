@@ -146,6 +146,16 @@ class SyncedIndex:
     def __len__(self) -> int:
         return self.n - self.dead
 
+    def loading_elsewhere(self) -> bool:
+        """Whether another thread is loading the index now (not loaded yet, and its lock is taken: before
+        :meth:`load` ends, only a load holds it)."""
+        if self.loaded:
+            return False
+        if self._lock.acquire(blocking=False):
+            self._lock.release()
+            return False
+        return True
+
     # -------------------------------------------------------------------------------------------- maintenance
     def _grow(self, extra: int) -> None:
         need = self.n + extra

@@ -248,8 +248,11 @@ class Searcher:
         return int(scalar(conn, "SELECT count(*) FROM rag_index WHERE has_vec = 1"))
 
     def use_index(self, conn: apsw.Connection) -> bool:
-        """Whether the in-memory index serves vector search (never on PostgreSQL: pgvector's HNSW index does)."""
-        return self.sql.ann_in_memory and (self.index.loaded or self.vector_count(conn) >= self.ann_min_vectors)
+        """Whether the in-memory index serves vector search (never on PostgreSQL: pgvector's index does). Not while
+        another thread loads it (the plugin's start, in the background: reading the persisted copy takes seconds,
+        building it from ``rag_vec`` minutes at 1M): meanwhile searches are exact, in SQL, instead of waiting."""
+        return self.sql.ann_in_memory and (self.index.loaded or self.vector_count(conn) >= self.ann_min_vectors) \
+            and not self.index.loading_elsewhere()
 
     def candidates(self, conn: apsw.Connection, filters: Filters, limit: int) -> list[int]:
         clauses, params = filters.sql("d")
