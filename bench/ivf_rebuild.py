@@ -86,8 +86,6 @@ def run(x: np.ndarray, queries: np.ndarray, k: int, background: bool) -> dict[st
         idx.search(queries[i % len(queries)], k)
         before.append(time.perf_counter() - t)
     if not background:  # the way before: the rebuild holds the lock, searches wait
-        real = idx._start_rebuild
-
         def held(*, retrain: bool) -> None:
             with idx._lock:
                 idx._rebuild(retrain=retrain)
@@ -106,8 +104,6 @@ def run(x: np.ndarray, queries: np.ndarray, k: int, background: bool) -> dict[st
     # not); "during" is the rebuild alone, from the adds' return to the swap.
     during = [v for v, end in zip(lat, searching.ends, strict=True) if end > t0 + adds]
     while_adding = [v for v, end in zip(lat, searching.ends, strict=True) if end <= t0 + adds]
-    if not background:
-        idx._start_rebuild = real  # type: ignore[method-assign]
     assert idx.trained_n == n and idx.graph.ntotal == n, (idx.trained_n, idx.graph.ntotal)
     after = []
     for i in range(200):

@@ -180,18 +180,23 @@ class IvfIndex(FaissIndex):
         delete after it) or one failed less than :data:`REBUILD_RETRY_S` seconds ago."""
         if self.loading or not self.loaded:
             self._rebuild(retrain=retrain)
-        elif (self.rebuilding is None or not self.rebuilding.is_alive()) \
-                and time.monotonic() - self._failed_at >= REBUILD_RETRY_S:
+        elif not self.rebuild_running and time.monotonic() - self._failed_at >= REBUILD_RETRY_S:
             self.rebuilding = threading.Thread(target=self._rebuild_logged, kwargs={"retrain": retrain},
                                                name="monmouth-rag-ivf-rebuild", daemon=True)
             self.rebuilding.start()
+
+    @property
+    def rebuild_running(self) -> bool:
+        """Whether a rebuild runs beside the index now."""
+        t = self.rebuilding
+        return t is not None and t.is_alive()
 
     def wait_rebuilt(self, timeout: float | None = None) -> bool:
         """Wait for the rebuild running beside the index, if any; returns whether none runs any more."""
         t = self.rebuilding
         if t is not None:
             t.join(timeout)
-        return t is None or not t.is_alive()
+        return not self.rebuild_running
 
     def _rebuild_logged(self, *, retrain: bool) -> None:
         try:
@@ -210,6 +215,7 @@ class IvfIndex(FaissIndex):
             generation, first_new = self._generation, self.n  # rows from first_new on arrive during the build
             keep = np.flatnonzero(self.alive[:first_new])
             trained = retrain and len(keep) >= self.train_min
+            quantizer = None  # a compaction of trained cells: a copy of them
             if trained:
                 nlist = nlist_for(len(keep))
             elif not retrain and self.trained_n:
@@ -221,7 +227,7 @@ class IvfIndex(FaissIndex):
             if sample is not None:
                 new = self._cells(sample, nlist)
                 del sample
-            elif not retrain and self.trained_n:
+            elif quantizer is not None:
                 new = self._ivf(quantizer, nlist)
                 new.is_trained = True  # the cells are; float16 codes need no training
             else:

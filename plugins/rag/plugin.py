@@ -426,7 +426,7 @@ class RagPlugin:
             return out
         out = {"kind": st.cfg.ann_index, "loaded": st.index.loaded, "size": len(st.index)}
         if isinstance(st.index, IvfIndex):  # its cells, and a rebuild running beside it or failed
-            out.update(cells=st.index.nlist, rebuilding=not st.index.wait_rebuilt(0),
+            out.update(cells=st.index.nlist, rebuilding=st.index.rebuild_running,
                        rebuild_errors=st.index.rebuild_errors)
         return out
 
