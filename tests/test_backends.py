@@ -547,3 +547,133 @@ def test_sqlite_connections_that_write_get_storage_cache_mib_and_read_only_ones_
     assert reads == [default] and writes == [-48 * 1024]
     with pytest.raises(ConfigError, match="storage.cache_mib"):
         validate({"storage": {"cache_mib": 1}}, "<test>", {})
+
+
+def round_trips(conn: PgConnection, fn) -> list[list[str]]:
+    """The statements ``fn`` sends on ``conn``, grouped by round trip (libpq's protocol trace: a round trip ends at
+    each ``Sync`` or simple ``Query`` the client sends)."""
+    import os
+    import tempfile
+
+    from psycopg import pq
+
+    fd, path = tempfile.mkstemp()
+    try:
+        conn._raw.pgconn.trace(fd)
+        conn._raw.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+        try:
+            fn()
+        finally:
+            conn._raw.pgconn.untrace()
+        with open(path) as f:
+            lines = [[*line.split("\t", 3), "", "", ""] for line in f.read().splitlines()]
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    trips: list[list[str]] = [[]]
+    for direction, _length, kind, rest, *_ in lines:
+        if direction != "F":
+            continue
+        if kind == "Parse":
+            trips[-1].append(rest.split('"')[3].split()[0])  # the statement's first word
+        elif kind == "Bind" and rest.split('"')[3]:  # a prepared statement, sent without Parse
+            trips[-1].append("(prepared)")
+        elif kind == "Query":
+            trips[-1].append(rest.strip(' "').split()[0])
+        if kind in ("Sync", "Query"):
+            trips.append([])
+    return [t for t in trips if t]
+
+
+class OneStatement:
+    monmouth_backends = hookimpl(lambda self: BOTH)
+
+    @hookimpl
+    def monmouth_migrations(self):
+        return ["CREATE TABLE one_rows (n BIGINT PRIMARY KEY)"]
+
+    @hookimpl
+    def monmouth_block_applied(self, conn, block, notification):
+        conn.execute("INSERT INTO one_rows VALUES (?)", (block.number,))
+
+
+def test_a_notification_costs_the_engine_two_round_trips(pg_url):
+    """``BEGIN``, the block's ``monmouth.block`` and the journal's catalog check travel together, the bookkeeping
+    with ``COMMIT``: a block whose plugin runs one statement is three round trips, and a second block of the same
+    notification adds only its plugin's statement (its setting rides with it). Then a revert of both is exact."""
+    e = make_engine(pg_url, {"one": OneStatement()})
+    bs = extend(None, 4, number=1, n_txs=1)
+    e.apply(ChainCommitted(chain(bs[:1])), 1)
+    trips = round_trips(e.conn, lambda: e.apply(ChainCommitted(chain(bs[1:2])), 2))
+    assert len(trips) == 3, trips
+    assert trips[0][:3] == ["BEGIN", "SELECT", "SELECT"] and trips[1] == ["INSERT"] and trips[2][-1] == "COMMIT"
+    trips = round_trips(e.conn, lambda: e.apply(ChainCommitted(chain(bs[2:4])), 3))
+    assert len(trips) == 4, trips
+    assert trips[2][0] == "SELECT" and trips[2][-1] == "INSERT"  # block 4's setting with its statement
+    assert e.conn.execute("SELECT n FROM one_rows ORDER BY n").fetchall() == [(1,), (2,), (3,), (4,)]
+    assert e.conn.execute("SELECT block, op FROM monmouth_undo ORDER BY seq").fetchall() == [
+        (1, "I"), (2, "I"), (3, "I"), (4, "I")]
+    e.apply(ChainReverted(chain(bs[1:4])))
+    assert e.conn.execute("SELECT n FROM one_rows").fetchall() == [(1,)] and e.head == bs[0].ref
+    e.close()
+
+
+def test_a_transaction_whose_begin_was_never_sent_rolls_back_without_a_round_trip(pg_url):
+    c = PgDatabase(pg_url, password=PASSWORD).connect()
+
+    def empty() -> None:
+        c.execute("BEGIN")
+        assert c.in_transaction
+        c.execute("ROLLBACK")
+        assert not c.in_transaction
+
+    assert round_trips(c, empty) == []
+    with c:  # a BEGIN queued, then sent with the first statement, inside the transaction
+        c.execute("CREATE TABLE q (n int PRIMARY KEY)")
+        assert c.raw.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+    assert not c.in_transaction and c.execute("SELECT count(*) FROM q").fetchone() == (0,)
+    c.close()
+
+
+class FailsAt:
+    """Writes the block's number to ``fail_rows`` as its first statement, except at block ``at``, where that statement
+    inserts the row ``0`` again: the server refuses it (primary key)."""
+
+    monmouth_backends = hookimpl(lambda self: BOTH)
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    @hookimpl
+    def monmouth_migrations(self):
+        return ["CREATE TABLE fail_rows (n BIGINT PRIMARY KEY); INSERT INTO fail_rows VALUES (0)"]
+
+    @hookimpl
+    def monmouth_block_applied(self, conn, block, notification):
+        conn.execute("INSERT INTO fail_rows VALUES (?)", (0 if block.number == self.at else block.number,))
+
+
+def test_a_plugin_statement_that_fails_with_queued_statements_rolls_back_only_its_item(pg_url):
+    """In a group commit, a later item's first plugin statement carries the statements queued before it (its
+    block's setting). When that statement fails, the queued ones did not: only that item is rolled back (to its
+    savepoint) and the item before it commits, as when the statement travelled alone."""
+    from monmouth.errors import PluginError
+
+    e = make_engine(pg_url, {"fail": FailsAt(at=3)})
+    bs = extend(None, 3, number=1, n_txs=1)
+    e.apply(ChainCommitted(chain(bs[:1])), 1)
+    trips: list = []
+
+    def group() -> None:
+        trips.append(e.apply_many([(ChainCommitted(chain(bs[1:2])), 2), (ChainCommitted(chain(bs[2:3])), 3)]))
+
+    sent = round_trips(e.conn, group)
+    results, error = trips[0]
+    assert ["SELECT", "INSERT"] in sent, sent  # the failing statement went with block 3's setting
+    assert [r.head for r in results] == [bs[1].ref] and isinstance(error, PluginError)
+    assert isinstance(error.__cause__, psycopg.errors.UniqueViolation)
+    assert e.head == bs[1].ref and e.source_token == 2 and not e.conn.in_transaction
+    assert e.conn.execute("SELECT n FROM fail_rows ORDER BY n").fetchall() == [(0,), (1,), (2,)]
+    assert e.conn.execute("SELECT max(number) FROM monmouth_blocks").fetchone() == (2,)
+    assert e.conn.execute("SELECT DISTINCT block FROM monmouth_undo ORDER BY 1").fetchall() == [(1,), (2,)]
+    e.close()

@@ -38,6 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import psycopg.errors
+from psycopg import pq
 from psycopg.pq import TransactionStatus
 
 from ..errors import StorageError, StorageUnavailableError
@@ -263,32 +264,62 @@ def _run(cur: psycopg.Cursor[Any], statements: str, bindings: Any) -> None:
 class PgConnection:
     """A psycopg connection with apsw's surface (:class:`sidecar.backends.Connection`), so the engine's SQL and a
     plugin's portable SQL run unchanged: ``?`` placeholders, explicit ``BEGIN``/``COMMIT`` (the driver is in
-    autocommit mode), ``in_transaction``. ``raw`` is the psycopg connection, for PostgreSQL-only code."""
+    autocommit mode), ``in_transaction``.
+
+    Round trips: ``BEGIN`` and the statements queued with :meth:`defer` are not sent on their own but with the next
+    statement, in one pipeline (psycopg's pipeline mode); a ``ROLLBACK`` of a transaction whose ``BEGIN`` was never
+    sent sends nothing. ``raw`` is the psycopg connection, for PostgreSQL-only code: reading it sends what is queued
+    first, so a statement run on it directly is inside the transaction and after the queued ones."""
 
     backend = "postgres"
 
+    #: Statements without parameters that are known to be one statement (so they may join a pipeline; a script of
+    #: several statements cannot: pipeline mode uses the extended protocol, one statement per message)
+    _SINGLE = ("SAVEPOINT ", "RELEASE ")
+
     def __init__(self, raw: psycopg.Connection[Any]) -> None:
-        self.raw = raw
+        self._raw = raw
         self._later: list[tuple[str, Any]] = []
+        self._begun = False  # a BEGIN is queued in _later, not sent yet
         self._batches: dict[str, pg_batch.Batch | None] = {}  # statement -> pg_batch.batch_statement()
         # pg_batch's temporary functions (pg_temp, this session's) made and committed / made in the open transaction
         self._functions: set[bytes] = set()
         self._created: set[bytes] = set()
         self._temporary: bool | None = None  # may this session create temporary objects (asked once)
 
+    @property
+    def raw(self) -> psycopg.Connection[Any]:
+        """The psycopg connection, after sending the queued statements (a queued ``BEGIN`` included)."""
+        if self._later:
+            with self._sending():
+                pass
+        return self._raw
+
     def execute(self, statements: str, bindings: Any = None) -> psycopg.Cursor[Any]:
         if statements.startswith("BEGIN IMMEDIATE"):
             statements = "BEGIN" + statements[len("BEGIN IMMEDIATE"):]
-        cur = self.raw.cursor()
+        cur = self._raw.cursor()
         if statements.startswith(("ROLLBACK", "BEGIN")):
             # pg_batch's functions made since the last COMMIT may be undone (or were made in a transaction that
             # ended out of sight): made again when next needed
             self._created.clear()
+        if statements == "BEGIN" and not self._later and not self.in_transaction:
+            self._later.append((statements, None))  # sent with the transaction's first statement
+            self._begun = True
+            return cur
         if statements.startswith("ROLLBACK"):
-            self._later.clear()  # queued after the last statement sent: the rollback would undo them anyway
+            # the queued statements were queued after the last statement sent: the rollback would undo them anyway
+            self._later.clear()
+            if self._begun and statements == "ROLLBACK":  # the transaction never reached the server
+                self._begun = False
+                return cur
         elif self._later and statements == "COMMIT":
             self._flush(commit=cur)
             self._committed()
+            return cur
+        elif self._later and (bindings is not None or statements.startswith(self._SINGLE)):
+            with self._sending():
+                _run(cur, statements, bindings)
             return cur
         elif self._later:
             self._flush()
@@ -309,22 +340,21 @@ class PgConnection:
         each through the table's row triggers (the undo journal included) and constraints, the same result; what
         differs is the number of statements (a statement-level trigger fires once per statement). Anything else, or
         rows whose Python values do not form typed arrays, runs row by row (psycopg's pipelined ``executemany``)."""
-        if self._later:
-            self._flush()
         rows = sequenceofbindings if isinstance(sequenceofbindings, list) else list(sequenceofbindings)
         batches = self._batched(statements, rows) if len(rows) > 1 else None
+        # the statements go in one pipeline with the queued ones (_sending): one round trip
         if batches is None:
-            with self.raw.cursor() as cur:
+            with self._sending(), self._raw.cursor() as cur:
                 cur.executemany(_translate(statements), rows)
         elif len(batches) == 1:
-            with self.raw.cursor() as cur:
+            with self._sending(), self._raw.cursor() as cur:
                 cur.execute(*batches[0])
         elif ((form := self._batches[statements]) is not None and (call := pg_batch.runs_call(form, batches))
               and self._may_create_temporary()):
             function = form.function
             if function in self._functions or function in self._created:
                 try:
-                    with self.raw.cursor() as cur:
+                    with self._sending(), self._raw.cursor() as cur:
                         cur.execute(*call)
                 except psycopg.errors.UndefinedFunction:
                     # the session lost it (a server connection swapped under us by a pooler, DISCARD TEMP): made
@@ -333,12 +363,12 @@ class PgConnection:
                     self._created.discard(function)
                     raise
             else:
-                with self.raw.pipeline(), self.raw.cursor() as cur:
+                with self._sending(), self._raw.cursor() as cur:
                     cur.execute(function)
                     cur.execute(*call)
                 (self._created if self.in_transaction else self._functions).add(function)
         else:
-            with self.raw.pipeline(), self.raw.cursor() as cur:
+            with self._sending(), self._raw.cursor() as cur:
                 for batch in batches:
                     cur.execute(*batch)
 
@@ -371,25 +401,56 @@ class PgConnection:
 
     def _flush(self, commit: psycopg.Cursor[Any] | None = None) -> None:
         """Send the queued statements (and ``COMMIT`` on ``commit``) in one pipeline; on an error roll back."""
-        later, self._later = self._later, []
         try:
-            with self.raw.pipeline(), self.raw.cursor() as cur:
-                for statements, bindings in later:
-                    _run(cur, statements, bindings)
+            with self._sending():
                 if commit is not None:
                     _run(commit, "COMMIT", None)
         except psycopg.Error:
-            self._created.clear()
-            if self.in_transaction:
-                with contextlib.suppress(psycopg.Error):
-                    self.raw.execute("ROLLBACK")
+            if commit is not None:  # the COMMIT itself failed: the transaction is gone either way
+                self._created.clear()
+                if self.in_transaction:
+                    with contextlib.suppress(psycopg.Error):
+                        self._raw.execute("ROLLBACK")
             raise
+
+    @contextlib.contextmanager
+    def _sending(self) -> Iterator[None]:
+        """A pipeline that sends the queued statements first, then what the body runs, in one round trip (at the
+        block's end). A queued statement that fails rolls the whole transaction back (:meth:`defer`); a statement of
+        the body that fails leaves the transaction aborted, as it would have alone."""
+        later, self._later = self._later, []
+        self._begun = False
+        # The last queued statement runs on a cursor of its own: it has a result only if it ran, so only if every
+        # queued statement before it succeeded (a pipeline skips what follows an error).
+        cur, last = self._raw.cursor(), self._raw.cursor()
+        try:
+            with self._raw.pipeline():
+                for i, (statements, bindings) in enumerate(later, start=1):
+                    _run(last if i == len(later) else cur, statements, bindings)
+                yield
+        except psycopg.Error:
+            result = last.pgresult
+            if later and (result is None or result.status not in (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK)):
+                self._created.clear()
+                if self.in_transaction:
+                    with contextlib.suppress(psycopg.Error):
+                        self._raw.execute("ROLLBACK")
+            raise
+        finally:
+            cur.close()
+            last.close()
+
+    @property
+    def usable(self) -> bool:
+        """Open and not broken (a lost server connection is broken)."""
+        return not (self._raw.closed or self._raw.broken)
 
     @property
     def in_transaction(self) -> bool:
-        """Inside a transaction (an aborted one included); False when idle or when the connection is gone."""
-        return self.raw.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR,
-                                                    TransactionStatus.ACTIVE)
+        """Inside a transaction (an aborted one included, and one whose ``BEGIN`` is still queued); False when idle
+        or when the connection is gone."""
+        return self._begun or self._raw.info.transaction_status in (
+            TransactionStatus.INTRANS, TransactionStatus.INERROR, TransactionStatus.ACTIVE)
 
     def __enter__(self) -> PgConnection:
         self.execute("BEGIN")
@@ -432,7 +493,8 @@ class PgConnection:
 
     def close(self) -> None:
         self._later.clear()
-        self.raw.close()
+        self._begun = False
+        self._raw.close()
 
 
 def _tables(conn: PgConnection) -> dict[str, bool]:
@@ -466,10 +528,19 @@ class TriggerJournal:
         self.conn = conn
         self._trimmed = trimmed
         self._tables: frozenset[str] = frozenset()
+        self._stale = True
 
     def refresh(self) -> None:
-        """Add the trigger to journaled tables without it, drop it from tables now trimmed (DDL, committed at once:
-        call outside the engine's transaction)."""
+        """Check the tables again in the next transaction: the check itself runs in the transaction, at the first
+        :meth:`record` or :meth:`trim`, in the round trip of its first statements (:meth:`_check`)."""
+        self._stale = True
+
+    def _check(self) -> None:
+        """Add the trigger to journaled tables without it, drop it from tables now trimmed. Inside the engine's
+        transaction: the catalog query goes with the queued ``BEGIN`` (and ``monmouth.block``), and a trigger made
+        here is rolled back with the transaction (made again by the next one)."""
+        if not self._stale:
+            return
         trimmed = self._trimmed()
         tables = _tables(self.conn)
         for name, has in tables.items():
@@ -483,13 +554,17 @@ class TriggerJournal:
                 self.conn.execute(f'DROP TRIGGER monmouth_undo ON "{name}"; '
                                   f'DROP TRIGGER IF EXISTS monmouth_undo_truncate ON "{name}"')
         self._tables = frozenset(tables)
+        self._stale = False
 
     def record(self, fn: Callable[[], None], number: int | None = None) -> bytes:
         """Run ``fn`` (block ``number``'s chain hooks) with ``monmouth.block`` set, so the triggers record its
-        changes under ``number``; returns ``b""`` (the revertible marker stored in ``monmouth_blocks.changeset``)."""
+        changes under ``number``; returns ``b""`` (the revertible marker stored in ``monmouth_blocks.changeset``).
+        The setting is queued (:meth:`PgConnection.defer`): it reaches the server before any statement ``fn`` runs,
+        in the same round trip."""
         if number is None:
             raise ValueError("the PostgreSQL journal records per block: pass the block number")
-        self.conn.execute("SELECT set_config('monmouth.block', ?, true)", (str(number),))
+        self.conn.defer("SELECT set_config('monmouth.block', ?, true)", (str(number),))
+        self._check()
         fn()
         self.conn.defer("SELECT set_config('monmouth.block', '', true)")  # sent with the engine's next statement
         return b""
@@ -509,6 +584,7 @@ class TriggerJournal:
             raise JournalConflictError(f"block {number}: {e.diag.message_primary or e}") from e
 
     def trim(self, number: int) -> None:
+        self._check()
         for table, column in self._trimmed().items():
             if column and table in self._tables:
                 self.conn.execute(f'DELETE FROM "{table}" WHERE "{column}" >= ?', (number,))
@@ -621,7 +697,7 @@ class PgDatabase:
         statement timeout), ``request`` (the primary, ``statement_timeout``) or ``replica`` (``read_url``,
         read-only, ``statement_timeout``)."""
         conn: PgConnection | None = getattr(self._local, slot, None)
-        if conn is None or conn.raw.closed or conn.raw.broken:
+        if conn is None or not conn.usable:
             replica = slot == "replica"
             conn = self.connect(readonly=replica, replica=replica,
                                 statement_timeout=0.0 if slot == "conn" else self.statement_timeout)
