@@ -24,10 +24,13 @@ run four sides in lockstep: plain apsw, the engine on SQLite, plain psycopg (the
 :class:`~sidecar.backends.postgres.PgConnection`, no triggers) and the engine on PostgreSQL (the trigger journal),
 and print PostgreSQL's engine against SQLite's (goal: at least 0.5). The plugins' SQL is one portable set for both
 backends, except the u256 arithmetic of ``balances`` (SQLite's ``u256_add`` on 32-byte blobs, PostgreSQL's
-``numeric``). The replay-through-the-runner phase runs on SQLite only.
+``numeric``). The replay-through-the-runner phase runs on SQLite only. ``--pg-rtt-ms R`` puts a network between
+the PostgreSQL sides and the server: every connection goes through a loopback relay that delays each chunk by R/2 ms
+each way (:class:`Relay`; plain psycopg and the engine both pay it), to show what a notification's round trips cost
+when the server is on another machine.
 
 Run:  python bench/ingest.py [--blocks 600] [--txs 200] [--synchronous FULL] [--storage sqlite|postgres]
-      [--balances per-transaction|summed]
+      [--balances per-transaction|summed] [--pg-rtt-ms 0]
 Prints its figures; the last line is JSON with ``blocks_per_s`` and ``revert_64_s`` (no-op plugin), the same for
 the indexing plugin (``indexing_*``), and for each journaled plugin its reference (``plain_<plugin>_blocks_per_s``)
 and ``<plugin>_ratio``; with ``--storage postgres`` the same keys prefixed ``pg_`` and ``pg_<plugin>_vs_sqlite``
@@ -41,8 +44,10 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -150,6 +155,65 @@ class Balances:
         )
 
 
+class Relay:
+    """A loopback TCP relay to ``(host, port)`` that delays every chunk by ``delay_s`` in each direction, in order
+    (a link of that one-way latency and no bandwidth limit): the URL of a server one network away. Two threads per
+    direction of each connection: one reads and stamps, one sends each chunk when it is due."""
+
+    def __init__(self, host: str, port: int, delay_s: float) -> None:
+        self.target, self.delay_s = (host, port), delay_s
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            for s in (client, server):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._pipe(client, server)
+            self._pipe(server, client)
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        import queue
+
+        chunks: queue.SimpleQueue[tuple[float, bytes]] = queue.SimpleQueue()
+
+        def read() -> None:
+            while True:
+                try:
+                    data = src.recv(1 << 16)
+                except OSError:
+                    data = b""
+                chunks.put((time.monotonic() + self.delay_s, data))
+                if not data:
+                    return
+
+        def send() -> None:
+            while True:
+                due, data = chunks.get()
+                if not data:
+                    with contextlib.suppress(OSError):
+                        dst.shutdown(socket.SHUT_WR)
+                    return
+                if (wait := due - time.monotonic()) > 0:
+                    time.sleep(wait)
+                try:
+                    dst.sendall(data)
+                except OSError:
+                    return
+
+        threading.Thread(target=read, daemon=True).start()
+        threading.Thread(target=send, daemon=True).start()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
 #: Where a phase's database goes: a SQLite file, or a fresh database's URL on the run's PostgreSQL server.
 Target = Path | str
 
@@ -173,16 +237,20 @@ def make_engine(target: Target, plugin: object, synchronous: str) -> Engine:
 
 
 class Targets:
-    """Fresh databases for each phase: SQLite files in ``directory``, and on ``server`` (tests/pg.py) when given."""
+    """Fresh databases for each phase: SQLite files in ``directory``, and on ``server`` (tests/pg.py) when given,
+    reached through ``relay`` (:class:`Relay`) when given."""
 
-    def __init__(self, directory: Path, server: Any = None) -> None:
-        self.directory, self.server = directory, server
+    def __init__(self, directory: Path, server: Any = None, relay: Relay | None = None) -> None:
+        self.directory, self.server, self.relay = directory, server, relay
         self._n = 0
 
     def new(self, backend: str) -> Target:
         self._n += 1
         if backend == "postgres":
-            return self.server.database()  # type: ignore[no-any-return]
+            url: str = self.server.database()
+            if self.relay is not None:
+                url = url.replace(f":{self.server.port}/", f":{self.relay.port}/")
+            return url
         return self.directory / f"bench{self._n}.sqlite"
 
 
@@ -325,7 +393,11 @@ def main() -> None:
                          "summed per recipient first, one upsert per recipient")
     ap.add_argument("--storage", choices=["sqlite", "postgres"], default="sqlite",
                     help="postgres: also run every engine phase on a real PostgreSQL server, beside SQLite")
+    ap.add_argument("--pg-rtt-ms", type=float, default=0.0,
+                    help="with --storage postgres: reach the server through a relay adding this round-trip time")
     args = ap.parse_args()
+    if args.pg_rtt_ms < 0 or (args.pg_rtt_ms and args.storage != "postgres"):
+        ap.error(f"--pg-rtt-ms {args.pg_rtt_ms}: a round-trip time of 0 ms or more, with --storage postgres")
     if args.blocks < 64:
         ap.error(f"--blocks {args.blocks}: at least 64 (each phase ends by reverting its last 64 blocks)")
 
@@ -343,7 +415,12 @@ def main() -> None:
 
             server = stack.enter_context(PgServer(durable=True))
             print(f"PostgreSQL server {server.url()} (fsync on, synchronous_commit on)", flush=True)
-        targets = Targets(Path(stack.enter_context(tempfile.TemporaryDirectory())), server)
+        relay = None
+        if args.pg_rtt_ms and server is not None:
+            relay = Relay("127.0.0.1", server.port, args.pg_rtt_ms / 2e3)
+            stack.callback(relay.close)
+            print(f"PostgreSQL reached through a relay adding {args.pg_rtt_ms:g} ms a round trip", flush=True)
+        targets = Targets(Path(stack.enter_context(tempfile.TemporaryDirectory())), server, relay)
         backends = ["sqlite", "postgres"] if server is not None else ["sqlite"]
         noop = {b: run(NoOp(), frames, args.synchronous, f"no-op plugin, {b}", targets.new(b)) for b in backends}
         indexing = journal_cost({b: (Indexer(), Indexer()) for b in backends}, frames, args.synchronous,
@@ -355,6 +432,7 @@ def main() -> None:
     single = replay_runner(blocks, args.synchronous, 1)
     figures: dict[str, Any] = {
         "txs_per_block": args.txs, "blocks": args.blocks, "synchronous": args.synchronous, "balances": args.balances,
+        "pg_rtt_ms": args.pg_rtt_ms,
         "replay_runner_blocks_per_s": grouped, "replay_runner_group_commit_1_blocks_per_s": single,
     }
     for b in backends:

@@ -20,8 +20,9 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from tests import pgvector
 
@@ -250,3 +251,41 @@ class PgReplica:
         with contextlib.suppress(Exception):
             self._pg_ctl("stop", "-m", "immediate", "-w")
         shutil.rmtree(self.data, ignore_errors=True)
+
+
+def round_trips(conns: Any, fn: Callable[[], Any]) -> list[list[str]]:
+    """The statements ``fn`` sends on ``conns`` (one :class:`~sidecar.backends.postgres.PgConnection` or several),
+    grouped by round trip, each named by its first word (``(prepared)`` for a statement psycopg prepared before):
+    libpq's protocol trace (``PQtrace``), where a round trip ends at each ``Sync`` or simple ``Query`` the client
+    sends."""
+    from psycopg import pq
+
+    conns = list(conns) if isinstance(conns, list | tuple) else [conns]
+    fd, path = tempfile.mkstemp()
+    try:
+        for c in conns:
+            c._raw.pgconn.trace(fd)
+            c._raw.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+        try:
+            fn()
+        finally:
+            for c in conns:
+                c._raw.pgconn.untrace()
+        with open(path) as f:
+            lines = [[*line.split("\t", 3), "", "", ""] for line in f.read().splitlines()]
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    trips: list[list[str]] = [[]]
+    for direction, _length, kind, rest, *_ in lines:
+        if direction != "F":
+            continue
+        if kind == "Parse":
+            trips[-1].append(rest.split('"')[3].split()[0])  # the statement's first word
+        elif kind == "Bind" and rest.split('"')[3]:  # a prepared statement, sent without Parse
+            trips[-1].append("(prepared)")
+        elif kind == "Query":
+            trips[-1].append(rest.strip(' "').split()[0])
+        if kind in ("Sync", "Query"):
+            trips.append([])
+    return [t for t in trips if t]

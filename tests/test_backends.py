@@ -18,7 +18,7 @@ from monmouth.journal import JournalConflictError
 from monmouth.types import ChainCommitted, ChainReorged, ChainReverted
 from tests.chains import chain, extend
 from tests.conftest import make_engine
-from tests.pg import PASSWORD
+from tests.pg import PASSWORD, round_trips
 from tests.plugins import ledger
 
 BOTH = ("sqlite", "postgres")
@@ -547,42 +547,6 @@ def test_sqlite_connections_that_write_get_storage_cache_mib_and_read_only_ones_
     assert reads == [default] and writes == [-48 * 1024]
     with pytest.raises(ConfigError, match="storage.cache_mib"):
         validate({"storage": {"cache_mib": 1}}, "<test>", {})
-
-
-def round_trips(conn: PgConnection, fn) -> list[list[str]]:
-    """The statements ``fn`` sends on ``conn``, grouped by round trip (libpq's protocol trace: a round trip ends at
-    each ``Sync`` or simple ``Query`` the client sends)."""
-    import os
-    import tempfile
-
-    from psycopg import pq
-
-    fd, path = tempfile.mkstemp()
-    try:
-        conn._raw.pgconn.trace(fd)
-        conn._raw.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
-        try:
-            fn()
-        finally:
-            conn._raw.pgconn.untrace()
-        with open(path) as f:
-            lines = [[*line.split("\t", 3), "", "", ""] for line in f.read().splitlines()]
-    finally:
-        os.close(fd)
-        os.unlink(path)
-    trips: list[list[str]] = [[]]
-    for direction, _length, kind, rest, *_ in lines:
-        if direction != "F":
-            continue
-        if kind == "Parse":
-            trips[-1].append(rest.split('"')[3].split()[0])  # the statement's first word
-        elif kind == "Bind" and rest.split('"')[3]:  # a prepared statement, sent without Parse
-            trips[-1].append("(prepared)")
-        elif kind == "Query":
-            trips[-1].append(rest.strip(' "').split()[0])
-        if kind in ("Sync", "Query"):
-            trips.append([])
-    return [t for t in trips if t]
 
 
 class OneStatement:

@@ -83,6 +83,49 @@ def test_hooks_declared_and_config_agents_registered(mk_sqlite):
     assert st_["state"] == "enabled" and st_["agents"] == 2
 
 
+def test_a_store_on_postgresql_sends_its_writes_with_its_commit(pg_url, tmp_path, monkeypatch):
+    """On PostgreSQL a store's writes whose results nobody reads (the item row, its tags, keyword row and embedding
+    queue row) travel with its ``COMMIT``: seven round trips, not eleven. A failure among them (here a trigger
+    refusing the tag row) fails the whole store: nothing of it is written, and the next store works."""
+    import psycopg
+
+    from monmouth.backends.postgres import PgDatabase
+    from tests.pg import round_trips
+
+    conns: list = []  # every connection the plugin opens, to trace them all
+    connect = PgDatabase.connect
+
+    def tracked(self, *args, **kwargs):
+        conns.append(connect(self, *args, **kwargs))
+        return conns[-1]
+
+    monkeypatch.setattr(PgDatabase, "connect", tracked)
+    e, p = make_memory_engine(pg_url, {"key_dir": str(tmp_path / "keys"), "agents": ["0x" + A1.hex()]})
+    mem = p.memory
+    e.apply(ChainCommitted(chain(extend(None, 1, number=1, n_txs=0))))
+    mem.store(A1, "semantic", "warm up", tags=["ops"])
+    out: list = []
+    trips = round_trips(conns, lambda: out.append(mem.store(A1, "semantic", "the vault key rotates", tags=["ops"])))
+    assert len(trips) == 7, trips
+    assert trips[-1][-1] == "COMMIT" and len(trips[-1]) >= 5, trips  # item, tag, keyword, queue rows, COMMIT
+    got = mem.get(A1, bytes.fromhex(out[0]["id"][2:]))
+    assert got["content"] == "the vault key rotates" and got["tags"] == ["ops"]
+
+    e.conn.execute("""
+        CREATE FUNCTION refuse_tag() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'tag refused'; END $$;
+        CREATE TRIGGER refuse_tag BEFORE INSERT ON memory_tags FOR EACH ROW EXECUTE FUNCTION refuse_tag()""")
+    counts = "SELECT (SELECT count(*) FROM memory_items), (SELECT count(*) FROM memory_ops)"
+    before = e.conn.execute(counts).fetchone()
+    with pytest.raises(psycopg.errors.RaiseException, match="tag refused"):
+        mem.store(A1, "semantic", "never stored", tags=["ops"])
+    assert e.conn.execute(counts).fetchone() == before
+    e.conn.execute("DROP TRIGGER refuse_tag ON memory_tags")
+    mem.store(A1, "semantic", "stored after", tags=["ops"])
+    assert e.conn.execute(counts).fetchone() == (before[0] + 1, before[1] + 1)
+    close(e)
+
+
 def test_store_get_list_update_delete(mk):
     e, mem = mk()
     e.apply(ChainCommitted(chain(extend(None, 1, number=1, n_txs=0))))

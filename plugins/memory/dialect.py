@@ -36,6 +36,8 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from monmouth.backends import executemany_later
+
 #: ``pg_advisory_xact_lock`` key of the memory plugin's writers on PostgreSQL ("MM" + 0x0003).
 WRITE_LOCK = 0x4D4D_0003
 #: PostgreSQL keeps at most this position in a ``tsvector`` (larger ones are clamped).
@@ -167,7 +169,8 @@ class Postgres:
 
     @staticmethod
     def fts_add(conn: Any, rows: Sequence[tuple[int, str]]) -> None:
-        conn.executemany(Postgres.INSERT_FTS, [(n, Postgres.tsvector(tokens)) for n, tokens in rows])
+        """Queued (:func:`monmouth.backends.executemany_later`): sent with the transaction's next statement."""
+        executemany_later(conn, Postgres.INSERT_FTS, [(n, Postgres.tsvector(tokens)) for n, tokens in rows])
 
     @staticmethod
     def fts_remove(conn: Any, ns: Sequence[int]) -> None:

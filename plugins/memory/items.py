@@ -20,6 +20,7 @@ from typing import Any
 import apsw
 import msgpack
 
+from monmouth.backends import execute_later, executemany_later
 from monmouth.chain import hx
 from monmouth.engine import read_cursor
 
@@ -60,14 +61,16 @@ ToIndex = tuple[AgentKey, bytes, int, "str | None", Sequence[str]]
 
 
 def index_items(conn: apsw.Connection, items: Sequence[ToIndex]) -> None:
-    """:func:`index_item` of many items, one statement per table (``executemany``): the same rows."""
-    conn.executemany("INSERT INTO memory_tags (agent, tag, n) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                     [(agent, k.tag_hash(t), n) for k, agent, n, _, tags in items for t in dict.fromkeys(tags)])
+    """:func:`index_item` of many items, one statement per table (``executemany``): the same rows. Written with
+    :func:`monmouth.backends.executemany_later`: on PostgreSQL they travel with the transaction's next statement
+    (its ``COMMIT`` for an API write), not in round trips of their own."""
+    executemany_later(conn, "INSERT INTO memory_tags (agent, tag, n) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                      [(agent, k.tag_hash(t), n) for k, agent, n, _, tags in items for t in dict.fromkeys(tags)])
     fts = [(n, k.tokens(text)) for k, _, n, text, _ in items if text]
     if fts:
         dialect.of(conn).fts_add(conn, fts)
-    conn.executemany("INSERT INTO memory_embed_queue (n) VALUES (?) ON CONFLICT DO NOTHING",
-                     [(n,) for _, _, n, _, _ in items])
+    executemany_later(conn, "INSERT INTO memory_embed_queue (n) VALUES (?) ON CONFLICT DO NOTHING",
+                      [(n,) for _, _, n, _, _ in items])
 
 
 def unindex_item(conn: apsw.Connection, agent: bytes, n: int) -> None:
@@ -267,7 +270,8 @@ class Items:
                     "written_at) VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?) RETURNING seq",
                     (agent, item_id, OP_PUT, kind_i, com, ttl_b, expires_at, now))
                 n = -seq
-                conn.execute(
+                execute_later(  # with the next statement (on PostgreSQL; the COMMIT for the last item)
+                    conn,
                     "INSERT INTO memory_items (n, id, agent, kind, origin, version, key_hash, nonce, ct, commitment, "
                     "ttl_seconds, ttl_blocks, expires_at, created_at, updated_at, head_number, head_hash) "
                     "VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

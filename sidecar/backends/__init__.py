@@ -104,16 +104,32 @@ class Connection(Protocol):
 
 
 def execute_later(conn: Connection, statements: str, bindings: Any = None) -> None:
-    """Run a bookkeeping statement whose result nobody reads, inside an open transaction: at once on SQLite (in
-    process, nothing to save); on PostgreSQL queued and sent with the connection's next statement, in one round trip
-    (:meth:`sidecar.backends.postgres.PgConnection.defer`; a failure there rolls the whole transaction back). Only
-    for statements the engine runs between its own: call something that executes (``execute``) before handing the
-    connection to plugin code."""
+    """Run one statement whose result nobody reads (a write), inside an open transaction: at once on SQLite (in
+    process, nothing to save); on PostgreSQL queued and sent with the connection's next statement (its ``COMMIT``
+    included, and before anything run on ``conn.raw``), in one round trip
+    (:meth:`sidecar.backends.postgres.PgConnection.defer`). The engine's bookkeeping goes this way, and so may a
+    plugin's writes: over a network each round trip saved is the network's round-trip time.
+
+    Contract: a queued statement that fails fails the whole transaction on PostgreSQL: it is rolled back at once and
+    the error is raised from the statement that sent it (``COMMIT`` included), so do not queue a statement whose
+    failure the code would handle (a savepoint it rolls back to). ``ROLLBACK`` (whole or to a savepoint) drops what
+    is queued."""
     defer = getattr(conn, "defer", None)
     if defer is None:
         conn.execute(statements, bindings)
     else:
         defer(statements, bindings)
+
+
+def executemany_later(conn: Connection, statements: str, sequenceofbindings: Any) -> None:
+    """:func:`execute_later` of ``conn.executemany(statements, sequenceofbindings)``: the same statements (on
+    PostgreSQL batched as ``executemany`` batches them, :mod:`sidecar.backends.pg_batch`), queued; the same
+    contract."""
+    defer = getattr(conn, "defer_many", None)
+    if defer is None:
+        conn.executemany(statements, sequenceofbindings)
+    else:
+        defer(statements, sequenceofbindings)
 
 
 class UndoJournal(Protocol):

@@ -279,7 +279,9 @@ class PgConnection:
 
     def __init__(self, raw: psycopg.Connection[Any]) -> None:
         self._raw = raw
-        self._later: list[tuple[str, Any]] = []
+        # queued statements: (query, parameters, how to run it: "apsw" (? placeholders, _run), "psycopg" (a psycopg
+        # query as is) or "many" (psycopg's executemany))
+        self._later: list[tuple[Any, Any, str]] = []
         self._begun = False  # a BEGIN is queued in _later, not sent yet
         self._batches: dict[str, pg_batch.Batch | None] = {}  # statement -> pg_batch.batch_statement()
         # pg_batch's temporary functions (pg_temp, this session's) made and committed / made in the open transaction
@@ -304,7 +306,7 @@ class PgConnection:
             # ended out of sight): made again when next needed
             self._created.clear()
         if statements == "BEGIN" and not self._later and not self.in_transaction:
-            self._later.append((statements, None))  # sent with the transaction's first statement
+            self._later.append((statements, None, "apsw"))  # sent with the transaction's first statement
             self._begun = True
             return cur
         if statements.startswith("ROLLBACK"):
@@ -340,37 +342,53 @@ class PgConnection:
         each through the table's row triggers (the undo journal included) and constraints, the same result; what
         differs is the number of statements (a statement-level trigger fires once per statement). Anything else, or
         rows whose Python values do not form typed arrays, runs row by row (psycopg's pipelined ``executemany``)."""
+        planned, made = self._plan_many(statements, sequenceofbindings)
+        try:
+            # in one pipeline with the queued statements (_sending): one round trip
+            with self._sending(), self._raw.cursor() as cur:
+                for sql, params, many in planned:
+                    if many:
+                        cur.executemany(sql, params)
+                    else:
+                        cur.execute(sql, params)
+        except psycopg.errors.UndefinedFunction:
+            # the session lost pg_batch's function (a server connection swapped under us by a pooler, DISCARD TEMP):
+            # made again when the caller retries
+            self._forget_functions()
+            raise
+        if made:
+            (self._created if self.in_transaction else self._functions).add(made)
+
+    def defer_many(self, statements: str, sequenceofbindings: Any) -> None:
+        """:meth:`executemany` queued as :meth:`defer` queues one statement: the same statements (batched the same
+        way), sent with this connection's next statement. Inside a transaction only."""
+        planned, made = self._plan_many(statements, sequenceofbindings)
+        if not planned[0][1] and planned[0][2]:  # no rows: nothing to send
+            return
+        self._later.extend((sql, params, "many" if many else "psycopg") for sql, params, many in planned)
+        if made:
+            self._created.add(made)
+
+    def _plan_many(self, statements: str, sequenceofbindings: Any) -> tuple[list[tuple[Any, Any, bool]], bytes]:
+        """The statements :meth:`executemany` runs, as ``[(psycopg query, parameters, run with executemany)]``, and
+        pg_batch's function they make (``b""``: none)."""
         rows = sequenceofbindings if isinstance(sequenceofbindings, list) else list(sequenceofbindings)
         batches = self._batched(statements, rows) if len(rows) > 1 else None
-        # the statements go in one pipeline with the queued ones (_sending): one round trip
         if batches is None:
-            with self._sending(), self._raw.cursor() as cur:
-                cur.executemany(_translate(statements), rows)
-        elif len(batches) == 1:
-            with self._sending(), self._raw.cursor() as cur:
-                cur.execute(*batches[0])
-        elif ((form := self._batches[statements]) is not None and (call := pg_batch.runs_call(form, batches))
-              and self._may_create_temporary()):
+            return [(_translate(statements), rows, True)], b""
+        if len(batches) == 1:
+            return [(*batches[0], False)], b""
+        form = self._batches[statements]
+        if form is not None and (call := pg_batch.runs_call(form, batches)) and self._may_create_temporary():
             function = form.function
             if function in self._functions or function in self._created:
-                try:
-                    with self._sending(), self._raw.cursor() as cur:
-                        cur.execute(*call)
-                except psycopg.errors.UndefinedFunction:
-                    # the session lost it (a server connection swapped under us by a pooler, DISCARD TEMP): made
-                    # again when the caller retries
-                    self._functions.discard(function)
-                    self._created.discard(function)
-                    raise
-            else:
-                with self._sending(), self._raw.cursor() as cur:
-                    cur.execute(function)
-                    cur.execute(*call)
-                (self._created if self.in_transaction else self._functions).add(function)
-        else:
-            with self._sending(), self._raw.cursor() as cur:
-                for batch in batches:
-                    cur.execute(*batch)
+                return [(*call, False)], b""
+            return [(function, None, False), (*call, False)], function
+        return [(*batch, False) for batch in batches], b""
+
+    def _forget_functions(self) -> None:
+        self._functions.clear()
+        self._created.clear()
 
     def _may_create_temporary(self) -> bool:
         """Whether this session may create temporary objects (the database's ``TEMPORARY`` privilege, which PUBLIC
@@ -397,7 +415,7 @@ class PgConnection:
         A queued statement that fails fails the whole transaction: it is rolled back at once and the error raised
         from the statement that sent it (``COMMIT`` included), as when SQLite rolls a transaction back on a fault;
         ``in_transaction`` is then False, which tells the engine nothing of its batch was written."""
-        self._later.append((statements, bindings))
+        self._later.append((statements, bindings, "apsw"))
 
     def _flush(self, commit: psycopg.Cursor[Any] | None = None) -> None:
         """Send the queued statements (and ``COMMIT`` on ``commit``) in one pipeline; on an error roll back."""
@@ -425,10 +443,18 @@ class PgConnection:
         cur, last = self._raw.cursor(), self._raw.cursor()
         try:
             with self._raw.pipeline():
-                for i, (statements, bindings) in enumerate(later, start=1):
-                    _run(last if i == len(later) else cur, statements, bindings)
+                for i, (query, params, how) in enumerate(later, start=1):
+                    c = last if i == len(later) else cur
+                    if how == "apsw":
+                        _run(c, query, params)
+                    elif how == "many":
+                        c.executemany(query, params)
+                    else:
+                        c.execute(query, params)
                 yield
-        except psycopg.Error:
+        except psycopg.Error as e:
+            if isinstance(e, psycopg.errors.UndefinedFunction):
+                self._forget_functions()  # pg_batch's function lost (see executemany)
             result = last.pgresult
             if later and (result is None or result.status not in (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK)):
                 self._created.clear()
