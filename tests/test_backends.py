@@ -562,15 +562,17 @@ class OneStatement:
 
 
 def test_a_notification_costs_the_engine_two_round_trips(pg_url):
-    """``BEGIN``, the block's ``monmouth.block`` and the journal's catalog check travel together, the bookkeeping
-    with ``COMMIT``: a block whose plugin runs one statement is three round trips, and a second block of the same
-    notification adds only its plugin's statement (its setting rides with it). Then a revert of both is exact."""
+    """The journal's catalog check goes alone, before the transaction (its DDL, when a table needs the trigger,
+    commits at once); ``BEGIN`` and the block's ``monmouth.block`` travel with the plugin's first statement, the
+    bookkeeping with ``COMMIT``: a block whose plugin runs one statement is three round trips, and a second block of
+    the same notification adds only its plugin's statement (its setting rides with it). A revert of both is
+    exact."""
     e = make_engine(pg_url, {"one": OneStatement()})
     bs = extend(None, 4, number=1, n_txs=1)
     e.apply(ChainCommitted(chain(bs[:1])), 1)
     trips = round_trips(e.conn, lambda: e.apply(ChainCommitted(chain(bs[1:2])), 2))
     assert len(trips) == 3, trips
-    assert trips[0][:3] == ["BEGIN", "SELECT", "SELECT"] and trips[1] == ["INSERT"] and trips[2][-1] == "COMMIT"
+    assert trips[0] == ["SELECT"] and trips[1] == ["BEGIN", "SELECT", "INSERT"] and trips[2][-1] == "COMMIT"
     trips = round_trips(e.conn, lambda: e.apply(ChainCommitted(chain(bs[2:4])), 3))
     assert len(trips) == 4, trips
     assert trips[2][0] == "SELECT" and trips[2][-1] == "INSERT"  # block 4's setting with its statement
@@ -640,4 +642,38 @@ def test_a_plugin_statement_that_fails_with_queued_statements_rolls_back_only_it
     assert e.conn.execute("SELECT n FROM fail_rows ORDER BY n").fetchall() == [(0,), (1,), (2,)]
     assert e.conn.execute("SELECT max(number) FROM monmouth_blocks").fetchone() == (2,)
     assert e.conn.execute("SELECT DISTINCT block FROM monmouth_undo ORDER BY 1").fetchall() == [(1,), (2,)]
+    e.close()
+
+
+class WritesFromElsewhere:
+    """At each block, writes a row of its own table from another connection (as an API process would) while the
+    engine's transaction is open, with a short ``lock_timeout``."""
+
+    monmouth_backends = hookimpl(lambda self: BOTH)
+
+    def __init__(self, url: str) -> None:
+        self.other = PgDatabase(url, password=PASSWORD).connect()
+        self.other.execute("SET lock_timeout = '2s'")
+
+    @hookimpl
+    def monmouth_migrations(self):
+        return ["CREATE TABLE elsewhere_rows (n BIGINT PRIMARY KEY)"]
+
+    @hookimpl
+    def monmouth_block_applied(self, conn, block, notification):
+        self.other.execute("INSERT INTO elsewhere_rows VALUES (?)", (-block.number,))
+
+
+def test_the_journal_adds_its_trigger_outside_the_notifications_transaction(pg_url):
+    """The trigger a new journaled table gets is committed before the notification's transaction begins: a
+    ``CREATE TRIGGER`` inside it would hold the table's ``SHARE ROW EXCLUSIVE`` lock until the notification commits,
+    blocking every other writer of the table meanwhile (and deadlocking with one that holds a lock the plugin then
+    waits for). Here another connection writes the table during the first block's hook."""
+    plugin = WritesFromElsewhere(pg_url)
+    e = make_engine(pg_url, {"elsewhere": plugin})
+    e.apply(ChainCommitted(chain(extend(None, 1, number=1, n_txs=1))))
+    assert e.conn.execute("SELECT n FROM elsewhere_rows").fetchall() == [(-1,)]
+    assert e.conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname = 'monmouth_undo' "
+                          "AND tgrelid = 'elsewhere_rows'::regclass").fetchone() == (1,)
+    plugin.other.close()
     e.close()

@@ -85,7 +85,7 @@ def test_hooks_declared_and_config_agents_registered(mk_sqlite):
 
 def test_a_store_on_postgresql_sends_its_writes_with_its_commit(pg_url, tmp_path, monkeypatch):
     """On PostgreSQL a store's writes whose results nobody reads (the item row, its tags, keyword row and embedding
-    queue row) travel with its ``COMMIT``: seven round trips, not eleven. A failure among them (here a trigger
+    queue row) travel with its ``COMMIT``, and its lock with its first read: six round trips, not eleven. A failure among them (here a trigger
     refusing the tag row) fails the whole store: nothing of it is written, and the next store works."""
     import psycopg
 
@@ -106,7 +106,7 @@ def test_a_store_on_postgresql_sends_its_writes_with_its_commit(pg_url, tmp_path
     mem.store(A1, "semantic", "warm up", tags=["ops"])
     out: list = []
     trips = round_trips(conns, lambda: out.append(mem.store(A1, "semantic", "the vault key rotates", tags=["ops"])))
-    assert len(trips) == 7, trips
+    assert len(trips) == 6, trips
     assert trips[-1][-1] == "COMMIT" and len(trips[-1]) >= 5, trips  # item, tag, keyword, queue rows, COMMIT
     got = mem.get(A1, bytes.fromhex(out[0]["id"][2:]))
     assert got["content"] == "the vault key rotates" and got["tags"] == ["ops"]

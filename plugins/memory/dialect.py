@@ -36,7 +36,7 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from monmouth.backends import executemany_later
+from monmouth.backends import execute_later, executemany_later
 
 #: ``pg_advisory_xact_lock`` key of the memory plugin's writers on PostgreSQL ("MM" + 0x0003).
 WRITE_LOCK = 0x4D4D_0003
@@ -144,8 +144,9 @@ class Postgres:
 
     @staticmethod
     def chain_write(conn: Any) -> None:
-        """Before the plugin writes in the engine's transaction: take :data:`WRITE_LOCK` (module docstring)."""
-        conn.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK,))
+        """Before the plugin writes in the engine's transaction: take :data:`WRITE_LOCK` (module docstring). Queued
+        (:func:`monmouth.backends.execute_later`): taken on the server before the plugin's next statement runs."""
+        execute_later(conn, "SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK,))
 
     @staticmethod
     @contextlib.contextmanager
@@ -153,9 +154,10 @@ class Postgres:
         """See :func:`.txn.write`: one ``READ COMMITTED`` transaction holding :data:`WRITE_LOCK`; a non-durable one
         commits without waiting for its WAL flush (``synchronous_commit = off``, this transaction only)."""
         with db.write() as w:
-            w.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK,))
+            # queued: they reach the server with the transaction's first statement, in its round trip
+            execute_later(w, "SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK,))
             if not durable:
-                w.execute("SET LOCAL synchronous_commit = off")
+                execute_later(w, "SET LOCAL synchronous_commit = off")
             yield w
 
     @staticmethod

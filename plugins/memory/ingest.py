@@ -36,6 +36,7 @@ import msgpack
 import msgspec
 from cryptography.exceptions import InvalidTag
 
+from monmouth.backends import execute_later
 from monmouth.chain import hx
 from monmouth.interfaces import TransactionRenderer
 from monmouth.types import Block, Log, Receipt, Transaction
@@ -321,11 +322,14 @@ class ChainIngest:
         self.registrations.apply(conn, block)  # first: the agent's own transactions in this block become episodes
         agents, positions = (self._involved(conn, block) if self.config.chain_episodes and block.transactions
                              else (set(), []))
-        seq0 = scalar(conn, "SELECT ops_seq FROM memory_sync WHERE id = 1")
-        seq1 = scalar(conn, "SELECT coalesce(max(seq), 0) FROM memory_ops")
+        row = conn.execute("SELECT ops_seq, (SELECT coalesce(max(seq), 0) FROM memory_ops) FROM memory_sync "
+                           "WHERE id = 1").fetchall()[0]
+        seq0, seq1 = int(row[0]), int(row[1])  # type: ignore[arg-type]
+        # the writes go with the engine's next statement on PostgreSQL (execute_later): no round trip of their own
         if seq1 > seq0:
-            conn.execute("UPDATE memory_sync SET ops_seq = ? WHERE id = 1", (seq1,))
-        conn.execute(
+            execute_later(conn, "UPDATE memory_sync SET ops_seq = ? WHERE id = 1", (seq1,))
+        execute_later(
+            conn,
             "INSERT INTO memory_pending (block_number, block_hash, ts, ops_from, ops_to, stamp, agents, block) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (block_number) DO UPDATE SET "
             "block_hash = excluded.block_hash, ts = excluded.ts, ops_from = excluded.ops_from, "

@@ -273,8 +273,9 @@ class PgConnection:
 
     backend = "postgres"
 
-    #: Statements without parameters that are known to be one statement (so they may join a pipeline; a script of
-    #: several statements cannot: pipeline mode uses the extended protocol, one statement per message)
+    #: Statements without parameters known to be one statement, besides those without a ``;`` (so they may join a
+    #: pipeline; a script of several statements cannot: pipeline mode uses the extended protocol, one statement per
+    #: message)
     _SINGLE = ("SAVEPOINT ", "RELEASE ")
 
     def __init__(self, raw: psycopg.Connection[Any]) -> None:
@@ -319,7 +320,7 @@ class PgConnection:
             self._flush(commit=cur)
             self._committed()
             return cur
-        elif self._later and (bindings is not None or statements.startswith(self._SINGLE)):
+        elif self._later and (bindings is not None or ";" not in statements or statements.startswith(self._SINGLE)):
             with self._sending():
                 _run(cur, statements, bindings)
             return cur
@@ -554,19 +555,12 @@ class TriggerJournal:
         self.conn = conn
         self._trimmed = trimmed
         self._tables: frozenset[str] = frozenset()
-        self._stale = True
 
     def refresh(self) -> None:
-        """Check the tables again in the next transaction: the check itself runs in the transaction, at the first
-        :meth:`record` or :meth:`trim`, in the round trip of its first statements (:meth:`_check`)."""
-        self._stale = True
-
-    def _check(self) -> None:
-        """Add the trigger to journaled tables without it, drop it from tables now trimmed. Inside the engine's
-        transaction: the catalog query goes with the queued ``BEGIN`` (and ``monmouth.block``), and a trigger made
-        here is rolled back with the transaction (made again by the next one)."""
-        if not self._stale:
-            return
+        """Add the trigger to journaled tables without it, drop it from tables now trimmed. Call it outside the
+        engine's transaction: the DDL commits at once. (Inside it, a ``CREATE TRIGGER`` would hold its
+        ``SHARE ROW EXCLUSIVE`` lock on the table until the notification commits, and a plugin waiting meanwhile for
+        a lock that an API writer of that table holds would deadlock with it.)"""
         trimmed = self._trimmed()
         tables = _tables(self.conn)
         for name, has in tables.items():
@@ -580,7 +574,6 @@ class TriggerJournal:
                 self.conn.execute(f'DROP TRIGGER monmouth_undo ON "{name}"; '
                                   f'DROP TRIGGER IF EXISTS monmouth_undo_truncate ON "{name}"')
         self._tables = frozenset(tables)
-        self._stale = False
 
     def record(self, fn: Callable[[], None], number: int | None = None) -> bytes:
         """Run ``fn`` (block ``number``'s chain hooks) with ``monmouth.block`` set, so the triggers record its
@@ -590,7 +583,6 @@ class TriggerJournal:
         if number is None:
             raise ValueError("the PostgreSQL journal records per block: pass the block number")
         self.conn.defer("SELECT set_config('monmouth.block', ?, true)", (str(number),))
-        self._check()
         fn()
         self.conn.defer("SELECT set_config('monmouth.block', '', true)")  # sent with the engine's next statement
         return b""
@@ -610,7 +602,6 @@ class TriggerJournal:
             raise JournalConflictError(f"block {number}: {e.diag.message_primary or e}") from e
 
     def trim(self, number: int) -> None:
-        self._check()
         for table, column in self._trimmed().items():
             if column and table in self._tables:
                 self.conn.execute(f'DELETE FROM "{table}" WHERE "{column}" >= ?', (number,))
