@@ -36,7 +36,7 @@ import msgpack
 import msgspec
 from cryptography.exceptions import InvalidTag
 
-from monmouth.backends import execute_later
+from monmouth.backends import execute_later, executemany_later
 from monmouth.chain import hx
 from monmouth.interfaces import TransactionRenderer
 from monmouth.types import Block, Log, Receipt, Transaction
@@ -219,9 +219,10 @@ def _anchor(conn: apsw.Connection, block: _Pending, touched: dict[bytes, int]) -
                          number + ttl_b if ttl_b else None, expires_at))
             delta += 1
         touched[agent] = touched.get(agent, 0) + delta
-    conn.executemany("UPDATE memory_leaves SET to_block = ?, end_reason = ? WHERE agent = ? AND item_id = ? "
-                     "AND to_block IS NULL", closes)
-    conn.executemany(
+    executemany_later(conn, "UPDATE memory_leaves SET to_block = ?, end_reason = ? WHERE agent = ? AND item_id = ? "
+                            "AND to_block IS NULL", closes)
+    executemany_later(
+        conn,
         "INSERT INTO memory_leaves (agent, item_id, from_block, to_block, version, kind, commitment, anchor_hash, "
         "leaf, expires_block, expires_ts, end_reason) VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?, NULL)", adds)
 
@@ -238,23 +239,26 @@ def _expire(conn: apsw.Connection, block: _Pending, touched: dict[bytes, int]) -
 
 def _prune(conn: apsw.Connection, horizon: int) -> None:
     """Drop block rows, marks, leaf history and cached roots older than ``horizon`` (keeping, per agent, the mark
-    in force at it)."""
+    in force at it). Queued (execute_later)."""
     if horizon <= 0:
         return
-    conn.execute("DELETE FROM memory_blocks WHERE block_number < ?", (horizon,))
-    conn.execute("DELETE FROM memory_global_cache WHERE block_number < ?", (horizon,))
-    conn.execute(
+    execute_later(conn, "DELETE FROM memory_blocks WHERE block_number < ?", (horizon,))
+    execute_later(conn, "DELETE FROM memory_global_cache WHERE block_number < ?", (horizon,))
+    execute_later(
+        conn,
         "DELETE FROM memory_marks WHERE block_number < ? AND EXISTS (SELECT 1 FROM memory_marks r2 WHERE "
         "r2.agent = memory_marks.agent AND r2.block_number > memory_marks.block_number AND r2.block_number <= ?)",
         (horizon, horizon))
-    conn.execute(
+    execute_later(
+        conn,
         "DELETE FROM memory_root_cache WHERE block_number < ? AND NOT EXISTS (SELECT 1 FROM memory_marks m WHERE "
         "m.agent = memory_root_cache.agent AND m.block_number = memory_root_cache.block_number)", (horizon,))
-    conn.execute(
+    execute_later(
+        conn,
         "DELETE FROM memory_forgotten WHERE block_number < ? AND EXISTS (SELECT 1 FROM memory_forgotten f2 WHERE "
         "f2.fid = memory_forgotten.fid AND f2.block_number > memory_forgotten.block_number AND "
         "f2.block_number <= ?)", (horizon, horizon))
-    conn.execute("DELETE FROM memory_leaves WHERE to_block IS NOT NULL AND to_block <= ?", (horizon,))
+    execute_later(conn, "DELETE FROM memory_leaves WHERE to_block IS NOT NULL AND to_block <= ?", (horizon,))
 
 
 #: Chain-derived items indexed per write transaction: the engine waits for SQLite's write lock meanwhile, so a
@@ -404,10 +408,12 @@ class ChainIngest:
             done += 1
             if time.monotonic() - t0 > (min(budget, SETTLE_BUDGET_S) if self.writers else budget):
                 break
-        conn.execute("DELETE FROM memory_pending WHERE block_number <= ?", (numbers[done - 1],))
+        # the writes whose results nobody reads are queued (execute_later: on PostgreSQL they go with the next
+        # statement or the COMMIT)
+        execute_later(conn, "DELETE FROM memory_pending WHERE block_number <= ?", (numbers[done - 1],))
         if index and new:
             index_items(conn, new)
-            conn.execute("UPDATE memory_state SET indexed_n = ? WHERE id = 1", (new[-1][2],))
+            execute_later(conn, "UPDATE memory_state SET indexed_n = ? WHERE id = 1", (new[-1][2],))
         return done
 
     def _settle_block(self, conn: apsw.Connection, p: _Pending) -> list[ToIndex]:
@@ -438,18 +444,18 @@ class ChainIngest:
             count = b0 + touched[agent]
             agents_n += (count > 0) - (b0 > 0)
             marks.append((agent, number, count, stamp))
-        conn.executemany("INSERT INTO memory_marks (agent, block_number, count, stamp) VALUES (?, ?, ?, ?) "
-                         "ON CONFLICT (agent, block_number) DO UPDATE SET count = excluded.count, "
-                         "stamp = excluded.stamp", marks)
+        executemany_later(conn, "INSERT INTO memory_marks (agent, block_number, count, stamp) VALUES (?, ?, ?, ?) "
+                                "ON CONFLICT (agent, block_number) DO UPDATE SET count = excluded.count, "
+                                "stamp = excluded.stamp", marks)
         if prev is None or prev[1] <= forgot:  # the previous block counted an agent forgotten since
             agents_n = scalar(conn, "SELECT count(*) FROM memory_marks m JOIN (SELECT agent, max(block_number) AS b "
                                     "FROM memory_marks GROUP BY agent) x ON x.agent = m.agent AND "
                                     "x.b = m.block_number WHERE m.count > 0")
-        conn.execute("INSERT INTO memory_blocks (block_number, block_hash, agents, ops_seq, stamp) "
-                     "VALUES (?, ?, ?, ?, ?) ON CONFLICT (block_number) DO UPDATE SET "
-                     "block_hash = excluded.block_hash, agents = excluded.agents, ops_seq = excluded.ops_seq, "
-                     "stamp = excluded.stamp",
-                     (number, p.hash, agents_n, p.ops_to, stamp))
+        execute_later(conn, "INSERT INTO memory_blocks (block_number, block_hash, agents, ops_seq, stamp) "
+                            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (block_number) DO UPDATE SET "
+                            "block_hash = excluded.block_hash, agents = excluded.agents, ops_seq = excluded.ops_seq, "
+                            "stamp = excluded.stamp",
+                            (number, p.hash, agents_n, p.ops_to, stamp))
         if number % self.config.prune_every == 0:
             _prune(conn, number - self.config.retention_blocks)
         return new
@@ -519,11 +525,13 @@ class ChainIngest:
             new.append((k, ep.agent, base | j, ep.text, ep.tags))
             touched[ep.agent] = touched.get(ep.agent, 0) + 1
         # Two rows per episode here; its tags, FTS5 entry and embedding-queue row are written by the caller.
-        conn.executemany(
+        executemany_later(
+            conn,
             "INSERT INTO memory_items (n, id, agent, kind, origin, version, key_hash, nonce, ct, commitment, "
             "ttl_seconds, ttl_blocks, expires_at, created_at, updated_at, head_number, head_hash) "
             "VALUES (?, ?, ?, ?, 1, 1, NULL, ?, ?, ?, 0, 0, NULL, ?, ?, ?, ?)", items)
-        conn.executemany(
+        executemany_later(
+            conn,
             "INSERT INTO memory_leaves (agent, item_id, from_block, to_block, version, kind, commitment, "
             "anchor_hash, leaf, expires_block, expires_ts, end_reason) VALUES (?, ?, ?, NULL, 1, ?, ?, ?, ?, "
             "NULL, NULL, NULL)", leaves)
@@ -584,7 +592,7 @@ class ChainIngest:
                 todo.append((k, agent, n, p["c"].decode() if p["t"] == 0 else None, p["g"]))
             index_items(w, todo)
             if rows:
-                w.execute("UPDATE memory_state SET indexed_n = ? WHERE id = 1", (rows[-1][0],))
+                execute_later(w, "UPDATE memory_state SET indexed_n = ? WHERE id = 1", (rows[-1][0],))
         return len(rows)
 
 
