@@ -25,10 +25,11 @@ serialises them with the engine's memory hooks). A serve has no admission contro
 engine and the N serves share the machine's cores. Each N runs the same phases on its own fresh blocks (the chain
 goes on), so the figures of all N come from one run, on one database that grows as it goes. After each N the run
 counts the API items in ``memory_items`` against the stores answered 2xx so far (seeds included): a write lost or
-applied twice by a serve shows as a difference.
+applied twice by a serve shows as a difference. ``--pg-rtt-ms R`` puts the server one network away: the engine and
+the serves reach it through a loopback relay adding R ms a round trip (tests/pg.py's ``Relay``).
 
 Run:  python bench/api.py [--clients 64] [--blocks 200] [--txs 50]
-      python bench/api.py --storage postgres [--api-processes 1,2,4] [--blocks 40]
+      python bench/api.py --storage postgres [--api-processes 1,2,4] [--blocks 40] [--pg-rtt-ms 0]
 Prints its figures; the last line is JSON with requests_per_s, errors, ingest_share (and p50/p99 per route); with
 ``--storage postgres`` each of these is a map from N (API processes) to its figure, ``requests_per_s`` being the
 rate with the engine caught up (the API alone) and ``requests_per_s_ingesting`` the rate while it ingests; and
@@ -424,7 +425,7 @@ async def bench_postgres(args: argparse.Namespace) -> dict[str, Any]:
     from monmouth.runner import Runner
     from tests import pgvector
     from tests.chains import load_mainnet_blocks, mainnet_shaped
-    from tests.pg import PASSWORD, PgServer
+    from tests.pg import PASSWORD, PgServer, Relay
     from tests.test_api_support import QueueSource
 
     counts = [int(x) for x in args.api_processes.split(",")]
@@ -438,10 +439,15 @@ async def bench_postgres(args: argparse.Namespace) -> dict[str, Any]:
         tmp = Path(d)
         url = server.database()
         print(f"PostgreSQL server {url} (fsync on, synchronous_commit on)", flush=True)
+        relay = Relay("127.0.0.1", server.port, args.pg_rtt_ms / 2e3) if args.pg_rtt_ms else None
+        if relay is not None:
+            print(f"the engine and the serves reach it through a relay adding {args.pg_rtt_ms:g} ms a round trip",
+                  flush=True)
         # One auth.secret for every process: a token signed in on one serve is good on all of them.
         knn = "" if pgvector.hnsw_runs() else 'pg_knn = "sql"'
         cfg = tmp / "config.toml"
-        cfg.write_text(config_text(args, addrs, f'url = "{url}"', f'secret = "{secrets.token_hex(32)}"', knn))
+        served = relay.url_of(url) if relay is not None else url
+        cfg.write_text(config_text(args, addrs, f'url = "{served}"', f'secret = "{secrets.token_hex(32)}"', knn))
         app = open_app(cfg, environ={**os.environ, **env})
         source = QueueSource()
         runner = Runner(app, source, serve_http=False, watch_config=False)  # `monmouth run`; the serves answer
@@ -490,7 +496,7 @@ async def bench_postgres(args: argparse.Namespace) -> dict[str, Any]:
     def each(key: str) -> dict[str, Any]:
         return {n: f[key] for n, f in by_n.items()}
 
-    return {"storage": "postgres", "requests_per_s": each("requests_per_s_caught_up"),
+    return {"storage": "postgres", "pg_rtt_ms": args.pg_rtt_ms, "requests_per_s": each("requests_per_s_caught_up"),
             "requests_per_s_ingesting": each("requests_per_s_ingesting"),
             "requests_per_s_overall": each("requests_per_s"), "errors": each("errors"),
             "ingest_share": each("ingest_share"), "idle_blocks_per_s": each("idle_blocks_per_s"),
@@ -517,6 +523,9 @@ def main() -> None:
     p.add_argument("--busy-share", type=float, default=0.3, help="http.busy_share of the sidecar")
     p.add_argument("--storage", choices=["sqlite", "postgres"], default="sqlite",
                    help="postgres: one engine and N `monmouth serve` processes on a real PostgreSQL server")
+    p.add_argument("--pg-rtt-ms", type=float, default=0.0,
+                   help="with --storage postgres: the engine and the serves reach the server through a relay adding "
+                        "this round-trip time (tests/pg.py's Relay), as when it is on another machine")
     p.add_argument("--api-processes", default="1,2,4",
                    help="with --storage postgres: the numbers N of `monmouth serve` processes to measure, in order")
     p.add_argument("--no-sqlite-reference", action="store_true",

@@ -26,7 +26,7 @@ and print PostgreSQL's engine against SQLite's (goal: at least 0.5). The plugins
 backends, except the u256 arithmetic of ``balances`` (SQLite's ``u256_add`` on 32-byte blobs, PostgreSQL's
 ``numeric``). The replay-through-the-runner phase runs on SQLite only. ``--pg-rtt-ms R`` puts a network between
 the PostgreSQL sides and the server: every connection goes through a loopback relay that delays each chunk by R/2 ms
-each way (:class:`Relay`; plain psycopg and the engine both pay it), to show what a notification's round trips cost
+each way (tests/pg.py's ``Relay``; plain psycopg and the engine both pay it), to show what a notification's round trips cost
 when the server is on another machine.
 
 Run:  python bench/ingest.py [--blocks 600] [--txs 200] [--synchronous FULL] [--storage sqlite|postgres]
@@ -44,10 +44,8 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -155,65 +153,6 @@ class Balances:
         )
 
 
-class Relay:
-    """A loopback TCP relay to ``(host, port)`` that delays every chunk by ``delay_s`` in each direction, in order
-    (a link of that one-way latency and no bandwidth limit): the URL of a server one network away. Two threads per
-    direction of each connection: one reads and stamps, one sends each chunk when it is due."""
-
-    def __init__(self, host: str, port: int, delay_s: float) -> None:
-        self.target, self.delay_s = (host, port), delay_s
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.listener.getsockname()[1])
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self.target)
-            for s in (client, server):
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._pipe(client, server)
-            self._pipe(server, client)
-
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
-        import queue
-
-        chunks: queue.SimpleQueue[tuple[float, bytes]] = queue.SimpleQueue()
-
-        def read() -> None:
-            while True:
-                try:
-                    data = src.recv(1 << 16)
-                except OSError:
-                    data = b""
-                chunks.put((time.monotonic() + self.delay_s, data))
-                if not data:
-                    return
-
-        def send() -> None:
-            while True:
-                due, data = chunks.get()
-                if not data:
-                    with contextlib.suppress(OSError):
-                        dst.shutdown(socket.SHUT_WR)
-                    return
-                if (wait := due - time.monotonic()) > 0:
-                    time.sleep(wait)
-                try:
-                    dst.sendall(data)
-                except OSError:
-                    return
-
-        threading.Thread(target=read, daemon=True).start()
-        threading.Thread(target=send, daemon=True).start()
-
-    def close(self) -> None:
-        self.listener.close()
-
-
 #: Where a phase's database goes: a SQLite file, or a fresh database's URL on the run's PostgreSQL server.
 Target = Path | str
 
@@ -238,9 +177,9 @@ def make_engine(target: Target, plugin: object, synchronous: str) -> Engine:
 
 class Targets:
     """Fresh databases for each phase: SQLite files in ``directory``, and on ``server`` (tests/pg.py) when given,
-    reached through ``relay`` (:class:`Relay`) when given."""
+    reached through ``relay`` (tests/pg.py's ``Relay``) when given."""
 
-    def __init__(self, directory: Path, server: Any = None, relay: Relay | None = None) -> None:
+    def __init__(self, directory: Path, server: Any = None, relay: Any = None) -> None:
         self.directory, self.server, self.relay = directory, server, relay
         self._n = 0
 
@@ -249,7 +188,7 @@ class Targets:
         if backend == "postgres":
             url: str = self.server.database()
             if self.relay is not None:
-                url = url.replace(f":{self.server.port}/", f":{self.relay.port}/")
+                url = self.relay.url_of(url)
             return url
         return self.directory / f"bench{self._n}.sqlite"
 
@@ -417,6 +356,8 @@ def main() -> None:
             print(f"PostgreSQL server {server.url()} (fsync on, synchronous_commit on)", flush=True)
         relay = None
         if args.pg_rtt_ms and server is not None:
+            from tests.pg import Relay
+
             relay = Relay("127.0.0.1", server.port, args.pg_rtt_ms / 2e3)
             stack.callback(relay.close)
             print(f"PostgreSQL reached through a relay adding {args.pg_rtt_ms:g} ms a round trip", flush=True)

@@ -16,10 +16,13 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import queue
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -289,3 +292,64 @@ def round_trips(conns: Any, fn: Callable[[], Any]) -> list[list[str]]:
         if kind in ("Sync", "Query"):
             trips.append([])
     return [t for t in trips if t]
+
+
+class Relay:
+    """A loopback TCP relay to ``(host, port)`` that delays every chunk by ``delay_s`` in each direction, in order
+    (a link of that one-way latency and no bandwidth limit): the URL of a server one network away. Two threads per
+    direction of each connection: one reads and stamps, one sends each chunk when it is due."""
+
+    def __init__(self, host: str, port: int, delay_s: float) -> None:
+        self.target, self.delay_s = (host, port), delay_s
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            for s in (client, server):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._pipe(client, server)
+            self._pipe(server, client)
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        chunks: queue.SimpleQueue[tuple[float, bytes]] = queue.SimpleQueue()
+
+        def read() -> None:
+            while True:
+                try:
+                    data = src.recv(1 << 16)
+                except OSError:
+                    data = b""
+                chunks.put((time.monotonic() + self.delay_s, data))
+                if not data:
+                    return
+
+        def send() -> None:
+            while True:
+                due, data = chunks.get()
+                if not data:
+                    with contextlib.suppress(OSError):
+                        dst.shutdown(socket.SHUT_WR)
+                    return
+                if (wait := due - time.monotonic()) > 0:
+                    time.sleep(wait)
+                try:
+                    dst.sendall(data)
+                except OSError:
+                    return
+
+        threading.Thread(target=read, daemon=True).start()
+        threading.Thread(target=send, daemon=True).start()
+
+    def url_of(self, url: str) -> str:
+        """``url`` (a libpq URI of the target) through the relay."""
+        return url.replace(f":{self.target[1]}/", f":{self.port}/")
+
+    def close(self) -> None:
+        self.listener.close()

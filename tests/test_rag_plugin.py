@@ -25,6 +25,7 @@ from tests.test_rag_support import (  # noqa: F401 (fixture)
     blocks,
     embeddings,
     fts_stats,
+    pg_rig_fixture,
     relink,
     rig_fixture,
     settings_for,
@@ -327,6 +328,28 @@ def test_block_applied_records_text_metadata_and_fts_immediately(rig):
     assert hits and hits[0].provenance["tx_hash"] == "0x" + tx.hash.hex()
     got = rag.transaction(tx.hash)
     assert got is not None and got["embedded"] is False and got["metadata"]["intent"] == row[1]
+
+
+def test_a_blocks_documents_cost_the_same_round_trips_whatever_their_number_on_postgresql(pg_rig):
+    """On PostgreSQL the documents of a block go in one ``INSERT ... RETURNING`` and the rest of their rows (index,
+    addresses, tokens, pending, graph edges) is queued with the commit: a block of 40 transactions costs the engine
+    as many round trips as a block of 4 (it was five per transaction and two per graph edge), and the rows are all
+    there."""
+    from tests.pg import round_trips
+
+    counts = {}
+    for txs in (4, 40):
+        r = pg_rig(f"db{txs}.sqlite")
+        bs = blocks(2, txs=txs, salt=f"T{txs}")
+        r.engine.apply(ChainCommitted(chain(bs[:1])))
+        counts[txs] = len(round_trips(r.engine.conn, lambda r=r, bs=bs: r.engine.apply(ChainCommitted(chain(bs[1:])))))
+        conn = r.db.reader()
+        assert conn.execute("SELECT count(*) FROM rag_docs WHERE block_number = ?", (bs[1].number,)).fetchone() == (
+            txs,)
+        assert conn.execute("SELECT count(*) FROM rag_pending p JOIN rag_docs d ON d.id = p.doc "
+                            "WHERE d.block_number = ?", (bs[1].number,)).fetchone() == (txs,)
+        assert conn.execute("SELECT count(*) FROM rag_edges WHERE last_block = ?", (bs[1].number,)).fetchone()[0] > 0
+    assert counts[40] == counts[4] <= 6, counts
 
 
 def test_address_graph_is_exact_across_reorgs_and_queryable(rig):

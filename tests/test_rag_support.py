@@ -98,6 +98,12 @@ def sqlite_rig_fixture(request, tmp_path):
     yield from _rigs(request, tmp_path, "sqlite")
 
 
+@pytest.fixture(name="pg_rig")
+def pg_rig_fixture(request, tmp_path):
+    """``rig`` on PostgreSQL only: for what only that backend has (round trips to a server)."""
+    yield from _rigs(request, tmp_path, "postgres")
+
+
 def _rigs(request, tmp_path, backend: str):
     rigs: list[Rig] = []
     server = request.getfixturevalue("pg_server") if backend == "postgres" else None

@@ -42,6 +42,7 @@ from typing import Any
 import apsw
 import numpy as np
 
+from monmouth.backends import execute_later, executemany_later
 from monmouth.types import Block
 
 from .abi import Registry
@@ -180,7 +181,7 @@ class ChainIndexer:
         labels: dict[bytes | str, str] = {a: "agent" for a in extra_watched}
         labels.update(self.labels or {})
         offset = 0
-        fts: list[tuple[int, str]] = []
+        docs: list[tuple[DecodedTx, str, str | None]] = []
         edges: dict[tuple[bytes, bytes, str], int] = {}
         for i, tx in enumerate(block.transactions):
             receipt_logs = len(block.receipts[i].logs) if i < len(block.receipts) else 0
@@ -189,7 +190,7 @@ class ChainIndexer:
             if not self.in_scope(d, extra_watched):
                 continue
             text = render(d, labels, self.registry)
-            fts.append((insert_tx_doc(conn, d, text, embed_text(d, labels, self.registry)), text))
+            docs.append((d, text, embed_text(d, labels, self.registry)))
             if self.graph:
                 if tx.to is not None and tx.value:
                     key = (tx.sender, tx.to, "ETH")
@@ -202,6 +203,7 @@ class ChainIndexer:
                         continue
                     key = (t.sender, t.recipient, "0x" + t.token.hex())
                     edges[key] = edges.get(key, 0) + t.amount
+        fts = list(zip(insert_tx_docs(conn, docs), (text for _, text, _ in docs), strict=True))
         # after the rag_pending inserts: PgStatements' lock order (rag_pending, then the keyword stats)
         statements_of(conn).insert_fts(conn, fts)
         if edges:
@@ -209,45 +211,72 @@ class ChainIndexer:
         return len(fts)
 
 
-def insert_tx_doc(conn: apsw.Connection, d: DecodedTx, text: str, compact: str | None = None) -> int:
-    """Record one transaction document (row, addresses, tokens, pending) and return its id; the caller
-    keyword-indexes ``text`` (``insert_fts``, once per block). ``text`` is shown; ``compact`` (if given) is what gets
-    embedded."""
-    meta = d.to_meta()
-    doc = scalar(
-        conn,
-        "INSERT INTO rag_docs (kind, block_number, block_hash, timestamp, tx_hash, tx_index, log_index, sender, "
-        "recipient, contract, intent, token, text, embed_text, meta) "
-        "VALUES ('tx', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        (d.block_number, d.block_hash, d.timestamp, d.hash, d.index, d.first_log_index if d.events else None,
-         d.sender, d.to, d.contract, d.intent, d.token or "", text, compact,
-         json.dumps(meta, separators=(",", ":"))),
-    )
-    conn.execute("INSERT INTO rag_index (id, block_number) VALUES (?, ?)", (doc, d.block_number))
-    conn.executemany(
-        "INSERT INTO rag_addresses (address, role, doc, block_number) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        [(a, role, doc, d.block_number) for a, roles in d.roles.items() for role in roles],
-    )
-    toks = {t.upper() if not t.startswith("0x") else t.lower() for t in d.tokens}
-    conn.executemany("INSERT INTO rag_tokens (token, doc, block_number) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                     [(t, doc, d.block_number) for t in toks])
-    conn.execute("INSERT INTO rag_pending (doc, block_number, length) VALUES (?, ?, ?)",
-                 (doc, d.block_number, len(compact or text)))
-    return doc
+#: Transaction documents :func:`insert_tx_docs` inserts in one statement (14 parameters each).
+DOCS_PER_INSERT = 500
+
+
+def insert_tx_docs(conn: apsw.Connection, docs: Sequence[tuple[DecodedTx, str, str | None]]) -> list[int]:
+    """Record transaction documents ``(decoded, text, compact)`` (rows, addresses, tokens, pending) and return their
+    ids, in order; the caller keyword-indexes each ``text`` (``insert_fts``, once per block). ``text`` is shown;
+    ``compact`` (if not None) is what gets embedded. The ``rag_docs`` rows go in one ``INSERT ... RETURNING`` per
+    :data:`DOCS_PER_INSERT` documents (the ids are matched back by transaction index); the rest is queued
+    (``execute_later``): on PostgreSQL a block's documents cost one round trip, not five per transaction."""
+    ids: list[int] = []
+    for i in range(0, len(docs), DOCS_PER_INSERT):
+        chunk = docs[i:i + DOCS_PER_INSERT]
+        rows = all_rows(
+            conn,
+            "INSERT INTO rag_docs (kind, block_number, block_hash, timestamp, tx_hash, tx_index, log_index, sender, "
+            "recipient, contract, intent, token, text, embed_text, meta) VALUES "
+            + ",".join(["('tx', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk)) + " RETURNING id, tx_index",
+            [x for d, text, compact in chunk for x in (
+                d.block_number, d.block_hash, d.timestamp, d.hash, d.index, d.first_log_index if d.events else None,
+                d.sender, d.to, d.contract, d.intent, d.token or "", text, compact,
+                json.dumps(d.to_meta(), separators=(",", ":")))])
+        by_index = {int(index): int(doc) for doc, index in rows}
+        ids += [by_index[d.index] for d, _, _ in chunk]
+    for doc, (d, text, compact) in zip(ids, docs, strict=True):
+        # the rest needs no answer: queued (execute_later), so on PostgreSQL it travels with the next statement
+        execute_later(conn, "INSERT INTO rag_index (id, block_number) VALUES (?, ?)", (doc, d.block_number))
+        executemany_later(
+            conn,
+            "INSERT INTO rag_addresses (address, role, doc, block_number) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            [(a, role, doc, d.block_number) for a, roles in d.roles.items() for role in roles],
+        )
+        toks = {t.upper() if not t.startswith("0x") else t.lower() for t in d.tokens}
+        executemany_later(conn, "INSERT INTO rag_tokens (token, doc, block_number) VALUES (?, ?, ?) "
+                                "ON CONFLICT DO NOTHING", [(t, doc, d.block_number) for t in toks])
+        execute_later(conn, "INSERT INTO rag_pending (doc, block_number, length) VALUES (?, ?, ?)",
+                      (doc, d.block_number, len(compact or text)))
+    return ids
 
 
 def add_edges(conn: apsw.Connection, block_number: int, edges: Mapping[tuple[bytes, bytes, str], int]) -> None:
     """Add one block's edges to ``rag_edges`` (count +1 per transaction or transfer, value summed as a decimal
-    string because wei and token amounts exceed 64 bits). Journaled: a revert restores the previous rows exactly."""
-    for (src, dst, token), value in edges.items():
-        row = conn.execute("SELECT count, value FROM rag_edges WHERE src = ? AND dst = ? AND token = ?",
-                           (src, dst, token)).fetchone()
-        if row is None:
-            conn.execute("INSERT INTO rag_edges (src, dst, token, count, value, first_block, last_block) "
-                         "VALUES (?, ?, ?, 1, ?, ?, ?)", (src, dst, token, str(value), block_number, block_number))
-        else:
-            conn.execute("UPDATE rag_edges SET count = ?, value = ?, last_block = ? WHERE src = ? AND dst = ? "
-                         "AND token = ?", (row[0] + 1, str(int(row[1]) + value), block_number, src, dst, token))
+    string because wei and token amounts exceed 64 bits). Journaled: a revert restores the previous rows exactly.
+    The existing rows are read in one statement per :data:`EDGES_PER_READ` edges, the writes queued
+    (``executemany_later``)."""
+    keys = list(edges)
+    found: dict[tuple[bytes, bytes, str], tuple[int, str]] = {}
+    for i in range(0, len(keys), EDGES_PER_READ):
+        chunk = keys[i:i + EDGES_PER_READ]
+        for src, dst, token, count, value in all_rows(
+                conn, "SELECT src, dst, token, count, value FROM rag_edges WHERE (src, dst, token) IN (VALUES "
+                + ",".join(["(?, ?, ?)"] * len(chunk)) + ")", [x for k in chunk for x in k]):
+            found[(bytes(src), bytes(dst), str(token))] = (int(count), str(value))
+    new = [(src, dst, token, str(value), block_number, block_number)
+           for (src, dst, token), value in edges.items() if (src, dst, token) not in found]
+    changed = [(found[k][0] + 1, str(int(found[k][1]) + value), block_number, *k)
+               for k, value in edges.items() if k in found]
+    executemany_later(conn, "INSERT INTO rag_edges (src, dst, token, count, value, first_block, last_block) "
+                            "VALUES (?, ?, ?, 1, ?, ?, ?)", new)
+    executemany_later(conn, "UPDATE rag_edges SET count = ?, value = ?, last_block = ? WHERE src = ? AND dst = ? "
+                            "AND token = ?", changed)
+
+
+#: Edges whose rows :func:`add_edges` reads in one statement (three parameters each: under SQLite's and
+#: PostgreSQL's limits).
+EDGES_PER_READ = 300
 
 
 def revert_block(conn: apsw.Connection, number: int) -> int:
