@@ -352,6 +352,36 @@ def test_a_blocks_documents_cost_the_same_round_trips_whatever_their_number_on_p
     assert counts[40] == counts[4] <= 6, counts
 
 
+def test_a_batch_of_vectors_costs_the_same_round_trips_whatever_its_size_on_postgresql(pg_rig):
+    """The embedding worker's batch: one ``DELETE ... RETURNING`` of the pending rows decides which vectors are
+    stored; the vectors, flags and change rows are queued with the commit. 30 vectors cost one round trip before the
+    commit, as 3 do (it was four per vector); a document given twice is stored once, one no longer pending not at
+    all."""
+    import numpy as np
+
+    from tests.pg import round_trips
+
+    r = pg_rig()
+    r.engine.apply(ChainCommitted(chain(blocks(1, txs=40, salt="V"))))
+    pending = take_pending(r.db.reader(), 100)
+    assert len(pending) == 40
+    rng = np.random.default_rng(7)
+    counts = {}
+    for lo, hi in ((0, 2), (2, 5), (5, 35)):  # the first: statements' first use (pg_batch reads the catalog once)
+        batch = pending[lo:hi]
+        with r.db.write() as conn:
+            counts[hi - lo] = len(round_trips(conn, lambda conn=conn, batch=batch: store_vectors(
+                conn, batch, rng.standard_normal((len(batch), 384)).astype(np.float32))))
+    assert counts[30] == counts[3] == 1, counts
+    with r.db.write() as conn:
+        twice = [pending[35], pending[35], pending[0]]  # pending[0] already stored: no longer pending
+        assert store_vectors(conn, twice, rng.standard_normal((3, 384)).astype(np.float32)) == 1
+    conn = r.db.reader()
+    assert conn.execute("SELECT count(*) FROM rag_vec").fetchone() == (36,)
+    assert conn.execute("SELECT count(*) FROM rag_index WHERE has_vec = 1").fetchone() == (36,)
+    assert conn.execute("SELECT count(*) FROM rag_pending").fetchone() == (4,)
+
+
 def test_address_graph_is_exact_across_reorgs_and_queryable(rig):
     a = blocks(4, txs=8, salt="G")
     r = rig()

@@ -34,6 +34,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from monmouth.backends import execute_later, executemany_later
+
 from .pgindex import IVFFLAT, build_ivfflat, ivfflat_due
 
 #: The embedding dimension (all-MiniLM-L6-v2).
@@ -157,10 +159,11 @@ class SqliteStatements:
         """Remove documents ``ids`` from the keyword index (FTS5 adjusts its count and total length)."""
         conn.executemany("DELETE FROM rag_fts WHERE rowid = ?", [(i,) for i in ids])
 
-    def insert_vector(self, conn: Any, doc: int, vec: np.ndarray, meta: Sequence[Any]) -> None:
-        """``meta``: kind, block_number, timestamp, intent, token."""
-        conn.execute("INSERT INTO rag_vec (rowid, embedding, kind, block_number, timestamp, intent, token) "
-                     "VALUES (?, ?, ?, ?, ?, ?, ?)", (doc, np.ascontiguousarray(vec, np.float32).tobytes(), *meta))
+    def insert_vectors(self, conn: Any, rows: Sequence[tuple[int, np.ndarray, Sequence[Any]]]) -> None:
+        """Insert ``(doc, vector, meta)`` rows; ``meta``: kind, block_number, timestamp, intent, token."""
+        conn.executemany("INSERT INTO rag_vec (rowid, embedding, kind, block_number, timestamp, intent, token) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         [(doc, np.ascontiguousarray(vec, np.float32).tobytes(), *meta) for doc, vec, meta in rows])
 
     def vector_value(self, value: Any) -> np.ndarray:
         """A fetched ``rag_vec.embedding`` as float32 ``(dim,)``."""
@@ -283,8 +286,9 @@ class PgStatements:
     INSERT_VECTOR = ("INSERT INTO rag_vec (rowid, embedding, kind, block_number, timestamp, intent, token) "
                      "VALUES (?, ?::vector, ?, ?, ?, ?, ?)")
 
-    def insert_vector(self, conn: Any, doc: int, vec: np.ndarray, meta: Sequence[Any]) -> None:
-        conn.execute(self.INSERT_VECTOR, (doc, self.vector_text(vec), *meta))
+    def insert_vectors(self, conn: Any, rows: Sequence[tuple[int, np.ndarray, Sequence[Any]]]) -> None:
+        """Queued (``executemany_later``): they travel with the transaction's next statement."""
+        executemany_later(conn, self.INSERT_VECTOR, [(doc, self.vector_text(vec), *meta) for doc, vec, meta in rows])
 
     def vector_value(self, value: Any) -> np.ndarray:
         return np.array(str(value).strip("[]").split(","), np.float32)
@@ -297,8 +301,8 @@ class PgStatements:
         stores a vector only if its delete of the ``rag_pending`` row found it, and the engine trims ``rag_pending``
         before its revert hook reads ``rag_index``), but a worker batch and a revert's trim locking the same rows in
         opposite orders would deadlock, and PostgreSQL would break it by aborting one of them, perhaps the engine's
-        notification."""
-        conn.execute("LOCK TABLE rag_pending IN SHARE ROW EXCLUSIVE MODE")
+        notification. Queued (``execute_later``): taken on the server before the transaction's next statement runs."""
+        execute_later(conn, "LOCK TABLE rag_pending IN SHARE ROW EXCLUSIVE MODE")
 
     def vector_index(self, conn: Any, mode: str) -> None:
         """Make ``rag_vec``'s indexes what ``plugins.rag.pg_knn`` names, in ``conn``'s transaction: pgvector's HNSW

@@ -383,18 +383,24 @@ def store_vectors(conn: apsw.Connection, docs: Sequence[PendingDoc], vectors: np
     """Store vectors for ``docs`` (inside a write transaction). A document whose ``rag_pending`` row is gone (its
     block was reverted, or it was deleted or replaced, meanwhile) is skipped: the pending delete and the vector insert
     are one conditional step. Returns the number stored."""
-    stored = 0
     sql = statements_of(conn)
     sql.lock_writes(conn)
+    if not docs:
+        return 0
+    # one conditional step for the batch: the rows still pending, deleted, decide which vectors are stored
+    pending = {int(d) for (d,) in all_rows(
+        conn, f"DELETE FROM rag_pending WHERE doc IN ({','.join('?' * len(docs))}) RETURNING doc",
+        [doc.id for doc in docs])}
+    kept = []
     for doc, vec in zip(docs, vectors, strict=True):
-        if not conn.execute("DELETE FROM rag_pending WHERE doc = ? RETURNING doc", (doc.id,)).fetchall():
-            continue
-        sql.insert_vector(conn, doc.id, vec, (doc.kind, NO_BLOCK if doc.block_number is None else doc.block_number,
-                                              doc.timestamp, doc.intent, doc.token))
-        conn.execute("UPDATE rag_index SET has_vec = 1 WHERE id = ?", (doc.id,))
-        conn.execute("INSERT INTO rag_changes (id, op) VALUES (?, ?)", (doc.id, OP_ADD))
-        stored += 1
-    return stored
+        if doc.id in pending:
+            pending.discard(doc.id)  # a document given twice is stored once
+            kept.append((doc, vec))
+    sql.insert_vectors(conn, [(doc.id, vec, (doc.kind, NO_BLOCK if doc.block_number is None else doc.block_number,
+                                             doc.timestamp, doc.intent, doc.token)) for doc, vec in kept])
+    executemany_later(conn, "UPDATE rag_index SET has_vec = 1 WHERE id = ?", [(doc.id,) for doc, _ in kept])
+    executemany_later(conn, "INSERT INTO rag_changes (id, op) VALUES (?, ?)", [(doc.id, OP_ADD) for doc, _ in kept])
+    return len(kept)
 
 
 def requeue_all(conn: apsw.Connection) -> int:
