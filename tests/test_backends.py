@@ -677,3 +677,43 @@ def test_the_journal_adds_its_trigger_outside_the_notifications_transaction(pg_u
                           "AND tgrelid = 'elsewhere_rows'::regclass").fetchone() == (1,)
     plugin.other.close()
     e.close()
+
+
+@pytest.mark.parametrize("backend", BOTH)
+def test_queued_writes_are_seen_by_the_next_statement_dropped_by_rollback_and_fail_the_transaction(backend, request,
+                                                                                                 tmp_path):
+    """``execute_later``/``executemany_later``: the next statement of the transaction sees the queued rows (on
+    SQLite they ran at once); a ``ROLLBACK`` drops them; one that fails fails the whole transaction, raised from the
+    statement that sent it, and nothing of it stays."""
+    from monmouth.backends import execute_later, executemany_later
+    from monmouth.store import Database
+
+    if backend == "postgres":
+        c = PgDatabase(request.getfixturevalue("pg_url"), password=PASSWORD).connect()
+        error: type[Exception] = psycopg.errors.UniqueViolation
+    else:
+        import apsw
+
+        c = Database(tmp_path / "q.sqlite").engine_connection()
+        error = apsw.ConstraintError
+    c.execute("CREATE TABLE q (n BIGINT PRIMARY KEY, s TEXT)")
+    c.execute("BEGIN")
+    execute_later(c, "INSERT INTO q VALUES (?, ?)", (1, "a"))
+    executemany_later(c, "INSERT INTO q VALUES (?, ?)", [(2, "b"), (3, "c")])
+    assert c.execute("SELECT count(*) FROM q").fetchone() == (3,)
+    executemany_later(c, "INSERT INTO q VALUES (?, ?)", [(4, "d")])
+    c.execute("COMMIT")
+    c.execute("BEGIN")
+    executemany_later(c, "INSERT INTO q VALUES (?, ?)", [(5, "e")])
+    c.execute("ROLLBACK")
+    assert c.execute("SELECT n FROM q ORDER BY n").fetchall() == [(1,), (2,), (3,), (4,)]
+    c.execute("BEGIN")
+    execute_later(c, "INSERT INTO q VALUES (?, ?)", (6, "f"))
+    with pytest.raises(error):
+        executemany_later(c, "INSERT INTO q VALUES (?, ?)", [(7, "g"), (1, "again")])  # SQLite: raises here
+        c.execute("SELECT 1")  # PostgreSQL: the statement that sends them
+    if c.in_transaction:  # SQLite keeps the transaction open after a failed statement
+        c.execute("ROLLBACK")
+    assert not c.in_transaction
+    assert c.execute("SELECT n FROM q ORDER BY n").fetchall() == [(1,), (2,), (3,), (4,)]
+    c.close()
