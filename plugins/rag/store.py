@@ -251,6 +251,11 @@ def insert_tx_docs(conn: apsw.Connection, docs: Sequence[tuple[DecodedTx, str, s
     return ids
 
 
+#: Edges whose rows :func:`add_edges` reads in one statement (three parameters each: under SQLite's and
+#: PostgreSQL's limits).
+EDGES_PER_READ = 300
+
+
 def add_edges(conn: apsw.Connection, block_number: int, edges: Mapping[tuple[bytes, bytes, str], int]) -> None:
     """Add one block's edges to ``rag_edges`` (count +1 per transaction or transfer, value summed as a decimal
     string because wei and token amounts exceed 64 bits). Journaled: a revert restores the previous rows exactly.
@@ -272,11 +277,6 @@ def add_edges(conn: apsw.Connection, block_number: int, edges: Mapping[tuple[byt
                             "VALUES (?, ?, ?, 1, ?, ?, ?)", new)
     executemany_later(conn, "UPDATE rag_edges SET count = ?, value = ?, last_block = ? WHERE src = ? AND dst = ? "
                             "AND token = ?", changed)
-
-
-#: Edges whose rows :func:`add_edges` reads in one statement (three parameters each: under SQLite's and
-#: PostgreSQL's limits).
-EDGES_PER_READ = 300
 
 
 def revert_block(conn: apsw.Connection, number: int) -> int:
