@@ -250,8 +250,10 @@ class PgStatements:
     LENGTH: ClassVar[str] = "(SELECT coalesce(sum(array_length(positions, 1)), 0) FROM unnest({}))"
 
     def _index(self, conn: Any, source: str, params: Sequence[Any]) -> None:
-        """Keyword-index the rows ``(id, text)`` of ``source`` and add them to ``rag_fts_stats``, in one statement."""
-        conn.execute(
+        """Keyword-index the rows ``(id, text)`` of ``source`` and add them to ``rag_fts_stats``, in one statement
+        (queued: ``execute_later``)."""
+        execute_later(
+            conn,
             f"WITH i AS (INSERT INTO rag_fts (rowid, tsv, length) SELECT s.id, v.tsv, {self.LENGTH.format('v.tsv')} "
             f"FROM {source} CROSS JOIN LATERAL to_tsvector('{self.TS_CONFIG}', {self.TEXT.format('s.text')}) AS v(tsv) "
             "RETURNING length) "
@@ -271,10 +273,10 @@ class PgStatements:
 
     def delete_fts(self, conn: Any, ids: Sequence[int]) -> None:
         """Remove documents ``ids`` from the keyword index and from ``rag_fts_stats`` (ids not indexed: nothing)."""
-        if ids:
-            conn.execute("WITH d AS (DELETE FROM rag_fts WHERE rowid = ANY(?::bigint[]) RETURNING length) "
-                         "UPDATE rag_fts_stats SET docs = docs - (SELECT count(*) FROM d), "
-                         "tokens = tokens - (SELECT coalesce(sum(length), 0) FROM d)", (list(ids),))
+        if ids:  # queued (execute_later)
+            execute_later(conn, "WITH d AS (DELETE FROM rag_fts WHERE rowid = ANY(?::bigint[]) RETURNING length) "
+                                "UPDATE rag_fts_stats SET docs = docs - (SELECT count(*) FROM d), "
+                                "tokens = tokens - (SELECT coalesce(sum(length), 0) FROM d)", (list(ids),))
 
     @staticmethod
     def vector_text(vec: np.ndarray) -> str:

@@ -284,16 +284,17 @@ def revert_block(conn: apsw.Connection, number: int) -> int:
     their ``rag_docs``/``rag_pending`` rows). Returns the number of documents removed."""
     rows = all_rows(conn, "SELECT id, has_vec FROM rag_index WHERE block_number >= ?", (number,))
     _drop_index_rows(conn, rows)
-    conn.execute("DELETE FROM rag_index WHERE block_number >= ?", (number,))
+    execute_later(conn, "DELETE FROM rag_index WHERE block_number >= ?", (number,))
     return len(rows)
 
 
 def _drop_index_rows(conn: apsw.Connection, rows: Sequence[tuple[int, int]]) -> None:
+    """Delete the keyword and vector rows of documents ``(id, has_vec)``; the vector deletes (and their change rows)
+    are queued (``executemany_later``: on PostgreSQL with the next statement, not a round trip each)."""
     statements_of(conn).delete_fts(conn, [doc for doc, _ in rows])
-    for doc, has_vec in rows:
-        if has_vec:
-            conn.execute("DELETE FROM rag_vec WHERE rowid = ?", (doc,))
-            conn.execute("INSERT INTO rag_changes (id, op) VALUES (?, ?)", (doc, OP_DEL))
+    embedded = [(doc,) for doc, has_vec in rows if has_vec]
+    executemany_later(conn, "DELETE FROM rag_vec WHERE rowid = ?", embedded)
+    executemany_later(conn, "INSERT INTO rag_changes (id, op) VALUES (?, ?)", [(doc, OP_DEL) for (doc,) in embedded])
 
 
 def reconcile(conn: apsw.Connection) -> int:
@@ -306,7 +307,7 @@ def reconcile(conn: apsw.Connection) -> int:
         "AND NOT EXISTS (SELECT 1 FROM rag_docs d WHERE d.id = i.id)",
     )
     _drop_index_rows(conn, rows)
-    conn.executemany("DELETE FROM rag_index WHERE id = ?", [(r[0],) for r in rows])
+    executemany_later(conn, "DELETE FROM rag_index WHERE id = ?", [(r[0],) for r in rows])
     return len(rows)
 
 
@@ -321,13 +322,18 @@ def insert_chunks(conn: apsw.Connection, doc_id: str, chunks: Sequence[str], *, 
     sql = statements_of(conn)
     sql.lock_writes(conn)
     meta_json = json.dumps(dict(meta or {}), separators=(",", ":"), default=str)
-    ids = []
-    for i, text in enumerate(chunks):
-        row = scalar(conn, "INSERT INTO rag_docs (kind, timestamp, doc_id, chunk, intent, token, title, text, meta) "
-                     "VALUES (?, ?, ?, ?, '', '', ?, ?, ?) RETURNING id", (kind, ts, doc_id, i, title, text, meta_json))
-        conn.execute("INSERT INTO rag_index (id, block_number) VALUES (?, NULL)", (row,))
-        conn.execute("INSERT INTO rag_pending (doc, block_number, length) VALUES (?, NULL, ?)", (row, len(text)))
-        ids.append(row)
+    ids: list[int] = []
+    for lo in range(0, len(chunks), DOCS_PER_INSERT):  # one INSERT ... RETURNING per DOCS_PER_INSERT chunks
+        part = chunks[lo:lo + DOCS_PER_INSERT]
+        rows = all_rows(
+            conn, "INSERT INTO rag_docs (kind, timestamp, doc_id, chunk, intent, token, title, text, meta) VALUES "
+            + ",".join(["(?, ?, ?, ?, '', '', ?, ?, ?)"] * len(part)) + " RETURNING id, chunk",
+            [x for i, text in enumerate(part, start=lo) for x in (kind, ts, doc_id, i, title, text, meta_json)])
+        by_chunk = {int(chunk): int(doc) for doc, chunk in rows}
+        ids += [by_chunk[i] for i in range(lo, lo + len(part))]
+    executemany_later(conn, "INSERT INTO rag_index (id, block_number) VALUES (?, NULL)", [(doc,) for doc in ids])
+    executemany_later(conn, "INSERT INTO rag_pending (doc, block_number, length) VALUES (?, NULL, ?)",
+                      [(doc, len(text)) for doc, text in zip(ids, chunks, strict=True)])
     sql.insert_fts(conn, list(zip(ids, chunks, strict=True)))
     return ids
 
@@ -343,10 +349,9 @@ def delete_document(conn: apsw.Connection, doc_id: str, kind: str | None = None)
         params += (kind,)
     rows = all_rows(conn, sql, params)
     _drop_index_rows(conn, rows)
-    for doc, _ in rows:
-        conn.execute("DELETE FROM rag_index WHERE id = ?", (doc,))
-        conn.execute("DELETE FROM rag_pending WHERE doc = ?", (doc,))
-        conn.execute("DELETE FROM rag_docs WHERE id = ?", (doc,))
+    docs = [(doc,) for doc, _ in rows]
+    for table, column in (("rag_index", "id"), ("rag_pending", "doc"), ("rag_docs", "id")):
+        executemany_later(conn, f"DELETE FROM {table} WHERE {column} = ?", docs)
     return len(rows)
 
 
