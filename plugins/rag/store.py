@@ -211,30 +211,23 @@ class ChainIndexer:
         return len(fts)
 
 
-#: Transaction documents :func:`insert_tx_docs` inserts in one statement (14 parameters each).
+#: Documents :func:`_insert_docs` inserts in one statement (at most 14 parameters each).
 DOCS_PER_INSERT = 500
 
 
 def insert_tx_docs(conn: apsw.Connection, docs: Sequence[tuple[DecodedTx, str, str | None]]) -> list[int]:
     """Record transaction documents ``(decoded, text, compact)`` (rows, addresses, tokens, pending) and return their
     ids, in order; the caller keyword-indexes each ``text`` (``insert_fts``, once per block). ``text`` is shown;
-    ``compact`` (if not None) is what gets embedded. The ``rag_docs`` rows go in one ``INSERT ... RETURNING`` per
-    :data:`DOCS_PER_INSERT` documents (the ids are matched back by transaction index); the rest is queued
-    (``execute_later``): on PostgreSQL a block's documents cost one round trip, not five per transaction."""
-    ids: list[int] = []
-    for i in range(0, len(docs), DOCS_PER_INSERT):
-        chunk = docs[i:i + DOCS_PER_INSERT]
-        rows = all_rows(
-            conn,
-            "INSERT INTO rag_docs (kind, block_number, block_hash, timestamp, tx_hash, tx_index, log_index, sender, "
-            "recipient, contract, intent, token, text, embed_text, meta) VALUES "
-            + ",".join(["('tx', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk)) + " RETURNING id, tx_index",
-            [x for d, text, compact in chunk for x in (
-                d.block_number, d.block_hash, d.timestamp, d.hash, d.index, d.first_log_index if d.events else None,
-                d.sender, d.to, d.contract, d.intent, d.token or "", text, compact,
-                json.dumps(d.to_meta(), separators=(",", ":")))])
-        by_index = {int(index): int(doc) for doc, index in rows}
-        ids += [by_index[d.index] for d, _, _ in chunk]
+    ``compact`` (if not None) is what gets embedded. The ``rag_docs`` rows go in as :func:`_insert_docs` puts them
+    (matched back by transaction index); the rest is queued (``execute_later``): on PostgreSQL a block's documents
+    cost one round trip, not five per transaction."""
+    ids = _insert_docs(
+        conn, "kind, block_number, block_hash, timestamp, tx_hash, tx_index, log_index, sender, recipient, contract, "
+        "intent, token, text, embed_text, meta", "('tx', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(d.block_number, d.block_hash, d.timestamp, d.hash, d.index, d.first_log_index if d.events else None,
+          d.sender, d.to, d.contract, d.intent, d.token or "", text, compact,
+          json.dumps(d.to_meta(), separators=(",", ":"))) for d, text, compact in docs],
+        "tx_index", [d.index for d, _, _ in docs])
     for doc, (d, text, compact) in zip(ids, docs, strict=True):
         # the rest needs no answer: queued (execute_later), so on PostgreSQL it travels with the next statement
         execute_later(conn, "INSERT INTO rag_index (id, block_number) VALUES (?, ?)", (doc, d.block_number))
@@ -248,6 +241,22 @@ def insert_tx_docs(conn: apsw.Connection, docs: Sequence[tuple[DecodedTx, str, s
                                 "ON CONFLICT DO NOTHING", [(t, doc, d.block_number) for t in toks])
         execute_later(conn, "INSERT INTO rag_pending (doc, block_number, length) VALUES (?, ?, ?)",
                       (doc, d.block_number, len(compact or text)))
+    return ids
+
+
+def _insert_docs(conn: apsw.Connection, columns: str, values: str, rows: Sequence[Sequence[Any]], key: str,
+                 keys: Sequence[int]) -> list[int]:
+    """Insert ``rag_docs`` rows, one ``INSERT ... VALUES values, values, ... RETURNING id, key`` per
+    :data:`DOCS_PER_INSERT` rows (``values``: one row's tuple with its placeholders, ``rows``: each row's parameters),
+    and return their ids in the order of ``keys``, each row's value of the ``key`` column (unique among them): the
+    order ``RETURNING`` gives is not relied on."""
+    ids: list[int] = []
+    for lo in range(0, len(rows), DOCS_PER_INSERT):
+        part = rows[lo:lo + DOCS_PER_INSERT]
+        got = all_rows(conn, f"INSERT INTO rag_docs ({columns}) VALUES " + ",".join([values] * len(part))
+                       + f" RETURNING id, {key}", [x for row in part for x in row])
+        by_key = {int(k): int(doc) for doc, k in got}
+        ids += [by_key[k] for k in keys[lo:lo + len(part)]]
     return ids
 
 
@@ -322,15 +331,10 @@ def insert_chunks(conn: apsw.Connection, doc_id: str, chunks: Sequence[str], *, 
     sql = statements_of(conn)
     sql.lock_writes(conn)
     meta_json = json.dumps(dict(meta or {}), separators=(",", ":"), default=str)
-    ids: list[int] = []
-    for lo in range(0, len(chunks), DOCS_PER_INSERT):  # one INSERT ... RETURNING per DOCS_PER_INSERT chunks
-        part = chunks[lo:lo + DOCS_PER_INSERT]
-        rows = all_rows(
-            conn, "INSERT INTO rag_docs (kind, timestamp, doc_id, chunk, intent, token, title, text, meta) VALUES "
-            + ",".join(["(?, ?, ?, ?, '', '', ?, ?, ?)"] * len(part)) + " RETURNING id, chunk",
-            [x for i, text in enumerate(part, start=lo) for x in (kind, ts, doc_id, i, title, text, meta_json)])
-        by_chunk = {int(chunk): int(doc) for doc, chunk in rows}
-        ids += [by_chunk[i] for i in range(lo, lo + len(part))]
+    ids = _insert_docs(conn, "kind, timestamp, doc_id, chunk, intent, token, title, text, meta",
+                       "(?, ?, ?, ?, '', '', ?, ?, ?)",
+                       [(kind, ts, doc_id, i, title, text, meta_json) for i, text in enumerate(chunks)],
+                       "chunk", range(len(chunks)))
     executemany_later(conn, "INSERT INTO rag_index (id, block_number) VALUES (?, NULL)", [(doc,) for doc in ids])
     executemany_later(conn, "INSERT INTO rag_pending (doc, block_number, length) VALUES (?, NULL, ?)",
                       [(doc, len(text)) for doc, text in zip(ids, chunks, strict=True)])

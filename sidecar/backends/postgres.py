@@ -294,8 +294,7 @@ class PgConnection:
     def raw(self) -> psycopg.Connection[Any]:
         """The psycopg connection, after sending the queued statements (a queued ``BEGIN`` included)."""
         if self._later:
-            with self._sending():
-                pass
+            self._flush()
         return self._raw
 
     def execute(self, statements: str, bindings: Any = None) -> psycopg.Cursor[Any]:
